@@ -1,0 +1,73 @@
+// The messages of the agent protocol (docs/protocol.md), as typed structs. parse_*() turn an
+// untrusted JSON payload into a struct or throw ProtocolError naming the bad field; to_payload()
+// turns a struct into its JSON payload.
+#pragma once
+
+#include "protocol/frame.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace immortal::agent {
+
+// Bounds on what a peer may send, checked on parse.
+inline constexpr std::size_t kMaxArgs = 256;
+inline constexpr std::size_t kMaxOutput = 256 * 1024;  // per stream of an exec result
+inline constexpr std::size_t kMaxText = 4096;          // any other string field
+
+struct Hello {
+  std::uint32_t protocol = kProtocolVersion;
+  std::string agent_version;
+  std::string kernel_release;
+  std::string boot_id;
+  std::uint64_t uptime_ms = 0;
+  std::string hostname;
+};
+
+struct Heartbeat {
+  std::uint64_t seq = 0;
+  std::uint64_t uptime_ms = 0;
+};
+
+struct Ping {
+  std::uint64_t id = 0;
+};
+
+struct ExecRequest {
+  std::uint64_t id = 0;
+  std::vector<std::string> argv;
+  std::uint32_t timeout_ms = 60'000;
+};
+
+struct ExecResult {
+  std::uint64_t id = 0;
+  std::optional<int> exit_code;  // set when the command exited
+  std::optional<int> signal;     // set when it was killed by a signal
+  std::string stdout_data, stderr_data;
+  bool truncated = false;        // output beyond kMaxOutput was dropped
+  bool timed_out = false;        // killed after timeout_ms
+  std::string error;             // could not be started (then exit_code is 127)
+};
+
+struct ErrorMessage {
+  std::optional<std::uint64_t> id;
+  std::string message;
+};
+
+std::string to_payload(const Hello&);
+std::string to_payload(const Heartbeat&);
+std::string to_payload(const Ping&);  // also the pong payload
+std::string to_payload(const ExecRequest&);
+std::string to_payload(const ExecResult&);
+std::string to_payload(const ErrorMessage&);
+
+Hello parse_hello(const std::string& payload);
+Heartbeat parse_heartbeat(const std::string& payload);
+Ping parse_ping(const std::string& payload);
+ExecRequest parse_exec_request(const std::string& payload);
+ExecResult parse_exec_result(const std::string& payload);
+ErrorMessage parse_error(const std::string& payload);
+
+}  // namespace immortal::agent

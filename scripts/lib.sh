@@ -1,0 +1,40 @@
+# Shared helpers for the project's scripts. Source it, do not run it.
+# shellcheck shell=bash
+
+IMMORTAL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Large downloads (kernel packages) live outside the clone so fresh clones reuse them.
+IMMORTAL_CACHE=${IMMORTAL_CACHE:-/var/cache/immortal}
+IMMORTAL_BUILD=${IMMORTAL_BUILD:-$IMMORTAL_ROOT/build}
+IMMORTAL_BUILD_SAN=${IMMORTAL_BUILD_SAN:-$IMMORTAL_ROOT/build-san}
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# The ABI package behind Debian's linux-image-amd64 meta package, e.g. "6.1.0-56-amd64".
+# Detected from the archive (the candidate version), never hard-coded.
+guest_kernel_flavour() {
+    if [[ -n ${IMMORTAL_GUEST_KERNEL:-} ]]; then echo "$IMMORTAL_GUEST_KERNEL"; return; fi
+    apt-cache depends linux-image-amd64 2>/dev/null |
+        sed -n 's/^ *Depends: linux-image-\([0-9].*-amd64\)$/\1/p' | head -n1
+}
+
+# Fetch a Debian package into the cache, verified against the archive's SHA256.
+# Prints the path of the .deb.
+fetch_deb() {
+    local pkg=$1 dir=$IMMORTAL_CACHE/debs
+    mkdir -p "$dir"
+    local ver sha file
+    ver=$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')
+    [[ -n $ver && $ver != "(none)" ]] || die "package $pkg is not in the archive (run apt-get update?)"
+    sha=$(apt-cache show "$pkg=$ver" | sed -n 's/^SHA256: //p' | head -n1)
+    file=$dir/${pkg}_${ver//:/%3a}_amd64.deb
+    if [[ -f $file ]] && echo "$sha  $file" | sha256sum -c --status; then
+        echo "$file"; return
+    fi
+    rm -f "$file"
+    log "downloading $pkg $ver"
+    (cd "$dir" && apt-get download -q "$pkg=$ver" >/dev/null 2>&1) ||
+        (cd "$dir" && apt-get download "$pkg=$ver" >&2) || die "cannot download $pkg"
+    echo "$sha  $file" | sha256sum -c --status || die "hash mismatch for $file"
+    echo "$file"
+}

@@ -1,0 +1,106 @@
+#include "agent_channel.h"
+
+#include "base/error.h"
+
+namespace immortal::vmm {
+
+using agent::MessageType;
+
+AgentChannel::AgentChannel(UniqueFd stream) : stream_(std::move(stream)) {
+  set_nonblocking(stream_.get(), true);
+}
+
+void AgentChannel::send(MessageType type, const std::string& payload) {
+  if (closed_) fail(ExitCode::agent, "the agent channel is closed");
+  write_all(stream_.get(), agent::encode_frame(type, payload), Deadline::in(std::chrono::seconds(5)));
+}
+
+void AgentChannel::on_readable() {
+  if (closed_) return;
+  for (;;) {
+    bool would_block = false;
+    std::string data;
+    try {
+      data = read_some(stream_.get(), 65536, &would_block);
+    } catch (const Error&) {
+      closed_ = true;
+      abandon("agent channel closed");
+      return;
+    }
+    if (would_block) break;
+    if (data.empty()) {
+      closed_ = true;
+      abandon("agent channel closed");
+      return;
+    }
+    decoder_.feed(data);
+  }
+  try {
+    while (auto frame = decoder_.next()) handle(*frame);
+  } catch (const agent::ProtocolError& e) {
+    closed_ = true;
+    abandon(std::string("agent protocol error: ") + e.what());
+    fail(ExitCode::agent, "guest agent broke the protocol: {}", e.what());
+  }
+}
+
+void AgentChannel::handle(const agent::Frame& frame) {
+  last_heard_ = Clock::now();
+  switch (frame.type) {
+    case MessageType::hello:
+      hello_ = agent::parse_hello(frame.payload);
+      break;
+    case MessageType::heartbeat:
+      agent::parse_heartbeat(frame.payload);
+      ++heartbeats_;
+      break;
+    case MessageType::pong:
+      agent::parse_ping(frame.payload);
+      break;
+    case MessageType::exec_result: {
+      auto result = agent::parse_exec_result(frame.payload);
+      auto it = pending_.find(result.id);
+      if (it == pending_.end()) throw agent::ProtocolError("result for unknown request " + std::to_string(result.id));
+      auto done = std::move(it->second);
+      pending_.erase(it);
+      done(&result, "");
+      break;
+    }
+    case MessageType::error: {
+      auto error = agent::parse_error(frame.payload);
+      if (error.id) {
+        auto it = pending_.find(*error.id);
+        if (it != pending_.end()) {
+          auto done = std::move(it->second);
+          pending_.erase(it);
+          done(nullptr, "agent: " + error.message);
+        }
+      }
+      break;
+    }
+    default:
+      throw agent::ProtocolError(std::string("unexpected message from guest: ") + agent::name_of(frame.type));
+  }
+}
+
+std::uint64_t AgentChannel::exec(const std::vector<std::string>& argv, std::uint32_t timeout_ms, ExecCallback done) {
+  agent::ExecRequest request;
+  request.id = next_id_++;
+  request.argv = argv;
+  request.timeout_ms = timeout_ms;
+  send(MessageType::exec, agent::to_payload(request));
+  pending_.emplace(request.id, std::move(done));
+  return request.id;
+}
+
+void AgentChannel::ping() { send(MessageType::ping, agent::to_payload(agent::Ping{next_id_++})); }
+
+void AgentChannel::poweroff() { send(MessageType::poweroff, "{}"); }
+
+void AgentChannel::abandon(const std::string& why) {
+  auto pending = std::move(pending_);
+  pending_.clear();
+  for (auto& [id, done] : pending) done(nullptr, why);
+}
+
+}  // namespace immortal::vmm

@@ -1,0 +1,55 @@
+// The host end of the guest agent's channel: frames in and out, every message from the guest
+// validated (it is untrusted), hello and heartbeats tracked, requests matched to answers.
+#pragma once
+
+#include "base/io.h"
+#include "base/unique_fd.h"
+#include "protocol/frame.h"
+#include "protocol/messages.h"
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+
+namespace immortal::vmm {
+
+class AgentChannel {
+ public:
+  using ExecCallback = std::function<void(const agent::ExecResult*, const std::string& error)>;
+
+  explicit AgentChannel(UniqueFd stream);
+
+  int fd() const { return stream_.get(); }
+  // Reads what arrived and handles complete frames. A protocol violation throws
+  // Error(ExitCode::agent) naming it; the channel is then closed.
+  void on_readable();
+  bool closed() const { return closed_; }
+
+  const std::optional<agent::Hello>& hello() const { return hello_; }
+  std::optional<Clock::time_point> last_heard() const { return last_heard_; }
+  std::uint64_t heartbeats() const { return heartbeats_; }
+
+  // Sends an exec request; the callback gets the result, or an error text (agent refused,
+  // channel closed). Returns the request id.
+  std::uint64_t exec(const std::vector<std::string>& argv, std::uint32_t timeout_ms, ExecCallback done);
+  void ping();
+  void poweroff();
+  // Fails every pending request (the guest is gone).
+  void abandon(const std::string& why);
+
+ private:
+  void send(agent::MessageType type, const std::string& payload);
+  void handle(const agent::Frame& frame);
+
+  UniqueFd stream_;
+  agent::FrameDecoder decoder_;
+  bool closed_ = false;
+  std::optional<agent::Hello> hello_;
+  std::optional<Clock::time_point> last_heard_;
+  std::uint64_t heartbeats_ = 0;
+  std::uint64_t next_id_ = 1;
+  std::map<std::uint64_t, ExecCallback> pending_;
+};
+
+}  // namespace immortal::vmm

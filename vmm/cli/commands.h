@@ -1,0 +1,34 @@
+// The `immortal` subcommands. Each returns the process exit status; failures throw Error.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace immortal::vmm {
+
+struct GlobalOptions {
+  std::string runtime_dir;  // --runtime-dir; empty: runtime_root() decides
+};
+
+struct RunOptions {
+  std::string name = "guest";
+  bool detach = false;
+  bool console = false;
+  std::string kernel, initrd, append;
+  std::string memory = "512M";
+  int vcpus = 2;
+  std::string accel = "auto";
+  std::string qemu = "qemu-system-x86_64";
+  std::string console_log;
+  int boot_timeout_s = 60;
+};
+
+int run_command(const GlobalOptions& global, const RunOptions& options);
+int list_command(const GlobalOptions& global, bool as_json);
+int status_command(const GlobalOptions& global, const std::string& name, bool as_json);
+int exec_command(const GlobalOptions& global, const std::string& name, const std::vector<std::string>& argv,
+                 int timeout_s);
+int stop_command(const GlobalOptions& global, const std::string& name, bool force, int timeout_s);
+
+}  // namespace immortal::vmm

@@ -1,0 +1,121 @@
+// `immortal list | status | exec | stop`: talk to a running supervisor over its control socket.
+#include "base/error.h"
+#include "cli/commands.h"
+#include "control_channel.h"
+#include "instance.h"
+#include "protocol/base64.h"
+
+#include <fmt/format.h>
+
+#include <iostream>
+#include <thread>
+
+namespace immortal::vmm {
+
+namespace {
+
+std::string control_socket(const GlobalOptions& g, const std::string& name) {
+  check_instance_name(name);
+  std::string root = runtime_root(g.runtime_dir);
+  if (!instance_running(root, name)) fail(ExitCode::no_instance, "no running instance named \"{}\"", name);
+  return root + "/" + name + "/control.sock";
+}
+
+json call(const GlobalOptions& g, const std::string& name, const json& request, std::chrono::milliseconds timeout) {
+  return control_call(control_socket(g, name), request, Deadline::in(timeout));
+}
+
+std::string mib(const json& bytes) {
+  return fmt::format("{} MiB", bytes.is_number() ? bytes.get<std::uint64_t>() >> 20 : 0);
+}
+
+}  // namespace
+
+int list_command(const GlobalOptions& g, bool as_json) {
+  std::string root = runtime_root(g.runtime_dir);
+  json all = json::array();
+  for (const auto& name : running_instances(root)) {
+    try {
+      all.push_back(control_call(root + "/" + name + "/control.sock", {{"command", "status"}},
+                                 Deadline::in(std::chrono::seconds(3))));
+    } catch (const Error&) {
+      all.push_back({{"name", name}, {"state", "unresponsive"}});
+    }
+  }
+  if (as_json) {
+    std::cout << all.dump(2) << "\n";
+    return 0;
+  }
+  std::cout << fmt::format(" {:<20} {:<12} {:>5} {:>10}  {}\n", "Name", "State", "vCPUs", "Memory", "Kernel");
+  std::cout << std::string(72, '-') << "\n";
+  for (const auto& s : all)
+    std::cout << fmt::format(" {:<20} {:<12} {:>5} {:>10}  {}\n", s.value("name", "?"), s.value("state", "?"),
+                             s.value("vcpus", 0), mib(s.value("memory_bytes", json(0))),
+                             s.value("kernel_release", "-"));
+  return 0;
+}
+
+int status_command(const GlobalOptions& g, const std::string& name, bool as_json) {
+  json s = call(g, name, {{"command", "status"}}, std::chrono::seconds(5));
+  s.erase("ok");
+  if (as_json) {
+    std::cout << s.dump(2) << "\n";
+    return 0;
+  }
+  const json& agent = s.value("agent", json::object());
+  std::string agent_line = agent.value("connected", false)
+                               ? fmt::format("connected, {} heartbeats, last heard {:.1f} s ago",
+                                             agent.value("heartbeats", 0), agent.value("last_heard_s", 0.0))
+                               : "not connected";
+  auto row = [](const char* key, const std::string& value) { std::cout << fmt::format("{:<16}{}\n", key, value); };
+  row("Name:", s.value("name", ""));
+  row("State:", s.value("state", ""));
+  row("Supervisor PID:", std::to_string(s.value("supervisor_pid", 0)));
+  row("QEMU PID:", std::to_string(s.value("qemu_pid", 0)));
+  row("Accelerator:", s.value("accelerator", "") + " (" + s.value("accelerator_reason", "") + ")");
+  row("vCPUs:", std::to_string(s.value("vcpus", 0)));
+  row("Memory:", mib(s.value("memory_bytes", json(0))));
+  row("Kernel:", s.value("kernel_release", "-"));
+  row("Boot ID:", s.value("boot_id", "-"));
+  if (s.contains("boot_time_ms")) row("Boot time:", fmt::format("{:.2f} s", s["boot_time_ms"].get<double>() / 1000));
+  row("Uptime:", fmt::format("{:.0f} s", s.value("uptime_s", 0.0)));
+  row("Agent:", agent_line);
+  row("Runtime dir:", s.value("runtime_dir", ""));
+  row("Console log:", s.value("console_log", ""));
+  return 0;
+}
+
+int exec_command(const GlobalOptions& g, const std::string& name, const std::vector<std::string>& argv,
+                 int timeout_s) {
+  json request = {{"command", "exec"}, {"argv", argv}, {"timeout_ms", timeout_s * 1000}};
+  json r = call(g, name, request, std::chrono::seconds(timeout_s + 10));
+  auto out = agent::base64_decode(r.value("stdout", ""));
+  auto err = agent::base64_decode(r.value("stderr", ""));
+  if (!out || !err) fail(ExitCode::failure, "malformed output from the supervisor");
+  std::cout << *out;
+  std::cout.flush();
+  std::cerr << *err;
+  if (r.contains("error")) std::cerr << "immortal: " << r["error"].get<std::string>() << "\n";
+  if (r.value("truncated", false)) std::cerr << "immortal: output truncated (the agent keeps at most 256 KiB per stream)\n";
+  if (r.value("timed_out", false)) {
+    std::cerr << "immortal: the command was killed after " << timeout_s << " s\n";
+    return static_cast<int>(ExitCode::timeout);
+  }
+  if (r["exit_code"].is_number_integer()) return r["exit_code"].get<int>();
+  if (r["signal"].is_number_integer()) return 128 + r["signal"].get<int>();
+  return static_cast<int>(ExitCode::failure);
+}
+
+int stop_command(const GlobalOptions& g, const std::string& name, bool force, int timeout_s) {
+  call(g, name, {{"command", "stop"}, {"force", force}}, std::chrono::seconds(5));
+  std::string root = runtime_root(g.runtime_dir);
+  auto deadline = Deadline::in(std::chrono::seconds(timeout_s));
+  while (instance_running(root, name)) {
+    if (deadline.expired()) fail(ExitCode::timeout, "instance \"{}\" did not stop within {} s", name, timeout_s);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::cout << "Instance " << name << " stopped\n";
+  return 0;
+}
+
+}  // namespace immortal::vmm

@@ -1,0 +1,93 @@
+// immortal: the supervisor's command line, in the manner of virsh.
+//   immortal run [--name NAME] [--detach] ...   start a supervised guest
+//   immortal list | status NAME | exec NAME -- CMD... | stop NAME
+#include "base/error.h"
+#include "cli/commands.h"
+
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+
+using namespace immortal;
+using namespace immortal::vmm;
+
+int main(int argc, char** argv) {
+  CLI::App app{"immortal: Linux virtual machines that survive kernel crashes"};
+  app.require_subcommand(1);
+  GlobalOptions global;
+  app.add_option("--runtime-dir", global.runtime_dir,
+                 "where instances keep their sockets (default: $IMMORTAL_RUNTIME_DIR or /run/immortal)");
+  app.set_version_flag("--version", "immortal 0.1.0");
+
+  RunOptions run;
+  auto* run_cmd = app.add_subcommand("run", "boot a guest under supervision");
+  run_cmd->add_option("-n,--name", run.name, "instance name (default: guest)");
+  run_cmd->add_flag("-d,--detach", run.detach, "return once the guest is up; the supervisor keeps running");
+  run_cmd->add_flag("--console", run.console, "copy the guest's serial console to the terminal");
+  run_cmd->add_option("--kernel", run.kernel, "guest kernel (default: the built guest image)");
+  run_cmd->add_option("--initrd", run.initrd, "guest initramfs (default: the built guest image)");
+  run_cmd->add_option("--append", run.append, "kernel command line (default: console=ttyS0)");
+  run_cmd->add_option("-m,--memory", run.memory, "guest RAM, e.g. 512M, 2G (default: 512M)");
+  run_cmd->add_option("--vcpus", run.vcpus, "number of vCPUs (default: 2)")->check(CLI::Range(1, 64));
+  run_cmd->add_option("--accel", run.accel, "auto, kvm or tcg (default: auto, probes KVM's speed)")
+      ->check(CLI::IsMember({"auto", "kvm", "tcg"}));
+  run_cmd->add_option("--qemu", run.qemu, "QEMU binary (default: qemu-system-x86_64)");
+  run_cmd->add_option("--console-log", run.console_log, "serial console log file (default: in the runtime dir)");
+  run_cmd->add_option("--boot-timeout", run.boot_timeout_s, "seconds to wait for the agent's hello (default: 60)")
+      ->check(CLI::Range(1, 3600));
+
+  bool list_json = false;
+  auto* list_cmd = app.add_subcommand("list", "list running instances");
+  list_cmd->add_flag("--json", list_json, "machine-readable output");
+
+  std::string name;
+  bool status_json = false;
+  auto* status_cmd = app.add_subcommand("status", "show an instance's state");
+  status_cmd->add_option("name", name, "instance name")->required();
+  status_cmd->add_flag("--json", status_json, "machine-readable output");
+
+  std::vector<std::string> command;
+  int exec_timeout = 60;
+  auto* exec_cmd = app.add_subcommand("exec", "run a command in the guest through the agent");
+  exec_cmd->add_option("name", name, "instance name")->required();
+  exec_cmd->add_option("command", command, "command and arguments (after --)")->required();
+  exec_cmd->add_option("-t,--timeout", exec_timeout, "seconds before the command is killed (default: 60)")
+      ->check(CLI::Range(1, 86400));
+
+  bool force = false;
+  int stop_timeout = 30;
+  auto* stop_cmd = app.add_subcommand("stop", "power the guest off and end its supervisor");
+  stop_cmd->add_option("name", name, "instance name")->required();
+  stop_cmd->add_flag("-f,--force", force, "do not wait for the guest to power itself off");
+  stop_cmd->add_option("--timeout", stop_timeout, "seconds to wait for the instance to end (default: 30)")
+      ->check(CLI::Range(1, 3600));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "immortal: " << e.what() << "\n";
+    std::cerr << "Run 'immortal --help' for usage.\n";
+    return static_cast<int>(ExitCode::usage);
+  }
+
+  try {
+    if (*run_cmd) return run_command(global, run);
+    if (*list_cmd) return list_command(global, list_json);
+    if (*status_cmd) return status_command(global, name, status_json);
+    if (*exec_cmd) return exec_command(global, name, command, exec_timeout);
+    if (*stop_cmd) return stop_command(global, name, force, stop_timeout);
+  } catch (const Error& e) {
+    std::cerr << "immortal: " << e.what() << "\n";
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    std::cerr << "immortal: internal error: " << e.what() << "\n";
+    return static_cast<int>(ExitCode::failure);
+  }
+  return static_cast<int>(ExitCode::usage);
+}

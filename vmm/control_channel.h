@@ -1,0 +1,41 @@
+// The supervisor's control socket (control.sock in the instance directory): how `immortal
+// list/status/exec/stop` reach a running supervisor. One JSON request line per connection,
+// answered by one JSON line: {"ok": true, ...} or {"ok": false, "error": "...", "exit_code": N}.
+// Commands and fields are in docs/protocol.md.
+#pragma once
+
+#include "base/io.h"
+#include "base/unique_fd.h"
+
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+
+namespace immortal::vmm {
+
+using nlohmann::json;
+
+inline constexpr std::size_t kMaxControlLine = 4 << 20;
+
+// Client side: sends request and returns the answer; turns {"ok": false} into an Error with
+// the supervisor's message and exit code.
+json control_call(const std::string& socket_path, const json& request, Deadline deadline);
+
+// Server side: one accepted connection, reading its request line incrementally.
+class ControlConnection {
+ public:
+  explicit ControlConnection(UniqueFd fd);
+  int fd() const { return fd_.get(); }
+  // Reads what is available; returns the request once complete. Throws Error for a malformed
+  // or oversized request, or a peer that hung up.
+  std::optional<json> on_readable();
+  void reply(const json& answer);
+  void reply_error(int exit_code, const std::string& message);
+
+ private:
+  UniqueFd fd_;
+  std::string buffer_;
+};
+
+}  // namespace immortal::vmm

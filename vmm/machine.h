@@ -1,0 +1,75 @@
+// The Machine seam: control of one virtual machine, whatever runs it. The supervisor, the
+// recovery code and the tests use only this; QEMU details stay in vmm/qemu/.
+//
+// All vCPU operations (registers, breakpoints) require the machine to be paused: a backend may
+// refuse them while the guest runs.
+#pragma once
+
+#include "base/io.h"
+#include "base/unique_fd.h"
+#include "memory/physical_memory.h"
+#include "x86_64/registers.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace immortal::vmm {
+
+enum class RunState {
+  starting,  // created, firmware not yet running
+  running,
+  paused,    // stopped by us (pause(), a breakpoint) with state intact
+  panicked,  // the guest reported a panic (pvpanic) and was stopped
+  shutdown,  // the guest powered off or reset itself to death; the VM process is gone or going
+};
+const char* to_string(RunState state);
+
+struct MachineEvent {
+  enum class Kind {
+    paused,          // the VM stopped (any reason below is reported as its own event)
+    resumed,
+    breakpoint,      // a vCPU hit a breakpoint we set; vcpu says which
+    guest_panicked,  // pvpanic
+    reset,
+    shutdown,        // the guest powered off, or the VM process exited
+  };
+  Kind kind;
+  int vcpu = -1;        // for breakpoint
+  std::string detail;   // backend-specific description, for logs
+};
+const char* to_string(MachineEvent::Kind kind);
+
+class Machine {
+ public:
+  virtual ~Machine() = default;
+
+  // Lifecycle.
+  virtual void resume() = 0;
+  virtual void pause() = 0;
+  virtual RunState state() = 0;
+  // Stops the VM for good: polite request first (bounded by grace), then force. Never throws.
+  virtual void terminate(std::chrono::milliseconds grace) = 0;
+  // The VM process id, for status displays (0 where there is none).
+  virtual int process_id() const = 0;
+
+  // vCPUs (paused only).
+  virtual int vcpu_count() const = 0;
+  virtual X86Registers read_registers(int vcpu) = 0;
+  virtual void write_registers(int vcpu, const X86Registers& registers) = 0;
+  virtual void insert_breakpoint(std::uint64_t guest_virtual) = 0;
+  virtual void remove_breakpoint(std::uint64_t guest_virtual) = 0;
+
+  // Guest-physical memory, live (works running or paused).
+  virtual PhysicalMemory& memory() = 0;
+
+  // Events: poll these descriptors for readability, then call drain_events().
+  virtual std::vector<int> event_fds() const = 0;
+  virtual std::vector<MachineEvent> drain_events() = 0;
+
+  // A byte stream to the guest agent's port (the backend wires the port to the VM).
+  virtual UniqueFd connect_agent_channel(Deadline deadline) = 0;
+};
+
+}  // namespace immortal::vmm

@@ -1,0 +1,140 @@
+#include "qemu/gdbstub_client.h"
+
+#include "base/error.h"
+
+#include <fmt/format.h>
+
+namespace immortal::qemu {
+
+std::optional<GdbStop> parse_gdb_stop(std::string_view payload) {
+  if (payload.size() < 3 || (payload[0] != 'T' && payload[0] != 'S')) return std::nullopt;
+  auto sig = le_hex_to_u64(payload.substr(1, 2));
+  if (!sig) return std::nullopt;
+  GdbStop stop{static_cast<int>(*sig), -1, std::string(payload)};
+  auto pos = payload.find("thread:");
+  if (pos != std::string_view::npos) {
+    auto value = payload.substr(pos + 7);
+    value = value.substr(0, value.find(';'));
+    if (auto dot = value.find('.'); dot != std::string_view::npos) value = value.substr(dot + 1);  // pPID.TID
+    std::uint64_t tid = 0;
+    bool ok = !value.empty() && value.size() <= 8;
+    for (char c : value) {
+      int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+      if (d < 0) ok = false;
+      tid = tid * 16 + static_cast<std::uint64_t>(d < 0 ? 0 : d);
+    }
+    if (ok) stop.thread = static_cast<int>(tid);
+  }
+  return stop;
+}
+
+GdbstubClient::GdbstubClient(UniqueFd socket, Deadline deadline) : socket_(std::move(socket)) {
+  set_nonblocking(socket_.get(), true);
+  request("qSupported:xmlRegisters=i386", deadline, false);
+  if (request("QStartNoAckMode", deadline, false) == "OK") no_ack_ = true;
+  // Reading the target description switches QEMU's stub to the full x86-64 register set.
+  request("qXfer:features:read:target.xml:0,fff", deadline, false);
+}
+
+bool GdbstubClient::pump(Deadline deadline) {
+  if (!wait_readable(socket_.get(), deadline)) return false;
+  bool would_block = false;
+  std::string data = read_some(socket_.get(), 65536, &would_block);
+  if (would_block) return true;
+  if (data.empty()) fail(ExitCode::qemu, "gdbstub: connection closed by QEMU");
+  decoder_.feed(data);
+  return true;
+}
+
+std::string GdbstubClient::request(const std::string& payload, Deadline deadline, bool check) {
+  write_all(socket_.get(), encode_gdb_packet(payload), deadline);
+  bool wants_stop = payload == "?";
+  for (;;) {
+    while (auto packet = decoder_.next()) {
+      if (!no_ack_) write_all(socket_.get(), "+", deadline);
+      if (!wants_stop) {
+        if (auto stop = parse_gdb_stop(*packet)) {
+          stops_.push_back(*stop);
+          continue;
+        }
+      }
+      if (check && packet->size() == 3 && (*packet)[0] == 'E')
+        fail(ExitCode::qemu, "gdbstub refused \"{}\": error {}", payload.substr(0, 40), packet->substr(1));
+      return *packet;
+    }
+    if (!pump(deadline)) fail(ExitCode::timeout, "gdbstub: no answer to \"{}\" in time", payload.substr(0, 40));
+  }
+}
+
+std::vector<int> GdbstubClient::threads(Deadline deadline) {
+  std::vector<int> out;
+  std::string reply = request("qfThreadInfo", deadline);
+  for (int round = 0; round < 1024 && !reply.empty() && reply[0] == 'm'; ++round) {
+    std::string_view list(reply);
+    list.remove_prefix(1);
+    while (!list.empty()) {
+      auto comma = list.find(',');
+      auto item = list.substr(0, comma);
+      if (auto dot = item.find('.'); dot != std::string_view::npos) item = item.substr(dot + 1);
+      std::uint64_t tid = 0;
+      for (char c : item) {
+        int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+        if (d < 0 || tid > 0xffffff) fail(ExitCode::qemu, "gdbstub: bad thread id in \"{}\"", reply);
+        tid = tid * 16 + static_cast<std::uint64_t>(d);
+      }
+      out.push_back(static_cast<int>(tid));
+      if (comma == std::string_view::npos) break;
+      list.remove_prefix(comma + 1);
+    }
+    reply = request("qsThreadInfo", deadline);
+  }
+  return out;
+}
+
+void GdbstubClient::select_thread(int thread, Deadline deadline) {
+  if (selected_thread_ == thread) return;
+  if (request(fmt::format("Hg{:x}", thread), deadline) != "OK")
+    fail(ExitCode::qemu, "gdbstub: cannot select thread {}", thread);
+  selected_thread_ = thread;
+}
+
+std::string GdbstubClient::read_registers(int thread, Deadline deadline) {
+  select_thread(thread, deadline);
+  auto block = from_hex(request("g", deadline));
+  if (!block) fail(ExitCode::qemu, "gdbstub: malformed register block");
+  return *block;
+}
+
+void GdbstubClient::write_registers(int thread, const std::string& block, Deadline deadline) {
+  select_thread(thread, deadline);
+  if (request("G" + to_hex(block), deadline) != "OK")
+    fail(ExitCode::qemu, "gdbstub: register write refused for thread {}", thread);
+}
+
+void GdbstubClient::insert_hw_breakpoint(std::uint64_t address, Deadline deadline) {
+  if (request(fmt::format("Z1,{:x},1", address), deadline) != "OK")
+    fail(ExitCode::qemu, "gdbstub: cannot set a hardware breakpoint at {:#x}", address);
+}
+
+void GdbstubClient::remove_hw_breakpoint(std::uint64_t address, Deadline deadline) {
+  if (request(fmt::format("z1,{:x},1", address), deadline) != "OK")
+    fail(ExitCode::qemu, "gdbstub: cannot remove the breakpoint at {:#x}", address);
+}
+
+std::vector<GdbStop> GdbstubClient::take_stops() {
+  for (;;) {
+    bool would_block = false;
+    std::string data = read_some(socket_.get(), 65536, &would_block);
+    if (would_block || data.empty()) break;
+    decoder_.feed(data);
+  }
+  while (auto packet = decoder_.next()) {
+    if (!no_ack_) write_all(socket_.get(), "+");
+    if (auto stop = parse_gdb_stop(*packet)) stops_.push_back(*stop);
+  }
+  std::vector<GdbStop> out(stops_.begin(), stops_.end());
+  stops_.clear();
+  return out;
+}
+
+}  // namespace immortal::qemu

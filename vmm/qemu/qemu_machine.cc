@@ -1,0 +1,312 @@
+#include "qemu/qemu_machine.h"
+
+#include "base/error.h"
+#include "protocol/frame.h"
+#include "qemu/x86_64_gdb_layout.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <thread>
+
+namespace immortal::qemu {
+
+using vmm::MachineEvent;
+using vmm::RunState;
+
+namespace {
+
+constexpr auto kCommandTimeout = std::chrono::seconds(10);
+
+std::string path_in(const std::string& dir, const char* name) { return dir + "/" + name; }
+
+// The last lines QEMU printed, to explain why it stopped.
+std::string tail_of(const std::string& path, std::size_t max_lines) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) lines.push_back(line);
+  std::string out;
+  std::size_t first = lines.size() > max_lines ? lines.size() - max_lines : 0;
+  for (std::size_t i = first; i < lines.size(); ++i) out += (out.empty() ? "" : " | ") + lines[i];
+  return out.empty() ? "(QEMU printed nothing)" : out;
+}
+
+std::string describe_status(int status) {
+  if (WIFEXITED(status)) return fmt::format("exit status {}", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return fmt::format("killed by signal {}", WTERMSIG(status));
+  return "stopped";
+}
+
+}  // namespace
+
+std::vector<RamSegment> q35_ram_layout(std::uint64_t ram_bytes) {
+  std::uint64_t lowmem = ram_bytes >= 0xb0000000ull ? 0x80000000ull : 0xb0000000ull;
+  std::uint64_t below = std::min(ram_bytes, lowmem);
+  std::vector<RamSegment> segments{{0, 0, below}};
+  if (ram_bytes > below) segments.push_back({4ull << 30, below, ram_bytes - below});
+  return segments;
+}
+
+std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_fd) {
+  const std::string& dir = c.runtime_dir;
+  auto socket = [&](const char* id, const char* file) {
+    return fmt::format("socket,id={},path={},server=on,wait=off", id, path_in(dir, file));
+  };
+  bool kvm = c.accelerator == vmm::Accelerator::kvm;
+  return {
+      c.qemu_binary,
+      "-name", fmt::format("{},process=immortal-{}", c.name, c.name),
+      "-nodefaults", "-no-user-config", "-display", "none",
+      "-S",  // start paused: we connect everything before the first instruction
+      "-accel", kvm ? "kvm" : "tcg",
+      "-cpu", kvm ? "host" : "qemu64",
+      "-machine", "q35,memory-backend=guest-ram",
+      "-m", fmt::format("{}M", c.memory_bytes >> 20),
+      "-smp", fmt::format("{}", c.vcpus),
+      "-object", fmt::format("memory-backend-file,id=guest-ram,size={},mem-path=/proc/self/fd/{},share=on",
+                             c.memory_bytes, ram_fd),
+      "-kernel", c.kernel,
+      "-initrd", c.initrd,
+      "-append", c.append,
+      "-chardev", fmt::format("file,id=console,path={}", c.console_log),
+      "-serial", "chardev:console",
+      "-chardev", socket("qmp", "qmp.sock"),
+      "-mon", "chardev=qmp,mode=control",
+      "-chardev", socket("gdb", "gdb.sock"),
+      "-gdb", "chardev:gdb",
+      "-device", "virtio-serial-pci,id=agent-serial",
+      "-chardev", socket("agent", "agent.sock"),
+      "-device", fmt::format("virtserialport,chardev=agent,name={}", agent::kPortName),
+      "-device", "pvpanic-pci",
+      "-device", "vmcoreinfo",
+      // A panic the guest reports stops the VM, keeping its state for the supervisor.
+      "-action", "panic=pause",
+  };
+}
+
+std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& config, Deadline deadline) {
+  for (const auto* file : {&config.kernel, &config.initrd}) {
+    if (::access(file->c_str(), R_OK) != 0)
+      fail(ExitCode::bad_input, "cannot read {} {}: {}", file == &config.kernel ? "kernel" : "initrd",
+           *file, std::strerror(errno));
+  }
+  std::unique_ptr<QemuMachine> m(new QemuMachine);
+  m->config_ = config;
+
+  m->ram_fd_ = UniqueFd(::memfd_create(("immortal-ram-" + config.name).c_str(), MFD_CLOEXEC));
+  if (!m->ram_fd_) fail_os(ExitCode::failure, "memfd_create for guest RAM", errno);
+  if (::ftruncate(m->ram_fd_.get(), static_cast<off_t>(config.memory_bytes)) != 0)
+    fail_os(ExitCode::failure, "size guest RAM", errno);
+  m->memory_ = std::make_unique<SharedRamMemory>(m->ram_fd_.get(), config.memory_bytes,
+                                                 q35_ram_layout(config.memory_bytes));
+
+  std::vector<std::string> args = qemu_command_line(config, m->ram_fd_.get());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  std::string log_path = path_in(config.runtime_dir, "qemu.log");
+  UniqueFd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!log) fail_os(ExitCode::failure, "create " + log_path, errno);
+  int status_pipe[2];
+  if (::pipe2(status_pipe, O_CLOEXEC) != 0) fail_os(ExitCode::failure, "pipe", errno);
+  UniqueFd status_read(status_pipe[0]), status_write(status_pipe[1]);
+
+  pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) fail_os(ExitCode::failure, "fork", errno);
+  if (pid == 0) {
+    // QEMU must not outlive us, whatever kills us (even SIGKILL).
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(1);
+    ::setpgid(0, 0);  // a Ctrl-C on the terminal is ours to handle, not QEMU's
+    sigset_t all;
+    sigemptyset(&all);
+    ::sigprocmask(SIG_SETMASK, &all, nullptr);
+    int null = ::open("/dev/null", O_RDONLY);
+    ::dup2(null, 0);
+    ::dup2(log.get(), 1);
+    ::dup2(log.get(), 2);
+    int flags = ::fcntl(m->ram_fd_.get(), F_GETFD);
+    ::fcntl(m->ram_fd_.get(), F_SETFD, flags & ~FD_CLOEXEC);
+    ::execvp(argv[0], argv.data());
+    int err = errno;
+    (void)!::write(status_write.get(), &err, sizeof err);
+    ::_exit(127);
+  }
+  m->pid_ = pid;
+  status_write.reset();
+  int exec_errno = 0;
+  if (::read(status_read.get(), &exec_errno, sizeof exec_errno) == static_cast<ssize_t>(sizeof exec_errno)) {
+    m->reap(true);
+    if (exec_errno == ENOENT)
+      fail(ExitCode::qemu, "QEMU not found: {} (install qemu-system-x86, or pass --qemu PATH)", config.qemu_binary);
+    fail(ExitCode::qemu, "cannot execute QEMU {}: {}", config.qemu_binary, std::strerror(exec_errno));
+  }
+
+  auto died = [&](const std::string& when) {
+    // Give QEMU a moment to finish printing and exiting, then report its last words.
+    for (int i = 0; i < 100 && !m->reap(false); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return Error(ExitCode::qemu, fmt::format("QEMU {} ({}): {}", when, m->exit_description_, tail_of(log_path, 3)));
+  };
+  try {
+    UniqueFd qmp_socket;
+    while (!qmp_socket) {
+      if (m->reap(false)) throw died("exited at start");
+      try {
+        qmp_socket = connect_unix(path_in(config.runtime_dir, "qmp.sock"));
+      } catch (const Error&) {
+        if (deadline.expired()) throw;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+    m->qmp_ = std::make_unique<QmpClient>(std::move(qmp_socket), deadline);
+    m->gdb_ = std::make_unique<GdbstubClient>(connect_unix(path_in(config.runtime_dir, "gdb.sock")), deadline);
+    m->state_ = RunState::paused;
+    m->threads_ = m->gdb_->threads(deadline);
+    if (static_cast<int>(m->threads_.size()) != config.vcpus)
+      fail(ExitCode::qemu, "gdbstub reports {} vCPUs, expected {}", m->threads_.size(), config.vcpus);
+    m->read_registers(0);  // checks the register layout before anyone relies on it
+  } catch (const Error& e) {
+    if (m->reap(false) || e.code() == ExitCode::qemu) {
+      if (m->exited_) throw died("exited at start");
+    }
+    throw;
+  }
+  return m;
+}
+
+QemuMachine::~QemuMachine() { terminate(std::chrono::seconds(2)); }
+
+bool QemuMachine::reap(bool block) {
+  if (exited_ || pid_ <= 0) return true;
+  int status = 0;
+  pid_t r = ::waitpid(pid_, &status, block ? 0 : WNOHANG);
+  if (r == pid_ || (r < 0 && errno == ECHILD)) {
+    exited_ = true;
+    exit_description_ = r == pid_ ? describe_status(status) : "gone";
+    state_ = RunState::shutdown;
+  }
+  return exited_;
+}
+
+void QemuMachine::resume() {
+  qmp_->execute("cont", json::object(), Deadline::in(kCommandTimeout));
+  state_ = RunState::running;
+}
+
+void QemuMachine::pause() {
+  qmp_->execute("stop", json::object(), Deadline::in(kCommandTimeout));
+  state_ = RunState::paused;
+}
+
+RunState QemuMachine::state() {
+  if (reap(false) || qmp_->closed()) return RunState::shutdown;
+  json status = qmp_->execute("query-status", json::object(), Deadline::in(kCommandTimeout));
+  std::string s = status.value("status", "");
+  if (s == "running") state_ = RunState::running;
+  else if (s == "guest-panicked") state_ = RunState::panicked;
+  else if (s == "shutdown") state_ = RunState::shutdown;
+  else if (s == "prelaunch") state_ = RunState::starting;
+  else state_ = RunState::paused;  // paused, debug, suspended, io-error, ...
+  return state_;
+}
+
+void QemuMachine::terminate(std::chrono::milliseconds grace) {
+  if (reap(false)) return;
+  auto deadline = Deadline::in(grace);
+  try {
+    if (qmp_ && !qmp_->closed()) qmp_->execute("quit", json::object(), deadline);
+  } catch (const std::exception&) {
+    // QEMU may close the socket before answering "quit"; the wait below decides.
+  }
+  while (!reap(false) && !deadline.expired()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  if (!reap(false)) {
+    ::kill(pid_, SIGKILL);
+    reap(true);
+  }
+}
+
+void QemuMachine::require_paused(const char* what) {
+  // The gdbstub stops a running VM on any byte it receives; never let that happen by accident.
+  if (state_ != RunState::paused && state_ != RunState::panicked)
+    fail(ExitCode::failure, "{} needs the machine paused (it is {})", what, vmm::to_string(state_));
+}
+
+X86Registers QemuMachine::read_registers(int vcpu) {
+  require_paused("reading registers");
+  if (vcpu < 0 || vcpu >= vcpu_count()) fail(ExitCode::failure, "no vCPU {}", vcpu);
+  return decode_x86_64_registers(gdb_->read_registers(threads_[vcpu], Deadline::in(kCommandTimeout)));
+}
+
+void QemuMachine::write_registers(int vcpu, const X86Registers& registers) {
+  require_paused("writing registers");
+  if (vcpu < 0 || vcpu >= vcpu_count()) fail(ExitCode::failure, "no vCPU {}", vcpu);
+  auto deadline = Deadline::in(kCommandTimeout);
+  std::string block = gdb_->read_registers(threads_[vcpu], deadline);
+  encode_x86_64_registers(registers, block);
+  gdb_->write_registers(threads_[vcpu], block, deadline);
+}
+
+void QemuMachine::insert_breakpoint(std::uint64_t guest_virtual) {
+  require_paused("setting a breakpoint");
+  gdb_->insert_hw_breakpoint(guest_virtual, Deadline::in(kCommandTimeout));
+}
+
+void QemuMachine::remove_breakpoint(std::uint64_t guest_virtual) {
+  require_paused("removing a breakpoint");
+  gdb_->remove_hw_breakpoint(guest_virtual, Deadline::in(kCommandTimeout));
+}
+
+std::vector<int> QemuMachine::event_fds() const {
+  std::vector<int> fds;
+  if (qmp_ && !qmp_->closed()) fds.push_back(qmp_->fd());
+  if (gdb_) fds.push_back(gdb_->fd());
+  return fds;
+}
+
+std::vector<MachineEvent> QemuMachine::drain_events() {
+  std::vector<MachineEvent> events;
+  for (const auto& stop : gdb_->take_stops()) {
+    if (stop.signal != SIGTRAP) continue;  // SIGINT stops are our own pause(), seen via QMP
+    int vcpu = -1;
+    for (std::size_t i = 0; i < threads_.size(); ++i)
+      if (threads_[i] == stop.thread) vcpu = static_cast<int>(i);
+    state_ = RunState::paused;
+    events.push_back({MachineEvent::Kind::breakpoint, vcpu, stop.raw});
+  }
+  for (const auto& e : qmp_->take_events()) {
+    if (e.name == "STOP") {
+      if (state_ == RunState::running) state_ = RunState::paused;
+      events.push_back({MachineEvent::Kind::paused, -1, e.name});
+    } else if (e.name == "RESUME") {
+      state_ = RunState::running;
+      events.push_back({MachineEvent::Kind::resumed, -1, e.name});
+    } else if (e.name == "GUEST_PANICKED") {
+      state_ = RunState::panicked;
+      events.push_back({MachineEvent::Kind::guest_panicked, -1, e.data.dump()});
+    } else if (e.name == "RESET") {
+      events.push_back({MachineEvent::Kind::reset, -1, e.data.dump()});
+    } else if (e.name == "SHUTDOWN") {
+      events.push_back({MachineEvent::Kind::shutdown, -1, e.data.dump()});
+    }
+  }
+  if (qmp_->closed() && state_ != RunState::shutdown) {
+    reap(false);
+    state_ = RunState::shutdown;
+    events.push_back({MachineEvent::Kind::shutdown, -1, "QEMU closed its monitor"});
+  }
+  return events;
+}
+
+UniqueFd QemuMachine::connect_agent_channel(Deadline deadline) {
+  return connect_unix_retry(path_in(config_.runtime_dir, "agent.sock"), deadline);
+}
+
+}  // namespace immortal::qemu

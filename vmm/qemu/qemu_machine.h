@@ -1,0 +1,75 @@
+// The QEMU backend of the Machine seam.
+//
+// One QEMU process per machine, started paused (-S) and wired as follows, all in the
+// instance's private runtime directory (mode 0700, never TCP):
+//   qmp.sock    QMP: lifecycle and events
+//   gdb.sock    gdbstub: vCPU registers and hardware breakpoints
+//   agent.sock  the virtio-serial port of the guest agent
+// Guest RAM is a memfd created here and handed to QEMU as memory-backend-file
+// (mem-path=/proc/self/fd/N, share=on), so we map the very pages the guest uses and nothing is
+// left in /dev/shm if we die. QEMU gets PR_SET_PDEATHSIG(SIGKILL): it dies with us.
+#pragma once
+
+#include "machine.h"
+#include "machine_config.h"
+#include "memory/shared_ram.h"
+#include "qemu/gdbstub_client.h"
+#include "qemu/qmp_client.h"
+
+#include <sys/types.h>
+
+#include <memory>
+
+namespace immortal::qemu {
+
+// QEMU's q35 split of RAM around the PCI hole (hw/i386/pc_q35.c, pc_q35_init): below 4 GiB up
+// to 0xb0000000 if all of it fits, else 2 GiB below and the rest from 4 GiB.
+std::vector<RamSegment> q35_ram_layout(std::uint64_t ram_bytes);
+
+// The QEMU command line for a configuration (ram_fd: the memfd QEMU inherits).
+std::vector<std::string> qemu_command_line(const vmm::MachineConfig& config, int ram_fd);
+
+class QemuMachine final : public vmm::Machine {
+ public:
+  // Starts QEMU paused and connects QMP and the gdbstub. Throws Error(ExitCode::qemu) with
+  // QEMU's own last words when it cannot start; kills what it started on failure.
+  static std::unique_ptr<QemuMachine> launch(const vmm::MachineConfig& config, Deadline deadline);
+  ~QemuMachine() override;
+
+  void resume() override;
+  void pause() override;
+  vmm::RunState state() override;
+  void terminate(std::chrono::milliseconds grace) override;
+  int process_id() const override { return pid_; }
+
+  int vcpu_count() const override { return static_cast<int>(threads_.size()); }
+  X86Registers read_registers(int vcpu) override;
+  void write_registers(int vcpu, const X86Registers& registers) override;
+  void insert_breakpoint(std::uint64_t guest_virtual) override;
+  void remove_breakpoint(std::uint64_t guest_virtual) override;
+
+  PhysicalMemory& memory() override { return *memory_; }
+
+  std::vector<int> event_fds() const override;
+  std::vector<vmm::MachineEvent> drain_events() override;
+
+  UniqueFd connect_agent_channel(Deadline deadline) override;
+
+ private:
+  QemuMachine() = default;
+  void require_paused(const char* what);
+  bool reap(bool block);  // true once QEMU has exited
+
+  vmm::MachineConfig config_;
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  std::string exit_description_ = "running";
+  UniqueFd ram_fd_;
+  std::unique_ptr<SharedRamMemory> memory_;
+  std::unique_ptr<QmpClient> qmp_;
+  std::unique_ptr<GdbstubClient> gdb_;
+  std::vector<int> threads_;  // gdbstub thread id of vCPU i
+  vmm::RunState state_ = vmm::RunState::starting;
+};
+
+}  // namespace immortal::qemu

@@ -1,0 +1,138 @@
+#include "qemu/qmp_client.h"
+
+#include "base/error.h"
+
+namespace immortal::qemu {
+
+namespace {
+constexpr std::size_t kMaxLine = 16 << 20;
+
+[[noreturn]] void bad(const std::string& why) { fail(ExitCode::qemu, "QMP: {}", why); }
+}  // namespace
+
+QmpMessage parse_qmp_message(std::string_view line) {
+  json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) bad("not a JSON object: " + std::string(line.substr(0, 200)));
+  QmpMessage m{};
+  if (auto id = j.find("id"); id != j.end()) {
+    if (!id->is_number_unsigned()) bad("unexpected id");
+    m.id = id->get<std::uint64_t>();
+  }
+  if (j.contains("QMP")) {
+    m.kind = QmpMessage::Kind::greeting;
+    m.value = j["QMP"];
+  } else if (j.contains("return")) {
+    m.kind = QmpMessage::Kind::success;
+    m.value = j["return"];
+  } else if (auto e = j.find("error"); e != j.end()) {
+    m.kind = QmpMessage::Kind::error;
+    m.value = *e;
+    if (e->is_object()) {
+      m.error_class = e->value("class", "");
+      m.error_desc = e->value("desc", "");
+    }
+  } else if (auto ev = j.find("event"); ev != j.end() && ev->is_string()) {
+    m.kind = QmpMessage::Kind::event;
+    m.event_name = ev->get<std::string>();
+    m.value = j.value("data", json::object());
+  } else {
+    bad("unknown message: " + std::string(line.substr(0, 200)));
+  }
+  return m;
+}
+
+std::optional<std::string> LineSplitter::next() {
+  auto nl = buffer_.find('\n');
+  if (nl == std::string::npos) {
+    if (buffer_.size() > max_line_) bad("line longer than " + std::to_string(max_line_) + " bytes");
+    return std::nullopt;
+  }
+  if (nl > max_line_) bad("line longer than " + std::to_string(max_line_) + " bytes");
+  std::string line = buffer_.substr(0, nl);
+  buffer_.erase(0, nl + 1);
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
+}
+
+QmpClient::QmpClient(UniqueFd socket, Deadline deadline)
+    : socket_(std::move(socket)), lines_(kMaxLine) {
+  set_nonblocking(socket_.get(), true);
+  auto greeting = read_message(deadline);
+  if (!greeting || greeting->kind != QmpMessage::Kind::greeting) bad("no greeting from QEMU");
+  greeting_ = greeting->value;
+  execute("qmp_capabilities", json::object(), deadline);
+}
+
+bool QmpClient::pump(Deadline deadline) {
+  if (closed_) bad("connection closed by QEMU");
+  if (!wait_readable(socket_.get(), deadline)) return false;
+  bool would_block = false;
+  std::string data = read_some(socket_.get(), 65536, &would_block);
+  if (would_block) return true;
+  if (data.empty()) {
+    closed_ = true;
+    bad("connection closed by QEMU");
+  }
+  lines_.feed(data);
+  return true;
+}
+
+std::optional<QmpMessage> QmpClient::read_message(Deadline deadline) {
+  for (;;) {
+    while (auto line = lines_.next()) {
+      if (line->empty()) continue;
+      QmpMessage m = parse_qmp_message(*line);
+      if (m.kind == QmpMessage::Kind::event) {
+        events_.push_back({m.event_name, m.value});
+        continue;
+      }
+      return m;
+    }
+    if (!pump(deadline)) return std::nullopt;
+  }
+}
+
+json QmpClient::execute(const std::string& command, const json& arguments, Deadline deadline) {
+  std::uint64_t id = next_id_++;
+  json request = {{"execute", command}, {"id", id}};
+  if (!arguments.empty()) request["arguments"] = arguments;
+  write_all(socket_.get(), request.dump() + "\n", deadline);
+  for (;;) {
+    auto m = read_message(deadline);
+    if (!m) fail(ExitCode::timeout, "QMP: no answer to {} in time", command);
+    if (m->id != id) continue;  // a late answer to an earlier, timed-out command
+    if (m->kind == QmpMessage::Kind::error)
+      fail(ExitCode::qemu, "QMP {} failed: {} ({})", command, m->error_desc, m->error_class);
+    if (m->kind != QmpMessage::Kind::success) bad("unexpected answer to " + command);
+    return m->value;
+  }
+}
+
+std::vector<QmpEvent> QmpClient::take_events() {
+  if (!closed_) {
+    try {
+      for (;;) {
+        bool would_block = false;
+        std::string data = read_some(socket_.get(), 65536, &would_block);
+        if (would_block) break;
+        if (data.empty()) {
+          closed_ = true;
+          break;
+        }
+        lines_.feed(data);
+      }
+      while (auto line = lines_.next()) {
+        if (line->empty()) continue;
+        QmpMessage m = parse_qmp_message(*line);
+        if (m.kind == QmpMessage::Kind::event) events_.push_back({m.event_name, m.value});
+      }
+    } catch (const Error&) {
+      closed_ = true;
+    }
+  }
+  std::vector<QmpEvent> out(events_.begin(), events_.end());
+  events_.clear();
+  return out;
+}
+
+}  // namespace immortal::qemu

@@ -1,0 +1,78 @@
+// A client of the QEMU Machine Protocol (QMP) over its UNIX socket: capabilities
+// negotiation, synchronous commands, asynchronous events queued for the caller.
+// QMP is line-delimited JSON; see QEMU's docs/interop/qmp-spec.txt.
+#pragma once
+
+#include "base/io.h"
+#include "base/unique_fd.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace immortal::qemu {
+
+using nlohmann::json;
+
+struct QmpEvent {
+  std::string name;
+  json data;
+};
+
+// One line of QMP, classified. Throws QmpProtocolError for anything QEMU never sends.
+struct QmpMessage {
+  enum class Kind { greeting, success, error, event } kind;
+  std::optional<std::uint64_t> id;
+  json value;              // "return" value, error object or event data
+  std::string event_name;  // for events
+  std::string error_class, error_desc;
+};
+QmpMessage parse_qmp_message(std::string_view line);
+
+// Splits a byte stream into lines, refusing lines longer than a limit.
+class LineSplitter {
+ public:
+  explicit LineSplitter(std::size_t max_line) : max_line_(max_line) {}
+  void feed(std::string_view bytes) { buffer_.append(bytes); }
+  std::optional<std::string> next();  // throws QmpProtocolError for an over-long line
+
+ private:
+  std::size_t max_line_;
+  std::string buffer_;
+};
+
+class QmpClient {
+ public:
+  // Reads the greeting and negotiates capabilities.
+  QmpClient(UniqueFd socket, Deadline deadline);
+
+  // Runs a command and returns its "return" value; throws Error(ExitCode::qemu) carrying QMP's
+  // error class and description, or on timeout / closed socket.
+  json execute(const std::string& command, const json& arguments = json::object(),
+               Deadline deadline = Deadline::in(std::chrono::seconds(10)));
+
+  int fd() const { return socket_.get(); }
+  // Reads whatever is available without blocking; returns the events received so far.
+  std::vector<QmpEvent> take_events();
+  bool closed() const { return closed_; }
+  const json& greeting() const { return greeting_; }
+
+ private:
+  // Blocks until one message arrives (events are queued, not returned).
+  std::optional<QmpMessage> read_message(Deadline deadline);
+  bool pump(Deadline deadline);  // one read into the splitter; false on timeout
+
+  UniqueFd socket_;
+  LineSplitter lines_;
+  std::deque<QmpEvent> events_;
+  json greeting_;
+  std::uint64_t next_id_ = 1;
+  bool closed_ = false;
+};
+
+}  // namespace immortal::qemu

@@ -1,0 +1,328 @@
+#include "supervisor.h"
+
+#include "base/error.h"
+#include "protocol/base64.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+namespace immortal::vmm {
+
+namespace {
+
+constexpr auto kLaunchTimeout = std::chrono::seconds(30);
+constexpr auto kLoopTick = std::chrono::milliseconds(100);
+constexpr std::size_t kMaxControlClients = 64;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+}  // namespace
+
+Supervisor::Supervisor(SupervisorOptions options, InstanceDir dir, MachineFactory factory)
+    : options_(std::move(options)), dir_(std::move(dir)), factory_(std::move(factory)) {
+  if (!options_.say) options_.say = [](const std::string& line) { std::cerr << "immortal: " << line << "\n"; };
+}
+
+Supervisor::~Supervisor() {
+  if (machine_) machine_->terminate(std::chrono::seconds(2));
+}
+
+int Supervisor::run() {
+  // Signals arrive through a descriptor in the poll loop, never in the middle of a request.
+  sigset_t mask;
+  sigemptyset(&mask);
+  for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&mask, s);
+  ::sigprocmask(SIG_BLOCK, &mask, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  signal_fd_ = UniqueFd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!signal_fd_) fail_os(ExitCode::failure, "signalfd", errno);
+
+  try {
+    boot();
+    if (!stop_requested_) serve();
+  } catch (...) {
+    shutdown_machine();
+    throw;
+  }
+  shutdown_machine();
+  options_.say(fmt::format("guest stopped ({})", stop_reason_));
+  return exit_code_;
+}
+
+void Supervisor::boot() {
+  const auto& m = options_.machine;
+  options_.say(fmt::format("starting guest \"{}\": {} vCPUs, {} MiB, accelerator {}: {}", m.name, m.vcpus,
+                           m.memory_bytes >> 20, to_string(m.accelerator), options_.accelerator.reason));
+  machine_ = factory_(m, Deadline::in(kLaunchTimeout));
+  agent_ = std::make_unique<AgentChannel>(machine_->connect_agent_channel(Deadline::in(std::chrono::seconds(5))));
+  control_listener_ = listen_unix(dir_.file("control.sock"));
+  set_nonblocking(control_listener_.get(), true);
+  started_ = Clock::now();
+  machine_->resume();
+  guest_state_ = "booting";
+
+  auto deadline = Deadline::in(options_.hello_timeout);
+  while (!agent_->hello()) {
+    std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}, {agent_->fd(), POLLIN, 0},
+                            {control_listener_.get(), POLLIN, 0}};
+    for (int fd : machine_->event_fds()) fds.push_back({fd, POLLIN, 0});
+    for (auto& [fd, c] : clients_) fds.push_back({fd, POLLIN, 0});
+    ::poll(fds.data(), fds.size(), static_cast<int>(kLoopTick.count()));
+    pump_console();
+    handle_signals();
+    if (stop_requested_) return;
+    handle_machine_events();
+    if (guest_state_ == "shut off")
+      fail(ExitCode::qemu, "the guest stopped while booting; last console lines:\n{}", last_console_lines(10));
+    if (guest_state_ == "crashed")
+      fail(ExitCode::guest_crashed, "the guest kernel crashed while booting; last console lines:\n{}",
+           last_console_lines(15));
+    agent_->on_readable();  // a protocol violation throws Error(ExitCode::agent)
+    if (agent_->closed()) fail(ExitCode::agent, "the guest agent's channel closed during boot");
+    accept_control();
+    for (auto& fd : std::vector<int>([&] { std::vector<int> v; for (auto& [f, c] : clients_) v.push_back(f); return v; }()))
+      handle_control(fd);
+    if (!agent_->hello() && deadline.expired())
+      fail(ExitCode::agent, "the guest agent did not say hello within {} s; last console lines:\n{}",
+           options_.hello_timeout.count() / 1000, last_console_lines(10));
+  }
+  boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_);
+  guest_state_ = "running";
+  const auto& hello = *agent_->hello();
+  std::string summary = fmt::format("guest \"{}\" is up: agent hello after {:.2f} s — kernel {}, boot id {}, agent {}",
+                                    m.name, boot_time_->count() / 1000.0, hello.kernel_release, hello.boot_id,
+                                    hello.agent_version);
+  options_.say(summary);
+  if (options_.on_ready) options_.on_ready(summary);
+}
+
+void Supervisor::serve() {
+  while (!stop_requested_) {
+    std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}, {control_listener_.get(), POLLIN, 0}};
+    if (!agent_->closed()) fds.push_back({agent_->fd(), POLLIN, 0});
+    for (int fd : machine_->event_fds()) fds.push_back({fd, POLLIN, 0});
+    for (auto& [fd, c] : clients_) fds.push_back({fd, POLLIN, 0});
+    ::poll(fds.data(), fds.size(), static_cast<int>(kLoopTick.count()));
+
+    pump_console();
+    handle_signals();
+    handle_machine_events();
+    if (guest_state_ == "shut off") {
+      stop_requested_ = true;
+      stop_reason_ = "the guest powered off";
+    }
+    try {
+      agent_->on_readable();
+    } catch (const Error& e) {
+      options_.say(e.what());  // the guest keeps running; status shows the agent as gone
+    }
+    accept_control();
+    std::vector<int> ready;
+    for (const auto& p : fds)
+      if (p.revents && clients_.count(p.fd)) ready.push_back(p.fd);
+    for (int fd : ready) handle_control(fd);
+  }
+}
+
+void Supervisor::handle_signals() {
+  signalfd_siginfo info{};
+  while (::read(signal_fd_.get(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+    stop_requested_ = true;
+    stop_reason_ = fmt::format("signal {}", ::strsignal(static_cast<int>(info.ssi_signo)));
+    exit_code_ = 128 + static_cast<int>(info.ssi_signo);
+  }
+}
+
+void Supervisor::handle_machine_events() {
+  for (const auto& e : machine_->drain_events()) {
+    switch (e.kind) {
+      case MachineEvent::Kind::guest_panicked:
+        guest_state_ = "crashed";
+        options_.say("the guest kernel crashed (pvpanic); the VM is stopped with its state kept. Last console lines:\n" +
+                     last_console_lines(15));
+        break;
+      case MachineEvent::Kind::shutdown:
+        guest_state_ = "shut off";
+        break;
+      case MachineEvent::Kind::reset:
+        options_.say("the guest reset itself");
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+void Supervisor::accept_control() {
+  for (;;) {
+    int fd = ::accept4(control_listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return;
+    UniqueFd client(fd);
+    if (clients_.size() >= kMaxControlClients) continue;  // closed: too many at once
+    clients_.emplace(fd, std::make_unique<ControlConnection>(std::move(client)));
+  }
+}
+
+void Supervisor::handle_control(int fd) {
+  auto it = clients_.find(fd);
+  if (it == clients_.end()) return;
+  std::optional<json> request;
+  try {
+    request = it->second->on_readable();
+  } catch (const Error& e) {
+    if (e.code() == ExitCode::usage) it->second->reply_error(e.exit_code(), e.what());
+    clients_.erase(it);
+    return;
+  }
+  if (request) answer(fd, *request);
+}
+
+void Supervisor::answer(int fd, const json& request) {
+  auto& client = *clients_.at(fd);
+  std::string command = request["command"].get<std::string>();
+  auto done = [this, fd] { clients_.erase(fd); };
+  if (command == "status") {
+    client.reply(status());
+    return done();
+  }
+  if (command == "stop") {
+    stop_requested_ = true;
+    stop_reason_ = "stop requested";
+    if (request.value("force", false)) options_.stop_grace = std::chrono::milliseconds(0);
+    client.reply({{"stopping", true}});
+    return done();
+  }
+  if (command == "exec") {
+    const json& argv = request.value("argv", json::array());
+    std::vector<std::string> args;
+    if (argv.is_array())
+      for (const auto& a : argv)
+        if (a.is_string()) args.push_back(a.get<std::string>());
+    if (args.empty() || args.size() != argv.size()) {
+      client.reply_error(static_cast<int>(ExitCode::usage), "exec needs a command");
+      return done();
+    }
+    if (!agent_->hello() || agent_->closed()) {
+      client.reply_error(static_cast<int>(ExitCode::agent), "the guest agent is not connected");
+      return done();
+    }
+    auto timeout = request.value("timeout_ms", 60'000u);
+    try {
+      agent_->exec(args, timeout, [this, fd](const agent::ExecResult* result, const std::string& error) {
+        auto it = clients_.find(fd);
+        if (it == clients_.end()) return;
+        if (!result) {
+          it->second->reply_error(static_cast<int>(ExitCode::agent), error);
+        } else {
+          json r = {{"stdout", agent::base64_encode(result->stdout_data)},
+                    {"stderr", agent::base64_encode(result->stderr_data)},
+                    {"truncated", result->truncated},
+                    {"timed_out", result->timed_out}};
+          r["exit_code"] = result->exit_code ? json(*result->exit_code) : json(nullptr);
+          r["signal"] = result->signal ? json(*result->signal) : json(nullptr);
+          if (!result->error.empty()) r["error"] = result->error;
+          it->second->reply(r);
+        }
+        clients_.erase(it);
+      });
+    } catch (const Error& e) {
+      client.reply_error(e.exit_code(), e.what());
+      return done();
+    }
+    return;  // answered when the result arrives
+  }
+  client.reply_error(static_cast<int>(ExitCode::usage), "unknown command \"" + command + "\"");
+  done();
+}
+
+json Supervisor::status() const {
+  const auto& m = options_.machine;
+  json s = {{"name", m.name},
+            {"state", guest_state_},
+            {"supervisor_pid", ::getpid()},
+            {"qemu_pid", machine_ ? machine_->process_id() : 0},
+            {"accelerator", to_string(m.accelerator)},
+            {"accelerator_reason", options_.accelerator.reason},
+            {"vcpus", m.vcpus},
+            {"memory_bytes", m.memory_bytes},
+            {"kernel", m.kernel},
+            {"initrd", m.initrd},
+            {"runtime_dir", dir_.path()},
+            {"console_log", m.console_log},
+            {"uptime_s", seconds_since(started_)}};
+  if (boot_time_) s["boot_time_ms"] = boot_time_->count();
+  json agent = {{"connected", agent_ && agent_->hello() && !agent_->closed()},
+                {"heartbeats", agent_ ? agent_->heartbeats() : 0}};
+  if (agent_ && agent_->last_heard()) agent["last_heard_s"] = seconds_since(*agent_->last_heard());
+  if (agent_ && agent_->hello()) {
+    const auto& h = *agent_->hello();
+    s["kernel_release"] = h.kernel_release;
+    s["boot_id"] = h.boot_id;
+    agent["version"] = h.agent_version;
+  }
+  s["agent"] = agent;
+  return s;
+}
+
+void Supervisor::shutdown_machine() {
+  if (!machine_) return;
+  for (auto& [fd, c] : clients_) c->reply_error(static_cast<int>(ExitCode::failure), "the instance is stopping");
+  clients_.clear();
+  if (agent_) agent_->abandon("the instance is stopping");
+  // Ask the guest to power itself off (it flushes what it has), then make sure the VM is gone.
+  if (guest_state_ == "running" && agent_ && !agent_->closed() && options_.stop_grace.count() > 0) {
+    try {
+      agent_->poweroff();
+      auto deadline = Deadline::in(options_.stop_grace);
+      while (guest_state_ != "shut off" && !deadline.expired()) {
+        std::vector<pollfd> fds;
+        for (int fd : machine_->event_fds()) fds.push_back({fd, POLLIN, 0});
+        ::poll(fds.data(), fds.size(), 50);
+        handle_machine_events();
+      }
+    } catch (const Error&) {
+      // Fall through to terminate.
+    }
+  }
+  pump_console();
+  machine_->terminate(std::chrono::seconds(2));
+  machine_.reset();
+  guest_state_ = "shut off";
+}
+
+void Supervisor::pump_console() {
+  if (!options_.echo_console) return;
+  std::ifstream in(options_.machine.console_log, std::ios::binary);
+  if (!in) return;
+  in.seekg(static_cast<std::streamoff>(console_offset_));
+  char buf[8192];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    std::cout.write(buf, in.gcount());
+    console_offset_ += static_cast<std::uint64_t>(in.gcount());
+  }
+  std::cout.flush();
+}
+
+std::string Supervisor::last_console_lines(std::size_t n) const {
+  std::ifstream in(options_.machine.console_log);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) {
+    lines.push_back(line);
+    if (lines.size() > n) lines.erase(lines.begin());
+  }
+  std::string out;
+  for (const auto& l : lines) out += "  | " + l + "\n";
+  return out.empty() ? "  (the console is empty)\n" : out;
+}
+
+}  // namespace immortal::vmm
