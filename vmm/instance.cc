@@ -57,12 +57,13 @@ InstanceDir InstanceDir::claim(const std::string& root, const std::string& name)
     if (errno == EWOULDBLOCK) fail(ExitCode::failure, "an instance named \"{}\" is already running", name);
     fail_os(ExitCode::failure, "lock " + dir.path_, errno);
   }
+  dir.owner_ = true;
   dir.remove_sockets();  // leftovers of an instance that was killed
   return dir;
 }
 
 InstanceDir::~InstanceDir() {
-  if (lock_) remove_sockets();
+  if (owner_ && lock_) remove_sockets();
 }
 
 void InstanceDir::remove_sockets() const {

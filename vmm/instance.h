@@ -36,6 +36,7 @@ class InstanceDir {
   InstanceDir() = default;
   std::string path_, name_;
   UniqueFd lock_;
+  bool owner_ = false;  // set once the lock is ours: only then are the files ours to clean
 };
 
 // Names of the instances whose supervisor is alive (lock held), sorted.

@@ -61,8 +61,8 @@ int Supervisor::run() {
 
 void Supervisor::boot() {
   const auto& m = options_.machine;
-  options_.say(fmt::format("starting guest \"{}\": {} vCPUs, {} MiB, accelerator {}: {}", m.name, m.vcpus,
-                           m.memory_bytes >> 20, to_string(m.accelerator), options_.accelerator.reason));
+  options_.say(fmt::format("starting guest \"{}\": {} vCPUs, {} MiB, accelerator {}", m.name, m.vcpus,
+                           m.memory_bytes >> 20, to_string(m.accelerator)));
   machine_ = factory_(m, Deadline::in(kLaunchTimeout));
   agent_ = std::make_unique<AgentChannel>(machine_->connect_agent_channel(Deadline::in(std::chrono::seconds(5))));
   control_listener_ = listen_unix(dir_.file("control.sock"));

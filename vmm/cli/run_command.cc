@@ -113,6 +113,7 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
     accel.reason = "chosen with --accel";
   }
   config.accelerator = accel.accelerator;
+  std::cerr << "immortal: accelerator " << to_string(accel.accelerator) << ": " << accel.reason << "\n";
 
   InstanceDir dir = InstanceDir::claim(runtime_root(global.runtime_dir), o.name);
   config.runtime_dir = dir.path();

@@ -173,10 +173,10 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
     if (static_cast<int>(m->threads_.size()) != config.vcpus)
       fail(ExitCode::qemu, "gdbstub reports {} vCPUs, expected {}", m->threads_.size(), config.vcpus);
     m->read_registers(0);  // checks the register layout before anyone relies on it
-  } catch (const Error& e) {
-    if (m->reap(false) || e.code() == ExitCode::qemu) {
-      if (m->exited_) throw died("exited at start");
-    }
+  } catch (const Error&) {
+    // A connection reset or a closed monitor usually means QEMU is exiting: say why.
+    for (int i = 0; i < 100 && !m->reap(false); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (m->exited_) throw died("exited at start");
     throw;
   }
   return m;

@@ -1,0 +1,184 @@
+#include "harness.h"
+
+#include <catch2/catch.hpp>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+extern char** environ;
+
+namespace immortal::test {
+
+namespace {
+std::string g_scratch;
+std::atomic<int> g_counter{0};
+}  // namespace
+
+void prepare_environment() {
+  char tmpl[] = "/tmp/immortal-it-XXXXXX";
+  if (!::mkdtemp(tmpl)) std::abort();
+  g_scratch = tmpl;
+  ::setenv("IMMORTAL_RUNTIME_DIR", (g_scratch + "/run").c_str(), 1);
+  ::signal(SIGPIPE, SIG_IGN);
+}
+
+void cleanup_environment() {
+  std::string cmd = "rm -rf '" + g_scratch + "'";
+  if (std::system(cmd.c_str()) != 0) {
+  }
+}
+
+std::string runtime_root() { return g_scratch + "/run"; }
+std::string scratch_dir() { return g_scratch; }
+
+std::string guest_dir() {
+  const char* dir = std::getenv("IMMORTAL_GUEST_DIR");
+  REQUIRE(dir != nullptr);
+  return dir;
+}
+
+std::string unique_name(const std::string& prefix) {
+  return prefix + "-" + std::to_string(::getpid()) + "-" + std::to_string(g_counter++);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+static std::vector<char*> argv_of(std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  return argv;
+}
+
+CommandResult run_cli(const std::vector<std::string>& args, std::chrono::seconds timeout) {
+  std::vector<std::string> full{IMMORTAL_BINARY};
+  full.insert(full.end(), args.begin(), args.end());
+  auto argv = argv_of(full);
+  int out[2], err[2];
+  REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+  REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, err[1], 2);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  pid_t pid = -1;
+  REQUIRE(posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) == 0);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out[1]);
+  ::close(err[1]);
+  CommandResult result;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  int open_streams = 2;
+  while (open_streams > 0 && std::chrono::steady_clock::now() < deadline) {
+    ::poll(fds, 2, 100);
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP))) continue;
+      char buf[65536];
+      ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
+      if (n > 0) {
+        (i == 0 ? result.out : result.err).append(buf, static_cast<std::size_t>(n));
+      } else {
+        ::close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_streams;
+      }
+    }
+  }
+  for (auto& f : fds)
+    if (f.fd >= 0) ::close(f.fd);
+  if (open_streams > 0) ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (open_streams > 0) result.status = -1;
+  else if (WIFEXITED(status)) result.status = WEXITSTATUS(status);
+  else result.status = 128 + WTERMSIG(status);
+  return result;
+}
+
+pid_t spawn_immortal(const std::vector<std::string>& args, const std::string& output_file) {
+  std::vector<std::string> full{IMMORTAL_BINARY};
+  full.insert(full.end(), args.begin(), args.end());
+  auto argv = argv_of(full);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, output_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  pid_t pid = -1;
+  REQUIRE(posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) == 0);
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+std::vector<pid_t> qemu_processes(const std::string& instance) {
+  std::vector<pid_t> pids;
+  std::string needle = "process=immortal-" + instance;
+  DIR* proc = ::opendir("/proc");
+  while (dirent* e = proc ? ::readdir(proc) : nullptr) {
+    pid_t pid = std::atoi(e->d_name);
+    if (pid <= 0) continue;
+    std::string cmdline = read_file(std::string("/proc/") + e->d_name + "/cmdline");
+    for (auto& c : cmdline)
+      if (c == '\0') c = ' ';
+    // Exact match of the name: it ends the argument.
+    auto at = cmdline.find(needle + " ");
+    if (at != std::string::npos && cmdline.find("qemu-system") != std::string::npos) pids.push_back(pid);
+  }
+  if (proc) ::closedir(proc);
+  return pids;
+}
+
+bool process_alive(pid_t pid) {
+  // A zombie is dead for our purposes.
+  std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  if (stat.empty()) return false;
+  auto paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'Z';
+}
+
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return condition();
+}
+
+std::string initrd_with_agent_script(const std::string& script) {
+  std::string dir = scratch_dir() + "/" + unique_name("initrd");
+  REQUIRE(::mkdir(dir.c_str(), 0700) == 0);
+  REQUIRE(::mkdir((dir + "/root").c_str(), 0700) == 0);
+  REQUIRE(::mkdir((dir + "/root/sbin").c_str(), 0755) == 0);
+  {
+    std::ofstream s(dir + "/root/sbin/immortal-agent");
+    s << "#!/bin/sh\n" << script;
+  }
+  REQUIRE(::chmod((dir + "/root/sbin/immortal-agent").c_str(), 0755) == 0);
+  // The kernel unpacks concatenated archives in order; a later file replaces an earlier one.
+  std::string cmd = "cd '" + dir + "/root' && echo sbin/immortal-agent | cpio -o -H newc --quiet -R 0:0 | gzip > ../extra.gz && cat '" +
+                    guest_dir() + "/initrd.img' ../extra.gz > ../initrd.img";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  return dir + "/initrd.img";
+}
+
+}  // namespace immortal::test

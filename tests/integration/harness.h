@@ -1,0 +1,42 @@
+// Helpers for integration tests: running the real `immortal` binary, finding QEMU processes,
+// building hostile guest images from the real one.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace immortal::test {
+
+void prepare_environment();  // sets IMMORTAL_RUNTIME_DIR to a fresh directory
+void cleanup_environment();
+std::string runtime_root();
+std::string guest_dir();     // $IMMORTAL_GUEST_DIR (scripts/test sets it)
+std::string scratch_dir();   // a temporary directory for this run
+std::string unique_name(const std::string& prefix);
+
+struct CommandResult {
+  int status = -1;  // exit status, or 128 + signal
+  std::string out, err;
+};
+// Runs `immortal ARGS...` and waits for it, killing it after timeout (then status is -1).
+CommandResult run_cli(const std::vector<std::string>& args,
+                       std::chrono::seconds timeout = std::chrono::seconds(120));
+
+// Starts `immortal ARGS...` without waiting; stdout/stderr go to files in scratch_dir().
+pid_t spawn_immortal(const std::vector<std::string>& args, const std::string& output_file);
+
+// QEMU processes started for an instance (by their "-name NAME,process=immortal-NAME").
+std::vector<pid_t> qemu_processes(const std::string& instance);
+bool process_alive(pid_t pid);
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
+
+// The guest image's initrd with /sbin/immortal-agent replaced by a shell script.
+std::string initrd_with_agent_script(const std::string& script);
+
+std::string read_file(const std::string& path);
+
+}  // namespace immortal::test

@@ -1,0 +1,13 @@
+// Integration tests boot real guests. Every instance they start lives under a runtime root
+// of their own, so they never touch an operator's instances.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+
+#include "harness.h"
+
+int main(int argc, char** argv) {
+  immortal::test::prepare_environment();
+  int failed = Catch::Session().run(argc, argv);
+  immortal::test::cleanup_environment();
+  return failed;
+}

@@ -1,0 +1,115 @@
+// The host's agent channel against a scripted guest on a socketpair.
+#include "agent_channel.h"
+#include "base/error.h"
+#include "protocol/messages.h"
+
+#include <catch2/catch.hpp>
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+using namespace immortal;
+using namespace immortal::vmm;
+using namespace immortal::agent;
+
+namespace {
+struct Pair {
+  UniqueFd host, guest;
+  Pair() {
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+    host = UniqueFd(fds[0]);
+    guest = UniqueFd(fds[1]);
+  }
+  void guest_sends(const std::string& bytes) { REQUIRE(::write(guest.get(), bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size())); }
+  FrameDecoder from_host;
+  Frame guest_receives() {
+    char buf[65536];
+    for (;;) {
+      if (auto f = from_host.next()) return *f;
+      ssize_t n = ::read(guest.get(), buf, sizeof buf);
+      REQUIRE(n > 0);
+      from_host.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+    }
+  }
+};
+}  // namespace
+
+SCENARIO("the host talks to a well-behaved agent", "[agent]") {
+  Pair p;
+  AgentChannel channel(std::move(p.host));
+  GIVEN("a hello and a heartbeat") {
+    Hello h;
+    h.agent_version = "t";
+    h.kernel_release = "6.1.0-test";
+    h.boot_id = "id";
+    h.hostname = "g";
+    p.guest_sends(encode_frame(MessageType::hello, to_payload(h)) +
+                  encode_frame(MessageType::heartbeat, to_payload(Heartbeat{1, 10})));
+    channel.on_readable();
+    THEN("both are recorded") {
+      REQUIRE(channel.hello());
+      CHECK(channel.hello()->kernel_release == "6.1.0-test");
+      CHECK(channel.heartbeats() == 1);
+      CHECK(channel.last_heard());
+    }
+    WHEN("an exec is answered") {
+      std::optional<ExecResult> got;
+      channel.exec({"echo", "hi"}, 1000, [&](const ExecResult* r, const std::string&) { got = *r; });
+      Frame request = p.guest_receives();
+      REQUIRE(request.type == MessageType::exec);
+      ExecRequest req = parse_exec_request(request.payload);
+      CHECK(req.argv == std::vector<std::string>{"echo", "hi"});
+      ExecResult result;
+      result.id = req.id;
+      result.exit_code = 0;
+      result.stdout_data = "hi\n";
+      p.guest_sends(encode_frame(MessageType::exec_result, to_payload(result)));
+      channel.on_readable();
+      THEN("the callback gets the output") {
+        REQUIRE(got);
+        CHECK(got->stdout_data == "hi\n");
+      }
+    }
+  }
+}
+
+SCENARIO("a hostile agent cannot confuse the host", "[agent]") {
+  Pair p;
+  AgentChannel channel(std::move(p.host));
+  std::string failure;
+  channel.exec({"true"}, 1000, [&](const ExecResult* r, const std::string& e) { if (!r) failure = e; });
+  WHEN("it sends garbage") {
+    p.guest_sends("GET / HTTP/1.0\r\n\r\n");
+    THEN("the channel closes with a protocol error and pending requests fail") {
+      try {
+        channel.on_readable();
+        FAIL("accepted garbage");
+      } catch (const Error& e) {
+        CHECK(e.code() == ExitCode::agent);
+        CHECK_THAT(e.what(), Catch::Contains("bad frame magic"));
+      }
+      CHECK(channel.closed());
+      CHECK_THAT(failure, Catch::Contains("protocol error"));
+    }
+  }
+  WHEN("it answers a request nobody made") {
+    ExecResult result;
+    result.id = 999;
+    result.exit_code = 0;
+    p.guest_sends(encode_frame(MessageType::exec_result, to_payload(result)));
+    THEN("that is a protocol error") { CHECK_THROWS_AS(channel.on_readable(), Error); }
+  }
+  WHEN("it sends a host-only message") {
+    p.guest_sends(encode_frame(MessageType::exec, R"({"id":1,"argv":["x"],"timeout_ms":1})"));
+    THEN("that is a protocol error") { CHECK_THROWS_WITH(channel.on_readable(), Catch::Contains("unexpected message")); }
+  }
+  WHEN("it hangs up") {
+    p.guest.reset();
+    channel.on_readable();
+    THEN("pending requests fail and the channel is closed") {
+      CHECK(channel.closed());
+      CHECK_THAT(failure, Catch::Contains("closed"));
+    }
+  }
+}

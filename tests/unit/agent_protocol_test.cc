@@ -1,0 +1,109 @@
+// The agent protocol as the host sees it: frames and messages from an untrusted guest.
+#include "protocol/base64.h"
+#include "protocol/frame.h"
+#include "protocol/messages.h"
+
+#include <catch2/catch.hpp>
+
+using namespace immortal::agent;
+
+static std::string header(std::uint32_t magic, std::uint16_t version, std::uint16_t type, std::uint32_t length) {
+  std::string h;
+  for (int i = 0; i < 4; ++i) h.push_back(static_cast<char>(magic >> (8 * i)));
+  for (int i = 0; i < 2; ++i) h.push_back(static_cast<char>(version >> (8 * i)));
+  for (int i = 0; i < 2; ++i) h.push_back(static_cast<char>(type >> (8 * i)));
+  for (int i = 0; i < 4; ++i) h.push_back(static_cast<char>(length >> (8 * i)));
+  return h;
+}
+
+TEST_CASE("a frame survives encoding and byte-by-byte decoding", "[protocol]") {
+  std::string wire = encode_frame(MessageType::ping, R"({"id":7})") + encode_frame(MessageType::poweroff, "{}");
+  REQUIRE(wire.substr(0, 4) == "IMRT");
+  FrameDecoder decoder;
+  std::vector<Frame> frames;
+  for (char c : wire) {
+    decoder.feed(std::string_view(&c, 1));
+    while (auto f = decoder.next()) frames.push_back(*f);
+  }
+  REQUIRE(frames.size() == 2);
+  CHECK(frames[0].type == MessageType::ping);
+  CHECK(parse_ping(frames[0].payload).id == 7);
+  CHECK(frames[1].type == MessageType::poweroff);
+  CHECK(decoder.buffered() == 0);
+}
+
+TEST_CASE("malformed frames are refused, and stay refused", "[protocol]") {
+  SECTION("bad magic") {
+    FrameDecoder d;
+    d.feed(header(0x12345678, 1, 1, 0));
+    REQUIRE_THROWS_WITH(d.next(), Catch::Contains("bad frame magic"));
+    d.feed(encode_frame(MessageType::ping, "{}"));
+    REQUIRE_THROWS_AS(d.next(), ProtocolError);
+  }
+  SECTION("wrong version") {
+    FrameDecoder d;
+    d.feed(header(kMagic, 9, 1, 0));
+    REQUIRE_THROWS_WITH(d.next(), Catch::Contains("unsupported protocol version 9"));
+  }
+  SECTION("unknown type") {
+    FrameDecoder d;
+    d.feed(header(kMagic, 1, 99, 0));
+    REQUIRE_THROWS_WITH(d.next(), Catch::Contains("unknown message type 99"));
+  }
+  SECTION("oversized payload is refused from the header alone") {
+    FrameDecoder d;
+    d.feed(header(kMagic, 1, 1, 0x7fffffff));
+    REQUIRE_THROWS_WITH(d.next(), Catch::Contains("exceeds the limit"));
+  }
+  SECTION("a partial frame is not a frame") {
+    FrameDecoder d;
+    d.feed(header(kMagic, 1, 1, 10) + "abc");
+    REQUIRE_FALSE(d.next().has_value());
+  }
+}
+
+TEST_CASE("messages round-trip and bad fields are named", "[protocol]") {
+  Hello h;
+  h.agent_version = "0.1.0";
+  h.kernel_release = "6.1.0-56-amd64";
+  h.boot_id = "b0";
+  h.uptime_ms = 1234;
+  h.hostname = "g";
+  Hello back = parse_hello(to_payload(h));
+  CHECK(back.kernel_release == h.kernel_release);
+  CHECK(back.uptime_ms == 1234);
+
+  ExecResult r;
+  r.id = 3;
+  r.exit_code = 2;
+  r.stdout_data = std::string("\x00\xff binary\n", 9);
+  ExecResult r2 = parse_exec_result(to_payload(r));
+  CHECK(r2.stdout_data == r.stdout_data);
+  CHECK(r2.exit_code == 2);
+  CHECK_FALSE(r2.signal.has_value());
+
+  CHECK_THROWS_WITH(parse_hello("not json"), Catch::Contains("not valid JSON"));
+  CHECK_THROWS_WITH(parse_hello("[1,2]"), Catch::Contains("not a JSON object"));
+  CHECK_THROWS_WITH(parse_hello(R"({"protocol":2})"), Catch::Contains("protocol 2"));
+  CHECK_THROWS_WITH(parse_heartbeat(R"({"seq":-1,"uptime_ms":0})"), Catch::Contains("\"seq\""));
+  CHECK_THROWS_WITH(parse_exec_result(R"({"id":1,"exit_code":0,"signal":9,"stdout":"","stderr":"","truncated":false,"timed_out":false})"),
+                    Catch::Contains("exactly one"));
+  CHECK_THROWS_WITH(parse_exec_result(R"({"id":1,"exit_code":0,"signal":null,"stdout":"!!!!","stderr":"","truncated":false,"timed_out":false})"),
+                    Catch::Contains("not base64"));
+  CHECK_THROWS_WITH(parse_exec_request(R"({"id":1,"argv":[],"timeout_ms":5})"), Catch::Contains("argv"));
+  std::string huge(kMaxText + 1, 'x');
+  CHECK_THROWS_WITH(parse_hello(R"({"protocol":1,"agent_version":")" + huge + R"("})"), Catch::Contains("too long"));
+}
+
+TEST_CASE("base64 matches RFC 4648 vectors and rejects garbage", "[protocol]") {
+  const std::pair<const char*, const char*> vectors[] = {
+      {"", ""}, {"f", "Zg=="}, {"fo", "Zm8="}, {"foo", "Zm9v"}, {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="},
+      {"foobar", "Zm9vYmFy"}};
+  for (auto [plain, encoded] : vectors) {
+    CHECK(base64_encode(plain) == encoded);
+    CHECK(base64_decode(encoded) == std::string(plain));
+  }
+  CHECK_FALSE(base64_decode("Zm9").has_value());
+  CHECK_FALSE(base64_decode("Zm=v").has_value());
+  CHECK_FALSE(base64_decode("Z===").has_value());
+}

@@ -1,0 +1,96 @@
+// Backend-independent pieces of the supervisor: sizes, RAM layout, shared RAM, instances.
+#include "base/error.h"
+#include "cli/arguments.h"
+#include "instance.h"
+#include "memory/shared_ram.h"
+#include "qemu/qemu_machine.h"
+
+#include <catch2/catch.hpp>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+using namespace immortal;
+using namespace immortal::vmm;
+
+TEST_CASE("memory sizes follow QEMU's notation", "[cli]") {
+  CHECK(parse_memory_size("512M") == 512ull << 20);
+  CHECK(parse_memory_size("512") == 512ull << 20);
+  CHECK(parse_memory_size("2G") == 2ull << 30);
+  CHECK(parse_memory_size("2GiB") == 2ull << 30);
+  CHECK(parse_memory_size("1t") == 1ull << 40);
+  for (const char* bad : {"", "M", "12Q", "-1G", "1.5G", "2T", "63M", "99999999999999999999G", "65537K"}) {
+    INFO(bad);
+    try {
+      parse_memory_size(bad);
+      FAIL("accepted");
+    } catch (const Error& e) {
+      CHECK(e.code() == ExitCode::usage);
+      CHECK_THAT(e.what(), Catch::Contains("invalid memory size"));
+    }
+  }
+}
+
+TEST_CASE("q35 places RAM around the PCI hole like QEMU", "[qemu]") {
+  auto small = qemu::q35_ram_layout(512ull << 20);
+  REQUIRE(small.size() == 1);
+  CHECK(small[0].size == 512ull << 20);
+  auto big = qemu::q35_ram_layout(4ull << 30);
+  REQUIRE(big.size() == 2);
+  CHECK(big[0].size == 2ull << 30);
+  CHECK(big[1].guest_physical == 4ull << 30);
+  CHECK(big[1].file_offset == 2ull << 30);
+  CHECK(big[1].size == 2ull << 30);
+  auto edge = qemu::q35_ram_layout(0xb0000000ull - (1 << 20));
+  CHECK(edge.size() == 1);
+}
+
+TEST_CASE("shared RAM reads and writes by guest-physical address, and faults outside RAM", "[memory]") {
+  const std::uint64_t size = 8 << 20;
+  UniqueFd fd(::memfd_create("test-ram", MFD_CLOEXEC));
+  REQUIRE(::ftruncate(fd.get(), size) == 0);
+  // Two segments: 4 MiB at 0, 4 MiB at 16 MiB (file offset 4 MiB).
+  SharedRamMemory ram(fd.get(), size, {{0, 0, 4 << 20}, {16 << 20, 4 << 20, 4 << 20}});
+  REQUIRE(ram.ranges().size() == 2);
+  CHECK(ram.total_size() == size);
+  std::uint64_t value = 0x1122334455667788ull;
+  ram.write((16 << 20) + 8, std::as_bytes(std::span(&value, 1)));
+  CHECK(ram.read_value<std::uint64_t>((16 << 20) + 8) == value);
+  std::uint64_t in_file = 0;
+  REQUIRE(::pread(fd.get(), &in_file, 8, (4 << 20) + 8) == 8);
+  CHECK(in_file == value);
+  CHECK_THROWS_AS(ram.read_value<std::uint32_t>(5 << 20), MemoryFault);
+  CHECK_THROWS_AS(ram.read_value<std::uint64_t>((4 << 20) - 4), MemoryFault);  // straddles the end
+  CHECK_THROWS_AS(ram.read_value<std::uint64_t>(~0ull - 2), MemoryFault);
+  CHECK_THROWS_AS(SharedRamMemory(fd.get(), size, {{0, 4 << 20, 8 << 20}}), Error);
+}
+
+TEST_CASE("instances are claimed once, and a dead one's name can be reused", "[instance]") {
+  char tmpl[] = "/tmp/immortal-test-XXXXXX";
+  REQUIRE(::mkdtemp(tmpl));
+  std::string root = std::string(tmpl) + "/rt";
+  {
+    InstanceDir a = InstanceDir::claim(root, "alpha");
+    CHECK(instance_running(root, "alpha"));
+    CHECK(running_instances(root) == std::vector<std::string>{"alpha"});
+    try {
+      InstanceDir::claim(root, "alpha");
+      FAIL("claimed twice");
+    } catch (const Error& e) {
+      CHECK_THAT(e.what(), Catch::Contains("already running"));
+    }
+  }
+  CHECK_FALSE(instance_running(root, "alpha"));
+  CHECK(running_instances(root).empty());
+  InstanceDir again = InstanceDir::claim(root, "alpha");
+  CHECK(instance_running(root, "alpha"));
+  for (const char* bad : {"", ".x", "a/b", "a b", "012345678901234567890123456789012"}) {
+    INFO(bad);
+    CHECK_THROWS_AS(check_instance_name(bad), Error);
+  }
+  std::string cmd = std::string("rm -rf ") + tmpl;
+  CHECK(std::system(cmd.c_str()) == 0);
+}
