@@ -51,20 +51,19 @@ std::optional<json> ControlConnection::on_readable() {
 void ControlConnection::reply(const json& answer) {
   json a = answer;
   a["ok"] = true;
-  try {
-    write_all(fd_.get(), a.dump(-1, ' ', false, json::error_handler_t::replace) + "\n",
-              Deadline::in(std::chrono::seconds(5)));
-  } catch (const Error&) {
-    // The client went away; nothing to tell it.
-  }
+  send(a);
 }
 
 void ControlConnection::reply_error(int exit_code, const std::string& message) {
-  json a = {{"ok", false}, {"error", message}, {"exit_code", exit_code}};
+  send({{"ok", false}, {"error", message}, {"exit_code", exit_code}});
+}
+
+void ControlConnection::send(const json& answer) {
   try {
-    write_all(fd_.get(), a.dump(-1, ' ', false, json::error_handler_t::replace) + "\n",
+    write_all(fd_.get(), answer.dump(-1, ' ', false, json::error_handler_t::replace) + "\n",
               Deadline::in(std::chrono::seconds(5)));
   } catch (const Error&) {
+    // The client went away; nothing to tell it.
   }
 }
 

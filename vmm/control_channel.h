@@ -34,6 +34,8 @@ class ControlConnection {
   void reply_error(int exit_code, const std::string& message);
 
  private:
+  void send(const json& answer);
+
   UniqueFd fd_;
   std::string buffer_;
 };

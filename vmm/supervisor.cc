@@ -73,25 +73,14 @@ void Supervisor::boot() {
 
   auto deadline = Deadline::in(options_.hello_timeout);
   while (!agent_->hello()) {
-    std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}, {agent_->fd(), POLLIN, 0},
-                            {control_listener_.get(), POLLIN, 0}};
-    for (int fd : machine_->event_fds()) fds.push_back({fd, POLLIN, 0});
-    for (auto& [fd, c] : clients_) fds.push_back({fd, POLLIN, 0});
-    ::poll(fds.data(), fds.size(), static_cast<int>(kLoopTick.count()));
-    pump_console();
-    handle_signals();
+    poll_once(/*agent_errors_are_fatal=*/true);
     if (stop_requested_) return;
-    handle_machine_events();
     if (guest_state_ == "shut off")
       fail(ExitCode::qemu, "the guest stopped while booting; last console lines:\n{}", last_console_lines(10));
     if (guest_state_ == "crashed")
       fail(ExitCode::guest_crashed, "the guest kernel crashed while booting; last console lines:\n{}",
            last_console_lines(15));
-    agent_->on_readable();  // a protocol violation throws Error(ExitCode::agent)
     if (agent_->closed()) fail(ExitCode::agent, "the guest agent's channel closed during boot");
-    accept_control();
-    for (auto& fd : std::vector<int>([&] { std::vector<int> v; for (auto& [f, c] : clients_) v.push_back(f); return v; }()))
-      handle_control(fd);
     if (!agent_->hello() && deadline.expired())
       fail(ExitCode::agent, "the guest agent did not say hello within {} s; last console lines:\n{}",
            options_.hello_timeout.count() / 1000, last_console_lines(10));
@@ -108,30 +97,35 @@ void Supervisor::boot() {
 
 void Supervisor::serve() {
   while (!stop_requested_) {
-    std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}, {control_listener_.get(), POLLIN, 0}};
-    if (!agent_->closed()) fds.push_back({agent_->fd(), POLLIN, 0});
-    for (int fd : machine_->event_fds()) fds.push_back({fd, POLLIN, 0});
-    for (auto& [fd, c] : clients_) fds.push_back({fd, POLLIN, 0});
-    ::poll(fds.data(), fds.size(), static_cast<int>(kLoopTick.count()));
-
-    pump_console();
-    handle_signals();
-    handle_machine_events();
+    poll_once(/*agent_errors_are_fatal=*/false);
     if (guest_state_ == "shut off") {
       stop_requested_ = true;
       stop_reason_ = "the guest powered off";
     }
-    try {
-      agent_->on_readable();
-    } catch (const Error& e) {
-      options_.say(e.what());  // the guest keeps running; status shows the agent as gone
-    }
-    accept_control();
-    std::vector<int> ready;
-    for (const auto& p : fds)
-      if (p.revents && clients_.count(p.fd)) ready.push_back(p.fd);
-    for (int fd : ready) handle_control(fd);
   }
+}
+
+void Supervisor::poll_once(bool agent_errors_are_fatal) {
+  std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}, {control_listener_.get(), POLLIN, 0}};
+  if (!agent_->closed()) fds.push_back({agent_->fd(), POLLIN, 0});
+  for (int fd : machine_->event_fds()) fds.push_back({fd, POLLIN, 0});
+  for (auto& [fd, c] : clients_) fds.push_back({fd, POLLIN, 0});
+  ::poll(fds.data(), fds.size(), static_cast<int>(kLoopTick.count()));
+
+  pump_console();
+  handle_signals();
+  handle_machine_events();
+  try {
+    agent_->on_readable();
+  } catch (const Error& e) {
+    if (agent_errors_are_fatal) throw;
+    options_.say(e.what());  // the guest keeps running; status shows the agent as gone
+  }
+  accept_control();
+  std::vector<int> ready;
+  for (const auto& p : fds)
+    if (p.revents && clients_.count(p.fd)) ready.push_back(p.fd);
+  for (int fd : ready) handle_control(fd);
 }
 
 void Supervisor::handle_signals() {

@@ -47,6 +47,8 @@ class Supervisor {
  private:
   void boot();
   void serve();
+  // One turn of the loop: wait up to a tick, then handle whatever is ready.
+  void poll_once(bool agent_errors_are_fatal);
   void shutdown_machine();
   void handle_signals();
   void handle_machine_events();

@@ -150,6 +150,7 @@ TEST_CASE("bad input gets one clear error line and a distinct exit status", "[in
   std::ofstream(garbage) << "this is not a Linux kernel\n";
   const Case cases[] = {
       {"missing kernel", {"--kernel", "/nonexistent/vmlinuz", "--initrd", initrd}, 3, "cannot read kernel /nonexistent/vmlinuz"},
+      {"kernel that is a directory", {"--kernel", "/", "--initrd", initrd}, 3, "cannot read kernel /: not a regular file"},
       {"missing initrd", {"--kernel", kernel, "--initrd", "/nonexistent/initrd"}, 3, "cannot read initrd /nonexistent/initrd"},
       {"memory size that cannot be parsed", {"--memory", "12Q"}, 2, "invalid memory size \"12Q\""},
       {"too little memory", {"--memory", "1M"}, 2, "too small"},

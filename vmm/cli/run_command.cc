@@ -100,9 +100,11 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   config.vcpus = o.vcpus;
   config.qemu_binary = o.qemu;
   for (const auto* file : {&config.kernel, &config.initrd}) {
-    if (::access(file->c_str(), R_OK) != 0)
-      fail(ExitCode::bad_input, "cannot read {} {}: {}", file == &config.kernel ? "kernel" : "initrd", *file,
-           std::strerror(errno));
+    const char* what = file == &config.kernel ? "kernel" : "initrd";
+    struct stat st {};
+    if (::stat(file->c_str(), &st) != 0 || ::access(file->c_str(), R_OK) != 0)
+      fail(ExitCode::bad_input, "cannot read {} {}: {}", what, *file, std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) fail(ExitCode::bad_input, "cannot read {} {}: not a regular file", what, *file);
   }
 
   AcceleratorChoice accel;

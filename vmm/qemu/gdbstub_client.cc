@@ -6,6 +6,21 @@
 
 namespace immortal::qemu {
 
+namespace {
+// A thread id as QEMU writes it: hex, optionally "pPID.TID" (multiprocess form).
+std::optional<int> parse_thread_id(std::string_view text) {
+  if (auto dot = text.find('.'); dot != std::string_view::npos) text = text.substr(dot + 1);
+  if (text.empty() || text.size() > 6) return std::nullopt;
+  int tid = 0;
+  for (char c : text) {
+    int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+    if (d < 0) return std::nullopt;
+    tid = tid * 16 + d;
+  }
+  return tid;
+}
+}  // namespace
+
 std::optional<GdbStop> parse_gdb_stop(std::string_view payload) {
   if (payload.size() < 3 || (payload[0] != 'T' && payload[0] != 'S')) return std::nullopt;
   auto sig = le_hex_to_u64(payload.substr(1, 2));
@@ -14,16 +29,7 @@ std::optional<GdbStop> parse_gdb_stop(std::string_view payload) {
   auto pos = payload.find("thread:");
   if (pos != std::string_view::npos) {
     auto value = payload.substr(pos + 7);
-    value = value.substr(0, value.find(';'));
-    if (auto dot = value.find('.'); dot != std::string_view::npos) value = value.substr(dot + 1);  // pPID.TID
-    std::uint64_t tid = 0;
-    bool ok = !value.empty() && value.size() <= 8;
-    for (char c : value) {
-      int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
-      if (d < 0) ok = false;
-      tid = tid * 16 + static_cast<std::uint64_t>(d < 0 ? 0 : d);
-    }
-    if (ok) stop.thread = static_cast<int>(tid);
+    if (auto tid = parse_thread_id(value.substr(0, value.find(';')))) stop.thread = *tid;
   }
   return stop;
 }
@@ -74,15 +80,9 @@ std::vector<int> GdbstubClient::threads(Deadline deadline) {
     list.remove_prefix(1);
     while (!list.empty()) {
       auto comma = list.find(',');
-      auto item = list.substr(0, comma);
-      if (auto dot = item.find('.'); dot != std::string_view::npos) item = item.substr(dot + 1);
-      std::uint64_t tid = 0;
-      for (char c : item) {
-        int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
-        if (d < 0 || tid > 0xffffff) fail(ExitCode::qemu, "gdbstub: bad thread id in \"{}\"", reply);
-        tid = tid * 16 + static_cast<std::uint64_t>(d);
-      }
-      out.push_back(static_cast<int>(tid));
+      auto tid = parse_thread_id(list.substr(0, comma));
+      if (!tid) fail(ExitCode::qemu, "gdbstub: bad thread id in \"{}\"", reply);
+      out.push_back(*tid);
       if (comma == std::string_view::npos) break;
       list.remove_prefix(comma + 1);
     }
