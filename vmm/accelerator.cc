@@ -8,10 +8,14 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <poll.h>
 #include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 namespace immortal::vmm {
@@ -112,12 +116,59 @@ double measure_kvm(std::string* why) {
   return rate;
 }
 
+// The probe runs in a child process: whatever KVM does (a KVM_RUN that ignores the timer, a
+// stray SIGALRM), the supervisor only waits a bounded time for one line of answer.
+double measure_kvm_isolated(std::string* why) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    *why = "pipe failed";
+    return -1;
+  }
+  UniqueFd read_end(fds[0]), write_end(fds[1]);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    *why = "fork failed";
+    return -1;
+  }
+  if (pid == 0) {
+    read_end.reset();
+    std::string reason;
+    double r = measure_kvm(&reason);
+    std::string line = fmt::format("{} {}", r, reason);
+    (void)!::write(write_end.get(), line.data(), line.size());
+    ::_exit(0);
+  }
+  write_end.reset();
+  std::string answer;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(3 * kProbeTimeLimitMs);
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    pollfd p{read_end.get(), POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) == 0) break;
+    char buf[512];
+    ssize_t n = ::read(read_end.get(), buf, sizeof buf);
+    if (n <= 0) break;
+    answer.append(buf, static_cast<std::size_t>(n));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  char* end = nullptr;
+  double rate = std::strtod(answer.c_str(), &end);
+  if (answer.empty() || end == answer.c_str()) {
+    *why = "the KVM probe did not finish in time";
+    return -1;
+  }
+  if (*end == ' ') ++end;
+  *why = end;
+  return rate;
+}
+
 }  // namespace
 
 AcceleratorChoice choose_accelerator() {
   AcceleratorChoice choice;
   std::string why;
-  double rate = measure_kvm(&why);
+  double rate = measure_kvm_isolated(&why);
   if (rate < 0) {
     choice.reason = fmt::format("KVM is not usable ({}); using TCG (software emulation)", why);
     return choice;
