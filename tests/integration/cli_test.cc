@@ -87,6 +87,15 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
   CHECK(missing.status == 127);
   CHECK_THAT(missing.err, Catch::Contains("cannot execute /no/such/program"));
 
+  auto slow = run_cli({"exec", name, "-t", "2", "--", "sleep", "30"});
+  CHECK(slow.status == 8);
+  CHECK_THAT(slow.err, Catch::Contains("killed after 2 s"));
+  auto big = run_cli({"exec", name, "--", "head", "-c", "400000", "/dev/zero"});
+  CHECK(big.status == 0);
+  CHECK(big.out.size() == 256 * 1024);
+  CHECK_THAT(big.err, Catch::Contains("output truncated"));
+  CHECK(run_cli({"exec", name}).status == 2);  // no command
+
   auto again = run_cli({"run", "--name", name, "--detach"});
   CHECK(again.status != 0);
   CHECK_THAT(again.err, Catch::Contains("already running"));
