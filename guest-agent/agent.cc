@@ -75,6 +75,8 @@ std::string find_port() {
   return found;
 }
 
+pid_t launch(const std::vector<std::string>& argv, int out, int err, std::string* error);
+
 struct Running {
   std::uint64_t id = 0;
   pid_t pid = -1;
@@ -95,6 +97,7 @@ class Agent {
   void flush();
   void on_frame(const Frame& frame);
   void start_exec(const ExecRequest& request);
+  void start_spawn(const SpawnRequest& request);
   void collect(Running& r, int& fd, std::string& sink);
   void check_children();
 
@@ -105,6 +108,7 @@ class Agent {
   std::uint64_t heartbeat_seq_ = 0;
   std::uint64_t next_heartbeat_ = 0;
   std::list<Running> running_;
+  std::vector<pid_t> spawned_;
 };
 
 void Agent::send(MessageType type, const std::string& payload) {
@@ -134,6 +138,9 @@ void Agent::on_frame(const Frame& frame) {
       case MessageType::exec:
         start_exec(parse_exec_request(frame.payload));
         break;
+      case MessageType::spawn:
+        start_spawn(parse_spawn_request(frame.payload));
+        break;
       case MessageType::poweroff:
         say("powering off at the host's request");
         if (fork() == 0) {
@@ -152,54 +159,86 @@ void Agent::on_frame(const Frame& frame) {
   }
 }
 
-void Agent::start_exec(const ExecRequest& request) {
-  if (running_.size() >= kMaxRunning) {
-    send(MessageType::error, to_payload(ErrorMessage{request.id, "too many commands running"}));
-    return;
-  }
-  int out[2], err[2], status[2];
-  if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0 || pipe2(status, O_CLOEXEC) != 0) {
-    send(MessageType::error, to_payload(ErrorMessage{request.id, std::string("pipe: ") + std::strerror(errno)}));
-    return;
+// Forks and execs argv in a new session with the given stdout/stderr. Returns the pid, or -1
+// with *error set (fork failed, or exec failed: its errno comes back through a CLOEXEC pipe).
+pid_t launch(const std::vector<std::string>& argv, int out, int err, std::string* error) {
+  int status[2];
+  if (pipe2(status, O_CLOEXEC) != 0) {
+    *error = std::string("pipe: ") + std::strerror(errno);
+    return -1;
   }
   pid_t pid = fork();
   if (pid == 0) {
     setsid();
     int null = open("/dev/null", O_RDONLY);
     dup2(null, 0);
-    dup2(out[1], 1);
-    dup2(err[1], 2);
-    std::vector<char*> argv;
-    for (const auto& a : request.argv) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
+    dup2(out, 1);
+    dup2(err, 2);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
     signal(SIGPIPE, SIG_DFL);
-    execvp(argv[0], argv.data());
+    execvp(args[0], args.data());
     int e = errno;
     (void)!write(status[1], &e, sizeof e);
     _exit(127);
   }
-  close(out[1]);
-  close(err[1]);
   close(status[1]);
+  if (pid < 0) {
+    *error = std::string("fork: ") + std::strerror(errno);
+  } else {
+    int e = 0;
+    if (read(status[0], &e, sizeof e) == static_cast<ssize_t>(sizeof e)) {
+      *error = "cannot execute " + argv[0] + ": " + std::strerror(e);
+      waitpid(pid, nullptr, 0);
+      pid = -1;
+    }
+  }
+  close(status[0]);
+  return pid;
+}
+
+void Agent::start_exec(const ExecRequest& request) {
+  if (running_.size() >= kMaxRunning) {
+    send(MessageType::error, to_payload(ErrorMessage{request.id, "too many commands running"}));
+    return;
+  }
+  int out[2], err[2];
+  if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+    send(MessageType::error, to_payload(ErrorMessage{request.id, std::string("pipe: ") + std::strerror(errno)}));
+    return;
+  }
   Running r;
   r.id = request.id;
   r.result.id = request.id;
-  if (pid < 0) {
-    r.result.error = std::string("fork: ") + std::strerror(errno);
-  } else {
-    // The status pipe closes on a successful exec (O_CLOEXEC) or carries exec's errno.
-    int e = 0;
-    if (read(status[0], &e, sizeof e) == static_cast<ssize_t>(sizeof e))
-      r.result.error = "cannot execute " + request.argv[0] + ": " + std::strerror(e);
-  }
-  close(status[0]);
-  r.pid = pid;
+  r.pid = launch(request.argv, out[1], err[1], &r.result.error);
+  close(out[1]);
+  close(err[1]);
   r.out = out[0];
   r.err = err[0];
   fcntl(r.out, F_SETFL, O_NONBLOCK);
   fcntl(r.err, F_SETFL, O_NONBLOCK);
   r.deadline = now_ms() + request.timeout_ms;
   running_.push_back(std::move(r));
+}
+
+void Agent::start_spawn(const SpawnRequest& request) {
+  Spawned answer;
+  answer.id = request.id;
+  if (spawned_.size() >= kMaxRunning) {
+    answer.error = "too many spawned commands running";
+  } else {
+    // Its output goes to the console, where it lands next to what the kernel says about it.
+    int console = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+    if (console < 0) console = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    pid_t pid = launch(request.argv, console, console, &answer.error);
+    close(console);
+    if (pid > 0) {
+      answer.pid = pid;
+      spawned_.push_back(pid);
+    }
+  }
+  send(MessageType::spawned, to_payload(answer));
 }
 
 void Agent::collect(Running& r, int& fd, std::string& sink) {
@@ -223,6 +262,8 @@ void Agent::collect(Running& r, int& fd, std::string& sink) {
 
 void Agent::check_children() {
   std::uint64_t now = now_ms();
+  for (auto it = spawned_.begin(); it != spawned_.end();)
+    it = waitpid(*it, nullptr, WNOHANG) == 0 ? it + 1 : spawned_.erase(it);
   for (auto it = running_.begin(); it != running_.end();) {
     Running& r = *it;
     if (r.out >= 0) collect(r, r.out, r.result.stdout_data);

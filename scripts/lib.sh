@@ -38,3 +38,17 @@ fetch_deb() {
     echo "$sha  $file" | sha256sum -c --status || die "hash mismatch for $file"
     echo "$file"
 }
+
+# Installs the Debian packages given that are not installed yet (quick when all are).
+ensure_packages() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    ((${#missing[@]})) || return 0
+    log "installing: ${missing[*]}"
+    local sudo=; [[ $(id -u) == 0 ]] || sudo=sudo
+    $sudo apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+        die "cannot install ${missing[*]}"
+}

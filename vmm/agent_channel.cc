@@ -66,15 +66,27 @@ void AgentChannel::handle(const agent::Frame& frame) {
       done(&result, "");
       break;
     }
+    case MessageType::spawned: {
+      auto spawned = agent::parse_spawned(frame.payload);
+      auto it = pending_spawns_.find(spawned.id);
+      if (it == pending_spawns_.end())
+        throw agent::ProtocolError("spawn answer for unknown request " + std::to_string(spawned.id));
+      auto done = std::move(it->second);
+      pending_spawns_.erase(it);
+      done(spawned.pid, spawned.error);
+      break;
+    }
     case MessageType::error: {
       auto error = agent::parse_error(frame.payload);
-      if (error.id) {
-        auto it = pending_.find(*error.id);
-        if (it != pending_.end()) {
-          auto done = std::move(it->second);
-          pending_.erase(it);
-          done(nullptr, "agent: " + error.message);
-        }
+      if (!error.id) break;
+      if (auto it = pending_.find(*error.id); it != pending_.end()) {
+        auto done = std::move(it->second);
+        pending_.erase(it);
+        done(nullptr, "agent: " + error.message);
+      } else if (auto sit = pending_spawns_.find(*error.id); sit != pending_spawns_.end()) {
+        auto done = std::move(sit->second);
+        pending_spawns_.erase(sit);
+        done(0, "agent: " + error.message);
       }
       break;
     }
@@ -93,14 +105,24 @@ std::uint64_t AgentChannel::exec(const std::vector<std::string>& argv, std::uint
   return request.id;
 }
 
+std::uint64_t AgentChannel::spawn(const std::vector<std::string>& argv, SpawnCallback done) {
+  agent::SpawnRequest request{next_id_++, argv};
+  send(MessageType::spawn, agent::to_payload(request));
+  pending_spawns_.emplace(request.id, std::move(done));
+  return request.id;
+}
+
 void AgentChannel::ping() { send(MessageType::ping, agent::to_payload(agent::Ping{next_id_++})); }
 
 void AgentChannel::poweroff() { send(MessageType::poweroff, "{}"); }
 
 void AgentChannel::abandon(const std::string& why) {
   auto pending = std::move(pending_);
+  auto spawns = std::move(pending_spawns_);
   pending_.clear();
+  pending_spawns_.clear();
   for (auto& [id, done] : pending) done(nullptr, why);
+  for (auto& [id, done] : spawns) done(0, why);
 }
 
 }  // namespace immortal::vmm

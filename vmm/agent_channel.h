@@ -33,6 +33,10 @@ class AgentChannel {
   // Sends an exec request; the callback gets the result, or an error text (agent refused,
   // channel closed). Returns the request id.
   std::uint64_t exec(const std::vector<std::string>& argv, std::uint32_t timeout_ms, ExecCallback done);
+  // Starts a command without waiting for it; the callback gets its pid (0 with an error text
+  // if it could not be started or the channel failed).
+  using SpawnCallback = std::function<void(int pid, const std::string& error)>;
+  std::uint64_t spawn(const std::vector<std::string>& argv, SpawnCallback done);
   void ping();
   void poweroff();
   // Fails every pending request (the guest is gone).
@@ -50,6 +54,7 @@ class AgentChannel {
   std::uint64_t heartbeats_ = 0;
   std::uint64_t next_id_ = 1;
   std::map<std::uint64_t, ExecCallback> pending_;
+  std::map<std::uint64_t, SpawnCallback> pending_spawns_;
 };
 
 }  // namespace immortal::vmm

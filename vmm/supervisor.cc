@@ -1,6 +1,7 @@
 #include "supervisor.h"
 
 #include "base/error.h"
+#include "fault_catalogue.h"
 #include "protocol/base64.h"
 
 #include <fcntl.h>
@@ -18,6 +19,9 @@ namespace immortal::vmm {
 
 namespace {
 
+// After a guest panic, time for its panic() to flush the console before we freeze the VM
+// (it would only spin in panic's delay loop from then on).
+constexpr auto kCrashConsoleGrace = std::chrono::milliseconds(1000);
 constexpr auto kLaunchTimeout = std::chrono::seconds(30);
 constexpr auto kLoopTick = std::chrono::milliseconds(100);
 constexpr std::size_t kMaxControlClients = 64;
@@ -115,6 +119,15 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
   pump_console();
   handle_signals();
   handle_machine_events();
+  if (pause_after_crash_ && Clock::now() >= *pause_after_crash_) {
+    pause_after_crash_.reset();
+    try {
+      machine_->pause();
+      options_.say("the crashed guest is frozen; last console lines:\n" + last_console_lines(15));
+    } catch (const Error& e) {
+      options_.say(std::string("cannot pause the crashed guest: ") + e.what());
+    }
+  }
   try {
     agent_->on_readable();
   } catch (const Error& e) {
@@ -142,8 +155,10 @@ void Supervisor::handle_machine_events() {
     switch (e.kind) {
       case MachineEvent::Kind::guest_panicked:
         guest_state_ = "crashed";
-        options_.say("the guest kernel crashed (pvpanic); the VM is stopped with its state kept. Last console lines:\n" +
-                     last_console_lines(15));
+        pause_after_crash_ = Clock::now() + kCrashConsoleGrace;
+        options_.say(std::string("the guest kernel crashed (pvpanic); ") +
+                     (options_.recovery ? "recovery is not available in this version; " : "recovery is off; ") +
+                     "the VM will be frozen with its state kept.");
         break;
       case MachineEvent::Kind::shutdown:
         guest_state_ = "shut off";
@@ -196,47 +211,91 @@ void Supervisor::answer(int fd, const json& request) {
     client.reply({{"stopping", true}});
     return done();
   }
-  if (command == "exec") {
-    const json& argv = request.value("argv", json::array());
-    std::vector<std::string> args;
-    if (argv.is_array())
-      for (const auto& a : argv)
-        if (a.is_string()) args.push_back(a.get<std::string>());
-    if (args.empty() || args.size() != argv.size()) {
-      client.reply_error(static_cast<int>(ExitCode::usage), "exec needs a command");
-      return done();
-    }
-    if (!agent_->hello() || agent_->closed()) {
-      client.reply_error(static_cast<int>(ExitCode::agent), "the guest agent is not connected");
-      return done();
-    }
-    auto timeout = request.value("timeout_ms", 60'000u);
-    try {
-      agent_->exec(args, timeout, [this, fd](const agent::ExecResult* result, const std::string& error) {
-        auto it = clients_.find(fd);
-        if (it == clients_.end()) return;
-        if (!result) {
-          it->second->reply_error(static_cast<int>(ExitCode::agent), error);
-        } else {
-          json r = {{"stdout", agent::base64_encode(result->stdout_data)},
-                    {"stderr", agent::base64_encode(result->stderr_data)},
-                    {"truncated", result->truncated},
-                    {"timed_out", result->timed_out}};
-          r["exit_code"] = result->exit_code ? json(*result->exit_code) : json(nullptr);
-          r["signal"] = result->signal ? json(*result->signal) : json(nullptr);
-          if (!result->error.empty()) r["error"] = result->error;
-          it->second->reply(r);
-        }
-        clients_.erase(it);
-      });
-    } catch (const Error& e) {
-      client.reply_error(e.exit_code(), e.what());
-      return done();
-    }
-    return;  // answered when the result arrives
-  }
+  if (command == "exec") return answer_exec(fd, request);
+  if (command == "inject") return answer_inject(fd, request);
   client.reply_error(static_cast<int>(ExitCode::usage), "unknown command \"" + command + "\"");
   done();
+}
+
+void Supervisor::answer_exec(int fd, const json& request) {
+  auto& client = *clients_.at(fd);
+  const json& argv = request.value("argv", json::array());
+  std::vector<std::string> args;
+  if (argv.is_array())
+    for (const auto& a : argv)
+      if (a.is_string()) args.push_back(a.get<std::string>());
+  if (args.empty() || args.size() != argv.size()) {
+    client.reply_error(static_cast<int>(ExitCode::usage), "exec needs a command");
+    clients_.erase(fd);
+    return;
+  }
+  if (!agent_->hello() || agent_->closed()) {
+    client.reply_error(static_cast<int>(ExitCode::agent), "the guest agent is not connected");
+    clients_.erase(fd);
+    return;
+  }
+  auto timeout = request.value("timeout_ms", 60'000u);
+  try {
+    agent_->exec(args, timeout, [this, fd](const agent::ExecResult* result, const std::string& error) {
+      auto it = clients_.find(fd);
+      if (it == clients_.end()) return;
+      if (!result) {
+        it->second->reply_error(static_cast<int>(ExitCode::agent), error);
+      } else {
+        json r = {{"stdout", agent::base64_encode(result->stdout_data)},
+                  {"stderr", agent::base64_encode(result->stderr_data)},
+                  {"truncated", result->truncated},
+                  {"timed_out", result->timed_out}};
+        r["exit_code"] = result->exit_code ? json(*result->exit_code) : json(nullptr);
+        r["signal"] = result->signal ? json(*result->signal) : json(nullptr);
+        if (!result->error.empty()) r["error"] = result->error;
+        it->second->reply(r);
+      }
+      clients_.erase(it);
+    });
+  } catch (const Error& e) {
+    client.reply_error(e.exit_code(), e.what());
+    clients_.erase(fd);
+  }
+}
+
+// inject CLASS: check the guest has the fault driver, then start the victim process that
+// asks it to fault (guest-agent/image/immortal-victim) and answer with its pid.
+void Supervisor::answer_inject(int fd, const json& request) {
+  auto finish = [this, fd](int code, const std::string& message, const json& answer) {
+    auto it = clients_.find(fd);
+    if (it == clients_.end()) return;
+    if (code) it->second->reply_error(code, message);
+    else it->second->reply(answer);
+    clients_.erase(it);
+  };
+  std::string name = request.value("class", "");
+  const FaultClass* fault = find_fault_class(name);
+  if (!fault)
+    return finish(static_cast<int>(ExitCode::usage),
+                  "unknown fault class \"" + name + "\" (immortal inject --list shows them)", {});
+  if (guest_state_ != "running" || !agent_->hello() || agent_->closed())
+    return finish(static_cast<int>(ExitCode::agent), "the guest is not running with its agent connected (state: " +
+                  guest_state_ + ")", {});
+  std::string cls = fault->name;
+  try {
+    agent_->exec({"test", "-c", "/dev/immortal-fault"}, 10'000,
+                 [this, finish, cls](const agent::ExecResult* result, const std::string& error) {
+      if (!result) return finish(static_cast<int>(ExitCode::agent), error, {});
+      if (result->exit_code != 0)
+        return finish(static_cast<int>(ExitCode::failure),
+                      "the guest has no fault-injection driver: /dev/immortal-fault is missing "
+                      "(is the immortal_fault module loaded?)", {});
+      std::vector<std::string> argv{"/sbin/immortal-victim", cls};
+      agent_->spawn(argv, [this, finish, cls, argv](int pid, const std::string& spawn_error) {
+        if (pid <= 0) return finish(static_cast<int>(ExitCode::failure), "cannot start the victim: " + spawn_error, {});
+        options_.say(fmt::format("injected {}: victim pid {} ({} {})", cls, pid, argv[0], argv[1]));
+        finish(0, "", {{"class", cls}, {"pid", pid}, {"command", argv}});
+      });
+    });
+  } catch (const Error& e) {
+    finish(e.exit_code(), e.what(), {});
+  }
 }
 
 json Supervisor::status() const {
@@ -247,6 +306,7 @@ json Supervisor::status() const {
             {"qemu_pid", machine_ ? machine_->process_id() : 0},
             {"accelerator", to_string(m.accelerator)},
             {"accelerator_reason", options_.accelerator.reason},
+            {"recovery", options_.recovery ? "on" : "off"},
             {"vcpus", m.vcpus},
             {"memory_bytes", m.memory_bytes},
             {"kernel", m.kernel},

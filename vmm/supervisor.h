@@ -29,6 +29,7 @@ struct SupervisorOptions {
   std::chrono::milliseconds hello_timeout{60'000};
   std::chrono::milliseconds stop_grace{5'000};  // for the guest to power itself off
   bool echo_console = false;                    // copy the serial console to stdout
+  bool recovery = true;                         // --recovery on|off (see docs/recovery.md)
   // Called once the guest's agent said hello (used by --detach to release the parent).
   std::function<void(const std::string& summary)> on_ready;
   // Progress lines for the operator ("immortal: ..."); stderr by default.
@@ -55,6 +56,8 @@ class Supervisor {
   void accept_control();
   void handle_control(int fd);
   void answer(int fd, const json& request);
+  void answer_exec(int fd, const json& request);
+  void answer_inject(int fd, const json& request);
   json status() const;
   void pump_console();
   std::string last_console_lines(std::size_t n) const;
@@ -74,6 +77,7 @@ class Supervisor {
   int exit_code_ = 0;
   std::string guest_state_ = "starting";
   std::uint64_t console_offset_ = 0;
+  std::optional<Clock::time_point> pause_after_crash_;  // when to freeze a crashed guest
 };
 
 }  // namespace immortal::vmm

@@ -6,7 +6,7 @@ namespace immortal::agent {
 
 bool is_known(MessageType type) {
   auto v = static_cast<std::uint16_t>(type);
-  return v >= 1 && v <= 8;
+  return v >= 1 && v <= 10;
 }
 
 const char* name_of(MessageType type) {
@@ -19,6 +19,8 @@ const char* name_of(MessageType type) {
     case MessageType::exec_result: return "exec-result";
     case MessageType::error: return "error";
     case MessageType::poweroff: return "poweroff";
+    case MessageType::spawn: return "spawn";
+    case MessageType::spawned: return "spawned";
   }
   return "unknown";
 }

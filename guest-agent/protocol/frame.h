@@ -30,6 +30,8 @@ enum class MessageType : std::uint16_t {
   exec_result = 6,  // agent → host
   error = 7,        // either way: a request could not be served
   poweroff = 8,     // host → agent: power the guest off cleanly
+  spawn = 9,        // host → agent: start a command and do not wait for it
+  spawned = 10,     // agent → host: the pid it started (or why not)
 };
 bool is_known(MessageType type);
 const char* name_of(MessageType type);

@@ -55,6 +55,19 @@ std::string get_base64(const json& j, const char* name, std::size_t max) {
   return *bytes;
 }
 
+std::vector<std::string> get_argv(const json& j) {
+  const json& argv = field(j, "argv");
+  if (!argv.is_array() || argv.empty() || argv.size() > kMaxArgs)
+    throw ProtocolError("field \"argv\" must be an array of 1 to 256 strings");
+  std::vector<std::string> out;
+  for (const auto& a : argv) {
+    if (!a.is_string() || a.get_ref<const std::string&>().size() > kMaxText)
+      throw ProtocolError("field \"argv\" holds a non-string or too long argument");
+    out.push_back(a.get<std::string>());
+  }
+  return out;
+}
+
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 }  // namespace
@@ -89,6 +102,13 @@ std::string to_payload(const ErrorMessage& m) {
   return dump(j);
 }
 
+std::string to_payload(const SpawnRequest& m) { return dump({{"id", m.id}, {"argv", m.argv}}); }
+std::string to_payload(const Spawned& m) {
+  json j = {{"id", m.id}, {"pid", m.pid}};
+  if (!m.error.empty()) j["error"] = m.error;
+  return dump(j);
+}
+
 Hello parse_hello(const std::string& payload) {
   json j = parse_object(payload);
   Hello m;
@@ -119,14 +139,7 @@ ExecRequest parse_exec_request(const std::string& payload) {
   json j = parse_object(payload);
   ExecRequest m;
   m.id = get_u64(j, "id");
-  const json& argv = field(j, "argv");
-  if (!argv.is_array() || argv.empty() || argv.size() > kMaxArgs)
-    throw ProtocolError("field \"argv\" must be an array of 1 to 256 strings");
-  for (const auto& a : argv) {
-    if (!a.is_string() || a.get_ref<const std::string&>().size() > kMaxText)
-      throw ProtocolError("field \"argv\" holds a non-string or too long argument");
-    m.argv.push_back(a.get<std::string>());
-  }
+  m.argv = get_argv(j);
   auto timeout = get_u64(j, "timeout_ms");
   if (timeout == 0 || timeout > 24ull * 3600 * 1000) throw ProtocolError("field \"timeout_ms\" is out of range");
   m.timeout_ms = static_cast<std::uint32_t>(timeout);
@@ -160,6 +173,26 @@ ErrorMessage parse_error(const std::string& payload) {
   ErrorMessage m;
   m.message = get_string(j, "message");
   if (j.contains("id")) m.id = get_u64(j, "id");
+  return m;
+}
+
+}  // namespace immortal::agent
+
+namespace immortal::agent {
+
+SpawnRequest parse_spawn_request(const std::string& payload) {
+  json j = parse_object(payload);
+  return {get_u64(j, "id"), get_argv(j)};
+}
+
+Spawned parse_spawned(const std::string& payload) {
+  json j = parse_object(payload);
+  Spawned m;
+  m.id = get_u64(j, "id");
+  m.pid = get_int(field(j, "pid"), "pid");
+  if (m.pid < 0) throw ProtocolError("field \"pid\" is negative");
+  if (j.contains("error")) m.error = get_string(j, "error");
+  if ((m.pid == 0) == m.error.empty()) throw ProtocolError("a spawn answer has either a pid or an error");
   return m;
 }
 

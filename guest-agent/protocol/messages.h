@@ -51,6 +51,20 @@ struct ExecResult {
   std::string error;             // could not be started (then exit_code is 127)
 };
 
+// spawn: like exec, but the agent answers as soon as the command started. Its output goes to
+// the guest's console; the agent reaps it. Used for processes that may never finish (a fault
+// injection victim).
+struct SpawnRequest {
+  std::uint64_t id = 0;
+  std::vector<std::string> argv;
+};
+
+struct Spawned {
+  std::uint64_t id = 0;
+  std::int32_t pid = 0;  // 0 when it could not be started
+  std::string error;
+};
+
 struct ErrorMessage {
   std::optional<std::uint64_t> id;
   std::string message;
@@ -62,6 +76,8 @@ std::string to_payload(const Ping&);  // also the pong payload
 std::string to_payload(const ExecRequest&);
 std::string to_payload(const ExecResult&);
 std::string to_payload(const ErrorMessage&);
+std::string to_payload(const SpawnRequest&);
+std::string to_payload(const Spawned&);
 
 Hello parse_hello(const std::string& payload);
 Heartbeat parse_heartbeat(const std::string& payload);
@@ -69,5 +85,7 @@ Ping parse_ping(const std::string& payload);
 ExecRequest parse_exec_request(const std::string& payload);
 ExecResult parse_exec_result(const std::string& payload);
 ErrorMessage parse_error(const std::string& payload);
+SpawnRequest parse_spawn_request(const std::string& payload);
+Spawned parse_spawned(const std::string& payload);
 
 }  // namespace immortal::agent

@@ -22,6 +22,7 @@ struct RunOptions {
   std::string qemu = "qemu-system-x86_64";
   std::string console_log;
   int boot_timeout_s = 60;
+  std::string recovery = "on";
 };
 
 int run_command(const GlobalOptions& global, const RunOptions& options);
@@ -29,6 +30,8 @@ int list_command(const GlobalOptions& global, bool as_json);
 int status_command(const GlobalOptions& global, const std::string& name, bool as_json);
 int exec_command(const GlobalOptions& global, const std::string& name, const std::vector<std::string>& argv,
                  int timeout_s);
+int inject_command(const GlobalOptions& global, const std::string& name, const std::string& fault_class);
+int list_faults_command();
 int stop_command(const GlobalOptions& global, const std::string& name, bool force, int timeout_s);
 
 }  // namespace immortal::vmm

@@ -2,6 +2,7 @@
 #include "base/error.h"
 #include "cli/commands.h"
 #include "control_channel.h"
+#include "fault_catalogue.h"
 #include "instance.h"
 #include "protocol/base64.h"
 
@@ -73,6 +74,7 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
   row("Supervisor PID:", std::to_string(s.value("supervisor_pid", 0)));
   row("QEMU PID:", std::to_string(s.value("qemu_pid", 0)));
   row("Accelerator:", s.value("accelerator", "") + " (" + s.value("accelerator_reason", "") + ")");
+  row("Recovery:", s.value("recovery", "?"));
   row("vCPUs:", std::to_string(s.value("vcpus", 0)));
   row("Memory:", mib(s.value("memory_bytes", json(0))));
   row("Kernel:", s.value("kernel_release", "-"));
@@ -104,6 +106,24 @@ int exec_command(const GlobalOptions& g, const std::string& name, const std::vec
   if (r["exit_code"].is_number_integer()) return r["exit_code"].get<int>();
   if (r["signal"].is_number_integer()) return 128 + r["signal"].get<int>();
   return static_cast<int>(ExitCode::failure);
+}
+
+int list_faults_command() {
+  std::cout << fmt::format("{:<16} {:<26} {}\n", "Class", "Context", "What the driver does");
+  std::cout << std::string(100, '-') << "\n";
+  for (const auto& f : fault_catalogue()) std::cout << fmt::format("{:<16} {:<26} {}\n", f.name, f.context, f.action);
+  return 0;
+}
+
+int inject_command(const GlobalOptions& g, const std::string& name, const std::string& fault_class) {
+  // Unknown classes are refused here, before any guest is involved.
+  if (!find_fault_class(fault_class))
+    fail(ExitCode::usage, "unknown fault class \"{}\" (immortal inject --list shows them)", fault_class);
+  json r = call(g, name, {{"command", "inject"}, {"class", fault_class}}, std::chrono::seconds(20));
+  std::string command;
+  for (const auto& a : r.value("command", json::array())) command += (command.empty() ? "" : " ") + a.get<std::string>();
+  std::cout << fmt::format("injected {} into {}: victim pid {} ({})\n", fault_class, name, r.value("pid", 0), command);
+  return 0;
 }
 
 int stop_command(const GlobalOptions& g, const std::string& name, bool force, int timeout_s) {

@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "kvm", "tcg"}));
   run_cmd->add_option("--qemu", run.qemu, "QEMU binary (default: qemu-system-x86_64)");
   run_cmd->add_option("--console-log", run.console_log, "serial console log file (default: in the runtime dir)");
+  run_cmd->add_option("--recovery", run.recovery, "on or off: off lets the stock kernel's crash behaviour show")
+      ->check(CLI::IsMember({"on", "off"}));
   run_cmd->add_option("--boot-timeout", run.boot_timeout_s, "seconds to wait for the agent's hello (default: 60)")
       ->check(CLI::Range(1, 3600));
 
@@ -53,6 +55,13 @@ int main(int argc, char** argv) {
   exec_cmd->add_option("command", command, "command and arguments (after --)")->required();
   exec_cmd->add_option("-t,--timeout", exec_timeout, "seconds before the command is killed (default: 60)")
       ->check(CLI::Range(1, 86400));
+
+  std::string fault_class;
+  bool list_faults = false;
+  auto* inject_cmd = app.add_subcommand("inject", "make the guest's fault-injection driver crash the kernel");
+  inject_cmd->add_option("name", name, "instance name");
+  inject_cmd->add_option("class", fault_class, "fault class (see --list)");
+  inject_cmd->add_flag("-l,--list", list_faults, "list the fault classes");
 
   bool force = false;
   int stop_timeout = 30;
@@ -82,6 +91,14 @@ int main(int argc, char** argv) {
     if (*status_cmd) return status_command(global, name, status_json);
     if (*exec_cmd) return exec_command(global, name, command, exec_timeout);
     if (*stop_cmd) return stop_command(global, name, force, stop_timeout);
+    if (*inject_cmd) {
+      if (list_faults) return list_faults_command();
+      if (name.empty() || fault_class.empty()) {
+        std::cerr << "immortal: inject needs an instance name and a fault class (or --list)\n";
+        return static_cast<int>(ExitCode::usage);
+      }
+      return inject_command(global, name, fault_class);
+    }
   } catch (const Error& e) {
     std::cerr << "immortal: " << e.what() << "\n";
     return e.exit_code();

@@ -126,6 +126,7 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   options.accelerator = accel;
   options.hello_timeout = std::chrono::seconds(o.boot_timeout_s);
   options.echo_console = o.console;
+  options.recovery = o.recovery == "on";
 
   Detacher detacher;
   if (o.detach) {

@@ -85,8 +85,10 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
       "-device", fmt::format("virtserialport,chardev=agent,name={}", agent::kPortName),
       "-device", "pvpanic-pci",
       "-device", "vmcoreinfo",
-      // A panic the guest reports stops the VM, keeping its state for the supervisor.
-      "-action", "panic=pause",
+      // A panic the guest reports (pvpanic) is an event, not a stop: the guest's panic() calls
+      // its notifiers before it flushes the console, so pausing there would cut the console
+      // short. The supervisor pauses the VM itself a moment later.
+      "-action", "panic=none",
   };
 }
 
