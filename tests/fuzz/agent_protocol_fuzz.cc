@@ -30,6 +30,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         parse_all(parse_exec_request);
         parse_all(parse_exec_result);
         parse_all(parse_error);
+        parse_all(parse_spawn_request);
+        parse_all(parse_spawned);
       }
     }
   } catch (const ProtocolError&) {

@@ -96,6 +96,29 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
   CHECK_THAT(big.err, Catch::Contains("output truncated"));
   CHECK(run_cli({"exec", name}).status == 2);  // no command
 
+  // The fault driver refuses bad input with EINVAL and keeps working.
+  auto guest = [&](const std::string& script) { return run_cli({"exec", name, "--", "sh", "-c", script}); };
+  // dd writes each block with one write(2) and names the error it gets.
+  for (const char* bad : {"printf bogus | dd of=/dev/immortal-fault bs=1k", "printf 'ping\\000x' | dd of=/dev/immortal-fault bs=1k",
+                          "head -c 100 /dev/zero | tr '\\000' a | dd of=/dev/immortal-fault bs=1k",
+                          "dd if=/dev/zero of=/dev/immortal-fault bs=1M count=1"}) {
+    INFO(bad);
+    auto r = guest(bad);
+    CHECK(r.status != 0);
+    CHECK_THAT(r.err, Catch::Contains("Invalid argument"));
+  }
+  auto ping = guest("printf ping > /dev/immortal-fault && printf 'ping\\n' > /dev/immortal-fault && cat /dev/immortal-fault");
+  CHECK(ping.status == 0);
+  CHECK(ping.out == "immortal_fault counter 2\n");
+  CHECK(guest("dmesg | grep -E 'BUG|Oops|WARNING'").status == 1);
+  // Unloading it while idle works; inject then says what is missing; it loads again.
+  CHECK(guest("rmmod immortal_fault && test ! -e /dev/immortal-fault").status == 0);
+  auto no_driver = run_cli({"inject", name, "null-deref"});
+  CHECK(no_driver.status == 1);
+  CHECK_THAT(no_driver.err, Catch::Contains("no fault-injection driver"));
+  CHECK(guest("insmod /lib/modules/immortal_fault.ko && printf ping > /dev/immortal-fault").status == 0);
+  CHECK(status_of(name)["state"] == "running");
+
   auto again = run_cli({"run", "--name", name, "--detach"});
   CHECK(again.status != 0);
   CHECK_THAT(again.err, Catch::Contains("already running"));

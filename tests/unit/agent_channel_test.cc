@@ -100,6 +100,21 @@ SCENARIO("a hostile agent cannot confuse the host", "[agent]") {
     p.guest_sends(encode_frame(MessageType::exec_result, to_payload(result)));
     THEN("that is a protocol error") { CHECK_THROWS_AS(channel.on_readable(), Error); }
   }
+  WHEN("it answers a spawn nobody asked for") {
+    p.guest_sends(encode_frame(MessageType::spawned, to_payload(Spawned{77, 10, ""})));
+    THEN("that is a protocol error") { CHECK_THROWS_WITH(channel.on_readable(), Catch::Contains("unknown request 77")); }
+  }
+  WHEN("a spawn is answered with a pid") {
+    int pid = -1;
+    channel.spawn({"victim"}, [&](int got, const std::string&) { pid = got; });
+    Frame request = p.guest_receives();
+    if (request.type == MessageType::exec) request = p.guest_receives();  // the scenario's own exec
+    REQUIRE(request.type == MessageType::spawn);
+    auto req = parse_spawn_request(request.payload);
+    p.guest_sends(encode_frame(MessageType::spawned, to_payload(Spawned{req.id, 4242, ""})));
+    channel.on_readable();
+    THEN("the callback gets it") { CHECK(pid == 4242); }
+  }
   WHEN("it sends a host-only message") {
     p.guest_sends(encode_frame(MessageType::exec, R"({"id":1,"argv":["x"],"timeout_ms":1})"));
     THEN("that is a protocol error") { CHECK_THROWS_WITH(channel.on_readable(), Catch::Contains("unexpected message")); }

@@ -107,3 +107,17 @@ TEST_CASE("base64 matches RFC 4648 vectors and rejects garbage", "[protocol]") {
   CHECK_FALSE(base64_decode("Zm=v").has_value());
   CHECK_FALSE(base64_decode("Z===").has_value());
 }
+
+TEST_CASE("spawn requests and answers are validated", "[protocol]") {
+  SpawnRequest request{4, {"/sbin/immortal-victim", "null-deref"}};
+  CHECK(parse_spawn_request(to_payload(request)).argv == request.argv);
+  Spawned ok{4, 123, ""};
+  CHECK(parse_spawned(to_payload(ok)).pid == 123);
+  Spawned failed{4, 0, "cannot execute x"};
+  CHECK(parse_spawned(to_payload(failed)).error == "cannot execute x");
+  CHECK_THROWS_WITH(parse_spawned(R"({"id":1,"pid":0})"), Catch::Contains("either a pid or an error"));
+  CHECK_THROWS_WITH(parse_spawned(R"({"id":1,"pid":5,"error":"x"})"), Catch::Contains("either a pid or an error"));
+  CHECK_THROWS_WITH(parse_spawned(R"({"id":1,"pid":-5})"), Catch::Contains("negative"));
+  CHECK_THROWS_WITH(parse_spawned(R"({"id":1,"pid":99999999999})"), Catch::Contains("out of range"));
+  CHECK_THROWS_AS(parse_spawn_request(R"({"id":1,"argv":[1,2]})"), ProtocolError);
+}
