@@ -74,7 +74,8 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
   row("Supervisor PID:", std::to_string(s.value("supervisor_pid", 0)));
   row("QEMU PID:", std::to_string(s.value("qemu_pid", 0)));
   row("Accelerator:", s.value("accelerator", "") + " (" + s.value("accelerator_reason", "") + ")");
-  row("Recovery:", s.value("recovery", "?"));
+  std::string recovery = s.value("recovery", "?");
+  row("Recovery:", recovery == "on" ? "on (not built yet: a crash is reported and the guest frozen)" : recovery);
   row("vCPUs:", std::to_string(s.value("vcpus", 0)));
   row("Memory:", mib(s.value("memory_bytes", json(0))));
   row("Kernel:", s.value("kernel_release", "-"));
