@@ -76,6 +76,7 @@ std::string find_port() {
 }
 
 pid_t launch(const std::vector<std::string>& argv, int out, int err, std::string* error);
+FileData read_chunk(const ReadFileRequest& request);
 
 struct Running {
   std::uint64_t id = 0;
@@ -109,7 +110,24 @@ class Agent {
   std::uint64_t next_heartbeat_ = 0;
   std::list<Running> running_;
   std::vector<pid_t> spawned_;
+  std::string modules_seen_;
+  std::uint64_t modules_generation_ = 1;
+  std::uint64_t modules_generation();
 };
+
+// Counts changes of /proc/modules (module loads and unloads), so the host knows when to
+// refresh its profile of the guest.
+std::uint64_t Agent::modules_generation() {
+  // Names only: the use counts in /proc/modules change without any load or unload.
+  std::ifstream in("/proc/modules");
+  std::string now;
+  for (std::string line; std::getline(in, line);) now += line.substr(0, line.find(' ')) + "\n";
+  if (now != modules_seen_) {
+    if (!modules_seen_.empty()) ++modules_generation_;
+    modules_seen_ = std::move(now);
+  }
+  return modules_generation_;
+}
 
 void Agent::send(MessageType type, const std::string& payload) {
   if (outbox_.size() > kMaxOutbox) return;  // the host is not reading; drop, it will see no heartbeat
@@ -140,6 +158,9 @@ void Agent::on_frame(const Frame& frame) {
         break;
       case MessageType::spawn:
         start_spawn(parse_spawn_request(frame.payload));
+        break;
+      case MessageType::read_file:
+        send(MessageType::file_data, to_payload(read_chunk(parse_read_file(frame.payload))));
         break;
       case MessageType::poweroff:
         say("powering off at the host's request");
@@ -220,6 +241,41 @@ void Agent::start_exec(const ExecRequest& request) {
   fcntl(r.err, F_SETFL, O_NONBLOCK);
   r.deadline = now_ms() + request.timeout_ms;
   running_.push_back(std::move(r));
+}
+
+FileData read_chunk(const ReadFileRequest& request) {
+  FileData answer;
+  answer.id = request.id;
+  int fd = open(request.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    answer.error = request.path + ": " + std::strerror(errno);
+    return answer;
+  }
+  if (lseek(fd, static_cast<off_t>(request.offset), SEEK_SET) < 0) {
+    answer.error = request.path + ": seek: " + std::strerror(errno);
+    close(fd);
+    return answer;
+  }
+  answer.data.resize(request.length);
+  std::size_t have = 0;
+  while (have < request.length) {
+    ssize_t n = read(fd, answer.data.data() + have, request.length - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      answer.error = request.path + ": " + std::strerror(errno);
+      answer.data.clear();
+      close(fd);
+      return answer;
+    }
+    if (n == 0) {
+      answer.eof = true;
+      break;
+    }
+    have += static_cast<std::size_t>(n);
+  }
+  answer.data.resize(have);
+  close(fd);
+  return answer;
 }
 
 void Agent::start_spawn(const SpawnRequest& request) {
@@ -351,7 +407,7 @@ void Agent::run() {
       }
       if (revents & POLLOUT) flush();
       if (now_ms() >= next_heartbeat_) {
-        send(MessageType::heartbeat, to_payload(Heartbeat{++heartbeat_seq_, uptime_ms()}));
+        send(MessageType::heartbeat, to_payload(Heartbeat{++heartbeat_seq_, uptime_ms(), modules_generation()}));
         next_heartbeat_ = now_ms() + kHeartbeatMs;
       }
     }

@@ -51,9 +51,19 @@ void AgentChannel::handle(const agent::Frame& frame) {
       hello_ = agent::parse_hello(frame.payload);
       break;
     case MessageType::heartbeat:
-      agent::parse_heartbeat(frame.payload);
+      modules_generation_ = agent::parse_heartbeat(frame.payload).modules_generation;
       ++heartbeats_;
       break;
+    case MessageType::file_data: {
+      auto data = agent::parse_file_data(frame.payload);
+      auto it = pending_reads_.find(data.id);
+      if (it == pending_reads_.end())
+        throw agent::ProtocolError("file data for unknown request " + std::to_string(data.id));
+      auto done = std::move(it->second);
+      pending_reads_.erase(it);
+      done(&data, data.error);
+      break;
+    }
     case MessageType::pong:
       agent::parse_ping(frame.payload);
       break;
@@ -112,6 +122,45 @@ std::uint64_t AgentChannel::spawn(const std::vector<std::string>& argv, SpawnCal
   return request.id;
 }
 
+void AgentChannel::read_chunk(const std::string& path, std::uint64_t offset, ChunkCallback done) {
+  agent::ReadFileRequest request{next_id_++, path, offset, static_cast<std::uint32_t>(agent::kMaxChunk)};
+  send(MessageType::read_file, agent::to_payload(request));
+  pending_reads_.emplace(request.id, std::move(done));
+}
+
+void AgentChannel::fetch_file(const std::string& path, std::size_t max_size, FileCallback done) {
+  // Chunks are requested one after the other; the accumulated data travels in the callback.
+  struct Fetch {
+    std::string path, data;
+    std::size_t max_size;
+    FileCallback done;
+  };
+  auto fetch = std::make_shared<Fetch>(Fetch{path, {}, max_size, std::move(done)});
+  auto next = std::make_shared<std::function<void()>>();
+  *next = [this, fetch, next] {
+    read_chunk(fetch->path, fetch->data.size(), [this, fetch, next](const agent::FileData* chunk, const std::string& error) {
+      if (!chunk || !error.empty()) {
+        fetch->done({}, error.empty() ? "read failed" : error);
+      } else if (fetch->data.size() + chunk->data.size() > fetch->max_size) {
+        fetch->done({}, fetch->path + " is larger than " + std::to_string(fetch->max_size) + " bytes");
+      } else {
+        fetch->data += chunk->data;
+        if (chunk->eof || chunk->data.empty()) {
+          fetch->done(std::move(fetch->data), "");
+        } else {
+          try {
+            (*next)();
+          } catch (const Error& e) {
+            fetch->done({}, e.what());
+          }
+        }
+      }
+      if (chunk && (chunk->eof || chunk->data.empty() || !error.empty())) *next = nullptr;  // break the cycle
+    });
+  };
+  (*next)();
+}
+
 void AgentChannel::ping() { send(MessageType::ping, agent::to_payload(agent::Ping{next_id_++})); }
 
 void AgentChannel::poweroff() { send(MessageType::poweroff, "{}"); }
@@ -119,8 +168,11 @@ void AgentChannel::poweroff() { send(MessageType::poweroff, "{}"); }
 void AgentChannel::abandon(const std::string& why) {
   auto pending = std::move(pending_);
   auto spawns = std::move(pending_spawns_);
+  auto reads = std::move(pending_reads_);
   pending_.clear();
   pending_spawns_.clear();
+  pending_reads_.clear();
+  for (auto& [id, done] : reads) done(nullptr, why);
   for (auto& [id, done] : pending) done(nullptr, why);
   for (auto& [id, done] : spawns) done(0, why);
 }

@@ -29,6 +29,8 @@ class AgentChannel {
   const std::optional<agent::Hello>& hello() const { return hello_; }
   std::optional<Clock::time_point> last_heard() const { return last_heard_; }
   std::uint64_t heartbeats() const { return heartbeats_; }
+  // Changes whenever the guest's module list changes (reported with heartbeats).
+  std::uint64_t modules_generation() const { return modules_generation_; }
 
   // Sends an exec request; the callback gets the result, or an error text (agent refused,
   // channel closed). Returns the request id.
@@ -37,6 +39,10 @@ class AgentChannel {
   // if it could not be started or the channel failed).
   using SpawnCallback = std::function<void(int pid, const std::string& error)>;
   std::uint64_t spawn(const std::vector<std::string>& argv, SpawnCallback done);
+  // Reads a whole guest file in chunks (at most max_size bytes, else an error); the callback
+  // gets its content or an error text.
+  using FileCallback = std::function<void(std::string data, const std::string& error)>;
+  void fetch_file(const std::string& path, std::size_t max_size, FileCallback done);
   void ping();
   void poweroff();
   // Fails every pending request (the guest is gone).
@@ -52,9 +58,13 @@ class AgentChannel {
   std::optional<agent::Hello> hello_;
   std::optional<Clock::time_point> last_heard_;
   std::uint64_t heartbeats_ = 0;
+  std::uint64_t modules_generation_ = 0;
   std::uint64_t next_id_ = 1;
   std::map<std::uint64_t, ExecCallback> pending_;
   std::map<std::uint64_t, SpawnCallback> pending_spawns_;
+  using ChunkCallback = std::function<void(const agent::FileData*, const std::string& error)>;
+  std::map<std::uint64_t, ChunkCallback> pending_reads_;
+  void read_chunk(const std::string& path, std::uint64_t offset, ChunkCallback done);
 };
 
 }  // namespace immortal::vmm

@@ -68,6 +68,10 @@ class Machine {
   virtual std::vector<int> event_fds() const = 0;
   virtual std::vector<MachineEvent> drain_events() = 0;
 
+  // Writes an ELF core of guest memory the way the backend does natively (QEMU:
+  // dump-guest-memory), for comparisons and as a fallback dump. The guest is stopped meanwhile.
+  virtual void write_native_dump(const std::string& path) = 0;
+
   // A byte stream to the guest agent's port (the backend wires the port to the VM).
   virtual UniqueFd connect_agent_channel(Deadline deadline) = 0;
 };

@@ -96,12 +96,18 @@ void Supervisor::boot() {
                                     m.name, boot_time_->count() / 1000.0, hello.kernel_release, hello.boot_id,
                                     hello.agent_version);
   options_.say(summary);
+  profile_ = std::make_unique<ProfileCollector>(*agent_, dir_.file("profile"), options_.say);
+  profile_->collect(agent_->modules_generation());
   if (options_.on_ready) options_.on_ready(summary);
 }
 
 void Supervisor::serve() {
   while (!stop_requested_) {
     poll_once(/*agent_errors_are_fatal=*/false);
+    // A module was loaded or unloaded: the profile must describe the kernel as it is now.
+    if (guest_state_ == "running" && !profile_->busy() && agent_->modules_generation() != profile_->generation() &&
+        !agent_->closed())
+      profile_->collect(agent_->modules_generation());
     if (guest_state_ == "shut off") {
       stop_requested_ = true;
       stop_reason_ = "the guest powered off";
@@ -213,6 +219,21 @@ void Supervisor::answer(int fd, const json& request) {
   }
   if (command == "exec") return answer_exec(fd, request);
   if (command == "inject") return answer_inject(fd, request);
+  if (command == "dump") {
+    std::string path = request.value("path", "");
+    if (path.empty() || path[0] != '/') {
+      client.reply_error(static_cast<int>(ExitCode::usage), "dump needs an absolute file path");
+      return done();
+    }
+    try {
+      auto start = Clock::now();
+      machine_->write_native_dump(path);
+      client.reply({{"path", path}, {"seconds", std::chrono::duration<double>(Clock::now() - start).count()}});
+    } catch (const Error& e) {
+      client.reply_error(e.exit_code(), e.what());
+    }
+    return done();
+  }
   client.reply_error(static_cast<int>(ExitCode::usage), "unknown command \"" + command + "\"");
   done();
 }
@@ -325,6 +346,7 @@ json Supervisor::status() const {
     agent["version"] = h.agent_version;
   }
   s["agent"] = agent;
+  if (profile_) s["profile"] = profile_->status();
   return s;
 }
 

@@ -12,6 +12,7 @@
 #include "instance.h"
 #include "machine.h"
 #include "machine_config.h"
+#include "profile_collector.h"
 
 #include <chrono>
 #include <functional>
@@ -67,6 +68,7 @@ class Supervisor {
   MachineFactory factory_;
   std::unique_ptr<Machine> machine_;
   std::unique_ptr<AgentChannel> agent_;
+  std::unique_ptr<ProfileCollector> profile_;
   UniqueFd control_listener_;
   UniqueFd signal_fd_;
   std::map<int, std::unique_ptr<ControlConnection>> clients_;

@@ -6,7 +6,7 @@ namespace immortal::agent {
 
 bool is_known(MessageType type) {
   auto v = static_cast<std::uint16_t>(type);
-  return v >= 1 && v <= 10;
+  return v >= 1 && v <= 12;
 }
 
 const char* name_of(MessageType type) {
@@ -21,6 +21,8 @@ const char* name_of(MessageType type) {
     case MessageType::poweroff: return "poweroff";
     case MessageType::spawn: return "spawn";
     case MessageType::spawned: return "spawned";
+    case MessageType::read_file: return "read-file";
+    case MessageType::file_data: return "file-data";
   }
   return "unknown";
 }

@@ -32,6 +32,8 @@ enum class MessageType : std::uint16_t {
   poweroff = 8,     // host → agent: power the guest off cleanly
   spawn = 9,        // host → agent: start a command and do not wait for it
   spawned = 10,     // agent → host: the pid it started (or why not)
+  read_file = 11,   // host → agent: a chunk of a guest file (the healthy-guest profile)
+  file_data = 12,   // agent → host
 };
 bool is_known(MessageType type);
 const char* name_of(MessageType type);

@@ -80,7 +80,9 @@ std::string to_payload(const Hello& m) {
                {"uptime_ms", m.uptime_ms},
                {"hostname", m.hostname}});
 }
-std::string to_payload(const Heartbeat& m) { return dump({{"seq", m.seq}, {"uptime_ms", m.uptime_ms}}); }
+std::string to_payload(const Heartbeat& m) {
+  return dump({{"seq", m.seq}, {"uptime_ms", m.uptime_ms}, {"modules_generation", m.modules_generation}});
+}
 std::string to_payload(const Ping& m) { return dump({{"id", m.id}}); }
 std::string to_payload(const ExecRequest& m) {
   return dump({{"id", m.id}, {"argv", m.argv}, {"timeout_ms", m.timeout_ms}});
@@ -99,6 +101,15 @@ std::string to_payload(const ExecResult& m) {
 std::string to_payload(const ErrorMessage& m) {
   json j = {{"message", m.message}};
   if (m.id) j["id"] = *m.id;
+  return dump(j);
+}
+
+std::string to_payload(const ReadFileRequest& m) {
+  return dump({{"id", m.id}, {"path", m.path}, {"offset", m.offset}, {"length", m.length}});
+}
+std::string to_payload(const FileData& m) {
+  json j = {{"id", m.id}, {"data", base64_encode(m.data)}, {"eof", m.eof}};
+  if (!m.error.empty()) j["error"] = m.error;
   return dump(j);
 }
 
@@ -127,7 +138,9 @@ Hello parse_hello(const std::string& payload) {
 
 Heartbeat parse_heartbeat(const std::string& payload) {
   json j = parse_object(payload);
-  return {get_u64(j, "seq"), get_u64(j, "uptime_ms")};
+  Heartbeat m{get_u64(j, "seq"), get_u64(j, "uptime_ms"), 0};
+  if (j.contains("modules_generation")) m.modules_generation = get_u64(j, "modules_generation");
+  return m;
 }
 
 Ping parse_ping(const std::string& payload) {
@@ -193,6 +206,36 @@ Spawned parse_spawned(const std::string& payload) {
   if (m.pid < 0) throw ProtocolError("field \"pid\" is negative");
   if (j.contains("error")) m.error = get_string(j, "error");
   if ((m.pid == 0) == m.error.empty()) throw ProtocolError("a spawn answer has either a pid or an error");
+  return m;
+}
+
+}  // namespace immortal::agent
+
+namespace immortal::agent {
+
+ReadFileRequest parse_read_file(const std::string& payload) {
+  json j = parse_object(payload);
+  ReadFileRequest m;
+  m.id = get_u64(j, "id");
+  m.path = get_string(j, "path");
+  if (m.path.empty() || m.path[0] != '/') throw ProtocolError("field \"path\" must be an absolute path");
+  m.offset = get_u64(j, "offset");
+  auto length = get_u64(j, "length");
+  if (length == 0 || length > kMaxChunk) throw ProtocolError("field \"length\" is out of range");
+  m.length = static_cast<std::uint32_t>(length);
+  return m;
+}
+
+FileData parse_file_data(const std::string& payload) {
+  json j = parse_object(payload);
+  FileData m;
+  m.id = get_u64(j, "id");
+  m.data = get_base64(j, "data", kMaxChunk);
+  const json& eof = field(j, "eof");
+  if (!eof.is_boolean()) throw ProtocolError("field \"eof\" must be a boolean");
+  m.eof = eof.get<bool>();
+  if (j.contains("error")) m.error = get_string(j, "error");
+  if (!m.error.empty() && !m.data.empty()) throw ProtocolError("a failed read carries no data");
   return m;
 }
 

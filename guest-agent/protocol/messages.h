@@ -29,6 +29,7 @@ struct Hello {
 struct Heartbeat {
   std::uint64_t seq = 0;
   std::uint64_t uptime_ms = 0;
+  std::uint64_t modules_generation = 0;  // changes when /proc/modules changes (optional field)
 };
 
 struct Ping {
@@ -65,6 +66,24 @@ struct Spawned {
   std::string error;
 };
 
+// read_file: up to kMaxChunk bytes of a guest file from an offset (lseek works on the seq_file
+// files of /proc too). eof is set when the chunk ends the file.
+inline constexpr std::size_t kMaxChunk = 512 * 1024;
+
+struct ReadFileRequest {
+  std::uint64_t id = 0;
+  std::string path;
+  std::uint64_t offset = 0;
+  std::uint32_t length = 0;
+};
+
+struct FileData {
+  std::uint64_t id = 0;
+  std::string data;
+  bool eof = false;
+  std::string error;  // set when the file cannot be read (then data is empty)
+};
+
 struct ErrorMessage {
   std::optional<std::uint64_t> id;
   std::string message;
@@ -78,6 +97,8 @@ std::string to_payload(const ExecResult&);
 std::string to_payload(const ErrorMessage&);
 std::string to_payload(const SpawnRequest&);
 std::string to_payload(const Spawned&);
+std::string to_payload(const ReadFileRequest&);
+std::string to_payload(const FileData&);
 
 Hello parse_hello(const std::string& payload);
 Heartbeat parse_heartbeat(const std::string& payload);
@@ -87,5 +108,7 @@ ExecResult parse_exec_result(const std::string& payload);
 ErrorMessage parse_error(const std::string& payload);
 SpawnRequest parse_spawn_request(const std::string& payload);
 Spawned parse_spawned(const std::string& payload);
+ReadFileRequest parse_read_file(const std::string& payload);
+FileData parse_file_data(const std::string& payload);
 
 }  // namespace immortal::agent

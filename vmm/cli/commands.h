@@ -32,6 +32,7 @@ int exec_command(const GlobalOptions& global, const std::string& name, const std
                  int timeout_s);
 int inject_command(const GlobalOptions& global, const std::string& name, const std::string& fault_class);
 int list_faults_command();
+int dump_command(const GlobalOptions& global, const std::string& name, const std::string& file);
 int stop_command(const GlobalOptions& global, const std::string& name, bool force, int timeout_s);
 
 }  // namespace immortal::vmm

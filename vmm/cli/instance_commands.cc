@@ -8,6 +8,8 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <iostream>
 #include <thread>
 
@@ -124,6 +126,20 @@ int inject_command(const GlobalOptions& g, const std::string& name, const std::s
   std::string command;
   for (const auto& a : r.value("command", json::array())) command += (command.empty() ? "" : " ") + a.get<std::string>();
   std::cout << fmt::format("injected {} into {}: victim pid {} ({})\n", fault_class, name, r.value("pid", 0), command);
+  return 0;
+}
+
+int dump_command(const GlobalOptions& g, const std::string& name, const std::string& file) {
+  std::string path = file;
+  if (path.empty()) fail(ExitCode::usage, "dump needs a file name");
+  if (path[0] != '/') {
+    char cwd[4096];
+    if (!::getcwd(cwd, sizeof cwd)) fail_os(ExitCode::failure, "getcwd", errno);
+    path = std::string(cwd) + "/" + path;
+  }
+  json r = call(g, name, {{"command", "dump"}, {"path", path}}, std::chrono::minutes(11));
+  std::cout << fmt::format("Domain {} dumped to {} ({:.2f} s, QEMU's dump-guest-memory)\n", name, path,
+                           r.value("seconds", 0.0));
   return 0;
 }
 

@@ -3,6 +3,7 @@
 //   immortal list | status NAME | exec NAME -- CMD... | stop NAME
 #include "base/error.h"
 #include "cli/commands.h"
+#include "report/dump_report.h"
 
 #include <CLI/CLI.hpp>
 
@@ -63,6 +64,21 @@ int main(int argc, char** argv) {
   inject_cmd->add_option("class", fault_class, "fault class (see --list)");
   inject_cmd->add_flag("-l,--list", list_faults, "list the fault classes");
 
+  std::string dump_file;
+  auto* dump_cmd = app.add_subcommand("dump", "write an ELF core of the guest's memory (QEMU's own dump)");
+  dump_cmd->add_option("name", name, "instance name")->required();
+  dump_cmd->add_option("file", dump_file, "output file")->required();
+
+  DiagOptions diag;
+  auto* diag_cmd = app.add_subcommand("diag", "analyse a dump offline: report, tasks, modules, log, backtraces");
+  diag_cmd->add_option("dump", diag.dump, "ELF core: QEMU's dump-guest-memory or a kdump-style vmcore")->required();
+  diag_cmd->add_option("-p,--profile", diag.profile, "healthy-guest profile directory (RUNDIR/profile)")->required();
+  diag_cmd->add_flag("--tasks", diag.tasks, "list tasks");
+  diag_cmd->add_flag("--modules", diag.modules, "list modules");
+  diag_cmd->add_flag("--dmesg", diag.dmesg, "print the kernel log");
+  diag_cmd->add_flag("--bt", diag.backtraces, "backtraces of every CPU");
+  diag_cmd->add_flag("--json", diag.json, "machine-readable output");
+
   bool force = false;
   int stop_timeout = 30;
   auto* stop_cmd = app.add_subcommand("stop", "power the guest off and end its supervisor");
@@ -91,6 +107,8 @@ int main(int argc, char** argv) {
     if (*status_cmd) return status_command(global, name, status_json);
     if (*exec_cmd) return exec_command(global, name, command, exec_timeout);
     if (*stop_cmd) return stop_command(global, name, force, stop_timeout);
+    if (*dump_cmd) return dump_command(global, name, dump_file);
+    if (*diag_cmd) return diag_command(diag);
     if (*inject_cmd) {
       if (list_faults) return list_faults_command();
       if (name.empty() || fault_class.empty()) {

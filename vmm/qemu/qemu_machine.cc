@@ -307,6 +307,13 @@ std::vector<MachineEvent> QemuMachine::drain_events() {
   return events;
 }
 
+void QemuMachine::write_native_dump(const std::string& path) {
+  // Synchronous: QEMU answers when the file is complete. paging=false: physical memory as is,
+  // QEMU adds its own CPU notes and, when the guest registered one, the VMCOREINFO note.
+  qmp_->execute("dump-guest-memory", {{"paging", false}, {"protocol", "file:" + path}, {"format", "elf"}},
+                Deadline::in(std::chrono::minutes(10)));
+}
+
 UniqueFd QemuMachine::connect_agent_channel(Deadline deadline) {
   return connect_unix_retry(path_in(config_.runtime_dir, "agent.sock"), deadline);
 }

@@ -53,6 +53,7 @@ class QemuMachine final : public vmm::Machine {
   std::vector<int> event_fds() const override;
   std::vector<vmm::MachineEvent> drain_events() override;
 
+  void write_native_dump(const std::string& path) override;
   UniqueFd connect_agent_channel(Deadline deadline) override;
 
  private:

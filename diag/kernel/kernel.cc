@@ -1,0 +1,79 @@
+#include "kernel/kernel.h"
+
+#include "base/error.h"
+#include "types/btf_types.h"
+#include "x86_64/page_tables.h"
+
+#include <cstring>
+
+namespace immortal {
+
+std::optional<std::string> read_vmcoreinfo_note(const PhysicalMemory& memory, std::uint64_t paddr, std::uint64_t size) {
+  if (paddr == 0 || size < 24 || size > Vmcoreinfo::kMaxSize) return std::nullopt;
+  std::string note(size, '\0');
+  try {
+    memory.read(paddr, std::as_writable_bytes(std::span(note.data(), note.size())));
+  } catch (const MemoryFault&) {
+    return std::nullopt;
+  }
+  std::uint32_t namesz, descsz;
+  std::memcpy(&namesz, note.data(), 4);
+  std::memcpy(&descsz, note.data() + 4, 4);
+  std::uint64_t desc_at = 12 + ((static_cast<std::uint64_t>(namesz) + 3) & ~3ull);
+  if (namesz < 10 || note.compare(12, 10, "VMCOREINFO") != 0 || desc_at + descsz > note.size()) return std::nullopt;
+  return note.substr(desc_at, descsz);
+}
+
+std::uint64_t Kernel::symbol(const std::string& name) const {
+  auto a = symbols_.address_of(name);
+  if (!a) fail(ExitCode::bad_input, "the profile's symbols have no {}", name);
+  return *a;
+}
+
+std::unique_ptr<Kernel> Kernel::open(const PhysicalMemory& memory, const GuestProfile& profile,
+                                     std::optional<std::string> vmcoreinfo_text) {
+  std::unique_ptr<Kernel> k(new Kernel);
+  k->symbols_ = SymbolTable::from_kallsyms(profile.kallsyms);
+  if (k->symbols_.size() == 0) fail(ExitCode::bad_input, "the profile has no kernel symbols");
+  k->types_ = BtfTypes::parse(profile.btf_vmlinux);
+  k->release_ = profile.kernel_release;
+
+  if (!vmcoreinfo_text) vmcoreinfo_text = read_vmcoreinfo_note(memory, profile.vmcoreinfo_paddr, profile.vmcoreinfo_size);
+  if (vmcoreinfo_text) k->vmcoreinfo_ = Vmcoreinfo::parse(*vmcoreinfo_text);
+
+  KernelLayout layout;
+  std::uint64_t top = k->symbol("init_top_pgt");
+  if (k->vmcoreinfo_) {
+    const auto& vi = *k->vmcoreinfo_;
+    if (!vi.release().empty() && !profile.kernel_release.empty() && vi.release() != profile.kernel_release)
+      fail(ExitCode::bad_input, "the profile is of kernel {} but the memory holds kernel {}", profile.kernel_release,
+           vi.release());
+    auto top_in_dump = vi.symbol("init_top_pgt");
+    if (top_in_dump && *top_in_dump != top)
+      fail(ExitCode::bad_input,
+           "the profile belongs to another boot of this kernel: its symbols are shifted by {:#x} from the memory's "
+           "(KASLR); use the profile taken at that boot",
+           *top_in_dump - top);
+    layout.phys_base = vi.number("phys_base").value_or(0);
+    layout.five_level = vi.number("pgtable_l5_enabled").value_or(0) != 0;
+    layout.kaslr_offset = vi.kernel_offset().value_or(0);
+  } else {
+    // Without VMCOREINFO, phys_base is taken from the kernel's own variable, found through
+    // the identity the text mapping keeps: phys_base sits in the kernel image like any data.
+    k->warnings_.push_back("no VMCOREINFO: phys_base assumed 0 and 4-level paging");
+  }
+  layout.page_table = top - x86_64::kStartKernelMap + layout.phys_base;
+  k->memory_ = std::make_unique<KernelMemory>(memory, layout);
+  // The direct map's base is a variable of the kernel (randomised by KASLR).
+  if (auto pob = k->symbols_.address_of("page_offset_base")) {
+    try {
+      layout.page_offset_base = k->memory_->read_u64(*pob);
+    } catch (const MemoryFault& e) {
+      fail(ExitCode::bad_input, "cannot read the kernel's page tables or page_offset_base: {}", e.what());
+    }
+    k->memory_ = std::make_unique<KernelMemory>(memory, layout);
+  }
+  return k;
+}
+
+}  // namespace immortal

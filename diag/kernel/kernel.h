@@ -1,0 +1,52 @@
+// One guest kernel as the readers see it: its memory (by kernel virtual address), its symbols
+// and its types, assembled from a memory source, the healthy-guest profile and VMCOREINFO. The
+// same object serves a live guest and a dump.
+#pragma once
+
+#include "kernel/kernel_memory.h"
+#include "kernel/symbols.h"
+#include "kernel/vmcoreinfo.h"
+#include "memory/physical_memory.h"
+#include "profile/guest_profile.h"
+#include "types/type_info.h"
+#include "x86_64/registers.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace immortal {
+
+class Kernel {
+ public:
+  // vmcoreinfo: the dump's note, if any; for live memory it is read from the guest at the
+  // profile's VMCOREINFO address. Throws Error(ExitCode::bad_input) when the pieces do not fit
+  // (another kernel release, another boot's KASLR offsets, no way to find the page tables).
+  static std::unique_ptr<Kernel> open(const PhysicalMemory& memory, const GuestProfile& profile,
+                                      std::optional<std::string> vmcoreinfo_text);
+
+  const KernelMemory& memory() const { return *memory_; }
+  const SymbolTable& symbols() const { return symbols_; }
+  const TypeInfo& types() const { return *types_; }
+  const std::optional<Vmcoreinfo>& vmcoreinfo() const { return vmcoreinfo_; }
+  const std::string& release() const { return release_; }
+  // Address of a kernel symbol; throws Error(ExitCode::bad_input) if the profile lacks it.
+  std::uint64_t symbol(const std::string& name) const;
+  // Notes on what could not be checked or was worked around, for the report.
+  const std::vector<std::string>& warnings() const { return warnings_; }
+
+ private:
+  Kernel() = default;
+  SymbolTable symbols_;
+  std::unique_ptr<TypeInfo> types_;
+  std::unique_ptr<KernelMemory> memory_;
+  std::optional<Vmcoreinfo> vmcoreinfo_;
+  std::string release_;
+  std::vector<std::string> warnings_;
+};
+
+// The VMCOREINFO note the guest kernel keeps at paddr (an ELF note), read from its memory.
+std::optional<std::string> read_vmcoreinfo_note(const PhysicalMemory& memory, std::uint64_t paddr, std::uint64_t size);
+
+}  // namespace immortal

@@ -1,0 +1,49 @@
+// The guest kernel's virtual address space over PhysicalMemory: reads by kernel virtual address
+// through the kernel's own page tables (init_top_pgt), with translations cached per page.
+// Works the same on live RAM and on dumps.
+#pragma once
+
+#include "memory/physical_memory.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+namespace immortal {
+
+struct KernelLayout {
+  std::uint64_t page_table = 0;        // physical address of the top-level page table
+  bool five_level = false;
+  std::uint64_t phys_base = 0;         // __pa_symbol(x) = x - __START_KERNEL_map + phys_base
+  std::uint64_t page_offset_base = 0;  // start of the direct map (randomised with KASLR)
+  std::uint64_t kaslr_offset = 0;
+};
+
+class KernelMemory {
+ public:
+  KernelMemory(const PhysicalMemory& memory, KernelLayout layout) : memory_(memory), layout_(layout) {}
+
+  // Throws MemoryFault (carrying the virtual address) for unmapped or missing bytes.
+  void read(std::uint64_t vaddr, std::span<std::byte> out) const;
+  template <typename T>
+  T read_value(std::uint64_t vaddr) const {
+    T value;
+    read(vaddr, std::as_writable_bytes(std::span(&value, 1)));
+    return value;
+  }
+  std::uint64_t read_u64(std::uint64_t vaddr) const { return read_value<std::uint64_t>(vaddr); }
+  // Reads a NUL-terminated string of at most max bytes (the guest's bytes, as they are).
+  std::string read_cstring(std::uint64_t vaddr, std::size_t max) const;
+  std::optional<std::uint64_t> to_physical(std::uint64_t vaddr) const;
+
+  const KernelLayout& layout() const { return layout_; }
+  const PhysicalMemory& physical() const { return memory_; }
+
+ private:
+  const PhysicalMemory& memory_;
+  KernelLayout layout_;
+  mutable std::unordered_map<std::uint64_t, std::uint64_t> pages_;  // virtual page → physical page
+};
+
+}  // namespace immortal

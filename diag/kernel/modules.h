@@ -1,0 +1,28 @@
+// Loaded modules of the guest kernel (the `modules` list of struct module), with their text.
+#pragma once
+
+#include "kernel/kernel.h"
+#include "kernel/list_walk.h"
+
+#include <string>
+#include <vector>
+
+namespace immortal {
+
+struct ModuleInfo {
+  std::uint64_t address = 0;  // struct module *
+  std::string name;
+  std::string state;          // live, coming, going, unformed
+  std::uint64_t base = 0;     // core_layout: text first, then read-only and writable data
+  std::uint64_t size = 0;
+  std::uint64_t text_size = 0;
+};
+
+struct ModuleList {
+  std::vector<ModuleInfo> modules;
+  WalkResult walk;
+};
+
+ModuleList read_modules(const Kernel& kernel, std::size_t max = 65536);
+
+}  // namespace immortal

@@ -1,0 +1,107 @@
+#include "kernel/symbols.h"
+
+#include "base/error.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <string_view>
+
+namespace immortal {
+
+namespace {
+constexpr std::uint64_t kMaxPercpuOffset = 1 << 24;
+}  // namespace
+
+SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
+  SymbolTable table;
+  std::string_view rest(text);
+  while (!rest.empty()) {
+    auto nl = rest.find('\n');
+    std::string_view line = rest.substr(0, nl);
+    rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+    // "ffffffff81000000 T _stext" or "ffffffffc0600000 t fn\t[module]"
+    auto sp1 = line.find(' ');
+    if (sp1 != 16 || line.size() < 20 || line[18] != ' ') {
+      ++table.skipped_;
+      continue;
+    }
+    std::uint64_t address = 0;
+    bool ok = true;
+    for (char c : line.substr(0, 16)) {
+      int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+      if (d < 0) ok = false;
+      address = address << 4 | static_cast<std::uint64_t>(d < 0 ? 0 : d);
+    }
+    if (!ok) {
+      ++table.skipped_;
+      continue;
+    }
+    Symbol s;
+    s.address = address;
+    s.type = line[17];
+    std::string_view name = line.substr(19);
+    if (auto tab = name.find('\t'); tab != std::string_view::npos) {
+      std::string_view module = name.substr(tab + 1);
+      name = name.substr(0, tab);
+      if (module.size() > 2 && module.front() == '[' && module.back() == ']') s.module = module.substr(1, module.size() - 2);
+    }
+    if (name.empty() || name.size() > 512) {
+      ++table.skipped_;
+      continue;
+    }
+    s.name = name;
+    // Per-CPU variables are listed as small offsets into the per-CPU area (x86-64 links them
+    // at 0: fixed_percpu_data, current_task, ...), never as kernel addresses.
+    if (s.module.empty() && s.address < kMaxPercpuOffset) {
+      table.percpu_.emplace(s.name, s.address);
+      continue;
+    }
+    if (table.sorted_.size() >= kMaxSymbols) fail(ExitCode::bad_input, "kallsyms has more than {} symbols", kMaxSymbols);
+    table.sorted_.push_back(std::move(s));
+  }
+  std::stable_sort(table.sorted_.begin(), table.sorted_.end(),
+                   [](const Symbol& a, const Symbol& b) { return a.address < b.address; });
+  for (std::size_t i = 0; i < table.sorted_.size(); ++i) table.by_name_.emplace(table.sorted_[i].name, i);
+  return table;
+}
+
+std::optional<std::uint64_t> SymbolTable::address_of(const std::string& name) const {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end()) return std::nullopt;
+  return sorted_[it->second].address;
+}
+
+std::optional<std::uint64_t> SymbolTable::percpu_offset(const std::string& name) const {
+  auto it = percpu_.find(name);
+  if (it == percpu_.end()) return std::nullopt;
+  return it->second;
+}
+
+const Symbol* SymbolTable::lookup(std::uint64_t address) const {
+  auto it = std::upper_bound(sorted_.begin(), sorted_.end(), address,
+                             [](std::uint64_t a, const Symbol& s) { return a < s.address; });
+  if (it == sorted_.begin()) return nullptr;
+  const Symbol* s = &*(it - 1);
+  // Past the last symbol or absurdly far from the nearest one: not a symbol address.
+  if (it == sorted_.end() || address - s->address > (1 << 20)) return nullptr;
+  return s;
+}
+
+std::string SymbolTable::describe(std::uint64_t address) const {
+  const Symbol* s = lookup(address);
+  if (!s) return fmt::format("{:#x}", address);
+  auto next = std::upper_bound(sorted_.begin(), sorted_.end(), s->address,
+                               [](std::uint64_t a, const Symbol& x) { return a < x.address; });
+  std::uint64_t size = next == sorted_.end() ? 0 : next->address - s->address;
+  std::string out = fmt::format("{}+{:#x}/{:#x}", s->name, address - s->address, size);
+  if (!s->module.empty()) out += " [" + s->module + "]";
+  return out;
+}
+
+bool SymbolTable::is_text(std::uint64_t address) const {
+  const Symbol* s = lookup(address);
+  return s && (s->type == 't' || s->type == 'T');
+}
+
+}  // namespace immortal

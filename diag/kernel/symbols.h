@@ -1,0 +1,46 @@
+// Kernel and module symbols from /proc/kallsyms text (the healthy-guest profile): address to
+// "name+0xoff [module]" and name to address. Per-CPU symbols (small offsets into the per-CPU
+// area, e.g. current_task) are kept apart from addresses.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace immortal {
+
+struct Symbol {
+  std::uint64_t address = 0;
+  char type = '?';      // kallsyms type letter: t/T text, d/D data, ...
+  std::string name;
+  std::string module;   // empty for the kernel image
+};
+
+class SymbolTable {
+ public:
+  static constexpr std::size_t kMaxSymbols = 4'000'000;
+  // Parses kallsyms; malformed lines are skipped and counted.
+  static SymbolTable from_kallsyms(const std::string& text);
+
+  std::optional<std::uint64_t> address_of(const std::string& name) const;
+  // The per-CPU offset of a per-CPU variable (e.g. "current_task").
+  std::optional<std::uint64_t> percpu_offset(const std::string& name) const;
+  // The symbol at or below address, if address is plausibly inside it (before the next symbol).
+  const Symbol* lookup(std::uint64_t address) const;
+  // "func+0x1a/0x40 [module]" or "0xffff..." when unknown.
+  std::string describe(std::uint64_t address) const;
+  bool is_text(std::uint64_t address) const;
+
+  std::size_t size() const { return sorted_.size(); }
+  std::size_t skipped_lines() const { return skipped_; }
+
+ private:
+  std::vector<Symbol> sorted_;  // by address
+  std::unordered_map<std::string, std::size_t> by_name_;  // first definition wins
+  std::unordered_map<std::string, std::uint64_t> percpu_;
+  std::size_t skipped_ = 0;
+};
+
+}  // namespace immortal

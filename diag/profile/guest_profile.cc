@@ -1,0 +1,130 @@
+#include "profile/guest_profile.h"
+
+#include "base/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace immortal {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+void write_file(const fs::path& path, const std::string& data) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) fail_os(ExitCode::failure, "create " + path.string(), errno);
+  bool ok = std::fwrite(data.data(), 1, data.size(), f) == data.size() && std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
+  int err = errno;
+  std::fclose(f);
+  if (!ok) fail_os(ExitCode::failure, "write " + path.string(), err);
+}
+
+std::string read_file(const fs::path& path, bool required) {
+  std::error_code ec;
+  auto size = fs::file_size(path, ec);
+  if (ec) {
+    if (!required) return {};
+    fail(ExitCode::bad_input, "profile file missing: {}", path.string());
+  }
+  if (size > GuestProfile::kMaxFileSize) fail(ExitCode::bad_input, "profile file too large: {}", path.string());
+  std::ifstream in(path, std::ios::binary);
+  std::string data(size, '\0');
+  if (!in.read(data.data(), static_cast<std::streamsize>(size)))
+    fail(ExitCode::bad_input, "cannot read profile file {}", path.string());
+  return data;
+}
+
+bool safe_module_name(const std::string& name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-')) return false;
+  return true;
+}
+
+}  // namespace
+
+bool parse_vmcoreinfo_location(const std::string& text, std::uint64_t* paddr, std::uint64_t* size) {
+  std::istringstream in(text);
+  std::string a, b;
+  if (!(in >> a >> b)) return false;
+  try {
+    std::size_t used_a = 0, used_b = 0;
+    *paddr = std::stoull(a, &used_a, 16);
+    *size = std::stoull(b, &used_b, 16);
+    return used_a == a.size() && used_b == b.size() && *size > 0 && *size <= (1 << 20);
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+void GuestProfile::save(const std::string& dir) const {
+  fs::path target(dir);
+  fs::path temp = target.string() + ".new";
+  fs::path old = target.string() + ".old";
+  std::error_code ec;
+  fs::remove_all(temp, ec);
+  fs::create_directories(temp / "btf");
+  write_file(temp / "kallsyms", kallsyms);
+  write_file(temp / "modules", modules);
+  write_file(temp / "btf" / "vmlinux", btf_vmlinux);
+  json module_btf = json::array();
+  for (const auto& [name, data] : btf_modules) {
+    if (!safe_module_name(name)) continue;
+    write_file(temp / "btf" / name, data);
+    module_btf.push_back(name);
+  }
+  json manifest = {{"format", kFormat},
+                   {"kernel_release", kernel_release},
+                   {"boot_id", boot_id},
+                   {"taken_at", taken_at},
+                   {"vmcoreinfo", {{"paddr", vmcoreinfo_paddr}, {"size", vmcoreinfo_size}}},
+                   {"module_btf", module_btf}};
+  write_file(temp / "profile.json", manifest.dump(2) + "\n");
+  // Swap whole directories so a reader never sees half of two profiles.
+  fs::remove_all(old, ec);
+  if (fs::exists(target)) fs::rename(target, old);
+  fs::rename(temp, target);
+  fs::remove_all(old, ec);
+}
+
+GuestProfile GuestProfile::load(const std::string& dir) {
+  fs::path root(dir);
+  json manifest = json::parse(read_file(root / "profile.json", true), nullptr, false);
+  if (manifest.is_discarded() || !manifest.is_object())
+    fail(ExitCode::bad_input, "{}: profile.json is not a JSON object", dir);
+  if (manifest.value("format", 0) != kFormat)
+    fail(ExitCode::bad_input, "{}: unsupported profile format {} (this version reads {})", dir,
+         manifest.value("format", json(nullptr)).dump(), kFormat);
+  GuestProfile p;
+  try {
+    p.kernel_release = manifest.at("kernel_release").get<std::string>();
+    p.boot_id = manifest.value("boot_id", "");
+    p.taken_at = manifest.value("taken_at", "");
+    const json& v = manifest.at("vmcoreinfo");
+    p.vmcoreinfo_paddr = v.at("paddr").get<std::uint64_t>();
+    p.vmcoreinfo_size = v.at("size").get<std::uint64_t>();
+    for (const auto& name : manifest.value("module_btf", json::array())) {
+      std::string n = name.get<std::string>();
+      if (!safe_module_name(n)) fail(ExitCode::bad_input, "{}: bad module name in profile.json", dir);
+      p.btf_modules[n] = read_file(root / "btf" / n, true);
+    }
+  } catch (const json::exception& e) {
+    fail(ExitCode::bad_input, "{}: malformed profile.json: {}", dir, e.what());
+  }
+  p.kallsyms = read_file(root / "kallsyms", true);
+  p.modules = read_file(root / "modules", true);
+  p.btf_vmlinux = read_file(root / "btf" / "vmlinux", true);
+  return p;
+}
+
+}  // namespace immortal

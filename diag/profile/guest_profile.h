@@ -1,0 +1,43 @@
+// The healthy-guest profile: what the guest agent reports about its kernel while it is healthy,
+// kept by the host so that a crashed kernel's memory can be understood without trusting it, and
+// stored on disk so that a dump can be analysed offline years later.
+//
+// On disk (format 1), a directory:
+//   profile.json     manifest: format, kernel release, boot id, time, VMCOREINFO location
+//   kallsyms         /proc/kallsyms (runtime addresses: KASLR already applied)
+//   modules          /proc/modules
+//   btf/vmlinux      /sys/kernel/btf/vmlinux
+//   btf/<module>     /sys/kernel/btf/<module>, for the modules that have one
+// docs/formats.md describes it. Everything read back is validated: it may come from anywhere.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+namespace immortal {
+
+struct GuestProfile {
+  static constexpr int kFormat = 1;
+  static constexpr std::size_t kMaxFileSize = 128 << 20;
+
+  std::string kernel_release;
+  std::string boot_id;
+  std::string taken_at;                 // ISO 8601, UTC
+  std::uint64_t vmcoreinfo_paddr = 0;   // from /sys/kernel/vmcoreinfo ("addr size", hex)
+  std::uint64_t vmcoreinfo_size = 0;
+  std::string kallsyms;
+  std::string modules;
+  std::string btf_vmlinux;
+  std::map<std::string, std::string> btf_modules;
+
+  // Writes the profile into dir (replacing a previous one as a whole).
+  void save(const std::string& dir) const;
+  // Reads and validates a profile; throws Error(ExitCode::bad_input) naming what is wrong.
+  static GuestProfile load(const std::string& dir);
+};
+
+// Parses the content of /sys/kernel/vmcoreinfo ("<hex paddr> <hex size>"); false if malformed.
+bool parse_vmcoreinfo_location(const std::string& text, std::uint64_t* paddr, std::uint64_t* size);
+
+}  // namespace immortal

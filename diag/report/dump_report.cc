@@ -1,0 +1,170 @@
+#include "report/dump_report.h"
+
+#include "base/error.h"
+#include "kernel/backtrace.h"
+#include "kernel/kernel.h"
+#include "kernel/modules.h"
+#include "kernel/printk.h"
+#include "kernel/tasks.h"
+#include "memory/elf_core.h"
+#include "profile/guest_profile.h"
+
+#include <fmt/format.h>
+
+#include <iostream>
+
+namespace immortal {
+
+using nlohmann::json;
+
+namespace {
+
+// Runs one part of the report; a failure is recorded, not fatal.
+template <typename F>
+void section(json& report, const char* name, F&& f) {
+  try {
+    f();
+  } catch (const MemoryFault& e) {
+    report["incomplete"].push_back({{"part", name}, {"reason", e.what()}});
+  } catch (const Error& e) {
+    report["incomplete"].push_back({{"part", name}, {"reason", e.what()}});
+  }
+}
+
+json task_json(const TaskInfo& t) {
+  return {{"pid", t.pid}, {"tgid", t.tgid}, {"ppid", t.parent_pid}, {"comm", t.comm},
+          {"state", std::string(1, t.state)}, {"kthread", t.kernel_thread}, {"address", fmt::format("{:#x}", t.address)}};
+}
+
+}  // namespace
+
+json build_dump_report(const DiagOptions& o) {
+  auto core = ElfCoreMemory::open(o.dump);
+  GuestProfile profile = GuestProfile::load(o.profile);
+  auto kernel = Kernel::open(*core, profile, core->vmcoreinfo());
+
+  json report = {{"dump", o.dump},
+                 {"kernel_release", kernel->release()},
+                 {"incomplete", json::array()},
+                 {"warnings", kernel->warnings()},
+                 {"memory", {{"bytes", core->total_size()}, {"missing_ranges", core->missing().size()}}}};
+  if (!core->vmcoreinfo()) report["warnings"].push_back("the dump has no VMCOREINFO note");
+
+  section(report, "taint", [&] { report["taint"] = taint_string(read_taint_mask(*kernel)); });
+
+  KernelLog log;
+  bool have_log = false;
+  section(report, "dmesg", [&] {
+    log = read_kernel_log(*kernel);
+    have_log = true;
+    report["panic_message"] = panic_message(log);
+    if (o.dmesg) {
+      json lines = json::array();
+      for (const auto& r : log.records)
+        lines.push_back({{"seq", r.seq}, {"ts_nsec", r.ts_nsec}, {"level", r.level}, {"text", r.text}});
+      report["dmesg"] = lines;
+      report["dmesg_skipped"] = log.skipped;
+    }
+  });
+
+  section(report, "cpus", [&] {
+    json cpus = json::array();
+    auto current = current_tasks(*kernel, static_cast<int>(core->cpus().size()));
+    for (std::size_t i = 0; i < core->cpus().size(); ++i) {
+      const auto& regs = core->cpus()[i].registers;
+      json cpu = {{"cpu", i}, {"rip", fmt::format("{:#x}", regs.rip)}, {"at", kernel->symbols().describe(regs.rip)}};
+      section(cpu, "current task", [&] { cpu["task"] = task_json(read_task(*kernel, current.at(i))); });
+      if (o.backtraces) {
+        Backtrace bt = scan_stack(*kernel, regs.rip, regs.rsp);
+        json frames = json::array();
+        for (const auto& f : bt.frames) frames.push_back({{"pc", fmt::format("{:#x}", f.pc)}, {"symbol", f.symbol}, {"reliable", f.reliable}});
+        cpu["backtrace"] = frames;
+        if (!bt.problem.empty()) cpu["backtrace_problem"] = bt.problem;
+      }
+      cpus.push_back(cpu);
+    }
+    report["cpus"] = cpus;
+  });
+
+  section(report, "tasks", [&] {
+    TaskList list = read_tasks(*kernel);
+    report["task_count"] = list.tasks.size();
+    if (!list.walk.complete) report["incomplete"].push_back({{"part", "tasks"}, {"reason", list.walk.problem}});
+    if (o.tasks) {
+      json tasks = json::array();
+      for (const auto& t : list.tasks) tasks.push_back(task_json(t));
+      report["tasks"] = tasks;
+    }
+  });
+
+  section(report, "modules", [&] {
+    ModuleList list = read_modules(*kernel);
+    report["module_count"] = list.modules.size();
+    if (!list.walk.complete) report["incomplete"].push_back({{"part", "modules"}, {"reason", list.walk.problem}});
+    if (o.modules) {
+      json modules = json::array();
+      for (const auto& m : list.modules)
+        modules.push_back({{"name", m.name}, {"state", m.state}, {"base", fmt::format("{:#x}", m.base)},
+                           {"size", m.size}, {"text_size", m.text_size}});
+      report["modules"] = modules;
+    }
+  });
+  (void)have_log;
+  return report;
+}
+
+std::string render_dump_report(const json& r, const DiagOptions& o) {
+  std::string out;
+  auto line = [&](const std::string& key, const std::string& value) { out += fmt::format("{:<10}{}\n", key, value); };
+  line("Dump:", r.value("dump", ""));
+  line("Kernel:", r.value("kernel_release", "?") + "   taint: " + r.value("taint", "?"));
+  std::string panic = r.value("panic_message", "");
+  line("Panic:", panic.empty() ? "(none in the log)" : panic);
+  for (const auto& cpu : r.value("cpus", json::array())) {
+    std::string who = cpu.contains("task")
+                          ? fmt::format("{} (pid {})", cpu["task"].value("comm", "?"), cpu["task"].value("pid", 0))
+                          : "?";
+    line(fmt::format("CPU {}:", cpu.value("cpu", 0)), fmt::format("{} at {}", who, cpu.value("at", "?")));
+  }
+  line("Tasks:", std::to_string(r.value("task_count", 0)) + "   modules: " + std::to_string(r.value("module_count", 0)));
+  for (const auto& w : r.value("warnings", json::array())) line("Warning:", w.get<std::string>());
+  for (const auto& i : r.value("incomplete", json::array()))
+    line("Missing:", i.value("part", "") + ": " + i.value("reason", ""));
+
+  if (o.backtraces) {
+    for (const auto& cpu : r.value("cpus", json::array())) {
+      out += fmt::format("\nBacktrace of CPU {} (stack scan: '?' entries are unverified):\n", cpu.value("cpu", 0));
+      for (const auto& f : cpu.value("backtrace", json::array()))
+        out += fmt::format("  {}{}\n", f.value("reliable", false) ? "" : "? ", f.value("symbol", ""));
+    }
+  }
+  if (o.tasks) {
+    out += fmt::format("\n{:>7} {:>7} {:>2}  {}\n", "PID", "PPID", "ST", "COMM");
+    for (const auto& t : r.value("tasks", json::array()))
+      out += fmt::format("{:>7} {:>7} {:>2}  {}{}\n", t.value("pid", 0), t.value("ppid", 0), t.value("state", "?"),
+                         t.value("kthread", false) ? "[" : "", t.value("comm", "") + (t.value("kthread", false) ? "]" : ""));
+  }
+  if (o.modules) {
+    out += fmt::format("\n{:<24} {:>18} {:>9}  {}\n", "MODULE", "BASE", "SIZE", "STATE");
+    for (const auto& m : r.value("modules", json::array()))
+      out += fmt::format("{:<24} {:>18} {:>9}  {}\n", m.value("name", ""), m.value("base", ""), m.value("size", 0),
+                         m.value("state", ""));
+  }
+  if (o.dmesg) {
+    out += "\n";
+    for (const auto& l : r.value("dmesg", json::array())) {
+      std::uint64_t ts = l.value("ts_nsec", 0ull);
+      out += fmt::format("[{:5}.{:06}] {}\n", ts / 1'000'000'000, (ts % 1'000'000'000) / 1000, l.value("text", ""));
+    }
+  }
+  return out;
+}
+
+int diag_command(const DiagOptions& o) {
+  json report = build_dump_report(o);
+  if (o.json) std::cout << report.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+  else std::cout << render_dump_report(report, o);
+  return 0;
+}
+
+}  // namespace immortal

@@ -1,0 +1,26 @@
+// What `immortal diag` tells about a dump: kernel, taint, panic message, what each CPU was
+// running, tasks, modules, the kernel log and backtraces — as JSON and as text for a person.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+namespace immortal {
+
+struct DiagOptions {
+  std::string dump;     // an ELF core (QEMU's dump-guest-memory, or a kdump-style vmcore)
+  std::string profile;  // the healthy-guest profile directory
+  bool tasks = false, modules = false, dmesg = false, backtraces = false;
+  bool json = false;
+};
+
+// Reads the dump and builds the report; sections not asked for are left out. Parts that could
+// not be read are reported under "incomplete", never silently dropped.
+nlohmann::json build_dump_report(const DiagOptions& options);
+std::string render_dump_report(const nlohmann::json& report, const DiagOptions& options);
+
+// The CLI entry: prints the report; returns the exit status.
+int diag_command(const DiagOptions& options);
+
+}  // namespace immortal

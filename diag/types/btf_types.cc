@@ -1,0 +1,115 @@
+#include "types/btf_types.h"
+
+#include "base/error.h"
+
+#include <bpf/btf.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace immortal {
+
+FieldInfo TypeInfo::require_field(const std::string& struct_name, const std::string& path) const {
+  auto f = field(struct_name, path);
+  if (!f) fail(ExitCode::bad_input, "the kernel's types have no field {}.{}", struct_name, path);
+  return *f;
+}
+
+std::uint64_t TypeInfo::require_size(const std::string& struct_name) const {
+  auto s = struct_size(struct_name);
+  if (!s) fail(ExitCode::bad_input, "the kernel's types have no struct {}", struct_name);
+  return *s;
+}
+
+namespace {
+
+// Follows typedefs and qualifiers to the underlying type id (bounded against cycles).
+__u32 skip_modifiers(const struct btf* b, __u32 id) {
+  for (int i = 0; i < 32; ++i) {
+    const btf_type* t = btf__type_by_id(b, id);
+    if (!t) return 0;
+    if (!btf_is_typedef(t) && !btf_is_const(t) && !btf_is_volatile(t) && !btf_is_restrict(t) && !btf_is_type_tag(t))
+      return id;
+    id = t->type;
+  }
+  return 0;
+}
+
+struct Member {
+  FieldInfo info;
+  __u32 type = 0;  // the member's own type id
+};
+
+// Finds member `name` in composite type `id`, descending into anonymous members.
+std::optional<Member> find_member(const struct btf* b, __u32 id, const std::string& name, int depth) {
+  if (depth > 16) return std::nullopt;
+  const btf_type* t = btf__type_by_id(b, id);
+  if (!t || !btf_is_composite(t)) return std::nullopt;
+  const btf_member* m = btf_members(t);
+  for (__u16 i = 0; i < btf_vlen(t); ++i, ++m) {
+    const char* mname = btf__name_by_offset(b, m->name_off);
+    std::uint64_t bit = btf_member_bit_offset(t, i);
+    if (mname && *mname) {
+      if (name == mname) {
+        __s64 size = btf__resolve_size(b, m->type);
+        return Member{{bit, btf_member_bitfield_size(t, i), size > 0 ? static_cast<std::uint64_t>(size) : 0}, m->type};
+      }
+    } else if (auto inner = find_member(b, skip_modifiers(b, m->type), name, depth + 1)) {
+      inner->info.bit_offset += bit;
+      return inner;
+    }
+  }
+  return std::nullopt;
+}
+
+__s32 find_composite(const struct btf* b, const std::string& name) {
+  __s32 id = btf__find_by_name_kind(b, name.c_str(), BTF_KIND_STRUCT);
+  if (id < 0) id = btf__find_by_name_kind(b, name.c_str(), BTF_KIND_UNION);
+  return id;
+}
+
+}  // namespace
+
+std::unique_ptr<BtfTypes> BtfTypes::parse(const std::string& raw) {
+  if (raw.empty() || raw.size() > (256u << 20)) fail(ExitCode::bad_input, "BTF data is empty or too large");
+  std::unique_ptr<BtfTypes> types(new BtfTypes);
+  types->btf_ = btf__new(raw.data(), static_cast<__u32>(raw.size()));
+  if (!types->btf_) fail(ExitCode::bad_input, "the kernel's BTF is malformed ({})", std::strerror(errno));
+  return types;
+}
+
+BtfTypes::~BtfTypes() {
+  if (btf_) btf__free(btf_);
+}
+
+std::size_t BtfTypes::type_count() const { return btf__type_cnt(btf_); }
+
+std::optional<std::uint64_t> BtfTypes::struct_size(const std::string& name) const {
+  __s32 id = find_composite(btf_, name);
+  if (id < 0) return std::nullopt;
+  __s64 size = btf__resolve_size(btf_, static_cast<__u32>(id));
+  if (size < 0) return std::nullopt;
+  return static_cast<std::uint64_t>(size);
+}
+
+std::optional<FieldInfo> BtfTypes::field(const std::string& struct_name, const std::string& path) const {
+  __s32 id = find_composite(btf_, struct_name);
+  if (id < 0) return std::nullopt;
+  FieldInfo total{};
+  __u32 current = static_cast<__u32>(id);
+  std::size_t start = 0;
+  for (;;) {
+    auto dot = path.find('.', start);
+    std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    auto m = find_member(btf_, current, part, 0);
+    if (!m) return std::nullopt;
+    total.bit_offset += m->info.bit_offset;
+    total.bit_size = m->info.bit_size;
+    total.size = m->info.size;
+    if (dot == std::string::npos) return total;
+    current = skip_modifiers(btf_, m->type);
+    start = dot + 1;
+  }
+}
+
+}  // namespace immortal

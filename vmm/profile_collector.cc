@@ -1,0 +1,112 @@
+#include "profile_collector.h"
+
+#include "base/error.h"
+
+#include <fmt/format.h>
+
+#include <ctime>
+#include <sstream>
+
+namespace immortal::vmm {
+
+namespace {
+constexpr std::size_t kMaxKallsyms = 64 << 20;
+constexpr std::size_t kMaxBtf = 64 << 20;
+
+std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+}  // namespace
+
+ProfileCollector::ProfileCollector(AgentChannel& agent, std::string dir, std::function<void(const std::string&)> say)
+    : agent_(agent), dir_(std::move(dir)), say_(std::move(say)) {}
+
+void ProfileCollector::collect(std::uint64_t generation) {
+  if (busy_ || !agent_.hello()) return;
+  busy_ = true;
+  generation_ = generation;
+  started_ = Clock::now();
+  building_ = GuestProfile{};
+  building_.kernel_release = agent_.hello()->kernel_release;
+  building_.boot_id = agent_.hello()->boot_id;
+  steps_.clear();
+  auto fetch = [this](const std::string& path, std::size_t max, std::function<void(std::string)> store, bool required) {
+    steps_.push_back([this, path, max, store, required] {
+      agent_.fetch_file(path, max, [this, path, store, required](std::string data, const std::string& error) {
+        if (!error.empty() && required) return finish(error);
+        if (error.empty()) store(std::move(data));
+        next();
+      });
+    });
+  };
+  fetch("/sys/kernel/vmcoreinfo", 4096, [this](std::string d) {
+    parse_vmcoreinfo_location(d, &building_.vmcoreinfo_paddr, &building_.vmcoreinfo_size);
+  }, false);
+  fetch("/proc/kallsyms", kMaxKallsyms, [this](std::string d) { building_.kallsyms = std::move(d); }, true);
+  fetch("/sys/kernel/btf/vmlinux", kMaxBtf, [this](std::string d) { building_.btf_vmlinux = std::move(d); }, true);
+  fetch("/proc/modules", 1 << 20, [this, fetch](std::string d) {
+    building_.modules = d;
+    // Then the BTF of every loaded module that has one.
+    std::istringstream in(d);
+    for (std::string line; std::getline(in, line);) {
+      std::string name = line.substr(0, line.find(' '));
+      if (name.empty() || name.size() > 64 || name.find('/') != std::string::npos) continue;
+      fetch("/sys/kernel/btf/" + name, kMaxBtf, [this, name](std::string b) { building_.btf_modules[name] = std::move(b); }, false);
+    }
+  }, true);
+  next();
+}
+
+void ProfileCollector::next() {
+  if (steps_.empty()) return finish("");
+  auto step = std::move(steps_.front());
+  steps_.pop_front();
+  try {
+    step();
+  } catch (const Error& e) {
+    finish(e.what());
+  }
+}
+
+void ProfileCollector::finish(const std::string& error) {
+  steps_.clear();
+  busy_ = false;
+  last_seconds_ = std::chrono::duration<double>(Clock::now() - started_).count();
+  if (!error.empty()) {
+    last_error_ = error;
+    say_("cannot collect the guest profile: " + error);
+    return;
+  }
+  building_.taken_at = utc_now();
+  try {
+    building_.save(dir_);
+  } catch (const Error& e) {
+    last_error_ = e.what();
+    say_(std::string("cannot save the guest profile: ") + e.what());
+    return;
+  }
+  last_error_.clear();
+  taken_at_ = building_.taken_at;
+  symbols_ = static_cast<std::size_t>(std::count(building_.kallsyms.begin(), building_.kallsyms.end(), '\n'));
+  say_(fmt::format("guest profile saved in {:.1f} s: {} symbols, {} KiB of BTF, {} modules with BTF", last_seconds_,
+                   symbols_, building_.btf_vmlinux.size() >> 10, building_.btf_modules.size()));
+  building_ = GuestProfile{};
+}
+
+nlohmann::json ProfileCollector::status() const {
+  nlohmann::json s = {{"dir", dir_}, {"collecting", busy_}};
+  if (!taken_at_.empty()) {
+    s["taken_at"] = taken_at_;
+    s["symbols"] = symbols_;
+    s["seconds"] = last_seconds_;
+  }
+  if (!last_error_.empty()) s["error"] = last_error_;
+  return s;
+}
+
+}  // namespace immortal::vmm
