@@ -387,6 +387,7 @@ void Agent::run() {
         hello.hostname = u.nodename;
         hello.boot_id = read_line("/proc/sys/kernel/random/boot_id");
         hello.uptime_ms = uptime_ms();
+        hello.modules_generation = modules_generation();
         send(MessageType::hello, to_payload(hello));
         next_heartbeat_ = now_ms() + kHeartbeatMs;
       }

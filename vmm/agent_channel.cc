@@ -49,6 +49,7 @@ void AgentChannel::handle(const agent::Frame& frame) {
   switch (frame.type) {
     case MessageType::hello:
       hello_ = agent::parse_hello(frame.payload);
+      modules_generation_ = hello_->modules_generation;
       break;
     case MessageType::heartbeat:
       modules_generation_ = agent::parse_heartbeat(frame.payload).modules_generation;

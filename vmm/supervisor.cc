@@ -3,6 +3,7 @@
 #include "base/error.h"
 #include "fault_catalogue.h"
 #include "protocol/base64.h"
+#include "report/kernel_json.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -219,6 +220,16 @@ void Supervisor::answer(int fd, const json& request) {
   }
   if (command == "exec") return answer_exec(fd, request);
   if (command == "inject") return answer_inject(fd, request);
+  if (command == "introspect") {
+    try {
+      client.reply(introspect(request.value("part", "")));
+    } catch (const Error& e) {
+      client.reply_error(e.exit_code(), e.what());
+    } catch (const MemoryFault& e) {
+      client.reply_error(static_cast<int>(ExitCode::failure), e.what());
+    }
+    return done();
+  }
   if (command == "dump") {
     std::string path = request.value("path", "");
     if (path.empty() || path[0] != '/') {
@@ -317,6 +328,30 @@ void Supervisor::answer_inject(int fd, const json& request) {
   } catch (const Error& e) {
     finish(e.exit_code(), e.what(), {});
   }
+}
+
+// Reads the guest kernel's own structures from its RAM, through the healthy-guest profile: the
+// host's view, independent of the (possibly broken) agent. The guest is paused while we read,
+// so lists are not changing under us (a few milliseconds).
+json Supervisor::introspect(const std::string& part) {
+  if (part != "tasks" && part != "modules" && part != "dmesg") fail(ExitCode::usage, "unknown part \"{}\"", part);
+  json profile = profile_ ? profile_->status() : json::object();
+  if (!profile.contains("taken_at")) fail(ExitCode::failure, "no guest profile yet (the agent has not reported one)");
+  if (!kernel_ || kernel_profile_ != profile["taken_at"].get<std::string>()) {
+    kernel_ = Kernel::open(machine_->memory(), GuestProfile::load(dir_.file("profile")), std::nullopt);
+    kernel_profile_ = profile["taken_at"].get<std::string>();
+  }
+  bool was_running = machine_->state() == RunState::running;
+  if (was_running) machine_->pause();
+  json out;
+  try {
+    out = part == "tasks" ? tasks_json(*kernel_) : part == "modules" ? modules_json(*kernel_) : kernel_log_json(*kernel_);
+  } catch (...) {
+    if (was_running) machine_->resume();
+    throw;
+  }
+  if (was_running) machine_->resume();
+  return out;
 }
 
 json Supervisor::status() const {

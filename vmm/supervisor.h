@@ -13,6 +13,7 @@
 #include "machine.h"
 #include "machine_config.h"
 #include "profile_collector.h"
+#include "kernel/kernel.h"
 
 #include <chrono>
 #include <functional>
@@ -59,6 +60,7 @@ class Supervisor {
   void answer(int fd, const json& request);
   void answer_exec(int fd, const json& request);
   void answer_inject(int fd, const json& request);
+  json introspect(const std::string& part);
   json status() const;
   void pump_console();
   std::string last_console_lines(std::size_t n) const;
@@ -69,6 +71,8 @@ class Supervisor {
   std::unique_ptr<Machine> machine_;
   std::unique_ptr<AgentChannel> agent_;
   std::unique_ptr<ProfileCollector> profile_;
+  std::unique_ptr<Kernel> kernel_;       // the guest kernel seen through its profile
+  std::string kernel_profile_;           // taken_at of the profile kernel_ was built from
   UniqueFd control_listener_;
   UniqueFd signal_fd_;
   std::map<int, std::unique_ptr<ControlConnection>> clients_;

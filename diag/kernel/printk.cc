@@ -93,15 +93,6 @@ KernelLog read_kernel_log(const Kernel& kernel) {
   return log;
 }
 
-std::string format_dmesg(const KernelLog& log) {
-  std::string out;
-  for (const auto& r : log.records) {
-    // One record may hold several lines; dmesg prefixes the first only.
-    out += fmt::format("[{:5}.{:06}] {}\n", r.ts_nsec / 1'000'000'000, (r.ts_nsec % 1'000'000'000) / 1000, r.text);
-  }
-  return out;
-}
-
 std::string panic_message(const KernelLog& log) {
   static const std::string prefix = "Kernel panic - not syncing: ";
   for (auto it = log.records.rbegin(); it != log.records.rend(); ++it)

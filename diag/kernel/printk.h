@@ -24,8 +24,6 @@ struct KernelLog {
 };
 
 KernelLog read_kernel_log(const Kernel& kernel);
-// "[    2.338047] text" lines, as dmesg prints them.
-std::string format_dmesg(const KernelLog& log);
 // The message of the last "Kernel panic - not syncing: ..." record, if any.
 std::string panic_message(const KernelLog& log);
 

@@ -8,6 +8,7 @@
 #include "kernel/tasks.h"
 #include "memory/elf_core.h"
 #include "profile/guest_profile.h"
+#include "report/kernel_json.h"
 
 #include <fmt/format.h>
 
@@ -31,11 +32,6 @@ void section(json& report, const char* name, F&& f) {
   }
 }
 
-json task_json(const TaskInfo& t) {
-  return {{"pid", t.pid}, {"tgid", t.tgid}, {"ppid", t.parent_pid}, {"comm", t.comm},
-          {"state", std::string(1, t.state)}, {"kthread", t.kernel_thread}, {"address", fmt::format("{:#x}", t.address)}};
-}
-
 }  // namespace
 
 json build_dump_report(const DiagOptions& o) {
@@ -52,18 +48,12 @@ json build_dump_report(const DiagOptions& o) {
 
   section(report, "taint", [&] { report["taint"] = taint_string(read_taint_mask(*kernel)); });
 
-  KernelLog log;
-  bool have_log = false;
   section(report, "dmesg", [&] {
-    log = read_kernel_log(*kernel);
-    have_log = true;
-    report["panic_message"] = panic_message(log);
+    json log = kernel_log_json(*kernel);
+    report["panic_message"] = log["panic_message"];
     if (o.dmesg) {
-      json lines = json::array();
-      for (const auto& r : log.records)
-        lines.push_back({{"seq", r.seq}, {"ts_nsec", r.ts_nsec}, {"level", r.level}, {"text", r.text}});
-      report["dmesg"] = lines;
-      report["dmesg_skipped"] = log.skipped;
+      report["dmesg"] = log["records"];
+      report["dmesg_skipped"] = log["skipped"];
     }
   });
 
@@ -86,30 +76,15 @@ json build_dump_report(const DiagOptions& o) {
     report["cpus"] = cpus;
   });
 
-  section(report, "tasks", [&] {
-    TaskList list = read_tasks(*kernel);
-    report["task_count"] = list.tasks.size();
-    if (!list.walk.complete) report["incomplete"].push_back({{"part", "tasks"}, {"reason", list.walk.problem}});
-    if (o.tasks) {
-      json tasks = json::array();
-      for (const auto& t : list.tasks) tasks.push_back(task_json(t));
-      report["tasks"] = tasks;
-    }
-  });
-
-  section(report, "modules", [&] {
-    ModuleList list = read_modules(*kernel);
-    report["module_count"] = list.modules.size();
-    if (!list.walk.complete) report["incomplete"].push_back({{"part", "modules"}, {"reason", list.walk.problem}});
-    if (o.modules) {
-      json modules = json::array();
-      for (const auto& m : list.modules)
-        modules.push_back({{"name", m.name}, {"state", m.state}, {"base", fmt::format("{:#x}", m.base)},
-                           {"size", m.size}, {"text_size", m.text_size}});
-      report["modules"] = modules;
-    }
-  });
-  (void)have_log;
+  for (const char* part : {"tasks", "modules"}) {
+    section(report, part, [&] {
+      bool tasks = std::string(part) == "tasks";
+      json list = tasks ? tasks_json(*kernel) : modules_json(*kernel);
+      report[tasks ? "task_count" : "module_count"] = list[part].size();
+      if (!list.value("complete", true)) report["incomplete"].push_back({{"part", part}, {"reason", list["problem"]}});
+      if (tasks ? o.tasks : o.modules) report[part] = list[part];
+    });
+  }
   return report;
 }
 
@@ -138,25 +113,9 @@ std::string render_dump_report(const json& r, const DiagOptions& o) {
         out += fmt::format("  {}{}\n", f.value("reliable", false) ? "" : "? ", f.value("symbol", ""));
     }
   }
-  if (o.tasks) {
-    out += fmt::format("\n{:>7} {:>7} {:>2}  {}\n", "PID", "PPID", "ST", "COMM");
-    for (const auto& t : r.value("tasks", json::array()))
-      out += fmt::format("{:>7} {:>7} {:>2}  {}{}\n", t.value("pid", 0), t.value("ppid", 0), t.value("state", "?"),
-                         t.value("kthread", false) ? "[" : "", t.value("comm", "") + (t.value("kthread", false) ? "]" : ""));
-  }
-  if (o.modules) {
-    out += fmt::format("\n{:<24} {:>18} {:>9}  {}\n", "MODULE", "BASE", "SIZE", "STATE");
-    for (const auto& m : r.value("modules", json::array()))
-      out += fmt::format("{:<24} {:>18} {:>9}  {}\n", m.value("name", ""), m.value("base", ""), m.value("size", 0),
-                         m.value("state", ""));
-  }
-  if (o.dmesg) {
-    out += "\n";
-    for (const auto& l : r.value("dmesg", json::array())) {
-      std::uint64_t ts = l.value("ts_nsec", 0ull);
-      out += fmt::format("[{:5}.{:06}] {}\n", ts / 1'000'000'000, (ts % 1'000'000'000) / 1000, l.value("text", ""));
-    }
-  }
+  if (o.tasks) out += "\n" + render_tasks(r.value("tasks", json::array()));
+  if (o.modules) out += "\n" + render_modules(r.value("modules", json::array()));
+  if (o.dmesg) out += "\n" + render_kernel_log(r.value("dmesg", json::array()));
   return out;
 }
 

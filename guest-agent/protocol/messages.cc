@@ -78,7 +78,8 @@ std::string to_payload(const Hello& m) {
                {"kernel_release", m.kernel_release},
                {"boot_id", m.boot_id},
                {"uptime_ms", m.uptime_ms},
-               {"hostname", m.hostname}});
+               {"hostname", m.hostname},
+               {"modules_generation", m.modules_generation}});
 }
 std::string to_payload(const Heartbeat& m) {
   return dump({{"seq", m.seq}, {"uptime_ms", m.uptime_ms}, {"modules_generation", m.modules_generation}});
@@ -133,6 +134,7 @@ Hello parse_hello(const std::string& payload) {
   m.boot_id = get_string(j, "boot_id");
   m.uptime_ms = get_u64(j, "uptime_ms");
   m.hostname = get_string(j, "hostname");
+  if (j.contains("modules_generation")) m.modules_generation = get_u64(j, "modules_generation");
   return m;
 }
 

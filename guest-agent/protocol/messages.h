@@ -24,6 +24,7 @@ struct Hello {
   std::string boot_id;
   std::uint64_t uptime_ms = 0;
   std::string hostname;
+  std::uint64_t modules_generation = 0;  // as in heartbeats (optional field)
 };
 
 struct Heartbeat {

@@ -32,6 +32,9 @@ int exec_command(const GlobalOptions& global, const std::string& name, const std
                  int timeout_s);
 int inject_command(const GlobalOptions& global, const std::string& name, const std::string& fault_class);
 int list_faults_command();
+// `immortal ps|lsmod|dmesg NAME`: the guest kernel's tasks, modules or log, read by the host
+// from the guest's memory (part: tasks, modules, dmesg).
+int introspect_command(const GlobalOptions& global, const std::string& name, const std::string& part, bool as_json);
 int dump_command(const GlobalOptions& global, const std::string& name, const std::string& file);
 int stop_command(const GlobalOptions& global, const std::string& name, bool force, int timeout_s);
 

@@ -5,6 +5,7 @@
 #include "fault_catalogue.h"
 #include "instance.h"
 #include "protocol/base64.h"
+#include "report/kernel_json.h"
 
 #include <fmt/format.h>
 
@@ -126,6 +127,20 @@ int inject_command(const GlobalOptions& g, const std::string& name, const std::s
   std::string command;
   for (const auto& a : r.value("command", json::array())) command += (command.empty() ? "" : " ") + a.get<std::string>();
   std::cout << fmt::format("injected {} into {}: victim pid {} ({})\n", fault_class, name, r.value("pid", 0), command);
+  return 0;
+}
+
+int introspect_command(const GlobalOptions& g, const std::string& name, const std::string& part, bool as_json) {
+  json r = call(g, name, {{"command", "introspect"}, {"part", part}}, std::chrono::seconds(30));
+  r.erase("ok");
+  if (as_json) {
+    std::cout << r.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+    return 0;
+  }
+  if (part == "tasks") std::cout << render_tasks(r.value("tasks", json::array()));
+  else if (part == "modules") std::cout << render_modules(r.value("modules", json::array()));
+  else std::cout << render_kernel_log(r.value("records", json::array()));
+  if (r.contains("problem")) std::cerr << "immortal: incomplete: " << r["problem"].get<std::string>() << "\n";
   return 0;
 }
 

@@ -69,6 +69,18 @@ int main(int argc, char** argv) {
   dump_cmd->add_option("name", name, "instance name")->required();
   dump_cmd->add_option("file", dump_file, "output file")->required();
 
+  // Live views of the guest kernel, read by the host from guest memory (like crash's ps/mod/log).
+  bool view_json = false;
+  std::vector<std::pair<CLI::App*, std::string>> views;
+  for (auto [verb, part, help] : {std::tuple{"ps", "tasks", "the guest's tasks, read from its memory by the host"},
+                                  std::tuple{"lsmod", "modules", "the guest's modules, read from its memory by the host"},
+                                  std::tuple{"dmesg", "dmesg", "the guest kernel's log, read from its memory by the host"}}) {
+    auto* cmd = app.add_subcommand(verb, help);
+    cmd->add_option("name", name, "instance name")->required();
+    cmd->add_flag("--json", view_json, "machine-readable output");
+    views.emplace_back(cmd, part);
+  }
+
   DiagOptions diag;
   auto* diag_cmd = app.add_subcommand("diag", "analyse a dump offline: report, tasks, modules, log, backtraces");
   diag_cmd->add_option("dump", diag.dump, "ELF core: QEMU's dump-guest-memory or a kdump-style vmcore")->required();
@@ -109,6 +121,8 @@ int main(int argc, char** argv) {
     if (*stop_cmd) return stop_command(global, name, force, stop_timeout);
     if (*dump_cmd) return dump_command(global, name, dump_file);
     if (*diag_cmd) return diag_command(diag);
+    for (auto& [cmd, part] : views)
+      if (*cmd) return introspect_command(global, name, part, view_json);
     if (*inject_cmd) {
       if (list_faults) return list_faults_command();
       if (name.empty() || fault_class.empty()) {
