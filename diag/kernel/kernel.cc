@@ -30,6 +30,16 @@ std::uint64_t Kernel::symbol(const std::string& name) const {
   return *a;
 }
 
+std::unique_ptr<Kernel> Kernel::assemble(const PhysicalMemory& memory, KernelLayout layout, SymbolTable symbols,
+                                         std::unique_ptr<TypeInfo> types, std::string release) {
+  std::unique_ptr<Kernel> k(new Kernel);
+  k->symbols_ = std::move(symbols);
+  k->types_ = std::move(types);
+  k->release_ = std::move(release);
+  k->memory_ = std::make_unique<KernelMemory>(memory, layout);
+  return k;
+}
+
 std::unique_ptr<Kernel> Kernel::open(const PhysicalMemory& memory, const GuestProfile& profile,
                                      std::optional<std::string> vmcoreinfo_text) {
   std::unique_ptr<Kernel> k(new Kernel);

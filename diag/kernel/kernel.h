@@ -25,6 +25,9 @@ class Kernel {
   // (another kernel release, another boot's KASLR offsets, no way to find the page tables).
   static std::unique_ptr<Kernel> open(const PhysicalMemory& memory, const GuestProfile& profile,
                                       std::optional<std::string> vmcoreinfo_text);
+  // From ready parts (tests and fuzz targets build synthetic kernels this way).
+  static std::unique_ptr<Kernel> assemble(const PhysicalMemory& memory, KernelLayout layout, SymbolTable symbols,
+                                          std::unique_ptr<TypeInfo> types, std::string release);
 
   const KernelMemory& memory() const { return *memory_; }
   const SymbolTable& symbols() const { return symbols_; }

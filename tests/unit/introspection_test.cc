@@ -1,0 +1,383 @@
+// The introspection core on synthetic kernels and files: correct results on well-formed input,
+// bounded and honest results on hostile input (cycles, wild pointers, absurd sizes).
+#include "base/error.h"
+#include "kernel/kernel.h"
+#include "kernel/list_walk.h"
+#include "kernel/modules.h"
+#include "kernel/printk.h"
+#include "kernel/symbols.h"
+#include "kernel/tasks.h"
+#include "kernel/vmcoreinfo.h"
+#include "memory/elf_core.h"
+#include "profile/guest_profile.h"
+#include "support/fake_kernel.h"
+#include "x86_64/page_tables.h"
+
+#include <catch2/catch.hpp>
+
+#include <elf.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+using namespace immortal;
+using namespace immortal::test;
+
+namespace {
+
+const char* kKallsyms =
+    "0000000000000000 A fixed_percpu_data\n"
+    "000000000001fbc0 A current_task\n"
+    "ffffffff81000000 T _stext\n"
+    "ffffffff81000100 T start_kernel\n"
+    "ffffffff81000200 t do_idle\n"
+    "ffffffff80800000 D init_task\n"
+    "ffffffff80100000 D modules\n"
+    "ffffffff80a00000 D prb\n"
+    "garbage line\n"
+    "ffffffffc0600000 t fault_fn\t[immortal_fault]\n"
+    "ffffffffc0600040 t other_fn\t[immortal_fault]\n";
+
+std::unique_ptr<Kernel> synthetic_kernel(VectorMemory& ram, const std::string& extra_symbols = "") {
+  map_kernel_image(ram);
+  KernelLayout layout;
+  layout.page_table = 0x1000;
+  return Kernel::assemble(ram, layout, SymbolTable::from_kallsyms(std::string(kKallsyms) + extra_symbols),
+                          linux_like_types(), "6.1.0-test");
+}
+
+// Task at physical p: pid, comm, parent, linked after prev (tasks.next/prev at +0x100).
+void put_task(VectorMemory& ram, std::uint64_t p, int pid, const std::string& comm, std::uint64_t parent_phys) {
+  ram.put<std::int32_t>(p + 0x150, pid);
+  ram.put<std::int32_t>(p + 0x154, pid);
+  ram.put<std::uint64_t>(p + 0x160, kva(parent_phys));
+  ram.put_bytes(p + 0x200, comm + std::string(1, '\0'));
+}
+void link(VectorMemory& ram, std::uint64_t from_phys_node, std::uint64_t to_phys_node) {
+  ram.put<std::uint64_t>(from_phys_node, kva(to_phys_node));
+}
+
+}  // namespace
+
+TEST_CASE("page-table walks follow 4 KiB, 2 MiB and 1 GiB pages and stop at holes", "[introspection]") {
+  VectorMemory ram(1 << 22);
+  map_kernel_image(ram);
+  CHECK(x86_64::translate(ram, 0x1000, kKernelBase + 0x12345, false) == 0x12345u);
+  CHECK_FALSE(x86_64::translate(ram, 0x1000, 0xffff888000000000ull, false).has_value());
+  // A 4-level walk to a 4 KiB page: PML4[0] → 0x3000 → 0x4000 → 0x5000 (2 MiB page) and a PT.
+  ram.put<std::uint64_t>(0x1000, 0x3000 | 1);
+  ram.put<std::uint64_t>(0x3000, 0x4000 | 1);
+  ram.put<std::uint64_t>(0x4000, 0x200000 | 0x81);          // PD[0]: 2 MiB page at 2 MiB
+  ram.put<std::uint64_t>(0x4000 + 8, 0x6000 | 1);           // PD[1]: page table
+  ram.put<std::uint64_t>(0x6000 + 3 * 8, 0x9000 | 1);       // PT[3] → 0x9000
+  CHECK(x86_64::translate(ram, 0x1000, 0x1234, false) == 0x201234u);
+  CHECK(x86_64::translate(ram, 0x1000, 0x200000 + 3 * 0x1000 + 0x10, false) == 0x9010u);
+  CHECK_FALSE(x86_64::translate(ram, 0x1000, 0x200000 + 4 * 0x1000, false).has_value());
+  // A table pointer outside RAM is a MemoryFault, which KernelMemory reports as unmapped.
+  ram.put<std::uint64_t>(0x4000 + 16, 0x7fff0000000ull | 1);
+  CHECK_THROWS_AS(x86_64::translate(ram, 0x1000, 0x400000, false), MemoryFault);
+  KernelMemory km(ram, KernelLayout{0x1000, false, 0, 0, 0});
+  CHECK_FALSE(km.to_physical(0x400000).has_value());
+  CHECK_THROWS_AS(km.read_u64(0x400000), MemoryFault);
+}
+
+TEST_CASE("tasks are read through the kernel's own list, and hostile lists are stopped", "[introspection]") {
+  VectorMemory ram(1 << 25);
+  auto kernel = synthetic_kernel(ram);
+  const std::uint64_t init = 0x800000, a = 0x10000, b = 0x20000;
+  put_task(ram, init, 0, "swapper/0", init);
+  put_task(ram, a, 1, "init", init);
+  put_task(ram, b, 42, "worker-alpha", a);
+
+  SECTION("a well-formed ring") {
+    link(ram, init + 0x100, a + 0x100);
+    link(ram, a + 0x100, b + 0x100);
+    link(ram, b + 0x100, init + 0x100);
+    TaskList list = read_tasks(*kernel);
+    CHECK(list.walk.complete);
+    REQUIRE(list.tasks.size() == 3);
+    CHECK(list.tasks[2].pid == 42);
+    CHECK(list.tasks[2].comm == "worker-alpha");
+    CHECK(list.tasks[2].parent_pid == 1);
+    CHECK(list.tasks[2].state == 'R');
+  }
+  SECTION("a cycle that never returns to the head") {
+    link(ram, init + 0x100, a + 0x100);
+    link(ram, a + 0x100, b + 0x100);
+    link(ram, b + 0x100, a + 0x100);
+    TaskList list = read_tasks(*kernel);
+    CHECK_FALSE(list.walk.complete);
+    CHECK_THAT(list.walk.problem, Catch::Contains("loops"));
+    CHECK(list.tasks.size() == 3);
+  }
+  SECTION("a pointer into the void") {
+    link(ram, init + 0x100, a + 0x100);
+    ram.put<std::uint64_t>(a + 0x100, 0xffffc90000001000ull);
+    TaskList list = read_tasks(*kernel);
+    CHECK_FALSE(list.walk.complete);
+    CHECK_THAT(list.walk.problem, Catch::Contains("unreadable"));
+  }
+  SECTION("a comm without its NUL and an absurd count are bounded") {
+    ram.put_bytes(b + 0x200, std::string(16, 'x') + "overflowing");
+    link(ram, init + 0x100, b + 0x100);
+    link(ram, b + 0x100, init + 0x100);
+    CHECK(read_tasks(*kernel).tasks.back().comm.size() == 16);
+    // Ten thousand tasks in a ring; a limit of 100 stops early and says so.
+    std::uint64_t prev = init + 0x100;
+    for (std::uint64_t i = 0; i < 10000; ++i) {
+      std::uint64_t t = 0x900000 + i * 0x300;
+      put_task(ram, t, static_cast<int>(1000 + i), "t", init);
+      link(ram, prev, t + 0x100);
+      prev = t + 0x100;
+    }
+    link(ram, prev, init + 0x100);
+    TaskList list = read_tasks(*kernel, 100);
+    CHECK_FALSE(list.walk.complete);
+    CHECK(list.tasks.size() == 101);
+    CHECK(read_tasks(*kernel).tasks.size() == 10001);
+  }
+}
+
+TEST_CASE("modules are read with their names and text ranges", "[introspection]") {
+  VectorMemory ram(1 << 22);
+  auto kernel = synthetic_kernel(ram);
+  const std::uint64_t head = 0x100000, mod = 0x30000;
+  ram.put<std::uint32_t>(mod, 0);
+  ram.put_bytes(mod + 0x18, std::string("immortal_fault") + '\0');
+  ram.put<std::uint64_t>(mod + 0x100, 0xffffffffc0600000ull);
+  ram.put<std::uint32_t>(mod + 0x108, 16384);
+  ram.put<std::uint32_t>(mod + 0x10c, 4096);
+  link(ram, head, mod + 0x8);
+  link(ram, mod + 0x8, head);
+  ModuleList list = read_modules(*kernel);
+  REQUIRE(list.modules.size() == 1);
+  CHECK(list.modules[0].name == "immortal_fault");
+  CHECK(list.modules[0].state == "live");
+  CHECK(list.modules[0].base == 0xffffffffc0600000ull);
+  CHECK(list.modules[0].size == 16384);
+}
+
+TEST_CASE("the printk ring gives records in order, skips unfinished and corrupt ones", "[introspection]") {
+  VectorMemory ram(1 << 24);
+  auto kernel = synthetic_kernel(ram);
+  // prb (symbol at phys 0xa00000) points to the ring at 0x200000; 8 descriptors, 256-byte data.
+  const std::uint64_t rb = 0x200000, descs = 0x201000, infos = 0x202000, data = 0x203000;
+  ram.put<std::uint64_t>(0xa00000, kva(rb));
+  ram.put<std::uint32_t>(rb + 0x0, 3);
+  ram.put<std::uint64_t>(rb + 0x8, kva(descs));
+  ram.put<std::uint64_t>(rb + 0x10, kva(infos));
+  ram.put<std::uint32_t>(rb + 0x30, 8);
+  ram.put<std::uint64_t>(rb + 0x38, kva(data));
+  auto put_record = [&](std::uint64_t id, std::uint64_t state, std::uint64_t begin, std::uint64_t next,
+                        const std::string& text, std::uint64_t seq) {
+    std::uint64_t i = id & 7;
+    ram.put<std::uint64_t>(descs + i * 24, state << 62 | id);
+    ram.put<std::uint64_t>(descs + i * 24 + 8, begin);
+    ram.put<std::uint64_t>(descs + i * 24 + 16, next);
+    ram.put<std::uint64_t>(infos + i * 88, seq);
+    ram.put<std::uint64_t>(infos + i * 88 + 8, seq * 1'000'000'000 + 5000);
+    ram.put<std::uint16_t>(infos + i * 88 + 0x10, static_cast<std::uint16_t>(text.size()));
+    ram.put<std::uint8_t>(infos + i * 88 + 0x13, static_cast<std::uint8_t>(6 << 5));
+    if (!(begin & 1)) {
+      std::uint64_t at = (begin >> 8) == (next >> 8) ? (begin & 255) : 0;
+      ram.put<std::uint64_t>(data + at, id);
+      ram.put_bytes(data + at + 8, text);
+    }
+  };
+  put_record(10, 2, 0x130, 0x150, "first line", 1);
+  put_record(11, 0, 0x150, 0x170, "still being written", 2);  // reserved: skipped
+  put_record(12, 2, 0x170, 0x190, "third", 3);
+  put_record(13, 1, 0x1f0, 0x220, "wraps to the start", 4);   // next in the following wrap
+  put_record(14, 2, 0x3, 0x3, "", 5);                          // dataless
+  ram.put<std::uint64_t>(rb + 0x18, 14);
+  ram.put<std::uint64_t>(rb + 0x20, 10);
+  KernelLog log = read_kernel_log(*kernel);
+  REQUIRE(log.records.size() == 4);
+  CHECK(log.records[0].text == "first line");
+  CHECK(log.records[0].level == 6);
+  CHECK(log.records[1].text == "third");
+  CHECK(log.records[2].text == "wraps to the start");
+  CHECK(log.records[3].text.empty());
+  CHECK(log.skipped == 1);
+
+  SECTION("absurd ring sizes are refused") {
+    ram.put<std::uint32_t>(rb + 0x30, 60);
+    CHECK_THROWS_WITH(read_kernel_log(*kernel), Catch::Contains("implausible"));
+  }
+  SECTION("a text length beyond its block is cut to the block") {
+    ram.put<std::uint16_t>(infos + (10 & 7) * 88 + 0x10, 60000);
+    CHECK(read_kernel_log(*kernel).records[0].text.size() == 0x20 - 8);
+  }
+  SECTION("a tail that never reaches the head is bounded by the ring size") {
+    ram.put<std::uint64_t>(rb + 0x18, 999);
+    CHECK(read_kernel_log(*kernel).records.size() <= 8);
+  }
+}
+
+TEST_CASE("symbols: kallsyms text, per-CPU offsets, modules and descriptions", "[introspection]") {
+  SymbolTable t = SymbolTable::from_kallsyms(kKallsyms);
+  CHECK(t.skipped_lines() == 1);
+  CHECK(t.address_of("start_kernel") == 0xffffffff81000100u);
+  CHECK(t.percpu_offset("current_task") == 0x1fbc0u);
+  CHECK_FALSE(t.address_of("current_task").has_value());
+  CHECK(t.describe(0xffffffff81000105) == "start_kernel+0x5/0x100");
+  CHECK(t.describe(0xffffffffc0600010) == "fault_fn+0x10/0x40 [immortal_fault]");
+  CHECK(t.describe(0x1234) == "0x1234");
+  CHECK(t.is_text(0xffffffff81000210));
+  CHECK_FALSE(t.is_text(0xffffffff80800010));
+}
+
+TEST_CASE("VMCOREINFO is parsed leniently and checked on use", "[introspection]") {
+  auto vi = Vmcoreinfo::parse("OSRELEASE=6.1.0-56-amd64\nPAGESIZE=4096\nSYMBOL(init_top_pgt)=ffffffff9d80a000\n"
+                              "NUMBER(phys_base)=-2147483648\nKERNELOFFSET=1c000000\nOFFSET(list_head.next)=0\njunk\n");
+  CHECK(vi.release() == "6.1.0-56-amd64");
+  CHECK(vi.symbol("init_top_pgt") == 0xffffffff9d80a000u);
+  CHECK(vi.kernel_offset() == 0x1c000000u);
+  CHECK(vi.number("phys_base") == static_cast<std::uint64_t>(-2147483648ll));
+  CHECK(vi.offset("list_head.next") == 0u);
+  CHECK_FALSE(vi.symbol("missing").has_value());
+  CHECK_THROWS_AS(Vmcoreinfo::parse("hello world"), Error);
+}
+
+namespace {
+// A minimal ELF64 core: header, a PT_NOTE (NT_PRSTATUS + VMCOREINFO) and PT_LOAD segments.
+std::string make_core(const std::vector<std::pair<std::uint64_t, std::string>>& loads, std::uint16_t machine = EM_X86_64) {
+  auto note = [](const std::string& name, std::uint32_t type, const std::string& desc) {
+    std::string n;
+    std::uint32_t hdr[3] = {static_cast<std::uint32_t>(name.size() + 1), static_cast<std::uint32_t>(desc.size()), type};
+    n.append(reinterpret_cast<const char*>(hdr), 12);
+    n += name + '\0';
+    n.resize((n.size() + 3) & ~3ull, '\0');
+    n += desc;
+    n.resize((n.size() + 3) & ~3ull, '\0');
+    return n;
+  };
+  std::string prstatus(336, '\0');
+  std::int32_t pid = 77;
+  std::memcpy(prstatus.data() + 32, &pid, 4);
+  std::uint64_t rip = 0xffffffff81000105ull;
+  std::memcpy(prstatus.data() + 112 + 16 * 8, &rip, 8);
+  std::string notes = note("CORE", 1, prstatus) + note("VMCOREINFO", 0, "OSRELEASE=6.1.0-test\nPAGESIZE=4096\n");
+  std::size_t phnum = 1 + loads.size();
+  std::uint64_t offset = sizeof(Elf64_Ehdr) + phnum * sizeof(Elf64_Phdr);
+  Elf64_Ehdr eh{};
+  std::memcpy(eh.e_ident, ELFMAG, SELFMAG);
+  eh.e_ident[EI_CLASS] = ELFCLASS64;
+  eh.e_ident[EI_DATA] = ELFDATA2LSB;
+  eh.e_ident[EI_VERSION] = EV_CURRENT;
+  eh.e_type = ET_CORE;
+  eh.e_machine = machine;
+  eh.e_version = EV_CURRENT;
+  eh.e_phoff = sizeof(Elf64_Ehdr);
+  eh.e_ehsize = sizeof(Elf64_Ehdr);
+  eh.e_phentsize = sizeof(Elf64_Phdr);
+  eh.e_phnum = static_cast<Elf64_Half>(phnum);
+  std::string out(reinterpret_cast<const char*>(&eh), sizeof eh);
+  std::string body = notes;
+  std::vector<Elf64_Phdr> ph;
+  Elf64_Phdr n{};
+  n.p_type = PT_NOTE;
+  n.p_offset = offset;
+  n.p_filesz = notes.size();
+  ph.push_back(n);
+  for (const auto& [paddr, bytes] : loads) {
+    Elf64_Phdr l{};
+    l.p_type = PT_LOAD;
+    l.p_paddr = paddr;
+    l.p_offset = offset + body.size();
+    l.p_filesz = l.p_memsz = bytes.size();
+    body += bytes;
+    ph.push_back(l);
+  }
+  for (const auto& p : ph) out.append(reinterpret_cast<const char*>(&p), sizeof p);
+  return out + body;
+}
+
+std::string write_temp(const std::string& bytes) {
+  char path[] = "/tmp/immortal-unit-XXXXXX";
+  int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  REQUIRE(::write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+  ::close(fd);
+  return path;
+}
+}  // namespace
+
+TEST_CASE("ELF cores: memory by physical address, CPU notes, VMCOREINFO, and damaged files", "[introspection]") {
+  std::string page(4096, 'a'), other(8192, 'b');
+  std::string bytes = make_core({{0x1000, page}, {0x100000, other}});
+  std::string path = write_temp(bytes);
+  auto core = ElfCoreMemory::open(path);
+  REQUIRE(core->ranges().size() == 2);
+  CHECK(core->read_value<std::uint8_t>(0x1000) == 'a');
+  CHECK(core->read_value<std::uint8_t>(0x101fff) == 'b');
+  CHECK_THROWS_AS(core->read_value<std::uint8_t>(0x2000), MemoryFault);
+  REQUIRE(core->cpus().size() == 1);
+  CHECK(core->cpus()[0].pid == 77);
+  CHECK(core->cpus()[0].registers.rip == 0xffffffff81000105ull);
+  CHECK(core->vmcoreinfo()->find("OSRELEASE=6.1.0-test") == 0);
+  CHECK_THROWS_AS(core->write(0x1000, std::as_bytes(std::span("x", 1))), MemoryFault);
+  std::remove(path.c_str());
+
+  SECTION("a truncated core keeps what it has and reports the rest missing") {
+    std::string cut = write_temp(bytes.substr(0, bytes.size() - 4096));
+    auto c = ElfCoreMemory::open(cut);
+    CHECK(c->read_value<std::uint8_t>(0x100000) == 'b');
+    CHECK_THROWS_WITH(c->read_value<std::uint8_t>(0x101800), Catch::Contains("not in the dump"));
+    REQUIRE(c->missing().size() == 1);
+    CHECK(c->missing()[0].size == 4096);
+    std::remove(cut.c_str());
+  }
+  SECTION("not ELF, another architecture, not a core, too short") {
+    for (const auto& [what, data] : std::vector<std::pair<std::string, std::string>>{
+             {"not an ELF", std::string(200, 'x')},
+             {"another architecture", make_core({{0, page}}, EM_AARCH64)},
+             {"too short", "\x7f" "ELF"}}) {
+      INFO(what);
+      std::string p = write_temp(data);
+      try {
+        ElfCoreMemory::open(p);
+        FAIL("accepted");
+      } catch (const Error& e) {
+        CHECK(e.code() == ExitCode::bad_input);
+        CHECK_THAT(e.what(), Catch::Contains(what));
+      }
+      std::remove(p.c_str());
+    }
+  }
+}
+
+TEST_CASE("a profile survives saving and loading, and a damaged one is refused", "[introspection]") {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / ("immortal-profile-" + std::to_string(::getpid()));
+  GuestProfile p;
+  p.kernel_release = "6.1.0-test";
+  p.boot_id = "b";
+  p.vmcoreinfo_paddr = 0x1234000;
+  p.vmcoreinfo_size = 0x1000;
+  p.kallsyms = kKallsyms;
+  p.modules = "immortal_fault 16384 0 - Live 0x0\n";
+  p.btf_vmlinux = "not really btf";
+  p.btf_modules["immortal_fault"] = "btf";
+  p.btf_modules["../evil"] = "skipped";
+  p.save(dir.string());
+  p.kallsyms += "ffffffff81000300 T added\n";
+  p.save(dir.string());  // replaces the first as a whole
+  GuestProfile back = GuestProfile::load(dir.string());
+  CHECK(back.kallsyms == p.kallsyms);
+  CHECK(back.vmcoreinfo_paddr == 0x1234000);
+  CHECK(back.btf_modules.size() == 1);
+  std::ofstream(dir / "profile.json") << R"({"format": 99})";
+  CHECK_THROWS_WITH(GuestProfile::load(dir.string()), Catch::Contains("unsupported profile format"));
+  std::ofstream(dir / "profile.json") << "{not json";
+  CHECK_THROWS_WITH(GuestProfile::load(dir.string()), Catch::Contains("not a JSON object"));
+  fs::remove_all(dir);
+  CHECK_THROWS_WITH(GuestProfile::load(dir.string()), Catch::Contains("missing"));
+  std::uint64_t a = 0, s = 0;
+  CHECK(parse_vmcoreinfo_location("1a3f000 1024\n", &a, &s));
+  CHECK(a == 0x1a3f000);
+  CHECK_FALSE(parse_vmcoreinfo_location("zz 10", &a, &s));
+  CHECK_FALSE(parse_vmcoreinfo_location("10 ffffffffff", &a, &s));
+}
