@@ -1,0 +1,35 @@
+// Fuzz target: a profile directory is untrusted input (it travels with bundles). The input is
+// split into profile.json and kallsyms; loading and symbol parsing must fail cleanly or work.
+#include "base/error.h"
+#include "kernel/symbols.h"
+#include "profile/guest_profile.h"
+
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  namespace fs = std::filesystem;
+  static const fs::path dir = fs::temp_directory_path() / ("immortal-profile-fuzz-" + std::to_string(::getpid()));
+  std::string input(reinterpret_cast<const char*>(data), size);
+  auto split = input.find('\0');
+  std::string manifest = input.substr(0, split), kallsyms = split == std::string::npos ? "" : input.substr(split + 1);
+  fs::create_directories(dir / "btf");
+  std::ofstream(dir / "profile.json", std::ios::trunc) << manifest;
+  std::ofstream(dir / "kallsyms", std::ios::trunc) << kallsyms;
+  std::ofstream(dir / "modules", std::ios::trunc) << "";
+  std::ofstream(dir / "btf" / "vmlinux", std::ios::trunc) << "x";
+  try {
+    immortal::GuestProfile::load(dir.string());
+  } catch (const immortal::Error&) {
+  }
+  try {
+    auto symbols = immortal::SymbolTable::from_kallsyms(kallsyms);
+    (void)symbols.describe(0xffffffff81000000ull);
+  } catch (const immortal::Error&) {
+  }
+  return 0;
+}
