@@ -7,6 +7,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
+
 using namespace immortal::test;
 using namespace std::chrono_literals;
 using nlohmann::json;
@@ -92,4 +94,34 @@ TEST_CASE("inject refuses an unknown class before touching any guest", "[integra
   auto list = run_cli({"inject", "--list"});
   CHECK(list.status == 0);
   for (const auto& f : immortal::vmm::fault_catalogue()) CHECK_THAT(list.out, Catch::Contains(f.name));
+}
+
+TEST_CASE("a crashed guest's dump tells the panic, the victim on its CPU and the taint", "[integration][faults][introspection]") {
+  std::string name = unique_name("crash-dump");
+  REQUIRE(run_cli({"run", "--name", name, "--detach", "--recovery", "off"}).status == 0);
+  REQUIRE(wait_until([&] {
+    auto r = run_cli({"status", name, "--json"});
+    return r.status == 0 && json::parse(r.out)["profile"].contains("taken_at");
+  }, 60s));
+  REQUIRE(run_cli({"inject", name, "null-deref"}).status == 0);
+  REQUIRE(wait_until([&] { return read_file(runtime_root() + "/" + name + "/supervisor.log").find("is frozen") != std::string::npos; }, 60s));
+  std::string dump = scratch_dir() + "/" + name + ".core";
+  REQUIRE(run_cli({"dump", name, dump}, 120s).status == 0);
+  auto diag = run_cli({"diag", dump, "--profile", runtime_root() + "/" + name + "/profile", "--json", "--bt"}, 120s);
+  INFO(diag.err);
+  REQUIRE(diag.status == 0);
+  json report = json::parse(diag.out);
+  CHECK(report["panic_message"] == "Fatal exception");
+  std::string taint = report["taint"];
+  for (char flag : {'D', 'O', 'E'}) CHECK(taint.find(flag) != std::string::npos);  // died, out-of-tree, unsigned
+  bool victim_on_a_cpu = false, panic_in_a_trace = false;
+  for (const auto& cpu : report["cpus"]) {
+    if (cpu.contains("task") && cpu["task"]["comm"] == "immortal-victim") victim_on_a_cpu = true;
+    for (const auto& f : cpu["backtrace"])
+      if (f["symbol"].get<std::string>().rfind("panic+", 0) == 0) panic_in_a_trace = true;
+  }
+  CHECK(victim_on_a_cpu);
+  CHECK(panic_in_a_trace);
+  run_cli({"stop", name, "--force"});
+  std::remove(dump.c_str());
 }
