@@ -91,6 +91,7 @@ TEST_CASE("inject refuses an unknown class before touching any guest", "[integra
   auto r = run_cli({"inject", "no-such-instance", "melt-down"});
   CHECK(r.status == 2);
   CHECK_THAT(r.err, Catch::Contains("unknown fault class \"melt-down\""));
+  CHECK(run_cli({"inject", "melt-down"}).status == 2);
   auto list = run_cli({"inject", "--list"});
   CHECK(list.status == 0);
   for (const auto& f : immortal::vmm::fault_catalogue()) CHECK_THAT(list.out, Catch::Contains(f.name));

@@ -119,10 +119,15 @@ int list_faults_command() {
   return 0;
 }
 
-int inject_command(const GlobalOptions& g, const std::string& name, const std::string& fault_class) {
+int inject_command(const GlobalOptions& g, const std::string& given_name, const std::string& fault_class) {
   // Unknown classes are refused here, before any guest is involved.
   if (!find_fault_class(fault_class))
     fail(ExitCode::usage, "unknown fault class \"{}\" (immortal inject --list shows them)", fault_class);
+  std::string name = given_name;
+  if (name.empty()) {
+    auto running = running_instances(runtime_root(g.runtime_dir));
+    name = running.size() == 1 ? running[0] : "guest";
+  }
   json r = call(g, name, {{"command", "inject"}, {"class", fault_class}}, std::chrono::seconds(20));
   std::string command;
   for (const auto& a : r.value("command", json::array())) command += (command.empty() ? "" : " ") + a.get<std::string>();

@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
   std::string fault_class;
   bool list_faults = false;
   auto* inject_cmd = app.add_subcommand("inject", "make the guest's fault-injection driver crash the kernel");
-  inject_cmd->add_option("name", name, "instance name");
+  inject_cmd->add_option("name", name, "instance name (default: the only running instance, else \"guest\")");
   inject_cmd->add_option("class", fault_class, "fault class (see --list)");
   inject_cmd->add_flag("-l,--list", list_faults, "list the fault classes");
 
@@ -125,8 +125,10 @@ int main(int argc, char** argv) {
       if (*cmd) return introspect_command(global, name, part, view_json);
     if (*inject_cmd) {
       if (list_faults) return list_faults_command();
-      if (name.empty() || fault_class.empty()) {
-        std::cerr << "immortal: inject needs an instance name and a fault class (or --list)\n";
+      // `immortal inject CLASS`: one argument is the class, the instance is implied.
+      if (fault_class.empty()) std::swap(name, fault_class);
+      if (fault_class.empty()) {
+        std::cerr << "immortal: inject needs a fault class (immortal inject --list shows them)\n";
         return static_cast<int>(ExitCode::usage);
       }
       return inject_command(global, name, fault_class);
