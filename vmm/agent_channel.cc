@@ -56,18 +56,32 @@ void AgentChannel::handle(const agent::Frame& frame) {
       ++heartbeats_;
       break;
     case MessageType::file_data: {
-      auto data = agent::parse_file_data(frame.payload);
-      auto it = pending_reads_.find(data.id);
-      if (it == pending_reads_.end())
-        throw agent::ProtocolError("file data for unknown request " + std::to_string(data.id));
-      auto done = std::move(it->second);
-      pending_reads_.erase(it);
-      done(&data, data.error);
+      auto chunk = agent::parse_file_data(frame.payload);
+      auto it = fetches_.find(chunk.id);
+      if (it == fetches_.end()) throw agent::ProtocolError("file data for unknown request " + std::to_string(chunk.id));
+      FileFetch fetch = std::move(it->second);
+      fetches_.erase(it);
+      if (!chunk.error.empty()) {
+        fetch.done({}, chunk.error);
+      } else if (fetch.data.size() + chunk.data.size() > fetch.max_size) {
+        fetch.done({}, fetch.path + " is larger than " + std::to_string(fetch.max_size) + " bytes");
+      } else {
+        fetch.data += chunk.data;
+        if (chunk.eof || chunk.data.empty()) {
+          fetch.done(std::move(fetch.data), "");
+        } else {
+          std::uint64_t id = 0;
+          try {
+            id = request_chunk(fetch);
+          } catch (const Error& e) {
+            fetch.done({}, e.what());
+            break;
+          }
+          fetches_.emplace(id, std::move(fetch));
+        }
+      }
       break;
     }
-    case MessageType::pong:
-      agent::parse_ping(frame.payload);
-      break;
     case MessageType::exec_result: {
       auto result = agent::parse_exec_result(frame.payload);
       auto it = pending_.find(result.id);
@@ -123,43 +137,16 @@ std::uint64_t AgentChannel::spawn(const std::vector<std::string>& argv, SpawnCal
   return request.id;
 }
 
-void AgentChannel::read_chunk(const std::string& path, std::uint64_t offset, ChunkCallback done) {
-  agent::ReadFileRequest request{next_id_++, path, offset, static_cast<std::uint32_t>(agent::kMaxChunk)};
+std::uint64_t AgentChannel::request_chunk(const FileFetch& fetch) {
+  agent::ReadFileRequest request{next_id_++, fetch.path, fetch.data.size(), static_cast<std::uint32_t>(agent::kMaxChunk)};
   send(MessageType::read_file, agent::to_payload(request));
-  pending_reads_.emplace(request.id, std::move(done));
+  return request.id;
 }
 
 void AgentChannel::fetch_file(const std::string& path, std::size_t max_size, FileCallback done) {
-  // Chunks are requested one after the other; the accumulated data travels in the callback.
-  struct Fetch {
-    std::string path, data;
-    std::size_t max_size;
-    FileCallback done;
-  };
-  auto fetch = std::make_shared<Fetch>(Fetch{path, {}, max_size, std::move(done)});
-  auto next = std::make_shared<std::function<void()>>();
-  *next = [this, fetch, next] {
-    read_chunk(fetch->path, fetch->data.size(), [this, fetch, next](const agent::FileData* chunk, const std::string& error) {
-      if (!chunk || !error.empty()) {
-        fetch->done({}, error.empty() ? "read failed" : error);
-      } else if (fetch->data.size() + chunk->data.size() > fetch->max_size) {
-        fetch->done({}, fetch->path + " is larger than " + std::to_string(fetch->max_size) + " bytes");
-      } else {
-        fetch->data += chunk->data;
-        if (chunk->eof || chunk->data.empty()) {
-          fetch->done(std::move(fetch->data), "");
-        } else {
-          try {
-            (*next)();
-          } catch (const Error& e) {
-            fetch->done({}, e.what());
-          }
-        }
-      }
-      if (chunk && (chunk->eof || chunk->data.empty() || !error.empty())) *next = nullptr;  // break the cycle
-    });
-  };
-  (*next)();
+  FileFetch fetch{path, {}, max_size, std::move(done)};
+  std::uint64_t id = request_chunk(fetch);
+  fetches_.emplace(id, std::move(fetch));
 }
 
 void AgentChannel::ping() { send(MessageType::ping, agent::to_payload(agent::Ping{next_id_++})); }
@@ -169,11 +156,11 @@ void AgentChannel::poweroff() { send(MessageType::poweroff, "{}"); }
 void AgentChannel::abandon(const std::string& why) {
   auto pending = std::move(pending_);
   auto spawns = std::move(pending_spawns_);
-  auto reads = std::move(pending_reads_);
+  auto fetches = std::move(fetches_);
   pending_.clear();
   pending_spawns_.clear();
-  pending_reads_.clear();
-  for (auto& [id, done] : reads) done(nullptr, why);
+  fetches_.clear();
+  for (auto& [id, fetch] : fetches) fetch.done({}, why);
   for (auto& [id, done] : pending) done(nullptr, why);
   for (auto& [id, done] : spawns) done(0, why);
 }

@@ -62,9 +62,14 @@ class AgentChannel {
   std::uint64_t next_id_ = 1;
   std::map<std::uint64_t, ExecCallback> pending_;
   std::map<std::uint64_t, SpawnCallback> pending_spawns_;
-  using ChunkCallback = std::function<void(const agent::FileData*, const std::string& error)>;
-  std::map<std::uint64_t, ChunkCallback> pending_reads_;
-  void read_chunk(const std::string& path, std::uint64_t offset, ChunkCallback done);
+  // A whole-file read in progress, filed under the id of its outstanding chunk request.
+  struct FileFetch {
+    std::string path, data;
+    std::size_t max_size = 0;
+    FileCallback done;
+  };
+  std::map<std::uint64_t, FileFetch> fetches_;
+  std::uint64_t request_chunk(const FileFetch& fetch);  // sends; returns the request id
 };
 
 }  // namespace immortal::vmm

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -38,6 +39,24 @@ void cleanup_environment() {
   std::string cmd = "rm -rf '" + g_scratch + "'";
   if (std::system(cmd.c_str()) != 0) {
   }
+}
+
+int sanitizer_findings() {
+  int findings = 0;
+  DIR* dir = ::opendir(runtime_root().c_str());
+  while (dirent* e = dir ? ::readdir(dir) : nullptr) {
+    if (e->d_name[0] == '.') continue;
+    std::string log = read_file(runtime_root() + "/" + e->d_name + "/supervisor.log");
+    for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"}) {
+      if (log.find(marker) != std::string::npos) {
+        std::fprintf(stderr, "sanitizer report in the supervisor log of %s:\n%s\n", e->d_name, log.c_str());
+        ++findings;
+        break;
+      }
+    }
+  }
+  if (dir) ::closedir(dir);
+  return findings;
 }
 
 std::string runtime_root() { return g_scratch + "/run"; }

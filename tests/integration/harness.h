@@ -13,6 +13,8 @@ namespace immortal::test {
 
 void prepare_environment();  // sets IMMORTAL_RUNTIME_DIR to a fresh directory
 void cleanup_environment();
+// Prints and counts ASan/LSan/UBSan reports in the supervisors' logs of this run.
+int sanitizer_findings();
 std::string runtime_root();
 std::string guest_dir();     // $IMMORTAL_GUEST_DIR (scripts/test sets it)
 std::string scratch_dir();   // a temporary directory for this run

@@ -8,6 +8,8 @@
 int main(int argc, char** argv) {
   immortal::test::prepare_environment();
   int failed = Catch::Session().run(argc, argv);
+  // Detached supervisors report sanitizer findings only into their own logs: fail on them too.
+  int findings = immortal::test::sanitizer_findings();
   immortal::test::cleanup_environment();
-  return failed;
+  return failed + findings;
 }
