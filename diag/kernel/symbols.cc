@@ -88,8 +88,12 @@ const Symbol* SymbolTable::lookup(std::uint64_t address) const {
   return s;
 }
 
-std::string SymbolTable::describe(std::uint64_t address) const {
-  const Symbol* s = lookup(address);
+std::string SymbolTable::describe(std::uint64_t address) const { return describe_at(address, address); }
+
+std::string SymbolTable::describe_return(std::uint64_t address) const { return describe_at(address, address - 1); }
+
+std::string SymbolTable::describe_at(std::uint64_t address, std::uint64_t lookup_address) const {
+  const Symbol* s = lookup(lookup_address);
   if (!s) return fmt::format("{:#x}", address);
   auto next = std::upper_bound(sorted_.begin(), sorted_.end(), s->address,
                                [](std::uint64_t a, const Symbol& x) { return a < x.address; });

@@ -31,12 +31,17 @@ class SymbolTable {
   const Symbol* lookup(std::uint64_t address) const;
   // "func+0x1a/0x40 [module]" or "0xffff..." when unknown.
   std::string describe(std::uint64_t address) const;
+  // For a return address: the call is the instruction before it, which may end the function
+  // (a call to a noreturn function), so look up address - 1, as the kernel's %pB does.
+  std::string describe_return(std::uint64_t address) const;
   bool is_text(std::uint64_t address) const;
 
   std::size_t size() const { return sorted_.size(); }
   std::size_t skipped_lines() const { return skipped_; }
 
  private:
+  std::string describe_at(std::uint64_t address, std::uint64_t lookup_address) const;
+
   std::vector<Symbol> sorted_;  // by address
   std::unordered_map<std::string, std::size_t> by_name_;  // first definition wins
   std::unordered_map<std::string, std::uint64_t> percpu_;

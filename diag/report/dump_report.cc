@@ -4,6 +4,7 @@
 #include "kernel/backtrace.h"
 #include "kernel/kernel.h"
 #include "kernel/modules.h"
+#include "kernel/orc_unwind.h"
 #include "kernel/printk.h"
 #include "kernel/tasks.h"
 #include "memory/elf_core.h"
@@ -60,12 +61,26 @@ json build_dump_report(const DiagOptions& o) {
   section(report, "cpus", [&] {
     json cpus = json::array();
     auto current = current_tasks(*kernel, static_cast<int>(core->cpus().size()));
+    OrcUnwinder orc(*kernel);
     for (std::size_t i = 0; i < core->cpus().size(); ++i) {
       const auto& regs = core->cpus()[i].registers;
       json cpu = {{"cpu", i}, {"rip", fmt::format("{:#x}", regs.rip)}, {"at", kernel->symbols().describe(regs.rip)}};
       section(cpu, "current task", [&] { cpu["task"] = task_json(read_task(*kernel, current.at(i))); });
       if (o.backtraces) {
-        Backtrace bt = scan_stack(*kernel, regs.rip, regs.rsp);
+        // The kernel's own unwind data first; a stack scan (unverified frames) when it has none.
+        Backtrace bt;
+        std::string method = "orc";
+        try {
+          bt = orc.unwind(regs);
+        } catch (const Error& e) {
+          bt.problem = e.what();
+        }
+        if (bt.frames.size() <= 1) {
+          std::string why = bt.problem;
+          bt = scan_stack(*kernel, regs.rip, regs.rsp);
+          method = "stack scan (" + why + ")";
+        }
+        cpu["backtrace_method"] = method;
         json frames = json::array();
         for (const auto& f : bt.frames) frames.push_back({{"pc", fmt::format("{:#x}", f.pc)}, {"symbol", f.symbol}, {"reliable", f.reliable}});
         cpu["backtrace"] = frames;
@@ -108,9 +123,11 @@ std::string render_dump_report(const json& r, const DiagOptions& o) {
 
   if (o.backtraces) {
     for (const auto& cpu : r.value("cpus", json::array())) {
-      out += fmt::format("\nBacktrace of CPU {} (stack scan: '?' entries are unverified):\n", cpu.value("cpu", 0));
+      out += fmt::format("\nBacktrace of CPU {} ({}{}):\n", cpu.value("cpu", 0), cpu.value("backtrace_method", "?"),
+                         cpu.value("backtrace_method", "").rfind("stack scan", 0) == 0 ? "; '?' entries are unverified" : "");
       for (const auto& f : cpu.value("backtrace", json::array()))
         out += fmt::format("  {}{}\n", f.value("reliable", false) ? "" : "? ", f.value("symbol", ""));
+      if (cpu.contains("backtrace_problem")) out += "  (" + cpu["backtrace_problem"].get<std::string>() + ")\n";
     }
   }
   if (o.tasks) out += "\n" + render_tasks(r.value("tasks", json::array()));

@@ -1,0 +1,194 @@
+#include "kernel/orc_unwind.h"
+
+#include "base/error.h"
+#include "kernel/modules.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+namespace immortal {
+
+namespace {
+
+// arch/x86/include/asm/orc_types.h (6.1)
+constexpr std::uint8_t kRegUndefined = 0, kRegPrevSp = 1, kRegBp = 4, kRegSp = 5, kRegBpIndirect = 8, kRegSpIndirect = 9;
+constexpr std::uint8_t kTypeCall = 0, kTypeRegs = 1, kTypeRegsPartial = 2;
+// struct pt_regs (x86-64): offsets of bp, ip and sp; the IRET frame starts at ip.
+constexpr std::uint64_t kRegsBp = 4 * 8, kRegsIp = 16 * 8, kRegsSp = 19 * 8;
+constexpr std::uint64_t kMaxOrcEntries = 1 << 22;
+constexpr std::uint64_t kUserSpaceEnd = 0x0000800000000000ull;
+
+OrcEntry decode(const std::uint8_t* p) {
+  OrcEntry e;
+  std::memcpy(&e.sp_offset, p, 2);
+  std::memcpy(&e.bp_offset, p + 2, 2);
+  std::uint16_t bits;
+  std::memcpy(&bits, p + 4, 2);
+  e.sp_reg = bits & 0xf;
+  e.bp_reg = (bits >> 4) & 0xf;
+  e.type = (bits >> 8) & 0x3;
+  e.end = (bits >> 10) & 0x1;
+  return e;
+}
+
+}  // namespace
+
+OrcUnwinder::Table OrcUnwinder::load(std::uint64_t ip_table, std::uint64_t orc_table, std::uint64_t count,
+                                     std::uint64_t low, std::uint64_t high) {
+  if (count == 0 || count > kMaxOrcEntries) fail(ExitCode::bad_input, "implausible ORC table size {}", count);
+  Table t;
+  t.ip_table = ip_table;
+  t.low = low;
+  t.high = high;
+  t.ips.resize(count);
+  kernel_.memory().read(ip_table, std::as_writable_bytes(std::span(t.ips)));
+  std::vector<std::uint8_t> raw(count * 6);
+  kernel_.memory().read(orc_table, std::as_writable_bytes(std::span(raw)));
+  t.entries.reserve(count);
+  for (std::uint64_t i = 0; i < count; ++i) t.entries.push_back(decode(raw.data() + i * 6));
+  return t;
+}
+
+const OrcUnwinder::Table* OrcUnwinder::table_for(std::uint64_t ip) {
+  const auto& s = kernel_.symbols();
+  if (!image_) {
+    auto ips = s.address_of("__start_orc_unwind_ip"), ips_end = s.address_of("__stop_orc_unwind_ip");
+    auto orcs = s.address_of("__start_orc_unwind");
+    if (!ips || !ips_end || !orcs || *ips_end <= *ips)
+      fail(ExitCode::bad_input, "the profile's symbols do not locate the kernel's ORC tables");
+    image_ = load(*ips, *orcs, (*ips_end - *ips) / 4, 0, 0);
+    // The image's table covers its text and init text: from its first to its last address.
+    auto& t = *image_;
+    t.low = t.ip_table + static_cast<std::int64_t>(t.ips.front());
+    t.high = t.ip_table + 4 * (t.ips.size() - 1) + static_cast<std::int64_t>(t.ips.back()) + 1;
+  }
+  if (ip >= image_->low && ip < image_->high) return &*image_;
+  if (!modules_loaded_) {
+    modules_loaded_ = true;
+    const auto& t = kernel_.types();
+    auto num = t.field("module", "arch.num_orcs"), ip_field = t.field("module", "arch.orc_unwind_ip"),
+         orc_field = t.field("module", "arch.orc_unwind");
+    if (num && ip_field && orc_field) {
+      for (const auto& m : read_modules(kernel_).modules) {
+        try {
+          auto n = kernel_.memory().read_value<std::uint32_t>(m.address + num->byte_offset());
+          if (n == 0) continue;
+          modules_[m.base] = load(kernel_.memory().read_u64(m.address + ip_field->byte_offset()),
+                                  kernel_.memory().read_u64(m.address + orc_field->byte_offset()), n, m.base,
+                                  m.base + m.text_size);
+        } catch (const MemoryFault&) {
+        } catch (const Error&) {
+        }
+      }
+    }
+  }
+  auto it = modules_.upper_bound(ip);
+  if (it == modules_.begin()) return nullptr;
+  --it;
+  return ip < it->second.high ? &it->second : nullptr;
+}
+
+std::optional<OrcEntry> OrcUnwinder::find(std::uint64_t ip) {
+  const Table* t = table_for(ip);
+  if (!t) return std::nullopt;
+  // ip_table[i] holds the address of its code relative to its own address; sorted by address.
+  auto address_of = [&](std::size_t i) { return t->ip_table + 4 * i + static_cast<std::int64_t>(t->ips[i]); };
+  std::size_t lo = 0, hi = t->ips.size();
+  while (lo < hi) {
+    std::size_t mid = lo + (hi - lo) / 2;
+    if (address_of(mid) <= ip) lo = mid + 1;
+    else hi = mid;
+  }
+  if (lo == 0) return std::nullopt;
+  return t->entries[lo - 1];
+}
+
+Backtrace OrcUnwinder::unwind(const X86Registers& r, std::size_t max_frames) {
+  Backtrace bt;
+  const auto& mem = kernel_.memory();
+  std::uint64_t ip = r.rip, sp = r.rsp, bp = r.rbp;
+  std::uint64_t regs = 0;  // address of the last full pt_regs frame, 0 when there is none
+  bool signal = true;                 // ip is exact (not a return address) at the start and after exceptions
+  std::set<std::pair<std::uint64_t, std::uint64_t>> seen;
+  bt.frames.push_back({ip, kernel_.symbols().describe(ip), true});
+  try {
+    while (bt.frames.size() < max_frames) {
+      if (!seen.insert({ip, sp}).second) {
+        bt.problem = "the unwind loops";
+        break;
+      }
+      std::optional<OrcEntry> orc = find(signal ? ip : ip - 1);
+      if (!orc) {
+        bt.problem = fmt::format("no ORC data for {}", kernel_.symbols().describe(ip));
+        break;
+      }
+      if (orc->sp_reg == kRegUndefined) {
+        if (!orc->end) bt.problem = "ORC marks an undefined stack here";
+        break;  // the end of a kernel thread's stack
+      }
+      std::uint64_t prev_sp;
+      switch (orc->sp_reg) {
+        case kRegSp: prev_sp = sp + orc->sp_offset; break;
+        case kRegBp: prev_sp = bp + orc->sp_offset; break;
+        case kRegSpIndirect: prev_sp = mem.read_u64(sp) + orc->sp_offset; break;
+        case kRegBpIndirect: prev_sp = mem.read_u64(bp + orc->sp_offset); break;
+        default: {
+          // DX, DI, R10, R13: only known from a full pt_regs frame.
+          static const std::map<std::uint8_t, std::uint64_t> kRegOffsets = {{2, 12 * 8}, {3, 14 * 8}, {6, 7 * 8}, {7, 2 * 8}};
+          auto o = kRegOffsets.find(orc->sp_reg);
+          if (regs == 0 || o == kRegOffsets.end()) {
+            bt.problem = fmt::format("ORC needs register {} here, which is not known", orc->sp_reg);
+            return bt;
+          }
+          prev_sp = mem.read_u64(regs + o->second) + orc->sp_offset;
+        }
+      }
+      switch (orc->type) {
+        case kTypeCall:
+          ip = mem.read_u64(prev_sp - 8);
+          sp = prev_sp;
+          regs = 0;
+          signal = false;
+          break;
+        case kTypeRegs:
+          regs = prev_sp;
+          ip = mem.read_u64(prev_sp + kRegsIp);
+          sp = mem.read_u64(prev_sp + kRegsSp);
+          signal = true;
+          break;
+        case kTypeRegsPartial:
+          regs = 0;  // only the IRET frame: ip, cs, flags, sp, ss
+          ip = mem.read_u64(prev_sp);
+          sp = mem.read_u64(prev_sp + 24);
+          signal = true;
+          break;
+        default:
+          bt.problem = fmt::format("unknown ORC frame type {}", orc->type);
+          return bt;
+      }
+      switch (orc->bp_reg) {
+        case kRegUndefined:
+          if (regs) bp = mem.read_u64(regs + kRegsBp);
+          break;
+        case kRegPrevSp: bp = mem.read_u64(prev_sp + orc->bp_offset); break;
+        case kRegBp: bp = mem.read_u64(bp + orc->bp_offset); break;
+        default:
+          bt.problem = fmt::format("unknown ORC bp register {}", orc->bp_reg);
+          return bt;
+      }
+      if (ip < kUserSpaceEnd) {
+        bt.frames.push_back({ip, fmt::format("{:#x} (user space)", ip), true});
+        break;  // entered from user mode: the kernel stack ends here
+      }
+      bt.frames.push_back({ip, signal ? kernel_.symbols().describe(ip) : kernel_.symbols().describe_return(ip), true});
+    }
+  } catch (const MemoryFault& e) {
+    bt.problem = fmt::format("stack unreadable: {}", e.what());
+  }
+  return bt;
+}
+
+}  // namespace immortal

@@ -1,0 +1,47 @@
+// The kernel's own unwinder, replayed from outside: ORC tables (arch/x86/kernel/unwind_orc.c,
+// Linux 6.1 layout) are read from the guest's memory — the kernel image's __start_orc_unwind*
+// and each module's arch.orc_unwind* — and followed from a CPU's registers through call frames,
+// exception frames (pt_regs) and stack switches. Frames found this way are reliable; where ORC
+// has no answer the unwind stops and says why.
+#pragma once
+
+#include "kernel/backtrace.h"
+#include "kernel/kernel.h"
+#include "x86_64/registers.h"
+
+#include <map>
+#include <optional>
+#include <vector>
+
+namespace immortal {
+
+struct OrcEntry {
+  std::int16_t sp_offset = 0, bp_offset = 0;
+  std::uint8_t sp_reg = 0, bp_reg = 0, type = 0;
+  bool end = false;
+};
+
+class OrcUnwinder {
+ public:
+  explicit OrcUnwinder(const Kernel& kernel) : kernel_(kernel) {}
+  Backtrace unwind(const X86Registers& registers, std::size_t max_frames = 64);
+  // The ORC entry that covers ip, if any (kernel image or a module).
+  std::optional<OrcEntry> find(std::uint64_t ip);
+
+ private:
+  struct Table {
+    std::uint64_t ip_table = 0;          // address of the int32 relative-ip array
+    std::vector<std::int32_t> ips;
+    std::vector<OrcEntry> entries;
+    std::uint64_t low = 0, high = 0;     // text range it covers
+  };
+  const Table* table_for(std::uint64_t ip);
+  Table load(std::uint64_t ip_table, std::uint64_t orc_table, std::uint64_t count, std::uint64_t low, std::uint64_t high);
+
+  const Kernel& kernel_;
+  std::optional<Table> image_;
+  std::map<std::uint64_t, Table> modules_;  // by module text base
+  bool modules_loaded_ = false;
+};
+
+}  // namespace immortal
