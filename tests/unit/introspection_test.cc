@@ -4,6 +4,7 @@
 #include "kernel/kernel.h"
 #include "kernel/list_walk.h"
 #include "kernel/modules.h"
+#include "kernel/orc_unwind.h"
 #include "kernel/printk.h"
 #include "kernel/symbols.h"
 #include "kernel/tasks.h"
@@ -380,4 +381,61 @@ TEST_CASE("a profile survives saving and loading, and a damaged one is refused",
   CHECK(a == 0x1a3f000);
   CHECK_FALSE(parse_vmcoreinfo_location("zz 10", &a, &s));
   CHECK_FALSE(parse_vmcoreinfo_location("10 ffffffffff", &a, &s));
+}
+
+TEST_CASE("the ORC unwinder follows call frames to the end of the stack, and stops on loops", "[introspection]") {
+  VectorMemory ram(1 << 23);
+  // Text: f_a, f_b, f_c, then an end marker; ORC tables at 0x300000 (ips) and 0x310000 (entries).
+  std::string syms =
+      "ffffffff80300000 R __start_orc_unwind_ip\n"
+      "ffffffff80300010 R __stop_orc_unwind_ip\n"
+      "ffffffff80310000 R __start_orc_unwind\n"
+      "ffffffff80400000 t f_a\n"
+      "ffffffff80400100 t f_b\n"
+      "ffffffff80400200 t f_c\n"
+      "ffffffff80400300 t f_end\n";
+  auto kernel = synthetic_kernel(ram, syms);
+  auto entry = [&](int i, std::uint64_t ip_phys, std::int16_t sp_offset, int sp_reg, int type, bool end) {
+    std::uint64_t slot = 0x300000 + 4 * static_cast<std::uint64_t>(i);
+    ram.put<std::int32_t>(slot, static_cast<std::int32_t>(static_cast<std::int64_t>(ip_phys) - static_cast<std::int64_t>(slot)));
+    ram.put<std::int16_t>(0x310000 + 6 * i, sp_offset);
+    ram.put<std::int16_t>(0x310000 + 6 * i + 2, 0);
+    ram.put<std::uint16_t>(0x310000 + 6 * i + 4, static_cast<std::uint16_t>(sp_reg | type << 8 | (end ? 1 << 10 : 0)));
+  };
+  entry(0, 0x400000, 16, 5, 0, false);  // f_a: CFA = sp + 16 (one saved word, then the return address)
+  entry(1, 0x400100, 8, 5, 0, false);   // f_b: CFA = sp + 8
+  entry(2, 0x400200, 0, 0, 0, true);    // f_c: the end of the stack
+  entry(3, 0x400300, 0, 0, 0, false);
+  const std::uint64_t stack = 0x500000;
+  ram.put<std::uint64_t>(stack + 8, kva(0x400120));   // f_a returns into f_b+0x20
+  ram.put<std::uint64_t>(stack + 16, kva(0x400205));  // f_b returns into f_c+0x5
+  X86Registers regs;
+  regs.rip = kva(0x400010);
+  regs.rsp = kva(stack);
+  OrcUnwinder unwinder(*kernel);
+  Backtrace bt = unwinder.unwind(regs);
+  INFO(bt.problem);
+  REQUIRE(bt.frames.size() == 3);
+  CHECK(bt.frames[0].symbol == "f_a+0x10/0x100");
+  CHECK(bt.frames[1].symbol == "f_b+0x20/0x100");
+  CHECK(bt.frames[2].symbol == "f_c+0x5/0x100");
+  CHECK(bt.problem.empty());
+
+  SECTION("a return address that leads back to the same frame is a loop, not a hang") {
+    entry(1, 0x400100, 0, 5, 0, false);  // f_b: CFA = sp, so its "return address" is read below sp forever
+    ram.put<std::uint64_t>(stack + 8, kva(0x400120));
+    ram.put<std::uint64_t>(stack + 16 - 8, kva(0x400120));
+    Backtrace looped = OrcUnwinder(*kernel).unwind(regs);
+    CHECK_THAT(looped.problem, Catch::Contains("loops"));
+    CHECK(looped.frames.size() < 64);
+  }
+  SECTION("a stack pointer into the void stops with a reason") {
+    regs.rsp = 0xffffc90000000000ull;
+    Backtrace lost = OrcUnwinder(*kernel).unwind(regs);
+    CHECK_THAT(lost.problem, Catch::Contains("unreadable"));
+  }
+  SECTION("code without ORC data stops with a reason") {
+    regs.rip = kva(0x200000);
+    CHECK_THAT(OrcUnwinder(*kernel).unwind(regs).problem, Catch::Contains("no ORC data"));
+  }
 }
