@@ -38,9 +38,10 @@ TEST_CASE("tasks, modules and the kernel log read from a QEMU dump agree with th
   REQUIRE(run_cli({"run", "--name", name, "--detach"}).status == 0);
   REQUIRE(wait_until([&] { return status_json(name)["profile"].contains("taken_at"); }, 60s));
 
-  // A known set of processes: shell scripts, so that comm is the script's name.
+  // A known set of long-lived processes: shell scripts (comm is the script's name), each waiting
+  // on one long sleep, so nothing comes and goes between the guest's listing and the dump.
   auto start = run_cli({"exec", name, "--", "sh", "-c",
-                        "for n in alpha beta gamma; do printf '#!/bin/sh\\nwhile :; do sleep 1; done\\n' > /tmp/worker-$n; "
+                        "for n in alpha beta gamma; do printf '#!/bin/sh\\nsleep 100000\\n' > /tmp/worker-$n; "
                         "chmod +x /tmp/worker-$n; /tmp/worker-$n </dev/null >/dev/null 2>&1 & done"});
   REQUIRE(start.status == 0);
   auto view = run_cli({"exec", name, "--", "sh", "-c",
