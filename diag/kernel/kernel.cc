@@ -41,11 +41,11 @@ std::unique_ptr<Kernel> Kernel::assemble(const PhysicalMemory& memory, KernelLay
 }
 
 std::unique_ptr<Kernel> Kernel::open(const PhysicalMemory& memory, const GuestProfile& profile,
-                                     std::optional<std::string> vmcoreinfo_text) {
+                                     std::optional<std::string> vmcoreinfo_text, std::unique_ptr<TypeInfo> types) {
   std::unique_ptr<Kernel> k(new Kernel);
   k->symbols_ = SymbolTable::from_kallsyms(profile.kallsyms);
   if (k->symbols_.size() == 0) fail(ExitCode::bad_input, "the profile has no kernel symbols");
-  k->types_ = BtfTypes::parse(profile.btf_vmlinux);
+  k->types_ = types ? std::move(types) : BtfTypes::parse(profile.btf_vmlinux);
   k->release_ = profile.kernel_release;
 
   if (!vmcoreinfo_text) vmcoreinfo_text = read_vmcoreinfo_note(memory, profile.vmcoreinfo_paddr, profile.vmcoreinfo_size);

@@ -23,8 +23,10 @@ class Kernel {
   // vmcoreinfo: the dump's note, if any; for live memory it is read from the guest at the
   // profile's VMCOREINFO address. Throws Error(ExitCode::bad_input) when the pieces do not fit
   // (another kernel release, another boot's KASLR offsets, no way to find the page tables).
+  // types: struct layouts to use instead of the profile's BTF (e.g. DWARF of a debug vmlinux).
   static std::unique_ptr<Kernel> open(const PhysicalMemory& memory, const GuestProfile& profile,
-                                      std::optional<std::string> vmcoreinfo_text);
+                                      std::optional<std::string> vmcoreinfo_text,
+                                      std::unique_ptr<TypeInfo> types = nullptr);
   // From ready parts (tests and fuzz targets build synthetic kernels this way).
   static std::unique_ptr<Kernel> assemble(const PhysicalMemory& memory, KernelLayout layout, SymbolTable symbols,
                                           std::unique_ptr<TypeInfo> types, std::string release);

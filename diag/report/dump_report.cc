@@ -10,6 +10,7 @@
 #include "memory/elf_core.h"
 #include "profile/guest_profile.h"
 #include "report/kernel_json.h"
+#include "types/dwarf_types.h"
 
 #include <fmt/format.h>
 
@@ -38,7 +39,16 @@ void section(json& report, const char* name, F&& f) {
 json build_dump_report(const DiagOptions& o) {
   auto core = ElfCoreMemory::open(o.dump);
   GuestProfile profile = GuestProfile::load(o.profile);
-  auto kernel = Kernel::open(*core, profile, core->vmcoreinfo());
+  // With a debug vmlinux, DWARF describes the types and maps code to source lines.
+  const DwarfTypes* dwarf = nullptr;
+  std::unique_ptr<TypeInfo> types;
+  if (!o.vmlinux.empty()) {
+    auto d = DwarfTypes::open(o.vmlinux);
+    dwarf = d.get();
+    types = std::move(d);
+  }
+  auto kernel = Kernel::open(*core, profile, core->vmcoreinfo(), std::move(types));
+  std::uint64_t kaslr = kernel->memory().layout().kaslr_offset;
 
   json report = {{"dump", o.dump},
                  {"kernel_release", kernel->release()},
@@ -82,7 +92,14 @@ json build_dump_report(const DiagOptions& o) {
         }
         cpu["backtrace_method"] = method;
         json frames = json::array();
-        for (const auto& f : bt.frames) frames.push_back({{"pc", fmt::format("{:#x}", f.pc)}, {"symbol", f.symbol}, {"reliable", f.reliable}});
+        for (const auto& f : bt.frames) {
+          json frame = {{"pc", fmt::format("{:#x}", f.pc)}, {"symbol", f.symbol}, {"reliable", f.reliable}};
+          // vmlinux addresses are link-time: the running kernel is shifted by its KASLR offset.
+          // A return address belongs to the call before it, hence pc - 1 for all but the first frame.
+          if (dwarf && f.pc >= 0xffffffff80000000ull && f.pc < 0xffffffffc0000000ull)
+            if (auto line = dwarf->source_line(f.pc - kaslr - (frames.empty() ? 0 : 1))) frame["source"] = *line;
+          frames.push_back(frame);
+        }
         cpu["backtrace"] = frames;
         if (!bt.problem.empty()) cpu["backtrace_problem"] = bt.problem;
       }
@@ -126,7 +143,8 @@ std::string render_dump_report(const json& r, const DiagOptions& o) {
       out += fmt::format("\nBacktrace of CPU {} ({}{}):\n", cpu.value("cpu", 0), cpu.value("backtrace_method", "?"),
                          cpu.value("backtrace_method", "").rfind("stack scan", 0) == 0 ? "; '?' entries are unverified" : "");
       for (const auto& f : cpu.value("backtrace", json::array()))
-        out += fmt::format("  {}{}\n", f.value("reliable", false) ? "" : "? ", f.value("symbol", ""));
+        out += fmt::format("  {}{}{}\n", f.value("reliable", false) ? "" : "? ", f.value("symbol", ""),
+                           f.contains("source") ? "  " + f["source"].get<std::string>() : "");
       if (cpu.contains("backtrace_problem")) out += "  (" + cpu["backtrace_problem"].get<std::string>() + ")\n";
     }
   }

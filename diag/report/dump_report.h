@@ -11,6 +11,7 @@ namespace immortal {
 struct DiagOptions {
   std::string dump;     // an ELF core (QEMU's dump-guest-memory, or a kdump-style vmcore)
   std::string profile;  // the healthy-guest profile directory
+  std::string vmlinux;  // optional: a vmlinux with DWARF (types from it, source lines for frames)
   bool tasks = false, modules = false, dmesg = false, backtraces = false;
   bool json = false;
 };

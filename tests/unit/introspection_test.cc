@@ -9,6 +9,7 @@
 #include "kernel/symbols.h"
 #include "kernel/tasks.h"
 #include "kernel/vmcoreinfo.h"
+#include "types/dwarf_types.h"
 #include "memory/elf_core.h"
 #include "profile/guest_profile.h"
 #include "support/fake_kernel.h"
@@ -19,7 +20,9 @@
 #include <elf.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -438,4 +441,40 @@ TEST_CASE("the ORC unwinder follows call frames to the end of the stack, and sto
     regs.rip = kva(0x200000);
     CHECK_THAT(OrcUnwinder(*kernel).unwind(regs).problem, Catch::Contains("no ORC data"));
   }
+}
+
+// A struct this test binary's own DWARF describes, for checking DwarfTypes against the compiler.
+struct immortal_dwarf_probe {
+  int a;
+  long b;
+  union {
+    int c;
+    char d[8];
+  };
+  unsigned flags : 5, level : 3;
+  struct {
+    short x;
+  } nested;
+};
+immortal_dwarf_probe immortal_dwarf_probe_instance;
+
+TEST_CASE("DWARF types agree with the compiler's own layout", "[introspection]") {
+  auto types = DwarfTypes::open("/proc/self/exe");
+  CHECK(types->struct_size("immortal_dwarf_probe") == sizeof(immortal_dwarf_probe));
+  CHECK(types->offset_of("immortal_dwarf_probe", "b") == offsetof(immortal_dwarf_probe, b));
+  CHECK(types->offset_of("immortal_dwarf_probe", "c") == offsetof(immortal_dwarf_probe, c));  // through the anonymous union
+  CHECK(types->require_field("immortal_dwarf_probe", "d").size == 8);
+  CHECK(types->offset_of("immortal_dwarf_probe", "nested.x") == offsetof(immortal_dwarf_probe, nested.x));
+  // The bitfield: set level in a real object and find it where DWARF says it is.
+  FieldInfo level = types->require_field("immortal_dwarf_probe", "level");
+  CHECK(level.bit_size == 3);
+  immortal_dwarf_probe probe{};
+  probe.level = 5;
+  unsigned char byte;
+  std::memcpy(&byte, reinterpret_cast<const char*>(&probe) + level.bit_offset / 8, 1);
+  CHECK(((byte >> (level.bit_offset % 8)) & 7) == 5);
+  CHECK_FALSE(types->field("immortal_dwarf_probe", "missing").has_value());
+  CHECK_FALSE(types->struct_size("no_such_struct").has_value());
+  CHECK_THROWS_WITH(DwarfTypes::open("/nonexistent/vmlinux"), Catch::Contains("cannot open"));
+  CHECK_THROWS_WITH(DwarfTypes::open("/dev/null"), Catch::Contains("no usable DWARF"));
 }

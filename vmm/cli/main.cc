@@ -85,6 +85,7 @@ int main(int argc, char** argv) {
   auto* diag_cmd = app.add_subcommand("diag", "analyse a dump offline: report, tasks, modules, log, backtraces");
   diag_cmd->add_option("dump", diag.dump, "ELF core: QEMU's dump-guest-memory or a kdump-style vmcore")->required();
   diag_cmd->add_option("-p,--profile", diag.profile, "healthy-guest profile directory (RUNDIR/profile)")->required();
+  diag_cmd->add_option("--vmlinux", diag.vmlinux, "vmlinux with DWARF: types from it, source lines in backtraces");
   diag_cmd->add_flag("--tasks", diag.tasks, "list tasks");
   diag_cmd->add_flag("--modules", diag.modules, "list modules");
   diag_cmd->add_flag("--dmesg", diag.dmesg, "print the kernel log");
