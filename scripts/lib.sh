@@ -52,3 +52,19 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
         die "cannot install ${missing[*]}"
 }
+
+# Debian's debug vmlinux of the guest kernel (≈ 860 MB package; only the vmlinux is extracted,
+# once, into the cache). Prints its path.
+debug_vmlinux() {
+    local flavour vmlinux deb
+    flavour=$(guest_kernel_flavour)
+    vmlinux=$IMMORTAL_CACHE/dbg/vmlinux-$flavour
+    if [[ ! -s $vmlinux ]]; then
+        deb=$(fetch_deb "linux-image-$flavour-dbg")
+        mkdir -p "$IMMORTAL_CACHE/dbg"
+        log "extracting vmlinux from $(basename "$deb")"
+        dpkg-deb --fsys-tarfile "$deb" | tar -x -O --wildcards "./usr/lib/debug/boot/vmlinux-*" > "$vmlinux.tmp" &&
+            mv "$vmlinux.tmp" "$vmlinux" || die "cannot extract the debug vmlinux"
+    fi
+    echo "$vmlinux"
+}

@@ -117,6 +117,13 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
   CHECK(no_driver.status == 1);
   CHECK_THAT(no_driver.err, Catch::Contains("no fault-injection driver"));
   CHECK(guest("insmod /lib/modules/immortal_fault.ko && printf ping > /dev/immortal-fault").status == 0);
+  // Module loads and unloads make the supervisor collect the profile again.
+  CHECK(wait_until([&] {
+    std::string log = read_file(runtime_root() + "/" + name + "/supervisor.log");
+    std::size_t saved = 0;
+    for (auto at = log.find("guest profile saved"); at != std::string::npos; at = log.find("guest profile saved", at + 1)) ++saved;
+    return saved >= 2;
+  }, 30s));
   CHECK(status_of(name)["state"] == "running");
 
   auto again = run_cli({"run", "--name", name, "--detach"});
