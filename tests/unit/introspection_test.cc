@@ -70,6 +70,10 @@ TEST_CASE("page-table walks follow 4 KiB, 2 MiB and 1 GiB pages and stop at hole
   map_kernel_image(ram);
   CHECK(x86_64::translate(ram, 0x1000, kKernelBase + 0x12345, false) == 0x12345u);
   CHECK_FALSE(x86_64::translate(ram, 0x1000, 0xffff888000000000ull, false).has_value());
+  // 5-level paging: one more table on top (PML5 at 0x7000, its last entry → the PML4 above).
+  ram.put<std::uint64_t>(0x7000 + 511 * 8, 0x1000 | 0x3);
+  CHECK(x86_64::translate(ram, 0x7000, kKernelBase + 0x12345, true) == 0x12345u);
+  CHECK_FALSE(x86_64::translate(ram, 0x7000, 0xff11000000000000ull, true).has_value());
   // A 4-level walk to a 4 KiB page: PML4[0] → 0x3000 → 0x4000 → 0x5000 (2 MiB page) and a PT.
   ram.put<std::uint64_t>(0x1000, 0x3000 | 1);
   ram.put<std::uint64_t>(0x3000, 0x4000 | 1);
