@@ -6,6 +6,7 @@ IMMORTAL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 IMMORTAL_CACHE=${IMMORTAL_CACHE:-/var/cache/immortal}
 IMMORTAL_BUILD=${IMMORTAL_BUILD:-$IMMORTAL_ROOT/build}
 IMMORTAL_BUILD_SAN=${IMMORTAL_BUILD_SAN:-$IMMORTAL_ROOT/build-san}
+IMMORTAL_BUILD_FUZZ=${IMMORTAL_BUILD_FUZZ:-$IMMORTAL_ROOT/build-fuzz}
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
