@@ -6,6 +6,18 @@ namespace immortal::vmm {
 
 using agent::MessageType;
 
+namespace {
+// Removes and returns what waits for an answer; an answer to nothing is a protocol error.
+template <typename Map>
+typename Map::mapped_type take(Map& pending, std::uint64_t id, const char* what) {
+  auto it = pending.find(id);
+  if (it == pending.end()) throw agent::ProtocolError(std::string(what) + " for unknown request " + std::to_string(id));
+  auto value = std::move(it->second);
+  pending.erase(it);
+  return value;
+}
+}  // namespace
+
 AgentChannel::AgentChannel(UniqueFd stream) : stream_(std::move(stream)) {
   set_nonblocking(stream_.get(), true);
 }
@@ -57,10 +69,7 @@ void AgentChannel::handle(const agent::Frame& frame) {
       break;
     case MessageType::file_data: {
       auto chunk = agent::parse_file_data(frame.payload);
-      auto it = fetches_.find(chunk.id);
-      if (it == fetches_.end()) throw agent::ProtocolError("file data for unknown request " + std::to_string(chunk.id));
-      FileFetch fetch = std::move(it->second);
-      fetches_.erase(it);
+      FileFetch fetch = take(fetches_, chunk.id, "file data");
       if (!chunk.error.empty()) {
         fetch.done({}, chunk.error);
       } else if (fetch.data.size() + chunk.data.size() > fetch.max_size) {
@@ -84,21 +93,12 @@ void AgentChannel::handle(const agent::Frame& frame) {
     }
     case MessageType::exec_result: {
       auto result = agent::parse_exec_result(frame.payload);
-      auto it = pending_.find(result.id);
-      if (it == pending_.end()) throw agent::ProtocolError("result for unknown request " + std::to_string(result.id));
-      auto done = std::move(it->second);
-      pending_.erase(it);
-      done(&result, "");
+      take(pending_, result.id, "result")(&result, "");
       break;
     }
     case MessageType::spawned: {
       auto spawned = agent::parse_spawned(frame.payload);
-      auto it = pending_spawns_.find(spawned.id);
-      if (it == pending_spawns_.end())
-        throw agent::ProtocolError("spawn answer for unknown request " + std::to_string(spawned.id));
-      auto done = std::move(it->second);
-      pending_spawns_.erase(it);
-      done(spawned.pid, spawned.error);
+      take(pending_spawns_, spawned.id, "spawn answer")(spawned.pid, spawned.error);
       break;
     }
     case MessageType::error: {
