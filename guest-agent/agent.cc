@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <list>
 #include <sstream>
 #include <string>
@@ -118,10 +119,16 @@ class Agent {
 // Counts changes of /proc/modules (module loads and unloads), so the host knows when to
 // refresh its profile of the guest.
 std::uint64_t Agent::modules_generation() {
-  // Names only: the use counts in /proc/modules change without any load or unload.
+  // Names and load addresses only: the use counts in /proc/modules change without any load or
+  // unload, an address changes when a module is reloaded.
   std::ifstream in("/proc/modules");
   std::string now;
-  for (std::string line; std::getline(in, line);) now += line.substr(0, line.find(' ')) + "\n";
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream fields(line);
+    std::string name, size, refs, deps, state, address;
+    fields >> name >> size >> refs >> deps >> state >> address;
+    now += name + " " + address + "\n";
+  }
   if (now != modules_seen_) {
     if (!modules_seen_.empty()) ++modules_generation_;
     modules_seen_ = std::move(now);

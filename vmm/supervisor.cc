@@ -200,7 +200,16 @@ void Supervisor::handle_control(int fd) {
     clients_.erase(it);
     return;
   }
-  if (request) answer(fd, *request);
+  if (!request) return;
+  try {
+    answer(fd, *request);
+  } catch (const nlohmann::json::exception& e) {
+    // A field of the wrong type: the client's mistake, not a reason for the supervisor to die.
+    if (auto again = clients_.find(fd); again != clients_.end()) {
+      again->second->reply_error(static_cast<int>(ExitCode::usage), std::string("malformed request: ") + e.what());
+      clients_.erase(again);
+    }
+  }
 }
 
 void Supervisor::answer(int fd, const json& request) {

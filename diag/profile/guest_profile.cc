@@ -102,9 +102,10 @@ GuestProfile GuestProfile::load(const std::string& dir) {
   json manifest = json::parse(read_file(root / "profile.json", true), nullptr, false);
   if (manifest.is_discarded() || !manifest.is_object())
     fail(ExitCode::bad_input, "{}: profile.json is not a JSON object", dir);
-  if (manifest.value("format", 0) != kFormat)
+  const auto format = manifest.find("format");
+  if (format == manifest.end() || !format->is_number_integer() || format->get<std::int64_t>() != kFormat)
     fail(ExitCode::bad_input, "{}: unsupported profile format {} (this version reads {})", dir,
-         manifest.value("format", json(nullptr)).dump(), kFormat);
+         format == manifest.end() ? "(none)" : format->dump(), kFormat);
   GuestProfile p;
   try {
     p.kernel_release = manifest.at("kernel_release").get<std::string>();

@@ -1,5 +1,7 @@
 // The `immortal` command line as an operator uses it, against real guests: lifecycle, named
 // instances, signals, and every kind of bad input the foundation issue lists.
+#include "base/error.h"
+#include "control_channel.h"
 #include "harness.h"
 
 #include <catch2/catch.hpp>
@@ -111,19 +113,34 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
   CHECK(ping.status == 0);
   CHECK(ping.out == "immortal_fault counter 2\n");
   CHECK(guest("dmesg | grep -E 'BUG|Oops|WARNING'").status == 1);
-  // Unloading it while idle works; inject then says what is missing; it loads again.
+  // Unloading it while idle works; inject then says what is missing; it loads again. Each
+  // change of the module list makes the supervisor collect the guest's profile again.
+  auto profiles_saved = [&] {
+    std::string log = read_file(runtime_root() + "/" + name + "/supervisor.log");
+    std::size_t saved = 0;
+    for (auto at = log.find("guest profile saved"); at != std::string::npos; at = log.find("guest profile saved", at + 1)) ++saved;
+    return saved;
+  };
+  REQUIRE(wait_until([&] { return profiles_saved() >= 1; }, 30s));
   CHECK(guest("rmmod immortal_fault && test ! -e /dev/immortal-fault").status == 0);
+  CHECK(wait_until([&] { return profiles_saved() >= 2; }, 30s));
   auto no_driver = run_cli({"inject", name, "null-deref"});
   CHECK(no_driver.status == 1);
   CHECK_THAT(no_driver.err, Catch::Contains("no fault-injection driver"));
   CHECK(guest("insmod /lib/modules/immortal_fault.ko && printf ping > /dev/immortal-fault").status == 0);
-  // Module loads and unloads make the supervisor collect the profile again.
-  CHECK(wait_until([&] {
-    std::string log = read_file(runtime_root() + "/" + name + "/supervisor.log");
-    std::size_t saved = 0;
-    for (auto at = log.find("guest profile saved"); at != std::string::npos; at = log.find("guest profile saved", at + 1)) ++saved;
-    return saved >= 2;
-  }, 30s));
+  CHECK(wait_until([&] { return profiles_saved() >= 3; }, 30s));
+  CHECK(status_of(name)["state"] == "running");
+
+  // A control request with fields of the wrong type is refused; the supervisor lives on.
+  try {
+    immortal::vmm::control_call(runtime_root() + "/" + name + "/control.sock",
+                                {{"command", "exec"}, {"argv", {"true"}}, {"timeout_ms", "soon"}},
+                                immortal::Deadline::in(std::chrono::seconds(10)));
+    FAIL("accepted");
+  } catch (const immortal::Error& e) {
+    CHECK(e.code() == immortal::ExitCode::usage);
+    CHECK_THAT(e.what(), Catch::Contains("malformed request"));
+  }
   CHECK(status_of(name)["state"] == "running");
 
   auto again = run_cli({"run", "--name", name, "--detach"});

@@ -379,6 +379,8 @@ TEST_CASE("a profile survives saving and loading, and a damaged one is refused",
   CHECK(back.btf_modules.size() == 1);
   std::ofstream(dir / "profile.json") << R"({"format": 99})";
   CHECK_THROWS_WITH(GuestProfile::load(dir.string()), Catch::Contains("unsupported profile format"));
+  std::ofstream(dir / "profile.json") << R"({"format": "1"})";  // found by libFuzzer: a string, not a number
+  CHECK_THROWS_WITH(GuestProfile::load(dir.string()), Catch::Contains("unsupported profile format"));
   std::ofstream(dir / "profile.json") << "{not json";
   CHECK_THROWS_WITH(GuestProfile::load(dir.string()), Catch::Contains("not a JSON object"));
   fs::remove_all(dir);
