@@ -329,6 +329,17 @@ TEST_CASE("ELF cores: memory by physical address, CPU notes, VMCOREINFO, and dam
   CHECK_THROWS_AS(core->write(0x1000, std::as_bytes(std::span("x", 1))), MemoryFault);
   std::remove(path.c_str());
 
+  SECTION("kdump's layout maps the kernel text twice: overlapping segments are one range") {
+    std::string ram(16384, 'r');
+    std::string text_copy(4096, 'r');
+    std::string p2 = write_temp(make_core({{0x100000, ram}, {0x101000, text_copy}}));
+    auto c = ElfCoreMemory::open(p2);
+    REQUIRE(c->ranges().size() == 1);
+    CHECK(c->ranges()[0].size == 16384);
+    CHECK(c->read_value<std::uint8_t>(0x101800) == 'r');
+    CHECK(c->read_value<std::uint8_t>(0x103fff) == 'r');
+    std::remove(p2.c_str());
+  }
   SECTION("a truncated core keeps what it has and reports the rest missing") {
     std::string cut = write_temp(bytes.substr(0, bytes.size() - 4096));
     auto c = ElfCoreMemory::open(cut);
