@@ -380,7 +380,8 @@ json Supervisor::status() const {
             {"console_log", m.console_log},
             {"uptime_s", seconds_since(started_)}};
   if (boot_time_) s["boot_time_ms"] = boot_time_->count();
-  json agent = {{"connected", agent_ && agent_->hello() && !agent_->closed()},
+  // A crashed guest's agent cannot answer, even though its channel is still open.
+  json agent = {{"connected", guest_state_ == "running" && agent_ && agent_->hello() && !agent_->closed()},
                 {"heartbeats", agent_ ? agent_->heartbeats() : 0}};
   if (agent_ && agent_->last_heard()) agent["last_heard_s"] = seconds_since(*agent_->last_heard());
   if (agent_ && agent_->hello()) {
