@@ -435,14 +435,8 @@ void Supervisor::pump_console() {
 }
 
 std::string Supervisor::last_console_lines(std::size_t n) const {
-  std::ifstream in(options_.machine.console_log);
-  std::vector<std::string> lines;
-  for (std::string line; std::getline(in, line);) {
-    lines.push_back(line);
-    if (lines.size() > n) lines.erase(lines.begin());
-  }
   std::string out;
-  for (const auto& l : lines) out += "  | " + l + "\n";
+  for (const auto& line : last_lines(options_.machine.console_log, n)) out += "  | " + line + "\n";
   return out.empty() ? "  (the console is empty)\n" : out;
 }
 

@@ -10,6 +10,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
+#include <fstream>
 #include <thread>
 
 namespace immortal {
@@ -113,6 +115,17 @@ std::string read_some(int fd, std::size_t max, bool* would_block) {
     }
     fail_os(ExitCode::failure, "read", errno);
   }
+}
+
+std::vector<std::string> last_lines(const std::string& path, std::size_t max_lines) {
+  std::ifstream in(path);
+  std::deque<std::string> lines;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    lines.push_back(std::move(line));
+    if (lines.size() > max_lines) lines.pop_front();
+  }
+  return {lines.begin(), lines.end()};
 }
 
 void set_nonblocking(int fd, bool on) {

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace immortal {
 
@@ -41,6 +42,9 @@ void write_all(int fd, std::string_view data, Deadline deadline = Deadline::neve
 // One read(2) of at most max bytes; returns "" at end of file. Retries EINTR.
 // Throws on errors other than EAGAIN (which returns "" with *would_block set).
 std::string read_some(int fd, std::size_t max, bool* would_block = nullptr);
+
+// The last max_lines non-empty lines of a text file (a log), oldest first; empty if unreadable.
+std::vector<std::string> last_lines(const std::string& path, std::size_t max_lines);
 
 void set_nonblocking(int fd, bool on);
 void set_cloexec(int fd, bool on);

@@ -26,23 +26,4 @@ Backtrace scan_stack(const Kernel& kernel, std::uint64_t rip, std::uint64_t rsp,
   return bt;
 }
 
-std::string format_backtrace(const Backtrace& bt) {
-  std::string out;
-  for (const auto& f : bt.frames) out += fmt::format("  {}{}\n", f.reliable ? "" : "? ", f.symbol);
-  if (!bt.problem.empty()) out += "  (" + bt.problem + ")\n";
-  return out;
-}
-
-std::string taint_string(std::uint64_t mask) {
-  // kernel/panic.c taint_flags[], in bit order.
-  static const char kLetters[] = "PFSRMBUDAWCIOELKXTN";
-  if (mask == 0) return "G";
-  std::string out;
-  for (int bit = 0; bit < static_cast<int>(sizeof kLetters) - 1; ++bit)
-    if (mask & (1ull << bit)) out.push_back(kLetters[bit]);
-  return out;
-}
-
-std::uint64_t read_taint_mask(const Kernel& kernel) { return kernel.memory().read_u64(kernel.symbol("tainted_mask")); }
-
 }  // namespace immortal

@@ -1,7 +1,7 @@
-// Backtraces of a kernel stack. For now the stack-scan fallback: the frame at rip is certain,
-// then every word on the stack that points into kernel or module text is listed and marked
-// uncertain ("? "), as the kernel's own show_trace_log_lvl does for unreliable entries. The ORC
-// unwinder (its tables are in the kernel's memory) is the next step.
+// Kernel backtraces: the frames both unwinders produce, and the stack-scan fallback used where
+// the ORC unwinder (orc_unwind.h) has no data. The scan lists every word on the stack that points
+// into kernel or module text, marked uncertain ("? "), as the kernel's show_trace_log_lvl does
+// for unreliable entries; only the frame at rip is certain.
 #pragma once
 
 #include "kernel/kernel.h"
@@ -24,10 +24,5 @@ struct Backtrace {
 
 // Scans from rsp up to the end of its THREAD_SIZE-aligned stack (16 KiB on x86-64).
 Backtrace scan_stack(const Kernel& kernel, std::uint64_t rip, std::uint64_t rsp, std::size_t max_frames = 64);
-std::string format_backtrace(const Backtrace& bt);
-
-// Taint flags as the kernel prints them ("G" when clean, else e.g. "POE").
-std::string taint_string(std::uint64_t mask);
-std::uint64_t read_taint_mask(const Kernel& kernel);
 
 }  // namespace immortal

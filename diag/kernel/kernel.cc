@@ -68,8 +68,8 @@ std::unique_ptr<Kernel> Kernel::open(const PhysicalMemory& memory, const GuestPr
     layout.five_level = vi.number("pgtable_l5_enabled").value_or(0) != 0;
     layout.kaslr_offset = vi.kernel_offset().value_or(0);
   } else {
-    // Without VMCOREINFO, phys_base is taken from the kernel's own variable, found through
-    // the identity the text mapping keeps: phys_base sits in the kernel image like any data.
+    // Without VMCOREINFO there is no phys_base: assume the kernel was not moved physically
+    // (true for QEMU's direct kernel boot) and say so in the report.
     k->warnings_.push_back("no VMCOREINFO: phys_base assumed 0 and 4-level paging");
   }
   layout.page_table = top - x86_64::kStartKernelMap + layout.phys_base;

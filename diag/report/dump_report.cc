@@ -6,6 +6,7 @@
 #include "kernel/modules.h"
 #include "kernel/orc_unwind.h"
 #include "kernel/printk.h"
+#include "kernel/taint.h"
 #include "kernel/tasks.h"
 #include "memory/elf_core.h"
 #include "profile/guest_profile.h"

@@ -15,13 +15,20 @@ json task_json(const TaskInfo& t) {
           {"state", std::string(1, t.state)}, {"kthread", t.kernel_thread}, {"address", fmt::format("{:#x}", t.address)}};
 }
 
+namespace {
+// {"<name>": items, "complete": bool, "problem"?: why the walk stopped}
+json list_json(const char* name, json items, const WalkResult& walk) {
+  json out = {{name, std::move(items)}, {"complete", walk.complete}};
+  if (!walk.complete) out["problem"] = walk.problem;
+  return out;
+}
+}  // namespace
+
 json tasks_json(const Kernel& kernel) {
   TaskList list = read_tasks(kernel);
   json tasks = json::array();
   for (const auto& t : list.tasks) tasks.push_back(task_json(t));
-  json out = {{"tasks", tasks}, {"complete", list.walk.complete}};
-  if (!list.walk.complete) out["problem"] = list.walk.problem;
-  return out;
+  return list_json("tasks", std::move(tasks), list.walk);
 }
 
 json modules_json(const Kernel& kernel) {
@@ -30,9 +37,7 @@ json modules_json(const Kernel& kernel) {
   for (const auto& m : list.modules)
     modules.push_back({{"name", m.name}, {"state", m.state}, {"base", fmt::format("{:#x}", m.base)}, {"size", m.size},
                        {"text_size", m.text_size}});
-  json out = {{"modules", modules}, {"complete", list.walk.complete}};
-  if (!list.walk.complete) out["problem"] = list.walk.problem;
-  return out;
+  return list_json("modules", std::move(modules), list.walk);
 }
 
 json kernel_log_json(const Kernel& kernel) {

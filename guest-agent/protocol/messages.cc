@@ -32,6 +32,13 @@ std::uint64_t get_u64(const json& j, const char* name) {
   return v.get<std::uint64_t>();
 }
 
+// An unsigned field within [min, max], as a u32.
+std::uint32_t get_u32_in(const json& j, const char* name, std::uint64_t min, std::uint64_t max) {
+  auto v = get_u64(j, name);
+  if (v < min || v > max) throw ProtocolError(std::string("field \"") + name + "\" is out of range");
+  return static_cast<std::uint32_t>(v);
+}
+
 int get_int(const json& v, const char* name) {
   if (!v.is_number_integer()) throw ProtocolError(std::string("field \"") + name + "\" is not an integer");
   auto x = v.get<std::int64_t>();
@@ -155,9 +162,7 @@ ExecRequest parse_exec_request(const std::string& payload) {
   ExecRequest m;
   m.id = get_u64(j, "id");
   m.argv = get_argv(j);
-  auto timeout = get_u64(j, "timeout_ms");
-  if (timeout == 0 || timeout > 24ull * 3600 * 1000) throw ProtocolError("field \"timeout_ms\" is out of range");
-  m.timeout_ms = static_cast<std::uint32_t>(timeout);
+  m.timeout_ms = get_u32_in(j, "timeout_ms", 1, 24ull * 3600 * 1000);
   return m;
 }
 
@@ -222,9 +227,7 @@ ReadFileRequest parse_read_file(const std::string& payload) {
   m.path = get_string(j, "path");
   if (m.path.empty() || m.path[0] != '/') throw ProtocolError("field \"path\" must be an absolute path");
   m.offset = get_u64(j, "offset");
-  auto length = get_u64(j, "length");
-  if (length == 0 || length > kMaxChunk) throw ProtocolError("field \"length\" is out of range");
-  m.length = static_cast<std::uint32_t>(length);
+  m.length = get_u32_in(j, "length", 1, kMaxChunk);
   return m;
 }
 

@@ -4,13 +4,14 @@
 
 namespace immortal::qemu {
 
-namespace {
 int hex_digit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
 }
+
+namespace {
 constexpr char kHex[] = "0123456789abcdef";
 }  // namespace
 

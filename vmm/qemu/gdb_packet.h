@@ -29,6 +29,9 @@ class GdbPacketDecoder {
 // Undoes '}' escapes and '*' run-length encoding of a received payload.
 std::string gdb_unescape(std::string_view raw);
 
+// The value of a hex digit (either case), or -1.
+int hex_digit(char c);
+
 std::string to_hex(std::string_view bytes);
 // nullopt for odd length or a non-hex digit.
 std::optional<std::string> from_hex(std::string_view hex);

@@ -13,7 +13,7 @@ std::optional<int> parse_thread_id(std::string_view text) {
   if (text.empty() || text.size() > 6) return std::nullopt;
   int tid = 0;
   for (char c : text) {
-    int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+    int d = hex_digit(c);
     if (d < 0) return std::nullopt;
     tid = tid * 16 + d;
   }

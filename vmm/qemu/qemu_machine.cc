@@ -11,7 +11,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <thread>
 
 namespace immortal::qemu {
@@ -27,13 +26,8 @@ std::string path_in(const std::string& dir, const char* name) { return dir + "/"
 
 // The last lines QEMU printed, to explain why it stopped.
 std::string tail_of(const std::string& path, std::size_t max_lines) {
-  std::ifstream in(path);
-  std::vector<std::string> lines;
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) lines.push_back(line);
   std::string out;
-  std::size_t first = lines.size() > max_lines ? lines.size() - max_lines : 0;
-  for (std::size_t i = first; i < lines.size(); ++i) out += (out.empty() ? "" : " | ") + lines[i];
+  for (const auto& line : last_lines(path, max_lines)) out += (out.empty() ? "" : " | ") + line;
   return out.empty() ? "(QEMU printed nothing)" : out;
 }
 
@@ -152,15 +146,18 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
     fail(ExitCode::qemu, "cannot execute QEMU {}: {}", config.qemu_binary, std::strerror(exec_errno));
   }
 
-  auto died = [&](const std::string& when) {
-    // Give QEMU a moment to finish printing and exiting, then report its last words.
+  // Gives QEMU a moment to finish printing and exiting; true if it did exit.
+  auto exits_soon = [&] {
     for (int i = 0; i < 100 && !m->reap(false); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return m->exited_;
+  };
+  auto died = [&](const std::string& when) {
     return Error(ExitCode::qemu, fmt::format("QEMU {} ({}): {}", when, m->exit_description_, tail_of(log_path, 3)));
   };
   try {
     UniqueFd qmp_socket;
     while (!qmp_socket) {
-      if (m->reap(false)) throw died("exited at start");
+      if (m->reap(false) && exits_soon()) throw died("exited at start");
       try {
         qmp_socket = connect_unix(path_in(config.runtime_dir, "qmp.sock"));
       } catch (const Error&) {
@@ -177,8 +174,7 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
     m->read_registers(0);  // checks the register layout before anyone relies on it
   } catch (const Error&) {
     // A connection reset or a closed monitor usually means QEMU is exiting: say why.
-    for (int i = 0; i < 100 && !m->reap(false); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    if (m->exited_) throw died("exited at start");
+    if (exits_soon()) throw died("exited at start");
     throw;
   }
   return m;
