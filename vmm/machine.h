@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,12 @@ class Machine {
   virtual void write_registers(int vcpu, const X86Registers& registers) = 0;
   virtual void insert_breakpoint(std::uint64_t guest_virtual) = 0;
   virtual void remove_breakpoint(std::uint64_t guest_virtual) = 0;
+  // Writes guest memory at a virtual address as the vCPU sees it, the way a debugger does: the
+  // backend keeps whatever it caches about guest code (QEMU TCG's translated blocks) coherent.
+  // Use it for code patches; plain data can go through memory().
+  virtual void write_virtual(int vcpu, std::uint64_t guest_virtual, std::span<const std::uint8_t> bytes) = 0;
+  // A hardware reset of the whole machine (the guest reboots); the VM keeps its run state.
+  virtual void reset() = 0;
 
   // Guest-physical memory, live (works running or paused).
   virtual PhysicalMemory& memory() = 0;

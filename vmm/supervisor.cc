@@ -3,6 +3,10 @@
 #include "base/error.h"
 #include "fault_catalogue.h"
 #include "protocol/base64.h"
+#include "engine/crash_analysis.h"
+#include "engine/repair_plan.h"
+#include "kernel/orc_unwind.h"
+#include "recovery/plan_validation.h"
 #include "report/kernel_json.h"
 
 #include <fcntl.h>
@@ -13,6 +17,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 
@@ -34,7 +39,16 @@ double seconds_since(Clock::time_point t) {
 }  // namespace
 
 Supervisor::Supervisor(SupervisorOptions options, InstanceDir dir, MachineFactory factory)
-    : options_(std::move(options)), dir_(std::move(dir)), factory_(std::move(factory)) {
+    : options_(std::move(options)),
+      dir_(std::move(dir)),
+      factory_(std::move(factory)),
+      events_([&] {
+        std::vector<std::string> paths{dir_.file("events.jsonl")};
+        if (!options_.event_log.empty()) paths.push_back(options_.event_log);
+        return paths;
+      }()),
+      quarantine_(dir_.file("quarantine.json")),
+      budget_(options_.recovery) {
   if (!options_.say) options_.say = [](const std::string& line) { std::cerr << "immortal: " << line << "\n"; };
 }
 
@@ -70,6 +84,7 @@ void Supervisor::boot() {
                            m.memory_bytes >> 20, to_string(m.accelerator)));
   machine_ = factory_(m, Deadline::in(kLaunchTimeout));
   agent_ = std::make_unique<AgentChannel>(machine_->connect_agent_channel(Deadline::in(std::chrono::seconds(5))));
+  interceptor_ = std::make_unique<CrashInterceptor>(*machine_);
   control_listener_ = listen_unix(dir_.file("control.sock"));
   set_nonblocking(control_listener_.get(), true);
   started_ = Clock::now();
@@ -97,6 +112,8 @@ void Supervisor::boot() {
                                     m.name, boot_time_->count() / 1000.0, hello.kernel_release, hello.boot_id,
                                     hello.agent_version);
   options_.say(summary);
+  event("started", {{"boot_id", hello.boot_id}, {"kernel_release", hello.kernel_release},
+                    {"boot_seconds", boot_time_->count() / 1000.0}, {"recovery", options_.recovery.enabled}});
   profile_ = std::make_unique<ProfileCollector>(*agent_, dir_.file("profile"), options_.say);
   profile_->collect(agent_->modules_generation());
   if (options_.on_ready) options_.on_ready(summary);
@@ -109,6 +126,10 @@ void Supervisor::serve() {
     if (guest_state_ == "running" && !profile_->busy() && agent_->modules_generation() != profile_->generation() &&
         !agent_->closed())
       profile_->collect(agent_->modules_generation());
+    if (guest_state_ == "rebooting" && agent_->hello() && agent_->hello()->boot_id != old_boot_id_) after_reboot_hello();
+    if (guest_state_ == "running" && options_.recovery.enabled) arm_interception();
+    if (guest_state_ == "recovering") verify_recovery();
+    if (guest_state_ == "running") check_hang();
     if (guest_state_ == "shut off") {
       stop_requested_ = true;
       stop_reason_ = "the guest powered off";
@@ -131,6 +152,11 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
     try {
       machine_->pause();
       options_.say("the crashed guest is frozen; last console lines:\n" + last_console_lines(15));
+      if (reboot_after_pause_) {
+        auto crash = *reboot_after_pause_;
+        reboot_after_pause_.reset();
+        reboot_guest("the crash was not caught at its first instruction (pvpanic only): it cannot be resumed", crash);
+      }
     } catch (const Error& e) {
       options_.say(std::string("cannot pause the crashed guest: ") + e.what());
     }
@@ -160,18 +186,44 @@ void Supervisor::handle_signals() {
 void Supervisor::handle_machine_events() {
   for (const auto& e : machine_->drain_events()) {
     switch (e.kind) {
-      case MachineEvent::Kind::guest_panicked:
+      case MachineEvent::Kind::guest_panicked: {
+        if (guest_state_ == "rebooting") break;
         guest_state_ = "crashed";
         pause_after_crash_ = Clock::now() + kCrashConsoleGrace;
-        options_.say(std::string("the guest kernel crashed (pvpanic); ") +
-                     (options_.recovery ? "recovery is not available in this version; " : "recovery is off; ") +
-                     "the VM will be frozen with its state kept.");
+        std::uint64_t id = ++crashes_;
+        event("crash", {{"crash", id}, {"caught_by", "pvpanic"}});
+        if (options_.recovery.enabled) {
+          reboot_after_pause_ = id;
+          options_.say("the guest kernel crashed (pvpanic) past the point where it can be resumed; it will be rebooted");
+        } else {
+          options_.say("the guest kernel crashed (pvpanic); recovery is off; the VM will be frozen with its state kept.");
+        }
+        break;
+      }
+      case MachineEvent::Kind::breakpoint:
+        on_breakpoint(e.vcpu);
         break;
       case MachineEvent::Kind::shutdown:
         guest_state_ = "shut off";
         break;
       case MachineEvent::Kind::reset:
-        options_.say("the guest reset itself");
+        if (guest_state_ != "rebooting") {
+          // A reboot inside the guest, or a triple fault: either way a new boot begins, whose
+          // kernel addresses (KASLR) the armed breakpoints do not match.
+          options_.say("the guest reset itself");
+          event("guest-reset", {{"detail", e.detail}});
+          try {
+            machine_->pause();
+            interceptor_->disarm();
+            machine_->resume();
+          } catch (const Error& err) {
+            options_.say(std::string("cannot disarm after the reset: ") + err.what());
+          }
+          old_boot_id_ = agent_->hello() ? agent_->hello()->boot_id : "";
+          armed_profile_.clear();
+          quarantine_.clear();
+          guest_state_ = "rebooting";
+        }
         break;
       default:
         break;
@@ -228,6 +280,11 @@ void Supervisor::answer(int fd, const json& request) {
     return done();
   }
   if (command == "exec") return answer_exec(fd, request);
+  if (command == "unquarantine") return answer_unquarantine(fd, request);
+  if (command == "events") {
+    client.reply({{"events", json(events_.recent())}});
+    return done();
+  }
   if (command == "inject") return answer_inject(fd, request);
   if (command == "introspect") {
     try {
@@ -344,12 +401,7 @@ void Supervisor::answer_inject(int fd, const json& request) {
 // so lists are not changing under us (a few milliseconds).
 json Supervisor::introspect(const std::string& part) {
   if (part != "tasks" && part != "modules" && part != "dmesg") fail(ExitCode::usage, "unknown part \"{}\"", part);
-  json profile = profile_ ? profile_->status() : json::object();
-  if (!profile.contains("taken_at")) fail(ExitCode::failure, "no guest profile yet (the agent has not reported one)");
-  if (!kernel_ || kernel_profile_ != profile["taken_at"].get<std::string>()) {
-    kernel_ = Kernel::open(machine_->memory(), GuestProfile::load(dir_.file("profile")), std::nullopt);
-    kernel_profile_ = profile["taken_at"].get<std::string>();
-  }
+  guest_kernel();
   bool was_running = machine_->state() == RunState::running;
   if (was_running) machine_->pause();
   json out;
@@ -371,7 +423,7 @@ json Supervisor::status() const {
             {"qemu_pid", machine_ ? machine_->process_id() : 0},
             {"accelerator", to_string(m.accelerator)},
             {"accelerator_reason", options_.accelerator.reason},
-            {"recovery", options_.recovery ? "on" : "off"},
+            {"recovery", options_.recovery.enabled ? "on" : "off"},
             {"vcpus", m.vcpus},
             {"memory_bytes", m.memory_bytes},
             {"kernel", m.kernel},
@@ -392,6 +444,19 @@ json Supervisor::status() const {
   }
   s["agent"] = agent;
   if (profile_) s["profile"] = profile_->status();
+  json kinds = json::array();
+  for (const auto& k : RecoveryPolicy::recoverable_kinds())
+    if (!options_.recovery.disabled_kinds.count(k)) kinds.push_back(k);
+  s["recovery_state"] = {{"armed", interceptor_ && interceptor_->armed()},
+                         {"interception", interceptor_ ? json(interceptor_->points()) : json::array()},
+                         {"kinds", kinds},
+                         {"limit", fmt::format("{}/{}s", options_.recovery.max_recoveries, options_.recovery.window.count())},
+                         {"crashes", crashes_},
+                         {"recovered", recoveries_},
+                         {"reboots", reboots_},
+                         {"quarantined", quarantine_.to_json()},
+                         {"event_log", dir_.file("events.jsonl")}};
+  if (!last_crash_.is_null()) s["last_crash"] = last_crash_;
   return s;
 }
 
@@ -438,6 +503,292 @@ std::string Supervisor::last_console_lines(std::size_t n) const {
   std::string out;
   for (const auto& line : last_lines(options_.machine.console_log, n)) out += "  | " + line + "\n";
   return out.empty() ? "  (the console is empty)\n" : out;
+}
+
+// ---- Recovery (docs/recovery.md) -------------------------------------------------------
+
+void Supervisor::event(const std::string& name, json fields) {
+  if (std::string problem = events_.append(name, std::move(fields)); !problem.empty()) options_.say(problem);
+}
+
+Kernel& Supervisor::guest_kernel() {
+  json profile = profile_ ? profile_->status() : json::object();
+  if (!profile.contains("taken_at")) fail(ExitCode::failure, "no guest profile yet (the agent has not reported one)");
+  if (!kernel_ || kernel_profile_ != profile["taken_at"].get<std::string>()) {
+    kernel_ = Kernel::open(machine_->memory(), GuestProfile::load(dir_.file("profile")), std::nullopt);
+    kernel_profile_ = profile["taken_at"].get<std::string>();
+  }
+  kernel_->memory().forget_translations();  // the guest ran since the last read
+  return *kernel_;
+}
+
+void Supervisor::arm_interception() {
+  if (!profile_ || profile_->busy()) return;
+  json profile = profile_->status();
+  if (!profile.contains("taken_at")) return;
+  std::string taken = profile["taken_at"].get<std::string>();
+  if (taken == armed_profile_) return;
+  armed_profile_ = taken;  // one attempt per profile, whatever happens
+  try {
+    Kernel& kernel = guest_kernel();
+    machine_->pause();
+    std::vector<std::string> notes;
+    try {
+      notes = interceptor_->arm(kernel);
+    } catch (...) {
+      machine_->resume();
+      throw;
+    }
+    machine_->resume();
+    event("armed", {{"interception", interceptor_->points()}, {"notes", notes}});
+    for (const auto& n : notes) options_.say(n);
+  } catch (const std::exception& e) {
+    event("arm-failed", {{"error", e.what()}});
+    options_.say(std::string("cannot arm crash interception (crashes will reboot the guest): ") + e.what());
+  }
+}
+
+void Supervisor::on_breakpoint(int vcpu) {
+  std::optional<std::string> point;
+  try {
+    if (vcpu >= 0) point = interceptor_->point_at(machine_->read_registers(vcpu).rip);
+  } catch (const Error&) {
+  }
+  if (!point) {
+    // Not ours (or a vCPU we cannot read): never leave the guest stopped for it.
+    options_.say(fmt::format("an unexpected debug stop on vCPU {}: resuming", vcpu));
+    machine_->resume();
+    return;
+  }
+  auto record = interceptor_->record(++crashes_, vcpu, "breakpoint", *point);
+  record.time = utc_now();
+  on_crash(std::move(record));
+}
+
+void Supervisor::on_crash(repair::CrashRecord record) {
+  auto t0 = Clock::now();
+  auto ms_since = [&](Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); };
+  guest_state_ = "crashed";
+  json analysis_json, plan_json;
+  repair::RepairPlan plan;
+  repair::CrashAnalysis analysis;
+  std::optional<std::string> kernel_error;
+  try {
+    Kernel& kernel = guest_kernel();
+    analysis = repair::analyze_crash(kernel, record);
+    plan = repair::plan_repair(kernel, record, analysis);
+    if (plan.resume && options_.recovery.disabled_kinds.count(analysis.kind)) {
+      plan.resume = false;
+      plan.reason = "recovery of " + analysis.kind + " crashes is disabled by policy";
+    }
+    if (plan.resume && !budget_.available(Clock::now())) {
+      plan.resume = false;
+      plan.reason = fmt::format("the recovery limit is reached ({} in {} s): a driver that keeps crashing is "
+                                "better served by a reboot", options_.recovery.max_recoveries,
+                                options_.recovery.window.count());
+    }
+    if (plan.resume) {
+      try {
+        validate_plan(plan, analysis, kernel);
+      } catch (const Error& e) {
+        plan.resume = false;
+        plan.reason = std::string("the plan failed validation: ") + e.what();
+      }
+    }
+    analysis_json = analysis.to_json();
+  } catch (const std::exception& e) {
+    kernel_error = e.what();
+    plan.resume = false;
+    plan.reason = std::string("the crashed kernel cannot be analysed: ") + e.what();
+  }
+  plan_json = plan.to_json();
+  double analysis_ms = ms_since(t0);
+  std::string summary = kernel_error ? plan.reason : analysis.summary();
+  last_crash_ = {{"crash", record.id}, {"time", record.time}, {"summary", summary}, {"decision", plan.resume ? "resume" : "reboot"},
+                 {"reason", plan.reason}};
+  event("crash", {{"crash", record.id}, {"caught_by", record.caught_by}, {"at", record.intercepted_at},
+                  {"vcpu", record.vcpu}, {"summary", summary}, {"analysis", analysis_json}});
+  event("plan", {{"crash", record.id}, {"plan", plan_json}});
+  options_.say(fmt::format("crash {} caught at {} on vCPU {}: {}", record.id, record.intercepted_at, record.vcpu, summary));
+  if (!plan.resume) {
+    save_crash(record, analysis_json, plan_json);
+    reboot_guest(plan.reason, record.id);
+    return;
+  }
+  auto t_apply = Clock::now();
+  try {
+    interceptor_->apply(plan, *kernel_);
+    machine_->resume();
+  } catch (const std::exception& e) {
+    save_crash(record, analysis_json, plan_json);
+    reboot_guest(std::string("applying the repair failed: ") + e.what(), record.id);
+    return;
+  }
+  double apply_ms = ms_since(t_apply), total_ms = ms_since(t0);
+  budget_.spend(Clock::now());
+  quarantine_.add(plan, record.id, record.time);
+  guest_state_ = "recovering";
+  verification_ = Verification{record.id, Clock::now(), Deadline::in(options_.recovery.verify_timeout).at(),
+                               agent_->heartbeats(), false, std::nullopt, ""};
+  event("resumed", {{"crash", record.id}, {"actions", plan.reason}, {"analysis_ms", analysis_ms},
+                    {"apply_ms", apply_ms}, {"intercept_to_resume_ms", total_ms}});
+  options_.say(fmt::format("crash {}: repaired ({}) and resumed {:.1f} ms after interception; verifying", record.id,
+                           plan.reason, total_ms));
+  save_crash(record, analysis_json, plan_json);
+}
+
+void Supervisor::verify_recovery() {
+  auto& v = *verification_;
+  if (!v.probe_sent && agent_->heartbeats() > v.heartbeats && !agent_->closed()) {
+    // The agent's loop runs again; now a real round trip through a new process.
+    v.probe_sent = true;
+    try {
+      agent_->exec({"true"}, 10'000, [this, id = v.crash](const agent::ExecResult* result, const std::string& error) {
+        if (!verification_ || verification_->crash != id) return;
+        verification_->probe_ok = result && result->exit_code == 0;
+        if (!result) verification_->probe_error = error;
+      });
+    } catch (const Error& e) {
+      v.probe_ok = false;
+      v.probe_error = e.what();
+    }
+  }
+  if (v.probe_ok && *v.probe_ok) {
+    double ms = std::chrono::duration<double, std::milli>(Clock::now() - v.resumed_at).count();
+    ++recoveries_;
+    event("recovered", {{"crash", v.crash}, {"verify_ms", ms}});
+    options_.say(fmt::format("crash {}: the guest is healthy again (heartbeat and a new process within {:.0f} ms)", v.crash, ms));
+    last_crash_["outcome"] = "recovered";
+    guest_state_ = "running";
+    verification_.reset();
+    return;
+  }
+  if ((v.probe_ok && !*v.probe_ok) || Clock::now() >= v.deadline) {
+    std::string why = v.probe_ok ? "the health probe failed: " + (v.probe_error.empty() ? "exit status not 0" : v.probe_error)
+                                 : fmt::format("no heartbeat and health probe within {} ms after resuming",
+                                               options_.recovery.verify_timeout.count());
+    auto id = v.crash;
+    verification_.reset();
+    event("recovery-failed", {{"crash", id}, {"reason", why}});
+    last_crash_["outcome"] = "recovery failed";
+    reboot_guest(why, id);
+  }
+}
+
+void Supervisor::check_hang() {
+  if (!agent_->last_heard() || agent_->closed()) return;
+  if (Clock::now() - *agent_->last_heard() < options_.recovery.hang_timeout) return;
+  std::uint64_t id = ++crashes_;
+  std::string why = fmt::format("no heartbeat from the guest agent for {} s", options_.recovery.hang_timeout.count() / 1000);
+  if (!options_.recovery.enabled) {
+    event("hang", {{"crash", id}, {"reason", why}, {"action", "none (recovery is off)"}});
+    options_.say("the guest seems hung: " + why + " (recovery is off: left alone)");
+    guest_state_ = "hung";
+    return;
+  }
+  try {
+    machine_->pause();
+    auto record = interceptor_->record(id, -1, "hang", "");
+    record.time = utc_now();
+    json stacks = json::array();
+    try {
+      Kernel& kernel = guest_kernel();
+      OrcUnwinder unwinder(kernel);
+      for (const auto& r : record.registers) {
+        json frames = json::array();
+        for (const auto& f : unwinder.unwind(r, 32).frames) frames.push_back(f.symbol);
+        stacks.push_back(frames);
+      }
+    } catch (const std::exception& e) {
+      stacks.push_back(std::string("unreadable: ") + e.what());
+    }
+    event("hang", {{"crash", id}, {"reason", why}, {"cpus", stacks}});
+    save_crash(record, {{"kind", "hang"}, {"cpus", stacks}}, {{"resume", false}, {"reason", why}});
+  } catch (const Error& e) {
+    options_.say(std::string("cannot inspect the hung guest: ") + e.what());
+  }
+  reboot_guest(why, id);
+}
+
+void Supervisor::reboot_guest(const std::string& reason, std::uint64_t crash) {
+  options_.say(fmt::format("crash {}: rebooting the guest: {}", crash, reason));
+  event("reboot", {{"crash", crash}, {"reason", reason}});
+  last_crash_["outcome"] = "rebooted";
+  ++reboots_;
+  old_boot_id_ = agent_->hello() ? agent_->hello()->boot_id : "";
+  agent_->abandon("the guest is rebooting");
+  verification_.reset();
+  pause_after_crash_.reset();
+  try {
+    if (machine_->state() == RunState::running) machine_->pause();
+    interceptor_->disarm();
+    guest_state_ = "rebooting";  // before the reset: its RESET event is ours
+    machine_->reset();
+    machine_->resume();
+  } catch (const Error& e) {
+    options_.say(std::string("the reboot failed: ") + e.what());
+    stop_requested_ = true;
+    stop_reason_ = "the crashed guest could not be rebooted";
+    exit_code_ = static_cast<int>(ExitCode::guest_crashed);
+    return;
+  }
+  armed_profile_.clear();
+  quarantine_.clear();
+  kernel_.reset();
+}
+
+void Supervisor::after_reboot_hello() {
+  const auto& hello = *agent_->hello();
+  guest_state_ = "running";
+  event("rebooted", {{"boot_id", hello.boot_id}, {"previous_boot_id", old_boot_id_}});
+  options_.say(fmt::format("guest \"{}\" is up again after the reboot: boot id {}", options_.machine.name, hello.boot_id));
+  old_boot_id_.clear();
+  if (!profile_->busy()) profile_->collect(agent_->modules_generation());
+}
+
+void Supervisor::save_crash(const repair::CrashRecord& record, const json& analysis, const json& plan) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir_.file("crashes"), ec);
+  std::string path = fmt::format("{}/crash-{}.json", dir_.file("crashes"), record.id);
+  std::ofstream out(path, std::ios::trunc);
+  out << json{{"record", repair::to_json(record)}, {"analysis", analysis}, {"plan", plan}}.dump(2) << "\n";
+}
+
+void Supervisor::answer_unquarantine(int fd, const json& request) {
+  auto& client = *clients_.at(fd);
+  std::vector<std::string> names;
+  const json& given = request.value("functions", json::array());
+  if (given.is_array())
+    for (const auto& n : given)
+      if (n.is_string()) names.push_back(n.get<std::string>());
+  bool all = request.value("all", false);
+  if (names.empty() && !all) {
+    client.reply_error(static_cast<int>(ExitCode::usage), "name the functions to unquarantine, or --all");
+    clients_.erase(fd);
+    return;
+  }
+  if (guest_state_ != "running") {
+    client.reply_error(static_cast<int>(ExitCode::failure), "the guest is " + guest_state_ + ", not running");
+    clients_.erase(fd);
+    return;
+  }
+  try {
+    Kernel& kernel = guest_kernel();
+    machine_->pause();
+    std::vector<std::string> done;
+    try {
+      done = quarantine_.release(*machine_, kernel, names);
+    } catch (...) {
+      machine_->resume();
+      throw;
+    }
+    machine_->resume();
+    event("unquarantine", {{"result", done}});
+    client.reply({{"released", done}});
+  } catch (const Error& e) {
+    client.reply_error(e.exit_code(), e.what());
+  }
+  clients_.erase(fd);
 }
 
 }  // namespace immortal::vmm

@@ -14,6 +14,10 @@
 #include "machine_config.h"
 #include "profile_collector.h"
 #include "kernel/kernel.h"
+#include "recovery/crash_interceptor.h"
+#include "recovery/event_log.h"
+#include "recovery/quarantine.h"
+#include "recovery/recovery_policy.h"
 
 #include <chrono>
 #include <functional>
@@ -31,7 +35,8 @@ struct SupervisorOptions {
   std::chrono::milliseconds hello_timeout{60'000};
   std::chrono::milliseconds stop_grace{5'000};  // for the guest to power itself off
   bool echo_console = false;                    // copy the serial console to stdout
-  bool recovery = true;                         // --recovery on|off (see docs/recovery.md)
+  RecoveryPolicy recovery;                      // --recovery on|off and its limits (docs/recovery.md)
+  std::string event_log;                        // --event-log: also append events here
   // Called once the guest's agent said hello (used by --detach to release the parent).
   std::function<void(const std::string& summary)> on_ready;
   // Progress lines for the operator ("immortal: ..."); stderr by default.
@@ -61,6 +66,19 @@ class Supervisor {
   void answer_exec(int fd, const json& request);
   void answer_inject(int fd, const json& request);
   json introspect(const std::string& part);
+  void answer_unquarantine(int fd, const json& request);
+
+  // Recovery (docs/recovery.md).
+  Kernel& guest_kernel();                 // from the newest profile, translations fresh
+  void arm_interception();
+  void on_breakpoint(int vcpu);
+  void on_crash(repair::CrashRecord record);
+  void verify_recovery();
+  void check_hang();
+  void reboot_guest(const std::string& reason, std::uint64_t crash);
+  void after_reboot_hello();
+  void save_crash(const repair::CrashRecord& record, const json& analysis, const json& plan);
+  void event(const std::string& name, json fields);
   json status() const;
   void pump_console();
   std::string last_console_lines(std::size_t n) const;
@@ -84,6 +102,25 @@ class Supervisor {
   std::string guest_state_ = "starting";
   std::uint64_t console_offset_ = 0;
   std::optional<Clock::time_point> pause_after_crash_;  // when to freeze a crashed guest
+  std::optional<std::uint64_t> reboot_after_pause_;     // …and then reboot it (crash id)
+
+  std::unique_ptr<CrashInterceptor> interceptor_;
+  EventLog events_;
+  QuarantineList quarantine_;
+  RecoveryBudget budget_;
+  std::string armed_profile_;          // taken_at of the profile the breakpoints come from
+  std::uint64_t crashes_ = 0, recoveries_ = 0, reboots_ = 0;
+  std::string old_boot_id_;            // while rebooting: the boot that crashed
+  struct Verification {
+    std::uint64_t crash = 0;
+    Clock::time_point resumed_at{}, deadline{};
+    std::uint64_t heartbeats = 0;       // at resume: a later one proves the guest runs
+    bool probe_sent = false;
+    std::optional<bool> probe_ok;
+    std::string probe_error;
+  };
+  std::optional<Verification> verification_;
+  json last_crash_;
 };
 
 }  // namespace immortal::vmm

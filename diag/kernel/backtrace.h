@@ -15,6 +15,11 @@ struct Frame {
   std::uint64_t pc = 0;
   std::string symbol;    // "func+0x1a/0x40 [module]"
   bool reliable = false;
+  // For recovery (ORC frames only): the stack pointer while this frame's function runs at pc
+  // (for a call frame: just after the call returned), and the address of the pt_regs frame when
+  // pc came from an exception or interrupt frame (all registers at pc are saved there).
+  std::uint64_t sp = 0;
+  std::uint64_t regs = 0;
 };
 
 struct Backtrace {

@@ -38,6 +38,9 @@ class KernelMemory {
   std::optional<std::uint64_t> to_physical(std::uint64_t vaddr) const;
 
   const KernelLayout& layout() const { return layout_; }
+  // Live memory changes under us: vmalloc'd pages (task stacks, module text) are remapped as
+  // tasks come and go. Call before reading a live guest again after it ran.
+  void forget_translations() const { pages_.clear(); }
   const PhysicalMemory& physical() const { return memory_; }
 
  private:

@@ -113,7 +113,7 @@ Backtrace OrcUnwinder::unwind(const X86Registers& r, std::size_t max_frames) {
   std::uint64_t regs = 0;  // address of the last full pt_regs frame, 0 when there is none
   bool signal = true;                 // ip is exact (not a return address) at the start and after exceptions
   std::set<std::pair<std::uint64_t, std::uint64_t>> seen;
-  bt.frames.push_back({ip, kernel_.symbols().describe(ip), true});
+  bt.frames.push_back({ip, kernel_.symbols().describe(ip), true, sp, 0});
   try {
     while (bt.frames.size() < max_frames) {
       if (!seen.insert({ip, sp}).second) {
@@ -180,10 +180,11 @@ Backtrace OrcUnwinder::unwind(const X86Registers& r, std::size_t max_frames) {
           return bt;
       }
       if (ip < kUserSpaceEnd) {
-        bt.frames.push_back({ip, fmt::format("{:#x} (user space)", ip), true});
+        bt.frames.push_back({ip, fmt::format("{:#x} (user space)", ip), true, sp, orc->type == kTypeRegs ? regs : 0});
         break;  // entered from user mode: the kernel stack ends here
       }
-      bt.frames.push_back({ip, signal ? kernel_.symbols().describe(ip) : kernel_.symbols().describe_return(ip), true});
+      bt.frames.push_back({ip, signal ? kernel_.symbols().describe(ip) : kernel_.symbols().describe_return(ip), true,
+                           sp, orc->type == kTypeRegs ? regs : 0});
     }
   } catch (const MemoryFault& e) {
     bt.problem = fmt::format("stack unreadable: {}", e.what());

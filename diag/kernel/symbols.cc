@@ -72,6 +72,18 @@ std::optional<std::uint64_t> SymbolTable::address_of(const std::string& name) co
   return sorted_[it->second].address;
 }
 
+std::optional<std::uint64_t> SymbolTable::address_in(const std::string& name, const std::string& module) const {
+  for (const auto& s : sorted_)
+    if (s.name == name && s.module == module) return s.address;
+  return std::nullopt;
+}
+
+const Symbol* SymbolTable::next_after(const Symbol& s) const {
+  auto next = std::upper_bound(sorted_.begin(), sorted_.end(), s.address,
+                               [](std::uint64_t a, const Symbol& x) { return a < x.address; });
+  return next == sorted_.end() ? nullptr : &*next;
+}
+
 std::optional<std::uint64_t> SymbolTable::percpu_offset(const std::string& name) const {
   auto it = percpu_.find(name);
   if (it == percpu_.end()) return std::nullopt;

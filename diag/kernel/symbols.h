@@ -29,6 +29,11 @@ class SymbolTable {
   std::optional<std::uint64_t> percpu_offset(const std::string& name) const;
   // The symbol at or below address, if address is plausibly inside it (before the next symbol).
   const Symbol* lookup(std::uint64_t address) const;
+  // The address of name as defined by one module ("" = the kernel image): static functions of
+  // different modules may share a name.
+  std::optional<std::uint64_t> address_in(const std::string& name, const std::string& module) const;
+  // The first symbol above s's address (so s's size is the distance), nullptr at the end.
+  const Symbol* next_after(const Symbol& s) const;
   // "func+0x1a/0x40 [module]" or "0xffff..." when unknown.
   std::string describe(std::uint64_t address) const;
   // For a return address: the call is the instruction before it, which may end the function

@@ -23,6 +23,11 @@ struct RunOptions {
   std::string console_log;
   int boot_timeout_s = 60;
   std::string recovery = "on";
+  std::vector<std::string> no_recover;  // crash kinds recovery must not repair
+  std::string recovery_limit;           // COUNT/SECONDS
+  int hang_timeout_s = 30;
+  int verify_timeout_s = 20;
+  std::string event_log;
 };
 
 int run_command(const GlobalOptions& global, const RunOptions& options);
@@ -36,6 +41,9 @@ int list_faults_command();
 // from the guest's memory (part: tasks, modules, dmesg).
 int introspect_command(const GlobalOptions& global, const std::string& name, const std::string& part, bool as_json);
 int dump_command(const GlobalOptions& global, const std::string& name, const std::string& file);
+int unquarantine_command(const GlobalOptions& global, const std::string& name, const std::vector<std::string>& functions,
+                         bool all);
+int events_command(const GlobalOptions& global, const std::string& name, bool as_json);
 int stop_command(const GlobalOptions& global, const std::string& name, bool force, int timeout_s);
 
 }  // namespace immortal::vmm

@@ -78,7 +78,25 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
   row("QEMU PID:", std::to_string(s.value("qemu_pid", 0)));
   row("Accelerator:", s.value("accelerator", "") + " (" + s.value("accelerator_reason", "") + ")");
   std::string recovery = s.value("recovery", "?");
-  row("Recovery:", recovery == "on" ? "on (not built yet: a crash is reported and the guest frozen)" : recovery);
+  const json& rs = s.value("recovery_state", json::object());
+  if (recovery == "on") {
+    std::vector<std::string> kinds;
+    for (const auto& k : rs.value("kinds", json::array())) kinds.push_back(k.get<std::string>());
+    recovery = fmt::format("on ({}; at most {}), {}", fmt::join(kinds, " "), rs.value("limit", "?"),
+                           rs.value("armed", false) ? "armed at " + fmt::format("{}", fmt::join(rs.value("interception", std::vector<std::string>{}), ", "))
+                                                    : "not armed yet");
+  }
+  row("Recovery:", recovery);
+  row("Crashes:", fmt::format("{} caught, {} recovered, {} rebooted", rs.value("crashes", 0), rs.value("recovered", 0),
+                              rs.value("reboots", 0)));
+  if (s.contains("last_crash")) {
+    const json& c = s["last_crash"];
+    row("Last crash:", fmt::format("#{} at {}: {}", c.value("crash", 0), c.value("time", ""), c.value("summary", "")));
+    row("", fmt::format("→ {} ({})", c.value("outcome", c.value("decision", "")), c.value("reason", "")));
+  }
+  for (const auto& q : rs.value("quarantined", json::array()))
+    row("Quarantined:", fmt::format("{} [{}] at {} since crash {}", q.value("function", ""), q.value("module", ""),
+                                    q.value("address", ""), q.value("crash", 0)));
   row("vCPUs:", std::to_string(s.value("vcpus", 0)));
   row("Memory:", mib(s.value("memory_bytes", json(0))));
   row("Kernel:", s.value("kernel_release", "-"));
@@ -160,6 +178,38 @@ int dump_command(const GlobalOptions& g, const std::string& name, const std::str
   json r = call(g, name, {{"command", "dump"}, {"path", path}}, std::chrono::minutes(11));
   std::cout << fmt::format("Domain {} dumped to {} ({:.2f} s, QEMU's dump-guest-memory)\n", name, path,
                            r.value("seconds", 0.0));
+  return 0;
+}
+
+int unquarantine_command(const GlobalOptions& g, const std::string& name, const std::vector<std::string>& functions,
+                         bool all) {
+  if (functions.empty() && !all) fail(ExitCode::usage, "name the functions to unquarantine, or use --all");
+  json r = call(g, name, {{"command", "unquarantine"}, {"functions", functions}, {"all", all}}, std::chrono::seconds(10));
+  auto released = r.value("released", json::array());
+  if (released.empty()) std::cout << "Nothing was quarantined\n";
+  for (const auto& line : released) std::cout << line.get<std::string>() << "\n";
+  return 0;
+}
+
+int events_command(const GlobalOptions& g, const std::string& name, bool as_json) {
+  json r = call(g, name, {{"command", "events"}}, std::chrono::seconds(5));
+  for (const auto& e : r.value("events", json::array())) {
+    if (as_json) {
+      std::cout << e.dump() << "\n";
+      continue;
+    }
+    std::string what = e.value("event", "");
+    std::string text;
+    if (e.contains("summary")) text = e["summary"].get<std::string>();
+    else if (e.contains("reason")) text = e["reason"].get<std::string>();
+    else if (e.contains("actions")) text = fmt::format("{} — resumed {:.1f} ms after interception", e["actions"].get<std::string>(),
+                                                       e.value("intercept_to_resume_ms", 0.0));
+    else if (e.contains("verify_ms")) text = fmt::format("healthy {:.0f} ms after resuming", e["verify_ms"].get<double>());
+    else if (e.contains("boot_id")) text = "boot id " + e["boot_id"].get<std::string>();
+    else if (e.contains("interception")) text = fmt::format("{}", fmt::join(e["interception"].get<std::vector<std::string>>(), ", "));
+    std::string crash = e.contains("crash") ? fmt::format("#{}", e["crash"].get<std::uint64_t>()) : "";
+    std::cout << fmt::format("{}  {:<16}{:<5}{}\n", e.value("time", ""), what, crash, text);
+  }
   return 0;
 }
 

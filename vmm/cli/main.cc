@@ -36,6 +36,14 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--console-log", run.console_log, "serial console log file (default: in the runtime dir)");
   run_cmd->add_option("--recovery", run.recovery, "on or off: off lets the stock kernel's crash behaviour show")
       ->check(CLI::IsMember({"on", "off"}));
+  run_cmd->add_option("--no-recover", run.no_recover, "a crash kind recovery must not repair (oops, bug, warn, panic); repeatable")
+      ->check(CLI::IsMember({"oops", "bug", "warn", "panic"}));
+  run_cmd->add_option("--recovery-limit", run.recovery_limit, "at most COUNT recoveries in SECONDS, then reboot (default: 20/600)");
+  run_cmd->add_option("--hang-timeout", run.hang_timeout_s, "seconds without an agent heartbeat before the guest counts as hung (default: 30)")
+      ->check(CLI::Range(3, 86400));
+  run_cmd->add_option("--verify-timeout", run.verify_timeout_s, "seconds for a recovered guest to prove it is healthy (default: 20)")
+      ->check(CLI::Range(1, 3600));
+  run_cmd->add_option("--event-log", run.event_log, "also append the event log (JSON lines) to this file");
   run_cmd->add_option("--boot-timeout", run.boot_timeout_s, "seconds to wait for the agent's hello (default: 60)")
       ->check(CLI::Range(1, 3600));
 
@@ -92,6 +100,18 @@ int main(int argc, char** argv) {
   diag_cmd->add_flag("--bt", diag.backtraces, "backtraces of every CPU");
   diag_cmd->add_flag("--json", diag.json, "machine-readable output");
 
+  std::vector<std::string> functions;
+  bool unquarantine_all = false;
+  auto* unquarantine_cmd = app.add_subcommand("unquarantine", "restore driver functions that recovery quarantined");
+  unquarantine_cmd->add_option("name", name, "instance name")->required();
+  unquarantine_cmd->add_option("function", functions, "function names (see immortal status)");
+  unquarantine_cmd->add_flag("-a,--all", unquarantine_all, "every quarantined function");
+
+  bool events_json = false;
+  auto* events_cmd = app.add_subcommand("events", "the instance's recent events: crashes, repairs, reboots");
+  events_cmd->add_option("name", name, "instance name")->required();
+  events_cmd->add_flag("--json", events_json, "one JSON object per line, as in the event log");
+
   bool force = false;
   int stop_timeout = 30;
   auto* stop_cmd = app.add_subcommand("stop", "power the guest off and end its supervisor");
@@ -121,6 +141,8 @@ int main(int argc, char** argv) {
     if (*exec_cmd) return exec_command(global, name, command, exec_timeout);
     if (*stop_cmd) return stop_command(global, name, force, stop_timeout);
     if (*dump_cmd) return dump_command(global, name, dump_file);
+    if (*unquarantine_cmd) return unquarantine_command(global, name, functions, unquarantine_all);
+    if (*events_cmd) return events_command(global, name, events_json);
     if (*diag_cmd) return diag_command(diag);
     for (auto& [cmd, part] : views)
       if (*cmd) return introspect_command(global, name, part, view_json);

@@ -126,7 +126,12 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   options.accelerator = accel;
   options.hello_timeout = std::chrono::seconds(o.boot_timeout_s);
   options.echo_console = o.console;
-  options.recovery = o.recovery == "on";
+  options.recovery.enabled = o.recovery == "on";
+  for (const auto& k : o.no_recover) options.recovery.disabled_kinds.insert(k);
+  if (!o.recovery_limit.empty()) options.recovery.set_limit(o.recovery_limit);
+  options.recovery.hang_timeout = std::chrono::seconds(o.hang_timeout_s);
+  options.recovery.verify_timeout = std::chrono::seconds(o.verify_timeout_s);
+  options.event_log = absolute(o.event_log);
 
   Detacher detacher;
   if (o.detach) {

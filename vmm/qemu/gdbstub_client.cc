@@ -121,6 +121,14 @@ void GdbstubClient::remove_hw_breakpoint(std::uint64_t address, Deadline deadlin
     fail(ExitCode::qemu, "gdbstub: cannot remove the breakpoint at {:#x}", address);
 }
 
+void GdbstubClient::write_memory(int thread, std::uint64_t address, std::span<const std::uint8_t> bytes,
+                                 Deadline deadline) {
+  select_thread(thread, deadline);
+  std::string packet = fmt::format("M{:x},{:x}:", address, bytes.size());
+  for (auto b : bytes) packet += fmt::format("{:02x}", b);
+  if (request(packet, deadline) != "OK") fail(ExitCode::qemu, "gdbstub: cannot write guest memory at {:#x}", address);
+}
+
 std::vector<GdbStop> GdbstubClient::take_stops() {
   for (;;) {
     bool would_block = false;

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,8 @@ class GdbstubClient {
   void write_registers(int thread, const std::string& block, Deadline deadline);
   void insert_hw_breakpoint(std::uint64_t address, Deadline deadline);
   void remove_hw_breakpoint(std::uint64_t address, Deadline deadline);
+  // Writes memory at a virtual address in that thread's (vCPU's) view ("M" packet).
+  void write_memory(int thread, std::uint64_t address, std::span<const std::uint8_t> bytes, Deadline deadline);
 
   int fd() const { return socket_.get(); }
   // Reads what is available without blocking and returns stop notifications received.

@@ -262,6 +262,16 @@ void QemuMachine::remove_breakpoint(std::uint64_t guest_virtual) {
   gdb_->remove_hw_breakpoint(guest_virtual, Deadline::in(kCommandTimeout));
 }
 
+void QemuMachine::write_virtual(int vcpu, std::uint64_t guest_virtual, std::span<const std::uint8_t> bytes) {
+  require_paused("writing guest code");
+  if (vcpu < 0 || vcpu >= vcpu_count()) fail(ExitCode::failure, "no vCPU {}", vcpu);
+  // The gdbstub writes through cpu_memory_rw_debug(), which invalidates TCG's translations of
+  // the page; a write to the shared RAM file from here would leave stale code running.
+  gdb_->write_memory(threads_[vcpu], guest_virtual, bytes, Deadline::in(kCommandTimeout));
+}
+
+void QemuMachine::reset() { qmp_->execute("system_reset", json::object(), Deadline::in(kCommandTimeout)); }
+
 std::vector<int> QemuMachine::event_fds() const {
   std::vector<int> fds;
   if (qmp_ && !qmp_->closed()) fds.push_back(qmp_->fd());

@@ -47,6 +47,8 @@ class QemuMachine final : public vmm::Machine {
   void write_registers(int vcpu, const X86Registers& registers) override;
   void insert_breakpoint(std::uint64_t guest_virtual) override;
   void remove_breakpoint(std::uint64_t guest_virtual) override;
+  void write_virtual(int vcpu, std::uint64_t guest_virtual, std::span<const std::uint8_t> bytes) override;
+  void reset() override;
 
   PhysicalMemory& memory() override { return *memory_; }
 

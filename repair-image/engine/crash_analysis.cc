@@ -1,0 +1,288 @@
+#include "engine/crash_analysis.h"
+
+#include "base/error.h"
+#include "kernel/modules.h"
+#include "kernel/orc_unwind.h"
+#include "kernel/printk.h"
+#include "kernel/tasks.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace immortal::repair {
+
+namespace {
+
+constexpr std::uint64_t kKernelSpaceStart = 0xffff800000000000ull;
+constexpr std::size_t kMaxMessage = 256;
+constexpr std::size_t kLogRecordsToSearch = 80;
+
+// The name of the function containing address, without the compiler's ".cold" split suffix.
+std::string function_of(const SymbolTable& symbols, std::uint64_t address, std::string* module = nullptr) {
+  const Symbol* s = symbols.lookup(address);
+  if (!s) return "";
+  if (module) *module = s->module;
+  std::string name = s->name;
+  if (auto dot = name.find(".cold"); dot != std::string::npos) name.resize(dot);
+  return name;
+}
+
+bool in_module(const SymbolTable& symbols, std::uint64_t address, const std::string& module) {
+  const Symbol* s = symbols.lookup(address);
+  return s && s->module == module && (s->type == 't' || s->type == 'T');
+}
+
+// The header line of the last oops or warning the kernel printed, and the lines just before
+// it (where "kernel BUG at" and the list-debugging reports are printed).
+void read_oops_text(const Kernel& kernel, CrashAnalysis& a) {
+  KernelLog log = read_kernel_log(kernel);
+  static const char* const kHeaders[] = {"BUG: ", "general protection fault", "divide error", "invalid opcode",
+                                         "Oops:", "stack guard page", "double fault", "WARNING: "};
+  const auto& r = log.records;
+  std::size_t header = r.size();
+  for (std::size_t back = 0; back < r.size() && back < kLogRecordsToSearch && header == r.size(); ++back) {
+    const std::string& t = r[r.size() - 1 - back].text;
+    for (const char* h : kHeaders)
+      if (t.rfind(h, 0) == 0) header = r.size() - 1 - back;
+  }
+  if (header == r.size()) return;
+  a.oops_header = r[header].text.substr(0, 200);
+  bool bug_seen = false, corruption_seen = false;
+  for (std::size_t k = header >= 3 ? header - 3 : 0; k <= header; ++k) {
+    if (r[k].text.find("kernel BUG at") != std::string::npos) bug_seen = true;
+    if (r[k].text.find(" corruption") != std::string::npos) corruption_seen = true;
+  }
+  if (a.kind == "oops" && bug_seen) a.kind = "bug";
+  if (corruption_seen) a.unsafe.push_back("the kernel reported corrupted data (\"corruption\" in its log)");
+  if (a.oops_header.rfind("invalid opcode", 0) == 0 && !bug_seen)
+    a.unsafe.push_back("an invalid instruction that is not a BUG(): the code itself may be corrupted");
+  if (a.oops_header.find("stack guard page") != std::string::npos || a.oops_header.rfind("double fault", 0) == 0)
+    a.unsafe.push_back("a kernel stack overflow: the stack below the task is not trustworthy");
+}
+
+}  // namespace
+
+std::uint64_t percpu_base(const Kernel& kernel, const X86Registers& registers, int vcpu) {
+  // In kernel mode GS points at this CPU's per-CPU area (x86-64 per-CPU symbols are offsets).
+  if (registers.gs_base >= kKernelSpaceStart) return registers.gs_base;
+  return kernel.memory().read_u64(kernel.symbol("__per_cpu_offset") + 8 * static_cast<std::uint64_t>(vcpu));
+}
+
+X86Registers read_pt_regs(const Kernel& kernel, std::uint64_t address) {
+  const auto& t = kernel.types();
+  const auto& m = kernel.memory();
+  X86Registers r;
+  auto get = [&](const char* field) { return m.read_u64(address + t.offset_of("pt_regs", field)); };
+  r.r15 = get("r15"); r.r14 = get("r14"); r.r13 = get("r13"); r.r12 = get("r12");
+  r.rbp = get("bp");  r.rbx = get("bx");  r.r11 = get("r11"); r.r10 = get("r10");
+  r.r9 = get("r9");   r.r8 = get("r8");   r.rax = get("ax");  r.rcx = get("cx");
+  r.rdx = get("dx");  r.rsi = get("si");  r.rdi = get("di");  r.rip = get("ip");
+  r.cs = get("cs");   r.rflags = get("flags"); r.rsp = get("sp"); r.ss = get("ss");
+  return r;
+}
+
+CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
+  CrashAnalysis a;
+  a.kind = "unknown";
+  a.cpu = record.vcpu;
+  if (record.vcpu < 0 || record.vcpu >= static_cast<int>(record.registers.size())) {
+    a.unsafe.push_back("the crashing vCPU is not known");
+    return a;
+  }
+  const auto& symbols = kernel.symbols();
+  const auto& mem = kernel.memory();
+  const X86Registers& regs = record.registers[static_cast<std::size_t>(record.vcpu)];
+  try {
+    a.percpu_base = percpu_base(kernel, regs, record.vcpu);
+    auto preempt = symbols.percpu_offset("__preempt_count");
+    auto current = symbols.percpu_offset("current_task");
+    if (!preempt || !current) fail(ExitCode::bad_input, "the profile lacks __preempt_count or current_task");
+    a.preempt_count = mem.read_value<std::uint32_t>(a.percpu_base + *preempt);
+    a.task = mem.read_u64(a.percpu_base + *current);
+    TaskInfo task = read_task(kernel, a.task);
+    a.pid = task.pid;
+    a.comm = task.comm;
+    a.task_flags = mem.read_value<std::uint32_t>(a.task + kernel.types().offset_of("task_struct", "flags"));
+    a.task_stack = mem.read_u64(a.task + kernel.types().offset_of("task_struct", "stack"));
+  } catch (const MemoryFault& e) {
+    a.unsafe.push_back(std::string("the crashing CPU's task is unreadable: ") + e.what());
+    return a;
+  }
+  std::uint32_t count = a.preempt_count & ~kPreemptNeedResched;
+  if (count & kNmiMask) a.context = "nmi";
+  else if (count & kHardirqMask) a.context = "hardirq";
+  else if (count & kSoftirqOffset) a.context = "softirq";
+  else if (a.pid == 0) a.context = "idle";
+  else if (a.task_flags & kPfKthread) a.context = "kernel-thread";
+  else a.context = "process";
+
+  OrcUnwinder unwinder(kernel);
+  a.backtrace = unwinder.unwind(regs);
+  const auto& frames = a.backtrace.frames;
+
+  if (record.intercepted_at == "panic" && frames.size() >= 2) {
+    try {
+      a.message = mem.read_cstring(regs.rdi, kMaxMessage);
+    } catch (const MemoryFault&) {
+      a.message = "(unreadable)";
+    }
+    std::string caller_module;
+    a.panic_caller = function_of(symbols, frames[1].pc - 1, &caller_module);
+    auto first_regs_frame = [&]() -> int {
+      for (std::size_t i = 1; i < frames.size(); ++i)
+        if (frames[i].regs) return static_cast<int>(i);
+      return -1;
+    };
+    if (a.panic_caller == "oops_end") {
+      a.kind = "oops";
+      a.fault_frame = first_regs_frame();
+    } else if (a.panic_caller == "check_panic_on_warn") {
+      a.kind = "warn";
+      a.fault_frame = first_regs_frame();
+    } else if (!caller_module.empty()) {
+      // The module called panic() itself: its state at the call is what we have (panic has
+      // not run an instruction: the callee-saved registers are still the caller's).
+      a.kind = "panic";
+      a.fault_frame = 1;
+      a.fault_registers = regs;
+      a.fault_registers.rip = frames[1].pc;
+      a.fault_registers.rsp = frames[1].sp;
+      a.fault_pc = frames[1].pc;
+    } else {
+      a.kind = "kernel-panic";
+    }
+    if (a.fault_frame > 0 && frames[static_cast<std::size_t>(a.fault_frame)].regs) {
+      try {
+        a.fault_registers = read_pt_regs(kernel, frames[static_cast<std::size_t>(a.fault_frame)].regs);
+        a.fault_pc = a.fault_registers.rip;
+      } catch (const MemoryFault& e) {
+        a.unsafe.push_back(std::string("the fault's register frame is unreadable: ") + e.what());
+        a.fault_frame = -1;
+      }
+    }
+  } else if (record.intercepted_at != "panic") {
+    a.unsafe.push_back("caught by " + record.caught_by + ", not at the start of a crash path");
+  }
+  if (a.kind == "oops" || a.kind == "warn") {
+    try {
+      read_oops_text(kernel, a);
+    } catch (const std::exception& e) {
+      a.notes.push_back(std::string("the kernel log is unreadable: ") + e.what());
+    }
+  }
+
+  if (a.fault_frame > 0) {
+    std::size_t f = static_cast<std::size_t>(a.fault_frame);
+    a.fault_function = a.kind == "panic" ? symbols.describe_return(a.fault_pc) : symbols.describe(a.fault_pc);
+    std::string module;
+    function_of(symbols, a.kind == "panic" ? a.fault_pc - 1 : a.fault_pc, &module);
+    a.fault_in_module = !module.empty();
+    if (!a.fault_in_module) {
+      // The kernel's own code faulted (or called panic); a module further up may have caused it.
+      for (std::size_t i = f + 1; i < frames.size() && module.empty(); ++i) {
+        function_of(symbols, frames[i].pc - 1, &module);
+        if (!module.empty()) f = i;
+      }
+      if (!module.empty())
+        a.unsafe.push_back(fmt::format("the faulting instruction is in the kernel's own code ({}), called by "
+                                       "module {}: kernel state may be inconsistent", a.fault_function, module));
+    }
+    a.module = module;
+    if (!module.empty()) {
+      std::size_t i = f;
+      while (i + 1 < frames.size() && !frames[i + 1].regs && in_module(symbols, frames[i + 1].pc - 1, module)) ++i;
+      a.outer_module_frame = static_cast<int>(i);
+      if (i + 1 < frames.size()) a.outer_caller = function_of(symbols, frames[i + 1].pc - 1);
+    }
+  }
+
+  // Context checks every recovery needs.
+  if (a.kind == "kernel-panic")
+    a.unsafe.push_back("the kernel itself called panic() from " + a.panic_caller + ": not a driver fault to undo");
+  if (a.kind == "unknown") a.unsafe.push_back("the crash path is not one this version knows");
+  if (a.context == "nmi" || a.context == "hardirq") a.unsafe.push_back("the crash happened in " + a.context + " context");
+  if (a.context == "idle") a.unsafe.push_back("the crash happened in the idle task");
+  if (a.pid == 1) a.unsafe.push_back("the crashing task is init (pid 1)");
+  if (a.task_flags & kPfExiting) a.unsafe.push_back("the crashing task was already exiting");
+  if (a.module.empty() && a.unsafe.empty()) a.unsafe.push_back("no module's code is on the crashing stack");
+  if (a.fault_frame < 0 && a.unsafe.empty()) a.unsafe.push_back("the registers at the fault are not known");
+  if (!a.backtrace.problem.empty()) a.notes.push_back("backtrace: " + a.backtrace.problem);
+
+  // The module's locks that are held.
+  if (!a.module.empty()) {
+    try {
+      ModuleList mods = read_modules(kernel);
+      auto m = std::find_if(mods.modules.begin(), mods.modules.end(), [&](const ModuleInfo& x) { return x.name == a.module; });
+      if (m == mods.modules.end()) fail(ExitCode::bad_input, "module {} is not in the module list", a.module);
+      // Which other CPUs run this module's code right now (a spinlock's holder is running).
+      std::vector<std::string> others_in_module;
+      for (std::size_t v = 0; v < record.registers.size(); ++v) {
+        if (static_cast<int>(v) == record.vcpu || (record.registers[v].cs & 3) != 0) continue;
+        Backtrace bt = unwinder.unwind(record.registers[v], 32);
+        bool in = std::any_of(bt.frames.begin(), bt.frames.end(),
+                              [&](const Frame& fr) { return in_module(symbols, fr.pc - 1, a.module) ||
+                                                            in_module(symbols, fr.pc, a.module); });
+        std::string at = function_of(symbols, record.registers[v].rip);
+        bool waiting = at.find("spin_lock_slowpath") != std::string::npos;
+        if (in && !waiting) others_in_module.push_back(fmt::format("CPU {} ({})", v, at));
+      }
+      std::uint64_t owner_offset = kernel.types().offset_of("mutex", "owner");
+      std::uint64_t wait_list = kernel.types().offset_of("mutex", "wait_list");
+      for (const auto& lock : module_locks(kernel, *m)) {
+        HeldLock h{lock, 0, false, false, ""};
+        if (lock.kind == "mutex") {
+          h.owner_word = mem.read_u64(lock.address + owner_offset);
+          if ((h.owner_word & ~7ull) == 0) continue;
+          h.by_crashing_task = (h.owner_word & ~7ull) == a.task;
+          h.waiters = mem.read_u64(lock.address + wait_list) != lock.address + wait_list;
+          if (!h.by_crashing_task) h.note = "held by another task";
+        } else {
+          h.owner_word = mem.read_value<std::uint32_t>(lock.address);
+          if ((h.owner_word & 0xff) == 0) continue;
+          h.waiters = (h.owner_word & ~0xffull) != 0;
+          if (others_in_module.empty()) {
+            h.by_crashing_task = true;  // spinlocks are held by running code: only this CPU runs the module
+          } else {
+            h.note = "other CPUs run this module's code: " + fmt::format("{}", fmt::join(others_in_module, ", "));
+            a.unsafe.push_back(fmt::format("spinlock {} is held and its holder cannot be told ({})",
+                                           lock.symbol.empty() ? fmt::format("{:#x}", lock.address) : lock.symbol, h.note));
+          }
+        }
+        a.locks.push_back(h);
+      }
+    } catch (const Error& e) {
+      a.unsafe.push_back(std::string("the module's locks cannot be checked: ") + e.what());
+    } catch (const MemoryFault& e) {
+      a.unsafe.push_back(std::string("the module's locks cannot be checked: ") + e.what());
+    }
+  }
+  return a;
+}
+
+nlohmann::json CrashAnalysis::to_json() const {
+  nlohmann::json frames = nlohmann::json::array();
+  for (const auto& f : backtrace.frames) frames.push_back(f.symbol);
+  nlohmann::json held = nlohmann::json::array();
+  for (const auto& h : locks)
+    held.push_back({{"kind", h.lock.kind}, {"address", fmt::format("{:#x}", h.lock.address)}, {"symbol", h.lock.symbol},
+                    {"word", fmt::format("{:#x}", h.owner_word)}, {"by_crashing_task", h.by_crashing_task},
+                    {"waiters", h.waiters}, {"note", h.note}});
+  return {{"kind", kind}, {"context", context}, {"message", message}, {"oops", oops_header},
+          {"panic_caller", panic_caller}, {"cpu", cpu}, {"preempt_count", fmt::format("{:#x}", preempt_count)},
+          {"task", {{"pid", pid}, {"comm", comm}, {"address", fmt::format("{:#x}", task)}, {"flags", fmt::format("{:#x}", task_flags)}}},
+          {"fault", {{"pc", fmt::format("{:#x}", fault_pc)}, {"function", fault_function}, {"in_module", fault_in_module}}},
+          {"module", module}, {"entry_caller", outer_caller},
+          {"entry", outer_module_frame >= 0 ? backtrace.frames[static_cast<std::size_t>(outer_module_frame)].symbol : ""},
+          {"backtrace", frames}, {"backtrace_problem", backtrace.problem}, {"locks_held", held},
+          {"unsafe", unsafe}, {"notes", notes}};
+}
+
+std::string CrashAnalysis::summary() const {
+  std::string who = pid >= 0 ? fmt::format("{} (pid {})", comm, pid) : "unknown task";
+  return fmt::format("{} in {} context on CPU {}: {}{} — task {}{}", kind, context, cpu,
+                     fault_function.empty() ? message : fault_function, module.empty() ? "" : " [" + module + "]",
+                     who, oops_header.empty() ? "" : " — " + oops_header);
+}
+
+}  // namespace immortal::repair

@@ -1,0 +1,77 @@
+// Analysis of a crash caught at its first instruction: what kind of crash, in which context,
+// which task and which module's code caused it, which of that module's locks are held, and
+// whether anything makes the guest unsafe to resume. Pure reading of guest memory.
+#pragma once
+
+#include "engine/crash_record.h"
+#include "engine/module_locks.h"
+#include "kernel/backtrace.h"
+#include "kernel/kernel.h"
+
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace immortal::repair {
+
+// include/linux/preempt.h
+constexpr std::uint32_t kPreemptMask = 0x000000ff, kSoftirqMask = 0x0000ff00, kHardirqMask = 0x000f0000,
+                        kNmiMask = 0x00f00000, kSoftirqOffset = 0x100, kPreemptNeedResched = 0x80000000;
+// include/linux/sched.h
+constexpr std::uint32_t kPfExiting = 0x00000004, kPfKthread = 0x00200000;
+constexpr std::uint64_t kThreadSize = 16 * 1024;  // x86-64 without KASAN
+
+struct HeldLock {
+  LockObject lock;
+  std::uint64_t owner_word = 0;  // mutex: the owner field; spinlock: the lock word
+  bool by_crashing_task = false; // the analysis can tell who holds it
+  bool waiters = false;
+  std::string note;
+};
+
+struct CrashAnalysis {
+  // oops, bug, warn, panic (a panic() call by a module), kernel-panic (by the kernel itself:
+  // lockups, hung tasks, sysrq …), unknown
+  std::string kind;
+  std::string context;          // process, kernel-thread, softirq, hardirq, nmi, idle
+  std::string message;          // panic()'s message (its format string) or the warning's
+  std::string oops_header;      // "BUG: kernel NULL pointer dereference, address: …" etc.
+  std::string panic_caller;     // the function that called panic()
+  int cpu = -1;
+  std::uint64_t percpu_base = 0;
+  std::uint32_t preempt_count = 0;
+  std::uint64_t task = 0;
+  int pid = -1;
+  std::string comm;
+  std::uint32_t task_flags = 0;
+  std::uint64_t task_stack = 0;
+
+  Backtrace backtrace;          // of the crashing CPU, from the interception point
+  // Index of the frame whose full registers are known (the faulting instruction of an
+  // exception, or the caller of panic() for a direct call); -1 if none.
+  int fault_frame = -1;
+  X86Registers fault_registers; // the registers at that frame
+  std::uint64_t fault_pc = 0;
+  std::string fault_function;   // "immortal_fault_null_deref+0x5/0x10 [immortal_fault]"
+  std::string module;           // the module whose code is to blame, "" if none
+  bool fault_in_module = false; // the faulting instruction itself is module code
+  int outer_module_frame = -1;  // the outermost module frame above fault_frame (its entry point)
+  std::string outer_caller;     // the kernel function that called it (a dispatcher, vfs_write …)
+
+  std::vector<HeldLock> locks;  // the module's locks that are held at the crash
+  std::vector<std::string> unsafe;  // reasons the guest must not be resumed (empty: none found)
+  std::vector<std::string> notes;
+
+  nlohmann::json to_json() const;
+  std::string summary() const;  // one line for the operator
+};
+
+CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record);
+
+// Helpers shared with the planner.
+std::uint64_t percpu_base(const Kernel& kernel, const X86Registers& registers, int vcpu);
+X86Registers read_pt_regs(const Kernel& kernel, std::uint64_t address);
+
+}  // namespace immortal::repair

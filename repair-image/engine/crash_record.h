@@ -1,0 +1,30 @@
+// What the supervisor knows at the moment it stopped a crashing guest, before any analysis:
+// which vCPU, how it was caught, every vCPU's registers. The repair engine works from this and
+// the guest's memory only (so it can run in the repair VM of issue 7 as well as in-process).
+#pragma once
+
+#include "x86_64/registers.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace immortal::repair {
+
+struct CrashRecord {
+  std::uint64_t id = 0;            // per instance, counting from 1
+  std::string time;                // UTC, ISO 8601 with milliseconds
+  // How it was caught: "breakpoint" (the first instruction of a crash path), "pvpanic" (the
+  // guest's panic notifier: too late to resume), "hang" (agent heartbeats stopped).
+  std::string caught_by;
+  std::string intercepted_at;      // the symbol of the breakpoint, for "breakpoint"
+  int vcpu = -1;                   // the crashing vCPU (-1 when unknown)
+  std::vector<X86Registers> registers;  // every vCPU, index = vCPU
+};
+
+nlohmann::json to_json(const X86Registers& r);
+nlohmann::json to_json(const CrashRecord& record);
+
+}  // namespace immortal::repair

@@ -1,0 +1,317 @@
+#include "engine/repair_plan.h"
+
+#include "base/error.h"
+#include "x86_64/prologue.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <limits>
+
+namespace immortal::repair {
+
+namespace {
+
+constexpr std::uint64_t kSigkill = 9;
+constexpr std::uint64_t kTaintDie = 1ull << 7;      // TAINT_DIE, include/linux/panic.h
+constexpr std::uint64_t kInterruptFlag = 0x200;     // RFLAGS.IF
+constexpr std::uint64_t kTrapFlag = 0x100;
+constexpr std::size_t kPrologueBytes = 64;
+const std::uint8_t kNop5[] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
+
+// Kernel functions that call a driver's callback and carry on when it returns, with the
+// interrupt flag they run callbacks with (kernel/time/timer.c, kernel/workqueue.c).
+struct Dispatcher {
+  const char* function;
+  const char* what;
+  bool interrupts_on;
+};
+constexpr Dispatcher kDispatchers[] = {
+    {"call_timer_fn", "timer callback", true},
+    {"process_one_work", "work item", true},
+};
+
+std::vector<std::uint8_t> read_bytes(const Kernel& kernel, std::uint64_t address, std::size_t n) {
+  std::vector<std::uint8_t> out(n);
+  kernel.memory().read(address, std::as_writable_bytes(std::span(out)));
+  return out;
+}
+
+template <typename T>
+std::vector<std::uint8_t> bytes_of(T value) {
+  std::vector<std::uint8_t> out(sizeof value);
+  std::memcpy(out.data(), &value, sizeof value);
+  return out;
+}
+
+std::string stripped(std::string name) {
+  if (auto dot = name.find(".cold"); dot != std::string::npos) name.resize(dot);
+  return name;
+}
+
+void set_register(RepairAction& action, const X86Registers& before, const char* name, std::uint64_t value) {
+  action.registers.push_back({name, *before.field(name), value});
+}
+
+// The callback a dispatcher is running on this CPU, read from the dispatcher's own bookkeeping:
+// the tail calls of optimised drivers mean the callback itself may not be on the stack.
+std::uint64_t running_callback(const Kernel& kernel, const CrashAnalysis& a, const std::string& dispatcher) {
+  const auto& t = kernel.types();
+  const auto& m = kernel.memory();
+  if (dispatcher == "call_timer_fn") {
+    auto bases = kernel.symbols().percpu_offset("timer_bases");
+    if (!bases) return 0;
+    std::uint64_t size = t.require_size("timer_base");
+    for (std::uint64_t i = 0; i < 2; ++i) {  // BASE_STD, BASE_DEF (NO_HZ_COMMON)
+      std::uint64_t timer = m.read_u64(a.percpu_base + *bases + i * size + t.offset_of("timer_base", "running_timer"));
+      if (timer) return m.read_u64(timer + t.offset_of("timer_list", "function"));
+    }
+  } else if (dispatcher == "process_one_work") {
+    // kthread_data(current): task->worker_private is the struct kthread (kernel/kthread.c).
+    std::uint64_t kthread = m.read_u64(a.task + t.offset_of("task_struct", "worker_private"));
+    std::uint64_t worker = m.read_u64(kthread + t.offset_of("kthread", "data"));
+    return m.read_u64(worker + t.offset_of("worker", "current_func"));
+  }
+  return 0;
+}
+
+// Patch a module function so that later calls return -EIO instead of running it.
+std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& record, std::uint64_t function,
+                                       const std::string& why, std::vector<std::string>& notes) {
+  const auto& symbols = kernel.symbols();
+  const Symbol* s = symbols.lookup(function);
+  if (!s || s->address != function || s->module.empty()) {
+    notes.push_back(fmt::format("{} is not the start of a module function: not quarantined", symbols.describe(function)));
+    return std::nullopt;
+  }
+  const Symbol* next = symbols.next_after(*s);
+  std::uint64_t room = next ? next->address - s->address : 16;
+  auto head = read_bytes(kernel, function, 16);
+  auto patch = quarantine_patch();
+  if (std::equal(patch.begin(), patch.end(), head.begin() + 5) || std::equal(patch.begin(), patch.end(), head.begin())) {
+    notes.push_back(s->name + " is already quarantined");
+    return std::nullopt;
+  }
+  // Keep the ftrace site (ftrace checks those bytes before it rewrites them).
+  std::uint64_t at = (std::memcmp(head.data(), kNop5, 5) == 0 || head[0] == 0xe8) ? 5 : 0;
+  if (room < at + patch.size()) {
+    notes.push_back(fmt::format("{} is too short to patch ({} bytes)", s->name, room));
+    return std::nullopt;
+  }
+  for (std::size_t v = 0; v < record.registers.size(); ++v) {
+    std::uint64_t rip = record.registers[v].rip;
+    if (static_cast<int>(v) != record.vcpu && rip >= function && rip < function + at + patch.size()) {
+      notes.push_back(fmt::format("CPU {} executes the entry of {}: not quarantined", v, s->name));
+      return std::nullopt;
+    }
+  }
+  RepairAction q{"quarantine-function", why, {}, {}, {}};
+  q.writes.push_back({function + at, std::vector<std::uint8_t>(head.begin() + static_cast<long>(at),
+                                                               head.begin() + static_cast<long>(at + patch.size())),
+                      patch, true});
+  q.detail = {{"module", s->module}, {"function", s->name}, {"address", fmt::format("{:#x}", function)},
+              {"patched_at", fmt::format("{:#x}", function + at)}};
+  return q;
+}
+
+}  // namespace
+
+std::vector<std::uint8_t> quarantine_patch() { return {0x48, 0xc7, 0xc0, 0xfb, 0xff, 0xff, 0xff, 0xc3}; }
+
+X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::size_t from, X86Registers state,
+                               std::size_t target) {
+  const auto& symbols = kernel.symbols();
+  const auto& frames = bt.frames;
+  if (from > target || target + 1 >= frames.size()) fail(ExitCode::bad_input, "no caller frame to return to");
+  for (std::size_t i = from; i <= target; ++i) {
+    const Frame& f = frames[i];
+    bool exact = i == from && (f.regs != 0 || i == 0);  // pc is not a return address
+    const Symbol* s = symbols.lookup(exact ? f.pc : f.pc - 1);
+    if (!s) fail(ExitCode::bad_input, "no symbol for {:#x}", f.pc);
+    std::uint64_t start = s->address;
+    std::uint32_t at = static_cast<std::uint32_t>(f.pc - start);
+    if (s->name.find(".cold") != std::string::npos) {
+      // A split-off cold part runs with its parent's frame, its prologue complete.
+      auto parent = symbols.address_in(stripped(s->name), s->module);
+      if (!parent) fail(ExitCode::bad_input, "no parent function for {}", s->name);
+      start = *parent;
+      at = std::numeric_limits<std::uint32_t>::max();
+    }
+    Prologue p = decode_prologue(read_bytes(kernel, start, kPrologueBytes));
+    std::uint64_t cfa = frames[i + 1].sp;
+    std::uint64_t depth = frame_depth_at(p, at);
+    if (!p.frame_pointer && cfa - 8 - f.sp != depth)
+      fail(ExitCode::bad_input, "the prologue of {} ({} bytes saved) does not match the stack ({} bytes)",
+           stripped(s->name), depth, cfa - 8 - f.sp);
+    for (std::size_t j = 0; j < p.pushes.size(); ++j)
+      if (p.pushes[j].offset < at) *state.field(p.pushes[j].name) = kernel.memory().read_u64(cfa - 16 - 8 * j);
+    if (i == target) {
+      state.rip = kernel.memory().read_u64(cfa - 8);
+      state.rsp = cfa;
+    }
+  }
+  return state;
+}
+
+RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const CrashAnalysis& a) {
+  RepairPlan plan;
+  plan.vcpu = record.vcpu;
+  if (!a.unsafe.empty()) {
+    plan.reason = fmt::format("{}", fmt::join(a.unsafe, "; "));
+    return plan;
+  }
+  const X86Registers& regs = record.registers.at(static_cast<std::size_t>(record.vcpu));
+  const auto& symbols = kernel.symbols();
+  std::vector<std::string> notes;
+  std::uint32_t count = a.preempt_count;
+  std::int64_t preempt_release = 0;  // what the released spinlocks had added to preempt_count
+  try {
+    // 1. The locks the crash left held.
+    for (const auto& h : a.locks) {
+      if (!h.by_crashing_task) continue;
+      RepairAction r{"release-lock", "", {}, {}, {}};
+      std::string name = h.lock.symbol.empty() ? fmt::format("{:#x}", h.lock.address) : h.lock.symbol;
+      if (h.lock.kind == "mutex") {
+        std::uint64_t owner = h.lock.address + kernel.types().offset_of("mutex", "owner");
+        // Clearing the owner is mutex_unlock's fast path; with waiters the flags stay so that the
+        // next unlock wakes them (docs/recovery.md: waiters wait for that next user).
+        std::uint64_t value = h.owner_word & 7;
+        r.writes.push_back({owner, bytes_of(h.owner_word), bytes_of(value), false});
+        r.reason = fmt::format("mutex {} was held by the crashing task{}", name, h.waiters ? " (it has waiters)" : "");
+      } else {
+        if (h.lock.preempt_delta < 0) {
+          plan.reason = "spinlock " + name + " is taken with different lock variants: its preemption count is unknown";
+          return plan;
+        }
+        preempt_release += h.lock.preempt_delta;
+        // queued_spin_unlock(): a release store of 0 to the locked byte; waiters then proceed.
+        r.writes.push_back({h.lock.address, {static_cast<std::uint8_t>(h.owner_word & 0xff)}, {0}, false});
+        r.reason = fmt::format("spinlock {} was held by the crashing CPU", name);
+      }
+      r.detail = {{"lock", name}, {"kind", h.lock.kind}, {"address", fmt::format("{:#x}", h.lock.address)}};
+      plan.actions.push_back(std::move(r));
+    }
+
+    // 2. End the crashing context.
+    std::uint64_t quarantine_target = 0;
+    std::string quarantine_why;
+    const Frame& entry = a.backtrace.frames.at(static_cast<std::size_t>(a.outer_module_frame));
+    const Symbol* entry_symbol = symbols.lookup(static_cast<int>(a.outer_module_frame) == a.fault_frame &&
+                                                a.kind != "panic" ? entry.pc : entry.pc - 1);
+    if (entry_symbol) {
+      auto parent = symbols.address_in(stripped(entry_symbol->name), entry_symbol->module);
+      quarantine_target = parent ? *parent : entry_symbol->address;
+    }
+    if (a.context == "process") {
+      // As the kernel does for an oops with panic_on_oops=0 (oops_end): the task dies with SIGKILL.
+      if (regs.rsp < a.task_stack || regs.rsp >= a.task_stack + kThreadSize) {
+        plan.reason = "the crashing CPU is not on its task's stack";
+        plan.actions.clear();
+        return plan;
+      }
+      RepairAction kill{"kill-task", fmt::format("{} (pid {}) made module {} crash", a.comm, a.pid, a.module), {}, {}, {}};
+      set_register(kill, regs, "rip", kernel.symbol("rewind_stack_and_make_dead"));
+      set_register(kill, regs, "rdi", kSigkill);
+      // make_task_dead() panics for in_interrupt(): bottom halves disabled by the driver count.
+      if (count & kSoftirqMask) {
+        std::uint32_t fixed = count & ~kSoftirqMask;
+        kill.writes.push_back({a.percpu_base + *symbols.percpu_offset("__preempt_count"), bytes_of(count),
+                               bytes_of(fixed), false});
+      }
+      kill.detail = {{"pid", a.pid}, {"comm", a.comm}, {"signal", "SIGKILL"}};
+      plan.actions.push_back(std::move(kill));
+      quarantine_why = fmt::format("later calls of the entry point that crashed fail with EIO");
+    } else if (a.kind == "warn") {
+      // A warning in a kernel thread or softirq: let it complete as a warning
+      // (check_panic_on_warn() returns as it would with panic_on_warn=0).
+      X86Registers after = return_from_frame(kernel, a.backtrace, 0, regs, 1);
+      RepairAction w{"complete-warning", "the warning completes as a warning; the " + a.context + " goes on", {}, {}, {}};
+      for (const char* r : {"rip", "rsp", "rbx", "rbp", "r12", "r13", "r14", "r15"})
+        if (*after.field(r) != *regs.field(r)) set_register(w, regs, r, *after.field(r));
+      plan.actions.push_back(std::move(w));
+    } else {
+      const Dispatcher* d = nullptr;
+      for (const auto& x : kDispatchers)
+        if (a.outer_caller == x.function) d = &x;
+      if (!d) {
+        plan.reason = fmt::format("the crash is in {} context, called by {}, which has no known way to end the "
+                                  "driver's call", a.context, a.outer_caller);
+        plan.actions.clear();
+        return plan;
+      }
+      X86Registers after = return_from_frame(kernel, a.backtrace, static_cast<std::size_t>(a.fault_frame),
+                                             a.fault_registers, static_cast<std::size_t>(a.outer_module_frame));
+      RepairAction end{"end-callback", fmt::format("the {} returns to {} as if it had finished", d->what, d->function),
+                       {}, {}, {}};
+      for (const char* r : {"rip", "rsp", "rbx", "rbp", "r12", "r13", "r14", "r15"})
+        if (*after.field(r) != *regs.field(r)) set_register(end, regs, r, *after.field(r));
+      set_register(end, regs, "rax", 0);
+      std::uint64_t flags = (a.fault_registers.rflags & ~kTrapFlag);
+      flags = d->interrupts_on ? flags | kInterruptFlag : flags & ~kInterruptFlag;
+      set_register(end, regs, "eflags", flags);
+      if (preempt_release) {
+        std::uint32_t fixed = static_cast<std::uint32_t>(count - preempt_release);
+        end.writes.push_back({a.percpu_base + *symbols.percpu_offset("__preempt_count"), bytes_of(count),
+                              bytes_of(fixed), false});
+      }
+      end.detail = {{"dispatcher", d->function}};
+      plan.actions.push_back(std::move(end));
+      if (std::uint64_t cb = running_callback(kernel, a, d->function)) {
+        if (const Symbol* s = symbols.lookup(cb); s && s->module == a.module) quarantine_target = cb;
+      }
+      quarantine_why = fmt::format("the {} is not run again: it returns at once", d->what);
+    }
+
+    // 3. Quarantine the driver's entry point.
+    if (!quarantine_why.empty() && quarantine_target) {
+      if (auto q = quarantine(kernel, record, quarantine_target, quarantine_why, notes)) plan.actions.push_back(*q);
+    }
+
+    // 4. Oops bookkeeping: oops_end() set TAINT_DIE, which silences the hung-task detector
+    //    (kernel/hung_task.c) for the rest of the guest's life.
+    if (a.kind == "oops" || a.kind == "bug") {
+      std::uint64_t taint_address = kernel.symbol("tainted_mask");
+      std::uint64_t taint = kernel.memory().read_u64(taint_address);
+      if (taint & kTaintDie) {
+        RepairAction t{"clear-taint", "TAINT_DIE would keep the hung-task detector silent", {}, {}, {}};
+        t.writes.push_back({taint_address, bytes_of(taint), bytes_of(taint & ~kTaintDie), false});
+        plan.actions.push_back(std::move(t));
+      }
+    }
+  } catch (const Error& e) {
+    plan.reason = std::string("no safe repair: ") + e.what();
+    plan.actions.clear();
+    return plan;
+  } catch (const MemoryFault& e) {
+    plan.reason = std::string("no safe repair: ") + e.what();
+    plan.actions.clear();
+    return plan;
+  }
+  plan.resume = true;
+  std::vector<std::string> kinds;
+  for (const auto& x : plan.actions) kinds.push_back(x.kind);
+  plan.reason = fmt::format("{}", fmt::join(kinds, ", "));
+  for (const auto& n : notes) plan.reason += "; " + n;
+  return plan;
+}
+
+nlohmann::json RepairPlan::to_json() const {
+  nlohmann::json acts = nlohmann::json::array();
+  auto hex = [](const std::vector<std::uint8_t>& b) {
+    std::string s;
+    for (auto x : b) s += fmt::format("{:02x}", x);
+    return s;
+  };
+  for (const auto& x : actions) {
+    nlohmann::json writes = nlohmann::json::array(), regs = nlohmann::json::array();
+    for (const auto& w : x.writes)
+      writes.push_back({{"address", fmt::format("{:#x}", w.address)}, {"old", hex(w.expected)}, {"new", hex(w.bytes)},
+                        {"code", w.code}});
+    for (const auto& r : x.registers)
+      regs.push_back({{"register", r.name}, {"old", fmt::format("{:#x}", r.from)}, {"new", fmt::format("{:#x}", r.to)}});
+    acts.push_back({{"action", x.kind}, {"reason", x.reason}, {"writes", writes}, {"registers", regs}, {"detail", x.detail}});
+  }
+  return {{"resume", resume}, {"reason", reason}, {"vcpu", vcpu}, {"actions", acts}};
+}
+
+}  // namespace immortal::repair

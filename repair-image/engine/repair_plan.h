@@ -1,0 +1,61 @@
+// The repair plan: what the engine proposes to do to a crashed guest so that it can resume —
+// a bounded list of guest-memory writes and register changes on the crashing vCPU, each with its
+// reason. The supervisor validates a plan before applying it (vmm/recovery/plan_validation.h)
+// and logs it; a plan that does not resume means "write what is known, then reboot".
+#pragma once
+
+#include "engine/crash_analysis.h"
+#include "engine/crash_record.h"
+#include "kernel/kernel.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace immortal::repair {
+
+struct MemoryWrite {
+  std::uint64_t address = 0;            // kernel virtual address
+  std::vector<std::uint8_t> expected;   // the bytes there now (checked again before writing)
+  std::vector<std::uint8_t> bytes;      // the new bytes, same length
+  bool code = false;                    // kernel or module text (written through the vCPU)
+};
+
+struct RegisterChange {
+  std::string name;                     // X86Registers::field name
+  std::uint64_t from = 0, to = 0;
+};
+
+struct RepairAction {
+  // kill-task, end-callback, complete-warning, release-lock, quarantine-function, clear-taint
+  std::string kind;
+  std::string reason;
+  std::vector<MemoryWrite> writes;
+  std::vector<RegisterChange> registers;  // on the crashing vCPU
+  nlohmann::json detail = nlohmann::json::object();
+};
+
+struct RepairPlan {
+  bool resume = false;
+  std::string reason;                   // what the plan does, or why the guest must reboot
+  int vcpu = -1;
+  std::vector<RepairAction> actions;
+  nlohmann::json to_json() const;
+};
+
+RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const CrashAnalysis& analysis);
+
+// The bytes that make a function return -EIO at once ("mov $-5,%rax; ret"), placed after its
+// ftrace site; quarantine and unquarantine recognise them.
+std::vector<std::uint8_t> quarantine_patch();
+
+// Registers as they are just after the function of frame `target` returns to its caller,
+// starting from `state`, the full registers of frame `from` (<= target). Callee-saved registers
+// are restored from where each function's prologue pushed them, cross-checked against ORC's
+// stack depth. Throws Error(ExitCode::bad_input) when a frame cannot be undone this way.
+X86Registers return_from_frame(const Kernel& kernel, const Backtrace& backtrace, std::size_t from,
+                               X86Registers state, std::size_t target);
+
+}  // namespace immortal::repair

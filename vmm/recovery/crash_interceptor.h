@@ -1,0 +1,44 @@
+// Catching a crash at its first instruction and acting on a repair plan, through the Machine
+// seam only: breakpoints at the crash paths' entry (from the healthy-guest profile, so KASLR
+// is accounted for), the crash record (every vCPU's registers), and the plan's writes and
+// register changes applied to the stopped guest.
+#pragma once
+
+#include "engine/crash_record.h"
+#include "engine/repair_plan.h"
+#include "kernel/kernel.h"
+#include "machine.h"
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace immortal::vmm {
+
+class CrashInterceptor {
+ public:
+  explicit CrashInterceptor(Machine& machine) : machine_(machine) {}
+
+  // Arms the breakpoints for this kernel; the machine must be paused. Returns what was done,
+  // for the event log (e.g. "panic_on_oops was 0: set to 1").
+  std::vector<std::string> arm(const Kernel& kernel);
+  // Removes them (machine paused). Safe to call when nothing is armed.
+  void disarm();
+  bool armed() const { return !points_.empty(); }
+  std::vector<std::string> points() const;
+  // The crash path entry at this address, if it is one of ours.
+  std::optional<std::string> point_at(std::uint64_t address) const;
+
+  // Every vCPU's registers while the machine is stopped.
+  repair::CrashRecord record(std::uint64_t id, int vcpu, const std::string& caught_by, const std::string& at);
+  // Applies a (validated) plan: each write only if the guest still holds the expected bytes.
+  // Throws Error when it cannot; nothing after the failing write is applied.
+  void apply(const repair::RepairPlan& plan, const Kernel& kernel);
+
+ private:
+  Machine& machine_;
+  std::map<std::uint64_t, std::string> points_;  // address → symbol
+};
+
+}  // namespace immortal::vmm

@@ -1,0 +1,48 @@
+#include "recovery/event_log.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+
+namespace immortal::vmm {
+
+namespace {
+constexpr std::size_t kRecentEvents = 32;
+}
+
+std::string utc_now() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  return fmt::format("{}.{:03}Z", buf, ms);
+}
+
+std::string EventLog::append(const std::string& event, nlohmann::json fields) {
+  nlohmann::json line = {{"time", utc_now()}, {"event", event}};
+  for (auto& [k, v] : fields.items()) line[k] = v;
+  std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  recent_.push_back(line);
+  if (recent_.size() > kRecentEvents) recent_.pop_front();
+  std::string problem;
+  for (const auto& path : paths_) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0 || ::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+      problem = fmt::format("cannot append to the event log {}: {}", path, std::strerror(errno));
+    if (fd >= 0) ::close(fd);
+  }
+  if (problem.empty() || reported_) return "";
+  reported_ = true;
+  return problem;
+}
+
+}  // namespace immortal::vmm

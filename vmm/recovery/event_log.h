@@ -1,0 +1,30 @@
+// The supervisor's event log: one JSON object per line (crash, analysis, plan, resumed,
+// recovered, reboot, quarantine, hang …), each with a UTC time and the crash id it belongs to.
+// Kept in the instance directory (events.jsonl) and, with --event-log, appended to a file that
+// outlives the instance. docs/recovery.md lists the events.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <deque>
+#include <string>
+
+namespace immortal::vmm {
+
+class EventLog {
+ public:
+  explicit EventLog(std::vector<std::string> paths) : paths_(std::move(paths)) {}
+  // Adds "time" and "event" and appends the line to every file (a write error is reported once
+  // through the returned text, never thrown: the guest matters more than the log).
+  std::string append(const std::string& event, nlohmann::json fields);
+  const std::deque<nlohmann::json>& recent() const { return recent_; }
+
+ private:
+  std::vector<std::string> paths_;
+  std::deque<nlohmann::json> recent_;  // the last few, for status
+  bool reported_ = false;
+};
+
+std::string utc_now();  // "2026-11-23T10:00:00.123Z"
+
+}  // namespace immortal::vmm

@@ -1,0 +1,80 @@
+#include "recovery/quarantine.h"
+
+#include "base/error.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <fstream>
+
+namespace immortal::vmm {
+
+void QuarantineList::add(const repair::RepairPlan& plan, std::uint64_t crash, const std::string& time) {
+  for (const auto& a : plan.actions) {
+    if (a.kind != "quarantine-function" || a.writes.size() != 1) continue;
+    const auto& w = a.writes.front();
+    entries_.push_back({a.detail.value("module", ""), a.detail.value("function", ""), w.address, w.expected, w.bytes,
+                        crash, time});
+  }
+  save();
+}
+
+std::vector<std::string> QuarantineList::release(Machine& machine, const Kernel& kernel,
+                                                 const std::vector<std::string>& names) {
+  for (const auto& n : names)
+    if (std::none_of(entries_.begin(), entries_.end(), [&](const QuarantineEntry& e) { return e.function == n; }))
+      fail(ExitCode::usage, "{} is not quarantined", n);
+  std::vector<std::string> done;
+  std::vector<QuarantineEntry> kept;
+  for (const auto& e : entries_) {
+    if (!names.empty() && std::find(names.begin(), names.end(), e.function) == names.end()) {
+      kept.push_back(e);
+      continue;
+    }
+    std::vector<std::uint8_t> now(e.patch.size());
+    bool ours = false;
+    try {
+      kernel.memory().read(e.address, std::as_writable_bytes(std::span(now)));
+      ours = now == e.patch;
+    } catch (const MemoryFault&) {
+    }
+    if (!ours) {
+      done.push_back(fmt::format("{} [{}]: no longer patched (module reloaded?); forgotten", e.function, e.module));
+      continue;
+    }
+    machine.write_virtual(0, e.address, e.original);
+    done.push_back(fmt::format("{} [{}]: restored", e.function, e.module));
+  }
+  entries_ = std::move(kept);
+  save();
+  return done;
+}
+
+void QuarantineList::clear() {
+  entries_.clear();
+  save();
+}
+
+nlohmann::json QuarantineList::to_json() const {
+  nlohmann::json out = nlohmann::json::array();
+  auto hex = [](const std::vector<std::uint8_t>& b) {
+    std::string s;
+    for (auto x : b) s += fmt::format("{:02x}", x);
+    return s;
+  };
+  for (const auto& e : entries_)
+    out.push_back({{"module", e.module}, {"function", e.function}, {"address", fmt::format("{:#x}", e.address)},
+                   {"original", hex(e.original)}, {"patch", hex(e.patch)}, {"crash", e.crash}, {"time", e.time}});
+  return out;
+}
+
+void QuarantineList::save() const {
+  std::string tmp = path_ + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << to_json().dump(2) << "\n";
+  }
+  std::rename(tmp.c_str(), path_.c_str());
+}
+
+}  // namespace immortal::vmm
