@@ -325,8 +325,24 @@ void Agent::collect(Running& r, int& fd, std::string& sink) {
 
 void Agent::check_children() {
   std::uint64_t now = now_ms();
-  for (auto it = spawned_.begin(); it != spawned_.end();)
-    it = waitpid(*it, nullptr, WNOHANG) == 0 ? it + 1 : spawned_.erase(it);
+  for (auto it = spawned_.begin(); it != spawned_.end();) {
+    int status = 0;
+    if (waitpid(*it, &status, WNOHANG) == 0) {
+      ++it;
+      continue;
+    }
+    // The guest's own record of how a spawned command (an injection victim) ended.
+    char line[96];
+    int n = WIFSIGNALED(status) ? std::snprintf(line, sizeof line, "immortal-agent: spawned pid %d killed by signal %d\n",
+                                                static_cast<int>(*it), WTERMSIG(status))
+                                : std::snprintf(line, sizeof line, "immortal-agent: spawned pid %d exited with status %d\n",
+                                                static_cast<int>(*it), WEXITSTATUS(status));
+    if (int kmsg = open("/dev/kmsg", O_WRONLY | O_CLOEXEC); kmsg >= 0) {
+      (void)!write(kmsg, line, static_cast<std::size_t>(n));
+      close(kmsg);
+    }
+    it = spawned_.erase(it);
+  }
   for (auto it = running_.begin(); it != running_.end();) {
     Running& r = *it;
     if (r.out >= 0) collect(r, r.out, r.result.stdout_data);

@@ -47,6 +47,13 @@ void read_oops_text(const Kernel& kernel, CrashAnalysis& a) {
       if (t.rfind(h, 0) == 0) header = r.size() - 1 - back;
   }
   if (header == r.size()) return;
+  // "Oops: 0002 [#1]" follows the line that says what happened ("BUG: kernel NULL pointer …").
+  if (r[header].text.rfind("Oops:", 0) == 0)
+    for (std::size_t k = header; k-- > 0 && header - k <= 4;)
+      if (r[k].text.rfind("BUG: ", 0) == 0) {
+        header = k;
+        break;
+      }
   a.oops_header = r[header].text.substr(0, 200);
   bool bug_seen = false, corruption_seen = false;
   for (std::size_t k = header >= 3 ? header - 3 : 0; k <= header; ++k) {
@@ -280,9 +287,9 @@ nlohmann::json CrashAnalysis::to_json() const {
 
 std::string CrashAnalysis::summary() const {
   std::string who = pid >= 0 ? fmt::format("{} (pid {})", comm, pid) : "unknown task";
-  return fmt::format("{} in {} context on CPU {}: {}{} — task {}{}", kind, context, cpu,
-                     fault_function.empty() ? message : fault_function, module.empty() ? "" : " [" + module + "]",
-                     who, oops_header.empty() ? "" : " — " + oops_header);
+  return fmt::format("{} in {} context on CPU {}: {} — task {}{}", kind, context, cpu,
+                     fault_function.empty() ? message : fault_function, who,
+                     oops_header.empty() ? "" : " — " + oops_header);
 }
 
 }  // namespace immortal::repair

@@ -243,18 +243,32 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
                                              a.fault_registers, static_cast<std::size_t>(a.outer_module_frame));
       RepairAction end{"end-callback", fmt::format("the {} returns to {} as if it had finished", d->what, d->function),
                        {}, {}, {}};
+      std::uint64_t flags = (a.fault_registers.rflags & ~kTrapFlag);
+      flags = d->interrupts_on ? flags | kInterruptFlag : flags & ~kInterruptFlag;
+      if (a.pid == 0) {
+        // The fault's exception entry on the idle task entered an RCU/context-tracking interrupt
+        // section (irqentry_enter(): is_idle_task → ct_irq_enter()) that its exit would have left.
+        // Leave it: call ct_irq_exit() with interrupts off, returning straight into the
+        // dispatcher (its return address pushed just below the dispatcher's stack pointer).
+        // The dispatchers take their lock with _irq next, which turns interrupts on again.
+        std::uint64_t continuation = after.rip;
+        std::uint64_t slot = after.rsp - 8;
+        end.writes.push_back({slot, read_bytes(kernel, slot, 8), bytes_of(continuation), false});
+        after.rip = kernel.symbol("ct_irq_exit");
+        after.rsp = slot;
+        flags &= ~kInterruptFlag;
+        end.detail["context_tracking"] = "ct_irq_exit() called on the way back (idle task)";
+      }
       for (const char* r : {"rip", "rsp", "rbx", "rbp", "r12", "r13", "r14", "r15"})
         if (*after.field(r) != *regs.field(r)) set_register(end, regs, r, *after.field(r));
       set_register(end, regs, "rax", 0);
-      std::uint64_t flags = (a.fault_registers.rflags & ~kTrapFlag);
-      flags = d->interrupts_on ? flags | kInterruptFlag : flags & ~kInterruptFlag;
       set_register(end, regs, "eflags", flags);
       if (preempt_release) {
         std::uint32_t fixed = static_cast<std::uint32_t>(count - preempt_release);
         end.writes.push_back({a.percpu_base + *symbols.percpu_offset("__preempt_count"), bytes_of(count),
                               bytes_of(fixed), false});
       }
-      end.detail = {{"dispatcher", d->function}};
+      end.detail["dispatcher"] = d->function;
       plan.actions.push_back(std::move(end));
       if (std::uint64_t cb = running_callback(kernel, a, d->function)) {
         if (const Symbol* s = symbols.lookup(cb); s && s->module == a.module) quarantine_target = cb;

@@ -32,6 +32,11 @@ void validate_plan(const repair::RepairPlan& plan, const repair::CrashAnalysis& 
   if (!text_begin) fail(ExitCode::failure, "the plan's module {} is not loaded", analysis.module);
   std::uint64_t preempt = analysis.percpu_base + kernel.symbols().percpu_offset("__preempt_count").value_or(0);
   std::uint64_t taint = kernel.symbol("tainted_mask");
+  // …and the return address of an end-callback, just below the stack pointer it resumes with.
+  std::uint64_t resume_rsp = 0;
+  for (const auto& a : plan.actions)
+    for (const auto& r : a.registers)
+      if (r.name == "rsp") resume_rsp = r.to;
   std::size_t writes = 0;
   for (const auto& a : plan.actions) {
     for (const auto& w : a.writes) {
@@ -41,7 +46,8 @@ void validate_plan(const repair::RepairPlan& plan, const repair::CrashAnalysis& 
       std::uint64_t end = w.address + w.bytes.size();
       bool ok = w.code ? (w.address >= text_begin && end <= text_end)
                        : ((w.address >= text_end && end <= data_end) || (w.address == preempt && w.bytes.size() == 4) ||
-                          (w.address == taint && w.bytes.size() == 8));
+                          (w.address == taint && w.bytes.size() == 8) ||
+                          (a.kind == "end-callback" && resume_rsp && w.address == resume_rsp && w.bytes.size() == 8));
       if (!ok) fail(ExitCode::failure, "{}: a write at {:#x} is outside what a repair may touch", a.kind, w.address);
     }
     for (const auto& r : a.registers)

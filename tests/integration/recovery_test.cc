@@ -1,0 +1,249 @@
+// Recovery, end to end: one guest under `immortal run` (recovery on) takes every class of the
+// fault catalogue in turn and the outcome docs/fault-catalogue.md documents happens. The judges
+// are the guest's own view (its boot id, its kernel log, a workload's output file, what a second
+// user of the driver gets) and the supervisor's status and event log.
+#include "harness.h"
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <sstream>
+
+using namespace immortal::test;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+
+json status_of(const std::string& name) {
+  auto r = run_cli({"status", name, "--json"}, 20s);
+  if (r.status != 0) return json::object();
+  return json::parse(r.out);
+}
+
+CommandResult guest_sh(const std::string& name, const std::string& script) {
+  return run_cli({"exec", name, "--", "sh", "-c", script}, 60s);
+}
+
+std::uint64_t count_of(const json& s, const char* what) {
+  return s.value("recovery_state", json::object()).value(what, std::uint64_t{0});
+}
+
+// Starts the workload: a sequence number appended to a file every 5 ms.
+void start_workload(const std::string& name) {
+  auto r = guest_sh(name, "rm -f /tmp/wl; immortal-workload /tmp/wl 5000 </dev/null >/dev/null 2>&1 & echo $! > /tmp/wl.pid");
+  REQUIRE(r.status == 0);
+}
+
+// Stops it (it must still be alive) and checks its file holds 1..N with no gap or duplicate.
+void check_workload(const std::string& name, std::size_t at_least) {
+  auto r = guest_sh(name, "kill $(cat /tmp/wl.pid) && sleep 0.1 && cat /tmp/wl");
+  INFO("workload stop: " << r.err);
+  REQUIRE(r.status == 0);  // kill succeeded: the workload was still running
+  std::istringstream in(r.out);
+  std::size_t expected = 1, n = 0;
+  std::string line;
+  bool ordered = true;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;  // the last line may be cut by the kill
+    if (std::to_string(expected) != line) ordered = false;
+    ++expected;
+    ++n;
+  }
+  INFO("workload records: " << n);
+  CHECK(ordered);
+  CHECK(n >= at_least);
+}
+
+std::string fmt_victim_killed(int pid) { return "spawned pid " + std::to_string(pid) + " killed by signal 9"; }
+std::string fmt_victim_exited(int pid) { return "spawned pid " + std::to_string(pid) + " exited with status 0"; }
+
+std::string dmesg(const std::string& name) { return guest_sh(name, "dmesg").out; }
+
+int inject(const std::string& name, const std::string& cls) {
+  auto r = run_cli({"inject", name, cls});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  auto at = r.out.find("victim pid ");
+  REQUIRE(at != std::string::npos);
+  return std::stoi(r.out.substr(at + 11));
+}
+
+// Classes whose crash happens in the victim process itself (the others crash in a timer or a
+// work item the victim only arms; the victim then exits normally).
+bool crashes_in_victim(const std::string& cls) { return cls != "timer" && cls != "workqueue"; }
+
+struct RecoveryGuest {
+  std::string name;
+  std::string boot_id;
+};
+
+RecoveryGuest& recovery_guest() {
+  static RecoveryGuest g;
+  if (!g.name.empty()) return g;
+  g.name = unique_name("recover");
+  auto run = run_cli({"run", "--name", g.name, "--detach", "--recovery-limit", "100/3600"});
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  REQUIRE(wait_until([&] { return count_of(status_of(g.name), "crashes") == 0 &&
+                                  status_of(g.name).value("recovery_state", json::object()).value("armed", false); }, 60s));
+  g.boot_id = status_of(g.name).value("boot_id", "");
+  REQUIRE(!g.boot_id.empty());
+  return g;
+}
+
+void expect_recovered(const std::string& cls) {
+  auto& g = recovery_guest();
+  INFO("class " << cls);
+  json before = status_of(g.name);
+  REQUIRE(before.value("state", "") == "running");
+  REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
+  start_workload(g.name);
+  int victim = inject(g.name, cls);
+  bool recovered = wait_until([&] { return count_of(status_of(g.name), "recovered") > count_of(before, "recovered") ||
+                                           count_of(status_of(g.name), "reboots") > count_of(before, "reboots"); }, 60s);
+  json after = status_of(g.name);
+  INFO("status: " << after.dump(2));
+  REQUIRE(recovered);
+  CHECK(count_of(after, "reboots") == count_of(before, "reboots"));
+  CHECK(after.value("state", "") == "running");
+  CHECK(after.value("boot_id", "") == g.boot_id);  // no reboot
+
+  // The victim died of SIGKILL, as the kernel's own oops handling would have killed it.
+  std::string expected = crashes_in_victim(cls) ? fmt_victim_killed(victim) : fmt_victim_exited(victim);
+  CHECK(wait_until([&] { return dmesg(g.name).find(expected) != std::string::npos; }, 10s));
+
+  // The rest of the guest went on: the workload has no gap, new processes run.
+  check_workload(g.name, 20);
+
+  // A second user of the driver: an error or nothing, never a hang or another crash.
+  if (crashes_in_victim(cls)) {
+    auto second = guest_sh(g.name, "echo ping > /dev/immortal-fault");
+    CHECK(second.status != 0);
+    CHECK_THAT(second.err, Catch::Contains("Input/output error"));
+  } else {
+    auto again = guest_sh(g.name, "echo " + cls + " > /dev/immortal-fault && sleep 1");
+    CHECK(again.status == 0);  // the callback is quarantined: armed again, it does nothing
+  }
+  // Its locks are free: a reader takes both and returns at once.
+  auto reader = guest_sh(g.name, "timeout 10 cat /dev/immortal-fault");
+  CHECK(reader.status == 0);
+  CHECK_THAT(reader.out, Catch::Contains("immortal_fault counter"));
+  json end = status_of(g.name);
+  CHECK(count_of(end, "crashes") == count_of(after, "crashes"));
+  CHECK(end.value("boot_id", "") == g.boot_id);
+}
+
+void expect_rebooted(const std::string& cls) {
+  auto& g = recovery_guest();
+  INFO("class " << cls);
+  json before = status_of(g.name);
+  REQUIRE(before.value("state", "") == "running");
+  std::string old_boot = before.value("boot_id", "");
+  inject(g.name, cls);
+  bool rebooted = wait_until([&] {
+    json s = status_of(g.name);
+    return s.value("state", "") == "running" && !s.value("boot_id", "").empty() && s.value("boot_id", "") != old_boot &&
+           s.value("recovery_state", json::object()).value("armed", false);
+  }, 150s);
+  json after = status_of(g.name);
+  INFO("status: " << after.dump(2));
+  CHECK(rebooted);
+  CHECK(count_of(after, "reboots") == count_of(before, "reboots") + 1);
+  CHECK(count_of(after, "recovered") == count_of(before, "recovered"));
+  // The reason is in the event log, and the crash record is kept.
+  auto events = run_cli({"events", g.name, "--json"});
+  CHECK_THAT(events.out, Catch::Contains("\"event\":\"reboot\""));
+  CHECK(guest_sh(g.name, "true").status == 0);
+  g.boot_id = after.value("boot_id", "");
+}
+
+}  // namespace
+
+#define RECOVERED_TEST(cls)                                                                                    \
+  TEST_CASE("recovery: " cls " is recovered in place (boot id kept, victim SIGKILLed, workload unbroken)", \
+            "[integration][recovery]") { expect_recovered(cls); }
+
+RECOVERED_TEST("null-deref")
+RECOVERED_TEST("bug")
+RECOVERED_TEST("panic")
+RECOVERED_TEST("gpf")
+RECOVERED_TEST("divide")
+RECOVERED_TEST("spinlock-held")
+RECOVERED_TEST("mutex-held")
+RECOVERED_TEST("warn")
+RECOVERED_TEST("timer")
+RECOVERED_TEST("workqueue")
+
+TEST_CASE("recovery: twenty mixed injections in one guest lifetime are all recovered", "[integration][recovery]") {
+  auto& g = recovery_guest();
+  const char* classes[] = {"null-deref", "mutex-held", "timer", "gpf", "spinlock-held", "bug", "workqueue",
+                           "divide", "warn", "panic"};
+  json start = status_of(g.name);
+  start_workload(g.name);
+  for (int i = 0; i < 20; ++i) {
+    std::string cls = classes[(i * 3) % 10];
+    INFO("injection " << i + 1 << ": " << cls);
+    std::uint64_t before = count_of(status_of(g.name), "recovered");
+    REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
+    inject(g.name, cls);
+    REQUIRE(wait_until([&] { return count_of(status_of(g.name), "recovered") == before + 1; }, 60s));
+  }
+  json end = status_of(g.name);
+  CHECK(count_of(end, "recovered") == count_of(start, "recovered") + 20);
+  CHECK(count_of(end, "reboots") == count_of(start, "reboots"));
+  CHECK(end.value("boot_id", "") == g.boot_id);
+  check_workload(g.name, 100);
+}
+
+TEST_CASE("recovery: quarantine is recorded and unquarantine restores the driver", "[integration][recovery]") {
+  auto& g = recovery_guest();
+  REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
+  inject(g.name, "null-deref");
+  REQUIRE(wait_until([&] { return !status_of(g.name)["recovery_state"]["quarantined"].empty(); }, 60s));
+  json q = status_of(g.name)["recovery_state"]["quarantined"];
+  CHECK(q[0].value("function", "") == "immortal_fault_write");
+  CHECK(guest_sh(g.name, "echo ping > /dev/immortal-fault").status != 0);
+  auto bad = run_cli({"unquarantine", g.name, "no_such_function"});
+  CHECK(bad.status == 2);
+  auto r = run_cli({"unquarantine", g.name, "immortal_fault_write"});
+  CHECK(r.status == 0);
+  CHECK_THAT(r.out, Catch::Contains("restored"));
+  CHECK(status_of(g.name)["recovery_state"]["quarantined"].empty());
+  CHECK(guest_sh(g.name, "echo ping > /dev/immortal-fault").status == 0);  // the driver works again
+}
+
+// Not recoverable in this version (docs/recovery.md): the guest is rebooted, never left worse.
+TEST_CASE("recovery: text-corruption reboots the guest", "[integration][recovery]") { expect_rebooted("text-corruption"); }
+TEST_CASE("recovery: list-corruption reboots the guest", "[integration][recovery]") { expect_rebooted("list-corruption"); }
+TEST_CASE("recovery: stack-overflow reboots the guest", "[integration][recovery]") { expect_rebooted("stack-overflow"); }
+TEST_CASE("recovery: softlockup reboots the guest", "[integration][recovery]") { expect_rebooted("softlockup"); }
+TEST_CASE("recovery: hung-task reboots the guest", "[integration][recovery]") { expect_rebooted("hung-task"); }
+
+TEST_CASE("recovery: the limit on recoveries turns the next crash into a reboot", "[integration][recovery]") {
+  std::string name = unique_name("limit");
+  auto run = run_cli({"run", "--name", name, "--detach", "--recovery-limit", "1/600", "--no-recover", "warn"});
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  REQUIRE(wait_until([&] { return status_of(name).value("recovery_state", json::object()).value("armed", false); }, 60s));
+  std::string boot = status_of(name).value("boot_id", "");
+  // A disabled kind reboots at once.
+  inject(name, "warn");
+  REQUIRE(wait_until([&] { json s = status_of(name); return count_of(s, "reboots") == 1 && s.value("state", "") == "running" &&
+                                                         s["recovery_state"].value("armed", false); }, 120s));
+  CHECK_THAT(run_cli({"events", name}).out, Catch::Contains("disabled by policy"));
+  inject(name, "null-deref");
+  REQUIRE(wait_until([&] { return count_of(status_of(name), "recovered") == 1; }, 60s));
+  REQUIRE(run_cli({"unquarantine", name, "--all"}).status == 0);
+  inject(name, "null-deref");
+  REQUIRE(wait_until([&] { json s = status_of(name); return count_of(s, "reboots") == 2 && s.value("state", "") == "running"; }, 120s));
+  CHECK_THAT(run_cli({"events", name}).out, Catch::Contains("recovery limit is reached"));
+  CHECK(status_of(name).value("boot_id", "") != boot);
+  CHECK(run_cli({"stop", name, "--force"}).status == 0);
+}
+
+TEST_CASE("recovery: the shared recovery guest stops cleanly", "[integration][recovery]") {
+  auto& g = recovery_guest();
+  CHECK(run_cli({"stop", g.name}).status == 0);
+  CHECK(wait_until([&] { return qemu_processes(g.name).empty(); }, 10s));
+}
