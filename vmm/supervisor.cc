@@ -606,7 +606,7 @@ void Supervisor::on_crash(repair::CrashRecord record) {
   std::string summary = kernel_error ? plan.reason : analysis.summary();
   last_crash_ = {{"crash", record.id}, {"time", record.time}, {"summary", summary}, {"decision", plan.resume ? "resume" : "reboot"},
                  {"reason", plan.reason}};
-  event("crash", {{"crash", record.id}, {"caught_by", record.caught_by}, {"at", record.intercepted_at},
+  event("crash", {{"crash", record.id}, {"caught_at", record.time}, {"caught_by", record.caught_by}, {"at", record.intercepted_at},
                   {"vcpu", record.vcpu}, {"summary", summary}, {"analysis", analysis_json}});
   event("plan", {{"crash", record.id}, {"plan", plan_json}});
   options_.say(fmt::format("crash {} caught at {} on vCPU {}: {}", record.id, record.intercepted_at, record.vcpu, summary));

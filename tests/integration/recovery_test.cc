@@ -200,7 +200,8 @@ TEST_CASE("recovery: quarantine is recorded and unquarantine restores the driver
   auto& g = recovery_guest();
   REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
   inject(g.name, "null-deref");
-  REQUIRE(wait_until([&] { return !status_of(g.name)["recovery_state"]["quarantined"].empty(); }, 60s));
+  REQUIRE(wait_until([&] { json s = status_of(g.name);
+                           return !s["recovery_state"]["quarantined"].empty() && s.value("state", "") == "running"; }, 60s));
   json q = status_of(g.name)["recovery_state"]["quarantined"];
   CHECK(q[0].value("function", "") == "immortal_fault_write");
   CHECK(guest_sh(g.name, "echo ping > /dev/immortal-fault").status != 0);
