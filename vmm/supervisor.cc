@@ -751,7 +751,7 @@ void Supervisor::save_crash(const repair::CrashRecord& record, const json& analy
   std::filesystem::create_directories(dir_.file("crashes"), ec);
   std::string path = fmt::format("{}/crash-{}.json", dir_.file("crashes"), record.id);
   std::ofstream out(path, std::ios::trunc);
-  out << json{{"record", repair::to_json(record)}, {"analysis", analysis}, {"plan", plan}}.dump(2) << "\n";
+  out << json{{"record", repair::to_json(record)}, {"analysis", analysis}, {"plan", plan}}.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
 }
 
 void Supervisor::answer_unquarantine(int fd, const json& request) {

@@ -46,7 +46,11 @@ SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
       name = name.substr(0, tab);
       if (module.size() > 2 && module.front() == '[' && module.back() == ']') s.module = module.substr(1, module.size() - 2);
     }
-    if (name.empty() || name.size() > 512) {
+    // Names are printable ASCII (they end up in reports and JSON): anything else is malformed.
+    auto printable = [](std::string_view v) {
+      return std::all_of(v.begin(), v.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+    };
+    if (name.empty() || name.size() > 512 || !printable(name) || !printable(s.module)) {
       ++table.skipped_;
       continue;
     }

@@ -54,7 +54,7 @@ void read_oops_text(const Kernel& kernel, CrashAnalysis& a) {
         header = k;
         break;
       }
-  a.oops_header = r[header].text.substr(0, 200);
+  a.oops_header = printable(r[header].text.substr(0, 200));
   bool bug_seen = false, corruption_seen = false;
   for (std::size_t k = header >= 3 ? header - 3 : 0; k <= header; ++k) {
     if (r[k].text.find("kernel BUG at") != std::string::npos) bug_seen = true;
@@ -69,6 +69,13 @@ void read_oops_text(const Kernel& kernel, CrashAnalysis& a) {
 }
 
 }  // namespace
+
+std::string printable(std::string_view text) {
+  std::string out(text);
+  for (char& c : out)
+    if (c < 0x20 || c > 0x7e) c = '?';
+  return out;
+}
 
 std::uint64_t percpu_base(const Kernel& kernel, const X86Registers& registers, int vcpu) {
   // In kernel mode GS points at this CPU's per-CPU area (x86-64 per-CPU symbols are offsets).
@@ -109,7 +116,7 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
     a.task = mem.read_u64(a.percpu_base + *current);
     TaskInfo task = read_task(kernel, a.task);
     a.pid = task.pid;
-    a.comm = task.comm;
+    a.comm = printable(task.comm);
     a.task_flags = mem.read_value<std::uint32_t>(a.task + kernel.types().offset_of("task_struct", "flags"));
     a.task_stack = mem.read_u64(a.task + kernel.types().offset_of("task_struct", "stack"));
   } catch (const MemoryFault& e) {
@@ -130,7 +137,7 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
 
   if (record.intercepted_at == "panic" && frames.size() >= 2) {
     try {
-      a.message = mem.read_cstring(regs.rdi, kMaxMessage);
+      a.message = printable(mem.read_cstring(regs.rdi, kMaxMessage));
     } catch (const MemoryFault&) {
       a.message = "(unreadable)";
     }

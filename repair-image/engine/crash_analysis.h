@@ -70,6 +70,10 @@ struct CrashAnalysis {
 
 CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record);
 
+// Guest text (comm, messages, log lines) as printable ASCII: other bytes become '?', so reports
+// and JSON never carry what the guest wrote raw.
+std::string printable(std::string_view text);
+
 // Helpers shared with the planner.
 std::uint64_t percpu_base(const Kernel& kernel, const X86Registers& registers, int vcpu);
 X86Registers read_pt_regs(const Kernel& kernel, std::uint64_t address);

@@ -243,6 +243,23 @@ TEST_CASE("recovery: the limit on recoveries turns the next crash into a reboot"
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
 }
 
+TEST_CASE("recovery: a guest whose agent falls silent is inspected and rebooted (hang detector)", "[integration][recovery]") {
+  std::string name = unique_name("hang");
+  auto run = run_cli({"run", "--name", name, "--detach", "--hang-timeout", "4"});
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  std::string boot = status_of(name).value("boot_id", "");
+  // Stop the agent from inside (after exec has answered): heartbeats end, the guest runs on.
+  REQUIRE(guest_sh(name, "(sleep 1; kill -STOP $(pidof immortal-agent)) </dev/null >/dev/null 2>&1 &").status == 0);
+  bool rebooted = wait_until([&] { json s = status_of(name);
+                                   return s.value("state", "") == "running" && s.value("boot_id", boot) != boot; }, 120s);
+  CHECK(rebooted);
+  auto events = run_cli({"events", name, "--json"}).out;
+  CHECK_THAT(events, Catch::Contains("\"event\":\"hang\"") && Catch::Contains("no heartbeat"));
+  CHECK_THAT(events, Catch::Contains("\"event\":\"rebooted\""));
+  CHECK(run_cli({"stop", name, "--force"}).status == 0);
+}
+
 TEST_CASE("recovery: the shared recovery guest stops cleanly", "[integration][recovery]") {
   auto& g = recovery_guest();
   CHECK(run_cli({"stop", g.name}).status == 0);

@@ -72,7 +72,7 @@ void QuarantineList::save() const {
   std::string tmp = path_ + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
-    out << to_json().dump(2) << "\n";
+    out << to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   }
   std::rename(tmp.c_str(), path_.c_str());
 }
