@@ -116,7 +116,11 @@ void Supervisor::boot() {
                     {"boot_seconds", boot_time_->count() / 1000.0}, {"recovery", options_.recovery.enabled}});
   profile_ = std::make_unique<ProfileCollector>(*agent_, dir_.file("profile"), options_.say);
   profile_->collect(agent_->modules_generation());
-  if (options_.on_ready) options_.on_ready(summary);
+  ready_summary_ = summary;
+  if (!options_.recovery.enabled) {
+    if (options_.on_ready) options_.on_ready(summary + "; recovery is off");
+    ready_summary_.clear();
+  }
 }
 
 void Supervisor::serve() {
@@ -191,7 +195,11 @@ void Supervisor::handle_machine_events() {
         guest_state_ = "crashed";
         pause_after_crash_ = Clock::now() + kCrashConsoleGrace;
         std::uint64_t id = ++crashes_;
-        event("crash", {{"crash", id}, {"caught_by", "pvpanic"}});
+        event("crash", {{"crash", id}, {"caught_at", utc_now()}, {"caught_by", "pvpanic"},
+                        {"summary", "a kernel panic reported by the guest (pvpanic): not caught at its first instruction"}});
+        last_crash_ = {{"crash", id}, {"time", utc_now()}, {"summary", "a kernel panic reported by the guest (pvpanic)"},
+                       {"decision", options_.recovery.enabled ? "reboot" : "freeze"},
+                       {"reason", "not caught at its first instruction"}};
         if (options_.recovery.enabled) {
           reboot_after_pause_ = id;
           options_.say("the guest kernel crashed (pvpanic) past the point where it can be resumed; it will be rebooted");
@@ -525,7 +533,16 @@ Kernel& Supervisor::guest_kernel() {
 void Supervisor::arm_interception() {
   if (!profile_ || profile_->busy()) return;
   json profile = profile_->status();
-  if (!profile.contains("taken_at")) return;
+  auto report_ready = [this](const std::string& how) {
+    if (ready_summary_.empty()) return;
+    if (options_.on_ready) options_.on_ready(ready_summary_ + "; " + how);
+    ready_summary_.clear();
+  };
+  if (!profile.contains("taken_at")) {
+    if (profile.contains("error"))
+      report_ready("crash interception NOT armed (no guest profile: " + profile["error"].get<std::string>() + ")");
+    return;
+  }
   std::string taken = profile["taken_at"].get<std::string>();
   if (taken == armed_profile_) return;
   armed_profile_ = taken;  // one attempt per profile, whatever happens
@@ -542,9 +559,11 @@ void Supervisor::arm_interception() {
     machine_->resume();
     event("armed", {{"interception", interceptor_->points()}, {"notes", notes}});
     for (const auto& n : notes) options_.say(n);
+    report_ready(fmt::format("crash interception armed at {}", fmt::join(interceptor_->points(), ", ")));
   } catch (const std::exception& e) {
     event("arm-failed", {{"error", e.what()}});
     options_.say(std::string("cannot arm crash interception (crashes will reboot the guest): ") + e.what());
+    report_ready(std::string("crash interception NOT armed: ") + e.what());
   }
 }
 

@@ -37,7 +37,8 @@ struct SupervisorOptions {
   bool echo_console = false;                    // copy the serial console to stdout
   RecoveryPolicy recovery;                      // --recovery on|off and its limits (docs/recovery.md)
   std::string event_log;                        // --event-log: also append events here
-  // Called once the guest's agent said hello (used by --detach to release the parent).
+  // Called once the guest is up — its agent said hello and, with recovery on, crash interception
+  // is armed (or could not be, which it then says) — used by --detach to release the parent.
   std::function<void(const std::string& summary)> on_ready;
   // Progress lines for the operator ("immortal: ..."); stderr by default.
   std::function<void(const std::string&)> say;
@@ -121,6 +122,7 @@ class Supervisor {
   };
   std::optional<Verification> verification_;
   json last_crash_;
+  std::string ready_summary_;          // reported through on_ready once the guest is protected
 };
 
 }  // namespace immortal::vmm

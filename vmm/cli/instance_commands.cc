@@ -201,6 +201,8 @@ int events_command(const GlobalOptions& g, const std::string& name, bool as_json
     std::string what = e.value("event", "");
     std::string text;
     if (e.contains("summary")) text = e["summary"].get<std::string>();
+    else if (e.contains("plan") && e["plan"].is_object())
+      text = (e["plan"].value("resume", false) ? "resume: " : "reboot: ") + e["plan"].value("reason", std::string());
     else if (e.contains("reason")) text = e["reason"].get<std::string>();
     else if (e.contains("actions")) text = fmt::format("{} — resumed {:.1f} ms after interception", e["actions"].get<std::string>(),
                                                        e.value("intercept_to_resume_ms", 0.0));
