@@ -29,6 +29,8 @@ namespace {
 // (it would only spin in panic's delay loop from then on).
 constexpr auto kCrashConsoleGrace = std::chrono::milliseconds(1000);
 constexpr auto kLaunchTimeout = std::chrono::seconds(30);
+// From the agent's hello to armed crash interception (the profile takes ~2 s under TCG).
+constexpr auto kArmTimeout = std::chrono::seconds(60);
 constexpr auto kLoopTick = std::chrono::milliseconds(100);
 constexpr std::size_t kMaxControlClients = 64;
 
@@ -132,6 +134,13 @@ void Supervisor::serve() {
       profile_->collect(agent_->modules_generation());
     if (guest_state_ == "rebooting" && agent_->hello() && agent_->hello()->boot_id != old_boot_id_) after_reboot_hello();
     if (guest_state_ == "running" && options_.recovery.enabled) arm_interception();
+    // Never keep `run --detach` waiting on a profile that cannot come.
+    if (!ready_summary_.empty() && (agent_->closed() || Clock::now() - started_ - *boot_time_ > kArmTimeout)) {
+      if (options_.on_ready)
+        options_.on_ready(ready_summary_ + "; crash interception NOT armed (no guest profile" +
+                          (agent_->closed() ? ": the agent's channel closed)" : " in time)"));
+      ready_summary_.clear();
+    }
     if (guest_state_ == "recovering") verify_recovery();
     if (guest_state_ == "running") check_hang();
     if (guest_state_ == "shut off") {
