@@ -5,6 +5,7 @@
 #include "x86_64/page_tables.h"
 
 #include <cstring>
+#include <sstream>
 
 namespace immortal {
 
@@ -47,6 +48,20 @@ std::unique_ptr<Kernel> Kernel::open(const PhysicalMemory& memory, const GuestPr
   if (k->symbols_.size() == 0) fail(ExitCode::bad_input, "the profile has no kernel symbols");
   k->types_ = types ? std::move(types) : BtfTypes::parse(profile.btf_vmlinux);
   k->release_ = profile.kernel_release;
+  {
+    // "name size refcount deps state 0xaddress [taints]"
+    std::istringstream lines(profile.modules);
+    std::string line;
+    while (std::getline(lines, line)) {
+      std::istringstream fields(line);
+      std::string name, size, refs, deps, state, address;
+      if (!(fields >> name >> size >> refs >> deps >> state >> address) || address.rfind("0x", 0) != 0) continue;
+      try {
+        k->module_bases_[name] = std::stoull(address.substr(2), nullptr, 16);
+      } catch (const std::exception&) {
+      }
+    }
+  }
 
   if (!vmcoreinfo_text) vmcoreinfo_text = read_vmcoreinfo_note(memory, profile.vmcoreinfo_paddr, profile.vmcoreinfo_size);
   if (vmcoreinfo_text) k->vmcoreinfo_ = Vmcoreinfo::parse(*vmcoreinfo_text);

@@ -11,6 +11,7 @@
 #include "types/type_info.h"
 #include "x86_64/registers.h"
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,6 +39,9 @@ class Kernel {
   const std::string& release() const { return release_; }
   // Address of a kernel symbol; throws Error(ExitCode::bad_input) if the profile lacks it.
   std::uint64_t symbol(const std::string& name) const;
+  // Where the profile saw each module loaded (/proc/modules), by name: a module whose base in
+  // memory differs was reloaded since, and the profile's symbols for it are stale.
+  const std::map<std::string, std::uint64_t>& profile_module_bases() const { return module_bases_; }
   // Notes on what could not be checked or was worked around, for the report.
   const std::vector<std::string>& warnings() const { return warnings_; }
 
@@ -49,6 +53,7 @@ class Kernel {
   std::optional<Vmcoreinfo> vmcoreinfo_;
   std::string release_;
   std::vector<std::string> warnings_;
+  std::map<std::string, std::uint64_t> module_bases_;
 };
 
 // The VMCOREINFO note the guest kernel keeps at paddr (an ELF note), read from its memory.

@@ -28,10 +28,6 @@ std::string function_of(const SymbolTable& symbols, std::uint64_t address, std::
   return name;
 }
 
-bool in_module(const SymbolTable& symbols, std::uint64_t address, const std::string& module) {
-  const Symbol* s = symbols.lookup(address);
-  return s && s->module == module && (s->type == 't' || s->type == 'T');
-}
 
 // The header line of the last oops or warning the kernel printed, and the lines just before
 // it (where "kernel BUG at" and the list-debugging reports are printed).
@@ -135,14 +131,30 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
   a.backtrace = unwinder.unwind(regs);
   const auto& frames = a.backtrace.frames;
 
+  // Which module's text an address is in, from the module list in memory (not the profile's
+  // symbols: a module loaded after the profile was taken has none there, or stale ones).
+  ModuleList loaded;
+  try {
+    loaded = read_modules(kernel);
+  } catch (const std::exception& e) {
+    a.notes.push_back(std::string("the module list is unreadable: ") + e.what());
+  }
+  auto module_at = [&](std::uint64_t pc) -> std::string {
+    for (const auto& m : loaded.modules)
+      if (pc >= m.base && pc - m.base < m.text_size) return m.name;
+    std::string by_symbol;
+    if (loaded.modules.empty()) function_of(symbols, pc, &by_symbol);
+    return by_symbol;
+  };
+
   if (record.intercepted_at == "panic" && frames.size() >= 2) {
     try {
       a.message = printable(mem.read_cstring(regs.rdi, kMaxMessage));
     } catch (const MemoryFault&) {
       a.message = "(unreadable)";
     }
-    std::string caller_module;
-    a.panic_caller = function_of(symbols, frames[1].pc - 1, &caller_module);
+    a.panic_caller = function_of(symbols, frames[1].pc - 1);
+    std::string caller_module = module_at(frames[1].pc - 1);
     auto first_regs_frame = [&]() -> int {
       for (std::size_t i = 1; i < frames.size(); ++i)
         if (frames[i].regs) return static_cast<int>(i);
@@ -189,13 +201,12 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
   if (a.fault_frame > 0) {
     std::size_t f = static_cast<std::size_t>(a.fault_frame);
     a.fault_function = a.kind == "panic" ? symbols.describe_return(a.fault_pc) : symbols.describe(a.fault_pc);
-    std::string module;
-    function_of(symbols, a.kind == "panic" ? a.fault_pc - 1 : a.fault_pc, &module);
+    std::string module = module_at(a.kind == "panic" ? a.fault_pc - 1 : a.fault_pc);
     a.fault_in_module = !module.empty();
     if (!a.fault_in_module) {
       // The kernel's own code faulted (or called panic); a module further up may have caused it.
       for (std::size_t i = f + 1; i < frames.size() && module.empty(); ++i) {
-        function_of(symbols, frames[i].pc - 1, &module);
+        module = module_at(frames[i].pc - 1);
         if (!module.empty()) f = i;
       }
       if (!module.empty())
@@ -204,8 +215,20 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
     }
     a.module = module;
     if (!module.empty()) {
+      auto profiled = kernel.profile_module_bases().find(module);
+      auto in_memory = std::find_if(loaded.modules.begin(), loaded.modules.end(),
+                                    [&](const ModuleInfo& m) { return m.name == module; });
+      std::string symbol_module;
+      function_of(symbols, a.kind == "panic" ? a.fault_pc - 1 : a.fault_pc, &symbol_module);
+      a.module_symbols_stale = a.fault_in_module && in_memory != loaded.modules.end() &&
+                               (symbol_module != module || profiled == kernel.profile_module_bases().end() ||
+                                profiled->second != in_memory->base);
+      if (a.module_symbols_stale) {
+        a.fault_function = fmt::format("{}+{:#x} [{}]", module, a.fault_pc - in_memory->base, module);
+        a.notes.push_back("module " + module + " was loaded after the guest profile was taken: no symbols for it");
+      }
       std::size_t i = f;
-      while (i + 1 < frames.size() && !frames[i + 1].regs && in_module(symbols, frames[i + 1].pc - 1, module)) ++i;
+      while (i + 1 < frames.size() && !frames[i + 1].regs && module_at(frames[i + 1].pc - 1) == module) ++i;
       a.outer_module_frame = static_cast<int>(i);
       if (i + 1 < frames.size()) a.outer_caller = function_of(symbols, frames[i + 1].pc - 1);
     }
@@ -235,8 +258,8 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
         if (static_cast<int>(v) == record.vcpu || (record.registers[v].cs & 3) != 0) continue;
         Backtrace bt = unwinder.unwind(record.registers[v], 32);
         bool in = std::any_of(bt.frames.begin(), bt.frames.end(),
-                              [&](const Frame& fr) { return in_module(symbols, fr.pc - 1, a.module) ||
-                                                            in_module(symbols, fr.pc, a.module); });
+                              [&](const Frame& fr) { return module_at(fr.pc - 1) == a.module ||
+                                                            module_at(fr.pc) == a.module; });
         std::string at = function_of(symbols, record.registers[v].rip);
         bool waiting = at.find("spin_lock_slowpath") != std::string::npos;
         if (in && !waiting) others_in_module.push_back(fmt::format("CPU {} ({})", v, at));

@@ -57,6 +57,9 @@ struct CrashAnalysis {
   std::string fault_function;   // "immortal_fault_null_deref+0x5/0x10 [immortal_fault]"
   std::string module;           // the module whose code is to blame, "" if none
   bool fault_in_module = false; // the faulting instruction itself is module code
+  // The module was (re)loaded after the profile was taken: its symbols there are stale or
+  // missing, so nothing that needs them (quarantine, returning from its frames) is attempted.
+  bool module_symbols_stale = false;
   int outer_module_frame = -1;  // the outermost module frame above fault_frame (its entry point)
   std::string outer_caller;     // the kernel function that called it (a dispatcher, vfs_write …)
 

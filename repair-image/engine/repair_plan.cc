@@ -233,6 +233,12 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       const Dispatcher* d = nullptr;
       for (const auto& x : kDispatchers)
         if (a.outer_caller == x.function) d = &x;
+      if (a.module_symbols_stale) {
+        plan.reason = "the driver's code has no symbols in the guest profile (loaded after it was taken): its "
+                      "frames cannot be undone";
+        plan.actions.clear();
+        return plan;
+      }
       if (!d) {
         plan.reason = fmt::format("the crash is in {} context, called by {}, which has no known way to end the "
                                   "driver's call", a.context, a.outer_caller);
@@ -277,7 +283,9 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     }
 
     // 3. Quarantine the driver's entry point.
-    if (!quarantine_why.empty() && quarantine_target) {
+    if (a.module_symbols_stale && !quarantine_why.empty()) {
+      notes.push_back("the driver's functions are not in the guest profile (loaded after it was taken): not quarantined");
+    } else if (!quarantine_why.empty() && quarantine_target) {
       if (auto q = quarantine(kernel, record, quarantine_target, quarantine_why, notes)) plan.actions.push_back(*q);
     }
 

@@ -265,3 +265,26 @@ TEST_CASE("recovery: the shared recovery guest stops cleanly", "[integration][re
   CHECK(run_cli({"stop", g.name}).status == 0);
   CHECK(wait_until([&] { return qemu_processes(g.name).empty(); }, 10s));
 }
+
+TEST_CASE("recovery: a driver loaded after the profile was taken crashes at once: its process is still killed",
+          "[integration][recovery]") {
+  std::string name = unique_name("unprofiled");
+  auto run = run_cli({"run", "--name", name, "--detach"});
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  std::string boot = status_of(name).value("boot_id", "");
+  // The same faulty code under a module name the profile does not have, crashed before the
+  // supervisor can collect a new profile: this shell is the victim.
+  auto r = guest_sh(name, "rmmod immortal_fault && insmod /lib/modules/immortal_fault_twin.ko && "
+                          "printf null-deref > /dev/immortal-fault");
+  INFO(r.err);
+  CHECK(r.status == 128 + 9);  // killed by SIGKILL
+  REQUIRE(wait_until([&] { json s = status_of(name); return count_of(s, "recovered") == 1 && s.value("state", "") == "running"; }, 60s));
+  json s = status_of(name);
+  CHECK(s.value("boot_id", "") == boot);
+  CHECK_THAT(s["last_crash"].value("summary", ""), Catch::Contains("immortal_fault_twin"));
+  CHECK_THAT(run_cli({"events", name, "--json"}).out, Catch::Contains("loaded after the guest profile"));
+  // The driver's lock-free entry still works for others (nothing could be quarantined).
+  CHECK(guest_sh(name, "timeout 10 cat /dev/immortal-fault").status == 0);
+  CHECK(run_cli({"stop", name, "--force"}).status == 0);
+}
