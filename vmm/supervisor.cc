@@ -143,6 +143,10 @@ void Supervisor::serve() {
     }
     if (guest_state_ == "recovering") verify_recovery();
     if (guest_state_ == "running") check_hang();
+    if (guest_state_ == "hung" && agent_->last_heard() && Clock::now() - *agent_->last_heard() < std::chrono::seconds(2)) {
+      guest_state_ = "running";  // recovery off: the agent answers again
+      event("hang-over", {});
+    }
     if (guest_state_ == "shut off") {
       stop_requested_ = true;
       stop_reason_ = "the guest powered off";

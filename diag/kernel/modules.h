@@ -16,6 +16,12 @@ struct ModuleInfo {
   std::uint64_t base = 0;     // core_layout: text first, then read-only and writable data
   std::uint64_t size = 0;
   std::uint64_t text_size = 0;
+  // init_layout: the __init code, freed once the module's init function returned (0 then).
+  std::uint64_t init_base = 0;
+  std::uint64_t init_text_size = 0;
+  bool contains_text(std::uint64_t pc) const {
+    return (pc >= base && pc - base < text_size) || (init_base && pc >= init_base && pc - init_base < init_text_size);
+  }
 };
 
 struct ModuleList {

@@ -302,8 +302,19 @@ static struct miscdevice immortal_fault_device = {
 	.mode = 0600,
 };
 
+/* insmod … fault_on_load=1: a NULL write in the init function itself (a driver that crashes
+ * while it loads; its code is then in the module's init section). */
+static bool fault_on_load;
+module_param(fault_on_load, bool, 0);
+MODULE_PARM_DESC(fault_on_load, "crash in module init (for recovery tests)");
+
 static int __init immortal_fault_init(void)
 {
+	if (fault_on_load) {
+		volatile int *p = NULL;
+
+		*p = 0x1337;
+	}
 	timer_setup(&immortal_fault_timer, immortal_fault_timer_fn, 0);
 	INIT_WORK(&immortal_fault_work, immortal_fault_work_fn);
 	return misc_register(&immortal_fault_device);

@@ -141,7 +141,7 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
   }
   auto module_at = [&](std::uint64_t pc) -> std::string {
     for (const auto& m : loaded.modules)
-      if (pc >= m.base && pc - m.base < m.text_size) return m.name;
+      if (m.contains_text(pc)) return m.name;
     std::string by_symbol;
     if (loaded.modules.empty()) function_of(symbols, pc, &by_symbol);
     return by_symbol;
@@ -220,11 +220,15 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
                                     [&](const ModuleInfo& m) { return m.name == module; });
       std::string symbol_module;
       function_of(symbols, a.kind == "panic" ? a.fault_pc - 1 : a.fault_pc, &symbol_module);
+      // Init code never has symbols in a profile (kallsyms lists it only while the module loads).
+      bool in_init = in_memory != loaded.modules.end() &&
+                     (a.fault_pc < in_memory->base || a.fault_pc - in_memory->base >= in_memory->text_size);
       a.module_symbols_stale = a.fault_in_module && in_memory != loaded.modules.end() &&
-                               (symbol_module != module || profiled == kernel.profile_module_bases().end() ||
+                               (in_init || symbol_module != module || profiled == kernel.profile_module_bases().end() ||
                                 profiled->second != in_memory->base);
       if (a.module_symbols_stale) {
-        a.fault_function = fmt::format("{}+{:#x} [{}]", module, a.fault_pc - in_memory->base, module);
+        a.fault_function = in_init ? fmt::format("{} init code+{:#x} [{}]", module, a.fault_pc - in_memory->init_base, module)
+                                : fmt::format("{}+{:#x} [{}]", module, a.fault_pc - in_memory->base, module);
         a.notes.push_back("module " + module + " was loaded after the guest profile was taken: no symbols for it");
       }
       std::size_t i = f;

@@ -286,5 +286,15 @@ TEST_CASE("recovery: a driver loaded after the profile was taken crashes at once
   CHECK_THAT(run_cli({"events", name, "--json"}).out, Catch::Contains("loaded after the guest profile"));
   // The driver's lock-free entry still works for others (nothing could be quarantined).
   CHECK(guest_sh(name, "timeout 10 cat /dev/immortal-fault").status == 0);
+
+  // A driver that crashes in its own init function, while insmod loads it: insmod dies, as the
+  // kernel's oops kill would have done, and the guest goes on (the module stays "Loading").
+  auto load = guest_sh(name, "rmmod immortal_fault_twin && insmod /lib/modules/immortal_fault_twin.ko fault_on_load=1");
+  INFO(load.err);
+  CHECK(load.status == 128 + 9);
+  REQUIRE(wait_until([&] { json t = status_of(name); return count_of(t, "recovered") == 2 && t.value("state", "") == "running"; }, 60s));
+  CHECK_THAT(status_of(name)["last_crash"].value("summary", ""), Catch::Contains("immortal_fault_twin init code"));
+  CHECK(status_of(name).value("boot_id", "") == boot);
+  CHECK(guest_sh(name, "true").status == 0);
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
 }
