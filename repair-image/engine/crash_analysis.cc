@@ -60,8 +60,10 @@ void read_oops_text(const Kernel& kernel, CrashAnalysis& a) {
   if (corruption_seen) a.unsafe.push_back("the kernel reported corrupted data (\"corruption\" in its log)");
   if (a.oops_header.rfind("invalid opcode", 0) == 0 && !bug_seen)
     a.unsafe.push_back("an invalid instruction that is not a BUG(): the code itself may be corrupted");
-  if (a.oops_header.find("stack guard page") != std::string::npos || a.oops_header.rfind("double fault", 0) == 0)
-    a.unsafe.push_back("a kernel stack overflow: the stack below the task is not trustworthy");
+  if (a.oops_header.find("stack guard page") != std::string::npos || a.oops_header.rfind("double fault", 0) == 0) {
+    a.kind = "double-fault";  // the #DF handler's die(): a kernel stack overflow
+    a.unsafe.push_back("a kernel stack overflow (double fault): the stack below the task is not trustworthy");
+  }
 }
 
 }  // namespace

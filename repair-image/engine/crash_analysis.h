@@ -32,8 +32,8 @@ struct HeldLock {
 };
 
 struct CrashAnalysis {
-  // oops, bug, warn, panic (a panic() call by a module), kernel-panic (by the kernel itself:
-  // lockups, hung tasks, sysrq …), unknown
+  // oops, bug, warn, panic (a panic() call by a module), double-fault (a kernel stack overflow),
+  // kernel-panic (by the kernel itself: lockups, hung tasks, sysrq …), unknown
   std::string kind;
   std::string context;          // process, kernel-thread, softirq, hardirq, nmi, idle
   std::string message;          // panic()'s message (its format string) or the warning's
