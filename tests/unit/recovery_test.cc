@@ -5,6 +5,7 @@
 #include "engine/module_locks.h"
 #include "engine/repair_plan.h"
 #include "recovery/recovery_policy.h"
+#include "support/fake_kernel.h"
 #include "x86_64/prologue.h"
 
 #include <catch2/catch.hpp>
@@ -121,4 +122,69 @@ TEST_CASE("recovery limit: malformed values are usage errors", "[recovery]") {
       CHECK(e.code() == ExitCode::usage);
     }
   }
+}
+
+namespace {
+
+// A synthetic kernel with two module functions and a stack: `callback` (push r12; push rbx;
+// sub $0x10,%rsp) called `helper` (push rbp), which faulted. Returning from `callback` must
+// give back the dispatcher's callee-saved registers from where both prologues saved them.
+struct FrameFixture {
+  test::VectorMemory ram{1 << 22};
+  std::unique_ptr<Kernel> kernel;
+  Backtrace bt;
+  X86Registers fault;
+  static constexpr std::uint64_t kCallback = 0x100000, kHelper = 0x100100, kStack = 0x200000;
+  std::uint64_t s2 = test::kva(kStack + 0x800);  // the dispatcher's stack pointer after the call
+  std::uint64_t s1 = s2 - 8 - 32;                // callback: 2 pushes + 0x10
+  std::uint64_t s0 = s1 - 8 - 8;                 // helper: 1 push
+
+  FrameFixture() {
+    test::map_kernel_image(ram);
+    const std::uint8_t callback[] = {0x0f, 0x1f, 0x44, 0x00, 0x00, 0x41, 0x54, 0x53, 0x48, 0x83, 0xec, 0x10, 0xe8};
+    const std::uint8_t helper[] = {0x0f, 0x1f, 0x44, 0x00, 0x00, 0x55, 0xc7, 0x04, 0x25};
+    ram.write(kCallback, std::as_bytes(std::span(callback)));
+    ram.write(kHelper, std::as_bytes(std::span(helper)));
+    auto at = [&](std::uint64_t va, std::uint64_t v) { ram.put<std::uint64_t>(va - test::kKernelBase, v); };
+    at(s2 - 8, 0xffffffff80300042);   // return into the dispatcher
+    at(s2 - 16, 0x1212);              // callback's saved r12
+    at(s2 - 24, 0xb0b0);              // callback's saved rbx
+    at(s1 - 8, test::kva(kCallback) + 0x11);  // return into callback, after its call
+    at(s1 - 16, 0xbbbb);              // helper's saved rbp
+    kernel = Kernel::assemble(ram, KernelLayout{0x1000}, SymbolTable::from_kallsyms(
+        "ffffffff80100000 t callback\t[drv]\nffffffff80100100 t helper\t[drv]\nffffffff80100200 t other\t[drv]\n"
+        "ffffffff80300000 T dispatcher\n"), test::linux_like_types(), "test");
+    fault.rip = test::kva(kHelper) + 6;
+    fault.rsp = s0;
+    fault.rbx = 1;  // values the helper had; what it did not save stays as it is
+    fault.rbp = 2;
+    fault.r12 = 3;
+    bt.frames = {{fault.rip, "helper", true, s0, 0x1234}, {test::kva(kCallback) + 0x11, "callback", true, s1, 0},
+                 {0xffffffff80300042, "dispatcher", true, s2, 0}};
+  }
+};
+
+}  // namespace
+
+TEST_CASE("return from frame: callee-saved registers come back from each prologue's slots", "[recovery]") {
+  FrameFixture f;
+  X86Registers after = repair::return_from_frame(*f.kernel, f.bt, 0, f.fault, 1);
+  CHECK(after.rip == 0xffffffff80300042);
+  CHECK(after.rsp == f.s2);
+  CHECK(after.rbp == 0xbbbb);
+  CHECK(after.r12 == 0x1212);
+  CHECK(after.rbx == 0xb0b0);
+}
+
+TEST_CASE("return from frame: a stack that does not match the prologues is refused", "[recovery]") {
+  FrameFixture f;
+  f.bt.frames[1].sp += 8;  // ORC says the callback's frame is deeper than its prologue saved
+  try {
+    repair::return_from_frame(*f.kernel, f.bt, 0, f.fault, 1);
+    FAIL("accepted");
+  } catch (const Error& e) {
+    CHECK(e.code() == ExitCode::bad_input);
+    CHECK_THAT(e.what(), Catch::Contains("does not match"));
+  }
+  CHECK_THROWS_AS(repair::return_from_frame(*f.kernel, f.bt, 0, f.fault, 2), Error);  // no caller above
 }
