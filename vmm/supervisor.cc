@@ -119,10 +119,7 @@ void Supervisor::boot() {
   profile_ = std::make_unique<ProfileCollector>(*agent_, dir_.file("profile"), options_.say);
   profile_->collect(agent_->modules_generation());
   ready_summary_ = summary;
-  if (!options_.recovery.enabled) {
-    if (options_.on_ready) options_.on_ready(summary + "; recovery is off");
-    ready_summary_.clear();
-  }
+  if (!options_.recovery.enabled) report_ready("recovery is off");
 }
 
 void Supervisor::serve() {
@@ -135,12 +132,9 @@ void Supervisor::serve() {
     if (guest_state_ == "rebooting" && agent_->hello() && agent_->hello()->boot_id != old_boot_id_) after_reboot_hello();
     if (guest_state_ == "running" && options_.recovery.enabled) arm_interception();
     // Never keep `run --detach` waiting on a profile that cannot come.
-    if (!ready_summary_.empty() && (agent_->closed() || Clock::now() - started_ - *boot_time_ > kArmTimeout)) {
-      if (options_.on_ready)
-        options_.on_ready(ready_summary_ + "; crash interception NOT armed (no guest profile" +
-                          (agent_->closed() ? ": the agent's channel closed)" : " in time)"));
-      ready_summary_.clear();
-    }
+    if (!ready_summary_.empty() && (agent_->closed() || Clock::now() - started_ - *boot_time_ > kArmTimeout))
+      report_ready(std::string("crash interception NOT armed (no guest profile") +
+                   (agent_->closed() ? ": the agent's channel closed)" : " in time)"));
     if (guest_state_ == "recovering") verify_recovery();
     if (guest_state_ == "running") check_hang();
     if (guest_state_ == "hung" && agent_->last_heard() && Clock::now() - *agent_->last_heard() < std::chrono::seconds(2)) {
@@ -422,18 +416,10 @@ void Supervisor::answer_inject(int fd, const json& request) {
 // so lists are not changing under us (a few milliseconds).
 json Supervisor::introspect(const std::string& part) {
   if (part != "tasks" && part != "modules" && part != "dmesg") fail(ExitCode::usage, "unknown part \"{}\"", part);
-  guest_kernel();
-  bool was_running = machine_->state() == RunState::running;
-  if (was_running) machine_->pause();
-  json out;
-  try {
-    out = part == "tasks" ? tasks_json(*kernel_) : part == "modules" ? modules_json(*kernel_) : kernel_log_json(*kernel_);
-  } catch (...) {
-    if (was_running) machine_->resume();
-    throw;
-  }
-  if (was_running) machine_->resume();
-  return out;
+  Kernel& kernel = guest_kernel();
+  return while_paused([&] {
+    return part == "tasks" ? tasks_json(kernel) : part == "modules" ? modules_json(kernel) : kernel_log_json(kernel);
+  });
 }
 
 json Supervisor::status() const {
@@ -528,6 +514,27 @@ std::string Supervisor::last_console_lines(std::size_t n) const {
 
 // ---- Recovery (docs/recovery.md) -------------------------------------------------------
 
+template <typename F>
+auto Supervisor::while_paused(F&& f) -> decltype(f()) {
+  bool was_running = machine_->state() == RunState::running;
+  if (was_running) machine_->pause();
+  decltype(f()) result;
+  try {
+    result = f();
+  } catch (...) {
+    if (was_running) machine_->resume();
+    throw;
+  }
+  if (was_running) machine_->resume();
+  return result;
+}
+
+void Supervisor::report_ready(const std::string& how) {
+  if (ready_summary_.empty()) return;
+  if (options_.on_ready) options_.on_ready(ready_summary_ + "; " + how);
+  ready_summary_.clear();
+}
+
 void Supervisor::event(const std::string& name, json fields) {
   if (std::string problem = events_.append(name, std::move(fields)); !problem.empty()) options_.say(problem);
 }
@@ -546,11 +553,6 @@ Kernel& Supervisor::guest_kernel() {
 void Supervisor::arm_interception() {
   if (!profile_ || profile_->busy()) return;
   json profile = profile_->status();
-  auto report_ready = [this](const std::string& how) {
-    if (ready_summary_.empty()) return;
-    if (options_.on_ready) options_.on_ready(ready_summary_ + "; " + how);
-    ready_summary_.clear();
-  };
   if (!profile.contains("taken_at")) {
     if (profile.contains("error"))
       report_ready("crash interception NOT armed (no guest profile: " + profile["error"].get<std::string>() + ")");
@@ -561,15 +563,7 @@ void Supervisor::arm_interception() {
   armed_profile_ = taken;  // one attempt per profile, whatever happens
   try {
     Kernel& kernel = guest_kernel();
-    machine_->pause();
-    std::vector<std::string> notes;
-    try {
-      notes = interceptor_->arm(kernel);
-    } catch (...) {
-      machine_->resume();
-      throw;
-    }
-    machine_->resume();
+    auto notes = while_paused([&] { return interceptor_->arm(kernel); });
     event("armed", {{"interception", interceptor_->points()}, {"notes", notes}});
     for (const auto& n : notes) options_.say(n);
     report_ready(fmt::format("crash interception armed at {}", fmt::join(interceptor_->points(), ", ")));
@@ -592,9 +586,7 @@ void Supervisor::on_breakpoint(int vcpu) {
     machine_->resume();
     return;
   }
-  auto record = interceptor_->record(++crashes_, vcpu, "breakpoint", *point);
-  record.time = utc_now();
-  on_crash(std::move(record));
+  on_crash(interceptor_->record(++crashes_, vcpu, "breakpoint", *point));
 }
 
 void Supervisor::on_crash(repair::CrashRecord record) {
@@ -721,7 +713,6 @@ void Supervisor::check_hang() {
   try {
     machine_->pause();
     auto record = interceptor_->record(id, -1, "hang", "");
-    record.time = utc_now();
     json stacks = json::array();
     try {
       Kernel& kernel = guest_kernel();
@@ -806,15 +797,7 @@ void Supervisor::answer_unquarantine(int fd, const json& request) {
   }
   try {
     Kernel& kernel = guest_kernel();
-    machine_->pause();
-    std::vector<std::string> done;
-    try {
-      done = quarantine_.release(*machine_, kernel, names);
-    } catch (...) {
-      machine_->resume();
-      throw;
-    }
-    machine_->resume();
+    auto done = while_paused([&] { return quarantine_.release(*machine_, kernel, names); });
     event("unquarantine", {{"result", done}});
     client.reply({{"released", done}});
   } catch (const Error& e) {

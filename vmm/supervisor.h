@@ -80,6 +80,11 @@ class Supervisor {
   void after_reboot_hello();
   void save_crash(const repair::CrashRecord& record, const json& analysis, const json& plan);
   void event(const std::string& name, json fields);
+  // Tells on_ready (once) that the guest is up, and how it is protected.
+  void report_ready(const std::string& how);
+  // Runs f with the guest paused (if it was running), resuming it afterwards whatever happens.
+  template <typename F>
+  auto while_paused(F&& f) -> decltype(f());
   json status() const;
   void pump_console();
   std::string last_console_lines(std::size_t n) const;

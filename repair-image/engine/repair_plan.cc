@@ -53,6 +53,12 @@ void set_register(RepairAction& action, const X86Registers& before, const char* 
   action.registers.push_back({name, *before.field(name), value});
 }
 
+// The registers a return to a caller changes: its position and the callee-saved ones.
+void set_returned_registers(RepairAction& action, const X86Registers& before, const X86Registers& after) {
+  for (const char* r : {"rip", "rsp", "rbx", "rbp", "r12", "r13", "r14", "r15"})
+    if (*after.field(r) != *before.field(r)) set_register(action, before, r, *after.field(r));
+}
+
 // The callback a dispatcher is running on this CPU, read from the dispatcher's own bookkeeping:
 // the tail calls of optimised drivers mean the callback itself may not be on the stack.
 std::uint64_t running_callback(const Kernel& kernel, const CrashAnalysis& a, const std::string& dispatcher) {
@@ -115,6 +121,12 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
 }
 
 }  // namespace
+
+std::string hex_bytes(const std::vector<std::uint8_t>& bytes) {
+  std::string s;
+  for (auto b : bytes) s += fmt::format("{:02x}", b);
+  return s;
+}
 
 std::vector<std::uint8_t> quarantine_patch() { return {0x48, 0xc7, 0xc0, 0xfb, 0xff, 0xff, 0xff, 0xc3}; }
 
@@ -226,8 +238,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       // (check_panic_on_warn() returns as it would with panic_on_warn=0).
       X86Registers after = return_from_frame(kernel, a.backtrace, 0, regs, 1);
       RepairAction w{"complete-warning", "the warning completes as a warning; the " + a.context + " goes on", {}, {}, {}};
-      for (const char* r : {"rip", "rsp", "rbx", "rbp", "r12", "r13", "r14", "r15"})
-        if (*after.field(r) != *regs.field(r)) set_register(w, regs, r, *after.field(r));
+      set_returned_registers(w, regs, after);
       plan.actions.push_back(std::move(w));
     } else {
       const Dispatcher* d = nullptr;
@@ -265,8 +276,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
         flags &= ~kInterruptFlag;
         end.detail["context_tracking"] = "ct_irq_exit() called on the way back (idle task)";
       }
-      for (const char* r : {"rip", "rsp", "rbx", "rbp", "r12", "r13", "r14", "r15"})
-        if (*after.field(r) != *regs.field(r)) set_register(end, regs, r, *after.field(r));
+      set_returned_registers(end, regs, after);
       set_register(end, regs, "rax", 0);
       set_register(end, regs, "eflags", flags);
       if (preempt_release) {
@@ -319,15 +329,10 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
 
 nlohmann::json RepairPlan::to_json() const {
   nlohmann::json acts = nlohmann::json::array();
-  auto hex = [](const std::vector<std::uint8_t>& b) {
-    std::string s;
-    for (auto x : b) s += fmt::format("{:02x}", x);
-    return s;
-  };
   for (const auto& x : actions) {
     nlohmann::json writes = nlohmann::json::array(), regs = nlohmann::json::array();
     for (const auto& w : x.writes)
-      writes.push_back({{"address", fmt::format("{:#x}", w.address)}, {"old", hex(w.expected)}, {"new", hex(w.bytes)},
+      writes.push_back({{"address", fmt::format("{:#x}", w.address)}, {"old", hex_bytes(w.expected)}, {"new", hex_bytes(w.bytes)},
                         {"code", w.code}});
     for (const auto& r : x.registers)
       regs.push_back({{"register", r.name}, {"old", fmt::format("{:#x}", r.from)}, {"new", fmt::format("{:#x}", r.to)}});

@@ -47,6 +47,9 @@ struct RepairPlan {
 
 RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const CrashAnalysis& analysis);
 
+// "0f1f44" for {0x0f, 0x1f, 0x44}: how plans, quarantine records and logs show guest bytes.
+std::string hex_bytes(const std::vector<std::uint8_t>& bytes);
+
 // The bytes that make a function return -EIO at once ("mov $-5,%rax; ret"), placed after its
 // ftrace site; quarantine and unquarantine recognise them.
 std::vector<std::uint8_t> quarantine_patch();

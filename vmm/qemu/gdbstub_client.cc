@@ -124,8 +124,8 @@ void GdbstubClient::remove_hw_breakpoint(std::uint64_t address, Deadline deadlin
 void GdbstubClient::write_memory(int thread, std::uint64_t address, std::span<const std::uint8_t> bytes,
                                  Deadline deadline) {
   select_thread(thread, deadline);
-  std::string packet = fmt::format("M{:x},{:x}:", address, bytes.size());
-  for (auto b : bytes) packet += fmt::format("{:02x}", b);
+  std::string packet = fmt::format("M{:x},{:x}:", address, bytes.size()) +
+                       to_hex({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
   if (request(packet, deadline) != "OK") fail(ExitCode::qemu, "gdbstub: cannot write guest memory at {:#x}", address);
 }
 

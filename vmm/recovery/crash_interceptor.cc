@@ -1,6 +1,7 @@
 #include "recovery/crash_interceptor.h"
 
 #include "base/error.h"
+#include "recovery/event_log.h"
 
 #include <fmt/format.h>
 
@@ -64,7 +65,7 @@ repair::CrashRecord CrashInterceptor::record(std::uint64_t id, int vcpu, const s
                                              const std::string& at) {
   repair::CrashRecord r;
   r.id = id;
-  r.time = "";
+  r.time = utc_now();
   r.caught_by = caught_by;
   r.intercepted_at = at;
   r.vcpu = vcpu;

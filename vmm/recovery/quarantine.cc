@@ -57,14 +57,9 @@ void QuarantineList::clear() {
 
 nlohmann::json QuarantineList::to_json() const {
   nlohmann::json out = nlohmann::json::array();
-  auto hex = [](const std::vector<std::uint8_t>& b) {
-    std::string s;
-    for (auto x : b) s += fmt::format("{:02x}", x);
-    return s;
-  };
   for (const auto& e : entries_)
     out.push_back({{"module", e.module}, {"function", e.function}, {"address", fmt::format("{:#x}", e.address)},
-                   {"original", hex(e.original)}, {"patch", hex(e.patch)}, {"crash", e.crash}, {"time", e.time}});
+                   {"original", repair::hex_bytes(e.original)}, {"patch", repair::hex_bytes(e.patch)}, {"crash", e.crash}, {"time", e.time}});
   return out;
 }
 
