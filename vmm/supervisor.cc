@@ -51,6 +51,7 @@ Supervisor::Supervisor(SupervisorOptions options, InstanceDir dir, MachineFactor
       }()),
       quarantine_(dir_.file("quarantine.json")),
       budget_(options_.recovery) {
+  bundles_ = std::make_unique<BundleRecorder>(options_.bundles);
   if (!options_.say) options_.say = [](const std::string& line) { std::cerr << "immortal: " << line << "\n"; };
 }
 
@@ -131,6 +132,7 @@ void Supervisor::serve() {
       profile_->collect(agent_->modules_generation());
     if (guest_state_ == "rebooting" && agent_->hello() && agent_->hello()->boot_id != old_boot_id_) after_reboot_hello();
     if (guest_state_ == "running" && options_.recovery.enabled) arm_interception();
+    if (guest_state_ == "running") prepare_bundle_arena();
     // Never keep `run --detach` waiting on a profile that cannot come.
     if (!ready_summary_.empty() && (agent_->closed() || Clock::now() - started_ - *boot_time_ > kArmTimeout))
       report_ready(std::string("crash interception NOT armed (no guest profile") +
@@ -158,11 +160,37 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
   pump_console();
   handle_signals();
   handle_machine_events();
+  collect_bundles();
   if (pause_after_crash_ && Clock::now() >= *pause_after_crash_) {
     pause_after_crash_.reset();
     try {
       machine_->pause();
       options_.say("the crashed guest is frozen; last console lines:\n" + last_console_lines(15));
+      {
+        // The dump of a crash caught only by pvpanic: panic() has run, so panic_cpu says which CPU.
+        auto record = interceptor_->record(crashes_, -1, "pvpanic", "");
+        int cpu = -1;
+        try {
+          Kernel& kernel = guest_kernel();
+          cpu = kernel.memory().read_value<std::int32_t>(kernel.symbol("panic_cpu"));
+          if (cpu < 0 || cpu >= static_cast<int>(record.registers.size())) cpu = -1;
+        } catch (const std::exception&) {
+        }
+        record.vcpu = cpu;
+        json analysis;
+        if (cpu >= 0) {
+          try {
+            analysis = repair::analyze_crash(guest_kernel(), record).to_json();
+          } catch (const std::exception&) {
+          }
+        }
+        bool reboot = reboot_after_pause_.has_value();
+        hold_crash_bundle(record, capture_for_bundle(record.registers, cpu), analysis, json(),
+                          reboot ? "reboot" : "none",
+                          reboot ? "caught by pvpanic only: past the point where it can be resumed"
+                                 : "recovery is off: the guest is left frozen");
+        if (!reboot) finish_crash_bundle("frozen");
+      }
       if (reboot_after_pause_) {
         auto crash = *reboot_after_pause_;
         reboot_after_pause_.reset();
@@ -301,6 +329,7 @@ void Supervisor::answer(int fd, const json& request) {
     return done();
   }
   if (command == "inject") return answer_inject(fd, request);
+  if (command == "bundle") return answer_bundle(fd);
   if (command == "introspect") {
     try {
       client.reply(introspect(request.value("part", "")));
@@ -464,6 +493,8 @@ json Supervisor::status() const {
                          {"quarantined", quarantine_.to_json()},
                          {"event_log", dir_.file("events.jsonl")}};
   if (!last_crash_.is_null()) s["last_crash"] = last_crash_;
+  s["bundles"] = {{"dir", options_.bundles.dir}, {"written", bundles_->written()}, {"writing", bundles_->writing()},
+                  {"last", bundles_->last_path()}};
   return s;
 }
 
@@ -491,6 +522,12 @@ void Supervisor::shutdown_machine() {
   machine_->terminate(std::chrono::seconds(2));
   machine_.reset();
   guest_state_ = "shut off";
+  if (pending_bundle_) finish_crash_bundle("unknown: the instance stopped before the outcome was known");
+  if (bundles_->writing()) {
+    options_.say(fmt::format("waiting for {} bundle(s) to be written", bundles_->writing()));
+    bundles_->drain(std::chrono::minutes(5));
+  }
+  collect_bundles();
 }
 
 void Supervisor::pump_console() {
@@ -536,14 +573,18 @@ void Supervisor::report_ready(const std::string& how) {
 }
 
 void Supervisor::event(const std::string& name, json fields) {
+  bool for_pending = pending_bundle_ && fields.is_object() && fields.value("crash", std::uint64_t{0}) == pending_bundle_->crash;
   if (std::string problem = events_.append(name, std::move(fields)); !problem.empty()) options_.say(problem);
+  if (for_pending && !events_.recent().empty()) pending_bundle_->events.push_back(events_.recent().back());
 }
 
 Kernel& Supervisor::guest_kernel() {
   json profile = profile_ ? profile_->status() : json::object();
   if (!profile.contains("taken_at")) fail(ExitCode::failure, "no guest profile yet (the agent has not reported one)");
   if (!kernel_ || kernel_profile_ != profile["taken_at"].get<std::string>()) {
-    kernel_ = Kernel::open(machine_->memory(), GuestProfile::load(dir_.file("profile")), std::nullopt);
+    auto loaded = std::make_shared<const GuestProfile>(GuestProfile::load(dir_.file("profile")));
+    kernel_ = Kernel::open(machine_->memory(), *loaded, std::nullopt);
+    guest_profile_ = std::move(loaded);
     kernel_profile_ = profile["taken_at"].get<std::string>();
   }
   kernel_->memory().forget_translations();  // the guest ran since the last read
@@ -565,6 +606,7 @@ void Supervisor::arm_interception() {
     Kernel& kernel = guest_kernel();
     auto notes = while_paused([&] { return interceptor_->arm(kernel); });
     event("armed", {{"interception", interceptor_->points()}, {"notes", notes}});
+
     for (const auto& n : notes) options_.say(n);
     report_ready(fmt::format("crash interception armed at {}", fmt::join(interceptor_->points(), ", ")));
   } catch (const std::exception& e) {
@@ -627,6 +669,9 @@ void Supervisor::on_crash(repair::CrashRecord record) {
   }
   plan_json = plan.to_json();
   double analysis_ms = ms_since(t0);
+  // The dump's copy of memory comes before the repair changes anything.
+  hold_crash_bundle(record, capture_for_bundle(record.registers, record.vcpu), analysis_json, plan_json,
+                    plan.resume ? "resume" : "reboot", plan.reason);
   std::string summary = kernel_error ? plan.reason : analysis.summary();
   last_crash_ = {{"crash", record.id}, {"time", record.time}, {"summary", summary}, {"decision", plan.resume ? "resume" : "reboot"},
                  {"reason", plan.reason}};
@@ -654,8 +699,13 @@ void Supervisor::on_crash(repair::CrashRecord record) {
   guest_state_ = "recovering";
   verification_ = Verification{record.id, Clock::now(), Deadline::in(options_.recovery.verify_timeout).at(),
                                agent_->heartbeats(), false, std::nullopt, ""};
-  event("resumed", {{"crash", record.id}, {"actions", plan.reason}, {"analysis_ms", analysis_ms},
-                    {"apply_ms", apply_ms}, {"intercept_to_resume_ms", total_ms}});
+  json timings = {{"analysis_ms", analysis_ms}, {"apply_ms", apply_ms}, {"intercept_to_resume_ms", total_ms}};
+  if (pending_bundle_) {
+    timings["snapshot_pause_ms"] = pending_bundle_->capture.pause_ms;
+    pending_bundle_->timings.update(timings);
+  }
+  event("resumed", {{"crash", record.id}, {"actions", plan.reason}, {"analysis_ms", analysis_ms}, {"apply_ms", apply_ms},
+                    {"snapshot_ms", timings.value("snapshot_pause_ms", 0.0)}, {"intercept_to_resume_ms", total_ms}});
   options_.say(fmt::format("crash {}: repaired ({}) and resumed {:.1f} ms after interception; verifying", record.id,
                            plan.reason, total_ms));
   save_crash(record, analysis_json, plan_json);
@@ -685,6 +735,7 @@ void Supervisor::verify_recovery() {
     last_crash_["outcome"] = "recovered";
     guest_state_ = "running";
     verification_.reset();
+    finish_crash_bundle("recovered", {{"verify_ms", ms}});
     return;
   }
   if ((v.probe_ok && !*v.probe_ok) || Clock::now() >= v.deadline) {
@@ -695,6 +746,7 @@ void Supervisor::verify_recovery() {
     verification_.reset();
     event("recovery-failed", {{"crash", id}, {"reason", why}});
     last_crash_["outcome"] = "recovery failed";
+    if (pending_bundle_) pending_bundle_->recovery["verification"] = why;
     reboot_guest(why, id);
   }
 }
@@ -726,7 +778,9 @@ void Supervisor::check_hang() {
       stacks.push_back(std::string("unreadable: ") + e.what());
     }
     event("hang", {{"crash", id}, {"reason", why}, {"cpus", stacks}});
-    save_crash(record, {{"kind", "hang"}, {"cpus", stacks}}, {{"resume", false}, {"reason", why}});
+    json analysis = {{"kind", "hang"}, {"cpus", stacks}};
+    save_crash(record, analysis, {{"resume", false}, {"reason", why}});
+    hold_crash_bundle(record, capture_for_bundle(record.registers, -1), analysis, json(), "reboot", why);
   } catch (const Error& e) {
     options_.say(std::string("cannot inspect the hung guest: ") + e.what());
   }
@@ -737,6 +791,10 @@ void Supervisor::reboot_guest(const std::string& reason, std::uint64_t crash) {
   options_.say(fmt::format("crash {}: rebooting the guest: {}", crash, reason));
   event("reboot", {{"crash", crash}, {"reason", reason}});
   last_crash_["outcome"] = "rebooted";
+  if (pending_bundle_) {
+    pending_bundle_->recovery["reboot_reason"] = reason;
+    finish_crash_bundle("rebooted");
+  }
   ++reboots_;
   old_boot_id_ = agent_->hello() ? agent_->hello()->boot_id : "";
   agent_->abandon("the guest is rebooting");
@@ -775,6 +833,111 @@ void Supervisor::save_crash(const repair::CrashRecord& record, const json& analy
   std::string path = fmt::format("{}/crash-{}.json", dir_.file("crashes"), record.id);
   std::ofstream out(path, std::ios::trunc);
   out << json{{"record", repair::to_json(record)}, {"analysis", analysis}, {"plan", plan}}.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+}
+
+void Supervisor::prepare_bundle_arena() {
+  if (!profile_ || profile_->busy()) return;
+  json profile = profile_->status();
+  if (!profile.contains("taken_at") || profile["taken_at"] == bundle_arena_profile_) return;
+  bundle_arena_profile_ = profile["taken_at"].get<std::string>();
+  try {
+    Kernel& kernel = guest_kernel();
+    bundles_->prepare(machine_->memory(), &kernel);
+  } catch (const std::exception& e) {
+    options_.say(std::string("no memory prepared for bundle snapshots (a crash will pause longer): ") + e.what());
+  }
+}
+
+BundleCapture Supervisor::capture_for_bundle(std::vector<X86Registers> registers, int crash_cpu) {
+  const Kernel* kernel = nullptr;
+  try {
+    kernel = &guest_kernel();
+  } catch (const std::exception& e) {
+    options_.say(std::string("the bundle's copy of memory cannot be filtered (every page is copied): ") + e.what());
+  }
+  return capture_guest(*machine_, kernel, kernel ? guest_profile_.get() : nullptr, std::move(registers), crash_cpu,
+                       options_.bundles.filter, bundles_->arena());
+}
+
+void Supervisor::hold_crash_bundle(const repair::CrashRecord& record, BundleCapture capture, const json& analysis,
+                                   const json& plan, const std::string& decision, const std::string& reason) {
+  if (pending_bundle_) finish_crash_bundle("superseded by a later crash before its outcome was known");
+  BundleJob job;
+  job.guest = options_.machine.name;
+  job.crash = record.id;
+  job.capture = std::move(capture);
+  job.profile = guest_profile_;
+  job.crash_record = repair::to_json(record);
+  job.analysis = analysis;
+  job.plan = plan;
+  job.recovery = {{"enabled", options_.recovery.enabled}, {"decision", decision}, {"reason", reason}};
+  job.timings = json::object();
+  pending_bundle_ = std::move(job);
+}
+
+void Supervisor::finish_crash_bundle(const std::string& outcome, json more_timings) {
+  if (!pending_bundle_) return;
+  BundleJob job = std::move(*pending_bundle_);
+  pending_bundle_.reset();
+  job.recovery["outcome"] = outcome;
+  job.timings.update(more_timings);
+  bundles_->submit(std::move(job));
+}
+
+void Supervisor::collect_bundles() {
+  for (auto& r : bundles_->poll()) {
+    json fields = {{"reason", r.reason}, {"write_ms", r.write_ms}};
+    if (r.reason == "crash") fields["crash"] = r.crash;
+    if (r.path.empty()) {
+      fields["error"] = r.error;
+      event("bundle-failed", fields);
+      options_.say("writing a bundle failed: " + r.error);
+    } else {
+      fields["path"] = r.path;
+      fields["vmcore_bytes"] = r.vmcore_bytes;
+      if (!r.removed.empty()) fields["removed"] = r.removed;
+      event("bundle", fields);
+      options_.say(fmt::format("bundle written: {} ({:.0f} ms)", r.path, r.write_ms));
+      if (r.reason == "crash" && last_crash_.is_object() && last_crash_.value("crash", std::uint64_t{0}) == r.crash)
+        last_crash_["bundle"] = r.path;
+    }
+    if (r.reply_fd >= 0) {
+      auto it = clients_.find(r.reply_fd);
+      if (it == clients_.end()) continue;
+      if (r.path.empty()) it->second->reply_error(static_cast<int>(ExitCode::failure), r.error);
+      else it->second->reply({{"path", r.path}, {"write_ms", r.write_ms}, {"vmcore_bytes", r.vmcore_bytes}});
+      clients_.erase(it);
+    }
+  }
+}
+
+// `immortal bundle NAME`: a bundle of the guest as it is now (healthy, hung or misbehaving); it
+// is stopped only while its memory is copied. The answer waits until the bundle is written.
+void Supervisor::answer_bundle(int fd) {
+  auto& client = *clients_.at(fd);
+  if (!machine_ || guest_state_ == "shut off" || guest_state_ == "rebooting" || guest_state_ == "starting") {
+    client.reply_error(static_cast<int>(ExitCode::failure), "the guest is " + guest_state_ + ": nothing to take a bundle of");
+    clients_.erase(fd);
+    return;
+  }
+  try {
+    BundleJob job;
+    job.guest = options_.machine.name;
+    job.reason = "on-demand";
+    job.capture = while_paused([&] {
+      std::vector<X86Registers> regs;
+      for (int v = 0; v < machine_->vcpu_count(); ++v) regs.push_back(machine_->read_registers(v));
+      return std::make_optional(capture_for_bundle(std::move(regs), -1));
+    }).value();
+    job.profile = guest_profile_;
+    job.reply_fd = fd;
+    json fields = {{"reason", "on-demand"}, {"snapshot_pause_ms", job.capture.pause_ms}};
+    event("bundle-snapshot", fields);
+    bundles_->submit(std::move(job));
+  } catch (const std::exception& e) {
+    client.reply_error(static_cast<int>(ExitCode::failure), std::string("cannot take a bundle: ") + e.what());
+    clients_.erase(fd);
+  }
 }
 
 void Supervisor::answer_unquarantine(int fd, const json& request) {

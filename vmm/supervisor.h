@@ -14,6 +14,7 @@
 #include "machine_config.h"
 #include "profile_collector.h"
 #include "kernel/kernel.h"
+#include "recovery/bundle_recorder.h"
 #include "recovery/crash_interceptor.h"
 #include "recovery/event_log.h"
 #include "recovery/quarantine.h"
@@ -37,6 +38,7 @@ struct SupervisorOptions {
   bool echo_console = false;                    // copy the serial console to stdout
   RecoveryPolicy recovery;                      // --recovery on|off and its limits (docs/recovery.md)
   std::string event_log;                        // --event-log: also append events here
+  BundleSettings bundles;                       // --bundle-dir and friends (docs/bundle-format.md)
   // Called once the guest is up — its agent said hello and, with recovery on, crash interception
   // is armed (or could not be, which it then says) — used by --detach to release the parent.
   std::function<void(const std::string& summary)> on_ready;
@@ -68,6 +70,7 @@ class Supervisor {
   void answer_inject(int fd, const json& request);
   json introspect(const std::string& part);
   void answer_unquarantine(int fd, const json& request);
+  void answer_bundle(int fd);
 
   // Recovery (docs/recovery.md).
   Kernel& guest_kernel();                 // from the newest profile, translations fresh
@@ -79,6 +82,14 @@ class Supervisor {
   void reboot_guest(const std::string& reason, std::uint64_t crash);
   void after_reboot_hello();
   void save_crash(const repair::CrashRecord& record, const json& analysis, const json& plan);
+  // Bundles: the copy is taken while the guest is stopped; the crash's bundle is written once
+  // its outcome is known (recovered, rebooted, frozen).
+  BundleCapture capture_for_bundle(std::vector<X86Registers> registers, int crash_cpu);
+  void hold_crash_bundle(const repair::CrashRecord& record, BundleCapture capture, const json& analysis,
+                         const json& plan, const std::string& decision, const std::string& reason);
+  void finish_crash_bundle(const std::string& outcome, json more_timings = json::object());
+  void collect_bundles();
+  void prepare_bundle_arena();
   void event(const std::string& name, json fields);
   // Tells on_ready (once) that the guest is up, and how it is protected.
   void report_ready(const std::string& how);
@@ -96,6 +107,7 @@ class Supervisor {
   std::unique_ptr<AgentChannel> agent_;
   std::unique_ptr<ProfileCollector> profile_;
   std::unique_ptr<Kernel> kernel_;       // the guest kernel seen through its profile
+  std::shared_ptr<const GuestProfile> guest_profile_;  // …that profile
   std::string kernel_profile_;           // taken_at of the profile kernel_ was built from
   UniqueFd control_listener_;
   UniqueFd signal_fd_;
@@ -127,6 +139,9 @@ class Supervisor {
   };
   std::optional<Verification> verification_;
   json last_crash_;
+  std::unique_ptr<BundleRecorder> bundles_;
+  std::optional<BundleJob> pending_bundle_;  // a crash's bundle waiting for its outcome
+  std::string bundle_arena_profile_;         // taken_at of the profile the arena was sized with
   std::string ready_summary_;          // reported through on_ready once the guest is protected
 };
 

@@ -23,6 +23,7 @@ enum class ExitCode : int {
   no_instance = 6,    // no running instance of that name
   guest_crashed = 7,  // the guest kernel crashed and was not recovered
   timeout = 8,        // an operation did not finish in its time limit
+  unsupported = 9,    // a file in a format version newer than this immortal reads
 };
 
 class Error : public std::runtime_error {

@@ -86,26 +86,30 @@ std::unique_ptr<ElfCoreMemory> ElfCoreMemory::open(const std::string& path) {
       core->parse_notes(core->map_ + ph.p_offset, size);
     } else if (ph.p_type == PT_LOAD && ph.p_memsz > 0) {
       if (ph.p_paddr + ph.p_memsz < ph.p_paddr) fail(ExitCode::bad_input, "{}: segment {} wraps around", path, i);
-      std::uint64_t present = 0;
-      if (ph.p_offset < core->file_size_)
-        present = std::min({ph.p_filesz, ph.p_memsz, core->file_size_ - ph.p_offset});
-      core->segments_.push_back({ph.p_paddr, ph.p_offset, present, ph.p_memsz});
+      std::uint64_t filesz = std::min(ph.p_filesz, ph.p_memsz), present = 0;
+      if (ph.p_offset < core->file_size_) present = std::min(filesz, core->file_size_ - ph.p_offset);
+      core->segments_.push_back({ph.p_paddr, ph.p_offset, present, filesz, ph.p_memsz});
     }
   }
   std::sort(core->segments_.begin(), core->segments_.end(),
             [](const Segment& a, const Segment& b) { return a.paddr < b.paddr; });
   // Ranges: the union of what the segments hold (kdump layouts map the kernel text twice).
+  // Bytes past p_filesz up to p_memsz are zeros (ELF's rule: left-out pages of a filtered dump);
+  // bytes the header places in the file but the file lacks are missing.
+  std::vector<PhysicalRange> readable;
   for (const auto& s : core->segments_) {
-    if (s.present > 0) {
-      PhysicalRange r{s.paddr, s.present};
-      if (!core->ranges_.empty() && r.start <= core->ranges_.back().end()) {
-        auto& last = core->ranges_.back();
-        last.size = std::max(last.end(), r.end()) - last.start;
-      } else {
-        core->ranges_.push_back(r);
-      }
+    if (s.present > 0) readable.push_back({s.paddr, s.present});
+    if (s.filesz < s.size) readable.push_back({s.paddr + s.filesz, s.size - s.filesz});
+    if (s.present < s.filesz) core->missing_.push_back({s.paddr + s.present, s.filesz - s.present});
+  }
+  std::sort(readable.begin(), readable.end(), [](const PhysicalRange& a, const PhysicalRange& b) { return a.start < b.start; });
+  for (const auto& r : readable) {
+    if (!core->ranges_.empty() && r.start <= core->ranges_.back().end()) {
+      auto& last = core->ranges_.back();
+      last.size = std::max(last.end(), r.end()) - last.start;
+    } else {
+      core->ranges_.push_back(r);
     }
-    if (s.present < s.size) core->missing_.push_back({s.paddr + s.present, s.size - s.present});
   }
   if (core->segments_.empty()) fail(ExitCode::bad_input, "{}: a core without memory (no PT_LOAD segment)", path);
   return core;
@@ -171,16 +175,23 @@ void ElfCoreMemory::read(std::uint64_t address, std::span<std::byte> out) const 
     const Segment* hit = nullptr;
     for (const auto& s : segments_) {
       if (s.paddr > addr) break;
-      if (addr - s.paddr < s.present) hit = &s;
+      std::uint64_t off = addr - s.paddr;
+      if (off < s.present || (off >= s.filesz && off < s.size)) hit = &s;
     }
     if (!hit) {
       bool declared = std::any_of(segments_.begin(), segments_.end(),
                                   [&](const Segment& s) { return addr >= s.paddr && addr - s.paddr < s.size; });
-      throw MemoryFault(addr, want, declared ? "not in the dump (excluded or truncated)" : "not in the dump");
+      throw MemoryFault(addr, want, declared ? "not in the dump (the file is truncated)" : "not in the dump");
     }
-    std::uint64_t in_segment = hit->present - (addr - hit->paddr);
-    std::uint64_t n = std::min(want, in_segment);
-    std::memcpy(out.data() + done, map_ + hit->file_offset + (addr - hit->paddr), n);
+    std::uint64_t off = addr - hit->paddr;
+    std::uint64_t n;
+    if (off < hit->present) {
+      n = std::min(want, hit->present - off);
+      std::memcpy(out.data() + done, map_ + hit->file_offset + off, n);
+    } else {
+      n = std::min(want, hit->size - off);
+      std::memset(out.data() + done, 0, n);
+    }
     done += n;
   }
 }

@@ -49,7 +49,7 @@ class ElfCoreMemory final : public PhysicalMemory {
   const std::vector<CoreCpu>& cpus() const { return cpus_; }
   // The VMCOREINFO note's text, if the core has one.
   std::optional<std::string> vmcoreinfo() const;
-  // Ranges a segment declares but the file does not hold (truncation, p_filesz < p_memsz).
+  // Ranges a segment places in the file but the file does not hold (truncation).
   const std::vector<PhysicalRange>& missing() const { return missing_; }
   std::uint64_t file_size() const { return file_size_; }
 
@@ -57,6 +57,7 @@ class ElfCoreMemory final : public PhysicalMemory {
   ElfCoreMemory() = default;
   struct Segment {
     std::uint64_t paddr, file_offset, present;  // present: bytes actually in the file
+    std::uint64_t filesz;                       // p_filesz (≤ p_memsz): after it, zeros
     std::uint64_t size;                         // p_memsz
   };
   void parse_notes(const std::byte* data, std::uint64_t size);

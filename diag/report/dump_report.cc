@@ -12,6 +12,7 @@
 #include "profile/guest_profile.h"
 #include "report/kernel_json.h"
 #include "types/dwarf_types.h"
+#include "types/module_debuginfo.h"
 
 #include <fmt/format.h>
 
@@ -49,6 +50,9 @@ json build_dump_report(const DiagOptions& o) {
     types = std::move(d);
   }
   auto kernel = Kernel::open(*core, profile, core->vmcoreinfo(), std::move(types));
+  // With a modules directory, the .ko files' DWARF maps module code to source lines.
+  std::optional<ModuleDebugInfo> module_debug;
+  if (!o.modules_dir.empty()) module_debug.emplace(o.modules_dir);
   std::uint64_t kaslr = kernel->memory().layout().kaslr_offset;
 
   json report = {{"dump", o.dump},
@@ -73,6 +77,9 @@ json build_dump_report(const DiagOptions& o) {
     json cpus = json::array();
     auto current = current_tasks(*kernel, static_cast<int>(core->cpus().size()));
     OrcUnwinder orc(*kernel);
+    std::vector<ModuleInfo> loaded;
+    if (module_debug && o.backtraces)
+      section(report, "module source lines", [&] { loaded = read_modules(*kernel).modules; });
     for (std::size_t i = 0; i < core->cpus().size(); ++i) {
       const auto& regs = core->cpus()[i].registers;
       json cpu = {{"cpu", i}, {"rip", fmt::format("{:#x}", regs.rip)}, {"at", kernel->symbols().describe(regs.rip)}};
@@ -99,6 +106,11 @@ json build_dump_report(const DiagOptions& o) {
           // A return address belongs to the call before it, hence pc - 1 for all but the first frame.
           if (dwarf && f.pc >= 0xffffffff80000000ull && f.pc < 0xffffffffc0000000ull)
             if (auto line = dwarf->source_line(f.pc - kaslr - (frames.empty() ? 0 : 1))) frame["source"] = *line;
+          // (A pc saved by an exception or interrupt, f.regs, is where the code stood, not a return address.)
+          for (const auto& m : loaded)
+            if (m.contains_text(f.pc))
+              if (auto line = module_debug->source_line(*kernel, m, f.pc - (frames.empty() || f.regs ? 0 : 1)))
+                frame["source"] = *line;
           frames.push_back(frame);
         }
         cpu["backtrace"] = frames;

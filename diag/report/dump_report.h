@@ -12,6 +12,7 @@ struct DiagOptions {
   std::string dump;     // an ELF core (QEMU's dump-guest-memory, or a kdump-style vmcore)
   std::string profile;  // the healthy-guest profile directory
   std::string vmlinux;  // optional: a vmlinux with DWARF (types from it, source lines for frames)
+  std::string modules_dir;  // optional: the modules' .ko files with DWARF (source lines for module frames)
   bool tasks = false, modules = false, dmesg = false, backtraces = false;
   bool json = false;
 };

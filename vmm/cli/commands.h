@@ -28,6 +28,11 @@ struct RunOptions {
   int hang_timeout_s = 30;
   int verify_timeout_s = 20;
   std::string event_log;
+  std::string bundle_dir;               // empty: $IMMORTAL_BUNDLE_DIR/NAME or /var/crash/immortal/NAME
+  int bundle_keep = 20;
+  std::string bundle_max_size = "20G";
+  bool bundle_compress = false;
+  std::string bundle_memory = "kernel";  // kernel | all
 };
 
 int run_command(const GlobalOptions& global, const RunOptions& options);
@@ -44,6 +49,8 @@ int dump_command(const GlobalOptions& global, const std::string& name, const std
 int unquarantine_command(const GlobalOptions& global, const std::string& name, const std::vector<std::string>& functions,
                          bool all);
 int events_command(const GlobalOptions& global, const std::string& name, bool as_json);
+// `immortal bundle NAME`: a diagnosis bundle of the running guest now; prints its path.
+int bundle_command(const GlobalOptions& global, const std::string& name, int timeout_s);
 int stop_command(const GlobalOptions& global, const std::string& name, bool force, int timeout_s);
 
 }  // namespace immortal::vmm

@@ -203,6 +203,7 @@ int events_command(const GlobalOptions& g, const std::string& name, bool as_json
     if (e.contains("summary")) text = e["summary"].get<std::string>();
     else if (e.contains("plan") && e["plan"].is_object())
       text = (e["plan"].value("resume", false) ? "resume: " : "reboot: ") + e["plan"].value("reason", std::string());
+    else if (e.contains("path")) text = e["path"].get<std::string>();
     else if (e.contains("reason")) text = e["reason"].get<std::string>();
     else if (e.contains("actions")) text = fmt::format("{} — resumed {:.1f} ms after interception", e["actions"].get<std::string>(),
                                                        e.value("intercept_to_resume_ms", 0.0));
@@ -212,6 +213,15 @@ int events_command(const GlobalOptions& g, const std::string& name, bool as_json
     std::string crash = e.contains("crash") ? fmt::format("#{}", e["crash"].get<std::uint64_t>()) : "";
     std::cout << fmt::format("{}  {:<16}{:<5}{}\n", e.value("time", ""), what, crash, text);
   }
+  return 0;
+}
+
+int bundle_command(const GlobalOptions& g, const std::string& name, int timeout_s) {
+  std::cerr << "immortal: taking a bundle of \"" << name << "\" (the guest pauses only while its memory is copied)\n";
+  json r = call(g, name, {{"command", "bundle"}}, std::chrono::seconds(timeout_s));
+  std::cout << r.value("path", "") << "\n";
+  std::cerr << fmt::format("immortal: bundle written in {:.1f} s (vmcore {})\n", r.value("write_ms", 0.0) / 1000,
+                           mib(r.value("vmcore_bytes", json(0))));
   return 0;
 }
 

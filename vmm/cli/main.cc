@@ -44,6 +44,15 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--verify-timeout", run.verify_timeout_s, "seconds for a recovered guest to prove it is healthy (default: 20)")
       ->check(CLI::Range(1, 3600));
   run_cmd->add_option("--event-log", run.event_log, "also append the event log (JSON lines) to this file");
+  run_cmd->add_option("--bundle-dir", run.bundle_dir,
+                      "where crash bundles go (default: $IMMORTAL_BUNDLE_DIR/NAME or /var/crash/immortal/NAME)");
+  run_cmd->add_option("--bundle-keep", run.bundle_keep, "keep at most N bundles, oldest removed first (default: 20; 0: no limit)")
+      ->check(CLI::Range(0, 1000000));
+  run_cmd->add_option("--bundle-max-size", run.bundle_max_size, "keep bundles within SIZE in total, e.g. 5G (default: 20G; 0: no limit)");
+  run_cmd->add_flag("--bundle-compress", run.bundle_compress, "write each bundle as one NAME.tar.zst file");
+  run_cmd->add_option("--bundle-memory", run.bundle_memory,
+                      "kernel: the pages a kernel dump needs (makedumpfile level 31, short pause); all: every non-zero page")
+      ->check(CLI::IsMember({"kernel", "all"}));
   run_cmd->add_option("--boot-timeout", run.boot_timeout_s, "seconds to wait for the agent's hello (default: 60)")
       ->check(CLI::Range(1, 3600));
 
@@ -94,6 +103,8 @@ int main(int argc, char** argv) {
   diag_cmd->add_option("dump", diag.dump, "ELF core: QEMU's dump-guest-memory or a kdump-style vmcore")->required();
   diag_cmd->add_option("-p,--profile", diag.profile, "healthy-guest profile directory (RUNDIR/profile)")->required();
   diag_cmd->add_option("--vmlinux", diag.vmlinux, "vmlinux with DWARF: types from it, source lines in backtraces");
+  diag_cmd->add_option("--modules-dir", diag.modules_dir, "directory with the modules' .ko files (DWARF): source lines")
+      ->check(CLI::ExistingDirectory);
   diag_cmd->add_flag("--tasks", diag.tasks, "list tasks");
   diag_cmd->add_flag("--modules", diag.modules, "list modules");
   diag_cmd->add_flag("--dmesg", diag.dmesg, "print the kernel log");
@@ -111,6 +122,12 @@ int main(int argc, char** argv) {
   auto* events_cmd = app.add_subcommand("events", "the instance's recent events: crashes, repairs, reboots");
   events_cmd->add_option("name", name, "instance name")->required();
   events_cmd->add_flag("--json", events_json, "one JSON object per line, as in the event log");
+
+  int bundle_timeout = 600;
+  auto* bundle_cmd = app.add_subcommand("bundle", "take a diagnosis bundle of a running guest now (it pauses only to copy memory)");
+  bundle_cmd->add_option("name", name, "instance name")->required();
+  bundle_cmd->add_option("--timeout", bundle_timeout, "seconds to wait for the bundle to be written (default: 600)")
+      ->check(CLI::Range(1, 86400));
 
   bool force = false;
   int stop_timeout = 30;
@@ -143,6 +160,7 @@ int main(int argc, char** argv) {
     if (*dump_cmd) return dump_command(global, name, dump_file);
     if (*unquarantine_cmd) return unquarantine_command(global, name, functions, unquarantine_all);
     if (*events_cmd) return events_command(global, name, events_json);
+    if (*bundle_cmd) return bundle_command(global, name, bundle_timeout);
     if (*diag_cmd) return diag_command(diag);
     for (auto& [cmd, part] : views)
       if (*cmd) return introspect_command(global, name, part, view_json);

@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "instance.h"
 #include "qemu/qemu_machine.h"
+#include "bundle/retention.h"
 #include "supervisor.h"
 
 #include <fcntl.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 
 #ifndef IMMORTAL_DEFAULT_GUEST_DIR
@@ -132,6 +134,22 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   options.recovery.hang_timeout = std::chrono::seconds(o.hang_timeout_s);
   options.recovery.verify_timeout = std::chrono::seconds(o.verify_timeout_s);
   options.event_log = absolute(o.event_log);
+  {
+    std::string bundle_dir = o.bundle_dir;
+    if (bundle_dir.empty()) {
+      const char* root = std::getenv("IMMORTAL_BUNDLE_DIR");
+      bundle_dir = std::string(root && *root ? root : "/var/crash/immortal") + "/" + o.name;
+    }
+    options.bundles.dir = absolute(bundle_dir);
+    options.bundles.retention = {static_cast<std::uint64_t>(o.bundle_keep), bundle::parse_size(o.bundle_max_size)};
+    options.bundles.archive = o.bundle_compress;
+    options.bundles.filter = o.bundle_memory == "kernel";
+    std::error_code ec;
+    std::filesystem::create_directories(options.bundles.dir, ec);
+    if (ec || ::access(options.bundles.dir.c_str(), W_OK) != 0)
+      fail(ExitCode::bad_input, "cannot write bundles to {}: {} (choose another with --bundle-dir)", options.bundles.dir,
+           ec ? ec.message() : std::strerror(errno));
+  }
 
   Detacher detacher;
   if (o.detach) {

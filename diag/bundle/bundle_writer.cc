@@ -1,0 +1,146 @@
+#include "bundle/bundle_writer.h"
+
+#include "base/error.h"
+#include "base/io.h"
+#include "base/unique_fd.h"
+#include "bundle/archive.h"
+#include "bundle/bundle_format.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <memory>
+
+namespace immortal::bundle {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+void fsync_path(const std::string& path, bool directory) {
+  UniqueFd fd(::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC));
+  if (!fd || ::fsync(fd.get()) != 0) fail_os(ExitCode::failure, "fsync " + path, errno);
+}
+
+}  // namespace
+
+std::string sha256_file(const std::string& path, std::uint64_t* bytes) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) fail_os(ExitCode::bad_input, "open " + path, errno);
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) fail(ExitCode::failure, "SHA-256 is unavailable");
+  std::vector<unsigned char> buf(1 << 20);
+  std::uint64_t total = 0;
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail_os(ExitCode::bad_input, "read " + path, errno);
+    if (n == 0) break;
+    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(n));
+    total += static_cast<std::uint64_t>(n);
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), digest, &len);
+  std::string hex;
+  for (unsigned int i = 0; i < len; ++i) hex += fmt::format("{:02x}", digest[i]);
+  if (bytes) *bytes = total;
+  return hex;
+}
+
+std::vector<std::string> remove_stale_partials(const std::string& parent) {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(parent, ec)) {
+    std::string n = e.path().filename().string();
+    if (n.rfind(kPartialPrefix, 0) == 0 && n.size() > std::string(kPartialSuffix).size() + 1 &&
+        n.ends_with(kPartialSuffix)) {
+      fs::remove_all(e.path(), ec);
+      removed.push_back(n);
+    }
+  }
+  return removed;
+}
+
+BundleWriter::BundleWriter(std::string parent, std::string name) : parent_(std::move(parent)), name_(std::move(name)) {
+  if (name_.empty() || name_.find('/') != std::string::npos || name_[0] == '.')
+    fail(ExitCode::usage, "bad bundle name \"{}\"", name_);
+  std::error_code ec;
+  fs::create_directories(parent_, ec);
+  if (ec) fail(ExitCode::failure, "cannot create the bundle directory {}: {}", parent_, ec.message());
+  partial_ = parent_ + "/" + kPartialPrefix + name_ + kPartialSuffix;
+  fs::remove_all(partial_, ec);
+  if (!fs::create_directory(partial_, ec) || ec)
+    fail(ExitCode::failure, "cannot create {}: {}", partial_, ec ? ec.message() : "it exists");
+}
+
+BundleWriter::~BundleWriter() {
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(partial_, ec);
+  }
+}
+
+void BundleWriter::add(const std::string& file, std::string_view content) {
+  std::string path = path_of(file);
+  fs::create_directories(fs::path(path).parent_path());
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd) fail_os(ExitCode::failure, "create " + path, errno);
+  write_all(fd.get(), content);
+  add_written(file);
+}
+
+void BundleWriter::add_written(const std::string& file) {
+  std::string path = path_of(file);
+  fsync_path(path, false);
+  File f{file, 0, ""};
+  f.sha256 = sha256_file(path, &f.bytes);
+  files_.push_back(std::move(f));
+}
+
+void BundleWriter::add_written_tree(const std::string& dir) {
+  std::error_code ec;
+  std::vector<std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(path_of(dir), ec))
+    if (e.is_regular_file()) files.push_back(dir + "/" + fs::relative(e.path(), path_of(dir)).string());
+  if (ec) fail(ExitCode::failure, "cannot read {}: {}", path_of(dir), ec.message());
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files) add_written(f);
+}
+
+std::string BundleWriter::commit(nlohmann::json fields, bool archive) {
+  nlohmann::json files = nlohmann::json::array();
+  for (const auto& f : files_) files.push_back({{"name", f.name}, {"bytes", f.bytes}, {"sha256", f.sha256}});
+  fields["format"] = kFormatName;
+  fields["version"] = kFormatVersion;
+  fields["name"] = name_;
+  fields["files"] = files;
+  {
+    std::string path = path_of(kManifest);
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!fd) fail_os(ExitCode::failure, "create " + path, errno);
+    write_all(fd.get(), fields.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    if (::fsync(fd.get()) != 0) fail_os(ExitCode::failure, "fsync " + path, errno);
+  }
+  // Subdirectories first, then the bundle directory itself.
+  std::error_code ec;
+  for (const auto& e : fs::recursive_directory_iterator(partial_, ec))
+    if (e.is_directory()) fsync_path(e.path().string(), true);
+  fsync_path(partial_, true);
+  std::string final_dir = parent_ + "/" + name_;
+  fs::remove_all(final_dir, ec);
+  if (::rename(partial_.c_str(), final_dir.c_str()) != 0) fail_os(ExitCode::failure, "rename " + partial_, errno);
+  committed_ = true;
+  fsync_path(parent_, true);
+  if (!archive) return final_dir;
+  std::string packed = final_dir + kArchiveSuffix;
+  pack_directory(final_dir, name_, packed);
+  fs::remove_all(final_dir, ec);
+  fsync_path(parent_, true);
+  return packed;
+}
+
+}  // namespace immortal::bundle

@@ -1,0 +1,191 @@
+#include "dump/memory_snapshot.h"
+
+#include "base/error.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace immortal {
+
+namespace {
+
+bool all_zero(const std::byte* p) {
+  // Word compares; most non-zero pages differ in their first words.
+  const auto* w = reinterpret_cast<const std::uint64_t*>(p);
+  for (std::size_t i = 0; i < MemorySnapshot::kPageSize / 8; ++i)
+    if (w[i]) return false;
+  return true;
+}
+
+std::optional<PageClassifier> classifier_for(const Kernel* kernel, bool filter, std::string* why) {
+  if (!filter || !kernel) return std::nullopt;
+  return PageClassifier::from_kernel(*kernel, why);
+}
+
+}  // namespace
+
+std::shared_ptr<SnapshotArena> SnapshotArena::make(std::uint64_t bytes) {
+  std::shared_ptr<SnapshotArena> a(new SnapshotArena);
+  a->size_ = std::max<std::uint64_t>((bytes + MemorySnapshot::kPageSize - 1) & ~(MemorySnapshot::kPageSize - 1),
+                                     MemorySnapshot::kPageSize);
+  void* p = ::mmap(nullptr, a->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) fail_os(ExitCode::failure, "cannot allocate memory for snapshots", errno);
+  a->base_ = static_cast<std::byte*>(p);
+  // Touch every page now, so a snapshot does not pay for it.
+  for (std::uint64_t at = 0; at < a->size_; at += MemorySnapshot::kPageSize) a->base_[at] = std::byte{1};
+  return a;
+}
+
+SnapshotArena::~SnapshotArena() {
+  if (base_) ::munmap(base_, size_);
+}
+
+std::uint64_t estimate_snapshot_pages(const PhysicalMemory& ram, const Kernel* kernel, bool filter) {
+  auto classifier = classifier_for(kernel, filter, nullptr);
+  std::uint64_t pages = 0;
+  for (const auto& r : ram.ranges()) {
+    std::vector<PageClass> c((r.size + MemorySnapshot::kPageSize - 1) / MemorySnapshot::kPageSize, PageClass::kernel);
+    if (classifier) classifier->classify(r.start / MemorySnapshot::kPageSize, c);
+    for (std::size_t p = 0; p < c.size(); ++p) {
+      if (c[p] != PageClass::kernel) continue;
+      ++pages;
+      // Reading maps the page into our view of guest RAM now rather than during a pause.
+      std::uint64_t word;
+      try {
+        ram.read(r.start + p * MemorySnapshot::kPageSize, std::as_writable_bytes(std::span(&word, 1)));
+      } catch (const MemoryFault&) {
+      }
+    }
+  }
+  return pages;
+}
+
+std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, const Kernel* kernel, bool filter,
+                                                     std::shared_ptr<SnapshotArena> arena) {
+  std::unique_ptr<MemorySnapshot> s(new MemorySnapshot);
+  std::optional<PageClassifier> classifier;
+  if (!filter) s->census_.filter = "none: every non-zero page copied";
+  else if (!kernel) s->census_.filter = "none (no kernel to read struct pages from): every non-zero page copied";
+  else {
+    std::string why;
+    classifier = PageClassifier::from_kernel(*kernel, &why);
+    s->census_.filter = classifier ? "struct page: free, user and page-cache pages left out (makedumpfile dump level 31)"
+                                   : "none (" + why + "): every non-zero page copied";
+  }
+
+  // Classes first, so the copy buffer is allocated once at its final size.
+  std::vector<std::vector<PageClass>> classes;
+  std::uint64_t candidates = 0;
+  for (const auto& r : ram.ranges()) {
+    PhysicalRange pr{r.start & ~(kPageSize - 1), 0};
+    pr.size = ((r.end() + kPageSize - 1) & ~(kPageSize - 1)) - pr.start;
+    std::vector<PageClass> c(pr.size / kPageSize, PageClass::kernel);
+    if (classifier) classifier->classify(pr.start / kPageSize, c);
+    candidates += static_cast<std::uint64_t>(std::count(c.begin(), c.end(), PageClass::kernel));
+    s->ranges_.push_back(pr);
+    s->by_range_.push_back({pr, {}});
+    classes.push_back(std::move(c));
+  }
+  if (candidates >= kExcluded) fail(ExitCode::failure, "guest memory too large to snapshot ({} pages)", candidates);
+  if (arena && arena->size() >= candidates * kPageSize) {
+    s->census_.warm_arena = true;
+  } else {
+    arena.reset();
+    std::uint64_t bytes = std::max<std::uint64_t>(candidates * kPageSize, kPageSize);
+    std::shared_ptr<SnapshotArena> fresh(new SnapshotArena);
+    void* buf = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (buf == MAP_FAILED) fail_os(ExitCode::failure, "cannot allocate the memory snapshot", errno);
+    fresh->base_ = static_cast<std::byte*>(buf);
+    fresh->size_ = bytes;
+    arena = std::move(fresh);
+  }
+  s->arena_ = std::move(arena);
+  s->buffer_ = s->arena_->data();
+
+  std::uint32_t next = 0;
+  for (std::size_t ri = 0; ri < s->by_range_.size(); ++ri) {
+    auto& range = s->by_range_[ri];
+    const auto& c = classes[ri];
+    range.slot.resize(c.size());
+    for (std::size_t p = 0; p < c.size(); ++p) {
+      PageClass cls = c[p];
+      if (cls == PageClass::kernel) {
+        std::byte* dst = s->buffer_ + static_cast<std::uint64_t>(next) * kPageSize;
+        try {
+          ram.read(range.range.start + p * kPageSize, std::span(dst, kPageSize));
+        } catch (const MemoryFault&) {
+          std::memset(dst, 0, kPageSize);  // a partial page at a range edge
+        }
+        if (all_zero(dst)) cls = PageClass::zero;
+        else range.slot[p] = next++;
+      }
+      if (cls != PageClass::kernel) range.slot[p] = kExcluded + static_cast<std::uint32_t>(cls);
+      ++s->census_.pages[static_cast<std::size_t>(cls)];
+      ++s->census_.total_pages;
+    }
+  }
+  s->census_.copied_bytes = static_cast<std::uint64_t>(next) * kPageSize;
+  return s;
+}
+
+MemorySnapshot::~MemorySnapshot() = default;
+
+const MemorySnapshot::Range* MemorySnapshot::range_of(std::uint64_t paddr) const {
+  for (const auto& r : by_range_)
+    if (r.range.contains(paddr, 1)) return &r;
+  return nullptr;
+}
+
+std::uint32_t MemorySnapshot::slot_of(std::uint64_t paddr) const {
+  const Range* r = range_of(paddr);
+  if (!r) return kExcluded + 0xf;
+  return r->slot[(paddr - r->range.start) / kPageSize];
+}
+
+PageClass MemorySnapshot::page_class(std::uint64_t paddr) const {
+  std::uint32_t s = slot_of(paddr);
+  if (s < kExcluded) return PageClass::kernel;
+  std::uint32_t c = s - kExcluded;
+  return c < kPageClassCount ? static_cast<PageClass>(c) : PageClass::free;
+}
+
+const std::byte* MemorySnapshot::page_data(std::uint64_t paddr) const {
+  std::uint32_t s = slot_of(paddr);
+  return s < kExcluded ? buffer_ + static_cast<std::uint64_t>(s) * kPageSize : nullptr;
+}
+
+void MemorySnapshot::read(std::uint64_t address, std::span<std::byte> out) const {
+  std::size_t done = 0;
+  while (done < out.size()) {
+    std::uint64_t a = address + done;
+    std::size_t n = std::min<std::size_t>(out.size() - done, kPageSize - (a & (kPageSize - 1)));
+    std::uint32_t s = slot_of(a);
+    if (s < kExcluded) {
+      std::memcpy(out.data() + done, buffer_ + static_cast<std::uint64_t>(s) * kPageSize + (a & (kPageSize - 1)), n);
+    } else if (s == kExcluded + static_cast<std::uint32_t>(PageClass::zero)) {
+      std::memset(out.data() + done, 0, n);
+    } else {
+      std::uint32_t c = s - kExcluded;
+      throw MemoryFault(a, out.size() - done,
+                        c < kPageClassCount ? std::string("left out of the snapshot (") + to_string(static_cast<PageClass>(c)) + " page)"
+                                            : std::string("not guest RAM"));
+    }
+    done += n;
+  }
+}
+
+void MemorySnapshot::write(std::uint64_t address, std::span<const std::byte> data) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    std::uint64_t a = address + done;
+    std::size_t n = std::min<std::size_t>(data.size() - done, kPageSize - (a & (kPageSize - 1)));
+    std::uint32_t s = slot_of(a);
+    if (s >= kExcluded) throw MemoryFault(a, n, "only copied pages of a snapshot can be changed");
+    std::memcpy(buffer_ + static_cast<std::uint64_t>(s) * kPageSize + (a & (kPageSize - 1)), data.data() + done, n);
+    done += n;
+  }
+}
+
+}  // namespace immortal

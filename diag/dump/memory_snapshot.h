@@ -1,0 +1,94 @@
+// A private copy of a stopped guest's memory, taken in the short pause a bundle needs: after
+// it the guest runs again while the copy is written out. Guest RAM is a shared mapping, so a
+// forked writer would see every later guest write (MAP_SHARED is not copy-on-write) — copying
+// is the consistent way, and copying only what a crash dump needs (dump/page_classes.h) keeps
+// the pause bounded by the kernel's footprint, not by the guest's RAM size.
+//
+// The snapshot is itself PhysicalMemory, so the kernel readers (tasks, log, backtraces) run on
+// it unchanged. Zero pages read as zeros; free, user and page-cache pages were not copied and
+// reading them throws MemoryFault.
+#pragma once
+
+#include "dump/page_classes.h"
+#include "memory/physical_memory.h"
+
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace immortal {
+
+struct SnapshotCensus {
+  std::array<std::uint64_t, kPageClassCount> pages{};  // by PageClass
+  std::uint64_t total_pages = 0;
+  std::uint64_t copied_bytes = 0;
+  bool warm_arena = false;  // copied into memory prepared ahead
+  std::string filter;  // how pages were chosen ("struct page (dump level 31)" or why all were kept)
+};
+
+// Host memory for snapshots, allocated and touched ahead of a crash: the first write to a fresh
+// page costs a fault (several µs here, under nested virtualisation), which for tens of MiB
+// would dominate the pause; a warm arena is copied into at memory speed. Reused once a
+// snapshot that used it is gone.
+class SnapshotArena {
+ public:
+  static std::shared_ptr<SnapshotArena> make(std::uint64_t bytes);  // throws Error
+  ~SnapshotArena();
+  SnapshotArena(const SnapshotArena&) = delete;
+  SnapshotArena& operator=(const SnapshotArena&) = delete;
+  std::byte* data() const { return base_; }
+  std::uint64_t size() const { return size_; }
+
+ private:
+  friend class MemorySnapshot;
+  SnapshotArena() = default;
+  std::byte* base_ = nullptr;
+  std::uint64_t size_ = 0;
+};
+
+// How many pages a snapshot of ram would copy now (for sizing an arena; the guest may run).
+// Reads a word of each, which maps them into a shared-memory view ahead of a pause.
+std::uint64_t estimate_snapshot_pages(const PhysicalMemory& ram, const Kernel* kernel, bool filter);
+
+class MemorySnapshot final : public PhysicalMemory {
+ public:
+  static constexpr std::uint64_t kPageSize = 4096;
+  // Copies ram (the guest must be stopped). With filter and a kernel whose struct pages can be
+  // read, only kernel pages are copied; otherwise all non-zero pages. The copy goes into arena
+  // when it is large enough, else into freshly allocated memory.
+  static std::unique_ptr<MemorySnapshot> take(const PhysicalMemory& ram, const Kernel* kernel, bool filter,
+                                              std::shared_ptr<SnapshotArena> arena = nullptr);
+  ~MemorySnapshot() override;
+  MemorySnapshot(const MemorySnapshot&) = delete;
+  MemorySnapshot& operator=(const MemorySnapshot&) = delete;
+
+  const std::vector<PhysicalRange>& ranges() const override { return ranges_; }
+  void read(std::uint64_t address, std::span<std::byte> out) const override;
+  // The copy is ours: a bundle may record an adjustment (e.g. panic_cpu). Only copied pages.
+  bool writable() const override { return true; }
+  void write(std::uint64_t address, std::span<const std::byte> data) override;
+
+  PageClass page_class(std::uint64_t paddr) const;
+  // Host pointer to a copied page (nullptr for zero and excluded pages).
+  const std::byte* page_data(std::uint64_t paddr) const;
+  const SnapshotCensus& census() const { return census_; }
+
+ private:
+  MemorySnapshot() = default;
+  struct Range {
+    PhysicalRange range;
+    std::vector<std::uint32_t> slot;  // per page: index into buffer_, or kExcluded + class
+  };
+  static constexpr std::uint32_t kExcluded = 0xfffffff0u;
+  const Range* range_of(std::uint64_t paddr) const;
+  std::uint32_t slot_of(std::uint64_t paddr) const;
+
+  std::vector<PhysicalRange> ranges_;
+  std::vector<Range> by_range_;
+  std::shared_ptr<SnapshotArena> arena_;  // holds the copied pages
+  std::byte* buffer_ = nullptr;
+  SnapshotCensus census_;
+};
+
+}  // namespace immortal

@@ -1,0 +1,312 @@
+#include "recovery/bundle_recorder.h"
+
+#include "base/error.h"
+#include "base/unique_fd.h"
+#include "bundle/bundle_format.h"
+#include "bundle/bundle_writer.h"
+#include "bundle/report_text.h"
+#include "dump/vmcore_writer.h"
+#include "engine/crash_analysis.h"
+#include "kernel/orc_unwind.h"
+#include "kernel/taint.h"
+#include "kernel/tasks.h"
+#include "recovery/event_log.h"
+#include "report/kernel_json.h"
+#include "x86_64/page_tables.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+
+namespace immortal::vmm {
+
+namespace {
+
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+// The crash as the report's first lines tell it, from the analysis the recovery path made.
+json crash_summary(const BundleJob& job) {
+  const json& a = job.analysis;
+  const json& r = job.crash_record;
+  json c = {{"id", job.crash}};
+  auto copy = [&](const json& from, const char* key, const char* as) {
+    if (from.is_object() && from.contains(key)) c[as] = from[key];
+  };
+  copy(r, "time", "time");
+  copy(r, "caught_by", "caught_by");
+  copy(r, "intercepted_at", "intercepted_at");
+  for (const char* k : {"kind", "context", "cpu", "message", "oops", "module", "entry", "entry_caller", "locks_held"})
+    copy(a, k, k);
+  if (a.is_object() && a.contains("task") && a["task"].is_object())
+    c["task"] = {{"pid", a["task"].value("pid", -1)}, {"comm", a["task"].value("comm", "")}};
+  std::string function;
+  if (a.is_object() && a.contains("fault") && a["fault"].is_object()) function = a["fault"].value("function", "");
+  if (function.empty() && a.is_object()) function = a.value("panic_caller", "");
+  if (!function.empty()) c["function"] = function;
+  return c;
+}
+
+json backtrace_json(const Kernel& kernel, const X86Registers& regs) {
+  Backtrace bt;
+  std::string method = "orc";
+  try {
+    bt = OrcUnwinder(kernel).unwind(regs);
+  } catch (const Error& e) {
+    bt.problem = e.what();
+  }
+  if (bt.frames.size() <= 1) {
+    std::string why = bt.problem;
+    bt = scan_stack(kernel, regs.rip, regs.rsp);
+    method = "stack scan (" + why + ")";
+  }
+  json frames = json::array();
+  for (const auto& f : bt.frames)
+    frames.push_back({{"pc", fmt::format("{:#x}", f.pc)}, {"symbol", f.symbol}, {"reliable", f.reliable}});
+  json out = {{"backtrace_method", method}, {"backtrace", frames}};
+  if (!bt.problem.empty()) out["backtrace_problem"] = bt.problem;
+  return out;
+}
+
+std::string sanitize_for_name(std::string s) {
+  for (char& ch : s)
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' && ch != '.') ch = '-';
+  return s;
+}
+
+}  // namespace
+
+BundleCapture capture_guest(Machine& machine, const Kernel* kernel, const GuestProfile* profile,
+                            std::vector<X86Registers> registers, int crash_cpu, bool filter,
+                            std::shared_ptr<SnapshotArena> arena) {
+  auto t0 = Clock::now();
+  BundleCapture c;
+  c.registers = std::move(registers);
+  c.crash_cpu = crash_cpu;
+  c.memory = MemorySnapshot::take(machine.memory(), kernel, filter, std::move(arena));
+  if (profile)
+    if (auto text = read_vmcoreinfo_note(*c.memory, profile->vmcoreinfo_paddr, profile->vmcoreinfo_size)) c.vmcoreinfo = *text;
+  c.pause_ms = ms_since(t0);
+  // A kdump vmcore is written after panic() claimed panic_cpu; we stop at panic()'s first
+  // instruction, before it does. Dump readers (drgn's crashed_thread) look for it: say it.
+  if (kernel && crash_cpu >= 0) {
+    try {
+      if (auto sym = kernel->symbols().address_of("panic_cpu"))
+        if (auto pa = kernel->memory().to_physical(*sym)) {
+          auto value = c.memory->read_value<std::int32_t>(*pa);
+          if (value == -1) {
+            std::int32_t cpu = crash_cpu;
+            c.memory->write(*pa, std::as_bytes(std::span(&cpu, 1)));
+            c.adjustments.push_back(fmt::format(
+                "panic_cpu set to {} (was -1: the crash was caught at panic()'s first instruction, before it claims "
+                "panic_cpu as a kdump vmcore would show)", crash_cpu));
+          }
+        }
+    } catch (const std::exception&) {
+      // Left as it was: the report says which CPU crashed anyway.
+    }
+  }
+  return c;
+}
+
+BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
+  auto t0 = Clock::now();
+  BundleResult result{job.crash, job.reason, "", "", 0, 0, {}, job.reply_fd};
+  std::string name = fmt::format("{}-{}-{}", sanitize_for_name(job.guest), sanitize_for_name(utc_now()),
+                                 job.reason == "crash" ? fmt::format("crash{}", job.crash) : job.reason);
+  try {
+    for (const auto& stale : bundle::remove_stale_partials(settings.dir)) (void)stale;
+    bundle::BundleWriter writer(settings.dir, name);
+    const MemorySnapshot& memory = *job.capture.memory;
+    json problems = json::array();
+    std::unique_ptr<Kernel> kernel;
+    if (job.profile) {
+      try {
+        kernel = Kernel::open(memory, *job.profile,
+                              job.capture.vmcoreinfo.empty() ? std::nullopt : std::optional(job.capture.vmcoreinfo));
+      } catch (const std::exception& e) {
+        problems.push_back(std::string("the kernel in the snapshot cannot be read: ") + e.what());
+      }
+    } else {
+      problems.push_back("no healthy-guest profile: the report has no kernel details");
+    }
+
+    json report = {{"format", "immortal-report"}, {"version", bundle::kFormatVersion}, {"bundle", name},
+                   {"guest", job.guest}, {"reason", job.reason}};
+    report["kernel"] = {{"release", job.profile ? job.profile->kernel_release : ""},
+                        {"boot_id", job.profile ? job.profile->boot_id : ""}};
+    if (job.reason == "crash") {
+      report["crash"] = crash_summary(job);
+      report["recovery"] = job.recovery;
+      if (job.plan.is_object() && job.plan.contains("actions")) report["recovery"]["actions"] = job.plan["actions"];
+    }
+    std::string dmesg;
+    std::vector<VmcoreCpu> cpus;
+    VmcoreLayout layout;
+    if (kernel) {
+      auto part = [&](const char* what, auto&& f) {
+        try {
+          f();
+        } catch (const std::exception& e) {
+          problems.push_back(fmt::format("{}: {}", what, e.what()));
+        }
+      };
+      part("taint", [&] { report["kernel"]["taint"] = taint_string(read_taint_mask(*kernel)); });
+      part("kernel log", [&] {
+        json log = kernel_log_json(*kernel);
+        dmesg = render_kernel_log(log["records"]);
+        if (!report.contains("crash")) return;
+        if (!report["crash"].contains("message") || report["crash"]["message"] == "")
+          report["crash"]["message"] = log["panic_message"];
+        report["crash"]["panic_message"] = log["panic_message"];
+      });
+      std::vector<std::uint64_t> current;
+      part("current tasks", [&] { current = current_tasks(*kernel, static_cast<int>(job.capture.registers.size())); });
+      json cpu_list = json::array();
+      for (std::size_t i = 0; i < job.capture.registers.size(); ++i) {
+        const auto& regs = job.capture.registers[i];
+        json cpu = {{"cpu", i}, {"rip", fmt::format("{:#x}", regs.rip)}, {"at", kernel->symbols().describe(regs.rip)}};
+        VmcoreCpu vc{0, regs};
+        if (i < current.size()) part("task", [&] {
+            TaskInfo t = read_task(*kernel, current[i]);
+            cpu["task"] = task_json(t);
+            vc.pid = t.pid;
+          });
+        part("backtrace", [&] { cpu.update(backtrace_json(*kernel, regs)); });
+        cpu_list.push_back(cpu);
+        cpus.push_back(vc);
+      }
+      report["cpus"] = cpu_list;
+      part("kernel layout", [&] {
+        const auto& l = kernel->memory().layout();
+        layout.page_offset_base = l.page_offset_base;
+        auto text = kernel->symbols().address_of("_text"), end = kernel->symbols().address_of("_end");
+        if (text && end && *end > *text && *end - *text < (1ull << 31)) {
+          layout.kernel_vaddr = *text;
+          layout.kernel_paddr = *text - x86_64::kStartKernelMap + l.phys_base;
+          layout.kernel_size = (*end - *text + 0xfff) & ~0xfffull;
+        }
+      });
+    } else {
+      for (const auto& regs : job.capture.registers) cpus.push_back({0, regs});
+    }
+
+    // The vmcore.
+    VmcoreStats stats;
+    {
+      std::string path = writer.path_of(bundle::kVmcore);
+      UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+      if (!fd) fail_os(ExitCode::failure, "create " + path, errno);
+      stats = write_vmcore(fd.get(), memory, cpus, job.capture.vmcoreinfo, layout);
+      writer.add_written(bundle::kVmcore);
+    }
+    const auto& census = memory.census();
+    json pages = json::object();
+    for (int c = 0; c < kPageClassCount; ++c) pages[to_string(static_cast<PageClass>(c))] = census.pages[static_cast<std::size_t>(c)];
+    report["memory"] = {{"ram_bytes", census.total_pages * MemorySnapshot::kPageSize}, {"pages", pages},
+                        {"filter", census.filter}, {"copied_bytes", census.copied_bytes}};
+    report["vmcore"] = {{"bytes", stats.file_bytes}, {"segments", stats.segments}, {"data_pages", stats.data_pages},
+                        {"layout", "kdump (/proc/vmcore): PT_NOTE, kernel image, direct map"},
+                        {"adjustments", job.capture.adjustments}};
+    json timings = job.timings.is_object() ? job.timings : json::object();
+    timings["snapshot_pause_ms"] = job.capture.pause_ms;
+    if (!job.analysis.is_null()) report["analysis"] = job.analysis;
+    if (!job.plan.is_null()) report["plan"] = job.plan;
+    if (!job.crash_record.is_null()) report["record"] = job.crash_record;
+    report["problems"] = problems;
+
+    if (!dmesg.empty()) writer.add(bundle::kDmesg, dmesg);
+    std::string events;
+    for (const auto& e : job.events) events += e.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+    writer.add(bundle::kEvents, events);
+    if (job.profile) {
+      job.profile->save(writer.path_of(bundle::kProfileDir));
+      writer.add_written_tree(bundle::kProfileDir);
+    }
+    timings["write_ms"] = ms_since(t0);
+    report["timings"] = timings;
+    writer.add(bundle::kReportJson, report.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+    writer.add(bundle::kReportText, bundle::render_report(report));
+    json manifest = {{"created", utc_now()}, {"guest", job.guest}, {"reason", job.reason},
+                     {"kernel_release", report["kernel"].value("release", "")}};
+    if (job.reason == "crash") manifest["crash"] = job.crash;
+    result.path = writer.commit(manifest, settings.archive);
+    result.vmcore_bytes = stats.file_bytes;
+    result.removed = bundle::apply_retention(settings.dir, settings.retention);
+  } catch (const std::exception& e) {
+    result.error = e.what();
+  }
+  result.write_ms = ms_since(t0);
+  return result;
+}
+
+BundleRecorder::BundleRecorder(BundleSettings settings) : settings_(std::move(settings)) {}
+
+BundleRecorder::~BundleRecorder() {
+  drain(std::chrono::seconds(60));
+  for (auto& t : threads_)
+    if (t.joinable()) t.detach();  // a writer that is still busy: the process is ending anyway
+}
+
+std::string BundleRecorder::name_for(const std::string& guest, const std::string& reason, std::uint64_t crash) const {
+  return fmt::format("{}-{}", guest, reason == "crash" ? fmt::format("crash{}", crash) : reason);
+}
+
+void BundleRecorder::prepare(const PhysicalMemory& ram, const Kernel* kernel) {
+  std::uint64_t ram_bytes = ram.total_size();
+  std::uint64_t need = estimate_snapshot_pages(ram, kernel, settings_.filter) * MemorySnapshot::kPageSize;
+  std::uint64_t want = std::min<std::uint64_t>(need + need / 2 + (32ull << 20), ram_bytes);
+  if (arena_ && arena_->size() >= need + need / 4) return;
+  if (arena_ && arena_.use_count() > 1) return;  // in use; it comes back later
+  arena_.reset();
+  arena_ = SnapshotArena::make(want);
+}
+
+std::shared_ptr<SnapshotArena> BundleRecorder::arena() const {
+  return arena_ && arena_.use_count() == 1 ? arena_ : nullptr;
+}
+
+void BundleRecorder::submit(BundleJob job) {
+  ++active_;
+  threads_.emplace_back([this, job = std::move(job)]() mutable {
+    BundleResult r = write_bundle(settings_, job);
+    job.capture.memory.reset();  // give the copy back before telling anyone
+    std::lock_guard lock(mutex_);
+    done_.push_back(std::move(r));
+    --active_;
+  });
+}
+
+std::vector<BundleResult> BundleRecorder::poll() {
+  std::vector<BundleResult> out;
+  {
+    std::lock_guard lock(mutex_);
+    while (!done_.empty()) {
+      out.push_back(std::move(done_.front()));
+      done_.pop_front();
+    }
+  }
+  if (active_ == 0) {
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+  }
+  for (const auto& r : out)
+    if (!r.path.empty()) {
+      last_path_ = r.path;
+      ++written_;
+    }
+  return out;
+}
+
+void BundleRecorder::drain(std::chrono::milliseconds timeout) {
+  auto until = Clock::now() + timeout;
+  while (active_ > 0 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (active_ == 0) {
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+    threads_.clear();
+  }
+}
+
+}  // namespace immortal::vmm

@@ -1,0 +1,114 @@
+// Diagnosis bundles of a supervised guest (docs/bundle-format.md). Two halves:
+//  - capture(), with the guest stopped: a private copy of the memory a dump needs (the pause
+//    is this copy only), the vCPUs' registers, VMCOREINFO;
+//  - the recorder's worker threads, with the guest running again: the report (read from the
+//    copy), the vmcore, dmesg, the profile, the crash's events, written atomically; retention.
+// Results come back to the supervisor's thread through poll(), which also emits the events.
+#pragma once
+
+#include "bundle/retention.h"
+#include "dump/memory_snapshot.h"
+#include "kernel/kernel.h"
+#include "machine.h"
+#include "profile/guest_profile.h"
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace immortal::vmm {
+
+using nlohmann::json;
+
+struct BundleSettings {
+  std::string dir;                    // where this guest's bundles go
+  bundle::RetentionPolicy retention;  // --bundle-keep, --bundle-max-size
+  bool archive = false;               // --bundle-compress: NAME.tar.zst instead of a directory
+  bool filter = true;                 // --bundle-memory kernel (true) | all
+};
+
+// What the stopped guest gave: everything else is derived from it later.
+struct BundleCapture {
+  std::unique_ptr<MemorySnapshot> memory;
+  std::vector<X86Registers> registers;  // every vCPU
+  int crash_cpu = -1;
+  std::string vmcoreinfo;               // the note's text, from guest memory
+  double pause_ms = 0;                  // how long the copy kept the guest stopped
+  std::vector<std::string> adjustments; // changes made to the copy (docs/bundle-format.md)
+};
+
+// Copies the stopped guest. kernel: the live guest kernel (for struct pages, VMCOREINFO,
+// panic_cpu), nullptr if unknown — then every non-zero page is copied.
+BundleCapture capture_guest(Machine& machine, const Kernel* kernel, const GuestProfile* profile,
+                            std::vector<X86Registers> registers, int crash_cpu, bool filter,
+                            std::shared_ptr<SnapshotArena> arena);
+
+struct BundleJob {
+  std::string guest;
+  std::string reason = "crash";  // or "on-demand"
+  std::uint64_t crash = 0;
+  BundleCapture capture;
+  std::shared_ptr<const GuestProfile> profile;
+  json crash_record, analysis, plan;  // from the recovery path (may be null)
+  json recovery;                       // enabled, decision, reason, outcome
+  json timings;
+  std::vector<json> events;            // this crash's events so far
+  int reply_fd = -1;                   // a control client waiting for the result (on-demand)
+};
+
+struct BundleResult {
+  std::uint64_t crash = 0;
+  std::string reason;
+  std::string path;   // empty on failure
+  std::string error;
+  double write_ms = 0;
+  std::uint64_t vmcore_bytes = 0;
+  std::vector<std::string> removed;  // by retention
+  int reply_fd = -1;
+};
+
+class BundleRecorder {
+ public:
+  explicit BundleRecorder(BundleSettings settings);
+  ~BundleRecorder();  // waits for writers (bounded), abandoning what is not done
+
+  const BundleSettings& settings() const { return settings_; }
+  std::string name_for(const std::string& guest, const std::string& reason, std::uint64_t crash) const;
+  // Prepares a warm arena large enough for a snapshot of this guest now (plus headroom), so a
+  // crash's pause is a plain copy. Called when the guest is up; cheap when already prepared.
+  void prepare(const PhysicalMemory& ram, const Kernel* kernel);
+  // The warm arena if no snapshot is using it, else nullptr (the snapshot allocates).
+  std::shared_ptr<SnapshotArena> arena() const;
+  // Starts writing in the background.
+  void submit(BundleJob job);
+  // Finished bundles since the last call.
+  std::vector<BundleResult> poll();
+  // Waits up to timeout for writers to finish (at stop).
+  void drain(std::chrono::milliseconds timeout);
+  std::size_t writing() const { return active_.load(); }
+  const std::string& last_path() const { return last_path_; }
+  std::uint64_t written() const { return written_; }
+
+ private:
+  BundleSettings settings_;
+  std::mutex mutex_;
+  std::deque<BundleResult> done_;
+  std::vector<std::thread> threads_;
+  std::atomic<std::size_t> active_{0};
+  std::string last_path_;
+  std::uint64_t written_ = 0;
+  std::shared_ptr<SnapshotArena> arena_;
+};
+
+// The work of one job (exposed for tests): writes the bundle, returns its path.
+BundleResult write_bundle(const BundleSettings& settings, BundleJob& job);
+
+}  // namespace immortal::vmm
