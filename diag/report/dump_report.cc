@@ -10,6 +10,7 @@
 #include "kernel/tasks.h"
 #include "memory/elf_core.h"
 #include "profile/guest_profile.h"
+#include "profile/profile_from_memory.h"
 #include "report/kernel_json.h"
 #include "types/dwarf_types.h"
 #include "types/module_debuginfo.h"
@@ -40,7 +41,13 @@ void section(json& report, const char* name, F&& f) {
 
 json build_dump_report(const DiagOptions& o) {
   auto core = ElfCoreMemory::open(o.dump);
-  GuestProfile profile = GuestProfile::load(o.profile);
+  // Symbols and types: the healthy-guest profile if given, else the kernel's own tables in the
+  // dump (kallsyms and BTF, located through VMCOREINFO).
+  bool from_memory = o.profile.empty();
+  if (from_memory && !core->vmcoreinfo())
+    fail(ExitCode::bad_input, "{} has no VMCOREINFO note: give the healthy-guest profile with --profile", o.dump);
+  GuestProfile profile = from_memory ? profile_from_memory(*core, Vmcoreinfo::parse(*core->vmcoreinfo()))
+                                     : GuestProfile::load(o.profile);
   // With a debug vmlinux, DWARF describes the types and maps code to source lines.
   const DwarfTypes* dwarf = nullptr;
   std::unique_ptr<TypeInfo> types;
@@ -61,6 +68,7 @@ json build_dump_report(const DiagOptions& o) {
                  {"warnings", kernel->warnings()},
                  {"memory", {{"bytes", core->total_size()}, {"missing_ranges", core->missing().size()}}}};
   if (!core->vmcoreinfo()) report["warnings"].push_back("the dump has no VMCOREINFO note");
+  report["symbols_from"] = from_memory ? "the dump's own kallsyms and BTF" : "profile " + o.profile;
 
   section(report, "taint", [&] { report["taint"] = taint_string(read_taint_mask(*kernel)); });
 
@@ -167,11 +175,6 @@ std::string render_dump_report(const json& r, const DiagOptions& o) {
   return out;
 }
 
-int diag_command(const DiagOptions& o) {
-  json report = build_dump_report(o);
-  if (o.json) std::cout << report.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
-  else std::cout << render_dump_report(report, o);
-  return 0;
-}
+
 
 }  // namespace immortal

@@ -99,9 +99,10 @@ int main(int argc, char** argv) {
   }
 
   DiagOptions diag;
-  auto* diag_cmd = app.add_subcommand("diag", "analyse a dump offline: report, tasks, modules, log, backtraces");
-  diag_cmd->add_option("dump", diag.dump, "ELF core: QEMU's dump-guest-memory or a kdump-style vmcore")->required();
-  diag_cmd->add_option("-p,--profile", diag.profile, "healthy-guest profile directory (RUNDIR/profile)")->required();
+  auto* diag_cmd = app.add_subcommand("diag", "analyse a bundle or a dump offline: what crashed, where, who, what was done; tasks, modules, log, backtraces");
+  diag_cmd->add_option("dump", diag.dump, "a bundle (directory or .tar.zst), or a vmcore (ours, kdump's, QEMU's)")->required();
+  diag_cmd->add_option("-p,--profile", diag.profile,
+                       "healthy-guest profile directory (default: the bundle's; for a bare vmcore, the kernel's own tables in it)");
   diag_cmd->add_option("--vmlinux", diag.vmlinux, "vmlinux with DWARF: types from it, source lines in backtraces");
   diag_cmd->add_option("--modules-dir", diag.modules_dir, "directory with the modules' .ko files (DWARF): source lines")
       ->check(CLI::ExistingDirectory);
