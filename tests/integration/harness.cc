@@ -32,6 +32,8 @@ void prepare_environment() {
   if (!::mkdtemp(tmpl)) std::abort();
   g_scratch = tmpl;
   ::setenv("IMMORTAL_RUNTIME_DIR", (g_scratch + "/run").c_str(), 1);
+  // Bundles of every test guest go to bundles/NAME here, not to /var/crash.
+  ::setenv("IMMORTAL_BUNDLE_DIR", (g_scratch + "/bundles").c_str(), 1);
   ::signal(SIGPIPE, SIG_IGN);
 }
 

@@ -11,7 +11,7 @@
 
 namespace immortal::test {
 
-void prepare_environment();  // sets IMMORTAL_RUNTIME_DIR to a fresh directory
+void prepare_environment();  // sets IMMORTAL_RUNTIME_DIR and IMMORTAL_BUNDLE_DIR to a fresh directory
 void cleanup_environment();
 // Prints and counts ASan/LSan/UBSan reports in the supervisors' logs of this run.
 int sanitizer_findings();
