@@ -113,7 +113,7 @@ json build_dump_report(const DiagOptions& o) {
           // vmlinux addresses are link-time: the running kernel is shifted by its KASLR offset.
           // A return address belongs to the call before it, hence pc - 1 for all but the first frame.
           if (dwarf && f.pc >= 0xffffffff80000000ull && f.pc < 0xffffffffc0000000ull)
-            if (auto line = dwarf->source_line(f.pc - kaslr - (frames.empty() ? 0 : 1))) frame["source"] = *line;
+            if (auto line = dwarf->source_line(f.pc - kaslr - (frames.empty() || f.regs ? 0 : 1))) frame["source"] = *line;
           // (A pc saved by an exception or interrupt, f.regs, is where the code stood, not a return address.)
           for (const auto& m : loaded)
             if (m.contains_text(f.pc))

@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <span>
 #include <system_error>
+#include <utility>
 
 namespace immortal {
 

@@ -24,8 +24,9 @@ namespace immortal {
 // Where each allocated section of a loaded module sits in the guest, by section name: read
 // from the module's struct module (sect_attrs: the same data as /sys/module/NAME/sections/*),
 // via the kernel's types. Empty when the module has none (it is still being loaded). Throws
-// Error(ExitCode::bad_input) when the types lack the structs, MemoryFault when the struct
-// module itself cannot be read; entries with unreadable or implausible names are left out.
+// Error(ExitCode::bad_input) when the types lack the structs (another layout than 6.1's, or a
+// kernel without CONFIG_KALLSYMS/CONFIG_SYSFS), MemoryFault when struct module or the head of
+// sect_attrs cannot be read; entries with unreadable or implausible names are left out.
 std::map<std::string, std::uint64_t> module_section_addresses(const Kernel& kernel, std::uint64_t module_address);
 
 // One per modules directory; indexes it on first use and opens each .ko once, lazily.

@@ -82,3 +82,180 @@ TEST_CASE("a snapshot copies non-zero pages; the vmcore holds them and reads zer
   std::remove(path.c_str());
 }
 
+
+#include "bundle/archive.h"
+#include "bundle/bundle_format.h"
+#include "bundle/bundle_reader.h"
+#include "bundle/bundle_writer.h"
+#include "bundle/report_text.h"
+#include "bundle/retention.h"
+#include "base/error.h"
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string temp_dir(const char* stem) {
+  std::string templ = std::string("/tmp/immortal-unit-") + stem + "-XXXXXX";
+  REQUIRE(::mkdtemp(templ.data()) != nullptr);
+  return templ;
+}
+
+// A small complete bundle: report, dmesg, a profile file, a tiny vmcore stand-in.
+std::string make_bundle(const std::string& parent, const std::string& name, bool archive = false) {
+  bundle::BundleWriter w(parent, name);
+  nlohmann::json report = {{"bundle", name}, {"guest", "g"}, {"reason", "crash"},
+                           {"crash", {{"id", 1}, {"kind", "oops"}, {"function", "drv_fn+0x5/0x20 [drv]"},
+                                      {"task", {{"pid", 42}, {"comm", "victim"}}}}},
+                           {"recovery", {{"decision", "resume"}, {"outcome", "recovered"}}}};
+  w.add(bundle::kReportJson, report.dump());
+  w.add(bundle::kDmesg, "[    1.000000] hello\n");
+  w.add("profile/profile.json", "{}");
+  w.add(bundle::kVmcore, std::string(10000, 'v'));
+  return w.commit({{"created", "2026-11-23T10:00:00.000Z"}}, archive);
+}
+
+int open_error(const std::string& path, std::string* message = nullptr) {
+  try {
+    bundle::OpenedBundle::open(path);
+  } catch (const Error& e) {
+    if (message) *message = e.what();
+    return e.exit_code();
+  }
+  return 0;
+}
+
+void edit_manifest(const std::string& dir, const std::function<void(nlohmann::json&)>& f) {
+  auto m = nlohmann::json::parse(bundle::read_small_file(dir + "/manifest.json", 1 << 20));
+  f(m);
+  std::ofstream(dir + "/manifest.json", std::ios::trunc) << m.dump();
+}
+
+}  // namespace
+
+TEST_CASE("bundles are written atomically with a manifest that the reader checks", "[bundle]") {
+  std::string parent = temp_dir("bundles");
+  std::string path = make_bundle(parent, "g-1");
+  CHECK(path == parent + "/g-1");
+  CHECK_FALSE(fs::exists(parent + "/.g-1.partial"));
+  auto b = bundle::OpenedBundle::open(path);
+  CHECK(b.report()["crash"]["task"]["pid"] == 42);
+  CHECK(b.has(bundle::kVmcore));
+  CHECK(b.manifest()["version"] == bundle::kFormatVersion);
+  CHECK(bundle::render_report(b.report()).find("drv_fn+0x5/0x20 [drv]") != std::string::npos);
+
+  SECTION("a writer that never commits leaves nothing a reader accepts") {
+    {
+      bundle::BundleWriter w(parent, "g-2");
+      w.add(bundle::kReportJson, "{}");
+      // Simulate a writer killed here: the partial directory survives the process.
+      fs::copy(parent + "/.g-2.partial", parent + "/.g-3.partial");
+    }
+    CHECK_FALSE(fs::exists(parent + "/.g-2.partial"));  // an abandoned writer cleans up after itself
+    std::string message;
+    CHECK(open_error(parent + "/.g-3.partial", &message) == 3);
+    CHECK(message.find("never completed") != std::string::npos);
+    auto listed = bundle::list_bundles(parent);
+    REQUIRE(listed.size() == 1);  // the partial one is not a bundle
+    CHECK(bundle::remove_stale_partials(parent) == std::vector<std::string>{".g-3.partial"});
+  }
+  SECTION("damage is named: truncated, missing, changed, newer, garbage") {
+    std::string copy = parent + "/copy";
+    fs::copy(path, copy, fs::copy_options::recursive);
+    std::string message;
+    SECTION("truncated vmcore") {
+      fs::resize_file(copy + "/vmcore", 100);
+      CHECK(open_error(copy, &message) == 3);
+      CHECK(message.find("truncated") != std::string::npos);
+    }
+    SECTION("changed bytes") {
+      std::ofstream(copy + "/dmesg.txt", std::ios::in | std::ios::out) << "X";
+      CHECK(open_error(copy, &message) == 3);
+      CHECK(message.find("SHA-256") != std::string::npos);
+    }
+    SECTION("missing file") {
+      fs::remove(copy + "/report.json");
+      CHECK(open_error(copy, &message) == 3);
+      CHECK(message.find("missing") != std::string::npos);
+    }
+    SECTION("no manifest") {
+      fs::remove(copy + "/manifest.json");
+      CHECK(open_error(copy, &message) == 3);
+    }
+    SECTION("newer format version") {
+      edit_manifest(copy, [](nlohmann::json& m) { m["version"] = 99; });
+      CHECK(open_error(copy, &message) == static_cast<int>(ExitCode::unsupported));
+      CHECK(message.find("newer") != std::string::npos);
+    }
+    SECTION("unsafe file names") {
+      edit_manifest(copy, [](nlohmann::json& m) { m["files"][0]["name"] = "../../etc/passwd"; });
+      CHECK(open_error(copy, &message) == 3);
+    }
+    SECTION("wrong types") {
+      edit_manifest(copy, [](nlohmann::json& m) { m["files"] = "many"; });
+      CHECK(open_error(copy) == 3);
+      edit_manifest(copy, [](nlohmann::json& m) { m = nlohmann::json::array(); });
+      CHECK(open_error(copy) == 3);
+    }
+    SECTION("garbage") {
+      std::ofstream(copy + "/manifest.json", std::ios::trunc) << "\x01\x02 not json";
+      CHECK(open_error(copy, &message) == 3);
+      CHECK_FALSE(message.empty());
+    }
+  }
+  fs::remove_all(parent);
+}
+
+TEST_CASE("a bundle packed as .tar.zst opens like its directory; hostile archives are refused", "[bundle]") {
+  std::string parent = temp_dir("archive");
+  std::string packed = make_bundle(parent, "g-9", true);
+  CHECK(packed == parent + "/g-9.tar.zst");
+  CHECK_FALSE(fs::exists(parent + "/g-9"));
+  {
+    auto b = bundle::OpenedBundle::open(packed);
+    CHECK(b.report()["crash"]["kind"] == "oops");
+    CHECK(fs::exists(b.file("vmcore")));
+  }
+  // Not an archive at all; an archive whose entry escapes with "..".
+  std::ofstream(parent + "/junk.tar.zst") << std::string(5000, 'j');
+  CHECK(open_error(parent + "/junk.tar.zst") == 3);
+  std::string evil_src = parent + "/evil-src";
+  fs::create_directories(evil_src + "/x");
+  std::ofstream(evil_src + "/x/manifest.json") << "{}";
+  bundle::pack_directory(evil_src + "/x", "..", parent + "/evil.tar.zst");
+  CHECK(open_error(parent + "/evil.tar.zst") == 3);
+  CHECK_FALSE(fs::exists(parent + "/manifest.json"));
+  fs::remove_all(parent);
+}
+
+TEST_CASE("retention removes the oldest bundles first and never the newest", "[bundle]") {
+  std::string parent = temp_dir("retention");
+  for (const char* n : {"g-2026-01", "g-2026-02", "g-2026-03", "g-2026-04"}) make_bundle(parent, n);
+  auto removed = bundle::apply_retention(parent, {2, 0});
+  CHECK(removed == std::vector<std::string>{parent + "/g-2026-01", parent + "/g-2026-02"});
+  // A size limit smaller than one bundle still keeps the newest.
+  removed = bundle::apply_retention(parent, {0, 1});
+  CHECK(removed == std::vector<std::string>{parent + "/g-2026-03"});
+  REQUIRE(bundle::list_bundles(parent).size() == 1);
+  CHECK(bundle::list_bundles(parent)[0].path == parent + "/g-2026-04");
+  CHECK(bundle::parse_size("20G") == 20ull << 30);
+  CHECK(bundle::parse_size("512M") == 512ull << 20);
+  CHECK(bundle::parse_size("0") == 0);
+  CHECK_THROWS_AS(bundle::parse_size("lots"), Error);
+  CHECK_THROWS_AS(bundle::parse_size("5Q"), Error);
+  CHECK_THROWS_AS(bundle::parse_size("99999999999999999999G"), Error);
+  fs::remove_all(parent);
+}
+
+TEST_CASE("the report renders from any JSON without failing", "[bundle]") {
+  for (const char* text : {"{}", "[]", "null", "{\"crash\": 5, \"cpus\": {\"a\": 1}}",
+                           "{\"crash\": {\"task\": []}, \"cpus\": [1, \"x\", {\"backtrace\": 3}]}",
+                           "{\"memory\": {\"pages\": []}, \"timings\": {\"write_ms\": \"soon\"}}"}) {
+    INFO(text);
+    CHECK_NOTHROW(bundle::render_report(nlohmann::json::parse(text)));
+  }
+}
