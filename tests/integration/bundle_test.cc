@@ -255,6 +255,39 @@ TEST_CASE("bundles: immortal bundle takes an on-demand bundle of a running guest
   CHECK(status_of(g.name).value("state", "") == "running");
 }
 
+TEST_CASE("bundles: two bundles written at the same time are both completed", "[integration][bundles]") {
+  auto& g = bundle_guest();
+  REQUIRE_FALSE(g.supervisor_killed);
+  // The first is being written (its .partial exists) when the second is asked for, as when a
+  // crash comes while an on-demand bundle is written.
+  std::string first_out = scratch_dir() + "/" + unique_name("bundle-out");
+  pid_t first = spawn_immortal({"bundle", g.name}, first_out);
+  bool writing = wait_until([&] {
+    auto names = entries_of(g.bundle_dir);
+    return std::any_of(names.begin(), names.end(), is_partial);
+  }, 30s);
+  auto second = run_cli({"bundle", g.name}, 120s);
+  int st = 0;
+  REQUIRE(::waitpid(first, &st, 0) == first);
+  std::string first_said = read_file(first_out);
+  INFO("first: " << first_said << "\nsecond: " << second.out << second.err);
+  CHECK(writing);
+  CHECK(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 0);
+  CHECK(second.status == 0);
+  std::set<std::string> written;
+  for (const auto& said : {first_said, second.out}) {
+    std::istringstream in(said);
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind(g.bundle_dir + "/", 0) == 0) written.insert(line);
+  }
+  CHECK(written.size() == 2);
+  for (const auto& path : written) {
+    INFO("bundle " << path);
+    CHECK(fs::is_regular_file(path + "/manifest.json"));
+  }
+}
+
 TEST_CASE("bundles: --bundle-keep 2 keeps the newest two bundles", "[integration][bundles]") {
   auto& g = bundle_guest();
   REQUIRE_FALSE(g.supervisor_killed);
