@@ -924,6 +924,7 @@ void Supervisor::answer_bundle(int fd) {
     BundleJob job;
     job.guest = options_.machine.name;
     job.reason = "on-demand";
+    auto paused_at = Clock::now();
     job.capture = while_paused([&] {
       std::vector<X86Registers> regs;
       for (int v = 0; v < machine_->vcpu_count(); ++v) regs.push_back(machine_->read_registers(v));
@@ -931,7 +932,10 @@ void Supervisor::answer_bundle(int fd) {
     }).value();
     job.profile = guest_profile_;
     job.reply_fd = fd;
-    json fields = {{"reason", "on-demand"}, {"snapshot_pause_ms", job.capture.pause_ms}};
+    // The copy's time, and the whole stop as the guest saw it (stop, registers, copy, resume).
+    double paused_ms = std::chrono::duration<double, std::milli>(Clock::now() - paused_at).count();
+    job.timings = {{"guest_paused_ms", paused_ms}};
+    json fields = {{"reason", "on-demand"}, {"snapshot_pause_ms", job.capture.pause_ms}, {"guest_paused_ms", paused_ms}};
     event("bundle-snapshot", fields);
     bundles_->submit(std::move(job));
   } catch (const std::exception& e) {

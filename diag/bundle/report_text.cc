@@ -78,7 +78,7 @@ std::string render_report(const json& r) {
         line("  lock:", fmt::format("{} {} held ({})", text_at(l, {"kind"}), text_at(l, {"symbol"}), text_at(l, {"note"})));
   }
   std::string timing;
-  for (auto [key, label] : {std::pair{"snapshot_pause_ms", "paused for the snapshot"},
+  for (auto [key, label] : {std::pair{"snapshot_pause_ms", "memory copied in"}, std::pair{"guest_paused_ms", "guest paused"},
                             std::pair{"intercept_to_resume_ms", "crash to resume"}, std::pair{"verify_ms", "verified"},
                             std::pair{"write_ms", "bundle written"}}) {
     std::string v = text_at(r, {"timings", key});
