@@ -262,10 +262,12 @@ TEST_CASE("bundles: two bundles written at the same time are both completed", "[
   // crash comes while an on-demand bundle is written.
   std::string first_out = scratch_dir() + "/" + unique_name("bundle-out");
   pid_t first = spawn_immortal({"bundle", g.name}, first_out);
-  bool writing = wait_until([&] {
+  bool writing = false;
+  for (auto deadline = std::chrono::steady_clock::now() + 30s; !writing && std::chrono::steady_clock::now() < deadline;) {
     auto names = entries_of(g.bundle_dir);
-    return std::any_of(names.begin(), names.end(), is_partial);
-  }, 30s);
+    writing = std::any_of(names.begin(), names.end(), is_partial);
+    if (!writing) std::this_thread::sleep_for(2ms);
+  }
   auto second = run_cli({"bundle", g.name}, 120s);
   int st = 0;
   REQUIRE(::waitpid(first, &st, 0) == first);
