@@ -5,7 +5,9 @@
 #include "bundle/bundle_format.h"
 #include "bundle/bundle_writer.h"
 #include "bundle/report_text.h"
+#include "dump/panic_line.h"
 #include "dump/vmcore_writer.h"
+#include "kernel/printk.h"
 #include "engine/crash_analysis.h"
 #include "kernel/orc_unwind.h"
 #include "kernel/taint.h"
@@ -130,6 +132,31 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
       }
     } else {
       problems.push_back("no healthy-guest profile: the report has no kernel details");
+    }
+
+    // Caught at panic()'s first instruction, which has printed nothing yet: the vmcore's log
+    // gets the line panic() prints first, as every kdump vmcore has it.
+    const json& rec = job.crash_record;
+    int crash_cpu = job.capture.crash_cpu;
+    if (kernel && rec.is_object() && rec.value("caught_by", "") == "breakpoint" && rec.value("intercepted_at", "") == "panic" &&
+        crash_cpu >= 0 && static_cast<std::size_t>(crash_cpu) < job.capture.registers.size()) {
+      try {
+        if (panic_message(read_kernel_log(*kernel)).empty()) {
+          std::string line = "Kernel panic - not syncing: " +
+                             format_panic_message(*kernel, job.capture.registers[static_cast<std::size_t>(crash_cpu)]);
+          std::uint32_t caller = 0x80000000u | static_cast<std::uint32_t>(crash_cpu);
+          if (job.analysis.is_object() && job.analysis.contains("task") && job.analysis["task"].value("pid", -1) > 0)
+            caller = static_cast<std::uint32_t>(job.analysis["task"].value("pid", 0));
+          std::string why;
+          if (append_log_record(*kernel, *job.capture.memory, line, caller, &why))
+            job.capture.adjustments.push_back("kernel log: \"" + line + "\" appended (panic() prints it first; it was "
+                                              "stopped before it could)");
+          else
+            problems.push_back("the panic line could not be added to the vmcore's log: " + why);
+        }
+      } catch (const std::exception& e) {
+        problems.push_back(std::string("the panic line could not be added to the vmcore's log: ") + e.what());
+      }
     }
 
     json report = {{"format", "immortal-report"}, {"version", bundle::kFormatVersion}, {"bundle", name},
