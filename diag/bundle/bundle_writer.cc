@@ -137,7 +137,10 @@ std::string BundleWriter::commit(nlohmann::json fields, bool archive) {
   fsync_path(parent_, true);
   if (!archive) return final_dir;
   std::string packed = final_dir + kArchiveSuffix;
-  pack_directory(final_dir, name_, packed);
+  // Packed under a hidden name first (a dead writer's leftover is removed as stale), then renamed.
+  std::string hidden = parent_ + "/" + kPartialPrefix + name_ + kArchiveSuffix;
+  pack_directory(final_dir, name_, hidden);
+  if (::rename(hidden.c_str(), packed.c_str()) != 0) fail_os(ExitCode::failure, "rename " + hidden, errno);
   fs::remove_all(final_dir, ec);
   fsync_path(parent_, true);
   return packed;

@@ -39,6 +39,8 @@ std::unique_ptr<FakeTypes> linux_like_types() {
   t->add("prb_desc_ring", "tail_id", 0x20);
   t->add("prb_data_ring", "size_bits", 0x0, 4);
   t->add("prb_data_ring", "data", 0x8);
+  t->add("prb_data_ring", "head_lpos", 0x10);
+  t->add("prb_data_ring", "tail_lpos", 0x18);
   t->add_size("prb_desc", 24);
   t->add("prb_desc", "state_var", 0x0);
   t->add("prb_desc", "text_blk_lpos.begin", 0x8);
@@ -48,6 +50,8 @@ std::unique_ptr<FakeTypes> linux_like_types() {
   t->add("printk_info", "ts_nsec", 0x8);
   t->add("printk_info", "text_len", 0x10, 2);
   t->add("printk_info", "level", 0x13, 1, 3, 5);  // u8 flags:5, level:3
+  t->add("printk_info", "flags", 0x13, 1, 5, 0);
+  t->add("printk_info", "caller_id", 0x14, 4);
   return t;
 }
 

@@ -5,6 +5,7 @@
 #include "kernel/list_walk.h"
 #include "kernel/modules.h"
 #include "kernel/orc_unwind.h"
+#include "dump/panic_line.h"
 #include "kernel/printk.h"
 #include "kernel/symbols.h"
 #include "kernel/tasks.h"
@@ -217,6 +218,42 @@ TEST_CASE("the printk ring gives records in order, skips unfinished and corrupt 
   SECTION("a text length beyond its block is cut to the block") {
     ram.put<std::uint16_t>(infos + (10 & 7) * 88 + 0x10, 60000);
     CHECK(read_kernel_log(*kernel).records[0].text.size() == 0x20 - 8);
+  }
+  SECTION("the panic line is appended after the newest record, formatted from panic()'s arguments") {
+    ram.put<std::uint32_t>(rb + 0x30, 12);      // a 4 KiB data ring, so the new record has room
+    ram.put<std::uint64_t>(rb + 0x40, 0x220);  // data head_lpos (after record 13)
+    ram.put<std::uint64_t>(rb + 0x48, 0x130);  // data tail_lpos
+    ram.put_bytes(0xa10000, std::string("driver %s failed: %d (%x)%%") + '\0');
+    ram.put_bytes(0xa10100, std::string("mydrv") + '\0');
+    X86Registers regs;
+    regs.rdi = kva(0xa10000);
+    regs.rsi = kva(0xa10100);
+    regs.rdx = static_cast<std::uint64_t>(-5);
+    regs.rcx = 0xbeef;
+    std::string message = format_panic_message(*kernel, regs);
+    CHECK(message == "driver mydrv failed: -5 (beef)%");
+    std::string why;
+    bool appended = append_log_record(*kernel, ram, "Kernel panic - not syncing: " + message, 42, &why);
+    INFO(why);
+    REQUIRE(appended);
+    KernelLog after = read_kernel_log(*kernel);
+    REQUIRE(after.records.size() == 5);
+    CHECK(after.records.back().text == "Kernel panic - not syncing: driver mydrv failed: -5 (beef)%");
+    CHECK(after.records.back().level == 0);
+    CHECK(after.records.back().seq == 6);
+    CHECK(panic_message(after) == "driver mydrv failed: -5 (beef)%");
+    // The ring holds 8 descriptors from tail id 10: ids 15, 16, 17 fit; the 18th would overwrite.
+    CHECK(append_log_record(*kernel, ram, "two", 0, &why));
+    CHECK(append_log_record(*kernel, ram, "three", 0, &why));
+    CHECK_FALSE(append_log_record(*kernel, ram, "four", 0, &why));
+    CHECK(why.find("full") != std::string::npos);
+  }
+  SECTION("a record that would wrap the data ring is not appended") {
+    ram.put<std::uint64_t>(rb + 0x40, 0x2f0);
+    ram.put<std::uint64_t>(rb + 0x48, 0x130);
+    std::string why;
+    CHECK_FALSE(append_log_record(*kernel, ram, "a line longer than the sixteen bytes left", 0, &why));
+    CHECK(why.find("wrap") != std::string::npos);
   }
   SECTION("a tail that never reaches the head is bounded by the ring size") {
     ram.put<std::uint64_t>(rb + 0x18, 999);

@@ -92,21 +92,24 @@ BundleCapture capture_guest(Machine& machine, const Kernel* kernel, const GuestP
   c.pause_ms = ms_since(t0);
   // A kdump vmcore is written after panic() claimed panic_cpu; we stop at panic()'s first
   // instruction, before it does. Dump readers (drgn's crashed_thread) look for it: say it.
+  // x86's crashing_cpu is what kdump's crash path sets (drgn 0.0.22's crashed_thread() reads it).
   if (kernel && crash_cpu >= 0) {
-    try {
-      if (auto sym = kernel->symbols().address_of("panic_cpu"))
-        if (auto pa = kernel->memory().to_physical(*sym)) {
-          auto value = c.memory->read_value<std::int32_t>(*pa);
-          if (value == -1) {
-            std::int32_t cpu = crash_cpu;
-            c.memory->write(*pa, std::as_bytes(std::span(&cpu, 1)));
-            c.adjustments.push_back(fmt::format(
-                "panic_cpu set to {} (was -1: the crash was caught at panic()'s first instruction, before it claims "
-                "panic_cpu as a kdump vmcore would show)", crash_cpu));
+    for (const char* variable : {"panic_cpu", "crashing_cpu"}) {
+      try {
+        if (auto sym = kernel->symbols().address_of(variable))
+          if (auto pa = kernel->memory().to_physical(*sym)) {
+            auto value = c.memory->read_value<std::int32_t>(*pa);
+            if (value == -1) {
+              std::int32_t cpu = crash_cpu;
+              c.memory->write(*pa, std::as_bytes(std::span(&cpu, 1)));
+              c.adjustments.push_back(fmt::format(
+                  "{} set to {} (was -1: the crash was caught at panic()'s first instruction, before the kernel "
+                  "sets it on the way to a kdump vmcore)", variable, crash_cpu));
+            }
           }
-        }
-    } catch (const std::exception&) {
-      // Left as it was: the report says which CPU crashed anyway.
+      } catch (const std::exception&) {
+        // Left as it was: the report says which CPU crashed anyway.
+      }
     }
   }
   return c;
@@ -118,7 +121,6 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
   std::string name = fmt::format("{}-{}-{}", sanitize_for_name(job.guest), sanitize_for_name(utc_now()),
                                  job.reason == "crash" ? fmt::format("crash{}", job.crash) : job.reason);
   try {
-    for (const auto& stale : bundle::remove_stale_partials(settings.dir)) (void)stale;
     bundle::BundleWriter writer(settings.dir, name);
     const MemorySnapshot& memory = *job.capture.memory;
     json problems = json::array();
@@ -268,7 +270,10 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
   return result;
 }
 
-BundleRecorder::BundleRecorder(BundleSettings settings) : settings_(std::move(settings)) {}
+BundleRecorder::BundleRecorder(BundleSettings settings) : settings_(std::move(settings)) {
+  // Left by a supervisor that died while writing (ours are all written by this process).
+  bundle::remove_stale_partials(settings_.dir);
+}
 
 BundleRecorder::~BundleRecorder() {
   drain(std::chrono::seconds(60));
