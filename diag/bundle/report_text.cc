@@ -75,7 +75,8 @@ std::string render_report(const json& r) {
         line("  action:", fmt::format("{}: {}", or_q(text_at(a, {"action"})), text_at(a, {"reason"})));
     if (const json* locks = at(r, {"crash", "locks_held"}); locks && locks->is_array() && !locks->empty())
       for (const auto& l : *locks)
-        line("  lock:", fmt::format("{} {} held ({})", text_at(l, {"kind"}), text_at(l, {"symbol"}), text_at(l, {"note"})));
+        line("  lock:", fmt::format("{} {} held{}", text_at(l, {"kind"}), text_at(l, {"symbol"}),
+                                    text_at(l, {"note"}).empty() ? "" : " (" + text_at(l, {"note"}) + ")"));
   }
   std::string timing;
   for (auto [key, label] : {std::pair{"snapshot_pause_ms", "memory copied in"}, std::pair{"guest_paused_ms", "guest paused"},
