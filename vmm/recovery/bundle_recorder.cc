@@ -17,6 +17,7 @@
 #include "x86_64/page_tables.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -70,6 +71,10 @@ json backtrace_json(const Kernel& kernel, const X86Registers& regs) {
   if (!bt.problem.empty()) out["backtrace_problem"] = bt.problem;
   return out;
 }
+
+// Bundle writing is background work: it must not take the CPU from the guest (or from the
+// supervisor's next crash). Linux applies nice per thread.
+void lower_thread_priority() { ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10); }
 
 std::string sanitize_for_name(std::string s) {
   for (char& ch : s)
@@ -277,6 +282,7 @@ BundleRecorder::BundleRecorder(BundleSettings settings) : settings_(std::move(se
 
 BundleRecorder::~BundleRecorder() {
   drain(std::chrono::seconds(60));
+  if (refill_.joinable()) refill_.join();
   for (auto& t : threads_)
     if (t.joinable()) t.detach();  // a writer that is still busy: the process is ending anyway
 }
@@ -289,19 +295,44 @@ void BundleRecorder::prepare(const PhysicalMemory& ram, const Kernel* kernel) {
   std::uint64_t ram_bytes = ram.total_size();
   std::uint64_t need = estimate_snapshot_pages(ram, kernel, settings_.filter) * MemorySnapshot::kPageSize;
   std::uint64_t want = std::min<std::uint64_t>(need + need / 2 + (32ull << 20), ram_bytes);
-  if (arena_ && arena_->size() >= need + need / 4) return;
-  if (arena_ && arena_.use_count() > 1) return;  // in use; it comes back later
-  arena_.reset();
-  arena_ = SnapshotArena::make(want);
+  std::lock_guard lock(mutex_);
+  if (arena_bytes_ >= need + need / 4 && !arenas_.empty()) return;
+  // Resized: the old arenas go as their snapshots are done with them.
+  arena_bytes_ = want;
+  arenas_.clear();
+  arenas_.push_back(SnapshotArena::make(want));
 }
 
-std::shared_ptr<SnapshotArena> BundleRecorder::arena() const {
-  return arena_ && arena_.use_count() == 1 ? arena_ : nullptr;
+std::shared_ptr<SnapshotArena> BundleRecorder::arena() {
+  std::lock_guard lock(mutex_);
+  std::shared_ptr<SnapshotArena> chosen;
+  std::size_t free = 0;
+  for (const auto& a : arenas_)
+    if (a.use_count() == 1) {
+      if (!chosen) chosen = a;
+      else ++free;
+    }
+  if (chosen && free == 0 && arena_bytes_ && arenas_.size() < kMaxArenas && !refilling_.exchange(true)) {
+    if (refill_.joinable()) refill_.join();
+    refill_ = std::thread([this, bytes = arena_bytes_] {
+      lower_thread_priority();
+      try {
+        auto fresh = SnapshotArena::make(bytes);
+        std::lock_guard inner(mutex_);
+        if (arena_bytes_ == bytes) arenas_.push_back(std::move(fresh));
+      } catch (const std::exception&) {
+        // No spare arena: a later snapshot allocates its own.
+      }
+      refilling_ = false;
+    });
+  }
+  return chosen;
 }
 
 void BundleRecorder::submit(BundleJob job) {
   ++active_;
   threads_.emplace_back([this, job = std::move(job)]() mutable {
+    lower_thread_priority();
     BundleResult r = write_bundle(settings_, job);
     job.capture.memory.reset();  // give the copy back before telling anyone
     std::lock_guard lock(mutex_);

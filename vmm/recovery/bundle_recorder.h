@@ -85,8 +85,10 @@ class BundleRecorder {
   // Prepares a warm arena large enough for a snapshot of this guest now (plus headroom), so a
   // crash's pause is a plain copy. Called when the guest is up; cheap when already prepared.
   void prepare(const PhysicalMemory& ram, const Kernel* kernel);
-  // The warm arena if no snapshot is using it, else nullptr (the snapshot allocates).
-  std::shared_ptr<SnapshotArena> arena() const;
+  // A warm arena no snapshot is using, else nullptr (the snapshot allocates its own, slower).
+  // Taking the last free one starts preparing another in the background, so crashes in quick
+  // succession (while earlier bundles are still being written) keep short pauses.
+  std::shared_ptr<SnapshotArena> arena();
   // Starts writing in the background.
   void submit(BundleJob job);
   // Finished bundles since the last call.
@@ -105,7 +107,11 @@ class BundleRecorder {
   std::atomic<std::size_t> active_{0};
   std::string last_path_;
   std::uint64_t written_ = 0;
-  std::shared_ptr<SnapshotArena> arena_;
+  static constexpr std::size_t kMaxArenas = 3;
+  std::vector<std::shared_ptr<SnapshotArena>> arenas_;  // guarded by mutex_
+  std::uint64_t arena_bytes_ = 0;
+  std::thread refill_;
+  std::atomic<bool> refilling_{false};
 };
 
 // The work of one job (exposed for tests): writes the bundle, returns its path.
