@@ -778,6 +778,8 @@ void Supervisor::check_hang() {
       stacks.push_back(std::string("unreadable: ") + e.what());
     }
     event("hang", {{"crash", id}, {"reason", why}, {"cpus", stacks}});
+    last_crash_ = {{"crash", id}, {"time", record.time}, {"summary", "the guest hung: " + why}, {"decision", "reboot"},
+                   {"reason", why}};
     json analysis = {{"kind", "hang"}, {"cpus", stacks}};
     save_crash(record, analysis, {{"resume", false}, {"reason", why}});
     hold_crash_bundle(record, capture_for_bundle(record.registers, -1), analysis, json(), "reboot", why);

@@ -82,7 +82,8 @@ RecoveryGuest& recovery_guest() {
   static RecoveryGuest g;
   if (!g.name.empty()) return g;
   g.name = unique_name("recover");
-  auto run = run_cli({"run", "--name", g.name, "--detach", "--recovery-limit", "100/3600"});
+  // Every crash leaves a bundle: keep few of the ~35 this guest makes.
+  auto run = run_cli({"run", "--name", g.name, "--detach", "--recovery-limit", "100/3600", "--bundle-keep", "2"});
   INFO(run.err);
   REQUIRE(run.status == 0);
   REQUIRE(wait_until([&] { return count_of(status_of(g.name), "crashes") == 0 &&
@@ -257,6 +258,12 @@ TEST_CASE("recovery: a guest whose agent falls silent is inspected and rebooted 
   auto events = run_cli({"events", name, "--json"}).out;
   CHECK_THAT(events, Catch::Contains("\"event\":\"hang\"") && Catch::Contains("no heartbeat"));
   CHECK_THAT(events, Catch::Contains("\"event\":\"rebooted\""));
+  // The hung guest's state is kept in a bundle (its memory copied before the reboot).
+  CHECK(wait_until([&] { return read_file(runtime_root() + "/" + name + "/events.jsonl").find("\"event\":\"bundle\"") != std::string::npos; }, 60s));
+  auto hang_bundle = run_cli({"diag", status_of(name)["last_crash"].value("bundle", "")});
+  INFO(hang_bundle.err);
+  CHECK(hang_bundle.status == 0);
+  CHECK_THAT(hang_bundle.out, Catch::Contains("caught by hang") && Catch::Contains("outcome: rebooted"));
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
 }
 
