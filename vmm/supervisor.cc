@@ -874,6 +874,9 @@ void Supervisor::hold_crash_bundle(const repair::CrashRecord& record, BundleCapt
   job.plan = plan;
   job.recovery = {{"enabled", options_.recovery.enabled}, {"decision", decision}, {"reason", reason}};
   job.timings = json::object();
+  // Events of this crash logged before its bundle was begun (pvpanic's and the hang's own).
+  for (const auto& e : events_.recent())
+    if (e.is_object() && e.value("crash", std::uint64_t{0}) == record.id) job.events.push_back(e);
   pending_bundle_ = std::move(job);
 }
 
