@@ -93,6 +93,13 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
     const json& c = s["last_crash"];
     row("Last crash:", fmt::format("#{} at {}: {}", c.value("crash", 0), c.value("time", ""), c.value("summary", "")));
     row("", fmt::format("→ {} ({})", c.value("outcome", c.value("decision", "")), c.value("reason", "")));
+    if (c.contains("bundle")) row("", "bundle: " + c.value("bundle", ""));
+  }
+  if (s.contains("bundles") && s["bundles"].is_object()) {
+    const json& b = s["bundles"];
+    row("Bundles:", fmt::format("{} written{} to {}", b.value("written", 0),
+                                b.value("writing", 0) ? fmt::format(", {} being written", b.value("writing", 0)) : "",
+                                b.value("dir", "")));
   }
   for (const auto& q : rs.value("quarantined", json::array()))
     row("Quarantined:", fmt::format("{} [{}] at {} since crash {}", q.value("function", ""), q.value("module", ""),
