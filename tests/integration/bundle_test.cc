@@ -30,17 +30,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string run_shell(const std::string& command) {
-  std::string out;
-  FILE* p = ::popen(command.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  ::pclose(p);
-  return out;
-}
-
 json status_of(const std::string& name) {
   auto r = run_cli({"status", name, "--json"}, 20s);
   if (r.status != 0) return json::object();
@@ -62,15 +51,6 @@ std::optional<json> bundle_event(const std::string& rundir, std::uint64_t crash)
     if (e.is_object() && e.value("event", "") == "bundle" && e.value("crash", std::uint64_t{0}) == crash) return e;
   }
   return std::nullopt;
-}
-
-int inject(const std::string& name, const std::string& cls) {
-  auto r = run_cli({"inject", name, cls});
-  INFO(r.err);
-  REQUIRE(r.status == 0);
-  auto at = r.out.find("victim pid ");
-  REQUIRE(at != std::string::npos);
-  return std::stoi(r.out.substr(at + 11));
 }
 
 std::vector<std::string> entries_of(const std::string& dir) {

@@ -202,4 +202,24 @@ std::string initrd_with_agent_script(const std::string& script) {
   return dir + "/initrd.img";
 }
 
+std::string run_shell(const std::string& command) {
+  std::string out;
+  FILE* p = ::popen(command.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  ::pclose(p);
+  return out;
+}
+
+int inject(const std::string& name, const std::string& cls) {
+  auto r = run_cli({"inject", name, cls});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  auto at = r.out.find("victim pid ");
+  REQUIRE(at != std::string::npos);
+  return std::stoi(r.out.substr(at + 11));
+}
+
 }  // namespace immortal::test

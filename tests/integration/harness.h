@@ -40,5 +40,9 @@ bool wait_until(const std::function<bool()>& condition, std::chrono::millisecond
 std::string initrd_with_agent_script(const std::string& script);
 
 std::string read_file(const std::string& path);
+// Runs a shell command line on the host; its standard output.
+std::string run_shell(const std::string& command);
+// `immortal inject NAME CLASS` (must succeed); the victim's pid in the guest.
+int inject(const std::string& name, const std::string& cls);
 
 }  // namespace immortal::test

@@ -60,15 +60,6 @@ std::string fmt_victim_exited(int pid) { return "spawned pid " + std::to_string(
 
 std::string dmesg(const std::string& name) { return guest_sh(name, "dmesg").out; }
 
-int inject(const std::string& name, const std::string& cls) {
-  auto r = run_cli({"inject", name, cls});
-  INFO(r.err);
-  REQUIRE(r.status == 0);
-  auto at = r.out.find("victim pid ");
-  REQUIRE(at != std::string::npos);
-  return std::stoi(r.out.substr(at + 11));
-}
-
 // Classes whose crash happens in the victim process itself (the others crash in a timer or a
 // work item the victim only arms; the victim then exits normally).
 bool crashes_in_victim(const std::string& cls) { return cls != "timer" && cls != "workqueue"; }
