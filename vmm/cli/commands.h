@@ -28,7 +28,7 @@ struct RunOptions {
   int hang_timeout_s = 30;
   int verify_timeout_s = 20;
   std::string event_log;
-  std::string bundle_dir;               // empty: $IMMORTAL_BUNDLE_DIR/NAME or /var/crash/immortal/NAME
+  std::string bundle_dir;               // empty: see run_command (env, /var/crash for root, user state dir)
   int bundle_keep = 20;
   std::string bundle_max_size = "20G";
   bool bundle_compress = false;

@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 3600));
   run_cmd->add_option("--event-log", run.event_log, "also append the event log (JSON lines) to this file");
   run_cmd->add_option("--bundle-dir", run.bundle_dir,
-                      "where crash bundles go (default: $IMMORTAL_BUNDLE_DIR/NAME or /var/crash/immortal/NAME)");
+                      "where crash bundles go (default: $IMMORTAL_BUNDLE_DIR/NAME, /var/crash/immortal/NAME for root, else ~/.local/state/immortal/bundles/NAME)");
   run_cmd->add_option("--bundle-keep", run.bundle_keep, "keep at most N bundles, oldest removed first (default: 20; 0: no limit)")
       ->check(CLI::Range(0, 1000000));
   run_cmd->add_option("--bundle-max-size", run.bundle_max_size, "keep bundles within SIZE in total, e.g. 5G (default: 20G; 0: no limit)");

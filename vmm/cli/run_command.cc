@@ -137,8 +137,15 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   {
     std::string bundle_dir = o.bundle_dir;
     if (bundle_dir.empty()) {
-      const char* root = std::getenv("IMMORTAL_BUNDLE_DIR");
-      bundle_dir = std::string(root && *root ? root : "/var/crash/immortal") + "/" + o.name;
+      // $IMMORTAL_BUNDLE_DIR, else kdump's neighbourhood for root, else the user's state dir.
+      const char* env = std::getenv("IMMORTAL_BUNDLE_DIR");
+      const char* state = std::getenv("XDG_STATE_HOME");
+      const char* home = std::getenv("HOME");
+      std::string root = env && *env               ? env
+                         : ::geteuid() == 0         ? "/var/crash/immortal"
+                         : state && *state          ? std::string(state) + "/immortal/bundles"
+                         : std::string(home && *home ? home : "/tmp") + "/.local/state/immortal/bundles";
+      bundle_dir = root + "/" + o.name;
     }
     options.bundles.dir = absolute(bundle_dir);
     options.bundles.retention = {static_cast<std::uint64_t>(o.bundle_keep), bundle::parse_size(o.bundle_max_size)};
