@@ -151,7 +151,9 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
 
   if (record.intercepted_at == "panic" && frames.size() >= 2) {
     try {
-      a.message = printable(mem.read_cstring(regs.rdi, kMaxMessage));
+      std::string format = mem.read_cstring(regs.rdi, kMaxMessage);
+      while (!format.empty() && format.back() == '\n') format.pop_back();  // the line's end, not part of it
+      a.message = printable(format);
     } catch (const MemoryFault&) {
       a.message = "(unreadable)";
     }
