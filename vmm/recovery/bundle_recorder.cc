@@ -92,8 +92,12 @@ BundleCapture capture_guest(Machine& machine, const Kernel* kernel, const GuestP
   c.registers = std::move(registers);
   c.crash_cpu = crash_cpu;
   c.memory = MemorySnapshot::take(machine.memory(), kernel, filter, std::move(arena));
-  if (profile)
-    if (auto text = read_vmcoreinfo_note(*c.memory, profile->vmcoreinfo_paddr, profile->vmcoreinfo_size)) c.vmcoreinfo = *text;
+  if (profile) {
+    // From the copy; from guest RAM (still stopped) should its page not have been copied.
+    auto text = read_vmcoreinfo_note(*c.memory, profile->vmcoreinfo_paddr, profile->vmcoreinfo_size);
+    if (!text) text = read_vmcoreinfo_note(machine.memory(), profile->vmcoreinfo_paddr, profile->vmcoreinfo_size);
+    if (text) c.vmcoreinfo = *text;
+  }
   c.pause_ms = ms_since(t0);
   // A kdump vmcore is written after panic() claimed panic_cpu; we stop at panic()'s first
   // instruction, before it does. Dump readers (drgn's crashed_thread) look for it: say it.
