@@ -21,12 +21,12 @@ class VectorMemory final : public PhysicalMemory {
   const std::vector<PhysicalRange>& ranges() const override { return ranges_; }
   void read(std::uint64_t address, std::span<std::byte> out) const override {
     if (!ranges_[0].contains(address, out.size())) throw MemoryFault(address, out.size(), "outside test RAM");
-    std::memcpy(out.data(), bytes_.data() + address, out.size());
+    if (!out.empty()) std::memcpy(out.data(), bytes_.data() + address, out.size());
   }
   bool writable() const override { return true; }
   void write(std::uint64_t address, std::span<const std::byte> data) override {
     if (!ranges_[0].contains(address, data.size())) throw MemoryFault(address, data.size(), "outside test RAM");
-    std::memcpy(bytes_.data() + address, data.data(), data.size());
+    if (!data.empty()) std::memcpy(bytes_.data() + address, data.data(), data.size());  // empty spans may be null
   }
   template <typename T>
   void put(std::uint64_t address, const T& value) {
