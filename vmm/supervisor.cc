@@ -170,19 +170,15 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
         // The dump of a crash caught only by pvpanic: panic() has run, so panic_cpu says which CPU.
         auto record = interceptor_->record(crashes_, -1, "pvpanic", "");
         int cpu = -1;
+        json analysis;
         try {
           Kernel& kernel = guest_kernel();
           cpu = kernel.memory().read_value<std::int32_t>(kernel.symbol("panic_cpu"));
           if (cpu < 0 || cpu >= static_cast<int>(record.registers.size())) cpu = -1;
+          record.vcpu = cpu;
+          if (cpu >= 0) analysis = repair::analyze_crash(kernel, record).to_json();
         } catch (const std::exception&) {
-        }
-        record.vcpu = cpu;
-        json analysis;
-        if (cpu >= 0) {
-          try {
-            analysis = repair::analyze_crash(guest_kernel(), record).to_json();
-          } catch (const std::exception&) {
-          }
+          // No analysis: the bundle still holds the memory and every vCPU's registers.
         }
         bool reboot = reboot_after_pause_.has_value();
         hold_crash_bundle(record, capture_for_bundle(record.registers, cpu), analysis, json(),
@@ -606,7 +602,6 @@ void Supervisor::arm_interception() {
     Kernel& kernel = guest_kernel();
     auto notes = while_paused([&] { return interceptor_->arm(kernel); });
     event("armed", {{"interception", interceptor_->points()}, {"notes", notes}});
-
     for (const auto& n : notes) options_.say(n);
     report_ready(fmt::format("crash interception armed at {}", fmt::join(interceptor_->points(), ", ")));
   } catch (const std::exception& e) {

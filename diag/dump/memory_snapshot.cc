@@ -19,9 +19,31 @@ bool all_zero(const std::byte* p) {
   return true;
 }
 
-std::optional<PageClassifier> classifier_for(const Kernel* kernel, bool filter, std::string* why) {
-  if (!filter || !kernel) return std::nullopt;
-  return PageClassifier::from_kernel(*kernel, why);
+std::optional<PageClassifier> classifier_for(const Kernel* kernel, bool filter, std::string* description) {
+  std::string why;
+  std::optional<PageClassifier> c;
+  if (filter && kernel) c = PageClassifier::from_kernel(*kernel, &why);
+  if (description)
+    *description = c         ? "struct page: free, user and page-cache pages left out (makedumpfile dump level 31)"
+                   : !filter ? "none: every non-zero page copied"
+                   : !kernel ? "none (no kernel to read struct pages from): every non-zero page copied"
+                             : "none (" + why + "): every non-zero page copied";
+  return c;
+}
+
+// Guest RAM in whole pages, each range with its pages' classes (all `kernel` without a classifier).
+std::vector<std::pair<PhysicalRange, std::vector<PageClass>>> classify_ram(const PhysicalMemory& ram,
+                                                                         const std::optional<PageClassifier>& classifier) {
+  constexpr std::uint64_t kPage = MemorySnapshot::kPageSize;
+  std::vector<std::pair<PhysicalRange, std::vector<PageClass>>> out;
+  for (const auto& r : ram.ranges()) {
+    PhysicalRange pr{r.start & ~(kPage - 1), 0};
+    pr.size = ((r.end() + kPage - 1) & ~(kPage - 1)) - pr.start;
+    std::vector<PageClass> c(pr.size / kPage, PageClass::kernel);
+    if (classifier) classifier->classify(pr.start / kPage, c);
+    out.emplace_back(pr, std::move(c));
+  }
+  return out;
 }
 
 }  // namespace
@@ -43,11 +65,8 @@ SnapshotArena::~SnapshotArena() {
 }
 
 std::uint64_t estimate_snapshot_pages(const PhysicalMemory& ram, const Kernel* kernel, bool filter) {
-  auto classifier = classifier_for(kernel, filter, nullptr);
   std::uint64_t pages = 0;
-  for (const auto& r : ram.ranges()) {
-    std::vector<PageClass> c((r.size + MemorySnapshot::kPageSize - 1) / MemorySnapshot::kPageSize, PageClass::kernel);
-    if (classifier) classifier->classify(r.start / MemorySnapshot::kPageSize, c);
+  for (const auto& [r, c] : classify_ram(ram, classifier_for(kernel, filter, nullptr))) {
     for (std::size_t p = 0; p < c.size(); ++p) {
       if (c[p] != PageClass::kernel) continue;
       ++pages;
@@ -65,28 +84,13 @@ std::uint64_t estimate_snapshot_pages(const PhysicalMemory& ram, const Kernel* k
 std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, const Kernel* kernel, bool filter,
                                                      std::shared_ptr<SnapshotArena> arena) {
   std::unique_ptr<MemorySnapshot> s(new MemorySnapshot);
-  std::optional<PageClassifier> classifier;
-  if (!filter) s->census_.filter = "none: every non-zero page copied";
-  else if (!kernel) s->census_.filter = "none (no kernel to read struct pages from): every non-zero page copied";
-  else {
-    std::string why;
-    classifier = PageClassifier::from_kernel(*kernel, &why);
-    s->census_.filter = classifier ? "struct page: free, user and page-cache pages left out (makedumpfile dump level 31)"
-                                   : "none (" + why + "): every non-zero page copied";
-  }
-
   // Classes first, so the copy buffer is allocated once at its final size.
-  std::vector<std::vector<PageClass>> classes;
+  auto classified = classify_ram(ram, classifier_for(kernel, filter, &s->census_.filter));
   std::uint64_t candidates = 0;
-  for (const auto& r : ram.ranges()) {
-    PhysicalRange pr{r.start & ~(kPageSize - 1), 0};
-    pr.size = ((r.end() + kPageSize - 1) & ~(kPageSize - 1)) - pr.start;
-    std::vector<PageClass> c(pr.size / kPageSize, PageClass::kernel);
-    if (classifier) classifier->classify(pr.start / kPageSize, c);
+  for (const auto& [pr, c] : classified) {
     candidates += static_cast<std::uint64_t>(std::count(c.begin(), c.end(), PageClass::kernel));
     s->ranges_.push_back(pr);
     s->by_range_.push_back({pr, {}});
-    classes.push_back(std::move(c));
   }
   if (candidates >= kExcluded) fail(ExitCode::failure, "guest memory too large to snapshot ({} pages)", candidates);
   if (arena && arena->size() >= candidates * kPageSize) {
@@ -107,7 +111,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   std::uint32_t next = 0;
   for (std::size_t ri = 0; ri < s->by_range_.size(); ++ri) {
     auto& range = s->by_range_[ri];
-    const auto& c = classes[ri];
+    const auto& c = classified[ri].second;
     range.slot.resize(c.size());
     for (std::size_t p = 0; p < c.size(); ++p) {
       PageClass cls = c[p];

@@ -171,7 +171,6 @@ bool append_log_record(const Kernel& kernel, PhysicalMemory& memory, const std::
     put(desc + t.offset_of("prb_desc", "state_var"), &state, 8);
     put(head_lpos_at, &next, 8);
     put(head_id_at, &id, 8);
-    (void)desc_size;
   } catch (const MemoryFault& e) {
     return no(std::string("the printk ring is unreadable: ") + e.what());
   } catch (const Error& e) {

@@ -192,4 +192,20 @@ Backtrace OrcUnwinder::unwind(const X86Registers& r, std::size_t max_frames) {
   return bt;
 }
 
+Backtrace unwind_or_scan(const Kernel& kernel, const X86Registers& registers, std::string* method) {
+  Backtrace bt;
+  *method = "orc";
+  try {
+    bt = OrcUnwinder(kernel).unwind(registers);
+  } catch (const Error& e) {
+    bt.problem = e.what();
+  }
+  if (bt.frames.size() <= 1) {
+    std::string why = bt.problem;
+    bt = scan_stack(kernel, registers.rip, registers.rsp);
+    *method = "stack scan (" + why + ")";
+  }
+  return bt;
+}
+
 }  // namespace immortal

@@ -44,4 +44,8 @@ class OrcUnwinder {
   bool modules_loaded_ = false;
 };
 
+// A CPU's backtrace the way reports show it: ORC first; where it gives no more than the frame at
+// rip, a stack scan (unverified frames). method says which, and why the scan was needed.
+Backtrace unwind_or_scan(const Kernel& kernel, const X86Registers& registers, std::string* method);
+
 }  // namespace immortal

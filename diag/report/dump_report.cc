@@ -84,7 +84,6 @@ json build_dump_report(const DiagOptions& o) {
   section(report, "cpus", [&] {
     json cpus = json::array();
     auto current = current_tasks(*kernel, static_cast<int>(core->cpus().size()));
-    OrcUnwinder orc(*kernel);
     std::vector<ModuleInfo> loaded;
     if (module_debug && o.backtraces)
       section(report, "module source lines", [&] { loaded = read_modules(*kernel).modules; });
@@ -94,18 +93,8 @@ json build_dump_report(const DiagOptions& o) {
       section(cpu, "current task", [&] { cpu["task"] = task_json(read_task(*kernel, current.at(i))); });
       if (o.backtraces) {
         // The kernel's own unwind data first; a stack scan (unverified frames) when it has none.
-        Backtrace bt;
-        std::string method = "orc";
-        try {
-          bt = orc.unwind(regs);
-        } catch (const Error& e) {
-          bt.problem = e.what();
-        }
-        if (bt.frames.size() <= 1) {
-          std::string why = bt.problem;
-          bt = scan_stack(*kernel, regs.rip, regs.rsp);
-          method = "stack scan (" + why + ")";
-        }
+        std::string method;
+        Backtrace bt = unwind_or_scan(*kernel, regs, &method);
         cpu["backtrace_method"] = method;
         json frames = json::array();
         for (const auto& f : bt.frames) {

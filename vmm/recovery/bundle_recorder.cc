@@ -52,18 +52,8 @@ json crash_summary(const BundleJob& job) {
 }
 
 json backtrace_json(const Kernel& kernel, const X86Registers& regs) {
-  Backtrace bt;
-  std::string method = "orc";
-  try {
-    bt = OrcUnwinder(kernel).unwind(regs);
-  } catch (const Error& e) {
-    bt.problem = e.what();
-  }
-  if (bt.frames.size() <= 1) {
-    std::string why = bt.problem;
-    bt = scan_stack(kernel, regs.rip, regs.rsp);
-    method = "stack scan (" + why + ")";
-  }
+  std::string method;
+  Backtrace bt = unwind_or_scan(kernel, regs, &method);
   json frames = json::array();
   for (const auto& f : bt.frames)
     frames.push_back({{"pc", fmt::format("{:#x}", f.pc)}, {"symbol", f.symbol}, {"reliable", f.reliable}});
@@ -289,10 +279,6 @@ BundleRecorder::~BundleRecorder() {
   if (refill_.joinable()) refill_.join();
   for (auto& t : threads_)
     if (t.joinable()) t.detach();  // a writer that is still busy: the process is ending anyway
-}
-
-std::string BundleRecorder::name_for(const std::string& guest, const std::string& reason, std::uint64_t crash) const {
-  return fmt::format("{}-{}", guest, reason == "crash" ? fmt::format("crash{}", crash) : reason);
 }
 
 void BundleRecorder::prepare(const PhysicalMemory& ram, const Kernel* kernel) {

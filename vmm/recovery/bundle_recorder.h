@@ -81,7 +81,6 @@ class BundleRecorder {
   ~BundleRecorder();  // waits for writers (bounded), abandoning what is not done
 
   const BundleSettings& settings() const { return settings_; }
-  std::string name_for(const std::string& guest, const std::string& reason, std::uint64_t crash) const;
   // Prepares a warm arena large enough for a snapshot of this guest now (plus headroom), so a
   // crash's pause is a plain copy. Called when the guest is up; cheap when already prepared.
   void prepare(const PhysicalMemory& ram, const Kernel* kernel);
