@@ -14,6 +14,7 @@ ModuleList read_modules(const Kernel& kernel, std::size_t max) {
   std::uint64_t base_offset = t.offset_of("module", "core_layout.base");
   std::uint64_t size_offset = t.offset_of("module", "core_layout.size");
   std::uint64_t text_offset = t.offset_of("module", "core_layout.text_size");
+  auto ro_size = t.field("module", "core_layout.ro_size");
   auto init_base = t.field("module", "init_layout.base"), init_text = t.field("module", "init_layout.text_size");
   list.walk = walk_list(m, kernel.symbol("modules"), max, [&](std::uint64_t node) {
     ModuleInfo info;
@@ -25,6 +26,7 @@ ModuleList read_modules(const Kernel& kernel, std::size_t max) {
     info.base = m.read_u64(info.address + base_offset);
     info.size = m.read_value<std::uint32_t>(info.address + size_offset);
     info.text_size = m.read_value<std::uint32_t>(info.address + text_offset);
+    if (ro_size) info.ro_size = m.read_value<std::uint32_t>(info.address + ro_size->byte_offset());
     if (init_base && init_text) {
       info.init_base = m.read_u64(info.address + init_base->byte_offset());
       info.init_text_size = m.read_value<std::uint32_t>(info.address + init_text->byte_offset());

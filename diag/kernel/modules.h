@@ -16,6 +16,7 @@ struct ModuleInfo {
   std::uint64_t base = 0;     // core_layout: text first, then read-only and writable data
   std::uint64_t size = 0;
   std::uint64_t text_size = 0;
+  std::uint64_t ro_size = 0;  // text and read-only data: [base, base + ro_size)
   // init_layout: the __init code, freed once the module's init function returned (0 then).
   std::uint64_t init_base = 0;
   std::uint64_t init_text_size = 0;

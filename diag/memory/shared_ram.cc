@@ -9,8 +9,8 @@
 
 namespace immortal {
 
-SharedRamMemory::SharedRamMemory(int fd, std::uint64_t file_size, std::vector<RamSegment> segments)
-    : file_size_(file_size), segments_(std::move(segments)) {
+SharedRamMemory::SharedRamMemory(int fd, std::uint64_t file_size, std::vector<RamSegment> segments, bool writable)
+    : file_size_(file_size), writable_(writable), segments_(std::move(segments)) {
   std::sort(segments_.begin(), segments_.end(),
             [](const RamSegment& a, const RamSegment& b) { return a.guest_physical < b.guest_physical; });
   for (const auto& s : segments_) {
@@ -21,7 +21,7 @@ SharedRamMemory::SharedRamMemory(int fd, std::uint64_t file_size, std::vector<Ra
       fail(ExitCode::failure, "RAM segments overlap at {:#x}", s.guest_physical);
     ranges_.push_back({s.guest_physical, s.size});
   }
-  void* p = ::mmap(nullptr, file_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* p = ::mmap(nullptr, file_size_, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) fail_os(ExitCode::failure, "mmap guest RAM", errno);
   base_ = static_cast<std::byte*>(p);
 }
@@ -43,6 +43,7 @@ void SharedRamMemory::read(std::uint64_t address, std::span<std::byte> out) cons
 }
 
 void SharedRamMemory::write(std::uint64_t address, std::span<const std::byte> data) {
+  if (!writable_) fail(ExitCode::failure, "this view of guest RAM is read-only");
   std::memcpy(locate(address, data.size()), data.data(), data.size());
 }
 

@@ -16,15 +16,16 @@ struct RamSegment {
 
 class SharedRamMemory final : public PhysicalMemory {
  public:
-  // Maps file_size bytes of fd (shared, read-write). Every segment must lie inside the file.
-  SharedRamMemory(int fd, std::uint64_t file_size, std::vector<RamSegment> segments);
+  // Maps file_size bytes of fd (shared; read-write unless writable is false, which the repair
+  // agent uses: it never writes guest memory). Every segment must lie inside the file.
+  SharedRamMemory(int fd, std::uint64_t file_size, std::vector<RamSegment> segments, bool writable = true);
   ~SharedRamMemory() override;
   SharedRamMemory(const SharedRamMemory&) = delete;
   SharedRamMemory& operator=(const SharedRamMemory&) = delete;
 
   const std::vector<PhysicalRange>& ranges() const override { return ranges_; }
   void read(std::uint64_t address, std::span<std::byte> out) const override;
-  bool writable() const override { return true; }
+  bool writable() const override { return writable_; }
   void write(std::uint64_t address, std::span<const std::byte> data) override;
 
  private:
@@ -33,6 +34,7 @@ class SharedRamMemory final : public PhysicalMemory {
 
   std::byte* base_ = nullptr;
   std::uint64_t file_size_ = 0;
+  bool writable_ = true;
   std::vector<RamSegment> segments_;
   std::vector<PhysicalRange> ranges_;
 };

@@ -320,7 +320,8 @@ nlohmann::json CrashAnalysis::to_json() const {
           {"module", module}, {"entry_caller", outer_caller},
           {"entry", outer_module_frame >= 0 ? backtrace.frames[static_cast<std::size_t>(outer_module_frame)].symbol : ""},
           {"backtrace", frames}, {"backtrace_problem", backtrace.problem}, {"locks_held", held},
-          {"unsafe", unsafe}, {"notes", notes}};
+          {"unsafe", unsafe}, {"notes", notes}, {"percpu_base", fmt::format("{:#x}", percpu_base)},
+          {"summary", summary()}};
 }
 
 std::string CrashAnalysis::summary() const {

@@ -26,5 +26,13 @@ struct CrashRecord {
 
 nlohmann::json to_json(const X86Registers& r);
 nlohmann::json to_json(const CrashRecord& record);
+// The reverse, for records that crossed to the repair agent. Throws Error(ExitCode::bad_input)
+// for anything malformed (names, hex values, more than kMaxVcpus vCPUs).
+X86Registers registers_from_json(const nlohmann::json& j);
+CrashRecord crash_record_from_json(const nlohmann::json& j);
+inline constexpr std::size_t kMaxVcpus = 1024;
+
+// "0x1f" -> 31; throws Error(ExitCode::bad_input) naming what for.
+std::uint64_t parse_hex(const nlohmann::json& value, const char* what);
 
 }  // namespace immortal::repair

@@ -293,7 +293,9 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     }
 
     // 3. Quarantine the driver's entry point.
-    if (a.module_symbols_stale && !quarantine_why.empty()) {
+    if (a.kind == "text-corruption") {
+      notes.push_back("the corrupted code is restored, not quarantined");
+    } else if (a.module_symbols_stale && !quarantine_why.empty()) {
       notes.push_back("the driver's functions are not in the guest profile (loaded after it was taken): not quarantined");
     } else if (!quarantine_why.empty() && quarantine_target) {
       if (auto q = quarantine(kernel, record, quarantine_target, quarantine_why, notes)) plan.actions.push_back(*q);
@@ -301,7 +303,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
 
     // 4. Oops bookkeeping: oops_end() set TAINT_DIE, which silences the hung-task detector
     //    (kernel/hung_task.c) for the rest of the guest's life.
-    if (a.kind == "oops" || a.kind == "bug") {
+    if (a.kind == "oops" || a.kind == "bug" || a.kind == "text-corruption") {
       std::uint64_t taint_address = kernel.symbol("tainted_mask");
       std::uint64_t taint = kernel.memory().read_u64(taint_address);
       if (taint & kTaintDie) {
@@ -324,6 +326,65 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
   for (const auto& x : plan.actions) kinds.push_back(x.kind);
   plan.reason = fmt::format("{}", fmt::join(kinds, ", "));
   for (const auto& n : notes) plan.reason += "; " + n;
+  return plan;
+}
+
+std::vector<std::uint8_t> bytes_from_hex(const nlohmann::json& value, std::size_t max) {
+  if (!value.is_string()) fail(ExitCode::bad_input, "plan: bytes are not a hex string");
+  const std::string& s = value.get_ref<const std::string&>();
+  if (s.size() % 2 || s.size() / 2 > max) fail(ExitCode::bad_input, "plan: {} hex digits (at most {} bytes)", s.size(), max);
+  std::vector<std::uint8_t> out(s.size() / 2);
+  auto digit = [](char c) {
+    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    if (d < 0) fail(ExitCode::bad_input, "plan: bad hex digit");
+    return d;
+  };
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<std::uint8_t>(digit(s[2 * i]) << 4 | digit(s[2 * i + 1]));
+  return out;
+}
+
+RepairPlan plan_from_json(const nlohmann::json& j) {
+  if (!j.is_object()) fail(ExitCode::bad_input, "plan: not an object");
+  auto get = [](const nlohmann::json& o, const char* key) -> const nlohmann::json& {
+    auto it = o.find(key);
+    if (it == o.end()) fail(ExitCode::bad_input, "plan: no {}", key);
+    return *it;
+  };
+  auto text = [&](const nlohmann::json& o, const char* key) {
+    const auto& v = get(o, key);
+    if (!v.is_string()) fail(ExitCode::bad_input, "plan: {} is not text", key);
+    return v.get<std::string>().substr(0, 4096);
+  };
+  RepairPlan plan;
+  if (!get(j, "resume").is_boolean() || !get(j, "vcpu").is_number_integer() || !get(j, "actions").is_array())
+    fail(ExitCode::bad_input, "plan: resume, vcpu or actions malformed");
+  plan.resume = j["resume"].get<bool>();
+  plan.reason = text(j, "reason");
+  std::int64_t vcpu = j["vcpu"].get<std::int64_t>();
+  if (vcpu < -1 || vcpu >= static_cast<std::int64_t>(kMaxVcpus)) fail(ExitCode::bad_input, "plan: vCPU {}", vcpu);
+  plan.vcpu = static_cast<int>(vcpu);
+  if (j["actions"].size() > kMaxPlanActions) fail(ExitCode::bad_input, "plan: {} actions", j["actions"].size());
+  for (const auto& a : j["actions"]) {
+    if (!a.is_object()) fail(ExitCode::bad_input, "plan: an action is not an object");
+    RepairAction action{text(a, "action"), text(a, "reason"), {}, {}, a.value("detail", nlohmann::json::object())};
+    if (!action.detail.is_object()) fail(ExitCode::bad_input, "plan: an action's detail is not an object");
+    const auto& writes = get(a, "writes");
+    const auto& regs = get(a, "registers");
+    if (!writes.is_array() || writes.size() > kMaxActionWrites || !regs.is_array() || regs.size() > 64)
+      fail(ExitCode::bad_input, "plan: {}: bad writes or registers", action.kind);
+    for (const auto& w : writes) {
+      if (!w.is_object() || !get(w, "code").is_boolean()) fail(ExitCode::bad_input, "plan: a malformed write");
+      MemoryWrite mw{parse_hex(get(w, "address"), "a write's address"), bytes_from_hex(get(w, "old"), kMaxWriteBytes),
+                     bytes_from_hex(get(w, "new"), kMaxWriteBytes), w["code"].get<bool>()};
+      action.writes.push_back(std::move(mw));
+    }
+    for (const auto& r : regs) {
+      if (!r.is_object()) fail(ExitCode::bad_input, "plan: a malformed register change");
+      action.registers.push_back({text(r, "register"), parse_hex(get(r, "old"), "a register's old value"),
+                                  parse_hex(get(r, "new"), "a register's new value")});
+    }
+    plan.actions.push_back(std::move(action));
+  }
   return plan;
 }
 

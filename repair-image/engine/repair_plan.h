@@ -47,8 +47,15 @@ struct RepairPlan {
 
 RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const CrashAnalysis& analysis);
 
+// A plan as it comes back from the repair agent (RepairPlan::to_json). Throws
+// Error(ExitCode::bad_input) for anything malformed or beyond the parse limits below; what a
+// plan may do is checked afterwards (vmm/recovery/plan_validation.h).
+RepairPlan plan_from_json(const nlohmann::json& j);
+inline constexpr std::size_t kMaxPlanActions = 64, kMaxActionWrites = 1024, kMaxWriteBytes = 64 * 1024;
+
 // "0f1f44" for {0x0f, 0x1f, 0x44}: how plans, quarantine records and logs show guest bytes.
 std::string hex_bytes(const std::vector<std::uint8_t>& bytes);
+std::vector<std::uint8_t> bytes_from_hex(const nlohmann::json& value, std::size_t max);
 
 // The bytes that make a function return -EIO at once ("mov $-5,%rax; ret"), placed after its
 // ftrace site; quarantine and unquarantine recognise them.

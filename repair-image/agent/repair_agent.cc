@@ -1,0 +1,219 @@
+// immortal-repair-agent: the repair engine as a program of its own (static, no libc of the
+// host needed), so that a crashed guest's memory is parsed outside the supervisor.
+//
+//   in the repair VM     it is /init of the repair image: mounts /proc and /sys, maps the
+//                        crashed guest's RAM (ivshmem BAR, read-only) and the mailbox (a second
+//                        BAR), loads /profile and /healthy, and answers requests by polling.
+//   --inline             a sandboxed host process the supervisor starts: the same, with the RAM
+//                        and mailbox as inherited descriptors and a socket as doorbell.
+//
+// docs/protocol.md ("Repair protocol") has the mailbox and the messages.
+#include "agent/sandbox.h"
+#include "base/error.h"
+#include "engine/repair_service.h"
+#include "memory/shared_ram.h"
+#include "profile/guest_profile.h"
+#include "protocol/mailbox.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <thread>
+
+namespace immortal::repair {
+namespace {
+
+// The repair VM's PCI slots for the two ivshmem devices (the QEMU backend places them there).
+constexpr char kRamResource[] = "/sys/bus/pci/devices/0000:00:10.0/resource2";
+constexpr char kMailboxResource[] = "/sys/bus/pci/devices/0000:00:11.0/resource2";
+
+void say(const std::string& line) {
+  std::string out = "immortal-repair-agent: " + line + "\n";
+  [[maybe_unused]] auto n = ::write(2, out.data(), out.size());
+}
+
+struct Config {
+  std::vector<RamSegment> ram;
+  std::uint64_t ram_size = 0;
+  std::string profile_dir, healthy_dir;
+};
+
+Config read_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail(ExitCode::bad_input, "cannot read {}", path);
+  auto j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) fail(ExitCode::bad_input, "{} is not JSON", path);
+  Config c;
+  c.ram_size = j.value("ram_size", std::uint64_t{0});
+  c.profile_dir = j.value("profile", "");
+  c.healthy_dir = j.value("healthy", "");
+  for (const auto& s : j.value("ram", nlohmann::json::array()))
+    c.ram.push_back({s.value("guest_physical", std::uint64_t{0}), s.value("file_offset", std::uint64_t{0}),
+                     s.value("size", std::uint64_t{0})});
+  if (!c.ram_size || c.ram.empty() || c.profile_dir.empty()) fail(ExitCode::bad_input, "{}: incomplete", path);
+  return c;
+}
+
+void* map_shared(int fd, std::uint64_t size, bool writable, const char* what) {
+  void* p = ::mmap(nullptr, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) fail_os(ExitCode::failure, fmt::format("mmap {}", what), errno);
+  return p;
+}
+
+// The engine with its inputs loaded: the profile, the healthy copy, the guest's RAM.
+class Engine {
+ public:
+  Engine(const Config& c, int ram_fd) {
+    auto t0 = std::chrono::steady_clock::now();
+    memory_ = std::make_unique<SharedRamMemory>(ram_fd, c.ram_size, c.ram, /*writable=*/false);
+    profile_ = std::make_unique<GuestProfile>(GuestProfile::load(c.profile_dir));
+    kernel_ = Kernel::open(*memory_, *profile_, std::nullopt);
+    if (!c.healthy_dir.empty()) {
+      try {
+        healthy_ = std::make_unique<HealthyImage>(HealthyImage::load(c.healthy_dir));
+      } catch (const std::exception& e) {
+        healthy_problem_ = e.what();
+      }
+    }
+    load_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  std::string summary() const {
+    return fmt::format("ready: kernel {}, {} symbols, healthy copy {} KiB{}, loaded in {:.0f} ms", kernel_->release(),
+                       kernel_->symbols().size(), healthy_ ? healthy_->total_bytes() >> 10 : 0,
+                       healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", load_ms_);
+  }
+
+  std::string answer(const std::string& text) {
+    auto t0 = std::chrono::steady_clock::now();
+    nlohmann::json out;
+    try {
+      auto j = nlohmann::json::parse(text, nullptr, false);
+      if (j.is_discarded()) fail(ExitCode::bad_input, "the request is not JSON");
+      RepairRequest request = RepairRequest::from_json(j);
+      kernel_->memory().forget_translations();
+      EngineResult r = run_repair_engine(*kernel_, healthy_.get(), request);
+      out = r.to_json();
+      out["ok"] = true;
+    } catch (const std::exception& e) {
+      out = {{"ok", false}, {"error", e.what()}};
+    }
+    out["engine_ms"] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+
+ private:
+  std::unique_ptr<SharedRamMemory> memory_;
+  std::unique_ptr<GuestProfile> profile_;
+  std::unique_ptr<Kernel> kernel_;
+  std::unique_ptr<HealthyImage> healthy_;
+  std::string healthy_problem_;
+  double load_ms_ = 0;
+};
+
+void answer_one(Engine& engine, Mailbox& box) {
+  std::uint64_t seq = box.request_seq();
+  box.set_state(AgentState::busy, "analysing");
+  std::string response = engine.answer(box.request());
+  if (response.size() > kResponseMax)
+    response = nlohmann::json{{"ok", false}, {"error", "the answer is larger than the mailbox"}}.dump();
+  box.post_response(seq, response);
+  box.set_state(AgentState::ready, "ready");
+}
+
+// --inline --config FILE --ram-fd N --mailbox-fd M --doorbell-fd D
+int run_inline(int argc, char** argv) {
+  std::string config;
+  int ram_fd = -1, mailbox_fd = -1, doorbell = -1;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    std::string k = argv[i], v = argv[i + 1];
+    if (k == "--config") config = v;
+    else if (k == "--ram-fd") ram_fd = std::stoi(v);
+    else if (k == "--mailbox-fd") mailbox_fd = std::stoi(v);
+    else if (k == "--doorbell-fd") doorbell = std::stoi(v);
+  }
+  if (config.empty() || ram_fd < 0 || mailbox_fd < 0 || doorbell < 0) {
+    say("usage: immortal-repair-agent --inline --config FILE --ram-fd N --mailbox-fd M --doorbell-fd D");
+    return 2;
+  }
+  Mailbox box(map_shared(mailbox_fd, kMailboxSize, true, "the mailbox"));
+  std::unique_ptr<Engine> engine;
+  try {
+    engine = std::make_unique<Engine>(read_config(config), ram_fd);
+    ::close(ram_fd);  // the mapping stays; the descriptor is not needed any more
+    ::close(mailbox_fd);
+    enter_sandbox();
+  } catch (const std::exception& e) {
+    box.set_state(AgentState::failed, e.what());
+    char c = 'f';
+    [[maybe_unused]] auto n = ::write(doorbell, &c, 1);
+    return 1;
+  }
+  box.set_state(AgentState::ready, engine->summary());
+  char c = 'r';
+  if (::write(doorbell, &c, 1) != 1) return 1;
+  for (;;) {
+    ssize_t n = ::read(doorbell, &c, 1);
+    if (n == 0) return 0;  // the supervisor closed its end
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return 1;
+    }
+    answer_one(*engine, box);
+    if (::write(doorbell, &c, 1) != 1) return 1;
+  }
+}
+
+// As /init of the repair VM. Never returns (pid 1 must not exit).
+[[noreturn]] void run_in_vm() {
+  ::mount("proc", "/proc", "proc", 0, nullptr);
+  ::mount("sysfs", "/sys", "sysfs", 0, nullptr);
+  Mailbox* box = nullptr;
+  try {
+    int mfd = ::open(kMailboxResource, O_RDWR | O_SYNC | O_CLOEXEC);
+    if (mfd < 0) fail_os(ExitCode::failure, kMailboxResource, errno);
+    box = new Mailbox(map_shared(mfd, kMailboxSize, true, "the mailbox BAR"));
+    if (!box->valid()) fail(ExitCode::failure, "the mailbox was not initialised by the supervisor");
+    box->set_state(AgentState::booting, "loading the profile");
+    Config config = read_config("/repair.json");
+    int rfd = ::open(kRamResource, O_RDONLY | O_CLOEXEC);
+    if (rfd < 0) fail_os(ExitCode::failure, kRamResource, errno);
+    Engine engine(config, rfd);
+    say(engine.summary());
+    box->set_state(AgentState::ready, engine.summary());
+    std::uint64_t done = box->request_seq();
+    for (;;) {
+      // While idle the supervisor keeps this VM paused: polling costs nothing then.
+      if (box->request_seq() != done) {
+        done = box->request_seq();
+        answer_one(engine, *box);
+        continue;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  } catch (const std::exception& e) {
+    say(std::string("cannot serve: ") + e.what());
+    if (box) box->set_state(AgentState::failed, e.what());
+  }
+  for (;;) ::pause();
+}
+
+}  // namespace
+}  // namespace immortal::repair
+
+int main(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "--inline") == 0) return immortal::repair::run_inline(argc, argv);
+  if (::getpid() == 1) immortal::repair::run_in_vm();
+  std::fprintf(stderr, "usage: immortal-repair-agent --inline ... (or as /init of the repair image)\n");
+  return 2;
+}

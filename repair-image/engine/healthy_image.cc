@@ -1,0 +1,169 @@
+#include "engine/healthy_image.h"
+
+#include "base/error.h"
+#include "kernel/modules.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <iterator>
+
+namespace immortal::repair {
+
+namespace {
+
+constexpr char kFormat[] = "immortal-healthy-image";
+constexpr int kVersion = 1;
+// Debian 6.1's kernel text is 16 MiB and its read-only data 9 MiB; modules add little.
+constexpr std::uint64_t kMaxTotal = 256ull << 20;
+constexpr std::uint64_t kMaxRegion = 128ull << 20;
+constexpr std::size_t kMaxRegions = 8192;
+
+std::uint64_t parse_address(const nlohmann::json& v) {
+  if (!v.is_string()) fail(ExitCode::bad_input, "healthy image: an address is not a string");
+  const std::string& s = v.get_ref<const std::string&>();
+  std::size_t used = 0;
+  std::uint64_t a = 0;
+  try {
+    a = std::stoull(s, &used, 16);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != s.size()) fail(ExitCode::bad_input, "healthy image: bad address {:?}", s);
+  return a;
+}
+
+void add_region(const Kernel& kernel, HealthyImage& image, std::string name, std::string kind, std::string module,
+                std::uint64_t begin, std::uint64_t end) {
+  if (end <= begin) return;
+  if (end - begin > kMaxRegion) fail(ExitCode::bad_input, "{}: {} bytes is more than a kernel has", name, end - begin);
+  HealthyRegion r{std::move(name), std::move(kind), std::move(module), begin, std::vector<std::uint8_t>(end - begin)};
+  kernel.memory().read(begin, std::as_writable_bytes(std::span(r.bytes)));
+  image.regions.push_back(std::move(r));
+}
+
+}  // namespace
+
+std::uint64_t HealthyImage::total_bytes() const {
+  std::uint64_t n = 0;
+  for (const auto& r : regions) n += r.bytes.size();
+  return n;
+}
+
+const HealthyRegion* HealthyImage::find(std::uint64_t address, std::uint64_t n) const {
+  for (const auto& r : regions)
+    if (r.contains(address, n)) return &r;
+  return nullptr;
+}
+
+const ModuleLayout* HealthyImage::module(const std::string& name) const {
+  for (const auto& m : modules)
+    if (m.name == name) return &m;
+  return nullptr;
+}
+
+HealthyImage capture_healthy_image(const Kernel& kernel, const std::string& taken_at) {
+  HealthyImage image;
+  image.release = kernel.release();
+  image.taken_at = taken_at;
+  auto sym = [&](const char* name) { return kernel.symbols().address_of(name); };
+  auto text_begin = sym("_stext"), text_end = sym("_etext");
+  if (!text_begin || !text_end) fail(ExitCode::bad_input, "the profile has no _stext/_etext: no healthy copy of the kernel text");
+  add_region(kernel, image, "kernel text", "text", "", *text_begin, *text_end);
+  auto ro_begin = sym("__start_rodata"), ro_end = sym("__end_rodata");
+  auto rw_begin = sym("__start_ro_after_init"), rw_end = sym("__end_ro_after_init");
+  if (ro_begin && ro_end) {
+    // Data marked __ro_after_init is written while the kernel boots: only the rest is compared.
+    if (rw_begin && rw_end && *ro_begin <= *rw_begin && *rw_begin <= *rw_end && *rw_end <= *ro_end) {
+      add_region(kernel, image, "kernel rodata", "rodata", "", *ro_begin, *rw_begin);
+      add_region(kernel, image, "kernel rodata (after ro_after_init)", "rodata", "", *rw_end, *ro_end);
+    } else {
+      add_region(kernel, image, "kernel rodata", "rodata", "", *ro_begin, *ro_end);
+    }
+  }
+  ModuleList modules = read_modules(kernel);
+  for (const auto& m : modules.modules) {
+    if (m.state != "live" || !m.base || m.text_size > m.size) continue;
+    image.modules.push_back({m.name, m.base, m.size, m.text_size});
+    add_region(kernel, image, m.name + " text", "text", m.name, m.base, m.base + m.text_size);
+    if (m.ro_size > m.text_size && m.ro_size <= m.size)
+      add_region(kernel, image, m.name + " rodata", "rodata", m.name, m.base + m.text_size, m.base + m.ro_size);
+  }
+  if (image.total_bytes() > kMaxTotal) fail(ExitCode::bad_input, "the kernel's text is larger than {} MiB", kMaxTotal >> 20);
+  return image;
+}
+
+void HealthyImage::save(const std::string& dir) const {
+  nlohmann::json index = {{"format", kFormat}, {"version", kVersion}, {"release", release}, {"taken_at", taken_at}};
+  nlohmann::json list = nlohmann::json::array();
+  std::ofstream blob(dir + "/healthy.bin", std::ios::binary | std::ios::trunc);
+  std::uint64_t offset = 0;
+  for (const auto& r : regions) {
+    list.push_back({{"name", r.name}, {"kind", r.kind}, {"module", r.module}, {"address", fmt::format("{:#x}", r.address)},
+                    {"offset", offset}, {"size", r.bytes.size()}});
+    blob.write(reinterpret_cast<const char*>(r.bytes.data()), static_cast<std::streamsize>(r.bytes.size()));
+    offset += r.bytes.size();
+  }
+  blob.close();
+  if (!blob) fail(ExitCode::failure, "cannot write {}/healthy.bin", dir);
+  index["regions"] = list;
+  nlohmann::json mods = nlohmann::json::array();
+  for (const auto& m : modules)
+    mods.push_back({{"name", m.name}, {"base", fmt::format("{:#x}", m.base)}, {"size", m.size}, {"text_size", m.text_size}});
+  index["modules"] = mods;
+  std::ofstream out(dir + "/healthy.json", std::ios::trunc);
+  out << index.dump(1) << "\n";
+  out.close();
+  if (!out) fail(ExitCode::failure, "cannot write {}/healthy.json", dir);
+}
+
+HealthyImage HealthyImage::load(const std::string& dir) {
+  std::ifstream in(dir + "/healthy.json");
+  if (!in) fail(ExitCode::bad_input, "cannot read {}/healthy.json", dir);
+  nlohmann::json index = nlohmann::json::parse(in, nullptr, false);
+  if (index.is_discarded() || !index.is_object()) fail(ExitCode::bad_input, "{}/healthy.json is not JSON", dir);
+  if (index.value("format", "") != kFormat || index.value("version", 0) != kVersion)
+    fail(ExitCode::bad_input, "{}/healthy.json: not a version {} healthy image", dir, kVersion);
+  std::ifstream blob_in(dir + "/healthy.bin", std::ios::binary);
+  if (!blob_in) fail(ExitCode::bad_input, "cannot read {}/healthy.bin", dir);
+  std::vector<char> blob;
+  blob_in.seekg(0, std::ios::end);
+  std::streamoff blob_size = blob_in.tellg();
+  if (blob_size < 0 || static_cast<std::uint64_t>(blob_size) > kMaxTotal)
+    fail(ExitCode::bad_input, "{}/healthy.bin: bad size", dir);
+  blob.resize(static_cast<std::size_t>(blob_size));
+  blob_in.seekg(0);
+  blob_in.read(blob.data(), blob_size);
+  if (!blob_in) fail(ExitCode::bad_input, "{}/healthy.bin: short read", dir);
+
+  HealthyImage image;
+  image.release = index.value("release", "");
+  image.taken_at = index.value("taken_at", "");
+  const auto& list = index["regions"];
+  if (!list.is_array() || list.size() > kMaxRegions) fail(ExitCode::bad_input, "{}/healthy.json: bad region list", dir);
+  for (const auto& r : list) {
+    if (!r.is_object() || !r.contains("offset") || !r["offset"].is_number_unsigned() || !r.contains("size") ||
+        !r["size"].is_number_unsigned())
+      fail(ExitCode::bad_input, "{}/healthy.json: a region without offset and size", dir);
+    std::uint64_t offset = r["offset"].get<std::uint64_t>(), size = r["size"].get<std::uint64_t>();
+    if (offset > blob.size() || size > blob.size() - offset)
+      fail(ExitCode::bad_input, "{}/healthy.json: a region beyond healthy.bin", dir);
+    HealthyRegion region{r.value("name", ""), r.value("kind", ""), r.value("module", ""), parse_address(r["address"]), {}};
+    if (region.address + size < region.address) fail(ExitCode::bad_input, "{}/healthy.json: a region wraps", dir);
+    region.bytes.assign(reinterpret_cast<const std::uint8_t*>(blob.data()) + offset,
+                        reinterpret_cast<const std::uint8_t*>(blob.data()) + offset + size);
+    image.regions.push_back(std::move(region));
+  }
+  if (index.contains("modules") && index["modules"].is_array() && index["modules"].size() <= kMaxRegions)
+    for (const auto& m : index["modules"]) {
+      if (!m.is_object() || !m.contains("base") || !m.value("size", nlohmann::json()).is_number_unsigned() ||
+          !m.value("text_size", nlohmann::json()).is_number_unsigned())
+        fail(ExitCode::bad_input, "{}/healthy.json: a module without its layout", dir);
+      image.modules.push_back({m.value("name", ""), parse_address(m["base"]), m["size"].get<std::uint64_t>(),
+                               m["text_size"].get<std::uint64_t>()});
+    }
+  return image;
+}
+
+}  // namespace immortal::repair

@@ -1,0 +1,54 @@
+// The healthy copy of the guest kernel's code: its text and read-only data (and each loaded
+// module's), read from the running guest while it is healthy. The repair engine compares a
+// crashed kernel against it (engine/text_integrity.h) and restores corrupted bytes from it; the
+// supervisor checks every restore against its own copy. Kept on disk inside the repair image.
+#pragma once
+
+#include "kernel/kernel.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace immortal::repair {
+
+struct HealthyRegion {
+  std::string name;     // "kernel text", "kernel rodata", "immortal_fault text" …
+  std::string kind;     // text, rodata
+  std::string module;   // "" for the kernel image
+  std::uint64_t address = 0;  // kernel virtual
+  std::vector<std::uint8_t> bytes;
+  bool contains(std::uint64_t a, std::uint64_t n) const {
+    return a >= address && n <= bytes.size() && a - address <= bytes.size() - n;
+  }
+};
+
+// Where a module's code and data lay when the copy was taken (the supervisor's plan validation
+// uses these instead of reading the crashed guest's module list).
+struct ModuleLayout {
+  std::string name;
+  std::uint64_t base = 0, size = 0, text_size = 0;
+};
+
+struct HealthyImage {
+  std::string release;
+  std::string taken_at;   // the profile it was taken with
+  std::vector<HealthyRegion> regions;
+  std::vector<ModuleLayout> modules;
+  const ModuleLayout* module(const std::string& name) const;
+
+  std::uint64_t total_bytes() const;
+  // The region holding [address, address + n), or nullptr.
+  const HealthyRegion* find(std::uint64_t address, std::uint64_t n = 1) const;
+
+  // On disk: DIR/healthy.json (index) and DIR/healthy.bin (the regions' bytes, concatenated).
+  void save(const std::string& dir) const;
+  // Throws Error(ExitCode::bad_input) for a missing, damaged or oversized copy.
+  static HealthyImage load(const std::string& dir);
+};
+
+// Reads the kernel's text and read-only data (without the data that is written during boot,
+// ro_after_init) and every live module's text and read-only data. Throws MemoryFault or Error.
+HealthyImage capture_healthy_image(const Kernel& kernel, const std::string& taken_at);
+
+}  // namespace immortal::repair

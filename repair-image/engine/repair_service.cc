@@ -1,0 +1,102 @@
+#include "engine/repair_service.h"
+
+#include "base/error.h"
+#include "engine/kernel_consistency.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace immortal::repair {
+
+namespace {
+
+constexpr std::size_t kMaxKnownPatches = 4096;
+
+}  // namespace
+
+nlohmann::json RepairRequest::to_json() const {
+  nlohmann::json patches = nlohmann::json::array();
+  for (const auto& p : known_patches) patches.push_back({{"address", fmt::format("{:#x}", p.address)}, {"bytes", hex_bytes(p.bytes)}});
+  return {{"record", repair::to_json(record)}, {"known_patches", patches}};
+}
+
+RepairRequest RepairRequest::from_json(const nlohmann::json& j) {
+  if (!j.is_object() || !j.contains("record")) fail(ExitCode::bad_input, "repair request: no crash record");
+  RepairRequest r;
+  r.record = crash_record_from_json(j["record"]);
+  if (r.record.vcpu < 0) fail(ExitCode::bad_input, "repair request: the crashing vCPU is unknown");
+  if (j.contains("known_patches")) {
+    const auto& list = j["known_patches"];
+    if (!list.is_array() || list.size() > kMaxKnownPatches) fail(ExitCode::bad_input, "repair request: bad known_patches");
+    for (const auto& p : list) {
+      if (!p.is_object() || !p.contains("address") || !p.contains("bytes"))
+        fail(ExitCode::bad_input, "repair request: a malformed known patch");
+      r.known_patches.push_back({parse_hex(p["address"], "a patch's address"), bytes_from_hex(p["bytes"], 64)});
+    }
+  }
+  return r;
+}
+
+nlohmann::json EngineResult::to_json() const {
+  nlohmann::json a = analysis.to_json();
+  a["integrity"] = integrity.to_json();
+  a["consistency"] = consistency;
+  return {{"analysis", a}, {"plan", plan.to_json()}};
+}
+
+EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy, const RepairRequest& request) {
+  const CrashRecord& record = request.record;
+  EngineResult r;
+  r.analysis = analyze_crash(kernel, record);
+  CrashAnalysis& a = r.analysis;
+
+  r.consistency = check_kernel_consistency(kernel);
+  for (const auto& p : r.consistency) a.unsafe.push_back("kernel structures are corrupted: " + p);
+
+  if (healthy) r.integrity = check_text_integrity(kernel, *healthy, request.known_patches);
+  else r.integrity.problems.push_back("no healthy copy of the kernel's code: integrity not checked");
+  const auto& bad = r.integrity.corrupted;
+  if (!bad.empty()) {
+    std::string why_not;
+    if (r.integrity.truncated || bad.size() > kMaxRestoreRanges || r.integrity.corrupted_bytes() > kMaxRestoreBytes)
+      why_not = fmt::format("{} corrupted bytes in {}{} places is more than a repair restores", r.integrity.corrupted_bytes(),
+                            r.integrity.truncated ? "over " : "", bad.size());
+    for (std::size_t v = 0; v < record.registers.size() && why_not.empty(); ++v)
+      if (static_cast<int>(v) != record.vcpu)
+        if (const TextDifference* d = r.integrity.corruption_at(record.registers[v].rip))
+          why_not = fmt::format("CPU {} is executing the corrupted code at {}", v, d->where);
+    const TextDifference* hit = a.fault_pc ? r.integrity.corruption_at(a.fault_pc) : nullptr;
+    if (hit) {
+      // The crash is the corruption's doing: the code, not the driver, is what failed.
+      a.kind = "text-corruption";
+      std::erase_if(a.unsafe, [](const std::string& u) { return u.rfind("an invalid instruction that is not a BUG()", 0) == 0; });
+      a.notes.push_back(fmt::format("the faulting instruction lies in corrupted code: {} byte(s) at {} differ from the "
+                                    "healthy copy ({} there, {} healthy)", hit->now.size(), hit->where, hex_bytes(hit->now),
+                                    hex_bytes(hit->healthy)));
+    } else {
+      a.notes.push_back(fmt::format("kernel code is corrupted away from the crash: {} byte(s) in {} place(s)",
+                                    r.integrity.corrupted_bytes(), bad.size()));
+    }
+    if (!why_not.empty()) a.unsafe.push_back("kernel code is corrupted and cannot be restored: " + why_not);
+  }
+
+  r.plan = plan_repair(kernel, record, a);
+  if (r.plan.resume && !bad.empty()) {
+    RepairAction restore{"restore-code",
+                         fmt::format("{} corrupted byte(s) in {} place(s) of the kernel's code are put back from the healthy "
+                                     "copy", r.integrity.corrupted_bytes(), bad.size()),
+                         {}, {}, {}};
+    nlohmann::json where = nlohmann::json::array();
+    for (const auto& d : bad) {
+      restore.writes.push_back({d.address, d.now, d.healthy, true});
+      where.push_back(d.where);
+    }
+    restore.detail = {{"places", where}, {"bytes", r.integrity.corrupted_bytes()}};
+    r.plan.actions.insert(r.plan.actions.begin(), std::move(restore));
+    r.plan.reason = "restore-code, " + r.plan.reason;
+  }
+  return r;
+}
+
+}  // namespace immortal::repair

@@ -1,0 +1,44 @@
+// The repair engine as a service: one request (the crash record and what the supervisor itself
+// patched) in, one answer (analysis, code integrity, kernel consistency, repair plan) out, as
+// JSON. The repair agent runs it in the repair VM or in the sandboxed inline process; both
+// answer the same request with the same bytes (docs/protocol.md, "Repair protocol").
+#pragma once
+
+#include "engine/crash_analysis.h"
+#include "engine/crash_record.h"
+#include "engine/healthy_image.h"
+#include "engine/repair_plan.h"
+#include "engine/text_integrity.h"
+#include "kernel/kernel.h"
+
+#include <nlohmann/json.hpp>
+
+#include <vector>
+
+namespace immortal::repair {
+
+struct RepairRequest {
+  CrashRecord record;
+  std::vector<KnownPatch> known_patches;  // the supervisor's quarantine patches
+  nlohmann::json to_json() const;
+  // Throws Error(ExitCode::bad_input) for a malformed request.
+  static RepairRequest from_json(const nlohmann::json& j);
+};
+
+// Limits on what a restore of corrupted code may cover: beyond them the kernel is too damaged.
+inline constexpr std::uint64_t kMaxRestoreBytes = 64 * 1024;
+inline constexpr std::size_t kMaxRestoreRanges = 64;
+
+struct EngineResult {
+  CrashAnalysis analysis;
+  IntegrityReport integrity;
+  std::vector<std::string> consistency;  // reasons the core structures are not trusted
+  RepairPlan plan;
+  // {"analysis": {... "integrity", "consistency"}, "plan": {...}}: what both modes must agree on.
+  nlohmann::json to_json() const;
+};
+
+// Everything the engine does for one crash. healthy may be null (no copy: integrity unchecked).
+EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy, const RepairRequest& request);
+
+}  // namespace immortal::repair

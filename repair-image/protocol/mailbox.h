@@ -1,0 +1,63 @@
+// The repair mailbox: a small shared-memory window through which the supervisor hands a crash
+// to the repair agent and takes its answer (docs/protocol.md, "Repair protocol"). The repair VM
+// sees it as a second ivshmem BAR; the inline repair process maps the same kind of memfd. Both
+// sides poll sequence numbers, so the channel needs no driver in the repair VM and no interrupt.
+//
+// Layout (little-endian), kMailboxSize bytes:
+//   0    u32 magic "IMRM"   u32 version   u32 agent state   u32 reserved
+//   16   u64 request seq (host: bumped after the request is in place)
+//   24   u64 response seq (agent: set to the request's seq after its answer is in place)
+//   32   u32 request length  u32 response length
+//   40   char status[256]    the agent's last word (ready summary, or why it failed)
+//   4096                     request (JSON), at most kRequestMax bytes
+//   4096 + kRequestMax       response (JSON), at most kResponseMax bytes
+// Everything the agent writes is untrusted by the host: lengths are checked against the areas.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace immortal::repair {
+
+inline constexpr std::uint64_t kMailboxSize = 4ull << 20;  // a power of two (ivshmem BAR)
+inline constexpr std::uint32_t kMailboxMagic = 0x4d524d49;  // "IMRM"
+inline constexpr std::uint32_t kMailboxVersion = 1;
+inline constexpr std::size_t kMailboxData = 4096;
+inline constexpr std::size_t kRequestMax = 1u << 20;
+inline constexpr std::size_t kResponseMax = kMailboxSize - kMailboxData - kRequestMax;
+
+enum class AgentState : std::uint32_t { booting = 0, ready = 1, failed = 2, busy = 3 };
+const char* to_string(AgentState state);
+
+class Mailbox {
+ public:
+  // base: kMailboxSize bytes of shared memory.
+  explicit Mailbox(void* base) : base_(static_cast<unsigned char*>(base)) {}
+
+  // Host side.
+  void initialise();  // zeroes the header, writes magic and version
+  AgentState agent_state() const;
+  std::string agent_status() const;  // printable, at most 255 characters
+  std::uint64_t post_request(std::string_view json);  // returns its sequence number
+  // The answer to request seq, if it is there (throws std::runtime_error for a bad length).
+  std::optional<std::string> take_response(std::uint64_t seq) const;
+
+  // Agent side.
+  bool valid() const;  // magic and version as the host wrote them
+  void set_state(AgentState state, std::string_view status);
+  std::uint64_t request_seq() const;
+  std::string request() const;  // the current request (bounded by kRequestMax)
+  void post_response(std::uint64_t seq, std::string_view json);  // truncated answers are refused
+
+ private:
+  template <typename T>
+  T load(std::size_t offset) const;
+  template <typename T>
+  void store(std::size_t offset, T value);
+  unsigned char* base_;
+};
+
+}  // namespace immortal::repair
