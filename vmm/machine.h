@@ -8,6 +8,7 @@
 #include "base/io.h"
 #include "base/unique_fd.h"
 #include "memory/physical_memory.h"
+#include "memory/shared_ram.h"
 #include "x86_64/registers.h"
 
 #include <cstdint>
@@ -70,6 +71,14 @@ class Machine {
 
   // Guest-physical memory, live (works running or paused).
   virtual PhysicalMemory& memory() = 0;
+  // The file guest RAM lives in, for another VM or process to map (the repair VM, the inline
+  // repair process); nullopt if the backend has none.
+  struct RamFile {
+    int fd = -1;
+    std::uint64_t size = 0;
+    std::vector<RamSegment> segments;  // guest-physical ranges and where they are in the file
+  };
+  virtual std::optional<RamFile> ram_file() const { return std::nullopt; }
 
   // Events: poll these descriptors for readability, then call drain_events().
   virtual std::vector<int> event_fds() const = 0;

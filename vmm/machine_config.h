@@ -3,11 +3,23 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace immortal::vmm {
 
 enum class Accelerator { kvm, tcg };
 inline const char* to_string(Accelerator a) { return a == Accelerator::kvm ? "kvm" : "tcg"; }
+
+// Host shared memory shown to the guest as a PCI memory window at a fixed slot (QEMU backend:
+// an ivshmem-plain device). The repair VM sees the crashed guest's RAM (read-only) and its
+// mailbox this way.
+struct SharedWindow {
+  std::string id;
+  int fd = -1;              // inherited by the VM process
+  std::uint64_t size = 0;   // a power of two
+  bool read_only = false;
+  int pci_slot = 0;
+};
 
 struct MachineConfig {
   std::string name;             // instance name, for logs and process titles
@@ -20,6 +32,7 @@ struct MachineConfig {
   std::string runtime_dir;      // private (0700) directory for sockets
   std::string console_log;      // serial console output file
   std::string qemu_binary = "qemu-system-x86_64";
+  std::vector<SharedWindow> shared_windows;
 };
 
 }  // namespace immortal::vmm

@@ -88,6 +88,16 @@ void Supervisor::boot() {
   machine_ = factory_(m, Deadline::in(kLaunchTimeout));
   agent_ = std::make_unique<AgentChannel>(machine_->connect_agent_channel(Deadline::in(std::chrono::seconds(5))));
   interceptor_ = std::make_unique<CrashInterceptor>(*machine_);
+  if (options_.recovery.enabled) {
+    MachineConfig vm = m;  // the guest's own kernel, QEMU and accelerator
+    vm.name = m.name + "-repair";
+    vm.initrd.clear();
+    vm.append = "console=ttyS0 quiet panic=-1 rdinit=/init";
+    vm.memory_bytes = options_.repair.vm_memory;
+    vm.vcpus = 1;
+    repair_ = std::make_unique<RepairBroker>(options_.repair, factory_, vm, dir_.file("repair"), options_.say,
+                                             [this](const std::string& name, json fields) { event(name, std::move(fields)); });
+  }
   control_listener_ = listen_unix(dir_.file("control.sock"));
   set_nonblocking(control_listener_.get(), true);
   started_ = Clock::now();
@@ -161,6 +171,7 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
   handle_signals();
   handle_machine_events();
   collect_bundles();
+  if (repair_) repair_->poll();
   if (pause_after_crash_ && Clock::now() >= *pause_after_crash_) {
     pause_after_crash_.reset();
     try {
@@ -176,7 +187,10 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
           cpu = kernel.memory().read_value<std::int32_t>(kernel.symbol("panic_cpu"));
           if (cpu < 0 || cpu >= static_cast<int>(record.registers.size())) cpu = -1;
           record.vcpu = cpu;
-          if (cpu >= 0) analysis = repair::analyze_crash(kernel, record).to_json();
+          if (cpu >= 0 && repair_) {
+            RepairAnswer answer = ask_repair_engine(record);
+            if (answer.ok) analysis = answer.analysis;
+          }
         } catch (const std::exception&) {
           // No analysis: the bundle still holds the memory and every vCPU's registers.
         }
@@ -489,6 +503,7 @@ json Supervisor::status() const {
                          {"quarantined", quarantine_.to_json()},
                          {"event_log", dir_.file("events.jsonl")}};
   if (!last_crash_.is_null()) s["last_crash"] = last_crash_;
+  if (repair_) s["repair"] = repair_->status();
   s["bundles"] = {{"dir", options_.bundles.dir}, {"written", bundles_->written()}, {"writing", bundles_->writing()},
                   {"last", bundles_->last_path()}};
   return s;
@@ -603,12 +618,43 @@ void Supervisor::arm_interception() {
     auto notes = while_paused([&] { return interceptor_->arm(kernel); });
     event("armed", {{"interception", interceptor_->points()}, {"notes", notes}});
     for (const auto& n : notes) options_.say(n);
+    rebuild_repair_image(taken);
     report_ready(fmt::format("crash interception armed at {}", fmt::join(interceptor_->points(), ", ")));
   } catch (const std::exception& e) {
     event("arm-failed", {{"error", e.what()}});
     options_.say(std::string("cannot arm crash interception (crashes will reboot the guest): ") + e.what());
     report_ready(std::string("crash interception NOT armed: ") + e.what());
   }
+}
+
+void Supervisor::rebuild_repair_image(const std::string& taken_at) {
+  if (!repair_) return;
+  try {
+    auto ram = machine_->ram_file();
+    if (!ram) fail(ExitCode::failure, "this backend has no shared RAM file for a repair VM or process to read");
+    // The guest is healthy and running: its code is read as it is now (runtime patch sites
+    // that change later are recognised at the comparison).
+    repair::HealthyImage healthy = repair::capture_healthy_image(guest_kernel(), taken_at);
+    repair_->rebuild(dir_.file("profile"), healthy, *ram);
+  } catch (const std::exception& e) {
+    event("repair-failed", {{"mode", options_.repair.mode}, {"error", std::string("cannot build the repair image: ") + e.what()}});
+    options_.say(std::string("cannot build the repair image (crashes will be analysed by the fallback, if any): ") + e.what());
+  }
+}
+
+RepairAnswer Supervisor::ask_repair_engine(const repair::CrashRecord& record) {
+  RepairAnswer answer;
+  if (!repair_) {
+    answer.error = "no repair engine (recovery is off)";
+    return answer;
+  }
+  repair::RepairRequest request{record, {}};
+  for (const auto& q : quarantine_.entries()) request.known_patches.push_back({q.address, q.patch});
+  answer = repair_->analyse(request);
+  for (const auto& f : answer.fallbacks) options_.say("repair engine fallback: " + f);
+  if (answer.cross_check.is_object() && answer.cross_check.value("identical", json()) == json(false))
+    event("repair-mismatch", {{"crash", record.id}, {"mode", answer.mode}, {"other", answer.cross_check}});
+  return answer;
 }
 
 void Supervisor::on_breakpoint(int vcpu) {
@@ -632,15 +678,20 @@ void Supervisor::on_crash(repair::CrashRecord record) {
   guest_state_ = "crashed";
   json analysis_json, plan_json;
   repair::RepairPlan plan;
-  repair::CrashAnalysis analysis;
   std::optional<std::string> kernel_error;
+  std::string kind, summary;
+  RepairAnswer answer = ask_repair_engine(record);
   try {
-    Kernel& kernel = guest_kernel();
-    analysis = repair::analyze_crash(kernel, record);
-    plan = repair::plan_repair(kernel, record, analysis);
-    if (plan.resume && options_.recovery.disabled_kinds.count(analysis.kind)) {
+    if (!answer.ok) fail(ExitCode::failure, "{}", answer.error);
+    analysis_json = answer.analysis;
+    plan = repair::plan_from_json(answer.plan);
+    kind = analysis_json.value("kind", "");
+    summary = analysis_json.value("summary", "");
+    PlanContext context{analysis_json.value("cpu", -1), analysis_json.value("module", ""),
+                        repair::parse_hex(analysis_json.value("percpu_base", json("0x0")), "percpu_base")};
+    if (plan.resume && options_.recovery.disabled_kinds.count(kind)) {
       plan.resume = false;
-      plan.reason = "recovery of " + analysis.kind + " crashes is disabled by policy";
+      plan.reason = "recovery of " + kind + " crashes is disabled by policy";
     }
     if (plan.resume && !budget_.available(Clock::now())) {
       plan.resume = false;
@@ -650,16 +701,17 @@ void Supervisor::on_crash(repair::CrashRecord record) {
     }
     if (plan.resume) {
       try {
-        validate_plan(plan, analysis, kernel);
+        if (context.cpu != record.vcpu) fail(ExitCode::failure, "the analysis is of CPU {}, the crash on {}", context.cpu, record.vcpu);
+        validate_plan(plan, context, guest_kernel(), repair_ ? repair_->healthy() : nullptr);
       } catch (const Error& e) {
         plan.resume = false;
         plan.reason = std::string("the plan failed validation: ") + e.what();
       }
     }
-    analysis_json = analysis.to_json();
   } catch (const std::exception& e) {
     kernel_error = e.what();
-    plan.resume = false;
+    plan = repair::RepairPlan{};
+    plan.vcpu = record.vcpu;
     plan.reason = std::string("the crashed kernel cannot be analysed: ") + e.what();
   }
   plan_json = plan.to_json();
@@ -667,11 +719,11 @@ void Supervisor::on_crash(repair::CrashRecord record) {
   // The dump's copy of memory comes before the repair changes anything.
   hold_crash_bundle(record, capture_for_bundle(record.registers, record.vcpu), analysis_json, plan_json,
                     plan.resume ? "resume" : "reboot", plan.reason);
-  std::string summary = kernel_error ? plan.reason : analysis.summary();
+  if (kernel_error || summary.empty()) summary = plan.reason;
   last_crash_ = {{"crash", record.id}, {"time", record.time}, {"summary", summary}, {"decision", plan.resume ? "resume" : "reboot"},
                  {"reason", plan.reason}};
   event("crash", {{"crash", record.id}, {"caught_at", record.time}, {"caught_by", record.caught_by}, {"at", record.intercepted_at},
-                  {"vcpu", record.vcpu}, {"summary", summary}, {"analysis", analysis_json}});
+                  {"vcpu", record.vcpu}, {"summary", summary}, {"analysis", analysis_json}, {"repair", answer.to_json()}});
   event("plan", {{"crash", record.id}, {"plan", plan_json}});
   options_.say(fmt::format("crash {} caught at {} on vCPU {}: {}", record.id, record.intercepted_at, record.vcpu, summary));
   if (!plan.resume) {
@@ -694,12 +746,14 @@ void Supervisor::on_crash(repair::CrashRecord record) {
   guest_state_ = "recovering";
   verification_ = Verification{record.id, Clock::now(), Deadline::in(options_.recovery.verify_timeout).at(),
                                agent_->heartbeats(), false, std::nullopt, ""};
-  json timings = {{"analysis_ms", analysis_ms}, {"apply_ms", apply_ms}, {"intercept_to_resume_ms", total_ms}};
+  json timings = {{"analysis_ms", analysis_ms}, {"apply_ms", apply_ms}, {"intercept_to_resume_ms", total_ms},
+                  {"repair_mode", answer.mode}, {"engine_ms", answer.engine_ms}, {"repair_round_trip_ms", answer.round_trip_ms}};
   if (pending_bundle_) {
     timings["snapshot_pause_ms"] = pending_bundle_->capture.pause_ms;
     pending_bundle_->timings.update(timings);
   }
   event("resumed", {{"crash", record.id}, {"actions", plan.reason}, {"analysis_ms", analysis_ms}, {"apply_ms", apply_ms},
+                    {"repair_mode", answer.mode}, {"engine_ms", answer.engine_ms},
                     {"snapshot_ms", timings.value("snapshot_pause_ms", 0.0)}, {"intercept_to_resume_ms", total_ms}});
   options_.say(fmt::format("crash {}: repaired ({}) and resumed {:.1f} ms after interception; verifying", record.id,
                            plan.reason, total_ms));

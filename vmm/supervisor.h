@@ -19,6 +19,7 @@
 #include "recovery/event_log.h"
 #include "recovery/quarantine.h"
 #include "recovery/recovery_policy.h"
+#include "repair/repair_broker.h"
 
 #include <chrono>
 #include <functional>
@@ -39,6 +40,7 @@ struct SupervisorOptions {
   RecoveryPolicy recovery;                      // --recovery on|off and its limits (docs/recovery.md)
   std::string event_log;                        // --event-log: also append events here
   BundleSettings bundles;                       // --bundle-dir and friends (docs/bundle-format.md)
+  RepairSettings repair;                        // --repair vm|inline and friends (docs/recovery.md)
   // Called once the guest is up — its agent said hello and, with recovery on, crash interception
   // is armed (or could not be, which it then says) — used by --detach to release the parent.
   std::function<void(const std::string& summary)> on_ready;
@@ -75,6 +77,10 @@ class Supervisor {
   // Recovery (docs/recovery.md).
   Kernel& guest_kernel();                 // from the newest profile, translations fresh
   void arm_interception();
+  // The repair image and its workers follow the profile (repair/repair_broker.h).
+  void rebuild_repair_image(const std::string& taken_at);
+  // The repair engine's verdict on a crash, from the repair VM or the inline process.
+  RepairAnswer ask_repair_engine(const repair::CrashRecord& record);
   void on_breakpoint(int vcpu);
   void on_crash(repair::CrashRecord record);
   void verify_recovery();
@@ -140,6 +146,7 @@ class Supervisor {
   std::optional<Verification> verification_;
   json last_crash_;
   std::unique_ptr<BundleRecorder> bundles_;
+  std::unique_ptr<RepairBroker> repair_;
   std::optional<BundleJob> pending_bundle_;  // a crash's bundle waiting for its outcome
   std::string bundle_arena_profile_;         // taken_at of the profile the arena was sized with
   std::string ready_summary_;          // reported through on_ready once the guest is protected

@@ -85,12 +85,15 @@ class Engine {
         healthy_problem_ = e.what();
       }
     }
+    // A first comparison while the guest is healthy: it maps the kernel's code pages into this
+    // process now rather than at the first crash, and shows the copy matches.
+    if (healthy_) warmup_ = check_text_integrity(*kernel_, *healthy_, {}).corrupted.size();
     load_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   }
 
   std::string summary() const {
-    return fmt::format("ready: kernel {}, {} symbols, healthy copy {} KiB{}, loaded in {:.0f} ms", kernel_->release(),
-                       kernel_->symbols().size(), healthy_ ? healthy_->total_bytes() >> 10 : 0,
+    return fmt::format("ready: kernel {}, {} symbols, healthy copy {} KiB ({} differences now){}, loaded in {:.0f} ms",
+                       kernel_->release(), kernel_->symbols().size(), healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
                        healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", load_ms_);
   }
 
@@ -118,6 +121,7 @@ class Engine {
   std::unique_ptr<Kernel> kernel_;
   std::unique_ptr<HealthyImage> healthy_;
   std::string healthy_problem_;
+  std::size_t warmup_ = 0;
   double load_ms_ = 0;
 };
 

@@ -367,6 +367,7 @@ RepairPlan plan_from_json(const nlohmann::json& j) {
   for (const auto& a : j["actions"]) {
     if (!a.is_object()) fail(ExitCode::bad_input, "plan: an action is not an object");
     RepairAction action{text(a, "action"), text(a, "reason"), {}, {}, a.value("detail", nlohmann::json::object())};
+    if (action.detail.is_null()) action.detail = nlohmann::json::object();
     if (!action.detail.is_object()) fail(ExitCode::bad_input, "plan: an action's detail is not an object");
     const auto& writes = get(a, "writes");
     const auto& regs = get(a, "registers");

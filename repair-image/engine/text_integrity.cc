@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
 
 namespace immortal::repair {
 
@@ -70,13 +71,26 @@ class PatchSites {
     std::uint64_t size = next ? next->address - s->address : 0;
     if (s->name.rfind("__SCT__", 0) == 0 || s->name.rfind("bpf_dispatcher_", 0) == 0)
       return size && size <= 4096 && end <= s->address + size;
-    // ftrace: a 5-byte site at the entry, after endbr64 when the function starts with one.
+    // ftrace: a 5-byte site at the entry, after endbr64 when the function starts with one, that
+    // holds a 5-byte nop or a call both before and now (or int3 while ftrace rewrites it).
     std::uint64_t site = s->address;
-    if (const HealthyRegion* r = healthy_.find(site, 4)) {
-      const std::uint8_t* p = r->bytes.data() + (site - r->address);
-      if (p[0] == 0xf3 && p[1] == 0x0f && p[2] == 0x1e && p[3] == 0xfa) site += 4;
+    const HealthyRegion* r = healthy_.find(site, 4 + kSiteSize);
+    if (!r) return false;
+    const std::uint8_t* h = r->bytes.data() + (site - r->address);
+    if (h[0] == 0xf3 && h[1] == 0x0f && h[2] == 0x1e && h[3] == 0xfa) {
+      site += 4;
+      h += 4;
     }
-    return begin >= site && end <= site + kSiteSize;
+    if (begin < site || end > site + kSiteSize) return false;
+    std::uint8_t now[kSiteSize];
+    try {
+      kernel_.memory().read(site, std::as_writable_bytes(std::span(now)));
+    } catch (const std::exception&) {
+      return false;
+    }
+    static const std::uint8_t kNop5[kSiteSize] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
+    auto nop_or_call = [](const std::uint8_t* b) { return b[0] == 0xe8 || std::memcmp(b, kNop5, kSiteSize) == 0; };
+    return nop_or_call(h) && (nop_or_call(now) || now[0] == kInt3);
   }
 
  private:

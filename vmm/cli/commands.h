@@ -33,6 +33,12 @@ struct RunOptions {
   std::string bundle_max_size = "20G";
   bool bundle_compress = false;
   std::string bundle_memory = "kernel";  // kernel | all
+  std::string repair = "vm";            // vm | inline: where crashes are analysed
+  std::string repair_fallback = "inline";  // inline | reboot
+  int repair_timeout_ms = 5000;
+  std::string repair_vm_memory = "384M";
+  std::string repair_agent;
+  bool repair_cross_check = false;
 };
 
 int run_command(const GlobalOptions& global, const RunOptions& options);

@@ -53,6 +53,18 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--bundle-memory", run.bundle_memory,
                       "kernel: the pages a kernel dump needs (makedumpfile level 31, short pause); all: every non-zero page")
       ->check(CLI::IsMember({"kernel", "all"}));
+  run_cmd->add_option("--repair", run.repair,
+                      "where crashes are analysed: vm (the hidden repair VM, default) or inline (a sandboxed host process)")
+      ->check(CLI::IsMember({"vm", "inline"}));
+  run_cmd->add_option("--repair-fallback", run.repair_fallback,
+                      "when the repair VM is missing, booting, dead or too slow: inline (default) or reboot")
+      ->check(CLI::IsMember({"inline", "reboot"}));
+  run_cmd->add_option("--repair-timeout", run.repair_timeout_ms, "milliseconds the repair engine has for one crash (default: 5000)")
+      ->check(CLI::Range(50, 600000));
+  run_cmd->add_option("--repair-vm-memory", run.repair_vm_memory, "memory of the repair VM (default: 384M)");
+  run_cmd->add_option("--repair-agent", run.repair_agent, "the immortal-repair-agent binary (default: next to immortal)");
+  run_cmd->add_flag("--repair-cross-check", run.repair_cross_check,
+                    "also analyse every crash in the other mode and report whether both agree (event repair-mismatch)");
   run_cmd->add_option("--boot-timeout", run.boot_timeout_s, "seconds to wait for the agent's hello (default: 60)")
       ->check(CLI::Range(1, 3600));
 

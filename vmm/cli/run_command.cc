@@ -7,6 +7,7 @@
 #include "qemu/qemu_machine.h"
 #include "bundle/retention.h"
 #include "supervisor.h"
+#include "repair/repair_image.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -133,6 +134,17 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   if (!o.recovery_limit.empty()) options.recovery.set_limit(o.recovery_limit);
   options.recovery.hang_timeout = std::chrono::seconds(o.hang_timeout_s);
   options.recovery.verify_timeout = std::chrono::seconds(o.verify_timeout_s);
+  options.repair.mode = o.repair;
+  options.repair.fallback = o.repair_fallback;
+  options.repair.timeout = std::chrono::milliseconds(o.repair_timeout_ms);
+  options.repair.vm_memory = parse_memory_size(o.repair_vm_memory);
+  options.repair.cross_check = o.repair_cross_check;
+  options.repair.agent = o.repair_agent.empty() ? "" : absolute(o.repair_agent);
+  if (options.recovery.enabled) {
+    // Fail now, not at the first crash, when the agent is missing.
+    std::string agent = find_repair_agent(options.repair.agent);
+    std::cerr << "immortal: repair " << o.repair << " (agent " << agent << ", fallback " << o.repair_fallback << ")\n";
+  }
   options.event_log = absolute(o.event_log);
   {
     std::string bundle_dir = o.bundle_dir;

@@ -53,7 +53,7 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
     return fmt::format("socket,id={},path={},server=on,wait=off", id, path_in(dir, file));
   };
   bool kvm = c.accelerator == vmm::Accelerator::kvm;
-  return {
+  std::vector<std::string> args = {
       c.qemu_binary,
       "-name", fmt::format("{},process=immortal-{}", c.name, c.name),
       "-nodefaults", "-no-user-config", "-display", "none",
@@ -84,6 +84,12 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
       // short. The supervisor pauses the VM itself a moment later.
       "-action", "panic=none",
   };
+  for (const auto& w : c.shared_windows) {
+    args.insert(args.end(), {"-object", fmt::format("memory-backend-file,id={},size={},mem-path=/proc/self/fd/{},share=on{}",
+                                                    w.id, w.size, w.fd, w.read_only ? ",readonly=on" : ""),
+                             "-device", fmt::format("ivshmem-plain,memdev={},addr={:#x}", w.id, w.pci_slot)});
+  }
+  return args;
 }
 
 std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& config, Deadline deadline) {
@@ -131,6 +137,7 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
     ::dup2(log.get(), 2);
     int flags = ::fcntl(m->ram_fd_.get(), F_GETFD);
     ::fcntl(m->ram_fd_.get(), F_SETFD, flags & ~FD_CLOEXEC);
+    for (const auto& w : config.shared_windows) ::fcntl(w.fd, F_SETFD, ::fcntl(w.fd, F_GETFD) & ~FD_CLOEXEC);
     ::execvp(argv[0], argv.data());
     int err = errno;
     (void)!::write(status_write.get(), &err, sizeof err);

@@ -51,6 +51,9 @@ class QemuMachine final : public vmm::Machine {
   void reset() override;
 
   PhysicalMemory& memory() override { return *memory_; }
+  std::optional<RamFile> ram_file() const override {
+    return RamFile{ram_fd_.get(), config_.memory_bytes, q35_ram_layout(config_.memory_bytes)};
+  }
 
   std::vector<int> event_fds() const override;
   std::vector<vmm::MachineEvent> drain_events() override;

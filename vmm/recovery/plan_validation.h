@@ -1,12 +1,13 @@
-// The supervisor's check of a repair plan before it touches the guest: whatever computed the
-// plan (the in-process engine today, the repair VM of issue 7), a plan may only write a few
-// bytes at places a repair has reason to touch, and change registers of the crashing vCPU.
+// The supervisor's own check of a repair plan before anything is written: the plan comes from
+// the repair agent, which parsed a crashed and possibly hostile guest's memory, so it is
+// untrusted. Only what the rules below allow may be applied (docs/recovery.md, "Plan validation").
 #pragma once
 
-#include "engine/crash_analysis.h"
+#include "engine/healthy_image.h"
 #include "engine/repair_plan.h"
 #include "kernel/kernel.h"
 
+#include <cstdint>
 #include <string>
 
 namespace immortal::vmm {
@@ -17,8 +18,16 @@ struct PlanLimits {
   std::size_t max_write_bytes = 16;
 };
 
-// Throws Error(ExitCode::failure) naming the first rule the plan breaks.
-void validate_plan(const repair::RepairPlan& plan, const repair::CrashAnalysis& analysis, const Kernel& kernel,
-                   const PlanLimits& limits = {});
+// What the supervisor knows of the crash independently of the plan.
+struct PlanContext {
+  int cpu = -1;                    // the vCPU it stopped
+  std::string module;              // the module the analysis blames
+  std::uint64_t percpu_base = 0;   // that CPU's per-CPU area
+};
+
+// Throws Error(ExitCode::failure) naming the first rule the plan breaks. The kernel is used for
+// its profile's symbols only; module bounds and code come from the healthy copy.
+void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, const Kernel& kernel,
+                   const repair::HealthyImage* healthy, const PlanLimits& limits = {});
 
 }  // namespace immortal::vmm

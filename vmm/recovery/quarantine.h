@@ -34,6 +34,7 @@ class QuarantineList {
   // The guest rebooted: its code is fresh, nothing is patched any more.
   void clear();
   bool empty() const { return entries_.empty(); }
+  const std::vector<QuarantineEntry>& entries() const { return entries_; }
   nlohmann::json to_json() const;
 
  private:

@@ -1,0 +1,124 @@
+#include "repair/inline_repair.h"
+
+#include "base/error.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+namespace immortal::vmm {
+
+InlineRepair::InlineRepair(const std::string& agent, const std::string& config, const Machine::RamFile& ram,
+                           const std::string& log) {
+  // A read-only open file description of guest RAM: the agent cannot map it writable.
+  UniqueFd ram_ro(::open(fmt::format("/proc/self/fd/{}", ram.fd).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!ram_ro) fail_os(ExitCode::failure, "reopen guest RAM read-only", errno);
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) fail_os(ExitCode::failure, "socketpair", errno);
+  doorbell_ = UniqueFd(pair[0]);
+  UniqueFd theirs(pair[1]);
+  UniqueFd log_fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  std::vector<std::string> args = {agent, "--inline", "--config", config, "--ram-fd", "3", "--mailbox-fd", "4", "--doorbell-fd", "5"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t parent = ::getpid();
+  pid_ = ::fork();
+  if (pid_ < 0) fail_os(ExitCode::failure, "fork the inline repair agent", errno);
+  if (pid_ == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(1);
+    ::setpgid(0, 0);
+    sigset_t all;
+    sigemptyset(&all);
+    ::sigprocmask(SIG_SETMASK, &all, nullptr);
+    int null = ::open("/dev/null", O_RDWR);
+    ::dup2(null, 0);
+    ::dup2(log_fd ? log_fd.get() : null, 1);
+    ::dup2(log_fd ? log_fd.get() : null, 2);
+    // dup2 clears close-on-exec on the copies; everything else is closed by exec or below.
+    int fds[3] = {::dup(ram_ro.get()), ::dup(mailbox_.fd()), ::dup(theirs.get())};
+    for (int i = 0; i < 3; ++i) ::dup2(fds[i], 3 + i);
+    ::close_range(6, ~0u, 0);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+}
+
+InlineRepair::~InlineRepair() { kill_agent(); }
+
+void InlineRepair::kill_agent() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+}
+
+void InlineRepair::fail_with(const std::string& why) {
+  state_ = WorkerState::failed;
+  status_ = why;
+  kill_agent();
+}
+
+WorkerState InlineRepair::state() {
+  if (state_ == WorkerState::failed) return state_;
+  int status = 0;
+  if (pid_ > 0 && ::waitpid(pid_, &status, WNOHANG) == pid_) {
+    pid_ = -1;
+    std::string last = mailbox_.box().agent_status();
+    fail_with(WIFSIGNALED(status) ? fmt::format("the inline repair agent was killed by signal {}{}", WTERMSIG(status),
+                                                WTERMSIG(status) == SIGSYS ? " (a system call its sandbox forbids)" : "")
+                                  : fmt::format("the inline repair agent exited ({}): {}", WEXITSTATUS(status), last));
+    return state_;
+  }
+  if (state_ == WorkerState::starting && wait_readable(doorbell_.get(), Deadline::in(std::chrono::milliseconds(0)))) {
+    char c = 0;
+    if (::read(doorbell_.get(), &c, 1) != 1) {
+      fail_with("the inline repair agent closed its channel while starting");
+    } else if (mailbox_.box().agent_state() == repair::AgentState::ready) {
+      state_ = WorkerState::ready;
+      status_ = mailbox_.box().agent_status();
+      start_ms_ = std::chrono::duration<double, std::milli>(Clock::now() - started_).count();
+    } else {
+      fail_with("the inline repair agent could not start: " + mailbox_.box().agent_status());
+    }
+  }
+  return state_;
+}
+
+std::string InlineRepair::analyse(const std::string& request, Deadline deadline) {
+  while (state() == WorkerState::starting && !deadline.expired())
+    wait_readable(doorbell_.get(), Deadline::in(std::chrono::milliseconds(20)));
+  if (state_ != WorkerState::ready) fail(ExitCode::failure, "the inline repair agent is not ready: {}", status_);
+  std::uint64_t seq = mailbox_.box().post_request(request);
+  char c = 'q';
+  if (::write(doorbell_.get(), &c, 1) != 1) {
+    fail_with("the inline repair agent's channel is closed");
+    fail(ExitCode::failure, "{}", status_);
+  }
+  if (!wait_readable(doorbell_.get(), deadline)) {
+    fail_with("the inline repair agent did not answer in time (killed)");
+    fail(ExitCode::timeout, "{}", status_);
+  }
+  if (::read(doorbell_.get(), &c, 1) != 1) {
+    state();  // collects how it died
+    if (state_ != WorkerState::failed) fail_with("the inline repair agent closed its channel");
+    fail(ExitCode::failure, "{}", status_);
+  }
+  try {
+    auto answer = mailbox_.box().take_response(seq);
+    if (!answer) fail(ExitCode::failure, "the inline repair agent rang without answering");
+    return *answer;
+  } catch (const std::runtime_error& e) {
+    fail_with(e.what());
+    throw Error(ExitCode::failure, e.what());
+  }
+}
+
+}  // namespace immortal::vmm

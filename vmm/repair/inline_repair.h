@@ -1,0 +1,37 @@
+// --repair inline: the repair agent as a host process, sandboxed (agent/sandbox.h: seccomp, no
+// files, no network), with a read-only view of guest RAM, the mailbox, and a socket whose bytes
+// say "request waiting" / "answer ready". Started ahead, like the repair VM.
+#pragma once
+
+#include "machine.h"
+#include "repair/repair_worker.h"
+
+namespace immortal::vmm {
+
+class InlineRepair final : public RepairWorker {
+ public:
+  // agent: the immortal-repair-agent binary; config: its repair.json; log: its stderr.
+  InlineRepair(const std::string& agent, const std::string& config, const Machine::RamFile& ram, const std::string& log);
+  ~InlineRepair() override;
+
+  const char* mode() const override { return "inline"; }
+  WorkerState state() override;
+  std::string status() const override { return status_; }
+  double start_ms() const override { return start_ms_; }
+  std::string analyse(const std::string& request, Deadline deadline) override;
+  int process_id() const override { return pid_; }
+
+ private:
+  void fail_with(const std::string& why);
+  void kill_agent();
+
+  MailboxMemory mailbox_;
+  UniqueFd doorbell_;
+  int pid_ = -1;
+  WorkerState state_ = WorkerState::starting;
+  std::string status_ = "starting";
+  Clock::time_point started_ = Clock::now();
+  double start_ms_ = 0;
+};
+
+}  // namespace immortal::vmm

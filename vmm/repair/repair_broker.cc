@@ -1,0 +1,213 @@
+#include "repair/repair_broker.h"
+
+#include "base/error.h"
+#include "repair/inline_repair.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <thread>
+
+namespace immortal::vmm {
+
+namespace {
+
+constexpr auto kFirstRetry = std::chrono::seconds(5);
+constexpr auto kLongestRetry = std::chrono::seconds(300);
+
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+}  // namespace
+
+nlohmann::json RepairAnswer::to_json() const {
+  nlohmann::json j = {{"ok", ok}, {"mode", mode}, {"engine_ms", engine_ms}, {"round_trip_ms", round_trip_ms}};
+  if (!error.empty()) j["error"] = error;
+  if (!fallbacks.empty()) j["fallbacks"] = fallbacks;
+  if (!cross_check.is_null()) j["cross_check"] = cross_check;
+  return j;
+}
+
+RepairBroker::RepairBroker(RepairSettings settings, RepairVm::Factory factory, MachineConfig vm_config, std::string dir,
+                           Say say, Event event)
+    : settings_(std::move(settings)), factory_(std::move(factory)), vm_config_(std::move(vm_config)), dir_(std::move(dir)),
+      say_(std::move(say)), event_(std::move(event)) {
+  std::filesystem::create_directories(dir_);
+}
+
+RepairBroker::~RepairBroker() = default;
+
+void RepairBroker::rebuild(const std::string& profile_dir, const repair::HealthyImage& healthy, const Machine::RamFile& ram) {
+  auto t0 = Clock::now();
+  // The old workers hold the old profile: they go first.
+  vm_.worker.reset();
+  inline_.worker.reset();
+  vm_.failures = inline_.failures = 0;
+  std::string agent = find_repair_agent(settings_.agent);
+  image_ = build_repair_image(dir_, agent, profile_dir, healthy, ram);
+  healthy_ = healthy;
+  ram_ = ram;
+  event_("repair-image", {{"initrd", image_->initrd}, {"bytes", image_->bytes}, {"healthy_bytes", healthy.total_bytes()},
+                          {"regions", healthy.regions.size()}, {"build_ms", ms_since(t0)}});
+  start(settings_.mode == "vm" ? vm_ : inline_);
+  if (settings_.cross_check) start(settings_.mode == "vm" ? inline_ : vm_);
+}
+
+void RepairBroker::start(Slot& slot) {
+  if (!image_) return;
+  slot.worker.reset();
+  slot.reported.clear();
+  try {
+    if (slot.mode == "vm") {
+      MachineConfig c = vm_config_;
+      c.initrd = image_->initrd;
+      c.runtime_dir = dir_ + "/vm";
+      std::filesystem::create_directories(c.runtime_dir);
+      c.console_log = c.runtime_dir + "/console.log";
+      slot.worker = std::make_unique<RepairVm>(factory_, c, ram_);
+    } else {
+      slot.worker = std::make_unique<InlineRepair>(find_repair_agent(settings_.agent), image_->dir + "/inline.json", ram_,
+                                                   dir_ + "/inline.log");
+    }
+    event_("repair-starting", {{"mode", slot.mode}});
+  } catch (const std::exception& e) {
+    slot.worker.reset();
+    ++slot.failures;
+    slot.retry_at = Clock::now() + std::min<std::chrono::seconds>(kFirstRetry * (1 << std::min(slot.failures, 6)), kLongestRetry);
+    slot.reported = "failed";
+    event_("repair-failed", {{"mode", slot.mode}, {"error", e.what()}});
+    say_(fmt::format("the {} repair worker cannot start: {}", slot.mode, e.what()));
+  }
+}
+
+void RepairBroker::watch(Slot& slot) {
+  if (!slot.worker) {
+    bool wanted = slot.mode == settings_.mode || settings_.cross_check;
+    if (wanted && image_ && slot.failures && Clock::now() >= slot.retry_at) start(slot);
+    return;
+  }
+  WorkerState s = slot.worker->state();
+  std::string name = to_string(s);
+  if (name == slot.reported) return;
+  slot.reported = name;
+  if (s == WorkerState::ready) {
+    slot.failures = 0;
+    event_("repair-ready", {{"mode", slot.mode}, {"start_ms", slot.worker->start_ms()}, {"agent", slot.worker->status()}});
+    say_(fmt::format("repair {} ready in {:.0f} ms ({})", slot.mode, slot.worker->start_ms(), slot.worker->status()));
+  } else if (s == WorkerState::failed) {
+    event_("repair-failed", {{"mode", slot.mode}, {"error", slot.worker->status()}});
+    say_(fmt::format("the {} repair worker failed: {}", slot.mode, slot.worker->status()));
+    slot.worker.reset();
+    ++slot.failures;
+    slot.retry_at = Clock::now() + std::min<std::chrono::seconds>(kFirstRetry * (1 << std::min(slot.failures, 6)), kLongestRetry);
+  }
+}
+
+void RepairBroker::poll() {
+  watch(vm_);
+  watch(inline_);
+}
+
+bool RepairBroker::answer_from(Slot& slot, const std::string& request, RepairAnswer& out, bool wait_for_start) {
+  auto t0 = Clock::now();
+  Deadline deadline = Deadline::in(settings_.timeout);
+  if (!slot.worker && wait_for_start) start(slot);
+  if (!slot.worker) {
+    out.fallbacks.push_back(fmt::format("{}: not running", slot.mode));
+    return false;
+  }
+  while (slot.worker->state() == WorkerState::starting) {
+    if (!wait_for_start || deadline.expired()) {
+      out.fallbacks.push_back(fmt::format("{}: still starting", slot.mode));
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (slot.worker->state() != WorkerState::ready) {
+    out.fallbacks.push_back(fmt::format("{}: {}", slot.mode, slot.worker->status()));
+    watch(slot);
+    return false;
+  }
+  std::string text;
+  try {
+    text = slot.worker->analyse(request, Deadline::in(settings_.timeout));
+  } catch (const Error& e) {
+    out.fallbacks.push_back(fmt::format("{}: {}", slot.mode, e.what()));
+    watch(slot);
+    return false;
+  }
+  out.round_trip_ms = ms_since(t0);
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  out.mode = slot.mode;
+  if (j.is_discarded() || !j.is_object()) {
+    out.fallbacks.push_back(slot.mode + ": its answer is not JSON");
+    return false;
+  }
+  out.engine_ms = j.value("engine_ms", 0.0);
+  if (!j.value("ok", false)) {
+    // The engine itself gave up (e.g. the crashed kernel cannot be opened): an answer, not a fault.
+    out.ok = false;
+    out.error = j.value("error", std::string("the repair engine failed without saying why"));
+    return true;
+  }
+  if (!j.contains("analysis") || !j["analysis"].is_object() || !j.contains("plan") || !j["plan"].is_object()) {
+    out.fallbacks.push_back(slot.mode + ": its answer lacks the analysis or the plan");
+    return false;
+  }
+  out.ok = true;
+  out.analysis = std::move(j["analysis"]);
+  out.plan = std::move(j["plan"]);
+  return true;
+}
+
+RepairBroker::Slot* RepairBroker::other_slot(const std::string& mode) { return mode == "vm" ? &inline_ : &vm_; }
+
+RepairAnswer RepairBroker::analyse(const repair::RepairRequest& request) {
+  RepairAnswer answer;
+  std::string text = request.to_json().dump();
+  Slot& primary = settings_.mode == "vm" ? vm_ : inline_;
+  bool answered = answer_from(primary, text, answer, false);
+  if (!answered && settings_.fallback == "inline" && primary.mode != "inline") {
+    event_("repair-fallback", {{"crash", request.record.id}, {"from", primary.mode}, {"to", "inline"},
+                               {"why", answer.fallbacks.empty() ? "" : answer.fallbacks.back()}});
+    answered = answer_from(inline_, text, answer, true);
+  } else if (!answered) {
+    event_("repair-fallback", {{"crash", request.record.id}, {"from", primary.mode}, {"to", "reboot"},
+                               {"why", answer.fallbacks.empty() ? "" : answer.fallbacks.back()}});
+  }
+  if (!answered) {
+    answer.ok = false;
+    answer.error = fmt::format("no repair engine answered ({})", fmt::join(answer.fallbacks, "; "));
+    return answer;
+  }
+  if (settings_.cross_check && answer.ok) {
+    RepairAnswer other;
+    Slot* slot = other_slot(answer.mode);
+    if (answer_from(*slot, text, other, true) && other.ok) {
+      bool same_analysis = other.analysis == answer.analysis, same_plan = other.plan == answer.plan;
+      answer.cross_check = {{"mode", slot->mode}, {"identical", same_analysis && same_plan}, {"engine_ms", other.engine_ms},
+                            {"round_trip_ms", other.round_trip_ms}};
+      if (!same_analysis) answer.cross_check["analysis"] = other.analysis;
+      if (!same_plan) answer.cross_check["plan"] = other.plan;
+    } else {
+      answer.cross_check = {{"mode", slot->mode}, {"identical", nullptr},
+                            {"error", other.error.empty() ? fmt::format("{}", fmt::join(other.fallbacks, "; ")) : other.error}};
+    }
+  }
+  return answer;
+}
+
+nlohmann::json RepairBroker::status() {
+  nlohmann::json j = {{"mode", settings_.mode}, {"fallback", settings_.fallback}, {"timeout_ms", settings_.timeout.count()}};
+  if (image_) j["image"] = {{"initrd", image_->initrd}, {"bytes", image_->bytes}, {"healthy_bytes", healthy_ ? healthy_->total_bytes() : 0}};
+  for (Slot* s : {&vm_, &inline_}) {
+    if (!s->worker) {
+      if (s->failures) j[s->mode] = {{"state", "failed"}, {"failures", s->failures}};
+      continue;
+    }
+    j[s->mode] = {{"state", to_string(s->worker->state())}, {"agent", s->worker->status()}, {"pid", s->worker->process_id()},
+                  {"start_ms", s->worker->start_ms()}};
+  }
+  return j;
+}
+
+}  // namespace immortal::vmm

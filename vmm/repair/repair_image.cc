@@ -1,0 +1,149 @@
+#include "repair/repair_image.h"
+
+#include "base/error.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+namespace immortal::vmm {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using ArchivePtr = std::unique_ptr<struct archive, int (*)(struct archive*)>;
+using EntryPtr = std::unique_ptr<struct archive_entry, void (*)(struct archive_entry*)>;
+
+void write_json(const std::string& path, const nlohmann::json& j) {
+  std::ofstream out(path, std::ios::trunc);
+  out << j.dump(1) << "\n";
+  out.close();
+  if (!out) fail(ExitCode::failure, "cannot write {}", path);
+}
+
+class Cpio {
+ public:
+  explicit Cpio(const std::string& path) : a_(archive_write_new(), archive_write_free) {
+    archive_write_set_format_cpio_newc(a_.get());
+    if (archive_write_open_filename(a_.get(), path.c_str()) != ARCHIVE_OK)
+      fail(ExitCode::failure, "{}: {}", path, archive_error_string(a_.get()));
+  }
+  void directory(const std::string& name) { header(name, AE_IFDIR, 0755, 0, 0); }
+  void device(const std::string& name, unsigned major, unsigned minor) {
+    header(name, AE_IFCHR, 0600, 0, makedev(major, minor));
+  }
+  void file(const std::string& name, const std::string& source, int mode) {
+    std::ifstream in(source, std::ios::binary);
+    if (!in) fail(ExitCode::failure, "cannot read {}", source);
+    auto size = static_cast<std::uint64_t>(fs::file_size(source));
+    header(name, AE_IFREG, mode, size, 0);
+    std::vector<char> buf(1 << 20);
+    while (in) {
+      in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+      if (in.gcount() > 0 && archive_write_data(a_.get(), buf.data(), static_cast<std::size_t>(in.gcount())) < 0)
+        fail(ExitCode::failure, "writing the repair image: {}", archive_error_string(a_.get()));
+    }
+  }
+  void close() {
+    if (archive_write_close(a_.get()) != ARCHIVE_OK)
+      fail(ExitCode::failure, "writing the repair image: {}", archive_error_string(a_.get()));
+  }
+
+ private:
+  void header(const std::string& name, unsigned type, int mode, std::uint64_t size, dev_t rdev) {
+    EntryPtr e(archive_entry_new(), archive_entry_free);
+    archive_entry_set_pathname(e.get(), name.c_str());
+    archive_entry_set_filetype(e.get(), type);
+    archive_entry_set_perm(e.get(), static_cast<mode_t>(mode));
+    archive_entry_set_size(e.get(), static_cast<la_int64_t>(size));
+    archive_entry_set_nlink(e.get(), type == AE_IFDIR ? 2 : 1);
+    if (rdev) archive_entry_set_rdev(e.get(), rdev);
+    archive_entry_set_ino(e.get(), ++inode_);
+    if (archive_write_header(a_.get(), e.get()) != ARCHIVE_OK)
+      fail(ExitCode::failure, "writing the repair image: {}", archive_error_string(a_.get()));
+  }
+  ArchivePtr a_;
+  la_int64_t inode_ = 0;
+};
+
+}  // namespace
+
+std::string find_repair_agent(const std::string& configured) {
+  std::vector<std::string> tried;
+  auto usable = [&](const std::string& p) {
+    tried.push_back(p);
+    return !p.empty() && ::access(p.c_str(), X_OK) == 0;
+  };
+  if (!configured.empty()) {
+    if (usable(configured)) return configured;
+    fail(ExitCode::bad_input, "the repair agent {} is not an executable file", configured);
+  }
+  if (const char* env = std::getenv("IMMORTAL_REPAIR_AGENT"); env && *env) {
+    if (usable(env)) return env;
+    fail(ExitCode::bad_input, "IMMORTAL_REPAIR_AGENT={} is not an executable file", env);
+  }
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec).parent_path();
+  for (const auto& p : {self / "immortal-repair-agent", self.parent_path() / "repair-image" / "immortal-repair-agent",
+                        self.parent_path() / "libexec" / "immortal" / "immortal-repair-agent"})
+    if (usable(p.string())) return p.string();
+  fail(ExitCode::bad_input, "no repair agent found (looked at {}); build it (ninja) or set IMMORTAL_REPAIR_AGENT",
+       fmt::format("{}", fmt::join(tried, ", ")));
+}
+
+RepairImage build_repair_image(const std::string& dir, const std::string& agent, const std::string& profile_dir,
+                               const repair::HealthyImage& healthy, const Machine::RamFile& ram) {
+  RepairImage image{dir, dir + "/initrd.img", 0};
+  std::error_code ec;
+  fs::remove_all(dir + "/profile", ec);
+  fs::remove_all(dir + "/healthy", ec);
+  fs::create_directories(dir + "/profile");
+  fs::create_directories(dir + "/healthy");
+  // The profile as it is now (a newer one may replace the instance's copy at any time).
+  std::vector<std::string> profile_files, profile_dirs;
+  for (const auto& e : fs::recursive_directory_iterator(profile_dir)) {
+    std::string rel = fs::relative(e.path(), profile_dir).string();
+    if (e.is_directory()) {
+      fs::create_directories(dir + "/profile/" + rel);
+      profile_dirs.push_back(rel);
+    } else if (e.is_regular_file()) {
+      fs::copy_file(e.path(), dir + "/profile/" + rel, fs::copy_options::overwrite_existing);
+      profile_files.push_back(rel);
+    }
+  }
+  healthy.save(dir + "/healthy");
+  nlohmann::json segments = nlohmann::json::array();
+  for (const auto& s : ram.segments)
+    segments.push_back({{"guest_physical", s.guest_physical}, {"file_offset", s.file_offset}, {"size", s.size}});
+  // Inside the repair VM the RAM window is the file itself, so file offsets are window offsets.
+  write_json(dir + "/repair.json", {{"ram_size", ram.size}, {"ram", segments}, {"profile", "/profile"}, {"healthy", "/healthy"}});
+  write_json(dir + "/inline.json", {{"ram_size", ram.size}, {"ram", segments}, {"profile", dir + "/profile"},
+                                    {"healthy", dir + "/healthy"}});
+
+  std::string partial = image.initrd + ".partial";
+  Cpio cpio(partial);
+  for (const char* d : {"dev", "proc", "sys", "profile", "healthy"}) cpio.directory(d);
+  cpio.device("dev/console", 5, 1);
+  cpio.file("init", agent, 0755);
+  cpio.file("repair.json", dir + "/repair.json", 0644);
+  for (const auto& d : profile_dirs) cpio.directory("profile/" + d);
+  for (const auto& f : profile_files) cpio.file("profile/" + f, dir + "/profile/" + f, 0644);
+  cpio.file("healthy/healthy.json", dir + "/healthy/healthy.json", 0644);
+  cpio.file("healthy/healthy.bin", dir + "/healthy/healthy.bin", 0644);
+  cpio.close();
+  fs::rename(partial, image.initrd);
+  image.bytes = fs::file_size(image.initrd);
+  return image;
+}
+
+}  // namespace immortal::vmm

@@ -1,0 +1,97 @@
+#include "repair/repair_vm.h"
+
+#include "base/error.h"
+
+#include <fmt/format.h>
+
+#include <bit>
+#include <thread>
+
+namespace immortal::vmm {
+
+namespace {
+
+constexpr auto kBootLimit = std::chrono::seconds(120);
+constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11;  // agent/repair_agent.cc reads these slots
+
+}  // namespace
+
+RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram) {
+  if (!std::has_single_bit(guest_ram.size))
+    fail(ExitCode::failure, "guest RAM of {} MiB is not a power of two: a PCI window cannot show it whole",
+         guest_ram.size >> 20);
+  config.shared_windows = {{"peer-ram", guest_ram.fd, guest_ram.size, true, kGuestRamSlot},
+                           {"repair-mailbox", mailbox_.fd(), repair::kMailboxSize, false, kMailboxSlot}};
+  machine_ = factory(config, Deadline::in(std::chrono::seconds(30)));
+  machine_->resume();
+}
+
+RepairVm::~RepairVm() {
+  if (machine_) machine_->terminate(std::chrono::milliseconds(0));
+}
+
+void RepairVm::fail_with(const std::string& why) {
+  state_ = WorkerState::failed;
+  status_ = why;
+  if (machine_) machine_->terminate(std::chrono::milliseconds(0));
+}
+
+bool RepairVm::machine_gone() {
+  try {
+    for (const auto& e : machine_->drain_events())
+      if (e.kind == MachineEvent::Kind::shutdown || e.kind == MachineEvent::Kind::reset ||
+          e.kind == MachineEvent::Kind::guest_panicked)
+        return true;
+    return machine_->state() == RunState::shutdown;
+  } catch (const std::exception&) {
+    return true;
+  }
+}
+
+WorkerState RepairVm::state() {
+  if (state_ == WorkerState::failed) return state_;
+  if (state_ == WorkerState::starting) {
+    auto s = mailbox_.box().agent_state();
+    if (s == repair::AgentState::ready) {
+      machine_->pause();  // hot standby: costs nothing until a crash
+      state_ = WorkerState::ready;
+      status_ = mailbox_.box().agent_status();
+      start_ms_ = std::chrono::duration<double, std::milli>(Clock::now() - started_).count();
+    } else if (s == repair::AgentState::failed) {
+      fail_with("the repair agent in the repair VM failed: " + mailbox_.box().agent_status());
+    } else if (Clock::now() - started_ > kBootLimit) {
+      fail_with(fmt::format("the repair VM was not ready after {} s", kBootLimit.count()));
+    } else if (machine_gone()) {
+      fail_with("the repair VM stopped while booting");
+    }
+    return state_;
+  }
+  if (machine_gone()) fail_with("the repair VM is gone");
+  return state_;
+}
+
+std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
+  if (state() != WorkerState::ready) fail(ExitCode::failure, "the repair VM is not ready: {}", status_);
+  std::uint64_t seq = mailbox_.box().post_request(request);
+  machine_->resume();
+  for (;;) {
+    std::optional<std::string> answer;
+    try {
+      answer = mailbox_.box().take_response(seq);
+    } catch (const std::runtime_error& e) {
+      fail_with(e.what());
+      throw Error(ExitCode::failure, e.what());
+    }
+    if (answer) {
+      machine_->pause();
+      return *answer;
+    }
+    if (deadline.expired()) {
+      fail_with("the repair VM did not answer in time (stopped)");
+      fail(ExitCode::timeout, "{}", status_);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
+
+}  // namespace immortal::vmm

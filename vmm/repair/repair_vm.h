@@ -1,0 +1,42 @@
+// --repair vm: the repair VM. A second, small VM of the guest's own kernel and the repair image
+// (repair/repair_image.h), seeing the guest's RAM read-only and the mailbox as two PCI memory
+// windows. Booted when the guest's profile is in, then paused: a crash resumes it, posts the
+// request, waits for the answer and pauses it again. The guest never sees it.
+#pragma once
+
+#include "machine.h"
+#include "machine_config.h"
+#include "repair/repair_worker.h"
+
+#include <functional>
+
+namespace immortal::vmm {
+
+class RepairVm final : public RepairWorker {
+ public:
+  using Factory = std::function<std::unique_ptr<Machine>(const MachineConfig&, Deadline)>;
+  // config: kernel, initrd (the repair image), memory, runtime dir …; its shared windows are
+  // added here. Throws Error when the VM cannot be started at all.
+  RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram);
+  ~RepairVm() override;
+
+  const char* mode() const override { return "vm"; }
+  WorkerState state() override;
+  std::string status() const override { return status_; }
+  double start_ms() const override { return start_ms_; }
+  std::string analyse(const std::string& request, Deadline deadline) override;
+  int process_id() const override { return machine_ ? machine_->process_id() : 0; }
+
+ private:
+  void fail_with(const std::string& why);
+  bool machine_gone();
+
+  MailboxMemory mailbox_;
+  std::unique_ptr<Machine> machine_;
+  WorkerState state_ = WorkerState::starting;
+  std::string status_ = "booting";
+  Clock::time_point started_ = Clock::now();
+  double start_ms_ = 0;
+};
+
+}  // namespace immortal::vmm

@@ -1,0 +1,34 @@
+#include "repair/repair_worker.h"
+
+#include "base/error.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace immortal::vmm {
+
+const char* to_string(WorkerState state) {
+  switch (state) {
+    case WorkerState::starting: return "starting";
+    case WorkerState::ready: return "ready";
+    case WorkerState::failed: return "failed";
+  }
+  return "?";
+}
+
+MailboxMemory::MailboxMemory() {
+  fd_ = UniqueFd(::memfd_create("immortal-repair-mailbox", MFD_CLOEXEC));
+  if (!fd_) fail_os(ExitCode::failure, "memfd_create for the repair mailbox", errno);
+  if (::ftruncate(fd_.get(), static_cast<off_t>(repair::kMailboxSize)) != 0)
+    fail_os(ExitCode::failure, "size the repair mailbox", errno);
+  base_ = ::mmap(nullptr, repair::kMailboxSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
+  if (base_ == MAP_FAILED) fail_os(ExitCode::failure, "map the repair mailbox", errno);
+  box_ = repair::Mailbox(base_);
+  box_.initialise();
+}
+
+MailboxMemory::~MailboxMemory() {
+  if (base_ && base_ != MAP_FAILED) ::munmap(base_, repair::kMailboxSize);
+}
+
+}  // namespace immortal::vmm

@@ -1,0 +1,50 @@
+// Where the repair engine runs for the supervisor: a worker holds a repair agent ready (the
+// repair VM, or the sandboxed inline process), hands it one crash at a time through the mailbox
+// and returns its answer — or fails, bounded by a deadline, whatever the crashed guest's memory
+// makes the agent do. The supervisor never parses the crashed kernel itself.
+#pragma once
+
+#include "base/io.h"
+#include "base/unique_fd.h"
+#include "protocol/mailbox.h"
+
+#include <memory>
+#include <string>
+
+namespace immortal::vmm {
+
+enum class WorkerState { starting, ready, failed };
+const char* to_string(WorkerState state);
+
+class RepairWorker {
+ public:
+  virtual ~RepairWorker() = default;
+  virtual const char* mode() const = 0;        // "vm", "inline"
+  // Cheap; called every supervisor tick: notices the agent becoming ready, failing or dying.
+  virtual WorkerState state() = 0;
+  virtual std::string status() const = 0;      // the agent's last word, or why it failed
+  virtual double start_ms() const = 0;         // from start to ready (0 until then)
+  // One request, one answer (JSON text). Throws Error(ExitCode::timeout) when the agent does not
+  // answer by the deadline, Error(ExitCode::failure) when it is not ready or died; the worker is
+  // then failed for good (a new one is started).
+  virtual std::string analyse(const std::string& request, Deadline deadline) = 0;
+  virtual int process_id() const = 0;
+};
+
+// kMailboxSize bytes of shared memory (a memfd) holding the mailbox, mapped here.
+class MailboxMemory {
+ public:
+  MailboxMemory();
+  ~MailboxMemory();
+  MailboxMemory(const MailboxMemory&) = delete;
+  MailboxMemory& operator=(const MailboxMemory&) = delete;
+  int fd() const { return fd_.get(); }
+  repair::Mailbox& box() { return box_; }
+
+ private:
+  UniqueFd fd_;
+  void* base_ = nullptr;
+  repair::Mailbox box_{nullptr};
+};
+
+}  // namespace immortal::vmm
