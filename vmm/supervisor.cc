@@ -4,6 +4,7 @@
 #include "fault_catalogue.h"
 #include "protocol/base64.h"
 #include "engine/crash_analysis.h"
+#include "kernel/modules.h"
 #include "engine/repair_plan.h"
 #include "kernel/orc_unwind.h"
 #include "recovery/plan_validation.h"
@@ -635,6 +636,12 @@ void Supervisor::rebuild_repair_image(const std::string& taken_at) {
     // The guest is healthy and running: its code is read as it is now (runtime patch sites
     // that change later are recognised at the comparison).
     repair::HealthyImage healthy = repair::capture_healthy_image(guest_kernel(), taken_at);
+    // Functions quarantined now are healthy with their original bytes: an unquarantine later
+    // must not look like corruption (nor a restore put the patch back).
+    for (const auto& q : quarantine_.entries())
+      for (auto& r : healthy.regions)
+        if (r.contains(q.address, q.original.size()))
+          std::copy(q.original.begin(), q.original.end(), r.bytes.begin() + static_cast<std::ptrdiff_t>(q.address - r.address));
     repair_->rebuild(dir_.file("profile"), healthy, *ram);
   } catch (const std::exception& e) {
     event("repair-failed", {{"mode", options_.repair.mode}, {"error", std::string("cannot build the repair image: ") + e.what()}});
@@ -688,7 +695,7 @@ void Supervisor::on_crash(repair::CrashRecord record) {
     kind = analysis_json.value("kind", "");
     summary = analysis_json.value("summary", "");
     PlanContext context{analysis_json.value("cpu", -1), analysis_json.value("module", ""),
-                        repair::parse_hex(analysis_json.value("percpu_base", json("0x0")), "percpu_base")};
+                        repair::parse_hex(analysis_json.value("percpu_base", json("0x0")), "percpu_base"), std::nullopt};
     if (plan.resume && options_.recovery.disabled_kinds.count(kind)) {
       plan.resume = false;
       plan.reason = "recovery of " + kind + " crashes is disabled by policy";
@@ -702,6 +709,18 @@ void Supervisor::on_crash(repair::CrashRecord record) {
     if (plan.resume) {
       try {
         if (context.cpu != record.vcpu) fail(ExitCode::failure, "the analysis is of CPU {}, the crash on {}", context.cpu, record.vcpu);
+        // The per-CPU area a plan may write into is the one this vCPU's GS points at (kernel
+        // mode: GS base; user mode: the swapped-out kernel GS base), not what the agent says.
+        const X86Registers& regs = record.registers.at(static_cast<std::size_t>(record.vcpu));
+        if (context.percpu_base != regs.gs_base && context.percpu_base != regs.kernel_gs_base)
+          fail(ExitCode::failure, "the analysis puts CPU {}'s per-CPU area at {:#x}, its GS base says otherwise",
+               record.vcpu, context.percpu_base);
+        if (const repair::HealthyImage* healthy = repair_ ? repair_->healthy() : nullptr; healthy && healthy->module(context.module)) {
+          context.module_layout = *healthy->module(context.module);
+        } else {
+          for (const auto& mod : read_modules(guest_kernel()).modules)
+            if (mod.name == context.module) context.module_layout = repair::ModuleLayout{mod.name, mod.base, mod.size, mod.text_size};
+        }
         validate_plan(plan, context, guest_kernel(), repair_ ? repair_->healthy() : nullptr);
       } catch (const Error& e) {
         plan.resume = false;

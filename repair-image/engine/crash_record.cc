@@ -57,7 +57,8 @@ CrashRecord crash_record_from_json(const nlohmann::json& j) {
   c.time = text("time");
   c.caught_by = text("caught_by");
   c.intercepted_at = text("intercepted_at");
-  if (!j.contains("id") || !j["id"].is_number_unsigned()) fail(ExitCode::bad_input, "crash record: no id");
+  if (!j.contains("id") || !j["id"].is_number_integer() || j["id"].get<std::int64_t>() < 0)
+    fail(ExitCode::bad_input, "crash record: no id");
   c.id = j["id"].get<std::uint64_t>();
   if (!j.contains("vcpu") || !j["vcpu"].is_number_integer()) fail(ExitCode::bad_input, "crash record: no vcpu");
   std::int64_t vcpu = j["vcpu"].get<std::int64_t>();

@@ -42,8 +42,8 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
   // Where writes may go: the faulting module (its data for locks, its text for quarantine),
   // the crashing CPU's preempt count and the kernel's taint mask — module bounds as the healthy
   // guest had them, not as the crashed memory says.
-  const repair::ModuleLayout* m = healthy->module(crash.module);
-  if (!m) fail(ExitCode::failure, "the plan's module {} was not loaded when the guest was healthy", crash.module);
+  const repair::ModuleLayout* m = crash.module_layout ? &*crash.module_layout : nullptr;
+  if (!m) fail(ExitCode::failure, "the plan's module {} is not loaded", crash.module);
   std::uint64_t text_begin = m->base, text_end = m->base + m->text_size, data_end = m->base + m->size;
   std::uint64_t preempt = crash.percpu_base + kernel.symbols().percpu_offset("__preempt_count").value_or(0);
   std::uint64_t taint = kernel.symbol("tainted_mask");

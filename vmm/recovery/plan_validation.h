@@ -8,6 +8,7 @@
 #include "kernel/kernel.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace immortal::vmm {
@@ -23,6 +24,9 @@ struct PlanContext {
   int cpu = -1;                    // the vCPU it stopped
   std::string module;              // the module the analysis blames
   std::uint64_t percpu_base = 0;   // that CPU's per-CPU area
+  // Where that module lies: from the healthy copy, or — for a module loaded since — from the
+  // guest's module list (a bounded, cycle-safe walk).
+  std::optional<repair::ModuleLayout> module_layout;
 };
 
 // Throws Error(ExitCode::failure) naming the first rule the plan breaks. The kernel is used for

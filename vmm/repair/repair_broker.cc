@@ -165,7 +165,8 @@ RepairAnswer RepairBroker::analyse(const repair::RepairRequest& request) {
   RepairAnswer answer;
   std::string text = request.to_json().dump();
   Slot& primary = settings_.mode == "vm" ? vm_ : inline_;
-  bool answered = answer_from(primary, text, answer, false);
+  // The inline process starts in about a second: worth waiting for; the repair VM takes several.
+  bool answered = answer_from(primary, text, answer, primary.mode == "inline");
   if (!answered && settings_.fallback == "inline" && primary.mode != "inline") {
     event_("repair-fallback", {{"crash", request.record.id}, {"from", primary.mode}, {"to", "inline"},
                                {"why", answer.fallbacks.empty() ? "" : answer.fallbacks.back()}});

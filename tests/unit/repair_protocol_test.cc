@@ -1,0 +1,212 @@
+// The repair protocol's pieces: what crosses between the supervisor and the repair agent (crash
+// records, answers, plans), the mailbox both sides poll, the healthy copy on disk, the integrity
+// check, and the supervisor's validation of code restores. Untrusted input gets Error(bad_input).
+#include "base/error.h"
+#include "engine/healthy_image.h"
+#include "engine/repair_plan.h"
+#include "engine/repair_service.h"
+#include "engine/text_integrity.h"
+#include "protocol/mailbox.h"
+#include "recovery/plan_validation.h"
+#include "support/fake_kernel.h"
+
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+using namespace immortal;
+using nlohmann::json;
+
+namespace {
+
+repair::RepairPlan sample_plan() {
+  repair::RepairPlan plan;
+  plan.resume = true;
+  plan.reason = "restore-code, kill-task";
+  plan.vcpu = 1;
+  repair::RepairAction restore{"restore-code", "3 bytes", {{0xffffffffc0001001, {0x0b, 0x0f, 0x0b}, {0x1f, 0x44, 0x00}, true}}, {}, json::object()};
+  repair::RepairAction kill{"kill-task", "pid 7", {}, {{"rip", 0x10, 0x20}, {"rdi", 0, 9}}, {{"pid", 7}}};
+  plan.actions = {restore, kill};
+  return plan;
+}
+
+std::unique_ptr<Kernel> kernel_with(test::VectorMemory& ram) {
+  test::map_kernel_image(ram);
+  return Kernel::assemble(ram, KernelLayout{0x1000},
+                          SymbolTable::from_kallsyms("ffffffff80100000 T _stext\nffffffff80100000 T func\n"
+                                                     "ffffffff80100040 T other\nffffffff80101000 T _etext\n"
+                                                     "ffffffff80200000 D tainted_mask\n"),
+                          test::linux_like_types(), "test");
+}
+
+}  // namespace
+
+TEST_CASE("repair protocol: crash records and plans survive their JSON form", "[repair]") {
+  repair::CrashRecord r;
+  r.id = 3;
+  r.time = "2026-11-23T10:00:00.000Z";
+  r.caught_by = "breakpoint";
+  r.intercepted_at = "panic";
+  r.vcpu = 1;
+  r.registers.resize(2);
+  r.registers[1].rip = 0xffffffff81000000;
+  r.registers[1].gs_base = 0xffff888000000000;
+  r.registers[1].cr4 = 0x370ef0;
+  auto back = repair::crash_record_from_json(repair::to_json(r));
+  CHECK(back.id == 3);
+  CHECK(back.vcpu == 1);
+  CHECK(back.registers.size() == 2);
+  CHECK(back.registers[1].rip == r.registers[1].rip);
+  CHECK(back.registers[1].cr4 == r.registers[1].cr4);
+  CHECK(repair::to_json(back) == repair::to_json(r));
+
+  auto plan = sample_plan();
+  auto again = repair::plan_from_json(plan.to_json());
+  CHECK(again.to_json() == plan.to_json());
+  CHECK(again.actions[0].writes[0].code);
+  CHECK(again.actions[1].registers[1].to == 9);
+}
+
+TEST_CASE("repair protocol: malformed records and plans are refused", "[repair]") {
+  auto bad_input = [](const auto& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.code() == ExitCode::bad_input;
+    }
+    return false;
+  };
+  json record = {{"id", 1}, {"time", "t"}, {"caught_by", "breakpoint"}, {"intercepted_at", "panic"}, {"vcpu", 0},
+                 {"registers", json::array({{{"rip", "0x10"}}})}};
+  CHECK_NOTHROW(repair::crash_record_from_json(record));
+  for (auto mutate : std::vector<std::function<void(json&)>>{
+           [](json& j) { j["vcpu"] = 5; },
+           [](json& j) { j["registers"] = json::array(); },
+           [](json& j) { j["registers"][0]["rip"] = "0xzz"; },
+           [](json& j) { j["registers"][0]["rip"] = "0x11112222333344445"; },
+           [](json& j) { j["registers"][0]["xmm0"] = "0x1"; },
+           [](json& j) { j["id"] = "one"; },
+           [](json& j) { j = json::array(); }}) {
+    json j = record;
+    mutate(j);
+    CHECK(bad_input([&] { repair::crash_record_from_json(j); }));
+  }
+  json plan = sample_plan().to_json();
+  for (auto mutate : std::vector<std::function<void(json&)>>{
+           [](json& j) { j["actions"][0]["writes"][0]["new"] = "1f4"; },
+           [](json& j) { j["actions"][0]["writes"][0]["new"] = "zz4400"; },
+           [](json& j) { j["actions"][0]["writes"][0]["code"] = "yes"; },
+           [](json& j) { j["actions"][1]["registers"][0]["new"] = 5; },
+           [](json& j) { json one = j["actions"][1]; for (int i = 0; i < 100; ++i) j["actions"].push_back(one); },
+           [](json& j) { j["actions"][0]["writes"][0]["new"] = std::string(2 * repair::kMaxWriteBytes + 2, 'a'); },
+           [](json& j) { j.erase("resume"); }}) {
+    json j = plan;
+    mutate(j);
+    CHECK(bad_input([&] { repair::plan_from_json(j); }));
+  }
+}
+
+TEST_CASE("mailbox: a request and its answer cross; the agent's lengths are checked", "[repair]") {
+  std::vector<std::uint64_t> memory(repair::kMailboxSize / 8);
+  repair::Mailbox host(memory.data()), agent(memory.data());
+  host.initialise();
+  CHECK(agent.valid());
+  CHECK(host.agent_state() == repair::AgentState::booting);
+  agent.set_state(repair::AgentState::ready, "ready\x01!");
+  CHECK(host.agent_state() == repair::AgentState::ready);
+  CHECK(host.agent_status() == "ready?!");
+  std::uint64_t seq = host.post_request("{\"q\":1}");
+  CHECK(agent.request_seq() == seq);
+  CHECK(agent.request() == "{\"q\":1}");
+  CHECK(!host.take_response(seq));
+  agent.post_response(seq, "{\"a\":2}");
+  CHECK(host.take_response(seq) == std::string("{\"a\":2}"));
+  CHECK(!host.take_response(seq + 1));
+  // A hostile agent claims a huge answer: refused, not read.
+  std::uint32_t huge = 0xffffffff;
+  std::memcpy(reinterpret_cast<char*>(memory.data()) + 36, &huge, 4);
+  CHECK_THROWS(host.take_response(seq));
+  // A state word out of range counts as failed.
+  std::uint32_t odd = 77;
+  std::memcpy(reinterpret_cast<char*>(memory.data()) + 8, &odd, 4);
+  CHECK(host.agent_state() == repair::AgentState::failed);
+}
+
+TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repair]") {
+  test::VectorMemory ram(4 << 20);
+  auto kernel = kernel_with(ram);
+  std::vector<std::uint8_t> code(0x1000, 0x90);
+  code[0x40] = 0xc3;
+  ram.write(0x100000, std::as_bytes(std::span(code)));
+  // No module list in this kernel: capture needs one.
+  CHECK_THROWS(repair::capture_healthy_image(*kernel, "t"));
+  repair::HealthyImage image;
+  image.release = "test";
+  image.regions.push_back({"kernel text", "text", "", test::kva(0x100000), code});
+  image.modules.push_back({"drv", 0xffffffffc0000000, 0x3000, 0x1000});
+  std::string dir = std::filesystem::temp_directory_path() / ("healthy-test-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  image.save(dir);
+  auto back = repair::HealthyImage::load(dir);
+  REQUIRE(back.regions.size() == 1);
+  CHECK(back.regions[0].bytes == code);
+  CHECK(back.regions[0].address == test::kva(0x100000));
+  CHECK(back.module("drv")->text_size == 0x1000);
+  CHECK(back.find(test::kva(0x100ffc), 4));
+  CHECK(!back.find(test::kva(0x100ffc), 5));
+  { std::ofstream(dir + "/healthy.bin", std::ios::trunc) << "short"; }
+  CHECK_THROWS_AS(repair::HealthyImage::load(dir), Error);
+  std::filesystem::remove_all(dir);
+
+  SECTION("integrity: a corrupted byte is found and located; the same bytes as a known patch are not") {
+    std::uint8_t bad[] = {0x0f, 0x0b};
+    ram.write(0x100041, std::as_bytes(std::span(bad)));
+    auto report = repair::check_text_integrity(*kernel, image, {});
+    REQUIRE(report.corrupted.size() == 1);
+    CHECK(report.corrupted[0].address == test::kva(0x100041));
+    CHECK(report.corrupted[0].now == std::vector<std::uint8_t>{0x0f, 0x0b});
+    CHECK(report.corrupted[0].healthy == std::vector<std::uint8_t>{0x90, 0x90});
+    CHECK(report.corrupted[0].where.rfind("other+0x1", 0) == 0);
+    CHECK(report.corruption_at(test::kva(0x100041)));
+    CHECK(report.checked_bytes == 0x1000);
+    auto known = repair::check_text_integrity(*kernel, image, {{test::kva(0x100040), {0xc3, 0x0f, 0x0b}}});
+    CHECK(known.corrupted.empty());
+    CHECK(known.expected_differences == 1);
+  }
+}
+
+TEST_CASE("plan validation: a code restore may only write the healthy copy's bytes", "[repair]") {
+  test::VectorMemory ram(4 << 20);
+  auto kernel = kernel_with(ram);
+  repair::HealthyImage healthy;
+  healthy.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90)});
+  healthy.regions[0].bytes[2] = 0x44;
+  healthy.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100});
+  vmm::PlanContext context{1, "drv", 0, healthy.modules[0]};
+  repair::RepairPlan plan;
+  plan.resume = true;
+  plan.vcpu = 1;
+  plan.actions.push_back({"restore-code", "", {{0xffffffffc0001001, {0, 0, 0}, {0x90, 0x44, 0x90}, true}}, {}, json::object()});
+  CHECK_NOTHROW(vmm::validate_plan(plan, context, *kernel, &healthy));
+  auto refused = [&](repair::RepairPlan p) {
+    try {
+      vmm::validate_plan(p, context, *kernel, &healthy);
+    } catch (const Error&) {
+      return true;
+    }
+    return false;
+  };
+  auto other_bytes = plan;
+  other_bytes.actions[0].writes[0].bytes = {0xcc, 0x44, 0x90};
+  CHECK(refused(other_bytes));
+  auto outside = plan;
+  outside.actions[0].writes[0].address = 0xffffffffc00010fe;  // runs past the region
+  CHECK(refused(outside));
+  auto not_code = plan;
+  not_code.actions[0].writes[0].code = false;
+  CHECK(refused(not_code));
+  CHECK(refused([&] { auto p = plan; p.vcpu = 0; return p; }()));
+  CHECK_THROWS(vmm::validate_plan(plan, context, *kernel, nullptr));
+}
