@@ -101,6 +101,15 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
                                 b.value("writing", 0) ? fmt::format(", {} being written", b.value("writing", 0)) : "",
                                 b.value("dir", "")));
   }
+  if (s.contains("repair") && s["repair"].is_object()) {
+    const json& r = s["repair"];
+    std::string mode = r.value("mode", "");
+    std::string line = "--repair " + mode + ", fallback " + r.value("fallback", "");
+    for (const char* m : {"vm", "inline"})
+      if (r.contains(m) && r[m].is_object())
+        line += fmt::format("; {}: {}", m, r[m].value("state", "?"));
+    row("Repair:", line);
+  }
   for (const auto& q : rs.value("quarantined", json::array()))
     row("Quarantined:", fmt::format("{} [{}] at {} since crash {}", q.value("function", ""), q.value("module", ""),
                                     q.value("address", ""), q.value("crash", 0)));
@@ -207,7 +216,19 @@ int events_command(const GlobalOptions& g, const std::string& name, bool as_json
     }
     std::string what = e.value("event", "");
     std::string text;
-    if (e.contains("summary")) text = e["summary"].get<std::string>();
+    if (what == "repair-image")
+      text = fmt::format("{:.1f} MiB (healthy code copy {:.1f} MiB in {} regions), built in {:.0f} ms",
+                         e.value("bytes", 0.0) / 1048576, e.value("healthy_bytes", 0.0) / 1048576, e.value("regions", 0),
+                         e.value("build_ms", 0.0));
+    else if (what == "repair-fallback")
+      text = fmt::format("{} → {}: {}", e.value("from", ""), e.value("to", ""), e.value("why", ""));
+    else if (what == "repair-mismatch")
+      text = fmt::format("the {} and {} engines disagree on this crash", e.value("mode", ""),
+                         e.value("other", json::object()).value("mode", ""));
+    else if (what.rfind("repair-", 0) == 0)
+      text = e.value("mode", "") + (e.contains("error") ? ": " + e.value("error", "")
+                                    : e.contains("start_ms") ? fmt::format(" ready in {:.0f} ms", e.value("start_ms", 0.0)) : "");
+    else if (e.contains("summary")) text = e["summary"].get<std::string>();
     else if (e.contains("plan") && e["plan"].is_object())
       text = (e["plan"].value("resume", false) ? "resume: " : "reboot: ") + e["plan"].value("reason", std::string());
     else if (e.contains("path")) text = e["path"].get<std::string>();
