@@ -191,6 +191,10 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
           if (cpu >= 0 && repair_) {
             RepairAnswer answer = ask_repair_engine(record);
             if (answer.ok) analysis = answer.analysis;
+          } else if (cpu >= 0) {
+            // Recovery off: no repair engine runs; the report's analysis is read here, with the
+            // same bounded readers as the bundle's report (nothing is written to the guest).
+            analysis = repair::analyze_crash(kernel, record).to_json();
           }
         } catch (const std::exception&) {
           // No analysis: the bundle still holds the memory and every vCPU's registers.
