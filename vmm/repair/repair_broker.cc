@@ -15,6 +15,12 @@ namespace {
 constexpr auto kFirstRetry = std::chrono::seconds(5);
 constexpr auto kLongestRetry = std::chrono::seconds(300);
 
+// A failed worker is started again after 10 s, then 20, 40 … up to kLongestRetry.
+void note_failure(auto& slot) {
+  ++slot.failures;
+  slot.retry_at = Clock::now() + std::min<std::chrono::seconds>(kFirstRetry * (1 << std::min(slot.failures, 6)), kLongestRetry);
+}
+
 double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
 }  // namespace
@@ -71,8 +77,7 @@ void RepairBroker::start(Slot& slot) {
     event_("repair-starting", {{"mode", slot.mode}});
   } catch (const std::exception& e) {
     slot.worker.reset();
-    ++slot.failures;
-    slot.retry_at = Clock::now() + std::min<std::chrono::seconds>(kFirstRetry * (1 << std::min(slot.failures, 6)), kLongestRetry);
+    note_failure(slot);
     slot.reported = "failed";
     event_("repair-failed", {{"mode", slot.mode}, {"error", e.what()}});
     say_(fmt::format("the {} repair worker cannot start: {}", slot.mode, e.what()));
@@ -97,8 +102,7 @@ void RepairBroker::watch(Slot& slot) {
     event_("repair-failed", {{"mode", slot.mode}, {"error", slot.worker->status()}});
     say_(fmt::format("the {} repair worker failed: {}", slot.mode, slot.worker->status()));
     slot.worker.reset();
-    ++slot.failures;
-    slot.retry_at = Clock::now() + std::min<std::chrono::seconds>(kFirstRetry * (1 << std::min(slot.failures, 6)), kLongestRetry);
+    note_failure(slot);
   }
 }
 
