@@ -1,12 +1,89 @@
 #include "x86_64/prologue.h"
 
+#include <optional>
+
 namespace immortal {
 
 namespace {
 
 const char* const kRegisters[16] = {"rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                                     "r8",  "r9",  "r10", "r11", "r12", "r13", "r14", "r15"};
-constexpr std::size_t kMaxInstructions = 24;
+constexpr std::size_t kMaxInstructions = 32;
+
+// Bytes of a ModRM byte with its SIB and displacement at code[at], 0 if cut short.
+std::size_t modrm_length(std::span<const std::uint8_t> code, std::size_t at) {
+  if (at >= code.size()) return 0;
+  std::uint8_t modrm = code[at], mod = modrm >> 6, rm = modrm & 7;
+  std::size_t n = 1;
+  if (mod != 3 && rm == 4) {  // SIB
+    if (at + 1 >= code.size()) return 0;
+    if (mod == 0 && (code[at + 1] & 7) == 5) n += 4;  // no base: disp32
+    n += 1;
+  }
+  if (mod == 0 && rm == 5) n += 4;  // rip-relative
+  if (mod == 1) n += 1;
+  if (mod == 2) n += 4;
+  return at + n <= code.size() ? n : 0;
+}
+
+// The length of an instruction that compilers mix into prologues and that leaves the stack
+// pointer alone (moves, lea, ALU and compare forms, movzx/movsx, immediates to registers), or 0
+// for anything else: a call, a jump, a write to %rsp, an instruction not listed.
+std::size_t other_instruction(std::span<const std::uint8_t> code, std::size_t i) {
+  std::size_t start = i;
+  if (i < code.size() && (code[i] == 0x65 || code[i] == 0x66)) ++i;  // %gs (per-CPU, canary), operand size
+  std::uint8_t rex = 0;
+  if (i < code.size() && (code[i] & 0xf0) == 0x40) rex = code[i++];
+  if (i >= code.size()) return 0;
+  std::uint8_t op = code[i];
+  bool rex_r = rex & 4, rex_b = rex & 1;
+  auto modrm_at = [&](std::size_t at) -> std::optional<std::uint8_t> {
+    return at < code.size() ? std::optional<std::uint8_t>(code[at]) : std::nullopt;
+  };
+  // reg ← r/m forms: the register field is written.
+  auto writes_rsp_reg = [&](std::uint8_t modrm) { return !rex_r && ((modrm >> 3) & 7) == 4; };
+  // r/m ← reg forms: the r/m operand is written when it is a register.
+  auto writes_rsp_rm = [&](std::uint8_t modrm) { return (modrm >> 6) == 3 && !rex_b && (modrm & 7) == 4; };
+  switch (op) {
+    case 0x01: case 0x09: case 0x21: case 0x29: case 0x31: case 0x89:  // add/or/and/sub/xor/mov r/m, reg
+    case 0x39: case 0x85: case 0x38: case 0x84: case 0x88: {             // cmp/test (no write), mov r/m8
+      auto m = modrm_at(i + 1);
+      if (!m || ((op == 0x01 || op == 0x09 || op == 0x21 || op == 0x29 || op == 0x31 || op == 0x89) && writes_rsp_rm(*m)))
+        return 0;
+      std::size_t n = modrm_length(code, i + 1);
+      return n ? i + 1 + n - start : 0;
+    }
+    case 0x03: case 0x0b: case 0x23: case 0x2b: case 0x33: case 0x8b: case 0x8d: case 0x3b: case 0x8a: {
+      auto m = modrm_at(i + 1);
+      if (!m || (op != 0x3b && writes_rsp_reg(*m))) return 0;
+      std::size_t n = modrm_length(code, i + 1);
+      return n ? i + 1 + n - start : 0;
+    }
+    case 0x0f: {  // movzx, movsx
+      if (i + 1 >= code.size()) return 0;
+      std::uint8_t op2 = code[i + 1];
+      if (op2 != 0xb6 && op2 != 0xb7 && op2 != 0xbe && op2 != 0xbf) return 0;
+      auto m = modrm_at(i + 2);
+      if (!m || writes_rsp_reg(*m)) return 0;
+      std::size_t n = modrm_length(code, i + 2);
+      return n ? i + 2 + n - start : 0;
+    }
+    case 0xc7: {  // mov $imm32, r/m
+      auto m = modrm_at(i + 1);
+      if (!m || ((*m >> 3) & 7) != 0 || writes_rsp_rm(*m)) return 0;
+      std::size_t n = modrm_length(code, i + 1);
+      return n && i + 1 + n + 4 <= code.size() ? i + 1 + n + 4 - start : 0;
+    }
+    default:
+      if (op >= 0xb8 && op <= 0xbf) {  // mov $imm, r
+        if (!rex_b && op == 0xbc) return 0;
+        std::size_t imm = (rex & 8) ? 8 : 4;
+        return i + 1 + imm <= code.size() ? i + 1 + imm - start : 0;
+      }
+      if (op == 0x90) return i + 1 - start;  // nop
+      return 0;
+  }
+}
 
 }  // namespace
 
@@ -29,11 +106,6 @@ Prologue decode_prologue(std::span<const std::uint8_t> code) {
     } else if (b0 == 0x48 && b1 == 0x89 && b2 == 0xe5) {  // mov %rsp,%rbp
       p.frame_pointer = !p.pushes.empty() && p.pushes.back().name == "rbp";
       i += 3;
-    } else if ((b0 == 0x48 || b0 == 0x49 || b0 == 0x4c || b0 == 0x4d || b0 == 0x40 || b0 == 0x41 ||
-                b0 == 0x44 || b0 == 0x45) && b1 == 0x89 && b2 >= 0xc0 && (b2 & 7) != 4) {
-      i += 3;  // mov reg,reg (not into rsp/r12 — r12 needs REX.B and is fine, rsp is not)
-    } else if (b0 == 0x89 && b1 >= 0xc0 && (b1 & 7) != 4) {
-      i += 2;  // mov r32,r32
     } else if (b0 == 0x48 && b1 == 0x83 && b2 == 0xec && at(3) >= 0) {  // sub $imm8,%rsp
       p.stack_adjust = static_cast<std::uint8_t>(at(3));
       p.adjust_offset = static_cast<std::uint32_t>(i);
@@ -46,6 +118,8 @@ Prologue decode_prologue(std::span<const std::uint8_t> code) {
       p.adjust_offset = static_cast<std::uint32_t>(i);
       i += 7;
       break;
+    } else if (std::size_t len = other_instruction(code, i)) {
+      i += len;  // interleaved with the pushes (lea -0x38(%rdi),%rbp; mov %esi,%ebp …): the stack is untouched
     } else {
       break;
     }

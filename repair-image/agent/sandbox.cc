@@ -29,7 +29,9 @@ void enter_sandbox() {
                  SCMP_SYS(clock_gettime), SCMP_SYS(gettimeofday), SCMP_SYS(nanosleep), SCMP_SYS(clock_nanosleep),
                  SCMP_SYS(exit), SCMP_SYS(exit_group), SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigprocmask),
                  SCMP_SYS(getpid), SCMP_SYS(gettid), SCMP_SYS(fstat), SCMP_SYS(newfstatat), SCMP_SYS(lseek),
-                 SCMP_SYS(sched_yield), SCMP_SYS(getrandom)})
+                 SCMP_SYS(sched_yield), SCMP_SYS(getrandom),
+                 // glibc's qsort (used by the instruction decoder) sizes its buffer by the RAM size
+                 SCMP_SYS(sysinfo)})
     allow(nr);
   // Memory for the heap, never executable.
   if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(mmap), 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));

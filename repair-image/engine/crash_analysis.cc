@@ -254,53 +254,13 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
   if (a.fault_frame < 0 && a.unsafe.empty()) a.unsafe.push_back("the registers at the fault are not known");
   if (!a.backtrace.problem.empty()) a.notes.push_back("backtrace: " + a.backtrace.problem);
 
-  // The module's locks that are held.
-  if (!a.module.empty()) {
-    try {
-      ModuleList mods = read_modules(kernel);
-      auto m = std::find_if(mods.modules.begin(), mods.modules.end(), [&](const ModuleInfo& x) { return x.name == a.module; });
-      if (m == mods.modules.end()) fail(ExitCode::bad_input, "module {} is not in the module list", a.module);
-      // Which other CPUs run this module's code right now (a spinlock's holder is running).
-      std::vector<std::string> others_in_module;
-      for (std::size_t v = 0; v < record.registers.size(); ++v) {
-        if (static_cast<int>(v) == record.vcpu || (record.registers[v].cs & 3) != 0) continue;
-        Backtrace bt = unwinder.unwind(record.registers[v], 32);
-        bool in = std::any_of(bt.frames.begin(), bt.frames.end(),
-                              [&](const Frame& fr) { return module_at(fr.pc - 1) == a.module ||
-                                                            module_at(fr.pc) == a.module; });
-        std::string at = function_of(symbols, record.registers[v].rip);
-        bool waiting = at.find("spin_lock_slowpath") != std::string::npos;
-        if (in && !waiting) others_in_module.push_back(fmt::format("CPU {} ({})", v, at));
-      }
-      std::uint64_t owner_offset = kernel.types().offset_of("mutex", "owner");
-      std::uint64_t wait_list = kernel.types().offset_of("mutex", "wait_list");
-      for (const auto& lock : module_locks(kernel, *m)) {
-        HeldLock h{lock, 0, false, false, ""};
-        if (lock.kind == "mutex") {
-          h.owner_word = mem.read_u64(lock.address + owner_offset);
-          if ((h.owner_word & ~7ull) == 0) continue;
-          h.by_crashing_task = (h.owner_word & ~7ull) == a.task;
-          h.waiters = mem.read_u64(lock.address + wait_list) != lock.address + wait_list;
-          if (!h.by_crashing_task) h.note = "held by another task";
-        } else {
-          h.owner_word = mem.read_value<std::uint32_t>(lock.address);
-          if ((h.owner_word & 0xff) == 0) continue;
-          h.waiters = (h.owner_word & ~0xffull) != 0;
-          if (others_in_module.empty()) {
-            h.by_crashing_task = true;  // spinlocks are held by running code: only this CPU runs the module
-          } else {
-            h.note = "other CPUs run this module's code: " + fmt::format("{}", fmt::join(others_in_module, ", "));
-            a.unsafe.push_back(fmt::format("spinlock {} is held and its holder cannot be told ({})",
-                                           lock.symbol.empty() ? fmt::format("{:#x}", lock.address) : lock.symbol, h.note));
-          }
-        }
-        a.locks.push_back(h);
-      }
-    } catch (const Error& e) {
-      a.unsafe.push_back(std::string("the module's locks cannot be checked: ") + e.what());
-    } catch (const MemoryFault& e) {
-      a.unsafe.push_back(std::string("the module's locks cannot be checked: ") + e.what());
-    }
+  // Every lock the crash left held (held_locks.h).
+  if (a.fault_frame > 0) {
+    LockSearch search = find_held_locks(kernel, a);
+    a.locks = std::move(search.locks);
+    a.lock_search = std::move(search.stats);
+    for (auto& u : search.unexplained) a.unsafe.push_back(std::move(u));
+    for (auto& n : search.notes) a.notes.push_back(std::move(n));
   }
   return a;
 }
@@ -309,10 +269,7 @@ nlohmann::json CrashAnalysis::to_json() const {
   nlohmann::json frames = nlohmann::json::array();
   for (const auto& f : backtrace.frames) frames.push_back(f.symbol);
   nlohmann::json held = nlohmann::json::array();
-  for (const auto& h : locks)
-    held.push_back({{"kind", h.lock.kind}, {"address", fmt::format("{:#x}", h.lock.address)}, {"symbol", h.lock.symbol},
-                    {"word", fmt::format("{:#x}", h.owner_word)}, {"by_crashing_task", h.by_crashing_task},
-                    {"waiters", h.waiters}, {"note", h.note}});
+  for (const auto& h : locks) held.push_back(h.to_json());
   return {{"kind", kind}, {"context", context}, {"message", message}, {"oops", oops_header},
           {"panic_caller", panic_caller}, {"cpu", cpu}, {"preempt_count", fmt::format("{:#x}", preempt_count)},
           {"task", {{"pid", pid}, {"comm", comm}, {"address", fmt::format("{:#x}", task)}, {"flags", fmt::format("{:#x}", task_flags)}}},
@@ -320,6 +277,7 @@ nlohmann::json CrashAnalysis::to_json() const {
           {"module", module}, {"entry_caller", outer_caller},
           {"entry", outer_module_frame >= 0 ? backtrace.frames[static_cast<std::size_t>(outer_module_frame)].symbol : ""},
           {"backtrace", frames}, {"backtrace_problem", backtrace.problem}, {"locks_held", held},
+          {"lock_search", lock_search},
           {"unsafe", unsafe}, {"notes", notes}, {"percpu_base", fmt::format("{:#x}", percpu_base)},
           {"summary", summary()}};
 }

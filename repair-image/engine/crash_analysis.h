@@ -4,7 +4,7 @@
 #pragma once
 
 #include "engine/crash_record.h"
-#include "engine/module_locks.h"
+#include "engine/held_locks.h"
 #include "kernel/backtrace.h"
 #include "kernel/kernel.h"
 
@@ -22,14 +22,6 @@ constexpr std::uint32_t kPreemptMask = 0x000000ff, kSoftirqMask = 0x0000ff00, kH
 // include/linux/sched.h
 constexpr std::uint32_t kPfExiting = 0x00000004, kPfKthread = 0x00200000;
 constexpr std::uint64_t kThreadSize = 16 * 1024;  // x86-64 without KASAN
-
-struct HeldLock {
-  LockObject lock;
-  std::uint64_t owner_word = 0;  // mutex: the owner field; spinlock: the lock word
-  bool by_crashing_task = false; // the analysis can tell who holds it
-  bool waiters = false;
-  std::string note;
-};
 
 struct CrashAnalysis {
   // oops, bug, warn, panic (a panic() call by a module), double-fault (a kernel stack overflow),
@@ -63,7 +55,8 @@ struct CrashAnalysis {
   int outer_module_frame = -1;  // the outermost module frame above fault_frame (its entry point)
   std::string outer_caller;     // the kernel function that called it (a dispatcher, vfs_write …)
 
-  std::vector<HeldLock> locks;  // the module's locks that are held at the crash
+  std::vector<HeldLock> locks;  // held locks the search found: those of the crash (ours) and others
+  nlohmann::json lock_search = nlohmann::json::object();  // what the search looked at (held_locks.h)
   std::vector<std::string> unsafe;  // reasons the guest must not be resumed (empty: none found)
   std::vector<std::string> notes;
 

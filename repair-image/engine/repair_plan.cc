@@ -111,13 +111,76 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
       return std::nullopt;
     }
   }
-  RepairAction q{"quarantine-function", why, {}, {}, {}};
+  RepairAction q{"quarantine-function", why, {}, {}, {}, {}};
   q.writes.push_back({function + at, std::vector<std::uint8_t>(head.begin() + static_cast<long>(at),
                                                                head.begin() + static_cast<long>(at + patch.size())),
                       patch, true});
   q.detail = {{"module", s->module}, {"function", s->name}, {"address", fmt::format("{:#x}", function)},
               {"patched_at", fmt::format("{:#x}", function + at)}};
   return q;
+}
+
+// The writes or the call that release one lock held by the crashing task or CPU, as the
+// kernel's unlock does: a spinlock's or a write-held rwlock's locked byte cleared
+// (queued_spin_unlock, queued_write_unlock), a reader's bias taken off an rwlock; a sleeping lock
+// nobody waits for by its fast path (owner cleared, count dropped); one with waiters by a call of
+// its unlock function on the crashing vCPU, which wakes them.
+std::optional<RepairAction> release_lock(const Kernel& kernel, const HeldLock& h, std::int64_t& preempt_release) {
+  const auto& t = kernel.types();
+  RepairAction r{"release-lock", "", {}, {}, {}, {}};
+  std::string kind = to_string(h.type);
+  if (h.type == LockType::rwlock || h.type == LockType::rwsem) kind += h.read ? "-read" : "-write";
+  std::string whose = h.type == LockType::spinlock || h.type == LockType::rwlock ? "the crashing CPU" : "the crashing task";
+  r.reason = fmt::format("{} {} was held by {}{}", kind, h.name, whose,
+                         h.waiters.empty() ? "" : fmt::format(" ({} waiting)", h.waiters.size()));
+  r.detail = {{"lock", h.name}, {"type", kind}, {"address", fmt::format("{:#x}", h.address)}, {"waiters", h.waiters},
+              {"found_by", h.found_by}};
+  auto call = [&](const char* function) {
+    r.calls.push_back({function, kernel.symbol(function), {h.address}});
+    r.reason += fmt::format(": {}() wakes the waiters", function);
+  };
+  switch (h.type) {
+    case LockType::spinlock:
+      preempt_release += h.preempt_delta;
+      r.writes.push_back({h.address, {static_cast<std::uint8_t>(h.word & 0xff)}, {0}, false});
+      return r;
+    case LockType::rwlock:
+      preempt_release += h.preempt_delta;
+      if (h.read) {
+        auto word = static_cast<std::uint32_t>(h.word);
+        r.writes.push_back({h.address, bytes_of(word), bytes_of(word - kQrwReaderBias), false});
+      } else {
+        r.writes.push_back({h.address, {static_cast<std::uint8_t>(h.word & 0xff)}, {0}, false});
+      }
+      return r;
+    case LockType::mutex: {
+      std::uint64_t owner = h.address + t.offset_of("mutex", "owner");
+      std::uint64_t list = h.address + t.offset_of("mutex", "wait_list");
+      bool waiters = (h.word & 7) != 0 || kernel.memory().read_u64(list) != list;
+      if (waiters) {
+        call("mutex_unlock");
+      } else {
+        r.writes.push_back({owner, bytes_of(h.word), bytes_of(std::uint64_t{0}), false});
+      }
+      return r;
+    }
+    case LockType::rwsem: {
+      std::uint64_t count_at = h.address + t.offset_of("rw_semaphore", "count");
+      std::uint64_t owner_at = h.address + t.offset_of("rw_semaphore", "owner");
+      if (h.count & kRwsemFlagWaiters) {
+        call(h.read ? "up_read" : "up_write");
+      } else if (h.read) {
+        r.writes.push_back({count_at, bytes_of(h.count), bytes_of(h.count - kRwsemReaderBias), false});
+      } else {
+        r.writes.push_back({owner_at, bytes_of(h.word), bytes_of(std::uint64_t{0}), false});
+        r.writes.push_back({count_at, bytes_of(h.count), bytes_of(h.count - kRwsemWriterLocked), false});
+      }
+      return r;
+    }
+    case LockType::semaphore:
+      break;
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -177,31 +240,20 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
   std::vector<std::string> notes;
   std::uint32_t count = a.preempt_count;
   std::int64_t preempt_release = 0;  // what the released spinlocks had added to preempt_count
+  // The order the supervisor applies them in: code first (restore, quarantine: nobody enters
+  // the crashing entry point again while the guest runs during a lock's release), then the
+  // locks, then what ends the crashing context, then bookkeeping.
+  std::vector<RepairAction> release, end_context, quarantined, bookkeeping;
   try {
-    // 1. The locks the crash left held.
+    // 1. The locks the crash left held, released as the kernel's own unlock would.
     for (const auto& h : a.locks) {
-      if (!h.by_crashing_task) continue;
-      RepairAction r{"release-lock", "", {}, {}, {}};
-      std::string name = h.lock.symbol.empty() ? fmt::format("{:#x}", h.lock.address) : h.lock.symbol;
-      if (h.lock.kind == "mutex") {
-        std::uint64_t owner = h.lock.address + kernel.types().offset_of("mutex", "owner");
-        // Clearing the owner is mutex_unlock's fast path; with waiters the flags stay so that the
-        // next unlock wakes them (docs/recovery.md: waiters wait for that next user).
-        std::uint64_t value = h.owner_word & 7;
-        r.writes.push_back({owner, bytes_of(h.owner_word), bytes_of(value), false});
-        r.reason = fmt::format("mutex {} was held by the crashing task{}", name, h.waiters ? " (it has waiters)" : "");
-      } else {
-        if (h.lock.preempt_delta < 0) {
-          plan.reason = "spinlock " + name + " is taken with different lock variants: its preemption count is unknown";
-          return plan;
-        }
-        preempt_release += h.lock.preempt_delta;
-        // queued_spin_unlock(): a release store of 0 to the locked byte; waiters then proceed.
-        r.writes.push_back({h.lock.address, {static_cast<std::uint8_t>(h.owner_word & 0xff)}, {0}, false});
-        r.reason = fmt::format("spinlock {} was held by the crashing CPU", name);
+      if (!h.ours) continue;
+      auto r = release_lock(kernel, h, preempt_release);
+      if (!r) {
+        plan.reason = "lock " + h.name + " cannot be released: its kind is not one this version releases";
+        return plan;
       }
-      r.detail = {{"lock", name}, {"kind", h.lock.kind}, {"address", fmt::format("{:#x}", h.lock.address)}};
-      plan.actions.push_back(std::move(r));
+      release.push_back(std::move(*r));
     }
 
     // 2. End the crashing context.
@@ -218,10 +270,9 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       // As the kernel does for an oops with panic_on_oops=0 (oops_end): the task dies with SIGKILL.
       if (regs.rsp < a.task_stack || regs.rsp >= a.task_stack + kThreadSize) {
         plan.reason = "the crashing CPU is not on its task's stack";
-        plan.actions.clear();
         return plan;
       }
-      RepairAction kill{"kill-task", fmt::format("{} (pid {}) made module {} crash", a.comm, a.pid, a.module), {}, {}, {}};
+      RepairAction kill{"kill-task", fmt::format("{} (pid {}) made module {} crash", a.comm, a.pid, a.module), {}, {}, {}, {}};
       set_register(kill, regs, "rip", kernel.symbol("rewind_stack_and_make_dead"));
       set_register(kill, regs, "rdi", kSigkill);
       // make_task_dead() panics for in_interrupt(): bottom halves disabled by the driver count.
@@ -231,15 +282,15 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
                                bytes_of(fixed), false});
       }
       kill.detail = {{"pid", a.pid}, {"comm", a.comm}, {"signal", "SIGKILL"}};
-      plan.actions.push_back(std::move(kill));
+      end_context.push_back(std::move(kill));
       quarantine_why = fmt::format("later calls of the entry point that crashed fail with EIO");
     } else if (a.kind == "warn") {
       // A warning in a kernel thread or softirq: let it complete as a warning
       // (check_panic_on_warn() returns as it would with panic_on_warn=0).
       X86Registers after = return_from_frame(kernel, a.backtrace, 0, regs, 1);
-      RepairAction w{"complete-warning", "the warning completes as a warning; the " + a.context + " goes on", {}, {}, {}};
+      RepairAction w{"complete-warning", "the warning completes as a warning; the " + a.context + " goes on", {}, {}, {}, {}};
       set_returned_registers(w, regs, after);
-      plan.actions.push_back(std::move(w));
+      end_context.push_back(std::move(w));
     } else {
       const Dispatcher* d = nullptr;
       for (const auto& x : kDispatchers)
@@ -247,19 +298,17 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       if (a.module_symbols_stale) {
         plan.reason = "the driver's code has no symbols in the guest profile (loaded after it was taken): its "
                       "frames cannot be undone";
-        plan.actions.clear();
         return plan;
       }
       if (!d) {
         plan.reason = fmt::format("the crash is in {} context, called by {}, which has no known way to end the "
                                   "driver's call", a.context, a.outer_caller);
-        plan.actions.clear();
         return plan;
       }
       X86Registers after = return_from_frame(kernel, a.backtrace, static_cast<std::size_t>(a.fault_frame),
                                              a.fault_registers, static_cast<std::size_t>(a.outer_module_frame));
       RepairAction end{"end-callback", fmt::format("the {} returns to {} as if it had finished", d->what, d->function),
-                       {}, {}, {}};
+                       {}, {}, {}, {}};
       std::uint64_t flags = (a.fault_registers.rflags & ~kTrapFlag);
       flags = d->interrupts_on ? flags | kInterruptFlag : flags & ~kInterruptFlag;
       if (a.pid == 0) {
@@ -285,7 +334,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
                               bytes_of(fixed), false});
       }
       end.detail["dispatcher"] = d->function;
-      plan.actions.push_back(std::move(end));
+      end_context.push_back(std::move(end));
       if (std::uint64_t cb = running_callback(kernel, a, d->function)) {
         if (const Symbol* s = symbols.lookup(cb); s && s->module == a.module) quarantine_target = cb;
       }
@@ -298,7 +347,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     } else if (a.module_symbols_stale && !quarantine_why.empty()) {
       notes.push_back("the driver's functions are not in the guest profile (loaded after it was taken): not quarantined");
     } else if (!quarantine_why.empty() && quarantine_target) {
-      if (auto q = quarantine(kernel, record, quarantine_target, quarantine_why, notes)) plan.actions.push_back(*q);
+      if (auto q = quarantine(kernel, record, quarantine_target, quarantine_why, notes)) quarantined.push_back(*q);
     }
 
     // 4. Oops bookkeeping: oops_end() set TAINT_DIE, which silences the hung-task detector
@@ -307,20 +356,20 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       std::uint64_t taint_address = kernel.symbol("tainted_mask");
       std::uint64_t taint = kernel.memory().read_u64(taint_address);
       if (taint & kTaintDie) {
-        RepairAction t{"clear-taint", "TAINT_DIE would keep the hung-task detector silent", {}, {}, {}};
+        RepairAction t{"clear-taint", "TAINT_DIE would keep the hung-task detector silent", {}, {}, {}, {}};
         t.writes.push_back({taint_address, bytes_of(taint), bytes_of(taint & ~kTaintDie), false});
-        plan.actions.push_back(std::move(t));
+        bookkeeping.push_back(std::move(t));
       }
     }
   } catch (const Error& e) {
     plan.reason = std::string("no safe repair: ") + e.what();
-    plan.actions.clear();
     return plan;
   } catch (const MemoryFault& e) {
     plan.reason = std::string("no safe repair: ") + e.what();
-    plan.actions.clear();
     return plan;
   }
+  for (auto* group : {&quarantined, &release, &end_context, &bookkeeping})
+    for (auto& x : *group) plan.actions.push_back(std::move(x));
   plan.resume = true;
   std::vector<std::string> kinds;
   for (const auto& x : plan.actions) kinds.push_back(x.kind);
@@ -366,7 +415,7 @@ RepairPlan plan_from_json(const nlohmann::json& j) {
   if (j["actions"].size() > kMaxPlanActions) fail(ExitCode::bad_input, "plan: {} actions", j["actions"].size());
   for (const auto& a : j["actions"]) {
     if (!a.is_object()) fail(ExitCode::bad_input, "plan: an action is not an object");
-    RepairAction action{text(a, "action"), text(a, "reason"), {}, {}, a.value("detail", nlohmann::json::object())};
+    RepairAction action{text(a, "action"), text(a, "reason"), {}, {}, a.value("detail", nlohmann::json::object()), {}};
     if (action.detail.is_null()) action.detail = nlohmann::json::object();
     if (!action.detail.is_object()) fail(ExitCode::bad_input, "plan: an action's detail is not an object");
     const auto& writes = get(a, "writes");
@@ -384,6 +433,16 @@ RepairPlan plan_from_json(const nlohmann::json& j) {
       action.registers.push_back({text(r, "register"), parse_hex(get(r, "old"), "a register's old value"),
                                   parse_hex(get(r, "new"), "a register's new value")});
     }
+    if (auto calls = a.find("calls"); calls != a.end()) {
+      if (!calls->is_array() || calls->size() > kMaxActionCalls) fail(ExitCode::bad_input, "plan: {}: bad calls", action.kind);
+      for (const auto& c : *calls) {
+        if (!c.is_object() || !get(c, "args").is_array() || c["args"].size() > kMaxCallArgs)
+          fail(ExitCode::bad_input, "plan: a malformed call");
+        GuestCall call{text(c, "function"), parse_hex(get(c, "address"), "a call's function"), {}};
+        for (const auto& arg : c["args"]) call.args.push_back(parse_hex(arg, "a call's argument"));
+        action.calls.push_back(std::move(call));
+      }
+    }
     plan.actions.push_back(std::move(action));
   }
   return plan;
@@ -398,7 +457,14 @@ nlohmann::json RepairPlan::to_json() const {
                         {"code", w.code}});
     for (const auto& r : x.registers)
       regs.push_back({{"register", r.name}, {"old", fmt::format("{:#x}", r.from)}, {"new", fmt::format("{:#x}", r.to)}});
-    acts.push_back({{"action", x.kind}, {"reason", x.reason}, {"writes", writes}, {"registers", regs}, {"detail", x.detail}});
+    nlohmann::json calls = nlohmann::json::array();
+    for (const auto& c : x.calls) {
+      nlohmann::json args = nlohmann::json::array();
+      for (auto v : c.args) args.push_back(fmt::format("{:#x}", v));
+      calls.push_back({{"function", c.function}, {"address", fmt::format("{:#x}", c.address)}, {"args", args}});
+    }
+    acts.push_back({{"action", x.kind}, {"reason", x.reason}, {"writes", writes}, {"registers", regs}, {"detail", x.detail},
+                    {"calls", calls}});
   }
   return {{"resume", resume}, {"reason", reason}, {"vcpu", vcpu}, {"actions", acts}};
 }

@@ -28,13 +28,26 @@ struct RegisterChange {
   std::uint64_t from = 0, to = 0;
 };
 
+// A kernel function the crashing vCPU runs on the supervisor's behalf before the plan's
+// register changes take effect: it starts where the vCPU stopped, with these arguments, and
+// returns to the interception point (a breakpoint), where the supervisor takes over again. The
+// guest runs meanwhile. Used to release a sleeping lock the way its owner would, waking its
+// waiters (mutex_unlock, up_write, up_read).
+struct GuestCall {
+  std::string function;
+  std::uint64_t address = 0;            // of function
+  std::vector<std::uint64_t> args;      // rdi, rsi, rdx
+};
+
 struct RepairAction {
-  // kill-task, end-callback, complete-warning, release-lock, quarantine-function, clear-taint
+  // kill-task, end-callback, complete-warning, release-lock, quarantine-function, clear-taint,
+  // restore-code
   std::string kind;
   std::string reason;
   std::vector<MemoryWrite> writes;
   std::vector<RegisterChange> registers;  // on the crashing vCPU
   nlohmann::json detail = nlohmann::json::object();
+  std::vector<GuestCall> calls;           // after the writes
 };
 
 struct RepairPlan {
@@ -51,7 +64,8 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
 // Error(ExitCode::bad_input) for anything malformed or beyond the parse limits below; what a
 // plan may do is checked afterwards (vmm/recovery/plan_validation.h).
 RepairPlan plan_from_json(const nlohmann::json& j);
-inline constexpr std::size_t kMaxPlanActions = 64, kMaxActionWrites = 1024, kMaxWriteBytes = 64 * 1024;
+inline constexpr std::size_t kMaxPlanActions = 64, kMaxActionWrites = 1024, kMaxWriteBytes = 64 * 1024,
+                             kMaxActionCalls = 4, kMaxCallArgs = 3;
 
 // "0f1f44" for {0x0f, 0x1f, 0x44}: how plans, quarantine records and logs show guest bytes.
 std::string hex_bytes(const std::vector<std::uint8_t>& bytes);

@@ -86,7 +86,7 @@ EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy
     RepairAction restore{"restore-code",
                          fmt::format("{} corrupted byte(s) in {} place(s) of the kernel's code are put back from the healthy "
                                      "copy", r.integrity.corrupted_bytes(), bad.size()),
-                         {}, {}, {}};
+                         {}, {}, {}, {}};
     nlohmann::json where = nlohmann::json::array();
     for (const auto& d : bad) {
       restore.writes.push_back({d.address, d.now, d.healthy, true});

@@ -2,7 +2,7 @@
 // saved, where), finding a module's locks in its code, the recovery budget, the CLI's limit
 // syntax. The whole path runs against real guests in tests/integration/recovery_test.cc.
 #include "base/error.h"
-#include "engine/module_locks.h"
+#include "engine/lock_calls.h"
 #include "engine/repair_plan.h"
 #include "recovery/recovery_policy.h"
 #include "support/fake_kernel.h"
@@ -43,49 +43,147 @@ TEST_CASE("prologue: frame pointer, moves between pushes, endbr64 and sub imm32"
   CHECK(p.stack_adjust == 0x1000);
 }
 
+TEST_CASE("prologue: instructions GCC interleaves with the pushes are stepped over", "[recovery]") {
+  // A work function as Debian's gcc built it: push %rbp; lea -0x38(%rdi),%rbp; push %rbx; …
+  const std::uint8_t work[] = {0x0f, 0x1f, 0x44, 0x00, 0x00, 0x55, 0x48, 0x8d, 0x6f, 0xc8, 0x53, 0x48, 0x83, 0xec, 0x08};
+  Prologue w = decode_prologue(work);
+  REQUIRE(w.pushes.size() == 2);
+  CHECK(w.pushes[0].name == "rbp");
+  CHECK(w.pushes[1].name == "rbx");
+  CHECK(w.pushes[1].offset == 10);
+  CHECK(w.stack_adjust == 8);
+  // immortal_realdev's realdev_cmd_mutex: push %r12; lea 0x58(%rdi),%r12; push %rbp; mov %esi,%ebp;
+  // push %rbx; mov %rdi,%rbx; mov %r12,%rdi; call …
+  const std::uint8_t cmd[] = {0xe8, 0, 0, 0, 0, 0x41, 0x54, 0x4c, 0x8d, 0x67, 0x58, 0x55, 0x89, 0xf5, 0x53,
+                              0x48, 0x89, 0xfb, 0x4c, 0x89, 0xe7, 0xe8, 0, 0, 0, 0};
+  Prologue c = decode_prologue(cmd);
+  REQUIRE(c.pushes.size() == 3);
+  CHECK(c.pushes[2].name == "rbx");
+  CHECK(frame_depth_at(c, 0x1a) == 24);
+  // A stack-protector load: mov %gs:0x28,%rax between the pushes.
+  const std::uint8_t canary[] = {0x53, 0x65, 0x48, 0x8b, 0x04, 0x25, 0x28, 0x00, 0x00, 0x00, 0x41, 0x54};
+  CHECK(decode_prologue(canary).pushes.size() == 2);
+}
+
 TEST_CASE("prologue: anything else ends the decoding; empty and truncated code are fine", "[recovery]") {
-  const std::uint8_t code[] = {0x0f, 0x1f, 0x44, 0x00, 0x00, 0x85, 0xff, 0x53};  // test %edi,%edi first
+  const std::uint8_t code[] = {0x0f, 0x1f, 0x44, 0x00, 0x00, 0x74, 0x02, 0x53};  // je first: shrink-wrapped
   CHECK(decode_prologue(code).pushes.empty());
+  const std::uint8_t into_rsp[] = {0x55, 0x48, 0x8b, 0xe7, 0x53};  // mov %rdi,%rsp ends it
+  CHECK(decode_prologue(into_rsp).pushes.size() == 1);
   CHECK(decode_prologue({}).pushes.empty());
   const std::uint8_t cut[] = {0x48, 0x81, 0xec, 0x00};
   CHECK(decode_prologue(cut).stack_adjust == 0);
 }
 
-TEST_CASE("module locks: constant lock addresses passed to lock functions are found", "[recovery]") {
-  repair::LockFunctions f;
-  f.targets = {{0x1000, "_raw_spin_lock"}, {0x2000, "mutex_lock"}, {0x3000, "_raw_spin_lock_bh"}};
-  std::uint64_t base = 0x10000;
-  std::vector<std::uint8_t> code(64, 0x90);
-  auto call_at = [&](std::size_t at, std::uint8_t form, std::int32_t operand, std::uint64_t target) {
-    code[at] = 0x48;
-    code[at + 1] = form == 0 ? 0xc7 : 0x8d;
-    code[at + 2] = form == 0 ? 0xc7 : 0x3d;
-    std::memcpy(&code[at + 3], &operand, 4);
-    code[at + 7] = 0xe8;
-    std::int32_t rel = static_cast<std::int32_t>(target - (base + at + 12));
-    std::memcpy(&code[at + 8], &rel, 4);
-  };
-  call_at(0, 0, -0x100, 0x1000);   // mov $0xffffffffffffff00,%rdi; call _raw_spin_lock
-  call_at(12, 1, 0x40, 0x2000);    // lea 0x40(%rip),%rdi; call mutex_lock
-  call_at(24, 0, -0x100, 0x3000);  // the same spinlock with the _bh variant
-  call_at(36, 0, -0x200, 0x4000);  // not a lock function
-  auto locks = repair::find_lock_calls(code, base, f);
-  REQUIRE(locks.size() == 2);
-  CHECK(locks[0].address == base + 12 + 7 + 0x40);
-  CHECK(locks[0].kind == "mutex");
-  CHECK(locks[1].address == 0xffffffffffffff00ull);
-  CHECK(locks[1].kind == "spinlock");
-  CHECK(locks[1].preempt_delta == -1);  // two variants: the count it added is not known
+namespace {
+// A symbol table with the kernel's lock functions at fixed addresses (kallsyms text).
+SymbolTable lock_symbols() {
+  return SymbolTable::from_kallsyms("ffffffff81001000 T _raw_spin_lock\n"
+                                    "ffffffff81002000 T mutex_lock\n"
+                                    "ffffffff81003000 T _raw_spin_lock_bh\n"
+                                    "ffffffff81004000 T down_write\n"
+                                    "ffffffff81005000 T printk\n");
 }
 
-TEST_CASE("module locks: hostile code is scanned without reading past its end", "[recovery]") {
-  repair::LockFunctions f;
-  f.targets = {{0x1000, "_raw_spin_lock"}};
+// Appends `call target` (e8 rel32) to code that starts at base.
+void append_call(std::vector<std::uint8_t>& code, std::uint64_t base, std::uint64_t target) {
+  code.push_back(0xe8);
+  auto rel = static_cast<std::int32_t>(target - (base + code.size() + 4));
+  std::uint8_t b[4];
+  std::memcpy(b, &rel, 4);
+  code.insert(code.end(), b, b + 4);
+}
+}  // namespace
+
+TEST_CASE("lock calls: how the lock reached %rdi is decoded for every shape GCC emits", "[recovery]") {
+  auto f = repair::LockFunctions::from(lock_symbols());
+  REQUIRE(f.targets.size() == 4);
+  const std::uint64_t base = 0xffffffffc0000000ull;
+  std::vector<std::uint8_t> code;
+  auto put = [&](std::initializer_list<std::uint8_t> bytes, std::uint64_t target) {
+    code.insert(code.end(), bytes);
+    append_call(code, base, target);
+  };
+  put({0x48, 0xc7, 0xc7, 0x00, 0xff, 0xff, 0xff}, 0xffffffff81001000);  // mov $-0x100,%rdi; spin_lock
+  put({0x48, 0x8d, 0x3d, 0x40, 0x00, 0x00, 0x00}, 0xffffffff81002000);  // lea 0x40(%rip),%rdi; mutex_lock
+  put({0x48, 0x8d, 0x7b, 0x10}, 0xffffffff81003000);                    // lea 0x10(%rbx),%rdi; spin_lock_bh
+  put({0x49, 0x8d, 0x7c, 0x24, 0x08}, 0xffffffff81004000);              // lea 0x8(%r12),%rdi; down_write
+  put({0x49, 0x8d, 0xbd, 0x00, 0x01, 0x00, 0x00}, 0xffffffff81002000);  // lea 0x100(%r13),%rdi
+  put({0x4c, 0x89, 0xf7}, 0xffffffff81001000);                          // mov %r14,%rdi
+  put({0x48, 0x8b, 0xfd}, 0xffffffff81001000);                          // mov %rbp,%rdi (8b form)
+  put({0x48, 0x89, 0xc6}, 0xffffffff81001000);                          // mov %rax,%rsi: not the argument
+  put({0x48, 0xc7, 0xc7, 0x00, 0xff, 0xff, 0xff}, 0xffffffff81005000);  // not a lock function
+  auto sites = repair::find_lock_calls(code, base, f);
+  REQUIRE(sites.size() == 7);
+  CHECK(*sites[0].absolute == 0xffffffffffffff00ull);
+  CHECK(sites[0].function->type == repair::LockType::spinlock);
+  CHECK(*sites[1].absolute == base + 12 + 7 + 0x40);
+  CHECK(sites[1].function->type == repair::LockType::mutex);
+  CHECK(std::string(repair::register_name(sites[2].base)) == "rbx");
+  CHECK(sites[2].displacement == 0x10);
+  CHECK(sites[2].function->preempt_delta == 0x201);  // SOFTIRQ_LOCK_OFFSET with PREEMPT_COUNT
+  CHECK(std::string(repair::register_name(sites[3].base)) == "r12");
+  CHECK(sites[3].displacement == 8);
+  CHECK(sites[3].function->type == repair::LockType::rwsem);
+  CHECK(std::string(repair::register_name(sites[4].base)) == "r13");
+  CHECK(sites[4].displacement == 0x100);
+  CHECK(std::string(repair::register_name(sites[5].base)) == "r14");
+  CHECK(std::string(repair::register_name(sites[6].base)) == "rbp");
+  CHECK(sites[6].displacement == 0);
+  CHECK(repair::callee_saved(3));
+  CHECK_FALSE(repair::callee_saved(7));
+}
+
+TEST_CASE("lock calls: the argument is followed back over instructions that leave %rdi alone", "[recovery]") {
+  auto f = repair::LockFunctions::from(lock_symbols());
+  const std::uint64_t base = 0xffffffffc0000000ull;
+  std::vector<std::uint8_t> code = {0x48, 0x89, 0xef,   // mov %rbp,%rdi
+                                    0x40, 0x84, 0xf6,   // test %sil,%sil
+                                    0x74, 0x05};        // je +5 (over the call)
+  append_call(code, base, 0xffffffff81001000);          // call _raw_spin_lock
+  code.insert(code.end(), {0x4c, 0x89, 0xe7,            // mov %r12,%rdi
+                           0x53,                        // push %rbx
+                           0xbb, 0xfc, 0xff, 0xff, 0xff});  // mov $-4,%ebx
+  append_call(code, base, 0xffffffff81004000);          // call down_write
+  auto sites = repair::find_lock_calls(code, base, f);
+  REQUIRE(sites.size() == 2);
+  CHECK(std::string(repair::register_name(sites[0].base)) == "rbp");
+  CHECK(std::string(repair::register_name(sites[1].base)) == "r12");
+
+  // A jump lands between the set-up and the call: on that path %rdi is the caller's, unknown.
+  std::vector<std::uint8_t> joined = {0x74, 0x03,              // je +3 (onto the call)
+                                      0x48, 0x89, 0xef};       // mov %rbp,%rdi
+  append_call(joined, base, 0xffffffff81001000);
+  CHECK(repair::find_lock_calls(joined, base, f).empty());
+  // Both paths set %rdi the same way before they meet at the call: known.
+  std::vector<std::uint8_t> both = {0x48, 0x89, 0xef,          // mov %rbp,%rdi
+                                    0x74, 0x02,                // je +2 (onto the call)
+                                    0x31, 0xc0};               // xor %eax,%eax
+  append_call(both, base, 0xffffffff81001000);
+  REQUIRE(repair::find_lock_calls(both, base, f).size() == 1);
+  // …differently: unknown.
+  std::vector<std::uint8_t> differ = {0x48, 0x89, 0xef,        // mov %rbp,%rdi
+                                      0x74, 0x03,              // je +3 (onto the call)
+                                      0x48, 0x89, 0xdf};       // mov %rbx,%rdi
+  append_call(differ, base, 0xffffffff81001000);
+  CHECK(repair::find_lock_calls(differ, base, f).empty());
+  // A call in between clobbers %rdi.
+  std::vector<std::uint8_t> clobbered = {0x48, 0x89, 0xef};
+  append_call(clobbered, base, 0xffffffff81005000);
+  append_call(clobbered, base, 0xffffffff81001000);
+  CHECK(repair::find_lock_calls(clobbered, base, f).empty());
+}
+
+TEST_CASE("lock calls: hostile code is scanned without reading past its end", "[recovery]") {
+  auto f = repair::LockFunctions::from(lock_symbols());
   std::vector<std::uint8_t> code = {0x48, 0xc7, 0xc7, 0, 0, 0, 0, 0xe8, 0, 0};
   CHECK(repair::find_lock_calls(code, 0, f).empty());
   std::vector<std::uint8_t> noise(4096);
   for (std::size_t i = 0; i < noise.size(); ++i) noise[i] = static_cast<std::uint8_t>(i * 131 + 7);
   CHECK_NOTHROW(repair::find_lock_calls(noise, 0xffffffffc0000000ull, f));
+  std::vector<std::uint8_t> only_call;
+  append_call(only_call, 0, 0xffffffff81001000);  // a call with nothing before it
+  CHECK(repair::find_lock_calls(only_call, 0, f).empty());
 }
 
 TEST_CASE("quarantine patch: returns -EIO in eight bytes", "[recovery]") {

@@ -26,8 +26,8 @@ repair::RepairPlan sample_plan() {
   plan.resume = true;
   plan.reason = "restore-code, kill-task";
   plan.vcpu = 1;
-  repair::RepairAction restore{"restore-code", "3 bytes", {{0xffffffffc0001001, {0x0b, 0x0f, 0x0b}, {0x1f, 0x44, 0x00}, true}}, {}, json::object()};
-  repair::RepairAction kill{"kill-task", "pid 7", {}, {{"rip", 0x10, 0x20}, {"rdi", 0, 9}}, {{"pid", 7}}};
+  repair::RepairAction restore{"restore-code", "3 bytes", {{0xffffffffc0001001, {0x0b, 0x0f, 0x0b}, {0x1f, 0x44, 0x00}, true}}, {}, json::object(), {}};
+  repair::RepairAction kill{"kill-task", "pid 7", {}, {{"rip", 0x10, 0x20}, {"rdi", 0, 9}}, {{"pid", 7}}, {}};
   plan.actions = {restore, kill};
   return plan;
 }
@@ -188,7 +188,7 @@ TEST_CASE("plan validation: a code restore may only write the healthy copy's byt
   repair::RepairPlan plan;
   plan.resume = true;
   plan.vcpu = 1;
-  plan.actions.push_back({"restore-code", "", {{0xffffffffc0001001, {0, 0, 0}, {0x90, 0x44, 0x90}, true}}, {}, json::object()});
+  plan.actions.push_back({"restore-code", "", {{0xffffffffc0001001, {0, 0, 0}, {0x90, 0x44, 0x90}, true}}, {}, json::object(), {}});
   CHECK_NOTHROW(vmm::validate_plan(plan, context, *kernel, &healthy));
   auto refused = [&](repair::RepairPlan p) {
     try {

@@ -301,7 +301,8 @@ std::vector<MachineEvent> QemuMachine::drain_events() {
       if (state_ == RunState::running) state_ = RunState::paused;
       events.push_back({MachineEvent::Kind::paused, -1, e.name});
     } else if (e.name == "RESUME") {
-      state_ = RunState::running;
+      // Only resume() starts this VM, and it sets the state itself: the event may be read
+      // after a breakpoint stop that came later (the two arrive on different sockets).
       events.push_back({MachineEvent::Kind::resumed, -1, e.name});
     } else if (e.name == "GUEST_PANICKED") {
       state_ = RunState::panicked;

@@ -5,9 +5,16 @@
 
 #include <fmt/format.h>
 
+#include <poll.h>
+
+#include <cstring>
+
 namespace immortal::vmm {
 
 namespace {
+
+constexpr std::uint64_t kStackMask = 16 * 1024 - 1;  // THREAD_SIZE, x86-64
+constexpr std::uint64_t kCallStackRoom = 2048;       // below the call's frame, for the unlock's own
 
 // panic() is where every fatal path of Linux 6.1 meets (kernel/panic.c): oops_end() with
 // panic_on_oops, check_panic_on_warn(), the soft-lockup watchdog, khungtaskd, and drivers
@@ -73,8 +80,51 @@ repair::CrashRecord CrashInterceptor::record(std::uint64_t id, int vcpu, const s
   return r;
 }
 
-void CrashInterceptor::apply(const repair::RepairPlan& plan, const Kernel& kernel) {
-  X86Registers regs = machine_.read_registers(plan.vcpu);
+void CrashInterceptor::call(int vcpu, const X86Registers& at, const repair::GuestCall& c,
+                            std::chrono::milliseconds timeout) {
+  if (!point_at(at.rip)) fail(ExitCode::failure, "a guest call must start at an interception point");
+  // A frame below the interrupted one, on the same stack: the return address is the
+  // interception point, so the return stops there; rsp stays 8 mod 16 as at any function entry.
+  std::uint64_t sp = at.rsp - 16;
+  if ((sp & ~kStackMask) != (at.rsp & ~kStackMask) || (sp & kStackMask) < kCallStackRoom)
+    fail(ExitCode::failure, "no room on the crashing stack for a call of {}", c.function);
+  std::uint8_t ret[8];
+  std::memcpy(ret, &at.rip, 8);
+  machine_.write_virtual(vcpu, sp, ret);
+  X86Registers r = at;
+  r.rip = c.address;
+  r.rsp = sp;
+  std::uint64_t* arg[] = {&r.rdi, &r.rsi, &r.rdx};
+  for (std::size_t i = 0; i < c.args.size() && i < 3; ++i) *arg[i] = c.args[i];
+  machine_.write_registers(vcpu, r);
+  machine_.resume();
+  auto deadline = Deadline::in(timeout);
+  for (;;) {
+    std::vector<pollfd> fds;
+    for (int fd : machine_.event_fds()) fds.push_back({fd, POLLIN, 0});
+    ::poll(fds.data(), fds.size(), std::max(1, deadline.poll_timeout_ms()));
+    for (const auto& e : machine_.drain_events()) {
+      using Kind = MachineEvent::Kind;
+      if (e.kind == Kind::breakpoint) {
+        X86Registers now = machine_.read_registers(e.vcpu >= 0 ? e.vcpu : vcpu);
+        if (e.vcpu == vcpu && now.rip == at.rip && now.rsp == sp + 8) return;  // it returned
+        fail(ExitCode::failure, "while {} ran, vCPU {} stopped at {:#x}: another crash", c.function, e.vcpu, now.rip);
+      }
+      if (e.kind == Kind::guest_panicked || e.kind == Kind::reset || e.kind == Kind::shutdown) {
+        if (machine_.state() == RunState::running) machine_.pause();
+        fail(ExitCode::failure, "while {} ran, the guest {}", c.function, to_string(e.kind));
+      }
+    }
+    if (deadline.expired()) {
+      machine_.pause();
+      fail(ExitCode::failure, "{} did not return within {} ms", c.function, timeout.count());
+    }
+  }
+}
+
+void CrashInterceptor::apply(const repair::RepairPlan& plan, const Kernel& kernel, std::chrono::milliseconds call_timeout) {
+  const X86Registers stopped = machine_.read_registers(plan.vcpu);
+  X86Registers regs = stopped;
   bool registers_changed = false;
   for (const auto& action : plan.actions) {
     for (const auto& w : action.writes) {
@@ -83,6 +133,11 @@ void CrashInterceptor::apply(const repair::RepairPlan& plan, const Kernel& kerne
       if (now != w.expected)
         fail(ExitCode::failure, "{}: the guest's bytes at {:#x} changed since the analysis", action.kind, w.address);
       machine_.write_virtual(plan.vcpu, w.address, w.bytes);
+    }
+    for (const auto& c : action.calls) {
+      call(plan.vcpu, stopped, c, call_timeout);
+      kernel.memory().forget_translations();  // the guest ran
+      registers_changed = true;  // the vCPU is back at the interception point: set it as planned
     }
     for (const auto& r : action.registers) {
       std::uint64_t* field = regs.field(r.name);

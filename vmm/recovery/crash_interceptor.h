@@ -9,6 +9,7 @@
 #include "kernel/kernel.h"
 #include "machine.h"
 
+#include <chrono>
 #include <map>
 #include <optional>
 #include <string>
@@ -32,11 +33,18 @@ class CrashInterceptor {
 
   // Every vCPU's registers while the machine is stopped.
   repair::CrashRecord record(std::uint64_t id, int vcpu, const std::string& caught_by, const std::string& at);
-  // Applies a (validated) plan: each write only if the guest still holds the expected bytes.
-  // Throws Error when it cannot; nothing after the failing write is applied.
-  void apply(const repair::RepairPlan& plan, const Kernel& kernel);
+  // Applies a (validated) plan: each write only if the guest still holds the expected bytes;
+  // each guest call run on the crashing vCPU until it returns to the interception point (the
+  // guest runs meanwhile, bounded by call_timeout). Throws Error when it cannot; nothing after
+  // the failing step is applied. The machine is paused when it returns or throws.
+  void apply(const repair::RepairPlan& plan, const Kernel& kernel,
+             std::chrono::milliseconds call_timeout = std::chrono::seconds(2));
 
  private:
+  // Runs function(args) on vcpu from the stopped state `at` (rip at an interception point) and
+  // waits until it returns there.
+  void call(int vcpu, const X86Registers& at, const repair::GuestCall& call, std::chrono::milliseconds timeout);
+
   Machine& machine_;
   std::map<std::uint64_t, std::string> points_;  // address → symbol
 };

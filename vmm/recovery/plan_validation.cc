@@ -1,11 +1,14 @@
 #include "recovery/plan_validation.h"
 
 #include "base/error.h"
+#include "engine/held_locks.h"
 #include "engine/repair_service.h"
+#include "kernel/lock_waiters.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
 #include <set>
 
 namespace immortal::vmm {
@@ -31,6 +34,89 @@ void validate_restore(const repair::RepairAction& a, const repair::HealthyImage*
   }
 }
 
+template <typename T>
+T value_of(const std::vector<std::uint8_t>& bytes) {
+  T v{};
+  if (bytes.size() != sizeof v) fail(ExitCode::failure, "release-lock: a write of {} bytes", bytes.size());
+  std::memcpy(&v, bytes.data(), sizeof v);
+  return v;
+}
+
+// A lock release must have exactly the shape of the kernel's own unlock of that kind of lock,
+// on a lock in the guest's data (never its code), and a sleeping lock must be owned by the task
+// on the crashing CPU now, as the supervisor reads it itself.
+void validate_release(const repair::RepairAction& a, const Kernel& kernel, std::uint64_t task,
+                      const repair::HealthyImage* healthy) {
+  const auto& t = kernel.types();
+  const auto& m = kernel.memory();
+  std::string type = a.detail.value("type", "");
+  std::uint64_t lock = repair::parse_hex(a.detail.value("address", nlohmann::json("0x0")), "the lock's address");
+  if (lock < 0xffff800000000000ull || (lock & 3)) fail(ExitCode::failure, "release-lock: {:#x} is no lock address", lock);
+  if (healthy && healthy->find(lock, 1)) fail(ExitCode::failure, "release-lock: {:#x} lies in the kernel's code", lock);
+  auto only = [&](std::size_t writes, std::size_t calls) {
+    if (a.writes.size() != writes || a.calls.size() != calls)
+      fail(ExitCode::failure, "release-lock of a {}: {} writes and {} calls", type, a.writes.size(), a.calls.size());
+  };
+  auto byte_write = [&](std::uint8_t locked) {
+    only(1, 0);
+    const auto& w = a.writes[0];
+    if (w.address != lock || w.expected != std::vector<std::uint8_t>{locked} || w.bytes != std::vector<std::uint8_t>{0})
+      fail(ExitCode::failure, "release-lock: not a {} unlock at {:#x}", type, lock);
+  };
+  auto call_of = [&](const char* function) {
+    only(0, 1);
+    const auto& c = a.calls[0];
+    if (c.function != function || c.address != kernel.symbol(function) || c.args != std::vector<std::uint64_t>{lock})
+      fail(ExitCode::failure, "release-lock: a call of {} ({:#x}) for a {}", c.function, c.address, type);
+  };
+  auto owned = [&](std::uint64_t owner_at) {
+    if (owner_task(m.read_u64(owner_at)) != task)
+      fail(ExitCode::failure, "release-lock: the {} at {:#x} is not owned by the crashing task", type, lock);
+  };
+  if (type == "spinlock") {
+    byte_write(0x01);
+  } else if (type == "rwlock-write") {
+    byte_write(repair::kQrwWriteLocked);
+  } else if (type == "rwlock-read") {
+    only(1, 0);
+    const auto& w = a.writes[0];
+    auto before = value_of<std::uint32_t>(w.expected), after = value_of<std::uint32_t>(w.bytes);
+    if (w.address != lock || before < repair::kQrwReaderBias || after != before - repair::kQrwReaderBias)
+      fail(ExitCode::failure, "release-lock: not a reader's unlock of the rwlock at {:#x}", lock);
+  } else if (type == "mutex") {
+    std::uint64_t owner = lock + t.offset_of("mutex", "owner");
+    owned(owner);
+    if (a.calls.empty()) {
+      only(1, 0);
+      const auto& w = a.writes[0];
+      if (w.address != owner || owner_task(value_of<std::uint64_t>(w.expected)) != task || value_of<std::uint64_t>(w.bytes) != 0)
+        fail(ExitCode::failure, "release-lock: not a mutex unlock at {:#x}", lock);
+    } else {
+      call_of("mutex_unlock");
+    }
+  } else if (type == "rwsem-write" || type == "rwsem-read") {
+    std::uint64_t owner = lock + t.offset_of("rw_semaphore", "owner"), count = lock + t.offset_of("rw_semaphore", "count");
+    bool read = type == "rwsem-read";
+    std::uint64_t now = m.read_u64(count);
+    if (read ? (now >> 8) == 0 : !(now & repair::kRwsemWriterLocked))
+      fail(ExitCode::failure, "release-lock: the rwsem at {:#x} is not held that way", lock);
+    if (!read) owned(owner);
+    if (!a.calls.empty()) {
+      call_of(read ? "up_read" : "up_write");
+    } else {
+      only(read ? 1 : 2, 0);
+      for (const auto& w : a.writes) {
+        auto before = value_of<std::uint64_t>(w.expected), after = value_of<std::uint64_t>(w.bytes);
+        bool ok = w.address == count ? after == before - (read ? repair::kRwsemReaderBias : repair::kRwsemWriterLocked)
+                                     : w.address == owner && !read && owner_task(before) == task && after == 0;
+        if (!ok) fail(ExitCode::failure, "release-lock: not an rwsem unlock at {:#x}", lock);
+      }
+    }
+  } else {
+    fail(ExitCode::failure, "release-lock: locks of type \"{}\" are not released", type);
+  }
+}
+
 }  // namespace
 
 void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, const Kernel& kernel,
@@ -52,12 +138,27 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
   for (const auto& a : plan.actions)
     for (const auto& r : a.registers)
       if (r.name == "rsp") resume_rsp = r.to;
-  std::size_t writes = 0;
+  std::size_t writes = 0, calls = 0;
   for (const auto& a : plan.actions) {
     if (a.kind == "restore-code") {
       validate_restore(a, healthy);
       continue;
     }
+    if (a.kind == "release-lock") {
+      writes += a.writes.size();
+      calls += a.calls.size();
+      if (writes > limits.max_writes || calls > limits.max_calls) fail(ExitCode::failure, "the plan releases too many locks");
+      auto current = kernel.symbols().percpu_offset("current_task");
+      if (!current) fail(ExitCode::failure, "the profile has no per-CPU current_task");
+      try {
+        validate_release(a, kernel, kernel.memory().read_u64(crash.percpu_base + *current), healthy);
+      } catch (const MemoryFault& e) {
+        fail(ExitCode::failure, "release-lock: {}", e.what());
+      }
+      if (!a.registers.empty()) fail(ExitCode::failure, "release-lock changes registers");
+      continue;
+    }
+    if (!a.calls.empty()) fail(ExitCode::failure, "{}: only a lock release calls guest functions", a.kind);
     for (const auto& w : a.writes) {
       if (++writes > limits.max_writes) fail(ExitCode::failure, "the plan writes too often");
       if (w.bytes.empty() || w.bytes.size() > limits.max_write_bytes || w.bytes.size() != w.expected.size())

@@ -17,6 +17,7 @@ struct PlanLimits {
   std::size_t max_actions = 16;
   std::size_t max_writes = 32;
   std::size_t max_write_bytes = 16;
+  std::size_t max_calls = 16;      // guest calls (the unlocks of sleeping locks with waiters)
 };
 
 // What the supervisor knows of the crash independently of the plan.
@@ -29,8 +30,10 @@ struct PlanContext {
   std::optional<repair::ModuleLayout> module_layout;
 };
 
-// Throws Error(ExitCode::failure) naming the first rule the plan breaks. The kernel is used for
-// its profile's symbols only; module bounds and code come from the healthy copy.
+// Throws Error(ExitCode::failure) naming the first rule the plan breaks. The kernel gives the
+// profile's symbols and types, and the stopped guest's memory where a lock release is checked
+// (its owner must be the task on the crashing CPU); module bounds and code come from the
+// healthy copy.
 void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, const Kernel& kernel,
                    const repair::HealthyImage* healthy, const PlanLimits& limits = {});
 

@@ -1,0 +1,421 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * immortal_realdev: a faulty driver written the way real drivers are, for recovery tests.
+ *
+ * Unlike immortal_fault (module-global state), everything here lives in a per-device structure
+ * allocated at probe time with devm_kzalloc() — a mutex, a spinlock, an rw_semaphore, an rwlock
+ * and a semaphore among its fields — and is reached through file->private_data (the misc
+ * device), dev_get_drvdata() (a sysfs attribute) or netdev_priv() (a net device whose MTU
+ * change runs under the kernel's rtnl_lock). Its bugs are the usual ones: a NULL member
+ * dereferenced while a lock is held, sometimes after a sleep during which other users queue
+ * on that lock.
+ *
+ *   echo mutex > /dev/immortal-realdev          crash holding the device's mutex
+ *   echo 'mutex-wait 1500' > /dev/immortal-realdev   take it, sleep 1.5 s (others queue), crash
+ *   cat /dev/immortal-realdev                   takes every lock, prints the device's state
+ *   echo crash > /sys/devices/platform/immortal-realdev/trigger   crash in a sysfs store
+ *   ip link set rdnet0 mtu 1234                 crash in ndo_change_mtu under rtnl_lock
+ *
+ * Commands (docs/fault-catalogue.md): mutex, mutex-wait MS, spin-irq, spin-bh, rwsem-write,
+ * rwsem-write-wait MS, rwsem-read, rwlock-write, rwlock-read, nested, semaphore, kernel-fault,
+ * ping. Anything else gets -EINVAL.
+ */
+#include <linux/delay.h>
+#include <linux/device.h>
+#include <linux/etherdevice.h>
+#include <linux/fs.h>
+#include <linux/kernel.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/netdevice.h>
+#include <linux/platform_device.h>
+#include <linux/rwsem.h>
+#include <linux/semaphore.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+
+#define REALDEV_NAME "immortal-realdev"
+#define REALDEV_MAX_WRITE 64
+#define REALDEV_CRASH_MTU 1234
+
+struct realdev_config {
+	unsigned long generation;
+	char label[16];
+};
+
+struct realdev {
+	struct miscdevice misc;
+	struct device *dev;
+	struct mutex lock;		/* serialises commands, as most drivers do */
+	spinlock_t slock;		/* protects the counters, also from interrupts */
+	struct rw_semaphore cfg_rwsem;	/* protects cfg */
+	rwlock_t stats_lock;
+	struct semaphore slots;
+	struct realdev_config *cfg;	/* NULL: the bug every command below trips over */
+	const char *label;		/* NULL too */
+	unsigned long ops;
+	unsigned long irq_events;
+	struct net_device *netdev;
+};
+
+struct realdev_net {
+	struct realdev *rd;
+};
+
+static struct platform_device *realdev_pdev;
+
+/* Every crash is the same bug: a member that should have been set up at probe time. */
+static noinline void realdev_apply_config(struct realdev *rd)
+{
+	rd->cfg->generation++;
+}
+
+static noinline int realdev_cmd_mutex(struct realdev *rd, unsigned int wait_ms)
+{
+	mutex_lock(&rd->lock);
+	rd->ops++;
+	if (wait_ms)
+		msleep(wait_ms);
+	realdev_apply_config(rd);
+	mutex_unlock(&rd->lock);
+	return 0;
+}
+
+static noinline int realdev_cmd_spin_irq(struct realdev *rd)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&rd->slock, flags);
+	rd->irq_events++;
+	realdev_apply_config(rd);
+	spin_unlock_irqrestore(&rd->slock, flags);
+	return 0;
+}
+
+static noinline int realdev_cmd_spin_bh(struct realdev *rd)
+{
+	spin_lock_bh(&rd->slock);
+	rd->irq_events++;
+	realdev_apply_config(rd);
+	spin_unlock_bh(&rd->slock);
+	return 0;
+}
+
+static noinline int realdev_cmd_rwsem_write(struct realdev *rd, unsigned int wait_ms)
+{
+	down_write(&rd->cfg_rwsem);
+	if (wait_ms)
+		msleep(wait_ms);
+	realdev_apply_config(rd);
+	up_write(&rd->cfg_rwsem);
+	return 0;
+}
+
+static noinline int realdev_cmd_rwsem_read(struct realdev *rd)
+{
+	unsigned long generation;
+
+	down_read(&rd->cfg_rwsem);
+	generation = rd->cfg->generation;
+	up_read(&rd->cfg_rwsem);
+	return generation ? 0 : -EAGAIN;
+}
+
+static noinline int realdev_cmd_rwlock(struct realdev *rd, bool write)
+{
+	if (write) {
+		write_lock(&rd->stats_lock);
+		realdev_apply_config(rd);
+		write_unlock(&rd->stats_lock);
+	} else {
+		read_lock(&rd->stats_lock);
+		realdev_apply_config(rd);
+		read_unlock(&rd->stats_lock);
+	}
+	return 0;
+}
+
+static noinline int realdev_cmd_nested(struct realdev *rd)
+{
+	unsigned long flags;
+
+	mutex_lock(&rd->lock);
+	down_read(&rd->cfg_rwsem);
+	spin_lock_irqsave(&rd->slock, flags);
+	rd->ops++;
+	realdev_apply_config(rd);
+	spin_unlock_irqrestore(&rd->slock, flags);
+	up_read(&rd->cfg_rwsem);
+	mutex_unlock(&rd->lock);
+	return 0;
+}
+
+static noinline int realdev_cmd_semaphore(struct realdev *rd)
+{
+	if (down_interruptible(&rd->slots))
+		return -EINTR;
+	realdev_apply_config(rd);
+	up(&rd->slots);
+	return 0;
+}
+
+/* The driver hands the kernel a bad pointer: the fault is in the kernel's strlen(). */
+static noinline int realdev_cmd_kernel_fault(struct realdev *rd)
+{
+	size_t n;
+
+	mutex_lock(&rd->lock);
+	n = strlen(rd->label);
+	mutex_unlock(&rd->lock);
+	return n ? 0 : -EINVAL;
+}
+
+static int realdev_command(struct realdev *rd, const char *cmd)
+{
+	unsigned int ms = 0;
+
+	if (!strcmp(cmd, "ping")) {
+		mutex_lock(&rd->lock);
+		rd->ops++;
+		mutex_unlock(&rd->lock);
+		return 0;
+	}
+	dev_info(rd->dev, "%s requested by pid %d (%s)\n", cmd, current->pid, current->comm);
+	if (!strcmp(cmd, "mutex"))
+		return realdev_cmd_mutex(rd, 0);
+	if (sscanf(cmd, "mutex-wait %u", &ms) == 1)
+		return realdev_cmd_mutex(rd, min(ms, 10000u));
+	if (!strcmp(cmd, "spin-irq"))
+		return realdev_cmd_spin_irq(rd);
+	if (!strcmp(cmd, "spin-bh"))
+		return realdev_cmd_spin_bh(rd);
+	if (!strcmp(cmd, "rwsem-write"))
+		return realdev_cmd_rwsem_write(rd, 0);
+	if (sscanf(cmd, "rwsem-write-wait %u", &ms) == 1)
+		return realdev_cmd_rwsem_write(rd, min(ms, 10000u));
+	if (!strcmp(cmd, "rwsem-read"))
+		return realdev_cmd_rwsem_read(rd);
+	if (!strcmp(cmd, "rwlock-write"))
+		return realdev_cmd_rwlock(rd, true);
+	if (!strcmp(cmd, "rwlock-read"))
+		return realdev_cmd_rwlock(rd, false);
+	if (!strcmp(cmd, "nested"))
+		return realdev_cmd_nested(rd);
+	if (!strcmp(cmd, "semaphore"))
+		return realdev_cmd_semaphore(rd);
+	if (!strcmp(cmd, "kernel-fault"))
+		return realdev_cmd_kernel_fault(rd);
+	return -EINVAL;
+}
+
+/* Copies a command from user space, without trailing newlines or spaces. */
+static int realdev_copy_command(char *cmd, const char __user *buf, size_t len)
+{
+	size_t n = len;
+
+	if (len == 0 || len > REALDEV_MAX_WRITE)
+		return -EINVAL;
+	if (copy_from_user(cmd, buf, len))
+		return -EFAULT;
+	cmd[len] = '\0';
+	while (n > 0 && (cmd[n - 1] == '\n' || cmd[n - 1] == ' '))
+		cmd[--n] = '\0';
+	return n && strlen(cmd) == n ? 0 : -EINVAL;
+}
+
+static ssize_t realdev_write(struct file *file, const char __user *buf, size_t len, loff_t *pos)
+{
+	struct realdev *rd = container_of(file->private_data, struct realdev, misc);
+	char cmd[REALDEV_MAX_WRITE + 1];
+	int ret = realdev_copy_command(cmd, buf, len);
+
+	if (!ret)
+		ret = realdev_command(rd, cmd);
+	return ret < 0 ? ret : len;
+}
+
+/* Takes every lock the commands take: a lock left held by a crash shows as a hang here. */
+static ssize_t realdev_read(struct file *file, char __user *buf, size_t len, loff_t *pos)
+{
+	struct realdev *rd = container_of(file->private_data, struct realdev, misc);
+	unsigned long flags, ops, events;
+	char text[96];
+	int n;
+
+	if (mutex_lock_interruptible(&rd->lock))
+		return -EINTR;
+	down_read(&rd->cfg_rwsem);
+	read_lock(&rd->stats_lock);
+	spin_lock_irqsave(&rd->slock, flags);
+	ops = rd->ops;
+	events = rd->irq_events;
+	spin_unlock_irqrestore(&rd->slock, flags);
+	read_unlock(&rd->stats_lock);
+	up_read(&rd->cfg_rwsem);
+	mutex_unlock(&rd->lock);
+	n = scnprintf(text, sizeof(text), "realdev ops %lu events %lu\n", ops, events);
+	return simple_read_from_buffer(buf, len, pos, text, n);
+}
+
+static const struct file_operations realdev_fops = {
+	.owner = THIS_MODULE,
+	.write = realdev_write,
+	.read = realdev_read,
+	.llseek = no_llseek,
+};
+
+/* A sysfs attribute: the kernel calls store() holding the open file's kernfs mutex. */
+static ssize_t trigger_store(struct device *dev, struct device_attribute *attr, const char *buf, size_t count)
+{
+	struct realdev *rd = dev_get_drvdata(dev);
+
+	if (sysfs_streq(buf, "crash"))
+		realdev_apply_config(rd);
+	else if (!sysfs_streq(buf, "ping"))
+		return -EINVAL;
+	return count;
+}
+
+static ssize_t trigger_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct realdev *rd = dev_get_drvdata(dev);
+	unsigned long ops;
+
+	mutex_lock(&rd->lock);
+	ops = rd->ops;
+	mutex_unlock(&rd->lock);
+	return sysfs_emit(buf, "%lu\n", ops);
+}
+static DEVICE_ATTR_RW(trigger);
+
+/* A net device: the kernel calls ndo_change_mtu() under rtnl_lock(). */
+static int realdev_change_mtu(struct net_device *ndev, int new_mtu)
+{
+	struct realdev_net *priv = netdev_priv(ndev);
+
+	if (new_mtu == REALDEV_CRASH_MTU)
+		realdev_apply_config(priv->rd);
+	ndev->mtu = new_mtu;
+	return 0;
+}
+
+static netdev_tx_t realdev_start_xmit(struct sk_buff *skb, struct net_device *ndev)
+{
+	ndev->stats.tx_dropped++;
+	dev_kfree_skb(skb);
+	return NETDEV_TX_OK;
+}
+
+static const struct net_device_ops realdev_netdev_ops = {
+	.ndo_start_xmit = realdev_start_xmit,
+	.ndo_change_mtu = realdev_change_mtu,
+};
+
+static void realdev_netdev_free(void *data)
+{
+	struct net_device *ndev = data;
+
+	unregister_netdev(ndev);
+	free_netdev(ndev);
+}
+
+static int realdev_probe(struct platform_device *pdev)
+{
+	struct realdev *rd;
+	struct realdev_net *priv;
+	struct net_device *ndev;
+	int ret;
+
+	rd = devm_kzalloc(&pdev->dev, sizeof(*rd), GFP_KERNEL);
+	if (!rd)
+		return -ENOMEM;
+	rd->dev = &pdev->dev;
+	mutex_init(&rd->lock);
+	spin_lock_init(&rd->slock);
+	init_rwsem(&rd->cfg_rwsem);
+	rwlock_init(&rd->stats_lock);
+	sema_init(&rd->slots, 1);
+	platform_set_drvdata(pdev, rd);
+
+	rd->misc.minor = MISC_DYNAMIC_MINOR;
+	rd->misc.name = REALDEV_NAME;
+	rd->misc.fops = &realdev_fops;
+	rd->misc.mode = 0600;
+	rd->misc.parent = &pdev->dev;
+	ret = misc_register(&rd->misc);
+	if (ret)
+		return ret;
+
+	ndev = alloc_netdev(sizeof(*priv), "rdnet%d", NET_NAME_ENUM, ether_setup);
+	if (!ndev) {
+		ret = -ENOMEM;
+		goto err_misc;
+	}
+	priv = netdev_priv(ndev);
+	priv->rd = rd;
+	ndev->netdev_ops = &realdev_netdev_ops;
+	ndev->min_mtu = 68;
+	ndev->max_mtu = 9000;
+	eth_hw_addr_random(ndev);
+	SET_NETDEV_DEV(ndev, &pdev->dev);
+	ret = register_netdev(ndev);
+	if (ret) {
+		free_netdev(ndev);
+		goto err_misc;
+	}
+	rd->netdev = ndev;
+	ret = devm_add_action_or_reset(&pdev->dev, realdev_netdev_free, ndev);
+	if (ret)
+		goto err_misc;
+	ret = device_create_file(&pdev->dev, &dev_attr_trigger);
+	if (ret)
+		goto err_misc;
+	return 0;
+
+err_misc:
+	misc_deregister(&rd->misc);
+	return ret;
+}
+
+static int realdev_remove(struct platform_device *pdev)
+{
+	struct realdev *rd = platform_get_drvdata(pdev);
+
+	device_remove_file(&pdev->dev, &dev_attr_trigger);
+	misc_deregister(&rd->misc);
+	return 0;
+}
+
+static struct platform_driver realdev_driver = {
+	.probe = realdev_probe,
+	.remove = realdev_remove,
+	.driver = { .name = REALDEV_NAME },
+};
+
+static int __init realdev_init(void)
+{
+	int ret = platform_driver_register(&realdev_driver);
+
+	if (ret)
+		return ret;
+	realdev_pdev = platform_device_register_simple(REALDEV_NAME, -1, NULL, 0);
+	if (IS_ERR(realdev_pdev)) {
+		platform_driver_unregister(&realdev_driver);
+		return PTR_ERR(realdev_pdev);
+	}
+	return 0;
+}
+
+static void __exit realdev_exit(void)
+{
+	platform_device_unregister(realdev_pdev);
+	platform_driver_unregister(&realdev_driver);
+}
+
+module_init(realdev_init);
+module_exit(realdev_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("immortal: a faulty driver shaped like real ones (per-device state, kernel-held locks)");

@@ -1,0 +1,545 @@
+#include "engine/held_locks.h"
+
+#include "base/error.h"
+#include "engine/crash_analysis.h"
+#include "engine/repair_plan.h"
+#include "kernel/lock_waiters.h"
+#include "kernel/modules.h"
+#include "kernel/slab.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <optional>
+#include <set>
+#include <unordered_set>
+
+namespace immortal::repair {
+
+namespace {
+
+constexpr std::uint64_t kKernelSpace = 0xffff800000000000ull;
+constexpr std::uint64_t kPage = 4096;
+constexpr std::size_t kMaxValues = 2048;          // pointers taken from the crashing frames
+constexpr std::size_t kMaxObjects = 512;          // objects they point to, read whole
+constexpr std::size_t kMaxSecondObjects = 2048;   // objects those point to, searched for owner words
+constexpr std::uint64_t kMaxObjectBytes = 16 * 1024;
+constexpr std::uint64_t kWindowBefore = 512, kWindowAfter = 2048;  // around a pointer that is no slab object
+constexpr std::uint64_t kMaxScanBytes = 32ull << 20;
+constexpr std::uint64_t kMaxFunctionBytes = 64 * 1024;
+
+bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpace && v < ~0xfffull; }
+
+struct OwnerHit {
+  std::uint64_t address;  // of the word equal to the dying task (| flag bits)
+  std::string where;
+};
+
+// A lock a call site on the crashing stack names.
+struct SiteLock {
+  std::uint64_t address;
+  const LockFunction* function;
+  std::string where;
+};
+
+class Search {
+ public:
+  Search(const Kernel& kernel, const CrashAnalysis& a)
+      : kernel_(kernel), mem_(kernel.memory()), types_(kernel.types()), a_(a) {}
+
+  LockSearch run();
+
+ private:
+  // Where data may be: not the kernel's or a module's code and read-only data.
+  bool data_pointer(std::uint64_t v) const;
+  std::string describe(std::uint64_t address) const;
+  // Reads [start, start + size) a page at a time; unreadable pages are skipped.
+  template <typename F>
+  void for_each_word(std::uint64_t start, std::uint64_t size, F&& visit);
+  void scan_for_owner(std::uint64_t start, std::uint64_t size, const std::string& where,
+                      std::vector<std::uint64_t>* pointers);
+  std::pair<std::uint64_t, std::uint64_t> object_around(std::uint64_t v, std::string* what) const;
+  void frame_values();
+  void call_sites();
+  void classify_owner_hits();
+  void waiters();
+  void account_spinlocks();
+  HeldLock& add(std::uint64_t address, LockType type, const std::string& found_by);
+  bool plausible_ring(std::uint64_t head) const;
+  bool small_words(std::uint64_t lock_word, std::uint64_t osq) const;
+
+  const Kernel& kernel_;
+  const KernelMemory& mem_;
+  const TypeInfo& types_;
+  const CrashAnalysis& a_;
+  LockSearch out_;
+  std::optional<SlabLookup> slab_;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> code_ranges_;  // kernel and module code and rodata
+  std::uint64_t task_size_ = 0;
+  bool sleeping_locks_ = true;   // false in softirq context: a callback cannot hold them
+  std::size_t first_ = 0, last_ = 0;  // the frames of the crashing path, fault to entry
+  std::uint64_t stack_low_ = 0, stack_high_ = 0;
+  std::vector<std::uint64_t> values_;
+  std::vector<OwnerHit> owner_hits_;
+  std::vector<SiteLock> site_locks_;
+  std::map<std::uint64_t, std::size_t> index_;  // lock address → out_.locks
+  std::uint64_t scanned_ = 0;
+  std::size_t objects_ = 0, site_count_ = 0, rejected_hits_ = 0;
+};
+
+bool Search::data_pointer(std::uint64_t v) const {
+  if (!kernel_pointer(v) || (v & 7)) return false;
+  for (const auto& [lo, hi] : code_ranges_)
+    if (v >= lo && v < hi) return false;
+  return true;
+}
+
+std::string Search::describe(std::uint64_t address) const {
+  if (slab_)
+    if (auto o = slab_->object_at(address)) return fmt::format("{} object+{:#x}", o->cache, address - o->start);
+  if (address >= stack_low_ && address < stack_high_) return "on the crashing stack";
+  if (const Symbol* s = kernel_.symbols().lookup(address)) {
+    std::string name = s->address == address ? s->name : fmt::format("{}+{:#x}", s->name, address - s->address);
+    return s->module.empty() ? name : name + " [" + s->module + "]";
+  }
+  return fmt::format("{:#x}", address);
+}
+
+template <typename F>
+void Search::for_each_word(std::uint64_t start, std::uint64_t size, F&& visit) {
+  std::vector<std::uint64_t> words(kPage / 8);
+  std::uint64_t at = start & ~7ull, end = start + size;
+  while (at < end && scanned_ < kMaxScanBytes) {
+    std::uint64_t chunk = std::min<std::uint64_t>(end - at, kPage - (at % kPage));
+    chunk &= ~7ull;
+    if (chunk == 0) break;
+    try {
+      mem_.read(at, std::as_writable_bytes(std::span(words.data(), chunk / 8)));
+      for (std::uint64_t i = 0; i < chunk / 8; ++i) visit(at + 8 * i, words[i]);
+    } catch (const MemoryFault&) {
+      // Unmapped (a hole in a module's data, a freed page): nothing to find there.
+    }
+    scanned_ += chunk;
+    at += chunk;
+  }
+}
+
+void Search::scan_for_owner(std::uint64_t start, std::uint64_t size, const std::string& where,
+                            std::vector<std::uint64_t>* pointers) {
+  for_each_word(start, size, [&](std::uint64_t address, std::uint64_t word) {
+    if (sleeping_locks_ && owner_task(word) == a_.task && word != 0 &&
+        !(address >= a_.task && address < a_.task + task_size_))  // the task's own fields name it
+      owner_hits_.push_back({address, where});
+    if (pointers && data_pointer(word)) pointers->push_back(word);
+  });
+}
+
+std::pair<std::uint64_t, std::uint64_t> Search::object_around(std::uint64_t v, std::string* what) const {
+  if (slab_)
+    if (auto o = slab_->object_at(v)) {
+      *what = o->cache + " object";
+      return {o->start, std::min(o->size, kMaxObjectBytes)};
+    }
+  std::uint64_t page = v & ~(kPage - 1);
+  std::uint64_t lo = std::max(page, v >= kWindowBefore ? v - kWindowBefore : 0);
+  std::uint64_t hi = std::min(page + kPage, v + kWindowAfter);
+  *what = "memory around " + fmt::format("{:#x}", v);
+  return {lo, hi - lo};
+}
+
+// Values the crashing path was working with: the registers at the fault and every stack slot
+// from the fault's stack pointer up to the entry (callee-saved registers of outer frames are
+// among them: their callees' prologues pushed them there).
+void Search::frame_values() {
+  const X86Registers& r = a_.fault_registers;
+  std::set<std::uint64_t> seen;
+  auto take = [&](std::uint64_t v) {
+    if (values_.size() < kMaxValues && data_pointer(v) && seen.insert(v).second) values_.push_back(v);
+  };
+  for (std::uint64_t v : {r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13,
+                          r.r14, r.r15})
+    take(v);
+  for_each_word(stack_low_, stack_high_ - stack_low_, [&](std::uint64_t, std::uint64_t word) { take(word); });
+}
+
+void Search::call_sites() {
+  const auto& frames = a_.backtrace.frames;
+  const auto& symbols = kernel_.symbols();
+  LockFunctions functions = LockFunctions::from(symbols);
+  // The registers of each frame: all of them at the fault, the callee-saved ones further out
+  // (undone frame by frame from where each prologue pushed them; unknown past a frame that
+  // cannot be undone).
+  std::vector<std::optional<X86Registers>> regs(frames.size());
+  regs[first_] = a_.fault_registers;
+  for (std::size_t k = first_; k < last_; ++k) {
+    if (!regs[k] || frames[k + 1].regs) break;
+    try {
+      regs[k + 1] = return_from_frame(kernel_, a_.backtrace, k, *regs[k], k);
+    } catch (const Error& e) {
+      out_.notes.push_back(fmt::format("registers beyond frame {} are not known: {}", k, e.what()));
+      break;
+    } catch (const MemoryFault& e) {
+      out_.notes.push_back(fmt::format("registers beyond frame {} are not known: {}", k, e.what()));
+      break;
+    }
+  }
+  std::set<std::pair<std::uint64_t, const LockFunction*>> seen;
+  for (std::size_t k = first_; k <= last_ && k < frames.size(); ++k) {
+    std::uint64_t pc = frames[k].pc;
+    const Symbol* s = symbols.lookup(k == first_ ? pc : pc - 1);
+    if (!s) continue;
+    // A function's .cold part runs with its parent's frame: the parent's calls count too.
+    std::vector<const Symbol*> parts{s};
+    if (auto dot = s->name.find(".cold"); dot != std::string::npos)
+      if (auto parent = symbols.address_in(s->name.substr(0, dot), s->module))
+        if (const Symbol* p = symbols.lookup(*parent)) parts.push_back(p);
+    for (const Symbol* part : parts) {
+      const Symbol* next = symbols.next_after(*part);
+      std::uint64_t size = std::min<std::uint64_t>(next ? next->address - part->address : kPage, kMaxFunctionBytes);
+      std::vector<std::uint8_t> code(size);
+      try {
+        mem_.read(part->address, std::as_writable_bytes(std::span(code)));
+      } catch (const MemoryFault&) {
+        continue;
+      }
+      std::vector<Instruction> insns = decode_code(code, part->address);
+      for (const auto& site : find_lock_calls(insns, functions)) {
+        ++site_count_;
+        if (part == s && site.call >= pc) continue;  // not reached yet
+        std::uint64_t lock = 0;
+        if (site.absolute) {
+          lock = *site.absolute;
+        } else {
+          bool known = regs[k] && (k == first_ || callee_saved(site.base));
+          if (!known) continue;
+          // The base must still hold what it held at the call: nothing between the call and
+          // where the frame is now may write it.
+          bool rewritten = part != s || std::any_of(insns.begin(), insns.end(), [&](const Instruction& i) {
+            return i.address > site.call && i.address < pc && (i.writes & (1u << site.base));
+          });
+          if (rewritten) continue;
+          lock = *regs[k]->field(register_name(site.base)) + static_cast<std::uint64_t>(site.displacement);
+        }
+        if (!data_pointer(lock & ~7ull) || !seen.insert({lock, site.function}).second) continue;
+        site_locks_.push_back({lock, site.function,
+                               fmt::format("a call to {} in {}", site.function->name, symbols.describe(site.call))});
+      }
+    }
+  }
+}
+
+HeldLock& Search::add(std::uint64_t address, LockType type, const std::string& found_by) {
+  if (auto it = index_.find(address); it != index_.end()) {
+    HeldLock& h = out_.locks[it->second];
+    if (h.type != type)
+      out_.unexplained.push_back(fmt::format("the lock at {:#x} ({}) is taken both as a {} and as a {}", address,
+                                             h.name, to_string(h.type), to_string(type)));
+    return h;
+  }
+  index_[address] = out_.locks.size();
+  HeldLock h;
+  h.address = address;
+  h.type = type;
+  h.name = describe(address);
+  h.found_by = found_by;
+  out_.locks.push_back(std::move(h));
+  return out_.locks.back();
+}
+
+bool Search::plausible_ring(std::uint64_t head) const {
+  std::uint64_t next = mem_.read_u64(head), prev = mem_.read_u64(head + 8);
+  if (!kernel_pointer(next) || !kernel_pointer(prev)) return false;
+  return mem_.read_u64(next + 8) == head && mem_.read_u64(prev) == head;
+}
+
+// A lock's internal spinlock (free, or held for a moment) and its optimistic-spin queue tail
+// (a CPU number + 1): small numbers. A word equal to the task that is no lock's owner rarely
+// sits before two such words and a well-formed list.
+bool Search::small_words(std::uint64_t lock_word, std::uint64_t osq) const {
+  auto l = mem_.read_value<std::uint32_t>(lock_word), o = mem_.read_value<std::uint32_t>(osq);
+  return (l & 0xff) <= 1 && o <= kMaxVcpus;
+}
+
+void Search::classify_owner_hits() {
+  std::uint64_t m_owner = types_.offset_of("mutex", "owner"), m_list = types_.offset_of("mutex", "wait_list"),
+                m_lock = types_.offset_of("mutex", "wait_lock"), m_osq = types_.offset_of("mutex", "osq");
+  std::uint64_t r_owner = types_.offset_of("rw_semaphore", "owner"), r_count = types_.offset_of("rw_semaphore", "count"),
+                r_list = types_.offset_of("rw_semaphore", "wait_list"), r_lock = types_.offset_of("rw_semaphore", "wait_lock"),
+                r_osq = types_.offset_of("rw_semaphore", "osq");
+  std::set<std::uint64_t> done;
+  for (const auto& hit : owner_hits_) {
+    if (!done.insert(hit.address).second) continue;
+    try {
+      std::uint64_t word = mem_.read_u64(hit.address);
+      std::uint64_t m = hit.address - m_owner, s = hit.address - r_owner;
+      // A list's waiters and the owner's flag bits agree, except for the moment a waiter is added
+      // or removed, which happens under the lock's own wait_lock.
+      auto consistent = [&](bool flagged, std::uint64_t list, std::uint64_t wait_lock) {
+        bool waiting = mem_.read_u64(list) != list;
+        return flagged == waiting || (mem_.read_value<std::uint32_t>(wait_lock) & 0xff) != 0;
+      };
+      bool as_mutex = plausible_ring(m + m_list) && small_words(m + m_lock, m + m_osq) &&
+                      consistent((word & 7) != 0, m + m_list, m + m_lock);
+      std::uint64_t count = mem_.read_u64(s + r_count);
+      bool writer = (count & kRwsemWriterLocked) && (count >> 8) == 0 && !(word & kRwsemReaderOwned);
+      bool reader = !(count & kRwsemWriterLocked) && (count >> 8) > 0 && (count >> 8) < (1ull << 40) &&
+                    (word & kRwsemReaderOwned);
+      bool as_rwsem = (writer || reader) && plausible_ring(s + r_list) && small_words(s + r_lock, s + r_osq) &&
+                      consistent((count & kRwsemFlagWaiters) != 0, s + r_list, s + r_lock);
+      // What the code itself says the lock is, if a call site or a waiter named it.
+      std::optional<LockType> told;
+      bool read_site = false;
+      for (const auto& site : site_locks_) {
+        if (site.address == m && site.function->type == LockType::mutex) told = LockType::mutex;
+        if (site.address == s && site.function->type == LockType::rwsem) {
+          told = LockType::rwsem;
+          read_site = read_site || site.function->read;
+        }
+      }
+      if (auto it = index_.find(m); it != index_.end() && out_.locks[it->second].type == LockType::mutex) told = LockType::mutex;
+      if (auto it = index_.find(s); it != index_.end() && out_.locks[it->second].type == LockType::rwsem) told = LockType::rwsem;
+      if (!told && as_mutex && as_rwsem) {
+        out_.unexplained.push_back(fmt::format("a lock at {} is held by the crashing task, but whether it is a mutex "
+                                               "or an rwsem cannot be told", describe(hit.address)));
+        continue;
+      }
+      LockType type = told ? *told : as_mutex ? LockType::mutex : LockType::rwsem;
+      if ((type == LockType::mutex && !as_mutex) || (type == LockType::rwsem && !as_rwsem)) {
+        ++rejected_hits_;  // a word that names the task, not a lock's owner
+        continue;
+      }
+      if (type == LockType::rwsem && reader && !read_site) {
+        // Readers leave their task in the owner word as a hint, and do not clear it when they
+        // release: the crashing task may be a reader that is gone, another reader the holder.
+        out_.unexplained.push_back(fmt::format("rwsem {} is held for reading and the crashing task read it last, but "
+                                               "no call on the crashing path took it: who holds it cannot be told",
+                                               describe(s)));
+        continue;
+      }
+      HeldLock& h = add(type == LockType::mutex ? m : s, type, "its owner word, in " + hit.where);
+      h.word = word;
+      if (type == LockType::rwsem) {
+        h.count = count;
+        h.read = reader;
+      }
+      h.ours = true;
+      if (h.read) h.note = "held for reading; the owner word names the last reader, the crashing task";
+    } catch (const MemoryFault&) {
+      ++rejected_hits_;
+    }
+  }
+}
+
+void Search::waiters() {
+  LockWaiters w = find_lock_waiters(kernel_);
+  for (const auto& p : w.problems) out_.notes.push_back("waiters: " + p);
+  std::size_t on_ours = 0;
+  for (const auto& waiter : w.waiters) {
+    LockType type = waiter.kind == SleepingLock::mutex ? LockType::mutex
+                    : waiter.kind == SleepingLock::rwsem ? LockType::rwsem : LockType::semaphore;
+    auto it = index_.find(waiter.lock);
+    bool owned = sleeping_locks_ && type != LockType::semaphore && owner_task(waiter.owner) == a_.task;
+    bool read_owned = owned && type == LockType::rwsem && (waiter.owner & kRwsemReaderOwned);
+    if (read_owned) {
+      bool read_site = std::any_of(site_locks_.begin(), site_locks_.end(), [&](const SiteLock& site) {
+        return site.address == waiter.lock && site.function->type == LockType::rwsem && site.function->read;
+      });
+      if (!read_site) {
+        out_.unexplained.push_back(fmt::format("rwsem {} is held for reading and the crashing task read it last, but no "
+                                               "call on the crashing path took it: who holds it cannot be told "
+                                               "(pid {} waits for it)", describe(waiter.lock), waiter.pid));
+        owned = false;
+      }
+    }
+    if (it == index_.end() && !owned) continue;
+    HeldLock& h = add(waiter.lock, type, fmt::format("pid {} ({}) waits for it in {}", waiter.pid, waiter.comm, waiter.waits_in));
+    if (owned && !h.ours) {
+      h.ours = true;
+      h.word = waiter.owner;
+      if (type == LockType::rwsem) {
+        h.count = mem_.read_u64(waiter.lock + types_.offset_of("rw_semaphore", "count"));
+        h.read = read_owned;
+      }
+    }
+    h.waiters.push_back(waiter.pid);
+    ++on_ours;
+  }
+  out_.stats["waiters"] = {{"tasks", w.tasks}, {"asleep_on_locks", w.waiters.size()}, {"on_these_locks", on_ours}};
+}
+
+// Spinlocks and rwlocks have no owner: the crashing CPU holds those its preemption count
+// says, and the ones found must be exactly that many.
+void Search::account_spinlocks() {
+  std::uint32_t held = a_.preempt_count & kPreemptMask;
+  std::uint32_t found = 0, bh = 0;
+  for (const auto& h : out_.locks)
+    if (h.ours && (h.type == LockType::spinlock || h.type == LockType::rwlock)) {
+      ++found;
+      if (h.preempt_delta & kSoftirqMask) ++bh;
+    }
+  out_.stats["preemption"] = {{"count", fmt::format("{:#x}", a_.preempt_count)}, {"spinlocks_held", held},
+                              {"spinlocks_found", found}};
+  if (found != held)
+    out_.unexplained.push_back(fmt::format(
+        "the crashing CPU's preemption count ({:#x}) says it holds {} spinlock{} or preemption-disabled section{}, "
+        "{} {} found on its stack", a_.preempt_count, held, held == 1 ? "" : "s", held == 1 ? "" : "s", found,
+        found == 1 ? "was" : "were"));
+  if (a_.context == "process" && bh * 0x200 > (a_.preempt_count & kSoftirqMask))
+    out_.unexplained.push_back("spinlocks taken with bottom halves disabled do not match the preemption count");
+}
+
+LockSearch Search::run() {
+  auto t0 = std::chrono::steady_clock::now();
+  const auto& frames = a_.backtrace.frames;
+  if (a_.fault_frame < 0 || static_cast<std::size_t>(a_.fault_frame) >= frames.size()) return out_;
+  std::string why;
+  slab_ = SlabLookup::from_kernel(kernel_, &why);
+  if (!slab_) out_.notes.push_back("slab objects cannot be told apart (" + why + "): pointers are searched around");
+  task_size_ = types_.struct_size("task_struct").value_or(0);
+  sleeping_locks_ = a_.context == "process" || a_.context == "kernel-thread";
+  const auto& symbols = kernel_.symbols();
+  auto range = [&](const char* lo, const char* hi) {
+    auto l = symbols.address_of(lo), h = symbols.address_of(hi);
+    if (l && h && *l < *h) code_ranges_.emplace_back(*l, *h);
+  };
+  range("_stext", "_etext");
+  range("__start_rodata", "__end_rodata");
+  ModuleList modules;
+  try {
+    modules = read_modules(kernel_);
+  } catch (const std::exception& e) {
+    out_.notes.push_back(std::string("the module list is unreadable: ") + e.what());
+  }
+  for (const auto& m : modules.modules)
+    if (m.ro_size && m.ro_size <= m.size) code_ranges_.emplace_back(m.base, m.base + m.ro_size);
+
+  // The crashing path: from the fault to the kernel entry (process context) or to the
+  // dispatcher that called the callback; its stack from the fault's stack pointer up.
+  first_ = static_cast<std::size_t>(a_.fault_frame);
+  last_ = frames.size() - 1;
+  if (a_.context != "process" && a_.outer_module_frame >= 0)
+    last_ = std::min(last_, static_cast<std::size_t>(a_.outer_module_frame) + 1);
+  stack_low_ = a_.fault_registers.rsp;
+  stack_high_ = a_.context == "process" && a_.task_stack ? a_.task_stack + kThreadSize : frames[last_].sp + 8;
+  if (stack_high_ <= stack_low_ || stack_high_ - stack_low_ > kThreadSize) stack_high_ = stack_low_ + kThreadSize;
+  stack_high_ = std::min(stack_high_, (stack_low_ | (kThreadSize - 1)) + 1);
+
+  frame_values();
+  call_sites();
+
+  // Owner words: in the objects the path worked on (and the objects they point to), on its
+  // stack, in every module's data and in the kernel's.
+  if (sleeping_locks_) {
+    std::vector<std::uint64_t> second;
+    std::set<std::uint64_t> objects;
+    for (std::uint64_t v : values_) {
+      if (objects.size() >= kMaxObjects) break;
+      std::string what;
+      auto [start, size] = object_around(v, &what);
+      if (!objects.insert(start).second) continue;
+      scan_for_owner(start, size, what + " (a value of the crashing path)", &second);
+    }
+    for (std::uint64_t v : second) {
+      if (objects.size() >= kMaxObjects + kMaxSecondObjects) break;
+      std::string what;
+      auto [start, size] = object_around(v, &what);
+      if (!objects.insert(start).second) continue;
+      scan_for_owner(start, size, what + " (pointed to by an object of the crashing path)", nullptr);
+    }
+    objects_ = objects.size();
+    scan_for_owner(stack_low_, stack_high_ - stack_low_, "the crashing stack", nullptr);
+    for (const auto& m : modules.modules)
+      if (m.size > m.ro_size && m.size - m.ro_size <= (64ull << 20))
+        scan_for_owner(m.base + m.ro_size, m.size - m.ro_size, "the data of module " + m.name, nullptr);
+    if (auto lo = symbols.address_of("_sdata"), hi = symbols.address_of("_edata"); lo && hi && *lo < *hi)
+      scan_for_owner(*lo, *hi - *lo, "the kernel's data", nullptr);
+  }
+
+  // What the call sites name, by the lock's own state.
+  std::uint64_t sem_count = types_.offset_of("semaphore", "count");
+  for (const auto& site : site_locks_) {
+    try {
+      switch (site.function->type) {
+        case LockType::spinlock: {
+          auto v = mem_.read_value<std::uint32_t>(site.address);
+          if ((v & 0xff) != 1) break;  // _Q_LOCKED_VAL
+          HeldLock& h = add(site.address, LockType::spinlock, site.where);
+          h.word = v;
+          h.ours = true;
+          h.preempt_delta = std::max(h.preempt_delta, site.function->preempt_delta);
+          break;
+        }
+        case LockType::rwlock: {
+          auto v = mem_.read_value<std::uint32_t>(site.address);
+          bool writer = (v & 0xff) == kQrwWriteLocked, readers = (v >> 9) > 0;
+          if (site.function->read ? !readers : !writer) break;
+          HeldLock& h = add(site.address, LockType::rwlock, site.where);
+          h.word = v;
+          h.read = site.function->read;
+          h.ours = true;
+          h.preempt_delta = std::max(h.preempt_delta, site.function->preempt_delta);
+          break;
+        }
+        case LockType::semaphore: {
+          auto count = mem_.read_value<std::uint32_t>(site.address + sem_count);
+          if (count != 0) break;
+          HeldLock& h = add(site.address, LockType::semaphore, site.where);
+          h.word = count;
+          out_.unexplained.push_back(fmt::format("semaphore {} was taken on the crashing path and is held: a "
+                                                 "semaphore has no owner, so who holds it cannot be told", h.name));
+          break;
+        }
+        case LockType::mutex:
+        case LockType::rwsem:
+          break;  // by their owner words, below
+      }
+    } catch (const MemoryFault&) {
+    }
+  }
+  waiters();
+  classify_owner_hits();
+  account_spinlocks();
+
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  out_.stats["values"] = values_.size();
+  out_.stats["objects"] = objects_;
+  out_.stats["call_sites"] = site_count_;
+  out_.stats["owner_words"] = owner_hits_.size();
+  out_.stats["owner_words_not_locks"] = rejected_hits_;
+  out_.stats["bytes_searched"] = scanned_;
+  out_.stats["ms"] = ms;
+  if (scanned_ >= kMaxScanBytes) out_.notes.push_back("the search stopped at its byte limit");
+  return out_;
+}
+
+}  // namespace
+
+nlohmann::json HeldLock::to_json() const {
+  std::string kind = to_string(type);
+  if (type == LockType::rwlock || type == LockType::rwsem) kind += read ? " (read)" : " (write)";
+  nlohmann::json j = {{"kind", kind}, {"address", fmt::format("{:#x}", address)}, {"name", name},
+                      {"word", fmt::format("{:#x}", word)}, {"ours", ours}, {"found_by", found_by},
+                      {"waiters", waiters}};
+  if (type == LockType::rwsem) j["count"] = fmt::format("{:#x}", count);
+  if (preempt_delta) j["preempt_delta"] = fmt::format("{:#x}", preempt_delta);
+  if (!note.empty()) j["note"] = note;
+  return j;
+}
+
+LockSearch find_held_locks(const Kernel& kernel, const CrashAnalysis& analysis) {
+  try {
+    return Search(kernel, analysis).run();
+  } catch (const Error& e) {
+    LockSearch s;
+    s.unexplained.push_back(std::string("the held locks cannot be searched: ") + e.what());
+    return s;
+  } catch (const MemoryFault& e) {
+    LockSearch s;
+    s.unexplained.push_back(std::string("the held locks cannot be searched: ") + e.what());
+    return s;
+  }
+}
+
+}  // namespace immortal::repair
