@@ -15,11 +15,13 @@
  *   cat /dev/immortal-realdev                   takes every lock, prints the device's state
  *   echo crash > /sys/devices/platform/immortal-realdev/trigger   crash in a sysfs store
  *   ip link set rdnet0 mtu 1234                 crash in ndo_change_mtu under rtnl_lock
+ *   echo crash > /sys/kernel/debug/immortal-realdev/trigger   crash behind debugfs's file proxy
  *
  * Commands (docs/fault-catalogue.md): mutex, mutex-wait MS, spin-irq, spin-bh, rwsem-write,
  * rwsem-write-wait MS, rwsem-read, rwlock-write, rwlock-read, nested, semaphore, kernel-fault,
  * ping. Anything else gets -EINVAL.
  */
+#include <linux/debugfs.h>
 #include <linux/delay.h>
 #include <linux/device.h>
 #include <linux/etherdevice.h>
@@ -59,6 +61,7 @@ struct realdev {
 	unsigned long ops;
 	unsigned long irq_events;
 	struct net_device *netdev;
+	struct dentry *debugfs;
 };
 
 struct realdev_net {
@@ -291,6 +294,29 @@ static ssize_t trigger_show(struct device *dev, struct device_attribute *attr, c
 }
 static DEVICE_ATTR_RW(trigger);
 
+/* A debugfs file: debugfs's proxy holds a reference on the file around our write(). */
+static ssize_t realdev_debugfs_write(struct file *file, const char __user *buf, size_t len, loff_t *pos)
+{
+	struct realdev *rd = file->private_data;
+	char cmd[REALDEV_MAX_WRITE + 1];
+	int ret = realdev_copy_command(cmd, buf, len);
+
+	if (ret)
+		return ret;
+	if (!strcmp(cmd, "crash"))
+		realdev_apply_config(rd);
+	else if (strcmp(cmd, "ping"))
+		return -EINVAL;
+	return len;
+}
+
+static const struct file_operations realdev_debugfs_fops = {
+	.owner = THIS_MODULE,
+	.open = simple_open,
+	.write = realdev_debugfs_write,
+	.llseek = no_llseek,
+};
+
 /* A net device: the kernel calls ndo_change_mtu() under rtnl_lock(). */
 static int realdev_change_mtu(struct net_device *ndev, int new_mtu)
 {
@@ -373,6 +399,8 @@ static int realdev_probe(struct platform_device *pdev)
 	ret = device_create_file(&pdev->dev, &dev_attr_trigger);
 	if (ret)
 		goto err_misc;
+	rd->debugfs = debugfs_create_dir(REALDEV_NAME, NULL);
+	debugfs_create_file("trigger", 0600, rd->debugfs, rd, &realdev_debugfs_fops);
 	return 0;
 
 err_misc:
@@ -384,6 +412,7 @@ static int realdev_remove(struct platform_device *pdev)
 {
 	struct realdev *rd = platform_get_drvdata(pdev);
 
+	debugfs_remove(rd->debugfs);
 	device_remove_file(&pdev->dev, &dev_attr_trigger);
 	misc_deregister(&rd->misc);
 	return 0;

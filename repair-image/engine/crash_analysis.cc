@@ -261,6 +261,9 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
     a.lock_search = std::move(search.stats);
     for (auto& u : search.unexplained) a.unsafe.push_back(std::move(u));
     for (auto& n : search.notes) a.notes.push_back(std::move(n));
+    ReferenceSearch refs = find_held_references(kernel, a, search.path_values);
+    a.references = std::move(refs.references);
+    for (auto& u : refs.unexplained) a.unsafe.push_back(std::move(u));
   }
   return a;
 }
@@ -270,6 +273,8 @@ nlohmann::json CrashAnalysis::to_json() const {
   for (const auto& f : backtrace.frames) frames.push_back(f.symbol);
   nlohmann::json held = nlohmann::json::array();
   for (const auto& h : locks) held.push_back(h.to_json());
+  nlohmann::json refs = nlohmann::json::array();
+  for (const auto& r : references) refs.push_back(r.to_json());
   return {{"kind", kind}, {"context", context}, {"message", message}, {"oops", oops_header},
           {"panic_caller", panic_caller}, {"cpu", cpu}, {"preempt_count", fmt::format("{:#x}", preempt_count)},
           {"task", {{"pid", pid}, {"comm", comm}, {"address", fmt::format("{:#x}", task)}, {"flags", fmt::format("{:#x}", task_flags)}}},
@@ -277,7 +282,7 @@ nlohmann::json CrashAnalysis::to_json() const {
           {"module", module}, {"entry_caller", outer_caller},
           {"entry", outer_module_frame >= 0 ? backtrace.frames[static_cast<std::size_t>(outer_module_frame)].symbol : ""},
           {"backtrace", frames}, {"backtrace_problem", backtrace.problem}, {"locks_held", held},
-          {"lock_search", lock_search},
+          {"lock_search", lock_search}, {"references_held", refs},
           {"unsafe", unsafe}, {"notes", notes}, {"percpu_base", fmt::format("{:#x}", percpu_base)},
           {"summary", summary()}};
 }

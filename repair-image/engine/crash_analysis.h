@@ -5,6 +5,7 @@
 
 #include "engine/crash_record.h"
 #include "engine/held_locks.h"
+#include "engine/held_references.h"
 #include "kernel/backtrace.h"
 #include "kernel/kernel.h"
 
@@ -57,6 +58,7 @@ struct CrashAnalysis {
 
   std::vector<HeldLock> locks;  // held locks the search found: those of the crash (ours) and others
   nlohmann::json lock_search = nlohmann::json::object();  // what the search looked at (held_locks.h)
+  std::vector<HeldReference> references;  // kernel references the crashing path took (held_references.h)
   std::vector<std::string> unsafe;  // reasons the guest must not be resumed (empty: none found)
   std::vector<std::string> notes;
 

@@ -504,6 +504,7 @@ LockSearch Search::run() {
 
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   out_.stats["values"] = values_.size();
+  out_.path_values = values_;
   out_.stats["objects"] = objects_;
   out_.stats["call_sites"] = site_count_;
   out_.stats["owner_words"] = owner_hits_.size();

@@ -51,6 +51,7 @@ struct LockSearch {
   std::vector<std::string> unexplained;  // each one is a reason not to resume
   std::vector<std::string> notes;
   nlohmann::json stats = nlohmann::json::object();  // what was searched, and how long it took
+  std::vector<std::uint64_t> path_values;  // the data pointers of the crashing path (registers, stack slots)
 };
 
 // The analysis must have its context, task, preemption count, backtrace and fault frame.

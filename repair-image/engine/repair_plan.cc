@@ -245,7 +245,16 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
   // locks, then what ends the crashing context, then bookkeeping.
   std::vector<RepairAction> release, end_context, quarantined, bookkeeping;
   try {
-    // 1. The locks the crash left held, released as the kernel's own unlock would.
+    // 1. What the kernel code on the crashing path took for the driver, dropped as it would have
+    //    after the driver returned; then the locks the crash left held, released as the kernel's
+    //    own unlock would.
+    for (const auto& ref : a.references) {
+      RepairAction r{"release-reference", fmt::format("{} took a {} reference the driver's crash would leak", ref.taken_by,
+                                                      ref.type), {}, {}, {}, {}};
+      r.detail = {{"type", ref.type}, {"object", fmt::format("{:#x}", ref.object)}, {"taken_by", ref.taken_by}};
+      r.calls.push_back({ref.release, kernel.symbol(ref.release), {ref.object}});
+      release.push_back(std::move(r));
+    }
     for (const auto& h : a.locks) {
       if (!h.ours) continue;
       auto r = release_lock(kernel, h, preempt_release);

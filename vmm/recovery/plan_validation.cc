@@ -2,6 +2,7 @@
 
 #include "base/error.h"
 #include "engine/held_locks.h"
+#include "engine/held_references.h"
 #include "engine/repair_service.h"
 #include "kernel/lock_waiters.h"
 
@@ -117,6 +118,31 @@ void validate_release(const repair::RepairAction& a, const Kernel& kernel, std::
   }
 }
 
+// A reference is dropped by the kernel function that drops it, on an object that holds one.
+void validate_reference(const repair::RepairAction& a, const Kernel& kernel) {
+  const auto& t = kernel.types();
+  const auto& m = kernel.memory();
+  std::string type = a.detail.value("type", "");
+  std::uint64_t object = repair::parse_hex(a.detail.value("object", nlohmann::json("0x0")), "the reference's object");
+  const char* release = type == "kernfs-active" ? "kernfs_put_active" : type == "debugfs-file" ? "debugfs_file_put" : nullptr;
+  if (!release) fail(ExitCode::failure, "release-reference: references of type \"{}\" are not released", type);
+  if (!a.writes.empty() || !a.registers.empty() || a.calls.size() != 1) fail(ExitCode::failure, "release-reference: not one call");
+  const auto& c = a.calls[0];
+  if (c.function != release || c.address != kernel.symbol(release) || c.args != std::vector<std::uint64_t>{object})
+    fail(ExitCode::failure, "release-reference: a call of {} for a {} reference", c.function, type);
+  if (type == "kernfs-active") {
+    auto active = m.read_value<std::int32_t>(object + t.offset_of("kernfs_node", "active"));
+    if (active == 0 || active == repair::kKernfsDeactivatedBias)
+      fail(ExitCode::failure, "release-reference: kernfs node {:#x} holds no active reference", object);
+  } else {
+    std::uint64_t sb = m.read_u64(object + t.offset_of("dentry", "d_sb"));
+    std::uint64_t fsd = m.read_u64(object + t.offset_of("dentry", "d_fsdata"));
+    if (m.read_u64(sb + t.offset_of("super_block", "s_magic")) != repair::kDebugfsMagic || (fsd & 1) ||
+        m.read_value<std::int32_t>(fsd + t.offset_of("debugfs_fsdata", "active_users")) < 1)
+      fail(ExitCode::failure, "release-reference: dentry {:#x} is no debugfs file with a reference", object);
+  }
+}
+
 }  // namespace
 
 void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, const Kernel& kernel,
@@ -158,7 +184,16 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
       if (!a.registers.empty()) fail(ExitCode::failure, "release-lock changes registers");
       continue;
     }
-    if (!a.calls.empty()) fail(ExitCode::failure, "{}: only a lock release calls guest functions", a.kind);
+    if (a.kind == "release-reference") {
+      if (++calls > limits.max_calls) fail(ExitCode::failure, "the plan calls too many guest functions");
+      try {
+        validate_reference(a, kernel);
+      } catch (const MemoryFault& e) {
+        fail(ExitCode::failure, "release-reference: {}", e.what());
+      }
+      continue;
+    }
+    if (!a.calls.empty()) fail(ExitCode::failure, "{}: only a lock or reference release calls guest functions", a.kind);
     for (const auto& w : a.writes) {
       if (++writes > limits.max_writes) fail(ExitCode::failure, "the plan writes too often");
       if (w.bytes.empty() || w.bytes.size() > limits.max_write_bytes || w.bytes.size() != w.expected.size())
