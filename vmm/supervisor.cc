@@ -680,6 +680,20 @@ void Supervisor::on_breakpoint(int vcpu) {
     machine_->resume();
     return;
   }
+  if (*point == "crash_kexec") {
+    // An oops about to hand the guest to its kdump kernel (crash_kexec() runs before panic()
+    // when a crash kernel is loaded, and on every oops with panic_on_oops). Return from it as if
+    // no crash kernel were loaded: oops_end() goes on to panic(), where the crash is caught as
+    // any other. If that crash cannot be recovered, the guest's kdump still gets it.
+    try {
+      interceptor_->return_from_call(vcpu, guest_kernel());
+      machine_->resume();
+    } catch (const std::exception& e) {
+      options_.say(std::string("cannot step over crash_kexec: ") + e.what());
+      on_crash(interceptor_->record(++crashes_, vcpu, "breakpoint", *point));
+    }
+    return;
+  }
   on_crash(interceptor_->record(++crashes_, vcpu, "breakpoint", *point));
 }
 
@@ -751,6 +765,10 @@ void Supervisor::on_crash(repair::CrashRecord record) {
   options_.say(fmt::format("crash {} caught at {} on vCPU {}: {}", record.id, record.intercepted_at, record.vcpu, summary));
   if (!plan.resume) {
     save_crash(record, analysis_json, plan_json);
+    if (record.intercepted_at == "panic" && guest_has_kdump()) {
+      hand_to_guest_kdump(plan.reason, record.id);
+      return;
+    }
     reboot_guest(plan.reason, record.id);
     return;
   }
@@ -859,6 +877,47 @@ void Supervisor::check_hang() {
     options_.say(std::string("cannot inspect the hung guest: ") + e.what());
   }
   reboot_guest(why, id);
+}
+
+bool Supervisor::guest_has_kdump() {
+  try {
+    Kernel& kernel = guest_kernel();
+    auto image = kernel.symbols().address_of("kexec_crash_image");
+    return image && kernel.memory().read_u64(*image) != 0;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+void Supervisor::hand_to_guest_kdump(const std::string& reason, std::uint64_t crash) {
+  // The operator armed kdump in the guest: an unrecoverable crash goes where they wanted it.
+  // panic() runs on from its first instruction (the breakpoints removed, or it would stop there
+  // again) and calls __crash_kexec(); what the kdump kernel does next (save a vmcore, reboot) is
+  // the guest's business; its next boot says hello like any other.
+  options_.say(fmt::format("crash {}: not recovered ({}); the guest's own kdump takes it", crash, reason));
+  event("kdump", {{"crash", crash}, {"reason", reason}});
+  last_crash_["outcome"] = "handed to the guest's kdump";
+  if (pending_bundle_) {
+    pending_bundle_->recovery["reboot_reason"] = reason;
+    finish_crash_bundle("handed to the guest's kdump");
+  }
+  ++reboots_;
+  old_boot_id_ = agent_->hello() ? agent_->hello()->boot_id : "";
+  agent_->abandon("the guest went to its kdump kernel");
+  verification_.reset();
+  pause_after_crash_.reset();
+  try {
+    interceptor_->disarm();
+    guest_state_ = "rebooting";
+    machine_->resume();
+  } catch (const Error& e) {
+    options_.say(std::string("handing the crash to the guest's kdump failed: ") + e.what());
+    reboot_guest(reason, crash);
+    return;
+  }
+  armed_profile_.clear();
+  quarantine_.clear();
+  kernel_.reset();
 }
 
 void Supervisor::reboot_guest(const std::string& reason, std::uint64_t crash) {

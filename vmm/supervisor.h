@@ -86,6 +86,9 @@ class Supervisor {
   void verify_recovery();
   void check_hang();
   void reboot_guest(const std::string& reason, std::uint64_t crash);
+  // kdump armed in the guest (a crash kernel loaded): crashes not recovered go to it.
+  bool guest_has_kdump();
+  void hand_to_guest_kdump(const std::string& reason, std::uint64_t crash);
   void after_reboot_hello();
   void save_crash(const repair::CrashRecord& record, const json& analysis, const json& plan);
   // Bundles: the copy is taken while the guest is stopped; the crash's bundle is written once

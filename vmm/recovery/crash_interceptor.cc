@@ -20,8 +20,10 @@ constexpr std::uint64_t kCallStackRoom = 2048;       // below the call's frame, 
 // panic_on_oops, check_panic_on_warn(), the soft-lockup watchdog, khungtaskd, and drivers
 // calling it directly. Its first instruction runs before it disables anything, stops the other
 // CPUs or calls the panic notifiers (pvpanic), so the guest can still be resumed from there.
-// One point also fits the four debug registers KVM offers.
-constexpr const char* kInterceptionPoints[] = {"panic"};
+// With a crash kernel loaded (kdump), oops_end() calls crash_kexec() before panic() and the
+// guest would jump into its kdump kernel: crash_kexec is caught too, and stepped over so that
+// the oops reaches panic(). Two points of the four debug registers KVM offers.
+constexpr const char* kInterceptionPoints[] = {"panic", "crash_kexec"};
 
 }  // namespace
 
@@ -43,6 +45,15 @@ std::vector<std::string> CrashInterceptor::arm(const Kernel& kernel) {
     notes.push_back("panic_on_oops was 0: set to 1 so that every oops reaches the interception point");
   }
   return notes;
+}
+
+void CrashInterceptor::return_from_call(int vcpu, const Kernel& kernel) {
+  X86Registers r = machine_.read_registers(vcpu);
+  if (!point_at(r.rip)) fail(ExitCode::failure, "vCPU {} is not at an interception point", vcpu);
+  // At a function's first instruction the return address is at the stack pointer.
+  r.rip = kernel.memory().read_u64(r.rsp);
+  r.rsp += 8;
+  machine_.write_registers(vcpu, r);
 }
 
 void CrashInterceptor::disarm() {

@@ -24,6 +24,9 @@ class CrashInterceptor {
   // Arms the breakpoints for this kernel; the machine must be paused. Returns what was done,
   // for the event log (e.g. "panic_on_oops was 0: set to 1").
   std::vector<std::string> arm(const Kernel& kernel);
+  // Makes vCPU (stopped at an interception point's first instruction) return from that function
+  // at once, as if it had done nothing: how crash_kexec() is stepped over (machine paused).
+  void return_from_call(int vcpu, const Kernel& kernel);
   // Removes them (machine paused). Safe to call when nothing is armed.
   void disarm();
   bool armed() const { return !points_.empty(); }
