@@ -20,15 +20,20 @@ guest_kernel_flavour() {
 }
 
 # Fetch a Debian package into the cache, verified against the archive's SHA256.
-# Prints the path of the .deb.
+# VERSION defaults to the candidate; give it to pin a package to another one's version (the
+# kernel's source must match the kernel exactly). Prints the path of the .deb.
+#   fetch_deb PACKAGE [VERSION]
 fetch_deb() {
-    local pkg=$1 dir=$IMMORTAL_CACHE/debs
+    local pkg=$1 ver=${2:-} dir=$IMMORTAL_CACHE/debs
     mkdir -p "$dir"
-    local ver sha file
-    ver=$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')
+    local sha arch file
+    [[ -n $ver ]] || ver=$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')
     [[ -n $ver && $ver != "(none)" ]] || die "package $pkg is not in the archive (run apt-get update?)"
-    sha=$(apt-cache show "$pkg=$ver" | sed -n 's/^SHA256: //p' | head -n1)
-    file=$dir/${pkg}_${ver//:/%3a}_amd64.deb
+    sha=$(apt-cache show "$pkg=$ver" 2>/dev/null | sed -n 's/^SHA256: //p' | head -n1)
+    [[ -n $sha ]] || die "package $pkg $ver is not in the archive (run apt-get update?)"
+    # apt-get download names the file after the package's architecture ("all" for sources).
+    arch=$(apt-cache show "$pkg=$ver" | sed -n 's/^Architecture: //p' | head -n1)
+    file=$dir/${pkg}_${ver//:/%3a}_${arch}.deb
     if [[ -f $file ]] && echo "$sha  $file" | sha256sum -c --status; then
         echo "$file"; return
     fi

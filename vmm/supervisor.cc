@@ -506,8 +506,15 @@ json Supervisor::status() const {
                          {"recovered", recoveries_},
                          {"reboots", reboots_},
                          {"quarantined", quarantine_.to_json()},
+                         {"verify_window_s", options_.recovery.verify_window.count() / 1000},
                          {"event_log", dir_.file("events.jsonl")}};
   if (!last_crash_.is_null()) s["last_crash"] = last_crash_;
+  if (verification_) {
+    json v = verification_->watch ? verification_->watch->progress() : json::object();
+    v["crash"] = verification_->crash;
+    v["agent_proved"] = verification_->agent_ms.has_value();
+    s["verification"] = v;
+  }
   if (repair_) s["repair"] = repair_->status();
   s["bundles"] = {{"dir", options_.bundles.dir}, {"written", bundles_->written()}, {"writing", bundles_->writing()},
                   {"last", bundles_->last_path()}};
@@ -699,6 +706,7 @@ void Supervisor::on_breakpoint(int vcpu) {
 
 void Supervisor::on_crash(repair::CrashRecord record) {
   auto t0 = Clock::now();
+  if (verification_) cut_verification_short(record.id);
   auto ms_since = [&](Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); };
   guest_state_ = "crashed";
   json analysis_json, plan_json;
@@ -786,7 +794,22 @@ void Supervisor::on_crash(repair::CrashRecord record) {
   quarantine_.add(plan, record.id, record.time);
   guest_state_ = "recovering";
   verification_ = Verification{record.id, Clock::now(), Deadline::in(options_.recovery.verify_timeout).at(),
-                               agent_->heartbeats(), false, std::nullopt, ""};
+                               agent_->heartbeats(), false, std::nullopt, "", std::nullopt, nullptr, Clock::now()};
+  if (options_.recovery.verify_window.count() > 0) {
+    // What the repair killed, for the check that it is gone and nobody waits on its locks.
+    std::uint64_t killed = 0;
+    int killed_pid = -1;
+    for (const auto& a : plan.actions)
+      if (a.kind == "kill-task") {
+        killed = repair::parse_hex(analysis_json.value("task", json::object()).value("address", json("0x0")), "task");
+        killed_pid = analysis_json.value("task", json::object()).value("pid", -1);
+      }
+    try {
+      verification_->watch = std::make_unique<RecoveryVerifier>(guest_kernel(), killed, killed_pid, options_.recovery.verify_window);
+    } catch (const std::exception& e) {
+      options_.say(std::string("the recovered guest cannot be watched from its memory: ") + e.what());
+    }
+  }
   json timings = {{"analysis_ms", analysis_ms}, {"apply_ms", apply_ms}, {"intercept_to_resume_ms", total_ms},
                   {"repair_mode", answer.mode}, {"engine_ms", answer.engine_ms}, {"repair_round_trip_ms", answer.round_trip_ms}};
   if (pending_bundle_) {
@@ -803,6 +826,7 @@ void Supervisor::on_crash(repair::CrashRecord record) {
 
 void Supervisor::verify_recovery() {
   auto& v = *verification_;
+  auto since_resume = [&] { return std::chrono::duration<double, std::milli>(Clock::now() - v.resumed_at).count(); };
   if (!v.probe_sent && agent_->heartbeats() > v.heartbeats && !agent_->closed()) {
     // The agent's loop runs again; now a real round trip through a new process.
     v.probe_sent = true;
@@ -817,27 +841,72 @@ void Supervisor::verify_recovery() {
       v.probe_error = e.what();
     }
   }
-  if (v.probe_ok && *v.probe_ok) {
-    double ms = std::chrono::duration<double, std::milli>(Clock::now() - v.resumed_at).count();
-    ++recoveries_;
-    event("recovered", {{"crash", v.crash}, {"verify_ms", ms}});
-    options_.say(fmt::format("crash {}: the guest is healthy again (heartbeat and a new process within {:.0f} ms)", v.crash, ms));
-    last_crash_["outcome"] = "recovered";
-    guest_state_ = "running";
-    verification_.reset();
-    finish_crash_bundle("recovered", {{"verify_ms", ms}});
-    return;
+  if (v.probe_ok && !*v.probe_ok)
+    return fail_recovery("agent", "the health probe failed: " + (v.probe_error.empty() ? "exit status not 0" : v.probe_error));
+  if (v.probe_ok && !v.agent_ms) v.agent_ms = since_resume();
+  if (!v.agent_ms && Clock::now() >= v.deadline)
+    return fail_recovery("agent", fmt::format("no heartbeat and health probe within {} ms after resuming",
+                                              options_.recovery.verify_timeout.count()));
+  if (v.watch && Clock::now() >= v.next_look) {
+    v.next_look = Clock::now() + std::chrono::seconds(1);
+    try {
+      if (auto failed = v.watch->look(guest_kernel())) return fail_recovery(failed->name, failed->detail);
+    } catch (const std::exception& e) {
+      // The profile's kernel view cannot be had: the agent's proof still stands on its own.
+      options_.say(std::string("the recovered guest cannot be read: ") + e.what());
+      v.watch.reset();
+    }
   }
-  if ((v.probe_ok && !*v.probe_ok) || Clock::now() >= v.deadline) {
-    std::string why = v.probe_ok ? "the health probe failed: " + (v.probe_error.empty() ? "exit status not 0" : v.probe_error)
-                                 : fmt::format("no heartbeat and health probe within {} ms after resuming",
-                                               options_.recovery.verify_timeout.count());
-    auto id = v.crash;
-    verification_.reset();
-    event("recovery-failed", {{"crash", id}, {"reason", why}});
-    last_crash_["outcome"] = "recovery failed";
-    if (pending_bundle_) pending_bundle_->recovery["verification"] = why;
-    reboot_guest(why, id);
+  if (!v.agent_ms || (v.watch && !v.watch->window_over())) return;
+  json checks = json::array();
+  checks.push_back({{"check", "agent"}, {"passed", true}, {"detail", fmt::format("heartbeat and a new process {:.0f} ms after the resume", *v.agent_ms)}});
+  if (v.watch) {
+    try {
+      for (const auto& c : v.watch->conclude(guest_kernel())) {
+        if (!c.passed) return fail_recovery(c.name, c.detail);
+        checks.push_back({{"check", c.name}, {"passed", true}, {"detail", c.detail}});
+      }
+    } catch (const std::exception& e) {
+      checks.push_back({{"check", "window"}, {"passed", true}, {"detail", std::string("not concluded: ") + e.what()}});
+    }
+  }
+  double ms = since_resume();
+  ++recoveries_;
+  event("recovered", {{"crash", v.crash}, {"verify_ms", *v.agent_ms}, {"window_ms", ms}, {"checks", checks}});
+  options_.say(fmt::format("crash {}: the guest is healthy again (heartbeat and a new process within {:.0f} ms; "
+                           "watched for {:.1f} s)", v.crash, *v.agent_ms, ms / 1000));
+  last_crash_["outcome"] = "recovered";
+  guest_state_ = "running";
+  std::uint64_t agent_ms = static_cast<std::uint64_t>(*v.agent_ms);
+  verification_.reset();
+  finish_crash_bundle("recovered", {{"verify_ms", agent_ms}, {"window_ms", ms}});
+}
+
+void Supervisor::fail_recovery(const std::string& check, const std::string& why) {
+  auto id = verification_->crash;
+  verification_.reset();
+  event("recovery-failed", {{"crash", id}, {"check", check}, {"reason", why}});
+  options_.say(fmt::format("crash {}: the recovered guest failed the {} check: {}", id, check, why));
+  last_crash_["outcome"] = "recovery failed";
+  last_crash_["failed_check"] = check;
+  if (pending_bundle_) pending_bundle_->recovery["verification"] = check + ": " + why;
+  reboot_guest("the recovery did not hold (" + check + "): " + why, id);
+}
+
+void Supervisor::cut_verification_short(std::uint64_t new_crash) {
+  auto& v = *verification_;
+  auto id = v.crash;
+  bool proven = v.agent_ms.has_value();
+  double ms = std::chrono::duration<double, std::milli>(Clock::now() - v.resumed_at).count();
+  verification_.reset();
+  std::string note = fmt::format("crash {} came {:.1f} s into the watch window", new_crash, ms / 1000);
+  if (proven) {
+    ++recoveries_;
+    event("recovered", {{"crash", id}, {"window_ms", ms}, {"note", note + ": the checks up to then passed"}});
+    finish_crash_bundle("recovered (watch cut short by a new crash)");
+  } else {
+    event("recovery-failed", {{"crash", id}, {"check", "agent"}, {"reason", note + " before the agent answered"}});
+    finish_crash_bundle("recovery failed: a new crash came first");
   }
 }
 

@@ -19,6 +19,7 @@
 #include "recovery/event_log.h"
 #include "recovery/quarantine.h"
 #include "recovery/recovery_policy.h"
+#include "recovery/recovery_verifier.h"
 #include "repair/repair_broker.h"
 
 #include <chrono>
@@ -84,6 +85,9 @@ class Supervisor {
   void on_breakpoint(int vcpu);
   void on_crash(repair::CrashRecord record);
   void verify_recovery();
+  // A verification that cannot finish: a failed check reboots, a new crash cuts it short.
+  void fail_recovery(const std::string& check, const std::string& why);
+  void cut_verification_short(std::uint64_t new_crash);
   void check_hang();
   void reboot_guest(const std::string& reason, std::uint64_t crash);
   // kdump armed in the guest (a crash kernel loaded): crashes not recovered go to it.
@@ -145,6 +149,9 @@ class Supervisor {
     bool probe_sent = false;
     std::optional<bool> probe_ok;
     std::string probe_error;
+    std::optional<double> agent_ms;       // when the agent proved the guest runs (after resume)
+    std::unique_ptr<RecoveryVerifier> watch;  // the window of checks from guest memory
+    Clock::time_point next_look{};
   };
   std::optional<Verification> verification_;
   json last_crash_;

@@ -19,7 +19,12 @@
  *
  * Commands (docs/fault-catalogue.md): mutex, mutex-wait MS, spin-irq, spin-bh, rwsem-write,
  * rwsem-write-wait MS, rwsem-read, rwlock-write, rwlock-read, nested, semaphore, kernel-fault,
- * ping. Anything else gets -EINVAL.
+ * mutex-elsewhere, ping. Anything else gets -EINVAL.
+ *
+ * mutex-elsewhere takes a mutex that nothing on the crashing path points to (a helper took it and
+ * returned; only a module global leads to it) and that nobody waits for yet: the case the lock
+ * search cannot see, left to the supervisor's check of the recovered guest. Reading
+ * /sys/kernel/debug/immortal-realdev/elsewhere takes that mutex.
  */
 #include <linux/debugfs.h>
 #include <linux/delay.h>
@@ -69,6 +74,19 @@ struct realdev_net {
 };
 
 static struct platform_device *realdev_pdev;
+
+/* State of the driver reached only through this global (see mutex-elsewhere). */
+struct realdev_elsewhere {
+	struct mutex lock;
+	unsigned long uses;
+};
+static struct realdev_elsewhere *realdev_elsewhere;
+
+static noinline void realdev_take_elsewhere(void)
+{
+	mutex_lock(&realdev_elsewhere->lock);
+	realdev_elsewhere->uses++;
+}
 
 /* Every crash is the same bug: a member that should have been set up at probe time. */
 static noinline void realdev_apply_config(struct realdev *rd)
@@ -211,6 +229,14 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 		return realdev_cmd_semaphore(rd);
 	if (!strcmp(cmd, "kernel-fault"))
 		return realdev_cmd_kernel_fault(rd);
+	if (!strcmp(cmd, "mutex-elsewhere")) {
+		realdev_take_elsewhere();
+		/* A sleep: whatever register still pointed at the mutex is someone else's now. */
+		usleep_range(100, 200);
+		realdev_apply_config(rd);
+		mutex_unlock(&realdev_elsewhere->lock);
+		return 0;
+	}
 	return -EINVAL;
 }
 
@@ -310,6 +336,23 @@ static ssize_t realdev_debugfs_write(struct file *file, const char __user *buf, 
 	return len;
 }
 
+static ssize_t realdev_elsewhere_read(struct file *file, char __user *buf, size_t len, loff_t *pos)
+{
+	char text[32];
+	int n;
+
+	mutex_lock(&realdev_elsewhere->lock);
+	n = scnprintf(text, sizeof(text), "uses %lu\n", realdev_elsewhere->uses);
+	mutex_unlock(&realdev_elsewhere->lock);
+	return simple_read_from_buffer(buf, len, pos, text, n);
+}
+
+static const struct file_operations realdev_elsewhere_fops = {
+	.owner = THIS_MODULE,
+	.read = realdev_elsewhere_read,
+	.llseek = no_llseek,
+};
+
 static const struct file_operations realdev_debugfs_fops = {
 	.owner = THIS_MODULE,
 	.open = simple_open,
@@ -401,6 +444,7 @@ static int realdev_probe(struct platform_device *pdev)
 		goto err_misc;
 	rd->debugfs = debugfs_create_dir(REALDEV_NAME, NULL);
 	debugfs_create_file("trigger", 0600, rd->debugfs, rd, &realdev_debugfs_fops);
+	debugfs_create_file("elsewhere", 0400, rd->debugfs, NULL, &realdev_elsewhere_fops);
 	return 0;
 
 err_misc:
@@ -426,13 +470,21 @@ static struct platform_driver realdev_driver = {
 
 static int __init realdev_init(void)
 {
-	int ret = platform_driver_register(&realdev_driver);
+	int ret;
 
-	if (ret)
+	realdev_elsewhere = kzalloc(sizeof(*realdev_elsewhere), GFP_KERNEL);
+	if (!realdev_elsewhere)
+		return -ENOMEM;
+	mutex_init(&realdev_elsewhere->lock);
+	ret = platform_driver_register(&realdev_driver);
+	if (ret) {
+		kfree(realdev_elsewhere);
 		return ret;
+	}
 	realdev_pdev = platform_device_register_simple(REALDEV_NAME, -1, NULL, 0);
 	if (IS_ERR(realdev_pdev)) {
 		platform_driver_unregister(&realdev_driver);
+		kfree(realdev_elsewhere);
 		return PTR_ERR(realdev_pdev);
 	}
 	return 0;
@@ -442,6 +494,7 @@ static void __exit realdev_exit(void)
 {
 	platform_device_unregister(realdev_pdev);
 	platform_driver_unregister(&realdev_driver);
+	kfree(realdev_elsewhere);
 }
 
 module_init(realdev_init);

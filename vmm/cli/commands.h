@@ -27,6 +27,7 @@ struct RunOptions {
   std::string recovery_limit;           // COUNT/SECONDS
   int hang_timeout_s = 30;
   int verify_timeout_s = 20;
+  int verify_window_s = 10;
   std::string event_log;
   std::string bundle_dir;               // empty: see run_command (env, /var/crash for root, user state dir)
   int bundle_keep = 20;

@@ -43,6 +43,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(3, 86400));
   run_cmd->add_option("--verify-timeout", run.verify_timeout_s, "seconds for a recovered guest to prove it is healthy (default: 20)")
       ->check(CLI::Range(1, 3600));
+  run_cmd->add_option("--verify-window", run.verify_window_s,
+                      "seconds a recovered guest is watched before it counts as recovered: no task waiting on a dead "
+                      "lock owner, no lockup or stall report, RCU advancing (default: 10)")
+      ->check(CLI::Range(0, 3600));
   run_cmd->add_option("--event-log", run.event_log, "also append the event log (JSON lines) to this file");
   run_cmd->add_option("--bundle-dir", run.bundle_dir,
                       "where crash bundles go (default: $IMMORTAL_BUNDLE_DIR/NAME, /var/crash/immortal/NAME for root, else ~/.local/state/immortal/bundles/NAME)");
