@@ -1,5 +1,6 @@
 #include "fault_catalogue.h"
 
+#include <optional>
 #include <string>
 
 namespace immortal::vmm {
@@ -71,6 +72,18 @@ const FaultClass* find_fault_class(const std::string& name) {
   for (const auto& f : fault_catalogue())
     if (name == f.name) return &f;
   return nullptr;
+}
+
+bool is_lkdtm_class(const std::string& name) { return name.rfind(kLkdtmPrefix, 0) == 0; }
+
+std::optional<std::string> lkdtm_type(const std::string& name) {
+  if (!is_lkdtm_class(name)) return std::nullopt;
+  std::string type = name.substr(sizeof kLkdtmPrefix - 1);
+  // The type reaches a guest command line and a kernel interface: nothing but LKDTM's letters.
+  if (type.empty() || type.size() > 40) return std::nullopt;
+  for (char c : type)
+    if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) return std::nullopt;
+  return type;
 }
 
 }  // namespace immortal::vmm

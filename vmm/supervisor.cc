@@ -427,18 +427,33 @@ void Supervisor::answer_inject(int fd, const json& request) {
     clients_.erase(it);
   };
   std::string name = request.value("class", "");
+  // "lkdtm:TYPE" asks the guest's LKDTM instead of our driver; the type is checked for its shape
+  // here (it goes into a guest command line) and for its existence by the guest's LKDTM below.
+  std::optional<std::string> lkdtm = lkdtm_type(name);
   const FaultClass* fault = find_fault_class(name);
-  if (!fault)
+  if (!fault && !lkdtm)
     return finish(static_cast<int>(ExitCode::usage),
-                  "unknown fault class \"" + name + "\" (immortal inject --list shows them)", {});
+                  (is_lkdtm_class(name) ? "bad LKDTM type in \"" : "unknown fault class \"") + name +
+                  "\" (immortal inject --list shows them)", {});
   if (guest_state_ != "running" || !agent_->hello() || agent_->closed())
     return finish(static_cast<int>(ExitCode::agent), "the guest is not running with its agent connected (state: " +
                   guest_state_ + ")", {});
-  std::string cls = fault->name;
+  std::string cls = fault ? std::string(fault->name) : name;
+  // Reading LKDTM's trigger lists its types, one a line: grep says 0 (known), 1 (unknown), 2 (no file).
+  std::vector<std::string> check = lkdtm ? std::vector<std::string>{"grep", "-qxF", *lkdtm, kLkdtmTrigger}
+                                         : std::vector<std::string>{"test", "-c", "/dev/immortal-fault"};
   try {
-    agent_->exec({"test", "-c", "/dev/immortal-fault"}, 10'000,
-                 [this, finish, cls](const agent::ExecResult* result, const std::string& error) {
+    agent_->exec(check, 10'000,
+                 [this, finish, cls, lkdtm](const agent::ExecResult* result, const std::string& error) {
       if (!result) return finish(static_cast<int>(ExitCode::agent), error, {});
+      if (lkdtm && result->exit_code == 1)
+        return finish(static_cast<int>(ExitCode::usage),
+                      "the guest's LKDTM has no crash type \"" + *lkdtm + "\" (its types: immortal exec " +
+                      options_.machine.name + " -- cat " + kLkdtmTrigger + ")", {});
+      if (lkdtm && result->exit_code != 0)
+        return finish(static_cast<int>(ExitCode::failure),
+                      std::string("the guest has no LKDTM: ") + kLkdtmTrigger +
+                      " is missing (is the lkdtm module loaded and debugfs mounted?)", {});
       if (result->exit_code != 0)
         return finish(static_cast<int>(ExitCode::failure),
                       "the guest has no fault-injection driver: /dev/immortal-fault is missing "
@@ -741,12 +756,14 @@ void Supervisor::on_crash(repair::CrashRecord record) {
         if (context.percpu_base != regs.gs_base && context.percpu_base != regs.kernel_gs_base)
           fail(ExitCode::failure, "the analysis puts CPU {}'s per-CPU area at {:#x}, its GS base says otherwise",
                record.vcpu, context.percpu_base);
-        if (const repair::HealthyImage* healthy = repair_ ? repair_->healthy() : nullptr; healthy && healthy->module(context.module)) {
-          context.module_layout = *healthy->module(context.module);
-        } else {
-          for (const auto& mod : read_modules(guest_kernel()).modules)
-            if (mod.name == context.module) context.module_layout = repair::ModuleLayout{mod.name, mod.base, mod.size, mod.text_size};
-        }
+        // The module's bounds as the healthy copy has them, unless it was loaded (or reloaded
+        // elsewhere) since: then as the guest's module list says (a bounded, cycle-safe walk).
+        std::optional<repair::ModuleLayout> live;
+        for (const auto& mod : read_modules(guest_kernel()).modules)
+          if (mod.name == context.module) live = repair::ModuleLayout{mod.name, mod.base, mod.size, mod.text_size};
+        const repair::HealthyImage* healthy = repair_ ? repair_->healthy() : nullptr;
+        const repair::ModuleLayout* known = healthy ? healthy->module(context.module) : nullptr;
+        context.module_layout = known && (!live || live->base == known->base) ? std::optional(*known) : live;
         validate_plan(plan, context, guest_kernel(), repair_ ? repair_->healthy() : nullptr);
       } catch (const Error& e) {
         plan.resume = false;

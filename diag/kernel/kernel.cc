@@ -1,10 +1,13 @@
 #include "kernel/kernel.h"
 
 #include "base/error.h"
+#include "kernel/modules.h"
 #include "types/btf_types.h"
 #include "x86_64/page_tables.h"
 
+#include <algorithm>
 #include <cstring>
+#include <set>
 #include <sstream>
 
 namespace immortal {
@@ -23,6 +26,37 @@ std::optional<std::string> read_vmcoreinfo_note(const PhysicalMemory& memory, st
   std::uint64_t desc_at = 12 + ((static_cast<std::uint64_t>(namesz) + 3) & ~3ull);
   if (namesz < 10 || note.compare(12, 10, "VMCOREINFO") != 0 || desc_at + descsz > note.size()) return std::nullopt;
   return note.substr(desc_at, descsz);
+}
+
+std::vector<std::string> Kernel::refresh_module_symbols() {
+  std::vector<std::string> changed;
+  ModuleList modules;
+  try {
+    modules = read_modules(*this);
+  } catch (const std::exception&) {
+    return changed;
+  }
+  if (!modules.walk.complete) return changed;  // a broken list says nothing about what is gone
+  std::map<std::string, std::vector<Symbol>> fresh;
+  std::set<std::string> live;
+  for (const auto& m : modules.modules) {
+    live.insert(m.name);
+    auto known = module_bases_.find(m.name);
+    if (known != module_bases_.end() && known->second == m.base) continue;
+    try {
+      fresh[m.name] = read_module_symbols(*this, m);
+      module_bases_[m.name] = m.base;
+      from_memory_.insert(m.name);
+      changed.push_back(m.name);
+    } catch (const std::exception&) {
+      // Unreadable: keep what the profile said; the analysis notes stale symbols as before.
+    }
+  }
+  std::size_t gone = std::erase_if(module_bases_, [&](const auto& entry) { return !live.count(entry.first); });
+  std::erase_if(from_memory_, [&](const std::string& name) { return !live.count(name); });
+  if (fresh.empty() && gone == 0) return changed;  // the profile's view still holds: nothing to re-sort
+  symbols_.update_modules(fresh, live);
+  return changed;
 }
 
 std::uint64_t Kernel::symbol(const std::string& name) const {

@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,12 @@ class Kernel {
   // Where the profile saw each module loaded (/proc/modules), by name: a module whose base in
   // memory differs was reloaded since, and the profile's symbols for it are stale.
   const std::map<std::string, std::uint64_t>& profile_module_bases() const { return module_bases_; }
+  // Modules loaded (or reloaded elsewhere) since the profile was taken get their symbols from
+  // their own symbol tables in memory; those of modules gone are dropped. Returns the modules
+  // whose symbols changed. Bounded; never throws (an unreadable module keeps what it had).
+  std::vector<std::string> refresh_module_symbols();
+  // Modules whose symbols came from guest memory rather than the profile.
+  const std::set<std::string>& modules_read_from_memory() const { return from_memory_; }
   // Notes on what could not be checked or was worked around, for the report.
   const std::vector<std::string>& warnings() const { return warnings_; }
 
@@ -54,6 +61,7 @@ class Kernel {
   std::string release_;
   std::vector<std::string> warnings_;
   std::map<std::string, std::uint64_t> module_bases_;
+  std::set<std::string> from_memory_;
 };
 
 // The VMCOREINFO note the guest kernel keeps at paddr (an ELF note), read from its memory.

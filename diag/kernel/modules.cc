@@ -1,5 +1,11 @@
 #include "kernel/modules.h"
 
+#include <elf.h>
+
+#include <algorithm>
+
+#include <vector>
+
 namespace immortal {
 
 ModuleList read_modules(const Kernel& kernel, std::size_t max) {
@@ -34,6 +40,40 @@ ModuleList read_modules(const Kernel& kernel, std::size_t max) {
     list.modules.push_back(info);
   });
   return list;
+}
+
+std::vector<Symbol> read_module_symbols(const Kernel& kernel, const ModuleInfo& module) {
+  const auto& m = kernel.memory();
+  const auto& t = kernel.types();
+  std::uint64_t kallsyms = m.read_u64(module.address + t.offset_of("module", "kallsyms"));
+  std::uint64_t symtab = m.read_u64(kallsyms + t.offset_of("mod_kallsyms", "symtab"));
+  auto count = m.read_value<std::uint32_t>(kallsyms + t.offset_of("mod_kallsyms", "num_symtab"));
+  std::uint64_t strtab = m.read_u64(kallsyms + t.offset_of("mod_kallsyms", "strtab"));
+  std::uint64_t typetab = m.read_u64(kallsyms + t.offset_of("mod_kallsyms", "typetab"));
+  std::vector<Symbol> out;
+  if (count == 0 || count > kMaxModuleSymbols) return out;
+  std::vector<Elf64_Sym> syms(count);
+  m.read(symtab, std::as_writable_bytes(std::span(syms)));
+  std::vector<char> types(count);
+  m.read(typetab, std::as_writable_bytes(std::span(types)));
+  for (std::uint32_t i = 0; i < count; ++i) {
+    const Elf64_Sym& e = syms[i];
+    if (e.st_value == 0 || e.st_name == 0) continue;
+    char type = types[i];
+    // As /proc/kallsyms shows a module: its functions and data, no section or file symbols.
+    if (type != 't' && type != 'T' && type != 'd' && type != 'D' && type != 'b' && type != 'B' && type != 'r' &&
+        type != 'R')
+      continue;
+    std::string name;
+    try {
+      name = m.read_cstring(strtab + e.st_name, 128);
+    } catch (const MemoryFault&) {
+      continue;
+    }
+    if (name.empty() || !std::all_of(name.begin(), name.end(), [](char c) { return c > 0x20 && c < 0x7f; })) continue;
+    out.push_back(Symbol{e.st_value, type, std::move(name), module.name});
+  }
+  return out;
 }
 
 }  // namespace immortal

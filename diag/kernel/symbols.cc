@@ -64,10 +64,22 @@ SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
     if (table.sorted_.size() >= kMaxSymbols) fail(ExitCode::bad_input, "kallsyms has more than {} symbols", kMaxSymbols);
     table.sorted_.push_back(std::move(s));
   }
-  std::stable_sort(table.sorted_.begin(), table.sorted_.end(),
-                   [](const Symbol& a, const Symbol& b) { return a.address < b.address; });
-  for (std::size_t i = 0; i < table.sorted_.size(); ++i) table.by_name_.emplace(table.sorted_[i].name, i);
+  table.index();
   return table;
+}
+
+void SymbolTable::index() {
+  std::stable_sort(sorted_.begin(), sorted_.end(), [](const Symbol& a, const Symbol& b) { return a.address < b.address; });
+  by_name_.clear();
+  for (std::size_t i = 0; i < sorted_.size(); ++i) by_name_.emplace(sorted_[i].name, i);
+}
+
+void SymbolTable::update_modules(const std::map<std::string, std::vector<Symbol>>& fresh, const std::set<std::string>& live) {
+  std::erase_if(sorted_, [&](const Symbol& s) { return !s.module.empty() && (!live.count(s.module) || fresh.count(s.module)); });
+  for (const auto& [module, symbols] : fresh)
+    for (const auto& s : symbols)
+      if (sorted_.size() < kMaxSymbols) sorted_.push_back(s);
+  index();
 }
 
 std::optional<std::uint64_t> SymbolTable::address_of(const std::string& name) const {

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -41,11 +43,17 @@ class SymbolTable {
   std::string describe_return(std::uint64_t address) const;
   bool is_text(std::uint64_t address) const;
 
+  // Module symbols as the guest has them now: the symbols of modules not in `live`, and of those
+  // in `fresh`, are dropped; `fresh` ones are added (read from the modules' own symbol tables in
+  // guest memory when the profile's are stale).
+  void update_modules(const std::map<std::string, std::vector<Symbol>>& fresh, const std::set<std::string>& live);
+
   std::size_t size() const { return sorted_.size(); }
   std::size_t skipped_lines() const { return skipped_; }
 
  private:
   std::string describe_at(std::uint64_t address, std::uint64_t lookup_address) const;
+  void index();
 
   std::vector<Symbol> sorted_;  // by address
   std::unordered_map<std::string, std::size_t> by_name_;  // first definition wins

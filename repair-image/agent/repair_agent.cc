@@ -105,6 +105,8 @@ class Engine {
       if (j.is_discarded()) fail(ExitCode::bad_input, "the request is not JSON");
       RepairRequest request = RepairRequest::from_json(j);
       kernel_->memory().forget_translations();
+      // A module loaded since the profile: its symbols come from its own table in memory.
+      kernel_->refresh_module_symbols();
       EngineResult r = run_repair_engine(*kernel_, healthy_.get(), request);
       out = r.to_json();
       out["ok"] = true;

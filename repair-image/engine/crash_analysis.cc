@@ -224,12 +224,16 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
                                     [&](const ModuleInfo& m) { return m.name == module; });
       std::string symbol_module;
       function_of(symbols, a.kind == "panic" ? a.fault_pc - 1 : a.fault_pc, &symbol_module);
-      // Init code never has symbols in a profile (kallsyms lists it only while the module loads).
+      // Init code has symbols only while the module loads (read from its own table in memory).
       bool in_init = in_memory != loaded.modules.end() &&
                      (a.fault_pc < in_memory->base || a.fault_pc - in_memory->base >= in_memory->text_size);
       a.module_symbols_stale = a.fault_in_module && in_memory != loaded.modules.end() &&
-                               (in_init || symbol_module != module || profiled == kernel.profile_module_bases().end() ||
+                               (symbol_module != module || profiled == kernel.profile_module_bases().end() ||
                                 profiled->second != in_memory->base);
+      if (kernel.modules_read_from_memory().count(module))
+        a.notes.push_back("module " + module + " was loaded after the guest profile was taken: its symbols were read "
+                          "from its own symbol table in guest memory");
+      if (in_init) a.fault_in_init = true;
       if (a.module_symbols_stale) {
         a.fault_function = in_init ? fmt::format("{} init code+{:#x} [{}]", module, a.fault_pc - in_memory->init_base, module)
                                 : fmt::format("{}+{:#x} [{}]", module, a.fault_pc - in_memory->base, module);

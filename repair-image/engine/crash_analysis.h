@@ -53,6 +53,7 @@ struct CrashAnalysis {
   // The module was (re)loaded after the profile was taken: its symbols there are stale or
   // missing, so nothing that needs them (quarantine, returning from its frames) is attempted.
   bool module_symbols_stale = false;
+  bool fault_in_init = false;   // in the module's __init code (freed once it has loaded)
   int outer_module_frame = -1;  // the outermost module frame above fault_frame (its entry point)
   std::string outer_caller;     // the kernel function that called it (a dispatcher, vfs_write …)
 

@@ -355,6 +355,8 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       notes.push_back("the corrupted code is restored, not quarantined");
     } else if (a.module_symbols_stale && !quarantine_why.empty()) {
       notes.push_back("the driver's functions are not in the guest profile (loaded after it was taken): not quarantined");
+    } else if (a.fault_in_init && !quarantine_why.empty()) {
+      notes.push_back("the crash is in the module's init code, which runs once: nothing to quarantine");
     } else if (!quarantine_why.empty() && quarantine_target) {
       if (auto q = quarantine(kernel, record, quarantine_target, quarantine_why, notes)) quarantined.push_back(*q);
     }

@@ -150,12 +150,20 @@ int list_faults_command() {
   std::cout << fmt::format("{:<16} {:<26} {}\n", "Class", "Context", "What the driver does");
   std::cout << std::string(100, '-') << "\n";
   for (const auto& f : fault_catalogue()) std::cout << fmt::format("{:<16} {:<26} {}\n", f.name, f.context, f.action);
+  std::cout << fmt::format("{:<16} {:<26} {}\n", "lkdtm:TYPE", "(depends on TYPE)",
+                           "runs the kernel's own crash test TYPE (LKDTM, e.g. lkdtm:BUG, lkdtm:EXCEPTION)");
+  std::cout << fmt::format("\nThe guest's LKDTM types: immortal exec NAME -- cat {}\n"
+                           "(what each does: docs/fault-catalogue.md, \"LKDTM types\")\n", kLkdtmTrigger);
   return 0;
 }
 
 int inject_command(const GlobalOptions& g, const std::string& given_name, const std::string& fault_class) {
-  // Unknown classes are refused here, before any guest is involved.
-  if (!find_fault_class(fault_class))
+  // Unknown classes are refused here, before any guest is involved. An LKDTM type is checked
+  // for its shape only: the guest's LKDTM knows which types exist (the supervisor asks it).
+  if (is_lkdtm_class(fault_class) && !lkdtm_type(fault_class))
+    fail(ExitCode::usage, "bad LKDTM type in \"{}\": lkdtm:TYPE takes 1 to 40 of A-Z, 0-9 and _ "
+         "(immortal inject --list)", fault_class);
+  if (!is_lkdtm_class(fault_class) && !find_fault_class(fault_class))
     fail(ExitCode::usage, "unknown fault class \"{}\" (immortal inject --list shows them)", fault_class);
   std::string name = given_name;
   if (name.empty()) {
