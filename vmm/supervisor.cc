@@ -834,7 +834,7 @@ void Supervisor::on_crash(repair::CrashRecord record) {
     pending_bundle_->timings.update(timings);
   }
   event("resumed", {{"crash", record.id}, {"actions", plan.reason}, {"analysis_ms", analysis_ms}, {"apply_ms", apply_ms},
-                    {"repair_mode", answer.mode}, {"engine_ms", answer.engine_ms},
+                    {"repair_mode", answer.mode}, {"engine_ms", answer.engine_ms}, {"lock_search_ms", answer.lock_search_ms},
                     {"snapshot_ms", timings.value("snapshot_pause_ms", 0.0)}, {"intercept_to_resume_ms", total_ms}});
   options_.say(fmt::format("crash {}: repaired ({}) and resumed {:.1f} ms after interception; verifying", record.id,
                            plan.reason, total_ms));

@@ -59,6 +59,14 @@ std::vector<std::string> Kernel::refresh_module_symbols() {
   return changed;
 }
 
+ReturnType Kernel::function_return(const std::string& module, const std::string& function) const {
+  auto it = returns_.find(module);
+  // A module reloaded since the profile may be another build: its old BTF says nothing.
+  if (it == returns_.end() || from_memory_.count(module)) return ReturnType::unknown;
+  auto f = it->second.find(function);
+  return f == it->second.end() ? ReturnType::unknown : f->second;
+}
+
 std::uint64_t Kernel::symbol(const std::string& name) const {
   auto a = symbols_.address_of(name);
   if (!a) fail(ExitCode::bad_input, "the profile's symbols have no {}", name);
@@ -82,6 +90,8 @@ std::unique_ptr<Kernel> Kernel::open(const PhysicalMemory& memory, const GuestPr
   if (k->symbols_.size() == 0) fail(ExitCode::bad_input, "the profile has no kernel symbols");
   k->types_ = types ? std::move(types) : BtfTypes::parse(profile.btf_vmlinux);
   k->release_ = profile.kernel_release;
+  if (const auto* btf = dynamic_cast<const BtfTypes*>(k->types_.get()))
+    for (const auto& [module, raw] : profile.btf_modules) k->returns_[module] = btf->function_returns(raw);
   {
     // "name size refcount deps state 0xaddress [taints]"
     std::istringstream lines(profile.modules);

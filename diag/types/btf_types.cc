@@ -4,6 +4,9 @@
 
 #include <bpf/btf.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -83,6 +86,74 @@ BtfTypes::~BtfTypes() {
 }
 
 std::size_t BtfTypes::type_count() const { return btf__type_cnt(btf_); }
+
+const char* to_string(ReturnType type) {
+  switch (type) {
+    case ReturnType::unknown: return "unknown";
+    case ReturnType::none: return "void";
+    case ReturnType::signed_integer: return "signed integer";
+    case ReturnType::unsigned_integer: return "unsigned integer";
+    case ReturnType::boolean: return "bool";
+    case ReturnType::pointer: return "pointer";
+    case ReturnType::irqreturn: return "irqreturn_t";
+  }
+  return "?";
+}
+
+namespace {
+
+ReturnType classify_return(const struct btf* b, __u32 func_id) {
+  const btf_type* func = btf__type_by_id(b, func_id);
+  const btf_type* proto = func ? btf__type_by_id(b, func->type) : nullptr;
+  if (!proto || !btf_is_func_proto(proto)) return ReturnType::unknown;
+  __u32 ret = proto->type;
+  if (ret == 0) return ReturnType::none;
+  // irqreturn_t is a typedef of enum irqreturn: recognised by name before typedefs are skipped.
+  for (int i = 0; i < 32; ++i) {
+    const btf_type* t = btf__type_by_id(b, ret);
+    if (!t) return ReturnType::unknown;
+    const char* name = btf__name_by_offset(b, t->name_off);
+    if (name && (std::strcmp(name, "irqreturn_t") == 0 || std::strcmp(name, "irqreturn") == 0)) return ReturnType::irqreturn;
+    if (!btf_is_typedef(t) && !btf_is_const(t) && !btf_is_volatile(t) && !btf_is_restrict(t) && !btf_is_type_tag(t)) {
+      if (btf_is_ptr(t)) return ReturnType::pointer;
+      if (btf_is_int(t))
+        return (btf_int_encoding(t) & BTF_INT_BOOL) ? ReturnType::boolean
+               : (btf_int_encoding(t) & BTF_INT_SIGNED) ? ReturnType::signed_integer : ReturnType::unsigned_integer;
+      if (btf_is_enum(t) || btf_is_enum64(t)) return ReturnType::signed_integer;
+      return ReturnType::unknown;
+    }
+    ret = t->type;
+  }
+  return ReturnType::unknown;
+}
+
+}  // namespace
+
+std::map<std::string, ReturnType> BtfTypes::function_returns(const std::string& split_raw) const {
+  std::map<std::string, ReturnType> out;
+  if (split_raw.empty() || split_raw.size() > (64u << 20)) return out;
+  // libbpf (1.1) parses split BTF only from a file: hand it the bytes through a memory file.
+  int fd = ::memfd_create("immortal-btf", MFD_CLOEXEC);
+  if (fd < 0) return out;
+  std::size_t done = 0;
+  while (done < split_raw.size()) {
+    ssize_t n = ::write(fd, split_raw.data() + done, split_raw.size() - done);
+    if (n <= 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+  struct btf* split = nullptr;
+  if (done == split_raw.size()) split = btf__parse_raw_split(("/proc/self/fd/" + std::to_string(fd)).c_str(), btf_);
+  ::close(fd);
+  if (!split) return out;
+  for (__u32 id = btf__type_cnt(btf_); id < btf__type_cnt(split); ++id) {
+    const btf_type* t = btf__type_by_id(split, id);
+    if (!t || !btf_is_func(t)) continue;
+    const char* name = btf__name_by_offset(split, t->name_off);
+    if (name && *name) out.emplace(name, classify_return(split, id));
+  }
+  btf__free(split);
+  return out;
+}
 
 std::optional<std::uint64_t> BtfTypes::struct_size(const std::string& name) const {
   __s32 id = find_composite(btf_, name);

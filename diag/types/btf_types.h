@@ -4,12 +4,17 @@
 
 #include "types/type_info.h"
 
+#include <map>
 #include <memory>
 #include <string>
 
 struct btf;
 
 namespace immortal {
+
+// What a function returns, as a caller of it expects a value back (BTF FUNC_PROTO).
+enum class ReturnType { unknown, none, signed_integer, unsigned_integer, boolean, pointer, irqreturn };
+const char* to_string(ReturnType type);
 
 class BtfTypes final : public TypeInfo {
  public:
@@ -20,6 +25,9 @@ class BtfTypes final : public TypeInfo {
   std::optional<std::uint64_t> struct_size(const std::string& name) const override;
   std::optional<FieldInfo> field(const std::string& struct_name, const std::string& path) const override;
   std::size_t type_count() const;
+  // What each function of split BTF over these types (a module's BTF, as
+  // /sys/kernel/btf/<module> has it) returns; empty when it cannot be parsed.
+  std::map<std::string, ReturnType> function_returns(const std::string& split_raw) const;
 
  private:
   BtfTypes() = default;

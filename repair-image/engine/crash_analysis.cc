@@ -263,6 +263,7 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
     LockSearch search = find_held_locks(kernel, a);
     a.locks = std::move(search.locks);
     a.lock_search = std::move(search.stats);
+    a.lock_search_ms = search.ms;
     for (auto& u : search.unexplained) a.unsafe.push_back(std::move(u));
     for (auto& n : search.notes) a.notes.push_back(std::move(n));
     ReferenceSearch refs = find_held_references(kernel, a, search.path_values);

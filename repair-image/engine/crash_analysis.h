@@ -60,6 +60,7 @@ struct CrashAnalysis {
   std::vector<HeldLock> locks;  // held locks the search found: those of the crash (ours) and others
   nlohmann::json lock_search = nlohmann::json::object();  // what the search looked at (held_locks.h)
   std::vector<HeldReference> references;  // kernel references the crashing path took (held_references.h)
+  double lock_search_ms = 0;    // a timing, reported beside the analysis (not in to_json)
   std::vector<std::string> unsafe;  // reasons the guest must not be resumed (empty: none found)
   std::vector<std::string> notes;
 

@@ -510,7 +510,7 @@ LockSearch Search::run() {
   out_.stats["owner_words"] = owner_hits_.size();
   out_.stats["owner_words_not_locks"] = rejected_hits_;
   out_.stats["bytes_searched"] = scanned_;
-  out_.stats["ms"] = ms;
+  out_.ms = ms;
   if (scanned_ >= kMaxScanBytes) out_.notes.push_back("the search stopped at its byte limit");
   return out_;
 }

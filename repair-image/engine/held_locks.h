@@ -52,6 +52,7 @@ struct LockSearch {
   std::vector<std::string> notes;
   nlohmann::json stats = nlohmann::json::object();  // what was searched, and how long it took
   std::vector<std::uint64_t> path_values;  // the data pointers of the crashing path (registers, stack slots)
+  double ms = 0;  // how long the search took (a timing: not part of the analysis both engines agree on)
 };
 
 // The analysis must have its context, task, preemption count, backtrace and fault frame.

@@ -42,7 +42,7 @@ nlohmann::json EngineResult::to_json() const {
   nlohmann::json a = analysis.to_json();
   a["integrity"] = integrity.to_json();
   a["consistency"] = consistency;
-  return {{"analysis", a}, {"plan", plan.to_json()}};
+  return {{"analysis", a}, {"plan", plan.to_json()}, {"timings", {{"lock_search_ms", analysis.lock_search_ms}}}};
 }
 
 EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy, const RepairRequest& request) {

@@ -34,7 +34,8 @@ struct EngineResult {
   IntegrityReport integrity;
   std::vector<std::string> consistency;  // reasons the core structures are not trusted
   RepairPlan plan;
-  // {"analysis": {... "integrity", "consistency"}, "plan": {...}}: what both modes must agree on.
+  // {"analysis": {... "integrity", "consistency"}, "plan": {...}}: what both modes must agree on;
+  // "timings": how long parts took (they differ from run to run).
   nlohmann::json to_json() const;
 };
 

@@ -92,9 +92,9 @@ int main(int argc, char** argv) {
 
   std::string fault_class;
   bool list_faults = false;
-  auto* inject_cmd = app.add_subcommand("inject", "make the guest's fault-injection driver crash the kernel");
+  auto* inject_cmd = app.add_subcommand("inject", "make the guest's fault-injection driver (or the kernel's LKDTM) crash the kernel");
   inject_cmd->add_option("name", name, "instance name (default: the only running instance, else \"guest\")");
-  inject_cmd->add_option("class", fault_class, "fault class (see --list)");
+  inject_cmd->add_option("class", fault_class, "fault class (see --list), or lkdtm:TYPE for an LKDTM crash type");
   inject_cmd->add_flag("-l,--list", list_faults, "list the fault classes");
 
   std::string dump_file;

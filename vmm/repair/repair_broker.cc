@@ -26,7 +26,8 @@ double ms_since(Clock::time_point t) { return std::chrono::duration<double, std:
 }  // namespace
 
 nlohmann::json RepairAnswer::to_json() const {
-  nlohmann::json j = {{"ok", ok}, {"mode", mode}, {"engine_ms", engine_ms}, {"round_trip_ms", round_trip_ms}};
+  nlohmann::json j = {{"ok", ok}, {"mode", mode}, {"engine_ms", engine_ms}, {"round_trip_ms", round_trip_ms},
+                      {"lock_search_ms", lock_search_ms}};
   if (!error.empty()) j["error"] = error;
   if (!fallbacks.empty()) j["fallbacks"] = fallbacks;
   if (!cross_check.is_null()) j["cross_check"] = cross_check;
@@ -146,7 +147,9 @@ bool RepairBroker::answer_from(Slot& slot, const std::string& request, RepairAns
     out.fallbacks.push_back(slot.mode + ": its answer is not JSON");
     return false;
   }
-  out.engine_ms = j.value("engine_ms", 0.0);
+  if (auto e = j.find("engine_ms"); e != j.end() && e->is_number()) out.engine_ms = e->get<double>();
+  if (auto t = j.find("timings"); t != j.end() && t->is_object())
+    if (auto ls = t->find("lock_search_ms"); ls != t->end() && ls->is_number()) out.lock_search_ms = ls->get<double>();
   if (!j.value("ok", false)) {
     // The engine itself gave up (e.g. the crashed kernel cannot be opened): an answer, not a fault.
     out.ok = false;

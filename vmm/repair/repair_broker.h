@@ -33,6 +33,7 @@ struct RepairAnswer {
   nlohmann::json analysis, plan;    // as the engine returned them
   std::string mode;                 // who answered: vm, inline
   double engine_ms = 0, round_trip_ms = 0;
+  double lock_search_ms = 0;  // the part of engine_ms the held-lock search took
   std::string error;                // !ok: why there is no answer
   std::vector<std::string> fallbacks;  // who could not answer first, and why
   nlohmann::json cross_check;       // --repair-cross-check: the other mode's verdict on the same crash
