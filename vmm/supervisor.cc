@@ -521,6 +521,12 @@ json Supervisor::status() const {
                          {"recovered", recoveries_},
                          {"reboots", reboots_},
                          {"quarantined", quarantine_.to_json()},
+                         {"pinned", [&] {
+                            json p = json::array();
+                            for (const auto& pin : quarantine_.pins()) p.push_back(pin.module);
+                            return p;
+                          }()},
+                         {"quarantine_mode", options_.recovery.quarantine_driver ? "driver" : "function"},
                          {"verify_window_s", options_.recovery.verify_window.count() / 1000},
                          {"event_log", dir_.file("events.jsonl")}};
   if (!last_crash_.is_null()) s["last_crash"] = last_crash_;
@@ -681,7 +687,7 @@ RepairAnswer Supervisor::ask_repair_engine(const repair::CrashRecord& record) {
     answer.error = "no repair engine (recovery is off)";
     return answer;
   }
-  repair::RepairRequest request{record, {}};
+  repair::RepairRequest request{record, {}, options_.recovery.quarantine_driver};
   for (const auto& q : quarantine_.entries()) request.known_patches.push_back({q.address, q.patch});
   answer = repair_->analyse(request);
   for (const auto& f : answer.fallbacks) options_.say("repair engine fallback: " + f);

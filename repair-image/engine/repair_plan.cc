@@ -1,6 +1,7 @@
 #include "engine/repair_plan.h"
 
 #include "base/error.h"
+#include "kernel/modules.h"
 #include "x86_64/prologue.h"
 
 #include <fmt/format.h>
@@ -18,6 +19,7 @@ constexpr std::uint64_t kInterruptFlag = 0x200;     // RFLAGS.IF
 constexpr std::uint64_t kTrapFlag = 0x100;
 constexpr std::size_t kPrologueBytes = 64;
 const std::uint8_t kNop5[] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
+const std::uint8_t kEndbr64[] = {0xf3, 0x0f, 0x1e, 0xfa};
 
 // Kernel functions that call a driver's callback and carry on when it returns, with the
 // interrupt flag they run callbacks with (kernel/time/timer.c, kernel/workqueue.c).
@@ -46,6 +48,12 @@ std::vector<std::uint8_t> bytes_of(T value) {
 
 std::string stripped(std::string name) {
   if (auto dot = name.find(".cold"); dot != std::string::npos) name.resize(dot);
+  return name;
+}
+
+// The C name of a compiler-made clone ("foo.isra.0", "foo.constprop.0" → "foo"): BTF has that.
+std::string stripped_name(std::string name) {
+  if (auto dot = name.find('.'); dot != std::string::npos) name.resize(dot);
   return name;
 }
 
@@ -82,6 +90,45 @@ std::uint64_t running_callback(const Kernel& kernel, const CrashAnalysis& a, con
 }
 
 // Patch a module function so that later calls return -EIO instead of running it.
+// What a quarantined function returns at once, as its callers expect it (its BTF prototype):
+// -EIO for integers and unknown types, NULL, false, IRQ_NONE or nothing (0) for the others.
+struct QuarantineReturn {
+  std::vector<std::uint8_t> body;
+  const char* value;
+};
+QuarantineReturn quarantine_return(ReturnType type) {
+  switch (type) {
+    case ReturnType::signed_integer:
+    case ReturnType::unknown: return {{0x48, 0xc7, 0xc0, 0xfb, 0xff, 0xff, 0xff}, "-EIO"};  // mov $-5,%rax
+    case ReturnType::pointer: return {{0x31, 0xc0}, "NULL"};                                // xor %eax,%eax
+    case ReturnType::boolean: return {{0x31, 0xc0}, "false"};
+    case ReturnType::irqreturn: return {{0x31, 0xc0}, "IRQ_NONE"};
+    case ReturnType::unsigned_integer: return {{0x31, 0xc0}, "0"};
+    case ReturnType::none: return {{0x31, 0xc0}, "nothing"};
+  }
+  return {{0x48, 0xc7, 0xc0, 0xfb, 0xff, 0xff, 0xff}, "-EIO"};
+}
+
+}  // namespace
+
+std::vector<std::uint8_t> quarantine_patch(ReturnType type, std::uint64_t address, std::optional<std::uint64_t> thunk) {
+  std::vector<std::uint8_t> patch = quarantine_return(type).body;
+  if (thunk) {
+    // Return the way the kernel's own functions do (CONFIG_RETHUNK): jmp __x86_return_thunk.
+    std::uint64_t jmp_at = address + patch.size();
+    auto rel = static_cast<std::int32_t>(static_cast<std::int64_t>(*thunk) - static_cast<std::int64_t>(jmp_at + 5));
+    patch.push_back(0xe9);
+    auto b = bytes_of(rel);
+    patch.insert(patch.end(), b.begin(), b.end());
+  } else {
+    patch.push_back(0xc3);  // ret
+  }
+  return patch;
+}
+
+namespace {
+
+// Patch a module function so that later calls return at once instead of running it.
 std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& record, std::uint64_t function,
                                        const std::string& why, std::vector<std::string>& notes) {
   const auto& symbols = kernel.symbols();
@@ -92,14 +139,19 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
   }
   const Symbol* next = symbols.next_after(*s);
   std::uint64_t room = next ? next->address - s->address : 16;
-  auto head = read_bytes(kernel, function, 16);
-  auto patch = quarantine_patch();
-  if (std::equal(patch.begin(), patch.end(), head.begin() + 5) || std::equal(patch.begin(), patch.end(), head.begin())) {
+  auto head = read_bytes(kernel, function, 32);
+  // Keep the endbr64 an indirect call must land on (IBT) and the ftrace site after it (ftrace
+  // checks those bytes before it rewrites them).
+  std::uint64_t at = 0;
+  if (std::memcmp(head.data(), kEndbr64, 4) == 0) at += 4;
+  if (std::memcmp(head.data() + at, kNop5, 5) == 0 || head[at] == 0xe8) at += 5;
+  ReturnType type = kernel.function_return(s->module, stripped_name(s->name));
+  auto ret = quarantine_return(type);
+  std::vector<std::uint8_t> patch = quarantine_patch(type, function + at, symbols.address_of("__x86_return_thunk"));
+  if (std::equal(patch.begin(), patch.end(), head.begin() + static_cast<long>(at))) {
     notes.push_back(s->name + " is already quarantined");
     return std::nullopt;
   }
-  // Keep the ftrace site (ftrace checks those bytes before it rewrites them).
-  std::uint64_t at = (std::memcmp(head.data(), kNop5, 5) == 0 || head[0] == 0xe8) ? 5 : 0;
   if (room < at + patch.size()) {
     notes.push_back(fmt::format("{} is too short to patch ({} bytes)", s->name, room));
     return std::nullopt;
@@ -116,8 +168,56 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
                                                                head.begin() + static_cast<long>(at + patch.size())),
                       patch, true});
   q.detail = {{"module", s->module}, {"function", s->name}, {"address", fmt::format("{:#x}", function)},
-              {"patched_at", fmt::format("{:#x}", function + at)}};
+              {"patched_at", fmt::format("{:#x}", function + at)}, {"returns", ret.value},
+              {"return_type", to_string(type)}};
+  if (type == ReturnType::unknown) q.detail["note"] = "no BTF prototype for it: it returns -EIO";
   return q;
+}
+
+// The driver's entry points: its functions whose addresses its own data holds (file and device
+// operations, callbacks it registered), apart from its init and exit functions and the tables
+// the kernel keeps of every function (its symbol table, ftrace's call sites).
+std::vector<std::uint64_t> driver_entry_points(const Kernel& kernel, const ModuleInfo& mod) {
+  std::vector<std::uint64_t> out;
+  const ModuleInfo* m = &mod;
+  if (m->size <= m->text_size || m->size > (64u << 20)) return out;
+  const auto& t = kernel.types();
+  std::uint64_t init = 0, exit = 0;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> tables;  // [start, end) not to look in
+  try {
+    const auto& mem = kernel.memory();
+    init = mem.read_u64(m->address + t.offset_of("module", "init"));
+    exit = mem.read_u64(m->address + t.offset_of("module", "exit"));
+    tables.emplace_back(m->address, m->address + t.require_size("module"));
+    std::uint64_t symtab = mem.read_u64(m->address + t.offset_of("module", "core_kallsyms.symtab"));
+    auto nsyms = mem.read_value<std::uint32_t>(m->address + t.offset_of("module", "core_kallsyms.num_symtab"));
+    tables.emplace_back(symtab, symtab + 24ull * nsyms);
+    std::uint64_t sites = mem.read_u64(m->address + t.offset_of("module", "ftrace_callsites"));
+    auto nsites = mem.read_value<std::uint32_t>(m->address + t.offset_of("module", "num_ftrace_callsites"));
+    tables.emplace_back(sites, sites + 8ull * nsites);
+  } catch (const std::exception&) {
+    return out;  // without knowing its tables every function would look like an entry point
+  }
+  std::vector<std::uint64_t> words((m->size - m->text_size) / 8);
+  std::uint64_t start = (m->base + m->text_size + 7) & ~7ull;
+  for (std::size_t i = 0; i < words.size(); ++i) {
+    try {
+      words[i] = kernel.memory().read_u64(start + 8 * i);
+    } catch (const MemoryFault&) {
+      words[i] = 0;
+    }
+  }
+  for (std::size_t i = 0; i < words.size(); ++i) {
+    std::uint64_t w = words[i], at = start + 8 * i;
+    if (w < m->base || w >= m->base + m->text_size || w == init || w == exit) continue;
+    if (std::any_of(tables.begin(), tables.end(), [&](const auto& r) { return at >= r.first && at < r.second; })) continue;
+    const Symbol* s = kernel.symbols().lookup(w);
+    if (!s || s->address != w || s->module != m->name || (s->type != 't' && s->type != 'T')) continue;
+    if (s->name == "init_module" || s->name == "cleanup_module" || s->name.find(".cold") != std::string::npos) continue;
+    if (std::find(out.begin(), out.end(), w) == out.end()) out.push_back(w);
+    if (out.size() >= kMaxQuarantinedFunctions) break;
+  }
+  return out;
 }
 
 // The writes or the call that release one lock held by the crashing task or CPU, as the
@@ -191,7 +291,6 @@ std::string hex_bytes(const std::vector<std::uint8_t>& bytes) {
   return s;
 }
 
-std::vector<std::uint8_t> quarantine_patch() { return {0x48, 0xc7, 0xc0, 0xfb, 0xff, 0xff, 0xff, 0xc3}; }
 
 X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::size_t from, X86Registers state,
                                std::size_t target) {
@@ -228,7 +327,7 @@ X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::s
   return state;
 }
 
-RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const CrashAnalysis& a) {
+RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const CrashAnalysis& a, const PlanOptions& options) {
   RepairPlan plan;
   plan.vcpu = record.vcpu;
   if (!a.unsafe.empty()) {
@@ -359,6 +458,26 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       notes.push_back("the crash is in the module's init code, which runs once: nothing to quarantine");
     } else if (!quarantine_why.empty() && quarantine_target) {
       if (auto q = quarantine(kernel, record, quarantine_target, quarantine_why, notes)) quarantined.push_back(*q);
+      if (options.quarantine_driver) {
+        // --quarantine driver: every entry point of the driver, not only the one that crashed,
+        // and the module pinned (its refcount raised) so that it cannot be unloaded while its
+        // remove() and release() return at once: the kernel would keep pointers into it.
+        ModuleList modules = read_modules(kernel);
+        for (const auto& m : modules.modules) {
+          if (m.name != a.module) continue;
+          std::vector<std::string> quiet;
+          for (std::uint64_t f : driver_entry_points(kernel, m))
+            if (f != quarantine_target)
+              if (auto q = quarantine(kernel, record, f, "the whole driver is quarantined (--quarantine driver)", quiet))
+                quarantined.push_back(*q);
+          std::uint64_t refcnt = m.address + kernel.types().offset_of("module", "refcnt");
+          auto now = kernel.memory().read_value<std::uint32_t>(refcnt);
+          RepairAction pin{"pin-module", "the quarantined driver must stay loaded", {}, {}, {}, {}};
+          pin.writes.push_back({refcnt, bytes_of(now), bytes_of(now + 1), false});
+          pin.detail = {{"module", m.name}, {"refcnt", fmt::format("{:#x}", refcnt)}};
+          quarantined.push_back(std::move(pin));
+        }
+      }
     }
 
     // 4. Oops bookkeeping: oops_end() set TAINT_DIE, which silences the hung-task detector

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,7 +59,20 @@ struct RepairPlan {
   nlohmann::json to_json() const;
 };
 
-RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const CrashAnalysis& analysis);
+// The bytes placed at `address` (a function's start, after its endbr64 and ftrace site) that
+// make it return at once as its callers expect: -EIO for integers and unknown types, 0 (NULL,
+// false, IRQ_NONE, nothing) for pointers, bools, irqreturn_t, unsigned and void; then a jump to
+// the kernel's return thunk when it has one (CONFIG_RETHUNK), else ret.
+std::vector<std::uint8_t> quarantine_patch(ReturnType type, std::uint64_t address, std::optional<std::uint64_t> return_thunk);
+
+struct PlanOptions {
+  // --quarantine driver: every entry point of the driver, not only the one that crashed.
+  bool quarantine_driver = false;
+};
+inline constexpr std::size_t kMaxQuarantinedFunctions = 48;
+
+RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const CrashAnalysis& analysis,
+                       const PlanOptions& options = {});
 
 // A plan as it comes back from the repair agent (RepairPlan::to_json). Throws
 // Error(ExitCode::bad_input) for anything malformed or beyond the parse limits below; what a
@@ -71,9 +85,6 @@ inline constexpr std::size_t kMaxPlanActions = 64, kMaxActionWrites = 1024, kMax
 std::string hex_bytes(const std::vector<std::uint8_t>& bytes);
 std::vector<std::uint8_t> bytes_from_hex(const nlohmann::json& value, std::size_t max);
 
-// The bytes that make a function return -EIO at once ("mov $-5,%rax; ret"), placed after its
-// ftrace site; quarantine and unquarantine recognise them.
-std::vector<std::uint8_t> quarantine_patch();
 
 // Registers as they are just after the function of frame `target` returns to its caller,
 // starting from `state`, the full registers of frame `from` (<= target). Callee-saved registers

@@ -18,7 +18,8 @@ constexpr std::size_t kMaxKnownPatches = 4096;
 nlohmann::json RepairRequest::to_json() const {
   nlohmann::json patches = nlohmann::json::array();
   for (const auto& p : known_patches) patches.push_back({{"address", fmt::format("{:#x}", p.address)}, {"bytes", hex_bytes(p.bytes)}});
-  return {{"record", repair::to_json(record)}, {"known_patches", patches}};
+  return {{"record", repair::to_json(record)}, {"known_patches", patches},
+          {"quarantine", quarantine_driver ? "driver" : "function"}};
 }
 
 RepairRequest RepairRequest::from_json(const nlohmann::json& j) {
@@ -26,6 +27,10 @@ RepairRequest RepairRequest::from_json(const nlohmann::json& j) {
   RepairRequest r;
   r.record = crash_record_from_json(j["record"]);
   if (r.record.vcpu < 0) fail(ExitCode::bad_input, "repair request: the crashing vCPU is unknown");
+  if (auto q = j.find("quarantine"); q != j.end()) {
+    if (!q->is_string() || (*q != "driver" && *q != "function")) fail(ExitCode::bad_input, "repair request: bad quarantine");
+    r.quarantine_driver = *q == "driver";
+  }
   if (j.contains("known_patches")) {
     const auto& list = j["known_patches"];
     if (!list.is_array() || list.size() > kMaxKnownPatches) fail(ExitCode::bad_input, "repair request: bad known_patches");
@@ -81,7 +86,7 @@ EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy
     if (!why_not.empty()) a.unsafe.push_back("kernel code is corrupted and cannot be restored: " + why_not);
   }
 
-  r.plan = plan_repair(kernel, record, a);
+  r.plan = plan_repair(kernel, record, a, PlanOptions{request.quarantine_driver});
   if (r.plan.resume && !bad.empty()) {
     RepairAction restore{"restore-code",
                          fmt::format("{} corrupted byte(s) in {} place(s) of the kernel's code are put back from the healthy "

@@ -20,6 +20,7 @@ namespace immortal::repair {
 struct RepairRequest {
   CrashRecord record;
   std::vector<KnownPatch> known_patches;  // the supervisor's quarantine patches
+  bool quarantine_driver = false;         // --quarantine driver
   nlohmann::json to_json() const;
   // Throws Error(ExitCode::bad_input) for a malformed request.
   static RepairRequest from_json(const nlohmann::json& j);

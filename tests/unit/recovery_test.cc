@@ -186,13 +186,27 @@ TEST_CASE("lock calls: hostile code is scanned without reading past its end", "[
   CHECK(repair::find_lock_calls(only_call, 0, f).empty());
 }
 
-TEST_CASE("quarantine patch: returns -EIO in eight bytes", "[recovery]") {
-  auto p = repair::quarantine_patch();
+TEST_CASE("quarantine patch: the return value follows the function's type, through the return thunk", "[recovery]") {
+  // Without a return thunk: mov $-5,%rax; ret.
+  auto p = repair::quarantine_patch(ReturnType::signed_integer, 0x1000, std::nullopt);
   REQUIRE(p.size() == 8);
-  CHECK(p.back() == 0xc3);  // ret
+  CHECK(p.back() == 0xc3);
   std::int32_t imm;
   std::memcpy(&imm, &p[3], 4);
   CHECK(imm == -5);  // -EIO
+  CHECK(repair::quarantine_patch(ReturnType::unknown, 0x1000, std::nullopt) == p);  // no BTF: -EIO as before
+  // A pointer, a bool, irqreturn_t, void: 0 (NULL, false, IRQ_NONE, nothing).
+  for (auto t : {ReturnType::pointer, ReturnType::boolean, ReturnType::irqreturn, ReturnType::none}) {
+    auto z = repair::quarantine_patch(t, 0x1000, std::nullopt);
+    CHECK(z == std::vector<std::uint8_t>{0x31, 0xc0, 0xc3});  // xor %eax,%eax; ret
+  }
+  // With CONFIG_RETHUNK: jmp __x86_return_thunk, relative to where the patch lies.
+  auto t = repair::quarantine_patch(ReturnType::pointer, 0xffffffffc0001009ull, 0xffffffff81e01d30ull);
+  REQUIRE(t.size() == 7);
+  CHECK(t[2] == 0xe9);
+  std::int32_t rel;
+  std::memcpy(&rel, &t[3], 4);
+  CHECK(0xffffffffc0001009ull + 2 + 5 + static_cast<std::uint64_t>(static_cast<std::int64_t>(rel)) == 0xffffffff81e01d30ull);
 }
 
 TEST_CASE("recovery budget: a sliding window of recoveries", "[recovery]") {

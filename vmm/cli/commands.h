@@ -28,6 +28,7 @@ struct RunOptions {
   int hang_timeout_s = 30;
   int verify_timeout_s = 20;
   int verify_window_s = 10;
+  std::string quarantine = "function";
   std::string event_log;
   std::string bundle_dir;               // empty: see run_command (env, /var/crash for root, user state dir)
   int bundle_keep = 20;

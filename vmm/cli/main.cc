@@ -57,6 +57,10 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--bundle-memory", run.bundle_memory,
                       "kernel: the pages a kernel dump needs (makedumpfile level 31, short pause); all: every non-zero page")
       ->check(CLI::IsMember({"kernel", "all"}));
+  run_cmd->add_option("--quarantine", run.quarantine,
+                      "what a recovered crash quarantines: function (the entry point that crashed, default) or "
+                      "driver (every entry point of the driver at once)")
+      ->check(CLI::IsMember({"function", "driver"}));
   run_cmd->add_option("--repair", run.repair,
                       "where crashes are analysed: vm (the hidden repair VM, default) or inline (a sandboxed host process)")
       ->check(CLI::IsMember({"vm", "inline"}));

@@ -135,6 +135,7 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   options.recovery.hang_timeout = std::chrono::seconds(o.hang_timeout_s);
   options.recovery.verify_timeout = std::chrono::seconds(o.verify_timeout_s);
   options.recovery.verify_window = std::chrono::seconds(o.verify_window_s);
+  options.recovery.quarantine_driver = o.quarantine == "driver";
   options.repair.mode = o.repair;
   options.repair.fallback = o.repair_fallback;
   options.repair.timeout = std::chrono::milliseconds(o.repair_timeout_ms);

@@ -149,7 +149,10 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
                    const repair::HealthyImage* healthy, const PlanLimits& limits) {
   if (!plan.resume) return;  // a reboot touches nothing
   if (plan.vcpu != crash.cpu) fail(ExitCode::failure, "the plan is for vCPU {}, the crash on {}", plan.vcpu, crash.cpu);
-  if (plan.actions.size() > limits.max_actions) fail(ExitCode::failure, "the plan has {} actions", plan.actions.size());
+  std::size_t quarantines = static_cast<std::size_t>(std::count_if(plan.actions.begin(), plan.actions.end(),
+      [](const repair::RepairAction& a) { return a.kind == "quarantine-function"; }));
+  if (plan.actions.size() - quarantines > limits.max_actions || quarantines > repair::kMaxQuarantinedFunctions)
+    fail(ExitCode::failure, "the plan has {} actions", plan.actions.size());
   if (!healthy) fail(ExitCode::failure, "no healthy copy of the guest's code to check the plan against");
   // Where writes may go: the faulting module (its data for locks, its text for quarantine),
   // the crashing CPU's preempt count and the kernel's taint mask — module bounds as the healthy
@@ -194,8 +197,17 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
       continue;
     }
     if (!a.calls.empty()) fail(ExitCode::failure, "{}: only a lock or reference release calls guest functions", a.kind);
+    if (a.kind == "pin-module") {
+      // One reference more on the module: its refcount, in the module's own data, plus one.
+      if (a.writes.size() != 1 || a.writes[0].code || a.writes[0].bytes.size() != 4 || !a.registers.empty())
+        fail(ExitCode::failure, "pin-module: not one 4-byte write");
+      std::uint32_t before, after;
+      std::memcpy(&before, a.writes[0].expected.data(), 4);
+      std::memcpy(&after, a.writes[0].bytes.data(), 4);
+      if (after != before + 1) fail(ExitCode::failure, "pin-module: not a reference more");
+    }
     for (const auto& w : a.writes) {
-      if (++writes > limits.max_writes) fail(ExitCode::failure, "the plan writes too often");
+      if (a.kind != "quarantine-function" && ++writes > limits.max_writes) fail(ExitCode::failure, "the plan writes too often");
       if (w.bytes.empty() || w.bytes.size() > limits.max_write_bytes || w.bytes.size() != w.expected.size())
         fail(ExitCode::failure, "{}: a write of {} bytes (expecting {})", a.kind, w.bytes.size(), w.expected.size());
       std::uint64_t end = w.address + w.bytes.size();

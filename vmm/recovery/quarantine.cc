@@ -1,16 +1,19 @@
 #include "recovery/quarantine.h"
 
 #include "base/error.h"
+#include "kernel/modules.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
 #include <fstream>
 
 namespace immortal::vmm {
 
 void QuarantineList::add(const repair::RepairPlan& plan, std::uint64_t crash, const std::string& time) {
   for (const auto& a : plan.actions) {
+    if (a.kind == "pin-module" && a.writes.size() == 1) pins_.push_back({a.detail.value("module", ""), a.writes[0].address, crash});
     if (a.kind != "quarantine-function" || a.writes.size() != 1) continue;
     const auto& w = a.writes.front();
     entries_.push_back({a.detail.value("module", ""), a.detail.value("function", ""), w.address, w.expected, w.bytes,
@@ -46,12 +49,40 @@ std::vector<std::string> QuarantineList::release(Machine& machine, const Kernel&
     done.push_back(fmt::format("{} [{}]: restored", e.function, e.module));
   }
   entries_ = std::move(kept);
+  // A pinned module whose functions are all back: its extra reference is dropped.
+  std::vector<PinnedModule> still;
+  for (const auto& p : pins_) {
+    if (std::any_of(entries_.begin(), entries_.end(), [&](const QuarantineEntry& e) { return e.module == p.module; })) {
+      still.push_back(p);
+      continue;
+    }
+    try {
+      // Only while the module is still the one pinned (a reload puts another struct elsewhere).
+      bool same = false;
+      for (const auto& m : read_modules(kernel).modules)
+        if (m.name == p.module && m.address + kernel.types().offset_of("module", "refcnt") == p.refcnt) same = true;
+      auto now = kernel.memory().read_value<std::uint32_t>(p.refcnt);
+      if (!same) {
+        done.push_back(fmt::format("module {}: reloaded since it was pinned; forgotten", p.module));
+      } else if (now >= 2) {
+        std::uint32_t less = now - 1;
+        std::uint8_t bytes[4];
+        std::memcpy(bytes, &less, 4);
+        machine.write_virtual(0, p.refcnt, bytes);
+        done.push_back(fmt::format("module {}: unpinned (it can be unloaded again)", p.module));
+      }
+    } catch (const std::exception&) {
+      done.push_back(fmt::format("module {}: its pin could not be dropped", p.module));
+    }
+  }
+  pins_ = std::move(still);
   save();
   return done;
 }
 
 void QuarantineList::clear() {
   entries_.clear();
+  pins_.clear();
   save();
 }
 

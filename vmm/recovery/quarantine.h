@@ -23,6 +23,14 @@ struct QuarantineEntry {
   std::string time;
 };
 
+// A module whose refcount recovery raised (--quarantine driver), so that it cannot be unloaded
+// while its entry points return at once.
+struct PinnedModule {
+  std::string module;
+  std::uint64_t refcnt = 0;  // the address of its struct module's refcnt
+  std::uint64_t crash = 0;
+};
+
 class QuarantineList {
  public:
   explicit QuarantineList(std::string path) : path_(std::move(path)) {}
@@ -33,7 +41,8 @@ class QuarantineList {
   std::vector<std::string> release(Machine& machine, const Kernel& kernel, const std::vector<std::string>& names);
   // The guest rebooted: its code is fresh, nothing is patched any more.
   void clear();
-  bool empty() const { return entries_.empty(); }
+  bool empty() const { return entries_.empty() && pins_.empty(); }
+  const std::vector<PinnedModule>& pins() const { return pins_; }
   const std::vector<QuarantineEntry>& entries() const { return entries_; }
   nlohmann::json to_json() const;
 
@@ -41,6 +50,7 @@ class QuarantineList {
   void save() const;
   std::string path_;
   std::vector<QuarantineEntry> entries_;
+  std::vector<PinnedModule> pins_;
 };
 
 }  // namespace immortal::vmm

@@ -19,6 +19,7 @@ struct RecoveryPolicy {
   std::chrono::seconds window{600};
   std::chrono::milliseconds verify_timeout{20'000};  // heartbeat + health probe after resume
   std::chrono::milliseconds verify_window{10'000};   // the guest watched after resume (recovery_verifier.h)
+  bool quarantine_driver = false;                    // --quarantine driver: all its entry points
   std::chrono::milliseconds hang_timeout{30'000};    // no heartbeat while running: a hang
 
   // "N/SECONDS", e.g. "20/600". Throws Error(ExitCode::usage).
