@@ -19,7 +19,8 @@
  *
  * Commands (docs/fault-catalogue.md): mutex, mutex-wait MS, spin-irq, spin-bh, rwsem-write,
  * rwsem-write-wait MS, rwsem-read, rwlock-write, rwlock-read, nested, semaphore, kernel-fault,
- * mutex-elsewhere, ping. Anything else gets -EINVAL.
+ * mutex-elsewhere, ping, and the crashes the kernel raises on the driver's behalf: list-corruption,
+ * double-free, usercopy, fortify, stack-smash, call-null. Anything else gets -EINVAL.
  *
  * mutex-elsewhere takes a mutex that nothing on the crashing path points to (a helper took it and
  * returned; only a module global leads to it) and that nobody waits for yet: the case the lock
@@ -39,6 +40,7 @@
 #include <linux/platform_device.h>
 #include <linux/rwsem.h>
 #include <linux/semaphore.h>
+#include <linux/list.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/string.h>
@@ -67,6 +69,14 @@ struct realdev {
 	unsigned long irq_events;
 	struct net_device *netdev;
 	struct dentry *debugfs;
+	struct list_head items;		/* protected by lock */
+	void (*notify)(struct realdev *rd);	/* NULL: never set up */
+	size_t small_size;
+};
+
+struct realdev_item {
+	struct list_head node;
+	unsigned long value;
 };
 
 struct realdev_net {
@@ -194,6 +204,83 @@ static noinline int realdev_cmd_kernel_fault(struct realdev *rd)
 	return n ? 0 : -EINVAL;
 }
 
+/*
+ * Bugs the kernel itself stops on the driver's behalf, before any damage: list debugging, SLUB's
+ * double-free check, hardened usercopy, FORTIFY_SOURCE, the stack protector, NX.
+ */
+static noinline int realdev_cmd_list_corruption(struct realdev *rd)
+{
+	struct realdev_item *a = kzalloc(sizeof(*a), GFP_KERNEL), *b = kzalloc(sizeof(*b), GFP_KERNEL);
+
+	if (!a || !b) {
+		kfree(a);
+		kfree(b);
+		return -ENOMEM;
+	}
+	mutex_lock(&rd->lock);
+	list_add(&a->node, &rd->items);
+	list_add(&b->node, &rd->items);
+	a->node.prev = (struct list_head *)0xdead4ead00000100UL;	/* a stray write */
+	list_del(&b->node);
+	list_del(&a->node);
+	mutex_unlock(&rd->lock);
+	kfree(a);
+	kfree(b);
+	return 0;
+}
+
+static noinline int realdev_cmd_double_free(struct realdev *rd)
+{
+	struct realdev_item *item = kmalloc(sizeof(*item), GFP_KERNEL);
+
+	if (!item)
+		return -ENOMEM;
+	mutex_lock(&rd->lock);
+	kfree(item);
+	kfree(item);	/* the bug: freed twice */
+	mutex_unlock(&rd->lock);
+	return 0;
+}
+
+static noinline int realdev_cmd_usercopy(struct realdev *rd, char __user *to)
+{
+	/* Sizes the compiler cannot know: hardened usercopy, not the compile-time check, stops it. */
+	char *small = kmalloc(READ_ONCE(rd->small_size), GFP_KERNEL);
+	size_t len = READ_ONCE(rd->small_size) + 4096;
+	int ret;
+
+	if (!small)
+		return -ENOMEM;
+	ret = copy_to_user(to, small, len) ? -EFAULT : 0;	/* far past the 16 bytes */
+	kfree(small);
+	return ret;
+}
+
+static noinline int realdev_cmd_fortify(struct realdev *rd, const char *name)
+{
+	char label[8];
+
+	strcpy(label, name);	/* name is longer than label: FORTIFY_SOURCE stops it */
+	return label[0];
+}
+
+static noinline int realdev_cmd_stack_smash(struct realdev *rd)
+{
+	char buf[16] = "";
+	char *volatile p = buf;
+
+	memset(p, 'A', 64);	/* over the canary and the return address */
+	return p[0];
+}
+
+static noinline int realdev_cmd_call_null(struct realdev *rd)
+{
+	void (*volatile notify)(struct realdev *) = rd->notify;
+
+	notify(rd);	/* NULL: the CPU refuses to fetch an instruction there */
+	return 0;
+}
+
 static int realdev_command(struct realdev *rd, const char *cmd)
 {
 	unsigned int ms = 0;
@@ -229,6 +316,16 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 		return realdev_cmd_semaphore(rd);
 	if (!strcmp(cmd, "kernel-fault"))
 		return realdev_cmd_kernel_fault(rd);
+	if (!strcmp(cmd, "list-corruption"))
+		return realdev_cmd_list_corruption(rd);
+	if (!strcmp(cmd, "double-free"))
+		return realdev_cmd_double_free(rd);
+	if (!strcmp(cmd, "fortify"))
+		return realdev_cmd_fortify(rd, rd->misc.name);	/* "immortal-realdev": 17 bytes */
+	if (!strcmp(cmd, "stack-smash"))
+		return realdev_cmd_stack_smash(rd);
+	if (!strcmp(cmd, "call-null"))
+		return realdev_cmd_call_null(rd);
 	if (!strcmp(cmd, "mutex-elsewhere")) {
 		realdev_take_elsewhere();
 		/* A sleep: whatever register still pointed at the mutex is someone else's now. */
@@ -261,7 +358,9 @@ static ssize_t realdev_write(struct file *file, const char __user *buf, size_t l
 	char cmd[REALDEV_MAX_WRITE + 1];
 	int ret = realdev_copy_command(cmd, buf, len);
 
-	if (!ret)
+	if (!ret && !strcmp(cmd, "usercopy"))
+		ret = realdev_cmd_usercopy(rd, (char __user *)buf);
+	else if (!ret)
 		ret = realdev_command(rd, cmd);
 	return ret < 0 ? ret : len;
 }
@@ -407,6 +506,8 @@ static int realdev_probe(struct platform_device *pdev)
 	init_rwsem(&rd->cfg_rwsem);
 	rwlock_init(&rd->stats_lock);
 	sema_init(&rd->slots, 1);
+	INIT_LIST_HEAD(&rd->items);
+	rd->small_size = 16;
 	platform_set_drvdata(pdev, rd);
 
 	rd->misc.minor = MISC_DYNAMIC_MINOR;

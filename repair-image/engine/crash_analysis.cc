@@ -1,6 +1,7 @@
 #include "engine/crash_analysis.h"
 
 #include "base/error.h"
+#include "engine/kernel_checks.h"
 #include "kernel/modules.h"
 #include "kernel/orc_unwind.h"
 #include "kernel/printk.h"
@@ -51,13 +52,15 @@ void read_oops_text(const Kernel& kernel, CrashAnalysis& a) {
         break;
       }
   a.oops_header = printable(r[header].text.substr(0, 200));
-  bool bug_seen = false, corruption_seen = false;
+  bool bug_seen = false;
   for (std::size_t k = header >= 3 ? header - 3 : 0; k <= header; ++k) {
-    if (r[k].text.find("kernel BUG at") != std::string::npos) bug_seen = true;
-    if (r[k].text.find(" corruption") != std::string::npos) corruption_seen = true;
+    if (auto at = r[k].text.find("kernel BUG at "); at != std::string::npos) {
+      bug_seen = true;
+      a.bug_at = printable(r[k].text.substr(at + 14, 80));  // "mm/slub.c:345!"
+    }
+    if (r[k].text.find(" corruption") != std::string::npos) a.corruption_reported = true;
   }
   if (a.kind == "oops" && bug_seen) a.kind = "bug";
-  if (corruption_seen) a.unsafe.push_back("the kernel reported corrupted data (\"corruption\" in its log)");
   if (a.oops_header.rfind("invalid opcode", 0) == 0 && !bug_seen)
     a.unsafe.push_back("an invalid instruction that is not a BUG(): the code itself may be corrupted");
   if (a.oops_header.find("stack guard page") != std::string::npos || a.oops_header.rfind("double fault", 0) == 0) {
@@ -170,9 +173,10 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
     } else if (a.panic_caller == "check_panic_on_warn") {
       a.kind = "warn";
       a.fault_frame = first_regs_frame();
-    } else if (!caller_module.empty()) {
-      // The module called panic() itself: its state at the call is what we have (panic has
-      // not run an instruction: the callee-saved registers are still the caller's).
+    } else if (!caller_module.empty() || (kernel_check(a.panic_caller) && frames.size() >= 3)) {
+      // The module called panic() itself, or a check did on its behalf (the stack protector):
+      // its state at the call is what we have (panic has not run an instruction: the
+      // callee-saved registers are still the caller's).
       a.kind = "panic";
       a.fault_frame = 1;
       a.fault_registers = regs;
@@ -207,15 +211,59 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
     a.fault_function = a.kind == "panic" ? symbols.describe_return(a.fault_pc) : symbols.describe(a.fault_pc);
     std::string module = module_at(a.kind == "panic" ? a.fault_pc - 1 : a.fault_pc);
     a.fault_in_module = !module.empty();
+    if (!a.fault_in_module && !symbols.lookup(a.fault_pc) && a.kind != "panic") {
+      // Not code at all: the driver jumped through a bad pointer (NX refused data, or NULL).
+      // If it called it, the return address on the stack is the call's; unwind from there.
+      try {
+        std::uint64_t ret = mem.read_u64(a.fault_registers.rsp);
+        if (!module_at(ret - 1).empty()) {
+          X86Registers at_call = a.fault_registers;
+          at_call.rip = ret;
+          at_call.rsp += 8;
+          Backtrace rest = unwinder.unwind(at_call);
+          a.backtrace.frames.resize(f);
+          for (auto& fr : rest.frames) a.backtrace.frames.push_back(fr);
+          if (!a.backtrace.frames.empty() && f < a.backtrace.frames.size()) a.backtrace.frames[f].regs = 0;
+          a.notes.push_back(fmt::format("the driver called {:#x}, which is not code: blamed on the call at {}", a.fault_pc,
+                                        symbols.describe_return(ret)));
+          a.stopped_by = "the CPU refused to execute a non-code address the driver called";
+          a.fault_registers = at_call;
+          a.fault_pc = ret;
+          a.fault_function = symbols.describe_return(ret);
+          module = module_at(ret - 1);
+          a.fault_in_module = true;
+          a.called_bad_pointer = true;
+        }
+      } catch (const MemoryFault&) {
+      }
+    }
     if (!a.fault_in_module) {
       // The kernel's own code faulted (or called panic); a module further up may have caused it.
       for (std::size_t i = f + 1; i < frames.size() && module.empty(); ++i) {
         module = module_at(frames[i].pc - 1);
         if (!module.empty()) f = i;
       }
-      if (!module.empty())
+      // Did the kernel stop on the driver's behalf, touching nothing? Every kernel function
+      // between the fault and the driver's frame must be a check or a buffer-only library call.
+      const KernelCheck* check = nullptr;
+      bool all_checks = !module.empty();
+      for (std::size_t i = static_cast<std::size_t>(a.fault_frame); i < f && all_checks; ++i) {
+        std::string name = function_of(symbols, i == static_cast<std::size_t>(a.fault_frame) && a.kind != "panic"
+                                                    ? a.fault_pc : frames[i].pc - 1);
+        const KernelCheck* c = kernel_check(name);
+        bool slab = name.find("kfree") != std::string::npos || name.find("kmem_cache_free") != std::string::npos ||
+                    name.find("slab_free") != std::string::npos;
+        if (!c || (slab && a.bug_at.rfind("mm/slub.c", 0) != 0)) all_checks = false;
+        if (!check) check = c;
+      }
+      if (all_checks && check) {
+        a.stopped_by = check->what;
+        a.notes.push_back(fmt::format("the fault is in the kernel's {} ({}), on behalf of module {}: {}",
+                                      check->library ? "library code" : "checks", a.fault_function, module, check->what));
+      } else if (!module.empty()) {
         a.unsafe.push_back(fmt::format("the faulting instruction is in the kernel's own code ({}), called by "
                                        "module {}: kernel state may be inconsistent", a.fault_function, module));
+      }
     }
     a.module = module;
     if (!module.empty()) {
@@ -225,7 +273,7 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
       std::string symbol_module;
       function_of(symbols, a.kind == "panic" ? a.fault_pc - 1 : a.fault_pc, &symbol_module);
       // Init code has symbols only while the module loads (read from its own table in memory).
-      bool in_init = in_memory != loaded.modules.end() &&
+      bool in_init = a.fault_in_module && in_memory != loaded.modules.end() &&
                      (a.fault_pc < in_memory->base || a.fault_pc - in_memory->base >= in_memory->text_size);
       a.module_symbols_stale = a.fault_in_module && in_memory != loaded.modules.end() &&
                                (symbol_module != module || profiled == kernel.profile_module_bases().end() ||
@@ -244,6 +292,13 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
       a.outer_module_frame = static_cast<int>(i);
       if (i + 1 < frames.size()) a.outer_caller = function_of(symbols, frames[i + 1].pc - 1);
     }
+  }
+
+  if (a.corruption_reported) {
+    if (a.stopped_by.find("list debugging") != std::string::npos)
+      a.notes.push_back("the list the driver handed the kernel was already corrupted: the driver that owns it is quarantined");
+    else
+      a.unsafe.push_back("the kernel reported corrupted data (\"corruption\" in its log)");
   }
 
   // Context checks every recovery needs.
@@ -284,7 +339,7 @@ nlohmann::json CrashAnalysis::to_json() const {
           {"panic_caller", panic_caller}, {"cpu", cpu}, {"preempt_count", fmt::format("{:#x}", preempt_count)},
           {"task", {{"pid", pid}, {"comm", comm}, {"address", fmt::format("{:#x}", task)}, {"flags", fmt::format("{:#x}", task_flags)}}},
           {"fault", {{"pc", fmt::format("{:#x}", fault_pc)}, {"function", fault_function}, {"in_module", fault_in_module}}},
-          {"module", module}, {"entry_caller", outer_caller},
+          {"module", module}, {"entry_caller", outer_caller}, {"stopped_by", stopped_by},
           {"entry", outer_module_frame >= 0 ? backtrace.frames[static_cast<std::size_t>(outer_module_frame)].symbol : ""},
           {"backtrace", frames}, {"backtrace_problem", backtrace.problem}, {"locks_held", held},
           {"lock_search", lock_search}, {"references_held", refs},

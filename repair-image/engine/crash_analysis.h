@@ -54,6 +54,11 @@ struct CrashAnalysis {
   // missing, so nothing that needs them (quarantine, returning from its frames) is attempted.
   bool module_symbols_stale = false;
   bool fault_in_init = false;   // in the module's __init code (freed once it has loaded)
+  // The kernel stopped on the driver's behalf (kernel_checks.h): which check, or "".
+  std::string stopped_by;
+  bool called_bad_pointer = false;  // the driver called a non-code address; blamed on its call
+  bool corruption_reported = false; // "corruption" in the oops text
+  std::string bug_at;               // "mm/slub.c:345!" from "kernel BUG at …
   int outer_module_frame = -1;  // the outermost module frame above fault_frame (its entry point)
   std::string outer_caller;     // the kernel function that called it (a dispatcher, vfs_write …)
 
