@@ -60,3 +60,50 @@ TEST_CASE("kdump: with recovery off, an oops boots the guest's own crash kernel"
   CHECK(wait_until([&] { return qemu_processes(name).empty(); }, 30s));
   run_cli({"stop", name, "--force"});
 }
+
+namespace {
+
+std::string status_field(const std::string& name, const std::string& field) {
+  auto r = run_cli({"status", name, "--json"}, 20s);
+  auto pos = r.out.find("\"" + field + "\": ");
+  if (pos == std::string::npos) return "";
+  auto start = r.out.find_first_not_of(' ', pos + field.size() + 3);
+  auto end = r.out.find_first_of(",\n", start);
+  return r.out.substr(start, end - start);
+}
+
+}  // namespace
+
+TEST_CASE("kdump: with recovery on, a guest with kdump armed survives a driver crash in place, and its kdump "
+          "still takes a crash that cannot be recovered", "[integration][kdump]") {
+  std::string name = unique_name("kdumprec");
+  auto run = run_cli({"run", "--name", name, "--detach", "--verify-window", "2", "--append", "console=ttyS0 crashkernel=128M"});
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  REQUIRE(wait_until([&] { return status_field(name, "armed") == "true"; }, 60s));
+  std::string boot = status_field(name, "boot_id");
+  auto load = run_cli({"exec", name, "--", "immortal-kdump-load"});
+  INFO(load.out << load.err);
+  REQUIRE(load.status == 0);
+  REQUIRE(run_cli({"exec", name, "--", "cat", "/sys/kernel/kexec_crash_loaded"}).out == "1\n");
+
+  // A driver oops: oops_end() calls crash_kexec() first; immortal steps over it and recovers.
+  inject(name, "null-deref");
+  REQUIRE(wait_until([&] { return status_field(name, "recovered") == "1"; }, 90s));
+  CHECK(status_field(name, "boot_id") == boot);  // no kdump kernel, no reboot
+  CHECK(run_cli({"exec", name, "--", "true"}).status == 0);
+  CHECK(run_cli({"exec", name, "--", "cat", "/sys/kernel/kexec_crash_loaded"}).out == "1\n");  // still armed
+
+  // A crash recovery does not take (a hung task: the kernel itself panics from khungtaskd):
+  // the guest's own crash kernel gets it, as the operator configured.
+  std::string console_path = runtime_root() + "/" + name + "/console.log";
+  REQUIRE(run_cli({"unquarantine", name, "--all"}).status == 0);
+  inject(name, "hung-task");
+  bool up = wait_until([&] { return read_file(console_path).find("immortal-kdump: the crash kernel is up") != std::string::npos; }, 150s);
+  auto events = run_cli({"events", name, "--json"}).out;
+  INFO(events);
+  CHECK(up);
+  CHECK_THAT(events, Catch::Contains("\"event\":\"kdump\""));
+  CHECK(wait_until([&] { return qemu_processes(name).empty(); }, 30s));
+  run_cli({"stop", name, "--force"});
+}
