@@ -211,7 +211,11 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
     a.fault_function = a.kind == "panic" ? symbols.describe_return(a.fault_pc) : symbols.describe(a.fault_pc);
     std::string module = module_at(a.kind == "panic" ? a.fault_pc - 1 : a.fault_pc);
     a.fault_in_module = !module.empty();
-    if (!a.fault_in_module && !symbols.lookup(a.fault_pc) && a.kind != "panic") {
+    auto kernel_text = [&](std::uint64_t pc) {
+      auto lo = symbols.address_of("_stext"), hi = symbols.address_of("_etext");
+      return lo && hi && pc >= *lo && pc < *hi;
+    };
+    if (!a.fault_in_module && !kernel_text(a.fault_pc) && a.kind != "panic") {
       // Not code at all: the driver jumped through a bad pointer (NX refused data, or NULL).
       // If it called it, the return address on the stack is the call's; unwind from there.
       try {

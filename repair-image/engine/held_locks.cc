@@ -379,9 +379,16 @@ void Search::account_spinlocks() {
       ++found;
       if (h.preempt_delta & kSoftirqMask) ++bh;
     }
+  // The crash path's own level: report_bug() disables preemption while it reports a WARN()
+  // (warn_rcu_enter(), in Linux 6.1 since 6.1.2x), and that is where panic_on_warn panics.
+  std::uint32_t kernels = 0;
+  const auto& frames = a_.backtrace.frames;
+  for (std::size_t k = 0; k < first_ && k < frames.size(); ++k)
+    if (const Symbol* s = kernel_.symbols().lookup(frames[k].pc - 1); s && s->module.empty() && s->name == "report_bug")
+      kernels = 1;
   out_.stats["preemption"] = {{"count", fmt::format("{:#x}", a_.preempt_count)}, {"spinlocks_held", held},
-                              {"spinlocks_found", found}};
-  if (found != held)
+                              {"spinlocks_found", found}, {"crash_path_levels", kernels}};
+  if (found != held && found + kernels != held)
     out_.unexplained.push_back(fmt::format(
         "the crashing CPU's preemption count ({:#x}) says it holds {} spinlock{} or preemption-disabled section{}, "
         "{} {} found on its stack", a_.preempt_count, held, held == 1 ? "" : "s", held == 1 ? "" : "s", found,
