@@ -74,3 +74,21 @@ debug_vmlinux() {
     fi
     echo "$vmlinux"
 }
+
+# The ELF vmlinux inside a bzImage (what the kernel tree's scripts/extract-vmlinux does): the
+# first compressed stream whose output is an ELF image. Prints nothing, fails when none is.
+extract_vmlinux() {
+    local image=$1 out=$2 magic decompress offset
+    for pair in 'fd377a585a00:xz -dc' '28b52ffd:zstd -dcq' '1f8b08:gzip -dc'; do
+        magic=${pair%%:*} decompress=${pair#*:}
+        for offset in $(LC_ALL=C grep -obUaP "$(echo "$magic" | sed 's/../\\x&/g')" "$image" | cut -d: -f1 | head -n 4); do
+            tail -c +$((offset + 1)) "$image" | $decompress > "$out.tmp" 2>/dev/null
+            if [[ $(head -c 4 "$out.tmp" | od -An -tx1 | tr -d ' ') == 7f454c46 ]]; then
+                mv "$out.tmp" "$out"
+                return 0
+            fi
+        done
+    done
+    rm -f "$out.tmp"
+    return 1
+}

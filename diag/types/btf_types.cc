@@ -96,6 +96,7 @@ const char* to_string(ReturnType type) {
     case ReturnType::boolean: return "bool";
     case ReturnType::pointer: return "pointer";
     case ReturnType::irqreturn: return "irqreturn_t";
+    case ReturnType::enumeration: return "enum";
   }
   return "?";
 }
@@ -119,7 +120,7 @@ ReturnType classify_return(const struct btf* b, __u32 func_id) {
       if (btf_is_int(t))
         return (btf_int_encoding(t) & BTF_INT_BOOL) ? ReturnType::boolean
                : (btf_int_encoding(t) & BTF_INT_SIGNED) ? ReturnType::signed_integer : ReturnType::unsigned_integer;
-      if (btf_is_enum(t) || btf_is_enum64(t)) return ReturnType::signed_integer;
+      if (btf_is_enum(t) || btf_is_enum64(t)) return ReturnType::enumeration;
       return ReturnType::unknown;
     }
     ret = t->type;

@@ -13,7 +13,7 @@ struct btf;
 namespace immortal {
 
 // What a function returns, as a caller of it expects a value back (BTF FUNC_PROTO).
-enum class ReturnType { unknown, none, signed_integer, unsigned_integer, boolean, pointer, irqreturn };
+enum class ReturnType { unknown, none, signed_integer, unsigned_integer, boolean, pointer, irqreturn, enumeration };
 const char* to_string(ReturnType type);
 
 class BtfTypes final : public TypeInfo {

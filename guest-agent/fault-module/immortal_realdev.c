@@ -20,7 +20,9 @@
  * Commands (docs/fault-catalogue.md): mutex, mutex-wait MS, spin-irq, spin-bh, rwsem-write,
  * rwsem-write-wait MS, rwsem-read, rwlock-write, rwlock-read, nested, semaphore, kernel-fault,
  * mutex-elsewhere, ping, and the crashes the kernel raises on the driver's behalf: list-corruption,
- * double-free, usercopy, fortify, stack-smash, call-null. Anything else gets -EINVAL.
+ * double-free, usercopy, fortify, stack-smash, call-null; and crashes outside the writer's own
+ * call: kthread (the driver's own kernel thread), tasklet, rcu (an RCU callback), hrtimer (a
+ * hard-interrupt hrtimer). Anything else gets -EINVAL.
  *
  * mutex-elsewhere takes a mutex that nothing on the crashing path points to (a helper took it and
  * returned; only a module global leads to it) and that nobody waits for yet: the case the lock
@@ -32,6 +34,10 @@
 #include <linux/device.h>
 #include <linux/etherdevice.h>
 #include <linux/fs.h>
+#include <linux/hrtimer.h>
+#include <linux/interrupt.h>
+#include <linux/kthread.h>
+#include <linux/rcupdate.h>
 #include <linux/kernel.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
@@ -72,6 +78,9 @@ struct realdev {
 	struct list_head items;		/* protected by lock */
 	void (*notify)(struct realdev *rd);	/* NULL: never set up */
 	size_t small_size;
+	struct tasklet_struct tasklet;
+	struct hrtimer hrtimer;
+	struct rcu_head rcu;
 };
 
 struct realdev_item {
@@ -281,6 +290,41 @@ static noinline int realdev_cmd_call_null(struct realdev *rd)
 	return 0;
 }
 
+/* The same bug outside a system call: in the driver's kernel thread and its callbacks. */
+static int realdev_thread(void *data)
+{
+	struct realdev *rd = data;
+
+	mutex_lock(&rd->lock);
+	realdev_apply_config(rd);
+	mutex_unlock(&rd->lock);
+	return 0;
+}
+
+static void realdev_tasklet(struct tasklet_struct *t)
+{
+	struct realdev *rd = from_tasklet(rd, t, tasklet);
+
+	spin_lock(&rd->slock);
+	rd->irq_events++;
+	realdev_apply_config(rd);
+	spin_unlock(&rd->slock);
+}
+
+static void realdev_rcu(struct rcu_head *head)
+{
+	realdev_apply_config(container_of(head, struct realdev, rcu));
+}
+
+static enum hrtimer_restart realdev_hrtimer(struct hrtimer *timer)
+{
+	struct realdev *rd = container_of(timer, struct realdev, hrtimer);
+
+	rd->irq_events++;
+	realdev_apply_config(rd);
+	return HRTIMER_NORESTART;
+}
+
 static int realdev_command(struct realdev *rd, const char *cmd)
 {
 	unsigned int ms = 0;
@@ -316,6 +360,20 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 		return realdev_cmd_semaphore(rd);
 	if (!strcmp(cmd, "kernel-fault"))
 		return realdev_cmd_kernel_fault(rd);
+	if (!strcmp(cmd, "kthread"))
+		return PTR_ERR_OR_ZERO(kthread_run(realdev_thread, rd, "realdev-thread"));
+	if (!strcmp(cmd, "tasklet")) {
+		tasklet_schedule(&rd->tasklet);
+		return 0;
+	}
+	if (!strcmp(cmd, "rcu")) {
+		call_rcu(&rd->rcu, realdev_rcu);
+		return 0;
+	}
+	if (!strcmp(cmd, "hrtimer")) {
+		hrtimer_start(&rd->hrtimer, ms_to_ktime(10), HRTIMER_MODE_REL_HARD);
+		return 0;
+	}
 	if (!strcmp(cmd, "list-corruption"))
 		return realdev_cmd_list_corruption(rd);
 	if (!strcmp(cmd, "double-free"))
@@ -508,6 +566,9 @@ static int realdev_probe(struct platform_device *pdev)
 	sema_init(&rd->slots, 1);
 	INIT_LIST_HEAD(&rd->items);
 	rd->small_size = 16;
+	tasklet_setup(&rd->tasklet, realdev_tasklet);
+	hrtimer_init(&rd->hrtimer, CLOCK_MONOTONIC, HRTIMER_MODE_REL_HARD);
+	rd->hrtimer.function = realdev_hrtimer;
 	platform_set_drvdata(pdev, rd);
 
 	rd->misc.minor = MISC_DYNAMIC_MINOR;
@@ -559,6 +620,9 @@ static int realdev_remove(struct platform_device *pdev)
 
 	debugfs_remove(rd->debugfs);
 	device_remove_file(&pdev->dev, &dev_attr_trigger);
+	hrtimer_cancel(&rd->hrtimer);
+	tasklet_kill(&rd->tasklet);
+	rcu_barrier();	/* no callback of ours may run after the devm state is freed */
 	misc_deregister(&rd->misc);
 	return 0;
 }

@@ -309,7 +309,11 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
   if (a.kind == "kernel-panic")
     a.unsafe.push_back("the kernel itself called panic() from " + a.panic_caller + ": not a driver fault to undo");
   if (a.kind == "unknown") a.unsafe.push_back("the crash path is not one this version knows");
-  if (a.context == "nmi" || a.context == "hardirq") a.unsafe.push_back("the crash happened in " + a.context + " context");
+  // In hard-interrupt context only a callback a known dispatcher called can be ended: an
+  // hrtimer's (the others are handlers half-way through an interrupt).
+  bool hardirq_callback = a.context == "hardirq" && a.outer_caller.rfind("__hrtimer_run_queues", 0) == 0;
+  if (a.context == "nmi" || (a.context == "hardirq" && !hardirq_callback))
+    a.unsafe.push_back("the crash happened in " + a.context + " context");
   if (a.context == "idle") a.unsafe.push_back("the crash happened in the idle task");
   if (a.pid == 1) a.unsafe.push_back("the crashing task is init (pid 1)");
   if (a.task_flags & kPfExiting) a.unsafe.push_back("the crashing task was already exiting");

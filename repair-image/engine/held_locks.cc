@@ -379,16 +379,18 @@ void Search::account_spinlocks() {
       ++found;
       if (h.preempt_delta & kSoftirqMask) ++bh;
     }
-  // The crash path's own level: report_bug() disables preemption while it reports a WARN()
-  // (warn_rcu_enter(), in Linux 6.1 since 6.1.2x), and that is where panic_on_warn panics.
-  std::uint32_t kernels = 0;
+  // Levels that are no lock: the idle task always runs with preemption disabled (its count
+  // starts at PREEMPT_DISABLED), and report_bug() disables preemption while it reports a WARN()
+  // (warn_rcu_enter(), in Linux 6.1 since 6.1.2x), which is where panic_on_warn panics.
+  std::uint32_t idle = a_.pid == 0 ? 1 : 0, warn = 0;
   const auto& frames = a_.backtrace.frames;
   for (std::size_t k = 0; k < first_ && k < frames.size(); ++k)
     if (const Symbol* s = kernel_.symbols().lookup(frames[k].pc - 1); s && s->module.empty() && s->name == "report_bug")
-      kernels = 1;
+      warn = 1;
   out_.stats["preemption"] = {{"count", fmt::format("{:#x}", a_.preempt_count)}, {"spinlocks_held", held},
-                              {"spinlocks_found", found}, {"crash_path_levels", kernels}};
-  if (found != held && found + kernels != held)
+                              {"spinlocks_found", found}, {"idle_task", idle}, {"warn_report", warn}};
+  held = held >= idle ? held - idle : held;
+  if (found != held && found + warn != held)
     out_.unexplained.push_back(fmt::format(
         "the crashing CPU's preemption count ({:#x}) says it holds {} spinlock{} or preemption-disabled section{}, "
         "{} {} found on its stack", a_.preempt_count, held, held == 1 ? "" : "s", held == 1 ? "" : "s", found,

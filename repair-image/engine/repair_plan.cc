@@ -22,15 +22,22 @@ const std::uint8_t kNop5[] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
 const std::uint8_t kEndbr64[] = {0xf3, 0x0f, 0x1e, 0xfa};
 
 // Kernel functions that call a driver's callback and carry on when it returns, with the
-// interrupt flag they run callbacks with (kernel/time/timer.c, kernel/workqueue.c).
+// interrupt flag they run callbacks with (kernel/time/timer.c, kernel/workqueue.c,
+// kernel/softirq.c, kernel/rcu/tree.c, kernel/time/hrtimer.c — __run_hrtimer inlined into
+// __hrtimer_run_queues, where hard-interrupt hrtimers run with interrupts off).
 struct Dispatcher {
   const char* function;
   const char* what;
   bool interrupts_on;
+  ReturnType returns;  // what the dispatcher expects back (its callback type), BTF or not
 };
 constexpr Dispatcher kDispatchers[] = {
-    {"call_timer_fn", "timer callback", true},
-    {"process_one_work", "work item", true},
+    {"call_timer_fn", "timer callback", true, ReturnType::none},
+    {"process_one_work", "work item", true, ReturnType::none},
+    {"tasklet_action_common", "tasklet", true, ReturnType::none},
+    {"rcu_do_batch", "RCU callback", true, ReturnType::none},
+    // enum hrtimer_restart: anything but HRTIMER_NORESTART (0) would re-arm it at once.
+    {"__hrtimer_run_queues", "hrtimer callback", false, ReturnType::enumeration},
 };
 
 std::vector<std::uint8_t> read_bytes(const Kernel& kernel, std::uint64_t address, std::size_t n) {
@@ -80,6 +87,17 @@ std::uint64_t running_callback(const Kernel& kernel, const CrashAnalysis& a, con
       std::uint64_t timer = m.read_u64(a.percpu_base + *bases + i * size + t.offset_of("timer_base", "running_timer"));
       if (timer) return m.read_u64(timer + t.offset_of("timer_list", "function"));
     }
+  } else if (dispatcher == "__hrtimer_run_queues") {
+    // The running timer of each clock base of this CPU (hrtimer_bases, kernel/time/hrtimer.c).
+    auto bases = kernel.symbols().percpu_offset("hrtimer_bases");
+    if (!bases) return 0;
+    std::uint64_t clock_base = a.percpu_base + *bases + t.offset_of("hrtimer_cpu_base", "clock_base");
+    std::uint64_t size = t.require_size("hrtimer_clock_base");
+    auto count = t.require_field("hrtimer_cpu_base", "clock_base").size / std::max<std::uint64_t>(size, 1);
+    for (std::uint64_t i = 0; i < count && i < 16; ++i) {
+      std::uint64_t timer = m.read_u64(clock_base + i * size + t.offset_of("hrtimer_clock_base", "running"));
+      if (timer) return m.read_u64(timer + t.offset_of("hrtimer", "function"));
+    }
   } else if (dispatcher == "process_one_work") {
     // kthread_data(current): task->worker_private is the struct kthread (kernel/kthread.c).
     std::uint64_t kthread = m.read_u64(a.task + t.offset_of("task_struct", "worker_private"));
@@ -104,6 +122,8 @@ QuarantineReturn quarantine_return(ReturnType type) {
     case ReturnType::boolean: return {{0x31, 0xc0}, "false"};
     case ReturnType::irqreturn: return {{0x31, 0xc0}, "IRQ_NONE"};
     case ReturnType::unsigned_integer: return {{0x31, 0xc0}, "0"};
+    // An enum's 0 is by convention "nothing happened": HRTIMER_NORESTART, IRQ_NONE …
+    case ReturnType::enumeration: return {{0x31, 0xc0}, "0 (its first enumerator)"};
     case ReturnType::none: return {{0x31, 0xc0}, "nothing"};
   }
   return {{0x48, 0xc7, 0xc0, 0xfb, 0xff, 0xff, 0xff}, "-EIO"};
@@ -130,7 +150,8 @@ namespace {
 
 // Patch a module function so that later calls return at once instead of running it.
 std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& record, std::uint64_t function,
-                                       const std::string& why, std::vector<std::string>& notes) {
+                                       const std::string& why, std::vector<std::string>& notes,
+                                       std::optional<ReturnType> expected = std::nullopt) {
   const auto& symbols = kernel.symbols();
   const Symbol* s = symbols.lookup(function);
   if (!s || s->address != function || s->module.empty()) {
@@ -145,7 +166,9 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
   std::uint64_t at = 0;
   if (std::memcmp(head.data(), kEndbr64, 4) == 0) at += 4;
   if (std::memcmp(head.data() + at, kNop5, 5) == 0 || head[at] == 0xe8) at += 5;
+  // The type the caller expects: from the module's BTF, else from the dispatcher that calls it.
   ReturnType type = kernel.function_return(s->module, stripped_name(s->name));
+  if (type == ReturnType::unknown && expected) type = *expected;
   auto ret = quarantine_return(type);
   std::vector<std::uint8_t> patch = quarantine_patch(type, function + at, symbols.address_of("__x86_return_thunk"));
   if (std::equal(patch.begin(), patch.end(), head.begin() + static_cast<long>(at))) {
@@ -367,6 +390,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     // 2. End the crashing context.
     std::uint64_t quarantine_target = 0;
     std::string quarantine_why;
+    std::optional<ReturnType> callback_returns;
     const Frame& entry = a.backtrace.frames.at(static_cast<std::size_t>(a.outer_module_frame));
     const Symbol* entry_symbol = symbols.lookup(static_cast<int>(a.outer_module_frame) == a.fault_frame &&
                                                 a.kind != "panic" ? entry.pc : entry.pc - 1);
@@ -374,8 +398,10 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       auto parent = symbols.address_in(stripped(entry_symbol->name), entry_symbol->module);
       quarantine_target = parent ? *parent : entry_symbol->address;
     }
-    if (a.context == "process") {
+    if (a.context == "process" || (a.context == "kernel-thread" && stripped_name(a.outer_caller) == "kthread")) {
       // As the kernel does for an oops with panic_on_oops=0 (oops_end): the task dies with SIGKILL.
+      // A driver's own kernel thread (its thread function called by kthread()) dies the same
+      // way: do_exit() completes its exit for whoever waits in kthread_stop().
       if (regs.rsp < a.task_stack || regs.rsp >= a.task_stack + kThreadSize) {
         plan.reason = "the crashing CPU is not on its task's stack";
         return plan;
@@ -402,7 +428,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     } else {
       const Dispatcher* d = nullptr;
       for (const auto& x : kDispatchers)
-        if (a.outer_caller == x.function) d = &x;
+        if (stripped_name(a.outer_caller) == x.function) d = &x;
       if (a.module_symbols_stale) {
         plan.reason = "the driver's code has no symbols in the guest profile (loaded after it was taken): its "
                       "frames cannot be undone";
@@ -447,6 +473,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
         if (const Symbol* s = symbols.lookup(cb); s && s->module == a.module) quarantine_target = cb;
       }
       quarantine_why = fmt::format("the {} is not run again: it returns at once", d->what);
+      callback_returns = d->returns;
     }
 
     // 3. Quarantine the driver's entry point.
@@ -457,7 +484,8 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     } else if (a.fault_in_init && !quarantine_why.empty()) {
       notes.push_back("the crash is in the module's init code, which runs once: nothing to quarantine");
     } else if (!quarantine_why.empty() && quarantine_target) {
-      if (auto q = quarantine(kernel, record, quarantine_target, quarantine_why, notes)) quarantined.push_back(*q);
+      if (auto q = quarantine(kernel, record, quarantine_target, quarantine_why, notes, callback_returns))
+        quarantined.push_back(*q);
       if (options.quarantine_driver) {
         // --quarantine driver: every entry point of the driver, not only the one that crashed,
         // and the module pinned (its refcount raised) so that it cannot be unloaded while its

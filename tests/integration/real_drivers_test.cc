@@ -241,6 +241,36 @@ TEST_CASE("real drivers: crashes the kernel raised on the driver's behalf are bl
   }
 }
 
+TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt hrtimer and the driver's own "
+          "kernel thread are ended and quarantined", "[integration][real-drivers]") {
+  auto& g = guest();
+  struct Case {
+    const char* command;
+    const char* action;   // what ends the crashing context
+    const char* detail;   // in that action's detail
+  };
+  const Case cases[] = {
+      {"tasklet", "end-callback", "tasklet_action_common"},  // softirq, holding the device's spinlock
+      {"rcu", "end-callback", "rcu_do_batch"},                // softirq
+      {"hrtimer", "end-callback", "__hrtimer_run_queues"},    // hard interrupt
+      {"kthread", "kill-task", "realdev-thread"},             // the driver's kernel thread, holding its mutex
+  };
+  for (const auto& c : cases) {
+    INFO("command " << c.command);
+    json plan = expect_recovered(std::string("echo ") + c.command + " > /dev/immortal-realdev; sleep 1");
+    CHECK(plan_has(plan, c.action, c.detail));
+    CHECK(plan_has(plan, "quarantine-function", "immortal_realdev"));
+    expect_device_answers(g.name);
+    // Armed again, the quarantined callback returns at once: no second crash.
+    if (std::string(c.action) == "end-callback") {
+      json s = status_of(g.name);
+      CHECK(guest_sh(g.name, std::string("echo ") + c.command + " > /dev/immortal-realdev; sleep 1").status == 0);
+      CHECK(count_of(status_of(g.name), "crashes") == count_of(s, "crashes"));
+    }
+  }
+  CHECK(status_of(g.name).value("boot_id", "") == g.boot_id);
+}
+
 TEST_CASE("real drivers: what the lock search cannot account for reboots, with the reason in the bundle",
           "[integration][real-drivers]") {
   // A semaphore taken on the crashing path: no owner, so no holder to tell.

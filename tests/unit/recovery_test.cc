@@ -196,7 +196,7 @@ TEST_CASE("quarantine patch: the return value follows the function's type, throu
   CHECK(imm == -5);  // -EIO
   CHECK(repair::quarantine_patch(ReturnType::unknown, 0x1000, std::nullopt) == p);  // no BTF: -EIO as before
   // A pointer, a bool, irqreturn_t, void: 0 (NULL, false, IRQ_NONE, nothing).
-  for (auto t : {ReturnType::pointer, ReturnType::boolean, ReturnType::irqreturn, ReturnType::none}) {
+  for (auto t : {ReturnType::pointer, ReturnType::boolean, ReturnType::irqreturn, ReturnType::none, ReturnType::enumeration}) {
     auto z = repair::quarantine_patch(t, 0x1000, std::nullopt);
     CHECK(z == std::vector<std::uint8_t>{0x31, 0xc0, 0xc3});  // xor %eax,%eax; ret
   }
