@@ -981,23 +981,35 @@ bool Supervisor::guest_has_kdump() {
   }
 }
 
+void Supervisor::leave_boot(const char* event_name, const std::string& outcome, const std::string& reason,
+                            std::uint64_t crash, const char* to_clients) {
+  event(event_name, {{"crash", crash}, {"reason", reason}});
+  last_crash_["outcome"] = outcome;
+  if (pending_bundle_) {
+    pending_bundle_->recovery["reboot_reason"] = reason;
+    finish_crash_bundle(outcome);
+  }
+  ++reboots_;
+  old_boot_id_ = agent_->hello() ? agent_->hello()->boot_id : "";
+  agent_->abandon(to_clients);
+  verification_.reset();
+  pause_after_crash_.reset();
+}
+
+void Supervisor::forget_boot() {
+  // The next boot has other addresses (KASLR) and fresh code: nothing armed or patched holds.
+  armed_profile_.clear();
+  quarantine_.clear();
+  kernel_.reset();
+}
+
 void Supervisor::hand_to_guest_kdump(const std::string& reason, std::uint64_t crash) {
   // The operator armed kdump in the guest: an unrecoverable crash goes where they wanted it.
   // panic() runs on from its first instruction (the breakpoints removed, or it would stop there
   // again) and calls __crash_kexec(); what the kdump kernel does next (save a vmcore, reboot) is
   // the guest's business; its next boot says hello like any other.
   options_.say(fmt::format("crash {}: not recovered ({}); the guest's own kdump takes it", crash, reason));
-  event("kdump", {{"crash", crash}, {"reason", reason}});
-  last_crash_["outcome"] = "handed to the guest's kdump";
-  if (pending_bundle_) {
-    pending_bundle_->recovery["reboot_reason"] = reason;
-    finish_crash_bundle("handed to the guest's kdump");
-  }
-  ++reboots_;
-  old_boot_id_ = agent_->hello() ? agent_->hello()->boot_id : "";
-  agent_->abandon("the guest went to its kdump kernel");
-  verification_.reset();
-  pause_after_crash_.reset();
+  leave_boot("kdump", "handed to the guest's kdump", reason, crash, "the guest went to its kdump kernel");
   try {
     interceptor_->disarm();
     guest_state_ = "rebooting";
@@ -1007,24 +1019,12 @@ void Supervisor::hand_to_guest_kdump(const std::string& reason, std::uint64_t cr
     reboot_guest(reason, crash);
     return;
   }
-  armed_profile_.clear();
-  quarantine_.clear();
-  kernel_.reset();
+  forget_boot();
 }
 
 void Supervisor::reboot_guest(const std::string& reason, std::uint64_t crash) {
   options_.say(fmt::format("crash {}: rebooting the guest: {}", crash, reason));
-  event("reboot", {{"crash", crash}, {"reason", reason}});
-  last_crash_["outcome"] = "rebooted";
-  if (pending_bundle_) {
-    pending_bundle_->recovery["reboot_reason"] = reason;
-    finish_crash_bundle("rebooted");
-  }
-  ++reboots_;
-  old_boot_id_ = agent_->hello() ? agent_->hello()->boot_id : "";
-  agent_->abandon("the guest is rebooting");
-  verification_.reset();
-  pause_after_crash_.reset();
+  leave_boot("reboot", "rebooted", reason, crash, "the guest is rebooting");
   try {
     if (machine_->state() == RunState::running) machine_->pause();
     interceptor_->disarm();
@@ -1038,9 +1038,7 @@ void Supervisor::reboot_guest(const std::string& reason, std::uint64_t crash) {
     exit_code_ = static_cast<int>(ExitCode::guest_crashed);
     return;
   }
-  armed_profile_.clear();
-  quarantine_.clear();
-  kernel_.reset();
+  forget_boot();
 }
 
 void Supervisor::after_reboot_hello() {

@@ -93,6 +93,10 @@ class Supervisor {
   // kdump armed in the guest (a crash kernel loaded): crashes not recovered go to it.
   bool guest_has_kdump();
   void hand_to_guest_kdump(const std::string& reason, std::uint64_t crash);
+  // What every way out of a crashed boot does: the event, the outcome, the bundle, the count.
+  void leave_boot(const char* event_name, const std::string& outcome, const std::string& reason, std::uint64_t crash,
+                  const char* to_clients);
+  void forget_boot();
   void after_reboot_hello();
   void save_crash(const repair::CrashRecord& record, const json& analysis, const json& plan);
   // Bundles: the copy is taken while the guest is stopped; the crash's bundle is written once

@@ -5,6 +5,8 @@
 #include "base/error.h"
 #include "engine/crash_analysis.h"
 #include "engine/repair_plan.h"
+#include "kernel/lock_waiters.h"
+#include "kernel/modules.h"
 #include "support/fake_kernel.h"
 
 #include <cstdint>
@@ -66,7 +68,28 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
              {"ip", 128}, {"cs", 136}, {"flags", 144}, {"sp", 152}, {"ss", 160}})
       types->add("pt_regs", name, static_cast<std::uint64_t>(offset));
     types->add("mutex", "owner", 0);
+    types->add("mutex", "wait_lock", 8, 4);
+    types->add("mutex", "osq", 12, 4);
     types->add("mutex", "wait_list", 16);
+    // The held-lock search (held_locks.cc, lock_waiters.cc), the module's own symbol table.
+    types->add("rw_semaphore", "count", 0);
+    types->add("rw_semaphore", "owner", 8);
+    types->add("rw_semaphore", "osq", 16, 4);
+    types->add("rw_semaphore", "wait_lock", 20, 4);
+    types->add("rw_semaphore", "wait_list", 24);
+    types->add("semaphore", "count", 4, 4);
+    types->add("semaphore", "wait_list", 8);
+    types->add("task_struct", "on_cpu", 0x1c, 4);
+    types->add("task_struct", "signal", 0x170);
+    types->add("task_struct", "thread_node", 0x178);
+    types->add("task_struct", "thread.sp", 0x1a0);
+    types->add_size("task_struct", 0x300);
+    types->add("signal_struct", "thread_head", 0x10);
+    types->add("module", "kallsyms", 0x140);
+    types->add("mod_kallsyms", "symtab", 0);
+    types->add("mod_kallsyms", "num_symtab", 8, 4);
+    types->add("mod_kallsyms", "strtab", 16);
+    types->add("mod_kallsyms", "typetab", 24);
     types->add("timer_base", "running_timer", 0);
     types->add_size("timer_base", 0x40);
     types->add("timer_list", "function", 0x18);
@@ -111,6 +134,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     auto analysis = repair::analyze_crash(*kernel, record);
     auto plan = repair::plan_repair(*kernel, record, analysis);
     (void)plan.to_json().dump();
+    // Readers the engine calls around the analysis: the module's own symbol table (a module the
+    // profile does not know) and the tasks asleep on locks.
+    ModuleList modules = read_modules(*kernel);
+    for (const auto& m : modules.modules) (void)read_module_symbols(*kernel, m);
+    (void)find_lock_waiters(*kernel, 64);
     (void)analysis.to_json().dump();
     (void)analysis.summary();
   } catch (const Error&) {

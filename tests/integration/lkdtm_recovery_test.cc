@@ -2,12 +2,11 @@
 // lifetime with recovery on: each is recovered in place (same boot id), the quarantine lifted
 // between types with `immortal unquarantine`. The types that are rebooted, and why, are in
 // docs/fault-catalogue.md ("LKDTM types"); they are not part of this run.
-#include "harness.h"
+#include "instance_json.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include <fstream>
 #include <iostream>
 
 using namespace immortal::test;
@@ -16,23 +15,9 @@ using nlohmann::json;
 
 namespace {
 
-json status_of(const std::string& name) {
-  auto r = run_cli({"status", name, "--json"}, 20s);
-  if (r.status != 0) return json::object();
-  return json::parse(r.out, nullptr, false);
-}
-
-std::uint64_t count_of(const json& s, const char* what) {
-  return s.value("recovery_state", json::object()).value(what, std::uint64_t{0});
-}
-
-json last_crash_event(const std::string& name) {
-  json last;
-  std::ifstream in(runtime_root() + "/" + name + "/events.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (auto j = json::parse(line, nullptr, false); !j.is_discarded() && j.value("event", "") == "crash") last = j;
-  return last;
-}
+json status_of(const std::string& name) { return status_json(name); }
+std::uint64_t count_of(const json& s, const char* what) { return recovery_count(s, what); }
+json last_crash_event(const std::string& name) { return last_event_of(name, "crash"); }
 
 }  // namespace
 

@@ -5,13 +5,11 @@
 // file reference), a crash in kernel code the driver called. The judge is the next user of the
 // device: it returns (data or an error) within seconds, or the guest is rebooted with a bundle
 // that says why. A "recovered" guest whose device users hang fails.
-#include "harness.h"
+#include "instance_json.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include <fstream>
-#include <sstream>
 
 using namespace immortal::test;
 using namespace std::chrono_literals;
@@ -19,34 +17,12 @@ using nlohmann::json;
 
 namespace {
 
-json status_of(const std::string& name) {
-  auto r = run_cli({"status", name, "--json"}, 20s);
-  if (r.status != 0) return json::object();
-  return json::parse(r.out, nullptr, false);
-}
-
-std::uint64_t count_of(const json& s, const char* what) {
-  return s.value("recovery_state", json::object()).value(what, std::uint64_t{0});
-}
+json status_of(const std::string& name) { return status_json(name); }
+std::uint64_t count_of(const json& s, const char* what) { return recovery_count(s, what); }
+json last_event(const std::string& name, const std::string& kind) { return last_event_of(name, kind); }
 
 CommandResult guest_sh(const std::string& name, const std::string& script, std::chrono::seconds timeout = 60s) {
   return run_cli({"exec", name, "--", "sh", "-c", script}, timeout);
-}
-
-// The instance's whole event log (not only the last events `immortal events` shows).
-std::vector<json> all_events(const std::string& name) {
-  std::vector<json> out;
-  std::ifstream in(runtime_root() + "/" + name + "/events.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (auto j = json::parse(line, nullptr, false); !j.is_discarded()) out.push_back(j);
-  return out;
-}
-
-json last_event(const std::string& name, const std::string& kind) {
-  json last;
-  for (const auto& e : all_events(name))
-    if (e.value("event", "") == kind) last = e;
-  return last;
 }
 
 struct Guest {

@@ -1,0 +1,44 @@
+// What the integration tests read of an instance as JSON: its status and its whole event log
+// (events.jsonl in the runtime directory, not only the last events `immortal events` shows).
+// Kept apart from harness.h so that the harness itself needs no JSON library.
+#pragma once
+
+#include "harness.h"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace immortal::test {
+
+inline nlohmann::json status_json(const std::string& name) {
+  auto r = run_cli({"status", name, "--json"}, std::chrono::seconds(20));
+  if (r.status != 0) return nlohmann::json::object();
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  return j.is_discarded() ? nlohmann::json::object() : j;
+}
+
+// recovery_state.crashes / recovered / reboots
+inline std::uint64_t recovery_count(const nlohmann::json& status, const char* what) {
+  return status.value("recovery_state", nlohmann::json::object()).value(what, std::uint64_t{0});
+}
+
+inline std::vector<nlohmann::json> event_log(const std::string& name) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(runtime_root() + "/" + name + "/events.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (auto j = nlohmann::json::parse(line, nullptr, false); !j.is_discarded()) out.push_back(j);
+  return out;
+}
+
+inline nlohmann::json last_event_of(const std::string& name, const std::string& kind) {
+  nlohmann::json last;
+  for (const auto& e : event_log(name))
+    if (e.value("event", "") == kind) last = e;
+  return last;
+}
+
+}  // namespace immortal::test
