@@ -22,7 +22,10 @@
  * mutex-elsewhere, ping, and the crashes the kernel raises on the driver's behalf: list-corruption,
  * double-free, usercopy, fortify, stack-smash, call-null; and crashes outside the writer's own
  * call: kthread (the driver's own kernel thread), tasklet, rcu (an RCU callback), hrtimer (a
- * hard-interrupt hrtimer). Anything else gets -EINVAL.
+ * hard-interrupt hrtimer), timer-under-spin MS (the writer takes the device's spinlock and
+ * busy-waits MS ms with interrupts on; a timer armed on its CPU crashes under its own spinlock
+ * meanwhile, so the softirq's preemption count holds the interrupted writer's level too).
+ * Anything else gets -EINVAL.
  *
  * mutex-elsewhere takes a mutex that nothing on the crashing path points to (a helper took it and
  * returned; only a module global leads to it) and that nobody waits for yet: the case the lock
@@ -81,6 +84,8 @@ struct realdev {
 	struct tasklet_struct tasklet;
 	struct hrtimer hrtimer;
 	struct rcu_head rcu;
+	struct timer_list timer;
+	spinlock_t timer_lock;		/* the timer callback's own */
 };
 
 struct realdev_item {
@@ -325,6 +330,27 @@ static enum hrtimer_restart realdev_hrtimer(struct hrtimer *timer)
 	return HRTIMER_NORESTART;
 }
 
+static void realdev_timer(struct timer_list *t)
+{
+	struct realdev *rd = from_timer(rd, t, timer);
+
+	spin_lock(&rd->timer_lock);
+	rd->irq_events++;
+	realdev_apply_config(rd);
+	spin_unlock(&rd->timer_lock);
+}
+
+/* Holds the device's spinlock, busy, while its timer fires on this CPU. */
+static noinline int realdev_cmd_timer_under_spin(struct realdev *rd, unsigned int ms)
+{
+	spin_lock(&rd->slock);
+	mod_timer(&rd->timer, jiffies + 2);	/* TIMER_PINNED: this CPU, which cannot be left now */
+	mdelay(ms);
+	rd->ops++;
+	spin_unlock(&rd->slock);
+	return 0;
+}
+
 static int realdev_command(struct realdev *rd, const char *cmd)
 {
 	unsigned int ms = 0;
@@ -374,6 +400,8 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 		hrtimer_start(&rd->hrtimer, ms_to_ktime(10), HRTIMER_MODE_REL_HARD);
 		return 0;
 	}
+	if (sscanf(cmd, "timer-under-spin %u", &ms) == 1)
+		return realdev_cmd_timer_under_spin(rd, clamp(ms, 20u, 2000u));
 	if (!strcmp(cmd, "list-corruption"))
 		return realdev_cmd_list_corruption(rd);
 	if (!strcmp(cmd, "double-free"))
@@ -569,6 +597,8 @@ static int realdev_probe(struct platform_device *pdev)
 	tasklet_setup(&rd->tasklet, realdev_tasklet);
 	hrtimer_init(&rd->hrtimer, CLOCK_MONOTONIC, HRTIMER_MODE_REL_HARD);
 	rd->hrtimer.function = realdev_hrtimer;
+	spin_lock_init(&rd->timer_lock);
+	timer_setup(&rd->timer, realdev_timer, TIMER_PINNED);
 	platform_set_drvdata(pdev, rd);
 
 	rd->misc.minor = MISC_DYNAMIC_MINOR;
@@ -621,6 +651,7 @@ static int realdev_remove(struct platform_device *pdev)
 	debugfs_remove(rd->debugfs);
 	device_remove_file(&pdev->dev, &dev_attr_trigger);
 	hrtimer_cancel(&rd->hrtimer);
+	del_timer_sync(&rd->timer);
 	tasklet_kill(&rd->tasklet);
 	rcu_barrier();	/* no callback of ours may run after the devm state is freed */
 	misc_deregister(&rd->misc);

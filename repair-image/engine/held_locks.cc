@@ -66,6 +66,7 @@ class Search {
   void classify_owner_hits();
   void waiters();
   void account_spinlocks();
+  std::optional<std::uint32_t> interrupted_level(std::string* why) const;
   HeldLock& add(std::uint64_t address, LockType type, const std::string& found_by);
   bool plausible_ring(std::uint64_t head) const;
   bool small_words(std::uint64_t lock_word, std::uint64_t osq) const;
@@ -84,6 +85,7 @@ class Search {
   std::vector<std::uint64_t> values_;
   std::vector<OwnerHit> owner_hits_;
   std::vector<SiteLock> site_locks_;
+  std::vector<std::string> unnamed_spin_sites_;  // reached spinlock calls whose lock is unknown
   std::map<std::uint64_t, std::size_t> index_;  // lock address → out_.locks
   std::uint64_t scanned_ = 0;
   std::size_t objects_ = 0, site_count_ = 0, rejected_hits_ = 0;
@@ -205,7 +207,14 @@ void Search::call_sites() {
         continue;
       }
       std::vector<Instruction> insns = decode_code(code, part->address);
-      for (const auto& site : find_lock_calls(insns, functions)) {
+      // A spinlock taken on the path whose lock cannot be named: only the preemption count
+      // can still tell whether it is held.
+      auto unnamed = [&](const LockCallSite& site) {
+        if (site.function->type == LockType::spinlock || site.function->type == LockType::rwlock)
+          unnamed_spin_sites_.push_back(fmt::format("{} in {}", site.function->name, symbols.describe(site.call)));
+      };
+      std::vector<LockCallSite> unfollowed;
+      for (const auto& site : find_lock_calls(insns, functions, &unfollowed)) {
         ++site_count_;
         if (part == s && site.call >= pc) continue;  // not reached yet
         std::uint64_t lock = 0;
@@ -213,18 +222,28 @@ void Search::call_sites() {
           lock = *site.absolute;
         } else {
           bool known = regs[k] && (k == first_ || callee_saved(site.base));
-          if (!known) continue;
+          if (!known) {
+            unnamed(site);
+            continue;
+          }
           // The base must still hold what it held at the call: nothing between the call and
           // where the frame is now may write it.
           bool rewritten = part != s || std::any_of(insns.begin(), insns.end(), [&](const Instruction& i) {
             return i.address > site.call && i.address < pc && (i.writes & (1u << site.base));
           });
-          if (rewritten) continue;
+          if (rewritten) {
+            unnamed(site);
+            continue;
+          }
           lock = *regs[k]->field(register_name(site.base)) + static_cast<std::uint64_t>(site.displacement);
         }
         if (!data_pointer(lock & ~7ull) || !seen.insert({lock, site.function}).second) continue;
         site_locks_.push_back({lock, site.function,
                                fmt::format("a call to {} in {}", site.function->name, symbols.describe(site.call))});
+      }
+      for (const auto& site : unfollowed) {
+        ++site_count_;
+        if (part != s || site.call < pc) unnamed(site);
       }
     }
   }
@@ -369,6 +388,35 @@ void Search::waiters() {
   out_.stats["waiters"] = {{"tasks", w.tasks}, {"asleep_on_locks", w.waiters.size()}, {"on_these_locks", on_ours}};
 }
 
+// The preemption level of the code an interrupt-time callback interrupted: 0 for user space
+// and for ksoftirqd (which runs softirqs with preemption enabled); unknown for kernel code (it
+// may be in any number of spinlocks or preempt_disable() sections of its own, which it releases
+// itself once the callback has ended and the interrupt returns).
+std::optional<std::uint32_t> Search::interrupted_level(std::string* why) const {
+  const auto& frames = a_.backtrace.frames;
+  const auto& symbols = kernel_.symbols();
+  for (std::size_t k = last_ + 1; k < frames.size(); ++k) {
+    if (frames[k].regs) {
+      std::uint64_t cs = 0;
+      try {
+        cs = mem_.read_u64(frames[k].regs + types_.offset_of("pt_regs", "cs"));
+      } catch (const MemoryFault&) {
+        *why = "the interrupt's saved registers are unreadable";
+        return std::nullopt;
+      }
+      *why = fmt::format("the interrupt came in {}", (cs & 3) ? "user space" : symbols.describe(frames[k].pc));
+      if (cs & 3) return 0;
+      return std::nullopt;
+    }
+    if (const Symbol* s = symbols.lookup(frames[k].pc - 1); s && s->module.empty() && s->name == "run_ksoftirqd") {
+      *why = "ksoftirqd ran it";
+      return 0;
+    }
+  }
+  *why = "the code it interrupted is not known";
+  return std::nullopt;
+}
+
 // Spinlocks and rwlocks have no owner: the crashing CPU holds those its preemption count
 // says, and the ones found must be exactly that many.
 void Search::account_spinlocks() {
@@ -389,6 +437,30 @@ void Search::account_spinlocks() {
       warn = 1;
   out_.stats["preemption"] = {{"count", fmt::format("{:#x}", a_.preempt_count)}, {"spinlocks_held", held},
                               {"spinlocks_found", found}, {"idle_task", idle}, {"warn_report", warn}};
+  if (a_.context == "softirq" || a_.context == "hardirq") {
+    // The count is the interrupted code's level plus the callback's. When the first is not
+    // known, what the callback's own frames took must be fully named instead: every spinlock
+    // call they reached, found held or free by its lock word.
+    std::string why;
+    auto outer = interrupted_level(&why);
+    out_.stats["preemption"]["interrupted"] = why;
+    if (!outer) {
+      if (found > held) {
+        out_.unexplained.push_back(fmt::format(
+            "the crashing CPU's preemption count ({:#x}) says it holds {} spinlock{}, fewer than the {} found on the "
+            "callback's stack", a_.preempt_count, held, held == 1 ? "" : "s", found));
+      } else if (!unnamed_spin_sites_.empty()) {
+        out_.unexplained.push_back(fmt::format(
+            "the callback reached {} spinlock call{} whose lock cannot be named ({}), and the preemption count "
+            "({:#x}) cannot tell it from the interrupted code's own level ({})",
+            unnamed_spin_sites_.size(), unnamed_spin_sites_.size() == 1 ? "" : "s", unnamed_spin_sites_.front(),
+            a_.preempt_count, why));
+      } else {
+        out_.stats["preemption"]["interrupted_level"] = held - found;
+      }
+      return;
+    }
+  }
   held = held >= idle ? held - idle : held;
   if (found != held && found + warn != held)
     out_.unexplained.push_back(fmt::format(

@@ -166,7 +166,8 @@ class ArgumentTracer {
 
 }  // namespace
 
-std::vector<LockCallSite> find_lock_calls(const std::vector<Instruction>& code, const LockFunctions& functions) {
+std::vector<LockCallSite> find_lock_calls(const std::vector<Instruction>& code, const LockFunctions& functions,
+                                          std::vector<LockCallSite>* unfollowed) {
   ArgumentTracer tracer(code);
   std::vector<LockCallSite> out;
   for (std::size_t i = 0; i < code.size(); ++i) {
@@ -174,11 +175,14 @@ std::vector<LockCallSite> find_lock_calls(const std::vector<Instruction>& code, 
     if (call.kind != Instruction::Kind::call || !call.target) continue;
     const LockFunction* f = functions.at(*call.target);
     if (!f) continue;
-    auto load = tracer.before(i);
-    if (!load || load->base == 4) continue;  // unknown, or %rsp: a lock on the stack is found by its owner
     LockCallSite site;
     site.call = call.address;
     site.function = f;
+    auto load = tracer.before(i);
+    if (!load || load->base == 4) {  // unknown, or %rsp: a lock on the stack is found by its owner
+      if (unfollowed) unfollowed->push_back(site);
+      continue;
+    }
     if (load->base < 0) {
       site.absolute = static_cast<std::uint64_t>(load->displacement);
     } else {

@@ -53,8 +53,11 @@ struct LockFunctions {
 // Every lock call in code (which starts at guest address base) whose argument it can follow
 // back, over every path that reaches the call within the code, to one instruction that set %rdi
 // from a register, an address computation or a constant (no call in between). In address order.
+// The lock calls whose argument cannot be followed (or is on the stack) go to unfollowed, with
+// neither an absolute address nor a base: they take a lock that cannot be named from here.
 std::vector<LockCallSite> find_lock_calls(std::span<const std::uint8_t> code, std::uint64_t base,
                                           const LockFunctions& functions);
-std::vector<LockCallSite> find_lock_calls(const std::vector<Instruction>& code, const LockFunctions& functions);
+std::vector<LockCallSite> find_lock_calls(const std::vector<Instruction>& code, const LockFunctions& functions,
+                                          std::vector<LockCallSite>* unfollowed = nullptr);
 
 }  // namespace immortal::repair

@@ -247,6 +247,23 @@ TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt
   CHECK(status_of(g.name).value("boot_id", "") == g.boot_id);
 }
 
+TEST_CASE("real drivers: a timer that crashes on the CPU of a task busy under a spinlock: the callback's own "
+          "spinlock is released, the interrupted task's stays its own", "[integration][real-drivers]") {
+  // The softirq's preemption count holds both levels (the writer's spinlock and the callback's);
+  // only the callback's is the crash's to release. The writer then finishes its command.
+  auto& g = guest();
+  guest_sh(g.name, "rm -f /tmp/spin-writer-done");
+  json plan = expect_recovered("echo 'timer-under-spin 400' > /dev/immortal-realdev && touch /tmp/spin-writer-done");
+  json analysis = last_event(g.name, "crash")["analysis"];
+  INFO(analysis.value("lock_search", json::object()).dump(1));
+  CHECK(analysis.value("context", "") == "softirq");
+  CHECK(plan_has(plan, "end-callback", "call_timer_fn"));
+  CHECK(plan_has(plan, "release-lock", "spinlock"));
+  CHECK(analysis["lock_search"]["preemption"].value("interrupted_level", -1) == 1);
+  CHECK(guest_sh(g.name, "test -e /tmp/spin-writer-done").status == 0);
+  expect_device_answers(g.name);
+}
+
 TEST_CASE("real drivers: what the lock search cannot account for reboots, with the reason in the bundle",
           "[integration][real-drivers]") {
   // A semaphore taken on the crashing path: no owner, so no holder to tell.

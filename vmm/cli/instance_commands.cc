@@ -11,6 +11,7 @@
 
 #include <unistd.h>
 
+#include <fstream>
 #include <iostream>
 #include <thread>
 
@@ -215,9 +216,38 @@ int unquarantine_command(const GlobalOptions& g, const std::string& name, const 
   return 0;
 }
 
+// The events of an instance that has ended (its guest powered off, or it was stopped), from the
+// log its supervisor left in the instance directory, as virsh still describes a shut-off domain.
+json events_of_ended_instance(const GlobalOptions& g, const std::string& name) {
+  std::string root = runtime_root(g.runtime_dir);
+  std::ifstream in(root + "/" + name + "/events.jsonl");
+  if (!in) fail(ExitCode::no_instance, "no instance named \"{}\" (running, or with an event log left)", name);
+  json events = json::array();
+  std::string line;
+  while (std::getline(in, line)) {
+    json e = json::parse(line, nullptr, false);
+    if (e.is_object()) events.push_back(std::move(e));  // a line cut short by a killed supervisor is skipped
+  }
+  std::cerr << fmt::format("immortal: instance \"{}\" has ended; its events are read from its log\n", name);
+  return events;
+}
+
 int events_command(const GlobalOptions& g, const std::string& name, bool as_json) {
-  json r = call(g, name, {{"command", "events"}}, std::chrono::seconds(5));
-  for (const auto& e : r.value("events", json::array())) {
+  check_instance_name(name);
+  json events;
+  try {
+    events = call(g, name, {{"command", "events"}}, std::chrono::seconds(5)).value("events", json::array());
+  } catch (const Error&) {
+    // Ended before or while we asked (a supervisor that is shutting down answers no more, and
+    // holds its lock a moment longer): its log stays behind.
+    std::string root = runtime_root(g.runtime_dir);
+    auto deadline = Deadline::in(std::chrono::seconds(10));
+    while (instance_running(root, name) && !deadline.expired())
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (instance_running(root, name)) throw;
+    events = events_of_ended_instance(g, name);
+  }
+  for (const auto& e : events) {
     if (as_json) {
       std::cout << e.dump() << "\n";
       continue;
@@ -246,7 +276,7 @@ int events_command(const GlobalOptions& g, const std::string& name, bool as_json
     else if (e.contains("verify_ms")) text = fmt::format("healthy {:.0f} ms after resuming", e["verify_ms"].get<double>());
     else if (e.contains("boot_id")) text = "boot id " + e["boot_id"].get<std::string>();
     else if (e.contains("interception")) text = fmt::format("{}", fmt::join(e["interception"].get<std::vector<std::string>>(), ", "));
-    std::string crash = e.contains("crash") ? fmt::format("#{}", e["crash"].get<std::uint64_t>()) : "";
+    std::string crash = e.contains("crash") && e["crash"].is_number_unsigned() ? fmt::format("#{}", e["crash"].get<std::uint64_t>()) : "";
     std::cout << fmt::format("{}  {:<16}{:<5}{}\n", e.value("time", ""), what, crash, text);
   }
   return 0;

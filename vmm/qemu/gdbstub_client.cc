@@ -130,14 +130,32 @@ void GdbstubClient::write_memory(int thread, std::uint64_t address, std::span<co
 }
 
 std::vector<GdbStop> GdbstubClient::take_stops() {
-  for (;;) {
+  // A QEMU that exits closes the socket, sometimes right after a last packet: the end of the
+  // machine, which QMP reports; never an error of ours.
+  while (!closed_) {
     bool would_block = false;
-    std::string data = read_some(socket_.get(), 65536, &would_block);
-    if (would_block || data.empty()) break;
+    std::string data;
+    try {
+      data = read_some(socket_.get(), 65536, &would_block);
+    } catch (const Error&) {
+      closed_ = true;
+      break;
+    }
+    if (would_block) break;
+    if (data.empty()) {
+      closed_ = true;
+      break;
+    }
     decoder_.feed(data);
   }
   while (auto packet = decoder_.next()) {
-    if (!no_ack_) write_all(socket_.get(), "+");
+    if (!no_ack_ && !closed_) {
+      try {
+        write_all(socket_.get(), "+");
+      } catch (const Error&) {
+        closed_ = true;
+      }
+    }
     if (auto stop = parse_gdb_stop(*packet)) stops_.push_back(*stop);
   }
   std::vector<GdbStop> out(stops_.begin(), stops_.end());

@@ -42,6 +42,8 @@ class GdbstubClient {
   void write_memory(int thread, std::uint64_t address, std::span<const std::uint8_t> bytes, Deadline deadline);
 
   int fd() const { return socket_.get(); }
+  // True once QEMU closed the stub's socket (it exited): nothing more will come.
+  bool closed() const { return closed_; }
   // Reads what is available without blocking and returns stop notifications received.
   std::vector<GdbStop> take_stops();
 
@@ -57,6 +59,7 @@ class GdbstubClient {
   GdbPacketDecoder decoder_;
   std::deque<GdbStop> stops_;
   bool no_ack_ = false;
+  bool closed_ = false;
   int selected_thread_ = 0;
 };
 

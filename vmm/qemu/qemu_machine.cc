@@ -282,7 +282,7 @@ void QemuMachine::reset() { qmp_->execute("system_reset", json::object(), Deadli
 std::vector<int> QemuMachine::event_fds() const {
   std::vector<int> fds;
   if (qmp_ && !qmp_->closed()) fds.push_back(qmp_->fd());
-  if (gdb_) fds.push_back(gdb_->fd());
+  if (gdb_ && !gdb_->closed()) fds.push_back(gdb_->fd());
   return fds;
 }
 
