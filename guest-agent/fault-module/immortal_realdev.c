@@ -24,7 +24,10 @@
  * call: kthread (the driver's own kernel thread), tasklet, rcu (an RCU callback), hrtimer (a
  * hard-interrupt hrtimer), timer-under-spin MS (the writer takes the device's spinlock and
  * busy-waits MS ms with interrupts on; a timer armed on its CPU crashes under its own spinlock
- * meanwhile, so the softirq's preemption count holds the interrupted writer's level too).
+ * meanwhile, so the softirq's preemption count holds the interrupted writer's level too), irq
+ * (the device's interrupt handler crashes holding the device's spinlock; the interrupt is a
+ * descriptor of the kernel's IRQ core raised from a hard-interrupt hrtimer, since the test guest
+ * has no spare device line: the handler is called by the core's own __handle_irq_event_percpu).
  * Anything else gets -EINVAL.
  *
  * mutex-elsewhere takes a mutex that nothing on the crashing path points to (a helper took it and
@@ -39,6 +42,7 @@
 #include <linux/fs.h>
 #include <linux/hrtimer.h>
 #include <linux/interrupt.h>
+#include <linux/irq.h>
 #include <linux/kthread.h>
 #include <linux/rcupdate.h>
 #include <linux/kernel.h>
@@ -86,6 +90,8 @@ struct realdev {
 	struct rcu_head rcu;
 	struct timer_list timer;
 	spinlock_t timer_lock;		/* the timer callback's own */
+	int irq;			/* its interrupt (a descriptor of the IRQ core), or < 0 */
+	struct hrtimer irq_timer;	/* raises it */
 };
 
 struct realdev_item {
@@ -340,6 +346,26 @@ static void realdev_timer(struct timer_list *t)
 	spin_unlock(&rd->timer_lock);
 }
 
+/* The device's interrupt handler: counts the event under the device's spinlock. */
+static irqreturn_t realdev_irq(int irq, void *data)
+{
+	struct realdev *rd = data;
+
+	spin_lock(&rd->slock);
+	rd->irq_events++;
+	realdev_apply_config(rd);
+	spin_unlock(&rd->slock);
+	return IRQ_HANDLED;
+}
+
+static enum hrtimer_restart realdev_irq_timer(struct hrtimer *timer)
+{
+	struct realdev *rd = container_of(timer, struct realdev, irq_timer);
+
+	generic_handle_irq_safe(rd->irq);
+	return HRTIMER_NORESTART;
+}
+
 /* Holds the device's spinlock, busy, while its timer fires on this CPU. */
 static noinline int realdev_cmd_timer_under_spin(struct realdev *rd, unsigned int ms)
 {
@@ -398,6 +424,12 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 	}
 	if (!strcmp(cmd, "hrtimer")) {
 		hrtimer_start(&rd->hrtimer, ms_to_ktime(10), HRTIMER_MODE_REL_HARD);
+		return 0;
+	}
+	if (!strcmp(cmd, "irq")) {
+		if (rd->irq < 0)
+			return -ENODEV;
+		hrtimer_start(&rd->irq_timer, ms_to_ktime(10), HRTIMER_MODE_REL_HARD);
 		return 0;
 	}
 	if (sscanf(cmd, "timer-under-spin %u", &ms) == 1)
@@ -576,6 +608,24 @@ static void realdev_netdev_free(void *data)
 	free_netdev(ndev);
 }
 
+/* An interrupt line of our own: a descriptor of the IRQ core with a chip that needs no hardware. */
+static int realdev_setup_irq(struct realdev *rd)
+{
+	/* Owned by no module: a descriptor owned by us would hold our refcount while requested,
+	 * and the module could never be unloaded (remove() frees it). */
+	int irq = __irq_alloc_descs(-1, 0, 1, NUMA_NO_NODE, NULL, NULL);
+
+	if (irq < 0)
+		return irq;
+	irq_set_chip_and_handler(irq, &dummy_irq_chip, handle_simple_irq);
+	irq_clear_status_flags(irq, IRQ_NOREQUEST);
+	if (request_irq(irq, realdev_irq, 0, REALDEV_NAME, rd)) {
+		irq_free_desc(irq);
+		return -ENODEV;
+	}
+	return irq;
+}
+
 static int realdev_probe(struct platform_device *pdev)
 {
 	struct realdev *rd;
@@ -599,6 +649,9 @@ static int realdev_probe(struct platform_device *pdev)
 	rd->hrtimer.function = realdev_hrtimer;
 	spin_lock_init(&rd->timer_lock);
 	timer_setup(&rd->timer, realdev_timer, TIMER_PINNED);
+	hrtimer_init(&rd->irq_timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL_HARD);
+	rd->irq_timer.function = realdev_irq_timer;
+	rd->irq = realdev_setup_irq(rd);
 	platform_set_drvdata(pdev, rd);
 
 	rd->misc.minor = MISC_DYNAMIC_MINOR;
@@ -608,7 +661,7 @@ static int realdev_probe(struct platform_device *pdev)
 	rd->misc.parent = &pdev->dev;
 	ret = misc_register(&rd->misc);
 	if (ret)
-		return ret;
+		goto err_irq;
 
 	ndev = alloc_netdev(sizeof(*priv), "rdnet%d", NET_NAME_ENUM, ether_setup);
 	if (!ndev) {
@@ -641,6 +694,11 @@ static int realdev_probe(struct platform_device *pdev)
 
 err_misc:
 	misc_deregister(&rd->misc);
+err_irq:
+	if (rd->irq >= 0) {
+		free_irq(rd->irq, rd);
+		irq_free_desc(rd->irq);
+	}
 	return ret;
 }
 
@@ -652,6 +710,11 @@ static int realdev_remove(struct platform_device *pdev)
 	device_remove_file(&pdev->dev, &dev_attr_trigger);
 	hrtimer_cancel(&rd->hrtimer);
 	del_timer_sync(&rd->timer);
+	hrtimer_cancel(&rd->irq_timer);
+	if (rd->irq >= 0) {
+		free_irq(rd->irq, rd);
+		irq_free_desc(rd->irq);
+	}
 	tasklet_kill(&rd->tasklet);
 	rcu_barrier();	/* no callback of ours may run after the devm state is freed */
 	misc_deregister(&rd->misc);

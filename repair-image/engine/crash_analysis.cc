@@ -309,9 +309,11 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
   if (a.kind == "kernel-panic")
     a.unsafe.push_back("the kernel itself called panic() from " + a.panic_caller + ": not a driver fault to undo");
   if (a.kind == "unknown") a.unsafe.push_back("the crash path is not one this version knows");
-  // In hard-interrupt context only a callback a known dispatcher called can be ended: an
-  // hrtimer's (the others are handlers half-way through an interrupt).
-  bool hardirq_callback = a.context == "hardirq" && a.outer_caller.rfind("__hrtimer_run_queues", 0) == 0;
+  // In hard-interrupt context only a call a known dispatcher made can be ended: an hrtimer's
+  // callback, an interrupt handler the IRQ core called (not, say, the kernel's own interrupt
+  // entry half-way through).
+  bool hardirq_callback = a.context == "hardirq" && (a.outer_caller.rfind("__hrtimer_run_queues", 0) == 0 ||
+                                                     a.outer_caller.rfind("__handle_irq_event_percpu", 0) == 0);
   if (a.context == "nmi" || (a.context == "hardirq" && !hardirq_callback))
     a.unsafe.push_back("the crash happened in " + a.context + " context");
   if (a.context == "idle") a.unsafe.push_back("the crash happened in the idle task");

@@ -29,15 +29,22 @@ struct Dispatcher {
   const char* function;
   const char* what;
   bool interrupts_on;
-  ReturnType returns;  // what the dispatcher expects back (its callback type), BTF or not
+  ReturnType returns;      // what the dispatcher expects back (its callback type), BTF or not
+  std::uint64_t ended_as;  // what the ended call returns to it now
 };
 constexpr Dispatcher kDispatchers[] = {
-    {"call_timer_fn", "timer callback", true, ReturnType::none},
-    {"process_one_work", "work item", true, ReturnType::none},
-    {"tasklet_action_common", "tasklet", true, ReturnType::none},
-    {"rcu_do_batch", "RCU callback", true, ReturnType::none},
+    {"call_timer_fn", "timer callback", true, ReturnType::none, 0},
+    {"process_one_work", "work item", true, ReturnType::none, 0},
+    {"tasklet_action_common", "tasklet", true, ReturnType::none, 0},
+    {"rcu_do_batch", "RCU callback", true, ReturnType::none, 0},
     // enum hrtimer_restart: anything but HRTIMER_NORESTART (0) would re-arm it at once.
-    {"__hrtimer_run_queues", "hrtimer callback", false, ReturnType::enumeration},
+    {"__hrtimer_run_queues", "hrtimer callback", false, ReturnType::enumeration, 0},
+    // kernel/irq/handle.c: every action of the interrupt's descriptor, interrupts off. The call
+    // that crashed ends as IRQ_HANDLED (the interrupt was taken; the core goes on to the line's
+    // other handlers and its flow handler's end of interrupt); quarantined, the handler returns
+    // IRQ_NONE, and a line that keeps firing unanswered is disabled by the kernel's own
+    // note_interrupt() ("nobody cared").
+    {"__handle_irq_event_percpu", "interrupt handler", false, ReturnType::irqreturn, 1},
 };
 
 std::vector<std::uint8_t> read_bytes(const Kernel& kernel, std::uint64_t address, std::size_t n) {
@@ -460,7 +467,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
         end.detail["context_tracking"] = "ct_irq_exit() called on the way back (idle task)";
       }
       set_returned_registers(end, regs, after);
-      set_register(end, regs, "rax", 0);
+      set_register(end, regs, "rax", d->ended_as);
       set_register(end, regs, "eflags", flags);
       if (preempt_release) {
         std::uint32_t fixed = static_cast<std::uint32_t>(count - preempt_release);

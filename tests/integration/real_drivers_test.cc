@@ -217,8 +217,8 @@ TEST_CASE("real drivers: crashes the kernel raised on the driver's behalf are bl
   }
 }
 
-TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt hrtimer and the driver's own "
-          "kernel thread are ended and quarantined", "[integration][real-drivers]") {
+TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt hrtimer, an interrupt handler and "
+          "the driver's own kernel thread are ended and quarantined", "[integration][real-drivers]") {
   auto& g = guest();
   struct Case {
     const char* command;
@@ -229,6 +229,7 @@ TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt
       {"tasklet", "end-callback", "tasklet_action_common"},  // softirq, holding the device's spinlock
       {"rcu", "end-callback", "rcu_do_batch"},                // softirq
       {"hrtimer", "end-callback", "__hrtimer_run_queues"},    // hard interrupt
+      {"irq", "end-callback", "__handle_irq_event_percpu"},   // an interrupt handler, holding the device's spinlock
       {"kthread", "kill-task", "realdev-thread"},             // the driver's kernel thread, holding its mutex
   };
   for (const auto& c : cases) {
@@ -236,6 +237,10 @@ TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt
     json plan = expect_recovered(std::string("echo ") + c.command + " > /dev/immortal-realdev; sleep 1");
     CHECK(plan_has(plan, c.action, c.detail));
     CHECK(plan_has(plan, "quarantine-function", "immortal_realdev"));
+    if (std::string(c.command) == "irq") {
+      CHECK(plan_has(plan, "quarantine-function", "IRQ_NONE"));  // its BTF type: irqreturn_t
+      CHECK(plan_has(plan, "release-lock", "spinlock"));
+    }
     expect_device_answers(g.name);
     // Armed again, the quarantined callback returns at once: no second crash.
     if (std::string(c.action) == "end-callback") {
