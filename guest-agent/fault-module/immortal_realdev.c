@@ -27,7 +27,8 @@
  * meanwhile, so the softirq's preemption count holds the interrupted writer's level too), irq
  * (the device's interrupt handler crashes holding the device's spinlock; the interrupt is a
  * descriptor of the kernel's IRQ core raised from a hard-interrupt hrtimer, since the test guest
- * has no spare device line: the handler is called by the core's own __handle_irq_event_percpu).
+ * has no spare device line: the handler is called by the core's own __handle_irq_event_percpu),
+ * irq-thread (the same bug in a threaded handler, in its irq/N thread, holding the device's mutex).
  * Anything else gets -EINVAL.
  *
  * mutex-elsewhere takes a mutex that nothing on the crashing path points to (a helper took it and
@@ -91,7 +92,9 @@ struct realdev {
 	struct timer_list timer;
 	spinlock_t timer_lock;		/* the timer callback's own */
 	int irq;			/* its interrupt (a descriptor of the IRQ core), or < 0 */
-	struct hrtimer irq_timer;	/* raises it */
+	int thread_irq;			/* one with a threaded handler, or < 0 */
+	int raise;			/* the one irq_timer raises */
+	struct hrtimer irq_timer;
 };
 
 struct realdev_item {
@@ -358,11 +361,28 @@ static irqreturn_t realdev_irq(int irq, void *data)
 	return IRQ_HANDLED;
 }
 
+/* A threaded handler: its primary handler only wakes the thread, which may sleep. */
+static irqreturn_t realdev_irq_primary(int irq, void *data)
+{
+	return IRQ_WAKE_THREAD;
+}
+
+static irqreturn_t realdev_irq_thread(int irq, void *data)
+{
+	struct realdev *rd = data;
+
+	mutex_lock(&rd->lock);
+	rd->irq_events++;
+	realdev_apply_config(rd);
+	mutex_unlock(&rd->lock);
+	return IRQ_HANDLED;
+}
+
 static enum hrtimer_restart realdev_irq_timer(struct hrtimer *timer)
 {
 	struct realdev *rd = container_of(timer, struct realdev, irq_timer);
 
-	generic_handle_irq_safe(rd->irq);
+	generic_handle_irq_safe(rd->raise);
 	return HRTIMER_NORESTART;
 }
 
@@ -429,6 +449,14 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 	if (!strcmp(cmd, "irq")) {
 		if (rd->irq < 0)
 			return -ENODEV;
+		rd->raise = rd->irq;
+		hrtimer_start(&rd->irq_timer, ms_to_ktime(10), HRTIMER_MODE_REL_HARD);
+		return 0;
+	}
+	if (!strcmp(cmd, "irq-thread")) {
+		if (rd->thread_irq < 0)
+			return -ENODEV;
+		rd->raise = rd->thread_irq;
 		hrtimer_start(&rd->irq_timer, ms_to_ktime(10), HRTIMER_MODE_REL_HARD);
 		return 0;
 	}
@@ -609,7 +637,7 @@ static void realdev_netdev_free(void *data)
 }
 
 /* An interrupt line of our own: a descriptor of the IRQ core with a chip that needs no hardware. */
-static int realdev_setup_irq(struct realdev *rd)
+static int realdev_setup_irq(struct realdev *rd, irq_handler_t handler, irq_handler_t thread_fn)
 {
 	/* Owned by no module: a descriptor owned by us would hold our refcount while requested,
 	 * and the module could never be unloaded (remove() frees it). */
@@ -619,11 +647,19 @@ static int realdev_setup_irq(struct realdev *rd)
 		return irq;
 	irq_set_chip_and_handler(irq, &dummy_irq_chip, handle_simple_irq);
 	irq_clear_status_flags(irq, IRQ_NOREQUEST);
-	if (request_irq(irq, realdev_irq, 0, REALDEV_NAME, rd)) {
+	if (request_threaded_irq(irq, handler, thread_fn, thread_fn ? IRQF_ONESHOT : 0, REALDEV_NAME, rd)) {
 		irq_free_desc(irq);
 		return -ENODEV;
 	}
 	return irq;
+}
+
+static void realdev_free_irq(struct realdev *rd, int irq)
+{
+	if (irq >= 0) {
+		free_irq(irq, rd);
+		irq_free_desc(irq);
+	}
 }
 
 static int realdev_probe(struct platform_device *pdev)
@@ -651,7 +687,8 @@ static int realdev_probe(struct platform_device *pdev)
 	timer_setup(&rd->timer, realdev_timer, TIMER_PINNED);
 	hrtimer_init(&rd->irq_timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL_HARD);
 	rd->irq_timer.function = realdev_irq_timer;
-	rd->irq = realdev_setup_irq(rd);
+	rd->irq = realdev_setup_irq(rd, realdev_irq, NULL);
+	rd->thread_irq = realdev_setup_irq(rd, realdev_irq_primary, realdev_irq_thread);
 	platform_set_drvdata(pdev, rd);
 
 	rd->misc.minor = MISC_DYNAMIC_MINOR;
@@ -695,10 +732,8 @@ static int realdev_probe(struct platform_device *pdev)
 err_misc:
 	misc_deregister(&rd->misc);
 err_irq:
-	if (rd->irq >= 0) {
-		free_irq(rd->irq, rd);
-		irq_free_desc(rd->irq);
-	}
+	realdev_free_irq(rd, rd->irq);
+	realdev_free_irq(rd, rd->thread_irq);
 	return ret;
 }
 
@@ -711,10 +746,8 @@ static int realdev_remove(struct platform_device *pdev)
 	hrtimer_cancel(&rd->hrtimer);
 	del_timer_sync(&rd->timer);
 	hrtimer_cancel(&rd->irq_timer);
-	if (rd->irq >= 0) {
-		free_irq(rd->irq, rd);
-		irq_free_desc(rd->irq);
-	}
+	realdev_free_irq(rd, rd->irq);
+	realdev_free_irq(rd, rd->thread_irq);
 	tasklet_kill(&rd->tasklet);
 	rcu_barrier();	/* no callback of ours may run after the devm state is freed */
 	misc_deregister(&rd->misc);

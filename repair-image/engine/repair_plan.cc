@@ -45,6 +45,10 @@ constexpr Dispatcher kDispatchers[] = {
     // IRQ_NONE, and a line that keeps firing unanswered is disabled by the kernel's own
     // note_interrupt() ("nobody cared").
     {"__handle_irq_event_percpu", "interrupt handler", false, ReturnType::irqreturn, 1},
+    // kernel/irq/manage.c: a threaded handler in its irq/N thread; IRQ_HANDLED, then
+    // irq_finalize_oneshot() unmasks a oneshot line. (Not irq_forced_thread_fn: forced
+    // threading runs the handler with bottom halves disabled, which ending it would leak.)
+    {"irq_thread_fn", "threaded interrupt handler", true, ReturnType::irqreturn, 1},
 };
 
 std::vector<std::uint8_t> read_bytes(const Kernel& kernel, std::uint64_t address, std::size_t n) {

@@ -217,8 +217,8 @@ TEST_CASE("real drivers: crashes the kernel raised on the driver's behalf are bl
   }
 }
 
-TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt hrtimer, an interrupt handler and "
-          "the driver's own kernel thread are ended and quarantined", "[integration][real-drivers]") {
+TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt hrtimer, an interrupt handler, a "
+          "threaded interrupt handler and the driver's own kernel thread are ended and quarantined", "[integration][real-drivers]") {
   auto& g = guest();
   struct Case {
     const char* command;
@@ -230,6 +230,7 @@ TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt
       {"rcu", "end-callback", "rcu_do_batch"},                // softirq
       {"hrtimer", "end-callback", "__hrtimer_run_queues"},    // hard interrupt
       {"irq", "end-callback", "__handle_irq_event_percpu"},   // an interrupt handler, holding the device's spinlock
+      {"irq-thread", "end-callback", "irq_thread_fn"},        // a threaded handler, holding the device's mutex
       {"kthread", "kill-task", "realdev-thread"},             // the driver's kernel thread, holding its mutex
   };
   for (const auto& c : cases) {
