@@ -386,6 +386,16 @@ static enum hrtimer_restart realdev_irq_timer(struct hrtimer *timer)
 	return HRTIMER_NORESTART;
 }
 
+/* Raises one of the device's interrupts in 10 ms, from a hard-interrupt hrtimer. */
+static int realdev_raise_irq(struct realdev *rd, int irq)
+{
+	if (irq < 0)
+		return -ENODEV;
+	rd->raise = irq;
+	hrtimer_start(&rd->irq_timer, ms_to_ktime(10), HRTIMER_MODE_REL_HARD);
+	return 0;
+}
+
 /* Holds the device's spinlock, busy, while its timer fires on this CPU. */
 static noinline int realdev_cmd_timer_under_spin(struct realdev *rd, unsigned int ms)
 {
@@ -446,20 +456,10 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 		hrtimer_start(&rd->hrtimer, ms_to_ktime(10), HRTIMER_MODE_REL_HARD);
 		return 0;
 	}
-	if (!strcmp(cmd, "irq")) {
-		if (rd->irq < 0)
-			return -ENODEV;
-		rd->raise = rd->irq;
-		hrtimer_start(&rd->irq_timer, ms_to_ktime(10), HRTIMER_MODE_REL_HARD);
-		return 0;
-	}
-	if (!strcmp(cmd, "irq-thread")) {
-		if (rd->thread_irq < 0)
-			return -ENODEV;
-		rd->raise = rd->thread_irq;
-		hrtimer_start(&rd->irq_timer, ms_to_ktime(10), HRTIMER_MODE_REL_HARD);
-		return 0;
-	}
+	if (!strcmp(cmd, "irq"))
+		return realdev_raise_irq(rd, rd->irq);
+	if (!strcmp(cmd, "irq-thread"))
+		return realdev_raise_irq(rd, rd->thread_irq);
 	if (sscanf(cmd, "timer-under-spin %u", &ms) == 1)
 		return realdev_cmd_timer_under_spin(rd, clamp(ms, 20u, 2000u));
 	if (!strcmp(cmd, "list-corruption"))

@@ -1,6 +1,7 @@
 #include "engine/crash_analysis.h"
 
 #include "base/error.h"
+#include "engine/dispatchers.h"
 #include "engine/kernel_checks.h"
 #include "kernel/modules.h"
 #include "kernel/orc_unwind.h"
@@ -309,11 +310,11 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
   if (a.kind == "kernel-panic")
     a.unsafe.push_back("the kernel itself called panic() from " + a.panic_caller + ": not a driver fault to undo");
   if (a.kind == "unknown") a.unsafe.push_back("the crash path is not one this version knows");
-  // In hard-interrupt context only a call a known dispatcher made can be ended: an hrtimer's
-  // callback, an interrupt handler the IRQ core called (not, say, the kernel's own interrupt
-  // entry half-way through).
-  bool hardirq_callback = a.context == "hardirq" && (a.outer_caller.rfind("__hrtimer_run_queues", 0) == 0 ||
-                                                     a.outer_caller.rfind("__handle_irq_event_percpu", 0) == 0);
+  // In hard-interrupt context only a call a hard-interrupt dispatcher made can be ended (an
+  // hrtimer's callback, an interrupt handler the IRQ core called); not, say, the kernel's own
+  // interrupt entry half-way through.
+  const Dispatcher* dispatcher = dispatcher_named(a.outer_caller);
+  bool hardirq_callback = a.context == "hardirq" && dispatcher && !dispatcher->interrupts_on;
   if (a.context == "nmi" || (a.context == "hardirq" && !hardirq_callback))
     a.unsafe.push_back("the crash happened in " + a.context + " context");
   if (a.context == "idle") a.unsafe.push_back("the crash happened in the idle task");

@@ -1,6 +1,7 @@
 #include "engine/repair_plan.h"
 
 #include "base/error.h"
+#include "engine/dispatchers.h"
 #include "kernel/modules.h"
 #include "x86_64/prologue.h"
 
@@ -21,36 +22,6 @@ constexpr std::size_t kPrologueBytes = 64;
 const std::uint8_t kNop5[] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
 const std::uint8_t kEndbr64[] = {0xf3, 0x0f, 0x1e, 0xfa};
 
-// Kernel functions that call a driver's callback and carry on when it returns, with the
-// interrupt flag they run callbacks with (kernel/time/timer.c, kernel/workqueue.c,
-// kernel/softirq.c, kernel/rcu/tree.c, kernel/time/hrtimer.c — __run_hrtimer inlined into
-// __hrtimer_run_queues, where hard-interrupt hrtimers run with interrupts off).
-struct Dispatcher {
-  const char* function;
-  const char* what;
-  bool interrupts_on;
-  ReturnType returns;      // what the dispatcher expects back (its callback type), BTF or not
-  std::uint64_t ended_as;  // what the ended call returns to it now
-};
-constexpr Dispatcher kDispatchers[] = {
-    {"call_timer_fn", "timer callback", true, ReturnType::none, 0},
-    {"process_one_work", "work item", true, ReturnType::none, 0},
-    {"tasklet_action_common", "tasklet", true, ReturnType::none, 0},
-    {"rcu_do_batch", "RCU callback", true, ReturnType::none, 0},
-    // enum hrtimer_restart: anything but HRTIMER_NORESTART (0) would re-arm it at once.
-    {"__hrtimer_run_queues", "hrtimer callback", false, ReturnType::enumeration, 0},
-    // kernel/irq/handle.c: every action of the interrupt's descriptor, interrupts off. The call
-    // that crashed ends as IRQ_HANDLED (the interrupt was taken; the core goes on to the line's
-    // other handlers and its flow handler's end of interrupt); quarantined, the handler returns
-    // IRQ_NONE, and a line that keeps firing unanswered is disabled by the kernel's own
-    // note_interrupt() ("nobody cared").
-    {"__handle_irq_event_percpu", "interrupt handler", false, ReturnType::irqreturn, 1},
-    // kernel/irq/manage.c: a threaded handler in its irq/N thread; IRQ_HANDLED, then
-    // irq_finalize_oneshot() unmasks a oneshot line. (Not irq_forced_thread_fn: forced
-    // threading runs the handler with bottom halves disabled, which ending it would leak.)
-    {"irq_thread_fn", "threaded interrupt handler", true, ReturnType::irqreturn, 1},
-};
-
 std::vector<std::uint8_t> read_bytes(const Kernel& kernel, std::uint64_t address, std::size_t n) {
   std::vector<std::uint8_t> out(n);
   kernel.memory().read(address, std::as_writable_bytes(std::span(out)));
@@ -66,12 +37,6 @@ std::vector<std::uint8_t> bytes_of(T value) {
 
 std::string stripped(std::string name) {
   if (auto dot = name.find(".cold"); dot != std::string::npos) name.resize(dot);
-  return name;
-}
-
-// The C name of a compiler-made clone ("foo.isra.0", "foo.constprop.0" → "foo"): BTF has that.
-std::string stripped_name(std::string name) {
-  if (auto dot = name.find('.'); dot != std::string::npos) name.resize(dot);
   return name;
 }
 
@@ -437,9 +402,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       set_returned_registers(w, regs, after);
       end_context.push_back(std::move(w));
     } else {
-      const Dispatcher* d = nullptr;
-      for (const auto& x : kDispatchers)
-        if (stripped_name(a.outer_caller) == x.function) d = &x;
+      const Dispatcher* d = dispatcher_named(a.outer_caller);
       if (a.module_symbols_stale) {
         plan.reason = "the driver's code has no symbols in the guest profile (loaded after it was taken): its "
                       "frames cannot be undone";

@@ -218,8 +218,7 @@ int unquarantine_command(const GlobalOptions& g, const std::string& name, const 
 
 // The events of an instance that has ended (its guest powered off, or it was stopped), from the
 // log its supervisor left in the instance directory, as virsh still describes a shut-off domain.
-json events_of_ended_instance(const GlobalOptions& g, const std::string& name) {
-  std::string root = runtime_root(g.runtime_dir);
+json events_of_ended_instance(const std::string& root, const std::string& name) {
   std::ifstream in(root + "/" + name + "/events.jsonl");
   if (!in) fail(ExitCode::no_instance, "no instance named \"{}\" (running, or with an event log left)", name);
   json events = json::array();
@@ -245,7 +244,7 @@ int events_command(const GlobalOptions& g, const std::string& name, bool as_json
     while (instance_running(root, name) && !deadline.expired())
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     if (instance_running(root, name)) throw;
-    events = events_of_ended_instance(g, name);
+    events = events_of_ended_instance(root, name);
   }
   for (const auto& e : events) {
     if (as_json) {

@@ -1,0 +1,43 @@
+#include "engine/dispatchers.h"
+
+namespace immortal::repair {
+
+namespace {
+
+// kernel/time/timer.c, kernel/workqueue.c, kernel/softirq.c, kernel/rcu/tree.c,
+// kernel/time/hrtimer.c (__run_hrtimer inlined into __hrtimer_run_queues, where hard-interrupt
+// hrtimers run with interrupts off), kernel/irq/handle.c and manage.c.
+constexpr Dispatcher kDispatchers[] = {
+    {"call_timer_fn", "timer callback", true, ReturnType::none, 0},
+    {"process_one_work", "work item", true, ReturnType::none, 0},
+    {"tasklet_action_common", "tasklet", true, ReturnType::none, 0},
+    {"rcu_do_batch", "RCU callback", true, ReturnType::none, 0},
+    // enum hrtimer_restart: anything but HRTIMER_NORESTART (0) would re-arm it at once.
+    {"__hrtimer_run_queues", "hrtimer callback", false, ReturnType::enumeration, 0},
+    // Every action of the interrupt's descriptor, interrupts off. The call that crashed ends as
+    // IRQ_HANDLED (the interrupt was taken; the core goes on to the line's other handlers and
+    // its flow handler's end of interrupt); quarantined, the handler returns IRQ_NONE, and a
+    // line that keeps firing unanswered is disabled by the kernel's own note_interrupt()
+    // ("nobody cared").
+    {"__handle_irq_event_percpu", "interrupt handler", false, ReturnType::irqreturn, 1},
+    // A threaded handler in its irq/N thread; IRQ_HANDLED, then irq_finalize_oneshot() unmasks
+    // a oneshot line. (Not irq_forced_thread_fn: forced threading runs the handler with bottom
+    // halves disabled, which ending it would leak.)
+    {"irq_thread_fn", "threaded interrupt handler", true, ReturnType::irqreturn, 1},
+};
+
+}  // namespace
+
+std::string stripped_name(std::string name) {
+  if (auto dot = name.find('.'); dot != std::string::npos) name.resize(dot);
+  return name;
+}
+
+const Dispatcher* dispatcher_named(const std::string& caller) {
+  std::string name = stripped_name(caller);
+  for (const auto& d : kDispatchers)
+    if (name == d.function) return &d;
+  return nullptr;
+}
+
+}  // namespace immortal::repair

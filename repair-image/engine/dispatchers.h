@@ -1,0 +1,28 @@
+// The kernel functions that call a driver's callback and carry on when it returns: where a
+// crashed callback can be ended as if it had finished. One table for the analysis (which
+// contexts can be recovered at all) and the plan (how the call ends).
+#pragma once
+
+#include "types/btf_types.h"
+
+#include <cstdint>
+#include <string>
+
+namespace immortal::repair {
+
+struct Dispatcher {
+  const char* function;
+  const char* what;
+  bool interrupts_on;      // as the dispatcher runs callbacks; off: a hard-interrupt dispatcher
+  ReturnType returns;      // what the dispatcher expects back (its callback type), BTF or not
+  std::uint64_t ended_as;  // what the ended call returns to it now
+};
+
+// The dispatcher a caller's symbol name is (a compiler clone "foo.constprop.0" counts as foo),
+// or null.
+const Dispatcher* dispatcher_named(const std::string& caller);
+
+// The C name of a compiler-made clone ("foo.isra.0", "foo.constprop.0" → "foo"): BTF has that.
+std::string stripped_name(std::string name);
+
+}  // namespace immortal::repair
