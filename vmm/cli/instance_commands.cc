@@ -272,7 +272,9 @@ int events_command(const GlobalOptions& g, const std::string& name, bool as_json
     else if (e.contains("reason")) text = e["reason"].get<std::string>();
     else if (e.contains("actions")) text = fmt::format("{} — resumed {:.1f} ms after interception", e["actions"].get<std::string>(),
                                                        e.value("intercept_to_resume_ms", 0.0));
-    else if (e.contains("verify_ms")) text = fmt::format("healthy {:.0f} ms after resuming", e["verify_ms"].get<double>());
+    else if (e.contains("verify_ms"))
+      text = fmt::format("agent answered {:.0f} ms after resuming; every check held for the {:.1f} s watch window",
+                         e["verify_ms"].get<double>(), e.value("window_ms", 0.0) / 1000);
     else if (e.contains("boot_id")) text = "boot id " + e["boot_id"].get<std::string>();
     else if (e.contains("interception")) text = fmt::format("{}", fmt::join(e["interception"].get<std::vector<std::string>>(), ", "));
     std::string crash = e.contains("crash") && e["crash"].is_number_unsigned() ? fmt::format("#{}", e["crash"].get<std::uint64_t>()) : "";
