@@ -31,7 +31,9 @@ std::size_t modrm_length(std::span<const std::uint8_t> code, std::size_t at) {
 // for anything else: a call, a jump, a write to %rsp, an instruction not listed.
 std::size_t other_instruction(std::span<const std::uint8_t> code, std::size_t i) {
   std::size_t start = i;
-  if (i < code.size() && (code[i] == 0x65 || code[i] == 0x66)) ++i;  // %gs (per-CPU, canary), operand size
+  bool word = false;
+  if (i < code.size() && code[i] == 0x65) ++i;  // %gs (per-CPU, canary)
+  if (i < code.size() && code[i] == 0x66) word = true, ++i;  // operand size
   std::uint8_t rex = 0;
   if (i < code.size() && (code[i] & 0xf0) == 0x40) rex = code[i++];
   if (i >= code.size()) return 0;
@@ -67,6 +69,16 @@ std::size_t other_instruction(std::span<const std::uint8_t> code, std::size_t i)
       if (!m || writes_rsp_reg(*m)) return 0;
       std::size_t n = modrm_length(code, i + 2);
       return n ? i + 2 + n - start : 0;
+    }
+    case 0x80: case 0x81: case 0x83:  // add/or/adc/sbb/and/sub/xor/cmp $imm, r/m
+    case 0xf6: case 0xf7: {           // test $imm, r/m (/0)
+      auto m = modrm_at(i + 1);
+      if (!m) return 0;
+      int ext = (*m >> 3) & 7;
+      if ((op == 0xf6 || op == 0xf7) ? ext != 0 : (ext != 7 && writes_rsp_rm(*m))) return 0;
+      std::size_t n = modrm_length(code, i + 1);
+      std::size_t imm = op == 0x80 || op == 0x83 || op == 0xf6 ? 1 : word ? 2 : 4;
+      return n && i + 1 + n + imm <= code.size() ? i + 1 + n + imm - start : 0;
     }
     case 0xc7: {  // mov $imm32, r/m
       auto m = modrm_at(i + 1);

@@ -95,6 +95,7 @@ struct realdev {
 	int thread_irq;			/* one with a threaded handler, or < 0 */
 	int raise;			/* the one irq_timer raises */
 	struct hrtimer irq_timer;
+	unsigned long hw_status;	/* a "device register" the driver polls; its ready bit never comes */
 };
 
 struct realdev_item {
@@ -407,6 +408,32 @@ static noinline int realdev_cmd_timer_under_spin(struct realdev *rd, unsigned in
 	return 0;
 }
 
+/*
+ * A soft lockup: the driver polls for a ready bit that never comes, busy-waiting with udelay()
+ * under its spinlock (preemption off) and its mutex. Bounded, so that a kernel without
+ * softlockup_panic survives it.
+ */
+#define REALDEV_READY 0x1
+static noinline int realdev_cmd_spin_poll(struct realdev *rd)
+{
+	unsigned long until = jiffies + 120 * HZ;
+	int ret = -ETIMEDOUT;
+
+	mutex_lock(&rd->lock);
+	spin_lock(&rd->slock);
+	while (time_before(jiffies, until)) {
+		if (READ_ONCE(rd->hw_status) & REALDEV_READY) {
+			ret = 0;
+			break;
+		}
+		udelay(50);
+	}
+	rd->ops++;
+	spin_unlock(&rd->slock);
+	mutex_unlock(&rd->lock);
+	return ret;
+}
+
 static int realdev_command(struct realdev *rd, const char *cmd)
 {
 	unsigned int ms = 0;
@@ -462,6 +489,8 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 		return realdev_raise_irq(rd, rd->thread_irq);
 	if (sscanf(cmd, "timer-under-spin %u", &ms) == 1)
 		return realdev_cmd_timer_under_spin(rd, clamp(ms, 20u, 2000u));
+	if (!strcmp(cmd, "spin-poll"))
+		return realdev_cmd_spin_poll(rd);
 	if (!strcmp(cmd, "list-corruption"))
 		return realdev_cmd_list_corruption(rd);
 	if (!strcmp(cmd, "double-free"))

@@ -70,6 +70,34 @@ void read_oops_text(const Kernel& kernel, CrashAnalysis& a) {
   }
 }
 
+// A soft lockup's context is the stopped code's: the CPU's preemption count less the timer
+// interrupt's level. The interrupt's saved registers must be the ones the kernel itself
+// recorded for it (get_irq_regs(), which the watchdog's report printed).
+void classify_lockup(const Kernel& kernel, CrashAnalysis& a) {
+  std::uint32_t count = a.preempt_count & ~kPreemptNeedResched;
+  if ((count & kHardirqMask) < kHardirqOffset || a.fault_frame < 0) {
+    a.unsafe.push_back("the soft-lockup watchdog did not run in the stuck CPU's timer interrupt");
+    return;
+  }
+  std::uint32_t stopped = count - kHardirqOffset;
+  if (stopped & (kHardirqMask | kNmiMask)) a.context = "hardirq";
+  else if (stopped & kSoftirqOffset) a.context = "softirq";
+  else if (a.pid == 0) a.context = "idle";
+  else if (a.task_flags & kPfKthread) a.context = "kernel-thread";
+  else a.context = "process";
+  const Frame& interrupt = a.backtrace.frames[static_cast<std::size_t>(a.fault_frame)];
+  try {
+    auto irq_regs = kernel.symbols().percpu_offset("__irq_regs");
+    if (!irq_regs || kernel.memory().read_u64(a.percpu_base + *irq_regs) != interrupt.regs)
+      a.unsafe.push_back("the timer interrupt's saved registers on the stack are not the ones the kernel recorded "
+                         "(__irq_regs)");
+  } catch (const MemoryFault& e) {
+    a.unsafe.push_back(std::string("the timer interrupt's saved registers are unreadable: ") + e.what());
+  }
+  if (a.fault_registers.cs & 3) a.unsafe.push_back("the watchdog's interrupt stopped user space, not a driver");
+  if (a.context == "softirq") a.unsafe.push_back("the spinning code is a softirq: ending it is not built");
+}
+
 }  // namespace
 
 std::string printable(std::string_view text) {
@@ -168,7 +196,15 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
         if (frames[i].regs) return static_cast<int>(i);
       return -1;
     };
-    if (a.panic_caller == "oops_end") {
+    if (a.panic_caller == "watchdog_timer_fn") {
+      // A soft lockup (softlockup_panic): the watchdog's hrtimer, in the timer interrupt of the
+      // stuck CPU, found that CPU's stopper thread starved. The culprit is the code that
+      // interrupt stopped: its saved registers are the interrupt's frame.
+      a.kind = "soft-lockup";
+      a.fault_frame = first_regs_frame();
+      a.detector_levels = kHardirqOffset;
+      a.stopped_by = "the soft-lockup watchdog (softlockup_panic)";
+    } else if (a.panic_caller == "oops_end") {
       a.kind = "oops";
       a.fault_frame = first_regs_frame();
     } else if (a.panic_caller == "check_panic_on_warn") {
@@ -199,6 +235,7 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
   } else if (record.intercepted_at != "panic") {
     a.unsafe.push_back("caught by " + record.caught_by + ", not at the start of a crash path");
   }
+  if (a.kind == "soft-lockup") classify_lockup(kernel, a);
   if (a.kind == "oops" || a.kind == "warn") {
     try {
       read_oops_text(kernel, a);
@@ -252,16 +289,24 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
       // between the fault and the driver's frame must be a check or a buffer-only library call.
       const KernelCheck* check = nullptr;
       bool all_checks = !module.empty();
+      bool lockup = a.kind == "soft-lockup";
       for (std::size_t i = static_cast<std::size_t>(a.fault_frame); i < f && all_checks; ++i) {
         std::string name = function_of(symbols, i == static_cast<std::size_t>(a.fault_frame) && a.kind != "panic"
                                                     ? a.fault_pc : frames[i].pc - 1);
-        const KernelCheck* c = kernel_check(name);
+        const KernelCheck* c = lockup ? busy_wait_helper(name) : kernel_check(name);
         bool slab = name.find("kfree") != std::string::npos || name.find("kmem_cache_free") != std::string::npos ||
                     name.find("slab_free") != std::string::npos;
         if (!c || (slab && a.bug_at.rfind("mm/slub.c", 0) != 0)) all_checks = false;
         if (!check) check = c;
       }
-      if (all_checks && check) {
+      if (lockup) {
+        if (all_checks && check)
+          a.notes.push_back(fmt::format("the spinning task was stopped in {} ({}), called by module {}", check->what,
+                                        a.fault_function, module));
+        else if (!module.empty())
+          a.unsafe.push_back(fmt::format("the spinning task was stopped in the kernel's own code ({}), called by module "
+                                         "{}: ended there, that code could be left half-done", a.fault_function, module));
+      } else if (all_checks && check) {
         a.stopped_by = check->what;
         a.notes.push_back(fmt::format("the fault is in the kernel's {} ({}), on behalf of module {}: {}",
                                       check->library ? "library code" : "checks", a.fault_function, module, check->what));

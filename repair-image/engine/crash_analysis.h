@@ -19,22 +19,29 @@ namespace immortal::repair {
 
 // include/linux/preempt.h
 constexpr std::uint32_t kPreemptMask = 0x000000ff, kSoftirqMask = 0x0000ff00, kHardirqMask = 0x000f0000,
-                        kNmiMask = 0x00f00000, kSoftirqOffset = 0x100, kPreemptNeedResched = 0x80000000;
+                        kNmiMask = 0x00f00000, kSoftirqOffset = 0x100, kHardirqOffset = 0x10000,
+                        kPreemptNeedResched = 0x80000000;
 // include/linux/sched.h
 constexpr std::uint32_t kPfExiting = 0x00000004, kPfKthread = 0x00200000;
 constexpr std::uint64_t kThreadSize = 16 * 1024;  // x86-64 without KASAN
 
 struct CrashAnalysis {
   // oops, bug, warn, panic (a panic() call by a module), double-fault (a kernel stack overflow),
-  // kernel-panic (by the kernel itself: lockups, hung tasks, sysrq …), unknown
+  // soft-lockup (the watchdog's timer interrupt caught a task spinning in a driver), kernel-panic
+  // (by the kernel itself: hung tasks, sysrq …), unknown
   std::string kind;
-  std::string context;          // process, kernel-thread, softirq, hardirq, nmi, idle
+  // process, kernel-thread, softirq, hardirq, nmi, idle: of the code that crashed (for a soft
+  // lockup, of the spinning code the watchdog's interrupt stopped)
+  std::string context;
   std::string message;          // panic()'s message (its format string) or the warning's
   std::string oops_header;      // "BUG: kernel NULL pointer dereference, address: …" etc.
   std::string panic_caller;     // the function that called panic()
   int cpu = -1;
   std::uint64_t percpu_base = 0;
   std::uint32_t preempt_count = 0;
+  // The part of preempt_count that is the interrupt which caught a lockup (HARDIRQ_OFFSET for
+  // the soft-lockup watchdog's timer), not the code it stopped.
+  std::uint32_t detector_levels = 0;
   std::uint64_t task = 0;
   int pid = -1;
   std::string comm;
@@ -43,7 +50,8 @@ struct CrashAnalysis {
 
   Backtrace backtrace;          // of the crashing CPU, from the interception point
   // Index of the frame whose full registers are known (the faulting instruction of an
-  // exception, or the caller of panic() for a direct call); -1 if none.
+  // exception, the caller of panic() for a direct call, the spinning code a soft lockup's
+  // timer interrupt stopped); -1 if none.
   int fault_frame = -1;
   X86Registers fault_registers; // the registers at that frame
   std::uint64_t fault_pc = 0;

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <set>
@@ -68,6 +69,8 @@ class Search {
   void account_spinlocks();
   std::optional<std::uint32_t> interrupted_level(std::string* why) const;
   HeldLock& add(std::uint64_t address, LockType type, const std::string& found_by);
+  int preempt_step(const std::vector<std::uint8_t>& code, std::uint64_t base, const Instruction& i) const;
+  std::uint32_t count() const { return a_.preempt_count - a_.detector_levels; }
   bool plausible_ring(std::uint64_t head) const;
   bool small_words(std::uint64_t lock_word, std::uint64_t osq) const;
 
@@ -79,6 +82,7 @@ class Search {
   std::optional<SlabLookup> slab_;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> code_ranges_;  // kernel and module code and rodata
   std::uint64_t task_size_ = 0;
+  std::optional<std::uint64_t> preempt_offset_;  // the per-CPU offset of __preempt_count
   bool sleeping_locks_ = true;   // false in softirq context: a callback cannot hold them
   std::size_t first_ = 0, last_ = 0;  // the frames of the crashing path, fault to entry
   std::uint64_t stack_low_ = 0, stack_high_ = 0;
@@ -86,6 +90,9 @@ class Search {
   std::vector<OwnerHit> owner_hits_;
   std::vector<SiteLock> site_locks_;
   std::vector<std::string> unnamed_spin_sites_;  // reached spinlock calls whose lock is unknown
+  // Inline preempt_disable()s (incl %gs:__preempt_count) reached on the path and not yet undone
+  // by a preempt_enable() before the frame's position: levels of the count that are no lock.
+  std::uint32_t preempt_sections_ = 0;
   std::map<std::uint64_t, std::size_t> index_;  // lock address → out_.locks
   std::uint64_t scanned_ = 0;
   std::size_t objects_ = 0, site_count_ = 0, rejected_hits_ = 0;
@@ -207,6 +214,14 @@ void Search::call_sites() {
         continue;
       }
       std::vector<Instruction> insns = decode_code(code, part->address);
+      if (preempt_offset_) {
+        int net = 0;
+        for (const auto& i : insns) {
+          if (part == s && i.address >= pc) break;
+          net += preempt_step(code, part->address, i);
+        }
+        if (net > 0) preempt_sections_ += static_cast<std::uint32_t>(net);
+      }
       // A spinlock taken on the path whose lock cannot be named: only the preemption count
       // can still tell whether it is held.
       auto unnamed = [&](const LockCallSite& site) {
@@ -247,6 +262,30 @@ void Search::call_sites() {
       }
     }
   }
+}
+
+// +1 for an inline preempt_disable() (incl %gs:__preempt_count), -1 for a preempt_enable()
+// (decl), 0 for anything else. Modules address the per-CPU variable RIP-relative, the kernel
+// absolutely (a zero-based per-CPU offset).
+int Search::preempt_step(const std::vector<std::uint8_t>& code, std::uint64_t base, const Instruction& i) const {
+  std::uint64_t at = i.address - base;
+  if (at + i.size > code.size() || i.size < 7 || code[at] != 0x65 || code[at + 1] != 0xff) return 0;
+  std::uint8_t modrm = code[at + 2];
+  int reg = (modrm >> 3) & 7;
+  if (reg > 1) return 0;  // /0 inc, /1 dec
+  std::int32_t disp = 0;
+  std::uint64_t target = 0;
+  if ((modrm & 0xc7) == 0x05 && i.size == 7) {
+    std::memcpy(&disp, &code[at + 3], 4);
+    target = i.address + 7 + static_cast<std::uint64_t>(static_cast<std::int64_t>(disp));
+  } else if ((modrm & 0xc7) == 0x04 && code[at + 3] == 0x25 && i.size == 8) {
+    std::memcpy(&disp, &code[at + 4], 4);
+    target = static_cast<std::uint64_t>(static_cast<std::int64_t>(disp));
+  } else {
+    return 0;
+  }
+  if (target != *preempt_offset_) return 0;
+  return reg == 0 ? 1 : -1;
 }
 
 HeldLock& Search::add(std::uint64_t address, LockType type, const std::string& found_by) {
@@ -420,7 +459,7 @@ std::optional<std::uint32_t> Search::interrupted_level(std::string* why) const {
 // Spinlocks and rwlocks have no owner: the crashing CPU holds those its preemption count
 // says, and the ones found must be exactly that many.
 void Search::account_spinlocks() {
-  std::uint32_t held = a_.preempt_count & kPreemptMask;
+  std::uint32_t held = count() & kPreemptMask;
   std::uint32_t found = 0, bh = 0;
   for (const auto& h : out_.locks)
     if (h.ours && (h.type == LockType::spinlock || h.type == LockType::rwlock)) {
@@ -436,7 +475,9 @@ void Search::account_spinlocks() {
     if (const Symbol* s = kernel_.symbols().lookup(frames[k].pc - 1); s && s->module.empty() && s->name == "report_bug")
       warn = 1;
   out_.stats["preemption"] = {{"count", fmt::format("{:#x}", a_.preempt_count)}, {"spinlocks_held", held},
-                              {"spinlocks_found", found}, {"idle_task", idle}, {"warn_report", warn}};
+                              {"spinlocks_found", found}, {"idle_task", idle}, {"warn_report", warn},
+                              {"preempt_disabled", preempt_sections_}};
+  if (a_.detector_levels) out_.stats["preemption"]["detector"] = fmt::format("{:#x}", a_.detector_levels);
   if (a_.context == "softirq" || a_.context == "hardirq") {
     // The count is the interrupted code's level plus the callback's. When the first is not
     // known, what the callback's own frames took must be fully named instead: every spinlock
@@ -462,12 +503,14 @@ void Search::account_spinlocks() {
     }
   }
   held = held >= idle ? held - idle : held;
-  if (found != held && found + warn != held)
+  // What is not a lock: the WARN() report's level, the path's own preempt_disable() sections.
+  // The spinlocks found must account for everything else.
+  if (found > held || held - found > warn + preempt_sections_)
     out_.unexplained.push_back(fmt::format(
         "the crashing CPU's preemption count ({:#x}) says it holds {} spinlock{} or preemption-disabled section{}, "
-        "{} {} found on its stack", a_.preempt_count, held, held == 1 ? "" : "s", held == 1 ? "" : "s", found,
-        found == 1 ? "was" : "were"));
-  if (a_.context == "process" && bh * 0x200 > (a_.preempt_count & kSoftirqMask))
+        "{} {} found on its stack and {} preempt_disable() section{} reached", count(), held, held == 1 ? "" : "s",
+        held == 1 ? "" : "s", found, found == 1 ? "was" : "were", preempt_sections_, preempt_sections_ == 1 ? "" : "s"));
+  if (a_.context == "process" && bh * 0x200 > (count() & kSoftirqMask))
     out_.unexplained.push_back("spinlocks taken with bottom halves disabled do not match the preemption count");
 }
 
@@ -479,6 +522,7 @@ LockSearch Search::run() {
   slab_ = SlabLookup::from_kernel(kernel_, &why);
   if (!slab_) out_.notes.push_back("slab objects cannot be told apart (" + why + "): pointers are searched around");
   task_size_ = types_.struct_size("task_struct").value_or(0);
+  preempt_offset_ = kernel_.symbols().percpu_offset("__preempt_count");
   sleeping_locks_ = a_.context == "process" || a_.context == "kernel-thread";
   const auto& symbols = kernel_.symbols();
   auto range = [&](const char* lo, const char* hi) {

@@ -93,6 +93,25 @@ constexpr Entry kChecks[] = {
     {"simple_strtol", {"a number parser given a bad pointer", true}},
 };
 
+// Where a driver's busy-wait loop spends its time: delays and clock reads, which keep no state
+// of their own between instructions (a task stopped in them can be ended there).
+constexpr Entry kBusyWaits[] = {
+    {"__const_udelay", {"a busy-wait delay (udelay)", true}},
+    {"__udelay", {"a busy-wait delay (udelay)", true}},
+    {"__ndelay", {"a busy-wait delay (ndelay)", true}},
+    {"__delay", {"a busy-wait delay", true}},
+    {"delay_tsc", {"a busy-wait delay (TSC)", true}},
+    {"delay_loop", {"a busy-wait delay (loop)", true}},
+    {"delay_halt", {"a busy-wait delay (halt)", true}},
+    {"delay_halt_tpause", {"a busy-wait delay (tpause)", true}},
+    {"delay_halt_mwaitx", {"a busy-wait delay (mwaitx)", true}},
+    {"ktime_get", {"a clock read", true}},
+    {"ktime_get_raw", {"a clock read", true}},
+    {"ktime_get_mono_fast_ns", {"a clock read", true}},
+    {"ktime_get_real_ts64", {"a clock read", true}},
+    {"read_tsc", {"a clock read", true}},
+};
+
 std::string base(std::string name) {
   if (auto dot = name.find('.'); dot != std::string::npos) name.resize(dot);
   return name;
@@ -103,6 +122,13 @@ std::string base(std::string name) {
 const KernelCheck* kernel_check(const std::string& function) {
   std::string name = base(function);
   for (const auto& e : kChecks)
+    if (name == e.function) return &e.check;
+  return nullptr;
+}
+
+const KernelCheck* busy_wait_helper(const std::string& function) {
+  std::string name = base(function);
+  for (const auto& e : kBusyWaits)
     if (name == e.function) return &e.check;
   return nullptr;
 }

@@ -27,4 +27,8 @@ struct KernelCheck {
 // compiler's .isra/.constprop/.cold suffixes) is, or nullptr.
 const KernelCheck* kernel_check(const std::string& function);
 
+// A kernel function a driver's busy-wait loop calls (udelay and its helpers, clock reads): a
+// task the soft-lockup watchdog stopped inside one is still, in effect, in the driver's loop.
+const KernelCheck* busy_wait_helper(const std::string& function);
+
 }  // namespace immortal::repair

@@ -15,6 +15,7 @@ namespace immortal::repair {
 namespace {
 
 constexpr std::uint64_t kSigkill = 9;
+constexpr std::uint64_t kHrtimerRestart = 1;        // enum hrtimer_restart
 constexpr std::uint64_t kTaintDie = 1ull << 7;      // TAINT_DIE, include/linux/panic.h
 constexpr std::uint64_t kInterruptFlag = 0x200;     // RFLAGS.IF
 constexpr std::uint64_t kTrapFlag = 0x100;
@@ -378,20 +379,43 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       // As the kernel does for an oops with panic_on_oops=0 (oops_end): the task dies with SIGKILL.
       // A driver's own kernel thread (its thread function called by kthread()) dies the same
       // way: do_exit() completes its exit for whoever waits in kthread_stop().
-      if (regs.rsp < a.task_stack || regs.rsp >= a.task_stack + kThreadSize) {
-        plan.reason = "the crashing CPU is not on its task's stack";
+      bool lockup = a.kind == "soft-lockup";
+      std::uint64_t task_sp = lockup ? a.fault_registers.rsp : regs.rsp;
+      if (task_sp < a.task_stack || task_sp >= a.task_stack + kThreadSize) {
+        plan.reason = lockup ? "the spinning code is not on its task's stack" : "the crashing CPU is not on its task's stack";
         return plan;
       }
-      RepairAction kill{"kill-task", fmt::format("{} (pid {}) made module {} crash", a.comm, a.pid, a.module), {}, {}, {}, {}};
-      set_register(kill, regs, "rip", kernel.symbol("rewind_stack_and_make_dead"));
-      set_register(kill, regs, "rdi", kSigkill);
+      RepairAction kill{"kill-task", fmt::format("{} (pid {}) made module {} {}", a.comm, a.pid, a.module,
+                                                 lockup ? "spin with preemption off (a soft lockup)" : "crash"),
+                        {}, {}, {}, {}};
+      if (lockup) {
+        // The watchdog's timer returns as it does with softlockup_panic=0 (HRTIMER_RESTART: it
+        // goes on watching), and the interrupt returns — into rewind_stack_and_make_dead(SIGKILL)
+        // instead of the spinning loop: its saved registers say where to.
+        X86Registers after = return_from_frame(kernel, a.backtrace, 0, regs, 1);
+        RepairAction watchdog{"end-callback", "the soft-lockup watchdog's timer returns HRTIMER_RESTART, as it does "
+                              "without softlockup_panic", {}, {}, {}, {}};
+        set_returned_registers(watchdog, regs, after);
+        set_register(watchdog, regs, "rax", kHrtimerRestart);
+        watchdog.detail = {{"dispatcher", "__hrtimer_run_queues"}, {"callback", "watchdog_timer_fn"}};
+        end_context.push_back(std::move(watchdog));
+        std::uint64_t frame = a.backtrace.frames.at(static_cast<std::size_t>(a.fault_frame)).regs;
+        std::uint64_t ip = frame + kernel.types().offset_of("pt_regs", "ip");
+        std::uint64_t di = frame + kernel.types().offset_of("pt_regs", "di");
+        kill.writes.push_back({ip, read_bytes(kernel, ip, 8), bytes_of(kernel.symbol("rewind_stack_and_make_dead")), false});
+        kill.writes.push_back({di, read_bytes(kernel, di, 8), bytes_of(kSigkill), false});
+        kill.detail["interrupt_frame"] = fmt::format("{:#x}", frame);
+      } else {
+        set_register(kill, regs, "rip", kernel.symbol("rewind_stack_and_make_dead"));
+        set_register(kill, regs, "rdi", kSigkill);
+      }
       // make_task_dead() panics for in_interrupt(): bottom halves disabled by the driver count.
       if (count & kSoftirqMask) {
         std::uint32_t fixed = count & ~kSoftirqMask;
         kill.writes.push_back({a.percpu_base + *symbols.percpu_offset("__preempt_count"), bytes_of(count),
                                bytes_of(fixed), false});
       }
-      kill.detail = {{"pid", a.pid}, {"comm", a.comm}, {"signal", "SIGKILL"}};
+      kill.detail.update({{"pid", a.pid}, {"comm", a.comm}, {"signal", "SIGKILL"}});
       end_context.push_back(std::move(kill));
       quarantine_why = fmt::format("later calls of the entry point that crashed fail with EIO");
     } else if (a.kind == "warn") {

@@ -270,6 +270,27 @@ TEST_CASE("real drivers: a timer that crashes on the CPU of a task busy under a 
   expect_device_answers(g.name);
 }
 
+TEST_CASE("real drivers: a soft lockup (polling a device register under the device's spinlock and mutex) is ended; "
+          "a reader queued on the mutex gets its data", "[integration][real-drivers]") {
+  auto& g = guest();
+  REQUIRE(guest_sh(g.name, "sysctl -q -w kernel.softlockup_panic=1 kernel.watchdog_thresh=2").status == 0);
+  json plan = expect_recovered(
+      "(echo spin-poll > /dev/immortal-realdev) & sleep 0.5; "
+      "(timeout 60 cat /dev/immortal-realdev > /tmp/queued; echo $? > /tmp/queued.status) & sleep 0.2");
+  json crash = last_event(g.name, "crash");
+  INFO(crash.dump(1).substr(0, 3000));
+  CHECK_THAT(crash.dump(), Catch::Contains("soft-lockup"));
+  CHECK(plan_has(plan, "kill-task", "soft lockup"));
+  CHECK(plan_has(plan, "end-callback", "watchdog_timer_fn"));
+  CHECK(plan_has(plan, "release-lock", "mutex_unlock"));
+  CHECK(plan_has(plan, "release-lock", "spinlock"));
+  CHECK(wait_until([&] { return guest_sh(g.name, "cat /tmp/queued.status").out == "0\n"; }, 20s));
+  CHECK_THAT(guest_sh(g.name, "cat /tmp/queued").out, Catch::Contains("realdev ops"));
+  expect_device_answers(g.name);
+  // Back to the defaults, for the tests that share this guest.
+  CHECK(guest_sh(g.name, "sysctl -q -w kernel.softlockup_panic=0 kernel.watchdog_thresh=10").status == 0);
+}
+
 TEST_CASE("real drivers: what the lock search cannot account for reboots, with the reason in the bundle",
           "[integration][real-drivers]") {
   // A semaphore taken on the crashing path: no owner, so no holder to tell.

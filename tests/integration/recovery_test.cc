@@ -293,7 +293,11 @@ TEST_CASE("recovery: with the repair VM killed, the inline fallback recovers and
 TEST_CASE("recovery: list-corruption, stopped by list debugging on the driver's behalf, is recovered",
           "[integration][recovery]") { expect_recovered("list-corruption"); }
 TEST_CASE("recovery: stack-overflow reboots the guest", "[integration][recovery]") { expect_rebooted("stack-overflow"); }
-TEST_CASE("recovery: softlockup reboots the guest", "[integration][recovery]") { expect_rebooted("softlockup"); }
+// A task spinning in the driver with preemption disabled: the watchdog's timer interrupt panics;
+// the task is ended through that interrupt's saved registers.
+TEST_CASE("recovery: softlockup, caught by the watchdog's timer interrupt, is recovered", "[integration][recovery]") {
+  expect_recovered("softlockup");
+}
 TEST_CASE("recovery: hung-task reboots the guest", "[integration][recovery]") { expect_rebooted("hung-task"); }
 
 TEST_CASE("recovery: the limit on recoveries turns the next crash into a reboot", "[integration][recovery]") {

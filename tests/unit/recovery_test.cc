@@ -63,6 +63,17 @@ TEST_CASE("prologue: instructions GCC interleaves with the pushes are stepped ov
   // A stack-protector load: mov %gs:0x28,%rax between the pushes.
   const std::uint8_t canary[] = {0x53, 0x65, 0x48, 0x8b, 0x04, 0x25, 0x28, 0x00, 0x00, 0x00, 0x41, 0x54};
   CHECK(decode_prologue(canary).pushes.size() == 2);
+  // Linux 6.1's watchdog_timer_fn: a per-CPU load and a compare with an immediate between them.
+  const std::uint8_t watchdog[] = {0xe8, 0x8b, 0x0d, 0xed, 0xff, 0x41, 0x55, 0x31, 0xc0, 0x41, 0x54, 0x65, 0x4c, 0x8b,
+                                   0x25, 0xd5, 0xba, 0xe8, 0x7e, 0x48, 0x83, 0x3d, 0x5d, 0x7b, 0xa9, 0x01, 0x00, 0x55,
+                                   0x8b, 0x2d, 0x1e, 0x77, 0xa9, 0x01, 0x53, 0x75, 0x0b};
+  Prologue wd = decode_prologue(watchdog);
+  REQUIRE(wd.pushes.size() == 4);
+  CHECK(wd.pushes[3].name == "rbx");
+  CHECK(wd.pushes[3].offset == 34);
+  // …but not an and of %rsp (a stack realignment).
+  const std::uint8_t realign[] = {0x55, 0x48, 0x83, 0xe4, 0xf0, 0x53};
+  CHECK(decode_prologue(realign).pushes.size() == 1);
 }
 
 TEST_CASE("prologue: anything else ends the decoding; empty and truncated code are fine", "[recovery]") {

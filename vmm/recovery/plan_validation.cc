@@ -167,6 +167,24 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
   for (const auto& a : plan.actions)
     for (const auto& r : a.registers)
       if (r.name == "rsp") resume_rsp = r.to;
+  // …and, for a soft lockup, the stopped code's saved registers (the timer interrupt's frame the
+  // kernel recorded in __irq_regs): where it resumes (rewind_stack_and_make_dead) and its rdi.
+  std::uint64_t irq_ip = 0, irq_di = 0;
+  if (auto irq_regs = kernel.symbols().percpu_offset("__irq_regs")) {
+    try {
+      if (std::uint64_t frame = kernel.memory().read_u64(crash.percpu_base + *irq_regs)) {
+        irq_ip = frame + kernel.types().offset_of("pt_regs", "ip");
+        irq_di = frame + kernel.types().offset_of("pt_regs", "di");
+      }
+    } catch (const MemoryFault&) {
+    }
+  }
+  auto interrupted_kill = [&](const repair::RepairAction& a, const repair::MemoryWrite& w) {
+    if (a.kind != "kill-task" || w.bytes.size() != 8 || !irq_ip) return false;
+    std::uint64_t v;
+    std::memcpy(&v, w.bytes.data(), 8);
+    return (w.address == irq_ip && v == kernel.symbol("rewind_stack_and_make_dead")) || (w.address == irq_di && v == 9);
+  };
   std::size_t writes = 0, calls = 0;
   for (const auto& a : plan.actions) {
     if (a.kind == "restore-code") {
@@ -214,7 +232,8 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
       bool ok = w.code ? (w.address >= text_begin && end <= text_end)
                        : ((w.address >= text_end && end <= data_end) || (w.address == preempt && w.bytes.size() == 4) ||
                           (w.address == taint && w.bytes.size() == 8) ||
-                          (a.kind == "end-callback" && resume_rsp && w.address == resume_rsp && w.bytes.size() == 8));
+                          (a.kind == "end-callback" && resume_rsp && w.address == resume_rsp && w.bytes.size() == 8) ||
+                          interrupted_kill(a, w));
       if (!ok) fail(ExitCode::failure, "{}: a write at {:#x} is outside what a repair may touch", a.kind, w.address);
     }
     for (const auto& r : a.registers)
