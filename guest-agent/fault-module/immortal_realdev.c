@@ -105,6 +105,7 @@ struct realdev_item {
 
 struct realdev_net {
 	struct realdev *rd;
+	struct napi_struct napi;	/* polled while the device is up */
 };
 
 static struct platform_device *realdev_pdev;
@@ -434,6 +435,8 @@ static noinline int realdev_cmd_spin_poll(struct realdev *rd)
 	return ret;
 }
 
+static int realdev_cmd_napi(struct realdev *rd);
+
 static int realdev_command(struct realdev *rd, const char *cmd)
 {
 	unsigned int ms = 0;
@@ -489,6 +492,8 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 		return realdev_raise_irq(rd, rd->thread_irq);
 	if (sscanf(cmd, "timer-under-spin %u", &ms) == 1)
 		return realdev_cmd_timer_under_spin(rd, clamp(ms, 20u, 2000u));
+	if (!strcmp(cmd, "napi"))
+		return realdev_cmd_napi(rd);
 	if (!strcmp(cmd, "spin-poll"))
 		return realdev_cmd_spin_poll(rd);
 	if (!strcmp(cmd, "list-corruption"))
@@ -645,6 +650,53 @@ static int realdev_change_mtu(struct net_device *ndev, int new_mtu)
 	return 0;
 }
 
+/* The NAPI poll: it takes the device's spinlock and trips over the missing config. */
+static int realdev_poll(struct napi_struct *napi, int budget)
+{
+	struct realdev_net *priv = container_of(napi, struct realdev_net, napi);
+	struct realdev *rd = priv->rd;
+	int done = 0;
+
+	spin_lock(&rd->slock);
+	done = rd->cfg->generation & 1;
+	rd->irq_events++;
+	spin_unlock(&rd->slock);
+	if (done < budget)
+		napi_complete_done(napi, done);
+	return done;
+}
+
+static int realdev_open(struct net_device *ndev)
+{
+	struct realdev_net *priv = netdev_priv(ndev);
+
+	napi_enable(&priv->napi);
+	netif_start_queue(ndev);
+	return 0;
+}
+
+static int realdev_stop(struct net_device *ndev)
+{
+	struct realdev_net *priv = netdev_priv(ndev);
+
+	netif_stop_queue(ndev);
+	napi_disable(&priv->napi);	/* waits for a scheduled poll to complete: for ever if it never does */
+	return 0;
+}
+
+/* What the device's receive interrupt would do: schedule the poll (run as NET_RX softirq). */
+static int realdev_cmd_napi(struct realdev *rd)
+{
+	struct realdev_net *priv = netdev_priv(rd->netdev);
+
+	if (!netif_running(rd->netdev))
+		return -ENETDOWN;
+	local_bh_disable();
+	napi_schedule(&priv->napi);
+	local_bh_enable();
+	return 0;
+}
+
 static netdev_tx_t realdev_start_xmit(struct sk_buff *skb, struct net_device *ndev)
 {
 	ndev->stats.tx_dropped++;
@@ -653,6 +705,8 @@ static netdev_tx_t realdev_start_xmit(struct sk_buff *skb, struct net_device *nd
 }
 
 static const struct net_device_ops realdev_netdev_ops = {
+	.ndo_open = realdev_open,
+	.ndo_stop = realdev_stop,
 	.ndo_start_xmit = realdev_start_xmit,
 	.ndo_change_mtu = realdev_change_mtu,
 };
@@ -736,6 +790,7 @@ static int realdev_probe(struct platform_device *pdev)
 	}
 	priv = netdev_priv(ndev);
 	priv->rd = rd;
+	netif_napi_add(ndev, &priv->napi, realdev_poll);
 	ndev->netdev_ops = &realdev_netdev_ops;
 	ndev->min_mtu = 68;
 	ndev->max_mtu = 9000;

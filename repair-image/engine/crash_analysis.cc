@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <set>
 
 namespace immortal::repair {
 
@@ -96,6 +97,34 @@ void classify_lockup(const Kernel& kernel, CrashAnalysis& a) {
   }
   if (a.fault_registers.cs & 3) a.unsafe.push_back("the watchdog's interrupt stopped user space, not a driver");
   if (a.context == "softirq") a.unsafe.push_back("the spinning code is a softirq: ending it is not built");
+}
+
+// The NAPI instance a crashed poll was polling: among the values of the crashing path (the poll
+// keeps its argument in a register or a stack slot), the one napi_struct that is scheduled and
+// whose poll is the blamed module's code. None or several: not known, not resumed.
+void find_napi(const Kernel& kernel, CrashAnalysis& a, const ModuleList& loaded, const std::vector<std::uint64_t>& values) {
+  const auto& t = kernel.types();
+  const ModuleInfo* module = nullptr;
+  for (const auto& m : loaded.modules)
+    if (m.name == a.module) module = &m;
+  std::set<std::uint64_t> found;
+  try {
+    std::uint64_t poll = t.offset_of("napi_struct", "poll"), state = t.offset_of("napi_struct", "state");
+    for (std::uint64_t v : values) {
+      try {
+        std::uint64_t fn = kernel.memory().read_u64(v + poll);
+        if (module && module->contains_text(fn) && (kernel.memory().read_u64(v + state) & kNapiStateSched)) found.insert(v);
+      } catch (const MemoryFault&) {
+      }
+    }
+  } catch (const Error& e) {
+    a.unsafe.push_back(std::string("the NAPI instance cannot be looked for: ") + e.what());
+    return;
+  }
+  if (found.size() == 1) a.napi = *found.begin();
+  else
+    a.unsafe.push_back(fmt::format("the NAPI instance the crashed poll was polling is not known ({} candidates on the "
+                                   "crashing path): it would stay scheduled for ever", found.size()));
 }
 
 }  // namespace
@@ -380,6 +409,7 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
     ReferenceSearch refs = find_held_references(kernel, a, search.path_values);
     a.references = std::move(refs.references);
     for (auto& u : refs.unexplained) a.unsafe.push_back(std::move(u));
+    if (dispatcher && std::string(dispatcher->function) == "__napi_poll") find_napi(kernel, a, loaded, search.path_values);
   }
   return a;
 }
@@ -398,7 +428,7 @@ nlohmann::json CrashAnalysis::to_json() const {
           {"module", module}, {"entry_caller", outer_caller}, {"stopped_by", stopped_by},
           {"entry", outer_module_frame >= 0 ? backtrace.frames[static_cast<std::size_t>(outer_module_frame)].symbol : ""},
           {"backtrace", frames}, {"backtrace_problem", backtrace.problem}, {"locks_held", held},
-          {"lock_search", lock_search}, {"references_held", refs},
+          {"lock_search", lock_search}, {"references_held", refs}, {"napi", napi ? fmt::format("{:#x}", napi) : ""},
           {"unsafe", unsafe}, {"notes", notes}, {"percpu_base", fmt::format("{:#x}", percpu_base)},
           {"summary", summary()}};
 }

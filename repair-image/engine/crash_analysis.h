@@ -73,6 +73,9 @@ struct CrashAnalysis {
   std::vector<HeldLock> locks;  // held locks the search found: those of the crash (ours) and others
   nlohmann::json lock_search = nlohmann::json::object();  // what the search looked at (held_locks.h)
   std::vector<HeldReference> references;  // kernel references the crashing path took (held_references.h)
+  // A crashed NAPI poll: the napi_struct being polled (scheduled, its poll the driver's), found
+  // among the crashing path's values.
+  std::uint64_t napi = 0;
   double lock_search_ms = 0;    // a timing, reported beside the analysis (not in to_json)
   std::vector<std::string> unsafe;  // reasons the guest must not be resumed (empty: none found)
   std::vector<std::string> notes;
@@ -82,6 +85,9 @@ struct CrashAnalysis {
 };
 
 CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record);
+
+// include/linux/netdevice.h: NAPI_STATE_SCHED is bit 0 of napi_struct.state.
+inline constexpr std::uint64_t kNapiStateSched = 1;
 
 // Guest text (comm, messages, log lines) as printable ASCII: other bytes become '?', so reports
 // and JSON never carry what the guest wrote raw.

@@ -4,7 +4,7 @@ namespace immortal::repair {
 
 namespace {
 
-// kernel/time/timer.c, kernel/workqueue.c, kernel/softirq.c, kernel/rcu/tree.c,
+// kernel/time/timer.c, kernel/workqueue.c, kernel/softirq.c, kernel/rcu/tree.c, net/core/dev.c,
 // kernel/time/hrtimer.c (__run_hrtimer inlined into __hrtimer_run_queues, where hard-interrupt
 // hrtimers run with interrupts off), kernel/irq/handle.c and manage.c.
 constexpr Dispatcher kDispatchers[] = {
@@ -24,6 +24,11 @@ constexpr Dispatcher kDispatchers[] = {
     // a oneshot line. (Not irq_forced_thread_fn: forced threading runs the handler with bottom
     // halves disabled, which ending it would leak.)
     {"irq_thread_fn", "threaded interrupt handler", true, ReturnType::irqreturn, 1},
+    // net/core/dev.c: a driver's NAPI poll, from net_rx_action (NET_RX softirq) or a threaded
+    // NAPI's kthread. Ended as having done no work, after napi_complete_done(napi, 0) took the
+    // instance off the schedule (the driver would have): else it stays scheduled for ever and
+    // napi_disable() — at ifdown, at removal — waits for ever. Quarantined, it does the same.
+    {"__napi_poll", "NAPI poll", true, ReturnType::signed_integer, 0},
 };
 
 }  // namespace

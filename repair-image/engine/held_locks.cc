@@ -451,6 +451,16 @@ std::optional<std::uint32_t> Search::interrupted_level(std::string* why) const {
       *why = "ksoftirqd ran it";
       return 0;
     }
+    // Softirqs run by local_bh_enable() in process context (napi_schedule() or netif_rx() under
+    // local_bh_disable(), as drivers do): that task's own level, plus the one level
+    // __local_bh_enable_ip() keeps while it runs them — not an interrupt from user space, even
+    // though the syscall's saved registers further out say user mode.
+    if (const Symbol* s = symbols.lookup(frames[k].pc - 1);
+        s && s->module.empty() && (s->name == "__local_bh_enable_ip" || s->name == "do_softirq")) {
+      *why = "it ran when " + (k + 1 < frames.size() ? symbols.describe(frames[k + 1].pc) : std::string("a task")) +
+             " enabled bottom halves";
+      return std::nullopt;
+    }
   }
   *why = "the code it interrupted is not known";
   return std::nullopt;

@@ -108,11 +108,20 @@ QuarantineReturn quarantine_return(ReturnType type) {
 
 }  // namespace
 
-std::vector<std::uint8_t> quarantine_patch(ReturnType type, std::uint64_t address, std::optional<std::uint64_t> thunk) {
-  std::vector<std::uint8_t> patch = quarantine_return(type).body;
+std::vector<std::uint8_t> quarantine_patch(ReturnType type, std::uint64_t address, std::optional<std::uint64_t> thunk,
+                                           std::optional<std::uint64_t> call_first) {
+  std::vector<std::uint8_t> patch;
+  if (call_first) {
+    patch = {0x31, 0xf6, 0xe8};  // xor %esi,%esi; call call_first (%rdi is still the entry's own)
+    auto rel = static_cast<std::int32_t>(static_cast<std::int64_t>(*call_first) - static_cast<std::int64_t>(address + 7));
+    auto b = bytes_of(rel);
+    patch.insert(patch.end(), b.begin(), b.end());
+  }
+  auto body = quarantine_return(type).body;
+  patch.insert(patch.end(), body.begin(), body.end());
   if (thunk) {
     // Return the way the kernel's own functions do (CONFIG_RETHUNK): jmp __x86_return_thunk.
-    std::uint64_t jmp_at = address + patch.size();
+    std::uint64_t jmp_at = address + patch.size();  // after the call and the return value
     auto rel = static_cast<std::int32_t>(static_cast<std::int64_t>(*thunk) - static_cast<std::int64_t>(jmp_at + 5));
     patch.push_back(0xe9);
     auto b = bytes_of(rel);
@@ -128,7 +137,7 @@ namespace {
 // Patch a module function so that later calls return at once instead of running it.
 std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& record, std::uint64_t function,
                                        const std::string& why, std::vector<std::string>& notes,
-                                       std::optional<ReturnType> expected = std::nullopt) {
+                                       std::optional<ReturnType> expected = std::nullopt, bool napi_poll = false) {
   const auto& symbols = kernel.symbols();
   const Symbol* s = symbols.lookup(function);
   if (!s || s->address != function || s->module.empty()) {
@@ -146,8 +155,14 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
   // The type the caller expects: from the module's BTF, else from the dispatcher that calls it.
   ReturnType type = kernel.function_return(s->module, stripped_name(s->name));
   if (type == ReturnType::unknown && expected) type = *expected;
+  // A NAPI poll completes its instance and reports no work done.
+  std::optional<std::uint64_t> call_first;
+  if (napi_poll) {
+    type = ReturnType::unsigned_integer;
+    call_first = kernel.symbol("napi_complete_done");
+  }
   auto ret = quarantine_return(type);
-  std::vector<std::uint8_t> patch = quarantine_patch(type, function + at, symbols.address_of("__x86_return_thunk"));
+  std::vector<std::uint8_t> patch = quarantine_patch(type, function + at, symbols.address_of("__x86_return_thunk"), call_first);
   if (std::equal(patch.begin(), patch.end(), head.begin() + static_cast<long>(at))) {
     notes.push_back(s->name + " is already quarantined");
     return std::nullopt;
@@ -171,6 +186,7 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
               {"patched_at", fmt::format("{:#x}", function + at)}, {"returns", ret.value},
               {"return_type", to_string(type)}};
   if (type == ReturnType::unknown) q.detail["note"] = "no BTF prototype for it: it returns -EIO";
+  if (napi_poll) q.detail["note"] = "a NAPI poll: it calls napi_complete_done(napi, 0) first";
   return q;
 }
 
@@ -368,6 +384,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     std::uint64_t quarantine_target = 0;
     std::string quarantine_why;
     std::optional<ReturnType> callback_returns;
+    bool quarantine_napi = false;
     const Frame& entry = a.backtrace.frames.at(static_cast<std::size_t>(a.outer_module_frame));
     const Symbol* entry_symbol = symbols.lookup(static_cast<int>(a.outer_module_frame) == a.fault_frame &&
                                                 a.kind != "panic" ? entry.pc : entry.pc - 1);
@@ -466,9 +483,25 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
                               bytes_of(fixed), false});
       }
       end.detail["dispatcher"] = d->function;
+      bool napi_poll = std::string(d->function) == "__napi_poll";
+      if (napi_poll) {
+        // Off the schedule first, as the poll would have done (napi_complete_done, in this
+        // softirq's own context), then back to __napi_poll with no work done.
+        if (!a.napi) {
+          plan.reason = "the NAPI instance of the crashed poll is not known";
+          return plan;
+        }
+        end.calls.push_back({"napi_complete_done", kernel.symbol("napi_complete_done"), {a.napi, 0}});
+        end.detail["napi"] = fmt::format("{:#x}", a.napi);
+      }
       end_context.push_back(std::move(end));
       if (std::uint64_t cb = running_callback(kernel, a, d->function)) {
         if (const Symbol* s = symbols.lookup(cb); s && s->module == a.module) quarantine_target = cb;
+      }
+      if (napi_poll) {
+        std::uint64_t poll = kernel.memory().read_u64(a.napi + kernel.types().offset_of("napi_struct", "poll"));
+        if (const Symbol* s = symbols.lookup(poll); s && s->module == a.module && s->address == poll) quarantine_target = poll;
+        quarantine_napi = true;
       }
       quarantine_why = fmt::format("the {} is not run again: it returns at once", d->what);
       callback_returns = d->returns;
@@ -482,7 +515,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     } else if (a.fault_in_init && !quarantine_why.empty()) {
       notes.push_back("the crash is in the module's init code, which runs once: nothing to quarantine");
     } else if (!quarantine_why.empty() && quarantine_target) {
-      if (auto q = quarantine(kernel, record, quarantine_target, quarantine_why, notes, callback_returns))
+      if (auto q = quarantine(kernel, record, quarantine_target, quarantine_why, notes, callback_returns, quarantine_napi))
         quarantined.push_back(*q);
       if (options.quarantine_driver) {
         // --quarantine driver: every entry point of the driver, not only the one that crashed,

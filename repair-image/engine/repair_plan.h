@@ -63,7 +63,10 @@ struct RepairPlan {
 // make it return at once as its callers expect: -EIO for integers and unknown types, 0 (NULL,
 // false, IRQ_NONE, nothing) for pointers, bools, irqreturn_t, unsigned and void; then a jump to
 // the kernel's return thunk when it has one (CONFIG_RETHUNK), else ret.
-std::vector<std::uint8_t> quarantine_patch(ReturnType type, std::uint64_t address, std::optional<std::uint64_t> return_thunk);
+// With call_first, the patch first calls that function with the entry's own first argument and
+// 0 (a NAPI poll's napi_complete_done(napi, 0)), then returns as above.
+std::vector<std::uint8_t> quarantine_patch(ReturnType type, std::uint64_t address, std::optional<std::uint64_t> return_thunk,
+                                           std::optional<std::uint64_t> call_first = std::nullopt);
 
 struct PlanOptions {
   // --quarantine driver: every entry point of the driver, not only the one that crashed.

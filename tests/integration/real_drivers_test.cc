@@ -270,6 +270,23 @@ TEST_CASE("real drivers: a timer that crashes on the CPU of a task busy under a 
   expect_device_answers(g.name);
 }
 
+TEST_CASE("real drivers: a NAPI poll that crashes is ended with its instance completed: the interface goes down and up",
+          "[integration][real-drivers]") {
+  auto& g = guest();
+  REQUIRE(guest_sh(g.name, "ip link set rdnet0 up").status == 0);
+  json plan = expect_recovered("echo napi > /dev/immortal-realdev");
+  CHECK(plan_has(plan, "end-callback", "napi_complete_done"));
+  CHECK(plan_has(plan, "release-lock", "spinlock"));
+  CHECK(plan_has(plan, "quarantine-function", "realdev_poll"));
+  // napi_disable() returns: the instance was not left scheduled.
+  CHECK(guest_sh(g.name, "timeout 10 ip link set rdnet0 down").status == 0);
+  CHECK(guest_sh(g.name, "timeout 10 ip link set rdnet0 up").status == 0);
+  // Quarantined, the poll completes its instance at once: scheduling it again is harmless.
+  CHECK(guest_sh(g.name, "echo napi > /dev/immortal-realdev").status == 0);
+  CHECK(guest_sh(g.name, "timeout 10 ip link set rdnet0 down").status == 0);
+  expect_device_answers(g.name);
+}
+
 TEST_CASE("real drivers: a soft lockup (polling a device register under the device's spinlock and mutex) is ended; "
           "a reader queued on the mutex gets its data", "[integration][real-drivers]") {
   auto& g = guest();

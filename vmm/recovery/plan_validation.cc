@@ -214,7 +214,26 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
       }
       continue;
     }
-    if (!a.calls.empty()) fail(ExitCode::failure, "{}: only a lock or reference release calls guest functions", a.kind);
+    if (a.kind == "end-callback" && !a.calls.empty()) {
+      // A NAPI poll's end: napi_complete_done(napi, 0) on a scheduled instance whose poll is
+      // the blamed module's code.
+      if (a.calls.size() != 1 || ++calls > limits.max_calls) fail(ExitCode::failure, "end-callback: not one call");
+      const auto& c = a.calls[0];
+      if (c.function != "napi_complete_done" || c.address != kernel.symbol("napi_complete_done") || c.args.size() != 2 ||
+          c.args[1] != 0)
+        fail(ExitCode::failure, "end-callback: a call of {} ({:#x})", c.function, c.address);
+      try {
+        const auto& t = kernel.types();
+        std::uint64_t poll = kernel.memory().read_u64(c.args[0] + t.offset_of("napi_struct", "poll"));
+        std::uint64_t state = kernel.memory().read_u64(c.args[0] + t.offset_of("napi_struct", "state"));
+        if (poll < text_begin || poll >= text_end || !(state & repair::kNapiStateSched))
+          fail(ExitCode::failure, "end-callback: {:#x} is no scheduled NAPI instance of module {}", c.args[0], crash.module);
+      } catch (const MemoryFault& e) {
+        fail(ExitCode::failure, "end-callback: {}", e.what());
+      }
+    } else if (!a.calls.empty()) {
+      fail(ExitCode::failure, "{}: only a lock or reference release, or a NAPI poll's end, calls guest functions", a.kind);
+    }
     if (a.kind == "pin-module") {
       // One reference more on the module: its refcount, in the module's own data, plus one.
       if (a.writes.size() != 1 || a.writes[0].code || a.writes[0].bytes.size() != 4 || !a.registers.empty())
