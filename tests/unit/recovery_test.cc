@@ -218,6 +218,19 @@ TEST_CASE("quarantine patch: the return value follows the function's type, throu
   std::int32_t rel;
   std::memcpy(&rel, &t[3], 4);
   CHECK(0xffffffffc0001009ull + 2 + 5 + static_cast<std::uint64_t>(static_cast<std::int64_t>(rel)) == 0xffffffff81e01d30ull);
+  // A NAPI poll: xor %esi,%esi; call napi_complete_done; xor %eax,%eax; jmp __x86_return_thunk.
+  auto n = repair::quarantine_patch(ReturnType::unsigned_integer, 0xffffffffc0001009ull, 0xffffffff81e01d30ull,
+                                    0xffffffff817e0280ull);
+  REQUIRE(n.size() == 14);
+  CHECK(n[0] == 0x31);
+  CHECK(n[1] == 0xf6);
+  CHECK(n[2] == 0xe8);
+  std::memcpy(&rel, &n[3], 4);
+  CHECK(0xffffffffc0001009ull + 7 + static_cast<std::uint64_t>(static_cast<std::int64_t>(rel)) == 0xffffffff817e0280ull);
+  CHECK(n[7] == 0x31);
+  CHECK(n[9] == 0xe9);
+  std::memcpy(&rel, &n[10], 4);
+  CHECK(0xffffffffc0001009ull + 14 + static_cast<std::uint64_t>(static_cast<std::int64_t>(rel)) == 0xffffffff81e01d30ull);
 }
 
 TEST_CASE("recovery budget: a sliding window of recoveries", "[recovery]") {
