@@ -826,6 +826,9 @@ void Supervisor::on_crash(repair::CrashRecord record) {
       if (a.kind == "kill-task") {
         killed = repair::parse_hex(analysis_json.value("task", json::object()).value("address", json("0x0")), "task");
         killed_pid = analysis_json.value("task", json::object()).value("pid", -1);
+      } else if (a.kind == "kill-sleeping-task" && !killed) {
+        killed = repair::parse_hex(a.detail.value("task", json("0x0")), "task");
+        killed_pid = a.detail.value("pid", -1);
       }
     try {
       verification_->watch = std::make_unique<RecoveryVerifier>(guest_kernel(), killed, killed_pid, options_.recovery.verify_window);

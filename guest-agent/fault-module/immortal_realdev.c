@@ -96,6 +96,7 @@ struct realdev {
 	int raise;			/* the one irq_timer raises */
 	struct hrtimer irq_timer;
 	unsigned long hw_status;	/* a "device register" the driver polls; its ready bit never comes */
+	wait_queue_head_t hw_wq;	/* woken when it does */
 };
 
 struct realdev_item {
@@ -435,6 +436,22 @@ static noinline int realdev_cmd_spin_poll(struct realdev *rd)
 	return ret;
 }
 
+/*
+ * A hung task: the driver waits, holding its mutex, for the device's ready event, which never
+ * comes (uninterruptible: D state, a wait-queue entry and a timer on its stack). Bounded to
+ * 10 minutes so that a kernel without hung_task_panic gets its task back some day.
+ */
+static noinline int realdev_cmd_hang(struct realdev *rd)
+{
+	long left;
+
+	mutex_lock(&rd->lock);
+	left = wait_event_timeout(rd->hw_wq, READ_ONCE(rd->hw_status) & REALDEV_READY, 600 * HZ);
+	rd->ops++;
+	mutex_unlock(&rd->lock);
+	return left ? 0 : -ETIMEDOUT;
+}
+
 static int realdev_cmd_napi(struct realdev *rd);
 
 static int realdev_command(struct realdev *rd, const char *cmd)
@@ -492,6 +509,8 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 		return realdev_raise_irq(rd, rd->thread_irq);
 	if (sscanf(cmd, "timer-under-spin %u", &ms) == 1)
 		return realdev_cmd_timer_under_spin(rd, clamp(ms, 20u, 2000u));
+	if (!strcmp(cmd, "hang"))
+		return realdev_cmd_hang(rd);
 	if (!strcmp(cmd, "napi"))
 		return realdev_cmd_napi(rd);
 	if (!strcmp(cmd, "spin-poll"))
@@ -758,6 +777,7 @@ static int realdev_probe(struct platform_device *pdev)
 	rd->dev = &pdev->dev;
 	mutex_init(&rd->lock);
 	spin_lock_init(&rd->slock);
+	init_waitqueue_head(&rd->hw_wq);
 	init_rwsem(&rd->cfg_rwsem);
 	rwlock_init(&rd->stats_lock);
 	sema_init(&rd->slots, 1);

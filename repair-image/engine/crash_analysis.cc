@@ -71,6 +71,32 @@ void read_oops_text(const Kernel& kernel, CrashAnalysis& a) {
   }
 }
 
+// A hung task: khungtaskd is not to blame; the analysis names the culprit asleep in the driver.
+void analyze_hung_tasks(const Kernel& kernel, CrashAnalysis& a, const X86Registers& regs) {
+  a.notes.push_back(fmt::format("khungtaskd ({}, pid {}) panicked for the tasks it found hung", a.comm, a.pid));
+  a.stopped_by = "the hung-task detector (hung_task_panic)";
+  a.hung = find_hung_tasks(kernel, a, regs);
+  for (const auto& u : a.hung.unsafe) a.unsafe.push_back(u);
+  for (const auto& n : a.hung.notes) a.notes.push_back(n);
+  for (const auto& h : a.hung.tasks) {
+    if (!h.culprit) continue;
+    a.task = h.task;
+    a.pid = h.pid;
+    a.comm = h.comm;
+    a.task_stack = h.stack;
+    try {
+      a.task_flags = kernel.memory().read_value<std::uint32_t>(h.task + kernel.types().offset_of("task_struct", "flags"));
+    } catch (const MemoryFault&) {
+    }
+    a.context = (a.task_flags & kPfKthread) ? "kernel-thread" : "process";
+    a.module = h.module;
+    a.fault_function = h.function;
+    a.outer_caller = h.entry_caller;
+    for (const auto& l : h.locks) a.locks.push_back(l);
+    break;
+  }
+}
+
 // A soft lockup's context is the stopped code's: the CPU's preemption count less the timer
 // interrupt's level. The interrupt's saved registers must be the ones the kernel itself
 // recorded for it (get_irq_regs(), which the watchdog's report printed).
@@ -233,6 +259,9 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
       a.fault_frame = first_regs_frame();
       a.detector_levels = kHardirqOffset;
       a.stopped_by = "the soft-lockup watchdog (softlockup_panic)";
+    } else if (stripped_name(a.panic_caller) == "watchdog" && a.message == "hung_task: blocked tasks" &&
+               caller_module.empty()) {
+      a.kind = "hung-task";  // khungtaskd (kernel/hung_task.c), hung_task_panic
     } else if (a.panic_caller == "oops_end") {
       a.kind = "oops";
       a.fault_frame = first_regs_frame();
@@ -265,6 +294,10 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
     a.unsafe.push_back("caught by " + record.caught_by + ", not at the start of a crash path");
   }
   if (a.kind == "soft-lockup") classify_lockup(kernel, a);
+  if (a.kind == "hung-task") {
+    analyze_hung_tasks(kernel, a, regs);
+    return a;
+  }
   if (a.kind == "oops" || a.kind == "warn") {
     try {
       read_oops_text(kernel, a);
@@ -429,8 +462,15 @@ nlohmann::json CrashAnalysis::to_json() const {
           {"entry", outer_module_frame >= 0 ? backtrace.frames[static_cast<std::size_t>(outer_module_frame)].symbol : ""},
           {"backtrace", frames}, {"backtrace_problem", backtrace.problem}, {"locks_held", held},
           {"lock_search", lock_search}, {"references_held", refs}, {"napi", napi ? fmt::format("{:#x}", napi) : ""},
+          {"hung_tasks", hung_json()},
           {"unsafe", unsafe}, {"notes", notes}, {"percpu_base", fmt::format("{:#x}", percpu_base)},
           {"summary", summary()}};
+}
+
+nlohmann::json CrashAnalysis::hung_json() const {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& h : hung.tasks) out.push_back(h.to_json());
+  return out;
 }
 
 std::string CrashAnalysis::summary() const {

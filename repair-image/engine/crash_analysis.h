@@ -6,6 +6,7 @@
 #include "engine/crash_record.h"
 #include "engine/held_locks.h"
 #include "engine/held_references.h"
+#include "engine/hung_tasks.h"
 #include "kernel/backtrace.h"
 #include "kernel/kernel.h"
 
@@ -27,8 +28,9 @@ constexpr std::uint64_t kThreadSize = 16 * 1024;  // x86-64 without KASAN
 
 struct CrashAnalysis {
   // oops, bug, warn, panic (a panic() call by a module), double-fault (a kernel stack overflow),
-  // soft-lockup (the watchdog's timer interrupt caught a task spinning in a driver), kernel-panic
-  // (by the kernel itself: hung tasks, sysrq …), unknown
+  // soft-lockup (the watchdog's timer interrupt caught a task spinning in a driver), hung-task
+  // (khungtaskd found tasks asleep in D state too long), kernel-panic (by the kernel itself:
+  // sysrq …), unknown
   std::string kind;
   // process, kernel-thread, softirq, hardirq, nmi, idle: of the code that crashed (for a soft
   // lockup, of the spinning code the watchdog's interrupt stopped)
@@ -42,6 +44,9 @@ struct CrashAnalysis {
   // The part of preempt_count that is the interrupt which caught a lockup (HARDIRQ_OFFSET for
   // the soft-lockup watchdog's timer), not the code it stopped.
   std::uint32_t detector_levels = 0;
+  // The task is asleep (a hung task's search): it holds no spinlock, whatever the lock calls its
+  // frames reached say (the scheduler's own run-queue lock is another CPU's now).
+  bool asleep = false;
   std::uint64_t task = 0;
   int pid = -1;
   std::string comm;
@@ -76,11 +81,15 @@ struct CrashAnalysis {
   // A crashed NAPI poll: the napi_struct being polled (scheduled, its poll the driver's), found
   // among the crashing path's values.
   std::uint64_t napi = 0;
+  // A hung task (khungtaskd's panic): the tasks it found hung, the culprits among them, and how
+  // they and khungtaskd go on. The analysis's task is then the (first) culprit, not khungtaskd.
+  HungTaskSearch hung;
   double lock_search_ms = 0;    // a timing, reported beside the analysis (not in to_json)
   std::vector<std::string> unsafe;  // reasons the guest must not be resumed (empty: none found)
   std::vector<std::string> notes;
 
   nlohmann::json to_json() const;
+  nlohmann::json hung_json() const;
   std::string summary() const;  // one line for the operator
 };
 

@@ -595,6 +595,7 @@ LockSearch Search::run() {
   // What the call sites name, by the lock's own state.
   std::uint64_t sem_count = types_.offset_of("semaphore", "count");
   for (const auto& site : site_locks_) {
+    if (a_.asleep && (site.function->type == LockType::spinlock || site.function->type == LockType::rwlock)) continue;
     try {
       switch (site.function->type) {
         case LockType::spinlock: {
@@ -635,7 +636,7 @@ LockSearch Search::run() {
   }
   waiters();
   classify_owner_hits();
-  account_spinlocks();
+  if (!a_.asleep) account_spinlocks();
 
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   out_.stats["values"] = values_.size();

@@ -343,12 +343,90 @@ X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::s
   return state;
 }
 
+namespace {
+
+// A hung task (hung_tasks.h): each culprit's locks released, its linked stack objects unlinked,
+// its schedule() pointed at its death and the task woken; its entry point quarantined;
+// khungtaskd goes on without the panic.
+RepairPlan plan_hung_tasks(const Kernel& kernel, const CrashRecord& record, const CrashAnalysis& a, RepairPlan plan) {
+  const X86Registers& regs = record.registers.at(static_cast<std::size_t>(record.vcpu));
+  const auto& symbols = kernel.symbols();
+  std::vector<RepairAction> quarantined, release, end_context;
+  std::vector<std::string> notes;
+  for (const auto& h : a.hung.tasks) {
+    if (!h.culprit) continue;
+    for (const auto& lock : h.locks) {
+      std::int64_t spin = 0;
+      auto r = release_lock(kernel, lock, spin);
+      if (!r || spin) {
+        plan.reason = "lock " + lock.name + " of the hung task cannot be released";
+        return plan;
+      }
+      release.push_back(std::move(*r));
+    }
+    RepairAction kill{"kill-sleeping-task", fmt::format("{} (pid {}) sleeps for ever in module {} ({})", h.comm, h.pid,
+                                                        h.module, h.function), {}, {}, {}, {}};
+    kill.writes.push_back({h.return_slot, bytes_of(h.return_address), bytes_of(a.hung.continuation), false});
+    kill.writes.push_back({h.signal_slot, bytes_of(h.signal_slot_value), bytes_of(kSigkill), false});
+    nlohmann::json unlinked = nlohmann::json::array();
+    for (const auto& l : h.links) {
+      std::vector<std::uint64_t> args = l.queue ? std::vector<std::uint64_t>{l.queue, l.object} : std::vector<std::uint64_t>{l.object};
+      kill.calls.push_back({l.release, kernel.symbol(l.release), args});
+      unlinked.push_back(l.to_json());
+    }
+    kill.calls.push_back({"wake_up_process", kernel.symbol("wake_up_process"), {h.task}});
+    if (kill.calls.size() > kMaxActionCalls) {
+      plan.reason = fmt::format("{} (pid {}) has {} objects of its stack linked into the kernel", h.comm, h.pid, h.links.size());
+      return plan;
+    }
+    kill.detail = {{"task", fmt::format("{:#x}", h.task)}, {"pid", h.pid}, {"comm", h.comm}, {"signal", "SIGKILL"},
+                   {"schedule_returns_to", symbols.describe(a.hung.continuation)},
+                   {"register", a.hung.continuation_register}, {"unlinked", unlinked}};
+    end_context.push_back(std::move(kill));
+    const Frame& entry = h.backtrace.frames.at(static_cast<std::size_t>(h.entry_frame));
+    if (const Symbol* s = symbols.lookup(entry.pc - 1)) {
+      auto parent = symbols.address_in(stripped(s->name), s->module);
+      if (auto q = quarantine(kernel, record, parent ? *parent : s->address,
+                              "later calls of the entry point where it slept fail with EIO", notes))
+        quarantined.push_back(std::move(*q));
+    }
+  }
+  RepairAction resume{"resume-detector", "khungtaskd goes on as it does without hung_task_panic", {}, {}, {}, {}};
+  set_register(resume, regs, "rip", a.hung.detector_resume);
+  set_register(resume, regs, "rsp", a.hung.detector_rsp);
+  std::uint64_t flag = kernel.symbol("hung_task_call_panic");
+  resume.writes.push_back({flag, read_bytes(kernel, flag, 1), {0}, false});
+  resume.detail = {{"resumes_at", symbols.describe(a.hung.detector_resume)}};
+  end_context.push_back(std::move(resume));
+  for (auto* group : {&quarantined, &release, &end_context})
+    for (auto& x : *group) plan.actions.push_back(std::move(x));
+  plan.resume = true;
+  std::vector<std::string> kinds;
+  for (const auto& x : plan.actions) kinds.push_back(x.kind);
+  plan.reason = fmt::format("{}", fmt::join(kinds, ", "));
+  for (const auto& n : notes) plan.reason += "; " + n;
+  return plan;
+}
+
+}  // namespace
+
 RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const CrashAnalysis& a, const PlanOptions& options) {
   RepairPlan plan;
   plan.vcpu = record.vcpu;
   if (!a.unsafe.empty()) {
     plan.reason = fmt::format("{}", fmt::join(a.unsafe, "; "));
     return plan;
+  }
+  if (a.kind == "hung-task") {
+    try {
+      return plan_hung_tasks(kernel, record, a, plan);
+    } catch (const Error& e) {
+      plan.reason = std::string("no safe repair: ") + e.what();
+      return plan;
+    } catch (const MemoryFault& e) {
+      plan.reason = std::string("no safe repair: ") + e.what();
+      return plan;
+    }
   }
   const X86Registers& regs = record.registers.at(static_cast<std::size_t>(record.vcpu));
   const auto& symbols = kernel.symbols();

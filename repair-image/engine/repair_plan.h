@@ -41,8 +41,8 @@ struct GuestCall {
 };
 
 struct RepairAction {
-  // kill-task, end-callback, complete-warning, release-lock, quarantine-function, clear-taint,
-  // restore-code
+  // kill-task, kill-sleeping-task, end-callback, complete-warning, resume-detector, release-lock,
+  // release-reference, quarantine-function, pin-module, clear-taint, restore-code
   std::string kind;
   std::string reason;
   std::vector<MemoryWrite> writes;
@@ -82,7 +82,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
 // plan may do is checked afterwards (vmm/recovery/plan_validation.h).
 RepairPlan plan_from_json(const nlohmann::json& j);
 inline constexpr std::size_t kMaxPlanActions = 64, kMaxActionWrites = 1024, kMaxWriteBytes = 64 * 1024,
-                             kMaxActionCalls = 4, kMaxCallArgs = 3;
+                             kMaxActionCalls = 6, kMaxCallArgs = 3;
 
 // "0f1f44" for {0x0f, 0x1f, 0x44}: how plans, quarantine records and logs show guest bytes.
 std::string hex_bytes(const std::vector<std::uint8_t>& bytes);

@@ -308,6 +308,31 @@ TEST_CASE("real drivers: a soft lockup (polling a device register under the devi
   CHECK(guest_sh(g.name, "sysctl -q -w kernel.softlockup_panic=0 kernel.watchdog_thresh=10").status == 0);
 }
 
+TEST_CASE("real drivers: a hung task (asleep for ever in the driver, holding the device's mutex) is ended; the "
+          "writer and the reader queued behind it get in", "[integration][real-drivers]") {
+  auto& g = guest();
+  REQUIRE(guest_sh(g.name, "sysctl -q -w kernel.hung_task_panic=1 kernel.hung_task_timeout_secs=2").status == 0);
+  json plan = expect_recovered(
+      "(echo hang > /dev/immortal-realdev) & sleep 0.5; "
+      "(timeout 120 sh -c 'echo ping > /dev/immortal-realdev'; echo $? > /tmp/pinged.status) & "
+      "(timeout 120 cat /dev/immortal-realdev > /tmp/queued; echo $? > /tmp/queued.status) & sleep 0.2");
+  json crash = last_event(g.name, "crash");
+  INFO(crash.dump(1).substr(0, 4000));
+  CHECK_THAT(crash.dump(), Catch::Contains("hung-task"));
+  // Its wait-queue entry and its timeout's timer unlinked before its stack is reused.
+  CHECK(plan_has(plan, "kill-sleeping-task", "remove_wait_queue"));
+  CHECK((plan_has(plan, "kill-sleeping-task", "timer_delete") || plan_has(plan, "kill-sleeping-task", "del_timer")));
+  CHECK(plan_has(plan, "kill-sleeping-task", "wake_up_process"));
+  CHECK(plan_has(plan, "release-lock", "mutex_unlock"));
+  CHECK(plan_has(plan, "resume-detector", "hung_task"));
+  CHECK(wait_until([&] { return guest_sh(g.name, "cat /tmp/pinged.status /tmp/queued.status").out == "0\n0\n"; }, 30s));
+  CHECK_THAT(guest_sh(g.name, "cat /tmp/queued").out, Catch::Contains("realdev ops"));
+  // khungtaskd lives on.
+  CHECK_THAT(guest_sh(g.name, "ps").out, Catch::Contains("[khungtaskd]"));
+  CHECK(guest_sh(g.name, "sysctl -q -w kernel.hung_task_panic=0 kernel.hung_task_timeout_secs=120").status == 0);
+  expect_device_answers(g.name);
+}
+
 TEST_CASE("real drivers: what the lock search cannot account for reboots, with the reason in the bundle",
           "[integration][real-drivers]") {
   // A semaphore taken on the crashing path: no owner, so no holder to tell.

@@ -3,6 +3,7 @@
 #include "base/error.h"
 #include "engine/held_locks.h"
 #include "engine/held_references.h"
+#include "engine/hung_tasks.h"
 #include "engine/repair_service.h"
 #include "kernel/lock_waiters.h"
 
@@ -46,7 +47,7 @@ T value_of(const std::vector<std::uint8_t>& bytes) {
 // A lock release must have exactly the shape of the kernel's own unlock of that kind of lock,
 // on a lock in the guest's data (never its code), and a sleeping lock must be owned by the task
 // on the crashing CPU now, as the supervisor reads it itself.
-void validate_release(const repair::RepairAction& a, const Kernel& kernel, std::uint64_t task,
+void validate_release(const repair::RepairAction& a, const Kernel& kernel, const std::set<std::uint64_t>& owners,
                       const repair::HealthyImage* healthy) {
   const auto& t = kernel.types();
   const auto& m = kernel.memory();
@@ -71,7 +72,7 @@ void validate_release(const repair::RepairAction& a, const Kernel& kernel, std::
       fail(ExitCode::failure, "release-lock: a call of {} ({:#x}) for a {}", c.function, c.address, type);
   };
   auto owned = [&](std::uint64_t owner_at) {
-    if (owner_task(m.read_u64(owner_at)) != task)
+    if (!owners.count(owner_task(m.read_u64(owner_at))))
       fail(ExitCode::failure, "release-lock: the {} at {:#x} is not owned by the crashing task", type, lock);
   };
   if (type == "spinlock") {
@@ -90,7 +91,7 @@ void validate_release(const repair::RepairAction& a, const Kernel& kernel, std::
     if (a.calls.empty()) {
       only(1, 0);
       const auto& w = a.writes[0];
-      if (w.address != owner || owner_task(value_of<std::uint64_t>(w.expected)) != task || value_of<std::uint64_t>(w.bytes) != 0)
+      if (w.address != owner || !owners.count(owner_task(value_of<std::uint64_t>(w.expected))) || value_of<std::uint64_t>(w.bytes) != 0)
         fail(ExitCode::failure, "release-lock: not a mutex unlock at {:#x}", lock);
     } else {
       call_of("mutex_unlock");
@@ -109,7 +110,7 @@ void validate_release(const repair::RepairAction& a, const Kernel& kernel, std::
       for (const auto& w : a.writes) {
         auto before = value_of<std::uint64_t>(w.expected), after = value_of<std::uint64_t>(w.bytes);
         bool ok = w.address == count ? after == before - (read ? repair::kRwsemReaderBias : repair::kRwsemWriterLocked)
-                                     : w.address == owner && !read && owner_task(before) == task && after == 0;
+                                     : w.address == owner && !read && owners.count(owner_task(before)) && after == 0;
         if (!ok) fail(ExitCode::failure, "release-lock: not an rwsem unlock at {:#x}", lock);
       }
     }
@@ -141,6 +142,48 @@ void validate_reference(const repair::RepairAction& a, const Kernel& kernel) {
         m.read_value<std::int32_t>(fsd + t.offset_of("debugfs_fsdata", "active_users")) < 1)
       fail(ExitCode::failure, "release-reference: dentry {:#x} is no debugfs file with a reference", object);
   }
+}
+
+// A task asleep in D state is ended: two 8-byte writes on its own stack above where it was
+// switched out — schedule()'s return pointed at oops_end()'s kill sequence (found by the
+// supervisor itself) and SIGKILL for the register that sequence reads — then the kernel's own
+// unlink functions on objects of that stack, then wake_up_process() of the task, last.
+std::uint64_t validate_sleeping_kill(const repair::RepairAction& a, const Kernel& kernel) {
+  const auto& t = kernel.types();
+  const auto& m = kernel.memory();
+  std::uint64_t task = repair::parse_hex(a.detail.value("task", nlohmann::json("0x0")), "the task");
+  if (task < 0xffff800000000000ull) fail(ExitCode::failure, "kill-sleeping-task: {:#x} is no task", task);
+  if (m.read_value<std::uint32_t>(task + t.offset_of("task_struct", "__state")) != repair::kTaskUninterruptible ||
+      m.read_value<std::int32_t>(task + t.offset_of("task_struct", "on_cpu")))
+    fail(ExitCode::failure, "kill-sleeping-task: task {:#x} is not asleep in D state", task);
+  std::uint64_t stack = m.read_u64(task + t.offset_of("task_struct", "stack"));
+  std::uint64_t sp = m.read_u64(task + t.offset_of("task_struct", "thread.sp"));
+  std::uint64_t top = stack + repair::kThreadSize;
+  if (sp < stack || sp >= top) fail(ExitCode::failure, "kill-sleeping-task: the task's stack pointer is off its stack");
+  auto on_stack = [&](std::uint64_t v, std::size_t size) { return v >= sp && v + size <= top && v + size > v; };
+  auto [continuation, reg] = repair::kill_continuation(kernel);
+  if (!continuation) fail(ExitCode::failure, "kill-sleeping-task: oops_end()'s kill sequence is not understood");
+  if (a.writes.size() != 2 || !a.registers.empty()) fail(ExitCode::failure, "kill-sleeping-task: not two writes");
+  std::set<std::uint64_t> values;
+  for (const auto& w : a.writes) {
+    if (w.code || w.bytes.size() != 8 || w.expected.size() != 8 || !on_stack(w.address, 8))
+      fail(ExitCode::failure, "kill-sleeping-task: a write at {:#x} is not on the task's stack", w.address);
+    values.insert(value_of<std::uint64_t>(w.bytes));
+  }
+  if (values != std::set<std::uint64_t>{continuation, 9})
+    fail(ExitCode::failure, "kill-sleeping-task: the writes are not its way to rewind_stack_and_make_dead(SIGKILL)");
+  if (a.calls.empty() || a.calls.back().function != "wake_up_process" ||
+      a.calls.back().address != kernel.symbol("wake_up_process") || a.calls.back().args != std::vector<std::uint64_t>{task})
+    fail(ExitCode::failure, "kill-sleeping-task: the task is not woken last");
+  for (std::size_t i = 0; i + 1 < a.calls.size(); ++i) {
+    const auto& c = a.calls[i];
+    bool queued = c.function == "remove_wait_queue" || c.function == "finish_swait";
+    bool timer = c.function == "del_timer" || c.function == "timer_delete" || c.function == "hrtimer_cancel";
+    if ((!queued && !timer) || c.address != kernel.symbol(c.function) || c.args.size() != (queued ? 2u : 1u) ||
+        !on_stack(c.args.back(), 16) || (queued && (c.args[0] < 0xffff800000000000ull || on_stack(c.args[0], 8))))
+      fail(ExitCode::failure, "kill-sleeping-task: a call of {} ({:#x})", c.function, c.address);
+  }
+  return task;
 }
 
 }  // namespace
@@ -186,7 +229,37 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
     return (w.address == irq_ip && v == kernel.symbol("rewind_stack_and_make_dead")) || (w.address == irq_di && v == 9);
   };
   std::size_t writes = 0, calls = 0;
+  // Locks may be released for the task on the crashing CPU, and for sleeping tasks the plan ends.
+  std::set<std::uint64_t> owners;
+  if (auto current = kernel.symbols().percpu_offset("current_task")) {
+    try {
+      owners.insert(kernel.memory().read_u64(crash.percpu_base + *current));
+    } catch (const MemoryFault&) {
+    }
+  }
   for (const auto& a : plan.actions) {
+    if (a.kind != "kill-sleeping-task") continue;
+    try {
+      owners.insert(validate_sleeping_kill(a, kernel));
+    } catch (const MemoryFault& e) {
+      fail(ExitCode::failure, "kill-sleeping-task: {}", e.what());
+    }
+    calls += a.calls.size();
+    writes += a.writes.size();
+  }
+  if (owners.size() > 1 + repair::kMaxHungCulprits) fail(ExitCode::failure, "the plan ends too many sleeping tasks");
+  for (const auto& a : plan.actions) {
+    if (a.kind == "kill-sleeping-task") continue;
+    if (a.kind == "resume-detector") {
+      // khungtaskd goes on: its panic flag cleared, its position and stack pointer set.
+      std::uint64_t flag = kernel.symbol("hung_task_call_panic");
+      if (a.writes.size() != 1 || a.writes[0].address != flag || a.writes[0].bytes != std::vector<std::uint8_t>{0} ||
+          a.writes[0].code || !a.calls.empty())
+        fail(ExitCode::failure, "resume-detector: not a clear of hung_task_call_panic");
+      for (const auto& r : a.registers)
+        if (r.name != "rip" && r.name != "rsp") fail(ExitCode::failure, "resume-detector: the plan changes register {}", r.name);
+      continue;
+    }
     if (a.kind == "restore-code") {
       validate_restore(a, healthy);
       continue;
@@ -195,10 +268,9 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
       writes += a.writes.size();
       calls += a.calls.size();
       if (writes > limits.max_writes || calls > limits.max_calls) fail(ExitCode::failure, "the plan releases too many locks");
-      auto current = kernel.symbols().percpu_offset("current_task");
-      if (!current) fail(ExitCode::failure, "the profile has no per-CPU current_task");
+      if (owners.empty()) fail(ExitCode::failure, "the profile has no per-CPU current_task");
       try {
-        validate_release(a, kernel, kernel.memory().read_u64(crash.percpu_base + *current), healthy);
+        validate_release(a, kernel, owners, healthy);
       } catch (const MemoryFault& e) {
         fail(ExitCode::failure, "release-lock: {}", e.what());
       }

@@ -7,7 +7,7 @@
 namespace immortal::vmm {
 
 const std::set<std::string>& RecoveryPolicy::recoverable_kinds() {
-  static const std::set<std::string> kinds{"oops", "bug", "warn", "panic", "text-corruption", "soft-lockup"};
+  static const std::set<std::string> kinds{"oops", "bug", "warn", "panic", "text-corruption", "soft-lockup", "hung-task"};
   return kinds;
 }
 
