@@ -79,6 +79,9 @@ HungTaskSearch find_hung_tasks(const Kernel& kernel, const CrashAnalysis& analys
 std::pair<std::uint64_t, std::string> kill_continuation(const Kernel& kernel);
 
 inline constexpr std::uint32_t kTaskUninterruptible = 0x2;
+// include/linux/sched.h: TASK_PARKED, a state only kthread_unpark() wakes (for kernel threads):
+// a culprit parked in it is woken by nothing but the repair's own wake_up_state().
+inline constexpr std::uint32_t kTaskParked = 0x40;
 inline constexpr std::size_t kMaxHungCulprits = 4;
 
 }  // namespace immortal::repair

@@ -351,7 +351,10 @@ namespace {
 RepairPlan plan_hung_tasks(const Kernel& kernel, const CrashRecord& record, const CrashAnalysis& a, RepairPlan plan) {
   const X86Registers& regs = record.registers.at(static_cast<std::size_t>(record.vcpu));
   const auto& symbols = kernel.symbols();
-  std::vector<RepairAction> quarantined, release, end_context;
+  // Order: nothing may wake the culprit into its driver code once its locks are released, so
+  // it is parked first (a state only the final wake-up matches), its schedule() pointed at its
+  // death; then its locks are released and its stack's links undone; then it is woken.
+  std::vector<RepairAction> quarantined, stop, release, wake, end_context;
   std::vector<std::string> notes;
   for (const auto& h : a.hung.tasks) {
     if (!h.culprit) continue;
@@ -366,6 +369,8 @@ RepairPlan plan_hung_tasks(const Kernel& kernel, const CrashRecord& record, cons
     }
     RepairAction kill{"kill-sleeping-task", fmt::format("{} (pid {}) sleeps for ever in module {} ({})", h.comm, h.pid,
                                                         h.module, h.function), {}, {}, {}, {}};
+    std::uint64_t state = h.task + kernel.types().offset_of("task_struct", "__state");
+    kill.writes.push_back({state, bytes_of(kTaskUninterruptible), bytes_of(kTaskParked), false});
     kill.writes.push_back({h.return_slot, bytes_of(h.return_address), bytes_of(a.hung.continuation), false});
     kill.writes.push_back({h.signal_slot, bytes_of(h.signal_slot_value), bytes_of(kSigkill), false});
     nlohmann::json unlinked = nlohmann::json::array();
@@ -374,7 +379,6 @@ RepairPlan plan_hung_tasks(const Kernel& kernel, const CrashRecord& record, cons
       kill.calls.push_back({l.release, kernel.symbol(l.release), args});
       unlinked.push_back(l.to_json());
     }
-    kill.calls.push_back({"wake_up_process", kernel.symbol("wake_up_process"), {h.task}});
     if (kill.calls.size() > kMaxActionCalls) {
       plan.reason = fmt::format("{} (pid {}) has {} objects of its stack linked into the kernel", h.comm, h.pid, h.links.size());
       return plan;
@@ -382,7 +386,11 @@ RepairPlan plan_hung_tasks(const Kernel& kernel, const CrashRecord& record, cons
     kill.detail = {{"task", fmt::format("{:#x}", h.task)}, {"pid", h.pid}, {"comm", h.comm}, {"signal", "SIGKILL"},
                    {"schedule_returns_to", symbols.describe(a.hung.continuation)},
                    {"register", a.hung.continuation_register}, {"unlinked", unlinked}};
-    end_context.push_back(std::move(kill));
+    stop.push_back(std::move(kill));
+    RepairAction w{"wake-task", fmt::format("{} (pid {}) runs into its death", h.comm, h.pid), {}, {}, {}, {}};
+    w.calls.push_back({"wake_up_state", kernel.symbol("wake_up_state"), {h.task, kTaskParked}});
+    w.detail = {{"task", fmt::format("{:#x}", h.task)}, {"pid", h.pid}};
+    wake.push_back(std::move(w));
     const Frame& entry = h.backtrace.frames.at(static_cast<std::size_t>(h.entry_frame));
     if (const Symbol* s = symbols.lookup(entry.pc - 1)) {
       auto parent = symbols.address_in(stripped(s->name), s->module);
@@ -398,7 +406,7 @@ RepairPlan plan_hung_tasks(const Kernel& kernel, const CrashRecord& record, cons
   resume.writes.push_back({flag, read_bytes(kernel, flag, 1), {0}, false});
   resume.detail = {{"resumes_at", symbols.describe(a.hung.detector_resume)}};
   end_context.push_back(std::move(resume));
-  for (auto* group : {&quarantined, &release, &end_context})
+  for (auto* group : {&quarantined, &stop, &release, &wake, &end_context})
     for (auto& x : *group) plan.actions.push_back(std::move(x));
   plan.resume = true;
   std::vector<std::string> kinds;

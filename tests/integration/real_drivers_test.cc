@@ -322,7 +322,7 @@ TEST_CASE("real drivers: a hung task (asleep for ever in the driver, holding the
   // Its wait-queue entry and its timeout's timer unlinked before its stack is reused.
   CHECK(plan_has(plan, "kill-sleeping-task", "remove_wait_queue"));
   CHECK((plan_has(plan, "kill-sleeping-task", "timer_delete") || plan_has(plan, "kill-sleeping-task", "del_timer")));
-  CHECK(plan_has(plan, "kill-sleeping-task", "wake_up_process"));
+  CHECK(plan_has(plan, "wake-task", "wake_up_state"));  // parked first, woken last
   CHECK(plan_has(plan, "release-lock", "mutex_unlock"));
   CHECK(plan_has(plan, "resume-detector", "hung_task"));
   CHECK(wait_until([&] { return guest_sh(g.name, "cat /tmp/pinged.status /tmp/queued.status").out == "0\n0\n"; }, 30s));

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 #include <set>
+#include <span>
 
 namespace immortal::vmm {
 
@@ -144,10 +145,11 @@ void validate_reference(const repair::RepairAction& a, const Kernel& kernel) {
   }
 }
 
-// A task asleep in D state is ended: two 8-byte writes on its own stack above where it was
-// switched out — schedule()'s return pointed at oops_end()'s kill sequence (found by the
-// supervisor itself) and SIGKILL for the register that sequence reads — then the kernel's own
-// unlink functions on objects of that stack, then wake_up_process() of the task, last.
+// A task asleep in D state is ended: its state set from TASK_UNINTERRUPTIBLE to TASK_PARKED (so
+// that nothing but the plan's wake-task wakes it), two 8-byte writes on its own stack above
+// where it was switched out — schedule()'s return pointed at oops_end()'s kill sequence (found
+// by the supervisor itself) and SIGKILL for the register that sequence reads — then the
+// kernel's own unlink functions on objects of that stack. A wake-task wakes it later.
 std::uint64_t validate_sleeping_kill(const repair::RepairAction& a, const Kernel& kernel) {
   const auto& t = kernel.types();
   const auto& m = kernel.memory();
@@ -163,19 +165,21 @@ std::uint64_t validate_sleeping_kill(const repair::RepairAction& a, const Kernel
   auto on_stack = [&](std::uint64_t v, std::size_t size) { return v >= sp && v + size <= top && v + size > v; };
   auto [continuation, reg] = repair::kill_continuation(kernel);
   if (!continuation) fail(ExitCode::failure, "kill-sleeping-task: oops_end()'s kill sequence is not understood");
-  if (a.writes.size() != 2 || !a.registers.empty()) fail(ExitCode::failure, "kill-sleeping-task: not two writes");
+  if (a.writes.size() != 3 || !a.registers.empty()) fail(ExitCode::failure, "kill-sleeping-task: not three writes");
+  const auto& park = a.writes[0];
+  if (park.address != task + t.offset_of("task_struct", "__state") || park.code || park.bytes.size() != 4 ||
+      park.expected.size() != 4 || value_of<std::uint32_t>(park.expected) != repair::kTaskUninterruptible ||
+      value_of<std::uint32_t>(park.bytes) != repair::kTaskParked)
+    fail(ExitCode::failure, "kill-sleeping-task: the task is not parked first");
   std::set<std::uint64_t> values;
-  for (const auto& w : a.writes) {
+  for (const auto& w : std::span(a.writes).subspan(1)) {
     if (w.code || w.bytes.size() != 8 || w.expected.size() != 8 || !on_stack(w.address, 8))
       fail(ExitCode::failure, "kill-sleeping-task: a write at {:#x} is not on the task's stack", w.address);
     values.insert(value_of<std::uint64_t>(w.bytes));
   }
   if (values != std::set<std::uint64_t>{continuation, 9})
     fail(ExitCode::failure, "kill-sleeping-task: the writes are not its way to rewind_stack_and_make_dead(SIGKILL)");
-  if (a.calls.empty() || a.calls.back().function != "wake_up_process" ||
-      a.calls.back().address != kernel.symbol("wake_up_process") || a.calls.back().args != std::vector<std::uint64_t>{task})
-    fail(ExitCode::failure, "kill-sleeping-task: the task is not woken last");
-  for (std::size_t i = 0; i + 1 < a.calls.size(); ++i) {
+  for (std::size_t i = 0; i < a.calls.size(); ++i) {
     const auto& c = a.calls[i];
     bool queued = c.function == "remove_wait_queue" || c.function == "finish_swait";
     bool timer = c.function == "del_timer" || c.function == "timer_delete" || c.function == "hrtimer_cancel";
@@ -248,8 +252,34 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
     writes += a.writes.size();
   }
   if (owners.size() > 1 + repair::kMaxHungCulprits) fail(ExitCode::failure, "the plan ends too many sleeping tasks");
+  {
+    // Every parked task is woken, after it was parked.
+    std::set<std::uint64_t> parked_now, woken;
+    for (const auto& a : plan.actions) {
+      if (a.kind == "kill-sleeping-task") parked_now.insert(repair::parse_hex(a.detail.value("task", nlohmann::json("0x0")), "the task"));
+      if (a.kind == "wake-task" && a.calls.size() == 1 && !a.calls[0].args.empty()) {
+        if (!parked_now.count(a.calls[0].args[0])) fail(ExitCode::failure, "wake-task: a task woken before it is parked");
+        woken.insert(a.calls[0].args[0]);
+      }
+    }
+    if (woken != parked_now) fail(ExitCode::failure, "kill-sleeping-task: a parked task is never woken");
+  }
+  std::set<std::uint64_t> parked;
   for (const auto& a : plan.actions) {
-    if (a.kind == "kill-sleeping-task") continue;
+    if (a.kind == "kill-sleeping-task") {
+      parked.insert(repair::parse_hex(a.detail.value("task", nlohmann::json("0x0")), "the task"));
+      continue;
+    }
+    if (a.kind == "wake-task") {
+      // The one wake-up of a task a kill-sleeping-task before it parked.
+      if (a.calls.size() != 1 || !a.writes.empty() || !a.registers.empty() || a.calls[0].function != "wake_up_state" ||
+          a.calls[0].address != kernel.symbol("wake_up_state") || a.calls[0].args.size() != 2 ||
+          !parked.count(a.calls[0].args[0]) || a.calls[0].args[1] != repair::kTaskParked)
+        fail(ExitCode::failure, "wake-task: not the wake-up of a task the plan parked");
+      parked.erase(a.calls[0].args[0]);
+      if (++calls > limits.max_calls) fail(ExitCode::failure, "the plan calls too many guest functions");
+      continue;
+    }
     if (a.kind == "resume-detector") {
       // khungtaskd goes on: its panic flag cleared, its position and stack pointer set.
       std::uint64_t flag = kernel.symbol("hung_task_call_panic");
