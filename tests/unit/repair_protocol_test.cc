@@ -37,7 +37,9 @@ std::unique_ptr<Kernel> kernel_with(test::VectorMemory& ram) {
   return Kernel::assemble(ram, KernelLayout{0x1000},
                           SymbolTable::from_kallsyms("ffffffff80100000 T _stext\nffffffff80100000 T func\n"
                                                      "ffffffff80100040 T other\nffffffff80101000 T _etext\n"
-                                                     "ffffffff80200000 D tainted_mask\n"),
+                                                     "ffffffff80100080 T wake_up_state\n"
+                                                     "ffffffff80200000 D tainted_mask\n"
+                                                     "ffffffff80200010 b hung_task_call_panic\n"),
                           test::linux_like_types(), "test");
 }
 
@@ -209,4 +211,34 @@ TEST_CASE("plan validation: a code restore may only write the healthy copy's byt
   CHECK(refused(not_code));
   CHECK(refused([&] { auto p = plan; p.vcpu = 0; return p; }()));
   CHECK_THROWS(vmm::validate_plan(plan, context, *kernel, nullptr));
+}
+
+TEST_CASE("plan validation: khungtaskd's resume clears its flag only; a task is woken only if the plan parked it",
+          "[repair]") {
+  test::VectorMemory ram(4 << 20);
+  auto kernel = kernel_with(ram);
+  repair::HealthyImage healthy;
+  healthy.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90)});
+  healthy.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100});
+  vmm::PlanContext context{1, "drv", 0, healthy.modules[0]};
+  repair::RepairPlan plan;
+  plan.resume = true;
+  plan.vcpu = 1;
+  plan.actions.push_back({"resume-detector", "", {{0xffffffff80200010, {1}, {0}, false}},
+                          {{"rip", 0x10, 0xffffffff80100040}, {"rsp", 0x100, 0x108}}, json::object(), {}});
+  CHECK_NOTHROW(vmm::validate_plan(plan, context, *kernel, &healthy));
+  auto refused = [&](repair::RepairPlan p) {
+    try {
+      vmm::validate_plan(p, context, *kernel, &healthy);
+    } catch (const Error&) {
+      return true;
+    }
+    return false;
+  };
+  CHECK(refused([&] { auto p = plan; p.actions[0].writes[0].address = 0xffffffff80200000; return p; }()));  // the taint
+  CHECK(refused([&] { auto p = plan; p.actions[0].writes[0].bytes = {2}; return p; }()));
+  CHECK(refused([&] { auto p = plan; p.actions[0].registers.push_back({"rdi", 0, 9}); return p; }()));
+  auto wake = plan;
+  wake.actions.push_back({"wake-task", "", {}, {}, json::object(), {{"wake_up_state", 0xffffffff80100080, {0xffff888000100000, 0x40}}}});
+  CHECK(refused(wake));  // no kill-sleeping-task parked that task
 }
