@@ -20,6 +20,7 @@ namespace {
 constexpr std::uint64_t kKernelSpaceStart = 0xffff800000000000ull;
 constexpr std::size_t kMaxMessage = 256;
 constexpr std::size_t kLogRecordsToSearch = 80;
+constexpr std::uint64_t kStackRoom = 2048;  // a stack pointer this far above the stack's base has not overflowed
 
 // The name of the function containing address, without the compiler's ".cold" split suffix.
 std::string function_of(const SymbolTable& symbols, std::uint64_t address, std::string* module = nullptr) {
@@ -65,7 +66,18 @@ void read_oops_text(const Kernel& kernel, CrashAnalysis& a) {
   if (a.kind == "oops" && bug_seen) a.kind = "bug";
   if (a.oops_header.rfind("invalid opcode", 0) == 0 && !bug_seen)
     a.unsafe.push_back("an invalid instruction that is not a BUG(): the code itself may be corrupted");
-  if (a.oops_header.find("stack guard page") != std::string::npos || a.oops_header.rfind("double fault", 0) == 0) {
+  bool guard = a.oops_header.find("stack guard page") != std::string::npos;
+  bool double_fault = a.oops_header.rfind("double fault", 0) == 0;
+  // A page fault in the guard page below a task's stack is reported as a stack overflow; with
+  // the stack pointer well inside the stack it was a stray access below it (a bad pointer),
+  // not an overflow: the stack is whole.
+  std::uint64_t sp = a.fault_registers.rsp;
+  bool stray = guard && !double_fault && a.context == "process" && a.fault_frame > 0 && a.task_stack &&
+               sp >= a.task_stack + kStackRoom && sp < a.task_stack + kThreadSize;
+  if (stray) {
+    a.notes.push_back(fmt::format("the access hit the guard page below the task's stack while its stack pointer was "
+                                  "{} bytes inside the stack: a stray access, not an overflow", sp - a.task_stack));
+  } else if (guard || double_fault) {
     a.kind = "double-fault";  // the #DF handler's die(): a kernel stack overflow
     a.unsafe.push_back("a kernel stack overflow (double fault): the stack below the task is not trustworthy");
   }
@@ -259,9 +271,12 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
       a.fault_frame = first_regs_frame();
       a.detector_levels = kHardirqOffset;
       a.stopped_by = "the soft-lockup watchdog (softlockup_panic)";
-    } else if (stripped_name(a.panic_caller) == "watchdog" && a.message == "hung_task: blocked tasks" &&
-               caller_module.empty()) {
-      a.kind = "hung-task";  // khungtaskd (kernel/hung_task.c), hung_task_panic
+    } else if ((stripped_name(a.panic_caller) == "watchdog" ||
+                stripped_name(a.panic_caller) == "check_hung_uninterruptible_tasks") &&
+               a.message == "hung_task: blocked tasks" && caller_module.empty()) {
+      // khungtaskd (kernel/hung_task.c) with hung_task_panic; its check is inlined into its
+      // thread function in Debian's 6.1.
+      a.kind = "hung-task";
     } else if (a.panic_caller == "oops_end") {
       a.kind = "oops";
       a.fault_frame = first_regs_frame();
@@ -421,7 +436,7 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
   // hrtimer's callback, an interrupt handler the IRQ core called); not, say, the kernel's own
   // interrupt entry half-way through.
   const Dispatcher* dispatcher = dispatcher_named(a.outer_caller);
-  bool hardirq_callback = a.context == "hardirq" && dispatcher && !dispatcher->interrupts_on;
+  bool hardirq_callback = a.context == "hardirq" && dispatcher && dispatcher->hard_interrupt;
   if (a.context == "nmi" || (a.context == "hardirq" && !hardirq_callback))
     a.unsafe.push_back("the crash happened in " + a.context + " context");
   if (a.context == "idle") a.unsafe.push_back("the crash happened in the idle task");

@@ -13,7 +13,8 @@ namespace immortal::repair {
 struct Dispatcher {
   const char* function;
   const char* what;
-  bool interrupts_on;      // as the dispatcher runs callbacks; off: a hard-interrupt dispatcher
+  bool interrupts_on;      // as the dispatcher runs callbacks
+  bool hard_interrupt;     // it runs them in hard-interrupt context
   ReturnType returns;      // what the dispatcher expects back (its callback type), BTF or not
   std::uint64_t ended_as;  // what the ended call returns to it now
 };

@@ -484,6 +484,10 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       // way: do_exit() completes its exit for whoever waits in kthread_stop().
       bool lockup = a.kind == "soft-lockup";
       std::uint64_t task_sp = lockup ? a.fault_registers.rsp : regs.rsp;
+      // A stray access to the stack's guard page is reported from the #DF stack
+      // (handle_stack_overflow() runs there); rewind_stack_and_make_dead leaves it for the task's.
+      bool guard_report = a.kind == "oops" && a.oops_header.find("stack guard page") != std::string::npos;
+      if (guard_report) task_sp = a.fault_registers.rsp;
       if (task_sp < a.task_stack || task_sp >= a.task_stack + kThreadSize) {
         plan.reason = lockup ? "the spinning code is not on its task's stack" : "the crashing CPU is not on its task's stack";
         return plan;

@@ -50,8 +50,7 @@ void wait_for_repair_vm(const std::string& name) {
 
 // Runs `trigger` in the guest (it crashes the kernel), waits for the outcome and returns the
 // crash's plan. The guest must come back recovered (same boot id).
-json expect_recovered(const std::string& trigger) {
-  auto& g = guest();
+json expect_recovered_in(Guest& g, const std::string& trigger) {
   INFO("trigger: " << trigger);
   wait_for_repair_vm(g.name);
   REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
@@ -74,6 +73,8 @@ json expect_recovered(const std::string& trigger) {
   for (const auto& c : recovered.value("checks", json::array())) CHECK(c.value("passed", false));
   return last_event(g.name, "plan")["plan"];
 }
+
+json expect_recovered(const std::string& trigger) { return expect_recovered_in(guest(), trigger); }
 
 // The device's users return: the misc device (every lock of the device), and nothing hangs.
 void expect_device_answers(const std::string& name) {
@@ -251,6 +252,26 @@ TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt
     }
   }
   CHECK(status_of(g.name).value("boot_id", "") == g.boot_id);
+}
+
+TEST_CASE("real drivers: with threadirqs, a crash in an interrupt handler forced into its thread is ended",
+          "[integration][real-drivers]") {
+  // Its own guest: forced threading is a boot option.
+  Guest g{unique_name("threadirqs"), ""};
+  auto run = run_cli({"run", "--name", g.name, "--detach", "--append", "console=ttyS0 threadirqs"});
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  REQUIRE(wait_until([&] { return status_of(g.name).value("recovery_state", json::object()).value("armed", false); }, 60s));
+  g.boot_id = status_of(g.name).value("boot_id", "");
+  json plan = expect_recovered_in(g, "echo irq > /dev/immortal-realdev");
+  CHECK(plan_has(plan, "end-callback", "irq_forced_thread_fn"));
+  CHECK(plan_has(plan, "release-lock", "spinlock"));
+  expect_device_answers(g.name);
+  // Quarantined, the handler answers IRQ_NONE: the line can fire again.
+  CHECK(guest_sh(g.name, "echo irq > /dev/immortal-realdev").status == 0);
+  CHECK(guest_sh(g.name, "true").status == 0);
+  CHECK(status_of(g.name).value("boot_id", "") == g.boot_id);
+  CHECK(run_cli({"stop", g.name}).status == 0);
 }
 
 TEST_CASE("real drivers: a timer that crashes on the CPU of a task busy under a spinlock: the callback's own "

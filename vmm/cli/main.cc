@@ -3,6 +3,7 @@
 //   immortal list | status NAME | exec NAME -- CMD... | stop NAME
 #include "base/error.h"
 #include "cli/commands.h"
+#include "recovery/recovery_policy.h"
 #include "report/dump_report.h"
 
 #include <CLI/CLI.hpp>
@@ -36,8 +37,9 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--console-log", run.console_log, "serial console log file (default: in the runtime dir)");
   run_cmd->add_option("--recovery", run.recovery, "on or off: off lets the stock kernel's crash behaviour show")
       ->check(CLI::IsMember({"on", "off"}));
+  const auto& kinds = vmm::RecoveryPolicy::recoverable_kinds();
   run_cmd->add_option("--no-recover", run.no_recover, "a crash kind recovery must not repair (oops, bug, warn, panic, text-corruption, soft-lockup, hung-task); repeatable")
-      ->check(CLI::IsMember({"oops", "bug", "warn", "panic"}));
+      ->check(CLI::IsMember(std::vector<std::string>(kinds.begin(), kinds.end())));
   run_cmd->add_option("--recovery-limit", run.recovery_limit, "at most COUNT recoveries in SECONDS, then reboot (default: 20/600)");
   run_cmd->add_option("--hang-timeout", run.hang_timeout_s, "seconds without an agent heartbeat before the guest counts as hung (default: 30)")
       ->check(CLI::Range(3, 86400));
