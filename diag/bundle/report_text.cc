@@ -77,6 +77,12 @@ std::string render_report(const json& r) {
       for (const auto& l : *locks)
         line("  lock:", fmt::format("{} {} held{}", text_at(l, {"kind"}), text_at(l, {"symbol"}),
                                     text_at(l, {"note"}).empty() ? "" : " (" + text_at(l, {"note"}) + ")"));
+    if (const json* hung = at(r, {"crash", "hung_tasks"}); hung && hung->is_array())
+      for (const auto& h : *hung)
+        line("  hung:", fmt::format("{} (pid {}): {}{}", or_q(text_at(h, {"comm"})), or_q(text_at(h, {"pid"})),
+                                    or_q(text_at(h, {"role"})),
+                                    !text_at(h, {"sleeps_in"}).empty() ? ", asleep in " + text_at(h, {"sleeps_in"})
+                                    : !text_at(h, {"waits_on"}).empty() ? ", on " + text_at(h, {"waits_on"}) : ""));
   }
   std::string timing;
   for (auto [key, label] : {std::pair{"snapshot_pause_ms", "memory copied in"}, std::pair{"guest_paused_ms", "guest paused"},

@@ -330,6 +330,10 @@ HungTaskSearch Finder::run() {
   for (std::uint64_t task : all_tasks(kernel_, kMaxTasks, &problems)) {
     try {
       if (!hung(task, jiffies, timeout * hz)) continue;
+      if (out_.tasks.size() == kMaxHungTasks) {
+        out_.unsafe.push_back(fmt::format("more than {} tasks are hung", kMaxHungTasks));
+        return std::move(out_);
+      }
       HungTask h;
       h.task = task;
       h.pid = mem_.read_value<std::int32_t>(task + types_.offset_of("task_struct", "pid"));

@@ -83,5 +83,6 @@ inline constexpr std::uint32_t kTaskUninterruptible = 0x2;
 // a culprit parked in it is woken by nothing but the repair's own wake_up_state().
 inline constexpr std::uint32_t kTaskParked = 0x40;
 inline constexpr std::size_t kMaxHungCulprits = 4;
+inline constexpr std::size_t kMaxHungTasks = 64;  // culprits and victims
 
 }  // namespace immortal::repair

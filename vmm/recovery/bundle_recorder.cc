@@ -40,7 +40,7 @@ json crash_summary(const BundleJob& job) {
   copy(r, "time", "time");
   copy(r, "caught_by", "caught_by");
   copy(r, "intercepted_at", "intercepted_at");
-  for (const char* k : {"kind", "context", "cpu", "message", "oops", "module", "entry", "entry_caller", "locks_held"})
+  for (const char* k : {"kind", "context", "cpu", "message", "oops", "module", "entry", "entry_caller", "locks_held", "hung_tasks"})
     copy(a, k, k);
   if (a.is_object() && a.contains("task") && a["task"].is_object())
     c["task"] = {{"pid", a["task"].value("pid", -1)}, {"comm", a["task"].value("comm", "")}};
