@@ -8,13 +8,11 @@
 #include "kernel/modules.h"
 #include "kernel/orc_unwind.h"
 #include "x86_64/code_decoder.h"
-#include "x86_64/prologue.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -67,35 +65,6 @@ std::uint64_t detector_resume_point(const Kernel& kernel, const Symbol& caller, 
     }
   }
   return 0;
-}
-
-// The save slot, in the frames from 0 up to `target` (which returns), that register `name`
-// is restored from when target returns: the outermost frame whose prologue pushed it, else
-// the switch frame the task was switched out with (__switch_to_asm restores it from there).
-std::uint64_t restore_slot(const Kernel& kernel, const Backtrace& bt, std::size_t target, const std::string& name,
-                           std::uint64_t switch_slot) {
-  const auto& symbols = kernel.symbols();
-  std::uint64_t slot = switch_slot;
-  for (std::size_t i = 0; i <= target && i + 1 < bt.frames.size(); ++i) {
-    const Frame& f = bt.frames[i];
-    const Symbol* s = symbols.lookup(i == 0 ? f.pc : f.pc - 1);
-    if (!s) fail(ExitCode::bad_input, "no symbol for frame {}", i);
-    std::uint64_t start = s->address;
-    std::uint32_t at = static_cast<std::uint32_t>(f.pc - s->address);
-    if (auto dot = s->name.find(".cold"); dot != std::string::npos) {
-      auto parent = symbols.address_in(s->name.substr(0, dot), s->module);
-      if (!parent) fail(ExitCode::bad_input, "no parent function for {}", s->name);
-      start = *parent;
-      at = std::numeric_limits<std::uint32_t>::max();
-    }
-    std::vector<std::uint8_t> head(64);
-    kernel.memory().read(start, std::as_writable_bytes(std::span(head)));
-    Prologue p = decode_prologue(head);
-    std::uint64_t cfa = bt.frames[i + 1].sp;
-    for (std::size_t j = 0; j < p.pushes.size(); ++j)
-      if (p.pushes[j].offset < at && p.pushes[j].name == name) slot = cfa - 16 - 8 * j;
-  }
-  return slot;
 }
 
 class Finder {
@@ -263,16 +232,23 @@ void Finder::culprit(HungTask& h) {
     fail(ExitCode::bad_input, "schedule() is not on its stack");
   if (h.module_frame <= h.schedule_frame) fail(ExitCode::bad_input, "the driver's frame is not above schedule()");
   auto sf = static_cast<std::size_t>(h.schedule_frame);
-  // The prologues must match the stack all the way (as any return we plan).
-  return_from_frame(kernel_, h.backtrace, 0, h.sleep_registers, sf);
+  // Where the continuation's register comes back from when schedule() returns: the outermost
+  // frame up to schedule() whose prologue pushed it, else the switch frame the task was
+  // switched out with (__switch_to_asm restores it from there). The prologues must match the
+  // stack all the way, as for any return a plan makes.
+  std::map<std::string, std::uint64_t> restored_from;
+  return_from_frame(kernel_, h.backtrace, 0, h.sleep_registers, sf, &restored_from);
   std::uint64_t cfa = frames[sf + 1].sp;
   h.return_slot = cfa - 8;
   h.return_address = mem_.read_u64(h.return_slot);
-  std::uint64_t switch_sp = mem_.read_u64(h.task + types_.offset_of("task_struct", "thread.sp"));
   std::string reg = out_.continuation_register;
-  const char* frame_field = reg == "rbx" ? "bx" : reg == "rbp" ? "bp" : reg.c_str();
-  std::uint64_t switch_slot = switch_sp + types_.offset_of("inactive_task_frame", frame_field);
-  h.signal_slot = restore_slot(kernel_, h.backtrace, sf, reg, switch_slot);
+  if (auto slot = restored_from.find(reg); slot != restored_from.end()) {
+    h.signal_slot = slot->second;
+  } else {
+    std::uint64_t switch_sp = mem_.read_u64(h.task + types_.offset_of("task_struct", "thread.sp"));
+    const char* field = reg == "rbx" ? "bx" : reg == "rbp" ? "bp" : reg.c_str();
+    h.signal_slot = switch_sp + types_.offset_of("inactive_task_frame", field);
+  }
   h.signal_slot_value = mem_.read_u64(h.signal_slot);
   links(h, cfa, h.stack + kThreadSize);
   // What it holds: the lock search of a crash, from where it sleeps (it holds no spinlock:

@@ -309,7 +309,7 @@ std::string hex_bytes(const std::vector<std::uint8_t>& bytes) {
 
 
 X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::size_t from, X86Registers state,
-                               std::size_t target) {
+                               std::size_t target, std::map<std::string, std::uint64_t>* restored_from) {
   const auto& symbols = kernel.symbols();
   const auto& frames = bt.frames;
   if (from > target || target + 1 >= frames.size()) fail(ExitCode::bad_input, "no caller frame to return to");
@@ -333,8 +333,11 @@ X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::s
     if (!p.frame_pointer && cfa - 8 - f.sp != depth)
       fail(ExitCode::bad_input, "the prologue of {} ({} bytes saved) does not match the stack ({} bytes)",
            stripped(s->name), depth, cfa - 8 - f.sp);
-    for (std::size_t j = 0; j < p.pushes.size(); ++j)
-      if (p.pushes[j].offset < at) *state.field(p.pushes[j].name) = kernel.memory().read_u64(cfa - 16 - 8 * j);
+    for (std::size_t j = 0; j < p.pushes.size(); ++j) {
+      if (p.pushes[j].offset >= at) continue;
+      *state.field(p.pushes[j].name) = kernel.memory().read_u64(cfa - 16 - 8 * j);
+      if (restored_from) (*restored_from)[p.pushes[j].name] = cfa - 16 - 8 * j;
+    }
     if (i == target) {
       state.rip = kernel.memory().read_u64(cfa - 8);
       state.rsp = cfa;
@@ -344,6 +347,20 @@ X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::s
 }
 
 namespace {
+
+// The plan resumes with these groups of actions, in this order; its reason names them, then
+// the notes.
+RepairPlan resume_with(RepairPlan plan, std::initializer_list<std::vector<RepairAction>*> groups,
+                       const std::vector<std::string>& notes) {
+  for (auto* group : groups)
+    for (auto& x : *group) plan.actions.push_back(std::move(x));
+  plan.resume = true;
+  std::vector<std::string> kinds;
+  for (const auto& x : plan.actions) kinds.push_back(x.kind);
+  plan.reason = fmt::format("{}", fmt::join(kinds, ", "));
+  for (const auto& n : notes) plan.reason += "; " + n;
+  return plan;
+}
 
 // A hung task (hung_tasks.h): each culprit's locks released, its linked stack objects unlinked,
 // its schedule() pointed at its death and the task woken; its entry point quarantined;
@@ -406,14 +423,7 @@ RepairPlan plan_hung_tasks(const Kernel& kernel, const CrashRecord& record, cons
   resume.writes.push_back({flag, read_bytes(kernel, flag, 1), {0}, false});
   resume.detail = {{"resumes_at", symbols.describe(a.hung.detector_resume)}};
   end_context.push_back(std::move(resume));
-  for (auto* group : {&quarantined, &stop, &release, &wake, &end_context})
-    for (auto& x : *group) plan.actions.push_back(std::move(x));
-  plan.resume = true;
-  std::vector<std::string> kinds;
-  for (const auto& x : plan.actions) kinds.push_back(x.kind);
-  plan.reason = fmt::format("{}", fmt::join(kinds, ", "));
-  for (const auto& n : notes) plan.reason += "; " + n;
-  return plan;
+  return resume_with(std::move(plan), {&quarantined, &stop, &release, &wake, &end_context}, notes);
 }
 
 }  // namespace
@@ -425,17 +435,6 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     plan.reason = fmt::format("{}", fmt::join(a.unsafe, "; "));
     return plan;
   }
-  if (a.kind == "hung-task") {
-    try {
-      return plan_hung_tasks(kernel, record, a, plan);
-    } catch (const Error& e) {
-      plan.reason = std::string("no safe repair: ") + e.what();
-      return plan;
-    } catch (const MemoryFault& e) {
-      plan.reason = std::string("no safe repair: ") + e.what();
-      return plan;
-    }
-  }
   const X86Registers& regs = record.registers.at(static_cast<std::size_t>(record.vcpu));
   const auto& symbols = kernel.symbols();
   std::vector<std::string> notes;
@@ -446,6 +445,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
   // locks, then what ends the crashing context, then bookkeeping.
   std::vector<RepairAction> release, end_context, quarantined, bookkeeping;
   try {
+    if (a.kind == "hung-task") return plan_hung_tasks(kernel, record, a, plan);
     // 1. What the kernel code on the crashing path took for the driver, dropped as it would have
     //    after the driver returned; then the locks the crash left held, released as the kernel's
     //    own unlock would.
@@ -647,14 +647,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     plan.reason = std::string("no safe repair: ") + e.what();
     return plan;
   }
-  for (auto* group : {&quarantined, &release, &end_context, &bookkeeping})
-    for (auto& x : *group) plan.actions.push_back(std::move(x));
-  plan.resume = true;
-  std::vector<std::string> kinds;
-  for (const auto& x : plan.actions) kinds.push_back(x.kind);
-  plan.reason = fmt::format("{}", fmt::join(kinds, ", "));
-  for (const auto& n : notes) plan.reason += "; " + n;
-  return plan;
+  return resume_with(std::move(plan), {&quarantined, &release, &end_context, &bookkeeping}, notes);
 }
 
 std::vector<std::uint8_t> bytes_from_hex(const nlohmann::json& value, std::size_t max) {

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -93,7 +94,10 @@ std::vector<std::uint8_t> bytes_from_hex(const nlohmann::json& value, std::size_
 // starting from `state`, the full registers of frame `from` (<= target). Callee-saved registers
 // are restored from where each function's prologue pushed them, cross-checked against ORC's
 // stack depth. Throws Error(ExitCode::bad_input) when a frame cannot be undone this way.
+// restored_from, when given, receives for each register restored on the way the stack slot its
+// value came from (the outermost frame's push wins, as it does for the value).
 X86Registers return_from_frame(const Kernel& kernel, const Backtrace& backtrace, std::size_t from,
-                               X86Registers state, std::size_t target);
+                               X86Registers state, std::size_t target,
+                               std::map<std::string, std::uint64_t>* restored_from = nullptr);
 
 }  // namespace immortal::repair

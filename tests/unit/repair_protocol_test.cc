@@ -43,6 +43,36 @@ std::unique_ptr<Kernel> kernel_with(test::VectorMemory& ram) {
                           test::linux_like_types(), "test");
 }
 
+// A kernel, a healthy copy with one module "drv" (its text all nops) and a crash on vCPU 1 in
+// it: what the plan-validation tests check plans against.
+struct Validation {
+  test::VectorMemory ram{4 << 20};
+  std::unique_ptr<Kernel> kernel = kernel_with(ram);
+  repair::HealthyImage healthy = [] {
+    repair::HealthyImage h;
+    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90)});
+    h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100});
+    return h;
+  }();
+  vmm::PlanContext context{1, "drv", 0, healthy.modules[0]};
+
+  repair::RepairPlan plan_of(repair::RepairAction action) const {
+    repair::RepairPlan plan;
+    plan.resume = true;
+    plan.vcpu = 1;
+    plan.actions.push_back(std::move(action));
+    return plan;
+  }
+  bool refused(const repair::RepairPlan& p) const {
+    try {
+      vmm::validate_plan(p, context, *kernel, &healthy);
+    } catch (const Error&) {
+      return true;
+    }
+    return false;
+  }
+};
+
 }  // namespace
 
 TEST_CASE("repair protocol: crash records and plans survive their JSON form", "[repair]") {
@@ -180,26 +210,11 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
 }
 
 TEST_CASE("plan validation: a code restore may only write the healthy copy's bytes", "[repair]") {
-  test::VectorMemory ram(4 << 20);
-  auto kernel = kernel_with(ram);
-  repair::HealthyImage healthy;
-  healthy.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90)});
-  healthy.regions[0].bytes[2] = 0x44;
-  healthy.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100});
-  vmm::PlanContext context{1, "drv", 0, healthy.modules[0]};
-  repair::RepairPlan plan;
-  plan.resume = true;
-  plan.vcpu = 1;
-  plan.actions.push_back({"restore-code", "", {{0xffffffffc0001001, {0, 0, 0}, {0x90, 0x44, 0x90}, true}}, {}, json::object(), {}});
-  CHECK_NOTHROW(vmm::validate_plan(plan, context, *kernel, &healthy));
-  auto refused = [&](repair::RepairPlan p) {
-    try {
-      vmm::validate_plan(p, context, *kernel, &healthy);
-    } catch (const Error&) {
-      return true;
-    }
-    return false;
-  };
+  Validation v;
+  v.healthy.regions[0].bytes[2] = 0x44;
+  auto plan = v.plan_of({"restore-code", "", {{0xffffffffc0001001, {0, 0, 0}, {0x90, 0x44, 0x90}, true}}, {}, json::object(), {}});
+  CHECK_NOTHROW(vmm::validate_plan(plan, v.context, *v.kernel, &v.healthy));
+  auto refused = [&](const repair::RepairPlan& p) { return v.refused(p); };
   auto other_bytes = plan;
   other_bytes.actions[0].writes[0].bytes = {0xcc, 0x44, 0x90};
   CHECK(refused(other_bytes));
@@ -210,31 +225,16 @@ TEST_CASE("plan validation: a code restore may only write the healthy copy's byt
   not_code.actions[0].writes[0].code = false;
   CHECK(refused(not_code));
   CHECK(refused([&] { auto p = plan; p.vcpu = 0; return p; }()));
-  CHECK_THROWS(vmm::validate_plan(plan, context, *kernel, nullptr));
+  CHECK_THROWS(vmm::validate_plan(plan, v.context, *v.kernel, nullptr));
 }
 
 TEST_CASE("plan validation: khungtaskd's resume clears its flag only; a task is woken only if the plan parked it",
           "[repair]") {
-  test::VectorMemory ram(4 << 20);
-  auto kernel = kernel_with(ram);
-  repair::HealthyImage healthy;
-  healthy.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90)});
-  healthy.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100});
-  vmm::PlanContext context{1, "drv", 0, healthy.modules[0]};
-  repair::RepairPlan plan;
-  plan.resume = true;
-  plan.vcpu = 1;
-  plan.actions.push_back({"resume-detector", "", {{0xffffffff80200010, {1}, {0}, false}},
-                          {{"rip", 0x10, 0xffffffff80100040}, {"rsp", 0x100, 0x108}}, json::object(), {}});
-  CHECK_NOTHROW(vmm::validate_plan(plan, context, *kernel, &healthy));
-  auto refused = [&](repair::RepairPlan p) {
-    try {
-      vmm::validate_plan(p, context, *kernel, &healthy);
-    } catch (const Error&) {
-      return true;
-    }
-    return false;
-  };
+  Validation v;
+  auto plan = v.plan_of({"resume-detector", "", {{0xffffffff80200010, {1}, {0}, false}},
+                         {{"rip", 0x10, 0xffffffff80100040}, {"rsp", 0x100, 0x108}}, json::object(), {}});
+  CHECK_NOTHROW(vmm::validate_plan(plan, v.context, *v.kernel, &v.healthy));
+  auto refused = [&](const repair::RepairPlan& p) { return v.refused(p); };
   CHECK(refused([&] { auto p = plan; p.actions[0].writes[0].address = 0xffffffff80200000; return p; }()));  // the taint
   CHECK(refused([&] { auto p = plan; p.actions[0].writes[0].bytes = {2}; return p; }()));
   CHECK(refused([&] { auto p = plan; p.actions[0].registers.push_back({"rdi", 0, 9}); return p; }()));
