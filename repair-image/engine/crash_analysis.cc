@@ -19,8 +19,9 @@ namespace {
 
 constexpr std::uint64_t kKernelSpaceStart = 0xffff800000000000ull;
 constexpr std::size_t kMaxMessage = 256;
-constexpr std::size_t kLogRecordsToSearch = 80;
+constexpr std::size_t kLogRecordsToSearch = 1024;  // back from the end: past a deep call trace
 constexpr std::uint64_t kStackRoom = 2048;  // a stack pointer this far above the stack's base has not overflowed
+constexpr std::uint64_t kGuardPage = 4096;  // below a VMAP_STACK stack: the overflow's stack pointer lies there
 
 // The name of the function containing address, without the compiler's ".cold" split suffix.
 std::string function_of(const SymbolTable& symbols, std::uint64_t address, std::string* module = nullptr) {
@@ -77,10 +78,54 @@ void read_oops_text(const Kernel& kernel, CrashAnalysis& a) {
   if (stray) {
     a.notes.push_back(fmt::format("the access hit the guard page below the task's stack while its stack pointer was "
                                   "{} bytes inside the stack: a stray access, not an overflow", sp - a.task_stack));
-  } else if (guard || double_fault) {
-    a.kind = "double-fault";  // the #DF handler's die(): a kernel stack overflow
-    a.unsafe.push_back("a kernel stack overflow (double fault): the stack below the task is not trustworthy");
+  } else if (guard) {
+    a.kind = "stack-overflow";  // handle_stack_overflow()'s die(): judged by classify_overflow()
+  } else if (double_fault) {
+    a.kind = "double-fault";
+    a.unsafe.push_back("a double fault that is not a stack overflow: the CPU could not deliver an exception");
   }
+}
+
+// A kernel stack overflow: the task's stack ran into its guard page (VMAP_STACK), the CPU could
+// not push the page fault's frame there and raised a double fault, whose handler entered an
+// NMI-like context on its own stack (irqentry_nmi_enter(): NMI and hard-interrupt levels,
+// RCU's NMI nesting) and reported it. The stack above the guard page is whole: the overflowing
+// code is judged like any oops at that instruction, and the double fault's levels are the
+// detector's, left by the repair (leave-nmi) before the task is ended.
+void classify_overflow(const Kernel& kernel, CrashAnalysis& a) {
+  a.stopped_by = "the stack's guard page (VMAP_STACK)";
+  const auto& frames = a.backtrace.frames;
+  bool double_fault = false;
+  for (std::size_t i = 1; i < frames.size() && static_cast<int>(i) <= a.fault_frame; ++i)
+    if (function_of(kernel.symbols(), frames[i].pc - 1) == "exc_double_fault") double_fault = true;
+  std::uint32_t count = a.preempt_count & ~kPreemptNeedResched;
+  if (double_fault) {
+    if ((count & kNmiMask) != kNmiOffset || (count & kHardirqMask) < kHardirqOffset) {
+      a.unsafe.push_back(fmt::format("the double fault's handler is not in its own NMI-like level alone (preemption "
+                                     "count {:#x})", a.preempt_count));
+      return;
+    }
+    a.detector_levels = kNmiOffset + kHardirqOffset;
+  } else if (count & kNmiMask) {
+    a.unsafe.push_back("a stack overflow reported in NMI context, not through the double fault");
+    return;
+  }
+  std::uint32_t below = count - a.detector_levels;
+  if (below & (kHardirqMask | kNmiMask)) a.context = "hardirq";
+  else if (below & kSoftirqOffset) a.context = "softirq";
+  else if (a.pid == 0) a.context = "idle";
+  else if (a.task_flags & kPfKthread) a.context = "kernel-thread";
+  else a.context = "process";
+  std::uint64_t sp = a.fault_registers.rsp;
+  if (!a.task_stack || a.fault_frame <= 0 || sp + kGuardPage < a.task_stack || sp >= a.task_stack + kThreadSize) {
+    a.unsafe.push_back(fmt::format("the stack pointer at the overflow ({:#x}) is not at the guard page of the task's "
+                                   "stack ({:#x})", sp, a.task_stack));
+    return;
+  }
+  if (a.context != "process" && a.context != "kernel-thread")
+    a.unsafe.push_back("a stack overflow in " + a.context + " context: only a task's own overflow is ended");
+  a.notes.push_back(fmt::format("the task's stack overflowed {} bytes into its guard page{}", a.task_stack > sp ? a.task_stack - sp : 0,
+                                double_fault ? "; the double fault's NMI-like level is left before the task is ended" : ""));
 }
 
 // A hung task: khungtaskd is not to blame; the analysis names the culprit asleep in the driver.
@@ -320,6 +365,7 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
       a.notes.push_back(std::string("the kernel log is unreadable: ") + e.what());
     }
   }
+  if (a.kind == "stack-overflow") classify_overflow(kernel, a);
 
   if (a.fault_frame > 0) {
     std::size_t f = static_cast<std::size_t>(a.fault_frame);

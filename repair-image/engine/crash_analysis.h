@@ -20,14 +20,15 @@ namespace immortal::repair {
 
 // include/linux/preempt.h
 constexpr std::uint32_t kPreemptMask = 0x000000ff, kSoftirqMask = 0x0000ff00, kHardirqMask = 0x000f0000,
-                        kNmiMask = 0x00f00000, kSoftirqOffset = 0x100, kHardirqOffset = 0x10000,
+                        kNmiMask = 0x00f00000, kSoftirqOffset = 0x100, kHardirqOffset = 0x10000, kNmiOffset = 0x100000,
                         kPreemptNeedResched = 0x80000000;
 // include/linux/sched.h
 constexpr std::uint32_t kPfExiting = 0x00000004, kPfKthread = 0x00200000;
 constexpr std::uint64_t kThreadSize = 16 * 1024;  // x86-64 without KASAN
 
 struct CrashAnalysis {
-  // oops, bug, warn, panic (a panic() call by a module), double-fault (a kernel stack overflow),
+  // oops, bug, warn, panic (a panic() call by a module), stack-overflow (a task's stack ran into
+  // its guard page), double-fault (any other double fault),
   // soft-lockup (the watchdog's timer interrupt caught a task spinning in a driver), hung-task
   // (khungtaskd found tasks asleep in D state too long), kernel-panic (by the kernel itself:
   // sysrq …), unknown
@@ -42,7 +43,8 @@ struct CrashAnalysis {
   std::uint64_t percpu_base = 0;
   std::uint32_t preempt_count = 0;
   // The part of preempt_count that is the interrupt which caught a lockup (HARDIRQ_OFFSET for
-  // the soft-lockup watchdog's timer), not the code it stopped.
+  // the soft-lockup watchdog's timer) or the double fault that caught a stack overflow
+  // (NMI_OFFSET + HARDIRQ_OFFSET), not the code it stopped.
   std::uint32_t detector_levels = 0;
   // The task is asleep (a hung task's search): it holds no spinlock, whatever the lock calls its
   // frames reached say (the scheduler's own run-queue lock is another CPU's now).

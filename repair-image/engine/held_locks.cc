@@ -557,6 +557,8 @@ LockSearch Search::run() {
   if (a_.context != "process" && a_.outer_module_frame >= 0)
     last_ = std::min(last_, static_cast<std::size_t>(a_.outer_module_frame) + 1);
   stack_low_ = a_.fault_registers.rsp;
+  // A stack overflow's stack pointer lies in the guard page below the task's stack.
+  if (a_.kind == "stack-overflow" && a_.task_stack && stack_low_ < a_.task_stack) stack_low_ = a_.task_stack;
   stack_high_ = a_.context == "process" && a_.task_stack ? a_.task_stack + kThreadSize : frames[last_].sp + 8;
   if (stack_high_ <= stack_low_ || stack_high_ - stack_low_ > kThreadSize) stack_high_ = stack_low_ + kThreadSize;
   stack_high_ = std::min(stack_high_, (stack_low_ | (kThreadSize - 1)) + 1);

@@ -443,9 +443,23 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
   // The order the supervisor applies them in: code first (restore, quarantine: nobody enters
   // the crashing entry point again while the guest runs during a lock's release), then the
   // locks, then what ends the crashing context, then bookkeeping.
-  std::vector<RepairAction> release, end_context, quarantined, bookkeeping;
+  std::vector<RepairAction> leave, release, end_context, quarantined, bookkeeping;
   try {
     if (a.kind == "hung-task") return plan_hung_tasks(kernel, record, a, plan);
+    // 0. A stack overflow was caught by the double fault's handler, in an NMI-like context on
+    //    its own stack: leave it as its exit would (ct_nmi_exit(), the NMI and hard-interrupt
+    //    levels taken off the preemption count), so that what follows runs in the task's context.
+    if (a.kind == "stack-overflow" && a.detector_levels) {
+      RepairAction l{"leave-nmi", "the double fault's handler entered an NMI-like context that its exit would have "
+                     "left", {}, {}, {}, {}};
+      std::uint32_t task_count = count - a.detector_levels;
+      l.writes.push_back({a.percpu_base + *symbols.percpu_offset("__preempt_count"), bytes_of(count), bytes_of(task_count),
+                          false});
+      l.calls.push_back({"ct_nmi_exit", kernel.symbol("ct_nmi_exit"), {}});
+      l.detail = {{"levels", fmt::format("{:#x}", a.detector_levels)}};
+      leave.push_back(std::move(l));
+      count = task_count;
+    }
     // 1. What the kernel code on the crashing path took for the driver, dropped as it would have
     //    after the driver returned; then the locks the crash left held, released as the kernel's
     //    own unlock would.
@@ -486,14 +500,18 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       std::uint64_t task_sp = lockup ? a.fault_registers.rsp : regs.rsp;
       // A stray access to the stack's guard page is reported from the #DF stack
       // (handle_stack_overflow() runs there); rewind_stack_and_make_dead leaves it for the task's.
-      bool guard_report = a.kind == "oops" && a.oops_header.find("stack guard page") != std::string::npos;
+      bool guard_report = (a.kind == "oops" || a.kind == "stack-overflow") &&
+                          a.oops_header.find("stack guard page") != std::string::npos;
       if (guard_report) task_sp = a.fault_registers.rsp;
-      if (task_sp < a.task_stack || task_sp >= a.task_stack + kThreadSize) {
+      // An overflow's stack pointer is in the guard page just below the stack.
+      std::uint64_t low = a.kind == "stack-overflow" ? a.task_stack - 4096 : a.task_stack;  // one guard page
+      if (task_sp < low || task_sp >= a.task_stack + kThreadSize) {
         plan.reason = lockup ? "the spinning code is not on its task's stack" : "the crashing CPU is not on its task's stack";
         return plan;
       }
       RepairAction kill{"kill-task", fmt::format("{} (pid {}) made module {} {}", a.comm, a.pid, a.module,
-                                                 lockup ? "spin with preemption off (a soft lockup)" : "crash"),
+                                                 lockup ? "spin with preemption off (a soft lockup)"
+                                                 : a.kind == "stack-overflow" ? "overflow its stack" : "crash"),
                         {}, {}, {}, {}};
       if (lockup) {
         // The watchdog's timer returns as it does with softlockup_panic=0 (HRTIMER_RESTART: it
@@ -631,7 +649,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
 
     // 4. Oops bookkeeping: oops_end() set TAINT_DIE, which silences the hung-task detector
     //    (kernel/hung_task.c) for the rest of the guest's life.
-    if (a.kind == "oops" || a.kind == "bug" || a.kind == "text-corruption") {
+    if (a.kind == "oops" || a.kind == "bug" || a.kind == "text-corruption" || a.kind == "stack-overflow") {
       std::uint64_t taint_address = kernel.symbol("tainted_mask");
       std::uint64_t taint = kernel.memory().read_u64(taint_address);
       if (taint & kTaintDie) {
@@ -647,7 +665,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     plan.reason = std::string("no safe repair: ") + e.what();
     return plan;
   }
-  return resume_with(std::move(plan), {&quarantined, &release, &end_context, &bookkeeping}, notes);
+  return resume_with(std::move(plan), {&quarantined, &leave, &release, &end_context, &bookkeeping}, notes);
 }
 
 std::vector<std::uint8_t> bytes_from_hex(const nlohmann::json& value, std::size_t max) {

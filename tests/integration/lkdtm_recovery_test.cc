@@ -25,8 +25,9 @@ TEST_CASE("lkdtm: every type that crashes from process context is recovered in p
           "[integration][lkdtm-recovery]") {
   // Crashing from process context and recovered (docs/fault-catalogue.md), the soft lockups of a
   // task spinning in LKDTM's own code, its hung task and its stray read of the stack's guard
-  // page included; SPINLOCKUP (spinning inside the kernel's lock code) and stack exhaustion
-  // are rebooted and listed there.
+  // page and its stack exhaustion (a double fault) included; SPINLOCKUP (spinning inside the
+  // kernel's lock code, its lock taken by an earlier write that returned holding it) is rebooted
+  // and listed there.
   const char* types[] = {
       "PANIC", "BUG", "WARNING", "WARNING_MESSAGE", "EXCEPTION", "CORRUPT_LIST_ADD", "CORRUPT_LIST_DEL",
       "CORRUPT_STACK", "CORRUPT_STACK_STRONG", "STACK_GUARD_PAGE_TRAILING", "VMALLOC_LINEAR_OVERFLOW",
@@ -35,7 +36,7 @@ TEST_CASE("lkdtm: every type that crashes from process context is recovered in p
       "USERCOPY_SLAB_SIZE_FROM", "USERCOPY_SLAB_WHITELIST_TO", "USERCOPY_SLAB_WHITELIST_FROM",
       "USERCOPY_STACK_FRAME_TO", "USERCOPY_STACK_FRAME_FROM", "USERCOPY_STACK_BEYOND", "USERCOPY_FOLIO",
       "USERCOPY_KERNEL", "FORTIFY_STR_OBJECT", "FORTIFY_STR_MEMBER", "FORTIFY_MEM_OBJECT", "FORTIFY_STRSCPY",
-      "SOFTLOCKUP", "LOOP", "HUNG_TASK", "STACK_GUARD_PAGE_LEADING",
+      "SOFTLOCKUP", "LOOP", "HUNG_TASK", "STACK_GUARD_PAGE_LEADING", "EXHAUST_STACK",
   };
   std::string name = unique_name("lkdtmrec");
   auto run = run_cli({"run", "--name", name, "--detach", "--verify-window", "2", "--recovery-limit", "200/3600",

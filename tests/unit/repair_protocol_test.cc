@@ -38,6 +38,8 @@ std::unique_ptr<Kernel> kernel_with(test::VectorMemory& ram) {
                           SymbolTable::from_kallsyms("ffffffff80100000 T _stext\nffffffff80100000 T func\n"
                                                      "ffffffff80100040 T other\nffffffff80101000 T _etext\n"
                                                      "ffffffff80100080 T wake_up_state\n"
+                                                     "ffffffff801000c0 T ct_nmi_exit\n"
+                                                     "0000000000000010 D __preempt_count\n"
                                                      "ffffffff80200000 D tainted_mask\n"
                                                      "ffffffff80200010 b hung_task_call_panic\n"),
                           test::linux_like_types(), "test");
@@ -241,4 +243,35 @@ TEST_CASE("plan validation: khungtaskd's resume clears its flag only; a task is 
   auto wake = plan;
   wake.actions.push_back({"wake-task", "", {}, {}, json::object(), {{"wake_up_state", 0xffffffff80100080, {0xffff888000100000, 0x40}}}});
   CHECK(refused(wake));  // no kill-sleeping-task parked that task
+}
+
+TEST_CASE("plan validation: leaving a double fault's NMI level takes exactly that level off, before a kill", "[repair]") {
+  Validation v;
+  v.context.percpu_base = test::kva(0x300000);
+  std::uint64_t preempt = v.context.percpu_base + 0x10;
+  v.ram.put<std::uint32_t>(0x300010, 0x80110000);  // the #DF's NMI + hard-interrupt levels (no resched)
+  auto bytes = [](std::uint32_t x) {
+    return std::vector<std::uint8_t>{std::uint8_t(x), std::uint8_t(x >> 8), std::uint8_t(x >> 16), std::uint8_t(x >> 24)};
+  };
+  repair::RepairAction leave{"leave-nmi", "", {{preempt, bytes(0x80110000), bytes(0x80000000), false}}, {}, json::object(),
+                             {{"ct_nmi_exit", 0xffffffff801000c0, {}}}};
+  repair::RepairAction kill{"kill-task", "", {}, {{"rip", 0x10, 0x20}, {"rdi", 0, 9}}, json::object(), {}};
+  auto plan = v.plan_of(leave);
+  plan.actions.push_back(kill);
+  CHECK_NOTHROW(vmm::validate_plan(plan, v.context, *v.kernel, &v.healthy));
+  auto refused = [&](const repair::RepairPlan& p) { return v.refused(p); };
+  CHECK(refused(v.plan_of(leave)));  // nothing killed after it
+  CHECK(refused([&] { auto p = plan; p.actions[0].writes[0].bytes = bytes(0x80100000); return p; }()));  // NMI only
+  CHECK(refused([&] { auto p = plan; p.actions[0].writes[0].bytes = bytes(0); return p; }()));
+  CHECK(refused([&] { auto p = plan; p.actions[0].writes[0].address = 0xffffffff80200000; return p; }()));  // the taint
+  CHECK(refused([&] { auto p = plan; p.actions[0].calls[0].function = "ct_irq_exit"; return p; }()));
+  CHECK(refused([&] { auto p = plan; p.actions[0].calls[0].args = {1}; return p; }()));
+  CHECK(refused([&] { auto p = plan; p.actions[0].registers.push_back({"rip", 0, 1}); return p; }()));
+  // The count the plan expects must be the CPU's own, with one NMI level.
+  v.ram.put<std::uint32_t>(0x300010, 0x80210000);
+  auto nested = plan;
+  nested.actions[0].writes[0] = {preempt, bytes(0x80210000), bytes(0x80100000), false};
+  CHECK(refused(nested));
+  v.ram.put<std::uint32_t>(0x300010, 0x80000000);
+  CHECK(refused(plan));
 }

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--recovery", run.recovery, "on or off: off lets the stock kernel's crash behaviour show")
       ->check(CLI::IsMember({"on", "off"}));
   const auto& kinds = vmm::RecoveryPolicy::recoverable_kinds();
-  run_cmd->add_option("--no-recover", run.no_recover, "a crash kind recovery must not repair (oops, bug, warn, panic, text-corruption, soft-lockup, hung-task); repeatable")
+  run_cmd->add_option("--no-recover", run.no_recover, "a crash kind recovery must not repair (oops, bug, warn, panic, text-corruption, soft-lockup, hung-task, stack-overflow); repeatable")
       ->check(CLI::IsMember(std::vector<std::string>(kinds.begin(), kinds.end())));
   run_cmd->add_option("--recovery-limit", run.recovery_limit, "at most COUNT recoveries in SECONDS, then reboot (default: 20/600)");
   run_cmd->add_option("--hang-timeout", run.hang_timeout_s, "seconds without an agent heartbeat before the guest counts as hung (default: 30)")

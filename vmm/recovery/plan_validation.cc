@@ -282,6 +282,27 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
       validate_restore(a, healthy);
       continue;
     }
+    if (a.kind == "leave-nmi") {
+      // The double fault's exit, for a task the plan then kills: ct_nmi_exit() and the NMI and
+      // hard-interrupt levels irqentry_nmi_enter() added taken off the preemption count (one NMI
+      // level, as the crashing CPU has now), nothing else.
+      bool kills = std::any_of(plan.actions.begin(), plan.actions.end(),
+                               [](const repair::RepairAction& k) { return k.kind == "kill-task"; });
+      if (!kills || a.calls.size() != 1 || a.writes.size() != 1 || !a.registers.empty() ||
+          a.calls[0].function != "ct_nmi_exit" || a.calls[0].address != kernel.symbol("ct_nmi_exit") ||
+          !a.calls[0].args.empty())
+        fail(ExitCode::failure, "leave-nmi: not a call of ct_nmi_exit() and a preemption count, before a kill");
+      const auto& w = a.writes[0];
+      if (w.address != preempt || w.code || w.bytes.size() != 4 || w.expected.size() != 4)
+        fail(ExitCode::failure, "leave-nmi: a write at {:#x} is not the crashing CPU's preemption count", w.address);
+      std::uint32_t before = value_of<std::uint32_t>(w.expected), after = value_of<std::uint32_t>(w.bytes);
+      std::uint32_t now = kernel.memory().read_value<std::uint32_t>(preempt);
+      if (now != before || (before & repair::kNmiMask) != repair::kNmiOffset || (before & repair::kHardirqMask) == 0 ||
+          after != before - repair::kNmiOffset - repair::kHardirqOffset)
+        fail(ExitCode::failure, "leave-nmi: {:#x} → {:#x} is not the exit of one NMI level", before, after);
+      if (++calls > limits.max_calls || ++writes > limits.max_writes) fail(ExitCode::failure, "the plan writes too often");
+      continue;
+    }
     if (a.kind == "release-lock") {
       writes += a.writes.size();
       calls += a.calls.size();

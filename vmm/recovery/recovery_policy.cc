@@ -7,7 +7,8 @@
 namespace immortal::vmm {
 
 const std::set<std::string>& RecoveryPolicy::recoverable_kinds() {
-  static const std::set<std::string> kinds{"oops", "bug", "warn", "panic", "text-corruption", "soft-lockup", "hung-task"};
+  static const std::set<std::string> kinds{"oops", "bug", "warn", "panic", "text-corruption", "soft-lockup", "hung-task",
+                                               "stack-overflow"};
   return kinds;
 }
 
