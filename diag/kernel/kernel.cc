@@ -42,7 +42,9 @@ std::vector<std::string> Kernel::refresh_module_symbols() {
   for (const auto& m : modules.modules) {
     live.insert(m.name);
     auto known = module_bases_.find(m.name);
-    if (known != module_bases_.end() && known->second == m.base) continue;
+    // A module still loading has init code whose symbols only its own table in memory holds
+    // (a profile taken of it earlier, at the same base, knew its core only).
+    if (known != module_bases_.end() && known->second == m.base && !m.init_base) continue;
     try {
       fresh[m.name] = read_module_symbols(*this, m);
       module_bases_[m.name] = m.base;

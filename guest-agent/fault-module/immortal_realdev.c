@@ -15,10 +15,16 @@
  *   cat /dev/immortal-realdev                   takes every lock, prints the device's state
  *   echo crash > /sys/devices/platform/immortal-realdev/trigger   crash in a sysfs store
  *   ip link set rdnet0 mtu 1234                 crash in ndo_change_mtu under rtnl_lock
+ *   echo rx-mode > /dev/immortal-realdev; immortal-mcast-join 239.1.2.3 rdnet0
+ *                                               crash in ndo_set_rx_mode under the joining
+ *                                               socket's lock, rtnl_lock and the address list's
+ *                                               spinlock (bottom halves off)
  *   echo crash > /sys/kernel/debug/immortal-realdev/trigger   crash behind debugfs's file proxy
  *
  * Commands (docs/fault-catalogue.md): mutex, mutex-wait MS, spin-irq, spin-bh, rwsem-write,
- * rwsem-write-wait MS, rwsem-read, rwlock-write, rwlock-read, nested, semaphore, kernel-fault,
+ * rwsem-write-wait MS, rwsem-read, rwlock-write, rwlock-read, nested, semaphore, slot (takes and
+ * gives back the semaphore's unit, no crash), spin-elsewhere (a helper takes the spinlock and
+ * returns; the caller crashes: the count says one spinlock that no frame took), kernel-fault,
  * mutex-elsewhere, ping, and the crashes the kernel raises on the driver's behalf: list-corruption,
  * double-free, usercopy, fortify, stack-smash, call-null; and crashes outside the writer's own
  * call: kthread (the driver's own kernel thread), tasklet, rcu (an RCU callback), hrtimer (a
@@ -97,6 +103,7 @@ struct realdev {
 	struct hrtimer irq_timer;
 	unsigned long hw_status;	/* a "device register" the driver polls; its ready bit never comes */
 	wait_queue_head_t hw_wq;	/* woken when it does */
+	bool crash_rx_mode;		/* "rx-mode": the next ndo_set_rx_mode() crashes */
 };
 
 struct realdev_item {
@@ -216,6 +223,28 @@ static noinline int realdev_cmd_semaphore(struct realdev *rd)
 		return -EINTR;
 	realdev_apply_config(rd);
 	up(&rd->slots);
+	return 0;
+}
+
+static noinline int realdev_cmd_slot(struct realdev *rd)
+{
+	if (down_interruptible(&rd->slots))
+		return -EINTR;
+	up(&rd->slots);
+	return 0;
+}
+
+/* Takes the device's spinlock and returns holding it (the caller unlocks). */
+static noinline void realdev_lock_counters(struct realdev *rd) __acquires(&rd->slock)
+{
+	spin_lock(&rd->slock);
+}
+
+static noinline int realdev_cmd_spin_elsewhere(struct realdev *rd)
+{
+	realdev_lock_counters(rd);
+	realdev_apply_config(rd);
+	spin_unlock(&rd->slock);
 	return 0;
 }
 
@@ -485,6 +514,10 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 		return realdev_cmd_rwlock(rd, false);
 	if (!strcmp(cmd, "nested"))
 		return realdev_cmd_nested(rd);
+	if (!strcmp(cmd, "slot"))
+		return realdev_cmd_slot(rd);
+	if (!strcmp(cmd, "spin-elsewhere"))
+		return realdev_cmd_spin_elsewhere(rd);
 	if (!strcmp(cmd, "semaphore"))
 		return realdev_cmd_semaphore(rd);
 	if (!strcmp(cmd, "kernel-fault"))
@@ -513,6 +546,10 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 		return realdev_cmd_hang(rd);
 	if (!strcmp(cmd, "napi"))
 		return realdev_cmd_napi(rd);
+	if (!strcmp(cmd, "rx-mode")) {
+		WRITE_ONCE(rd->crash_rx_mode, true);	/* the next ndo_set_rx_mode() trips */
+		return 0;
+	}
 	if (!strcmp(cmd, "spin-poll"))
 		return realdev_cmd_spin_poll(rd);
 	if (!strcmp(cmd, "list-corruption"))
@@ -669,6 +706,20 @@ static int realdev_change_mtu(struct net_device *ndev, int new_mtu)
 	return 0;
 }
 
+/*
+ * The receive filter: the kernel calls it whenever the device's address lists change (a
+ * multicast group joined through a socket option: under that socket's lock, rtnl_lock and the
+ * address list's spinlock, with bottom halves off). Armed, it trips over the missing config.
+ */
+static void realdev_set_rx_mode(struct net_device *ndev)
+{
+	struct realdev_net *priv = netdev_priv(ndev);
+	struct realdev *rd = priv->rd;
+
+	if (READ_ONCE(rd->crash_rx_mode))
+		rd->irq_events += rd->cfg->generation;	/* the filter's config: NULL */
+}
+
 /* The NAPI poll: it takes the device's spinlock and trips over the missing config. */
 static int realdev_poll(struct napi_struct *napi, int budget)
 {
@@ -728,6 +779,7 @@ static const struct net_device_ops realdev_netdev_ops = {
 	.ndo_stop = realdev_stop,
 	.ndo_start_xmit = realdev_start_xmit,
 	.ndo_change_mtu = realdev_change_mtu,
+	.ndo_set_rx_mode = realdev_set_rx_mode,
 };
 
 static void realdev_netdev_free(void *data)

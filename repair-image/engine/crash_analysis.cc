@@ -486,8 +486,11 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
   if (a.context == "nmi" || (a.context == "hardirq" && !hardirq_callback))
     a.unsafe.push_back("the crash happened in " + a.context + " context");
   if (a.context == "idle") a.unsafe.push_back("the crash happened in the idle task");
-  if (a.pid == 1) a.unsafe.push_back("the crashing task is init (pid 1)");
-  if (a.task_flags & kPfExiting) a.unsafe.push_back("the crashing task was already exiting");
+  // The task is ended only in its own context; a softirq or interrupt callback merely
+  // interrupted it (an exiting task, init), and the callback is ended instead.
+  bool task_context = a.context == "process" || a.context == "kernel-thread";
+  if (a.pid == 1 && task_context) a.unsafe.push_back("the crashing task is init (pid 1)");
+  if ((a.task_flags & kPfExiting) && task_context) a.unsafe.push_back("the crashing task was already exiting");
   if (a.module.empty() && a.unsafe.empty()) a.unsafe.push_back("no module's code is on the crashing stack");
   if (a.fault_frame < 0 && a.unsafe.empty()) a.unsafe.push_back("the registers at the fault are not known");
   if (!a.backtrace.problem.empty()) a.notes.push_back("backtrace: " + a.backtrace.problem);

@@ -1,5 +1,7 @@
 #include "engine/held_locks.h"
 
+#include "x86_64/control_flow.h"
+
 #include "base/error.h"
 #include "engine/crash_analysis.h"
 #include "engine/repair_plan.h"
@@ -20,6 +22,62 @@
 namespace immortal::repair {
 
 namespace {
+
+bool ownerless(LockType type) { return type == LockType::socket || type == LockType::semaphore; }
+
+// Where a conditional acquisition (non-zero on failure: down_interruptible …) goes on when it
+// failed: the code tests the result (test %eax,%eax) and branches on it. The failure side's
+// first instruction, or -1 when the code is not that shape.
+int failure_side(std::span<const std::uint8_t> code, std::uint64_t base, const std::vector<Instruction>& insns,
+                 const ControlFlow& flow, std::size_t call) {
+  if (call + 2 >= insns.size()) return -1;
+  const Instruction& test = insns[call + 1];
+  const Instruction& jcc = insns[call + 2];
+  std::uint64_t at = test.address - base, jat = jcc.address - base;
+  if (test.size != 2 || at + 2 > code.size() || code[at] != 0x85 || code[at + 1] != 0xc0) return -1;
+  if (jcc.kind != Instruction::Kind::conditional_jump || !jcc.target || jat + 2 > code.size()) return -1;
+  std::uint8_t op = code[jat] == 0x0f ? static_cast<std::uint8_t>(code[jat + 1] - 0x10) : code[jat];
+  if (op == 0x75) return flow.at(*jcc.target);                                         // jne: fails when taken
+  if (op == 0x74) return call + 3 < insns.size() ? static_cast<int>(call + 3) : -1;    // je: fails falling through
+  return -1;
+}
+
+// Whether a lock of `type` without a recorded holder (a semaphore, a socket) is held at
+// instruction `here` of a function: every path from its entry there passes an acquisition (a
+// conditional one only on its success side) with no release after it. Where the paths are not
+// all known: no.
+bool held_by_flow(std::span<const std::uint8_t> code, std::uint64_t base, const std::vector<Instruction>& insns,
+                  const ControlFlow& flow, int here, const LockFunctions& functions, LockType type) {
+  if (here < 0 || !flow.exact()) return false;
+  auto function_at = [&](const Instruction& i) -> const LockFunction* {
+    if (i.kind != Instruction::Kind::call || !i.target) return nullptr;
+    const LockFunction* f = functions.at(*i.target);
+    return f && f->type == type ? f : nullptr;
+  };
+  std::vector<bool> acquiring(insns.size(), false);
+  std::vector<int> failures;
+  for (std::size_t i = 0; i < insns.size(); ++i) {
+    const LockFunction* f = function_at(insns[i]);
+    if (!f || f->release) continue;
+    if (!f->conditional) {
+      acquiring[i] = true;
+    } else if (int fail = failure_side(code, base, insns, flow, i); fail >= 0) {
+      acquiring[i] = true;
+      failures.push_back(fail);
+    }
+  }
+  auto acquires = [&](const Instruction& i) {
+    int n = flow.at(i.address);
+    return n >= 0 && acquiring[static_cast<std::size_t>(n)];
+  };
+  if (flow.reaches(-1, here, acquires)) return false;
+  for (int fail : failures)
+    if (flow.reaches_starting_at(fail, here, acquires)) return false;
+  for (std::size_t i = 0; i < insns.size(); ++i)
+    if (const LockFunction* f = function_at(insns[i]); f && f->release && flow.reaches(static_cast<int>(i), here, acquires))
+      return false;
+  return true;
+}
 
 constexpr std::uint64_t kKernelSpace = 0xffff800000000000ull;
 constexpr std::uint64_t kPage = 4096;
@@ -43,6 +101,11 @@ struct SiteLock {
   std::uint64_t address;
   const LockFunction* function;
   std::string where;
+  std::size_t frame = 0;    // the frame of the path whose function made the call
+  std::uint64_t call = 0;   // the call instruction
+  // socket: every path through its function to where the frame is passes a lock_sock() with
+  // no release_sock() after it
+  bool held_here = false;
 };
 
 class Search {
@@ -89,7 +152,17 @@ class Search {
   std::vector<std::uint64_t> values_;
   std::vector<OwnerHit> owner_hits_;
   std::vector<SiteLock> site_locks_;
+  // release_sock() and up() calls reached on the path (the lock, when it can be named): an
+  // acquisition before one of them may have been given up.
+  struct OwnerlessRelease {
+    std::size_t frame;
+    std::uint64_t call;
+    std::optional<std::uint64_t> lock;
+    LockType type;
+  };
+  std::vector<OwnerlessRelease> ownerless_releases_;
   std::vector<std::string> unnamed_spin_sites_;  // reached spinlock calls whose lock is unknown
+  std::vector<std::string> unnamed_socket_sites_;  // reached lock_sock() calls whose socket is unknown
   // Inline preempt_disable()s (incl %gs:__preempt_count) reached on the path and not yet undone
   // by a preempt_enable() before the frame's position: levels of the count that are no lock.
   std::uint32_t preempt_sections_ = 0;
@@ -214,6 +287,15 @@ void Search::call_sites() {
         continue;
       }
       std::vector<Instruction> insns = decode_code(code, part->address);
+      // Where the frame is in this code: the faulting instruction, or the call it made.
+      ControlFlow flow(insns, [&](std::uint64_t target) {
+        const Symbol* t = symbols.lookup(target);
+        return !t || t->name.find(".cold") == std::string::npos;
+      });
+      int here = part != s ? -1 : k == first_ ? flow.at(pc) : flow.ending_at(pc);
+      std::vector<bool> before_here = flow.can_reach(here);
+      bool socket_held = held_by_flow(code, part->address, insns, flow, here, functions, LockType::socket);
+      bool semaphore_held = held_by_flow(code, part->address, insns, flow, here, functions, LockType::semaphore);
       if (preempt_offset_) {
         int net = 0;
         for (const auto& i : insns) {
@@ -227,11 +309,19 @@ void Search::call_sites() {
       auto unnamed = [&](const LockCallSite& site) {
         if (site.function->type == LockType::spinlock || site.function->type == LockType::rwlock)
           unnamed_spin_sites_.push_back(fmt::format("{} in {}", site.function->name, symbols.describe(site.call)));
+        if (site.function->type == LockType::socket && !site.function->release && sleeping_locks_)
+          unnamed_socket_sites_.push_back(fmt::format("{} in {}", site.function->name, symbols.describe(site.call)));
       };
       std::vector<LockCallSite> unfollowed;
+      // A socket call counts only on a path to where the frame is (a large setsockopt switch
+      // locks the socket in many cases).
+      auto off_path = [&](const LockCallSite& site) {
+        return ownerless(site.function->type) && here >= 0 && !flow.reaches(flow.at(site.call), here);
+      };
       for (const auto& site : find_lock_calls(insns, functions, &unfollowed)) {
         ++site_count_;
         if (part == s && site.call >= pc) continue;  // not reached yet
+        if (off_path(site)) continue;
         std::uint64_t lock = 0;
         if (site.absolute) {
           lock = *site.absolute;
@@ -239,26 +329,45 @@ void Search::call_sites() {
           bool known = regs[k] && (k == first_ || callee_saved(site.base));
           if (!known) {
             unnamed(site);
+            if (site.function->release) ownerless_releases_.push_back({k, site.call, std::nullopt, site.function->type});
             continue;
           }
-          // The base must still hold what it held at the call: nothing between the call and
-          // where the frame is now may write it.
-          bool rewritten = part != s || std::any_of(insns.begin(), insns.end(), [&](const Instruction& i) {
-            return i.address > site.call && i.address < pc && (i.writes & (1u << site.base));
-          });
+          // The base must still hold what it held at the call: nothing on a path from the call
+          // to where the frame is now may write it (where the paths are not all known, nothing
+          // between the two in address order).
+          bool rewritten = part != s || here < 0;
+          if (!rewritten && !flow.exact()) {
+            rewritten = std::any_of(insns.begin(), insns.end(), [&](const Instruction& i) {
+              return i.address > site.call && i.address < pc && (i.writes & (1u << site.base));
+            });
+          } else if (!rewritten) {
+            std::vector<bool> after_site = flow.reachable_from(flow.at(site.call));
+            for (std::size_t i = 0; i < insns.size() && !rewritten; ++i)
+              rewritten = after_site[i] && before_here[i] && static_cast<int>(i) != here &&
+                          (insns[i].writes & (1u << site.base));
+          }
           if (rewritten) {
             unnamed(site);
+            if (site.function->release) ownerless_releases_.push_back({k, site.call, std::nullopt, site.function->type});
             continue;
           }
           lock = *regs[k]->field(register_name(site.base)) + static_cast<std::uint64_t>(site.displacement);
         }
+        if (site.function->release) {
+          ownerless_releases_.push_back({k, site.call, lock, site.function->type});
+          continue;
+        }
         if (!data_pointer(lock & ~7ull) || !seen.insert({lock, site.function}).second) continue;
         site_locks_.push_back({lock, site.function,
-                               fmt::format("a call to {} in {}", site.function->name, symbols.describe(site.call))});
+                               fmt::format("a call to {} in {}", site.function->name, symbols.describe(site.call)), k,
+                               site.call, site.function->type == LockType::socket ? socket_held : semaphore_held});
       }
       for (const auto& site : unfollowed) {
         ++site_count_;
-        if (part != s || site.call < pc) unnamed(site);
+        if ((part != s || site.call < pc) && !off_path(site)) {
+          unnamed(site);
+          if (site.function->release) ownerless_releases_.push_back({k, site.call, std::nullopt, site.function->type});
+        }
       }
     }
   }
@@ -620,13 +729,41 @@ LockSearch Search::run() {
           h.preempt_delta = std::max(h.preempt_delta, site.function->preempt_delta);
           break;
         }
-        case LockType::semaphore: {
-          auto count = mem_.read_value<std::uint32_t>(site.address + sem_count);
-          if (count != 0) break;
-          HeldLock& h = add(site.address, LockType::semaphore, site.where);
-          h.word = count;
-          out_.unexplained.push_back(fmt::format("semaphore {} was taken on the crashing path and is held: a "
-                                                 "semaphore has no owner, so who holds it cannot be told", h.name));
+        case LockType::semaphore:
+        case LockType::socket: {
+          // Neither records its holder. It is the crashing task's if the control flow says so:
+          // every path through the function to where its frame is passes an acquisition (a
+          // conditional one only on its success side) with no release after it, no function
+          // further in released it, and the function takes no other lock of that kind.
+          if (!sleeping_locks_ || site.function->release) break;
+          bool semaphore = site.function->type == LockType::semaphore;
+          const char* what = semaphore ? "semaphore" : "socket";
+          std::uint64_t word = semaphore ? mem_.read_value<std::uint32_t>(site.address + sem_count)
+                                         : static_cast<std::uint64_t>(mem_.read_value<std::int32_t>(
+                                               site.address + types_.offset_of("sock", "sk_lock.owned")));
+          bool given_up = std::any_of(ownerless_releases_.begin(), ownerless_releases_.end(), [&](const OwnerlessRelease& r) {
+            return r.type == site.function->type && r.frame < site.frame && (!r.lock || *r.lock == site.address);
+          });
+          bool others = std::any_of(site_locks_.begin(), site_locks_.end(), [&](const SiteLock& o) {
+            return o.frame == site.frame && o.function->type == site.function->type && o.address != site.address;
+          });
+          bool ours = site.held_here && !given_up && !others;
+          // A socket not owned, a semaphore with units left, and the flow not saying it is held:
+          // nothing to tell (it was released, or another holder's units are not this crash's).
+          bool locked = semaphore ? word == 0 : word == 1;
+          if (!ours && !locked) break;
+          if (!semaphore && !locked) break;  // flow says held, but nobody owns it: released already
+          HeldLock& h = add(site.address, site.function->type, site.where);
+          h.word = word;
+          if (ours) {
+            h.ours = true;
+            break;
+          }
+          out_.unexplained.push_back(fmt::format(
+              "{} {} was taken on the crashing path and is held, but the path {}: who holds it cannot be told", what,
+              h.name, others ? fmt::format("takes other {}s too", what) : given_up ? std::string("released it after")
+              : fmt::format("may not hold it where it is (a path there without the acquisition, or with its release "
+                            "after it)")));
           break;
         }
         case LockType::mutex:
@@ -636,6 +773,10 @@ LockSearch Search::run() {
     } catch (const MemoryFault&) {
     }
   }
+  // A lock_sock() reached whose socket cannot be named: it may be held, and nothing else tells.
+  for (const auto& where : unnamed_socket_sites_)
+    out_.unexplained.push_back("a socket lock taken on the crashing path (" + where + ") cannot be named: whether it is "
+                               "held cannot be told");
   waiters();
   classify_owner_hits();
   if (!a_.asleep) account_spinlocks();

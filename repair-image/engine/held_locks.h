@@ -32,10 +32,10 @@ namespace immortal::repair {
 struct CrashAnalysis;
 
 struct HeldLock {
-  std::uint64_t address = 0;    // the lock (struct mutex, rw_semaphore, spinlock_t, rwlock_t, semaphore)
+  std::uint64_t address = 0;    // the lock (struct mutex, rw_semaphore, spinlock_t, rwlock_t, semaphore; a socket's struct sock)
   LockType type = LockType::spinlock;
   bool read = false;            // rwlock, rwsem: held for reading
-  std::uint64_t word = 0;       // mutex, rwsem: the owner word; spinlock, rwlock: the lock word; semaphore: its count
+  std::uint64_t word = 0;       // mutex, rwsem: the owner word; spinlock, rwlock: the lock word; semaphore: its count; socket: sk_lock.owned
   std::uint64_t count = 0;      // rwsem: its count word
   std::string name;             // "rtnl_mutex", "kmalloc-512 object+0x40", …
   std::string found_by;         // how the search came to it

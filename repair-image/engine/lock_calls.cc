@@ -43,10 +43,16 @@ constexpr LockFunction kLockFunctions[] = {
     {"down_write_killable", LockType::rwsem, false, 0},
     {"down_write_trylock", LockType::rwsem, false, 0},
     {"down", LockType::semaphore, false, 0},
-    {"down_interruptible", LockType::semaphore, false, 0},
-    {"down_killable", LockType::semaphore, false, 0},
-    {"down_trylock", LockType::semaphore, false, 0},
-    {"down_timeout", LockType::semaphore, false, 0},
+    {"down_interruptible", LockType::semaphore, false, 0, false, true},
+    {"down_killable", LockType::semaphore, false, 0, false, true},
+    {"down_trylock", LockType::semaphore, false, 0, false, true},
+    {"down_timeout", LockType::semaphore, false, 0, false, true},
+    {"up", LockType::semaphore, false, 0, true},
+    // lock_sock(sk) is lock_sock_nested(sk, 0); setsockopt paths call the sockopt_ wrappers.
+    {"lock_sock_nested", LockType::socket, false, 0},
+    {"sockopt_lock_sock", LockType::socket, false, 0},
+    {"release_sock", LockType::socket, false, 0, true},
+    {"sockopt_release_sock", LockType::socket, false, 0, true},
 };
 
 const char* const kRegisterNames[16] = {"rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
@@ -61,6 +67,7 @@ const char* to_string(LockType type) {
     case LockType::mutex: return "mutex";
     case LockType::rwsem: return "rwsem";
     case LockType::semaphore: return "semaphore";
+    case LockType::socket: return "socket";
   }
   return "?";
 }

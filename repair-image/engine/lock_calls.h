@@ -1,5 +1,6 @@
 // Where code takes locks, read from the code itself: every direct call to one of the kernel's
-// lock functions (kernel/locking/: spinlocks, rwlocks, mutexes, rwsems, semaphores) and how the
+// lock functions (kernel/locking/: spinlocks, rwlocks, mutexes, rwsems, semaphores; a socket's
+// lock_sock()/release_sock() pair, net/core/sock.c) and how the
 // lock's address reached the first argument register before it — a constant (an immediate or
 // RIP-relative address: a global lock), or a register plus a displacement (a lock inside an
 // object the code holds a pointer to: `lea 0x10(%rbx),%rdi`). Given the registers a frame had,
@@ -18,7 +19,7 @@
 
 namespace immortal::repair {
 
-enum class LockType { spinlock, rwlock, mutex, rwsem, semaphore };
+enum class LockType { spinlock, rwlock, mutex, rwsem, semaphore, socket };
 const char* to_string(LockType type);
 
 struct LockFunction {
@@ -28,6 +29,13 @@ struct LockFunction {
   // What one acquisition adds to preempt_count with CONFIG_PREEMPT_COUNT: 1 for spinlocks and
   // rwlocks, SOFTIRQ_LOCK_OFFSET (0x200 + 1) for the _bh variants, 0 for sleeping locks.
   std::uint32_t preempt_delta;
+  // Releases the lock instead (release_sock, up: a socket's or a semaphore's holder is not
+  // recorded, so where its release is called on the path tells whether an acquisition before is
+  // still in force).
+  bool release = false;
+  // May fail, returning non-zero (down_interruptible, down_trylock …): held only where the code
+  // went on as after a success.
+  bool conditional = false;
 };
 
 // x86-64 register numbers as instructions encode them: 0 rax, 1 rcx, 2 rdx, 3 rbx, 4 rsp,

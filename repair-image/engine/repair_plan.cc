@@ -293,8 +293,17 @@ std::optional<RepairAction> release_lock(const Kernel& kernel, const HeldLock& h
       }
       return r;
     }
+    case LockType::socket:
+      // release_sock(): processes the backlog the owner deferred, clears the owner and wakes
+      // the tasks waiting in lock_sock().
+      r.calls.push_back({"release_sock", kernel.symbol("release_sock"), {h.address}});
+      r.reason += ": release_sock() gives it up and wakes the waiters";
+      return r;
     case LockType::semaphore:
-      break;
+      // up(): the unit back, the first waiter woken.
+      r.calls.push_back({"up", kernel.symbol("up"), {h.address}});
+      r.reason += ": up() gives the unit back and wakes a waiter";
+      return r;
   }
   return std::nullopt;
 }

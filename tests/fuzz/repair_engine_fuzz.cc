@@ -41,6 +41,8 @@ const char kSymbols[] =
     "ffffffff80100500 T _raw_spin_lock\n"
     "ffffffff80100600 T mutex_lock\n"
     "ffffffff80100700 T call_timer_fn\n"
+    "ffffffff80100800 T lock_sock_nested\n"
+    "ffffffff80100900 T release_sock\n"
     "ffffffff80500000 D __start_orc_unwind_ip\n"
     "ffffffff80500100 D __stop_orc_unwind_ip\n"
     "ffffffff80500100 D __start_orc_unwind\n"

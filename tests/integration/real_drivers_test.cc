@@ -308,6 +308,31 @@ TEST_CASE("real drivers: a NAPI poll that crashes is ended with its instance com
   expect_device_answers(g.name);
 }
 
+TEST_CASE("real drivers: a socket's lock, taken by the kernel's setsockopt before it called the driver, is released",
+          "[integration][real-drivers]") {
+  // Joining a multicast group (IP_ADD_MEMBERSHIP): do_ip_setsockopt() locks the socket
+  // (lock_sock, no owner recorded) and takes rtnl_lock, __dev_mc_add() the device's address-list
+  // spinlock with bottom halves off; then the driver's ndo_set_rx_mode() crashes.
+  auto& g = guest();
+  REQUIRE(guest_sh(g.name, "ip link set rdnet0 up && (ip addr add 10.77.0.1/24 dev rdnet0 2>/dev/null; true) && "
+                           "immortal-mcast-join 239.1.2.3 rdnet0").status == 0);
+  json plan = expect_recovered("echo rx-mode > /dev/immortal-realdev && "
+                               "immortal-mcast-join 239.1.2.4 rdnet0 2; echo $? > /tmp/mcast-status");
+  CHECK(plan_has(plan, "release-lock", "release_sock"));
+  CHECK(plan_has(plan, "release-lock", "rtnl_mutex"));
+  CHECK(plan_has(plan, "release-lock", "__dev_mc_add"));  // the address list's spinlock
+  CHECK(plan_has(plan, "quarantine-function", "realdev_set_rx_mode"));
+  auto status = guest_sh(g.name, "cat /tmp/mcast-status");
+  CHECK_THAT(status.out, Catch::Contains("137"));  // the joiner was killed (SIGKILL)
+  // Its socket was closed as it died (which locks the socket again and leaves the group), and
+  // the next joiner, the address list and the network configuration all get in.
+  auto again = guest_sh(g.name, "timeout 10 immortal-mcast-join 239.1.2.5 rdnet0 && timeout 10 ip link set rdnet0 down");
+  INFO(again.err);
+  CHECK(again.status == 0);
+  CHECK_THAT(again.out, Catch::Contains("joined 239.1.2.5 on rdnet0"));
+  expect_device_answers(g.name);
+}
+
 TEST_CASE("real drivers: a soft lockup (polling a device register under the device's spinlock and mutex) is ended; "
           "a reader queued on the mutex gets its data", "[integration][real-drivers]") {
   auto& g = guest();
@@ -356,8 +381,22 @@ TEST_CASE("real drivers: a hung task (asleep for ever in the driver, holding the
 
 TEST_CASE("real drivers: what the lock search cannot account for reboots, with the reason in the bundle",
           "[integration][real-drivers]") {
-  // A semaphore taken on the crashing path: no owner, so no holder to tell.
-  expect_rebooted_because("echo semaphore > /dev/immortal-realdev", "semaphore");
+  // A helper took the device's spinlock and returned: the preemption count says one spinlock
+  // that no frame of the crashing path took, so whose it is cannot be told.
+  expect_rebooted_because("echo spin-elsewhere > /dev/immortal-realdev", "preemption count");
+}
+
+TEST_CASE("real drivers: a semaphore, which records no holder, is the crashing task's by the control flow: up() "
+          "gives its unit back", "[integration][real-drivers]") {
+  // down_interruptible() succeeded on every path to the crashing call (its failure returns).
+  json plan = expect_recovered("echo semaphore > /dev/immortal-realdev");
+  CHECK(plan_has(plan, "release-lock", "\"up\""));
+  auto& g = guest();
+  REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
+  auto slot = guest_sh(g.name, "timeout 10 sh -c 'echo slot > /dev/immortal-realdev'");
+  INFO(slot.err);
+  CHECK(slot.status == 0);  // the unit is back: down_interruptible() returns at once
+  expect_device_answers(g.name);
 }
 
 TEST_CASE("real drivers: a lock the search missed is caught by the check of the recovered guest",

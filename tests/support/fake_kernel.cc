@@ -52,6 +52,8 @@ std::unique_ptr<FakeTypes> linux_like_types() {
   t->add("printk_info", "level", 0x13, 1, 3, 5);  // u8 flags:5, level:3
   t->add("printk_info", "flags", 0x13, 1, 5, 0);
   t->add("printk_info", "caller_id", 0x14, 4);
+  // a socket's lock_sock() state
+  t->add("sock", "sk_lock.owned", 0x88, 4);
   return t;
 }
 

@@ -6,6 +6,8 @@
 #include "engine/repair_plan.h"
 #include "recovery/recovery_policy.h"
 #include "support/fake_kernel.h"
+#include "x86_64/code_decoder.h"
+#include "x86_64/control_flow.h"
 #include "x86_64/prologue.h"
 
 #include <catch2/catch.hpp>
@@ -323,4 +325,48 @@ TEST_CASE("return from frame: a stack that does not match the prologues is refus
     CHECK_THAT(e.what(), Catch::Contains("does not match"));
   }
   CHECK_THROWS_AS(repair::return_from_frame(*f.kernel, f.bt, 0, f.fault, 2), Error);  // no caller above
+}
+
+TEST_CASE("control flow: paths follow jumps, not addresses; unknown jumps make every answer cautious", "[recovery]") {
+  const std::uint64_t base = 0xffffffffc0000000ull;
+  // The shape of __dev_mc_add: the lock, a branch to the call the frame is in, and the other
+  // branch's epilogue (pop %r13) between the two in address order but on no path between them.
+  std::vector<std::uint8_t> code = {0x41, 0x55,                                // 0x00 push %r13
+                                    0x4c, 0x8d, 0xaf, 0x68, 0x02, 0x00, 0x00,  // 0x02 lea 0x268(%rdi),%r13
+                                    0x4c, 0x89, 0xef};                         // 0x09 mov %r13,%rdi
+  append_call(code, base, 0xffffffff81001000);                                 // 0x0c call lock
+  code.insert(code.end(), {0x85, 0xc0, 0x74, 0x05,                             // 0x11 test; je 0x1a
+                           0x41, 0x5d, 0xc3, 0x90, 0x90});                     // 0x15 pop %r13; ret; nops
+  append_call(code, base, 0xffffffff81005000);                                 // 0x1a call other (the frame)
+  code.insert(code.end(), {0xeb, 0xf4});                                       // 0x1f jmp 0x15
+  auto insns = decode_code(code, base);
+  ControlFlow flow(insns);
+  CHECK(flow.exact());
+  int site = flow.at(base + 0x0c), here = flow.ending_at(base + 0x1f), pop = flow.at(base + 0x15);
+  REQUIRE(site >= 0);
+  REQUIRE(here == flow.at(base + 0x1a));
+  REQUIRE(pop >= 0);
+  CHECK(flow.reachable_from(site)[static_cast<std::size_t>(pop)]);   // after the lock…
+  CHECK_FALSE(flow.can_reach(here)[static_cast<std::size_t>(pop)]);  // …but never before the frame's call
+  CHECK(flow.can_reach(here)[static_cast<std::size_t>(site)]);
+  auto is_site = [&](const Instruction& i) { return i.address == base + 0x0c; };
+  CHECK(flow.reaches(-1, here));
+  CHECK_FALSE(flow.reaches(-1, here, is_site));  // every path to the frame passes the lock
+  CHECK(flow.reaches(here, pop));                 // the jmp back
+  CHECK_FALSE(flow.reaches(pop, here));           // ret ends the path
+
+  // An indirect jump could go anywhere: every question gets the cautious answer.
+  auto indirect = code;
+  indirect.insert(indirect.end(), {0xff, 0xe0});  // jmp *%rax
+  auto more = decode_code(indirect, base);
+  ControlFlow loose(more);
+  CHECK_FALSE(loose.exact());
+  CHECK(loose.can_reach(here)[static_cast<std::size_t>(pop)]);
+  // A jump out of the code that may come back (into a .cold part) too.
+  auto cold = code;
+  cold.insert(cold.end(), {0xe9, 0x00, 0x10, 0x00, 0x00});  // jmp out
+  auto with_cold = decode_code(cold, base);
+  ControlFlow tail(with_cold, [](std::uint64_t) { return true; }), back(with_cold, [](std::uint64_t) { return false; });
+  CHECK(tail.exact());
+  CHECK_FALSE(back.exact());
 }

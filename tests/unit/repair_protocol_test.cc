@@ -39,7 +39,10 @@ std::unique_ptr<Kernel> kernel_with(test::VectorMemory& ram) {
                                                      "ffffffff80100040 T other\nffffffff80101000 T _etext\n"
                                                      "ffffffff80100080 T wake_up_state\n"
                                                      "ffffffff801000c0 T ct_nmi_exit\n"
+                                                     "ffffffff80100100 T release_sock\n"
+                                                     "ffffffff80100140 T mutex_unlock\n"
                                                      "0000000000000010 D __preempt_count\n"
+                                                     "0000000000000020 D current_task\n"
                                                      "ffffffff80200000 D tainted_mask\n"
                                                      "ffffffff80200010 b hung_task_call_panic\n"),
                           test::linux_like_types(), "test");
@@ -273,5 +276,22 @@ TEST_CASE("plan validation: leaving a double fault's NMI level takes exactly tha
   nested.actions[0].writes[0] = {preempt, bytes(0x80210000), bytes(0x80100000), false};
   CHECK(refused(nested));
   v.ram.put<std::uint32_t>(0x300010, 0x80000000);
+  CHECK(refused(plan));
+}
+
+TEST_CASE("plan validation: a socket's lock is given up only by release_sock(), and only while it is owned", "[repair]") {
+  Validation v;
+  v.context.percpu_base = test::kva(0x300000);
+  const std::uint64_t sock = test::kva(0x310000);
+  v.ram.put<std::int32_t>(0x310088, 1);  // sk_lock.owned
+  repair::RepairAction release{"release-lock", "", {}, {}, {{"type", "socket"}, {"address", fmt::format("{:#x}", sock)}},
+                               {{"release_sock", 0xffffffff80100100, {sock}}}};
+  auto plan = v.plan_of(release);
+  CHECK_NOTHROW(vmm::validate_plan(plan, v.context, *v.kernel, &v.healthy));
+  auto refused = [&](const repair::RepairPlan& p) { return v.refused(p); };
+  CHECK(refused([&] { auto p = plan; p.actions[0].calls[0] = {"mutex_unlock", 0xffffffff80100140, {sock}}; return p; }()));
+  CHECK(refused([&] { auto p = plan; p.actions[0].calls[0].args = {sock + 8}; return p; }()));
+  CHECK(refused([&] { auto p = plan; p.actions[0].writes.push_back({sock + 0x88, {1, 0, 0, 0}, {0, 0, 0, 0}, false}); return p; }()));
+  v.ram.put<std::int32_t>(0x310088, 0);  // not owned (any more)
   CHECK(refused(plan));
 }

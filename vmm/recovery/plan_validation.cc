@@ -115,6 +115,15 @@ void validate_release(const repair::RepairAction& a, const Kernel& kernel, const
         if (!ok) fail(ExitCode::failure, "release-lock: not an rwsem unlock at {:#x}", lock);
       }
     }
+  } else if (type == "semaphore") {
+    // A semaphore records no holder: its unit goes back by the kernel's own up().
+    call_of("up");
+  } else if (type == "socket") {
+    // lock_sock() records no owner: the socket must be owned, and is given up by the kernel's
+    // own release_sock().
+    call_of("release_sock");
+    if (m.read_value<std::int32_t>(lock + t.offset_of("sock", "sk_lock.owned")) != 1)
+      fail(ExitCode::failure, "release-lock: the socket at {:#x} is not owned", lock);
   } else {
     fail(ExitCode::failure, "release-lock: locks of type \"{}\" are not released", type);
   }

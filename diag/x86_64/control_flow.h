@@ -1,0 +1,53 @@
+// Paths through one function's decoded code (code_decoder.h): which instruction can follow
+// which. Direct jumps and fall-through are followed; a jump or call leaving the function ends a
+// path (a tail call, the return thunk); an indirect jump could go anywhere in it, so a search
+// that meets one answers "reachable" (the cautious answer for every question asked here).
+#pragma once
+
+#include "x86_64/code_decoder.h"
+
+#include <cstdint>
+#include <functional>
+#include <unordered_map>
+#include <vector>
+
+namespace immortal {
+
+class ControlFlow {
+ public:
+  // leaves(target): whether a jump to `target`, outside the code, ends the path (a tail call,
+  // the return thunk); if not (a jump into the function's .cold part, which jumps back), the
+  // path could go on anywhere. Without it every such jump ends the path.
+  explicit ControlFlow(const std::vector<Instruction>& code,
+                       const std::function<bool(std::uint64_t target)>& leaves = {});
+
+  // Every jump's destination is known: no indirect jump, no jump out that could come back.
+  bool exact() const { return !indirect_; }
+  // The instruction at address, or -1.
+  int at(std::uint64_t address) const;
+  // The instruction that ends where `end` begins (the call a return address follows), or -1.
+  int ending_at(std::uint64_t end) const;
+  // Whether some path leaves instruction `from` (after it ran) and arrives at `to` without
+  // passing an instruction for which blocked() holds (`to` itself is not tested). from = -1:
+  // from the function's entry (its first instruction, which is tested).
+  bool reaches(int from, int to, const std::function<bool(const Instruction&)>& blocked = {}) const;
+  // The same from instruction `start` itself, before it runs (it is tested too).
+  bool reaches_starting_at(int start, int to, const std::function<bool(const Instruction&)>& blocked = {}) const;
+  // Every instruction from which a path arrives at `to` (backwards search, no blocking).
+  std::vector<bool> can_reach(int to) const;
+  // Every instruction a path from `from` (after it ran) arrives at; true for all if an indirect
+  // jump is met.
+  std::vector<bool> reachable_from(int from) const;
+
+ private:
+  // Successors of instruction i; false if it jumps somewhere unknown.
+  bool successors(int i, std::vector<int>& out) const;
+
+  const std::vector<Instruction>& code_;
+  std::unordered_map<std::uint64_t, int> index_;
+  std::function<bool(std::uint64_t)> leaves_;
+  std::vector<std::vector<int>> predecessors_;
+  bool indirect_ = false;  // an indirect jump inside the function: any instruction may follow it
+};
+
+}  // namespace immortal
