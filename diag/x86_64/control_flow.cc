@@ -69,22 +69,16 @@ bool ControlFlow::reaches(int from, int to, const std::function<bool(const Instr
   return false;
 }
 
-bool ControlFlow::reaches_starting_at(int start, int to, const std::function<bool(const Instruction&)>& blocked) const {
-  if (start < 0 || static_cast<std::size_t>(start) >= code_.size()) return false;
-  if (start == to) return true;
-  if (blocked && blocked(code_[static_cast<std::size_t>(start)])) return false;
-  return reaches(start, to, blocked);
-}
-
-std::vector<bool> ControlFlow::can_reach(int to) const {
+std::vector<bool> ControlFlow::can_reach(int to, const std::function<bool(const Instruction&)>& blocked) const {
   std::vector<bool> seen(code_.size(), indirect_);
   if (indirect_ || to < 0 || static_cast<std::size_t>(to) >= code_.size()) return seen;
+  seen[static_cast<std::size_t>(to)] = true;
   std::vector<int> work{to};
   while (!work.empty()) {
     int i = work.back();
     work.pop_back();
     for (int p : predecessors_[static_cast<std::size_t>(i)])
-      if (!seen[static_cast<std::size_t>(p)]) {
+      if (!seen[static_cast<std::size_t>(p)] && (!blocked || !blocked(code_[static_cast<std::size_t>(p)]))) {
         seen[static_cast<std::size_t>(p)] = true;
         work.push_back(p);
       }

@@ -31,10 +31,9 @@ class ControlFlow {
   // passing an instruction for which blocked() holds (`to` itself is not tested). from = -1:
   // from the function's entry (its first instruction, which is tested).
   bool reaches(int from, int to, const std::function<bool(const Instruction&)>& blocked = {}) const;
-  // The same from instruction `start` itself, before it runs (it is tested too).
-  bool reaches_starting_at(int start, int to, const std::function<bool(const Instruction&)>& blocked = {}) const;
-  // Every instruction from which a path arrives at `to` (backwards search, no blocking).
-  std::vector<bool> can_reach(int to) const;
+  // Every instruction from which a path arrives at `to`: i runs first, and neither i nor any
+  // instruction after it before `to` is blocked (`to` is true itself). One backward search.
+  std::vector<bool> can_reach(int to, const std::function<bool(const Instruction&)>& blocked = {}) const;
   // Every instruction a path from `from` (after it ran) arrives at; true for all if an indirect
   // jump is met.
   std::vector<bool> reachable_from(int from) const;

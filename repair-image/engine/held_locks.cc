@@ -70,12 +70,13 @@ bool held_by_flow(std::span<const std::uint8_t> code, std::uint64_t base, const 
     int n = flow.at(i.address);
     return n >= 0 && acquiring[static_cast<std::size_t>(n)];
   };
-  if (flow.reaches(-1, here, acquires)) return false;
+  // Where a path to here starts without passing an acquisition: one backward search.
+  std::vector<bool> open = flow.can_reach(here, acquires);
+  if (insns.empty() || open[0]) return false;  // from the entry
   for (int fail : failures)
-    if (flow.reaches_starting_at(fail, here, acquires)) return false;
+    if (open[static_cast<std::size_t>(fail)]) return false;
   for (std::size_t i = 0; i < insns.size(); ++i)
-    if (const LockFunction* f = function_at(insns[i]); f && f->release && flow.reaches(static_cast<int>(i), here, acquires))
-      return false;
+    if (const LockFunction* f = function_at(insns[i]); f && f->release && open[i]) return false;
   return true;
 }
 
@@ -88,6 +89,7 @@ constexpr std::uint64_t kMaxObjectBytes = 16 * 1024;
 constexpr std::uint64_t kWindowBefore = 512, kWindowAfter = 2048;  // around a pointer that is no slab object
 constexpr std::uint64_t kMaxScanBytes = 32ull << 20;
 constexpr std::uint64_t kMaxFunctionBytes = 64 * 1024;
+constexpr std::size_t kMaxFlowSites = 256;  // lock calls of one function whose paths are searched
 
 bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpace && v < ~0xfffull; }
 
@@ -316,8 +318,10 @@ void Search::call_sites() {
       // A socket call counts only on a path to where the frame is (a large setsockopt switch
       // locks the socket in many cases).
       auto off_path = [&](const LockCallSite& site) {
-        return ownerless(site.function->type) && here >= 0 && !flow.reaches(flow.at(site.call), here);
+        int at = flow.at(site.call);
+        return ownerless(site.function->type) && here >= 0 && at >= 0 && !before_here[static_cast<std::size_t>(at)];
       };
+      std::size_t flow_sites = 0;
       for (const auto& site : find_lock_calls(insns, functions, &unfollowed)) {
         ++site_count_;
         if (part == s && site.call >= pc) continue;  // not reached yet
@@ -335,8 +339,9 @@ void Search::call_sites() {
           // The base must still hold what it held at the call: nothing on a path from the call
           // to where the frame is now may write it (where the paths are not all known, nothing
           // between the two in address order).
+          // (A forward search per call: at most kMaxFlowSites of them in one function.)
           bool rewritten = part != s || here < 0;
-          if (!rewritten && !flow.exact()) {
+          if (!rewritten && (!flow.exact() || ++flow_sites > kMaxFlowSites)) {
             rewritten = std::any_of(insns.begin(), insns.end(), [&](const Instruction& i) {
               return i.address > site.call && i.address < pc && (i.writes & (1u << site.base));
             });

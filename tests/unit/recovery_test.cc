@@ -354,6 +354,10 @@ TEST_CASE("control flow: paths follow jumps, not addresses; unknown jumps make e
   CHECK_FALSE(flow.reaches(-1, here, is_site));  // every path to the frame passes the lock
   CHECK(flow.reaches(here, pop));                 // the jmp back
   CHECK_FALSE(flow.reaches(pop, here));           // ret ends the path
+  auto open = flow.can_reach(here, is_site);      // paths to the frame that do not pass the lock
+  CHECK_FALSE(open[0]);
+  CHECK(open[static_cast<std::size_t>(flow.at(base + 0x11))]);  // after it
+  CHECK_FALSE(open[static_cast<std::size_t>(site)]);
 
   // An indirect jump could go anywhere: every question gets the cautious answer.
   auto indirect = code;
