@@ -1,13 +1,12 @@
 #include "engine/held_locks.h"
 
-#include "x86_64/control_flow.h"
-
 #include "base/error.h"
 #include "engine/crash_analysis.h"
 #include "engine/repair_plan.h"
 #include "kernel/lock_waiters.h"
 #include "kernel/modules.h"
 #include "kernel/slab.h"
+#include "x86_64/control_flow.h"
 
 #include <fmt/format.h>
 
@@ -105,8 +104,8 @@ struct SiteLock {
   std::string where;
   std::size_t frame = 0;    // the frame of the path whose function made the call
   std::uint64_t call = 0;   // the call instruction
-  // socket: every path through its function to where the frame is passes a lock_sock() with
-  // no release_sock() after it
+  // semaphore, socket: every path through its function to where the frame is passes an
+  // acquisition with no release after it (held_by_flow)
   bool held_here = false;
 };
 
@@ -315,8 +314,8 @@ void Search::call_sites() {
           unnamed_socket_sites_.push_back(fmt::format("{} in {}", site.function->name, symbols.describe(site.call)));
       };
       std::vector<LockCallSite> unfollowed;
-      // A socket call counts only on a path to where the frame is (a large setsockopt switch
-      // locks the socket in many cases).
+      // A semaphore or socket call counts only on a path to where the frame is (a large
+      // setsockopt switch locks the socket in many cases).
       auto off_path = [&](const LockCallSite& site) {
         int at = flow.at(site.call);
         return ownerless(site.function->type) && here >= 0 && at >= 0 && !before_here[static_cast<std::size_t>(at)];
