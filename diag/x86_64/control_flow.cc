@@ -38,37 +38,6 @@ bool ControlFlow::successors(int i, std::vector<int>& out) const {
   return true;
 }
 
-bool ControlFlow::reaches(int from, int to, const std::function<bool(const Instruction&)>& blocked) const {
-  if (to < 0 || static_cast<std::size_t>(to) >= code_.size()) return false;
-  std::vector<bool> seen(code_.size(), false);
-  std::vector<int> work, next;
-  auto visit = [&](int n) {
-    if (seen[static_cast<std::size_t>(n)]) return false;
-    seen[static_cast<std::size_t>(n)] = true;
-    if (n == to) return true;
-    if (!blocked || !blocked(code_[static_cast<std::size_t>(n)])) work.push_back(n);
-    return false;
-  };
-  if (from < 0) {
-    if (code_.empty()) return false;
-    if (visit(0)) return true;
-  } else if (from >= static_cast<int>(code_.size())) {
-    return false;
-  } else {
-    if (!successors(from, next)) return true;
-    for (int n : next)
-      if (visit(n)) return true;
-  }
-  while (!work.empty()) {
-    int i = work.back();
-    work.pop_back();
-    if (!successors(i, next)) return true;
-    for (int n : next)
-      if (visit(n)) return true;
-  }
-  return false;
-}
-
 std::vector<bool> ControlFlow::can_reach(int to, const std::function<bool(const Instruction&)>& blocked) const {
   std::vector<bool> seen(code_.size(), indirect_);
   if (indirect_ || to < 0 || static_cast<std::size_t>(to) >= code_.size()) return seen;

@@ -27,10 +27,6 @@ class ControlFlow {
   int at(std::uint64_t address) const;
   // The instruction that ends where `end` begins (the call a return address follows), or -1.
   int ending_at(std::uint64_t end) const;
-  // Whether some path leaves instruction `from` (after it ran) and arrives at `to` without
-  // passing an instruction for which blocked() holds (`to` itself is not tested). from = -1:
-  // from the function's entry (its first instruction, which is tested).
-  bool reaches(int from, int to, const std::function<bool(const Instruction&)>& blocked = {}) const;
   // Every instruction from which a path arrives at `to`: i runs first, and neither i nor any
   // instruction after it before `to` is blocked (`to` is true itself). One backward search.
   std::vector<bool> can_reach(int to, const std::function<bool(const Instruction&)>& blocked = {}) const;

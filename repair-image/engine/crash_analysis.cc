@@ -21,7 +21,17 @@ constexpr std::uint64_t kKernelSpaceStart = 0xffff800000000000ull;
 constexpr std::size_t kMaxMessage = 256;
 constexpr std::size_t kLogRecordsToSearch = 1024;  // back from the end: past a deep call trace
 constexpr std::uint64_t kStackRoom = 2048;  // a stack pointer this far above the stack's base has not overflowed
-constexpr std::uint64_t kGuardPage = 4096;  // below a VMAP_STACK stack: the overflow's stack pointer lies there
+
+// The context of code running at preemption count `count` (the levels of whatever interrupted
+// it taken off) on task pid with task flags `flags`.
+std::string context_of(std::uint32_t count, int pid, std::uint32_t flags) {
+  if (count & kNmiMask) return "nmi";
+  if (count & kHardirqMask) return "hardirq";
+  if (count & kSoftirqOffset) return "softirq";
+  if (pid == 0) return "idle";
+  if (flags & kPfKthread) return "kernel-thread";
+  return "process";
+}
 
 // The name of the function containing address, without the compiler's ".cold" split suffix.
 std::string function_of(const SymbolTable& symbols, std::uint64_t address, std::string* module = nullptr) {
@@ -110,12 +120,7 @@ void classify_overflow(const Kernel& kernel, CrashAnalysis& a) {
     a.unsafe.push_back("a stack overflow reported in NMI context, not through the double fault");
     return;
   }
-  std::uint32_t below = count - a.detector_levels;
-  if (below & (kHardirqMask | kNmiMask)) a.context = "hardirq";
-  else if (below & kSoftirqOffset) a.context = "softirq";
-  else if (a.pid == 0) a.context = "idle";
-  else if (a.task_flags & kPfKthread) a.context = "kernel-thread";
-  else a.context = "process";
+  a.context = context_of(count - a.detector_levels, a.pid, a.task_flags);
   std::uint64_t sp = a.fault_registers.rsp;
   if (!a.task_stack || a.fault_frame <= 0 || sp + kGuardPage < a.task_stack || sp >= a.task_stack + kThreadSize) {
     a.unsafe.push_back(fmt::format("the stack pointer at the overflow ({:#x}) is not at the guard page of the task's "
@@ -163,12 +168,7 @@ void classify_lockup(const Kernel& kernel, CrashAnalysis& a) {
     a.unsafe.push_back("the soft-lockup watchdog did not run in the stuck CPU's timer interrupt");
     return;
   }
-  std::uint32_t stopped = count - kHardirqOffset;
-  if (stopped & (kHardirqMask | kNmiMask)) a.context = "hardirq";
-  else if (stopped & kSoftirqOffset) a.context = "softirq";
-  else if (a.pid == 0) a.context = "idle";
-  else if (a.task_flags & kPfKthread) a.context = "kernel-thread";
-  else a.context = "process";
+  a.context = context_of(count - kHardirqOffset, a.pid, a.task_flags);
   const Frame& interrupt = a.backtrace.frames[static_cast<std::size_t>(a.fault_frame)];
   try {
     auto irq_regs = kernel.symbols().percpu_offset("__irq_regs");
@@ -265,13 +265,7 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
     a.unsafe.push_back(std::string("the crashing CPU's task is unreadable: ") + e.what());
     return a;
   }
-  std::uint32_t count = a.preempt_count & ~kPreemptNeedResched;
-  if (count & kNmiMask) a.context = "nmi";
-  else if (count & kHardirqMask) a.context = "hardirq";
-  else if (count & kSoftirqOffset) a.context = "softirq";
-  else if (a.pid == 0) a.context = "idle";
-  else if (a.task_flags & kPfKthread) a.context = "kernel-thread";
-  else a.context = "process";
+  a.context = context_of(a.preempt_count & ~kPreemptNeedResched, a.pid, a.task_flags);
 
   OrcUnwinder unwinder(kernel);
   a.backtrace = unwinder.unwind(regs);

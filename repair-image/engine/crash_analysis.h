@@ -25,6 +25,7 @@ constexpr std::uint32_t kPreemptMask = 0x000000ff, kSoftirqMask = 0x0000ff00, kH
 // include/linux/sched.h
 constexpr std::uint32_t kPfExiting = 0x00000004, kPfKthread = 0x00200000;
 constexpr std::uint64_t kThreadSize = 16 * 1024;  // x86-64 without KASAN
+constexpr std::uint64_t kGuardPage = 4096;  // below a VMAP_STACK stack: an overflow's stack pointer lies there
 
 struct CrashAnalysis {
   // oops, bug, warn, panic (a panic() call by a module), stack-overflow (a task's stack ran into

@@ -55,16 +55,18 @@ bool held_by_flow(std::span<const std::uint8_t> code, std::uint64_t base, const 
   };
   std::vector<bool> acquiring(insns.size(), false);
   std::vector<int> failures;
+  bool any = false;
   for (std::size_t i = 0; i < insns.size(); ++i) {
     const LockFunction* f = function_at(insns[i]);
     if (!f || f->release) continue;
     if (!f->conditional) {
-      acquiring[i] = true;
+      acquiring[i] = any = true;
     } else if (int fail = failure_side(code, base, insns, flow, i); fail >= 0) {
-      acquiring[i] = true;
+      acquiring[i] = any = true;
       failures.push_back(fail);
     }
   }
+  if (!any) return false;  // takes no such lock: nothing to search
   auto acquires = [&](const Instruction& i) {
     int n = flow.at(i.address);
     return n >= 0 && acquiring[static_cast<std::size_t>(n)];
@@ -307,7 +309,9 @@ void Search::call_sites() {
       }
       // A spinlock taken on the path whose lock cannot be named: only the preemption count
       // can still tell whether it is held.
+      // A lock call whose lock cannot be named (a release of one: it may have given up any).
       auto unnamed = [&](const LockCallSite& site) {
+        if (site.function->release) ownerless_releases_.push_back({k, site.call, std::nullopt, site.function->type});
         if (site.function->type == LockType::spinlock || site.function->type == LockType::rwlock)
           unnamed_spin_sites_.push_back(fmt::format("{} in {}", site.function->name, symbols.describe(site.call)));
         if (site.function->type == LockType::socket && !site.function->release && sleeping_locks_)
@@ -332,7 +336,6 @@ void Search::call_sites() {
           bool known = regs[k] && (k == first_ || callee_saved(site.base));
           if (!known) {
             unnamed(site);
-            if (site.function->release) ownerless_releases_.push_back({k, site.call, std::nullopt, site.function->type});
             continue;
           }
           // The base must still hold what it held at the call: nothing on a path from the call
@@ -352,7 +355,6 @@ void Search::call_sites() {
           }
           if (rewritten) {
             unnamed(site);
-            if (site.function->release) ownerless_releases_.push_back({k, site.call, std::nullopt, site.function->type});
             continue;
           }
           lock = *regs[k]->field(register_name(site.base)) + static_cast<std::uint64_t>(site.displacement);
@@ -370,7 +372,6 @@ void Search::call_sites() {
         ++site_count_;
         if ((part != s || site.call < pc) && !off_path(site)) {
           unnamed(site);
-          if (site.function->release) ownerless_releases_.push_back({k, site.call, std::nullopt, site.function->type});
         }
       }
     }

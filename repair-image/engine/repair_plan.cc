@@ -513,7 +513,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
                           a.oops_header.find("stack guard page") != std::string::npos;
       if (guard_report) task_sp = a.fault_registers.rsp;
       // An overflow's stack pointer is in the guard page just below the stack.
-      std::uint64_t low = a.kind == "stack-overflow" ? a.task_stack - 4096 : a.task_stack;  // one guard page
+      std::uint64_t low = a.kind == "stack-overflow" ? a.task_stack - kGuardPage : a.task_stack;
       if (task_sp < low || task_sp >= a.task_stack + kThreadSize) {
         plan.reason = lockup ? "the spinning code is not on its task's stack" : "the crashing CPU is not on its task's stack";
         return plan;

@@ -350,12 +350,11 @@ TEST_CASE("control flow: paths follow jumps, not addresses; unknown jumps make e
   CHECK_FALSE(flow.can_reach(here)[static_cast<std::size_t>(pop)]);  // …but never before the frame's call
   CHECK(flow.can_reach(here)[static_cast<std::size_t>(site)]);
   auto is_site = [&](const Instruction& i) { return i.address == base + 0x0c; };
-  CHECK(flow.reaches(-1, here));
-  CHECK_FALSE(flow.reaches(-1, here, is_site));  // every path to the frame passes the lock
-  CHECK(flow.reaches(here, pop));                 // the jmp back
-  CHECK_FALSE(flow.reaches(pop, here));           // ret ends the path
+  CHECK(flow.can_reach(here)[0]);                 // from the entry
+  CHECK(flow.reachable_from(here)[static_cast<std::size_t>(pop)]);  // the jmp back
+  CHECK_FALSE(flow.reachable_from(pop)[static_cast<std::size_t>(here)]);  // ret ends the path
   auto open = flow.can_reach(here, is_site);      // paths to the frame that do not pass the lock
-  CHECK_FALSE(open[0]);
+  CHECK_FALSE(open[0]);                           // every path from the entry passes it
   CHECK(open[static_cast<std::size_t>(flow.at(base + 0x11))]);  // after it
   CHECK_FALSE(open[static_cast<std::size_t>(site)]);
 
