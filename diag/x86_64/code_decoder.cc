@@ -74,6 +74,16 @@ void describe(csh h, const cs_insn& insn, Instruction& out) {
     for (std::uint8_t i = 0; i < nwritten; ++i)
       if (int n = gpr_number(written[i]); n >= 0) out.writes |= static_cast<std::uint16_t>(1u << n);
   if (out.kind == Instruction::Kind::call) out.writes |= 0x0fc7;  // the callee may clobber rax rcx rdx rsi rdi r8–r11
+  for (std::uint8_t o = 0; o < x.op_count; ++o) {
+    const cs_x86_op& op = x.operands[o];
+    if (op.type != X86_OP_MEM || insn.id == X86_INS_LEA || insn.id == X86_INS_NOP) continue;
+    int base = op.mem.base == X86_REG_INVALID ? -1 : gpr_number(op.mem.base);
+    if (base < 0 || op.mem.index != X86_REG_INVALID || op.mem.segment != X86_REG_INVALID || out.memory) {
+      out.other_memory = true;
+      continue;
+    }
+    out.memory = Instruction::Memory{base, op.mem.disp, (op.access & CS_AC_READ) != 0, (op.access & CS_AC_WRITE) != 0};
+  }
   // Loads into a 64-bit register: mov reg/imm, lea.
   if (x.op_count != 2 || x.operands[0].type != X86_OP_REG || !is_64bit_gpr(x.operands[0].reg)) return;
   Instruction::Load load;

@@ -33,6 +33,16 @@ struct Instruction {
     std::int64_t displacement = 0;
   };
   std::optional<Load> load;
+  // Its memory operand, when it has one addressed as register + displacement (no index, no
+  // segment override: per-CPU %gs accesses are not described): what a spinning loop polls.
+  struct Memory {
+    int base = -1;
+    std::int64_t displacement = 0;
+    bool read = false, write = false;
+  };
+  std::optional<Memory> memory;
+  // It addresses memory some other way (an index, a segment, RIP-relative).
+  bool other_memory = false;
 };
 
 // Decodes code (guest address base) from its start to its end; bytes that are no instruction

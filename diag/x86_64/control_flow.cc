@@ -72,4 +72,13 @@ std::vector<bool> ControlFlow::reachable_from(int from) const {
   return seen;
 }
 
+std::vector<bool> ControlFlow::loop_through(int at) const {
+  std::vector<bool> out(code_.size(), false);
+  if (at < 0 || static_cast<std::size_t>(at) >= code_.size()) return out;
+  std::vector<bool> after = reachable_from(at), before = can_reach(at);
+  if (!after[static_cast<std::size_t>(at)]) return out;
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = after[i] && before[i];
+  return out;
+}
+
 }  // namespace immortal

@@ -33,6 +33,9 @@ class ControlFlow {
   // Every instruction a path from `from` (after it ran) arrives at; true for all if an indirect
   // jump is met.
   std::vector<bool> reachable_from(int from) const;
+  // The instructions of every loop through `at`: reached from it and reaching it again (empty
+  // when no path comes back; everything when an indirect jump is met).
+  std::vector<bool> loop_through(int at) const;
 
  private:
   // Successors of instruction i; false if it jumps somewhere unknown.

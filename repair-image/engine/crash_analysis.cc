@@ -407,16 +407,31 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
       const KernelCheck* check = nullptr;
       bool all_checks = !module.empty();
       bool lockup = a.kind == "soft-lockup";
+      std::string spin;  // a lockup stopped in the spinlock slow path, the driver's lock call above it
       for (std::size_t i = static_cast<std::size_t>(a.fault_frame); i < f && all_checks; ++i) {
-        std::string name = function_of(symbols, i == static_cast<std::size_t>(a.fault_frame) && a.kind != "panic"
-                                                    ? a.fault_pc : frames[i].pc - 1);
+        bool stopped_here = i == static_cast<std::size_t>(a.fault_frame);
+        std::string name = function_of(symbols, stopped_here && a.kind != "panic" ? a.fault_pc : frames[i].pc - 1);
+        if (lockup && (stopped_here ? spinlock_slow_path(name) : !spin.empty() && spinlock_entry(name))) {
+          if (stopped_here) spin = name;
+          continue;
+        }
         const KernelCheck* c = lockup ? busy_wait_helper(name) : kernel_check(name);
         bool slab = name.find("kfree") != std::string::npos || name.find("kmem_cache_free") != std::string::npos ||
                     name.find("slab_free") != std::string::npos;
         if (!c || (slab && a.bug_at.rfind("mm/slub.c", 0) != 0)) all_checks = false;
         if (!check) check = c;
       }
-      if (lockup) {
+      if (lockup && all_checks && !spin.empty()) {
+        std::string why;
+        if (auto wait = find_spin_wait(kernel, record, a, spin, &why)) {
+          a.spin_wait = wait;
+          a.notes.push_back(fmt::format("the spinning task waits for spinlock {:#x} in {} (called by module {}), with no "
+                                        "place in its queue (lock word {:#x}): ending it there changes nothing in the "
+                                        "lock", wait->lock, a.fault_function, module, wait->word));
+        } else {
+          a.unsafe.push_back(why);
+        }
+      } else if (lockup) {
         if (all_checks && check)
           a.notes.push_back(fmt::format("the spinning task was stopped in {} ({}), called by module {}", check->what,
                                         a.fault_function, module));
@@ -521,6 +536,7 @@ nlohmann::json CrashAnalysis::to_json() const {
           {"backtrace", frames}, {"backtrace_problem", backtrace.problem}, {"locks_held", held},
           {"lock_search", lock_search}, {"references_held", refs}, {"napi", napi ? fmt::format("{:#x}", napi) : ""},
           {"hung_tasks", hung_json()},
+          {"spin_wait", spin_wait ? spin_wait->to_json() : nlohmann::json(nullptr)},
           {"unsafe", unsafe}, {"notes", notes}, {"percpu_base", fmt::format("{:#x}", percpu_base)},
           {"summary", summary()}};
 }

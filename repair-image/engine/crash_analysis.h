@@ -7,6 +7,7 @@
 #include "engine/held_locks.h"
 #include "engine/held_references.h"
 #include "engine/hung_tasks.h"
+#include "engine/spin_wait.h"
 #include "kernel/backtrace.h"
 #include "kernel/kernel.h"
 
@@ -87,6 +88,8 @@ struct CrashAnalysis {
   // A hung task (khungtaskd's panic): the tasks it found hung, the culprits among them, and how
   // they and khungtaskd go on. The analysis's task is then the (first) culprit, not khungtaskd.
   HungTaskSearch hung;
+  // A soft lockup of a task waiting for a spinlock (spin_wait.h): the lock, and who may hold it.
+  std::optional<SpinWait> spin_wait;
   double lock_search_ms = 0;    // a timing, reported beside the analysis (not in to_json)
   std::vector<std::string> unsafe;  // reasons the guest must not be resumed (empty: none found)
   std::vector<std::string> notes;

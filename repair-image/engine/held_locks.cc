@@ -133,6 +133,7 @@ class Search {
   void classify_owner_hits();
   void waiters();
   void account_spinlocks();
+  std::uint32_t spin_wait_lock(std::uint32_t held, std::uint32_t explained);
   std::optional<std::uint32_t> interrupted_level(std::string* why) const;
   HeldLock& add(std::uint64_t address, LockType type, const std::string& found_by);
   int preempt_step(const std::vector<std::uint8_t>& code, std::uint64_t base, const Instruction& i) const;
@@ -328,6 +329,8 @@ void Search::call_sites() {
       for (const auto& site : find_lock_calls(insns, functions, &unfollowed)) {
         ++site_count_;
         if (part == s && site.call >= pc) continue;  // not reached yet
+        // The call the frame is in: an acquisition not complete yet (a task stuck waiting for it).
+        if (part == s && k != first_ && here >= 0 && flow.at(site.call) == here && !site.function->release) continue;
         if (off_path(site)) continue;
         std::uint64_t lock = 0;
         if (site.absolute) {
@@ -580,6 +583,32 @@ std::optional<std::uint32_t> Search::interrupted_level(std::string* why) const {
   return std::nullopt;
 }
 
+// The spinlock a stuck task waits for (spin_wait.h), unless the path's own lock calls found it
+// held already (taken twice on one path): held by the task itself, or by code that cannot be
+// named (a reason not to resume). What it adds to the locks found on the crashing CPU.
+std::uint32_t Search::spin_wait_lock(std::uint32_t held, std::uint32_t explained) {
+  const SpinWait& w = *a_.spin_wait;
+  auto it = index_.find(w.lock);
+  if (it != index_.end() && out_.locks[it->second].ours) return 0;
+  std::string why;
+  auto delta = spin_wait_holder(w, a_.pid, held > explained ? held - explained : 0, &why);
+  if (!delta) {
+    out_.unexplained.push_back(fmt::format("the stuck task waits for spinlock {}, and who holds it cannot be told: {}",
+                                           describe(w.lock), why));
+    return 0;
+  }
+  HeldLock& h = add(w.lock, LockType::spinlock, "the spinlock the stuck task waits for (" + w.polled_by + ")");
+  h.word = w.word;
+  h.ours = true;
+  h.preempt_delta = *delta;
+  h.note = *delta ? "taken by the same task in an earlier call and never released: its CPU still holds it"
+                  : "taken by the same task, which then slept holding it (the kernel reported it scheduling while "
+                    "atomic): no CPU holds it";
+  out_.notes.push_back(fmt::format("spinlock {} that the stuck task waits for is its own: {} ({}; {})",
+                                   describe(w.lock), h.note, w.others, w.log_evidence));
+  return *delta;
+}
+
 // Spinlocks and rwlocks have no owner: the crashing CPU holds those its preemption count
 // says, and the ones found must be exactly that many.
 void Search::account_spinlocks() {
@@ -627,6 +656,7 @@ void Search::account_spinlocks() {
     }
   }
   held = held >= idle ? held - idle : held;
+  if (a_.spin_wait) found += spin_wait_lock(held, found + warn + preempt_sections_);
   // What is not a lock: the WARN() report's level, the path's own preempt_disable() sections.
   // The spinlocks found must account for everything else.
   if (found > held || held - found > warn + preempt_sections_)

@@ -543,11 +543,15 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
         set_register(kill, regs, "rip", kernel.symbol("rewind_stack_and_make_dead"));
         set_register(kill, regs, "rdi", kSigkill);
       }
-      // make_task_dead() panics for in_interrupt(): bottom halves disabled by the driver count.
-      if (count & kSoftirqMask) {
-        std::uint32_t fixed = count & ~kSoftirqMask;
+      // make_task_dead() panics for in_interrupt() (bottom halves disabled by the driver count),
+      // and resets the levels a dying task still has with a note ("exited with preempt_count")
+      // that would read as a task dying with a spinlock held (spin_wait.h trusts that note). Its
+      // locks are released above and what is left are sections of the path it leaves: the levels
+      // are taken off here instead. (A lockup's timer interrupt keeps its own until it returns.)
+      if (std::uint32_t fixed = count & ~(kSoftirqMask | kPreemptMask); fixed != count) {
         kill.writes.push_back({a.percpu_base + *symbols.percpu_offset("__preempt_count"), bytes_of(count),
                                bytes_of(fixed), false});
+        count = fixed;
       }
       kill.detail.update({{"pid", a.pid}, {"comm", a.comm}, {"signal", "SIGKILL"}});
       end_context.push_back(std::move(kill));

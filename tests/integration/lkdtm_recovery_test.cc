@@ -23,21 +23,21 @@ json last_crash_event(const std::string& name) { return last_event_of(name, "cra
 
 TEST_CASE("lkdtm: every type that crashes from process context is recovered in place, one after another",
           "[integration][lkdtm-recovery]") {
-  // Crashing from process context and recovered (docs/fault-catalogue.md), the soft lockups of a
-  // task spinning in LKDTM's own code, its hung task and its stray read of the stack's guard
-  // page and its stack exhaustion (a double fault) included; SPINLOCKUP (spinning inside the
-  // kernel's lock code, its lock taken by an earlier write that returned holding it) is rebooted
-  // and listed there.
+  // Crashing from process context and recovered (docs/fault-catalogue.md), in LKDTM's own order:
+  // the soft lockups of a task spinning in LKDTM's code and of one spinning on the spinlock an
+  // earlier write returned holding (SPINLOCKUP), its hung task, its stray read of the stack's
+  // guard page and its stack exhaustion (a double fault) included.
   const char* types[] = {
-      "PANIC", "BUG", "WARNING", "WARNING_MESSAGE", "EXCEPTION", "CORRUPT_LIST_ADD", "CORRUPT_LIST_DEL",
-      "CORRUPT_STACK", "CORRUPT_STACK_STRONG", "STACK_GUARD_PAGE_TRAILING", "VMALLOC_LINEAR_OVERFLOW",
-      "SLAB_FREE_DOUBLE", "WRITE_RO", "WRITE_RO_AFTER_INIT", "WRITE_KERN", "EXEC_DATA", "EXEC_STACK",
-      "EXEC_KMALLOC", "EXEC_VMALLOC", "EXEC_RODATA", "EXEC_NULL", "ACCESS_NULL", "USERCOPY_SLAB_SIZE_TO",
-      "USERCOPY_SLAB_SIZE_FROM", "USERCOPY_SLAB_WHITELIST_TO", "USERCOPY_SLAB_WHITELIST_FROM",
-      "USERCOPY_STACK_FRAME_TO", "USERCOPY_STACK_FRAME_FROM", "USERCOPY_STACK_BEYOND", "USERCOPY_FOLIO",
-      "USERCOPY_KERNEL", "FORTIFY_STR_OBJECT", "FORTIFY_STR_MEMBER", "FORTIFY_MEM_OBJECT", "FORTIFY_STRSCPY",
-      "SOFTLOCKUP", "LOOP", "HUNG_TASK", "STACK_GUARD_PAGE_LEADING", "EXHAUST_STACK",
+      "PANIC", "BUG", "WARNING", "WARNING_MESSAGE", "EXCEPTION", "LOOP", "EXHAUST_STACK", "CORRUPT_STACK",
+      "CORRUPT_STACK_STRONG", "SOFTLOCKUP", "SPINLOCKUP", "HUNG_TASK", "CORRUPT_LIST_ADD", "CORRUPT_LIST_DEL",
+      "STACK_GUARD_PAGE_LEADING", "STACK_GUARD_PAGE_TRAILING", "VMALLOC_LINEAR_OVERFLOW", "SLAB_FREE_DOUBLE",
+      "WRITE_RO", "WRITE_RO_AFTER_INIT", "WRITE_KERN", "EXEC_DATA", "EXEC_STACK", "EXEC_KMALLOC", "EXEC_VMALLOC",
+      "EXEC_RODATA", "EXEC_NULL", "ACCESS_NULL", "USERCOPY_SLAB_SIZE_TO", "USERCOPY_SLAB_SIZE_FROM",
+      "USERCOPY_SLAB_WHITELIST_TO", "USERCOPY_SLAB_WHITELIST_FROM", "USERCOPY_STACK_FRAME_TO",
+      "USERCOPY_STACK_FRAME_FROM", "USERCOPY_STACK_BEYOND", "USERCOPY_FOLIO", "USERCOPY_KERNEL",
+      "FORTIFY_STR_OBJECT", "FORTIFY_STR_MEMBER", "FORTIFY_MEM_OBJECT", "FORTIFY_STRSCPY",
   };
+
   std::string name = unique_name("lkdtmrec");
   auto run = run_cli({"run", "--name", name, "--detach", "--verify-window", "2", "--recovery-limit", "200/3600",
                       "--bundle-keep", "2"});

@@ -4,6 +4,7 @@
 #include "base/error.h"
 #include "engine/lock_calls.h"
 #include "engine/repair_plan.h"
+#include "engine/spin_wait.h"
 #include "recovery/recovery_policy.h"
 #include "support/fake_kernel.h"
 #include "x86_64/code_decoder.h"
@@ -12,6 +13,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstring>
 
 using namespace immortal;
@@ -372,4 +374,92 @@ TEST_CASE("control flow: paths follow jumps, not addresses; unknown jumps make e
   ControlFlow tail(with_cold, [](std::uint64_t) { return true; }), back(with_cold, [](std::uint64_t) { return false; });
   CHECK(tail.exact());
   CHECK_FALSE(back.exact());
+}
+
+TEST_CASE("spin wait: the one word a stuck loop polls, from the loop's own instructions", "[recovery]") {
+  const std::uint64_t base = 0xffffffff81a5a14bull;
+  // Debian 6.1's native_queued_spin_lock_slowpath from +0xb: the test-and-set loop a guest
+  // without paravirtual spinlocks spins in (virt_spin_lock), polling (%rbx).
+  std::vector<std::uint8_t> code = {
+      0x48, 0x89, 0xfb,                    // 0x14b mov %rdi,%rbx
+      0x66, 0x90,                          // 0x14e xchg %ax,%ax (the static key)
+      0xba, 0x01, 0x00, 0x00, 0x00,        // 0x150 mov $1,%edx
+      0x8b, 0x03,                          // 0x155 mov (%rbx),%eax
+      0x85, 0xc0, 0x75, 0x13,              // 0x157 test; jne 0x16e
+      0xf0, 0x0f, 0xb1, 0x13,              // 0x15b lock cmpxchg %edx,(%rbx)
+      0x85, 0xc0, 0x75, 0xf2,              // 0x15f test; jne 0x155
+      0x5b, 0x5d, 0x41, 0x5c, 0x41, 0x5d,  // 0x163 pops
+      0xe9, 0xc2, 0x7b, 0x3a, 0x00,        // 0x169 jmp __x86_return_thunk
+      0xf3, 0x90,                          // 0x16e pause
+      0xeb, 0xe3};                         // 0x170 jmp 0x155
+  auto insns = decode_code(code, base);
+  ControlFlow flow(insns);
+  REQUIRE(flow.exact());
+  int here = flow.at(0xffffffff81a5a170ull);
+  REQUIRE(here >= 0);
+  auto loop = flow.loop_through(here);
+  CHECK(loop[static_cast<std::size_t>(flow.at(0xffffffff81a5a155ull))]);
+  CHECK(loop[static_cast<std::size_t>(flow.at(0xffffffff81a5a15bull))]);  // the cmpxchg that would take it
+  CHECK_FALSE(loop[static_cast<std::size_t>(flow.at(0xffffffff81a5a150ull))]);  // before the loop
+  CHECK_FALSE(loop[static_cast<std::size_t>(flow.at(0xffffffff81a5a163ull))]);  // its way out
+  const Instruction& poll = insns[static_cast<std::size_t>(flow.at(0xffffffff81a5a155ull))];
+  REQUIRE(poll.memory);
+  CHECK(poll.memory->base == 3);  // %rbx
+  CHECK(poll.memory->read);
+  CHECK_FALSE(poll.memory->write);
+  const Instruction& cmpxchg = insns[static_cast<std::size_t>(flow.at(0xffffffff81a5a15bull))];
+  REQUIRE(cmpxchg.memory);
+  CHECK(cmpxchg.memory->base == 3);  // the same word
+  // An instruction no path comes back to is in no loop.
+  auto none = flow.loop_through(flow.at(0xffffffff81a5a150ull));
+  CHECK(std::none_of(none.begin(), none.end(), [](bool b) { return b; }));
+  // A per-CPU access (%gs) and an indexed one are not described as a polled word.
+  auto gs = decode_code(std::vector<std::uint8_t>{0x65, 0x8b, 0x05, 0x10, 0x00, 0x00, 0x00}, base);  // mov %gs:0x10(%rip),%eax
+  REQUIRE(gs.size() == 1);
+  CHECK_FALSE(gs[0].memory);
+  CHECK(gs[0].other_memory);
+  auto indexed = decode_code(std::vector<std::uint8_t>{0x8b, 0x04, 0x8b}, base);  // mov (%rbx,%rcx,4),%eax
+  REQUIRE(indexed.size() == 1);
+  CHECK(indexed[0].other_memory);
+}
+
+TEST_CASE("spin wait: the kernel's reports of a task sleeping or dying with a spinlock held name it", "[recovery]") {
+  CHECK(repair::left_holding_pid("BUG: scheduling while atomic: immortal-victim/141/0x00000002") == 141);
+  CHECK(repair::left_holding_pid("BUG: scheduling while atomic: a/b c/7/0x00000001") == 7);  // a comm with '/'
+  CHECK(repair::left_holding_pid("note: immortal-victim[114] exited with preempt_count 2") == 114);
+  CHECK(repair::left_holding_pid("note: a[b] c[9] exited with preempt_count 1") == 9);
+  CHECK_FALSE(repair::left_holding_pid("lkdtm: Performing direct entry SPINLOCKUP"));
+  CHECK_FALSE(repair::left_holding_pid("BUG: scheduling while atomic: x/notapid/0x1"));
+  CHECK_FALSE(repair::left_holding_pid("BUG: scheduling while atomic: x/99999999999999/0x1"));
+  CHECK_FALSE(repair::left_holding_pid("note: x[] exited with preempt_count 1"));
+  CHECK_FALSE(repair::left_holding_pid("BUG: scheduling while atomic: "));
+}
+
+TEST_CASE("spin wait: the lock's holder is the stuck task only when nothing else can hold it", "[recovery]") {
+  repair::SpinWait w;
+  w.others_clear = true;
+  w.left_holding = std::vector<int>{};
+  std::string why;
+  // Its CPU holds one level nothing on the stack explains: the lock it took in an earlier call.
+  CHECK(repair::spin_wait_holder(w, 100, 1, &why) == 1u);
+  // It slept holding it (reported), which reset its count: nothing to take off.
+  w.left_holding = std::vector<int>{100};
+  CHECK(repair::spin_wait_holder(w, 100, 0, &why) == 0u);
+  // Another task reported sleeping or dying with a spinlock held: it may be the holder.
+  w.left_holding = std::vector<int>{100, 42};
+  CHECK_FALSE(repair::spin_wait_holder(w, 100, 1, &why));
+  CHECK_THAT(why, Catch::Contains("42"));
+  // Nothing explains the lock: no level left over, no report.
+  w.left_holding = std::vector<int>{};
+  CHECK_FALSE(repair::spin_wait_holder(w, 100, 0, &why));
+  CHECK_FALSE(repair::spin_wait_holder(w, 100, 2, &why));
+  // Another CPU at a raised preemption level, or a log that cannot rule anyone out.
+  w.others_clear = false;
+  w.others = "CPU 1 runs pid 7 with preemption count 0x1: it may hold the lock";
+  CHECK_FALSE(repair::spin_wait_holder(w, 100, 1, &why));
+  CHECK(why == w.others);
+  w.others_clear = true;
+  w.left_holding.reset();
+  CHECK_FALSE(repair::spin_wait_holder(w, 100, 1, &why));
+  CHECK_THAT(why, Catch::Contains("cannot be ruled out"));
 }
