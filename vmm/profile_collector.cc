@@ -1,5 +1,6 @@
 #include "profile_collector.h"
 
+#include "base/clock.h"
 #include "base/error.h"
 
 #include <fmt/format.h>
@@ -13,14 +14,6 @@ namespace {
 constexpr std::size_t kMaxKallsyms = 64 << 20;
 constexpr std::size_t kMaxBtf = 64 << 20;
 
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 }  // namespace
 
 ProfileCollector::ProfileCollector(AgentChannel& agent, std::string dir, std::function<void(const std::string&)> say)

@@ -1,12 +1,13 @@
 #include "supervisor.h"
 
+#include "base/clock.h"
 #include "base/error.h"
-#include "fault_catalogue.h"
-#include "protocol/base64.h"
 #include "engine/crash_analysis.h"
-#include "kernel/modules.h"
 #include "engine/repair_plan.h"
+#include "fault_catalogue.h"
+#include "kernel/modules.h"
 #include "kernel/orc_unwind.h"
+#include "protocol/base64.h"
 #include "recovery/plan_validation.h"
 #include "report/kernel_json.h"
 
@@ -728,7 +729,6 @@ void Supervisor::on_breakpoint(int vcpu) {
 void Supervisor::on_crash(repair::CrashRecord record) {
   auto t0 = Clock::now();
   if (verification_) cut_verification_short(record.id);
-  auto ms_since = [&](Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); };
   guest_state_ = "crashed";
   json analysis_json, plan_json;
   repair::RepairPlan plan;
@@ -852,7 +852,7 @@ void Supervisor::on_crash(repair::CrashRecord record) {
 
 void Supervisor::verify_recovery() {
   auto& v = *verification_;
-  auto since_resume = [&] { return std::chrono::duration<double, std::milli>(Clock::now() - v.resumed_at).count(); };
+  auto since_resume = [&] { return ms_since(v.resumed_at); };
   if (!v.probe_sent && agent_->heartbeats() > v.heartbeats && !agent_->closed()) {
     // The agent's loop runs again; now a real round trip through a new process.
     v.probe_sent = true;
@@ -923,7 +923,7 @@ void Supervisor::cut_verification_short(std::uint64_t new_crash) {
   auto& v = *verification_;
   auto id = v.crash;
   bool proven = v.agent_ms.has_value();
-  double ms = std::chrono::duration<double, std::milli>(Clock::now() - v.resumed_at).count();
+  double ms = ms_since(v.resumed_at);
   verification_.reset();
   std::string note = fmt::format("crash {} came {:.1f} s into the watch window", new_crash, ms / 1000);
   if (proven) {
@@ -1162,7 +1162,7 @@ void Supervisor::answer_bundle(int fd) {
     job.profile = guest_profile_;
     job.reply_fd = fd;
     // The copy's time, and the whole stop as the guest saw it (stop, registers, copy, resume).
-    double paused_ms = std::chrono::duration<double, std::milli>(Clock::now() - paused_at).count();
+    double paused_ms = ms_since(paused_at);
     job.timings = {{"guest_paused_ms", paused_ms}};
     json fields = {{"reason", "on-demand"}, {"snapshot_pause_ms", job.capture.pause_ms}, {"guest_paused_ms", paused_ms}};
     event("bundle-snapshot", fields);

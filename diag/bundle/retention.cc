@@ -80,24 +80,4 @@ std::vector<std::string> apply_retention(const std::string& dir, const Retention
   return removed;
 }
 
-std::uint64_t parse_size(const std::string& text) {
-  std::size_t used = 0;
-  unsigned long long v = 0;
-  try {
-    v = std::stoull(text, &used);
-  } catch (const std::exception&) {
-    fail(ExitCode::usage, "\"{}\" is not a size (e.g. 500M, 20G)", text);
-  }
-  std::string unit = text.substr(used);
-  std::uint64_t mult = 1;
-  if (unit.empty() || unit == "B") mult = 1;
-  else if (unit == "K" || unit == "KiB") mult = 1ull << 10;
-  else if (unit == "M" || unit == "MiB") mult = 1ull << 20;
-  else if (unit == "G" || unit == "GiB") mult = 1ull << 30;
-  else if (unit == "T" || unit == "TiB") mult = 1ull << 40;
-  else fail(ExitCode::usage, "\"{}\" is not a size (e.g. 500M, 20G)", text);
-  if (v > (~0ull) / mult) fail(ExitCode::usage, "size \"{}\" is too large", text);
-  return v * mult;
-}
-
 }  // namespace immortal::bundle

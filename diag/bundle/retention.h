@@ -23,7 +23,5 @@ struct StoredBundle {
 std::vector<StoredBundle> list_bundles(const std::string& dir);
 // Removes bundles as the policy says; returns the paths removed.
 std::vector<std::string> apply_retention(const std::string& dir, const RetentionPolicy& policy);
-// "2G", "500M", "0" → bytes; throws Error(ExitCode::usage) for anything else.
-std::uint64_t parse_size(const std::string& text);
 
 }  // namespace immortal::bundle

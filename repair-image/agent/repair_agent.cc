@@ -9,6 +9,8 @@
 //
 // docs/protocol.md ("Repair protocol") has the mailbox and the messages.
 #include "agent/sandbox.h"
+
+#include "base/clock.h"
 #include "base/error.h"
 #include "engine/repair_service.h"
 #include "memory/shared_ram.h"
@@ -88,7 +90,7 @@ class Engine {
     // A first comparison while the guest is healthy: it maps the kernel's code pages into this
     // process now rather than at the first crash, and shows the copy matches.
     if (healthy_) warmup_ = check_text_integrity(*kernel_, *healthy_, {}).corrupted.size();
-    load_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    load_ms_ = ms_since(t0);
   }
 
   std::string summary() const {
@@ -113,7 +115,7 @@ class Engine {
     } catch (const std::exception& e) {
       out = {{"ok", false}, {"error", e.what()}};
     }
-    out["engine_ms"] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    out["engine_ms"] = ms_since(t0);
     return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
 

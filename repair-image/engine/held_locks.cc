@@ -1,5 +1,6 @@
 #include "engine/held_locks.h"
 
+#include "base/clock.h"
 #include "base/error.h"
 #include "engine/crash_analysis.h"
 #include "engine/repair_plan.h"
@@ -816,7 +817,7 @@ LockSearch Search::run() {
   classify_owner_hits();
   if (!a_.asleep) account_spinlocks();
 
-  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  double ms = ms_since(t0);
   out_.stats["values"] = values_.size();
   out_.path_values = values_;
   out_.stats["objects"] = objects_;

@@ -97,6 +97,17 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
   CHECK(big.out.size() == 256 * 1024);
   CHECK_THAT(big.err, Catch::Contains("output truncated"));
   CHECK(run_cli({"exec", name}).status == 2);  // no command
+  CHECK(run_cli({"exec", name, "--"}).status == 2);
+  // Arguments after -- reach the guest byte for byte: brackets, commas, empty strings, leading
+  // dashes, non-ASCII, an argument that is itself "--".
+  auto test_brackets = run_cli({"exec", name, "--", "sh", "-c", "[ -f /no/a ] || [ -f /no/b ] || echo neither"});
+  CHECK(test_brackets.status == 0);
+  CHECK(test_brackets.out == "neither\n");
+  auto bracketed = run_cli({"exec", name, "--", "echo", "[1,2]"});
+  CHECK(bracketed.out == "[1,2]\n");
+  auto hostile = run_cli({"exec", name, "--", "printf", "<%s>", "", "-n", "a,b", "[x]", "--", "ünïcode", " sp "});
+  CHECK(hostile.status == 0);
+  CHECK(hostile.out == "<><-n><a,b><[x]><--><ünïcode>< sp >");
 
   // The fault driver refuses bad input with EINVAL and keeps working.
   auto guest = [&](const std::string& script) { return run_cli({"exec", name, "--", "sh", "-c", script}); };

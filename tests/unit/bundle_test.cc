@@ -90,6 +90,7 @@ TEST_CASE("a snapshot copies non-zero pages; the vmcore holds them and reads zer
 #include "bundle/report_text.h"
 #include "bundle/retention.h"
 #include "base/error.h"
+#include "base/size.h"
 
 #include <filesystem>
 #include <fstream>
@@ -242,12 +243,22 @@ TEST_CASE("retention removes the oldest bundles first and never the newest", "[b
   CHECK(removed == std::vector<std::string>{parent + "/g-2026-03"});
   REQUIRE(bundle::list_bundles(parent).size() == 1);
   CHECK(bundle::list_bundles(parent)[0].path == parent + "/g-2026-04");
-  CHECK(bundle::parse_size("20G") == 20ull << 30);
-  CHECK(bundle::parse_size("512M") == 512ull << 20);
-  CHECK(bundle::parse_size("0") == 0);
-  CHECK_THROWS_AS(bundle::parse_size("lots"), Error);
-  CHECK_THROWS_AS(bundle::parse_size("5Q"), Error);
-  CHECK_THROWS_AS(bundle::parse_size("99999999999999999999G"), Error);
+  // One size parser for every option: a bare number is MiB everywhere.
+  CHECK(parse_size("20G", "--bundle-max-size") == 20ull << 30);
+  CHECK(parse_size("512M", "--bundle-max-size") == 512ull << 20);
+  CHECK(parse_size("512", "--bundle-max-size") == 512ull << 20);
+  CHECK(parse_size("4KiB", "--bundle-max-size") == 4096);
+  CHECK(parse_size("0", "--bundle-max-size") == 0);
+  CHECK_THROWS_AS(parse_size("lots", "--bundle-max-size"), Error);
+  CHECK_THROWS_AS(parse_size("5Q", "--bundle-max-size"), Error);
+  CHECK_THROWS_AS(parse_size("-1G", "--bundle-max-size"), Error);
+  CHECK_THROWS_AS(parse_size("99999999999999999999G", "--bundle-max-size"), Error);
+  try {
+    parse_size("5Q", "--bundle-max-size");
+  } catch (const Error& e) {
+    CHECK_THAT(e.what(), Catch::Contains("--bundle-max-size"));
+    CHECK(e.exit_code() == static_cast<int>(ExitCode::usage));
+  }
   fs::remove_all(parent);
 }
 

@@ -1,37 +1,15 @@
 #include "cli/arguments.h"
 
 #include "base/error.h"
-
-#include <cctype>
+#include "base/size.h"
 
 namespace immortal::vmm {
 
-std::uint64_t parse_memory_size(const std::string& text) {
-  auto bad = [&](const char* why) {
-    fail(ExitCode::usage, "invalid memory size \"{}\": {} (examples: 512M, 2G)", text, why);
-  };
-  std::size_t i = 0;
-  std::uint64_t value = 0;
-  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
-    if (value > (1ull << 40)) bad("too large");
-    value = value * 10 + static_cast<std::uint64_t>(text[i] - '0');
-    ++i;
-  }
-  if (i == 0) bad("it does not start with a number");
-  std::string unit = text.substr(i);
-  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (unit.size() == 3 && unit.substr(1) == "IB") unit = unit.substr(0, 1);
-  if (unit.size() == 2 && unit[1] == 'B') unit = unit.substr(0, 1);
-  int shift = 20;
-  if (unit.empty() || unit == "M") shift = 20;
-  else if (unit == "G") shift = 30;
-  else if (unit == "T") shift = 40;
-  else if (unit == "K") shift = 10;
-  else bad("unknown unit");
-  if (value > (1ull << 40) >> shift) bad("too large (at most 1T)");
-  std::uint64_t bytes = value << shift;
-  if (bytes < (64ull << 20)) bad("too small (at least 64M)");
-  if (bytes % (1 << 20)) bad("not a whole number of MiB");
+std::uint64_t parse_memory_size(const std::string& text, const std::string& option) {
+  std::uint64_t bytes = parse_size(text, option, "memory size");
+  if (bytes > (1ull << 40)) fail(ExitCode::usage, "{}: invalid memory size \"{}\": too large (at most 1T)", option, text);
+  if (bytes < (64ull << 20)) fail(ExitCode::usage, "{}: invalid memory size \"{}\": too small (at least 64M)", option, text);
+  if (bytes % (1 << 20)) fail(ExitCode::usage, "{}: invalid memory size \"{}\": not a whole number of MiB", option, text);
   return bytes;
 }
 

@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
   int exec_timeout = 60;
   auto* exec_cmd = app.add_subcommand("exec", "run a command in the guest through the agent");
   exec_cmd->add_option("name", name, "instance name")->required();
-  exec_cmd->add_option("command", command, "command and arguments (after --)")->required();
+  exec_cmd->add_option("command", command, "command and arguments (after --, passed byte for byte)");
   exec_cmd->add_option("-t,--timeout", exec_timeout, "seconds before the command is killed (default: 60)")
       ->check(CLI::Range(1, 86400));
 
@@ -160,8 +160,28 @@ int main(int argc, char** argv) {
   stop_cmd->add_option("--timeout", stop_timeout, "seconds to wait for the instance to end (default: 30)")
       ->check(CLI::Range(1, 3600));
 
+  // What follows `exec NAME --` goes to the guest byte for byte: CLI11 would rewrite some of it
+  // (an argument in brackets becomes a list: `[ -f /a ]`, `[1,2]`), so it never sees it.
+  std::vector<char*> args(argv, argv + argc);
+  bool verbatim = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--runtime-dir") ++i;  // the global option's value
+    if (a.starts_with("-")) continue;
+    if (a != "exec") break;  // the subcommand is another
+    for (int j = i + 1; j < argc; ++j)
+      if (std::string_view(argv[j]) == "--") {
+        command.assign(argv + j + 1, argv + argc);
+        args.resize(static_cast<std::size_t>(j));
+        verbatim = true;
+        break;
+      }
+    break;
+  }
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(args.size()), args.data());
+    if (*exec_cmd && command.empty())
+      throw CLI::RequiredError(verbatim ? "a command after --" : "command");
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

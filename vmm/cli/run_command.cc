@@ -1,6 +1,7 @@
 // `immortal run`: resolve the guest image and accelerator, claim the instance, supervise.
 #include "accelerator.h"
 #include "base/error.h"
+#include "base/size.h"
 #include "cli/arguments.h"
 #include "cli/commands.h"
 #include "instance.h"
@@ -139,7 +140,7 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   options.repair.mode = o.repair;
   options.repair.fallback = o.repair_fallback;
   options.repair.timeout = std::chrono::milliseconds(o.repair_timeout_ms);
-  options.repair.vm_memory = parse_memory_size(o.repair_vm_memory);
+  options.repair.vm_memory = parse_memory_size(o.repair_vm_memory, "--repair-vm-memory");
   options.repair.cross_check = o.repair_cross_check;
   options.repair.agent = o.repair_agent.empty() ? "" : absolute(o.repair_agent);
   if (options.recovery.enabled) {
@@ -162,7 +163,7 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
       bundle_dir = root + "/" + o.name;
     }
     options.bundles.dir = absolute(bundle_dir);
-    options.bundles.retention = {static_cast<std::uint64_t>(o.bundle_keep), bundle::parse_size(o.bundle_max_size)};
+    options.bundles.retention = {static_cast<std::uint64_t>(o.bundle_keep), parse_size(o.bundle_max_size, "--bundle-max-size")};
     options.bundles.archive = o.bundle_compress;
     options.bundles.filter = o.bundle_memory == "kernel";
     std::error_code ec;

@@ -1,5 +1,6 @@
 #include "recovery/bundle_recorder.h"
 
+#include "base/clock.h"
 #include "base/error.h"
 #include "base/unique_fd.h"
 #include "bundle/bundle_format.h"
@@ -7,9 +8,9 @@
 #include "bundle/report_text.h"
 #include "dump/panic_line.h"
 #include "dump/vmcore_writer.h"
-#include "kernel/printk.h"
 #include "engine/crash_analysis.h"
 #include "kernel/orc_unwind.h"
+#include "kernel/printk.h"
 #include "kernel/taint.h"
 #include "kernel/tasks.h"
 #include "recovery/event_log.h"
@@ -27,7 +28,6 @@ namespace immortal::vmm {
 
 namespace {
 
-double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
 // The crash as the report's first lines tell it, from the analysis the recovery path made.
 json crash_summary(const BundleJob& job) {

@@ -16,17 +16,6 @@ namespace {
 constexpr std::size_t kRecentEvents = 32;
 }
 
-std::string utc_now() {
-  auto now = std::chrono::system_clock::now();
-  std::time_t t = std::chrono::system_clock::to_time_t(now);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  return fmt::format("{}.{:03}Z", buf, ms);
-}
-
 std::string EventLog::append(const std::string& event, nlohmann::json fields) {
   nlohmann::json line = {{"time", utc_now()}, {"event", event}};
   for (auto& [k, v] : fields.items()) line[k] = v;

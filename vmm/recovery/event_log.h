@@ -4,6 +4,8 @@
 // outlives the instance. docs/recovery.md lists the events.
 #pragma once
 
+#include "base/clock.h"
+
 #include <nlohmann/json.hpp>
 
 #include <deque>
@@ -25,6 +27,5 @@ class EventLog {
   bool reported_ = false;
 };
 
-std::string utc_now();  // "2026-11-23T10:00:00.123Z"
 
 }  // namespace immortal::vmm

@@ -1,5 +1,6 @@
 #include "repair/inline_repair.h"
 
+#include "base/clock.h"
 #include "base/error.h"
 
 #include <fcntl.h>
@@ -84,7 +85,7 @@ WorkerState InlineRepair::state() {
     } else if (mailbox_.box().agent_state() == repair::AgentState::ready) {
       state_ = WorkerState::ready;
       status_ = mailbox_.box().agent_status();
-      start_ms_ = std::chrono::duration<double, std::milli>(Clock::now() - started_).count();
+      start_ms_ = ms_since(started_);
     } else {
       fail_with("the inline repair agent could not start: " + mailbox_.box().agent_status());
     }

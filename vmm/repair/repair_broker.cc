@@ -1,5 +1,6 @@
 #include "repair/repair_broker.h"
 
+#include "base/clock.h"
 #include "base/error.h"
 #include "repair/inline_repair.h"
 
@@ -21,7 +22,6 @@ void note_failure(auto& slot) {
   slot.retry_at = Clock::now() + std::min<std::chrono::seconds>(kFirstRetry * (1 << std::min(slot.failures, 6)), kLongestRetry);
 }
 
-double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
 }  // namespace
 

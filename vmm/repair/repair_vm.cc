@@ -1,5 +1,6 @@
 #include "repair/repair_vm.h"
 
+#include "base/clock.h"
 #include "base/error.h"
 
 #include <fmt/format.h>
@@ -56,7 +57,7 @@ WorkerState RepairVm::state() {
       machine_->pause();  // hot standby: costs nothing until a crash
       state_ = WorkerState::ready;
       status_ = mailbox_.box().agent_status();
-      start_ms_ = std::chrono::duration<double, std::milli>(Clock::now() - started_).count();
+      start_ms_ = ms_since(started_);
     } else if (s == repair::AgentState::failed) {
       fail_with("the repair agent in the repair VM failed: " + mailbox_.box().agent_status());
     } else if (Clock::now() - started_ > kBootLimit) {
