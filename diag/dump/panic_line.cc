@@ -17,7 +17,7 @@ constexpr std::uint8_t kLogNewline = 2;  // enum printk_info_flags
 constexpr std::size_t kMaxMessage = 1024;  // panic()'s buffer
 
 std::string guest_string(const Kernel& kernel, std::uint64_t address) {
-  if (address < 0xffff800000000000ull) return "(efault)";
+  if (address < kKernelSpaceStart) return "(efault)";
   try {
     std::string s = kernel.memory().read_cstring(address, 256);
     for (char& c : s)

@@ -20,7 +20,7 @@ Backtrace scan_stack(const Kernel& kernel, std::uint64_t rip, std::uint64_t rsp,
       bt.problem = fmt::format("stack unreadable at {:#x}", at);
       break;
     }
-    if (word >= 0xffff800000000000ull && kernel.symbols().is_text(word))
+    if (word >= kKernelSpaceStart && kernel.symbols().is_text(word))
       bt.frames.push_back({word, kernel.symbols().describe(word), false});
   }
   return bt;

@@ -21,6 +21,10 @@
 
 namespace immortal {
 
+// x86-64 with 4-level paging: where the kernel's half of the address space starts. A kernel
+// pointer read from guest memory lies at or above it.
+inline constexpr std::uint64_t kKernelSpaceStart = 0xffff800000000000ull;
+
 class Kernel {
  public:
   // vmcoreinfo: the dump's note, if any; for live memory it is read from the guest at the

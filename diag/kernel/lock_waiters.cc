@@ -13,7 +13,6 @@ namespace immortal {
 namespace {
 
 constexpr std::uint64_t kThreadSize = 16 * 1024;
-constexpr std::uint64_t kKernelSpace = 0xffff800000000000ull;
 constexpr std::size_t kMaxWaitList = 4096;
 constexpr std::uint32_t kTaskInterruptible = 0x1, kTaskUninterruptible = 0x2;
 
@@ -38,7 +37,7 @@ std::string base_name(const std::string& name) {
   return dot == std::string::npos ? name : name.substr(0, dot);
 }
 
-bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpace && (v & 7) == 0; }
+bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpaceStart && (v & 7) == 0; }
 
 }  // namespace
 

@@ -34,7 +34,6 @@ constexpr std::size_t kMaxTokenLength = kMaxNameLength + 1;
 constexpr std::size_t kMaxCompressedLength = 0x3fff;
 // Debian's 6.1 kallsyms_names holds ~95,000 symbols in ~1.3 MiB; allow far more, not unbounded.
 constexpr std::uint64_t kMaxNamesSize = 64ull << 20;
-constexpr std::uint64_t kMinKernelAddress = 0xffff800000000000ull;
 
 // A guest table read by kernel virtual address front to back, in chunks: kallsyms_names has no
 // stored size (it ends where kallsyms_markers begins), so it is read as far as decoding goes.
@@ -82,7 +81,7 @@ class SequentialBytes {
 
 std::uint64_t require_symbol(const Vmcoreinfo& vi, const char* name) {
   auto v = vi.symbol(name);
-  if (!v || *v < kMinKernelAddress)
+  if (!v || *v < kKernelSpaceStart)
     fail(ExitCode::bad_input,
          "VMCOREINFO has no usable SYMBOL({}): this kernel does not describe its own symbols, "
          "so a healthy-guest profile is needed",
@@ -159,7 +158,7 @@ KernelSymbols decode_kallsyms(const KernelMemory& m, const Vmcoreinfo& vi) {
     fail(ExitCode::bad_input, "kallsyms_num_syms is {} (expected 1 to {}): the kallsyms tables are corrupt", count,
          SymbolTable::kMaxSymbols);
   std::uint64_t relative_base = read_or_fail<std::uint64_t>(m, base_at, "kallsyms_relative_base");
-  if (relative_base < kMinKernelAddress)
+  if (relative_base < kKernelSpaceStart)
     fail(ExitCode::bad_input, "kallsyms_relative_base is {:#x}, not a kernel address", relative_base);
 
   std::vector<std::int32_t> offsets(count);

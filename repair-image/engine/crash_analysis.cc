@@ -17,7 +17,6 @@ namespace immortal::repair {
 
 namespace {
 
-constexpr std::uint64_t kKernelSpaceStart = 0xffff800000000000ull;
 constexpr std::size_t kMaxMessage = 256;
 constexpr std::size_t kLogRecordsToSearch = 1024;  // back from the end: past a deep call trace
 constexpr std::uint64_t kStackRoom = 2048;  // a stack pointer this far above the stack's base has not overflowed

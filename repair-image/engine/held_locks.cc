@@ -82,7 +82,6 @@ bool held_by_flow(std::span<const std::uint8_t> code, std::uint64_t base, const 
   return true;
 }
 
-constexpr std::uint64_t kKernelSpace = 0xffff800000000000ull;
 constexpr std::uint64_t kPage = 4096;
 constexpr std::size_t kMaxValues = 2048;          // pointers taken from the crashing frames
 constexpr std::size_t kMaxObjects = 512;          // objects they point to, read whole
@@ -93,7 +92,7 @@ constexpr std::uint64_t kMaxScanBytes = 32ull << 20;
 constexpr std::uint64_t kMaxFunctionBytes = 64 * 1024;
 constexpr std::size_t kMaxFlowSites = 256;  // lock calls of one function whose paths are searched
 
-bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpace && v < ~0xfffull; }
+bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpaceStart && v < ~0xfffull; }
 
 struct OwnerHit {
   std::uint64_t address;  // of the word equal to the dying task (| flag bits)

@@ -21,14 +21,13 @@ namespace immortal::repair {
 
 namespace {
 
-constexpr std::uint64_t kKernelSpace = 0xffff800000000000ull;
 constexpr std::size_t kMaxTasks = 1 << 16;
 constexpr std::size_t kMaxQueueWalk = 256;
 constexpr std::size_t kMaxCodeBytes = 8192;
 const char* const kRegisterNames[16] = {"rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                                         "r8",  "r9",  "r10", "r11", "r12", "r13", "r14", "r15"};
 
-bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpace && v < ~0xfffull && (v & 7) == 0; }
+bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpaceStart && v < ~0xfffull && (v & 7) == 0; }
 
 std::vector<std::uint8_t> function_code(const Kernel& kernel, const Symbol& s) {
   const Symbol* next = kernel.symbols().next_after(s);

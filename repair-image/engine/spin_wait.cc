@@ -19,7 +19,6 @@ namespace {
 
 constexpr std::uint64_t kTaintDie = 1ull << 7, kTaintWarn = 1ull << 9;  // include/linux/panic.h
 constexpr std::uint64_t kMaxSlowPathBytes = 4096;
-constexpr std::uint64_t kKernelHalf = 0xffff800000000000ull;
 
 std::string join(const std::vector<int>& pids) {
   std::string out;
@@ -177,7 +176,7 @@ std::optional<SpinWait> find_spin_wait(const Kernel& kernel, const CrashRecord& 
   SpinWait w;
   w.lock = *base + static_cast<std::uint64_t>(polled->displacement);
   w.polled_by = fmt::format("{} polls {:#x}(%{})", stripped_name(function), polled->displacement, register_name(polled->base));
-  if (w.lock < kKernelHalf || w.lock % 4) return refuse(fmt::format("the word it polls ({:#x}) is no spinlock", w.lock));
+  if (w.lock < kKernelSpaceStart || w.lock % 4) return refuse(fmt::format("the word it polls ({:#x}) is no spinlock", w.lock));
   try {
     w.word = mem.read_value<std::uint32_t>(w.lock);
   } catch (const MemoryFault& e) {

@@ -54,7 +54,7 @@ void validate_release(const repair::RepairAction& a, const Kernel& kernel, const
   const auto& m = kernel.memory();
   std::string type = a.detail.value("type", "");
   std::uint64_t lock = repair::parse_hex(a.detail.value("address", nlohmann::json("0x0")), "the lock's address");
-  if (lock < 0xffff800000000000ull || (lock & 3)) fail(ExitCode::failure, "release-lock: {:#x} is no lock address", lock);
+  if (lock < kKernelSpaceStart || (lock & 3)) fail(ExitCode::failure, "release-lock: {:#x} is no lock address", lock);
   if (healthy && healthy->find(lock, 1)) fail(ExitCode::failure, "release-lock: {:#x} lies in the kernel's code", lock);
   auto only = [&](std::size_t writes, std::size_t calls) {
     if (a.writes.size() != writes || a.calls.size() != calls)
@@ -163,7 +163,7 @@ std::uint64_t validate_sleeping_kill(const repair::RepairAction& a, const Kernel
   const auto& t = kernel.types();
   const auto& m = kernel.memory();
   std::uint64_t task = repair::parse_hex(a.detail.value("task", nlohmann::json("0x0")), "the task");
-  if (task < 0xffff800000000000ull) fail(ExitCode::failure, "kill-sleeping-task: {:#x} is no task", task);
+  if (task < kKernelSpaceStart) fail(ExitCode::failure, "kill-sleeping-task: {:#x} is no task", task);
   if (m.read_value<std::uint32_t>(task + t.offset_of("task_struct", "__state")) != repair::kTaskUninterruptible ||
       m.read_value<std::int32_t>(task + t.offset_of("task_struct", "on_cpu")))
     fail(ExitCode::failure, "kill-sleeping-task: task {:#x} is not asleep in D state", task);
@@ -193,7 +193,7 @@ std::uint64_t validate_sleeping_kill(const repair::RepairAction& a, const Kernel
     bool queued = c.function == "remove_wait_queue" || c.function == "finish_swait";
     bool timer = c.function == "del_timer" || c.function == "timer_delete" || c.function == "hrtimer_cancel";
     if ((!queued && !timer) || c.address != kernel.symbol(c.function) || c.args.size() != (queued ? 2u : 1u) ||
-        !on_stack(c.args.back(), 16) || (queued && (c.args[0] < 0xffff800000000000ull || on_stack(c.args[0], 8))))
+        !on_stack(c.args.back(), 16) || (queued && (c.args[0] < kKernelSpaceStart || on_stack(c.args[0], 8))))
       fail(ExitCode::failure, "kill-sleeping-task: a call of {} ({:#x})", c.function, c.address);
   }
   return task;
