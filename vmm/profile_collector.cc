@@ -85,6 +85,7 @@ void ProfileCollector::finish(const std::string& error) {
   }
   last_error_.clear();
   taken_at_ = building_.taken_at;
+  ++number_;
   symbols_ = static_cast<std::size_t>(std::count(building_.kallsyms.begin(), building_.kallsyms.end(), '\n'));
   say_(fmt::format("guest profile saved in {:.1f} s: {} symbols, {} KiB of BTF, {} modules with BTF", last_seconds_,
                    symbols_, building_.btf_vmlinux.size() >> 10, building_.btf_modules.size()));
@@ -95,6 +96,7 @@ nlohmann::json ProfileCollector::status() const {
   nlohmann::json s = {{"dir", dir_}, {"collecting", busy_}};
   if (!taken_at_.empty()) {
     s["taken_at"] = taken_at_;
+    s["number"] = number_;
     s["symbols"] = symbols_;
     s["seconds"] = last_seconds_;
   }

@@ -22,6 +22,9 @@ class ProfileCollector {
   void collect(std::uint64_t generation);
   bool busy() const { return busy_; }
   std::uint64_t generation() const { return generation_; }
+  // Which profile is current: 1, 2, 3 … for each one saved (0: none yet). Two profiles taken in
+  // the same second are still two (their taken_at may be equal).
+  std::uint64_t number() const { return number_; }
   nlohmann::json status() const;
 
  private:
@@ -38,6 +41,7 @@ class ProfileCollector {
   Clock::time_point started_{};
   std::string last_error_;
   std::string taken_at_;
+  std::uint64_t number_ = 0;
   double last_seconds_ = 0;
   std::size_t symbols_ = 0;
 };

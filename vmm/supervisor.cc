@@ -279,7 +279,7 @@ void Supervisor::handle_machine_events() {
             options_.say(std::string("cannot disarm after the reset: ") + err.what());
           }
           old_boot_id_ = agent_->hello() ? agent_->hello()->boot_id : "";
-          armed_profile_.clear();
+          armed_profile_ = 0;
           quarantine_.clear();
           guest_state_ = "rebooting";
         }
@@ -624,13 +624,13 @@ void Supervisor::event(const std::string& name, json fields) {
 }
 
 Kernel& Supervisor::guest_kernel() {
-  json profile = profile_ ? profile_->status() : json::object();
-  if (!profile.contains("taken_at")) fail(ExitCode::failure, "no guest profile yet (the agent has not reported one)");
-  if (!kernel_ || kernel_profile_ != profile["taken_at"].get<std::string>()) {
+  std::uint64_t number = profile_ ? profile_->number() : 0;
+  if (!number) fail(ExitCode::failure, "no guest profile yet (the agent has not reported one)");
+  if (!kernel_ || kernel_profile_ != number) {
     auto loaded = std::make_shared<const GuestProfile>(GuestProfile::load(dir_.file("profile")));
     kernel_ = Kernel::open(machine_->memory(), *loaded, std::nullopt);
     guest_profile_ = std::move(loaded);
-    kernel_profile_ = profile["taken_at"].get<std::string>();
+    kernel_profile_ = number;
   }
   kernel_->memory().forget_translations();  // the guest ran since the last read
   return *kernel_;
@@ -645,8 +645,8 @@ void Supervisor::arm_interception() {
     return;
   }
   std::string taken = profile["taken_at"].get<std::string>();
-  if (taken == armed_profile_) return;
-  armed_profile_ = taken;  // one attempt per profile, whatever happens
+  if (profile_->number() == armed_profile_) return;
+  armed_profile_ = profile_->number();  // one attempt per profile, whatever happens
   try {
     Kernel& kernel = guest_kernel();
     auto notes = while_paused([&] { return interceptor_->arm(kernel); });
@@ -1001,7 +1001,7 @@ void Supervisor::leave_boot(const char* event_name, const std::string& outcome, 
 
 void Supervisor::forget_boot() {
   // The next boot has other addresses (KASLR) and fresh code: nothing armed or patched holds.
-  armed_profile_.clear();
+  armed_profile_ = 0;
   quarantine_.clear();
   kernel_.reset();
 }
@@ -1064,8 +1064,8 @@ void Supervisor::save_crash(const repair::CrashRecord& record, const json& analy
 void Supervisor::prepare_bundle_arena() {
   if (!profile_ || profile_->busy()) return;
   json profile = profile_->status();
-  if (!profile.contains("taken_at") || profile["taken_at"] == bundle_arena_profile_) return;
-  bundle_arena_profile_ = profile["taken_at"].get<std::string>();
+  if (!profile.contains("taken_at") || profile_->number() == bundle_arena_profile_) return;
+  bundle_arena_profile_ = profile_->number();
   try {
     Kernel& kernel = guest_kernel();
     bundles_->prepare(machine_->memory(), &kernel);

@@ -125,7 +125,7 @@ class Supervisor {
   std::unique_ptr<ProfileCollector> profile_;
   std::unique_ptr<Kernel> kernel_;       // the guest kernel seen through its profile
   std::shared_ptr<const GuestProfile> guest_profile_;  // …that profile
-  std::string kernel_profile_;           // taken_at of the profile kernel_ was built from
+  std::uint64_t kernel_profile_ = 0;     // the number of the profile kernel_ was built from
   UniqueFd control_listener_;
   UniqueFd signal_fd_;
   std::map<int, std::unique_ptr<ControlConnection>> clients_;
@@ -143,7 +143,7 @@ class Supervisor {
   EventLog events_;
   QuarantineList quarantine_;
   RecoveryBudget budget_;
-  std::string armed_profile_;          // taken_at of the profile the breakpoints come from
+  std::uint64_t armed_profile_ = 0;    // the number of the profile the breakpoints come from
   std::uint64_t crashes_ = 0, recoveries_ = 0, reboots_ = 0;
   std::string old_boot_id_;            // while rebooting: the boot that crashed
   struct Verification {
@@ -162,7 +162,7 @@ class Supervisor {
   std::unique_ptr<BundleRecorder> bundles_;
   std::unique_ptr<RepairBroker> repair_;
   std::optional<BundleJob> pending_bundle_;  // a crash's bundle waiting for its outcome
-  std::string bundle_arena_profile_;         // taken_at of the profile the arena was sized with
+  std::uint64_t bundle_arena_profile_ = 0;   // the number of the profile the arena was sized with
   std::string ready_summary_;          // reported through on_ready once the guest is protected
 };
 

@@ -352,6 +352,16 @@ TEST_CASE("recovery: a driver loaded after the profile was taken crashes at once
   // any other, and its read entry still works.
   CHECK_THAT(run_cli({"events", name, "--json"}).out, Catch::Contains("immortal_fault_write"));
   CHECK(guest_sh(name, "timeout 10 cat /dev/immortal-fault").status == 0);
+  // The module change brings a new profile (numbered, not told apart by its second), and
+  // interception is armed again from it.
+  auto profile_number = [&] { return status_of(name).value("profile", json::object()).value("number", 0); };
+  CHECK(wait_until([&] { return profile_number() >= 2; }, 60s));
+  CHECK(wait_until([&] {
+    auto events = run_cli({"events", name, "--json"}).out;
+    std::size_t armed = 0;
+    for (auto at = events.find("\"event\":\"armed\""); at != std::string::npos; at = events.find("\"event\":\"armed\"", at + 1)) ++armed;
+    return armed >= 2;
+  }, 60s));
 
   // A driver that crashes in its own init function, while insmod loads it: insmod dies, as the
   // kernel's oops kill would have done, and the guest goes on (the module stays "Loading").
