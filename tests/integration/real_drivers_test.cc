@@ -286,7 +286,10 @@ TEST_CASE("real drivers: a timer that crashes on the CPU of a task busy under a 
   CHECK(analysis.value("context", "") == "softirq");
   CHECK(plan_has(plan, "end-callback", "call_timer_fn"));
   CHECK(plan_has(plan, "release-lock", "spinlock"));
-  CHECK(analysis["lock_search"]["preemption"].value("interrupted_level", -1) == 1);
+  // The writer's spinlock, and one more when the timer interrupt came inside udelay's own
+  // preemption-disabled loop (delay_tsc re-enables preemption between its rounds).
+  int interrupted = analysis["lock_search"]["preemption"].value("interrupted_level", -1);
+  CHECK((interrupted == 1 || interrupted == 2));
   CHECK(guest_sh(g.name, "test -e /tmp/spin-writer-done").status == 0);
   expect_device_answers(g.name);
 }
