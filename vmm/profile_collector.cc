@@ -5,7 +5,6 @@
 
 #include <fmt/format.h>
 
-#include <ctime>
 #include <sstream>
 
 namespace immortal::vmm {

@@ -1063,8 +1063,7 @@ void Supervisor::save_crash(const repair::CrashRecord& record, const json& analy
 
 void Supervisor::prepare_bundle_arena() {
   if (!profile_ || profile_->busy()) return;
-  json profile = profile_->status();
-  if (!profile.contains("taken_at") || profile_->number() == bundle_arena_profile_) return;
+  if (!profile_->number() || profile_->number() == bundle_arena_profile_) return;
   bundle_arena_profile_ = profile_->number();
   try {
     Kernel& kernel = guest_kernel();

@@ -6,6 +6,7 @@
 #include "x86_64/page_tables.h"
 
 #include <algorithm>
+#include <span>
 #include <cstring>
 #include <set>
 #include <sstream>
@@ -26,6 +27,14 @@ std::optional<std::string> read_vmcoreinfo_note(const PhysicalMemory& memory, st
   std::uint64_t desc_at = 12 + ((static_cast<std::uint64_t>(namesz) + 3) & ~3ull);
   if (namesz < 10 || note.compare(12, 10, "VMCOREINFO") != 0 || desc_at + descsz > note.size()) return std::nullopt;
   return note.substr(desc_at, descsz);
+}
+
+std::vector<std::uint8_t> function_code(const Kernel& kernel, const Symbol& s, std::uint64_t max_bytes) {
+  const Symbol* next = kernel.symbols().next_after(s);
+  std::uint64_t size = std::min<std::uint64_t>(next && next->address > s.address ? next->address - s.address : 0, max_bytes);
+  std::vector<std::uint8_t> code(size);
+  kernel.memory().read(s.address, std::as_writable_bytes(std::span(code)));
+  return code;
 }
 
 std::vector<std::string> Kernel::refresh_module_symbols() {

@@ -25,6 +25,12 @@ namespace immortal {
 // pointer read from guest memory lies at or above it.
 inline constexpr std::uint64_t kKernelSpaceStart = 0xffff800000000000ull;
 
+class Kernel;
+
+// The bytes of the function at symbol s: up to the next symbol, at most max_bytes (none when s
+// is the last symbol). Throws MemoryFault when they cannot be read.
+std::vector<std::uint8_t> function_code(const Kernel& kernel, const Symbol& s, std::uint64_t max_bytes);
+
 class Kernel {
  public:
   // vmcoreinfo: the dump's note, if any; for live memory it is read from the guest at the

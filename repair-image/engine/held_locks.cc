@@ -308,9 +308,8 @@ void Search::call_sites() {
         }
         if (net > 0) preempt_sections_ += static_cast<std::uint32_t>(net);
       }
-      // A spinlock taken on the path whose lock cannot be named: only the preemption count
-      // can still tell whether it is held.
-      // A lock call whose lock cannot be named (a release of one: it may have given up any).
+      // A lock call whose lock cannot be named: a spinlock's is then told by the preemption
+      // count alone; a release of one may have given up any.
       auto unnamed = [&](const LockCallSite& site) {
         if (site.function->release) ownerless_releases_.push_back({k, site.call, std::nullopt, site.function->type});
         if (site.function->type == LockType::spinlock || site.function->type == LockType::rwlock)

@@ -3,6 +3,7 @@
 #include "base/error.h"
 #include "engine/crash_analysis.h"
 #include "engine/dispatchers.h"
+#include "engine/lock_calls.h"
 #include "engine/repair_plan.h"
 #include "kernel/lock_waiters.h"
 #include "kernel/modules.h"
@@ -24,18 +25,8 @@ namespace {
 constexpr std::size_t kMaxTasks = 1 << 16;
 constexpr std::size_t kMaxQueueWalk = 256;
 constexpr std::size_t kMaxCodeBytes = 8192;
-const char* const kRegisterNames[16] = {"rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-                                        "r8",  "r9",  "r10", "r11", "r12", "r13", "r14", "r15"};
 
 bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpaceStart && v < ~0xfffull && (v & 7) == 0; }
-
-std::vector<std::uint8_t> function_code(const Kernel& kernel, const Symbol& s) {
-  const Symbol* next = kernel.symbols().next_after(s);
-  std::uint64_t size = std::min<std::uint64_t>(next && next->address > s.address ? next->address - s.address : 0, kMaxCodeBytes);
-  std::vector<std::uint8_t> code(size);
-  kernel.memory().read(s.address, std::as_writable_bytes(std::span(code)));
-  return code;
-}
 
 // khungtaskd's loop without the panic: in the function that called panic() (or its parent,
 // when the call is in its .cold part), `cmpb $0x0,hung_task_call_panic(%rip)` followed by
@@ -47,7 +38,7 @@ std::uint64_t detector_resume_point(const Kernel& kernel, const Symbol& caller, 
     if (auto parent = symbols.address_in(caller.name.substr(0, dot), caller.module))
       if (const Symbol* p = symbols.lookup(*parent)) parts = {p};
   for (const Symbol* part : parts) {
-    std::vector<std::uint8_t> code = function_code(kernel, *part);
+    std::vector<std::uint8_t> code = function_code(kernel, *part, kMaxCodeBytes);
     std::vector<Instruction> insns = decode_code(code, part->address);
     for (std::size_t i = 0; i + 1 < insns.size(); ++i) {
       const Instruction& c = insns[i];
@@ -405,7 +396,7 @@ std::pair<std::uint64_t, std::string> kill_continuation(const Kernel& kernel) {
   if (!s || !rewind) return {0, ""};
   std::vector<std::uint8_t> code;
   try {
-    code = function_code(kernel, *s);
+    code = function_code(kernel, *s, kMaxCodeBytes);
   } catch (const MemoryFault&) {
     return {0, ""};
   }
@@ -421,8 +412,8 @@ std::pair<std::uint64_t, std::string> kill_continuation(const Kernel& kernel) {
     std::uint8_t modrm = code[k + 1];
     if (code[k] != 0x89 || (modrm >> 6) != 3 || (modrm & 7) != 7) continue;  // mov %r32,%edi
     int reg = ((modrm >> 3) & 7) + (rex_r ? 8 : 0);
-    if (reg != 3 && reg != 5 && reg < 12) continue;  // callee-saved: rbx, rbp, r12–r15
-    return {mov.address, kRegisterNames[reg]};
+    if (!callee_saved(reg)) continue;  // rbx, rbp, r12–r15
+    return {mov.address, register_name(reg)};
   }
   return {0, ""};
 }

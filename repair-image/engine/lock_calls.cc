@@ -76,6 +76,12 @@ const char* register_name(int number) { return number >= 0 && number < 16 ? kReg
 
 bool callee_saved(int number) { return number == 3 || number == 5 || (number >= 12 && number <= 15); }
 
+const LockFunction* lock_function_named(std::string_view name) {
+  for (const auto& l : kLockFunctions)
+    if (l.name == name) return &l;
+  return nullptr;
+}
+
 LockFunctions LockFunctions::from(const SymbolTable& symbols) {
   LockFunctions f;
   for (const auto& l : kLockFunctions)

@@ -15,6 +15,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace immortal::repair {
@@ -50,6 +51,9 @@ struct LockCallSite {
   int base = -1;                          // else: the register holding the base …
   std::int64_t displacement = 0;          // … plus this
 };
+
+// The lock function of that name (a kernel function, without compiler suffixes), or nullptr.
+const LockFunction* lock_function_named(std::string_view name);
 
 // The lock functions of one kernel, by address (from its symbols).
 struct LockFunctions {

@@ -104,8 +104,8 @@ bool spinlock_slow_path(const std::string& function) {
 }
 
 bool spinlock_entry(const std::string& function) {
-  std::string f = stripped_name(function);
-  return f == "_raw_spin_lock" || f == "_raw_spin_lock_irq" || f == "_raw_spin_lock_irqsave" || f == "_raw_spin_lock_bh";
+  const LockFunction* f = lock_function_named(stripped_name(function));
+  return f && f->type == LockType::spinlock && !f->release;
 }
 
 std::optional<int> left_holding_pid(const std::string& line) {
@@ -143,11 +143,9 @@ std::optional<SpinWait> find_spin_wait(const Kernel& kernel, const CrashRecord& 
   };
   const Symbol* s = symbols.lookup(a.fault_pc);
   if (!s) return refuse("no symbol for where it was stopped");
-  const Symbol* next = symbols.next_after(*s);
-  std::uint64_t size = std::min<std::uint64_t>(next ? next->address - s->address : kMaxSlowPathBytes, kMaxSlowPathBytes);
-  std::vector<std::uint8_t> code(size);
+  std::vector<std::uint8_t> code;
   try {
-    mem.read(s->address, std::as_writable_bytes(std::span(code)));
+    code = function_code(kernel, *s, kMaxSlowPathBytes);
   } catch (const MemoryFault& e) {
     return refuse(std::string("its code is unreadable: ") + e.what());
   }

@@ -56,7 +56,8 @@ std::optional<SpinWait> find_spin_wait(const Kernel& kernel, const CrashRecord& 
 std::optional<std::uint32_t> spin_wait_holder(const SpinWait& wait, int pid, std::uint32_t unexplained_levels,
                                               std::string* why);
 
-// The kernel's spinlock slow paths (qspinlock) and the lock functions that call them.
+// The kernel's spinlock slow paths (qspinlock), and the spinlock functions that call them (those
+// of lock_calls.h's table).
 bool spinlock_slow_path(const std::string& function);
 bool spinlock_entry(const std::string& function);
 

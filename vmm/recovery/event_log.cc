@@ -6,9 +6,7 @@
 #include <fmt/format.h>
 
 #include <cerrno>
-#include <chrono>
 #include <cstring>
-#include <ctime>
 
 namespace immortal::vmm {
 
