@@ -53,6 +53,8 @@ class Machine {
   virtual RunState state() = 0;
   // Stops the VM for good: polite request first (bounded by grace), then force. Never throws.
   virtual void terminate(std::chrono::milliseconds grace) = 0;
+  // The backend's name, as `immortal run --backend` takes it ("qemu").
+  virtual const char* backend() const = 0;
   // The VM process id, for status displays (0 where there is none).
   virtual int process_id() const = 0;
 

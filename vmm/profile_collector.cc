@@ -26,6 +26,7 @@ void ProfileCollector::collect(std::uint64_t generation) {
   building_ = GuestProfile{};
   building_.kernel_release = agent_.hello()->kernel_release;
   building_.boot_id = agent_.hello()->boot_id;
+  boot_id_ = building_.boot_id;
   steps_.clear();
   auto fetch = [this](const std::string& path, std::size_t max, std::function<void(std::string)> store, bool required) {
     steps_.push_back([this, path, max, store, required] {
@@ -88,6 +89,7 @@ void ProfileCollector::finish(const std::string& error) {
   symbols_ = static_cast<std::size_t>(std::count(building_.kallsyms.begin(), building_.kallsyms.end(), '\n'));
   say_(fmt::format("guest profile saved in {:.1f} s: {} symbols, {} KiB of BTF, {} modules with BTF", last_seconds_,
                    symbols_, building_.btf_vmlinux.size() >> 10, building_.btf_modules.size()));
+  current_ = std::make_shared<const GuestProfile>(std::move(building_));
   building_ = GuestProfile{};
 }
 

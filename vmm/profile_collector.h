@@ -1,6 +1,8 @@
 // Collects the healthy-guest profile (diag/profile/guest_profile.h) through the agent: at boot
 // and again whenever the guest's module list changes. Runs inside the supervisor's poll loop
-// (one file request at a time) and saves the profile into the instance directory.
+// (one file request at a time), saves the profile into the instance directory (for the repair
+// image and the operator) and hands it on in memory: current() is typed and immutable, and its
+// number tells one profile from the next.
 #pragma once
 
 #include "agent_channel.h"
@@ -10,6 +12,7 @@
 
 #include <deque>
 #include <functional>
+#include <memory>
 #include <string>
 
 namespace immortal::vmm {
@@ -22,9 +25,16 @@ class ProfileCollector {
   void collect(std::uint64_t generation);
   bool busy() const { return busy_; }
   std::uint64_t generation() const { return generation_; }
+  // The boot the last collection was started in (its agent hello's boot id).
+  const std::string& boot_id() const { return boot_id_; }
   // Which profile is current: 1, 2, 3 … for each one saved (0: none yet). Two profiles taken in
   // the same second are still two (their taken_at may be equal).
   std::uint64_t number() const { return number_; }
+  // The newest profile saved (nullptr before the first); never changed once handed out.
+  std::shared_ptr<const GuestProfile> current() const { return current_; }
+  const std::string& dir() const { return dir_; }
+  // Why the last collection failed ("" when it did not).
+  const std::string& last_error() const { return last_error_; }
   nlohmann::json status() const;
 
  private:
@@ -36,12 +46,14 @@ class ProfileCollector {
   std::function<void(const std::string&)> say_;
   bool busy_ = false;
   std::uint64_t generation_ = 0;
+  std::string boot_id_;
   GuestProfile building_;
   std::deque<std::function<void()>> steps_;
   Clock::time_point started_{};
   std::string last_error_;
   std::string taken_at_;
   std::uint64_t number_ = 0;
+  std::shared_ptr<const GuestProfile> current_;
   double last_seconds_ = 0;
   std::size_t symbols_ = 0;
 };

@@ -1,7 +1,7 @@
 // The `immortal` command line as an operator uses it, against real guests: lifecycle, named
 // instances, signals, and every kind of bad input the foundation issue lists.
 #include "base/error.h"
-#include "control_channel.h"
+#include "control/control_channel.h"
 #include "harness.h"
 
 #include <catch2/catch.hpp>
@@ -74,7 +74,7 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
   json s = status_of(name);
   CHECK(s["state"] == "running");
   CHECK(s["agent"]["connected"] == true);
-  int qemu_pid = s["qemu_pid"].get<int>();
+  int qemu_pid = s["vm_pid"].get<int>();
   REQUIRE(process_alive(qemu_pid));
   CHECK(s["boot_id"].get<std::string>().size() == 36);
 
@@ -172,7 +172,7 @@ TEST_CASE("killing the supervisor with SIGKILL leaves no QEMU process behind", "
   REQUIRE(run_cli({"run", "--name", name, "--detach"}).status == 0);
   json s = status_of(name);
   int supervisor = s["supervisor_pid"].get<int>();
-  int qemu_pid = s["qemu_pid"].get<int>();
+  int qemu_pid = s["vm_pid"].get<int>();
   REQUIRE(process_alive(qemu_pid));
   REQUIRE(::kill(supervisor, SIGKILL) == 0);
   CHECK(wait_until([&] { return !process_alive(qemu_pid); }, 10s));
@@ -192,7 +192,7 @@ TEST_CASE("SIGINT and SIGTERM stop a foreground supervisor and its guest", "[int
     pid_t pid = spawn_immortal({"run", "--name", name}, log);
     REQUIRE(wait_until([&] { return read_file(log).find("is up") != std::string::npos; }, 90s));
     json s = status_of(name);
-    int qemu_pid = s["qemu_pid"].get<int>();
+    int qemu_pid = s["vm_pid"].get<int>();
     REQUIRE(::kill(pid, sig) == 0);
     int status = 0;
     REQUIRE(::waitpid(pid, &status, 0) == pid);

@@ -1,7 +1,7 @@
 // `immortal list | status | exec | stop`: talk to a running supervisor over its control socket.
 #include "base/error.h"
 #include "cli/commands.h"
-#include "control_channel.h"
+#include "control/control_channel.h"
 #include "fault_catalogue.h"
 #include "instance.h"
 #include "protocol/base64.h"
@@ -76,7 +76,7 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
   row("Name:", s.value("name", ""));
   row("State:", s.value("state", ""));
   row("Supervisor PID:", std::to_string(s.value("supervisor_pid", 0)));
-  row("QEMU PID:", std::to_string(s.value("qemu_pid", 0)));
+  row("VM PID:", fmt::format("{} ({})", s.value("vm_pid", 0), s.value("backend", "?")));
   row("Accelerator:", s.value("accelerator", "") + " (" + s.value("accelerator_reason", "") + ")");
   std::string recovery = s.value("recovery", "?");
   const json& rs = s.value("recovery_state", json::object());

@@ -40,6 +40,7 @@ class QemuMachine final : public vmm::Machine {
   void pause() override;
   vmm::RunState state() override;
   void terminate(std::chrono::milliseconds grace) override;
+  const char* backend() const override { return "qemu"; }
   int process_id() const override { return pid_; }
 
   int vcpu_count() const override { return static_cast<int>(threads_.size()); }

@@ -116,7 +116,7 @@ BundleCapture capture_guest(Machine& machine, const Kernel* kernel, const GuestP
 
 BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
   auto t0 = Clock::now();
-  BundleResult result{job.crash, job.reason, "", "", 0, 0, {}, job.reply_fd};
+  BundleResult result{job.crash, job.reason, "", "", 0, 0, {}, job.ticket};
   std::string name = fmt::format("{}-{}-{}", sanitize_for_name(job.guest), sanitize_for_name(utc_now()),
                                  job.reason == "crash" ? fmt::format("crash{}", job.crash) : job.reason);
   try {

@@ -61,7 +61,7 @@ struct BundleJob {
   json recovery;                       // enabled, decision, reason, outcome
   json timings;
   std::vector<json> events;            // this crash's events so far
-  int reply_fd = -1;                   // a control client waiting for the result (on-demand)
+  std::uint64_t ticket = 0;            // tells on-demand bundles apart (0 for a crash's)
 };
 
 struct BundleResult {
@@ -72,7 +72,7 @@ struct BundleResult {
   double write_ms = 0;
   std::uint64_t vmcore_bytes = 0;
   std::vector<std::string> removed;  // by retention
-  int reply_fd = -1;
+  std::uint64_t ticket = 0;
 };
 
 class BundleRecorder {

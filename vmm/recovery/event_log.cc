@@ -12,6 +12,13 @@ namespace immortal::vmm {
 
 namespace {
 constexpr std::size_t kRecentEvents = 32;
+constexpr std::size_t kCrashesKept = 8;
+constexpr std::size_t kEventsPerCrash = 128;
+}
+
+std::vector<nlohmann::json> EventLog::of_crash(std::uint64_t crash) const {
+  auto it = by_crash_.find(crash);
+  return it == by_crash_.end() ? std::vector<nlohmann::json>{} : it->second;
 }
 
 std::string EventLog::append(const std::string& event, nlohmann::json fields) {
@@ -20,6 +27,11 @@ std::string EventLog::append(const std::string& event, nlohmann::json fields) {
   std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   recent_.push_back(line);
   if (recent_.size() > kRecentEvents) recent_.pop_front();
+  if (auto c = line.find("crash"); c != line.end() && c->is_number_unsigned() && c->get<std::uint64_t>()) {
+    auto& list = by_crash_[c->get<std::uint64_t>()];
+    if (list.size() < kEventsPerCrash) list.push_back(line);
+    while (by_crash_.size() > kCrashesKept) by_crash_.erase(by_crash_.begin());
+  }
   std::string problem;
   for (const auto& path : paths_) {
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);

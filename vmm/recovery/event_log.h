@@ -8,7 +8,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <deque>
+#include <map>
+#include <vector>
 #include <string>
 
 namespace immortal::vmm {
@@ -20,10 +23,14 @@ class EventLog {
   // through the returned text, never thrown: the guest matters more than the log).
   std::string append(const std::string& event, nlohmann::json fields);
   const std::deque<nlohmann::json>& recent() const { return recent_; }
+  // The events of one of the last few crashes (those with its "crash" id), oldest first: what
+  // the crash's bundle carries.
+  std::vector<nlohmann::json> of_crash(std::uint64_t crash) const;
 
  private:
   std::vector<std::string> paths_;
   std::deque<nlohmann::json> recent_;  // the last few, for status
+  std::map<std::uint64_t, std::vector<nlohmann::json>> by_crash_;  // the last few crashes'
   bool reported_ = false;
 };
 

@@ -160,9 +160,26 @@ bool RepairBroker::answer_from(Slot& slot, const std::string& request, RepairAns
     out.fallbacks.push_back(slot.mode + ": its answer lacks the analysis or the plan");
     return false;
   }
+  try {
+    const auto& a = j["analysis"];
+    out.plan = repair::plan_from_json(j["plan"]);
+    out.facts.cpu = a.value("cpu", -1);
+    out.facts.kind = a.value("kind", "");
+    out.facts.summary = a.value("summary", "");
+    out.facts.module = a.value("module", "");
+    out.facts.percpu_base = repair::parse_hex(a.value("percpu_base", nlohmann::json("0x0")), "percpu_base");
+    const auto task = a.value("task", nlohmann::json::object());
+    if (task.is_object()) {
+      out.facts.task = repair::parse_hex(task.value("address", nlohmann::json("0x0")), "task");
+      out.facts.task_pid = task.value("pid", -1);
+    }
+  } catch (const std::exception& e) {
+    // Error from the plan's parser, or a field of the wrong type (nlohmann's exceptions).
+    out.fallbacks.push_back(slot.mode + ": its answer is malformed: " + e.what());
+    return false;
+  }
   out.ok = true;
   out.analysis = std::move(j["analysis"]);
-  out.plan = std::move(j["plan"]);
   return true;
 }
 
@@ -191,11 +208,11 @@ RepairAnswer RepairBroker::analyse(const repair::RepairRequest& request) {
     RepairAnswer other;
     Slot* slot = other_slot(answer.mode);
     if (answer_from(*slot, text, other, true) && other.ok) {
-      bool same_analysis = other.analysis == answer.analysis, same_plan = other.plan == answer.plan;
+      bool same_analysis = other.analysis == answer.analysis, same_plan = other.plan.to_json() == answer.plan.to_json();
       answer.cross_check = {{"mode", slot->mode}, {"identical", same_analysis && same_plan}, {"engine_ms", other.engine_ms},
                             {"round_trip_ms", other.round_trip_ms}};
       if (!same_analysis) answer.cross_check["analysis"] = other.analysis;
-      if (!same_plan) answer.cross_check["plan"] = other.plan;
+      if (!same_plan) answer.cross_check["plan"] = other.plan.to_json();
     } else {
       answer.cross_check = {{"mode", slot->mode}, {"identical", nullptr},
                             {"error", other.error.empty() ? fmt::format("{}", fmt::join(other.fallbacks, "; ")) : other.error}};

@@ -28,9 +28,20 @@ struct RepairSettings {
   std::uint64_t vm_memory = 384ull << 20;
 };
 
+// What the supervisor needs of an analysis, read once where the answer arrives.
+struct CrashFacts {
+  int cpu = -1;                    // the CPU it analysed
+  std::string kind, summary, module;
+  std::uint64_t percpu_base = 0;   // that CPU's per-CPU area, as the analysis found it
+  std::uint64_t task = 0;          // the crashing task (0: none)
+  int task_pid = -1;
+};
+
 struct RepairAnswer {
   bool ok = false;
-  nlohmann::json analysis, plan;    // as the engine returned them
+  nlohmann::json analysis;          // the engine's report of the crash (bundles, events)
+  CrashFacts facts;                 // …its fields the supervisor acts on
+  repair::RepairPlan plan;          // parsed and typed (still to be validated)
   std::string mode;                 // who answered: vm, inline
   double engine_ms = 0, round_trip_ms = 0;
   double lock_search_ms = 0;  // the part of engine_ms the held-lock search took
@@ -54,6 +65,7 @@ class RepairBroker {
   void poll();
   RepairAnswer analyse(const repair::RepairRequest& request);
   const repair::HealthyImage* healthy() const { return healthy_ ? &*healthy_ : nullptr; }
+  const std::string& mode() const { return settings_.mode; }
   nlohmann::json status();
 
  private:

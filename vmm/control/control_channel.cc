@@ -1,4 +1,4 @@
-#include "control_channel.h"
+#include "control/control_channel.h"
 
 #include "base/error.h"
 

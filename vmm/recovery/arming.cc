@@ -1,0 +1,76 @@
+#include "recovery/arming.h"
+
+#include "base/error.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace immortal::vmm {
+
+Arming::Arming(Machine& machine, CrashInterceptor& interceptor, LiveKernel& kernel, const ProfileCollector& profiles,
+               RepairBroker* repair, CrashBundles& bundles, const QuarantineList& quarantine, Event event, Say say,
+               Say report_ready)
+    : machine_(machine),
+      interceptor_(interceptor),
+      kernel_(kernel),
+      profiles_(profiles),
+      repair_(repair),
+      bundles_(bundles),
+      quarantine_(quarantine),
+      event_(std::move(event)),
+      say_(std::move(say)),
+      report_ready_(std::move(report_ready)) {}
+
+void Arming::follow(bool recovery_enabled, const std::string& boot_id) {
+  if (profiles_.busy() || (profiles_.current() && profiles_.current()->boot_id != boot_id)) return;
+  if (recovery_enabled) {
+    if (!profiles_.current()) {
+      if (!profiles_.last_error().empty())
+        report_ready_("crash interception NOT armed (no guest profile: " + profiles_.last_error() + ")");
+    } else if (profiles_.number() != armed_profile_) {
+      armed_profile_ = profiles_.number();  // one attempt per profile, whatever happens
+      arm();
+    }
+  }
+  bundles_.prepare_arena(profiles_.number(), machine_, kernel_);
+}
+
+void Arming::arm() {
+  try {
+    Kernel& kernel = kernel_.get();
+    auto notes = while_paused(machine_, [&] { return interceptor_.arm(kernel); });
+    event_("armed", {{"interception", interceptor_.points()}, {"notes", notes}});
+    for (const auto& n : notes) say_(n);
+    rebuild_repair_image(kernel_.profile()->taken_at);
+    report_ready_(fmt::format("crash interception armed at {}", fmt::join(interceptor_.points(), ", ")));
+  } catch (const std::exception& e) {
+    event_("arm-failed", {{"error", e.what()}});
+    say_(std::string("cannot arm crash interception (crashes will reboot the guest): ") + e.what());
+    report_ready_(std::string("crash interception NOT armed: ") + e.what());
+  }
+}
+
+void Arming::rebuild_repair_image(const std::string& taken_at) {
+  if (!repair_) return;
+  try {
+    auto ram = machine_.ram_file();
+    if (!ram) fail(ExitCode::failure, "this backend has no shared RAM file for a repair VM or process to read");
+    // The guest is healthy and running: its code is read as it is now (runtime patch sites
+    // that change later are recognised at the comparison).
+    repair::HealthyImage healthy = repair::capture_healthy_image(kernel_.get(), taken_at);
+    // Functions quarantined now are healthy with their original bytes: an unquarantine later
+    // must not look like corruption (nor a restore put the patch back).
+    for (const auto& q : quarantine_.entries())
+      for (auto& r : healthy.regions)
+        if (r.contains(q.address, q.original.size()))
+          std::copy(q.original.begin(), q.original.end(), r.bytes.begin() + static_cast<std::ptrdiff_t>(q.address - r.address));
+    // The repair image carries the profile as saved in the instance directory (files, as the
+    // repair agent in another VM reads them).
+    repair_->rebuild(profiles_.dir(), healthy, *ram);
+  } catch (const std::exception& e) {
+    event_("repair-failed", {{"mode", repair_->mode()}, {"error", std::string("cannot build the repair image: ") + e.what()}});
+    say_(std::string("cannot build the repair image (crashes will be analysed by the fallback, if any): ") + e.what());
+  }
+}
+
+}  // namespace immortal::vmm

@@ -1,0 +1,126 @@
+#include "recovery/crash_bundles.h"
+
+#include <fmt/format.h>
+
+namespace immortal::vmm {
+
+CrashBundles::CrashBundles(BundleSettings settings, std::string guest, bool recovery_enabled, const EventLog& events,
+                           Say say, Event event)
+    : recorder_(std::move(settings)),
+      guest_(std::move(guest)),
+      recovery_enabled_(recovery_enabled),
+      events_(events),
+      say_(std::move(say)),
+      event_(std::move(event)) {}
+
+BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vector<X86Registers> registers,
+                                    int crash_cpu) {
+  const Kernel* kernel = nullptr;
+  try {
+    kernel = &live.get();
+  } catch (const std::exception& e) {
+    say_(std::string("the bundle's copy of memory cannot be filtered (every page is copied): ") + e.what());
+  }
+  return capture_guest(machine, kernel, kernel ? live.profile().get() : nullptr, std::move(registers), crash_cpu,
+                       recorder_.settings().filter, recorder_.arena());
+}
+
+void CrashBundles::hold(const repair::CrashRecord& record, BundleCapture capture,
+                        std::shared_ptr<const GuestProfile> profile, const json& analysis, const json& plan,
+                        const std::string& decision, const std::string& reason) {
+  if (pending_) finish("superseded by a later crash before its outcome was known");
+  BundleJob job;
+  job.guest = guest_;
+  job.crash = record.id;
+  job.capture = std::move(capture);
+  job.profile = std::move(profile);
+  job.crash_record = repair::to_json(record);
+  job.analysis = analysis;
+  job.plan = plan;
+  job.recovery = {{"enabled", recovery_enabled_}, {"decision", decision}, {"reason", reason}};
+  job.timings = json::object();
+  pending_ = std::move(job);
+}
+
+void CrashBundles::add_timings(const json& timings) {
+  if (pending_) pending_->timings.update(timings);
+}
+
+void CrashBundles::add_recovery_note(const std::string& key, const std::string& value) {
+  if (pending_) pending_->recovery[key] = value;
+}
+
+void CrashBundles::finish(const std::string& outcome, json more_timings) {
+  if (!pending_) return;
+  BundleJob job = std::move(*pending_);
+  pending_.reset();
+  job.recovery["outcome"] = outcome;
+  job.timings.update(more_timings);
+  job.events = events_.of_crash(job.crash);
+  recorder_.submit(std::move(job));
+}
+
+void CrashBundles::take_now(BundleCapture capture, std::shared_ptr<const GuestProfile> profile, json timings,
+                            Written written) {
+  BundleJob job;
+  job.guest = guest_;
+  job.reason = "on-demand";
+  job.capture = std::move(capture);
+  job.profile = std::move(profile);
+  job.timings = std::move(timings);
+  job.ticket = next_ticket_++;
+  waiting_[job.ticket] = std::move(written);
+  recorder_.submit(std::move(job));
+}
+
+std::vector<BundleResult> CrashBundles::poll() {
+  auto results = recorder_.poll();
+  for (const auto& r : results) {
+    json fields = {{"reason", r.reason}, {"write_ms", r.write_ms}};
+    if (r.reason == "crash") fields["crash"] = r.crash;
+    if (r.path.empty()) {
+      fields["error"] = r.error;
+      event_("bundle-failed", fields);
+      say_("writing a bundle failed: " + r.error);
+    } else {
+      fields["path"] = r.path;
+      fields["vmcore_bytes"] = r.vmcore_bytes;
+      if (!r.removed.empty()) fields["removed"] = r.removed;
+      event_("bundle", fields);
+      say_(fmt::format("bundle written: {} ({:.0f} ms)", r.path, r.write_ms));
+    }
+    if (auto it = waiting_.find(r.ticket); r.ticket && it != waiting_.end()) {
+      auto written = std::move(it->second);
+      waiting_.erase(it);
+      written(r);
+    }
+  }
+  return results;
+}
+
+void CrashBundles::prepare_arena(std::uint64_t profile_number, Machine& machine, LiveKernel& live) {
+  if (!profile_number || profile_number == arena_profile_) return;
+  arena_profile_ = profile_number;
+  try {
+    Kernel& kernel = live.get();
+    recorder_.prepare(machine.memory(), &kernel);
+  } catch (const std::exception& e) {
+    say_(std::string("no memory prepared for bundle snapshots (a crash will pause longer): ") + e.what());
+  }
+}
+
+void CrashBundles::stop() {
+  if (pending_) finish("unknown: the instance stopped before the outcome was known");
+  if (recorder_.writing()) {
+    say_(fmt::format("waiting for {} bundle(s) to be written", recorder_.writing()));
+    recorder_.drain(std::chrono::minutes(5));
+  }
+  poll();
+}
+
+json CrashBundles::status() const {
+  return {{"dir", recorder_.settings().dir}, {"written", recorder_.written()}, {"writing", recorder_.writing()},
+          {"last", recorder_.last_path()}};
+}
+
+}  // namespace immortal::vmm

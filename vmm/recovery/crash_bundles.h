@@ -1,0 +1,64 @@
+// The bundles of one guest (docs/bundle-format.md), from the supervisor's side: a crash's bundle
+// is held from the moment its memory is copied (the guest stopped) until its outcome is known
+// (recovered, rebooted, frozen …), then written in the background; `immortal bundle` asks for
+// one of the guest as it is. Knows nothing of who asked: an on-demand bundle reports back
+// through the callback it was given.
+#pragma once
+
+#include "engine/crash_record.h"
+#include "live_kernel.h"
+#include "machine.h"
+#include "recovery/bundle_recorder.h"
+#include "recovery/event_log.h"
+
+#include <functional>
+#include <map>
+#include <optional>
+
+namespace immortal::vmm {
+
+class CrashBundles {
+ public:
+  using Say = std::function<void(const std::string&)>;
+  using Event = std::function<void(const std::string& name, json fields)>;
+  using Written = std::function<void(const BundleResult&)>;
+  CrashBundles(BundleSettings settings, std::string guest, bool recovery_enabled, const EventLog& events, Say say,
+               Event event);
+
+  // Copies the stopped guest's memory for a bundle (kernel: the live view, when there is one).
+  BundleCapture capture(Machine& machine, LiveKernel& kernel, std::vector<X86Registers> registers, int crash_cpu);
+  // A crash's bundle, waiting for its outcome (a crash still pending is finished as superseded).
+  void hold(const repair::CrashRecord& record, BundleCapture capture, std::shared_ptr<const GuestProfile> profile,
+            const json& analysis, const json& plan, const std::string& decision, const std::string& reason);
+  bool holding(std::uint64_t crash) const { return pending_ && pending_->crash == crash; }
+  // Adds to the pending crash's bundle (no-op when none is held).
+  void add_timings(const json& timings);
+  void add_recovery_note(const std::string& key, const std::string& value);
+  double pending_snapshot_ms() const { return pending_ ? pending_->capture.pause_ms : 0; }
+  // The pending crash's outcome is known: write its bundle (with the crash's events).
+  void finish(const std::string& outcome, json more_timings = json::object());
+  // A bundle of the guest as it is now, written in the background; `written` is called with the
+  // result from poll().
+  void take_now(BundleCapture capture, std::shared_ptr<const GuestProfile> profile, json timings, Written written);
+  // Results of finished writes (events emitted, on-demand callbacks called).
+  std::vector<BundleResult> poll();
+  // Makes the arena for fast snapshots fit the guest of this profile (once per profile).
+  void prepare_arena(std::uint64_t profile_number, Machine& machine, LiveKernel& kernel);
+  // The instance stops: pending outcome unknown; wait (bounded) for writers.
+  void stop();
+  json status() const;
+
+ private:
+  BundleRecorder recorder_;
+  std::string guest_;
+  bool recovery_enabled_;
+  const EventLog& events_;
+  Say say_;
+  Event event_;
+  std::optional<BundleJob> pending_;
+  std::uint64_t arena_profile_ = 0;
+  std::uint64_t next_ticket_ = 1;
+  std::map<std::uint64_t, Written> waiting_;  // on-demand bundles by ticket
+};
+
+}  // namespace immortal::vmm

@@ -1,0 +1,347 @@
+#include "recovery/recovery_coordinator.h"
+
+#include "base/clock.h"
+#include "base/error.h"
+#include "engine/crash_analysis.h"
+#include "kernel/orc_unwind.h"
+#include "recovery/crash_decision.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace immortal::vmm {
+
+namespace {
+// After a guest panic, time for its panic() to flush the console before we freeze the VM (it
+// would only spin in panic's delay loop from then on).
+constexpr auto kCrashConsoleGrace = std::chrono::milliseconds(1000);
+}  // namespace
+
+RecoveryCoordinator::RecoveryCoordinator(RecoveryParts parts)
+    : p_(std::move(parts)),
+      interceptor_(p_.machine),
+      arming_(p_.machine, interceptor_, p_.kernel, p_.profiles, p_.repair, p_.bundles, p_.quarantine, p_.event, p_.say,
+              p_.report_ready),
+      budget_(p_.policy),
+      reboots_(p_, interceptor_, arming_) {}
+
+void RecoveryCoordinator::on_event(const MachineEvent& e) {
+  switch (e.kind) {
+    case MachineEvent::Kind::guest_panicked: return on_panic_event();
+    case MachineEvent::Kind::breakpoint: return on_breakpoint(e.vcpu);
+    case MachineEvent::Kind::reset: return reboots_.on_reset(e.detail);
+    default: return;
+  }
+}
+
+void RecoveryCoordinator::tick() {
+  if (freeze_at_ && Clock::now() >= *freeze_at_) freeze_crashed();
+  reboots_.tick();
+  if (p_.state.is(GuestState::running) && p_.agent.hello()) arming_.follow(p_.policy.enabled, p_.agent.hello()->boot_id);
+  if (p_.state.is(GuestState::recovering)) watch_recovery();
+  if (p_.state.is(GuestState::running)) check_hang();
+  if (p_.state.is(GuestState::hung) && p_.agent.last_heard() &&
+      Clock::now() - *p_.agent.last_heard() < std::chrono::seconds(2)) {
+    p_.state.change(GuestState::running, "the agent answers again");  // recovery off
+    p_.event("hang-over", {});
+  }
+}
+
+// ---- Crashes caught ------------------------------------------------------------------------
+
+void RecoveryCoordinator::on_panic_event() {
+  if (p_.state.is(GuestState::rebooting)) return;
+  p_.state.change(GuestState::crashed, "pvpanic");
+  freeze_at_ = Clock::now() + kCrashConsoleGrace;
+  std::uint64_t id = p_.ledger.open_crash();
+  p_.event("crash", {{"crash", id}, {"caught_at", utc_now()}, {"caught_by", "pvpanic"},
+                     {"summary", "a kernel panic reported by the guest (pvpanic): not caught at its first instruction"}});
+  p_.ledger.record({id, utc_now(), "a kernel panic reported by the guest (pvpanic)", p_.policy.enabled ? "reboot" : "freeze",
+                    "not caught at its first instruction", "", "", ""});
+  if (p_.policy.enabled) {
+    reboot_after_freeze_ = id;
+    p_.say("the guest kernel crashed (pvpanic) past the point where it can be resumed; it will be rebooted");
+  } else {
+    p_.say("the guest kernel crashed (pvpanic); recovery is off; the VM will be frozen with its state kept.");
+  }
+}
+
+void RecoveryCoordinator::freeze_crashed() {
+  freeze_at_.reset();
+  try {
+    p_.machine.pause();
+    p_.say("the crashed guest is frozen; last console lines:\n" + p_.console_tail(15));
+    // The dump of a crash caught only by pvpanic: panic() has run, so panic_cpu says which CPU.
+    auto record = interceptor_.record(p_.ledger.crashes(), -1, "pvpanic", "");
+    json analysis;
+    try {
+      Kernel& kernel = p_.kernel.get();
+      int cpu = kernel.memory().read_value<std::int32_t>(kernel.symbol("panic_cpu"));
+      record.vcpu = cpu >= 0 && cpu < static_cast<int>(record.registers.size()) ? cpu : -1;
+      if (record.vcpu >= 0 && p_.repair) {
+        RepairAnswer answer = ask_repair_engine(record);
+        if (answer.ok) analysis = answer.analysis;
+      } else if (record.vcpu >= 0) {
+        // Recovery off: no repair engine runs; the report's analysis is read here, with the same
+        // bounded readers as the bundle's report (nothing is written to the guest).
+        analysis = repair::analyze_crash(kernel, record).to_json();
+      }
+    } catch (const std::exception&) {
+      // No analysis: the bundle still holds the memory and every vCPU's registers.
+    }
+    bool reboot_it = reboot_after_freeze_.has_value();
+    p_.bundles.hold(record, p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu), p_.kernel.profile(),
+                    analysis, json(), reboot_it ? "reboot" : "none",
+                    reboot_it ? "caught by pvpanic only: past the point where it can be resumed"
+                              : "recovery is off: the guest is left frozen");
+    if (!reboot_it) p_.bundles.finish("frozen");
+  } catch (const Error& e) {
+    p_.say(std::string("cannot pause the crashed guest: ") + e.what());
+    return;
+  }
+  if (reboot_after_freeze_) {
+    auto crash = *reboot_after_freeze_;
+    reboot_after_freeze_.reset();
+    reboot("the crash was not caught at its first instruction (pvpanic only): it cannot be resumed", crash);
+  }
+}
+
+void RecoveryCoordinator::on_breakpoint(int vcpu) {
+  std::optional<std::string> point;
+  try {
+    if (vcpu >= 0) point = interceptor_.point_at(p_.machine.read_registers(vcpu).rip);
+  } catch (const Error&) {
+  }
+  if (!point) {
+    // Not ours (or a vCPU we cannot read): never leave the guest stopped for it.
+    p_.say(fmt::format("an unexpected debug stop on vCPU {}: resuming", vcpu));
+    p_.machine.resume();
+    return;
+  }
+  if (*point == "crash_kexec") {
+    // An oops about to hand the guest to its kdump kernel (crash_kexec() runs before panic()
+    // when a crash kernel is loaded, and on every oops with panic_on_oops). Return from it as if
+    // no crash kernel were loaded: oops_end() goes on to panic(), where the crash is caught as
+    // any other. If that crash cannot be recovered, the guest's kdump still gets it.
+    try {
+      interceptor_.return_from_call(vcpu, p_.kernel.get());
+      p_.machine.resume();
+      return;
+    } catch (const std::exception& e) {
+      p_.say(std::string("cannot step over crash_kexec: ") + e.what());
+    }
+  }
+  on_crash(interceptor_.record(p_.ledger.open_crash(), vcpu, "breakpoint", *point));
+}
+
+void RecoveryCoordinator::on_crash(repair::CrashRecord record) {
+  auto t0 = Clock::now();
+  if (watch_) cut_watch_short(record.id);
+  p_.state.change(GuestState::crashed, "a crash caught at its first instruction");
+  RepairAnswer answer = ask_repair_engine(record);
+  CrashDecision d = decide_on_crash(answer, record, p_.policy, budget_, p_.kernel, p_.repair ? p_.repair->healthy() : nullptr);
+  const repair::RepairPlan& plan = d.plan;
+  json analysis = d.analysed ? answer.analysis : json(), plan_json = plan.to_json();
+  double analysis_ms = ms_since(t0);
+  // The dump's copy of memory comes before the repair changes anything.
+  p_.bundles.hold(record, p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu), p_.kernel.profile(),
+                  analysis, plan_json, plan.resume ? "resume" : "reboot", plan.reason);
+  p_.ledger.record({record.id, record.time, d.summary, plan.resume ? "resume" : "reboot", plan.reason, "", "", ""});
+  p_.event("crash", {{"crash", record.id}, {"caught_at", record.time}, {"caught_by", record.caught_by},
+                     {"at", record.intercepted_at}, {"vcpu", record.vcpu}, {"summary", d.summary},
+                     {"analysis", analysis}, {"repair", answer.to_json()}});
+  p_.event("plan", {{"crash", record.id}, {"plan", plan_json}});
+  p_.say(fmt::format("crash {} caught at {} on vCPU {}: {}", record.id, record.intercepted_at, record.vcpu, d.summary));
+  save_crash(record, analysis, plan_json);
+  if (!plan.resume) {
+    if (record.intercepted_at == "panic" && reboots_.guest_has_kdump()) {
+      watch_.reset();
+      freeze_at_.reset();
+      return reboots_.hand_to_guest_kdump(plan.reason, record.id);
+    }
+    return reboot(plan.reason, record.id);
+  }
+  resume_repaired(record, plan, answer, analysis_ms, t0);
+}
+
+void RecoveryCoordinator::resume_repaired(const repair::CrashRecord& record, const repair::RepairPlan& plan,
+                                          const RepairAnswer& answer, double analysis_ms, Clock::time_point t0) {
+  auto t_apply = Clock::now();
+  try {
+    interceptor_.apply(plan, p_.kernel.get());
+    p_.machine.resume();
+  } catch (const std::exception& e) {
+    return reboot(std::string("applying the repair failed: ") + e.what(), record.id);
+  }
+  double apply_ms = ms_since(t_apply), total_ms = ms_since(t0);
+  budget_.spend(Clock::now());
+  p_.quarantine.add(plan, record.id, record.time);
+  p_.state.change(GuestState::recovering, "repaired and resumed");
+  std::unique_ptr<RecoveryVerifier> memory_checks;
+  if (p_.policy.verify_window.count() > 0) {
+    // What the repair killed, for the check that it is gone and nobody waits on its locks.
+    std::uint64_t killed = 0;
+    int killed_pid = -1;
+    for (const auto& a : plan.actions)
+      if (a.kind == "kill-task") {
+        killed = answer.facts.task;
+        killed_pid = answer.facts.task_pid;
+      } else if (a.kind == "kill-sleeping-task" && !killed) {
+        killed = repair::parse_hex(a.detail.value("task", json("0x0")), "task");
+        killed_pid = a.detail.value("pid", -1);
+      }
+    try {
+      memory_checks = std::make_unique<RecoveryVerifier>(p_.kernel.get(), killed, killed_pid, p_.policy.verify_window);
+    } catch (const std::exception& e) {
+      p_.say(std::string("the recovered guest cannot be watched from its memory: ") + e.what());
+    }
+  }
+  watch_ = std::make_unique<RecoveryWatch>(record.id, p_.policy.verify_timeout, p_.agent.heartbeats(), std::move(memory_checks));
+  double snapshot_ms = p_.bundles.pending_snapshot_ms();
+  p_.bundles.add_timings({{"analysis_ms", analysis_ms}, {"apply_ms", apply_ms}, {"intercept_to_resume_ms", total_ms},
+                          {"repair_mode", answer.mode}, {"engine_ms", answer.engine_ms},
+                          {"repair_round_trip_ms", answer.round_trip_ms}, {"snapshot_pause_ms", snapshot_ms}});
+  p_.event("resumed", {{"crash", record.id}, {"actions", plan.reason}, {"analysis_ms", analysis_ms}, {"apply_ms", apply_ms},
+                       {"repair_mode", answer.mode}, {"engine_ms", answer.engine_ms}, {"lock_search_ms", answer.lock_search_ms},
+                       {"snapshot_ms", snapshot_ms}, {"intercept_to_resume_ms", total_ms}});
+  p_.say(fmt::format("crash {}: repaired ({}) and resumed {:.1f} ms after interception; verifying", record.id, plan.reason,
+                     total_ms));
+}
+
+RepairAnswer RecoveryCoordinator::ask_repair_engine(const repair::CrashRecord& record) {
+  RepairAnswer answer;
+  if (!p_.repair) {
+    answer.error = "no repair engine (recovery is off)";
+    return answer;
+  }
+  repair::RepairRequest request{record, {}, p_.policy.quarantine_driver};
+  for (const auto& q : p_.quarantine.entries()) request.known_patches.push_back({q.address, q.patch});
+  answer = p_.repair->analyse(request);
+  for (const auto& f : answer.fallbacks) p_.say("repair engine fallback: " + f);
+  if (answer.cross_check.is_object() && answer.cross_check.value("identical", json()) == json(false))
+    p_.event("repair-mismatch", {{"crash", record.id}, {"mode", answer.mode}, {"other", answer.cross_check}});
+  return answer;
+}
+
+void RecoveryCoordinator::save_crash(const repair::CrashRecord& record, const json& analysis, const json& plan) {
+  std::error_code ec;
+  std::filesystem::create_directories(p_.crash_dir, ec);
+  std::ofstream out(fmt::format("{}/crash-{}.json", p_.crash_dir, record.id), std::ios::trunc);
+  out << json{{"record", repair::to_json(record)}, {"analysis", analysis}, {"plan", plan}}.dump(
+             2, ' ', false, json::error_handler_t::replace)
+      << "\n";
+}
+
+// ---- After the resume ----------------------------------------------------------------------
+
+void RecoveryCoordinator::watch_recovery() {
+  WatchVerdict v = watch_->step(p_.agent, p_.kernel, p_.say);
+  if (v.kind == WatchVerdict::Kind::failed) return fail_recovery(v.check, v.detail);
+  if (v.kind != WatchVerdict::Kind::verified) return;
+  std::uint64_t id = watch_->crash();
+  watch_.reset();
+  p_.ledger.count_recovery();
+  p_.event("recovered", {{"crash", id}, {"verify_ms", v.agent_ms}, {"window_ms", v.window_ms}, {"checks", v.checks}});
+  p_.say(fmt::format("crash {}: the guest is healthy again (heartbeat and a new process within {:.0f} ms; "
+                     "watched for {:.1f} s)", id, v.agent_ms, v.window_ms / 1000));
+  p_.ledger.set_outcome(id, "recovered");
+  p_.state.change(GuestState::running, "the recovery was verified");
+  p_.bundles.finish("recovered", {{"verify_ms", static_cast<std::uint64_t>(v.agent_ms)}, {"window_ms", v.window_ms}});
+}
+
+void RecoveryCoordinator::fail_recovery(const std::string& check, const std::string& why) {
+  auto id = watch_->crash();
+  watch_.reset();
+  p_.event("recovery-failed", {{"crash", id}, {"check", check}, {"reason", why}});
+  p_.say(fmt::format("crash {}: the recovered guest failed the {} check: {}", id, check, why));
+  p_.ledger.set_outcome(id, "recovery failed", check);
+  p_.bundles.add_recovery_note("verification", check + ": " + why);
+  reboot("the recovery did not hold (" + check + "): " + why, id);
+}
+
+void RecoveryCoordinator::cut_watch_short(std::uint64_t new_crash) {
+  auto id = watch_->crash();
+  bool proven = watch_->agent_proved();
+  double ms = watch_->since_resume_ms();
+  watch_.reset();
+  std::string note = fmt::format("crash {} came {:.1f} s into the watch window", new_crash, ms / 1000);
+  if (proven) {
+    p_.ledger.count_recovery();
+    p_.event("recovered", {{"crash", id}, {"window_ms", ms}, {"note", note + ": the checks up to then passed"}});
+    p_.bundles.finish("recovered (watch cut short by a new crash)");
+  } else {
+    p_.event("recovery-failed", {{"crash", id}, {"check", "agent"}, {"reason", note + " before the agent answered"}});
+    p_.bundles.finish("recovery failed: a new crash came first");
+  }
+}
+
+void RecoveryCoordinator::check_hang() {
+  if (!p_.agent.last_heard() || p_.agent.closed()) return;
+  if (Clock::now() - *p_.agent.last_heard() < p_.policy.hang_timeout) return;
+  std::uint64_t id = p_.ledger.open_crash();
+  std::string why = fmt::format("no heartbeat from the guest agent for {} s", p_.policy.hang_timeout.count() / 1000);
+  if (!p_.policy.enabled) {
+    p_.event("hang", {{"crash", id}, {"reason", why}, {"action", "none (recovery is off)"}});
+    p_.say("the guest seems hung: " + why + " (recovery is off: left alone)");
+    p_.state.change(GuestState::hung, "no heartbeat, recovery off");
+    return;
+  }
+  try {
+    p_.machine.pause();
+    auto record = interceptor_.record(id, -1, "hang", "");
+    json stacks = json::array();
+    try {
+      OrcUnwinder unwinder(p_.kernel.get());
+      for (const auto& r : record.registers) {
+        json frames = json::array();
+        for (const auto& f : unwinder.unwind(r, 32).frames) frames.push_back(f.symbol);
+        stacks.push_back(frames);
+      }
+    } catch (const std::exception& e) {
+      stacks.push_back(std::string("unreadable: ") + e.what());
+    }
+    p_.event("hang", {{"crash", id}, {"reason", why}, {"cpus", stacks}});
+    p_.ledger.record({id, record.time, "the guest hung: " + why, "reboot", why, "", "", ""});
+    json analysis = {{"kind", "hang"}, {"cpus", stacks}};
+    save_crash(record, analysis, {{"resume", false}, {"reason", why}});
+    p_.bundles.hold(record, p_.bundles.capture(p_.machine, p_.kernel, record.registers, -1), p_.kernel.profile(), analysis,
+                    json(), "reboot", why);
+  } catch (const Error& e) {
+    p_.say(std::string("cannot inspect the hung guest: ") + e.what());
+  }
+  reboot(why, id);
+}
+
+void RecoveryCoordinator::reboot(const std::string& reason, std::uint64_t crash) {
+  watch_.reset();
+  freeze_at_.reset();
+  reboots_.reboot(reason, crash);
+}
+
+nlohmann::json RecoveryCoordinator::status() const {
+  json kinds = json::array();
+  for (const auto& k : RecoveryPolicy::recoverable_kinds())
+    if (!p_.policy.disabled_kinds.count(k)) kinds.push_back(k);
+  json pinned = json::array();
+  for (const auto& pin : p_.quarantine.pins()) pinned.push_back(pin.module);
+  return {{"armed", interceptor_.armed()},
+          {"interception", interceptor_.points()},
+          {"kinds", kinds},
+          {"limit", fmt::format("{}/{}s", p_.policy.max_recoveries, p_.policy.window.count())},
+          {"crashes", p_.ledger.crashes()},
+          {"recovered", p_.ledger.recoveries()},
+          {"reboots", p_.ledger.reboots()},
+          {"quarantined", p_.quarantine.to_json()},
+          {"pinned", pinned},
+          {"quarantine_mode", p_.policy.quarantine_driver ? "driver" : "function"},
+          {"verify_window_s", p_.policy.verify_window.count() / 1000}};
+}
+
+std::optional<nlohmann::json> RecoveryCoordinator::verification() const {
+  if (!watch_) return std::nullopt;
+  return watch_->progress();
+}
+
+}  // namespace immortal::vmm

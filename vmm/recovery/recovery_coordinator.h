@@ -1,0 +1,63 @@
+// The recovery room (docs/recovery.md): everything from a crash caught to the guest proven
+// healthy again, or rebooted. Machine events that mean a crash (a breakpoint at a crash path,
+// pvpanic, a reset) come in through on_event(); the loop's tick() does what waits for time (the
+// verification window, hang detection, freezing a pvpanic-caught guest, the rebooted guest's
+// hello). One crash, in order:
+//
+//   breakpoint → record (all vCPUs) → repair engine (repair/repair_broker.h) → decision
+//   (crash_decision.h) → bundle copy held (crash_bundles.h) → plan applied, guest resumed
+//   → watch (recovery_watch.h) → verified → ledger and bundle outcome
+//
+// Anything that fails on the way reboots the guest (or hands it to its own kdump) with a bundle.
+#pragma once
+
+#include "recovery/arming.h"
+#include "recovery/crash_interceptor.h"
+#include "recovery/guest_reboot.h"
+#include "recovery/recovery_parts.h"
+#include "recovery/recovery_watch.h"
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace immortal::vmm {
+
+class RecoveryCoordinator {
+ public:
+  explicit RecoveryCoordinator(RecoveryParts parts);
+
+  void on_event(const MachineEvent& event);
+  void tick();
+  const CrashInterceptor& interceptor() const { return interceptor_; }
+  nlohmann::json status() const;                   // recovery_state in `status`
+  std::optional<nlohmann::json> verification() const;  // while a window is open
+
+ private:
+  void on_breakpoint(int vcpu);
+  void on_panic_event();
+  void on_crash(repair::CrashRecord record);
+  void resume_repaired(const repair::CrashRecord& record, const repair::RepairPlan& plan, const RepairAnswer& answer,
+                       double analysis_ms, Clock::time_point t0);
+  void freeze_crashed();
+  void watch_recovery();
+  void fail_recovery(const std::string& check, const std::string& why);
+  void cut_watch_short(std::uint64_t new_crash);
+  void check_hang();
+  RepairAnswer ask_repair_engine(const repair::CrashRecord& record);
+  // Ends the window and any pending freeze, then reboots (guest_reboot.h).
+  void reboot(const std::string& reason, std::uint64_t crash);
+  void save_crash(const repair::CrashRecord& record, const nlohmann::json& analysis, const nlohmann::json& plan);
+
+  RecoveryParts p_;
+  CrashInterceptor interceptor_;
+  Arming arming_;
+  RecoveryBudget budget_;
+  GuestReboot reboots_;
+  std::unique_ptr<RecoveryWatch> watch_;
+  std::optional<Clock::time_point> freeze_at_;   // when to freeze a pvpanic-caught guest
+  std::optional<std::uint64_t> reboot_after_freeze_;  // …and then reboot it (crash id)
+};
+
+}  // namespace immortal::vmm
