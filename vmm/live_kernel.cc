@@ -4,11 +4,19 @@
 
 namespace immortal::vmm {
 
+LiveKernel::LiveKernel(Machine& machine, const ProfileSource& profiles, Opener open)
+    : machine_(machine), profiles_(profiles), open_(std::move(open)) {
+  if (!open_)
+    open_ = [](const PhysicalMemory& memory, const GuestProfile& profile) {
+      return Kernel::open(memory, profile, std::nullopt);
+    };
+}
+
 Kernel& LiveKernel::get() {
   auto current = profiles_.current();
   if (!current) fail(ExitCode::failure, "no guest profile yet (the agent has not reported one)");
   if (!kernel_ || number_ != profiles_.number()) {
-    kernel_ = Kernel::open(machine_.memory(), *current, std::nullopt);
+    kernel_ = open_(machine_.memory(), *current);
     profile_ = std::move(current);
     number_ = profiles_.number();
   }

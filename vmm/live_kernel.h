@@ -7,7 +7,9 @@
 #include "kernel/kernel.h"
 #include "machine.h"
 #include "profile/guest_profile.h"
-#include "profile_collector.h"
+#include "profile_source.h"
+
+#include <functional>
 
 #include <memory>
 
@@ -15,7 +17,9 @@ namespace immortal::vmm {
 
 class LiveKernel {
  public:
-  LiveKernel(Machine& machine, const ProfileCollector& profiles) : machine_(machine), profiles_(profiles) {}
+  // How a profile and guest memory become a kernel view (Kernel::open; tests assemble one).
+  using Opener = std::function<std::unique_ptr<Kernel>(const PhysicalMemory&, const GuestProfile&)>;
+  LiveKernel(Machine& machine, const ProfileSource& profiles, Opener open = {});
 
   // Throws Error when there is no profile yet or it does not fit the guest's memory.
   Kernel& get();
@@ -26,7 +30,8 @@ class LiveKernel {
 
  private:
   Machine& machine_;
-  const ProfileCollector& profiles_;
+  const ProfileSource& profiles_;
+  Opener open_;
   std::unique_ptr<Kernel> kernel_;
   std::shared_ptr<const GuestProfile> profile_;
   std::uint64_t number_ = 0;  // the profile kernel_ was built from

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "agent_channel.h"
+#include "profile_source.h"
 #include "profile/guest_profile.h"
 
 #include <nlohmann/json.hpp>
@@ -17,24 +18,24 @@
 
 namespace immortal::vmm {
 
-class ProfileCollector {
+class ProfileCollector final : public ProfileSource {
  public:
   ProfileCollector(AgentChannel& agent, std::string dir, std::function<void(const std::string&)> say);
 
   // Starts a collection unless one runs; generation is the agent's modules generation it reflects.
   void collect(std::uint64_t generation);
-  bool busy() const { return busy_; }
+  bool busy() const override { return busy_; }
   std::uint64_t generation() const { return generation_; }
   // The boot the last collection was started in (its agent hello's boot id).
   const std::string& boot_id() const { return boot_id_; }
   // Which profile is current: 1, 2, 3 … for each one saved (0: none yet). Two profiles taken in
   // the same second are still two (their taken_at may be equal).
-  std::uint64_t number() const { return number_; }
+  std::uint64_t number() const override { return number_; }
   // The newest profile saved (nullptr before the first); never changed once handed out.
-  std::shared_ptr<const GuestProfile> current() const { return current_; }
-  const std::string& dir() const { return dir_; }
+  std::shared_ptr<const GuestProfile> current() const override { return current_; }
+  const std::string& dir() const override { return dir_; }
   // Why the last collection failed ("" when it did not).
-  const std::string& last_error() const { return last_error_; }
+  const std::string& last_error() const override { return last_error_; }
   nlohmann::json status() const;
 
  private:

@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--repair-agent", run.repair_agent, "the immortal-repair-agent binary (default: next to immortal)");
   run_cmd->add_flag("--repair-cross-check", run.repair_cross_check,
                     "also analyse every crash in the other mode and report whether both agree (event repair-mismatch)");
-  run_cmd->add_option("--boot-timeout", run.boot_timeout_s, "seconds to wait for the agent's hello (default: 60)")
+  run_cmd->add_option("--boot-timeout", run.boot_timeout_s, "seconds to wait for the agent's hello: at start (else the run fails) and after every reboot (else the guest is reset again, with back-off) (default: 60)")
       ->check(CLI::Range(1, 3600));
 
   bool list_json = false;

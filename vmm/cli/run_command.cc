@@ -134,6 +134,7 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   for (const auto& k : o.no_recover) options.recovery.disabled_kinds.insert(k);
   if (!o.recovery_limit.empty()) options.recovery.set_limit(o.recovery_limit);
   options.recovery.hang_timeout = std::chrono::seconds(o.hang_timeout_s);
+  options.recovery.boot_timeout = std::chrono::seconds(o.boot_timeout_s);
   options.recovery.verify_timeout = std::chrono::seconds(o.verify_timeout_s);
   options.recovery.verify_window = std::chrono::seconds(o.verify_window_s);
   options.recovery.quarantine_driver = o.quarantine == "driver";

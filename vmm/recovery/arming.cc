@@ -7,8 +7,8 @@
 
 namespace immortal::vmm {
 
-Arming::Arming(Machine& machine, CrashInterceptor& interceptor, LiveKernel& kernel, const ProfileCollector& profiles,
-               RepairBroker* repair, CrashBundles& bundles, const QuarantineList& quarantine, Event event, Say say,
+Arming::Arming(Machine& machine, CrashInterceptor& interceptor, LiveKernel& kernel, const ProfileSource& profiles,
+               RepairEngine* repair, CrashBundles& bundles, const QuarantineList& quarantine, Event event, Say say,
                Say report_ready)
     : machine_(machine),
       interceptor_(interceptor),

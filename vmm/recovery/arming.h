@@ -5,11 +5,11 @@
 
 #include "live_kernel.h"
 #include "machine.h"
-#include "profile_collector.h"
+#include "profile_source.h"
 #include "recovery/crash_bundles.h"
 #include "recovery/crash_interceptor.h"
 #include "recovery/quarantine.h"
-#include "repair/repair_broker.h"
+#include "repair/repair_engine.h"
 
 #include <functional>
 #include <string>
@@ -20,8 +20,8 @@ class Arming {
  public:
   using Say = std::function<void(const std::string&)>;
   using Event = std::function<void(const std::string& name, nlohmann::json fields)>;
-  Arming(Machine& machine, CrashInterceptor& interceptor, LiveKernel& kernel, const ProfileCollector& profiles,
-         RepairBroker* repair, CrashBundles& bundles, const QuarantineList& quarantine, Event event, Say say,
+  Arming(Machine& machine, CrashInterceptor& interceptor, LiveKernel& kernel, const ProfileSource& profiles,
+         RepairEngine* repair, CrashBundles& bundles, const QuarantineList& quarantine, Event event, Say say,
          Say report_ready);
 
   // Called while the guest runs (boot_id: its agent's): acts on a profile not seen yet, once
@@ -37,8 +37,8 @@ class Arming {
   Machine& machine_;
   CrashInterceptor& interceptor_;
   LiveKernel& kernel_;
-  const ProfileCollector& profiles_;
-  RepairBroker* repair_;
+  const ProfileSource& profiles_;
+  RepairEngine* repair_;
   CrashBundles& bundles_;
   const QuarantineList& quarantine_;
   Event event_;

@@ -8,7 +8,7 @@
 #include "engine/healthy_image.h"
 #include "live_kernel.h"
 #include "recovery/recovery_policy.h"
-#include "repair/repair_broker.h"
+#include "repair/repair_engine.h"
 
 #include <string>
 

@@ -8,6 +8,9 @@
 #include "recovery/crash_interceptor.h"
 #include "recovery/recovery_parts.h"
 
+#include "base/clock.h"
+
+#include <optional>
 #include <string>
 
 namespace immortal::vmm {
@@ -24,13 +27,22 @@ class GuestReboot {
   void hand_to_guest_kdump(const std::string& reason, std::uint64_t crash);
   // A reset the guest did itself (a reboot inside it, a triple fault); ours are ignored.
   void on_reset(const std::string& detail);
-  // While rebooting: the new boot's hello ends it.
+  // While rebooting: the new boot's hello ends it; no hello in time means a failed boot.
   void tick();
+  // The boot after a reset failed (it crashed, or no hello came in time): the guest is reset
+  // again after a back-off (1, 2, 4 … 60 s), never left stuck.
+  void boot_failed(const std::string& why);
 
  private:
   void leave_boot(const char* event_name, const std::string& outcome, const std::string& reason, std::uint64_t crash,
                   const char* to_clients);
   void forget_boot();
+  // Pause, disarm, reset, resume; the boot deadline starts.
+  void reset_guest(const char* why);
+
+  int attempts_ = 0;  // failed boots in a row
+  std::optional<Clock::time_point> boot_deadline_, retry_at_;
+  std::chrono::milliseconds boot_wait_{0};  // how long the current boot may take
 
   RecoveryParts& p_;
   CrashInterceptor& interceptor_;

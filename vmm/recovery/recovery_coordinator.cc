@@ -32,6 +32,8 @@ void RecoveryCoordinator::on_event(const MachineEvent& e) {
     case MachineEvent::Kind::guest_panicked: return on_panic_event();
     case MachineEvent::Kind::breakpoint: return on_breakpoint(e.vcpu);
     case MachineEvent::Kind::reset: return reboots_.on_reset(e.detail);
+    // Time paused is no time without heartbeats: the hang clock starts again at every resume.
+    case MachineEvent::Kind::resumed: resumed_at_ = Clock::now(); return;
     default: return;
   }
 }
@@ -52,7 +54,7 @@ void RecoveryCoordinator::tick() {
 // ---- Crashes caught ------------------------------------------------------------------------
 
 void RecoveryCoordinator::on_panic_event() {
-  if (p_.state.is(GuestState::rebooting)) return;
+  if (p_.state.is(GuestState::rebooting)) return reboots_.boot_failed("the guest kernel crashed while booting (pvpanic)");
   p_.state.change(GuestState::crashed, "pvpanic");
   freeze_at_ = Clock::now() + kCrashConsoleGrace;
   std::uint64_t id = p_.ledger.open_crash();
@@ -279,7 +281,7 @@ void RecoveryCoordinator::cut_watch_short(std::uint64_t new_crash) {
 
 void RecoveryCoordinator::check_hang() {
   if (!p_.agent.last_heard() || p_.agent.closed()) return;
-  if (Clock::now() - *p_.agent.last_heard() < p_.policy.hang_timeout) return;
+  if (Clock::now() - std::max(*p_.agent.last_heard(), resumed_at_) < p_.policy.hang_timeout) return;
   std::uint64_t id = p_.ledger.open_crash();
   std::string why = fmt::format("no heartbeat from the guest agent for {} s", p_.policy.hang_timeout.count() / 1000);
   if (!p_.policy.enabled) {

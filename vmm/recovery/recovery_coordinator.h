@@ -56,6 +56,7 @@ class RecoveryCoordinator {
   RecoveryBudget budget_;
   GuestReboot reboots_;
   std::unique_ptr<RecoveryWatch> watch_;
+  Clock::time_point resumed_at_{};               // the VM's last resume (the hang clock's start)
   std::optional<Clock::time_point> freeze_at_;   // when to freeze a pvpanic-caught guest
   std::optional<std::uint64_t> reboot_after_freeze_;  // …and then reboot it (crash id)
 };

@@ -6,12 +6,12 @@
 #include "guest_state.h"
 #include "live_kernel.h"
 #include "machine.h"
-#include "profile_collector.h"
+#include "profile_source.h"
 #include "recovery/crash_bundles.h"
 #include "recovery/crash_ledger.h"
 #include "recovery/quarantine.h"
 #include "recovery/recovery_policy.h"
-#include "repair/repair_broker.h"
+#include "repair/repair_engine.h"
 
 #include <functional>
 #include <string>
@@ -25,11 +25,11 @@ struct RecoveryParts {
   AgentChannel& agent;
   GuestStatus& state;
   LiveKernel& kernel;
-  const ProfileCollector& profiles;
+  const ProfileSource& profiles;
   CrashLedger& ledger;
   CrashBundles& bundles;
   QuarantineList& quarantine;
-  RepairBroker* repair;          // nullptr with recovery off
+  RepairEngine* repair;          // nullptr with recovery off
   std::string crash_dir;         // crash-N.json records
   std::function<void(const std::string& name, nlohmann::json fields)> event;
   std::function<void(const std::string&)> say;

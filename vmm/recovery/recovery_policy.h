@@ -21,6 +21,7 @@ struct RecoveryPolicy {
   std::chrono::milliseconds verify_window{10'000};   // the guest watched after resume (recovery_verifier.h)
   bool quarantine_driver = false;                    // --quarantine driver: all its entry points
   std::chrono::milliseconds hang_timeout{30'000};    // no heartbeat while running: a hang
+  std::chrono::milliseconds boot_timeout{60'000};    // a reboot's new hello, else reset again (with back-off)
 
   // "N/SECONDS", e.g. "20/600". Throws Error(ExitCode::usage).
   void set_limit(const std::string& text);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "engine/repair_service.h"
+#include "repair/repair_engine.h"
 #include "machine.h"
 #include "repair/repair_image.h"
 #include "repair/repair_vm.h"
@@ -28,30 +29,7 @@ struct RepairSettings {
   std::uint64_t vm_memory = 384ull << 20;
 };
 
-// What the supervisor needs of an analysis, read once where the answer arrives.
-struct CrashFacts {
-  int cpu = -1;                    // the CPU it analysed
-  std::string kind, summary, module;
-  std::uint64_t percpu_base = 0;   // that CPU's per-CPU area, as the analysis found it
-  std::uint64_t task = 0;          // the crashing task (0: none)
-  int task_pid = -1;
-};
-
-struct RepairAnswer {
-  bool ok = false;
-  nlohmann::json analysis;          // the engine's report of the crash (bundles, events)
-  CrashFacts facts;                 // …its fields the supervisor acts on
-  repair::RepairPlan plan;          // parsed and typed (still to be validated)
-  std::string mode;                 // who answered: vm, inline
-  double engine_ms = 0, round_trip_ms = 0;
-  double lock_search_ms = 0;  // the part of engine_ms the held-lock search took
-  std::string error;                // !ok: why there is no answer
-  std::vector<std::string> fallbacks;  // who could not answer first, and why
-  nlohmann::json cross_check;       // --repair-cross-check: the other mode's verdict on the same crash
-  nlohmann::json to_json() const;
-};
-
-class RepairBroker {
+class RepairBroker final : public RepairEngine {
  public:
   using Say = std::function<void(const std::string&)>;
   using Event = std::function<void(const std::string& name, nlohmann::json fields)>;
@@ -60,12 +38,12 @@ class RepairBroker {
   ~RepairBroker();
 
   // A new healthy profile: rebuilds the repair image and restarts the workers with it.
-  void rebuild(const std::string& profile_dir, const repair::HealthyImage& healthy, const Machine::RamFile& ram);
+  void rebuild(const std::string& profile_dir, const repair::HealthyImage& healthy, const Machine::RamFile& ram) override;
   // Every tick: notices workers becoming ready or failing; restarts failed ones (with back-off).
   void poll();
-  RepairAnswer analyse(const repair::RepairRequest& request);
-  const repair::HealthyImage* healthy() const { return healthy_ ? &*healthy_ : nullptr; }
-  const std::string& mode() const { return settings_.mode; }
+  RepairAnswer analyse(const repair::RepairRequest& request) override;
+  const repair::HealthyImage* healthy() const override { return healthy_ ? &*healthy_ : nullptr; }
+  const std::string& mode() const override { return settings_.mode; }
   nlohmann::json status();
 
  private:

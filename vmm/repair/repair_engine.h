@@ -1,0 +1,51 @@
+// Where a crash is analysed and its repair planned, as the recovery room sees it: an engine
+// that answers a crash record with an analysis and a typed (not yet validated) plan, and keeps
+// the healthy copy of the guest's code the plan is checked against. RepairBroker is the real one
+// (the repair VM, the inline process, the fallback); tests script their own.
+#pragma once
+
+#include "engine/healthy_image.h"
+#include "engine/repair_plan.h"
+#include "engine/repair_service.h"
+#include "machine.h"
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace immortal::vmm {
+
+struct CrashFacts {
+  int cpu = -1;                    // the CPU it analysed
+  std::string kind, summary, module;
+  std::uint64_t percpu_base = 0;   // that CPU's per-CPU area, as the analysis found it
+  std::uint64_t task = 0;          // the crashing task (0: none)
+  int task_pid = -1;
+};
+struct RepairAnswer {
+  bool ok = false;
+  nlohmann::json analysis;          // the engine's report of the crash (bundles, events)
+  CrashFacts facts;                 // …its fields the supervisor acts on
+  repair::RepairPlan plan;          // parsed and typed (still to be validated)
+  std::string mode;                 // who answered: vm, inline
+  double engine_ms = 0, round_trip_ms = 0;
+  double lock_search_ms = 0;  // the part of engine_ms the held-lock search took
+  std::string error;                // !ok: why there is no answer
+  std::vector<std::string> fallbacks;  // who could not answer first, and why
+  nlohmann::json cross_check;       // --repair-cross-check: the other mode's verdict on the same crash
+  nlohmann::json to_json() const;
+};
+
+class RepairEngine {
+ public:
+  virtual ~RepairEngine() = default;
+  virtual RepairAnswer analyse(const repair::RepairRequest& request) = 0;
+  // The healthy copy the current repair image was built with (nullptr before the first).
+  virtual const repair::HealthyImage* healthy() const = 0;
+  // A new healthy profile: the repair image is rebuilt from it and the saved profile files.
+  virtual void rebuild(const std::string& profile_dir, const repair::HealthyImage& healthy, const Machine::RamFile& ram) = 0;
+  virtual const std::string& mode() const = 0;  // vm | inline
+};
+
+}  // namespace immortal::vmm
