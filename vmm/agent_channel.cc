@@ -18,7 +18,8 @@ typename Map::mapped_type take(Map& pending, std::uint64_t id, const char* what)
 }
 }  // namespace
 
-AgentChannel::AgentChannel(UniqueFd stream) : stream_(std::move(stream)) {
+AgentChannel::AgentChannel(UniqueFd stream, std::chrono::milliseconds torn_after)
+    : stream_(std::move(stream)), torn_after_(torn_after) {
   set_nonblocking(stream_.get(), true);
 }
 
@@ -29,6 +30,7 @@ void AgentChannel::send(MessageType type, const std::string& payload) {
 
 void AgentChannel::on_readable() {
   if (closed_) return;
+  bool got_data = false;
   for (;;) {
     bool would_block = false;
     std::string data;
@@ -46,20 +48,56 @@ void AgentChannel::on_readable() {
       return;
     }
     decoder_.feed(data);
+    got_data = true;
   }
-  try {
-    while (auto frame = decoder_.next()) handle(*frame);
-  } catch (const agent::ProtocolError& e) {
-    closed_ = true;
-    abandon(std::string("agent protocol error: ") + e.what());
-    fail(ExitCode::agent, "guest agent broke the protocol: {}", e.what());
+  // Frames are decoded until none is left; a broken header or a frame that never completes (torn
+  // by a guest reset or an agent restart) costs the bytes up to the next frame, not the channel.
+  std::string problem;
+  for (int round = 0; round < 2; ++round) {
+    for (;;) {
+      std::optional<agent::Frame> frame;
+      try {
+        frame = decoder_.next();
+      } catch (const agent::ProtocolError& e) {
+        lose_sync(e.what());
+        problem = e.what();
+        continue;
+      }
+      if (!frame) break;
+      partial_since_.reset();
+      try {
+        handle(*frame);
+      } catch (const agent::ProtocolError& e) {
+        problem = e.what();  // a malformed message: dropped, the stream is still in step
+      }
+    }
+    if (decoder_.buffered() == 0) {
+      partial_since_.reset();
+      break;
+    }
+    if (!partial_since_) partial_since_ = Clock::now();
+    if (!got_data || Clock::now() - *partial_since_ < torn_after_) break;
+    lose_sync("a frame never completed");
+    problem = "a frame never completed (torn by a guest reset?)";
   }
+  if (!problem.empty()) fail(ExitCode::agent, "guest agent broke the protocol: {}", problem);
+}
+
+void AgentChannel::lose_sync(const std::string& why) {
+  ++resyncs_;
+  partial_since_.reset();
+  decoder_.resync();
+  // Answers may have been in the bytes dropped: nobody waits for them for ever.
+  abandon("the agent channel lost sync (" + why + ")");
 }
 
 void AgentChannel::handle(const agent::Frame& frame) {
   last_heard_ = Clock::now();
   switch (frame.type) {
     case MessageType::hello:
+      // A new hello on an open channel: the agent restarted (or the guest rebooted); what the
+      // old one was asked will not be answered.
+      if (hello_) abandon("the guest agent restarted");
       hello_ = agent::parse_hello(frame.payload);
       modules_generation_ = hello_->modules_generation;
       break;

@@ -7,6 +7,7 @@
 #include "protocol/frame.h"
 #include "protocol/messages.h"
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <optional>
@@ -18,13 +19,18 @@ class AgentChannel {
  public:
   using ExecCallback = std::function<void(const agent::ExecResult*, const std::string& error)>;
 
-  explicit AgentChannel(UniqueFd stream);
+  // torn_after: how long a frame may stay incomplete while later bytes arrive before it counts
+  // as torn (the bytes up to the next frame are dropped).
+  explicit AgentChannel(UniqueFd stream, std::chrono::milliseconds torn_after = std::chrono::seconds(10));
 
   int fd() const { return stream_.get(); }
   // Reads what arrived and handles complete frames. A protocol violation throws
-  // Error(ExitCode::agent) naming it; the channel is then closed.
+  // Error(ExitCode::agent) naming it after the channel resynchronised: a broken or torn frame is
+  // skipped up to the next frame start, a malformed message dropped, and pending requests fail
+  // (their answers may have been lost). Only the end of the stream closes the channel.
   void on_readable();
   bool closed() const { return closed_; }
+  std::uint64_t resyncs() const { return resyncs_; }
 
   const std::optional<agent::Hello>& hello() const { return hello_; }
   std::optional<Clock::time_point> last_heard() const { return last_heard_; }
@@ -51,9 +57,13 @@ class AgentChannel {
  private:
   void send(agent::MessageType type, const std::string& payload);
   void handle(const agent::Frame& frame);
+  void lose_sync(const std::string& why);
 
   UniqueFd stream_;
   agent::FrameDecoder decoder_;
+  std::chrono::milliseconds torn_after_;
+  std::optional<Clock::time_point> partial_since_;  // an incomplete frame waits since then
+  std::uint64_t resyncs_ = 0;
   bool closed_ = false;
   std::optional<agent::Hello> hello_;
   std::optional<Clock::time_point> last_heard_;

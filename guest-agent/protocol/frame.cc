@@ -1,5 +1,7 @@
 #include "protocol/frame.h"
 
+#include <algorithm>
+
 #include <string>
 
 namespace immortal::agent {
@@ -84,6 +86,24 @@ std::optional<Frame> FrameDecoder::next() {
   Frame frame{type, std::string(pending.substr(kHeaderSize, length))};
   start_ += kHeaderSize + length;
   return frame;
+}
+
+std::size_t FrameDecoder::resync() {
+  broken_.reset();
+  std::string_view pending(buffer_);
+  pending.remove_prefix(start_);
+  const char magic[4] = {'I', 'M', 'R', 'T'};
+  std::size_t at = pending.size() > 1 ? pending.find(std::string_view(magic, 4), 1) : std::string_view::npos;
+  std::size_t dropped = at;
+  if (at == std::string_view::npos) {
+    // No magic yet: keep only an end that may begin one (cut across reads).
+    std::size_t keep = 3;
+    while (keep > 0 && (pending.size() <= keep || pending.substr(pending.size() - keep) != std::string_view(magic, keep)))
+      --keep;
+    dropped = std::max<std::size_t>(pending.size() - keep, pending.empty() ? 0 : 1);
+  }
+  start_ += dropped;
+  return dropped;
 }
 
 }  // namespace immortal::agent

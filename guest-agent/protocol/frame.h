@@ -3,7 +3,8 @@
 // followed by the payload, a UTF-8 JSON object. Shared by the guest agent and the host.
 //
 // The host treats every frame as untrusted: a wrong magic or version, an unknown type or a
-// payload over kMaxPayload is a ProtocolError, and the decoder refuses anything after it.
+// payload over kMaxPayload is a ProtocolError, and the decoder refuses anything after it until
+// resync() finds the next frame start.
 #pragma once
 
 #include <cstddef>
@@ -58,6 +59,10 @@ class FrameDecoder {
   // The next complete frame; throws ProtocolError for a malformed one (then and afterwards).
   std::optional<Frame> next();
   std::size_t buffered() const { return buffer_.size() - start_; }
+  // After a ProtocolError, or a frame that never completes (torn by a guest reset or an agent
+  // restart): drops the frame that begins at the current position and scans on for the next
+  // magic (from its second byte). Returns how many bytes were dropped; the decoder works again.
+  std::size_t resync();
 
  private:
   std::size_t max_payload_;
