@@ -66,8 +66,18 @@ InstanceDir::~InstanceDir() {
   if (owner_ && lock_) remove_sockets();
 }
 
-void InstanceDir::remove_sockets() const {
-  for (const char* leaf : {"qmp.sock", "gdb.sock", "agent.sock", "control.sock"}) ::unlink(file(leaf).c_str());
+void InstanceDir::remove_sockets() const { ::unlink(file("control.sock").c_str()); }
+
+void InstanceDir::unlock() {
+  lock_.reset();
+  owner_ = false;
+}
+
+void InstanceDir::relock() {
+  lock_ = open_lock(path_, true);
+  if (!lock_ || ::flock(lock_.get(), LOCK_EX | LOCK_NB) != 0)
+    fail(ExitCode::failure, "cannot take the instance \"{}\" back: another supervisor holds it", name_);
+  owner_ = true;
 }
 
 bool instance_running(const std::string& root, const std::string& name) {

@@ -29,8 +29,13 @@ class InstanceDir {
   const std::string& path() const { return path_; }
   const std::string& name() const { return name_; }
   std::string file(const char* leaf) const { return path_ + "/" + leaf; }
-  // Removes the sockets (logs stay for the operator to read).
+  // Removes the supervisor's own socket (control.sock); the VM's sockets are the VM's, and logs
+  // stay for the operator to read.
   void remove_sockets() const;
+  // Lets another supervisor claim the instance (an upgrade hands over), and takes it back.
+  // relock() throws Error when another supervisor holds it.
+  void unlock();
+  void relock();
 
  private:
   InstanceDir() = default;

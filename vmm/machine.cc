@@ -21,6 +21,7 @@ const char* to_string(MachineEvent::Kind kind) {
     case MachineEvent::Kind::guest_panicked: return "guest-panicked";
     case MachineEvent::Kind::reset: return "reset";
     case MachineEvent::Kind::shutdown: return "shutdown";
+    case MachineEvent::Kind::vm_exited: return "vm-exited";
   }
   return "unknown";
 }

@@ -11,6 +11,8 @@
 #include "memory/shared_ram.h"
 #include "x86_64/registers.h"
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -35,7 +37,8 @@ struct MachineEvent {
     breakpoint,      // a vCPU hit a breakpoint we set; vcpu says which
     guest_panicked,  // pvpanic
     reset,
-    shutdown,        // the guest powered off, or the VM process exited
+    shutdown,        // the guest powered itself off
+    vm_exited,       // the VM process ended without the guest powering off (killed, crashed, told to quit)
   };
   Kind kind;
   int vcpu = -1;        // for breakpoint
@@ -57,6 +60,13 @@ class Machine {
   virtual const char* backend() const = 0;
   // The VM process id, for status displays (0 where there is none).
   virtual int process_id() const = 0;
+  // What another supervisor needs to take this VM over (backend-specific; see attach in
+  // machine_backends.h), and the run state it found when it attached (nullopt: it launched it).
+  virtual nlohmann::json attach_handle() const = 0;
+  virtual std::optional<RunState> state_before_attach() const { return std::nullopt; }
+  // Lets go of the VM without stopping it: the supervisor ends, the guest runs on (to be
+  // attached again). The Machine is unusable afterwards.
+  virtual void release() = 0;
 
   // vCPUs (paused only).
   virtual int vcpu_count() const = 0;

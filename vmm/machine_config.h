@@ -33,6 +33,9 @@ struct MachineConfig {
   std::string console_log;      // serial console output file
   std::string qemu_binary = "qemu-system-x86_64";
   std::vector<SharedWindow> shared_windows;
+  // The guest's VM outlives its supervisor (a restart or upgrade re-attaches to it); helper VMs
+  // such as the repair VM die with it.
+  bool outlives_supervisor = false;
 };
 
 }  // namespace immortal::vmm

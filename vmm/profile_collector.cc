@@ -93,6 +93,15 @@ void ProfileCollector::finish(const std::string& error) {
   building_ = GuestProfile{};
 }
 
+void ProfileCollector::adopt(std::shared_ptr<const GuestProfile> profile, std::uint64_t generation) {
+  generation_ = generation;
+  boot_id_ = profile->boot_id;
+  taken_at_ = profile->taken_at;
+  symbols_ = static_cast<std::size_t>(std::count(profile->kallsyms.begin(), profile->kallsyms.end(), '\n'));
+  current_ = std::move(profile);
+  ++number_;
+}
+
 nlohmann::json ProfileCollector::status() const {
   nlohmann::json s = {{"dir", dir_}, {"collecting", busy_}};
   if (!taken_at_.empty()) {

@@ -31,6 +31,8 @@ class ProfileCollector final : public ProfileSource {
   // Which profile is current: 1, 2, 3 … for each one saved (0: none yet). Two profiles taken in
   // the same second are still two (their taken_at may be equal).
   std::uint64_t number() const override { return number_; }
+  // Takes a profile saved earlier (by the supervisor before a restart) as the current one.
+  void adopt(std::shared_ptr<const GuestProfile> profile, std::uint64_t generation);
   // The newest profile saved (nullptr before the first); never changed once handed out.
   std::shared_ptr<const GuestProfile> current() const override { return current_; }
   const std::string& dir() const override { return dir_; }

@@ -3,29 +3,31 @@
 #include "base/clock.h"
 #include "base/error.h"
 #include "control/status.h"
+#include "upgrade.h"
 
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 
 namespace immortal::vmm {
 
 namespace {
-constexpr auto kLaunchTimeout = std::chrono::seconds(30);
 // From the agent's hello to armed crash interception (the profile takes ~2 s under TCG).
 constexpr auto kArmTimeout = std::chrono::seconds(60);
 constexpr auto kLoopTick = std::chrono::milliseconds(100);
 }  // namespace
 
-Supervisor::Supervisor(SupervisorOptions options, InstanceDir dir, MachineFactory factory)
+Supervisor::Supervisor(SupervisorOptions options, InstanceDir dir, const MachineBackend& backend)
     : options_(std::move(options)),
       dir_(std::move(dir)),
-      factory_(std::move(factory)),
+      backend_(backend),
       state_([this](const std::string& bug) {
         options_.say(bug);
         event("bug", {{"detail", bug}});
@@ -35,12 +37,13 @@ Supervisor::Supervisor(SupervisorOptions options, InstanceDir dir, MachineFactor
         if (!options_.event_log.empty()) paths.push_back(options_.event_log);
         return paths;
       }()),
-      quarantine_(dir_.file("quarantine.json")) {
+      quarantine_(dir_.file("quarantine.json")),
+      console_(options_.machine.console_log, options_.echo_console) {
   if (!options_.say) options_.say = [](const std::string& line) { std::cerr << "immortal: " << line << "\n"; };
 }
 
 Supervisor::~Supervisor() {
-  if (machine_) machine_->terminate(std::chrono::seconds(2));
+  if (machine_ && !released_) machine_->terminate(std::chrono::seconds(2));
 }
 
 int Supervisor::run() {
@@ -54,14 +57,17 @@ int Supervisor::run() {
   if (!signal_fd_) fail_os(ExitCode::failure, "signalfd", errno);
 
   try {
-    boot();
+    if (options_.take_over) take_over(*options_.take_over);
+    else boot();
     if (!stop_requested_) serve();
   } catch (...) {
+    // A supervisor that fails while taking a VM over leaves it running for the next attempt.
+    if (options_.take_over && machine_) release_instance();
     shutdown_machine();
     throw;
   }
   shutdown_machine();
-  options_.say(fmt::format("guest stopped ({})", stop_reason_));
+  options_.say(released_ ? stop_reason_ : fmt::format("guest stopped ({})", stop_reason_));
   return exit_code_;
 }
 
@@ -81,59 +87,78 @@ void Supervisor::build_rooms() {
     vm.append = "console=ttyS0 quiet panic=-1 rdinit=/init";
     vm.memory_bytes = options_.repair.vm_memory;
     vm.vcpus = 1;
-    repair_ = std::make_unique<RepairBroker>(options_.repair, factory_, vm, dir_.file("repair"), say, emit);
+    repair_ = std::make_unique<RepairBroker>(options_.repair, backend_.launch, vm, dir_.file("repair"), say, emit);
   }
   recovery_ = std::make_unique<RecoveryCoordinator>(RecoveryParts{
       options_.recovery, *machine_, *agent_, state_, *kernel_, *profile_, ledger_, *bundles_, quarantine_, repair_.get(),
-      dir_.file("crashes"), emit, say, [this](std::size_t n) { return last_console_lines(n); },
+      dir_.file("crashes"), emit, say, [this](std::size_t n) { return console_.last_lines(n); },
       [this](const std::string& how) { report_ready(how); },
       [this](const std::string& reason) { stop(reason, static_cast<int>(ExitCode::guest_crashed)); }});
-  control_ = std::make_unique<ControlServer>(dir_.file("control.sock"));
+  if (control_) control_->listen(dir_.file("control.sock"));  // a hand-over rolled back: its request waits
+  else control_ = std::make_unique<ControlServer>(dir_.file("control.sock"));
   commands_ = std::make_unique<CommandTargets>(CommandTargets{
       m.name, state_, *machine_, *agent_, *kernel_, events_, quarantine_, *bundles_, emit, say,
       [this] { return status(); },
       [this](bool force) {
         if (force) options_.stop_grace = std::chrono::milliseconds(0);
         stop("stop requested", 0);
-      }});
+      },
+      [this](ControlRequest r) { upgrade_request_ = std::move(r); }});
 }
 
 void Supervisor::boot() {
-  const auto& m = options_.machine;
+  auto m = options_.machine;
+  m.outlives_supervisor = true;  // a restart or upgrade of immortal takes it over (attach)
   options_.say(fmt::format("starting guest \"{}\": {} vCPUs, {} MiB, accelerator {}", m.name, m.vcpus,
                            m.memory_bytes >> 20, to_string(m.accelerator)));
-  machine_ = factory_(m, Deadline::in(kLaunchTimeout));
+  machine_ = backend_.launch(m, Deadline::in(kLaunchTimeout));
   build_rooms();
   started_ = Clock::now();
   machine_->resume();
   state_.change(GuestState::booting, "the VM started");
+  wait_for_hello(false);
+}
 
+// The agent's hello (a new connection gets one, from a new boot or the same one). Attaching, a
+// guest that stays silent is a hang; starting, it is a failed start.
+void Supervisor::wait_for_hello(bool attaching) {
+  const auto& m = options_.machine;
   auto deadline = Deadline::in(options_.hello_timeout);
   while (!agent_->hello()) {
-    poll_once(/*agent_errors_are_fatal=*/true);
+    poll_once(/*agent_errors_are_fatal=*/!attaching);
     if (stop_requested_) return;
     if (state_.is(GuestState::shut_off))
-      fail(ExitCode::qemu, "the guest stopped while booting; last console lines:\n{}", last_console_lines(10));
-    if (state_.is(GuestState::crashed))
+      fail(ExitCode::qemu, "the guest stopped while booting; last console lines:\n{}", console_.last_lines(10));
+    if (!attaching && state_.is(GuestState::crashed))
       fail(ExitCode::guest_crashed, "the guest kernel crashed while booting; last console lines:\n{}",
-           last_console_lines(15));
+           console_.last_lines(15));
+    if (attaching) recovery_->tick();  // a reboot after a crash found at attach goes on meanwhile
     if (agent_->closed()) fail(ExitCode::agent, "the guest agent's channel closed during boot");
-    if (!agent_->hello() && deadline.expired())
-      fail(ExitCode::agent, "the guest agent did not say hello within {} s; last console lines:\n{}",
-           options_.hello_timeout.count() / 1000, last_console_lines(10));
+    if (!agent_->hello() && deadline.expired()) {
+      if (!attaching)
+        fail(ExitCode::agent, "the guest agent did not say hello within {} s; last console lines:\n{}",
+             options_.hello_timeout.count() / 1000, console_.last_lines(10));
+      if (state_.is(GuestState::booting)) {
+        state_.change(GuestState::running, "attached, the agent silent");
+        recovery_->declare_hang(fmt::format("no hello from the guest agent within {} s of attaching",
+                                            options_.hello_timeout.count() / 1000));
+      }
+      deadline = Deadline::in(options_.hello_timeout);
+    }
   }
   boot_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_);
-  state_.change(GuestState::running, "the agent said hello");
+  if (!state_.is(GuestState::rebooting)) state_.change(GuestState::running, "the agent said hello");
   const auto& hello = *agent_->hello();
   std::string summary = fmt::format("guest \"{}\" is up: agent hello after {:.2f} s — kernel {}, boot id {}, agent {}",
-                                    m.name, boot_time_->count() / 1000.0, hello.kernel_release, hello.boot_id,
-                                    hello.agent_version);
+                                    options_.machine.name.empty() ? m.name : options_.machine.name,
+                                    boot_time_->count() / 1000.0, hello.kernel_release, hello.boot_id, hello.agent_version);
   options_.say(summary);
-  event("started", {{"boot_id", hello.boot_id}, {"kernel_release", hello.kernel_release},
+  event(attaching ? "attached-hello" : "started", {{"boot_id", hello.boot_id}, {"kernel_release", hello.kernel_release},
                     {"boot_seconds", boot_time_->count() / 1000.0}, {"recovery", options_.recovery.enabled}});
-  profile_->collect(agent_->modules_generation());
+  if (!profile_->current() || profile_->boot_id() != hello.boot_id) profile_->collect(agent_->modules_generation());
   ready_summary_ = summary;
   if (!options_.recovery.enabled) report_ready("recovery is off");
+  persist();
 }
 
 void Supervisor::serve() {
@@ -155,7 +180,13 @@ void Supervisor::serve() {
     if (!ready_summary_.empty() && (agent_->closed() || Clock::now() - started_ - *boot_time_ > kArmTimeout))
       report_ready(std::string("crash interception NOT armed (no guest profile") +
                    (agent_->closed() ? ": the agent's channel closed)" : " in time)"));
-    if (state_.is(GuestState::shut_off)) stop("the guest powered off", exit_code_);
+    if (state_.is(GuestState::shut_off) && !stop_requested_) stop("the guest powered off", exit_code_);
+    persist();
+    if (upgrade_request_) {
+      auto request = std::move(*upgrade_request_);
+      upgrade_request_.reset();
+      upgrade(std::move(request));
+    }
   }
 }
 
@@ -166,7 +197,7 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
   control_->add_to(fds);
   ::poll(fds.data(), fds.size(), static_cast<int>(kLoopTick.count()));
 
-  pump_console();
+  console_.pump();
   handle_signals();
   handle_machine_events();
   for (const auto& r : bundles_->poll())
@@ -193,6 +224,13 @@ void Supervisor::handle_machine_events() {
       state_.change(GuestState::shut_off, "the VM shut down");
       continue;
     }
+    if (e.kind == MachineEvent::Kind::vm_exited) {
+      // Not a power-off: the VM went away under the guest (killed, crashed, told to quit).
+      state_.change(GuestState::shut_off, "the VM process ended");
+      event("vm-exited", {{"detail", e.detail}});
+      if (!stop_requested_) stop("the VM ended without the guest powering off: " + e.detail, static_cast<int>(ExitCode::qemu));
+      continue;
+    }
     try {
       recovery_->on_event(e);
     } catch (const std::exception& err) {
@@ -209,7 +247,7 @@ void Supervisor::stop(const std::string& reason, int exit_code) {
 }
 
 void Supervisor::shutdown_machine() {
-  if (!machine_) return;
+  if (!machine_ || released_) return;
   if (control_) control_->close_all("the instance is stopping");
   if (agent_) agent_->abandon("the instance is stopping");
   // Ask the guest to power itself off (it flushes what it has), then make sure the VM is gone.
@@ -228,12 +266,13 @@ void Supervisor::shutdown_machine() {
       // Fall through to terminate.
     }
   }
-  pump_console();
+  console_.pump();
   machine_->terminate(std::chrono::seconds(2));
   state_.change(GuestState::shut_off, "the instance stopped");
   if (bundles_) bundles_->stop();
   recovery_.reset();  // it holds the machine
   machine_.reset();
+  ::unlink(dir_.file("state.json").c_str());  // nothing left to attach to
 }
 
 void Supervisor::report_ready(const std::string& how) {
@@ -251,25 +290,6 @@ json Supervisor::status() const {
                           machine_ ? machine_->backend() : "", dir_.path(), dir_.file("events.jsonl"), state_.get(),
                           machine_ ? machine_->process_id() : 0, started_, boot_time_, agent_.get(), profile_.get(),
                           recovery_.get(), ledger_, repair_.get(), bundles_.get()});
-}
-
-void Supervisor::pump_console() {
-  if (!options_.echo_console) return;
-  std::ifstream in(options_.machine.console_log, std::ios::binary);
-  if (!in) return;
-  in.seekg(static_cast<std::streamoff>(console_offset_));
-  char buf[8192];
-  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-    std::cout.write(buf, in.gcount());
-    console_offset_ += static_cast<std::uint64_t>(in.gcount());
-  }
-  std::cout.flush();
-}
-
-std::string Supervisor::last_console_lines(std::size_t n) const {
-  std::string out;
-  for (const auto& line : last_lines(options_.machine.console_log, n)) out += "  | " + line + "\n";
-  return out.empty() ? "  (the console is empty)\n" : out;
 }
 
 }  // namespace immortal::vmm

@@ -10,10 +10,13 @@
 
 #include "accelerator.h"
 #include "agent_channel.h"
+#include "console_log.h"
 #include "control/commands.h"
 #include "control/control_server.h"
 #include "guest_state.h"
 #include "instance.h"
+#include "instance_state.h"
+#include "machine_backends.h"
 #include "live_kernel.h"
 #include "machine.h"
 #include "machine_config.h"
@@ -34,8 +37,6 @@
 
 namespace immortal::vmm {
 
-using MachineFactory = std::function<std::unique_ptr<Machine>(const MachineConfig&, Deadline)>;
-
 struct SupervisorOptions {
   MachineConfig machine;
   AcceleratorChoice accelerator;
@@ -46,6 +47,10 @@ struct SupervisorOptions {
   std::string event_log;                        // --event-log: also append events here
   BundleSettings bundles;                       // --bundle-dir and friends (docs/bundle-format.md)
   RepairSettings repair;                        // --repair vm|inline and friends (docs/recovery.md)
+  nlohmann::json settings;                      // the `run` options, kept in state.json for a later attach
+  // Set to take over the VM an earlier supervisor of this instance left running (attach,
+  // upgrade, a restart after SIGKILL) instead of launching one.
+  std::optional<InstanceState> take_over;
   // Called once the guest is up — its agent said hello and, with recovery on, crash interception
   // is armed (or could not be, which it then says) — used by --detach to release the parent.
   std::function<void(const std::string& summary)> on_ready;
@@ -55,7 +60,7 @@ struct SupervisorOptions {
 
 class Supervisor {
  public:
-  Supervisor(SupervisorOptions options, InstanceDir dir, MachineFactory factory);
+  Supervisor(SupervisorOptions options, InstanceDir dir, const MachineBackend& backend);
   ~Supervisor();
 
   // Runs until the guest is stopped; returns the exit status for the CLI. Throws Error for a
@@ -63,8 +68,16 @@ class Supervisor {
   int run();
 
  private:
+  static constexpr auto kLaunchTimeout = std::chrono::seconds(30);  // a VM started, or attached to
   void boot();
+  void take_over(const InstanceState& state);
   void build_rooms();
+  void wait_for_hello(bool attaching);
+  // state.json, whenever what it holds changed.
+  void persist();
+  // `immortal upgrade`: let go, start the new binary, and take back on failure (upgrade.h).
+  void upgrade(ControlRequest request);
+  void release_instance();
   void serve();
   // One turn of the loop: wait up to a tick, then handle whatever is ready.
   void poll_once(bool agent_errors_are_fatal);
@@ -76,12 +89,10 @@ class Supervisor {
   // Tells on_ready (once) that the guest is up, and how it is protected.
   void report_ready(const std::string& how);
   json status() const;
-  void pump_console();
-  std::string last_console_lines(std::size_t n) const;
 
   SupervisorOptions options_;
   InstanceDir dir_;
-  MachineFactory factory_;
+  const MachineBackend& backend_;
   GuestStatus state_;
   EventLog events_;
   QuarantineList quarantine_;
@@ -103,8 +114,11 @@ class Supervisor {
   bool stop_requested_ = false;
   std::string stop_reason_;
   int exit_code_ = 0;
-  std::uint64_t console_offset_ = 0;
+  ConsoleLog console_;
   std::string ready_summary_;  // reported through on_ready once the guest is protected
+  std::string persisted_;      // the state.json last written
+  std::optional<ControlRequest> upgrade_request_;
+  bool released_ = false;      // handed over: the VM runs on without us
 };
 
 }  // namespace immortal::vmm

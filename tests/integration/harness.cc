@@ -38,6 +38,13 @@ void prepare_environment() {
 }
 
 void cleanup_environment() {
+  // Guests outlive their supervisors now: a test that failed half-way may have left one running.
+  DIR* dir = ::opendir(runtime_root().c_str());
+  while (dirent* e = dir ? ::readdir(dir) : nullptr) {
+    if (e->d_name[0] == '.') continue;
+    for (pid_t pid : qemu_processes(e->d_name)) ::kill(pid, SIGKILL);
+  }
+  if (dir) ::closedir(dir);
   std::string cmd = "rm -rf '" + g_scratch + "'";
   if (std::system(cmd.c_str()) != 0) {
   }

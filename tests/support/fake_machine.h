@@ -38,6 +38,9 @@ class FakeMachine final : public vmm::Machine {
   void terminate(std::chrono::milliseconds) override { state_ = vmm::RunState::shutdown; }
   const char* backend() const override { return "fake"; }
   int process_id() const override { return 0; }
+  nlohmann::json attach_handle() const override { return {{"fake", true}}; }
+  void release() override { released = true; }
+  bool released = false;
   int vcpu_count() const override { return static_cast<int>(registers.size()); }
   X86Registers read_registers(int vcpu) override;
   void write_registers(int vcpu, const X86Registers& r) override;

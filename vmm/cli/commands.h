@@ -20,6 +20,7 @@ struct RunOptions {
   int vcpus = 2;
   std::string accel = "auto";
   std::string qemu = "qemu-system-x86_64";
+  std::string backend = "qemu";
   std::string console_log;
   int boot_timeout_s = 60;
   std::string recovery = "on";
@@ -60,5 +61,9 @@ int events_command(const GlobalOptions& global, const std::string& name, bool as
 // `immortal bundle NAME`: a diagnosis bundle of the running guest now; prints its path.
 int bundle_command(const GlobalOptions& global, const std::string& name, int timeout_s);
 int stop_command(const GlobalOptions& global, const std::string& name, bool force, int timeout_s);
+// `immortal attach NAME`: a new supervisor for an instance whose VM runs on without one.
+int attach_command(const GlobalOptions& global, const std::string& name, bool detach);
+// `immortal upgrade NAME`: the running supervisor hands the instance to BINARY (upgrade.h).
+int upgrade_command(const GlobalOptions& global, const std::string& name, const std::string& binary, int timeout_s);
 
 }  // namespace immortal::vmm

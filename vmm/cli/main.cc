@@ -1,8 +1,10 @@
 // immortal: the supervisor's command line, in the manner of virsh.
 //   immortal run [--name NAME] [--detach] ...   start a supervised guest
 //   immortal list | status NAME | exec NAME -- CMD... | stop NAME
+//   immortal attach NAME | upgrade NAME [--binary PATH]   a new supervisor for a running guest
 #include "base/error.h"
 #include "cli/commands.h"
+#include "machine_backends.h"
 #include "recovery/recovery_policy.h"
 #include "report/dump_report.h"
 
@@ -34,6 +36,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--accel", run.accel, "auto, kvm or tcg (default: auto, probes KVM's speed)")
       ->check(CLI::IsMember({"auto", "kvm", "tcg"}));
   run_cmd->add_option("--qemu", run.qemu, "QEMU binary (default: qemu-system-x86_64)");
+  run_cmd->add_option("--backend", run.backend, "what runs the VM (default: qemu)")
+      ->check(CLI::IsMember(machine_backend_names()));
   run_cmd->add_option("--console-log", run.console_log, "serial console log file (default: in the runtime dir)");
   run_cmd->add_option("--recovery", run.recovery, "on or off: off lets the stock kernel's crash behaviour show")
       ->check(CLI::IsMember({"on", "off"}));
@@ -152,6 +156,19 @@ int main(int argc, char** argv) {
   bundle_cmd->add_option("--timeout", bundle_timeout, "seconds to wait for the bundle to be written (default: 600)")
       ->check(CLI::Range(1, 86400));
 
+  bool attach_detach = false;
+  auto* attach_cmd = app.add_subcommand("attach", "take over an instance whose VM outlived its supervisor (after a restart, a SIGKILL)");
+  attach_cmd->add_option("name", name, "instance name")->required();
+  attach_cmd->add_flag("-d,--detach", attach_detach, "return once the guest is watched again; the supervisor keeps running");
+
+  std::string upgrade_binary;
+  int upgrade_timeout = 120;
+  auto* upgrade_cmd = app.add_subcommand("upgrade", "hand a running instance to another immortal binary, the guest running on; rolled back if the new one does not take over");
+  upgrade_cmd->add_option("name", name, "instance name")->required();
+  upgrade_cmd->add_option("--binary", upgrade_binary, "the new immortal (default: this one)");
+  upgrade_cmd->add_option("--timeout", upgrade_timeout, "seconds for the new supervisor to re-arm interception, else rollback (default: 120)")
+      ->check(CLI::Range(10, 3600));
+
   bool force = false;
   int stop_timeout = 30;
   auto* stop_cmd = app.add_subcommand("stop", "power the guest off and end its supervisor");
@@ -200,6 +217,8 @@ int main(int argc, char** argv) {
     if (*status_cmd) return status_command(global, name, status_json);
     if (*exec_cmd) return exec_command(global, name, command, exec_timeout);
     if (*stop_cmd) return stop_command(global, name, force, stop_timeout);
+    if (*attach_cmd) return attach_command(global, name, attach_detach);
+    if (*upgrade_cmd) return upgrade_command(global, name, upgrade_binary, upgrade_timeout);
     if (*dump_cmd) return dump_command(global, name, dump_file);
     if (*unquarantine_cmd) return unquarantine_command(global, name, functions, unquarantine_all);
     if (*events_cmd) return events_command(global, name, events_json);

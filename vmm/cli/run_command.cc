@@ -5,7 +5,9 @@
 #include "cli/arguments.h"
 #include "cli/commands.h"
 #include "instance.h"
-#include "qemu/qemu_machine.h"
+#include "control/control_channel.h"
+#include "instance_state.h"
+#include "machine_backends.h"
 #include "bundle/retention.h"
 #include "supervisor.h"
 #include "repair/repair_image.h"
@@ -14,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -23,6 +26,15 @@
 #endif
 
 namespace immortal::vmm {
+
+// The `run` options as kept in state.json: a later `attach` reads them back (fields it does not
+// know keep their defaults, so older and newer binaries read each other's).
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunOptions, name, console, kernel, initrd, append, memory, vcpus, accel,
+                                                qemu, backend, console_log, boot_timeout_s, recovery, no_recover,
+                                                recovery_limit, hang_timeout_s, verify_timeout_s, verify_window_s,
+                                                quarantine, event_log, bundle_dir, bundle_keep, bundle_max_size,
+                                                bundle_compress, bundle_memory, repair, repair_fallback,
+                                                repair_timeout_ms, repair_vm_memory, repair_agent, repair_cross_check)
 
 namespace {
 
@@ -90,15 +102,128 @@ struct Detacher {
   ::_exit(1);
 }
 
+// Everything the supervisor is told, from the options (paths already absolute).
+SupervisorOptions supervisor_options(const RunOptions& o, const MachineConfig& config, const AcceleratorChoice& accel) {
+  SupervisorOptions options;
+  options.machine = config;
+  options.accelerator = accel;
+  options.hello_timeout = std::chrono::seconds(o.boot_timeout_s);
+  options.echo_console = o.console;
+  options.recovery.enabled = o.recovery == "on";
+  for (const auto& k : o.no_recover) options.recovery.disabled_kinds.insert(k);
+  if (!o.recovery_limit.empty()) options.recovery.set_limit(o.recovery_limit);
+  options.recovery.hang_timeout = std::chrono::seconds(o.hang_timeout_s);
+  options.recovery.boot_timeout = std::chrono::seconds(o.boot_timeout_s);
+  options.recovery.verify_timeout = std::chrono::seconds(o.verify_timeout_s);
+  options.recovery.verify_window = std::chrono::seconds(o.verify_window_s);
+  options.recovery.quarantine_driver = o.quarantine == "driver";
+  options.repair.mode = o.repair;
+  options.repair.fallback = o.repair_fallback;
+  options.repair.timeout = std::chrono::milliseconds(o.repair_timeout_ms);
+  options.repair.vm_memory = parse_memory_size(o.repair_vm_memory, "--repair-vm-memory");
+  options.repair.cross_check = o.repair_cross_check;
+  options.repair.agent = o.repair_agent;
+  if (options.recovery.enabled) {
+    // Fail now, not at the first crash, when the agent is missing.
+    std::string agent = find_repair_agent(options.repair.agent);
+    std::cerr << "immortal: repair " << o.repair << " (agent " << agent << ", fallback " << o.repair_fallback << ")\n";
+  }
+  options.event_log = o.event_log;
+  options.bundles.dir = o.bundle_dir;
+  options.bundles.retention = {static_cast<std::uint64_t>(o.bundle_keep), parse_size(o.bundle_max_size, "--bundle-max-size")};
+  options.bundles.archive = o.bundle_compress;
+  options.bundles.filter = o.bundle_memory == "kernel";
+  std::error_code ec;
+  std::filesystem::create_directories(options.bundles.dir, ec);
+  if (ec || ::access(options.bundles.dir.c_str(), W_OK) != 0)
+    fail(ExitCode::bad_input, "cannot write bundles to {}: {} (choose another with --bundle-dir)", options.bundles.dir,
+         ec ? ec.message() : std::strerror(errno));
+  options.settings = o;
+  return options;
+}
+
+// Runs the supervisor, in the foreground or (detach) as a daemon whose parent returns once the
+// guest is up.
+int supervise(SupervisorOptions options, InstanceDir dir, bool detach, const MachineBackend& backend) {
+  Detacher detacher;
+  if (detach) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) fail_os(ExitCode::failure, "pipe", errno);
+    std::cout.flush();
+    pid_t pid = ::fork();
+    if (pid < 0) fail_os(ExitCode::failure, "fork", errno);
+    if (pid > 0) {
+      ::close(fds[1]);
+      parent_waits(fds[0], pid);  // never returns; the child owns the instance from here
+    }
+    ::close(fds[0]);
+    ::setsid();
+    std::string log = dir.file("supervisor.log");
+    int null = ::open("/dev/null", O_RDONLY);
+    int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    ::dup2(null, 0);
+    if (out >= 0) {
+      ::dup2(out, 1);
+      ::dup2(out, 2);
+    }
+    detacher.write_fd = fds[1];
+    options.echo_console = false;
+    options.on_ready = [&detacher, name = dir.name()](const std::string& summary) {
+      detacher.report("OK " + summary + "\nimmortal: manage it with: immortal status|exec|stop " + name);
+    };
+  }
+  Supervisor supervisor(options, std::move(dir), backend);
+  try {
+    return supervisor.run();
+  } catch (const Error& e) {
+    detacher.report(fmt::format("ERR {} {}", e.exit_code(), e.what()));
+    throw;
+  }
+}
+
+// The instance's VM, when it outlived its supervisor: nullopt when there is none to attach to.
+std::optional<InstanceState> orphaned_vm(const std::string& root, const std::string& name) {
+  if (instance_running(root, name)) return std::nullopt;  // it has a supervisor
+  auto state = InstanceState::load(root + "/" + name + "/state.json");
+  if (!state) return std::nullopt;
+  int pid = state->vm.value("pid", 0);
+  if (pid <= 0 || ::kill(pid, 0) != 0) return std::nullopt;
+  return state;
+}
+
 }  // namespace
 
 int run_command(const GlobalOptions& global, const RunOptions& given) {
+  std::string root = runtime_root(global.runtime_dir);
+  check_instance_name(given.name);
+  // A guest that outlived its supervisor (a restart, a SIGKILL) is taken over, not booted again.
+  if (auto left = orphaned_vm(root, given.name)) {
+    std::cerr << "immortal: instance \"" << given.name << "\" is alive without a supervisor: attaching to it\n";
+    return attach_command(global, given.name, given.detach);
+  }
   RunOptions o = given;
+  const MachineBackend& backend = machine_backend(o.backend);
   resolve_image(o);
+  o.kernel = absolute(o.kernel);
+  o.initrd = absolute(o.initrd);
+  o.repair_agent = o.repair_agent.empty() ? "" : absolute(o.repair_agent);
+  o.event_log = absolute(o.event_log);
+  if (o.bundle_dir.empty()) {
+    // $IMMORTAL_BUNDLE_DIR, else kdump's neighbourhood for root, else the user's state dir.
+    const char* env = std::getenv("IMMORTAL_BUNDLE_DIR");
+    const char* state = std::getenv("XDG_STATE_HOME");
+    const char* home = std::getenv("HOME");
+    std::string bundles = env && *env        ? env
+                          : ::geteuid() == 0 ? "/var/crash/immortal"
+                          : state && *state  ? std::string(state) + "/immortal/bundles"
+                                             : std::string(home && *home ? home : "/tmp") + "/.local/state/immortal/bundles";
+    o.bundle_dir = bundles + "/" + o.name;
+  }
+  o.bundle_dir = absolute(o.bundle_dir);
   MachineConfig config;
   config.name = o.name;
-  config.kernel = absolute(o.kernel);
-  config.initrd = absolute(o.initrd);
+  config.kernel = o.kernel;
+  config.initrd = o.initrd;
   config.append = o.append.empty() ? "console=ttyS0" : o.append;
   config.memory_bytes = parse_memory_size(o.memory);
   config.vcpus = o.vcpus;
@@ -121,96 +246,52 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   config.accelerator = accel.accelerator;
   std::cerr << "immortal: accelerator " << to_string(accel.accelerator) << ": " << accel.reason << "\n";
 
-  InstanceDir dir = InstanceDir::claim(runtime_root(global.runtime_dir), o.name);
+  InstanceDir dir = InstanceDir::claim(root, o.name);
   config.runtime_dir = dir.path();
   config.console_log = o.console_log.empty() ? dir.file("console.log") : absolute(o.console_log);
+  o.console_log = config.console_log;
+  ::unlink(dir.file("state.json").c_str());  // an earlier instance's, whose VM is gone
+  return supervise(supervisor_options(o, config, accel), std::move(dir), given.detach, backend);
+}
 
-  SupervisorOptions options;
-  options.machine = config;
-  options.accelerator = accel;
-  options.hello_timeout = std::chrono::seconds(o.boot_timeout_s);
-  options.echo_console = o.console;
-  options.recovery.enabled = o.recovery == "on";
-  for (const auto& k : o.no_recover) options.recovery.disabled_kinds.insert(k);
-  if (!o.recovery_limit.empty()) options.recovery.set_limit(o.recovery_limit);
-  options.recovery.hang_timeout = std::chrono::seconds(o.hang_timeout_s);
-  options.recovery.boot_timeout = std::chrono::seconds(o.boot_timeout_s);
-  options.recovery.verify_timeout = std::chrono::seconds(o.verify_timeout_s);
-  options.recovery.verify_window = std::chrono::seconds(o.verify_window_s);
-  options.recovery.quarantine_driver = o.quarantine == "driver";
-  options.repair.mode = o.repair;
-  options.repair.fallback = o.repair_fallback;
-  options.repair.timeout = std::chrono::milliseconds(o.repair_timeout_ms);
-  options.repair.vm_memory = parse_memory_size(o.repair_vm_memory, "--repair-vm-memory");
-  options.repair.cross_check = o.repair_cross_check;
-  options.repair.agent = o.repair_agent.empty() ? "" : absolute(o.repair_agent);
-  if (options.recovery.enabled) {
-    // Fail now, not at the first crash, when the agent is missing.
-    std::string agent = find_repair_agent(options.repair.agent);
-    std::cerr << "immortal: repair " << o.repair << " (agent " << agent << ", fallback " << o.repair_fallback << ")\n";
-  }
-  options.event_log = absolute(o.event_log);
-  {
-    std::string bundle_dir = o.bundle_dir;
-    if (bundle_dir.empty()) {
-      // $IMMORTAL_BUNDLE_DIR, else kdump's neighbourhood for root, else the user's state dir.
-      const char* env = std::getenv("IMMORTAL_BUNDLE_DIR");
-      const char* state = std::getenv("XDG_STATE_HOME");
-      const char* home = std::getenv("HOME");
-      std::string root = env && *env               ? env
-                         : ::geteuid() == 0         ? "/var/crash/immortal"
-                         : state && *state          ? std::string(state) + "/immortal/bundles"
-                         : std::string(home && *home ? home : "/tmp") + "/.local/state/immortal/bundles";
-      bundle_dir = root + "/" + o.name;
-    }
-    options.bundles.dir = absolute(bundle_dir);
-    options.bundles.retention = {static_cast<std::uint64_t>(o.bundle_keep), parse_size(o.bundle_max_size, "--bundle-max-size")};
-    options.bundles.archive = o.bundle_compress;
-    options.bundles.filter = o.bundle_memory == "kernel";
-    std::error_code ec;
-    std::filesystem::create_directories(options.bundles.dir, ec);
-    if (ec || ::access(options.bundles.dir.c_str(), W_OK) != 0)
-      fail(ExitCode::bad_input, "cannot write bundles to {}: {} (choose another with --bundle-dir)", options.bundles.dir,
-           ec ? ec.message() : std::strerror(errno));
-  }
-
-  Detacher detacher;
-  if (o.detach) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) fail_os(ExitCode::failure, "pipe", errno);
-    std::cout.flush();
-    pid_t pid = ::fork();
-    if (pid < 0) fail_os(ExitCode::failure, "fork", errno);
-    if (pid > 0) {
-      ::close(fds[1]);
-      parent_waits(fds[0], pid);  // never returns; the child owns the instance from here
-    }
-    ::close(fds[0]);
-    ::setsid();
-    std::string log = dir.file("supervisor.log");
-    int null = ::open("/dev/null", O_RDONLY);
-    int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    ::dup2(null, 0);
-    if (out >= 0) {
-      ::dup2(out, 1);
-      ::dup2(out, 2);
-    }
-    detacher.write_fd = fds[1];
-    options.echo_console = false;
-    options.on_ready = [&detacher, name = dir.name()](const std::string& summary) {
-      detacher.report("OK " + summary + "\nimmortal: manage it with: immortal status|exec|stop " + name);
-    };
-  }
-
-  Supervisor supervisor(options, std::move(dir), [](const MachineConfig& c, Deadline d) {
-    return std::unique_ptr<Machine>(qemu::QemuMachine::launch(c, d));
-  });
+int attach_command(const GlobalOptions& global, const std::string& name, bool detach) {
+  std::string root = runtime_root(global.runtime_dir);
+  check_instance_name(name);
+  InstanceDir dir = InstanceDir::claim(root, name);  // fails while a supervisor runs it
+  auto state = InstanceState::load(dir.file("state.json"));
+  if (!state)
+    fail(ExitCode::failure, "instance \"{}\" has no VM to attach to (no state.json in {}): start one with immortal run",
+         name, dir.path());
+  RunOptions o;
   try {
-    return supervisor.run();
-  } catch (const Error& e) {
-    detacher.report(fmt::format("ERR {} {}", e.exit_code(), e.what()));
-    throw;
+    o = state->settings.get<RunOptions>();
+  } catch (const std::exception& e) {
+    fail(ExitCode::bad_input, "the instance's saved settings are damaged: {}", e.what());
   }
+  const MachineBackend& backend = machine_backend(state->backend);
+  AcceleratorChoice accel{state->machine.accelerator, "as the VM was started"};
+  SupervisorOptions options = supervisor_options(o, state->machine, accel);
+  options.take_over = state;
+  return supervise(std::move(options), std::move(dir), detach, backend);
+}
+
+int upgrade_command(const GlobalOptions& global, const std::string& name, const std::string& binary, int timeout_s) {
+  std::string root = runtime_root(global.runtime_dir);
+  check_instance_name(name);
+  std::string path = binary.empty() ? std::filesystem::read_symlink("/proc/self/exe").string() : absolute(binary);
+  if (::access(path.c_str(), X_OK) != 0) fail(ExitCode::usage, "cannot execute {}: {}", path, std::strerror(errno));
+  if (!instance_running(root, name)) fail(ExitCode::failure, "no running instance named \"{}\"", name);
+  std::cerr << "immortal: handing \"" << name << "\" to " << path << " (the guest runs on meanwhile)\n";
+  json answer = control_call(root + "/" + name + "/control.sock",
+                             {{"command", "upgrade"}, {"binary", path}, {"timeout_s", timeout_s}},
+                             Deadline::in(std::chrono::seconds(timeout_s + 60)));
+  if (answer.value("upgraded", false)) {
+    std::cout << "upgraded: " << answer.value("detail", "") << "\n";
+    return 0;
+  }
+  std::cerr << "immortal: upgrade rolled back (the old supervisor, pid " << answer.value("supervisor_pid", 0)
+            << ", keeps the instance): " << answer.value("detail", "") << "\n";
+  return static_cast<int>(ExitCode::failure);
 }
 
 }  // namespace immortal::vmm

@@ -161,6 +161,12 @@ void dispatch_command(ControlRequest request, CommandTargets& to) {
     if (command == "unquarantine")
       return unquarantine_command(request, to.state.get(), to.machine, to.kernel, to.quarantine, to.event);
     if (command == "bundle") return bundle_command(request, to.state.get(), to.machine, to.kernel, to.bundles, to.event);
+    if (command == "upgrade") {
+      if (!to.state.is(GuestState::running))
+        return request.fail(kFailure, std::string("the guest is ") + to_string(to.state.get()) +
+                                          ": an upgrade waits until it runs (not in the middle of a crash)");
+      return to.upgrade(request);
+    }
     request.fail(kUsage, "unknown command \"" + command + "\"");
   } catch (const nlohmann::json::exception& e) {
     // A field of the wrong type: the client's mistake, not a reason for the supervisor to die.

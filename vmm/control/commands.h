@@ -50,6 +50,7 @@ struct CommandTargets {
   Say say;
   std::function<json()> status;
   std::function<void(bool force)> stop;
+  std::function<void(ControlRequest)> upgrade;  // answered once the hand-over is decided
 };
 
 // Routes a request to its command; a malformed field or an exception answers it with an error

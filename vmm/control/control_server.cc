@@ -39,6 +39,7 @@ struct ControlRequest::State {
 
 const json& ControlRequest::body() const { return state_->body; }
 bool ControlRequest::answered() const { return state_->answered; }
+std::uint64_t ControlRequest::connection() const { return state_->connection; }
 
 std::string ControlRequest::command() const {
   auto it = state_->body.find("command");
@@ -67,7 +68,7 @@ ControlServer::~ControlServer() = default;
 void ControlServer::add_to(std::vector<pollfd>& fds) {
   polled_.clear();
   listener_index_ = fds.size();
-  fds.push_back({listener_.get(), POLLIN, 0});
+  if (listener_) fds.push_back({listener_.get(), POLLIN, 0});
   for (auto& [id, c] : inbox_->open) {
     polled_.emplace_back(fds.size(), id);
     fds.push_back({c->fd(), POLLIN, 0});
@@ -100,7 +101,7 @@ void ControlServer::serve(const std::vector<pollfd>& fds, const std::function<vo
 }
 
 void ControlServer::accept_new() {
-  for (;;) {
+  while (listener_) {
     int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) return;
     UniqueFd client(fd);
@@ -109,9 +110,25 @@ void ControlServer::accept_new() {
   }
 }
 
-void ControlServer::close_all(const std::string& why) {
-  for (auto& [id, c] : inbox_->open) c->reply_error(static_cast<int>(ExitCode::failure), why);
-  inbox_->open.clear();
+void ControlServer::close_all(const std::string& why, std::uint64_t except) {
+  for (auto it = inbox_->open.begin(); it != inbox_->open.end();) {
+    if (it->first == except) {
+      ++it;
+      continue;
+    }
+    it->second->reply_error(static_cast<int>(ExitCode::failure), why);
+    it = inbox_->open.erase(it);
+  }
+}
+
+void ControlServer::listen(const std::string& socket_path) {
+  listener_ = listen_unix(socket_path);
+  set_nonblocking(listener_.get(), true);
+}
+
+void ControlServer::stop_listening() {
+  listener_.reset();
+  polled_.clear();
 }
 
 }  // namespace immortal::vmm

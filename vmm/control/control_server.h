@@ -30,6 +30,7 @@ class ControlRequest {
   void reply(const json& answer);
   void fail(int exit_code, const std::string& message);
   bool answered() const;
+  std::uint64_t connection() const;
 
  private:
   friend class ControlServer;
@@ -48,8 +49,13 @@ class ControlServer {
   // After poll(): reads what the connections of the last add_to() sent, calling handle for each
   // complete request, then accepts new connections.
   void serve(const std::vector<pollfd>& fds, const std::function<void(ControlRequest)>& handle);
-  // Answers every open connection with this error and closes it (the instance is stopping).
-  void close_all(const std::string& why);
+  // Answers every open connection with this error and closes it (the instance is stopping),
+  // but the one given (a request still to be answered on it).
+  void close_all(const std::string& why, std::uint64_t except = 0);
+  // No new clients (the socket goes to the supervisor taking over); requests held still answer.
+  void stop_listening();
+  // Clients again (a hand-over was rolled back).
+  void listen(const std::string& socket_path);
 
  private:
   void accept_new();

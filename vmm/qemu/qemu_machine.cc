@@ -8,9 +8,14 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <poll.h>
 #include <unistd.h>
 
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 namespace immortal::qemu {
@@ -31,6 +36,20 @@ std::string tail_of(const std::string& path, std::size_t max_lines) {
   return out.empty() ? "(QEMU printed nothing)" : out;
 }
 
+// Field 22 of /proc/PID/stat: when the process started (clock ticks since boot); with the pid it
+// names one process for the life of the host.
+std::uint64_t process_start_time(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto close = stat.rfind(')');  // the command name may hold spaces and parentheses
+  if (close == std::string::npos || close + 2 > stat.size()) return 0;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string field;
+  for (int i = 3; i <= 22 && fields >> field; ++i)
+    if (i == 22) return std::strtoull(field.c_str(), nullptr, 10);
+  return 0;
+}
+
 std::string describe_status(int status) {
   if (WIFEXITED(status)) return fmt::format("exit status {}", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) return fmt::format("killed by signal {}", WTERMSIG(status));
@@ -38,59 +57,6 @@ std::string describe_status(int status) {
 }
 
 }  // namespace
-
-std::vector<RamSegment> q35_ram_layout(std::uint64_t ram_bytes) {
-  std::uint64_t lowmem = ram_bytes >= 0xb0000000ull ? 0x80000000ull : 0xb0000000ull;
-  std::uint64_t below = std::min(ram_bytes, lowmem);
-  std::vector<RamSegment> segments{{0, 0, below}};
-  if (ram_bytes > below) segments.push_back({4ull << 30, below, ram_bytes - below});
-  return segments;
-}
-
-std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_fd) {
-  const std::string& dir = c.runtime_dir;
-  auto socket = [&](const char* id, const char* file) {
-    return fmt::format("socket,id={},path={},server=on,wait=off", id, path_in(dir, file));
-  };
-  bool kvm = c.accelerator == vmm::Accelerator::kvm;
-  std::vector<std::string> args = {
-      c.qemu_binary,
-      "-name", fmt::format("{},process=immortal-{}", c.name, c.name),
-      "-nodefaults", "-no-user-config", "-display", "none",
-      "-S",  // start paused: we connect everything before the first instruction
-      "-accel", kvm ? "kvm" : "tcg",
-      "-cpu", kvm ? "host" : "qemu64",
-      "-machine", "q35,memory-backend=guest-ram",
-      "-m", fmt::format("{}M", c.memory_bytes >> 20),
-      "-smp", fmt::format("{}", c.vcpus),
-      "-object", fmt::format("memory-backend-file,id=guest-ram,size={},mem-path=/proc/self/fd/{},share=on",
-                             c.memory_bytes, ram_fd),
-      "-kernel", c.kernel,
-      "-initrd", c.initrd,
-      "-append", c.append,
-      "-chardev", fmt::format("file,id=console,path={}", c.console_log),
-      "-serial", "chardev:console",
-      "-chardev", socket("qmp", "qmp.sock"),
-      "-mon", "chardev=qmp,mode=control",
-      "-chardev", socket("gdb", "gdb.sock"),
-      "-gdb", "chardev:gdb",
-      "-device", "virtio-serial-pci,id=agent-serial",
-      "-chardev", socket("agent", "agent.sock"),
-      "-device", fmt::format("virtserialport,chardev=agent,name={}", agent::kPortName),
-      "-device", "pvpanic-pci",
-      "-device", "vmcoreinfo",
-      // A panic the guest reports (pvpanic) is an event, not a stop: the guest's panic() calls
-      // its notifiers before it flushes the console, so pausing there would cut the console
-      // short. The supervisor pauses the VM itself a moment later.
-      "-action", "panic=none",
-  };
-  for (const auto& w : c.shared_windows) {
-    args.insert(args.end(), {"-object", fmt::format("memory-backend-file,id={},size={},mem-path=/proc/self/fd/{},share=on{}",
-                                                    w.id, w.size, w.fd, w.read_only ? ",readonly=on" : ""),
-                             "-device", fmt::format("ivshmem-plain,memdev={},addr={:#x}", w.id, w.pci_slot)});
-  }
-  return args;
-}
 
 std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& config, Deadline deadline) {
   for (const auto* file : {&config.kernel, &config.initrd}) {
@@ -124,10 +90,16 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
   pid_t pid = ::fork();
   if (pid < 0) fail_os(ExitCode::failure, "fork", errno);
   if (pid == 0) {
-    // QEMU must not outlive us, whatever kills us (even SIGKILL).
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(1);
-    ::setpgid(0, 0);  // a Ctrl-C on the terminal is ours to handle, not QEMU's
+    if (config.outlives_supervisor) {
+      // The guest lives on when its supervisor ends (a restart, an upgrade, a SIGKILL): a session
+      // of its own, so no terminal hangup or group signal meant for the supervisor reaches it.
+      ::setsid();
+    } else {
+      // A helper VM must not outlive us, whatever kills us (even SIGKILL).
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(1);
+      ::setpgid(0, 0);  // a Ctrl-C on the terminal is ours to handle, not QEMU's
+    }
     sigset_t all;
     sigemptyset(&all);
     ::sigprocmask(SIG_SETMASK, &all, nullptr);
@@ -144,6 +116,7 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
     ::_exit(127);
   }
   m->pid_ = pid;
+  m->ram_fd_in_vm_ = m->ram_fd_.get();
   status_write.reset();
   int exec_errno = 0;
   if (::read(status_read.get(), &exec_errno, sizeof exec_errno) == static_cast<ssize_t>(sizeof exec_errno)) {
@@ -162,23 +135,8 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
     return Error(ExitCode::qemu, fmt::format("QEMU {} ({}): {}", when, m->exit_description_, tail_of(log_path, 3)));
   };
   try {
-    UniqueFd qmp_socket;
-    while (!qmp_socket) {
-      if (m->reap(false) && exits_soon()) throw died("exited at start");
-      try {
-        qmp_socket = connect_unix(path_in(config.runtime_dir, "qmp.sock"));
-      } catch (const Error&) {
-        if (deadline.expired()) throw;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-    }
-    m->qmp_ = std::make_unique<QmpClient>(std::move(qmp_socket), deadline);
-    m->gdb_ = std::make_unique<GdbstubClient>(connect_unix(path_in(config.runtime_dir, "gdb.sock")), deadline);
-    m->state_ = RunState::paused;
-    m->threads_ = m->gdb_->threads(deadline);
-    if (static_cast<int>(m->threads_.size()) != config.vcpus)
-      fail(ExitCode::qemu, "gdbstub reports {} vCPUs, expected {}", m->threads_.size(), config.vcpus);
-    m->read_registers(0);  // checks the register layout before anyone relies on it
+    m->start_time_ = process_start_time(pid);
+    m->connect(deadline);
   } catch (const Error&) {
     // A connection reset or a closed monitor usually means QEMU is exiting: say why.
     if (exits_soon()) throw died("exited at start");
@@ -187,10 +145,99 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
   return m;
 }
 
-QemuMachine::~QemuMachine() { terminate(std::chrono::seconds(2)); }
+void QemuMachine::connect(Deadline deadline) {
+  UniqueFd qmp_socket;
+  while (!qmp_socket) {
+    if (reap(false)) fail(ExitCode::qemu, "QEMU exited ({})", exit_description_);
+    try {
+      qmp_socket = connect_unix(path_in(config_.runtime_dir, "qmp.sock"));
+    } catch (const Error&) {
+      if (deadline.expired()) throw;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  qmp_ = std::make_unique<QmpClient>(std::move(qmp_socket), deadline);
+  if (!our_child_) {
+    // Before the gdbstub connects (which stops the VM): was it running, or stopped at one of the
+    // old supervisor's breakpoints (status "debug"), or paused by it?
+    std::string s = qmp_->execute("query-status", json::object(), deadline).value("status", "");
+    state_before_attach_ = s == "running"          ? RunState::running
+                           : s == "guest-panicked" ? RunState::panicked
+                           : s == "shutdown"       ? RunState::shutdown
+                                                   : RunState::paused;
+  }
+  gdb_ = std::make_unique<GdbstubClient>(connect_unix(path_in(config_.runtime_dir, "gdb.sock")), deadline);
+  state_ = RunState::paused;
+  threads_ = gdb_->threads(deadline);
+  if (static_cast<int>(threads_.size()) != config_.vcpus)
+    fail(ExitCode::qemu, "gdbstub reports {} vCPUs, expected {}", threads_.size(), config_.vcpus);
+  read_registers(0);  // checks the register layout before anyone relies on it
+  if (!our_child_) {
+    // The gdbstub stopped the VM when we connected: wait for that stop, then forget its events
+    // (the supervisor decides when the VM runs again).
+    auto settle = Deadline::in(std::chrono::seconds(2));
+    while (!settle.expired() && qmp_->execute("query-status", json::object(), deadline).value("running", false))
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    gdb_->take_stops();
+    qmp_->take_events();
+  }
+}
+
+std::unique_ptr<QemuMachine> QemuMachine::attach(const vmm::MachineConfig& config, const json& handle, Deadline deadline) {
+  std::unique_ptr<QemuMachine> m(new QemuMachine);
+  m->config_ = config;
+  m->our_child_ = false;
+  if (!handle.is_object() || !handle.contains("pid") || !handle["pid"].is_number_integer() ||
+      !handle.contains("ram_fd") || !handle["ram_fd"].is_number_integer() || !handle.contains("start_time") ||
+      !handle["start_time"].is_number_unsigned())
+    fail(ExitCode::bad_input, "the instance's VM handle is malformed: {}", handle.dump());
+  m->pid_ = handle["pid"].get<int>();
+  m->ram_fd_in_vm_ = handle["ram_fd"].get<int>();
+  m->start_time_ = handle["start_time"].get<std::uint64_t>();
+  // The pid must still be that QEMU, not a process that got its number since.
+  if (m->pid_ <= 0 || ::kill(m->pid_, 0) != 0 || process_start_time(m->pid_) != m->start_time_)
+    fail(ExitCode::qemu, "the VM of \"{}\" (QEMU pid {}) is gone", config.name, m->pid_);
+  m->pidfd_ = UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, m->pid_, 0)));
+  if (!m->pidfd_) fail_os(ExitCode::qemu, fmt::format("watch QEMU pid {}", m->pid_), errno);
+  std::string ram = fmt::format("/proc/{}/fd/{}", m->pid_, m->ram_fd_in_vm_);
+  m->ram_fd_ = UniqueFd(::open(ram.c_str(), O_RDWR | O_CLOEXEC));
+  if (!m->ram_fd_) fail_os(ExitCode::qemu, "open the guest's RAM " + ram, errno);
+  struct stat st {};
+  if (::fstat(m->ram_fd_.get(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != config.memory_bytes)
+    fail(ExitCode::qemu, "{} is not the guest's RAM ({} bytes, expected {})", ram, st.st_size, config.memory_bytes);
+  m->memory_ = std::make_unique<SharedRamMemory>(m->ram_fd_.get(), config.memory_bytes, q35_ram_layout(config.memory_bytes));
+  m->connect(deadline);
+  return m;
+}
+
+json QemuMachine::attach_handle() const {
+  return {{"pid", pid_}, {"ram_fd", ram_fd_in_vm_}, {"start_time", start_time_}};
+}
+
+void QemuMachine::release() {
+  // Closing the sockets leaves QEMU as it is: running, with any breakpoints still set (a crash
+  // while nobody is attached then stops the VM at its first instruction, for the next supervisor).
+  released_ = true;
+  gdb_.reset();
+  qmp_.reset();
+}
+
+QemuMachine::~QemuMachine() {
+  if (!released_) terminate(std::chrono::seconds(2));
+}
 
 bool QemuMachine::reap(bool block) {
   if (exited_ || pid_ <= 0) return true;
+  if (!our_child_) {
+    // Not our child: its exit status is its new parent's; the pidfd says whether it ended.
+    pollfd p{pidfd_.get(), POLLIN, 0};
+    if (::poll(&p, 1, block ? -1 : 0) == 1) {
+      exited_ = true;
+      exit_description_ = "exited (not our child: its status is unknown)";
+      state_ = RunState::shutdown;
+    }
+    return exited_;
+  }
   int status = 0;
   pid_t r = ::waitpid(pid_, &status, block ? 0 : WNOHANG);
   if (r == pid_ || (r < 0 && errno == ECHILD)) {
@@ -224,7 +271,7 @@ RunState QemuMachine::state() {
 }
 
 void QemuMachine::terminate(std::chrono::milliseconds grace) {
-  if (reap(false)) return;
+  if (released_ || reap(false)) return;
   auto deadline = Deadline::in(grace);
   try {
     if (qmp_ && !qmp_->closed()) qmp_->execute("quit", json::object(), deadline);
@@ -310,13 +357,18 @@ std::vector<MachineEvent> QemuMachine::drain_events() {
     } else if (e.name == "RESET") {
       events.push_back({MachineEvent::Kind::reset, -1, e.data.dump()});
     } else if (e.name == "SHUTDOWN") {
-      events.push_back({MachineEvent::Kind::shutdown, -1, e.data.dump()});
+      // {"guest": true, "reason": "guest-shutdown"}: the guest powered off. Anything else (a
+      // signal to QEMU, a quit command) ends the VM without the guest asking.
+      bool by_guest = e.data.is_object() && e.data.value("guest", false);
+      if (!by_guest) exit_reason_ = "QEMU was told to stop (" + e.data.value("reason", std::string("?")) + ")";
+      events.push_back({by_guest ? MachineEvent::Kind::shutdown : MachineEvent::Kind::vm_exited, -1, e.data.dump()});
     }
   }
   if (qmp_->closed() && state_ != RunState::shutdown) {
-    reap(false);
+    for (int i = 0; i < 50 && !reap(false); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     state_ = RunState::shutdown;
-    events.push_back({MachineEvent::Kind::shutdown, -1, "QEMU closed its monitor"});
+    std::string why = exit_reason_.empty() ? "QEMU ended on its own (" + exit_description_ + ")" : exit_reason_;
+    events.push_back({MachineEvent::Kind::vm_exited, -1, why + "; its last words: " + tail_of(path_in(config_.runtime_dir, "qemu.log"), 3)});
   }
   return events;
 }

@@ -7,7 +7,11 @@
 //   agent.sock  the virtio-serial port of the guest agent
 // Guest RAM is a memfd created here and handed to QEMU as memory-backend-file
 // (mem-path=/proc/self/fd/N, share=on), so we map the very pages the guest uses and nothing is
-// left in /dev/shm if we die. QEMU gets PR_SET_PDEATHSIG(SIGKILL): it dies with us.
+// left in /dev/shm. The guest's QEMU runs in its own session and outlives the supervisor: a
+// new one attaches through the same sockets and re-opens the RAM as /proc/PID/fd/N (QMP and
+// the gdbstub accept a new client after the old one is gone; connecting the gdbstub stops the
+// VM, so attach resumes it when it was running). Helper VMs (the repair VM) get
+// PR_SET_PDEATHSIG(SIGKILL) and die with the supervisor.
 #pragma once
 
 #include "machine.h"
@@ -34,6 +38,10 @@ class QemuMachine final : public vmm::Machine {
   // Starts QEMU paused and connects QMP and the gdbstub. Throws Error(ExitCode::qemu) with
   // QEMU's own last words when it cannot start; kills what it started on failure.
   static std::unique_ptr<QemuMachine> launch(const vmm::MachineConfig& config, Deadline deadline);
+  // Takes over a QEMU started by an earlier supervisor (handle: its attach_handle()). The VM is
+  // left paused; state_before_attach() says whether it was running. Throws Error(ExitCode::qemu)
+  // when that QEMU is gone or is not the one the handle names.
+  static std::unique_ptr<QemuMachine> attach(const vmm::MachineConfig& config, const json& handle, Deadline deadline);
   ~QemuMachine() override;
 
   void resume() override;
@@ -42,6 +50,9 @@ class QemuMachine final : public vmm::Machine {
   void terminate(std::chrono::milliseconds grace) override;
   const char* backend() const override { return "qemu"; }
   int process_id() const override { return pid_; }
+  json attach_handle() const override;
+  std::optional<vmm::RunState> state_before_attach() const override { return state_before_attach_; }
+  void release() override;
 
   int vcpu_count() const override { return static_cast<int>(threads_.size()); }
   X86Registers read_registers(int vcpu) override;
@@ -66,17 +77,25 @@ class QemuMachine final : public vmm::Machine {
   QemuMachine() = default;
   void require_paused(const char* what);
   bool reap(bool block);  // true once QEMU has exited
+  void connect(Deadline deadline);  // QMP and the gdbstub, then the vCPU threads
 
   vmm::MachineConfig config_;
   pid_t pid_ = -1;
   bool exited_ = false;
   std::string exit_description_ = "running";
+  std::string exit_reason_;  // why QEMU is ending, when it said (SHUTDOWN not from the guest)
   UniqueFd ram_fd_;
   std::unique_ptr<SharedRamMemory> memory_;
   std::unique_ptr<QmpClient> qmp_;
   std::unique_ptr<GdbstubClient> gdb_;
   std::vector<int> threads_;  // gdbstub thread id of vCPU i
   vmm::RunState state_ = vmm::RunState::starting;
+  int ram_fd_in_vm_ = -1;         // the descriptor number QEMU maps guest RAM from
+  std::uint64_t start_time_ = 0;  // QEMU's start time (/proc/PID/stat), against pid reuse
+  bool our_child_ = true;         // false when attached: its exit is seen through pidfd_
+  UniqueFd pidfd_;
+  bool released_ = false;
+  std::optional<vmm::RunState> state_before_attach_;
 };
 
 }  // namespace immortal::qemu

@@ -31,6 +31,10 @@ class CrashInterceptor {
   void disarm();
   bool armed() const { return !points_.empty(); }
   std::vector<std::string> points() const;
+  // Address → symbol of each breakpoint set; adopt() takes over those an earlier supervisor set
+  // in this VM (so a crash stopped at one is recognised, and disarm() removes them).
+  const std::map<std::uint64_t, std::string>& armed_points() const { return points_; }
+  void adopt(std::map<std::uint64_t, std::string> points) { points_ = std::move(points); }
   // The crash path entry at this address, if it is one of ours.
   std::optional<std::string> point_at(std::uint64_t address) const;
 

@@ -28,6 +28,13 @@ class CrashLedger {
   // Outcomes of the crash with this id (ignored when it is not the last one).
   void set_outcome(std::uint64_t crash, const std::string& outcome, const std::string& failed_check = "");
   void bundle_written(std::uint64_t crash, const std::string& path);
+  // What an earlier supervisor of this instance counted (a restart or an upgrade).
+  void restore(std::uint64_t crashes, std::uint64_t recoveries, std::uint64_t reboots, std::optional<CrashEntry> last) {
+    crashes_ = crashes;
+    recoveries_ = recoveries;
+    reboots_ = reboots;
+    last_ = std::move(last);
+  }
   void count_recovery() { ++recoveries_; }
   void count_reboot() { ++reboots_; }
 

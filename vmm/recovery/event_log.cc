@@ -1,5 +1,7 @@
 #include "recovery/event_log.h"
 
+#include "base/io.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -14,6 +16,14 @@ namespace {
 constexpr std::size_t kRecentEvents = 32;
 constexpr std::size_t kCrashesKept = 8;
 constexpr std::size_t kEventsPerCrash = 128;
+}
+
+void EventLog::reload(const std::string& path) {
+  for (const auto& line : last_lines(path, kRecentEvents)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object()) recent_.push_back(std::move(j));
+  }
+  while (recent_.size() > kRecentEvents) recent_.pop_front();
 }
 
 std::vector<nlohmann::json> EventLog::of_crash(std::uint64_t crash) const {

@@ -23,6 +23,8 @@ class EventLog {
   // through the returned text, never thrown: the guest matters more than the log).
   std::string append(const std::string& event, nlohmann::json fields);
   const std::deque<nlohmann::json>& recent() const { return recent_; }
+  // Reads the last few events of an earlier supervisor of this instance back from its log.
+  void reload(const std::string& path);
   // The events of one of the last few crashes (those with its "crash" id), oldest first: what
   // the crash's bundle carries.
   std::vector<nlohmann::json> of_crash(std::uint64_t crash) const;

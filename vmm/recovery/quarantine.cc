@@ -95,12 +95,46 @@ nlohmann::json QuarantineList::to_json() const {
 }
 
 void QuarantineList::save() const {
+  // What a supervisor that attaches later needs: the patched functions with their bytes, and the
+  // pinned modules (docs/formats.md, "Instance state").
+  nlohmann::json pins = nlohmann::json::array();
+  for (const auto& p : pins_) pins.push_back({{"module", p.module}, {"refcnt", fmt::format("{:#x}", p.refcnt)}, {"crash", p.crash}});
+  nlohmann::json file = {{"version", 1}, {"functions", to_json()}, {"pinned", pins}};
   std::string tmp = path_ + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
-    out << to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    out << file.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   }
   std::rename(tmp.c_str(), path_.c_str());
+}
+
+void QuarantineList::load() {
+  std::ifstream in(path_);
+  if (!in) return;  // nothing quarantined yet
+  auto file = nlohmann::json::parse(in, nullptr, false);
+  if (file.is_discarded() || !file.is_object() || file.value("version", 0) != 1)
+    fail(ExitCode::bad_input, "{} is not a quarantine list this immortal reads", path_);
+  std::vector<QuarantineEntry> entries;
+  std::vector<PinnedModule> pins;
+  try {
+    for (const auto& e : file.at("functions")) {
+      QuarantineEntry q;
+      q.module = e.at("module").get<std::string>();
+      q.function = e.at("function").get<std::string>();
+      q.address = repair::parse_hex(e.at("address"), "address");
+      q.original = repair::bytes_from_hex(e.at("original"), 64);
+      q.patch = repair::bytes_from_hex(e.at("patch"), 64);
+      q.crash = e.at("crash").get<std::uint64_t>();
+      q.time = e.at("time").get<std::string>();
+      entries.push_back(std::move(q));
+    }
+    for (const auto& p : file.at("pinned"))
+      pins.push_back({p.at("module").get<std::string>(), repair::parse_hex(p.at("refcnt"), "refcnt"), p.at("crash").get<std::uint64_t>()});
+  } catch (const nlohmann::json::exception& e) {
+    fail(ExitCode::bad_input, "{} is damaged: {}", path_, e.what());
+  }
+  entries_ = std::move(entries);
+  pins_ = std::move(pins);
 }
 
 }  // namespace immortal::vmm

@@ -41,6 +41,9 @@ class QuarantineList {
   std::vector<std::string> release(Machine& machine, const Kernel& kernel, const std::vector<std::string>& names);
   // The guest rebooted: its code is fresh, nothing is patched any more.
   void clear();
+  // Reads back what an earlier supervisor of this instance saved (a restart or an upgrade).
+  // Throws Error(ExitCode::bad_input) for a damaged file.
+  void load();
   bool empty() const { return entries_.empty() && pins_.empty(); }
   const std::vector<PinnedModule>& pins() const { return pins_; }
   const std::vector<QuarantineEntry>& entries() const { return entries_; }

@@ -236,6 +236,29 @@ void RecoveryCoordinator::save_crash(const repair::CrashRecord& record, const js
       << "\n";
 }
 
+bool RecoveryCoordinator::take_over(std::map<std::uint64_t, std::string> armed_points) {
+  interceptor_.adopt(std::move(armed_points));
+  for (int v = 0; v < p_.machine.vcpu_count(); ++v) {
+    auto point = interceptor_.point_at(p_.machine.read_registers(v).rip);
+    if (!point) continue;  // crash_kexec too: an oops on its way to panic()
+    // Frozen at the crash path's first instruction since then: what the repair needs (the repair
+    // image, the analysis of this boot) was not kept, so the safe way out is a bundle and a reboot.
+    auto record = interceptor_.record(p_.ledger.open_crash(), v, "breakpoint (no supervisor attached)", *point);
+    std::string why = fmt::format("the guest crashed at {} while no supervisor was attached; it was kept frozen "
+                                  "until now and is rebooted", *point);
+    p_.state.change(GuestState::crashed, "found stopped at an interception point when attaching");
+    p_.ledger.record({record.id, record.time, "crash while no supervisor was attached", "reboot", why, "", "", ""});
+    p_.event("crash", {{"crash", record.id}, {"caught_at", record.time}, {"caught_by", record.caught_by},
+                       {"at", *point}, {"vcpu", v}, {"summary", why}});
+    save_crash(record, json(), {{"resume", false}, {"reason", why}});
+    p_.bundles.hold(record, p_.bundles.capture(p_.machine, p_.kernel, record.registers, v), p_.kernel.profile(), json(),
+                    json(), "reboot", why);
+    reboot(why, record.id);
+    return true;
+  }
+  return false;
+}
+
 // ---- After the resume ----------------------------------------------------------------------
 
 void RecoveryCoordinator::watch_recovery() {
@@ -290,6 +313,12 @@ void RecoveryCoordinator::check_hang() {
     p_.state.change(GuestState::hung, "no heartbeat, recovery off");
     return;
   }
+  inspect_and_reboot_hung(id, why);
+}
+
+void RecoveryCoordinator::declare_hang(const std::string& why) { inspect_and_reboot_hung(p_.ledger.open_crash(), why); }
+
+void RecoveryCoordinator::inspect_and_reboot_hung(std::uint64_t id, const std::string& why) {
   try {
     p_.machine.pause();
     auto record = interceptor_.record(id, -1, "hang", "");

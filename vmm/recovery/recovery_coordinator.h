@@ -30,6 +30,12 @@ class RecoveryCoordinator {
 
   void on_event(const MachineEvent& event);
   void tick();
+  // Taking over a VM from an earlier supervisor (the machine paused): its breakpoints, and a crash
+  // that stopped at one of them while nobody was attached — frozen there, it gets a bundle and a
+  // reboot. Returns whether there was one.
+  bool take_over(std::map<std::uint64_t, std::string> armed_points);
+  // A guest that stays silent (no hello after attaching): inspected, bundled and rebooted as a hang.
+  void declare_hang(const std::string& why);
   const CrashInterceptor& interceptor() const { return interceptor_; }
   nlohmann::json status() const;                   // recovery_state in `status`
   std::optional<nlohmann::json> verification() const;  // while a window is open
@@ -45,6 +51,7 @@ class RecoveryCoordinator {
   void fail_recovery(const std::string& check, const std::string& why);
   void cut_watch_short(std::uint64_t new_crash);
   void check_hang();
+  void inspect_and_reboot_hung(std::uint64_t id, const std::string& why);
   RepairAnswer ask_repair_engine(const repair::CrashRecord& record);
   // Ends the window and any pending freeze, then reboots (guest_reboot.h).
   void reboot(const std::string& reason, std::uint64_t crash);

@@ -1,0 +1,36 @@
+#include "machine_backends.h"
+
+#include "base/error.h"
+#include "qemu/qemu_machine.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace immortal::vmm {
+
+namespace {
+const std::vector<MachineBackend>& backends() {
+  static const std::vector<MachineBackend> all = {
+      {"qemu", "QEMU (KVM or TCG): QMP for lifecycle, the gdbstub for vCPUs, guest RAM in a shared memfd",
+       [](const MachineConfig& c, Deadline d) { return std::unique_ptr<Machine>(qemu::QemuMachine::launch(c, d)); },
+       [](const MachineConfig& c, const nlohmann::json& handle, Deadline d) {
+         return std::unique_ptr<Machine>(qemu::QemuMachine::attach(c, handle, d));
+       }},
+  };
+  return all;
+}
+}  // namespace
+
+const MachineBackend& machine_backend(const std::string& name) {
+  for (const auto& b : backends())
+    if (b.name == name) return b;
+  fail(ExitCode::usage, "no machine backend \"{}\" (there is: {})", name, fmt::join(machine_backend_names(), ", "));
+}
+
+std::vector<std::string> machine_backend_names() {
+  std::vector<std::string> names;
+  for (const auto& b : backends()) names.push_back(b.name);
+  return names;
+}
+
+}  // namespace immortal::vmm
