@@ -58,6 +58,14 @@ class Machine {
   virtual void terminate(std::chrono::milliseconds grace) = 0;
   // The backend's name, as `immortal run --backend` takes it ("qemu").
   virtual const char* backend() const = 0;
+  // What this backend can do beyond the basics; callers ask before they rely on it.
+  struct Capabilities {
+    bool breakpoints = false;  // hardware breakpoints: crashes caught at their first instruction
+    bool native_dump = false;  // write_native_dump()
+    bool shared_ram = false;   // ram_file(): the repair VM or process can map guest RAM
+    bool attach = false;       // a later supervisor can take the VM over (attach_handle())
+  };
+  virtual Capabilities capabilities() const = 0;
   // The VM process id, for status displays (0 where there is none).
   virtual int process_id() const = 0;
   // What another supervisor needs to take this VM over (backend-specific; see attach in

@@ -42,7 +42,7 @@ void Supervisor::take_over(const InstanceState& saved) {
 }
 
 void Supervisor::persist() {
-  if (!machine_ || released_) return;
+  if (!machine_ || released_ || !machine_->capabilities().attach) return;
   InstanceState s;
   s.settings = options_.settings;
   s.backend = backend_.name;

@@ -106,9 +106,24 @@ TEST_CASE("restart: a crash while no supervisor is attached freezes the guest; t
   REQUIRE(::kill(before.value("supervisor_pid", 0), SIGKILL) == 0);
   // The oops reaches the armed breakpoint and the VM stops there: no reboot, nothing more printed.
   REQUIRE(wait_until([&] { return read_file(console).find("BUG: kernel NULL pointer dereference") != std::string::npos; }, 60s));
-  auto frozen = read_file(console);
+  // The oops finishes printing, then nothing: the console settles and no second boot begins.
+  std::size_t size = 0;
+  int quiet = 0;
+  REQUIRE(wait_until([&] {
+    std::size_t now = read_file(console).size();
+    quiet = now == size ? quiet + 1 : 0;
+    size = now;
+    return quiet >= 40;  // 2 s without a byte (polled every 50 ms)
+  }, 60s));
   wait_until([] { return false; }, 3s);
-  CHECK(read_file(console).size() == frozen.size());
+  auto frozen = read_file(console);
+  CHECK(frozen.size() == size);
+  auto boots = [](const std::string& text) {
+    std::size_t n = 0;
+    for (auto at = text.find("Linux version"); at != std::string::npos; at = text.find("Linux version", at + 1)) ++n;
+    return n;
+  };
+  CHECK(boots(frozen) == 1);
   CHECK(process_alive(before.value("vm_pid", 0)));
 
   auto attach = run_cli({"attach", name, "--detach"});

@@ -37,6 +37,7 @@ class FakeMachine final : public vmm::Machine {
   vmm::RunState state() override { return state_; }
   void terminate(std::chrono::milliseconds) override { state_ = vmm::RunState::shutdown; }
   const char* backend() const override { return "fake"; }
+  Capabilities capabilities() const override { return {true, false, false, false}; }
   int process_id() const override { return 0; }
   nlohmann::json attach_handle() const override { return {{"fake", true}}; }
   void release() override { released = true; }

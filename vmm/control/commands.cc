@@ -98,6 +98,9 @@ void introspect_command(ControlRequest request, Machine& machine, LiveKernel& li
 void dump_command(ControlRequest request, Machine& machine) {
   std::string path = request.body().value("path", "");
   if (path.empty() || path[0] != '/') return request.fail(kUsage, "dump needs an absolute file path");
+  if (!machine.capabilities().native_dump)
+    return request.fail(static_cast<int>(ExitCode::unsupported),
+                        fmt::format("the {} backend writes no dump of its own (immortal bundle does)", machine.backend()));
   auto start = Clock::now();
   machine.write_native_dump(path);
   request.reply({{"path", path}, {"seconds", ms_since(start) / 1000}});

@@ -49,6 +49,7 @@ class QemuMachine final : public vmm::Machine {
   vmm::RunState state() override;
   void terminate(std::chrono::milliseconds grace) override;
   const char* backend() const override { return "qemu"; }
+  Capabilities capabilities() const override { return {true, true, true, true}; }
   int process_id() const override { return pid_; }
   json attach_handle() const override;
   std::optional<vmm::RunState> state_before_attach() const override { return state_before_attach_; }

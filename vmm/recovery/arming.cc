@@ -37,6 +37,9 @@ void Arming::follow(bool recovery_enabled, const std::string& boot_id) {
 
 void Arming::arm() {
   try {
+    if (!machine_.capabilities().breakpoints)
+      fail(ExitCode::unsupported, "the {} backend has no breakpoints to catch a crash at its first instruction",
+           machine_.backend());
     Kernel& kernel = kernel_.get();
     auto notes = while_paused(machine_, [&] { return interceptor_.arm(kernel); });
     event_("armed", {{"interception", interceptor_.points()}, {"notes", notes}});
@@ -53,8 +56,8 @@ void Arming::arm() {
 void Arming::rebuild_repair_image(const std::string& taken_at) {
   if (!repair_) return;
   try {
-    auto ram = machine_.ram_file();
-    if (!ram) fail(ExitCode::failure, "this backend has no shared RAM file for a repair VM or process to read");
+    auto ram = machine_.capabilities().shared_ram ? machine_.ram_file() : std::nullopt;
+    if (!ram) fail(ExitCode::unsupported, "the {} backend has no shared RAM for a repair VM or process to read", machine_.backend());
     // The guest is healthy and running: its code is read as it is now (runtime patch sites
     // that change later are recognised at the comparison).
     repair::HealthyImage healthy = repair::capture_healthy_image(kernel_.get(), taken_at);
