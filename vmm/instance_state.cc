@@ -18,7 +18,7 @@ json machine_config_json(const MachineConfig& c) {
   return {{"name", c.name},         {"kernel", c.kernel},           {"initrd", c.initrd},
           {"append", c.append},     {"memory_bytes", c.memory_bytes}, {"vcpus", c.vcpus},
           {"accelerator", to_string(c.accelerator)}, {"runtime_dir", c.runtime_dir},
-          {"console_log", c.console_log}, {"qemu_binary", c.qemu_binary}};
+          {"console_log", c.console_log}, {"backend_options", c.backend_options}};
 }
 
 MachineConfig machine_config_from_json(const json& j) {
@@ -32,7 +32,7 @@ MachineConfig machine_config_from_json(const json& j) {
   c.accelerator = j.at("accelerator").get<std::string>() == "kvm" ? Accelerator::kvm : Accelerator::tcg;
   c.runtime_dir = j.at("runtime_dir").get<std::string>();
   c.console_log = j.at("console_log").get<std::string>();
-  c.qemu_binary = j.at("qemu_binary").get<std::string>();
+  c.backend_options = j.value("backend_options", std::map<std::string, std::string>{});
   c.outlives_supervisor = true;
   return c;
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -31,7 +32,9 @@ struct MachineConfig {
   Accelerator accelerator = Accelerator::tcg;
   std::string runtime_dir;      // private (0700) directory for sockets
   std::string console_log;      // serial console output file
-  std::string qemu_binary = "qemu-system-x86_64";
+  // Settings only the backend understands, by name (qemu: "binary", the QEMU program); the
+  // rest of immortal carries them without looking inside.
+  std::map<std::string, std::string> backend_options;
   std::vector<SharedWindow> shared_windows;
   // The guest's VM outlives its supervisor (a restart or upgrade re-attaches to it); helper VMs
   // such as the repair VM die with it.

@@ -87,6 +87,7 @@ void Supervisor::build_rooms() {
     vm.append = "console=ttyS0 quiet panic=-1 rdinit=/init";
     vm.memory_bytes = options_.repair.vm_memory;
     vm.vcpus = 1;
+    vm.outlives_supervisor = false;  // ours alone: it ends with us (the guest's config may say otherwise)
     repair_ = std::make_unique<RepairBroker>(options_.repair, backend_.launch, vm, dir_.file("repair"), say, emit);
   }
   recovery_ = std::make_unique<RecoveryCoordinator>(RecoveryParts{

@@ -91,6 +91,14 @@ TEST_CASE("restart: a supervisor killed with SIGKILL leaves the guest running; t
   check_workload(name);
   crash_and_recover(name);  // the new supervisor recovers in place
   CHECK(status_of(name).value("boot_id", "") == before.value("boot_id", "?"));
+  // The repair VM is the supervisor's alone: it ends with it, also with one that attached.
+  REQUIRE(::kill(status_of(name).value("supervisor_pid", 0), SIGKILL) == 0);
+  CHECK(wait_until([&] { return qemu_processes(name + "-repair").empty(); }, 20s));
+  CHECK(process_alive(vm));
+  REQUIRE(wait_until([&] { return run_cli({"status", name}).status == 6; }, 20s));  // its lock is free
+  auto attach = run_cli({"attach", name, "--detach"});
+  INFO(attach.err);
+  REQUIRE(attach.status == 0);
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
   CHECK(wait_until([&] { return !process_alive(vm); }, 20s));
 }

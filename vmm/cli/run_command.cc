@@ -227,7 +227,7 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   config.append = o.append.empty() ? "console=ttyS0" : o.append;
   config.memory_bytes = parse_memory_size(o.memory);
   config.vcpus = o.vcpus;
-  config.qemu_binary = o.qemu;
+  config.backend_options["binary"] = o.qemu;  // the qemu backend's; others ignore it
   for (const auto* file : {&config.kernel, &config.initrd}) {
     const char* what = file == &config.kernel ? "kernel" : "initrd";
     struct stat st {};

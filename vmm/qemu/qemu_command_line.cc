@@ -19,6 +19,11 @@ std::vector<RamSegment> q35_ram_layout(std::uint64_t ram_bytes) {
   return segments;
 }
 
+std::string qemu_binary(const vmm::MachineConfig& config) {
+  auto it = config.backend_options.find("binary");
+  return it != config.backend_options.end() && !it->second.empty() ? it->second : "qemu-system-x86_64";
+}
+
 std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_fd) {
   const std::string& dir = c.runtime_dir;
   auto socket = [&](const char* id, const char* file) {
@@ -26,7 +31,7 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
   };
   bool kvm = c.accelerator == vmm::Accelerator::kvm;
   std::vector<std::string> args = {
-      c.qemu_binary,
+      qemu_binary(c),
       "-name", fmt::format("{},process=immortal-{}", c.name, c.name),
       "-nodefaults", "-no-user-config", "-display", "none",
       "-S",  // start paused: we connect everything before the first instruction

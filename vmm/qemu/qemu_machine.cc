@@ -122,8 +122,8 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
   if (::read(status_read.get(), &exec_errno, sizeof exec_errno) == static_cast<ssize_t>(sizeof exec_errno)) {
     m->reap(true);
     if (exec_errno == ENOENT)
-      fail(ExitCode::qemu, "QEMU not found: {} (install qemu-system-x86, or pass --qemu PATH)", config.qemu_binary);
-    fail(ExitCode::qemu, "cannot execute QEMU {}: {}", config.qemu_binary, std::strerror(exec_errno));
+      fail(ExitCode::qemu, "QEMU not found: {} (install qemu-system-x86, or pass --qemu PATH)", qemu_binary(config));
+    fail(ExitCode::qemu, "cannot execute QEMU {}: {}", qemu_binary(config), std::strerror(exec_errno));
   }
 
   // Gives QEMU a moment to finish printing and exiting; true if it did exit.

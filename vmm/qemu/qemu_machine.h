@@ -30,6 +30,9 @@ namespace immortal::qemu {
 // to 0xb0000000 if all of it fits, else 2 GiB below and the rest from 4 GiB.
 std::vector<RamSegment> q35_ram_layout(std::uint64_t ram_bytes);
 
+// The QEMU program: the backend option "binary", else qemu-system-x86_64 from PATH.
+std::string qemu_binary(const vmm::MachineConfig& config);
+
 // The QEMU command line for a configuration (ram_fd: the memfd QEMU inherits).
 std::vector<std::string> qemu_command_line(const vmm::MachineConfig& config, int ram_fd);
 
