@@ -1,6 +1,7 @@
 // A supervisor restart keeps the guest (issue 15): SIGKILL, a crash while nobody watches,
 // `immortal upgrade` both ways, and a VM that ends under its supervisor.
 #include "harness.h"
+#include "instance_json.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -16,15 +17,8 @@ using nlohmann::json;
 
 namespace {
 
-json status_of(const std::string& name) {
-  auto r = run_cli({"status", name, "--json"}, 20s);
-  if (r.status != 0) return json::object();
-  return json::parse(r.out);
-}
-
-std::uint64_t count_of(const json& s, const char* what) {
-  return s.value("recovery_state", json::object()).value(what, std::uint64_t{0});
-}
+json status_of(const std::string& name) { return status_json(name); }
+std::uint64_t count_of(const json& s, const char* what) { return recovery_count(s, what); }
 
 bool armed(const std::string& name) {
   json s = status_of(name);
