@@ -151,8 +151,7 @@ void Supervisor::wait_for_hello(bool attaching) {
   if (!state_.is(GuestState::rebooting)) state_.change(GuestState::running, "the agent said hello");
   const auto& hello = *agent_->hello();
   std::string summary = fmt::format("guest \"{}\" is up: agent hello after {:.2f} s — kernel {}, boot id {}, agent {}",
-                                    options_.machine.name.empty() ? m.name : options_.machine.name,
-                                    boot_time_->count() / 1000.0, hello.kernel_release, hello.boot_id, hello.agent_version);
+                                    m.name, boot_time_->count() / 1000.0, hello.kernel_release, hello.boot_id, hello.agent_version);
   options_.say(summary);
   event(attaching ? "attached-hello" : "started", {{"boot_id", hello.boot_id}, {"kernel_release", hello.kernel_release},
                     {"boot_seconds", boot_time_->count() / 1000.0}, {"recovery", options_.recovery.enabled}});
