@@ -25,7 +25,7 @@ AgentChannel::AgentChannel(UniqueFd stream, std::chrono::milliseconds torn_after
 
 void AgentChannel::send(MessageType type, const std::string& payload) {
   if (closed_) fail(ExitCode::agent, "the agent channel is closed");
-  write_all(stream_.get(), agent::encode_frame(type, payload), Deadline::in(std::chrono::seconds(5)));
+  write_all(stream_.get(), agent::encode_frame(type, payload, protocol_), Deadline::in(std::chrono::seconds(5)));
 }
 
 void AgentChannel::on_readable() {
@@ -98,7 +98,16 @@ void AgentChannel::handle(const agent::Frame& frame) {
       // A new hello on an open channel: the agent restarted (or the guest rebooted); what the
       // old one was asked will not be answered.
       if (hello_) abandon("the guest agent restarted");
-      hello_ = agent::parse_hello(frame.payload);
+      {
+        agent::Hello hello = agent::parse_hello(frame.payload);
+        if (hello.protocol != frame.version)
+          throw agent::ProtocolError("hello says protocol " + std::to_string(hello.protocol) +
+                                     " in a frame of version " + std::to_string(frame.version));
+        // One switch per version would go here when a second one ships: today every supported
+        // version (docs/protocol.md) reads and writes the same messages.
+        protocol_ = frame.version;
+        hello_ = std::move(hello);
+      }
       modules_generation_ = hello_->modules_generation;
       break;
     case MessageType::heartbeat:

@@ -33,6 +33,9 @@ class AgentChannel {
   std::uint64_t resyncs() const { return resyncs_; }
 
   const std::optional<agent::Hello>& hello() const { return hello_; }
+  // The protocol version the agent spoke in its hello: every request to it goes in that version
+  // (the newest this build speaks until a hello came).
+  std::uint16_t protocol() const { return protocol_; }
   std::optional<Clock::time_point> last_heard() const { return last_heard_; }
   std::uint64_t heartbeats() const { return heartbeats_; }
   // Changes whenever the guest's module list changes (reported with heartbeats).
@@ -66,6 +69,7 @@ class AgentChannel {
   std::uint64_t resyncs_ = 0;
   bool closed_ = false;
   std::optional<agent::Hello> hello_;
+  std::uint16_t protocol_ = agent::kProtocolVersion;
   std::optional<Clock::time_point> last_heard_;
   std::uint64_t heartbeats_ = 0;
   std::uint64_t modules_generation_ = 0;

@@ -288,7 +288,8 @@ void Supervisor::event(const std::string& name, json fields) {
 json Supervisor::status() const {
   return instance_status({options_.machine, options_.accelerator, options_.recovery.enabled,
                           machine_ ? machine_->backend() : "", dir_.path(), dir_.file("events.jsonl"), state_.get(),
-                          machine_ ? machine_->process_id() : 0, started_, boot_time_, agent_.get(), profile_.get(),
+                          machine_ ? machine_->process_id() : 0,
+                          machine_ ? std::optional(machine_->capabilities()) : std::nullopt, started_, boot_time_, agent_.get(), profile_.get(),
                           recovery_.get(), ledger_, repair_.get(), bundles_.get()});
 }
 

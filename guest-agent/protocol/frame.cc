@@ -40,12 +40,18 @@ static std::uint64_t get_le(std::string_view in, std::size_t at, int bytes) {
   return v;
 }
 
-std::string encode_frame(MessageType type, std::string_view payload) {
+std::string supported_versions() {
+  if (kOldestProtocolVersion == kProtocolVersion) return std::to_string(kProtocolVersion);
+  return std::to_string(kOldestProtocolVersion) + " to " + std::to_string(kProtocolVersion);
+}
+
+std::string encode_frame(MessageType type, std::string_view payload, std::uint16_t version) {
   if (payload.size() > kMaxPayload) throw ProtocolError("frame payload too large to send");
+  if (!is_supported_version(version)) throw ProtocolError("cannot send protocol version " + std::to_string(version));
   std::string out;
   out.reserve(kHeaderSize + payload.size());
   put_le(out, kMagic, 4);
-  put_le(out, kProtocolVersion, 2);
+  put_le(out, version, 2);
   put_le(out, static_cast<std::uint16_t>(type), 2);
   put_le(out, payload.size(), 4);
   out.append(payload);
@@ -73,9 +79,9 @@ std::optional<Frame> FrameDecoder::next() {
   auto length = get_le(pending, 8, 4);
   if (magic != kMagic)
     broken_ = "bad frame magic " + std::to_string(magic) + " (not an immortal agent?)";
-  else if (version != kProtocolVersion)
-    broken_ = "unsupported protocol version " + std::to_string(version) + " (expected " +
-              std::to_string(kProtocolVersion) + ")";
+  else if (!is_supported_version(version))
+    broken_ = "unsupported protocol version " + std::to_string(version) + " (this build speaks " +
+              supported_versions() + ")";
   else if (!is_known(type))
     broken_ = "unknown message type " + std::to_string(static_cast<unsigned>(type));
   else if (length > max_payload_)
@@ -83,7 +89,7 @@ std::optional<Frame> FrameDecoder::next() {
               std::to_string(max_payload_);
   if (broken_) throw ProtocolError(*broken_);
   if (pending.size() < kHeaderSize + length) return std::nullopt;
-  Frame frame{type, std::string(pending.substr(kHeaderSize, length))};
+  Frame frame{type, std::string(pending.substr(kHeaderSize, length)), static_cast<std::uint16_t>(version)};
   start_ += kHeaderSize + length;
   return frame;
 }

@@ -18,7 +18,17 @@ namespace immortal::agent {
 
 inline constexpr char kPortName[] = "org.immortal.agent.0";  // virtio-serial port name
 inline constexpr std::uint32_t kMagic = 0x54524d49;         // "IMRT" read as little-endian
-inline constexpr std::uint16_t kProtocolVersion = 1;
+// Every version this build speaks, oldest to newest. An agent sends its version in every frame
+// header and in its hello; the host answers each agent in the version it spoke, so guests keep the
+// agent they booted with across upgrades of the host. A new version raises kProtocolVersion; the
+// oldest still spoken is kOldestProtocolVersion (docs/protocol.md, "Versions").
+inline constexpr std::uint16_t kOldestProtocolVersion = 1;
+inline constexpr std::uint16_t kProtocolVersion = 1;  // the newest; what this build's agent sends
+constexpr bool is_supported_version(std::uint64_t version) {
+  return version >= kOldestProtocolVersion && version <= kProtocolVersion;
+}
+// "1" or "1 to 3", for messages about a version this build does not speak.
+std::string supported_versions();
 inline constexpr std::size_t kHeaderSize = 12;
 inline constexpr std::size_t kMaxPayload = 1 << 20;
 
@@ -47,9 +57,10 @@ class ProtocolError : public std::runtime_error {
 struct Frame {
   MessageType type{};
   std::string payload;
+  std::uint16_t version = kProtocolVersion;  // of the header it came in
 };
 
-std::string encode_frame(MessageType type, std::string_view payload);
+std::string encode_frame(MessageType type, std::string_view payload, std::uint16_t version = kProtocolVersion);
 
 // Incremental decoder: feed() whatever bytes arrived, then next() until it returns nothing.
 class FrameDecoder {

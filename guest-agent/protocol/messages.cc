@@ -132,9 +132,9 @@ Hello parse_hello(const std::string& payload) {
   json j = parse_object(payload);
   Hello m;
   auto protocol = get_u64(j, "protocol");
-  if (protocol != kProtocolVersion)
-    throw ProtocolError("agent speaks protocol " + std::to_string(protocol) + ", expected " +
-                        std::to_string(kProtocolVersion));
+  if (!is_supported_version(protocol))
+    throw ProtocolError("agent speaks protocol " + std::to_string(protocol) + "; this build speaks " +
+                        supported_versions() + " (install the agent of this release in the guest)");
   m.protocol = static_cast<std::uint32_t>(protocol);
   m.agent_version = get_string(j, "agent_version");
   m.kernel_release = get_string(j, "kernel_release");

@@ -4,7 +4,7 @@
 // a message. The judges of the vmcore are Debian's `crash` and drgn with the debug vmlinux.
 // One shared guest (recovery on, --bundle-keep 2) serves every test but the recovery-off one;
 // the test that kills its supervisor comes last among its users.
-#include "harness.h"
+#include "instance_json.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -29,12 +29,6 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 
 namespace {
-
-json status_of(const std::string& name) {
-  auto r = run_cli({"status", name, "--json"}, 20s);
-  if (r.status != 0) return json::object();
-  return json::parse(r.out, nullptr, false);
-}
 
 json read_json(const std::string& path) { return json::parse(read_file(path), nullptr, false); }
 
@@ -107,7 +101,7 @@ BundleGuest& bundle_guest() {
   auto run = run_cli({"run", "--name", g.name, "--detach", "--bundle-keep", "2"});
   INFO(run.err);
   REQUIRE(run.status == 0);
-  REQUIRE(wait_until([&] { return status_of(g.name).value("recovery_state", json::object()).value("armed", false); }, 60s));
+  REQUIRE(wait_until([&] { return status_json(g.name).value("recovery_state", json::object()).value("armed", false); }, 60s));
   g.victim = inject(g.name, "null-deref");
   std::optional<json> event;
   bool written = wait_until([&] { return (event = bundle_event(g.rundir, 1)).has_value(); }, 90s);
@@ -232,7 +226,7 @@ TEST_CASE("bundles: immortal bundle takes an on-demand bundle of a running guest
   auto diag = run_cli({"diag", path}, 120s);
   INFO("diag: " << diag.err);
   CHECK(diag.status == 0);
-  CHECK(status_of(g.name).value("state", "") == "running");
+  CHECK(status_json(g.name).value("state", "") == "running");
 }
 
 TEST_CASE("bundles: two bundles written at the same time are both completed", "[integration][bundles]") {
@@ -296,7 +290,7 @@ TEST_CASE("bundles: a supervisor killed while writing a bundle leaves only a .pa
           "[integration][bundles]") {
   auto& g = bundle_guest();
   REQUIRE_FALSE(g.supervisor_killed);
-  pid_t supervisor = status_of(g.name).value("supervisor_pid", -1);
+  pid_t supervisor = status_json(g.name).value("supervisor_pid", -1);
   REQUIRE(supervisor > 0);
   std::string partial;
   int cli_status = -1;

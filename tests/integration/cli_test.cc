@@ -2,7 +2,7 @@
 // instances, signals, and every kind of bad input the foundation issue lists.
 #include "base/error.h"
 #include "control/control_channel.h"
-#include "harness.h"
+#include "instance_json.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -18,13 +18,6 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 
 namespace {
-
-json status_of(const std::string& name) {
-  auto r = run_cli({"status", name, "--json"}, 20s);
-  INFO(r.err);
-  REQUIRE(r.status == 0);
-  return json::parse(r.out);
-}
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
@@ -71,9 +64,12 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
   CHECK(list.status == 0);
   CHECK_THAT(list.out, Catch::Contains(name) && Catch::Contains("running"));
 
-  json s = status_of(name);
+  json s = status_json(name);
   CHECK(s["state"] == "running");
   CHECK(s["agent"]["connected"] == true);
+  CHECK(s["agent"]["protocol"] == 1);  // the version the agent spoke in its hello
+  CHECK(s["backend"] == "qemu");
+  CHECK(s["capabilities"] == json::array({"breakpoints", "native_dump", "shared_ram", "attach"}));
   int qemu_pid = s["vm_pid"].get<int>();
   REQUIRE(process_alive(qemu_pid));
   CHECK(s["boot_id"].get<std::string>().size() == 36);
@@ -140,7 +136,7 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
   CHECK_THAT(no_driver.err, Catch::Contains("no fault-injection driver"));
   CHECK(guest("insmod /lib/modules/immortal_fault.ko && printf ping > /dev/immortal-fault").status == 0);
   CHECK(wait_until([&] { return profiles_saved() >= 3; }, 30s));
-  CHECK(status_of(name)["state"] == "running");
+  CHECK(status_json(name)["state"] == "running");
 
   // A control request with fields of the wrong type is refused; the supervisor lives on.
   try {
@@ -152,7 +148,7 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
     CHECK(e.code() == immortal::ExitCode::usage);
     CHECK_THAT(e.what(), Catch::Contains("malformed request"));
   }
-  CHECK(status_of(name)["state"] == "running");
+  CHECK(status_json(name)["state"] == "running");
 
   auto again = run_cli({"run", "--name", name, "--detach"});
   CHECK(again.status != 0);
@@ -170,7 +166,7 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
 TEST_CASE("killing the supervisor with SIGKILL leaves the guest running, and stop still ends it", "[integration][cli]") {
   std::string name = unique_name("sigkill");
   REQUIRE(run_cli({"run", "--name", name, "--detach"}).status == 0);
-  json s = status_of(name);
+  json s = status_json(name);
   int supervisor = s["supervisor_pid"].get<int>();
   int qemu_pid = s["vm_pid"].get<int>();
   REQUIRE(process_alive(qemu_pid));
@@ -182,7 +178,7 @@ TEST_CASE("killing the supervisor with SIGKILL leaves the guest running, and sto
   auto rerun = run_cli({"run", "--name", name, "--detach"});
   INFO(rerun.err);
   CHECK(rerun.status == 0);
-  CHECK(status_of(name).value("vm_pid", 0) == qemu_pid);
+  CHECK(status_json(name).value("vm_pid", 0) == qemu_pid);
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
   require_nothing_left(name);
 }
@@ -193,7 +189,7 @@ TEST_CASE("SIGINT and SIGTERM stop a foreground supervisor and its guest", "[int
     std::string log = scratch_dir() + "/" + name + ".out";
     pid_t pid = spawn_immortal({"run", "--name", name}, log);
     REQUIRE(wait_until([&] { return read_file(log).find("is up") != std::string::npos; }, 90s));
-    json s = status_of(name);
+    json s = status_json(name);
     int qemu_pid = s["vm_pid"].get<int>();
     REQUIRE(::kill(pid, sig) == 0);
     int status = 0;

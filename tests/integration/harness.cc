@@ -220,6 +220,10 @@ std::string run_shell(const std::string& command) {
   return out;
 }
 
+CommandResult guest_sh(const std::string& name, const std::string& script, std::chrono::seconds timeout) {
+  return run_cli({"exec", name, "--", "sh", "-c", script}, timeout);
+}
+
 int inject(const std::string& name, const std::string& cls) {
   auto r = run_cli({"inject", name, cls});
   INFO(r.err);

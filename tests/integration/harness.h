@@ -42,6 +42,9 @@ std::string initrd_with_agent_script(const std::string& script);
 std::string read_file(const std::string& path);
 // Runs a shell command line on the host; its standard output.
 std::string run_shell(const std::string& command);
+// `immortal exec NAME -- sh -c SCRIPT`: a shell command line in the guest.
+CommandResult guest_sh(const std::string& name, const std::string& script,
+                       std::chrono::seconds timeout = std::chrono::seconds(60));
 // `immortal inject NAME CLASS` (must succeed); the victim's pid in the guest.
 int inject(const std::string& name, const std::string& cls);
 

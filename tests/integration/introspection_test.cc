@@ -1,6 +1,6 @@
 // The introspection core against a real guest: what we read from a QEMU dump (and from live
 // RAM) must agree with what the guest itself says through /proc and dmesg.
-#include "harness.h"
+#include "instance_json.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -22,12 +22,6 @@ std::vector<std::string> lines_of(const std::string& text) {
   std::istringstream in(text);
   for (std::string line; std::getline(in, line);) out.push_back(line);
   return out;
-}
-
-json status_json(const std::string& name) {
-  auto r = run_cli({"status", name, "--json"}, 20s);
-  REQUIRE(r.status == 0);
-  return json::parse(r.out);
 }
 
 }  // namespace

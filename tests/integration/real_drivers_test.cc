@@ -17,13 +17,7 @@ using nlohmann::json;
 
 namespace {
 
-json status_of(const std::string& name) { return status_json(name); }
-std::uint64_t count_of(const json& s, const char* what) { return recovery_count(s, what); }
 json last_event(const std::string& name, const std::string& kind) { return last_event_of(name, kind); }
-
-CommandResult guest_sh(const std::string& name, const std::string& script, std::chrono::seconds timeout = 60s) {
-  return run_cli({"exec", name, "--", "sh", "-c", script}, timeout);
-}
 
 struct Guest {
   std::string name, boot_id;
@@ -36,15 +30,15 @@ Guest& guest() {
   auto run = run_cli({"run", "--name", g.name, "--detach", "--recovery-limit", "100/3600", "--bundle-keep", "3"});
   INFO(run.err);
   REQUIRE(run.status == 0);
-  REQUIRE(wait_until([&] { return status_of(g.name).value("recovery_state", json::object()).value("armed", false); }, 60s));
-  g.boot_id = status_of(g.name).value("boot_id", "");
+  REQUIRE(wait_until([&] { return status_json(g.name).value("recovery_state", json::object()).value("armed", false); }, 60s));
+  g.boot_id = status_json(g.name).value("boot_id", "");
   REQUIRE(!g.boot_id.empty());
   return g;
 }
 
 void wait_for_repair_vm(const std::string& name) {
   REQUIRE(wait_until([&] {
-    return status_of(name).value("repair", json::object()).value("vm", json::object()).value("state", "") == "ready";
+    return status_json(name).value("repair", json::object()).value("vm", json::object()).value("state", "") == "ready";
   }, 120s));
 }
 
@@ -54,19 +48,19 @@ json expect_recovered_in(Guest& g, const std::string& trigger) {
   INFO("trigger: " << trigger);
   wait_for_repair_vm(g.name);
   REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
-  json before = status_of(g.name);
+  json before = status_json(g.name);
   REQUIRE(before.value("state", "") == "running");
   guest_sh(g.name, trigger);
   bool done = wait_until([&] {
-    json s = status_of(g.name);
-    return count_of(s, "recovered") > count_of(before, "recovered") || count_of(s, "reboots") > count_of(before, "reboots");
+    json s = status_json(g.name);
+    return recovery_count(s, "recovered") > recovery_count(before, "recovered") || recovery_count(s, "reboots") > recovery_count(before, "reboots");
   }, 90s);
-  json after = status_of(g.name);
+  json after = status_json(g.name);
   INFO("status: " << after.dump(1));
   INFO("crash: " << last_event(g.name, "crash").dump(1).substr(0, 4000));
   INFO("last reboot: " << last_event(g.name, "reboot").dump());
   REQUIRE(done);
-  REQUIRE(count_of(after, "reboots") == count_of(before, "reboots"));
+  REQUIRE(recovery_count(after, "reboots") == recovery_count(before, "reboots"));
   CHECK(after.value("boot_id", "") == g.boot_id);
   json recovered = last_event(g.name, "recovered");
   INFO(recovered.dump(1));
@@ -95,24 +89,24 @@ void expect_rebooted_because(const std::string& trigger, const std::string& why)
   INFO("trigger: " << trigger);
   wait_for_repair_vm(g.name);
   REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
-  json before = status_of(g.name);
+  json before = status_json(g.name);
   guest_sh(g.name, trigger);
   bool rebooted = wait_until([&] {
-    json s = status_of(g.name);
-    return count_of(s, "reboots") > count_of(before, "reboots") && s.value("state", "") == "running" &&
+    json s = status_json(g.name);
+    return recovery_count(s, "reboots") > recovery_count(before, "reboots") && s.value("state", "") == "running" &&
            s.value("boot_id", "") != g.boot_id && s["recovery_state"].value("armed", false);
   }, 150s);
-  INFO("status: " << status_of(g.name).dump(1));
+  INFO("status: " << status_json(g.name).dump(1));
   INFO("crash: " << last_event(g.name, "crash").dump(1).substr(0, 3000));
   REQUIRE(rebooted);
   CHECK_THAT(last_event(g.name, "reboot").value("reason", ""), Catch::Contains(why));
   // The crash's bundle says why too.
-  REQUIRE(wait_until([&] { return !status_of(g.name)["last_crash"].value("bundle", "").empty(); }, 60s));
-  auto diag = run_cli({"diag", status_of(g.name)["last_crash"].value("bundle", "")});
+  REQUIRE(wait_until([&] { return !status_json(g.name)["last_crash"].value("bundle", "").empty(); }, 60s));
+  auto diag = run_cli({"diag", status_json(g.name)["last_crash"].value("bundle", "")});
   INFO(diag.err);
   CHECK(diag.status == 0);
   CHECK_THAT(diag.out, Catch::Contains(why));
-  g.boot_id = status_of(g.name).value("boot_id", "");
+  g.boot_id = status_json(g.name).value("boot_id", "");
 }
 
 }  // namespace
@@ -246,12 +240,12 @@ TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt
     expect_device_answers(g.name);
     // Armed again, the quarantined callback returns at once: no second crash.
     if (std::string(c.action) == "end-callback") {
-      json s = status_of(g.name);
+      json s = status_json(g.name);
       CHECK(guest_sh(g.name, std::string("echo ") + c.command + " > /dev/immortal-realdev; sleep 1").status == 0);
-      CHECK(count_of(status_of(g.name), "crashes") == count_of(s, "crashes"));
+      CHECK(recovery_count(status_json(g.name), "crashes") == recovery_count(s, "crashes"));
     }
   }
-  CHECK(status_of(g.name).value("boot_id", "") == g.boot_id);
+  CHECK(status_json(g.name).value("boot_id", "") == g.boot_id);
 }
 
 TEST_CASE("real drivers: with threadirqs, a crash in an interrupt handler forced into its thread is ended",
@@ -261,8 +255,8 @@ TEST_CASE("real drivers: with threadirqs, a crash in an interrupt handler forced
   auto run = run_cli({"run", "--name", g.name, "--detach", "--append", "console=ttyS0 threadirqs"});
   INFO(run.err);
   REQUIRE(run.status == 0);
-  REQUIRE(wait_until([&] { return status_of(g.name).value("recovery_state", json::object()).value("armed", false); }, 60s));
-  g.boot_id = status_of(g.name).value("boot_id", "");
+  REQUIRE(wait_until([&] { return status_json(g.name).value("recovery_state", json::object()).value("armed", false); }, 60s));
+  g.boot_id = status_json(g.name).value("boot_id", "");
   json plan = expect_recovered_in(g, "echo irq > /dev/immortal-realdev");
   CHECK(plan_has(plan, "end-callback", "irq_forced_thread_fn"));
   CHECK(plan_has(plan, "release-lock", "spinlock"));
@@ -270,7 +264,7 @@ TEST_CASE("real drivers: with threadirqs, a crash in an interrupt handler forced
   // Quarantined, the handler answers IRQ_NONE: the line can fire again.
   CHECK(guest_sh(g.name, "echo irq > /dev/immortal-realdev").status == 0);
   CHECK(guest_sh(g.name, "true").status == 0);
-  CHECK(status_of(g.name).value("boot_id", "") == g.boot_id);
+  CHECK(status_json(g.name).value("boot_id", "") == g.boot_id);
   CHECK(run_cli({"stop", g.name}).status == 0);
 }
 
@@ -407,14 +401,14 @@ TEST_CASE("real drivers: a lock the search missed is caught by the check of the 
   auto& g = guest();
   wait_for_repair_vm(g.name);
   REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
-  json before = status_of(g.name);
+  json before = status_json(g.name);
   // The driver crashes holding a mutex nothing on its stack points to; the next user queues on it.
   guest_sh(g.name, "echo mutex-elsewhere > /dev/immortal-realdev");
-  REQUIRE(wait_until([&] { return last_event(g.name, "resumed").value("crash", std::uint64_t{0}) == count_of(before, "crashes") + 1; }, 60s));
+  REQUIRE(wait_until([&] { return last_event(g.name, "resumed").value("crash", std::uint64_t{0}) == recovery_count(before, "crashes") + 1; }, 60s));
   guest_sh(g.name, "(timeout 120 cat /sys/kernel/debug/immortal-realdev/elsewhere >/dev/null 2>&1 &); true");
   bool rebooted = wait_until([&] {
-    json s = status_of(g.name);
-    return count_of(s, "reboots") > count_of(before, "reboots") && s.value("state", "") == "running" &&
+    json s = status_json(g.name);
+    return recovery_count(s, "reboots") > recovery_count(before, "reboots") && s.value("state", "") == "running" &&
            s.value("boot_id", "") != g.boot_id;
   }, 150s);
   REQUIRE(rebooted);
@@ -422,8 +416,8 @@ TEST_CASE("real drivers: a lock the search missed is caught by the check of the 
   INFO(failed.dump());
   CHECK(failed.value("check", "") == "locks");
   CHECK_THAT(failed.value("reason", ""), Catch::Contains("owned by the killed task"));
-  CHECK(count_of(status_of(g.name), "recovered") == count_of(before, "recovered"));
-  g.boot_id = status_of(g.name).value("boot_id", "");
+  CHECK(recovery_count(status_json(g.name), "recovered") == recovery_count(before, "recovered"));
+  g.boot_id = status_json(g.name).value("boot_id", "");
 }
 
 TEST_CASE("real drivers: the guest stops cleanly", "[integration][real-drivers]") {

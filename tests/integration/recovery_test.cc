@@ -2,7 +2,7 @@
 // fault catalogue in turn and the outcome docs/fault-catalogue.md documents happens. The judges
 // are the guest's own view (its boot id, its kernel log, a workload's output file, what a second
 // user of the driver gets) and the supervisor's status and event log.
-#include "harness.h"
+#include "instance_json.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -16,20 +16,6 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 
 namespace {
-
-json status_of(const std::string& name) {
-  auto r = run_cli({"status", name, "--json"}, 20s);
-  if (r.status != 0) return json::object();
-  return json::parse(r.out);
-}
-
-CommandResult guest_sh(const std::string& name, const std::string& script) {
-  return run_cli({"exec", name, "--", "sh", "-c", script}, 60s);
-}
-
-std::uint64_t count_of(const json& s, const char* what) {
-  return s.value("recovery_state", json::object()).value(what, std::uint64_t{0});
-}
 
 // Starts the workload: a sequence number appended to a file every 5 ms.
 void start_workload(const std::string& name) {
@@ -83,7 +69,7 @@ json last_event(const std::string& name, const std::string& kind) {
 
 // The repair workers of an instance are ready (the repair VM boots after each profile).
 bool repair_ready(const std::string& name, const std::string& mode) {
-  return status_of(name).value("repair", json::object()).value(mode, json::object()).value("state", "") == "ready";
+  return status_json(name).value("repair", json::object()).value(mode, json::object()).value("state", "") == "ready";
 }
 
 struct RecoveryGuest {
@@ -104,9 +90,9 @@ RecoveryGuest& recovery_guest() {
                       "--repair", "vm", "--repair-cross-check", "--verify-window", "2"});
   INFO(run.err);
   REQUIRE(run.status == 0);
-  REQUIRE(wait_until([&] { return count_of(status_of(g.name), "crashes") == 0 &&
-                                  status_of(g.name).value("recovery_state", json::object()).value("armed", false); }, 60s));
-  g.boot_id = status_of(g.name).value("boot_id", "");
+  REQUIRE(wait_until([&] { return recovery_count(status_json(g.name), "crashes") == 0 &&
+                                  status_json(g.name).value("recovery_state", json::object()).value("armed", false); }, 60s));
+  g.boot_id = status_json(g.name).value("boot_id", "");
   REQUIRE(!g.boot_id.empty());
   return g;
 }
@@ -129,17 +115,17 @@ void expect_recovered(const std::string& cls, bool quarantined = true) {
   auto& g = recovery_guest();
   INFO("class " << cls);
   wait_for_repair_engines(g.name);
-  json before = status_of(g.name);
+  json before = status_json(g.name);
   REQUIRE(before.value("state", "") == "running");
   REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
   start_workload(g.name);
   int victim = inject(g.name, cls);
-  bool recovered = wait_until([&] { return count_of(status_of(g.name), "recovered") > count_of(before, "recovered") ||
-                                           count_of(status_of(g.name), "reboots") > count_of(before, "reboots"); }, 60s);
-  json after = status_of(g.name);
+  bool recovered = wait_until([&] { return recovery_count(status_json(g.name), "recovered") > recovery_count(before, "recovered") ||
+                                           recovery_count(status_json(g.name), "reboots") > recovery_count(before, "reboots"); }, 60s);
+  json after = status_json(g.name);
   INFO("status: " << after.dump(2));
   REQUIRE(recovered);
-  CHECK(count_of(after, "reboots") == count_of(before, "reboots"));
+  CHECK(recovery_count(after, "reboots") == recovery_count(before, "reboots"));
   CHECK(after.value("state", "") == "running");
   CHECK(after.value("boot_id", "") == g.boot_id);  // no reboot
 
@@ -168,8 +154,8 @@ void expect_recovered(const std::string& cls, bool quarantined = true) {
   auto reader = guest_sh(g.name, "timeout 10 cat /dev/immortal-fault");
   CHECK(reader.status == 0);
   CHECK_THAT(reader.out, Catch::Contains("immortal_fault counter"));
-  json end = status_of(g.name);
-  CHECK(count_of(end, "crashes") == count_of(after, "crashes"));
+  json end = status_json(g.name);
+  CHECK(recovery_count(end, "crashes") == recovery_count(after, "crashes"));
   CHECK(end.value("boot_id", "") == g.boot_id);
 }
 
@@ -194,19 +180,19 @@ TEST_CASE("recovery: twenty mixed injections in one guest lifetime are all recov
   auto& g = recovery_guest();
   const char* classes[] = {"null-deref", "mutex-held", "timer", "gpf", "spinlock-held", "bug", "workqueue",
                            "divide", "warn", "list-corruption"};
-  json start = status_of(g.name);
+  json start = status_json(g.name);
   start_workload(g.name);
   for (int i = 0; i < 20; ++i) {
     std::string cls = classes[(i * 3) % 10];
     INFO("injection " << i + 1 << ": " << cls);
-    std::uint64_t before = count_of(status_of(g.name), "recovered");
+    std::uint64_t before = recovery_count(status_json(g.name), "recovered");
     REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
     inject(g.name, cls);
-    REQUIRE(wait_until([&] { return count_of(status_of(g.name), "recovered") == before + 1; }, 60s));
+    REQUIRE(wait_until([&] { return recovery_count(status_json(g.name), "recovered") == before + 1; }, 60s));
   }
-  json end = status_of(g.name);
-  CHECK(count_of(end, "recovered") == count_of(start, "recovered") + 20);
-  CHECK(count_of(end, "reboots") == count_of(start, "reboots"));
+  json end = status_json(g.name);
+  CHECK(recovery_count(end, "recovered") == recovery_count(start, "recovered") + 20);
+  CHECK(recovery_count(end, "reboots") == recovery_count(start, "reboots"));
   CHECK(end.value("boot_id", "") == g.boot_id);
   check_workload(g.name, 100);
 }
@@ -215,9 +201,9 @@ TEST_CASE("recovery: quarantine is recorded and unquarantine restores the driver
   auto& g = recovery_guest();
   REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
   inject(g.name, "null-deref");
-  REQUIRE(wait_until([&] { json s = status_of(g.name);
+  REQUIRE(wait_until([&] { json s = status_json(g.name);
                            return !s["recovery_state"]["quarantined"].empty() && s.value("state", "") == "running"; }, 60s));
-  json q = status_of(g.name)["recovery_state"]["quarantined"];
+  json q = status_json(g.name)["recovery_state"]["quarantined"];
   CHECK(q[0].value("function", "") == "immortal_fault_write");
   CHECK(guest_sh(g.name, "echo ping > /dev/immortal-fault").status != 0);
   auto bad = run_cli({"unquarantine", g.name, "no_such_function"});
@@ -225,7 +211,7 @@ TEST_CASE("recovery: quarantine is recorded and unquarantine restores the driver
   auto r = run_cli({"unquarantine", g.name, "immortal_fault_write"});
   CHECK(r.status == 0);
   CHECK_THAT(r.out, Catch::Contains("restored"));
-  CHECK(status_of(g.name)["recovery_state"]["quarantined"].empty());
+  CHECK(status_json(g.name)["recovery_state"]["quarantined"].empty());
   CHECK(guest_sh(g.name, "echo ping > /dev/immortal-fault").status == 0);  // the driver works again
 }
 
@@ -243,14 +229,14 @@ TEST_CASE("recovery: text-corruption is recovered by restoring the code from the
 TEST_CASE("recovery: with the repair VM killed, the inline fallback recovers and says so", "[integration][recovery]") {
   auto& g = recovery_guest();
   wait_for_repair_engines(g.name);
-  int vm_pid = status_of(g.name)["repair"]["vm"].value("pid", 0);
+  int vm_pid = status_json(g.name)["repair"]["vm"].value("pid", 0);
   REQUIRE(vm_pid > 0);
   REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
   ::kill(vm_pid, SIGKILL);
   REQUIRE(wait_until([&] { return !repair_ready(g.name, "vm"); }, 10s));
-  std::uint64_t before = count_of(status_of(g.name), "recovered");
+  std::uint64_t before = recovery_count(status_json(g.name), "recovered");
   inject(g.name, "null-deref");
-  REQUIRE(wait_until([&] { return count_of(status_of(g.name), "recovered") == before + 1; }, 60s));
+  REQUIRE(wait_until([&] { return recovery_count(status_json(g.name), "recovered") == before + 1; }, 60s));
   json crash = last_event(g.name, "crash");
   INFO(crash.dump(1).substr(0, 2000));
   CHECK(crash["repair"].value("mode", "") == "inline");
@@ -284,20 +270,20 @@ TEST_CASE("recovery: the limit on recoveries turns the next crash into a reboot"
   auto run = run_cli({"run", "--name", name, "--detach", "--recovery-limit", "1/600", "--no-recover", "warn"});
   INFO(run.err);
   REQUIRE(run.status == 0);
-  REQUIRE(wait_until([&] { return status_of(name).value("recovery_state", json::object()).value("armed", false); }, 60s));
-  std::string boot = status_of(name).value("boot_id", "");
+  REQUIRE(wait_until([&] { return status_json(name).value("recovery_state", json::object()).value("armed", false); }, 60s));
+  std::string boot = status_json(name).value("boot_id", "");
   // A disabled kind reboots at once.
   inject(name, "warn");
-  REQUIRE(wait_until([&] { json s = status_of(name); return count_of(s, "reboots") == 1 && s.value("state", "") == "running" &&
+  REQUIRE(wait_until([&] { json s = status_json(name); return recovery_count(s, "reboots") == 1 && s.value("state", "") == "running" &&
                                                          s["recovery_state"].value("armed", false); }, 120s));
   CHECK_THAT(run_cli({"events", name}).out, Catch::Contains("disabled by policy"));
   inject(name, "null-deref");
-  REQUIRE(wait_until([&] { return count_of(status_of(name), "recovered") == 1; }, 60s));
+  REQUIRE(wait_until([&] { return recovery_count(status_json(name), "recovered") == 1; }, 60s));
   REQUIRE(run_cli({"unquarantine", name, "--all"}).status == 0);
   inject(name, "null-deref");
-  REQUIRE(wait_until([&] { json s = status_of(name); return count_of(s, "reboots") == 2 && s.value("state", "") == "running"; }, 120s));
+  REQUIRE(wait_until([&] { json s = status_json(name); return recovery_count(s, "reboots") == 2 && s.value("state", "") == "running"; }, 120s));
   CHECK_THAT(run_cli({"events", name}).out, Catch::Contains("recovery limit is reached"));
-  CHECK(status_of(name).value("boot_id", "") != boot);
+  CHECK(status_json(name).value("boot_id", "") != boot);
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
 }
 
@@ -306,10 +292,10 @@ TEST_CASE("recovery: a guest whose agent falls silent is inspected and rebooted 
   auto run = run_cli({"run", "--name", name, "--detach", "--hang-timeout", "4"});
   INFO(run.err);
   REQUIRE(run.status == 0);
-  std::string boot = status_of(name).value("boot_id", "");
+  std::string boot = status_json(name).value("boot_id", "");
   // Stop the agent from inside (after exec has answered): heartbeats end, the guest runs on.
   REQUIRE(guest_sh(name, "(sleep 1; kill -STOP $(pidof immortal-agent)) </dev/null >/dev/null 2>&1 &").status == 0);
-  bool rebooted = wait_until([&] { json s = status_of(name);
+  bool rebooted = wait_until([&] { json s = status_json(name);
                                    return s.value("state", "") == "running" && s.value("boot_id", boot) != boot; }, 120s);
   CHECK(rebooted);
   auto events = run_cli({"events", name, "--json"}).out;
@@ -317,7 +303,7 @@ TEST_CASE("recovery: a guest whose agent falls silent is inspected and rebooted 
   CHECK_THAT(events, Catch::Contains("\"event\":\"rebooted\""));
   // The hung guest's state is kept in a bundle (its memory copied before the reboot).
   CHECK(wait_until([&] { return read_file(runtime_root() + "/" + name + "/events.jsonl").find("\"event\":\"bundle\"") != std::string::npos; }, 60s));
-  auto hang_bundle = run_cli({"diag", status_of(name)["last_crash"].value("bundle", "")});
+  auto hang_bundle = run_cli({"diag", status_json(name)["last_crash"].value("bundle", "")});
   INFO(hang_bundle.err);
   CHECK(hang_bundle.status == 0);
   CHECK_THAT(hang_bundle.out, Catch::Contains("caught by hang") && Catch::Contains("outcome: rebooted"));
@@ -336,15 +322,15 @@ TEST_CASE("recovery: a driver loaded after the profile was taken crashes at once
   auto run = run_cli({"run", "--name", name, "--detach"});
   INFO(run.err);
   REQUIRE(run.status == 0);
-  std::string boot = status_of(name).value("boot_id", "");
+  std::string boot = status_json(name).value("boot_id", "");
   // The same faulty code under a module name the profile does not have, crashed before the
   // supervisor can collect a new profile: this shell is the victim.
   auto r = guest_sh(name, "rmmod immortal_fault && insmod /lib/modules/immortal_fault_twin.ko && "
                           "printf null-deref > /dev/immortal-fault");
   INFO(r.err);
   CHECK(r.status == 128 + 9);  // killed by SIGKILL
-  REQUIRE(wait_until([&] { json s = status_of(name); return count_of(s, "recovered") == 1 && s.value("state", "") == "running"; }, 60s));
-  json s = status_of(name);
+  REQUIRE(wait_until([&] { json s = status_json(name); return recovery_count(s, "recovered") == 1 && s.value("state", "") == "running"; }, 60s));
+  json s = status_json(name);
   CHECK(s.value("boot_id", "") == boot);
   CHECK_THAT(s["last_crash"].value("summary", ""), Catch::Contains("immortal_fault_twin"));
   CHECK_THAT(run_cli({"events", name, "--json"}).out, Catch::Contains("loaded after the guest profile"));
@@ -354,7 +340,7 @@ TEST_CASE("recovery: a driver loaded after the profile was taken crashes at once
   CHECK(guest_sh(name, "timeout 10 cat /dev/immortal-fault").status == 0);
   // The module change brings a new profile (numbered, not told apart by its second), and
   // interception is armed again from it.
-  auto profile_number = [&] { return status_of(name).value("profile", json::object()).value("number", 0); };
+  auto profile_number = [&] { return status_json(name).value("profile", json::object()).value("number", 0); };
   CHECK(wait_until([&] { return profile_number() >= 2; }, 60s));
   CHECK(wait_until([&] {
     auto events = run_cli({"events", name, "--json"}).out;
@@ -368,10 +354,10 @@ TEST_CASE("recovery: a driver loaded after the profile was taken crashes at once
   auto load = guest_sh(name, "rmmod immortal_fault_twin && insmod /lib/modules/immortal_fault_twin.ko fault_on_load=1");
   INFO(load.err);
   CHECK(load.status == 128 + 9);
-  REQUIRE(wait_until([&] { json t = status_of(name); return count_of(t, "recovered") == 2 && t.value("state", "") == "running"; }, 60s));
-  CHECK_THAT(status_of(name)["last_crash"].value("summary", ""), Catch::Contains("init_module") &&
+  REQUIRE(wait_until([&] { json t = status_json(name); return recovery_count(t, "recovered") == 2 && t.value("state", "") == "running"; }, 60s));
+  CHECK_THAT(status_json(name)["last_crash"].value("summary", ""), Catch::Contains("init_module") &&
                                                                    Catch::Contains("[immortal_fault_twin]"));
-  CHECK(status_of(name).value("boot_id", "") == boot);
+  CHECK(status_json(name).value("boot_id", "") == boot);
   CHECK(guest_sh(name, "true").status == 0);
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
 }

@@ -3,7 +3,7 @@
 // an analyser walks is rebooted with its bundle, in bounded time, and the supervisor stays
 // responsive. (The repair VM itself, its cross-check with the inline engine and its fallback are
 // exercised by every crash of recovery_test.cc.)
-#include "harness.h"
+#include "instance_json.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -16,12 +16,6 @@ using nlohmann::json;
 
 namespace {
 
-json status_of(const std::string& name) {
-  auto r = run_cli({"status", name, "--json"}, 20s);
-  if (r.status != 0) return json::object();
-  return json::parse(r.out, nullptr, false);
-}
-
 json events_of(const std::string& name, const std::string& kind) {
   json out = json::array();
   std::istringstream in(run_cli({"events", name, "--json"}, 20s).out);
@@ -31,11 +25,11 @@ json events_of(const std::string& name, const std::string& kind) {
 }
 
 std::uint64_t recovered(const std::string& name) {
-  return status_of(name).value("recovery_state", json::object()).value("recovered", std::uint64_t{0});
+  return status_json(name).value("recovery_state", json::object()).value("recovered", std::uint64_t{0});
 }
 
 bool inline_ready(const std::string& name) {
-  return status_of(name).value("repair", json::object()).value("inline", json::object()).value("state", "") == "ready";
+  return status_json(name).value("repair", json::object()).value("inline", json::object()).value("state", "") == "ready";
 }
 
 struct InlineGuest {
@@ -58,7 +52,7 @@ InlineGuest& inline_guest() {
 TEST_CASE("repair inline: the engine runs in a sandboxed process and recovers crashes, text-corruption too",
           "[integration][repair]") {
   auto& g = inline_guest();
-  json repair = status_of(g.name)["repair"];
+  json repair = status_json(g.name)["repair"];
   INFO(repair.dump(1));
   CHECK(repair.value("mode", "") == "inline");
   CHECK(!repair.contains("vm"));
@@ -107,7 +101,7 @@ TEST_CASE("repair inline: the engine runs in a sandboxed process and recovers cr
 TEST_CASE("repair: a hostile guest (cyclic task list, wild module pointers, absurd lengths) is rebooted with a bundle, "
           "in bounded time", "[integration][repair]") {
   auto& g = inline_guest();
-  std::string boot = status_of(g.name).value("boot_id", "");
+  std::string boot = status_json(g.name).value("boot_id", "");
   std::size_t images = events_of(g.name, "repair-image").size();
   REQUIRE(run_cli({"exec", g.name, "--", "insmod", "/lib/modules/immortal_hostile.ko"}).status == 0);
   // The new module changes the profile: the repair image is rebuilt with it.
@@ -115,9 +109,9 @@ TEST_CASE("repair: a hostile guest (cyclic task list, wild module pointers, absu
   std::size_t crashes = events_of(g.name, "crash").size();
   REQUIRE(run_cli({"exec", g.name, "--", "sh", "-c",
                    "(sleep 0.3; echo all > /dev/immortal-hostile) </dev/null >/dev/null 2>&1 &"}).status == 0);
-  // The supervisor answers throughout (status_of has its own 20 s limit), and reboots the guest.
+  // The supervisor answers throughout (status_json has its own 20 s limit), and reboots the guest.
   bool rebooted = wait_until([&] {
-    json s = status_of(g.name);
+    json s = status_json(g.name);
     return s.value("state", "") == "running" && s.value("boot_id", boot) != boot;
   }, 150s);
   REQUIRE(rebooted);

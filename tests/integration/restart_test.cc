@@ -17,24 +17,18 @@ using nlohmann::json;
 
 namespace {
 
-json status_of(const std::string& name) { return status_json(name); }
-std::uint64_t count_of(const json& s, const char* what) { return recovery_count(s, what); }
 
 bool armed(const std::string& name) {
-  json s = status_of(name);
+  json s = status_json(name);
   return s.value("state", "") == "running" && s.value("recovery_state", json::object()).value("armed", false);
-}
-
-CommandResult guest_sh(const std::string& name, const std::string& script) {
-  return run_cli({"exec", name, "--", "sh", "-c", script}, 60s);
 }
 
 // Injects a NULL dereference through the fault driver and waits for its recovery.
 void crash_and_recover(const std::string& name) {
-  std::uint64_t before = count_of(status_of(name), "recovered");
+  std::uint64_t before = recovery_count(status_json(name), "recovered");
   REQUIRE(run_cli({"unquarantine", name, "--all"}).status == 0);
   inject(name, "null-deref");
-  REQUIRE(wait_until([&] { json s = status_of(name); return count_of(s, "recovered") > before && s.value("state", "") == "running"; }, 90s));
+  REQUIRE(wait_until([&] { json s = status_json(name); return recovery_count(s, "recovered") > before && s.value("state", "") == "running"; }, 90s));
 }
 
 // The workload's file holds 1..N with no gap or duplicate, and it still runs.
@@ -61,7 +55,7 @@ TEST_CASE("restart: a supervisor killed with SIGKILL leaves the guest running; t
   REQUIRE(wait_until([&] { return armed(name); }, 90s));
   crash_and_recover(name);  // leaves a quarantine record and a crash in the ledger
   REQUIRE(guest_sh(name, "rm -f /tmp/wl; immortal-workload /tmp/wl 5000 </dev/null >/dev/null 2>&1 & echo $! > /tmp/wl.pid").status == 0);
-  json before = status_of(name);
+  json before = status_json(name);
   REQUIRE(before.value("recovery_state", json::object()).value("quarantined", json::array()).size() == 1);
   int vm = before.value("vm_pid", 0);
   REQUIRE(::kill(before.value("supervisor_pid", 0), SIGKILL) == 0);
@@ -74,19 +68,19 @@ TEST_CASE("restart: a supervisor killed with SIGKILL leaves the guest running; t
   REQUIRE(again.status == 0);
   CHECK_THAT(again.err, Catch::Contains("attaching"));
   REQUIRE(wait_until([&] { return armed(name); }, 90s));
-  json after = status_of(name);
+  json after = status_json(name);
   CHECK(after.value("boot_id", "") == before.value("boot_id", "?"));
   CHECK(after.value("vm_pid", 0) == vm);
   CHECK(after.value("supervisor_pid", 0) != before.value("supervisor_pid", 0));
-  CHECK(count_of(after, "crashes") == count_of(before, "crashes"));
-  CHECK(count_of(after, "recovered") == count_of(before, "recovered"));
+  CHECK(recovery_count(after, "crashes") == recovery_count(before, "crashes"));
+  CHECK(recovery_count(after, "recovered") == recovery_count(before, "recovered"));
   CHECK(after["recovery_state"]["quarantined"] == before["recovery_state"]["quarantined"]);
   CHECK_THAT(run_cli({"events", name}).out, Catch::Contains("attached"));
   check_workload(name);
   crash_and_recover(name);  // the new supervisor recovers in place
-  CHECK(status_of(name).value("boot_id", "") == before.value("boot_id", "?"));
+  CHECK(status_json(name).value("boot_id", "") == before.value("boot_id", "?"));
   // The repair VM is the supervisor's alone: it ends with it, also with one that attached.
-  REQUIRE(::kill(status_of(name).value("supervisor_pid", 0), SIGKILL) == 0);
+  REQUIRE(::kill(status_json(name).value("supervisor_pid", 0), SIGKILL) == 0);
   CHECK(wait_until([&] { return qemu_processes(name + "-repair").empty(); }, 20s));
   CHECK(process_alive(vm));
   REQUIRE(wait_until([&] { return run_cli({"status", name}).status == 6; }, 20s));  // its lock is free
@@ -102,7 +96,7 @@ TEST_CASE("restart: a crash while no supervisor is attached freezes the guest; t
   std::string name = unique_name("frozen");
   REQUIRE(run_cli({"run", "--name", name, "--detach"}).status == 0);
   REQUIRE(wait_until([&] { return armed(name); }, 90s));
-  json before = status_of(name);
+  json before = status_json(name);
   std::string console = before.value("console_log", "");
   REQUIRE(guest_sh(name, "(sleep 3; echo null-deref > /dev/immortal-fault) </dev/null >/dev/null 2>&1 & sleep 0.1").status == 0);
   REQUIRE(::kill(before.value("supervisor_pid", 0), SIGKILL) == 0);
@@ -131,12 +125,12 @@ TEST_CASE("restart: a crash while no supervisor is attached freezes the guest; t
   auto attach = run_cli({"attach", name, "--detach"});
   INFO(attach.err);
   REQUIRE(attach.status == 0);
-  REQUIRE(wait_until([&] { json s = status_of(name);
+  REQUIRE(wait_until([&] { json s = status_json(name);
                            return s.value("state", "") == "running" && s.value("boot_id", "") != before.value("boot_id", "?"); }, 120s));
   auto events = run_cli({"events", name, "--json"}).out;
   CHECK_THAT(events, Catch::Contains("no supervisor attached") && Catch::Contains("\"event\":\"reboot\""));
-  CHECK(wait_until([&] { return status_of(name).value("last_crash", json::object()).value("bundle", "") != ""; }, 60s));
-  CHECK(status_of(name)["last_crash"].value("outcome", "") == "rebooted");
+  CHECK(wait_until([&] { return status_json(name).value("last_crash", json::object()).value("bundle", "") != ""; }, 60s));
+  CHECK(status_json(name)["last_crash"].value("outcome", "") == "rebooted");
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
 }
 
@@ -144,14 +138,14 @@ TEST_CASE("restart: upgrade hands the instance to a new binary, and rolls back w
   std::string name = unique_name("upgrade");
   REQUIRE(run_cli({"run", "--name", name, "--detach", "--verify-window", "2"}).status == 0);
   REQUIRE(wait_until([&] { return armed(name); }, 90s));
-  json first = status_of(name);
+  json first = status_json(name);
 
   auto failed = run_cli({"upgrade", name, "--binary", "/bin/false", "--timeout", "30"}, 120s);
   INFO(failed.err);
   CHECK(failed.status == 1);
   CHECK_THAT(failed.err, Catch::Contains("rolled back"));
   REQUIRE(wait_until([&] { return armed(name); }, 90s));
-  json kept = status_of(name);
+  json kept = status_json(name);
   CHECK(kept.value("supervisor_pid", 0) == first.value("supervisor_pid", -1));
   CHECK(kept.value("vm_pid", 0) == first.value("vm_pid", -1));
   CHECK(kept.value("boot_id", "") == first.value("boot_id", "?"));
@@ -161,7 +155,7 @@ TEST_CASE("restart: upgrade hands the instance to a new binary, and rolls back w
   REQUIRE(upgraded.status == 0);
   CHECK_THAT(upgraded.out, Catch::Contains("took over"));
   REQUIRE(wait_until([&] { return armed(name); }, 90s));
-  json now = status_of(name);
+  json now = status_json(name);
   CHECK(now.value("supervisor_pid", 0) != first.value("supervisor_pid", 0));
   CHECK_FALSE(process_alive(first.value("supervisor_pid", 0)));
   CHECK(now.value("vm_pid", 0) == first.value("vm_pid", -1));
@@ -175,7 +169,7 @@ TEST_CASE("restart: QEMU ending on its own is not a guest power-off", "[integrat
   std::string log = scratch_dir() + "/" + name + ".out";
   pid_t pid = spawn_immortal({"run", "--name", name, "--recovery", "off"}, log);
   REQUIRE(wait_until([&] { return read_file(log).find("is up") != std::string::npos; }, 90s));
-  int vm = status_of(name).value("vm_pid", 0);
+  int vm = status_json(name).value("vm_pid", 0);
   REQUIRE(::kill(vm, SIGKILL) == 0);
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);

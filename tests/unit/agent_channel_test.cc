@@ -195,3 +195,47 @@ SCENARIO("the channel resynchronises after a torn frame, a guest reset or an age
     }
   }
 }
+
+SCENARIO("the host speaks the protocol version each agent says hello in", "[agent]") {
+  Pair p;
+  AgentChannel channel(std::move(p.host));
+  Hello h;
+  h.agent_version = "t";
+  h.kernel_release = "6.1.0-test";
+  h.boot_id = "id";
+  h.hostname = "g";
+  WHEN("an agent of every version this build speaks says hello") {
+    for (std::uint16_t version = kOldestProtocolVersion; version <= kProtocolVersion; ++version) {
+      h.protocol = version;
+      p.guest_sends(encode_frame(MessageType::hello, to_payload(h), version));
+      channel.on_readable();
+      channel.ping();
+      Frame request = p.guest_receives();
+      THEN("requests to it go in its version " << version) {
+        CHECK(channel.protocol() == version);
+        CHECK(request.version == version);
+        CHECK(request.type == MessageType::ping);
+      }
+    }
+  }
+  WHEN("an agent of a version this build does not speak says hello") {
+    h.protocol = kProtocolVersion + 1;
+    std::string frame = encode_frame(MessageType::hello, to_payload(h));
+    frame[4] = static_cast<char>(kProtocolVersion + 1);  // the header's version field
+    p.guest_sends(frame);
+    THEN("the error says which versions this build speaks, and no hello is taken") {
+      CHECK_THROWS_WITH(channel.on_readable(), Catch::Contains("unsupported protocol version " +
+                                                               std::to_string(kProtocolVersion + 1)) &&
+                                               Catch::Contains("this build speaks " + supported_versions()));
+      CHECK_FALSE(channel.hello());
+    }
+  }
+  WHEN("a hello names a version other than its frame's") {
+    h.protocol = kProtocolVersion + 1;
+    p.guest_sends(encode_frame(MessageType::hello, to_payload(h)));
+    THEN("it is refused") {
+      CHECK_THROWS_AS(channel.on_readable(), Error);
+      CHECK_FALSE(channel.hello());
+    }
+  }
+}

@@ -77,6 +77,10 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
   row("State:", s.value("state", ""));
   row("Supervisor PID:", std::to_string(s.value("supervisor_pid", 0)));
   row("VM PID:", fmt::format("{} ({})", s.value("vm_pid", 0), s.value("backend", "?")));
+  std::vector<std::string> capabilities;
+  for (const auto& c : s.value("capabilities", json::array()))
+    if (c.is_string()) capabilities.push_back(c.get<std::string>());
+  row("Capabilities:", capabilities.empty() ? "none" : fmt::format("{}", fmt::join(capabilities, ", ")));
   row("Accelerator:", s.value("accelerator", "") + " (" + s.value("accelerator_reason", "") + ")");
   std::string recovery = s.value("recovery", "?");
   const json& rs = s.value("recovery_state", json::object());

@@ -13,6 +13,7 @@ nlohmann::json instance_status(const StatusSources& from) {
             {"supervisor_pid", ::getpid()},
             {"backend", from.backend},
             {"vm_pid", from.vm_pid},
+            {"capabilities", json::array()},
             {"accelerator", to_string(m.accelerator)},
             {"accelerator_reason", from.accelerator.reason},
             {"recovery", from.recovery_enabled ? "on" : "off"},
@@ -23,6 +24,11 @@ nlohmann::json instance_status(const StatusSources& from) {
             {"runtime_dir", from.runtime_dir},
             {"console_log", m.console_log},
             {"uptime_s", seconds_since(from.started)}};
+  if (const auto& c = from.capabilities) {
+    for (auto [on, what] : {std::pair{c->breakpoints, "breakpoints"}, {c->native_dump, "native_dump"},
+                            {c->shared_ram, "shared_ram"}, {c->attach, "attach"}})
+      if (on) s["capabilities"].push_back(what);
+  }
   if (from.boot_time) s["boot_time_ms"] = from.boot_time->count();
   const AgentChannel* agent = from.agent;
   // A crashed guest's agent cannot answer, even though its channel is still open.
@@ -34,6 +40,7 @@ nlohmann::json instance_status(const StatusSources& from) {
     s["kernel_release"] = h.kernel_release;
     s["boot_id"] = h.boot_id;
     a["version"] = h.agent_version;
+    a["protocol"] = agent->protocol();
   }
   s["agent"] = a;
   if (from.profiles) s["profile"] = from.profiles->status();

@@ -6,6 +6,7 @@
 #include "agent_channel.h"
 #include "base/clock.h"
 #include "guest_state.h"
+#include "machine.h"
 #include "machine_config.h"
 #include "profile_collector.h"
 #include "recovery/crash_bundles.h"
@@ -29,6 +30,7 @@ struct StatusSources {
   std::string runtime_dir, event_log;
   GuestState state = GuestState::starting;
   int vm_pid = 0;                 // the VM's process (0: none)
+  std::optional<Machine::Capabilities> capabilities;  // of the backend (none before the VM is up)
   Clock::time_point started{};
   std::optional<std::chrono::milliseconds> boot_time;
   const AgentChannel* agent = nullptr;
