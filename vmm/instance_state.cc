@@ -15,10 +15,21 @@ namespace immortal::vmm {
 using nlohmann::json;
 
 json machine_config_json(const MachineConfig& c) {
+  json disks = json::array(), nets = json::array();
+  for (const auto& d : c.disks) disks.push_back({{"path", d.path}, {"format", d.format}, {"read_only", d.read_only}});
+  for (const auto& n : c.nets) {
+    json forwards = json::array();
+    for (const auto& f : n.forwards)
+      forwards.push_back({{"protocol", f.protocol}, {"host_address", f.host_address}, {"host_port", f.host_port},
+                          {"guest_port", f.guest_port}});
+    const char* kind = n.kind == NetConfig::Kind::tap ? "tap" : n.kind == NetConfig::Kind::bridge ? "bridge" : "user";
+    nets.push_back({{"kind", kind}, {"host_interface", n.host_interface}, {"forwards", forwards}, {"mac", n.mac}});
+  }
   return {{"name", c.name},         {"kernel", c.kernel},           {"initrd", c.initrd},
           {"append", c.append},     {"memory_bytes", c.memory_bytes}, {"vcpus", c.vcpus},
           {"accelerator", to_string(c.accelerator)}, {"runtime_dir", c.runtime_dir},
-          {"console_log", c.console_log}, {"backend_options", c.backend_options}};
+          {"console_log", c.console_log}, {"backend_options", c.backend_options},
+          {"disks", disks}, {"nets", nets}};
 }
 
 MachineConfig machine_config_from_json(const json& j) {
@@ -33,6 +44,19 @@ MachineConfig machine_config_from_json(const json& j) {
   c.runtime_dir = j.at("runtime_dir").get<std::string>();
   c.console_log = j.at("console_log").get<std::string>();
   c.backend_options = j.value("backend_options", std::map<std::string, std::string>{});
+  for (const auto& d : j.value("disks", json::array()))
+    c.disks.push_back({d.at("path").get<std::string>(), d.at("format").get<std::string>(), d.at("read_only").get<bool>()});
+  for (const auto& n : j.value("nets", json::array())) {
+    NetConfig net;
+    std::string kind = n.at("kind").get<std::string>();
+    net.kind = kind == "tap" ? NetConfig::Kind::tap : kind == "bridge" ? NetConfig::Kind::bridge : NetConfig::Kind::user;
+    net.host_interface = n.at("host_interface").get<std::string>();
+    net.mac = n.at("mac").get<std::string>();
+    for (const auto& f : n.at("forwards"))
+      net.forwards.push_back({f.at("protocol").get<std::string>(), f.at("host_address").get<std::string>(),
+                              f.at("host_port").get<int>(), f.at("guest_port").get<int>()});
+    c.nets.push_back(std::move(net));
+  }
   c.outlives_supervisor = true;
   return c;
 }

@@ -110,6 +110,10 @@ class Machine {
 
   // A byte stream to the guest agent's port (the backend wires the port to the VM).
   virtual UniqueFd connect_agent_channel(Deadline deadline) = 0;
+
+  // Where an interactive client reaches the guest's serial console: a UNIX stream socket that
+  // serves one client at a time (empty: this VM has none, e.g. one started by an older immortal).
+  virtual std::string console_socket() const { return ""; }
 };
 
 }  // namespace immortal::vmm

@@ -22,11 +22,41 @@ struct SharedWindow {
   int pci_slot = 0;
 };
 
+// A disk the guest sees as a virtio block device; the first one is the boot disk.
+struct DiskConfig {
+  std::string path;             // absolute: an image file or a block device
+  std::string format = "raw";   // raw | qcow2
+  bool read_only = false;
+};
+
+// A host port forwarded into the guest (user networking).
+struct PortForward {
+  std::string protocol = "tcp";  // tcp | udp
+  std::string host_address;      // empty: every address
+  int host_port = 0;
+  int guest_port = 0;
+};
+
+// A virtio network interface and what it is plugged into.
+struct NetConfig {
+  enum class Kind { user, tap, bridge };
+  Kind kind = Kind::user;
+  std::string host_interface;       // tap: the tap device; bridge: the bridge
+  std::vector<PortForward> forwards;  // user only
+  std::string mac;                  // 52:54:00:…, stable for the instance
+};
+
+// A disk or interface as `immortal run` takes it (--disk, --net): for status and logs.
+std::string describe(const DiskConfig& disk);
+std::string describe(const NetConfig& net);
+
 struct MachineConfig {
   std::string name;             // instance name, for logs and process titles
-  std::string kernel;           // bzImage
-  std::string initrd;
-  std::string append;           // kernel command line
+  std::string kernel;           // bzImage; empty: firmware boot from the first disk
+  std::string initrd;           // may be empty
+  std::string append;           // kernel command line (with kernel only)
+  std::vector<DiskConfig> disks;
+  std::vector<NetConfig> nets;
   std::uint64_t memory_bytes = 512ull << 20;
   int vcpus = 2;
   Accelerator accelerator = Accelerator::tcg;

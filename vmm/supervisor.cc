@@ -81,8 +81,11 @@ void Supervisor::build_rooms() {
   kernel_ = std::make_unique<LiveKernel>(*machine_, *profile_);
   bundles_ = std::make_unique<CrashBundles>(options_.bundles, m.name, options_.recovery.enabled, events_, say, emit);
   if (options_.recovery.enabled) {
-    MachineConfig vm = m;  // the guest's own kernel, QEMU and accelerator
+    MachineConfig vm = m;  // the guest's own QEMU and accelerator; its kernel unless told otherwise
     vm.name = m.name + "-repair";
+    if (!options_.repair.vm_kernel.empty()) vm.kernel = options_.repair.vm_kernel;
+    vm.disks.clear();  // never the guest's disks or networks: two VMs on one disk corrupt it
+    vm.nets.clear();
     vm.initrd.clear();
     vm.append = "console=ttyS0 quiet panic=-1 rdinit=/init";
     vm.memory_bytes = options_.repair.vm_memory;
@@ -289,7 +292,8 @@ json Supervisor::status() const {
   return instance_status({options_.machine, options_.accelerator, options_.recovery.enabled,
                           machine_ ? machine_->backend() : "", dir_.path(), dir_.file("events.jsonl"), state_.get(),
                           machine_ ? machine_->process_id() : 0,
-                          machine_ ? std::optional(machine_->capabilities()) : std::nullopt, started_, boot_time_, agent_.get(), profile_.get(),
+                          machine_ ? std::optional(machine_->capabilities()) : std::nullopt,
+                          machine_ ? machine_->console_socket() : "", started_, boot_time_, agent_.get(), profile_.get(),
                           recovery_.get(), ledger_, repair_.get(), bundles_.get()});
 }
 

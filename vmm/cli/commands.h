@@ -16,6 +16,8 @@ struct RunOptions {
   bool detach = false;
   bool console = false;
   std::string kernel, initrd, append;
+  std::vector<std::string> disks;  // --disk PATH[,format=qcow2|raw][,readonly], in order (the first boots)
+  std::vector<std::string> nets;   // --net user[,hostfwd=…] | tap=IFNAME | bridge=BR
   std::string memory = "512M";
   int vcpus = 2;
   std::string accel = "auto";
@@ -41,6 +43,7 @@ struct RunOptions {
   int repair_timeout_ms = 5000;
   std::string repair_vm_memory = "384M";
   std::string repair_agent;
+  std::string repair_vm_kernel;
   bool repair_cross_check = false;
 };
 
@@ -63,6 +66,8 @@ int bundle_command(const GlobalOptions& global, const std::string& name, int tim
 int stop_command(const GlobalOptions& global, const std::string& name, bool force, int timeout_s);
 // `immortal attach NAME`: a new supervisor for an instance whose VM runs on without one.
 int attach_command(const GlobalOptions& global, const std::string& name, bool detach);
+// `immortal console NAME`: the serial console on this terminal (Ctrl-] detaches).
+int console_command(const GlobalOptions& global, const std::string& name);
 // `immortal upgrade NAME`: the running supervisor hands the instance to BINARY (upgrade.h).
 int upgrade_command(const GlobalOptions& global, const std::string& name, const std::string& binary, int timeout_s);
 

@@ -120,6 +120,10 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
                                     q.value("address", ""), q.value("crash", 0)));
   row("vCPUs:", std::to_string(s.value("vcpus", 0)));
   row("Memory:", mib(s.value("memory_bytes", json(0))));
+  for (const auto& d : s.value("disks", json::array()))
+    if (d.is_string()) row("Disk:", d.get<std::string>());
+  for (const auto& n : s.value("nets", json::array()))
+    if (n.is_object()) row("Network:", n.value("net", "") + " (MAC " + n.value("mac", "") + ")");
   row("Kernel:", s.value("kernel_release", "-"));
   row("Boot ID:", s.value("boot_id", "-"));
   if (s.contains("boot_time_ms")) row("Boot time:", fmt::format("{:.2f} s", s["boot_time_ms"].get<double>() / 1000));
@@ -127,6 +131,7 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
   row("Agent:", agent_line);
   row("Runtime dir:", s.value("runtime_dir", ""));
   row("Console log:", s.value("console_log", ""));
+  if (!s.value("console_socket", "").empty()) row("Console:", "immortal console " + s.value("name", ""));
   return 0;
 }
 

@@ -31,6 +31,12 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--kernel", run.kernel, "guest kernel (default: the built guest image)");
   run_cmd->add_option("--initrd", run.initrd, "guest initramfs (default: the built guest image)");
   run_cmd->add_option("--append", run.append, "kernel command line (default: console=ttyS0)");
+  run_cmd->add_option("--disk", run.disks,
+                      "a virtio disk: PATH[,format=qcow2|raw][,readonly] (a comma in PATH is ,,); repeatable, the first "
+                      "is the boot disk: without --kernel the guest boots its own boot loader from it");
+  run_cmd->add_option("--net", run.nets,
+                      "a virtio network interface: user[,hostfwd=tcp::HOSTPORT-:GUESTPORT]…, tap=IFNAME or bridge=BRIDGE; "
+                      "repeatable");
   run_cmd->add_option("-m,--memory", run.memory, "guest RAM, e.g. 512M, 2G (default: 512M)");
   run_cmd->add_option("--vcpus", run.vcpus, "number of vCPUs (default: 2)")->check(CLI::Range(1, 64));
   run_cmd->add_option("--accel", run.accel, "auto, kvm or tcg (default: auto, probes KVM's speed)")
@@ -77,6 +83,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(50, 600000));
   run_cmd->add_option("--repair-vm-memory", run.repair_vm_memory, "memory of the repair VM (default: 384M)");
   run_cmd->add_option("--repair-agent", run.repair_agent, "the immortal-repair-agent binary (default: next to immortal)");
+  run_cmd->add_option("--repair-vm-kernel", run.repair_vm_kernel,
+                      "kernel of the repair VM (default: the guest's --kernel, else the built guest image's)");
   run_cmd->add_flag("--repair-cross-check", run.repair_cross_check,
                     "also analyse every crash in the other mode and report whether both agree (event repair-mismatch)");
   run_cmd->add_option("--boot-timeout", run.boot_timeout_s, "seconds to wait for the agent's hello: at start (else the run fails) and after every reboot (else the guest is reset again, with back-off) (default: 60)")
@@ -169,6 +177,9 @@ int main(int argc, char** argv) {
   upgrade_cmd->add_option("--timeout", upgrade_timeout, "seconds for the new supervisor to re-arm interception, else rollback (default: 120)")
       ->check(CLI::Range(10, 3600));
 
+  auto* console_cmd = app.add_subcommand("console", "the guest's serial console on this terminal (Ctrl-] detaches)");
+  console_cmd->add_option("name", name, "instance name")->required();
+
   bool force = false;
   int stop_timeout = 30;
   auto* stop_cmd = app.add_subcommand("stop", "power the guest off and end its supervisor");
@@ -218,6 +229,7 @@ int main(int argc, char** argv) {
     if (*exec_cmd) return exec_command(global, name, command, exec_timeout);
     if (*stop_cmd) return stop_command(global, name, force, stop_timeout);
     if (*attach_cmd) return attach_command(global, name, attach_detach);
+    if (*console_cmd) return console_command(global, name);
     if (*upgrade_cmd) return upgrade_command(global, name, upgrade_binary, upgrade_timeout);
     if (*dump_cmd) return dump_command(global, name, dump_file);
     if (*unquarantine_cmd) return unquarantine_command(global, name, functions, unquarantine_all);

@@ -4,6 +4,7 @@
 #include "base/size.h"
 #include "cli/arguments.h"
 #include "cli/commands.h"
+#include "cli/device_options.h"
 #include "instance.h"
 #include "control/control_channel.h"
 #include "instance_state.h"
@@ -29,12 +30,13 @@ namespace immortal::vmm {
 
 // The `run` options as kept in state.json: a later `attach` reads them back (fields it does not
 // know keep their defaults, so older and newer binaries read each other's).
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunOptions, name, console, kernel, initrd, append, memory, vcpus, accel,
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunOptions, name, console, kernel, initrd, append, disks, nets, memory, vcpus, accel,
                                                 qemu, backend, console_log, boot_timeout_s, recovery, no_recover,
                                                 recovery_limit, hang_timeout_s, verify_timeout_s, verify_window_s,
                                                 quarantine, event_log, bundle_dir, bundle_keep, bundle_max_size,
                                                 bundle_compress, bundle_memory, repair, repair_fallback,
-                                                repair_timeout_ms, repair_vm_memory, repair_agent, repair_cross_check)
+                                                repair_timeout_ms, repair_vm_memory, repair_agent, repair_vm_kernel,
+                                                repair_cross_check)
 
 namespace {
 
@@ -46,6 +48,14 @@ std::string guest_image_dir() {
 }
 
 void resolve_image(RunOptions& o) {
+  if (!o.disks.empty()) {
+    // The operator's own VM: its kernel is the one on its disk (firmware boot), or the one named.
+    if (o.kernel.empty() && !o.initrd.empty())
+      fail(ExitCode::usage, "--initrd needs --kernel (without them the guest boots from its first --disk)");
+    if (o.kernel.empty() && !o.append.empty())
+      fail(ExitCode::usage, "--append needs --kernel (without them the guest boots from its first --disk)");
+    return;
+  }
   if (!o.kernel.empty() && !o.initrd.empty()) return;
   std::string dir = guest_image_dir();
   std::string kernel = dir + "/vmlinuz", initrd = dir + "/initrd.img";
@@ -123,6 +133,20 @@ SupervisorOptions supervisor_options(const RunOptions& o, const MachineConfig& c
   options.repair.vm_memory = parse_memory_size(o.repair_vm_memory, "--repair-vm-memory");
   options.repair.cross_check = o.repair_cross_check;
   options.repair.agent = o.repair_agent;
+  options.repair.vm_kernel = absolute(o.repair_vm_kernel);
+  if (options.repair.vm_kernel.empty() && o.kernel.empty()) {
+    // A guest booted by its firmware: the repair VM runs the built guest image's kernel.
+    std::string image_kernel = guest_image_dir() + "/vmlinuz";
+    if (!guest_image_dir().empty() && ::access(image_kernel.c_str(), R_OK) == 0) {
+      options.repair.vm_kernel = image_kernel;
+    } else if (options.recovery.enabled && options.repair.mode == "vm") {
+      options.repair.mode = "inline";
+      std::cerr << "immortal: no kernel for the repair VM (the guest boots from its disk and there is no built guest "
+                   "image): crashes are analysed inline; name one with --repair-vm-kernel\n";
+    }
+  }
+  if (!options.repair.vm_kernel.empty() && ::access(options.repair.vm_kernel.c_str(), R_OK) != 0)
+    fail(ExitCode::bad_input, "cannot read the repair VM's kernel {}: {}", options.repair.vm_kernel, std::strerror(errno));
   if (options.recovery.enabled) {
     // Fail now, not at the first crash, when the agent is missing.
     std::string agent = find_repair_agent(options.repair.agent);
@@ -224,11 +248,24 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   config.name = o.name;
   config.kernel = o.kernel;
   config.initrd = o.initrd;
-  config.append = o.append.empty() ? "console=ttyS0" : o.append;
+  config.append = config.kernel.empty() ? "" : o.append.empty() ? "console=ttyS0" : o.append;
   config.memory_bytes = parse_memory_size(o.memory);
   config.vcpus = o.vcpus;
   config.backend_options["binary"] = o.qemu;  // the qemu backend's; others ignore it
+  for (const auto& spec : o.disks) {
+    DiskConfig disk = parse_disk_option(spec);
+    check_disk(disk);
+    config.disks.push_back(disk);
+  }
+  for (const auto& spec : o.nets) {
+    NetConfig net = parse_net_option(spec);
+    net.mac = instance_mac(o.name, config.nets.size());
+    config.nets.push_back(net);
+  }
+  o.disks.clear();
+  for (const auto& d : config.disks) o.disks.push_back(describe(d));  // absolute paths and formats, for state.json
   for (const auto* file : {&config.kernel, &config.initrd}) {
+    if (file->empty()) continue;  // firmware boot, or a kernel without initrd
     const char* what = file == &config.kernel ? "kernel" : "initrd";
     struct stat st {};
     if (::stat(file->c_str(), &st) != 0 || ::access(file->c_str(), R_OK) != 0)

@@ -23,7 +23,12 @@ nlohmann::json instance_status(const StatusSources& from) {
             {"initrd", m.initrd},
             {"runtime_dir", from.runtime_dir},
             {"console_log", m.console_log},
+            {"console_socket", from.console_socket},
+            {"disks", json::array()},
+            {"nets", json::array()},
             {"uptime_s", seconds_since(from.started)}};
+  for (const auto& d : m.disks) s["disks"].push_back(describe(d));
+  for (const auto& n : m.nets) s["nets"].push_back({{"net", describe(n)}, {"mac", n.mac}});
   if (const auto& c = from.capabilities) {
     for (auto [on, what] : {std::pair{c->breakpoints, "breakpoints"}, {c->native_dump, "native_dump"},
                             {c->shared_ram, "shared_ram"}, {c->attach, "attach"}})

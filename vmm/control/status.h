@@ -31,6 +31,7 @@ struct StatusSources {
   GuestState state = GuestState::starting;
   int vm_pid = 0;                 // the VM's process (0: none)
   std::optional<Machine::Capabilities> capabilities;  // of the backend (none before the VM is up)
+  std::string console_socket;     // for `immortal console` (empty: none)
   Clock::time_point started{};
   std::optional<std::chrono::milliseconds> boot_time;
   const AgentChannel* agent = nullptr;

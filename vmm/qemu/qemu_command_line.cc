@@ -4,6 +4,7 @@
 #include "protocol/frame.h"
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 namespace immortal::qemu {
 
@@ -42,10 +43,10 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
       "-smp", fmt::format("{}", c.vcpus),
       "-object", fmt::format("memory-backend-file,id=guest-ram,size={},mem-path=/proc/self/fd/{},share=on",
                              c.memory_bytes, ram_fd),
-      "-kernel", c.kernel,
-      "-initrd", c.initrd,
-      "-append", c.append,
-      "-chardev", fmt::format("file,id=console,path={}", c.console_log),
+      // The serial console: a socket `immortal console` connects to, logged to console_log
+      // whether or not anyone is connected (QEMU writes the log itself).
+      "-chardev", fmt::format("socket,id=console,path={},server=on,wait=off,logfile={},logappend=off",
+                              path_in(dir, "console.sock"), c.console_log),
       "-serial", "chardev:console",
       "-chardev", socket("qmp", "qmp.sock"),
       "-mon", "chardev=qmp,mode=control",
@@ -61,6 +62,41 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
       // short. The supervisor pauses the VM itself a moment later.
       "-action", "panic=none",
   };
+  if (!c.kernel.empty()) {
+    args.insert(args.end(), {"-kernel", c.kernel, "-append", c.append});
+    if (!c.initrd.empty()) args.insert(args.end(), {"-initrd", c.initrd});
+  }
+  // Disks as -blockdev JSON: paths need no escaping. With no kernel given, the firmware boots
+  // the first disk's own boot loader.
+  for (std::size_t i = 0; i < c.disks.size(); ++i) {
+    const auto& d = c.disks[i];
+    std::string node = fmt::format("disk{}", i);
+    nlohmann::json blockdev = {{"driver", d.format}, {"node-name", node}, {"read-only", d.read_only},
+                               {"file", {{"driver", d.path.starts_with("/dev/") ? "host_device" : "file"},
+                                         {"filename", d.path}, {"read-only", d.read_only}}}};
+    args.insert(args.end(), {"-blockdev", blockdev.dump(),
+                             "-device", fmt::format("virtio-blk-pci,drive={},serial=immortal-{}{}", node, node,
+                                                    i == 0 && c.kernel.empty() ? ",bootindex=0" : "")});
+  }
+  for (std::size_t i = 0; i < c.nets.size(); ++i) {
+    const auto& n = c.nets[i];
+    std::string id = fmt::format("net{}", i), netdev;
+    switch (n.kind) {
+      case vmm::NetConfig::Kind::user:
+        netdev = "user,id=" + id;
+        for (const auto& f : n.forwards)
+          netdev += fmt::format(",hostfwd={}:{}:{}-:{}", f.protocol, f.host_address, f.host_port, f.guest_port);
+        break;
+      case vmm::NetConfig::Kind::tap:
+        netdev = fmt::format("tap,id={},ifname={},script=no,downscript=no", id, n.host_interface);
+        break;
+      case vmm::NetConfig::Kind::bridge:
+        netdev = fmt::format("bridge,id={},br={}", id, n.host_interface);
+        break;
+    }
+    args.insert(args.end(), {"-netdev", netdev, "-device",
+                             fmt::format("virtio-net-pci,netdev={}{}", id, n.mac.empty() ? "" : ",mac=" + n.mac)});
+  }
   for (const auto& w : c.shared_windows) {
     args.insert(args.end(), {"-object", fmt::format("memory-backend-file,id={},size={},mem-path=/proc/self/fd/{},share=on{}",
                                                     w.id, w.size, w.fd, w.read_only ? ",readonly=on" : ""),

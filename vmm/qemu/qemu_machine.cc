@@ -59,8 +59,10 @@ std::string describe_status(int status) {
 }  // namespace
 
 std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& config, Deadline deadline) {
+  if (config.kernel.empty() && config.disks.empty())
+    fail(ExitCode::bad_input, "nothing to boot: no kernel and no disk");
   for (const auto* file : {&config.kernel, &config.initrd}) {
-    if (::access(file->c_str(), R_OK) != 0)
+    if (!file->empty() && ::access(file->c_str(), R_OK) != 0)
       fail(ExitCode::bad_input, "cannot read {} {}: {}", file == &config.kernel ? "kernel" : "initrd",
            *file, std::strerror(errno));
   }
@@ -378,6 +380,13 @@ void QemuMachine::write_native_dump(const std::string& path) {
   // QEMU adds its own CPU notes and, when the guest registered one, the VMCOREINFO note.
   qmp_->execute("dump-guest-memory", {{"paging", false}, {"protocol", "file:" + path}, {"format", "elf"}},
                 Deadline::in(std::chrono::minutes(10)));
+}
+
+std::string QemuMachine::console_socket() const {
+  // QEMU made it at start; a VM started before consoles were sockets logs to a file only.
+  std::string path = path_in(config_.runtime_dir, "console.sock");
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) ? path : "";
 }
 
 UniqueFd QemuMachine::connect_agent_channel(Deadline deadline) {

@@ -76,6 +76,7 @@ class QemuMachine final : public vmm::Machine {
 
   void write_native_dump(const std::string& path) override;
   UniqueFd connect_agent_channel(Deadline deadline) override;
+  std::string console_socket() const override;
 
  private:
   QemuMachine() = default;

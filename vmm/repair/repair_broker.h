@@ -27,6 +27,9 @@ struct RepairSettings {
   bool cross_check = false;         // also ask the other mode and compare (testing, validation)
   std::string agent;                // --repair-agent (else found next to immortal)
   std::uint64_t vm_memory = 384ull << 20;
+  // The repair VM's kernel when it is not the guest's (a guest booted by its firmware from its
+  // own disk has none we can name). Any x86-64 kernel with PCI serves: it only runs the agent.
+  std::string vm_kernel;
 };
 
 class RepairBroker final : public RepairEngine {

@@ -1,0 +1,25 @@
+#include "machine_config.h"
+
+#include <fmt/format.h>
+
+namespace immortal::vmm {
+
+std::string describe(const DiskConfig& disk) {
+  std::string path;
+  for (char c : disk.path) path += c == ',' ? std::string(",,") : std::string(1, c);
+  return fmt::format("{},format={}{}", path, disk.format, disk.read_only ? ",readonly" : "");
+}
+
+std::string describe(const NetConfig& net) {
+  switch (net.kind) {
+    case NetConfig::Kind::tap: return "tap=" + net.host_interface;
+    case NetConfig::Kind::bridge: return "bridge=" + net.host_interface;
+    case NetConfig::Kind::user: break;
+  }
+  std::string out = "user";
+  for (const auto& f : net.forwards)
+    out += fmt::format(",hostfwd={}:{}:{}-:{}", f.protocol, f.host_address, f.host_port, f.guest_port);
+  return out;
+}
+
+}  // namespace immortal::vmm
