@@ -22,4 +22,10 @@ std::string describe(const NetConfig& net) {
   return out;
 }
 
+std::string boot_hint(const MachineConfig& config) {
+  if (!config.kernel.empty() || config.disks.empty()) return "";
+  return "(no --kernel: the firmware boots the first --disk; is it bootable, with the agent installed and "
+         "console=ttyS0?)\n";
+}
+
 }  // namespace immortal::vmm

@@ -50,6 +50,10 @@ struct NetConfig {
 std::string describe(const DiskConfig& disk);
 std::string describe(const NetConfig& net);
 
+struct MachineConfig;
+// What to check when a guest never came up, for the operator ("" when nothing specific).
+std::string boot_hint(const MachineConfig& config);
+
 struct MachineConfig {
   std::string name;             // instance name, for logs and process titles
   std::string kernel;           // bzImage; empty: firmware boot from the first disk

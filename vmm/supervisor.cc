@@ -140,8 +140,8 @@ void Supervisor::wait_for_hello(bool attaching) {
     if (agent_->closed()) fail(ExitCode::agent, "the guest agent's channel closed during boot");
     if (!agent_->hello() && deadline.expired()) {
       if (!attaching)
-        fail(ExitCode::agent, "the guest agent did not say hello within {} s; last console lines:\n{}",
-             options_.hello_timeout.count() / 1000, console_.last_lines(10));
+        fail(ExitCode::agent, "the guest agent did not say hello within {} s; last console lines:\n{}{}",
+             options_.hello_timeout.count() / 1000, console_.last_lines(10), boot_hint(options_.machine));
       if (state_.is(GuestState::booting)) {
         state_.change(GuestState::running, "attached, the agent silent");
         recovery_->declare_hang(fmt::format("no hello from the guest agent within {} s of attaching",
@@ -289,12 +289,9 @@ void Supervisor::event(const std::string& name, json fields) {
 }
 
 json Supervisor::status() const {
-  return instance_status({options_.machine, options_.accelerator, options_.recovery.enabled,
-                          machine_ ? machine_->backend() : "", dir_.path(), dir_.file("events.jsonl"), state_.get(),
-                          machine_ ? machine_->process_id() : 0,
-                          machine_ ? std::optional(machine_->capabilities()) : std::nullopt,
-                          machine_ ? machine_->console_socket() : "", started_, boot_time_, agent_.get(), profile_.get(),
-                          recovery_.get(), ledger_, repair_.get(), bundles_.get()});
+  return instance_status({options_.machine, options_.accelerator, options_.recovery.enabled, dir_.path(),
+                          dir_.file("events.jsonl"), state_.get(), machine_.get(), started_, boot_time_, agent_.get(),
+                          profile_.get(), recovery_.get(), ledger_, repair_.get(), bundles_.get()});
 }
 
 }  // namespace immortal::vmm

@@ -11,8 +11,8 @@ nlohmann::json instance_status(const StatusSources& from) {
   json s = {{"name", m.name},
             {"state", to_string(from.state)},
             {"supervisor_pid", ::getpid()},
-            {"backend", from.backend},
-            {"vm_pid", from.vm_pid},
+            {"backend", from.vm ? from.vm->backend() : ""},
+            {"vm_pid", from.vm ? from.vm->process_id() : 0},
             {"capabilities", json::array()},
             {"accelerator", to_string(m.accelerator)},
             {"accelerator_reason", from.accelerator.reason},
@@ -23,15 +23,16 @@ nlohmann::json instance_status(const StatusSources& from) {
             {"initrd", m.initrd},
             {"runtime_dir", from.runtime_dir},
             {"console_log", m.console_log},
-            {"console_socket", from.console_socket},
+            {"console_socket", from.vm ? from.vm->console_socket() : ""},
             {"disks", json::array()},
             {"nets", json::array()},
             {"uptime_s", seconds_since(from.started)}};
   for (const auto& d : m.disks) s["disks"].push_back(describe(d));
   for (const auto& n : m.nets) s["nets"].push_back({{"net", describe(n)}, {"mac", n.mac}});
-  if (const auto& c = from.capabilities) {
-    for (auto [on, what] : {std::pair{c->breakpoints, "breakpoints"}, {c->native_dump, "native_dump"},
-                            {c->shared_ram, "shared_ram"}, {c->attach, "attach"}})
+  if (from.vm) {
+    auto c = from.vm->capabilities();
+    for (auto [on, what] : {std::pair{c.breakpoints, "breakpoints"}, {c.native_dump, "native_dump"},
+                            {c.shared_ram, "shared_ram"}, {c.attach, "attach"}})
       if (on) s["capabilities"].push_back(what);
   }
   if (from.boot_time) s["boot_time_ms"] = from.boot_time->count();

@@ -26,12 +26,9 @@ struct StatusSources {
   const MachineConfig& machine;
   const AcceleratorChoice& accelerator;
   bool recovery_enabled = false;
-  std::string backend;            // the Machine backend's name
   std::string runtime_dir, event_log;
   GuestState state = GuestState::starting;
-  int vm_pid = 0;                 // the VM's process (0: none)
-  std::optional<Machine::Capabilities> capabilities;  // of the backend (none before the VM is up)
-  std::string console_socket;     // for `immortal console` (empty: none)
+  const Machine* vm = nullptr;    // none before the VM is up
   Clock::time_point started{};
   std::optional<std::chrono::milliseconds> boot_time;
   const AgentChannel* agent = nullptr;

@@ -1,0 +1,169 @@
+// `immortal run --disk/--net` and `immortal console` on the guest image: a raw and a read-only
+// qcow2 disk, user networking with a port forwarded from the host, the serial console both ways,
+// and a disk the firmware boots by itself (scripts/make-boot-disk).
+#include "instance_json.h"
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+
+using namespace immortal::test;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+extern char** environ;
+
+namespace {
+
+// A TCP port on 127.0.0.1 that nothing listens on now.
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  socklen_t len = sizeof a;
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// GET path from 127.0.0.1:port; the whole response, or "" when nothing answered within 10 s.
+std::string http_get(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    std::string request = "GET " + path + " HTTP/1.0\r\n\r\n";
+    if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      auto deadline = std::chrono::steady_clock::now() + 10s;
+      char buf[4096];
+      while (std::chrono::steady_clock::now() < deadline) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 200) <= 0) continue;
+        ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n <= 0) break;
+        response.append(buf, static_cast<std::size_t>(n));
+      }
+    }
+  }
+  ::close(fd);
+  return response;
+}
+
+pid_t spawn_shell(const std::string& script) {
+  std::string sh = "/bin/sh", c = "-c", body = script;
+  char* argv[] = {sh.data(), c.data(), body.data(), nullptr};
+  pid_t pid = -1;
+  REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, argv, environ) == 0);
+  return pid;
+}
+
+bool exited(pid_t pid) {
+  int status = 0;
+  return ::waitpid(pid, &status, WNOHANG) == pid;
+}
+
+}  // namespace
+
+TEST_CASE("devices: a raw and a read-only qcow2 disk, a forwarded port and the serial console",
+          "[integration][devices]") {
+  std::string dir = scratch_dir();
+  std::string raw = dir + "/data.img", qcow2 = dir + "/base.qcow2";
+  {
+    std::ofstream out(raw, std::ios::binary);
+    out << "IMMORTAL-RAW-DISK" << std::string((16 << 20) - 17, '\0');
+  }
+  REQUIRE(run_shell("qemu-img create -q -f qcow2 '" + qcow2 + "' 8M && echo made").find("made") != std::string::npos);
+  std::string name = unique_name("devices");
+  int port = free_port();
+  // With --disk, the kernel is the disk's unless named: here the guest image's, its disks data only.
+  auto run = run_cli({"run", "--name", name, "--detach", "--recovery", "off", "--kernel", guest_dir() + "/vmlinuz",
+                      "--initrd", guest_dir() + "/initrd.img", "--disk", raw, "--disk", qcow2 + ",readonly",
+                      "--net", "user,hostfwd=tcp:127.0.0.1:" + std::to_string(port) + "-:8080"});
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+
+  json s = status_json(name);
+  CHECK(s["disks"] == json::array({raw + ",format=raw", qcow2 + ",format=qcow2,readonly"}));
+  REQUIRE(s["nets"].size() == 1);
+  CHECK(s["nets"][0]["net"] == "user,hostfwd=tcp:127.0.0.1:" + std::to_string(port) + "-:8080");
+
+  // The guest sees both disks, in order, the second read-only; it writes to the first.
+  CHECK(guest_sh(name, "head -c 17 /dev/vda").out == "IMMORTAL-RAW-DISK");
+  CHECK(guest_sh(name, "cat /sys/block/vdb/ro").out == "1\n");
+  CHECK(guest_sh(name, "printf WRITTEN-BY-GUEST | dd of=/dev/vda bs=4096 seek=1 conv=fsync 2>/dev/null && echo ok").out ==
+        "ok\n");
+  CHECK(guest_sh(name, "printf x | dd of=/dev/vdb conv=fsync 2>/dev/null && echo written").out != "written\n");
+
+  // A service in the guest answers the host through the forwarded port.
+  REQUIRE(wait_until([&] { return guest_sh(name, "ip -4 addr show eth0").out.find("10.0.2.15") != std::string::npos; }, 60s));
+  REQUIRE(guest_sh(name, "mkdir -p /tmp/www && echo served-by-the-guest > /tmp/www/index.html && httpd -p 8080 -h /tmp/www")
+              .status == 0);
+  std::string page;
+  CHECK(wait_until([&] { return (page = http_get(port, "/index.html")).find("served-by-the-guest") != std::string::npos; },
+                   60s));
+  INFO(page);
+  CHECK(page.find("200 OK") != std::string::npos);
+
+  // The console: what is typed reaches the guest's serial line (its echo comes back), what the
+  // guest writes there reaches the session; one session at a time.
+  std::string session_out = dir + "/" + name + "-console.out", done_flag = dir + "/" + name + "-console.done";
+  pid_t session = spawn_shell("(printf 'typed-into-the-console\\n'; while [ ! -e '" + done_flag +
+                              "' ]; do sleep 0.2; done) | '" IMMORTAL_BINARY "' console " + name + " > '" + session_out +
+                              "' 2>&1");
+  CHECK(wait_until([&] { return read_file(session_out).find("typed-into-the-console") != std::string::npos; }, 30s));
+  auto second = run_cli({"console", name});
+  CHECK(second.status != 0);
+  CHECK_THAT(second.err, Catch::Contains("another console session"));
+  CHECK(guest_sh(name, "echo written-by-the-guest > /dev/ttyS0").status == 0);
+  CHECK(wait_until([&] { return read_file(session_out).find("written-by-the-guest") != std::string::npos; }, 30s));
+  std::ofstream(done_flag) << "";
+  CHECK(wait_until([&] { return exited(session); }, 30s));
+  // The log has everything, from the first line of boot, whether or not a session was open.
+  std::string log = read_file(s.value("console_log", ""));
+  CHECK(log.find("rcS: guest ready") != std::string::npos);
+  CHECK(log.find("written-by-the-guest") != std::string::npos);
+
+  CHECK(run_cli({"stop", name}).status == 0);
+  // What the guest wrote is on the host's file.
+  std::ifstream in(raw, std::ios::binary);
+  std::string head(4096 + 16, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  CHECK(head.substr(4096, 16) == "WRITTEN-BY-GUEST");
+}
+
+TEST_CASE("devices: without --kernel the firmware boots the disk's own boot loader, and a crash is recovered",
+          "[integration][devices]") {
+  std::string disk = scratch_dir() + "/boot.img";
+  std::string made = run_shell(IMMORTAL_SOURCE_ROOT "/scripts/make-boot-disk '" + disk + "' --kernel '" + guest_dir() + "/vmlinuz' --initrd '" +
+                               guest_dir() + "/initrd.img' --append console=ttyS0 2>&1 && echo made");
+  INFO(made);
+  REQUIRE(made.find("made") != std::string::npos);
+  std::string name = unique_name("firmware");
+  auto run = run_cli({"run", "--name", name, "--detach", "--disk", disk, "--verify-window", "2"});
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  json s = status_json(name);
+  CHECK(s["kernel"] == "");
+  std::string boot = s.value("boot_id", "");
+  CHECK(guest_sh(name, "cat /proc/cmdline").out.find("BOOT_IMAGE=vmlinuz") != std::string::npos);  // SYSLINUX's
+  REQUIRE(wait_until([&] { return status_json(name).value("recovery_state", json::object()).value("armed", false); }, 60s));
+  inject(name, "null-deref");
+  CHECK(wait_until([&] { return recovery_count(status_json(name), "recovered") == 1; }, 120s));
+  CHECK(status_json(name).value("boot_id", "") == boot);
+  CHECK(run_cli({"stop", name}).status == 0);
+}
