@@ -206,13 +206,15 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
   for (const auto& r : bundles_->poll())
     if (r.reason == "crash" && !r.path.empty()) ledger_.bundle_written(r.crash, r.path);
   if (repair_) repair_->poll();
+  // Commands first, the agent after: a long command (a first `ps` opening the kernel view) must
+  // not leave the heartbeats that came meanwhile unread when the hang check runs next.
+  control_->serve(fds, [this](ControlRequest request) { dispatch_command(std::move(request), *commands_); });
   try {
     agent_->on_readable();
   } catch (const Error& e) {
     if (agent_errors_are_fatal) throw;
     options_.say(e.what());  // the guest keeps running; status shows the agent as gone
   }
-  control_->serve(fds, [this](ControlRequest request) { dispatch_command(std::move(request), *commands_); });
 }
 
 void Supervisor::handle_signals() {

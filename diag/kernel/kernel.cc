@@ -84,11 +84,28 @@ std::uint64_t Kernel::symbol(const std::string& name) const {
   return *a;
 }
 
+namespace {
+
+// Linux 6.2 moved current_task, __preempt_count and cpu_number into the per-CPU struct
+// pcpu_hot: everything else asks for them by their own names, found here from the struct's
+// layout (BTF), so that one code path reads both generations.
+void alias_pcpu_hot(SymbolTable& symbols, const TypeInfo& types) {
+  auto hot = symbols.percpu_offset("pcpu_hot");
+  if (!hot) return;
+  for (auto [name, field] : {std::pair{"current_task", "current_task"}, {"__preempt_count", "preempt_count"},
+                             {"cpu_number", "cpu_number"}, {"cpu_current_top_of_stack", "top_of_stack"}})
+    if (!symbols.percpu_offset(name))
+      if (auto f = types.field("pcpu_hot", field)) symbols.add_percpu(name, *hot + f->byte_offset());
+}
+
+}  // namespace
+
 std::unique_ptr<Kernel> Kernel::assemble(const PhysicalMemory& memory, KernelLayout layout, SymbolTable symbols,
                                          std::unique_ptr<TypeInfo> types, std::string release) {
   std::unique_ptr<Kernel> k(new Kernel);
   k->symbols_ = std::move(symbols);
   k->types_ = std::move(types);
+  if (k->types_) alias_pcpu_hot(k->symbols_, *k->types_);
   k->release_ = std::move(release);
   k->memory_ = std::make_unique<KernelMemory>(memory, layout);
   return k;
@@ -100,6 +117,7 @@ std::unique_ptr<Kernel> Kernel::open(const PhysicalMemory& memory, const GuestPr
   k->symbols_ = SymbolTable::from_kallsyms(profile.kallsyms);
   if (k->symbols_.size() == 0) fail(ExitCode::bad_input, "the profile has no kernel symbols");
   k->types_ = types ? std::move(types) : BtfTypes::parse(profile.btf_vmlinux);
+  alias_pcpu_hot(k->symbols_, *k->types_);
   k->release_ = profile.kernel_release;
   if (const auto* btf = dynamic_cast<const BtfTypes*>(k->types_.get()))
     for (const auto& [module, raw] : profile.btf_modules) k->returns_[module] = btf->function_returns(raw);

@@ -9,14 +9,26 @@
 
 namespace immortal {
 
+struct AddressRange {
+  std::uint64_t begin = 0, end = 0;  // [begin, end)
+  bool empty() const { return end <= begin; }
+  std::uint64_t size() const { return empty() ? 0 : end - begin; }
+  bool contains(std::uint64_t a, std::uint64_t n = 1) const { return a >= begin && n <= size() && a - begin <= size() - n; }
+};
+
+// Where a module lies. Linux 6.1 keeps its core in one block (core_layout: text, read-only data,
+// ro_after_init data, data); 6.4 gives each part its own allocation (module.mem[]). Both read
+// into this shape, from the kernel's own struct layouts (BTF).
 struct ModuleInfo {
   std::uint64_t address = 0;  // struct module *
   std::string name;
   std::string state;          // live, coming, going, unformed
-  std::uint64_t base = 0;     // core_layout: text first, then read-only and writable data
-  std::uint64_t size = 0;
+  std::uint64_t base = 0;     // the core text: [base, base + text_size)
   std::uint64_t text_size = 0;
-  std::uint64_t ro_size = 0;  // text and read-only data: [base, base + ro_size)
+  std::uint64_t size = 0;     // the whole core, text and data (as /proc/modules counts it)
+  AddressRange rodata, ro_after_init, data;  // the core's other parts (each may be empty)
+  bool layout_sane = true;    // the parts' bounds as read were in order (else clamped into the core)
+  std::vector<AddressRange> non_text() const;
   // init_layout: the __init code, freed once the module's init function returned (0 then).
   std::uint64_t init_base = 0;
   std::uint64_t init_text_size = 0;

@@ -21,7 +21,13 @@ constexpr std::uint64_t kRegsBp = 4 * 8, kRegsIp = 16 * 8, kRegsSp = 19 * 8;
 constexpr std::uint64_t kMaxOrcEntries = 1 << 22;
 constexpr std::uint64_t kUserSpaceEnd = 0x0000800000000000ull;
 
-OrcEntry decode(const std::uint8_t* p) {
+// Linux 6.4 widened the type to 3 bits (type:3, signal:1 instead of type:2, end:1) and made
+// "undefined" and "end of stack" types of their own, numbering the others after them.
+constexpr std::uint8_t kType64Undefined = 0, kType64EndOfStack = 1, kType64Call = 2, kType64Regs = 3,
+                       kType64RegsPartial = 4;
+
+// One packed struct orc_entry, in the unwinder's 6.1 terms whatever the layout.
+OrcEntry decode(const std::uint8_t* p, bool layout_6_4) {
   OrcEntry e;
   std::memcpy(&e.sp_offset, p, 2);
   std::memcpy(&e.bp_offset, p + 2, 2);
@@ -29,8 +35,19 @@ OrcEntry decode(const std::uint8_t* p) {
   std::memcpy(&bits, p + 4, 2);
   e.sp_reg = bits & 0xf;
   e.bp_reg = (bits >> 4) & 0xf;
-  e.type = (bits >> 8) & 0x3;
-  e.end = (bits >> 10) & 0x1;
+  if (!layout_6_4) {
+    e.type = (bits >> 8) & 0x3;
+    e.end = (bits >> 10) & 0x1;
+    return e;
+  }
+  switch ((bits >> 8) & 0x7) {
+    case kType64Undefined: e.sp_reg = kRegUndefined; e.end = false; break;
+    case kType64EndOfStack: e.sp_reg = kRegUndefined; e.end = true; break;
+    case kType64Call: e.type = kTypeCall; break;
+    case kType64Regs: e.type = kTypeRegs; break;
+    case kType64RegsPartial: e.type = kTypeRegsPartial; break;
+    default: e.type = 0xff; break;  // reported as an unknown frame type
+  }
   return e;
 }
 
@@ -48,7 +65,9 @@ OrcUnwinder::Table OrcUnwinder::load(std::uint64_t ip_table, std::uint64_t orc_t
   std::vector<std::uint8_t> raw(count * 6);
   kernel_.memory().read(orc_table, std::as_writable_bytes(std::span(raw)));
   t.entries.reserve(count);
-  for (std::uint64_t i = 0; i < count; ++i) t.entries.push_back(decode(raw.data() + i * 6));
+  // Which struct orc_entry this kernel has, from its BTF: "signal" came with 6.4's layout.
+  bool layout_6_4 = kernel_.types().field("orc_entry", "signal").has_value();
+  for (std::uint64_t i = 0; i < count; ++i) t.entries.push_back(decode(raw.data() + i * 6, layout_6_4));
   return t;
 }
 

@@ -29,6 +29,8 @@ class SymbolTable {
   std::optional<std::uint64_t> address_of(const std::string& name) const;
   // The per-CPU offset of a per-CPU variable (e.g. "current_task").
   std::optional<std::uint64_t> percpu_offset(const std::string& name) const;
+  // A per-CPU variable known by another route than kallsyms (a field of a per-CPU struct).
+  void add_percpu(const std::string& name, std::uint64_t offset) { percpu_.emplace(name, offset); }
   // The symbol at or below address, if address is plausibly inside it (before the next symbol).
   const Symbol* lookup(std::uint64_t address) const;
   // The address of name as defined by one module ("" = the kernel image): static functions of

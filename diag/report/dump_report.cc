@@ -1,5 +1,7 @@
 #include "report/dump_report.h"
 
+#include "kernel/kernel_support.h"
+
 #include "base/error.h"
 #include "kernel/backtrace.h"
 #include "kernel/kernel.h"
@@ -68,6 +70,10 @@ json build_dump_report(const DiagOptions& o) {
                  {"warnings", kernel->warnings()},
                  {"memory", {{"bytes", core->total_size()}, {"missing_ranges", core->missing().size()}}}};
   if (!core->vmcoreinfo()) report["warnings"].push_back("the dump has no VMCOREINFO note");
+  // What of this kernel release the readers understand; what they do not is said, not guessed.
+  KernelSupport support = check_kernel_support(*kernel);
+  report["kernel_support"] = support.summary();
+  for (const auto& m : support.missing()) report["warnings"].push_back("not understood in this kernel: " + m);
   report["symbols_from"] = from_memory ? "the dump's own kallsyms and BTF" : "profile " + o.profile;
 
   section(report, "taint", [&] { report["taint"] = taint_string(read_taint_mask(*kernel)); });

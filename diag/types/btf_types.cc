@@ -164,6 +164,19 @@ std::optional<std::uint64_t> BtfTypes::struct_size(const std::string& name) cons
   return static_cast<std::uint64_t>(size);
 }
 
+std::optional<std::int64_t> BtfTypes::enumerator(const std::string& name) const {
+  for (__u32 id = 1; id < btf__type_cnt(btf_); ++id) {
+    const btf_type* t = btf__type_by_id(btf_, id);
+    if (!t || !btf_is_enum(t)) continue;  // 32-bit enums: every enum the readers need
+    const struct btf_enum* e = btf_enum(t);
+    for (__u16 i = 0; i < btf_vlen(t); ++i, ++e) {
+      const char* n = btf__name_by_offset(btf_, e->name_off);
+      if (n && name == n) return static_cast<std::int64_t>(e->val);
+    }
+  }
+  return std::nullopt;
+}
+
 std::optional<FieldInfo> BtfTypes::field(const std::string& struct_name, const std::string& path) const {
   __s32 id = find_composite(btf_, struct_name);
   if (id < 0) return std::nullopt;

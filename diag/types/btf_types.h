@@ -24,6 +24,7 @@ class BtfTypes final : public TypeInfo {
 
   std::optional<std::uint64_t> struct_size(const std::string& name) const override;
   std::optional<FieldInfo> field(const std::string& struct_name, const std::string& path) const override;
+  std::optional<std::int64_t> enumerator(const std::string& name) const override;
   std::size_t type_count() const;
   // What each function of split BTF over these types (a module's BTF, as
   // /sys/kernel/btf/<module> has it) returns; empty when it cannot be parsed.

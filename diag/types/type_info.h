@@ -23,6 +23,8 @@ class TypeInfo {
   // path: "pid", "tasks.next", "core_layout.base"; members of anonymous unions/structs are
   // found as if they were direct members, as in C.
   virtual std::optional<FieldInfo> field(const std::string& struct_name, const std::string& path) const = 0;
+  // The value of a C enumerator (e.g. MOD_TEXT), where the description has enums.
+  virtual std::optional<std::int64_t> enumerator(const std::string& name) const { (void)name; return std::nullopt; }
 
   // The same, throwing Error(ExitCode::bad_input) naming the missing piece.
   FieldInfo require_field(const std::string& struct_name, const std::string& path) const;

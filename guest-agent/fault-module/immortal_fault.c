@@ -292,7 +292,7 @@ static const struct file_operations immortal_fault_fops = {
 	.owner = THIS_MODULE,
 	.write = immortal_fault_write,
 	.read = immortal_fault_read,
-	.llseek = no_llseek,
+	.llseek = noop_llseek,	/* no_llseek is gone in 6.12 */
 };
 
 static struct miscdevice immortal_fault_device = {

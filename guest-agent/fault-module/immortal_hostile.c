@@ -185,7 +185,7 @@ static ssize_t immortal_hostile_write(struct file *file, const char __user *buf,
 static const struct file_operations immortal_hostile_fops = {
 	.owner = THIS_MODULE,
 	.write = immortal_hostile_write,
-	.llseek = no_llseek,
+	.llseek = noop_llseek,	/* no_llseek is gone in 6.12 */
 };
 
 static struct miscdevice immortal_hostile_device = {

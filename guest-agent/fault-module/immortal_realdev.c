@@ -65,6 +65,7 @@
 #include <linux/spinlock.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
+#include <linux/version.h>
 
 #define REALDEV_NAME "immortal-realdev"
 #define REALDEV_MAX_WRITE 64
@@ -628,7 +629,7 @@ static const struct file_operations realdev_fops = {
 	.owner = THIS_MODULE,
 	.write = realdev_write,
 	.read = realdev_read,
-	.llseek = no_llseek,
+	.llseek = noop_llseek,	/* no_llseek is gone in 6.12 */
 };
 
 /* A sysfs attribute: the kernel calls store() holding the open file's kernfs mutex. */
@@ -685,14 +686,14 @@ static ssize_t realdev_elsewhere_read(struct file *file, char __user *buf, size_
 static const struct file_operations realdev_elsewhere_fops = {
 	.owner = THIS_MODULE,
 	.read = realdev_elsewhere_read,
-	.llseek = no_llseek,
+	.llseek = noop_llseek,	/* no_llseek is gone in 6.12 */
 };
 
 static const struct file_operations realdev_debugfs_fops = {
 	.owner = THIS_MODULE,
 	.open = simple_open,
 	.write = realdev_debugfs_write,
-	.llseek = no_llseek,
+	.llseek = noop_llseek,	/* no_llseek is gone in 6.12 */
 };
 
 /* A net device: the kernel calls ndo_change_mtu() under rtnl_lock(). */
@@ -893,7 +894,15 @@ err_irq:
 	return ret;
 }
 
-static int realdev_remove(struct platform_device *pdev)
+/* Linux 6.11 made a platform driver's remove() return nothing. */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0)
+#define REALDEV_REMOVE_RETURNS void
+#define REALDEV_REMOVE_DONE return
+#else
+#define REALDEV_REMOVE_RETURNS int
+#define REALDEV_REMOVE_DONE return 0
+#endif
+static REALDEV_REMOVE_RETURNS realdev_remove(struct platform_device *pdev)
 {
 	struct realdev *rd = platform_get_drvdata(pdev);
 
@@ -907,7 +916,7 @@ static int realdev_remove(struct platform_device *pdev)
 	tasklet_kill(&rd->tasklet);
 	rcu_barrier();	/* no callback of ours may run after the devm state is freed */
 	misc_deregister(&rd->misc);
-	return 0;
+	REALDEV_REMOVE_DONE;
 }
 
 static struct platform_driver realdev_driver = {

@@ -57,6 +57,12 @@ const HealthyRegion* HealthyImage::find(std::uint64_t address, std::uint64_t n) 
   return nullptr;
 }
 
+ModuleLayout layout_of(const ModuleInfo& module) {
+  ModuleLayout l{module.name, module.base, module.size, module.text_size, {}};
+  for (const auto& r : module.non_text()) l.data.emplace_back(r.begin, r.end);
+  return l;
+}
+
 const ModuleLayout* HealthyImage::module(const std::string& name) const {
   for (const auto& m : modules)
     if (m.name == name) return &m;
@@ -85,10 +91,10 @@ HealthyImage capture_healthy_image(const Kernel& kernel, const std::string& take
   ModuleList modules = read_modules(kernel);
   for (const auto& m : modules.modules) {
     if (m.state != "live" || !m.base || m.text_size > m.size) continue;
-    image.modules.push_back({m.name, m.base, m.size, m.text_size});
+    image.modules.push_back(layout_of(m));
     add_region(kernel, image, m.name + " text", "text", m.name, m.base, m.base + m.text_size);
-    if (m.ro_size > m.text_size && m.ro_size <= m.size)
-      add_region(kernel, image, m.name + " rodata", "rodata", m.name, m.base + m.text_size, m.base + m.ro_size);
+    if (!m.rodata.empty() && m.rodata.size() <= m.size)
+      add_region(kernel, image, m.name + " rodata", "rodata", m.name, m.rodata.begin, m.rodata.end);
   }
   if (image.total_bytes() > kMaxTotal) fail(ExitCode::bad_input, "the kernel's text is larger than {} MiB", kMaxTotal >> 20);
   return image;
@@ -109,8 +115,12 @@ void HealthyImage::save(const std::string& dir) const {
   if (!blob) fail(ExitCode::failure, "cannot write {}/healthy.bin", dir);
   index["regions"] = list;
   nlohmann::json mods = nlohmann::json::array();
-  for (const auto& m : modules)
-    mods.push_back({{"name", m.name}, {"base", fmt::format("{:#x}", m.base)}, {"size", m.size}, {"text_size", m.text_size}});
+  for (const auto& m : modules) {
+    nlohmann::json data = nlohmann::json::array();
+    for (const auto& [begin, end] : m.data) data.push_back({fmt::format("{:#x}", begin), fmt::format("{:#x}", end)});
+    mods.push_back({{"name", m.name}, {"base", fmt::format("{:#x}", m.base)}, {"size", m.size}, {"text_size", m.text_size},
+                    {"data", data}});
+  }
   index["modules"] = mods;
   std::ofstream out(dir + "/healthy.json", std::ios::trunc);
   out << index.dump(1) << "\n";
@@ -160,8 +170,20 @@ HealthyImage HealthyImage::load(const std::string& dir) {
       if (!m.is_object() || !m.contains("base") || !m.value("size", nlohmann::json()).is_number_unsigned() ||
           !m.value("text_size", nlohmann::json()).is_number_unsigned())
         fail(ExitCode::bad_input, "{}/healthy.json: a module without its layout", dir);
-      image.modules.push_back({m.value("name", ""), parse_address(m["base"]), m["size"].get<std::uint64_t>(),
-                               m["text_size"].get<std::uint64_t>()});
+      ModuleLayout l{m.value("name", ""), parse_address(m["base"]), m["size"].get<std::uint64_t>(),
+                     m["text_size"].get<std::uint64_t>(), {}};
+      const auto& data = m.value("data", nlohmann::json());
+      if (data.is_array() && data.size() <= 8) {
+        for (const auto& r : data) {
+          if (!r.is_array() || r.size() != 2) fail(ExitCode::bad_input, "{}/healthy.json: a bad data range", dir);
+          std::uint64_t begin = parse_address(r[0]), end = parse_address(r[1]);
+          if (end < begin) fail(ExitCode::bad_input, "{}/healthy.json: a data range ends before it begins", dir);
+          l.data.emplace_back(begin, end);
+        }
+      } else if (l.size > l.text_size && l.base + l.size > l.base) {
+        l.data.emplace_back(l.base + l.text_size, l.base + l.size);  // the one block of Linux 6.1
+      }
+      image.modules.push_back(std::move(l));
     }
   return image;
 }

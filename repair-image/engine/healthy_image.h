@@ -5,6 +5,7 @@
 #pragma once
 
 #include "kernel/kernel.h"
+#include "kernel/modules.h"
 
 #include <cstdint>
 #include <string>
@@ -27,8 +28,17 @@ struct HealthyRegion {
 // uses these instead of reading the crashed guest's module list).
 struct ModuleLayout {
   std::string name;
-  std::uint64_t base = 0, size = 0, text_size = 0;
+  std::uint64_t base = 0, size = 0, text_size = 0;  // the text: [base, base + text_size)
+  // The rest of the module's core, [begin, end) each: one block after the text in Linux 6.1
+  // ([base + text_size, base + size)), separate allocations from 6.4.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> data;
+  bool in_data(std::uint64_t a, std::uint64_t n) const {
+    for (const auto& [begin, end] : data)
+      if (a >= begin && n <= end - begin && a - begin <= end - begin - n) return true;
+    return false;
+  }
 };
+ModuleLayout layout_of(const ModuleInfo& module);
 
 struct HealthyImage {
   std::string release;

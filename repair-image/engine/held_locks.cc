@@ -690,8 +690,10 @@ LockSearch Search::run() {
   } catch (const std::exception& e) {
     out_.notes.push_back(std::string("the module list is unreadable: ") + e.what());
   }
-  for (const auto& m : modules.modules)
-    if (m.ro_size && m.ro_size <= m.size) code_ranges_.emplace_back(m.base, m.base + m.ro_size);
+  for (const auto& m : modules.modules) {
+    if (m.text_size) code_ranges_.emplace_back(m.base, m.base + m.text_size);
+    if (!m.rodata.empty()) code_ranges_.emplace_back(m.rodata.begin, m.rodata.end);
+  }
 
   // The crashing path: from the fault to the kernel entry (process context) or to the
   // dispatcher that called the callback; its stack from the fault's stack pointer up.
@@ -731,8 +733,9 @@ LockSearch Search::run() {
     objects_ = objects.size();
     scan_for_owner(stack_low_, stack_high_ - stack_low_, "the crashing stack", nullptr);
     for (const auto& m : modules.modules)
-      if (m.size > m.ro_size && m.size - m.ro_size <= (64ull << 20))
-        scan_for_owner(m.base + m.ro_size, m.size - m.ro_size, "the data of module " + m.name, nullptr);
+      for (const auto& r : {m.ro_after_init, m.data})
+        if (!r.empty() && r.size() <= (64ull << 20))
+          scan_for_owner(r.begin, r.size(), "the data of module " + m.name, nullptr);
     if (auto lo = symbols.address_of("_sdata"), hi = symbols.address_of("_edata"); lo && hi && *lo < *hi)
       scan_for_owner(*lo, *hi - *lo, "the kernel's data", nullptr);
   }

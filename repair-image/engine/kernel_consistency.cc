@@ -36,10 +36,10 @@ std::vector<std::string> check_kernel_consistency(const Kernel& kernel) {
     for (const auto& m : mods.modules) {
       if (!printable_name(m.name) || m.name.size() >= name_size)
         problems.push_back(fmt::format("the module at {:#x} has no proper name", m.address));
-      else if (m.state == "live" && (m.size > kMaxModuleSize || m.text_size > m.size || m.ro_size > m.size ||
-                                     (m.ro_size && m.ro_size < m.text_size) || m.base + m.size < m.base))
-        problems.push_back(fmt::format("module {} has an impossible layout (size {:#x}, text {:#x}, read-only {:#x})",
-                                       m.name, m.size, m.text_size, m.ro_size));
+      else if (m.state == "live" && (m.size > kMaxModuleSize || m.text_size > m.size || !m.layout_sane ||
+                                     m.base + m.size < m.base))
+        problems.push_back(fmt::format("module {} has an impossible layout (size {:#x}, text {:#x}, read-only end {:#x})",
+                                       m.name, m.size, m.text_size, m.rodata.end ? m.rodata.end - m.base : 0));
       if (problems.size() > 8) break;
     }
   } catch (const std::exception& e) {

@@ -196,7 +196,10 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
 std::vector<std::uint64_t> driver_entry_points(const Kernel& kernel, const ModuleInfo& mod) {
   std::vector<std::uint64_t> out;
   const ModuleInfo* m = &mod;
-  if (m->size <= m->text_size || m->size > (64u << 20)) return out;
+  auto ranges = m->non_text();
+  std::uint64_t total = 0;
+  for (const auto& r : ranges) total += r.size();
+  if (ranges.empty() || total > (64u << 20)) return out;
   const auto& t = kernel.types();
   std::uint64_t init = 0, exit = 0;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> tables;  // [start, end) not to look in
@@ -214,17 +217,17 @@ std::vector<std::uint64_t> driver_entry_points(const Kernel& kernel, const Modul
   } catch (const std::exception&) {
     return out;  // without knowing its tables every function would look like an entry point
   }
-  std::vector<std::uint64_t> words((m->size - m->text_size) / 8);
-  std::uint64_t start = (m->base + m->text_size + 7) & ~7ull;
-  for (std::size_t i = 0; i < words.size(); ++i) {
-    try {
-      words[i] = kernel.memory().read_u64(start + 8 * i);
-    } catch (const MemoryFault&) {
-      words[i] = 0;
+  // Every aligned word of the module's data and read-only data, with its address.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> words;  // address, value
+  for (const auto& r : ranges)
+    for (std::uint64_t at = (r.begin + 7) & ~7ull; at + 8 <= r.end; at += 8) {
+      try {
+        words.emplace_back(at, kernel.memory().read_u64(at));
+      } catch (const MemoryFault&) {
+      }
     }
-  }
-  for (std::size_t i = 0; i < words.size(); ++i) {
-    std::uint64_t w = words[i], at = start + 8 * i;
+  for (const auto& word : words) {
+    std::uint64_t at = word.first, w = word.second;
     if (w < m->base || w >= m->base + m->text_size || w == init || w == exit) continue;
     if (std::any_of(tables.begin(), tables.end(), [&](const auto& r) { return at >= r.first && at < r.second; })) continue;
     const Symbol* s = kernel.symbols().lookup(w);

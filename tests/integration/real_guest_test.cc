@@ -183,3 +183,59 @@ TEST_CASE("real guest: a Debian 12 VM with systemd, a web service and fsynced re
   CHECK(r.last >= later);
   ::unlink(disk.c_str());
 }
+
+// Not in CI yet (its image build and boot would take CI past its budget): run it with
+//   scripts/build-real-guest trixie
+//   IMMORTAL_REAL_GUEST_trixie=build/real-guest-trixie build-san/tests/integration-tests "[real-guest-trixie]"
+TEST_CASE("real guest: Debian 13 (Linux 6.12): profile, the host's views of its kernel, a recovered crash and its bundle",
+          "[.][integration][real-guest-trixie]") {
+  std::string image = real_guest_dir("trixie");
+  std::string disk = scratch_dir() + "/" + unique_name("trixie") + ".qcow2";
+  REQUIRE(run_shell("qemu-img create -q -f qcow2 -F qcow2 -b '" + image + "/disk.qcow2' '" + disk + "' && echo ok")
+              .find("ok") != std::string::npos);
+  std::string name = unique_name("trixie");
+  auto run = run_cli({"run", "--name", name, "--detach", "--memory", "1G", "--boot-timeout", "300", "--verify-window", "3",
+                      "--disk", disk},
+                     std::chrono::seconds(400));
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  json s;
+  // The first status may wait behind the profile of a big kernel (200 000 symbols).
+  REQUIRE(wait_until([&] { return !(s = status_json(name)).value("boot_id", "").empty(); }, 120s));
+  CHECK(s.value("kernel_release", "").starts_with("6.12."));
+  std::string boot = s.value("boot_id", "");
+  REQUIRE(wait_until([&] { return status_json(name).value("recovery_state", json::object()).value("armed", false); }, 180s));
+  // What the kernel is made of, as the supervisor understood it.
+  json support = last_event_of(name, "kernel-support");
+  INFO(support.dump());
+  CHECK(support.value("missing", json::array()).empty());
+  CHECK_THAT(support.value("understood", ""), Catch::Contains("pcpu_hot") && Catch::Contains("mem[]"));
+
+  // The host's own views, read from guest memory, agree with the guest's.
+  auto ps = run_cli({"ps", name});
+  CHECK(ps.status == 0);
+  CHECK_THAT(ps.out, Catch::Contains("systemd") && Catch::Contains("immortal-agent"));
+  auto lsmod = run_cli({"lsmod", name});
+  CHECK(lsmod.status == 0);
+  CHECK_THAT(lsmod.out, Catch::Contains("immortal_fault"));
+  auto dmesg = run_cli({"dmesg", name});
+  CHECK(dmesg.status == 0);
+  CHECK_THAT(dmesg.out, Catch::Contains("Linux version 6.12"));
+
+  REQUIRE(guest_sh(name, "test -c /dev/immortal-fault").status == 0);
+  inject(name, "null-deref");
+  bool recovered = wait_until([&] { return recovery_count(status_json(name), "recovered") == 1; }, 180s);
+  INFO("crash: " << last_event_of(name, "crash").dump().substr(0, 2000));
+  REQUIRE(recovered);
+  CHECK(status_json(name).value("boot_id", "") == boot);
+  json bundle;
+  REQUIRE(wait_until([&] { return !(bundle = last_event_of(name, "bundle")).is_null(); }, 120s));
+  auto diag = run_cli({"diag", bundle.value("path", bundle.value("bundle", ""))});
+  INFO(diag.err);
+  CHECK(diag.status == 0);
+  // (The faulting function's own name is not yet resolved on 6.12 for a module loaded after the
+  // profile: the note of this session says so.)
+  CHECK_THAT(diag.out, Catch::Contains("6.12") && Catch::Contains("[immortal_fault]") && Catch::Contains("recovered"));
+  CHECK(run_cli({"stop", name, "--timeout", "120"}, 180s).status == 0);
+  ::unlink(disk.c_str());
+}

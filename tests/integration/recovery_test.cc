@@ -289,7 +289,7 @@ TEST_CASE("recovery: the limit on recoveries turns the next crash into a reboot"
 
 TEST_CASE("recovery: a guest whose agent falls silent is inspected and rebooted (hang detector)", "[integration][recovery]") {
   std::string name = unique_name("hang");
-  auto run = run_cli({"run", "--name", name, "--detach", "--hang-timeout", "4"});
+  auto run = run_cli({"run", "--name", name, "--detach", "--hang-timeout", "10"});
   INFO(run.err);
   REQUIRE(run.status == 0);
   std::string boot = status_json(name).value("boot_id", "");

@@ -21,6 +21,7 @@ std::unique_ptr<FakeTypes> linux_like_types() {
   t->add("task_struct", "tgid", 0x154, 4);
   t->add("task_struct", "real_parent", 0x160);
   t->add("task_struct", "comm", 0x200, 16);
+  t->add("task_struct", "stack", 0x20);
   t->add_size("task_struct", 0x300);
   // module
   t->add("module", "state", 0x0, 4);
@@ -52,6 +53,19 @@ std::unique_ptr<FakeTypes> linux_like_types() {
   t->add("printk_info", "level", 0x13, 1, 3, 5);  // u8 flags:5, level:3
   t->add("printk_info", "flags", 0x13, 1, 5, 0);
   t->add("printk_info", "caller_id", 0x14, 4);
+  // locks, and the ORC entry of 6.1 (u16 bits: sp_reg:4 bp_reg:4 type:2 end:1)
+  t->add_size("mutex", 32);
+  t->add("mutex", "owner", 0x0);
+  t->add("mutex", "wait_list", 0x10, 16);
+  t->add_size("rw_semaphore", 40);
+  t->add("rw_semaphore", "count", 0x0);
+  t->add("rw_semaphore", "owner", 0x8);
+  t->add_size("orc_entry", 6);
+  t->add("orc_entry", "type", 4, 4, 2, 8);
+  t->add("orc_entry", "end", 4, 4, 1, 10);
+  t->add_size("printk_ringbuffer", 0x60);
+  t->add_size("prb_desc_ring", 0x28);
+  t->add_size("module", 0x400);
   // a socket's lock_sock() state
   t->add("sock", "sk_lock.owned", 0x88, 4);
   return t;

@@ -49,6 +49,12 @@ class FakeTypes final : public TypeInfo {
     fields_[struct_name + "." + path] = FieldInfo{offset * 8 + bit_shift, bit_size, size};
   }
   void add_size(const std::string& struct_name, std::uint64_t size) { sizes_[struct_name] = size; }
+  void add_enumerator(const std::string& name, std::int64_t value) { enumerators_[name] = value; }
+  void remove(const std::string& struct_name, const std::string& path) { fields_.erase(struct_name + "." + path); }
+  std::optional<std::int64_t> enumerator(const std::string& name) const override {
+    auto it = enumerators_.find(name);
+    return it == enumerators_.end() ? std::nullopt : std::optional(it->second);
+  }
   std::optional<std::uint64_t> struct_size(const std::string& name) const override {
     auto it = sizes_.find(name);
     return it == sizes_.end() ? std::nullopt : std::optional(it->second);
@@ -61,6 +67,7 @@ class FakeTypes final : public TypeInfo {
  private:
   std::map<std::string, FieldInfo> fields_;
   std::map<std::string, std::uint64_t> sizes_;
+  std::map<std::string, std::int64_t> enumerators_;
 };
 
 // The synthetic kernel maps 0xffffffff80000000 + x to physical x with one 1 GiB page, through

@@ -4,6 +4,7 @@
 #include "kernel/kernel.h"
 #include "kernel/list_walk.h"
 #include "kernel/modules.h"
+#include "kernel/kernel_support.h"
 #include "kernel/orc_unwind.h"
 #include "dump/panic_line.h"
 #include "kernel/printk.h"
@@ -29,6 +30,7 @@
 
 using namespace immortal;
 using namespace immortal::test;
+
 
 namespace {
 
@@ -166,6 +168,100 @@ TEST_CASE("modules are read with their names and text ranges", "[introspection]"
   CHECK(list.modules[0].state == "live");
   CHECK(list.modules[0].base == 0xffffffffc0600000ull);
   CHECK(list.modules[0].size == 16384);
+}
+
+TEST_CASE("modules of Linux 6.4 on (module.mem[], one allocation per kind) read into the same shape", "[introspection]") {
+  VectorMemory ram(1 << 22);
+  map_kernel_image(ram);
+  auto types = linux_like_types();
+  for (const char* f : {"core_layout.base", "core_layout.size", "core_layout.text_size"}) types->remove("module", f);
+  // struct module_memory { void *base; unsigned int size; … } mem[7] at 0x100, 0x40 bytes each;
+  // MOD_RODATA placed before MOD_DATA by the enum, as BTF would say.
+  types->add("module", "mem", 0x100, 7 * 0x40);
+  types->add_size("module_memory", 0x40);
+  types->add("module_memory", "base", 0x0);
+  types->add("module_memory", "size", 0x8, 4);
+  for (auto [name, value] : {std::pair{"MOD_TEXT", 0}, {"MOD_DATA", 2}, {"MOD_RODATA", 1}, {"MOD_RO_AFTER_INIT", 3},
+                             {"MOD_INIT_TEXT", 4}})
+    types->add_enumerator(name, value);
+  KernelLayout layout;
+  layout.page_table = 0x1000;
+  auto kernel = Kernel::assemble(ram, layout, SymbolTable::from_kallsyms(kKallsyms), std::move(types), "6.12.0-test");
+  const std::uint64_t head = 0x100000, mod = 0x30000;
+  ram.put_bytes(mod + 0x18, std::string("lkdtm") + '\0');
+  auto mem = [&](int kind, std::uint64_t base, std::uint32_t size) {
+    ram.put<std::uint64_t>(mod + 0x100 + 0x40 * kind, base);
+    ram.put<std::uint32_t>(mod + 0x108 + 0x40 * kind, size);
+  };
+  mem(0, 0xffffffffc0600000ull, 0x3000);  // text
+  mem(1, 0xffffffffc0700000ull, 0x1000);  // rodata (index 1 by the enum)
+  mem(2, 0xffffffffc0800000ull, 0x2000);  // data
+  mem(4, 0xffffffffc0900000ull, 0x800);   // init text
+  link(ram, head, mod + 0x8);
+  link(ram, mod + 0x8, head);
+  ModuleList list = read_modules(*kernel);
+  REQUIRE(list.modules.size() == 1);
+  const ModuleInfo& m = list.modules[0];
+  CHECK(m.base == 0xffffffffc0600000ull);
+  CHECK(m.text_size == 0x3000);
+  CHECK(m.rodata.begin == 0xffffffffc0700000ull);
+  CHECK(m.data.begin == 0xffffffffc0800000ull);
+  CHECK(m.data.size() == 0x2000);
+  CHECK(m.ro_after_init.empty());
+  CHECK(m.size == 0x6000);
+  CHECK(m.contains_text(0xffffffffc0600010ull));
+  CHECK(m.contains_text(0xffffffffc0900010ull));  // init text
+  CHECK_FALSE(m.contains_text(0xffffffffc0800010ull));
+  CHECK(m.non_text().size() == 2);
+  auto support = check_kernel_support(*kernel);
+  CHECK_THAT(support.summary(), Catch::Contains("modules (mem[])"));
+}
+
+TEST_CASE("a 6.1 module's one block splits into text, read-only data and data; disorder is flagged", "[introspection]") {
+  VectorMemory ram(1 << 22);
+  map_kernel_image(ram);
+  auto types = linux_like_types();
+  types->add("module", "core_layout.ro_size", 0x110, 4);
+  types->add("module", "core_layout.ro_after_init_size", 0x114, 4);
+  KernelLayout layout;
+  layout.page_table = 0x1000;
+  auto kernel = Kernel::assemble(ram, layout, SymbolTable::from_kallsyms(kKallsyms), std::move(types), "6.1.0-test");
+  const std::uint64_t head = 0x100000, mod = 0x30000;
+  ram.put_bytes(mod + 0x18, std::string("m") + '\0');
+  ram.put<std::uint64_t>(mod + 0x100, 0xffffffffc0600000ull);
+  ram.put<std::uint32_t>(mod + 0x108, 0x8000);  // size
+  ram.put<std::uint32_t>(mod + 0x10c, 0x3000);  // text
+  ram.put<std::uint32_t>(mod + 0x110, 0x4000);  // text + rodata
+  ram.put<std::uint32_t>(mod + 0x114, 0x5000);  // … + ro_after_init
+  link(ram, head, mod + 0x8);
+  link(ram, mod + 0x8, head);
+  ModuleInfo m = read_modules(*kernel).modules.at(0);
+  CHECK(m.layout_sane);
+  CHECK(m.rodata.begin == 0xffffffffc0603000ull);
+  CHECK(m.rodata.end == 0xffffffffc0604000ull);
+  CHECK(m.ro_after_init.end == 0xffffffffc0605000ull);
+  CHECK(m.data.end == 0xffffffffc0608000ull);
+  ram.put<std::uint32_t>(mod + 0x110, 0x9000);  // read-only data beyond the block: a hostile guest
+  ModuleInfo bad = read_modules(*kernel).modules.at(0);
+  CHECK_FALSE(bad.layout_sane);
+  CHECK(bad.data.end <= bad.base + bad.size);
+}
+
+TEST_CASE("Linux 6.2's pcpu_hot gives current_task and __preempt_count under their own names", "[introspection]") {
+  VectorMemory ram(1 << 22);
+  map_kernel_image(ram);
+  auto types = linux_like_types();
+  types->add("pcpu_hot", "current_task", 0x0);
+  types->add("pcpu_hot", "preempt_count", 0x8, 4);
+  types->add_size("pcpu_hot", 64);
+  KernelLayout layout;
+  layout.page_table = 0x1000;
+  std::string kallsyms = std::string(kKallsyms);
+  const std::string own = "000000000001fbc0 A current_task\n";
+  kallsyms.replace(kallsyms.find(own), own.size(), "0000000000021a40 A pcpu_hot\n");
+  auto kernel = Kernel::assemble(ram, layout, SymbolTable::from_kallsyms(kallsyms), std::move(types), "6.12.0-test");
+  CHECK(kernel->symbols().percpu_offset("current_task") == 0x21a40u);
+  CHECK(kernel->symbols().percpu_offset("__preempt_count") == 0x21a48u);
 }
 
 TEST_CASE("the printk ring gives records in order, skips unfinished and corrupt ones", "[introspection]") {
@@ -511,6 +607,49 @@ struct immortal_dwarf_probe {
   } nested;
 };
 immortal_dwarf_probe immortal_dwarf_probe_instance;
+
+TEST_CASE("ORC entries of Linux 6.4 on (type:3, signal:1; end of stack a type) unwind the same", "[introspection]") {
+  VectorMemory ram(1 << 23);
+  map_kernel_image(ram);
+  auto types = linux_like_types();
+  types->add("orc_entry", "type", 4, 4, 3, 8);
+  types->add("orc_entry", "signal", 4, 4, 1, 11);
+  types->add_size("orc_entry", 6);
+  KernelLayout layout;
+  layout.page_table = 0x1000;
+  std::string syms = std::string(kKallsyms) +
+                     "ffffffff80300000 R __start_orc_unwind_ip\n"
+                     "ffffffff80300010 R __stop_orc_unwind_ip\n"
+                     "ffffffff80310000 R __start_orc_unwind\n"
+                     "ffffffff80400000 t f_a\n"
+                     "ffffffff80400100 t f_b\n"
+                     "ffffffff80400200 t f_c\n"
+                     "ffffffff80400300 t f_end\n";
+  auto kernel = Kernel::assemble(ram, layout, SymbolTable::from_kallsyms(syms), std::move(types), "6.12.0-test");
+  auto entry = [&](int i, std::uint64_t ip_phys, std::int16_t sp_offset, int sp_reg, int type) {
+    std::uint64_t slot = 0x300000 + 4 * static_cast<std::uint64_t>(i);
+    ram.put<std::int32_t>(slot, static_cast<std::int32_t>(static_cast<std::int64_t>(ip_phys) - static_cast<std::int64_t>(slot)));
+    ram.put<std::int16_t>(0x310000 + 6 * i, sp_offset);
+    ram.put<std::int16_t>(0x310000 + 6 * i + 2, 0);
+    ram.put<std::uint16_t>(0x310000 + 6 * i + 4, static_cast<std::uint16_t>(sp_reg | type << 8));
+  };
+  entry(0, 0x400000, 16, 5, 2);  // ORC_TYPE_CALL is 2 from 6.4
+  entry(1, 0x400100, 8, 5, 2);
+  entry(2, 0x400200, 0, 0, 1);   // ORC_TYPE_END_OF_STACK
+  entry(3, 0x400300, 0, 0, 0);
+  const std::uint64_t stack = 0x500000;
+  ram.put<std::uint64_t>(stack + 8, kva(0x400120));
+  ram.put<std::uint64_t>(stack + 16, kva(0x400205));
+  X86Registers regs;
+  regs.rip = kva(0x400010);
+  regs.rsp = kva(stack);
+  Backtrace bt = OrcUnwinder(*kernel).unwind(regs);
+  INFO(bt.problem);
+  REQUIRE(bt.frames.size() == 3);
+  CHECK(bt.frames[2].symbol == "f_c+0x5/0x100");
+  CHECK(bt.problem.empty());  // the end of the stack, not an undefined entry
+  CHECK_THAT(check_kernel_support(*kernel).summary(), Catch::Contains("ORC unwinding (6.4 layout)"));
+}
 
 TEST_CASE("DWARF types agree with the compiler's own layout", "[introspection]") {
   auto types = DwarfTypes::open("/proc/self/exe");

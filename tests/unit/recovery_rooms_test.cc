@@ -48,7 +48,14 @@ std::unique_ptr<Kernel> synthetic_kernel(test::VectorMemory& ram) {
                                                      "ffffffff80200008 D tainted_mask\n"
                                                      "ffffffff80200010 D panic_cpu\n"
                                                      "ffffffff80200018 D kexec_crash_image\n"
-                                                     "ffffffff80200100 D modules\n"),
+                                                     "ffffffff80200100 D modules\n"
+                                                     "ffffffff80100100 T oops_end\n"
+                                                     "ffffffff80200200 D init_task\n"
+                                                     "ffffffff80200800 D __per_cpu_offset\n"
+                                                     "ffffffff80200900 D prb\n"
+                                                     "ffffffff80300000 R __start_orc_unwind_ip\n"
+                                                     "ffffffff80300010 R __stop_orc_unwind_ip\n"
+                                                     "ffffffff80310000 R __start_orc_unwind\n"),
                           test::linux_like_types(), "test");
 }
 
@@ -139,7 +146,7 @@ struct Rig {
     p->boot_id = "boot-1";
     profiles.profile = p;
     engine.answer = kill_task_answer;
-    engine.image.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100});
+    engine.image.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
     machine.registers[1].gs_base = 0;
   }
   ~Rig() {

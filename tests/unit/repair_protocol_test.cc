@@ -56,7 +56,7 @@ struct Validation {
   repair::HealthyImage healthy = [] {
     repair::HealthyImage h;
     h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90)});
-    h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100});
+    h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
     return h;
   }();
   vmm::PlanContext context{1, "drv", 0, healthy.modules[0]};
@@ -182,7 +182,7 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
   repair::HealthyImage image;
   image.release = "test";
   image.regions.push_back({"kernel text", "text", "", test::kva(0x100000), code});
-  image.modules.push_back({"drv", 0xffffffffc0000000, 0x3000, 0x1000});
+  image.modules.push_back({"drv", 0xffffffffc0000000, 0x3000, 0x1000, {{0xffffffffc0001000, 0xffffffffc0003000}}});
   std::string dir = std::filesystem::temp_directory_path() / ("healthy-test-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   image.save(dir);

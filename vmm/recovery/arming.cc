@@ -1,6 +1,7 @@
 #include "recovery/arming.h"
 
 #include "base/error.h"
+#include "kernel/kernel_support.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -41,6 +42,12 @@ void Arming::arm() {
       fail(ExitCode::unsupported, "the {} backend has no breakpoints to catch a crash at its first instruction",
            machine_.backend());
     Kernel& kernel = kernel_.get();
+    // A kernel whose layouts the readers do not understand is not repaired: its crashes reboot.
+    KernelSupport support = check_kernel_support(kernel);
+    event_("kernel-support", {{"release", kernel.release()}, {"understood", support.summary()}, {"missing", support.missing()}});
+    if (!support.complete())
+      fail(ExitCode::unsupported, "kernel {} is not fully understood ({}): crashes will be bundled and rebooted, not repaired",
+           kernel.release(), fmt::join(support.missing(), "; "));
     auto notes = while_paused(machine_, [&] { return interceptor_.arm(kernel); });
     event_("armed", {{"interception", interceptor_.points()}, {"notes", notes}});
     for (const auto& n : notes) say_(n);

@@ -26,7 +26,7 @@ void check_plan(const repair::RepairPlan& plan, const CrashFacts& facts, const r
   Kernel& kernel = live.get();
   std::optional<repair::ModuleLayout> now;
   for (const auto& mod : read_modules(kernel).modules)
-    if (mod.name == context.module) now = repair::ModuleLayout{mod.name, mod.base, mod.size, mod.text_size};
+    if (mod.name == context.module) now = repair::layout_of(mod);
   const repair::ModuleLayout* known = healthy ? healthy->module(context.module) : nullptr;
   context.module_layout = known && (!now || now->base == known->base) ? std::optional(*known) : now;
   validate_plan(plan, context, kernel, healthy);

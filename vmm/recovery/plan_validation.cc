@@ -215,7 +215,7 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
   // guest had them, not as the crashed memory says.
   const repair::ModuleLayout* m = crash.module_layout ? &*crash.module_layout : nullptr;
   if (!m) fail(ExitCode::failure, "the plan's module {} is not loaded", crash.module);
-  std::uint64_t text_begin = m->base, text_end = m->base + m->text_size, data_end = m->base + m->size;
+  std::uint64_t text_begin = m->base, text_end = m->base + m->text_size;
   std::uint64_t preempt = crash.percpu_base + kernel.symbols().percpu_offset("__preempt_count").value_or(0);
   std::uint64_t taint = kernel.symbol("tainted_mask");
   // …and the return address of an end-callback, just below the stack pointer it resumes with.
@@ -369,7 +369,7 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
         fail(ExitCode::failure, "{}: a write of {} bytes (expecting {})", a.kind, w.bytes.size(), w.expected.size());
       std::uint64_t end = w.address + w.bytes.size();
       bool ok = w.code ? (w.address >= text_begin && end <= text_end)
-                       : ((w.address >= text_end && end <= data_end) || (w.address == preempt && w.bytes.size() == 4) ||
+                       : (m->in_data(w.address, w.bytes.size()) || (w.address == preempt && w.bytes.size() == 4) ||
                           (w.address == taint && w.bytes.size() == 8) ||
                           (a.kind == "end-callback" && resume_rsp && w.address == resume_rsp && w.bytes.size() == 8) ||
                           interrupted_kill(a, w));
