@@ -4,17 +4,14 @@
 IMMORTAL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Large downloads (kernel packages) live outside the clone so fresh clones reuse them.
 IMMORTAL_CACHE=${IMMORTAL_CACHE:-/var/cache/immortal}
-# The Debian archive the host's own apt uses (its mirror and the security archive's), for guest
-# images built from packages; $IMMORTAL_MIRROR and $IMMORTAL_SECURITY_MIRROR override them.
-host_mirror() {  # host_mirror PATTERN: the first URI of the host's sources that matches
+# The Debian archive the host's own apt uses, for guest images built from packages
+# (scripts/build-real-guest): host_mirror PATTERN gives the first URI of the host's sources that
+# matches it.
+host_mirror() {
     { sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n' || true
       sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\).*/\2/p' /etc/apt/sources.list 2>/dev/null; } |
         grep -E "$1" | head -n1 || true
 }
-MIRROR=${IMMORTAL_MIRROR:-$(host_mirror '/debian/?$')}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
-SECURITY_MIRROR=${IMMORTAL_SECURITY_MIRROR:-$(host_mirror 'debian-security/?$')}
-SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 IMMORTAL_BUILD=${IMMORTAL_BUILD:-$IMMORTAL_ROOT/build}
 IMMORTAL_BUILD_SAN=${IMMORTAL_BUILD_SAN:-$IMMORTAL_ROOT/build-san}
 IMMORTAL_BUILD_FUZZ=${IMMORTAL_BUILD_FUZZ:-$IMMORTAL_ROOT/build-fuzz}

@@ -58,9 +58,7 @@ const HealthyRegion* HealthyImage::find(std::uint64_t address, std::uint64_t n) 
 }
 
 ModuleLayout layout_of(const ModuleInfo& module) {
-  ModuleLayout l{module.name, module.base, module.size, module.text_size, {}};
-  for (const auto& r : module.non_text()) l.data.emplace_back(r.begin, r.end);
-  return l;
+  return ModuleLayout{module.name, module.base, module.size, module.text_size, module.non_text()};
 }
 
 const ModuleLayout* HealthyImage::module(const std::string& name) const {
@@ -117,7 +115,7 @@ void HealthyImage::save(const std::string& dir) const {
   nlohmann::json mods = nlohmann::json::array();
   for (const auto& m : modules) {
     nlohmann::json data = nlohmann::json::array();
-    for (const auto& [begin, end] : m.data) data.push_back({fmt::format("{:#x}", begin), fmt::format("{:#x}", end)});
+    for (const auto& r : m.data) data.push_back({fmt::format("{:#x}", r.begin), fmt::format("{:#x}", r.end)});
     mods.push_back({{"name", m.name}, {"base", fmt::format("{:#x}", m.base)}, {"size", m.size}, {"text_size", m.text_size},
                     {"data", data}});
   }
@@ -178,10 +176,10 @@ HealthyImage HealthyImage::load(const std::string& dir) {
           if (!r.is_array() || r.size() != 2) fail(ExitCode::bad_input, "{}/healthy.json: a bad data range", dir);
           std::uint64_t begin = parse_address(r[0]), end = parse_address(r[1]);
           if (end < begin) fail(ExitCode::bad_input, "{}/healthy.json: a data range ends before it begins", dir);
-          l.data.emplace_back(begin, end);
+          l.data.push_back({begin, end});
         }
       } else if (l.size > l.text_size && l.base + l.size > l.base) {
-        l.data.emplace_back(l.base + l.text_size, l.base + l.size);  // the one block of Linux 6.1
+        l.data.push_back({l.base + l.text_size, l.base + l.size});  // the one block of Linux 6.1
       }
       image.modules.push_back(std::move(l));
     }

@@ -7,6 +7,7 @@
 #include "kernel/kernel.h"
 #include "kernel/modules.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -31,11 +32,9 @@ struct ModuleLayout {
   std::uint64_t base = 0, size = 0, text_size = 0;  // the text: [base, base + text_size)
   // The rest of the module's core, [begin, end) each: one block after the text in Linux 6.1
   // ([base + text_size, base + size)), separate allocations from 6.4.
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> data;
+  std::vector<AddressRange> data;
   bool in_data(std::uint64_t a, std::uint64_t n) const {
-    for (const auto& [begin, end] : data)
-      if (a >= begin && n <= end - begin && a - begin <= end - begin - n) return true;
-    return false;
+    return std::any_of(data.begin(), data.end(), [&](const AddressRange& r) { return r.contains(a, n); });
   }
 };
 ModuleLayout layout_of(const ModuleInfo& module);

@@ -6,12 +6,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,45 +20,6 @@ using nlohmann::json;
 extern char** environ;
 
 namespace {
-
-// A TCP port on 127.0.0.1 that nothing listens on now.
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-// GET path from 127.0.0.1:port; the whole response, or "" when nothing answered within 10 s.
-std::string http_get(int port, const std::string& path) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<std::uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-    std::string request = "GET " + path + " HTTP/1.0\r\n\r\n";
-    if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
-      auto deadline = std::chrono::steady_clock::now() + 10s;
-      char buf[4096];
-      while (std::chrono::steady_clock::now() < deadline) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 200) <= 0) continue;
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n <= 0) break;
-        response.append(buf, static_cast<std::size_t>(n));
-      }
-    }
-  }
-  ::close(fd);
-  return response;
-}
 
 pid_t spawn_shell(const std::string& script) {
   std::string sh = "/bin/sh", c = "-c", body = script;
@@ -114,7 +71,7 @@ TEST_CASE("devices: a raw and a read-only qcow2 disk, a forwarded port and the s
   REQUIRE(guest_sh(name, "mkdir -p /tmp/www && echo served-by-the-guest > /tmp/www/index.html && httpd -p 8080 -h /tmp/www")
               .status == 0);
   std::string page;
-  CHECK(wait_until([&] { return (page = http_get(port, "/index.html")).find("served-by-the-guest") != std::string::npos; },
+  CHECK(wait_until([&] { return (page = http_get(port, "/index.html", 10s)).find("served-by-the-guest") != std::string::npos; },
                    60s));
   INFO(page);
   CHECK(page.find("200 OK") != std::string::npos);

@@ -42,6 +42,10 @@ std::string initrd_with_agent_script(const std::string& script);
 std::string read_file(const std::string& path);
 // Runs a shell command line on the host; its standard output.
 std::string run_shell(const std::string& command);
+// A TCP port on 127.0.0.1 that nothing listens on now (for a forwarded guest port).
+int free_port();
+// One HTTP/1.0 GET from 127.0.0.1:port; the whole response, or "" when nothing answered in time.
+std::string http_get(int port, const std::string& path, std::chrono::seconds timeout);
 // `immortal exec NAME -- sh -c SCRIPT`: a shell command line in the guest.
 CommandResult guest_sh(const std::string& name, const std::string& script,
                        std::chrono::seconds timeout = std::chrono::seconds(60));

@@ -9,10 +9,6 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,49 +22,15 @@ using nlohmann::json;
 
 namespace {
 
-std::string real_guest_dir(const char* suite) {
+// A copy-on-write overlay of the suite's cached image (which stays as built), in the scratch dir.
+std::string overlay_disk(const char* suite) {
   std::string var = std::string("IMMORTAL_REAL_GUEST_") + suite;
   const char* dir = std::getenv(var.c_str());
   if (!dir || !*dir) FAIL(var << " is not set: build the image with scripts/build-real-guest (scripts/test sets it)");
-  return dir;
-}
-
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-// One HTTP/1.0 GET from 127.0.0.1:port with a 20 s limit; the response ("" on failure).
-std::string http_get(int port, const std::string& path) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<std::uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-    std::string request = "GET " + path + " HTTP/1.0\r\n\r\n";
-    if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
-      auto deadline = std::chrono::steady_clock::now() + 20s;
-      char buf[4096];
-      while (std::chrono::steady_clock::now() < deadline) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 200) <= 0) continue;
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n <= 0) break;
-        response.append(buf, static_cast<std::size_t>(n));
-      }
-    }
-  }
-  ::close(fd);
-  return response;
+  std::string disk = scratch_dir() + "/" + unique_name(suite) + ".qcow2";
+  REQUIRE(run_shell("qemu-img create -q -f qcow2 -F qcow2 -b '" + std::string(dir) + "/disk.qcow2' '" + disk + "' && echo ok")
+              .find("ok") != std::string::npos);
+  return disk;
 }
 
 // POSIX cksum(1) of a string: CRC-32 (0x04C11DB7, MSB first) over the bytes and their length.
@@ -122,11 +84,7 @@ std::uint64_t newest_record(const std::string& name) {
 
 TEST_CASE("real guest: a Debian 12 VM with systemd, a web service and fsynced records survives a driver crash in place",
           "[integration][real-guest]") {
-  std::string image = real_guest_dir("bookworm");
-  // A copy-on-write overlay: the cached image stays as built.
-  std::string disk = scratch_dir() + "/" + unique_name("real") + ".qcow2";
-  REQUIRE(run_shell("qemu-img create -q -f qcow2 -F qcow2 -b '" + image + "/disk.qcow2' '" + disk + "' && echo ok")
-              .find("ok") != std::string::npos);
+  std::string disk = overlay_disk("bookworm");
   std::string name = unique_name("real");
   int port = free_port();
   auto run = run_cli({"run", "--name", name, "--detach", "--memory", "1G", "--boot-timeout", "300", "--verify-window", "3",
@@ -141,7 +99,7 @@ TEST_CASE("real guest: a Debian 12 VM with systemd, a web service and fsynced re
   CHECK(guest_sh(name, "dpkg-query -W -f='${Status}' immortal-agent").out == "install ok installed");
   CHECK(guest_sh(name, "systemctl is-active immortal-agent").out == "active\n");
 
-  REQUIRE(wait_until([&] { return http_get(port, "/").find("immortal reference guest") != std::string::npos; }, 180s));
+  REQUIRE(wait_until([&] { return http_get(port, "/", 20s).find("immortal reference guest") != std::string::npos; }, 180s));
   REQUIRE(wait_until([&] { return newest_record(name) > 0; }, 120s));
   REQUIRE(wait_until([&] { return status_json(name).value("recovery_state", json::object()).value("armed", false); }, 120s));
   REQUIRE(guest_sh(name, "test -c /dev/immortal-fault").status == 0);  // loaded at boot, built by DKMS
@@ -151,7 +109,7 @@ TEST_CASE("real guest: a Debian 12 VM with systemd, a web service and fsynced re
   std::atomic<int> answered{0}, failed{0};
   std::thread client([&] {
     while (!stop) {
-      if (http_get(port, "/cgi-bin/records").find("200 OK") != std::string::npos) ++answered;
+      if (http_get(port, "/cgi-bin/records", 20s).find("200 OK") != std::string::npos) ++answered;
       else ++failed;
     }
   });
@@ -189,10 +147,7 @@ TEST_CASE("real guest: a Debian 12 VM with systemd, a web service and fsynced re
 //   IMMORTAL_REAL_GUEST_trixie=build/real-guest-trixie build-san/tests/integration-tests "[real-guest-trixie]"
 TEST_CASE("real guest: Debian 13 (Linux 6.12): profile, the host's views of its kernel, a recovered crash and its bundle",
           "[.][integration][real-guest-trixie]") {
-  std::string image = real_guest_dir("trixie");
-  std::string disk = scratch_dir() + "/" + unique_name("trixie") + ".qcow2";
-  REQUIRE(run_shell("qemu-img create -q -f qcow2 -F qcow2 -b '" + image + "/disk.qcow2' '" + disk + "' && echo ok")
-              .find("ok") != std::string::npos);
+  std::string disk = overlay_disk("trixie");
   std::string name = unique_name("trixie");
   auto run = run_cli({"run", "--name", name, "--detach", "--memory", "1G", "--boot-timeout", "300", "--verify-window", "3",
                       "--disk", disk},

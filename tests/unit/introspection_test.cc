@@ -66,6 +66,16 @@ void link(VectorMemory& ram, std::uint64_t from_phys_node, std::uint64_t to_phys
   ram.put<std::uint64_t>(from_phys_node, kva(to_phys_node));
 }
 
+// ORC entry i of the tables at physical 0x300000 (relative ips) and 0x310000 (6-byte entries):
+// it covers code from ip_phys; bits is the u16 of register and type bitfields.
+void put_orc_entry(VectorMemory& ram, int i, std::uint64_t ip_phys, std::int16_t sp_offset, std::uint16_t bits) {
+  std::uint64_t slot = 0x300000 + 4 * static_cast<std::uint64_t>(i);
+  ram.put<std::int32_t>(slot, static_cast<std::int32_t>(static_cast<std::int64_t>(ip_phys) - static_cast<std::int64_t>(slot)));
+  ram.put<std::int16_t>(0x310000 + 6 * i, sp_offset);
+  ram.put<std::int16_t>(0x310000 + 6 * i + 2, 0);
+  ram.put<std::uint16_t>(0x310000 + 6 * i + 4, bits);
+}
+
 }  // namespace
 
 TEST_CASE("page-table walks follow 4 KiB, 2 MiB and 1 GiB pages and stop at holes", "[introspection]") {
@@ -548,12 +558,9 @@ TEST_CASE("the ORC unwinder follows call frames to the end of the stack, and sto
       "ffffffff80400200 t f_c\n"
       "ffffffff80400300 t f_end\n";
   auto kernel = synthetic_kernel(ram, syms);
+  // 6.1 layout: type:2 at bit 8, end:1 at bit 10.
   auto entry = [&](int i, std::uint64_t ip_phys, std::int16_t sp_offset, int sp_reg, int type, bool end) {
-    std::uint64_t slot = 0x300000 + 4 * static_cast<std::uint64_t>(i);
-    ram.put<std::int32_t>(slot, static_cast<std::int32_t>(static_cast<std::int64_t>(ip_phys) - static_cast<std::int64_t>(slot)));
-    ram.put<std::int16_t>(0x310000 + 6 * i, sp_offset);
-    ram.put<std::int16_t>(0x310000 + 6 * i + 2, 0);
-    ram.put<std::uint16_t>(0x310000 + 6 * i + 4, static_cast<std::uint16_t>(sp_reg | type << 8 | (end ? 1 << 10 : 0)));
+    put_orc_entry(ram, i, ip_phys, sp_offset, static_cast<std::uint16_t>(sp_reg | type << 8 | (end ? 1 << 10 : 0)));
   };
   entry(0, 0x400000, 16, 5, 0, false);  // f_a: CFA = sp + 16 (one saved word, then the return address)
   entry(1, 0x400100, 8, 5, 0, false);   // f_b: CFA = sp + 8
@@ -626,12 +633,9 @@ TEST_CASE("ORC entries of Linux 6.4 on (type:3, signal:1; end of stack a type) u
                      "ffffffff80400200 t f_c\n"
                      "ffffffff80400300 t f_end\n";
   auto kernel = Kernel::assemble(ram, layout, SymbolTable::from_kallsyms(syms), std::move(types), "6.12.0-test");
+  // 6.4 layout: type:3 at bit 8 (signal, bit 11, left 0).
   auto entry = [&](int i, std::uint64_t ip_phys, std::int16_t sp_offset, int sp_reg, int type) {
-    std::uint64_t slot = 0x300000 + 4 * static_cast<std::uint64_t>(i);
-    ram.put<std::int32_t>(slot, static_cast<std::int32_t>(static_cast<std::int64_t>(ip_phys) - static_cast<std::int64_t>(slot)));
-    ram.put<std::int16_t>(0x310000 + 6 * i, sp_offset);
-    ram.put<std::int16_t>(0x310000 + 6 * i + 2, 0);
-    ram.put<std::uint16_t>(0x310000 + 6 * i + 4, static_cast<std::uint16_t>(sp_reg | type << 8));
+    put_orc_entry(ram, i, ip_phys, sp_offset, static_cast<std::uint16_t>(sp_reg | type << 8));
   };
   entry(0, 0x400000, 16, 5, 2);  // ORC_TYPE_CALL is 2 from 6.4
   entry(1, 0x400100, 8, 5, 2);

@@ -44,15 +44,14 @@ class RawTerminal {
   bool active_ = false;
 };
 
+// All of it (io.h's write_all), or false once the other end has gone.
 bool write_fully(int fd, const char* data, std::size_t size) {
-  while (size > 0) {
-    ssize_t n = ::write(fd, data, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data += n;
-    size -= static_cast<std::size_t>(n);
+  try {
+    write_all(fd, std::string_view(data, size));
+    return true;
+  } catch (const Error&) {
+    return false;
   }
-  return true;
 }
 
 }  // namespace
