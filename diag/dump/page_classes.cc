@@ -6,7 +6,6 @@
 namespace immortal {
 
 namespace {
-constexpr std::uint32_t kPageTypeBase = 0xf0000000;  // include/linux/page-flags.h
 constexpr std::uint64_t kPageMappingAnon = 1;
 constexpr std::uint64_t kMaxOrder = 20;              // MAX_ORDER is 11 on x86-64; bound guest values
 constexpr std::uint64_t kChunkPages = 64;            // struct pages read at once (one 4 KiB page of them)
@@ -64,21 +63,10 @@ std::optional<PageClassifier> PageClassifier::from_kernel(const Kernel& kernel, 
   c.lru_mask_ = bit("PG_lru");
   c.swapcache_mask_ = bit("PG_swapcache");
   if (!c.lru_mask_) return no("VMCOREINFO lacks PG_lru");
-  // PAGE_BUDDY_MAPCOUNT_VALUE is ~PG_buddy as a signed number (-129 in 6.1).
-  if (auto v = vi.get("NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)")) {
-    try {
-      c.buddy_bit_ = ~static_cast<std::uint32_t>(std::stol(*v));
-    } catch (const std::exception&) {
-    }
-  }
-  if (c.buddy_bit_ == 0 || (c.buddy_bit_ & (c.buddy_bit_ - 1)) != 0 || (c.buddy_bit_ & kPageTypeBase))
-    return no("implausible PAGE_BUDDY_MAPCOUNT_VALUE");
-  if (auto v = vi.get("NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE)")) {
-    try {
-      c.offline_value_ = static_cast<std::uint32_t>(std::stol(*v));
-    } catch (const std::exception&) {
-    }
-  }
+  // Free blocks are the buddy page type; its encoding changed in 6.12 (kernel/page_type.h).
+  c.buddy_ = PageType::of_kernel(vi, "BUDDY");
+  if (!c.buddy_) return no("VMCOREINFO lacks PAGE_BUDDY_MAPCOUNT_VALUE, or its value is neither encoding");
+  c.offline_ = PageType::of_kernel(vi, "OFFLINE");
   return c;
 }
 
@@ -130,13 +118,13 @@ void PageClassifier::classify(std::uint64_t first_pfn, std::vector<PageClass>& o
       std::uint32_t mapcount = u32(at + off_mapcount_);
       std::uint64_t flags = u64(at + off_flags_), mapping = u64(at + off_mapping_);
       PageClass c = PageClass::kernel;
-      if ((mapcount & (kPageTypeBase | buddy_bit_)) == kPageTypeBase) {
+      if (buddy_->matches(mapcount)) {
         // A free block's first page; its order is in page->private.
         std::uint64_t order = std::min<std::uint64_t>(u64(at + off_private_), kMaxOrder);
         std::uint64_t end = std::min<std::uint64_t>(out.size(), i + (1ull << order));
         for (std::uint64_t j = i; j < end; ++j) out[j] = PageClass::free;
         continue;
-      } else if (offline_value_ && mapcount == *offline_value_) {
+      } else if (offline_ && offline_->matches(mapcount)) {
         c = PageClass::free;
       } else if (mapping & kPageMappingAnon) {
         c = PageClass::user;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "kernel/kernel.h"
+#include "kernel/page_type.h"
 
 #include <cstdint>
 #include <optional>
@@ -39,8 +40,7 @@ class PageClassifier {
   std::uint64_t vmemmap_ = 0, page_size_ = 64;
   std::uint64_t off_flags_ = 0, off_mapping_ = 24, off_mapcount_ = 48, off_private_ = 40, off_compound_head_ = 8;
   std::uint64_t lru_mask_ = 0, swapcache_mask_ = 0;
-  std::uint32_t buddy_bit_ = 0x80;
-  std::optional<std::uint32_t> offline_value_;
+  std::optional<PageType> buddy_, offline_;
 };
 
 }  // namespace immortal

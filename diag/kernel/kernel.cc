@@ -48,12 +48,18 @@ std::vector<std::string> Kernel::refresh_module_symbols() {
   if (!modules.walk.complete) return changed;  // a broken list says nothing about what is gone
   std::map<std::string, std::vector<Symbol>> fresh;
   std::set<std::string> live;
+  auto text_bounds = symbols_.module_text_bounds();
   for (const auto& m : modules.modules) {
     live.insert(m.name);
     auto known = module_bases_.find(m.name);
     // A module still loading has init code whose symbols only its own table in memory holds
-    // (a profile taken of it earlier, at the same base, knew its core only).
-    if (known != module_bases_.end() && known->second == m.base && !m.init_base) continue;
+    // (a profile taken of it earlier, at the same base, knew its core only). One profiled while
+    // it was loading has, the other way round, symbols of init code freed since, whose memory
+    // later modules reuse: code symbols outside its text say so.
+    auto bounds = text_bounds.find(m.name);
+    bool stale_init = bounds != text_bounds.end() &&
+                      (bounds->second.first < m.base || bounds->second.second - m.base >= m.text_size);
+    if (known != module_bases_.end() && known->second == m.base && !m.init_base && !stale_init) continue;
     try {
       fresh[m.name] = read_module_symbols(*this, m);
       module_bases_[m.name] = m.base;
@@ -98,11 +104,30 @@ void alias_pcpu_hot(SymbolTable& symbols, const TypeInfo& types) {
       if (auto f = types.field("pcpu_hot", field)) symbols.add_percpu(name, *hot + f->byte_offset());
 }
 
+// Where /proc/modules ("name size refcount deps state 0xaddress [taints]") says each module is.
+std::map<std::string, std::uint64_t> module_bases(const std::string& proc_modules) {
+  std::map<std::string, std::uint64_t> bases;
+  std::istringstream lines(proc_modules);
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::istringstream fields(line);
+    std::string name, size, refs, deps, state, address;
+    if (!(fields >> name >> size >> refs >> deps >> state >> address) || address.rfind("0x", 0) != 0) continue;
+    try {
+      bases[name] = std::stoull(address.substr(2), nullptr, 16);
+    } catch (const std::exception&) {
+    }
+  }
+  return bases;
+}
+
 }  // namespace
 
 std::unique_ptr<Kernel> Kernel::assemble(const PhysicalMemory& memory, KernelLayout layout, SymbolTable symbols,
-                                         std::unique_ptr<TypeInfo> types, std::string release) {
+                                         std::unique_ptr<TypeInfo> types, std::string release,
+                                         const std::string& proc_modules) {
   std::unique_ptr<Kernel> k(new Kernel);
+  k->module_bases_ = module_bases(proc_modules);
   k->symbols_ = std::move(symbols);
   k->types_ = std::move(types);
   if (k->types_) alias_pcpu_hot(k->symbols_, *k->types_);
@@ -121,20 +146,7 @@ std::unique_ptr<Kernel> Kernel::open(const PhysicalMemory& memory, const GuestPr
   k->release_ = profile.kernel_release;
   if (const auto* btf = dynamic_cast<const BtfTypes*>(k->types_.get()))
     for (const auto& [module, raw] : profile.btf_modules) k->returns_[module] = btf->function_returns(raw);
-  {
-    // "name size refcount deps state 0xaddress [taints]"
-    std::istringstream lines(profile.modules);
-    std::string line;
-    while (std::getline(lines, line)) {
-      std::istringstream fields(line);
-      std::string name, size, refs, deps, state, address;
-      if (!(fields >> name >> size >> refs >> deps >> state >> address) || address.rfind("0x", 0) != 0) continue;
-      try {
-        k->module_bases_[name] = std::stoull(address.substr(2), nullptr, 16);
-      } catch (const std::exception&) {
-      }
-    }
-  }
+  k->module_bases_ = module_bases(profile.modules);
 
   if (!vmcoreinfo_text) vmcoreinfo_text = read_vmcoreinfo_note(memory, profile.vmcoreinfo_paddr, profile.vmcoreinfo_size);
   if (vmcoreinfo_text) k->vmcoreinfo_ = Vmcoreinfo::parse(*vmcoreinfo_text);

@@ -42,7 +42,8 @@ class Kernel {
                                       std::unique_ptr<TypeInfo> types = nullptr);
   // From ready parts (tests and fuzz targets build synthetic kernels this way).
   static std::unique_ptr<Kernel> assemble(const PhysicalMemory& memory, KernelLayout layout, SymbolTable symbols,
-                                          std::unique_ptr<TypeInfo> types, std::string release);
+                                          std::unique_ptr<TypeInfo> types, std::string release,
+                                          const std::string& proc_modules = "");
 
   const KernelMemory& memory() const { return *memory_; }
   const SymbolTable& symbols() const { return symbols_; }

@@ -17,13 +17,19 @@ std::optional<SlabLookup> SlabLookup::from_kernel(const Kernel& kernel, std::str
   if (!kernel.vmcoreinfo()) return no("no VMCOREINFO to say where struct page fields are");
   const Vmcoreinfo& vi = *kernel.vmcoreinfo();
   SlabLookup s(kernel);
+  // A slab's head page says so by the PG_slab flag up to 6.9, by a page type from 6.10 on.
   auto slab = vi.number("PG_slab");
-  auto head = vi.number("PG_head_mask");
   auto flags = vi.offset("page.flags");
+  auto mapcount = vi.offset("page._mapcount");
   auto size = vi.get("SIZE(page)");
-  if (!slab || *slab >= 64 || !flags || !size) return no("VMCOREINFO lacks PG_slab or struct page's layout");
-  s.slab_bit_ = 1ull << *slab;
-  s.head_bit_ = head.value_or(0);
+  if (!flags || !size) return no("VMCOREINFO lacks struct page's layout");
+  if (slab && *slab < 64) {
+    s.slab_bit_ = 1ull << *slab;
+  } else {
+    s.slab_type_ = PageType::of_kernel(vi, "SLAB");
+    if (!s.slab_type_ || !mapcount) return no("VMCOREINFO has neither PG_slab nor a usable PAGE_SLAB_MAPCOUNT_VALUE");
+    s.off_mapcount_ = *mapcount;
+  }
   s.off_flags_ = *flags;
   s.off_compound_head_ = vi.offset("page.compound_head").value_or(8);
   try {
@@ -31,7 +37,8 @@ std::optional<SlabLookup> SlabLookup::from_kernel(const Kernel& kernel, std::str
   } catch (const std::exception&) {
     return no("VMCOREINFO's SIZE(page) is not a number");
   }
-  if (s.page_size_ < 32 || s.page_size_ > 256 || s.off_flags_ + 8 > s.page_size_ || s.off_compound_head_ + 8 > s.page_size_)
+  if (s.page_size_ < 32 || s.page_size_ > 256 || s.off_flags_ + 8 > s.page_size_ || s.off_compound_head_ + 8 > s.page_size_ ||
+      s.off_mapcount_ + 4 > s.page_size_)
     return no("implausible struct page layout");
   auto vmemmap = kernel.symbols().address_of("vmemmap_base");
   auto page_offset = kernel.symbols().address_of("page_offset_base");
@@ -74,7 +81,9 @@ std::optional<SlabObject> SlabLookup::object_at(std::uint64_t address) const {
     if (head < vmemmap_ || (head - vmemmap_) % page_size_ != 0 || head > page) return std::nullopt;
     std::uint64_t head_pfn = (head - vmemmap_) / page_size_;
     if ((pfn - head_pfn) << kPageShift >= kMaxSlabBytes) return std::nullopt;
-    if (!(m.read_u64(head + off_flags_) & slab_bit_)) return std::nullopt;
+    bool is_slab = slab_type_ ? slab_type_->matches(m.read_value<std::uint32_t>(head + off_mapcount_))
+                              : (m.read_u64(head + off_flags_) & slab_bit_) != 0;
+    if (!is_slab) return std::nullopt;
     std::uint64_t cache = m.read_u64(head + off_slab_cache_);
     auto stride = m.read_value<std::uint32_t>(cache + off_size_);
     auto size = m.read_value<std::uint32_t>(cache + off_object_size_);

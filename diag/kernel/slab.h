@@ -1,10 +1,12 @@
 // Which slab object an address lies in, read from the kernel's own struct page / struct slab
-// (SLUB, Linux 6.1): the object's start and size and its cache's name. The lock search uses it
-// to read "the object the code was working on" whole, no more; VMCOREINFO says where struct page
-// fields and the PG_slab bit are, BTF the layout of struct slab and struct kmem_cache.
+// (SLUB): the object's start and size and its cache's name. The lock search uses it to read "the
+// object the code was working on" whole, no more; VMCOREINFO says where struct page fields are
+// and how a slab page is marked (PG_slab, or the slab page type from 6.10), BTF the layout of
+// struct slab and struct kmem_cache.
 #pragma once
 
 #include "kernel/kernel.h"
+#include "kernel/page_type.h"
 
 #include <cstdint>
 #include <optional>
@@ -32,7 +34,8 @@ class SlabLookup {
   const Kernel* kernel_;
   std::uint64_t vmemmap_ = 0, page_size_ = 64, page_offset_ = 0, memory_end_ = 0;
   std::uint64_t off_flags_ = 0, off_compound_head_ = 8;
-  std::uint64_t slab_bit_ = 0, head_bit_ = 0;
+  std::uint64_t off_mapcount_ = 0, slab_bit_ = 0;
+  std::optional<PageType> slab_type_;  // 6.10 on, instead of slab_bit_
   std::uint64_t off_slab_cache_ = 0, off_size_ = 0, off_object_size_ = 0, off_red_left_ = 0, off_name_ = 0;
   bool has_red_left_ = false;
 };

@@ -82,6 +82,16 @@ void SymbolTable::update_modules(const std::map<std::string, std::vector<Symbol>
   index();
 }
 
+std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> SymbolTable::module_text_bounds() const {
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> out;
+  for (const auto& s : sorted_) {
+    if (s.module.empty() || (s.type != 't' && s.type != 'T')) continue;
+    auto [it, added] = out.try_emplace(s.module, s.address, s.address);
+    if (!added) it->second = {std::min(it->second.first, s.address), std::max(it->second.second, s.address)};
+  }
+  return out;
+}
+
 std::optional<std::uint64_t> SymbolTable::address_of(const std::string& name) const {
   auto it = by_name_.find(name);
   if (it == by_name_.end()) return std::nullopt;

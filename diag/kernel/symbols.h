@@ -49,6 +49,8 @@ class SymbolTable {
   // in `fresh`, are dropped; `fresh` ones are added (read from the modules' own symbol tables in
   // guest memory when the profile's are stale).
   void update_modules(const std::map<std::string, std::vector<Symbol>>& fresh, const std::set<std::string>& live);
+  // Per module, the lowest and highest address of its code symbols (t/T), in one pass.
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> module_text_bounds() const;
 
   std::size_t size() const { return sorted_.size(); }
   std::size_t skipped_lines() const { return skipped_; }

@@ -6,6 +6,7 @@
 #include "kernel/modules.h"
 #include "kernel/kernel_support.h"
 #include "kernel/orc_unwind.h"
+#include "kernel/page_type.h"
 #include "dump/panic_line.h"
 #include "kernel/printk.h"
 #include "kernel/symbols.h"
@@ -34,7 +35,7 @@ using namespace immortal::test;
 
 namespace {
 
-const char* kKallsyms =
+constexpr std::string_view kKallsyms =
     "0000000000000000 A fixed_percpu_data\n"
     "000000000001fbc0 A current_task\n"
     "ffffffff81000000 T _stext\n"
@@ -180,6 +181,61 @@ TEST_CASE("modules are read with their names and text ranges", "[introspection]"
   CHECK(list.modules[0].size == 16384);
 }
 
+TEST_CASE("a module profiled while loading loses its freed init code's symbols to the module reusing that memory", "[introspection]") {
+  VectorMemory ram(1 << 22);
+  map_kernel_image(ram);
+  auto types = linux_like_types();
+  types->add("module", "kallsyms", 0x200);
+  types->add("mod_kallsyms", "symtab", 0x0);
+  types->add("mod_kallsyms", "num_symtab", 0x8, 4);
+  types->add("mod_kallsyms", "strtab", 0x10);
+  types->add("mod_kallsyms", "typetab", 0x18);
+  // The profile saw drm while its init code ran (drm_core_init, in memory freed since) and no
+  // immortal_fault, loaded later where drm's init code was.
+  std::string kallsyms = std::string(kKallsyms.substr(0, kKallsyms.find("ffffffffc0600000"))) +
+                         "ffffffffc0500000 t drm_ioctl\t[drm]\n"
+                         "ffffffffc0600010 t drm_core_init\t[drm]\n"
+                         "ffffffffc0700000 t snd_init\t[snd]\n";
+  KernelLayout layout;
+  layout.page_table = 0x1000;
+  auto kernel = Kernel::assemble(ram, layout, SymbolTable::from_kallsyms(kallsyms), std::move(types), "6.1.0-test",
+                                 "drm 16384 0 - Live 0xffffffffc0500000\n");
+  REQUIRE(kernel->symbols().describe(0xffffffffc0600015ull).starts_with("drm_core_init"));
+  // Each module's own symbol table in memory holds its core symbols only.
+  auto put_module = [&](std::uint64_t mod, const std::string& name, std::uint64_t base,
+                        std::vector<std::pair<std::string, std::uint64_t>> symbols) {
+    ram.put_bytes(mod + 0x18, name + '\0');
+    ram.put<std::uint64_t>(mod + 0x100, base);
+    ram.put<std::uint32_t>(mod + 0x108, 16384);
+    ram.put<std::uint32_t>(mod + 0x10c, 4096);
+    std::uint64_t table = mod + 0x800, symtab = mod + 0x900, strtab = mod + 0xa00, typetab = mod + 0xb00;
+    ram.put<std::uint64_t>(mod + 0x200, kva(table));
+    ram.put<std::uint64_t>(table, kva(symtab));
+    ram.put<std::uint32_t>(table + 0x8, static_cast<std::uint32_t>(symbols.size()));
+    ram.put<std::uint64_t>(table + 0x10, kva(strtab));
+    ram.put<std::uint64_t>(table + 0x18, kva(typetab));
+    std::uint32_t name_at = 1;
+    for (std::size_t i = 0; i < symbols.size(); ++i) {
+      ram.put<std::uint32_t>(symtab + 24 * i, name_at);
+      ram.put<std::uint64_t>(symtab + 24 * i + 8, symbols[i].second);
+      ram.put_bytes(strtab + name_at, symbols[i].first + '\0');
+      ram.put<char>(typetab + i, 't');
+      name_at += static_cast<std::uint32_t>(symbols[i].first.size() + 1);
+    }
+  };
+  const std::uint64_t head = 0x100000, drm = 0x30000, fault = 0x31000;
+  put_module(drm, "drm", 0xffffffffc0500000ull, {{"drm_ioctl", 0xffffffffc0500000ull}});
+  put_module(fault, "immortal_fault", 0xffffffffc0600000ull,
+             {{"fault_fn", 0xffffffffc0600000ull}, {"other_fn", 0xffffffffc0600040ull}});
+  link(ram, head, drm + 0x8);
+  link(ram, drm + 0x8, fault + 0x8);
+  link(ram, fault + 0x8, head);
+  kernel->refresh_module_symbols();
+  CHECK(kernel->symbols().describe(0xffffffffc0600015ull) == "fault_fn+0x15/0x40 [immortal_fault]");
+  CHECK(kernel->symbols().describe(0xffffffffc0500004ull).starts_with("drm_ioctl+0x4"));
+  CHECK_FALSE(kernel->symbols().address_of("drm_core_init"));
+}
+
 TEST_CASE("modules of Linux 6.4 on (module.mem[], one allocation per kind) read into the same shape", "[introspection]") {
   VectorMemory ram(1 << 22);
   map_kernel_image(ram);
@@ -196,7 +252,7 @@ TEST_CASE("modules of Linux 6.4 on (module.mem[], one allocation per kind) read 
     types->add_enumerator(name, value);
   KernelLayout layout;
   layout.page_table = 0x1000;
-  auto kernel = Kernel::assemble(ram, layout, SymbolTable::from_kallsyms(kKallsyms), std::move(types), "6.12.0-test");
+  auto kernel = Kernel::assemble(ram, layout, SymbolTable::from_kallsyms(std::string(kKallsyms)), std::move(types), "6.12.0-test");
   const std::uint64_t head = 0x100000, mod = 0x30000;
   ram.put_bytes(mod + 0x18, std::string("lkdtm") + '\0');
   auto mem = [&](int kind, std::uint64_t base, std::uint32_t size) {
@@ -235,7 +291,7 @@ TEST_CASE("a 6.1 module's one block splits into text, read-only data and data; d
   types->add("module", "core_layout.ro_after_init_size", 0x114, 4);
   KernelLayout layout;
   layout.page_table = 0x1000;
-  auto kernel = Kernel::assemble(ram, layout, SymbolTable::from_kallsyms(kKallsyms), std::move(types), "6.1.0-test");
+  auto kernel = Kernel::assemble(ram, layout, SymbolTable::from_kallsyms(std::string(kKallsyms)), std::move(types), "6.1.0-test");
   const std::uint64_t head = 0x100000, mod = 0x30000;
   ram.put_bytes(mod + 0x18, std::string("m") + '\0');
   ram.put<std::uint64_t>(mod + 0x100, 0xffffffffc0600000ull);
@@ -368,7 +424,7 @@ TEST_CASE("the printk ring gives records in order, skips unfinished and corrupt 
 }
 
 TEST_CASE("symbols: kallsyms text, per-CPU offsets, modules and descriptions", "[introspection]") {
-  SymbolTable t = SymbolTable::from_kallsyms(kKallsyms);
+  SymbolTable t = SymbolTable::from_kallsyms(std::string(kKallsyms));
   CHECK(t.skipped_lines() == 1);
   CHECK(t.address_of("start_kernel") == 0xffffffff81000100u);
   CHECK(t.percpu_offset("current_task") == 0x1fbc0u);
@@ -456,6 +512,41 @@ std::string write_temp(const std::string& bytes) {
 }
 }  // namespace
 
+TEST_CASE("page types decode in both encodings: ~flag up to 6.11, the top byte from 6.12", "[introspection]") {
+  // 6.1: buddy = ~0x80. A free block's head has the bit clear under the all-ones top nibble.
+  auto old_buddy = PageType::from_exported(-129);
+  REQUIRE(old_buddy);
+  CHECK(old_buddy->matches(0xffffff7f));
+  CHECK_FALSE(old_buddy->matches(0xffffffff));  // _mapcount -1: no type
+  CHECK_FALSE(old_buddy->matches(0));           // mapped once
+  CHECK_FALSE(old_buddy->matches(0xfffffeff));  // offline, not buddy
+  // 6.10: slab = ~0x00200000 (PG_slab left page->flags); buddy and slab bits in one word.
+  auto old_slab = PageType::from_exported(~std::int64_t{0x00200000});
+  REQUIRE(old_slab);
+  CHECK(old_slab->matches(0xffdfffff));
+  CHECK_FALSE(old_slab->matches(0xfbffffff));
+  // 6.12 (values from a Debian 13 guest's VMCOREINFO): PGTY_buddy 0xf0, PGTY_slab 0xf5.
+  auto buddy = PageType::from_exported(-268435456);
+  auto slab = PageType::from_exported(-184549376);
+  REQUIRE(buddy);
+  REQUIRE(slab);
+  CHECK(buddy->matches(0xf0000000));
+  CHECK(slab->matches(0xf5000000));
+  CHECK(slab->matches(0xf5000123));  // the low 24 bits are the type's own data
+  CHECK_FALSE(buddy->matches(0xf5000000));
+  CHECK_FALSE(buddy->matches(0xffffffff));
+  CHECK_FALSE(buddy->matches(0x00000003));
+  // Values neither encoding makes are refused, not guessed at.
+  for (std::int64_t bad : {std::int64_t{0}, std::int64_t{-1}, std::int64_t{0x12345678}, ~std::int64_t{0x10000000},
+                           std::int64_t{-16777216} /* 0xff << 24 */, std::int64_t{1} << 40})
+    CHECK_FALSE(PageType::from_exported(bad));
+  auto vi = Vmcoreinfo::parse("OSRELEASE=6.12.0\nNUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)=-268435456\n"
+                              "NUMBER(PAGE_SLAB_MAPCOUNT_VALUE)=lots\n");
+  CHECK(PageType::of_kernel(vi, "BUDDY"));
+  CHECK_FALSE(PageType::of_kernel(vi, "SLAB"));
+  CHECK_FALSE(PageType::of_kernel(vi, "OFFLINE"));
+}
+
 TEST_CASE("ELF cores: memory by physical address, CPU notes, VMCOREINFO, and damaged files", "[introspection]") {
   std::string page(4096, 'a'), other(8192, 'b');
   std::string bytes = make_core({{0x1000, page}, {0x100000, other}});
@@ -519,7 +610,7 @@ TEST_CASE("a profile survives saving and loading, and a damaged one is refused",
   p.boot_id = "b";
   p.vmcoreinfo_paddr = 0x1234000;
   p.vmcoreinfo_size = 0x1000;
-  p.kallsyms = kKallsyms;
+  p.kallsyms = std::string(kKallsyms);
   p.modules = "immortal_fault 16384 0 - Live 0x0\n";
   p.btf_vmlinux = "not really btf";
   p.btf_modules["immortal_fault"] = "btf";
