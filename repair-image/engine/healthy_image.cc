@@ -14,7 +14,7 @@ namespace immortal::repair {
 namespace {
 
 constexpr char kFormat[] = "immortal-healthy-image";
-constexpr int kVersion = 1;
+constexpr int kImageVersion = 1;
 // Debian 6.1's kernel text is 16 MiB and its read-only data 9 MiB; modules add little.
 constexpr std::uint64_t kMaxTotal = 256ull << 20;
 constexpr std::uint64_t kMaxRegion = 128ull << 20;
@@ -99,7 +99,7 @@ HealthyImage capture_healthy_image(const Kernel& kernel, const std::string& take
 }
 
 void HealthyImage::save(const std::string& dir) const {
-  nlohmann::json index = {{"format", kFormat}, {"version", kVersion}, {"release", release}, {"taken_at", taken_at}};
+  nlohmann::json index = {{"format", kFormat}, {"version", kImageVersion}, {"release", release}, {"taken_at", taken_at}};
   nlohmann::json list = nlohmann::json::array();
   std::ofstream blob(dir + "/healthy.bin", std::ios::binary | std::ios::trunc);
   std::uint64_t offset = 0;
@@ -131,8 +131,8 @@ HealthyImage HealthyImage::load(const std::string& dir) {
   if (!in) fail(ExitCode::bad_input, "cannot read {}/healthy.json", dir);
   nlohmann::json index = nlohmann::json::parse(in, nullptr, false);
   if (index.is_discarded() || !index.is_object()) fail(ExitCode::bad_input, "{}/healthy.json is not JSON", dir);
-  if (index.value("format", "") != kFormat || index.value("version", 0) != kVersion)
-    fail(ExitCode::bad_input, "{}/healthy.json: not a version {} healthy image", dir, kVersion);
+  if (index.value("format", "") != kFormat || index.value("version", 0) != kImageVersion)
+    fail(ExitCode::bad_input, "{}/healthy.json: not a version {} healthy image", dir, kImageVersion);
   std::ifstream blob_in(dir + "/healthy.bin", std::ios::binary);
   if (!blob_in) fail(ExitCode::bad_input, "cannot read {}/healthy.bin", dir);
   std::vector<char> blob;

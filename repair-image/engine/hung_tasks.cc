@@ -26,7 +26,7 @@ constexpr std::size_t kMaxTasks = 1 << 16;
 constexpr std::size_t kMaxQueueWalk = 256;
 constexpr std::size_t kMaxCodeBytes = 8192;
 
-bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpaceStart && v < ~0xfffull && (v & 7) == 0; }
+bool aligned_kernel_pointer(std::uint64_t v) { return v >= kKernelSpaceStart && v < ~0xfffull && (v & 7) == 0; }
 
 // khungtaskd's loop without the panic: in the function that called panic() (or its parent,
 // when the call is in its .cold part), `cmpb $0x0,hung_task_call_panic(%rip)` followed by
@@ -134,12 +134,12 @@ std::uint64_t Finder::queue_head(std::uint64_t node, std::uint64_t low, std::uin
   std::uint64_t entry_off = simple ? types_.offset_of("swait_queue", "task_list") : types_.offset_of("wait_queue_entry", "entry");
   std::uint64_t at = mem_.read_u64(node);
   for (std::size_t n = 0; n < kMaxQueueWalk && at != node; ++n) {
-    if (!kernel_pointer(at)) return 0;
+    if (!aligned_kernel_pointer(at)) return 0;
     bool entry = false;
     if (at >= low && at < high) {
       entry = true;  // on this stack: one of its own
     } else if (simple) {
-      entry = kernel_pointer(mem_.read_u64(at - entry_off + types_.offset_of("swait_queue", "task")));
+      entry = aligned_kernel_pointer(mem_.read_u64(at - entry_off + types_.offset_of("swait_queue", "task")));
     } else {
       entry = kernel_.symbols().is_text(mem_.read_u64(at - entry_off + types_.offset_of("wait_queue_entry", "func")));
     }
@@ -192,8 +192,8 @@ void Finder::links(HungTask& h, std::uint64_t low, std::uint64_t high) {
     }
     // A list node ({next, prev}, both pointing back) or an hlist node ({next, pprev}: *pprev
     // is this node) that reaches off the stack.
-    if (!kernel_pointer(prev) || peek(prev) != at) continue;
-    bool list = kernel_pointer(next) && next != at && peek(next + 8) == at;
+    if (!aligned_kernel_pointer(prev) || peek(prev) != at) continue;
+    bool list = aligned_kernel_pointer(next) && next != at && peek(next + 8) == at;
     bool hlist = next == 0 || list;
     if (!(list || hlist) || !(outside(prev) || (next && outside(next)))) continue;
     if (list && at >= low + wq_entry && peek(at - wq_entry + wq_private) == h.task &&

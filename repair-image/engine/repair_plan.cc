@@ -3,6 +3,7 @@
 #include "base/error.h"
 #include "engine/dispatchers.h"
 #include "kernel/modules.h"
+#include "kernel/taint.h"
 #include "x86_64/prologue.h"
 
 #include <fmt/format.h>
@@ -16,7 +17,6 @@ namespace {
 
 constexpr std::uint64_t kSigkill = 9;
 constexpr std::uint64_t kHrtimerRestart = 1;        // enum hrtimer_restart
-constexpr std::uint64_t kTaintDie = 1ull << 7;      // TAINT_DIE, include/linux/panic.h
 constexpr std::uint64_t kInterruptFlag = 0x200;     // RFLAGS.IF
 constexpr std::uint64_t kTrapFlag = 0x100;
 constexpr std::size_t kPrologueBytes = 64;

@@ -17,7 +17,6 @@ namespace immortal::repair {
 
 namespace {
 
-constexpr std::uint64_t kTaintDie = 1ull << 7, kTaintWarn = 1ull << 9;  // include/linux/panic.h
 constexpr std::uint64_t kMaxSlowPathBytes = 4096;
 
 std::string join(const std::vector<int>& pids) {

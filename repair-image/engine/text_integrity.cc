@@ -88,8 +88,8 @@ class PatchSites {
     } catch (const std::exception&) {
       return false;
     }
-    static const std::uint8_t kNop5[kSiteSize] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
-    auto nop_or_call = [](const std::uint8_t* b) { return b[0] == 0xe8 || std::memcmp(b, kNop5, kSiteSize) == 0; };
+    static const std::uint8_t kNopSite[kSiteSize] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
+    auto nop_or_call = [](const std::uint8_t* b) { return b[0] == 0xe8 || std::memcmp(b, kNopSite, kSiteSize) == 0; };
     return nop_or_call(h) && (nop_or_call(now) || now[0] == kInt3);
   }
 

@@ -96,7 +96,7 @@ BundleGuest& bundle_guest() {
     return g;
   }
   g.name = unique_name("bundled");
-  g.rundir = runtime_root() + "/" + g.name;
+  g.rundir = test_runtime_root() + "/" + g.name;
   g.bundle_dir = scratch_dir() + "/bundles/" + g.name;
   auto run = run_cli({"run", "--name", g.name, "--detach", "--bundle-keep", "2"});
   INFO(run.err);
@@ -424,7 +424,7 @@ TEST_CASE("bundles: with recovery off a crash caught by pvpanic leaves a compres
           "[integration][bundles]") {
   debug_vmlinux();
   std::string name = unique_name("frozen");
-  std::string rundir = runtime_root() + "/" + name;
+  std::string rundir = test_runtime_root() + "/" + name;
   auto run = run_cli({"run", "--name", name, "--detach", "--recovery", "off", "--bundle-compress"});
   INFO(run.err);
   REQUIRE(run.status == 0);

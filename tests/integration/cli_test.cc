@@ -123,7 +123,7 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
   // Unloading it while idle works; inject then says what is missing; it loads again. Each
   // change of the module list makes the supervisor collect the guest's profile again.
   auto profiles_saved = [&] {
-    std::string log = read_file(runtime_root() + "/" + name + "/supervisor.log");
+    std::string log = read_file(test_runtime_root() + "/" + name + "/supervisor.log");
     std::size_t saved = 0;
     for (auto at = log.find("guest profile saved"); at != std::string::npos; at = log.find("guest profile saved", at + 1)) ++saved;
     return saved;
@@ -140,7 +140,7 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
 
   // A control request with fields of the wrong type is refused; the supervisor lives on.
   try {
-    immortal::vmm::control_call(runtime_root() + "/" + name + "/control.sock",
+    immortal::vmm::control_call(test_runtime_root() + "/" + name + "/control.sock",
                                 {{"command", "exec"}, {"argv", {"true"}}, {"timeout_ms", "soon"}},
                                 immortal::Deadline::in(std::chrono::seconds(10)));
     FAIL("accepted");

@@ -3,6 +3,7 @@
 // console and the supervisor's own report are the judges.
 #include "fault_catalogue.h"
 #include "harness.h"
+#include "instance_json.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -18,12 +19,6 @@ using nlohmann::json;
 
 namespace {
 
-std::string state_of(const std::string& name) {
-  auto r = run_cli({"status", name, "--json"}, 20s);
-  if (r.status != 0) return "gone";
-  return json::parse(r.out).value("state", "");
-}
-
 void check_stock_reaction(const char* fault_class) {
   const auto* fault = immortal::vmm::find_fault_class(fault_class);
   REQUIRE(fault != nullptr);
@@ -38,10 +33,10 @@ void check_stock_reaction(const char* fault_class) {
   CHECK_THAT(inject.out, Catch::Contains("victim pid") && Catch::Contains(std::string("/sbin/immortal-victim ") + fault_class));
 
   // Soft lockups and hung tasks take the watchdogs a few seconds to notice under TCG.
-  bool crashed = wait_until([&] { return state_of(name) == "crashed"; }, 90s);
+  bool crashed = wait_until([&] { return instance_state(name) == "crashed"; }, 90s);
   // The panic's last words may follow the crash report by a moment; the supervisor freezes
   // the guest once they are out (about a second).
-  std::string console_path = runtime_root() + "/" + name + "/console.log";
+  std::string console_path = test_runtime_root() + "/" + name + "/console.log";
   wait_until([&] { return read_file(console_path).find(fault->console_signature.back()) != std::string::npos; }, 10s);
   std::string console = read_file(console_path);
   INFO("console:\n" << console.substr(console.size() > 6000 ? console.size() - 6000 : 0));
@@ -55,9 +50,9 @@ void check_stock_reaction(const char* fault_class) {
     CHECK(found != std::string::npos);
     if (found != std::string::npos) at = found;
   }
-  std::string supervisor_log = read_file(runtime_root() + "/" + name + "/supervisor.log");
+  std::string supervisor_log = read_file(test_runtime_root() + "/" + name + "/supervisor.log");
   CHECK_THAT(supervisor_log, Catch::Contains("the guest kernel crashed") && Catch::Contains("recovery is off"));
-  CHECK(wait_until([&] { return read_file(runtime_root() + "/" + name + "/supervisor.log").find("is frozen") != std::string::npos; }, 10s));
+  CHECK(wait_until([&] { return read_file(test_runtime_root() + "/" + name + "/supervisor.log").find("is frozen") != std::string::npos; }, 10s));
 
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
   CHECK(wait_until([&] { return qemu_processes(name).empty(); }, 10s));
@@ -108,10 +103,10 @@ TEST_CASE("a crashed guest's dump tells the panic, the victim on its CPU and the
     return r.status == 0 && json::parse(r.out)["profile"].contains("taken_at");
   }, 60s));
   REQUIRE(run_cli({"inject", name, "null-deref"}).status == 0);
-  REQUIRE(wait_until([&] { return read_file(runtime_root() + "/" + name + "/supervisor.log").find("is frozen") != std::string::npos; }, 60s));
+  REQUIRE(wait_until([&] { return read_file(test_runtime_root() + "/" + name + "/supervisor.log").find("is frozen") != std::string::npos; }, 60s));
   std::string dump = scratch_dir() + "/" + name + ".core";
   REQUIRE(run_cli({"dump", name, dump}, 120s).status == 0);
-  auto diag = run_cli({"diag", dump, "--profile", runtime_root() + "/" + name + "/profile", "--json", "--bt"}, 120s);
+  auto diag = run_cli({"diag", dump, "--profile", test_runtime_root() + "/" + name + "/profile", "--json", "--bt"}, 120s);
   INFO(diag.err);
   REQUIRE(diag.status == 0);
   json report = json::parse(diag.out);
@@ -126,7 +121,7 @@ TEST_CASE("a crashed guest's dump tells the panic, the victim on its CPU and the
   };
   std::vector<std::string> kernel_trace;
   {
-    std::string console = read_file(runtime_root() + "/" + name + "/console.log");
+    std::string console = read_file(test_runtime_root() + "/" + name + "/console.log");
     auto at = console.find("Call Trace:");
     REQUIRE(at != std::string::npos);
     std::istringstream in(console.substr(at));

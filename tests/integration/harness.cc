@@ -42,7 +42,7 @@ void prepare_environment() {
 
 void cleanup_environment() {
   // Guests outlive their supervisors now: a test that failed half-way may have left one running.
-  DIR* dir = ::opendir(runtime_root().c_str());
+  DIR* dir = ::opendir(test_runtime_root().c_str());
   while (dirent* e = dir ? ::readdir(dir) : nullptr) {
     if (e->d_name[0] == '.') continue;
     for (pid_t pid : qemu_processes(e->d_name)) ::kill(pid, SIGKILL);
@@ -55,10 +55,10 @@ void cleanup_environment() {
 
 int sanitizer_findings() {
   int findings = 0;
-  DIR* dir = ::opendir(runtime_root().c_str());
+  DIR* dir = ::opendir(test_runtime_root().c_str());
   while (dirent* e = dir ? ::readdir(dir) : nullptr) {
     if (e->d_name[0] == '.') continue;
-    std::string log = read_file(runtime_root() + "/" + e->d_name + "/supervisor.log");
+    std::string log = read_file(test_runtime_root() + "/" + e->d_name + "/supervisor.log");
     for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"}) {
       if (log.find(marker) != std::string::npos) {
         std::fprintf(stderr, "sanitizer report in the supervisor log of %s:\n%s\n", e->d_name, log.c_str());
@@ -71,7 +71,7 @@ int sanitizer_findings() {
   return findings;
 }
 
-std::string runtime_root() { return g_scratch + "/run"; }
+std::string test_runtime_root() { return g_scratch + "/run"; }
 std::string scratch_dir() { return g_scratch; }
 
 std::string guest_dir() {

@@ -15,7 +15,7 @@ void prepare_environment();  // sets IMMORTAL_RUNTIME_DIR and IMMORTAL_BUNDLE_DI
 void cleanup_environment();
 // Prints and counts ASan/LSan/UBSan reports in the supervisors' logs of this run.
 int sanitizer_findings();
-std::string runtime_root();
+std::string test_runtime_root();
 std::string guest_dir();     // $IMMORTAL_GUEST_DIR (scripts/test sets it)
 std::string scratch_dir();   // a temporary directory for this run
 std::string unique_name(const std::string& prefix);

@@ -21,6 +21,14 @@ inline nlohmann::json status_json(const std::string& name) {
   return j.is_discarded() ? nlohmann::json::object() : j;
 }
 
+// The instance's state ("running", "crashed", …), "gone" once status no longer knows it.
+inline std::string instance_state(const std::string& name) {
+  auto r = run_cli({"status", name, "--json"}, std::chrono::seconds(20));
+  if (r.status != 0) return "gone";
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  return j.is_discarded() ? "" : j.value("state", "");
+}
+
 // recovery_state.crashes / recovered / reboots
 inline std::uint64_t recovery_count(const nlohmann::json& status, const char* what) {
   return status.value("recovery_state", nlohmann::json::object()).value(what, std::uint64_t{0});
@@ -28,7 +36,7 @@ inline std::uint64_t recovery_count(const nlohmann::json& status, const char* wh
 
 inline std::vector<nlohmann::json> event_log(const std::string& name) {
   std::vector<nlohmann::json> out;
-  std::ifstream in(runtime_root() + "/" + name + "/events.jsonl");
+  std::ifstream in(test_runtime_root() + "/" + name + "/events.jsonl");
   for (std::string line; std::getline(in, line);)
     if (auto j = nlohmann::json::parse(line, nullptr, false); !j.is_discarded()) out.push_back(j);
   return out;

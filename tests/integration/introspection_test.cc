@@ -60,7 +60,7 @@ TEST_CASE("tasks, modules and the kernel log read from a QEMU dump agree with th
   for (++i; i < parts.size() && parts[i] != "---"; ++i) guest_modules.insert(parts[i]);
   std::vector<std::string> guest_dmesg(parts.begin() + static_cast<long>(std::min(parts.size(), i + 1)), parts.end());
 
-  auto diag = run_cli({"diag", dump, "--profile", runtime_root() + "/" + name + "/profile", "--json", "--tasks",
+  auto diag = run_cli({"diag", dump, "--profile", test_runtime_root() + "/" + name + "/profile", "--json", "--tasks",
                        "--modules", "--dmesg"},
                       120s);
   INFO(diag.err);
@@ -97,7 +97,7 @@ TEST_CASE("tasks, modules and the kernel log read from a QEMU dump agree with th
   }
 
   {  // every line the guest's dmesg printed is in our kernel log, in order
-    std::string rendered = run_cli({"diag", dump, "--profile", runtime_root() + "/" + name + "/profile", "--dmesg"}).out;
+    std::string rendered = run_cli({"diag", dump, "--profile", test_runtime_root() + "/" + name + "/profile", "--dmesg"}).out;
     auto ours = lines_of(rendered);
     REQUIRE(guest_dmesg.size() > 50);
     std::size_t at = 0;

@@ -33,7 +33,7 @@ TEST_CASE("crash reads the same kernel log and modules from a crashed guest's du
   REQUIRE(vmlinux != nullptr);
   std::string name = unique_name("judged");
   REQUIRE(run_cli({"run", "--name", name, "--detach", "--recovery", "off"}).status == 0);
-  std::string rundir = runtime_root() + "/" + name;
+  std::string rundir = test_runtime_root() + "/" + name;
   REQUIRE(wait_until([&] { return read_file(rundir + "/supervisor.log").find("guest profile saved") != std::string::npos; }, 60s));
   REQUIRE(run_cli({"inject", name, "null-deref"}).status == 0);
   REQUIRE(wait_until([&] { return read_file(rundir + "/supervisor.log").find("is frozen") != std::string::npos; }, 60s));

@@ -21,7 +21,7 @@ TEST_CASE("kdump: with recovery off, an oops boots the guest's own crash kernel"
   auto run = run_cli({"run", "--name", name, "--detach", "--recovery", "off", "--append", "console=ttyS0 crashkernel=128M"});
   INFO(run.err);
   REQUIRE(run.status == 0);
-  std::string console_path = runtime_root() + "/" + name + "/console.log";
+  std::string console_path = test_runtime_root() + "/" + name + "/console.log";
 
   auto dmesg = run_cli({"exec", name, "--", "dmesg"});
   REQUIRE(dmesg.status == 0);
@@ -98,7 +98,7 @@ TEST_CASE("kdump: with recovery on, a guest with kdump armed survives a driver c
 
   // A crash recovery does not take (a hung task, which this instance's policy leaves to the
   // guest): the guest's own crash kernel gets it, as the operator configured.
-  std::string console_path = runtime_root() + "/" + name + "/console.log";
+  std::string console_path = test_runtime_root() + "/" + name + "/console.log";
   REQUIRE(run_cli({"unquarantine", name, "--all"}).status == 0);
   inject(name, "hung-task");
   bool up = wait_until([&] { return read_file(console_path).find("immortal-kdump: the crash kernel is up") != std::string::npos; }, 150s);

@@ -4,6 +4,7 @@
 // the test that crashes it comes last and stops it.
 #include "fault_catalogue.h"
 #include "harness.h"
+#include "instance_json.h"
 
 #define CATCH_CONFIG_EXTERNAL_INTERFACES  // for the listener that stops the guest
 #include <catch2/catch.hpp>
@@ -20,12 +21,6 @@ namespace {
 
 constexpr char kTrigger[] = "/sys/kernel/debug/provoke-crash/DIRECT";
 
-std::string state_of(const std::string& name) {
-  auto r = run_cli({"status", name, "--json"}, 20s);
-  if (r.status != 0) return "gone";
-  return json::parse(r.out).value("state", "");
-}
-
 std::string& guest_name() {
   static std::string name;
   return name;
@@ -36,7 +31,7 @@ const std::string& lkdtm_guest() {
   std::string& name = guest_name();
   if (!name.empty()) {
     INFO("the shared LKDTM guest failed to come up in an earlier test, or was stopped");
-    REQUIRE(state_of(name) == "running");
+    REQUIRE(instance_state(name) == "running");
     return name;
   }
   name = unique_name("lkdtm");
@@ -110,10 +105,10 @@ TEST_CASE("lkdtm: the guest image loads LKDTM, which lists its crash types and r
   // A type that only reports (the stack offset of this process) goes all the way through.
   int victim = inject(name, "lkdtm:REPORT_STACK");
   std::string ended = "spawned pid " + std::to_string(victim) + " exited with status 0";
-  CHECK(wait_until([&] { return read_file(runtime_root() + "/" + name + "/console.log").find(ended) != std::string::npos; }, 30s));
-  std::string console = read_file(runtime_root() + "/" + name + "/console.log");
+  CHECK(wait_until([&] { return read_file(test_runtime_root() + "/" + name + "/console.log").find(ended) != std::string::npos; }, 30s));
+  std::string console = read_file(test_runtime_root() + "/" + name + "/console.log");
   CHECK_THAT(console, Catch::Contains("injects lkdtm:REPORT_STACK") && Catch::Contains("lkdtm: Performing direct entry REPORT_STACK"));
-  CHECK(state_of(name) == "running");
+  CHECK(instance_state(name) == "running");
 }
 
 TEST_CASE("kdump: immortal-kdump-load says what is missing when no crash memory is reserved", "[integration][lkdtm][kdump]") {
@@ -131,8 +126,8 @@ TEST_CASE("lkdtm: lkdtm:BUG crashes the guest, as the stock kernel reacts to it"
   INFO(r.err);
   REQUIRE(r.status == 0);
   CHECK_THAT(r.out, Catch::Contains("/sbin/immortal-victim lkdtm:BUG"));
-  bool crashed = wait_until([&] { return state_of(name) == "crashed"; }, 60s);
-  std::string console_path = runtime_root() + "/" + name + "/console.log";
+  bool crashed = wait_until([&] { return instance_state(name) == "crashed"; }, 60s);
+  std::string console_path = test_runtime_root() + "/" + name + "/console.log";
   wait_until([&] { return read_file(console_path).find("end Kernel panic") != std::string::npos; }, 10s);
   std::string console = read_file(console_path);
   INFO("console:\n" << console.substr(console.size() > 6000 ? console.size() - 6000 : 0));

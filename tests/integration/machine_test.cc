@@ -36,7 +36,7 @@ struct Guest {
     c.append = "console=ttyS0";
     c.vcpus = 2;
     c.accelerator = choose_accelerator().accelerator;
-    Guest g{InstanceDir::claim(test::runtime_root(), name), nullptr, nullptr};
+    Guest g{InstanceDir::claim(test::test_runtime_root(), name), nullptr, nullptr};
     c.runtime_dir = g.dir.path();
     c.console_log = g.dir.file("console.log");
     auto start = Clock::now();

@@ -17,7 +17,6 @@ using nlohmann::json;
 
 namespace {
 
-json last_event(const std::string& name, const std::string& kind) { return last_event_of(name, kind); }
 
 struct Guest {
   std::string name, boot_id;
@@ -57,18 +56,18 @@ json expect_recovered_in(Guest& g, const std::string& trigger) {
   }, 90s);
   json after = status_json(g.name);
   INFO("status: " << after.dump(1));
-  INFO("crash: " << last_event(g.name, "crash").dump(1).substr(0, 4000));
-  INFO("last reboot: " << last_event(g.name, "reboot").dump());
+  INFO("crash: " << last_event_of(g.name, "crash").dump(1).substr(0, 4000));
+  INFO("last reboot: " << last_event_of(g.name, "reboot").dump());
   REQUIRE(done);
   REQUIRE(recovery_count(after, "reboots") == recovery_count(before, "reboots"));
   CHECK(after.value("boot_id", "") == g.boot_id);
-  json recovered = last_event(g.name, "recovered");
+  json recovered = last_event_of(g.name, "recovered");
   INFO(recovered.dump(1));
   for (const auto& c : recovered.value("checks", json::array())) CHECK(c.value("passed", false));
-  return last_event(g.name, "plan")["plan"];
+  return last_event_of(g.name, "plan")["plan"];
 }
 
-json expect_recovered(const std::string& trigger) { return expect_recovered_in(guest(), trigger); }
+json expect_device_recovered(const std::string& trigger) { return expect_recovered_in(guest(), trigger); }
 
 // The device's users return: the misc device (every lock of the device), and nothing hangs.
 void expect_device_answers(const std::string& name) {
@@ -97,9 +96,9 @@ void expect_rebooted_because(const std::string& trigger, const std::string& why)
            s.value("boot_id", "") != g.boot_id && s["recovery_state"].value("armed", false);
   }, 150s);
   INFO("status: " << status_json(g.name).dump(1));
-  INFO("crash: " << last_event(g.name, "crash").dump(1).substr(0, 3000));
+  INFO("crash: " << last_event_of(g.name, "crash").dump(1).substr(0, 3000));
   REQUIRE(rebooted);
-  CHECK_THAT(last_event(g.name, "reboot").value("reason", ""), Catch::Contains(why));
+  CHECK_THAT(last_event_of(g.name, "reboot").value("reason", ""), Catch::Contains(why));
   // The crash's bundle says why too.
   REQUIRE(wait_until([&] { return !status_json(g.name)["last_crash"].value("bundle", "").empty(); }, 60s));
   auto diag = run_cli({"diag", status_json(g.name)["last_crash"].value("bundle", "")});
@@ -114,7 +113,7 @@ void expect_rebooted_because(const std::string& trigger, const std::string& why)
 TEST_CASE("real drivers: a reader queued on the device's mutex gets its data when the writer crashes",
           "[integration][real-drivers]") {
   // The writer takes the per-device mutex and sleeps; the reader queues on it; the writer crashes.
-  json plan = expect_recovered(
+  json plan = expect_device_recovered(
       "(echo 'mutex-wait 2000' > /dev/immortal-realdev) & sleep 0.5; "
       "(timeout 60 cat /dev/immortal-realdev > /tmp/queued; echo $? > /tmp/queued.status) & sleep 0.2");
   CHECK(plan_has(plan, "release-lock", "mutex_unlock"));  // a real unlock: it wakes the waiter
@@ -129,7 +128,7 @@ TEST_CASE("real drivers: a reader queued on the device's mutex gets its data whe
 }
 
 TEST_CASE("real drivers: a writer queued on the device's rwsem is woken", "[integration][real-drivers]") {
-  json plan = expect_recovered(
+  json plan = expect_device_recovered(
       "(echo 'rwsem-write-wait 2000' > /dev/immortal-realdev) & sleep 0.5; "
       "(timeout 60 cat /dev/immortal-realdev > /tmp/queued; echo $? > /tmp/queued.status) & sleep 0.2");
   CHECK(plan_has(plan, "release-lock", "up_write"));
@@ -140,13 +139,13 @@ TEST_CASE("real drivers: a writer queued on the device's rwsem is woken", "[inte
 
 TEST_CASE("real drivers: a spinlock held with interrupts off in a per-device structure is released",
           "[integration][real-drivers]") {
-  json plan = expect_recovered("echo spin-irq > /dev/immortal-realdev");
+  json plan = expect_device_recovered("echo spin-irq > /dev/immortal-realdev");
   CHECK(plan_has(plan, "release-lock", "spinlock"));
   expect_device_answers(guest().name);
 }
 
 TEST_CASE("real drivers: a mutex, an rwsem held for reading and a spinlock at once", "[integration][real-drivers]") {
-  json plan = expect_recovered("echo nested > /dev/immortal-realdev");
+  json plan = expect_device_recovered("echo nested > /dev/immortal-realdev");
   CHECK(plan_has(plan, "release-lock", "\"mutex\""));
   CHECK(plan_has(plan, "release-lock", "rwsem-read"));
   CHECK(plan_has(plan, "release-lock", "spinlock"));
@@ -154,14 +153,14 @@ TEST_CASE("real drivers: a mutex, an rwsem held for reading and a spinlock at on
 }
 
 TEST_CASE("real drivers: rwlocks held for writing and for reading", "[integration][real-drivers]") {
-  CHECK(plan_has(expect_recovered("echo rwlock-write > /dev/immortal-realdev"), "release-lock", "rwlock-write"));
+  CHECK(plan_has(expect_device_recovered("echo rwlock-write > /dev/immortal-realdev"), "release-lock", "rwlock-write"));
   expect_device_answers(guest().name);
-  CHECK(plan_has(expect_recovered("echo rwlock-read > /dev/immortal-realdev"), "release-lock", "rwlock-read"));
+  CHECK(plan_has(expect_device_recovered("echo rwlock-read > /dev/immortal-realdev"), "release-lock", "rwlock-read"));
   expect_device_answers(guest().name);
 }
 
 TEST_CASE("real drivers: rtnl_lock, taken by the kernel before ndo_change_mtu, is released", "[integration][real-drivers]") {
-  json plan = expect_recovered("ip link set rdnet0 mtu 1234");
+  json plan = expect_device_recovered("ip link set rdnet0 mtu 1234");
   CHECK(plan_has(plan, "release-lock", "rtnl_mutex"));
   auto& g = guest();
   // Every other network configuration would wait for rtnl_lock forever.
@@ -173,11 +172,11 @@ TEST_CASE("real drivers: rtnl_lock, taken by the kernel before ndo_change_mtu, i
 TEST_CASE("real drivers: a sysfs store and a debugfs write: locks and references the kernel took are released",
           "[integration][real-drivers]") {
   auto& g = guest();
-  json sysfs = expect_recovered("echo crash > /sys/devices/platform/immortal-realdev/trigger");
+  json sysfs = expect_device_recovered("echo crash > /sys/devices/platform/immortal-realdev/trigger");
   CHECK(plan_has(sysfs, "release-reference", "kernfs_put_active"));
   CHECK(plan_has(sysfs, "release-lock", "mutex"));  // the open file's kernfs mutex
   CHECK(guest_sh(g.name, "timeout 10 cat /sys/devices/platform/immortal-realdev/trigger").status == 0);
-  json debugfs = expect_recovered("echo crash > /sys/kernel/debug/immortal-realdev/trigger");
+  json debugfs = expect_device_recovered("echo crash > /sys/kernel/debug/immortal-realdev/trigger");
   CHECK(plan_has(debugfs, "release-reference", "debugfs_file_put"));
   // With both references dropped the driver can go away and come back (the removal of a file
   // with a leaked reference would wait forever).
@@ -205,8 +204,8 @@ TEST_CASE("real drivers: crashes the kernel raised on the driver's behalf are bl
   };
   for (const auto& c : cases) {
     INFO("command " << c.command);
-    json plan = expect_recovered(std::string("echo ") + c.command + " > /dev/immortal-realdev");
-    CHECK_THAT(last_event(guest().name, "crash")["analysis"].value("stopped_by", ""), Catch::Contains(c.check));
+    json plan = expect_device_recovered(std::string("echo ") + c.command + " > /dev/immortal-realdev");
+    CHECK_THAT(last_event_of(guest().name, "crash")["analysis"].value("stopped_by", ""), Catch::Contains(c.check));
     CHECK(plan_has(plan, "quarantine-function", "immortal_realdev"));
     expect_device_answers(guest().name);
   }
@@ -230,7 +229,7 @@ TEST_CASE("real drivers: crashes in a tasklet, an RCU callback, a hard-interrupt
   };
   for (const auto& c : cases) {
     INFO("command " << c.command);
-    json plan = expect_recovered(std::string("echo ") + c.command + " > /dev/immortal-realdev; sleep 1");
+    json plan = expect_device_recovered(std::string("echo ") + c.command + " > /dev/immortal-realdev; sleep 1");
     CHECK(plan_has(plan, c.action, c.detail));
     CHECK(plan_has(plan, "quarantine-function", "immortal_realdev"));
     if (std::string(c.command) == "irq") {
@@ -274,8 +273,8 @@ TEST_CASE("real drivers: a timer that crashes on the CPU of a task busy under a 
   // only the callback's is the crash's to release. The writer then finishes its command.
   auto& g = guest();
   guest_sh(g.name, "rm -f /tmp/spin-writer-done");
-  json plan = expect_recovered("echo 'timer-under-spin 400' > /dev/immortal-realdev && touch /tmp/spin-writer-done");
-  json analysis = last_event(g.name, "crash")["analysis"];
+  json plan = expect_device_recovered("echo 'timer-under-spin 400' > /dev/immortal-realdev && touch /tmp/spin-writer-done");
+  json analysis = last_event_of(g.name, "crash")["analysis"];
   INFO(analysis.value("lock_search", json::object()).dump(1));
   CHECK(analysis.value("context", "") == "softirq");
   CHECK(plan_has(plan, "end-callback", "call_timer_fn"));
@@ -292,7 +291,7 @@ TEST_CASE("real drivers: a NAPI poll that crashes is ended with its instance com
           "[integration][real-drivers]") {
   auto& g = guest();
   REQUIRE(guest_sh(g.name, "ip link set rdnet0 up").status == 0);
-  json plan = expect_recovered("echo napi > /dev/immortal-realdev");
+  json plan = expect_device_recovered("echo napi > /dev/immortal-realdev");
   CHECK(plan_has(plan, "end-callback", "napi_complete_done"));
   CHECK(plan_has(plan, "release-lock", "spinlock"));
   CHECK(plan_has(plan, "quarantine-function", "realdev_poll"));
@@ -313,7 +312,7 @@ TEST_CASE("real drivers: a socket's lock, taken by the kernel's setsockopt befor
   auto& g = guest();
   REQUIRE(guest_sh(g.name, "ip link set rdnet0 up && (ip addr add 10.77.0.1/24 dev rdnet0 2>/dev/null; true) && "
                            "immortal-mcast-join 239.1.2.3 rdnet0").status == 0);
-  json plan = expect_recovered("echo rx-mode > /dev/immortal-realdev && "
+  json plan = expect_device_recovered("echo rx-mode > /dev/immortal-realdev && "
                                "immortal-mcast-join 239.1.2.4 rdnet0 2; echo $? > /tmp/mcast-status");
   CHECK(plan_has(plan, "release-lock", "release_sock"));
   CHECK(plan_has(plan, "release-lock", "rtnl_mutex"));
@@ -334,10 +333,10 @@ TEST_CASE("real drivers: a soft lockup (polling a device register under the devi
           "a reader queued on the mutex gets its data", "[integration][real-drivers]") {
   auto& g = guest();
   REQUIRE(guest_sh(g.name, "sysctl -q -w kernel.softlockup_panic=1 kernel.watchdog_thresh=2").status == 0);
-  json plan = expect_recovered(
+  json plan = expect_device_recovered(
       "(echo spin-poll > /dev/immortal-realdev) & sleep 0.5; "
       "(timeout 60 cat /dev/immortal-realdev > /tmp/queued; echo $? > /tmp/queued.status) & sleep 0.2");
-  json crash = last_event(g.name, "crash");
+  json crash = last_event_of(g.name, "crash");
   INFO(crash.dump(1).substr(0, 3000));
   CHECK_THAT(crash.dump(), Catch::Contains("soft-lockup"));
   CHECK(plan_has(plan, "kill-task", "soft lockup"));
@@ -355,11 +354,11 @@ TEST_CASE("real drivers: a hung task (asleep for ever in the driver, holding the
           "writer and the reader queued behind it get in", "[integration][real-drivers]") {
   auto& g = guest();
   REQUIRE(guest_sh(g.name, "sysctl -q -w kernel.hung_task_panic=1 kernel.hung_task_timeout_secs=2").status == 0);
-  json plan = expect_recovered(
+  json plan = expect_device_recovered(
       "(echo hang > /dev/immortal-realdev) & sleep 0.5; "
       "(timeout 120 sh -c 'echo ping > /dev/immortal-realdev'; echo $? > /tmp/pinged.status) & "
       "(timeout 120 cat /dev/immortal-realdev > /tmp/queued; echo $? > /tmp/queued.status) & sleep 0.2");
-  json crash = last_event(g.name, "crash");
+  json crash = last_event_of(g.name, "crash");
   INFO(crash.dump(1).substr(0, 4000));
   CHECK_THAT(crash.dump(), Catch::Contains("hung-task"));
   // Its wait-queue entry and its timeout's timer unlinked before its stack is reused.
@@ -386,7 +385,7 @@ TEST_CASE("real drivers: what the lock search cannot account for reboots, with t
 TEST_CASE("real drivers: a semaphore, which records no holder, is the crashing task's by the control flow: up() "
           "gives its unit back", "[integration][real-drivers]") {
   // down_interruptible() succeeded on every path to the crashing call (its failure returns).
-  json plan = expect_recovered("echo semaphore > /dev/immortal-realdev");
+  json plan = expect_device_recovered("echo semaphore > /dev/immortal-realdev");
   CHECK(plan_has(plan, "release-lock", "\"up\""));
   auto& g = guest();
   REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
@@ -404,7 +403,7 @@ TEST_CASE("real drivers: a lock the search missed is caught by the check of the 
   json before = status_json(g.name);
   // The driver crashes holding a mutex nothing on its stack points to; the next user queues on it.
   guest_sh(g.name, "echo mutex-elsewhere > /dev/immortal-realdev");
-  REQUIRE(wait_until([&] { return last_event(g.name, "resumed").value("crash", std::uint64_t{0}) == recovery_count(before, "crashes") + 1; }, 60s));
+  REQUIRE(wait_until([&] { return last_event_of(g.name, "resumed").value("crash", std::uint64_t{0}) == recovery_count(before, "crashes") + 1; }, 60s));
   guest_sh(g.name, "(timeout 120 cat /sys/kernel/debug/immortal-realdev/elsewhere >/dev/null 2>&1 &); true");
   bool rebooted = wait_until([&] {
     json s = status_json(g.name);
@@ -412,7 +411,7 @@ TEST_CASE("real drivers: a lock the search missed is caught by the check of the 
            s.value("boot_id", "") != g.boot_id;
   }, 150s);
   REQUIRE(rebooted);
-  json failed = last_event(g.name, "recovery-failed");
+  json failed = last_event_of(g.name, "recovery-failed");
   INFO(failed.dump());
   CHECK(failed.value("check", "") == "locks");
   CHECK_THAT(failed.value("reason", ""), Catch::Contains("owned by the killed task"));

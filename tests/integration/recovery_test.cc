@@ -302,7 +302,7 @@ TEST_CASE("recovery: a guest whose agent falls silent is inspected and rebooted 
   CHECK_THAT(events, Catch::Contains("\"event\":\"hang\"") && Catch::Contains("no heartbeat"));
   CHECK_THAT(events, Catch::Contains("\"event\":\"rebooted\""));
   // The hung guest's state is kept in a bundle (its memory copied before the reboot).
-  CHECK(wait_until([&] { return read_file(runtime_root() + "/" + name + "/events.jsonl").find("\"event\":\"bundle\"") != std::string::npos; }, 60s));
+  CHECK(wait_until([&] { return read_file(test_runtime_root() + "/" + name + "/events.jsonl").find("\"event\":\"bundle\"") != std::string::npos; }, 60s));
   auto hang_bundle = run_cli({"diag", status_json(name)["last_crash"].value("bundle", "")});
   INFO(hang_bundle.err);
   CHECK(hang_bundle.status == 0);

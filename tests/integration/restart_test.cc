@@ -176,5 +176,5 @@ TEST_CASE("restart: QEMU ending on its own is not a guest power-off", "[integrat
   REQUIRE(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 4);  // ExitCode::qemu, not 0 as for a power-off
   CHECK_THAT(read_file(log), Catch::Contains("without the guest powering off"));
-  CHECK_THAT(read_file(runtime_root() + "/" + name + "/events.jsonl"), Catch::Contains("\"event\":\"vm-exited\""));
+  CHECK_THAT(read_file(test_runtime_root() + "/" + name + "/events.jsonl"), Catch::Contains("\"event\":\"vm-exited\""));
 }

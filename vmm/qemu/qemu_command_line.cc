@@ -8,9 +8,7 @@
 
 namespace immortal::qemu {
 
-namespace {
 std::string path_in(const std::string& dir, const char* name) { return dir + "/" + name; }
-}  // namespace
 
 std::vector<RamSegment> q35_ram_layout(std::uint64_t ram_bytes) {
   std::uint64_t lowmem = ram_bytes >= 0xb0000000ull ? 0x80000000ull : 0xb0000000ull;

@@ -27,8 +27,6 @@ namespace {
 
 constexpr auto kCommandTimeout = std::chrono::seconds(10);
 
-std::string path_in(const std::string& dir, const char* name) { return dir + "/" + name; }
-
 // The last lines QEMU printed, to explain why it stopped.
 std::string tail_of(const std::string& path, std::size_t max_lines) {
   std::string out;

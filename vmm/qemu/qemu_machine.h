@@ -35,6 +35,8 @@ std::string qemu_binary(const vmm::MachineConfig& config);
 
 // The QEMU command line for a configuration (ram_fd: the memfd QEMU inherits).
 std::vector<std::string> qemu_command_line(const vmm::MachineConfig& config, int ram_fd);
+// A file of the instance's runtime directory (its sockets and logs).
+std::string path_in(const std::string& dir, const char* name);
 
 class QemuMachine final : public vmm::Machine {
  public:
