@@ -143,11 +143,10 @@ TEST_CASE("real guest: a Debian 12 VM with systemd, a web service and fsynced re
   ::unlink(disk.c_str());
 }
 
-// Not in CI yet (its image build and boot would take CI past its budget): run it with
-//   scripts/build-real-guest trixie
+// By hand: scripts/build-real-guest trixie, then
 //   IMMORTAL_REAL_GUEST_trixie=build/real-guest-trixie build-san/tests/integration-tests "[real-guest-trixie]"
 TEST_CASE("real guest: Debian 13 (Linux 6.12): profile, the host's views of its kernel, a recovered crash and its bundle",
-          "[.][integration][real-guest-trixie]") {
+          "[integration][real-guest-trixie]") {
   std::string disk = overlay_disk("trixie");
   std::string name = unique_name("trixie");
   // One vCPU: QEMU 7.2's multi-threaded TCG once let a vCPU run an int3 that 6.12's text_poke_bp
