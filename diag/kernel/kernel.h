@@ -24,6 +24,9 @@ namespace immortal {
 // x86-64 with 4-level paging: where the kernel's half of the address space starts. A kernel
 // pointer read from guest memory lies at or above it.
 inline constexpr std::uint64_t kKernelSpaceStart = 0xffff800000000000ull;
+// A word that can point at a kernel object: in the kernel's half, short of its last page
+// (where ERR_PTR values live).
+inline constexpr bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpaceStart && v < ~0xfffull; }
 
 class Kernel;
 

@@ -37,7 +37,7 @@ std::string base_name(const std::string& name) {
   return dot == std::string::npos ? name : name.substr(0, dot);
 }
 
-bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpaceStart && (v & 7) == 0; }
+bool aligned_kernel_address(std::uint64_t v) { return v >= kKernelSpaceStart && (v & 7) == 0; }
 
 }  // namespace
 
@@ -68,7 +68,7 @@ std::vector<std::uint64_t> all_tasks(const Kernel& kernel, std::size_t max, std:
     if (seen.insert(leader).second) out.push_back(leader);
     try {
       std::uint64_t sig = m.read_u64(leader + signal);
-      if (!kernel_pointer(sig)) continue;
+      if (!aligned_kernel_address(sig)) continue;
       WalkResult threads = walk_list(m, sig + thread_head, max, [&](std::uint64_t node) {
         std::uint64_t task = node - thread_node;
         if (out.size() < max && seen.insert(task).second) out.push_back(task);
@@ -100,9 +100,9 @@ LockWaiters find_lock_waiters(const Kernel& kernel, std::size_t max_tasks) {
   // Is node a waiter's list node, i.e. followed by a task pointer and lying on that task's stack?
   auto on_own_stack = [&](std::uint64_t node) {
     std::uint64_t task = m.read_u64(node + 16);
-    if (!kernel_pointer(task)) return false;
+    if (!aligned_kernel_address(task)) return false;
     std::uint64_t stack = m.read_u64(task + off_stack);
-    return kernel_pointer(stack) && node >= stack && node - stack < kThreadSize;
+    return aligned_kernel_address(stack) && node >= stack && node - stack < kThreadSize;
   };
 
   for (std::uint64_t task : all_tasks(kernel, max_tasks, &out.problems)) {
@@ -111,7 +111,7 @@ LockWaiters find_lock_waiters(const Kernel& kernel, std::size_t max_tasks) {
       auto state = m.read_value<std::uint32_t>(task + off_state);
       if (!(state & (kTaskInterruptible | kTaskUninterruptible)) || m.read_value<std::int32_t>(task + off_on_cpu)) continue;
       std::uint64_t stack = m.read_u64(task + off_stack), sp = m.read_u64(task + off_sp);
-      if (!kernel_pointer(stack) || sp < stack || sp >= stack + kThreadSize) continue;
+      if (!aligned_kernel_address(stack) || sp < stack || sp >= stack + kThreadSize) continue;
       std::vector<std::uint64_t> words((stack + kThreadSize - sp) / 8);
       m.read(sp, std::as_writable_bytes(std::span(words)));
       // The slow path it sleeps in: the first lock slow path among the return addresses.
@@ -127,13 +127,13 @@ LockWaiters find_lock_waiters(const Kernel& kernel, std::size_t max_tasks) {
       if (!path) continue;
       // Its waiter: {list.next, list.prev, task} with the ring's neighbours pointing back.
       for (std::size_t i = 2; i < words.size(); ++i) {
-        if (words[i] != task || !kernel_pointer(words[i - 2]) || !kernel_pointer(words[i - 1])) continue;
+        if (words[i] != task || !aligned_kernel_address(words[i - 2]) || !aligned_kernel_address(words[i - 1])) continue;
         std::uint64_t node = sp + 8 * (i - 2);
         if (m.read_u64(words[i - 2] + 8) != node || m.read_u64(words[i - 1]) != node) continue;
         // Around the ring to the one node that is not a waiter: the lock's wait_list.
         std::uint64_t head = 0, at = words[i - 2];
         for (std::size_t n = 0; n < kMaxWaitList && at != node; ++n) {
-          if (!kernel_pointer(at)) break;
+          if (!aligned_kernel_address(at)) break;
           if (!on_own_stack(at)) {
             head = at;
             break;

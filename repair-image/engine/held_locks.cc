@@ -92,8 +92,6 @@ constexpr std::uint64_t kMaxScanBytes = 32ull << 20;
 constexpr std::uint64_t kMaxFunctionBytes = 64 * 1024;
 constexpr std::size_t kMaxFlowSites = 256;  // lock calls of one function whose paths are searched
 
-bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpaceStart && v < ~0xfffull; }
-
 struct OwnerHit {
   std::uint64_t address;  // of the word equal to the dying task (| flag bits)
   std::string where;

@@ -26,7 +26,7 @@ constexpr std::size_t kMaxTasks = 1 << 16;
 constexpr std::size_t kMaxQueueWalk = 256;
 constexpr std::size_t kMaxCodeBytes = 8192;
 
-bool aligned_kernel_pointer(std::uint64_t v) { return v >= kKernelSpaceStart && v < ~0xfffull && (v & 7) == 0; }
+bool aligned_kernel_pointer(std::uint64_t v) { return kernel_pointer(v) && (v & 7) == 0; }
 
 // khungtaskd's loop without the panic: in the function that called panic() (or its parent,
 // when the call is in its .cold part), `cmpb $0x0,hung_task_call_panic(%rip)` followed by
