@@ -28,8 +28,39 @@ void AgentChannel::send(MessageType type, const std::string& payload) {
   write_all(stream_.get(), agent::encode_frame(type, payload, protocol_), Deadline::in(std::chrono::seconds(5)));
 }
 
+bool AgentChannel::answered(std::uint64_t id) {
+  due_.erase(id);
+  return expired_.count(id) == 0;
+}
+
+void AgentChannel::expire_overdue(Clock::time_point now) {
+  std::vector<std::uint64_t> overdue;
+  for (const auto& [id, due] : due_)
+    if (now >= due) overdue.push_back(id);
+  for (std::uint64_t id : overdue) {
+    due_.erase(id);
+    expired_.insert(id);
+    if (expired_.size() > kMaxExpired) expired_.erase(expired_.begin());
+    const std::string why = "the guest agent did not answer in time";
+    if (auto it = pending_.find(id); it != pending_.end()) {
+      auto done = std::move(it->second);
+      pending_.erase(it);
+      done(nullptr, why);
+    } else if (auto sit = pending_spawns_.find(id); sit != pending_spawns_.end()) {
+      auto done = std::move(sit->second);
+      pending_spawns_.erase(sit);
+      done(0, why);
+    } else if (auto fit = fetches_.find(id); fit != fetches_.end()) {
+      auto fetch = std::move(fit->second);
+      fetches_.erase(fit);
+      fetch.done({}, why + " (reading " + fetch.path + ")");
+    }
+  }
+}
+
 void AgentChannel::on_readable() {
   if (closed_) return;
+  expire_overdue();
   bool got_data = false;
   for (;;) {
     bool would_block = false;
@@ -116,6 +147,7 @@ void AgentChannel::handle(const agent::Frame& frame) {
       break;
     case MessageType::file_data: {
       auto chunk = agent::parse_file_data(frame.payload);
+      if (!answered(chunk.id)) break;
       FileFetch fetch = take(fetches_, chunk.id, "file data");
       if (!chunk.error.empty()) {
         fetch.done({}, chunk.error);
@@ -140,17 +172,19 @@ void AgentChannel::handle(const agent::Frame& frame) {
     }
     case MessageType::exec_result: {
       auto result = agent::parse_exec_result(frame.payload);
+      if (!answered(result.id)) break;
       take(pending_, result.id, "result")(&result, "");
       break;
     }
     case MessageType::spawned: {
       auto spawned = agent::parse_spawned(frame.payload);
+      if (!answered(spawned.id)) break;
       take(pending_spawns_, spawned.id, "spawn answer")(spawned.pid, spawned.error);
       break;
     }
     case MessageType::error: {
       auto error = agent::parse_error(frame.payload);
-      if (!error.id) break;
+      if (!error.id || !answered(*error.id)) break;
       if (auto it = pending_.find(*error.id); it != pending_.end()) {
         auto done = std::move(it->second);
         pending_.erase(it);
@@ -174,6 +208,7 @@ std::uint64_t AgentChannel::exec(const std::vector<std::string>& argv, std::uint
   request.timeout_ms = timeout_ms;
   send(MessageType::exec, agent::to_payload(request));
   pending_.emplace(request.id, std::move(done));
+  due_[request.id] = Clock::now() + std::chrono::milliseconds(timeout_ms) + kAnswerWait;
   return request.id;
 }
 
@@ -181,12 +216,14 @@ std::uint64_t AgentChannel::spawn(const std::vector<std::string>& argv, SpawnCal
   agent::SpawnRequest request{next_id_++, argv};
   send(MessageType::spawn, agent::to_payload(request));
   pending_spawns_.emplace(request.id, std::move(done));
+  due_[request.id] = Clock::now() + kAnswerWait;
   return request.id;
 }
 
 std::uint64_t AgentChannel::request_chunk(const FileFetch& fetch) {
   agent::ReadFileRequest request{next_id_++, fetch.path, fetch.data.size(), static_cast<std::uint32_t>(agent::kMaxChunk)};
   send(MessageType::read_file, agent::to_payload(request));
+  due_[request.id] = Clock::now() + kAnswerWait;
   return request.id;
 }
 
@@ -207,6 +244,15 @@ void AgentChannel::abandon(const std::string& why) {
   pending_.clear();
   pending_spawns_.clear();
   fetches_.clear();
+  due_.clear();
+  // Their answers, should any still come (a channel that lost sync), are not protocol errors.
+  auto forget = [this](std::uint64_t id) {
+    expired_.insert(id);
+    if (expired_.size() > kMaxExpired) expired_.erase(expired_.begin());
+  };
+  for (const auto& entry : fetches) forget(entry.first);
+  for (const auto& entry : pending) forget(entry.first);
+  for (const auto& entry : spawns) forget(entry.first);
   for (auto& [id, fetch] : fetches) fetch.done({}, why);
   for (auto& [id, done] : pending) done(nullptr, why);
   for (auto& [id, done] : spawns) done(0, why);

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace immortal::vmm {
@@ -28,7 +29,13 @@ class AgentChannel {
   // Error(ExitCode::agent) naming it after the channel resynchronised: a broken or torn frame is
   // skipped up to the next frame start, a malformed message dropped, and pending requests fail
   // (their answers may have been lost). Only the end of the stream closes the channel.
+  // Requests the agent has not answered by their deadline (an exec's own timeout plus a grace,
+  // kAnswerWait for the others) fail with an error then, so no caller waits for ever on a guest
+  // that froze or lost a message; an answer that comes later is dropped quietly. Called by
+  // on_readable, and by whoever polls the channel without data.
   void on_readable();
+  void expire_overdue(Clock::time_point now = Clock::now());
+  static constexpr std::chrono::seconds kAnswerWait{15};
   bool closed() const { return closed_; }
   std::uint64_t resyncs() const { return resyncs_; }
 
@@ -84,6 +91,12 @@ class AgentChannel {
   };
   std::map<std::uint64_t, FileFetch> fetches_;
   std::uint64_t request_chunk(const FileFetch& fetch);  // sends; returns the request id
+  // When each request still waiting for an answer is due, and the ids given up on (the newest
+  // kMaxExpired, so that their late answers are not taken for protocol errors).
+  std::map<std::uint64_t, Clock::time_point> due_;
+  std::set<std::uint64_t> expired_;
+  static constexpr std::size_t kMaxExpired = 256;
+  bool answered(std::uint64_t id);  // false for a late answer to an expired request
 };
 
 }  // namespace immortal::vmm

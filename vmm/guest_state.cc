@@ -41,6 +41,7 @@ void GuestStatus::change(GuestState to, const char* why) {
   if (!transition_allowed(state_, to) && report_bug_)
     report_bug_(fmt::format("bug: the guest state changed from {} to {} ({}), a move not in the table", to_string(state_),
                             to_string(to), why));
+  if (to == GuestState::crashed && state_ != GuestState::crashed) ++crashes_;
   state_ = to;
 }
 

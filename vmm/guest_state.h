@@ -8,6 +8,7 @@
 //   any → shut off
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -37,9 +38,13 @@ class GuestStatus {
   bool is(GuestState s) const { return state_ == s; }
   // Moves to `to`; `why` names the cause for a bug report if the move is not an allowed one.
   void change(GuestState to, const char* why);
+  // How many times the guest entered `crashed`: a request can tell whether a crash came while it
+  // waited (an injection whose victim crashed the guest before the agent answered).
+  std::uint64_t crashes() const { return crashes_; }
 
  private:
   GuestState state_ = GuestState::starting;
+  std::uint64_t crashes_ = 0;
   Report report_bug_;
 };
 

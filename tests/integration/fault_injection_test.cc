@@ -27,8 +27,9 @@ void check_stock_reaction(const char* fault_class) {
   INFO(run.err);
   REQUIRE(run.status == 0);
 
-  auto inject = run_cli({"inject", name, fault_class});
+  auto inject = run_cli({"inject", name, fault_class}, 60s);
   INFO(inject.err);
+  INFO("supervisor log:\n" << read_file(test_runtime_root() + "/" + name + "/supervisor.log"));
   REQUIRE(inject.status == 0);
   CHECK_THAT(inject.out, Catch::Contains("victim pid") && Catch::Contains(std::string("/sbin/immortal-victim ") + fault_class));
 

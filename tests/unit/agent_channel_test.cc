@@ -239,3 +239,57 @@ SCENARIO("the host speaks the protocol version each agent says hello in", "[agen
     }
   }
 }
+
+TEST_CASE("a request the agent never answers fails at its deadline; a late answer is dropped quietly", "[agent]") {
+  Pair p;
+  AgentChannel channel(std::move(p.host));
+  std::optional<std::string> exec_error, spawn_error;
+  int spawn_pid = -1;
+  channel.exec({"true"}, 1000, [&](const ExecResult* r, const std::string& e) {
+    CHECK(r == nullptr);
+    exec_error = e;
+  });
+  channel.spawn({"/sbin/victim"}, [&](int pid, const std::string& e) {
+    spawn_pid = pid;
+    spawn_error = e;
+  });
+  ExecRequest req = parse_exec_request(p.guest_receives().payload);
+  SpawnRequest spawn = parse_spawn_request(p.guest_receives().payload);
+
+  // Before the deadline nothing happens; after it both callers hear why.
+  channel.expire_overdue(Clock::now() + std::chrono::seconds(1));
+  CHECK_FALSE(exec_error);
+  CHECK_FALSE(spawn_error);
+  channel.expire_overdue(Clock::now() + std::chrono::milliseconds(1000) + AgentChannel::kAnswerWait + std::chrono::seconds(1));
+  REQUIRE(exec_error);
+  CHECK(*exec_error == "the guest agent did not answer in time");
+  REQUIRE(spawn_error);
+  CHECK(spawn_pid == 0);
+
+  // The guest wakes up and answers both: not a protocol error, and no second callback.
+  ExecResult result;
+  result.id = req.id;
+  result.exit_code = 0;
+  Spawned spawned;
+  spawned.id = spawn.id;
+  spawned.pid = 42;
+  p.guest_sends(encode_frame(MessageType::exec_result, to_payload(result)) +
+                encode_frame(MessageType::spawned, to_payload(spawned)));
+  CHECK_NOTHROW(channel.on_readable());
+  CHECK(spawn_pid == 0);
+}
+
+TEST_CASE("abandoned requests' late answers are not protocol errors", "[agent]") {
+  Pair p;
+  AgentChannel channel(std::move(p.host));
+  std::string error;
+  channel.exec({"true"}, 1000, [&](const ExecResult*, const std::string& e) { error = e; });
+  ExecRequest req = parse_exec_request(p.guest_receives().payload);
+  channel.abandon("the guest kernel crashed and is frozen");
+  CHECK(error == "the guest kernel crashed and is frozen");
+  ExecResult result;
+  result.id = req.id;
+  result.exit_code = 0;
+  p.guest_sends(encode_frame(MessageType::exec_result, to_payload(result)));
+  CHECK_NOTHROW(channel.on_readable());
+}

@@ -180,10 +180,17 @@ int inject_command(const GlobalOptions& g, const std::string& given_name, const 
     auto running = running_instances(runtime_root(g.runtime_dir));
     name = running.size() == 1 ? running[0] : "guest";
   }
-  json r = call(g, name, {{"command", "inject"}, {"class", fault_class}}, std::chrono::seconds(20));
+  // The supervisor answers within the agent's deadlines (a check, then the start): 45 s covers
+  // a guest slowed down by its neighbours.
+  json r = call(g, name, {{"command", "inject"}, {"class", fault_class}}, std::chrono::seconds(45));
   std::string command;
-  for (const auto& a : r.value("command", json::array())) command += (command.empty() ? "" : " ") + a.get<std::string>();
-  std::cout << fmt::format("injected {} into {}: victim pid {} ({})\n", fault_class, name, r.value("pid", 0), command);
+  for (const auto& a : r.value("command", json::array()))
+    if (a.is_string()) command += (command.empty() ? "" : " ") + a.get<std::string>();
+  if (r.value("crashed_before_pid", false))
+    std::cout << fmt::format("injected {} into {}: victim pid unknown, the guest crashed before its agent reported it ({})\n",
+                             fault_class, name, command);
+  else
+    std::cout << fmt::format("injected {} into {}: victim pid {} ({})\n", fault_class, name, r.value("pid", 0), command);
   return 0;
 }
 

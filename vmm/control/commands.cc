@@ -46,7 +46,7 @@ void exec_command(ControlRequest request, AgentChannel& agent) {
 
 // Reading LKDTM's trigger lists its types, one a line: grep says 0 (known), 1 (unknown), 2 (no
 // file); our own driver is a character device.
-void inject_command(ControlRequest request, GuestState state, AgentChannel& agent, const std::string& guest,
+void inject_command(ControlRequest request, const GuestStatus& state, AgentChannel& agent, const std::string& guest,
                     const Say& say) {
   std::string name = request.body().value("class", "");
   // "lkdtm:TYPE" asks the guest's LKDTM instead of our driver; the type is checked for its shape
@@ -56,14 +56,14 @@ void inject_command(ControlRequest request, GuestState state, AgentChannel& agen
   if (!fault && !lkdtm)
     return request.fail(kUsage, (is_lkdtm_class(name) ? "bad LKDTM type in \"" : "unknown fault class \"") + name +
                                     "\" (immortal inject --list shows them)");
-  if (state != GuestState::running || !agent_up(agent))
+  if (!state.is(GuestState::running) || !agent_up(agent))
     return request.fail(kAgent, std::string("the guest is not running with its agent connected (state: ") +
-                                    to_string(state) + ")");
+                                    to_string(state.get()) + ")");
   std::string cls = fault ? std::string(fault->name) : name;
   std::vector<std::string> check = lkdtm ? std::vector<std::string>{"grep", "-qxF", *lkdtm, kLkdtmTrigger}
                                          : std::vector<std::string>{"test", "-c", "/dev/immortal-fault"};
-  agent.exec(check, 10'000, [request, &agent, guest, say, cls, lkdtm](const agent::ExecResult* result,
-                                                                      const std::string& error) mutable {
+  agent.exec(check, 10'000, [request, &agent, &state, guest, say, cls, lkdtm](const agent::ExecResult* result,
+                                                                              const std::string& error) mutable {
     if (!result) return request.fail(kAgent, error);
     if (lkdtm && result->exit_code == 1)
       return request.fail(kUsage, "the guest's LKDTM has no crash type \"" + *lkdtm + "\" (its types: immortal exec " +
@@ -75,7 +75,15 @@ void inject_command(ControlRequest request, GuestState state, AgentChannel& agen
       return request.fail(kFailure, "the guest has no fault-injection driver: /dev/immortal-fault is missing "
                                     "(is the immortal_fault module loaded?)");
     std::vector<std::string> argv{"/sbin/immortal-victim", cls};
-    agent.spawn(argv, [request, say, cls, argv](int pid, const std::string& spawn_error) mutable {
+    std::uint64_t crashes_before = state.crashes();
+    agent.spawn(argv, [request, &state, say, cls, argv, crashes_before](int pid, const std::string& spawn_error) mutable {
+      if (pid <= 0 && state.crashes() > crashes_before) {
+        // The victim ran and crashed the guest before the agent could send its pid (a panic is
+        // that quick): the fault was injected; what became of the guest is the crash's business.
+        say(fmt::format("injected {}: the guest crashed before its agent reported the victim's pid ({} {})", cls,
+                        argv[0], argv[1]));
+        return request.reply({{"class", cls}, {"pid", nullptr}, {"crashed_before_pid", true}, {"command", argv}});
+      }
       if (pid <= 0) return request.fail(kFailure, "cannot start the victim: " + spawn_error);
       say(fmt::format("injected {}: victim pid {} ({} {})", cls, pid, argv[0], argv[1]));
       request.reply({{"class", cls}, {"pid", pid}, {"command", argv}});
@@ -158,7 +166,7 @@ void dispatch_command(ControlRequest request, CommandTargets& to) {
     }
     if (command == "events") return request.reply({{"events", json(to.events.recent())}});
     if (command == "exec") return exec_command(request, to.agent);
-    if (command == "inject") return inject_command(request, to.state.get(), to.agent, to.guest, to.say);
+    if (command == "inject") return inject_command(request, to.state, to.agent, to.guest, to.say);
     if (command == "introspect") return introspect_command(request, to.machine, to.kernel);
     if (command == "dump") return dump_command(request, to.machine);
     if (command == "unquarantine")

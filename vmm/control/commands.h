@@ -22,8 +22,9 @@ using Say = std::function<void(const std::string&)>;
 
 // exec ARGV: runs a command in the guest through the agent.
 void exec_command(ControlRequest request, AgentChannel& agent);
-// inject CLASS: checks the guest has the fault driver (or LKDTM), then starts the victim.
-void inject_command(ControlRequest request, GuestState state, AgentChannel& agent, const std::string& guest,
+// inject CLASS: checks the guest has the fault driver (or LKDTM), then starts the victim. A
+// victim may crash the guest before the agent reports its pid: that is still an injection.
+void inject_command(ControlRequest request, const GuestStatus& state, AgentChannel& agent, const std::string& guest,
                     const Say& say);
 // introspect PART: tasks, modules or dmesg read from guest memory (the guest paused meanwhile).
 void introspect_command(ControlRequest request, Machine& machine, LiveKernel& kernel);

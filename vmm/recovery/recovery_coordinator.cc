@@ -98,7 +98,11 @@ void RecoveryCoordinator::freeze_crashed() {
                     analysis, json(), reboot_it ? "reboot" : "none",
                     reboot_it ? "caught by pvpanic only: past the point where it can be resumed"
                               : "recovery is off: the guest is left frozen");
-    if (!reboot_it) p_.bundles.finish("frozen");
+    if (!reboot_it) {
+      p_.bundles.finish("frozen");
+      // A frozen guest answers nothing more: whoever waits on its agent learns it now.
+      p_.agent.abandon("the guest kernel crashed and is frozen (recovery is off)");
+    }
   } catch (const Error& e) {
     p_.say(std::string("cannot pause the crashed guest: ") + e.what());
     return;
