@@ -49,7 +49,8 @@ std::string http_get(int port, const std::string& path, std::chrono::seconds tim
 // `immortal exec NAME -- sh -c SCRIPT`: a shell command line in the guest.
 CommandResult guest_sh(const std::string& name, const std::string& script,
                        std::chrono::seconds timeout = std::chrono::seconds(60));
-// `immortal inject NAME CLASS` (must succeed); the victim's pid in the guest.
+// `immortal inject NAME CLASS` (must succeed); the victim's pid in the guest (0 when the guest
+// crashed before its agent could report it).
 int inject(const std::string& name, const std::string& cls);
 
 }  // namespace immortal::test

@@ -104,6 +104,8 @@ TEST_CASE("real guest: a Debian 12 VM with systemd, a web service and fsynced re
   REQUIRE(wait_until([&] { return newest_record(name) > 0; }, 120s));
   REQUIRE(wait_until([&] { return status_json(name).value("recovery_state", json::object()).value("armed", false); }, 120s));
   REQUIRE(guest_sh(name, "test -c /dev/immortal-fault").status == 0);  // loaded at boot, built by DKMS
+  // Debian's kdump-tools armed the guest's own crash kernel at boot; immortal protects it as usual.
+  CHECK(wait_until([&] { return guest_sh(name, "cat /sys/kernel/kexec_crash_loaded").out == "1\n"; }, 60s));
 
   // A client asks the service without pause from before the crash until after its recovery.
   std::atomic<bool> stop{false};
@@ -131,6 +133,8 @@ TEST_CASE("real guest: a Debian 12 VM with systemd, a web service and fsynced re
   std::uint64_t later = 0;
   CHECK(wait_until([&] { return (later = newest_record(name)) > before + 5; }, 60s));
   CHECK(wait_until([&] { return !last_event_of(name, "bundle").is_null(); }, 120s));
+  // The guest's kdump was passed over for this crash, not unloaded: it is there for the next one.
+  CHECK(guest_sh(name, "cat /sys/kernel/kexec_crash_loaded").out == "1\n");
 
   // A clean shutdown, then the records read from the disk image itself.
   CHECK(run_cli({"stop", name, "--timeout", "120"}, 180s).status == 0);
@@ -140,6 +144,56 @@ TEST_CASE("real guest: a Debian 12 VM with systemd, a web service and fsynced re
   CHECK(r.problems.empty());
   CHECK(r.first == 1);
   CHECK(r.last >= later);
+  ::unlink(disk.c_str());
+}
+
+TEST_CASE("real guest: with recovery off, Debian's kdump-tools in the Debian 12 VM saves the crash itself",
+          "[integration][real-guest]") {
+  std::string disk = overlay_disk("bookworm");
+  std::string name = unique_name("realkdump");
+  // With a network: Debian's kdump-tools-dump.service waits for network-online.target, which
+  // without one takes systemd-networkd-wait-online's two minutes in the crash kernel.
+  auto run = run_cli({"run", "--name", name, "--detach", "--memory", "1G", "--boot-timeout", "300", "--recovery", "off",
+                      "--disk", disk, "--net", "user"},
+                     std::chrono::seconds(400));
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  std::string boot = status_json(name).value("boot_id", "");
+  REQUIRE(wait_until([&] { return guest_sh(name, "cat /sys/kernel/kexec_crash_loaded").out == "1\n"; }, 120s));
+  REQUIRE(guest_sh(name, "test -c /dev/immortal-fault").status == 0);
+  REQUIRE(guest_sh(name, "ls /var/crash | grep -c '^2' || true").out == "0\n");
+
+  inject(name, "null-deref");
+  // The crash kernel boots, kdump-tools saves the dump and reboots the VM; the guest comes back.
+  std::string console_path = test_runtime_root() + "/" + name + "/console.log";
+  bool back = wait_until([&] {
+    std::string b = status_json(name).value("boot_id", "");
+    return !b.empty() && b != boot && status_json(name).value("state", "") == "running";
+  }, 420s);
+  std::string console = read_file(console_path);
+  INFO("console:\n" << console.substr(console.size() > 8000 ? console.size() - 8000 : 0));
+  REQUIRE(back);
+  auto oops = console.find("BUG: kernel NULL pointer dereference");
+  REQUIRE(oops != std::string::npos);
+  // oops_end() handed the guest to its crash kernel: no panic in between, a kdump boot after.
+  auto crash_boot = console.find("Linux version", oops);
+  REQUIRE(crash_boot != std::string::npos);
+  CHECK(console.substr(oops, crash_boot - oops).find("Kernel panic") == std::string::npos);
+  CHECK(console.find("elfcorehdr=", crash_boot) != std::string::npos);
+  CHECK(console.find("saved vmcore in /var/crash/", crash_boot) != std::string::npos);
+
+  // What kdump-tools left: a makedumpfile dump and the crashed kernel's log, naming our driver.
+  auto listing = guest_sh(name, "cd /var/crash/2* && ls && stat -c %s dump.* && head -c 12 dump.*");
+  INFO(listing.out << listing.err);
+  CHECK(listing.status == 0);
+  CHECK_THAT(listing.out, Catch::Contains("dmesg.") && Catch::Contains("makedumpfile"));
+  std::smatch size;
+  REQUIRE(std::regex_search(listing.out, size, std::regex("\n([0-9]+)\n")));
+  CHECK(std::stoull(size[1]) > 1'000'000);
+  auto dmesg = guest_sh(name, "cat /var/crash/2*/dmesg.*");
+  CHECK_THAT(dmesg.out, Catch::Contains("immortal-victim: pid") && Catch::Contains("BUG: kernel NULL pointer dereference") &&
+                            Catch::Contains("immortal_fault"));
+  CHECK(run_cli({"stop", name, "--force"}).status == 0);
   ::unlink(disk.c_str());
 }
 

@@ -36,6 +36,9 @@ std::string mib(const json& bytes) {
 
 }  // namespace
 
+// How long a command waits for a supervisor that is alive but busy (see status_command).
+constexpr std::chrono::seconds kBusySupervisorWait{30};
+
 int list_command(const GlobalOptions& g, bool as_json) {
   std::string root = runtime_root(g.runtime_dir);
   json all = json::array();
@@ -61,7 +64,9 @@ int list_command(const GlobalOptions& g, bool as_json) {
 }
 
 int status_command(const GlobalOptions& g, const std::string& name, bool as_json) {
-  json s = call(g, name, {{"command", "status"}}, std::chrono::seconds(5));
+  // The supervisor answers between two pieces of its own work; taking in a new guest profile
+  // (module BTF, symbols, the healthy code copy) can keep it busy for seconds on a loaded host.
+  json s = call(g, name, {{"command", "status"}}, kBusySupervisorWait);
   s.erase("ok");
   if (as_json) {
     std::cout << s.dump(2) << "\n";
@@ -251,7 +256,7 @@ int events_command(const GlobalOptions& g, const std::string& name, bool as_json
   check_instance_name(name);
   json events;
   try {
-    events = call(g, name, {{"command", "events"}}, std::chrono::seconds(5)).value("events", json::array());
+    events = call(g, name, {{"command", "events"}}, kBusySupervisorWait).value("events", json::array());
   } catch (const Error&) {
     // Ended before or while we asked (a supervisor that is shutting down answers no more, and
     // holds its lock a moment longer): its log stays behind.
@@ -309,7 +314,7 @@ int bundle_command(const GlobalOptions& g, const std::string& name, int timeout_
 }
 
 int stop_command(const GlobalOptions& g, const std::string& name, bool force, int timeout_s) {
-  call(g, name, {{"command", "stop"}, {"force", force}}, std::chrono::seconds(5));
+  call(g, name, {{"command", "stop"}, {"force", force}}, kBusySupervisorWait);
   std::string root = runtime_root(g.runtime_dir);
   auto deadline = Deadline::in(std::chrono::seconds(timeout_s));
   while (instance_running(root, name)) {
