@@ -62,8 +62,10 @@ ensure_packages() {
     ((${#missing[@]})) || return 0
     log "installing: ${missing[*]}"
     local sudo=; [[ $(id -u) == 0 ]] || sudo=sudo
-    $sudo apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+    # Another install may hold dpkg's lock (scripts/test builds images in the background): wait.
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
+        "${missing[@]}" >/dev/null ||
         die "cannot install ${missing[*]}"
 }
 

@@ -23,7 +23,8 @@ enum class ExitCode : int {
   no_instance = 6,    // no running instance of that name
   guest_crashed = 7,  // the guest kernel crashed and was not recovered
   timeout = 8,        // an operation did not finish in its time limit
-  unsupported = 9,    // a file in a format version newer than this immortal reads
+  unsupported = 9,    // a file in a format version newer than this immortal reads; a domain it cannot drive
+  libvirt = 10,       // libvirt refused or failed (its own message follows)
 };
 
 class Error : public std::runtime_error {

@@ -26,6 +26,10 @@ constexpr std::uint32_t kPreemptMask = 0x000000ff, kSoftirqMask = 0x0000ff00, kH
 // include/linux/sched.h
 constexpr std::uint32_t kPfExiting = 0x00000004, kPfKthread = 0x00200000;
 constexpr std::uint64_t kThreadSize = 16 * 1024;  // x86-64 without KASAN
+// The word at the lowest address of every task's stack (end_of_stack(): set_task_stack_end_magic()).
+// schedule_debug() panics when a task that schedules has it overwritten: a dying task whose
+// stack overflowed must get it back before it schedules for the last time.
+constexpr std::uint64_t kStackEndMagic = 0x57AC6E9D;
 constexpr std::uint64_t kGuardPage = 4096;  // below a VMAP_STACK stack: an overflow's stack pointer lies there
 
 struct CrashAnalysis {

@@ -556,6 +556,12 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
                                bytes_of(fixed), false});
         count = fixed;
       }
+      // A stack that overflowed may have lost its end marker on the way down; the dying task
+      // schedules once more (do_task_dead) and schedule_debug() would panic for it.
+      if (std::vector<std::uint8_t> end = read_bytes(kernel, a.task_stack, 8); end != bytes_of(kStackEndMagic)) {
+        kill.writes.push_back({a.task_stack, end, bytes_of(kStackEndMagic), false});
+        kill.detail["stack_end_restored"] = fmt::format("{:#x}", a.task_stack);
+      }
       kill.detail.update({{"pid", a.pid}, {"comm", a.comm}, {"signal", "SIGKILL"}});
       end_context.push_back(std::move(kill));
       quarantine_why = fmt::format("later calls of the entry point that crashed fail with EIO");

@@ -69,6 +69,10 @@ int attach_command(const GlobalOptions& global, const std::string& name, bool de
 // `immortal console NAME`: the serial console on this terminal (Ctrl-] detaches).
 int console_command(const GlobalOptions& global, const std::string& name);
 // `immortal upgrade NAME`: the running supervisor hands the instance to BINARY (upgrade.h).
+// prepare/unprepare DOMAIN: make a libvirt domain's definition protectable, or undo that. The
+// difference is shown first and asked for unless `yes`.
+int prepare_command(const std::string& domain, const std::string& uri, bool yes);
+int unprepare_command(const std::string& domain, const std::string& uri, bool yes);
 int upgrade_command(const GlobalOptions& global, const std::string& name, const std::string& binary, int timeout_s);
 
 }  // namespace immortal::vmm

@@ -180,6 +180,19 @@ int main(int argc, char** argv) {
   auto* console_cmd = app.add_subcommand("console", "the guest's serial console on this terminal (Ctrl-] detaches)");
   console_cmd->add_option("name", name, "instance name")->required();
 
+  // libvirt domains (virsh's -c/--connect; qemu:///system by default).
+  std::string connect_uri;
+  bool assume_yes = false;
+  auto* prepare_cmd = app.add_subcommand(
+      "prepare", "edit a libvirt domain's definition so immortal can protect it (shared RAM file, pvpanic, the "
+                 "agent's channel, on_crash preserve); shows the difference and asks first");
+  auto* unprepare_cmd = app.add_subcommand("unprepare", "undo what prepare changed in a libvirt domain's definition");
+  for (auto* cmd : {prepare_cmd, unprepare_cmd}) {
+    cmd->add_option("domain", name, "libvirt domain: name, UUID or id")->required();
+    cmd->add_option("-c,--connect", connect_uri, "libvirt URI (default: qemu:///system)");
+    cmd->add_flag("-y,--yes", assume_yes, "apply without asking (needed without a terminal)");
+  }
+
   bool force = false;
   int stop_timeout = 30;
   auto* stop_cmd = app.add_subcommand("stop", "power the guest off and end its supervisor");
@@ -229,6 +242,8 @@ int main(int argc, char** argv) {
     if (*exec_cmd) return exec_command(global, name, command, exec_timeout);
     if (*stop_cmd) return stop_command(global, name, force, stop_timeout);
     if (*attach_cmd) return attach_command(global, name, attach_detach);
+    if (*prepare_cmd) return prepare_command(name, connect_uri, assume_yes);
+    if (*unprepare_cmd) return unprepare_command(name, connect_uri, assume_yes);
     if (*console_cmd) return console_command(global, name);
     if (*upgrade_cmd) return upgrade_command(global, name, upgrade_binary, upgrade_timeout);
     if (*dump_cmd) return dump_command(global, name, dump_file);

@@ -235,6 +235,21 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
     } catch (const MemoryFault&) {
     }
   }
+  // …and the crashing task's stack end marker, put back when an overflow overwrote it.
+  std::uint64_t stack_end = 0;
+  if (auto current = kernel.symbols().percpu_offset("current_task")) {
+    try {
+      std::uint64_t task = kernel.memory().read_u64(crash.percpu_base + *current);
+      stack_end = kernel.memory().read_u64(task + kernel.types().offset_of("task_struct", "stack"));
+    } catch (const MemoryFault&) {
+    }
+  }
+  auto stack_end_restore = [&](const repair::RepairAction& a, const repair::MemoryWrite& w) {
+    if (a.kind != "kill-task" || !stack_end || w.address != stack_end || w.bytes.size() != 8) return false;
+    std::uint64_t v;
+    std::memcpy(&v, w.bytes.data(), 8);
+    return v == repair::kStackEndMagic;
+  };
   auto interrupted_kill = [&](const repair::RepairAction& a, const repair::MemoryWrite& w) {
     if (a.kind != "kill-task" || w.bytes.size() != 8 || !irq_ip) return false;
     std::uint64_t v;
@@ -372,7 +387,7 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
                        : (m->in_data(w.address, w.bytes.size()) || (w.address == preempt && w.bytes.size() == 4) ||
                           (w.address == taint && w.bytes.size() == 8) ||
                           (a.kind == "end-callback" && resume_rsp && w.address == resume_rsp && w.bytes.size() == 8) ||
-                          interrupted_kill(a, w));
+                          interrupted_kill(a, w) || stack_end_restore(a, w));
       if (!ok) fail(ExitCode::failure, "{}: a write at {:#x} is outside what a repair may touch", a.kind, w.address);
     }
     for (const auto& r : a.registers)

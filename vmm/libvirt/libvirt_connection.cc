@@ -1,0 +1,73 @@
+#include "libvirt/libvirt_connection.h"
+
+#include "base/error.h"
+
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+
+#include <cstdlib>
+
+namespace immortal::vmm {
+
+namespace {
+
+// libvirt prints every error on stderr by default; ours carry its message instead.
+void quiet(void*, virErrorPtr) {}
+
+[[noreturn]] void fail_libvirt(const std::string& what) {
+  const char* message = virGetLastErrorMessage();
+  fail(ExitCode::libvirt, "{}: {}", what, message && *message ? message : "libvirt gave no reason");
+}
+
+}  // namespace
+
+LibvirtConnection::LibvirtConnection(const std::string& uri) : uri_(uri.empty() ? kDefaultLibvirtUri : uri) {
+  virSetErrorFunc(nullptr, quiet);
+  connection_ = virConnectOpenAuth(uri_.c_str(), virConnectAuthPtrDefault, 0);
+  if (!connection_) fail_libvirt("cannot connect to libvirt at " + uri_);
+}
+
+LibvirtConnection::~LibvirtConnection() {
+  if (connection_) virConnectClose(connection_);
+}
+
+LibvirtDomain LibvirtConnection::domain(const std::string& name_or_uuid) {
+  virDomainPtr d = virDomainLookupByName(connection_, name_or_uuid.c_str());
+  if (!d) d = virDomainLookupByUUIDString(connection_, name_or_uuid.c_str());
+  if (!d) {
+    char* end = nullptr;
+    long id = std::strtol(name_or_uuid.c_str(), &end, 10);
+    if (end && *end == '\0' && !name_or_uuid.empty() && id >= 0 && id < (1L << 30))
+      d = virDomainLookupByID(connection_, static_cast<int>(id));
+  }
+  if (!d) fail(ExitCode::no_instance, "no libvirt domain \"{}\" at {}", name_or_uuid, uri_);
+  const char* name = virDomainGetName(d);
+  return LibvirtDomain(d, name ? name : name_or_uuid);
+}
+
+std::string LibvirtConnection::define(const std::string& xml) {
+  virDomainPtr d = virDomainDefineXML(connection_, xml.c_str());
+  if (!d) fail_libvirt("libvirt refused the new definition");
+  LibvirtDomain domain(d, virDomainGetName(d) ? virDomainGetName(d) : "");
+  return domain.name();
+}
+
+LibvirtDomain::~LibvirtDomain() {
+  if (domain_) virDomainFree(domain_);
+}
+
+bool LibvirtDomain::active() const {
+  int r = virDomainIsActive(domain_);
+  if (r < 0) fail_libvirt("cannot tell whether " + name_ + " runs");
+  return r == 1;
+}
+
+std::string LibvirtDomain::xml(bool inactive) const {
+  char* text = virDomainGetXMLDesc(domain_, inactive ? VIR_DOMAIN_XML_INACTIVE : 0);
+  if (!text) fail_libvirt("cannot read the definition of " + name_);
+  std::string out(text);
+  std::free(text);
+  return out;
+}
+
+}  // namespace immortal::vmm

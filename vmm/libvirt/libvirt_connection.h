@@ -1,0 +1,56 @@
+// A connection to libvirt (libvirt's C API) and the few calls immortal makes through it: look a
+// domain up, read and define its definition. Errors become Error(ExitCode::libvirt) with
+// libvirt's own message. The Machine backend for libvirt domains builds on this.
+#pragma once
+
+#include <memory>
+#include <string>
+
+typedef struct _virConnect* virConnectPtr;
+typedef struct _virDomain* virDomainPtr;
+
+namespace immortal::vmm {
+
+// qemu:///system, as virsh run by root uses.
+inline constexpr char kDefaultLibvirtUri[] = "qemu:///system";
+
+class LibvirtDomain;
+
+class LibvirtConnection {
+ public:
+  // uri: empty for kDefaultLibvirtUri. Remote URIs (qemu+ssh://…) authenticate as virsh does.
+  explicit LibvirtConnection(const std::string& uri);
+  ~LibvirtConnection();
+  LibvirtConnection(const LibvirtConnection&) = delete;
+  LibvirtConnection& operator=(const LibvirtConnection&) = delete;
+
+  const std::string& uri() const { return uri_; }
+  // By name, UUID or id, as virsh takes them.
+  LibvirtDomain domain(const std::string& name_or_uuid);
+  // Defines (or redefines) a domain from XML; returns its name.
+  std::string define(const std::string& xml);
+
+ private:
+  std::string uri_;
+  virConnectPtr connection_ = nullptr;
+};
+
+class LibvirtDomain {
+ public:
+  LibvirtDomain(virDomainPtr domain, std::string name) : domain_(domain), name_(std::move(name)) {}
+  ~LibvirtDomain();
+  LibvirtDomain(LibvirtDomain&& other) noexcept : domain_(other.domain_), name_(std::move(other.name_)) { other.domain_ = nullptr; }
+  LibvirtDomain(const LibvirtDomain&) = delete;
+  LibvirtDomain& operator=(const LibvirtDomain&) = delete;
+
+  const std::string& name() const { return name_; }
+  bool active() const;
+  // The persistent definition (what the next start uses), or the running one.
+  std::string xml(bool inactive) const;
+
+ private:
+  virDomainPtr domain_;
+  std::string name_;
+};
+
+}  // namespace immortal::vmm
