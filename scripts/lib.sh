@@ -62,7 +62,7 @@ ensure_packages() {
     ((${#missing[@]})) || return 0
     log "installing: ${missing[*]}"
     local sudo=; [[ $(id -u) == 0 ]] || sudo=sudo
-    # Another install may hold dpkg's lock (scripts/test builds images in the background): wait.
+    # Another install may hold dpkg's lock (a second script, the host's own updates): wait.
     $sudo apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
         "${missing[@]}" >/dev/null ||

@@ -28,6 +28,11 @@ void AgentChannel::send(MessageType type, const std::string& payload) {
   write_all(stream_.get(), agent::encode_frame(type, payload, protocol_), Deadline::in(std::chrono::seconds(5)));
 }
 
+void AgentChannel::forget(std::uint64_t id) {
+  expired_.insert(id);
+  if (expired_.size() > kMaxExpired) expired_.erase(expired_.begin());
+}
+
 bool AgentChannel::answered(std::uint64_t id) {
   due_.erase(id);
   return expired_.count(id) == 0;
@@ -39,8 +44,7 @@ void AgentChannel::expire_overdue(Clock::time_point now) {
     if (now >= due) overdue.push_back(id);
   for (std::uint64_t id : overdue) {
     due_.erase(id);
-    expired_.insert(id);
-    if (expired_.size() > kMaxExpired) expired_.erase(expired_.begin());
+    forget(id);
     const std::string why = "the guest agent did not answer in time";
     if (auto it = pending_.find(id); it != pending_.end()) {
       auto done = std::move(it->second);
@@ -246,10 +250,6 @@ void AgentChannel::abandon(const std::string& why) {
   fetches_.clear();
   due_.clear();
   // Their answers, should any still come (a channel that lost sync), are not protocol errors.
-  auto forget = [this](std::uint64_t id) {
-    expired_.insert(id);
-    if (expired_.size() > kMaxExpired) expired_.erase(expired_.begin());
-  };
   for (const auto& entry : fetches) forget(entry.first);
   for (const auto& entry : pending) forget(entry.first);
   for (const auto& entry : spawns) forget(entry.first);

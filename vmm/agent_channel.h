@@ -97,6 +97,7 @@ class AgentChannel {
   std::set<std::uint64_t> expired_;
   static constexpr std::size_t kMaxExpired = 256;
   bool answered(std::uint64_t id);  // false for a late answer to an expired request
+  void forget(std::uint64_t id);    // its answer, if one still comes, is dropped
 };
 
 }  // namespace immortal::vmm

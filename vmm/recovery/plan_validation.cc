@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <span>
 
@@ -236,35 +237,28 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
     }
   }
   // …and the crashing task's stack end marker, put back when an overflow overwrote it.
+  std::optional<std::uint64_t> current_task;
   std::uint64_t stack_end = 0;
   if (auto current = kernel.symbols().percpu_offset("current_task")) {
     try {
-      std::uint64_t task = kernel.memory().read_u64(crash.percpu_base + *current);
-      stack_end = kernel.memory().read_u64(task + kernel.types().offset_of("task_struct", "stack"));
+      current_task = kernel.memory().read_u64(crash.percpu_base + *current);
+      stack_end = kernel.memory().read_u64(*current_task + kernel.types().offset_of("task_struct", "stack"));
     } catch (const MemoryFault&) {
     }
   }
-  auto stack_end_restore = [&](const repair::RepairAction& a, const repair::MemoryWrite& w) {
-    if (a.kind != "kill-task" || !stack_end || w.address != stack_end || w.bytes.size() != 8) return false;
+  // What a kill may write besides the count: an interrupted task's way out, its stack end marker.
+  auto kill_write = [&](const repair::RepairAction& a, const repair::MemoryWrite& w) {
+    if (a.kind != "kill-task" || w.bytes.size() != 8) return false;
     std::uint64_t v;
     std::memcpy(&v, w.bytes.data(), 8);
-    return v == repair::kStackEndMagic;
-  };
-  auto interrupted_kill = [&](const repair::RepairAction& a, const repair::MemoryWrite& w) {
-    if (a.kind != "kill-task" || w.bytes.size() != 8 || !irq_ip) return false;
-    std::uint64_t v;
-    std::memcpy(&v, w.bytes.data(), 8);
-    return (w.address == irq_ip && v == kernel.symbol("rewind_stack_and_make_dead")) || (w.address == irq_di && v == 9);
+    if (irq_ip && ((w.address == irq_ip && v == kernel.symbol("rewind_stack_and_make_dead")) || (w.address == irq_di && v == 9)))
+      return true;
+    return stack_end && w.address == stack_end && v == repair::kStackEndMagic;
   };
   std::size_t writes = 0, calls = 0;
   // Locks may be released for the task on the crashing CPU, and for sleeping tasks the plan ends.
   std::set<std::uint64_t> owners;
-  if (auto current = kernel.symbols().percpu_offset("current_task")) {
-    try {
-      owners.insert(kernel.memory().read_u64(crash.percpu_base + *current));
-    } catch (const MemoryFault&) {
-    }
-  }
+  if (current_task) owners.insert(*current_task);
   for (const auto& a : plan.actions) {
     if (a.kind != "kill-sleeping-task") continue;
     try {
@@ -387,7 +381,7 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
                        : (m->in_data(w.address, w.bytes.size()) || (w.address == preempt && w.bytes.size() == 4) ||
                           (w.address == taint && w.bytes.size() == 8) ||
                           (a.kind == "end-callback" && resume_rsp && w.address == resume_rsp && w.bytes.size() == 8) ||
-                          interrupted_kill(a, w) || stack_end_restore(a, w));
+                          kill_write(a, w));
       if (!ok) fail(ExitCode::failure, "{}: a write at {:#x} is outside what a repair may touch", a.kind, w.address);
     }
     for (const auto& r : a.registers)
