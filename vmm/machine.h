@@ -64,6 +64,9 @@ class Machine {
     bool native_dump = false;  // write_native_dump()
     bool shared_ram = false;   // ram_file(): the repair VM or process can map guest RAM
     bool attach = false;       // a later supervisor can take the VM over (attach_handle())
+    // The VM is ours: stopping the supervisor powers it off. false for a VM someone else manages
+    // (a libvirt domain): stopping lets go of it, and only an explicit request shuts it down.
+    bool owns_vm = true;
   };
   virtual Capabilities capabilities() const = 0;
   // The VM process id, for status displays (0 where there is none).

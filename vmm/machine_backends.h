@@ -21,8 +21,9 @@ using MachineAttacher = std::function<std::unique_ptr<Machine>(const MachineConf
 struct MachineBackend {
   std::string name;
   std::string description;
-  MachineFactory launch;    // a new VM, started paused
-  MachineAttacher attach;   // a VM an earlier supervisor started (its Machine::attach_handle())
+  MachineFactory launch;         // a new VM, started paused
+  MachineAttacher attach;        // a VM an earlier supervisor started (its Machine::attach_handle())
+  MachineFactory launch_helper;  // the helper VMs (the repair VM) of this backend's guests
 };
 
 // Throws Error(ExitCode::usage) naming the backends there are.

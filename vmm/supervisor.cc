@@ -43,7 +43,7 @@ Supervisor::Supervisor(SupervisorOptions options, InstanceDir dir, const Machine
 }
 
 Supervisor::~Supervisor() {
-  if (machine_ && !released_) machine_->terminate(std::chrono::seconds(2));
+  if (machine_ && !released_ && machine_->capabilities().owns_vm) machine_->terminate(std::chrono::seconds(2));
 }
 
 int Supervisor::run() {
@@ -91,7 +91,7 @@ void Supervisor::build_rooms() {
     vm.memory_bytes = options_.repair.vm_memory;
     vm.vcpus = 1;
     vm.outlives_supervisor = false;  // ours alone: it ends with us (the guest's config may say otherwise)
-    repair_ = std::make_unique<RepairBroker>(options_.repair, backend_.launch, vm, dir_.file("repair"), say, emit);
+    repair_ = std::make_unique<RepairBroker>(options_.repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
   }
   recovery_ = std::make_unique<RecoveryCoordinator>(RecoveryParts{
       options_.recovery, *machine_, *agent_, state_, *kernel_, *profile_, ledger_, *bundles_, quarantine_, repair_.get(),
@@ -103,8 +103,9 @@ void Supervisor::build_rooms() {
   commands_ = std::make_unique<CommandTargets>(CommandTargets{
       m.name, state_, *machine_, *agent_, *kernel_, events_, quarantine_, *bundles_, emit, say,
       [this] { return status(); },
-      [this](bool force) {
+      [this](bool force, bool shutdown) {
         if (force) options_.stop_grace = std::chrono::milliseconds(0);
+        shut_down_vm_ = shutdown;
         stop("stop requested", 0);
       },
       [this](ControlRequest r) { upgrade_request_ = std::move(r); }});
@@ -206,8 +207,7 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
   for (const auto& r : bundles_->poll())
     if (r.reason == "crash" && !r.path.empty()) ledger_.bundle_written(r.crash, r.path);
   if (repair_) repair_->poll();
-  // Commands first, the agent after: a long command (a first `ps` opening the kernel view) must
-  // not leave the heartbeats that came meanwhile unread when the hang check runs next.
+  // Commands first, the agent after: a long command must not leave heartbeats unread for the hang check.
   control_->serve(fds, [this](ControlRequest request) { dispatch_command(std::move(request), *commands_); });
   try {
     agent_->on_readable();
@@ -253,6 +253,7 @@ void Supervisor::stop(const std::string& reason, int exit_code) {
 
 void Supervisor::shutdown_machine() {
   if (!machine_ || released_) return;
+  if (!machine_->capabilities().owns_vm && !shut_down_vm_) return let_go();  // someone else's VM runs on
   if (control_) control_->close_all("the instance is stopping");
   if (agent_) agent_->abandon("the instance is stopping");
   // Ask the guest to power itself off (it flushes what it has), then make sure the VM is gone.

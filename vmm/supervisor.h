@@ -78,6 +78,8 @@ class Supervisor {
   // `immortal upgrade`: let go, start the new binary, and take back on failure (upgrade.h).
   void upgrade(ControlRequest request);
   void release_instance();
+  // Stopping the supervisor of a VM it does not own (a libvirt domain): the VM runs on, unwatched.
+  void let_go();
   void serve();
   // One turn of the loop: wait up to a tick, then handle whatever is ready.
   void poll_once(bool agent_errors_are_fatal);
@@ -112,6 +114,7 @@ class Supervisor {
   Clock::time_point started_{};
   std::optional<std::chrono::milliseconds> boot_time_;
   bool stop_requested_ = false;
+  bool shut_down_vm_ = false;  // `stop --shutdown`: power off even a VM we do not own
   std::string stop_reason_;
   int exit_code_ = 0;
   ConsoleLog console_;

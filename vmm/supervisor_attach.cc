@@ -17,8 +17,10 @@ namespace immortal::vmm {
 // The VM an earlier supervisor started runs on (or stopped at a crash while nobody watched):
 // take it and what that supervisor knew, then go on as if we had booted it.
 void Supervisor::take_over(const InstanceState& saved) {
-  options_.say(fmt::format("attaching to guest \"{}\" (VM pid {}, left by supervisor pid {})", saved.machine.name,
-                           saved.vm.value("pid", 0), saved.supervisor_pid));
+  options_.say(saved.supervisor_pid > 0
+                   ? fmt::format("attaching to guest \"{}\" ({} VM, left by supervisor pid {})", saved.machine.name,
+                                 backend_.name, saved.supervisor_pid)
+                   : fmt::format("attaching to guest \"{}\" ({} VM)", saved.machine.name, backend_.name));
   machine_ = backend_.attach(saved.machine, saved.vm, Deadline::in(kLaunchTimeout));
   build_rooms();
   started_ = Clock::now();
@@ -81,6 +83,15 @@ void Supervisor::release_instance() {
   if (machine_) machine_->release();
   machine_.reset();
   dir_.unlock();
+}
+
+void Supervisor::let_go() {
+  if (control_) control_->close_all("the supervisor is detaching");
+  stop_reason_ = fmt::format("detached from {} VM \"{}\" ({}): it runs on, unwatched until attached again",
+                             machine_->backend(), options_.machine.name, stop_reason_);
+  event("detached", {{"reason", stop_reason_}});
+  release_instance();
+  ::unlink(dir_.file("control.sock").c_str());
 }
 
 void Supervisor::upgrade(ControlRequest request) {

@@ -3,6 +3,7 @@
 #include "cli/arguments.h"
 #include "instance.h"
 #include "memory/shared_ram.h"
+#include "qemu/memory_tree.h"
 #include "qemu/qemu_machine.h"
 
 #include <catch2/catch.hpp>
@@ -93,4 +94,44 @@ TEST_CASE("instances are claimed once, and a dead one's name can be reused", "[i
   }
   std::string cmd = std::string("rm -rf ") + tmpl;
   CHECK(std::system(cmd.c_str()) == 0);
+}
+
+TEST_CASE("guest RAM layout comes from QEMU's flat memory tree", "[machine]") {
+  // As QEMU 7.2 printed it for a libvirt domain (pc-i440fx, 384 MiB), with an earlier view of
+  // another address space that must be ignored, and a q35 guest above 4 GiB.
+  const char* pc = "FlatView #0\n AS \"I/O\", root: io\n Root memory region: io\n  0000000000000000-0000000000000007 (prio 0, i/o): dma-chan\n"
+                   "FlatView #1\n AS \"memory\", root: system\n AS \"cpu-memory-0\", root: system\n Root memory region: system\n"
+                   "  0000000000000000-00000000000c2fff (prio 0, ram): pc.ram\n"
+                   "  00000000000c3000-00000000000e7fff (prio 0, rom): pc.ram @00000000000c3000\n"
+                   "  00000000000e8000-00000000000effff (prio 0, ram): pc.ram @00000000000e8000\n"
+                   "  00000000000f0000-00000000000fffff (prio 0, rom): pc.ram @00000000000f0000\n"
+                   "  0000000000100000-0000000017ffffff (prio 0, ram): pc.ram @0000000000100000\n"
+                   "  00000000fffc0000-00000000ffffffff (prio 0, romd): pc.bios\n"
+                   "FlatView #2\n Root memory region: system\n  0000000000000000-0000000000000fff (prio 0, ram): pc.ram @0000000000555000\n";
+  auto layout = qemu::ram_layout_from_memory_tree(pc, "pc.ram");
+  REQUIRE(layout.size() == 1);
+  CHECK(layout[0].guest_physical == 0);
+  CHECK(layout[0].file_offset == 0);
+  CHECK(layout[0].size == 384ull << 20);
+
+  const char* q35 = "FlatView #0\n Root memory region: system\n"
+                    "  0000000000000000-000000000009ffff (prio 0, ram): pc.ram\n"
+                    "  00000000000a0000-00000000000bffff (prio 1, i/o): vga-lowmem\n"
+                    "  00000000000c0000-000000007fffffff (prio 0, ram): pc.ram @00000000000c0000 KVM\n"
+                    "  0000000100000000-000000017fffffff (prio 0, ram): pc.ram @0000000080000000 KVM\n";
+  layout = qemu::ram_layout_from_memory_tree(q35, "pc.ram");
+  REQUIRE(layout.size() == 3);
+  CHECK(layout[1].guest_physical == 0xc0000);
+  CHECK(layout[1].file_offset == 0xc0000);
+  CHECK(layout[2].guest_physical == 4ull << 30);
+  CHECK(layout[2].file_offset == 2ull << 30);
+  CHECK(layout[2].size == 2ull << 30);
+
+  for (std::string bad : {std::string(""), std::string("FlatView #0\n Root memory region: system\n"),
+                          std::string(q35) + "  0000000000001000-0000000000001fff (prio 0, ram): pc.ram @0000000000001000\n",
+                          std::string("FlatView #0\n Root memory region: system\n  0000000000002000-0000000000001fff (prio 0, ram): pc.ram\n"),
+                          std::string("FlatView #0\n Root memory region: system\n  0000000000000000-0000000000001fff (prio 0, ram): pc.ram @ffffffffffffffff\n")}) {
+    INFO(bad);
+    CHECK_THROWS_AS(qemu::ram_layout_from_memory_tree(bad, "pc.ram"), Error);
+  }
 }

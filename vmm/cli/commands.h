@@ -63,9 +63,14 @@ int unquarantine_command(const GlobalOptions& global, const std::string& name, c
 int events_command(const GlobalOptions& global, const std::string& name, bool as_json);
 // `immortal bundle NAME`: a diagnosis bundle of the running guest now; prints its path.
 int bundle_command(const GlobalOptions& global, const std::string& name, int timeout_s);
-int stop_command(const GlobalOptions& global, const std::string& name, bool force, int timeout_s);
+// Stops the instance: powers its VM off, or (a VM immortal does not own, unless shutdown) lets go of it.
+int stop_command(const GlobalOptions& global, const std::string& name, bool force, bool shutdown, int timeout_s);
 // `immortal attach NAME`: a new supervisor for an instance whose VM runs on without one.
 int attach_command(const GlobalOptions& global, const std::string& name, bool detach);
+// `immortal attach --libvirt DOMAIN`: supervise a running, prepared libvirt domain as instance
+// `instance` (default: the domain's name), protected as `protection` says (run's options).
+int attach_libvirt_command(const GlobalOptions& global, const std::string& domain, const std::string& uri,
+                           const std::string& instance, const RunOptions& protection, bool detach);
 // `immortal console NAME`: the serial console on this terminal (Ctrl-] detaches).
 int console_command(const GlobalOptions& global, const std::string& name);
 // `immortal upgrade NAME`: the running supervisor hands the instance to BINARY (upgrade.h).

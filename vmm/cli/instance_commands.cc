@@ -313,15 +313,18 @@ int bundle_command(const GlobalOptions& g, const std::string& name, int timeout_
   return 0;
 }
 
-int stop_command(const GlobalOptions& g, const std::string& name, bool force, int timeout_s) {
-  call(g, name, {{"command", "stop"}, {"force", force}}, kBusySupervisorWait);
+int stop_command(const GlobalOptions& g, const std::string& name, bool force, bool shutdown, int timeout_s) {
+  json answer = call(g, name, {{"command", "stop"}, {"force", force}, {"shutdown", shutdown}}, kBusySupervisorWait);
   std::string root = runtime_root(g.runtime_dir);
   auto deadline = Deadline::in(std::chrono::seconds(timeout_s));
   while (instance_running(root, name)) {
     if (deadline.expired()) fail(ExitCode::timeout, "instance \"{}\" did not stop within {} s", name, timeout_s);
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  std::cout << "Instance " << name << " stopped\n";
+  if (answer.value("detaching", false))
+    std::cout << "Instance " << name << " detached: its VM runs on (not immortal's to power off; stop --shutdown does)\n";
+  else
+    std::cout << "Instance " << name << " stopped\n";
   return 0;
 }
 

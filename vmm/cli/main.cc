@@ -15,6 +15,59 @@
 using namespace immortal;
 using namespace immortal::vmm;
 
+namespace {
+
+// How a guest is protected (recovery, bundles, repair): the same for a guest we boot (run) and
+// for a libvirt domain we attach to (attach --libvirt).
+void add_protection_options(CLI::App* cmd, RunOptions& o) {
+  cmd->add_option("--recovery", o.recovery, "on or off: off lets the stock kernel's crash behaviour show")
+      ->check(CLI::IsMember({"on", "off"}));
+  const auto& kinds = vmm::RecoveryPolicy::recoverable_kinds();
+  cmd->add_option("--no-recover", o.no_recover, "a crash kind recovery must not repair (oops, bug, warn, panic, text-corruption, soft-lockup, hung-task, stack-overflow); repeatable")
+      ->check(CLI::IsMember(std::vector<std::string>(kinds.begin(), kinds.end())));
+  cmd->add_option("--recovery-limit", o.recovery_limit, "at most COUNT recoveries in SECONDS, then reboot (default: 20/600)");
+  cmd->add_option("--hang-timeout", o.hang_timeout_s, "seconds without an agent heartbeat before the guest counts as hung (default: 30)")
+      ->check(CLI::Range(3, 86400));
+  cmd->add_option("--verify-timeout", o.verify_timeout_s, "seconds for a recovered guest to prove it is healthy (default: 20)")
+      ->check(CLI::Range(1, 3600));
+  cmd->add_option("--verify-window", o.verify_window_s,
+                      "seconds a recovered guest is watched before it counts as recovered: no task waiting on a dead "
+                      "lock owner, no lockup or stall report, RCU advancing (default: 10)")
+      ->check(CLI::Range(0, 3600));
+  cmd->add_option("--event-log", o.event_log, "also append the event log (JSON lines) to this file");
+  cmd->add_option("--bundle-dir", o.bundle_dir,
+                      "where crash bundles go (default: $IMMORTAL_BUNDLE_DIR/NAME, /var/crash/immortal/NAME for root, else ~/.local/state/immortal/bundles/NAME)");
+  cmd->add_option("--bundle-keep", o.bundle_keep, "keep at most N bundles, oldest removed first (default: 20; 0: no limit)")
+      ->check(CLI::Range(0, 1000000));
+  cmd->add_option("--bundle-max-size", o.bundle_max_size, "keep bundles within SIZE in total, e.g. 5G (default: 20G; 0: no limit)");
+  cmd->add_flag("--bundle-compress", o.bundle_compress, "write each bundle as one NAME.tar.zst file");
+  cmd->add_option("--bundle-memory", o.bundle_memory,
+                      "kernel: the pages a kernel dump needs (makedumpfile level 31, short pause); all: every non-zero page")
+      ->check(CLI::IsMember({"kernel", "all"}));
+  cmd->add_option("--quarantine", o.quarantine,
+                      "what a recovered crash quarantines: function (the entry point that crashed, default) or "
+                      "driver (every entry point of the driver at once)")
+      ->check(CLI::IsMember({"function", "driver"}));
+  cmd->add_option("--repair", o.repair,
+                      "where crashes are analysed: vm (the hidden repair VM, default) or inline (a sandboxed host process)")
+      ->check(CLI::IsMember({"vm", "inline"}));
+  cmd->add_option("--repair-fallback", o.repair_fallback,
+                      "when the repair VM is missing, booting, dead or too slow: inline (default) or reboot")
+      ->check(CLI::IsMember({"inline", "reboot"}));
+  cmd->add_option("--repair-timeout", o.repair_timeout_ms, "milliseconds the repair engine has for one crash (default: 5000)")
+      ->check(CLI::Range(50, 600000));
+  cmd->add_option("--repair-vm-memory", o.repair_vm_memory, "memory of the repair VM (default: 384M)");
+  cmd->add_option("--repair-agent", o.repair_agent, "the immortal-repair-agent binary (default: next to immortal)");
+  cmd->add_option("--repair-vm-kernel", o.repair_vm_kernel,
+                      "kernel of the repair VM (default: the guest's --kernel, else the built guest image's)");
+  cmd->add_flag("--repair-cross-check", o.repair_cross_check,
+                    "also analyse every crash in the other mode and report whether both agree (event repair-mismatch)");
+  cmd->add_option("--boot-timeout", o.boot_timeout_s, "seconds to wait for the agent's hello: at start (else the run fails) and after every reboot (else the guest is reset again, with back-off) (default: 60)")
+      ->check(CLI::Range(1, 3600));
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"immortal: Linux virtual machines that survive kernel crashes"};
   app.require_subcommand(1);
@@ -45,50 +98,7 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--backend", run.backend, "what runs the VM (default: qemu)")
       ->check(CLI::IsMember(machine_backend_names()));
   run_cmd->add_option("--console-log", run.console_log, "serial console log file (default: in the runtime dir)");
-  run_cmd->add_option("--recovery", run.recovery, "on or off: off lets the stock kernel's crash behaviour show")
-      ->check(CLI::IsMember({"on", "off"}));
-  const auto& kinds = vmm::RecoveryPolicy::recoverable_kinds();
-  run_cmd->add_option("--no-recover", run.no_recover, "a crash kind recovery must not repair (oops, bug, warn, panic, text-corruption, soft-lockup, hung-task, stack-overflow); repeatable")
-      ->check(CLI::IsMember(std::vector<std::string>(kinds.begin(), kinds.end())));
-  run_cmd->add_option("--recovery-limit", run.recovery_limit, "at most COUNT recoveries in SECONDS, then reboot (default: 20/600)");
-  run_cmd->add_option("--hang-timeout", run.hang_timeout_s, "seconds without an agent heartbeat before the guest counts as hung (default: 30)")
-      ->check(CLI::Range(3, 86400));
-  run_cmd->add_option("--verify-timeout", run.verify_timeout_s, "seconds for a recovered guest to prove it is healthy (default: 20)")
-      ->check(CLI::Range(1, 3600));
-  run_cmd->add_option("--verify-window", run.verify_window_s,
-                      "seconds a recovered guest is watched before it counts as recovered: no task waiting on a dead "
-                      "lock owner, no lockup or stall report, RCU advancing (default: 10)")
-      ->check(CLI::Range(0, 3600));
-  run_cmd->add_option("--event-log", run.event_log, "also append the event log (JSON lines) to this file");
-  run_cmd->add_option("--bundle-dir", run.bundle_dir,
-                      "where crash bundles go (default: $IMMORTAL_BUNDLE_DIR/NAME, /var/crash/immortal/NAME for root, else ~/.local/state/immortal/bundles/NAME)");
-  run_cmd->add_option("--bundle-keep", run.bundle_keep, "keep at most N bundles, oldest removed first (default: 20; 0: no limit)")
-      ->check(CLI::Range(0, 1000000));
-  run_cmd->add_option("--bundle-max-size", run.bundle_max_size, "keep bundles within SIZE in total, e.g. 5G (default: 20G; 0: no limit)");
-  run_cmd->add_flag("--bundle-compress", run.bundle_compress, "write each bundle as one NAME.tar.zst file");
-  run_cmd->add_option("--bundle-memory", run.bundle_memory,
-                      "kernel: the pages a kernel dump needs (makedumpfile level 31, short pause); all: every non-zero page")
-      ->check(CLI::IsMember({"kernel", "all"}));
-  run_cmd->add_option("--quarantine", run.quarantine,
-                      "what a recovered crash quarantines: function (the entry point that crashed, default) or "
-                      "driver (every entry point of the driver at once)")
-      ->check(CLI::IsMember({"function", "driver"}));
-  run_cmd->add_option("--repair", run.repair,
-                      "where crashes are analysed: vm (the hidden repair VM, default) or inline (a sandboxed host process)")
-      ->check(CLI::IsMember({"vm", "inline"}));
-  run_cmd->add_option("--repair-fallback", run.repair_fallback,
-                      "when the repair VM is missing, booting, dead or too slow: inline (default) or reboot")
-      ->check(CLI::IsMember({"inline", "reboot"}));
-  run_cmd->add_option("--repair-timeout", run.repair_timeout_ms, "milliseconds the repair engine has for one crash (default: 5000)")
-      ->check(CLI::Range(50, 600000));
-  run_cmd->add_option("--repair-vm-memory", run.repair_vm_memory, "memory of the repair VM (default: 384M)");
-  run_cmd->add_option("--repair-agent", run.repair_agent, "the immortal-repair-agent binary (default: next to immortal)");
-  run_cmd->add_option("--repair-vm-kernel", run.repair_vm_kernel,
-                      "kernel of the repair VM (default: the guest's --kernel, else the built guest image's)");
-  run_cmd->add_flag("--repair-cross-check", run.repair_cross_check,
-                    "also analyse every crash in the other mode and report whether both agree (event repair-mismatch)");
-  run_cmd->add_option("--boot-timeout", run.boot_timeout_s, "seconds to wait for the agent's hello: at start (else the run fails) and after every reboot (else the guest is reset again, with back-off) (default: 60)")
-      ->check(CLI::Range(1, 3600));
+  add_protection_options(run_cmd, run);
 
   bool list_json = false;
   auto* list_cmd = app.add_subcommand("list", "list running instances");
@@ -164,10 +174,18 @@ int main(int argc, char** argv) {
   bundle_cmd->add_option("--timeout", bundle_timeout, "seconds to wait for the bundle to be written (default: 600)")
       ->check(CLI::Range(1, 86400));
 
-  bool attach_detach = false;
-  auto* attach_cmd = app.add_subcommand("attach", "take over an instance whose VM outlived its supervisor (after a restart, a SIGKILL)");
-  attach_cmd->add_option("name", name, "instance name")->required();
+  bool attach_detach = false, attach_libvirt = false;
+  std::string attach_uri, attach_name;
+  RunOptions attach_protection;
+  auto* attach_cmd = app.add_subcommand(
+      "attach", "take over an instance whose VM outlived its supervisor (after a restart, a SIGKILL), or with "
+                "--libvirt protect a running libvirt domain (prepared with immortal prepare) without owning it");
+  attach_cmd->add_option("name", name, "instance name; with --libvirt: the domain's name, UUID or id")->required();
   attach_cmd->add_flag("-d,--detach", attach_detach, "return once the guest is watched again; the supervisor keeps running");
+  attach_cmd->add_flag("--libvirt", attach_libvirt, "NAME is a libvirt domain: supervise it through libvirt");
+  attach_cmd->add_option("-c,--connect", attach_uri, "with --libvirt: libvirt URI (default: qemu:///system)");
+  attach_cmd->add_option("-n,--name", attach_name, "with --libvirt: instance name (default: the domain's name)");
+  add_protection_options(attach_cmd, attach_protection);
 
   std::string upgrade_binary;
   int upgrade_timeout = 120;
@@ -198,6 +216,9 @@ int main(int argc, char** argv) {
   auto* stop_cmd = app.add_subcommand("stop", "power the guest off and end its supervisor");
   stop_cmd->add_option("name", name, "instance name")->required();
   stop_cmd->add_flag("-f,--force", force, "do not wait for the guest to power itself off");
+  bool stop_shutdown = false;
+  stop_cmd->add_flag("--shutdown", stop_shutdown,
+                     "also power off a VM immortal does not own (a libvirt domain: without it, stop detaches)");
   stop_cmd->add_option("--timeout", stop_timeout, "seconds to wait for the instance to end (default: 30)")
       ->check(CLI::Range(1, 3600));
 
@@ -240,7 +261,9 @@ int main(int argc, char** argv) {
     if (*list_cmd) return list_command(global, list_json);
     if (*status_cmd) return status_command(global, name, status_json);
     if (*exec_cmd) return exec_command(global, name, command, exec_timeout);
-    if (*stop_cmd) return stop_command(global, name, force, stop_timeout);
+    if (*stop_cmd) return stop_command(global, name, force, stop_shutdown, stop_timeout);
+    if (*attach_cmd && attach_libvirt)
+      return attach_libvirt_command(global, name, attach_uri, attach_name, attach_protection, attach_detach);
     if (*attach_cmd) return attach_command(global, name, attach_detach);
     if (*prepare_cmd) return prepare_command(name, connect_uri, assume_yes);
     if (*unprepare_cmd) return unprepare_command(name, connect_uri, assume_yes);

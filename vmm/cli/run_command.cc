@@ -8,6 +8,8 @@
 #include "instance.h"
 #include "control/control_channel.h"
 #include "instance_state.h"
+#include "libvirt/libvirt_connection.h"
+#include "libvirt/libvirt_machine.h"
 #include "machine_backends.h"
 #include "bundle/retention.h"
 #include "supervisor.h"
@@ -110,6 +112,18 @@ struct Detacher {
   }
   std::cerr << "immortal: the supervisor (pid " << child << ") died while starting\n";
   ::_exit(1);
+}
+
+// $IMMORTAL_BUNDLE_DIR, else kdump's neighbourhood for root, else the user's state dir; then NAME.
+std::string default_bundle_dir(const std::string& name) {
+  const char* env = std::getenv("IMMORTAL_BUNDLE_DIR");
+  const char* state = std::getenv("XDG_STATE_HOME");
+  const char* home = std::getenv("HOME");
+  std::string bundles = env && *env        ? env
+                        : ::geteuid() == 0 ? "/var/crash/immortal"
+                        : state && *state  ? std::string(state) + "/immortal/bundles"
+                                           : std::string(home && *home ? home : "/tmp") + "/.local/state/immortal/bundles";
+  return bundles + "/" + name;
 }
 
 // Everything the supervisor is told, from the options (paths already absolute).
@@ -232,18 +246,7 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   o.initrd = absolute(o.initrd);
   o.repair_agent = o.repair_agent.empty() ? "" : absolute(o.repair_agent);
   o.event_log = absolute(o.event_log);
-  if (o.bundle_dir.empty()) {
-    // $IMMORTAL_BUNDLE_DIR, else kdump's neighbourhood for root, else the user's state dir.
-    const char* env = std::getenv("IMMORTAL_BUNDLE_DIR");
-    const char* state = std::getenv("XDG_STATE_HOME");
-    const char* home = std::getenv("HOME");
-    std::string bundles = env && *env        ? env
-                          : ::geteuid() == 0 ? "/var/crash/immortal"
-                          : state && *state  ? std::string(state) + "/immortal/bundles"
-                                             : std::string(home && *home ? home : "/tmp") + "/.local/state/immortal/bundles";
-    o.bundle_dir = bundles + "/" + o.name;
-  }
-  o.bundle_dir = absolute(o.bundle_dir);
+  o.bundle_dir = o.bundle_dir.empty() ? default_bundle_dir(o.name) : absolute(o.bundle_dir);
   MachineConfig config;
   config.name = o.name;
   config.kernel = o.kernel;
@@ -310,6 +313,53 @@ int attach_command(const GlobalOptions& global, const std::string& name, bool de
   SupervisorOptions options = supervisor_options(o, state->machine, accel);
   options.take_over = state;
   return supervise(std::move(options), std::move(dir), detach, backend);
+}
+
+int attach_libvirt_command(const GlobalOptions& global, const std::string& domain_name, const std::string& uri,
+                           const std::string& instance, const RunOptions& protection, bool detach) {
+  std::string root = runtime_root(global.runtime_dir);
+  MachineConfig config;
+  nlohmann::json handle;
+  {
+    // Only a look-up here: the supervisor (after --detach's fork) opens its own connection.
+    LibvirtConnection connection(uri);
+    LibvirtDomain domain = connection.domain(domain_name);
+    if (!domain.active()) fail(ExitCode::failure, "libvirt domain {} is not running (virsh start {})", domain.name(), domain.name());
+    handle = libvirt_handle(connection.uri(), domain.uuid(), domain.name());
+    config.name = instance.empty() ? domain.name() : instance;
+    auto size = domain.size();
+    config.memory_bytes = size.memory_bytes;
+    config.vcpus = size.vcpus;
+  }
+  try {
+    check_instance_name(config.name);
+  } catch (const Error& e) {
+    fail(ExitCode::usage, "{} (choose the instance's name with --name)", e.what());
+  }
+  InstanceDir dir = InstanceDir::claim(root, config.name);  // fails while a supervisor runs it
+  auto saved = InstanceState::load(dir.file("state.json"));
+  if (saved && (saved->backend != "libvirt" || saved->vm.value("uuid", "") != handle["uuid"]))
+    fail(ExitCode::usage, "instance \"{}\" is another VM's (its state is in {}): choose another name with --name",
+         config.name, dir.path());
+  RunOptions o = protection;
+  o.name = config.name;
+  o.backend = "libvirt";
+  o.repair_agent = o.repair_agent.empty() ? "" : absolute(o.repair_agent);
+  o.event_log = absolute(o.event_log);
+  o.bundle_dir = o.bundle_dir.empty() ? default_bundle_dir(o.name) : absolute(o.bundle_dir);
+  // The domain runs as libvirt made it; only helper VMs (the repair VM) are ours to accelerate.
+  AcceleratorChoice accel = choose_accelerator();
+  config.accelerator = accel.accelerator;
+  std::cerr << "immortal: repair VM accelerator " << to_string(accel.accelerator) << ": " << accel.reason << "\n";
+  config.runtime_dir = dir.path();
+  InstanceState state = saved ? *saved : InstanceState{};  // attached before: its crash history goes on
+  state.backend = "libvirt";
+  state.vm = handle;
+  state.machine = config;
+  SupervisorOptions options = supervisor_options(o, config, accel);
+  state.settings = options.settings;
+  options.take_over = state;
+  return supervise(std::move(options), std::move(dir), detach, machine_backend("libvirt"));
 }
 
 int upgrade_command(const GlobalOptions& global, const std::string& name, const std::string& binary, int timeout_s) {

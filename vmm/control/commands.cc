@@ -161,8 +161,9 @@ void dispatch_command(ControlRequest request, CommandTargets& to) {
   try {
     if (command == "status") return request.reply(to.status());
     if (command == "stop") {
-      to.stop(request.body().value("force", false));
-      return request.reply({{"stopping", true}});
+      bool shutdown = request.body().value("shutdown", false);
+      to.stop(request.body().value("force", false), shutdown);
+      return request.reply({{"stopping", true}, {"detaching", !to.machine.capabilities().owns_vm && !shutdown}});
     }
     if (command == "events") return request.reply({{"events", json(to.events.recent())}});
     if (command == "exec") return exec_command(request, to.agent);

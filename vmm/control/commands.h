@@ -50,7 +50,7 @@ struct CommandTargets {
   EventSink event;
   Say say;
   std::function<json()> status;
-  std::function<void(bool force)> stop;
+  std::function<void(bool force, bool shutdown)> stop;  // shutdown: even a VM we do not own
   std::function<void(ControlRequest)> upgrade;  // answered once the hand-over is decided
 };
 

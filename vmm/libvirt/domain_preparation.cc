@@ -134,6 +134,15 @@ bool domain_is_prepared(const std::string& xml) {
          text_of(on_crash) == "preserve";
 }
 
+std::string agent_channel_socket(const std::string& live_xml) {
+  Doc doc = parse(live_xml);
+  xmlNode* devices = child(xmlDocGetRootElement(doc.get()), "devices");
+  xmlNode* channel = devices ? find_agent_channel(devices) : nullptr;
+  if (!channel || attribute(channel, "type") != "unix") return "";
+  xmlNode* source = child(channel, "source");
+  return source ? attribute(source, "path") : "";
+}
+
 DomainEdit prepare_domain_xml(const std::string& xml) {
   Doc doc = parse(xml);
   xmlNode* domain = xmlDocGetRootElement(doc.get());

@@ -33,5 +33,7 @@ DomainEdit unprepare_domain_xml(const std::string& xml);
 std::string normalized_domain_xml(const std::string& xml);
 // True when the definition has everything prepare adds.
 bool domain_is_prepared(const std::string& xml);
+// The UNIX socket of the agent's channel in a running domain's definition ("" if it has none).
+std::string agent_channel_socket(const std::string& live_xml);
 
 }  // namespace immortal::vmm

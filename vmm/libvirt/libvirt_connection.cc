@@ -1,6 +1,7 @@
 #include "libvirt/libvirt_connection.h"
 
 #include "base/error.h"
+#include "libvirt/libvirt_events.h"
 
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
@@ -14,17 +15,21 @@ namespace {
 // libvirt prints every error on stderr by default; ours carry its message instead.
 void quiet(void*, virErrorPtr) {}
 
-[[noreturn]] void fail_libvirt(const std::string& what) {
+}  // namespace
+
+void fail_libvirt(const std::string& what) {
   const char* message = virGetLastErrorMessage();
   fail(ExitCode::libvirt, "{}: {}", what, message && *message ? message : "libvirt gave no reason");
 }
 
-}  // namespace
-
-LibvirtConnection::LibvirtConnection(const std::string& uri) : uri_(uri.empty() ? kDefaultLibvirtUri : uri) {
+LibvirtConnection::LibvirtConnection(const std::string& uri, bool with_events)
+    : uri_(uri.empty() ? kDefaultLibvirtUri : uri) {
   virSetErrorFunc(nullptr, quiet);
+  if (with_events) ensure_libvirt_event_loop();
   connection_ = virConnectOpenAuth(uri_.c_str(), virConnectAuthPtrDefault, 0);
   if (!connection_) fail_libvirt("cannot connect to libvirt at " + uri_);
+  // A dead libvirtd is noticed within 15 s even when no call is made (the close callback fires).
+  if (with_events) virConnectSetKeepAlive(connection_, 5, 3);
 }
 
 LibvirtConnection::~LibvirtConnection() {
@@ -54,6 +59,18 @@ std::string LibvirtConnection::define(const std::string& xml) {
 
 LibvirtDomain::~LibvirtDomain() {
   if (domain_) virDomainFree(domain_);
+}
+
+std::string LibvirtDomain::uuid() const {
+  char text[VIR_UUID_STRING_BUFLEN] = {};
+  if (virDomainGetUUIDString(domain_, text) != 0) fail_libvirt("cannot read the UUID of " + name_);
+  return text;
+}
+
+LibvirtDomain::Size LibvirtDomain::size() const {
+  virDomainInfo info{};
+  if (virDomainGetInfo(domain_, &info) != 0) fail_libvirt("cannot read the size of " + name_);
+  return {static_cast<std::uint64_t>(info.maxMem) << 10, static_cast<int>(info.nrVirtCpu)};
 }
 
 bool LibvirtDomain::active() const {

@@ -3,6 +3,7 @@
 // libvirt's own message. The Machine backend for libvirt domains builds on this.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -16,10 +17,15 @@ inline constexpr char kDefaultLibvirtUri[] = "qemu:///system";
 
 class LibvirtDomain;
 
+// Throws Error(ExitCode::libvirt): what failed, with libvirt's last error message.
+[[noreturn]] void fail_libvirt(const std::string& what);
+
 class LibvirtConnection {
  public:
   // uri: empty for kDefaultLibvirtUri. Remote URIs (qemu+ssh://…) authenticate as virsh does.
-  explicit LibvirtConnection(const std::string& uri);
+  // with_events: the connection delivers domain events (libvirt_events.h runs the loop), and
+  // keepalives tell when libvirtd is gone.
+  explicit LibvirtConnection(const std::string& uri, bool with_events = false);
   ~LibvirtConnection();
   LibvirtConnection(const LibvirtConnection&) = delete;
   LibvirtConnection& operator=(const LibvirtConnection&) = delete;
@@ -29,6 +35,7 @@ class LibvirtConnection {
   LibvirtDomain domain(const std::string& name_or_uuid);
   // Defines (or redefines) a domain from XML; returns its name.
   std::string define(const std::string& xml);
+  virConnectPtr raw() const { return connection_; }
 
  private:
   std::string uri_;
@@ -44,7 +51,14 @@ class LibvirtDomain {
   LibvirtDomain& operator=(const LibvirtDomain&) = delete;
 
   const std::string& name() const { return name_; }
+  std::string uuid() const;
+  struct Size {
+    std::uint64_t memory_bytes = 0;
+    int vcpus = 0;
+  };
+  Size size() const;  // as it runs, else as defined
   bool active() const;
+  virDomainPtr raw() const { return domain_; }
   // The persistent definition (what the next start uses), or the running one.
   std::string xml(bool inactive) const;
 
