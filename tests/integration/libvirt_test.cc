@@ -1,23 +1,30 @@
 // libvirt domains, against a real libvirtd (qemu:///system, TCG): `immortal prepare` edits a
 // defined domain through libvirt's API so it can be protected, libvirt takes the definition and
 // starts it (guest RAM in a shared file, the pvpanic device, the agent's channel, which our guest
-// agent answers), and `immortal unprepare` puts the definition back.
-// Not in the default run yet (CI's time budget); by hand, with libvirt-daemon-system and
-// libvirt-clients installed:  build-san/tests/integration-tests "[.libvirt]"
+// agent answers), and `immortal unprepare` puts the definition back. `immortal attach --libvirt`
+// supervises the running domain without owning it: crashes recovered in place, libvirt seeing no
+// crash, stop or restart, the domain outliving its supervisor.
+// scripts/test installs libvirt-daemon-system and libvirt-clients; the tests start libvirtd
+// themselves when no service manager did. By hand: build-san/tests/integration-tests "[libvirt]"
 #include "harness.h"
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <poll.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
+#include <sstream>
 #include <regex>
 
 using namespace immortal::test;
 using namespace std::chrono_literals;
+using json = nlohmann::json;
 
 namespace {
 
@@ -36,14 +43,14 @@ std::string virsh(const std::string& args) { return run_shell("virsh -c qemu:///
 
 // A TCG domain booting the guest image's kernel and initramfs (copied: libvirt relabels the
 // files a domain boots, and the build's own stay as they are).
-std::string define_domain(const std::string& name) {
+std::string define_domain(const std::string& name, int memory_mib = 384) {
   std::string dir = scratch_dir() + "/" + name;
   REQUIRE(run_shell("mkdir -p '" + dir + "' && chmod 0755 '" + scratch_dir() + "' '" + dir + "' && cp '" + guest_dir() +
                     "/vmlinuz' '" + guest_dir() + "/initrd.img' '" + dir + "/' && chmod 0644 '" + dir + "'/* && echo ok") ==
           "ok\n");
   std::ofstream(dir + "/domain.xml") << "<domain type='qemu'>\n"
                                      << "  <name>" << name << "</name>\n"
-                                     << "  <memory unit='MiB'>384</memory>\n"
+                                     << "  <memory unit='MiB'>" << memory_mib << "</memory>\n"
                                      << "  <vcpu>1</vcpu>\n"
                                      << "  <os>\n"
                                      << "    <type arch='x86_64' machine='pc'>hvm</type>\n"
@@ -88,7 +95,7 @@ std::string read_socket(const std::string& path, std::chrono::seconds wait) {
 }  // namespace
 
 TEST_CASE("libvirt: prepare makes a defined domain protectable through libvirt's API, unprepare undoes it",
-          "[integration][.libvirt]") {
+          "[integration][libvirt]") {
   ensure_libvirtd();
   std::string name = unique_name("lv");
   define_domain(name);
@@ -141,4 +148,117 @@ TEST_CASE("libvirt: prepare makes a defined domain protectable through libvirt's
                         !Catch::Contains("immortal.invalid"));
   CHECK_THAT(run_cli({"unprepare", name, "--yes"}).out, Catch::Contains("nothing to undo"));
   virsh("undefine " + name);
+}
+
+namespace {
+
+json status_of(const std::string& name) {
+  auto r = run_cli({"status", name, "--json"}, 40s);
+  return r.status == 0 ? json::parse(r.out, nullptr, false) : json();
+}
+
+std::uint64_t recoveries_of(const std::string& name) {
+  json s = status_of(name);
+  return s.is_object() && s.contains("recovery_state") ? s["recovery_state"].value("recovered", 0ull) : 0;
+}
+
+}  // namespace
+
+TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outlives its supervisor",
+          "[integration][libvirt]") {
+  ensure_libvirtd();
+  std::string name = unique_name("lva");
+  define_domain(name, 512);  // a power of two: the repair VM's window shows it whole
+  struct Cleanup {
+    std::string name;
+    ~Cleanup() {
+      run_shell("pkill -f 'event " + name + " --all'; immortal_pid=$(pgrep -f 'immortal attach.* " + name +
+                "'); [ -n \"$immortal_pid\" ] && kill $immortal_pid; virsh -c qemu:///system destroy " + name +
+                "; virsh -c qemu:///system undefine " + name + "; echo");
+    }
+  } cleanup{name};
+  REQUIRE(run_cli({"prepare", name, "--yes"}).status == 0);
+  REQUIRE_THAT(virsh("start " + name), Catch::Contains("started"));
+  // libvirt's own view of the domain's life, for the whole test.
+  std::string events = scratch_dir() + "/" + name + ".events";
+  run_shell("(virsh -c qemu:///system event " + name + " --all --loop --timestamp > '" + events +
+            "' 2>&1 &) ; echo");
+  auto domstate = [&] { return virsh("domstate " + name); };
+
+  auto attached = run_cli({"attach", "--libvirt", name, "--detach"}, 180s);
+  INFO(attached.out << attached.err);
+  REQUIRE(attached.status == 0);
+  CHECK_THAT(attached.out, Catch::Contains("is up"));
+  // The profile, then the repair VM booted from it.
+  REQUIRE(wait_until([&] {
+    json s = status_of(name);
+    return s.is_object() && s.contains("repair") && s["repair"].contains("vm") && s["repair"]["vm"].value("state", "") == "ready";
+  }, 180s));
+  json s = status_of(name);
+  CHECK(s["backend"] == "libvirt");
+  int first_supervisor = s.value("supervisor_pid", 0);
+
+  // `events --follow` from here on: each line stamped with the time it reached the follower.
+  std::string followed = scratch_dir() + "/" + name + ".followed";
+  run_shell("(IMMORTAL_RUNTIME_DIR='" + test_runtime_root() + "' " IMMORTAL_BINARY " events " + name +
+            " --follow --json | while IFS= read -r line; do t=$(printf '%s' \"$line\" | sed -n "
+            "'s/.*\"time\":\"\\([^\"]*\\)\".*/\\1/p'); now=$(date +%s.%N); then=$(date -d \"$t\" +%s.%N); "
+            "echo \"$now $then $line\"; done > '" + followed + "'; echo ended >> '" + followed + "') > /dev/null 2>&1 &"
+            " echo");
+
+  // A driver crash, recovered in place through the repair VM; libvirt sees the domain run on.
+  CHECK(inject(name, "null-deref") > 0);
+  REQUIRE(wait_until([&] { return recoveries_of(name) == 1; }, 120s));
+  // Every event of the crash reached the follower within a second of being written.
+  REQUIRE(wait_until([&] { return read_file(followed).find("\"event\":\"recovered\"") != std::string::npos; }, 10s));
+  {
+    std::istringstream lines(read_file(followed));
+    double worst = 0;
+    int crash_events = 0;
+    for (std::string line; std::getline(lines, line);) {
+      double arrived = 0, written = 0;
+      if (std::sscanf(line.c_str(), "%lf %lf", &arrived, &written) != 2 || line.find("\"crash\":1") == std::string::npos) continue;
+      ++crash_events;
+      worst = std::max(worst, arrived - written);
+    }
+    INFO(read_file(followed));
+    CHECK(crash_events >= 4);  // caught, analysis, plan, resumed, recovered…
+    CHECK(worst < 1.0);
+  }
+  CHECK_THAT(domstate(), Catch::Contains("running"));
+  CHECK(guest_sh(name, "echo alive").out == "alive\n");
+  std::string log = read_file(test_runtime_root() + "/" + name + "/events.jsonl");
+  CHECK_THAT(log, Catch::Contains("\"repair_mode\":\"vm\""));
+
+  // The supervisor killed: the domain runs on, and a new one takes it over with its history.
+  REQUIRE(first_supervisor > 0);
+  ::kill(first_supervisor, SIGKILL);
+  REQUIRE(wait_until([&] { return !process_alive(first_supervisor); }, 30s));
+  CHECK_THAT(domstate(), Catch::Contains("running"));
+  auto again = run_cli({"attach", name, "--detach"}, 180s);
+  INFO(again.out << again.err);
+  REQUIRE(again.status == 0);
+  CHECK(recoveries_of(name) == 1);
+  // The first crash quarantined the fault driver's write(): lift that, then crash it again.
+  CHECK(run_cli({"unquarantine", name, "--all"}).status == 0);
+  CHECK(inject(name, "bug") > 0);
+  REQUIRE(wait_until([&] { return recoveries_of(name) == 2; }, 120s));
+  CHECK_THAT(domstate(), Catch::Contains("running"));
+
+  // stop lets go of a domain it does not own.
+  auto stopped = run_cli({"stop", name}, 60s);
+  CHECK(stopped.status == 0);
+  CHECK_THAT(stopped.out, Catch::Contains("detached"));
+  CHECK_THAT(domstate(), Catch::Contains("running"));
+  // The follower ends with the instance (it had followed both supervisors).
+  CHECK(wait_until([&] { return read_file(followed).ends_with("ended\n"); }, 10s));
+  CHECK_THAT(read_file(followed), Catch::Contains("\"crash\":2"));
+
+  // Through all of it libvirt saw pauses (breakpoints, the gdbstub's attach), never a crash, a
+  // stop, a start or a reboot.
+  std::string seen = read_file(events);
+  INFO(seen);
+  CHECK_THAT(seen, Catch::Contains("Suspended"));
+  for (const char* never : {"Stopped", "Started", "Crashed", "Shutdown", "'reboot'", "PMSuspended"})
+    CHECK_THAT(seen, !Catch::Contains(never));
 }

@@ -60,7 +60,8 @@ int introspect_command(const GlobalOptions& global, const std::string& name, con
 int dump_command(const GlobalOptions& global, const std::string& name, const std::string& file);
 int unquarantine_command(const GlobalOptions& global, const std::string& name, const std::vector<std::string>& functions,
                          bool all);
-int events_command(const GlobalOptions& global, const std::string& name, bool as_json);
+// follow: then every new event as it happens, until the instance ends.
+int events_command(const GlobalOptions& global, const std::string& name, bool as_json, bool follow);
 // `immortal bundle NAME`: a diagnosis bundle of the running guest now; prints its path.
 int bundle_command(const GlobalOptions& global, const std::string& name, int timeout_s);
 // Stops the instance: powers its VM off, or (a VM immortal does not own, unless shutdown) lets go of it.

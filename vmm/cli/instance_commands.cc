@@ -1,6 +1,7 @@
 // `immortal list | status | exec | stop`: talk to a running supervisor over its control socket.
 #include "base/error.h"
 #include "cli/commands.h"
+#include "cli/instance_call.h"
 #include "control/control_channel.h"
 #include "fault_catalogue.h"
 #include "instance.h"
@@ -27,7 +28,7 @@ std::string control_socket(const GlobalOptions& g, const std::string& name) {
 }
 
 json call(const GlobalOptions& g, const std::string& name, const json& request, std::chrono::milliseconds timeout) {
-  return control_call(control_socket(g, name), request, Deadline::in(timeout));
+  return call_instance(g, name, request, timeout);
 }
 
 std::string mib(const json& bytes) {
@@ -36,8 +37,9 @@ std::string mib(const json& bytes) {
 
 }  // namespace
 
-// How long a command waits for a supervisor that is alive but busy (see status_command).
-constexpr std::chrono::seconds kBusySupervisorWait{30};
+json call_instance(const GlobalOptions& g, const std::string& name, const json& request, std::chrono::milliseconds timeout) {
+  return control_call(control_socket(g, name), request, Deadline::in(timeout));
+}
 
 int list_command(const GlobalOptions& g, bool as_json) {
   std::string root = runtime_root(g.runtime_dir);
@@ -237,72 +239,6 @@ int unquarantine_command(const GlobalOptions& g, const std::string& name, const 
   return 0;
 }
 
-// The events of an instance that has ended (its guest powered off, or it was stopped), from the
-// log its supervisor left in the instance directory, as virsh still describes a shut-off domain.
-json events_of_ended_instance(const std::string& root, const std::string& name) {
-  std::ifstream in(root + "/" + name + "/events.jsonl");
-  if (!in) fail(ExitCode::no_instance, "no instance named \"{}\" (running, or with an event log left)", name);
-  json events = json::array();
-  std::string line;
-  while (std::getline(in, line)) {
-    json e = json::parse(line, nullptr, false);
-    if (e.is_object()) events.push_back(std::move(e));  // a line cut short by a killed supervisor is skipped
-  }
-  std::cerr << fmt::format("immortal: instance \"{}\" has ended; its events are read from its log\n", name);
-  return events;
-}
-
-int events_command(const GlobalOptions& g, const std::string& name, bool as_json) {
-  check_instance_name(name);
-  json events;
-  try {
-    events = call(g, name, {{"command", "events"}}, kBusySupervisorWait).value("events", json::array());
-  } catch (const Error&) {
-    // Ended before or while we asked (a supervisor that is shutting down answers no more, and
-    // holds its lock a moment longer): its log stays behind.
-    std::string root = runtime_root(g.runtime_dir);
-    auto deadline = Deadline::in(std::chrono::seconds(10));
-    while (instance_running(root, name) && !deadline.expired())
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    if (instance_running(root, name)) throw;
-    events = events_of_ended_instance(root, name);
-  }
-  for (const auto& e : events) {
-    if (as_json) {
-      std::cout << e.dump() << "\n";
-      continue;
-    }
-    std::string what = e.value("event", "");
-    std::string text;
-    if (what == "repair-image")
-      text = fmt::format("{:.1f} MiB (healthy code copy {:.1f} MiB in {} regions), built in {:.0f} ms",
-                         e.value("bytes", 0.0) / 1048576, e.value("healthy_bytes", 0.0) / 1048576, e.value("regions", 0),
-                         e.value("build_ms", 0.0));
-    else if (what == "repair-fallback")
-      text = fmt::format("{} → {}: {}", e.value("from", ""), e.value("to", ""), e.value("why", ""));
-    else if (what == "repair-mismatch")
-      text = fmt::format("the {} and {} engines disagree on this crash", e.value("mode", ""),
-                         e.value("other", json::object()).value("mode", ""));
-    else if (what.rfind("repair-", 0) == 0)
-      text = e.value("mode", "") + (e.contains("error") ? ": " + e.value("error", "")
-                                    : e.contains("start_ms") ? fmt::format(" ready in {:.0f} ms", e.value("start_ms", 0.0)) : "");
-    else if (e.contains("summary")) text = e["summary"].get<std::string>();
-    else if (e.contains("plan") && e["plan"].is_object())
-      text = (e["plan"].value("resume", false) ? "resume: " : "reboot: ") + e["plan"].value("reason", std::string());
-    else if (e.contains("path")) text = e["path"].get<std::string>();
-    else if (e.contains("reason")) text = e["reason"].get<std::string>();
-    else if (e.contains("actions")) text = fmt::format("{} — resumed {:.1f} ms after interception", e["actions"].get<std::string>(),
-                                                       e.value("intercept_to_resume_ms", 0.0));
-    else if (e.contains("verify_ms"))
-      text = fmt::format("agent answered {:.0f} ms after resuming; every check held for the {:.1f} s watch window",
-                         e["verify_ms"].get<double>(), e.value("window_ms", 0.0) / 1000);
-    else if (e.contains("boot_id")) text = "boot id " + e["boot_id"].get<std::string>();
-    else if (e.contains("interception")) text = fmt::format("{}", fmt::join(e["interception"].get<std::vector<std::string>>(), ", "));
-    std::string crash = e.contains("crash") && e["crash"].is_number_unsigned() ? fmt::format("#{}", e["crash"].get<std::uint64_t>()) : "";
-    std::cout << fmt::format("{}  {:<16}{:<5}{}\n", e.value("time", ""), what, crash, text);
-  }
-  return 0;
-}
 
 int bundle_command(const GlobalOptions& g, const std::string& name, int timeout_s) {
   std::cerr << "immortal: taking a bundle of \"" << name << "\" (the guest pauses only while its memory is copied)\n";

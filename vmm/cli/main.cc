@@ -167,6 +167,8 @@ int main(int argc, char** argv) {
   auto* events_cmd = app.add_subcommand("events", "the instance's recent events: crashes, repairs, reboots");
   events_cmd->add_option("name", name, "instance name")->required();
   events_cmd->add_flag("--json", events_json, "one JSON object per line, as in the event log");
+  bool events_follow = false;
+  events_cmd->add_flag("-f,--follow", events_follow, "then each new event as it happens, until the instance ends (Ctrl-C stops)");
 
   int bundle_timeout = 600;
   auto* bundle_cmd = app.add_subcommand("bundle", "take a diagnosis bundle of a running guest now (it pauses only to copy memory)");
@@ -271,7 +273,7 @@ int main(int argc, char** argv) {
     if (*upgrade_cmd) return upgrade_command(global, name, upgrade_binary, upgrade_timeout);
     if (*dump_cmd) return dump_command(global, name, dump_file);
     if (*unquarantine_cmd) return unquarantine_command(global, name, functions, unquarantine_all);
-    if (*events_cmd) return events_command(global, name, events_json);
+    if (*events_cmd) return events_command(global, name, events_json, events_follow);
     if (*bundle_cmd) return bundle_command(global, name, bundle_timeout);
     if (*diag_cmd) return diag_command(diag);
     for (auto& [cmd, part] : views)

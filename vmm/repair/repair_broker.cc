@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <bit>
 #include <filesystem>
 #include <thread>
 
@@ -55,6 +56,15 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
   ram_ = ram;
   event_("repair-image", {{"initrd", image_->initrd}, {"bytes", image_->bytes}, {"healthy_bytes", healthy.total_bytes()},
                           {"regions", healthy.regions.size()}, {"build_ms", ms_since(t0)}});
+  if (settings_.mode == "vm" && !std::has_single_bit(ram.size)) {
+    // A PCI window (ivshmem's BAR) is a power of two and QEMU maps a backend from its start: a
+    // repair VM cannot see this guest's RAM whole. That does not change: analyse inline.
+    std::string why = fmt::format("guest RAM of {} MiB is not a power of two, which the repair VM's window onto it needs",
+                                  ram.size >> 20);
+    say_("crashes are analysed inline (a sandboxed host process): " + why);
+    event_("repair-mode", {{"mode", "inline"}, {"instead_of", "vm"}, {"why", why}});
+    settings_.mode = "inline";
+  }
   start(settings_.mode == "vm" ? vm_ : inline_);
   if (settings_.cross_check) start(settings_.mode == "vm" ? inline_ : vm_);
 }
