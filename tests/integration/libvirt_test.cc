@@ -172,9 +172,9 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
   struct Cleanup {
     std::string name;
     ~Cleanup() {
-      run_shell("pkill -f 'event " + name + " --all'; immortal_pid=$(pgrep -f 'immortal attach.* " + name +
-                "'); [ -n \"$immortal_pid\" ] && kill $immortal_pid; virsh -c qemu:///system destroy " + name +
-                "; virsh -c qemu:///system undefine " + name + "; echo");
+      // The patterns' brackets keep pkill from matching the shell that runs them.
+      run_shell("pkill -f '[e]vent " + name + " --all'; pkill -f '[i]mmortal attach.* " + name +
+                "'; virsh -c qemu:///system destroy " + name + "; virsh -c qemu:///system undefine " + name + "; echo");
     }
   } cleanup{name};
   REQUIRE(run_cli({"prepare", name, "--yes"}).status == 0);
