@@ -98,6 +98,7 @@ void Supervisor::build_rooms() {
       dir_.file("crashes"), emit, say, [this](std::size_t n) { return console_.last_lines(n); },
       [this](const std::string& how) { report_ready(how); },
       [this](const std::string& reason) { stop(reason, static_cast<int>(ExitCode::guest_crashed)); }});
+  if (!options_.metrics_listen.empty() && !metrics_server_) metrics_server_ = std::make_unique<MetricsServer>(options_.metrics_listen);
   if (control_) control_->listen(dir_.file("control.sock"));  // a hand-over rolled back: its request waits
   else control_ = std::make_unique<ControlServer>(dir_.file("control.sock"));
   commands_ = std::make_unique<CommandTargets>(CommandTargets{
@@ -209,6 +210,7 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
   if (repair_) repair_->poll();
   // Commands first, the agent after: a long command must not leave heartbeats unread for the hang check.
   control_->serve(fds, [this](ControlRequest request) { dispatch_command(std::move(request), *commands_); });
+  report_tick();
   try {
     agent_->on_readable();
   } catch (const Error& e) {
@@ -279,22 +281,6 @@ void Supervisor::shutdown_machine() {
   recovery_.reset();  // it holds the machine
   machine_.reset();
   ::unlink(dir_.file("state.json").c_str());  // nothing left to attach to
-}
-
-void Supervisor::report_ready(const std::string& how) {
-  if (ready_summary_.empty()) return;
-  if (options_.on_ready) options_.on_ready(ready_summary_ + "; " + how);
-  ready_summary_.clear();
-}
-
-void Supervisor::event(const std::string& name, json fields) {
-  if (std::string problem = events_.append(name, std::move(fields)); !problem.empty()) options_.say(problem);
-}
-
-json Supervisor::status() const {
-  return instance_status({options_.machine, options_.accelerator, options_.recovery.enabled, dir_.path(),
-                          dir_.file("events.jsonl"), state_.get(), machine_.get(), started_, boot_time_, agent_.get(),
-                          profile_.get(), recovery_.get(), ledger_, repair_.get(), bundles_.get()});
 }
 
 }  // namespace immortal::vmm

@@ -13,6 +13,9 @@
 #include "console_log.h"
 #include "control/commands.h"
 #include "control/control_server.h"
+#include "control/event_hook.h"
+#include "control/metrics.h"
+#include "control/metrics_server.h"
 #include "guest_state.h"
 #include "instance.h"
 #include "instance_state.h"
@@ -56,6 +59,8 @@ struct SupervisorOptions {
   std::function<void(const std::string& summary)> on_ready;
   // Progress lines for the operator ("immortal: ..."); stderr by default.
   std::function<void(const std::string&)> say;
+  std::string metrics_listen;  // --metrics-listen ADDR:PORT: the Prometheus endpoint (empty: none)
+  std::string on_event;        // --on-event CMD: run for every event, the event on stdin (empty: none)
 };
 
 class Supervisor {
@@ -91,6 +96,9 @@ class Supervisor {
   // Tells on_ready (once) that the guest is up, and how it is protected.
   void report_ready(const std::string& how);
   json status() const;
+  // Every loop turn: the Prometheus exposition (fresh after events, at most a second old
+  // otherwise), and the --on-event hooks that ended or ran too long.
+  void report_tick();
 
   SupervisorOptions options_;
   InstanceDir dir_;
@@ -120,6 +128,11 @@ class Supervisor {
   ConsoleLog console_;
   std::string ready_summary_;  // reported through on_ready once the guest is protected
   std::string persisted_;      // the state.json last written
+  InstanceMetrics metrics_{options_.machine.name};
+  std::unique_ptr<MetricsServer> metrics_server_;
+  Clock::time_point metrics_published_{};
+  bool metrics_due_ = false;
+  std::unique_ptr<EventHook> hook_;
   std::optional<ControlRequest> upgrade_request_;
   bool released_ = false;      // handed over: the VM runs on without us
 };

@@ -72,6 +72,7 @@ void Supervisor::release_instance() {
   persist();
   released_ = true;
   if (agent_) agent_->abandon("the instance is being handed over");
+  metrics_server_.reset();  // its port is the next supervisor's
   commands_.reset();
   recovery_.reset();
   repair_.reset();  // the repair VM is ours alone: it ends with us

@@ -185,7 +185,12 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
             "' 2>&1 &) ; echo");
   auto domstate = [&] { return virsh("domstate " + name); };
 
-  auto attached = run_cli({"attach", "--libvirt", name, "--detach"}, 180s);
+  int metrics_port = free_port();
+  std::string hooked = scratch_dir() + "/" + name + ".hooked";
+  auto attached = run_cli({"attach", "--libvirt", name, "--detach", "--metrics-listen",
+                           "127.0.0.1:" + std::to_string(metrics_port), "--on-event",
+                           "line=$(cat); printf '%s %s\\n' \"$IMMORTAL_EVENT\" \"$line\" >> '" + hooked + "'"},
+                          180s);
   INFO(attached.out << attached.err);
   REQUIRE(attached.status == 0);
   CHECK_THAT(attached.out, Catch::Contains("is up"));
@@ -198,6 +203,24 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
   CHECK(s["backend"] == "libvirt");
   int first_supervisor = s.value("supervisor_pid", 0);
 
+  // The Prometheus endpoint: promtool accepts it, and its counters move with the crashes.
+  auto metrics = [&] {
+    std::string response = http_get(metrics_port, "/metrics", 20s);
+    auto body = response.find("\r\n\r\n");
+    return body == std::string::npos ? std::string() : response.substr(body + 4);
+  };
+  auto promtool = [&](const std::string& exposition) {
+    std::string file = scratch_dir() + "/" + name + ".metrics";
+    std::ofstream(file) << exposition;
+    return run_shell("promtool check metrics < '" + file + "' 2>&1; echo \"status $?\"");
+  };
+  std::string g = "{guest=\"" + name + "\"}";
+  std::string exposition = metrics();
+  INFO(exposition);
+  CHECK_THAT(exposition, Catch::Contains("immortal_crashes_total" + g + " 0\n") &&
+                             Catch::Contains("immortal_repair_worker_ready{guest=\"" + name + "\",mode=\"vm\"} 1\n"));
+  CHECK(promtool(exposition) == "status 0\n");
+
   // `events --follow` from here on: each line stamped with the time it reached the follower.
   std::string followed = scratch_dir() + "/" + name + ".followed";
   run_shell("(IMMORTAL_RUNTIME_DIR='" + test_runtime_root() + "' " IMMORTAL_BINARY " events " + name +
@@ -207,8 +230,16 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
             " echo");
 
   // A driver crash, recovered in place through the repair VM; libvirt sees the domain run on.
-  CHECK(inject(name, "null-deref") > 0);
-  REQUIRE(wait_until([&] { return recoveries_of(name) == 1; }, 120s));
+  auto injected = run_cli({"inject", name, "null-deref", "--wait", "--json"}, 200s);
+  INFO(injected.out << injected.err);
+  CHECK(injected.status == 0);
+  json outcome = json::parse(injected.out, nullptr, false);
+  REQUIRE(outcome.is_object());
+  CHECK(outcome.value("outcome", "") == "recovered");
+  CHECK(outcome.value("kind", "") == "oops");
+  CHECK(outcome.value("crash", 0) == 1);
+  CHECK(outcome.value("pid", 0) > 0);
+  CHECK(recoveries_of(name) == 1);  // --wait returned once that was so
   // Every event of the crash reached the follower within a second of being written.
   REQUIRE(wait_until([&] { return read_file(followed).find("\"event\":\"recovered\"") != std::string::npos; }, 10s));
   {
@@ -225,6 +256,19 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
     CHECK(crash_events >= 4);  // caught, analysis, plan, resumed, recovered…
     CHECK(worst < 1.0);
   }
+  CHECK(wait_until([&] {
+    exposition = metrics();
+    return exposition.find("immortal_crash_outcomes_total{guest=\"" + name + "\",kind=\"oops\",outcome=\"recovered\"} 1\n") !=
+           std::string::npos;
+  }, 10s));
+  CHECK_THAT(exposition, Catch::Contains("immortal_crashes_total" + g + " 1\n") &&
+                             Catch::Contains("immortal_recoveries_total" + g + " 1\n") &&
+                             Catch::Contains("immortal_recovery_latency_seconds_count" + g + " 1\n") &&
+                             Catch::Contains("immortal_quarantined_functions" + g + " 1\n"));
+  CHECK(promtool(exposition) == "status 0\n");
+  // The --on-event hook ran for the crash's events, each given as JSON on its stdin.
+  CHECK(wait_until([&] { return read_file(hooked).find("recovered {") != std::string::npos; }, 20s));
+  CHECK_THAT(read_file(hooked), Catch::Contains("crash {\"analysis\"") && Catch::Contains("resumed {"));
   CHECK_THAT(domstate(), Catch::Contains("running"));
   CHECK(guest_sh(name, "echo alive").out == "alive\n");
   std::string log = read_file(test_runtime_root() + "/" + name + "/events.jsonl");
@@ -244,6 +288,8 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
   CHECK(inject(name, "bug") > 0);
   REQUIRE(wait_until([&] { return recoveries_of(name) == 2; }, 120s));
   CHECK_THAT(domstate(), Catch::Contains("running"));
+  // The new supervisor serves the metrics on the same address, the guest's totals carried over.
+  CHECK(wait_until([&] { return metrics().find("immortal_recoveries_total" + g + " 2\n") != std::string::npos; }, 20s));
 
   // stop lets go of a domain it does not own.
   auto stopped = run_cli({"stop", name}, 60s);

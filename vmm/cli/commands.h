@@ -45,6 +45,8 @@ struct RunOptions {
   std::string repair_agent;
   std::string repair_vm_kernel;
   bool repair_cross_check = false;
+  std::string metrics_listen;           // ADDR:PORT of the Prometheus endpoint; empty: none
+  std::string on_event;                 // a shell command run for every event (event JSON on stdin)
 };
 
 int run_command(const GlobalOptions& global, const RunOptions& options);
@@ -52,7 +54,14 @@ int list_command(const GlobalOptions& global, bool as_json);
 int status_command(const GlobalOptions& global, const std::string& name, bool as_json);
 int exec_command(const GlobalOptions& global, const std::string& name, const std::vector<std::string>& argv,
                  int timeout_s);
-int inject_command(const GlobalOptions& global, const std::string& name, const std::string& fault_class);
+// inject --wait: return once the crash's outcome is known (recovered, rebooted), --json: as JSON.
+struct InjectWait {
+  bool wait = false;
+  bool json = false;
+  int timeout_s = 300;
+};
+int inject_command(const GlobalOptions& global, const std::string& name, const std::string& fault_class,
+                   const InjectWait& wait);
 int list_faults_command();
 // `immortal ps|lsmod|dmesg NAME`: the guest kernel's tasks, modules or log, read by the host
 // from the guest's memory (part: tasks, modules, dmesg).
@@ -63,7 +72,7 @@ int unquarantine_command(const GlobalOptions& global, const std::string& name, c
 // follow: then every new event as it happens, until the instance ends.
 int events_command(const GlobalOptions& global, const std::string& name, bool as_json, bool follow);
 // `immortal bundle NAME`: a diagnosis bundle of the running guest now; prints its path.
-int bundle_command(const GlobalOptions& global, const std::string& name, int timeout_s);
+int bundle_command(const GlobalOptions& global, const std::string& name, int timeout_s, bool as_json);
 // Stops the instance: powers its VM off, or (a VM immortal does not own, unless shutdown) lets go of it.
 int stop_command(const GlobalOptions& global, const std::string& name, bool force, bool shutdown, int timeout_s);
 // `immortal attach NAME`: a new supervisor for an instance whose VM runs on without one.

@@ -4,17 +4,13 @@
 #include "base/io.h"
 #include "base/unique_fd.h"
 #include "cli/commands.h"
+#include "cli/event_follower.h"
 #include "cli/instance_call.h"
 #include "instance.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <poll.h>
-#include <sys/inotify.h>
-#include <unistd.h>
-
-#include <deque>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -43,57 +39,17 @@ namespace {
 
 void print_event(const json& e, bool as_json);
 
-// `events --follow`: every event is appended to the instance's log before anything else sees it,
-// so following the file (inotify on its directory: it may be replaced by a new run) shows each as
-// it happens; the last `backlog` first. Ends once the instance has ended and its log is read.
+// `events --follow`: the last `backlog` events, then each new one as it is written, until the
+// instance ends.
 void follow_events(const std::string& root, const std::string& name, std::size_t backlog,
                    const std::function<void(const json&)>& print) {
-  std::string dir = root + "/" + name, path = dir + "/events.jsonl";
-  if (!instance_running(root, name) && ::access(path.c_str(), R_OK) != 0)
-    fail(ExitCode::no_instance, "no instance named \"{}\" (running, or with an event log left)", name);
-  UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
-  if (!watch || ::inotify_add_watch(watch.get(), dir.c_str(), IN_MODIFY | IN_CREATE | IN_MOVED_TO) < 0)
-    fail_os(ExitCode::failure, "watch " + dir, errno);
-  std::uint64_t offset = 0;
-  std::string partial;
-  std::deque<json> first;  // the backlog, printed before anything new
-  bool started = false;
-  auto read_new = [&] {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return;
-    in.seekg(0, std::ios::end);
-    auto size = static_cast<std::uint64_t>(in.tellg());
-    if (size < offset) offset = 0, partial.clear();  // a new log (the instance was started again)
-    if (!started && size > (1u << 20)) offset = size - (1u << 20);  // the backlog is in the last MiB
-    in.seekg(static_cast<std::streamoff>(offset));
-    std::string chunk(size - offset, '\0');
-    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-    offset += static_cast<std::uint64_t>(in.gcount());
-    partial.append(chunk.data(), static_cast<std::size_t>(in.gcount()));
-    for (std::size_t nl; (nl = partial.find('\n')) != std::string::npos; partial.erase(0, nl + 1)) {
-      json e = json::parse(partial.substr(0, nl), nullptr, false);
-      if (!e.is_object()) continue;  // a line cut short (a killed supervisor), or the backlog's first
-      if (started) {
-        print(e);
-      } else if (first.push_back(std::move(e)); first.size() > backlog) {
-        first.pop_front();
-      }
-    }
-    std::cout.flush();
-  };
-  read_new();
-  for (const auto& e : first) print(e);
+  EventFollower follower(root, name, /*from_end=*/false);
+  auto first = follower.next(std::chrono::milliseconds(0));
+  for (std::size_t i = first.size() > backlog ? first.size() - backlog : 0; i < first.size(); ++i) print(first[i]);
   std::cout.flush();
-  started = true;
-  for (;;) {
-    bool ended = !instance_running(root, name);
-    read_new();
-    if (ended) return;
-    pollfd p{watch.get(), POLLIN, 0};
-    ::poll(&p, 1, 500);  // a change, or a look whether the instance is still there
-    char drain[4096];
-    while (::read(watch.get(), drain, sizeof drain) > 0) {
-    }
+  while (!follower.ended()) {
+    for (const auto& e : follower.next(std::chrono::seconds(1))) print(e);
+    std::cout.flush();
   }
 }
 

@@ -1,6 +1,7 @@
 // `immortal list | status | exec | stop`: talk to a running supervisor over its control socket.
 #include "base/error.h"
 #include "cli/commands.h"
+#include "cli/event_follower.h"
 #include "cli/instance_call.h"
 #include "control/control_channel.h"
 #include "fault_catalogue.h"
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <optional>
 #include <iostream>
 #include <thread>
 
@@ -174,7 +176,70 @@ int list_faults_command() {
   return 0;
 }
 
-int inject_command(const GlobalOptions& g, const std::string& given_name, const std::string& fault_class) {
+namespace {
+
+// `inject --wait`: the crash the injection caused and what became of it, from the event log.
+// Exit status 0 when it was recovered, 7 when the guest was rebooted (or handed to its kdump),
+// 8 when no outcome came in time, 1 when the fault did not crash the guest at all.
+int wait_for_outcome(EventFollower& follower, const json& injected, const std::string& name, int wait_s, bool as_json) {
+  json result = injected;
+  result.erase("ok");
+  std::uint64_t crash = 0;
+  std::string outcome;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait_s);
+  // A fault that has not crashed the guest within this did not (a quarantined entry point refuses it).
+  auto crash_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(std::min(wait_s, 60));
+  while (outcome.empty()) {
+    auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) outcome = "unknown";
+    else if (!crash && now >= crash_deadline) outcome = "no-crash";
+    else if (follower.ended()) outcome = "instance-ended";
+    if (!outcome.empty()) break;
+    for (const auto& e : follower.next(std::chrono::milliseconds(500))) {
+      std::string what = e.value("event", "");
+      std::uint64_t id = e.contains("crash") && e["crash"].is_number_unsigned() ? e["crash"].get<std::uint64_t>() : 0;
+      if (!crash && what == "crash" && id) {
+        crash = id;
+        result["crash"] = id;
+        result["summary"] = e.value("summary", "");
+        result["caught_by"] = e.value("caught_by", "");
+        if (e.contains("analysis") && e["analysis"].is_object()) result["kind"] = e["analysis"].value("kind", "");
+      }
+      if (!crash || id != crash) continue;
+      if (what == "resumed") result["intercept_to_resume_ms"] = e.value("intercept_to_resume_ms", 0.0);
+      else if (what == "recovery-failed") result["verification_failed"] = e.value("reason", "");
+      else if (what == "recovered") outcome = "recovered", result["verify_ms"] = e.value("verify_ms", 0.0);
+      else if (what == "reboot") outcome = "rebooted", result["reason"] = e.value("reason", "");
+      else if (what == "kdump") outcome = "kdump", result["reason"] = e.value("reason", "");
+      if (!outcome.empty()) break;
+    }
+  }
+  result["outcome"] = outcome;
+  if (as_json) {
+    std::cout << result.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+  } else if (crash) {
+    std::cout << fmt::format("crash {} in {}: {}\n", crash, name, result.value("summary", ""));
+    if (outcome == "recovered")
+      std::cout << fmt::format("recovered: resumed {:.1f} ms after interception, verified healthy\n",
+                               result.value("intercept_to_resume_ms", 0.0));
+    else
+      std::cout << outcome << (result.contains("reason") ? ": " + result.value("reason", "") : "") << "\n";
+  } else {
+    std::cout << (outcome == "no-crash" ? "the fault did not crash the guest (a quarantined entry point refuses it: "
+                                          "immortal status)\n"
+                                        : outcome + ": no crash seen\n");
+  }
+  if (outcome == "recovered") return 0;
+  if (outcome == "rebooted" || outcome == "kdump" || (outcome == "instance-ended" && crash))
+    return static_cast<int>(ExitCode::guest_crashed);
+  if (outcome == "unknown") return static_cast<int>(ExitCode::timeout);
+  return static_cast<int>(ExitCode::failure);
+}
+
+}  // namespace
+
+int inject_command(const GlobalOptions& g, const std::string& given_name, const std::string& fault_class,
+                   const InjectWait& wait) {
   // Unknown classes are refused here, before any guest is involved. An LKDTM type is checked
   // for its shape only: the guest's LKDTM knows which types exist (the supervisor asks it).
   if (is_lkdtm_class(fault_class) && !lkdtm_type(fault_class))
@@ -189,7 +254,10 @@ int inject_command(const GlobalOptions& g, const std::string& given_name, const 
   }
   // The supervisor answers within the agent's deadlines (a check, then the start): 45 s covers
   // a guest slowed down by its neighbours.
+  std::optional<EventFollower> follower;
+  if (wait.wait) follower.emplace(runtime_root(g.runtime_dir), name, /*from_end=*/true);  // before the crash
   json r = call(g, name, {{"command", "inject"}, {"class", fault_class}}, std::chrono::seconds(45));
+  if (wait.wait) return wait_for_outcome(*follower, r, name, wait.timeout_s, wait.json);
   std::string command;
   for (const auto& a : r.value("command", json::array()))
     if (a.is_string()) command += (command.empty() ? "" : " ") + a.get<std::string>();
@@ -240,9 +308,15 @@ int unquarantine_command(const GlobalOptions& g, const std::string& name, const 
 }
 
 
-int bundle_command(const GlobalOptions& g, const std::string& name, int timeout_s) {
-  std::cerr << "immortal: taking a bundle of \"" << name << "\" (the guest pauses only while its memory is copied)\n";
+int bundle_command(const GlobalOptions& g, const std::string& name, int timeout_s, bool as_json) {
+  if (!as_json)
+    std::cerr << "immortal: taking a bundle of \"" << name << "\" (the guest pauses only while its memory is copied)\n";
   json r = call(g, name, {{"command", "bundle"}}, std::chrono::seconds(timeout_s));
+  if (as_json) {
+    r.erase("ok");
+    std::cout << r.dump() << "\n";
+    return 0;
+  }
   std::cout << r.value("path", "") << "\n";
   std::cerr << fmt::format("immortal: bundle written in {:.1f} s (vmcore {})\n", r.value("write_ms", 0.0) / 1000,
                            mib(r.value("vmcore_bytes", json(0))));

@@ -35,6 +35,11 @@ void add_protection_options(CLI::App* cmd, RunOptions& o) {
                       "lock owner, no lockup or stall report, RCU advancing (default: 10)")
       ->check(CLI::Range(0, 3600));
   cmd->add_option("--event-log", o.event_log, "also append the event log (JSON lines) to this file");
+  cmd->add_option("--metrics-listen", o.metrics_listen,
+                  "serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9100 (default: off)");
+  cmd->add_option("--on-event", o.on_event,
+                  "run this shell command for every event, the event as a JSON line on its stdin "
+                  "(IMMORTAL_EVENT, IMMORTAL_INSTANCE set; output to the instance's hooks.log)");
   cmd->add_option("--bundle-dir", o.bundle_dir,
                       "where crash bundles go (default: $IMMORTAL_BUNDLE_DIR/NAME, /var/crash/immortal/NAME for root, else ~/.local/state/immortal/bundles/NAME)");
   cmd->add_option("--bundle-keep", o.bundle_keep, "keep at most N bundles, oldest removed first (default: 20; 0: no limit)")
@@ -124,6 +129,13 @@ int main(int argc, char** argv) {
   inject_cmd->add_option("name", name, "instance name (default: the only running instance, else \"guest\")");
   inject_cmd->add_option("class", fault_class, "fault class (see --list), or lkdtm:TYPE for an LKDTM crash type");
   inject_cmd->add_flag("-l,--list", list_faults, "list the fault classes");
+  InjectWait inject_wait;
+  inject_cmd->add_flag("-w,--wait", inject_wait.wait,
+                       "return once the crash's outcome is known: exit 0 recovered, 7 rebooted, 8 no outcome in time, "
+                       "1 no crash");
+  inject_cmd->add_flag("--json", inject_wait.json, "with --wait: the outcome as one JSON object");
+  inject_cmd->add_option("--wait-timeout", inject_wait.timeout_s, "with --wait: seconds to wait (default: 300)")
+      ->check(CLI::Range(1, 86400));
 
   std::string dump_file;
   auto* dump_cmd = app.add_subcommand("dump", "write an ELF core of the guest's memory (QEMU's own dump)");
@@ -173,6 +185,9 @@ int main(int argc, char** argv) {
   int bundle_timeout = 600;
   auto* bundle_cmd = app.add_subcommand("bundle", "take a diagnosis bundle of a running guest now (it pauses only to copy memory)");
   bundle_cmd->add_option("name", name, "instance name")->required();
+  bool bundle_json = false, bundle_wait = false;
+  bundle_cmd->add_flag("-w,--wait", bundle_wait, "return once the bundle is written (what bundle always does; for scripts)");
+  bundle_cmd->add_flag("--json", bundle_json, "the bundle's path, size and timings as one JSON object");
   bundle_cmd->add_option("--timeout", bundle_timeout, "seconds to wait for the bundle to be written (default: 600)")
       ->check(CLI::Range(1, 86400));
 
@@ -274,7 +289,7 @@ int main(int argc, char** argv) {
     if (*dump_cmd) return dump_command(global, name, dump_file);
     if (*unquarantine_cmd) return unquarantine_command(global, name, functions, unquarantine_all);
     if (*events_cmd) return events_command(global, name, events_json, events_follow);
-    if (*bundle_cmd) return bundle_command(global, name, bundle_timeout);
+    if (*bundle_cmd) return bundle_command(global, name, bundle_timeout, bundle_json);
     if (*diag_cmd) return diag_command(diag);
     for (auto& [cmd, part] : views)
       if (*cmd) return introspect_command(global, name, part, view_json);
@@ -286,7 +301,7 @@ int main(int argc, char** argv) {
         std::cerr << "immortal: inject needs a fault class (immortal inject --list shows them)\n";
         return static_cast<int>(ExitCode::usage);
       }
-      return inject_command(global, name, fault_class);
+      return inject_command(global, name, fault_class, inject_wait);
     }
   } catch (const Error& e) {
     std::cerr << "immortal: " << e.what() << "\n";

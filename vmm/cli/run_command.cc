@@ -38,7 +38,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunOptions, name, console, kerne
                                                 quarantine, event_log, bundle_dir, bundle_keep, bundle_max_size,
                                                 bundle_compress, bundle_memory, repair, repair_fallback,
                                                 repair_timeout_ms, repair_vm_memory, repair_agent, repair_vm_kernel,
-                                                repair_cross_check)
+                                                repair_cross_check, metrics_listen, on_event)
 
 namespace {
 
@@ -167,6 +167,9 @@ SupervisorOptions supervisor_options(const RunOptions& o, const MachineConfig& c
     std::cerr << "immortal: repair " << o.repair << " (agent " << agent << ", fallback " << o.repair_fallback << ")\n";
   }
   options.event_log = o.event_log;
+  if (!o.metrics_listen.empty()) parse_listen_address(o.metrics_listen);  // a typo fails now, not in the supervisor
+  options.metrics_listen = o.metrics_listen;
+  options.on_event = o.on_event;
   options.bundles.dir = o.bundle_dir;
   options.bundles.retention = {static_cast<std::uint64_t>(o.bundle_keep), parse_size(o.bundle_max_size, "--bundle-max-size")};
   options.bundles.archive = o.bundle_compress;
