@@ -88,8 +88,9 @@ void Supervisor::release_instance() {
 
 void Supervisor::let_go() {
   if (control_) control_->close_all("the supervisor is detaching");
-  stop_reason_ = fmt::format("detached from {} VM \"{}\" ({}): it runs on, unwatched until attached again",
-                             machine_->backend(), options_.machine.name, stop_reason_);
+  bool gone = state_.is(GuestState::shut_off);  // the VM ended (saved, migrated, destroyed): nothing runs on
+  stop_reason_ = fmt::format("detached from {} VM \"{}\" ({}){}", machine_->backend(), options_.machine.name, stop_reason_,
+                             gone ? "" : ": it runs on, unwatched until attached again");
   event("detached", {{"reason", stop_reason_}});
   release_instance();
   ::unlink(dir_.file("control.sock").c_str());

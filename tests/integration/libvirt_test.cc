@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include <signal.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <poll.h>
@@ -307,4 +308,74 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
   CHECK_THAT(seen, Catch::Contains("Suspended"));
   for (const char* never : {"Stopped", "Started", "Crashed", "Shutdown", "'reboot'", "PMSuspended"})
     CHECK_THAT(seen, !Catch::Contains(never));
+}
+
+TEST_CASE("libvirt: immortal daemon protects prepared domains as they run, start again and come back from a save",
+          "[integration][libvirt]") {
+  ensure_libvirtd();
+  std::string name = unique_name("lvd");
+  define_domain(name, 512);
+  pid_t daemon = 0;
+  struct Cleanup {
+    std::string name;
+    pid_t& daemon;
+    ~Cleanup() {
+      if (daemon > 0 && ::kill(daemon, SIGTERM) == 0) ::waitpid(daemon, nullptr, 0);
+      run_shell("pkill -f '[i]mmortal.* attach --libvirt .* --name " + name + "'; virsh -c qemu:///system destroy " + name +
+                "; virsh -c qemu:///system undefine " + name + "; echo");
+    }
+  } cleanup{name, daemon};
+  REQUIRE(run_cli({"prepare", name, "--yes"}).status == 0);
+  REQUIRE_THAT(virsh("start " + name), Catch::Contains("started"));
+
+  // The unit it is meant to run under passes systemd's own check (with this build's binary).
+  std::string unit = scratch_dir() + "/immortal.service";
+  run_shell("sed 's|^ExecStart=[^ ]*|ExecStart=" IMMORTAL_BINARY "|' '" IMMORTAL_BUILD_ROOT "/immortal.service' > '" + unit +
+            "'; echo");
+  CHECK(run_shell("systemd-analyze verify '" + unit + "' 2>&1; echo \"status $?\"") == "status 0\n");
+
+  // A domain that runs when the daemon starts is protected.
+  std::string daemon_log = scratch_dir() + "/" + name + ".daemon";
+  daemon = spawn_immortal({"daemon", "--verify-window", "3"}, daemon_log);
+  auto supervised = [&] {
+    auto r = run_cli({"status", name, "--json"}, 40s);
+    json s = r.status == 0 ? json::parse(r.out, nullptr, false) : json();
+    return s.is_object() && s.value("backend", "") == "libvirt" && s.value("state", "") == "running" &&
+                   s.contains("recovery_state") && s["recovery_state"].value("armed", false)
+               ? s.value("supervisor_pid", 0)
+               : 0;
+  };
+  int first = 0;
+  REQUIRE(wait_until([&] { return (first = supervised()) > 0; }, 180s));
+  auto injected = run_cli({"inject", name, "null-deref", "--wait", "--json"}, 200s);
+  INFO(injected.out << injected.err);
+  CHECK(injected.status == 0);
+
+  // Its supervisor killed: the daemon attaches again.
+  ::kill(first, SIGKILL);
+  int second = 0;
+  if (!wait_until([&] { return (second = supervised()) > 0 && second != first; }, 120s))
+    FAIL("not attached again after its supervisor was killed; the daemon's log:\n" << read_file(daemon_log));
+
+  // Saved and restored (virsh save/restore): protected again as it comes back.
+  std::string image = scratch_dir() + "/" + name + ".save";
+  CHECK_THAT(virsh("save " + name + " '" + image + "'"), Catch::Contains("saved"));
+  if (!wait_until([&] { return !process_alive(second); }, 60s))
+    FAIL("the supervisor did not end with the saved domain; the daemon's log:\n"
+         << read_file(daemon_log) << "its threads:\n" << run_shell("gdb -p " + std::to_string(second) + " -batch -ex \"thread apply all bt 12\" 2>&1 | grep -v \"^\\\\[\" | head -120"));
+  CHECK_THAT(virsh("restore '" + image + "'"), Catch::Contains("restored"));
+  int third = 0;
+  if (!wait_until([&] { return (third = supervised()) > 0 && third != second; }, 180s))
+    FAIL("not attached again after the restore; the daemon's log:\n" << read_file(daemon_log));
+  CHECK(run_cli({"unquarantine", name, "--all"}).status == 0);
+  injected = run_cli({"inject", name, "bug", "--wait", "--json"}, 200s);
+  INFO(injected.out << injected.err);
+  CHECK(injected.status == 0);
+
+  // SIGTERM: the supervisors let go, the domain runs on.
+  ::kill(daemon, SIGTERM);
+  CHECK(wait_until([&] { return ::waitpid(daemon, nullptr, WNOHANG) == daemon; }, 60s));
+  CHECK(!process_alive(third));
+  CHECK_THAT(virsh("domstate " + name), Catch::Contains("running"));
+  ::unlink(image.c_str());
 }

@@ -56,9 +56,17 @@ std::vector<nlohmann::json> EventFollower::read_new() {
 std::vector<nlohmann::json> EventFollower::next(std::chrono::milliseconds wait) {
   auto deadline = std::chrono::steady_clock::now() + wait;
   for (;;) {
-    bool gone = !instance_running(root_, name_);  // before reading: what it wrote last is read
+    bool unsupervised = !instance_running(root_, name_);  // before reading: what it wrote last is read
     auto events = read_new();
-    if (gone) ended_ = true;
+    for (const auto& e : events) {
+      std::string what = e.value("event", "");
+      if (what == "detached") detached_ = true;
+      else if (what == "attached" || what == "started") detached_ = false;
+    }
+    // Over for good: its VM is gone (no state left to attach to) or it let go of it. A
+    // supervisor that died (SIGKILL) leaves both behind: the next one's events will follow.
+    if (unsupervised && (::access((root_ + "/" + name_ + "/state.json").c_str(), F_OK) != 0 || detached_))
+      ended_ = true;
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (!events.empty() || ended_ || left.count() <= 0) return events;
     pollfd p{watch_.get(), POLLIN, 0};

@@ -22,7 +22,8 @@ class EventFollower {
   // The events written since the last call, waiting up to `wait` for the first of them (or for
   // the instance to end). A line cut short (a supervisor killed mid-write) is skipped.
   std::vector<nlohmann::json> next(std::chrono::milliseconds wait);
-  // True once the instance has ended and its whole log has been returned.
+  // True once the instance has ended for good (its VM gone, or let go of) and its whole log has
+  // been returned. Its supervisor dying is not the end: the next one (attach) writes on.
   bool ended() const { return ended_; }
 
  private:
@@ -34,6 +35,7 @@ class EventFollower {
   std::string partial_;
   bool ended_ = false;
   bool skip_first_line_ = false;  // reading began in the middle of the log
+  bool detached_ = false;  // the last supervisor let go of the VM (and none took it since)
 };
 
 }  // namespace immortal::vmm

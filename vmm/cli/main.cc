@@ -4,12 +4,14 @@
 //   immortal attach NAME | upgrade NAME [--binary PATH]   a new supervisor for a running guest
 #include "base/error.h"
 #include "cli/commands.h"
+#include "daemon/host_daemon.h"
 #include "machine_backends.h"
 #include "recovery/recovery_policy.h"
 #include "report/dump_report.h"
 
 #include <CLI/CLI.hpp>
 
+#include <filesystem>
 #include <iostream>
 
 using namespace immortal;
@@ -69,6 +71,24 @@ void add_protection_options(CLI::App* cmd, RunOptions& o) {
                     "also analyse every crash in the other mode and report whether both agree (event repair-mismatch)");
   cmd->add_option("--boot-timeout", o.boot_timeout_s, "seconds to wait for the agent's hello: at start (else the run fails) and after every reboot (else the guest is reset again, with back-off) (default: 60)")
       ->check(CLI::Range(1, 3600));
+}
+
+// The protection options as given after SUBCOMMAND on the command line, for the daemon to hand
+// to every supervisor it starts (CLI11 has checked them; -c/--connect is the daemon's own).
+std::vector<std::string> protection_arguments(int argc, char** argv, const std::string& subcommand) {
+  std::vector<std::string> out;
+  int i = 1;
+  while (i < argc && argv[i] != subcommand) ++i;
+  for (++i; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "-c" || a == "--connect") {
+      ++i;
+      continue;
+    }
+    if (a.starts_with("--connect=")) continue;
+    out.push_back(a);
+  }
+  return out;
 }
 
 }  // namespace
@@ -228,6 +248,14 @@ int main(int argc, char** argv) {
     cmd->add_flag("-y,--yes", assume_yes, "apply without asking (needed without a terminal)");
   }
 
+  std::string daemon_uri;
+  RunOptions daemon_protection;
+  auto* daemon_cmd = app.add_subcommand(
+      "daemon", "the host service: protect every prepared domain of a libvirt connection while it runs, attaching "
+                "as domains start (or are restored, or migrate in); SIGTERM detaches them all");
+  daemon_cmd->add_option("-c,--connect", daemon_uri, "libvirt URI (default: qemu:///system)");
+  add_protection_options(daemon_cmd, daemon_protection);
+
   bool force = false;
   int stop_timeout = 30;
   auto* stop_cmd = app.add_subcommand("stop", "power the guest off and end its supervisor");
@@ -279,6 +307,14 @@ int main(int argc, char** argv) {
     if (*status_cmd) return status_command(global, name, status_json);
     if (*exec_cmd) return exec_command(global, name, command, exec_timeout);
     if (*stop_cmd) return stop_command(global, name, force, stop_shutdown, stop_timeout);
+    if (*daemon_cmd) {
+      if (!daemon_protection.metrics_listen.empty())
+        fail(ExitCode::usage, "the daemon's supervisors cannot share one --metrics-listen port yet: give each domain "
+                              "its own (immortal attach --libvirt DOMAIN --metrics-listen ADDR:PORT)");
+      DaemonOptions d{daemon_uri, global.runtime_dir, protection_arguments(argc, argv, "daemon"),
+                      std::filesystem::read_symlink("/proc/self/exe").string()};
+      return run_daemon(d);
+    }
     if (*attach_cmd && attach_libvirt)
       return attach_libvirt_command(global, name, attach_uri, attach_name, attach_protection, attach_detach);
     if (*attach_cmd) return attach_command(global, name, attach_detach);

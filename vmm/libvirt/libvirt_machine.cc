@@ -2,6 +2,7 @@
 
 #include "base/error.h"
 #include "libvirt/domain_preparation.h"
+#include "libvirt/libvirt_events.h"
 #include "qemu/memory_tree.h"
 #include "qemu/x86_64_gdb_layout.h"
 
@@ -10,7 +11,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -27,7 +27,6 @@ using json = nlohmann::json;
 namespace {
 
 constexpr auto kCommandTimeout = std::chrono::seconds(10);
-constexpr std::size_t kInboxLimit = 4096;  // a guest resetting in a loop must not grow it without end
 
 double wall_seconds() {
   timespec ts{};
@@ -48,62 +47,8 @@ const char* stopped_reason(int detail) {
   }
 }
 
-}  // namespace
-
-struct LibvirtMachine::Inbox {
-  struct Item {
-    enum class Source { monitor, lifecycle, closed } source;
-    std::string name;  // monitor: the QMP event
-    json data;
-    double at = 0;     // monitor: QEMU's timestamp
-    int event = 0, detail = 0;
-  };
-  std::mutex mutex;
-  std::deque<Item> items;
-  UniqueFd wake{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
-
-  void post(Item item) {
-    {
-      std::lock_guard lock(mutex);
-      if (items.size() >= kInboxLimit) return;
-      items.push_back(std::move(item));
-    }
-    std::uint64_t one = 1;
-    (void)!::write(wake.get(), &one, sizeof one);
-  }
-  std::deque<Item> take() {
-    std::uint64_t count = 0;
-    (void)!::read(wake.get(), &count, sizeof count);
-    std::lock_guard lock(mutex);
-    return std::exchange(items, {});
-  }
-};
-
-namespace {
-
-using Inbox = LibvirtMachine::Inbox;
+using Inbox = LibvirtEventInbox;
 using Source = Inbox::Item::Source;
-
-// Each registration holds its own reference to the inbox; libvirt frees it (free_ref) when the
-// callback is deregistered and no longer running, whichever of us ends first.
-void* new_ref(const std::shared_ptr<Inbox>& inbox) { return new std::shared_ptr<Inbox>(inbox); }
-void free_ref(void* opaque) { delete static_cast<std::shared_ptr<Inbox>*>(opaque); }
-Inbox& inbox_of(void* opaque) { return **static_cast<std::shared_ptr<Inbox>*>(opaque); }
-
-void on_monitor_event(virConnectPtr, virDomainPtr, const char* event, long long seconds, unsigned int micros,
-                      const char* details, void* opaque) {
-  json data = details ? json::parse(details, nullptr, false) : json();
-  if (data.is_discarded()) data = json();
-  inbox_of(opaque).post({Source::monitor, event ? event : "", std::move(data),
-                         static_cast<double>(seconds) + micros / 1e6});
-}
-
-int on_lifecycle(virConnectPtr, virDomainPtr, int event, int detail, void* opaque) {
-  inbox_of(opaque).post({Source::lifecycle, "", json(), 0, event, detail});
-  return 0;
-}
-
-void on_close(virConnectPtr, int reason, void* opaque) { inbox_of(opaque).post({Source::closed, "", json(), 0, reason, 0}); }
 
 }  // namespace
 
@@ -119,7 +64,6 @@ std::unique_ptr<LibvirtMachine> LibvirtMachine::attach(const MachineConfig& conf
   m->config_ = config;
   m->handle_ = handle;
   m->inbox_ = std::make_shared<Inbox>();
-  if (!m->inbox_->wake) fail_os(ExitCode::failure, "eventfd", errno);
   m->open_domain();
   const std::string& name = m->domain_->name();
   m->handle_["domain"] = name;
@@ -152,13 +96,9 @@ void LibvirtMachine::open_domain() {
   connection_ = std::make_unique<LibvirtConnection>(handle_["uri"].get<std::string>(), /*with_events=*/true);
   domain_.emplace(connection_->domain(handle_["uuid"].get<std::string>()));
   virConnectPtr c = connection_->raw();
-  int id = virConnectDomainQemuMonitorEventRegister(c, domain_->raw(), nullptr, on_monitor_event, new_ref(inbox_), free_ref, 0);
-  if (id < 0) fail_libvirt("cannot follow the QEMU events of " + domain_->name());
-  callbacks_.push_back(id);
-  lifecycle_callback_ = virConnectDomainEventRegisterAny(c, domain_->raw(), VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                                         VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), new_ref(inbox_), free_ref);
-  if (lifecycle_callback_ < 0) fail_libvirt("cannot follow the lifecycle of " + domain_->name());
-  close_callback_ = virConnectRegisterCloseCallback(c, on_close, new_ref(inbox_), free_ref) == 0;
+  callbacks_.push_back(watch_monitor_events(c, domain_->raw(), inbox_));
+  lifecycle_callback_ = watch_lifecycle(c, domain_->raw(), inbox_);
+  close_callback_ = watch_close(c, inbox_);
 }
 
 void LibvirtMachine::close_domain() {
@@ -168,7 +108,7 @@ void LibvirtMachine::close_domain() {
   callbacks_.clear();
   if (lifecycle_callback_ >= 0) virConnectDomainEventDeregisterAny(c, lifecycle_callback_);
   lifecycle_callback_ = -1;
-  if (close_callback_) virConnectUnregisterCloseCallback(c, on_close);
+  if (close_callback_) unwatch_close(c);
   close_callback_ = false;
   domain_.reset();
   connection_.reset();
@@ -348,7 +288,7 @@ void LibvirtMachine::write_virtual(int vcpu, std::uint64_t guest_virtual, std::s
 void LibvirtMachine::reset() { monitor("system_reset"); }
 
 std::vector<int> LibvirtMachine::event_fds() const {
-  std::vector<int> fds{inbox_->wake.get()};
+  std::vector<int> fds{inbox_->fd()};
   if (gdb_ && !gdb_->closed()) fds.push_back(gdb_->fd());
   return fds;
 }
@@ -377,8 +317,8 @@ std::vector<MachineEvent> LibvirtMachine::drain_events() {
         state_ = RunState::panicked;
         events.push_back({MachineEvent::Kind::guest_panicked, -1, item.data.dump()});
       }
-    } else if (item.source == Source::lifecycle && item.event == VIR_DOMAIN_EVENT_STOPPED && !gone_) {
-      gone_ = true;
+    } else if (item.source == Source::lifecycle && item.event == VIR_DOMAIN_EVENT_STOPPED && !gone_reported_) {
+      gone_ = gone_reported_ = true;
       state_ = RunState::shutdown;
       events.push_back({item.detail == VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN ? MachineEvent::Kind::shutdown : MachineEvent::Kind::vm_exited,
                         -1, fmt::format("libvirt: domain {} stopped: {}", handle_.value("domain", ""), stopped_reason(item.detail))});
@@ -396,12 +336,17 @@ std::vector<MachineEvent> LibvirtMachine::drain_events() {
         }
       }
       if (connection_ && domain_->active()) continue;
-      gone_ = true;
+      gone_ = gone_reported_ = true;
       state_ = RunState::shutdown;
       events.push_back({MachineEvent::Kind::vm_exited, -1,
                         connection_ ? "libvirt: the domain stopped while libvirt was away"
                                     : "lost libvirt and could not connect again (" + why + "): the domain may run on, unwatched"});
     }
+  }
+  if (gone_ && !gone_reported_) {
+    // state() found the domain gone before libvirt's event came (or the event was lost).
+    gone_reported_ = true;
+    events.push_back({MachineEvent::Kind::vm_exited, -1, fmt::format("libvirt: domain {} is no longer running", handle_.value("domain", ""))});
   }
   return events;
 }

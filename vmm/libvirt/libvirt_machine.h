@@ -28,6 +28,8 @@
 
 namespace immortal::vmm {
 
+class LibvirtEventInbox;
+
 // What identifies a libvirt domain to a later supervisor: state.json's "vm".
 nlohmann::json libvirt_handle(const std::string& uri, const std::string& uuid, const std::string& name);
 
@@ -68,9 +70,6 @@ class LibvirtMachine final : public Machine {
   void write_native_dump(const std::string& path) override;
   UniqueFd connect_agent_channel(Deadline deadline) override;
 
-  // What libvirt's callbacks (on its event thread) leave for the supervisor's thread.
-  struct Inbox;
-
  private:
   LibvirtMachine() = default;
   // One QMP command through libvirt (fds: descriptors sent along, for getfd).
@@ -86,7 +85,7 @@ class LibvirtMachine final : public Machine {
   nlohmann::json handle_;
   std::unique_ptr<LibvirtConnection> connection_;
   std::optional<LibvirtDomain> domain_;
-  std::shared_ptr<Inbox> inbox_;
+  std::shared_ptr<LibvirtEventInbox> inbox_;  // what libvirt's callbacks leave for our thread
   std::vector<int> callbacks_;         // monitor-event callback ids
   int lifecycle_callback_ = -1;
   bool close_callback_ = false;
@@ -101,7 +100,8 @@ class LibvirtMachine final : public Machine {
   std::optional<RunState> state_before_attach_;
   double attached_at_ = 0;  // wall-clock seconds: monitor events older than this are the attach's own
   bool released_ = false;
-  bool gone_ = false;  // the domain stopped (or left this host)
+  bool gone_ = false;           // the domain stopped (or left this host)
+  bool gone_reported_ = false;  // …and drain_events() said so (once)
 };
 
 }  // namespace immortal::vmm
