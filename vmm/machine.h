@@ -114,6 +114,11 @@ class Machine {
   // A byte stream to the guest agent's port (the backend wires the port to the VM).
   virtual UniqueFd connect_agent_channel(Deadline deadline) = 0;
 
+  // Leaves a short account of the VM's protection where the VM's manager shows it to others
+  // (libvirt: the domain's live metadata, which `immortal list --connect URI` reads from any
+  // host); nothing for a backend without one. Never throws: it is an account, not a duty.
+  virtual void annotate(const nlohmann::json& protection) { (void)protection; }
+
   // Where an interactive client reaches the guest's serial console: a UNIX stream socket that
   // serves one client at a time (empty: this VM has none, e.g. one started by an older immortal).
   virtual std::string console_socket() const { return ""; }

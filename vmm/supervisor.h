@@ -128,6 +128,7 @@ class Supervisor {
   ConsoleLog console_;
   std::string ready_summary_;  // reported through on_ready once the guest is protected
   std::string persisted_;      // the state.json last written
+  Clock::time_point annotated_{};  // the machine's account of our protection, last left
   InstanceMetrics metrics_{options_.machine.name};
   std::unique_ptr<MetricsServer> metrics_server_;
   Clock::time_point metrics_published_{};

@@ -58,6 +58,17 @@ void Supervisor::persist() {
   s.reboots = ledger_.reboots();
   s.last_crash = ledger_.last();
   std::string text = s.to_json().dump();
+  // The account others see (libvirt: `immortal list --connect`): when something changed, and
+  // every minute as a sign of life.
+  if (text != persisted_ || Clock::now() - annotated_ > std::chrono::seconds(60)) {
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    machine_->annotate({{"state", to_string(state_.get())}, {"supervisor-pid", ::getpid()}, {"host", host},
+                        {"crashes", s.crashes}, {"recovered", s.recoveries}, {"reboots", s.reboots},
+                        {"updated", std::chrono::duration_cast<std::chrono::seconds>(
+                                        std::chrono::system_clock::now().time_since_epoch()).count()}});
+    annotated_ = Clock::now();
+  }
   if (text == persisted_) return;
   try {
     s.save(dir_.file("state.json"));
@@ -92,6 +103,9 @@ void Supervisor::let_go() {
   stop_reason_ = fmt::format("detached from {} VM \"{}\" ({}){}", machine_->backend(), options_.machine.name, stop_reason_,
                              gone ? "" : ": it runs on, unwatched until attached again");
   event("detached", {{"reason", stop_reason_}});
+  machine_->annotate({{"state", "unprotected"}, {"reason", stop_reason_},
+                      {"updated", std::chrono::duration_cast<std::chrono::seconds>(
+                                      std::chrono::system_clock::now().time_since_epoch()).count()}});
   release_instance();
   ::unlink(dir_.file("control.sock").c_str());
 }

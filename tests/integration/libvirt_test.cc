@@ -267,6 +267,20 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
                              Catch::Contains("immortal_recovery_latency_seconds_count" + g + " 1\n") &&
                              Catch::Contains("immortal_quarantined_functions" + g + " 1\n"));
   CHECK(promtool(exposition) == "status 0\n");
+  // libvirt itself tells any host (a read-only connection) that the domain is protected, and its count.
+  auto listed = [&] {
+    auto r = run_cli({"list", "--connect", "qemu:///system", "--json"}, 30s);
+    json all = r.status == 0 ? json::parse(r.out, nullptr, false) : json();
+    for (const auto& d : all.is_array() ? all : json::array())
+      if (d.value("domain", "") == name) return d;
+    return json();
+  };
+  CHECK(wait_until([&] {
+    json d = listed();
+    return d.value("protection", "") == "protected" && d.value("status", json::object()).value("recovered", "") == "1";
+  }, 90s));
+  CHECK(listed().value("prepared", false));
+
   // The --on-event hook ran for the crash's events, each given as JSON on its stdin.
   CHECK(wait_until([&] { return read_file(hooked).find("recovered {") != std::string::npos; }, 20s));
   CHECK_THAT(read_file(hooked), Catch::Contains("crash {\"analysis\"") && Catch::Contains("resumed {"));
@@ -297,6 +311,7 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
   CHECK(stopped.status == 0);
   CHECK_THAT(stopped.out, Catch::Contains("detached"));
   CHECK_THAT(domstate(), Catch::Contains("running"));
+  CHECK(listed().value("protection", "") == "detached");
   // The follower ends with the instance (it had followed both supervisors).
   CHECK(wait_until([&] { return read_file(followed).ends_with("ended\n"); }, 10s));
   CHECK_THAT(read_file(followed), Catch::Contains("\"crash\":2"));

@@ -88,6 +88,8 @@ int console_command(const GlobalOptions& global, const std::string& name);
 // difference is shown first and asked for unless `yes`.
 int prepare_command(const std::string& domain, const std::string& uri, bool yes);
 int unprepare_command(const std::string& domain, const std::string& uri, bool yes);
+// `immortal list --connect URI`: a read-only view of a libvirt host's domains and their protection.
+int list_libvirt_command(const std::string& uri, bool as_json);
 int upgrade_command(const GlobalOptions& global, const std::string& name, const std::string& binary, int timeout_s);
 
 }  // namespace immortal::vmm

@@ -128,6 +128,10 @@ int main(int argc, char** argv) {
   bool list_json = false;
   auto* list_cmd = app.add_subcommand("list", "list running instances");
   list_cmd->add_flag("--json", list_json, "machine-readable output");
+  std::string list_uri;
+  list_cmd->add_option("-c,--connect", list_uri,
+                       "instead: every domain of this libvirt connection (qemu+ssh://HOST/system for another host) and "
+                       "its protection, as its supervisor last told libvirt (read-only)");
 
   std::string name;
   bool status_json = false;
@@ -303,6 +307,7 @@ int main(int argc, char** argv) {
 
   try {
     if (*run_cmd) return run_command(global, run);
+    if (*list_cmd && !list_uri.empty()) return list_libvirt_command(list_uri, list_json);
     if (*list_cmd) return list_command(global, list_json);
     if (*status_cmd) return status_command(global, name, status_json);
     if (*exec_cmd) return exec_command(global, name, command, exec_timeout);

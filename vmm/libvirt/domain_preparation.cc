@@ -143,6 +143,16 @@ std::string agent_channel_socket(const std::string& live_xml) {
   return source ? attribute(source, "path") : "";
 }
 
+std::map<std::string, std::string> protection_status(const std::string& live_xml) {
+  std::map<std::string, std::string> out;
+  Doc doc = parse(live_xml);
+  xmlNode* metadata = child(xmlDocGetRootElement(doc.get()), "metadata");
+  xmlNode* status = metadata ? child(metadata, "status", kStatusNamespace) : nullptr;
+  for (xmlAttr* a = status ? status->properties : nullptr; a; a = a->next)
+    out[reinterpret_cast<const char*>(a->name)] = attribute(status, reinterpret_cast<const char*>(a->name));
+  return out;
+}
+
 DomainEdit prepare_domain_xml(const std::string& xml) {
   Doc doc = parse(xml);
   xmlNode* domain = xmlDocGetRootElement(doc.get());

@@ -11,6 +11,7 @@
 // so that unprepare restores exactly that, whoever edited the domain in between.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,10 @@ namespace immortal::vmm {
 
 inline constexpr char kMetadataNamespace[] = "https://immortal.invalid/libvirt/prepared/1";
 inline constexpr char kAgentChannelName[] = "org.immortal.agent.0";
+// The running domain's account of its protection, kept up to date by its supervisor
+// (LibvirtMachine::annotate): <immortal:status state=… supervisor-pid=… host=… crashes=…
+// recovered=… reboots=… updated=EPOCH-SECONDS/> in the live definition's <metadata>.
+inline constexpr char kStatusNamespace[] = "https://immortal.invalid/libvirt/status/1";
 
 struct DomainEdit {
   std::string xml;                   // the new definition (the old one when nothing changes)
@@ -35,5 +40,7 @@ std::string normalized_domain_xml(const std::string& xml);
 bool domain_is_prepared(const std::string& xml);
 // The UNIX socket of the agent's channel in a running domain's definition ("" if it has none).
 std::string agent_channel_socket(const std::string& live_xml);
+// The attributes of that status element, as strings ({} when there is none).
+std::map<std::string, std::string> protection_status(const std::string& live_xml);
 
 }  // namespace immortal::vmm

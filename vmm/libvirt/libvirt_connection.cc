@@ -22,11 +22,11 @@ void fail_libvirt(const std::string& what) {
   fail(ExitCode::libvirt, "{}: {}", what, message && *message ? message : "libvirt gave no reason");
 }
 
-LibvirtConnection::LibvirtConnection(const std::string& uri, bool with_events)
+LibvirtConnection::LibvirtConnection(const std::string& uri, bool with_events, bool read_only)
     : uri_(uri.empty() ? kDefaultLibvirtUri : uri) {
   virSetErrorFunc(nullptr, quiet);
   if (with_events) ensure_libvirt_event_loop();
-  connection_ = virConnectOpenAuth(uri_.c_str(), virConnectAuthPtrDefault, 0);
+  connection_ = virConnectOpenAuth(uri_.c_str(), virConnectAuthPtrDefault, read_only ? VIR_CONNECT_RO : 0);
   if (!connection_) fail_libvirt("cannot connect to libvirt at " + uri_);
   // A dead libvirtd is noticed within 15 s even when no call is made (the close callback fires).
   if (with_events) virConnectSetKeepAlive(connection_, 5, 3);

@@ -25,7 +25,8 @@ class LibvirtConnection {
   // uri: empty for kDefaultLibvirtUri. Remote URIs (qemu+ssh://…) authenticate as virsh does.
   // with_events: the connection delivers domain events (libvirt_events.h runs the loop), and
   // keepalives tell when libvirtd is gone.
-  explicit LibvirtConnection(const std::string& uri, bool with_events = false);
+  // read_only: a read-only connection (virsh -r), enough for views of other hosts.
+  explicit LibvirtConnection(const std::string& uri, bool with_events = false, bool read_only = false);
   ~LibvirtConnection();
   LibvirtConnection(const LibvirtConnection&) = delete;
   LibvirtConnection& operator=(const LibvirtConnection&) = delete;

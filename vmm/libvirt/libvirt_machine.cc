@@ -357,6 +357,27 @@ void LibvirtMachine::write_native_dump(const std::string& path) {
     fail_libvirt("dump the memory of " + domain_->name());
 }
 
+void LibvirtMachine::annotate(const json& protection) {
+  if (!domain_ || gone_ || !protection.is_object()) return;
+  std::string xml = "<status";
+  for (const auto& [key, value] : protection.items()) {
+    std::string text = value.is_string() ? value.get<std::string>() : value.dump();
+    std::string escaped;
+    for (char c : text) {
+      if (c == '&') escaped += "&amp;";
+      else if (c == '<') escaped += "&lt;";
+      else if (c == '>') escaped += "&gt;";
+      else if (c == '"') escaped += "&quot;";
+      else escaped += c;
+    }
+    xml += fmt::format(" {}=\"{}\"", key, escaped);  // keys are ours (letters and '-')
+  }
+  xml += "/>";
+  // Live only: the account is of this run, never written into the persistent definition.
+  virDomainSetMetadata(domain_->raw(), VIR_DOMAIN_METADATA_ELEMENT, xml.c_str(), "immortal", kStatusNamespace,
+                       VIR_DOMAIN_AFFECT_LIVE);
+}
+
 UniqueFd LibvirtMachine::connect_agent_channel(Deadline deadline) {
   std::string path = agent_channel_socket(domain_->xml(false));
   if (path.empty())

@@ -69,6 +69,7 @@ class LibvirtMachine final : public Machine {
 
   void write_native_dump(const std::string& path) override;
   UniqueFd connect_agent_channel(Deadline deadline) override;
+  void annotate(const nlohmann::json& protection) override;
 
  private:
   LibvirtMachine() = default;
