@@ -213,13 +213,12 @@ class HostDaemon {
 
   void handle_events() {
     for (auto& item : inbox_->take()) {
-      using Source = LibvirtEventInbox::Item::Source;
-      if (item.source == Source::closed) {
+      if (item.source == LibvirtEventInbox::Item::Source::closed) {
         say("lost the connection to libvirt: connecting again");
         reconnect();
         continue;
       }
-      if (item.source != Source::lifecycle || item.domain_uuid.empty()) continue;
+      if (item.source != LibvirtEventInbox::Item::Source::lifecycle || item.domain_uuid.empty()) continue;
       if (item.event == VIR_DOMAIN_EVENT_STARTED) {
         Domain& d = domains_[item.domain_uuid];
         d.name = item.domain;
