@@ -4,7 +4,6 @@
 #include "libvirt/domain_preparation.h"
 #include "libvirt/libvirt_events.h"
 #include "qemu/memory_tree.h"
-#include "qemu/x86_64_gdb_layout.h"
 
 #include <libvirt/libvirt-qemu.h>
 #include <libvirt/libvirt.h>
@@ -26,7 +25,6 @@ using json = nlohmann::json;
 
 namespace {
 
-constexpr auto kCommandTimeout = std::chrono::seconds(10);
 
 double wall_seconds() {
   timespec ts{};
@@ -177,15 +175,12 @@ void LibvirtMachine::connect_gdbstub(Deadline deadline) {
   std::string text = said.is_string() ? said.get<std::string>() : said.dump();
   if (text.find("Waiting for gdb connection") == std::string::npos)
     fail(ExitCode::qemu, "QEMU did not start its gdbstub: {}", text);
-  gdb_ = std::make_unique<qemu::GdbstubClient>(std::move(ours), deadline);
   state_ = RunState::paused;  // the gdbstub stops the VM as it connects
-  threads_ = gdb_->threads(deadline);
-  if (threads_.empty()) fail(ExitCode::qemu, "the gdbstub of {} reports no vCPU", domain_->name());
-  read_registers(0);  // checks the register layout before anyone relies on it
+  vcpus_ = std::make_unique<qemu::GdbVcpus>(std::move(ours), deadline);
   auto settle = Deadline::in(std::chrono::seconds(2));
   while (!settle.expired() && monitor("query-status").value("running", false))
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  gdb_->take_stops();
+  vcpus_->client().take_stops();
   attached_at_ = wall_seconds();
   inbox_->take();
 }
@@ -198,7 +193,7 @@ void LibvirtMachine::release() {
   // The gdbstub's end closes; QEMU keeps its breakpoints, so a crash while nobody watches stops
   // the VM at its first instruction for the next supervisor (libvirt shows the domain paused).
   released_ = true;
-  gdb_.reset();
+  vcpus_.reset();
   close_domain();
 }
 
@@ -251,58 +246,48 @@ void LibvirtMachine::require_paused(const char* what) {
   // The gdbstub stops a running VM on any byte it receives; never let that happen by accident.
   if (state_ != RunState::paused && state_ != RunState::panicked)
     fail(ExitCode::failure, "{} needs the machine paused (it is {})", what, to_string(state_));
-  if (!gdb_ || gdb_->closed()) fail(ExitCode::qemu, "the gdbstub of {} is gone", config_.name);
+  if (!vcpus_ || vcpus_->client().closed()) fail(ExitCode::qemu, "the gdbstub of {} is gone", config_.name);
 }
 
 X86Registers LibvirtMachine::read_registers(int vcpu) {
   require_paused("reading registers");
-  if (vcpu < 0 || vcpu >= vcpu_count()) fail(ExitCode::failure, "no vCPU {}", vcpu);
-  return qemu::decode_x86_64_registers(gdb_->read_registers(threads_[vcpu], Deadline::in(kCommandTimeout)));
+  return vcpus_->read_registers(vcpu);
 }
 
 void LibvirtMachine::write_registers(int vcpu, const X86Registers& registers) {
   require_paused("writing registers");
-  if (vcpu < 0 || vcpu >= vcpu_count()) fail(ExitCode::failure, "no vCPU {}", vcpu);
-  auto deadline = Deadline::in(kCommandTimeout);
-  std::string block = gdb_->read_registers(threads_[vcpu], deadline);
-  qemu::encode_x86_64_registers(registers, block);
-  gdb_->write_registers(threads_[vcpu], block, deadline);
+  vcpus_->write_registers(vcpu, registers);
 }
 
 void LibvirtMachine::insert_breakpoint(std::uint64_t guest_virtual) {
   require_paused("setting a breakpoint");
-  gdb_->insert_hw_breakpoint(guest_virtual, Deadline::in(kCommandTimeout));
+  vcpus_->insert_breakpoint(guest_virtual);
 }
 
 void LibvirtMachine::remove_breakpoint(std::uint64_t guest_virtual) {
   require_paused("removing a breakpoint");
-  gdb_->remove_hw_breakpoint(guest_virtual, Deadline::in(kCommandTimeout));
+  vcpus_->remove_breakpoint(guest_virtual);
 }
 
 void LibvirtMachine::write_virtual(int vcpu, std::uint64_t guest_virtual, std::span<const std::uint8_t> bytes) {
   require_paused("writing guest code");
-  if (vcpu < 0 || vcpu >= vcpu_count()) fail(ExitCode::failure, "no vCPU {}", vcpu);
-  gdb_->write_memory(threads_[vcpu], guest_virtual, bytes, Deadline::in(kCommandTimeout));
+  vcpus_->write_virtual(vcpu, guest_virtual, bytes);
 }
 
 void LibvirtMachine::reset() { monitor("system_reset"); }
 
 std::vector<int> LibvirtMachine::event_fds() const {
   std::vector<int> fds{inbox_->fd()};
-  if (gdb_ && !gdb_->closed()) fds.push_back(gdb_->fd());
+  if (vcpus_ && !vcpus_->client().closed()) fds.push_back(vcpus_->client().fd());
   return fds;
 }
 
 std::vector<MachineEvent> LibvirtMachine::drain_events() {
   std::vector<MachineEvent> events;
-  if (gdb_) {
-    for (const auto& stop : gdb_->take_stops()) {
-      if (stop.signal != SIGTRAP) continue;  // SIGINT stops are our own pause()
-      int vcpu = -1;
-      for (std::size_t i = 0; i < threads_.size(); ++i)
-        if (threads_[i] == stop.thread) vcpu = static_cast<int>(i);
+  if (vcpus_) {
+    for (const auto& stop : vcpus_->take_breakpoint_stops()) {
       state_ = RunState::paused;
-      events.push_back({MachineEvent::Kind::breakpoint, vcpu, stop.raw});
+      events.push_back({MachineEvent::Kind::breakpoint, stop.vcpu, stop.raw});
     }
   }
   for (auto& item : inbox_->take()) {

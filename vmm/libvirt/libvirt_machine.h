@@ -19,7 +19,7 @@
 #include "machine.h"
 #include "machine_config.h"
 #include "memory/shared_ram.h"
-#include "qemu/gdbstub_client.h"
+#include "qemu/gdb_vcpus.h"
 
 #include <memory>
 #include <mutex>
@@ -53,7 +53,7 @@ class LibvirtMachine final : public Machine {
   std::optional<RunState> state_before_attach() const override { return state_before_attach_; }
   void release() override;
 
-  int vcpu_count() const override { return static_cast<int>(threads_.size()); }
+  int vcpu_count() const override { return vcpus_ ? vcpus_->count() : 0; }
   X86Registers read_registers(int vcpu) override;
   void write_registers(int vcpu, const X86Registers& registers) override;
   void insert_breakpoint(std::uint64_t guest_virtual) override;
@@ -95,8 +95,7 @@ class LibvirtMachine final : public Machine {
   std::uint64_t ram_size_ = 0;
   std::vector<RamSegment> segments_;
   std::unique_ptr<SharedRamMemory> memory_;
-  std::unique_ptr<qemu::GdbstubClient> gdb_;
-  std::vector<int> threads_;
+  std::unique_ptr<qemu::GdbVcpus> vcpus_;  // the gdbstub on our end of the socket pair
   RunState state_ = RunState::paused;
   std::optional<RunState> state_before_attach_;
   double attached_at_ = 0;  // wall-clock seconds: monitor events older than this are the attach's own

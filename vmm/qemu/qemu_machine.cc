@@ -2,7 +2,6 @@
 
 #include "base/error.h"
 #include "protocol/frame.h"
-#include "qemu/x86_64_gdb_layout.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -166,19 +165,17 @@ void QemuMachine::connect(Deadline deadline) {
                            : s == "shutdown"       ? RunState::shutdown
                                                    : RunState::paused;
   }
-  gdb_ = std::make_unique<GdbstubClient>(connect_unix(path_in(config_.runtime_dir, "gdb.sock")), deadline);
   state_ = RunState::paused;
-  threads_ = gdb_->threads(deadline);
-  if (static_cast<int>(threads_.size()) != config_.vcpus)
-    fail(ExitCode::qemu, "gdbstub reports {} vCPUs, expected {}", threads_.size(), config_.vcpus);
-  read_registers(0);  // checks the register layout before anyone relies on it
+  vcpus_ = std::make_unique<GdbVcpus>(connect_unix(path_in(config_.runtime_dir, "gdb.sock")), deadline);
+  if (vcpus_->count() != config_.vcpus)
+    fail(ExitCode::qemu, "gdbstub reports {} vCPUs, expected {}", vcpus_->count(), config_.vcpus);
   if (!our_child_) {
     // The gdbstub stopped the VM when we connected: wait for that stop, then forget its events
     // (the supervisor decides when the VM runs again).
     auto settle = Deadline::in(std::chrono::seconds(2));
     while (!settle.expired() && qmp_->execute("query-status", json::object(), deadline).value("running", false))
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    gdb_->take_stops();
+    vcpus_->client().take_stops();
     qmp_->take_events();
   }
 }
@@ -218,7 +215,7 @@ void QemuMachine::release() {
   // Closing the sockets leaves QEMU as it is: running, with any breakpoints still set (a crash
   // while nobody is attached then stops the VM at its first instruction, for the next supervisor).
   released_ = true;
-  gdb_.reset();
+  vcpus_.reset();
   qmp_.reset();
 }
 
@@ -293,35 +290,29 @@ void QemuMachine::require_paused(const char* what) {
 
 X86Registers QemuMachine::read_registers(int vcpu) {
   require_paused("reading registers");
-  if (vcpu < 0 || vcpu >= vcpu_count()) fail(ExitCode::failure, "no vCPU {}", vcpu);
-  return decode_x86_64_registers(gdb_->read_registers(threads_[vcpu], Deadline::in(kCommandTimeout)));
+  return vcpus_->read_registers(vcpu);
 }
 
 void QemuMachine::write_registers(int vcpu, const X86Registers& registers) {
   require_paused("writing registers");
-  if (vcpu < 0 || vcpu >= vcpu_count()) fail(ExitCode::failure, "no vCPU {}", vcpu);
-  auto deadline = Deadline::in(kCommandTimeout);
-  std::string block = gdb_->read_registers(threads_[vcpu], deadline);
-  encode_x86_64_registers(registers, block);
-  gdb_->write_registers(threads_[vcpu], block, deadline);
+  vcpus_->write_registers(vcpu, registers);
 }
 
 void QemuMachine::insert_breakpoint(std::uint64_t guest_virtual) {
   require_paused("setting a breakpoint");
-  gdb_->insert_hw_breakpoint(guest_virtual, Deadline::in(kCommandTimeout));
+  vcpus_->insert_breakpoint(guest_virtual);
 }
 
 void QemuMachine::remove_breakpoint(std::uint64_t guest_virtual) {
   require_paused("removing a breakpoint");
-  gdb_->remove_hw_breakpoint(guest_virtual, Deadline::in(kCommandTimeout));
+  vcpus_->remove_breakpoint(guest_virtual);
 }
 
 void QemuMachine::write_virtual(int vcpu, std::uint64_t guest_virtual, std::span<const std::uint8_t> bytes) {
   require_paused("writing guest code");
-  if (vcpu < 0 || vcpu >= vcpu_count()) fail(ExitCode::failure, "no vCPU {}", vcpu);
   // The gdbstub writes through cpu_memory_rw_debug(), which invalidates TCG's translations of
   // the page; a write to the shared RAM file from here would leave stale code running.
-  gdb_->write_memory(threads_[vcpu], guest_virtual, bytes, Deadline::in(kCommandTimeout));
+  vcpus_->write_virtual(vcpu, guest_virtual, bytes);
 }
 
 void QemuMachine::reset() { qmp_->execute("system_reset", json::object(), Deadline::in(kCommandTimeout)); }
@@ -329,19 +320,15 @@ void QemuMachine::reset() { qmp_->execute("system_reset", json::object(), Deadli
 std::vector<int> QemuMachine::event_fds() const {
   std::vector<int> fds;
   if (qmp_ && !qmp_->closed()) fds.push_back(qmp_->fd());
-  if (gdb_ && !gdb_->closed()) fds.push_back(gdb_->fd());
+  if (vcpus_ && !vcpus_->client().closed()) fds.push_back(vcpus_->client().fd());
   return fds;
 }
 
 std::vector<MachineEvent> QemuMachine::drain_events() {
   std::vector<MachineEvent> events;
-  for (const auto& stop : gdb_->take_stops()) {
-    if (stop.signal != SIGTRAP) continue;  // SIGINT stops are our own pause(), seen via QMP
-    int vcpu = -1;
-    for (std::size_t i = 0; i < threads_.size(); ++i)
-      if (threads_[i] == stop.thread) vcpu = static_cast<int>(i);
+  for (const auto& stop : vcpus_->take_breakpoint_stops()) {  // SIGINT stops, our own pause(), come via QMP
     state_ = RunState::paused;
-    events.push_back({MachineEvent::Kind::breakpoint, vcpu, stop.raw});
+    events.push_back({MachineEvent::Kind::breakpoint, stop.vcpu, stop.raw});
   }
   for (const auto& e : qmp_->take_events()) {
     if (e.name == "STOP") {

@@ -17,7 +17,7 @@
 #include "machine.h"
 #include "machine_config.h"
 #include "memory/shared_ram.h"
-#include "qemu/gdbstub_client.h"
+#include "qemu/gdb_vcpus.h"
 #include "qemu/qmp_client.h"
 
 #include <sys/types.h>
@@ -60,7 +60,7 @@ class QemuMachine final : public vmm::Machine {
   std::optional<vmm::RunState> state_before_attach() const override { return state_before_attach_; }
   void release() override;
 
-  int vcpu_count() const override { return static_cast<int>(threads_.size()); }
+  int vcpu_count() const override { return vcpus_ ? vcpus_->count() : 0; }
   X86Registers read_registers(int vcpu) override;
   void write_registers(int vcpu, const X86Registers& registers) override;
   void insert_breakpoint(std::uint64_t guest_virtual) override;
@@ -94,8 +94,7 @@ class QemuMachine final : public vmm::Machine {
   UniqueFd ram_fd_;
   std::unique_ptr<SharedRamMemory> memory_;
   std::unique_ptr<QmpClient> qmp_;
-  std::unique_ptr<GdbstubClient> gdb_;
-  std::vector<int> threads_;  // gdbstub thread id of vCPU i
+  std::unique_ptr<GdbVcpus> vcpus_;  // the gdbstub
   vmm::RunState state_ = vmm::RunState::starting;
   int ram_fd_in_vm_ = -1;         // the descriptor number QEMU maps guest RAM from
   std::uint64_t start_time_ = 0;  // QEMU's start time (/proc/PID/stat), against pid reuse
