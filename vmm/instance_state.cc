@@ -1,8 +1,10 @@
 #include "instance_state.h"
 
 #include "base/error.h"
+#include "instance.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -139,6 +141,15 @@ std::optional<InstanceState> InstanceState::load(const std::string& path) {
   } catch (const Error& e) {
     fail(e.code(), "{}: {}", path, e.what());
   }
+}
+
+std::optional<InstanceState> orphaned_instance(const std::string& root, const std::string& name) {
+  if (instance_running(root, name)) return std::nullopt;  // it has a supervisor
+  auto state = InstanceState::load(root + "/" + name + "/state.json");
+  if (!state) return std::nullopt;
+  int pid = state->vm.value("pid", 0);
+  if (pid <= 0 || ::kill(pid, 0) != 0) return std::nullopt;
+  return state;
 }
 
 }  // namespace immortal::vmm

@@ -44,6 +44,11 @@ struct InstanceState {
   static std::optional<InstanceState> load(const std::string& path);
 };
 
+// The state of an instance whose VM outlived its supervisor (a restart, a SIGKILL): there is no
+// supervisor, and the VM process its state names is alive. nullopt when there is none to attach
+// to (a libvirt domain's state names no process: libvirt's own events say when it runs).
+std::optional<InstanceState> orphaned_instance(const std::string& runtime_root, const std::string& name);
+
 nlohmann::json machine_config_json(const MachineConfig& c);
 MachineConfig machine_config_from_json(const nlohmann::json& j);
 

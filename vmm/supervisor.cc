@@ -103,7 +103,7 @@ void Supervisor::build_rooms() {
   else control_ = std::make_unique<ControlServer>(dir_.file("control.sock"));
   commands_ = std::make_unique<CommandTargets>(CommandTargets{
       m.name, state_, *machine_, *agent_, *kernel_, events_, quarantine_, *bundles_, emit, say,
-      [this] { return status(); },
+      [this] { return status(); }, [this] { return metrics_.render(status()); },
       [this](bool force, bool shutdown) {
         if (force) options_.stop_grace = std::chrono::milliseconds(0);
         shut_down_vm_ = shutdown;

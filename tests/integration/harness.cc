@@ -37,6 +37,8 @@ void prepare_environment() {
   ::setenv("IMMORTAL_RUNTIME_DIR", (g_scratch + "/run").c_str(), 1);
   // Bundles of every test guest go to bundles/NAME here, not to /var/crash.
   ::setenv("IMMORTAL_BUNDLE_DIR", (g_scratch + "/bundles").c_str(), 1);
+  // Saved definitions too, not /etc/immortal.
+  ::setenv("IMMORTAL_CONFIG_DIR", (g_scratch + "/config").c_str(), 1);
   ::signal(SIGPIPE, SIG_IGN);
 }
 

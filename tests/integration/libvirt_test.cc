@@ -18,6 +18,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -325,21 +326,39 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
     CHECK_THAT(seen, !Catch::Contains(never));
 }
 
-TEST_CASE("libvirt: immortal daemon protects prepared domains as they run, start again and come back from a save",
+TEST_CASE("libvirt: immortal daemon protects prepared domains and autostart instances, restarts their supervisors, "
+          "follows a save and serves every guest's metrics",
           "[integration][libvirt]") {
   ensure_libvirtd();
   std::string name = unique_name("lvd");
   define_domain(name, 512);
+  // One of our own instances, defined and marked autostart: the daemon boots it.
+  std::string own = unique_name("own");
   pid_t daemon = 0;
   struct Cleanup {
-    std::string name;
+    std::string name, own;
     pid_t& daemon;
     ~Cleanup() {
       if (daemon > 0 && ::kill(daemon, SIGTERM) == 0) ::waitpid(daemon, nullptr, 0);
+      run_cli({"stop", own, "--force"});
       run_shell("pkill -f '[i]mmortal.* attach --libvirt .* --name " + name + "'; virsh -c qemu:///system destroy " + name +
                 "; virsh -c qemu:///system undefine " + name + "; echo");
     }
-  } cleanup{name, daemon};
+  } cleanup{name, own, daemon};
+  auto defined = run_cli({"define", "-n", own, "--vcpus", "1", "--repair", "inline", "--verify-window", "3"});
+  INFO(defined.out << defined.err);
+  REQUIRE(defined.status == 0);
+  CHECK_THAT(defined.out, Catch::Contains("Instance " + own + " defined"));
+  CHECK(run_cli({"define", "-n", own + "x", "--kernel", "/nonexistent"}).status == 3);  // checked when defined
+  CHECK(run_cli({"start", own + "x"}).status == 6);
+  REQUIRE(run_cli({"autostart", own}).status == 0);
+  auto listed = run_cli({"list", "--all", "--json"});
+  json all = json::parse(listed.out, nullptr, false);
+  REQUIRE(all.is_array());
+  auto entry = std::find_if(all.begin(), all.end(), [&](const json& e) { return e.value("name", "") == own; });
+  REQUIRE(entry != all.end());
+  CHECK((*entry)["state"] == "shut off");
+  CHECK((*entry)["autostart"] == true);
   REQUIRE(run_cli({"prepare", name, "--yes"}).status == 0);
   REQUIRE_THAT(virsh("start " + name), Catch::Contains("started"));
 
@@ -349,22 +368,47 @@ TEST_CASE("libvirt: immortal daemon protects prepared domains as they run, start
             "'; echo");
   CHECK(run_shell("systemd-analyze verify '" + unit + "' 2>&1; echo \"status $?\"") == "status 0\n");
 
-  // A domain that runs when the daemon starts is protected.
+  // A domain that runs when the daemon starts is protected; the autostart instance is booted.
   std::string daemon_log = scratch_dir() + "/" + name + ".daemon";
-  daemon = spawn_immortal({"daemon", "--verify-window", "3"}, daemon_log);
-  auto supervised = [&] {
-    auto r = run_cli({"status", name, "--json"}, 40s);
+  int metrics_port = free_port();
+  daemon = spawn_immortal({"daemon", "--verify-window", "3", "--metrics-listen", "127.0.0.1:" + std::to_string(metrics_port)},
+                          daemon_log);
+  auto supervised_as = [&](const std::string& instance, const char* backend) {
+    auto r = run_cli({"status", instance, "--json"}, 40s);
     json s = r.status == 0 ? json::parse(r.out, nullptr, false) : json();
-    return s.is_object() && s.value("backend", "") == "libvirt" && s.value("state", "") == "running" &&
+    return s.is_object() && s.value("backend", "") == backend && s.value("state", "") == "running" &&
                    s.contains("recovery_state") && s["recovery_state"].value("armed", false)
                ? s.value("supervisor_pid", 0)
                : 0;
   };
-  int first = 0;
-  REQUIRE(wait_until([&] { return (first = supervised()) > 0; }, 180s));
+  auto supervised = [&] { return supervised_as(name, "libvirt"); };
+  int first = 0, own_first = 0;
+  if (!wait_until([&] { return (first = supervised()) > 0 && (own_first = supervised_as(own, "qemu")) > 0; }, 240s))
+    FAIL("not both protected; the daemon's log:\n" << read_file(daemon_log));
   auto injected = run_cli({"inject", name, "null-deref", "--wait", "--json"}, 200s);
   INFO(injected.out << injected.err);
   CHECK(injected.status == 0);
+  injected = run_cli({"inject", own, "null-deref", "--wait", "--json"}, 200s);
+  INFO(injected.out << injected.err);
+  CHECK(injected.status == 0);
+
+  // The host's one endpoint: both guests, each family once, accepted by promtool.
+  std::string response = http_get(metrics_port, "/metrics", 30s);
+  std::string exposition = response.substr(std::min(response.size(), response.find("\r\n\r\n") + 4));
+  INFO(exposition);
+  CHECK_THAT(exposition, Catch::Contains("immortal_recoveries_total{guest=\"" + name + "\"} 1\n") &&
+                             Catch::Contains("immortal_recoveries_total{guest=\"" + own + "\"} 1\n") &&
+                             Catch::Contains("immortal_crash_outcomes_total{guest=\"" + own +
+                                             "\",kind=\"oops\",outcome=\"recovered\"} 1\n"));
+  std::string file = scratch_dir() + "/" + name + ".host-metrics";
+  std::ofstream(file) << exposition;
+  CHECK(run_shell("promtool check metrics < '" + file + "' 2>&1; echo \"status $?\"") == "status 0\n");
+
+  // Our own instance's supervisor killed: its VM ran on, and the daemon takes it over.
+  ::kill(own_first, SIGKILL);
+  int own_second = 0;
+  if (!wait_until([&] { return (own_second = supervised_as(own, "qemu")) > 0 && own_second != own_first; }, 120s))
+    FAIL("the autostart instance was not taken over; the daemon's log:\n" << read_file(daemon_log));
 
   // Its supervisor killed: the daemon attaches again.
   ::kill(first, SIGKILL);
@@ -387,10 +431,15 @@ TEST_CASE("libvirt: immortal daemon protects prepared domains as they run, start
   INFO(injected.out << injected.err);
   CHECK(injected.status == 0);
 
-  // SIGTERM: the supervisors let go, the domain runs on.
+  // SIGTERM: the supervisors let go of the domain, which runs on; our own guest is powered off.
   ::kill(daemon, SIGTERM);
   CHECK(wait_until([&] { return ::waitpid(daemon, nullptr, WNOHANG) == daemon; }, 60s));
+  daemon = 0;
   CHECK(!process_alive(third));
+  CHECK(!process_alive(own_second));
   CHECK_THAT(virsh("domstate " + name), Catch::Contains("running"));
+  CHECK(wait_until([&] { return qemu_processes(own).empty(); }, 20s));
+  CHECK(run_cli({"undefine", own}).status == 0);
+  CHECK(run_cli({"undefine", own}).status == 6);
   ::unlink(image.c_str());
 }

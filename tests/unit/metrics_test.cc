@@ -65,3 +65,36 @@ TEST_CASE("--metrics-listen takes ADDRESS:PORT, IPv6 in brackets", "[metrics][cl
     CHECK_THROWS_AS(parse_listen_address(bad), Error);
   }
 }
+
+TEST_CASE("the host service's exposition has each family once, with every instance's samples", "[metrics]") {
+  json status = {{"state", "running"}, {"recovery", "on"}, {"recovery_state", {{"crashes", 1}}}};
+  InstanceMetrics a("a"), b("b");
+  std::string merged = merge_expositions({a.render(status), b.render(status),
+                                          "# HELP immortal_up 1 while a supervisor protects the guest.\n"
+                                          "# TYPE immortal_up gauge\nimmortal_up{guest=\"c\"} 0\n"});
+  auto count = [&](const std::string& needle) {
+    std::size_t n = 0;
+    for (auto at = merged.find(needle); at != std::string::npos; at = merged.find(needle, at + 1)) ++n;
+    return n;
+  };
+  CHECK(count("# TYPE immortal_up gauge\n") == 1);
+  CHECK(count("# HELP immortal_crashes_total ") == 1);
+  CHECK(count("# TYPE immortal_recovery_latency_seconds histogram\n") == 1);
+  // The samples of one family stay together, right after its TYPE line.
+  CHECK_THAT(merged, Catch::Contains("# TYPE immortal_up gauge\nimmortal_up{guest=\"a\"} 1\nimmortal_up{guest=\"b\"} 1\n"
+                                     "immortal_up{guest=\"c\"} 0\n"));
+  // Nothing is invented or lost: the sample lines are those of the parts.
+  auto samples = [](const std::string& text) {
+    std::size_t n = 0, start = 0;
+    while (start < text.size()) {
+      std::size_t end = text.find('\n', start);
+      if (end == std::string::npos) end = text.size();
+      if (end > start && text[start] != '#') ++n;
+      start = end + 1;
+    }
+    return n;
+  };
+  CHECK(samples(merged) == samples(a.render(status)) + samples(b.render(status)) + 1);
+  CHECK(merge_expositions({}).empty());
+  CHECK(merge_expositions({"garbage without a family\n# HELP\n"}).find("garbage") == std::string::npos);
+}

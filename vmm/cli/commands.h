@@ -9,6 +9,7 @@ namespace immortal::vmm {
 
 struct GlobalOptions {
   std::string runtime_dir;  // --runtime-dir; empty: runtime_root() decides
+  std::string config_dir;   // --config-dir; empty: config_root() decides (saved definitions)
 };
 
 struct RunOptions {
@@ -50,7 +51,17 @@ struct RunOptions {
 };
 
 int run_command(const GlobalOptions& global, const RunOptions& options);
-int list_command(const GlobalOptions& global, bool as_json);
+// The run options with every path absolute and every file and device checked (the name too),
+// as `run` uses them and `define` keeps them. Throws Error naming what is wrong.
+RunOptions checked_run_options(const RunOptions& given);
+// Saved definitions (instance_definitions.h): define saves run's options; start runs them (as
+// run --detach unless foreground); autostart marks them for the host service; undefine forgets.
+int define_command(const GlobalOptions& global, const RunOptions& options);
+int start_command(const GlobalOptions& global, const std::string& name, bool foreground, bool console);
+int autostart_command(const GlobalOptions& global, const std::string& name, bool enable);
+int undefine_command(const GlobalOptions& global, const std::string& name);
+// all: also the defined instances that are not running.
+int list_command(const GlobalOptions& global, bool as_json, bool all = false);
 int status_command(const GlobalOptions& global, const std::string& name, bool as_json);
 int exec_command(const GlobalOptions& global, const std::string& name, const std::vector<std::string>& argv,
                  int timeout_s);

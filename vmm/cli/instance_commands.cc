@@ -1,11 +1,13 @@
 // `immortal list | status | exec | stop`: talk to a running supervisor over its control socket.
 #include "base/error.h"
+#include "cli/arguments.h"
 #include "cli/commands.h"
 #include "cli/event_follower.h"
 #include "cli/instance_call.h"
 #include "control/control_channel.h"
 #include "fault_catalogue.h"
 #include "instance.h"
+#include "instance_definitions.h"
 #include "protocol/base64.h"
 #include "report/kernel_json.h"
 
@@ -13,6 +15,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <optional>
 #include <iostream>
@@ -43,27 +46,47 @@ json call_instance(const GlobalOptions& g, const std::string& name, const json& 
   return control_call(control_socket(g, name), request, Deadline::in(timeout));
 }
 
-int list_command(const GlobalOptions& g, bool as_json) {
+int list_command(const GlobalOptions& g, bool as_json, bool all) {
   std::string root = runtime_root(g.runtime_dir);
-  json all = json::array();
+  json list = json::array();
   for (const auto& name : running_instances(root)) {
     try {
-      all.push_back(control_call(root + "/" + name + "/control.sock", {{"command", "status"}},
+      list.push_back(control_call(root + "/" + name + "/control.sock", {{"command", "status"}},
                                  Deadline::in(std::chrono::seconds(3))));
     } catch (const Error&) {
-      all.push_back({{"name", name}, {"state", "unresponsive"}});
+      list.push_back({{"name", name}, {"state", "unresponsive"}});
     }
   }
+  if (all) {
+    // virsh list --all: the defined instances too, running or not.
+    std::vector<std::string> problems;
+    DefinitionStore store(config_root(g.config_dir));
+    for (const auto& d : store.all(&problems)) {
+      auto it = std::find_if(list.begin(), list.end(), [&](const json& s) { return s.value("name", "") == d.name; });
+      if (it == list.end()) {
+        json row = {{"name", d.name}, {"state", "shut off"}, {"vcpus", d.settings.value("vcpus", 0)}};
+        try {
+          row["memory_bytes"] = parse_memory_size(d.settings.value("memory", ""));
+        } catch (const Error&) {
+        }
+        it = list.insert(list.end(), row);
+      }
+      (*it)["defined"] = true;
+      (*it)["autostart"] = d.autostart;
+    }
+    for (const auto& p : problems) std::cerr << "immortal: " << p << "\n";
+  }
   if (as_json) {
-    std::cout << all.dump(2) << "\n";
+    std::cout << list.dump(2) << "\n";
     return 0;
   }
-  std::cout << fmt::format(" {:<20} {:<12} {:>5} {:>10}  {}\n", "Name", "State", "vCPUs", "Memory", "Kernel");
-  std::cout << std::string(72, '-') << "\n";
-  for (const auto& s : all)
-    std::cout << fmt::format(" {:<20} {:<12} {:>5} {:>10}  {}\n", s.value("name", "?"), s.value("state", "?"),
-                             s.value("vcpus", 0), mib(s.value("memory_bytes", json(0))),
-                             s.value("kernel_release", "-"));
+  std::cout << fmt::format(" {:<20} {:<12} {:>5} {:>10}  {:<24}{}\n", "Name", "State", "vCPUs", "Memory", "Kernel",
+                           all ? " Autostart" : "");
+  std::cout << std::string(all ? 83 : 72, '-') << "\n";
+  for (const auto& s : list)
+    std::cout << fmt::format(" {:<20} {:<12} {:>5} {:>10}  {:<24}{}\n", s.value("name", "?"), s.value("state", "?"),
+                             s.value("vcpus", 0), mib(s.value("memory_bytes", json(0))), s.value("kernel_release", "-"),
+                             !all ? "" : !s.value("defined", false) ? " -" : s.value("autostart", false) ? " enable" : " disable");
   return 0;
 }
 

@@ -4,6 +4,7 @@
 //   immortal attach NAME | upgrade NAME [--binary PATH]   a new supervisor for a running guest
 #include "base/error.h"
 #include "cli/commands.h"
+#include "cli/option_sets.h"
 #include "daemon/host_daemon.h"
 #include "machine_backends.h"
 #include "recovery/recovery_policy.h"
@@ -17,117 +18,45 @@
 using namespace immortal;
 using namespace immortal::vmm;
 
-namespace {
-
-// How a guest is protected (recovery, bundles, repair): the same for a guest we boot (run) and
-// for a libvirt domain we attach to (attach --libvirt).
-void add_protection_options(CLI::App* cmd, RunOptions& o) {
-  cmd->add_option("--recovery", o.recovery, "on or off: off lets the stock kernel's crash behaviour show")
-      ->check(CLI::IsMember({"on", "off"}));
-  const auto& kinds = vmm::RecoveryPolicy::recoverable_kinds();
-  cmd->add_option("--no-recover", o.no_recover, "a crash kind recovery must not repair (oops, bug, warn, panic, text-corruption, soft-lockup, hung-task, stack-overflow); repeatable")
-      ->check(CLI::IsMember(std::vector<std::string>(kinds.begin(), kinds.end())));
-  cmd->add_option("--recovery-limit", o.recovery_limit, "at most COUNT recoveries in SECONDS, then reboot (default: 20/600)");
-  cmd->add_option("--hang-timeout", o.hang_timeout_s, "seconds without an agent heartbeat before the guest counts as hung (default: 30)")
-      ->check(CLI::Range(3, 86400));
-  cmd->add_option("--verify-timeout", o.verify_timeout_s, "seconds for a recovered guest to prove it is healthy (default: 20)")
-      ->check(CLI::Range(1, 3600));
-  cmd->add_option("--verify-window", o.verify_window_s,
-                      "seconds a recovered guest is watched before it counts as recovered: no task waiting on a dead "
-                      "lock owner, no lockup or stall report, RCU advancing (default: 10)")
-      ->check(CLI::Range(0, 3600));
-  cmd->add_option("--event-log", o.event_log, "also append the event log (JSON lines) to this file");
-  cmd->add_option("--metrics-listen", o.metrics_listen,
-                  "serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9100 (default: off)");
-  cmd->add_option("--on-event", o.on_event,
-                  "run this shell command for every event, the event as a JSON line on its stdin "
-                  "(IMMORTAL_EVENT, IMMORTAL_INSTANCE set; output to the instance's hooks.log)");
-  cmd->add_option("--bundle-dir", o.bundle_dir,
-                      "where crash bundles go (default: $IMMORTAL_BUNDLE_DIR/NAME, /var/crash/immortal/NAME for root, else ~/.local/state/immortal/bundles/NAME)");
-  cmd->add_option("--bundle-keep", o.bundle_keep, "keep at most N bundles, oldest removed first (default: 20; 0: no limit)")
-      ->check(CLI::Range(0, 1000000));
-  cmd->add_option("--bundle-max-size", o.bundle_max_size, "keep bundles within SIZE in total, e.g. 5G (default: 20G; 0: no limit)");
-  cmd->add_flag("--bundle-compress", o.bundle_compress, "write each bundle as one NAME.tar.zst file");
-  cmd->add_option("--bundle-memory", o.bundle_memory,
-                      "kernel: the pages a kernel dump needs (makedumpfile level 31, short pause); all: every non-zero page")
-      ->check(CLI::IsMember({"kernel", "all"}));
-  cmd->add_option("--quarantine", o.quarantine,
-                      "what a recovered crash quarantines: function (the entry point that crashed, default) or "
-                      "driver (every entry point of the driver at once)")
-      ->check(CLI::IsMember({"function", "driver"}));
-  cmd->add_option("--repair", o.repair,
-                      "where crashes are analysed: vm (the hidden repair VM, default) or inline (a sandboxed host process)")
-      ->check(CLI::IsMember({"vm", "inline"}));
-  cmd->add_option("--repair-fallback", o.repair_fallback,
-                      "when the repair VM is missing, booting, dead or too slow: inline (default) or reboot")
-      ->check(CLI::IsMember({"inline", "reboot"}));
-  cmd->add_option("--repair-timeout", o.repair_timeout_ms, "milliseconds the repair engine has for one crash (default: 5000)")
-      ->check(CLI::Range(50, 600000));
-  cmd->add_option("--repair-vm-memory", o.repair_vm_memory, "memory of the repair VM (default: 384M)");
-  cmd->add_option("--repair-agent", o.repair_agent, "the immortal-repair-agent binary (default: next to immortal)");
-  cmd->add_option("--repair-vm-kernel", o.repair_vm_kernel,
-                      "kernel of the repair VM (default: the guest's --kernel, else the built guest image's)");
-  cmd->add_flag("--repair-cross-check", o.repair_cross_check,
-                    "also analyse every crash in the other mode and report whether both agree (event repair-mismatch)");
-  cmd->add_option("--boot-timeout", o.boot_timeout_s, "seconds to wait for the agent's hello: at start (else the run fails) and after every reboot (else the guest is reset again, with back-off) (default: 60)")
-      ->check(CLI::Range(1, 3600));
-}
-
-// The protection options as given after SUBCOMMAND on the command line, for the daemon to hand
-// to every supervisor it starts (CLI11 has checked them; -c/--connect is the daemon's own).
-std::vector<std::string> protection_arguments(int argc, char** argv, const std::string& subcommand) {
-  std::vector<std::string> out;
-  int i = 1;
-  while (i < argc && argv[i] != subcommand) ++i;
-  for (++i; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "-c" || a == "--connect") {
-      ++i;
-      continue;
-    }
-    if (a.starts_with("--connect=")) continue;
-    out.push_back(a);
-  }
-  return out;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   CLI::App app{"immortal: Linux virtual machines that survive kernel crashes"};
   app.require_subcommand(1);
   GlobalOptions global;
   app.add_option("--runtime-dir", global.runtime_dir,
                  "where instances keep their sockets (default: $IMMORTAL_RUNTIME_DIR or /run/immortal)");
+  app.add_option("--config-dir", global.config_dir,
+                 "where saved definitions are kept (default: $IMMORTAL_CONFIG_DIR or /etc/immortal)");
   app.set_version_flag("--version", "immortal 0.1.0");
 
   RunOptions run;
   auto* run_cmd = app.add_subcommand("run", "boot a guest under supervision");
-  run_cmd->add_option("-n,--name", run.name, "instance name (default: guest)");
   run_cmd->add_flag("-d,--detach", run.detach, "return once the guest is up; the supervisor keeps running");
   run_cmd->add_flag("--console", run.console, "copy the guest's serial console to the terminal");
-  run_cmd->add_option("--kernel", run.kernel, "guest kernel (default: the built guest image)");
-  run_cmd->add_option("--initrd", run.initrd, "guest initramfs (default: the built guest image)");
-  run_cmd->add_option("--append", run.append, "kernel command line (default: console=ttyS0)");
-  run_cmd->add_option("--disk", run.disks,
-                      "a virtio disk: PATH[,format=qcow2|raw][,readonly] (a comma in PATH is ,,); repeatable, the first "
-                      "is the boot disk: without --kernel the guest boots its own boot loader from it");
-  run_cmd->add_option("--net", run.nets,
-                      "a virtio network interface: user[,hostfwd=tcp::HOSTPORT-:GUESTPORT]…, tap=IFNAME or bridge=BRIDGE; "
-                      "repeatable");
-  run_cmd->add_option("-m,--memory", run.memory, "guest RAM, e.g. 512M, 2G (default: 512M)");
-  run_cmd->add_option("--vcpus", run.vcpus, "number of vCPUs (default: 2)")->check(CLI::Range(1, 64));
-  run_cmd->add_option("--accel", run.accel, "auto, kvm or tcg (default: auto, probes KVM's speed)")
-      ->check(CLI::IsMember({"auto", "kvm", "tcg"}));
-  run_cmd->add_option("--qemu", run.qemu, "QEMU binary (default: qemu-system-x86_64)");
-  run_cmd->add_option("--backend", run.backend, "what runs the VM (default: qemu)")
-      ->check(CLI::IsMember(machine_backend_names()));
-  run_cmd->add_option("--console-log", run.console_log, "serial console log file (default: in the runtime dir)");
+  add_machine_options(run_cmd, run);
   add_protection_options(run_cmd, run);
+
+  // Saved definitions, as virsh define/start/autostart/undefine.
+  RunOptions defined;
+  auto* define_cmd = app.add_subcommand("define", "save an instance's definition (run's options) to start later, or "
+                                                  "at the host service's start with autostart");
+  add_machine_options(define_cmd, defined);
+  add_protection_options(define_cmd, defined);
+  bool start_foreground = false, start_console = false;
+  auto* start_cmd = app.add_subcommand("start", "start a defined instance (returns once the guest is up)");
+  auto* autostart_cmd = app.add_subcommand("autostart", "start a defined instance whenever the host service (immortal daemon) starts");
+  auto* undefine_cmd = app.add_subcommand("undefine", "forget a saved definition (a running instance runs on)");
+  std::string defined_name;
+  for (auto* cmd : {start_cmd, autostart_cmd, undefine_cmd}) cmd->add_option("name", defined_name, "instance name")->required();
+  start_cmd->add_flag("--foreground", start_foreground, "stay in the foreground as the supervisor, as run does");
+  start_cmd->add_flag("--console", start_console, "with --foreground: copy the guest's serial console to the terminal");
+  bool autostart_disable = false;
+  autostart_cmd->add_flag("--disable", autostart_disable, "no longer start it with the host service");
 
   bool list_json = false;
   auto* list_cmd = app.add_subcommand("list", "list running instances");
   list_cmd->add_flag("--json", list_json, "machine-readable output");
+  bool list_all = false;
+  list_cmd->add_flag("--all", list_all, "also the defined instances that are not running");
   std::string list_uri;
   list_cmd->add_option("-c,--connect", list_uri,
                        "instead: every domain of this libvirt connection (qemu+ssh://HOST/system for another host) and "
@@ -255,9 +184,12 @@ int main(int argc, char** argv) {
   std::string daemon_uri;
   RunOptions daemon_protection;
   auto* daemon_cmd = app.add_subcommand(
-      "daemon", "the host service: protect every prepared domain of a libvirt connection while it runs, attaching "
-                "as domains start (or are restored, or migrate in); SIGTERM detaches them all");
+      "daemon", "the host service: start the defined instances marked autostart, and protect every prepared domain of "
+                "a libvirt connection while it runs, attaching as domains start (or are restored, or migrate in); SIGTERM "
+                "detaches the domains and shuts the instances down");
   daemon_cmd->add_option("-c,--connect", daemon_uri, "libvirt URI (default: qemu:///system)");
+  bool daemon_no_libvirt = false;
+  daemon_cmd->add_flag("--no-libvirt", daemon_no_libvirt, "only the autostart instances: no libvirt connection (without it, one is tried until libvirt answers)");
   add_protection_options(daemon_cmd, daemon_protection);
 
   bool force = false;
@@ -307,17 +239,24 @@ int main(int argc, char** argv) {
 
   try {
     if (*run_cmd) return run_command(global, run);
+    if (*define_cmd) return define_command(global, defined);
+    if (*start_cmd) return start_command(global, defined_name, start_foreground, start_console);
+    if (*autostart_cmd) return autostart_command(global, defined_name, !autostart_disable);
+    if (*undefine_cmd) return undefine_command(global, defined_name);
     if (*list_cmd && !list_uri.empty()) return list_libvirt_command(list_uri, list_json);
-    if (*list_cmd) return list_command(global, list_json);
+    if (*list_cmd) return list_command(global, list_json, list_all);
     if (*status_cmd) return status_command(global, name, status_json);
     if (*exec_cmd) return exec_command(global, name, command, exec_timeout);
     if (*stop_cmd) return stop_command(global, name, force, stop_shutdown, stop_timeout);
     if (*daemon_cmd) {
-      if (!daemon_protection.metrics_listen.empty())
-        fail(ExitCode::usage, "the daemon's supervisors cannot share one --metrics-listen port yet: give each domain "
-                              "its own (immortal attach --libvirt DOMAIN --metrics-listen ADDR:PORT)");
-      DaemonOptions d{daemon_uri, global.runtime_dir, protection_arguments(argc, argv, "daemon"),
-                      std::filesystem::read_symlink("/proc/self/exe").string()};
+      DaemonOptions d;
+      d.uri = daemon_uri;
+      d.libvirt = !daemon_no_libvirt;
+      d.runtime_dir = global.runtime_dir;
+      d.config_dir = global.config_dir;
+      d.metrics_listen = daemon_protection.metrics_listen;
+      d.protection = protection_arguments(argc, argv, "daemon");
+      d.self = std::filesystem::read_symlink("/proc/self/exe").string();
       return run_daemon(d);
     }
     if (*attach_cmd && attach_libvirt)

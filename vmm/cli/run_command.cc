@@ -5,6 +5,7 @@
 #include "cli/arguments.h"
 #include "cli/commands.h"
 #include "cli/device_options.h"
+#include "cli/run_options_json.h"
 #include "instance.h"
 #include "control/control_channel.h"
 #include "instance_state.h"
@@ -29,16 +30,6 @@
 #endif
 
 namespace immortal::vmm {
-
-// The `run` options as kept in state.json: a later `attach` reads them back (fields it does not
-// know keep their defaults, so older and newer binaries read each other's).
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunOptions, name, console, kernel, initrd, append, disks, nets, memory, vcpus, accel,
-                                                qemu, backend, console_log, boot_timeout_s, recovery, no_recover,
-                                                recovery_limit, hang_timeout_s, verify_timeout_s, verify_window_s,
-                                                quarantine, event_log, bundle_dir, bundle_keep, bundle_max_size,
-                                                bundle_compress, bundle_memory, repair, repair_fallback,
-                                                repair_timeout_ms, repair_vm_memory, repair_agent, repair_vm_kernel,
-                                                repair_cross_check, metrics_listen, on_event)
 
 namespace {
 
@@ -222,34 +213,52 @@ int supervise(SupervisorOptions options, InstanceDir dir, bool detach, const Mac
   }
 }
 
-// The instance's VM, when it outlived its supervisor: nullopt when there is none to attach to.
-std::optional<InstanceState> orphaned_vm(const std::string& root, const std::string& name) {
-  if (instance_running(root, name)) return std::nullopt;  // it has a supervisor
-  auto state = InstanceState::load(root + "/" + name + "/state.json");
-  if (!state) return std::nullopt;
-  int pid = state->vm.value("pid", 0);
-  if (pid <= 0 || ::kill(pid, 0) != 0) return std::nullopt;
-  return state;
-}
-
 }  // namespace
+
+RunOptions checked_run_options(const RunOptions& given) {
+  check_instance_name(given.name);
+  RunOptions o = given;
+  machine_backend(o.backend);  // one this build has
+  resolve_image(o);
+  o.kernel = absolute(o.kernel);
+  o.initrd = absolute(o.initrd);
+  o.repair_agent = o.repair_agent.empty() ? "" : absolute(o.repair_agent);
+  o.repair_vm_kernel = absolute(o.repair_vm_kernel);
+  o.event_log = absolute(o.event_log);
+  o.bundle_dir = absolute(o.bundle_dir);
+  o.console_log = absolute(o.console_log);
+  parse_memory_size(o.memory);
+  if (!o.metrics_listen.empty()) parse_listen_address(o.metrics_listen);
+  std::vector<std::string> disks;
+  for (const auto& spec : o.disks) {
+    DiskConfig disk = parse_disk_option(spec);
+    check_disk(disk);
+    disks.push_back(describe(disk));  // absolute paths and formats, for state.json and definitions
+  }
+  o.disks = disks;
+  for (const auto& spec : o.nets) parse_net_option(spec);
+  for (const auto* file : {&o.kernel, &o.initrd}) {
+    if (file->empty()) continue;  // firmware boot, or a kernel without initrd
+    const char* what = file == &o.kernel ? "kernel" : "initrd";
+    struct stat st {};
+    if (::stat(file->c_str(), &st) != 0 || ::access(file->c_str(), R_OK) != 0)
+      fail(ExitCode::bad_input, "cannot read {} {}: {}", what, *file, std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) fail(ExitCode::bad_input, "cannot read {} {}: not a regular file", what, *file);
+  }
+  return o;
+}
 
 int run_command(const GlobalOptions& global, const RunOptions& given) {
   std::string root = runtime_root(global.runtime_dir);
   check_instance_name(given.name);
   // A guest that outlived its supervisor (a restart, a SIGKILL) is taken over, not booted again.
-  if (auto left = orphaned_vm(root, given.name)) {
+  if (auto left = orphaned_instance(root, given.name)) {
     std::cerr << "immortal: instance \"" << given.name << "\" is alive without a supervisor: attaching to it\n";
     return attach_command(global, given.name, given.detach);
   }
-  RunOptions o = given;
+  RunOptions o = checked_run_options(given);
   const MachineBackend& backend = machine_backend(o.backend);
-  resolve_image(o);
-  o.kernel = absolute(o.kernel);
-  o.initrd = absolute(o.initrd);
-  o.repair_agent = o.repair_agent.empty() ? "" : absolute(o.repair_agent);
-  o.event_log = absolute(o.event_log);
-  o.bundle_dir = o.bundle_dir.empty() ? default_bundle_dir(o.name) : absolute(o.bundle_dir);
+  if (o.bundle_dir.empty()) o.bundle_dir = default_bundle_dir(o.name);
   MachineConfig config;
   config.name = o.name;
   config.kernel = o.kernel;
@@ -258,25 +267,11 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   config.memory_bytes = parse_memory_size(o.memory);
   config.vcpus = o.vcpus;
   config.backend_options["binary"] = o.qemu;  // the qemu backend's; others ignore it
-  for (const auto& spec : o.disks) {
-    DiskConfig disk = parse_disk_option(spec);
-    check_disk(disk);
-    config.disks.push_back(disk);
-  }
+  for (const auto& spec : o.disks) config.disks.push_back(parse_disk_option(spec));
   for (const auto& spec : o.nets) {
     NetConfig net = parse_net_option(spec);
     net.mac = instance_mac(o.name, config.nets.size());
     config.nets.push_back(net);
-  }
-  o.disks.clear();
-  for (const auto& d : config.disks) o.disks.push_back(describe(d));  // absolute paths and formats, for state.json
-  for (const auto* file : {&config.kernel, &config.initrd}) {
-    if (file->empty()) continue;  // firmware boot, or a kernel without initrd
-    const char* what = file == &config.kernel ? "kernel" : "initrd";
-    struct stat st {};
-    if (::stat(file->c_str(), &st) != 0 || ::access(file->c_str(), R_OK) != 0)
-      fail(ExitCode::bad_input, "cannot read {} {}: {}", what, *file, std::strerror(errno));
-    if (!S_ISREG(st.st_mode)) fail(ExitCode::bad_input, "cannot read {} {}: not a regular file", what, *file);
   }
 
   AcceleratorChoice accel;

@@ -160,6 +160,7 @@ void dispatch_command(ControlRequest request, CommandTargets& to) {
   std::string command = request.command();
   try {
     if (command == "status") return request.reply(to.status());
+    if (command == "metrics") return request.reply({{"exposition", to.metrics()}});
     if (command == "stop") {
       bool shutdown = request.body().value("shutdown", false);
       to.stop(request.body().value("force", false), shutdown);

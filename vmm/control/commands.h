@@ -50,6 +50,7 @@ struct CommandTargets {
   EventSink event;
   Say say;
   std::function<json()> status;
+  std::function<std::string()> metrics;  // the Prometheus exposition (control/metrics.h)
   std::function<void(bool force, bool shutdown)> stop;  // shutdown: even a VM we do not own
   std::function<void(ControlRequest)> upgrade;  // answered once the hand-over is decided
 };

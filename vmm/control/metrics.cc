@@ -41,6 +41,44 @@ std::string prometheus_label(const std::string& value) {
   return out;
 }
 
+std::string merge_expositions(const std::vector<std::string>& parts) {
+  struct Family {
+    std::string help, type, samples;
+  };
+  std::vector<std::string> order;
+  std::map<std::string, Family> families;
+  auto family = [&](const std::string& name) -> Family& {
+    auto [it, added] = families.try_emplace(name);
+    if (added) order.push_back(name);
+    return it->second;
+  };
+  for (const auto& part : parts) {
+    std::string current;  // the family whose HELP or TYPE came last
+    std::size_t start = 0;
+    while (start < part.size()) {
+      std::size_t end = part.find('\n', start);
+      if (end == std::string::npos) end = part.size();
+      std::string line = part.substr(start, end - start);
+      start = end + 1;
+      if (line.rfind("# HELP ", 0) == 0 || line.rfind("# TYPE ", 0) == 0) {
+        std::string rest = line.substr(7);
+        current = rest.substr(0, rest.find(' '));
+        Family& f = family(current);
+        std::string& slot = line[2] == 'H' ? f.help : f.type;
+        if (slot.empty()) slot = line + "\n";
+      } else if (!line.empty() && line[0] != '#' && !current.empty() && line.rfind(current, 0) == 0) {
+        family(current).samples += line + "\n";
+      }
+    }
+  }
+  std::string out;
+  for (const auto& name : order) {
+    const Family& f = families[name];
+    out += f.help + f.type + f.samples;
+  }
+  return out;
+}
+
 void InstanceMetrics::on_event(const std::string& name, const json& fields) {
   ++events_;
   std::uint64_t crash = crash_id(fields);

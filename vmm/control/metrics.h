@@ -12,6 +12,7 @@
 #include <map>
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace immortal::vmm {
 
@@ -37,6 +38,11 @@ class InstanceMetrics {
   std::uint64_t bundle_bytes_ = 0;
   std::uint64_t events_ = 0;
 };
+
+// Several expositions as one, each metric family once (its HELP and TYPE from the first part
+// that has it, then the samples of every part in order): the host service's endpoint, made of
+// every instance's. Lines that are neither comments nor samples of a family are dropped.
+std::string merge_expositions(const std::vector<std::string>& parts);
 
 // A label value as the exposition format wants it (backslash, quote and newline escaped).
 std::string prometheus_label(const std::string& value);

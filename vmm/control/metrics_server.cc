@@ -28,7 +28,8 @@ ListenAddress parse_listen_address(const std::string& text) {
   return a;
 }
 
-MetricsServer::MetricsServer(const std::string& listen) : server_(std::make_unique<httplib::Server>()) {
+MetricsServer::MetricsServer(const std::string& listen, std::function<std::string()> render)
+    : server_(std::make_unique<httplib::Server>()), render_(std::move(render)) {
   ListenAddress a = parse_listen_address(listen);
   address_ = listen;
   // Two threads are plenty for a scraper or two; requests are small and quick.
@@ -38,6 +39,7 @@ MetricsServer::MetricsServer(const std::string& listen) : server_(std::make_uniq
   server_->set_write_timeout(5, 0);
   server_->set_keep_alive_max_count(10);
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {
+    if (render_) return response.set_content(render_(), "text/plain; version=0.0.4; charset=utf-8");
     std::lock_guard lock(mutex_);
     response.set_content(exposition_, "text/plain; version=0.0.4; charset=utf-8");
   });

@@ -4,6 +4,7 @@
 // every second otherwise, and the server hands out the latest one. Off unless asked for.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -25,7 +26,9 @@ ListenAddress parse_listen_address(const std::string& text);
 class MetricsServer {
  public:
   // Binds at once (throws Error(ExitCode::failure) when it cannot: in use, no such address).
-  explicit MetricsServer(const std::string& listen);
+  // With `render`, every scrape calls it (on a server thread: it must be thread-safe) instead
+  // of handing out what was published: the host service gathers its instances' that way.
+  explicit MetricsServer(const std::string& listen, std::function<std::string()> render = {});
   ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;
   MetricsServer& operator=(const MetricsServer&) = delete;
@@ -39,6 +42,7 @@ class MetricsServer {
   std::mutex mutex_;
   std::string exposition_;
   std::string address_;
+  std::function<std::string()> render_;
 };
 
 }  // namespace immortal::vmm

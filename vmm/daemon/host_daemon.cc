@@ -2,7 +2,11 @@
 
 #include "base/error.h"
 #include "base/unique_fd.h"
+#include "daemon/host_metrics.h"
+#include "daemon/systemd_notify.h"
 #include "instance.h"
+#include "instance_definitions.h"
+#include "instance_state.h"
 #include "libvirt/domain_preparation.h"
 #include "libvirt/libvirt_connection.h"
 #include "libvirt/libvirt_events.h"
@@ -14,16 +18,15 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
 #include <chrono>
+#include <cstring>
 #include <iostream>
 #include <map>
+#include <set>
 #include <thread>
 
 namespace immortal::vmm {
@@ -31,40 +34,31 @@ namespace immortal::vmm {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr auto kRescan = std::chrono::seconds(30);       // a look at every domain, in case an event was missed
+constexpr auto kRescan = std::chrono::seconds(30);       // a look at every guest, in case an event was missed
 constexpr auto kFirstRetry = std::chrono::seconds(5);    // a supervisor that died is started again after this,
 constexpr auto kLongestRetry = std::chrono::minutes(5);  // doubling up to this
-constexpr auto kDetachGrace = std::chrono::seconds(40);  // for the supervisors to let go at SIGTERM
+constexpr auto kReconnect = std::chrono::seconds(3);     // libvirt not reachable: try again after this
+// For the supervisors to let go of their domains, and to power our own guests off (each asks
+// its guest and waits 5 s, then ends the VM), at SIGTERM.
+constexpr auto kStopGrace = std::chrono::seconds(40);
 
 void say(const std::string& line) { std::cerr << "immortal daemon: " << line << "\n" << std::flush; }
 
-// systemd's readiness protocol (sd_notify(3)): one datagram to $NOTIFY_SOCKET, nothing without it.
-void notify_systemd(const std::string& state) {
-  const char* path = std::getenv("NOTIFY_SOCKET");
-  if (!path || !*path) return;
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  std::string p = path;
-  if (p.size() >= sizeof address.sun_path) return;
-  std::copy(p.begin(), p.end(), address.sun_path);
-  if (p[0] == '@') address.sun_path[0] = '\0';  // an abstract socket
-  UniqueFd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  if (!fd) return;
-  ::sendto(fd.get(), state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&address),
-           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + p.size()));
-}
-
-struct Domain {
-  std::string name;
-  pid_t supervisor = 0;
-  int failures = 0;
-  Clock::time_point retry_at{};
-  bool noted = false;  // "not prepared", "name taken": said once
+// One guest the daemon keeps a supervisor for: a libvirt domain (by UUID) or an instance of
+// ours that asked for autostart (by name).
+struct Guarded {
+  std::string name;                 // the instance's name (a domain's: its libvirt name)
+  pid_t supervisor = 0;             // our child, while it runs
+  int failures = 0;                 // supervisors that died in a row while the guest ran
+  Clock::time_point retry_at{};     // when to start one; epoch: not due
+  bool boot = false;                // an autostart instance not yet started by this daemon: boot it
+  bool noted = false;               // "not prepared", "name taken": said once
 };
 
 class HostDaemon {
  public:
-  explicit HostDaemon(DaemonOptions options) : o_(std::move(options)), root_(runtime_root(o_.runtime_dir)) {}
+  explicit HostDaemon(DaemonOptions options)
+      : o_(std::move(options)), root_(runtime_root(o_.runtime_dir)), store_(config_root(o_.config_dir)) {}
 
   int run() {
     sigset_t mask;
@@ -73,42 +67,67 @@ class HostDaemon {
     ::sigprocmask(SIG_BLOCK, &mask, nullptr);
     signals_ = UniqueFd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
     if (!signals_) fail_os(ExitCode::failure, "signalfd", errno);
-    connect();
-    scan();
+    if (!o_.metrics_listen.empty()) metrics_ = std::make_unique<HostMetrics>(o_.metrics_listen, root_);
+    if (o_.libvirt) try_connect();
+    scan(/*first=*/true);
     start_due();
-    notify_systemd(fmt::format("READY=1\nSTATUS=protecting {} domains of {}", running(), connection_->uri()));
-    say(fmt::format("watching {} (runtime dir {}); {} prepared domains protected", connection_->uri(), root_, running()));
+    std::string watching = !o_.libvirt ? "no libvirt connection" : connection_ ? connection_->uri() : "libvirt (not reachable yet)";
+    notify_systemd(fmt::format("READY=1\nSTATUS=protecting {} guests ({})", running(), watching));
+    say(fmt::format("watching {} and the definitions in {} (runtime dir {}); {} guests protected", watching,
+                    store_.directory(), root_, running()));
+    if (metrics_) say("metrics of every instance at http://" + o_.metrics_listen + "/metrics");
     auto next_scan = Clock::now() + kRescan;
     while (!stopping_) {
-      pollfd fds[2] = {{signals_.get(), POLLIN, 0}, {inbox_->fd(), POLLIN, 0}};
+      pollfd fds[2] = {{signals_.get(), POLLIN, 0}, {inbox_ ? inbox_->fd() : -1, POLLIN, 0}};
       ::poll(fds, 2, 1000);
       handle_signals();
       reap();
       handle_events();
+      if (o_.libvirt && !connection_ && Clock::now() >= next_connect_) try_connect();
       if (Clock::now() >= next_scan || rescan_) {
-        scan();
+        scan(/*first=*/false);
         next_scan = Clock::now() + kRescan;
         rescan_ = false;
       }
       start_due();
+      publish_unprotected();
     }
     return shut_down();
   }
 
  private:
-  void connect() {
-    inbox_ = std::make_shared<LibvirtEventInbox>();
-    connection_ = std::make_unique<LibvirtConnection>(o_.uri, /*with_events=*/true);
-    watch_lifecycle(connection_->raw(), nullptr, inbox_);
-    watch_close(connection_->raw(), inbox_);
+  // libvirtd may start after us, restart or go away: while it is not reachable our own
+  // instances stay protected and a connection is tried again every few seconds.
+  void try_connect() {
+    try {
+      auto inbox = std::make_shared<LibvirtEventInbox>();
+      auto connection = std::make_unique<LibvirtConnection>(o_.uri, /*with_events=*/true);
+      watch_lifecycle(connection->raw(), nullptr, inbox);
+      watch_close(connection->raw(), inbox);
+      inbox_ = std::move(inbox);
+      connection_ = std::move(connection);
+      if (std::exchange(libvirt_missing_, false)) say("connected to libvirt at " + connection_->uri());
+      rescan_ = true;
+    } catch (const Error& e) {
+      if (!std::exchange(libvirt_missing_, true))
+        say(std::string("libvirt is not reachable (trying again every few seconds; --no-libvirt: do not): ") + e.what());
+      next_connect_ = Clock::now() + kReconnect;
+    }
   }
 
   int running() const {
-    return static_cast<int>(std::count_if(domains_.begin(), domains_.end(), [](auto& d) { return d.second.supervisor > 0; }));
+    auto live = [](auto& entry) { return entry.second.supervisor > 0; };
+    return static_cast<int>(std::count_if(domains_.begin(), domains_.end(), live) +
+                            std::count_if(instances_.begin(), instances_.end(), live));
+  }
+
+  void scan(bool first) {
+    if (connection_) scan_domains();
+    scan_definitions(first);
   }
 
   // Every running domain: those that are prepared and have no supervisor get one now.
-  void scan() {
+  void scan_domains() {
     virDomainPtr* list = nullptr;
     int n = virConnectListAllDomains(connection_->raw(), &list, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
     if (n < 0) {
@@ -119,7 +138,7 @@ class HostDaemon {
       char uuid[VIR_UUID_STRING_BUFLEN] = {};
       const char* name = virDomainGetName(list[i]);
       if (virDomainGetUUIDString(list[i], uuid) == 0 && name) {
-        Domain& d = domains_[uuid];
+        Guarded& d = domains_[uuid];
         d.name = name;
         if (d.supervisor == 0 && d.failures == 0) d.retry_at = Clock::now();
       }
@@ -128,7 +147,31 @@ class HostDaemon {
     std::free(list);
   }
 
-  bool protectable(const std::string& uuid, Domain& d) {
+  // Our own instances marked autostart: booted at the daemon's start (as libvirt autostarts
+  // domains when it starts), and later taken over whenever their VM runs without a supervisor.
+  void scan_definitions(bool first) {
+    std::vector<std::string> problems;
+    for (const auto& definition : store_.all(&problems)) {
+      if (!definition.autostart) continue;
+      Guarded& g = instances_[definition.name];
+      g.name = definition.name;
+      if (g.supervisor > 0 || g.retry_at != Clock::time_point{}) continue;
+      if (first) g.boot = true;
+      if (g.boot || (g.failures == 0 && orphaned(g.name))) g.retry_at = Clock::now();
+    }
+    if (first)
+      for (const auto& p : problems) say("a definition is left alone: " + p);
+  }
+
+  bool orphaned(const std::string& name) {
+    try {
+      return orphaned_instance(root_, name).has_value();
+    } catch (const Error& e) {
+      return false;  // a damaged state.json: `immortal attach` by hand says what is wrong
+    }
+  }
+
+  bool domain_protectable(const std::string& uuid, Guarded& d) {
     try {
       LibvirtDomain domain = connection_->domain(uuid);
       if (!domain.active()) return false;
@@ -148,101 +191,132 @@ class HostDaemon {
     }
   }
 
+  std::vector<std::string> base_arguments() const {
+    std::vector<std::string> args{o_.self};
+    if (!o_.runtime_dir.empty()) args.insert(args.end(), {"--runtime-dir", o_.runtime_dir});
+    if (!o_.config_dir.empty()) args.insert(args.end(), {"--config-dir", o_.config_dir});
+    return args;
+  }
+
+  pid_t spawn(const std::vector<std::string>& args, const std::string& what) {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      std::vector<char*> argv;
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    if (pid < 0) say("cannot start a supervisor for " + what + ": " + std::strerror(errno));
+    return pid;
+  }
+
   void start_due() {
     auto now = Clock::now();
+    auto due = [&](Guarded& g) {
+      if (g.supervisor > 0 || g.retry_at == Clock::time_point{} || now < g.retry_at) return false;
+      g.retry_at = {};
+      return true;
+    };
     for (auto& [uuid, d] : domains_) {
-      if (d.supervisor > 0 || d.retry_at == Clock::time_point{} || now < d.retry_at) continue;
-      d.retry_at = {};
-      if (!protectable(uuid, d)) continue;
-      std::vector<std::string> args{o_.self};
-      if (!o_.runtime_dir.empty()) args.insert(args.end(), {"--runtime-dir", o_.runtime_dir});
+      if (!connection_ || !due(d) || !domain_protectable(uuid, d)) continue;
+      std::vector<std::string> args = base_arguments();
       args.insert(args.end(), {"attach", "--libvirt", uuid, "-c", connection_->uri(), "--name", d.name});
       // A domain that has just started boots before its agent answers: give it a boot's time.
       if (std::find(o_.protection.begin(), o_.protection.end(), "--boot-timeout") == o_.protection.end())
         args.insert(args.end(), {"--boot-timeout", "300"});
       args.insert(args.end(), o_.protection.begin(), o_.protection.end());
-      pid_t pid = ::fork();
-      if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        ::execv(argv[0], argv.data());
-        ::_exit(127);
-      }
-      if (pid < 0) {
-        say("cannot start a supervisor for " + d.name + ": " + std::strerror(errno));
-        d.retry_at = now + kFirstRetry;
+      started(d, spawn(args, "domain " + d.name), "domain " + d.name);
+    }
+    for (auto& [name, g] : instances_) {
+      if (!due(g)) continue;
+      std::vector<std::string> args = base_arguments();
+      if (instance_running(root_, name)) {
+        if (!std::exchange(g.noted, true)) say("instance " + name + " already has a supervisor: left to it");
+        g.boot = false;
         continue;
       }
-      d.supervisor = pid;
-      d.noted = false;
-      say(fmt::format("protecting domain {} (supervisor pid {})", d.name, pid));
+      if (orphaned(name)) {
+        args.insert(args.end(), {"attach", name});  // its VM ran on: take it over, with its history
+      } else if (g.boot) {
+        args.insert(args.end(), {"start", name, "--foreground"});
+      } else {
+        continue;  // its guest was stopped or powered off: that is the operator's to undo
+      }
+      g.boot = false;
+      started(g, spawn(args, "instance " + name), "instance " + name);
     }
+  }
+
+  void started(Guarded& g, pid_t pid, const std::string& what) {
+    if (pid < 0) {
+      g.retry_at = Clock::now() + kFirstRetry;
+      return;
+    }
+    g.supervisor = pid;
+    g.noted = false;
+    say(fmt::format("protecting {} (supervisor pid {})", what, pid));
   }
 
   void reap() {
     int status = 0;
     for (pid_t pid; (pid = ::waitpid(-1, &status, WNOHANG)) > 0;) {
+      std::string how = WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
+                                          : fmt::format("signal {}", WTERMSIG(status));
       for (auto& [uuid, d] : domains_) {
         if (d.supervisor != pid) continue;
         d.supervisor = 0;
-        std::string how = WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
-                                            : fmt::format("signal {}", WTERMSIG(status));
         bool active = false;
         try {
-          active = !stopping_ && connection_->domain(uuid).active();
+          active = !stopping_ && connection_ && connection_->domain(uuid).active();
         } catch (const Error&) {
         }
-        if (!active) {
-          say(fmt::format("the supervisor of {} ended ({}); the domain is not running", d.name, how));
-          d.failures = 0;
-          continue;
-        }
-        // The domain runs on without protection: start a supervisor again, later each time.
-        auto wait = std::min<std::chrono::seconds>(kFirstRetry * (1 << std::min(d.failures, 6)), kLongestRetry);
-        ++d.failures;
-        d.retry_at = Clock::now() + wait;
-        say(fmt::format("the supervisor of {} ended ({}) while the domain runs: attaching again in {} s", d.name, how,
-                        wait.count()));
+        ended(d, "domain " + d.name, how, active);
+      }
+      for (auto& [name, g] : instances_) {
+        if (g.supervisor != pid) continue;
+        g.supervisor = 0;
+        ended(g, "instance " + name, how, !stopping_ && orphaned(name));
       }
     }
   }
 
+  // A supervisor ended. While its guest runs on, unprotected, one is started again, later each time.
+  void ended(Guarded& g, const std::string& what, const std::string& how, bool guest_runs) {
+    if (!guest_runs) {
+      if (!stopping_) say(fmt::format("the supervisor of {} ended ({}); the guest is not running", what, how));
+      g.failures = 0;
+      return;
+    }
+    auto wait = std::min<std::chrono::seconds>(kFirstRetry * (1 << std::min(g.failures, 6)), kLongestRetry);
+    ++g.failures;
+    g.retry_at = Clock::now() + wait;
+    say(fmt::format("the supervisor of {} ended ({}) while the guest runs: attaching again in {} s", what, how, wait.count()));
+  }
+
   void handle_events() {
+    if (!inbox_) return;
     for (auto& item : inbox_->take()) {
       if (item.source == LibvirtEventInbox::Item::Source::closed) {
         say("lost the connection to libvirt: connecting again");
-        reconnect();
-        continue;
+        connection_.reset();
+        inbox_.reset();
+        libvirt_missing_ = true;
+        next_connect_ = Clock::now();
+        return;
       }
       if (item.source != LibvirtEventInbox::Item::Source::lifecycle || item.domain_uuid.empty()) continue;
       if (item.event == VIR_DOMAIN_EVENT_STARTED) {
-        Domain& d = domains_[item.domain_uuid];
+        Guarded& d = domains_[item.domain_uuid];
         d.name = item.domain;
         d.failures = 0;
         d.noted = false;
         if (d.supervisor == 0) d.retry_at = Clock::now();  // started, restored, migrated in
       }
     }
-  }
-
-  void reconnect() {
-    connection_.reset();
-    for (int attempt = 0; attempt < 120 && !stopping_; ++attempt) {
-      try {
-        connect();
-        rescan_ = true;
-        return;
-      } catch (const Error& e) {
-        if (attempt == 0) say(std::string("libvirt is not back yet: ") + e.what());
-        std::this_thread::sleep_for(std::chrono::milliseconds(500));
-        handle_signals();
-      }
-    }
-    fail(ExitCode::libvirt, "libvirt at {} did not come back within a minute", o_.uri.empty() ? kDefaultLibvirtUri : o_.uri);
   }
 
   void handle_signals() {
@@ -253,29 +327,48 @@ class HostDaemon {
     }
   }
 
+  // For the metrics: the guests meant to be protected that have no supervisor now.
+  void publish_unprotected() {
+    if (!metrics_) return;
+    std::set<std::string> names;
+    for (const auto* group : {&domains_, &instances_})
+      for (const auto& [key, g] : *group)
+        if (g.supervisor == 0 && g.retry_at != Clock::time_point{} && g.failures > 0) names.insert(g.name);
+    metrics_->set_unprotected(std::move(names));
+  }
+
   int shut_down() {
     notify_systemd("STOPPING=1");
-    say(fmt::format("stopping: {} supervisors let go of their domains, which run on", running()));
-    for (auto& [uuid, d] : domains_)
-      if (d.supervisor > 0) ::kill(d.supervisor, SIGTERM);
-    auto deadline = Clock::now() + kDetachGrace;
+    say(fmt::format("stopping: {} supervisors let go of their domains, which run on, or power their own guests off",
+                    running()));
+    for (const auto* group : {&domains_, &instances_})
+      for (const auto& [key, g] : *group)
+        if (g.supervisor > 0) ::kill(g.supervisor, SIGTERM);
+    auto deadline = Clock::now() + kStopGrace;
     while (running() > 0 && Clock::now() < deadline) {
       reap();
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    for (auto& [uuid, d] : domains_)
-      if (d.supervisor > 0) ::kill(d.supervisor, SIGKILL);  // it let the domain run on all the same
+    for (const auto* group : {&domains_, &instances_})
+      for (const auto& [key, g] : *group)
+        if (g.supervisor > 0) ::kill(g.supervisor, SIGKILL);  // a domain runs on all the same
+    metrics_.reset();
     return 0;
   }
 
   DaemonOptions o_;
   std::string root_;
+  DefinitionStore store_;
   UniqueFd signals_;
+  std::unique_ptr<HostMetrics> metrics_;
   std::shared_ptr<LibvirtEventInbox> inbox_;
   std::unique_ptr<LibvirtConnection> connection_;
-  std::map<std::string, Domain> domains_;  // by UUID
+  std::map<std::string, Guarded> domains_;    // by UUID
+  std::map<std::string, Guarded> instances_;  // ours, by name
   bool stopping_ = false;
   bool rescan_ = false;
+  bool libvirt_missing_ = false;     // said once until it is back
+  Clock::time_point next_connect_{};
 };
 
 }  // namespace

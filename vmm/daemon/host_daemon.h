@@ -16,7 +16,10 @@ namespace immortal::vmm {
 
 struct DaemonOptions {
   std::string uri;                        // -c/--connect; empty: qemu:///system
+  bool libvirt = true;                    // --no-libvirt: only our own autostart instances
   std::string runtime_dir;                // --runtime-dir, handed to every supervisor
+  std::string config_dir;                 // --config-dir: where the definitions are
+  std::string metrics_listen;             // the host's one Prometheus endpoint, every instance in it
   std::vector<std::string> protection;    // run's protection options, handed to every supervisor
   std::string self;                       // the immortal binary the supervisors run
 };
