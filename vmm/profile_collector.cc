@@ -1,17 +1,19 @@
 #include "profile_collector.h"
 
 #include "base/clock.h"
+#include "base/budgets.h"
 #include "base/error.h"
 
 #include <fmt/format.h>
 
+#include <set>
 #include <sstream>
 
 namespace immortal::vmm {
 
 namespace {
-constexpr std::size_t kMaxKallsyms = 64 << 20;
-constexpr std::size_t kMaxBtf = 64 << 20;
+constexpr std::size_t kMaxKallsyms = budget::kProfileFile;
+constexpr std::size_t kMaxBtf = budget::kProfileFile;
 
 }  // namespace
 
@@ -28,6 +30,7 @@ void ProfileCollector::collect(std::uint64_t generation) {
   building_.boot_id = agent_.hello()->boot_id;
   boot_id_ = building_.boot_id;
   steps_.clear();
+  module_btf_bytes_ = 0;
   auto fetch = [this](const std::string& path, std::size_t max, std::function<void(std::string)> store, bool required) {
     steps_.push_back([this, path, max, store, required] {
       agent_.fetch_file(path, max, [this, path, store, required](std::string data, const std::string& error) {
@@ -42,14 +45,21 @@ void ProfileCollector::collect(std::uint64_t generation) {
   }, false);
   fetch("/proc/kallsyms", kMaxKallsyms, [this](std::string d) { building_.kallsyms = std::move(d); }, true);
   fetch("/sys/kernel/btf/vmlinux", kMaxBtf, [this](std::string d) { building_.btf_vmlinux = std::move(d); }, true);
-  fetch("/proc/modules", 1 << 20, [this, fetch](std::string d) {
+  fetch("/proc/modules", budget::kProcModules, [this, fetch](std::string d) {
     building_.modules = d;
-    // Then the BTF of every loaded module that has one.
+    // Then the BTF of every loaded module that has one: each name once, at most
+    // budget::kProfileModules of them and budget::kProfileModuleBtfTotal bytes in all.
     std::istringstream in(d);
-    for (std::string line; std::getline(in, line);) {
+    std::set<std::string> names;
+    for (std::string line; std::getline(in, line) && names.size() < budget::kProfileModules;) {
       std::string name = line.substr(0, line.find(' '));
-      if (name.empty() || name.size() > 64 || name.find('/') != std::string::npos) continue;
-      fetch("/sys/kernel/btf/" + name, kMaxBtf, [this, name](std::string b) { building_.btf_modules[name] = std::move(b); }, false);
+      if (name.empty() || name.size() > budget::kModuleName || name.find('/') != std::string::npos) continue;
+      if (!names.insert(name).second) continue;
+      fetch("/sys/kernel/btf/" + name, kMaxBtf, [this, name](std::string b) {
+        if (module_btf_bytes_ + b.size() > budget::kProfileModuleBtfTotal) return;  // said at the end
+        module_btf_bytes_ += b.size();
+        building_.btf_modules[name] = std::move(b);
+      }, false);
     }
   }, true);
   next();

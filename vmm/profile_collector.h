@@ -48,6 +48,7 @@ class ProfileCollector final : public ProfileSource {
   std::string dir_;
   std::function<void(const std::string&)> say_;
   bool busy_ = false;
+  std::uint64_t module_btf_bytes_ = 0;  // of the profile being built
   std::uint64_t generation_ = 0;
   std::string boot_id_;
   GuestProfile building_;

@@ -2,6 +2,7 @@
 
 #include "base/clock.h"
 #include "base/error.h"
+#include "base/terminal_text.h"
 #include "control/status.h"
 #include "upgrade.h"
 
@@ -39,7 +40,9 @@ Supervisor::Supervisor(SupervisorOptions options, InstanceDir dir, const Machine
       }()),
       quarantine_(dir_.file("quarantine.json")),
       console_(options_.machine.console_log, options_.echo_console) {
-  if (!options_.say) options_.say = [](const std::string& line) { std::cerr << "immortal: " << line << "\n"; };
+  // Messages quote the guest (console lines, comm, panic text): escaped for the terminal.
+  if (!options_.say)
+    options_.say = [](const std::string& line) { std::cerr << "immortal: " << terminal_safe(line, true) << "\n"; };
 }
 
 Supervisor::~Supervisor() {

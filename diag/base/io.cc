@@ -1,6 +1,8 @@
 #include "base/io.h"
 
+#include "base/budgets.h"
 #include "base/error.h"
+#include "base/terminal_text.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -8,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -118,12 +121,30 @@ std::string read_some(int fd, std::size_t max, bool* would_block) {
 }
 
 std::vector<std::string> last_lines(const std::string& path, std::size_t max_lines) {
-  std::ifstream in(path);
+  // Only the file's end is read (a guest fills its console as it likes), and every line is made
+  // safe for a terminal: these lines end up in messages to the operator.
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return {};
+  in.seekg(0, std::ios::end);
+  auto size = static_cast<std::uint64_t>(std::max<std::streamoff>(in.tellg(), 0));
+  std::uint64_t start = size > budget::kConsoleTail ? size - budget::kConsoleTail : 0;
+  in.seekg(static_cast<std::streamoff>(start));
+  std::string tail(size - start, '\0');
+  in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  tail.resize(static_cast<std::size_t>(std::max<std::streamsize>(in.gcount(), 0)));
   std::deque<std::string> lines;
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty()) continue;
-    lines.push_back(std::move(line));
-    if (lines.size() > max_lines) lines.pop_front();
+  std::size_t pos = 0;
+  if (start > 0) pos = tail.find('\n') == std::string::npos ? tail.size() : tail.find('\n') + 1;  // a partial first line
+  while (pos < tail.size()) {
+    std::size_t end = tail.find('\n', pos);
+    if (end == std::string::npos) end = tail.size();
+    std::string_view line(tail.data() + pos, end - pos);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (!line.empty()) {
+      lines.push_back(terminal_safe(line));
+      if (lines.size() > max_lines) lines.pop_front();
+    }
+    pos = end + 1;
   }
   return {lines.begin(), lines.end()};
 }

@@ -43,7 +43,8 @@ void write_all(int fd, std::string_view data, Deadline deadline = Deadline::neve
 // Throws on errors other than EAGAIN (which returns "" with *would_block set).
 std::string read_some(int fd, std::size_t max, bool* would_block = nullptr);
 
-// The last max_lines non-empty lines of a text file (a log), oldest first; empty if unreadable.
+// The last max_lines non-empty lines of a text file (a log), oldest first, from its last
+// budget::kConsoleTail bytes, made terminal-safe (base/terminal_text.h); empty if unreadable.
 std::vector<std::string> last_lines(const std::string& path, std::size_t max_lines);
 
 void set_nonblocking(int fd, bool on);

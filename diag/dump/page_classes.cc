@@ -54,8 +54,12 @@ std::optional<PageClassifier> PageClassifier::from_kernel(const Kernel& kernel, 
     return no("VMCOREINFO's SIZE(page) is not a number");
   }
   if (c.page_size_ < 32 || c.page_size_ > 256 || 4096 % c.page_size_ != 0) return no("implausible SIZE(page)");
-  for (std::uint64_t off : {c.off_flags_, c.off_mapping_, c.off_mapcount_, c.off_private_, c.off_compound_head_})
-    if (off + 8 > c.page_size_ && off + 4 > c.page_size_) return no("struct page offsets outside struct page");
+  // Each field within struct page for its own width (a negative or huge offset from a forged
+  // VMCOREINFO must not send a read outside the chunk; `off + width` could wrap).
+  auto inside = [&](std::uint64_t off, std::uint64_t width) { return off <= c.page_size_ && width <= c.page_size_ - off; };
+  if (!inside(c.off_flags_, 8) || !inside(c.off_mapping_, 8) || !inside(c.off_private_, 8) ||
+      !inside(c.off_compound_head_, 8) || !inside(c.off_mapcount_, 4))
+    return no("struct page offsets outside struct page");
   auto bit = [&](const char* name) -> std::uint64_t {
     auto n = vi.number(name);
     return n && *n < 64 ? 1ull << *n : 0;

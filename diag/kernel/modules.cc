@@ -1,5 +1,6 @@
 #include "kernel/modules.h"
 
+#include "base/budgets.h"
 #include "base/error.h"
 
 #include <elf.h>
@@ -101,7 +102,8 @@ ModuleList read_modules(const Kernel& kernel, std::size_t max) {
   ModuleList list;
   std::uint64_t list_offset = t.offset_of("module", "list");
   std::uint64_t name_offset = t.offset_of("module", "name");
-  std::uint64_t name_size = t.require_field("module", "name").size;
+  // MODULE_NAME_LEN, whatever a forged BTF claims.
+  std::uint64_t name_size = std::min<std::uint64_t>(t.require_field("module", "name").size, budget::kModuleName);
   std::uint64_t state_offset = t.offset_of("module", "state");
   std::optional<CoreLayoutReader> core;
   std::optional<ModuleMemoryReader> mem;

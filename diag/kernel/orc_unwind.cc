@@ -1,5 +1,6 @@
 #include "kernel/orc_unwind.h"
 
+#include "base/budgets.h"
 #include "base/error.h"
 #include "kernel/modules.h"
 
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 #include <set>
+#include <utility>
 
 namespace immortal {
 
@@ -18,7 +20,6 @@ constexpr std::uint8_t kRegUndefined = 0, kRegPrevSp = 1, kRegBp = 4, kRegSp = 5
 constexpr std::uint8_t kTypeCall = 0, kTypeRegs = 1, kTypeRegsPartial = 2;
 // struct pt_regs (x86-64): offsets of bp, ip and sp; the IRET frame starts at ip.
 constexpr std::uint64_t kRegsBp = 4 * 8, kRegsIp = 16 * 8, kRegsSp = 19 * 8;
-constexpr std::uint64_t kMaxOrcEntries = 1 << 22;
 constexpr std::uint64_t kUserSpaceEnd = 0x0000800000000000ull;
 
 // Linux 6.4 widened the type to 3 bits (type:3, signal:1 instead of type:2, end:1) and made
@@ -55,7 +56,10 @@ OrcEntry decode(const std::uint8_t* p, bool layout_6_4) {
 
 OrcUnwinder::Table OrcUnwinder::load(std::uint64_t ip_table, std::uint64_t orc_table, std::uint64_t count,
                                      std::uint64_t low, std::uint64_t high) {
-  if (count == 0 || count > kMaxOrcEntries) fail(ExitCode::bad_input, "implausible ORC table size {}", count);
+  if (count == 0 || count > budget::kOrcTableEntries) fail(ExitCode::bad_input, "implausible ORC table size {}", count);
+  if (entries_ + count > budget::kOrcTotalEntries)
+    fail(ExitCode::bad_input, "the ORC tables claim more than {} entries in all", budget::kOrcTotalEntries);
+  entries_ += count;
   Table t;
   t.ip_table = ip_table;
   t.low = low;
@@ -85,29 +89,36 @@ const OrcUnwinder::Table* OrcUnwinder::table_for(std::uint64_t ip) {
     t.high = t.ip_table + 4 * (t.ips.size() - 1) + static_cast<std::int64_t>(t.ips.back()) + 1;
   }
   if (ip >= image_->low && ip < image_->high) return &*image_;
-  if (!modules_loaded_) {
-    modules_loaded_ = true;
+  if (!modules_listed_) {
+    modules_listed_ = true;
+    for (const auto& m : read_modules(kernel_).modules)
+      if (m.text_size > 0) spans_[m.base] = ModuleSpan{m.address, m.base, m.text_size};
+  }
+  // Only the table of the module the address is in: a guest that claims many modules with huge
+  // tables costs us one of them per frame at most, within the budgets.
+  auto span = spans_.upper_bound(ip);
+  if (span == spans_.begin()) return nullptr;
+  --span;
+  ModuleSpan& m = span->second;
+  if (ip - m.base >= m.text_size) return nullptr;
+  if (!std::exchange(m.tried, true)) {
     const auto& t = kernel_.types();
     auto num = t.field("module", "arch.num_orcs"), ip_field = t.field("module", "arch.orc_unwind_ip"),
          orc_field = t.field("module", "arch.orc_unwind");
     if (num && ip_field && orc_field) {
-      for (const auto& m : read_modules(kernel_).modules) {
-        try {
-          auto n = kernel_.memory().read_value<std::uint32_t>(m.address + num->byte_offset());
-          if (n == 0) continue;
+      try {
+        auto n = kernel_.memory().read_value<std::uint32_t>(m.address + num->byte_offset());
+        if (n != 0)
           modules_[m.base] = load(kernel_.memory().read_u64(m.address + ip_field->byte_offset()),
                                   kernel_.memory().read_u64(m.address + orc_field->byte_offset()), n, m.base,
                                   m.base + m.text_size);
-        } catch (const MemoryFault&) {
-        } catch (const Error&) {
-        }
+      } catch (const MemoryFault&) {
+      } catch (const Error&) {
       }
     }
   }
-  auto it = modules_.upper_bound(ip);
-  if (it == modules_.begin()) return nullptr;
-  --it;
-  return ip < it->second.high ? &it->second : nullptr;
+  auto it = modules_.find(m.base);
+  return it == modules_.end() ? nullptr : &it->second;
 }
 
 std::optional<OrcEntry> OrcUnwinder::find(std::uint64_t ip) {

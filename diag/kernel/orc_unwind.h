@@ -39,9 +39,15 @@ class OrcUnwinder {
   Table load(std::uint64_t ip_table, std::uint64_t orc_table, std::uint64_t count, std::uint64_t low, std::uint64_t high);
 
   const Kernel& kernel_;
+  struct ModuleSpan {
+    std::uint64_t address = 0, base = 0, text_size = 0;  // struct module, its text
+    bool tried = false;                                   // its table loaded, or found unusable
+  };
   std::optional<Table> image_;
-  std::map<std::uint64_t, Table> modules_;  // by module text base
-  bool modules_loaded_ = false;
+  std::map<std::uint64_t, ModuleSpan> spans_;  // by module text base: listed once, tables loaded when needed
+  std::map<std::uint64_t, Table> modules_;     // by module text base
+  bool modules_listed_ = false;
+  std::uint64_t entries_ = 0;                  // in every table loaded: within budget::kOrcTotalEntries
 };
 
 // A CPU's backtrace the way reports show it: ORC first; where it gives no more than the frame at

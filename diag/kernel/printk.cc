@@ -1,8 +1,12 @@
 #include "kernel/printk.h"
 
+#include "base/budgets.h"
 #include "base/error.h"
 
 #include <fmt/format.h>
+
+#include <deque>
+#include <iterator>
 
 namespace immortal {
 
@@ -11,7 +15,6 @@ namespace {
 constexpr int kStateShift = 62;
 constexpr std::uint64_t kIdMask = ~(3ull << kStateShift);
 constexpr std::uint64_t kCommitted = 1, kFinalized = 2;
-constexpr std::uint64_t kMaxRecords = 1 << 22;
 constexpr unsigned kMaxCountBits = 24, kMaxSizeBits = 30;
 }  // namespace
 
@@ -44,8 +47,22 @@ KernelLog read_kernel_log(const Kernel& kernel) {
   std::uint64_t len_off = t.offset_of("printk_info", "text_len");
   FieldInfo level = t.require_field("printk_info", "level");
 
+  // Within the budgets the newest records are kept (a crash's are last): the walk starts no
+  // more than budget::kLogRecords before the head, and the oldest text goes first when the
+  // records together hold more than budget::kLogTextBytes.
   std::uint64_t id = tail_id & kIdMask;
-  for (std::uint64_t n = 0; n <= desc_mask && n < kMaxRecords; ++n, id = (id + 1) & kIdMask) {
+  if (((head_id - tail_id) & kIdMask) >= budget::kLogRecords) {
+    id = (head_id - budget::kLogRecords + 1) & kIdMask;
+    log.truncated = true;
+  }
+  std::deque<LogRecord> kept;
+  std::uint64_t text_bytes = 0;
+  for (std::uint64_t n = 0; n <= desc_mask && n < budget::kLogRecords; ++n, id = (id + 1) & kIdMask) {
+    while (text_bytes > budget::kLogTextBytes && !kept.empty()) {
+      text_bytes -= kept.front().text.size();
+      kept.pop_front();
+      log.truncated = true;
+    }
     std::uint64_t index = id & desc_mask;
     try {
       std::uint64_t desc = descs + index * desc_size;
@@ -83,13 +100,20 @@ KernelLog read_kernel_log(const Kernel& kernel) {
             m.read(data + at + 8, std::as_writable_bytes(std::span(r.text.data(), r.text.size())));
           }
         }
-        log.records.push_back(std::move(r));
+        text_bytes += r.text.size();
+        kept.push_back(std::move(r));
       }
     } catch (const MemoryFault&) {
       ++log.skipped;
     }
     if (id == (head_id & kIdMask)) break;
   }
+  while (text_bytes > budget::kLogTextBytes && !kept.empty()) {
+    text_bytes -= kept.front().text.size();
+    kept.pop_front();
+    log.truncated = true;
+  }
+  log.records.assign(std::make_move_iterator(kept.begin()), std::make_move_iterator(kept.end()));
   return log;
 }
 

@@ -21,6 +21,7 @@ struct LogRecord {
 struct KernelLog {
   std::vector<LogRecord> records;
   std::size_t skipped = 0;  // descriptors not readable or not finished
+  bool truncated = false;   // budget::kLogRecords or kLogTextBytes reached: the newest records are missing
 };
 
 KernelLog read_kernel_log(const Kernel& kernel);

@@ -114,10 +114,16 @@ GuestProfile GuestProfile::load(const std::string& dir) {
     const json& v = manifest.at("vmcoreinfo");
     p.vmcoreinfo_paddr = v.at("paddr").get<std::uint64_t>();
     p.vmcoreinfo_size = v.at("size").get<std::uint64_t>();
-    for (const auto& name : manifest.value("module_btf", json::array())) {
+    const json modules = manifest.value("module_btf", json::array());
+    if (!modules.is_array() || modules.size() > budget::kProfileModules)
+      fail(ExitCode::bad_input, "{}: profile.json lists more than {} modules with BTF", dir, budget::kProfileModules);
+    std::uint64_t module_bytes = 0;
+    for (const auto& name : modules) {
       std::string n = name.get<std::string>();
       if (!safe_module_name(n)) fail(ExitCode::bad_input, "{}: bad module name in profile.json", dir);
-      p.btf_modules[n] = read_file(root / "btf" / n, true);
+      std::string& btf = p.btf_modules[n] = read_file(root / "btf" / n, true);
+      if ((module_bytes += btf.size()) > budget::kProfileModuleBtfTotal)
+        fail(ExitCode::bad_input, "{}: the modules' BTF is larger than {} MiB in all", dir, budget::kProfileModuleBtfTotal >> 20);
     }
   } catch (const json::exception& e) {
     fail(ExitCode::bad_input, "{}: malformed profile.json: {}", dir, e.what());

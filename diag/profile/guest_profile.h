@@ -11,6 +11,8 @@
 // docs/formats.md describes it. Everything read back is validated: it may come from anywhere.
 #pragma once
 
+#include "base/budgets.h"
+
 #include <cstdint>
 #include <map>
 #include <string>
@@ -19,7 +21,7 @@ namespace immortal {
 
 struct GuestProfile {
   static constexpr int kFormat = 1;
-  static constexpr std::size_t kMaxFileSize = 128 << 20;
+  static constexpr std::size_t kMaxFileSize = budget::kProfileFile;
 
   std::string kernel_release;
   std::string boot_id;

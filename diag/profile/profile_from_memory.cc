@@ -1,5 +1,6 @@
 #include "profile/profile_from_memory.h"
 
+#include "base/budgets.h"
 #include "base/error.h"
 #include "kernel/kernel.h"
 #include "kernel/kernel_memory.h"
@@ -354,7 +355,7 @@ std::string module_line(const Kernel& kernel, const ModuleInfo& module) {
     if (source_list && use_list && use_source) {
       walk_list(m, module.address + source_list->byte_offset(), 1024, [&](std::uint64_t node) {
         std::uint64_t source = m.read_u64(node - use_list->byte_offset() + use_source->byte_offset());
-        std::string user = m.read_cstring(source + name.byte_offset(), name.size);
+        std::string user = m.read_cstring(source + name.byte_offset(), std::min<std::uint64_t>(name.size, budget::kModuleName));
         if (!printable(user)) user.assign(1, '?');
         users.append(user);
         users.push_back(',');

@@ -3,6 +3,7 @@
 // modules, backtraces with source lines, read again from its vmcore; for a bare vmcore, the
 // dump report (symbols and types from --profile, a bundle's profile next to it, or the dump).
 #include "base/error.h"
+#include "base/terminal_text.h"
 #include "bundle/bundle_format.h"
 #include "bundle/bundle_reader.h"
 #include "bundle/report_text.h"
@@ -88,9 +89,10 @@ int diag_bundle(const DiagOptions& o) {
     std::cout << out.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
     return 0;
   }
-  std::cout << bundle::render_report(report);
-  if (deep) std::cout << sections_only(render_dump_report(dump, d));
-  if (o.dmesg) std::cout << "\n" << dmesg;
+  // Guest text (comm, the log, panic messages) reaches the terminal escaped.
+  std::cout << terminal_safe(bundle::render_report(report), true);
+  if (deep) std::cout << terminal_safe(sections_only(render_dump_report(dump, d)), true);
+  if (o.dmesg) std::cout << "\n" << terminal_safe(dmesg, true);
   return 0;
 }
 
@@ -105,7 +107,7 @@ int diag_command(const DiagOptions& options) {
   if (o.profile.empty() && fs::exists(sibling, ec)) o.profile = sibling.parent_path().string();
   json report = build_dump_report(o);
   if (o.json) std::cout << report.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
-  else std::cout << render_dump_report(report, o);
+  else std::cout << terminal_safe(render_dump_report(report, o), true);
   return 0;
 }
 

@@ -1,5 +1,7 @@
 #include "report/kernel_json.h"
 
+#include "base/terminal_text.h"
+
 #include "kernel/modules.h"
 #include "kernel/printk.h"
 #include "kernel/tasks.h"
@@ -45,7 +47,7 @@ json kernel_log_json(const Kernel& kernel) {
   json records = json::array();
   for (const auto& r : log.records)
     records.push_back({{"seq", r.seq}, {"ts_nsec", r.ts_nsec}, {"level", r.level}, {"text", r.text}});
-  return {{"records", records}, {"skipped", log.skipped}, {"panic_message", panic_message(log)}};
+  return {{"records", records}, {"skipped", log.skipped}, {"truncated", log.truncated}, {"panic_message", panic_message(log)}};
 }
 
 std::string render_tasks(const json& tasks) {
@@ -53,7 +55,7 @@ std::string render_tasks(const json& tasks) {
   for (const auto& t : tasks) {
     bool kthread = t.value("kthread", false);
     out += fmt::format("{:>7} {:>7} {:>2}  {}{}{}\n", t.value("pid", 0), t.value("ppid", 0), t.value("state", "?"),
-                       kthread ? "[" : "", t.value("comm", ""), kthread ? "]" : "");
+                       kthread ? "[" : "", terminal_safe(t.value("comm", "")), kthread ? "]" : "");
   }
   return out;
 }
@@ -61,8 +63,8 @@ std::string render_tasks(const json& tasks) {
 std::string render_modules(const json& modules) {
   std::string out = fmt::format("{:<24} {:>18} {:>9}  {}\n", "MODULE", "BASE", "SIZE", "STATE");
   for (const auto& m : modules)
-    out += fmt::format("{:<24} {:>18} {:>9}  {}\n", m.value("name", ""), m.value("base", ""), m.value("size", 0),
-                       m.value("state", ""));
+    out += fmt::format("{:<24} {:>18} {:>9}  {}\n", terminal_safe(m.value("name", "")), m.value("base", ""),
+                       m.value("size", 0), terminal_safe(m.value("state", "")));
   return out;
 }
 
@@ -76,7 +78,7 @@ std::string render_kernel_log(const json& records) {
     std::size_t start = 0;
     do {
       auto nl = text.find('\n', start);
-      out += prefix + text.substr(start, nl == std::string::npos ? std::string::npos : nl - start) + "\n";
+      out += prefix + terminal_safe(std::string_view(text).substr(start, nl == std::string::npos ? std::string::npos : nl - start)) + "\n";
       start = nl == std::string::npos ? text.size() + 1 : nl + 1;
     } while (start <= text.size());
   }

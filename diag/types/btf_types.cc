@@ -1,5 +1,6 @@
 #include "types/btf_types.h"
 
+#include "base/budgets.h"
 #include "base/error.h"
 
 #include <bpf/btf.h>
@@ -9,6 +10,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
+#include <unordered_set>
 
 namespace immortal {
 
@@ -43,26 +46,42 @@ struct Member {
   __u32 type = 0;  // the member's own type id
 };
 
-// Finds member `name` in composite type `id`, descending into anonymous members.
-std::optional<Member> find_member(const struct btf* b, __u32 id, const std::string& name, int depth) {
-  if (depth > 16) return std::nullopt;
-  const btf_type* t = btf__type_by_id(b, id);
-  if (!t || !btf_is_composite(t)) return std::nullopt;
-  const btf_member* m = btf_members(t);
-  for (__u16 i = 0; i < btf_vlen(t); ++i, ++m) {
-    const char* mname = btf__name_by_offset(b, m->name_off);
-    std::uint64_t bit = btf_member_bit_offset(t, i);
-    if (mname && *mname) {
-      if (name == mname) {
-        __s64 size = btf__resolve_size(b, m->type);
-        return Member{{bit, btf_member_bitfield_size(t, i), size > 0 ? static_cast<std::uint64_t>(size) : 0}, m->type};
+// Finds member `name` in composite type `id`, descending into anonymous members. Each anonymous
+// type is searched once (a BTF may embed one in itself many times: without the `seen` set that
+// costs fan-out^depth), within budget::kMemberVisits members in all.
+struct MemberSearch {
+  const struct btf* b;
+  const std::string& name;
+  std::unordered_set<__u32> seen;
+  std::size_t visits = 0;
+
+  std::optional<Member> find(__u32 id, int depth) {
+    if (depth > budget::kMemberDepth || !seen.insert(id).second) return std::nullopt;
+    const btf_type* t = btf__type_by_id(b, id);
+    if (!t || !btf_is_composite(t)) return std::nullopt;
+    const btf_member* m = btf_members(t);
+    for (__u16 i = 0; i < btf_vlen(t); ++i, ++m) {
+      if (++visits > budget::kMemberVisits)
+        fail(ExitCode::bad_input, "implausible BTF: looking up member {} visits more than {} members", name,
+             budget::kMemberVisits);
+      const char* mname = btf__name_by_offset(b, m->name_off);
+      std::uint64_t bit = btf_member_bit_offset(t, i);
+      if (mname && *mname) {
+        if (name == mname) {
+          __s64 size = btf__resolve_size(b, m->type);
+          return Member{{bit, btf_member_bitfield_size(t, i), size > 0 ? static_cast<std::uint64_t>(size) : 0}, m->type};
+        }
+      } else if (auto inner = find(skip_modifiers(b, m->type), depth + 1)) {
+        inner->info.bit_offset += bit;
+        return inner;
       }
-    } else if (auto inner = find_member(b, skip_modifiers(b, m->type), name, depth + 1)) {
-      inner->info.bit_offset += bit;
-      return inner;
     }
+    return std::nullopt;
   }
-  return std::nullopt;
+};
+
+std::optional<Member> find_member(const struct btf* b, __u32 id, const std::string& name) {
+  return MemberSearch{b, name, {}, 0}.find(id, 0);
 }
 
 __s32 find_composite(const struct btf* b, const std::string& name) {
@@ -186,7 +205,7 @@ std::optional<FieldInfo> BtfTypes::field(const std::string& struct_name, const s
   for (;;) {
     auto dot = path.find('.', start);
     std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-    auto m = find_member(btf_, current, part, 0);
+    auto m = find_member(btf_, current, part);
     if (!m) return std::nullopt;
     total.bit_offset += m->info.bit_offset;
     total.bit_size = m->info.bit_size;

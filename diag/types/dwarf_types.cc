@@ -1,5 +1,6 @@
 #include "types/dwarf_types.h"
 
+#include "base/budgets.h"
 #include "base/error.h"
 
 #include <dwarf.h>
@@ -8,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <unordered_set>
 
 namespace immortal {
 
@@ -37,12 +39,17 @@ struct Found {
   Dwarf_Die type;
 };
 
-std::optional<Found> find_member(Dwarf_Die* composite, const std::string& name, int depth) {
-  if (depth > 16) return std::nullopt;
+// As btf_types.cc's: each anonymous type searched once, within budget::kMemberVisits members.
+std::optional<Found> find_member(Dwarf_Die* composite, const std::string& name, int depth,
+                                 std::unordered_set<Dwarf_Off>& seen, std::size_t& visits) {
+  if (depth > budget::kMemberDepth || !seen.insert(dwarf_dieoffset(composite)).second) return std::nullopt;
   Dwarf_Die child;
   if (dwarf_child(composite, &child) != 0) return std::nullopt;
   do {
     if (dwarf_tag(&child) != DW_TAG_member) continue;
+    if (++visits > budget::kMemberVisits)
+      fail(ExitCode::bad_input, "implausible DWARF: looking up member {} visits more than {} members", name,
+           budget::kMemberVisits);
     Dwarf_Word byte_offset = 0;
     Dwarf_Attribute attr;
     if (dwarf_attr_integrate(&child, DW_AT_data_member_location, &attr)) dwarf_formudata(&attr, &byte_offset);
@@ -67,7 +74,7 @@ std::optional<Found> find_member(Dwarf_Die* composite, const std::string& name, 
       return Found{{bit_offset, static_cast<std::uint32_t>(bit_size), size}, type};
     }
     if (!mname && typed) {
-      if (auto inner = find_member(&type, name, depth + 1)) {
+      if (auto inner = find_member(&type, name, depth + 1, seen, visits)) {
         inner->info.bit_offset += bit_offset;
         return inner;
       }
@@ -131,7 +138,10 @@ std::optional<FieldInfo> DwarfTypes::field(const std::string& struct_name, const
   std::size_t start = 0;
   for (;;) {
     auto dot = path.find('.', start);
-    auto found = find_member(&current, path.substr(start, dot == std::string::npos ? std::string::npos : dot - start), 0);
+    std::unordered_set<Dwarf_Off> seen;
+    std::size_t visits = 0;
+    auto found = find_member(&current, path.substr(start, dot == std::string::npos ? std::string::npos : dot - start), 0,
+                             seen, visits);
     if (!found) return std::nullopt;
     total.bit_offset += found->info.bit_offset;
     total.bit_size = found->info.bit_size;

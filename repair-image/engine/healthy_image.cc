@@ -1,5 +1,6 @@
 #include "engine/healthy_image.h"
 
+#include "base/budgets.h"
 #include "base/error.h"
 #include "kernel/modules.h"
 
@@ -16,7 +17,7 @@ namespace {
 constexpr char kFormat[] = "immortal-healthy-image";
 constexpr int kImageVersion = 1;
 // Debian 6.1's kernel text is 16 MiB and its read-only data 9 MiB; modules add little.
-constexpr std::uint64_t kMaxTotal = 256ull << 20;
+constexpr std::uint64_t kMaxTotal = budget::kHealthyCopyTotal;
 constexpr std::uint64_t kMaxRegion = 128ull << 20;
 constexpr std::size_t kMaxRegions = 8192;
 
@@ -38,6 +39,9 @@ void add_region(const Kernel& kernel, HealthyImage& image, std::string name, std
                 std::uint64_t begin, std::uint64_t end) {
   if (end <= begin) return;
   if (end - begin > kMaxRegion) fail(ExitCode::bad_input, "{}: {} bytes is more than a kernel has", name, end - begin);
+  // The budget is checked before each region is allocated, not once all are read.
+  if (image.total_bytes() + (end - begin) > kMaxTotal || image.regions.size() >= kMaxRegions)
+    fail(ExitCode::bad_input, "the kernel's code and read-only data are larger than {} MiB (at {})", kMaxTotal >> 20, name);
   HealthyRegion r{std::move(name), std::move(kind), std::move(module), begin, std::vector<std::uint8_t>(end - begin)};
   kernel.memory().read(begin, std::as_writable_bytes(std::span(r.bytes)));
   image.regions.push_back(std::move(r));
@@ -94,7 +98,6 @@ HealthyImage capture_healthy_image(const Kernel& kernel, const std::string& take
     if (!m.rodata.empty() && m.rodata.size() <= m.size)
       add_region(kernel, image, m.name + " rodata", "rodata", m.name, m.rodata.begin, m.rodata.end);
   }
-  if (image.total_bytes() > kMaxTotal) fail(ExitCode::bad_input, "the kernel's text is larger than {} MiB", kMaxTotal >> 20);
   return image;
 }
 

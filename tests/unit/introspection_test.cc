@@ -8,6 +8,7 @@
 #include "kernel/orc_unwind.h"
 #include "kernel/page_type.h"
 #include "dump/panic_line.h"
+#include "base/budgets.h"
 #include "kernel/printk.h"
 #include "kernel/symbols.h"
 #include "kernel/tasks.h"
@@ -420,6 +421,30 @@ TEST_CASE("the printk ring gives records in order, skips unfinished and corrupt 
   SECTION("a tail that never reaches the head is bounded by the ring size") {
     ram.put<std::uint64_t>(rb + 0x18, 999);
     CHECK(read_kernel_log(*kernel).records.size() <= 8);
+  }
+  SECTION("records that all claim one big block keep the newest text within the budget") {
+    const std::uint64_t d2 = 0x300000, i2 = 0x320000, data2 = 0x400000;
+    ram.put<std::uint32_t>(rb + 0x0, 12);  // 4096 descriptors
+    ram.put<std::uint64_t>(rb + 0x8, kva(d2));
+    ram.put<std::uint64_t>(rb + 0x10, kva(i2));
+    ram.put<std::uint32_t>(rb + 0x30, 16);  // a 64 KiB data ring
+    ram.put<std::uint64_t>(rb + 0x38, kva(data2));
+    for (std::uint64_t id = 0; id < 4096; ++id) {
+      ram.put<std::uint64_t>(d2 + id * 24, 2ull << 62 | id);
+      ram.put<std::uint64_t>(d2 + id * 24 + 8, 0);        // every one the whole ring: 4096 x 64 KiB of text
+      ram.put<std::uint64_t>(d2 + id * 24 + 16, 0xfff0);
+      ram.put<std::uint64_t>(i2 + id * 88, id);
+      ram.put<std::uint16_t>(i2 + id * 88 + 0x10, 0xffff);
+    }
+    ram.put<std::uint64_t>(rb + 0x18, 4095);
+    ram.put<std::uint64_t>(rb + 0x20, 0);
+    KernelLog big = read_kernel_log(*kernel);
+    CHECK(big.truncated);
+    std::uint64_t bytes = 0;
+    for (const auto& r : big.records) bytes += r.text.size();
+    CHECK(bytes <= immortal::budget::kLogTextBytes);
+    REQUIRE(big.records.size() > 100);
+    CHECK(big.records.back().seq == 4095);  // the newest are the ones kept
   }
 }
 

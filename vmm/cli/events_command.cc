@@ -1,6 +1,7 @@
 // `immortal events NAME [--json] [--follow]`: what happened to an instance, from its supervisor,
 // from the log it left when it has ended, or as it happens.
 #include "base/error.h"
+#include "base/terminal_text.h"
 #include "base/io.h"
 #include "base/unique_fd.h"
 #include "cli/commands.h"
@@ -114,7 +115,8 @@ void print_event(const json& e, bool as_json) {
     else if (e.contains("boot_id")) text = "boot id " + e["boot_id"].get<std::string>();
     else if (e.contains("interception")) text = fmt::format("{}", fmt::join(e["interception"].get<std::vector<std::string>>(), ", "));
     std::string crash = e.contains("crash") && e["crash"].is_number_unsigned() ? fmt::format("#{}", e["crash"].get<std::uint64_t>()) : "";
-    std::cout << fmt::format("{}  {:<16}{:<5}{}\n", e.value("time", ""), what, crash, text);
+    std::cout << fmt::format("{}  {:<16}{:<5}{}\n", terminal_safe(e.value("time", "")), terminal_safe(what), crash,
+                             terminal_safe(text));
   }
 }
 

@@ -1,5 +1,6 @@
 // `immortal list | status | exec | stop`: talk to a running supervisor over its control socket.
 #include "base/error.h"
+#include "base/terminal_text.h"
 #include "cli/arguments.h"
 #include "cli/commands.h"
 #include "cli/event_follower.h"
@@ -85,7 +86,7 @@ int list_command(const GlobalOptions& g, bool as_json, bool all) {
   std::cout << std::string(all ? 83 : 72, '-') << "\n";
   for (const auto& s : list)
     std::cout << fmt::format(" {:<20} {:<12} {:>5} {:>10}  {:<24}{}\n", s.value("name", "?"), s.value("state", "?"),
-                             s.value("vcpus", 0), mib(s.value("memory_bytes", json(0))), s.value("kernel_release", "-"),
+                             s.value("vcpus", 0), mib(s.value("memory_bytes", json(0))), terminal_safe(s.value("kernel_release", "-")),
                              !all ? "" : !s.value("defined", false) ? " -" : s.value("autostart", false) ? " enable" : " disable");
   return 0;
 }
@@ -104,7 +105,10 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
                                ? fmt::format("connected, {} heartbeats, last heard {:.1f} s ago",
                                              agent.value("heartbeats", 0), agent.value("last_heard_s", 0.0))
                                : "not connected";
-  auto row = [](const char* key, const std::string& value) { std::cout << fmt::format("{:<16}{}\n", key, value); };
+  // Values the guest gave (kernel release, crash summaries) reach the terminal escaped.
+  auto row = [](const char* key, const std::string& value) {
+    std::cout << fmt::format("{:<16}{}\n", key, terminal_safe(value));
+  };
   row("Name:", s.value("name", ""));
   row("State:", s.value("state", ""));
   row("Supervisor PID:", std::to_string(s.value("supervisor_pid", 0)));
@@ -241,12 +245,12 @@ int wait_for_outcome(EventFollower& follower, const json& injected, const std::s
   if (as_json) {
     std::cout << result.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
   } else if (crash) {
-    std::cout << fmt::format("crash {} in {}: {}\n", crash, name, result.value("summary", ""));
+    std::cout << fmt::format("crash {} in {}: {}\n", crash, name, terminal_safe(result.value("summary", "")));
     if (outcome == "recovered")
       std::cout << fmt::format("recovered: resumed {:.1f} ms after interception, verified healthy\n",
                                result.value("intercept_to_resume_ms", 0.0));
     else
-      std::cout << outcome << (result.contains("reason") ? ": " + result.value("reason", "") : "") << "\n";
+      std::cout << outcome << (result.contains("reason") ? ": " + terminal_safe(result.value("reason", "")) : "") << "\n";
   } else {
     std::cout << (outcome == "no-crash" ? "the fault did not crash the guest (a quarantined entry point refuses it: "
                                           "immortal status)\n"
@@ -326,7 +330,7 @@ int unquarantine_command(const GlobalOptions& g, const std::string& name, const 
   json r = call(g, name, {{"command", "unquarantine"}, {"functions", functions}, {"all", all}}, std::chrono::seconds(10));
   auto released = r.value("released", json::array());
   if (released.empty()) std::cout << "Nothing was quarantined\n";
-  for (const auto& line : released) std::cout << line.get<std::string>() << "\n";
+  for (const auto& line : released) std::cout << terminal_safe(line.get<std::string>()) << "\n";
   return 0;
 }
 

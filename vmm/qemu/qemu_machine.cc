@@ -1,6 +1,7 @@
 #include "qemu/qemu_machine.h"
 
 #include "base/error.h"
+#include "base/sealed_memfd.h"
 #include "protocol/frame.h"
 
 #include <fcntl.h>
@@ -66,10 +67,7 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
   std::unique_ptr<QemuMachine> m(new QemuMachine);
   m->config_ = config;
 
-  m->ram_fd_ = UniqueFd(::memfd_create(("immortal-ram-" + config.name).c_str(), MFD_CLOEXEC));
-  if (!m->ram_fd_) fail_os(ExitCode::failure, "memfd_create for guest RAM", errno);
-  if (::ftruncate(m->ram_fd_.get(), static_cast<off_t>(config.memory_bytes)) != 0)
-    fail_os(ExitCode::failure, "size guest RAM", errno);
+  m->ram_fd_ = sealed_memfd("immortal-ram-" + config.name, config.memory_bytes);
   m->memory_ = std::make_unique<SharedRamMemory>(m->ram_fd_.get(), config.memory_bytes,
                                                  q35_ram_layout(config.memory_bytes));
 

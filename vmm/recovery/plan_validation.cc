@@ -216,7 +216,8 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
   // guest had them, not as the crashed memory says.
   const repair::ModuleLayout* m = crash.module_layout ? &*crash.module_layout : nullptr;
   if (!m) fail(ExitCode::failure, "the plan's module {} is not loaded", crash.module);
-  std::uint64_t text_begin = m->base, text_end = m->base + m->text_size;
+  if (m->text_size > ~0ull - m->base) fail(ExitCode::failure, "the module {}'s text wraps the address space", crash.module);
+  const AddressRange text{m->base, m->base + m->text_size};
   std::uint64_t preempt = crash.percpu_base + kernel.symbols().percpu_offset("__preempt_count").value_or(0);
   std::uint64_t taint = kernel.symbol("tainted_mask");
   // …and the return address of an end-callback, just below the stack pointer it resumes with.
@@ -355,7 +356,7 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
         const auto& t = kernel.types();
         std::uint64_t poll = kernel.memory().read_u64(c.args[0] + t.offset_of("napi_struct", "poll"));
         std::uint64_t state = kernel.memory().read_u64(c.args[0] + t.offset_of("napi_struct", "state"));
-        if (poll < text_begin || poll >= text_end || !(state & repair::kNapiStateSched))
+        if (!text.contains(poll) || !(state & repair::kNapiStateSched))
           fail(ExitCode::failure, "end-callback: {:#x} is no scheduled NAPI instance of module {}", c.args[0], crash.module);
       } catch (const MemoryFault& e) {
         fail(ExitCode::failure, "end-callback: {}", e.what());
@@ -376,8 +377,9 @@ void validate_plan(const repair::RepairPlan& plan, const PlanContext& crash, con
       if (a.kind != "quarantine-function" && ++writes > limits.max_writes) fail(ExitCode::failure, "the plan writes too often");
       if (w.bytes.empty() || w.bytes.size() > limits.max_write_bytes || w.bytes.size() != w.expected.size())
         fail(ExitCode::failure, "{}: a write of {} bytes (expecting {})", a.kind, w.bytes.size(), w.expected.size());
-      std::uint64_t end = w.address + w.bytes.size();
-      bool ok = w.code ? (w.address >= text_begin && end <= text_end)
+      // contains() cannot wrap: an address near the top of the address space plus a size is
+      // not taken for a small one.
+      bool ok = w.code ? text.contains(w.address, w.bytes.size())
                        : (m->in_data(w.address, w.bytes.size()) || (w.address == preempt && w.bytes.size() == 4) ||
                           (w.address == taint && w.bytes.size() == 8) ||
                           (a.kind == "end-callback" && resume_rsp && w.address == resume_rsp && w.bytes.size() == 8) ||

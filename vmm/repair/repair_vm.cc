@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include <fcntl.h>
+
 #include <bit>
 #include <thread>
 
@@ -21,7 +23,11 @@ RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::
   if (!std::has_single_bit(guest_ram.size))
     fail(ExitCode::failure, "guest RAM of {} MiB is not a power of two: a PCI window cannot show it whole",
          guest_ram.size >> 20);
-  config.shared_windows = {{"peer-ram", guest_ram.fd, guest_ram.size, true, kGuestRamSlot},
+  // The window is mapped read-only (readonly=on), and the descriptor QEMU inherits is a
+  // read-only one too, as the inline agent's.
+  guest_ram_ = UniqueFd(::open(fmt::format("/proc/self/fd/{}", guest_ram.fd).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!guest_ram_) fail_os(ExitCode::failure, "reopen guest RAM read-only for the repair VM", errno);
+  config.shared_windows = {{"peer-ram", guest_ram_.get(), guest_ram.size, true, kGuestRamSlot},
                            {"repair-mailbox", mailbox_.fd(), repair::kMailboxSize, false, kMailboxSlot}};
   machine_ = factory(config, Deadline::in(std::chrono::seconds(30)));
   machine_->resume();

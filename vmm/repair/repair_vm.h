@@ -4,6 +4,8 @@
 // request, waits for the answer and pauses it again. The guest never sees it.
 #pragma once
 
+#include "base/unique_fd.h"
+
 #include "machine.h"
 #include "machine_config.h"
 #include "repair/repair_worker.h"
@@ -32,6 +34,7 @@ class RepairVm final : public RepairWorker {
   bool machine_gone();
 
   MailboxMemory mailbox_;
+  UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
   std::unique_ptr<Machine> machine_;
   WorkerState state_ = WorkerState::starting;
   std::string status_ = "booting";

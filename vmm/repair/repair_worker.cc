@@ -1,6 +1,7 @@
 #include "repair/repair_worker.h"
 
 #include "base/error.h"
+#include "base/sealed_memfd.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -17,10 +18,7 @@ const char* to_string(WorkerState state) {
 }
 
 MailboxMemory::MailboxMemory() {
-  fd_ = UniqueFd(::memfd_create("immortal-repair-mailbox", MFD_CLOEXEC));
-  if (!fd_) fail_os(ExitCode::failure, "memfd_create for the repair mailbox", errno);
-  if (::ftruncate(fd_.get(), static_cast<off_t>(repair::kMailboxSize)) != 0)
-    fail_os(ExitCode::failure, "size the repair mailbox", errno);
+  fd_ = sealed_memfd("immortal-repair-mailbox", repair::kMailboxSize);
   base_ = ::mmap(nullptr, repair::kMailboxSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
   if (base_ == MAP_FAILED) fail_os(ExitCode::failure, "map the repair mailbox", errno);
   box_ = repair::Mailbox(base_);

@@ -1,0 +1,57 @@
+// What a hostile guest can hand the host's parsers, beyond what the introspection tests forge:
+// types that would make a lookup explode, and text that would drive the operator's terminal.
+#include "base/budgets.h"
+#include "base/error.h"
+#include "base/terminal_text.h"
+#include "types/btf_types.h"
+
+#include <bpf/btf.h>
+#include <catch2/catch.hpp>
+
+#include <chrono>
+
+using namespace immortal;
+
+TEST_CASE("a BTF that embeds one anonymous struct in itself again and again is looked up in bounded time",
+          "[hostile]") {
+  struct btf* b = btf__new_empty();
+  REQUIRE(b);
+  int int_id = btf__add_int(b, "int", 4, BTF_INT_SIGNED);
+  REQUIRE(int_id > 0);
+  // Level 0 holds x; each level above holds 40 anonymous copies of the one below, 16 deep:
+  // a search without memory of what it has seen visits 40^16 members.
+  int inner = btf__add_struct(b, nullptr, 4);
+  REQUIRE(inner > 0);
+  REQUIRE(btf__add_field(b, "x", int_id, 0, 0) == 0);
+  for (int level = 1; level <= immortal::budget::kMemberDepth; ++level) {
+    int outer = btf__add_struct(b, nullptr, 4);
+    REQUIRE(outer > 0);
+    for (int k = 0; k < 40; ++k) REQUIRE(btf__add_field(b, nullptr, inner, 0, 0) == 0);
+    inner = outer;
+  }
+  REQUIRE(btf__add_struct(b, "victim", 4) > 0);
+  for (int k = 0; k < 40; ++k) REQUIRE(btf__add_field(b, nullptr, inner, 0, 0) == 0);
+  REQUIRE(btf__add_field(b, "last", int_id, 0, 0) == 0);
+  __u32 size = 0;
+  const void* raw = btf__raw_data(b, &size);
+  REQUIRE(raw);
+  auto types = BtfTypes::parse(std::string(static_cast<const char*>(raw), size));
+  btf__free(b);
+
+  auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(types->field("victim", "nosuch").has_value());
+  CHECK(types->field("victim", "last").has_value());
+  // x is 17 levels down: one more than a lookup descends.
+  CHECK_FALSE(types->field("victim", "x").has_value());
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));  // a hang, not a timing
+}
+
+TEST_CASE("guest text reaches a terminal with its controls escaped", "[hostile]") {
+  CHECK(terminal_safe("plain text, tabs\tand UTF-8: é €") == "plain text, tabs\tand UTF-8: é €");
+  CHECK(terminal_safe("\x1b]0;owned\x07\x1b[2J") == "\\x1b]0;owned\\x07\\x1b[2J");
+  CHECK(terminal_safe("a\nb\r") == "a\\x0ab\\x0d");
+  CHECK(terminal_safe("a\nb", true) == "a\nb");
+  CHECK(terminal_safe("del\x7f") == "del\\x7f");
+  CHECK(terminal_safe("csi \xc2\x9b" "31m") == "csi \\xc2\\x9b31m");  // C1 CSI in UTF-8
+  CHECK(terminal_safe(std::string("nul\0byte", 8)) == "nul\\x00byte");
+}
