@@ -97,9 +97,39 @@ void GuestProfile::save(const std::string& dir) const {
   fs::remove_all(old, ec);
 }
 
-GuestProfile GuestProfile::load(const std::string& dir) {
+GuestProfile::Files GuestProfile::read_files(const std::string& dir) {
   fs::path root(dir);
-  json manifest = json::parse(read_file(root / "profile.json", true), nullptr, false);
+  Files files;
+  files["profile.json"] = read_file(root / "profile.json", true);
+  files["kallsyms"] = read_file(root / "kallsyms", true);
+  files["modules"] = read_file(root / "modules", true);
+  files["btf/vmlinux"] = read_file(root / "btf" / "vmlinux", true);
+  // Every module's BTF the directory holds, within the budgets (the manifest, parsed later,
+  // says which of them belong).
+  std::error_code ec;
+  std::uint64_t module_bytes = 0;
+  std::size_t count = 0;
+  for (const auto& entry : fs::directory_iterator(root / "btf", ec)) {
+    std::string name = entry.path().filename().string();
+    if (name == "vmlinux" || !safe_module_name(name)) continue;
+    if (++count > budget::kProfileModules)
+      fail(ExitCode::bad_input, "{}: more than {} modules with BTF", dir, budget::kProfileModules);
+    std::string& btf = files["btf/" + name] = read_file(entry.path(), true);
+    if ((module_bytes += btf.size()) > budget::kProfileModuleBtfTotal)
+      fail(ExitCode::bad_input, "{}: the modules' BTF is larger than {} MiB in all", dir, budget::kProfileModuleBtfTotal >> 20);
+  }
+  return files;
+}
+
+GuestProfile GuestProfile::load(const std::string& dir) { return parse(read_files(dir), dir); }
+
+GuestProfile GuestProfile::parse(const Files& files, const std::string& dir) {
+  auto file = [&](const std::string& name) -> const std::string& {
+    auto it = files.find(name);
+    if (it == files.end()) fail(ExitCode::bad_input, "profile file missing: {}/{}", dir, name);
+    return it->second;
+  };
+  json manifest = json::parse(file("profile.json"), nullptr, false);
   if (manifest.is_discarded() || !manifest.is_object())
     fail(ExitCode::bad_input, "{}: profile.json is not a JSON object", dir);
   const auto format = manifest.find("format");
@@ -117,20 +147,17 @@ GuestProfile GuestProfile::load(const std::string& dir) {
     const json modules = manifest.value("module_btf", json::array());
     if (!modules.is_array() || modules.size() > budget::kProfileModules)
       fail(ExitCode::bad_input, "{}: profile.json lists more than {} modules with BTF", dir, budget::kProfileModules);
-    std::uint64_t module_bytes = 0;
     for (const auto& name : modules) {
       std::string n = name.get<std::string>();
       if (!safe_module_name(n)) fail(ExitCode::bad_input, "{}: bad module name in profile.json", dir);
-      std::string& btf = p.btf_modules[n] = read_file(root / "btf" / n, true);
-      if ((module_bytes += btf.size()) > budget::kProfileModuleBtfTotal)
-        fail(ExitCode::bad_input, "{}: the modules' BTF is larger than {} MiB in all", dir, budget::kProfileModuleBtfTotal >> 20);
+      p.btf_modules[n] = file("btf/" + n);
     }
   } catch (const json::exception& e) {
     fail(ExitCode::bad_input, "{}: malformed profile.json: {}", dir, e.what());
   }
-  p.kallsyms = read_file(root / "kallsyms", true);
-  p.modules = read_file(root / "modules", true);
-  p.btf_vmlinux = read_file(root / "btf" / "vmlinux", true);
+  p.kallsyms = file("kallsyms");
+  p.modules = file("modules");
+  p.btf_vmlinux = file("btf/vmlinux");
   return p;
 }
 

@@ -37,6 +37,13 @@ struct GuestProfile {
   void save(const std::string& dir) const;
   // Reads and validates a profile; throws Error(ExitCode::bad_input) naming what is wrong.
   static GuestProfile load(const std::string& dir);
+
+  // The same in two steps, for a reader that parses only inside its sandbox: the files' bytes
+  // (relative path → bytes: profile.json, kallsyms, modules, btf/NAME), read within the budgets
+  // and not parsed; then what load() makes of them.
+  using Files = std::map<std::string, std::string>;
+  static Files read_files(const std::string& dir);
+  static GuestProfile parse(const Files& files, const std::string& where);
 };
 
 // Parses the content of /sys/kernel/vmcoreinfo ("<hex paddr> <hex size>"); false if malformed.

@@ -12,6 +12,7 @@
 
 #include "base/clock.h"
 #include "base/error.h"
+#include "engine/healthy_image.h"
 #include "engine/repair_service.h"
 #include "memory/shared_ram.h"
 #include "profile/guest_profile.h"
@@ -30,6 +31,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <thread>
 
 namespace immortal::repair {
@@ -38,6 +40,10 @@ namespace {
 // The repair VM's PCI slots for the two ivshmem devices (the QEMU backend places them there).
 constexpr char kRamResource[] = "/sys/bus/pci/devices/0000:00:10.0/resource2";
 constexpr char kMailboxResource[] = "/sys/bus/pci/devices/0000:00:11.0/resource2";
+// The inline agent's limits beyond what it has mapped (guest RAM, the mailbox): its parsed
+// profile (symbols, BTF), the healthy copy and the engine's work fit in far less.
+constexpr std::uint64_t kHeadroom = 3ull << 30;
+constexpr std::uint64_t kLogLimit = 16 << 20;
 
 void say(const std::string& line) {
   std::string out = "immortal-repair-agent: " + line + "\n";
@@ -72,17 +78,45 @@ void* map_shared(int fd, std::uint64_t size, bool writable, const char* what) {
   return p;
 }
 
-// The engine with its inputs loaded: the profile, the healthy copy, the guest's RAM.
+// What the engine is given, read but not parsed: the guest's profile, the healthy copy (or why
+// there is none), and its RAM mapped (nothing of it read yet).
+struct Inputs {
+  std::unique_ptr<SharedRamMemory> memory;
+  GuestProfile::Files profile;
+  std::optional<HealthyImage::Files> healthy;
+  std::string healthy_problem;
+  std::string profile_dir, healthy_dir;
+};
+
+Inputs read_inputs(const Config& c, int ram_fd) {
+  Inputs in;
+  in.profile_dir = c.profile_dir;
+  in.healthy_dir = c.healthy_dir;
+  in.memory = std::make_unique<SharedRamMemory>(ram_fd, c.ram_size, c.ram, /*writable=*/false);
+  in.profile = GuestProfile::read_files(c.profile_dir);
+  if (!c.healthy_dir.empty()) {
+    try {
+      in.healthy = HealthyImage::read_files(c.healthy_dir);
+    } catch (const std::exception& e) {
+      in.healthy_problem = e.what();
+    }
+  }
+  return in;
+}
+
+// The engine with its inputs parsed: the profile, the healthy copy, the guest's RAM.
 class Engine {
  public:
-  Engine(const Config& c, int ram_fd) {
+  explicit Engine(Inputs in) {
     auto t0 = std::chrono::steady_clock::now();
-    memory_ = std::make_unique<SharedRamMemory>(ram_fd, c.ram_size, c.ram, /*writable=*/false);
-    profile_ = std::make_unique<GuestProfile>(GuestProfile::load(c.profile_dir));
+    memory_ = std::move(in.memory);
+    profile_ = std::make_unique<GuestProfile>(GuestProfile::parse(in.profile, in.profile_dir));
+    in.profile.clear();
     kernel_ = Kernel::open(*memory_, *profile_, std::nullopt);
-    if (!c.healthy_dir.empty()) {
+    healthy_problem_ = in.healthy_problem;
+    if (in.healthy) {
       try {
-        healthy_ = std::make_unique<HealthyImage>(HealthyImage::load(c.healthy_dir));
+        healthy_ = std::make_unique<HealthyImage>(HealthyImage::parse(*in.healthy, in.healthy_dir));
       } catch (const std::exception& e) {
         healthy_problem_ = e.what();
       }
@@ -157,10 +191,13 @@ int run_inline(int argc, char** argv) {
   Mailbox box(map_shared(mailbox_fd, kMailboxSize, true, "the mailbox"));
   std::unique_ptr<Engine> engine;
   try {
-    engine = std::make_unique<Engine>(read_config(config), ram_fd);
+    // Everything is read first and parsed only inside the sandbox: a hostile profile, BTF or
+    // guest memory meets a process that is nobody, bounded and filtered.
+    Inputs inputs = read_inputs(read_config(config), ram_fd);
     ::close(ram_fd);  // the mapping stays; the descriptor is not needed any more
     ::close(mailbox_fd);
-    enter_sandbox();
+    enter_sandbox({address_space_in_use() + kHeadroom, kLogLimit});
+    engine = std::make_unique<Engine>(std::move(inputs));
   } catch (const std::exception& e) {
     box.set_state(AgentState::failed, e.what());
     char c = 'f';
@@ -196,7 +233,7 @@ int run_inline(int argc, char** argv) {
     Config config = read_config("/repair.json");
     int rfd = ::open(kRamResource, O_RDONLY | O_CLOEXEC);
     if (rfd < 0) fail_os(ExitCode::failure, kRamResource, errno);
-    Engine engine(config, rfd);
+    Engine engine(read_inputs(config, rfd));
     say(engine.summary());
     box->set_state(AgentState::ready, engine.summary());
     std::uint64_t done = box->request_seq();

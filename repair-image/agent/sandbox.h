@@ -1,12 +1,28 @@
-// The inline repair process's sandbox: once the agent has loaded its inputs it may compute, read
-// and write the descriptors it holds, allocate memory and sleep — nothing else. No file can be
-// opened, no socket made (no network), nothing executed, no memory made executable; any other
-// system call kills the process (SECCOMP_RET_KILL_PROCESS), which the supervisor sees.
+// The inline repair process's sandbox, entered before it parses anything it was given (the
+// guest's profile, BTF, the healthy copy, guest memory): from then on it may compute, read and
+// write the descriptors it holds, allocate memory within its limit and sleep. As root it first
+// becomes nobody (uid and gid 65534, no supplementary groups); then RLIMIT_AS, RLIMIT_FSIZE,
+// no core files, at most 16 descriptors, no new privileges, and a seccomp filter: no socket,
+// no exec, no executable memory, signals only to itself, mremap only within its own mappings.
+// Files can be opened read-only only, and only because libbpf 1.1 parses split (module) BTF
+// from a path alone (its btf__new_split is declared but not built): the module BTF bytes are
+// handed to it through memfds it makes itself. Any other system call kills the process
+// (SECCOMP_RET_KILL_PROCESS), which the supervisor sees. docs/architecture.md, "Sandboxes".
 #pragma once
+
+#include <cstdint>
 
 namespace immortal::repair {
 
-// Throws std::runtime_error if the filter cannot be installed.
-void enter_sandbox();
+struct SandboxLimits {
+  std::uint64_t address_space = 0;     // RLIMIT_AS; 0: none (the repair VM's own agent)
+  std::uint64_t file_size = 16 << 20;  // RLIMIT_FSIZE: its log
+};
+
+// Throws std::runtime_error if the process cannot be confined as asked.
+void enter_sandbox(const SandboxLimits& limits);
+
+// The process's address space now (VmSize), for a limit above what it has mapped already.
+std::uint64_t address_space_in_use();
 
 }  // namespace immortal::repair

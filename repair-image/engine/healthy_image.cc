@@ -129,24 +129,30 @@ void HealthyImage::save(const std::string& dir) const {
   if (!out) fail(ExitCode::failure, "cannot write {}/healthy.json", dir);
 }
 
-HealthyImage HealthyImage::load(const std::string& dir) {
-  std::ifstream in(dir + "/healthy.json");
-  if (!in) fail(ExitCode::bad_input, "cannot read {}/healthy.json", dir);
-  nlohmann::json index = nlohmann::json::parse(in, nullptr, false);
+HealthyImage::Files HealthyImage::read_files(const std::string& dir) {
+  auto read = [&](const std::string& leaf, std::uint64_t max) {
+    std::ifstream in(dir + "/" + leaf, std::ios::binary);
+    if (!in) fail(ExitCode::bad_input, "cannot read {}/{}", dir, leaf);
+    in.seekg(0, std::ios::end);
+    std::streamoff size = in.tellg();
+    if (size < 0 || static_cast<std::uint64_t>(size) > max) fail(ExitCode::bad_input, "{}/{}: bad size", dir, leaf);
+    std::string bytes(static_cast<std::size_t>(size), '\0');
+    in.seekg(0);
+    in.read(bytes.data(), size);
+    if (!in) fail(ExitCode::bad_input, "{}/{}: short read", dir, leaf);
+    return bytes;
+  };
+  return {read("healthy.json", 16 << 20), read("healthy.bin", kMaxTotal)};
+}
+
+HealthyImage HealthyImage::load(const std::string& dir) { return parse(read_files(dir), dir); }
+
+HealthyImage HealthyImage::parse(const Files& files, const std::string& dir) {
+  nlohmann::json index = nlohmann::json::parse(files.index, nullptr, false);
   if (index.is_discarded() || !index.is_object()) fail(ExitCode::bad_input, "{}/healthy.json is not JSON", dir);
   if (index.value("format", "") != kFormat || index.value("version", 0) != kImageVersion)
     fail(ExitCode::bad_input, "{}/healthy.json: not a version {} healthy image", dir, kImageVersion);
-  std::ifstream blob_in(dir + "/healthy.bin", std::ios::binary);
-  if (!blob_in) fail(ExitCode::bad_input, "cannot read {}/healthy.bin", dir);
-  std::vector<char> blob;
-  blob_in.seekg(0, std::ios::end);
-  std::streamoff blob_size = blob_in.tellg();
-  if (blob_size < 0 || static_cast<std::uint64_t>(blob_size) > kMaxTotal)
-    fail(ExitCode::bad_input, "{}/healthy.bin: bad size", dir);
-  blob.resize(static_cast<std::size_t>(blob_size));
-  blob_in.seekg(0);
-  blob_in.read(blob.data(), blob_size);
-  if (!blob_in) fail(ExitCode::bad_input, "{}/healthy.bin: short read", dir);
+  const std::string& blob = files.blob;
 
   HealthyImage image;
   image.release = index.value("release", "");

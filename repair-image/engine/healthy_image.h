@@ -54,6 +54,13 @@ struct HealthyImage {
   void save(const std::string& dir) const;
   // Throws Error(ExitCode::bad_input) for a missing, damaged or oversized copy.
   static HealthyImage load(const std::string& dir);
+  // The same in two steps (a sandboxed reader parses only after it entered its sandbox): the
+  // files' bytes, size-checked and not parsed, then what load() makes of them.
+  struct Files {
+    std::string index, blob;  // healthy.json, healthy.bin
+  };
+  static Files read_files(const std::string& dir);
+  static HealthyImage parse(const Files& files, const std::string& where);
 };
 
 // Reads the kernel's text and read-only data (without the data that is written during boot,

@@ -6,6 +6,8 @@
 #include "instance_json.h"
 
 #include <catch2/catch.hpp>
+
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include <sstream>
@@ -62,6 +64,11 @@ TEST_CASE("repair inline: the engine runs in a sandboxed process and recovers cr
   std::string proc = read_file("/proc/" + std::to_string(pid) + "/status");
   CHECK_THAT(proc, Catch::Contains("Seccomp:\t2"));  // filter mode
   CHECK_THAT(proc, Catch::Contains("NoNewPrivs:\t1"));
+  // Root's supervisor starts it as root; it is nobody by the time it parses anything.
+  if (::geteuid() == 0) CHECK_THAT(proc, Catch::Contains("Uid:\t65534\t65534\t65534\t65534"));
+  std::string limits = read_file("/proc/" + std::to_string(pid) + "/limits");
+  CHECK_THAT(limits, Catch::Matches("(.|\n)*Max file size +16777216 +16777216(.|\n)*"));
+  CHECK_THAT(limits, !Catch::Matches("(.|\n)*Max address space +unlimited(.|\n)*"));
   // Guest RAM is mapped there read-only; the mailbox is its only writable shared memory.
   std::istringstream maps(read_file("/proc/" + std::to_string(pid) + "/maps"));
   int ram_maps = 0, writable_shared = 0;

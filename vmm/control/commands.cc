@@ -136,6 +136,8 @@ void bundle_command(ControlRequest request, GuestState state, Machine& machine, 
                     CrashBundles& bundles, const EventSink& event) {
   if (state == GuestState::shut_off || state == GuestState::rebooting || state == GuestState::starting)
     return request.fail(kFailure, std::string("the guest is ") + to_string(state) + ": nothing to take a bundle of");
+  if (bundles.busy())
+    return request.fail(kFailure, "bundles are being written already: ask again when they are (immortal events NAME)");
   try {
     auto paused_at = Clock::now();
     BundleCapture capture = while_paused(machine, [&] {

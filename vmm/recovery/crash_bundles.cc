@@ -1,5 +1,7 @@
 #include "recovery/crash_bundles.h"
 
+#include "base/budgets.h"
+
 #include <fmt/format.h>
 
 namespace immortal::vmm {
@@ -13,8 +15,13 @@ CrashBundles::CrashBundles(BundleSettings settings, std::string guest, bool reco
       say_(std::move(say)),
       event_(std::move(event)) {}
 
+bool CrashBundles::busy() const { return recorder_.writing() >= budget::kBundleJobs; }
+
 BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vector<X86Registers> registers,
                                     int crash_cpu) {
+  // A crash loop must not pile up snapshots of guest memory: beyond budget::kBundleJobs being
+  // written, the crash gets no copy (its bundle is skipped, and said so).
+  if (busy()) return BundleCapture{};
   const Kernel* kernel = nullptr;
   try {
     kernel = &live.get();
@@ -56,6 +63,12 @@ void CrashBundles::finish(const std::string& outcome, json more_timings) {
   pending_.reset();
   job.recovery["outcome"] = outcome;
   job.timings.update(more_timings);
+  if (!job.capture.memory) {
+    std::string why = fmt::format("{} bundles were being written when it crashed", budget::kBundleJobs);
+    event_("bundle-skipped", {{"crash", job.crash}, {"reason", "crash"}, {"why", why}});
+    say_(fmt::format("no bundle for crash {}: {}", job.crash, why));
+    return;
+  }
   job.events = events_.of_crash(job.crash);
   recorder_.submit(std::move(job));
 }

@@ -25,7 +25,11 @@ class CrashBundles {
   CrashBundles(BundleSettings settings, std::string guest, bool recovery_enabled, const EventLog& events, Say say,
                Event event);
 
-  // Copies the stopped guest's memory for a bundle (kernel: the live view, when there is one).
+  // budget::kBundleJobs bundles are being written: a new capture is refused (on demand) or
+  // skipped (a crash: its bundle is reported as skipped, event bundle-skipped).
+  bool busy() const;
+  // Copies the stopped guest's memory for a bundle (kernel: the live view, when there is one);
+  // nothing while busy().
   BundleCapture capture(Machine& machine, LiveKernel& kernel, std::vector<X86Registers> registers, int crash_cpu);
   // A crash's bundle, waiting for its outcome (a crash still pending is finished as superseded).
   void hold(const repair::CrashRecord& record, BundleCapture capture, std::shared_ptr<const GuestProfile> profile,
