@@ -1,6 +1,7 @@
 #include "instance.h"
 
 #include "base/error.h"
+#include "base/private_dir.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -28,14 +29,10 @@ void check_instance_name(const std::string& name) {
   if (!ok) fail(ExitCode::usage, "invalid instance name \"{}\": use 1-32 letters, digits, '_', '.', '-'", name);
 }
 
+// The runtime root and each instance's directory: ours, mode 0700, never someone else's or a
+// symbolic link planted in a shared directory (base/private_dir.h); never chmod'ed.
 static void make_private_dir(const std::string& path) {
-  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) fail_os(ExitCode::failure, "mkdir " + path, errno);
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) fail_os(ExitCode::failure, "stat " + path, errno);
-  if (!S_ISDIR(st.st_mode) || st.st_uid != ::geteuid())
-    fail(ExitCode::failure, "{} is not a directory owned by us", path);
-  if ((st.st_mode & 0777) != 0700 && ::chmod(path.c_str(), 0700) != 0)
-    fail_os(ExitCode::failure, "chmod 0700 " + path, errno);
+  ensure_private_directory(path, "the runtime directory", /*private_only=*/true);
 }
 
 static UniqueFd open_lock(const std::string& dir, bool create) {

@@ -1,6 +1,7 @@
 #include "bundle/archive.h"
 
 #include "base/error.h"
+#include "base/unique_fd.h"
 #include "bundle/bundle_format.h"
 
 #include <archive.h>
@@ -28,7 +29,11 @@ void pack_directory(const std::string& dir, const std::string& name, const std::
   ArchivePtr a(archive_write_new(), archive_write_free);
   archive_write_set_format_pax_restricted(a.get());
   archive_write_add_filter_zstd(a.get());
-  if (archive_write_open_filename(a.get(), partial.c_str()) != ARCHIVE_OK)
+  // Created by us, mode 0600 (guest memory inside), never through a planted link.
+  ::unlink(partial.c_str());
+  UniqueFd out(::open(partial.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!out) fail_os(ExitCode::failure, "create " + partial, errno);
+  if (archive_write_open_fd(a.get(), out.get()) != ARCHIVE_OK)
     fail(ExitCode::failure, "cannot create {}: {}", partial, archive_error_string(a.get()));
   std::vector<char> buf(1 << 20);
   std::error_code ec;
@@ -44,13 +49,13 @@ void pack_directory(const std::string& dir, const std::string& name, const std::
     archive_entry_set_mtime(entry.get(), st.st_mtime, 0);
     if (S_ISDIR(st.st_mode)) {
       archive_entry_set_filetype(entry.get(), AE_IFDIR);
-      archive_entry_set_perm(entry.get(), 0755);
+      archive_entry_set_perm(entry.get(), 0700);
       archive_write_header(a.get(), entry.get());
       continue;
     }
     if (!S_ISREG(st.st_mode)) continue;
     archive_entry_set_filetype(entry.get(), AE_IFREG);
-    archive_entry_set_perm(entry.get(), 0644);
+    archive_entry_set_perm(entry.get(), 0600);
     archive_entry_set_size(entry.get(), st.st_size);
     if (archive_write_header(a.get(), entry.get()) != ARCHIVE_OK)
       fail(ExitCode::failure, "{}: {}", partial, archive_error_string(a.get()));
@@ -62,11 +67,7 @@ void pack_directory(const std::string& dir, const std::string& name, const std::
     }
   }
   if (archive_write_close(a.get()) != ARCHIVE_OK) fail(ExitCode::failure, "{}: {}", partial, archive_error_string(a.get()));
-  int fd = ::open(partial.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
+  ::fsync(out.get());
   if (::rename(partial.c_str(), path.c_str()) != 0) fail_os(ExitCode::failure, "rename " + partial, errno);
 }
 

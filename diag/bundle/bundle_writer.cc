@@ -2,15 +2,19 @@
 
 #include "base/error.h"
 #include "base/io.h"
+#include "base/private_dir.h"
 #include "base/unique_fd.h"
 #include "bundle/archive.h"
 #include "bundle/bundle_format.h"
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <memory>
 
@@ -51,30 +55,57 @@ std::string sha256_file(const std::string& path, std::uint64_t* bytes) {
   return hex;
 }
 
-std::vector<std::string> remove_stale_partials(const std::string& parent) {
+std::vector<std::string> remove_stale_partials(const std::string& parent, const std::string& name_prefix) {
   std::vector<std::string> removed;
   std::error_code ec;
+  std::string prefix = std::string(kPartialPrefix) + name_prefix;
   for (const auto& e : fs::directory_iterator(parent, ec)) {
     std::string n = e.path().filename().string();
-    if (n.rfind(kPartialPrefix, 0) == 0 && n.size() > std::string(kPartialSuffix).size() + 1 &&
-        n.ends_with(kPartialSuffix)) {
-      fs::remove_all(e.path(), ec);
-      removed.push_back(n);
+    if (n.rfind(prefix, 0) != 0 || !n.ends_with(kPartialSuffix) || e.is_symlink(ec)) continue;
+    // .NAME.PID.partial: removed once that writer is gone. Without a pid (an older writer's):
+    // once it is an hour old.
+    std::string stem = n.substr(0, n.size() - std::string(kPartialSuffix).size());
+    auto dot = stem.rfind('.');
+    long pid = 0;
+    if (dot != std::string::npos && dot > 0) {
+      try {
+        std::size_t used = 0;
+        pid = std::stol(stem.substr(dot + 1), &used);
+        if (used != stem.size() - dot - 1) pid = 0;
+      } catch (const std::exception&) {
+        pid = 0;
+      }
     }
+    bool gone;
+    if (pid > 0) {
+      gone = ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+    } else {
+      auto age = fs::file_time_type::clock::now() - fs::last_write_time(e.path(), ec);
+      gone = !ec && age > std::chrono::hours(1);
+    }
+    if (!gone) continue;
+    fs::remove_all(e.path(), ec);
+    removed.push_back(n);
   }
   return removed;
+}
+
+void make_inner_dirs(const fs::path& dir) {
+  std::error_code ec;
+  if (fs::is_directory(dir, ec)) return;
+  make_inner_dirs(dir.parent_path());
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) fail_os(ExitCode::failure, "create " + dir.string(), errno);
 }
 
 BundleWriter::BundleWriter(std::string parent, std::string name) : parent_(std::move(parent)), name_(std::move(name)) {
   if (name_.empty() || name_.find('/') != std::string::npos || name_[0] == '.')
     fail(ExitCode::usage, "bad bundle name \"{}\"", name_);
+  ensure_private_directory(parent_, "the bundle directory");
+  // .NAME.PID.partial: whose it is, so that only a dead writer's is ever removed.
+  partial_ = fmt::format("{}/{}{}.{}{}", parent_, kPartialPrefix, name_, ::getpid(), kPartialSuffix);
   std::error_code ec;
-  fs::create_directories(parent_, ec);
-  if (ec) fail(ExitCode::failure, "cannot create the bundle directory {}: {}", parent_, ec.message());
-  partial_ = parent_ + "/" + kPartialPrefix + name_ + kPartialSuffix;
   fs::remove_all(partial_, ec);
-  if (!fs::create_directory(partial_, ec) || ec)
-    fail(ExitCode::failure, "cannot create {}: {}", partial_, ec ? ec.message() : "it exists");
+  if (::mkdir(partial_.c_str(), 0700) != 0) fail_os(ExitCode::failure, "create " + partial_, errno);
 }
 
 BundleWriter::~BundleWriter() {
@@ -86,8 +117,8 @@ BundleWriter::~BundleWriter() {
 
 void BundleWriter::add(const std::string& file, std::string_view content) {
   std::string path = path_of(file);
-  fs::create_directories(fs::path(path).parent_path());
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  make_inner_dirs(fs::path(path).parent_path());
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!fd) fail_os(ExitCode::failure, "create " + path, errno);
   write_all(fd.get(), content);
   add_written(file);
@@ -120,7 +151,7 @@ std::string BundleWriter::commit(nlohmann::json fields, bool archive) {
   fields["files"] = files;
   {
     std::string path = path_of(kManifest);
-    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
     if (!fd) fail_os(ExitCode::failure, "create " + path, errno);
     write_all(fd.get(), fields.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
     if (::fsync(fd.get()) != 0) fail_os(ExitCode::failure, "fsync " + path, errno);

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,7 +49,10 @@ class BundleWriter {
 // SHA-256 of a file as lowercase hex; progress(done, total) now and then.
 std::string sha256_file(const std::string& path, std::uint64_t* bytes = nullptr);
 
-// Removes `.NAME.partial` directories left in parent by writers that died.
-std::vector<std::string> remove_stale_partials(const std::string& parent);
+// Removes the `.NAME.PID.partial` directories of bundles named NAME_PREFIX… that writers which
+// died left in parent (another writer's partial, one still alive, is left alone).
+std::vector<std::string> remove_stale_partials(const std::string& parent, const std::string& name_prefix);
+// mkdir -p with mode 0700, inside a bundle being written.
+void make_inner_dirs(const std::filesystem::path& dir);
 
 }  // namespace immortal::bundle

@@ -8,7 +8,12 @@
 #include <archive_entry.h>
 #include <nlohmann/json.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <ctime>
 #include <filesystem>
 
 namespace immortal::bundle {
@@ -26,42 +31,60 @@ std::uint64_t tree_size(const fs::path& p) {
   return total;
 }
 
+// "2026-11-23T10:00:00.123Z" → seconds since the epoch; 0 when it is not such a time.
+double epoch_of(const std::string& iso) {
+  std::tm tm{};
+  int ms = 0;
+  if (std::sscanf(iso.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+                  &tm.tm_min, &tm.tm_sec, &ms) < 6)
+    return 0;
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return static_cast<double>(::timegm(&tm)) + ms / 1000.0;
+}
+
 }  // namespace
 
-std::vector<StoredBundle> list_bundles(const std::string& dir) {
+std::vector<StoredBundle> list_bundles(const std::string& dir, const BundleOwner* owner) {
   std::vector<StoredBundle> out;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     std::string name = e.path().filename().string();
     if (name.rfind(kPartialPrefix, 0) == 0) continue;  // being written, or left by a dead writer
-    StoredBundle b{e.path().string(), "", 0};
+    if (owner && name.rfind(owner->name_prefix, 0) != 0) continue;
+    if (e.is_symlink(ec)) continue;  // ours are never links
+    StoredBundle b{e.path().string(), "", 0, 0};
     if (e.is_directory(ec)) {
       std::string manifest = e.path().string() + "/" + kManifest;
-      if (!fs::exists(manifest, ec)) continue;
       try {
         auto m = nlohmann::json::parse(read_small_file(manifest, 16 << 20));
-        if (m.is_object() && m.contains("created") && m["created"].is_string()) b.created = m["created"].get<std::string>();
+        if (!m.is_object() || m.value("format", "") != kFormatName) continue;  // not a bundle of ours
+        if (owner && m.value("guest", "") != owner->guest) continue;
+        if (m.contains("created") && m["created"].is_string()) b.created = m["created"].get<std::string>();
       } catch (const std::exception&) {
+        continue;  // no manifest (not complete, or not a bundle): never removed
       }
-    } else if (!name.ends_with(kArchiveSuffix)) {
+      b.created_at = epoch_of(b.created);
+    } else if (!name.ends_with(kArchiveSuffix) || !e.is_regular_file(ec)) {
       continue;
     } else {
-      // An archive's time: its modification time, as ISO-sortable text.
-      auto t = fs::last_write_time(e.path(), ec);
-      b.created = fmt::format("{:020d}", t.time_since_epoch().count());
+      struct stat st {};
+      if (::stat(e.path().c_str(), &st) != 0 || st.st_uid != ::geteuid()) continue;  // another writer's
+      b.created_at = static_cast<double>(st.st_mtim.tv_sec) + static_cast<double>(st.st_mtim.tv_nsec) / 1e9;
+      b.created = fmt::format("{:.3f}", b.created_at);
     }
     b.bytes = tree_size(e.path());
     out.push_back(std::move(b));
   }
-  // Names start with the guest name and a UTC time, so ties sort by time too.
   std::sort(out.begin(), out.end(), [](const StoredBundle& a, const StoredBundle& b) {
+    if (a.created_at != b.created_at) return a.created_at < b.created_at;
     return fs::path(a.path).filename().string() < fs::path(b.path).filename().string();
   });
   return out;
 }
 
-std::vector<std::string> apply_retention(const std::string& dir, const RetentionPolicy& policy) {
-  auto bundles = list_bundles(dir);
+std::vector<std::string> apply_retention(const std::string& dir, const RetentionPolicy& policy, const BundleOwner& owner) {
+  auto bundles = list_bundles(dir, &owner);
   std::vector<std::string> removed;
   std::uint64_t total = 0;
   for (const auto& b : bundles) total += b.bytes;

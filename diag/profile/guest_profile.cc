@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,12 +21,20 @@ using nlohmann::json;
 
 namespace {
 
+// Mode 0600: the guest's symbols and types are the guest's business.
 void write_file(const fs::path& path, const std::string& data) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) fail_os(ExitCode::failure, "create " + path.string(), errno);
-  bool ok = std::fwrite(data.data(), 1, data.size(), f) == data.size() && std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) fail_os(ExitCode::failure, "create " + path.string(), errno);
+  std::size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+  bool ok = done == data.size() && ::fsync(fd) == 0;
   int err = errno;
-  std::fclose(f);
+  ::close(fd);
   if (!ok) fail_os(ExitCode::failure, "write " + path.string(), err);
 }
 
@@ -73,7 +82,8 @@ void GuestProfile::save(const std::string& dir) const {
   fs::path old = target.string() + ".old";
   std::error_code ec;
   fs::remove_all(temp, ec);
-  fs::create_directories(temp / "btf");
+  for (const auto& d : {temp, temp / "btf"})
+    if (::mkdir(d.c_str(), 0700) != 0) fail_os(ExitCode::failure, "create " + d.string(), errno);
   write_file(temp / "kallsyms", kallsyms);
   write_file(temp / "modules", modules);
   write_file(temp / "btf" / "vmlinux", btf_vmlinux);

@@ -23,8 +23,11 @@
  *                    and its name's 56 bytes (MODULE_NAME_LEN) are all non-NUL: no terminator.
  *   all              all three, and the current process's comm becomes 16 non-printable bytes,
  *                    again without a terminator.
+ *   escapes          no crash: the writing process's comm becomes a terminal escape sequence
+ *                    (set the window title, clear the screen) and a kernel log line carries
+ *                    colour and title escapes, for the host's tools to show escaped.
  *
- * Each ends in panic("immortal_hostile: SCENARIO"). The corruption is done with interrupts off,
+ * Each but escapes ends in panic("immortal_hostile: SCENARIO"). The corruption is done with interrupts off,
  * immediately before the panic, so this CPU runs nothing that walks the broken structures in
  * between (another CPU could, for that short while). What is not corrupted: the printk ring
  * (prb, log_buf and the VMCOREINFO data are not exported to modules in 6.1, nor is
@@ -126,11 +129,24 @@ static noinline void immortal_hostile_comm(void)
 	memcpy(current->comm, garbage, sizeof(garbage));
 }
 
+/* Text that would drive an operator's terminal if the host printed it as it is. */
+static int immortal_hostile_escapes(void)
+{
+	static const char comm[TASK_COMM_LEN] = "\x1b]0;pwn\x07\x1b[2J";
+
+	BUILD_BUG_ON(sizeof(comm) > sizeof(current->comm));
+	memcpy(current->comm, comm, sizeof(comm));
+	pr_info("immortal_hostile: \x1b[31mred\x1b[0m \x1b]0;owned\x07 escapes\n");
+	return 0;
+}
+
 static int immortal_hostile_trigger(const char *scenario)
 {
 	bool tasks = false, modules = false, lengths = false, comm = false;
 	unsigned long next, prev;
 
+	if (!strcmp(scenario, "escapes"))
+		return immortal_hostile_escapes();
 	if (!strcmp(scenario, "cyclic-tasks"))
 		tasks = true;
 	else if (!strcmp(scenario, "wild-modules"))

@@ -113,6 +113,20 @@ TEST_CASE("repair: a hostile guest (cyclic task list, wild module pointers, absu
   REQUIRE(run_cli({"exec", g.name, "--", "insmod", "/lib/modules/immortal_hostile.ko"}).status == 0);
   // The new module changes the profile: the repair image is rebuilt with it.
   REQUIRE(wait_until([&] { return events_of(g.name, "repair-image").size() > images && inline_ready(g.name); }, 60s));
+  // First text that would drive the operator's terminal: a task's comm and a log line carrying
+  // escape sequences. The host shows them escaped, never as they are.
+  REQUIRE(run_cli({"exec", g.name, "--", "sh", "-c",
+                   "(echo escapes > /dev/immortal-hostile; while :; do sleep 1; done) </dev/null >/dev/null 2>&1 &"})
+              .status == 0);
+  std::string ps, dmesg;
+  CHECK(wait_until([&] {
+    ps = run_cli({"ps", g.name}).out;
+    return ps.find("\\x1b]0;pwn\\x07\\x1b[2J") != std::string::npos;
+  }, 30s));
+  CHECK(ps.find('\x1b') == std::string::npos);
+  dmesg = run_cli({"dmesg", g.name}).out;
+  CHECK_THAT(dmesg, Catch::Contains("immortal_hostile: \\x1b[31mred\\x1b[0m \\x1b]0;owned\\x07 escapes"));
+  CHECK(dmesg.find('\x1b') == std::string::npos);
   std::size_t crashes = events_of(g.name, "crash").size();
   REQUIRE(run_cli({"exec", g.name, "--", "sh", "-c",
                    "(sleep 0.3; echo all > /dev/immortal-hostile) </dev/null >/dev/null 2>&1 &"}).status == 0);

@@ -92,6 +92,8 @@ TEST_CASE("a snapshot copies non-zero pages; the vmcore holds them and reads zer
 #include "base/error.h"
 #include "base/size.h"
 
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -107,9 +109,10 @@ std::string temp_dir(const char* stem) {
 }
 
 // A small complete bundle: report, dmesg, a profile file, a tiny vmcore stand-in.
-std::string make_bundle(const std::string& parent, const std::string& name, bool archive = false) {
+std::string make_bundle(const std::string& parent, const std::string& name, bool archive = false,
+                        const std::string& created = "2026-11-23T10:00:00.000Z", const std::string& guest = "g") {
   bundle::BundleWriter w(parent, name);
-  nlohmann::json report = {{"bundle", name}, {"guest", "g"}, {"reason", "crash"},
+  nlohmann::json report = {{"bundle", name}, {"guest", guest}, {"reason", "crash"},
                            {"crash", {{"id", 1}, {"kind", "oops"}, {"function", "drv_fn+0x5/0x20 [drv]"},
                                       {"task", {{"pid", 42}, {"comm", "victim"}}}}},
                            {"recovery", {{"decision", "resume"}, {"outcome", "recovered"}}}};
@@ -117,7 +120,7 @@ std::string make_bundle(const std::string& parent, const std::string& name, bool
   w.add(bundle::kDmesg, "[    1.000000] hello\n");
   w.add("profile/profile.json", "{}");
   w.add(bundle::kVmcore, std::string(10000, 'v'));
-  return w.commit({{"created", "2026-11-23T10:00:00.000Z"}}, archive);
+  return w.commit({{"created", created}, {"guest", guest}}, archive);
 }
 
 int open_error(const std::string& path, std::string* message = nullptr) {
@@ -150,19 +153,25 @@ TEST_CASE("bundles are written atomically with a manifest that the reader checks
   CHECK(bundle::render_report(b.report()).find("drv_fn+0x5/0x20 [drv]") != std::string::npos);
 
   SECTION("a writer that never commits leaves nothing a reader accepts") {
+    std::string mine = fmt::format("{}/.g-2.{}.partial", parent, ::getpid());
     {
       bundle::BundleWriter w(parent, "g-2");
       w.add(bundle::kReportJson, "{}");
-      // Simulate a writer killed here: the partial directory survives the process.
-      fs::copy(parent + "/.g-2.partial", parent + "/.g-3.partial");
+      // Simulate writers killed here: the partial directory survives the process. One whose
+      // writer is gone (no such pid), one of a live writer, another guest's.
+      fs::copy(mine, parent + "/.g-3.999999999.partial");
+      fs::copy(mine, fmt::format("{}/.g-4.{}.partial", parent, ::getppid()));
+      fs::copy(mine, parent + "/.other-5.999999999.partial");
     }
-    CHECK_FALSE(fs::exists(parent + "/.g-2.partial"));  // an abandoned writer cleans up after itself
+    CHECK_FALSE(fs::exists(mine));  // an abandoned writer cleans up after itself
     std::string message;
-    CHECK(open_error(parent + "/.g-3.partial", &message) == 3);
+    CHECK(open_error(parent + "/.g-3.999999999.partial", &message) == 3);
     CHECK(message.find("never completed") != std::string::npos);
     auto listed = bundle::list_bundles(parent);
     REQUIRE(listed.size() == 1);  // the partial one is not a bundle
-    CHECK(bundle::remove_stale_partials(parent) == std::vector<std::string>{".g-3.partial"});
+    CHECK(bundle::remove_stale_partials(parent, "g-") == std::vector<std::string>{".g-3.999999999.partial"});
+    CHECK(fs::exists(fmt::format("{}/.g-4.{}.partial", parent, ::getppid())));
+    CHECK(fs::exists(parent + "/.other-5.999999999.partial"));
   }
   SECTION("damage is named: truncated, missing, changed, newer, garbage") {
     std::string copy = parent + "/copy";
@@ -235,14 +244,32 @@ TEST_CASE("a bundle packed as .tar.zst opens like its directory; hostile archive
 
 TEST_CASE("retention removes the oldest bundles first and never the newest", "[bundle]") {
   std::string parent = temp_dir("retention");
-  for (const char* n : {"g-2026-01", "g-2026-02", "g-2026-03", "g-2026-04"}) make_bundle(parent, n);
-  auto removed = bundle::apply_retention(parent, {2, 0});
-  CHECK(removed == std::vector<std::string>{parent + "/g-2026-01", parent + "/g-2026-02"});
+  // Named out of order: their manifests' times decide.
+  const char* names[] = {"g-b", "g-d", "g-a", "g-c"};
+  const char* times[] = {"2026-01-01T00:00:00.000Z", "2026-02-01T00:00:00.000Z", "2026-03-01T00:00:00.000Z",
+                         "2026-04-01T00:00:00.000Z"};
+  for (int i = 0; i < 4; ++i) make_bundle(parent, names[i], false, times[i], "g");
+  // What else a shared directory holds is never touched: another guest's bundle, a directory of
+  // someone's with a manifest.json, an archive by another name.
+  make_bundle(parent, "g-other-guest", false, "2025-01-01T00:00:00.000Z", "other");
+  fs::create_directories(parent + "/g-notes");
+  std::ofstream(parent + "/g-notes/manifest.json") << "{\"created\": \"2020-01-01T00:00:00.000Z\"}";
+  std::ofstream(parent + "/photos.tar.zst") << "x";
+  const bundle::BundleOwner owner{"g", "g-"};
+  auto removed = bundle::apply_retention(parent, {2, 0}, owner);
+  CHECK(removed == std::vector<std::string>{parent + "/g-b", parent + "/g-d"});
   // A size limit smaller than one bundle still keeps the newest.
-  removed = bundle::apply_retention(parent, {0, 1});
-  CHECK(removed == std::vector<std::string>{parent + "/g-2026-03"});
-  REQUIRE(bundle::list_bundles(parent).size() == 1);
-  CHECK(bundle::list_bundles(parent)[0].path == parent + "/g-2026-04");
+  removed = bundle::apply_retention(parent, {0, 1}, owner);
+  CHECK(removed == std::vector<std::string>{parent + "/g-a"});
+  REQUIRE(bundle::list_bundles(parent, &owner).size() == 1);
+  CHECK(bundle::list_bundles(parent, &owner)[0].path == parent + "/g-c");
+  CHECK(fs::exists(parent + "/g-other-guest"));
+  CHECK(fs::exists(parent + "/g-notes/manifest.json"));
+  CHECK(fs::exists(parent + "/photos.tar.zst"));
+  // Bundles are private: directories 0700, files 0600.
+  CHECK((fs::status(parent + "/g-c").permissions() & fs::perms::all) == fs::perms::owner_all);
+  CHECK((fs::status(parent + "/g-c/vmcore").permissions() & fs::perms::all) ==
+        (fs::perms::owner_read | fs::perms::owner_write));
   // One size parser for every option: a bare number is MiB everywhere.
   CHECK(parse_size("20G", "--bundle-max-size") == 20ull << 30);
   CHECK(parse_size("512M", "--bundle-max-size") == 512ull << 20);

@@ -129,6 +129,12 @@ TEST_CASE("disks and interfaces become virtio devices; no kernel means the firmw
     return d.starts_with("socket,id=console,path=/run/immortal/web/console.sock") &&
            d.find("logfile=/run/immortal/web/console.log") != std::string::npos;
   }));
+  // QEMU confines itself (seccomp); it may start qemu-bridge-helper only for a bridge.
+  CHECK(values_of(args, "-sandbox") ==
+        std::vector<std::string>{"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"});
+  c.nets.push_back(parse_net_option("bridge=br0"));
+  CHECK(values_of(qemu::qemu_command_line(c, 7), "-sandbox")[0].find("spawn=allow") != std::string::npos);
+  c.nets.pop_back();
   c.kernel = "/boot/vmlinuz";
   c.append = "root=/dev/vda1 console=ttyS0";
   args = qemu::qemu_command_line(c, 7);

@@ -2,13 +2,19 @@
 // types that would make a lookup explode, and text that would drive the operator's terminal.
 #include "base/budgets.h"
 #include "base/error.h"
+#include "base/private_dir.h"
 #include "base/terminal_text.h"
 #include "types/btf_types.h"
 
 #include <bpf/btf.h>
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdlib>
+#include <functional>
 
 using namespace immortal;
 
@@ -54,4 +60,46 @@ TEST_CASE("guest text reaches a terminal with its controls escaped", "[hostile]"
   CHECK(terminal_safe("del\x7f") == "del\\x7f");
   CHECK(terminal_safe("csi \xc2\x9b" "31m") == "csi \\xc2\\x9b31m");  // C1 CSI in UTF-8
   CHECK(terminal_safe(std::string("nul\0byte", 8)) == "nul\\x00byte");
+}
+
+TEST_CASE("private directories are not redirected, taken from others or chmod'ed", "[hostile]") {
+  char tmpl[] = "/tmp/immortal-private-XXXXXX";
+  REQUIRE(::mkdtemp(tmpl));
+  std::string base = tmpl;
+  // A directory everyone may write, as /tmp or some distributions' /var/crash.
+  std::string shared = base + "/shared";
+  REQUIRE(::mkdir(shared.c_str(), 0777) == 0);
+  REQUIRE(::chmod(shared.c_str(), 01777) == 0);
+  auto code = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.code();
+    }
+    return ExitCode::ok;
+  };
+  // Created where missing, 0700.
+  CHECK(code([&] { ensure_private_directory(shared + "/immortal/web", "the bundle directory"); }) == ExitCode::ok);
+  struct stat st {};
+  REQUIRE(::stat((shared + "/immortal/web").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);
+  // A link planted in the shared directory is not followed.
+  REQUIRE(::symlink("/etc", (shared + "/planted").c_str()) == 0);
+  CHECK(code([&] { ensure_private_directory(shared + "/planted/x", "the bundle directory"); }) == ExitCode::failure);
+  CHECK(::access("/etc/x", F_OK) != 0);
+  // Not ours (when we can give one away: as root).
+  if (::geteuid() == 0) {
+    REQUIRE(::mkdir((shared + "/theirs").c_str(), 0700) == 0);
+    REQUIRE(::chown((shared + "/theirs").c_str(), 65534, 65534) == 0);
+    CHECK(code([&] { ensure_private_directory(shared + "/theirs/web", "the bundle directory"); }) == ExitCode::failure);
+  }
+  // An existing directory open to others is refused, and left as it was.
+  CHECK(code([&] { ensure_private_directory(shared, "the runtime directory", true); }) == ExitCode::failure);
+  REQUIRE(::stat(shared.c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 01777);
+  std::string readable = base + "/readable";
+  REQUIRE(::mkdir(readable.c_str(), 0755) == 0);
+  CHECK(code([&] { ensure_private_directory(readable, "the bundle directory"); }) == ExitCode::ok);
+  CHECK(code([&] { ensure_private_directory(readable, "the runtime directory", true); }) == ExitCode::failure);
+  std::system(("rm -rf '" + base + "'").c_str());
 }

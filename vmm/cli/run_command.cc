@@ -1,6 +1,7 @@
 // `immortal run`: resolve the guest image and accelerator, claim the instance, supervise.
 #include "accelerator.h"
 #include "base/error.h"
+#include "base/private_dir.h"
 #include "base/size.h"
 #include "cli/arguments.h"
 #include "cli/commands.h"
@@ -165,11 +166,12 @@ SupervisorOptions supervisor_options(const RunOptions& o, const MachineConfig& c
   options.bundles.retention = {static_cast<std::uint64_t>(o.bundle_keep), parse_size(o.bundle_max_size, "--bundle-max-size")};
   options.bundles.archive = o.bundle_compress;
   options.bundles.filter = o.bundle_memory == "kernel";
-  std::error_code ec;
-  std::filesystem::create_directories(options.bundles.dir, ec);
-  if (ec || ::access(options.bundles.dir.c_str(), W_OK) != 0)
+  try {
+    ensure_private_directory(options.bundles.dir, "the bundle directory");
+  } catch (const Error& e) {
     fail(ExitCode::bad_input, "cannot write bundles to {}: {} (choose another with --bundle-dir)", options.bundles.dir,
-         ec ? ec.message() : std::strerror(errno));
+         e.what());
+  }
   options.settings = o;
   return options;
 }

@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+
 namespace immortal::qemu {
 
 std::string path_in(const std::string& dir, const char* name) { return dir + "/" + name; }
@@ -33,6 +35,13 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
       qemu_binary(c),
       "-name", fmt::format("{},process=immortal-{}", c.name, c.name),
       "-nodefaults", "-no-user-config", "-display", "none",
+      // QEMU's own seccomp sandbox: no obsolete calls, no privilege changes, no resource
+      // control; no new processes unless a bridge needs qemu-bridge-helper.
+      "-sandbox", fmt::format("on,obsolete=deny,elevateprivileges=deny,spawn={},resourcecontrol=deny",
+                              std::any_of(c.nets.begin(), c.nets.end(),
+                                          [](const auto& n) { return n.kind == vmm::NetConfig::Kind::bridge; })
+                                  ? "allow"
+                                  : "deny"),
       "-S",  // start paused: we connect everything before the first instruction
       "-accel", kvm ? "kvm" : "tcg",
       "-cpu", kvm ? "host" : "qemu64",

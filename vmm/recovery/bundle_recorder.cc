@@ -261,7 +261,8 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
     if (job.reason == "crash") manifest["crash"] = job.crash;
     result.path = writer.commit(manifest, settings.archive);
     result.vmcore_bytes = stats.file_bytes;
-    result.removed = bundle::apply_retention(settings.dir, settings.retention);
+    result.removed = bundle::apply_retention(settings.dir, settings.retention,
+                                             {job.guest, sanitize_for_name(job.guest) + "-"});
   } catch (const std::exception& e) {
     result.error = e.what();
   }
@@ -270,8 +271,8 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
 }
 
 BundleRecorder::BundleRecorder(BundleSettings settings) : settings_(std::move(settings)) {
-  // Left by a supervisor that died while writing (ours are all written by this process).
-  bundle::remove_stale_partials(settings_.dir);
+  // Left by a supervisor of this guest that died while writing (a live writer's stay).
+  if (!settings_.guest.empty()) bundle::remove_stale_partials(settings_.dir, sanitize_for_name(settings_.guest) + "-");
 }
 
 BundleRecorder::~BundleRecorder() {

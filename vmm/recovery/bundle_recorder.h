@@ -30,6 +30,7 @@ using nlohmann::json;
 
 struct BundleSettings {
   std::string dir;                    // where this guest's bundles go
+  std::string guest;                  // whose they are: retention touches only these
   bundle::RetentionPolicy retention;  // --bundle-keep, --bundle-max-size
   bool archive = false;               // --bundle-compress: NAME.tar.zst instead of a directory
   bool filter = true;                 // --bundle-memory kernel (true) | all

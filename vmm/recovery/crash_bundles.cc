@@ -8,7 +8,10 @@ namespace immortal::vmm {
 
 CrashBundles::CrashBundles(BundleSettings settings, std::string guest, bool recovery_enabled, const EventLog& events,
                            Say say, Event event)
-    : recorder_(std::move(settings)),
+    : recorder_([&] {
+        settings.guest = guest;
+        return std::move(settings);
+      }()),
       guest_(std::move(guest)),
       recovery_enabled_(recovery_enabled),
       events_(events),
