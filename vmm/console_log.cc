@@ -1,16 +1,58 @@
 #include "console_log.h"
 
+#include "base/budgets.h"
 #include "base/io.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 
 namespace immortal::vmm {
 
+namespace {
+constexpr std::uint64_t kKeptTail = 1 << 20;  // what console.log.1 keeps of a full log
+}  // namespace
+
+void ConsoleLog::limit_size(std::uint64_t budget) {
+  struct stat st {};
+  if (path_.empty() || ::stat(path_.c_str(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) <= budget) return;
+  std::uint64_t size = static_cast<std::uint64_t>(st.st_size), keep = std::min(size, kKeptTail);
+  std::string tail(keep, '\0');
+  {
+    std::ifstream in(path_, std::ios::binary);
+    in.seekg(static_cast<std::streamoff>(size - keep));
+    in.read(tail.data(), static_cast<std::streamsize>(keep));
+    tail.resize(static_cast<std::size_t>(std::max<std::streamsize>(in.gcount(), 0)));
+  }
+  std::string old = path_ + ".1";
+  int fd = ::open(old.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd >= 0) {
+    try {
+      write_all(fd, tail);
+    } catch (const std::exception&) {
+    }
+    ::close(fd);
+  }
+  // QEMU writes with O_APPEND: it goes on at the new end. What it wrote between the copy and
+  // here is lost, a few bytes at most.
+  if (::truncate(path_.c_str(), 0) == 0) offset_ = 0;
+}
+
 void ConsoleLog::pump() {
+  auto now = std::chrono::steady_clock::now();
+  if (now - checked_ >= std::chrono::seconds(1)) {
+    checked_ = now;
+    limit_size(budget::kConsoleLogBytes);
+  }
   if (!echo_) return;
   std::ifstream in(path_, std::ios::binary);
   if (!in) return;
+  in.seekg(0, std::ios::end);
+  if (static_cast<std::uint64_t>(std::max<std::streamoff>(in.tellg(), 0)) < offset_) offset_ = 0;  // started again
   in.seekg(static_cast<std::streamoff>(offset_));
   char buf[8192];
   while (in.read(buf, sizeof buf) || in.gcount() > 0) {

@@ -20,7 +20,9 @@
  *                    levels).
  *   absurd-lengths   this module's core_layout.size, text_size, ro_size and ro_after_init_size
  *                    become UINT_MAX (so base + size wraps past the top of the address space),
- *                    and its name's 56 bytes (MODULE_NAME_LEN) are all non-NUL: no terminator.
+ *                    its name's 56 bytes (MODULE_NAME_LEN) are all non-NUL: no terminator, and
+ *                    (with the ORC unwinder) its ORC table claims UINT_MAX entries at unmapped
+ *                    addresses, for a host unwinding through this module's frames.
  *   all              all three, and the current process's comm becomes 16 non-printable bytes,
  *                    again without a terminator.
  *   escapes          no crash: the writing process's comm becomes a terminal escape sequence
@@ -102,11 +104,17 @@ static noinline void immortal_hostile_wild_modules(unsigned long next, unsigned 
 	WRITE_ONCE(THIS_MODULE->list.prev, (struct list_head *)prev);
 }
 
-static noinline void immortal_hostile_absurd_lengths(void)
+static noinline void immortal_hostile_absurd_lengths(unsigned long wild)
 {
 	static const char pattern[8] = { 'h', 'o', 's', 't', 'i', 'l', 'e', '!' };
 	struct module *mod = THIS_MODULE;
 	size_t i;
+
+#ifdef CONFIG_UNWINDER_ORC
+	mod->arch.num_orcs = UINT_MAX;
+	mod->arch.orc_unwind_ip = (int *)wild;
+	mod->arch.orc_unwind = (struct orc_entry *)wild;
+#endif
 
 	mod->core_layout.size = UINT_MAX;
 	mod->core_layout.text_size = UINT_MAX;
@@ -172,7 +180,7 @@ static int immortal_hostile_trigger(const char *scenario)
 	if (modules)
 		immortal_hostile_wild_modules(next, prev);
 	if (lengths)
-		immortal_hostile_absurd_lengths();
+		immortal_hostile_absurd_lengths(next);
 	if (comm)
 		immortal_hostile_comm();
 	panic("immortal_hostile: %s", scenario);

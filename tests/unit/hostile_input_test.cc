@@ -4,6 +4,7 @@
 #include "base/error.h"
 #include "base/private_dir.h"
 #include "base/terminal_text.h"
+#include "console_log.h"
 #include "types/btf_types.h"
 
 #include <bpf/btf.h>
@@ -14,6 +15,8 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 
 using namespace immortal;
@@ -102,4 +105,33 @@ TEST_CASE("private directories are not redirected, taken from others or chmod'ed
   CHECK(code([&] { ensure_private_directory(readable, "the bundle directory"); }) == ExitCode::ok);
   CHECK(code([&] { ensure_private_directory(readable, "the runtime directory", true); }) == ExitCode::failure);
   std::system(("rm -rf '" + base + "'").c_str());
+}
+
+TEST_CASE("a console the guest floods stays within its budget and is read back from its end only", "[hostile]") {
+  char tmpl[] = "/tmp/immortal-console-XXXXXX";
+  REQUIRE(::mkdtemp(tmpl));
+  std::string path = std::string(tmpl) + "/console.log";
+  {
+    std::ofstream out(path, std::ios::binary);
+    for (int i = 0; i < 200000; ++i) out << "line " << i << " of a chatty guest\n";  // ~5 MiB
+  }
+  vmm::ConsoleLog log(path, false);
+  std::string before = log.last_lines(2);
+  CHECK_THAT(before, Catch::Contains("line 199999 of a chatty guest"));
+  log.limit_size(4 << 20);
+  CHECK(std::filesystem::file_size(path) == 0);  // started again
+  CHECK(std::filesystem::file_size(path + ".1") == 1 << 20);  // its last MiB kept
+  std::ifstream kept(path + ".1");
+  std::string last;
+  for (std::string line; std::getline(kept, line);) last = line;
+  CHECK(last == "line 199999 of a chatty guest");
+  // One endless line (no newline at all): only the file's end is read, and shown escaped.
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << std::string(8 << 20, 'x') << "\x1b[2J";
+  }
+  std::string tail = log.last_lines(3);
+  CHECK(tail.size() < 70 * 1024);
+  CHECK(tail.find('\x1b') == std::string::npos);
+  std::system(("rm -rf '" + std::string(tmpl) + "'").c_str());
 }

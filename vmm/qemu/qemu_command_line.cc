@@ -51,8 +51,9 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
       "-object", fmt::format("memory-backend-file,id=guest-ram,size={},mem-path=/proc/self/fd/{},share=on",
                              c.memory_bytes, ram_fd),
       // The serial console: a socket `immortal console` connects to, logged to console_log
-      // whether or not anyone is connected (QEMU writes the log itself).
-      "-chardev", fmt::format("socket,id=console,path={},server=on,wait=off,logfile={},logappend=off",
+      // whether or not anyone is connected (QEMU writes the log itself, appending: the launch
+      // empties it, and the supervisor can start it again when it grows too large).
+      "-chardev", fmt::format("socket,id=console,path={},server=on,wait=off,logfile={},logappend=on",
                               path_in(dir, "console.sock"), c.console_log),
       "-serial", "chardev:console",
       "-chardev", socket("qmp", "qmp.sock"),

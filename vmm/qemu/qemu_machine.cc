@@ -79,6 +79,11 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
   std::string log_path = path_in(config.runtime_dir, "qemu.log");
   UniqueFd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!log) fail_os(ExitCode::failure, "create " + log_path, errno);
+  // A new boot's console log starts empty (QEMU only appends to it).
+  if (!config.console_log.empty()) {
+    UniqueFd console(::open(config.console_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!console) fail_os(ExitCode::failure, "create " + config.console_log, errno);
+  }
   int status_pipe[2];
   if (::pipe2(status_pipe, O_CLOEXEC) != 0) fail_os(ExitCode::failure, "pipe", errno);
   UniqueFd status_read(status_pipe[0]), status_write(status_pipe[1]);
