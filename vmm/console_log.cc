@@ -20,14 +20,7 @@ constexpr std::uint64_t kKeptTail = 1 << 20;  // what console.log.1 keeps of a f
 void ConsoleLog::limit_size(std::uint64_t budget) {
   struct stat st {};
   if (path_.empty() || ::stat(path_.c_str(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) <= budget) return;
-  std::uint64_t size = static_cast<std::uint64_t>(st.st_size), keep = std::min(size, kKeptTail);
-  std::string tail(keep, '\0');
-  {
-    std::ifstream in(path_, std::ios::binary);
-    in.seekg(static_cast<std::streamoff>(size - keep));
-    in.read(tail.data(), static_cast<std::streamsize>(keep));
-    tail.resize(static_cast<std::size_t>(std::max<std::streamsize>(in.gcount(), 0)));
-  }
+  std::string tail = read_tail(path_, kKeptTail);
   std::string old = path_ + ".1";
   int fd = ::open(old.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd >= 0) {

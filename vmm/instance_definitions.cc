@@ -1,6 +1,7 @@
 #include "instance_definitions.h"
 
 #include "base/error.h"
+#include "base/private_dir.h"
 #include "instance.h"
 
 #include <dirent.h>
@@ -21,20 +22,6 @@ namespace {
 
 constexpr const char* kFormat = "immortal-instance-definition";
 constexpr std::size_t kLargestDefinition = 1 << 20;  // a definition is a few hundred bytes
-
-// mkdir -p with mode 0700 for what it creates; the last component must end up a directory we own.
-void make_owned_dir(const std::string& path) {
-  std::string partial;
-  for (std::size_t i = 1; i <= path.size(); ++i) {
-    if (i < path.size() && path[i] != '/') continue;
-    partial = path.substr(0, i);
-    if (::mkdir(partial.c_str(), 0700) != 0 && errno != EEXIST) fail_os(ExitCode::failure, "mkdir " + partial, errno);
-  }
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) fail_os(ExitCode::failure, "stat " + path, errno);
-  if (!S_ISDIR(st.st_mode) || st.st_uid != ::geteuid())
-    fail(ExitCode::failure, "{} is not a directory owned by us: definitions are not kept there", path);
-}
 
 }  // namespace
 
@@ -112,7 +99,7 @@ std::vector<InstanceDefinition> DefinitionStore::all(std::vector<std::string>* p
 
 void DefinitionStore::save(const InstanceDefinition& d) const {
   std::string path = path_of(d.name);
-  make_owned_dir(dir_);
+  ensure_private_directory(dir_, "the definitions directory");
   json j = {{"format", kFormat}, {"version", InstanceDefinition::kVersion}, {"autostart", d.autostart}, {"settings", d.settings}};
   std::string text = j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
   std::string tmp = path + ".tmp";

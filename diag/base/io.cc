@@ -120,21 +120,32 @@ std::string read_some(int fd, std::size_t max, bool* would_block) {
   }
 }
 
-std::vector<std::string> last_lines(const std::string& path, std::size_t max_lines) {
-  // Only the file's end is read (a guest fills its console as it likes), and every line is made
-  // safe for a terminal: these lines end up in messages to the operator.
+std::string read_tail(const std::string& path, std::uint64_t max_bytes, std::uint64_t* start) {
   std::ifstream in(path, std::ios::binary);
+  if (start) *start = 0;
   if (!in) return {};
   in.seekg(0, std::ios::end);
   auto size = static_cast<std::uint64_t>(std::max<std::streamoff>(in.tellg(), 0));
-  std::uint64_t start = size > budget::kConsoleTail ? size - budget::kConsoleTail : 0;
-  in.seekg(static_cast<std::streamoff>(start));
-  std::string tail(size - start, '\0');
+  std::uint64_t from = size > max_bytes ? size - max_bytes : 0;
+  in.seekg(static_cast<std::streamoff>(from));
+  std::string tail(size - from, '\0');
   in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
   tail.resize(static_cast<std::size_t>(std::max<std::streamsize>(in.gcount(), 0)));
+  if (start) *start = from;
+  return tail;
+}
+
+std::vector<std::string> last_lines(const std::string& path, std::size_t max_lines) {
+  // Only the file's end is read (a guest fills its console as it likes), and every line is made
+  // safe for a terminal: these lines end up in messages to the operator.
+  std::uint64_t start = 0;
+  std::string tail = read_tail(path, budget::kConsoleTail, &start);
   std::deque<std::string> lines;
   std::size_t pos = 0;
-  if (start > 0) pos = tail.find('\n') == std::string::npos ? tail.size() : tail.find('\n') + 1;  // a partial first line
+  if (start > 0) {  // a partial first line
+    std::size_t nl = tail.find('\n');
+    pos = nl == std::string::npos ? tail.size() : nl + 1;
+  }
   while (pos < tail.size()) {
     std::size_t end = tail.find('\n', pos);
     if (end == std::string::npos) end = tail.size();

@@ -43,6 +43,9 @@ void write_all(int fd, std::string_view data, Deadline deadline = Deadline::neve
 // Throws on errors other than EAGAIN (which returns "" with *would_block set).
 std::string read_some(int fd, std::size_t max, bool* would_block = nullptr);
 
+// The last max_bytes of a file (all of it when smaller), and the offset they start at; "" if
+// unreadable. A log the guest fills is read back this way, never whole.
+std::string read_tail(const std::string& path, std::uint64_t max_bytes, std::uint64_t* start = nullptr);
 // The last max_lines non-empty lines of a text file (a log), oldest first, from its last
 // budget::kConsoleTail bytes, made terminal-safe (base/terminal_text.h); empty if unreadable.
 std::vector<std::string> last_lines(const std::string& path, std::size_t max_lines);

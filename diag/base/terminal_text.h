@@ -2,7 +2,7 @@
 // operator's terminal: control characters and escape sequences would let a guest move the
 // cursor, rewrite what was printed, retitle the window or worse. Everything that is not
 // printable is shown as \xNN instead: C0 controls (tab and, where asked, newline excepted), DEL,
-// and C1 controls in both their raw byte and UTF-8 forms. Other UTF-8 passes through.
+// and C1 controls as UTF-8 encodes them (C2 80..C2 9F). Other UTF-8 passes through.
 #pragma once
 
 #include <string>

@@ -58,11 +58,6 @@ KernelLog read_kernel_log(const Kernel& kernel) {
   std::deque<LogRecord> kept;
   std::uint64_t text_bytes = 0;
   for (std::uint64_t n = 0; n <= desc_mask && n < budget::kLogRecords; ++n, id = (id + 1) & kIdMask) {
-    while (text_bytes > budget::kLogTextBytes && !kept.empty()) {
-      text_bytes -= kept.front().text.size();
-      kept.pop_front();
-      log.truncated = true;
-    }
     std::uint64_t index = id & desc_mask;
     try {
       std::uint64_t desc = descs + index * desc_size;
@@ -102,16 +97,16 @@ KernelLog read_kernel_log(const Kernel& kernel) {
         }
         text_bytes += r.text.size();
         kept.push_back(std::move(r));
+        while (text_bytes > budget::kLogTextBytes && !kept.empty()) {
+          text_bytes -= kept.front().text.size();
+          kept.pop_front();
+          log.truncated = true;
+        }
       }
     } catch (const MemoryFault&) {
       ++log.skipped;
     }
     if (id == (head_id & kIdMask)) break;
-  }
-  while (text_bytes > budget::kLogTextBytes && !kept.empty()) {
-    text_bytes -= kept.front().text.size();
-    kept.pop_front();
-    log.truncated = true;
   }
   log.records.assign(std::make_move_iterator(kept.begin()), std::make_move_iterator(kept.end()));
   return log;

@@ -1,6 +1,8 @@
 #include "profile/guest_profile.h"
 
 #include "base/error.h"
+#include "base/io.h"
+#include "base/unique_fd.h"
 
 #include <nlohmann/json.hpp>
 
@@ -23,19 +25,10 @@ namespace {
 
 // Mode 0600: the guest's symbols and types are the guest's business.
 void write_file(const fs::path& path, const std::string& data) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) fail_os(ExitCode::failure, "create " + path.string(), errno);
-  std::size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    done += static_cast<std::size_t>(n);
-  }
-  bool ok = done == data.size() && ::fsync(fd) == 0;
-  int err = errno;
-  ::close(fd);
-  if (!ok) fail_os(ExitCode::failure, "write " + path.string(), err);
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd) fail_os(ExitCode::failure, "create " + path.string(), errno);
+  write_all(fd.get(), data);
+  if (::fsync(fd.get()) != 0) fail_os(ExitCode::failure, "write " + path.string(), errno);
 }
 
 std::string read_file(const fs::path& path, bool required) {

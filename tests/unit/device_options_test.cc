@@ -3,6 +3,8 @@
 #include "cli/device_options.h"
 #include "qemu/qemu_machine.h"
 
+#include "support/exit_code.h"
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
@@ -12,18 +14,10 @@
 #include <fstream>
 
 using namespace immortal;
+using immortal::test::code_of;
 using namespace immortal::vmm;
 
 namespace {
-
-ExitCode code_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  return ExitCode::ok;
-}
 
 // The value that follows each occurrence of flag.
 std::vector<std::string> values_of(const std::vector<std::string>& args, const std::string& flag) {

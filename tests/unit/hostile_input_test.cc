@@ -7,6 +7,8 @@
 #include "console_log.h"
 #include "types/btf_types.h"
 
+#include "support/exit_code.h"
+
 #include <bpf/btf.h>
 #include <catch2/catch.hpp>
 
@@ -73,14 +75,7 @@ TEST_CASE("private directories are not redirected, taken from others or chmod'ed
   std::string shared = base + "/shared";
   REQUIRE(::mkdir(shared.c_str(), 0777) == 0);
   REQUIRE(::chmod(shared.c_str(), 01777) == 0);
-  auto code = [](const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e.code();
-    }
-    return ExitCode::ok;
-  };
+  auto code = test::code_of;
   // Created where missing, 0700.
   CHECK(code([&] { ensure_private_directory(shared + "/immortal/web", "the bundle directory"); }) == ExitCode::ok);
   struct stat st {};

@@ -3,6 +3,8 @@
 #include "base/error.h"
 #include "instance_definitions.h"
 
+#include "support/exit_code.h"
+
 #include <catch2/catch.hpp>
 
 #include <sys/stat.h>
@@ -12,6 +14,7 @@
 #include <fstream>
 
 using namespace immortal;
+using immortal::test::code_of;
 using namespace immortal::vmm;
 using json = nlohmann::json;
 
@@ -21,15 +24,6 @@ std::string temp_dir() {
   char tmpl[] = "/tmp/immortal-defs-XXXXXX";
   REQUIRE(::mkdtemp(tmpl));
   return tmpl;
-}
-
-ExitCode code_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  return ExitCode::ok;
 }
 
 }  // namespace
