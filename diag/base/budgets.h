@@ -41,6 +41,11 @@ inline constexpr std::uint64_t kLogTextBytes = 32ull << 20;
 // about a million, modules a few thousand each.
 inline constexpr std::uint64_t kOrcTableEntries = 1 << 22;
 inline constexpr std::uint64_t kOrcTotalEntries = 1 << 23;
+// Frames of one backtrace: a 16 KiB task stack of runaway recursion with small frames holds a
+// few hundred (and the unwind then crosses the exception, IRQ or double-fault stack too). The
+// outermost frame of a driver (the function recovery quarantines) must not fall off the end;
+// the unwinder's (ip, sp) set stops loops long before.
+inline constexpr std::size_t kBacktraceFrames = 1024;
 // The healthy copy of kernel and module code and read-only data kept by the host.
 inline constexpr std::uint64_t kHealthyCopyTotal = 256ull << 20;
 

@@ -4,6 +4,7 @@
 // for unreliable entries; only the frame at rip is certain.
 #pragma once
 
+#include "base/budgets.h"
 #include "kernel/kernel.h"
 
 #include <string>
@@ -25,9 +26,10 @@ struct Frame {
 struct Backtrace {
   std::vector<Frame> frames;
   std::string problem;  // why it stopped early, if it did
+  bool truncated = false;  // stopped at the frame budget (kBacktraceFrames), not at the stack's end
 };
 
 // Scans from rsp up to the end of its THREAD_SIZE-aligned stack (16 KiB on x86-64).
-Backtrace scan_stack(const Kernel& kernel, std::uint64_t rip, std::uint64_t rsp, std::size_t max_frames = 64);
+Backtrace scan_stack(const Kernel& kernel, std::uint64_t rip, std::uint64_t rsp, std::size_t max_frames = budget::kBacktraceFrames);
 
 }  // namespace immortal

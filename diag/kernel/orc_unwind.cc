@@ -145,7 +145,12 @@ Backtrace OrcUnwinder::unwind(const X86Registers& r, std::size_t max_frames) {
   std::set<std::pair<std::uint64_t, std::uint64_t>> seen;
   bt.frames.push_back({ip, kernel_.symbols().describe(ip), true, sp, 0});
   try {
-    while (bt.frames.size() < max_frames) {
+    for (;;) {
+      if (bt.frames.size() >= max_frames) {
+        bt.problem = fmt::format("more than {} frames; the rest is not shown", max_frames);
+        bt.truncated = true;
+        break;
+      }
       if (!seen.insert({ip, sp}).second) {
         bt.problem = "the unwind loops";
         break;

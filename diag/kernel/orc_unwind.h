@@ -24,7 +24,7 @@ struct OrcEntry {
 class OrcUnwinder {
  public:
   explicit OrcUnwinder(const Kernel& kernel) : kernel_(kernel) {}
-  Backtrace unwind(const X86Registers& registers, std::size_t max_frames = 64);
+  Backtrace unwind(const X86Registers& registers, std::size_t max_frames = budget::kBacktraceFrames);
   // The ORC entry that covers ip, if any (kernel image or a module).
   std::optional<OrcEntry> find(std::uint64_t ip);
 

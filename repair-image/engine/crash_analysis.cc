@@ -471,6 +471,8 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
       std::size_t i = f;
       while (i + 1 < frames.size() && !frames[i + 1].regs && module_at(frames[i + 1].pc - 1) == module) ++i;
       a.outer_module_frame = static_cast<int>(i);
+      if (i + 1 == frames.size() && a.backtrace.truncated)
+        a.unsafe.push_back(fmt::format("the backtrace ({}) ends inside {}: the driver's entry is not known", a.backtrace.problem, module));
       if (i + 1 < frames.size()) a.outer_caller = function_of(symbols, frames[i + 1].pc - 1);
     }
   }
