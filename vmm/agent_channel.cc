@@ -1,5 +1,7 @@
 #include "agent_channel.h"
 
+#include "base/budgets.h"
+
 #include "base/error.h"
 
 namespace immortal::vmm {
@@ -66,7 +68,8 @@ void AgentChannel::on_readable() {
   if (closed_) return;
   expire_overdue();
   bool got_data = false;
-  for (;;) {
+  // Level-triggered: what is left beyond this wake's budget is read on the next one.
+  for (std::size_t taken = 0; taken < budget::kAgentBytesPerWake;) {
     bool would_block = false;
     std::string data;
     try {
@@ -82,6 +85,7 @@ void AgentChannel::on_readable() {
       abandon("agent channel closed");
       return;
     }
+    taken += data.size();
     decoder_.feed(data);
     got_data = true;
   }
@@ -115,7 +119,16 @@ void AgentChannel::on_readable() {
     lose_sync("a frame never completed");
     problem = "a frame never completed (torn by a guest reset?)";
   }
-  if (!problem.empty()) fail(ExitCode::agent, "guest agent broke the protocol: {}", problem);
+  if (problem.empty()) return;
+  // Reported at most every 10 s: a guest that writes garbage without pause must not fill the
+  // supervisor's log at the rate it writes.
+  ++protocol_errors_;
+  auto now = Clock::now();
+  if (last_error_report_ && now - *last_error_report_ < std::chrono::seconds(10)) return;
+  last_error_report_ = now;
+  std::uint64_t errors = std::exchange(protocol_errors_, 0);
+  fail(ExitCode::agent, "guest agent broke the protocol: {}{}", problem,
+       errors > 1 ? fmt::format(" ({} times since the last report)", errors) : "");
 }
 
 void AgentChannel::lose_sync(const std::string& why) {

@@ -74,6 +74,8 @@ class AgentChannel {
   std::chrono::milliseconds torn_after_;
   std::optional<Clock::time_point> partial_since_;  // an incomplete frame waits since then
   std::uint64_t resyncs_ = 0;
+  std::uint64_t protocol_errors_ = 0;                     // since the last one reported
+  std::optional<Clock::time_point> last_error_report_;
   bool closed_ = false;
   std::optional<agent::Hello> hello_;
   std::uint16_t protocol_ = agent::kProtocolVersion;

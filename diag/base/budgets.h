@@ -53,6 +53,11 @@ inline constexpr std::uint64_t kHealthyCopyTotal = 256ull << 20;
 // Bundles being written at once (each holds a snapshot of the guest's kernel memory): a crash
 // loop or a flood of `immortal bundle` requests waits or is refused beyond this.
 inline constexpr std::size_t kBundleJobs = 2;
+// Bytes taken from the agent channel per wake of the supervisor's loop: a guest that writes to
+// the virtio-serial port without pause (a flood, with or without valid frames) gets its share
+// and the loop goes round (control requests, the vCPUs' events) before it reads more. Each
+// frame's payload is bounded by the protocol (1 MiB).
+inline constexpr std::size_t kAgentBytesPerWake = 1 << 20;
 // What is read back from the end of the serial console log for a message (the log itself is
 // the guest's to fill: it is rotated at kConsoleLogBytes).
 inline constexpr std::size_t kConsoleTail = 64 * 1024;

@@ -125,8 +125,10 @@ std::map<std::string, std::uint64_t> module_bases(const std::string& proc_module
 
 std::unique_ptr<Kernel> Kernel::assemble(const PhysicalMemory& memory, KernelLayout layout, SymbolTable symbols,
                                          std::unique_ptr<TypeInfo> types, std::string release,
-                                         const std::string& proc_modules) {
+                                         const std::string& proc_modules,
+                                         const std::optional<std::string>& vmcoreinfo_text) {
   std::unique_ptr<Kernel> k(new Kernel);
+  if (vmcoreinfo_text) k->vmcoreinfo_ = Vmcoreinfo::parse(*vmcoreinfo_text);
   k->module_bases_ = module_bases(proc_modules);
   k->symbols_ = std::move(symbols);
   k->types_ = std::move(types);

@@ -46,7 +46,8 @@ class Kernel {
   // From ready parts (tests and fuzz targets build synthetic kernels this way).
   static std::unique_ptr<Kernel> assemble(const PhysicalMemory& memory, KernelLayout layout, SymbolTable symbols,
                                           std::unique_ptr<TypeInfo> types, std::string release,
-                                          const std::string& proc_modules = "");
+                                          const std::string& proc_modules = "",
+                                          const std::optional<std::string>& vmcoreinfo_text = std::nullopt);
 
   const KernelMemory& memory() const { return *memory_; }
   const SymbolTable& symbols() const { return symbols_; }

@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -189,6 +191,11 @@ int run_inline(int argc, char** argv) {
     return 2;
   }
   Mailbox box(map_shared(mailbox_fd, kMailboxSize, true, "the mailbox"));
+  // A proof that the sandbox holds, for an operator or a test: with IMMORTAL_SANDBOX_CANARY=1 the
+  // agent makes a call its filter forbids (socket) when the first request comes. It must die of
+  // SIGSYS there, and the supervisor must take that as a failed worker (docs/recovery.md, 7).
+  const char* canary_env = std::getenv("IMMORTAL_SANDBOX_CANARY");
+  bool canary = canary_env && std::strcmp(canary_env, "1") == 0;
   std::unique_ptr<Engine> engine;
   try {
     // Everything is read first and parsed only inside the sandbox: a hostile profile, BTF or
@@ -213,6 +220,11 @@ int run_inline(int argc, char** argv) {
     if (n < 0) {
       if (errno == EINTR) continue;
       return 1;
+    }
+    if (canary) {
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      say(fmt::format("the sandbox let socket() through (it returned {}): the sandbox is broken", fd));
+      return 3;
     }
     answer_one(*engine, box);
     if (::write(doorbell, &c, 1) != 1) return 1;

@@ -148,6 +148,15 @@ HealthyImage::Files HealthyImage::read_files(const std::string& dir) {
 HealthyImage HealthyImage::load(const std::string& dir) { return parse(read_files(dir), dir); }
 
 HealthyImage HealthyImage::parse(const Files& files, const std::string& dir) {
+  try {
+    return parse_index(files, dir);
+  } catch (const nlohmann::json::exception& e) {
+    // A field of the wrong type (value() throws for those): the file is damaged, not our bug.
+    fail(ExitCode::bad_input, "{}/healthy.json: {}", dir, e.what());
+  }
+}
+
+HealthyImage HealthyImage::parse_index(const Files& files, const std::string& dir) {
   nlohmann::json index = nlohmann::json::parse(files.index, nullptr, false);
   if (index.is_discarded() || !index.is_object()) fail(ExitCode::bad_input, "{}/healthy.json is not JSON", dir);
   if (index.value("format", "") != kFormat || index.value("version", 0) != kImageVersion)
@@ -157,12 +166,13 @@ HealthyImage HealthyImage::parse(const Files& files, const std::string& dir) {
   HealthyImage image;
   image.release = index.value("release", "");
   image.taken_at = index.value("taken_at", "");
+  if (!index.contains("regions")) fail(ExitCode::bad_input, "{}/healthy.json: no region list", dir);
   const auto& list = index["regions"];
   if (!list.is_array() || list.size() > kMaxRegions) fail(ExitCode::bad_input, "{}/healthy.json: bad region list", dir);
   for (const auto& r : list) {
     if (!r.is_object() || !r.contains("offset") || !r["offset"].is_number_unsigned() || !r.contains("size") ||
-        !r["size"].is_number_unsigned())
-      fail(ExitCode::bad_input, "{}/healthy.json: a region without offset and size", dir);
+        !r["size"].is_number_unsigned() || !r.contains("address"))
+      fail(ExitCode::bad_input, "{}/healthy.json: a region without address, offset and size", dir);
     std::uint64_t offset = r["offset"].get<std::uint64_t>(), size = r["size"].get<std::uint64_t>();
     if (offset > blob.size() || size > blob.size() - offset)
       fail(ExitCode::bad_input, "{}/healthy.json: a region beyond healthy.bin", dir);

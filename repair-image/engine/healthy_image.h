@@ -61,6 +61,9 @@ struct HealthyImage {
   };
   static Files read_files(const std::string& dir);
   static HealthyImage parse(const Files& files, const std::string& where);
+
+ private:
+  static HealthyImage parse_index(const Files& files, const std::string& where);
 };
 
 // Reads the kernel's text and read-only data (without the data that is written during boot,

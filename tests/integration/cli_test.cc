@@ -9,6 +9,7 @@
 
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
@@ -72,6 +73,12 @@ TEST_CASE("run --detach, list, status, exec and stop manage a named instance", "
   CHECK(s["capabilities"] == json::array({"breakpoints", "native_dump", "shared_ram", "attach"}));
   int qemu_pid = s["vm_pid"].get<int>();
   REQUIRE(process_alive(qemu_pid));
+  // Started by root, QEMU gave root up once its devices were open (-runas nobody), and its
+  // seccomp filter is on.
+  if (::geteuid() == 0) {
+    std::string proc = read_file("/proc/" + std::to_string(qemu_pid) + "/status");
+    CHECK_THAT(proc, Catch::Contains("Uid:\t65534\t65534\t65534\t65534") && Catch::Contains("Seccomp:\t2"));
+  }
   CHECK(s["boot_id"].get<std::string>().size() == 36);
 
   auto exec = run_cli({"exec", name, "--", "sh", "-c", "echo hi; echo oops >&2; exit 5"});
@@ -222,6 +229,7 @@ TEST_CASE("bad input gets one clear error line and a distinct exit status", "[in
       {"QEMU binary missing", {"--qemu", "/nonexistent/qemu-system-x86_64"}, 4, "QEMU not found"},
       {"QEMU exiting at start", {"--kernel", garbage}, 4, "QEMU exited at start"},
       {"bad instance name", {"--name", "../escape"}, 2, "invalid instance name"},
+      {"QEMU user that does not exist", {"--qemu-user", "no-such-user-here"}, 2, "no such user"},
       {"unknown option", {"--frobnicate"}, 2, "frobnicate"},
   };
   for (const auto& c : cases) {

@@ -277,4 +277,11 @@ int inject(const std::string& name, const std::string& cls) {
   return std::stoi(r.out.substr(at + 11));
 }
 
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
+
 }  // namespace immortal::test

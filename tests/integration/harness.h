@@ -40,6 +40,8 @@ bool wait_until(const std::function<bool()>& condition, std::chrono::millisecond
 std::string initrd_with_agent_script(const std::string& script);
 
 std::string read_file(const std::string& path);
+// The lines of a text, without their newlines.
+std::vector<std::string> lines_of(const std::string& text);
 // Runs a shell command line on the host; its standard output.
 std::string run_shell(const std::string& command);
 // A TCP port on 127.0.0.1 that nothing listens on now (for a forwarded guest port).

@@ -15,17 +15,6 @@ using namespace immortal::test;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-namespace {
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) out.push_back(line);
-  return out;
-}
-
-}  // namespace
-
 TEST_CASE("tasks, modules and the kernel log read from a QEMU dump agree with the guest's own view",
           "[integration][introspection]") {
   std::string name = unique_name("introspect");

@@ -16,17 +16,6 @@ using namespace immortal::test;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-namespace {
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) out.push_back(line);
-  return out;
-}
-
-}  // namespace
-
 TEST_CASE("crash reads the same kernel log and modules from a crashed guest's dump as we do", "[integration][judges]") {
   const char* vmlinux = std::getenv("IMMORTAL_DEBUG_VMLINUX");
   INFO("scripts/test sets IMMORTAL_DEBUG_VMLINUX to Debian's debug vmlinux of the guest kernel");

@@ -4,13 +4,16 @@
 // responsive. (The repair VM itself, its cross-check with the inline engine and its fallback are
 // exercised by every crash of recovery_test.cc.)
 #include "instance_json.h"
+#include "supervisor_probe.h"
 
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
 #include <sstream>
+#include <thread>
 
 using namespace immortal::test;
 using namespace std::chrono_literals;
@@ -47,6 +50,19 @@ InlineGuest& inline_guest() {
   REQUIRE(run.status == 0);
   REQUIRE(wait_until([&] { return inline_ready(g.name); }, 60s));
   return g;
+}
+
+// What issue 18 asks of the supervisor under a hostile guest, measured: it kept answering
+// status (95% within 1 s; the slowest within 10 s, for a machine shared with other guests) and its
+// resident memory grew by at most 64 MiB.
+void check_supervisor_held_up(const ProbeResult& r) {
+  INFO(r.describe());
+  std::printf("supervisor under a hostile guest: %s\n", r.describe().c_str());
+  CHECK(r.answers > 0);
+  CHECK(r.failures == 0);
+  CHECK(r.p95_ms < 1000);
+  CHECK(r.max_ms < 10000);
+  CHECK(r.rss_max_kib <= r.rss_start_kib + 64 * 1024);
 }
 
 }  // namespace
@@ -105,6 +121,31 @@ TEST_CASE("repair inline: the engine runs in a sandboxed process and recovers cr
   CHECK(run_cli({"exec", g.name, "--", "sh", "-c", "echo ping > /dev/immortal-fault"}).status == 0);
 }
 
+TEST_CASE("repair inline: a call the sandbox forbids kills the agent; the crash it was analysing reboots the guest "
+          "with a bundle, and the agent is started again", "[integration][repair]") {
+  std::string name = unique_name("canary");
+  // The agent's canary (IMMORTAL_SANDBOX_CANARY=1): on its first request it calls socket().
+  ::setenv("IMMORTAL_SANDBOX_CANARY", "1", 1);
+  auto run = run_cli({"run", "--name", name, "--detach", "--repair", "inline"});
+  ::unsetenv("IMMORTAL_SANDBOX_CANARY");
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  REQUIRE(wait_until([&] { return inline_ready(name); }, 60s));
+  std::string boot = status_json(name).value("boot_id", "");
+  auto injected = run_cli({"inject", name, "null-deref", "--wait", "--json"}, 200s);
+  INFO(injected.out << injected.err);
+  CHECK(injected.status == 7);  // rebooted: with --repair inline there is no other engine
+  json failed = events_of(name, "repair-failed").empty() ? json() : events_of(name, "repair-failed").back();
+  INFO(failed.dump());
+  CHECK_THAT(failed.value("error", ""), Catch::Contains("a system call its sandbox forbids"));
+  CHECK(wait_until([&] { json s = status_json(name); return s.value("state", "") == "running" && s.value("boot_id", boot) != boot; },
+                   120s));
+  CHECK(wait_until([&] { return !events_of(name, "bundle").empty(); }, 60s));
+  // The failed worker is started again (after its back-off) and is ready for the next crash.
+  CHECK(wait_until([&] { return inline_ready(name); }, 120s));
+  CHECK(run_cli({"stop", name, "--force"}).status == 0);
+}
+
 TEST_CASE("repair: a module load and unload storm: the supervisor answers throughout, the profile settles, and "
           "the next crash is still recovered",
           "[integration][repair]") {
@@ -115,6 +156,7 @@ TEST_CASE("repair: a module load and unload storm: the supervisor answers throug
                    "(for i in $(seq 25); do rmmod lkdtm; insmod /lib/modules/lkdtm.ko; done; touch /tmp/storm-over) "
                    "</dev/null >/dev/null 2>&1 &"})
               .status == 0);
+  SupervisorProbe probe(g.name);
   bool over = false;
   int answers = 0;
   for (auto deadline = std::chrono::steady_clock::now() + 240s; !over && std::chrono::steady_clock::now() < deadline;) {
@@ -124,6 +166,7 @@ TEST_CASE("repair: a module load and unload storm: the supervisor answers throug
     over = run_cli({"exec", g.name, "--", "test", "-e", "/tmp/storm-over"}, 30s).status == 0;
   }
   REQUIRE(over);
+  check_supervisor_held_up(probe.stop());
   // The profile catches up with the last change, and the repair worker with the profile.
   REQUIRE(wait_until([&] {
     json p = status_json(g.name).value("profile", json::object());
@@ -139,6 +182,38 @@ TEST_CASE("repair: a module load and unload storm: the supervisor answers throug
   CHECK(injected.status == 0);
 }
 
+TEST_CASE("repair: a guest that floods the agent channel gets its share; the supervisor answers, and the agent "
+          "comes back", "[integration][repair]") {
+  auto& g = inline_guest();
+  std::string boot = status_json(g.name).value("boot_id", "");
+  // Guest root takes the agent's port (the agent is kept from respawning) and writes zeros into
+  // it as fast as it can for 15 s: no frame, nothing but resynchronisation for the host.
+  REQUIRE(run_cli({"exec", g.name, "--", "sh", "-c",
+                   "(for d in /sys/class/virtio-ports/*; do [ \"$(cat $d/name)\" = org.immortal.agent.0 ] && port=/dev/${d##*/}; done; "
+                   "mv /sbin/immortal-agent /sbin/immortal-agent.off; sleep 0.5; kill $(pidof immortal-agent); sleep 0.5; "
+                   "timeout 15 cat /dev/zero > $port; mv /sbin/immortal-agent.off /sbin/immortal-agent) "
+                   "</dev/null >/dev/null 2>&1 &"})
+              .status == 0);
+  SupervisorProbe probe(g.name);
+  // The flood is on when the agent stops answering.
+  CHECK(wait_until([&] { return !status_json(g.name).value("agent", json::object()).value("connected", true) ||
+                                run_cli({"exec", g.name, "--", "true"}, 5s).status != 0; }, 30s));
+  std::this_thread::sleep_for(12s);  // the flood's own length: what is measured is the supervisor under it
+  check_supervisor_held_up(probe.stop());
+  // The flood ends, init starts the agent again, and it talks to the same supervisor: no reboot.
+  CHECK(wait_until([&] { return run_cli({"exec", g.name, "--", "true"}, 10s).status == 0; }, 90s));
+  json s = status_json(g.name);
+  CHECK(s.value("boot_id", "") == boot);
+  CHECK(s.value("state", "") == "running");
+  // The garbage was reported, not written to the log at the rate it came.
+  std::string log = read_file(test_runtime_root() + "/" + g.name + "/supervisor.log");
+  std::size_t broke = 0;
+  for (std::size_t at = 0; (at = log.find("broke the protocol", at)) != std::string::npos; ++at) ++broke;
+  INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
+  CHECK(broke >= 1);
+  CHECK(broke <= 4);
+}
+
 TEST_CASE("repair: a hostile guest (cyclic task list, wild module pointers, absurd lengths) is rebooted with a bundle, "
           "in bounded time", "[integration][repair]") {
   auto& g = inline_guest();
@@ -149,6 +224,7 @@ TEST_CASE("repair: a hostile guest (cyclic task list, wild module pointers, absu
     return images.empty() ? std::string() : images.back().value("time", std::string());
   };
   std::string image_before = last_image();
+  SupervisorProbe probe(g.name);
   REQUIRE(run_cli({"exec", g.name, "--", "insmod", "/lib/modules/immortal_hostile.ko"}).status == 0);
   // The new module changes the profile: the repair image is rebuilt with it.
   REQUIRE(wait_until([&] { return last_image() != image_before && inline_ready(g.name); }, 60s));
@@ -179,6 +255,7 @@ TEST_CASE("repair: a hostile guest (cyclic task list, wild module pointers, absu
     return s.value("state", "") == "running" && s.value("boot_id", boot) != boot;
   }, 150s);
   REQUIRE(rebooted);
+  check_supervisor_held_up(probe.stop());
   REQUIRE(last_crash() > crash_before);
   json crash = events_of(g.name, "crash").back();
   INFO(crash.dump(1).substr(0, 4000));

@@ -6,8 +6,10 @@
 #include "base/terminal_text.h"
 #include "console_log.h"
 #include "types/btf_types.h"
+#include "x86_64/page_tables.h"
 
 #include "support/exit_code.h"
+#include "support/fake_kernel.h"
 
 #include <bpf/btf.h>
 #include <catch2/catch.hpp>
@@ -129,4 +131,32 @@ TEST_CASE("a console the guest floods stays within its budget and is read back f
   CHECK(tail.size() < 70 * 1024);
   CHECK(tail.find('\x1b') == std::string::npos);
   std::system(("rm -rf '" + std::string(tmpl) + "'").c_str());
+}
+
+TEST_CASE("page tables that loop back into themselves translate in bounded steps", "[hostile]") {
+  // Every entry of the top table points at the top table itself: a walk that followed entries
+  // until it found a page would never end; ours takes four (or five) steps and stops.
+  test::VectorMemory ram(1 << 20);
+  for (std::uint64_t i = 0; i < 512; ++i) ram.put<std::uint64_t>(0x1000 + i * 8, 0x1000 | 0x3);
+  auto start = std::chrono::steady_clock::now();
+  std::size_t mapped = 0;
+  for (std::uint64_t v = 0; v < (1ull << 48); v += (1ull << 39) / 7) {
+    for (bool five : {false, true}) {
+      auto p = x86_64::translate(ram, 0x1000, v | (v >> 47 ? 0xffff000000000000ull : 0), five);
+      if (p) {
+        ++mapped;
+        CHECK(*p < (1u << 20));  // only ever the looping table itself
+      }
+    }
+  }
+  CHECK(mapped > 0);
+  // Huge-page bits on every level, and entries pointing outside memory: an answer or a fault.
+  for (std::uint64_t i = 0; i < 512; ++i) ram.put<std::uint64_t>(0x1000 + i * 8, (0xfff000ull + i * 0x1000) | 0x83);
+  for (std::uint64_t v = 0; v < (1ull << 47); v += (1ull << 39) / 3) {
+    try {
+      (void)x86_64::translate(ram, 0x1000, v, false);
+    } catch (const MemoryFault&) {
+    }
+  }
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
 }

@@ -23,6 +23,7 @@ struct RunOptions {
   int vcpus = 2;
   std::string accel = "auto";
   std::string qemu = "qemu-system-x86_64";
+  std::string qemu_user;  // the account QEMU drops to when started as root ("": nobody)
   std::string backend = "qemu";
   std::string console_log;
   int boot_timeout_s = 60;

@@ -75,6 +75,9 @@ void add_machine_options(CLI::App* cmd, RunOptions& o) {
   cmd->add_option("--accel", o.accel, "auto, kvm or tcg (default: auto, probes KVM's speed)")
       ->check(CLI::IsMember({"auto", "kvm", "tcg"}));
   cmd->add_option("--qemu", o.qemu, "QEMU binary (default: qemu-system-x86_64)");
+  cmd->add_option("--qemu-user", o.qemu_user,
+                  "when started as root, the account QEMU runs as once it has opened its devices (QEMU's -runas; "
+                  "default: nobody; root keeps root)");
   cmd->add_option("--backend", o.backend, "what runs the VM (default: qemu)")->check(CLI::IsMember(machine_backend_names()));
   cmd->add_option("--console-log", o.console_log, "serial console log file (default: in the runtime dir)");
 }

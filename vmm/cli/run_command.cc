@@ -18,6 +18,7 @@
 #include "repair/repair_image.h"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -269,6 +270,11 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   config.memory_bytes = parse_memory_size(o.memory);
   config.vcpus = o.vcpus;
   config.backend_options["binary"] = o.qemu;  // the qemu backend's; others ignore it
+  // Started by root, QEMU gives up root once its devices are open (an escape from the guest
+  // into QEMU then lands in an account that owns nothing).
+  std::string qemu_user = o.qemu_user.empty() ? "nobody" : o.qemu_user;
+  if (!::getpwnam(qemu_user.c_str())) fail(ExitCode::usage, "--qemu-user {}: no such user on this host", qemu_user);
+  if (::geteuid() == 0 && qemu_user != "root") config.backend_options["user"] = qemu_user;
   for (const auto& spec : o.disks) config.disks.push_back(parse_disk_option(spec));
   for (const auto& spec : o.nets) {
     NetConfig net = parse_net_option(spec);

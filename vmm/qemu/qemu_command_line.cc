@@ -20,6 +20,12 @@ std::vector<RamSegment> q35_ram_layout(std::uint64_t ram_bytes) {
   return segments;
 }
 
+// The account QEMU drops to (-runas), "" to stay as started.
+static std::string run_as(const vmm::MachineConfig& config) {
+  auto it = config.backend_options.find("user");
+  return it == config.backend_options.end() ? "" : it->second;
+}
+
 std::string qemu_binary(const vmm::MachineConfig& config) {
   auto it = config.backend_options.find("binary");
   return it != config.backend_options.end() && !it->second.empty() ? it->second : "qemu-system-x86_64";
@@ -36,8 +42,11 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
       "-name", fmt::format("{},process=immortal-{}", c.name, c.name),
       "-nodefaults", "-no-user-config", "-display", "none",
       // QEMU's own seccomp sandbox: no obsolete calls, no privilege changes, no resource
-      // control; no new processes unless a bridge needs qemu-bridge-helper.
-      "-sandbox", fmt::format("on,obsolete=deny,elevateprivileges=deny,spawn={},resourcecontrol=deny",
+      // control; no new processes unless a bridge needs qemu-bridge-helper. QEMU installs it
+      // before it drops root (-runas below), so that one drop needs set*id allowed; once it is
+      // nobody, those calls cannot make it root again.
+      "-sandbox", fmt::format("on,obsolete=deny,elevateprivileges={},spawn={},resourcecontrol=deny",
+                              run_as(c).empty() ? "deny" : "allow",
                               std::any_of(c.nets.begin(), c.nets.end(),
                                           [](const auto& n) { return n.kind == vmm::NetConfig::Kind::bridge; })
                                   ? "allow"
@@ -110,6 +119,7 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
                                                     w.id, w.size, w.fd, w.read_only ? ",readonly=on" : ""),
                              "-device", fmt::format("ivshmem-plain,memdev={},addr={:#x}", w.id, w.pci_slot)});
   }
+  if (std::string user = run_as(c); !user.empty()) args.insert(args.end(), {"-runas", user});
   return args;
 }
 

@@ -366,7 +366,12 @@ std::vector<MachineEvent> QemuMachine::drain_events() {
 void QemuMachine::write_native_dump(const std::string& path) {
   // Synchronous: QEMU answers when the file is complete. paging=false: physical memory as is,
   // QEMU adds its own CPU notes and, when the guest registered one, the VMCOREINFO note.
-  qmp_->execute("dump-guest-memory", {{"paging", false}, {"protocol", "file:" + path}, {"format", "elf"}},
+  // We open the file and hand QEMU the descriptor: QEMU may run as another user (-runas)
+  // that cannot write where the operator asked.
+  UniqueFd out(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!out) fail_os(ExitCode::failure, "create " + path, errno);
+  qmp_->execute_passing_fd("getfd", {{"fdname", "immortal-dump"}}, out.get(), Deadline::in(std::chrono::seconds(10)));
+  qmp_->execute("dump-guest-memory", {{"paging", false}, {"protocol", "fd:immortal-dump"}, {"format", "elf"}},
                 Deadline::in(std::chrono::minutes(10)));
 }
 

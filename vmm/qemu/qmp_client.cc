@@ -2,6 +2,11 @@
 
 #include "base/error.h"
 
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
 namespace immortal::qemu {
 
 namespace {
@@ -93,10 +98,41 @@ std::optional<QmpMessage> QmpClient::read_message(Deadline deadline) {
 }
 
 json QmpClient::execute(const std::string& command, const json& arguments, Deadline deadline) {
+  return send_and_wait(command, arguments, -1, deadline);
+}
+
+json QmpClient::execute_passing_fd(const std::string& command, const json& arguments, int fd, Deadline deadline) {
+  return send_and_wait(command, arguments, fd, deadline);
+}
+
+json QmpClient::send_and_wait(const std::string& command, const json& arguments, int fd, Deadline deadline) {
   std::uint64_t id = next_id_++;
   json request = {{"execute", command}, {"id", id}};
   if (!arguments.empty()) request["arguments"] = arguments;
-  write_all(socket_.get(), request.dump() + "\n", deadline);
+  std::string line = request.dump() + "\n";
+  std::size_t sent = 0;
+  if (fd >= 0) {
+    // The descriptor rides on the first bytes of the command; the rest follows as usual.
+    iovec iov{line.data(), line.size()};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    ssize_t n;
+    do {
+      n = ::sendmsg(socket_.get(), &msg, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) fail_os(ExitCode::qemu, "QMP: send " + command, errno);
+    sent = static_cast<std::size_t>(n);
+  }
+  if (sent < line.size()) write_all(socket_.get(), line.substr(sent), deadline);
   for (;;) {
     auto m = read_message(deadline);
     if (!m) fail(ExitCode::timeout, "QMP: no answer to {} in time", command);

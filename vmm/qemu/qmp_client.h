@@ -55,6 +55,9 @@ class QmpClient {
   // error class and description, or on timeout / closed socket.
   json execute(const std::string& command, const json& arguments = json::object(),
                Deadline deadline = Deadline::in(std::chrono::seconds(10)));
+  // The same, handing QEMU a descriptor with the command (SCM_RIGHTS), as `getfd` and `add-fd`
+  // expect: how a QEMU that runs as another user writes to a file only we can open.
+  json execute_passing_fd(const std::string& command, const json& arguments, int fd, Deadline deadline);
 
   int fd() const { return socket_.get(); }
   // Reads whatever is available without blocking; returns the events received so far.
@@ -66,6 +69,7 @@ class QmpClient {
   // Blocks until one message arrives (events are queued, not returned).
   std::optional<QmpMessage> read_message(Deadline deadline);
   bool pump(Deadline deadline);  // one read into the splitter; false on timeout
+  json send_and_wait(const std::string& command, const json& arguments, int fd, Deadline deadline);
 
   UniqueFd socket_;
   LineSplitter lines_;

@@ -1,0 +1,37 @@
+// Fuzz target: the healthy copy of the guest's code as the repair agent and the supervisor load
+// it (healthy.json, the index, and healthy.bin, the regions' bytes). It is built from guest
+// memory and kept in the repair image, so it is checked like any guest-derived file. Input: the
+// index, a NUL, then the blob. parse() must load or refuse (Error), and what it loads must answer
+// lookups inside its own bounds.
+#include "base/error.h"
+#include "engine/healthy_image.h"
+
+#include <algorithm>
+#include <cstdint>
+
+using namespace immortal;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::uint8_t* end = data + size;
+  const std::uint8_t* nul = std::find(data, end, std::uint8_t{0});
+  repair::HealthyImage::Files files;
+  files.index.assign(reinterpret_cast<const char*>(data), static_cast<std::size_t>(nul - data));
+  if (nul != end) files.blob.assign(reinterpret_cast<const char*>(nul + 1), static_cast<std::size_t>(end - nul - 1));
+  try {
+    auto image = repair::HealthyImage::parse(files, "fuzz");
+    (void)image.total_bytes();
+    for (const auto& r : image.regions) {
+      for (std::uint64_t n : {1ull, 8ull, r.bytes.size() + 1ull, ~0ull}) {
+        if (const auto* found = image.find(r.address, n)) (void)found->bytes.at(static_cast<std::size_t>(r.address - found->address));
+        (void)image.find(r.address + r.bytes.size(), n);
+        (void)image.find(r.address - 1, n);
+      }
+    }
+    for (const auto& m : image.modules) {
+      if (const auto* found = image.module(m.name)) (void)found->in_data(found->base + found->size, 8);
+      (void)m.in_data(~0ull - 4, 8);
+    }
+  } catch (const Error&) {
+  }
+  return 0;
+}
