@@ -20,8 +20,7 @@ std::vector<RamSegment> q35_ram_layout(std::uint64_t ram_bytes) {
   return segments;
 }
 
-// The account QEMU drops to (-runas), "" to stay as started.
-static std::string run_as(const vmm::MachineConfig& config) {
+std::string qemu_run_as(const vmm::MachineConfig& config) {
   auto it = config.backend_options.find("user");
   return it == config.backend_options.end() ? "" : it->second;
 }
@@ -46,7 +45,7 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
       // before it drops root (-runas below), so that one drop needs set*id allowed; once it is
       // nobody, those calls cannot make it root again.
       "-sandbox", fmt::format("on,obsolete=deny,elevateprivileges={},spawn={},resourcecontrol=deny",
-                              run_as(c).empty() ? "deny" : "allow",
+                              qemu_run_as(c).empty() ? "deny" : "allow",
                               std::any_of(c.nets.begin(), c.nets.end(),
                                           [](const auto& n) { return n.kind == vmm::NetConfig::Kind::bridge; })
                                   ? "allow"
@@ -119,7 +118,7 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
                                                     w.id, w.size, w.fd, w.read_only ? ",readonly=on" : ""),
                              "-device", fmt::format("ivshmem-plain,memdev={},addr={:#x}", w.id, w.pci_slot)});
   }
-  if (std::string user = run_as(c); !user.empty()) args.insert(args.end(), {"-runas", user});
+  if (std::string user = qemu_run_as(c); !user.empty()) args.insert(args.end(), {"-runas", user});
   return args;
 }
 

@@ -54,6 +54,25 @@ std::string describe_status(int status) {
   return "stopped";
 }
 
+// In the child about to become a helper VM's QEMU: fork a watchman that keeps root, dies with
+// QEMU (its parent: PR_SET_PDEATHSIG survives exec) and kills QEMU when the lifeline pipe on its
+// standard input reaches end of file, that is when every process of the supervisor holding its
+// write end is gone. It is a shell, not a fork of us, so it holds none of the supervisor's memory
+// or descriptors (not the instance's lock, not guest RAM). Async-signal-safe calls only: we are a
+// fork of a threaded process.
+void watch_over_helper(int lifeline) {
+  pid_t qemu = ::getpid();
+  if (::fork() != 0) return;  // QEMU goes on (a failed fork leaves only PR_SET_PDEATHSIG)
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != qemu) ::_exit(0);
+  ::dup2(lifeline, 0);
+  ::close_range(1, ~0u, 0);
+  // $PPID is QEMU; were QEMU gone, PR_SET_PDEATHSIG would have killed the shell first.
+  const char* argv[] = {"/bin/sh", "-c", "while read -r _; do :; done; kill -KILL $PPID", "immortal-watchman", nullptr};
+  ::execv(argv[0], const_cast<char* const*>(argv));
+  ::_exit(127);
+}
+
 }  // namespace
 
 std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& config, Deadline deadline) {
@@ -88,6 +107,17 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
   if (::pipe2(status_pipe, O_CLOEXEC) != 0) fail_os(ExitCode::failure, "pipe", errno);
   UniqueFd status_read(status_pipe[0]), status_write(status_pipe[1]);
 
+  // A helper VM that drops root loses PR_SET_PDEATHSIG with its uid (prctl(2)): its watchman
+  // reads this pipe, whose write end only the supervisor holds, and kills it at end of file.
+  bool needs_watchman = !config.outlives_supervisor && !qemu_run_as(config).empty();
+  UniqueFd lifeline_read;
+  if (needs_watchman) {
+    int lifeline[2];
+    if (::pipe2(lifeline, O_CLOEXEC) != 0) fail_os(ExitCode::failure, "pipe", errno);
+    lifeline_read = UniqueFd(lifeline[0]);
+    m->lifeline_ = UniqueFd(lifeline[1]);
+  }
+
   pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) fail_os(ExitCode::failure, "fork", errno);
@@ -101,6 +131,7 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != parent) ::_exit(1);
       ::setpgid(0, 0);  // a Ctrl-C on the terminal is ours to handle, not QEMU's
+      if (needs_watchman) watch_over_helper(lifeline_read.get());
     }
     sigset_t all;
     sigemptyset(&all);
@@ -117,6 +148,7 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
     (void)!::write(status_write.get(), &err, sizeof err);
     ::_exit(127);
   }
+  lifeline_read.reset();
   m->pid_ = pid;
   m->ram_fd_in_vm_ = m->ram_fd_.get();
   status_write.reset();

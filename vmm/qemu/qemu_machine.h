@@ -11,7 +11,9 @@
 // new one attaches through the same sockets and re-opens the RAM as /proc/PID/fd/N (QMP and
 // the gdbstub accept a new client after the old one is gone; connecting the gdbstub stops the
 // VM, so attach resumes it when it was running). Helper VMs (the repair VM) get
-// PR_SET_PDEATHSIG(SIGKILL) and die with the supervisor.
+// PR_SET_PDEATHSIG(SIGKILL) and die with the supervisor; one that drops root (-runas) loses that
+// setting with its uid, so a watchman child that stays root kills it when the supervisor's end of
+// a pipe (lifeline_) closes.
 #pragma once
 
 #include "machine.h"
@@ -32,6 +34,9 @@ std::vector<RamSegment> q35_ram_layout(std::uint64_t ram_bytes);
 
 // The QEMU program: the backend option "binary", else qemu-system-x86_64 from PATH.
 std::string qemu_binary(const vmm::MachineConfig& config);
+
+// The account QEMU drops to once its devices are open (-runas), "" to stay as started.
+std::string qemu_run_as(const vmm::MachineConfig& config);
 
 // The QEMU command line for a configuration (ram_fd: the memfd QEMU inherits).
 std::vector<std::string> qemu_command_line(const vmm::MachineConfig& config, int ram_fd);
@@ -100,6 +105,7 @@ class QemuMachine final : public vmm::Machine {
   std::uint64_t start_time_ = 0;  // QEMU's start time (/proc/PID/stat), against pid reuse
   bool our_child_ = true;         // false when attached: its exit is seen through pidfd_
   UniqueFd pidfd_;
+  UniqueFd lifeline_;             // a helper VM's watchman kills it when this closes
   bool released_ = false;
   std::optional<vmm::RunState> state_before_attach_;
 };
