@@ -82,7 +82,9 @@ void Supervisor::build_rooms() {
   agent_ = std::make_unique<AgentChannel>(machine_->connect_agent_channel(Deadline::in(std::chrono::seconds(5))));
   profile_ = std::make_unique<ProfileCollector>(*agent_, dir_.file("profile"), say);
   kernel_ = std::make_unique<LiveKernel>(*machine_, *profile_);
-  bundles_ = std::make_unique<CrashBundles>(options_.bundles, m.name, options_.recovery.enabled, events_, say, emit);
+  BundleSettings bundle_settings = options_.bundles;
+  bundle_settings.agent = options_.repair.agent;  // it reads the reports too
+  bundles_ = std::make_unique<CrashBundles>(bundle_settings, m.name, options_.recovery.enabled, events_, say, emit);
   if (options_.recovery.enabled) {
     MachineConfig vm = m;  // the guest's own QEMU and accelerator; its kernel unless told otherwise
     vm.name = m.name + "-repair";

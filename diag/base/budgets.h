@@ -63,4 +63,16 @@ inline constexpr std::size_t kAgentBytesPerWake = 1 << 20;
 inline constexpr std::size_t kConsoleTail = 64 * 1024;
 inline constexpr std::uint64_t kConsoleLogBytes = 64ull << 20;
 
+// --- The report agent (a sandboxed process that reads a bundle's snapshot) ---
+// A snapshot index handed to it: RAM ranges (QEMU has a handful) and pages (1 TiB of RAM).
+inline constexpr std::uint64_t kSnapshotRanges = 64;
+inline constexpr std::uint64_t kSnapshotPages = 1ull << 28;
+// Its answer (the report's kernel parts: the log as records, every CPU's task and backtrace).
+inline constexpr std::size_t kReportAnswerBytes = 64ull << 20;
+// What it may change in the snapshot (the panic line in the log, panic_cpu): a few records.
+inline constexpr std::size_t kReportWrites = 16;
+inline constexpr std::size_t kReportWriteBytes = 64 * 1024;
+// How long it may take before the bundle is written without it (killed, and said so).
+inline constexpr int kReportAgentSeconds = 120;
+
 }  // namespace immortal::budget

@@ -1,6 +1,8 @@
 #include "dump/memory_snapshot.h"
 
+#include "base/budgets.h"
 #include "base/error.h"
+#include "base/sealed_memfd.h"
 
 #include <sys/mman.h>
 
@@ -48,13 +50,20 @@ std::vector<std::pair<PhysicalRange, std::vector<PageClass>>> classify_ram(const
 
 }  // namespace
 
-std::shared_ptr<SnapshotArena> SnapshotArena::make(std::uint64_t bytes) {
+// Shared memory rather than anonymous: the report agent maps the same pages (read-only for it).
+std::shared_ptr<SnapshotArena> SnapshotArena::map_fresh(std::uint64_t bytes) {
   std::shared_ptr<SnapshotArena> a(new SnapshotArena);
   a->size_ = std::max<std::uint64_t>((bytes + MemorySnapshot::kPageSize - 1) & ~(MemorySnapshot::kPageSize - 1),
                                      MemorySnapshot::kPageSize);
-  void* p = ::mmap(nullptr, a->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  a->fd_ = sealed_memfd("immortal-snapshot", a->size_);
+  void* p = ::mmap(nullptr, a->size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, a->fd_.get(), 0);
   if (p == MAP_FAILED) fail_os(ExitCode::failure, "cannot allocate memory for snapshots", errno);
   a->base_ = static_cast<std::byte*>(p);
+  return a;
+}
+
+std::shared_ptr<SnapshotArena> SnapshotArena::make(std::uint64_t bytes) {
+  auto a = map_fresh(bytes);
   // Touch every page now, so a snapshot does not pay for it.
   for (std::uint64_t at = 0; at < a->size_; at += MemorySnapshot::kPageSize) a->base_[at] = std::byte{1};
   return a;
@@ -96,14 +105,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   if (arena && arena->size() >= candidates * kPageSize) {
     s->census_.warm_arena = true;
   } else {
-    arena.reset();
-    std::uint64_t bytes = std::max<std::uint64_t>(candidates * kPageSize, kPageSize);
-    std::shared_ptr<SnapshotArena> fresh(new SnapshotArena);
-    void* buf = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (buf == MAP_FAILED) fail_os(ExitCode::failure, "cannot allocate the memory snapshot", errno);
-    fresh->base_ = static_cast<std::byte*>(buf);
-    fresh->size_ = bytes;
-    arena = std::move(fresh);
+    arena = SnapshotArena::map_fresh(candidates * kPageSize);
   }
   s->arena_ = std::move(arena);
   s->buffer_ = s->arena_->data();
@@ -135,6 +137,73 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
 }
 
 MemorySnapshot::~MemorySnapshot() = default;
+
+namespace {
+constexpr char kIndexMagic[8] = {'I', 'M', 'S', 'N', 'A', 'P', '1', '\0'};
+
+void put_u64(std::string& out, std::uint64_t v) { out.append(reinterpret_cast<const char*>(&v), sizeof v); }
+
+std::uint64_t take_u64(std::string_view& in) {
+  if (in.size() < 8) fail(ExitCode::bad_input, "the snapshot index is cut short");
+  std::uint64_t v;
+  std::memcpy(&v, in.data(), 8);
+  in.remove_prefix(8);
+  return v;
+}
+}  // namespace
+
+// "IMSNAP1\0", the number of ranges, each range's start and size (whole pages), then each range's
+// slots (u32 per page: an index into the copied pages, or kExcluded + its class). Host order.
+std::string MemorySnapshot::index() const {
+  std::string out(kIndexMagic, sizeof kIndexMagic);
+  put_u64(out, by_range_.size());
+  for (const auto& r : by_range_) {
+    put_u64(out, r.range.start);
+    put_u64(out, r.range.size);
+  }
+  for (const auto& r : by_range_) out.append(reinterpret_cast<const char*>(r.slot.data()), r.slot.size() * sizeof(std::uint32_t));
+  return out;
+}
+
+std::unique_ptr<MemorySnapshot> MemorySnapshot::adopt(std::string_view index, std::byte* pages, std::uint64_t page_bytes) {
+  if (index.size() < sizeof kIndexMagic || std::memcmp(index.data(), kIndexMagic, sizeof kIndexMagic) != 0)
+    fail(ExitCode::bad_input, "not a snapshot index");
+  index.remove_prefix(sizeof kIndexMagic);
+  std::uint64_t count = take_u64(index);
+  if (count == 0 || count > budget::kSnapshotRanges) fail(ExitCode::bad_input, "a snapshot index of {} ranges", count);
+  std::unique_ptr<MemorySnapshot> s(new MemorySnapshot);
+  std::uint64_t total_pages = 0, end = 0, copied = page_bytes / kPageSize;
+  for (std::uint64_t i = 0; i < count; ++i) {
+    PhysicalRange r{take_u64(index), take_u64(index)};
+    if ((r.start | r.size) & (kPageSize - 1) || r.size == 0 || r.start < end || r.start + r.size < r.start)
+      fail(ExitCode::bad_input, "a snapshot index with a misplaced range ({:#x}, {:#x} bytes)", r.start, r.size);
+    end = r.start + r.size;
+    total_pages += r.size / kPageSize;
+    if (total_pages > budget::kSnapshotPages) fail(ExitCode::bad_input, "a snapshot index of more than {} pages", budget::kSnapshotPages);
+    s->ranges_.push_back(r);
+    s->by_range_.push_back({r, {}});
+  }
+  if (index.size() != total_pages * sizeof(std::uint32_t))
+    fail(ExitCode::bad_input, "the snapshot index has {} bytes of slots for {} pages", index.size(), total_pages);
+  for (auto& r : s->by_range_) {
+    r.slot.resize(r.range.size / kPageSize);
+    std::memcpy(r.slot.data(), index.data(), r.slot.size() * sizeof(std::uint32_t));
+    index.remove_prefix(r.slot.size() * sizeof(std::uint32_t));
+    for (std::uint32_t slot : r.slot) {
+      if (slot < kExcluded ? slot >= copied : slot - kExcluded >= kPageClassCount)
+        fail(ExitCode::bad_input, "a snapshot index names page slot {:#x} (there are {} pages)", slot, copied);
+      ++s->census_.pages[slot < kExcluded ? static_cast<std::size_t>(PageClass::kernel) : slot - kExcluded];
+    }
+  }
+  s->census_.total_pages = total_pages;
+  s->census_.copied_bytes = copied * kPageSize;
+  std::shared_ptr<SnapshotArena> arena(new SnapshotArena);
+  arena->base_ = pages;
+  arena->size_ = page_bytes;
+  s->arena_ = std::move(arena);
+  s->buffer_ = pages;
+  return s;
+}
 
 const MemorySnapshot::Range* MemorySnapshot::range_of(std::uint64_t paddr) const {
   for (const auto& r : by_range_)

@@ -9,6 +9,7 @@
 // reading them throws MemoryFault.
 #pragma once
 
+#include "base/unique_fd.h"
 #include "dump/page_classes.h"
 #include "memory/physical_memory.h"
 
@@ -39,12 +40,17 @@ class SnapshotArena {
   SnapshotArena& operator=(const SnapshotArena&) = delete;
   std::byte* data() const { return base_; }
   std::uint64_t size() const { return size_; }
+  // The memfd behind it (sealed against resizing), for a process that reads the copy; -1 for
+  // pages another process mapped and handed to MemorySnapshot::adopt.
+  int fd() const { return fd_.get(); }
 
  private:
   friend class MemorySnapshot;
   SnapshotArena() = default;
+  static std::shared_ptr<SnapshotArena> map_fresh(std::uint64_t bytes);
   std::byte* base_ = nullptr;
   std::uint64_t size_ = 0;
+  UniqueFd fd_;
 };
 
 // How many pages a snapshot of ram would copy now (for sizing an arena; the guest may run).
@@ -59,6 +65,10 @@ class MemorySnapshot final : public PhysicalMemory {
   // when it is large enough, else into freshly allocated memory.
   static std::unique_ptr<MemorySnapshot> take(const PhysicalMemory& ram, const Kernel* kernel, bool filter,
                                               std::shared_ptr<SnapshotArena> arena = nullptr);
+  // The same copy in another process (the report agent): the page index (index()) and the copied
+  // pages, mapped there from pages_fd(). Every slot is checked against the pages given; a
+  // malformed index is Error(bad_input). Writes change `pages` only (map them privately).
+  static std::unique_ptr<MemorySnapshot> adopt(std::string_view index, std::byte* pages, std::uint64_t page_bytes);
   ~MemorySnapshot() override;
   MemorySnapshot(const MemorySnapshot&) = delete;
   MemorySnapshot& operator=(const MemorySnapshot&) = delete;
@@ -73,6 +83,10 @@ class MemorySnapshot final : public PhysicalMemory {
   // Host pointer to a copied page (nullptr for zero and excluded pages).
   const std::byte* page_data(std::uint64_t paddr) const;
   const SnapshotCensus& census() const { return census_; }
+  // What adopt() needs: the ranges and each page's slot, as bytes (docs/protocol.md, "Report agent").
+  std::string index() const;
+  int pages_fd() const { return arena_ ? arena_->fd() : -1; }
+  std::uint64_t pages_bytes() const { return census_.copied_bytes; }
 
  private:
   MemorySnapshot() = default;

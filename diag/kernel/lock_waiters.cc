@@ -12,7 +12,7 @@ namespace immortal {
 
 namespace {
 
-constexpr std::uint64_t kThreadSize = 16 * 1024;
+constexpr std::uint64_t kWaiterThreadSize = 16 * 1024;
 constexpr std::size_t kMaxWaitList = 4096;
 constexpr std::uint32_t kTaskInterruptible = 0x1, kTaskUninterruptible = 0x2;
 
@@ -102,7 +102,7 @@ LockWaiters find_lock_waiters(const Kernel& kernel, std::size_t max_tasks) {
     std::uint64_t task = m.read_u64(node + 16);
     if (!aligned_kernel_address(task)) return false;
     std::uint64_t stack = m.read_u64(task + off_stack);
-    return aligned_kernel_address(stack) && node >= stack && node - stack < kThreadSize;
+    return aligned_kernel_address(stack) && node >= stack && node - stack < kWaiterThreadSize;
   };
 
   for (std::uint64_t task : all_tasks(kernel, max_tasks, &out.problems)) {
@@ -111,8 +111,8 @@ LockWaiters find_lock_waiters(const Kernel& kernel, std::size_t max_tasks) {
       auto state = m.read_value<std::uint32_t>(task + off_state);
       if (!(state & (kTaskInterruptible | kTaskUninterruptible)) || m.read_value<std::int32_t>(task + off_on_cpu)) continue;
       std::uint64_t stack = m.read_u64(task + off_stack), sp = m.read_u64(task + off_sp);
-      if (!aligned_kernel_address(stack) || sp < stack || sp >= stack + kThreadSize) continue;
-      std::vector<std::uint64_t> words((stack + kThreadSize - sp) / 8);
+      if (!aligned_kernel_address(stack) || sp < stack || sp >= stack + kWaiterThreadSize) continue;
+      std::vector<std::uint64_t> words((stack + kWaiterThreadSize - sp) / 8);
       m.read(sp, std::as_writable_bytes(std::span(words)));
       // The slow path it sleeps in: the first lock slow path among the return addresses.
       const SlowPath* path = nullptr;

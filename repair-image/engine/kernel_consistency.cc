@@ -9,7 +9,7 @@ namespace immortal::repair {
 
 namespace {
 
-constexpr std::size_t kMaxTasks = 1 << 20;  // Linux's PID_MAX_LIMIT is 4 Mi; 1 Mi tasks is plenty
+constexpr std::size_t kConsistencyMaxTasks = 1 << 20;  // Linux's PID_MAX_LIMIT is 4 Mi; 1 Mi tasks is plenty
 constexpr std::uint64_t kMaxModuleSize = 1ull << 30;
 
 bool printable_name(const std::string& name) {
@@ -24,7 +24,7 @@ bool printable_name(const std::string& name) {
 std::vector<std::string> check_kernel_consistency(const Kernel& kernel) {
   std::vector<std::string> problems;
   try {
-    TaskList tasks = read_tasks(kernel, kMaxTasks);
+    TaskList tasks = read_tasks(kernel, kConsistencyMaxTasks);
     if (!tasks.walk.complete) problems.push_back("the task list is damaged: " + tasks.walk.problem);
   } catch (const std::exception& e) {
     problems.push_back(std::string("the task list is unreadable: ") + e.what());

@@ -141,6 +141,17 @@ TEST_CASE("repair inline: a call the sandbox forbids kills the agent; the crash 
   CHECK(wait_until([&] { json s = status_json(name); return s.value("state", "") == "running" && s.value("boot_id", boot) != boot; },
                    120s));
   CHECK(wait_until([&] { return !events_of(name, "bundle").empty(); }, 60s));
+  // The bundle's report agent (the same sandbox, the same canary) died too: the bundle is still
+  // complete, its vmcore written, and its report says why it has no kernel details.
+  if (!events_of(name, "bundle").empty()) {
+    std::string path = events_of(name, "bundle").back().value("path", "");
+    INFO("bundle " << path);
+    json report = json::parse(read_file(path + "/report.json"), nullptr, false);
+    REQUIRE(report.is_object());
+    CHECK_THAT(report.value("problems", json::array()).dump(), Catch::Contains("the report agent made a system call its sandbox forbids"));
+    CHECK(report.value("vmcore", json::object()).value("bytes", 0) > 1'000'000);
+    CHECK(run_cli({"diag", path}).status == 0);
+  }
   // The failed worker is started again (after its back-off) and is ready for the next crash.
   CHECK(wait_until([&] { return inline_ready(name); }, 120s));
   CHECK(run_cli({"stop", name, "--force"}).status == 0);

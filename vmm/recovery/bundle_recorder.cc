@@ -6,16 +6,11 @@
 #include "bundle/bundle_format.h"
 #include "bundle/bundle_writer.h"
 #include "bundle/report_text.h"
-#include "dump/panic_line.h"
 #include "dump/vmcore_writer.h"
-#include "engine/crash_analysis.h"
-#include "kernel/orc_unwind.h"
-#include "kernel/printk.h"
-#include "kernel/taint.h"
-#include "kernel/tasks.h"
+#include "engine/snapshot_report.h"
 #include "recovery/event_log.h"
-#include "report/kernel_json.h"
-#include "x86_64/page_tables.h"
+#include "recovery/report_agent.h"
+#include "repair/repair_image.h"
 
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -51,17 +46,6 @@ json crash_summary(const BundleJob& job) {
   return c;
 }
 
-json backtrace_json(const Kernel& kernel, const X86Registers& regs) {
-  std::string method;
-  Backtrace bt = unwind_or_scan(kernel, regs, &method);
-  json frames = json::array();
-  for (const auto& f : bt.frames)
-    frames.push_back({{"pc", fmt::format("{:#x}", f.pc)}, {"symbol", f.symbol}, {"reliable", f.reliable}});
-  json out = {{"backtrace_method", method}, {"backtrace", frames}};
-  if (!bt.problem.empty()) out["backtrace_problem"] = bt.problem;
-  return out;
-}
-
 // Bundle writing is background work: it must not take the CPU from the guest (or from the
 // supervisor's next crash). Linux applies nice per thread.
 void lower_thread_priority() { ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10); }
@@ -89,28 +73,8 @@ BundleCapture capture_guest(Machine& machine, const Kernel* kernel, const GuestP
     if (text) c.vmcoreinfo = *text;
   }
   c.pause_ms = ms_since(t0);
-  // A kdump vmcore is written after panic() claimed panic_cpu; we stop at panic()'s first
-  // instruction, before it does. Dump readers (drgn's crashed_thread) look for it: say it.
-  // x86's crashing_cpu is what kdump's crash path sets (drgn 0.0.22's crashed_thread() reads it).
-  if (kernel && crash_cpu >= 0) {
-    for (const char* variable : {"panic_cpu", "crashing_cpu"}) {
-      try {
-        if (auto sym = kernel->symbols().address_of(variable))
-          if (auto pa = kernel->memory().to_physical(*sym)) {
-            auto value = c.memory->read_value<std::int32_t>(*pa);
-            if (value == -1) {
-              std::int32_t cpu = crash_cpu;
-              c.memory->write(*pa, std::as_bytes(std::span(&cpu, 1)));
-              c.adjustments.push_back(fmt::format(
-                  "{} set to {} (was -1: the crash was caught at panic()'s first instruction, before the kernel "
-                  "sets it on the way to a kdump vmcore)", variable, crash_cpu));
-            }
-          }
-      } catch (const std::exception&) {
-        // Left as it was: the report says which CPU crashed anyway.
-      }
-    }
-  }
+  // Nothing of the copy is read here: panic_cpu and the panic line are the report agent's
+  // (recovery/report_agent.h), like everything else that reads guest structures.
   return c;
 }
 
@@ -121,44 +85,42 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
                                  job.reason == "crash" ? fmt::format("crash{}", job.crash) : job.reason);
   try {
     bundle::BundleWriter writer(settings.dir, name);
-    const MemorySnapshot& memory = *job.capture.memory;
+    MemorySnapshot& memory = *job.capture.memory;
     json problems = json::array();
-    std::unique_ptr<Kernel> kernel;
+    const std::size_t vcpus = job.capture.registers.size();
+    // The profile first: the report agent reads it from the bundle (the one this crash had).
+    ReportParts parts;
+    double report_agent_ms = 0;
     if (job.profile) {
-      try {
-        kernel = Kernel::open(memory, *job.profile,
-                              job.capture.vmcoreinfo.empty() ? std::nullopt : std::optional(job.capture.vmcoreinfo));
-      } catch (const std::exception& e) {
-        problems.push_back(std::string("the kernel in the snapshot cannot be read: ") + e.what());
+      job.profile->save(writer.path_of(bundle::kProfileDir));
+      writer.add_written_tree(bundle::kProfileDir);
+      repair::SnapshotReportRequest request;
+      request.record.registers = job.capture.registers;
+      request.record.vcpu = job.capture.crash_cpu;
+      if (job.crash_record.is_object()) {
+        request.record.caught_by = job.crash_record.value("caught_by", "");
+        request.record.intercepted_at = job.crash_record.value("intercepted_at", "");
       }
+      request.vmcoreinfo = job.capture.vmcoreinfo;
+      if (job.analysis.is_object() && job.analysis.contains("task") && job.analysis["task"].is_object())
+        request.victim_pid = job.analysis["task"].value("pid", -1);
+      request.analyse = job.reason == "crash" && job.analysis.is_null();
+      auto asked = Clock::now();
+      try {
+        parts = read_report_parts(find_repair_agent(settings.agent), memory, writer.path_of(bundle::kProfileDir),
+                                  request.to_json(), std::chrono::seconds(budget::kReportAgentSeconds));
+      } catch (const std::exception& e) {
+        parts.pids.assign(vcpus, 0);
+        parts.problems.push_back(std::string("the report's kernel details are missing: ") + e.what());
+      }
+      report_agent_ms = ms_since(asked);
     } else {
-      problems.push_back("no healthy-guest profile: the report has no kernel details");
+      parts.pids.assign(vcpus, 0);
+      parts.problems.push_back("no healthy-guest profile: the report has no kernel details");
     }
-
-    // Caught at panic()'s first instruction, which has printed nothing yet: the vmcore's log
-    // gets the line panic() prints first, as every kdump vmcore has it.
-    const json& rec = job.crash_record;
-    int crash_cpu = job.capture.crash_cpu;
-    if (kernel && rec.is_object() && rec.value("caught_by", "") == "breakpoint" && rec.value("intercepted_at", "") == "panic" &&
-        crash_cpu >= 0 && static_cast<std::size_t>(crash_cpu) < job.capture.registers.size()) {
-      try {
-        if (panic_message(read_kernel_log(*kernel)).empty()) {
-          std::string line = "Kernel panic - not syncing: " +
-                             format_panic_message(*kernel, job.capture.registers[static_cast<std::size_t>(crash_cpu)]);
-          std::uint32_t caller = 0x80000000u | static_cast<std::uint32_t>(crash_cpu);
-          if (job.analysis.is_object() && job.analysis.contains("task") && job.analysis["task"].value("pid", -1) > 0)
-            caller = static_cast<std::uint32_t>(job.analysis["task"].value("pid", 0));
-          std::string why;
-          if (append_log_record(*kernel, *job.capture.memory, line, caller, &why))
-            job.capture.adjustments.push_back("kernel log: \"" + line + "\" appended (panic() prints it first; it was "
-                                              "stopped before it could)");
-          else
-            problems.push_back("the panic line could not be added to the vmcore's log: " + why);
-        }
-      } catch (const std::exception& e) {
-        problems.push_back(std::string("the panic line could not be added to the vmcore's log: ") + e.what());
-      }
-    }
+    for (auto& p : parts.problems) problems.push_back(std::move(p));
+    for (auto& a : parts.adjustments) job.capture.adjustments.push_back(std::move(a));
+    if (job.analysis.is_null() && !parts.analysis.is_null()) job.analysis = parts.analysis;
 
     json report = {{"format", "immortal-report"}, {"version", bundle::kFormatVersion}, {"bundle", name},
                    {"guest", job.guest}, {"reason", job.reason}};
@@ -169,56 +131,22 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
       report["recovery"] = job.recovery;
       if (job.plan.is_object() && job.plan.contains("actions")) report["recovery"]["actions"] = job.plan["actions"];
     }
-    std::string dmesg;
-    std::vector<VmcoreCpu> cpus;
-    VmcoreLayout layout;
-    if (kernel) {
-      auto part = [&](const char* what, auto&& f) {
-        try {
-          f();
-        } catch (const std::exception& e) {
-          problems.push_back(fmt::format("{}: {}", what, e.what()));
-        }
-      };
-      part("taint", [&] { report["kernel"]["taint"] = taint_string(read_taint_mask(*kernel)); });
-      part("kernel log", [&] {
-        json log = kernel_log_json(*kernel);
-        dmesg = render_kernel_log(log["records"]);
-        if (!report.contains("crash")) return;
-        if (!report["crash"].contains("message") || report["crash"]["message"] == "")
-          report["crash"]["message"] = log["panic_message"];
-        report["crash"]["panic_message"] = log["panic_message"];
-      });
-      std::vector<std::uint64_t> current;
-      part("current tasks", [&] { current = current_tasks(*kernel, static_cast<int>(job.capture.registers.size())); });
-      json cpu_list = json::array();
-      for (std::size_t i = 0; i < job.capture.registers.size(); ++i) {
-        const auto& regs = job.capture.registers[i];
-        json cpu = {{"cpu", i}, {"rip", fmt::format("{:#x}", regs.rip)}, {"at", kernel->symbols().describe(regs.rip)}};
-        VmcoreCpu vc{0, regs};
-        if (i < current.size()) part("task", [&] {
-            TaskInfo t = read_task(*kernel, current[i]);
-            cpu["task"] = task_json(t);
-            vc.pid = t.pid;
-          });
-        part("backtrace", [&] { cpu.update(backtrace_json(*kernel, regs)); });
-        cpu_list.push_back(cpu);
-        cpus.push_back(vc);
-      }
-      report["cpus"] = cpu_list;
-      part("kernel layout", [&] {
-        const auto& l = kernel->memory().layout();
-        layout.page_offset_base = l.page_offset_base;
-        auto text = kernel->symbols().address_of("_text"), end = kernel->symbols().address_of("_end");
-        if (text && end && *end > *text && *end - *text < (1ull << 31)) {
-          layout.kernel_vaddr = *text;
-          layout.kernel_paddr = *text - x86_64::kStartKernelMap + l.phys_base;
-          layout.kernel_size = (*end - *text + 0xfff) & ~0xfffull;
-        }
-      });
-    } else {
-      for (const auto& regs : job.capture.registers) cpus.push_back({0, regs});
+    if (!parts.taint.is_null()) report["kernel"]["taint"] = parts.taint;
+    if (parts.log.is_object() && report.contains("crash")) {
+      if (!report["crash"].contains("message") || report["crash"]["message"] == "")
+        report["crash"]["message"] = parts.log["panic_message"];
+      report["crash"]["panic_message"] = parts.log["panic_message"];
     }
+    std::vector<VmcoreCpu> cpus;
+    json cpu_list = json::array();
+    for (std::size_t i = 0; i < vcpus; ++i) {
+      const auto& regs = job.capture.registers[i];
+      cpus.push_back({parts.pids[i], regs});
+      cpu_list.push_back(i < parts.cpus.size() ? parts.cpus[i] : json{{"cpu", i}, {"rip", fmt::format("{:#x}", regs.rip)}});
+    }
+    if (job.profile) report["cpus"] = cpu_list;
+    const VmcoreLayout& layout = parts.layout;
+    const std::string& dmesg = parts.dmesg;
 
     // The vmcore.
     VmcoreStats stats;
@@ -239,6 +167,7 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
                         {"adjustments", job.capture.adjustments}};
     json timings = job.timings.is_object() ? job.timings : json::object();
     timings["snapshot_pause_ms"] = job.capture.pause_ms;
+    timings["report_agent_ms"] = report_agent_ms;
     if (!job.analysis.is_null()) report["analysis"] = job.analysis;
     if (!job.plan.is_null()) report["plan"] = job.plan;
     if (!job.crash_record.is_null()) report["record"] = job.crash_record;
@@ -248,10 +177,6 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
     std::string events;
     for (const auto& e : job.events) events += e.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
     writer.add(bundle::kEvents, events);
-    if (job.profile) {
-      job.profile->save(writer.path_of(bundle::kProfileDir));
-      writer.add_written_tree(bundle::kProfileDir);
-    }
     timings["write_ms"] = ms_since(t0);
     report["timings"] = timings;
     writer.add(bundle::kReportJson, report.dump(2, ' ', false, json::error_handler_t::replace) + "\n");

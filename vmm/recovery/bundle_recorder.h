@@ -1,8 +1,9 @@
 // Diagnosis bundles of a supervised guest (docs/bundle-format.md). Two halves:
 //  - capture(), with the guest stopped: a private copy of the memory a dump needs (the pause
 //    is this copy only), the vCPUs' registers, VMCOREINFO;
-//  - the recorder's worker threads, with the guest running again: the report (read from the
-//    copy), the vmcore, dmesg, the profile, the crash's events, written atomically; retention.
+//  - the recorder's worker threads, with the guest running again: the report (its kernel parts
+//    read from the copy by the sandboxed report agent, recovery/report_agent.h), the vmcore,
+//    dmesg, the profile, the crash's events, written atomically; retention.
 // Results come back to the supervisor's thread through poll(), which also emits the events.
 #pragma once
 
@@ -34,6 +35,7 @@ struct BundleSettings {
   bundle::RetentionPolicy retention;  // --bundle-keep, --bundle-max-size
   bool archive = false;               // --bundle-compress: NAME.tar.zst instead of a directory
   bool filter = true;                 // --bundle-memory kernel (true) | all
+  std::string agent;                  // --repair-agent: the report agent's binary ("" = the usual places)
 };
 
 // What the stopped guest gave: everything else is derived from it later.
@@ -46,8 +48,8 @@ struct BundleCapture {
   std::vector<std::string> adjustments; // changes made to the copy (docs/bundle-format.md)
 };
 
-// Copies the stopped guest. kernel: the live guest kernel (for struct pages, VMCOREINFO,
-// panic_cpu), nullptr if unknown — then every non-zero page is copied.
+// Copies the stopped guest. kernel: the live guest kernel (for struct pages and VMCOREINFO's
+// place), nullptr if unknown — then every non-zero page is copied.
 BundleCapture capture_guest(Machine& machine, const Kernel* kernel, const GuestProfile* profile,
                             std::vector<X86Registers> registers, int crash_cpu, bool filter,
                             std::shared_ptr<SnapshotArena> arena);

@@ -85,11 +85,9 @@ void RecoveryCoordinator::freeze_crashed() {
       if (record.vcpu >= 0 && p_.repair) {
         RepairAnswer answer = ask_repair_engine(record);
         if (answer.ok) analysis = answer.analysis;
-      } else if (record.vcpu >= 0) {
-        // Recovery off: no repair engine runs; the report's analysis is read here, with the same
-        // bounded readers as the bundle's report (nothing is written to the guest).
-        analysis = repair::analyze_crash(kernel, record).to_json();
       }
+      // Recovery off: no repair engine runs; the bundle's report agent analyses the crash from
+      // the bundle's snapshot (nothing of it is parsed here).
     } catch (const std::exception&) {
       // No analysis: the bundle still holds the memory and every vCPU's registers.
     }

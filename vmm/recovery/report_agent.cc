@@ -1,0 +1,303 @@
+#include "recovery/report_agent.h"
+
+#include "base/budgets.h"
+#include "base/error.h"
+#include "base/io.h"
+#include "base/sealed_memfd.h"
+#include "base/terminal_text.h"
+#include "report/kernel_json.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+namespace immortal::vmm {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr std::size_t kMaxDepth = 64;         // the report's own shape is a dozen levels deep
+constexpr std::size_t kMaxStrings = 256;      // problems, adjustments
+constexpr std::size_t kMaxStringBytes = 4096;
+constexpr std::uint64_t kKernelHalf = 0xffff800000000000ull;
+constexpr std::uint64_t kKernelImageBase = 0xffffffff80000000ull;  // __START_KERNEL_map
+constexpr std::uint64_t kKernelImageMax = 1ull << 30;              // KERNEL_IMAGE_SIZE
+
+// The deepest nesting of arrays and objects in JSON text (strings skipped): checked before it
+// is parsed, since dumping and rendering a document recurse on its depth.
+std::size_t nesting_depth(std::string_view text) {
+  std::size_t depth = 0, deepest = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+std::vector<std::string> strings_of(const json& j, const char* what, std::vector<std::string>& problems) {
+  std::vector<std::string> out;
+  if (j.is_null()) return out;
+  if (!j.is_array()) {
+    problems.push_back(fmt::format("the report agent's {} are not a list", what));
+    return out;
+  }
+  for (const auto& s : j) {
+    if (out.size() == kMaxStrings) {
+      problems.push_back(fmt::format("the report agent gave more than {} {}: the rest left out", kMaxStrings, what));
+      break;
+    }
+    if (s.is_string()) out.push_back(s.get<std::string>().substr(0, kMaxStringBytes));
+  }
+  return out;
+}
+
+std::optional<std::uint64_t> hex_number(const json& j) {
+  if (!j.is_string()) return std::nullopt;
+  const std::string& s = j.get_ref<const std::string&>();
+  if (s.size() < 3 || s.size() > 18 || s[0] != '0' || s[1] != 'x') return std::nullopt;
+  std::uint64_t v = 0;
+  for (std::size_t i = 2; i < s.size(); ++i) {
+    int d = std::isdigit(static_cast<unsigned char>(s[i])) ? s[i] - '0'
+            : (s[i] >= 'a' && s[i] <= 'f')                 ? s[i] - 'a' + 10
+                                                           : -1;
+    if (d < 0) return std::nullopt;
+    v = v << 4 | static_cast<std::uint64_t>(d);
+  }
+  return v;
+}
+
+std::optional<std::string> hex_bytes(const json& j) {
+  if (!j.is_string()) return std::nullopt;
+  const std::string& s = j.get_ref<const std::string&>();
+  if (s.empty() || s.size() % 2) return std::nullopt;
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); i += 2) {
+    auto nibble = [](char c) { return std::isdigit(static_cast<unsigned char>(c)) ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1; };
+    int hi = nibble(s[i]), lo = nibble(s[i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out.push_back(static_cast<char>(hi << 4 | lo));
+  }
+  return out;
+}
+
+// The changes the agent made to its copy, made to ours: all of them, or none with the reason.
+void apply_writes(const json& writes, MemorySnapshot& snapshot, ReportParts& parts, std::vector<std::string> adjustments) {
+  if (writes.is_null() || (writes.is_array() && writes.empty())) {
+    if (!adjustments.empty()) parts.problems.push_back("the report agent described changes it did not ask for: none made");
+    return;
+  }
+  auto refuse = [&](const std::string& why) {
+    parts.problems.push_back("the report agent's changes to the snapshot were refused (" + why + "): none made");
+  };
+  if (!writes.is_array()) return refuse("not a list");
+  if (writes.size() > budget::kReportWrites) return refuse(fmt::format("{} of them, at most {}", writes.size(), budget::kReportWrites));
+  std::vector<std::pair<std::uint64_t, std::string>> checked;
+  std::size_t total = 0;
+  for (const auto& w : writes) {
+    if (!w.is_object()) return refuse("a change that is not an object");
+    auto paddr = hex_number(w.contains("paddr") ? w["paddr"] : json());
+    auto bytes = hex_bytes(w.contains("hex") ? w["hex"] : json());
+    if (!paddr || !bytes) return refuse("a change without an address or bytes");
+    total += bytes->size();
+    if (total > budget::kReportWriteBytes) return refuse(fmt::format("more than {} bytes", budget::kReportWriteBytes));
+    if (*paddr + bytes->size() < *paddr) return refuse("an address that wraps");
+    // Only pages the snapshot copied: nothing else of it exists to change.
+    for (std::uint64_t page = *paddr & ~(MemorySnapshot::kPageSize - 1); page < *paddr + bytes->size(); page += MemorySnapshot::kPageSize)
+      if (!snapshot.page_data(page)) return refuse(fmt::format("{:#x} is not a copied page", page));
+    checked.emplace_back(*paddr, std::move(*bytes));
+  }
+  for (const auto& [paddr, bytes] : checked)
+    snapshot.write(paddr, std::as_bytes(std::span(bytes.data(), bytes.size())));
+  parts.adjustments = std::move(adjustments);
+}
+
+VmcoreLayout layout_of(const json& j, std::vector<std::string>& problems) {
+  VmcoreLayout l;
+  if (!j.is_object()) return l;
+  auto number = [&](const char* key) { return j.contains(key) && j[key].is_number_unsigned() ? j[key].get<std::uint64_t>() : 0; };
+  l.page_offset_base = number("page_offset_base");
+  l.kernel_vaddr = number("kernel_vaddr");
+  l.kernel_paddr = number("kernel_paddr");
+  l.kernel_size = number("kernel_size");
+  bool direct_map_ok = l.page_offset_base == 0 || (l.page_offset_base >= kKernelHalf && !(l.page_offset_base & 0xfff));
+  bool image_ok = l.kernel_size == 0 ||
+                  (l.kernel_vaddr >= kKernelImageBase && l.kernel_size <= kKernelImageMax && !(l.kernel_size & 0xfff) &&
+                   !(l.kernel_paddr & 0xfff) && l.kernel_paddr + l.kernel_size > l.kernel_paddr &&
+                   l.kernel_vaddr + l.kernel_size > l.kernel_vaddr);
+  if (!direct_map_ok || !image_ok) {
+    problems.push_back(fmt::format("the report agent's kernel layout is impossible (direct map {:#x}, image {:#x}+{:#x} at {:#x}): "
+                                   "the vmcore has physical addresses only", l.page_offset_base, l.kernel_vaddr, l.kernel_size, l.kernel_paddr));
+    return {};
+  }
+  return l;
+}
+
+}  // namespace
+
+ReportParts accept_report_answer(std::string_view answer, MemorySnapshot& snapshot, std::size_t vcpus) {
+  ReportParts parts;
+  parts.pids.assign(vcpus, 0);
+  if (answer.size() > budget::kReportAnswerBytes) {
+    parts.problems.push_back(fmt::format("the report agent's answer is larger than {} bytes", budget::kReportAnswerBytes));
+    return parts;
+  }
+  if (nesting_depth(answer) > kMaxDepth) {
+    parts.problems.push_back(fmt::format("the report agent's answer is nested deeper than {}", kMaxDepth));
+    return parts;
+  }
+  json a = json::parse(answer, nullptr, false);
+  if (a.is_discarded() || !a.is_object()) {
+    parts.problems.push_back("the report agent's answer is not a JSON object");
+    return parts;
+  }
+  auto field = [&](const char* key) { return a.contains(key) ? a[key] : json(); };
+  parts.problems = strings_of(field("problems"), "problems", parts.problems);
+  apply_writes(field("writes"), snapshot, parts, strings_of(field("adjustments"), "adjustments", parts.problems));
+  if (a.contains("taint") && a["taint"].is_string() && a["taint"].get_ref<const std::string&>().size() <= 64) parts.taint = a["taint"];
+  if (json log = field("log"); log.is_object() && log.contains("records") && log["records"].is_array()) {
+    try {
+      parts.dmesg = render_kernel_log(log["records"]);
+      parts.log = {{"records", log["records"]},
+                   {"panic_message", log.contains("panic_message") && log["panic_message"].is_string() ? log["panic_message"] : json("")}};
+    } catch (const std::exception& e) {
+      parts.problems.push_back(std::string("the report agent's kernel log is malformed: ") + e.what());
+    }
+  }
+  if (json cpus = field("cpus"); cpus.is_array()) {
+    if (cpus.size() != vcpus) {
+      parts.problems.push_back(fmt::format("the report agent described {} CPUs, the guest has {}", cpus.size(), vcpus));
+    } else {
+      for (std::size_t i = 0; i < vcpus; ++i)
+        parts.cpus.push_back(cpus[i].is_object() ? cpus[i] : json{{"cpu", i}});
+      for (std::size_t i = 0; i < vcpus; ++i) parts.cpus[i]["cpu"] = i;  // by position, whatever it said
+    }
+  }
+  if (json pids = field("pids"); pids.is_array() && pids.size() == vcpus)
+    for (std::size_t i = 0; i < vcpus; ++i)
+      if (pids[i].is_number_integer() && pids[i].get<std::int64_t>() >= 0 && pids[i].get<std::int64_t>() <= (1 << 22))
+        parts.pids[i] = pids[i].get<int>();
+  parts.layout = layout_of(field("layout"), parts.problems);
+  if (json analysis = field("analysis"); analysis.is_object()) parts.analysis = analysis;
+  return parts;
+}
+
+ReportParts read_report_parts(const std::string& agent, MemorySnapshot& snapshot, const std::string& profile_dir,
+                              const json& request, std::chrono::seconds timeout) {
+  std::size_t vcpus = 0;
+  if (request.contains("record") && request["record"].contains("registers")) vcpus = request["record"]["registers"].size();
+  auto failed = [&](const std::string& why) {
+    ReportParts p;
+    p.pids.assign(vcpus, 0);
+    p.problems.push_back("the report's kernel details are missing: " + why);
+    return p;
+  };
+  // Descriptors for the agent: the request and the index in sealed memfds, the pages read-only.
+  UniqueFd pages;
+  if (snapshot.pages_fd() >= 0)
+    pages = UniqueFd(::open(fmt::format("/proc/self/fd/{}", snapshot.pages_fd()).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pages) return failed("the snapshot's pages cannot be shared");
+  auto memfd_with = [](const char* name, const std::string& data) {
+    UniqueFd fd = sealed_memfd(name, data.size());
+    std::size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = ::pwrite(fd.get(), data.data() + done, data.size() - done, static_cast<off_t>(done));
+      if (n <= 0) fail_os(ExitCode::failure, "write a memfd", errno);
+      done += static_cast<std::size_t>(n);
+    }
+    return fd;
+  };
+  UniqueFd request_fd, index_fd, log_fd;
+  int out_pipe[2];
+  try {
+    request_fd = memfd_with("immortal-report-request", request.dump(-1, ' ', false, json::error_handler_t::replace));
+    index_fd = memfd_with("immortal-report-index", snapshot.index());
+    log_fd = UniqueFd(static_cast<int>(::memfd_create("immortal-report-log", MFD_CLOEXEC)));
+    if (!log_fd) fail_os(ExitCode::failure, "memfd_create", errno);
+    if (::pipe2(out_pipe, O_CLOEXEC) != 0) fail_os(ExitCode::failure, "pipe", errno);
+  } catch (const std::exception& e) {
+    return failed(e.what());
+  }
+  UniqueFd out_read(out_pipe[0]), out_write(out_pipe[1]);
+  std::vector<std::string> args = {agent, "--report", "--profile", profile_dir};
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) return failed(fmt::format("fork: {}", std::strerror(errno)));
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(1);
+    ::setpgid(0, 0);
+    sigset_t all;
+    sigemptyset(&all);
+    ::sigprocmask(SIG_SETMASK, &all, nullptr);
+    // Above the numbers they go to, then into place (dup2 clears close-on-exec).
+    int fds[5] = {::dup(request_fd.get()), ::dup(out_write.get()), ::dup(log_fd.get()), ::dup(pages.get()), ::dup(index_fd.get())};
+    for (int i = 0; i < 5; ++i) ::dup2(fds[i], i);
+    ::close_range(5, ~0u, 0);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  out_write.reset();
+  std::string answer;
+  std::string why;
+  auto deadline = Deadline::in(std::chrono::duration_cast<std::chrono::milliseconds>(timeout));
+  for (;;) {
+    if (!wait_readable(out_read.get(), deadline)) {
+      why = fmt::format("the report agent took longer than {} s: killed", timeout.count());
+      break;
+    }
+    std::string chunk = read_some(out_read.get(), 1 << 20);
+    if (chunk.empty()) break;
+    answer += chunk;
+    if (answer.size() > budget::kReportAnswerBytes) {
+      why = fmt::format("the report agent's answer is larger than {} bytes: killed", budget::kReportAnswerBytes);
+      break;
+    }
+  }
+  if (!why.empty()) ::kill(pid, SIGKILL);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (why.empty() && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+    // Its last words (its log is a memfd under its RLIMIT_FSIZE: read back only the end).
+    char tail[512] = {};
+    off_t size = ::lseek(log_fd.get(), 0, SEEK_END);
+    off_t from = size > static_cast<off_t>(sizeof tail - 1) ? size - static_cast<off_t>(sizeof tail - 1) : 0;
+    ssize_t n = ::pread(log_fd.get(), tail, sizeof tail - 1, from);
+    std::string said = n > 0 ? std::string(tail, static_cast<std::size_t>(n)) : "";
+    while (!said.empty() && (said.back() == '\n' || said.back() == '\r')) said.pop_back();
+    if (auto nl = said.rfind('\n'); nl != std::string::npos) said = said.substr(nl + 1);
+    why = WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS ? "the report agent made a system call its sandbox forbids"
+          : WIFSIGNALED(status) ? fmt::format("the report agent was killed by signal {}", WTERMSIG(status))
+          : WEXITSTATUS(status) == 127 ? "the report agent " + agent + " cannot be run"
+                                       : fmt::format("the report agent failed (exit status {}){}", WEXITSTATUS(status),
+                                                     said.empty() ? "" : ": " + terminal_safe(said));
+  }
+  if (!why.empty()) return failed(why);
+  return accept_report_answer(answer, snapshot, vcpus);
+}
+
+}  // namespace immortal::vmm
