@@ -2,6 +2,7 @@
 
 #include "base/error.h"
 #include "engine/dispatchers.h"
+#include "engine/healthy_image.h"
 #include "engine/kernel_checks.h"
 #include "kernel/modules.h"
 #include "kernel/orc_unwind.h"
@@ -463,6 +464,7 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
         a.notes.push_back("module " + module + " was loaded after the guest profile was taken: its symbols were read "
                           "from its own symbol table in guest memory");
       if (in_init) a.fault_in_init = true;
+      if (in_memory != loaded.modules.end()) a.module_layout = to_json(layout_of(*in_memory));
       if (a.module_symbols_stale) {
         a.fault_function = in_init ? fmt::format("{} init code+{:#x} [{}]", module, a.fault_pc - in_memory->init_base, module)
                                 : fmt::format("{}+{:#x} [{}]", module, a.fault_pc - in_memory->base, module);
@@ -532,7 +534,7 @@ nlohmann::json CrashAnalysis::to_json() const {
           {"panic_caller", panic_caller}, {"cpu", cpu}, {"preempt_count", fmt::format("{:#x}", preempt_count)},
           {"task", {{"pid", pid}, {"comm", comm}, {"address", fmt::format("{:#x}", task)}, {"flags", fmt::format("{:#x}", task_flags)}}},
           {"fault", {{"pc", fmt::format("{:#x}", fault_pc)}, {"function", fault_function}, {"in_module", fault_in_module}}},
-          {"module", module}, {"entry_caller", outer_caller}, {"stopped_by", stopped_by},
+          {"module", module}, {"module_layout", module_layout}, {"entry_caller", outer_caller}, {"stopped_by", stopped_by},
           {"entry", outer_module_frame >= 0 ? backtrace.frames[static_cast<std::size_t>(outer_module_frame)].symbol : ""},
           {"backtrace", frames}, {"backtrace_problem", backtrace.problem}, {"locks_held", held},
           {"lock_search", lock_search}, {"references_held", refs}, {"napi", napi ? fmt::format("{:#x}", napi) : ""},

@@ -70,6 +70,10 @@ struct CrashAnalysis {
   std::uint64_t fault_pc = 0;
   std::string fault_function;   // "immortal_fault_null_deref+0x5/0x10 [immortal_fault]"
   std::string module;           // the module whose code is to blame, "" if none
+  // Its layout as the module list in memory has it (healthy_image.h's to_json), or null: the
+  // supervisor bounds writes into a module the healthy copy does not know (or knows elsewhere)
+  // by it, after checking it lies in the module area.
+  nlohmann::json module_layout;
   bool fault_in_module = false; // the faulting instruction itself is module code
   // The module was (re)loaded after the profile was taken: its symbols there are stale or
   // missing, so nothing that needs them (quarantine, returning from its frames) is attempted.

@@ -116,12 +116,7 @@ void HealthyImage::save(const std::string& dir) const {
   if (!blob) fail(ExitCode::failure, "cannot write {}/healthy.bin", dir);
   index["regions"] = list;
   nlohmann::json mods = nlohmann::json::array();
-  for (const auto& m : modules) {
-    nlohmann::json data = nlohmann::json::array();
-    for (const auto& r : m.data) data.push_back({fmt::format("{:#x}", r.begin), fmt::format("{:#x}", r.end)});
-    mods.push_back({{"name", m.name}, {"base", fmt::format("{:#x}", m.base)}, {"size", m.size}, {"text_size", m.text_size},
-                    {"data", data}});
-  }
+  for (const auto& m : modules) mods.push_back(to_json(m));
   index["modules"] = mods;
   std::ofstream out(dir + "/healthy.json", std::ios::trunc);
   out << index.dump(1) << "\n";
@@ -184,25 +179,44 @@ HealthyImage HealthyImage::parse_index(const Files& files, const std::string& di
   }
   if (index.contains("modules") && index["modules"].is_array() && index["modules"].size() <= kMaxRegions)
     for (const auto& m : index["modules"]) {
-      if (!m.is_object() || !m.contains("base") || !m.value("size", nlohmann::json()).is_number_unsigned() ||
-          !m.value("text_size", nlohmann::json()).is_number_unsigned())
-        fail(ExitCode::bad_input, "{}/healthy.json: a module without its layout", dir);
-      ModuleLayout l{m.value("name", ""), parse_address(m["base"]), m["size"].get<std::uint64_t>(),
-                     m["text_size"].get<std::uint64_t>(), {}};
-      const auto& data = m.value("data", nlohmann::json());
-      if (data.is_array() && data.size() <= 8) {
-        for (const auto& r : data) {
-          if (!r.is_array() || r.size() != 2) fail(ExitCode::bad_input, "{}/healthy.json: a bad data range", dir);
-          std::uint64_t begin = parse_address(r[0]), end = parse_address(r[1]);
-          if (end < begin) fail(ExitCode::bad_input, "{}/healthy.json: a data range ends before it begins", dir);
-          l.data.push_back({begin, end});
-        }
-      } else if (l.size > l.text_size && l.base + l.size > l.base) {
-        l.data.push_back({l.base + l.text_size, l.base + l.size});  // the one block of Linux 6.1
+      try {
+        image.modules.push_back(module_layout_from_json(m));
+      } catch (const Error& e) {
+        fail(ExitCode::bad_input, "{}/healthy.json: {}", dir, e.what());
       }
-      image.modules.push_back(std::move(l));
     }
   return image;
+}
+
+nlohmann::json to_json(const ModuleLayout& m) {
+  nlohmann::json data = nlohmann::json::array();
+  for (const auto& r : m.data) data.push_back({fmt::format("{:#x}", r.begin), fmt::format("{:#x}", r.end)});
+  return {{"name", m.name}, {"base", fmt::format("{:#x}", m.base)}, {"size", m.size}, {"text_size", m.text_size},
+          {"data", data}};
+}
+
+ModuleLayout module_layout_from_json(const nlohmann::json& m) {
+  auto count = [&](const char* key) {
+    auto v = m.find(key);
+    return v != m.end() && v->is_number_integer() && (v->is_number_unsigned() || v->get<std::int64_t>() >= 0);
+  };
+  if (!m.is_object() || !m.contains("base") || !count("size") || !count("text_size") ||
+      !m.value("name", nlohmann::json()).is_string())
+    fail(ExitCode::bad_input, "a module without its layout");
+  ModuleLayout l{m["name"].get<std::string>(), parse_address(m["base"]), m["size"].get<std::uint64_t>(),
+                 m["text_size"].get<std::uint64_t>(), {}};
+  const auto& data = m.value("data", nlohmann::json());
+  if (data.is_array() && data.size() <= 8) {
+    for (const auto& r : data) {
+      if (!r.is_array() || r.size() != 2) fail(ExitCode::bad_input, "module {}: a bad data range", l.name);
+      std::uint64_t begin = parse_address(r[0]), end = parse_address(r[1]);
+      if (end < begin) fail(ExitCode::bad_input, "module {}: a data range ends before it begins", l.name);
+      l.data.push_back({begin, end});
+    }
+  } else if (l.size > l.text_size && l.base + l.size > l.base) {
+    l.data.push_back({l.base + l.text_size, l.base + l.size});  // the one block of Linux 6.1
+  }
+  return l;
 }
 
 }  // namespace immortal::repair

@@ -7,6 +7,8 @@
 #include "kernel/kernel.h"
 #include "kernel/modules.h"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -38,6 +40,10 @@ struct ModuleLayout {
   }
 };
 ModuleLayout layout_of(const ModuleInfo& module);
+// As healthy.json and the analysis's module_layout carry it: {name, base, size, text_size, data}.
+nlohmann::json to_json(const ModuleLayout& module);
+// Throws Error(ExitCode::bad_input) for a malformed layout (one that wraps is the caller's to refuse).
+ModuleLayout module_layout_from_json(const nlohmann::json& j);
 
 struct HealthyImage {
   std::string release;

@@ -90,7 +90,7 @@ RepairAnswer kill_task_answer(const repair::RepairRequest& request) {
   a.ok = true;
   a.mode = "inline";
   a.analysis = {{"kind", "oops"}, {"summary", "NULL pointer dereference in drv"}, {"cpu", 1}, {"module", "drv"}};
-  a.facts = {1, "oops", "NULL pointer dereference in drv", "drv", 0, 0, 7};
+  a.facts = {1, "oops", "NULL pointer dereference in drv", "drv", 0, 0, 7, std::nullopt};
   a.plan.resume = true;
   a.plan.vcpu = request.record.vcpu;
   a.plan.reason = "kill-task";

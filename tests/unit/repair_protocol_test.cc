@@ -8,6 +8,7 @@
 #include "engine/text_integrity.h"
 #include "protocol/mailbox.h"
 #include "recovery/plan_validation.h"
+#include "repair/repair_engine.h"
 #include "support/fake_kernel.h"
 
 #include <catch2/catch.hpp>
@@ -212,6 +213,34 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
     CHECK(known.corrupted.empty());
     CHECK(known.expected_differences == 1);
   }
+}
+
+TEST_CASE("a module's layout from the analysis bounds its writes only when it is plausible", "[repair]") {
+  json layout = {{"name", "drv"}, {"base", "0xffffffffc0100000"}, {"size", 0x3000}, {"text_size", 0x1000},
+                 {"data", json::array({json::array({"0xffffffffc0101000", "0xffffffffc0103000"})})}};
+  json analysis = {{"module", "drv"}, {"module_layout", layout}};
+  auto ok = vmm::plausible_module_layout(analysis);
+  REQUIRE(ok);
+  CHECK(ok->base == 0xffffffffc0100000ull);
+  CHECK(ok->text_size == 0x1000);
+  CHECK(ok->in_data(0xffffffffc0102000ull, 8));
+  // Round trip through the healthy copy's form.
+  CHECK(repair::to_json(*ok) == layout);
+
+  auto with = [&](const char* key, json value) {
+    json a = analysis;
+    a["module_layout"][key] = std::move(value);
+    return vmm::plausible_module_layout(a);
+  };
+  CHECK_FALSE(with("name", "other"));                              // not the module it blames
+  CHECK_FALSE(with("base", "0xffff888000000000"));                 // outside the module area
+  CHECK_FALSE(with("base", "0xfffffffffffff000"));                 // wraps
+  CHECK_FALSE(with("size", 0xffffffffull));                        // beyond the module area
+  CHECK_FALSE(with("text_size", 0x4000));                          // text larger than the module
+  CHECK_FALSE(with("size", "big"));                                // wrong type
+  CHECK_FALSE(with("data", json::array({json::array({"0xffffffffc0101000", "0xffff888000000000"})})));
+  CHECK_FALSE(vmm::plausible_module_layout({{"module", "drv"}}));  // none said
+  CHECK_FALSE(vmm::plausible_module_layout({{"module", "drv"}, {"module_layout", "x"}}));
 }
 
 TEST_CASE("plan validation: a code restore may only write the healthy copy's bytes", "[repair]") {

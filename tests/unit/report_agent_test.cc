@@ -11,6 +11,11 @@
 #include <nlohmann/json.hpp>
 
 #include <sys/mman.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
 
 using namespace immortal;
 using namespace immortal::test;
@@ -160,4 +165,41 @@ TEST_CASE("a report answer that is not what it should be leaves the report witho
     a["taint"] = t;
     CHECK(accept_report_answer(a.dump(), *snap, 2).taint.is_null());
   }
+}
+
+TEST_CASE("a report agent that fails, lingers or overruns is killed in time and said in problems", "[report-agent]") {
+  auto snap = small_snapshot();
+  std::string dir = std::filesystem::temp_directory_path() / ("immortal-report-agent-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto agent = [&](const std::string& name, const std::string& body) {
+    std::string path = dir + "/" + name;
+    std::ofstream(path) << "#!/bin/sh\n" << body << "\n";
+    std::filesystem::permissions(path, std::filesystem::perms::owner_all);
+    return path;
+  };
+  json request = {{"record", {{"registers", {json::object(), json::object()}}}}};  // two vCPUs
+  auto run = [&](const std::string& path, std::chrono::seconds timeout) {
+    auto started = std::chrono::steady_clock::now();
+    auto parts = vmm::read_report_parts(path, *snap, dir, request, timeout);
+    return std::pair{parts, std::chrono::steady_clock::now() - started};
+  };
+  // An answer, then exit 0: taken.
+  std::string answer = good_answer().dump();
+  auto [good, good_took] = run(agent("good", "cat <<'END'\n" + answer + "\nEND"), std::chrono::seconds(30));
+  CHECK(good.taint == "DOE");
+  CHECK(good.pids == std::vector<int>{0, 120});
+  // It closes its answer and lingers: killed at the deadline, not waited for forever.
+  auto [lingering, lingering_took] = run(agent("linger", "exec >&-; exec sleep 600"), std::chrono::seconds(2));
+  CHECK_THAT(json(lingering.problems).dump(), Catch::Contains("did not exit within 2 s"));
+  CHECK(lingering_took < std::chrono::seconds(60));
+  // It never answers: killed at the deadline.
+  auto [silent, silent_took] = run(agent("silent", "exec sleep 600"), std::chrono::seconds(2));
+  CHECK_THAT(json(silent.problems).dump(), Catch::Contains("took longer than 2 s"));
+  CHECK(silent_took < std::chrono::seconds(60));
+  // It fails: its last words are kept, escaped.
+  auto [failing, failing_took] = run(agent("fail", "echo 'first line' >&2; printf 'cannot read \\033[31m' >&2; exit 4"),
+                                     std::chrono::seconds(30));
+  CHECK_THAT(json(failing.problems).dump(), Catch::Contains("exit status 4") && Catch::Contains("cannot read \\\\x1b[31m"));
+  CHECK(failing.taint.is_null());
+  std::filesystem::remove_all(dir);
 }

@@ -1,7 +1,6 @@
 #include "recovery/crash_decision.h"
 
 #include "base/error.h"
-#include "kernel/modules.h"
 #include "recovery/plan_validation.h"
 
 #include <fmt/format.h>
@@ -22,11 +21,11 @@ void check_plan(const repair::RepairPlan& plan, const CrashFacts& facts, const r
          facts.percpu_base);
   PlanContext context{facts.cpu, facts.module, facts.percpu_base, std::nullopt};
   // The module's bounds as the healthy copy has them, unless it was loaded (or reloaded
-  // elsewhere) since: then as the guest's module list says (a bounded, cycle-safe walk).
+  // elsewhere) since: then as the analysis read them from the module list, inside the module
+  // area (the supervisor walks no list of the crashed guest; the plan's writes are still
+  // checked byte for byte against what is there now).
   Kernel& kernel = live.get();
-  std::optional<repair::ModuleLayout> now;
-  for (const auto& mod : read_modules(kernel).modules)
-    if (mod.name == context.module) now = repair::layout_of(mod);
+  const std::optional<repair::ModuleLayout>& now = facts.module_layout;
   const repair::ModuleLayout* known = healthy ? healthy->module(context.module) : nullptr;
   context.module_layout = known && (!now || now->base == known->base) ? std::optional(*known) : now;
   validate_plan(plan, context, kernel, healthy);

@@ -3,7 +3,7 @@
 #include "base/clock.h"
 #include "base/error.h"
 #include "engine/crash_analysis.h"
-#include "kernel/orc_unwind.h"
+#include "kernel/symbols.h"
 #include "recovery/crash_decision.h"
 
 #include <fmt/format.h>
@@ -324,20 +324,20 @@ void RecoveryCoordinator::inspect_and_reboot_hung(std::uint64_t id, const std::s
   try {
     p_.machine.pause();
     auto record = interceptor_.record(id, -1, "hang", "");
-    json stacks = json::array();
+    // Where each vCPU is, named from the profile's symbols alone: the stacks of a guest that
+    // stopped answering are walked by the report agent over the bundle's copy (report.json →
+    // cpus), never here.
+    json where = json::array();
+    const SymbolTable* symbols = nullptr;
     try {
-      OrcUnwinder unwinder(p_.kernel.get());
-      for (const auto& r : record.registers) {
-        json frames = json::array();
-        for (const auto& f : unwinder.unwind(r, 32).frames) frames.push_back(f.symbol);
-        stacks.push_back(frames);
-      }
-    } catch (const std::exception& e) {
-      stacks.push_back(std::string("unreadable: ") + e.what());
+      symbols = &p_.kernel.get().symbols();
+    } catch (const Error&) {
     }
-    p_.event("hang", {{"crash", id}, {"reason", why}, {"cpus", stacks}});
+    for (const auto& r : record.registers)
+      where.push_back(symbols ? symbols->describe(r.rip) : fmt::format("{:#x}", r.rip));
+    p_.event("hang", {{"crash", id}, {"reason", why}, {"cpus", where}, {"backtraces", "in the bundle"}});
     p_.ledger.record({id, record.time, "the guest hung: " + why, "reboot", why, "", "", ""});
-    json analysis = {{"kind", "hang"}, {"cpus", stacks}};
+    json analysis = {{"kind", "hang"}, {"cpus", where}};
     save_crash(record, analysis, {{"resume", false}, {"reason", why}});
     p_.bundles.hold(record, p_.bundles.capture(p_.machine, p_.kernel, record.registers, -1), p_.kernel.profile(), analysis,
                     json(), "reboot", why);

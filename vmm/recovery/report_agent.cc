@@ -277,9 +277,18 @@ ReportParts read_report_parts(const std::string& agent, MemorySnapshot& snapshot
       break;
     }
   }
-  if (!why.empty()) ::kill(pid, SIGKILL);
+  // Its exit, within the same deadline: an agent that closed its answer and lingers is killed.
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  if (why.empty()) {
+    pid_t reaped = 0;
+    while ((reaped = ::waitpid(pid, &status, WNOHANG)) == 0 && !deadline.expired()) ::poll(nullptr, 0, 5);
+    if (reaped == pid) pid = -1;
+    else why = fmt::format("the report agent did not exit within {} s: killed", timeout.count());
+  }
+  if (pid > 0) {
+    ::kill(pid, SIGKILL);
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
   }
   if (why.empty() && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
     // Its last words (its log is a memfd under its RLIMIT_FSIZE: read back only the end).

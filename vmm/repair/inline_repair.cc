@@ -4,6 +4,7 @@
 #include "base/error.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -108,7 +109,10 @@ std::string InlineRepair::analyse(const std::string& request, Deadline deadline)
     fail(ExitCode::timeout, "{}", status_);
   }
   if (::read(doorbell_.get(), &c, 1) != 1) {
-    state();  // collects how it died
+    // A dying process closes its descriptors before it can be reaped: wait a little for its
+    // exit status, which says why (a forbidden system call is SIGSYS).
+    for (Deadline reap = Deadline::in(std::chrono::seconds(2)); state() != WorkerState::failed && !reap.expired();)
+      ::poll(nullptr, 0, 5);
     if (state_ != WorkerState::failed) fail_with("the inline repair agent closed its channel");
     fail(ExitCode::failure, "{}", status_);
   }

@@ -183,6 +183,7 @@ bool RepairBroker::answer_from(Slot& slot, const std::string& request, RepairAns
       out.facts.task = repair::parse_hex(task.value("address", nlohmann::json("0x0")), "task");
       out.facts.task_pid = task.value("pid", -1);
     }
+    out.facts.module_layout = plausible_module_layout(a);
   } catch (const std::exception& e) {
     // Error from the plan's parser, or a field of the wrong type (nlohmann's exceptions).
     out.fallbacks.push_back(slot.mode + ": its answer is malformed: " + e.what());
@@ -191,6 +192,26 @@ bool RepairBroker::answer_from(Slot& slot, const std::string& request, RepairAns
   out.ok = true;
   out.analysis = std::move(j["analysis"]);
   return true;
+}
+
+std::optional<repair::ModuleLayout> plausible_module_layout(const nlohmann::json& analysis) {
+  // x86-64's module area (MODULES_VADDR to MODULES_END): module text and data live nowhere else.
+  constexpr std::uint64_t kModulesStart = 0xffffffffc0000000ull, kModulesEnd = 0xffffffffff000000ull;
+  auto inside = [&](std::uint64_t begin, std::uint64_t end) {
+    return begin >= kModulesStart && end >= begin && end <= kModulesEnd;
+  };
+  auto j = analysis.find("module_layout");
+  if (j == analysis.end() || j->is_null()) return std::nullopt;
+  try {
+    repair::ModuleLayout l = repair::module_layout_from_json(*j);
+    if (l.name.empty() || l.name != analysis.value("module", "")) return std::nullopt;
+    if (l.size > kModulesEnd - kModulesStart || l.text_size > l.size || !inside(l.base, l.base + l.size)) return std::nullopt;
+    for (const auto& r : l.data)
+      if (!inside(r.begin, r.end)) return std::nullopt;
+    return l;
+  } catch (const std::exception&) {
+    return std::nullopt;  // Error or a field of the wrong type: as if it had said nothing
+  }
 }
 
 RepairBroker::Slot* RepairBroker::other_slot(const std::string& mode) { return mode == "vm" ? &inline_ : &vm_; }

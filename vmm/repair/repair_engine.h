@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,7 +23,14 @@ struct CrashFacts {
   std::uint64_t percpu_base = 0;   // that CPU's per-CPU area, as the analysis found it
   std::uint64_t task = 0;          // the crashing task (0: none)
   int task_pid = -1;
+  // The blamed module's layout as the analysis read it from the module list (for a module the
+  // healthy copy does not know, or knows at another address); only a plausible one is kept.
+  std::optional<repair::ModuleLayout> module_layout;
 };
+
+// The analysis's module_layout for the module it blames, if it lies in the kernel's module area
+// and does not wrap; nullopt otherwise (then the healthy copy's layout, or none, bounds writes).
+std::optional<repair::ModuleLayout> plausible_module_layout(const nlohmann::json& analysis);
 struct RepairAnswer {
   bool ok = false;
   nlohmann::json analysis;          // the engine's report of the crash (bundles, events)
