@@ -183,7 +183,7 @@ void Agent::on_frame(const Frame& frame) {
         send(MessageType::error, to_payload(ErrorMessage{std::nullopt, std::string("unexpected message ") + name_of(frame.type)}));
     }
   } catch (const ProtocolError& e) {
-    send(MessageType::error, to_payload(ErrorMessage{std::nullopt, e.what()}));
+    send(MessageType::error, to_payload(ErrorMessage{request_id_of(frame.payload), e.what()}));
   }
 }
 

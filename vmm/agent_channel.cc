@@ -221,6 +221,12 @@ void AgentChannel::handle(const agent::Frame& frame) {
 std::uint64_t AgentChannel::exec(const std::vector<std::string>& argv, std::uint32_t timeout_ms, ExecCallback done) {
   agent::ExecRequest request;
   request.id = next_id_++;
+  try {
+    agent::check_argv(argv);  // what the agent would refuse, refused here at once
+  } catch (const agent::ProtocolError& e) {
+    done(nullptr, e.what());
+    return request.id;
+  }
   request.argv = argv;
   request.timeout_ms = timeout_ms;
   send(MessageType::exec, agent::to_payload(request));
@@ -231,6 +237,12 @@ std::uint64_t AgentChannel::exec(const std::vector<std::string>& argv, std::uint
 
 std::uint64_t AgentChannel::spawn(const std::vector<std::string>& argv, SpawnCallback done) {
   agent::SpawnRequest request{next_id_++, argv};
+  try {
+    agent::check_argv(argv);
+  } catch (const agent::ProtocolError& e) {
+    done(0, e.what());
+    return request.id;
+  }
   send(MessageType::spawn, agent::to_payload(request));
   pending_spawns_.emplace(request.id, std::move(done));
   due_[request.id] = Clock::now() + kAnswerWait;

@@ -69,10 +69,14 @@ std::vector<std::string> get_argv(const json& j) {
   std::vector<std::string> out;
   for (const auto& a : argv) {
     if (!a.is_string() || a.get_ref<const std::string&>().size() > kMaxText)
-      throw ProtocolError("field \"argv\" holds a non-string or too long argument");
+      throw ProtocolError("field \"argv\" holds a non-string or too long argument (at most 4096 bytes each)");
     out.push_back(a.get<std::string>());
   }
   return out;
+}
+
+std::string fmt_count(const char* before, std::size_t n, const char* after) {
+  return std::string(before) + " " + std::to_string(n) + " " + after;
 }
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -242,6 +246,22 @@ FileData parse_file_data(const std::string& payload) {
   if (j.contains("error")) m.error = get_string(j, "error");
   if (!m.error.empty() && !m.data.empty()) throw ProtocolError("a failed read carries no data");
   return m;
+}
+
+std::optional<std::uint64_t> request_id_of(const std::string& payload) noexcept {
+  json j = json::parse(payload, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return std::nullopt;
+  auto id = j.find("id");
+  if (id == j.end() || !id->is_number_unsigned()) return std::nullopt;
+  return id->get<std::uint64_t>();
+}
+
+void check_argv(const std::vector<std::string>& argv) {
+  if (argv.empty() || argv.size() > kMaxArgs)
+    throw ProtocolError(fmt_count("a command has", argv.size(), "arguments: 1 to 256 are allowed"));
+  for (const auto& a : argv)
+    if (a.size() > kMaxText)
+      throw ProtocolError(fmt_count("an argument of the command is", a.size(), "bytes long: at most 4096 are allowed"));
 }
 
 }  // namespace immortal::agent

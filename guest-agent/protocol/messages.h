@@ -112,4 +112,11 @@ Spawned parse_spawned(const std::string& payload);
 ReadFileRequest parse_read_file(const std::string& payload);
 FileData parse_file_data(const std::string& payload);
 
+// The "id" of a request that could not be parsed, when it has a usable one: the error answer
+// then reaches whoever waits for it, instead of leaving it to its timeout.
+std::optional<std::uint64_t> request_id_of(const std::string& payload) noexcept;
+// Throws ProtocolError when argv would be refused by the other side (what get_argv checks):
+// the sender says so at once.
+void check_argv(const std::vector<std::string>& argv);
+
 }  // namespace immortal::agent

@@ -293,3 +293,40 @@ TEST_CASE("abandoned requests' late answers are not protocol errors", "[agent]")
   p.guest_sends(encode_frame(MessageType::exec_result, to_payload(result)));
   CHECK_NOTHROW(channel.on_readable());
 }
+
+TEST_CASE("a command the agent would refuse is refused at once, and a refusal by the agent reaches its caller",
+          "[agent]") {
+  Pair p;
+  AgentChannel channel(std::move(p.host));
+  // An argument beyond the protocol's 4096 bytes: said at once, nothing sent.
+  std::optional<std::string> error;
+  channel.exec({"sh", "-c", std::string(5000, 'x')}, 1000, [&](const ExecResult* r, const std::string& e) {
+    CHECK(r == nullptr);
+    error = e;
+  });
+  REQUIRE(error);
+  CHECK_THAT(*error, Catch::Contains("5000 bytes long") && Catch::Contains("at most 4096"));
+  std::optional<std::string> spawn_error;
+  channel.spawn(std::vector<std::string>(300, "a"), [&](int pid, const std::string& e) {
+    CHECK(pid == 0);
+    spawn_error = e;
+  });
+  REQUIRE(spawn_error);
+  CHECK_THAT(*spawn_error, Catch::Contains("300 arguments"));
+
+  // An agent that refuses a request it cannot parse names its id: the caller hears why, not a timeout.
+  std::optional<std::string> refused;
+  channel.exec({"true"}, 1000, [&](const ExecResult* r, const std::string& e) {
+    CHECK(r == nullptr);
+    refused = e;
+  });
+  Frame sent = p.guest_receives();
+  REQUIRE(request_id_of(sent.payload));
+  p.guest_sends(encode_frame(MessageType::error, to_payload(ErrorMessage{request_id_of(sent.payload), "field \"argv\" …"})));
+  channel.on_readable();
+  REQUIRE(refused);
+  CHECK_THAT(*refused, Catch::Contains("agent: field"));
+  CHECK_FALSE(request_id_of("not json"));
+  CHECK_FALSE(request_id_of(R"({"id": -1})"));
+  CHECK(request_id_of(R"({"id": 7, "argv": 5})") == 7u);
+}
