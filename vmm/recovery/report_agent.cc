@@ -5,13 +5,13 @@
 #include "base/io.h"
 #include "base/sealed_memfd.h"
 #include "base/terminal_text.h"
+#include "repair/agent_process.h"
 #include "report/kernel_json.h"
 
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -239,26 +239,12 @@ ReportParts read_report_parts(const std::string& agent, MemorySnapshot& snapshot
     return failed(e.what());
   }
   UniqueFd out_read(out_pipe[0]), out_write(out_pipe[1]);
-  std::vector<std::string> args = {agent, "--report", "--profile", profile_dir};
-  std::vector<char*> argv;
-  for (auto& s : args) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  pid_t parent = ::getpid();
-  pid_t pid = ::fork();
-  if (pid < 0) return failed(fmt::format("fork: {}", std::strerror(errno)));
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(1);
-    ::setpgid(0, 0);
-    sigset_t all;
-    sigemptyset(&all);
-    ::sigprocmask(SIG_SETMASK, &all, nullptr);
-    // Above the numbers they go to, then into place (dup2 clears close-on-exec).
-    int fds[5] = {::dup(request_fd.get()), ::dup(out_write.get()), ::dup(log_fd.get()), ::dup(pages.get()), ::dup(index_fd.get())};
-    for (int i = 0; i < 5; ++i) ::dup2(fds[i], i);
-    ::close_range(5, ~0u, 0);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
+  pid_t pid = -1;
+  try {
+    pid = start_agent_process({agent, "--report", "--profile", profile_dir},
+                              {request_fd.get(), out_write.get(), log_fd.get(), pages.get(), index_fd.get()});
+  } catch (const std::exception& e) {
+    return failed(e.what());
   }
   out_write.reset();
   std::string answer;

@@ -2,11 +2,11 @@
 
 #include "base/clock.h"
 #include "base/error.h"
+#include "repair/agent_process.h"
 
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,31 +25,8 @@ InlineRepair::InlineRepair(const std::string& agent, const std::string& config, 
   doorbell_ = UniqueFd(pair[0]);
   UniqueFd theirs(pair[1]);
   UniqueFd log_fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
-  std::vector<std::string> args = {agent, "--inline", "--config", config, "--ram-fd", "3", "--mailbox-fd", "4", "--doorbell-fd", "5"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t parent = ::getpid();
-  pid_ = ::fork();
-  if (pid_ < 0) fail_os(ExitCode::failure, "fork the inline repair agent", errno);
-  if (pid_ == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(1);
-    ::setpgid(0, 0);
-    sigset_t all;
-    sigemptyset(&all);
-    ::sigprocmask(SIG_SETMASK, &all, nullptr);
-    int null = ::open("/dev/null", O_RDWR);
-    ::dup2(null, 0);
-    ::dup2(log_fd ? log_fd.get() : null, 1);
-    ::dup2(log_fd ? log_fd.get() : null, 2);
-    // dup2 clears close-on-exec on the copies; everything else is closed by exec or below.
-    int fds[3] = {::dup(ram_ro.get()), ::dup(mailbox_.fd()), ::dup(theirs.get())};
-    for (int i = 0; i < 3; ++i) ::dup2(fds[i], 3 + i);
-    ::close_range(6, ~0u, 0);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
+  pid_ = start_agent_process({agent, "--inline", "--config", config, "--ram-fd", "3", "--mailbox-fd", "4", "--doorbell-fd", "5"},
+                             {-1, log_fd.get(), log_fd.get(), ram_ro.get(), mailbox_.fd(), theirs.get()});
 }
 
 InlineRepair::~InlineRepair() { kill_agent(); }

@@ -1,0 +1,18 @@
+// Starting a repair agent process (inline or report mode) the same way every time: its own
+// process group, killed with the supervisor (PR_SET_PDEATHSIG), no blocked signals inherited, and
+// exactly the descriptors it is given, at the numbers it expects; nothing else crosses exec.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace immortal::vmm {
+
+// Forks and execs args[0] with args. fds[i] becomes descriptor i in the child (-1: /dev/null);
+// every other descriptor is closed. Returns the child's pid; throws Error when fork fails. The
+// child exits 127 when args[0] cannot be run.
+pid_t start_agent_process(const std::vector<std::string>& args, const std::vector<int>& fds);
+
+}  // namespace immortal::vmm
