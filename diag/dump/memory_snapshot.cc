@@ -34,21 +34,41 @@ std::optional<PageClassifier> classifier_for(const Kernel* kernel, bool filter, 
 }
 
 // Guest RAM in whole pages, each range with its pages' classes (all `kernel` without a classifier).
-std::vector<std::pair<PhysicalRange, std::vector<PageClass>>> classify_ram(const PhysicalMemory& ram,
-                                                                         const std::optional<PageClassifier>& classifier) {
-  constexpr std::uint64_t kPage = MemorySnapshot::kPageSize;
-  std::vector<std::pair<PhysicalRange, std::vector<PageClass>>> out;
-  for (const auto& r : ram.ranges()) {
-    PhysicalRange pr{r.start & ~(kPage - 1), 0};
-    pr.size = ((r.end() + kPage - 1) & ~(kPage - 1)) - pr.start;
-    std::vector<PageClass> c(pr.size / kPage, PageClass::kernel);
-    if (classifier) classifier->classify(pr.start / kPage, c);
-    out.emplace_back(pr, std::move(c));
-  }
+RamClasses classify_ram(const PhysicalMemory& ram, const std::optional<PageClassifier>& classifier) {
+  RamClasses out = unclassified_ram(ram);
+  if (classifier)
+    for (auto& [pr, c] : out) classifier->classify(pr.start / MemorySnapshot::kPageSize, c);
   return out;
 }
 
 }  // namespace
+
+RamClasses unclassified_ram(const PhysicalMemory& ram) {
+  constexpr std::uint64_t kPage = MemorySnapshot::kPageSize;
+  RamClasses out;
+  for (const auto& r : ram.ranges()) {
+    PhysicalRange pr{r.start & ~(kPage - 1), 0};
+    pr.size = ((r.end() + kPage - 1) & ~(kPage - 1)) - pr.start;
+    out.emplace_back(pr, std::vector<PageClass>(pr.size / kPage, PageClass::kernel));
+  }
+  return out;
+}
+
+std::uint64_t touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes) {
+  std::uint64_t pages = 0;
+  for (const auto& [r, c] : classes) {
+    for (std::size_t p = 0; p < c.size(); ++p) {
+      if (c[p] != PageClass::kernel) continue;
+      ++pages;
+      std::uint64_t word;
+      try {
+        ram.read(r.start + p * MemorySnapshot::kPageSize, std::as_writable_bytes(std::span(&word, 1)));
+      } catch (const MemoryFault&) {
+      }
+    }
+  }
+  return pages;
+}
 
 // Shared memory rather than anonymous: the report agent maps the same pages (read-only for it).
 std::shared_ptr<SnapshotArena> SnapshotArena::map_fresh(std::uint64_t bytes) {
@@ -73,28 +93,28 @@ SnapshotArena::~SnapshotArena() {
   if (base_) ::munmap(base_, size_);
 }
 
-std::uint64_t estimate_snapshot_pages(const PhysicalMemory& ram, const Kernel* kernel, bool filter) {
-  std::uint64_t pages = 0;
-  for (const auto& [r, c] : classify_ram(ram, classifier_for(kernel, filter, nullptr))) {
-    for (std::size_t p = 0; p < c.size(); ++p) {
-      if (c[p] != PageClass::kernel) continue;
-      ++pages;
-      // Reading maps the page into our view of guest RAM now rather than during a pause.
-      std::uint64_t word;
-      try {
-        ram.read(r.start + p * MemorySnapshot::kPageSize, std::as_writable_bytes(std::span(&word, 1)));
-      } catch (const MemoryFault&) {
-      }
-    }
-  }
-  return pages;
-}
-
 std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, const Kernel* kernel, bool filter,
                                                      std::shared_ptr<SnapshotArena> arena) {
+  std::string filter_description;
+  auto classified = classify_ram(ram, classifier_for(kernel, filter, &filter_description));
+  return take(ram, std::move(classified), std::move(filter_description), std::move(arena));
+}
+
+std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, RamClasses classified, std::string filter,
+                                                     std::shared_ptr<SnapshotArena> arena) {
   std::unique_ptr<MemorySnapshot> s(new MemorySnapshot);
-  // Classes first, so the copy buffer is allocated once at its final size.
-  auto classified = classify_ram(ram, classifier_for(kernel, filter, &s->census_.filter));
+  s->census_.filter = std::move(filter);
+  // Classes first, so the copy buffer is allocated once at its final size; classes of other
+  // ranges than ram's (made for another layout) are not trusted for this one.
+  RamClasses expected = unclassified_ram(ram);
+  bool fits = classified.size() == expected.size();
+  for (std::size_t i = 0; fits && i < expected.size(); ++i)
+    fits = classified[i].first.start == expected[i].first.start && classified[i].first.size == expected[i].first.size &&
+           classified[i].second.size() == expected[i].second.size();
+  if (!fits) {
+    classified = std::move(expected);
+    s->census_.filter = "none (the page classes did not match guest RAM's ranges): every non-zero page copied";
+  }
   std::uint64_t candidates = 0;
   for (const auto& [pr, c] : classified) {
     candidates += static_cast<std::uint64_t>(std::count(c.begin(), c.end(), PageClass::kernel));

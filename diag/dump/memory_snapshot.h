@@ -53,9 +53,15 @@ class SnapshotArena {
   UniqueFd fd_;
 };
 
-// How many pages a snapshot of ram would copy now (for sizing an arena; the guest may run).
-// Reads a word of each, which maps them into a shared-memory view ahead of a pause.
-std::uint64_t estimate_snapshot_pages(const PhysicalMemory& ram, const Kernel* kernel, bool filter);
+
+// Guest RAM in whole pages (each range's start rounded down, its end up), each range with the
+// class of each of its pages.
+using RamClasses = std::vector<std::pair<PhysicalRange, std::vector<PageClass>>>;
+// ram's ranges so, every page `kernel` (copied unless it is all zeros).
+RamClasses unclassified_ram(const PhysicalMemory& ram);
+// Of classes, the pages a snapshot would copy (all `kernel` ones), each read once so that it is
+// mapped into our view of guest RAM now rather than during a pause.
+std::uint64_t touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes);
 
 class MemorySnapshot final : public PhysicalMemory {
  public:
@@ -64,6 +70,11 @@ class MemorySnapshot final : public PhysicalMemory {
   // read, only kernel pages are copied; otherwise all non-zero pages. The copy goes into arena
   // when it is large enough, else into freshly allocated memory.
   static std::unique_ptr<MemorySnapshot> take(const PhysicalMemory& ram, const Kernel* kernel, bool filter,
+                                              std::shared_ptr<SnapshotArena> arena = nullptr);
+  // The same with the pages' classes made elsewhere (the page-class agent), and how (`filter`
+  // in the census). Classes that do not cover ram's ranges page for page are not used: then
+  // every non-zero page is copied, and the census says why.
+  static std::unique_ptr<MemorySnapshot> take(const PhysicalMemory& ram, RamClasses classes, std::string filter,
                                               std::shared_ptr<SnapshotArena> arena = nullptr);
   // The same copy in another process (the report agent): the page index (index()) and the copied
   // pages, mapped there from pages_fd(). Every slot is checked against the pages given; a

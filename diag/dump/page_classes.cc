@@ -23,17 +23,27 @@ const char* to_string(PageClass c) {
 }
 
 std::optional<PageClassifier> PageClassifier::from_kernel(const Kernel& kernel, std::string* why) {
+  if (!kernel.vmcoreinfo()) {
+    if (why) *why = "no VMCOREINFO to say where struct page fields are";
+    return std::nullopt;
+  }
+  auto base = kernel.symbols().address_of("vmemmap_base");
+  if (!base) {
+    if (why) *why = "the kernel has no vmemmap_base symbol";
+    return std::nullopt;
+  }
+  return from_parts(kernel.memory(), *kernel.vmcoreinfo(), *base, why);
+}
+
+std::optional<PageClassifier> PageClassifier::from_parts(const KernelMemory& memory, const Vmcoreinfo& vi,
+                                                         std::uint64_t vmemmap_base_symbol, std::string* why) {
   auto no = [&](const std::string& w) -> std::optional<PageClassifier> {
     if (why) *why = w;
     return std::nullopt;
   };
-  if (!kernel.vmcoreinfo()) return no("no VMCOREINFO to say where struct page fields are");
-  const Vmcoreinfo& vi = *kernel.vmcoreinfo();
-  PageClassifier c(kernel);
-  auto base = kernel.symbols().address_of("vmemmap_base");
-  if (!base) return no("the kernel has no vmemmap_base symbol");
+  PageClassifier c(memory);
   try {
-    c.vmemmap_ = kernel.memory().read_u64(*base);
+    c.vmemmap_ = memory.read_u64(vmemmap_base_symbol);
   } catch (const MemoryFault& e) {
     return no(std::string("cannot read vmemmap_base: ") + e.what());
   }
@@ -102,7 +112,7 @@ void PageClassifier::classify(std::uint64_t first_pfn, std::vector<PageClass>& o
       continue;
     }
     try {
-      kernel_->memory().read(vmemmap_ + pfn0 * page_size_, std::span(chunk.data(), n * page_size_));
+      memory_->read(vmemmap_ + pfn0 * page_size_, std::span(chunk.data(), n * page_size_));
     } catch (const MemoryFault&) {
       i += n;  // no struct pages here (a hole): keep the pages
       continue;

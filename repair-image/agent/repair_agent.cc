@@ -8,8 +8,11 @@
 //                        and mailbox as inherited descriptors and a socket as doorbell.
 //   --report             a sandboxed host process per bundle: reads the report's kernel parts
 //                        from the bundle's snapshot, answers once and exits (agent/report_mode.h).
+//   --classify           a sandboxed host process per profile: which pages a bundle's snapshot
+//                        copies, from struct page, at each snapshot (agent/classify_mode.h).
 //
 // docs/protocol.md ("Repair protocol") has the mailbox and the messages.
+#include "agent/classify_mode.h"
 #include "agent/report_mode.h"
 #include "agent/sandbox.h"
 
@@ -274,7 +277,8 @@ int run_inline(int argc, char** argv) {
 int main(int argc, char** argv) {
   if (argc >= 2 && std::strcmp(argv[1], "--inline") == 0) return immortal::repair::run_inline(argc, argv);
   if (argc >= 2 && std::strcmp(argv[1], "--report") == 0) return immortal::repair::run_report(argc, argv);
+  if (argc >= 2 && std::strcmp(argv[1], "--classify") == 0) return immortal::repair::run_classify(argc, argv);
   if (::getpid() == 1) immortal::repair::run_in_vm();
-  std::fprintf(stderr, "usage: immortal-repair-agent --inline|--report ... (or as /init of the repair image)\n");
+  std::fprintf(stderr, "usage: immortal-repair-agent --inline|--report|--classify ... (or as /init of the repair image)\n");
   return 2;
 }

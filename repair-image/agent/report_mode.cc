@@ -1,5 +1,6 @@
 #include "agent/report_mode.h"
 
+#include "agent/agent_io.h"
 #include "agent/sandbox.h"
 #include "base/budgets.h"
 #include "base/error.h"
@@ -27,35 +28,6 @@ constexpr std::uint64_t kReportHeadroom = 2ull << 30;
 constexpr std::uint64_t kReportLogLimit = 1 << 20;
 constexpr std::size_t kRequestLimit = 16 << 20;
 
-void report_say(const std::string& line) {
-  std::string out = "immortal-repair-agent: " + line + "\n";
-  [[maybe_unused]] auto n = ::write(2, out.data(), out.size());
-}
-
-// All of a descriptor (a memfd or a file), at most limit bytes.
-std::string read_all(int fd, std::size_t limit, const char* what) {
-  std::string out;
-  char buf[65536];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) fail_os(ExitCode::failure, fmt::format("read {}", what), errno);
-    if (n == 0) return out;
-    if (out.size() + static_cast<std::size_t>(n) > limit) fail(ExitCode::bad_input, "{} is larger than {} bytes", what, limit);
-    out.append(buf, static_cast<std::size_t>(n));
-  }
-}
-
-void write_all(int fd, const std::string& data) {
-  std::size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) fail_os(ExitCode::failure, "write the answer", errno);
-    done += static_cast<std::size_t>(n);
-  }
-}
-
 }  // namespace
 
 // --report --profile DIR: the request on descriptor 0, the answer to 1, the snapshot's copied
@@ -65,7 +37,7 @@ int run_report(int argc, char** argv) {
   for (int i = 2; i + 1 < argc; i += 2)
     if (std::strcmp(argv[i], "--profile") == 0) profile_dir = argv[i + 1];
   if (profile_dir.empty()) {
-    report_say("usage: immortal-repair-agent --report --profile DIR  (request on 0, answer on 1, snapshot on 3, index on 4)");
+    agent_say("usage: immortal-repair-agent --report --profile DIR  (request on 0, answer on 1, snapshot on 3, index on 4)");
     return 2;
   }
   try {
@@ -86,7 +58,7 @@ int run_report(int argc, char** argv) {
     // The sandbox's proof, as in --inline (IMMORTAL_SANDBOX_CANARY=1): this must die of SIGSYS.
     if (const char* canary = std::getenv("IMMORTAL_SANDBOX_CANARY"); canary && std::strcmp(canary, "1") == 0) {
       int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-      report_say(fmt::format("the sandbox let socket() through (it returned {}): the sandbox is broken", fd));
+      agent_say(fmt::format("the sandbox let socket() through (it returned {}): the sandbox is broken", fd));
       return 3;
     }
 
@@ -100,7 +72,7 @@ int run_report(int argc, char** argv) {
     write_all(1, answer.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     return 0;
   } catch (const std::exception& e) {
-    report_say(std::string("cannot report: ") + e.what());
+    agent_say(std::string("cannot report: ") + e.what());
     return 1;
   }
 }

@@ -143,6 +143,12 @@ TEST_CASE("bundles: a recovered null-deref leaves a complete bundle that diag re
   CHECK(report["crash"]["task"].value("pid", -1) == g.victim);
   CHECK(report["recovery"].value("outcome", "") == "recovered");
   CHECK_THAT(read_file(g.crash_bundle + "/dmesg.txt"), Catch::Contains("BUG: kernel NULL pointer dereference"));
+  // Filtered by the sandboxed page-class agent's reading of struct page: free pages left out.
+  const json& memory = report["memory"];
+  INFO("memory: " << memory.dump());
+  CHECK_THAT(memory.value("filter", ""), Catch::Contains("page-class agent"));
+  CHECK(memory["pages"].value("free", std::uint64_t{0}) > 0);
+  CHECK(memory.value("copied_bytes", std::uint64_t{0}) < memory.value("ram_bytes", std::uint64_t{0}) / 2);
 
   auto diag = run_cli({"diag", g.crash_bundle}, 120s);
   INFO("diag: " << diag.err);

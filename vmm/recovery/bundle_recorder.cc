@@ -58,14 +58,13 @@ std::string sanitize_for_name(std::string s) {
 
 }  // namespace
 
-BundleCapture capture_guest(Machine& machine, const Kernel* kernel, const GuestProfile* profile,
-                            std::vector<X86Registers> registers, int crash_cpu, bool filter,
-                            std::shared_ptr<SnapshotArena> arena) {
+BundleCapture capture_guest(Machine& machine, const GuestProfile* profile, std::vector<X86Registers> registers,
+                            int crash_cpu, RamClasses classes, std::string filter, std::shared_ptr<SnapshotArena> arena) {
   auto t0 = Clock::now();
   BundleCapture c;
   c.registers = std::move(registers);
   c.crash_cpu = crash_cpu;
-  c.memory = MemorySnapshot::take(machine.memory(), kernel, filter, std::move(arena));
+  c.memory = MemorySnapshot::take(machine.memory(), std::move(classes), std::move(filter), std::move(arena));
   if (profile) {
     // From the copy; from guest RAM (still stopped) should its page not have been copied.
     auto text = read_vmcoreinfo_note(*c.memory, profile->vmcoreinfo_paddr, profile->vmcoreinfo_size);
@@ -207,9 +206,10 @@ BundleRecorder::~BundleRecorder() {
     if (t.joinable()) t.detach();  // a writer that is still busy: the process is ending anyway
 }
 
-void BundleRecorder::prepare(const PhysicalMemory& ram, const Kernel* kernel) {
+void BundleRecorder::prepare(const PhysicalMemory& ram, const RamClasses& classes) {
   std::uint64_t ram_bytes = ram.total_size();
-  std::uint64_t need = estimate_snapshot_pages(ram, kernel, settings_.filter) * MemorySnapshot::kPageSize;
+  // Reading a word of each page to copy maps it into our view of guest RAM now, not in a pause.
+  std::uint64_t need = touch_kernel_pages(ram, classes) * MemorySnapshot::kPageSize;
   std::uint64_t want = std::min<std::uint64_t>(need + need / 2 + (32ull << 20), ram_bytes);
   std::lock_guard lock(mutex_);
   if (arena_bytes_ >= need + need / 4 && !arenas_.empty()) return;

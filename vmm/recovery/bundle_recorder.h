@@ -48,11 +48,10 @@ struct BundleCapture {
   std::vector<std::string> adjustments; // changes made to the copy (docs/bundle-format.md)
 };
 
-// Copies the stopped guest. kernel: the live guest kernel (for struct pages and VMCOREINFO's
-// place), nullptr if unknown — then every non-zero page is copied.
-BundleCapture capture_guest(Machine& machine, const Kernel* kernel, const GuestProfile* profile,
-                            std::vector<X86Registers> registers, int crash_cpu, bool filter,
-                            std::shared_ptr<SnapshotArena> arena);
+// Copies the stopped guest: the pages classes keeps (the page-class agent's; all `kernel` for
+// every non-zero page), `filter` saying how they were chosen. profile: for VMCOREINFO's place.
+BundleCapture capture_guest(Machine& machine, const GuestProfile* profile, std::vector<X86Registers> registers,
+                            int crash_cpu, RamClasses classes, std::string filter, std::shared_ptr<SnapshotArena> arena);
 
 struct BundleJob {
   std::string guest;
@@ -86,7 +85,7 @@ class BundleRecorder {
   const BundleSettings& settings() const { return settings_; }
   // Prepares a warm arena large enough for a snapshot of this guest now (plus headroom), so a
   // crash's pause is a plain copy. Called when the guest is up; cheap when already prepared.
-  void prepare(const PhysicalMemory& ram, const Kernel* kernel);
+  void prepare(const PhysicalMemory& ram, const RamClasses& classes);
   // A warm arena no snapshot is using, else nullptr (the snapshot allocates its own, slower).
   // Taking the last free one starts preparing another in the background, so crashes in quick
   // succession (while earlier bundles are still being written) keep short pauses.

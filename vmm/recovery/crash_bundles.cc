@@ -1,6 +1,7 @@
 #include "recovery/crash_bundles.h"
 
 #include "base/budgets.h"
+#include "repair/repair_image.h"
 
 #include <fmt/format.h>
 
@@ -25,14 +26,25 @@ BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vec
   // A crash loop must not pile up snapshots of guest memory: beyond budget::kBundleJobs being
   // written, the crash gets no copy (its bundle is skipped, and said so).
   if (busy()) return BundleCapture{};
-  const Kernel* kernel = nullptr;
-  try {
-    kernel = &live.get();
-  } catch (const std::exception& e) {
-    say_(std::string("the bundle's copy of memory cannot be filtered (every page is copied): ") + e.what());
+  // Which pages to copy is the page-class agent's to say (struct page is guest data); without
+  // it, or when it fails or is late, every non-zero page is copied: a larger dump, never a
+  // wrong one.
+  std::optional<RamClasses> classes;
+  std::string filter;
+  if (!recorder_.settings().filter) {
+    filter = "none: every non-zero page copied";
+  } else if (!classes_) {
+    filter = "none (" + (classes_problem_.empty() ? std::string("no page-class agent") : classes_problem_) +
+             "): every non-zero page copied";
+  } else if ((classes = classes_->classify(Deadline::in(kClassifyWait)))) {
+    filter = "struct page, read by the page-class agent: free, user and page-cache pages left out (makedumpfile dump level 31)";
+  } else {
+    filter = "none (" + classes_->why() + "): every non-zero page copied";
+    say_("the bundle's copy of memory is not filtered: " + classes_->why());
   }
-  return capture_guest(machine, kernel, kernel ? live.profile().get() : nullptr, std::move(registers), crash_cpu,
-                       recorder_.settings().filter, recorder_.arena());
+  return capture_guest(machine, live.profile().get(), std::move(registers), crash_cpu,
+                       classes ? std::move(*classes) : unclassified_ram(machine.memory()), std::move(filter),
+                       recorder_.arena());
 }
 
 void CrashBundles::hold(const repair::CrashRecord& record, BundleCapture capture,
@@ -115,11 +127,38 @@ std::vector<BundleResult> CrashBundles::poll() {
 }
 
 void CrashBundles::prepare_arena(std::uint64_t profile_number, Machine& machine, LiveKernel& live) {
-  if (!profile_number || profile_number == arena_profile_) return;
-  arena_profile_ = profile_number;
+  if (profile_number && profile_number != arena_profile_) {
+    // A new profile (a new boot, a module loaded): a page-class agent for it; the arena is sized
+    // once it has classified the guest's pages.
+    arena_profile_ = profile_number;
+    classes_.reset();
+    classes_problem_.clear();
+    arena_waits_ = false;
+    if (!recorder_.settings().filter) {
+      prepare_arena_for(machine, unclassified_ram(machine.memory()));
+      return;
+    }
+    try {
+      auto ram = machine.ram_file();
+      if (!ram) fail(ExitCode::unsupported, "guest RAM is not in a file the page-class agent can map");
+      classes_ = std::make_unique<PageClassAgent>(find_repair_agent(recorder_.settings().agent), *ram, machine.memory(),
+                                                  live.get());
+      arena_waits_ = true;
+    } catch (const std::exception& e) {
+      classes_problem_ = std::string("no page-class agent: ") + e.what();
+      say_("bundle snapshots will copy every non-zero page (" + classes_problem_ + ")");
+    }
+  }
+  if (arena_waits_ && classes_ && (classes_->ready(Deadline::in(std::chrono::milliseconds(0))) || classes_->failed())) {
+    arena_waits_ = false;
+    if (classes_->failed()) say_("bundle snapshots will copy every non-zero page: " + classes_->why());
+    else prepare_arena_for(machine, classes_->last());
+  }
+}
+
+void CrashBundles::prepare_arena_for(Machine& machine, const RamClasses& classes) {
   try {
-    Kernel& kernel = live.get();
-    recorder_.prepare(machine.memory(), &kernel);
+    recorder_.prepare(machine.memory(), classes);
   } catch (const std::exception& e) {
     say_(std::string("no memory prepared for bundle snapshots (a crash will pause longer): ") + e.what());
   }

@@ -10,6 +10,7 @@
 #include "machine.h"
 #include "recovery/bundle_recorder.h"
 #include "recovery/event_log.h"
+#include "recovery/page_class_agent.h"
 
 #include <functional>
 #include <map>
@@ -48,6 +49,8 @@ class CrashBundles {
   std::vector<BundleResult> poll();
   // Makes the arena for fast snapshots fit the guest of this profile (once per profile).
   void prepare_arena(std::uint64_t profile_number, Machine& machine, LiveKernel& kernel);
+  // How long a snapshot waits for the page-class agent (it is inside the guest's pause).
+  static constexpr std::chrono::milliseconds kClassifyWait{2000};
   // The instance stops: pending outcome unknown; wait (bounded) for writers.
   void stop();
   json status() const;
@@ -60,7 +63,11 @@ class CrashBundles {
   Say say_;
   Event event_;
   std::optional<BundleJob> pending_;
+  void prepare_arena_for(Machine& machine, const RamClasses& classes);
   std::uint64_t arena_profile_ = 0;
+  std::unique_ptr<PageClassAgent> classes_;  // for the current profile
+  std::string classes_problem_;               // why there is none
+  bool arena_waits_ = false;                  // for classes_'s first classification
   std::uint64_t next_ticket_ = 1;
   std::map<std::uint64_t, Written> waiting_;  // on-demand bundles by ticket
 };

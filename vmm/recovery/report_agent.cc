@@ -217,23 +217,12 @@ ReportParts read_report_parts(const std::string& agent, MemorySnapshot& snapshot
   if (snapshot.pages_fd() >= 0)
     pages = UniqueFd(::open(fmt::format("/proc/self/fd/{}", snapshot.pages_fd()).c_str(), O_RDONLY | O_CLOEXEC));
   if (!pages) return failed("the snapshot's pages cannot be shared");
-  auto memfd_with = [](const char* name, const std::string& data) {
-    UniqueFd fd = sealed_memfd(name, data.size());
-    std::size_t done = 0;
-    while (done < data.size()) {
-      ssize_t n = ::pwrite(fd.get(), data.data() + done, data.size() - done, static_cast<off_t>(done));
-      if (n <= 0) fail_os(ExitCode::failure, "write a memfd", errno);
-      done += static_cast<std::size_t>(n);
-    }
-    return fd;
-  };
   UniqueFd request_fd, index_fd, log_fd;
   int out_pipe[2];
   try {
-    request_fd = memfd_with("immortal-report-request", request.dump(-1, ' ', false, json::error_handler_t::replace));
-    index_fd = memfd_with("immortal-report-index", snapshot.index());
-    log_fd = UniqueFd(static_cast<int>(::memfd_create("immortal-report-log", MFD_CLOEXEC)));
-    if (!log_fd) fail_os(ExitCode::failure, "memfd_create", errno);
+    request_fd = sealed_memfd_with("immortal-report-request", request.dump(-1, ' ', false, json::error_handler_t::replace));
+    index_fd = sealed_memfd_with("immortal-report-index", snapshot.index());
+    log_fd = agent_log_memfd("immortal-report-log");
     if (::pipe2(out_pipe, O_CLOEXEC) != 0) fail_os(ExitCode::failure, "pipe", errno);
   } catch (const std::exception& e) {
     return failed(e.what());
@@ -278,18 +267,12 @@ ReportParts read_report_parts(const std::string& agent, MemorySnapshot& snapshot
   }
   if (why.empty() && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
     // Its last words (its log is a memfd under its RLIMIT_FSIZE: read back only the end).
-    char tail[512] = {};
-    off_t size = ::lseek(log_fd.get(), 0, SEEK_END);
-    off_t from = size > static_cast<off_t>(sizeof tail - 1) ? size - static_cast<off_t>(sizeof tail - 1) : 0;
-    ssize_t n = ::pread(log_fd.get(), tail, sizeof tail - 1, from);
-    std::string said = n > 0 ? std::string(tail, static_cast<std::size_t>(n)) : "";
-    while (!said.empty() && (said.back() == '\n' || said.back() == '\r')) said.pop_back();
-    if (auto nl = said.rfind('\n'); nl != std::string::npos) said = said.substr(nl + 1);
+    std::string said = last_log_line(log_fd.get());
     why = WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS ? "the report agent made a system call its sandbox forbids"
           : WIFSIGNALED(status) ? fmt::format("the report agent was killed by signal {}", WTERMSIG(status))
           : WEXITSTATUS(status) == 127 ? "the report agent " + agent + " cannot be run"
                                        : fmt::format("the report agent failed (exit status {}){}", WEXITSTATUS(status),
-                                                     said.empty() ? "" : ": " + terminal_safe(said));
+                                                     said.empty() ? "" : ": " + said);
   }
   if (!why.empty()) return failed(why);
   return accept_report_answer(answer, snapshot, vcpus);

@@ -1,9 +1,12 @@
 #include "repair/agent_process.h"
 
 #include "base/error.h"
+#include "base/sealed_memfd.h"
+#include "base/terminal_text.h"
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -33,6 +36,34 @@ pid_t start_agent_process(const std::vector<std::string>& args, const std::vecto
   ::close_range(static_cast<unsigned>(fds.size()), ~0u, 0);
   ::execv(argv[0], argv.data());
   ::_exit(127);
+}
+
+UniqueFd sealed_memfd_with(const std::string& name, const std::string& data) {
+  UniqueFd fd = sealed_memfd(name, data.size());
+  std::size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::pwrite(fd.get(), data.data() + done, data.size() - done, static_cast<off_t>(done));
+    if (n <= 0) fail_os(ExitCode::failure, "write a memfd", errno);
+    done += static_cast<std::size_t>(n);
+  }
+  return fd;
+}
+
+UniqueFd agent_log_memfd(const std::string& name) {
+  UniqueFd fd(static_cast<int>(::memfd_create(name.c_str(), MFD_CLOEXEC)));
+  if (!fd) fail_os(ExitCode::failure, "memfd_create", errno);
+  return fd;
+}
+
+std::string last_log_line(int log_fd) {
+  char tail[512] = {};
+  off_t size = ::lseek(log_fd, 0, SEEK_END);
+  off_t from = size > static_cast<off_t>(sizeof tail - 1) ? size - static_cast<off_t>(sizeof tail - 1) : 0;
+  ssize_t n = ::pread(log_fd, tail, sizeof tail - 1, from);
+  std::string said = n > 0 ? std::string(tail, static_cast<std::size_t>(n)) : "";
+  while (!said.empty() && (said.back() == '\n' || said.back() == '\r')) said.pop_back();
+  if (auto nl = said.rfind('\n'); nl != std::string::npos) said = said.substr(nl + 1);
+  return terminal_safe(said);
 }
 
 }  // namespace immortal::vmm

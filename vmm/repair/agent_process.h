@@ -3,6 +3,8 @@
 // exactly the descriptors it is given, at the numbers it expects; nothing else crosses exec.
 #pragma once
 
+#include "base/unique_fd.h"
+
 #include <sys/types.h>
 
 #include <string>
@@ -14,5 +16,14 @@ namespace immortal::vmm {
 // every other descriptor is closed. Returns the child's pid; throws Error when fork fails. The
 // child exits 127 when args[0] cannot be run.
 pid_t start_agent_process(const std::vector<std::string>& args, const std::vector<int>& fds);
+
+// A sealed memfd holding data (an agent's request, an index): it can read it, not change it.
+// Throws Error.
+UniqueFd sealed_memfd_with(const std::string& name, const std::string& data);
+
+// An agent's log: a memfd it writes under its RLIMIT_FSIZE. Throws Error.
+UniqueFd agent_log_memfd(const std::string& name);
+// The last line of such a log (at most 512 bytes of it), escaped for a terminal.
+std::string last_log_line(int log_fd);
 
 }  // namespace immortal::vmm
