@@ -3,10 +3,20 @@
 // VMCOREINFO a guest forged (offsets outside struct page, absurd sizes and orders) refused or
 // bounded, never read out of bounds.
 #include "dump/page_classes.h"
+#include "memory/shared_ram.h"
+#include "recovery/page_class_agent.h"
 
 #include "support/fake_kernel.h"
 
 #include <catch2/catch.hpp>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 
 using namespace immortal;
 using namespace immortal::test;
@@ -106,4 +116,112 @@ TEST_CASE("a forged VMCOREINFO cannot send page classification outside struct pa
   std::vector<PageClass> far(64);
   classifier->classify(1ull << 40, far);
   CHECK(std::all_of(far.begin(), far.end(), [](PageClass c) { return c == PageClass::kernel; }));
+}
+
+namespace {
+
+// The immortal-repair-agent binary: IMMORTAL_REPAIR_AGENT (scripts/test sets it), else the one
+// beside this build's tests.
+std::string repair_agent_binary() {
+  if (const char* env = std::getenv("IMMORTAL_REPAIR_AGENT"); env && *env) return env;
+  return (std::filesystem::read_symlink("/proc/self/exe").parent_path().parent_path() / "repair-image" /
+          "immortal-repair-agent").string();
+}
+
+// Guest RAM as the agent gets it: a file (a memfd) with the test kernel's bytes.
+struct RamInFile {
+  UniqueFd fd;
+  vmm::Machine::RamFile file;
+  explicit RamInFile(const VectorMemory& ram) {
+    std::uint64_t size = ram.total_size();
+    fd = UniqueFd(static_cast<int>(::memfd_create("test-ram", MFD_CLOEXEC)));
+    REQUIRE(fd);
+    std::vector<std::byte> bytes(size);
+    ram.read(0, bytes);
+    REQUIRE(::pwrite(fd.get(), bytes.data(), size, 0) == static_cast<ssize_t>(size));
+    file = {fd.get(), size, {{0, 0, size}}};
+  }
+};
+
+}  // namespace
+
+TEST_CASE("the page-class agent reads struct page in its sandbox; the supervisor takes only what it may say",
+          "[page-classes][agent]") {
+  std::string agent = repair_agent_binary();
+  INFO("agent " << agent);
+  REQUIRE(std::filesystem::exists(agent));
+  PageKernel k(vmcoreinfo());
+  k.ram.put<std::uint32_t>(PageKernel::page(8) + 48, kBuddy61);  // pfns 8..15 free (order 3)
+  k.ram.put<std::uint64_t>(PageKernel::page(8) + 40, 3);
+  k.ram.put<std::uint64_t>(PageKernel::page(20) + 24, kva(0x5000) | 1);  // user
+  k.ram.put<std::uint64_t>(PageKernel::page(21) + 24, kva(0x6000));      // page cache
+  k.ram.put<std::uint64_t>(PageKernel::page(21) + 0, 1ull << 4);
+  RamInFile ram(k.ram);
+  SharedRamMemory memory(ram.file.fd, ram.file.size, ram.file.segments, /*writable=*/false);
+
+  vmm::PageClassAgent classes(agent, ram.file, memory, *k.kernel);
+  REQUIRE(classes.ready(Deadline::in(std::chrono::seconds(30))));
+  auto now = classes.classify(Deadline::in(std::chrono::seconds(30)));
+  INFO(classes.why());
+  REQUIRE(now);
+  REQUIRE(now->size() == 1);
+  const auto& c = now->front().second;
+  REQUIRE(c.size() == k.ram.total_size() / 4096);
+  for (std::size_t pfn = 8; pfn < 16; ++pfn) CHECK(c[pfn] == PageClass::free);
+  CHECK(c[7] == PageClass::kernel);
+  CHECK(c[20] == PageClass::user);
+  CHECK(c[21] == PageClass::cache);
+  // It reads the guest as it is at each snapshot: pfn 30 becomes user memory.
+  std::uint64_t anon = kva(0x5000) | 1;
+  REQUIRE(::pwrite(ram.fd.get(), &anon, 8, static_cast<off_t>(PageKernel::page(30) + 24)) == 8);
+  now = classes.classify(Deadline::in(std::chrono::seconds(30)));
+  REQUIRE(now);
+  CHECK(now->front().second[30] == PageClass::user);
+}
+
+TEST_CASE("a page-class agent that says nonsense, dies or is late leaves every page to be copied", "[page-classes][agent]") {
+  PageKernel k(vmcoreinfo());
+  RamInFile ram(k.ram);
+  SharedRamMemory memory(ram.file.fd, ram.file.size, ram.file.segments, /*writable=*/false);
+  std::string dir = std::filesystem::temp_directory_path() / ("immortal-class-agent-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto fake = [&](const std::string& name, const std::string& body) {
+    std::string path = dir + "/" + name;
+    std::ofstream(path) << "#!/bin/sh\n" << body << "\n";
+    std::filesystem::permissions(path, std::filesystem::perms::owner_all);
+    return path;
+  };
+  // Bytes that are no class it may give (zero, 9, 255) are taken as kernel pages: copied.
+  {
+    vmm::PageClassAgent classes(fake("nonsense", "printf '\\001\\011\\377\\002\\003\\004' >&4; printf r >&5; "
+                                                  "while [ -n \"$(head -c1 <&5)\" ]; do printf d >&5; done"),
+                                ram.file, memory, *k.kernel);
+    auto now = classes.classify(Deadline::in(std::chrono::seconds(30)));
+    INFO(classes.why());
+    REQUIRE(now);
+    const auto& c = now->front().second;
+    CHECK(c[0] == PageClass::kernel);
+    CHECK(c[1] == PageClass::kernel);
+    CHECK(c[2] == PageClass::kernel);
+    CHECK(c[3] == PageClass::free);
+    CHECK(c[4] == PageClass::user);
+    CHECK(c[5] == PageClass::cache);
+  }
+  // It dies before it is ready: no classes, and why.
+  {
+    vmm::PageClassAgent classes(fake("dies", "echo 'cannot classify pages: no struct page' >&2; exit 4"), ram.file,
+                                memory, *k.kernel);
+    CHECK_FALSE(classes.classify(Deadline::in(std::chrono::seconds(30))));
+    CHECK(classes.failed());
+    CHECK_THAT(classes.why(), Catch::Contains("no struct page"));
+  }
+  // Ready, then it never answers: killed at the deadline.
+  {
+    vmm::PageClassAgent classes(fake("late", "printf r >&5; exec sleep 600"), ram.file, memory, *k.kernel);
+    auto started = std::chrono::steady_clock::now();
+    CHECK_FALSE(classes.classify(Deadline::in(std::chrono::seconds(2))));
+    CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(60));
+    CHECK_THAT(classes.why(), Catch::Contains("did not answer in time"));
+  }
+  std::filesystem::remove_all(dir);
 }
