@@ -53,15 +53,13 @@ PageClassAgent::PageClassAgent(const std::string& agent, const Machine::RamFile&
     if (p == MAP_FAILED) fail_os(ExitCode::failure, "map the page classes", errno);
     classes_ = static_cast<const std::uint8_t*>(p);
   }
-  UniqueFd ram_ro(::open(fmt::format("/proc/self/fd/{}", ram.fd).c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd ram_ro = reopen_read_only(ram.fd);
   if (!ram_ro) fail_os(ExitCode::failure, "reopen guest RAM read-only", errno);
-  int pair[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) fail_os(ExitCode::failure, "socketpair", errno);
-  doorbell_ = UniqueFd(pair[0]);
-  UniqueFd theirs(pair[1]);
+  Doorbell doorbell = make_doorbell();
+  doorbell_ = std::move(doorbell.ours);
   log_fd_ = agent_log_memfd("immortal-classify-log");
-  pid_ = start_agent_process({agent, "--classify"},
-                             {request_fd.get(), -1, log_fd_.get(), ram_ro.get(), classes_fd_.get(), theirs.get()});
+  pid_ = start_agent_process({agent, "--classify"}, {request_fd.get(), -1, log_fd_.get(), ram_ro.get(), classes_fd_.get(),
+                                                     doorbell.theirs.get()});
 }
 
 PageClassAgent::~PageClassAgent() {

@@ -214,8 +214,7 @@ ReportParts read_report_parts(const std::string& agent, MemorySnapshot& snapshot
   };
   // Descriptors for the agent: the request and the index in sealed memfds, the pages read-only.
   UniqueFd pages;
-  if (snapshot.pages_fd() >= 0)
-    pages = UniqueFd(::open(fmt::format("/proc/self/fd/{}", snapshot.pages_fd()).c_str(), O_RDONLY | O_CLOEXEC));
+  if (snapshot.pages_fd() >= 0) pages = reopen_read_only(snapshot.pages_fd());
   if (!pages) return failed("the snapshot's pages cannot be shared");
   UniqueFd request_fd, index_fd, log_fd;
   int out_pipe[2];

@@ -8,7 +8,10 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cstdio>
 
 namespace immortal::vmm {
 
@@ -36,6 +39,18 @@ pid_t start_agent_process(const std::vector<std::string>& args, const std::vecto
   ::close_range(static_cast<unsigned>(fds.size()), ~0u, 0);
   ::execv(argv[0], argv.data());
   ::_exit(127);
+}
+
+UniqueFd reopen_read_only(int fd) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  return UniqueFd(::open(path, O_RDONLY | O_CLOEXEC));
+}
+
+Doorbell make_doorbell() {
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) fail_os(ExitCode::failure, "socketpair", errno);
+  return {UniqueFd(pair[0]), UniqueFd(pair[1])};
 }
 
 UniqueFd sealed_memfd_with(const std::string& name, const std::string& data) {

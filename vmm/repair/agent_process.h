@@ -17,6 +17,17 @@ namespace immortal::vmm {
 // child exits 127 when args[0] cannot be run.
 pid_t start_agent_process(const std::vector<std::string>& args, const std::vector<int>& fds);
 
+// A new, read-only open file description of fd (through /proc/self/fd): what an agent or a
+// second QEMU is given of guest RAM or a snapshot cannot be mapped writable. Invalid (errno
+// set) when it cannot be opened.
+UniqueFd reopen_read_only(int fd);
+
+// A doorbell: a connected pair of stream sockets, ours and the agent's. Throws Error.
+struct Doorbell {
+  UniqueFd ours, theirs;
+};
+Doorbell make_doorbell();
+
 // A sealed memfd holding data (an agent's request, an index): it can read it, not change it.
 // Throws Error.
 UniqueFd sealed_memfd_with(const std::string& name, const std::string& data);

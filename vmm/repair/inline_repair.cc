@@ -18,15 +18,13 @@ namespace immortal::vmm {
 InlineRepair::InlineRepair(const std::string& agent, const std::string& config, const Machine::RamFile& ram,
                            const std::string& log) {
   // A read-only open file description of guest RAM: the agent cannot map it writable.
-  UniqueFd ram_ro(::open(fmt::format("/proc/self/fd/{}", ram.fd).c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd ram_ro = reopen_read_only(ram.fd);
   if (!ram_ro) fail_os(ExitCode::failure, "reopen guest RAM read-only", errno);
-  int pair[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) fail_os(ExitCode::failure, "socketpair", errno);
-  doorbell_ = UniqueFd(pair[0]);
-  UniqueFd theirs(pair[1]);
+  Doorbell doorbell = make_doorbell();
+  doorbell_ = std::move(doorbell.ours);
   UniqueFd log_fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
   pid_ = start_agent_process({agent, "--inline", "--config", config, "--ram-fd", "3", "--mailbox-fd", "4", "--doorbell-fd", "5"},
-                             {-1, log_fd.get(), log_fd.get(), ram_ro.get(), mailbox_.fd(), theirs.get()});
+                             {-1, log_fd.get(), log_fd.get(), ram_ro.get(), mailbox_.fd(), doorbell.theirs.get()});
 }
 
 InlineRepair::~InlineRepair() { kill_agent(); }

@@ -2,6 +2,7 @@
 
 #include "base/clock.h"
 #include "base/error.h"
+#include "repair/agent_process.h"
 
 #include <fmt/format.h>
 
@@ -25,7 +26,7 @@ RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::
          guest_ram.size >> 20);
   // The window is mapped read-only (readonly=on), and the descriptor QEMU inherits is a
   // read-only one too, as the inline agent's.
-  guest_ram_ = UniqueFd(::open(fmt::format("/proc/self/fd/{}", guest_ram.fd).c_str(), O_RDONLY | O_CLOEXEC));
+  guest_ram_ = reopen_read_only(guest_ram.fd);
   if (!guest_ram_) fail_os(ExitCode::failure, "reopen guest RAM read-only for the repair VM", errno);
   config.shared_windows = {{"peer-ram", guest_ram_.get(), guest_ram.size, true, kGuestRamSlot},
                            {"repair-mailbox", mailbox_.fd(), repair::kMailboxSize, false, kMailboxSlot}};
