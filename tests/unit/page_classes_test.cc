@@ -6,6 +6,7 @@
 #include "memory/shared_ram.h"
 #include "recovery/page_class_agent.h"
 
+#include "support/fake_agent.h"
 #include "support/fake_kernel.h"
 
 #include <catch2/catch.hpp>
@@ -183,14 +184,8 @@ TEST_CASE("a page-class agent that says nonsense, dies or is late leaves every p
   PageKernel k(vmcoreinfo());
   RamInFile ram(k.ram);
   SharedRamMemory memory(ram.file.fd, ram.file.size, ram.file.segments, /*writable=*/false);
-  std::string dir = std::filesystem::temp_directory_path() / ("immortal-class-agent-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  auto fake = [&](const std::string& name, const std::string& body) {
-    std::string path = dir + "/" + name;
-    std::ofstream(path) << "#!/bin/sh\n" << body << "\n";
-    std::filesystem::permissions(path, std::filesystem::perms::owner_all);
-    return path;
-  };
+  FakeAgents fakes("class-agent");
+  auto fake = [&](const std::string& name, const std::string& body) { return fakes.script(name, body); };
   // Bytes that are no class it may give (zero, 9, 255) are taken as kernel pages: copied.
   {
     vmm::PageClassAgent classes(fake("nonsense", "printf '\\001\\011\\377\\002\\003\\004' >&4; printf r >&5; "
@@ -223,5 +218,4 @@ TEST_CASE("a page-class agent that says nonsense, dies or is late leaves every p
     CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(60));
     CHECK_THAT(classes.why(), Catch::Contains("did not answer in time"));
   }
-  std::filesystem::remove_all(dir);
 }

@@ -5,6 +5,7 @@
 #include "dump/memory_snapshot.h"
 #include "recovery/report_agent.h"
 
+#include "support/fake_agent.h"
 #include "support/fake_kernel.h"
 
 #include <catch2/catch.hpp>
@@ -169,18 +170,12 @@ TEST_CASE("a report answer that is not what it should be leaves the report witho
 
 TEST_CASE("a report agent that fails, lingers or overruns is killed in time and said in problems", "[report-agent]") {
   auto snap = small_snapshot();
-  std::string dir = std::filesystem::temp_directory_path() / ("immortal-report-agent-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  auto agent = [&](const std::string& name, const std::string& body) {
-    std::string path = dir + "/" + name;
-    std::ofstream(path) << "#!/bin/sh\n" << body << "\n";
-    std::filesystem::permissions(path, std::filesystem::perms::owner_all);
-    return path;
-  };
+  FakeAgents fakes("report-agent");
+  auto agent = [&](const std::string& name, const std::string& body) { return fakes.script(name, body); };
   json request = {{"record", {{"registers", {json::object(), json::object()}}}}};  // two vCPUs
   auto run = [&](const std::string& path, std::chrono::seconds timeout) {
     auto started = std::chrono::steady_clock::now();
-    auto parts = vmm::read_report_parts(path, *snap, dir, request, timeout);
+    auto parts = vmm::read_report_parts(path, *snap, fakes.dir(), request, timeout);
     return std::pair{parts, std::chrono::steady_clock::now() - started};
   };
   // An answer, then exit 0: taken.
@@ -201,5 +196,4 @@ TEST_CASE("a report agent that fails, lingers or overruns is killed in time and 
                                      std::chrono::seconds(30));
   CHECK_THAT(json(failing.problems).dump(), Catch::Contains("exit status 4") && Catch::Contains("cannot read \\\\x1b[31m"));
   CHECK(failing.taint.is_null());
-  std::filesystem::remove_all(dir);
 }
