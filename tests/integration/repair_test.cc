@@ -5,6 +5,7 @@
 // exercised by every crash of recovery_test.cc.)
 #include "instance_json.h"
 #include "supervisor_probe.h"
+#include "base/budgets.h"
 
 #include <catch2/catch.hpp>
 
@@ -53,8 +54,10 @@ InlineGuest& inline_guest() {
 }
 
 // What issue 18 asks of the supervisor under a hostile guest, measured: it kept answering
-// status (95% within 1 s; the slowest within 10 s, for a machine shared with other guests) and its
-// resident memory grew by at most 64 MiB.
+// status (95% within 1 s; the slowest within 10 s, for a machine shared with other guests), its
+// own memory grew by at most 64 MiB, and its bundle snapshots stayed within their budget: one
+// prepared arena plus budget::kBundleJobs copies being written, each at most the guest's RAM
+// (an unfiltered copy, when the page-class agent cannot say which pages to leave out).
 void check_supervisor_held_up(const ProbeResult& r) {
   INFO(r.describe());
   std::printf("supervisor under a hostile guest: %s\n", r.describe().c_str());
@@ -62,7 +65,9 @@ void check_supervisor_held_up(const ProbeResult& r) {
   CHECK(r.failures == 0);
   CHECK(r.p95_ms < 1000);
   CHECK(r.max_ms < 10000);
-  CHECK(r.rss_max_kib <= r.rss_start_kib + 64 * 1024);
+  CHECK(r.max.own_kib <= r.start.own_kib + 64 * 1024);
+  CHECK(r.start.guest_ram_kib > 0);
+  CHECK(r.max.snapshots_kib <= (immortal::budget::kBundleJobs + 1) * r.start.guest_ram_kib);
 }
 
 }  // namespace
