@@ -106,8 +106,9 @@ void Supervisor::build_rooms() {
   if (!options_.metrics_listen.empty() && !metrics_server_) metrics_server_ = std::make_unique<MetricsServer>(options_.metrics_listen);
   if (control_) control_->listen(dir_.file("control.sock"));  // a hand-over rolled back: its request waits
   else control_ = std::make_unique<ControlServer>(dir_.file("control.sock"));
+  introspection_ = std::make_unique<LiveIntrospection>(options_.repair.agent, dir_.file("profile"), *machine_);
   commands_ = std::make_unique<CommandTargets>(CommandTargets{
-      m.name, state_, *machine_, *agent_, *kernel_, events_, quarantine_, *bundles_, emit, say,
+      m.name, state_, *machine_, *agent_, *kernel_, events_, quarantine_, *bundles_, *introspection_, emit, say,
       [this] { return status(); }, [this] { return metrics_.render(status()); },
       [this](bool force, bool shutdown) {
         if (force) options_.stop_grace = std::chrono::milliseconds(0);
@@ -205,6 +206,7 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
   if (!agent_->closed()) fds.push_back({agent_->fd(), POLLIN, 0});
   for (int fd : machine_->event_fds()) fds.push_back({fd, POLLIN, 0});
   control_->add_to(fds);
+  introspection_->add_to(fds);
   ::poll(fds.data(), fds.size(), static_cast<int>(kLoopTick.count()));
 
   console_.pump();
@@ -213,6 +215,7 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
   for (const auto& r : bundles_->poll())
     if (r.reason == "crash" && !r.path.empty()) ledger_.bundle_written(r.crash, r.path);
   if (repair_) repair_->poll();
+  introspection_->poll();
   // Commands first, the agent after: a long command must not leave heartbeats unread for the hang check.
   control_->serve(fds, [this](ControlRequest request) { dispatch_command(std::move(request), *commands_); });
   report_tick();

@@ -116,6 +116,7 @@ class Supervisor {
   std::unique_ptr<RepairBroker> repair_;
   std::unique_ptr<RecoveryCoordinator> recovery_;
   std::unique_ptr<ControlServer> control_;
+  std::unique_ptr<LiveIntrospection> introspection_;  // ps, lsmod, dmesg
   std::unique_ptr<CommandTargets> commands_;
 
   UniqueFd signal_fd_;

@@ -75,4 +75,14 @@ inline constexpr std::size_t kReportWriteBytes = 64 * 1024;
 // How long it may take before the bundle is written without it (killed, and said so).
 inline constexpr int kReportAgentSeconds = 120;
 
+// --- The introspection agent (`immortal ps|lsmod|dmesg`: a sandboxed process per request) ---
+// Requests served at once (each is a process with the profile parsed); more are refused.
+inline constexpr std::size_t kIntrospections = 2;
+// Its answer (tasks, modules, or the log as records: the log's text is bounded by kLogTextBytes).
+inline constexpr std::size_t kIntrospectionAnswerBytes = 64ull << 20;
+// How long the guest stays paused for its walk at most, and how long a request may take in
+// all (the CLI waits 30 s); beyond either it is killed and the request fails, said so.
+inline constexpr int kIntrospectionPauseMs = 5000;
+inline constexpr int kIntrospectionSeconds = 25;
+
 }  // namespace immortal::budget

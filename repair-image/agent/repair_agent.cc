@@ -10,9 +10,13 @@
 //                        from the bundle's snapshot, answers once and exits (agent/report_mode.h).
 //   --classify           a sandboxed host process per profile: which pages a bundle's snapshot
 //                        copies, from struct page, at each snapshot (agent/classify_mode.h).
+//   --introspect         a sandboxed host process per `immortal ps|lsmod|dmesg`: walks the
+//                        live guest's lists while the supervisor holds it paused, answers once
+//                        and exits (agent/introspect_mode.h).
 //
 // docs/protocol.md ("Repair protocol") has the mailbox and the messages.
 #include "agent/classify_mode.h"
+#include "agent/introspect_mode.h"
 #include "agent/report_mode.h"
 #include "agent/sandbox.h"
 
@@ -278,7 +282,8 @@ int main(int argc, char** argv) {
   if (argc >= 2 && std::strcmp(argv[1], "--inline") == 0) return immortal::repair::run_inline(argc, argv);
   if (argc >= 2 && std::strcmp(argv[1], "--report") == 0) return immortal::repair::run_report(argc, argv);
   if (argc >= 2 && std::strcmp(argv[1], "--classify") == 0) return immortal::repair::run_classify(argc, argv);
+  if (argc >= 2 && std::strcmp(argv[1], "--introspect") == 0) return immortal::repair::run_introspect(argc, argv);
   if (::getpid() == 1) immortal::repair::run_in_vm();
-  std::fprintf(stderr, "usage: immortal-repair-agent --inline|--report|--classify ... (or as /init of the repair image)\n");
+  std::fprintf(stderr, "usage: immortal-repair-agent --inline|--report|--classify|--introspect ... (or as /init of the repair image)\n");
   return 2;
 }

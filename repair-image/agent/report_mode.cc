@@ -9,14 +9,12 @@
 #include "profile/guest_profile.h"
 
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -55,12 +53,7 @@ int run_report(int argc, char** argv) {
     ::close(4);
     ::close(0);
     enter_sandbox({address_space_in_use() + kReportHeadroom, kReportLogLimit});
-    // The sandbox's proof, as in --inline (IMMORTAL_SANDBOX_CANARY=1): this must die of SIGSYS.
-    if (const char* canary = std::getenv("IMMORTAL_SANDBOX_CANARY"); canary && std::strcmp(canary, "1") == 0) {
-      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-      agent_say(fmt::format("the sandbox let socket() through (it returned {}): the sandbox is broken", fd));
-      return 3;
-    }
+    if (!sandbox_canary_died()) return 3;
 
     GuestProfile profile = GuestProfile::parse(files, profile_dir);
     files.clear();

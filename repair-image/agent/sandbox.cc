@@ -8,8 +8,11 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <stdexcept>
 #include <string>
@@ -34,6 +37,16 @@ void become_nobody() {
 }
 
 }  // namespace
+
+bool sandbox_canary_died() {
+  const char* canary = std::getenv("IMMORTAL_SANDBOX_CANARY");
+  if (!canary || std::strcmp(canary, "1") != 0) return true;
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  std::string said = "immortal-repair-agent: the sandbox let socket() through (it returned " + std::to_string(fd) +
+                     "): the sandbox is broken\n";
+  [[maybe_unused]] auto n = ::write(2, said.data(), said.size());
+  return false;
+}
 
 std::uint64_t address_space_in_use() {
   std::ifstream statm("/proc/self/statm");

@@ -22,6 +22,11 @@ struct SandboxLimits {
 // Throws std::runtime_error if the process cannot be confined as asked.
 void enter_sandbox(const SandboxLimits& limits);
 
+// The sandbox's proof for the one-shot modes (--report, --introspect), as in --inline: with
+// IMMORTAL_SANDBOX_CANARY=1 it calls socket(), which must kill the process (SIGSYS). Returns
+// false (having said so) when the call came back: the sandbox is broken.
+bool sandbox_canary_died();
+
 // The process's address space now (VmSize), for a limit above what it has mapped already.
 std::uint64_t address_space_in_use();
 

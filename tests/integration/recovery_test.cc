@@ -9,6 +9,7 @@
 
 #include <signal.h>
 
+#include <cstdlib>
 #include <sstream>
 
 using namespace immortal::test;
@@ -208,9 +209,18 @@ TEST_CASE("recovery: quarantine is recorded and unquarantine restores the driver
   CHECK(guest_sh(g.name, "echo ping > /dev/immortal-fault").status != 0);
   auto bad = run_cli({"unquarantine", g.name, "no_such_function"});
   CHECK(bad.status == 2);
+  // A plan that pinned the module (an extra reference, so it cannot be unloaded while its
+  // functions are patched) has the pin dropped with its last function.
+  bool pinned = last_event(g.name, "plan").dump().find("pin-module") != std::string::npos;
+  auto refs = [&] { return std::atoi(guest_sh(g.name, "cat /sys/module/immortal_fault/refcnt").out.c_str()); };
+  int refs_before = refs();
   auto r = run_cli({"unquarantine", g.name, "immortal_fault_write"});
   CHECK(r.status == 0);
   CHECK_THAT(r.out, Catch::Contains("restored"));
+  if (pinned) {
+    CHECK_THAT(r.out, Catch::Contains("module immortal_fault: unpinned"));
+    CHECK(refs() == refs_before - 1);
+  }
   CHECK(status_json(g.name)["recovery_state"]["quarantined"].empty());
   CHECK(guest_sh(g.name, "echo ping > /dev/immortal-fault").status == 0);  // the driver works again
 }

@@ -159,6 +159,12 @@ TEST_CASE("repair inline: a call the sandbox forbids kills the agent; the crash 
   }
   // The failed worker is started again (after its back-off) and is ready for the next crash.
   CHECK(wait_until([&] { return inline_ready(name); }, 120s));
+  // `immortal ps` walks the guest in an introspection agent: the same sandbox, the same canary.
+  // The request fails and says why; the guest runs on.
+  auto ps = run_cli({"ps", name});
+  CHECK(ps.status != 0);
+  CHECK_THAT(ps.err, Catch::Contains("a system call its sandbox forbids"));
+  CHECK(status_json(name).value("state", "") == "running");
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
 }
 

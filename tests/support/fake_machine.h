@@ -8,6 +8,7 @@
 #include "support/fake_kernel.h"
 
 #include <deque>
+#include <optional>
 #include <set>
 #include <vector>
 
@@ -23,6 +24,8 @@ class FakeMachine final : public vmm::Machine {
   std::set<std::uint64_t> breakpoints;
   int resets = 0, resumes = 0;
   void raise(vmm::MachineEvent event);
+  // What ram_file() gives (agents map it); none unless a test sets one.
+  std::optional<RamFile> ram_file_given;
   // vCPU stops at a breakpoint at rip (the machine pauses, as KVM/QEMU stop every vCPU).
   void hit_breakpoint(int vcpu, std::uint64_t rip);
   // The guest reports a panic (pvpanic): the VM stops.
@@ -50,6 +53,7 @@ class FakeMachine final : public vmm::Machine {
   void write_virtual(int vcpu, std::uint64_t guest_virtual, std::span<const std::uint8_t> bytes) override;
   void reset() override;
   PhysicalMemory& memory() override { return ram_; }
+  std::optional<RamFile> ram_file() const override { return ram_file_given; }
   std::vector<int> event_fds() const override { return {events_fd_.get()}; }
   std::vector<vmm::MachineEvent> drain_events() override;
   void write_native_dump(const std::string& path) override;

@@ -91,16 +91,13 @@ void inject_command(ControlRequest request, const GuestStatus& state, AgentChann
   });
 }
 
-// The host's view, independent of the (possibly broken) agent, read through the healthy-guest
-// profile; the guest is paused while lists are walked (a few milliseconds).
-void introspect_command(ControlRequest request, Machine& machine, LiveKernel& live) {
+// The host's view, independent of the (possibly broken) agent: walked by a sandboxed
+// introspection agent, the guest paused meanwhile (a few milliseconds).
+void introspect_command(ControlRequest request, LiveIntrospection& introspection) {
   std::string part = request.body().value("part", "");
   if (part != "tasks" && part != "modules" && part != "dmesg")
     return request.fail(kUsage, fmt::format("unknown part \"{}\"", part));
-  Kernel& kernel = live.get();
-  request.reply(while_paused(machine, [&] {
-    return part == "tasks" ? tasks_json(kernel) : part == "modules" ? modules_json(kernel) : kernel_log_json(kernel);
-  }));
+  introspection.start(std::move(request), part);
 }
 
 void dump_command(ControlRequest request, Machine& machine) {
@@ -171,7 +168,7 @@ void dispatch_command(ControlRequest request, CommandTargets& to) {
     if (command == "events") return request.reply({{"events", json(to.events.recent())}});
     if (command == "exec") return exec_command(request, to.agent);
     if (command == "inject") return inject_command(request, to.state, to.agent, to.guest, to.say);
-    if (command == "introspect") return introspect_command(request, to.machine, to.kernel);
+    if (command == "introspect") return introspect_command(request, to.introspection);
     if (command == "dump") return dump_command(request, to.machine);
     if (command == "unquarantine")
       return unquarantine_command(request, to.state.get(), to.machine, to.kernel, to.quarantine, to.event);

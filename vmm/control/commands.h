@@ -5,6 +5,7 @@
 
 #include "agent_channel.h"
 #include "control/control_server.h"
+#include "control/live_introspection.h"
 #include "guest_state.h"
 #include "live_kernel.h"
 #include "machine.h"
@@ -26,8 +27,9 @@ void exec_command(ControlRequest request, AgentChannel& agent);
 // victim may crash the guest before the agent reports its pid: that is still an injection.
 void inject_command(ControlRequest request, const GuestStatus& state, AgentChannel& agent, const std::string& guest,
                     const Say& say);
-// introspect PART: tasks, modules or dmesg read from guest memory (the guest paused meanwhile).
-void introspect_command(ControlRequest request, Machine& machine, LiveKernel& kernel);
+// introspect PART: tasks, modules or dmesg read from guest memory by a sandboxed agent (the
+// guest paused meanwhile); answered when it has.
+void introspect_command(ControlRequest request, LiveIntrospection& introspection);
 // dump PATH: the backend's own dump of guest memory (comparisons, fallback).
 void dump_command(ControlRequest request, Machine& machine);
 // unquarantine FUNCTION…|--all: puts quarantined functions' bytes back.
@@ -47,6 +49,7 @@ struct CommandTargets {
   const EventLog& events;
   QuarantineList& quarantine;
   CrashBundles& bundles;
+  LiveIntrospection& introspection;
   EventSink event;
   Say say;
   std::function<json()> status;

@@ -1,5 +1,6 @@
 #include "recovery/quarantine.h"
 
+#include "base/budgets.h"
 #include "base/error.h"
 #include "kernel/modules.h"
 
@@ -57,10 +58,14 @@ std::vector<std::string> QuarantineList::release(Machine& machine, const Kernel&
       continue;
     }
     try {
-      // Only while the module is still the one pinned (a reload puts another struct elsewhere).
-      bool same = false;
-      for (const auto& m : read_modules(kernel).modules)
-        if (m.name == p.module && m.address + kernel.types().offset_of("module", "refcnt") == p.refcnt) same = true;
+      // Only while the module is still the one pinned: its struct module, where the pin found
+      // it, still names it and is live (a reload puts another struct elsewhere; an unloaded
+      // one's memory is unmapped or reused). Fields read at known places, no list walked.
+      const auto& t = kernel.types();
+      std::uint64_t module = p.refcnt - t.offset_of("module", "refcnt");
+      std::uint64_t name_size = std::min<std::uint64_t>(t.require_field("module", "name").size, budget::kModuleName);
+      bool same = kernel.memory().read_cstring(module + t.offset_of("module", "name"), name_size) == p.module &&
+                  kernel.memory().read_value<std::uint32_t>(module + t.offset_of("module", "state")) == 0;  // MODULE_STATE_LIVE
       auto now = kernel.memory().read_value<std::uint32_t>(p.refcnt);
       if (!same) {
         done.push_back(fmt::format("module {}: reloaded since it was pinned; forgotten", p.module));

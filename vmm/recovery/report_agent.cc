@@ -3,6 +3,7 @@
 #include "base/budgets.h"
 #include "base/error.h"
 #include "base/io.h"
+#include "base/json_depth.h"
 #include "base/sealed_memfd.h"
 #include "base/terminal_text.h"
 #include "repair/agent_process.h"
@@ -33,27 +34,6 @@ constexpr std::size_t kMaxStringBytes = 4096;
 constexpr std::uint64_t kKernelHalf = 0xffff800000000000ull;
 constexpr std::uint64_t kKernelImageBase = 0xffffffff80000000ull;  // __START_KERNEL_map
 constexpr std::uint64_t kKernelImageMax = 1ull << 30;              // KERNEL_IMAGE_SIZE
-
-// The deepest nesting of arrays and objects in JSON text (strings skipped): checked before it
-// is parsed, since dumping and rendering a document recurse on its depth.
-std::size_t nesting_depth(std::string_view text) {
-  std::size_t depth = 0, deepest = 0;
-  bool in_string = false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      deepest = std::max(deepest, ++depth);
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-  return deepest;
-}
 
 std::vector<std::string> strings_of(const json& j, const char* what, std::vector<std::string>& problems) {
   std::vector<std::string> out;
@@ -162,7 +142,7 @@ ReportParts accept_report_answer(std::string_view answer, MemorySnapshot& snapsh
     parts.problems.push_back(fmt::format("the report agent's answer is larger than {} bytes", budget::kReportAnswerBytes));
     return parts;
   }
-  if (nesting_depth(answer) > kMaxDepth) {
+  if (json_nesting_depth(answer) > kMaxDepth) {
     parts.problems.push_back(fmt::format("the report agent's answer is nested deeper than {}", kMaxDepth));
     return parts;
   }
