@@ -12,6 +12,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/reboot.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -119,15 +120,19 @@ class Agent {
 // Counts changes of /proc/modules (module loads and unloads), so the host knows when to
 // refresh its profile of the guest.
 std::uint64_t Agent::modules_generation() {
-  // Names and load addresses only: the use counts in /proc/modules change without any load or
-  // unload, an address changes when a module is reloaded.
+  // Names, sizes and load addresses, not use counts (they change without any load or unload);
+  // and each module's sysfs directory's inode, which is new at every load: a module unloaded
+  // and loaded again between two heartbeats often lands at the same address (with the same
+  // size when it is the same build), and its symbols and BTF must still be read again.
   std::ifstream in("/proc/modules");
   std::string now;
   for (std::string line; std::getline(in, line);) {
     std::istringstream fields(line);
     std::string name, size, refs, deps, state, address;
     fields >> name >> size >> refs >> deps >> state >> address;
-    now += name + " " + address + "\n";
+    struct stat st{};
+    unsigned long long inode = name.find('/') == std::string::npos && ::stat(("/sys/module/" + name).c_str(), &st) == 0 ? st.st_ino : 0;
+    now += name + " " + size + " " + address + " " + std::to_string(inode) + "\n";
   }
   if (now != modules_seen_) {
     if (!modules_seen_.empty()) ++modules_generation_;

@@ -113,7 +113,7 @@ void ProfileCollector::adopt(std::shared_ptr<const GuestProfile> profile, std::u
 }
 
 nlohmann::json ProfileCollector::status() const {
-  nlohmann::json s = {{"dir", dir_}, {"collecting", busy_}};
+  nlohmann::json s = {{"dir", dir_}, {"collecting", busy_}, {"modules_generation", generation_}};
   if (!taken_at_.empty()) {
     s["taken_at"] = taken_at_;
     s["number"] = number_;

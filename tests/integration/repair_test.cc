@@ -7,12 +7,14 @@
 #include "supervisor_probe.h"
 #include "base/budgets.h"
 
+#include <bpf/btf.h>
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <memory>
 #include <sstream>
 #include <thread>
 
@@ -68,6 +70,38 @@ void check_supervisor_held_up(const ProbeResult& r) {
   CHECK(r.max.own_kib <= r.start.own_kib + 64 * 1024);
   CHECK(r.start.guest_ram_kib > 0);
   CHECK(r.max.snapshots_kib <= (immortal::budget::kBundleJobs + 1) * r.start.guest_ram_kib);
+}
+
+// A BTF as guest root can forge it: no kernel type but a task_struct whose members embed one
+// anonymous struct in itself 40 times a level, 16 levels deep (a naive member lookup visits
+// 40^16 members), in base64 for the agent's text-only commands.
+std::string forged_btf_base64() {
+  std::unique_ptr<struct btf, void (*)(struct btf*)> b(btf__new_empty(), btf__free);
+  REQUIRE(b);
+  int int_id = btf__add_int(b.get(), "int", 4, BTF_INT_SIGNED);
+  int inner = btf__add_struct(b.get(), nullptr, 4);
+  REQUIRE(btf__add_field(b.get(), "x", int_id, 0, 0) == 0);
+  for (int level = 1; level <= 16; ++level) {
+    int outer = btf__add_struct(b.get(), nullptr, 4);
+    for (int k = 0; k < 40; ++k) REQUIRE(btf__add_field(b.get(), nullptr, inner, 0, 0) == 0);
+    inner = outer;
+  }
+  REQUIRE(btf__add_struct(b.get(), "task_struct", 4) > 0);
+  for (int k = 0; k < 40; ++k) REQUIRE(btf__add_field(b.get(), nullptr, inner, 0, 0) == 0);
+  REQUIRE(btf__add_field(b.get(), "pid", int_id, 0, 0) == 0);
+  __u32 size = 0;
+  const auto* raw = static_cast<const unsigned char*>(btf__raw_data(b.get(), &size));
+  REQUIRE(raw);
+  static const char* digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (std::size_t i = 0; i < size; i += 3) {
+    std::uint32_t v = raw[i] << 16 | (i + 1 < size ? raw[i + 1] << 8 : 0) | (i + 2 < size ? raw[i + 2] : 0);
+    out += digits[v >> 18 & 63];
+    out += digits[v >> 12 & 63];
+    out += i + 1 < size ? digits[v >> 6 & 63] : '=';
+    out += i + 2 < size ? digits[v & 63] : '=';
+  }
+  return out;
 }
 
 }  // namespace
@@ -234,6 +268,65 @@ TEST_CASE("repair: a guest that floods the agent channel gets its share; the sup
   INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
   CHECK(broke >= 1);
   CHECK(broke <= 4);
+}
+
+TEST_CASE("repair: guest root forges the kernel's BTF (a self-embedding struct): the supervisor answers, stops "
+          "trusting the kernel, and the next crash reboots the guest with a bundle", "[integration][repair]") {
+  auto& g = inline_guest();
+  std::string boot = status_json(g.name).value("boot_id", "");
+  // The guest is shared: earlier tests may have quarantined the fault driver's functions, and
+  // a quarantined function does not crash.
+  REQUIRE(run_cli({"unquarantine", g.name, "--all"}).status == 0);
+  // Events are told apart by time (events_of sees the recent ones only).
+  auto last_time = [&](const char* kind) {
+    json e = events_of(g.name, kind);
+    return e.empty() ? std::string() : e.back().value("time", std::string());
+  };
+  std::string arm_failed_before = last_time("arm-failed"), bundle_before = last_time("bundle");
+  // Whatever happens below, the shared guest does not keep the forgery: unless it rebooted,
+  // the bind mount goes away.
+  struct Unforge {
+    const std::string& name;
+    const std::string& boot;
+    ~Unforge() {
+      if (status_json(name).value("boot_id", "") == boot)
+        run_cli({"exec", name, "--", "sh", "-c", "umount /sys/kernel/btf/vmlinux; rm -f /tmp/forged.*"});
+    }
+  } unforge{g.name, boot};
+  // The forgery goes in by pieces (an agent command's argument is at most 4096 bytes), then over
+  // /sys/kernel/btf/vmlinux; a module reload makes the supervisor collect a new profile with it.
+  std::string b64 = forged_btf_base64();
+  REQUIRE(run_cli({"exec", g.name, "--", "rm", "-f", "/tmp/forged.b64"}).status == 0);
+  for (std::size_t at = 0; at < b64.size(); at += 3000)
+    REQUIRE(run_cli({"exec", g.name, "--", "sh", "-c", "printf %s '" + b64.substr(at, 3000) + "' >> /tmp/forged.b64"}).status == 0);
+  SupervisorProbe probe(g.name);
+  auto forged = run_cli({"exec", g.name, "--", "sh", "-c",
+                         "base64 -d /tmp/forged.b64 > /tmp/forged.btf && mount --bind /tmp/forged.btf /sys/kernel/btf/vmlinux && "
+                         "rmmod lkdtm && insmod /lib/modules/lkdtm.ko"});
+  INFO(forged.out << forged.err);
+  REQUIRE(forged.status == 0);
+  // The forged profile arrives and is judged: a kernel whose types are malformed or say nothing
+  // it needs is not armed.
+  bool judged = wait_until([&] { return last_time("arm-failed") > arm_failed_before; }, 180s);
+  auto held = probe.stop();
+  INFO(status_json(g.name).dump(1).substr(0, 3000));
+  REQUIRE(judged);
+  check_supervisor_held_up(held);
+  std::string why = events_of(g.name, "arm-failed").back().value("error", "");
+  INFO(why);
+  CHECK((why.find("not fully understood") != std::string::npos || why.find("BTF") != std::string::npos));
+  // A crash now cannot be proven safe to resume: the guest is rebooted, with its bundle.
+  auto injected = run_cli({"inject", g.name, "null-deref", "--wait", "--json"}, 200s);
+  INFO(injected.out << injected.err);
+  CHECK(injected.status == 7);  // rebooted
+  REQUIRE(wait_until([&] { json s = status_json(g.name); return s.value("state", "") == "running" && s.value("boot_id", boot) != boot; }, 150s));
+  REQUIRE(wait_until([&] { return last_time("bundle") > bundle_before; }, 60s));
+  auto diag = run_cli({"diag", events_of(g.name, "bundle").back().value("path", "")}, 60s);
+  INFO(diag.err);
+  CHECK(diag.status == 0);
+  CHECK_THAT(diag.out, Catch::Contains("outcome: rebooted"));
+  // The new boot has the real BTF again: armed, and the inline engine ready.
+  CHECK(wait_until([&] { return inline_ready(g.name) && status_json(g.name).value("recovery_state", json::object()).value("armed", false); }, 120s));
 }
 
 TEST_CASE("repair: a hostile guest (cyclic task list, wild module pointers, absurd lengths) is rebooted with a bundle, "

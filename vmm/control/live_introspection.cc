@@ -243,7 +243,7 @@ void LiveIntrospection::finish(Job& job, const std::string& failure) {
     }
   }
   std::string said = last_log_line(job.log.get());
-  if (WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS) why += " (it made a system call its sandbox forbids)";
+  if (WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS) why += " (it " + agent_ending(status) + ")";
   else if (!said.empty()) why += ": " + said;
   job.request.fail(kFailure, why);
 }

@@ -47,6 +47,7 @@ nlohmann::json instance_status(const StatusSources& from) {
     s["boot_id"] = h.boot_id;
     a["version"] = h.agent_version;
     a["protocol"] = agent->protocol();
+    a["modules_generation"] = agent->modules_generation();  // changes of the guest's module list
   }
   s["agent"] = a;
   if (from.profiles) s["profile"] = from.profiles->status();

@@ -79,7 +79,8 @@ void PageClassAgent::fail_with(const std::string& why) {
     ::waitpid(pid_, &status, 0);
     pid_ = -1;
     std::string said = last_log_line(log_fd_.get());
-    why_ = WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS ? why + " (a system call its sandbox forbids)"
+    // Killed by us (SIGKILL) says nothing; killed by its sandbox before that does.
+    why_ = WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS ? why + " (it " + agent_ending(status) + ")"
            : said.empty()                                  ? why
                                                            : why + ": " + said;
   } else {

@@ -247,11 +247,8 @@ ReportParts read_report_parts(const std::string& agent, MemorySnapshot& snapshot
   if (why.empty() && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
     // Its last words (its log is a memfd under its RLIMIT_FSIZE: read back only the end).
     std::string said = last_log_line(log_fd.get());
-    why = WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS ? "the report agent made a system call its sandbox forbids"
-          : WIFSIGNALED(status) ? fmt::format("the report agent was killed by signal {}", WTERMSIG(status))
-          : WEXITSTATUS(status) == 127 ? "the report agent " + agent + " cannot be run"
-                                       : fmt::format("the report agent failed (exit status {}){}", WEXITSTATUS(status),
-                                                     said.empty() ? "" : ": " + said);
+    why = "the report agent " + (WIFEXITED(status) && WEXITSTATUS(status) == 127 ? agent + " " : std::string()) +
+          agent_ending(status) + (WIFEXITED(status) && !said.empty() ? ": " + said : "");
   }
   if (!why.empty()) return failed(why);
   return accept_report_answer(answer, snapshot, vcpus);

@@ -9,7 +9,10 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <fmt/format.h>
 
 #include <cstdio>
 
@@ -62,6 +65,14 @@ UniqueFd sealed_memfd_with(const std::string& name, const std::string& data) {
     done += static_cast<std::size_t>(n);
   }
   return fd;
+}
+
+std::string agent_ending(int wait_status) {
+  if (WIFSIGNALED(wait_status))
+    return WTERMSIG(wait_status) == SIGSYS ? "made a system call its sandbox forbids"
+                                           : fmt::format("was killed by signal {}", WTERMSIG(wait_status));
+  if (!WIFEXITED(wait_status) || WEXITSTATUS(wait_status) == 0) return "";
+  return WEXITSTATUS(wait_status) == 127 ? "cannot be run" : fmt::format("failed (exit status {})", WEXITSTATUS(wait_status));
 }
 
 UniqueFd agent_log_memfd(const std::string& name) {

@@ -32,6 +32,12 @@ Doorbell make_doorbell();
 // Throws Error.
 UniqueFd sealed_memfd_with(const std::string& name, const std::string& data);
 
+// How an agent process ended, from its wait status, for a message that begins with its name:
+// "" (it exited 0), "made a system call its sandbox forbids" (SIGSYS: seccomp killed it), "was
+// killed by signal N", "cannot be run" (exit 127, from start_agent_process's child) or "failed
+// (exit status N)".
+std::string agent_ending(int wait_status);
+
 // An agent's log: a memfd it writes under its RLIMIT_FSIZE. Throws Error.
 UniqueFd agent_log_memfd(const std::string& name);
 // The last line of such a log (at most 512 bytes of it), escaped for a terminal.

@@ -49,9 +49,9 @@ WorkerState InlineRepair::state() {
   if (pid_ > 0 && ::waitpid(pid_, &status, WNOHANG) == pid_) {
     pid_ = -1;
     std::string last = mailbox_.box().agent_status();
-    fail_with(WIFSIGNALED(status) ? fmt::format("the inline repair agent was killed by signal {}{}", WTERMSIG(status),
-                                                WTERMSIG(status) == SIGSYS ? " (a system call its sandbox forbids)" : "")
-                                  : fmt::format("the inline repair agent exited ({}): {}", WEXITSTATUS(status), last));
+    std::string ending = agent_ending(status);
+    fail_with("the inline repair agent " + (ending.empty() ? std::string("exited") : ending) +
+              (WIFSIGNALED(status) || last.empty() ? "" : ": " + last));
     return state_;
   }
   if (state_ == WorkerState::starting && wait_readable(doorbell_.get(), Deadline::in(std::chrono::milliseconds(0)))) {
