@@ -57,11 +57,22 @@ KernelLog read_kernel_log(const Kernel& kernel) {
   }
   std::deque<LogRecord> kept;
   std::uint64_t text_bytes = 0;
+  // A page of descriptors that could not be read: the others in it are skipped without trying
+  // (a forged ring of millions of descriptors outside its array costs a fault a page, not one
+  // each).
+  std::uint64_t unreadable_page = ~0ull;
   for (std::uint64_t n = 0; n <= desc_mask && n < budget::kLogRecords; ++n, id = (id + 1) & kIdMask) {
     std::uint64_t index = id & desc_mask;
+    std::uint64_t desc = descs + index * desc_size;
+    bool reading_descriptor = true;
+    if ((desc + state_off) >> 12 == unreadable_page) {
+      ++log.skipped;
+      if (id == (head_id & kIdMask)) break;
+      continue;
+    }
     try {
-      std::uint64_t desc = descs + index * desc_size;
       std::uint64_t state_var = m.read_u64(desc + state_off);
+      reading_descriptor = false;
       std::uint64_t state = state_var >> kStateShift;
       if ((state_var & kIdMask) != id || (state != kCommitted && state != kFinalized)) {
         ++log.skipped;
@@ -105,6 +116,7 @@ KernelLog read_kernel_log(const Kernel& kernel) {
       }
     } catch (const MemoryFault&) {
       ++log.skipped;
+      if (reading_descriptor) unreadable_page = (desc + state_off) >> 12;
     }
     if (id == (head_id & kIdMask)) break;
   }

@@ -23,17 +23,25 @@
  *                    its name's 56 bytes (MODULE_NAME_LEN) are all non-NUL: no terminator, and
  *                    (with the ORC unwinder) its ORC table claims UINT_MAX entries at unmapped
  *                    addresses, for a host unwinding through this module's frames.
- *   all              all three, and the current process's comm becomes 16 non-printable bytes,
- *                    again without a terminator.
+ *   giant-printk     the printk ring claims 2^24 descriptors (its count_bits) and a head 2^24 - 1
+ *                    records past its tail: a reader that trusts it walks 16 M descriptors,
+ *                    nearly all outside the real array.
+ *   page-table-loop  a free slot of the kernel's top page table (init_top_pgt, the guard hole
+ *                    at 0xffff800000000000) points back to the table itself, and this module's
+ *                    list.next into that slot: a reader following the list reads page tables
+ *                    as a struct module, through a loop of tables.
+ *   all              all of the above, and the current process's comm becomes 16 non-printable
+ *                    bytes, again without a terminator.
  *   escapes          no crash: the writing process's comm becomes a terminal escape sequence
  *                    (set the window title, clear the screen) and a kernel log line carries
  *                    colour and title escapes, for the host's tools to show escaped.
  *
  * Each but escapes ends in panic("immortal_hostile: SCENARIO"). The corruption is done with interrupts off,
  * immediately before the panic, so this CPU runs nothing that walks the broken structures in
- * between (another CPU could, for that short while). What is not corrupted: the printk ring
- * (prb, log_buf and the VMCOREINFO data are not exported to modules in 6.1, nor is
- * kallsyms_lookup_name); the module's kallsyms (panic()'s own backtrace reads them).
+ * between (another CPU could, for that short while). prb and init_top_pgt are not exported to
+ * modules, nor is kallsyms_lookup_name in 6.1: its address comes from a kprobe placed on it
+ * (giant-printk and page-table-loop need CONFIG_KPROBES, and are skipped, said so, without).
+ * What is not corrupted: the module's kallsyms (panic()'s own backtrace reads them).
  *
  * Anything else written (unknown name, more than 64 bytes, an empty write) gets -EINVAL. Not
  * loaded at boot: a test loads it (insmod /lib/modules/immortal_hostile.ko) and then crashes
@@ -41,6 +49,7 @@
  */
 #include <linux/fs.h>
 #include <linux/irqflags.h>
+#include <linux/kprobes.h>
 #include <linux/kernel.h>
 #include <linux/limits.h>
 #include <linux/list.h>
@@ -79,6 +88,26 @@ static unsigned long immortal_hostile_unmapped(unsigned int from)
 	}
 	/* All mapped (never seen): still not a module, which is what matters most. */
 	return immortal_hostile_wild[from % ARRAY_SIZE(immortal_hostile_wild)];
+}
+
+/* kallsyms_lookup_name(), found through a kprobe on it (it is not exported); 0 without kprobes. */
+static unsigned long immortal_hostile_lookup(const char *name)
+{
+	static unsigned long (*lookup)(const char *name);
+
+	if (!lookup) {
+#ifdef CONFIG_KPROBES
+		struct kprobe kp = { .symbol_name = "kallsyms_lookup_name" };
+
+		if (register_kprobe(&kp) < 0)
+			return 0;
+		lookup = (unsigned long (*)(const char *))kp.addr;
+		unregister_kprobe(&kp);
+#endif
+		if (!lookup)
+			return 0;
+	}
+	return lookup(name);
 }
 
 /* Scenarios are noinline functions named after them, as in immortal_fault. */
@@ -124,6 +153,37 @@ static noinline void immortal_hostile_absurd_lengths(unsigned long wild)
 		mod->name[i] = pattern[i % sizeof(pattern)];
 }
 
+/*
+ * struct prb_desc_ring starts the same from 5.10 to 6.12: u32 count_bits, descs, infos, then
+ * atomic_long_t head_id and tail_id.
+ */
+static noinline void immortal_hostile_giant_printk(unsigned long prb_symbol)
+{
+	char *ring = *(char **)prb_symbol;	/* struct printk_ringbuffer *prb */
+	unsigned int *count_bits = (unsigned int *)ring;
+	unsigned long *head_id = (unsigned long *)(ring + 24);
+	unsigned long *tail_id = (unsigned long *)(ring + 32);
+
+	WRITE_ONCE(*count_bits, 24);
+	WRITE_ONCE(*head_id, READ_ONCE(*tail_id) + (1UL << 24) - 1);
+}
+
+/*
+ * Slot 256 of the top page table (0xffff800000000000, the guard hole: never mapped) becomes a
+ * table pointing to itself; an address whose four indexes are all 256 then maps to the top
+ * table's own page.
+ */
+#define IMMORTAL_HOSTILE_LOOP_SLOT 256
+#define IMMORTAL_HOSTILE_LOOP_ADDRESS 0xffff804020100000UL
+
+static noinline void immortal_hostile_page_table_loop(unsigned long top)
+{
+	unsigned long *pgd = (unsigned long *)top;
+
+	WRITE_ONCE(pgd[IMMORTAL_HOSTILE_LOOP_SLOT], __pa(pgd) | _PAGE_PRESENT | _PAGE_RW);
+	WRITE_ONCE(THIS_MODULE->list.next, (struct list_head *)(IMMORTAL_HOSTILE_LOOP_ADDRESS + 0x100));
+}
+
 static noinline void immortal_hostile_comm(void)
 {
 	/* Control characters and invalid UTF-8, but no tab, newline, escape or CSI. */
@@ -150,8 +210,8 @@ static int immortal_hostile_escapes(void)
 
 static int immortal_hostile_trigger(const char *scenario)
 {
-	bool tasks = false, modules = false, lengths = false, comm = false;
-	unsigned long next, prev;
+	bool tasks = false, modules = false, lengths = false, comm = false, printk = false, loop = false;
+	unsigned long next, prev, prb = 0, top = 0;
 
 	if (!strcmp(scenario, "escapes"))
 		return immortal_hostile_escapes();
@@ -161,11 +221,21 @@ static int immortal_hostile_trigger(const char *scenario)
 		modules = true;
 	else if (!strcmp(scenario, "absurd-lengths"))
 		lengths = true;
+	else if (!strcmp(scenario, "giant-printk"))
+		printk = true;
+	else if (!strcmp(scenario, "page-table-loop"))
+		loop = true;
 	else if (!strcmp(scenario, "all"))
-		tasks = modules = lengths = comm = true;
+		tasks = modules = lengths = comm = printk = loop = true;
 	else
 		return -EINVAL;
 
+	if (printk && !(prb = immortal_hostile_lookup("prb")))
+		pr_warn("immortal_hostile: no kallsyms_lookup_name (no kprobes?): the printk ring stays as it is\n");
+	if (loop && !(top = immortal_hostile_lookup("init_top_pgt")))
+		pr_warn("immortal_hostile: no kallsyms_lookup_name (no kprobes?): the page tables stay as they are\n");
+	if ((printk && !prb && !tasks) || (loop && !top && !tasks))
+		return -EOPNOTSUPP;	/* the scenario alone, and it cannot be done here */
 	pr_emerg("immortal_hostile: %s requested by pid %d (%s)\n", scenario, current->pid,
 		 current->comm);
 	/* Probed before interrupts go off; two different holes when there are. */
@@ -183,6 +253,11 @@ static int immortal_hostile_trigger(const char *scenario)
 		immortal_hostile_absurd_lengths(next);
 	if (comm)
 		immortal_hostile_comm();
+	if (loop && top)
+		immortal_hostile_page_table_loop(top);	/* list.next into the loop; prev stays wild */
+	/* Last: printk is not called again before panic(), where the host stops the guest. */
+	if (printk && prb)
+		immortal_hostile_giant_printk(prb);
 	panic("immortal_hostile: %s", scenario);
 }
 

@@ -329,7 +329,7 @@ TEST_CASE("repair: guest root forges the kernel's BTF (a self-embedding struct):
   CHECK(wait_until([&] { return inline_ready(g.name) && status_json(g.name).value("recovery_state", json::object()).value("armed", false); }, 120s));
 }
 
-TEST_CASE("repair: a hostile guest (cyclic task list, wild module pointers, absurd lengths) is rebooted with a bundle, "
+TEST_CASE("repair: a hostile guest (cyclic task list, wild module pointers, absurd lengths, a giant printk ring, a page-table loop) is rebooted with a bundle, "
           "in bounded time", "[integration][repair]") {
   auto& g = inline_guest();
   std::string boot = status_json(g.name).value("boot_id", "");
@@ -377,6 +377,9 @@ TEST_CASE("repair: a hostile guest (cyclic task list, wild module pointers, absu
   std::string unsafe = crash["analysis"]["unsafe"].dump();
   CHECK_THAT(unsafe, Catch::Contains("kernel structures are corrupted"));
   CHECK_THAT(unsafe, Catch::Contains("task list") && Catch::Contains("module"));
+  // Scenario "all" also forges the printk ring's size and loops the module list through the
+  // page tables (Debian's kernel has the kprobes the module finds them with).
+  CHECK_THAT(unsafe, Catch::Contains("printk ring's geometry"));
   json plan = events_of(g.name, "plan").back()["plan"];
   CHECK(plan.value("resume", true) == false);
   // Bounded: the engine answered well within its time limit.
