@@ -6,7 +6,6 @@
 #include "dump/page_classes.h"
 #include "kernel/kernel_memory.h"
 #include "kernel/vmcoreinfo.h"
-#include "memory/shared_ram.h"
 
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -33,12 +32,6 @@ struct ClassRange {
   std::uint64_t start = 0, pages = 0;
 };
 
-std::uint64_t request_number(const nlohmann::json& j, const char* key) {
-  auto v = j.find(key);
-  if (v == j.end() || !v->is_number_unsigned()) fail(ExitCode::bad_input, "the request's {} is not a number", key);
-  return v->get<std::uint64_t>();
-}
-
 // Classes of every page of ranges, one byte each, into out (ranges in order, back to back).
 void classify_into(const PageClassifier& classifier, const std::vector<ClassRange>& ranges, std::uint8_t* out) {
   std::vector<PageClass> classes;
@@ -60,10 +53,7 @@ int run_classify(int, char**) {
     // parsed only inside the sandbox). Guest RAM and the classes are mapped, not read, before it.
     auto request = nlohmann::json::parse(read_all(0, kClassifyRequestLimit, "the request"), nullptr, false);
     if (request.is_discarded() || !request.is_object()) fail(ExitCode::bad_input, "the request is not a JSON object");
-    std::vector<RamSegment> segments;
-    for (const auto& s : request.value("ram", nlohmann::json::array()))
-      segments.push_back({request_number(s, "guest_physical"), request_number(s, "file_offset"), request_number(s, "size")});
-    SharedRamMemory ram(3, request_number(request, "ram_size"), segments, /*writable=*/false);
+    auto ram = map_request_ram(request, 3);
     std::vector<ClassRange> ranges;
     std::uint64_t total = 0;
     for (const auto& r : request.value("ranges", nlohmann::json::array())) {
@@ -89,7 +79,7 @@ int run_classify(int, char**) {
     enter_sandbox({address_space_in_use() + kClassifyHeadroom, 1 << 20});
 
     Vmcoreinfo vmcoreinfo = Vmcoreinfo::parse(vmcoreinfo_text);
-    KernelMemory memory(ram, layout);
+    KernelMemory memory(*ram, layout);
     std::string why;
     auto classifier = PageClassifier::from_parts(memory, vmcoreinfo, vmemmap_symbol, &why);
     if (!classifier) {
@@ -102,10 +92,8 @@ int run_classify(int, char**) {
     classify_into(*classifier, ranges, out);
     write_all(5, "r");
     for (;;) {
-      char c = 0;
-      ssize_t n = ::read(5, &c, 1);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return 0;  // the supervisor is done with it
+      char c = doorbell_byte(5);
+      if (!c) return 0;  // the supervisor is done with it
       if (c != 'c') continue;
       memory.forget_translations();  // the guest ran since the last time
       classify_into(*classifier, ranges, out);

@@ -4,7 +4,6 @@
 #include "agent/sandbox.h"
 #include "base/error.h"
 #include "kernel/kernel.h"
-#include "memory/shared_ram.h"
 #include "profile/guest_profile.h"
 #include "report/kernel_json.h"
 
@@ -13,10 +12,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <cerrno>
 #include <cstring>
 #include <string>
-#include <vector>
 
 namespace immortal::repair {
 namespace {
@@ -24,22 +21,6 @@ namespace {
 // Its parsed profile (symbols, BTF) and the walk's results, beyond guest RAM mapped.
 constexpr std::uint64_t kIntrospectHeadroom = 2ull << 30;
 constexpr std::size_t kIntrospectRequestLimit = 1 << 20;
-
-std::uint64_t number_of(const nlohmann::json& j, const char* key) {
-  auto v = j.find(key);
-  if (v == j.end() || !v->is_number_unsigned()) fail(ExitCode::bad_input, "the request's {} is not a number", key);
-  return v->get<std::uint64_t>();
-}
-
-// One byte from the doorbell; 0 when the supervisor closed it.
-char ring_of(int fd) {
-  for (;;) {
-    char c = 0;
-    ssize_t n = ::read(fd, &c, 1);
-    if (n < 0 && errno == EINTR) continue;
-    return n == 1 ? c : 0;
-  }
-}
 
 }  // namespace
 
@@ -63,10 +44,7 @@ int run_introspect(int argc, char** argv) {
     if (request.is_discarded() || !request.is_object()) fail(ExitCode::bad_input, "the request is not a JSON object");
     std::string part = request.value("part", "");
     if (part != "tasks" && part != "modules" && part != "dmesg") fail(ExitCode::bad_input, "unknown part \"{}\"", part);
-    std::vector<RamSegment> segments;
-    for (const auto& s : request.value("ram", nlohmann::json::array()))
-      segments.push_back({number_of(s, "guest_physical"), number_of(s, "file_offset"), number_of(s, "size")});
-    SharedRamMemory ram(3, number_of(request, "ram_size"), segments, /*writable=*/false);
+    auto ram = map_request_ram(request, 3);
     ::close(0);
     ::close(3);
     enter_sandbox({address_space_in_use() + kIntrospectHeadroom, 1 << 20});
@@ -74,9 +52,9 @@ int run_introspect(int argc, char** argv) {
 
     GuestProfile profile = GuestProfile::parse(files, profile_dir);
     files.clear();
-    auto kernel = Kernel::open(ram, profile, std::nullopt);
+    auto kernel = Kernel::open(*ram, profile, std::nullopt);
     write_all(4, "r");
-    if (ring_of(4) != 'w') return 0;  // the supervisor gave up on it
+    if (doorbell_byte(4) != 'w') return 0;  // the supervisor gave up on it
     kernel->memory().forget_translations();  // the guest ran since the kernel was found
     nlohmann::json answer = part == "tasks"     ? tasks_json(*kernel)
                             : part == "modules" ? modules_json(*kernel)

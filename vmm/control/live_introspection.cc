@@ -137,11 +137,9 @@ void LiveIntrospection::start(ControlRequest request, const std::string& part) {
   job->part = part;
   job->deadline = Clock::now() + std::chrono::seconds(budget::kIntrospectionSeconds);
   try {
-    json segments = json::array();
-    for (const auto& s : ram->segments)
-      segments.push_back({{"guest_physical", s.guest_physical}, {"file_offset", s.file_offset}, {"size", s.size}});
-    UniqueFd request_fd =
-        sealed_memfd_with("immortal-introspect-request", json{{"part", part}, {"ram_size", ram->size}, {"ram", segments}}.dump());
+    json request_json = ram_layout_json(*ram);
+    request_json["part"] = part;
+    UniqueFd request_fd = sealed_memfd_with("immortal-introspect-request", request_json.dump());
     UniqueFd ram_ro = reopen_read_only(ram->fd);
     if (!ram_ro) fail_os(ExitCode::failure, "reopen guest RAM read-only", errno);
     Doorbell doorbell = make_doorbell();
@@ -242,10 +240,7 @@ void LiveIntrospection::finish(Job& job, const std::string& failure) {
       why = std::string("the introspection agent's answer was refused: ") + e.what();
     }
   }
-  std::string said = last_log_line(job.log.get());
-  if (WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS) why += " (it " + agent_ending(status) + ")";
-  else if (!said.empty()) why += ": " + said;
-  job.request.fail(kFailure, why);
+  job.request.fail(kFailure, agent_failure(why, status, job.log.get()));
 }
 
 }  // namespace immortal::vmm

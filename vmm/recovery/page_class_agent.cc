@@ -29,20 +29,16 @@ PageClassAgent::PageClassAgent(const std::string& agent, const Machine::RamFile&
     ranges.push_back({{"start", r.start}, {"pages", c.size()}});
     pages_ += c.size();
   }
-  nlohmann::json segments = nlohmann::json::array();
-  for (const auto& s : ram.segments)
-    segments.push_back({{"guest_physical", s.guest_physical}, {"file_offset", s.file_offset}, {"size", s.size}});
   std::string vmcoreinfo;
   for (const auto& [k, v] : kernel.vmcoreinfo()->entries()) vmcoreinfo += k + "=" + v + "\n";
   const KernelLayout& l = kernel.memory().layout();
-  nlohmann::json request = {
-      {"ram_size", ram.size},
-      {"ram", segments},
+  nlohmann::json request = ram_layout_json(ram);
+  request.update(nlohmann::json{
       {"ranges", ranges},
       {"layout", {{"page_table", l.page_table}, {"five_level", l.five_level}, {"phys_base", l.phys_base},
                   {"page_offset_base", l.page_offset_base}, {"kaslr_offset", l.kaslr_offset}}},
       {"vmemmap_base_symbol", *vmemmap},
-      {"vmcoreinfo", vmcoreinfo}};
+      {"vmcoreinfo", vmcoreinfo}});
   UniqueFd request_fd = sealed_memfd_with("immortal-classify-request",
                                           request.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   // The classes: the agent writes them, the supervisor maps them read-only; sealed, so that no
@@ -78,11 +74,7 @@ void PageClassAgent::fail_with(const std::string& why) {
     int status = 0;
     ::waitpid(pid_, &status, 0);
     pid_ = -1;
-    std::string said = last_log_line(log_fd_.get());
-    // Killed by us (SIGKILL) says nothing; killed by its sandbox before that does.
-    why_ = WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS ? why + " (it " + agent_ending(status) + ")"
-           : said.empty()                                  ? why
-                                                           : why + ": " + said;
+    why_ = agent_failure(why, status, log_fd_.get());
   } else {
     why_ = why;
   }

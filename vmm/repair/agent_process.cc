@@ -75,6 +75,19 @@ std::string agent_ending(int wait_status) {
   return WEXITSTATUS(wait_status) == 127 ? "cannot be run" : fmt::format("failed (exit status {})", WEXITSTATUS(wait_status));
 }
 
+std::string agent_failure(const std::string& why, int wait_status, int log_fd) {
+  if (WIFSIGNALED(wait_status) && WTERMSIG(wait_status) == SIGSYS) return why + " (it " + agent_ending(wait_status) + ")";
+  std::string said = last_log_line(log_fd);
+  return said.empty() ? why : why + ": " + said;
+}
+
+nlohmann::json ram_layout_json(const Machine::RamFile& ram) {
+  nlohmann::json segments = nlohmann::json::array();
+  for (const auto& s : ram.segments)
+    segments.push_back({{"guest_physical", s.guest_physical}, {"file_offset", s.file_offset}, {"size", s.size}});
+  return {{"ram_size", ram.size}, {"ram", std::move(segments)}};
+}
+
 UniqueFd agent_log_memfd(const std::string& name) {
   UniqueFd fd(static_cast<int>(::memfd_create(name.c_str(), MFD_CLOEXEC)));
   if (!fd) fail_os(ExitCode::failure, "memfd_create", errno);

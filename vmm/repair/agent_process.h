@@ -4,8 +4,11 @@
 #pragma once
 
 #include "base/unique_fd.h"
+#include "machine.h"
 
 #include <sys/types.h>
+
+#include <nlohmann/json.hpp>
 
 #include <string>
 #include <vector>
@@ -37,6 +40,14 @@ UniqueFd sealed_memfd_with(const std::string& name, const std::string& data);
 // killed by signal N", "cannot be run" (exit 127, from start_agent_process's child) or "failed
 // (exit status N)".
 std::string agent_ending(int wait_status);
+
+// Why an agent the supervisor gave up on (and killed) failed: why, then "(it made a system
+// call its sandbox forbids)" when its sandbox had killed it first, else its last log line.
+std::string agent_failure(const std::string& why, int wait_status, int log_fd);
+
+// Guest RAM's layout for an agent's request or configuration: {"ram_size", "ram":
+// [{"guest_physical", "file_offset", "size"}]} (the agent maps it with map_request_ram).
+nlohmann::json ram_layout_json(const Machine::RamFile& ram);
 
 // An agent's log: a memfd it writes under its RLIMIT_FSIZE. Throws Error.
 UniqueFd agent_log_memfd(const std::string& name);

@@ -1,5 +1,7 @@
 #include "repair/repair_image.h"
 
+#include "repair/agent_process.h"
+
 #include "base/error.h"
 
 #include <archive.h>
@@ -122,13 +124,12 @@ RepairImage build_repair_image(const std::string& dir, const std::string& agent,
     }
   }
   healthy.save(dir + "/healthy");
-  nlohmann::json segments = nlohmann::json::array();
-  for (const auto& s : ram.segments)
-    segments.push_back({{"guest_physical", s.guest_physical}, {"file_offset", s.file_offset}, {"size", s.size}});
   // Inside the repair VM the RAM window is the file itself, so file offsets are window offsets.
-  write_json(dir + "/repair.json", {{"ram_size", ram.size}, {"ram", segments}, {"profile", "/profile"}, {"healthy", "/healthy"}});
-  write_json(dir + "/inline.json", {{"ram_size", ram.size}, {"ram", segments}, {"profile", dir + "/profile"},
-                                    {"healthy", dir + "/healthy"}});
+  nlohmann::json in_vm = ram_layout_json(ram), in_process = in_vm;
+  in_vm.update(nlohmann::json{{"profile", "/profile"}, {"healthy", "/healthy"}});
+  in_process.update(nlohmann::json{{"profile", dir + "/profile"}, {"healthy", dir + "/healthy"}});
+  write_json(dir + "/repair.json", in_vm);
+  write_json(dir + "/inline.json", in_process);
 
   std::string partial = image.initrd + ".partial";
   Cpio cpio(partial);
