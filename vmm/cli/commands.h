@@ -28,6 +28,7 @@ struct RunOptions {
   std::string console_log;
   int boot_timeout_s = 60;
   std::string recovery = "on";
+  std::string on_crash = "freeze";      // recovery off: freeze (kept for inspection) | reboot (as panic=N)
   std::vector<std::string> no_recover;  // crash kinds recovery must not repair
   std::string recovery_limit;           // COUNT/SECONDS
   int hang_timeout_s = 30;
@@ -52,6 +53,8 @@ struct RunOptions {
 };
 
 int run_command(const GlobalOptions& global, const RunOptions& options);
+// The built guest image's directory ($IMMORTAL_GUEST_DIR, else the build's): vmlinuz, initrd.img.
+std::string guest_image_dir();
 // The run options with every path absolute and every file and device checked (the name too),
 // as `run` uses them and `define` keeps them. Throws Error naming what is wrong.
 RunOptions checked_run_options(const RunOptions& given);
@@ -102,6 +105,13 @@ int prepare_command(const std::string& domain, const std::string& uri, bool yes)
 int unprepare_command(const std::string& domain, const std::string& uri, bool yes);
 // `immortal list --connect URI`: a read-only view of a libvirt host's domains and their protection.
 int list_libvirt_command(const std::string& uri, bool as_json);
+// `immortal campaign PLAN`: a fault campaign (vmm/campaign/campaign_runner.h); `report_dir`: only
+// the report of a campaign's results; `dry_run`: list the injections the plan makes.
+struct CampaignCommand {
+  std::string plan, output, report_dir;
+  bool restart = false, dry_run = false;
+};
+int campaign_command(const GlobalOptions& global, const CampaignCommand& command);
 int upgrade_command(const GlobalOptions& global, const std::string& name, const std::string& binary, int timeout_s);
 
 }  // namespace immortal::vmm

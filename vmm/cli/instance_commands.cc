@@ -3,6 +3,7 @@
 #include "base/terminal_text.h"
 #include "cli/arguments.h"
 #include "cli/commands.h"
+#include "cli/crash_outcome.h"
 #include "cli/event_follower.h"
 #include "cli/instance_call.h"
 #include "control/control_channel.h"
@@ -211,37 +212,9 @@ namespace {
 int wait_for_outcome(EventFollower& follower, const json& injected, const std::string& name, int wait_s, bool as_json) {
   json result = injected;
   result.erase("ok");
-  std::uint64_t crash = 0;
-  std::string outcome;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait_s);
-  // A fault that has not crashed the guest within this did not (a quarantined entry point refuses it).
-  auto crash_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(std::min(wait_s, 60));
-  while (outcome.empty()) {
-    auto now = std::chrono::steady_clock::now();
-    if (now >= deadline) outcome = "unknown";
-    else if (!crash && now >= crash_deadline) outcome = "no-crash";
-    else if (follower.ended()) outcome = "instance-ended";
-    if (!outcome.empty()) break;
-    for (const auto& e : follower.next(std::chrono::milliseconds(500))) {
-      std::string what = e.value("event", "");
-      std::uint64_t id = e.contains("crash") && e["crash"].is_number_unsigned() ? e["crash"].get<std::uint64_t>() : 0;
-      if (!crash && what == "crash" && id) {
-        crash = id;
-        result["crash"] = id;
-        result["summary"] = e.value("summary", "");
-        result["caught_by"] = e.value("caught_by", "");
-        if (e.contains("analysis") && e["analysis"].is_object()) result["kind"] = e["analysis"].value("kind", "");
-      }
-      if (!crash || id != crash) continue;
-      if (what == "resumed") result["intercept_to_resume_ms"] = e.value("intercept_to_resume_ms", 0.0);
-      else if (what == "recovery-failed") result["verification_failed"] = e.value("reason", "");
-      else if (what == "recovered") outcome = "recovered", result["verify_ms"] = e.value("verify_ms", 0.0);
-      else if (what == "reboot") outcome = "rebooted", result["reason"] = e.value("reason", "");
-      else if (what == "kdump") outcome = "kdump", result["reason"] = e.value("reason", "");
-      if (!outcome.empty()) break;
-    }
-  }
-  result["outcome"] = outcome;
+  result.update(follow_crash_outcome(follower, std::chrono::seconds(wait_s), std::chrono::seconds(60)));
+  std::string outcome = result.value("outcome", "unknown");
+  std::uint64_t crash = result.value("crash", std::uint64_t{0});
   if (as_json) {
     std::cout << result.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
   } else if (crash) {

@@ -90,6 +90,16 @@ int main(int argc, char** argv) {
   inject_cmd->add_option("--wait-timeout", inject_wait.timeout_s, "with --wait: seconds to wait (default: 300)")
       ->check(CLI::Range(1, 86400));
 
+  CampaignCommand campaign;
+  auto* campaign_cmd = app.add_subcommand("campaign", "run a fault campaign: many injections, with stock-kernel baselines, "
+                                                      "in a report (docs/campaigns.md)");
+  campaign_cmd->add_option("plan", campaign.plan, "the campaign's plan (TOML)");
+  campaign_cmd->add_option("-o,--output", campaign.output, "directory of results and report (default: NAME.campaign); "
+                                                           "a campaign interrupted there resumes");
+  campaign_cmd->add_flag("--restart", campaign.restart, "set the directory's earlier results aside and start again");
+  campaign_cmd->add_flag("-n,--dry-run", campaign.dry_run, "list the injections the plan makes, run nothing");
+  campaign_cmd->add_option("--report", campaign.report_dir, "only write the report of the results in DIR");
+
   std::string dump_file;
   auto* dump_cmd = app.add_subcommand("dump", "write an ELF core of the guest's memory (QEMU's own dump)");
   dump_cmd->add_option("name", name, "instance name")->required();
@@ -267,6 +277,7 @@ int main(int argc, char** argv) {
     if (*console_cmd) return console_command(global, name);
     if (*upgrade_cmd) return upgrade_command(global, name, upgrade_binary, upgrade_timeout);
     if (*dump_cmd) return dump_command(global, name, dump_file);
+    if (*campaign_cmd) return campaign_command(global, campaign);
     if (*unquarantine_cmd) return unquarantine_command(global, name, functions, unquarantine_all);
     if (*events_cmd) return events_command(global, name, events_json, events_follow);
     if (*bundle_cmd) return bundle_command(global, name, bundle_timeout, bundle_json);

@@ -10,6 +10,10 @@ namespace immortal::vmm {
 void add_protection_options(CLI::App* cmd, RunOptions& o) {
   cmd->add_option("--recovery", o.recovery, "on or off: off lets the stock kernel's crash behaviour show")
       ->check(CLI::IsMember({"on", "off"}));
+  cmd->add_option("--on-crash", o.on_crash,
+                  "with --recovery off, a crashed guest is: freeze (kept stopped for inspection, the default) or reboot "
+                  "(after its bundle, as a stock kernel with panic=N reboots itself)")
+      ->check(CLI::IsMember({"freeze", "reboot"}));
   const auto& kinds = vmm::RecoveryPolicy::recoverable_kinds();
   cmd->add_option("--no-recover", o.no_recover, "a crash kind recovery must not repair (oops, bug, warn, panic, text-corruption, soft-lockup, hung-task, stack-overflow); repeatable")
       ->check(CLI::IsMember(std::vector<std::string>(kinds.begin(), kinds.end())));

@@ -37,11 +37,6 @@ namespace {
 
 // The guest image built by scripts/build-guest-image: $IMMORTAL_GUEST_DIR, else the build
 // directory this binary was configured with.
-std::string guest_image_dir() {
-  if (const char* env = std::getenv("IMMORTAL_GUEST_DIR"); env && *env) return env;
-  return IMMORTAL_DEFAULT_GUEST_DIR;
-}
-
 void resolve_image(RunOptions& o) {
   if (!o.disks.empty()) {
     // The operator's own VM: its kernel is the one on its disk (firmware boot), or the one named.
@@ -127,6 +122,7 @@ SupervisorOptions supervisor_options(const RunOptions& o, const MachineConfig& c
   options.hello_timeout = std::chrono::seconds(o.boot_timeout_s);
   options.echo_console = o.console;
   options.recovery.enabled = o.recovery == "on";
+  options.recovery.reboot_when_off = o.on_crash == "reboot";
   for (const auto& k : o.no_recover) options.recovery.disabled_kinds.insert(k);
   if (!o.recovery_limit.empty()) options.recovery.set_limit(o.recovery_limit);
   options.recovery.hang_timeout = std::chrono::seconds(o.hang_timeout_s);
@@ -217,6 +213,11 @@ int supervise(SupervisorOptions options, InstanceDir dir, bool detach, const Mac
 }
 
 }  // namespace
+
+std::string guest_image_dir() {
+  if (const char* env = std::getenv("IMMORTAL_GUEST_DIR"); env && *env) return env;
+  return IMMORTAL_DEFAULT_GUEST_DIR;
+}
 
 RunOptions checked_run_options(const RunOptions& given) {
   check_instance_name(given.name);

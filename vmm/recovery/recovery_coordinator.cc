@@ -60,9 +60,13 @@ void RecoveryCoordinator::on_panic_event() {
   std::uint64_t id = p_.ledger.open_crash();
   p_.event("crash", {{"crash", id}, {"caught_at", utc_now()}, {"caught_by", "pvpanic"},
                      {"summary", "a kernel panic reported by the guest (pvpanic): not caught at its first instruction"}});
-  p_.ledger.record({id, utc_now(), "a kernel panic reported by the guest (pvpanic)", p_.policy.enabled ? "reboot" : "freeze",
+  bool reboot = p_.policy.enabled || p_.policy.reboot_when_off;
+  p_.ledger.record({id, utc_now(), "a kernel panic reported by the guest (pvpanic)", reboot ? "reboot" : "freeze",
                     "not caught at its first instruction", "", "", ""});
-  if (p_.policy.enabled) {
+  if (!p_.policy.enabled && reboot) {
+    reboot_after_freeze_ = id;
+    p_.say("the guest kernel crashed (pvpanic); recovery is off; it will be rebooted after its bundle (--on-crash reboot)");
+  } else if (p_.policy.enabled) {
     reboot_after_freeze_ = id;
     p_.say("the guest kernel crashed (pvpanic) past the point where it can be resumed; it will be rebooted");
   } else {
@@ -94,7 +98,8 @@ void RecoveryCoordinator::freeze_crashed() {
     bool reboot_it = reboot_after_freeze_.has_value();
     p_.bundles.hold(record, p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu), p_.kernel.profile(),
                     analysis, json(), reboot_it ? "reboot" : "none",
-                    reboot_it ? "caught by pvpanic only: past the point where it can be resumed"
+                    reboot_it ? (p_.policy.enabled ? "caught by pvpanic only: past the point where it can be resumed"
+                                                   : "recovery is off: rebooted (--on-crash reboot)")
                               : "recovery is off: the guest is left frozen");
     if (!reboot_it) {
       p_.bundles.finish("frozen");
@@ -108,7 +113,9 @@ void RecoveryCoordinator::freeze_crashed() {
   if (reboot_after_freeze_) {
     auto crash = *reboot_after_freeze_;
     reboot_after_freeze_.reset();
-    reboot("the crash was not caught at its first instruction (pvpanic only): it cannot be resumed", crash);
+    reboot(p_.policy.enabled ? "the crash was not caught at its first instruction (pvpanic only): it cannot be resumed"
+                             : "recovery is off: rebooted as the stock kernel would (--on-crash reboot)",
+           crash);
   }
 }
 

@@ -14,6 +14,7 @@ namespace immortal::vmm {
 
 struct RecoveryPolicy {
   bool enabled = true;
+  bool reboot_when_off = false;                   // recovery off: reboot a crashed guest (after its bundle), not freeze it
   std::set<std::string> disabled_kinds;           // analysis kinds: oops bug warn panic
   unsigned max_recoveries = 20;                   // in `window`
   std::chrono::seconds window{600};

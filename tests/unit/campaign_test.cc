@@ -1,0 +1,254 @@
+// Campaign pieces without a guest: the plan's parser and its errors, the expansion into
+// injections, the console watch over guest-written text, the records check of a disk image,
+// results kept and resumed, and the report's numbers and HTML.
+#include "base/error.h"
+#include "campaign/campaign_plan.h"
+#include "campaign/campaign_report.h"
+#include "campaign/campaign_results.h"
+#include "campaign/workload_records.h"
+
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+using namespace immortal;
+using namespace immortal::vmm;
+using Catch::Matchers::Contains;
+
+namespace {
+
+std::string temp_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("immortal-campaign-" + name + "-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+const char* const kPlan = R"(name = "t"
+[recovery]
+verify_window = 2
+[baselines]
+panic_on_oops = [1]
+per_type = 1
+[[faults]]
+source = "driver"
+types = ["null-deref", "mutex-held"]
+count = 3
+[[faults]]
+source = "lkdtm"
+types = ["BUG"]
+[[faults]]
+source = "fault-inject"
+types = ["fail_function"]
+functions = ["realdev_open", "kmalloc_x"]
+trigger = "cat /dev/x"
+)";
+
+std::string plan_error(const std::string& text) {
+  try {
+    parse_campaign_plan(text, "p.toml");
+  } catch (const Error& e) {
+    CHECK(e.exit_code() == static_cast<int>(ExitCode::bad_input));
+    return e.what();
+  }
+  return "(accepted)";
+}
+
+}  // namespace
+
+TEST_CASE("campaign plan: read, checked and expanded round by round", "[campaign]") {
+  CampaignPlan plan = parse_campaign_plan(kPlan, "p.toml");
+  CHECK(plan.name == "t");
+  CHECK(plan.verify_window_s == 2);
+  CHECK(plan.baselines.panic_on_oops == std::vector<int>{1});
+  CHECK(plan.faults[0].probe == "cat /dev/immortal-fault >/dev/null");  // the driver's default probe
+  auto all = expand_injections(plan);
+  REQUIRE(all.size() == 3 * 2 + 1 + 2);
+  // Round 1 has every type once, in the plan's order; later rounds only the types with counts left.
+  CHECK(all[0].fault == "null-deref");
+  CHECK(all[1].fault == "mutex-held");
+  CHECK(all[2].fault == "lkdtm:BUG");
+  CHECK(all[3].fault == "fail_function:realdev_open");
+  CHECK(all[4].fault == "fail_function:kmalloc_x");
+  CHECK(all[5].fault == "null-deref");
+  CHECK(all[8].fault == "mutex-held");
+  for (std::size_t i = 0; i < all.size(); ++i) CHECK(all[i].index == static_cast<int>(i));
+  CHECK(expand_injections(plan, 1).size() == 5);  // the baselines: each type once
+  CHECK(campaign_phases(plan).size() == 2);
+  CHECK(plan.digest.size() == 64);
+}
+
+TEST_CASE("campaign plan: every mistake is named with its line", "[campaign]") {
+  CHECK_THAT(plan_error("name = \"x\"\n"), Contains("no [[faults]]"));
+  CHECK_THAT(plan_error("name = \"a b\"\n[[faults]]\nsource=\"driver\"\ntypes=[\"bug\"]\n"), Contains("\"name\""));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"driver\"\ntypes = [\"nope\"]\n"),
+             Contains("p.toml:4: [[faults]] #1: unknown fault class \"nope\""));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"lkdtm\"\ntypes = [\"bug\"]\n"), Contains("bad LKDTM type"));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"driver\"\ntypes = [\"bug\"]\ncount = 0\n"),
+             Contains("\"count\" must be between 1"));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"driver\"\ntypes = [\"bug\"]\ncount = \"3\"\n"),
+             Contains("must be an integer"));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"driver\"\ntypes = [\"bug\"]\ncuont = 3\n"),
+             Contains("p.toml:5: [[faults]] #1: unknown key \"cuont\""));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"module\"\ntypes = [\"m\"]\n"), Contains("\"trigger\""));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"driver\"\ntypes = [\"bug\"]\ntrigger = \"x\"\n"),
+             Contains("no \"trigger\""));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"fault-inject\"\ntypes = [\"fail_function\"]\ntrigger = \"x\"\n"),
+             Contains("needs \"functions\""));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"fault-inject\"\ntypes = [\"failslab\"]\ntrigger = \"x\"\nfunctions=[\"f\"]\n"),
+             Contains("for fail_function only"));
+  CHECK_THAT(plan_error("name = \"x\"\n[baselines]\npanic_on_oops = [1, 1]\n[[faults]]\nsource=\"driver\"\ntypes=[\"bug\"]\n"),
+             Contains("each panic_on_oops value once"));
+  CHECK_THAT(plan_error("name = \"x\"\n[guest]\nmemory = 5\n[[faults]]\nsource=\"driver\"\ntypes=[\"bug\"]\n"),
+             Contains("must be a string"));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"driver\"\ntypes = [\"bug\"\n"), Contains("p.toml:"));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"driver\"\ntypes = [\"bug\"]\ncount = 10000\n"
+                        "[[faults]]\nsource = \"driver\"\ntypes = [\"bug\", \"gpf\", \"warn\", \"panic\", \"divide\", \"timer\", "
+                        "\"workqueue\", \"softlockup\", \"hung-task\", \"null-deref\", \"mutex-held\"]\ncount = 10000\n"),
+             Contains("at most"));
+  CHECK_THAT(plan_error(std::string(2 << 20, '#')), Contains("at most"));
+  CHECK_THAT(plan_error(std::string("name = \"x\0\"\n", 12)), Contains("p.toml"));
+}
+
+TEST_CASE("console watch: acknowledgements and kernel reports from what the guest writes", "[campaign]") {
+  std::string dir = temp_dir("console");
+  std::string log = dir + "/console.log";
+  std::ofstream(log) << "boot\nimmortal-record 1\r\nimmortal-record 2\n[  3.1] immortal-record 3 (interleaved)\n";
+  ConsoleWatch w(log);
+  w.poll();
+  CHECK(w.highest() == 3);
+  {
+    std::ofstream more(log, std::ios::app);
+    more << "immortal-record 2\n"                          // an old number again: nothing
+         << "immortal-record 99999999999999999999\n"      // too large: ignored
+         << "immortal-record -5\nimmortal-record 0\n"      // not records
+         << std::string(100'000, 'x') << "\n"             // a very long line
+         << "[  9.0] BUG: kernel NULL pointer dereference, address: 0\n"
+         << "immortal-record-failed 4\nimmortal-record 4";  // no newline yet
+  }
+  w.poll();
+  CHECK(w.highest() == 3);
+  CHECK(w.kernel_reports() == 1);
+  CHECK_THAT(w.last_report(), Contains("NULL pointer"));
+  CHECK(w.failed_writes() == 1);
+  std::ofstream(log, std::ios::app) << "\n";
+  w.poll();
+  CHECK(w.highest() == 4);
+  // A log rotated (emptied at a new launch) is read again from its start.
+  std::ofstream(log, std::ios::trunc) << "immortal-record 5\n";
+  w.poll();
+  CHECK(w.highest() == 5);
+  ConsoleWatch missing(dir + "/none.log");
+  missing.poll();
+  CHECK(missing.highest() == 0);
+}
+
+TEST_CASE("console watch: the workload's longest stand-still around a moment", "[campaign]") {
+  std::string log = temp_dir("gap") + "/console.log";
+  ConsoleWatch w(log);
+  std::ofstream(log) << "immortal-record 1\n";
+  w.poll();
+  auto since = std::chrono::system_clock::now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(120));
+  std::ofstream(log, std::ios::app) << "immortal-record 2\n";
+  w.poll();
+  std::ofstream(log, std::ios::app) << "immortal-record 3\n";
+  w.poll();
+  auto gap = w.longest_gap_ms(since);
+  REQUIRE(gap);
+  CHECK(*gap >= 100);
+  CHECK(!w.longest_gap_ms(std::chrono::system_clock::now() + std::chrono::hours(1)));
+}
+
+TEST_CASE("records check: every acknowledged record intact in its sector", "[campaign]") {
+  std::string disk = temp_dir("disk") + "/records.img";
+  {
+    std::ofstream out(disk, std::ios::binary);
+    std::string zero(kRecordBytes, '\0');
+    for (std::uint64_t seq = 0; seq <= 10; ++seq) {
+      std::string sector = zero;
+      std::string text = seq == 0 ? "" : record_text(seq);
+      if (seq == 4) text = record_text(5);                // another record's text
+      if (seq == 7) text = record_text(7).substr(0, 10);  // torn
+      sector.replace(0, text.size(), text);
+      if (seq == 9) sector[300] = 'x';                     // noise after the record
+      out << sector;
+    }
+  }
+  RecordCheck c = check_records(disk, 1, 12);  // 11 and 12 are past the end
+  CHECK(c.checked == 12);
+  CHECK(c.lost == 5);
+  CHECK(c.examples == std::vector<std::uint64_t>{4, 7, 9, 11, 12});
+  CHECK(check_records(disk, 1, 3).lost == 0);
+  CHECK(check_records(disk, 0, 0).checked == 0);
+  CHECK_THROWS_AS(check_records(disk + ".none", 1, 1), Error);
+}
+
+TEST_CASE("campaign results: kept line by line, resumed, another plan refused, torn lines run again", "[campaign]") {
+  std::string dir = temp_dir("results");
+  CampaignPlan plan = parse_campaign_plan(kPlan, "p.toml");
+  {
+    CampaignResults r(dir, plan, false);
+    r.add({{"phase", "immortal"}, {"index", 0}, {"outcome", "recovered"}, {"fault", "null-deref"}, {"source", "driver"},
+           {"records_lost", 0}, {"workload_back", true}, {"intercept_to_resume_ms", 210.0}, {"workload_gap_ms", 600.0},
+           {"started_at", "2026-12-03T10:00:00.000Z"}});
+    r.add({{"phase", "panic_on_oops=1"}, {"index", 0}, {"outcome", "rebooted"}, {"fault", "null-deref"}, {"source", "driver"},
+           {"records_lost", 0}, {"workload_back", true}, {"workload_gap_ms", 11000.0}, {"started_at", "2026-12-03T10:01:00.000Z"}});
+  }
+  std::ofstream(dir + "/results.jsonl", std::ios::app) << "{\"phase\":\"immortal\",\"index\":1,\"outc";  // torn by a crash
+  CampaignResults resumed(dir, plan, false);
+  CHECK(resumed.all().size() == 2);
+  CHECK(resumed.skipped_lines() == 1);
+  CHECK(resumed.done("immortal", 0));
+  CHECK(!resumed.done("immortal", 1));
+  CampaignPlan other = parse_campaign_plan(std::string(kPlan) + "# changed\n", "p.toml");
+  CHECK_THROWS_AS(CampaignResults(dir, other, false), Error);
+  CampaignResults restarted(dir, other, true);
+  CHECK(restarted.all().empty());
+  CHECK(std::filesystem::exists(dir + "/results.jsonl.1"));
+  CHECK_THROWS_AS(CampaignResults(dir + "/nothing"), Error);
+}
+
+TEST_CASE("campaign report: numbers, charts and HTML from the results, guest text escaped", "[campaign]") {
+  std::string dir = temp_dir("report");
+  CampaignPlan plan = parse_campaign_plan(kPlan, "p.toml");
+  CampaignResults results(dir, plan, false);
+  results.add({{"phase", "immortal"}, {"index", 0}, {"outcome", "recovered"}, {"fault", "null-deref"}, {"source", "driver"},
+               {"records_lost", 0}, {"workload_back", true}, {"intercept_to_resume_ms", 210.0}, {"workload_gap_ms", 600.0},
+               {"started_at", "a"}});
+  results.add({{"phase", "immortal"}, {"index", 1}, {"outcome", "recovered"}, {"fault", "mutex-held"}, {"source", "driver"},
+               {"records_lost", 2}, {"lost_examples", {7, 8}}, {"workload_back", true}, {"started_at", "b"},
+               {"reason", "<script>alert(1)</script>"}});
+  results.add({{"phase", "panic_on_oops=1"}, {"index", 0}, {"outcome", "rebooted"}, {"fault", "null-deref"}, {"source", "driver"},
+               {"records_lost", 0}, {"workload_back", true}, {"workload_gap_ms", 11000.0}, {"started_at", "c"}});
+  CampaignReport report(results);
+  CHECK(report.records_lost_in_recoveries() == 2);
+  REQUIRE(report.charts().size() == 5);
+  for (const auto& c : report.charts()) {
+    INFO(c["id"]);
+    CHECK(!c["labels"].empty());
+    CHECK(!c["datasets"].empty());
+    CHECK(!c["table"]["rows"].empty());
+  }
+  auto table = report.summary_table();
+  CHECK_THAT(table, Contains("RECORDS LOST in recovered injections: 2"));
+  CHECK_THAT(table, Contains("2 100%"));
+  std::string js = dir + "/chart.js";
+  std::ofstream(js) << "/* Chart.js stand-in */ window.Chart = function() {}; // </script> inside";
+  ::setenv("IMMORTAL_CHARTJS", js.c_str(), 1);
+  report.write_html(dir + "/report.html");
+  std::ifstream in(dir + "/report.html");
+  std::string html((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK_THAT(html, Contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+  CHECK(html.find("<script>alert(1)") == std::string::npos);
+  CHECK(html.find("// </script> inside") == std::string::npos);  // the inlined script cannot end early
+  CHECK_THAT(html, Contains("Content-Security-Policy"));
+  ::setenv("IMMORTAL_CHARTJS", (dir + "/missing.js").c_str(), 1);
+  CHECK_THROWS_AS(report.write_html(dir + "/report2.html"), Error);
+  ::unsetenv("IMMORTAL_CHARTJS");
+}

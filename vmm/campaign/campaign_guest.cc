@@ -1,0 +1,186 @@
+#include "campaign/campaign_guest.h"
+
+#include "base/error.h"
+#include "base/unique_fd.h"
+#include "campaign/campaign_plan.h"
+#include "campaign/campaign_results.h"
+#include "cli/instance_call.h"
+#include "instance.h"
+#include "protocol/base64.h"
+
+#include <fmt/format.h>
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+namespace immortal::vmm {
+
+using nlohmann::json;
+
+namespace {
+
+// The records disk: sector N holds record N. 256 MiB (sparse) lasts 7 hours at 20 records/s.
+constexpr off_t kRecordsDiskBytes = 256ll << 20;
+
+std::string phase_suffix(const CampaignPhase& phase) {
+  if (phase.recovery) return "immortal";
+  return phase.panic_on_oops == 1 ? "oops-panic" : "oops-continue";
+}
+
+}  // namespace
+
+CampaignGuest::CampaignGuest(const GlobalOptions& global, const CampaignPlan& plan, const CampaignPhase& phase,
+                             std::string out_dir, std::string log_path)
+    : global_(global),
+      plan_(plan),
+      recovery_(phase.recovery),
+      name_(plan.name + "-" + phase_suffix(phase)),
+      out_dir_(std::move(out_dir)),
+      log_(std::move(log_path)) {
+  disk_ = out_dir_ + "/" + phase_suffix(phase) + "-records.img";
+  console_ = out_dir_ + "/" + phase_suffix(phase) + "-console.log";
+}
+
+int CampaignGuest::run_self(const std::vector<std::string>& args) const {
+  std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::vector<std::string> argv = {self};
+  if (!global_.runtime_dir.empty()) argv.insert(argv.end(), {"--runtime-dir", global_.runtime_dir});
+  argv.insert(argv.end(), args.begin(), args.end());
+  UniqueFd log(::open(log_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
+  pid_t pid = ::fork();
+  if (pid < 0) fail(ExitCode::failure, "fork: {}", std::strerror(errno));
+  if (pid == 0) {
+    int null = ::open("/dev/null", O_RDONLY);
+    ::dup2(null, 0);
+    if (log) ::dup2(log.get(), 1), ::dup2(log.get(), 2);
+    ::setpgid(0, 0);  // Ctrl-C at the terminal is the campaign's to handle, not its children's
+    std::vector<char*> c;
+    for (auto& a : argv) c.push_back(a.data());
+    c.push_back(nullptr);
+    // This very binary, even when a rebuild replaced the file meanwhile.
+    ::execv("/proc/self/exe", c.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void CampaignGuest::start(bool fresh_disk) {
+  if (fresh_disk) {
+    UniqueFd fd(::open(disk_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!fd || ::ftruncate(fd.get(), kRecordsDiskBytes) != 0)
+      fail(ExitCode::failure, "cannot make the records disk \"{}\": {}", disk_, std::strerror(errno));
+  }
+  std::vector<std::string> args = {"run", "--name", name_, "--detach", "--disk", disk_ + ",format=raw",
+                                    "--memory", plan_.memory, "--vcpus", std::to_string(plan_.vcpus), "--on-crash", "reboot",
+                                    "--console-log", console_, "--recovery", recovery_ ? "on" : "off",
+                                    "--repair", plan_.repair, "--quarantine", plan_.quarantine,
+                                    "--verify-window", std::to_string(plan_.verify_window_s),
+                                    // A campaign crashes the guest on purpose, again and again.
+                                    "--recovery-limit", "100000/60", "--boot-timeout", "180",
+                                    "--bundle-dir", out_dir_ + "/bundles"};
+  std::string dir = guest_image_dir();
+  args.insert(args.end(), {"--kernel", plan_.kernel.empty() ? dir + "/vmlinuz" : plan_.kernel});
+  args.insert(args.end(), {"--initrd", plan_.initrd.empty() ? dir + "/initrd.img" : plan_.initrd});
+  if (int rc = run_self(args); rc != 0)
+    fail(ExitCode::failure, "the campaign's guest \"{}\" did not start (exit status {}; see {})", name_, rc, log_);
+  if (recovery_ && !wait_until_protected(std::chrono::seconds(180)))
+    fail(ExitCode::timeout, "the campaign's guest \"{}\" was not protected within 180 s (immortal status {})", name_, name_);
+}
+
+void CampaignGuest::stop() {
+  if (running()) run_self({"stop", name_, "--force"});
+}
+
+void CampaignGuest::restart() {
+  stop();
+  start(/*fresh_disk=*/false);
+}
+
+bool CampaignGuest::running() const { return instance_running(runtime_root(global_.runtime_dir), name_); }
+
+json CampaignGuest::status() const {
+  try {
+    return call_instance(global_, name_, {{"command", "status"}}, std::chrono::seconds(30));
+  } catch (const std::exception&) {
+    return json::object();
+  }
+}
+
+std::string CampaignGuest::boot_id() const {
+  json s = status();
+  return s.is_object() ? s.value("boot_id", "") : "";
+}
+
+bool CampaignGuest::wait_for_new_boot(const std::string& old_boot_id, std::chrono::seconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    json s = status();
+    if (s.is_object() && s.value("state", "") == "running" && s.contains("agent") && s["agent"].is_object() &&
+        s["agent"].value("connected", false) && s.value("boot_id", "") != old_boot_id)
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return false;
+}
+
+bool CampaignGuest::wait_until_protected(std::chrono::seconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    json s = status();
+    bool armed = s.is_object() && s.contains("recovery_state") && s["recovery_state"].is_object() &&
+                 s["recovery_state"].value("armed", false);
+    bool repair_ready = true;
+    if (plan_.repair == "vm") {
+      const json* vm = s.contains("repair") && s["repair"].is_object() && s["repair"].contains("vm") ? &s["repair"]["vm"] : nullptr;
+      repair_ready = vm && vm->is_object() && vm->value("state", "") == "ready";
+    }
+    if (armed && repair_ready) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  return false;
+}
+
+GuestCommandResult CampaignGuest::sh(const std::string& script, std::chrono::seconds timeout) {
+  GuestCommandResult r;
+  try {
+    json request = {{"command", "exec"}, {"argv", {"sh", "-c", script}}, {"timeout_ms", timeout.count() * 1000}};
+    json a = call_instance(global_, name_, request, timeout + std::chrono::seconds(10));
+    r.ran = true;
+    if (auto out = agent::base64_decode(a.value("stdout", ""))) r.out = *out;
+    if (a.contains("exit_code") && a["exit_code"].is_number_integer()) r.exit_code = a["exit_code"].get<int>();
+    if (a.value("timed_out", false)) r.ran = false, r.error = fmt::format("killed after {} s", timeout.count());
+    if (a.contains("error") && a["error"].is_string()) r.error = a["error"].get<std::string>();
+  } catch (const std::exception& e) {
+    r.error = e.what();
+  }
+  return r;
+}
+
+std::string CampaignGuest::inject(const std::string& fault) {
+  try {
+    call_instance(global_, name_, {{"command", "inject"}, {"class", fault}}, std::chrono::seconds(45));
+    return "";
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
+void CampaignGuest::unquarantine_all() {
+  try {
+    call_instance(global_, name_, {{"command", "unquarantine"}, {"functions", json::array()}, {"all", true}},
+                  std::chrono::seconds(15));
+  } catch (const std::exception&) {
+    // Nothing quarantined, or the guest is not running: the next injection says what it finds.
+  }
+}
+
+}  // namespace immortal::vmm

@@ -1,0 +1,63 @@
+// The guest of one campaign phase: our guest image with a raw records disk, run by an `immortal
+// run --detach` supervisor like any other instance, and spoken to as the CLI speaks to
+// instances (control socket). Output of the commands it runs goes to the campaign's log.
+#pragma once
+
+#include "cli/commands.h"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace immortal::vmm {
+
+struct CampaignPlan;
+struct CampaignPhase;
+
+struct GuestCommandResult {
+  bool ran = false;      // the agent ran it (else `error` says why not)
+  int exit_code = -1;
+  std::string out, error;
+};
+
+class CampaignGuest {
+ public:
+  CampaignGuest(const GlobalOptions& global, const CampaignPlan& plan, const CampaignPhase& phase, std::string out_dir,
+                std::string log_path);
+
+  const std::string& name() const { return name_; }
+  const std::string& disk() const { return disk_; }
+  const std::string& console_log() const { return console_; }
+
+  // Boots the guest (a fresh records disk the first time), waits for its agent and, with
+  // recovery on, for crash interception to be armed and the repair path ready. Throws Error.
+  void start(bool fresh_disk);
+  // Powers it off (forced); quiet when it is not running.
+  void stop();
+  // A new boot after the guest hung or its supervisor ended: stop, then start on the same disk.
+  void restart();
+  bool running() const;
+
+  GuestCommandResult sh(const std::string& script, std::chrono::seconds timeout);
+  // Asks the supervisor to inject a fault of ours or LKDTM's; the error when it refused.
+  std::string inject(const std::string& fault);
+  void unquarantine_all();
+  nlohmann::json status() const;
+  // Waits until the agent says hello from a boot other than `old_boot_id`; false on timeout.
+  bool wait_for_new_boot(const std::string& old_boot_id, std::chrono::seconds timeout);
+  // Waits until a crash can be caught and analysed (armed, repair VM ready); false on timeout.
+  bool wait_until_protected(std::chrono::seconds timeout);
+  std::string boot_id() const;
+
+ private:
+  int run_self(const std::vector<std::string>& args) const;
+
+  const GlobalOptions& global_;
+  const CampaignPlan& plan_;
+  bool recovery_;
+  std::string name_, out_dir_, log_, disk_, console_;
+};
+
+}  // namespace immortal::vmm

@@ -1,0 +1,125 @@
+#include "campaign/workload_records.h"
+
+#include "base/error.h"
+#include "base/unique_fd.h"
+
+#include <fmt/format.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace immortal::vmm {
+
+namespace {
+
+constexpr std::size_t kConsoleReadChunk = 1 << 20;     // read at most this much of the log per poll
+constexpr std::size_t kMaxConsoleLine = 4096;          // a longer "line" is the guest's noise: dropped
+constexpr std::size_t kRecentAckCount = 4096;       // acknowledgements whose times are kept
+constexpr std::uint64_t kMaxRecordNumber = 1ull << 40;
+
+std::optional<std::uint64_t> number_after(const std::string& line, const char* marker) {
+  auto at = line.find(marker);
+  if (at == std::string::npos) return std::nullopt;
+  std::size_t i = at + std::strlen(marker);
+  std::uint64_t n = 0;
+  std::size_t digits = 0;
+  while (i < line.size() && line[i] >= '0' && line[i] <= '9' && digits < 13) n = n * 10 + static_cast<unsigned>(line[i++] - '0'), ++digits;
+  if (!digits || n == 0 || n > kMaxRecordNumber) return std::nullopt;
+  return n;
+}
+
+}  // namespace
+
+void ConsoleWatch::poll() {
+  UniqueFd fd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return;
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return;
+  if (static_cast<std::uint64_t>(st.st_size) < offset_) offset_ = 0, partial_.clear();  // rotated
+  WallTime now = std::chrono::system_clock::now();
+  std::string buffer(kConsoleReadChunk, '\0');
+  for (int chunk = 0; chunk < 64; ++chunk) {
+    ssize_t n = ::pread(fd.get(), buffer.data(), buffer.size(), static_cast<off_t>(offset_));
+    if (n <= 0) return;
+    offset_ += static_cast<std::uint64_t>(n);
+    for (ssize_t i = 0; i < n; ++i) {
+      char c = buffer[static_cast<std::size_t>(i)];
+      if (c == '\n' || c == '\r') {
+        if (!partial_.empty()) take_line(partial_, now);
+        partial_.clear();
+      } else if (partial_.size() < kMaxConsoleLine) {
+        partial_ += c;
+      }
+    }
+  }
+}
+
+void ConsoleWatch::take_line(const std::string& line, WallTime now) {
+  // What Linux prints first when it reports a fault of its own (arch/x86 traps and faults,
+  // BUG(), WARN(), the watchdogs, panic).
+  static const char* const kReports[] = {"Oops:", "BUG:", "kernel BUG at", "WARNING:", "general protection fault",
+                                         "divide error:", "invalid opcode:", "Kernel panic", "stack guard page",
+                                         "soft lockup", "blocked for more than", "double fault:", "stack-protector:"};
+  for (const char* r : kReports)
+    if (line.find(r) != std::string::npos && line.find("immortal-record") == std::string::npos) {
+      ++reports_;
+      last_report_ = line.substr(0, 200);
+      break;
+    }
+  if (line.find("immortal-record-failed ") != std::string::npos) {
+    ++failed_;
+    return;
+  }
+  auto seq = number_after(line, "immortal-record ");
+  if (!seq) return;
+  // After a reboot the workload starts again above the highest acknowledgement the host saw;
+  // a lower number is an old line read again (rotation) and changes nothing.
+  if (*seq <= highest_) return;
+  highest_ = *seq;
+  acks_.emplace_back(*seq, now);
+  if (acks_.size() > kRecentAckCount) acks_.erase(acks_.begin(), acks_.begin() + kRecentAckCount / 2);
+}
+
+std::optional<double> ConsoleWatch::longest_gap_ms(WallTime since) const {
+  std::optional<double> longest;
+  std::optional<WallTime> previous;
+  for (const auto& [seq, t] : acks_) {
+    if (t < since) {
+      previous = t;
+      continue;
+    }
+    if (previous) {
+      double gap = std::chrono::duration<double, std::milli>(t - *previous).count();
+      if (!longest || gap > *longest) longest = gap;
+    }
+    previous = t;
+  }
+  return longest;
+}
+
+std::string record_text(std::uint64_t seq) { return fmt::format("immortal-record {:010d}\n", seq); }
+
+RecordCheck check_records(const std::string& disk_image, std::uint64_t from, std::uint64_t to, std::size_t limit) {
+  RecordCheck c;
+  if (from == 0 || to < from) return c;
+  UniqueFd fd(::open(disk_image.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) fail(ExitCode::failure, "cannot read the records disk \"{}\": {}", disk_image, std::strerror(errno));
+  char sector[kRecordBytes];
+  for (std::uint64_t seq = from; seq <= to; ++seq) {
+    ++c.checked;
+    ssize_t n = ::pread(fd.get(), sector, sizeof sector, static_cast<off_t>(seq * kRecordBytes));
+    std::string want = record_text(seq);
+    bool intact = n == static_cast<ssize_t>(sizeof sector) && std::memcmp(sector, want.data(), want.size()) == 0;
+    for (std::size_t i = want.size(); intact && i < sizeof sector; ++i) intact = sector[i] == 0;
+    if (!intact) {
+      ++c.lost;
+      if (c.examples.size() < limit) c.examples.push_back(seq);
+    }
+  }
+  return c;
+}
+
+}  // namespace immortal::vmm
