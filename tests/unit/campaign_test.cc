@@ -43,6 +43,10 @@ count = 3
 source = "lkdtm"
 types = ["BUG"]
 [[faults]]
+source = "driver"
+types = ["gpf"]
+baselines = false
+[[faults]]
 source = "fault-inject"
 types = ["fail_function"]
 functions = ["realdev_open", "kmalloc_x"]
@@ -68,17 +72,20 @@ TEST_CASE("campaign plan: read, checked and expanded round by round", "[campaign
   CHECK(plan.baselines.panic_on_oops == std::vector<int>{1});
   CHECK(plan.faults[0].probe == "cat /dev/immortal-fault >/dev/null");  // the driver's default probe
   auto all = expand_injections(plan);
-  REQUIRE(all.size() == 3 * 2 + 1 + 2);
+  REQUIRE(all.size() == 3 * 2 + 1 + 1 + 2);
   // Round 1 has every type once, in the plan's order; later rounds only the types with counts left.
   CHECK(all[0].fault == "null-deref");
   CHECK(all[1].fault == "mutex-held");
   CHECK(all[2].fault == "lkdtm:BUG");
-  CHECK(all[3].fault == "fail_function:realdev_open");
-  CHECK(all[4].fault == "fail_function:kmalloc_x");
-  CHECK(all[5].fault == "null-deref");
-  CHECK(all[8].fault == "mutex-held");
+  CHECK(all[3].fault == "gpf");
+  CHECK(all[4].fault == "fail_function:realdev_open");
+  CHECK(all[5].fault == "fail_function:kmalloc_x");
+  CHECK(all[6].fault == "null-deref");
+  CHECK(all[9].fault == "mutex-held");
   for (std::size_t i = 0; i < all.size(); ++i) CHECK(all[i].index == static_cast<int>(i));
-  CHECK(expand_injections(plan, 1).size() == 5);  // the baselines: each type once
+  CHECK(expand_injections(plan, 1).size() == 5);  // the baselines: each type once, gpf not
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"driver\"\ntypes = [\"bug\"]\nbaselines = 1\n"),
+             Contains("true or false"));
   CHECK(campaign_phases(plan).size() == 2);
   CHECK(plan.digest.size() == 64);
 }

@@ -141,6 +141,11 @@ FaultSpec read_fault(const toml::table& t, int number, const std::string& path) 
   const toml::node* types_node = t.get("types");
   f.types = r.strings("types");
   f.count = r.integer("count", 1, 1, kMaxCount);
+  if (const toml::node* n = r.take("baselines")) {
+    auto v = n->value_exact<bool>();
+    if (!v) r.bad(n, "\"baselines\" must be true or false");
+    f.in_baselines = *v;
+  }
   f.setup = r.string("setup", "", kMaxCommand);
   f.trigger = r.string("trigger", "", kMaxCommand);
   f.probe = r.string("probe", f.source == FaultSource::driver ? "cat /dev/immortal-fault >/dev/null" : "", kMaxCommand);
@@ -289,6 +294,7 @@ std::vector<Injection> expand_injections(const CampaignPlan& plan, int per_type)
   int rounds = 0;
   for (std::size_t s = 0; s < plan.faults.size(); ++s) {
     const FaultSpec& f = plan.faults[s];
+    if (per_type > 0 && !f.in_baselines) continue;
     int count = per_type > 0 ? std::min(f.count, per_type) : f.count;
     rounds = std::max(rounds, count);
     for (const auto& t : f.types) {

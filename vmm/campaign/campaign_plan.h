@@ -36,6 +36,7 @@ struct FaultSpec {
   // a read of its device). Run after each injection: still running after 10 s, the device hung.
   // Default for source = "driver": a read of our fault driver's device; else none.
   std::string probe;
+  bool in_baselines = true;        // false: only the immortal phase runs this table's faults
 };
 
 struct Baselines {
@@ -76,7 +77,8 @@ CampaignPlan read_campaign_plan(const std::string& path);
 CampaignPlan parse_campaign_plan(const std::string& text, const std::string& path);
 
 // Every injection of the plan, round by round (the first of each type, then the second…), so
-// that types mix over time. per_type > 0 caps each type's count (the baselines).
+// that types mix over time. per_type > 0 caps each type's count and leaves out the tables with
+// baselines = false (the baselines).
 std::vector<Injection> expand_injections(const CampaignPlan& plan, int per_type = 0);
 
 }  // namespace immortal::vmm

@@ -215,14 +215,16 @@ class PhaseRun {
       finish(r, start, wall_start, seen);
       return r;
     }
-    // A stock kernel with panic_on_oops=0 reports the oops and goes on: no crash event comes.
-    // Once the console shows the kernel's report, a few seconds without a panic settle it.
+    // A kernel that reports a fault and goes on (an oops with panic_on_oops=0, a warning without
+    // panic_on_warn, a soft lockup without softlockup_panic) sends no crash event. Once the
+    // console shows the kernel's report, a few seconds without a crash settle it.
     std::optional<std::chrono::steady_clock::time_point> reported;
-    auto stop = [&] {
+    auto stop = [&](bool crash_seen) {
       console_.poll();
       if (interrupted) return true;
+      if (crash_seen) return false;  // its outcome is on its way
       if (console_.kernel_reports() > reports_before && !reported) reported = std::chrono::steady_clock::now();
-      return phase_.panic_on_oops == 0 && reported && std::chrono::steady_clock::now() - *reported > std::chrono::seconds(5);
+      return reported && std::chrono::steady_clock::now() - *reported > std::chrono::seconds(5);
     };
     json o = follow_crash_outcome(*follower_, std::chrono::seconds(plan_.outcome_timeout_s), std::chrono::seconds(45), stop, &seen);
     if (interrupted) {

@@ -8,7 +8,7 @@ namespace immortal::vmm {
 using nlohmann::json;
 
 json follow_crash_outcome(EventFollower& follower, std::chrono::seconds wait, std::chrono::seconds crash_wait,
-                          const std::function<bool()>& stop, std::vector<json>* seen) {
+                          const std::function<bool(bool)>& stop, std::vector<json>* seen) {
   json result = json::object();
   std::uint64_t crash = 0;
   std::string outcome;
@@ -20,7 +20,7 @@ json follow_crash_outcome(EventFollower& follower, std::chrono::seconds wait, st
     if (now >= deadline) outcome = "unknown";
     else if (!crash && now >= crash_deadline) outcome = "no-crash";
     else if (follower.ended()) outcome = "instance-ended";
-    else if (stop && stop()) outcome = "stopped";
+    else if (stop && stop(crash != 0)) outcome = "stopped";
     if (!outcome.empty()) break;
     for (const auto& e : follower.next(std::chrono::milliseconds(50))) {
       if (!e.is_object()) continue;

@@ -17,8 +17,9 @@ namespace immortal::vmm {
 // instance-ended, unknown: no outcome within wait, stopped: `stop` said so), and from the events
 // "crash", "summary", "caught_by", "kind", "context", "intercept_to_resume_ms", "verify_ms",
 // "reason", "verification_failed". `stop` is asked between reads of the log (every 50 ms at
-// most); every event read is also added to `seen` when given.
+// most), told whether the crash was seen yet; every event read is also added to `seen`.
 nlohmann::json follow_crash_outcome(EventFollower& follower, std::chrono::seconds wait, std::chrono::seconds crash_wait,
-                                    const std::function<bool()>& stop = {}, std::vector<nlohmann::json>* seen = nullptr);
+                                    const std::function<bool(bool crash_seen)>& stop = {},
+                                    std::vector<nlohmann::json>* seen = nullptr);
 
 }  // namespace immortal::vmm
