@@ -27,7 +27,8 @@ std::optional<std::uint64_t> number_after(const std::string& line, const char* m
   std::uint64_t n = 0;
   std::size_t digits = 0;
   while (i < line.size() && line[i] >= '0' && line[i] <= '9' && digits < 13) n = n * 10 + static_cast<unsigned>(line[i++] - '0'), ++digits;
-  if (!digits || n == 0 || n > kMaxRecordNumber) return std::nullopt;
+  bool longer = i < line.size() && line[i] >= '0' && line[i] <= '9';
+  if (!digits || longer || n == 0 || n > kMaxRecordNumber) return std::nullopt;
   return n;
 }
 
