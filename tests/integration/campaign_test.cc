@@ -158,6 +158,35 @@ TEST_CASE("campaign: faults of every source one after another with the stock ker
   CHECK(again.out.find("immortal") != std::string::npos);
 }
 
+TEST_CASE("campaign: a guest booted by its firmware from an operator's disk image, which is never written",
+          "[integration][campaign]") {
+  std::string image = scratch_dir() + "/operator.img";
+  std::string made = run_shell(IMMORTAL_SOURCE_ROOT "/scripts/make-boot-disk '" + image + "' --kernel '" + guest_dir() +
+                               "/vmlinuz' --initrd '" + guest_dir() + "/initrd.img' --append console=ttyS0 2>&1 && echo made");
+  INFO(made);
+  REQUIRE(made.find("made") != std::string::npos);
+  std::string digest = run_shell("sha256sum '" + image + "'");
+  std::string plan = scratch_dir() + "/disk-plan.toml";
+  std::ofstream(plan) << "name = \"disk\"\n[guest]\ndisk = \"" << image << "\"\n[recovery]\nverify_window = 2\n"
+                      << "[baselines]\npanic_on_oops = [1]\n[[faults]]\nsource = \"driver\"\ntypes = [\"null-deref\"]\ncount = 2\n";
+  std::string out = scratch_dir() + "/disk.campaign";
+  auto r = run_cli({"campaign", plan, "-o", out}, std::chrono::minutes(20));
+  INFO("stdout:\n" << r.out << "\nstderr:\n" << r.err);
+  REQUIRE(r.status == 0);
+  auto results = results_of(out);
+  REQUIRE(results.size() == 3);
+  std::vector<std::string> seen;
+  for (const auto& x : results) {
+    INFO(x.dump());
+    seen.push_back(x["phase"].get<std::string>() + " " + x["outcome"].get<std::string>());
+    CHECK(x.value("records_lost", 1) == 0);
+    CHECK(x.value("workload_back", false));  // after the reboot too: the workload is written into each boot
+    CHECK(x.value("records_acked", 0) > 0);
+  }
+  CHECK(seen == std::vector<std::string>{"immortal recovered", "immortal recovered", "panic_on_oops=1 rebooted"});
+  CHECK(run_shell("sha256sum '" + image + "'") == digest);  // the guest wrote to its overlay only
+}
+
 TEST_CASE("campaign: a bad plan is refused with its file, line and key before any guest starts", "[integration][campaign]") {
   std::string plan = scratch_dir() + "/bad-plan.toml";
   std::ofstream(plan) << "name = \"bad\"\n[[faults]]\nsource = \"driver\"\ntypes = [\"null-deref\"]\ncuont = 3\n";

@@ -44,33 +44,52 @@ CampaignGuest::CampaignGuest(const GlobalOptions& global, const CampaignPlan& pl
       out_dir_(std::move(out_dir)),
       log_(std::move(log_path)) {
   disk_ = out_dir_ + "/" + phase_suffix(phase) + "-records.img";
+  overlay_ = out_dir_ + "/" + phase_suffix(phase) + "-disk.qcow2";
   console_ = out_dir_ + "/" + phase_suffix(phase) + "-console.log";
 }
 
-int CampaignGuest::run_self(const std::vector<std::string>& args) const {
-  std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  std::vector<std::string> argv = {self};
-  if (!global_.runtime_dir.empty()) argv.insert(argv.end(), {"--runtime-dir", global_.runtime_dir});
-  argv.insert(argv.end(), args.begin(), args.end());
-  UniqueFd log(::open(log_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
+bool CampaignGuest::plan_disk() const { return !plan_.disk.empty(); }
+
+namespace {
+
+// Runs a program (no shell) with its output to log_fd, in a process group of its own (Ctrl-C at
+// the terminal is the campaign's to handle); its exit status.
+int run_host(const std::string& program, std::vector<std::string> argv, int log_fd) {
   pid_t pid = ::fork();
   if (pid < 0) fail(ExitCode::failure, "fork: {}", std::strerror(errno));
   if (pid == 0) {
     int null = ::open("/dev/null", O_RDONLY);
     ::dup2(null, 0);
-    if (log) ::dup2(log.get(), 1), ::dup2(log.get(), 2);
-    ::setpgid(0, 0);  // Ctrl-C at the terminal is the campaign's to handle, not its children's
+    if (log_fd >= 0) ::dup2(log_fd, 1), ::dup2(log_fd, 2);
+    ::setpgid(0, 0);
     std::vector<char*> c;
     for (auto& a : argv) c.push_back(a.data());
     c.push_back(nullptr);
-    // This very binary, even when a rebuild replaced the file meanwhile.
-    ::execv("/proc/self/exe", c.data());
+    ::execvp(program.c_str(), c.data());
     ::_exit(127);
   }
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::string image_format(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) fail(ExitCode::bad_input, "cannot read the campaign's disk image \"{}\": {}", path, std::strerror(errno));
+  char magic[4] = {};
+  return ::pread(fd.get(), magic, 4, 0) == 4 && std::memcmp(magic, "QFI\xfb", 4) == 0 ? "qcow2" : "raw";
+}
+
+}  // namespace
+
+int CampaignGuest::run_self(const std::vector<std::string>& args) const {
+  std::vector<std::string> argv = {std::filesystem::read_symlink("/proc/self/exe").string()};
+  if (!global_.runtime_dir.empty()) argv.insert(argv.end(), {"--runtime-dir", global_.runtime_dir});
+  argv.insert(argv.end(), args.begin(), args.end());
+  UniqueFd log(::open(log_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
+  // This very binary, even when a rebuild replaced the file meanwhile.
+  return run_host("/proc/self/exe", argv, log.get());
 }
 
 void CampaignGuest::start(bool fresh_disk) {
@@ -87,9 +106,23 @@ void CampaignGuest::start(bool fresh_disk) {
                                     // A campaign crashes the guest on purpose, again and again.
                                     "--recovery-limit", "100000/60", "--boot-timeout", "180",
                                     "--bundle-dir", out_dir_ + "/bundles"};
-  std::string dir = guest_image_dir();
-  args.insert(args.end(), {"--kernel", plan_.kernel.empty() ? dir + "/vmlinuz" : plan_.kernel});
-  args.insert(args.end(), {"--initrd", plan_.initrd.empty() ? dir + "/initrd.img" : plan_.initrd});
+  if (plan_disk()) {
+    // The operator's image is only read: the guest writes to an overlay of it, made anew with
+    // each fresh start of the phase.
+    if (fresh_disk || ::access(overlay_.c_str(), F_OK) != 0) {
+      std::string image = std::filesystem::absolute(plan_.disk).string();
+      UniqueFd log(::open(log_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
+      ::unlink(overlay_.c_str());
+      if (run_host("qemu-img", {"qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format(image), "-b", image, overlay_}, log.get()) != 0)
+        fail(ExitCode::failure, "cannot make an overlay of \"{}\" with qemu-img (see {})", image, log_);
+    }
+    // The system disk first: the firmware boots it; the records disk is the second.
+    args.insert(args.begin() + 4, {"--disk", overlay_ + ",format=qcow2"});
+  } else {
+    std::string dir = guest_image_dir();
+    args.insert(args.end(), {"--kernel", plan_.kernel.empty() ? dir + "/vmlinuz" : plan_.kernel});
+    args.insert(args.end(), {"--initrd", plan_.initrd.empty() ? dir + "/initrd.img" : plan_.initrd});
+  }
   if (int rc = run_self(args); rc != 0)
     fail(ExitCode::failure, "the campaign's guest \"{}\" did not start (exit status {}; see {})", name_, rc, log_);
   if (recovery_ && !wait_until_protected(std::chrono::seconds(180)))

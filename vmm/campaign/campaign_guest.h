@@ -28,7 +28,9 @@ class CampaignGuest {
                 std::string log_path);
 
   const std::string& name() const { return name_; }
-  const std::string& disk() const { return disk_; }
+  const std::string& disk() const { return disk_; }  // the records disk (a host file)
+  // The records disk's virtio serial number, by which the guest finds it.
+  std::string records_serial() const { return plan_disk() ? "immortal-disk1" : "immortal-disk0"; }
   const std::string& console_log() const { return console_; }
 
   // Boots the guest (a fresh records disk the first time), waits for its agent and, with
@@ -53,11 +55,12 @@ class CampaignGuest {
 
  private:
   int run_self(const std::vector<std::string>& args) const;
+  bool plan_disk() const;
 
   const GlobalOptions& global_;
   const CampaignPlan& plan_;
   bool recovery_;
-  std::string name_, out_dir_, log_, disk_, console_;
+  std::string name_, out_dir_, log_, disk_, console_, overlay_;
 };
 
 }  // namespace immortal::vmm

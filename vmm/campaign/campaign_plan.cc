@@ -226,6 +226,10 @@ CampaignPlan parse_campaign_plan(const std::string& text, const std::string& pat
     TableReader r(*g, "[guest]", path);
     plan.kernel = r.string("kernel", "", 4096);
     plan.initrd = r.string("initrd", "", 4096);
+    const toml::node* disk = g->get("disk");
+    plan.disk = r.string("disk", "", 4096);
+    if (!plan.disk.empty() && (!plan.kernel.empty() || !plan.initrd.empty()))
+      r.bad(disk, "\"disk\" boots by the firmware: no \"kernel\" or \"initrd\" with it");
     plan.memory = r.string("memory", plan.memory, 16);
     plan.vcpus = r.integer("vcpus", plan.vcpus, 1, 64);
     r.finish();

@@ -50,8 +50,10 @@ struct CampaignPlan {
   std::string name;
   std::string path;  // the plan file
   std::string digest;  // of its text: a resumed campaign must run the same plan
-  // The guest: our own image (kernel and initrd, default the built one) with a records disk.
-  std::string kernel, initrd, memory = "512M";
+  // The guest: our own image (kernel and initrd, default the built one), or an operator's disk
+  // image its firmware boots (`disk`: the campaign runs it on a copy-on-write overlay, so the
+  // image itself is never written), with a records disk added either way.
+  std::string kernel, initrd, disk, memory = "512M";
   int vcpus = 2;
   // Recovery's settings (run's options of the same names).
   std::string repair = "vm", quarantine = "function";

@@ -160,9 +160,10 @@ class PhaseRun {
     if (plan_.record_interval_ms == 0) return;
     console_.poll();
     std::uint64_t first = console_.highest() + 1;
-    guest_.sh(fmt::format("immortal-records /dev/vda {} {} </dev/null >/dev/null 2>&1 &", first, plan_.record_interval_ms),
-              std::chrono::seconds(30));
-    wait_for_records(first, std::chrono::seconds(60));
+    auto r = guest_.sh(start_records_workload(guest_.records_serial(), first, plan_.record_interval_ms), std::chrono::seconds(30));
+    if (r.ran && r.exit_code != 0) progress_.note(fmt::format("{}: the workload did not start: {}", phase_.name, r.out));
+    if (!wait_for_records(first, std::chrono::seconds(60)))
+      progress_.note(fmt::format("{}: no record acknowledged within 60 s of the workload's start", phase_.name));
   }
 
   bool wait_for_records(std::uint64_t at_least, std::chrono::seconds timeout) {

@@ -103,6 +103,34 @@ std::optional<double> ConsoleWatch::longest_gap_ms(WallTime since) const {
 
 std::string record_text(std::uint64_t seq) { return fmt::format("immortal-record {:010d}\n", seq); }
 
+// The workload in the guest: record N alone in sector N, made durable (fsync) before it is
+// acknowledged on the console; a failed write is said and retried. Written into the guest at
+// each boot, so that it needs nothing installed there.
+constexpr const char* kRecordsScript = R"SH(dev=$1
+seq=$2
+interval=$3
+while :; do
+    if printf 'immortal-record %010d
+' "$seq" |
+        dd of="$dev" bs=512 seek="$seq" conv=sync,notrunc,fsync 2>/dev/null; then
+        echo "immortal-record $seq" > /dev/console
+        seq=$((seq + 1))
+    else
+        echo "immortal-record-failed $seq" > /dev/console
+        sleep 1
+    fi
+    sleep "$interval"
+done
+)SH";
+
+std::string start_records_workload(const std::string& disk_serial, std::uint64_t first, int interval_ms) {
+  return fmt::format("mkdir -p /run && cat > /run/immortal-records <<'IMMORTAL_RECORDS_EOF'\n{}IMMORTAL_RECORDS_EOF\n"
+                     "dev=; for b in /sys/block/*; do [ \"$(cat $b/serial 2>/dev/null)\" = {} ] && dev=/dev/${{b##*/}}; done; "
+                     "[ -b \"$dev\" ] || {{ echo 'no records disk (virtio serial {})'; exit 3; }}; "
+                     "sh /run/immortal-records \"$dev\" {} {}.{:03} </dev/null >/dev/null 2>&1 &",
+                     kRecordsScript, disk_serial, disk_serial, first, interval_ms / 1000, interval_ms % 1000);
+}
+
 RecordCheck check_records(const std::string& disk_image, std::uint64_t from, std::uint64_t to, std::size_t limit) {
   RecordCheck c;
   if (from == 0 || to < from) return c;

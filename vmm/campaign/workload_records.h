@@ -53,6 +53,11 @@ class ConsoleWatch {
 // The text record `seq` has in its sector.
 std::string record_text(std::uint64_t seq);
 
+// A guest shell command that writes the workload's script into the guest (any Linux with a POSIX
+// sh, dd and a sleep that takes fractions: busybox or coreutils), finds the records disk by its
+// virtio serial number and starts the workload in the background from record `first`.
+std::string start_records_workload(const std::string& disk_serial, std::uint64_t first, int interval_ms);
+
 // Records from..to (inclusive) missing or damaged in the disk image: at most `limit` of them
 // listed, all counted.
 struct RecordCheck {
