@@ -105,7 +105,7 @@ void CampaignGuest::start(bool fresh_disk) {
                                     "--verify-window", std::to_string(plan_.verify_window_s),
                                     // A campaign crashes the guest on purpose, again and again.
                                     "--recovery-limit", "100000/60", "--boot-timeout", "180",
-                                    "--bundle-dir", out_dir_ + "/bundles"};
+                                    "--bundle-dir", out_dir_ + "/bundles", "--bundle-keep", std::to_string(plan_.bundle_keep)};
   if (plan_disk()) {
     // The operator's image is only read: the guest writes to an overlay of it, made anew with
     // each fresh start of the phase.

@@ -244,6 +244,7 @@ CampaignPlan parse_campaign_plan(const std::string& text, const std::string& pat
     if (plan.quarantine != "function" && plan.quarantine != "driver") r.bad(q, "\"quarantine\" is function or driver");
     plan.verify_window_s = r.integer("verify_window", plan.verify_window_s, 1, 600);
     plan.outcome_timeout_s = r.integer("outcome_timeout", plan.outcome_timeout_s, 30, 3600);
+    plan.bundle_keep = r.integer("bundle_keep", plan.bundle_keep, 0, 100'000);
     r.finish();
   }
   if (const toml::table* w = top.table("workload")) {

@@ -59,6 +59,7 @@ struct CampaignPlan {
   std::string repair = "vm", quarantine = "function";
   int verify_window_s = 5;
   int outcome_timeout_s = 180;  // from the trigger to a known outcome, per injection
+  int bundle_keep = 20;         // bundles kept per phase guest (run --bundle-keep; 0: all)
   // The data workload: a record written, fsynced and acknowledged every interval (0: none).
   int record_interval_ms = 50;
   Baselines baselines;

@@ -1,6 +1,6 @@
-// The campaign's data workload as the host sees it. In the guest, immortal-records writes record
-// N into sector N of a raw disk, fsyncs it and only then says "immortal-record N" on the serial
-// console. The host reads those acknowledgements from the console log as they come (with the
+// The campaign's data workload as the host sees it. In the guest, a small script writes record N
+// into sector N of a raw disk, fsyncs it and only then says "immortal-record N" in the kernel's
+// log, which the serial console shows. The host reads those acknowledgements from the console log as they come (with the
 // time it read them) and checks the disk image itself, independently of the guest: every
 // acknowledged record must be on disk, intact. A record lost is one the guest was told was
 // durable and is not.
