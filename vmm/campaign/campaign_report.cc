@@ -44,7 +44,12 @@ double percentile(std::vector<double> v, double p) {
   return v[std::min(i, v.size() - 1)];
 }
 
-std::string pct(int part, int whole) { return whole ? fmt::format("{:.0f}%", 100.0 * part / whole) : "-"; }
+// Whole percents, but never rounded up to 100% (227 of 228 is 99.6%).
+std::string pct(int part, int whole) {
+  if (!whole) return "-";
+  double p = 100.0 * part / whole;
+  return part != whole && p >= 99.5 ? fmt::format("{:.1f}%", p) : fmt::format("{:.0f}%", p);
+}
 
 std::string ms(double v) { return v >= 10000 ? fmt::format("{:.1f} s", v / 1000) : fmt::format("{:.0f} ms", v); }
 
