@@ -53,6 +53,19 @@ functions = ["realdev_open", "kmalloc_x"]
 trigger = "cat /dev/x"
 )";
 
+// Results as a campaign writes them: a null-deref recovered in 210 ms, and the same fault
+// rebooted by the stock kernel.
+nlohmann::json recovered_null_deref(const std::string& started_at) {
+  return {{"phase", "immortal"}, {"index", 0}, {"outcome", "recovered"}, {"fault", "null-deref"}, {"source", "driver"},
+          {"records_lost", 0}, {"workload_back", true}, {"intercept_to_resume_ms", 210.0}, {"workload_gap_ms", 600.0},
+          {"started_at", started_at}};
+}
+
+nlohmann::json rebooted_null_deref(const std::string& started_at) {
+  return {{"phase", "panic_on_oops=1"}, {"index", 0}, {"outcome", "rebooted"}, {"fault", "null-deref"}, {"source", "driver"},
+          {"records_lost", 0}, {"workload_back", true}, {"workload_gap_ms", 11000.0}, {"started_at", started_at}};
+}
+
 std::string plan_error(const std::string& text) {
   try {
     parse_campaign_plan(text, "p.toml");
@@ -201,11 +214,8 @@ TEST_CASE("campaign results: kept line by line, resumed, another plan refused, t
   CampaignPlan plan = parse_campaign_plan(kPlan, "p.toml");
   {
     CampaignResults r(dir, plan, false);
-    r.add({{"phase", "immortal"}, {"index", 0}, {"outcome", "recovered"}, {"fault", "null-deref"}, {"source", "driver"},
-           {"records_lost", 0}, {"workload_back", true}, {"intercept_to_resume_ms", 210.0}, {"workload_gap_ms", 600.0},
-           {"started_at", "2026-12-03T10:00:00.000Z"}});
-    r.add({{"phase", "panic_on_oops=1"}, {"index", 0}, {"outcome", "rebooted"}, {"fault", "null-deref"}, {"source", "driver"},
-           {"records_lost", 0}, {"workload_back", true}, {"workload_gap_ms", 11000.0}, {"started_at", "2026-12-03T10:01:00.000Z"}});
+    r.add(recovered_null_deref("2026-12-03T10:00:00.000Z"));
+    r.add(rebooted_null_deref("2026-12-03T10:01:00.000Z"));
   }
   std::ofstream(dir + "/results.jsonl", std::ios::app) << "{\"phase\":\"immortal\",\"index\":1,\"outc";  // torn by a crash
   CampaignResults resumed(dir, plan, false);
@@ -225,14 +235,11 @@ TEST_CASE("campaign report: numbers, charts and HTML from the results, guest tex
   std::string dir = temp_dir("report");
   CampaignPlan plan = parse_campaign_plan(kPlan, "p.toml");
   CampaignResults results(dir, plan, false);
-  results.add({{"phase", "immortal"}, {"index", 0}, {"outcome", "recovered"}, {"fault", "null-deref"}, {"source", "driver"},
-               {"records_lost", 0}, {"workload_back", true}, {"intercept_to_resume_ms", 210.0}, {"workload_gap_ms", 600.0},
-               {"started_at", "a"}});
+  results.add(recovered_null_deref("a"));
   results.add({{"phase", "immortal"}, {"index", 1}, {"outcome", "recovered"}, {"fault", "mutex-held"}, {"source", "driver"},
                {"records_lost", 2}, {"lost_examples", {7, 8}}, {"workload_back", true}, {"started_at", "b"},
                {"reason", "<script>alert(1)</script>"}});
-  results.add({{"phase", "panic_on_oops=1"}, {"index", 0}, {"outcome", "rebooted"}, {"fault", "null-deref"}, {"source", "driver"},
-               {"records_lost", 0}, {"workload_back", true}, {"workload_gap_ms", 11000.0}, {"started_at", "c"}});
+  results.add(rebooted_null_deref("c"));
   CampaignReport report(results);
   CHECK(report.records_lost_in_recoveries() == 2);
   REQUIRE(report.charts().size() == 5);

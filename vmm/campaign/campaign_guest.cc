@@ -153,33 +153,34 @@ std::string CampaignGuest::boot_id() const {
   return s.is_object() ? s.value("boot_id", "") : "";
 }
 
-bool CampaignGuest::wait_for_new_boot(const std::string& old_boot_id, std::chrono::seconds timeout) {
+bool CampaignGuest::wait_for_status(const std::function<bool(const json&)>& condition, std::chrono::seconds timeout) const {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     json s = status();
-    if (s.is_object() && s.value("state", "") == "running" && s.contains("agent") && s["agent"].is_object() &&
-        s["agent"].value("connected", false) && s.value("boot_id", "") != old_boot_id)
-      return true;
+    if (s.is_object() && condition(s)) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   return false;
 }
 
+bool CampaignGuest::wait_for_new_boot(const std::string& old_boot_id, std::chrono::seconds timeout) {
+  return wait_for_status(
+      [&](const json& s) {
+        return s.value("state", "") == "running" && s.contains("agent") && s["agent"].is_object() &&
+               s["agent"].value("connected", false) && s.value("boot_id", "") != old_boot_id;
+      },
+      timeout);
+}
+
 bool CampaignGuest::wait_until_protected(std::chrono::seconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    json s = status();
-    bool armed = s.is_object() && s.contains("recovery_state") && s["recovery_state"].is_object() &&
-                 s["recovery_state"].value("armed", false);
-    bool repair_ready = true;
-    if (plan_.repair == "vm") {
-      const json* vm = s.contains("repair") && s["repair"].is_object() && s["repair"].contains("vm") ? &s["repair"]["vm"] : nullptr;
-      repair_ready = vm && vm->is_object() && vm->value("state", "") == "ready";
-    }
-    if (armed && repair_ready) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  }
-  return false;
+  return wait_for_status(
+      [&](const json& s) {
+        bool armed = s.contains("recovery_state") && s["recovery_state"].is_object() && s["recovery_state"].value("armed", false);
+        if (plan_.repair != "vm") return armed;
+        const json* vm = s.contains("repair") && s["repair"].is_object() && s["repair"].contains("vm") ? &s["repair"]["vm"] : nullptr;
+        return armed && vm && vm->is_object() && vm->value("state", "") == "ready";
+      },
+      timeout);
 }
 
 GuestCommandResult CampaignGuest::sh(const std::string& script, std::chrono::seconds timeout) {

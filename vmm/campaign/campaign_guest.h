@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,8 @@ class CampaignGuest {
 
  private:
   int run_self(const std::vector<std::string>& args) const;
+  // Polls status until `condition` holds; false on timeout.
+  bool wait_for_status(const std::function<bool(const nlohmann::json&)>& condition, std::chrono::seconds timeout) const;
   bool plan_disk() const;
 
   const GlobalOptions& global_;

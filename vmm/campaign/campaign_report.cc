@@ -59,17 +59,23 @@ struct Tally {
   void add(const json& r) {
     ++injections;
     std::string o = r.value("outcome", "");
-    if (crashed_(r)) ++crashed;
-    if (survived_(r)) ++survived;
+    if (::immortal::vmm::crashed(r)) ++crashed;
+    if (::immortal::vmm::survived(r)) ++survived;
     if (o == "rebooted" || o == "kdump") ++rebooted;
     if (o == "hung" || o == "unknown" || o == "device-hung") ++hung;
     if (o == "no-crash") ++no_crash;
     if (o == "unavailable" || o == "inject-failed") ++unavailable;
     lost += r.value("records_lost", std::uint64_t{0});
   }
-  static bool crashed_(const json& r) { return ::immortal::vmm::crashed(r); }
-  static bool survived_(const json& r) { return ::immortal::vmm::survived(r) && ::immortal::vmm::crashed(r); }
 };
+
+// How long the workload stood still around each crash of a phase.
+std::vector<double> workload_gaps(const CampaignResults& results, const std::string& phase) {
+  std::vector<double> gaps;
+  for (const auto& r : results.all())
+    if (r.value("phase", "") == phase && crashed(r) && r.contains("workload_gap_ms")) gaps.push_back(r["workload_gap_ms"].get<double>());
+  return gaps;
+}
 
 std::vector<std::string> phase_order(const CampaignResults& results) {
   std::vector<std::string> out;
@@ -179,13 +185,8 @@ CampaignReport::CampaignReport(const CampaignResults& results) : results_(result
         resume.push_back(r["intercept_to_resume_ms"].get<double>());
     histogram("immortal: interception → guest resumed", resume, 4);
     for (std::size_t colour = 0; colour < phases.size(); ++colour) {
-      const std::string& p = phases[colour];
-      std::vector<double> gaps;
-      for (const auto& r : all)
-        if (r.value("phase", "") == p && crashed(r) && r.contains("workload_gap_ms") &&
-            (r.value("outcome", "") != "no-crash"))
-          gaps.push_back(r["workload_gap_ms"].get<double>());
-      histogram(phase_title(p) + ": workload stood still", gaps, static_cast<int>(colour));
+      histogram(phase_title(phases[colour]) + ": workload stood still", workload_gaps(results, phases[colour]),
+                static_cast<int>(colour));
     }
     charts_.push_back({{"id", "downtime"},
                        {"title", "Recovery time against reboot time"},
@@ -276,12 +277,9 @@ std::string CampaignReport::summary_table() const {
   out << std::string(107, '-') << "\n";
   for (const auto& p : phases) {
     Tally x;
-    std::vector<double> gaps;
     for (const auto& r : results_.all())
-      if (r.value("phase", "") == p) {
-        x.add(r);
-        if (crashed(r) && r.value("outcome", "") != "no-crash" && r.contains("workload_gap_ms")) gaps.push_back(r["workload_gap_ms"].get<double>());
-      }
+      if (r.value("phase", "") == p) x.add(r);
+    std::vector<double> gaps = workload_gaps(results_, p);
     out << fmt::format("{:<24} {:>6} {:>8} {:>10} {:>9} {:>6} {:>9} {:>11} {:>11} {:>6}\n", phase_short(p), x.injections, x.crashed,
                        fmt::format("{} {}", x.survived, pct(x.survived, x.crashed)), x.rebooted, x.hung, x.no_crash, x.unavailable,
                        gaps.empty() ? "-" : ms(percentile(gaps, 0.5)), x.lost);

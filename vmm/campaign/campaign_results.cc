@@ -53,6 +53,10 @@ std::vector<CampaignPhase> campaign_phases(const CampaignPlan& plan) {
   return phases;
 }
 
+std::vector<Injection> phase_injections(const CampaignPlan& plan, const CampaignPhase& phase) {
+  return expand_injections(plan, phase.recovery ? 0 : plan.baselines.per_type);
+}
+
 CampaignResults::CampaignResults(std::string out_dir, const CampaignPlan& plan, bool restart) : dir_(std::move(out_dir)) {
   if (::mkdir(dir_.c_str(), 0755) != 0 && errno != EEXIST)
     fail(ExitCode::bad_input, "cannot make the campaign directory \"{}\": {}", dir_, std::strerror(errno));

@@ -15,6 +15,7 @@
 namespace immortal::vmm {
 
 struct CampaignPlan;
+struct Injection;
 
 // The phases of a campaign: immortal's own, then the stock-kernel baselines.
 struct CampaignPhase {
@@ -23,6 +24,8 @@ struct CampaignPhase {
   int panic_on_oops = -1;  // the baselines' value; -1: left as the guest has it (recovery sets 1)
 };
 std::vector<CampaignPhase> campaign_phases(const CampaignPlan& plan);
+// The injections a phase runs: every one of the plan's with recovery on, the baselines' share without.
+std::vector<Injection> phase_injections(const CampaignPlan& plan, const CampaignPhase& phase);
 
 class CampaignResults {
  public:

@@ -1,5 +1,6 @@
 #include "campaign/campaign_runner.h"
 
+#include "base/clock.h"
 #include "base/error.h"
 #include "campaign/campaign_guest.h"
 #include "campaign/campaign_plan.h"
@@ -37,16 +38,6 @@ void catch_interrupts() {
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
-}
-
-std::string iso_now() {
-  auto now = std::chrono::system_clock::now();
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
-  std::time_t s = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  ::gmtime_r(&s, &tm);
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                     tm.tm_min, tm.tm_sec, ms % 1000);
 }
 
 // A string as one word of a POSIX shell command.
@@ -201,7 +192,7 @@ class PhaseRun {
   // One injection, and what became of the guest and its workload. nullopt when interrupted.
   std::optional<json> inject(const Injection& inj) {
     json r = {{"phase", phase_.name}, {"index", inj.index},           {"source", to_string(inj.source)},
-              {"type", inj.type},     {"fault", inj.fault},            {"started_at", iso_now()},
+              {"type", inj.type},     {"fault", inj.fault},            {"started_at", utc_now()},
               {"guest", guest_.name()}, {"recovery", phase_.recovery}};
     if (phase_.recovery) guest_.unquarantine_all();  // the last crash's quarantine would refuse this fault
     auto start = std::chrono::steady_clock::now();
@@ -238,23 +229,18 @@ class PhaseRun {
     if (outcome == "no-crash" && console_.kernel_reports() > reports_before) outcome = "continued", r["reason"] = console_.last_report();
     std::uint64_t acked = console_.highest();
     if (outcome == "rebooted" || outcome == "kdump") {
-      if (!guest_.wait_for_new_boot(boot, std::chrono::seconds(240))) {
-        r["guest_restarted"] = "the guest did not come back from its reboot within 240 s";
-        guest_.restart();
-      }
-      after_boot();
+      if (!guest_.wait_for_new_boot(boot, std::chrono::seconds(240)))
+        restart_guest(r, "the guest did not come back from its reboot within 240 s");
+      else
+        after_boot();
     } else if (outcome == "instance-ended" || outcome == "unknown") {
-      r["guest_restarted"] = outcome == "unknown" ? "no outcome within the time limit" : "its supervisor ended";
-      guest_.restart();
-      after_boot();
+      restart_guest(r, outcome == "unknown" ? "no outcome within the time limit" : "its supervisor ended");
     } else if (auto alive = guest_.sh("true", std::chrono::seconds(20)); !alive.ran) {
       // The guest went on but its agent cannot run a command: hung (typically a stock kernel
       // after an oops that left a lock held). The campaign restarts it for the next fault.
       outcome = "hung";
       r["reason"] = "the guest's agent could not run a command: " + alive.error;
-      r["guest_restarted"] = "hung";
-      guest_.restart();
-      after_boot();
+      restart_guest(r, "hung");
     }
     const FaultSpec& spec = plan_.faults[static_cast<std::size_t>(inj.spec)];
     if ((outcome == "recovered" || outcome == "continued" || outcome == "no-crash") && !spec.probe.empty()) {
@@ -263,9 +249,7 @@ class PhaseRun {
         r["probe"] = "hung: " + p.error;
         r["reason"] = "the device hung afterwards: its probe (" + spec.probe + ") did not finish within 10 s";
         outcome = "device-hung";
-        r["guest_restarted"] = "device hung";
-        guest_.restart();
-        after_boot();
+        restart_guest(r, "device hung");
       } else {
         r["probe"] = p.exit_code == 0 ? "ok" : fmt::format("failed (exit status {})", p.exit_code);
       }
@@ -276,6 +260,14 @@ class PhaseRun {
     if (plan_.record_interval_ms > 0) r["workload_back"] = back;
     finish(r, start, wall_start, seen);
     return r;
+  }
+
+  // A new boot of the phase's guest (powered off, started on the same records disk), said in
+  // the result, with what every boot needs.
+  void restart_guest(json& r, const std::string& why) {
+    r["guest_restarted"] = why;
+    guest_.restart();
+    after_boot();
   }
 
   void cleanup(const Injection& inj) {
@@ -300,7 +292,7 @@ class PhaseRun {
       if (c.lost) r["lost_examples"] = c.examples;
       if (auto gap = console_.longest_gap_ms(wall_start)) r["workload_gap_ms"] = *gap;
     }
-    r["duration_ms"] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    r["duration_ms"] = ms_since(start);
   }
 
   const CampaignPlan& plan_;
@@ -324,7 +316,7 @@ int run_campaign(const GlobalOptions& g, const CampaignPlan& plan, const Campaig
   auto phases = campaign_phases(plan);
   int total = 0, done = 0;
   for (const auto& p : phases)
-    for (const auto& inj : expand_injections(plan, p.recovery ? 0 : plan.baselines.per_type)) {
+    for (const auto& inj : phase_injections(plan, p)) {
       ++total;
       done += results.done(p.name, inj.index);
     }
@@ -333,7 +325,7 @@ int run_campaign(const GlobalOptions& g, const CampaignPlan& plan, const Campaig
   CampaignProgress progress(total, done);
   bool complete = true;
   for (const auto& p : phases) {
-    auto injections = expand_injections(plan, p.recovery ? 0 : plan.baselines.per_type);
+    auto injections = phase_injections(plan, p);
     bool left = false;
     for (const auto& inj : injections) left = left || !results.done(p.name, inj.index);
     if (!left) continue;

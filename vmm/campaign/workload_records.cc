@@ -40,6 +40,7 @@ void ConsoleWatch::poll() {
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return;
   if (static_cast<std::uint64_t>(st.st_size) < offset_) offset_ = 0, partial_.clear();  // rotated
+  if (static_cast<std::uint64_t>(st.st_size) == offset_) return;  // nothing new (polled every 50 ms)
   WallTime now = std::chrono::system_clock::now();
   std::string buffer(kConsoleReadChunk, '\0');
   for (int chunk = 0; chunk < 64; ++chunk) {

@@ -25,7 +25,7 @@ int campaign_command(const GlobalOptions& global, const CampaignCommand& c) {
   CampaignPlan plan = read_campaign_plan(c.plan);
   if (c.dry_run) {
     for (const auto& p : campaign_phases(plan))
-      for (const auto& inj : expand_injections(plan, p.recovery ? 0 : plan.baselines.per_type))
+      for (const auto& inj : phase_injections(plan, p))
         std::cout << fmt::format("{} {} {} {}\n", p.name, inj.index + 1, to_string(inj.source), inj.fault);
     return 0;
   }

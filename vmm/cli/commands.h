@@ -53,7 +53,8 @@ struct RunOptions {
 };
 
 int run_command(const GlobalOptions& global, const RunOptions& options);
-// The built guest image's directory ($IMMORTAL_GUEST_DIR, else the build's): vmlinuz, initrd.img.
+// The guest image built by scripts/build-guest-image (vmlinuz, initrd.img): $IMMORTAL_GUEST_DIR,
+// else the build directory this binary was configured with.
 std::string guest_image_dir();
 // The run options with every path absolute and every file and device checked (the name too),
 // as `run` uses them and `define` keeps them. Throws Error naming what is wrong.

@@ -35,8 +35,6 @@ namespace immortal::vmm {
 
 namespace {
 
-// The guest image built by scripts/build-guest-image: $IMMORTAL_GUEST_DIR, else the build
-// directory this binary was configured with.
 void resolve_image(RunOptions& o) {
   if (!o.disks.empty()) {
     // The operator's own VM: its kernel is the one on its disk (firmware boot), or the one named.

@@ -63,15 +63,10 @@ void RecoveryCoordinator::on_panic_event() {
   bool reboot = p_.policy.enabled || p_.policy.reboot_when_off;
   p_.ledger.record({id, utc_now(), "a kernel panic reported by the guest (pvpanic)", reboot ? "reboot" : "freeze",
                     "not caught at its first instruction", "", "", ""});
-  if (!p_.policy.enabled && reboot) {
-    reboot_after_freeze_ = id;
-    p_.say("the guest kernel crashed (pvpanic); recovery is off; it will be rebooted after its bundle (--on-crash reboot)");
-  } else if (p_.policy.enabled) {
-    reboot_after_freeze_ = id;
-    p_.say("the guest kernel crashed (pvpanic) past the point where it can be resumed; it will be rebooted");
-  } else {
-    p_.say("the guest kernel crashed (pvpanic); recovery is off; the VM will be frozen with its state kept.");
-  }
+  if (reboot) reboot_after_freeze_ = id;
+  p_.say(p_.policy.enabled ? "the guest kernel crashed (pvpanic) past the point where it can be resumed; it will be rebooted"
+         : reboot          ? "the guest kernel crashed (pvpanic); recovery is off; it will be rebooted after its bundle (--on-crash reboot)"
+                           : "the guest kernel crashed (pvpanic); recovery is off; the VM will be frozen with its state kept.");
 }
 
 void RecoveryCoordinator::freeze_crashed() {
