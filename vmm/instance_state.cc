@@ -17,8 +17,9 @@ namespace immortal::vmm {
 using nlohmann::json;
 
 json machine_config_json(const MachineConfig& c) {
-  json disks = json::array(), nets = json::array();
+  json disks = json::array(), nets = json::array(), channels = json::array();
   for (const auto& d : c.disks) disks.push_back({{"path", d.path}, {"format", d.format}, {"read_only", d.read_only}});
+  for (const auto& ch : c.channels) channels.push_back({{"name", ch.name}, {"path", ch.path}});
   for (const auto& n : c.nets) {
     json forwards = json::array();
     for (const auto& f : n.forwards)
@@ -31,7 +32,7 @@ json machine_config_json(const MachineConfig& c) {
           {"append", c.append},     {"memory_bytes", c.memory_bytes}, {"vcpus", c.vcpus},
           {"accelerator", to_string(c.accelerator)}, {"runtime_dir", c.runtime_dir},
           {"console_log", c.console_log}, {"backend_options", c.backend_options},
-          {"disks", disks}, {"nets", nets}};
+          {"disks", disks}, {"nets", nets}, {"channels", channels}};
 }
 
 MachineConfig machine_config_from_json(const json& j) {
@@ -48,6 +49,8 @@ MachineConfig machine_config_from_json(const json& j) {
   c.backend_options = j.value("backend_options", std::map<std::string, std::string>{});
   for (const auto& d : j.value("disks", json::array()))
     c.disks.push_back({d.at("path").get<std::string>(), d.at("format").get<std::string>(), d.at("read_only").get<bool>()});
+  for (const auto& ch : j.value("channels", json::array()))
+    c.channels.push_back({ch.at("name").get<std::string>(), ch.at("path").get<std::string>()});
   for (const auto& n : j.value("nets", json::array())) {
     NetConfig net;
     std::string kind = n.at("kind").get<std::string>();

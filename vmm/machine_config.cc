@@ -4,10 +4,22 @@
 
 namespace immortal::vmm {
 
+namespace {
+
+std::string escape_commas(const std::string& text) {
+  std::string out;
+  for (char c : text) out += c == ',' ? std::string(",,") : std::string(1, c);
+  return out;
+}
+
+}  // namespace
+
 std::string describe(const DiskConfig& disk) {
-  std::string path;
-  for (char c : disk.path) path += c == ',' ? std::string(",,") : std::string(1, c);
-  return fmt::format("{},format={}{}", path, disk.format, disk.read_only ? ",readonly" : "");
+  return fmt::format("{},format={}{}", escape_commas(disk.path), disk.format, disk.read_only ? ",readonly" : "");
+}
+
+std::string describe(const ChannelConfig& channel) {
+  return fmt::format("{},path={}", channel.name, escape_commas(channel.path));
 }
 
 std::string describe(const NetConfig& net) {

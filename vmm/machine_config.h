@@ -46,9 +46,19 @@ struct NetConfig {
   std::string mac;                  // 52:54:00:…, stable for the instance
 };
 
-// A disk or interface as `immortal run` takes it (--disk, --net): for status and logs.
+// A named virtio-serial port (a "channel", as libvirt calls it) whose output the host appends to
+// a file: a guest program finds it by name (/sys/class/virtio-ports/*/name) and writes lines the
+// host reads without the guest's kernel log or console in between.
+struct ChannelConfig {
+  std::string name;  // the port's name in the guest, e.g. org.example.log
+  std::string path;  // absolute: the host file the guest's writes are appended to
+};
+
+// A disk, interface or channel as `immortal run` takes it (--disk, --net, --channel): for status
+// and logs.
 std::string describe(const DiskConfig& disk);
 std::string describe(const NetConfig& net);
+std::string describe(const ChannelConfig& channel);
 
 struct MachineConfig;
 // What to check when a guest never came up, for the operator ("" when nothing specific).
@@ -61,6 +71,7 @@ struct MachineConfig {
   std::string append;           // kernel command line (with kernel only)
   std::vector<DiskConfig> disks;
   std::vector<NetConfig> nets;
+  std::vector<ChannelConfig> channels;
   std::uint64_t memory_bytes = 512ull << 20;
   int vcpus = 2;
   Accelerator accelerator = Accelerator::tcg;

@@ -91,6 +91,7 @@ void Supervisor::build_rooms() {
     if (!options_.repair.vm_kernel.empty()) vm.kernel = options_.repair.vm_kernel;
     vm.disks.clear();  // never the guest's disks or networks: two VMs on one disk corrupt it
     vm.nets.clear();
+    vm.channels.clear();
     vm.initrd.clear();
     vm.append = "console=ttyS0 quiet panic=-1 rdinit=/init";
     vm.memory_bytes = options_.repair.vm_memory;

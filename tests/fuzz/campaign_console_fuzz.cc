@@ -18,7 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   static const std::string path = "/tmp/immortal-campaign-console-fuzz-" + std::to_string(::getpid());
   std::string text(reinterpret_cast<const char*>(data), size);
   std::size_t half = size / 2;
-  ConsoleWatch watch(path);
+  GuestOutputWatch watch(path);
   std::ofstream(path, std::ios::binary | std::ios::trunc) << text.substr(0, half);
   watch.poll();
   std::ofstream(path, std::ios::binary | std::ios::app) << text.substr(half);

@@ -139,7 +139,7 @@ TEST_CASE("console watch: acknowledgements and kernel reports from what the gues
   std::string dir = temp_dir("console");
   std::string log = dir + "/console.log";
   std::ofstream(log) << "boot\nimmortal-record 1\r\nimmortal-record 2\n[  3.1] immortal-record 3 (interleaved)\n";
-  ConsoleWatch w(log);
+  GuestOutputWatch w(log);
   w.poll();
   CHECK(w.highest() == 3);
   {
@@ -163,14 +163,14 @@ TEST_CASE("console watch: acknowledgements and kernel reports from what the gues
   std::ofstream(log, std::ios::trunc) << "immortal-record 5\n";
   w.poll();
   CHECK(w.highest() == 5);
-  ConsoleWatch missing(dir + "/none.log");
+  GuestOutputWatch missing(dir + "/none.log");
   missing.poll();
   CHECK(missing.highest() == 0);
 }
 
 TEST_CASE("console watch: the workload's longest stand-still around a moment", "[campaign]") {
   std::string log = temp_dir("gap") + "/console.log";
-  ConsoleWatch w(log);
+  GuestOutputWatch w(log);
   std::ofstream(log) << "immortal-record 1\n";
   w.poll();
   auto since = std::chrono::system_clock::now();

@@ -83,6 +83,27 @@ TEST_CASE("--net: user networking with forwarded ports, tap and bridge", "[devic
     CHECK(code_of([&] { parse_net_option(bad); }) == ExitCode::usage);
 }
 
+TEST_CASE("--channel: a named port and the host file it appends to", "[devices]") {
+  auto ch = parse_channel_option("org.example.log,path=/var/log/a,,b.log");
+  CHECK(ch.name == "org.example.log");
+  CHECK(ch.path == "/var/log/a,b.log");
+  CHECK(describe(ch) == "org.example.log,path=/var/log/a,,b.log");
+  for (const char* bad : {"", "org.example.log", ",path=/x", "a b,path=/x", "org/x,path=/x", "x,path=", "x,file=/y",
+                          "org.immortal.agent.0,path=/x"})
+    CHECK(code_of([&] { parse_channel_option(bad); }) == ExitCode::usage);
+  char dir_template[] = "/tmp/immortal-channel-XXXXXX";
+  REQUIRE(::mkdtemp(dir_template));
+  std::string dir = dir_template;
+  auto good = parse_channel_option("org.example.log,path=" + dir + "/out.log");
+  check_channel(good);
+  CHECK(std::filesystem::is_regular_file(dir + "/out.log"));
+  auto in_missing_dir = parse_channel_option("x,path=" + dir + "/none/out.log");
+  CHECK(code_of([&] { check_channel(in_missing_dir); }) == ExitCode::bad_input);
+  auto directory = parse_channel_option("x,path=" + dir);
+  CHECK(code_of([&] { check_channel(directory); }) == ExitCode::bad_input);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("MAC addresses are QEMU's, stable per instance and interface", "[devices]") {
   CHECK(instance_mac("web", 0) == instance_mac("web", 0));
   CHECK(instance_mac("web", 0) != instance_mac("web", 1));
@@ -99,6 +120,7 @@ TEST_CASE("disks and interfaces become virtio devices; no kernel means the firmw
   c.disks = {{"/images/web,1.qcow2", "qcow2", false}, {"/dev/sdb", "raw", true}};
   c.nets = {parse_net_option("user,hostfwd=tcp::8080-:80"), parse_net_option("tap=tap3")};
   c.nets[0].mac = instance_mac("web", 0);
+  c.channels = {{"org.example.log", "/var/log/web,1.log"}};
   auto args = qemu::qemu_command_line(c, 7);
   CHECK(std::find(args.begin(), args.end(), "-kernel") == args.end());
   auto blockdevs = values_of(args, "-blockdev");
@@ -123,6 +145,10 @@ TEST_CASE("disks and interfaces become virtio devices; no kernel means the firmw
     return d.starts_with("socket,id=console,path=/run/immortal/web/console.sock") &&
            d.find("logfile=/run/immortal/web/console.log") != std::string::npos;
   }));
+  // A channel is a port on the agent's virtio-serial bus, appending to its file.
+  CHECK(std::count(chardevs.begin(), chardevs.end(), "file,id=channel0,path=/var/log/web,,1.log,append=on") == 1);
+  CHECK(std::count(devices.begin(), devices.end(),
+                   "virtserialport,bus=agent-serial.0,chardev=channel0,name=org.example.log") == 1);
   // QEMU confines itself (seccomp); it may start qemu-bridge-helper only for a bridge.
   CHECK(values_of(args, "-sandbox") ==
         std::vector<std::string>{"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"});

@@ -4,6 +4,7 @@
 #include "base/unique_fd.h"
 #include "campaign/campaign_plan.h"
 #include "campaign/campaign_results.h"
+#include "campaign/workload_records.h"
 #include "cli/instance_call.h"
 #include "instance.h"
 #include "protocol/base64.h"
@@ -46,6 +47,7 @@ CampaignGuest::CampaignGuest(const GlobalOptions& global, const CampaignPlan& pl
   disk_ = out_dir_ + "/" + phase_suffix(phase) + "-records.img";
   overlay_ = out_dir_ + "/" + phase_suffix(phase) + "-disk.qcow2";
   console_ = out_dir_ + "/" + phase_suffix(phase) + "-console.log";
+  acks_ = out_dir_ + "/" + phase_suffix(phase) + "-acks.log";
 }
 
 bool CampaignGuest::plan_disk() const { return !plan_.disk.empty(); }
@@ -97,10 +99,11 @@ void CampaignGuest::start(bool fresh_disk) {
     UniqueFd fd(::open(disk_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (!fd || ::ftruncate(fd.get(), kRecordsDiskBytes) != 0)
       fail(ExitCode::failure, "cannot make the records disk \"{}\": {}", disk_, std::strerror(errno));
+    ::truncate(acks_.c_str(), 0);
   }
   std::vector<std::string> args = {"run", "--name", name_, "--detach", "--disk", disk_ + ",format=raw",
                                     "--memory", plan_.memory, "--vcpus", std::to_string(plan_.vcpus), "--on-crash", "reboot",
-                                    "--console-log", console_, "--recovery", recovery_ ? "on" : "off",
+                                    "--console-log", console_, "--channel", std::string(kRecordsPort) + ",path=" + acks_, "--recovery", recovery_ ? "on" : "off",
                                     "--repair", plan_.repair, "--quarantine", plan_.quarantine,
                                     "--verify-window", std::to_string(plan_.verify_window_s),
                                     // A campaign crashes the guest on purpose, again and again.

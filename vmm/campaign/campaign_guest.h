@@ -1,4 +1,5 @@
-// The guest of one campaign phase: our guest image with a raw records disk, run by an `immortal
+// The guest of one campaign phase: our guest image with a raw records disk and a port for the
+// workload's acknowledgements, run by an `immortal
 // run --detach` supervisor like any other instance, and spoken to as the CLI speaks to
 // instances (control socket). Output of the commands it runs goes to the campaign's log.
 #pragma once
@@ -33,6 +34,8 @@ class CampaignGuest {
   // The records disk's virtio serial number, by which the guest finds it.
   std::string records_serial() const { return plan_disk() ? "immortal-disk1" : "immortal-disk0"; }
   const std::string& console_log() const { return console_; }
+  // The host file of the workload's acknowledgements (its own virtio-serial port).
+  const std::string& acks_log() const { return acks_; }
 
   // Boots the guest (a fresh records disk the first time), waits for its agent and, with
   // recovery on, for crash interception to be armed and the repair path ready. Throws Error.
@@ -63,7 +66,7 @@ class CampaignGuest {
   const GlobalOptions& global_;
   const CampaignPlan& plan_;
   bool recovery_;
-  std::string name_, out_dir_, log_, disk_, console_, overlay_;
+  std::string name_, out_dir_, log_, disk_, console_, acks_, overlay_;
 };
 
 }  // namespace immortal::vmm

@@ -80,6 +80,7 @@ class PhaseRun {
         results_(results),
         progress_(progress),
         guest_(g, plan, phase, results.dir(), results.dir() + "/campaign.log"),
+        acks_(guest_.acks_log()),
         console_(guest_.console_log()),
         root_(runtime_root(g.runtime_dir)) {}
 
@@ -149,8 +150,8 @@ class PhaseRun {
 
   void start_workload() {
     if (plan_.record_interval_ms == 0) return;
-    console_.poll();
-    std::uint64_t first = console_.highest() + 1;
+    acks_.poll();
+    std::uint64_t first = acks_.highest() + 1;
     auto r = guest_.sh(start_records_workload(guest_.records_serial(), first, plan_.record_interval_ms), std::chrono::seconds(30));
     if (r.ran && r.exit_code != 0) progress_.note(fmt::format("{}: the workload did not start: {}", phase_.name, r.out));
     if (!wait_for_records(first, std::chrono::seconds(60)))
@@ -161,8 +162,8 @@ class PhaseRun {
     if (plan_.record_interval_ms == 0) return true;
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < deadline) {
-      console_.poll();
-      if (console_.highest() >= at_least) return true;
+      acks_.poll();
+      if (acks_.highest() >= at_least) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     return false;
@@ -212,6 +213,7 @@ class PhaseRun {
     // console shows the kernel's report, a few seconds without a crash settle it.
     std::optional<std::chrono::steady_clock::time_point> reported;
     auto stop = [&](bool crash_seen) {
+      acks_.poll();  // read as they come: the workload's gap is timed by when the host read them
       console_.poll();
       if (interrupted) return true;
       if (crash_seen) return false;  // its outcome is on its way
@@ -227,7 +229,8 @@ class PhaseRun {
     std::string outcome = r.value("outcome", "unknown");
     if (outcome == "stopped") outcome = "continued", r["reason"] = console_.last_report();
     if (outcome == "no-crash" && console_.kernel_reports() > reports_before) outcome = "continued", r["reason"] = console_.last_report();
-    std::uint64_t acked = console_.highest();
+    acks_.poll();
+    std::uint64_t acked = acks_.highest();
     if (outcome == "rebooted" || outcome == "kdump") {
       if (!guest_.wait_for_new_boot(boot, std::chrono::seconds(240)))
         restart_guest(r, "the guest did not come back from its reboot within 240 s");
@@ -285,12 +288,12 @@ class PhaseRun {
     find_bundle(seen);
     for (int i = 0; crash && !r.contains("bundle") && i < 40 && follower_; ++i) find_bundle(follower_->next(std::chrono::milliseconds(250)));
     if (plan_.record_interval_ms > 0) {
-      console_.poll();
-      r["records_acked"] = console_.highest();
-      RecordCheck c = check_records(guest_.disk(), 1, console_.highest());
+      acks_.poll();
+      r["records_acked"] = acks_.highest();
+      RecordCheck c = check_records(guest_.disk(), 1, acks_.highest());
       r["records_lost"] = c.lost;
       if (c.lost) r["lost_examples"] = c.examples;
-      if (auto gap = console_.longest_gap_ms(wall_start)) r["workload_gap_ms"] = *gap;
+      if (auto gap = acks_.longest_gap_ms(wall_start)) r["workload_gap_ms"] = *gap;
     }
     r["duration_ms"] = ms_since(start);
   }
@@ -300,7 +303,8 @@ class PhaseRun {
   CampaignResults& results_;
   CampaignProgress& progress_;
   CampaignGuest guest_;
-  ConsoleWatch console_;
+  GuestOutputWatch acks_;     // the workload's acknowledgements
+  GuestOutputWatch console_;  // the kernel's reports
   std::string root_;
   std::optional<EventFollower> follower_;
   std::map<int, std::string> unavailable_;  // [[faults]] tables whose setup failed in this boot

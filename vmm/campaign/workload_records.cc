@@ -34,7 +34,7 @@ std::optional<std::uint64_t> number_after(const std::string& line, const char* m
 
 }  // namespace
 
-void ConsoleWatch::poll() {
+void GuestOutputWatch::poll() {
   UniqueFd fd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return;
   struct stat st {};
@@ -59,7 +59,7 @@ void ConsoleWatch::poll() {
   }
 }
 
-void ConsoleWatch::take_line(const std::string& line, WallTime now) {
+void GuestOutputWatch::take_line(const std::string& line, WallTime now) {
   // What Linux prints first when it reports a fault of its own (arch/x86 traps and faults,
   // BUG(), WARN(), the watchdogs, panic).
   static const char* const kReports[] = {"Oops:", "BUG:", "kernel BUG at", "WARNING:", "general protection fault",
@@ -85,7 +85,7 @@ void ConsoleWatch::take_line(const std::string& line, WallTime now) {
   if (acks_.size() > kRecentAckCount) acks_.erase(acks_.begin(), acks_.begin() + kRecentAckCount / 2);
 }
 
-std::optional<double> ConsoleWatch::longest_gap_ms(WallTime since) const {
+std::optional<double> GuestOutputWatch::longest_gap_ms(WallTime since) const {
   std::optional<double> longest;
   std::optional<WallTime> previous;
   for (const auto& [seq, t] : acks_) {
@@ -108,23 +108,27 @@ std::string record_text(std::uint64_t seq) { return fmt::format("immortal-record
 // acknowledged; a failed write is said and retried. Written into the guest at each boot, so
 // that it needs nothing installed there.
 //
-// The acknowledgement goes through the kernel's log (/dev/kmsg, at a level every console
-// shows, unlimited), which the serial console prints by polling the UART. Written to the serial
-// tty instead, it depended on the UART's transmit interrupt, and a campaign saw that lost after
-// 1 recovered crash in about 100 (the tty stuck for good, its writer with it; likely the oops
-// printed with the port's lock only tried, oops_in_progress, while the workload's tty write was
-// being transmitted). That measured the console, not the data.
+// The acknowledgements go to a virtio-serial port of their own. Two earlier ways cost what they
+// measured:
+//  - on the serial tty, they depended on the UART's transmit interrupt, which a campaign saw lost
+//    after 1 recovered crash in about 100 (the tty stuck for good, its writer with it; likely the
+//    oops printed with the port's lock only tried, oops_in_progress, while the workload's tty
+//    write was being transmitted);
+//  - in the kernel's log (/dev/kmsg), 20 lines a second pushed the boot's messages out of the
+//    ring within minutes, and recovery, which wants the whole log as evidence of who held a
+//    spinlock, rebooted a guest it could otherwise have proved safe to resume.
 constexpr const char* kRecordsScript = R"SH(dev=$1
-seq=$2
-interval=$3
-echo on > /proc/sys/kernel/printk_devkmsg 2>/dev/null
+port=$2
+seq=$3
+interval=$4
+exec 3>"$port" || exit 4
 while :; do
     if printf 'immortal-record %010d\n' "$seq" |
         dd of="$dev" bs=512 seek="$seq" conv=sync,notrunc,fsync 2>/dev/null; then
-        echo "<2>immortal-record $seq" > /dev/kmsg
+        echo "immortal-record $seq" >&3
         seq=$((seq + 1))
     else
-        echo "<2>immortal-record-failed $seq" > /dev/kmsg
+        echo "immortal-record-failed $seq" >&3
         sleep 1
     fi
     sleep "$interval"
@@ -132,11 +136,13 @@ done
 )SH";
 
 std::string start_records_workload(const std::string& disk_serial, std::uint64_t first, int interval_ms) {
-  return fmt::format("mkdir -p /run && cat > /run/immortal-records <<'IMMORTAL_RECORDS_EOF'\n{}IMMORTAL_RECORDS_EOF\n"
-                     "dev=; for b in /sys/block/*; do [ \"$(cat $b/serial 2>/dev/null)\" = {} ] && dev=/dev/${{b##*/}}; done; "
-                     "[ -b \"$dev\" ] || {{ echo 'no records disk (virtio serial {})'; exit 3; }}; "
-                     "sh /run/immortal-records \"$dev\" {} {}.{:03} </dev/null >/dev/null 2>&1 &",
-                     kRecordsScript, disk_serial, disk_serial, first, interval_ms / 1000, interval_ms % 1000);
+  return fmt::format("mkdir -p /run && cat > /run/immortal-records <<'IMMORTAL_RECORDS_EOF'\n{0}IMMORTAL_RECORDS_EOF\n"
+                     "dev=; for b in /sys/block/*; do [ \"$(cat $b/serial 2>/dev/null)\" = {1} ] && dev=/dev/${{b##*/}}; done; "
+                     "[ -b \"$dev\" ] || {{ echo 'no records disk (virtio serial {1})'; exit 3; }}; "
+                     "port=; for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = {2} ] && port=/dev/${{p##*/}}; done; "
+                     "[ -c \"$port\" ] || {{ echo 'no records port (virtio-serial {2})'; exit 3; }}; "
+                     "sh /run/immortal-records \"$dev\" \"$port\" {3} {4}.{5:03} </dev/null >/dev/null 2>&1 &",
+                     kRecordsScript, disk_serial, kRecordsPort, first, interval_ms / 1000, interval_ms % 1000);
 }
 
 RecordCheck check_records(const std::string& disk_image, std::uint64_t from, std::uint64_t to, std::size_t limit) {

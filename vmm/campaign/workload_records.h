@@ -1,9 +1,9 @@
 // The campaign's data workload as the host sees it. In the guest, a small script writes record N
-// into sector N of a raw disk, fsyncs it and only then says "immortal-record N" in the kernel's
-// log, which the serial console shows. The host reads those acknowledgements from the console log as they come (with the
-// time it read them) and checks the disk image itself, independently of the guest: every
-// acknowledged record must be on disk, intact. A record lost is one the guest was told was
-// durable and is not.
+// into sector N of a raw disk, fsyncs it and only then says "immortal-record N" on a virtio-serial
+// port of its own (kRecordsPort), which the host appends to a file. The host reads those
+// acknowledgements as they come (with the time it read them) and checks the disk image itself,
+// independently of the guest: every acknowledged record must be on disk, intact. A record lost is
+// one the guest was told was durable and is not.
 #pragma once
 
 #include <chrono>
@@ -15,16 +15,19 @@
 namespace immortal::vmm {
 
 inline constexpr std::uint64_t kRecordBytes = 512;
+// The virtio-serial port the workload acknowledges on (`run --channel`).
+inline constexpr char kRecordsPort[] = "org.immortal.campaign.records";
 
 using WallTime = std::chrono::system_clock::time_point;
 
-// The guest's serial console as the campaign watches it, read as it grows (QEMU appends; a log
-// that shrank was rotated and is read again from its start): the workload's acknowledgements,
-// each with the time the host read it, and the kernel's own reports of trouble (an oops, a BUG,
-// a warning), which are all a stock kernel that did not panic leaves.
-class ConsoleWatch {
+// A file of the guest's output as the campaign watches it, read as it grows (QEMU appends; a file
+// that shrank was rotated and is read again from its start): the workload's acknowledgements on
+// its port, each with the time the host read it, and, on the serial console, the kernel's own
+// reports of trouble (an oops, a BUG, a warning), which are all a stock kernel that did not
+// panic leaves.
+class GuestOutputWatch {
  public:
-  explicit ConsoleWatch(std::string console_log) : path_(std::move(console_log)) {}
+  explicit GuestOutputWatch(std::string path) : path_(std::move(path)) {}
   // Reads what was added.
   void poll();
   std::uint64_t highest() const { return highest_; }  // the highest record acknowledged (0: none)
@@ -55,7 +58,8 @@ std::string record_text(std::uint64_t seq);
 
 // A guest shell command that writes the workload's script into the guest (any Linux with a POSIX
 // sh, dd and a sleep that takes fractions: busybox or coreutils), finds the records disk by its
-// virtio serial number and starts the workload in the background from record `first`.
+// virtio serial number and the port by its name (kRecordsPort) and starts the workload in the
+// background from record `first`.
 std::string start_records_workload(const std::string& disk_serial, std::uint64_t first, int interval_ms);
 
 // Records from..to (inclusive) missing or damaged in the disk image: at most `limit` of them

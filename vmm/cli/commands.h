@@ -19,6 +19,7 @@ struct RunOptions {
   std::string kernel, initrd, append;
   std::vector<std::string> disks;  // --disk PATH[,format=qcow2|raw][,readonly], in order (the first boots)
   std::vector<std::string> nets;   // --net user[,hostfwd=…] | tap=IFNAME | bridge=BR
+  std::vector<std::string> channels;  // --channel NAME,path=FILE
   std::string memory = "512M";
   int vcpus = 2;
   std::string accel = "auto";

@@ -124,6 +124,40 @@ NetConfig parse_net_option(const std::string& spec) {
        spec);
 }
 
+ChannelConfig parse_channel_option(const std::string& spec) {
+  auto parts = split_options(spec);
+  ChannelConfig channel;
+  channel.name = parts[0];
+  // virtio-serial names are the guest's to read from sysfs: letters, digits and . _ - only.
+  bool valid = !channel.name.empty() && channel.name.size() <= 64;
+  for (char c : channel.name)
+    valid = valid && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
+  if (!valid)
+    fail(ExitCode::usage, "--channel {}: \"{}\" is not a port name (letters, digits, . _ -; e.g. org.example.log)", spec,
+         channel.name);
+  if (channel.name.starts_with("org.immortal.agent"))
+    fail(ExitCode::usage, "--channel {}: the name {} is the agent's", spec, channel.name);
+  for (std::size_t i = 1; i < parts.size(); ++i) {
+    if (!parts[i].starts_with("path="))
+      fail(ExitCode::usage, "--channel {}: unknown option \"{}\" (NAME,path=FILE; a comma in FILE is ,,)", spec, parts[i]);
+    channel.path = parts[i].substr(5);
+  }
+  if (channel.path.empty()) fail(ExitCode::usage, "--channel \"{}\": no file (NAME,path=FILE)", spec);
+  return channel;
+}
+
+void check_channel(ChannelConfig& channel) {
+  std::error_code ec;
+  auto absolute = std::filesystem::absolute(channel.path, ec);
+  if (!ec) channel.path = absolute.lexically_normal().string();
+  // Created (or appended to) now, so that a mistake shows before the guest starts.
+  UniqueFd fd(::open(channel.path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640));
+  if (!fd) fail(ExitCode::bad_input, "cannot use channel file {}: {}", channel.path, std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))
+    fail(ExitCode::bad_input, "cannot use channel file {}: not a regular file", channel.path);
+}
+
 void check_disk(DiskConfig& disk) {
   std::error_code ec;
   auto absolute = std::filesystem::absolute(disk.path, ec);

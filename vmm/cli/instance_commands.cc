@@ -161,6 +161,8 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
     if (d.is_string()) row("Disk:", d.get<std::string>());
   for (const auto& n : s.value("nets", json::array()))
     if (n.is_object()) row("Network:", n.value("net", "") + " (MAC " + n.value("mac", "") + ")");
+  for (const auto& ch : s.value("channels", json::array()))
+    if (ch.is_string()) row("Channel:", ch.get<std::string>());
   row("Kernel:", s.value("kernel_release", "-"));
   row("Boot ID:", s.value("boot_id", "-"));
   if (s.contains("boot_time_ms")) row("Boot time:", fmt::format("{:.2f} s", s["boot_time_ms"].get<double>() / 1000));

@@ -74,6 +74,9 @@ void add_machine_options(CLI::App* cmd, RunOptions& o) {
   cmd->add_option("--net", o.nets,
                   "a virtio network interface: user[,hostfwd=tcp::HOSTPORT-:GUESTPORT]…, tap=IFNAME or bridge=BRIDGE; "
                   "repeatable");
+  cmd->add_option("--channel", o.channels,
+                  "a named virtio-serial port whose output is appended to a host file: NAME,path=FILE (the guest "
+                  "finds it by NAME in /sys/class/virtio-ports/*/name); repeatable");
   cmd->add_option("-m,--memory", o.memory, "guest RAM, e.g. 512M, 2G (default: 512M)");
   cmd->add_option("--vcpus", o.vcpus, "number of vCPUs (default: 2)")->check(CLI::Range(1, 64));
   cmd->add_option("--accel", o.accel, "auto, kvm or tcg (default: auto, probes KVM's speed)")

@@ -239,6 +239,16 @@ RunOptions checked_run_options(const RunOptions& given) {
   }
   o.disks = disks;
   for (const auto& spec : o.nets) parse_net_option(spec);
+  std::vector<std::string> channels;
+  for (const auto& spec : o.channels) {
+    ChannelConfig channel = parse_channel_option(spec);
+    check_channel(channel);
+    for (const auto& earlier : channels)
+      if (parse_channel_option(earlier).name == channel.name)
+        fail(ExitCode::usage, "--channel {}: a second port named {}", spec, channel.name);
+    channels.push_back(describe(channel));
+  }
+  o.channels = channels;
   for (const auto* file : {&o.kernel, &o.initrd}) {
     if (file->empty()) continue;  // firmware boot, or a kernel without initrd
     const char* what = file == &o.kernel ? "kernel" : "initrd";
@@ -275,6 +285,7 @@ int run_command(const GlobalOptions& global, const RunOptions& given) {
   if (!::getpwnam(qemu_user.c_str())) fail(ExitCode::usage, "--qemu-user {}: no such user on this host", qemu_user);
   if (::geteuid() == 0 && qemu_user != "root") config.backend_options["user"] = qemu_user;
   for (const auto& spec : o.disks) config.disks.push_back(parse_disk_option(spec));
+  for (const auto& spec : o.channels) config.channels.push_back(parse_channel_option(spec));
   for (const auto& spec : o.nets) {
     NetConfig net = parse_net_option(spec);
     net.mac = instance_mac(o.name, config.nets.size());

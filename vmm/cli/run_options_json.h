@@ -9,7 +9,7 @@
 
 namespace immortal::vmm {
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunOptions, name, console, kernel, initrd, append, disks, nets, memory, vcpus, accel,
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunOptions, name, console, kernel, initrd, append, disks, nets, channels, memory, vcpus, accel,
                                                 qemu, qemu_user, backend, console_log, boot_timeout_s, recovery, on_crash, no_recover,
                                                 recovery_limit, hang_timeout_s, verify_timeout_s, verify_window_s,
                                                 quarantine, event_log, bundle_dir, bundle_keep, bundle_max_size,

@@ -26,9 +26,11 @@ nlohmann::json instance_status(const StatusSources& from) {
             {"console_socket", from.vm ? from.vm->console_socket() : ""},
             {"disks", json::array()},
             {"nets", json::array()},
+            {"channels", json::array()},
             {"uptime_s", seconds_since(from.started)}};
   for (const auto& d : m.disks) s["disks"].push_back(describe(d));
   for (const auto& n : m.nets) s["nets"].push_back({{"net", describe(n)}, {"mac", n.mac}});
+  for (const auto& ch : m.channels) s["channels"].push_back(describe(ch));
   if (from.vm) {
     auto c = from.vm->capabilities();
     for (auto [on, what] : {std::pair{c.breakpoints, "breakpoints"}, {c.native_dump, "native_dump"},

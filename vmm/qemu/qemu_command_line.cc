@@ -113,6 +113,14 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
     args.insert(args.end(), {"-netdev", netdev, "-device",
                              fmt::format("virtio-net-pci,netdev={}{}", id, n.mac.empty() ? "" : ",mac=" + n.mac)});
   }
+  // Channels share the agent's virtio-serial bus; QEMU appends what the guest writes to the file.
+  for (std::size_t i = 0; i < c.channels.size(); ++i) {
+    std::string path;
+    for (char ch : c.channels[i].path) path += ch == ',' ? std::string(",,") : std::string(1, ch);
+    args.insert(args.end(), {"-chardev", fmt::format("file,id=channel{},path={},append=on", i, path),
+                             "-device", fmt::format("virtserialport,bus=agent-serial.0,chardev=channel{},name={}", i,
+                                                    c.channels[i].name)});
+  }
   for (const auto& w : c.shared_windows) {
     args.insert(args.end(), {"-object", fmt::format("memory-backend-file,id={},size={},mem-path=/proc/self/fd/{},share=on{}",
                                                     w.id, w.size, w.fd, w.read_only ? ",readonly=on" : ""),

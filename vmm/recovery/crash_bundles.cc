@@ -1,6 +1,7 @@
 #include "recovery/crash_bundles.h"
 
 #include "base/budgets.h"
+#include "base/error.h"
 #include "repair/repair_image.h"
 
 #include <fmt/format.h>
