@@ -135,7 +135,7 @@ TEST_CASE("campaign plan: every mistake is named with its line", "[campaign]") {
   CHECK_THAT(plan_error(std::string("name = \"x\0\"\n", 12)), Contains("p.toml"));
 }
 
-TEST_CASE("console watch: acknowledgements and kernel reports from what the guest writes", "[campaign]") {
+TEST_CASE("output watch: acknowledgements and kernel reports from what the guest writes", "[campaign]") {
   std::string dir = temp_dir("console");
   std::string log = dir + "/console.log";
   std::ofstream(log) << "boot\nimmortal-record 1\r\nimmortal-record 2\n[  3.1] immortal-record 3 (interleaved)\n";
@@ -159,6 +159,11 @@ TEST_CASE("console watch: acknowledgements and kernel reports from what the gues
   std::ofstream(log, std::ios::app) << "\n";
   w.poll();
   CHECK(w.highest() == 4);
+  // The kernel's log as the workload forwards it from /dev/kmsg: the report without its prefix.
+  std::ofstream(log, std::ios::app) << "4,383,3826333,-;Oops: 0002 [#1] PREEMPT SMP NOPTI\n";
+  w.poll();
+  CHECK(w.kernel_reports() == 2);
+  CHECK(w.last_report() == "Oops: 0002 [#1] PREEMPT SMP NOPTI");
   // A log rotated (emptied at a new launch) is read again from its start.
   std::ofstream(log, std::ios::trunc) << "immortal-record 5\n";
   w.poll();
@@ -168,7 +173,7 @@ TEST_CASE("console watch: acknowledgements and kernel reports from what the gues
   CHECK(missing.highest() == 0);
 }
 
-TEST_CASE("console watch: the workload's longest stand-still around a moment", "[campaign]") {
+TEST_CASE("output watch: the workload's longest stand-still around a moment", "[campaign]") {
   std::string log = temp_dir("gap") + "/console.log";
   GuestOutputWatch w(log);
   std::ofstream(log) << "immortal-record 1\n";

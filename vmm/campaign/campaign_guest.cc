@@ -46,11 +46,17 @@ CampaignGuest::CampaignGuest(const GlobalOptions& global, const CampaignPlan& pl
       log_(std::move(log_path)) {
   disk_ = out_dir_ + "/" + phase_suffix(phase) + "-records.img";
   overlay_ = out_dir_ + "/" + phase_suffix(phase) + "-disk.qcow2";
-  console_ = out_dir_ + "/" + phase_suffix(phase) + "-console.log";
+  if (plan.libvirt_domain.empty()) console_ = out_dir_ + "/" + phase_suffix(phase) + "-console.log";
   acks_ = out_dir_ + "/" + phase_suffix(phase) + "-acks.log";
 }
 
 bool CampaignGuest::plan_disk() const { return !plan_.disk.empty(); }
+bool CampaignGuest::libvirt() const { return !plan_.libvirt_domain.empty(); }
+
+std::string CampaignGuest::records_serial() const {
+  if (libvirt()) return kLibvirtRecordsSerial;
+  return plan_disk() ? "immortal-disk1" : "immortal-disk0";  // after the operator's system disk
+}
 
 namespace {
 
@@ -94,21 +100,37 @@ int CampaignGuest::run_self(const std::vector<std::string>& args) const {
   return run_host("/proc/self/exe", argv, log.get());
 }
 
+std::vector<std::string> CampaignGuest::protection_args() const {
+  return {"--on-crash", "reboot", "--recovery", recovery_ ? "on" : "off", "--repair", plan_.repair,
+          "--quarantine", plan_.quarantine, "--verify-window", std::to_string(plan_.verify_window_s),
+          // A campaign crashes the guest on purpose, again and again.
+          "--recovery-limit", "100000/60", "--boot-timeout", "180",
+          "--bundle-dir", out_dir_ + "/bundles", "--bundle-keep", std::to_string(plan_.bundle_keep)};
+}
+
 void CampaignGuest::start(bool fresh_disk) {
   if (fresh_disk) {
     UniqueFd fd(::open(disk_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (!fd || ::ftruncate(fd.get(), kRecordsDiskBytes) != 0)
       fail(ExitCode::failure, "cannot make the records disk \"{}\": {}", disk_, std::strerror(errno));
-    ::truncate(acks_.c_str(), 0);
+    UniqueFd acks(::open(acks_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!acks) fail(ExitCode::failure, "cannot make \"{}\": {}", acks_, std::strerror(errno));
   }
+  if (libvirt()) {
+    start_libvirt();
+  } else {
+    start_own_vm(fresh_disk);
+  }
+  if (recovery_ && !wait_until_protected(std::chrono::seconds(180)))
+    fail(ExitCode::timeout, "the campaign's guest \"{}\" was not protected within 180 s (immortal status {})", name_, name_);
+}
+
+void CampaignGuest::start_own_vm(bool fresh_disk) {
   std::vector<std::string> args = {"run", "--name", name_, "--detach", "--disk", disk_ + ",format=raw",
-                                    "--memory", plan_.memory, "--vcpus", std::to_string(plan_.vcpus), "--on-crash", "reboot",
-                                    "--console-log", console_, "--channel", std::string(kRecordsPort) + ",path=" + acks_, "--recovery", recovery_ ? "on" : "off",
-                                    "--repair", plan_.repair, "--quarantine", plan_.quarantine,
-                                    "--verify-window", std::to_string(plan_.verify_window_s),
-                                    // A campaign crashes the guest on purpose, again and again.
-                                    "--recovery-limit", "100000/60", "--boot-timeout", "180",
-                                    "--bundle-dir", out_dir_ + "/bundles", "--bundle-keep", std::to_string(plan_.bundle_keep)};
+                                    "--memory", plan_.memory, "--vcpus", std::to_string(plan_.vcpus),
+                                    "--console-log", console_, "--channel", std::string(kRecordsPort) + ",path=" + acks_};
+  auto protection = protection_args();
+  args.insert(args.end(), protection.begin(), protection.end());
   if (plan_disk()) {
     // The operator's image is only read: the guest writes to an overlay of it, made anew with
     // each fresh start of the phase.
@@ -128,12 +150,11 @@ void CampaignGuest::start(bool fresh_disk) {
   }
   if (int rc = run_self(args); rc != 0)
     fail(ExitCode::failure, "the campaign's guest \"{}\" did not start (exit status {}; see {})", name_, rc, log_);
-  if (recovery_ && !wait_until_protected(std::chrono::seconds(180)))
-    fail(ExitCode::timeout, "the campaign's guest \"{}\" was not protected within 180 s (immortal status {})", name_, name_);
 }
 
 void CampaignGuest::stop() {
-  if (running()) run_self({"stop", name_, "--force"});
+  if (running()) run_self({"stop", name_, "--force"});  // for a libvirt domain: its supervisor only
+  if (libvirt()) power_off_libvirt();
 }
 
 void CampaignGuest::restart() {

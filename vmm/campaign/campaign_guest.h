@@ -1,7 +1,8 @@
-// The guest of one campaign phase: our guest image with a raw records disk and a port for the
-// workload's acknowledgements, run by an `immortal
-// run --detach` supervisor like any other instance, and spoken to as the CLI speaks to
-// instances (control socket). Output of the commands it runs goes to the campaign's log.
+// The guest of one campaign phase, with a raw records disk and a port for the workload's
+// acknowledgements: our guest image or an operator's disk image run by an `immortal run --detach`
+// supervisor, or a libvirt domain protected by `immortal attach --libvirt` (the disk and port
+// added to it live). Spoken to as the CLI speaks to instances (control socket). Output of the
+// commands it runs goes to the campaign's log.
 #pragma once
 
 #include "cli/commands.h"
@@ -14,6 +15,9 @@
 #include <vector>
 
 namespace immortal::vmm {
+
+// The records disk's serial number in a libvirt domain.
+inline constexpr char kLibvirtRecordsSerial[] = "immortal-records";
 
 struct CampaignPlan;
 struct CampaignPhase;
@@ -32,7 +36,8 @@ class CampaignGuest {
   const std::string& name() const { return name_; }
   const std::string& disk() const { return disk_; }  // the records disk (a host file)
   // The records disk's virtio serial number, by which the guest finds it.
-  std::string records_serial() const { return plan_disk() ? "immortal-disk1" : "immortal-disk0"; }
+  std::string records_serial() const;
+  // The serial console's log ("" for a libvirt domain: libvirt keeps its console).
   const std::string& console_log() const { return console_; }
   // The host file of the workload's acknowledgements (its own virtio-serial port).
   const std::string& acks_log() const { return acks_; }
@@ -62,6 +67,12 @@ class CampaignGuest {
   // Polls status until `condition` holds; false on timeout.
   bool wait_for_status(const std::function<bool(const nlohmann::json&)>& condition, std::chrono::seconds timeout) const;
   bool plan_disk() const;
+  bool libvirt() const;
+  // run's and attach's options that protect the guest as the phase wants.
+  std::vector<std::string> protection_args() const;
+  void start_own_vm(bool fresh_disk);
+  void start_libvirt();
+  void power_off_libvirt();
 
   const GlobalOptions& global_;
   const CampaignPlan& plan_;

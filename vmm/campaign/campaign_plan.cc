@@ -230,6 +230,14 @@ CampaignPlan parse_campaign_plan(const std::string& text, const std::string& pat
     plan.disk = r.string("disk", "", 4096);
     if (!plan.disk.empty() && (!plan.kernel.empty() || !plan.initrd.empty()))
       r.bad(disk, "\"disk\" boots by the firmware: no \"kernel\" or \"initrd\" with it");
+    const toml::node* domain = g->get("libvirt");
+    plan.libvirt_domain = r.string("libvirt", "", 256);
+    plan.libvirt_uri = r.string("connect", "", 1024);
+    if (!plan.libvirt_uri.empty() && plan.libvirt_domain.empty())
+      r.bad(g->get("connect"), "\"connect\" is the libvirt URI of the domain named by \"libvirt\"");
+    if (!plan.libvirt_domain.empty())
+      for (const char* key : {"kernel", "initrd", "disk", "memory", "vcpus"})
+        if (g->get(key)) r.bad(domain, fmt::format("\"libvirt\" runs the domain as libvirt defines it: no \"{}\" with it", key));
     plan.memory = r.string("memory", plan.memory, 16);
     plan.vcpus = r.integer("vcpus", plan.vcpus, 1, 64);
     r.finish();

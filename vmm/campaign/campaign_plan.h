@@ -55,6 +55,10 @@ struct CampaignPlan {
   // image itself is never written), with a records disk added either way.
   std::string kernel, initrd, disk, memory = "512M";
   int vcpus = 2;
+  // Or a libvirt domain (prepared with `immortal prepare`, booting a kernel with our agent): the
+  // campaign powers it off and on for each phase, adds the records disk and the workload's port
+  // to it live and protects it with `immortal attach --libvirt`.
+  std::string libvirt_domain, libvirt_uri;  // uri empty: qemu:///system
   // Recovery's settings (run's options of the same names).
   std::string repair = "vm", quarantine = "function";
   int verify_window_s = 5;

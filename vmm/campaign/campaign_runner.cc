@@ -199,7 +199,7 @@ class PhaseRun {
     auto start = std::chrono::steady_clock::now();
     auto wall_start = std::chrono::system_clock::now();
     console_.poll();
-    std::size_t reports_before = console_.kernel_reports();
+    std::size_t reports_before = kernel_reports();
     std::string boot = guest_.boot_id();
     std::vector<json> seen;
     if (std::string error = trigger(inj); !error.empty()) {
@@ -217,7 +217,7 @@ class PhaseRun {
       console_.poll();
       if (interrupted) return true;
       if (crash_seen) return false;  // its outcome is on its way
-      if (console_.kernel_reports() > reports_before && !reported) reported = std::chrono::steady_clock::now();
+      if (kernel_reports() > reports_before && !reported) reported = std::chrono::steady_clock::now();
       return reported && std::chrono::steady_clock::now() - *reported > std::chrono::seconds(5);
     };
     json o = follow_crash_outcome(*follower_, std::chrono::seconds(plan_.outcome_timeout_s), std::chrono::seconds(45), stop, &seen);
@@ -227,8 +227,8 @@ class PhaseRun {
     }
     r.update(o);
     std::string outcome = r.value("outcome", "unknown");
-    if (outcome == "stopped") outcome = "continued", r["reason"] = console_.last_report();
-    if (outcome == "no-crash" && console_.kernel_reports() > reports_before) outcome = "continued", r["reason"] = console_.last_report();
+    if (outcome == "stopped") outcome = "continued", r["reason"] = last_report();
+    if (outcome == "no-crash" && kernel_reports() > reports_before) outcome = "continued", r["reason"] = last_report();
     acks_.poll();
     std::uint64_t acked = acks_.highest();
     if (outcome == "rebooted" || outcome == "kdump") {
@@ -263,6 +263,13 @@ class PhaseRun {
     if (plan_.record_interval_ms > 0) r["workload_back"] = back;
     finish(r, start, wall_start, seen);
     return r;
+  }
+
+  // The kernel's reports of trouble, from the serial console's log (when the host has one) and
+  // from the kernel's log as the workload forwards it on its port: either is enough.
+  std::size_t kernel_reports() const { return console_.kernel_reports() + acks_.kernel_reports(); }
+  std::string last_report() const {
+    return console_.last_report().empty() ? acks_.last_report() : console_.last_report();
   }
 
   // A new boot of the phase's guest (powered off, started on the same records disk), said in

@@ -32,6 +32,19 @@ std::optional<std::uint64_t> number_after(const std::string& line, const char* m
   return n;
 }
 
+// A line read from /dev/kmsg starts "PRIORITY,SEQUENCE,MICROSECONDS,FLAGS;": the text is after it.
+std::string without_kmsg_prefix(const std::string& line) {
+  auto semicolon = line.find(';');
+  if (semicolon == std::string::npos || semicolon > 64) return line;
+  int commas = 0;
+  for (std::size_t i = 0; i < semicolon; ++i) {
+    char c = line[i];
+    if (c == ',') ++commas;
+    else if (!(c >= '0' && c <= '9') && c != '-' && c != 'c' && c != '+') return line;
+  }
+  return commas >= 3 ? line.substr(semicolon + 1) : line;
+}
+
 }  // namespace
 
 void GuestOutputWatch::poll() {
@@ -68,7 +81,7 @@ void GuestOutputWatch::take_line(const std::string& line, WallTime now) {
   for (const char* r : kReports)
     if (line.find(r) != std::string::npos && line.find("immortal-record") == std::string::npos) {
       ++reports_;
-      last_report_ = line.substr(0, 200);
+      last_report_ = without_kmsg_prefix(line).substr(0, 200);
       break;
     }
   if (line.find("immortal-record-failed ") != std::string::npos) {
@@ -122,6 +135,9 @@ port=$2
 seq=$3
 interval=$4
 exec 3>"$port" || exit 4
+# The kernel's messages too, for its reports of trouble where the host has no console log of the
+# guest (a libvirt domain's). cat ends when the ring overran it (EPIPE): read again.
+(while :; do cat /dev/kmsg; sleep 1; done >&3 2>/dev/null &)
 while :; do
     if printf 'immortal-record %010d\n' "$seq" |
         dd of="$dev" bs=512 seek="$seq" conv=sync,notrunc,fsync 2>/dev/null; then
@@ -136,10 +152,14 @@ done
 )SH";
 
 std::string start_records_workload(const std::string& disk_serial, std::uint64_t first, int interval_ms) {
+  // The disk and port may have been added a moment ago (hot-plugged into a libvirt domain):
+  // looked for during up to 20 s.
   return fmt::format("mkdir -p /run && cat > /run/immortal-records <<'IMMORTAL_RECORDS_EOF'\n{0}IMMORTAL_RECORDS_EOF\n"
-                     "dev=; for b in /sys/block/*; do [ \"$(cat $b/serial 2>/dev/null)\" = {1} ] && dev=/dev/${{b##*/}}; done; "
+                     "dev=; port=; tries=0; while [ $tries -lt 100 ]; do "
+                     "for b in /sys/block/*; do [ \"$(cat $b/serial 2>/dev/null)\" = {1} ] && dev=/dev/${{b##*/}}; done; "
+                     "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = {2} ] && port=/dev/${{p##*/}}; done; "
+                     "[ -b \"$dev\" ] && [ -c \"$port\" ] && break; tries=$((tries + 1)); sleep 0.2; done; "
                      "[ -b \"$dev\" ] || {{ echo 'no records disk (virtio serial {1})'; exit 3; }}; "
-                     "port=; for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = {2} ] && port=/dev/${{p##*/}}; done; "
                      "[ -c \"$port\" ] || {{ echo 'no records port (virtio-serial {2})'; exit 3; }}; "
                      "sh /run/immortal-records \"$dev\" \"$port\" {3} {4}.{5:03} </dev/null >/dev/null 2>&1 &",
                      kRecordsScript, disk_serial, kRecordsPort, first, interval_ms / 1000, interval_ms % 1000);

@@ -79,6 +79,19 @@ bool LibvirtDomain::active() const {
   return r == 1;
 }
 
+void LibvirtDomain::start() {
+  if (virDomainCreate(domain_) != 0) fail_libvirt("cannot start " + name_);
+}
+
+void LibvirtDomain::destroy() {
+  if (virDomainDestroy(domain_) != 0) fail_libvirt("cannot power off " + name_);
+}
+
+void LibvirtDomain::attach_live(const std::string& device_xml) {
+  if (virDomainAttachDeviceFlags(domain_, device_xml.c_str(), VIR_DOMAIN_AFFECT_LIVE) != 0)
+    fail_libvirt("cannot add a device to " + name_ + " while it runs");
+}
+
 std::string LibvirtDomain::xml(bool inactive) const {
   char* text = virDomainGetXMLDesc(domain_, inactive ? VIR_DOMAIN_XML_INACTIVE : 0);
   if (!text) fail_libvirt("cannot read the definition of " + name_);

@@ -59,6 +59,10 @@ class LibvirtDomain {
   };
   Size size() const;  // as it runs, else as defined
   bool active() const;
+  void start();    // virsh start
+  void destroy();  // virsh destroy: powered off at once
+  // virsh attach-device --live: the device is the running VM's until it powers off.
+  void attach_live(const std::string& device_xml);
   virDomainPtr raw() const { return domain_; }
   // The persistent definition (what the next start uses), or the running one.
   std::string xml(bool inactive) const;
