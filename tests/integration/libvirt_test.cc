@@ -205,6 +205,10 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
   json s = status_of(name);
   CHECK(s["backend"] == "libvirt");
   int first_supervisor = s.value("supervisor_pid", 0);
+  // A second supervisor for the same domain, under another instance name, is refused.
+  auto second = run_cli({"attach", "--libvirt", name, "--name", name + "-again", "--detach"}, 60s);
+  CHECK(second.status != 0);
+  CHECK_THAT(second.err, Catch::Contains("already protected by instance \"" + name + "\""));
 
   // The Prometheus endpoint: promtool accepts it, and its counters move with the crashes.
   auto metrics = [&] {

@@ -352,6 +352,20 @@ int attach_libvirt_command(const GlobalOptions& global, const std::string& domai
   } catch (const Error& e) {
     fail(ExitCode::usage, "{} (choose the instance's name with --name)", e.what());
   }
+  // Two supervisors on one domain would both handle its crashes (an `immortal daemon` attaches
+  // prepared domains as they start, under the domain's name).
+  for (const auto& other : running_instances(root)) {
+    if (other == config.name) continue;
+    std::optional<InstanceState> state;
+    try {
+      state = InstanceState::load(root + "/" + other + "/state.json");
+    } catch (const std::exception&) {
+      continue;  // another VM's damaged state: not ours to judge here
+    }
+    if (state && state->backend == "libvirt" && state->vm.is_object() && state->vm.value("uuid", "") == handle["uuid"])
+      fail(ExitCode::usage, "libvirt domain {} is already protected by instance \"{}\" (immortal stop {} lets it go)",
+           handle.value("name", domain_name), other, other);
+  }
   InstanceDir dir = InstanceDir::claim(root, config.name);  // fails while a supervisor runs it
   auto saved = InstanceState::load(dir.file("state.json"));
   if (saved && (saved->backend != "libvirt" || saved->vm.value("uuid", "") != handle["uuid"]))
