@@ -105,6 +105,16 @@ TEST_CASE("campaign plan: read, checked and expanded round by round", "[campaign
 
 TEST_CASE("campaign plan: every mistake is named with its line", "[campaign]") {
   CHECK_THAT(plan_error("name = \"x\"\n"), Contains("no [[faults]]"));
+  // A libvirt domain as the guest: as libvirt defines it, nothing of our own VM's with it.
+  const std::string faults = "[[faults]]\nsource = \"driver\"\ntypes = [\"bug\"]\n";
+  CampaignPlan on_libvirt =
+      parse_campaign_plan("name = \"x\"\n[guest]\nlibvirt = \"web\"\nconnect = \"qemu+ssh://h/system\"\n" + faults, "p.toml");
+  CHECK(on_libvirt.libvirt_domain == "web");
+  CHECK(on_libvirt.libvirt_uri == "qemu+ssh://h/system");
+  CHECK_THAT(plan_error("name = \"x\"\n[guest]\nlibvirt = \"web\"\nmemory = \"1G\"\n" + faults),
+             Contains("p.toml:3") && Contains("no \"memory\" with it"));
+  CHECK_THAT(plan_error("name = \"x\"\n[guest]\nlibvirt = \"web\"\ndisk = \"a.img\"\n" + faults), Contains("no \"disk\""));
+  CHECK_THAT(plan_error("name = \"x\"\n[guest]\nconnect = \"qemu:///system\"\n" + faults), Contains("\"connect\" is the libvirt URI"));
   CHECK_THAT(plan_error("name = \"a b\"\n[[faults]]\nsource=\"driver\"\ntypes=[\"bug\"]\n"), Contains("\"name\""));
   CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"driver\"\ntypes = [\"nope\"]\n"),
              Contains("p.toml:4: [[faults]] #1: unknown fault class \"nope\""));

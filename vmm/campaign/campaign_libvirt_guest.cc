@@ -63,6 +63,10 @@ void CampaignGuest::start_libvirt() {
   if (!domain_is_prepared(domain.xml(/*inactive=*/true)))
     fail(ExitCode::usage, "libvirt domain {} is not prepared for immortal: run immortal prepare {} first", domain.name(),
          domain.name());
+  // libvirt's QEMU (another account) must pass the output directory to reach the records disk
+  // and the port's file: traversable, not listable, whatever the umask made it.
+  if (struct stat st {}; ::stat(out_dir_.c_str(), &st) == 0 && !(st.st_mode & S_IXOTH))
+    ::chmod(out_dir_.c_str(), (st.st_mode & 07777) | S_IXGRP | S_IXOTH);
   // Each phase (and each restart after a hang) begins with a fresh boot.
   if (domain.active()) domain.destroy();
   domain.start();
