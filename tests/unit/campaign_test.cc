@@ -5,11 +5,13 @@
 #include "campaign/campaign_plan.h"
 #include "campaign/campaign_report.h"
 #include "campaign/campaign_results.h"
+#include "campaign/fault_inject_scripts.h"
 #include "campaign/workload_records.h"
 
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -280,4 +282,67 @@ TEST_CASE("campaign report: numbers, charts and HTML from the results, guest tex
   ::setenv("IMMORTAL_CHARTJS", (dir + "/missing.js").c_str(), 1);
   CHECK_THROWS_AS(report.write_html(dir + "/report2.html"), Error);
   ::unsetenv("IMMORTAL_CHARTJS");
+}
+
+namespace {
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+int run_sh(const std::string& script) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", script.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace
+
+// No kernel here has the framework (Debian builds without CONFIG_FAULT_INJECTION): the scripts
+// run against a debugfs of plain files laid out as the kernel's, which shows what they write.
+TEST_CASE("fault-inject: the framework configured for the trigger's task only, then reset", "[campaign]") {
+  std::string dir = temp_dir("fault-inject");
+  FaultInjectPaths paths{dir + "/debug", dir + "/proc self"};  // a space: every path is quoted
+  std::filesystem::create_directories(paths.proc_self);
+  for (const char* kind : {"fail_function", "failslab"}) {
+    std::filesystem::create_directories(paths.debugfs + "/" + kind);
+    for (const char* attr : {"probability", "times", "interval", "task-filter", "space", "verbose"})
+      std::ofstream(paths.debugfs + "/" + kind + "/" + attr) << "x\n";
+  }
+  std::ofstream(paths.debugfs + "/fail_function/inject") << "old_function\n";
+  FaultSpec f;
+  f.source = FaultSource::fault_inject;
+  f.probability = 75;
+  f.times = 3;
+  // The trigger records whether it runs marked.
+  f.trigger = "cat '" + paths.proc_self + "/make-it-fail' > '" + dir + "/marked'";
+  Injection inj;
+  inj.type = "fail_function";
+  inj.fault = "fail_function:realdev_open";
+  REQUIRE(run_sh(fault_inject_script(f, inj, paths)) == 0);
+  std::string d = paths.debugfs + "/fail_function/";
+  for (int i = 0; i < 250 && read_all(dir + "/marked").empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(read_all(dir + "/marked") == "1\n");
+  CHECK(read_all(d + "inject") == "realdev_open\n");
+  CHECK(read_all(d + "probability") == "75\n");
+  CHECK(read_all(d + "times") == "3\n");
+  CHECK(read_all(d + "interval") == "0\n");
+  CHECK(read_all(d + "task-filter") == "1\n");
+  CHECK(read_all(d + "verbose") == "1\n");
+  REQUIRE(run_sh(fault_inject_cleanup(inj, paths)) == 0);
+  CHECK(read_all(d + "probability") == "0\n");
+  CHECK(read_all(d + "inject") == "\n");
+  // A kind the kernel lacks: exit 3, saying which option it needs.
+  inj.type = "fail_page_alloc";
+  inj.fault = "fail_page_alloc";
+  CHECK(run_sh("(" + fault_inject_script(f, inj, paths) + "\n) >/dev/null") == 3);
+  CHECK(run_sh(fault_inject_cleanup(inj, paths)) != 0);  // nothing to reset: a false test, no write
+  CHECK(!std::filesystem::exists(paths.debugfs + "/fail_page_alloc"));
+  std::filesystem::remove_all(dir);
 }

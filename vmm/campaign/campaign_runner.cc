@@ -7,6 +7,7 @@
 #include "campaign/campaign_progress.h"
 #include "campaign/campaign_report.h"
 #include "campaign/campaign_results.h"
+#include "campaign/fault_inject_scripts.h"
 #include "campaign/workload_records.h"
 #include "cli/crash_outcome.h"
 #include "cli/event_follower.h"
@@ -38,37 +39,6 @@ void catch_interrupts() {
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
-}
-
-// A string as one word of a POSIX shell command.
-std::string shell_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-// The kernel's fault-injection framework (Documentation/fault-injection): the attribute
-// directory of a kind, configured to fail `times` calls with `probability` percent in the tasks
-// marked make-it-fail (the trigger and its children) only.
-std::string fault_inject_script(const FaultSpec& f, const Injection& inj) {
-  std::string kind = inj.type, dir = "/sys/kernel/debug/" + kind;
-  std::string s = fmt::format("d={}; [ -d $d ] || {{ echo 'no {} in this kernel (CONFIG_FAULT_INJECTION)'; exit 3; }}; ", dir, kind);
-  if (kind == "fail_function") {
-    std::string fn = inj.fault.substr(inj.fault.find(':') + 1);
-    s += fmt::format("echo > $d/inject; echo {} > $d/inject || {{ echo 'fail_function cannot inject {}'; exit 4; }}; ", fn, fn);
-  }
-  s += fmt::format("echo {} > $d/probability && echo {} > $d/times && echo 0 > $d/interval && echo 1 > $d/task-filter && "
-                   "echo 0 > $d/space 2>/dev/null; echo 1 > $d/verbose; ",
-                   f.probability, f.times);
-  s += fmt::format("setsid sh -c 'echo 1 > /proc/self/make-it-fail; exec sh -c \"$0\"' {} </dev/null >/dev/null 2>&1 &",
-                   shell_quote(f.trigger));
-  return s;
-}
-
-std::string fault_inject_cleanup(const Injection& inj) {
-  std::string d = "/sys/kernel/debug/" + inj.type;
-  return fmt::format("[ -d {0} ] && {{ echo 0 > {0}/probability; {1} true; }}", d,
-                     inj.type == "fail_function" ? "echo > " + d + "/inject;" : "");
 }
 
 class PhaseRun {
