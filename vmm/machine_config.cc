@@ -4,15 +4,11 @@
 
 namespace immortal::vmm {
 
-namespace {
-
-std::string escape_commas(const std::string& text) {
+std::string escape_commas(const std::string& value) {
   std::string out;
-  for (char c : text) out += c == ',' ? std::string(",,") : std::string(1, c);
+  for (char c : value) out += c == ',' ? std::string(",,") : std::string(1, c);
   return out;
 }
-
-}  // namespace
 
 std::string describe(const DiskConfig& disk) {
   return fmt::format("{},format={}{}", escape_commas(disk.path), disk.format, disk.read_only ? ",readonly" : "");

@@ -59,6 +59,8 @@ struct ChannelConfig {
 std::string describe(const DiskConfig& disk);
 std::string describe(const NetConfig& net);
 std::string describe(const ChannelConfig& channel);
+// A value in that comma-separated syntax (QEMU's own): a comma in it is written ",,".
+std::string escape_commas(const std::string& value);
 
 struct MachineConfig;
 // What to check when a guest never came up, for the operator ("" when nothing specific).

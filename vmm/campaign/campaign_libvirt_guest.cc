@@ -4,6 +4,7 @@
 #include "campaign/campaign_guest.h"
 
 #include "base/error.h"
+#include "base/markup_text.h"
 #include "campaign/campaign_plan.h"
 #include "campaign/workload_records.h"
 #include "libvirt/domain_preparation.h"
@@ -14,26 +15,10 @@
 #include <sys/stat.h>
 
 #include <filesystem>
-#include <set>
 
 namespace immortal::vmm {
 
 namespace {
-
-std::string xml_escape(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '\'': out += "&apos;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
 
 // The first virtio disk name the running domain does not use (vdb…vdz).
 std::string free_disk_target(const std::string& live_xml) {
@@ -79,10 +64,10 @@ void CampaignGuest::start_libvirt() {
   std::string disk = fmt::format(
       "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>"
       "<target dev='{}' bus='virtio'/><serial>{}</serial></disk>",
-      xml_escape(std::filesystem::absolute(disk_).string()), free_disk_target(domain.xml(false)), kLibvirtRecordsSerial);
+      markup_escape(std::filesystem::absolute(disk_).string()), free_disk_target(domain.xml(false)), kLibvirtRecordsSerial);
   std::string port = fmt::format(
       "<channel type='file'><source path='{}' append='on'/><target type='virtio' name='{}'/></channel>",
-      xml_escape(std::filesystem::absolute(acks_).string()), kRecordsPort);
+      markup_escape(std::filesystem::absolute(acks_).string()), kRecordsPort);
   try {
     domain.attach_live(disk);
     domain.attach_live(port);

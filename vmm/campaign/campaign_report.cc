@@ -1,6 +1,7 @@
 #include "campaign/campaign_report.h"
 
 #include "base/error.h"
+#include "base/markup_text.h"
 #include "base/terminal_text.h"
 #include "campaign/campaign_results.h"
 
@@ -21,21 +22,6 @@ namespace {
 
 // Colours that stay apart for readers with the common colour-vision deficiencies (Okabe–Ito).
 const char* const kPalette[] = {"#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"};
-
-std::string html(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
 
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -304,7 +290,7 @@ void CampaignReport::write_html(const std::string& path) const {
   };
   std::ostringstream h;
   std::string name = results_.info().value("name", "campaign");
-  h << "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>immortal campaign " << html(name) << "</title>\n"
+  h << "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>immortal campaign " << markup_escape(name) << "</title>\n"
     << "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; script-src 'unsafe-inline'; "
        "style-src 'unsafe-inline'; img-src data:\">\n"
     << "<style>body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}"
@@ -312,21 +298,21 @@ void CampaignReport::write_html(const std::string& path) const {
        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-variant-numeric:tabular-nums}"
        "th{background:#f3f3f3}.chart{position:relative;height:360px}.caption{color:#555}pre{background:#f7f7f7;padding:1em}"
        ".bad{color:#b00;font-weight:bold}</style></head>\n<body>\n";
-  h << "<h1>Fault campaign <code>" << html(name) << "</code></h1>\n";
-  h << "<p>Plan <code>" << html(results_.info().value("plan", "")) << "</code>, " << results_.all().size()
+  h << "<h1>Fault campaign <code>" << markup_escape(name) << "</code></h1>\n";
+  h << "<p>Plan <code>" << markup_escape(results_.info().value("plan", "")) << "</code>, " << results_.all().size()
     << " injections. Phases: immortal with recovery on, and the stock kernel's own reactions (recovery off) as baselines, "
        "all measured in the same run.</p>\n<pre>"
-    << html(summary_table()) << "</pre>\n";
+    << markup_escape(summary_table()) << "</pre>\n";
   for (const auto& c : charts_) {
-    h << "<section id=\"" << html(c["id"].get<std::string>()) << "\">\n<h2>" << html(c["title"].get<std::string>()) << "</h2>\n"
-      << "<p class=\"caption\">" << html(c["caption"].get<std::string>()) << "</p>\n"
-      << "<div class=\"chart\"><canvas data-chart=\"" << html(c["id"].get<std::string>()) << "\" role=\"img\" aria-label=\""
-      << html(c["title"].get<std::string>()) << "\"></canvas></div>\n<table><thead><tr>";
-    for (const auto& th : c["table"]["header"]) h << "<th>" << html(th.is_string() ? th.get<std::string>() : th.dump()) << "</th>";
+    h << "<section id=\"" << markup_escape(c["id"].get<std::string>()) << "\">\n<h2>" << markup_escape(c["title"].get<std::string>()) << "</h2>\n"
+      << "<p class=\"caption\">" << markup_escape(c["caption"].get<std::string>()) << "</p>\n"
+      << "<div class=\"chart\"><canvas data-chart=\"" << markup_escape(c["id"].get<std::string>()) << "\" role=\"img\" aria-label=\""
+      << markup_escape(c["title"].get<std::string>()) << "\"></canvas></div>\n<table><thead><tr>";
+    for (const auto& th : c["table"]["header"]) h << "<th>" << markup_escape(th.is_string() ? th.get<std::string>() : th.dump()) << "</th>";
     h << "</tr></thead><tbody>\n";
     for (const auto& row : c["table"]["rows"]) {
       h << "<tr>";
-      for (const auto& td : row) h << "<td>" << html(td.is_string() ? td.get<std::string>() : td.dump()) << "</td>";
+      for (const auto& td : row) h << "<td>" << markup_escape(td.is_string() ? td.get<std::string>() : td.dump()) << "</td>";
       h << "</tr>\n";
     }
     h << "</tbody></table>\n</section>\n";
@@ -336,10 +322,10 @@ void CampaignReport::write_html(const std::string& path) const {
   for (const auto& r : results_.all()) {
     auto num = [&](const char* key) { return r.contains(key) && r[key].is_number() ? ms(r[key].get<double>()) : std::string("-"); };
     std::uint64_t lost = r.value("records_lost", std::uint64_t{0});
-    h << "<tr><td>" << html(r.value("phase", "")) << "</td><td>" << r.value("index", 0) + 1 << "</td><td>" << html(r.value("fault", ""))
-      << "</td><td>" << html(r.value("context", "")) << "</td><td>" << html(r.value("outcome", "")) << "</td><td>"
+    h << "<tr><td>" << markup_escape(r.value("phase", "")) << "</td><td>" << r.value("index", 0) + 1 << "</td><td>" << markup_escape(r.value("fault", ""))
+      << "</td><td>" << markup_escape(r.value("context", "")) << "</td><td>" << markup_escape(r.value("outcome", "")) << "</td><td>"
       << num("intercept_to_resume_ms") << "</td><td>" << num("workload_gap_ms") << "</td><td" << (lost ? " class=\"bad\"" : "") << ">"
-      << lost << "</td><td>" << html(r.value("reason", "").substr(0, 160)) << "</td><td>" << html(r.value("bundle", "")) << "</td></tr>\n";
+      << lost << "</td><td>" << markup_escape(r.value("reason", "").substr(0, 160)) << "</td><td>" << markup_escape(r.value("bundle", "")) << "</td></tr>\n";
   }
   h << "</tbody></table>\n";
   h << "<script>\n" << script_safe(chartjs) << "\n</script>\n";

@@ -65,11 +65,19 @@ PortForward parse_forward(const std::string& text, const std::string& spec) {
   return f;
 }
 
-bool valid_interface_name(const std::string& name) {
-  if (name.empty() || name.size() > 15) return false;  // IFNAMSIZ - 1
+// A host interface's or a virtio-serial port's name: letters, digits, - _ . only, at most `max`.
+bool valid_device_name(const std::string& name, std::size_t max) {
+  if (name.empty() || name.size() > max) return false;
   for (char c : name)
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
   return true;
+}
+
+// A host path as given, made absolute and normal (kept as given when that fails).
+void make_absolute(std::string& path) {
+  std::error_code ec;
+  auto absolute = std::filesystem::absolute(path, ec);
+  if (!ec) path = absolute.lexically_normal().string();
 }
 
 }  // namespace
@@ -115,7 +123,7 @@ NetConfig parse_net_option(const std::string& spec) {
     bool tap = kind.starts_with("tap=");
     net.kind = tap ? NetConfig::Kind::tap : NetConfig::Kind::bridge;
     net.host_interface = kind.substr(tap ? 4 : 7);
-    if (!valid_interface_name(net.host_interface))
+    if (!valid_device_name(net.host_interface, 15))  // IFNAMSIZ - 1
       fail(ExitCode::usage, "--net {}: \"{}\" is not a network interface name", spec, net.host_interface);
     if (parts.size() > 1) fail(ExitCode::usage, "--net {}: unknown option \"{}\"", spec, parts[1]);
     return net;
@@ -128,11 +136,8 @@ ChannelConfig parse_channel_option(const std::string& spec) {
   auto parts = split_options(spec);
   ChannelConfig channel;
   channel.name = parts[0];
-  // virtio-serial names are the guest's to read from sysfs: letters, digits and . _ - only.
-  bool valid = !channel.name.empty() && channel.name.size() <= 64;
-  for (char c : channel.name)
-    valid = valid && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
-  if (!valid)
+  // The guest reads the name from sysfs: nothing a shell or a path would take apart.
+  if (!valid_device_name(channel.name, 64))
     fail(ExitCode::usage, "--channel {}: \"{}\" is not a port name (letters, digits, . _ -; e.g. org.example.log)", spec,
          channel.name);
   if (channel.name.starts_with("org.immortal.agent"))
@@ -147,9 +152,7 @@ ChannelConfig parse_channel_option(const std::string& spec) {
 }
 
 void check_channel(ChannelConfig& channel) {
-  std::error_code ec;
-  auto absolute = std::filesystem::absolute(channel.path, ec);
-  if (!ec) channel.path = absolute.lexically_normal().string();
+  make_absolute(channel.path);
   // Created (or appended to) now, so that a mistake shows before the guest starts.
   UniqueFd fd(::open(channel.path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640));
   if (!fd) fail(ExitCode::bad_input, "cannot use channel file {}: {}", channel.path, std::strerror(errno));
@@ -159,9 +162,7 @@ void check_channel(ChannelConfig& channel) {
 }
 
 void check_disk(DiskConfig& disk) {
-  std::error_code ec;
-  auto absolute = std::filesystem::absolute(disk.path, ec);
-  if (!ec) disk.path = absolute.lexically_normal().string();
+  make_absolute(disk.path);
   struct stat st {};
   if (::stat(disk.path.c_str(), &st) != 0)
     fail(ExitCode::bad_input, "cannot use disk {}: {}", disk.path, std::strerror(errno));

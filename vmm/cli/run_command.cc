@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <set>
 
 #ifndef IMMORTAL_DEFAULT_GUEST_DIR
 #define IMMORTAL_DEFAULT_GUEST_DIR ""
@@ -240,12 +241,12 @@ RunOptions checked_run_options(const RunOptions& given) {
   o.disks = disks;
   for (const auto& spec : o.nets) parse_net_option(spec);
   std::vector<std::string> channels;
+  std::set<std::string> port_names;
   for (const auto& spec : o.channels) {
     ChannelConfig channel = parse_channel_option(spec);
     check_channel(channel);
-    for (const auto& earlier : channels)
-      if (parse_channel_option(earlier).name == channel.name)
-        fail(ExitCode::usage, "--channel {}: a second port named {}", spec, channel.name);
+    if (!port_names.insert(channel.name).second)
+      fail(ExitCode::usage, "--channel {}: a second port named {}", spec, channel.name);
     channels.push_back(describe(channel));
   }
   o.channels = channels;

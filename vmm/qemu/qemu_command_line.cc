@@ -115,9 +115,7 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
   }
   // Channels share the agent's virtio-serial bus; QEMU appends what the guest writes to the file.
   for (std::size_t i = 0; i < c.channels.size(); ++i) {
-    std::string path;
-    for (char ch : c.channels[i].path) path += ch == ',' ? std::string(",,") : std::string(1, ch);
-    args.insert(args.end(), {"-chardev", fmt::format("file,id=channel{},path={},append=on", i, path),
+    args.insert(args.end(), {"-chardev", fmt::format("file,id=channel{},path={},append=on", i, vmm::escape_commas(c.channels[i].path)),
                              "-device", fmt::format("virtserialport,bus=agent-serial.0,chardev=channel{},name={}", i,
                                                     c.channels[i].name)});
   }
