@@ -168,6 +168,7 @@ class PhaseRun {
     if (phase_.recovery) guest_.unquarantine_all();  // the last crash's quarantine would refuse this fault
     auto start = std::chrono::steady_clock::now();
     auto wall_start = std::chrono::system_clock::now();
+    acks_.poll();  // both sources read up to now: a report already sent is not this fault's
     console_.poll();
     std::size_t reports_before = kernel_reports();
     std::string boot = guest_.boot_id();
