@@ -83,6 +83,10 @@ struct MachineConfig {
   // rest of immortal carries them without looking inside.
   std::map<std::string, std::string> backend_options;
   std::vector<SharedWindow> shared_windows;
+  // Under software emulation, the cache of translated guest code (0: the backend's default, which
+  // is sized for a general-purpose guest: QEMU's is 1 GiB, filled as code runs). A helper VM that
+  // runs one small program needs far less.
+  std::uint64_t emulator_code_cache_bytes = 0;
   // The guest's VM outlives its supervisor (a restart or upgrade re-attaches to it); helper VMs
   // such as the repair VM die with it.
   bool outlives_supervisor = false;

@@ -1,11 +1,14 @@
 // immortal-repair-agent: the repair engine as a program of its own (static, no libc of the
 // host needed), so that a crashed guest's memory is parsed outside the supervisor.
 //
-//   in the repair VM     it is /init of the repair image: mounts /proc and /sys, maps the
-//                        crashed guest's RAM (ivshmem BAR, read-only) and the mailbox (a second
-//                        BAR), loads /profile and /healthy, and answers requests by polling.
-//   --inline             a sandboxed host process the supervisor starts: the same, with the RAM
-//                        and mailbox as inherited descriptors and a socket as doorbell.
+//   in the repair VM     it is /init of the repair VM's initramfs: mounts /proc and /sys, maps
+//                        the crashed guest's RAM (ivshmem BAR, read-only), the mailbox (a second
+//                        BAR) and the repair payload (a third, read-only: protocol/payload.h),
+//                        loads the profile and the healthy copy from it, and answers requests
+//                        by polling.
+//   --inline             a sandboxed host process the supervisor starts: the same, with the RAM,
+//                        the payload and the mailbox as inherited descriptors and a socket as
+//                        doorbell.
 //   --report             a sandboxed host process per bundle: reads the report's kernel parts
 //                        from the bundle's snapshot, answers once and exits (agent/report_mode.h).
 //   --classify           a sandboxed host process per profile: which pages a bundle's snapshot
@@ -20,6 +23,7 @@
 #include "agent/report_mode.h"
 #include "agent/sandbox.h"
 
+#include "base/budgets.h"
 #include "base/clock.h"
 #include "base/error.h"
 #include "engine/healthy_image.h"
@@ -27,6 +31,7 @@
 #include "memory/shared_ram.h"
 #include "profile/guest_profile.h"
 #include "protocol/mailbox.h"
+#include "protocol/payload.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -41,7 +46,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -49,13 +53,16 @@
 namespace immortal::repair {
 namespace {
 
-// The repair VM's PCI slots for the two ivshmem devices (the QEMU backend places them there).
+// The repair VM's PCI slots for its ivshmem devices (the supervisor places them there:
+// vmm/repair/repair_vm.cc).
 constexpr char kRamResource[] = "/sys/bus/pci/devices/0000:00:10.0/resource2";
 constexpr char kMailboxResource[] = "/sys/bus/pci/devices/0000:00:11.0/resource2";
-// The inline agent's limits beyond what it has mapped (guest RAM, the mailbox): its parsed
-// profile (symbols, BTF), the healthy copy and the engine's work fit in far less.
+constexpr char kPayloadResource[] = "/sys/bus/pci/devices/0000:00:12.0/resource2";
+// The inline agent's limits beyond what it has mapped (guest RAM, the mailbox, the payload): its
+// parsed profile (symbols, BTF), the healthy copy and the engine's work fit in far less.
 constexpr std::uint64_t kHeadroom = 3ull << 30;
 constexpr std::uint64_t kLogLimit = 16 << 20;
+constexpr char kWhere[] = "the repair payload";
 
 void say(const std::string& line) {
   std::string out = "immortal-repair-agent: " + line + "\n";
@@ -65,22 +72,17 @@ void say(const std::string& line) {
 struct Config {
   std::vector<RamSegment> ram;
   std::uint64_t ram_size = 0;
-  std::string profile_dir, healthy_dir;
 };
 
-Config read_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail(ExitCode::bad_input, "cannot read {}", path);
-  auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) fail(ExitCode::bad_input, "{} is not JSON", path);
+Config parse_config(std::string_view text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) fail(ExitCode::bad_input, "{}: repair.json is not JSON", kWhere);
   Config c;
   c.ram_size = j.value("ram_size", std::uint64_t{0});
-  c.profile_dir = j.value("profile", "");
-  c.healthy_dir = j.value("healthy", "");
   for (const auto& s : j.value("ram", nlohmann::json::array()))
     c.ram.push_back({s.value("guest_physical", std::uint64_t{0}), s.value("file_offset", std::uint64_t{0}),
                      s.value("size", std::uint64_t{0})});
-  if (!c.ram_size || c.ram.empty() || c.profile_dir.empty()) fail(ExitCode::bad_input, "{}: incomplete", path);
+  if (!c.ram_size || c.ram.empty()) fail(ExitCode::bad_input, "{}: repair.json is incomplete", kWhere);
   return c;
 }
 
@@ -90,28 +92,53 @@ void* map_shared(int fd, std::uint64_t size, bool writable, const char* what) {
   return p;
 }
 
+// The payload's descriptor mapped read-only, whole (its size is the descriptor's).
+std::string_view map_payload(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) fail_os(ExitCode::failure, "fstat the repair payload", errno);
+  if (st.st_size <= 0) fail(ExitCode::bad_input, "{} is empty", kWhere);
+  auto size = static_cast<std::uint64_t>(st.st_size);
+  return {static_cast<const char*>(map_shared(fd, size, false, "the repair payload")), size};
+}
+
 // What the engine is given, read but not parsed: the guest's profile, the healthy copy (or why
-// there is none), and its RAM mapped (nothing of it read yet).
+// there is none), and its RAM mapped (nothing of it read yet). The healthy copy's bytes stay
+// where the payload has them.
 struct Inputs {
   std::unique_ptr<SharedRamMemory> memory;
   GuestProfile::Files profile;
-  std::optional<HealthyImage::Files> healthy;
+  std::string_view healthy_index, healthy_blob;
   std::string healthy_problem;
-  std::string profile_dir, healthy_dir;
 };
 
-Inputs read_inputs(const Config& c, int ram_fd) {
+Inputs read_inputs(std::string_view payload, int ram_fd) {
+  auto files = read_payload(payload);
+  auto file = [&](const std::string& name) -> std::optional<std::string_view> {
+    auto it = files.find(name);
+    if (it == files.end()) return std::nullopt;
+    return it->second;
+  };
+  auto layout = file("repair.json");
+  if (!layout) fail(ExitCode::bad_input, "{} has no repair.json", kWhere);
+  Config c = parse_config(*layout);
   Inputs in;
-  in.profile_dir = c.profile_dir;
-  in.healthy_dir = c.healthy_dir;
   in.memory = std::make_unique<SharedRamMemory>(ram_fd, c.ram_size, c.ram, /*writable=*/false);
-  in.profile = GuestProfile::read_files(c.profile_dir);
-  if (!c.healthy_dir.empty()) {
-    try {
-      in.healthy = HealthyImage::read_files(c.healthy_dir);
-    } catch (const std::exception& e) {
-      in.healthy_problem = e.what();
-    }
+  // The profile's files as GuestProfile::read_files would give them, within the same budgets.
+  std::uint64_t module_btf = 0;
+  for (const auto& [name, bytes] : files) {
+    if (!name.starts_with("profile/")) continue;
+    if (bytes.size() > GuestProfile::kMaxFileSize) fail(ExitCode::bad_input, "{}: {} is too large", kWhere, name);
+    if (name.starts_with("profile/btf/") && name != "profile/btf/vmlinux" &&
+        (module_btf += bytes.size()) > budget::kProfileModuleBtfTotal)
+      fail(ExitCode::bad_input, "{}: the modules' BTF is larger than {} MiB in all", kWhere, budget::kProfileModuleBtfTotal >> 20);
+    in.profile.emplace(name.substr(8), std::string(bytes));
+  }
+  auto index = file("healthy/healthy.json"), blob = file("healthy/healthy.bin");
+  if (index && blob) {
+    in.healthy_index = *index;
+    in.healthy_blob = *blob;
+  } else {
+    in.healthy_problem = "the repair payload has no healthy copy";
   }
   return in;
 }
@@ -122,13 +149,14 @@ class Engine {
   explicit Engine(Inputs in) {
     auto t0 = std::chrono::steady_clock::now();
     memory_ = std::move(in.memory);
-    profile_ = std::make_unique<GuestProfile>(GuestProfile::parse(in.profile, in.profile_dir));
+    profile_ = std::make_unique<GuestProfile>(GuestProfile::parse(in.profile, std::string(kWhere) + ": profile"));
     in.profile.clear();
     kernel_ = Kernel::open(*memory_, *profile_, std::nullopt);
     healthy_problem_ = in.healthy_problem;
-    if (in.healthy) {
+    if (healthy_problem_.empty()) {
       try {
-        healthy_ = std::make_unique<HealthyImage>(HealthyImage::parse(*in.healthy, in.healthy_dir));
+        healthy_ = std::make_unique<HealthyImage>(HealthyImage::parse(in.healthy_index, in.healthy_blob,
+                                                                      std::string(kWhere) + ": healthy"));
       } catch (const std::exception& e) {
         healthy_problem_ = e.what();
       }
@@ -154,9 +182,12 @@ class Engine {
       RepairRequest request = RepairRequest::from_json(j);
       kernel_->memory().forget_translations();
       // A module loaded since the profile: its symbols come from its own table in memory.
+      auto t_refresh = std::chrono::steady_clock::now();
       kernel_->refresh_module_symbols();
+      double refresh_ms = ms_since(t_refresh);
       EngineResult r = run_repair_engine(*kernel_, healthy_.get(), request);
       out = r.to_json();
+      out["timings"]["module_symbols_ms"] = refresh_ms;
       out["ok"] = true;
     } catch (const std::exception& e) {
       out = {{"ok", false}, {"error", e.what()}};
@@ -185,19 +216,18 @@ void answer_one(Engine& engine, Mailbox& box) {
   box.set_state(AgentState::ready, "ready");
 }
 
-// --inline --config FILE --ram-fd N --mailbox-fd M --doorbell-fd D
+// --inline --payload-fd P --ram-fd N --mailbox-fd M --doorbell-fd D
 int run_inline(int argc, char** argv) {
-  std::string config;
-  int ram_fd = -1, mailbox_fd = -1, doorbell = -1;
+  int payload_fd = -1, ram_fd = -1, mailbox_fd = -1, doorbell = -1;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--config") config = v;
+    if (k == "--payload-fd") payload_fd = std::stoi(v);
     else if (k == "--ram-fd") ram_fd = std::stoi(v);
     else if (k == "--mailbox-fd") mailbox_fd = std::stoi(v);
     else if (k == "--doorbell-fd") doorbell = std::stoi(v);
   }
-  if (config.empty() || ram_fd < 0 || mailbox_fd < 0 || doorbell < 0) {
-    say("usage: immortal-repair-agent --inline --config FILE --ram-fd N --mailbox-fd M --doorbell-fd D");
+  if (payload_fd < 0 || ram_fd < 0 || mailbox_fd < 0 || doorbell < 0) {
+    say("usage: immortal-repair-agent --inline --payload-fd P --ram-fd N --mailbox-fd M --doorbell-fd D");
     return 2;
   }
   Mailbox box(map_shared(mailbox_fd, kMailboxSize, true, "the mailbox"));
@@ -210,8 +240,9 @@ int run_inline(int argc, char** argv) {
   try {
     // Everything is read first and parsed only inside the sandbox: a hostile profile, BTF or
     // guest memory meets a process that is nobody, bounded and filtered.
-    Inputs inputs = read_inputs(read_config(config), ram_fd);
-    ::close(ram_fd);  // the mapping stays; the descriptor is not needed any more
+    Inputs inputs = read_inputs(map_payload(payload_fd), ram_fd);
+    ::close(ram_fd);  // the mappings stay; the descriptors are not needed any more
+    ::close(payload_fd);
     ::close(mailbox_fd);
     enter_sandbox({address_space_in_use() + kHeadroom, kLogLimit});
     engine = std::make_unique<Engine>(std::move(inputs));
@@ -252,10 +283,11 @@ int run_inline(int argc, char** argv) {
     box = new Mailbox(map_shared(mfd, kMailboxSize, true, "the mailbox BAR"));
     if (!box->valid()) fail(ExitCode::failure, "the mailbox was not initialised by the supervisor");
     box->set_state(AgentState::booting, "loading the profile");
-    Config config = read_config("/repair.json");
+    int pfd = ::open(kPayloadResource, O_RDONLY | O_CLOEXEC);
+    if (pfd < 0) fail_os(ExitCode::failure, kPayloadResource, errno);
     int rfd = ::open(kRamResource, O_RDONLY | O_CLOEXEC);
     if (rfd < 0) fail_os(ExitCode::failure, kRamResource, errno);
-    Engine engine(read_inputs(config, rfd));
+    Engine engine(read_inputs(map_payload(pfd), rfd));
     say(engine.summary());
     box->set_state(AgentState::ready, engine.summary());
     std::uint64_t done = box->request_seq();

@@ -101,27 +101,33 @@ HealthyImage capture_healthy_image(const Kernel& kernel, const std::string& take
   return image;
 }
 
-void HealthyImage::save(const std::string& dir) const {
+HealthyImage::Files HealthyImage::to_files() const {
+  Files files;
   nlohmann::json index = {{"format", kFormat}, {"version", kImageVersion}, {"release", release}, {"taken_at", taken_at}};
   nlohmann::json list = nlohmann::json::array();
-  std::ofstream blob(dir + "/healthy.bin", std::ios::binary | std::ios::trunc);
-  std::uint64_t offset = 0;
+  files.blob.reserve(total_bytes());
   for (const auto& r : regions) {
     list.push_back({{"name", r.name}, {"kind", r.kind}, {"module", r.module}, {"address", fmt::format("{:#x}", r.address)},
-                    {"offset", offset}, {"size", r.bytes.size()}});
-    blob.write(reinterpret_cast<const char*>(r.bytes.data()), static_cast<std::streamsize>(r.bytes.size()));
-    offset += r.bytes.size();
+                    {"offset", files.blob.size()}, {"size", r.bytes.size()}});
+    files.blob.append(reinterpret_cast<const char*>(r.bytes.data()), r.bytes.size());
   }
-  blob.close();
-  if (!blob) fail(ExitCode::failure, "cannot write {}/healthy.bin", dir);
   index["regions"] = list;
   nlohmann::json mods = nlohmann::json::array();
   for (const auto& m : modules) mods.push_back(to_json(m));
   index["modules"] = mods;
-  std::ofstream out(dir + "/healthy.json", std::ios::trunc);
-  out << index.dump(1) << "\n";
-  out.close();
-  if (!out) fail(ExitCode::failure, "cannot write {}/healthy.json", dir);
+  files.index = index.dump(1) + "\n";
+  return files;
+}
+
+void HealthyImage::save(const std::string& dir) const {
+  Files files = to_files();
+  for (const auto& [leaf, bytes] : {std::pair<const char*, const std::string&>{"healthy.bin", files.blob},
+                                    std::pair<const char*, const std::string&>{"healthy.json", files.index}}) {
+    std::ofstream out(dir + "/" + leaf, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) fail(ExitCode::failure, "cannot write {}/{}", dir, leaf);
+  }
 }
 
 HealthyImage::Files HealthyImage::read_files(const std::string& dir) {
@@ -142,21 +148,22 @@ HealthyImage::Files HealthyImage::read_files(const std::string& dir) {
 
 HealthyImage HealthyImage::load(const std::string& dir) { return parse(read_files(dir), dir); }
 
-HealthyImage HealthyImage::parse(const Files& files, const std::string& dir) {
+HealthyImage HealthyImage::parse(const Files& files, const std::string& dir) { return parse(files.index, files.blob, dir); }
+
+HealthyImage HealthyImage::parse(std::string_view index, std::string_view blob, const std::string& dir) {
   try {
-    return parse_index(files, dir);
+    return parse_index(index, blob, dir);
   } catch (const nlohmann::json::exception& e) {
     // A field of the wrong type (value() throws for those): the file is damaged, not our bug.
     fail(ExitCode::bad_input, "{}/healthy.json: {}", dir, e.what());
   }
 }
 
-HealthyImage HealthyImage::parse_index(const Files& files, const std::string& dir) {
-  nlohmann::json index = nlohmann::json::parse(files.index, nullptr, false);
+HealthyImage HealthyImage::parse_index(std::string_view index_text, std::string_view blob, const std::string& dir) {
+  nlohmann::json index = nlohmann::json::parse(index_text, nullptr, false);
   if (index.is_discarded() || !index.is_object()) fail(ExitCode::bad_input, "{}/healthy.json is not JSON", dir);
   if (index.value("format", "") != kFormat || index.value("version", 0) != kImageVersion)
     fail(ExitCode::bad_input, "{}/healthy.json: not a version {} healthy image", dir, kImageVersion);
-  const std::string& blob = files.blob;
 
   HealthyImage image;
   image.release = index.value("release", "");

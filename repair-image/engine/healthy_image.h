@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace immortal::repair {
@@ -66,10 +67,14 @@ struct HealthyImage {
     std::string index, blob;  // healthy.json, healthy.bin
   };
   static Files read_files(const std::string& dir);
+  // Those files' bytes as save() writes them (the repair payload carries them in memory).
+  Files to_files() const;
   static HealthyImage parse(const Files& files, const std::string& where);
+  // The same from bytes held elsewhere (the repair payload's, read where they lie).
+  static HealthyImage parse(std::string_view index, std::string_view blob, const std::string& where);
 
  private:
-  static HealthyImage parse_index(const Files& files, const std::string& where);
+  static HealthyImage parse_index(std::string_view index, std::string_view blob, const std::string& where);
 };
 
 // Reads the kernel's text and read-only data (without the data that is written during boot,

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 
 namespace immortal::repair {
 
@@ -47,20 +48,31 @@ nlohmann::json EngineResult::to_json() const {
   nlohmann::json a = analysis.to_json();
   a["integrity"] = integrity.to_json();
   a["consistency"] = consistency;
-  return {{"analysis", a}, {"plan", plan.to_json()}, {"timings", {{"lock_search_ms", analysis.lock_search_ms}}}};
+  nlohmann::json timings = {{"lock_search_ms", analysis.lock_search_ms}};
+  for (const auto& [stage, ms] : stage_ms) timings[stage + "_ms"] = ms;
+  return {{"analysis", a}, {"plan", plan.to_json()}, {"timings", timings}};
 }
 
 EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy, const RepairRequest& request) {
   const CrashRecord& record = request.record;
   EngineResult r;
+  auto stage_start = std::chrono::steady_clock::now();
+  auto stage_done = [&](const char* stage) {
+    auto now = std::chrono::steady_clock::now();
+    r.stage_ms.emplace_back(stage, std::chrono::duration<double, std::milli>(now - stage_start).count());
+    stage_start = now;
+  };
   r.analysis = analyze_crash(kernel, record);
   CrashAnalysis& a = r.analysis;
+  stage_done("analysis");
 
   r.consistency = check_kernel_consistency(kernel);
   for (const auto& p : r.consistency) a.unsafe.push_back("kernel structures are corrupted: " + p);
+  stage_done("consistency");
 
   if (healthy) r.integrity = check_text_integrity(kernel, *healthy, request.known_patches);
   else r.integrity.problems.push_back("no healthy copy of the kernel's code: integrity not checked");
+  stage_done("integrity");
   const auto& bad = r.integrity.corrupted;
   if (!bad.empty()) {
     std::string why_not;
@@ -101,6 +113,7 @@ EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy
     r.plan.actions.insert(r.plan.actions.begin(), std::move(restore));
     r.plan.reason = "restore-code, " + r.plan.reason;
   }
+  stage_done("plan");
   return r;
 }
 

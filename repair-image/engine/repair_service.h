@@ -35,8 +35,10 @@ struct EngineResult {
   IntegrityReport integrity;
   std::vector<std::string> consistency;  // reasons the core structures are not trusted
   RepairPlan plan;
+  // How long each stage took, in milliseconds, in the order they ran (they differ from run to run).
+  std::vector<std::pair<std::string, double>> stage_ms;
   // {"analysis": {... "integrity", "consistency"}, "plan": {...}}: what both modes must agree on;
-  // "timings": how long parts took (they differ from run to run).
+  // "timings": how long parts took.
   nlohmann::json to_json() const;
 };
 

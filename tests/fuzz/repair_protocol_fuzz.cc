@@ -1,11 +1,13 @@
 // Fuzz target: what crosses the repair mailbox. The agent's answer is produced from a crashed,
 // possibly hostile guest's memory, and the agent itself may be subverted, so the supervisor's
 // parsers of it — the answer's plan (plan_from_json), and the mailbox header the agent writes —
-// must refuse cleanly; the agent's parser of requests (RepairRequest::from_json) too.
+// must refuse cleanly; the agent's parsers of requests (RepairRequest::from_json) and of the
+// repair payload's archive (read_payload) too.
 #include "base/error.h"
 #include "engine/repair_plan.h"
 #include "engine/repair_service.h"
 #include "protocol/mailbox.h"
+#include "protocol/payload.h"
 
 #include <nlohmann/json.hpp>
 
@@ -30,6 +32,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       (void)request.to_json();
     } catch (const Error&) {
     }
+  }
+  // The same bytes as a repair payload.
+  try {
+    for (const auto& [name, bytes] : repair::read_payload(text)) (void)bytes.size();
+  } catch (const Error&) {
   }
   // The same bytes as a mailbox header written by the agent.
   static std::vector<std::uint64_t> box(repair::kMailboxSize / 8);

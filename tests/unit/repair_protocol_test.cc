@@ -7,6 +7,7 @@
 #include "engine/repair_service.h"
 #include "engine/text_integrity.h"
 #include "protocol/mailbox.h"
+#include "protocol/payload.h"
 #include "recovery/plan_validation.h"
 #include "repair/repair_engine.h"
 #include "support/fake_kernel.h"
@@ -170,6 +171,47 @@ TEST_CASE("mailbox: a request and its answer cross; the agent's lengths are chec
   std::uint32_t odd = 77;
   std::memcpy(reinterpret_cast<char*>(memory.data()) + 8, &odd, 4);
   CHECK(host.agent_state() == repair::AgentState::failed);
+}
+
+TEST_CASE("repair payload: files cross as a newc archive read in place; damage is refused", "[repair]") {
+  std::map<std::string, std::string> files = {{"repair.json", "{}\n"}, {"profile/kallsyms", "ffffffff81000000 T _stext\n"},
+                                              {"healthy/healthy.bin", std::string(5, '\0') + "x"}, {"empty", ""}};
+  std::string archive = repair::write_payload(files);
+  CHECK(archive.size() % 4 == 0);
+  auto back = repair::read_payload(archive + std::string(4096, '\0'));  // the window's unused rest follows
+  REQUIRE(back.size() == files.size());
+  for (const auto& [name, bytes] : files) CHECK(back.at(name) == bytes);
+  // The views point into the archive itself: nothing was copied.
+  CHECK(back.at("repair.json").data() >= archive.data());
+
+  // Debian's cpio lists it (the format is the kernel's initramfs one).
+  std::string path = std::filesystem::temp_directory_path() / ("payload-test-" + std::to_string(::getpid()));
+  { std::ofstream(path, std::ios::binary) << archive; }
+  if (std::system("command -v cpio >/dev/null 2>&1") == 0) {
+    std::string listed = path + ".list";
+    REQUIRE(std::system(("cpio -t --quiet < '" + path + "' > '" + listed + "'").c_str()) == 0);
+    std::ifstream in(listed);
+    std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(all == "empty\nhealthy/healthy.bin\nprofile/kallsyms\nrepair.json\n");
+    std::filesystem::remove(listed);
+  }
+  std::filesystem::remove(path);
+
+  CHECK_THROWS_AS(repair::read_payload(""), Error);
+  CHECK_THROWS_AS(repair::read_payload(archive.substr(0, archive.size() - 120)), Error);  // no trailer
+  CHECK_THROWS_AS(repair::read_payload(archive.substr(0, 200)), Error);                   // cut inside a file
+  std::string bad_magic = archive;
+  bad_magic[5] = '2';
+  CHECK_THROWS_AS(repair::read_payload(bad_magic), Error);
+  std::string bad_hex = archive;
+  bad_hex[6 + 8 * 6] = 'g';  // the first file's size
+  CHECK_THROWS_AS(repair::read_payload(bad_hex), Error);
+  std::string huge = archive;
+  huge.replace(6 + 8 * 6, 8, "7fffffff");  // a size past the end
+  CHECK_THROWS_AS(repair::read_payload(huge), Error);
+  std::string twice = repair::write_payload({{"a", "1"}});
+  twice = twice.substr(0, twice.size() - 124) + twice;  // "a" twice, then the trailer
+  CHECK_THROWS_AS(repair::read_payload(twice), Error);
 }
 
 TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repair]") {

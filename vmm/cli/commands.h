@@ -45,7 +45,7 @@ struct RunOptions {
   std::string repair = "vm";            // vm | inline: where crashes are analysed
   std::string repair_fallback = "inline";  // inline | reboot
   int repair_timeout_ms = 5000;
-  std::string repair_vm_memory = "384M";
+  std::string repair_vm_memory = "auto";
   std::string repair_agent;
   std::string repair_vm_kernel;
   bool repair_cross_check = false;

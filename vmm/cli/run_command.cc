@@ -132,7 +132,7 @@ SupervisorOptions supervisor_options(const RunOptions& o, const MachineConfig& c
   options.repair.mode = o.repair;
   options.repair.fallback = o.repair_fallback;
   options.repair.timeout = std::chrono::milliseconds(o.repair_timeout_ms);
-  options.repair.vm_memory = parse_memory_size(o.repair_vm_memory, "--repair-vm-memory");
+  options.repair.vm_memory = o.repair_vm_memory == "auto" ? 0 : parse_memory_size(o.repair_vm_memory, "--repair-vm-memory");
   options.repair.cross_check = o.repair_cross_check;
   options.repair.agent = o.repair_agent;
   options.repair.vm_kernel = absolute(o.repair_vm_kernel);

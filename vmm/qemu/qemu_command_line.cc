@@ -51,7 +51,7 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
                                   ? "allow"
                                   : "deny"),
       "-S",  // start paused: we connect everything before the first instruction
-      "-accel", kvm ? "kvm" : "tcg",
+      "-accel", kvm ? "kvm" : c.emulator_code_cache_bytes ? fmt::format("tcg,tb-size={}", std::max<std::uint64_t>(c.emulator_code_cache_bytes >> 20, 1)) : "tcg",
       "-cpu", kvm ? "host" : "qemu64",
       "-machine", "q35,memory-backend=guest-ram",
       "-m", fmt::format("{}M", c.memory_bytes >> 20),

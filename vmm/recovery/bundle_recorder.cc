@@ -210,7 +210,10 @@ void BundleRecorder::prepare(const PhysicalMemory& ram, const RamClasses& classe
   std::uint64_t ram_bytes = ram.total_size();
   // Reading a word of each page to copy maps it into our view of guest RAM now, not in a pause.
   std::uint64_t need = touch_kernel_pages(ram, classes) * MemorySnapshot::kPageSize;
-  std::uint64_t want = std::min<std::uint64_t>(need + need / 2 + (32ull << 20), ram_bytes);
+  // A margin for the kernel's growth until the next profile re-sizes it (each module change); a
+  // snapshot that outgrows it allocates its own copy (a longer pause, not a failure). Prepared
+  // memory is host memory every protected guest pays for, so the margin is a quarter, not a half.
+  std::uint64_t want = std::min<std::uint64_t>(need + need / 4 + (16ull << 20), ram_bytes);
   std::lock_guard lock(mutex_);
   if (arena_bytes_ >= need + need / 4 && !arenas_.empty()) return;
   // Resized: the old arenas go as their snapshots are done with them.

@@ -115,6 +115,7 @@ void RecoveryCoordinator::freeze_crashed() {
 }
 
 void RecoveryCoordinator::on_breakpoint(int vcpu) {
+  auto stopped_at = Clock::now();
   std::optional<std::string> point;
   try {
     if (vcpu >= 0) point = interceptor_.point_at(p_.machine.read_registers(vcpu).rip);
@@ -139,18 +140,18 @@ void RecoveryCoordinator::on_breakpoint(int vcpu) {
       p_.say(std::string("cannot step over crash_kexec: ") + e.what());
     }
   }
-  on_crash(interceptor_.record(p_.ledger.open_crash(), vcpu, "breakpoint", *point));
+  on_crash(interceptor_.record(p_.ledger.open_crash(), vcpu, "breakpoint", *point), stopped_at);
 }
 
-void RecoveryCoordinator::on_crash(repair::CrashRecord record) {
-  auto t0 = Clock::now();
+void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point stopped_at) {
+  CrashTimes times{stopped_at, ms_since(stopped_at)};
   if (watch_) cut_watch_short(record.id);
   p_.state.change(GuestState::crashed, "a crash caught at its first instruction");
   RepairAnswer answer = ask_repair_engine(record);
   CrashDecision d = decide_on_crash(answer, record, p_.policy, budget_, p_.kernel, p_.repair ? p_.repair->healthy() : nullptr);
   const repair::RepairPlan& plan = d.plan;
   json analysis = d.analysed ? answer.analysis : json(), plan_json = plan.to_json();
-  double analysis_ms = ms_since(t0);
+  times.analysis_ms = ms_since(stopped_at);
   // The dump's copy of memory comes before the repair changes anything.
   p_.bundles.hold(record, p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu), p_.kernel.profile(),
                   analysis, plan_json, plan.resume ? "resume" : "reboot", plan.reason);
@@ -169,19 +170,21 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record) {
     }
     return reboot(plan.reason, record.id);
   }
-  resume_repaired(record, plan, answer, analysis_ms, t0);
+  resume_repaired(record, plan, answer, times);
 }
 
 void RecoveryCoordinator::resume_repaired(const repair::CrashRecord& record, const repair::RepairPlan& plan,
-                                          const RepairAnswer& answer, double analysis_ms, Clock::time_point t0) {
+                                          const RepairAnswer& answer, const CrashTimes& times) {
   auto t_apply = Clock::now();
+  // After the decision, before the repair: the bundle's copy, the events, the crash file.
+  double bookkeeping_ms = ms_since(times.stopped_at) - times.analysis_ms;
   try {
     interceptor_.apply(plan, p_.kernel.get());
     p_.machine.resume();
   } catch (const std::exception& e) {
     return reboot(std::string("applying the repair failed: ") + e.what(), record.id);
   }
-  double apply_ms = ms_since(t_apply), total_ms = ms_since(t0);
+  double apply_ms = ms_since(t_apply), total_ms = ms_since(times.stopped_at);
   budget_.spend(Clock::now());
   p_.quarantine.add(plan, record.id, record.time);
   p_.state.change(GuestState::recovering, "repaired and resumed");
@@ -206,12 +209,16 @@ void RecoveryCoordinator::resume_repaired(const repair::CrashRecord& record, con
   }
   watch_ = std::make_unique<RecoveryWatch>(record.id, p_.policy.verify_timeout, p_.agent.heartbeats(), std::move(memory_checks));
   double snapshot_ms = p_.bundles.pending_snapshot_ms();
-  p_.bundles.add_timings({{"analysis_ms", analysis_ms}, {"apply_ms", apply_ms}, {"intercept_to_resume_ms", total_ms},
+  p_.bundles.add_timings({{"record_ms", times.record_ms}, {"analysis_ms", times.analysis_ms}, {"apply_ms", apply_ms},
+                          {"intercept_to_resume_ms", total_ms},
                           {"repair_mode", answer.mode}, {"engine_ms", answer.engine_ms},
                           {"repair_round_trip_ms", answer.round_trip_ms}, {"snapshot_pause_ms", snapshot_ms}});
-  p_.event("resumed", {{"crash", record.id}, {"actions", plan.reason}, {"analysis_ms", analysis_ms}, {"apply_ms", apply_ms},
+  p_.event("resumed", {{"crash", record.id}, {"actions", plan.reason}, {"record_ms", times.record_ms},
+                       {"analysis_ms", times.analysis_ms}, {"apply_ms", apply_ms},
                        {"repair_mode", answer.mode}, {"engine_ms", answer.engine_ms}, {"lock_search_ms", answer.lock_search_ms},
-                       {"snapshot_ms", snapshot_ms}, {"intercept_to_resume_ms", total_ms}});
+                       {"engine_stage_ms", answer.stage_ms}, {"round_trip_ms", answer.round_trip_ms},
+                       {"snapshot_ms", snapshot_ms}, {"bookkeeping_ms", bookkeeping_ms},
+                       {"intercept_to_resume_ms", total_ms}});
   p_.say(fmt::format("crash {}: repaired ({}) and resumed {:.1f} ms after interception; verifying", record.id, plan.reason,
                      total_ms));
 }

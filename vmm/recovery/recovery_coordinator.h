@@ -43,9 +43,16 @@ class RecoveryCoordinator {
  private:
   void on_breakpoint(int vcpu);
   void on_panic_event();
-  void on_crash(repair::CrashRecord record);
+  // stopped_at: when the crashing vCPU's stop reached us (interception to resume is timed from it).
+  void on_crash(repair::CrashRecord record, Clock::time_point stopped_at);
+  // Where a crash's time went before the repair is applied.
+  struct CrashTimes {
+    Clock::time_point stopped_at;  // the crashing vCPU's stop reached us
+    double record_ms = 0;          // every vCPU's registers read
+    double analysis_ms = 0;        // from the stop to the decision (record and repair engine included)
+  };
   void resume_repaired(const repair::CrashRecord& record, const repair::RepairPlan& plan, const RepairAnswer& answer,
-                       double analysis_ms, Clock::time_point t0);
+                       const CrashTimes& times);
   void freeze_crashed();
   void watch_recovery();
   void fail_recovery(const std::string& check, const std::string& why);

@@ -15,16 +15,17 @@
 
 namespace immortal::vmm {
 
-InlineRepair::InlineRepair(const std::string& agent, const std::string& config, const Machine::RamFile& ram,
-                           const std::string& log) {
-  // A read-only open file description of guest RAM: the agent cannot map it writable.
+InlineRepair::InlineRepair(const std::string& agent, int payload, const Machine::RamFile& ram, const std::string& log) {
+  // Read-only open file descriptions of guest RAM and the payload: the agent cannot map them writable.
   UniqueFd ram_ro = reopen_read_only(ram.fd);
   if (!ram_ro) fail_os(ExitCode::failure, "reopen guest RAM read-only", errno);
+  UniqueFd payload_ro = reopen_read_only(payload);
+  if (!payload_ro) fail_os(ExitCode::failure, "reopen the repair payload read-only", errno);
   Doorbell doorbell = make_doorbell();
   doorbell_ = std::move(doorbell.ours);
   UniqueFd log_fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
-  pid_ = start_agent_process({agent, "--inline", "--config", config, "--ram-fd", "3", "--mailbox-fd", "4", "--doorbell-fd", "5"},
-                             {-1, log_fd.get(), log_fd.get(), ram_ro.get(), mailbox_.fd(), doorbell.theirs.get()});
+  pid_ = start_agent_process({agent, "--inline", "--ram-fd", "3", "--mailbox-fd", "4", "--doorbell-fd", "5", "--payload-fd", "6"},
+                             {-1, log_fd.get(), log_fd.get(), ram_ro.get(), mailbox_.fd(), doorbell.theirs.get(), payload_ro.get()});
 }
 
 InlineRepair::~InlineRepair() { kill_agent(); }

@@ -10,8 +10,9 @@ namespace immortal::vmm {
 
 class InlineRepair final : public RepairWorker {
  public:
-  // agent: the immortal-repair-agent binary; config: its repair.json; log: its stderr.
-  InlineRepair(const std::string& agent, const std::string& config, const Machine::RamFile& ram, const std::string& log);
+  // agent: the immortal-repair-agent binary; payload: the repair payload's memfd
+  // (repair/repair_image.h); log: its stderr.
+  InlineRepair(const std::string& agent, int payload, const Machine::RamFile& ram, const std::string& log);
   ~InlineRepair() override;
 
   const char* mode() const override { return "inline"; }

@@ -20,13 +20,17 @@
 
 namespace immortal::vmm {
 
+// The repair VM's memory when not set: enough for its kernel and an agent holding a payload of
+// payload_bytes (a multiple of 16 MiB).
+std::uint64_t repair_vm_memory(std::uint64_t payload_bytes);
+
 struct RepairSettings {
   std::string mode = "vm";          // vm | inline
   std::string fallback = "inline";  // inline | reboot
   std::chrono::milliseconds timeout{5000};  // for one answer
   bool cross_check = false;         // also ask the other mode and compare (testing, validation)
   std::string agent;                // --repair-agent (else found next to immortal)
-  std::uint64_t vm_memory = 384ull << 20;
+  std::uint64_t vm_memory = 0;  // 0: sized from the repair payload (repair_vm_memory())
   // The repair VM's kernel when it is not the guest's (a guest booted by its firmware from its
   // own disk has none we can name). Any x86-64 kernel with PCI serves: it only runs the agent.
   std::string vm_kernel;

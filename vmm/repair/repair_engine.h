@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -39,6 +40,9 @@ struct RepairAnswer {
   std::string mode;                 // who answered: vm, inline
   double engine_ms = 0, round_trip_ms = 0;
   double lock_search_ms = 0;  // the part of engine_ms the held-lock search took
+  // The engine's stages (module_symbols, analysis, consistency, integrity, plan): where
+  // engine_ms went. Only those names are taken from the agent's answer.
+  std::map<std::string, double> stage_ms;
   std::string error;                // !ok: why there is no answer
   std::vector<std::string> fallbacks;  // who could not answer first, and why
   nlohmann::json cross_check;       // --repair-cross-check: the other mode's verdict on the same crash

@@ -3,6 +3,9 @@
 #include "repair/agent_process.h"
 
 #include "base/error.h"
+#include "base/sealed_memfd.h"
+#include "profile/guest_profile.h"
+#include "protocol/payload.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -13,7 +16,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <bit>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <memory>
 
@@ -25,13 +31,6 @@ namespace {
 
 using ArchivePtr = std::unique_ptr<struct archive, int (*)(struct archive*)>;
 using EntryPtr = std::unique_ptr<struct archive_entry, void (*)(struct archive_entry*)>;
-
-void write_json(const std::string& path, const nlohmann::json& j) {
-  std::ofstream out(path, std::ios::trunc);
-  out << j.dump(1) << "\n";
-  out.close();
-  if (!out) fail(ExitCode::failure, "cannot write {}", path);
-}
 
 class Cpio {
  public:
@@ -105,45 +104,41 @@ std::string find_repair_agent(const std::string& configured) {
 
 RepairImage build_repair_image(const std::string& dir, const std::string& agent, const std::string& profile_dir,
                                const repair::HealthyImage& healthy, const Machine::RamFile& ram) {
-  RepairImage image{dir, dir + "/initrd.img", 0};
+  RepairImage image;
+  // What an earlier version staged here (the inputs were files then).
   std::error_code ec;
-  fs::remove_all(dir + "/profile", ec);
-  fs::remove_all(dir + "/healthy", ec);
-  fs::create_directories(dir + "/profile");
-  fs::create_directories(dir + "/healthy");
-  // The profile as it is now (a newer one may replace the instance's copy at any time).
-  std::vector<std::string> profile_files, profile_dirs;
-  for (const auto& e : fs::recursive_directory_iterator(profile_dir)) {
-    std::string rel = fs::relative(e.path(), profile_dir).string();
-    if (e.is_directory()) {
-      fs::create_directories(dir + "/profile/" + rel);
-      profile_dirs.push_back(rel);
-    } else if (e.is_regular_file()) {
-      fs::copy_file(e.path(), dir + "/profile/" + rel, fs::copy_options::overwrite_existing);
-      profile_files.push_back(rel);
-    }
-  }
-  healthy.save(dir + "/healthy");
-  // Inside the repair VM the RAM window is the file itself, so file offsets are window offsets.
-  nlohmann::json in_vm = ram_layout_json(ram), in_process = in_vm;
-  in_vm.update(nlohmann::json{{"profile", "/profile"}, {"healthy", "/healthy"}});
-  in_process.update(nlohmann::json{{"profile", dir + "/profile"}, {"healthy", dir + "/healthy"}});
-  write_json(dir + "/repair.json", in_vm);
-  write_json(dir + "/inline.json", in_process);
+  for (const char* old : {"profile", "healthy", "repair.json", "inline.json"}) fs::remove_all(dir + "/" + old, ec);
 
+  image.initrd = dir + "/initrd.img";
   std::string partial = image.initrd + ".partial";
   Cpio cpio(partial);
-  for (const char* d : {"dev", "proc", "sys", "profile", "healthy"}) cpio.directory(d);
+  for (const char* d : {"dev", "proc", "sys"}) cpio.directory(d);
   cpio.device("dev/console", 5, 1);
   cpio.file("init", agent, 0755);
-  cpio.file("repair.json", dir + "/repair.json", 0644);
-  for (const auto& d : profile_dirs) cpio.directory("profile/" + d);
-  for (const auto& f : profile_files) cpio.file("profile/" + f, dir + "/profile/" + f, 0644);
-  cpio.file("healthy/healthy.json", dir + "/healthy/healthy.json", 0644);
-  cpio.file("healthy/healthy.bin", dir + "/healthy/healthy.bin", 0644);
   cpio.close();
   fs::rename(partial, image.initrd);
-  image.bytes = fs::file_size(image.initrd);
+  image.initrd_bytes = fs::file_size(image.initrd);
+
+  // The payload: the profile as it is now (a newer one may replace the instance's copy at any
+  // time), the healthy copy, and guest RAM's layout (inside the repair VM the RAM window is the
+  // file itself, so file offsets are window offsets).
+  std::map<std::string, std::string> files;
+  for (auto& [name, bytes] : GuestProfile::read_files(profile_dir)) files.emplace("profile/" + name, std::move(bytes));
+  auto copy = healthy.to_files();
+  files.emplace("healthy/healthy.json", std::move(copy.index));
+  files.emplace("healthy/healthy.bin", std::move(copy.blob));
+  files.emplace("repair.json", ram_layout_json(ram).dump(1) + "\n");
+  std::string archive = repair::write_payload(files);
+  files.clear();
+  image.payload_bytes = archive.size();
+  image.window_bytes = std::max<std::uint64_t>(std::bit_ceil(image.payload_bytes), 1ull << 20);
+  image.payload = sealed_memfd("immortal-repair-payload", image.window_bytes);
+  for (std::size_t at = 0; at < archive.size();) {
+    ssize_t n = ::pwrite(image.payload.get(), archive.data() + at, archive.size() - at, static_cast<off_t>(at));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail_os(ExitCode::failure, "write the repair payload", errno);
+    at += static_cast<std::size_t>(n);
+  }
   return image;
 }
 

@@ -1,14 +1,16 @@
-// The hidden repair image, built from the healthy guest: an initramfs (newc cpio, uncompressed
-// so the repair VM unpacks it at memory speed) holding
-//   /init          the static repair agent (repair-image/agent/)
-//   /repair.json   where guest RAM lies in its PCI window, where the inputs are
-//   /profile/      the healthy-guest profile (kallsyms, BTF, modules, VMCOREINFO address)
-//   /healthy/      the healthy copy of the kernel's text and read-only data
-// It boots with the guest's own kernel. Rebuilt whenever the profile changes (a module loaded or
-// unloaded), since symbols and the healthy copy change with it. The inline repair process reads
-// the same files from the directory they are staged in.
+// The hidden repair image, built from the healthy guest, in two parts:
+//   initrd.img   the repair VM's initramfs (newc cpio, uncompressed): /init, the static repair
+//                agent (repair-image/agent/), and /dev/console; nothing of the guest
+//   the payload  a sealed memfd holding a newc archive (repair-image/protocol/payload.h):
+//                repair.json (where guest RAM lies), profile/ (kallsyms, BTF, modules, VMCOREINFO
+//                address) and healthy/ (the healthy copy of the kernel's text and read-only data)
+// The repair VM sees the payload as a read-only PCI window and the inline agent maps it from a
+// descriptor: nothing of it is copied into files or into the repair VM's initramfs. Rebuilt
+// whenever the profile changes (a module loaded or unloaded), since symbols and the healthy copy
+// change with it.
 #pragma once
 
+#include "base/unique_fd.h"
 #include "engine/healthy_image.h"
 #include "machine.h"
 
@@ -17,13 +19,15 @@
 namespace immortal::vmm {
 
 struct RepairImage {
-  std::string dir;          // staging directory: profile/, healthy/, repair.json, inline.json
-  std::string initrd;       // dir/initrd.img
-  std::uint64_t bytes = 0;  // of the initrd
+  std::string initrd;               // DIR/initrd.img
+  std::uint64_t initrd_bytes = 0;
+  UniqueFd payload;                 // the payload archive, sealed; its size is window_bytes
+  std::uint64_t payload_bytes = 0;  // of the archive
+  std::uint64_t window_bytes = 0;   // a power of two (a PCI window shows it whole), at least 1 MiB
 };
 
-// Stages the inputs in dir (replacing what was there) and writes the initrd. profile_dir: the
-// instance's profile. Throws Error on failure.
+// Writes DIR/initrd.img (the agent) and the payload from the instance's profile (profile_dir),
+// the healthy copy and guest RAM's layout. Throws Error on failure.
 RepairImage build_repair_image(const std::string& dir, const std::string& agent, const std::string& profile_dir,
                                const repair::HealthyImage& healthy, const Machine::RamFile& ram);
 

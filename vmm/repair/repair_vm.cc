@@ -16,11 +16,12 @@ namespace immortal::vmm {
 namespace {
 
 constexpr auto kBootLimit = std::chrono::seconds(120);
-constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11;  // agent/repair_agent.cc reads these slots
+constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11, kPayloadSlot = 0x12;  // agent/repair_agent.cc reads these slots
 
 }  // namespace
 
-RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram) {
+RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
+                   std::uint64_t window_bytes) {
   if (!std::has_single_bit(guest_ram.size))
     fail(ExitCode::failure, "guest RAM of {} MiB is not a power of two: a PCI window cannot show it whole",
          guest_ram.size >> 20);
@@ -28,8 +29,11 @@ RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::
   // read-only one too, as the inline agent's.
   guest_ram_ = reopen_read_only(guest_ram.fd);
   if (!guest_ram_) fail_os(ExitCode::failure, "reopen guest RAM read-only for the repair VM", errno);
+  payload_ = reopen_read_only(payload);
+  if (!payload_) fail_os(ExitCode::failure, "reopen the repair payload read-only for the repair VM", errno);
   config.shared_windows = {{"peer-ram", guest_ram_.get(), guest_ram.size, true, kGuestRamSlot},
-                           {"repair-mailbox", mailbox_.fd(), repair::kMailboxSize, false, kMailboxSlot}};
+                           {"repair-mailbox", mailbox_.fd(), repair::kMailboxSize, false, kMailboxSlot},
+                           {"repair-payload", payload_.get(), window_bytes, true, kPayloadSlot}};
   machine_ = factory(config, Deadline::in(std::chrono::seconds(30)));
   machine_->resume();
 }

@@ -1,6 +1,6 @@
 // --repair vm: the repair VM. A second, small VM of the guest's own kernel and the repair image
-// (repair/repair_image.h), seeing the guest's RAM read-only and the mailbox as two PCI memory
-// windows. Booted when the guest's profile is in, then paused: a crash resumes it, posts the
+// (repair/repair_image.h): the agent as its initramfs; the guest's RAM and the repair payload
+// read-only and the mailbox as three PCI memory windows. Booted when the guest's profile is in, then paused: a crash resumes it, posts the
 // request, waits for the answer and pauses it again. The guest never sees it.
 #pragma once
 
@@ -17,9 +17,11 @@ namespace immortal::vmm {
 class RepairVm final : public RepairWorker {
  public:
   using Factory = std::function<std::unique_ptr<Machine>(const MachineConfig&, Deadline)>;
-  // config: kernel, initrd (the repair image), memory, runtime dir …; its shared windows are
-  // added here. Throws Error when the VM cannot be started at all.
-  RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram);
+  // config: kernel, initrd (the agent), memory, runtime dir …; its shared windows are added
+  // here. payload: the repair payload's memfd, window_bytes long (a power of two). Throws Error
+  // when the VM cannot be started at all.
+  RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
+           std::uint64_t window_bytes);
   ~RepairVm() override;
 
   const char* mode() const override { return "vm"; }
@@ -35,6 +37,7 @@ class RepairVm final : public RepairWorker {
 
   MailboxMemory mailbox_;
   UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
+  UniqueFd payload_;    // a read-only open of the repair payload
   std::unique_ptr<Machine> machine_;
   WorkerState state_ = WorkerState::starting;
   std::string status_ = "booting";
