@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <future>
 #include <fstream>
 
 namespace immortal::vmm {
@@ -147,14 +148,20 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
   CrashTimes times{stopped_at, ms_since(stopped_at)};
   if (watch_) cut_watch_short(record.id);
   p_.state.change(GuestState::crashed, "a crash caught at its first instruction");
+  // The bundle's copy of memory is taken while the repair engine works: the guest is stopped for
+  // both and nothing is changed before the decision, so the copy no longer adds to the pause. The
+  // copy reads guest RAM and asks the page-class agent; the engine is another process or VM.
+  auto capture = std::async(std::launch::async, [&] {
+    return p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu);
+  });
   RepairAnswer answer = ask_repair_engine(record);
+  BundleCapture captured = capture.get();
   CrashDecision d = decide_on_crash(answer, record, p_.policy, budget_, p_.kernel, p_.repair ? p_.repair->healthy() : nullptr);
   const repair::RepairPlan& plan = d.plan;
   json analysis = d.analysed ? answer.analysis : json(), plan_json = plan.to_json();
   times.analysis_ms = ms_since(stopped_at);
-  // The dump's copy of memory comes before the repair changes anything.
-  p_.bundles.hold(record, p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu), p_.kernel.profile(),
-                  analysis, plan_json, plan.resume ? "resume" : "reboot", plan.reason);
+  p_.bundles.hold(record, std::move(captured), p_.kernel.profile(), analysis, plan_json, plan.resume ? "resume" : "reboot",
+                  plan.reason);
   p_.ledger.record({record.id, record.time, d.summary, plan.resume ? "resume" : "reboot", plan.reason, "", "", ""});
   p_.event("crash", {{"crash", record.id}, {"caught_at", record.time}, {"caught_by", record.caught_by},
                      {"at", record.intercepted_at}, {"vcpu", record.vcpu}, {"summary", d.summary},
@@ -176,7 +183,8 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
 void RecoveryCoordinator::resume_repaired(const repair::CrashRecord& record, const repair::RepairPlan& plan,
                                           const RepairAnswer& answer, const CrashTimes& times) {
   auto t_apply = Clock::now();
-  // After the decision, before the repair: the bundle's copy, the events, the crash file.
+  // After the decision, before the repair: the events, the crash file (the bundle's copy was
+  // taken during the analysis).
   double bookkeeping_ms = ms_since(times.stopped_at) - times.analysis_ms;
   try {
     interceptor_.apply(plan, p_.kernel.get());
