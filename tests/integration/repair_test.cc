@@ -238,6 +238,42 @@ TEST_CASE("repair: a module load and unload storm: the supervisor answers throug
   CHECK(injected.status == 0);
 }
 
+TEST_CASE("repair: after a module change the running repair VM loads the new profile in place, and analyses the "
+          "next crash with it",
+          "[integration][repair]") {
+  std::string name = unique_name("reload");
+  auto run = run_cli({"run", "--name", name, "--detach", "--verify-window", "1"});
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  auto vm = [&] { return status_json(name).value("repair", json::object()).value("vm", json::object()); };
+  REQUIRE(wait_until([&] { return vm().value("state", "") == "ready"; }, 120s));
+  int pid = vm().value("pid", 0);
+  std::uint64_t profile = status_json(name).value("profile", json::object()).value("number", std::uint64_t{0});
+  REQUIRE(run_cli({"exec", name, "--", "rmmod", "lkdtm"}).status == 0);
+  // A new profile, its payload written into the window's other slot, and the same QEMU ready
+  // again with it: loaded, not booted.
+  REQUIRE(wait_until([&] {
+    json s = status_json(name);
+    return s.value("profile", json::object()).value("number", std::uint64_t{0}) > profile && !events_of(name, "repair-image").empty() &&
+           events_of(name, "repair-image").back().contains("reload") && vm().value("state", "") == "ready";
+  }, 120s));
+  CHECK(vm().value("pid", 0) == pid);
+  auto readies = events_of(name, "repair-ready");
+  REQUIRE(readies.size() >= 2);
+  CHECK(readies.back().value("mode", "") == "vm");
+  INFO("ready again " << readies.back().value("start_ms", 0.0) << " ms after the reload was asked for");
+  // The module it no longer has: the profile's symbols say so.
+  CHECK_THAT(readies.back().value("agent", ""), !Catch::Contains("healthy copy 0 KiB"));
+  auto injected = run_cli({"inject", name, "null-deref", "--wait", "--json"}, 120s);
+  INFO(injected.out << injected.err);
+  REQUIRE(injected.status == 0);
+  auto crash = events_of(name, "crash");
+  REQUIRE(!crash.empty());
+  CHECK(crash.back()["repair"].value("mode", "") == "vm");
+  CHECK(recovered(name) == 1);
+  CHECK(run_cli({"stop", name}).status == 0);
+}
+
 TEST_CASE("repair: a guest that floods the agent channel gets its share; the supervisor answers, and the agent "
           "comes back", "[integration][repair]") {
   auto& g = inline_guest();

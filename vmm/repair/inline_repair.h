@@ -10,9 +10,10 @@ namespace immortal::vmm {
 
 class InlineRepair final : public RepairWorker {
  public:
-  // agent: the immortal-repair-agent binary; payload: the repair payload's memfd
-  // (repair/repair_image.h); log: its stderr.
-  InlineRepair(const std::string& agent, int payload, const Machine::RamFile& ram, const std::string& log);
+  // agent: the immortal-repair-agent binary; payload: the repair payload's memfd and where in it
+  // the payload lies (repair/repair_image.h); log: its stderr.
+  InlineRepair(const std::string& agent, int payload, std::uint64_t payload_offset, const Machine::RamFile& ram,
+               const std::string& log);
   ~InlineRepair() override;
 
   const char* mode() const override { return "inline"; }

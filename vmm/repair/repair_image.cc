@@ -9,6 +9,7 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -77,6 +78,28 @@ class Cpio {
   la_int64_t inode_ = 0;
 };
 
+// The payload archive: the profile as it is now (a newer one may replace the instance's copy at
+// any time), the healthy copy, and guest RAM's layout (inside the repair VM the RAM window is the
+// file itself, so file offsets are window offsets).
+std::string payload_archive(const std::string& profile_dir, const repair::HealthyImage& healthy, const Machine::RamFile& ram) {
+  std::map<std::string, std::string> files;
+  for (auto& [name, bytes] : GuestProfile::read_files(profile_dir)) files.emplace("profile/" + name, std::move(bytes));
+  auto copy = healthy.to_files();
+  files.emplace("healthy/healthy.json", std::move(copy.index));
+  files.emplace("healthy/healthy.bin", std::move(copy.blob));
+  files.emplace("repair.json", ram_layout_json(ram).dump(1) + "\n");
+  return repair::write_payload(files);
+}
+
+void write_at(int fd, std::uint64_t offset, const std::string& bytes) {
+  for (std::size_t at = 0; at < bytes.size();) {
+    ssize_t n = ::pwrite(fd, bytes.data() + at, bytes.size() - at, static_cast<off_t>(offset + at));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail_os(ExitCode::failure, "write the repair payload", errno);
+    at += static_cast<std::size_t>(n);
+  }
+}
+
 }  // namespace
 
 std::string find_repair_agent(const std::string& configured) {
@@ -119,27 +142,28 @@ RepairImage build_repair_image(const std::string& dir, const std::string& agent,
   fs::rename(partial, image.initrd);
   image.initrd_bytes = fs::file_size(image.initrd);
 
-  // The payload: the profile as it is now (a newer one may replace the instance's copy at any
-  // time), the healthy copy, and guest RAM's layout (inside the repair VM the RAM window is the
-  // file itself, so file offsets are window offsets).
-  std::map<std::string, std::string> files;
-  for (auto& [name, bytes] : GuestProfile::read_files(profile_dir)) files.emplace("profile/" + name, std::move(bytes));
-  auto copy = healthy.to_files();
-  files.emplace("healthy/healthy.json", std::move(copy.index));
-  files.emplace("healthy/healthy.bin", std::move(copy.blob));
-  files.emplace("repair.json", ram_layout_json(ram).dump(1) + "\n");
-  std::string archive = repair::write_payload(files);
-  files.clear();
+  std::string archive = payload_archive(profile_dir, healthy, ram);
   image.payload_bytes = archive.size();
-  image.window_bytes = std::max<std::uint64_t>(std::bit_ceil(image.payload_bytes), 1ull << 20);
+  image.slot_bytes = std::max<std::uint64_t>(std::bit_ceil(image.payload_bytes), 1ull << 20);
+  image.window_bytes = 2 * image.slot_bytes;
   image.payload = sealed_memfd("immortal-repair-payload", image.window_bytes);
-  for (std::size_t at = 0; at < archive.size();) {
-    ssize_t n = ::pwrite(image.payload.get(), archive.data() + at, archive.size() - at, static_cast<off_t>(at));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) fail_os(ExitCode::failure, "write the repair payload", errno);
-    at += static_cast<std::size_t>(n);
-  }
+  write_at(image.payload.get(), 0, archive);
   return image;
+}
+
+bool rewrite_repair_payload(RepairImage& image, const std::string& profile_dir, const repair::HealthyImage& healthy,
+                            const Machine::RamFile& ram) {
+  std::string archive = payload_archive(profile_dir, healthy, ram);
+  if (!image.payload || archive.size() > image.slot_bytes) return false;
+  std::uint64_t old = image.payload_offset, offset = old ? 0 : image.slot_bytes;
+  write_at(image.payload.get(), offset, archive);
+  // The old payload's pages back to the host: the agents hold what they parsed, not the window.
+  if (::fallocate(image.payload.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(old),
+                  static_cast<off_t>(image.slot_bytes)) != 0)
+    fail_os(ExitCode::failure, "give back the old repair payload's memory", errno);
+  image.payload_offset = offset;
+  image.payload_bytes = archive.size();
+  return true;
 }
 
 }  // namespace immortal::vmm

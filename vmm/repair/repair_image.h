@@ -5,9 +5,10 @@
 //                repair.json (where guest RAM lies), profile/ (kallsyms, BTF, modules, VMCOREINFO
 //                address) and healthy/ (the healthy copy of the kernel's text and read-only data)
 // The repair VM sees the payload as a read-only PCI window and the inline agent maps it from a
-// descriptor: nothing of it is copied into files or into the repair VM's initramfs. Rebuilt
-// whenever the profile changes (a module loaded or unloaded), since symbols and the healthy copy
-// change with it.
+// descriptor: nothing of it is copied into files or into the repair VM's initramfs. A new payload
+// is written whenever the profile changes (a module loaded or unloaded), since symbols and the
+// healthy copy change with it: into the window's other slot when it fits, so that the running
+// repair VM loads it in place.
 #pragma once
 
 #include "base/unique_fd.h"
@@ -21,15 +22,23 @@ namespace immortal::vmm {
 struct RepairImage {
   std::string initrd;               // DIR/initrd.img
   std::uint64_t initrd_bytes = 0;
-  UniqueFd payload;                 // the payload archive, sealed; its size is window_bytes
+  UniqueFd payload;                 // sealed; its size is window_bytes: two slots, one payload
   std::uint64_t payload_bytes = 0;  // of the archive
-  std::uint64_t window_bytes = 0;   // a power of two (a PCI window shows it whole), at least 1 MiB
+  std::uint64_t payload_offset = 0; // where it lies: 0 or slot_bytes
+  std::uint64_t slot_bytes = 0;     // a power of two, at least 1 MiB
+  std::uint64_t window_bytes = 0;   // 2 * slot_bytes (a PCI window shows it whole)
 };
 
 // Writes DIR/initrd.img (the agent) and the payload from the instance's profile (profile_dir),
 // the healthy copy and guest RAM's layout. Throws Error on failure.
 RepairImage build_repair_image(const std::string& dir, const std::string& agent, const std::string& profile_dir,
                                const repair::HealthyImage& healthy, const Machine::RamFile& ram);
+
+// A new payload for the same instance written into the image's other slot, and the old slot's
+// pages given back: a running repair VM loads it in place (RepairWorker::reload). False, with the
+// image unchanged, when it does not fit a slot (then a new image is built). Throws Error.
+bool rewrite_repair_payload(RepairImage& image, const std::string& profile_dir, const repair::HealthyImage& healthy,
+                            const Machine::RamFile& ram);
 
 // The repair agent binary: $IMMORTAL_REPAIR_AGENT, else next to this executable (installed), else
 // in the build tree (repair-image/ beside vmm/). Throws Error(ExitCode::bad_input) naming where it looked.

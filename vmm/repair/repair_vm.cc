@@ -5,6 +5,7 @@
 #include "repair/agent_process.h"
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include <fcntl.h>
 
@@ -62,6 +63,33 @@ bool RepairVm::machine_gone() {
 
 WorkerState RepairVm::state() {
   if (state_ == WorkerState::failed) return state_;
+  if (state_ == WorkerState::starting && reload_seq_) {
+    std::optional<std::string> answer;
+    try {
+      answer = mailbox_.box().take_response(reload_seq_);
+    } catch (const std::runtime_error& e) {
+      fail_with(e.what());
+      return state_;
+    }
+    if (answer) {
+      reload_seq_ = 0;
+      auto j = nlohmann::json::parse(*answer, nullptr, false);
+      if (j.is_object() && j.value("ok", false)) {
+        machine_->pause();
+        state_ = WorkerState::ready;
+        status_ = mailbox_.box().agent_status();
+        start_ms_ = ms_since(started_);
+      } else {
+        fail_with("the repair agent could not load the new profile: " +
+                  (j.is_object() ? j.value("error", std::string("no reason given")) : std::string("its answer is not JSON")));
+      }
+    } else if (Clock::now() - started_ > kBootLimit) {
+      fail_with(fmt::format("the repair VM had not loaded the new profile after {} s", kBootLimit.count()));
+    } else if (machine_gone()) {
+      fail_with("the repair VM stopped while loading a new profile");
+    }
+    return state_;
+  }
   if (state_ == WorkerState::starting) {
     auto s = mailbox_.box().agent_state();
     if (s == repair::AgentState::ready) {
@@ -80,6 +108,21 @@ WorkerState RepairVm::state() {
   }
   if (machine_gone()) fail_with("the repair VM is gone");
   return state_;
+}
+
+bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
+  if (state() != WorkerState::ready) return false;
+  reload_seq_ = mailbox_.box().post_request(nlohmann::json{{"reload", {{"offset", offset}, {"size", size}}}}.dump());
+  state_ = WorkerState::starting;
+  status_ = "loading a new profile";
+  started_ = Clock::now();
+  start_ms_ = 0;
+  try {
+    machine_->resume();
+  } catch (const std::exception& e) {
+    fail_with(std::string("cannot resume the repair VM: ") + e.what());
+  }
+  return true;
 }
 
 std::string RepairVm::analyse(const std::string& request, Deadline deadline) {

@@ -30,6 +30,7 @@ class RepairVm final : public RepairWorker {
   double start_ms() const override { return start_ms_; }
   std::string analyse(const std::string& request, Deadline deadline) override;
   int process_id() const override { return machine_ ? machine_->process_id() : 0; }
+  bool reload(std::uint64_t offset, std::uint64_t size) override;
 
  private:
   void fail_with(const std::string& why);
@@ -41,6 +42,7 @@ class RepairVm final : public RepairWorker {
   std::unique_ptr<Machine> machine_;
   WorkerState state_ = WorkerState::starting;
   std::string status_ = "booting";
+  std::uint64_t reload_seq_ = 0;  // a reload asked for and not answered yet
   Clock::time_point started_ = Clock::now();
   double start_ms_ = 0;
 };

@@ -29,6 +29,10 @@ class RepairWorker {
   // then failed for good (a new one is started).
   virtual std::string analyse(const std::string& request, Deadline deadline) = 0;
   virtual int process_id() const = 0;
+  // A ready worker takes a new payload, written at [offset, offset + size) of the memfd it was
+  // started with, without starting again; it is "starting" until it has loaded it. False when
+  // it cannot (then it is started anew).
+  virtual bool reload(std::uint64_t /*offset*/, std::uint64_t /*size*/) { return false; }
 };
 
 // kMailboxSize bytes of shared memory (a memfd) holding the mailbox, mapped here.
