@@ -62,52 +62,52 @@ bool RepairVm::machine_gone() {
 }
 
 WorkerState RepairVm::state() {
-  if (state_ == WorkerState::failed) return state_;
-  if (state_ == WorkerState::starting && reload_seq_) {
-    std::optional<std::string> answer;
-    try {
-      answer = mailbox_.box().take_response(reload_seq_);
-    } catch (const std::runtime_error& e) {
-      fail_with(e.what());
-      return state_;
-    }
-    if (answer) {
-      reload_seq_ = 0;
-      auto j = nlohmann::json::parse(*answer, nullptr, false);
-      if (j.is_object() && j.value("ok", false)) {
-        machine_->pause();
-        state_ = WorkerState::ready;
-        status_ = mailbox_.box().agent_status();
-        start_ms_ = ms_since(started_);
-      } else {
-        fail_with("the repair agent could not load the new profile: " +
-                  (j.is_object() ? j.value("error", std::string("no reason given")) : std::string("its answer is not JSON")));
-      }
-    } else if (Clock::now() - started_ > kBootLimit) {
-      fail_with(fmt::format("the repair VM had not loaded the new profile after {} s", kBootLimit.count()));
-    } else if (machine_gone()) {
-      fail_with("the repair VM stopped while loading a new profile");
-    }
-    return state_;
-  }
   if (state_ == WorkerState::starting) {
-    auto s = mailbox_.box().agent_state();
-    if (s == repair::AgentState::ready) {
-      machine_->pause();  // hot standby: costs nothing until a crash
-      state_ = WorkerState::ready;
-      status_ = mailbox_.box().agent_status();
-      start_ms_ = ms_since(started_);
-    } else if (s == repair::AgentState::failed) {
-      fail_with("the repair agent in the repair VM failed: " + mailbox_.box().agent_status());
-    } else if (Clock::now() - started_ > kBootLimit) {
-      fail_with(fmt::format("the repair VM was not ready after {} s", kBootLimit.count()));
-    } else if (machine_gone()) {
-      fail_with("the repair VM stopped while booting");
-    }
+    if (reload_seq_) check_reload();
+    else check_boot();
     return state_;
   }
-  if (machine_gone()) fail_with("the repair VM is gone");
+  if (state_ != WorkerState::failed && machine_gone()) fail_with("the repair VM is gone");
   return state_;
+}
+
+void RepairVm::become_ready() {
+  machine_->pause();  // hot standby: costs nothing until a crash
+  state_ = WorkerState::ready;
+  status_ = mailbox_.box().agent_status();
+  start_ms_ = ms_since(started_);
+}
+
+void RepairVm::check_boot() {
+  auto s = mailbox_.box().agent_state();
+  if (s == repair::AgentState::ready) become_ready();
+  else if (s == repair::AgentState::failed)
+    fail_with("the repair agent in the repair VM failed: " + mailbox_.box().agent_status());
+  else if (Clock::now() - started_ > kBootLimit)
+    fail_with(fmt::format("the repair VM was not ready after {} s", kBootLimit.count()));
+  else if (machine_gone()) fail_with("the repair VM stopped while booting");
+}
+
+// A reload is over when the agent answers it (its state word says "ready" before it has even
+// seen the request).
+void RepairVm::check_reload() {
+  std::optional<std::string> answer;
+  try {
+    answer = mailbox_.box().take_response(reload_seq_);
+  } catch (const std::runtime_error& e) {
+    return fail_with(e.what());
+  }
+  if (!answer) {
+    if (Clock::now() - started_ > kBootLimit)
+      fail_with(fmt::format("the repair VM had not loaded the new profile after {} s", kBootLimit.count()));
+    else if (machine_gone()) fail_with("the repair VM stopped while loading a new profile");
+    return;
+  }
+  reload_seq_ = 0;
+  auto j = nlohmann::json::parse(*answer, nullptr, false);
+  if (j.is_object() && j.value("ok", false)) return become_ready();
+  fail_with("the repair agent could not load the new profile: " +
+            (j.is_object() ? j.value("error", std::string("no reason given")) : std::string("its answer is not JSON")));
 }
 
 bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {

@@ -35,6 +35,9 @@ class RepairVm final : public RepairWorker {
  private:
   void fail_with(const std::string& why);
   bool machine_gone();
+  void become_ready();
+  void check_boot();    // while it boots
+  void check_reload();  // while its agent loads a new profile
 
   MailboxMemory mailbox_;
   UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
