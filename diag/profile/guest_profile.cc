@@ -46,6 +46,24 @@ std::string read_file(const fs::path& path, bool required) {
   return data;
 }
 
+// The modules' BTF a profile may hold: budget::kProfileModules of them, budget::kProfileModuleBtfTotal
+// bytes in all.
+class ModuleBtfBudget {
+ public:
+  void count_module(const std::string& where) {
+    if (++count_ > budget::kProfileModules)
+      fail(ExitCode::bad_input, "{}: more than {} modules with BTF", where, budget::kProfileModules);
+  }
+  void add_bytes(std::string_view btf, const std::string& where) {
+    if ((bytes_ += btf.size()) > budget::kProfileModuleBtfTotal)
+      fail(ExitCode::bad_input, "{}: the modules' BTF is larger than {} MiB in all", where, budget::kProfileModuleBtfTotal >> 20);
+  }
+
+ private:
+  std::size_t count_ = 0;
+  std::uint64_t bytes_ = 0;
+};
+
 bool safe_module_name(const std::string& name) {
   if (name.empty() || name.size() > 64) return false;
   for (char c : name)
@@ -110,17 +128,30 @@ GuestProfile::Files GuestProfile::read_files(const std::string& dir) {
   // Every module's BTF the directory holds, within the budgets (the manifest, parsed later,
   // says which of them belong).
   std::error_code ec;
-  std::uint64_t module_bytes = 0;
-  std::size_t count = 0;
+  ModuleBtfBudget budget;
   for (const auto& entry : fs::directory_iterator(root / "btf", ec)) {
     std::string name = entry.path().filename().string();
     if (name == "vmlinux" || !safe_module_name(name)) continue;
-    if (++count > budget::kProfileModules)
-      fail(ExitCode::bad_input, "{}: more than {} modules with BTF", dir, budget::kProfileModules);
-    std::string& btf = files["btf/" + name] = read_file(entry.path(), true);
-    if ((module_bytes += btf.size()) > budget::kProfileModuleBtfTotal)
-      fail(ExitCode::bad_input, "{}: the modules' BTF is larger than {} MiB in all", dir, budget::kProfileModuleBtfTotal >> 20);
+    budget.count_module(dir);
+    budget.add_bytes(files["btf/" + name] = read_file(entry.path(), true), dir);
   }
+  return files;
+}
+
+GuestProfile::Files GuestProfile::files_from(const std::map<std::string, std::string_view>& entries, const std::string& where) {
+  Files files;
+  ModuleBtfBudget budget;
+  for (const auto& [name, bytes] : entries) {
+    if (bytes.size() > kMaxFileSize) fail(ExitCode::bad_input, "{}: {} is larger than {} MiB", where, name, kMaxFileSize >> 20);
+    if (name.starts_with("btf/") && name != "btf/vmlinux") {
+      if (!safe_module_name(name.substr(4))) continue;
+      budget.count_module(where);
+      budget.add_bytes(bytes, where);
+    }
+    files.emplace(name, std::string(bytes));
+  }
+  for (const char* required : {"profile.json", "kallsyms", "modules", "btf/vmlinux"})
+    if (!files.count(required)) fail(ExitCode::bad_input, "profile file missing: {}/{}", where, required);
   return files;
 }
 

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 
 namespace immortal {
 
@@ -43,6 +44,9 @@ struct GuestProfile {
   // and not parsed; then what load() makes of them.
   using Files = std::map<std::string, std::string>;
   static Files read_files(const std::string& dir);
+  // The same from files held elsewhere (relative path → bytes: the repair payload's), within the
+  // same budgets.
+  static Files files_from(const std::map<std::string, std::string_view>& entries, const std::string& where);
   static GuestProfile parse(const Files& files, const std::string& where);
 };
 

@@ -23,7 +23,6 @@
 #include "agent/report_mode.h"
 #include "agent/sandbox.h"
 
-#include "base/budgets.h"
 #include "base/clock.h"
 #include "base/error.h"
 #include "engine/healthy_image.h"
@@ -123,16 +122,10 @@ Inputs read_inputs(std::string_view payload, int ram_fd) {
   Config c = parse_config(*layout);
   Inputs in;
   in.memory = std::make_unique<SharedRamMemory>(ram_fd, c.ram_size, c.ram, /*writable=*/false);
-  // The profile's files as GuestProfile::read_files would give them, within the same budgets.
-  std::uint64_t module_btf = 0;
-  for (const auto& [name, bytes] : files) {
-    if (!name.starts_with("profile/")) continue;
-    if (bytes.size() > GuestProfile::kMaxFileSize) fail(ExitCode::bad_input, "{}: {} is too large", kWhere, name);
-    if (name.starts_with("profile/btf/") && name != "profile/btf/vmlinux" &&
-        (module_btf += bytes.size()) > budget::kProfileModuleBtfTotal)
-      fail(ExitCode::bad_input, "{}: the modules' BTF is larger than {} MiB in all", kWhere, budget::kProfileModuleBtfTotal >> 20);
-    in.profile.emplace(name.substr(8), std::string(bytes));
-  }
+  std::map<std::string, std::string_view> profile;
+  for (const auto& [name, bytes] : files)
+    if (name.starts_with("profile/")) profile.emplace(name.substr(8), bytes);
+  in.profile = GuestProfile::files_from(profile, std::string(kWhere) + ": profile");
   auto index = file("healthy/healthy.json"), blob = file("healthy/healthy.bin");
   if (index && blob) {
     in.healthy_index = *index;
@@ -229,7 +222,7 @@ int run_inline(int argc, char** argv) {
     else if (k == "--doorbell-fd") doorbell = std::stoi(v);
   }
   if (payload_fd < 0 || ram_fd < 0 || mailbox_fd < 0 || doorbell < 0) {
-    say("usage: immortal-repair-agent --inline --payload-fd P --ram-fd N --mailbox-fd M --doorbell-fd D");
+    say("usage: immortal-repair-agent --inline --payload-fd P [--payload-offset O] --ram-fd N --mailbox-fd M --doorbell-fd D");
     return 2;
   }
   Mailbox box(map_shared(mailbox_fd, kMailboxSize, true, "the mailbox"));

@@ -36,6 +36,9 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
     return fmt::format("socket,id={},path={},server=on,wait=off", id, path_in(dir, file));
   };
   bool kvm = c.accelerator == vmm::Accelerator::kvm;
+  std::string accel = kvm ? "kvm" : "tcg";
+  if (!kvm && c.emulator_code_cache_bytes)
+    accel += fmt::format(",tb-size={}", std::max<std::uint64_t>(c.emulator_code_cache_bytes >> 20, 1));
   std::vector<std::string> args = {
       qemu_binary(c),
       "-name", fmt::format("{},process=immortal-{}", c.name, c.name),
@@ -51,7 +54,7 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
                                   ? "allow"
                                   : "deny"),
       "-S",  // start paused: we connect everything before the first instruction
-      "-accel", kvm ? "kvm" : c.emulator_code_cache_bytes ? fmt::format("tcg,tb-size={}", std::max<std::uint64_t>(c.emulator_code_cache_bytes >> 20, 1)) : "tcg",
+      "-accel", accel,
       "-cpu", kvm ? "host" : "qemu64",
       "-machine", "q35,memory-backend=guest-ram",
       "-m", fmt::format("{}M", c.memory_bytes >> 20),

@@ -67,11 +67,9 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
     vm_.reported.clear();  // its next ready is announced
     inline_.worker.reset();
     inline_.failures = 0;
-    event_("repair-image", {{"initrd", image_->initrd}, {"bytes", image_->initrd_bytes + image_->payload_bytes},
-                            {"initrd_bytes", image_->initrd_bytes}, {"payload_bytes", image_->payload_bytes},
-                            {"window_bytes", image_->window_bytes}, {"healthy_bytes", healthy.total_bytes()},
-                            {"regions", healthy.regions.size()}, {"build_ms", ms_since(t0)},
-                            {"reload", "the running repair VM loads it in place"}});
+    nlohmann::json e = image_json();
+    e.update({{"regions", healthy.regions.size()}, {"build_ms", ms_since(t0)}, {"reload", "the running repair VM loads it in place"}});
+    event_("repair-image", e);
     if (settings_.cross_check) start(inline_);
     return;
   }
@@ -86,10 +84,9 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
   ::malloc_trim(0);
   healthy_ = healthy;
   ram_ = ram;
-  event_("repair-image", {{"initrd", image_->initrd}, {"bytes", image_->initrd_bytes + image_->payload_bytes},
-                          {"initrd_bytes", image_->initrd_bytes}, {"payload_bytes", image_->payload_bytes},
-                          {"window_bytes", image_->window_bytes}, {"healthy_bytes", healthy.total_bytes()},
-                          {"regions", healthy.regions.size()}, {"build_ms", ms_since(t0)}});
+  nlohmann::json e = image_json();
+  e.update({{"regions", healthy.regions.size()}, {"build_ms", ms_since(t0)}});
+  event_("repair-image", e);
   if (settings_.mode == "vm" && !std::has_single_bit(ram.size)) {
     // A PCI window (ivshmem's BAR) is a power of two and QEMU maps a backend from its start: a
     // repair VM cannot see this guest's RAM whole. That does not change: analyse inline.
@@ -101,6 +98,12 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
   }
   start(settings_.mode == "vm" ? vm_ : inline_);
   if (settings_.cross_check) start(settings_.mode == "vm" ? inline_ : vm_);
+}
+
+nlohmann::json RepairBroker::image_json() const {
+  return {{"initrd", image_->initrd}, {"bytes", image_->initrd_bytes + image_->payload_bytes},
+          {"initrd_bytes", image_->initrd_bytes}, {"payload_bytes", image_->payload_bytes},
+          {"window_bytes", image_->window_bytes}, {"healthy_bytes", healthy_ ? healthy_->total_bytes() : 0}};
 }
 
 void RepairBroker::start(Slot& slot) {
@@ -297,10 +300,7 @@ RepairAnswer RepairBroker::analyse(const repair::RepairRequest& request) {
 
 nlohmann::json RepairBroker::status() {
   nlohmann::json j = {{"mode", settings_.mode}, {"fallback", settings_.fallback}, {"timeout_ms", settings_.timeout.count()}};
-  if (image_)
-    j["image"] = {{"initrd", image_->initrd}, {"bytes", image_->initrd_bytes + image_->payload_bytes},
-                  {"initrd_bytes", image_->initrd_bytes}, {"payload_bytes", image_->payload_bytes},
-                  {"window_bytes", image_->window_bytes}, {"healthy_bytes", healthy_ ? healthy_->total_bytes() : 0}};
+  if (image_) j["image"] = image_json();
   for (Slot* s : {&vm_, &inline_}) {
     if (!s->worker) {
       if (s->failures) j[s->mode] = {{"state", "failed"}, {"failures", s->failures}};

@@ -72,6 +72,8 @@ class RepairBroker final : public RepairEngine {
   std::string dir_;
   Say say_;
   Event event_;
+  // The image's sizes, as the repair-image event and status show them.
+  nlohmann::json image_json() const;
   std::optional<RepairImage> image_;
   std::optional<repair::HealthyImage> healthy_;
   Machine::RamFile ram_;
