@@ -15,6 +15,10 @@ constexpr std::uint64_t kMaxPercpuOffset = 1 << 24;
 
 SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
   SymbolTable table;
+  // One line per symbol: room for all of them at once (growing a vector of 95 k symbols moved
+  // each one many times; a profile's kallsyms is bounded by the profile's file budget).
+  table.sorted_.reserve(std::min<std::size_t>(static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')) + 1,
+                                              kMaxSymbols));
   std::string_view rest(text);
   while (!rest.empty()) {
     auto nl = rest.find('\n');
@@ -69,9 +73,37 @@ SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
 }
 
 void SymbolTable::index() {
-  std::stable_sort(sorted_.begin(), sorted_.end(), [](const Symbol& a, const Symbol& b) { return a.address < b.address; });
+  // kallsyms lists the kernel image in address order and then each module's symbols in its own
+  // order: sort only what follows the sorted prefix and merge (both stable: the first of equal
+  // addresses stays first).
+  auto by_address = [](const Symbol& a, const Symbol& b) { return a.address < b.address; };
+  auto tail = std::is_sorted_until(sorted_.begin(), sorted_.end(), by_address);
+  if (tail != sorted_.end()) {
+    std::stable_sort(tail, sorted_.end(), by_address);
+    std::inplace_merge(sorted_.begin(), tail, sorted_.end(), by_address);
+  }
+  index_names();
+}
+
+void SymbolTable::index_names() {
   by_name_.clear();
+  by_name_.reserve(sorted_.size());
   for (std::size_t i = 0; i < sorted_.size(); ++i) by_name_.emplace(sorted_[i].name, i);
+}
+
+SymbolTable::SymbolTable(const SymbolTable& other)
+    : sorted_(other.sorted_), percpu_(other.percpu_), skipped_(other.skipped_) {
+  index_names();  // the names' views must point into this table's own symbols
+}
+
+SymbolTable& SymbolTable::operator=(const SymbolTable& other) {
+  if (this != &other) {
+    sorted_ = other.sorted_;
+    percpu_ = other.percpu_;
+    skipped_ = other.skipped_;
+    index_names();
+  }
+  return *this;
 }
 
 void SymbolTable::update_modules(const std::map<std::string, std::vector<Symbol>>& fresh, const std::set<std::string>& live) {

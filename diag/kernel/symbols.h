@@ -8,6 +8,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -23,6 +24,12 @@ struct Symbol {
 class SymbolTable {
  public:
   static constexpr std::size_t kMaxSymbols = 4'000'000;
+  SymbolTable() = default;
+  // A copy indexes its own symbols' names; a move keeps the symbols where they are.
+  SymbolTable(const SymbolTable& other);
+  SymbolTable& operator=(const SymbolTable& other);
+  SymbolTable(SymbolTable&&) noexcept = default;
+  SymbolTable& operator=(SymbolTable&&) noexcept = default;
   // Parses kallsyms; malformed lines are skipped and counted.
   static SymbolTable from_kallsyms(const std::string& text);
 
@@ -58,9 +65,11 @@ class SymbolTable {
  private:
   std::string describe_at(std::uint64_t address, std::uint64_t lookup_address) const;
   void index();
+  void index_names();
 
   std::vector<Symbol> sorted_;  // by address
-  std::unordered_map<std::string, std::size_t> by_name_;  // first definition wins
+  // Views of sorted_'s names (no second copy of 95 k strings); rebuilt whenever sorted_ changes.
+  std::unordered_map<std::string_view, std::size_t> by_name_;  // first definition wins
   std::unordered_map<std::string, std::uint64_t> percpu_;
   std::size_t skipped_ = 0;
 };

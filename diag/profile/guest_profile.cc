@@ -157,8 +157,8 @@ GuestProfile::Files GuestProfile::files_from(const std::map<std::string, std::st
 
 GuestProfile GuestProfile::load(const std::string& dir) { return parse(read_files(dir), dir); }
 
-GuestProfile GuestProfile::parse(const Files& files, const std::string& dir) {
-  auto file = [&](const std::string& name) -> const std::string& {
+GuestProfile GuestProfile::parse(Files files, const std::string& dir) {
+  auto file = [&](const std::string& name) -> std::string& {
     auto it = files.find(name);
     if (it == files.end()) fail(ExitCode::bad_input, "profile file missing: {}/{}", dir, name);
     return it->second;
@@ -184,14 +184,14 @@ GuestProfile GuestProfile::parse(const Files& files, const std::string& dir) {
     for (const auto& name : modules) {
       std::string n = name.get<std::string>();
       if (!safe_module_name(n)) fail(ExitCode::bad_input, "{}: bad module name in profile.json", dir);
-      p.btf_modules[n] = file("btf/" + n);
+      p.btf_modules[n] = std::move(file("btf/" + n));
     }
   } catch (const json::exception& e) {
     fail(ExitCode::bad_input, "{}: malformed profile.json: {}", dir, e.what());
   }
-  p.kallsyms = file("kallsyms");
-  p.modules = file("modules");
-  p.btf_vmlinux = file("btf/vmlinux");
+  p.kallsyms = std::move(file("kallsyms"));
+  p.modules = std::move(file("modules"));
+  p.btf_vmlinux = std::move(file("btf/vmlinux"));
   return p;
 }
 

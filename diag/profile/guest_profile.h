@@ -47,7 +47,8 @@ struct GuestProfile {
   // The same from files held elsewhere (relative path → bytes: the repair payload's), within the
   // same budgets.
   static Files files_from(const std::map<std::string, std::string_view>& entries, const std::string& where);
-  static GuestProfile parse(const Files& files, const std::string& where);
+  // Takes the files by value: pass them with std::move to parse without copying their bytes.
+  static GuestProfile parse(Files files, const std::string& where);
 };
 
 // Parses the content of /sys/kernel/vmcoreinfo ("<hex paddr> <hex size>"); false if malformed.

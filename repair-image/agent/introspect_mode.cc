@@ -50,7 +50,7 @@ int run_introspect(int argc, char** argv) {
     enter_sandbox({address_space_in_use() + kIntrospectHeadroom, 1 << 20});
     if (!sandbox_canary_died()) return 3;
 
-    GuestProfile profile = GuestProfile::parse(files, profile_dir);
+    GuestProfile profile = GuestProfile::parse(std::move(files), profile_dir);
     files.clear();
     auto kernel = Kernel::open(*ram, profile, std::nullopt);
     write_all(4, "r");

@@ -108,9 +108,11 @@ struct Inputs {
   GuestProfile::Files profile;
   std::string_view healthy_index, healthy_blob;
   std::string healthy_problem;
+  double read_ms = 0;  // reading the payload's archive and the profile's files
 };
 
 Inputs read_inputs(std::string_view payload, int ram_fd) {
+  auto t0 = std::chrono::steady_clock::now();
   auto files = read_payload(payload);
   auto file = [&](const std::string& name) -> std::optional<std::string_view> {
     auto it = files.find(name);
@@ -133,6 +135,7 @@ Inputs read_inputs(std::string_view payload, int ram_fd) {
   } else {
     in.healthy_problem = "the repair payload has no healthy copy";
   }
+  in.read_ms = ms_since(t0);
   return in;
 }
 
@@ -141,29 +144,43 @@ class Engine {
  public:
   explicit Engine(Inputs in) {
     auto t0 = std::chrono::steady_clock::now();
+    auto stage = [&, last = t0](const char* name) mutable {
+      auto now = std::chrono::steady_clock::now();
+      stages_ += fmt::format(", {} {:.0f}", name,
+                             std::chrono::duration<double, std::milli>(now - last).count());
+      last = now;
+    };
+    stages_ = fmt::format("payload {:.0f}", in.read_ms);
     memory_ = std::move(in.memory);
-    profile_ = std::make_unique<GuestProfile>(GuestProfile::parse(in.profile, std::string(kWhere) + ": profile"));
+    profile_ = std::make_unique<GuestProfile>(GuestProfile::parse(std::move(in.profile), std::string(kWhere) + ": profile"));
     in.profile.clear();
+    stage("profile");
     kernel_ = Kernel::open(*memory_, *profile_, std::nullopt);
+    stage("kernel");
     healthy_problem_ = in.healthy_problem;
     if (healthy_problem_.empty()) {
       try {
+        // Read where the payload has it: the payload stays mapped while this engine lives (the
+        // supervisor punches a slot only after the next engine took over the other one).
         healthy_ = std::make_unique<HealthyImage>(HealthyImage::parse(in.healthy_index, in.healthy_blob,
-                                                                      std::string(kWhere) + ": healthy"));
+                                                                      std::string(kWhere) + ": healthy",
+                                                                      HealthyImage::Bytes::borrow));
       } catch (const std::exception& e) {
         healthy_problem_ = e.what();
       }
     }
+    stage("healthy copy");
     // A first comparison while the guest is healthy: it maps the kernel's code pages into this
     // process now rather than at the first crash, and shows the copy matches.
     if (healthy_) warmup_ = check_text_integrity(*kernel_, *healthy_, {}).corrupted.size();
+    stage("integrity");
     load_ms_ = ms_since(t0);
   }
 
   std::string summary() const {
-    return fmt::format("ready: kernel {}, {} symbols, healthy copy {} KiB ({} differences now){}, loaded in {:.0f} ms",
+    return fmt::format("ready: kernel {}, {} symbols, healthy copy {} KiB ({} differences now){}, loaded in {:.0f} ms ({})",
                        kernel_->release(), kernel_->symbols().size(), healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
-                       healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", load_ms_);
+                       healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", load_ms_, stages_);
   }
 
   std::string answer(const std::string& text) {
@@ -197,6 +214,7 @@ class Engine {
   std::string healthy_problem_;
   std::size_t warmup_ = 0;
   double load_ms_ = 0;
+  std::string stages_;  // each load stage's milliseconds, for the summary
 };
 
 void answer_one(Engine& engine, Mailbox& box) {

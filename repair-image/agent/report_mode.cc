@@ -55,7 +55,7 @@ int run_report(int argc, char** argv) {
     enter_sandbox({address_space_in_use() + kReportHeadroom, kReportLogLimit});
     if (!sandbox_canary_died()) return 3;
 
-    GuestProfile profile = GuestProfile::parse(files, profile_dir);
+    GuestProfile profile = GuestProfile::parse(std::move(files), profile_dir);
     files.clear();
     auto snapshot = MemorySnapshot::adopt(index, static_cast<std::byte*>(pages), bytes);
     auto request_json = nlohmann::json::parse(request_text, nullptr, false);

@@ -42,7 +42,7 @@ void add_region(const Kernel& kernel, HealthyImage& image, std::string name, std
   // The budget is checked before each region is allocated, not once all are read.
   if (image.total_bytes() + (end - begin) > kMaxTotal || image.regions.size() >= kMaxRegions)
     fail(ExitCode::bad_input, "the kernel's code and read-only data are larger than {} MiB (at {})", kMaxTotal >> 20, name);
-  HealthyRegion r{std::move(name), std::move(kind), std::move(module), begin, std::vector<std::uint8_t>(end - begin)};
+  HealthyRegion r{std::move(name), std::move(kind), std::move(module), begin, std::vector<std::uint8_t>(end - begin), {}};
   kernel.memory().read(begin, std::as_writable_bytes(std::span(r.bytes)));
   image.regions.push_back(std::move(r));
 }
@@ -51,7 +51,7 @@ void add_region(const Kernel& kernel, HealthyImage& image, std::string name, std
 
 std::uint64_t HealthyImage::total_bytes() const {
   std::uint64_t n = 0;
-  for (const auto& r : regions) n += r.bytes.size();
+  for (const auto& r : regions) n += r.size();
   return n;
 }
 
@@ -108,8 +108,8 @@ HealthyImage::Files HealthyImage::to_files() const {
   files.blob.reserve(total_bytes());
   for (const auto& r : regions) {
     list.push_back({{"name", r.name}, {"kind", r.kind}, {"module", r.module}, {"address", fmt::format("{:#x}", r.address)},
-                    {"offset", files.blob.size()}, {"size", r.bytes.size()}});
-    files.blob.append(reinterpret_cast<const char*>(r.bytes.data()), r.bytes.size());
+                    {"offset", files.blob.size()}, {"size", r.size()}});
+    files.blob.append(reinterpret_cast<const char*>(r.code().data()), r.size());
   }
   index["regions"] = list;
   nlohmann::json mods = nlohmann::json::array();
@@ -150,16 +150,17 @@ HealthyImage HealthyImage::load(const std::string& dir) { return parse(read_file
 
 HealthyImage HealthyImage::parse(const Files& files, const std::string& dir) { return parse(files.index, files.blob, dir); }
 
-HealthyImage HealthyImage::parse(std::string_view index, std::string_view blob, const std::string& dir) {
+HealthyImage HealthyImage::parse(std::string_view index, std::string_view blob, const std::string& dir, Bytes bytes) {
   try {
-    return parse_index(index, blob, dir);
+    return parse_index(index, blob, dir, bytes);
   } catch (const nlohmann::json::exception& e) {
     // A field of the wrong type (value() throws for those): the file is damaged, not our bug.
     fail(ExitCode::bad_input, "{}/healthy.json: {}", dir, e.what());
   }
 }
 
-HealthyImage HealthyImage::parse_index(std::string_view index_text, std::string_view blob, const std::string& dir) {
+HealthyImage HealthyImage::parse_index(std::string_view index_text, std::string_view blob, const std::string& dir,
+                                       Bytes bytes) {
   nlohmann::json index = nlohmann::json::parse(index_text, nullptr, false);
   if (index.is_discarded() || !index.is_object()) fail(ExitCode::bad_input, "{}/healthy.json is not JSON", dir);
   if (index.value("format", "") != kFormat || index.value("version", 0) != kImageVersion)
@@ -178,10 +179,11 @@ HealthyImage HealthyImage::parse_index(std::string_view index_text, std::string_
     std::uint64_t offset = r["offset"].get<std::uint64_t>(), size = r["size"].get<std::uint64_t>();
     if (offset > blob.size() || size > blob.size() - offset)
       fail(ExitCode::bad_input, "{}/healthy.json: a region beyond healthy.bin", dir);
-    HealthyRegion region{r.value("name", ""), r.value("kind", ""), r.value("module", ""), parse_address(r["address"]), {}};
+    HealthyRegion region{r.value("name", ""), r.value("kind", ""), r.value("module", ""), parse_address(r["address"]), {}, {}};
     if (region.address + size < region.address) fail(ExitCode::bad_input, "{}/healthy.json: a region wraps", dir);
-    region.bytes.assign(reinterpret_cast<const std::uint8_t*>(blob.data()) + offset,
-                        reinterpret_cast<const std::uint8_t*>(blob.data()) + offset + size);
+    const auto* first = reinterpret_cast<const std::uint8_t*>(blob.data()) + offset;
+    if (bytes == Bytes::borrow && size) region.borrowed = {first, size};
+    else region.bytes.assign(first, first + size);
     image.regions.push_back(std::move(region));
   }
   if (index.contains("modules") && index["modules"].is_array() && index["modules"].size() <= kMaxRegions)

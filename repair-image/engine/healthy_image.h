@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -22,9 +23,12 @@ struct HealthyRegion {
   std::string kind;     // text, rodata
   std::string module;   // "" for the kernel image
   std::uint64_t address = 0;  // kernel virtual
-  std::vector<std::uint8_t> bytes;
+  std::vector<std::uint8_t> bytes;         // the copy, where the image holds it (the supervisor's)
+  std::span<const std::uint8_t> borrowed;  // or where it lies (the repair agent's payload), read in place
+  std::span<const std::uint8_t> code() const { return borrowed.data() ? borrowed : std::span<const std::uint8_t>(bytes); }
+  std::uint64_t size() const { return code().size(); }
   bool contains(std::uint64_t a, std::uint64_t n) const {
-    return a >= address && n <= bytes.size() && a - address <= bytes.size() - n;
+    return a >= address && n <= size() && a - address <= size() - n;
   }
 };
 
@@ -70,11 +74,14 @@ struct HealthyImage {
   // Those files' bytes as save() writes them (the repair payload carries them in memory).
   Files to_files() const;
   static HealthyImage parse(const Files& files, const std::string& where);
-  // The same from bytes held elsewhere (the repair payload's, read where they lie).
-  static HealthyImage parse(std::string_view index, std::string_view blob, const std::string& where);
+  // The same from bytes held elsewhere (the repair payload's, read where they lie). With
+  // Bytes::borrow the regions read blob in place (no second copy of the kernel's code): blob
+  // must then outlive the image.
+  enum class Bytes { copy, borrow };
+  static HealthyImage parse(std::string_view index, std::string_view blob, const std::string& where, Bytes bytes = Bytes::copy);
 
  private:
-  static HealthyImage parse_index(std::string_view index, std::string_view blob, const std::string& where);
+  static HealthyImage parse_index(std::string_view index, std::string_view blob, const std::string& where, Bytes bytes);
 };
 
 // Reads the kernel's text and read-only data (without the data that is written during boot,

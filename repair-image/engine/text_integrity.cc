@@ -76,7 +76,7 @@ class PatchSites {
     std::uint64_t site = s->address;
     const HealthyRegion* r = healthy_.find(site, 4 + kSiteSize);
     if (!r) return false;
-    const std::uint8_t* h = r->bytes.data() + (site - r->address);
+    const std::uint8_t* h = r->code().data() + (site - r->address);
     if (h[0] == 0xf3 && h[1] == 0x0f && h[2] == 0x1e && h[3] == 0xfa) {
       site += 4;
       h += 4;
@@ -127,6 +127,8 @@ std::string describe(const Kernel& kernel, std::uint64_t address) { return kerne
 // The first i in [from, n) where a and b differ, or n. Equal blocks are passed with memcmp (the C
 // library's vectorised one): almost all of the code is equal, and a byte loop over 25 MB costs
 // hundreds of milliseconds where instructions are emulated (the repair VM under TCG).
+constexpr std::size_t kCompareChunk = 64 << 10;
+
 std::size_t first_difference(const std::uint8_t* a, const std::uint8_t* b, std::size_t from, std::size_t n) {
   constexpr std::size_t kBlock = 4096;
   std::size_t i = from;
@@ -185,26 +187,39 @@ IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& h
   }
 
   std::optional<PatchSites> sites;  // read only when some difference needs classifying
-  std::vector<std::uint8_t> now;
+  std::vector<std::uint8_t> chunk, now;
   for (const auto& region : healthy.regions) {
     if (!region.module.empty()) {
       auto it = live.find(region.module);
       if (it == live.end() || (region.kind == "text" && (it->second.first != region.address ||
-                                                         it->second.second != region.bytes.size()))) {
+                                                         it->second.second != region.size()))) {
         report.problems.push_back(region.name + ": the module is no longer loaded where it was: not compared");
         continue;
       }
     }
-    now.resize(region.bytes.size());
+    const std::uint8_t* h = region.code().data();
+    // The common case, an intact region, compared a chunk at a time through one small buffer
+    // (copying a whole 24 MB kernel text first cost a fresh buffer's page faults at every
+    // crash: most of this check's time under TCG); a region that differs is read whole below.
+    bool differs = false;
     try {
-      kernel.memory().read(region.address, std::as_writable_bytes(std::span(now)));
+      for (std::size_t at = 0; at < region.size() && !differs; at += kCompareChunk) {
+        std::size_t len = std::min<std::size_t>(kCompareChunk, region.size() - at);
+        chunk.resize(len);
+        kernel.memory().read(region.address + at, std::as_writable_bytes(std::span(chunk)));
+        differs = std::memcmp(chunk.data(), h + at, len) != 0;
+      }
+      if (differs) {
+        now.resize(region.size());
+        kernel.memory().read(region.address, std::as_writable_bytes(std::span(now)));
+      }
     } catch (const std::exception& e) {
       report.problems.push_back(region.name + ": unreadable: " + e.what());
       continue;
     }
-    report.checked_bytes += now.size();
+    report.checked_bytes += region.size();
     ++report.regions_checked;
-    const std::uint8_t* h = region.bytes.data();
+    if (!differs) continue;
     std::size_t n = now.size(), i = 0;
     while (i < n) {
       i = first_difference(now.data(), h, i, n);
@@ -219,7 +234,7 @@ IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& h
                        {h + i, h + end}, {now.begin() + static_cast<std::ptrdiff_t>(i), now.begin() + static_cast<std::ptrdiff_t>(end)}};
       std::uint64_t a = d.address, b = d.address + d.now.size();
       bool quarantine = std::any_of(known_patches.begin(), known_patches.end(), [&](const KnownPatch& p) {
-        if (a < p.address || b > p.address + p.bytes.size()) return false;
+        if (a < p.address || b > p.address + p.bytes.size()) return false;  // p: a KnownPatch
         return std::equal(d.now.begin(), d.now.end(), p.bytes.begin() + static_cast<std::ptrdiff_t>(a - p.address));
       });
       if (quarantine) {

@@ -18,12 +18,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   files.index.assign(reinterpret_cast<const char*>(data), static_cast<std::size_t>(nul - data));
   if (nul != end) files.blob.assign(reinterpret_cast<const char*>(nul + 1), static_cast<std::size_t>(end - nul - 1));
   try {
+    // Both ways the readers parse it: copied (the supervisor), and read in place (the agent).
+    auto borrowed = repair::HealthyImage::parse(files.index, files.blob, "fuzz", repair::HealthyImage::Bytes::borrow);
     auto image = repair::HealthyImage::parse(files, "fuzz");
-    (void)image.total_bytes();
+    if (borrowed.total_bytes() != image.total_bytes()) __builtin_trap();
     for (const auto& r : image.regions) {
-      for (std::uint64_t n : {1ull, 8ull, r.bytes.size() + 1ull, ~0ull}) {
-        if (const auto* found = image.find(r.address, n)) (void)found->bytes.at(static_cast<std::size_t>(r.address - found->address));
-        (void)image.find(r.address + r.bytes.size(), n);
+      for (std::uint64_t n : {1ull, 8ull, r.size() + 1ull, ~0ull}) {
+        for (const auto* img : {&image, &borrowed})
+          if (const auto* found = img->find(r.address, n)) (void)found->code()[static_cast<std::size_t>(r.address - found->address)];
+        (void)image.find(r.address + r.size(), n);
         (void)image.find(r.address - 1, n);
       }
     }

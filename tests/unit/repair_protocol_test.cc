@@ -57,7 +57,7 @@ struct Validation {
   std::unique_ptr<Kernel> kernel = kernel_with(ram);
   repair::HealthyImage healthy = [] {
     repair::HealthyImage h;
-    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90)});
+    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}});
     h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
     return h;
   }();
@@ -226,7 +226,7 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
   CHECK_THROWS(repair::capture_healthy_image(*kernel, "t"));
   repair::HealthyImage image;
   image.release = "test";
-  image.regions.push_back({"kernel text", "text", "", test::kva(0x100000), code});
+  image.regions.push_back({"kernel text", "text", "", test::kva(0x100000), code, {}});
   image.modules.push_back({"drv", 0xffffffffc0000000, 0x3000, 0x1000, {{0xffffffffc0001000, 0xffffffffc0003000}}});
   std::string dir = std::filesystem::temp_directory_path() / ("healthy-test-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
@@ -238,6 +238,15 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
   CHECK(back.module("drv")->text_size == 0x1000);
   CHECK(back.find(test::kva(0x100ffc), 4));
   CHECK(!back.find(test::kva(0x100ffc), 5));
+  // Read in place (the repair agent's way): the same code, no copy of it.
+  auto files = image.to_files();
+  auto in_place = repair::HealthyImage::parse(files.index, files.blob, "t", repair::HealthyImage::Bytes::borrow);
+  REQUIRE(in_place.regions.size() == 1);
+  CHECK(in_place.regions[0].bytes.empty());
+  CHECK(std::equal(code.begin(), code.end(), in_place.regions[0].code().begin(), in_place.regions[0].code().end()));
+  CHECK(in_place.regions[0].code().data() == reinterpret_cast<const std::uint8_t*>(files.blob.data()));
+  CHECK(in_place.find(test::kva(0x100ffc), 4));
+  CHECK(!in_place.find(test::kva(0x100ffc), 5));
   { std::ofstream(dir + "/healthy.bin", std::ios::trunc) << "short"; }
   CHECK_THROWS_AS(repair::HealthyImage::load(dir), Error);
   std::filesystem::remove_all(dir);

@@ -33,7 +33,7 @@ void validate_restore(const repair::RepairAction& a, const repair::HealthyImage*
       fail(ExitCode::failure, "restore-code: a write of {} bytes at {:#x}", w.bytes.size(), w.address);
     const repair::HealthyRegion* r = healthy->find(w.address, w.bytes.size());
     if (!r) fail(ExitCode::failure, "restore-code: {:#x} is not in the kernel's code", w.address);
-    if (!std::equal(w.bytes.begin(), w.bytes.end(), r->bytes.begin() + static_cast<std::ptrdiff_t>(w.address - r->address)))
+    if (!std::equal(w.bytes.begin(), w.bytes.end(), r->code().begin() + static_cast<std::ptrdiff_t>(w.address - r->address)))
       fail(ExitCode::failure, "restore-code: the bytes for {:#x} are not the healthy copy's", w.address);
   }
 }

@@ -157,7 +157,8 @@ bool rewrite_repair_payload(RepairImage& image, const std::string& profile_dir, 
   if (!image.payload || archive.size() > image.slot_bytes) return false;
   std::uint64_t old = image.payload_offset, offset = old ? 0 : image.slot_bytes;
   write_at(image.payload.get(), offset, archive);
-  // The old payload's pages back to the host: the agents hold what they parsed, not the window.
+  // The old payload's pages back to the host. The agents' engines read its healthy copy in place:
+  // the caller replaces them at once (a reload request, or new workers), before any crash is served.
   if (::fallocate(image.payload.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(old),
                   static_cast<off_t>(image.slot_bytes)) != 0)
     fail_os(ExitCode::failure, "give back the old repair payload's memory", errno);
