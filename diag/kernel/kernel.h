@@ -14,6 +14,7 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -29,6 +30,7 @@ inline constexpr std::uint64_t kKernelSpaceStart = 0xffff800000000000ull;
 inline constexpr bool kernel_pointer(std::uint64_t v) { return v >= kKernelSpaceStart && v < ~0xfffull; }
 
 class Kernel;
+struct OrcTable;  // kernel/orc_unwind.h
 
 // The bytes of the function at symbol s: up to the next symbol, at most max_bytes (none when s
 // is the last symbol). Throws MemoryFault when they cannot be read.
@@ -70,8 +72,21 @@ class Kernel {
   // Notes on what could not be checked or was worked around, for the report.
   const std::vector<std::string>& warnings() const { return warnings_; }
 
+  // The kernel image's ORC table once an unwinder has read it (nullptr before): it does not
+  // change after boot, so a Kernel that serves many crashes reads it once.
+  std::shared_ptr<const OrcTable> orc_image() const {
+    std::lock_guard lock(orc_mutex_);
+    return orc_image_;
+  }
+  void keep_orc_image(std::shared_ptr<const OrcTable> table) const {
+    std::lock_guard lock(orc_mutex_);
+    orc_image_ = std::move(table);
+  }
+
  private:
   Kernel() = default;
+  mutable std::mutex orc_mutex_;
+  mutable std::shared_ptr<const OrcTable> orc_image_;
   SymbolTable symbols_;
   std::unique_ptr<TypeInfo> types_;
   std::unique_ptr<KernelMemory> memory_;

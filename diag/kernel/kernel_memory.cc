@@ -12,7 +12,10 @@ constexpr std::size_t kMaxCachedPages = 1 << 18;
 
 std::optional<std::uint64_t> KernelMemory::to_physical(std::uint64_t vaddr) const {
   std::uint64_t page = vaddr & ~0xfffull;
-  if (auto it = pages_.find(page); it != pages_.end()) return it->second | (vaddr & 0xfff);
+  {
+    std::lock_guard lock(pages_mutex_);
+    if (auto it = pages_.find(page); it != pages_.end()) return it->second | (vaddr & 0xfff);
+  }
   std::optional<std::uint64_t> phys;
   try {
     phys = x86_64::translate(memory_, layout_.page_table, page, layout_.five_level);
@@ -20,6 +23,7 @@ std::optional<std::uint64_t> KernelMemory::to_physical(std::uint64_t vaddr) cons
     return std::nullopt;  // a page table missing from the dump: the address is unreadable
   }
   if (!phys) return std::nullopt;
+  std::lock_guard lock(pages_mutex_);
   if (pages_.size() >= kMaxCachedPages) pages_.clear();
   pages_.emplace(page, *phys & ~0xfffull);
   return (*phys & ~0xfffull) | (vaddr & 0xfff);

@@ -1,11 +1,12 @@
 // The guest kernel's virtual address space over PhysicalMemory: reads by kernel virtual address
 // through the kernel's own page tables (init_top_pgt), with translations cached per page.
-// Works the same on live RAM and on dumps.
+// Works the same on live RAM and on dumps. Safe to read from several threads.
 #pragma once
 
 #include "memory/physical_memory.h"
 
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -40,12 +41,18 @@ class KernelMemory {
   const KernelLayout& layout() const { return layout_; }
   // Live memory changes under us: vmalloc'd pages (task stacks, module text) are remapped as
   // tasks come and go. Call before reading a live guest again after it ran.
-  void forget_translations() const { pages_.clear(); }
+  void forget_translations() const {
+    std::lock_guard lock(pages_mutex_);
+    pages_.clear();
+  }
   const PhysicalMemory& physical() const { return memory_; }
 
  private:
   const PhysicalMemory& memory_;
   KernelLayout layout_;
+  // Translations may be looked up from two threads (the repair engine checks the kernel's code
+  // beside the analysis): the cache has a lock.
+  mutable std::mutex pages_mutex_;
   mutable std::unordered_map<std::uint64_t, std::uint64_t> pages_;  // virtual page → physical page
 };
 

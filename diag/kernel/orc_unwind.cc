@@ -77,16 +77,20 @@ OrcUnwinder::Table OrcUnwinder::load(std::uint64_t ip_table, std::uint64_t orc_t
 
 const OrcUnwinder::Table* OrcUnwinder::table_for(std::uint64_t ip) {
   const auto& s = kernel_.symbols();
+  if (!image_) image_ = kernel_.orc_image();
   if (!image_) {
     auto ips = s.address_of("__start_orc_unwind_ip"), ips_end = s.address_of("__stop_orc_unwind_ip");
     auto orcs = s.address_of("__start_orc_unwind");
     if (!ips || !ips_end || !orcs || *ips_end <= *ips)
       fail(ExitCode::bad_input, "the profile's symbols do not locate the kernel's ORC tables");
-    image_ = load(*ips, *orcs, (*ips_end - *ips) / 4, 0, 0);
+    auto t = std::make_shared<Table>(load(*ips, *orcs, (*ips_end - *ips) / 4, 0, 0));
     // The image's table covers its text and init text: from its first to its last address.
-    auto& t = *image_;
-    t.low = t.ip_table + static_cast<std::int64_t>(t.ips.front());
-    t.high = t.ip_table + 4 * (t.ips.size() - 1) + static_cast<std::int64_t>(t.ips.back()) + 1;
+    t->low = t->ip_table + static_cast<std::int64_t>(t->ips.front());
+    t->high = t->ip_table + 4 * (t->ips.size() - 1) + static_cast<std::int64_t>(t->ips.back()) + 1;
+    image_ = t;
+    kernel_.keep_orc_image(image_);
+  } else if (entries_ == 0) {
+    entries_ = image_->entries.size();  // the budget counts it once per unwinder, loaded or kept
   }
   if (ip >= image_->low && ip < image_->high) return &*image_;
   if (!modules_listed_) {

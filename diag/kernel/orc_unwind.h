@@ -10,6 +10,7 @@
 #include "x86_64/registers.h"
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -21,6 +22,14 @@ struct OrcEntry {
   bool end = false;
 };
 
+// One ORC table: the kernel image's or a module's.
+struct OrcTable {
+  std::uint64_t ip_table = 0;          // address of the int32 relative-ip array
+  std::vector<std::int32_t> ips;
+  std::vector<OrcEntry> entries;
+  std::uint64_t low = 0, high = 0;     // text range it covers
+};
+
 class OrcUnwinder {
  public:
   explicit OrcUnwinder(const Kernel& kernel) : kernel_(kernel) {}
@@ -29,12 +38,7 @@ class OrcUnwinder {
   std::optional<OrcEntry> find(std::uint64_t ip);
 
  private:
-  struct Table {
-    std::uint64_t ip_table = 0;          // address of the int32 relative-ip array
-    std::vector<std::int32_t> ips;
-    std::vector<OrcEntry> entries;
-    std::uint64_t low = 0, high = 0;     // text range it covers
-  };
+  using Table = OrcTable;
   const Table* table_for(std::uint64_t ip);
   Table load(std::uint64_t ip_table, std::uint64_t orc_table, std::uint64_t count, std::uint64_t low, std::uint64_t high);
 
@@ -43,7 +47,10 @@ class OrcUnwinder {
     std::uint64_t address = 0, base = 0, text_size = 0;  // struct module, its text
     bool tried = false;                                   // its table loaded, or found unusable
   };
-  std::optional<Table> image_;
+  // The image's table is the Kernel's, read once (Kernel::orc_image): it does not change after
+  // boot, and copying its megabytes again at every unwind (once per crash, once per hung task)
+  // was most of an inline analysis's time.
+  std::shared_ptr<const Table> image_;
   std::map<std::uint64_t, ModuleSpan> spans_;  // by module text base: listed once, tables loaded when needed
   std::map<std::uint64_t, Table> modules_;     // by module text base
   bool modules_listed_ = false;

@@ -27,6 +27,7 @@
 #include "base/error.h"
 #include "engine/healthy_image.h"
 #include "engine/repair_service.h"
+#include "kernel/orc_unwind.h"
 #include "memory/shared_ram.h"
 #include "profile/guest_profile.h"
 #include "protocol/mailbox.h"
@@ -142,7 +143,8 @@ Inputs read_inputs(std::string_view payload, int ram_fd) {
 // The engine with its inputs parsed: the profile, the healthy copy, the guest's RAM.
 class Engine {
  public:
-  explicit Engine(Inputs in) {
+  // parallel: a second CPU and new threads allowed (the repair VM, not the inline sandbox).
+  Engine(Inputs in, bool parallel) : parallel_(parallel) {
     auto t0 = std::chrono::steady_clock::now();
     auto stage = [&, last = t0](const char* name) mutable {
       auto now = std::chrono::steady_clock::now();
@@ -174,6 +176,13 @@ class Engine {
     // process now rather than at the first crash, and shows the copy matches.
     if (healthy_) warmup_ = check_text_integrity(*kernel_, *healthy_, {}).corrupted.size();
     stage("integrity");
+    // The kernel image's unwind tables (megabytes, unchanged after boot) read now, not at the
+    // first crash's unwind. A failure here is the first crash's to report.
+    try {
+      (void)OrcUnwinder(*kernel_).find(kernel_->symbols().address_of("_stext").value_or(0));
+    } catch (const std::exception&) {
+    }
+    stage("unwind tables");
     load_ms_ = ms_since(t0);
   }
 
@@ -195,7 +204,7 @@ class Engine {
       auto t_refresh = std::chrono::steady_clock::now();
       kernel_->refresh_module_symbols();
       double refresh_ms = ms_since(t_refresh);
-      EngineResult r = run_repair_engine(*kernel_, healthy_.get(), request);
+      EngineResult r = run_repair_engine(*kernel_, healthy_.get(), request, {.parallel_integrity = parallel_});
       out = r.to_json();
       out["timings"]["module_symbols_ms"] = refresh_ms;
       out["ok"] = true;
@@ -215,7 +224,11 @@ class Engine {
   std::size_t warmup_ = 0;
   double load_ms_ = 0;
   std::string stages_;  // each load stage's milliseconds, for the summary
+  bool parallel_ = false;
 };
+
+// In the repair VM the integrity check runs beside the analysis when the VM has a second vCPU.
+bool vm_has_second_cpu() { return std::thread::hardware_concurrency() > 1; }
 
 void answer_one(Engine& engine, Mailbox& box) {
   std::uint64_t seq = box.request_seq();
@@ -260,7 +273,7 @@ int run_inline(int argc, char** argv) {
     ::close(payload_fd);
     ::close(mailbox_fd);
     enter_sandbox({address_space_in_use() + kHeadroom, kLogLimit});
-    engine = std::make_unique<Engine>(std::move(inputs));
+    engine = std::make_unique<Engine>(std::move(inputs), /*parallel=*/false);
   } catch (const std::exception& e) {
     box.set_state(AgentState::failed, e.what());
     char c = 'f';
@@ -307,7 +320,7 @@ std::unique_ptr<Engine> reload(std::unique_ptr<Engine> old, std::string_view pay
   box.set_state(AgentState::booting, "loading the new profile");
   try {
     if (payload.empty()) fail(ExitCode::bad_input, "the reload names no payload inside the window");
-    auto engine = std::make_unique<Engine>(read_inputs(payload, ram_fd));
+    auto engine = std::make_unique<Engine>(read_inputs(payload, ram_fd), vm_has_second_cpu());
     say(engine->summary());
     box.post_response(seq, nlohmann::json{{"ok", true}, {"reloaded", engine->summary()}}.dump());
     box.set_state(AgentState::ready, engine->summary());
@@ -337,7 +350,7 @@ std::unique_ptr<Engine> reload(std::unique_ptr<Engine> old, std::string_view pay
     int rfd = ::open(kRamResource, O_RDONLY | O_CLOEXEC);
     if (rfd < 0) fail_os(ExitCode::failure, kRamResource, errno);
     std::string_view window = map_payload(pfd);
-    auto engine = std::make_unique<Engine>(read_inputs(window, rfd));
+    auto engine = std::make_unique<Engine>(read_inputs(window, rfd), vm_has_second_cpu());
     say(engine->summary());
     box->set_state(AgentState::ready, engine->summary());
     std::uint64_t done = box->request_seq();

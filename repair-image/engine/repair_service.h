@@ -43,6 +43,12 @@ struct EngineResult {
 };
 
 // Everything the engine does for one crash. healthy may be null (no copy: integrity unchecked).
-EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy, const RepairRequest& request);
+struct EngineOptions {
+  // Check the kernel's code on a second thread while the crash is analysed (the repair VM has
+  // two vCPUs; the inline agent's sandbox allows no new threads).
+  bool parallel_integrity = false;
+};
+EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy, const RepairRequest& request,
+                               EngineOptions options = {});
 
 }  // namespace immortal::repair
