@@ -5,6 +5,8 @@
 #include "bundle/bundle_format.h"
 #include "bundle/bundle_writer.h"
 
+#include <fmt/format.h>
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +16,12 @@
 #include <set>
 
 namespace immortal::bundle {
+
+namespace {
+// Files larger than this are checked on a thread with Verification::beside (the vmcore; the
+// small ones are read at once, so they are checked first).
+constexpr std::uint64_t kCheckBesideBytes = 16u << 20;
+}  // namespace
 
 namespace fs = std::filesystem;
 
@@ -41,11 +49,13 @@ bool OpenedBundle::looks_like_bundle(const std::string& path) {
 }
 
 OpenedBundle::OpenedBundle(OpenedBundle&& o) noexcept
-    : dir_(std::move(o.dir_)), scratch_(std::move(o.scratch_)), manifest_(std::move(o.manifest_)), report_(std::move(o.report_)) {
+    : dir_(std::move(o.dir_)), scratch_(std::move(o.scratch_)), manifest_(std::move(o.manifest_)), report_(std::move(o.report_)),
+      pending_(std::move(o.pending_)) {
   o.scratch_.clear();
 }
 
 OpenedBundle::~OpenedBundle() {
+  if (pending_.valid()) pending_.wait();  // it reads files in scratch_
   if (!scratch_.empty()) {
     std::error_code ec;
     fs::remove_all(scratch_, ec);
@@ -58,7 +68,13 @@ bool OpenedBundle::has(const std::string& name) const {
   return false;
 }
 
-OpenedBundle OpenedBundle::open(const std::string& path, const Progress& progress) {
+void OpenedBundle::verified() {
+  if (!pending_.valid()) return;
+  std::string problem = pending_.get();
+  if (!problem.empty()) fail(ExitCode::bad_input, "{}", problem);
+}
+
+OpenedBundle OpenedBundle::open(const std::string& path, const Progress& progress, Verification verification) {
   OpenedBundle b;
   std::error_code ec;
   std::string base = fs::path(path).filename().string();
@@ -101,6 +117,7 @@ OpenedBundle OpenedBundle::open(const std::string& path, const Progress& progres
   if (!m.contains("files") || !m["files"].is_array()) fail(ExitCode::bad_input, "{}: {} lists no files", path, kManifest);
 
   std::set<std::string> seen;
+  std::vector<std::pair<std::string, std::string>> later;  // file, its SHA-256: checked beside the reader
   for (const auto& f : m["files"]) {
     if (!f.is_object() || !f.contains("name") || !f["name"].is_string() || !f.contains("bytes") ||
         !f["bytes"].is_number_unsigned() || !f.contains("sha256") || !f["sha256"].is_string())
@@ -117,6 +134,10 @@ OpenedBundle OpenedBundle::open(const std::string& path, const Progress& progres
     if (static_cast<std::uint64_t>(st.st_size) != want)
       fail(ExitCode::bad_input, "{}: {} has {} bytes, the manifest says {} (truncated or changed)", path, name,
            st.st_size, want);
+    if (verification == Verification::beside && want > kCheckBesideBytes) {
+      later.emplace_back(file, f["sha256"].get<std::string>());
+      continue;
+    }
     if (progress && want > (64u << 20)) progress("verifying " + name, 0, want);
     if (sha256_file(file) != f["sha256"].get<std::string>())
       fail(ExitCode::bad_input, "{}: {} does not match its SHA-256 in the manifest (damaged)", path, name);
@@ -129,6 +150,18 @@ OpenedBundle OpenedBundle::open(const std::string& path, const Progress& progres
     fail(ExitCode::bad_input, "{}: {} is not valid JSON: {}", path, kReportJson, e.what());
   }
   if (!b.report_.is_object()) fail(ExitCode::bad_input, "{}: {} is not a JSON object", path, kReportJson);
+  if (!later.empty())
+    b.pending_ = std::async(std::launch::async, [later = std::move(later), path]() -> std::string {
+      for (const auto& [file, sha] : later) {
+        std::string name = fs::path(file).filename().string();
+        try {
+          if (sha256_file(file) != sha) return fmt::format("{}: {} does not match its SHA-256 in the manifest (damaged)", path, name);
+        } catch (const std::exception& e) {
+          return fmt::format("{}: {} cannot be verified: {}", path, name, e.what());
+        }
+      }
+      return "";
+    });
   return b;
 }
 

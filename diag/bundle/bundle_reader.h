@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <optional>
 #include <string>
 
@@ -18,7 +19,14 @@ class OpenedBundle {
  public:
   // progress(what, done, total) while verifying or unpacking large files.
   using Progress = std::function<void(const std::string& what, std::uint64_t done, std::uint64_t total)>;
-  static OpenedBundle open(const std::string& path, const Progress& progress = {});
+  // now: every file is checked against the manifest's SHA-256 before open returns. beside: the
+  // large ones (the vmcore) are checked on a thread while the caller reads the bundle, and
+  // verified() says whether they matched: call it before showing anything read from them.
+  enum class Verification { now, beside };
+  static OpenedBundle open(const std::string& path, const Progress& progress = {}, Verification verification = Verification::now);
+  // Waits for the checks open left running, if any; throws Error(ExitCode::bad_input) naming a
+  // file that does not match. Idempotent.
+  void verified();
   ~OpenedBundle();
   OpenedBundle(OpenedBundle&&) noexcept;
   OpenedBundle& operator=(OpenedBundle&&) = delete;
@@ -38,6 +46,7 @@ class OpenedBundle {
   std::string dir_;
   std::string scratch_;  // temporary directory an archive was unpacked into (removed with us)
   nlohmann::json manifest_, report_;
+  std::future<std::string> pending_;  // the checks left running: "" or what did not match
 };
 
 // Reads a small text/JSON file of a bundle with a size limit (they are inputs too).

@@ -220,6 +220,37 @@ TEST_CASE("bundles are written atomically with a manifest that the reader checks
   fs::remove_all(parent);
 }
 
+TEST_CASE("a bundle's large vmcore can be verified beside its reader, and its damage is still named", "[bundle]") {
+  std::string parent = temp_dir("beside");
+  bundle::BundleWriter w(parent, "g-big");
+  w.add(bundle::kReportJson, nlohmann::json{{"bundle", "g-big"}, {"guest", "g"}}.dump());
+  w.add(bundle::kVmcore, std::string(20u << 20, 'v'));  // above the size checked on a thread
+  std::string path = w.commit({{"created", "2026-11-23T10:00:00.000Z"}, {"guest", "g"}}, false);
+  using V = bundle::OpenedBundle::Verification;
+  {
+    auto b = bundle::OpenedBundle::open(path, {}, V::beside);
+    CHECK_NOTHROW(b.verified());
+    CHECK_NOTHROW(b.verified());  // idempotent
+  }
+  std::ofstream(path + "/vmcore", std::ios::in | std::ios::out) << "X";  // same size, other bytes
+  CHECK(open_error(path) == 3);  // checked at once by default
+  {
+    auto b = bundle::OpenedBundle::open(path, {}, V::beside);  // opens: the check runs beside
+    CHECK(b.report()["bundle"] == "g-big");
+    try {
+      b.verified();
+      FAIL("a damaged vmcore passed");
+    } catch (const Error& e) {
+      CHECK(e.exit_code() == 3);
+      CHECK(std::string(e.what()).find("vmcore does not match its SHA-256") != std::string::npos);
+    }
+  }
+  {
+    auto b = bundle::OpenedBundle::open(path, {}, V::beside);  // never asked: the destructor waits for it
+  }
+  fs::remove_all(parent);
+}
+
 TEST_CASE("a bundle packed as .tar.zst opens like its directory; hostile archives are refused", "[bundle]") {
   std::string parent = temp_dir("archive");
   std::string packed = make_bundle(parent, "g-9", true);
