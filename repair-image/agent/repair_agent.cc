@@ -183,13 +183,21 @@ class Engine {
     } catch (const std::exception&) {
     }
     stage("unwind tables");
+    // The analysis once over a sleeping process (engine/repair_service.h): its code translated
+    // and its memory grown now, not in the first crash's pause.
+    try {
+      rehearsal_ = rehearse_analysis(*kernel_);
+    } catch (const std::exception& e) {
+      rehearsal_ = std::string("no rehearsal: ") + e.what();
+    }
+    stage("rehearsal");
     load_ms_ = ms_since(t0);
   }
 
   std::string summary() const {
-    return fmt::format("ready: kernel {}, {} symbols, healthy copy {} KiB ({} differences now){}, loaded in {:.0f} ms ({})",
+    return fmt::format("ready: kernel {}, {} symbols, healthy copy {} KiB ({} differences now){}, {}, loaded in {:.0f} ms ({})",
                        kernel_->release(), kernel_->symbols().size(), healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
-                       healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", load_ms_, stages_);
+                       healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", rehearsal_, load_ms_, stages_);
   }
 
   std::string answer(const std::string& text) {
@@ -224,6 +232,7 @@ class Engine {
   std::size_t warmup_ = 0;
   double load_ms_ = 0;
   std::string stages_;  // each load stage's milliseconds, for the summary
+  std::string rehearsal_;
   bool parallel_ = false;
 };
 

@@ -1,14 +1,16 @@
 #include "engine/repair_service.h"
 
-#include <future>
-
 #include "base/error.h"
+#include "engine/held_locks.h"
 #include "engine/kernel_consistency.h"
+#include "kernel/orc_unwind.h"
+#include "kernel/tasks.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
+#include <future>
 
 namespace immortal::repair {
 
@@ -53,6 +55,43 @@ nlohmann::json EngineResult::to_json() const {
   nlohmann::json timings = {{"lock_search_ms", analysis.lock_search_ms}};
   for (const auto& [stage, ms] : stage_ms) timings[stage + "_ms"] = ms;
   return {{"analysis", a}, {"plan", plan.to_json()}, {"timings", timings}};
+}
+
+std::string rehearse_analysis(const Kernel& kernel) {
+  const auto& types = kernel.types();
+  const auto& mem = kernel.memory();
+  // A sleeping user process: its registers are the ones __switch_to_asm saved (struct
+  // inactive_task_frame at thread.sp), as the hung-task search reads them.
+  int tries = 0;
+  for (const TaskInfo& t : read_tasks(kernel, 256).tasks) {
+    if (t.pid <= 1 || t.kernel_thread || t.state != 'S') continue;
+    if (++tries > 8) break;
+    try {
+      std::uint64_t sp = mem.read_u64(t.address + types.offset_of("task_struct", "thread.sp"));
+      std::uint64_t stack = mem.read_u64(t.address + types.offset_of("task_struct", "stack"));
+      if (sp < stack || sp >= stack + kThreadSize) continue;
+      auto frame = [&](const char* field) { return mem.read_u64(sp + types.offset_of("inactive_task_frame", field)); };
+      X86Registers r;
+      r.r15 = frame("r15"); r.r14 = frame("r14"); r.r13 = frame("r13"); r.r12 = frame("r12");
+      r.rbx = frame("bx"); r.rbp = frame("bp"); r.rip = frame("ret_addr");
+      r.rsp = sp + types.require_size("inactive_task_frame");
+      CrashAnalysis view;
+      view.context = "process";
+      view.asleep = true;
+      view.task = t.address;
+      view.pid = t.pid;
+      view.task_stack = stack;
+      view.backtrace = OrcUnwinder(kernel).unwind(r);
+      view.fault_frame = 0;
+      view.fault_registers = r;
+      LockSearch search = find_held_locks(kernel, view);
+      auto consistency = check_kernel_consistency(kernel);
+      return fmt::format("rehearsed on pid {} ({} frames, {} locks)", t.pid, view.backtrace.frames.size(), search.locks.size());
+    } catch (const std::exception&) {
+      continue;  // another task
+    }
+  }
+  return "no sleeping process to rehearse on";
 }
 
 EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy, const RepairRequest& request,

@@ -43,6 +43,12 @@ struct EngineResult {
 };
 
 // Everything the engine does for one crash. healthy may be null (no copy: integrity unchecked).
+// The engine once over a sleeping process of the healthy guest, its result thrown away: in the
+// repair VM, TCG translates code the first time it runs and the agent's heap grows at its first
+// use, so a first crash's analysis took about twice as long as the next ones. Called when the
+// agent loads a profile, never during a crash. Returns what it did, for the agent's summary.
+std::string rehearse_analysis(const Kernel& kernel);
+
 struct EngineOptions {
   // Check the kernel's code on a second thread while the crash is analysed (the repair VM has
   // two vCPUs; the inline agent's sandbox allows no new threads).
