@@ -78,4 +78,23 @@ std::vector<std::uint64_t> current_tasks(const Kernel& kernel, int cpus) {
   return out;
 }
 
+X86Registers sleeping_registers(const Kernel& kernel, std::uint64_t task, std::uint64_t stack_size, std::uint64_t* stack) {
+  const auto& types = kernel.types();
+  const auto& mem = kernel.memory();
+  std::uint64_t sp = mem.read_u64(task + types.offset_of("task_struct", "thread.sp"));
+  *stack = mem.read_u64(task + types.offset_of("task_struct", "stack"));
+  if (sp < *stack || sp >= *stack + stack_size) fail(ExitCode::bad_input, "its saved stack pointer is off its stack");
+  auto frame = [&](const char* field) { return mem.read_u64(sp + types.offset_of("inactive_task_frame", field)); };
+  X86Registers r;
+  r.r15 = frame("r15");
+  r.r14 = frame("r14");
+  r.r13 = frame("r13");
+  r.r12 = frame("r12");
+  r.rbx = frame("bx");
+  r.rbp = frame("bp");
+  r.rip = frame("ret_addr");
+  r.rsp = sp + types.require_size("inactive_task_frame");
+  return r;
+}
+
 }  // namespace immortal

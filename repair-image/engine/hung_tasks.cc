@@ -8,6 +8,7 @@
 #include "kernel/lock_waiters.h"
 #include "kernel/modules.h"
 #include "kernel/orc_unwind.h"
+#include "kernel/tasks.h"
 #include "x86_64/code_decoder.h"
 
 #include <fmt/format.h>
@@ -93,15 +94,8 @@ bool Finder::hung(std::uint64_t task, std::uint64_t jiffies, std::uint64_t limit
 // Where a task sleeps: the registers __switch_to_asm saved on its stack (struct
 // inactive_task_frame at thread.sp), unwound from there.
 void Finder::describe_task(HungTask& h) {
-  std::uint64_t sp = mem_.read_u64(h.task + types_.offset_of("task_struct", "thread.sp"));
-  h.stack = mem_.read_u64(h.task + types_.offset_of("task_struct", "stack"));
-  if (sp < h.stack || sp >= h.stack + kThreadSize) fail(ExitCode::bad_input, "its saved stack pointer is off its stack");
-  auto frame = [&](const char* field) { return mem_.read_u64(sp + types_.offset_of("inactive_task_frame", field)); };
-  X86Registers& r = h.sleep_registers;
-  r.r15 = frame("r15"); r.r14 = frame("r14"); r.r13 = frame("r13"); r.r12 = frame("r12");
-  r.rbx = frame("bx"); r.rbp = frame("bp"); r.rip = frame("ret_addr");
-  r.rsp = sp + types_.require_size("inactive_task_frame");
-  h.backtrace = OrcUnwinder(kernel_).unwind(r);
+  h.sleep_registers = sleeping_registers(kernel_, h.task, kThreadSize, &h.stack);
+  h.backtrace = OrcUnwinder(kernel_).unwind(h.sleep_registers);
   const auto& symbols = kernel_.symbols();
   const auto& frames = h.backtrace.frames;
   auto module_of = [&](std::size_t i) {

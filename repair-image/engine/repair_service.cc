@@ -58,23 +58,14 @@ nlohmann::json EngineResult::to_json() const {
 }
 
 std::string rehearse_analysis(const Kernel& kernel) {
-  const auto& types = kernel.types();
-  const auto& mem = kernel.memory();
-  // A sleeping user process: its registers are the ones __switch_to_asm saved (struct
-  // inactive_task_frame at thread.sp), as the hung-task search reads them.
+  // A sleeping user process, from where it sleeps, as the hung-task search reads one.
   int tries = 0;
   for (const TaskInfo& t : read_tasks(kernel, 256).tasks) {
     if (t.pid <= 1 || t.kernel_thread || t.state != 'S') continue;
     if (++tries > 8) break;
     try {
-      std::uint64_t sp = mem.read_u64(t.address + types.offset_of("task_struct", "thread.sp"));
-      std::uint64_t stack = mem.read_u64(t.address + types.offset_of("task_struct", "stack"));
-      if (sp < stack || sp >= stack + kThreadSize) continue;
-      auto frame = [&](const char* field) { return mem.read_u64(sp + types.offset_of("inactive_task_frame", field)); };
-      X86Registers r;
-      r.r15 = frame("r15"); r.r14 = frame("r14"); r.r13 = frame("r13"); r.r12 = frame("r12");
-      r.rbx = frame("bx"); r.rbp = frame("bp"); r.rip = frame("ret_addr");
-      r.rsp = sp + types.require_size("inactive_task_frame");
+      std::uint64_t stack = 0;
+      X86Registers r = sleeping_registers(kernel, t.address, kThreadSize, &stack);
       CrashAnalysis view;
       view.context = "process";
       view.asleep = true;
