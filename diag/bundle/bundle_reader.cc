@@ -17,18 +17,21 @@
 
 namespace immortal::bundle {
 
-namespace {
-// Files larger than this are checked on a thread with Verification::beside (the vmcore; the
-// small ones are read at once, so they are checked first).
-constexpr std::uint64_t kCheckBesideBytes = 16u << 20;
-}  // namespace
-
 namespace fs = std::filesystem;
 
 namespace {
 constexpr std::uint64_t kMaxManifest = 16 << 20;
 constexpr std::uint64_t kMaxReport = 64 << 20;
 constexpr std::uint64_t kMaxUnpacked = 1ull << 40;
+// Files larger than this are checked on a thread with Verification::beside (the vmcore; the
+// small ones are read at once, so they are checked first).
+constexpr std::uint64_t kCheckBesideBytes = 16u << 20;
+
+// "" when file's SHA-256 is sha, else what is wrong, naming the bundle and the file.
+std::string hash_mismatch(const std::string& bundle, const std::string& name, const std::string& file, const std::string& sha) {
+  if (sha256_file(file) == sha) return "";
+  return fmt::format("{}: {} does not match its SHA-256 in the manifest (damaged)", bundle, name);
+}
 }  // namespace
 
 std::string read_small_file(const std::string& path, std::uint64_t max_bytes) {
@@ -117,7 +120,10 @@ OpenedBundle OpenedBundle::open(const std::string& path, const Progress& progres
   if (!m.contains("files") || !m["files"].is_array()) fail(ExitCode::bad_input, "{}: {} lists no files", path, kManifest);
 
   std::set<std::string> seen;
-  std::vector<std::pair<std::string, std::string>> later;  // file, its SHA-256: checked beside the reader
+  struct Later {
+    std::string name, file, sha;
+  };
+  std::vector<Later> later;  // checked beside the reader
   for (const auto& f : m["files"]) {
     if (!f.is_object() || !f.contains("name") || !f["name"].is_string() || !f.contains("bytes") ||
         !f["bytes"].is_number_unsigned() || !f.contains("sha256") || !f["sha256"].is_string())
@@ -135,12 +141,12 @@ OpenedBundle OpenedBundle::open(const std::string& path, const Progress& progres
       fail(ExitCode::bad_input, "{}: {} has {} bytes, the manifest says {} (truncated or changed)", path, name,
            st.st_size, want);
     if (verification == Verification::beside && want > kCheckBesideBytes) {
-      later.emplace_back(file, f["sha256"].get<std::string>());
+      later.push_back({name, file, f["sha256"].get<std::string>()});
       continue;
     }
     if (progress && want > (64u << 20)) progress("verifying " + name, 0, want);
-    if (sha256_file(file) != f["sha256"].get<std::string>())
-      fail(ExitCode::bad_input, "{}: {} does not match its SHA-256 in the manifest (damaged)", path, name);
+    if (std::string problem = hash_mismatch(path, name, file, f["sha256"].get<std::string>()); !problem.empty())
+      fail(ExitCode::bad_input, "{}", problem);
     if (progress && want > (64u << 20)) progress("verifying " + name, want, want);
   }
   if (!seen.count(kReportJson)) fail(ExitCode::bad_input, "{}: the bundle has no {}", path, kReportJson);
@@ -152,12 +158,11 @@ OpenedBundle OpenedBundle::open(const std::string& path, const Progress& progres
   if (!b.report_.is_object()) fail(ExitCode::bad_input, "{}: {} is not a JSON object", path, kReportJson);
   if (!later.empty())
     b.pending_ = std::async(std::launch::async, [later = std::move(later), path]() -> std::string {
-      for (const auto& [file, sha] : later) {
-        std::string name = fs::path(file).filename().string();
+      for (const auto& l : later) {
         try {
-          if (sha256_file(file) != sha) return fmt::format("{}: {} does not match its SHA-256 in the manifest (damaged)", path, name);
+          if (std::string problem = hash_mismatch(path, l.name, l.file, l.sha); !problem.empty()) return problem;
         } catch (const std::exception& e) {
-          return fmt::format("{}: {} cannot be verified: {}", path, name, e.what());
+          return fmt::format("{}: {} cannot be verified: {}", path, l.name, e.what());
         }
       }
       return "";

@@ -77,7 +77,7 @@ OrcUnwinder::Table OrcUnwinder::load(std::uint64_t ip_table, std::uint64_t orc_t
 
 const OrcUnwinder::Table* OrcUnwinder::table_for(std::uint64_t ip) {
   const auto& s = kernel_.symbols();
-  if (!image_) image_ = kernel_.orc_image();
+  if (!image_ && (image_ = kernel_.orc_image())) entries_ += image_->entries.size();  // counted as if loaded
   if (!image_) {
     auto ips = s.address_of("__start_orc_unwind_ip"), ips_end = s.address_of("__stop_orc_unwind_ip");
     auto orcs = s.address_of("__start_orc_unwind");
@@ -89,8 +89,6 @@ const OrcUnwinder::Table* OrcUnwinder::table_for(std::uint64_t ip) {
     t->high = t->ip_table + 4 * (t->ips.size() - 1) + static_cast<std::int64_t>(t->ips.back()) + 1;
     image_ = t;
     kernel_.keep_orc_image(image_);
-  } else if (entries_ == 0) {
-    entries_ = image_->entries.size();  // the budget counts it once per unwinder, loaded or kept
   }
   if (ip >= image_->low && ip < image_->high) return &*image_;
   if (!modules_listed_) {

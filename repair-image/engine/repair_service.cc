@@ -76,7 +76,7 @@ std::string rehearse_analysis(const Kernel& kernel) {
       view.fault_frame = 0;
       view.fault_registers = r;
       LockSearch search = find_held_locks(kernel, view);
-      auto consistency = check_kernel_consistency(kernel);
+      (void)check_kernel_consistency(kernel);
       return fmt::format("rehearsed on pid {} ({} frames, {} locks)", t.pid, view.backtrace.frames.size(), search.locks.size());
     } catch (const std::exception&) {
       continue;  // another task
@@ -108,6 +108,8 @@ EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy
     }
     return report;
   };
+  // std::async's future waits for the thread when it is destroyed, so an exception below does
+  // not leave the check reading a kernel the caller is about to drop.
   std::future<std::pair<IntegrityReport, double>> beside;
   if (options.parallel_integrity)
     beside = std::async(std::launch::async, [&] {
@@ -115,21 +117,11 @@ EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy
       IntegrityReport report = integrity();
       return std::pair{std::move(report), std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()};
     });
-  try {
-    r.analysis = analyze_crash(kernel, record);
-  } catch (...) {
-    if (beside.valid()) beside.wait();  // it reads the kernel this call was given
-    throw;
-  }
+  r.analysis = analyze_crash(kernel, record);
   CrashAnalysis& a = r.analysis;
   stage_done("analysis");
 
-  try {
-    r.consistency = check_kernel_consistency(kernel);
-  } catch (...) {
-    if (beside.valid()) beside.wait();
-    throw;
-  }
+  r.consistency = check_kernel_consistency(kernel);
   for (const auto& p : r.consistency) a.unsafe.push_back("kernel structures are corrupted: " + p);
   stage_done("consistency");
 

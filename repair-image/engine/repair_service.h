@@ -42,7 +42,6 @@ struct EngineResult {
   nlohmann::json to_json() const;
 };
 
-// Everything the engine does for one crash. healthy may be null (no copy: integrity unchecked).
 // The engine once over a sleeping process of the healthy guest, its result thrown away: in the
 // repair VM, TCG translates code the first time it runs and the agent's heap grows at its first
 // use, so a first crash's analysis took about twice as long as the next ones. Called when the
@@ -54,6 +53,7 @@ struct EngineOptions {
   // two vCPUs; the inline agent's sandbox allows no new threads).
   bool parallel_integrity = false;
 };
+// Everything the engine does for one crash. healthy may be null (no copy: integrity unchecked).
 EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy, const RepairRequest& request,
                                EngineOptions options = {});
 

@@ -124,11 +124,12 @@ class PatchSites {
 
 std::string describe(const Kernel& kernel, std::uint64_t address) { return kernel.symbols().describe(address); }
 
+// How much of a region is read and compared at a time while it is intact.
+constexpr std::size_t kCompareChunk = 64 << 10;
+
 // The first i in [from, n) where a and b differ, or n. Equal blocks are passed with memcmp (the C
 // library's vectorised one): almost all of the code is equal, and a byte loop over 25 MB costs
 // hundreds of milliseconds where instructions are emulated (the repair VM under TCG).
-constexpr std::size_t kCompareChunk = 64 << 10;
-
 std::size_t first_difference(const std::uint8_t* a, const std::uint8_t* b, std::size_t from, std::size_t n) {
   constexpr std::size_t kBlock = 4096;
   std::size_t i = from;
