@@ -25,7 +25,9 @@
  * rwsem-write-wait MS, rwsem-read, rwlock-write, rwlock-read, nested, semaphore, slot (takes and
  * gives back the semaphore's unit, no crash), spin-elsewhere (a helper takes the spinlock and
  * returns; the caller crashes: the count says one spinlock that no frame took), kernel-fault,
- * mutex-elsewhere, ping, and the crashes the kernel raises on the driver's behalf: list-corruption,
+ * mutex-elsewhere, ping, enqueue (queues and completes a work item; crashes only when one of its
+ * allocations fails, as the kernel's fault injection makes them: failslab, fail_page_alloc, or
+ * fail_function on realdev_new_item), and the crashes the kernel raises on the driver's behalf: list-corruption,
  * double-free, usercopy, fortify, stack-smash, call-null; and crashes outside the writer's own
  * call: kthread (the driver's own kernel thread), tasklet, rcu (an RCU callback), hrtimer (a
  * hard-interrupt hrtimer), timer-under-spin MS (the writer takes the device's spinlock and
@@ -45,6 +47,7 @@
 #include <linux/debugfs.h>
 #include <linux/delay.h>
 #include <linux/device.h>
+#include <linux/error-injection.h>
 #include <linux/etherdevice.h>
 #include <linux/fs.h>
 #include <linux/hrtimer.h>
@@ -110,7 +113,11 @@ struct realdev {
 struct realdev_item {
 	struct list_head node;
 	unsigned long value;
+	void *data;		/* enqueue's buffer: REALDEV_ITEM_DATA bytes, from the page allocator */
 };
+
+/* Above the largest kmalloc cache: the buffer comes from the page allocator (order 2). */
+#define REALDEV_ITEM_DATA (4 * PAGE_SIZE)
 
 struct realdev_net {
 	struct realdev *rd;
@@ -246,6 +253,52 @@ static noinline int realdev_cmd_spin_elsewhere(struct realdev *rd)
 	realdev_lock_counters(rd);
 	realdev_apply_config(rd);
 	spin_unlock(&rd->slock);
+	return 0;
+}
+
+/*
+ * A work item and its buffer; an error pointer when either allocation fails, as its contract
+ * says. Listed for fail_function, and its two allocations are what failslab (the item) and
+ * fail_page_alloc (the buffer) make fail.
+ */
+static noinline struct realdev_item *realdev_new_item(struct realdev *rd)
+{
+	struct realdev_item *item = kmalloc(sizeof(*item), GFP_KERNEL);
+
+	if (!item)
+		return ERR_PTR(-ENOMEM);
+	item->data = kmalloc(REALDEV_ITEM_DATA, GFP_KERNEL);
+	if (!item->data) {
+		kfree(item);
+		return ERR_PTR(-ENOMEM);
+	}
+	item->value = rd->ops;
+	return item;
+}
+ALLOW_ERROR_INJECTION(realdev_new_item, ERRNO);
+
+/*
+ * The bug only a failed allocation shows, the kind the kernel's fault-injection framework exists
+ * to find: the caller checks for NULL, not for an error pointer, and writes through the error
+ * pointer holding the device's mutex. Without a failure it queues and completes one item.
+ */
+static noinline int realdev_cmd_enqueue(struct realdev *rd)
+{
+	struct realdev_item *item;
+
+	mutex_lock(&rd->lock);
+	item = realdev_new_item(rd);
+	if (!item) {
+		mutex_unlock(&rd->lock);
+		return -ENOMEM;
+	}
+	list_add_tail(&item->node, &rd->items);
+	memset(item->data, 0, REALDEV_ITEM_DATA);
+	rd->ops++;
+	list_del(&item->node);
+	mutex_unlock(&rd->lock);
+	kfree(item->data);
+	kfree(item);
 	return 0;
 }
 
@@ -494,6 +547,9 @@ static int realdev_command(struct realdev *rd, const char *cmd)
 		mutex_unlock(&rd->lock);
 		return 0;
 	}
+	/* Quiet too: fault-injection campaigns run it in loops until an allocation fails. */
+	if (!strcmp(cmd, "enqueue"))
+		return realdev_cmd_enqueue(rd);
 	dev_info(rd->dev, "%s requested by pid %d (%s)\n", cmd, current->pid, current->comm);
 	if (!strcmp(cmd, "mutex"))
 		return realdev_cmd_mutex(rd, 0);

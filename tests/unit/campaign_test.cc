@@ -338,6 +338,16 @@ TEST_CASE("fault-inject: the framework configured for the trigger's task only, t
   REQUIRE(run_sh(fault_inject_cleanup(inj, paths)) == 0);
   CHECK(read_all(d + "probability") == "0\n");
   CHECK(read_all(d + "inject") == "\n");
+  // failslab: sleeping allocations fail too (the kernel spares them by default).
+  std::filesystem::remove(dir + "/marked");
+  inj.type = "failslab";
+  inj.fault = "failslab";
+  REQUIRE(run_sh(fault_inject_script(f, inj, paths)) == 0);
+  for (int i = 0; i < 250 && read_all(dir + "/marked").empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(read_all(dir + "/marked") == "1\n");
+  CHECK(read_all(paths.debugfs + "/failslab/ignore-gfp-wait") == "N\n");
+  CHECK(read_all(paths.debugfs + "/failslab/probability") == "75\n");
+  REQUIRE(run_sh(fault_inject_cleanup(inj, paths)) == 0);
   // A kind the kernel lacks: exit 3, saying which option it needs.
   inj.type = "fail_page_alloc";
   inj.fault = "fail_page_alloc";

@@ -24,8 +24,14 @@ std::string fault_inject_script(const FaultSpec& f, const Injection& inj, const 
   s += fmt::format("echo {} > \"$d/probability\" && echo {} > \"$d/times\" && echo 0 > \"$d/interval\" && "
                    "echo 1 > \"$d/task-filter\" && echo 0 > \"$d/space\" 2>/dev/null; echo 1 > \"$d/verbose\"; ",
                    f.probability, f.times);
-  // The mark is inherited: the trigger's children fail too, nothing else on the guest does.
-  s += fmt::format("setsid sh -c 'echo 1 > \"$1/make-it-fail\"; exec sh -c \"$0\"' {} {} </dev/null >/dev/null 2>&1 &",
+  // The kernel's defaults spare what most code allocates: sleeping allocations (GFP_KERNEL) and,
+  // for pages, order 0 and highmem. Like the kernel's own tools/testing/fault-injection/failcmd.sh,
+  // let them fail too, or a driver's allocations would never be reached.
+  if (kind == "failslab" || kind == "fail_page_alloc") s += "echo N > \"$d/ignore-gfp-wait\"; ";
+  if (kind == "fail_page_alloc") s += "echo N > \"$d/ignore-gfp-highmem\"; echo 0 > \"$d/min-order\"; ";
+  // The trigger runs in the marked shell itself (eval, not exec): an exec would be the first
+  // thing to fail. The mark is inherited: the trigger's children fail too, nothing else does.
+  s += fmt::format("setsid sh -c 'echo 1 > \"$1/make-it-fail\"; eval \"$0\"' {} {} </dev/null >/dev/null 2>&1 &",
                    shell_quote(f.trigger), shell_quote(paths.proc_self));
   return s;
 }
