@@ -144,7 +144,8 @@ void bundle_command(ControlRequest request, GuestState state, Machine& machine, 
     });
     // The copy's time, and the whole stop as the guest saw it (stop, registers, copy, resume).
     double paused_ms = ms_since(paused_at);
-    event("bundle-snapshot", {{"reason", "on-demand"}, {"snapshot_pause_ms", capture.pause_ms}, {"guest_paused_ms", paused_ms}});
+    event("bundle-snapshot", {{"reason", "on-demand"}, {"snapshot_pause_ms", capture.pause_ms},
+                              {"classify_ms", capture.classify_ms}, {"guest_paused_ms", paused_ms}});
     bundles.take_now(std::move(capture), live.profile(), {{"guest_paused_ms", paused_ms}},
                      [request](const BundleResult& r) mutable {
                        if (r.path.empty()) return request.fail(kFailure, r.error);

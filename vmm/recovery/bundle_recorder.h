@@ -45,6 +45,7 @@ struct BundleCapture {
   int crash_cpu = -1;
   std::string vmcoreinfo;               // the note's text, from guest memory
   double pause_ms = 0;                  // how long the copy kept the guest stopped
+  double classify_ms = 0;               // before the copy, the page-class agent's answer (guest stopped too)
   std::vector<std::string> adjustments; // changes made to the copy (docs/bundle-format.md)
 };
 

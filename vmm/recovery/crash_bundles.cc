@@ -32,6 +32,7 @@ BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vec
   // wrong one.
   std::optional<RamClasses> classes;
   std::string filter;
+  auto asked = Clock::now();
   if (!recorder_.settings().filter) {
     filter = "none: every non-zero page copied";
   } else if (!classes_) {
@@ -43,9 +44,12 @@ BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vec
     filter = "none (" + classes_->why() + "): every non-zero page copied";
     say_("the bundle's copy of memory is not filtered: " + classes_->why());
   }
-  return capture_guest(machine, live.profile().get(), std::move(registers), crash_cpu,
-                       classes ? std::move(*classes) : unclassified_ram(machine.memory()), std::move(filter),
-                       recorder_.arena());
+  double classify_ms = ms_since(asked);
+  BundleCapture c = capture_guest(machine, live.profile().get(), std::move(registers), crash_cpu,
+                                  classes ? std::move(*classes) : unclassified_ram(machine.memory()), std::move(filter),
+                                  recorder_.arena());
+  c.classify_ms = classify_ms;
+  return c;
 }
 
 void CrashBundles::hold(const repair::CrashRecord& record, BundleCapture capture,
