@@ -279,8 +279,10 @@ ALLOW_ERROR_INJECTION(realdev_new_item, ERRNO);
 
 /*
  * The bug only a failed allocation shows, the kind the kernel's fault-injection framework exists
- * to find: the caller checks for NULL, not for an error pointer, and writes through the error
- * pointer holding the device's mutex. Without a failure it queues and completes one item.
+ * to find: the caller checks for NULL, not for an error pointer, and reads the buffer's address
+ * through the error pointer holding the device's mutex (before the item is queued: a crash in
+ * list_add_tail() would leave the queue's head pointing at the error pointer, and every later
+ * enqueue would crash on that instead). Without a failure it queues and completes one item.
  */
 static noinline int realdev_cmd_enqueue(struct realdev *rd)
 {
@@ -292,8 +294,8 @@ static noinline int realdev_cmd_enqueue(struct realdev *rd)
 		mutex_unlock(&rd->lock);
 		return -ENOMEM;
 	}
-	list_add_tail(&item->node, &rd->items);
 	memset(item->data, 0, REALDEV_ITEM_DATA);
+	list_add_tail(&item->node, &rd->items);
 	rd->ops++;
 	list_del(&item->node);
 	mutex_unlock(&rd->lock);
