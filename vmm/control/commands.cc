@@ -137,15 +137,23 @@ void bundle_command(ControlRequest request, GuestState state, Machine& machine, 
     return request.fail(kFailure, "bundles are being written already: ask again when they are (immortal events NAME)");
   try {
     auto paused_at = Clock::now();
+    double stop_ms = 0, registers_ms = 0;
+    Clock::time_point copied_at;
     BundleCapture capture = while_paused(machine, [&] {
+      stop_ms = ms_since(paused_at);
+      auto asked = Clock::now();
       std::vector<X86Registers> regs;
       for (int v = 0; v < machine.vcpu_count(); ++v) regs.push_back(machine.read_registers(v));
-      return bundles.capture(machine, live, std::move(regs), -1);
+      registers_ms = ms_since(asked);
+      auto c = bundles.capture(machine, live, std::move(regs), -1);
+      copied_at = Clock::now();
+      return c;
     });
     // The copy's time, and the whole stop as the guest saw it (stop, registers, copy, resume).
-    double paused_ms = ms_since(paused_at);
+    double paused_ms = ms_since(paused_at), resume_ms = ms_since(copied_at);
     event("bundle-snapshot", {{"reason", "on-demand"}, {"snapshot_pause_ms", capture.pause_ms},
-                              {"classify_ms", capture.classify_ms}, {"guest_paused_ms", paused_ms}});
+                              {"classify_ms", capture.classify_ms}, {"stop_ms", stop_ms}, {"registers_ms", registers_ms},
+                              {"resume_ms", resume_ms}, {"guest_paused_ms", paused_ms}});
     bundles.take_now(std::move(capture), live.profile(), {{"guest_paused_ms", paused_ms}},
                      [request](const BundleResult& r) mutable {
                        if (r.path.empty()) return request.fail(kFailure, r.error);
