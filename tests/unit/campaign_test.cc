@@ -322,13 +322,17 @@ TEST_CASE("fault-inject: the framework configured for the trigger's task only, t
   f.times = 3;
   // The trigger records whether it runs marked.
   f.trigger = "cat '" + paths.proc_self + "/make-it-fail' > '" + dir + "/marked'";
+  // The trigger runs in the background: wait (up to 5 s) for what it wrote.
+  auto ran_marked = [&] {
+    for (int i = 0; i < 250 && read_all(dir + "/marked").empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return read_all(dir + "/marked") == "1\n";
+  };
   Injection inj;
   inj.type = "fail_function";
   inj.fault = "fail_function:realdev_open";
   REQUIRE(run_sh(fault_inject_script(f, inj, paths)) == 0);
   std::string d = paths.debugfs + "/fail_function/";
-  for (int i = 0; i < 250 && read_all(dir + "/marked").empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  CHECK(read_all(dir + "/marked") == "1\n");
+  CHECK(ran_marked());
   CHECK(read_all(d + "inject") == "realdev_open\n");
   CHECK(read_all(d + "probability") == "75\n");
   CHECK(read_all(d + "times") == "3\n");
@@ -343,8 +347,7 @@ TEST_CASE("fault-inject: the framework configured for the trigger's task only, t
   inj.type = "failslab";
   inj.fault = "failslab";
   REQUIRE(run_sh(fault_inject_script(f, inj, paths)) == 0);
-  for (int i = 0; i < 250 && read_all(dir + "/marked").empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  CHECK(read_all(dir + "/marked") == "1\n");
+  CHECK(ran_marked());
   CHECK(read_all(paths.debugfs + "/failslab/ignore-gfp-wait") == "N\n");
   CHECK(read_all(paths.debugfs + "/failslab/probability") == "75\n");
   REQUIRE(run_sh(fault_inject_cleanup(inj, paths)) == 0);
