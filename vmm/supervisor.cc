@@ -84,6 +84,8 @@ void Supervisor::build_rooms() {
   kernel_ = std::make_unique<LiveKernel>(*machine_, *profile_);
   BundleSettings bundle_settings = options_.bundles;
   bundle_settings.agent = options_.repair.agent;  // it reads the reports too
+  // One pool of prepared snapshot memory for every instance of this runtime directory (the host's).
+  bundle_settings.arena_pool = ArenaPool::directory_for(std::filesystem::path(dir_.path()).parent_path().string());
   bundles_ = std::make_unique<CrashBundles>(bundle_settings, m.name, options_.recovery.enabled, events_, say, emit);
   if (options_.recovery.enabled) {
     MachineConfig vm = m;  // the guest's own QEMU and accelerator; its kernel unless told otherwise

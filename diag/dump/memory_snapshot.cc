@@ -89,8 +89,19 @@ std::shared_ptr<SnapshotArena> SnapshotArena::make(std::uint64_t bytes) {
   return a;
 }
 
+std::shared_ptr<SnapshotArena> SnapshotArena::borrow(std::byte* base, std::uint64_t size, int reader_fd,
+                                                     std::function<void(std::uint64_t used)> release) {
+  std::shared_ptr<SnapshotArena> a(new SnapshotArena);
+  a->base_ = base;
+  a->size_ = size;
+  a->reader_fd_ = reader_fd;
+  a->release_ = std::move(release);
+  return a;
+}
+
 SnapshotArena::~SnapshotArena() {
-  if (base_) ::munmap(base_, size_);
+  if (release_) release_(used_);
+  else if (base_) ::munmap(base_, size_);
 }
 
 std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, const Kernel* kernel, bool filter,
@@ -129,6 +140,8 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   }
   s->arena_ = std::move(arena);
   s->buffer_ = s->arena_->data();
+  // What may be written, for the arena's owner to clear after us (even if the copy fails midway).
+  s->arena_->used_ = std::min(candidates * kPageSize, s->arena_->size());
 
   std::uint32_t next = 0;
   for (std::size_t ri = 0; ri < s->by_range_.size(); ++ri) {

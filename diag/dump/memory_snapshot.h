@@ -14,6 +14,7 @@
 #include "memory/physical_memory.h"
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,6 +36,11 @@ struct SnapshotCensus {
 class SnapshotArena {
  public:
   static std::shared_ptr<SnapshotArena> make(std::uint64_t bytes);  // throws Error
+  // Memory prepared and mapped by someone else (the host's arena pool): reader_fd is what a
+  // reading process maps (not owned); release runs when the last holder lets go, with how many
+  // bytes from the start a snapshot wrote (to clear them before another guest's snapshot).
+  static std::shared_ptr<SnapshotArena> borrow(std::byte* base, std::uint64_t size, int reader_fd,
+                                               std::function<void(std::uint64_t used)> release);
   ~SnapshotArena();
   SnapshotArena(const SnapshotArena&) = delete;
   SnapshotArena& operator=(const SnapshotArena&) = delete;
@@ -42,7 +48,7 @@ class SnapshotArena {
   std::uint64_t size() const { return size_; }
   // The memfd behind it (sealed against resizing), for a process that reads the copy; -1 for
   // pages another process mapped and handed to MemorySnapshot::adopt.
-  int fd() const { return fd_.get(); }
+  int fd() const { return fd_ ? fd_.get() : reader_fd_; }
 
  private:
   friend class MemorySnapshot;
@@ -51,6 +57,9 @@ class SnapshotArena {
   std::byte* base_ = nullptr;
   std::uint64_t size_ = 0;
   UniqueFd fd_;
+  int reader_fd_ = -1;
+  std::uint64_t used_ = 0;  // bytes a snapshot copied in
+  std::function<void(std::uint64_t)> release_;
 };
 
 

@@ -15,8 +15,9 @@ namespace immortal::test {
 
 MemoryUse memory_use(int pid) {
   // Mappings are named by the memfds the supervisor creates: "immortal-ram-NAME" for guest RAM
-  // (vmm/qemu/qemu_machine.cc) and "immortal-snapshot" for bundle snapshots
-  // (diag/dump/memory_snapshot.cc).
+  // (vmm/qemu/qemu_machine.cc), "immortal-snapshot" for bundle snapshots
+  // (diag/dump/memory_snapshot.cc) and the host's arena pool in /dev/shm
+  // (vmm/recovery/arena_pool.cc).
   MemoryUse use;
   std::ifstream in("/proc/" + std::to_string(pid) + "/smaps");
   enum { own, ram, snapshot } kind = own;
@@ -24,8 +25,10 @@ MemoryUse memory_use(int pid) {
     if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) && line.find(' ') != std::string::npos &&
         line.find('-') < line.find(' ')) {
       kind = line.find("/memfd:immortal-ram-") != std::string::npos       ? ram
-             : line.find("/memfd:immortal-snapshot") != std::string::npos ? snapshot
-                                                                          : own;
+             : line.find("/memfd:immortal-snapshot") != std::string::npos ||
+                       line.find("/immortal-arenas-") != std::string::npos
+                 ? snapshot
+                 : own;
       continue;
     }
     auto value = [&] { return std::stoull(line.substr(line.find(':') + 1)); };

@@ -134,7 +134,7 @@ struct Rig {
   EventLog events{{dir + "/events.jsonl"}};
   QuarantineList quarantine{dir + "/quarantine.json"};
   CrashLedger ledger;
-  CrashBundles bundles{BundleSettings{dir + "/bundles", {}, {}, false, false, ""}, "fake", true, events,
+  CrashBundles bundles{BundleSettings{dir + "/bundles", {}, {}, false, false, "", ""}, "fake", true, events,
                        [this](const std::string& s) { said.push_back(s); },
                        [this](const std::string& name, json fields) { events.append(name, std::move(fields)); }};
   ScriptedEngine engine;

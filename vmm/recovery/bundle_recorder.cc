@@ -160,7 +160,8 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
     json pages = json::object();
     for (int c = 0; c < kPageClassCount; ++c) pages[to_string(static_cast<PageClass>(c))] = census.pages[static_cast<std::size_t>(c)];
     report["memory"] = {{"ram_bytes", census.total_pages * MemorySnapshot::kPageSize}, {"pages", pages},
-                        {"filter", census.filter}, {"copied_bytes", census.copied_bytes}};
+                        {"filter", census.filter}, {"copied_bytes", census.copied_bytes},
+                        {"prepared_memory", census.warm_arena}};
     report["vmcore"] = {{"bytes", stats.file_bytes}, {"segments", stats.segments}, {"data_pages", stats.data_pages},
                         {"layout", "kdump (/proc/vmcore): PT_NOTE, kernel image, direct map"},
                         {"adjustments", job.capture.adjustments}};
@@ -197,11 +198,20 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
 BundleRecorder::BundleRecorder(BundleSettings settings) : settings_(std::move(settings)) {
   // Left by a supervisor of this guest that died while writing (a live writer's stay).
   if (!settings_.guest.empty()) bundle::remove_stale_partials(settings_.dir, sanitize_for_name(settings_.guest) + "-");
+  if (settings_.arena_pool.empty()) {
+    pool_problem_ = "no host pool configured";
+  } else {
+    try {
+      pool_ = std::make_unique<ArenaPool>(settings_.arena_pool);
+    } catch (const std::exception& e) {
+      pool_problem_ = e.what();
+    }
+  }
 }
 
 BundleRecorder::~BundleRecorder() {
   drain(std::chrono::seconds(60));
-  if (refill_.joinable()) refill_.join();
+  if (spare_.joinable()) spare_.join();
   for (auto& t : threads_)
     if (t.joinable()) t.detach();  // a writer that is still busy: the process is ending anyway
 }
@@ -211,41 +221,48 @@ void BundleRecorder::prepare(const PhysicalMemory& ram, const RamClasses& classe
   // Reading a word of each page to copy maps it into our view of guest RAM now, not in a pause.
   std::uint64_t need = touch_kernel_pages(ram, classes) * MemorySnapshot::kPageSize;
   // A margin for the kernel's growth until the next profile re-sizes it (each module change); a
-  // snapshot that outgrows it allocates its own copy (a longer pause, not a failure). Prepared
-  // memory is host memory every protected guest pays for, so the margin is a quarter, not a half.
+  // snapshot that outgrows it allocates its own copy (a longer pause, not a failure).
   std::uint64_t want = std::min<std::uint64_t>(need + need / 4 + (16ull << 20), ram_bytes);
   std::lock_guard lock(mutex_);
-  if (arena_bytes_ >= need + need / 4 && !arenas_.empty()) return;
-  // Resized: the old arenas go as their snapshots are done with them.
+  if (arena_bytes_ >= need + need / 4) return;
   arena_bytes_ = want;
-  arenas_.clear();
-  arenas_.push_back(SnapshotArena::make(want));
+  spare_ready_ = false;
+  if (pool_) {
+    pool_->prepare(want, 1);  // a second one once a bundle is taken (arena())
+  } else {
+    own_.reset();  // a snapshot still using the old one keeps it until it is done
+    own_ = SnapshotArena::make(want);
+  }
 }
 
 std::shared_ptr<SnapshotArena> BundleRecorder::arena() {
-  std::lock_guard lock(mutex_);
-  std::shared_ptr<SnapshotArena> chosen;
-  std::size_t free = 0;
-  for (const auto& a : arenas_)
-    if (a.use_count() == 1) {
-      if (!chosen) chosen = a;
-      else ++free;
+  if (pool_) {
+    auto taken = pool_->acquire();
+    // A spare for a crash that comes while this bundle is written (here or in another guest),
+    // prepared in the background: once made, the host keeps it.
+    std::lock_guard lock(mutex_);
+    if (taken && !spare_ready_ && !preparing_spare_.exchange(true)) {
+      if (spare_.joinable()) spare_.join();
+      spare_ = std::thread([this, bytes = arena_bytes_] {
+        lower_thread_priority();
+        try {
+          pool_->prepare(bytes, ArenaPool::kArenas);
+          spare_ready_ = true;
+        } catch (const std::exception&) {
+          // No spare: a snapshot that finds every arena taken allocates its own.
+        }
+        preparing_spare_ = false;
+      });
     }
-  if (chosen && free == 0 && arena_bytes_ && arenas_.size() < kMaxArenas && !refilling_.exchange(true)) {
-    if (refill_.joinable()) refill_.join();
-    refill_ = std::thread([this, bytes = arena_bytes_] {
-      lower_thread_priority();
-      try {
-        auto fresh = SnapshotArena::make(bytes);
-        std::lock_guard inner(mutex_);
-        if (arena_bytes_ == bytes) arenas_.push_back(std::move(fresh));
-      } catch (const std::exception&) {
-        // No spare arena: a later snapshot allocates its own.
-      }
-      refilling_ = false;
-    });
+    return taken;
   }
-  return chosen;
+  std::lock_guard lock(mutex_);
+  return own_ && own_.use_count() == 1 ? own_ : nullptr;
+}
+
+std::string BundleRecorder::arena_source() const {
+  if (pool_) return "host pool " + pool_->dir();
+  return "own arena (" + pool_problem_ + ")";
 }
 
 void BundleRecorder::submit(BundleJob job) {

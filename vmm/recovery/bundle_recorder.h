@@ -8,6 +8,7 @@
 #pragma once
 
 #include "bundle/retention.h"
+#include "recovery/arena_pool.h"
 #include "dump/memory_snapshot.h"
 #include "kernel/kernel.h"
 #include "machine.h"
@@ -36,6 +37,9 @@ struct BundleSettings {
   bool archive = false;               // --bundle-compress: NAME.tar.zst instead of a directory
   bool filter = true;                 // --bundle-memory kernel (true) | all
   std::string agent;                  // --repair-agent: the report agent's binary ("" = the usual places)
+  // The host's snapshot arena pool (ArenaPool::directory_for the runtime directory); empty, or
+  // when it cannot be used: one arena of this instance's own.
+  std::string arena_pool;
 };
 
 // What the stopped guest gave: everything else is derived from it later.
@@ -84,13 +88,14 @@ class BundleRecorder {
   ~BundleRecorder();  // waits for writers (bounded), abandoning what is not done
 
   const BundleSettings& settings() const { return settings_; }
-  // Prepares a warm arena large enough for a snapshot of this guest now (plus headroom), so a
-  // crash's pause is a plain copy. Called when the guest is up; cheap when already prepared.
+  // Prepares warm arenas large enough for a snapshot of this guest now (plus headroom), so a
+  // crash's pause is a plain copy: the host's pool's, else one of our own. Called when the
+  // guest is up; cheap when already prepared. Throws Error when the memory cannot be had.
   void prepare(const PhysicalMemory& ram, const RamClasses& classes);
   // A warm arena no snapshot is using, else nullptr (the snapshot allocates its own, slower).
-  // Taking the last free one starts preparing another in the background, so crashes in quick
-  // succession (while earlier bundles are still being written) keep short pauses.
   std::shared_ptr<SnapshotArena> arena();
+  // Where snapshots are prepared: "host pool DIR" or "own arena (why not the pool)".
+  std::string arena_source() const;
   // Starts writing in the background.
   void submit(BundleJob job);
   // Finished bundles since the last call.
@@ -109,11 +114,13 @@ class BundleRecorder {
   std::atomic<std::size_t> active_{0};
   std::string last_path_;
   std::uint64_t written_ = 0;
-  static constexpr std::size_t kMaxArenas = 3;
-  std::vector<std::shared_ptr<SnapshotArena>> arenas_;  // guarded by mutex_
-  std::uint64_t arena_bytes_ = 0;
-  std::thread refill_;
-  std::atomic<bool> refilling_{false};
+  std::unique_ptr<ArenaPool> pool_;
+  std::string pool_problem_;                 // why there is no pool
+  std::shared_ptr<SnapshotArena> own_;       // without a pool; guarded by mutex_
+  std::uint64_t arena_bytes_ = 0;            // guarded by mutex_
+  std::thread spare_;                        // preparing the pool's second arena
+  std::atomic<bool> preparing_spare_{false};
+  std::atomic<bool> spare_ready_{false};
 };
 
 // The work of one job (exposed for tests): writes the bundle, returns its path.

@@ -164,6 +164,8 @@ void CrashBundles::prepare_arena(std::uint64_t profile_number, Machine& machine,
 void CrashBundles::prepare_arena_for(Machine& machine, const RamClasses& classes) {
   try {
     recorder_.prepare(machine.memory(), classes);
+    if (!told_arena_source_) say_("bundle snapshots are copied into memory prepared in the " + recorder_.arena_source());
+    told_arena_source_ = true;
   } catch (const std::exception& e) {
     say_(std::string("no memory prepared for bundle snapshots (a crash will pause longer): ") + e.what());
   }

@@ -67,6 +67,7 @@ class CrashBundles {
   std::uint64_t arena_profile_ = 0;
   std::unique_ptr<PageClassAgent> classes_;  // for the current profile
   std::string classes_problem_;               // why there is none
+  bool told_arena_source_ = false;
   bool arena_waits_ = false;                  // for classes_'s first classification
   std::uint64_t next_ticket_ = 1;
   std::map<std::uint64_t, Written> waiting_;  // on-demand bundles by ticket

@@ -1,0 +1,128 @@
+// The host's snapshot arena pool (vmm/recovery/arena_pool.h): two ArenaPool objects on one
+// directory stand for two supervisors (each opens its own files, so their flocks exclude each
+// other as separate processes' would).
+#include "base/error.h"
+#include "recovery/arena_pool.h"
+#include "support/fake_kernel.h"
+
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+
+using namespace immortal;
+using namespace immortal::vmm;
+
+namespace {
+
+struct PoolDir {
+  std::string path = (std::filesystem::temp_directory_path() / ("immortal-arena-pool-" + std::to_string(::getpid())))
+                         .string();
+  ~PoolDir() { std::filesystem::remove_all(path); }
+};
+
+std::uint64_t file_size(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
+}
+
+}  // namespace
+
+TEST_CASE("arena pool: two supervisors share the host's arenas, each in use by one snapshot at a time", "[arena-pool]") {
+  PoolDir d;
+  ArenaPool a(d.path), b(d.path);
+  a.prepare(1 << 20);
+  b.prepare(1 << 20);
+  CHECK(a.sizes() == std::vector<std::uint64_t>(ArenaPool::kArenas, 1 << 20));
+
+  auto first = a.acquire();
+  REQUIRE(first);
+  CHECK(first->size() == 1 << 20);
+  auto second = b.acquire();
+  REQUIRE(second);
+  CHECK(second->data() != nullptr);
+  CHECK_FALSE(a.acquire());  // both taken, one by each
+  CHECK_FALSE(b.acquire());
+
+  int reader = first->fd();
+  CHECK((::fcntl(reader, F_GETFL) & O_ACCMODE) == O_RDONLY);  // the report agent cannot resize it
+  CHECK(::ftruncate(reader, 0) != 0);
+  std::byte* first_data = first->data();
+  first.reset();  // released: free for the other supervisor
+  auto again = b.acquire();
+  REQUIRE(again);
+  CHECK(again->data() != first_data);  // b's own mapping of the same file
+  CHECK_FALSE(a.acquire());
+}
+
+TEST_CASE("arena pool: a snapshot's pages are zeroed on release, a dead holder's at the next prepare", "[arena-pool]") {
+  PoolDir d;
+  ArenaPool a(d.path), b(d.path);
+  a.prepare(64 << 10);
+  b.prepare(64 << 10);
+  // A real snapshot: MemorySnapshot::take records the bytes it copied into the arena.
+  std::vector<std::byte> page(MemorySnapshot::kPageSize, std::byte{0x5a});
+  test::VectorMemory ram(MemorySnapshot::kPageSize);
+  ram.write(0, page);
+  std::byte* seen = nullptr;
+  {
+    auto arena = a.acquire();
+    REQUIRE(arena);
+    seen = arena->data();
+    auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", arena);
+    CHECK(snap->census().warm_arena);
+    CHECK(std::memcmp(seen, page.data(), page.size()) == 0);
+  }
+  CHECK(std::to_integer<int>(seen[0]) == 0);
+  CHECK(std::to_integer<int>(seen[MemorySnapshot::kPageSize - 1]) == 0);
+
+  // A supervisor that died holding an arena left its bytes: whoever prepares next clears them.
+  {
+    int fd = ::open((d.path + "/arena-1").c_str(), O_WRONLY);
+    REQUIRE(fd >= 0);
+    REQUIRE(::pwrite(fd, "guest secret", 12, 100) == 12);
+    ::close(fd);
+  }
+  b.prepare(64 << 10);
+  auto arenas = std::vector{b.acquire(), b.acquire()};
+  for (const auto& arena : arenas) {
+    REQUIRE(arena);
+    for (std::uint64_t i = 0; i < arena->size(); ++i) REQUIRE(std::to_integer<int>(arena->data()[i]) == 0);
+  }
+}
+
+TEST_CASE("arena pool: arenas grow for the largest guest, never shrink, and go with the last user", "[arena-pool]") {
+  PoolDir d;
+  {
+    ArenaPool small(d.path);
+    small.prepare(1 << 20);
+    {
+      ArenaPool large(d.path);
+      large.prepare(3 << 20);
+      CHECK(file_size(d.path + "/arena-0") == 3 << 20);
+      small.prepare(1 << 20);  // maps the grown files: a smaller guest uses the larger arena
+      CHECK(small.sizes() == std::vector<std::uint64_t>(ArenaPool::kArenas, 3 << 20));
+      small.prepare(2 << 20);
+      CHECK(file_size(d.path + "/arena-0") == 3 << 20);
+    }
+    CHECK(std::filesystem::exists(d.path + "/arena-0"));  // `small` still uses them
+    auto held = small.acquire();
+    REQUIRE(held);
+  }
+  CHECK_FALSE(std::filesystem::exists(d.path + "/arena-0"));
+  CHECK_FALSE(std::filesystem::exists(d.path + "/arena-1"));
+}
+
+TEST_CASE("arena pool: refuses a directory others can enter, and is named per runtime directory", "[arena-pool]") {
+  PoolDir d;
+  std::filesystem::create_directories(d.path);
+  ::chmod(d.path.c_str(), 0755);
+  CHECK_THROWS_AS(ArenaPool(d.path), Error);
+  CHECK(ArenaPool::directory_for("/run/immortal") == ArenaPool::directory_for("/run/immortal/"));
+  CHECK(ArenaPool::directory_for("/run/immortal") != ArenaPool::directory_for("/run/other"));
+  CHECK(ArenaPool::directory_for("/run/immortal", "/x").rfind("/x/immortal-arenas-" + std::to_string(::geteuid()) + "-", 0) == 0);
+}

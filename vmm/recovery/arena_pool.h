@@ -1,0 +1,68 @@
+// Host memory prepared for bundle snapshots, shared by every instance of one runtime directory
+// (docs/recovery.md, "Memory prepared for bundles"). A bundle's pause is a copy of the guest's
+// kernel pages, fast only into pages allocated ahead; each guest used to keep its own arena
+// (its kernel's pages plus a margin, up to three after crashes). Crashes are rare and a copy is
+// held about a second, so a host keeps one, and a second once a bundle was taken (for crashes
+// in quick succession), each sized for its largest guest.
+//
+// Each arena is a file in a private directory of /dev/shm (memory, never disk): its pages
+// allocated with fallocate (a full tmpfs fails cleanly there, where a first write through a
+// mapping would be SIGBUS) and mapped populated by every supervisor. A snapshot holds the file's
+// flock while it uses it; releasing it zeroes what it copied, so the next guest's report agent
+// (which maps the arena) never sees another guest's memory. Files only grow. The last
+// supervisor to leave removes them.
+#pragma once
+
+#include "base/unique_fd.h"
+#include "dump/memory_snapshot.h"
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace immortal::vmm {
+
+class ArenaPool {
+ public:
+  static constexpr std::size_t kArenas = 2;
+  // The pool directory of a runtime directory: /dev/shm/immortal-arenas-<uid>-<hash of its path>.
+  static std::string directory_for(const std::string& runtime_root, const std::string& shm = "/dev/shm");
+  // Joins (or creates) the pool in dir. Throws Error when it cannot be made private to us.
+  explicit ArenaPool(std::string dir);
+  ~ArenaPool();  // the last user removes the arenas
+  ArenaPool(const ArenaPool&) = delete;
+  ArenaPool& operator=(const ArenaPool&) = delete;
+
+  // Grows the first `count` arenas (those no one is copying into) to at least `bytes`, never
+  // shrinking one another guest needs, and maps them populated; later ones are mapped when
+  // another supervisor made them large enough. Clears what a supervisor that died mid-bundle
+  // left. Throws Error when the memory cannot be had (then snapshots allocate their own).
+  void prepare(std::uint64_t bytes, std::size_t count = kArenas);
+  // A free arena, locked for the caller until the last holder lets go; nullptr when every one
+  // is in use (by this process or another) or none is prepared.
+  std::shared_ptr<SnapshotArena> acquire();
+  const std::string& dir() const { return dir_; }
+  // The bytes each arena holds as mapped here.
+  std::vector<std::uint64_t> sizes();
+
+ private:
+  struct Slot {
+    std::mutex mutex;
+    UniqueFd fd;      // read-write, close-on-exec; its flock marks "in use" between processes
+    UniqueFd reader;  // read-only, for the report agent
+    std::byte* base = nullptr;
+    std::uint64_t mapped = 0;
+    bool in_use = false;  // by a snapshot of this process
+    ~Slot();
+  };
+  void prepare_slot(Slot& slot, std::uint64_t bytes, bool grow);
+
+  std::string dir_;
+  UniqueFd dir_fd_;
+  UniqueFd users_;  // held shared while we use the pool; the last one out may take it exclusively
+  std::vector<std::shared_ptr<Slot>> slots_;
+};
+
+}  // namespace immortal::vmm
