@@ -1,5 +1,5 @@
 // Host memory prepared for bundle snapshots, shared by every instance of one runtime directory
-// (docs/recovery.md, "Memory prepared for bundles"). A bundle's pause is a copy of the guest's
+// (docs/operator-guide.md, "Memory prepared for bundles"). A bundle's pause is a copy of the guest's
 // kernel pages, fast only into pages allocated ahead; each guest used to keep its own arena
 // (its kernel's pages plus a margin, up to three after crashes). Crashes are rare and a copy is
 // held about a second, so a host keeps one, and a second once a bundle was taken (for crashes
