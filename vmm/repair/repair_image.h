@@ -1,5 +1,5 @@
 // The hidden repair image, built from the healthy guest, in two parts:
-//   initrd.img   the repair VM's initramfs (newc cpio, uncompressed): /init, the static repair
+//   initrd.img   the repair VM's initramfs (newc cpio, gzip): /init, the static repair
 //                agent (repair-image/agent/), and /dev/console; nothing of the guest
 //   the payload  a sealed memfd holding a newc archive (repair-image/protocol/payload.h):
 //                repair.json (where guest RAM lies), profile/ (kallsyms, BTF, modules, VMCOREINFO
