@@ -46,6 +46,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -239,6 +240,16 @@ class Engine {
 // In the repair VM the integrity check runs beside the analysis when the VM has a second vCPU.
 bool vm_has_second_cpu() { return std::thread::hardware_concurrency() > 1; }
 
+// Where this VM's kernel keeps its VMCOREINFO note ("%lx %x" in /sys/kernel/vmcoreinfo): the
+// supervisor reads the kernel's free pages through it while the VM is paused, and gives their
+// host memory back (vmm/repair/repair_vm_trim.h). Nothing is said when the file is missing.
+void tell_own_vmcoreinfo(Mailbox& box) {
+  std::ifstream in("/sys/kernel/vmcoreinfo");
+  std::uint64_t paddr = 0;
+  std::uint32_t size = 0;
+  if (in >> std::hex >> paddr >> size && paddr && size) box.set_vmcoreinfo(paddr, size);
+}
+
 void answer_one(Engine& engine, Mailbox& box) {
   std::uint64_t seq = box.request_seq();
   box.set_state(AgentState::busy, "analysing");
@@ -361,6 +372,7 @@ std::unique_ptr<Engine> reload(std::unique_ptr<Engine> old, std::string_view pay
     std::string_view window = map_payload(pfd);
     auto engine = std::make_unique<Engine>(read_inputs(window, rfd), vm_has_second_cpu());
     say(engine->summary());
+    tell_own_vmcoreinfo(*box);
     box->set_state(AgentState::ready, engine->summary());
     std::uint64_t done = box->request_seq();
     for (;;) {

@@ -9,7 +9,8 @@ namespace immortal::repair {
 namespace {
 
 constexpr std::size_t kMagic = 0, kVersion = 4, kState = 8, kRequestSeq = 16, kResponseSeq = 24, kRequestLen = 32,
-                      kResponseLen = 36, kStatus = 40, kStatusSize = 256;
+                      kResponseLen = 36, kStatus = 40, kStatusSize = 256, kVmcoreinfoAddress = 296,
+                      kVmcoreinfoSize = 304;
 constexpr std::size_t kRequestArea = kMailboxData, kResponseArea = kMailboxData + kRequestMax;
 
 }  // namespace
@@ -73,6 +74,15 @@ std::optional<std::string> Mailbox::take_response(std::uint64_t seq) const {
   std::uint32_t n = load<std::uint32_t>(kResponseLen);
   if (n > kResponseMax) throw std::runtime_error("the repair agent's answer claims " + std::to_string(n) + " bytes");
   return std::string(reinterpret_cast<const char*>(base_ + kResponseArea), n);
+}
+
+std::pair<std::uint64_t, std::uint32_t> Mailbox::agent_vmcoreinfo() const {
+  return {load<std::uint64_t>(kVmcoreinfoAddress), load<std::uint32_t>(kVmcoreinfoSize)};
+}
+
+void Mailbox::set_vmcoreinfo(std::uint64_t paddr, std::uint32_t size) {
+  store<std::uint32_t>(kVmcoreinfoSize, size);
+  store<std::uint64_t>(kVmcoreinfoAddress, paddr);
 }
 
 void Mailbox::set_state(AgentState state, std::string_view status) {

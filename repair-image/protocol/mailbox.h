@@ -9,6 +9,9 @@
 //   24   u64 response seq (agent: set to the request's seq after its answer is in place)
 //   32   u32 request length  u32 response length
 //   40   char status[256]    the agent's last word (ready summary, or why it failed)
+//   296  u64 vmcoreinfo paddr  u32 vmcoreinfo size: where the repair VM's own kernel keeps its
+//        VMCOREINFO note (/sys/kernel/vmcoreinfo), for the host to read its free pages; 0 when
+//        not known (the inline agent, an older agent)
 //   4096                     request (JSON), at most kRequestMax bytes
 //   4096 + kRequestMax       response (JSON), at most kResponseMax bytes
 // Everything the agent writes is untrusted by the host: lengths are checked against the areas.
@@ -19,6 +22,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace immortal::repair {
 
@@ -41,6 +45,8 @@ class Mailbox {
   void initialise();  // zeroes the header, writes magic and version
   AgentState agent_state() const;
   std::string agent_status() const;  // printable, at most 255 characters
+  // Where the repair VM's kernel keeps its VMCOREINFO note, as the agent says (untrusted): {0, 0} when unknown.
+  std::pair<std::uint64_t, std::uint32_t> agent_vmcoreinfo() const;
   std::uint64_t post_request(std::string_view json);  // returns its sequence number
   // The answer to request seq, if it is there (throws std::runtime_error for a bad length).
   std::optional<std::string> take_response(std::uint64_t seq) const;
@@ -48,6 +54,7 @@ class Mailbox {
   // Agent side.
   bool valid() const;  // magic and version as the host wrote them
   void set_state(AgentState state, std::string_view status);
+  void set_vmcoreinfo(std::uint64_t paddr, std::uint32_t size);
   std::uint64_t request_seq() const;
   std::string request() const;  // the current request (bounded by kRequestMax)
   void post_response(std::uint64_t seq, std::string_view json);  // truncated answers are refused

@@ -239,7 +239,7 @@ TEST_CASE("repair: a module load and unload storm: the supervisor answers throug
 }
 
 TEST_CASE("repair: after a module change the running repair VM loads the new profile in place, and analyses the "
-          "next crash with it",
+          "next crash with it; the pages its kernel has free are given back to the host each time it is ready",
           "[integration][repair]") {
   std::string name = unique_name("reload");
   auto run = run_cli({"run", "--name", name, "--detach", "--verify-window", "1"});
@@ -247,6 +247,13 @@ TEST_CASE("repair: after a module change the running repair VM loads the new pro
   REQUIRE(run.status == 0);
   auto vm = [&] { return status_json(name).value("repair", json::object()).value("vm", json::object()); };
   REQUIRE(wait_until([&] { return vm().value("state", "") == "ready"; }, 120s));
+  // Booting freed pages it had touched (the initramfs it unpacked, the agent's scratch): read
+  // from its own struct page array and punched out of its RAM file (repair/repair_vm_trim.h).
+  REQUIRE(wait_until([&] { return vm().contains("free_pages_given_back"); }, 60s));
+  json trim = vm()["free_pages_given_back"];
+  INFO(trim.dump());
+  CHECK(trim.value("given_back_bytes", std::uint64_t{0}) >= (1u << 20));
+  CHECK(trim.value("free_bytes", std::uint64_t{0}) >= trim.value("given_back_bytes", std::uint64_t{0}));
   int pid = vm().value("pid", 0);
   std::uint64_t profile = status_json(name).value("profile", json::object()).value("number", std::uint64_t{0});
   REQUIRE(run_cli({"exec", name, "--", "rmmod", "lkdtm"}).status == 0);
@@ -264,6 +271,11 @@ TEST_CASE("repair: after a module change the running repair VM loads the new pro
   INFO("ready again " << readies.back().value("start_ms", 0.0) << " ms after the reload was asked for");
   // The module it no longer has: the profile's symbols say so.
   CHECK_THAT(readies.back().value("agent", ""), !Catch::Contains("healthy copy 0 KiB"));
+  // Given back again after the reload (or skipped, if the VM ran meanwhile), then the crash is
+  // analysed by that VM: the pages punched were free for its kernel.
+  REQUIRE(wait_until([&] { return vm().value("free_pages_given_back", json::object()).value("times", 0) >= 2; }, 60s));
+  INFO("after the reload: " << vm()["free_pages_given_back"].dump());
+  CHECK_FALSE(vm()["free_pages_given_back"].contains("error"));
   auto injected = run_cli({"inject", name, "null-deref", "--wait", "--json"}, 120s);
   INFO(injected.out << injected.err);
   REQUIRE(injected.status == 0);

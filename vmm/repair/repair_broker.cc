@@ -118,7 +118,8 @@ void RepairBroker::start(Slot& slot) {
       c.runtime_dir = dir_ + "/vm";
       std::filesystem::create_directories(c.runtime_dir);
       c.console_log = c.runtime_dir + "/console.log";
-      slot.worker = std::make_unique<RepairVm>(factory_, c, ram_, image_->payload.get(), image_->window_bytes);
+      slot.worker = std::make_unique<RepairVm>(factory_, c, ram_, image_->payload.get(), image_->window_bytes,
+                                               find_repair_agent(settings_.agent));
     } else {
       slot.worker = std::make_unique<InlineRepair>(find_repair_agent(settings_.agent), image_->payload.get(), image_->payload_offset, ram_,
                                                    dir_ + "/inline.log");
@@ -308,6 +309,7 @@ nlohmann::json RepairBroker::status() {
     }
     j[s->mode] = {{"state", to_string(s->worker->state())}, {"agent", s->worker->status()}, {"pid", s->worker->process_id()},
                   {"start_ms", s->worker->start_ms()}};
+    s->worker->describe(j[s->mode]);
   }
   return j;
 }

@@ -3,12 +3,14 @@
 #include "base/clock.h"
 #include "base/error.h"
 #include "repair/agent_process.h"
+#include "repair/repair_vm_trim.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <bit>
 #include <thread>
 
@@ -22,7 +24,8 @@ constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11, kPayloadSlot = 0x12;  /
 }  // namespace
 
 RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
-                   std::uint64_t window_bytes) {
+                   std::uint64_t window_bytes, std::string agent)
+    : agent_(std::move(agent)) {
   if (!std::has_single_bit(guest_ram.size))
     fail(ExitCode::failure, "guest RAM of {} MiB is not a power of two: a PCI window cannot show it whole",
          guest_ram.size >> 20);
@@ -36,11 +39,63 @@ RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::
                            {"repair-mailbox", mailbox_.fd(), repair::kMailboxSize, false, kMailboxSlot},
                            {"repair-payload", payload_.get(), window_bytes, true, kPayloadSlot}};
   machine_ = factory(config, Deadline::in(std::chrono::seconds(30)));
-  machine_->resume();
+  resume_vm();
 }
 
 RepairVm::~RepairVm() {
+  {
+    std::lock_guard lock(vm_mutex_);
+    ++runs_;  // a trim in flight punches nothing now
+  }
+  if (trim_.joinable()) trim_.join();
   if (machine_) machine_->terminate(std::chrono::milliseconds(0));
+}
+
+void RepairVm::resume_vm() {
+  std::lock_guard lock(vm_mutex_);
+  ++runs_;
+  machine_->resume();
+}
+
+void RepairVm::start_trim() {
+  auto [paddr, size] = mailbox_.box().agent_vmcoreinfo();
+  if (!paddr || agent_.empty() || trimming_.exchange(true)) return;  // one at a time
+  if (trim_.joinable()) trim_.join();  // the last one, finished
+  std::uint64_t runs;
+  {
+    std::lock_guard lock(vm_mutex_);
+    runs = runs_;
+  }
+  trim_ = std::thread([this, paddr, size, runs] {
+    auto t0 = Clock::now();
+    nlohmann::json result;
+    try {
+      RamClasses classes = repair_vm_free_pages(agent_, *machine_, paddr, size, Deadline::in(std::chrono::seconds(10)));
+      std::uint64_t free = 0;
+      for (const auto& [r, c] : classes) free += static_cast<std::uint64_t>(std::count(c.begin(), c.end(), PageClass::free));
+      std::lock_guard lock(vm_mutex_);
+      if (runs_ != runs) {
+        result = {{"skipped", "the repair VM ran again before its free pages were given back"}};
+      } else {
+        std::uint64_t given = punch_free_pages(*machine_->ram_file(), classes);
+        result = {{"free_bytes", free * MemorySnapshot::kPageSize}, {"given_back_bytes", given}};
+      }
+    } catch (const std::exception& e) {
+      result = {{"error", e.what()}};
+    }
+    result["ms"] = ms_since(t0);
+    {
+      std::lock_guard lock(trim_mutex_);
+      result["times"] = (trim_result_.is_object() ? trim_result_.value("times", 0) : 0) + 1;
+      trim_result_ = std::move(result);
+    }
+    trimming_ = false;
+  });
+}
+
+void RepairVm::describe(nlohmann::json& into) const {
+  std::lock_guard lock(trim_mutex_);
+  if (!trim_result_.is_null()) into["free_pages_given_back"] = trim_result_;
 }
 
 void RepairVm::fail_with(const std::string& why) {
@@ -72,10 +127,14 @@ WorkerState RepairVm::state() {
 }
 
 void RepairVm::become_ready() {
-  machine_->pause();  // hot standby: costs nothing until a crash
+  {
+    std::lock_guard lock(vm_mutex_);
+    machine_->pause();  // hot standby: costs nothing until a crash
+  }
   state_ = WorkerState::ready;
   status_ = mailbox_.box().agent_status();
   start_ms_ = ms_since(started_);
+  start_trim();
 }
 
 void RepairVm::check_boot() {
@@ -118,7 +177,7 @@ bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
   started_ = Clock::now();
   start_ms_ = 0;
   try {
-    machine_->resume();
+    resume_vm();
   } catch (const std::exception& e) {
     fail_with(std::string("cannot resume the repair VM: ") + e.what());
   }
@@ -128,7 +187,7 @@ bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
 std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
   if (state() != WorkerState::ready) fail(ExitCode::failure, "the repair VM is not ready: {}", status_);
   std::uint64_t seq = mailbox_.box().post_request(request);
-  machine_->resume();
+  resume_vm();
   for (;;) {
     std::optional<std::string> answer;
     try {
@@ -138,7 +197,10 @@ std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
       throw Error(ExitCode::failure, e.what());
     }
     if (answer) {
-      machine_->pause();
+      {
+        std::lock_guard lock(vm_mutex_);
+        machine_->pause();
+      }
       return *answer;
     }
     if (deadline.expired()) {

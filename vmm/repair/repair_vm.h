@@ -10,7 +10,10 @@
 #include "machine_config.h"
 #include "repair/repair_worker.h"
 
+#include <atomic>
 #include <functional>
+#include <mutex>
+#include <thread>
 
 namespace immortal::vmm {
 
@@ -18,10 +21,12 @@ class RepairVm final : public RepairWorker {
  public:
   using Factory = std::function<std::unique_ptr<Machine>(const MachineConfig&, Deadline)>;
   // config: kernel, initrd (the agent), memory, runtime dir …; its shared windows are added
-  // here. payload: the repair payload's memfd, window_bytes long (a power of two). Throws Error
+  // here. payload: the repair payload's memfd, window_bytes long (a power of two). agent: the
+  // repair agent's binary on the host (its page-class mode reads the VM's free pages, which are
+  // given back each time the VM is ready and paused: repair/repair_vm_trim.h). Throws Error
   // when the VM cannot be started at all.
   RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
-           std::uint64_t window_bytes);
+           std::uint64_t window_bytes, std::string agent);
   ~RepairVm() override;
 
   const char* mode() const override { return "vm"; }
@@ -31,6 +36,7 @@ class RepairVm final : public RepairWorker {
   std::string analyse(const std::string& request, Deadline deadline) override;
   int process_id() const override { return machine_ ? machine_->process_id() : 0; }
   bool reload(std::uint64_t offset, std::uint64_t size) override;
+  void describe(nlohmann::json& into) const override;
 
  private:
   void fail_with(const std::string& why);
@@ -38,6 +44,8 @@ class RepairVm final : public RepairWorker {
   void become_ready();
   void check_boot();    // while it boots
   void check_reload();  // while its agent loads a new profile
+  void resume_vm();     // every resume goes through here: it ends any trim in flight
+  void start_trim();    // in the background, once the VM is ready and paused
 
   MailboxMemory mailbox_;
   UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
@@ -48,6 +56,16 @@ class RepairVm final : public RepairWorker {
   std::uint64_t reload_seq_ = 0;  // a reload asked for and not answered yet
   Clock::time_point started_ = Clock::now();
   double start_ms_ = 0;
+
+  // Giving back the pages its kernel has free (repair/repair_vm_trim.h): read in a thread, punched
+  // only while the VM is still paused since they were read (runs_ unchanged, under vm_mutex_).
+  std::string agent_;
+  std::mutex vm_mutex_;
+  std::uint64_t runs_ = 0;  // resumes so far; guarded by vm_mutex_
+  std::thread trim_;
+  std::atomic<bool> trimming_{false};
+  mutable std::mutex trim_mutex_;
+  nlohmann::json trim_result_;  // guarded by trim_mutex_
 };
 
 }  // namespace immortal::vmm

@@ -8,6 +8,8 @@
 #include "base/unique_fd.h"
 #include "protocol/mailbox.h"
 
+#include <nlohmann/json.hpp>
+
 #include <memory>
 #include <string>
 
@@ -33,6 +35,8 @@ class RepairWorker {
   // started with, without starting again; it is "starting" until it has loaded it. False when
   // it cannot (then it is started anew).
   virtual bool reload(std::uint64_t /*offset*/, std::uint64_t /*size*/) { return false; }
+  // Anything more the worker has to say in `status` (the repair VM: the memory it gave back).
+  virtual void describe(nlohmann::json& /*into*/) const {}
 };
 
 // kMailboxSize bytes of shared memory (a memfd) holding the mailbox, mapped here.

@@ -1,0 +1,35 @@
+// Gives back the host memory of pages the repair VM's kernel has free (issue 20, "a repair VM
+// that costs little"). A booted repair VM keeps the host pages of everything it ever touched:
+// the initramfs it unpacked and freed, the kernel image's decompression, the agent's scratch
+// while it parsed the profile (≈ 26 of its 143 MiB, measured with drgn). The kernel of a
+// paused VM keeps nothing in a free buddy block (its bookkeeping lives in struct page), so
+// those pages can be punched out of the VM's RAM file; the kernel reads zeros there the next
+// time it allocates one, as it would from any fresh page. (virtio-balloon's free page
+// reporting does the same with the kernel's help; it needs modules the repair VM does not have.)
+//
+// Which pages are free is read the way a bundle's snapshot finds them: the repair VM's own
+// kernel (its VMCOREINFO note, where the agent says it is; symbols and types from its own
+// memory) and the sandboxed page-class agent reading its struct page array. The repair VM is
+// untrusted like the guest it analyses: at worst it misleads us into punching its own pages.
+#pragma once
+
+#include "base/clock.h"
+#include "dump/memory_snapshot.h"
+#include "machine.h"
+
+#include <cstdint>
+#include <string>
+
+namespace immortal::vmm {
+
+// The repair VM's free pages (PageClass::free) and the rest `kernel`, for a paused VM whose
+// kernel keeps VMCOREINFO at [paddr, paddr + size). agent: the page-class agent's binary.
+// Throws Error when the kernel cannot be read or the agent does not answer by the deadline.
+RamClasses repair_vm_free_pages(const std::string& agent, Machine& vm, std::uint64_t vmcoreinfo_paddr,
+                                std::uint32_t vmcoreinfo_size, Deadline deadline);
+
+// Punches the free pages of classes out of ram's file (runs of whole pages; the file keeps its
+// size). Only for a VM that stayed paused since classes were read. Returns the bytes given back.
+std::uint64_t punch_free_pages(const Machine::RamFile& ram, const RamClasses& classes);
+
+}  // namespace immortal::vmm
