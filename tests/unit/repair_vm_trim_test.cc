@@ -54,3 +54,26 @@ TEST_CASE("repair VM trim: free pages are punched out of the RAM file where thei
   for (std::uint64_t p : {0, 1, 5, 6, 9, 13, 15}) CHECK(byte_at(p) == 'x');
   CHECK(punch_free_pages(ram, classes) == 0);  // punched already: nothing more to give back
 }
+
+TEST_CASE("repair VM trim: all-zero pages are found without filling holes, and given back", "[repair-trim]") {
+  UniqueFd fd = sealed_memfd("trim-zero-test", 200 * kPage);  // a hole: nothing allocated yet
+  std::vector<char> page(kPage, 'x'), zero(kPage, 0);
+  // Pages 0-99 written (5-7 and 60 with zeros), 100-199 never touched (a hole).
+  for (std::uint64_t i = 0; i < 100; ++i) {
+    bool z = (i >= 5 && i <= 7) || i == 60;
+    REQUIRE(::pwrite(fd.get(), (z ? zero : page).data(), kPage, static_cast<off_t>(i * kPage)) == static_cast<ssize_t>(kPage));
+  }
+  Machine::RamFile ram{fd.get(), 200 * kPage, {{0, 0, 200 * kPage}}};
+  REQUIRE(allocated(fd.get()) == 100 * kPage);
+  auto runs = zero_page_runs(ram);
+  CHECK(allocated(fd.get()) == 100 * kPage);  // reading the hole did not fill it
+  using Runs = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+  CHECK(runs == Runs{{5 * kPage, 3 * kPage}, {60 * kPage, kPage}});  // not the hole: it is given back already
+  CHECK(punch_free_pages(ram, {}, runs) == 4 * kPage);
+  CHECK(allocated(fd.get()) == 96 * kPage);
+  char c = 0;
+  REQUIRE(::pread(fd.get(), &c, 1, static_cast<off_t>(6 * kPage)) == 1);
+  CHECK(c == 0);
+  REQUIRE(::pread(fd.get(), &c, 1, static_cast<off_t>(8 * kPage)) == 1);
+  CHECK(c == 'x');
+}

@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -67,18 +69,24 @@ void RepairVm::start_trim() {
     runs = runs_;
   }
   trim_ = std::thread([this, paddr, size, runs] {
+    // Beside the guest and a recovery's checks, not ahead of them (the page-class agent it
+    // starts inherits this).
+    ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
     auto t0 = Clock::now();
     nlohmann::json result;
     try {
       RamClasses classes = repair_vm_free_pages(agent_, *machine_, paddr, size, Deadline::in(std::chrono::seconds(10)));
-      std::uint64_t free = 0;
+      std::uint64_t free = 0, zero = 0;
       for (const auto& [r, c] : classes) free += static_cast<std::uint64_t>(std::count(c.begin(), c.end(), PageClass::free));
+      auto ram = machine_->ram_file();
+      auto zero_runs = zero_page_runs(*ram);
+      for (const auto& [offset, bytes] : zero_runs) zero += bytes;
       std::lock_guard lock(vm_mutex_);
       if (runs_ != runs) {
         result = {{"skipped", "the repair VM ran again before its free pages were given back"}};
       } else {
-        std::uint64_t given = punch_free_pages(*machine_->ram_file(), classes);
-        result = {{"free_bytes", free * MemorySnapshot::kPageSize}, {"given_back_bytes", given}};
+        std::uint64_t given = punch_free_pages(*ram, classes, zero_runs);
+        result = {{"free_bytes", free * MemorySnapshot::kPageSize}, {"zero_bytes", zero}, {"given_back_bytes", given}};
       }
     } catch (const std::exception& e) {
       result = {{"error", e.what()}};
@@ -201,6 +209,7 @@ std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
         std::lock_guard lock(vm_mutex_);
         machine_->pause();
       }
+      start_trim();  // what the analysis touched and let go
       return *answer;
     }
     if (deadline.expired()) {

@@ -8,6 +8,10 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
 
 namespace immortal::vmm {
 
@@ -39,9 +43,45 @@ RamClasses repair_vm_free_pages(const std::string& agent, Machine& vm, std::uint
   return classes.last();
 }
 
-std::uint64_t punch_free_pages(const Machine::RamFile& ram, const RamClasses& classes) {
+std::vector<std::pair<std::uint64_t, std::uint64_t>> zero_page_runs(const Machine::RamFile& ram) {
+  constexpr std::uint64_t kPage = MemorySnapshot::kPageSize, kChunk = 64 * kPage;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+  std::vector<std::byte> buf(kChunk);
+  static const std::byte zeros[kPage] = {};
+  auto scan = [&](std::uint64_t from, std::uint64_t to) {  // file offsets, whole pages
+    for (std::uint64_t at = from; at < to; at += kChunk) {
+      std::uint64_t n = std::min(kChunk, to - at);
+      if (::pread(ram.fd, buf.data(), n, static_cast<off_t>(at)) != static_cast<ssize_t>(n)) return;
+      for (std::uint64_t p = 0; p < n; p += kPage) {
+        if (std::memcmp(buf.data() + p, zeros, kPage) != 0) continue;
+        if (!runs.empty() && runs.back().first + runs.back().second == at + p) runs.back().second += kPage;
+        else runs.emplace_back(at + p, kPage);
+      }
+    }
+  };
+  for (const auto& seg : ram.segments) {
+    // Only where the file has pages (SEEK_DATA/SEEK_HOLE): a hole is given back already.
+    std::uint64_t pos = seg.file_offset, end = seg.file_offset + (seg.size & ~(kPage - 1));
+    while (pos < end) {
+      off_t data = ::lseek(ram.fd, static_cast<off_t>(pos), SEEK_DATA);
+      if (data < 0 || static_cast<std::uint64_t>(data) >= end) break;
+      off_t hole = ::lseek(ram.fd, data, SEEK_HOLE);
+      std::uint64_t stop = hole < 0 ? end : std::min<std::uint64_t>(static_cast<std::uint64_t>(hole), end);
+      std::uint64_t from = static_cast<std::uint64_t>(data) & ~(kPage - 1);
+      std::uint64_t to = std::min(end, (stop + kPage - 1) & ~(kPage - 1));
+      scan(from, to);
+      pos = stop > from ? stop : from + kPage;
+    }
+  }
+  return runs;
+}
+
+std::uint64_t punch_free_pages(const Machine::RamFile& ram, const RamClasses& classes,
+                               const std::vector<std::pair<std::uint64_t, std::uint64_t>>& zero_runs) {
   constexpr std::uint64_t kPage = MemorySnapshot::kPageSize;
   std::uint64_t before = allocated_bytes(ram.fd);
+  for (const auto& [offset, bytes] : zero_runs)
+    ::fallocate(ram.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset), static_cast<off_t>(bytes));
   for (const auto& [range, pages] : classes) {
     // Where this range lies in the file: only pages inside one RAM segment are punched.
     const RamSegment* seg = nullptr;
