@@ -60,7 +60,9 @@ void RepairVm::resume_vm() {
 }
 
 void RepairVm::start_trim() {
-  auto [paddr, size] = mailbox_.box().agent_vmcoreinfo();
+  const auto where = mailbox_.box().agent_vmcoreinfo();
+  const std::uint64_t paddr = where.first;
+  const std::uint32_t size = where.second;
   if (!paddr || agent_.empty() || trimming_.exchange(true)) return;  // one at a time
   if (trim_.joinable()) trim_.join();  // the last one, finished
   std::uint64_t runs;
