@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -93,6 +94,9 @@ void RepairVm::start_trim() {
     } catch (const std::exception& e) {
       result = {{"error", e.what()}};
     }
+    // The repair kernel's symbols and types were read for this and are gone: hand their heap
+    // back too (glibc keeps freed memory in this thread's arena otherwise: ≈ 28 MiB measured).
+    ::malloc_trim(0);
     result["ms"] = ms_since(t0);
     {
       std::lock_guard lock(trim_mutex_);
