@@ -95,6 +95,24 @@ TEST_CASE("arena pool: a snapshot's pages are zeroed on release, a dead holder's
   }
 }
 
+TEST_CASE("arena pool: a supervisor that prepares while another copies into an arena still maps it", "[arena-pool]") {
+  PoolDir d;
+  ArenaPool a(d.path);
+  a.prepare(1 << 20, 1);
+  auto held = a.acquire();  // a's crash is being written
+  REQUIRE(held);
+  std::memset(held->data(), 0x77, 4096);
+  ArenaPool b(d.path);  // a supervisor starting meanwhile
+  b.prepare(2 << 20, 1);
+  CHECK(b.sizes()[0] == 2 << 20);  // grown and mapped, not cleared under a's snapshot
+  CHECK(std::to_integer<int>(held->data()[0]) == 0x77);
+  CHECK_FALSE(b.acquire());  // a holds it
+  held.reset();
+  auto mine = b.acquire();  // free again: b's crash gets a prepared arena
+  REQUIRE(mine);
+  CHECK(mine->size() == 2 << 20);
+}
+
 TEST_CASE("arena pool: arenas grow for the largest guest, never shrink, and go with the last user", "[arena-pool]") {
   PoolDir d;
   {

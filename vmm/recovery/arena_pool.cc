@@ -98,24 +98,24 @@ void ArenaPool::prepare(std::uint64_t bytes, std::size_t count) {
 void ArenaPool::prepare_slot(Slot& slot, std::uint64_t bytes, bool grow) {
   std::lock_guard lock(slot.mutex);
   if (slot.in_use) return;  // one of our snapshots is in it: next time
-  // Another supervisor copying into it: leave it as it is; it is sized for that guest.
-  if (::flock(slot.fd.get(), LOCK_EX | LOCK_NB) != 0) return;
+  // Another supervisor copying into it still lets us size and map it (fallocate only extends a
+  // file, and mapping changes nothing); only clearing what a dead holder left needs it idle.
+  bool idle = ::flock(slot.fd.get(), LOCK_EX | LOCK_NB) == 0;
   struct Unlock {
     int fd;
-    ~Unlock() { ::flock(fd, LOCK_UN); }
-  } unlock{slot.fd.get()};
+    bool held;
+    ~Unlock() {
+      if (held) ::flock(fd, LOCK_UN);
+    }
+  } unlock{slot.fd.get(), idle};
   struct stat st {};
   if (::fstat(slot.fd.get(), &st) != 0) fail_os(ExitCode::failure, "stat " + dir_, errno);
   std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
   if (!grow && size < bytes) return;  // not needed yet, and no one else made it
-  if (size < bytes) {
-    // Allocates the pages now (tmpfs has no holes after this) or fails with ENOSPC.
-    int r = ::fallocate(slot.fd.get(), 0, 0, static_cast<off_t>(bytes));
-    if (r != 0)
-      fail_os(ExitCode::failure, fmt::format("cannot prepare {} MiB for bundle snapshots in {}", bytes >> 20, dir_), errno);
-    size = bytes;
-  } else if (size > slot.mapped) {
-    // Grown by another supervisor, or ours since its start: make sure every page is there.
+  if (size < bytes || size > slot.mapped) {
+    // Allocates the pages now (tmpfs has no holes after this) or fails with ENOSPC; for a file
+    // another supervisor grew, makes sure every page is there before we map it.
+    size = std::max(size, bytes);
     if (::fallocate(slot.fd.get(), 0, 0, static_cast<off_t>(size)) != 0)
       fail_os(ExitCode::failure, fmt::format("cannot prepare {} MiB for bundle snapshots in {}", size >> 20, dir_), errno);
   }
@@ -127,7 +127,7 @@ void ArenaPool::prepare_slot(Slot& slot, std::uint64_t bytes, bool grow) {
     slot.mapped = size;
   }
   // A supervisor that died holding it left a guest's pages behind.
-  clear(slot.base, slot.mapped);
+  if (idle) clear(slot.base, slot.mapped);
 }
 
 std::shared_ptr<SnapshotArena> ArenaPool::acquire() {
