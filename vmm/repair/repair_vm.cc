@@ -215,7 +215,6 @@ std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
         std::lock_guard lock(vm_mutex_);
         machine_->pause();
       }
-      start_trim();  // what the analysis touched and let go
       return *answer;
     }
     if (deadline.expired()) {

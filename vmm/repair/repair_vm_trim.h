@@ -9,7 +9,7 @@
 // reporting does the same with the kernel's help; it needs modules the repair VM does not have.)
 //
 // All-zero pages go too, whatever they are for the kernel: a hole reads as zeros. (A page punched
-// fills again when the VM next touches it, so this is repeated each time the VM was used.)
+// fills again when the VM next touches it: done when the VM is ready, not after each analysis.)
 //
 // Which pages are free is read the way a bundle's snapshot finds them: the repair VM's own
 // kernel (its VMCOREINFO note, where the agent says it is; symbols and types from its own
