@@ -133,6 +133,7 @@ TEST_CASE("arena pool: arenas grow for the largest guest, never shrink, and go w
   }
   CHECK_FALSE(std::filesystem::exists(d.path + "/arena-0"));
   CHECK_FALSE(std::filesystem::exists(d.path + "/arena-1"));
+  CHECK_FALSE(std::filesystem::exists(d.path));  // no empty directories left in /dev/shm either
 }
 
 TEST_CASE("arena pool: refuses a directory others can enter, and is named per runtime directory", "[arena-pool]") {

@@ -78,6 +78,10 @@ ArenaPool::~ArenaPool() {
   if (users_ && ::flock(users_.get(), LOCK_EX | LOCK_NB) == 0) {
     for (std::size_t i = 0; i < kArenas; ++i) ::unlinkat(dir_fd_.get(), arena_name(i).c_str(), 0);
     ::unlinkat(dir_fd_.get(), "users", 0);
+    // And the directory, unless someone joined meanwhile (then it is not empty). One joining
+    // just between our rmdir and its first file finds no directory: it prepares an arena of
+    // its own and says so.
+    ::rmdir(dir_.c_str());
     ::flock(users_.get(), LOCK_UN);
   }
 }
