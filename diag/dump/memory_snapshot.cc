@@ -11,15 +11,15 @@
 
 namespace immortal {
 
-namespace {
-
-bool all_zero(const std::byte* p) {
+bool page_is_zero(const std::byte* page) {
   // Word compares; most non-zero pages differ in their first words.
-  const auto* w = reinterpret_cast<const std::uint64_t*>(p);
+  const auto* w = reinterpret_cast<const std::uint64_t*>(page);
   for (std::size_t i = 0; i < MemorySnapshot::kPageSize / 8; ++i)
     if (w[i]) return false;
   return true;
 }
+
+namespace {
 
 std::optional<PageClassifier> classifier_for(const Kernel* kernel, bool filter, std::string* description) {
   std::string why;
@@ -157,7 +157,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
         } catch (const MemoryFault&) {
           std::memset(dst, 0, kPageSize);  // a partial page at a range edge
         }
-        if (all_zero(dst)) cls = PageClass::zero;
+        if (page_is_zero(dst)) cls = PageClass::zero;
         else range.slot[p] = next++;
       }
       if (cls != PageClass::kernel) range.slot[p] = kExcluded + static_cast<std::uint32_t>(cls);
@@ -230,10 +230,9 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::adopt(std::string_view index, st
   }
   s->census_.total_pages = total_pages;
   s->census_.copied_bytes = copied * kPageSize;
-  std::shared_ptr<SnapshotArena> arena(new SnapshotArena);
-  arena->base_ = pages;
-  arena->size_ = page_bytes;
-  s->arena_ = std::move(arena);
+  // The pages stay the caller's: they may be a mapping it keeps, or memory that is not a mapping
+  // at all (tests and the fuzz target pass a vector's, which munmap would tear out of the heap).
+  s->arena_ = SnapshotArena::borrow(pages, page_bytes, -1, [](std::uint64_t) {});
   s->buffer_ = pages;
   return s;
 }

@@ -47,7 +47,7 @@ class SnapshotArena {
   std::byte* data() const { return base_; }
   std::uint64_t size() const { return size_; }
   // The memfd behind it (sealed against resizing), for a process that reads the copy; -1 for
-  // pages another process mapped and handed to MemorySnapshot::adopt.
+  // pages another process mapped and handed to MemorySnapshot::adopt (which are not unmapped here).
   int fd() const { return fd_ ? fd_.get() : reader_fd_; }
 
  private:
@@ -62,6 +62,9 @@ class SnapshotArena {
   std::function<void(std::uint64_t)> release_;
 };
 
+
+// Is this page (kPageSize bytes, 8-byte aligned) all zeros?
+bool page_is_zero(const std::byte* page);
 
 // Guest RAM in whole pages (each range's start rounded down, its end up), each range with the
 // class of each of its pages.
@@ -88,6 +91,7 @@ class MemorySnapshot final : public PhysicalMemory {
   // The same copy in another process (the report agent): the page index (index()) and the copied
   // pages, mapped there from pages_fd(). Every slot is checked against the pages given; a
   // malformed index is Error(bad_input). Writes change `pages` only (map them privately).
+  // `pages` stay the caller's: they must outlive the snapshot, which does not unmap them.
   static std::unique_ptr<MemorySnapshot> adopt(std::string_view index, std::byte* pages, std::uint64_t page_bytes);
   ~MemorySnapshot() override;
   MemorySnapshot(const MemorySnapshot&) = delete;

@@ -19,14 +19,11 @@ namespace {
 
 std::string arena_name(std::size_t i) { return "arena-" + std::to_string(i); }
 
-// Zeroes the parts of [base, base + size) that are not zero already (reading is cheaper than writing).
+// Zeroes the pages of [base, base + size) that are not zero already (reading is cheaper than
+// writing). size: whole pages, as every arena is.
 void clear(std::byte* base, std::uint64_t size) {
-  constexpr std::uint64_t kBlock = 64 << 10;
-  static const std::byte zeros[kBlock] = {};
-  for (std::uint64_t at = 0; at < size; at += kBlock) {
-    std::uint64_t n = std::min(kBlock, size - at);
-    if (std::memcmp(base + at, zeros, n) != 0) std::memset(base + at, 0, n);
-  }
+  for (std::uint64_t at = 0; at < size; at += MemorySnapshot::kPageSize)
+    if (!page_is_zero(base + at)) std::memset(base + at, 0, MemorySnapshot::kPageSize);
 }
 
 }  // namespace

@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
 
 namespace immortal::vmm {
 
@@ -47,13 +46,12 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> zero_page_runs(const Machin
   constexpr std::uint64_t kPage = MemorySnapshot::kPageSize, kChunk = 64 * kPage;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
   std::vector<std::byte> buf(kChunk);
-  static const std::byte zeros[kPage] = {};
   auto scan = [&](std::uint64_t from, std::uint64_t to) {  // file offsets, whole pages
     for (std::uint64_t at = from; at < to; at += kChunk) {
       std::uint64_t n = std::min(kChunk, to - at);
       if (::pread(ram.fd, buf.data(), n, static_cast<off_t>(at)) != static_cast<ssize_t>(n)) return;
       for (std::uint64_t p = 0; p < n; p += kPage) {
-        if (std::memcmp(buf.data() + p, zeros, kPage) != 0) continue;
+        if (!page_is_zero(buf.data() + p)) continue;
         if (!runs.empty() && runs.back().first + runs.back().second == at + p) runs.back().second += kPage;
         else runs.emplace_back(at + p, kPage);
       }
