@@ -32,6 +32,8 @@ std::string ArenaPool::directory_for(const std::string& runtime_root, const std:
   std::error_code ec;
   std::string key = std::filesystem::weakly_canonical(runtime_root, ec).string();
   if (ec || key.empty()) key = std::filesystem::absolute(runtime_root).lexically_normal().string();
+  // A directory that does not exist yet keeps its trailing '/' through both: one name either way.
+  while (key.size() > 1 && key.back() == '/') key.pop_back();
   std::uint64_t h = 14695981039346656037ull;  // FNV-1a: stable across builds, so an upgrade finds the same pool
   for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
   return fmt::format("{}/immortal-arenas-{}-{:016x}", shm, ::geteuid(), h);
