@@ -10,10 +10,13 @@
 #include "protocol/payload.h"
 #include "recovery/plan_validation.h"
 #include "repair/repair_engine.h"
+#include "repair/repair_image.h"
 #include "support/fake_kernel.h"
 
 #include <catch2/catch.hpp>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -214,6 +217,44 @@ TEST_CASE("repair payload: files cross as a newc archive read in place; damage i
   std::string twice = repair::write_payload({{"a", "1"}});
   twice = twice.substr(0, twice.size() - 124) + twice;  // "a" twice, then the trailer
   CHECK_THROWS_AS(repair::read_payload(twice), Error);
+}
+
+TEST_CASE("repair image: the supervisor reads its healthy copy where the payload holds it, slot by slot", "[repair]") {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / ("repair-image-test-" + std::to_string(::getpid()));
+  // The profile apart from the image's directory (building an image clears what older versions staged there).
+  fs::create_directories(dir / "guest-profile" / "btf");
+  for (const char* f : {"profile.json", "kallsyms", "modules", "btf/vmlinux"}) std::ofstream(dir / "guest-profile" / f) << f;
+  auto healthy_with = [](std::uint8_t fill) {
+    repair::HealthyImage h;
+    h.release = "6.1.0-test";
+    h.regions.push_back({"kernel text", "text", "", 0xffffffff81000000, std::vector<std::uint8_t>(3 * 4096 + 5, fill), {}});
+    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}});
+    h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
+    return h;
+  };
+  vmm::Machine::RamFile ram{-1, 1 << 20, {}};
+  auto image = vmm::build_repair_image(dir.string(), "/bin/sh", (dir / "guest-profile").string(), healthy_with(0xcc), ram);
+  auto same_as = [](const repair::HealthyImage& a, const repair::HealthyImage& b) {
+    if (a.regions.size() != b.regions.size() || a.modules.size() != b.modules.size()) return false;
+    for (std::size_t i = 0; i < a.regions.size(); ++i)
+      if (a.regions[i].address != b.regions[i].address || !std::ranges::equal(a.regions[i].code(), b.regions[i].code()))
+        return false;
+    return true;
+  };
+  auto first = vmm::healthy_in_payload(image);
+  CHECK(same_as(*first, healthy_with(0xcc)));
+  // Read in place: the regions' bytes lie in the payload's mapping, not in a copy of the supervisor's.
+  CHECK(first->regions[0].bytes.empty());
+  CHECK(first->find(0xffffffffc0001010)->module == "drv");
+
+  // A new profile goes into the other slot; the copy taken again reads the new bytes there.
+  REQUIRE(vmm::rewrite_repair_payload(image, (dir / "guest-profile").string(), healthy_with(0x0f), ram));
+  CHECK(image.payload_offset == image.slot_bytes);
+  auto second = vmm::healthy_in_payload(image);
+  CHECK(same_as(*second, healthy_with(0x0f)));
+  CHECK(second->regions[0].code()[0] == 0x0f);
+  fs::remove_all(dir);
 }
 
 TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repair]") {

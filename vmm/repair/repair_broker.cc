@@ -62,8 +62,8 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
   if (image_ && vm_.worker && ram.fd == ram_.fd && ram.size == ram_.size && vm_.worker->state() == WorkerState::ready &&
       rewrite_repair_payload(*image_, profile_dir, healthy, ram) &&
       vm_.worker->reload(image_->payload_offset, image_->payload_bytes)) {
+    healthy_ = healthy_in_payload(*image_);
     ::malloc_trim(0);
-    healthy_ = healthy;
     vm_.reported.clear();  // its next ready is announced
     inline_.worker.reset();
     inline_.failures = 0;
@@ -73,7 +73,9 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
     if (settings_.cross_check) start(inline_);
     return;
   }
-  // The old workers hold the old profile: they go first.
+  // The old workers hold the old profile: they go first. So does the healthy copy read from the
+  // old payload, whose slot a failed reload above may have given back already.
+  healthy_.reset();
   vm_.worker.reset();
   inline_.worker.reset();
   vm_.failures = inline_.failures = 0;
@@ -81,8 +83,8 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
   image_ = build_repair_image(dir_, agent, profile_dir, healthy, ram);
   // Building it held the profile's files and the archive (tens of MiB) in memory the C library
   // keeps for itself once freed; the supervisor lives long, so it goes back now.
+  healthy_ = healthy_in_payload(*image_);
   ::malloc_trim(0);
-  healthy_ = healthy;
   ram_ = ram;
   nlohmann::json e = image_json();
   e.update({{"regions", healthy.regions.size()}, {"build_ms", ms_since(t0)}});

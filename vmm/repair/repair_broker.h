@@ -49,7 +49,7 @@ class RepairBroker final : public RepairEngine {
   // Every tick: notices workers becoming ready or failing; restarts failed ones (with back-off).
   void poll();
   RepairAnswer analyse(const repair::RepairRequest& request) override;
-  const repair::HealthyImage* healthy() const override { return healthy_ ? &*healthy_ : nullptr; }
+  const repair::HealthyImage* healthy() const override { return healthy_.get(); }
   const std::string& mode() const override { return settings_.mode; }
   nlohmann::json status();
 
@@ -75,7 +75,8 @@ class RepairBroker final : public RepairEngine {
   // The image's sizes, as the repair-image event and status show them.
   nlohmann::json image_json() const;
   std::optional<RepairImage> image_;
-  std::optional<repair::HealthyImage> healthy_;
+  // Read in place from the image's payload (healthy_in_payload): taken again whenever its slot changes.
+  std::shared_ptr<const repair::HealthyImage> healthy_;
   Machine::RamFile ram_;
   Slot vm_{"vm", nullptr, "", {}, 0};
   Slot inline_{"inline", nullptr, "", {}, 0};

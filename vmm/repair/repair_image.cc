@@ -10,6 +10,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -172,6 +173,29 @@ bool rewrite_repair_payload(RepairImage& image, const std::string& profile_dir, 
   image.payload_offset = offset;
   image.payload_bytes = archive.size();
   return true;
+}
+
+std::shared_ptr<const repair::HealthyImage> healthy_in_payload(const RepairImage& image) {
+  // The mapping lives as long as the image that borrows from it.
+  struct Held {
+    void* base = MAP_FAILED;
+    std::uint64_t size = 0;
+    repair::HealthyImage image;
+    ~Held() {
+      if (base != MAP_FAILED) ::munmap(base, size);
+    }
+  };
+  if (!image.payload || !image.payload_bytes) fail(ExitCode::failure, "the repair image has no payload");
+  auto held = std::make_shared<Held>();
+  held->size = image.payload_bytes;
+  // The slot's offset (0 or slot_bytes, a power of two of at least 1 MiB) is page-aligned.
+  held->base = ::mmap(nullptr, held->size, PROT_READ, MAP_SHARED, image.payload.get(), static_cast<off_t>(image.payload_offset));
+  if (held->base == MAP_FAILED) fail_os(ExitCode::failure, "map the repair payload", errno);
+  auto files = repair::read_payload({static_cast<const char*>(held->base), held->size});
+  auto index = files.find("healthy/healthy.json"), blob = files.find("healthy/healthy.bin");
+  if (index == files.end() || blob == files.end()) fail(ExitCode::failure, "the repair payload holds no healthy copy");
+  held->image = repair::HealthyImage::parse(index->second, blob->second, "the repair payload", repair::HealthyImage::Bytes::borrow);
+  return {held, &held->image};
 }
 
 }  // namespace immortal::vmm

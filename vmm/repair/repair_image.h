@@ -15,6 +15,7 @@
 #include "engine/healthy_image.h"
 #include "machine.h"
 
+#include <memory>
 #include <string>
 
 namespace immortal::vmm {
@@ -39,6 +40,13 @@ RepairImage build_repair_image(const std::string& dir, const std::string& agent,
 // image unchanged, when it does not fit a slot (then a new image is built). Throws Error.
 bool rewrite_repair_payload(RepairImage& image, const std::string& profile_dir, const repair::HealthyImage& healthy,
                             const Machine::RamFile& ram);
+
+// The healthy copy as the image's payload holds it now, read where it lies (the supervisor's
+// plan validation checks restores against it): one copy of the kernel's code per instance, not
+// one in the payload and another in the supervisor's heap. Safe to trust because only the
+// supervisor writes the payload (the agents and the repair VM get read-only descriptions of it).
+// Valid until the payload's slot changes (rewrite_repair_payload): take it again then. Throws Error.
+std::shared_ptr<const repair::HealthyImage> healthy_in_payload(const RepairImage& image);
 
 // The repair agent binary: $IMMORTAL_REPAIR_AGENT, else next to this executable (installed), else
 // in the build tree (repair-image/ beside vmm/). Throws Error(ExitCode::bad_input) naming where it looked.
