@@ -169,7 +169,8 @@ TEST_CASE("campaign: faults of every source one after another with the stock ker
   CHECK(again.out.find("immortal") != std::string::npos);
 }
 
-TEST_CASE("campaign: a guest booted by its firmware from an operator's disk image, which is never written",
+TEST_CASE("campaign: a guest booted by its firmware from an operator's disk image, which is never written, with a "
+          "user's module copied in",
           "[integration][campaign]") {
   std::string image = scratch_dir() + "/operator.img";
   std::string made = run_shell(IMMORTAL_SOURCE_ROOT "/scripts/make-boot-disk '" + image + "' --kernel '" + guest_dir() +
@@ -179,22 +180,29 @@ TEST_CASE("campaign: a guest booted by its firmware from an operator's disk imag
   std::string digest = run_shell("sha256sum '" + image + "'");
   std::string plan = scratch_dir() + "/disk-plan.toml";
   std::ofstream(plan) << "name = \"disk\"\n[guest]\ndisk = \"" << image << "\"\n[recovery]\nverify_window = 2\n"
-                      << "[baselines]\npanic_on_oops = [1]\n[[faults]]\nsource = \"driver\"\ntypes = [\"null-deref\"]\ncount = 2\n";
+                      << "[baselines]\npanic_on_oops = [1]\n[[faults]]\nsource = \"driver\"\ntypes = [\"null-deref\"]\ncount = 2\n"
+                      // A user's own module, which the campaign copies into the guest (`files`): here
+                      // immortal_realdev.ko from outside the image, loaded in place of the image's own.
+                      << "[[faults]]\nsource = \"module\"\ntypes = [\"own-realdev\"]\nfiles = [\"" << guest_dir()
+                      << "/immortal_realdev.ko\"]\nsetup = \"rmmod immortal_realdev && insmod /run/immortal-campaign/immortal_realdev.ko\"\n"
+                      << "trigger = \"echo mutex > /dev/immortal-realdev\"\nprobe = \"cat /dev/immortal-realdev >/dev/null\"\nbaselines = false\n";
   std::string out = scratch_dir() + "/disk.campaign";
   auto r = run_cli({"campaign", plan, "-o", out}, std::chrono::minutes(20));
   INFO("stdout:\n" << r.out << "\nstderr:\n" << r.err);
   REQUIRE(r.status == 0);
   auto results = results_of(out);
-  REQUIRE(results.size() == 3);
+  REQUIRE(results.size() == 4);
   std::vector<std::string> seen;
   for (const auto& x : results) {
     INFO(x.dump());
-    seen.push_back(x["phase"].get<std::string>() + " " + x["outcome"].get<std::string>());
+    seen.push_back(x["phase"].get<std::string>() + " " + x["fault"].get<std::string>() + " " + x["outcome"].get<std::string>());
+    if (x["fault"] == "module:own-realdev") CHECK_THAT(x.value("summary", ""), Catch::Contains("realdev"));
     CHECK(x.value("records_lost", 1) == 0);
     CHECK(x.value("workload_back", false));  // after the reboot too: the workload is written into each boot
     CHECK(x.value("records_acked", 0) > 0);
   }
-  CHECK(seen == std::vector<std::string>{"immortal recovered", "immortal recovered", "panic_on_oops=1 rebooted"});
+  CHECK(seen == std::vector<std::string>{"immortal null-deref recovered", "immortal module:own-realdev recovered",
+                                         "immortal null-deref recovered", "panic_on_oops=1 null-deref rebooted"});
   CHECK(run_shell("sha256sum '" + image + "'") == digest);  // the guest wrote to its overlay only
 }
 

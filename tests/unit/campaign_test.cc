@@ -6,6 +6,7 @@
 #include "campaign/campaign_report.h"
 #include "campaign/campaign_results.h"
 #include "campaign/fault_inject_scripts.h"
+#include "campaign/guest_files.h"
 #include "campaign/workload_records.h"
 
 #include <catch2/catch.hpp>
@@ -357,5 +358,62 @@ TEST_CASE("fault-inject: the framework configured for the trigger's task only, t
   CHECK(run_sh("(" + fault_inject_script(f, inj, paths) + "\n) >/dev/null") == 3);
   CHECK(run_sh(fault_inject_cleanup(inj, paths)) != 0);  // nothing to reset: a false test, no write
   CHECK(!std::filesystem::exists(paths.debugfs + "/fail_page_alloc"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("guest files: a plan's files named, checked and copied in chunks of shell commands", "[campaign]") {
+  std::string dir = temp_dir("guest-files");
+  std::string module = dir + "/my_drv.ko";
+  std::string bytes;
+  for (int i = 0; i < 2500; ++i) bytes += static_cast<char>((i * 7 + i / 256) & 0xff);  // every byte value, NULs too
+  bytes += "'\"$(reboot)`x`\n";                                                        // nothing of it is run
+  std::ofstream(module, std::ios::binary) << bytes;
+
+  const std::string head = "name = \"x\"\n[[faults]]\nsource = \"module\"\ntypes = [\"m\"]\ntrigger = \"t\"\n";
+  CampaignPlan plan = parse_campaign_plan(head + "files = [\"" + module + "\"]\nsetup = \"insmod /run/immortal-campaign/my_drv.ko\"\n", "p.toml");
+  CHECK(plan.faults[0].files == std::vector<std::string>{module});
+  CHECK_THAT(plan_error(head + "files = [\"" + dir + "/.hidden\"]\n"), Contains("p.toml:6") && Contains("a file's name in the guest"));
+  CHECK_THAT(plan_error(head + "files = [\"a b.ko\"]\n"), Contains("a file's name in the guest"));
+  CHECK_THAT(plan_error(head + "files = [\"/\"]\n"), Contains("a file's name in the guest"));
+  CHECK_THAT(plan_error(head + "files = 3\n"), Contains("a string or an array of strings"));
+  CHECK_THAT(plan_error("name = \"x\"\n[[faults]]\nsource = \"driver\"\ntypes = [\"bug\"]\nfiles = [\"a.ko\"]\n"),
+             Contains("\"files\" are for source = \"module\" or \"fault-inject\""));
+  CHECK_THAT(plan_error(head + "files = [\"a/m.ko\"]\n[[faults]]\nsource = \"module\"\ntypes = [\"n\"]\ntrigger = \"t\"\nfiles = [\"b/m.ko\"]\n"),
+             Contains("would both be /run/immortal-campaign/m.ko"));
+  // The files must be there when the plan is read, not at the guest's first boot.
+  std::string plan_path = dir + "/plan.toml";
+  std::ofstream(plan_path) << head << "files = [\"" << dir << "/missing.ko\"]\n";
+  try {
+    read_campaign_plan(plan_path);
+    FAIL("a missing file was accepted");
+  } catch (const Error& e) {
+    CHECK(e.exit_code() == static_cast<int>(ExitCode::bad_input));
+    CHECK_THAT(std::string(e.what()), Contains("missing.ko"));
+  }
+  std::ofstream(plan_path, std::ios::trunc) << head << "files = [\"" << module << "\"]\n";
+  CHECK(read_campaign_plan(plan_path).faults[0].files.size() == 1);
+
+  // The commands, run by a shell as the guest's agent runs them, rebuild the file byte for byte;
+  // the file appears under its name only when whole.
+  std::string guest = dir + "/guest dir";  // a space: every path is quoted
+  auto commands = guest_file_commands(guest, "my_drv.ko", read_guest_file(module), 1000);
+  CHECK(commands.size() == 3);
+  for (std::size_t i = 0; i < commands.size(); ++i) {
+    CHECK(!std::filesystem::exists(guest + "/my_drv.ko"));
+    REQUIRE(run_sh(commands[i]) == 0);
+  }
+  CHECK(read_all(guest + "/my_drv.ko") == bytes);
+  CHECK(!std::filesystem::exists(guest + "/.my_drv.ko.partial"));
+  auto empty = guest_file_commands(guest, "empty", "");
+  REQUIRE(empty.size() == 1);
+  REQUIRE(run_sh(empty[0]) == 0);
+  CHECK(std::filesystem::file_size(guest + "/empty") == 0);
+  // A chunk lost on the way: the size check fails and nothing appears under the name.
+  auto lossy = guest_file_commands(guest, "lossy", bytes, 1000);
+  REQUIRE(run_sh(lossy[0]) == 0);
+  CHECK(run_sh(lossy[2]) != 0);
+  CHECK(!std::filesystem::exists(guest + "/lossy"));
+  CHECK(valid_guest_file_name("lkdtm-2.ko"));
+  CHECK(!valid_guest_file_name(std::string(101, 'a')));
   std::filesystem::remove_all(dir);
 }

@@ -1,6 +1,7 @@
 #include "campaign/campaign_plan.h"
 
 #include "base/error.h"
+#include "campaign/guest_files.h"
 #include "fault_catalogue.h"
 
 #include <fmt/format.h>
@@ -8,7 +9,9 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -70,18 +73,22 @@ class TableReader {
   }
 
   // A string or an array of strings.
-  std::vector<std::string> strings(const std::string& key) {
+  std::vector<std::string> strings(const std::string& key, std::size_t max_bytes = 128) {
     const toml::node* n = take(key);
     std::vector<std::string> out;
     if (!n) return out;
-    if (auto s = n->value<std::string>()) return {*s};
+    auto one = [&](const toml::node& e) {
+      auto s = e.value<std::string>();
+      if (!s || s->empty() || s->size() > max_bytes) bad(&e, fmt::format("\"{}\" must hold strings of 1 to {} bytes", key, max_bytes));
+      out.push_back(*s);
+    };
+    if (n->is_string()) {
+      one(*n);
+      return out;
+    }
     const toml::array* a = n->as_array();
     if (!a) bad(n, fmt::format("\"{}\" must be a string or an array of strings", key));
-    for (const auto& e : *a) {
-      auto s = e.value<std::string>();
-      if (!s || s->empty() || s->size() > 128) bad(&e, fmt::format("\"{}\" must hold strings of 1 to 128 bytes", key));
-      out.push_back(*s);
-    }
+    for (const auto& e : *a) one(e);
     return out;
   }
 
@@ -185,6 +192,15 @@ FaultSpec read_fault(const toml::table& t, int number, const std::string& path) 
       if (f.trigger.empty()) r.bad(nullptr, "\"trigger\" is the guest command that makes the module crash");
       break;
   }
+  const toml::node* files_node = t.get("files");
+  f.files = r.strings("files", 4096);
+  if (!f.files.empty() && f.source != FaultSource::module && f.source != FaultSource::fault_inject)
+    r.bad(files_node, "\"files\" are for source = \"module\" or \"fault-inject\" (the driver and LKDTM are in the guest image)");
+  for (const auto& file : f.files) {
+    std::string name = std::filesystem::path(file).filename().string();
+    if (!valid_guest_file_name(name))
+      r.bad(files_node, fmt::format("\"{}\": a file's name in the guest is 1 to 100 letters, digits, '.', '-' or '_', not starting with '.'", file));
+  }
   if (f.source != FaultSource::fault_inject) {
     r.take("functions"), r.take("probability"), r.take("times");
     if (t.get("functions") || t.get("probability") || t.get("times"))
@@ -278,6 +294,15 @@ CampaignPlan parse_campaign_plan(const std::string& text, const std::string& pat
     plan.faults.push_back(read_fault(*node.as_table(), number, path));
   }
   top.finish();
+  // Every file lands in one guest directory under its own name: two different files of one name
+  // would overwrite each other.
+  std::map<std::string, std::string> by_name;
+  for (const auto& f : plan.faults)
+    for (const auto& file : f.files) {
+      auto [it, added] = by_name.emplace(std::filesystem::path(file).filename().string(), file);
+      if (!added && it->second != file)
+        fail(ExitCode::bad_input, "{}: \"{}\" and \"{}\" would both be {}/{} in the guest", path, it->second, file, kGuestFilesDir, it->first);
+    }
   std::size_t total = 0;
   for (const auto& f : plan.faults)
     total += static_cast<std::size_t>(f.count) * std::max<std::size_t>(1, f.types.size()) * std::max<std::size_t>(1, f.functions.size());
@@ -292,7 +317,17 @@ CampaignPlan read_campaign_plan(const std::string& path) {
   text.resize(kMaxPlanBytes + 1);
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<std::size_t>(in.gcount()));
-  return parse_campaign_plan(text, path);
+  CampaignPlan plan = parse_campaign_plan(text, path);
+  // The files the guest will get: there and readable now, not at the first boot.
+  for (const auto& f : plan.faults)
+    for (const auto& file : f.files) {
+      try {
+        guest_file_size(file);
+      } catch (const Error& e) {
+        fail(ExitCode::bad_input, "{}: files: {}", path, e.what());
+      }
+    }
+  return plan;
 }
 
 std::vector<Injection> expand_injections(const CampaignPlan& plan, int per_type) {

@@ -36,6 +36,10 @@ struct FaultSpec {
   // a read of its device). Run after each injection: still running after 10 s, the device hung.
   // Default for source = "driver": a read of our fault driver's device; else none.
   std::string probe;
+  // module (and fault_inject): host files copied into the guest at every boot, before setup, to
+  // /run/immortal-campaign/NAME (guest_files.h): a user's own module, a program that triggers it.
+  // Relative paths are the working directory's, as kernel, initrd and disk are.
+  std::vector<std::string> files;
   bool in_baselines = true;        // false: only the immortal phase runs this table's faults
 };
 

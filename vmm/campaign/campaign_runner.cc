@@ -8,6 +8,7 @@
 #include "campaign/campaign_report.h"
 #include "campaign/campaign_results.h"
 #include "campaign/fault_inject_scripts.h"
+#include "campaign/guest_files.h"
 #include "campaign/workload_records.h"
 #include "cli/crash_outcome.h"
 #include "cli/event_follower.h"
@@ -18,8 +19,10 @@
 #include <csignal>
 
 #include <atomic>
+#include <filesystem>
 #include <iostream>
 #include <map>
+#include <set>
 #include <optional>
 #include <thread>
 
@@ -107,15 +110,46 @@ class PhaseRun {
   void after_boot() {
     if (phase_.panic_on_oops >= 0) guest_.sh(fmt::format("sysctl -q -w kernel.panic_on_oops={}", phase_.panic_on_oops), std::chrono::seconds(30));
     unavailable_.clear();
+    auto not_copied = copy_files();
     for (std::size_t i = 0; i < plan_.faults.size(); ++i) {
       const FaultSpec& f = plan_.faults[i];
-      if (f.setup.empty()) continue;
+      for (const auto& file : f.files)
+        if (auto it = not_copied.find(file); it != not_copied.end() && !unavailable_.count(static_cast<int>(i)))
+          unavailable_[static_cast<int>(i)] = fmt::format("its file {} could not be copied into the guest: {}", file, it->second);
+      if (f.setup.empty() || unavailable_.count(static_cast<int>(i))) continue;
       auto r = guest_.sh(f.setup, std::chrono::seconds(120));
       if (!r.ran || r.exit_code != 0)
         unavailable_[static_cast<int>(i)] = fmt::format("its setup failed ({}): {}", r.ran ? fmt::format("exit status {}", r.exit_code) : r.error,
                                                         r.out.substr(0, 200));
     }
     start_workload();
+  }
+
+  // The plan's files into this boot of the guest (guest_files.h), each once: host path → why
+  // it could not be copied, for those that could not.
+  std::map<std::string, std::string> copy_files() {
+    std::map<std::string, std::string> failed;
+    std::set<std::string> done;
+    for (const auto& f : plan_.faults)
+      for (const auto& file : f.files) {
+        if (!done.insert(file).second) continue;
+        std::string bytes;
+        try {
+          bytes = read_guest_file(file);
+        } catch (const std::exception& e) {
+          failed[file] = e.what();
+          continue;
+        }
+        std::string name = std::filesystem::path(file).filename().string();
+        for (const auto& command : guest_file_commands(kGuestFilesDir, name, bytes)) {
+          auto r = guest_.sh(command, std::chrono::seconds(60));
+          if (!r.ran || r.exit_code != 0) {
+            failed[file] = r.ran ? fmt::format("exit status {}: {}", r.exit_code, r.out.substr(0, 200)) : r.error;
+            break;
+          }
+        }
+      }
+    return failed;
   }
 
   void start_workload() {
