@@ -13,6 +13,10 @@
 #include <cstring>
 #include <filesystem>
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14
+#endif
+
 namespace immortal::vmm {
 
 namespace {
@@ -125,6 +129,11 @@ void ArenaPool::prepare_slot(Slot& slot, std::uint64_t bytes, bool grow) {
   if (size != slot.mapped) {
     void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, slot.fd.get(), 0);
     if (p == MAP_FAILED) fail_os(ExitCode::failure, "map the snapshot arena " + dir_, errno);
+    // MAP_POPULATE maps a shared mapping's pages read-only: the copy's first write to each page
+    // would still fault, inside the guest's pause. Mapped for writing now; the bytes are not
+    // touched (another supervisor may be using the arena). Linux 5.14+; older kernels keep the
+    // read-only mapping.
+    (void)::madvise(p, size, MADV_POPULATE_WRITE);
     if (slot.base) ::munmap(slot.base, slot.mapped);
     slot.base = static_cast<std::byte*>(p);
     slot.mapped = size;

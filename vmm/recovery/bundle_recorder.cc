@@ -239,21 +239,9 @@ std::shared_ptr<SnapshotArena> BundleRecorder::arena() {
   if (pool_) {
     auto taken = pool_->acquire();
     // A spare for a crash that comes while this bundle is written (here or in another guest),
-    // prepared in the background: once made, the host keeps it.
+    // prepared in the background once the guest runs again (start_spare): the host keeps it.
     std::lock_guard lock(mutex_);
-    if (taken && !spare_ready_ && !preparing_spare_.exchange(true)) {
-      if (spare_.joinable()) spare_.join();
-      spare_ = std::thread([this, bytes = arena_bytes_] {
-        lower_thread_priority();
-        try {
-          pool_->prepare(bytes, ArenaPool::kArenas);
-          spare_ready_ = true;
-        } catch (const std::exception&) {
-          // No spare: a snapshot that finds every arena taken allocates its own.
-        }
-        preparing_spare_ = false;
-      });
-    }
+    if (taken && !spare_ready_) spare_wanted_ = true;
     return taken;
   }
   std::lock_guard lock(mutex_);
@@ -277,7 +265,26 @@ void BundleRecorder::submit(BundleJob job) {
   });
 }
 
+void BundleRecorder::start_spare() {
+  std::lock_guard lock(mutex_);
+  if (!spare_wanted_ || preparing_spare_.exchange(true)) return;
+  spare_wanted_ = false;
+  if (spare_.joinable()) spare_.join();
+  spare_ = std::thread([this, bytes = arena_bytes_] {
+    lower_thread_priority();
+    try {
+      pool_->prepare(bytes, ArenaPool::kArenas);
+      spare_ready_ = true;
+    } catch (const std::exception&) {
+      // No spare: a snapshot that finds every arena taken allocates its own.
+    }
+    preparing_spare_ = false;
+  });
+}
+
 std::vector<BundleResult> BundleRecorder::poll() {
+  // The supervisor's loop calls this between crashes, never inside a guest's pause.
+  start_spare();
   std::vector<BundleResult> out;
   {
     std::lock_guard lock(mutex_);
