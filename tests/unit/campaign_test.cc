@@ -292,6 +292,21 @@ std::string read_all(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
+// As the guest's agent runs a command: sh -c SCRIPT sh ARGS…
+int run_sh(const GuestShellCommand& command) {
+  std::vector<const char*> argv{"sh", "-c", command.script.c_str(), "sh"};
+  for (const auto& a : command.args) argv.push_back(a.c_str());
+  argv.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execv("/bin/sh", const_cast<char* const*>(argv.data()));
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 int run_sh(const std::string& script) {
   pid_t pid = ::fork();
   if (pid == 0) {
@@ -396,12 +411,28 @@ TEST_CASE("guest files: a plan's files named, checked and copied in chunks of sh
   // The commands, run by a shell as the guest's agent runs them, rebuild the file byte for byte;
   // the file appears under its name only when whole.
   std::string guest = dir + "/guest dir";  // a space: every path is quoted
+  // As the agent will take them: at most 4096 bytes per argument, 256 arguments.
+  auto within_limits = [](const GuestShellCommand& c) {
+    return c.script.size() <= 4096 && c.args.size() + 4 <= 256 &&
+           std::all_of(c.args.begin(), c.args.end(), [](const std::string& a) { return a.size() <= 4096; });
+  };
   auto commands = guest_file_commands(guest, "my_drv.ko", read_guest_file(module), 1000);
   CHECK(commands.size() == 3);
   for (std::size_t i = 0; i < commands.size(); ++i) {
+    CHECK(within_limits(commands[i]));
     CHECK(!std::filesystem::exists(guest + "/my_drv.ko"));
     REQUIRE(run_sh(commands[i]) == 0);
   }
+  // The default chunks: a module of a few hundred KiB in two commands, each within the limits.
+  std::string big(600 << 10, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 131 % 251);
+  auto big_commands = guest_file_commands(guest, "big.ko", big);
+  CHECK(big_commands.size() == 2);
+  for (const auto& c : big_commands) {
+    CHECK(within_limits(c));
+    REQUIRE(run_sh(c) == 0);
+  }
+  CHECK(read_all(guest + "/big.ko") == big);
   CHECK(read_all(guest + "/my_drv.ko") == bytes);
   CHECK(!std::filesystem::exists(guest + "/.my_drv.ko.partial"));
   auto empty = guest_file_commands(guest, "empty", "");

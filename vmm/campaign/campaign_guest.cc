@@ -207,10 +207,14 @@ bool CampaignGuest::wait_until_protected(std::chrono::seconds timeout) {
       timeout);
 }
 
-GuestCommandResult CampaignGuest::sh(const std::string& script, std::chrono::seconds timeout) {
+GuestCommandResult CampaignGuest::sh(const std::string& script, std::chrono::seconds timeout) { return sh(script, {}, timeout); }
+
+GuestCommandResult CampaignGuest::sh(const std::string& script, const std::vector<std::string>& args, std::chrono::seconds timeout) {
   GuestCommandResult r;
   try {
-    json request = {{"command", "exec"}, {"argv", {"sh", "-c", script}}, {"timeout_ms", timeout.count() * 1000}};
+    json argv = {"sh", "-c", script, "sh"};
+    for (const auto& a : args) argv.push_back(a);
+    json request = {{"command", "exec"}, {"argv", argv}, {"timeout_ms", timeout.count() * 1000}};
     json a = call_instance(global_, name_, request, timeout + std::chrono::seconds(10));
     r.ran = true;
     if (auto out = agent::base64_decode(a.value("stdout", ""))) r.out = *out;

@@ -52,6 +52,9 @@ class CampaignGuest {
   bool running() const;
 
   GuestCommandResult sh(const std::string& script, std::chrono::seconds timeout);
+  // The same with positional parameters ($1 …): each at most 4096 bytes and 250 of them (the
+  // agent's limits), which is how larger data crosses (guest_files.h).
+  GuestCommandResult sh(const std::string& script, const std::vector<std::string>& args, std::chrono::seconds timeout);
   // Asks the supervisor to inject a fault of ours or LKDTM's; the error when it refused.
   std::string inject(const std::string& fault);
   void unquarantine_all();

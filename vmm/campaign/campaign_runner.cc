@@ -142,7 +142,7 @@ class PhaseRun {
         }
         std::string name = std::filesystem::path(file).filename().string();
         for (const auto& command : guest_file_commands(kGuestFilesDir, name, bytes)) {
-          auto r = guest_.sh(command, std::chrono::seconds(60));
+          auto r = guest_.sh(command.script, command.args, std::chrono::seconds(60));
           if (!r.ran || r.exit_code != 0) {
             failed[file] = r.ran ? fmt::format("exit status {}: {}", r.exit_code, r.out.substr(0, 200)) : r.error;
             break;

@@ -39,18 +39,23 @@ std::string read_guest_file(const std::string& path) {
   return bytes;
 }
 
-std::vector<std::string> guest_file_commands(const std::string& dir, const std::string& name, const std::string& bytes,
-                                             std::size_t chunk) {
+std::vector<GuestShellCommand> guest_file_commands(const std::string& dir, const std::string& name, const std::string& bytes,
+                                                   std::size_t chunk) {
+  chunk = std::max<std::size_t>(3, chunk / 3 * 3);  // whole base64 quanta: the pieces concatenate
   std::string partial = shell_quote(dir + "/." + name + ".partial"), whole = shell_quote(dir + "/" + name);
-  std::vector<std::string> commands;
+  std::vector<GuestShellCommand> commands;
   // An empty file still gets its first command (it creates the file).
   for (std::size_t at = 0; at == 0 || at < bytes.size(); at += chunk) {
-    std::string piece = agent::base64_encode(std::string_view(bytes).substr(at, std::min(chunk, bytes.size() - at)));
-    // base64 text needs no quoting beyond single quotes ([A-Za-z0-9+/=] only).
-    commands.push_back(fmt::format("{}printf '%s' '{}' | base64 -d {} {}", at == 0 ? fmt::format("mkdir -p {} && ", shell_quote(dir)) : "",
-                                   piece, at == 0 ? ">" : ">>", partial));
+    std::string text = agent::base64_encode(std::string_view(bytes).substr(at, std::min(chunk, bytes.size() - at)));
+    GuestShellCommand c;
+    // printf reuses its format for every argument: the arguments, concatenated, decoded.
+    c.script = fmt::format("{}printf '%s' \"$@\" | base64 -d {} {}", at == 0 ? fmt::format("mkdir -p {} && ", shell_quote(dir)) : "",
+                           at == 0 ? ">" : ">>", partial);
+    for (std::size_t i = 0; i < text.size(); i += kGuestArgBytes) c.args.push_back(text.substr(i, kGuestArgBytes));
+    commands.push_back(std::move(c));
   }
-  commands.back() += fmt::format(" && [ \"$(wc -c < {0})\" -eq {1} ] && chmod 0644 {0} && mv -f {0} {2}", partial, bytes.size(), whole);
+  commands.back().script +=
+      fmt::format(" && [ \"$(wc -c < {0})\" -eq {1} ] && chmod 0644 {0} && mv -f {0} {2}", partial, bytes.size(), whole);
   return commands;
 }
 

@@ -27,10 +27,20 @@ std::uint64_t guest_file_size(const std::string& path);
 // larger than kMaxGuestFileBytes.
 std::string read_guest_file(const std::string& path);
 
+// A guest shell command: `sh -c script sh args…` (the data travels as positional parameters:
+// the agent takes at most 4096 bytes per argument and 256 arguments).
+struct GuestShellCommand {
+  std::string script;
+  std::vector<std::string> args;
+};
+inline constexpr std::size_t kGuestArgBytes = 4096;  // base64 text per argument (a multiple of 4)
+inline constexpr std::size_t kGuestArgsPerCommand = 128;
+
 // The shell commands that write `bytes` to DIR/NAME in the guest, one after another: each
-// carries at most `chunk` bytes; the file appears under its name (mode 0644) only once whole,
-// and the last command fails unless it has exactly bytes.size() bytes.
-std::vector<std::string> guest_file_commands(const std::string& dir, const std::string& name, const std::string& bytes,
-                                             std::size_t chunk = 48 << 10);
+// carries at most `chunk` bytes (a multiple of 3; by default what 128 arguments of base64 hold);
+// the file appears under its name (mode 0644) only once whole, and the last command fails unless
+// it has exactly bytes.size() bytes.
+std::vector<GuestShellCommand> guest_file_commands(const std::string& dir, const std::string& name, const std::string& bytes,
+                                                   std::size_t chunk = kGuestArgBytes / 4 * 3 * kGuestArgsPerCommand);
 
 }  // namespace immortal::vmm
