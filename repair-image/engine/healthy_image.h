@@ -1,7 +1,8 @@
 // The healthy copy of the guest kernel's code: its text and read-only data (and each loaded
 // module's), read from the running guest while it is healthy. The repair engine compares a
 // crashed kernel against it (engine/text_integrity.h) and restores corrupted bytes from it; the
-// supervisor checks every restore against its own copy. Kept on disk inside the repair image.
+// supervisor checks every restore against the copy it wrote into the repair payload (a sealed
+// memfd no agent can write), read in place. On disk (save/load) only for tools and tests.
 #pragma once
 
 #include "kernel/kernel.h"
