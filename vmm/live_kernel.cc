@@ -24,6 +24,12 @@ Kernel& LiveKernel::get() {
   return *kernel_;
 }
 
+Kernel* LiveKernel::built() {
+  if (!kernel_ || !profiles_.current() || number_ != profiles_.number()) return nullptr;
+  kernel_->memory().forget_translations();
+  return kernel_.get();
+}
+
 void LiveKernel::forget() {
   kernel_.reset();
   number_ = 0;

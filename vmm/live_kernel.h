@@ -23,6 +23,9 @@ class LiveKernel {
 
   // Throws Error when there is no profile yet or it does not fit the guest's memory.
   Kernel& get();
+  // The view get() would return, only if it is built already (never builds one: for a guest's
+  // pause); nullptr otherwise.
+  Kernel* built();
   // The profile get() is built from (nullptr before the first get()).
   std::shared_ptr<const GuestProfile> profile() const { return profile_; }
   // A new boot: other KASLR offsets, nothing of the old view holds.

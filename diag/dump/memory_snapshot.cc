@@ -112,7 +112,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
 }
 
 std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, RamClasses classified, std::string filter,
-                                                     std::shared_ptr<SnapshotArena> arena) {
+                                                     std::shared_ptr<SnapshotArena> arena, const std::vector<std::uint64_t>& keep) {
   std::unique_ptr<MemorySnapshot> s(new MemorySnapshot);
   s->census_.filter = std::move(filter);
   // Classes first, so the copy buffer is allocated once at its final size; classes of other
@@ -157,8 +157,10 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
         } catch (const MemoryFault&) {
           std::memset(dst, 0, kPageSize);  // a partial page at a range edge
         }
-        if (page_is_zero(dst)) cls = PageClass::zero;
-        else range.slot[p] = next++;
+        if (page_is_zero(dst) && !std::binary_search(keep.begin(), keep.end(), range.range.start + p * kPageSize))
+          cls = PageClass::zero;
+        else
+          range.slot[p] = next++;
       }
       if (cls != PageClass::kernel) range.slot[p] = kExcluded + static_cast<std::uint32_t>(cls);
       ++s->census_.pages[static_cast<std::size_t>(cls)];

@@ -86,8 +86,11 @@ class MemorySnapshot final : public PhysicalMemory {
   // The same with the pages' classes made elsewhere (the page-class agent), and how (`filter`
   // in the census). Classes that do not cover ram's ranges page for page are not used: then
   // every non-zero page is copied, and the census says why.
+  // `keep`: sorted guest-physical page addresses copied even when all zeros (which are otherwise
+  // left out, and cannot be written in the copy: the printk ring's next record, log_append_pages).
   static std::unique_ptr<MemorySnapshot> take(const PhysicalMemory& ram, RamClasses classes, std::string filter,
-                                              std::shared_ptr<SnapshotArena> arena = nullptr);
+                                              std::shared_ptr<SnapshotArena> arena = nullptr,
+                                              const std::vector<std::uint64_t>& keep = {});
   // The same copy in another process (the report agent): the page index (index()) and the copied
   // pages, mapped there from pages_fd(). Every slot is checked against the pages given; a
   // malformed index is Error(bad_input). Writes change `pages` only (map them privately).

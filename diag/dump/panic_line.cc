@@ -2,6 +2,7 @@
 
 #include "base/error.h"
 
+#include <algorithm>
 #include <fmt/format.h>
 
 #include <cstring>
@@ -177,6 +178,37 @@ bool append_log_record(const Kernel& kernel, PhysicalMemory& memory, const std::
     return no(e.what());
   }
   return true;
+}
+
+std::vector<std::uint64_t> log_append_pages(const Kernel& kernel, std::size_t max_text) {
+  std::vector<std::uint64_t> pages;
+  const auto& m = kernel.memory();
+  const auto& t = kernel.types();
+  auto add = [&](std::uint64_t vaddr, std::uint64_t n) {
+    for (std::uint64_t page = vaddr & ~0xfffull; page < vaddr + n; page += 0x1000)
+      if (auto pa = m.to_physical(page)) pages.push_back(*pa & ~0xfffull);
+  };
+  try {
+    std::uint64_t rb = m.read_u64(kernel.symbol("prb"));
+    std::uint64_t desc_ring = rb + t.offset_of("printk_ringbuffer", "desc_ring");
+    std::uint64_t data_ring = rb + t.offset_of("printk_ringbuffer", "text_data_ring");
+    auto count_bits = m.read_value<std::uint32_t>(desc_ring + t.offset_of("prb_desc_ring", "count_bits"));
+    auto size_bits = m.read_value<std::uint32_t>(data_ring + t.offset_of("prb_data_ring", "size_bits"));
+    if (count_bits > 24 || size_bits > 30 || size_bits < 4) return {};
+    std::uint64_t count = 1ull << count_bits, size = 1ull << size_bits;
+    std::uint64_t id = (m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "head_id")) + 1) & kIdMask;
+    std::uint64_t head_lpos = m.read_u64(data_ring + t.offset_of("prb_data_ring", "head_lpos"));
+    std::uint64_t desc_size = t.require_size("prb_desc"), info_size = t.require_size("printk_info");
+    add(m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "descs")) + (id & (count - 1)) * desc_size, desc_size);
+    add(m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "infos")) + (id & (count - 1)) * info_size, info_size);
+    std::uint64_t begin = head_lpos & (size - 1);
+    add(m.read_u64(data_ring + t.offset_of("prb_data_ring", "data")) + begin, std::min<std::uint64_t>(8 + max_text + 8, size - begin));
+  } catch (const std::exception&) {
+    return {};
+  }
+  std::sort(pages.begin(), pages.end());
+  pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
+  return pages;
 }
 
 }  // namespace immortal

@@ -141,6 +141,20 @@ void edit_manifest(const std::string& dir, const std::function<void(nlohmann::js
 
 }  // namespace
 
+TEST_CASE("a snapshot keeps the zero pages it is told to keep, and they can be written", "[bundle]") {
+  VectorMemory ram(16 * 4096);
+  ram.put_bytes(3 * 4096, "data");
+  // Page 5: all zeros, kept (where the printk ring's next record goes); page 6: zeros, left out.
+  auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", nullptr, {5 * 4096});
+  CHECK(snap->census().copied_bytes == 2 * 4096);
+  CHECK(snap->page_class(5 * 4096) == PageClass::kernel);
+  CHECK(snap->page_class(6 * 4096) == PageClass::zero);
+  std::uint64_t v = 0x1234;
+  snap->write(5 * 4096 + 8, std::as_bytes(std::span(&v, 1)));
+  CHECK(snap->read_value<std::uint64_t>(5 * 4096 + 8) == 0x1234);
+  CHECK_THROWS_AS(snap->write(6 * 4096, std::as_bytes(std::span(&v, 1))), MemoryFault);
+}
+
 TEST_CASE("bundles are written atomically with a manifest that the reader checks", "[bundle]") {
   std::string parent = temp_dir("bundles");
   std::string path = make_bundle(parent, "g-1");

@@ -20,15 +20,18 @@
 #include "x86_64/page_tables.h"
 
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 
 #include <elf.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 using namespace immortal;
 using namespace immortal::test;
@@ -395,10 +398,31 @@ TEST_CASE("the printk ring gives records in order, skips unfinished and corrupt 
     regs.rcx = 0xbeef;
     std::string message = format_panic_message(*kernel, regs);
     CHECK(message == "driver mydrv failed: -5 (beef)%");
+    // The pages the append writes, as a snapshot is told to keep them even when all zeros: every
+    // page it writes is among them, but for the ring's heads (in prb itself, never all zeros).
+    auto keep = log_append_pages(*kernel, kMaxPanicLine);
+    struct Recorder final : PhysicalMemory {
+      PhysicalMemory& inner;
+      std::set<std::uint64_t> pages;
+      explicit Recorder(PhysicalMemory& m) : inner(m) {}
+      const std::vector<PhysicalRange>& ranges() const override { return inner.ranges(); }
+      void read(std::uint64_t a, std::span<std::byte> out) const override { inner.read(a, out); }
+      bool writable() const override { return true; }
+      void write(std::uint64_t a, std::span<const std::byte> data) override {
+        for (std::uint64_t p = a & ~0xfffull; p < a + data.size(); p += 0x1000) pages.insert(p);
+        inner.write(a, data);
+      }
+    } recorder(ram);
     std::string why;
-    bool appended = append_log_record(*kernel, ram, "Kernel panic - not syncing: " + message, 42, &why);
+    bool appended = append_log_record(*kernel, recorder, "Kernel panic - not syncing: " + message, 42, &why);
     INFO(why);
     REQUIRE(appended);
+    recorder.pages.erase(rb);
+    for (std::uint64_t page : recorder.pages) {
+      INFO(fmt::format("page {:#x}", page));
+      CHECK(std::binary_search(keep.begin(), keep.end(), page));
+    }
+    CHECK(recorder.pages.size() >= 2);
     KernelLog after = read_kernel_log(*kernel);
     REQUIRE(after.records.size() == 5);
     CHECK(after.records.back().text == "Kernel panic - not syncing: driver mydrv failed: -5 (beef)%");

@@ -55,8 +55,10 @@ struct BundleCapture {
 
 // Copies the stopped guest: the pages classes keeps (the page-class agent's; all `kernel` for
 // every non-zero page), `filter` saying how they were chosen. profile: for VMCOREINFO's place.
+// keep: pages copied even when all zeros (MemorySnapshot::take).
 BundleCapture capture_guest(Machine& machine, const GuestProfile* profile, std::vector<X86Registers> registers,
-                            int crash_cpu, RamClasses classes, std::string filter, std::shared_ptr<SnapshotArena> arena);
+                            int crash_cpu, RamClasses classes, std::string filter, std::shared_ptr<SnapshotArena> arena,
+                            const std::vector<std::uint64_t>& keep = {});
 
 struct BundleJob {
   std::string guest;

@@ -2,6 +2,7 @@
 
 #include "base/budgets.h"
 #include "base/error.h"
+#include "dump/panic_line.h"
 #include "repair/repair_image.h"
 
 #include <fmt/format.h>
@@ -45,9 +46,15 @@ BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vec
     say_("the bundle's copy of memory is not filtered: " + classes_->why());
   }
   double classify_ms = ms_since(asked);
+  // The report agent appends panic()'s first line to the copy's log: the pages that record will
+  // be written into are copied even if never used yet (all zeros). A few reads of the ring's
+  // heads; only with the kernel view already built (building one has no place in a pause).
+  std::vector<std::uint64_t> keep;
+  if (crash_cpu >= 0)
+    if (Kernel* kernel = live.built()) keep = log_append_pages(*kernel, kMaxPanicLine);
   BundleCapture c = capture_guest(machine, live.profile().get(), std::move(registers), crash_cpu,
                                   classes ? std::move(*classes) : unclassified_ram(machine.memory()), std::move(filter),
-                                  recorder_.arena());
+                                  recorder_.arena(), keep);
   c.classify_ms = classify_ms;
   return c;
 }
