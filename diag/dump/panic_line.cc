@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <optional>
 
 namespace immortal {
 
@@ -16,6 +17,42 @@ constexpr std::uint64_t kIdMask = ~(3ull << kStateShift);
 constexpr std::uint64_t kFinalized = 2;
 constexpr std::uint8_t kLogNewline = 2;  // enum printk_info_flags
 constexpr std::size_t kMaxMessage = 1024;  // panic()'s buffer
+
+// The printk ring's arrays and heads (kernel/printk/printk_ringbuffer.h), as appending a record
+// needs them. nullopt for implausible sizes; MemoryFault or Error when they cannot be read.
+struct Ring {
+  std::uint64_t descs, infos, data;
+  std::uint64_t head_id_at, head_id, tail_id;        // ids without their state bits
+  std::uint64_t head_lpos_at, head_lpos, tail_lpos;
+  std::uint32_t size_bits;
+  std::uint64_t count, size;                         // descriptors; bytes of the data ring
+  std::uint64_t next_id() const { return (head_id + 1) & kIdMask; }
+};
+
+std::optional<Ring> read_ring(const Kernel& kernel) {
+  const auto& m = kernel.memory();
+  const auto& t = kernel.types();
+  std::uint64_t rb = m.read_u64(kernel.symbol("prb"));
+  std::uint64_t desc_ring = rb + t.offset_of("printk_ringbuffer", "desc_ring");
+  std::uint64_t data_ring = rb + t.offset_of("printk_ringbuffer", "text_data_ring");
+  auto count_bits = m.read_value<std::uint32_t>(desc_ring + t.offset_of("prb_desc_ring", "count_bits"));
+  auto size_bits = m.read_value<std::uint32_t>(data_ring + t.offset_of("prb_data_ring", "size_bits"));
+  if (count_bits > 24 || size_bits > 30 || size_bits < 4) return std::nullopt;
+  Ring r{};
+  r.descs = m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "descs"));
+  r.infos = m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "infos"));
+  r.head_id_at = desc_ring + t.offset_of("prb_desc_ring", "head_id");
+  r.head_id = m.read_u64(r.head_id_at) & kIdMask;
+  r.tail_id = m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "tail_id")) & kIdMask;
+  r.data = m.read_u64(data_ring + t.offset_of("prb_data_ring", "data"));
+  r.head_lpos_at = data_ring + t.offset_of("prb_data_ring", "head_lpos");
+  r.head_lpos = m.read_u64(r.head_lpos_at);
+  r.tail_lpos = m.read_u64(data_ring + t.offset_of("prb_data_ring", "tail_lpos"));
+  r.size_bits = size_bits;
+  r.count = 1ull << count_bits;
+  r.size = 1ull << size_bits;
+  return r;
+}
 
 std::string guest_string(const Kernel& kernel, std::uint64_t address) {
   if (address < kKernelSpaceStart) return "(efault)";
@@ -117,24 +154,11 @@ bool append_log_record(const Kernel& kernel, PhysicalMemory& memory, const std::
     }
   };
   try {
-    std::uint64_t rb = m.read_u64(kernel.symbol("prb"));
-    std::uint64_t desc_ring = rb + t.offset_of("printk_ringbuffer", "desc_ring");
-    std::uint64_t data_ring = rb + t.offset_of("printk_ringbuffer", "text_data_ring");
-    auto count_bits = m.read_value<std::uint32_t>(desc_ring + t.offset_of("prb_desc_ring", "count_bits"));
-    auto size_bits = m.read_value<std::uint32_t>(data_ring + t.offset_of("prb_data_ring", "size_bits"));
-    if (count_bits > 24 || size_bits > 30 || size_bits < 4) return no("implausible printk ring sizes");
-    std::uint64_t descs = m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "descs"));
-    std::uint64_t infos = m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "infos"));
-    std::uint64_t head_id_at = desc_ring + t.offset_of("prb_desc_ring", "head_id");
-    std::uint64_t head_id = m.read_u64(head_id_at) & kIdMask;
-    std::uint64_t tail_id = m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "tail_id")) & kIdMask;
-    std::uint64_t data = m.read_u64(data_ring + t.offset_of("prb_data_ring", "data"));
-    std::uint64_t head_lpos_at = data_ring + t.offset_of("prb_data_ring", "head_lpos");
-    std::uint64_t head_lpos = m.read_u64(head_lpos_at);
-    std::uint64_t tail_lpos = m.read_u64(data_ring + t.offset_of("prb_data_ring", "tail_lpos"));
-    std::uint64_t count = 1ull << count_bits, size = 1ull << size_bits;
-
-    std::uint64_t id = (head_id + 1) & kIdMask;
+    auto ring = read_ring(kernel);
+    if (!ring) return no("implausible printk ring sizes");
+    const auto& [descs, infos, data, head_id_at, head_id, tail_id, head_lpos_at, head_lpos, tail_lpos, size_bits, count,
+                 size] = *ring;
+    std::uint64_t id = ring->next_id();
     if (((id - tail_id) & kIdMask) >= count) return no("the printk descriptor ring is full");
     std::uint64_t block = (8 + text.size() + 7) & ~7ull;  // struct prb_data_block: id, then the text
     std::uint64_t begin = head_lpos, next = head_lpos + block;
@@ -189,20 +213,14 @@ std::vector<std::uint64_t> log_append_pages(const Kernel& kernel, std::size_t ma
       if (auto pa = m.to_physical(page)) pages.push_back(*pa & ~0xfffull);
   };
   try {
-    std::uint64_t rb = m.read_u64(kernel.symbol("prb"));
-    std::uint64_t desc_ring = rb + t.offset_of("printk_ringbuffer", "desc_ring");
-    std::uint64_t data_ring = rb + t.offset_of("printk_ringbuffer", "text_data_ring");
-    auto count_bits = m.read_value<std::uint32_t>(desc_ring + t.offset_of("prb_desc_ring", "count_bits"));
-    auto size_bits = m.read_value<std::uint32_t>(data_ring + t.offset_of("prb_data_ring", "size_bits"));
-    if (count_bits > 24 || size_bits > 30 || size_bits < 4) return {};
-    std::uint64_t count = 1ull << count_bits, size = 1ull << size_bits;
-    std::uint64_t id = (m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "head_id")) + 1) & kIdMask;
-    std::uint64_t head_lpos = m.read_u64(data_ring + t.offset_of("prb_data_ring", "head_lpos"));
+    auto ring = read_ring(kernel);
+    if (!ring) return {};
+    std::uint64_t id = ring->next_id(), slot = id & (ring->count - 1);
     std::uint64_t desc_size = t.require_size("prb_desc"), info_size = t.require_size("printk_info");
-    add(m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "descs")) + (id & (count - 1)) * desc_size, desc_size);
-    add(m.read_u64(desc_ring + t.offset_of("prb_desc_ring", "infos")) + (id & (count - 1)) * info_size, info_size);
-    std::uint64_t begin = head_lpos & (size - 1);
-    add(m.read_u64(data_ring + t.offset_of("prb_data_ring", "data")) + begin, std::min<std::uint64_t>(8 + max_text + 8, size - begin));
+    add(ring->descs + slot * desc_size, desc_size);
+    add(ring->infos + slot * info_size, info_size);
+    std::uint64_t begin = ring->head_lpos & (ring->size - 1);
+    add(ring->data + begin, std::min<std::uint64_t>(8 + max_text + 8, ring->size - begin));
   } catch (const std::exception&) {
     return {};
   }
