@@ -83,8 +83,10 @@ void Arming::rebuild_repair_image(const std::string& taken_at) {
     event_("repair-failed", {{"mode", repair_->mode()}, {"error", std::string("cannot build the repair image: ") + e.what()}});
     say_(std::string("cannot build the repair image (crashes will be analysed by the fallback, if any): ") + e.what());
   }
-  // The captured copy is gone (the payload holds the kernel's code now, read in place): its
-  // tens of MiB go back to the host rather than stay in the C library's free lists.
+  // The captured copy is gone (the payload holds the kernel's code now, read in place), and so are
+  // the profile's files and the payload archive the rebuild held: their tens of MiB go back to the
+  // host rather than stay in the C library's free lists (the supervisor lives long). Once, here,
+  // after all of them are freed.
   ::malloc_trim(0);
 }
 

@@ -6,8 +6,6 @@
 
 #include <fmt/format.h>
 
-#include <malloc.h>
-
 #include <bit>
 #include <filesystem>
 #include <thread>
@@ -63,7 +61,6 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
       rewrite_repair_payload(*image_, profile_dir, healthy, ram) &&
       vm_.worker->reload(image_->payload_offset, image_->payload_bytes)) {
     healthy_ = healthy_in_payload(*image_);
-    ::malloc_trim(0);
     vm_.reported.clear();  // its next ready is announced
     inline_.worker.reset();
     inline_.failures = 0;
@@ -81,10 +78,7 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
   vm_.failures = inline_.failures = 0;
   std::string agent = find_repair_agent(settings_.agent);
   image_ = build_repair_image(dir_, agent, profile_dir, healthy, ram);
-  // Building it held the profile's files and the archive (tens of MiB) in memory the C library
-  // keeps for itself once freed; the supervisor lives long, so it goes back now.
   healthy_ = healthy_in_payload(*image_);
-  ::malloc_trim(0);
   ram_ = ram;
   nlohmann::json e = image_json();
   e.update({{"regions", healthy.regions.size()}, {"build_ms", ms_since(t0)}});
