@@ -22,15 +22,11 @@ namespace {
 // The boot id the agent last said hello with ("" before its first hello).
 std::string agent_boot_id(const std::string& name) { return status_json(name).value("boot_id", ""); }
 
-}  // namespace
-
-// Every class in one guest lifetime after another, with --on-crash reboot: the supervisor
+// The classes in one guest lifetime after another, with --on-crash reboot: the supervisor
 // bundles each crash and reboots the guest, as a stock kernel with panic=N reboots itself. One
-// guest instead of fifteen (a fresh supervisor and boot each) keeps the suite's time down;
+// guest instead of one per class (a fresh supervisor and boot each) keeps the suite's time down;
 // each class still meets a freshly booted kernel.
-TEST_CASE("fault classes: the stock kernel's reaction to each shows and the supervisor reports each crash",
-          "[integration][faults]") {
-  const auto& catalogue = immortal::vmm::fault_catalogue();
+void stock_reactions(const std::vector<immortal::vmm::FaultClass>& catalogue) {
   std::string name = unique_name("faults");
   auto run = run_cli({"run", "--name", name, "--detach", "--recovery", "off", "--on-crash", "reboot"});
   INFO(run.err);
@@ -79,6 +75,30 @@ TEST_CASE("fault classes: the stock kernel's reaction to each shows and the supe
   CHECK(reboot_events == catalogue.size());
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
   CHECK(wait_until([&] { return qemu_processes(name).empty(); }, 10s));
+}
+
+}  // namespace
+
+// Each way the stock kernel ends a crash of our driver: the oops of process context ("Fatal
+// exception"), a direct panic, an oops in interrupt context, panic_on_warn, the soft-lockup and
+// hung-task watchdogs, and the two classes whose recovery tests take their own path (a double
+// fault, list debugging). Every other class ends as null-deref does, after an oops of its own;
+// that oops is checked with recovery on by its test in recovery_test.cc. A reboot per class
+// costs about 14 s of CI's time: all fifteen are the hidden test below.
+TEST_CASE("fault classes: the stock kernel's reaction to each way a crash ends shows and the supervisor reports each crash",
+          "[integration][faults]") {
+  std::vector<immortal::vmm::FaultClass> classes;
+  for (const auto& fault : immortal::vmm::fault_catalogue())
+    for (const char* wanted : {"null-deref", "panic", "timer", "warn", "softlockup", "hung-task", "stack-overflow", "list-corruption"})
+      if (fault.name == std::string(wanted)) classes.push_back(fault);
+  REQUIRE(classes.size() == 8);
+  stock_reactions(classes);
+}
+
+// By hand (about four minutes): build-san/tests/integration-tests "[faults-all]"
+TEST_CASE("fault classes: the stock kernel's reaction to every class shows and the supervisor reports each crash",
+          "[.][faults-all]") {
+  stock_reactions(immortal::vmm::fault_catalogue());
 }
 
 TEST_CASE("inject refuses an unknown class before touching any guest", "[integration][faults]") {

@@ -3,6 +3,7 @@
 // are the guest's own view (its boot id, its kernel log, a workload's output file, what a second
 // user of the driver gets) and the supervisor's status and event log.
 #include "instance_json.h"
+#include "fault_catalogue.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -112,6 +113,36 @@ void check_engines_agreed(const std::string& name) {
   CHECK(crash["repair"]["cross_check"].value("identical", json()) == json(true));
 }
 
+// The kernel printed the class's own report before it would have panicked: the part of its
+// catalogued console signature up to "Kernel panic" (where the stock kernel goes on to panic,
+// recovery has stepped in), in order, after the victim's announcement of this injection. How
+// each class ends on a stock kernel is fault_injection_test.cc's.
+void check_kernel_report(const std::string& name, const std::string& cls) {
+  const auto* fault = immortal::vmm::find_fault_class(cls);
+  REQUIRE(fault);
+  std::vector<std::string> expected;
+  for (const char* line : fault->console_signature) {
+    if (std::string(line).starts_with("Kernel panic")) break;
+    expected.emplace_back(line);
+  }
+  if (expected.empty()) return;  // the driver's own panic(): its one line is the panic recovery stops
+  std::string console, missing;
+  bool seen = wait_until([&] {
+    console = read_file(test_runtime_root() + "/" + name + "/console.log");
+    auto at = console.rfind("injects " + cls);
+    if (at == std::string::npos) return (missing = "injects " + cls), false;
+    for (const auto& line : expected) {
+      auto found = console.find(line, at);
+      if (found == std::string::npos) return (missing = line), false;
+      at = found;
+    }
+    return true;
+  }, 20s);
+  INFO("console:\n" << console.substr(console.size() > 6000 ? console.size() - 6000 : 0));
+  INFO("not found in order: " << missing);
+  CHECK(seen);
+}
+
 void expect_recovered(const std::string& cls, bool quarantined = true) {
   auto& g = recovery_guest();
   INFO("class " << cls);
@@ -131,6 +162,7 @@ void expect_recovered(const std::string& cls, bool quarantined = true) {
   CHECK(after.value("boot_id", "") == g.boot_id);  // no reboot
 
   check_engines_agreed(g.name);
+  check_kernel_report(g.name, cls);
 
   // The victim died of SIGKILL, as the kernel's own oops handling would have killed it.
   std::string expected = crashes_in_victim(cls) ? fmt_victim_killed(victim) : fmt_victim_exited(victim);
