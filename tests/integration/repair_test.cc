@@ -256,6 +256,11 @@ TEST_CASE("repair: after a module change the running repair VM loads the new pro
   CHECK(trim.value("given_back_bytes", std::uint64_t{0}) >= (1u << 20));
   CHECK(trim.value("free_bytes", std::uint64_t{0}) + trim.value("zero_bytes", std::uint64_t{0}) >=
         trim.value("given_back_bytes", std::uint64_t{0}));
+  // What it keeps, by its kernel's own account: the kernel, the agent's memory, the initramfs.
+  json held = trim.value("class_bytes", json::object());
+  CHECK(held.value("kernel", std::uint64_t{0}) >= (8u << 20));
+  CHECK(held.value("user", std::uint64_t{0}) >= (1u << 20));  // the agent's parsed profile
+  CHECK(held.value("cache", std::uint64_t{0}) >= (1u << 20));  // the agent's binary
   int pid = vm().value("pid", 0);
   std::uint64_t profile = status_json(name).value("profile", json::object()).value("number", std::uint64_t{0});
   REQUIRE(run_cli({"exec", name, "--", "rmmod", "lkdtm"}).status == 0);
