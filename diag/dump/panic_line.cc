@@ -27,6 +27,12 @@ struct Ring {
   std::uint32_t size_bits;
   std::uint64_t count, size;                         // descriptors; bytes of the data ring
   std::uint64_t next_id() const { return (head_id + 1) & kIdMask; }
+  // Where descriptor (or info) `id` lives, for an array element of `element_size` bytes at `array`.
+  std::uint64_t slot_of(std::uint64_t array, std::uint64_t id, std::uint64_t element_size) const {
+    return array + (id & (count - 1)) * element_size;
+  }
+  // Where the data ring's logical position `lpos` lives.
+  std::uint64_t data_at(std::uint64_t lpos) const { return data + (lpos & (size - 1)); }
 };
 
 std::optional<Ring> read_ring(const Kernel& kernel) {
@@ -167,7 +173,7 @@ bool append_log_record(const Kernel& kernel, PhysicalMemory& memory, const std::
     if (text.size() > 0xffff) return no("text too long");
 
     std::uint64_t desc_size = t.require_size("prb_desc"), info_size = t.require_size("printk_info");
-    std::uint64_t prev_info = infos + (head_id & (count - 1)) * info_size;
+    std::uint64_t prev_info = ring->slot_of(infos, head_id, info_size);
     std::uint64_t seq = m.read_u64(prev_info + t.offset_of("printk_info", "seq")) + 1;
     std::uint64_t ts = m.read_u64(prev_info + t.offset_of("printk_info", "ts_nsec"));
 
@@ -175,9 +181,9 @@ bool append_log_record(const Kernel& kernel, PhysicalMemory& memory, const std::
     std::vector<char> blk(block, '\0');
     std::memcpy(blk.data(), &id, 8);
     std::memcpy(blk.data() + 8, text.data(), text.size());
-    put(data + (begin & (size - 1)), blk.data(), blk.size());
+    put(ring->data_at(begin), blk.data(), blk.size());
     // The info: zeroed, then seq, time, length, level 0 (emergency) with LOG_NEWLINE, caller.
-    std::uint64_t info = infos + (id & (count - 1)) * info_size;
+    std::uint64_t info = ring->slot_of(infos, id, info_size);
     std::vector<char> zero(info_size, '\0');
     put(info, zero.data(), zero.size());
     put(info + t.offset_of("printk_info", "seq"), &seq, 8);
@@ -189,7 +195,7 @@ bool append_log_record(const Kernel& kernel, PhysicalMemory& memory, const std::
     put(info + flags.bit_offset / 8, &flag_byte, 1);  // level (0) shares the byte
     put(info + t.offset_of("printk_info", "caller_id"), &caller_id, 4);
     // The descriptor, then the heads: finalized, as after the kernel's own prb_final_commit().
-    std::uint64_t desc = descs + (id & (count - 1)) * desc_size;
+    std::uint64_t desc = ring->slot_of(descs, id, desc_size);
     put(desc + t.offset_of("prb_desc", "text_blk_lpos.begin"), &begin, 8);
     put(desc + t.offset_of("prb_desc", "text_blk_lpos.next"), &next, 8);
     std::uint64_t state = (kFinalized << kStateShift) | id;
@@ -215,12 +221,12 @@ std::vector<std::uint64_t> log_append_pages(const Kernel& kernel, std::size_t ma
   try {
     auto ring = read_ring(kernel);
     if (!ring) return {};
-    std::uint64_t id = ring->next_id(), slot = id & (ring->count - 1);
+    std::uint64_t id = ring->next_id();
     std::uint64_t desc_size = t.require_size("prb_desc"), info_size = t.require_size("printk_info");
-    add(ring->descs + slot * desc_size, desc_size);
-    add(ring->infos + slot * info_size, info_size);
-    std::uint64_t begin = ring->head_lpos & (ring->size - 1);
-    add(ring->data + begin, std::min<std::uint64_t>(8 + max_text + 8, ring->size - begin));
+    add(ring->slot_of(ring->descs, id, desc_size), desc_size);
+    add(ring->slot_of(ring->infos, id, info_size), info_size);
+    std::uint64_t begin = ring->head_lpos & (ring->size - 1);  // a record never wraps (append_log_record)
+    add(ring->data_at(ring->head_lpos), std::min<std::uint64_t>(8 + max_text + 8, ring->size - begin));
   } catch (const std::exception&) {
     return {};
   }

@@ -93,6 +93,20 @@ std::string read_file(const std::string& path) {
   return s.str();
 }
 
+std::vector<std::string> missing_after_injection(const std::string& console, const std::string& fault_class,
+                                                 const std::vector<std::string>& expected) {
+  std::string announcement = "injects " + fault_class;
+  auto at = console.rfind(announcement);
+  if (at == std::string::npos) return {announcement};
+  std::vector<std::string> missing;
+  for (const auto& line : expected) {
+    auto found = console.find(line, at);
+    if (found == std::string::npos) missing.push_back(line);
+    else at = found;
+  }
+  return missing;
+}
+
 static std::vector<char*> argv_of(std::vector<std::string>& args) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());

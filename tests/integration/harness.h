@@ -40,6 +40,11 @@ bool wait_until(const std::function<bool()>& condition, std::chrono::millisecond
 std::string initrd_with_agent_script(const std::string& script);
 
 std::string read_file(const std::string& path);
+// The lines of `expected` a guest console does not show in order after the last announcement of
+// an injection of `fault_class` ("injects CLASS", written by /sbin/immortal-victim); that
+// announcement itself when it is not there. Empty: all shown, in order.
+std::vector<std::string> missing_after_injection(const std::string& console, const std::string& fault_class,
+                                                 const std::vector<std::string>& expected);
 // The lines of a text, without their newlines.
 std::vector<std::string> lines_of(const std::string& text);
 // Runs a shell command line on the host; its standard output.

@@ -126,20 +126,14 @@ void check_kernel_report(const std::string& name, const std::string& cls) {
     expected.emplace_back(line);
   }
   if (expected.empty()) return;  // the driver's own panic(): its one line is the panic recovery stops
-  std::string console, missing;
+  std::string console;
+  std::vector<std::string> missing;
   bool seen = wait_until([&] {
     console = read_file(test_runtime_root() + "/" + name + "/console.log");
-    auto at = console.rfind("injects " + cls);
-    if (at == std::string::npos) return (missing = "injects " + cls), false;
-    for (const auto& line : expected) {
-      auto found = console.find(line, at);
-      if (found == std::string::npos) return (missing = line), false;
-      at = found;
-    }
-    return true;
+    return (missing = missing_after_injection(console, cls, expected)).empty();
   }, 20s);
   INFO("console:\n" << console.substr(console.size() > 6000 ? console.size() - 6000 : 0));
-  INFO("not found in order: " << missing);
+  INFO("not found in order: " << (missing.empty() ? std::string() : missing.front()));
   CHECK(seen);
 }
 

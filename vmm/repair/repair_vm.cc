@@ -80,11 +80,10 @@ void RepairVm::start_trim() {
     nlohmann::json result;
     try {
       RamClasses classes = repair_vm_free_pages(agent_, *machine_, paddr, size, Deadline::in(std::chrono::seconds(10)));
-      std::uint64_t free = 0, zero = 0;
       std::array<std::uint64_t, kPageClassCount> pages{};
       for (const auto& [r, c] : classes)
         for (PageClass k : c) ++pages[static_cast<std::size_t>(k)];
-      free = pages[static_cast<std::size_t>(PageClass::free)];
+      const std::uint64_t free = pages[static_cast<std::size_t>(PageClass::free)];
       // What the repair VM's RAM holds, as its own kernel sees it (where its host memory goes:
       // docs/benchmarks.md, footprint); zero pages of any class are given back too.
       nlohmann::json held = nlohmann::json::object();
@@ -92,6 +91,7 @@ void RepairVm::start_trim() {
         held[to_string(k)] = pages[static_cast<std::size_t>(k)] * MemorySnapshot::kPageSize;
       auto ram = machine_->ram_file();
       auto zero_runs = zero_page_runs(*ram);
+      std::uint64_t zero = 0;
       for (const auto& [offset, bytes] : zero_runs) zero += bytes;
       std::lock_guard lock(vm_mutex_);
       if (runs_ != runs) {
