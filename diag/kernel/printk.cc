@@ -18,7 +18,7 @@ constexpr std::uint64_t kCommitted = 1, kFinalized = 2;
 constexpr unsigned kMaxCountBits = 24, kMaxSizeBits = 30;
 }  // namespace
 
-KernelLog read_kernel_log(const Kernel& kernel) {
+KernelLog read_kernel_log(const Kernel& kernel, std::size_t newest) {
   const auto& m = kernel.memory();
   const auto& t = kernel.types();
   KernelLog log;
@@ -50,9 +50,11 @@ KernelLog read_kernel_log(const Kernel& kernel) {
   // Within the budgets the newest records are kept (a crash's are last): the walk starts no
   // more than budget::kLogRecords before the head, and the oldest text goes first when the
   // records together hold more than budget::kLogTextBytes.
+  std::uint64_t limit = std::min<std::uint64_t>(newest, budget::kLogRecords);
   std::uint64_t id = tail_id & kIdMask;
-  if (((head_id - tail_id) & kIdMask) >= budget::kLogRecords) {
-    id = (head_id - budget::kLogRecords + 1) & kIdMask;
+  if (limit == 0) return log;
+  if (((head_id - tail_id) & kIdMask) >= limit) {
+    id = (head_id - limit + 1) & kIdMask;
     log.truncated = true;
   }
   std::deque<LogRecord> kept;
@@ -61,7 +63,7 @@ KernelLog read_kernel_log(const Kernel& kernel) {
   // (a forged ring of millions of descriptors outside its array costs a fault a page, not one
   // each).
   std::uint64_t unreadable_page = ~0ull;
-  for (std::uint64_t n = 0; n <= desc_mask && n < budget::kLogRecords; ++n, id = (id + 1) & kIdMask) {
+  for (std::uint64_t n = 0; n <= desc_mask && n < limit; ++n, id = (id + 1) & kIdMask) {
     std::uint64_t index = id & desc_mask;
     std::uint64_t desc = descs + index * desc_size;
     bool reading_descriptor = true;

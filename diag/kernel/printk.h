@@ -6,6 +6,7 @@
 
 #include "kernel/kernel.h"
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -24,7 +25,9 @@ struct KernelLog {
   bool truncated = false;   // budget::kLogRecords or kLogTextBytes reached: the newest records are missing
 };
 
-KernelLog read_kernel_log(const Kernel& kernel);
+// newest: read at most this many records back from the newest (within budget::kLogRecords); a
+// crash's analysis wants the last few hundred, not a whole ring.
+KernelLog read_kernel_log(const Kernel& kernel, std::size_t newest = SIZE_MAX);
 // The message of the last "Kernel panic - not syncing: ..." record, if any.
 std::string panic_message(const KernelLog& log);
 

@@ -133,8 +133,9 @@ std::optional<std::uint64_t> SymbolTable::address_of(const std::string& name) co
 std::optional<std::uint64_t> SymbolTable::address_in(const std::string& name, const std::string& module) const {
   // Most names are defined once: the index answers; only a name the index gives to another
   // module (a static function several modules have) needs the scan.
-  if (auto it = by_name_.find(name); it != by_name_.end() && sorted_[it->second].module == module)
-    return sorted_[it->second].address;
+  auto it = by_name_.find(name);
+  if (it == by_name_.end()) return std::nullopt;  // no symbol of that name anywhere
+  if (sorted_[it->second].module == module) return sorted_[it->second].address;
   for (const auto& s : sorted_)
     if (s.name == name && s.module == module) return s.address;
   return std::nullopt;

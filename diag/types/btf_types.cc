@@ -84,19 +84,30 @@ std::optional<Member> find_member(const struct btf* b, __u32 id, const std::stri
   return MemberSearch{b, name, {}, 0}.find(id, 0);
 }
 
-__s32 find_composite(const struct btf* b, const std::string& name) {
-  __s32 id = btf__find_by_name_kind(b, name.c_str(), BTF_KIND_STRUCT);
-  if (id < 0) id = btf__find_by_name_kind(b, name.c_str(), BTF_KIND_UNION);
-  return id;
-}
+// Distinct questions remembered at most (the readers ask a few hundred; anything beyond is a
+// caller asking names it got from elsewhere, answered without being kept).
+constexpr std::size_t kMemoLimit = 8192;
 
 }  // namespace
+
+std::int32_t BtfTypes::composite(const std::string& name) const {
+  if (auto it = structs_.find(name); it != structs_.end()) return it->second;
+  if (auto it = unions_.find(name); it != unions_.end()) return it->second;
+  return -1;
+}
 
 std::unique_ptr<BtfTypes> BtfTypes::parse(const std::string& raw) {
   if (raw.empty() || raw.size() > (256u << 20)) fail(ExitCode::bad_input, "BTF data is empty or too large");
   std::unique_ptr<BtfTypes> types(new BtfTypes);
   types->btf_ = btf__new(raw.data(), static_cast<__u32>(raw.size()));
   if (!types->btf_) fail(ExitCode::bad_input, "the kernel's BTF is malformed ({})", std::strerror(errno));
+  for (__u32 id = 1; id < btf__type_cnt(types->btf_); ++id) {
+    const btf_type* t = btf__type_by_id(types->btf_, id);
+    if (!t || !(btf_is_struct(t) || btf_is_union(t))) continue;
+    const char* name = btf__name_by_offset(types->btf_, t->name_off);
+    if (!name || !*name) continue;
+    (btf_is_struct(t) ? types->structs_ : types->unions_).emplace(name, static_cast<std::int32_t>(id));  // the first stays
+  }
   return types;
 }
 
@@ -176,7 +187,7 @@ std::map<std::string, ReturnType> BtfTypes::function_returns(const std::string& 
 }
 
 std::optional<std::uint64_t> BtfTypes::struct_size(const std::string& name) const {
-  __s32 id = find_composite(btf_, name);
+  __s32 id = composite(name);
   if (id < 0) return std::nullopt;
   __s64 size = btf__resolve_size(btf_, static_cast<__u32>(id));
   if (size < 0) return std::nullopt;
@@ -184,6 +195,17 @@ std::optional<std::uint64_t> BtfTypes::struct_size(const std::string& name) cons
 }
 
 std::optional<std::int64_t> BtfTypes::enumerator(const std::string& name) const {
+  {
+    std::lock_guard lock(memo_mutex_);
+    if (auto it = enumerators_.find(name); it != enumerators_.end()) return it->second;
+  }
+  std::optional<std::int64_t> found = find_enumerator(name);
+  std::lock_guard lock(memo_mutex_);
+  if (enumerators_.size() < kMemoLimit) enumerators_.emplace(name, found);
+  return found;
+}
+
+std::optional<std::int64_t> BtfTypes::find_enumerator(const std::string& name) const {
   for (__u32 id = 1; id < btf__type_cnt(btf_); ++id) {
     const btf_type* t = btf__type_by_id(btf_, id);
     if (!t || !btf_is_enum(t)) continue;  // 32-bit enums: every enum the readers need
@@ -197,7 +219,21 @@ std::optional<std::int64_t> BtfTypes::enumerator(const std::string& name) const 
 }
 
 std::optional<FieldInfo> BtfTypes::field(const std::string& struct_name, const std::string& path) const {
-  __s32 id = find_composite(btf_, struct_name);
+  std::string key = struct_name;
+  key.push_back('\0');
+  key += path;
+  {
+    std::lock_guard lock(memo_mutex_);
+    if (auto it = fields_.find(key); it != fields_.end()) return it->second;
+  }
+  std::optional<FieldInfo> found = find_field(struct_name, path);  // may throw: not remembered then
+  std::lock_guard lock(memo_mutex_);
+  if (fields_.size() < kMemoLimit) fields_.emplace(std::move(key), found);
+  return found;
+}
+
+std::optional<FieldInfo> BtfTypes::find_field(const std::string& struct_name, const std::string& path) const {
+  __s32 id = composite(struct_name);
   if (id < 0) return std::nullopt;
   FieldInfo total{};
   __u32 current = static_cast<__u32>(id);

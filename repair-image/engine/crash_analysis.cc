@@ -19,7 +19,10 @@ namespace immortal::repair {
 namespace {
 
 constexpr std::size_t kMaxMessage = 256;
-constexpr std::size_t kLogRecordsToSearch = 1024;  // back from the end: past a deep call trace
+// Back from the newest record: an oops report (header, registers, modules, a deep call trace)
+// is about a hundred lines; this leaves room for other CPUs' messages printed among them.
+constexpr std::size_t kLogRecordsToSearch = 400;
+constexpr std::size_t kLogRecordsFirst = 128;
 constexpr std::uint64_t kStackRoom = 2048;  // a stack pointer this far above the stack's base has not overflowed
 
 // The context of code running at preemption count `count` (the levels of whatever interrupted
@@ -47,17 +50,25 @@ std::string function_of(const SymbolTable& symbols, std::uint64_t address, std::
 // The header line of the last oops or warning the kernel printed, and the lines just before
 // it (where "kernel BUG at" and the list-debugging reports are printed).
 void read_oops_text(const Kernel& kernel, CrashAnalysis& a) {
-  KernelLog log = read_kernel_log(kernel);
   static const char* const kHeaders[] = {"BUG: ", "general protection fault", "divide error", "invalid opcode",
                                          "Oops:", "stack guard page", "double fault", "WARNING: "};
-  const auto& r = log.records;
-  std::size_t header = r.size();
-  for (std::size_t back = 0; back < r.size() && back < kLogRecordsToSearch && header == r.size(); ++back) {
-    const std::string& t = r[r.size() - 1 - back].text;
-    for (const char* h : kHeaders)
-      if (t.rfind(h, 0) == 0) header = r.size() - 1 - back;
+  KernelLog log;
+  std::size_t header = 0;
+  // The newest records first (a report is usually among the last hundred), the longer window only
+  // when the header is not there with the lines before it: reading records is most of this step.
+  for (std::size_t window : {kLogRecordsFirst, kLogRecordsToSearch}) {
+    log = read_kernel_log(kernel, window);
+    const auto& r = log.records;
+    header = r.size();
+    for (std::size_t back = 0; back < r.size() && header == r.size(); ++back) {
+      const std::string& t = r[r.size() - 1 - back].text;
+      for (const char* h : kHeaders)
+        if (t.rfind(h, 0) == 0) header = r.size() - 1 - back;
+    }
+    if (header < r.size() && (header >= 4 || !log.truncated)) break;
   }
-  if (header == r.size()) return;
+  const auto& r = log.records;
+  if (header >= r.size()) return;
   // "Oops: 0002 [#1]" follows the line that says what happened ("BUG: kernel NULL pointer …").
   if (r[header].text.rfind("Oops:", 0) == 0)
     for (std::size_t k = header; k-- > 0 && header - k <= 4;)

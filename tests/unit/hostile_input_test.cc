@@ -59,6 +59,41 @@ TEST_CASE("a BTF that embeds one anonymous struct in itself again and again is l
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));  // a hang, not a timing
 }
 
+TEST_CASE("BTF types are found by name as libbpf would: the first struct, else the first union", "[hostile]") {
+  struct btf* b = btf__new_empty();
+  REQUIRE(b);
+  int int_id = btf__add_int(b, "int", 4, BTF_INT_SIGNED);
+  int long_id = btf__add_int(b, "long", 8, BTF_INT_SIGNED);
+  REQUIRE(btf__add_union(b, "twice", 8) > 0);       // a union first …
+  REQUIRE(btf__add_field(b, "in_union", long_id, 0, 0) == 0);
+  REQUIRE(btf__add_struct(b, "twice", 16) > 0);     // … then the struct the readers mean
+  REQUIRE(btf__add_field(b, "a", int_id, 0, 0) == 0);
+  REQUIRE(btf__add_field(b, "b", long_id, 64, 0) == 0);
+  REQUIRE(btf__add_struct(b, "twice", 4) > 0);      // a later struct of the same name: not chosen
+  REQUIRE(btf__add_field(b, "b", int_id, 0, 0) == 0);
+  REQUIRE(btf__add_union(b, "only_union", 8) > 0);
+  REQUIRE(btf__add_field(b, "u", long_id, 0, 0) == 0);
+  __u32 size = 0;
+  const void* raw = btf__raw_data(b, &size);
+  REQUIRE(raw);
+  auto types = BtfTypes::parse(std::string(static_cast<const char*>(raw), size));
+  btf__free(b);
+
+  CHECK(types->struct_size("twice") == 16);
+  CHECK(types->struct_size("only_union") == 8);
+  CHECK_FALSE(types->struct_size("missing").has_value());
+  for (int again = 0; again < 2; ++again) {  // the second answers are the remembered ones
+    INFO("lookup " << again);
+    auto f = types->field("twice", "b");
+    REQUIRE(f);
+    CHECK(f->bit_offset == 64);
+    CHECK(f->size == 8);
+    CHECK_FALSE(types->field("twice", "in_union").has_value());
+    CHECK_FALSE(types->field("missing", "b").has_value());
+    CHECK(types->field("only_union", "u").has_value());
+  }
+}
+
 TEST_CASE("guest text reaches a terminal with its controls escaped", "[hostile]") {
   CHECK(terminal_safe("plain text, tabs\tand UTF-8: é €") == "plain text, tabs\tand UTF-8: é €");
   CHECK(terminal_safe("\x1b]0;owned\x07\x1b[2J") == "\\x1b]0;owned\\x07\\x1b[2J");

@@ -377,6 +377,15 @@ TEST_CASE("the printk ring gives records in order, skips unfinished and corrupt 
   CHECK(log.records[3].text.empty());
   CHECK(log.skipped == 1);
 
+  SECTION("only the newest records, when asked for fewer") {
+    KernelLog tail = read_kernel_log(*kernel, 3);  // ids 12, 13, 14
+    REQUIRE(tail.records.size() == 3);
+    CHECK(tail.records[0].text == "third");
+    CHECK(tail.records[2].text.empty());
+    CHECK(tail.truncated);
+    CHECK(read_kernel_log(*kernel, 0).records.empty());
+    CHECK_FALSE(read_kernel_log(*kernel, 5).truncated);  // the whole ring: nothing left out
+  }
   SECTION("absurd ring sizes are refused") {
     ram.put<std::uint32_t>(rb + 0x30, 60);
     CHECK_THROWS_WITH(read_kernel_log(*kernel), Catch::Contains("implausible"));
