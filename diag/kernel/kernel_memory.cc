@@ -29,6 +29,18 @@ std::optional<std::uint64_t> KernelMemory::to_physical(std::uint64_t vaddr) cons
   return (*phys & ~0xfffull) | (vaddr & 0xfff);
 }
 
+std::optional<KernelMemory::Mapping> KernelMemory::mapping_at(std::uint64_t vaddr) const {
+  std::uint64_t size = 0;
+  std::optional<std::uint64_t> phys;
+  try {
+    phys = x86_64::translate(memory_, layout_.page_table, vaddr, layout_.five_level, &size);
+  } catch (const MemoryFault&) {
+    return std::nullopt;
+  }
+  if (!phys || !size) return std::nullopt;
+  return Mapping{*phys, size - (vaddr & (size - 1))};
+}
+
 void KernelMemory::read(std::uint64_t vaddr, std::span<std::byte> out) const {
   std::size_t done = 0;
   while (done < out.size()) {

@@ -37,6 +37,13 @@ class KernelMemory {
   // Reads a NUL-terminated string of at most max bytes (the guest's bytes, as they are).
   std::string read_cstring(std::uint64_t vaddr, std::size_t max) const;
   std::optional<std::uint64_t> to_physical(std::uint64_t vaddr) const;
+  // Where vaddr is mapped and how many bytes from it on the same page maps (to the end of a
+  // 4 KiB, 2 MiB or 1 GiB page): one walk covers a large page. Not cached.
+  struct Mapping {
+    std::uint64_t physical = 0;
+    std::uint64_t bytes = 0;
+  };
+  std::optional<Mapping> mapping_at(std::uint64_t vaddr) const;
 
   const KernelLayout& layout() const { return layout_; }
   // Live memory changes under us: vmalloc'd pages (task stacks, module text) are remapped as

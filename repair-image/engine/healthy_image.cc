@@ -42,9 +42,42 @@ void add_region(const Kernel& kernel, HealthyImage& image, std::string name, std
   // The budget is checked before each region is allocated, not once all are read.
   if (image.total_bytes() + (end - begin) > kMaxTotal || image.regions.size() >= kMaxRegions)
     fail(ExitCode::bad_input, "the kernel's code and read-only data are larger than {} MiB (at {})", kMaxTotal >> 20, name);
-  HealthyRegion r{std::move(name), std::move(kind), std::move(module), begin, std::vector<std::uint8_t>(end - begin), {}};
+  HealthyRegion r{std::move(name), std::move(kind), std::move(module), begin, std::vector<std::uint8_t>(end - begin), {}, {}};
   kernel.memory().read(begin, std::as_writable_bytes(std::span(r.bytes)));
+  // One page-table walk per page that maps it (2 MiB ones for the kernel image).
+  for (std::uint64_t va = begin; va < end;) {
+    auto m = kernel.memory().mapping_at(va);
+    if (!m) {  // it was just read: unmapped meanwhile (a module going away)
+      r.physical.clear();
+      break;
+    }
+    std::uint64_t n = std::min(m->bytes, end - va);
+    PhysicalRun* last = r.physical.empty() ? nullptr : &r.physical.back();
+    if (last && last->address + last->size == m->physical) last->size += n;
+    else r.physical.push_back({va - begin, m->physical, n});
+    va += n;
+  }
   image.regions.push_back(std::move(r));
+}
+
+// The runs of a region of `size` bytes, in order and covering it; none when not given.
+std::vector<PhysicalRun> parse_physical_runs(const nlohmann::json& list, std::uint64_t size, const std::string& dir) {
+  std::vector<PhysicalRun> runs;
+  if (list.is_null() || (list.is_array() && list.empty())) return runs;
+  if (!list.is_array() || list.size() > size / 4096 + 2)
+    fail(ExitCode::bad_input, "{}/healthy.json: a bad list of physical runs", dir);
+  std::uint64_t covered = 0;
+  for (const auto& run : list) {
+    if (!run.is_array() || run.size() != 3 || !run[0].is_number_unsigned() || !run[2].is_number_unsigned())
+      fail(ExitCode::bad_input, "{}/healthy.json: a physical run is not [offset, address, size]", dir);
+    PhysicalRun p{run[0].get<std::uint64_t>(), parse_address(run[1]), run[2].get<std::uint64_t>()};
+    if (p.offset != covered || p.size == 0 || p.size > size - covered || p.address + p.size < p.address)
+      fail(ExitCode::bad_input, "{}/healthy.json: physical runs out of order or beyond their region", dir);
+    covered += p.size;
+    runs.push_back(p);
+  }
+  if (covered != size) fail(ExitCode::bad_input, "{}/healthy.json: physical runs that do not cover their region", dir);
+  return runs;
 }
 
 }  // namespace
@@ -107,8 +140,10 @@ HealthyImage::Files HealthyImage::to_files() const {
   nlohmann::json list = nlohmann::json::array();
   files.blob.reserve(total_bytes());
   for (const auto& r : regions) {
+    nlohmann::json physical = nlohmann::json::array();
+    for (const auto& run : r.physical) physical.push_back({run.offset, fmt::format("{:#x}", run.address), run.size});
     list.push_back({{"name", r.name}, {"kind", r.kind}, {"module", r.module}, {"address", fmt::format("{:#x}", r.address)},
-                    {"offset", files.blob.size()}, {"size", r.size()}});
+                    {"offset", files.blob.size()}, {"size", r.size()}, {"physical", physical}});
     files.blob.append(reinterpret_cast<const char*>(r.code().data()), r.size());
   }
   index["regions"] = list;
@@ -179,8 +214,9 @@ HealthyImage HealthyImage::parse_index(std::string_view index_text, std::string_
     std::uint64_t offset = r["offset"].get<std::uint64_t>(), size = r["size"].get<std::uint64_t>();
     if (offset > blob.size() || size > blob.size() - offset)
       fail(ExitCode::bad_input, "{}/healthy.json: a region beyond healthy.bin", dir);
-    HealthyRegion region{r.value("name", ""), r.value("kind", ""), r.value("module", ""), parse_address(r["address"]), {}, {}};
+    HealthyRegion region{r.value("name", ""), r.value("kind", ""), r.value("module", ""), parse_address(r["address"]), {}, {}, {}};
     if (region.address + size < region.address) fail(ExitCode::bad_input, "{}/healthy.json: a region wraps", dir);
+    region.physical = parse_physical_runs(r.value("physical", nlohmann::json()), size, dir);
     const auto* first = reinterpret_cast<const std::uint8_t*>(blob.data()) + offset;
     if (bytes == Bytes::borrow && size) region.borrowed = {first, size};
     else region.bytes.assign(first, first + size);

@@ -19,6 +19,12 @@
 
 namespace immortal::repair {
 
+// Where a piece of a region lay in guest-physical memory when the copy was taken: the region's
+// bytes [offset, offset + size) at guest-physical [address, address + size).
+struct PhysicalRun {
+  std::uint64_t offset = 0, address = 0, size = 0;
+};
+
 struct HealthyRegion {
   std::string name;     // "kernel text", "kernel rodata", "immortal_fault text" …
   std::string kind;     // text, rodata
@@ -26,6 +32,10 @@ struct HealthyRegion {
   std::uint64_t address = 0;  // kernel virtual
   std::vector<std::uint8_t> bytes;         // the copy, where the image holds it (the supervisor's)
   std::span<const std::uint8_t> borrowed;  // or where it lies (the repair agent's payload), read in place
+  // Where the region lay when it was copied, in order, covering it (empty: not known). What lets
+  // the supervisor compare the crashed guest's code without reading its page tables
+  // (engine/text_precheck.h).
+  std::vector<PhysicalRun> physical;
   std::span<const std::uint8_t> code() const { return borrowed.data() ? borrowed : std::span<const std::uint8_t>(bytes); }
   std::uint64_t size() const { return code().size(); }
   bool contains(std::uint64_t a, std::uint64_t n) const {

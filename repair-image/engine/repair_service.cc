@@ -23,8 +23,10 @@ constexpr std::size_t kMaxKnownPatches = 4096;
 nlohmann::json RepairRequest::to_json() const {
   nlohmann::json patches = nlohmann::json::array();
   for (const auto& p : known_patches) patches.push_back({{"address", fmt::format("{:#x}", p.address)}, {"bytes", hex_bytes(p.bytes)}});
-  return {{"record", repair::to_json(record)}, {"known_patches", patches},
-          {"quarantine", quarantine_driver ? "driver" : "function"}};
+  nlohmann::json j = {{"record", repair::to_json(record)}, {"known_patches", patches},
+                      {"quarantine", quarantine_driver ? "driver" : "function"}};
+  if (text_precheck) j["text_precheck"] = text_precheck->to_json();
+  return j;
 }
 
 RepairRequest RepairRequest::from_json(const nlohmann::json& j) {
@@ -45,6 +47,7 @@ RepairRequest RepairRequest::from_json(const nlohmann::json& j) {
       r.known_patches.push_back({parse_hex(p["address"], "a patch's address"), bytes_from_hex(p["bytes"], 64)});
     }
   }
+  if (auto t = j.find("text_precheck"); t != j.end() && !t->is_null()) r.text_precheck = TextPrecheck::from_json(*t);
   return r;
 }
 
@@ -101,7 +104,9 @@ EngineResult run_repair_engine(const Kernel& kernel, const HealthyImage* healthy
   auto integrity = [&]() {
     IntegrityReport report;
     try {
-      if (healthy) report = check_text_integrity(kernel, *healthy, request.known_patches);
+      if (healthy)
+        report = check_text_integrity(kernel, *healthy, request.known_patches,
+                                      request.text_precheck ? &*request.text_precheck : nullptr);
       else report.problems.push_back("no healthy copy of the kernel's code: integrity not checked");
     } catch (const std::exception& e) {
       report.problems.push_back(std::string("the integrity check failed: ") + e.what());

@@ -9,10 +9,12 @@
 #include "engine/healthy_image.h"
 #include "engine/repair_plan.h"
 #include "engine/text_integrity.h"
+#include "engine/text_precheck.h"
 #include "kernel/kernel.h"
 
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <vector>
 
 namespace immortal::repair {
@@ -21,6 +23,9 @@ struct RepairRequest {
   CrashRecord record;
   std::vector<KnownPatch> known_patches;  // the supervisor's quarantine patches
   bool quarantine_driver = false;         // --quarantine driver
+  // The supervisor's comparison of the kernel's code where it lay (engine/text_precheck.h);
+  // without it the engine compares every byte itself.
+  std::optional<TextPrecheck> text_precheck;
   nlohmann::json to_json() const;
   // Throws Error(ExitCode::bad_input) for a malformed request.
   static RepairRequest from_json(const nlohmann::json& j);

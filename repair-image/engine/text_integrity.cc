@@ -170,7 +170,7 @@ nlohmann::json IntegrityReport::to_json() const {
 }
 
 IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& healthy,
-                                     const std::vector<KnownPatch>& known_patches) {
+                                     const std::vector<KnownPatch>& known_patches, const TextPrecheck* precheck) {
   IntegrityReport report;
   if (!healthy.release.empty() && healthy.release != kernel.release()) {
     report.problems.push_back(fmt::format("the healthy copy is of kernel {}, the guest runs {}: not compared", healthy.release,
@@ -188,42 +188,12 @@ IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& h
   }
 
   std::optional<PatchSites> sites;  // read only when some difference needs classifying
-  std::vector<std::uint8_t> chunk, now;
-  for (const auto& region : healthy.regions) {
-    if (!region.module.empty()) {
-      auto it = live.find(region.module);
-      if (it == live.end() || (region.kind == "text" && (it->second.first != region.address ||
-                                                         it->second.second != region.size()))) {
-        report.problems.push_back(region.name + ": the module is no longer loaded where it was: not compared");
-        continue;
-      }
-    }
-    const std::uint8_t* h = region.code().data();
-    // The common case, an intact region, compared a chunk at a time through one small buffer
-    // (copying a whole 24 MB kernel text first cost a fresh buffer's page faults at every
-    // crash: most of this check's time under TCG); a region that differs is read whole below.
-    bool differs = false;
-    try {
-      for (std::size_t at = 0; at < region.size() && !differs; at += kCompareChunk) {
-        std::size_t len = std::min<std::size_t>(kCompareChunk, region.size() - at);
-        chunk.resize(len);
-        kernel.memory().read(region.address + at, std::as_writable_bytes(std::span(chunk)));
-        differs = std::memcmp(chunk.data(), h + at, len) != 0;
-      }
-      if (differs) {
-        now.resize(region.size());
-        kernel.memory().read(region.address, std::as_writable_bytes(std::span(now)));
-      }
-    } catch (const std::exception& e) {
-      report.problems.push_back(region.name + ": unreadable: " + e.what());
-      continue;
-    }
-    report.checked_bytes += region.size();
-    ++report.regions_checked;
-    if (!differs) continue;
-    std::size_t n = now.size(), i = 0;
+  // Differences of now[0, n) (the region's bytes from base on) with h, the healthy copy of the same bytes.
+  auto classify = [&](const HealthyRegion& region, const std::uint8_t* now, const std::uint8_t* h, std::size_t n,
+                      std::uint64_t base) {
+    std::size_t i = 0;
     while (i < n) {
-      i = first_difference(now.data(), h, i, n);
+      i = first_difference(now, h, i, n);
       if (i >= n) break;
       std::size_t end = i + 1, last = i;
       while (end < n && end - last <= kMergeGap) {
@@ -231,8 +201,7 @@ IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& h
         ++end;
       }
       end = last + 1;
-      TextDifference d{region.address + i, region.name, describe(kernel, region.address + i), "corrupted",
-                       {h + i, h + end}, {now.begin() + static_cast<std::ptrdiff_t>(i), now.begin() + static_cast<std::ptrdiff_t>(end)}};
+      TextDifference d{base + i, region.name, describe(kernel, base + i), "corrupted", {h + i, h + end}, {now + i, now + end}};
       std::uint64_t a = d.address, b = d.address + d.now.size();
       bool quarantine = std::any_of(known_patches.begin(), known_patches.end(), [&](const KnownPatch& p) {
         if (a < p.address || b > p.address + p.bytes.size()) return false;  // p: a KnownPatch
@@ -254,6 +223,89 @@ IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& h
       }
       i = end;
     }
+  };
+
+  std::vector<std::uint8_t> chunk, now;
+  for (const auto& region : healthy.regions) {
+    if (!region.module.empty()) {
+      auto it = live.find(region.module);
+      if (it == live.end() || (region.kind == "text" && (it->second.first != region.address ||
+                                                         it->second.second != region.size()))) {
+        report.problems.push_back(region.name + ": the module is no longer loaded where it was: not compared");
+        continue;
+      }
+    }
+    const std::uint8_t* h = region.code().data();
+    if (precheck && !region.physical.empty()) {
+      // Read only what the precheck found differing or what is no longer mapped where it lay:
+      // [begin, end) offsets of the region, in order.
+      std::vector<std::pair<std::uint64_t, std::uint64_t>> suspect;
+      auto add = [&](std::uint64_t b, std::uint64_t e) {
+        if (!suspect.empty() && suspect.back().second == b) suspect.back().second = e;
+        else suspect.emplace_back(b, e);
+      };
+      bool mapped = true;
+      for (const auto& run : region.physical) {
+        for (std::uint64_t at = run.offset, run_end = run.offset + run.size; at < run_end && mapped;) {
+          auto m = kernel.memory().mapping_at(region.address + at);
+          if (!m) {
+            mapped = false;
+            break;
+          }
+          std::uint64_t n = std::min(m->bytes, run_end - at);
+          if (m->physical != run.address + (at - run.offset)) {
+            add(at, at + n);
+          } else {
+            std::uint64_t lo = region.address + at, hi = lo + n;
+            const auto& d = precheck->differing;
+            for (auto it = std::lower_bound(d.begin(), d.end(), piece_of(lo)); it != d.end() && *it < hi; ++it)
+              add(std::max(*it, lo) - region.address, std::min(*it + 0x1000, hi) - region.address);
+          }
+          at += n;
+        }
+      }
+      if (!mapped) {
+        report.problems.push_back(region.name + ": unreadable: kernel virtual address not mapped");
+        continue;
+      }
+      std::vector<std::vector<std::uint8_t>> pieces;
+      try {
+        for (const auto& [b, e] : suspect) {
+          pieces.emplace_back(e - b);
+          kernel.memory().read(region.address + b, std::as_writable_bytes(std::span(pieces.back())));
+        }
+      } catch (const std::exception& e) {
+        report.problems.push_back(region.name + ": unreadable: " + e.what());
+        continue;
+      }
+      report.checked_bytes += region.size();
+      ++report.regions_checked;
+      for (std::size_t k = 0; k < suspect.size(); ++k)
+        classify(region, pieces[k].data(), h + suspect[k].first, pieces[k].size(), region.address + suspect[k].first);
+      continue;
+    }
+    // The common case, an intact region, compared a chunk at a time through one small buffer
+    // (copying a whole 24 MB kernel text first cost a fresh buffer's page faults at every
+    // crash: most of this check's time under TCG); a region that differs is read whole below.
+    bool differs = false;
+    try {
+      for (std::size_t at = 0; at < region.size() && !differs; at += kCompareChunk) {
+        std::size_t len = std::min<std::size_t>(kCompareChunk, region.size() - at);
+        chunk.resize(len);
+        kernel.memory().read(region.address + at, std::as_writable_bytes(std::span(chunk)));
+        differs = std::memcmp(chunk.data(), h + at, len) != 0;
+      }
+      if (differs) {
+        now.resize(region.size());
+        kernel.memory().read(region.address, std::as_writable_bytes(std::span(now)));
+      }
+    } catch (const std::exception& e) {
+      report.problems.push_back(region.name + ": unreadable: " + e.what());
+      continue;
+    }
+    report.checked_bytes += region.size();
+    ++report.regions_checked;
+    if (differs) classify(region, now.data(), h, now.size(), region.address);
   }
   return report;
 }

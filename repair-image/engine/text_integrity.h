@@ -5,6 +5,7 @@
 #pragma once
 
 #include "engine/healthy_image.h"
+#include "engine/text_precheck.h"
 #include "kernel/kernel.h"
 
 #include <nlohmann/json.hpp>
@@ -45,7 +46,12 @@ struct IntegrityReport {
   nlohmann::json to_json() const;
 };
 
+// With precheck (the supervisor's comparison where the code lay, engine/text_precheck.h), a
+// region that has its physical runs is read only where the precheck found differences or where
+// the crashed kernel's page tables no longer map it where it lay; the rest is known equal. The
+// report is the same as without it.
 IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& healthy,
-                                     const std::vector<KnownPatch>& known_patches);
+                                     const std::vector<KnownPatch>& known_patches,
+                                     const TextPrecheck* precheck = nullptr);
 
 }  // namespace immortal::repair

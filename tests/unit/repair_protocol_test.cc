@@ -60,7 +60,7 @@ struct Validation {
   std::unique_ptr<Kernel> kernel = kernel_with(ram);
   repair::HealthyImage healthy = [] {
     repair::HealthyImage h;
-    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}});
+    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}, {}});
     h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
     return h;
   }();
@@ -228,8 +228,8 @@ TEST_CASE("repair image: the supervisor reads its healthy copy where the payload
   auto healthy_with = [](std::uint8_t fill) {
     repair::HealthyImage h;
     h.release = "6.1.0-test";
-    h.regions.push_back({"kernel text", "text", "", 0xffffffff81000000, std::vector<std::uint8_t>(3 * 4096 + 5, fill), {}});
-    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}});
+    h.regions.push_back({"kernel text", "text", "", 0xffffffff81000000, std::vector<std::uint8_t>(3 * 4096 + 5, fill), {}, {}});
+    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}, {}});
     h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
     return h;
   };
@@ -267,7 +267,7 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
   CHECK_THROWS(repair::capture_healthy_image(*kernel, "t"));
   repair::HealthyImage image;
   image.release = "test";
-  image.regions.push_back({"kernel text", "text", "", test::kva(0x100000), code, {}});
+  image.regions.push_back({"kernel text", "text", "", test::kva(0x100000), code, {}, {}});
   image.modules.push_back({"drv", 0xffffffffc0000000, 0x3000, 0x1000, {{0xffffffffc0001000, 0xffffffffc0003000}}});
   std::string dir = std::filesystem::temp_directory_path() / ("healthy-test-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
@@ -306,6 +306,52 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
     auto known = repair::check_text_integrity(*kernel, image, {{test::kva(0x100040), {0xc3, 0x0f, 0x0b}}});
     CHECK(known.corrupted.empty());
     CHECK(known.expected_differences == 1);
+  }
+  SECTION("the supervisor's precheck: only differing pages are read, and the report is the same") {
+    // No runs: no precheck (a copy from before they were recorded).
+    CHECK_FALSE(repair::precheck_text(image, ram));
+    image.regions[0].physical = {{0, 0x100000, 0x1000}};
+    auto clean = repair::precheck_text(image, ram);
+    REQUIRE(clean);
+    CHECK(clean->differing.empty());
+    std::uint8_t bad[] = {0x0f, 0x0b};
+    ram.write(0x100041, std::as_bytes(std::span(bad)));
+    auto found = repair::precheck_text(image, ram);
+    REQUIRE(found);
+    CHECK(found->differing == std::vector<std::uint64_t>{test::kva(0x100000)});
+    CHECK(repair::TextPrecheck::from_json(found->to_json()).differing == found->differing);
+    auto with = repair::check_text_integrity(*kernel, image, {}, &*found);
+    auto without = repair::check_text_integrity(*kernel, image, {});
+    CHECK(with.to_json() == without.to_json());
+    REQUIRE(with.corrupted.size() == 1);
+    CHECK(with.corrupted[0].address == test::kva(0x100041));
+    // What the precheck found equal is not read again: a (stale) empty list means intact code.
+    CHECK(repair::check_text_integrity(*kernel, image, {}, &*clean).corrupted.empty());
+
+    // The kernel's page tables moved the code (2 MiB pages now, the first one at 0x200000):
+    // the precheck compared where it was, the engine reads where it is and finds the change.
+    ram.put<std::uint64_t>(0x2000 + 510 * 8, 0x3000 | 0x3);
+    ram.put<std::uint64_t>(0x3000, 0x200000 | 0x83);
+    ram.put<std::uint64_t>(0x3008, 0x200000 | 0x83);
+    std::vector<std::uint8_t> elsewhere = code;
+    elsewhere[0x80] = 0xcc;
+    elsewhere[0x81] = 0xcc;
+    ram.write(0x300000, std::as_bytes(std::span(elsewhere)));
+    kernel->memory().forget_translations();  // as the agent does for every crash
+    auto moved = repair::check_text_integrity(*kernel, image, {}, &*clean);
+    REQUIRE(moved.corrupted.size() == 1);
+    CHECK(moved.corrupted[0].address == test::kva(0x100080));
+    CHECK(moved.checked_bytes == 0x1000);
+
+    CHECK_THROWS_AS(repair::TextPrecheck::from_json({{"differing", {"0xffffffff80100001"}}}), Error);  // not a page
+    CHECK_THROWS_AS(repair::TextPrecheck::from_json({{"differing", "all"}}), Error);
+    // Runs that do not cover their region are refused when the copy is read back.
+    image.regions[0].physical = {{0, 0x100000, 0x800}};
+    auto short_runs = image.to_files();
+    CHECK_THROWS_AS(repair::HealthyImage::parse(short_runs.index, short_runs.blob, "t"), Error);
+    image.regions[0].physical = {{0, 0x100000, 0x800}, {0x800, 0x280000, 0x800}};
+    auto two_runs = image.to_files();
+    CHECK(repair::HealthyImage::parse(two_runs.index, two_runs.blob, "t").regions[0].physical.size() == 2);
   }
 }
 

@@ -1,6 +1,7 @@
 #include "recovery/arming.h"
 
 #include "base/error.h"
+#include "engine/text_precheck.h"
 #include "kernel/kernel_support.h"
 
 #include <malloc.h>
@@ -79,6 +80,10 @@ void Arming::rebuild_repair_image(const std::string& taken_at) {
     // The repair image carries the profile as saved in the instance directory (files, as the
     // repair agent in another VM reads them).
     repair_->rebuild(profiles_.dir(), healthy, *ram);
+    // A crash compares the kernel's code where it lies (text_precheck.h) before asking the
+    // engine: once now, on the healthy guest, so that the payload's and guest RAM's pages are
+    // mapped here before a crash, not faulted in during its pause (43 ms for a first crash, 3 after).
+    if (const auto* copy = repair_->healthy()) (void)repair::precheck_text(*copy, kernel_.get().memory().physical());
   } catch (const std::exception& e) {
     event_("repair-failed", {{"mode", repair_->mode()}, {"error", std::string("cannot build the repair image: ") + e.what()}});
     say_(std::string("cannot build the repair image (crashes will be analysed by the fallback, if any): ") + e.what());

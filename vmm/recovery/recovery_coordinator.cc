@@ -3,6 +3,7 @@
 #include "base/clock.h"
 #include "base/error.h"
 #include "engine/crash_analysis.h"
+#include "engine/text_precheck.h"
 #include "kernel/symbols.h"
 #include "recovery/crash_decision.h"
 
@@ -154,9 +155,15 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
   auto capture = std::async(std::launch::async, [&] {
     return p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu);
   });
+  auto t_ask = Clock::now();
   RepairAnswer answer = ask_repair_engine(record);
+  times.ask_ms = ms_since(t_ask);
+  auto t_wait = Clock::now();
   BundleCapture captured = capture.get();
+  times.snapshot_wait_ms = ms_since(t_wait);
+  auto t_decide = Clock::now();
   CrashDecision d = decide_on_crash(answer, record, p_.policy, budget_, p_.kernel, p_.repair ? p_.repair->healthy() : nullptr);
+  times.decide_ms = ms_since(t_decide);
   const repair::RepairPlan& plan = d.plan;
   json analysis = d.analysed ? answer.analysis : json(), plan_json = plan.to_json();
   times.analysis_ms = ms_since(stopped_at);
@@ -225,6 +232,8 @@ void RecoveryCoordinator::resume_repaired(const repair::CrashRecord& record, con
                        {"analysis_ms", times.analysis_ms}, {"apply_ms", apply_ms},
                        {"repair_mode", answer.mode}, {"engine_ms", answer.engine_ms}, {"lock_search_ms", answer.lock_search_ms},
                        {"engine_stage_ms", answer.stage_ms}, {"round_trip_ms", answer.round_trip_ms},
+                       {"precheck_ms", answer.precheck_ms}, {"snapshot_wait_ms", times.snapshot_wait_ms},
+                       {"ask_ms", times.ask_ms}, {"decide_ms", times.decide_ms},
                        {"snapshot_ms", snapshot_ms}, {"bookkeeping_ms", bookkeeping_ms},
                        {"intercept_to_resume_ms", total_ms}});
   p_.say(fmt::format("crash {}: repaired ({}) and resumed {:.1f} ms after interception; verifying", record.id, plan.reason,
@@ -237,9 +246,20 @@ RepairAnswer RecoveryCoordinator::ask_repair_engine(const repair::CrashRecord& r
     answer.error = "no repair engine (recovery is off)";
     return answer;
   }
-  repair::RepairRequest request{record, {}, p_.policy.quarantine_driver};
+  repair::RepairRequest request{record, {}, p_.policy.quarantine_driver, std::nullopt};
   for (const auto& q : p_.quarantine.entries()) request.known_patches.push_back({q.address, q.patch});
+  // The kernel's code compared where it lay when healthy, here at the host's speed: the engine
+  // then reads only what differs (engine/text_precheck.h). Without it, it compares everything.
+  auto t_precheck = Clock::now();
+  try {
+    if (const auto* healthy = p_.repair->healthy())
+      request.text_precheck = repair::precheck_text(*healthy, p_.kernel.get().memory().physical());
+  } catch (const std::exception& e) {
+    p_.say(std::string("the code precheck failed (the repair engine compares all of it): ") + e.what());
+  }
+  double precheck_ms = ms_since(t_precheck);
   answer = p_.repair->analyse(request);
+  answer.precheck_ms = precheck_ms;
   for (const auto& f : answer.fallbacks) p_.say("repair engine fallback: " + f);
   if (answer.cross_check.is_object() && answer.cross_check.value("identical", json()) == json(false))
     p_.event("repair-mismatch", {{"crash", record.id}, {"mode", answer.mode}, {"other", answer.cross_check}});

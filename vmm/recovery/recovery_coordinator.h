@@ -50,6 +50,8 @@ class RecoveryCoordinator {
     Clock::time_point stopped_at;  // the crashing vCPU's stop reached us
     double record_ms = 0;          // every vCPU's registers read
     double analysis_ms = 0;        // from the stop to the decision (record and repair engine included)
+    double snapshot_wait_ms = 0;   // of it, waiting for the bundle's copy after the engine answered
+    double ask_ms = 0, decide_ms = 0;  // …the repair engine asked (precheck included), the plan checked
   };
   void resume_repaired(const repair::CrashRecord& record, const repair::RepairPlan& plan, const RepairAnswer& answer,
                        const CrashTimes& times);

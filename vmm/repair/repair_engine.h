@@ -40,6 +40,7 @@ struct RepairAnswer {
   std::string mode;                 // who answered: vm, inline
   double engine_ms = 0, round_trip_ms = 0;
   double lock_search_ms = 0;  // the part of engine_ms the held-lock search took
+  double precheck_ms = 0;     // the supervisor's comparison of the kernel's code, before the request
   // The engine's stages (module_symbols, analysis, consistency, integrity, plan): where
   // engine_ms went. Only those names are taken from the agent's answer.
   std::map<std::string, double> stage_ms;

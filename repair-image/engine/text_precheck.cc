@@ -1,0 +1,88 @@
+#include "engine/text_precheck.h"
+
+#include "base/error.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+namespace immortal::repair {
+
+namespace {
+
+constexpr std::uint64_t kPage = 0x1000;
+constexpr std::uint64_t kChunk = 64 << 10;  // read a run this much at a time
+
+}  // namespace
+
+bool TextPrecheck::differs(std::uint64_t piece) const {
+  return std::binary_search(differing.begin(), differing.end(), piece_of(piece));
+}
+
+nlohmann::json TextPrecheck::to_json() const {
+  nlohmann::json list = nlohmann::json::array();
+  for (std::uint64_t a : differing) list.push_back(fmt::format("{:#x}", a));
+  return {{"differing", list}};
+}
+
+TextPrecheck TextPrecheck::from_json(const nlohmann::json& j) {
+  const auto& list = j.is_object() ? j.value("differing", nlohmann::json()) : nlohmann::json();
+  if (!list.is_array() || list.size() > kMaxPrecheckPieces)
+    fail(ExitCode::bad_input, "text_precheck: no list of differing pieces, or more than {}", kMaxPrecheckPieces);
+  TextPrecheck p;
+  for (const auto& v : list) {
+    if (!v.is_string()) fail(ExitCode::bad_input, "text_precheck: a piece is not an address");
+    const std::string& s = v.get_ref<const std::string&>();
+    std::size_t used = 0;
+    std::uint64_t a = 0;
+    try {
+      a = std::stoull(s, &used, 16);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != s.size() || a != piece_of(a)) fail(ExitCode::bad_input, "text_precheck: bad piece {:?}", s);
+    p.differing.push_back(a);
+  }
+  std::sort(p.differing.begin(), p.differing.end());
+  p.differing.erase(std::unique(p.differing.begin(), p.differing.end()), p.differing.end());
+  return p;
+}
+
+std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const PhysicalMemory& memory) {
+  TextPrecheck out;
+  std::vector<std::uint8_t> buffer(kChunk);
+  for (const auto& region : healthy.regions) {
+    if (region.physical.empty() && region.size()) return std::nullopt;
+    const std::uint8_t* h = region.code().data();
+    for (const auto& run : region.physical) {
+      // [at, end): offsets in the region, read a chunk at a time that ends on a virtual page.
+      for (std::uint64_t at = run.offset, end = run.offset + run.size; at < end;) {
+        std::uint64_t va = region.address + at;
+        std::uint64_t n = std::min(end - at, kChunk - (va & (kPage - 1)));
+        bool readable = true;
+        try {
+          memory.read(run.address + (at - run.offset), std::as_writable_bytes(std::span(buffer.data(), n)));
+        } catch (const MemoryFault&) {
+          readable = false;
+        }
+        // Each piece: the bytes of this chunk within one virtual page.
+        for (std::uint64_t done = 0; done < n;) {
+          std::uint64_t piece = std::min(n - done, kPage - ((va + done) & (kPage - 1)));
+          if (!readable || std::memcmp(buffer.data() + done, h + at + done, piece) != 0) {
+            if (out.differing.size() >= kMaxPrecheckPieces) return std::nullopt;
+            out.differing.push_back(piece_of(va + done));
+          }
+          done += piece;
+        }
+        at += n;
+      }
+    }
+  }
+  std::sort(out.differing.begin(), out.differing.end());
+  out.differing.erase(std::unique(out.differing.begin(), out.differing.end()), out.differing.end());
+  return out;
+}
+
+}  // namespace immortal::repair

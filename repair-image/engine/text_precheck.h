@@ -1,0 +1,42 @@
+// The supervisor's half of the code integrity check (engine/text_integrity.h): the healthy copy
+// compared with the crashed guest's memory where that code lay when the copy was taken
+// (HealthyRegion::physical), a page at a time, at the host's speed. It reads guest-physical
+// bytes at addresses the supervisor recorded from the healthy guest and interprets nothing of
+// the crashed memory; the repair engine still checks that the crashed kernel's page tables map
+// the code there, and reads and classifies only the pieces listed here. Under TCG that turns the
+// repair VM's longest stage (24 MB compared, emulated) into a few page-table walks.
+#pragma once
+
+#include "engine/healthy_image.h"
+#include "memory/physical_memory.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace immortal::repair {
+
+// More differing pieces than this and the engine compares everything itself.
+inline constexpr std::size_t kMaxPrecheckPieces = 4096;
+
+struct TextPrecheck {
+  // Kernel virtual addresses of the pieces (a region's bytes within one 4 KiB virtual page) whose
+  // bytes in guest-physical memory differ from the copy or could not be read. Sorted.
+  std::vector<std::uint64_t> differing;
+  // Whether a piece at address (within a region the check covered) was found differing.
+  bool differs(std::uint64_t piece) const;
+  nlohmann::json to_json() const;
+  // Throws Error(ExitCode::bad_input) for a malformed list.
+  static TextPrecheck from_json(const nlohmann::json& j);
+};
+
+// nullopt when some region has no physical runs (a copy from an older version) or more than
+// kMaxPrecheckPieces pieces differ: the engine then compares every byte itself.
+std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const PhysicalMemory& memory);
+
+// The 4 KiB virtual page a kernel address is in: how pieces are named.
+inline std::uint64_t piece_of(std::uint64_t address) { return address & ~0xfffull; }
+
+}  // namespace immortal::repair
