@@ -23,6 +23,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     auto image = repair::HealthyImage::parse(files, "fuzz");
     if (borrowed.total_bytes() != image.total_bytes()) __builtin_trap();
     for (const auto& r : image.regions) {
+      // Physical runs, when given, cover their region in order (what the precheck relies on).
+      std::uint64_t covered = 0;
+      for (const auto& run : r.physical) {
+        if (run.offset != covered || run.size == 0 || run.address + run.size < run.address) __builtin_trap();
+        covered += run.size;
+      }
+      if (!r.physical.empty() && covered != r.size()) __builtin_trap();
       for (std::uint64_t n : {1ull, 8ull, r.size() + 1ull, ~0ull}) {
         for (const auto* img : {&image, &borrowed})
           if (const auto* found = img->find(r.address, n)) (void)found->code()[static_cast<std::size_t>(r.address - found->address)];
