@@ -91,7 +91,10 @@ json InstanceState::to_json() const {
 InstanceState InstanceState::from_json(const json& j) {
   if (!j.is_object() || j.value("format", "") != "immortal-instance-state")
     fail(ExitCode::bad_input, "not an immortal instance state");
-  int version = j.value("version", 0);
+  // Not value("version", 0): that converts a float like 1e300 to int (undefined behaviour).
+  json v = j.value("version", json());
+  if (!v.is_number_integer()) fail(ExitCode::bad_input, "the instance state has no valid format version");
+  std::int64_t version = v.get<std::int64_t>();
   if (version > kVersion)
     fail(ExitCode::unsupported, "the instance state has format version {}, newer than this immortal reads ({}): "
          "attach with the newer binary", version, kVersion);

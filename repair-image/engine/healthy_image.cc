@@ -198,7 +198,8 @@ HealthyImage HealthyImage::parse_index(std::string_view index_text, std::string_
                                        Bytes bytes) {
   nlohmann::json index = nlohmann::json::parse(index_text, nullptr, false);
   if (index.is_discarded() || !index.is_object()) fail(ExitCode::bad_input, "{}/healthy.json is not JSON", dir);
-  if (index.value("format", "") != kFormat || index.value("version", 0) != kImageVersion)
+  // Compared as JSON values: value("version", 0) would convert a float like 1e300 to int (UB).
+  if (index.value("format", "") != kFormat || index.value("version", nlohmann::json()) != kImageVersion)
     fail(ExitCode::bad_input, "{}/healthy.json: not a version {} healthy image", dir, kImageVersion);
 
   HealthyImage image;

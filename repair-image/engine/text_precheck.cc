@@ -1,12 +1,12 @@
 #include "engine/text_precheck.h"
 
 #include "base/error.h"
+#include "engine/crash_record.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
-#include <string>
 
 namespace immortal::repair {
 
@@ -33,16 +33,8 @@ TextPrecheck TextPrecheck::from_json(const nlohmann::json& j) {
     fail(ExitCode::bad_input, "text_precheck: no list of differing pieces, or more than {}", kMaxPrecheckPieces);
   TextPrecheck p;
   for (const auto& v : list) {
-    if (!v.is_string()) fail(ExitCode::bad_input, "text_precheck: a piece is not an address");
-    const std::string& s = v.get_ref<const std::string&>();
-    std::size_t used = 0;
-    std::uint64_t a = 0;
-    try {
-      a = std::stoull(s, &used, 16);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != s.size() || a != piece_of(a)) fail(ExitCode::bad_input, "text_precheck: bad piece {:?}", s);
+    std::uint64_t a = parse_hex(v, "text_precheck: a differing piece");
+    if (a != piece_of(a)) fail(ExitCode::bad_input, "text_precheck: {:#x} is not the start of a 4 KiB piece", a);
     p.differing.push_back(a);
   }
   std::sort(p.differing.begin(), p.differing.end());

@@ -288,6 +288,10 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
   CHECK(in_place.regions[0].code().data() == reinterpret_cast<const std::uint8_t*>(files.blob.data()));
   CHECK(in_place.find(test::kva(0x100ffc), 4));
   CHECK(!in_place.find(test::kva(0x100ffc), 5));
+  // A version that is no integer (a float beyond int's range was converted to int: UB, found by fuzzing).
+  CHECK_THROWS_AS(repair::HealthyImage::parse(R"({"format": "immortal-healthy-image", "version": 1e300, "regions": []})", "",
+                                              "t"),
+                  Error);
   { std::ofstream(dir + "/healthy.bin", std::ios::trunc) << "short"; }
   CHECK_THROWS_AS(repair::HealthyImage::load(dir), Error);
   std::filesystem::remove_all(dir);

@@ -117,7 +117,7 @@ void QuarantineList::load() {
   std::ifstream in(path_);
   if (!in) return;  // nothing quarantined yet
   auto file = nlohmann::json::parse(in, nullptr, false);
-  if (file.is_discarded() || !file.is_object() || file.value("version", 0) != 1)
+  if (file.is_discarded() || !file.is_object() || file.value("version", nlohmann::json()) != 1)
     fail(ExitCode::bad_input, "{} is not a quarantine list this immortal reads", path_);
   std::vector<QuarantineEntry> entries;
   std::vector<PinnedModule> pins;
