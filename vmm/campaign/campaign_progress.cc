@@ -11,7 +11,7 @@
 namespace immortal::vmm {
 
 CampaignProgress::CampaignProgress(int total, int done_before)
-    : total_(total), done_(done_before), done_before_(done_before), terminal_(::isatty(2) == 1) {}
+    : total_(total), done_(done_before), terminal_(::isatty(2) == 1) {}
 
 std::string CampaignProgress::eta() const {
   if (done_here_ == 0 || done_ >= total_) return "ETA --:--";

@@ -20,7 +20,7 @@ class CampaignProgress {
   void draw();
   std::string eta() const;
 
-  int total_, done_, done_before_;
+  int total_, done_;
   int done_here_ = 0;
   bool terminal_;
   std::string current_;
