@@ -30,8 +30,7 @@ namespace {
 
 // Where the synthetic kernel keeps what recovery touches (kernel image at physical 0x100000+).
 constexpr std::uint64_t kPanic = 0xffffffff80100000, kCrashKexec = 0xffffffff80100040,
-                        kRewind = 0xffffffff80100080, kPanicOnOops = 0xffffffff80200000,
-                        kModules = 0xffffffff80200100;
+                        kRewind = 0xffffffff80100080, kModules = 0xffffffff80200100;
 
 std::unique_ptr<Kernel> synthetic_kernel(test::VectorMemory& ram) {
   test::map_kernel_image(ram);
