@@ -88,6 +88,20 @@ std::optional<Member> find_member(const struct btf* b, __u32 id, const std::stri
 // caller asking names it got from elsewhere, answered without being kept).
 constexpr std::size_t kMemoLimit = 8192;
 
+// The answer memo holds for key, else compute()'s, kept while the memo is within its bound. A
+// computation that throws (a hostile BTF beyond a budget) is not remembered.
+template <typename Memo, typename Compute>
+typename Memo::mapped_type remembered(std::mutex& mutex, Memo& memo, std::string key, Compute&& compute) {
+  {
+    std::lock_guard lock(mutex);
+    if (auto it = memo.find(key); it != memo.end()) return it->second;
+  }
+  typename Memo::mapped_type found = compute();
+  std::lock_guard lock(mutex);
+  if (memo.size() < kMemoLimit) memo.emplace(std::move(key), found);
+  return found;
+}
+
 }  // namespace
 
 std::int32_t BtfTypes::composite(const std::string& name) const {
@@ -195,14 +209,7 @@ std::optional<std::uint64_t> BtfTypes::struct_size(const std::string& name) cons
 }
 
 std::optional<std::int64_t> BtfTypes::enumerator(const std::string& name) const {
-  {
-    std::lock_guard lock(memo_mutex_);
-    if (auto it = enumerators_.find(name); it != enumerators_.end()) return it->second;
-  }
-  std::optional<std::int64_t> found = find_enumerator(name);
-  std::lock_guard lock(memo_mutex_);
-  if (enumerators_.size() < kMemoLimit) enumerators_.emplace(name, found);
-  return found;
+  return remembered(memo_mutex_, enumerators_, name, [&] { return find_enumerator(name); });
 }
 
 std::optional<std::int64_t> BtfTypes::find_enumerator(const std::string& name) const {
@@ -222,14 +229,7 @@ std::optional<FieldInfo> BtfTypes::field(const std::string& struct_name, const s
   std::string key = struct_name;
   key.push_back('\0');
   key += path;
-  {
-    std::lock_guard lock(memo_mutex_);
-    if (auto it = fields_.find(key); it != fields_.end()) return it->second;
-  }
-  std::optional<FieldInfo> found = find_field(struct_name, path);  // may throw: not remembered then
-  std::lock_guard lock(memo_mutex_);
-  if (fields_.size() < kMemoLimit) fields_.emplace(std::move(key), found);
-  return found;
+  return remembered(memo_mutex_, fields_, std::move(key), [&] { return find_field(struct_name, path); });
 }
 
 std::optional<FieldInfo> BtfTypes::find_field(const std::string& struct_name, const std::string& path) const {

@@ -142,6 +142,36 @@ std::size_t first_difference(const std::uint8_t* a, const std::uint8_t* b, std::
   return i;
 }
 
+// With the supervisor's precheck: the parts of a region (which has physical runs) to read and
+// compare — [begin, end) offsets, in order — the pieces the precheck found differing and
+// whatever the crashed kernel no longer maps where it lay. nullopt when a part is not mapped.
+std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> suspect_ranges(const Kernel& kernel,
+                                                                                   const HealthyRegion& region,
+                                                                                   const TextPrecheck& precheck) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> suspect;
+  auto add = [&](std::uint64_t b, std::uint64_t e) {
+    if (!suspect.empty() && suspect.back().second == b) suspect.back().second = e;
+    else suspect.emplace_back(b, e);
+  };
+  const auto& d = precheck.differing;
+  for (const auto& run : region.physical) {
+    for (std::uint64_t at = run.offset, run_end = run.offset + run.size; at < run_end;) {
+      auto m = kernel.memory().mapping_at(region.address + at);  // one walk per page that maps it
+      if (!m) return std::nullopt;
+      std::uint64_t n = std::min(m->bytes, run_end - at);
+      if (m->physical != run.address + (at - run.offset)) {
+        add(at, at + n);
+      } else {
+        std::uint64_t lo = region.address + at, hi = lo + n;
+        for (auto it = std::lower_bound(d.begin(), d.end(), piece_of(lo)); it != d.end() && *it < hi; ++it)
+          add(std::max(*it, lo) - region.address, std::min(*it + 0x1000, hi) - region.address);
+      }
+      at += n;
+    }
+  }
+  return suspect;
+}
+
 }  // namespace
 
 std::uint64_t IntegrityReport::corrupted_bytes() const {
@@ -237,40 +267,14 @@ IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& h
     }
     const std::uint8_t* h = region.code().data();
     if (precheck && !region.physical.empty()) {
-      // Read only what the precheck found differing or what is no longer mapped where it lay:
-      // [begin, end) offsets of the region, in order.
-      std::vector<std::pair<std::uint64_t, std::uint64_t>> suspect;
-      auto add = [&](std::uint64_t b, std::uint64_t e) {
-        if (!suspect.empty() && suspect.back().second == b) suspect.back().second = e;
-        else suspect.emplace_back(b, e);
-      };
-      bool mapped = true;
-      for (const auto& run : region.physical) {
-        for (std::uint64_t at = run.offset, run_end = run.offset + run.size; at < run_end && mapped;) {
-          auto m = kernel.memory().mapping_at(region.address + at);
-          if (!m) {
-            mapped = false;
-            break;
-          }
-          std::uint64_t n = std::min(m->bytes, run_end - at);
-          if (m->physical != run.address + (at - run.offset)) {
-            add(at, at + n);
-          } else {
-            std::uint64_t lo = region.address + at, hi = lo + n;
-            const auto& d = precheck->differing;
-            for (auto it = std::lower_bound(d.begin(), d.end(), piece_of(lo)); it != d.end() && *it < hi; ++it)
-              add(std::max(*it, lo) - region.address, std::min(*it + 0x1000, hi) - region.address);
-          }
-          at += n;
-        }
-      }
-      if (!mapped) {
+      auto suspect = suspect_ranges(kernel, region, *precheck);
+      if (!suspect) {
         report.problems.push_back(region.name + ": unreadable: kernel virtual address not mapped");
         continue;
       }
       std::vector<std::vector<std::uint8_t>> pieces;
       try {
-        for (const auto& [b, e] : suspect) {
+        for (const auto& [b, e] : *suspect) {
           pieces.emplace_back(e - b);
           kernel.memory().read(region.address + b, std::as_writable_bytes(std::span(pieces.back())));
         }
@@ -280,8 +284,10 @@ IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& h
       }
       report.checked_bytes += region.size();
       ++report.regions_checked;
-      for (std::size_t k = 0; k < suspect.size(); ++k)
-        classify(region, pieces[k].data(), h + suspect[k].first, pieces[k].size(), region.address + suspect[k].first);
+      for (std::size_t k = 0; k < suspect->size(); ++k) {
+        std::uint64_t at = (*suspect)[k].first;
+        classify(region, pieces[k].data(), h + at, pieces[k].size(), region.address + at);
+      }
       continue;
     }
     // The common case, an intact region, compared a chunk at a time through one small buffer

@@ -15,11 +15,13 @@ namespace {
 constexpr std::uint64_t kPage = 0x1000;
 constexpr std::uint64_t kChunk = 64 << 10;  // read a run this much at a time
 
-}  // namespace
-
-bool TextPrecheck::differs(std::uint64_t piece) const {
-  return std::binary_search(differing.begin(), differing.end(), piece_of(piece));
+// In address order, each piece once (two regions may share a page).
+void sort_unique(std::vector<std::uint64_t>& pieces) {
+  std::sort(pieces.begin(), pieces.end());
+  pieces.erase(std::unique(pieces.begin(), pieces.end()), pieces.end());
 }
+
+}  // namespace
 
 nlohmann::json TextPrecheck::to_json() const {
   nlohmann::json list = nlohmann::json::array();
@@ -37,8 +39,7 @@ TextPrecheck TextPrecheck::from_json(const nlohmann::json& j) {
     if (a != piece_of(a)) fail(ExitCode::bad_input, "text_precheck: {:#x} is not the start of a 4 KiB piece", a);
     p.differing.push_back(a);
   }
-  std::sort(p.differing.begin(), p.differing.end());
-  p.differing.erase(std::unique(p.differing.begin(), p.differing.end()), p.differing.end());
+  sort_unique(p.differing);
   return p;
 }
 
@@ -72,8 +73,7 @@ std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const Phy
       }
     }
   }
-  std::sort(out.differing.begin(), out.differing.end());
-  out.differing.erase(std::unique(out.differing.begin(), out.differing.end()), out.differing.end());
+  sort_unique(out.differing);
   return out;
 }
 

@@ -25,8 +25,6 @@ struct TextPrecheck {
   // Kernel virtual addresses of the pieces (a region's bytes within one 4 KiB virtual page) whose
   // bytes in guest-physical memory differ from the copy or could not be read. Sorted.
   std::vector<std::uint64_t> differing;
-  // Whether a piece at address (within a region the check covered) was found differing.
-  bool differs(std::uint64_t piece) const;
   nlohmann::json to_json() const;
   // Throws Error(ExitCode::bad_input) for a malformed list.
   static TextPrecheck from_json(const nlohmann::json& j);

@@ -25,6 +25,20 @@
 
 using namespace immortal;
 
+namespace {
+
+// What BtfTypes makes of a BTF built here with libbpf (which is freed).
+std::unique_ptr<BtfTypes> parse_built(struct btf* b) {
+  __u32 size = 0;
+  const void* raw = btf__raw_data(b, &size);
+  std::string bytes = raw ? std::string(static_cast<const char*>(raw), size) : std::string();
+  btf__free(b);
+  REQUIRE(!bytes.empty());
+  return BtfTypes::parse(bytes);
+}
+
+}  // namespace
+
 TEST_CASE("a BTF that embeds one anonymous struct in itself again and again is looked up in bounded time",
           "[hostile]") {
   struct btf* b = btf__new_empty();
@@ -45,11 +59,7 @@ TEST_CASE("a BTF that embeds one anonymous struct in itself again and again is l
   REQUIRE(btf__add_struct(b, "victim", 4) > 0);
   for (int k = 0; k < 40; ++k) REQUIRE(btf__add_field(b, nullptr, inner, 0, 0) == 0);
   REQUIRE(btf__add_field(b, "last", int_id, 0, 0) == 0);
-  __u32 size = 0;
-  const void* raw = btf__raw_data(b, &size);
-  REQUIRE(raw);
-  auto types = BtfTypes::parse(std::string(static_cast<const char*>(raw), size));
-  btf__free(b);
+  auto types = parse_built(b);
 
   auto start = std::chrono::steady_clock::now();
   CHECK_FALSE(types->field("victim", "nosuch").has_value());
@@ -73,11 +83,7 @@ TEST_CASE("BTF types are found by name as libbpf would: the first struct, else t
   REQUIRE(btf__add_field(b, "b", int_id, 0, 0) == 0);
   REQUIRE(btf__add_union(b, "only_union", 8) > 0);
   REQUIRE(btf__add_field(b, "u", long_id, 0, 0) == 0);
-  __u32 size = 0;
-  const void* raw = btf__raw_data(b, &size);
-  REQUIRE(raw);
-  auto types = BtfTypes::parse(std::string(static_cast<const char*>(raw), size));
-  btf__free(b);
+  auto types = parse_built(b);
 
   CHECK(types->struct_size("twice") == 16);
   CHECK(types->struct_size("only_union") == 8);
