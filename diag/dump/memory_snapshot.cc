@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 namespace immortal {
 
@@ -108,29 +109,62 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
                                                      std::shared_ptr<SnapshotArena> arena) {
   std::string filter_description;
   auto classified = classify_ram(ram, classifier_for(kernel, filter, &filter_description));
-  return take(ram, std::move(classified), std::move(filter_description), std::move(arena));
+  return take(ram, classified, std::move(filter_description), std::move(arena));
 }
 
-std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, RamClasses classified, std::string filter,
-                                                     std::shared_ptr<SnapshotArena> arena, const std::vector<std::uint64_t>& keep) {
-  std::unique_ptr<MemorySnapshot> s(new MemorySnapshot);
-  s->census_.filter = std::move(filter);
-  // Classes first, so the copy buffer is allocated once at its final size; classes of other
-  // ranges than ram's (made for another layout) are not trusted for this one.
-  RamClasses expected = unclassified_ram(ram);
-  bool fits = classified.size() == expected.size();
-  for (std::size_t i = 0; fits && i < expected.size(); ++i)
-    fits = classified[i].first.start == expected[i].first.start && classified[i].first.size == expected[i].first.size &&
-           classified[i].second.size() == expected[i].second.size();
-  if (!fits) {
-    classified = std::move(expected);
-    s->census_.filter = "none (the page classes did not match guest RAM's ranges): every non-zero page copied";
+namespace {
+
+// Do classes cover ram's ranges in whole pages (as unclassified_ram makes them), page for page?
+bool classes_fit(const PhysicalMemory& ram, const RamClasses& classes) {
+  constexpr std::uint64_t kPage = MemorySnapshot::kPageSize;
+  const auto& ranges = ram.ranges();
+  if (classes.size() != ranges.size()) return false;
+  for (std::size_t i = 0; i < ranges.size(); ++i) {
+    std::uint64_t start = ranges[i].start & ~(kPage - 1);
+    std::uint64_t size = ((ranges[i].end() + kPage - 1) & ~(kPage - 1)) - start;
+    const auto& [pr, c] = classes[i];
+    if (pr.start != start || pr.size != size || c.size() != size / kPage) return false;
   }
-  std::uint64_t candidates = 0;
-  for (const auto& [pr, c] : classified) {
-    candidates += static_cast<std::uint64_t>(std::count(c.begin(), c.end(), PageClass::kernel));
+  return true;
+}
+
+}  // namespace
+
+std::unique_ptr<MemorySnapshot> MemorySnapshot::prepare(const PhysicalMemory& ram) {
+  std::unique_ptr<MemorySnapshot> s(new MemorySnapshot);
+  for (const auto& [pr, c] : unclassified_ram(ram)) {
     s->ranges_.push_back(pr);
-    s->by_range_.push_back({pr, {}});
+    s->by_range_.push_back({pr, std::vector<std::uint32_t>(c.size(), kExcluded)});  // written: mapped now
+  }
+  return s;
+}
+
+std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, const RamClasses& classes, std::string filter,
+                                                     std::shared_ptr<SnapshotArena> arena, const std::vector<std::uint64_t>& keep,
+                                                     std::unique_ptr<MemorySnapshot> prepared) {
+  // Classes of other ranges than ram's (made for another layout) are not trusted for this one.
+  std::optional<RamClasses> unclassified;
+  if (!classes_fit(ram, classes)) {
+    unclassified = unclassified_ram(ram);
+    filter = "none (the page classes did not match guest RAM's ranges): every non-zero page copied";
+  }
+  const RamClasses& classified = unclassified ? *unclassified : classes;
+  // The index: the prepared one when it was made for these ranges, else a new one.
+  bool reuse = prepared && prepared->by_range_.size() == classified.size() && !prepared->arena_;
+  for (std::size_t i = 0; reuse && i < classified.size(); ++i)
+    reuse = prepared->by_range_[i].range.start == classified[i].first.start &&
+            prepared->by_range_[i].slot.size() == classified[i].second.size();
+  std::unique_ptr<MemorySnapshot> s = reuse ? std::move(prepared) : std::unique_ptr<MemorySnapshot>(new MemorySnapshot);
+  s->census_ = SnapshotCensus{};
+  s->census_.filter = std::move(filter);
+  std::uint64_t candidates = 0;
+  for (std::size_t i = 0; i < classified.size(); ++i) {
+    const auto& [pr, c] = classified[i];
+    candidates += static_cast<std::uint64_t>(std::count(c.begin(), c.end(), PageClass::kernel));
+    if (!reuse) {
+      s->ranges_.push_back(pr);
+      s->by_range_.push_back({pr, std::vector<std::uint32_t>(c.size())});
+    }
   }
   if (candidates >= kExcluded) fail(ExitCode::failure, "guest memory too large to snapshot ({} pages)", candidates);
   if (arena && arena->size() >= candidates * kPageSize) {
@@ -147,7 +181,6 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   for (std::size_t ri = 0; ri < s->by_range_.size(); ++ri) {
     auto& range = s->by_range_[ri];
     const auto& c = classified[ri].second;
-    range.slot.resize(c.size());
     for (std::size_t p = 0; p < c.size(); ++p) {
       PageClass cls = c[p];
       if (cls == PageClass::kernel) {

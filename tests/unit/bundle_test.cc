@@ -155,6 +155,32 @@ TEST_CASE("a snapshot keeps the zero pages it is told to keep, and they can be w
   CHECK_THROWS_AS(snap->write(6 * 4096, std::as_bytes(std::span(&v, 1))), MemoryFault);
 }
 
+TEST_CASE("a snapshot taken with a prepared page index is the one taken without", "[bundle]") {
+  VectorMemory ram(32 * 4096);
+  for (std::uint64_t p : {0, 7, 8, 31}) ram.put_bytes(p * 4096 + 16, "page " + std::to_string(p));
+  RamClasses classes = unclassified_ram(ram);
+  classes[0].second[8] = PageClass::user;  // left out, as the page-class agent would say
+  auto plain = MemorySnapshot::take(ram, classes, "test");
+  auto prepared = MemorySnapshot::prepare(ram);
+  auto filled = MemorySnapshot::take(ram, classes, "test", nullptr, {}, std::move(prepared));
+  CHECK(filled->index() == plain->index());
+  CHECK(filled->census().copied_bytes == 3 * 4096);
+  CHECK(filled->page_class(8 * 4096) == PageClass::user);
+  CHECK(filled->read_value<std::uint64_t>(7 * 4096 + 16) == plain->read_value<std::uint64_t>(7 * 4096 + 16));
+
+  SECTION("an index prepared for other ranges is not used") {
+    VectorMemory smaller(16 * 4096);
+    auto other = MemorySnapshot::take(ram, classes, "test", nullptr, {}, MemorySnapshot::prepare(smaller));
+    CHECK(other->index() == plain->index());
+  }
+  SECTION("classes made for other ranges are not trusted: every non-zero page is copied") {
+    auto all = MemorySnapshot::take(ram, unclassified_ram(VectorMemory(16 * 4096)), "test", nullptr, {},
+                                    MemorySnapshot::prepare(ram));
+    CHECK(all->census().copied_bytes == 4 * 4096);
+    CHECK(all->census().filter.find("did not match") != std::string::npos);
+  }
+}
+
 TEST_CASE("bundles are written atomically with a manifest that the reader checks", "[bundle]") {
   std::string parent = temp_dir("bundles");
   std::string path = make_bundle(parent, "g-1");

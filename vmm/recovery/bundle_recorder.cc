@@ -59,13 +59,14 @@ std::string sanitize_for_name(std::string s) {
 }  // namespace
 
 BundleCapture capture_guest(Machine& machine, const GuestProfile* profile, std::vector<X86Registers> registers,
-                            int crash_cpu, RamClasses classes, std::string filter, std::shared_ptr<SnapshotArena> arena,
-                            const std::vector<std::uint64_t>& keep) {
+                            int crash_cpu, const RamClasses& classes, std::string filter,
+                            std::shared_ptr<SnapshotArena> arena, const std::vector<std::uint64_t>& keep,
+                            std::unique_ptr<MemorySnapshot> prepared) {
   auto t0 = Clock::now();
   BundleCapture c;
   c.registers = std::move(registers);
   c.crash_cpu = crash_cpu;
-  c.memory = MemorySnapshot::take(machine.memory(), std::move(classes), std::move(filter), std::move(arena), keep);
+  c.memory = MemorySnapshot::take(machine.memory(), classes, std::move(filter), std::move(arena), keep, std::move(prepared));
   if (profile) {
     // From the copy; from guest RAM (still stopped) should its page not have been copied.
     auto text = read_vmcoreinfo_note(*c.memory, profile->vmcoreinfo_paddr, profile->vmcoreinfo_size);

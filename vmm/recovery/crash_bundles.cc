@@ -31,7 +31,7 @@ BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vec
   // Which pages to copy is the page-class agent's to say (struct page is guest data); without
   // it, or when it fails or is late, every non-zero page is copied: a larger dump, never a
   // wrong one.
-  std::optional<RamClasses> classes;
+  const RamClasses* classes = nullptr;
   std::string filter;
   auto asked = Clock::now();
   if (!recorder_.settings().filter) {
@@ -52,9 +52,10 @@ BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vec
   std::vector<std::uint64_t> keep;
   if (crash_cpu >= 0)
     if (Kernel* kernel = live.built()) keep = log_append_pages(*kernel, kMaxPanicLine);
-  BundleCapture c = capture_guest(machine, live.profile().get(), std::move(registers), crash_cpu,
-                                  classes ? std::move(*classes) : unclassified_ram(machine.memory()), std::move(filter),
-                                  recorder_.arena(), keep);
+  std::optional<RamClasses> every_page;  // no classes: every page is a candidate
+  if (!classes) classes = &every_page.emplace(unclassified_ram(machine.memory()));
+  BundleCapture c = capture_guest(machine, live.profile().get(), std::move(registers), crash_cpu, *classes,
+                                  std::move(filter), recorder_.arena(), keep, std::move(prepared_index_));
   c.classify_ms = classify_ms;
   return c;
 }
@@ -139,6 +140,8 @@ std::vector<BundleResult> CrashBundles::poll() {
 }
 
 void CrashBundles::prepare_arena(std::uint64_t profile_number, Machine& machine, LiveKernel& live) {
+  // The next snapshot's page index, made while the guest runs (after each snapshot took it).
+  if (!prepared_index_) prepared_index_ = MemorySnapshot::prepare(machine.memory());
   if (profile_number && profile_number != arena_profile_) {
     // A new profile (a new boot, a module loaded): a page-class agent for it; the arena is sized
     // once it has classified the guest's pages.

@@ -66,6 +66,7 @@ class CrashBundles {
   void prepare_arena_for(Machine& machine, const RamClasses& classes);
   std::uint64_t arena_profile_ = 0;
   std::unique_ptr<PageClassAgent> classes_;  // for the current profile
+  std::unique_ptr<MemorySnapshot> prepared_index_;  // the next snapshot's page index, made ahead
   std::string classes_problem_;               // why there is none
   bool told_arena_source_ = false;
   bool arena_waits_ = false;                  // for classes_'s first classification

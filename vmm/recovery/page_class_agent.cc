@@ -24,6 +24,7 @@ PageClassAgent::PageClassAgent(const std::string& agent, const Machine::RamFile&
   auto vmemmap = kernel.symbols().address_of("vmemmap_base");
   if (!vmemmap) fail(ExitCode::unsupported, "the kernel has no vmemmap_base symbol");
   shape_ = unclassified_ram(memory);
+  now_ = shape_;
   nlohmann::json ranges = nlohmann::json::array();
   for (const auto& [r, c] : shape_) {
     ranges.push_back({{"start", r.start}, {"pages", c.size()}});
@@ -94,40 +95,45 @@ bool PageClassAgent::ready(Deadline deadline) {
 
 RamClasses PageClassAgent::last() const {
   RamClasses out = shape_;
-  if (!ready_) return out;
+  if (ready_) read_classes(out);
+  return out;
+}
+
+void PageClassAgent::read_classes(RamClasses& into) const {
   // One byte a page, as the agent wrote it: what it says of a page is taken only when it is a
   // class it may give (free, user, page cache); anything else, zero included (that is found by
   // copying), stays `kernel`: copied.
   const std::uint8_t* at = classes_;
-  for (auto& [r, c] : out)
+  for (auto& [r, c] : into)
     for (auto& page : c) {
       std::uint8_t b = *at++;
-      if (b == static_cast<std::uint8_t>(PageClass::free) || b == static_cast<std::uint8_t>(PageClass::user) ||
-          b == static_cast<std::uint8_t>(PageClass::cache))
-        page = static_cast<PageClass>(b);
+      page = b == static_cast<std::uint8_t>(PageClass::free) || b == static_cast<std::uint8_t>(PageClass::user) ||
+                     b == static_cast<std::uint8_t>(PageClass::cache)
+                 ? static_cast<PageClass>(b)
+                 : PageClass::kernel;
     }
-  return out;
 }
 
-std::optional<RamClasses> PageClassAgent::classify(Deadline deadline) {
+const RamClasses* PageClassAgent::classify(Deadline deadline) {
   if (!ready(deadline)) {
     if (!failed_) fail_with("the page-class agent was not ready in time");
-    return std::nullopt;
+    return nullptr;
   }
   char c = 'c';
   if (::write(doorbell_.get(), &c, 1) != 1) {
     fail_with("the page-class agent's channel is closed");
-    return std::nullopt;
+    return nullptr;
   }
   if (!wait_readable(doorbell_.get(), deadline)) {
     fail_with("the page-class agent did not answer in time (killed)");
-    return std::nullopt;
+    return nullptr;
   }
   if (::read(doorbell_.get(), &c, 1) != 1 || c != 'd') {
     fail_with("the page-class agent stopped while classifying");
-    return std::nullopt;
+    return nullptr;
   }
-  return last();
+  read_classes(now_);
+  return &now_;
 }
 
 }  // namespace immortal::vmm

@@ -32,9 +32,10 @@ class PageClassAgent {
   bool ready(Deadline deadline);
   // The classes it found last (at start, or at the last classify()), checked.
   RamClasses last() const;
-  // The classes of guest RAM now (the guest stopped), within deadline; nullopt when it is not
-  // ready, died or was late (then it is killed), with why().
-  std::optional<RamClasses> classify(Deadline deadline);
+  // The classes of guest RAM now (the guest stopped), within deadline; nullptr when it is not
+  // ready, died or was late (then it is killed), with why(). They are kept in memory prepared
+  // when the agent started (no fresh page in a pause) and stay valid until the next classify().
+  const RamClasses* classify(Deadline deadline);
   bool failed() const { return failed_; }
   const std::string& why() const { return why_; }
 
@@ -45,6 +46,8 @@ class PageClassAgent {
   const std::uint8_t* classes_ = nullptr;
   std::uint64_t pages_ = 0;
   RamClasses shape_;  // guest RAM's ranges, in the order the agent writes them
+  RamClasses now_;    // classify()'s answer, allocated (and written) once
+  void read_classes(RamClasses& into) const;
   bool ready_ = false, failed_ = false;
   std::string why_;
 };
