@@ -13,10 +13,13 @@
 namespace immortal {
 
 bool page_is_zero(const std::byte* page) {
-  // Word compares; most non-zero pages differ in their first words.
-  const auto* w = reinterpret_cast<const std::uint64_t*>(page);
-  for (std::size_t i = 0; i < MemorySnapshot::kPageSize / 8; ++i)
-    if (w[i]) return false;
+  // Word compares (memcpy: the page may lie at any alignment, the healthy copy's do); most
+  // non-zero pages differ in their first words.
+  for (std::size_t i = 0; i < MemorySnapshot::kPageSize; i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, page + i, 8);
+    if (w) return false;
+  }
   return true;
 }
 
@@ -141,7 +144,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::prepare(const PhysicalMemory& ra
 
 std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, const RamClasses& classes, std::string filter,
                                                      std::shared_ptr<SnapshotArena> arena, const std::vector<std::uint64_t>& keep,
-                                                     std::unique_ptr<MemorySnapshot> prepared) {
+                                                     std::unique_ptr<MemorySnapshot> prepared, const KnownPages* later) {
   // Classes of other ranges than ram's (made for another layout) are not trusted for this one.
   std::optional<RamClasses> unclassified;
   if (!classes_fit(ram, classes)) {
@@ -178,30 +181,78 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   s->arena_->used_ = std::min(candidates * kPageSize, s->arena_->size());
 
   std::uint32_t next = 0;
+  // One page of a kernel class: copied into the next slot, or found all zeros (and not kept).
+  auto copy_page = [&](Range& range, std::size_t p, PageClass cls, const std::byte* known) {
+    std::uint64_t paddr = range.range.start + p * kPageSize;
+    if (cls == PageClass::kernel) {
+      std::byte* dst = s->buffer_ + static_cast<std::uint64_t>(next) * kPageSize;
+      const std::byte* bytes = dst;
+      if (known) {
+        bytes = known;  // copied in by fill_known(), after the guest runs again
+      } else {
+        try {
+          ram.read(paddr, std::span(dst, kPageSize));
+        } catch (const MemoryFault&) {
+          std::memset(dst, 0, kPageSize);  // a partial page at a range edge
+        }
+      }
+      if (page_is_zero(bytes) && !std::binary_search(keep.begin(), keep.end(), paddr)) {
+        cls = PageClass::zero;
+      } else {
+        if (known) s->unfilled_.emplace_back(next, known);
+        range.slot[p] = next++;
+      }
+    }
+    if (cls != PageClass::kernel) range.slot[p] = kExcluded + static_cast<std::uint32_t>(cls);
+    ++s->census_.pages[static_cast<std::size_t>(cls)];
+    ++s->census_.total_pages;
+  };
+  // Every page but the later ones, in address order; then those, from where they are known.
+  const std::vector<std::uint64_t> none;
+  const std::vector<std::uint64_t>& deferred = later ? later->pages : none;
+  std::vector<std::pair<std::size_t, std::size_t>> deferred_at;  // (range, page) of each later page in RAM
+  auto next_deferred = deferred.begin();
   for (std::size_t ri = 0; ri < s->by_range_.size(); ++ri) {
     auto& range = s->by_range_[ri];
     const auto& c = classified[ri].second;
     for (std::size_t p = 0; p < c.size(); ++p) {
-      PageClass cls = c[p];
-      if (cls == PageClass::kernel) {
-        std::byte* dst = s->buffer_ + static_cast<std::uint64_t>(next) * kPageSize;
-        try {
-          ram.read(range.range.start + p * kPageSize, std::span(dst, kPageSize));
-        } catch (const MemoryFault&) {
-          std::memset(dst, 0, kPageSize);  // a partial page at a range edge
-        }
-        if (page_is_zero(dst) && !std::binary_search(keep.begin(), keep.end(), range.range.start + p * kPageSize))
-          cls = PageClass::zero;
-        else
-          range.slot[p] = next++;
+      std::uint64_t paddr = range.range.start + p * kPageSize;
+      while (next_deferred != deferred.end() && *next_deferred < paddr) ++next_deferred;
+      if (next_deferred != deferred.end() && *next_deferred == paddr) {
+        deferred_at.emplace_back(ri, p);
+        continue;
       }
-      if (cls != PageClass::kernel) range.slot[p] = kExcluded + static_cast<std::uint32_t>(cls);
-      ++s->census_.pages[static_cast<std::size_t>(cls)];
-      ++s->census_.total_pages;
+      copy_page(range, p, c[p], nullptr);
     }
   }
+  if (!deferred_at.empty()) {
+    std::vector<const std::byte*> known = later->known ? later->known() : std::vector<const std::byte*>{};
+    // Known bytes for the later pages in RAM, in the order of `deferred`.
+    std::size_t k = 0;
+    for (const auto& [ri, p] : deferred_at) {
+      std::uint64_t paddr = s->by_range_[ri].range.start + p * kPageSize;
+      while (k < deferred.size() && deferred[k] < paddr) ++k;
+      const std::byte* bytes = known.size() == deferred.size() && k < deferred.size() && deferred[k] == paddr ? known[k] : nullptr;
+      copy_page(s->by_range_[ri], p, classified[ri].second[p], bytes);
+    }
+  }
+  s->census_.known_pages = s->unfilled_.size();
   s->census_.copied_bytes = static_cast<std::uint64_t>(next) * kPageSize;
   return s;
+}
+
+std::uint64_t MemorySnapshot::fill_known() {
+  for (const auto& [slot, bytes] : unfilled_) std::memcpy(buffer_ + static_cast<std::uint64_t>(slot) * kPageSize, bytes, kPageSize);
+  std::uint64_t n = unfilled_.size();
+  unfilled_.clear();
+  return n;
+}
+
+bool MemorySnapshot::unfilled_slot(std::uint32_t slot) const {
+  if (unfilled_.empty()) return false;
+  // In slot order: take() appends them as it hands slots out.
+  auto it = std::lower_bound(unfilled_.begin(), unfilled_.end(), slot, [](const auto& u, std::uint32_t s) { return u.first < s; });
+  return it != unfilled_.end() && it->first == slot;
 }
 
 MemorySnapshot::~MemorySnapshot() = default;
@@ -293,7 +344,7 @@ PageClass MemorySnapshot::page_class(std::uint64_t paddr) const {
 
 const std::byte* MemorySnapshot::page_data(std::uint64_t paddr) const {
   std::uint32_t s = slot_of(paddr);
-  return s < kExcluded ? buffer_ + static_cast<std::uint64_t>(s) * kPageSize : nullptr;
+  return s < kExcluded && !unfilled_slot(s) ? buffer_ + static_cast<std::uint64_t>(s) * kPageSize : nullptr;
 }
 
 void MemorySnapshot::read(std::uint64_t address, std::span<std::byte> out) const {
@@ -302,7 +353,9 @@ void MemorySnapshot::read(std::uint64_t address, std::span<std::byte> out) const
     std::uint64_t a = address + done;
     std::size_t n = std::min<std::size_t>(out.size() - done, kPageSize - (a & (kPageSize - 1)));
     std::uint32_t s = slot_of(a);
-    if (s < kExcluded) {
+    if (s < kExcluded && unfilled_slot(s)) {
+      throw MemoryFault(a, out.size() - done, "not filled in yet (known elsewhere, copied after the guest resumed)");
+    } else if (s < kExcluded) {
       std::memcpy(out.data() + done, buffer_ + static_cast<std::uint64_t>(s) * kPageSize + (a & (kPageSize - 1)), n);
     } else if (s == kExcluded + static_cast<std::uint32_t>(PageClass::zero)) {
       std::memset(out.data() + done, 0, n);
@@ -322,7 +375,7 @@ void MemorySnapshot::write(std::uint64_t address, std::span<const std::byte> dat
     std::uint64_t a = address + done;
     std::size_t n = std::min<std::size_t>(data.size() - done, kPageSize - (a & (kPageSize - 1)));
     std::uint32_t s = slot_of(a);
-    if (s >= kExcluded) throw MemoryFault(a, n, "only copied pages of a snapshot can be changed");
+    if (s >= kExcluded || unfilled_slot(s)) throw MemoryFault(a, n, "only copied pages of a snapshot can be changed");
     std::memcpy(buffer_ + static_cast<std::uint64_t>(s) * kPageSize + (a & (kPageSize - 1)), data.data() + done, n);
     done += n;
   }

@@ -25,6 +25,7 @@ struct SnapshotCensus {
   std::array<std::uint64_t, kPageClassCount> pages{};  // by PageClass
   std::uint64_t total_pages = 0;
   std::uint64_t copied_bytes = 0;
+  std::uint64_t known_pages = 0;  // of the copied pages, taken from a copy known to equal them (KnownPages)
   bool warm_arena = false;  // copied into memory prepared ahead
   std::string filter;  // how pages were chosen ("struct page (dump level 31)" or why all were kept)
 };
@@ -63,7 +64,7 @@ class SnapshotArena {
 };
 
 
-// Is this page (kPageSize bytes, 8-byte aligned) all zeros?
+// Is this page (kPageSize bytes, at any alignment) all zeros?
 bool page_is_zero(const std::byte* page);
 
 // Guest RAM in whole pages (each range's start rounded down, its end up), each range with the
@@ -74,6 +75,16 @@ RamClasses unclassified_ram(const PhysicalMemory& ram);
 // Of classes, the pages a snapshot would copy (all `kernel` ones), each read once so that it is
 // mapped into our view of guest RAM now rather than during a pause.
 std::uint64_t touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes);
+
+// Pages a snapshot may take from elsewhere than guest RAM: bytes known to equal the guest's at
+// this moment (the kernel's code, which the repair path compares with its healthy copy beside the
+// snapshot). They are copied last; known() is asked once every other page is copied, and says for
+// each page where equal bytes lie (nullptr: copy it from guest RAM). Those bytes are copied in by
+// MemorySnapshot::fill_known(), after the guest runs again, and must live until then.
+struct KnownPages {
+  std::vector<std::uint64_t> pages;  // sorted guest-physical page addresses
+  std::function<std::vector<const std::byte*>()> known;
+};
 
 class MemorySnapshot final : public PhysicalMemory {
  public:
@@ -90,10 +101,17 @@ class MemorySnapshot final : public PhysicalMemory {
   // left out, and cannot be written in the copy: the printk ring's next record, log_append_pages).
   // `prepared`: an index made by prepare() for ram, filled in rather than allocated (else, or
   // when it was made for other ranges, a new one is).
+  // `later`: pages that may be known elsewhere (KnownPages); until fill_known() their contents
+  // cannot be read from the snapshot.
   static std::unique_ptr<MemorySnapshot> take(const PhysicalMemory& ram, const RamClasses& classes, std::string filter,
                                               std::shared_ptr<SnapshotArena> arena = nullptr,
                                               const std::vector<std::uint64_t>& keep = {},
-                                              std::unique_ptr<MemorySnapshot> prepared = nullptr);
+                                              std::unique_ptr<MemorySnapshot> prepared = nullptr,
+                                              const KnownPages* later = nullptr);
+  // Copies in the pages take() found known elsewhere (the guest may run by now: they come from
+  // the bytes known() named). Returns how many; later calls do nothing.
+  std::uint64_t fill_known();
+  bool has_unfilled() const { return !unfilled_.empty(); }
   // An empty snapshot of ram whose page index (4 bytes a page) is allocated and written now, for
   // take() to fill: a fresh page costs a fault (about 15 µs here, under nested virtualisation),
   // and the 512 pages of a 2 GiB guest's index were a third of a bundle's pause.
@@ -134,6 +152,8 @@ class MemorySnapshot final : public PhysicalMemory {
 
   std::vector<PhysicalRange> ranges_;
   std::vector<Range> by_range_;
+  std::vector<std::pair<std::uint32_t, const std::byte*>> unfilled_;  // slot, and where its bytes are
+  bool unfilled_slot(std::uint32_t slot) const;
   std::shared_ptr<SnapshotArena> arena_;  // holds the copied pages
   std::byte* buffer_ = nullptr;
   SnapshotCensus census_;

@@ -77,4 +77,37 @@ std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const Phy
   return out;
 }
 
+std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy) {
+  std::vector<WholeCodePage> pages;
+  for (const auto& region : healthy.regions) {
+    const std::uint8_t* h = region.code().data();
+    for (const auto& run : region.physical) {
+      if (run.offset > region.size() || run.size > region.size() - run.offset) continue;  // parse checks this too
+      // Virtual pages inside [run's first byte, its end), where the physical address is page-aligned too.
+      std::uint64_t va = region.address + run.offset, end = va + run.size;
+      for (std::uint64_t page = (va + kPage - 1) & ~(kPage - 1); page + kPage <= end && page + kPage > page; page += kPage) {
+        std::uint64_t pa = run.address + (page - va);
+        if (pa & (kPage - 1)) break;  // the run's virtual and physical offsets disagree within a page
+        pages.push_back({pa, page, h + (page - region.address)});
+      }
+    }
+  }
+  std::sort(pages.begin(), pages.end(), [](const auto& a, const auto& b) { return a.physical < b.physical; });
+  // A physical page named twice (two mappings of one page) is left out: which copy is it?
+  std::vector<WholeCodePage> once;
+  for (std::size_t i = 0; i < pages.size(); ++i) {
+    bool twice = (i > 0 && pages[i - 1].physical == pages[i].physical) ||
+                 (i + 1 < pages.size() && pages[i + 1].physical == pages[i].physical);
+    if (!twice) once.push_back(pages[i]);
+  }
+  return once;
+}
+
+std::vector<const std::uint8_t*> unchanged_code(const std::vector<WholeCodePage>& pages, const TextPrecheck& precheck) {
+  std::vector<const std::uint8_t*> out(pages.size(), nullptr);
+  for (std::size_t i = 0; i < pages.size(); ++i)
+    if (!std::binary_search(precheck.differing.begin(), precheck.differing.end(), pages[i].virt)) out[i] = pages[i].bytes;
+  return out;
+}
+
 }  // namespace immortal::repair

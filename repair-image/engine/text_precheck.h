@@ -34,6 +34,18 @@ struct TextPrecheck {
 // kMaxPrecheckPieces pieces differ: the engine then compares every byte itself.
 std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const PhysicalMemory& memory);
 
+// A whole 4 KiB page of guest-physical memory the healthy copy holds: one region covers it
+// entirely, within one physical run. A bundle's snapshot need not copy such a page from the
+// crashed guest when the precheck found it equal: the copy's bytes are the crash's.
+struct WholeCodePage {
+  std::uint64_t physical = 0, virt = 0;
+  const std::uint8_t* bytes = nullptr;  // the healthy copy's 4096 bytes of it
+};
+// Sorted by physical address, each page once (a page two regions share is none of them whole).
+std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy);
+// For each of pages, its bytes in the copy when the precheck found its piece equal, else nullptr.
+std::vector<const std::uint8_t*> unchanged_code(const std::vector<WholeCodePage>& pages, const TextPrecheck& precheck);
+
 // The 4 KiB virtual page a kernel address is in: how pieces are named.
 inline std::uint64_t piece_of(std::uint64_t address) { return address & ~0xfffull; }
 

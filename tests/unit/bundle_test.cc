@@ -181,6 +181,44 @@ TEST_CASE("a snapshot taken with a prepared page index is the one taken without"
   }
 }
 
+TEST_CASE("a snapshot takes known pages from where they are known, after the others, once filled", "[bundle]") {
+  VectorMemory ram(16 * 4096);
+  for (std::uint64_t p : {1, 2, 3, 4}) ram.put_bytes(p * 4096, "guest " + std::to_string(p));
+  // Known bytes at any alignment (the healthy copy's pages lie unaligned in its payload).
+  std::vector<std::byte> code_store(4096 + 3, std::byte{0x90}), zeros_store(4096 + 5);
+  std::span<std::byte> code(code_store.data() + 3, 4096), zeros(zeros_store.data() + 5, 4096);
+  std::vector<std::uint64_t> order;  // where the copy stood when known() was asked
+  KnownPages later{{2 * 4096, 3 * 4096, 4 * 4096, 9 * 4096}, [&]() -> std::vector<const std::byte*> {
+                     order.push_back(1);
+                     return {code.data(), nullptr, zeros.data(), code.data()};
+                   }};
+  auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", nullptr, {}, nullptr, &later);
+  CHECK(order.size() == 1);
+  // Page 2 known (0x90s), page 3 copied from RAM (nullptr), page 4 known all zeros (left out),
+  // page 9 known too (RAM has zeros there: the known bytes count, not RAM's).
+  CHECK(snap->census().known_pages == 2);
+  CHECK(snap->page_class(4 * 4096) == PageClass::zero);
+  CHECK(snap->census().copied_bytes == 4 * 4096);  // pages 1, 2, 3 and 9
+  CHECK(snap->has_unfilled());
+  CHECK_THROWS_AS(snap->read_value<std::uint8_t>(2 * 4096), MemoryFault);
+  CHECK(snap->page_data(2 * 4096) == nullptr);
+  ram.put_bytes(3 * 4096, "later");  // the guest runs again: what was copied stays
+  CHECK(snap->fill_known() == 2);
+  CHECK_FALSE(snap->has_unfilled());
+  CHECK(snap->read_value<std::uint8_t>(2 * 4096 + 7) == 0x90);
+  CHECK(snap->read_value<std::uint8_t>(9 * 4096) == 0x90);
+  CHECK(snap->read_value<std::uint8_t>(3 * 4096) == 'g');
+  CHECK(snap->read_value<std::uint8_t>(1 * 4096) == 'g');
+  CHECK(snap->fill_known() == 0);
+
+  SECTION("known() that cannot say copies every page from RAM") {
+    KnownPages mute{{2 * 4096}, [] { return std::vector<const std::byte*>{}; }};
+    auto plain = MemorySnapshot::take(ram, unclassified_ram(ram), "test", nullptr, {}, nullptr, &mute);
+    CHECK(plain->census().known_pages == 0);
+    CHECK(plain->read_value<std::uint8_t>(2 * 4096) == 'g');
+  }
+}
+
 TEST_CASE("bundles are written atomically with a manifest that the reader checks", "[bundle]") {
   std::string parent = temp_dir("bundles");
   std::string path = make_bundle(parent, "g-1");

@@ -311,6 +311,21 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
     CHECK(known.corrupted.empty());
     CHECK(known.expected_differences == 1);
   }
+  SECTION("whole code pages: the pages a region covers entirely, unchanged ones by the precheck") {
+    image.regions[0].physical = {{0, 0x100000, 0x1000}};
+    auto pages = repair::whole_code_pages(image);
+    REQUIRE(pages.size() == 1);
+    CHECK(pages[0].physical == 0x100000);
+    CHECK(pages[0].virt == image.regions[0].address);
+    CHECK(pages[0].bytes == image.regions[0].code().data());
+    CHECK(repair::unchanged_code(pages, repair::TextPrecheck{}) == std::vector<const std::uint8_t*>{pages[0].bytes});
+    CHECK(repair::unchanged_code(pages, repair::TextPrecheck{{pages[0].virt}}) == std::vector<const std::uint8_t*>{nullptr});
+    // A run that covers no page entirely, or lies off a page boundary, gives none.
+    image.regions[0].physical = {{0, 0x100000, 0x800}, {0x800, 0x100800, 0x800}};
+    CHECK(repair::whole_code_pages(image).empty());
+    image.regions[0].physical = {{0, 0x100800, 0x1000}};
+    CHECK(repair::whole_code_pages(image).empty());
+  }
   SECTION("the supervisor's precheck: only differing pages are read, and the report is the same") {
     // No runs: no precheck (a copy from before they were recorded).
     CHECK_FALSE(repair::precheck_text(image, ram));

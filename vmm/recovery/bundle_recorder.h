@@ -59,7 +59,7 @@ struct BundleCapture {
 BundleCapture capture_guest(Machine& machine, const GuestProfile* profile, std::vector<X86Registers> registers,
                             int crash_cpu, const RamClasses& classes, std::string filter,
                             std::shared_ptr<SnapshotArena> arena, const std::vector<std::uint64_t>& keep = {},
-                            std::unique_ptr<MemorySnapshot> prepared = nullptr);
+                            std::unique_ptr<MemorySnapshot> prepared = nullptr, const KnownPages* later = nullptr);
 
 struct BundleJob {
   std::string guest;

@@ -24,7 +24,7 @@ CrashBundles::CrashBundles(BundleSettings settings, std::string guest, bool reco
 bool CrashBundles::busy() const { return recorder_.writing() >= budget::kBundleJobs; }
 
 BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vector<X86Registers> registers,
-                                    int crash_cpu) {
+                                    int crash_cpu, const KnownPages* code) {
   // A crash loop must not pile up snapshots of guest memory: beyond budget::kBundleJobs being
   // written, the crash gets no copy (its bundle is skipped, and said so).
   if (busy()) return BundleCapture{};
@@ -55,7 +55,7 @@ BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vec
   std::optional<RamClasses> every_page;  // no classes: every page is a candidate
   if (!classes) classes = &every_page.emplace(unclassified_ram(machine.memory()));
   BundleCapture c = capture_guest(machine, live.profile().get(), std::move(registers), crash_cpu, *classes,
-                                  std::move(filter), recorder_.arena(), keep, std::move(prepared_index_));
+                                  std::move(filter), recorder_.arena(), keep, std::move(prepared_index_), code);
   c.classify_ms = classify_ms;
   return c;
 }
@@ -85,8 +85,13 @@ void CrashBundles::add_recovery_note(const std::string& key, const std::string& 
   if (pending_) pending_->recovery[key] = value;
 }
 
+void CrashBundles::fill_known() {
+  if (pending_ && pending_->capture.memory) pending_->capture.memory->fill_known();
+}
+
 void CrashBundles::finish(const std::string& outcome, json more_timings) {
   if (!pending_) return;
+  fill_known();
   BundleJob job = std::move(*pending_);
   pending_.reset();
   job.recovery["outcome"] = outcome;

@@ -31,7 +31,12 @@ class CrashBundles {
   bool busy() const;
   // Copies the stopped guest's memory for a bundle (kernel: the live view, when there is one);
   // nothing while busy().
-  BundleCapture capture(Machine& machine, LiveKernel& kernel, std::vector<X86Registers> registers, int crash_cpu);
+  // code: pages known elsewhere (MemorySnapshot::take), filled in by fill_known().
+  BundleCapture capture(Machine& machine, LiveKernel& kernel, std::vector<X86Registers> registers, int crash_cpu,
+                        const KnownPages* code = nullptr);
+  // The pending crash's snapshot takes the pages it was told are known elsewhere, now that the
+  // guest runs again (finish() does it too, for a path that did not).
+  void fill_known();
   // A crash's bundle, waiting for its outcome (a crash still pending is finished as superseded).
   void hold(const repair::CrashRecord& record, BundleCapture capture, std::shared_ptr<const GuestProfile> profile,
             const json& analysis, const json& plan, const std::string& decision, const std::string& reason);

@@ -152,11 +152,35 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
   // The bundle's copy of memory is taken while the repair engine works: the guest is stopped for
   // both and nothing is changed before the decision, so the copy no longer adds to the pause. The
   // copy reads guest RAM and asks the page-class agent; the engine is another process or VM.
-  auto capture = std::async(std::launch::async, [&] {
-    return p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu);
+  // Pages of the kernel's code the precheck finds unchanged are the healthy copy's bytes: the
+  // copy takes them from it after the guest resumes (fill_known), not from guest RAM in the pause.
+  auto precheck_done = std::make_shared<std::promise<std::optional<repair::TextPrecheck>>>();
+  std::shared_future<std::optional<repair::TextPrecheck>> precheck = precheck_done->get_future().share();
+  const repair::HealthyImage* healthy = p_.repair ? p_.repair->healthy() : nullptr;
+  auto capture = std::async(std::launch::async, [&, precheck] {
+    KnownPages code;
+    std::vector<repair::WholeCodePage> pages;
+    if (healthy) {
+      pages = repair::whole_code_pages(*healthy);
+      for (const auto& page : pages) code.pages.push_back(page.physical);
+      code.known = [&pages, precheck]() -> std::vector<const std::byte*> {
+        // Made beside this copy on the same stopped guest; bounded, should the engine's side fail.
+        if (precheck.wait_for(std::chrono::seconds(1)) != std::future_status::ready) return {};
+        std::optional<repair::TextPrecheck> found;
+        try {
+          found = precheck.get();
+        } catch (const std::future_error&) {
+        }
+        if (!found) return {};
+        std::vector<const std::byte*> out;
+        for (const std::uint8_t* b : repair::unchanged_code(pages, *found)) out.push_back(reinterpret_cast<const std::byte*>(b));
+        return out;
+      };
+    }
+    return p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu, healthy ? &code : nullptr);
   });
   auto t_ask = Clock::now();
-  RepairAnswer answer = ask_repair_engine(record);
+  RepairAnswer answer = ask_repair_engine(record, precheck_done.get());
   times.ask_ms = ms_since(t_ask);
   auto t_wait = Clock::now();
   BundleCapture captured = capture.get();
@@ -177,6 +201,7 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
   p_.say(fmt::format("crash {} caught at {} on vCPU {}: {}", record.id, record.intercepted_at, record.vcpu, d.summary));
   save_crash(record, analysis, plan_json);
   if (!plan.resume) {
+    p_.bundles.fill_known();  // the healthy copy is still this profile's
     if (record.intercepted_at == "panic" && reboots_.guest_has_kdump()) {
       watch_.reset();
       freeze_at_.reset();
@@ -197,9 +222,13 @@ void RecoveryCoordinator::resume_repaired(const repair::CrashRecord& record, con
     interceptor_.apply(plan, p_.kernel.get());
     p_.machine.resume();
   } catch (const std::exception& e) {
+    p_.bundles.fill_known();
     return reboot(std::string("applying the repair failed: ") + e.what(), record.id);
   }
   double apply_ms = ms_since(t_apply), total_ms = ms_since(times.stopped_at);
+  // The guest runs: the bundle's unchanged code pages come from the healthy copy now, before
+  // anything (a new profile) can change what that copy holds.
+  p_.bundles.fill_known();
   budget_.spend(Clock::now());
   p_.quarantine.add(plan, record.id, record.time);
   p_.state.change(GuestState::recovering, "repaired and resumed");
@@ -240,9 +269,11 @@ void RecoveryCoordinator::resume_repaired(const repair::CrashRecord& record, con
                      total_ms));
 }
 
-RepairAnswer RecoveryCoordinator::ask_repair_engine(const repair::CrashRecord& record) {
+RepairAnswer RecoveryCoordinator::ask_repair_engine(const repair::CrashRecord& record,
+                                                    std::promise<std::optional<repair::TextPrecheck>>* precheck_done) {
   RepairAnswer answer;
   if (!p_.repair) {
+    if (precheck_done) precheck_done->set_value(std::nullopt);
     answer.error = "no repair engine (recovery is off)";
     return answer;
   }
@@ -257,6 +288,7 @@ RepairAnswer RecoveryCoordinator::ask_repair_engine(const repair::CrashRecord& r
   } catch (const std::exception& e) {
     p_.say(std::string("the code precheck failed (the repair engine compares all of it): ") + e.what());
   }
+  if (precheck_done) precheck_done->set_value(request.text_precheck);
   double precheck_ms = ms_since(t_precheck);
   answer = p_.repair->analyse(request);
   answer.precheck_ms = precheck_ms;

@@ -11,6 +11,7 @@
 // Anything that fails on the way reboots the guest (or hands it to its own kdump) with a bundle.
 #pragma once
 
+#include "engine/text_precheck.h"
 #include "recovery/arming.h"
 #include "recovery/crash_interceptor.h"
 #include "recovery/guest_reboot.h"
@@ -18,6 +19,7 @@
 #include "recovery/recovery_watch.h"
 
 #include <functional>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -61,7 +63,10 @@ class RecoveryCoordinator {
   void cut_watch_short(std::uint64_t new_crash);
   void check_hang();
   void inspect_and_reboot_hung(std::uint64_t id, const std::string& why);
-  RepairAnswer ask_repair_engine(const repair::CrashRecord& record);
+  // precheck_done, when given, learns the code precheck as soon as it is made (the bundle's
+  // snapshot waits for it to take unchanged code from the healthy copy instead of guest RAM).
+  RepairAnswer ask_repair_engine(const repair::CrashRecord& record,
+                                 std::promise<std::optional<repair::TextPrecheck>>* precheck_done = nullptr);
   // Ends the window and any pending freeze, then reboots (guest_reboot.h).
   void reboot(const std::string& reason, std::uint64_t crash);
   void save_crash(const repair::CrashRecord& record, const nlohmann::json& analysis, const nlohmann::json& plan);
