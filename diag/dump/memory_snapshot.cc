@@ -37,6 +37,13 @@ std::optional<PageClassifier> classifier_for(const Kernel* kernel, bool filter, 
   return c;
 }
 
+// A range of guest RAM in whole pages: its start rounded down, its end up.
+PhysicalRange in_whole_pages(const PhysicalRange& r) {
+  constexpr std::uint64_t kPage = MemorySnapshot::kPageSize;
+  std::uint64_t start = r.start & ~(kPage - 1);
+  return {start, ((r.end() + kPage - 1) & ~(kPage - 1)) - start};
+}
+
 // Guest RAM in whole pages, each range with its pages' classes (all `kernel` without a classifier).
 RamClasses classify_ram(const PhysicalMemory& ram, const std::optional<PageClassifier>& classifier) {
   RamClasses out = unclassified_ram(ram);
@@ -48,12 +55,10 @@ RamClasses classify_ram(const PhysicalMemory& ram, const std::optional<PageClass
 }  // namespace
 
 RamClasses unclassified_ram(const PhysicalMemory& ram) {
-  constexpr std::uint64_t kPage = MemorySnapshot::kPageSize;
   RamClasses out;
   for (const auto& r : ram.ranges()) {
-    PhysicalRange pr{r.start & ~(kPage - 1), 0};
-    pr.size = ((r.end() + kPage - 1) & ~(kPage - 1)) - pr.start;
-    out.emplace_back(pr, std::vector<PageClass>(pr.size / kPage, PageClass::kernel));
+    PhysicalRange pr = in_whole_pages(r);
+    out.emplace_back(pr, std::vector<PageClass>(pr.size / MemorySnapshot::kPageSize, PageClass::kernel));
   }
   return out;
 }
@@ -119,14 +124,12 @@ namespace {
 
 // Do classes cover ram's ranges in whole pages (as unclassified_ram makes them), page for page?
 bool classes_fit(const PhysicalMemory& ram, const RamClasses& classes) {
-  constexpr std::uint64_t kPage = MemorySnapshot::kPageSize;
   const auto& ranges = ram.ranges();
   if (classes.size() != ranges.size()) return false;
   for (std::size_t i = 0; i < ranges.size(); ++i) {
-    std::uint64_t start = ranges[i].start & ~(kPage - 1);
-    std::uint64_t size = ((ranges[i].end() + kPage - 1) & ~(kPage - 1)) - start;
+    PhysicalRange whole = in_whole_pages(ranges[i]);
     const auto& [pr, c] = classes[i];
-    if (pr.start != start || pr.size != size || c.size() != size / kPage) return false;
+    if (pr.start != whole.start || pr.size != whole.size || c.size() != whole.size / MemorySnapshot::kPageSize) return false;
   }
   return true;
 }
@@ -210,16 +213,19 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   // Every page but the later ones, in address order; then those, from where they are known.
   const std::vector<std::uint64_t> none;
   const std::vector<std::uint64_t>& deferred = later ? later->pages : none;
-  std::vector<std::pair<std::size_t, std::size_t>> deferred_at;  // (range, page) of each later page in RAM
-  auto next_deferred = deferred.begin();
+  struct Later {
+    std::size_t range, page, index;  // where it is in RAM, and in `deferred`
+  };
+  std::vector<Later> deferred_at;  // the later pages guest RAM has
+  std::size_t k = 0;
   for (std::size_t ri = 0; ri < s->by_range_.size(); ++ri) {
     auto& range = s->by_range_[ri];
     const auto& c = classified[ri].second;
     for (std::size_t p = 0; p < c.size(); ++p) {
       std::uint64_t paddr = range.range.start + p * kPageSize;
-      while (next_deferred != deferred.end() && *next_deferred < paddr) ++next_deferred;
-      if (next_deferred != deferred.end() && *next_deferred == paddr) {
-        deferred_at.emplace_back(ri, p);
+      while (k < deferred.size() && deferred[k] < paddr) ++k;
+      if (k < deferred.size() && deferred[k] == paddr) {
+        deferred_at.push_back({ri, p, k});
         continue;
       }
       copy_page(range, p, c[p], nullptr);
@@ -227,14 +233,9 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   }
   if (!deferred_at.empty()) {
     std::vector<const std::byte*> known = later->known ? later->known() : std::vector<const std::byte*>{};
-    // Known bytes for the later pages in RAM, in the order of `deferred`.
-    std::size_t k = 0;
-    for (const auto& [ri, p] : deferred_at) {
-      std::uint64_t paddr = s->by_range_[ri].range.start + p * kPageSize;
-      while (k < deferred.size() && deferred[k] < paddr) ++k;
-      const std::byte* bytes = known.size() == deferred.size() && k < deferred.size() && deferred[k] == paddr ? known[k] : nullptr;
-      copy_page(s->by_range_[ri], p, classified[ri].second[p], bytes);
-    }
+    for (const auto& l : deferred_at)
+      copy_page(s->by_range_[l.range], l.page, classified[l.range].second[l.page],
+                known.size() == deferred.size() ? known[l.index] : nullptr);
   }
   s->census_.known_pages = s->unfilled_.size();
   s->census_.copied_bytes = static_cast<std::uint64_t>(next) * kPageSize;
