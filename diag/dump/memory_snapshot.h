@@ -26,6 +26,7 @@ struct SnapshotCensus {
   std::uint64_t total_pages = 0;
   std::uint64_t copied_bytes = 0;
   std::uint64_t known_pages = 0;  // of the copied pages, taken from a copy known to equal them (KnownPages)
+  std::uint64_t after_resume_pages = 0;  // of the copied pages, read from guest RAM after it resumed
   bool warm_arena = false;  // copied into memory prepared ahead
   std::string filter;  // how pages were chosen ("struct page (dump level 31)" or why all were kept)
 };
@@ -81,9 +82,14 @@ std::uint64_t touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& cl
 // snapshot). They are copied last; known() is asked once every other page is copied, and says for
 // each page where equal bytes lie (nullptr: copy it from guest RAM). Those bytes are copied in by
 // MemorySnapshot::fill_known(), after the guest runs again, and must live until then.
+//
+// after_resume: the pages are known nowhere else and are read from guest RAM by fill_known(ram)
+// right after the guest resumes (an on-demand bundle's kernel code, docs/bundle-format.md); known
+// is not asked, and each such page of the kernel class is kept, zeros or not.
 struct KnownPages {
   std::vector<std::uint64_t> pages;  // sorted guest-physical page addresses
   std::function<std::vector<const std::byte*>()> known;
+  bool after_resume = false;
 };
 
 class MemorySnapshot final : public PhysicalMemory {
@@ -103,14 +109,17 @@ class MemorySnapshot final : public PhysicalMemory {
   // when it was made for other ranges, a new one is).
   // `later`: pages that may be known elsewhere (KnownPages); until fill_known() their contents
   // cannot be read from the snapshot.
+  // `threads`: 2 lets a copy of kTwoThreadPages or more go on two threads (when the host has two
+  // cores), for a pause that is nothing but the copy; 1 for a copy beside other urgent work.
   static std::unique_ptr<MemorySnapshot> take(const PhysicalMemory& ram, const RamClasses& classes, std::string filter,
                                               std::shared_ptr<SnapshotArena> arena = nullptr,
                                               const std::vector<std::uint64_t>& keep = {},
                                               std::unique_ptr<MemorySnapshot> prepared = nullptr,
-                                              const KnownPages* later = nullptr);
+                                              const KnownPages* later = nullptr, unsigned threads = 2);
   // Copies in the pages take() found known elsewhere (the guest may run by now: they come from
-  // the bytes known() named). Returns how many; later calls do nothing.
-  std::uint64_t fill_known();
+  // the bytes known() named), and reads those left for after the resume from ram (which must be
+  // given when there are any: Error otherwise). Returns how many; later calls do nothing.
+  std::uint64_t fill_known(const PhysicalMemory* ram = nullptr);
   bool has_unfilled() const { return !unfilled_.empty(); }
   // An empty snapshot of ram whose page index (4 bytes a page) is allocated and written now, for
   // take() to fill: a fresh page costs a fault (about 15 µs here, under nested virtualisation),
@@ -138,7 +147,8 @@ class MemorySnapshot final : public PhysicalMemory {
   // What adopt() needs: the ranges and each page's slot, as bytes (docs/protocol.md, "Report agent").
   std::string index() const;
   int pages_fd() const { return arena_ ? arena_->fd() : -1; }
-  std::uint64_t pages_bytes() const { return census_.copied_bytes; }
+  // The bytes of pages_fd() the index's slots lie in (the copied pages, and any unused slots between).
+  std::uint64_t pages_bytes() const { return static_cast<std::uint64_t>(slots_) * kPageSize; }
 
  private:
   MemorySnapshot() = default;
@@ -147,15 +157,26 @@ class MemorySnapshot final : public PhysicalMemory {
     std::vector<std::uint32_t> slot;  // per page: index into buffer_, or kExcluded + class
   };
   static constexpr std::uint32_t kExcluded = 0xfffffff0u;
+  // A copy of at least this many pages goes on two threads (take()).
+  static constexpr std::uint64_t kTwoThreadPages = 4096;
+  struct LaterPage {
+    std::size_t range, page, index;  // where it is in RAM, and in KnownPages::pages
+  };
   const Range* range_of(std::uint64_t paddr) const;
   std::uint32_t slot_of(std::uint64_t paddr) const;
 
   std::vector<PhysicalRange> ranges_;
   std::vector<Range> by_range_;
-  std::vector<std::pair<std::uint32_t, const std::byte*>> unfilled_;  // slot, and where its bytes are
+  struct Unfilled {
+    std::uint32_t slot;
+    const std::byte* bytes;  // where its bytes are known; nullptr: in guest RAM, after the resume
+    std::uint64_t paddr;
+  };
+  std::vector<Unfilled> unfilled_;  // in slot order
   bool unfilled_slot(std::uint32_t slot) const;
   std::shared_ptr<SnapshotArena> arena_;  // holds the copied pages
   std::byte* buffer_ = nullptr;
+  std::uint32_t slots_ = 0;  // slots handed out: copied pages, and unused ones between two threads' parts
   SnapshotCensus census_;
 };
 

@@ -12,6 +12,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <thread>
 
 using namespace immortal;
 using immortal::test::VectorMemory;
@@ -179,6 +180,95 @@ TEST_CASE("a snapshot taken with a prepared page index is the one taken without"
     CHECK(all->census().copied_bytes == 4 * 4096);
     CHECK(all->census().filter.find("did not match") != std::string::npos);
   }
+}
+
+TEST_CASE("a large snapshot copied by two threads holds every page as one thread would", "[bundle]") {
+  // 6000 pages, enough for two parts: every third page all zeros (so the first part leaves unused
+  // slots before the second's), every seventh a user page, and known pages on both sides of the
+  // middle, some of them zeros.
+  constexpr std::uint64_t kPages = 6000, kPage = 4096;
+  VectorMemory ram(kPages * kPage);
+  for (std::uint64_t p = 0; p < kPages; ++p)
+    if (p % 3) ram.put_bytes(p * kPage + p % 64, "page " + std::to_string(p));
+  RamClasses classes = unclassified_ram(ram);
+  for (std::uint64_t p = 0; p < kPages; p += 7) classes[0].second[p] = PageClass::user;
+  std::vector<std::byte> code(kPage, std::byte{0xcc}), zeros(kPage);
+  KnownPages later{{10 * kPage, 11 * kPage, 12 * kPage, 4001 * kPage, 4002 * kPage, 5999 * kPage},
+                   [&] {
+                     return std::vector<const std::byte*>{code.data(), zeros.data(), nullptr, code.data(), zeros.data(), nullptr};
+                   }};
+  std::vector<std::uint64_t> keep{3 * kPage, 4500 * kPage};  // zero pages kept, in each part
+  auto snap = MemorySnapshot::take(ram, classes, "test", nullptr, keep, MemorySnapshot::prepare(ram), &later);
+  snap->fill_known();
+  std::uint64_t copied = 0, zero = 0, user = 0;
+  for (std::uint64_t p = 0; p < kPages; ++p) {
+    INFO("page " << p);
+    bool known_code = p == 10 || p == 4001, known_zero = p == 11 || p == 4002;
+    if (p % 7 == 0) {
+      ++user;
+      CHECK(snap->page_class(p * kPage) == PageClass::user);
+    } else if (known_code) {
+      ++copied;
+      CHECK(snap->read_value<std::uint8_t>(p * kPage + 100) == 0xcc);
+    } else if (known_zero || (p % 3 == 0 && !std::binary_search(keep.begin(), keep.end(), p * kPage))) {
+      ++zero;
+      CHECK(snap->page_class(p * kPage) == PageClass::zero);
+    } else {
+      ++copied;
+      REQUIRE(snap->page_class(p * kPage) == PageClass::kernel);
+      std::string want = p % 3 ? "page " + std::to_string(p) : std::string(4, '\0');
+      std::string got(want.size(), '?');
+      snap->read(p * kPage + (p % 3 ? p % 64 : 0), std::as_writable_bytes(std::span(got)));
+      CHECK(got == want);
+    }
+  }
+  CHECK(snap->census().copied_bytes == copied * kPage);
+  CHECK(snap->census().pages[static_cast<std::size_t>(PageClass::zero)] == zero);
+  CHECK(snap->census().pages[static_cast<std::size_t>(PageClass::user)] == user);
+  CHECK(snap->census().total_pages == kPages);
+  CHECK(snap->census().known_pages == 2);
+  // The index and the pages read the same elsewhere (the report agent's view).
+  REQUIRE(snap->pages_bytes() >= snap->census().copied_bytes);
+  // Two parts (with two cores) leave the first part's zero pages as unused slots between them.
+  if (std::thread::hardware_concurrency() >= 2) CHECK(snap->pages_bytes() > snap->census().copied_bytes);
+  std::vector<std::byte> pages(snap->pages_bytes());
+  REQUIRE(::pread(snap->pages_fd(), pages.data(), pages.size(), 0) == static_cast<ssize_t>(pages.size()));
+  auto view = MemorySnapshot::adopt(snap->index(), pages.data(), pages.size());
+  for (std::uint64_t p : {1, 2, 10, 2999, 3001, 4001, 4500, 5998}) {
+    INFO("page " << p);
+    CHECK(view->page_class(p * kPage) == snap->page_class(p * kPage));
+    if (snap->page_class(p * kPage) == PageClass::kernel)
+      CHECK(std::memcmp(view->page_data(p * kPage), snap->page_data(p * kPage), kPage) == 0);
+  }
+}
+
+TEST_CASE("a snapshot reads the pages left for after the resume from guest RAM then", "[bundle]") {
+  VectorMemory ram(16 * 4096);
+  for (std::uint64_t p : {1, 2, 3}) ram.put_bytes(p * 4096, "guest " + std::to_string(p));
+  RamClasses classes = unclassified_ram(ram);
+  classes[0].second[3] = PageClass::user;  // not copied, left for later or not
+  // Page 2 has code, page 5 is all zeros now, page 3 is a user page.
+  KnownPages code{{2 * 4096, 3 * 4096, 5 * 4096}, {}, /*after_resume=*/true};
+  auto snap = MemorySnapshot::take(ram, classes, "test", nullptr, {}, nullptr, &code);
+  CHECK(snap->census().after_resume_pages == 2);  // pages 2 and 5: kept, zeros or not
+  CHECK(snap->census().known_pages == 0);
+  CHECK(snap->census().copied_bytes == 3 * 4096);  // pages 1, 2 and 5
+  CHECK(snap->page_class(3 * 4096) == PageClass::user);
+  CHECK(snap->has_unfilled());
+  CHECK_THROWS_AS(snap->read_value<std::uint8_t>(2 * 4096), MemoryFault);
+  CHECK_THROWS(snap->fill_known());  // they need guest RAM
+  // The guest runs again and changes page 5 and page 1: the later page is read as it is now.
+  ram.put_bytes(5 * 4096, "late");
+  ram.put_bytes(1 * 4096, "LATE");
+  CHECK(snap->fill_known(&ram) == 2);
+  CHECK_FALSE(snap->has_unfilled());
+  std::string got(5, '?');
+  snap->read(5 * 4096, std::as_writable_bytes(std::span(got.data(), 4)));
+  CHECK(got.substr(0, 4) == "late");
+  snap->read(2 * 4096, std::as_writable_bytes(std::span(got)));
+  CHECK(got == "guest");
+  snap->read(1 * 4096, std::as_writable_bytes(std::span(got.data(), 4)));
+  CHECK(got.substr(0, 4) == "gues");  // copied in the pause
 }
 
 TEST_CASE("a snapshot takes known pages from where they are known, after the others, once filled", "[bundle]") {

@@ -145,7 +145,7 @@ void bundle_command(ControlRequest request, GuestState state, Machine& machine, 
       std::vector<X86Registers> regs;
       for (int v = 0; v < machine.vcpu_count(); ++v) regs.push_back(machine.read_registers(v));
       registers_ms = ms_since(asked);
-      auto c = bundles.capture(machine, live, std::move(regs), -1);
+      auto c = bundles.capture_on_demand(machine, live, std::move(regs));
       copied_at = Clock::now();
       return c;
     });
@@ -154,7 +154,7 @@ void bundle_command(ControlRequest request, GuestState state, Machine& machine, 
     event("bundle-snapshot", {{"reason", "on-demand"}, {"snapshot_pause_ms", capture.pause_ms},
                               {"classify_ms", capture.classify_ms}, {"stop_ms", stop_ms}, {"registers_ms", registers_ms},
                               {"resume_ms", resume_ms}, {"guest_paused_ms", paused_ms}});
-    bundles.take_now(std::move(capture), live.profile(), {{"guest_paused_ms", paused_ms}},
+    bundles.take_now(std::move(capture), machine.memory(), live.profile(), {{"guest_paused_ms", paused_ms}},
                      [request](const BundleResult& r) mutable {
                        if (r.path.empty()) return request.fail(kFailure, r.error);
                        request.reply({{"path", r.path}, {"write_ms", r.write_ms}, {"vmcore_bytes", r.vmcore_bytes}});

@@ -65,6 +65,7 @@ void Arming::arm() {
 
 void Arming::rebuild_repair_image(const std::string& taken_at) {
   if (!repair_) return;
+  bundles_.set_code_pages({});  // until the new healthy copy says where the code is
   try {
     auto ram = machine_.capabilities().shared_ram ? machine_.ram_file() : std::nullopt;
     if (!ram) fail(ExitCode::unsupported, "the {} backend has no shared RAM for a repair VM or process to read", machine_.backend());
@@ -83,7 +84,13 @@ void Arming::rebuild_repair_image(const std::string& taken_at) {
     // A crash compares the kernel's code where it lies (text_precheck.h) before asking the
     // engine: once now, on the healthy guest, so that the payload's and guest RAM's pages are
     // mapped here before a crash, not faulted in during its pause (43 ms for a first crash, 3 after).
-    if (const auto* copy = repair_->healthy()) (void)repair::precheck_text(*copy, kernel_.get().memory().physical());
+    if (const auto* copy = repair_->healthy()) {
+      (void)repair::precheck_text(*copy, kernel_.get().memory().physical());
+      // Where the kernel's code lies, for on-demand bundles to read after their pause.
+      std::vector<std::uint64_t> code;
+      for (const auto& page : repair::whole_code_pages(*copy)) code.push_back(page.physical);
+      bundles_.set_code_pages(std::move(code));
+    }
   } catch (const std::exception& e) {
     event_("repair-failed", {{"mode", repair_->mode()}, {"error", std::string("cannot build the repair image: ") + e.what()}});
     say_(std::string("cannot build the repair image (crashes will be analysed by the fallback, if any): ") + e.what());

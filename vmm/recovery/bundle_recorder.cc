@@ -61,12 +61,13 @@ std::string sanitize_for_name(std::string s) {
 BundleCapture capture_guest(Machine& machine, const GuestProfile* profile, std::vector<X86Registers> registers,
                             int crash_cpu, const RamClasses& classes, std::string filter,
                             std::shared_ptr<SnapshotArena> arena, const std::vector<std::uint64_t>& keep,
-                            std::unique_ptr<MemorySnapshot> prepared, const KnownPages* later) {
+                            std::unique_ptr<MemorySnapshot> prepared, const KnownPages* later, unsigned threads) {
   auto t0 = Clock::now();
   BundleCapture c;
   c.registers = std::move(registers);
   c.crash_cpu = crash_cpu;
-  c.memory = MemorySnapshot::take(machine.memory(), classes, std::move(filter), std::move(arena), keep, std::move(prepared), later);
+  c.memory = MemorySnapshot::take(machine.memory(), classes, std::move(filter), std::move(arena), keep, std::move(prepared), later,
+                                   threads);
   if (profile) {
     // From the copy; from guest RAM (still stopped) should its page not have been copied.
     auto text = read_vmcoreinfo_note(*c.memory, profile->vmcoreinfo_paddr, profile->vmcoreinfo_size);
@@ -164,6 +165,7 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
     report["memory"] = {{"ram_bytes", census.total_pages * MemorySnapshot::kPageSize}, {"pages", pages},
                         {"filter", census.filter}, {"copied_bytes", census.copied_bytes},
                         {"from_healthy_copy_pages", census.known_pages},
+                        {"taken_after_resume_pages", census.after_resume_pages},
                         {"prepared_memory", census.warm_arena}};
     report["vmcore"] = {{"bytes", stats.file_bytes}, {"segments", stats.segments}, {"data_pages", stats.data_pages},
                         {"layout", "kdump (/proc/vmcore): PT_NOTE, kernel image, direct map"},

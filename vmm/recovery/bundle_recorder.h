@@ -55,11 +55,13 @@ struct BundleCapture {
 
 // Copies the stopped guest: the pages classes keeps (the page-class agent's; all `kernel` for
 // every non-zero page), `filter` saying how they were chosen. profile: for VMCOREINFO's place.
-// keep: pages copied even when all zeros; prepared: a page index made ahead (MemorySnapshot::take).
+// keep: pages copied even when all zeros; prepared: a page index made ahead; threads: for the copy
+// (MemorySnapshot::take).
 BundleCapture capture_guest(Machine& machine, const GuestProfile* profile, std::vector<X86Registers> registers,
                             int crash_cpu, const RamClasses& classes, std::string filter,
                             std::shared_ptr<SnapshotArena> arena, const std::vector<std::uint64_t>& keep = {},
-                            std::unique_ptr<MemorySnapshot> prepared = nullptr, const KnownPages* later = nullptr);
+                            std::unique_ptr<MemorySnapshot> prepared = nullptr, const KnownPages* later = nullptr,
+                            unsigned threads = 2);
 
 struct BundleJob {
   std::string guest;

@@ -24,7 +24,7 @@ CrashBundles::CrashBundles(BundleSettings settings, std::string guest, bool reco
 bool CrashBundles::busy() const { return recorder_.writing() >= budget::kBundleJobs; }
 
 BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vector<X86Registers> registers,
-                                    int crash_cpu, const KnownPages* code) {
+                                    int crash_cpu, const KnownPages* code, bool beside_repair) {
   // A crash loop must not pile up snapshots of guest memory: beyond budget::kBundleJobs being
   // written, the crash gets no copy (its bundle is skipped, and said so).
   if (busy()) return BundleCapture{};
@@ -55,7 +55,8 @@ BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vec
   std::optional<RamClasses> every_page;  // no classes: every page is a candidate
   if (!classes) classes = &every_page.emplace(unclassified_ram(machine.memory()));
   BundleCapture c = capture_guest(machine, live.profile().get(), std::move(registers), crash_cpu, *classes,
-                                  std::move(filter), recorder_.arena(), keep, std::move(prepared_index_), code);
+                                  std::move(filter), recorder_.arena(), keep, std::move(prepared_index_), code,
+                                  beside_repair ? 1 : 2);
   c.classify_ms = classify_ms;
   return c;
 }
@@ -106,8 +107,20 @@ void CrashBundles::finish(const std::string& outcome, json more_timings) {
   recorder_.submit(std::move(job));
 }
 
-void CrashBundles::take_now(BundleCapture capture, std::shared_ptr<const GuestProfile> profile, json timings,
-                            Written written) {
+BundleCapture CrashBundles::capture_on_demand(Machine& machine, LiveKernel& live, std::vector<X86Registers> registers) {
+  // A bundle's pause is its copy. The kernel's code is a fifth of it (23 of about 105 MiB at
+  // 2 GiB) and changes only where the kernel patches itself: read after the resume, and said so.
+  KnownPages code{code_pages_, {}, /*after_resume=*/true};
+  return capture(machine, live, std::move(registers), -1, code.pages.empty() ? nullptr : &code);
+}
+
+void CrashBundles::take_now(BundleCapture capture, const PhysicalMemory& guest_ram, std::shared_ptr<const GuestProfile> profile,
+                            json timings, Written written) {
+  if (capture.memory) {
+    auto t0 = Clock::now();
+    capture.memory->fill_known(&guest_ram);
+    timings["after_resume_ms"] = ms_since(t0);
+  }
   BundleJob job;
   job.guest = guest_;
   job.reason = "on-demand";

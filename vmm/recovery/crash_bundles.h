@@ -32,8 +32,18 @@ class CrashBundles {
   // Copies the stopped guest's memory for a bundle (kernel: the live view, when there is one);
   // nothing while busy().
   // code: pages known elsewhere (MemorySnapshot::take), filled in by fill_known().
+  // beside_repair: the copy runs beside the repair's analysis, which needs the host's cores more
+  // (the guest resumes when both are done, and the analysis is the longer): one thread copies.
+  // Else the copy is all the pause does and may use two.
   BundleCapture capture(Machine& machine, LiveKernel& kernel, std::vector<X86Registers> registers, int crash_cpu,
-                        const KnownPages* code = nullptr);
+                        const KnownPages* code = nullptr, bool beside_repair = false);
+  // An on-demand bundle's copy (the guest stopped for it alone): the kernel's code pages (as
+  // set_code_pages() named them) are left for after the resume, when take_now() reads them from
+  // the running guest (docs/bundle-format.md, "The kernel's code in an on-demand bundle").
+  BundleCapture capture_on_demand(Machine& machine, LiveKernel& kernel, std::vector<X86Registers> registers);
+  // The guest-physical pages the kernel's code lies in whole (sorted), from the repair's healthy
+  // copy of the current profile; none without one.
+  void set_code_pages(std::vector<std::uint64_t> pages) { code_pages_ = std::move(pages); }
   // The pending crash's snapshot takes the pages it was told are known elsewhere, now that the
   // guest runs again (finish() does it too, for a path that did not).
   void fill_known();
@@ -48,8 +58,10 @@ class CrashBundles {
   // The pending crash's outcome is known: write its bundle (with the crash's events).
   void finish(const std::string& outcome, json more_timings = json::object());
   // A bundle of the guest as it is now, written in the background; `written` is called with the
-  // result from poll().
-  void take_now(BundleCapture capture, std::shared_ptr<const GuestProfile> profile, json timings, Written written);
+  // result from poll(). Called once the guest runs again: the pages capture_on_demand() left for
+  // then are read from guest_ram first.
+  void take_now(BundleCapture capture, const PhysicalMemory& guest_ram, std::shared_ptr<const GuestProfile> profile,
+                json timings, Written written);
   // Results of finished writes (events emitted, on-demand callbacks called).
   std::vector<BundleResult> poll();
   // Makes the arena for fast snapshots fit the guest of this profile (once per profile).
@@ -72,6 +84,7 @@ class CrashBundles {
   std::uint64_t arena_profile_ = 0;
   std::unique_ptr<PageClassAgent> classes_;  // for the current profile
   std::unique_ptr<MemorySnapshot> prepared_index_;  // the next snapshot's page index, made ahead
+  std::vector<std::uint64_t> code_pages_;  // set_code_pages()
   std::string classes_problem_;               // why there is none
   bool told_arena_source_ = false;
   bool arena_waits_ = false;                  // for classes_'s first classification

@@ -177,7 +177,8 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
         return out;
       };
     }
-    return p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu, healthy ? &code : nullptr);
+    return p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu, healthy ? &code : nullptr,
+                              /*beside_repair=*/true);
   });
   auto t_ask = Clock::now();
   RepairAnswer answer = ask_repair_engine(record, precheck_done.get());
