@@ -110,8 +110,7 @@ void CrashBundles::finish(const std::string& outcome, json more_timings) {
 BundleCapture CrashBundles::capture_on_demand(Machine& machine, LiveKernel& live, std::vector<X86Registers> registers) {
   // A bundle's pause is its copy. The kernel's code is a fifth of it (23 of about 105 MiB at
   // 2 GiB) and changes only where the kernel patches itself: read after the resume, and said so.
-  KnownPages code{code_pages_, {}, /*after_resume=*/true};
-  return capture(machine, live, std::move(registers), -1, code.pages.empty() ? nullptr : &code);
+  return capture(machine, live, std::move(registers), -1, on_demand_code_.pages.empty() ? nullptr : &on_demand_code_);
 }
 
 void CrashBundles::take_now(BundleCapture capture, const PhysicalMemory& guest_ram, std::shared_ptr<const GuestProfile> profile,

@@ -43,7 +43,7 @@ class CrashBundles {
   BundleCapture capture_on_demand(Machine& machine, LiveKernel& kernel, std::vector<X86Registers> registers);
   // The guest-physical pages the kernel's code lies in whole (sorted), from the repair's healthy
   // copy of the current profile; none without one.
-  void set_code_pages(std::vector<std::uint64_t> pages) { code_pages_ = std::move(pages); }
+  void set_code_pages(std::vector<std::uint64_t> pages) { on_demand_code_.pages = std::move(pages); }
   // The pending crash's snapshot takes the pages it was told are known elsewhere, now that the
   // guest runs again (finish() does it too, for a path that did not).
   void fill_known();
@@ -84,7 +84,7 @@ class CrashBundles {
   std::uint64_t arena_profile_ = 0;
   std::unique_ptr<PageClassAgent> classes_;  // for the current profile
   std::unique_ptr<MemorySnapshot> prepared_index_;  // the next snapshot's page index, made ahead
-  std::vector<std::uint64_t> code_pages_;  // set_code_pages()
+  KnownPages on_demand_code_{{}, {}, /*after_resume=*/true};  // set_code_pages(); made ahead, not in a pause
   std::string classes_problem_;               // why there is none
   bool told_arena_source_ = false;
   bool arena_waits_ = false;                  // for classes_'s first classification
