@@ -224,6 +224,9 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   // What may be written, for the arena's owner to clear after us (even if the copy fails midway).
   s->arena_->used_ = std::min(candidates * kPageSize, s->arena_->size());
 
+  struct LaterPage {
+    std::size_t range, page, index;  // where it is in RAM, and in KnownPages::pages
+  };
   // One part of the copy: the pages from (range, page) up to the next part's start, copied into
   // slots from `base` on.
   struct Part {

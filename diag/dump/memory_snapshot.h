@@ -159,9 +159,6 @@ class MemorySnapshot final : public PhysicalMemory {
   static constexpr std::uint32_t kExcluded = 0xfffffff0u;
   // A copy of at least this many pages goes on two threads (take()).
   static constexpr std::uint64_t kTwoThreadPages = 4096;
-  struct LaterPage {
-    std::size_t range, page, index;  // where it is in RAM, and in KnownPages::pages
-  };
   const Range* range_of(std::uint64_t paddr) const;
   std::uint32_t slot_of(std::uint64_t paddr) const;
 

@@ -149,6 +149,9 @@ TEST_CASE("bundles: a recovered null-deref leaves a complete bundle that diag re
   CHECK_THAT(memory.value("filter", ""), Catch::Contains("page-class agent"));
   CHECK(memory["pages"].value("free", std::uint64_t{0}) > 0);
   CHECK(memory.value("copied_bytes", std::uint64_t{0}) < memory.value("ram_bytes", std::uint64_t{0}) / 2);
+  // The kernel's code the precheck found unchanged came from the healthy copy, none after the resume.
+  CHECK(memory.value("from_healthy_copy_pages", std::uint64_t{0}) > 1000);
+  CHECK(memory.value("taken_after_resume_pages", std::uint64_t{1}) == 0);
 
   auto diag = run_cli({"diag", g.crash_bundle}, 120s);
   INFO("diag: " << diag.err);

@@ -86,10 +86,9 @@ void Arming::rebuild_repair_image(const std::string& taken_at) {
     // mapped here before a crash, not faulted in during its pause (43 ms for a first crash, 3 after).
     if (const auto* copy = repair_->healthy()) {
       (void)repair::precheck_text(*copy, kernel_.get().memory().physical());
-      // Where the kernel's code lies, for on-demand bundles to read after their pause.
-      std::vector<std::uint64_t> code;
-      for (const auto& page : repair::whole_code_pages(*copy)) code.push_back(page.physical);
-      bundles_.set_code_pages(std::move(code));
+      // Where the kernel's code lies, once per image: a crash's bundle takes the unchanged pages
+      // from this copy, an on-demand bundle reads them after its pause.
+      bundles_.set_code_pages(repair::whole_code_pages(*copy));
     }
   } catch (const std::exception& e) {
     event_("repair-failed", {{"mode", repair_->mode()}, {"error", std::string("cannot build the repair image: ") + e.what()}});

@@ -107,6 +107,12 @@ void CrashBundles::finish(const std::string& outcome, json more_timings) {
   recorder_.submit(std::move(job));
 }
 
+void CrashBundles::set_code_pages(std::vector<repair::WholeCodePage> pages) {
+  code_pages_ = std::move(pages);
+  on_demand_code_.pages.clear();
+  for (const auto& page : code_pages_) on_demand_code_.pages.push_back(page.physical);
+}
+
 BundleCapture CrashBundles::capture_on_demand(Machine& machine, LiveKernel& live, std::vector<X86Registers> registers) {
   // A bundle's pause is its copy. The kernel's code is a fifth of it (23 of about 105 MiB at
   // 2 GiB) and changes only where the kernel patches itself: read after the resume, and said so.

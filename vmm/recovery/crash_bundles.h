@@ -6,6 +6,7 @@
 #pragma once
 
 #include "engine/crash_record.h"
+#include "engine/text_precheck.h"
 #include "live_kernel.h"
 #include "machine.h"
 #include "recovery/bundle_recorder.h"
@@ -41,9 +42,11 @@ class CrashBundles {
   // set_code_pages() named them) are left for after the resume, when take_now() reads them from
   // the running guest (docs/bundle-format.md, "The kernel's code in an on-demand bundle").
   BundleCapture capture_on_demand(Machine& machine, LiveKernel& kernel, std::vector<X86Registers> registers);
-  // The guest-physical pages the kernel's code lies in whole (sorted), from the repair's healthy
-  // copy of the current profile; none without one.
-  void set_code_pages(std::vector<std::uint64_t> pages) { on_demand_code_.pages = std::move(pages); }
+  // The pages the kernel's code lies in whole (repair::whole_code_pages of the repair's healthy
+  // copy), made once per repair image; none without one. Their bytes point into that copy: valid
+  // until the image is rebuilt, which clears them first.
+  void set_code_pages(std::vector<repair::WholeCodePage> pages);
+  const std::vector<repair::WholeCodePage>& code_pages() const { return code_pages_; }
   // The pending crash's snapshot takes the pages it was told are known elsewhere, now that the
   // guest runs again (finish() does it too, for a path that did not).
   void fill_known();
@@ -84,7 +87,8 @@ class CrashBundles {
   std::uint64_t arena_profile_ = 0;
   std::unique_ptr<PageClassAgent> classes_;  // for the current profile
   std::unique_ptr<MemorySnapshot> prepared_index_;  // the next snapshot's page index, made ahead
-  KnownPages on_demand_code_{{}, {}, /*after_resume=*/true};  // set_code_pages(); made ahead, not in a pause
+  std::vector<repair::WholeCodePage> code_pages_;  // set_code_pages()
+  KnownPages on_demand_code_{{}, {}, /*after_resume=*/true};  // their addresses; made ahead, not in a pause
   std::string classes_problem_;               // why there is none
   bool told_arena_source_ = false;
   bool arena_waits_ = false;                  // for classes_'s first classification

@@ -156,12 +156,11 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
   // copy takes them from it after the guest resumes (fill_known), not from guest RAM in the pause.
   auto precheck_done = std::make_shared<std::promise<std::optional<repair::TextPrecheck>>>();
   std::shared_future<std::optional<repair::TextPrecheck>> precheck = precheck_done->get_future().share();
-  const repair::HealthyImage* healthy = p_.repair ? p_.repair->healthy() : nullptr;
+  // The code's pages were found once, when the repair image was built (Arming).
+  const std::vector<repair::WholeCodePage>& pages = p_.bundles.code_pages();
   auto capture = std::async(std::launch::async, [&, precheck] {
     KnownPages code;
-    std::vector<repair::WholeCodePage> pages;
-    if (healthy) {
-      pages = repair::whole_code_pages(*healthy);
+    if (!pages.empty()) {
       for (const auto& page : pages) code.pages.push_back(page.physical);
       code.known = [&pages, precheck]() -> std::vector<const std::byte*> {
         // Made beside this copy on the same stopped guest; bounded, should the engine's side fail.
@@ -177,7 +176,7 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
         return out;
       };
     }
-    return p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu, healthy ? &code : nullptr,
+    return p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu, pages.empty() ? nullptr : &code,
                               /*beside_repair=*/true);
   });
   auto t_ask = Clock::now();
