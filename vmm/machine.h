@@ -54,6 +54,12 @@ class Machine {
   virtual void resume() = 0;
   virtual void pause() = 0;
   virtual RunState state() = 0;
+  // When the vCPUs last stopped (all of them) and were last set running, on the hypervisor's own
+  // clock: the moments the guest felt. The answer to pause() or resume(), or the news of a
+  // breakpoint, reaches the supervisor later — after a resume, once the guest's vCPU threads
+  // let it have a core. nullopt when the backend cannot tell.
+  virtual std::optional<std::chrono::steady_clock::time_point> last_stop_time() { return std::nullopt; }
+  virtual std::optional<std::chrono::steady_clock::time_point> last_resume_time() { return std::nullopt; }
   // Stops the VM for good: polite request first (bounded by grace), then force. Never throws.
   virtual void terminate(std::chrono::milliseconds grace) = 0;
   // The backend's name, as `immortal run --backend` takes it ("qemu").

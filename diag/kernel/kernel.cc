@@ -46,7 +46,7 @@ std::vector<std::string> Kernel::refresh_module_symbols() {
     return changed;
   }
   if (!modules.walk.complete) return changed;  // a broken list says nothing about what is gone
-  std::map<std::string, std::vector<Symbol>> fresh;
+  std::map<std::string, std::vector<FoundSymbol>> fresh;
   std::set<std::string> live;
   auto text_bounds = symbols_.module_text_bounds();
   for (const auto& m : modules.modules) {
@@ -76,7 +76,7 @@ std::vector<std::string> Kernel::refresh_module_symbols() {
   return changed;
 }
 
-ReturnType Kernel::function_return(const std::string& module, const std::string& function) const {
+ReturnType Kernel::function_return(std::string_view module, const std::string& function) const {
   auto it = returns_.find(module);
   // A module reloaded since the profile may be another build: its old BTF says nothing.
   if (it == returns_.end() || from_memory_.count(module)) return ReturnType::unknown;

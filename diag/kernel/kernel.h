@@ -66,9 +66,9 @@ class Kernel {
   // whose symbols changed. Bounded; never throws (an unreadable module keeps what it had).
   std::vector<std::string> refresh_module_symbols();
   // Modules whose symbols came from guest memory rather than the profile.
-  const std::set<std::string>& modules_read_from_memory() const { return from_memory_; }
+  const std::set<std::string, std::less<>>& modules_read_from_memory() const { return from_memory_; }
   // What a module's function returns, from the module's BTF in the profile (unknown without).
-  ReturnType function_return(const std::string& module, const std::string& function) const;
+  ReturnType function_return(std::string_view module, const std::string& function) const;
   // Notes on what could not be checked or was worked around, for the report.
   const std::vector<std::string>& warnings() const { return warnings_; }
 
@@ -94,8 +94,8 @@ class Kernel {
   std::string release_;
   std::vector<std::string> warnings_;
   std::map<std::string, std::uint64_t> module_bases_;
-  std::set<std::string> from_memory_;
-  std::map<std::string, std::map<std::string, ReturnType>> returns_;  // by module, from its BTF
+  std::set<std::string, std::less<>> from_memory_;
+  std::map<std::string, std::map<std::string, ReturnType>, std::less<>> returns_;  // by module, from its BTF
 };
 
 // The VMCOREINFO note the guest kernel keeps at paddr (an ELF note), read from its memory.

@@ -31,12 +31,6 @@ constexpr SlowPath kSlowPaths[] = {
     {"__down_timeout", SleepingLock::semaphore},
 };
 
-// "__mutex_lock.constprop.0" → "__mutex_lock"
-std::string base_name(const std::string& name) {
-  auto dot = name.find('.');
-  return dot == std::string::npos ? name : name.substr(0, dot);
-}
-
 bool aligned_kernel_address(std::uint64_t v) { return v >= kKernelSpaceStart && (v & 7) == 0; }
 
 }  // namespace
@@ -120,7 +114,7 @@ LockWaiters find_lock_waiters(const Kernel& kernel, std::size_t max_tasks) {
         if (!symbols.is_text(words[i])) continue;
         const Symbol* s = symbols.lookup(words[i] - 1);
         if (!s || !s->module.empty()) continue;
-        std::string name = base_name(s->name);
+        std::string name = base_function_name(s->name);
         for (const auto& p : kSlowPaths)
           if (name == p.function) path = &p;
       }

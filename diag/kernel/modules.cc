@@ -125,7 +125,7 @@ ModuleList read_modules(const Kernel& kernel, std::size_t max) {
   return list;
 }
 
-std::vector<Symbol> read_module_symbols(const Kernel& kernel, const ModuleInfo& module) {
+std::vector<FoundSymbol> read_module_symbols(const Kernel& kernel, const ModuleInfo& module) {
   const auto& m = kernel.memory();
   const auto& t = kernel.types();
   std::uint64_t kallsyms = m.read_u64(module.address + t.offset_of("module", "kallsyms"));
@@ -133,7 +133,7 @@ std::vector<Symbol> read_module_symbols(const Kernel& kernel, const ModuleInfo& 
   auto count = m.read_value<std::uint32_t>(kallsyms + t.offset_of("mod_kallsyms", "num_symtab"));
   std::uint64_t strtab = m.read_u64(kallsyms + t.offset_of("mod_kallsyms", "strtab"));
   std::uint64_t typetab = m.read_u64(kallsyms + t.offset_of("mod_kallsyms", "typetab"));
-  std::vector<Symbol> out;
+  std::vector<FoundSymbol> out;
   if (count == 0 || count > kMaxModuleSymbols) return out;
   std::vector<Elf64_Sym> syms(count);
   m.read(symtab, std::as_writable_bytes(std::span(syms)));
@@ -154,7 +154,7 @@ std::vector<Symbol> read_module_symbols(const Kernel& kernel, const ModuleInfo& 
       continue;
     }
     if (name.empty() || !std::all_of(name.begin(), name.end(), [](char c) { return c > 0x20 && c < 0x7f; })) continue;
-    out.push_back(Symbol{e.st_value, type, std::move(name), module.name});
+    out.push_back(FoundSymbol{e.st_value, type, std::move(name), module.name});
   }
   return out;
 }

@@ -47,7 +47,7 @@ ModuleList read_modules(const Kernel& kernel, std::size_t max = 65536);
 // A module's own symbol table in guest memory (struct module's kallsyms: what /proc/kallsyms
 // lists for it, init symbols included while it is loading). Bounded: at most kMaxModuleSymbols
 // symbols of printable names; throws MemoryFault for unreadable memory.
-std::vector<Symbol> read_module_symbols(const Kernel& kernel, const ModuleInfo& module);
+std::vector<FoundSymbol> read_module_symbols(const Kernel& kernel, const ModuleInfo& module);
 inline constexpr std::size_t kMaxModuleSymbols = 1 << 16;
 
 }  // namespace immortal

@@ -11,7 +11,35 @@ namespace immortal {
 
 namespace {
 constexpr std::uint64_t kMaxPercpuOffset = 1 << 24;
+constexpr std::size_t kNameBlock = 256 * 1024;
 }  // namespace
+
+std::string base_function_name(std::string_view name) { return std::string(name.substr(0, name.find('.'))); }
+
+std::string_view SymbolTable::Names::add(std::string_view text) {
+  if (text.empty()) return {};
+  if (text.size() > left_) {
+    std::size_t size = std::max(kNameBlock, text.size());
+    blocks_.push_back(std::make_unique<char[]>(size));
+    next_ = blocks_.back().get();
+    left_ = size;
+  }
+  std::copy(text.begin(), text.end(), next_);
+  std::string_view kept(next_, text.size());
+  next_ += text.size();
+  left_ -= text.size();
+  bytes_ += text.size();
+  return kept;
+}
+
+std::string_view SymbolTable::Names::module(std::string_view name) {
+  if (name.empty()) return {};
+  // kallsyms lists a module's symbols together: the last one asked for is the likely answer.
+  for (auto it = modules_.rbegin(); it != modules_.rend(); ++it)
+    if (*it == name) return *it;
+  modules_.push_back(add(name));
+  return modules_.back();
+}
 
 SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
   SymbolTable table;
@@ -58,15 +86,16 @@ SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
       ++table.skipped_;
       continue;
     }
-    s.name = name;
     // Per-CPU variables are listed as small offsets into the per-CPU area (x86-64 links them
     // at 0: fixed_percpu_data, current_task, ...), never as kernel addresses.
     if (s.module.empty() && s.address < kMaxPercpuOffset) {
-      table.percpu_.emplace(s.name, s.address);
+      table.percpu_.emplace(std::string(name), s.address);
       continue;
     }
     if (table.sorted_.size() >= kMaxSymbols) fail(ExitCode::bad_input, "kallsyms has more than {} symbols", kMaxSymbols);
-    table.sorted_.push_back(std::move(s));
+    s.name = table.names_.add(name);
+    s.module = table.names_.module(s.module);  // until now a view of the text
+    table.sorted_.push_back(s);
   }
   table.index();
   return table;
@@ -86,14 +115,36 @@ void SymbolTable::index() {
 }
 
 void SymbolTable::index_names() {
-  by_name_.clear();
-  by_name_.reserve(sorted_.size());
-  for (std::size_t i = 0; i < sorted_.size(); ++i) by_name_.emplace(sorted_[i].name, i);
+  // At most half full: probes stay short. kMaxSymbols fits the 32-bit indices.
+  std::size_t slots = 16;
+  while (slots < 2 * sorted_.size()) slots <<= 1;
+  by_name_.assign(slots, kEmpty);
+  const std::size_t mask = slots - 1;
+  for (std::size_t i = 0; i < sorted_.size(); ++i) {
+    std::string_view name = sorted_[i].name;
+    for (std::size_t at = std::hash<std::string_view>{}(name) & mask;; at = (at + 1) & mask) {
+      if (by_name_[at] == kEmpty) {
+        by_name_[at] = static_cast<std::uint32_t>(i);
+        break;
+      }
+      if (sorted_[by_name_[at]].name == name) break;  // the first definition stays
+    }
+  }
+}
+
+void SymbolTable::restore_names() {
+  Names fresh;
+  for (auto& s : sorted_) {
+    s.name = fresh.add(s.name);
+    s.module = fresh.module(s.module);
+  }
+  names_ = std::move(fresh);
+  index_names();
 }
 
 SymbolTable::SymbolTable(const SymbolTable& other)
     : sorted_(other.sorted_), percpu_(other.percpu_), skipped_(other.skipped_) {
-  index_names();  // the names' views must point into this table's own symbols
+  restore_names();  // the names must be this table's own
 }
 
 SymbolTable& SymbolTable::operator=(const SymbolTable& other) {
@@ -101,41 +152,66 @@ SymbolTable& SymbolTable::operator=(const SymbolTable& other) {
     sorted_ = other.sorted_;
     percpu_ = other.percpu_;
     skipped_ = other.skipped_;
-    index_names();
+    restore_names();
   }
   return *this;
 }
 
-void SymbolTable::update_modules(const std::map<std::string, std::vector<Symbol>>& fresh, const std::set<std::string>& live) {
-  std::erase_if(sorted_, [&](const Symbol& s) { return !s.module.empty() && (!live.count(s.module) || fresh.count(s.module)); });
+void SymbolTable::update_modules(const std::map<std::string, std::vector<FoundSymbol>>& fresh, const std::set<std::string>& live) {
+  std::erase_if(sorted_, [&](const Symbol& s) {
+    return !s.module.empty() && (!live.count(std::string(s.module)) || fresh.count(std::string(s.module)));
+  });
+  std::size_t live_bytes = 0;
+  for (const auto& s : sorted_) live_bytes += s.name.size();
   for (const auto& [module, symbols] : fresh)
     for (const auto& s : symbols)
-      if (sorted_.size() < kMaxSymbols) sorted_.push_back(s);
+      if (sorted_.size() < kMaxSymbols) {
+        sorted_.push_back(Symbol{s.address, s.type, names_.add(s.name), names_.module(s.module)});
+        live_bytes += s.name.size();
+      }
+  // Dropped symbols leave their names behind: a guest that reloads modules again and again
+  // must not grow the table without end.
+  if (names_.bytes() > 2 * live_bytes + (1 << 20)) {
+    index();
+    restore_names();
+    return;
+  }
   index();
 }
 
-std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> SymbolTable::module_text_bounds() const {
-  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> out;
+std::map<std::string, std::pair<std::uint64_t, std::uint64_t>, std::less<>> SymbolTable::module_text_bounds() const {
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>, std::less<>> out;
   for (const auto& s : sorted_) {
     if (s.module.empty() || (s.type != 't' && s.type != 'T')) continue;
-    auto [it, added] = out.try_emplace(s.module, s.address, s.address);
+    auto it = out.find(s.module);
+    bool added = it == out.end();
+    if (added) it = out.emplace(std::string(s.module), std::pair{s.address, s.address}).first;
     if (!added) it->second = {std::min(it->second.first, s.address), std::max(it->second.second, s.address)};
   }
   return out;
 }
 
-std::optional<std::uint64_t> SymbolTable::address_of(const std::string& name) const {
-  auto it = by_name_.find(name);
-  if (it == by_name_.end()) return std::nullopt;
-  return sorted_[it->second].address;
+std::optional<std::size_t> SymbolTable::find_name(std::string_view name) const {
+  if (by_name_.empty()) return std::nullopt;
+  const std::size_t mask = by_name_.size() - 1;
+  for (std::size_t at = std::hash<std::string_view>{}(name) & mask;; at = (at + 1) & mask) {
+    if (by_name_[at] == kEmpty) return std::nullopt;
+    if (sorted_[by_name_[at]].name == name) return by_name_[at];
+  }
 }
 
-std::optional<std::uint64_t> SymbolTable::address_in(const std::string& name, const std::string& module) const {
+std::optional<std::uint64_t> SymbolTable::address_of(std::string_view name) const {
+  auto i = find_name(name);
+  if (!i) return std::nullopt;
+  return sorted_[*i].address;
+}
+
+std::optional<std::uint64_t> SymbolTable::address_in(std::string_view name, std::string_view module) const {
   // Most names are defined once: the index answers; only a name the index gives to another
   // module (a static function several modules have) needs the scan.
-  auto it = by_name_.find(name);
-  if (it == by_name_.end()) return std::nullopt;  // no symbol of that name anywhere
-  if (sorted_[it->second].module == module) return sorted_[it->second].address;
+  auto i = find_name(name);
+  if (!i) return std::nullopt;  // no symbol of that name anywhere
+  if (sorted_[*i].module == module) return sorted_[*i].address;
   for (const auto& s : sorted_)
     if (s.name == name && s.module == module) return s.address;
   return std::nullopt;
@@ -174,7 +250,7 @@ std::string SymbolTable::describe_at(std::uint64_t address, std::uint64_t lookup
                                [](std::uint64_t a, const Symbol& x) { return a < x.address; });
   std::uint64_t size = next == sorted_.end() ? 0 : next->address - s->address;
   std::string out = fmt::format("{}+{:#x}/{:#x}", s->name, address - s->address, size);
-  if (!s->module.empty()) out += " [" + s->module + "]";
+  if (!s->module.empty()) out += fmt::format(" [{}]", s->module);
   return out;
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -14,26 +15,41 @@
 
 namespace immortal {
 
+// A symbol of a SymbolTable: its name and module are views of the table's own storage, valid as
+// long as the table (and, like the pointer to the symbol, until its modules are updated).
 struct Symbol {
   std::uint64_t address = 0;
-  char type = '?';      // kallsyms type letter: t/T text, d/D data, ...
-  std::string name;
-  std::string module;   // empty for the kernel image
+  char type = '?';          // kallsyms type letter: t/T text, d/D data, ...
+  std::string_view name;
+  std::string_view module;  // empty for the kernel image
 };
+
+// A symbol found outside the profile (a module's own symbol table in guest memory), before a
+// table holds it.
+struct FoundSymbol {
+  std::uint64_t address = 0;
+  char type = '?';
+  std::string name;
+  std::string module;
+};
+
+// A function's name without what the compiler appended to a copy or a part of it:
+// "__mutex_lock.constprop.0" → "__mutex_lock", "foo.cold" → "foo".
+std::string base_function_name(std::string_view name);
 
 class SymbolTable {
  public:
   static constexpr std::size_t kMaxSymbols = 4'000'000;
   SymbolTable() = default;
-  // A copy indexes its own symbols' names; a move keeps the symbols where they are.
+  // A copy holds its own names; a move keeps the symbols and names where they are.
   SymbolTable(const SymbolTable& other);
   SymbolTable& operator=(const SymbolTable& other);
-  SymbolTable(SymbolTable&&) noexcept = default;
+  SymbolTable(SymbolTable&&) noexcept = default;  // the names' storage moves along, unmoved
   SymbolTable& operator=(SymbolTable&&) noexcept = default;
   // Parses kallsyms; malformed lines are skipped and counted.
   static SymbolTable from_kallsyms(const std::string& text);
 
-  std::optional<std::uint64_t> address_of(const std::string& name) const;
+  std::optional<std::uint64_t> address_of(std::string_view name) const;
   // The per-CPU offset of a per-CPU variable (e.g. "current_task").
   std::optional<std::uint64_t> percpu_offset(const std::string& name) const;
   // A per-CPU variable known by another route than kallsyms (a field of a per-CPU struct).
@@ -42,7 +58,7 @@ class SymbolTable {
   const Symbol* lookup(std::uint64_t address) const;
   // The address of name as defined by one module ("" = the kernel image): static functions of
   // different modules may share a name.
-  std::optional<std::uint64_t> address_in(const std::string& name, const std::string& module) const;
+  std::optional<std::uint64_t> address_in(std::string_view name, std::string_view module) const;
   // The first symbol above s's address (so s's size is the distance), nullptr at the end.
   const Symbol* next_after(const Symbol& s) const;
   // "func+0x1a/0x40 [module]" or "0xffff..." when unknown.
@@ -55,21 +71,45 @@ class SymbolTable {
   // Module symbols as the guest has them now: the symbols of modules not in `live`, and of those
   // in `fresh`, are dropped; `fresh` ones are added (read from the modules' own symbol tables in
   // guest memory when the profile's are stale).
-  void update_modules(const std::map<std::string, std::vector<Symbol>>& fresh, const std::set<std::string>& live);
+  void update_modules(const std::map<std::string, std::vector<FoundSymbol>>& fresh, const std::set<std::string>& live);
   // Per module, the lowest and highest address of its code symbols (t/T), in one pass.
-  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> module_text_bounds() const;
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>, std::less<>> module_text_bounds() const;
 
   std::size_t size() const { return sorted_.size(); }
   std::size_t skipped_lines() const { return skipped_; }
+  // The bytes of name storage held (live names and those of symbols dropped since).
+  std::size_t name_bytes() const { return names_.bytes(); }
 
  private:
+  // Where the names live: blocks that never move (views of them survive a move of the table),
+  // one copy of each module's name. A distribution kernel has ≈ 95 k symbols; as one
+  // std::string each, with a node per name in a hash map, they took 15.5 MiB of every process
+  // that holds a kernel's profile (the supervisor, each repair agent), 7 MiB this way.
+  class Names {
+   public:
+    std::string_view add(std::string_view text);
+    std::string_view module(std::string_view name);
+    std::size_t bytes() const { return bytes_; }
+   private:
+    std::vector<std::unique_ptr<char[]>> blocks_;
+    std::size_t left_ = 0, bytes_ = 0;
+    char* next_ = nullptr;
+    std::vector<std::string_view> modules_;
+  };
+
   std::string describe_at(std::uint64_t address, std::uint64_t lookup_address) const;
+  std::optional<std::size_t> find_name(std::string_view name) const;
   void index();
   void index_names();
+  // Copies every name into fresh storage (a copy of the table; after updates left garbage).
+  void restore_names();
 
+  Names names_;
   std::vector<Symbol> sorted_;  // by address
-  // Views of sorted_'s names (no second copy of 95 k strings); rebuilt whenever sorted_ changes.
-  std::unordered_map<std::string_view, std::size_t> by_name_;  // first definition wins
+  // An open-addressing hash set of indices into sorted_, keyed by name (first definition wins);
+  // rebuilt whenever sorted_ changes. kEmpty marks a free slot.
+  static constexpr std::uint32_t kEmpty = 0xffffffff;
+  std::vector<std::uint32_t> by_name_;
   std::unordered_map<std::string, std::uint64_t> percpu_;
   std::size_t skipped_ = 0;
 };

@@ -43,6 +43,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <malloc.h>
+
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -155,10 +157,15 @@ class Engine {
     };
     stages_ = fmt::format("payload {:.0f}", in.read_ms);
     memory_ = std::move(in.memory);
-    profile_ = std::make_unique<GuestProfile>(GuestProfile::parse(std::move(in.profile), std::string(kWhere) + ": profile"));
-    in.profile.clear();
-    stage("profile");
-    kernel_ = Kernel::open(*memory_, *profile_, std::nullopt);
+    {
+      // The kernel keeps what it parsed (symbols, types, module bases), not the profile's text:
+      // dropping the 8 MiB of kallsyms and BTF here leaves them out of every agent's memory.
+      GuestProfile profile = GuestProfile::parse(std::move(in.profile), std::string(kWhere) + ": profile");
+      in.profile.clear();
+      stage("profile");
+      kernel_ = Kernel::open(*memory_, profile, std::nullopt);
+    }
+    malloc_trim(0);
     stage("kernel");
     healthy_problem_ = in.healthy_problem;
     if (healthy_problem_.empty()) {
@@ -226,7 +233,6 @@ class Engine {
 
  private:
   std::unique_ptr<SharedRamMemory> memory_;
-  std::unique_ptr<GuestProfile> profile_;
   std::unique_ptr<Kernel> kernel_;
   std::unique_ptr<HealthyImage> healthy_;
   std::string healthy_problem_;

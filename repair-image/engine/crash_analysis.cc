@@ -41,9 +41,7 @@ std::string function_of(const SymbolTable& symbols, std::uint64_t address, std::
   const Symbol* s = symbols.lookup(address);
   if (!s) return "";
   if (module) *module = s->module;
-  std::string name = s->name;
-  if (auto dot = name.find(".cold"); dot != std::string::npos) name.resize(dot);
-  return name;
+  return std::string(s->name.substr(0, s->name.find(".cold")));
 }
 
 
@@ -321,8 +319,8 @@ CrashAnalysis analyze_crash(const Kernel& kernel, const CrashRecord& record) {
       a.fault_frame = first_regs_frame();
       a.detector_levels = kHardirqOffset;
       a.stopped_by = "the soft-lockup watchdog (softlockup_panic)";
-    } else if ((stripped_name(a.panic_caller) == "watchdog" ||
-                stripped_name(a.panic_caller) == "check_hung_uninterruptible_tasks") &&
+    } else if ((base_function_name(a.panic_caller) == "watchdog" ||
+                base_function_name(a.panic_caller) == "check_hung_uninterruptible_tasks") &&
                a.message == "hung_task: blocked tasks" && caller_module.empty()) {
       // khungtaskd (kernel/hung_task.c) with hung_task_panic; its check is inlined into its
       // thread function in Debian's 6.1.

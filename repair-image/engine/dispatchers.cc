@@ -36,13 +36,8 @@ constexpr Dispatcher kDispatchers[] = {
 
 }  // namespace
 
-std::string stripped_name(std::string name) {
-  if (auto dot = name.find('.'); dot != std::string::npos) name.resize(dot);
-  return name;
-}
-
 const Dispatcher* dispatcher_named(const std::string& caller) {
-  std::string name = stripped_name(caller);
+  std::string name = base_function_name(caller);
   for (const auto& d : kDispatchers)
     if (name == d.function) return &d;
   return nullptr;

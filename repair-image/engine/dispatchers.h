@@ -3,6 +3,7 @@
 // contexts can be recovered at all) and the plan (how the call ends).
 #pragma once
 
+#include "kernel/symbols.h"
 #include "types/btf_types.h"
 
 #include <cstdint>
@@ -22,8 +23,5 @@ struct Dispatcher {
 // The dispatcher a caller's symbol name is (a compiler clone "foo.constprop.0" counts as foo),
 // or null.
 const Dispatcher* dispatcher_named(const std::string& caller);
-
-// The C name of a compiler-made clone ("foo.isra.0", "foo.constprop.0" → "foo"): BTF has that.
-std::string stripped_name(std::string name);
 
 }  // namespace immortal::repair

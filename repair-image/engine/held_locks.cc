@@ -185,8 +185,8 @@ std::string Search::describe(std::uint64_t address) const {
     if (auto o = slab_->object_at(address)) return fmt::format("{} object+{:#x}", o->cache, address - o->start);
   if (address >= stack_low_ && address < stack_high_) return "on the crashing stack";
   if (const Symbol* s = kernel_.symbols().lookup(address)) {
-    std::string name = s->address == address ? s->name : fmt::format("{}+{:#x}", s->name, address - s->address);
-    return s->module.empty() ? name : name + " [" + s->module + "]";
+    std::string name = s->address == address ? std::string(s->name) : fmt::format("{}+{:#x}", s->name, address - s->address);
+    return s->module.empty() ? name : fmt::format("{} [{}]", name, s->module);
   }
   return fmt::format("{:#x}", address);
 }

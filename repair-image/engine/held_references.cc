@@ -26,10 +26,6 @@ constexpr Taker kTakers[] = {
     {"debugfs_attr_write_signed", "debugfs-file"},
 };
 
-std::string base_name(std::string name) {
-  if (auto dot = name.find('.'); dot != std::string::npos) name.resize(dot);
-  return name;
-}
 
 }  // namespace
 
@@ -49,7 +45,7 @@ ReferenceSearch find_held_references(const Kernel& kernel, const CrashAnalysis& 
     const Symbol* s = symbols.lookup(frames[k].pc - 1);
     if (!s || !s->module.empty()) continue;
     for (const auto& t : kTakers)
-      if (base_name(s->name) == t.function && types.insert(t.type).second) {
+      if (base_function_name(s->name) == t.function && types.insert(t.type).second) {
         if (first_taker.empty()) first_taker = t.function;
         HeldReference r;
         r.type = t.type;

@@ -36,10 +36,8 @@ std::vector<std::uint8_t> bytes_of(T value) {
   return out;
 }
 
-std::string stripped(std::string name) {
-  if (auto dot = name.find(".cold"); dot != std::string::npos) name.resize(dot);
-  return name;
-}
+// "foo.constprop.0.cold" → "foo.constprop.0": the function a split-off cold part belongs to.
+std::string stripped(std::string_view name) { return std::string(name.substr(0, name.find(".cold"))); }
 
 void set_register(RepairAction& action, const X86Registers& before, const char* name, std::uint64_t value) {
   action.registers.push_back({name, *before.field(name), value});
@@ -153,7 +151,7 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
   if (std::memcmp(head.data(), kEndbr64, 4) == 0) at += 4;
   if (std::memcmp(head.data() + at, kNop5, 5) == 0 || head[at] == 0xe8) at += 5;
   // The type the caller expects: from the module's BTF, else from the dispatcher that calls it.
-  ReturnType type = kernel.function_return(s->module, stripped_name(s->name));
+  ReturnType type = kernel.function_return(s->module, base_function_name(s->name));
   if (type == ReturnType::unknown && expected) type = *expected;
   // A NAPI poll completes its instance and reports no work done.
   std::optional<std::uint64_t> call_first;
@@ -164,7 +162,7 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
   auto ret = quarantine_return(type);
   std::vector<std::uint8_t> patch = quarantine_patch(type, function + at, symbols.address_of("__x86_return_thunk"), call_first);
   if (std::equal(patch.begin(), patch.end(), head.begin() + static_cast<long>(at))) {
-    notes.push_back(s->name + " is already quarantined");
+    notes.push_back(fmt::format("{} is already quarantined", s->name));
     return std::nullopt;
   }
   if (room < at + patch.size()) {
@@ -504,7 +502,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       auto parent = symbols.address_in(stripped(entry_symbol->name), entry_symbol->module);
       quarantine_target = parent ? *parent : entry_symbol->address;
     }
-    if (a.context == "process" || (a.context == "kernel-thread" && stripped_name(a.outer_caller) == "kthread")) {
+    if (a.context == "process" || (a.context == "kernel-thread" && base_function_name(a.outer_caller) == "kthread")) {
       // As the kernel does for an oops with panic_on_oops=0 (oops_end): the task dies with SIGKILL.
       // A driver's own kernel thread (its thread function called by kthread()) dies the same
       // way: do_exit() completes its exit for whoever waits in kthread_stop().

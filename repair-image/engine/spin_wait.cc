@@ -98,12 +98,12 @@ void read_log_evidence(const Kernel& kernel, SpinWait& w) {
 }  // namespace
 
 bool spinlock_slow_path(const std::string& function) {
-  std::string f = stripped_name(function);
+  std::string f = base_function_name(function);
   return f == "native_queued_spin_lock_slowpath" || f == "queued_spin_lock_slowpath";
 }
 
 bool spinlock_entry(const std::string& function) {
-  const LockFunction* f = lock_function_named(stripped_name(function));
+  const LockFunction* f = lock_function_named(base_function_name(function));
   return f && f->type == LockType::spinlock && !f->release;
 }
 
@@ -172,7 +172,7 @@ std::optional<SpinWait> find_spin_wait(const Kernel& kernel, const CrashRecord& 
   if (!base) return refuse("the polled register is unknown");
   SpinWait w;
   w.lock = *base + static_cast<std::uint64_t>(polled->displacement);
-  w.polled_by = fmt::format("{} polls {:#x}(%{})", stripped_name(function), polled->displacement, register_name(polled->base));
+  w.polled_by = fmt::format("{} polls {:#x}(%{})", base_function_name(function), polled->displacement, register_name(polled->base));
   if (w.lock < kKernelSpaceStart || w.lock % 4) return refuse(fmt::format("the word it polls ({:#x}) is no spinlock", w.lock));
   try {
     w.word = mem.read_value<std::uint32_t>(w.lock);

@@ -494,6 +494,51 @@ TEST_CASE("symbols: kallsyms text, per-CPU offsets, modules and descriptions", "
   CHECK_FALSE(t.is_text(0xffffffff80800010));
 }
 
+TEST_CASE("symbols keep their names through copies, moves and modules reloaded many times", "[introspection]") {
+  std::string text =
+      "ffffffff81000000 T _stext\n"
+      "ffffffff81000100 t helper\n"
+      "ffffffff81000200 T start_kernel\n"
+      "ffffffffc0600000 t helper\t[mod_a]\n"
+      "ffffffffc0600040 T a_entry\t[mod_a]\n"
+      "ffffffffc0700000 T b_entry\t[mod_b]\n";
+  SymbolTable t = SymbolTable::from_kallsyms(text);
+  text.assign(text.size(), 'x');  // the table holds its own names, not views of the text
+  CHECK(t.address_of("helper") == 0xffffffff81000100u);  // the first definition wins
+  CHECK(t.address_in("helper", "mod_a") == 0xffffffffc0600000u);
+  CHECK(t.describe(0xffffffffc0600044) == "a_entry+0x4/0xfffc0 [mod_a]");
+  CHECK(base_function_name("__mutex_lock.constprop.0") == "__mutex_lock");
+  CHECK(base_function_name("plain") == "plain");
+
+  SymbolTable copy = t;
+  const Symbol* in_t = t.lookup(0xffffffff81000205);
+  REQUIRE(in_t);
+  SymbolTable moved = std::move(t);
+  CHECK(in_t->name == "start_kernel");  // a move keeps symbols and names where they were
+  CHECK(moved.lookup(0xffffffff81000205) == in_t);
+  t = SymbolTable::from_kallsyms("ffffffff81000000 T other\n");  // the moved-from table is reused
+  CHECK(copy.lookup(0xffffffff81000205)->name == "start_kernel");
+  CHECK(copy.address_of("a_entry") == 0xffffffffc0600040u);
+  CHECK(t.address_of("a_entry") == std::nullopt);
+
+  // A guest that reloads a module again and again: each time it is found at a new base with its
+  // symbols read from memory; what the table holds stays the live symbols' worth.
+  for (int round = 0; round < 3000; ++round) {
+    std::vector<FoundSymbol> fresh;
+    for (int i = 0; i < 8; ++i)
+      fresh.push_back({0xffffffffc0800000u + 0x1000u * static_cast<unsigned>(round % 7) + 0x40u * static_cast<unsigned>(i), 't',
+                       fmt::format("reloaded_fn_{}_with_a_long_name_{}", i, round), "mod_c"});
+    copy.update_modules({{"mod_c", fresh}}, {"mod_a", "mod_c"});
+  }
+  CHECK(copy.size() == 3 + 2 + 8);  // the image, mod_a, mod_c's last load; mod_b is gone
+  CHECK_FALSE(copy.address_of("b_entry").has_value());
+  CHECK(copy.address_of("reloaded_fn_3_with_a_long_name_2999") == 0xffffffffc0800000u + 0x1000u * (2999 % 7) + 0xc0u);
+  CHECK_FALSE(copy.address_of("reloaded_fn_3_with_a_long_name_2998").has_value());
+  CHECK(copy.describe(0xffffffffc0600044).starts_with("a_entry+0x4/"));
+  CHECK(copy.describe(0xffffffffc0600044).ends_with(" [mod_a]"));
+  CHECK(copy.name_bytes() < (2u << 20));
+}
+
 TEST_CASE("VMCOREINFO is parsed leniently and checked on use", "[introspection]") {
   auto vi = Vmcoreinfo::parse("OSRELEASE=6.1.0-56-amd64\nPAGESIZE=4096\nSYMBOL(init_top_pgt)=ffffffff9d80a000\n"
                               "NUMBER(phys_base)=-2147483648\nKERNELOFFSET=1c000000\nOFFSET(list_head.next)=0\njunk\n");

@@ -4,6 +4,11 @@
 
 #include <catch2/catch.hpp>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+
 using namespace immortal;
 using namespace immortal::qemu;
 
@@ -23,6 +28,37 @@ TEST_CASE("QMP messages are classified", "[qmp]") {
   CHECK(ev.kind == QmpMessage::Kind::event);
   CHECK(ev.event_name == "GUEST_PANICKED");
   CHECK(ev.value["action"] == "pause");
+}
+
+TEST_CASE("QMP event timestamps are QEMU's clock, kept per event name", "[qmp]") {
+  auto ev = parse_qmp_message(R"({"timestamp": {"seconds": 1764932896, "microseconds": 123456}, "event": "STOP"})");
+  REQUIRE(ev.time);
+  CHECK(std::chrono::duration_cast<std::chrono::microseconds>(ev.time->time_since_epoch()).count() == 1764932896123456);
+  // Whatever else QEMU might send is no time at all, never a wrong one.
+  for (const char* bad : {R"({"event": "STOP"})", R"({"timestamp": 5, "event": "STOP"})",
+                          R"({"timestamp": {"seconds": -1, "microseconds": 0}, "event": "STOP"})",
+                          R"({"timestamp": {"seconds": 1, "microseconds": 1000000}, "event": "STOP"})",
+                          R"({"timestamp": {"seconds": 1.5, "microseconds": 0}, "event": "STOP"})"})
+    CHECK_FALSE(parse_qmp_message(bad).time);
+
+  int fds[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+  UniqueFd qemu(fds[1]);
+  auto say = [&](const std::string& line) { REQUIRE(::write(qemu.get(), line.data(), line.size()) == static_cast<ssize_t>(line.size())); };
+  say(R"({"QMP": {"version": {}, "capabilities": []}})" "\n" R"({"return": {}, "id": 1})" "\n");
+  QmpClient client{UniqueFd(fds[0]), Deadline::in(std::chrono::seconds(5))};
+  CHECK_FALSE(client.last_event_time("STOP"));
+  say(R"({"timestamp": {"seconds": 100, "microseconds": 1}, "event": "STOP"})" "\n"
+      R"({"timestamp": {"seconds": 100, "microseconds": 9000}, "event": "RESUME"})" "\n"
+      R"({"timestamp": {"seconds": 101, "microseconds": 5}, "event": "STOP"})" "\n");
+  auto micros = [](std::optional<WallTime> t) { return std::chrono::duration_cast<std::chrono::microseconds>(t->time_since_epoch()).count(); };
+  REQUIRE(client.last_event_time("STOP"));
+  CHECK(micros(client.last_event_time("STOP")) == 101000005);
+  CHECK(micros(client.last_event_time("RESUME")) == 100009000);
+  auto events = client.take_events();  // asking for times takes no event away
+  REQUIRE(events.size() == 3);
+  CHECK(events[1].name == "RESUME");
+  CHECK(micros(events[1].time) == 100009000);
 }
 
 TEST_CASE("malformed QMP is an error", "[qmp]") {

@@ -149,11 +149,19 @@ void bundle_command(ControlRequest request, GuestState state, Machine& machine, 
       copied_at = Clock::now();
       return c;
     });
-    // The copy's time, and the whole stop as the guest saw it (stop, registers, copy, resume).
-    double paused_ms = ms_since(paused_at), resume_ms = ms_since(copied_at);
+    // The copy's time, and the whole stop as the guest saw it: from its STOP to its RESUME on the
+    // hypervisor's clock (recovery.md, section 9), else from our asking to stop to the answer to
+    // our asking to resume.
+    double round_trip_ms = ms_since(paused_at), resume_ms = ms_since(copied_at), paused_ms = round_trip_ms;
+    const Clock::time_point unknown = Clock::time_point::min(), now = Clock::now();
+    Clock::time_point stopped = machine.last_stop_time().value_or(unknown), resumed = machine.last_resume_time().value_or(unknown);
+    bool hypervisor_clock = stopped >= paused_at && stopped <= resumed && resumed >= copied_at && resumed <= now;
+    if (hypervisor_clock) paused_ms = std::chrono::duration<double, std::milli>(resumed - stopped).count();
     event("bundle-snapshot", {{"reason", "on-demand"}, {"snapshot_pause_ms", capture.pause_ms},
                               {"classify_ms", capture.classify_ms}, {"stop_ms", stop_ms}, {"registers_ms", registers_ms},
-                              {"resume_ms", resume_ms}, {"guest_paused_ms", paused_ms}});
+                              {"resume_ms", resume_ms}, {"guest_paused_ms", paused_ms},
+                              {"timed_by", hypervisor_clock ? "hypervisor" : "supervisor"},
+                              {"paused_round_trip_ms", round_trip_ms}});
     bundles.take_now(std::move(capture), machine.memory(), live.profile(), {{"guest_paused_ms", paused_ms}},
                      [request](const BundleResult& r) mutable {
                        if (r.path.empty()) return request.fail(kFailure, r.error);

@@ -285,6 +285,29 @@ void QemuMachine::resume() {
   state_ = RunState::running;
 }
 
+namespace {
+
+// QEMU stamps events with its wall clock; durations here are on the monotonic one. Both are
+// read now, so the event's age carries over (a wall-clock step in between would shift it: the
+// callers check the answer against their own times).
+std::optional<std::chrono::steady_clock::time_point> on_steady_clock(std::optional<WallTime> at) {
+  if (!at) return std::nullopt;
+  auto age = std::chrono::system_clock::now() - *at;
+  return std::chrono::steady_clock::now() - std::chrono::duration_cast<std::chrono::steady_clock::duration>(age);
+}
+
+}  // namespace
+
+std::optional<std::chrono::steady_clock::time_point> QemuMachine::last_stop_time() {
+  if (!qmp_ || qmp_->closed()) return std::nullopt;
+  return on_steady_clock(qmp_->last_event_time("STOP"));
+}
+
+std::optional<std::chrono::steady_clock::time_point> QemuMachine::last_resume_time() {
+  if (!qmp_ || qmp_->closed()) return std::nullopt;
+  return on_steady_clock(qmp_->last_event_time("RESUME"));
+}
+
 void QemuMachine::pause() {
   qmp_->execute("stop", json::object(), Deadline::in(kCommandTimeout));
   state_ = RunState::paused;

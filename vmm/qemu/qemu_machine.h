@@ -57,6 +57,9 @@ class QemuMachine final : public vmm::Machine {
   void resume() override;
   void pause() override;
   vmm::RunState state() override;
+  // QEMU's STOP and RESUME events, stamped with its clock.
+  std::optional<std::chrono::steady_clock::time_point> last_stop_time() override;
+  std::optional<std::chrono::steady_clock::time_point> last_resume_time() override;
   void terminate(std::chrono::milliseconds grace) override;
   const char* backend() const override { return "qemu"; }
   Capabilities capabilities() const override { return {true, true, true, true}; }

@@ -40,6 +40,14 @@ QmpMessage parse_qmp_message(std::string_view line) {
     m.kind = QmpMessage::Kind::event;
     m.event_name = ev->get<std::string>();
     m.value = j.value("data", json::object());
+    // {"seconds": S, "microseconds": U}: QEMU's g_get_real_time() when it emitted the event.
+    if (auto t = j.find("timestamp"); t != j.end() && t->is_object()) {
+      auto s = t->find("seconds"), u = t->find("microseconds");
+      if (s != t->end() && u != t->end() && s->is_number_unsigned() && u->is_number_unsigned() &&
+          s->get<std::uint64_t>() < (1ull << 40) && u->get<std::uint64_t>() < 1'000'000)
+        m.time = WallTime(std::chrono::duration_cast<WallTime::duration>(std::chrono::seconds(s->get<std::uint64_t>()) +
+                                                                          std::chrono::microseconds(u->get<std::uint64_t>())));
+    }
   } else {
     bad("unknown message: " + std::string(line.substr(0, 200)));
   }
@@ -88,7 +96,7 @@ std::optional<QmpMessage> QmpClient::read_message(Deadline deadline) {
       if (line->empty()) continue;
       QmpMessage m = parse_qmp_message(*line);
       if (m.kind == QmpMessage::Kind::event) {
-        events_.push_back({m.event_name, m.value});
+        queue(m);
         continue;
       }
       return m;
@@ -144,28 +152,43 @@ json QmpClient::send_and_wait(const std::string& command, const json& arguments,
   }
 }
 
-std::vector<QmpEvent> QmpClient::take_events() {
-  if (!closed_) {
-    try {
-      for (;;) {
-        bool would_block = false;
-        std::string data = read_some(socket_.get(), 65536, &would_block);
-        if (would_block) break;
-        if (data.empty()) {
-          closed_ = true;
-          break;
-        }
-        lines_.feed(data);
+void QmpClient::queue(QmpMessage& event) {
+  if (event.time) event_times_[event.event_name] = *event.time;
+  events_.push_back({event.event_name, std::move(event.value), event.time});
+}
+
+void QmpClient::drain() {
+  if (closed_) return;
+  try {
+    for (;;) {
+      bool would_block = false;
+      std::string data = read_some(socket_.get(), 65536, &would_block);
+      if (would_block) break;
+      if (data.empty()) {
+        closed_ = true;
+        break;
       }
-      while (auto line = lines_.next()) {
-        if (line->empty()) continue;
-        QmpMessage m = parse_qmp_message(*line);
-        if (m.kind == QmpMessage::Kind::event) events_.push_back({m.event_name, m.value});
-      }
-    } catch (const Error&) {
-      closed_ = true;
+      lines_.feed(data);
     }
+    while (auto line = lines_.next()) {
+      if (line->empty()) continue;
+      QmpMessage m = parse_qmp_message(*line);
+      if (m.kind == QmpMessage::Kind::event) queue(m);
+    }
+  } catch (const Error&) {
+    closed_ = true;
   }
+}
+
+std::optional<WallTime> QmpClient::last_event_time(const std::string& name) {
+  drain();
+  auto it = event_times_.find(name);
+  if (it == event_times_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<QmpEvent> QmpClient::take_events() {
+  drain();
   std::vector<QmpEvent> out(events_.begin(), events_.end());
   events_.clear();
   return out;

@@ -9,7 +9,9 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <chrono>
 #include <deque>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,9 +21,12 @@ namespace immortal::qemu {
 
 using nlohmann::json;
 
+using WallTime = std::chrono::system_clock::time_point;
+
 struct QmpEvent {
   std::string name;
   json data;
+  std::optional<WallTime> time;  // QEMU's "timestamp" (its wall clock, microseconds), when valid
 };
 
 // One line of QMP, classified. Throws QmpProtocolError for anything QEMU never sends.
@@ -30,6 +35,7 @@ struct QmpMessage {
   std::optional<std::uint64_t> id;
   json value;              // "return" value, error object or event data
   std::string event_name;  // for events
+  std::optional<WallTime> time;  // for events: their "timestamp"
   std::string error_class, error_desc;
 };
 QmpMessage parse_qmp_message(std::string_view line);
@@ -63,6 +69,9 @@ class QmpClient {
   // Reads whatever is available without blocking; returns the events received so far.
   std::vector<QmpEvent> take_events();
   bool closed() const { return closed_; }
+  // When QEMU last sent the event `name` ("STOP", "RESUME"), on its clock: read up to what has
+  // arrived, without blocking, and without taking the events from take_events().
+  std::optional<WallTime> last_event_time(const std::string& name);
   const json& greeting() const { return greeting_; }
 
  private:
@@ -70,10 +79,13 @@ class QmpClient {
   std::optional<QmpMessage> read_message(Deadline deadline);
   bool pump(Deadline deadline);  // one read into the splitter; false on timeout
   json send_and_wait(const std::string& command, const json& arguments, int fd, Deadline deadline);
+  void drain();  // reads what has arrived, without blocking; events are queued
+  void queue(QmpMessage& event);
 
   UniqueFd socket_;
   LineSplitter lines_;
   std::deque<QmpEvent> events_;
+  std::map<std::string, WallTime> event_times_;
   json greeting_;
   std::uint64_t next_id_ = 1;
   bool closed_ = false;

@@ -55,8 +55,10 @@ class RecoveryCoordinator {
     double snapshot_wait_ms = 0;   // of it, waiting for the bundle's copy after the engine answered
     double ask_ms = 0, decide_ms = 0;  // …the repair engine asked (precheck included), the plan checked
   };
+  // Applies the plan and resumes the guest, then calls write_down (what is written about the
+  // crash) — before a reboot instead, should the repair fail.
   void resume_repaired(const repair::CrashRecord& record, const repair::RepairPlan& plan, const RepairAnswer& answer,
-                       const CrashTimes& times);
+                       const CrashTimes& times, const std::function<void()>& write_down);
   void freeze_crashed();
   void watch_recovery();
   void fail_recovery(const std::string& check, const std::string& why);
