@@ -226,7 +226,11 @@ void RecoveryCoordinator::resume_repaired(const repair::CrashRecord& record, con
   // none, or when they do not fit around ours.
   const Clock::time_point unknown = Clock::time_point::min();
   Clock::time_point guest_stopped = p_.machine.last_stop_time().value_or(unknown);  // before a call in the plan stops it again
-  bool stop_known = guest_stopped <= times.stopped_at && guest_stopped >= times.stopped_at - std::chrono::seconds(2);
+  // QEMU sends the news of a breakpoint a moment before it stamps its STOP event: the earlier of
+  // the two is when the guest was stopped.
+  bool stop_known = guest_stopped >= times.stopped_at - std::chrono::seconds(2) &&
+                    guest_stopped <= times.stopped_at + std::chrono::milliseconds(100);
+  guest_stopped = std::min(guest_stopped, times.stopped_at);
   double guest_down_ms = -1, resume_ms = 0;
   try {
     interceptor_.apply(plan, p_.kernel.get());
