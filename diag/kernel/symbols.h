@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace immortal {
@@ -87,6 +88,20 @@ class SymbolTable {
   // that holds a kernel's profile (the supervisor, each repair agent), 7 MiB this way.
   class Names {
    public:
+    Names() = default;
+    // A moved-from store starts empty: it must not write into blocks it handed over.
+    Names(Names&& other) noexcept { *this = std::move(other); }
+    Names& operator=(Names&& other) noexcept {
+      if (this == &other) return *this;
+      blocks_ = std::move(other.blocks_);
+      modules_ = std::move(other.modules_);
+      next_ = std::exchange(other.next_, nullptr);
+      left_ = std::exchange(other.left_, 0);
+      bytes_ = std::exchange(other.bytes_, 0);
+      other.blocks_.clear();
+      other.modules_.clear();
+      return *this;
+    }
     std::string_view add(std::string_view text);
     std::string_view module(std::string_view name);
     std::size_t bytes() const { return bytes_; }

@@ -516,6 +516,11 @@ TEST_CASE("symbols keep their names through copies, moves and modules reloaded m
   SymbolTable moved = std::move(t);
   CHECK(in_t->name == "start_kernel");  // a move keeps symbols and names where they were
   CHECK(moved.lookup(0xffffffff81000205) == in_t);
+  // A moved-from table given symbols of its own writes none into the storage it handed over.
+  t.update_modules({{"mod_z", {FoundSymbol{0xffffffffc0900000u, 't', std::string(300, 'z'), "mod_z"}}}}, {"mod_z"});
+  CHECK(t.address_of(std::string(300, 'z')) == 0xffffffffc0900000u);
+  CHECK(in_t->name == "start_kernel");
+  CHECK(moved.address_of("a_entry") == 0xffffffffc0600040u);
   t = SymbolTable::from_kallsyms("ffffffff81000000 T other\n");  // the moved-from table is reused
   CHECK(copy.lookup(0xffffffff81000205)->name == "start_kernel");
   CHECK(copy.address_of("a_entry") == 0xffffffffc0600040u);
