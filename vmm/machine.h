@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -45,6 +46,17 @@ struct MachineEvent {
   std::string detail;   // backend-specific description, for logs
 };
 const char* to_string(MachineEvent::Kind kind);
+
+// A guest's downtime on the hypervisor's clock (Machine::last_stop_time, last_resume_time): from
+// the earlier of its stop stamp and `stopped_by` (when the supervisor knew it stopped: the news
+// of a breakpoint, the answer to pause()) to its resume stamp. nullopt when a stamp is missing or
+// does not fit around the supervisor's own times: the stop stamp must lie between `stop_from`
+// and 100 ms after `stopped_by`, the resume stamp between `resume_asked` and now.
+std::optional<double> hypervisor_downtime_ms(std::optional<std::chrono::steady_clock::time_point> stop_stamp,
+                                             std::chrono::steady_clock::time_point stop_from,
+                                             std::chrono::steady_clock::time_point stopped_by,
+                                             std::optional<std::chrono::steady_clock::time_point> resume_stamp,
+                                             std::chrono::steady_clock::time_point resume_asked);
 
 class Machine {
  public:

@@ -35,6 +35,28 @@ TEST_CASE("memory sizes follow QEMU's notation", "[cli]") {
   }
 }
 
+TEST_CASE("a guest's downtime on the hypervisor's clock is used only when its stamps fit around ours", "[machine]") {
+  using namespace std::chrono;
+  const auto t0 = steady_clock::now() - seconds(1);  // the supervisor asks to stop
+  const auto stopped_by = t0 + milliseconds(2), resume_asked = t0 + milliseconds(12);
+  // The stamps inside: from the stop stamp to the resume stamp.
+  auto ms = hypervisor_downtime_ms(t0 + milliseconds(1), t0, stopped_by, t0 + milliseconds(13), resume_asked);
+  REQUIRE(ms);
+  CHECK(*ms == Approx(12.0));
+  // A stop stamped just after the news of it reached us: the guest was stopped by then.
+  ms = hypervisor_downtime_ms(stopped_by + milliseconds(1), t0, stopped_by, t0 + milliseconds(13), resume_asked);
+  REQUIRE(ms);
+  CHECK(*ms == Approx(11.0));
+  // Missing, or out of place (an old stop, one far after ours, a resume before we asked for it,
+  // one in the future): none of them is used.
+  CHECK_FALSE(hypervisor_downtime_ms(std::nullopt, t0, stopped_by, t0 + milliseconds(13), resume_asked));
+  CHECK_FALSE(hypervisor_downtime_ms(t0 + milliseconds(1), t0, stopped_by, std::nullopt, resume_asked));
+  CHECK_FALSE(hypervisor_downtime_ms(t0 - milliseconds(1), t0, stopped_by, t0 + milliseconds(13), resume_asked));
+  CHECK_FALSE(hypervisor_downtime_ms(stopped_by + milliseconds(101), t0, stopped_by, t0 + milliseconds(300), resume_asked));
+  CHECK_FALSE(hypervisor_downtime_ms(t0 + milliseconds(1), t0, stopped_by, resume_asked - milliseconds(1), resume_asked));
+  CHECK_FALSE(hypervisor_downtime_ms(t0 + milliseconds(1), t0, stopped_by, steady_clock::now() + seconds(5), resume_asked));
+}
+
 TEST_CASE("q35 places RAM around the PCI hole like QEMU", "[qemu]") {
   auto small = qemu::q35_ram_layout(512ull << 20);
   REQUIRE(small.size() == 1);

@@ -138,8 +138,9 @@ void bundle_command(ControlRequest request, GuestState state, Machine& machine, 
   try {
     auto paused_at = Clock::now();
     double stop_ms = 0, registers_ms = 0;
-    Clock::time_point copied_at;
+    Clock::time_point stopped_at, copied_at;
     BundleCapture capture = while_paused(machine, [&] {
+      stopped_at = Clock::now();
       stop_ms = ms_since(paused_at);
       auto asked = Clock::now();
       std::vector<X86Registers> regs;
@@ -152,11 +153,10 @@ void bundle_command(ControlRequest request, GuestState state, Machine& machine, 
     // The copy's time, and the whole stop as the guest saw it: from its STOP to its RESUME on the
     // hypervisor's clock (recovery.md, section 9), else from our asking to stop to the answer to
     // our asking to resume.
-    double round_trip_ms = ms_since(paused_at), resume_ms = ms_since(copied_at), paused_ms = round_trip_ms;
-    const Clock::time_point unknown = Clock::time_point::min(), now = Clock::now();
-    Clock::time_point stopped = machine.last_stop_time().value_or(unknown), resumed = machine.last_resume_time().value_or(unknown);
-    bool hypervisor_clock = stopped >= paused_at && stopped <= resumed && resumed >= copied_at && resumed <= now;
-    if (hypervisor_clock) paused_ms = std::chrono::duration<double, std::milli>(resumed - stopped).count();
+    double round_trip_ms = ms_since(paused_at), resume_ms = ms_since(copied_at);
+    auto guest_paused = hypervisor_downtime_ms(machine.last_stop_time(), paused_at, stopped_at, machine.last_resume_time(), copied_at);
+    bool hypervisor_clock = guest_paused.has_value();
+    double paused_ms = guest_paused.value_or(round_trip_ms);
     event("bundle-snapshot", {{"reason", "on-demand"}, {"snapshot_pause_ms", capture.pause_ms},
                               {"classify_ms", capture.classify_ms}, {"stop_ms", stop_ms}, {"registers_ms", registers_ms},
                               {"resume_ms", resume_ms}, {"guest_paused_ms", paused_ms},

@@ -219,35 +219,27 @@ void RecoveryCoordinator::resume_repaired(const repair::CrashRecord& record, con
                                           const RepairAnswer& answer, const CrashTimes& times,
                                           const std::function<void()>& write_down) {
   auto t_apply = Clock::now();
-  // The crash's stop as the hypervisor stamped it (asked now: a call in the plan stops it again).
-  // The guest's downtime is from its stop to its resume on the hypervisor's clock: the news of
-  // the stop reaches us a little later, and the answer to the resume once the resumed guest's
-  // vCPU threads let us have a core (on two cores, 1–14 ms here). Our own times when there are
-  // none, or when they do not fit around ours.
-  const Clock::time_point unknown = Clock::time_point::min();
-  Clock::time_point guest_stopped = p_.machine.last_stop_time().value_or(unknown);  // before a call in the plan stops it again
-  // QEMU sends the news of a breakpoint a moment before it stamps its STOP event: the earlier of
-  // the two is when the guest was stopped.
-  bool stop_known = guest_stopped >= times.stopped_at - std::chrono::seconds(2) &&
-                    guest_stopped <= times.stopped_at + std::chrono::milliseconds(100);
-  guest_stopped = std::min(guest_stopped, times.stopped_at);
-  double guest_down_ms = -1, resume_ms = 0;
+  // The guest's downtime is from its stop to its resume on the hypervisor's clock: the answer
+  // to the resume reaches us once the resumed guest's vCPU threads let us have a core (on two
+  // cores, 1–14 ms later here). Our own times when it has none that fit around ours.
+  auto guest_stopped = p_.machine.last_stop_time();  // asked now: a call in the plan stops it again
+  std::optional<double> guest_down_ms;
+  double resume_ms = 0;
   try {
     interceptor_.apply(plan, p_.kernel.get());
     auto t_resume = Clock::now();
     p_.machine.resume();
     resume_ms = ms_since(t_resume);
-    Clock::time_point guest_resumed = p_.machine.last_resume_time().value_or(unknown);
-    if (stop_known && guest_resumed >= t_resume && guest_resumed <= Clock::now())
-      guest_down_ms = std::chrono::duration<double, std::milli>(guest_resumed - guest_stopped).count();
+    guest_down_ms = hypervisor_downtime_ms(guest_stopped, times.stopped_at - std::chrono::seconds(2), times.stopped_at,
+                                           p_.machine.last_resume_time(), t_resume);
   } catch (const std::exception& e) {
     write_down();
     p_.bundles.fill_known();
     return reboot(std::string("applying the repair failed: ") + e.what(), record.id);
   }
   double apply_ms = ms_since(t_apply), noticed_total_ms = ms_since(times.stopped_at);
-  bool hypervisor_clock = guest_down_ms >= 0;
-  double total_ms = hypervisor_clock ? guest_down_ms : noticed_total_ms;
+  bool hypervisor_clock = guest_down_ms.has_value();
+  double total_ms = guest_down_ms.value_or(noticed_total_ms);
   // The guest runs: now what is written about its crash (the bundle's copy was taken during the
   // analysis).
   auto t_write = Clock::now();
