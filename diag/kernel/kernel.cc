@@ -46,8 +46,8 @@ std::vector<std::string> Kernel::refresh_module_symbols() {
     return changed;
   }
   if (!modules.walk.complete) return changed;  // a broken list says nothing about what is gone
-  std::map<std::string, std::vector<FoundSymbol>> fresh;
-  std::set<std::string> live;
+  std::map<std::string, std::vector<FoundSymbol>, std::less<>> fresh;
+  std::set<std::string, std::less<>> live;
   auto text_bounds = symbols_.module_text_bounds();
   for (const auto& m : modules.modules) {
     live.insert(m.name);

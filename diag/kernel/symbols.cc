@@ -16,6 +16,8 @@ constexpr std::size_t kNameBlock = 256 * 1024;
 
 std::string base_function_name(std::string_view name) { return std::string(name.substr(0, name.find('.'))); }
 
+std::string cold_part_parent(std::string_view name) { return std::string(name.substr(0, name.find(".cold"))); }
+
 std::string_view SymbolTable::Names::add(std::string_view text) {
   if (text.empty()) return {};
   if (text.size() > left_) {
@@ -139,12 +141,12 @@ void SymbolTable::restore_names() {
     s.module = fresh.module(s.module);
   }
   names_ = std::move(fresh);
-  index_names();
 }
 
 SymbolTable::SymbolTable(const SymbolTable& other)
     : sorted_(other.sorted_), percpu_(other.percpu_), skipped_(other.skipped_) {
   restore_names();  // the names must be this table's own
+  index_names();
 }
 
 SymbolTable& SymbolTable::operator=(const SymbolTable& other) {
@@ -153,14 +155,14 @@ SymbolTable& SymbolTable::operator=(const SymbolTable& other) {
     percpu_ = other.percpu_;
     skipped_ = other.skipped_;
     restore_names();
+    index_names();
   }
   return *this;
 }
 
-void SymbolTable::update_modules(const std::map<std::string, std::vector<FoundSymbol>>& fresh, const std::set<std::string>& live) {
-  std::erase_if(sorted_, [&](const Symbol& s) {
-    return !s.module.empty() && (!live.count(std::string(s.module)) || fresh.count(std::string(s.module)));
-  });
+void SymbolTable::update_modules(const std::map<std::string, std::vector<FoundSymbol>, std::less<>>& fresh,
+                                 const std::set<std::string, std::less<>>& live) {
+  std::erase_if(sorted_, [&](const Symbol& s) { return !s.module.empty() && (!live.count(s.module) || fresh.count(s.module)); });
   std::size_t live_bytes = 0;
   for (const auto& s : sorted_) live_bytes += s.name.size();
   for (const auto& [module, symbols] : fresh)
@@ -171,11 +173,7 @@ void SymbolTable::update_modules(const std::map<std::string, std::vector<FoundSy
       }
   // Dropped symbols leave their names behind: a guest that reloads modules again and again
   // must not grow the table without end.
-  if (names_.bytes() > 2 * live_bytes + (1 << 20)) {
-    index();
-    restore_names();
-    return;
-  }
+  if (names_.bytes() > 2 * live_bytes + (1 << 20)) restore_names();
   index();
 }
 

@@ -37,6 +37,8 @@ struct FoundSymbol {
 // A function's name without what the compiler appended to a copy or a part of it:
 // "__mutex_lock.constprop.0" → "__mutex_lock", "foo.cold" → "foo".
 std::string base_function_name(std::string_view name);
+// The function a split-off cold part belongs to: "foo.constprop.0.cold" → "foo.constprop.0".
+std::string cold_part_parent(std::string_view name);
 
 class SymbolTable {
  public:
@@ -72,7 +74,8 @@ class SymbolTable {
   // Module symbols as the guest has them now: the symbols of modules not in `live`, and of those
   // in `fresh`, are dropped; `fresh` ones are added (read from the modules' own symbol tables in
   // guest memory when the profile's are stale).
-  void update_modules(const std::map<std::string, std::vector<FoundSymbol>>& fresh, const std::set<std::string>& live);
+  void update_modules(const std::map<std::string, std::vector<FoundSymbol>, std::less<>>& fresh,
+                      const std::set<std::string, std::less<>>& live);
   // Per module, the lowest and highest address of its code symbols (t/T), in one pass.
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>, std::less<>> module_text_bounds() const;
 
@@ -116,7 +119,8 @@ class SymbolTable {
   std::optional<std::size_t> find_name(std::string_view name) const;
   void index();
   void index_names();
-  // Copies every name into fresh storage (a copy of the table; after updates left garbage).
+  // Copies every name into fresh storage (a copy of the table; after updates left garbage); the
+  // index is the caller's to rebuild.
   void restore_names();
 
   Names names_;

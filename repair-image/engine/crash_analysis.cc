@@ -41,7 +41,7 @@ std::string function_of(const SymbolTable& symbols, std::uint64_t address, std::
   const Symbol* s = symbols.lookup(address);
   if (!s) return "";
   if (module) *module = s->module;
-  return std::string(s->name.substr(0, s->name.find(".cold")));
+  return cold_part_parent(s->name);
 }
 
 

@@ -26,7 +26,6 @@ constexpr Taker kTakers[] = {
     {"debugfs_attr_write_signed", "debugfs-file"},
 };
 
-
 }  // namespace
 
 nlohmann::json HeldReference::to_json() const {

@@ -36,9 +36,6 @@ std::vector<std::uint8_t> bytes_of(T value) {
   return out;
 }
 
-// "foo.constprop.0.cold" → "foo.constprop.0": the function a split-off cold part belongs to.
-std::string stripped(std::string_view name) { return std::string(name.substr(0, name.find(".cold"))); }
-
 void set_register(RepairAction& action, const X86Registers& before, const char* name, std::uint64_t value) {
   action.registers.push_back({name, *before.field(name), value});
 }
@@ -332,7 +329,7 @@ X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::s
     std::uint32_t at = static_cast<std::uint32_t>(f.pc - start);
     if (s->name.find(".cold") != std::string::npos) {
       // A split-off cold part runs with its parent's frame, its prologue complete.
-      auto parent = symbols.address_in(stripped(s->name), s->module);
+      auto parent = symbols.address_in(cold_part_parent(s->name), s->module);
       if (!parent) fail(ExitCode::bad_input, "no parent function for {}", s->name);
       start = *parent;
       at = std::numeric_limits<std::uint32_t>::max();
@@ -342,7 +339,7 @@ X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::s
     std::uint64_t depth = frame_depth_at(p, at);
     if (!p.frame_pointer && cfa - 8 - f.sp != depth)
       fail(ExitCode::bad_input, "the prologue of {} ({} bytes saved) does not match the stack ({} bytes)",
-           stripped(s->name), depth, cfa - 8 - f.sp);
+           cold_part_parent(s->name), depth, cfa - 8 - f.sp);
     for (std::size_t j = 0; j < p.pushes.size(); ++j) {
       if (p.pushes[j].offset >= at) continue;
       *state.field(p.pushes[j].name) = kernel.memory().read_u64(cfa - 16 - 8 * j);
@@ -420,7 +417,7 @@ RepairPlan plan_hung_tasks(const Kernel& kernel, const CrashRecord& record, cons
     wake.push_back(std::move(w));
     const Frame& entry = h.backtrace.frames.at(static_cast<std::size_t>(h.entry_frame));
     if (const Symbol* s = symbols.lookup(entry.pc - 1)) {
-      auto parent = symbols.address_in(stripped(s->name), s->module);
+      auto parent = symbols.address_in(cold_part_parent(s->name), s->module);
       if (auto q = quarantine(kernel, record, parent ? *parent : s->address,
                               "later calls of the entry point where it slept fail with EIO", notes))
         quarantined.push_back(std::move(*q));
@@ -499,7 +496,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     const Symbol* entry_symbol = symbols.lookup(static_cast<int>(a.outer_module_frame) == a.fault_frame &&
                                                 a.kind != "panic" ? entry.pc : entry.pc - 1);
     if (entry_symbol) {
-      auto parent = symbols.address_in(stripped(entry_symbol->name), entry_symbol->module);
+      auto parent = symbols.address_in(cold_part_parent(entry_symbol->name), entry_symbol->module);
       quarantine_target = parent ? *parent : entry_symbol->address;
     }
     if (a.context == "process" || (a.context == "kernel-thread" && base_function_name(a.outer_caller) == "kthread")) {
