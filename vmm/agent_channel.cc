@@ -173,6 +173,9 @@ void AgentChannel::handle(const agent::Frame& frame) {
       } else {
         fetch.data += chunk.data;
         if (chunk.eof || chunk.data.empty()) {
+          // Grown chunk by chunk, the string holds up to twice its bytes (4 MiB spare on the
+          // kernel's BTF): the profile keeps these for as long as it is current.
+          fetch.data.shrink_to_fit();
           fetch.done(std::move(fetch.data), "");
         } else {
           std::uint64_t id = 0;

@@ -95,7 +95,10 @@ void Supervisor::build_rooms() {
     vm.nets.clear();
     vm.channels.clear();
     vm.initrd.clear();
-    vm.append = "console=ttyS0 quiet panic=-1 rdinit=/init";
+    // init_on_free: the pages its kernel frees (the initramfs it unpacked, the agent's scratch
+    // while it parsed the profile) read as zeros, so they are given back as all-zero pages even
+    // by a kernel that cannot describe its own page classes (repair/repair_vm_trim.h).
+    vm.append = "console=ttyS0 quiet panic=-1 rdinit=/init init_on_free=1";
     vm.memory_bytes = options_.repair.vm_memory;  // 0: the broker sizes it from each payload
     // Two: the agent checks the kernel's code on the second while the first analyses the crash
     // (under TCG the check alone took 45-60 ms of a 110-230 ms engine). Paused while idle, so

@@ -243,7 +243,9 @@ TEST_CASE("repair: after a module change the running repair VM loads the new pro
           "to the host each time it is ready",
           "[integration][repair]") {
   std::string name = unique_name("reload");
-  auto run = run_cli({"run", "--name", name, "--detach", "--verify-window", "1"});
+  // The guest's own distribution kernel in the repair VM (the default is the small one built for
+  // it, recovery_test.cc): one that describes its own page classes.
+  auto run = run_cli({"run", "--name", name, "--detach", "--verify-window", "1", "--repair-vm-kernel", guest_dir() + "/vmlinuz"});
   INFO(run.err);
   REQUIRE(run.status == 0);
   auto vm = [&] { return status_json(name).value("repair", json::object()).value("vm", json::object()); };

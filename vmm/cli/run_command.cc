@@ -136,6 +136,9 @@ SupervisorOptions supervisor_options(const RunOptions& o, const MachineConfig& c
   options.repair.cross_check = o.repair_cross_check;
   options.repair.agent = o.repair_agent;
   options.repair.vm_kernel = absolute(o.repair_vm_kernel);
+  // The kernel built for the repair VM alone when there is one (a few MiB of memory where a
+  // distribution kernel holds tens), else the guest's own.
+  if (options.repair.vm_kernel.empty() && options.recovery.enabled) options.repair.vm_kernel = find_repair_kernel();
   if (options.repair.vm_kernel.empty() && o.kernel.empty()) {
     // A guest booted by its firmware: the repair VM runs the built guest image's kernel.
     std::string image_kernel = guest_image_dir() + "/vmlinuz";
@@ -152,7 +155,10 @@ SupervisorOptions supervisor_options(const RunOptions& o, const MachineConfig& c
   if (options.recovery.enabled) {
     // Fail now, not at the first crash, when the agent is missing.
     std::string agent = find_repair_agent(options.repair.agent);
-    std::cerr << "immortal: repair " << o.repair << " (agent " << agent << ", fallback " << o.repair_fallback << ")\n";
+    std::cerr << "immortal: repair " << options.repair.mode << " (agent " << agent << ", fallback " << o.repair_fallback;
+    if (options.repair.mode == "vm")
+      std::cerr << ", VM kernel " << (options.repair.vm_kernel.empty() ? o.kernel + " (the guest's)" : options.repair.vm_kernel);
+    std::cerr << ")\n";
   }
   options.event_log = o.event_log;
   if (!o.metrics_listen.empty()) parse_listen_address(o.metrics_listen);  // a typo fails now, not in the supervisor

@@ -20,6 +20,9 @@
 
 #include <algorithm>
 #include <bit>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <fstream>
@@ -131,6 +134,20 @@ std::string find_repair_agent(const std::string& configured) {
     if (usable(p.string())) return p.string();
   fail(ExitCode::bad_input, "no repair agent found (looked at {}); build it (ninja) or set IMMORTAL_REPAIR_AGENT",
        fmt::format("{}", fmt::join(tried, ", ")));
+}
+
+std::string find_repair_kernel() {
+  if (const char* env = std::getenv("IMMORTAL_REPAIR_KERNEL"); env && *env) {
+    if (::access(env, R_OK) == 0) return env;
+    fail(ExitCode::bad_input, "IMMORTAL_REPAIR_KERNEL={} cannot be read: {}", env, std::strerror(errno));
+  }
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec).parent_path();
+  if (ec) return "";
+  for (const auto& p : {self / "repair-vmlinuz", self.parent_path() / "repair-kernel" / "bzImage",
+                        self.parent_path() / "libexec" / "immortal" / "repair-vmlinuz"})
+    if (::access(p.c_str(), R_OK) == 0) return p.string();
+  return "";
 }
 
 RepairImage build_repair_image(const std::string& dir, const std::string& agent, const std::string& profile_dir,

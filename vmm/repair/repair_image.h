@@ -52,4 +52,11 @@ std::shared_ptr<const repair::HealthyImage> healthy_in_payload(const RepairImage
 // in the build tree (repair-image/ beside vmm/). Throws Error(ExitCode::bad_input) naming where it looked.
 std::string find_repair_agent(const std::string& configured);
 
+// The kernel built for the repair VM alone (scripts/build-repair-kernel: tinyconfig and what the
+// agent needs, ≈ 1 MiB): $IMMORTAL_REPAIR_KERNEL, else next to this executable (installed:
+// repair-vmlinuz), else in the build tree (repair-kernel/bzImage beside vmm/). "" when there is
+// none: the repair VM then runs the guest's own kernel. Throws Error(ExitCode::bad_input) when
+// $IMMORTAL_REPAIR_KERNEL names a file that cannot be read.
+std::string find_repair_kernel();
+
 }  // namespace immortal::vmm

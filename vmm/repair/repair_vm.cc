@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <optional>
 #include <thread>
 
 namespace immortal::vmm {
@@ -29,7 +30,7 @@ constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11, kPayloadSlot = 0x12;  /
 
 RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
                    std::uint64_t window_bytes, std::string agent)
-    : agent_(std::move(agent)) {
+    : agent_(std::move(agent)), kernel_(config.kernel) {
   if (!std::has_single_bit(guest_ram.size))
     fail(ExitCode::failure, "guest RAM of {} MiB is not a power of two: a PCI window cannot show it whole",
          guest_ram.size >> 20);
@@ -65,7 +66,7 @@ void RepairVm::start_trim() {
   const auto where = mailbox_.box().agent_vmcoreinfo();
   const std::uint64_t paddr = where.first;
   const std::uint32_t size = where.second;
-  if (!paddr || agent_.empty() || trimming_.exchange(true)) return;  // one at a time
+  if (trimming_.exchange(true)) return;  // one at a time
   if (trim_.joinable()) trim_.join();  // the last one, finished
   std::uint64_t runs;
   {
@@ -79,17 +80,22 @@ void RepairVm::start_trim() {
     auto t0 = Clock::now();
     nlohmann::json result;
     try {
-      RamClasses classes = repair_vm_free_pages(agent_, *machine_, paddr, size, Deadline::in(std::chrono::seconds(10)));
-      std::array<std::uint64_t, kPageClassCount> pages{};
-      for (const auto& [r, c] : classes)
-        for (PageClass k : c) ++pages[static_cast<std::size_t>(k)];
-      const std::uint64_t free = pages[static_cast<std::size_t>(PageClass::free)];
-      // What the repair VM's RAM holds, as its own kernel sees it (where its host memory goes:
-      // docs/benchmarks.md, footprint); zero pages of any class are given back too.
-      nlohmann::json held = nlohmann::json::object();
-      for (PageClass k : {PageClass::kernel, PageClass::user, PageClass::cache})
-        held[to_string(k)] = pages[static_cast<std::size_t>(k)] * MemorySnapshot::kPageSize;
+      // Its free pages by its own kernel's account, when that kernel describes itself (symbols and
+      // BTF in its memory: a distribution kernel). The small repair kernel does not; its free
+      // pages are zeros (init_on_free) and go back with the other all-zero pages below.
+      std::optional<RamClasses> classes;
+      std::string classes_error;
+      if (!paddr) classes_error = "the repair agent did not say where its kernel's VMCOREINFO is";
+      else if (agent_.empty()) classes_error = "no page-class agent";
+      else {
+        try {
+          classes = repair_vm_free_pages(agent_, *machine_, paddr, size, Deadline::in(std::chrono::seconds(10)));
+        } catch (const std::exception& e) {
+          classes_error = e.what();
+        }
+      }
       auto ram = machine_->ram_file();
+      if (!ram) fail(ExitCode::unsupported, "the repair VM's RAM is not in a file");
       auto zero_runs = zero_page_runs(*ram);
       std::uint64_t zero = 0;
       for (const auto& [offset, bytes] : zero_runs) zero += bytes;
@@ -97,9 +103,22 @@ void RepairVm::start_trim() {
       if (runs_ != runs) {
         result = {{"skipped", "the repair VM ran again before its free pages were given back"}};
       } else {
-        std::uint64_t given = punch_free_pages(*ram, classes, zero_runs);
-        result = {{"free_bytes", free * MemorySnapshot::kPageSize}, {"zero_bytes", zero}, {"given_back_bytes", given},
-                  {"class_bytes", held}};
+        std::uint64_t given = punch_free_pages(*ram, classes ? *classes : RamClasses{}, zero_runs);
+        result = {{"zero_bytes", zero}, {"given_back_bytes", given}};
+        if (classes) {
+          std::array<std::uint64_t, kPageClassCount> pages{};
+          for (const auto& [r, c] : *classes)
+            for (PageClass k : c) ++pages[static_cast<std::size_t>(k)];
+          // What the repair VM's RAM holds, as its own kernel sees it (where its host memory goes:
+          // docs/benchmarks.md, footprint); zero pages of any class are given back too.
+          nlohmann::json held = nlohmann::json::object();
+          for (PageClass k : {PageClass::kernel, PageClass::user, PageClass::cache})
+            held[to_string(k)] = pages[static_cast<std::size_t>(k)] * MemorySnapshot::kPageSize;
+          result["free_bytes"] = pages[static_cast<std::size_t>(PageClass::free)] * MemorySnapshot::kPageSize;
+          result["class_bytes"] = held;
+        } else {
+          result["classes_unread"] = classes_error;
+        }
       }
     } catch (const std::exception& e) {
       result = {{"error", e.what()}};
@@ -118,6 +137,7 @@ void RepairVm::start_trim() {
 }
 
 void RepairVm::describe(nlohmann::json& into) const {
+  into["kernel"] = kernel_;
   std::lock_guard lock(trim_mutex_);
   if (!trim_result_.is_null()) into["free_pages_given_back"] = trim_result_;
 }

@@ -1,5 +1,5 @@
-// --repair vm: the repair VM. A second, small VM of the guest's own kernel and the repair image
-// (repair/repair_image.h): the agent as its initramfs; the guest's RAM and the repair payload
+// --repair vm: the repair VM. A second, small VM of a kernel built for it (scripts/build-repair-kernel;
+// else the guest's own) and the repair image (repair/repair_image.h): the agent as its initramfs; the guest's RAM and the repair payload
 // read-only and the mailbox as three PCI memory windows. Booted when the guest's profile is in, then paused: a crash resumes it, posts the
 // request, waits for the answer and pauses it again. The guest never sees it.
 #pragma once
@@ -60,6 +60,7 @@ class RepairVm final : public RepairWorker {
   // Giving back the pages its kernel has free (repair/repair_vm_trim.h): read in a thread, punched
   // only while the VM is still paused since they were read (runs_ unchanged, under vm_mutex_).
   std::string agent_;
+  std::string kernel_;  // what it boots, for `status`
   std::mutex vm_mutex_;
   std::uint64_t runs_ = 0;  // resumes so far; guarded by vm_mutex_
   std::thread trim_;
