@@ -25,6 +25,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <vector>
 #include <fstream>
 #include <memory>
 
@@ -111,6 +112,15 @@ void write_at(int fd, std::uint64_t offset, const std::string& bytes) {
   }
 }
 
+// Where a file that ships with immortal may be, in order: `installed` beside this executable (an
+// install), `in_build_tree` from the build directory (this executable is its vmm/immortal), and
+// ../libexec/immortal/`installed`.
+std::vector<fs::path> shipped_file_places(const std::string& installed, const fs::path& in_build_tree) {
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec).parent_path();
+  return {self / installed, self.parent_path() / in_build_tree, self.parent_path() / "libexec" / "immortal" / installed};
+}
+
 }  // namespace
 
 std::string find_repair_agent(const std::string& configured) {
@@ -127,10 +137,7 @@ std::string find_repair_agent(const std::string& configured) {
     if (usable(env)) return env;
     fail(ExitCode::bad_input, "IMMORTAL_REPAIR_AGENT={} is not an executable file", env);
   }
-  std::error_code ec;
-  fs::path self = fs::read_symlink("/proc/self/exe", ec).parent_path();
-  for (const auto& p : {self / "immortal-repair-agent", self.parent_path() / "repair-image" / "immortal-repair-agent",
-                        self.parent_path() / "libexec" / "immortal" / "immortal-repair-agent"})
+  for (const auto& p : shipped_file_places("immortal-repair-agent", fs::path("repair-image") / "immortal-repair-agent"))
     if (usable(p.string())) return p.string();
   fail(ExitCode::bad_input, "no repair agent found (looked at {}); build it (ninja) or set IMMORTAL_REPAIR_AGENT",
        fmt::format("{}", fmt::join(tried, ", ")));
@@ -141,11 +148,7 @@ std::string find_repair_kernel() {
     if (::access(env, R_OK) == 0) return env;
     fail(ExitCode::bad_input, "IMMORTAL_REPAIR_KERNEL={} cannot be read: {}", env, std::strerror(errno));
   }
-  std::error_code ec;
-  fs::path self = fs::read_symlink("/proc/self/exe", ec).parent_path();
-  if (ec) return "";
-  for (const auto& p : {self / "repair-vmlinuz", self.parent_path() / "repair-kernel" / "bzImage",
-                        self.parent_path() / "libexec" / "immortal" / "repair-vmlinuz"})
+  for (const auto& p : shipped_file_places("repair-vmlinuz", fs::path("repair-kernel") / "bzImage"))
     if (::access(p.c_str(), R_OK) == 0) return p.string();
   return "";
 }

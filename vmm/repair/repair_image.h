@@ -53,7 +53,7 @@ std::shared_ptr<const repair::HealthyImage> healthy_in_payload(const RepairImage
 std::string find_repair_agent(const std::string& configured);
 
 // The kernel built for the repair VM alone (scripts/build-repair-kernel: tinyconfig and what the
-// agent needs, ≈ 1 MiB): $IMMORTAL_REPAIR_KERNEL, else next to this executable (installed:
+// agent needs, ≈ 1.3 MiB): $IMMORTAL_REPAIR_KERNEL, else next to this executable (installed:
 // repair-vmlinuz), else in the build tree (repair-kernel/bzImage beside vmm/). "" when there is
 // none: the repair VM then runs the guest's own kernel. Throws Error(ExitCode::bad_input) when
 // $IMMORTAL_REPAIR_KERNEL names a file that cannot be read.
