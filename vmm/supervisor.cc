@@ -107,7 +107,7 @@ void Supervisor::build_rooms() {
     // Its agent's code and the kernel paths it takes fit in 32 MiB of translations (measured: 31
     // MiB used, and the analysis no slower than with QEMU's default 1 GiB, which it filled to 50
     // MiB; at 16 MiB it retranslated and took longer).
-    vm.emulator_code_cache_bytes = 32ull << 20;
+    vm.emulator_code_cache_bytes = 24ull << 20;
     vm.outlives_supervisor = false;  // ours alone: it ends with us (the guest's config may say otherwise)
     repair_ = std::make_unique<RepairBroker>(options_.repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
   }
