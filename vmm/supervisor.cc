@@ -104,9 +104,10 @@ void Supervisor::build_rooms() {
     // (under TCG the check alone took 45-60 ms of a 110-230 ms engine). Paused while idle, so
     // the second costs only its QEMU thread's memory.
     vm.vcpus = 2;
-    // Its agent's code and the kernel paths it takes fit in 32 MiB of translations (measured: 31
-    // MiB used, and the analysis no slower than with QEMU's default 1 GiB, which it filled to 50
-    // MiB; at 16 MiB it retranslated and took longer).
+    // Its agent's code and the kernel paths it takes fit in 24 MiB of translations: with its own
+    // small kernel, the analysis took as long as with 32 MiB (bench/recovery, 59 and 60 ms median)
+    // or with QEMU's default 1 GiB (which the Debian kernel filled to 50 MiB); at 16 MiB it
+    // retranslated the agent's code and took 88 ms. Every MiB here is a MiB of every repair VM.
     vm.emulator_code_cache_bytes = 24ull << 20;
     vm.outlives_supervisor = false;  // ours alone: it ends with us (the guest's config may say otherwise)
     repair_ = std::make_unique<RepairBroker>(options_.repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
