@@ -16,7 +16,7 @@ Kernel& LiveKernel::get() {
   auto current = profiles_.current();
   if (!current) fail(ExitCode::failure, "no guest profile yet (the agent has not reported one)");
   if (!kernel_ || number_ != profiles_.number()) {
-    kernel_ = open_(machine_.memory(), *current);
+    kernel_ = open_(machine_.memory(), current->unpack());  // the unpacked files go once parsed
     profile_ = std::move(current);
     number_ = profiles_.number();
   }

@@ -27,7 +27,7 @@ class LiveKernel {
   // pause); nullptr otherwise.
   Kernel* built();
   // The profile get() is built from (nullptr before the first get()).
-  std::shared_ptr<const GuestProfile> profile() const { return profile_; }
+  std::shared_ptr<const PackedProfile> profile() const { return profile_; }
   // A new boot: other KASLR offsets, nothing of the old view holds.
   void forget();
 
@@ -36,7 +36,7 @@ class LiveKernel {
   const ProfileSource& profiles_;
   Opener open_;
   std::unique_ptr<Kernel> kernel_;
-  std::shared_ptr<const GuestProfile> profile_;
+  std::shared_ptr<const PackedProfile> profile_;
   std::uint64_t number_ = 0;  // the profile kernel_ was built from
 };
 

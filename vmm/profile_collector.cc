@@ -96,18 +96,28 @@ void ProfileCollector::finish(const std::string& error) {
   last_error_.clear();
   taken_at_ = building_.taken_at;
   ++number_;
-  symbols_ = static_cast<std::size_t>(std::count(building_.kallsyms.begin(), building_.kallsyms.end(), '\n'));
-  say_(fmt::format("guest profile saved in {:.1f} s: {} symbols, {} KiB of BTF, {} modules with BTF", last_seconds_,
-                   symbols_, building_.btf_vmlinux.size() >> 10, building_.btf_modules.size()));
-  current_ = std::make_shared<const GuestProfile>(std::move(building_));
+  std::size_t btf_kib = building_.btf_vmlinux.size() >> 10, btf_modules = building_.btf_modules.size();
+  try {
+    current_ = std::make_shared<const PackedProfile>(building_);
+  } catch (const Error& e) {
+    last_error_ = e.what();
+    say_(std::string("cannot keep the guest profile: ") + e.what());
+    return;
+  }
+  // Its text is in current_, packed, and in dir_. Moved out to free it: assigning an empty
+  // profile would not (libstdc++ copies a short string into the long one's buffer and keeps it).
+  { GuestProfile done = std::move(building_); }
   building_ = GuestProfile{};
+  symbols_ = current_->symbols();
+  say_(fmt::format("guest profile saved in {:.1f} s: {} symbols, {} KiB of BTF, {} modules with BTF", last_seconds_,
+                   symbols_, btf_kib, btf_modules));
 }
 
-void ProfileCollector::adopt(std::shared_ptr<const GuestProfile> profile, std::uint64_t generation) {
+void ProfileCollector::adopt(std::shared_ptr<const PackedProfile> profile, std::uint64_t generation) {
   generation_ = generation;
-  boot_id_ = profile->boot_id;
-  taken_at_ = profile->taken_at;
-  symbols_ = static_cast<std::size_t>(std::count(profile->kallsyms.begin(), profile->kallsyms.end(), '\n'));
+  boot_id_ = profile->head().boot_id;
+  taken_at_ = profile->head().taken_at;
+  symbols_ = profile->symbols();
   current_ = std::move(profile);
   ++number_;
 }

@@ -32,9 +32,9 @@ class ProfileCollector final : public ProfileSource {
   // the same second are still two (their taken_at may be equal).
   std::uint64_t number() const override { return number_; }
   // Takes a profile saved earlier (by the supervisor before a restart) as the current one.
-  void adopt(std::shared_ptr<const GuestProfile> profile, std::uint64_t generation);
+  void adopt(std::shared_ptr<const PackedProfile> profile, std::uint64_t generation);
   // The newest profile saved (nullptr before the first); never changed once handed out.
-  std::shared_ptr<const GuestProfile> current() const override { return current_; }
+  std::shared_ptr<const PackedProfile> current() const override { return current_; }
   const std::string& dir() const override { return dir_; }
   // Why the last collection failed ("" when it did not).
   const std::string& last_error() const override { return last_error_; }
@@ -57,7 +57,7 @@ class ProfileCollector final : public ProfileSource {
   std::string last_error_;
   std::string taken_at_;
   std::uint64_t number_ = 0;
-  std::shared_ptr<const GuestProfile> current_;
+  std::shared_ptr<const PackedProfile> current_;
   double last_seconds_ = 0;
   std::size_t symbols_ = 0;
 };

@@ -28,8 +28,8 @@ void Supervisor::take_over(const InstanceState& saved) {
   quarantine_.load();
   events_.reload(dir_.file("events.jsonl"));
   try {
-    auto profile = std::make_shared<const GuestProfile>(GuestProfile::load(dir_.file("profile")));
-    if (profile->boot_id == saved.boot_id) profile_->adopt(std::move(profile), 0);
+    auto profile = std::make_shared<const PackedProfile>(GuestProfile::load(dir_.file("profile")));
+    if (profile->head().boot_id == saved.boot_id) profile_->adopt(std::move(profile), 0);
   } catch (const std::exception& e) {
     options_.say(std::string("the saved profile cannot be used (a new one is taken): ") + e.what());
   }

@@ -16,6 +16,7 @@
 #include "types/dwarf_types.h"
 #include "memory/elf_core.h"
 #include "profile/guest_profile.h"
+#include "profile/packed_profile.h"
 #include "support/fake_kernel.h"
 #include "x86_64/page_tables.h"
 
@@ -708,6 +709,36 @@ TEST_CASE("ELF cores: memory by physical address, CPU notes, VMCOREINFO, and dam
       std::remove(p.c_str());
     }
   }
+}
+
+TEST_CASE("a packed profile gives back every file as it was, and keeps much less", "[introspection]") {
+  GuestProfile p;
+  p.kernel_release = "6.1.0-test";
+  p.boot_id = "b";
+  p.taken_at = "2026-12-05T18:00:00Z";
+  p.vmcoreinfo_paddr = 0x1234000;
+  p.vmcoreinfo_size = 0x1000;
+  // Text like a kernel's: many symbols, similar lines (what the supervisor keeps).
+  for (int i = 0; i < 20000; ++i) p.kallsyms += fmt::format("ffffffff81{:06x} T function_number_{}\n", i * 16, i);
+  p.modules = "immortal_fault 16384 0 - Live 0xffffffffc0000000\n";
+  p.btf_vmlinux = std::string(300000, '\x9f');
+  p.btf_modules["immortal_fault"] = "btf of the module";
+  p.btf_modules["empty"] = "";
+  PackedProfile packed(p);
+  CHECK(packed.head().kernel_release == "6.1.0-test");
+  CHECK(packed.head().taken_at == p.taken_at);
+  CHECK(packed.head().vmcoreinfo_paddr == 0x1234000);
+  CHECK(packed.head().kallsyms.empty());
+  CHECK(packed.symbols() == 20000);
+  CHECK(packed.file_bytes() == p.kallsyms.size() + p.modules.size() + p.btf_vmlinux.size() + 17);
+  CHECK(packed.packed_bytes() * 4 < packed.file_bytes());
+  GuestProfile back = packed.unpack();
+  CHECK(back.kallsyms == p.kallsyms);
+  CHECK(back.modules == p.modules);
+  CHECK(back.btf_vmlinux == p.btf_vmlinux);
+  CHECK(back.btf_modules == p.btf_modules);
+  CHECK(back.boot_id == "b");
+  CHECK(back.vmcoreinfo_size == 0x1000);
 }
 
 TEST_CASE("a profile survives saving and loading, and a damaged one is refused", "[introspection]") {

@@ -59,11 +59,11 @@ std::unique_ptr<Kernel> synthetic_kernel(test::VectorMemory& ram) {
 }
 
 struct FixedProfile final : ProfileSource {
-  std::shared_ptr<const GuestProfile> profile;
+  std::shared_ptr<const PackedProfile> profile;
   std::string saved_in = "/nonexistent", error;
   bool busy() const override { return false; }
   std::uint64_t number() const override { return 1; }
-  std::shared_ptr<const GuestProfile> current() const override { return profile; }
+  std::shared_ptr<const PackedProfile> current() const override { return profile; }
   const std::string& dir() const override { return saved_in; }
   const std::string& last_error() const override { return error; }
 };
@@ -141,9 +141,9 @@ struct Rig {
 
   explicit Rig(bool recovery_on = true) {
     policy.enabled = recovery_on;
-    auto p = std::make_shared<GuestProfile>();
-    p->boot_id = "boot-1";
-    profiles.profile = p;
+    GuestProfile p;
+    p.boot_id = "boot-1";
+    profiles.profile = std::make_shared<const PackedProfile>(p);
     engine.answer = kill_task_answer;
     engine.image.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
     machine.registers[1].gs_base = 0;

@@ -26,7 +26,7 @@ Arming::Arming(Machine& machine, CrashInterceptor& interceptor, LiveKernel& kern
       report_ready_(std::move(report_ready)) {}
 
 void Arming::follow(bool recovery_enabled, const std::string& boot_id) {
-  if (profiles_.busy() || (profiles_.current() && profiles_.current()->boot_id != boot_id)) return;
+  if (profiles_.busy() || (profiles_.current() && profiles_.current()->head().boot_id != boot_id)) return;
   if (recovery_enabled) {
     if (!profiles_.current()) {
       if (!profiles_.last_error().empty())
@@ -54,7 +54,7 @@ void Arming::arm() {
     auto notes = while_paused(machine_, [&] { return interceptor_.arm(kernel); });
     event_("armed", {{"interception", interceptor_.points()}, {"notes", notes}});
     for (const auto& n : notes) say_(n);
-    rebuild_repair_image(kernel_.profile()->taken_at);
+    rebuild_repair_image(kernel_.profile()->head().taken_at);
     report_ready_(fmt::format("crash interception armed at {}", fmt::join(interceptor_.points(), ", ")));
   } catch (const std::exception& e) {
     event_("arm-failed", {{"error", e.what()}});

@@ -126,8 +126,8 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
 
     json report = {{"format", "immortal-report"}, {"version", bundle::kFormatVersion}, {"bundle", name},
                    {"guest", job.guest}, {"reason", job.reason}};
-    report["kernel"] = {{"release", job.profile ? job.profile->kernel_release : ""},
-                        {"boot_id", job.profile ? job.profile->boot_id : ""}};
+    report["kernel"] = {{"release", job.profile ? job.profile->head().kernel_release : ""},
+                        {"boot_id", job.profile ? job.profile->head().boot_id : ""}};
     if (job.reason == "crash") {
       report["crash"] = crash_summary(job);
       report["recovery"] = job.recovery;

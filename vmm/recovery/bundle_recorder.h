@@ -12,7 +12,7 @@
 #include "dump/memory_snapshot.h"
 #include "kernel/kernel.h"
 #include "machine.h"
-#include "profile/guest_profile.h"
+#include "profile/packed_profile.h"
 
 #include <nlohmann/json.hpp>
 
@@ -68,7 +68,7 @@ struct BundleJob {
   std::string reason = "crash";  // or "on-demand"
   std::uint64_t crash = 0;
   BundleCapture capture;
-  std::shared_ptr<const GuestProfile> profile;
+  std::shared_ptr<const PackedProfile> profile;
   json crash_record, analysis, plan;  // from the recovery path (may be null)
   json recovery;                       // enabled, decision, reason, outcome
   json timings;

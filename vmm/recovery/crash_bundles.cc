@@ -54,7 +54,7 @@ BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vec
     if (Kernel* kernel = live.built()) keep = log_append_pages(*kernel, kMaxPanicLine);
   std::optional<RamClasses> every_page;  // no classes: every page is a candidate
   if (!classes) classes = &every_page.emplace(unclassified_ram(machine.memory()));
-  BundleCapture c = capture_guest(machine, live.profile().get(), std::move(registers), crash_cpu, *classes,
+  BundleCapture c = capture_guest(machine, live.profile() ? &live.profile()->head() : nullptr, std::move(registers), crash_cpu, *classes,
                                   std::move(filter), recorder_.arena(), keep, std::move(prepared_index_), code,
                                   beside_repair ? 1 : 2);
   c.classify_ms = classify_ms;
@@ -62,7 +62,7 @@ BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vec
 }
 
 void CrashBundles::hold(const repair::CrashRecord& record, BundleCapture capture,
-                        std::shared_ptr<const GuestProfile> profile, const json& analysis, const json& plan,
+                        std::shared_ptr<const PackedProfile> profile, const json& analysis, const json& plan,
                         const std::string& decision, const std::string& reason) {
   if (pending_) finish("superseded by a later crash before its outcome was known");
   BundleJob job;
@@ -119,7 +119,7 @@ BundleCapture CrashBundles::capture_on_demand(Machine& machine, LiveKernel& live
   return capture(machine, live, std::move(registers), -1, on_demand_code_.pages.empty() ? nullptr : &on_demand_code_);
 }
 
-void CrashBundles::take_now(BundleCapture capture, const PhysicalMemory& guest_ram, std::shared_ptr<const GuestProfile> profile,
+void CrashBundles::take_now(BundleCapture capture, const PhysicalMemory& guest_ram, std::shared_ptr<const PackedProfile> profile,
                             json timings, Written written) {
   if (capture.memory) {
     auto t0 = Clock::now();

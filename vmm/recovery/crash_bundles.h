@@ -51,7 +51,7 @@ class CrashBundles {
   // guest runs again (finish() does it too, for a path that did not).
   void fill_known();
   // A crash's bundle, waiting for its outcome (a crash still pending is finished as superseded).
-  void hold(const repair::CrashRecord& record, BundleCapture capture, std::shared_ptr<const GuestProfile> profile,
+  void hold(const repair::CrashRecord& record, BundleCapture capture, std::shared_ptr<const PackedProfile> profile,
             const json& analysis, const json& plan, const std::string& decision, const std::string& reason);
   bool holding(std::uint64_t crash) const { return pending_ && pending_->crash == crash; }
   // Adds to the pending crash's bundle (no-op when none is held).
@@ -63,7 +63,7 @@ class CrashBundles {
   // A bundle of the guest as it is now, written in the background; `written` is called with the
   // result from poll(). Called once the guest runs again: the pages capture_on_demand() left for
   // then are read from guest_ram first.
-  void take_now(BundleCapture capture, const PhysicalMemory& guest_ram, std::shared_ptr<const GuestProfile> profile,
+  void take_now(BundleCapture capture, const PhysicalMemory& guest_ram, std::shared_ptr<const PackedProfile> profile,
                 json timings, Written written);
   // Results of finished writes (events emitted, on-demand callbacks called).
   std::vector<BundleResult> poll();
