@@ -3,6 +3,7 @@
 #include "base/error.h"
 #include "base/io.h"
 #include "base/unique_fd.h"
+#include "base/zstd_frame.h"
 
 #include <nlohmann/json.hpp>
 
@@ -141,14 +142,19 @@ GuestProfile::Files GuestProfile::read_files(const std::string& dir) {
 GuestProfile::Files GuestProfile::files_from(const std::map<std::string, std::string_view>& entries, const std::string& where) {
   Files files;
   ModuleBtfBudget budget;
-  for (const auto& [name, bytes] : entries) {
-    if (bytes.size() > kMaxFileSize) fail(ExitCode::bad_input, "{}: {} is larger than {} MiB", where, name, kMaxFileSize >> 20);
+  for (const auto& [entry, stored] : entries) {
+    if (stored.size() > kMaxFileSize) fail(ExitCode::bad_input, "{}: {} is larger than {} MiB", where, entry, kMaxFileSize >> 20);
+    // NAME.zst: NAME packed (the repair payload's files), unpacked within the same budgets.
+    bool packed = entry.ends_with(".zst");
+    std::string name = packed ? entry.substr(0, entry.size() - 4) : entry;
+    if (name.starts_with("btf/") && name != "btf/vmlinux" && !safe_module_name(name.substr(4))) continue;
+    if (files.count(name)) fail(ExitCode::bad_input, "{}: {} is there twice", where, name);
+    std::string bytes = packed ? zstd_unpack(stored, kMaxFileSize, where + ": " + entry) : std::string(stored);
     if (name.starts_with("btf/") && name != "btf/vmlinux") {
-      if (!safe_module_name(name.substr(4))) continue;
       budget.count_module(where);
       budget.add_bytes(bytes, where);
     }
-    files.emplace(name, std::string(bytes));
+    files.emplace(std::move(name), std::move(bytes));
   }
   for (const char* required : {"profile.json", "kallsyms", "modules", "btf/vmlinux"})
     if (!files.count(required)) fail(ExitCode::bad_input, "profile file missing: {}/{}", where, required);

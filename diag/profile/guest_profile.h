@@ -45,7 +45,7 @@ struct GuestProfile {
   using Files = std::map<std::string, std::string>;
   static Files read_files(const std::string& dir);
   // The same from files held elsewhere (relative path → bytes: the repair payload's), within the
-  // same budgets.
+  // same budgets. An entry NAME.zst is NAME as one zstd frame.
   static Files files_from(const std::map<std::string, std::string_view>& entries, const std::string& where);
   // Takes the files by value: pass them with std::move to parse without copying their bytes.
   static GuestProfile parse(Files files, const std::string& where);

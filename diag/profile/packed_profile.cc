@@ -1,8 +1,7 @@
 #include "profile/packed_profile.h"
 
 #include "base/error.h"
-
-#include <zstd.h>
+#include "base/zstd_frame.h"
 
 #include <algorithm>
 
@@ -14,15 +13,6 @@ namespace {
 // ready again (issue 20: within 1 s), and level 1 already takes it to about a quarter.
 constexpr int kLevel = 1;
 
-std::string pack(std::string_view bytes) {
-  std::string out(ZSTD_compressBound(bytes.size()), '\0');
-  std::size_t n = ZSTD_compress(out.data(), out.size(), bytes.data(), bytes.size(), kLevel);
-  if (ZSTD_isError(n)) fail(ExitCode::failure, "cannot compress the guest profile: {}", ZSTD_getErrorName(n));
-  out.resize(n);
-  out.shrink_to_fit();
-  return out;
-}
-
 }  // namespace
 
 PackedProfile::PackedProfile(const GuestProfile& profile) {
@@ -32,7 +22,7 @@ PackedProfile::PackedProfile(const GuestProfile& profile) {
   head_.vmcoreinfo_paddr = profile.vmcoreinfo_paddr;
   head_.vmcoreinfo_size = profile.vmcoreinfo_size;
   auto add = [&](std::string name, const std::string& bytes) {
-    files_.push_back({std::move(name), pack(bytes), bytes.size()});
+    files_.push_back({std::move(name), zstd_pack(bytes, kLevel), bytes.size()});
   };
   add("kallsyms", profile.kallsyms);
   add("modules", profile.modules);
@@ -44,11 +34,7 @@ PackedProfile::PackedProfile(const GuestProfile& profile) {
 GuestProfile PackedProfile::unpack() const {
   GuestProfile out = head_;
   for (const auto& f : files_) {
-    std::string bytes(f.size, '\0');
-    std::size_t n = ZSTD_decompress(bytes.data(), bytes.size(), f.packed.data(), f.packed.size());
-    if (ZSTD_isError(n) || n != f.size)
-      fail(ExitCode::failure, "the guest profile held in memory does not unpack ({}): {}", f.name,
-           ZSTD_isError(n) ? ZSTD_getErrorName(n) : "short");
+    std::string bytes = zstd_unpack(f.packed, f.size, "the guest profile's " + f.name + " held in memory");
     if (f.name == "kallsyms") out.kallsyms = std::move(bytes);
     else if (f.name == "modules") out.modules = std::move(bytes);
     else if (f.name == "btf/vmlinux") out.btf_vmlinux = std::move(bytes);

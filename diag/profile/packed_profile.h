@@ -19,7 +19,7 @@ class PackedProfile {
 
   // The profile's manifest (release, boot id, time, VMCOREINFO location); its files are empty.
   const GuestProfile& head() const { return head_; }
-  // The whole profile again. Throws Error(ExitCode::failure) if the packed bytes do not unpack.
+  // The whole profile again. Throws Error if the packed bytes do not unpack.
   GuestProfile unpack() const;
   // Writes the whole profile into dir, as GuestProfile::save.
   void save(const std::string& dir) const { unpack().save(dir); }

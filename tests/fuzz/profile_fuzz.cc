@@ -1,5 +1,6 @@
 // Fuzz target: a profile directory is untrusted input (it travels with bundles). The input is
-// split into profile.json and kallsyms; loading and symbol parsing must fail cleanly or work.
+// split into profile.json and kallsyms; loading and symbol parsing must fail cleanly or work. The
+// second part is also given as a packed file (kallsyms.zst, as the repair payload holds it).
 #include "base/error.h"
 #include "kernel/symbols.h"
 #include "profile/guest_profile.h"
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -24,6 +26,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::ofstream(dir / "btf" / "vmlinux", std::ios::trunc) << "x";
   try {
     immortal::GuestProfile::load(dir.string());
+  } catch (const immortal::Error&) {
+  }
+  try {
+    std::map<std::string, std::string_view> entries = {
+        {"profile.json", manifest}, {"kallsyms.zst", kallsyms}, {"modules", ""}, {"btf/vmlinux", "x"}};
+    immortal::GuestProfile::parse(immortal::GuestProfile::files_from(entries, "fuzz"), "fuzz");
   } catch (const immortal::Error&) {
   }
   try {

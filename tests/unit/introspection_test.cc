@@ -17,6 +17,7 @@
 #include "memory/elf_core.h"
 #include "profile/guest_profile.h"
 #include "profile/packed_profile.h"
+#include "base/zstd_frame.h"
 #include "support/fake_kernel.h"
 #include "x86_64/page_tables.h"
 
@@ -739,6 +740,35 @@ TEST_CASE("a packed profile gives back every file as it was, and keeps much less
   CHECK(back.btf_modules == p.btf_modules);
   CHECK(back.boot_id == "b");
   CHECK(back.vmcoreinfo_size == 0x1000);
+}
+
+TEST_CASE("a profile's files may come packed (NAME.zst, as in the repair payload), and a bad frame is refused", "[introspection]") {
+  std::string kallsyms = std::string(kKallsyms),
+              manifest = R"({"format": 1, "kernel_release": "6.1.0-test", "vmcoreinfo": {"paddr": 4096, "size": 64}})";
+  std::string packed = zstd_pack(kallsyms, 1);
+  std::map<std::string, std::string_view> entries = {
+      {"profile.json", manifest}, {"kallsyms.zst", packed}, {"modules", ""}, {"btf/vmlinux", "x"}};
+  auto files = GuestProfile::files_from(entries, "payload");
+  CHECK(files.at("kallsyms") == kallsyms);
+  CHECK_FALSE(files.count("kallsyms.zst"));
+  CHECK(GuestProfile::parse(std::move(files), "payload").kallsyms == kallsyms);
+  auto refused = [&](std::string_view frame, const char* what) {
+    entries["kallsyms.zst"] = frame;
+    try {
+      GuestProfile::files_from(entries, "payload");
+      FAIL("accepted " << what);
+    } catch (const Error& e) {
+      CHECK(e.code() == ExitCode::bad_input);
+      CHECK_THAT(e.what(), Catch::Contains(what));
+    }
+  };
+  refused("not zstd at all", "not a zstd frame");
+  refused(std::string_view(packed).substr(0, packed.size() / 2), "does not unpack");
+  std::string huge = zstd_pack(std::string(GuestProfile::kMaxFileSize + 1, 'a'), 1);
+  refused(huge, "more than");
+  entries["kallsyms.zst"] = packed;
+  entries["kallsyms"] = kallsyms;
+  CHECK_THROWS_WITH(GuestProfile::files_from(entries, "payload"), Catch::Contains("there twice"));
 }
 
 TEST_CASE("a profile survives saving and loading, and a damaged one is refused", "[introspection]") {

@@ -1,0 +1,24 @@
+// Unpacking only: the static repair agent links this file, and zstd's compressor (0.4 MB of every
+// repair VM's initramfs) stays out of it (zstd_pack.cc).
+#include "base/zstd_frame.h"
+
+#include "base/error.h"
+
+#include <zstd.h>
+
+namespace immortal {
+
+std::string zstd_unpack(std::string_view frame, std::size_t max, std::string_view what) {
+  // The size the frame declares decides the allocation, so it is checked before anything is made.
+  unsigned long long size = ZSTD_getFrameContentSize(frame.data(), frame.size());
+  if (size == ZSTD_CONTENTSIZE_ERROR) fail(ExitCode::bad_input, "{} is not a zstd frame", what);
+  if (size == ZSTD_CONTENTSIZE_UNKNOWN) fail(ExitCode::bad_input, "{}: the zstd frame does not say its size", what);
+  if (size > max) fail(ExitCode::bad_input, "{} unpacks to {} bytes, more than {}", what, size, max);
+  std::string out(static_cast<std::size_t>(size), '\0');
+  std::size_t n = ZSTD_decompress(out.data(), out.size(), frame.data(), frame.size());
+  if (ZSTD_isError(n)) fail(ExitCode::bad_input, "{} does not unpack: {}", what, ZSTD_getErrorName(n));
+  if (n != out.size()) fail(ExitCode::bad_input, "{} unpacks to {} bytes, not the {} it declares", what, n, out.size());
+  return out;
+}
+
+}  // namespace immortal
