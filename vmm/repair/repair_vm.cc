@@ -62,11 +62,11 @@ void RepairVm::resume_vm() {
   machine_->resume();
 }
 
-void RepairVm::start_trim() {
+bool RepairVm::start_trim() {
   const auto where = mailbox_.box().agent_vmcoreinfo();
   const std::uint64_t paddr = where.first;
   const std::uint32_t size = where.second;
-  if (trimming_.exchange(true)) return;  // one at a time
+  if (trimming_.exchange(true)) return false;  // one at a time
   if (trim_.joinable()) trim_.join();  // the last one, finished
   std::uint64_t runs;
   {
@@ -102,6 +102,7 @@ void RepairVm::start_trim() {
       std::lock_guard lock(vm_mutex_);
       if (runs_ != runs) {
         result = {{"skipped", "the repair VM ran again before its free pages were given back"}};
+        trim_after_ = Clock::now() + kTrimRetry;  // once the crash that ran it is over
       } else {
         std::uint64_t given = punch_free_pages(*ram, classes ? *classes : RamClasses{}, zero_runs);
         result = {{"zero_bytes", zero}, {"given_back_bytes", given}};
@@ -134,6 +135,7 @@ void RepairVm::start_trim() {
     }
     trimming_ = false;
   });
+  return true;
 }
 
 void RepairVm::describe(nlohmann::json& into) const {
@@ -167,6 +169,18 @@ WorkerState RepairVm::state() {
     return state_;
   }
   if (state_ != WorkerState::failed && machine_gone()) fail_with("the repair VM is gone");
+  // A crash cut the last trim short: it goes again once that crash is over.
+  if (state_ == WorkerState::ready) {
+    bool due;
+    {
+      std::lock_guard lock(vm_mutex_);
+      due = trim_after_ && Clock::now() >= *trim_after_;
+    }
+    if (due && start_trim()) {
+      std::lock_guard lock(vm_mutex_);
+      trim_after_.reset();
+    }
+  }
   return state_;
 }
 

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 namespace immortal::vmm {
@@ -45,7 +46,9 @@ class RepairVm final : public RepairWorker {
   void check_boot();    // while it boots
   void check_reload();  // while its agent loads a new profile
   void resume_vm();     // every resume goes through here: it ends any trim in flight
-  void start_trim();    // in the background, once the VM is ready and paused
+  // In the background, once the VM is ready and paused (after it booted or reloaded), and again
+  // when a crash resumed it before the pass was done. False when one is still running.
+  bool start_trim();
 
   MailboxMemory mailbox_;
   UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
@@ -67,6 +70,8 @@ class RepairVm final : public RepairWorker {
   std::atomic<bool> trimming_{false};
   mutable std::mutex trim_mutex_;
   nlohmann::json trim_result_;  // guarded by trim_mutex_
+  static constexpr auto kTrimRetry = std::chrono::seconds(2);
+  std::optional<Clock::time_point> trim_after_;  // a trim due again (started by state()); vm_mutex_
 };
 
 }  // namespace immortal::vmm
