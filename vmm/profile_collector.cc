@@ -86,28 +86,25 @@ void ProfileCollector::finish(const std::string& error) {
     return;
   }
   building_.taken_at = utc_now();
+  std::size_t btf_kib = building_.btf_vmlinux.size() >> 10, btf_modules = building_.btf_modules.size();
+  std::shared_ptr<const PackedProfile> packed;
   try {
-    building_.save(dir_);
+    // Kept packed, in memory and in dir_ (which is memory too where /run is tmpfs): packed once.
+    packed = std::make_shared<const PackedProfile>(building_);
+    packed->store(dir_);
   } catch (const Error& e) {
     last_error_ = e.what();
     say_(std::string("cannot save the guest profile: ") + e.what());
     return;
   }
-  last_error_.clear();
-  taken_at_ = building_.taken_at;
-  ++number_;
-  std::size_t btf_kib = building_.btf_vmlinux.size() >> 10, btf_modules = building_.btf_modules.size();
-  try {
-    current_ = std::make_shared<const PackedProfile>(building_);
-  } catch (const Error& e) {
-    last_error_ = e.what();
-    say_(std::string("cannot keep the guest profile: ") + e.what());
-    return;
-  }
-  // Its text is in current_, packed, and in dir_. Moved out to free it: assigning an empty
-  // profile would not (libstdc++ copies a short string into the long one's buffer and keeps it).
+  // Its text is in packed now. Moved out to free it: assigning an empty profile would not
+  // (libstdc++ copies a short string into the long one's buffer and keeps it).
   { GuestProfile done = std::move(building_); }
   building_ = GuestProfile{};
+  last_error_.clear();
+  taken_at_ = packed->head().taken_at;
+  ++number_;
+  current_ = std::move(packed);
   symbols_ = current_->symbols();
   say_(fmt::format("guest profile saved in {:.1f} s: {} symbols, {} KiB of BTF, {} modules with BTF", last_seconds_,
                    symbols_, btf_kib, btf_modules));

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -25,7 +26,7 @@ using nlohmann::json;
 namespace {
 
 // Mode 0600: the guest's symbols and types are the guest's business.
-void write_file(const fs::path& path, const std::string& data) {
+void write_file(const fs::path& path, std::string_view data) {
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!fd) fail_os(ExitCode::failure, "create " + path.string(), errno);
   write_all(fd.get(), data);
@@ -88,7 +89,30 @@ bool parse_vmcoreinfo_location(const std::string& text, std::uint64_t* paddr, st
   }
 }
 
+std::string GuestProfile::manifest_text() const {
+  json module_btf = json::array();
+  for (const auto& [name, data] : btf_modules)
+    if (safe_module_name(name)) module_btf.push_back(name);
+  json manifest = {{"format", kFormat},
+                   {"kernel_release", kernel_release},
+                   {"boot_id", boot_id},
+                   {"taken_at", taken_at},
+                   {"vmcoreinfo", {{"paddr", vmcoreinfo_paddr}, {"size", vmcoreinfo_size}}},
+                   {"module_btf", module_btf}};
+  return manifest.dump(2) + "\n";
+}
+
 void GuestProfile::save(const std::string& dir) const {
+  std::map<std::string, std::string_view> files = {
+      {"kallsyms", kallsyms}, {"modules", modules}, {"btf/vmlinux", btf_vmlinux}};
+  for (const auto& [name, data] : btf_modules)
+    if (safe_module_name(name)) files.emplace("btf/" + name, data);
+  std::string manifest = manifest_text();
+  files.emplace("profile.json", manifest);
+  write_profile_dir(dir, files);
+}
+
+void write_profile_dir(const std::string& dir, const std::map<std::string, std::string_view>& files) {
   fs::path target(dir);
   fs::path temp = target.string() + ".new";
   fs::path old = target.string() + ".old";
@@ -96,22 +120,10 @@ void GuestProfile::save(const std::string& dir) const {
   fs::remove_all(temp, ec);
   for (const auto& d : {temp, temp / "btf"})
     if (::mkdir(d.c_str(), 0700) != 0) fail_os(ExitCode::failure, "create " + d.string(), errno);
-  write_file(temp / "kallsyms", kallsyms);
-  write_file(temp / "modules", modules);
-  write_file(temp / "btf" / "vmlinux", btf_vmlinux);
-  json module_btf = json::array();
-  for (const auto& [name, data] : btf_modules) {
-    if (!safe_module_name(name)) continue;
-    write_file(temp / "btf" / name, data);
-    module_btf.push_back(name);
-  }
-  json manifest = {{"format", kFormat},
-                   {"kernel_release", kernel_release},
-                   {"boot_id", boot_id},
-                   {"taken_at", taken_at},
-                   {"vmcoreinfo", {{"paddr", vmcoreinfo_paddr}, {"size", vmcoreinfo_size}}},
-                   {"module_btf", module_btf}};
-  write_file(temp / "profile.json", manifest.dump(2) + "\n");
+  // The manifest last: a directory with one is complete.
+  for (const auto& [name, bytes] : files)
+    if (name != "profile.json") write_file(temp / name, bytes);
+  write_file(temp / "profile.json", files.at("profile.json"));
   // Swap whole directories so a reader never sees half of two profiles.
   fs::remove_all(old, ec);
   if (fs::exists(target)) fs::rename(target, old);
@@ -119,24 +131,36 @@ void GuestProfile::save(const std::string& dir) const {
   fs::remove_all(old, ec);
 }
 
-GuestProfile::Files GuestProfile::read_files(const std::string& dir) {
+GuestProfile::Files GuestProfile::read_stored_files(const std::string& dir) {
   fs::path root(dir);
   Files files;
-  files["profile.json"] = read_file(root / "profile.json", true);
-  files["kallsyms"] = read_file(root / "kallsyms", true);
-  files["modules"] = read_file(root / "modules", true);
-  files["btf/vmlinux"] = read_file(root / "btf" / "vmlinux", true);
+  // Each file as NAME or, packed, NAME.zst (an instance directory's copy).
+  auto read_either = [&](const std::string& name) {
+    fs::path packed = root / (name + ".zst");
+    if (fs::exists(packed)) files[name + ".zst"] = read_file(packed, true);
+    else files[name] = read_file(root / name, true);
+  };
+  for (const char* name : {"profile.json", "kallsyms", "modules", "btf/vmlinux"}) read_either(name);
   // Every module's BTF the directory holds, within the budgets (the manifest, parsed later,
   // says which of them belong).
   std::error_code ec;
   ModuleBtfBudget budget;
   for (const auto& entry : fs::directory_iterator(root / "btf", ec)) {
-    std::string name = entry.path().filename().string();
+    std::string file = entry.path().filename().string();
+    std::string name = file.ends_with(".zst") ? file.substr(0, file.size() - 4) : file;
     if (name == "vmlinux" || !safe_module_name(name)) continue;
     budget.count_module(dir);
-    budget.add_bytes(files["btf/" + name] = read_file(entry.path(), true), dir);
+    budget.add_bytes(files["btf/" + file] = read_file(entry.path(), true), dir);
   }
   return files;
+}
+
+GuestProfile::Files GuestProfile::read_files(const std::string& dir) {
+  Files stored = read_stored_files(dir);
+  bool packed = std::any_of(stored.begin(), stored.end(), [](const auto& f) { return f.first.ends_with(".zst"); });
+  if (!packed) return stored;
+  std::map<std::string, std::string_view> entries(stored.begin(), stored.end());
+  return files_from(entries, dir);
 }
 
 GuestProfile::Files GuestProfile::files_from(const std::map<std::string, std::string_view>& entries, const std::string& where) {

@@ -34,8 +34,11 @@ struct GuestProfile {
   std::string btf_vmlinux;
   std::map<std::string, std::string> btf_modules;
 
-  // Writes the profile into dir (replacing a previous one as a whole).
+  // Writes the profile into dir (replacing a previous one as a whole), its files as they are.
+  // PackedProfile::store writes them packed (NAME.zst), which every reader below takes too.
   void save(const std::string& dir) const;
+  // profile.json as save() writes it.
+  std::string manifest_text() const;
   // Reads and validates a profile; throws Error(ExitCode::bad_input) naming what is wrong.
   static GuestProfile load(const std::string& dir);
 
@@ -44,12 +47,18 @@ struct GuestProfile {
   // and not parsed; then what load() makes of them.
   using Files = std::map<std::string, std::string>;
   static Files read_files(const std::string& dir);
+  // The same files as the directory stores them, packed (NAME.zst) or not, size-checked only.
+  static Files read_stored_files(const std::string& dir);
   // The same from files held elsewhere (relative path → bytes: the repair payload's), within the
   // same budgets. An entry NAME.zst is NAME as one zstd frame.
   static Files files_from(const std::map<std::string, std::string_view>& entries, const std::string& where);
   // Takes the files by value: pass them with std::move to parse without copying their bytes.
   static GuestProfile parse(Files files, const std::string& where);
 };
+
+// Writes a profile directory from its files (relative path → bytes, profile.json among them),
+// replacing a previous one as a whole: a reader never sees half of two profiles.
+void write_profile_dir(const std::string& dir, const std::map<std::string, std::string_view>& files);
 
 // Parses the content of /sys/kernel/vmcoreinfo ("<hex paddr> <hex size>"); false if malformed.
 bool parse_vmcoreinfo_location(const std::string& text, std::uint64_t* paddr, std::uint64_t* size);

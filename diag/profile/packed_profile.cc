@@ -4,6 +4,8 @@
 #include "base/zstd_frame.h"
 
 #include <algorithm>
+#include <map>
+#include <string_view>
 
 namespace immortal {
 
@@ -41,6 +43,16 @@ GuestProfile PackedProfile::unpack() const {
     else out.btf_modules.emplace(f.name.substr(4), std::move(bytes));
   }
   return out;
+}
+
+void PackedProfile::store(const std::string& dir) const {
+  GuestProfile manifest = head_;
+  for (const auto& f : files_)
+    if (f.name.starts_with("btf/") && f.name != "btf/vmlinux") manifest.btf_modules.emplace(f.name.substr(4), "");
+  std::string text = manifest.manifest_text();
+  std::map<std::string, std::string_view> files = {{"profile.json", text}};
+  for (const auto& f : files_) files.emplace(f.name + ".zst", f.packed);
+  write_profile_dir(dir, files);
 }
 
 std::size_t PackedProfile::packed_bytes() const {

@@ -21,8 +21,11 @@ class PackedProfile {
   const GuestProfile& head() const { return head_; }
   // The whole profile again. Throws Error if the packed bytes do not unpack.
   GuestProfile unpack() const;
-  // Writes the whole profile into dir, as GuestProfile::save.
+  // Writes the whole profile into dir, as GuestProfile::save (a bundle's copy: plain files).
   void save(const std::string& dir) const { unpack().save(dir); }
+  // Writes it into dir packed as it is held: profile.json, and each file as NAME.zst (the
+  // instance directory's copy, which may be memory too: /run is tmpfs on most hosts).
+  void store(const std::string& dir) const;
 
   // The profile's files, packed and as they were (for status and benchmarks).
   std::size_t packed_bytes() const;

@@ -740,6 +740,27 @@ TEST_CASE("a packed profile gives back every file as it was, and keeps much less
   CHECK(back.btf_modules == p.btf_modules);
   CHECK(back.boot_id == "b");
   CHECK(back.vmcoreinfo_size == 0x1000);
+
+  // Stored packed (the instance directory's copy), it reads back whole wherever a profile
+  // directory is read, and the payload's writer gets the frames as they are.
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / ("immortal-packed-profile-" + std::to_string(::getpid()));
+  packed.store(dir.string());
+  CHECK(fs::exists(dir / "kallsyms.zst"));
+  CHECK_FALSE(fs::exists(dir / "kallsyms"));
+  CHECK(fs::exists(dir / "btf" / "immortal_fault.zst"));
+  auto stored = GuestProfile::read_stored_files(dir.string());
+  CHECK(stored.count("kallsyms.zst"));
+  CHECK(stored.count("profile.json"));
+  GuestProfile loaded = GuestProfile::load(dir.string());
+  CHECK(loaded.kallsyms == p.kallsyms);
+  CHECK(loaded.btf_vmlinux == p.btf_vmlinux);
+  CHECK(loaded.btf_modules == p.btf_modules);
+  CHECK(loaded.taken_at == p.taken_at);
+  // A damaged frame is refused as bad input, like any other damaged profile.
+  std::ofstream(dir / "kallsyms.zst", std::ios::trunc) << "garbage";
+  CHECK_THROWS_WITH(GuestProfile::load(dir.string()), Catch::Contains("not a zstd frame"));
+  fs::remove_all(dir);
 }
 
 TEST_CASE("a profile's files may come packed (NAME.zst, as in the repair payload), and a bad frame is refused", "[introspection]") {

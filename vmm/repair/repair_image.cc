@@ -100,8 +100,10 @@ std::string payload_archive(const std::string& profile_dir, const repair::Health
   // stays in memory for as long as the guest runs, and the agents read the files once, to parse
   // them. Level 1: written again after every module load, on the way to the repair path being
   // ready again.
-  for (auto& [name, bytes] : GuestProfile::read_files(profile_dir))
-    files.emplace("profile/" + name + ".zst", zstd_pack(std::exchange(bytes, {}), 1));
+  for (auto& [name, bytes] : GuestProfile::read_stored_files(profile_dir)) {
+    if (name.ends_with(".zst")) files.emplace("profile/" + name, std::move(bytes));  // packed already
+    else files.emplace("profile/" + name + ".zst", zstd_pack(std::exchange(bytes, {}), 1));
+  }
   auto copy = healthy.to_files();
   files.emplace("healthy/healthy.json", std::move(copy.index));
   files.emplace("healthy/healthy.bin", std::move(copy.blob));
