@@ -137,7 +137,8 @@ GuestProfile::Files GuestProfile::read_stored_files(const std::string& dir) {
   // Each file as NAME or, packed, NAME.zst (an instance directory's copy).
   auto read_either = [&](const std::string& name) {
     fs::path packed = root / (name + ".zst");
-    if (fs::exists(packed)) files[name + ".zst"] = read_file(packed, true);
+    std::error_code missing;
+    if (fs::exists(packed, missing)) files[name + ".zst"] = read_file(packed, true);
     else files[name] = read_file(root / name, true);
   };
   for (const char* name : {"profile.json", "kallsyms", "modules", "btf/vmlinux"}) read_either(name);
