@@ -122,10 +122,12 @@ void write_at(int fd, std::uint64_t offset, const std::string& bytes) {
 
 // Where a file that ships with immortal may be, in order: `installed` beside this executable (an
 // install), `in_build_tree` from the build directory (this executable is its vmm/immortal), and
-// ../libexec/immortal/`installed`.
+// ../libexec/immortal/`installed`. None when this executable's path cannot be read (not paths
+// relative to the current directory).
 std::vector<fs::path> shipped_file_places(const std::string& installed, const fs::path& in_build_tree) {
   std::error_code ec;
   fs::path self = fs::read_symlink("/proc/self/exe", ec).parent_path();
+  if (ec || self.empty()) return {};
   return {self / installed, self.parent_path() / in_build_tree, self.parent_path() / "libexec" / "immortal" / installed};
 }
 

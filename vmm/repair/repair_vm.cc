@@ -62,16 +62,17 @@ void RepairVm::resume_vm() {
   machine_->resume();
 }
 
-bool RepairVm::start_trim() {
+void RepairVm::start_trim() {
   const auto where = mailbox_.box().agent_vmcoreinfo();
   const std::uint64_t paddr = where.first;
   const std::uint32_t size = where.second;
-  if (trimming_.exchange(true)) return false;  // one at a time
+  if (trimming_.exchange(true)) return;  // one at a time
   if (trim_.joinable()) trim_.join();  // the last one, finished
   std::uint64_t runs;
   {
     std::lock_guard lock(vm_mutex_);
     runs = runs_;
+    trim_after_.reset();  // this pass is the one that was due
   }
   trim_ = std::thread([this, paddr, size, runs] {
     // Beside the guest and a recovery's checks, not ahead of them (the page-class agent it
@@ -135,7 +136,6 @@ bool RepairVm::start_trim() {
     }
     trimming_ = false;
   });
-  return true;
 }
 
 void RepairVm::describe(nlohmann::json& into) const {
@@ -162,24 +162,26 @@ bool RepairVm::machine_gone() {
   }
 }
 
-WorkerState RepairVm::state() {
+WorkerState RepairVm::refresh_state() {
   if (state_ == WorkerState::starting) {
     if (reload_seq_) check_reload();
     else check_boot();
     return state_;
   }
   if (state_ != WorkerState::failed && machine_gone()) fail_with("the repair VM is gone");
-  // A crash cut the last trim short: it goes again once that crash is over.
-  if (state_ == WorkerState::ready) {
+  return state_;
+}
+
+WorkerState RepairVm::state() {
+  // A crash cut the last trim short: it goes again once that crash is over. Here, on the
+  // broker's tick, not on the way into an analysis or a reload (which would cut it short again).
+  if (refresh_state() == WorkerState::ready) {
     bool due;
     {
       std::lock_guard lock(vm_mutex_);
       due = trim_after_ && Clock::now() >= *trim_after_;
     }
-    if (due && start_trim()) {
-      std::lock_guard lock(vm_mutex_);
-      trim_after_.reset();
-    }
+    if (due) start_trim();  // one still running: the next tick
   }
   return state_;
 }
@@ -228,7 +230,7 @@ void RepairVm::check_reload() {
 }
 
 bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
-  if (state() != WorkerState::ready) return false;
+  if (refresh_state() != WorkerState::ready) return false;
   reload_seq_ = mailbox_.box().post_request(nlohmann::json{{"reload", {{"offset", offset}, {"size", size}}}}.dump());
   state_ = WorkerState::starting;
   status_ = "loading a new profile";
@@ -243,7 +245,7 @@ bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
 }
 
 std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
-  if (state() != WorkerState::ready) fail(ExitCode::failure, "the repair VM is not ready: {}", status_);
+  if (refresh_state() != WorkerState::ready) fail(ExitCode::failure, "the repair VM is not ready: {}", status_);
   std::uint64_t seq = mailbox_.box().post_request(request);
   resume_vm();
   for (;;) {

@@ -47,8 +47,10 @@ class RepairVm final : public RepairWorker {
   void check_reload();  // while its agent loads a new profile
   void resume_vm();     // every resume goes through here: it ends any trim in flight
   // In the background, once the VM is ready and paused (after it booted or reloaded), and again
-  // when a crash resumed it before the pass was done. False when one is still running.
-  bool start_trim();
+  // when a crash resumed it before the pass was done. Nothing when one is still running.
+  void start_trim();
+  // state() without starting a trim that is due again (on the way into an analysis or a reload).
+  WorkerState refresh_state();
 
   MailboxMemory mailbox_;
   UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
