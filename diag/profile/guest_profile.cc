@@ -102,11 +102,16 @@ std::string GuestProfile::manifest_text() const {
   return manifest.dump(2) + "\n";
 }
 
-void GuestProfile::save(const std::string& dir) const {
+std::map<std::string, std::string_view> GuestProfile::file_views() const {
   std::map<std::string, std::string_view> files = {
       {"kallsyms", kallsyms}, {"modules", modules}, {"btf/vmlinux", btf_vmlinux}};
   for (const auto& [name, data] : btf_modules)
     if (safe_module_name(name)) files.emplace("btf/" + name, data);
+  return files;
+}
+
+void GuestProfile::save(const std::string& dir) const {
+  std::map<std::string, std::string_view> files = file_views();
   std::string manifest = manifest_text();
   files.emplace("profile.json", manifest);
   write_profile_dir(dir, files);

@@ -39,6 +39,8 @@ struct GuestProfile {
   void save(const std::string& dir) const;
   // profile.json as save() writes it.
   std::string manifest_text() const;
+  // The files save() writes beside it (relative path → bytes): modules with unsafe names left out.
+  std::map<std::string, std::string_view> file_views() const;
   // Reads and validates a profile; throws Error(ExitCode::bad_input) naming what is wrong.
   static GuestProfile load(const std::string& dir);
 

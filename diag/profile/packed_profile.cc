@@ -23,13 +23,7 @@ PackedProfile::PackedProfile(const GuestProfile& profile) {
   head_.taken_at = profile.taken_at;
   head_.vmcoreinfo_paddr = profile.vmcoreinfo_paddr;
   head_.vmcoreinfo_size = profile.vmcoreinfo_size;
-  auto add = [&](std::string name, const std::string& bytes) {
-    files_.push_back({std::move(name), zstd_pack(bytes, kLevel), bytes.size()});
-  };
-  add("kallsyms", profile.kallsyms);
-  add("modules", profile.modules);
-  add("btf/vmlinux", profile.btf_vmlinux);
-  for (const auto& [module, btf] : profile.btf_modules) add("btf/" + module, btf);
+  for (const auto& [name, bytes] : profile.file_views()) files_.push_back({name, zstd_pack(bytes, kLevel), bytes.size()});
   symbols_ = static_cast<std::size_t>(std::count(profile.kallsyms.begin(), profile.kallsyms.end(), '\n'));
 }
 

@@ -27,14 +27,14 @@ class PackedProfile {
   // instance directory's copy, which may be memory too: /run is tmpfs on most hosts).
   void store(const std::string& dir) const;
 
-  // The profile's files, packed and as they were (for status and benchmarks).
+  // The profile's files, packed and as they were (for tests and measurements).
   std::size_t packed_bytes() const;
   std::size_t file_bytes() const;
   std::size_t symbols() const { return symbols_; }  // lines of kallsyms
 
  private:
   struct File {
-    std::string name;    // "kallsyms", "modules", "btf/vmlinux", "btf/MODULE"
+    std::string name;    // as GuestProfile::file_views() names it: "kallsyms", "btf/MODULE" …
     std::string packed;  // one zstd frame
     std::size_t size = 0;
   };
