@@ -42,7 +42,7 @@ void add_region(const Kernel& kernel, HealthyImage& image, std::string name, std
   // The budget is checked before each region is allocated, not once all are read.
   if (image.total_bytes() + (end - begin) > kMaxTotal || image.regions.size() >= kMaxRegions)
     fail(ExitCode::bad_input, "the kernel's code and read-only data are larger than {} MiB (at {})", kMaxTotal >> 20, name);
-  HealthyRegion r{std::move(name), std::move(kind), std::move(module), begin, std::vector<std::uint8_t>(end - begin), {}, {}};
+  HealthyRegion r{std::move(name), std::move(kind), std::move(module), begin, std::vector<std::uint8_t>(end - begin), {}, {}, {}};
   kernel.memory().read(begin, std::as_writable_bytes(std::span(r.bytes)));
   // One page-table walk per page that maps it (2 MiB ones for the kernel image).
   for (std::uint64_t va = begin; va < end;) {
@@ -215,7 +215,7 @@ HealthyImage HealthyImage::parse_index(std::string_view index_text, std::string_
     std::uint64_t offset = r["offset"].get<std::uint64_t>(), size = r["size"].get<std::uint64_t>();
     if (offset > blob.size() || size > blob.size() - offset)
       fail(ExitCode::bad_input, "{}/healthy.json: a region beyond healthy.bin", dir);
-    HealthyRegion region{r.value("name", ""), r.value("kind", ""), r.value("module", ""), parse_address(r["address"]), {}, {}, {}};
+    HealthyRegion region{r.value("name", ""), r.value("kind", ""), r.value("module", ""), parse_address(r["address"]), {}, {}, {}, {}};
     if (region.address + size < region.address) fail(ExitCode::bad_input, "{}/healthy.json: a region wraps", dir);
     region.physical = parse_physical_runs(r.value("physical", nlohmann::json()), size, dir);
     const auto* first = reinterpret_cast<const std::uint8_t*>(blob.data()) + offset;

@@ -25,6 +25,12 @@ struct PhysicalRun {
   std::uint64_t offset = 0, address = 0, size = 0;
 };
 
+// A keyed 128-bit digest of one piece of a region: its bytes within one 4 KiB virtual page.
+struct PieceDigest {
+  std::uint64_t low = 0, high = 0;
+  bool operator==(const PieceDigest&) const = default;
+};
+
 struct HealthyRegion {
   std::string name;     // "kernel text", "kernel rodata", "immortal_fault text" …
   std::string kind;     // text, rodata
@@ -36,6 +42,9 @@ struct HealthyRegion {
   // the supervisor compare the crashed guest's code without reading its page tables
   // (engine/text_precheck.h).
   std::vector<PhysicalRun> physical;
+  // One digest per piece, in address order (engine/text_precheck.h, digest_pieces): made where the
+  // copy prechecks crashes (the supervisor), never saved or sent to an agent.
+  std::vector<PieceDigest> digests;
   std::span<const std::uint8_t> code() const { return borrowed.data() ? borrowed : std::span<const std::uint8_t>(bytes); }
   std::uint64_t size() const { return code().size(); }
   bool contains(std::uint64_t a, std::uint64_t n) const {
@@ -66,6 +75,7 @@ struct HealthyImage {
   std::string taken_at;   // the profile it was taken with
   std::vector<HealthyRegion> regions;
   std::vector<ModuleLayout> modules;
+  std::uint64_t digest_seed = 0;  // the key of the regions' digests (random; never leaves the supervisor)
   const ModuleLayout* module(const std::string& name) const;
 
   std::uint64_t total_bytes() const;

@@ -5,8 +5,14 @@
 
 #include <fmt/format.h>
 
+#include <sys/random.h>
+
 #include <algorithm>
 #include <cstring>
+
+// Header-only: the engine library is linked into the static repair agent too.
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 namespace immortal::repair {
 
@@ -21,7 +27,34 @@ void sort_unique(std::vector<std::uint64_t>& pieces) {
   pieces.erase(std::unique(pieces.begin(), pieces.end()), pieces.end());
 }
 
+PieceDigest digest(const std::uint8_t* bytes, std::size_t n, std::uint64_t seed) {
+  XXH128_hash_t h = XXH3_128bits_withSeed(bytes, n, seed);
+  return {h.low64, h.high64};
+}
+
+// The pieces of a region: its bytes within each 4 KiB virtual page it touches.
+std::size_t piece_count(const HealthyRegion& region) {
+  if (!region.size()) return 0;
+  return static_cast<std::size_t>((piece_of(region.address + region.size() - 1) - piece_of(region.address)) / kPage + 1);
+}
+
 }  // namespace
+
+void digest_pieces(HealthyImage& healthy) {
+  std::uint64_t seed = 0;
+  if (::getrandom(&seed, sizeof seed, 0) != sizeof seed) fail_os(ExitCode::failure, "getrandom (the code digests' key)", errno);
+  healthy.digest_seed = seed;
+  for (auto& region : healthy.regions) {
+    region.digests.clear();
+    region.digests.reserve(piece_count(region));
+    const std::uint8_t* h = region.code().data();
+    for (std::uint64_t at = 0; at < region.size();) {
+      std::uint64_t n = std::min(region.size() - at, kPage - ((region.address + at) & (kPage - 1)));
+      region.digests.push_back(digest(h + at, n, seed));
+      at += n;
+    }
+  }
+}
 
 nlohmann::json TextPrecheck::to_json() const {
   nlohmann::json list = nlohmann::json::array();
@@ -49,6 +82,7 @@ std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const Phy
   for (const auto& region : healthy.regions) {
     if (region.physical.empty() && region.size()) return std::nullopt;
     const std::uint8_t* h = region.code().data();
+    bool by_digest = region.digests.size() == piece_count(region);
     for (const auto& run : region.physical) {
       // [at, end): offsets in the region, read a chunk at a time that ends on a virtual page.
       for (std::uint64_t at = run.offset, end = run.offset + run.size; at < end;) {
@@ -63,7 +97,14 @@ std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const Phy
         // Each piece: the bytes of this chunk within one virtual page.
         for (std::uint64_t done = 0; done < n;) {
           std::uint64_t piece = std::min(n - done, kPage - ((va + done) & (kPage - 1)));
-          if (!readable || std::memcmp(buffer.data() + done, h + at + done, piece) != 0) {
+          bool equal = false;
+          if (readable && by_digest) {
+            auto k = static_cast<std::size_t>((piece_of(va + done) - piece_of(region.address)) / kPage);
+            equal = digest(buffer.data() + done, piece, healthy.digest_seed) == region.digests[k];
+          } else if (readable) {
+            equal = std::memcmp(buffer.data() + done, h + at + done, piece) == 0;
+          }
+          if (!equal) {
             if (out.differing.size() >= kMaxPrecheckPieces) return std::nullopt;
             out.differing.push_back(piece_of(va + done));
           }

@@ -30,6 +30,14 @@ struct TextPrecheck {
   static TextPrecheck from_json(const nlohmann::json& j);
 };
 
+// Digests every piece of the copy (HealthyRegion::digests) with a fresh random key: done once per
+// copy, where it prechecks crashes (the supervisor, when it takes the copy from the repair
+// payload), so that a crash hashes the guest's code (XXH3-128, at memory speed) instead of comparing
+// it with the copy byte for byte, and the copy's own bytes are not read at all. The key stays in
+// the supervisor: a guest cannot make a page that collides with a digest it cannot compute.
+void digest_pieces(HealthyImage& healthy);
+
+// With digests, a region's pieces are compared by them; a region without is compared byte for byte.
 // nullopt when some region has no physical runs (a copy from an older version) or more than
 // kMaxPrecheckPieces pieces differ: the engine then compares every byte itself.
 std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const PhysicalMemory& memory);

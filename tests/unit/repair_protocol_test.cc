@@ -60,7 +60,7 @@ struct Validation {
   std::unique_ptr<Kernel> kernel = kernel_with(ram);
   repair::HealthyImage healthy = [] {
     repair::HealthyImage h;
-    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}, {}});
+    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}, {}, {}});
     h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
     return h;
   }();
@@ -228,8 +228,8 @@ TEST_CASE("repair image: the supervisor reads its healthy copy where the payload
   auto healthy_with = [](std::uint8_t fill) {
     repair::HealthyImage h;
     h.release = "6.1.0-test";
-    h.regions.push_back({"kernel text", "text", "", 0xffffffff81000000, std::vector<std::uint8_t>(3 * 4096 + 5, fill), {}, {}});
-    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}, {}});
+    h.regions.push_back({"kernel text", "text", "", 0xffffffff81000000, std::vector<std::uint8_t>(3 * 4096 + 5, fill), {}, {}, {}});
+    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}, {}, {}});
     h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
     return h;
   };
@@ -267,7 +267,7 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
   CHECK_THROWS(repair::capture_healthy_image(*kernel, "t"));
   repair::HealthyImage image;
   image.release = "test";
-  image.regions.push_back({"kernel text", "text", "", test::kva(0x100000), code, {}, {}});
+  image.regions.push_back({"kernel text", "text", "", test::kva(0x100000), code, {}, {}, {}});
   image.modules.push_back({"drv", 0xffffffffc0000000, 0x3000, 0x1000, {{0xffffffffc0001000, 0xffffffffc0003000}}});
   std::string dir = std::filesystem::temp_directory_path() / ("healthy-test-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
@@ -326,6 +326,33 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
     image.regions[0].physical = {{0, 0x100800, 0x1000}};
     CHECK(repair::whole_code_pages(image).empty());
   }
+  SECTION("the precheck by the pieces' digests finds what the byte comparison finds") {
+    image.regions[0].physical = {{0, 0x100000, 0x1000}};
+    repair::digest_pieces(image);
+    REQUIRE(image.regions[0].digests.size() == 1);
+    std::uint64_t first_seed = image.digest_seed;
+    auto clean = repair::precheck_text(image, ram);
+    REQUIRE(clean);
+    CHECK(clean->differing.empty());
+    std::uint8_t bad[] = {0x0f, 0x0b};
+    ram.write(0x100041, std::as_bytes(std::span(bad)));
+    auto found = repair::precheck_text(image, ram);
+    REQUIRE(found);
+    CHECK(found->differing == std::vector<std::uint64_t>{test::kva(0x100000)});
+    // The digests are what is compared: a copy changed after they were made still prechecks as
+    // they say (they are made from the payload, which nothing changes afterwards).
+    image.regions[0].bytes[0x41] = 0x0f;
+    image.regions[0].bytes[0x42] = 0x0b;
+    CHECK(repair::precheck_text(image, ram)->differing.size() == 1);
+    // A fresh key each time (a guest cannot learn it from one copy and use it on the next).
+    repair::digest_pieces(image);
+    CHECK(image.digest_seed != first_seed);
+    CHECK(repair::precheck_text(image, ram)->differing.empty());
+    // A region whose digests do not match its pieces is compared byte for byte.
+    image.regions[0].digests.push_back({});
+    image.regions[0].bytes[0x41] = 0x90;
+    CHECK(repair::precheck_text(image, ram)->differing.size() == 1);
+  }
   SECTION("the supervisor's precheck: only differing pages are read, and the report is the same") {
     // No runs: no precheck (a copy from before they were recorded).
     CHECK_FALSE(repair::precheck_text(image, ram));
@@ -363,6 +390,7 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
     CHECK(moved.checked_bytes == 0x1000);
 
     CHECK_THROWS_AS(repair::TextPrecheck::from_json({{"differing", {"0xffffffff80100001"}}}), Error);  // not a page
+
     CHECK_THROWS_AS(repair::TextPrecheck::from_json({{"differing", "all"}}), Error);
     // Runs that do not cover their region are refused when the copy is read back.
     image.regions[0].physical = {{0, 0x100000, 0x800}};

@@ -5,6 +5,7 @@
 #include "base/error.h"
 #include "base/zstd_frame.h"
 #include "base/sealed_memfd.h"
+#include "engine/text_precheck.h"
 #include "profile/guest_profile.h"
 #include "protocol/payload.h"
 
@@ -225,6 +226,7 @@ std::shared_ptr<const repair::HealthyImage> healthy_in_payload(const RepairImage
   auto index = files.find("healthy/healthy.json"), blob = files.find("healthy/healthy.bin");
   if (index == files.end() || blob == files.end()) fail(ExitCode::failure, "the repair payload holds no healthy copy");
   held->image = repair::HealthyImage::parse(index->second, blob->second, "the repair payload", repair::HealthyImage::Bytes::borrow);
+  repair::digest_pieces(held->image);  // what a crash's precheck compares the guest's code with
   return {held, &held->image};
 }
 
