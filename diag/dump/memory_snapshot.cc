@@ -236,13 +236,16 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
     std::vector<LaterPage> later;  // the later pages in it, left for the end
   };
   // One page of a kernel class: copied into the part's next slot, or found all zeros (and not kept).
-  auto copy_page = [&](Part& part, Range& range, std::size_t p, PageClass cls, const std::byte* known) {
+  using Known = KnownPages::Known;
+  // known: the page's index in KnownPages and what is known of it (Known::no: read it from RAM now).
+  auto copy_page = [&](Part& part, Range& range, std::size_t p, PageClass cls, Known known, std::size_t index) {
     std::uint64_t paddr = range.range.start + p * kPageSize;
     if (cls == PageClass::kernel) {
       std::byte* dst = s->buffer_ + static_cast<std::uint64_t>(part.next) * kPageSize;
       const std::byte* bytes = dst;
-      if (known) {
-        bytes = known;  // copied in by fill_known(), after the guest runs again
+      bool zeros = false;
+      if (known != Known::no) {
+        zeros = known == Known::zeros;  // its bytes are copied in by fill_known(), after the guest runs again
       } else {
         try {
           ram.read(paddr, std::span(dst, kPageSize));
@@ -250,10 +253,10 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
           std::memset(dst, 0, kPageSize);  // a partial page at a range edge
         }
       }
-      if (page_is_zero(bytes) && !std::binary_search(keep.begin(), keep.end(), paddr)) {
+      if ((known == Known::no ? page_is_zero(bytes) : zeros) && !std::binary_search(keep.begin(), keep.end(), paddr)) {
         cls = PageClass::zero;
       } else {
-        if (known) s->unfilled_.push_back({part.next, known, paddr});
+        if (known != Known::no) s->unfilled_.push_back({part.next, index, paddr});
         range.slot[p] = part.next++;
       }
     }
@@ -277,7 +280,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
           part.later.push_back({ri, p, k});
           continue;
         }
-        copy_page(part, range, p, c[p], nullptr);
+        copy_page(part, range, p, c[p], Known::no, 0);
       }
     }
   };
@@ -318,19 +321,20 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   std::vector<LaterPage> deferred_at = std::move(first.later);
   deferred_at.insert(deferred_at.end(), second.later.begin(), second.later.end());
   if (!deferred_at.empty()) {
-    std::vector<const std::byte*> known =
-        later->known && !later->after_resume ? later->known() : std::vector<const std::byte*>{};
+    std::vector<Known> known = later->known && !later->after_resume ? later->known() : std::vector<Known>{};
+    if (!later->copy) known.clear();  // nothing could write them
+    else s->copy_known_ = later->copy;
     for (const auto& l : deferred_at) {
       Range& range = s->by_range_[l.range];
       PageClass cls = classified[l.range].second[l.page];
       if (later->after_resume && cls == PageClass::kernel) {
         // Read once the guest runs again (fill_known): whether it is all zeros is not known now.
-        s->unfilled_.push_back({tail.next, nullptr, range.range.start + l.page * kPageSize});
+        s->unfilled_.push_back({tail.next, kFromRam, range.range.start + l.page * kPageSize});
         range.slot[l.page] = tail.next++;
         ++tail.pages[static_cast<std::size_t>(cls)];
         continue;
       }
-      copy_page(tail, range, l.page, cls, known.size() == deferred.size() ? known[l.index] : nullptr);
+      copy_page(tail, range, l.page, cls, known.size() == deferred.size() ? known[l.index] : Known::no, l.index);
     }
   }
   for (const Part* part : {&first, &second})
@@ -340,16 +344,24 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
     }
   s->slots_ = tail.next;
   s->census_.copied_bytes = (static_cast<std::uint64_t>(first.next) + (two ? second.next - second.base : 0)) * kPageSize;
-  for (const auto& u : s->unfilled_) ++(u.bytes ? s->census_.known_pages : s->census_.after_resume_pages);
+  for (const auto& u : s->unfilled_) ++(u.known != kFromRam ? s->census_.known_pages : s->census_.after_resume_pages);
   return s;
 }
 
 std::uint64_t MemorySnapshot::fill_known(const PhysicalMemory* ram) {
   for (const auto& u : unfilled_) {
     std::byte* slot = buffer_ + static_cast<std::uint64_t>(u.slot) * kPageSize;
-    if (u.bytes) {
-      std::memcpy(slot, u.bytes, kPageSize);
-      continue;
+    if (u.known != kFromRam) {
+      try {
+        copy_known_(u.known, slot);
+        continue;
+      } catch (const std::exception&) {
+        // The copy cannot say: the page as guest RAM holds it now is the next best thing.
+        if (!ram) {
+          std::memset(slot, 0, kPageSize);
+          continue;
+        }
+      }
     }
     if (!ram) fail(ExitCode::failure, "a snapshot's pages left for after the resume need guest RAM to be read from");
     try {

@@ -80,15 +80,19 @@ std::uint64_t touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& cl
 // Pages a snapshot may take from elsewhere than guest RAM: bytes known to equal the guest's at
 // this moment (the kernel's code, which the repair path compares with its healthy copy beside the
 // snapshot). They are copied last; known() is asked once every other page is copied, and says for
-// each page where equal bytes lie (nullptr: copy it from guest RAM). Those bytes are copied in by
-// MemorySnapshot::fill_known(), after the guest runs again, and must live until then.
+// each page whether equal bytes are known (no: copy it from guest RAM) and whether they are all
+// zeros (then the page is left out, as a zero page of RAM is). copy(i, page) writes the i-th
+// page's known bytes in MemorySnapshot::fill_known(), after the guest runs again: what it reads
+// must live until then.
 //
 // after_resume: the pages are known nowhere else and are read from guest RAM by fill_known(ram)
 // right after the guest resumes (an on-demand bundle's kernel code, docs/bundle-format.md); known
 // is not asked, and each such page of the kernel class is kept, zeros or not.
 struct KnownPages {
+  enum class Known : std::uint8_t { no, zeros, bytes };
   std::vector<std::uint64_t> pages;  // sorted guest-physical page addresses
-  std::function<std::vector<const std::byte*>()> known;
+  std::function<std::vector<Known>()> known;
+  std::function<void(std::size_t index, std::byte* page)> copy;
   bool after_resume = false;
 };
 
@@ -164,12 +168,14 @@ class MemorySnapshot final : public PhysicalMemory {
 
   std::vector<PhysicalRange> ranges_;
   std::vector<Range> by_range_;
+  static constexpr std::size_t kFromRam = ~std::size_t{0};
   struct Unfilled {
     std::uint32_t slot;
-    const std::byte* bytes;  // where its bytes are known; nullptr: in guest RAM, after the resume
+    std::size_t known;  // its index in KnownPages (copy_known_ writes it); kFromRam: read from guest RAM
     std::uint64_t paddr;
   };
   std::vector<Unfilled> unfilled_;  // in slot order
+  std::function<void(std::size_t, std::byte*)> copy_known_;  // KnownPages::copy, for fill_known()
   bool unfilled_slot(std::uint32_t slot) const;
   std::shared_ptr<SnapshotArena> arena_;  // holds the copied pages
   std::byte* buffer_ = nullptr;

@@ -2,6 +2,7 @@
 
 #include "base/budgets.h"
 #include "base/error.h"
+#include "base/zstd_frame.h"
 #include "kernel/modules.h"
 
 #include <fmt/format.h>
@@ -15,7 +16,8 @@ namespace immortal::repair {
 namespace {
 
 constexpr char kFormat[] = "immortal-healthy-image";
-constexpr int kImageVersion = 1;
+constexpr int kImageVersion = 1;         // the regions' bytes as they are
+constexpr int kPackedImageVersion = 2;   // packed: zstd frames of kPackedChunk bytes, listed per region
 // Debian 6.1's kernel text is 16 MiB and its read-only data 9 MiB; modules add little.
 constexpr std::uint64_t kMaxTotal = budget::kHealthyCopyTotal;
 constexpr std::uint64_t kMaxRegion = 128ull << 20;
@@ -42,7 +44,7 @@ void add_region(const Kernel& kernel, HealthyImage& image, std::string name, std
   // The budget is checked before each region is allocated, not once all are read.
   if (image.total_bytes() + (end - begin) > kMaxTotal || image.regions.size() >= kMaxRegions)
     fail(ExitCode::bad_input, "the kernel's code and read-only data are larger than {} MiB (at {})", kMaxTotal >> 20, name);
-  HealthyRegion r{std::move(name), std::move(kind), std::move(module), begin, std::vector<std::uint8_t>(end - begin), {}, {}, {}};
+  HealthyRegion r = HealthyRegion::holding(std::move(name), std::move(kind), std::move(module), begin, std::vector<std::uint8_t>(end - begin));
   kernel.memory().read(begin, std::as_writable_bytes(std::span(r.bytes)));
   // One page-table walk per page that maps it (2 MiB ones for the kernel image).
   for (std::uint64_t va = begin; va < end;) {
@@ -78,6 +80,28 @@ std::vector<PhysicalRun> parse_physical_runs(const nlohmann::json& list, std::ui
   }
   if (covered != size) fail(ExitCode::bad_input, "{}/healthy.json: physical runs that do not cover their region", dir);
   return runs;
+}
+
+// A packed region's frames, [offset, size] in blob each: one per kPackedChunk bytes of the region,
+// each declaring the size of its chunk (checked here; the frames themselves are unpacked when read).
+std::vector<std::span<const std::uint8_t>> packed_frames(const nlohmann::json& list, std::uint64_t size, std::string_view blob,
+                                                         const std::string& where) {
+  std::uint64_t count = (size + kPackedChunk - 1) / kPackedChunk;
+  if (!list.is_array() || list.size() != count) fail(ExitCode::bad_input, "{}: not one packed frame per {} bytes", where, kPackedChunk);
+  std::vector<std::span<const std::uint8_t>> frames;
+  for (std::uint64_t c = 0; c < count; ++c) {
+    const auto& f = list[c];
+    if (!f.is_array() || f.size() != 2 || !f[0].is_number_unsigned() || !f[1].is_number_unsigned())
+      fail(ExitCode::bad_input, "{}: a packed frame is not [offset, size]", where);
+    std::uint64_t at = f[0].get<std::uint64_t>(), n = f[1].get<std::uint64_t>();
+    if (at > blob.size() || n > blob.size() - at) fail(ExitCode::bad_input, "{}: a packed frame beyond healthy.bin", where);
+    std::string_view frame = blob.substr(at, n);
+    std::uint64_t chunk = std::min(kPackedChunk, size - c * kPackedChunk);
+    if (zstd_declared_size(frame, chunk, where) != chunk)
+      fail(ExitCode::bad_input, "{}: packed frame {} does not hold its {} bytes", where, c, chunk);
+    frames.push_back({reinterpret_cast<const std::uint8_t*>(frame.data()), frame.size()});
+  }
+  return frames;
 }
 
 }  // namespace
@@ -134,17 +158,34 @@ HealthyImage capture_healthy_image(const Kernel& kernel, const std::string& take
   return image;
 }
 
-HealthyImage::Files HealthyImage::to_files() const {
+HealthyImage::Files HealthyImage::to_files(ChunkPacker pack) const {
   Files files;
-  nlohmann::json index = {{"format", kFormat}, {"version", kImageVersion}, {"release", release}, {"taken_at", taken_at}};
+  nlohmann::json index = {{"format", kFormat}, {"version", pack ? kPackedImageVersion : kImageVersion}, {"release", release},
+                          {"taken_at", taken_at}};
   nlohmann::json list = nlohmann::json::array();
-  files.blob.reserve(total_bytes());
+  if (!pack) files.blob.reserve(total_bytes());
   for (const auto& r : regions) {
     nlohmann::json physical = nlohmann::json::array();
     for (const auto& run : r.physical) physical.push_back({run.offset, fmt::format("{:#x}", run.address), run.size});
-    list.push_back({{"name", r.name}, {"kind", r.kind}, {"module", r.module}, {"address", fmt::format("{:#x}", r.address)},
-                    {"offset", files.blob.size()}, {"size", r.size()}, {"physical", physical}});
-    files.blob.append(reinterpret_cast<const char*>(r.code().data()), r.size());
+    nlohmann::json entry = {{"name", r.name}, {"kind", r.kind}, {"module", r.module}, {"address", fmt::format("{:#x}", r.address)},
+                            {"offset", files.blob.size()}, {"size", r.size()}, {"physical", physical}};
+    RegionReader reader(r);
+    if (pack) {
+      nlohmann::json frames = nlohmann::json::array();
+      for (std::uint64_t at = 0; at < r.size(); at += kPackedChunk) {
+        std::uint64_t n = std::min(kPackedChunk, r.size() - at);
+        std::string frame = pack({reader.at(at, n), n});
+        frames.push_back({files.blob.size(), frame.size()});
+        files.blob += frame;
+      }
+      entry["packed"] = frames;
+    } else {
+      for (std::uint64_t at = 0; at < r.size(); at += kPackedChunk) {
+        std::uint64_t n = std::min(kPackedChunk, r.size() - at);
+        files.blob.append(reinterpret_cast<const char*>(reader.at(at, n)), n);
+      }
+    }
+    list.push_back(std::move(entry));
   }
   index["regions"] = list;
   nlohmann::json mods = nlohmann::json::array();
@@ -152,6 +193,25 @@ HealthyImage::Files HealthyImage::to_files() const {
   index["modules"] = mods;
   files.index = index.dump(1) + "\n";
   return files;
+}
+
+const std::uint8_t* RegionReader::at(std::uint64_t offset, std::uint64_t n) {
+  const HealthyRegion& r = *region_;
+  if (!r.is_packed()) return r.code().data() + offset;
+  std::size_t first = offset / kPackedChunk, end = (offset + std::max<std::uint64_t>(n, 1) - 1) / kPackedChunk + 1;
+  if (end > r.packed.size()) fail(ExitCode::bad_input, "{}: a read beyond the packed copy", r.name);
+  if (first < first_ || end > end_) {
+    first_ = end_ = 0;  // nothing held should an unpack fail
+    buffer_.resize(std::min<std::uint64_t>((end - first) * kPackedChunk, r.size() - first * kPackedChunk));
+    for (std::size_t c = first; c < end; ++c) {
+      std::uint64_t from = c * kPackedChunk, len = std::min(kPackedChunk, r.size() - from);
+      zstd_unpack_into({reinterpret_cast<const char*>(r.packed[c].data()), r.packed[c].size()},
+                       {buffer_.data() + (from - first * kPackedChunk), len}, fmt::format("{}: packed chunk {}", r.name, c));
+    }
+    first_ = first;
+    end_ = end;
+  }
+  return buffer_.data() + (offset - first_ * kPackedChunk);
 }
 
 void HealthyImage::save(const std::string& dir) const {
@@ -199,8 +259,9 @@ HealthyImage HealthyImage::parse_index(std::string_view index_text, std::string_
   nlohmann::json index = nlohmann::json::parse(index_text, nullptr, false);
   if (index.is_discarded() || !index.is_object()) fail(ExitCode::bad_input, "{}/healthy.json is not JSON", dir);
   // Compared as JSON values: value("version", 0) would convert a float like 1e300 to int (UB).
-  if (index.value("format", "") != kFormat || index.value("version", nlohmann::json()) != kImageVersion)
-    fail(ExitCode::bad_input, "{}/healthy.json: not a version {} healthy image", dir, kImageVersion);
+  bool packed = index.value("version", nlohmann::json()) == kPackedImageVersion;
+  if (index.value("format", "") != kFormat || (!packed && index.value("version", nlohmann::json()) != kImageVersion))
+    fail(ExitCode::bad_input, "{}/healthy.json: not a version {} or {} healthy image", dir, kImageVersion, kPackedImageVersion);
 
   HealthyImage image;
   image.release = index.value("release", "");
@@ -208,19 +269,37 @@ HealthyImage HealthyImage::parse_index(std::string_view index_text, std::string_
   if (!index.contains("regions")) fail(ExitCode::bad_input, "{}/healthy.json: no region list", dir);
   const auto& list = index["regions"];
   if (!list.is_array() || list.size() > kMaxRegions) fail(ExitCode::bad_input, "{}/healthy.json: bad region list", dir);
+  std::uint64_t unpacked = 0;
   for (const auto& r : list) {
     if (!r.is_object() || !r.contains("offset") || !r["offset"].is_number_unsigned() || !r.contains("size") ||
         !r["size"].is_number_unsigned() || !r.contains("address"))
       fail(ExitCode::bad_input, "{}/healthy.json: a region without address, offset and size", dir);
     std::uint64_t offset = r["offset"].get<std::uint64_t>(), size = r["size"].get<std::uint64_t>();
-    if (offset > blob.size() || size > blob.size() - offset)
+    if (!packed && (offset > blob.size() || size > blob.size() - offset))
       fail(ExitCode::bad_input, "{}/healthy.json: a region beyond healthy.bin", dir);
-    HealthyRegion region{r.value("name", ""), r.value("kind", ""), r.value("module", ""), parse_address(r["address"]), {}, {}, {}, {}};
+    // Packed, the sizes are what the frames unpack to: bounded before anything is unpacked.
+    if (packed && (size > kMaxRegion || size > kMaxTotal - unpacked))
+      fail(ExitCode::bad_input, "{}/healthy.json: regions larger than {} MiB", dir, kMaxTotal >> 20);
+    unpacked += size;
+    HealthyRegion region = HealthyRegion::holding(r.value("name", ""), r.value("kind", ""), r.value("module", ""), parse_address(r["address"]), {});
     if (region.address + size < region.address) fail(ExitCode::bad_input, "{}/healthy.json: a region wraps", dir);
     region.physical = parse_physical_runs(r.value("physical", nlohmann::json()), size, dir);
-    const auto* first = reinterpret_cast<const std::uint8_t*>(blob.data()) + offset;
-    if (bytes == Bytes::borrow && size) region.borrowed = {first, size};
-    else region.bytes.assign(first, first + size);
+    if (packed) {
+      region.packed = packed_frames(r.value("packed", nlohmann::json()), size, blob, fmt::format("{}/healthy.json: {}", dir, region.name));
+      region.packed_size = size;
+      if (bytes == Bytes::copy) {  // unpacked here, once
+        RegionReader reader(region);
+        const std::uint8_t* all = size ? reader.at(0, size) : nullptr;
+        std::vector<std::uint8_t> plain(all, all + size);
+        region.packed.clear();
+        region.packed_size = 0;
+        region.bytes = std::move(plain);
+      }
+    } else {
+      const auto* first = reinterpret_cast<const std::uint8_t*>(blob.data()) + offset;
+      if (bytes == Bytes::borrow && size) region.borrowed = {first, size};
+      else region.bytes.assign(first, first + size);
+    }
     image.regions.push_back(std::move(region));
   }
   if (index.contains("modules") && index["modules"].is_array() && index["modules"].size() <= kMaxRegions)

@@ -45,8 +45,26 @@ struct HealthyRegion {
   // One digest per piece, in address order (engine/text_precheck.h, digest_pieces): made where the
   // copy prechecks crashes (the supervisor), never saved or sent to an agent.
   std::vector<PieceDigest> digests;
+  // Or packed where it lies (the repair payload's copy): one zstd frame per kPackedChunk bytes of
+  // the region (the last one shorter), unpacked a chunk at a time by RegionReader. packed_size:
+  // the region's bytes.
+  std::vector<std::span<const std::uint8_t>> packed;
+  std::uint64_t packed_size = 0;
+  bool is_packed() const { return !packed.empty(); }
+  // A region that holds its bytes (the supervisor's capture, tests).
+  static HealthyRegion holding(std::string name, std::string kind, std::string module, std::uint64_t address,
+                               std::vector<std::uint8_t> bytes) {
+    HealthyRegion r;
+    r.name = std::move(name);
+    r.kind = std::move(kind);
+    r.module = std::move(module);
+    r.address = address;
+    r.bytes = std::move(bytes);
+    return r;
+  }
+  // The bytes of a region that is not packed (empty for a packed one: read it with RegionReader).
   std::span<const std::uint8_t> code() const { return borrowed.data() ? borrowed : std::span<const std::uint8_t>(bytes); }
-  std::uint64_t size() const { return code().size(); }
+  std::uint64_t size() const { return is_packed() ? packed_size : code().size(); }
   bool contains(std::uint64_t a, std::uint64_t n) const {
     return a >= address && n <= size() && a - address <= size() - n;
   }
@@ -70,6 +88,27 @@ nlohmann::json to_json(const ModuleLayout& module);
 // Throws Error(ExitCode::bad_input) for a malformed layout (one that wraps is the caller's to refuse).
 ModuleLayout module_layout_from_json(const nlohmann::json& j);
 
+// How much of a region one packed frame holds: what a read of a few bytes unpacks (64 KiB take
+// ≈ 50 µs on the host, about 1 ms under TCG in the repair VM).
+inline constexpr std::uint64_t kPackedChunk = 64 << 10;
+
+// Reads a region's bytes, unpacking the frames that hold them when the region is packed (and
+// keeping the last ones unpacked: reads in address order unpack each frame once). One per user and
+// thread; the region must outlive it.
+class RegionReader {
+ public:
+  explicit RegionReader(const HealthyRegion& region) : region_(&region) {}
+  // [offset, offset + n) of the region's bytes (n ≤ size() - offset: the caller's to check), valid
+  // until the next call. Throws Error(ExitCode::bad_input) when a frame does not unpack to its chunk.
+  const std::uint8_t* at(std::uint64_t offset, std::uint64_t n);
+  const HealthyRegion& region() const { return *region_; }
+
+ private:
+  const HealthyRegion* region_;
+  std::vector<std::uint8_t> buffer_;
+  std::size_t first_ = 0, end_ = 0;  // the frames [first_, end_) unpacked in buffer_
+};
+
 struct HealthyImage {
   std::string release;
   std::string taken_at;   // the profile it was taken with
@@ -92,18 +131,28 @@ struct HealthyImage {
     std::string index, blob;  // healthy.json, healthy.bin
   };
   static Files read_files(const std::string& dir);
-  // Those files' bytes as save() writes them (the repair payload carries them in memory).
-  Files to_files() const;
+  // Those files' bytes as save() writes them (the repair payload carries them in memory). Packed:
+  // each region's bytes as zstd frames of kPackedChunk bytes (the payload's copy: 24 MB of Debian
+  // 6.1's code in ≈ 10.5 MB at level 1), listed in the index (formats.md, "Repair payload").
+  // pack: how a chunk is packed (pack_chunk, in healthy_pack.cc, which the repair agent does not
+  // link: it only unpacks); nullptr writes the bytes as they are.
+  using ChunkPacker = std::string (*)(std::span<const std::uint8_t> chunk);
+  Files to_files(ChunkPacker pack = nullptr) const;
   static HealthyImage parse(const Files& files, const std::string& where);
   // The same from bytes held elsewhere (the repair payload's, read where they lie). With
-  // Bytes::borrow the regions read blob in place (no second copy of the kernel's code): blob
-  // must then outlive the image.
+  // Bytes::borrow the regions read blob in place (no second copy of the kernel's code; packed
+  // regions stay packed): blob must then outlive the image. With Bytes::copy packed regions are
+  // unpacked.
   enum class Bytes { copy, borrow };
   static HealthyImage parse(std::string_view index, std::string_view blob, const std::string& where, Bytes bytes = Bytes::copy);
 
  private:
   static HealthyImage parse_index(std::string_view index, std::string_view blob, const std::string& where, Bytes bytes);
 };
+
+// What the repair payload carries: the copy's files with every region packed (zstd level 1).
+// In healthy_pack.cc (the supervisor's side only).
+HealthyImage::Files packed_files(const HealthyImage& image);
 
 // Reads the kernel's text and read-only data (without the data that is written during boot,
 // ro_after_init) and every live module's text and read-only data. Throws MemoryFault or Error.

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 
 namespace immortal::repair {
 
@@ -59,7 +60,7 @@ class PatchSites {
   }
 
   // Is [begin, end) inside one place the kernel patches itself?
-  bool covers(std::uint64_t begin, std::uint64_t end) const {
+  bool covers(std::uint64_t begin, std::uint64_t end) {
     auto it = std::upper_bound(sites_.begin(), sites_.end(), begin, [](std::uint64_t a, const Range& r) { return a < r.begin; });
     for (int back = 0; back < 2 && it != sites_.begin(); ++back) {
       --it;
@@ -76,7 +77,9 @@ class PatchSites {
     std::uint64_t site = s->address;
     const HealthyRegion* r = healthy_.find(site, 4 + kSiteSize);
     if (!r) return false;
-    const std::uint8_t* h = r->code().data() + (site - r->address);
+    // One reader per region: differences come in address order, so each packed frame is unpacked once.
+    auto reader = readers_.try_emplace(r, *r).first;
+    const std::uint8_t* h = reader->second.at(site - r->address, 4 + kSiteSize);
     if (h[0] == 0xf3 && h[1] == 0x0f && h[2] == 0x1e && h[3] == 0xfa) {
       site += 4;
       h += 4;
@@ -120,6 +123,7 @@ class PatchSites {
   const Kernel& kernel_;
   const HealthyImage& healthy_;
   std::vector<Range> sites_;
+  std::map<const HealthyRegion*, RegionReader> readers_;
 };
 
 std::string describe(const Kernel& kernel, std::uint64_t address) { return kernel.symbols().describe(address); }
@@ -265,7 +269,7 @@ IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& h
         continue;
       }
     }
-    const std::uint8_t* h = region.code().data();
+    RegionReader h(region);  // the copy's bytes: unpacked only where they are compared
     if (precheck && !region.physical.empty()) {
       auto suspect = suspect_ranges(kernel, region, *precheck);
       if (!suspect) {
@@ -286,7 +290,7 @@ IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& h
       ++report.regions_checked;
       for (std::size_t k = 0; k < suspect->size(); ++k) {
         std::uint64_t at = (*suspect)[k].first;
-        classify(region, pieces[k].data(), h + at, pieces[k].size(), region.address + at);
+        classify(region, pieces[k].data(), h.at(at, pieces[k].size()), pieces[k].size(), region.address + at);
       }
       continue;
     }
@@ -299,7 +303,7 @@ IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& h
         std::size_t len = std::min<std::size_t>(kCompareChunk, region.size() - at);
         chunk.resize(len);
         kernel.memory().read(region.address + at, std::as_writable_bytes(std::span(chunk)));
-        differs = std::memcmp(chunk.data(), h + at, len) != 0;
+        differs = std::memcmp(chunk.data(), h.at(at, len), len) != 0;
       }
       if (differs) {
         now.resize(region.size());
@@ -311,7 +315,7 @@ IntegrityReport check_text_integrity(const Kernel& kernel, const HealthyImage& h
     }
     report.checked_bytes += region.size();
     ++report.regions_checked;
-    if (differs) classify(region, now.data(), h, now.size(), region.address);
+    if (differs) classify(region, now.data(), h.at(0, now.size()), now.size(), region.address);
   }
   return report;
 }

@@ -47,10 +47,10 @@ void digest_pieces(HealthyImage& healthy) {
   for (auto& region : healthy.regions) {
     region.digests.clear();
     region.digests.reserve(piece_count(region));
-    const std::uint8_t* h = region.code().data();
+    RegionReader h(region);  // in address order: each packed frame unpacked once
     for (std::uint64_t at = 0; at < region.size();) {
       std::uint64_t n = std::min(region.size() - at, kPage - ((region.address + at) & (kPage - 1)));
-      region.digests.push_back(digest(h + at, n, seed));
+      region.digests.push_back(digest(h.at(at, n), n, seed));
       at += n;
     }
   }
@@ -81,7 +81,7 @@ std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const Phy
   std::vector<std::uint8_t> buffer(kChunk);
   for (const auto& region : healthy.regions) {
     if (region.physical.empty() && region.size()) return std::nullopt;
-    const std::uint8_t* h = region.code().data();
+    RegionReader h(region);
     bool by_digest = region.digests.size() == piece_count(region);
     for (const auto& run : region.physical) {
       // [at, end): offsets in the region, read a chunk at a time that ends on a virtual page.
@@ -102,7 +102,7 @@ std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const Phy
             auto k = static_cast<std::size_t>((piece_of(va + done) - piece_of(region.address)) / kPage);
             equal = digest(buffer.data() + done, piece, healthy.digest_seed) == region.digests[k];
           } else if (readable) {
-            equal = std::memcmp(buffer.data() + done, h + at + done, piece) == 0;
+            equal = std::memcmp(buffer.data() + done, h.at(at + done, piece), piece) == 0;
           }
           if (!equal) {
             if (out.differing.size() >= kMaxPrecheckPieces) return std::nullopt;
@@ -121,7 +121,7 @@ std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const Phy
 std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy) {
   std::vector<WholeCodePage> pages;
   for (const auto& region : healthy.regions) {
-    const std::uint8_t* h = region.code().data();
+    RegionReader h(region);
     for (const auto& run : region.physical) {
       if (run.offset > region.size() || run.size > region.size() - run.offset) continue;  // parse checks this too
       // Virtual pages inside [run's first byte, its end), where the physical address is page-aligned too.
@@ -129,7 +129,9 @@ std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy) {
       for (std::uint64_t page = (va + kPage - 1) & ~(kPage - 1); page + kPage <= end && page + kPage > page; page += kPage) {
         std::uint64_t pa = run.address + (page - va);
         if (pa & (kPage - 1)) break;  // the run's virtual and physical offsets disagree within a page
-        pages.push_back({pa, page, h + (page - region.address)});
+        std::uint64_t offset = page - region.address;
+        const std::uint8_t* bytes = h.at(offset, kPage);
+        pages.push_back({pa, page, &region, offset, std::all_of(bytes, bytes + kPage, [](std::uint8_t b) { return b == 0; })});
       }
     }
   }
@@ -144,10 +146,10 @@ std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy) {
   return once;
 }
 
-std::vector<const std::uint8_t*> unchanged_code(const std::vector<WholeCodePage>& pages, const TextPrecheck& precheck) {
-  std::vector<const std::uint8_t*> out(pages.size(), nullptr);
+std::vector<bool> unchanged_code(const std::vector<WholeCodePage>& pages, const TextPrecheck& precheck) {
+  std::vector<bool> out(pages.size(), false);
   for (std::size_t i = 0; i < pages.size(); ++i)
-    if (!std::binary_search(precheck.differing.begin(), precheck.differing.end(), pages[i].virt)) out[i] = pages[i].bytes;
+    out[i] = !std::binary_search(precheck.differing.begin(), precheck.differing.end(), pages[i].virt);
   return out;
 }
 

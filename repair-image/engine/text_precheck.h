@@ -47,12 +47,15 @@ std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const Phy
 // crashed guest when the precheck found it equal: the copy's bytes are the crash's.
 struct WholeCodePage {
   std::uint64_t physical = 0, virt = 0;
-  const std::uint8_t* bytes = nullptr;  // the healthy copy's 4096 bytes of it
+  const HealthyRegion* region = nullptr;  // the copy's 4096 bytes of it: region's [offset, offset + 4096)
+  std::uint64_t offset = 0;
+  bool zeros = false;  // all zeros in the copy
 };
 // Sorted by physical address, each page once (a page two regions share is none of them whole).
+// Reads (unpacks) the whole copy once, for the zeros.
 std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy);
-// For each of pages, its bytes in the copy when the precheck found its piece equal, else nullptr.
-std::vector<const std::uint8_t*> unchanged_code(const std::vector<WholeCodePage>& pages, const TextPrecheck& precheck);
+// For each of pages, whether the precheck found its piece equal: its bytes are then the copy's.
+std::vector<bool> unchanged_code(const std::vector<WholeCodePage>& pages, const TextPrecheck& precheck);
 
 // The 4 KiB virtual page a kernel address is in: how pieces are named.
 inline std::uint64_t piece_of(std::uint64_t address) { return address & ~0xfffull; }

@@ -1,5 +1,6 @@
 // Fuzz target: the healthy copy of the guest's code as the repair agent and the supervisor load
-// it (healthy.json, the index, and healthy.bin, the regions' bytes). It is built from guest
+// it (healthy.json, the index, and healthy.bin, the regions' bytes, plain or packed as zstd frames
+// of 64 KiB each, as the repair payload carries it). It is built from guest
 // memory and kept in the repair image, so it is checked like any guest-derived file. Input: the
 // index, a NUL, then the blob. parse() must load or refuse (Error), and what it loads must answer
 // lookups inside its own bounds.
@@ -22,6 +23,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     auto borrowed = repair::HealthyImage::parse(files.index, files.blob, "fuzz", repair::HealthyImage::Bytes::borrow);
     auto image = repair::HealthyImage::parse(files, "fuzz");
     if (borrowed.total_bytes() != image.total_bytes()) __builtin_trap();
+    // Packed regions (version 2) read in place a frame at a time give what the copy unpacked whole.
+    for (std::size_t i = 0; i < image.regions.size(); ++i) {
+      const auto& r = borrowed.regions[i];
+      if (!r.size()) continue;
+      repair::RegionReader reader(r);
+      for (std::uint64_t at = 0; at < r.size(); at += repair::kPackedChunk / 2) {
+        std::uint64_t n = std::min(repair::kPackedChunk, r.size() - at);
+        const std::uint8_t* bytes = reader.at(at, n);
+        if (!std::equal(bytes, bytes + n, image.regions[i].bytes.begin() + static_cast<std::ptrdiff_t>(at))) __builtin_trap();
+      }
+    }
     for (const auto& r : image.regions) {
       // Physical runs, when given, cover their region in order (what the precheck relies on).
       std::uint64_t covered = 0;
@@ -32,7 +44,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       if (!r.physical.empty() && covered != r.size()) __builtin_trap();
       for (std::uint64_t n : {1ull, 8ull, r.size() + 1ull, ~0ull}) {
         for (const auto* img : {&image, &borrowed})
-          if (const auto* found = img->find(r.address, n)) (void)found->code()[static_cast<std::size_t>(r.address - found->address)];
+          if (const auto* found = img->find(r.address, n)) {
+            repair::RegionReader reader(*found);  // packed or not
+            (void)reader.at(r.address - found->address, n)[n - 1];
+          }
         (void)image.find(r.address + r.size(), n);
         (void)image.find(r.address - 1, n);
       }

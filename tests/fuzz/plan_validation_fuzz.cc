@@ -39,8 +39,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }();
   static const repair::HealthyImage healthy = [] {
     repair::HealthyImage h;
-    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}, {}, {}});
-    h.regions.push_back({"kernel text", "text", "", test::kva(0x100000), std::vector<std::uint8_t>(0x1000, 0x90), {}, {}, {}});
+    h.regions.push_back(repair::HealthyRegion::holding("drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90)));
+    h.regions.push_back(repair::HealthyRegion::holding("kernel text", "text", "", test::kva(0x100000), std::vector<std::uint8_t>(0x1000, 0x90)));
     h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
     return h;
   }();

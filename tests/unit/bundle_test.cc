@@ -192,11 +192,10 @@ TEST_CASE("a large snapshot copied by two threads holds every page as one thread
     if (p % 3) ram.put_bytes(p * kPage + p % 64, "page " + std::to_string(p));
   RamClasses classes = unclassified_ram(ram);
   for (std::uint64_t p = 0; p < kPages; p += 7) classes[0].second[p] = PageClass::user;
-  std::vector<std::byte> code(kPage, std::byte{0xcc}), zeros(kPage);
+  using Known = KnownPages::Known;
   KnownPages later{{10 * kPage, 11 * kPage, 12 * kPage, 4001 * kPage, 4002 * kPage, 5999 * kPage},
-                   [&] {
-                     return std::vector<const std::byte*>{code.data(), zeros.data(), nullptr, code.data(), zeros.data(), nullptr};
-                   }};
+                   [&] { return std::vector<Known>{Known::bytes, Known::zeros, Known::no, Known::bytes, Known::zeros, Known::no}; },
+                   [&](std::size_t, std::byte* page) { std::memset(page, 0xcc, kPage); }};
   std::vector<std::uint64_t> keep{3 * kPage, 4500 * kPage};  // zero pages kept, in each part
   auto snap = MemorySnapshot::take(ram, classes, "test", nullptr, keep, MemorySnapshot::prepare(ram), &later);
   snap->fill_known();
@@ -248,7 +247,7 @@ TEST_CASE("a snapshot reads the pages left for after the resume from guest RAM t
   RamClasses classes = unclassified_ram(ram);
   classes[0].second[3] = PageClass::user;  // not copied, left for later or not
   // Page 2 has code, page 5 is all zeros now, page 3 is a user page.
-  KnownPages code{{2 * 4096, 3 * 4096, 5 * 4096}, {}, /*after_resume=*/true};
+  KnownPages code{{2 * 4096, 3 * 4096, 5 * 4096}, {}, {}, /*after_resume=*/true};
   auto snap = MemorySnapshot::take(ram, classes, "test", nullptr, {}, nullptr, &code);
   CHECK(snap->census().after_resume_pages == 2);  // pages 2 and 5: kept, zeros or not
   CHECK(snap->census().known_pages == 0);
@@ -274,13 +273,17 @@ TEST_CASE("a snapshot reads the pages left for after the resume from guest RAM t
 TEST_CASE("a snapshot takes known pages from where they are known, after the others, once filled", "[bundle]") {
   VectorMemory ram(16 * 4096);
   for (std::uint64_t p : {1, 2, 3, 4}) ram.put_bytes(p * 4096, "guest " + std::to_string(p));
-  // Known bytes at any alignment (the healthy copy's pages lie unaligned in its payload).
-  std::vector<std::byte> code_store(4096 + 3, std::byte{0x90}), zeros_store(4096 + 5);
-  std::span<std::byte> code(code_store.data() + 3, 4096), zeros(zeros_store.data() + 5, 4096);
+  using Known = KnownPages::Known;
   std::vector<std::uint64_t> order;  // where the copy stood when known() was asked
-  KnownPages later{{2 * 4096, 3 * 4096, 4 * 4096, 9 * 4096}, [&]() -> std::vector<const std::byte*> {
+  std::vector<std::size_t> copied;   // which known pages copy() was asked for
+  KnownPages later{{2 * 4096, 3 * 4096, 4 * 4096, 9 * 4096},
+                   [&]() -> std::vector<Known> {
                      order.push_back(1);
-                     return {code.data(), nullptr, zeros.data(), code.data()};
+                     return {Known::bytes, Known::no, Known::zeros, Known::bytes};
+                   },
+                   [&](std::size_t i, std::byte* page) {
+                     copied.push_back(i);
+                     std::memset(page, 0x90, 4096);
                    }};
   auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", nullptr, {}, nullptr, &later);
   CHECK(order.size() == 1);
@@ -293,7 +296,9 @@ TEST_CASE("a snapshot takes known pages from where they are known, after the oth
   CHECK_THROWS_AS(snap->read_value<std::uint8_t>(2 * 4096), MemoryFault);
   CHECK(snap->page_data(2 * 4096) == nullptr);
   ram.put_bytes(3 * 4096, "later");  // the guest runs again: what was copied stays
+  CHECK(copied.empty());
   CHECK(snap->fill_known() == 2);
+  CHECK(copied == std::vector<std::size_t>{0, 3});
   CHECK_FALSE(snap->has_unfilled());
   CHECK(snap->read_value<std::uint8_t>(2 * 4096 + 7) == 0x90);
   CHECK(snap->read_value<std::uint8_t>(9 * 4096) == 0x90);
@@ -302,10 +307,18 @@ TEST_CASE("a snapshot takes known pages from where they are known, after the oth
   CHECK(snap->fill_known() == 0);
 
   SECTION("known() that cannot say copies every page from RAM") {
-    KnownPages mute{{2 * 4096}, [] { return std::vector<const std::byte*>{}; }};
+    KnownPages mute{{2 * 4096}, [] { return std::vector<Known>{}; }, [](std::size_t, std::byte*) {}};
     auto plain = MemorySnapshot::take(ram, unclassified_ram(ram), "test", nullptr, {}, nullptr, &mute);
     CHECK(plain->census().known_pages == 0);
     CHECK(plain->read_value<std::uint8_t>(2 * 4096) == 'g');
+  }
+  SECTION("a known page whose bytes cannot be had after all is read from RAM as it is then") {
+    KnownPages failing{{2 * 4096}, [] { return std::vector<Known>{Known::bytes}; },
+                       [](std::size_t, std::byte*) { throw Error(ExitCode::bad_input, "a damaged frame"); }};
+    auto snap2 = MemorySnapshot::take(ram, unclassified_ram(ram), "test", nullptr, {}, nullptr, &failing);
+    CHECK(snap2->census().known_pages == 1);
+    CHECK(snap2->fill_known(&ram) == 1);
+    CHECK(snap2->read_value<std::uint8_t>(2 * 4096) == 'g');
   }
 }
 

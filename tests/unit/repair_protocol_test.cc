@@ -60,7 +60,7 @@ struct Validation {
   std::unique_ptr<Kernel> kernel = kernel_with(ram);
   repair::HealthyImage healthy = [] {
     repair::HealthyImage h;
-    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}, {}, {}});
+    h.regions.push_back(repair::HealthyRegion::holding("drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90)));
     h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
     return h;
   }();
@@ -228,8 +228,8 @@ TEST_CASE("repair image: the supervisor reads its healthy copy where the payload
   auto healthy_with = [](std::uint8_t fill) {
     repair::HealthyImage h;
     h.release = "6.1.0-test";
-    h.regions.push_back({"kernel text", "text", "", 0xffffffff81000000, std::vector<std::uint8_t>(3 * 4096 + 5, fill), {}, {}, {}});
-    h.regions.push_back({"drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90), {}, {}, {}});
+    h.regions.push_back(repair::HealthyRegion::holding("kernel text", "text", "", 0xffffffff81000000, std::vector<std::uint8_t>(3 * 4096 + 5, fill)));
+    h.regions.push_back(repair::HealthyRegion::holding("drv text", "text", "drv", 0xffffffffc0001000, std::vector<std::uint8_t>(0x100, 0x90)));
     h.modules.push_back({"drv", 0xffffffffc0001000, 0x2000, 0x100, {{0xffffffffc0001100, 0xffffffffc0003000}}});
     return h;
   };
@@ -237,15 +237,21 @@ TEST_CASE("repair image: the supervisor reads its healthy copy where the payload
   auto image = vmm::build_repair_image(dir.string(), "/bin/sh", (dir / "guest-profile").string(), healthy_with(0xcc), ram);
   auto same_as = [](const repair::HealthyImage& a, const repair::HealthyImage& b) {
     if (a.regions.size() != b.regions.size() || a.modules.size() != b.modules.size()) return false;
-    for (std::size_t i = 0; i < a.regions.size(); ++i)
-      if (a.regions[i].address != b.regions[i].address || !std::ranges::equal(a.regions[i].code(), b.regions[i].code()))
-        return false;
+    for (std::size_t i = 0; i < a.regions.size(); ++i) {
+      if (a.regions[i].address != b.regions[i].address || a.regions[i].size() != b.regions[i].size()) return false;
+      repair::RegionReader ra(a.regions[i]), rb(b.regions[i]);
+      std::uint64_t n = a.regions[i].size();
+      if (n && std::memcmp(ra.at(0, n), rb.at(0, n), n) != 0) return false;
+    }
     return true;
   };
   auto first = vmm::healthy_in_payload(image);
   CHECK(same_as(*first, healthy_with(0xcc)));
-  // Read in place: the regions' bytes lie in the payload's mapping, not in a copy of the supervisor's.
+  // Read in place: the regions' bytes lie packed in the payload's mapping, not in a copy of the
+  // supervisor's; their digests are made for the precheck.
   CHECK(first->regions[0].bytes.empty());
+  CHECK(first->regions[0].is_packed());
+  CHECK(first->regions[0].digests.size() == 4);  // 3 pages and 5 bytes
   CHECK(first->find(0xffffffffc0001010)->module == "drv");
 
   // A new profile goes into the other slot; the copy taken again reads the new bytes there.
@@ -253,7 +259,7 @@ TEST_CASE("repair image: the supervisor reads its healthy copy where the payload
   CHECK(image.payload_offset == image.slot_bytes);
   auto second = vmm::healthy_in_payload(image);
   CHECK(same_as(*second, healthy_with(0x0f)));
-  CHECK(second->regions[0].code()[0] == 0x0f);
+  CHECK(*repair::RegionReader(second->regions[0]).at(0, 1) == 0x0f);
   fs::remove_all(dir);
 }
 
@@ -267,7 +273,7 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
   CHECK_THROWS(repair::capture_healthy_image(*kernel, "t"));
   repair::HealthyImage image;
   image.release = "test";
-  image.regions.push_back({"kernel text", "text", "", test::kva(0x100000), code, {}, {}, {}});
+  image.regions.push_back(repair::HealthyRegion::holding("kernel text", "text", "", test::kva(0x100000), code));
   image.modules.push_back({"drv", 0xffffffffc0000000, 0x3000, 0x1000, {{0xffffffffc0001000, 0xffffffffc0003000}}});
   std::string dir = std::filesystem::temp_directory_path() / ("healthy-test-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
@@ -296,6 +302,81 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
   CHECK_THROWS_AS(repair::HealthyImage::load(dir), Error);
   std::filesystem::remove_all(dir);
 
+  SECTION("packed (the repair payload's form): read in place a frame at a time; damage is refused") {
+    // A region of several frames, with bytes that differ from frame to frame.
+    std::vector<std::uint8_t> big(3 * repair::kPackedChunk + 100);
+    for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<std::uint8_t>((i * 7) ^ (i >> 9));
+    image.regions.push_back(repair::HealthyRegion::holding("big rodata", "rodata", "", test::kva(0x200000), big));
+    auto packed = repair::packed_files(image);
+    CHECK(packed.index.find("\"packed\"") != std::string::npos);
+    auto borrowed = repair::HealthyImage::parse(packed.index, packed.blob, "t", repair::HealthyImage::Bytes::borrow);
+    REQUIRE(borrowed.regions.size() == 2);
+    const auto& b = borrowed.regions[1];
+    CHECK(b.is_packed());
+    CHECK(b.packed.size() == 4);
+    CHECK(b.size() == big.size());
+    CHECK(b.bytes.empty());
+    CHECK(borrowed.find(test::kva(0x200000) + big.size() - 4, 4) == &b);
+    repair::RegionReader reader(b);
+    CHECK(std::memcmp(reader.at(0, 16), big.data(), 16) == 0);
+    // Across a frame's end, and the last (shorter) frame.
+    CHECK(std::memcmp(reader.at(repair::kPackedChunk - 8, 16), big.data() + repair::kPackedChunk - 8, 16) == 0);
+    CHECK(std::memcmp(reader.at(big.size() - 100, 100), big.data() + big.size() - 100, 100) == 0);
+    CHECK(std::memcmp(reader.at(0, big.size()), big.data(), big.size()) == 0);
+    // Unpacked when copied; saved plain again.
+    auto copied = repair::HealthyImage::parse(packed.index, packed.blob, "t");
+    CHECK_FALSE(copied.regions[1].is_packed());
+    CHECK(copied.regions[1].bytes == big);
+    CHECK(copied.regions[0].bytes == code);
+    auto plain = borrowed.to_files();
+    CHECK(repair::HealthyImage::parse(plain.index, plain.blob, "t").regions[1].bytes == big);
+    // The integrity check reads the packed copy as it reads a plain one.
+    std::uint8_t bad[] = {0x0f, 0x0b};
+    ram.write(0x100041, std::as_bytes(std::span(bad)));
+    image.regions.pop_back();
+    auto one = repair::packed_files(image);
+    auto in_payload = repair::HealthyImage::parse(one.index, one.blob, "t", repair::HealthyImage::Bytes::borrow);
+    auto report = repair::check_text_integrity(*kernel, in_payload, {});
+    REQUIRE(report.corrupted.size() == 1);
+    CHECK(report.corrupted[0].healthy == std::vector<std::uint8_t>{0x90, 0x90});
+
+    auto refused = [&](const std::string& index, const std::string& blob) {
+      try {
+        (void)repair::HealthyImage::parse(index, blob, "t", repair::HealthyImage::Bytes::borrow);
+      } catch (const Error& e) {
+        return e.code() == ExitCode::bad_input;
+      }
+      return false;
+    };
+    auto index = nlohmann::json::parse(packed.index);
+    CHECK_FALSE(refused(packed.index, packed.blob));
+    auto with = [&](auto change) {
+      auto j = index;
+      change(j["regions"][1]);
+      return j.dump();
+    };
+    CHECK(refused(with([](auto& r) { r["packed"].erase(r["packed"].size() - 1); }), packed.blob));  // a frame short
+    CHECK(refused(with([](auto& r) { r.erase("packed"); }), packed.blob));
+    CHECK(refused(with([](auto& r) { r["packed"][0][1] = 1u << 30; }), packed.blob));           // beyond the blob
+    CHECK(refused(with([](auto& r) { r["packed"][1] = r["packed"][3]; }), packed.blob));       // a frame of another size
+    CHECK(refused(with([](auto& r) { r["size"] = 1ull << 40; }), packed.blob));                 // unpacks to too much
+    CHECK(refused(with([](auto& r) { r["packed"][0][0] = r["packed"][0][0].template get<std::uint64_t>() + 1; }), packed.blob));
+    // A frame damaged inside (its header intact): found when it is read, as bad input.
+    auto frame = index["regions"][1]["packed"][2];
+    std::string damaged = packed.blob;
+    std::uint64_t at = frame[0].get<std::uint64_t>() + frame[1].get<std::uint64_t>() / 2;
+    for (int i = 0; i < 16; ++i) damaged[at + i] = static_cast<char>(damaged[at + i] ^ 0x5a);
+    auto bad_frame = repair::HealthyImage::parse(packed.index, damaged, "t", repair::HealthyImage::Bytes::borrow);
+    repair::RegionReader damaged_reader(bad_frame.regions[1]);
+    CHECK(damaged_reader.at(0, 16)[0] == big[0]);
+    try {
+      (void)damaged_reader.at(2 * repair::kPackedChunk, 16);
+      FAIL("a damaged frame was read");
+    } catch (const Error& e) {
+      CHECK(e.code() == ExitCode::bad_input);
+    }
+    CHECK_THROWS_AS(repair::HealthyImage::parse(packed.index, damaged, "t"), Error);  // unpacked whole when copied
+  }
   SECTION("integrity: a corrupted byte is found and located; the same bytes as a known patch are not") {
     std::uint8_t bad[] = {0x0f, 0x0b};
     ram.write(0x100041, std::as_bytes(std::span(bad)));
@@ -317,9 +398,13 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
     REQUIRE(pages.size() == 1);
     CHECK(pages[0].physical == 0x100000);
     CHECK(pages[0].virt == image.regions[0].address);
-    CHECK(pages[0].bytes == image.regions[0].code().data());
-    CHECK(repair::unchanged_code(pages, repair::TextPrecheck{}) == std::vector<const std::uint8_t*>{pages[0].bytes});
-    CHECK(repair::unchanged_code(pages, repair::TextPrecheck{{pages[0].virt}}) == std::vector<const std::uint8_t*>{nullptr});
+    CHECK(pages[0].region == &image.regions[0]);
+    CHECK(pages[0].offset == 0);
+    CHECK_FALSE(pages[0].zeros);
+    CHECK(repair::unchanged_code(pages, repair::TextPrecheck{}) == std::vector<bool>{true});
+    CHECK(repair::unchanged_code(pages, repair::TextPrecheck{{pages[0].virt}}) == std::vector<bool>{false});
+    std::fill(image.regions[0].bytes.begin(), image.regions[0].bytes.end(), 0);
+    CHECK(repair::whole_code_pages(image)[0].zeros);
     // A run that covers no page entirely, or lies off a page boundary, gives none.
     image.regions[0].physical = {{0, 0x100000, 0x800}, {0x800, 0x100800, 0x800}};
     CHECK(repair::whole_code_pages(image).empty());

@@ -88,7 +88,7 @@ class CrashBundles {
   std::unique_ptr<PageClassAgent> classes_;  // for the current profile
   std::unique_ptr<MemorySnapshot> prepared_index_;  // the next snapshot's page index, made ahead
   std::vector<repair::WholeCodePage> code_pages_;  // set_code_pages()
-  KnownPages on_demand_code_{{}, {}, /*after_resume=*/true};  // their addresses; made ahead, not in a pause
+  KnownPages on_demand_code_{{}, {}, {}, /*after_resume=*/true};  // their addresses; made ahead, not in a pause
   std::string classes_problem_;               // why there is none
   bool told_arena_source_ = false;
   bool arena_waits_ = false;                  // for classes_'s first classification

@@ -33,7 +33,9 @@ void validate_restore(const repair::RepairAction& a, const repair::HealthyImage*
       fail(ExitCode::failure, "restore-code: a write of {} bytes at {:#x}", w.bytes.size(), w.address);
     const repair::HealthyRegion* r = healthy->find(w.address, w.bytes.size());
     if (!r) fail(ExitCode::failure, "restore-code: {:#x} is not in the kernel's code", w.address);
-    if (!std::equal(w.bytes.begin(), w.bytes.end(), r->code().begin() + static_cast<std::ptrdiff_t>(w.address - r->address)))
+    repair::RegionReader copy(*r);
+    const std::uint8_t* healthy_bytes = copy.at(w.address - r->address, w.bytes.size());
+    if (!std::equal(w.bytes.begin(), w.bytes.end(), healthy_bytes))
       fail(ExitCode::failure, "restore-code: the bytes for {:#x} are not the healthy copy's", w.address);
   }
 }

@@ -9,9 +9,11 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
 #include <filesystem>
 #include <future>
 #include <fstream>
+#include <map>
 
 namespace immortal::vmm {
 
@@ -162,7 +164,7 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
     KnownPages code;
     if (!pages.empty()) {
       for (const auto& page : pages) code.pages.push_back(page.physical);
-      code.known = [&pages, precheck]() -> std::vector<const std::byte*> {
+      code.known = [&pages, precheck]() -> std::vector<KnownPages::Known> {
         // Made beside this copy on the same stopped guest; bounded, should the engine's side fail.
         if (precheck.wait_for(std::chrono::seconds(1)) != std::future_status::ready) return {};
         std::optional<repair::TextPrecheck> found;
@@ -171,9 +173,18 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
         } catch (const std::future_error&) {
         }
         if (!found) return {};
-        std::vector<const std::byte*> out;
-        for (const std::uint8_t* b : repair::unchanged_code(pages, *found)) out.push_back(reinterpret_cast<const std::byte*>(b));
+        std::vector<KnownPages::Known> out;
+        std::vector<bool> unchanged = repair::unchanged_code(pages, *found);
+        for (std::size_t i = 0; i < pages.size(); ++i)
+          out.push_back(!unchanged[i] ? KnownPages::Known::no : pages[i].zeros ? KnownPages::Known::zeros : KnownPages::Known::bytes);
         return out;
+      };
+      // After the resume (fill_known), in page order: a reader per region unpacks each frame once.
+      auto readers = std::make_shared<std::map<const repair::HealthyRegion*, repair::RegionReader>>();
+      code.copy = [&pages, readers](std::size_t i, std::byte* page) {
+        const auto& p = pages.at(i);
+        auto reader = readers->try_emplace(p.region, *p.region).first;
+        std::memcpy(page, reader->second.at(p.offset, 4096), 4096);
       };
     }
     return p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu, pages.empty() ? nullptr : &code,
