@@ -416,14 +416,10 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
     repair::digest_pieces(image);
     REQUIRE(image.regions[0].digests.size() == 1);
     std::uint64_t first_seed = image.digest_seed;
-    auto clean = repair::precheck_text(image, ram);
-    REQUIRE(clean);
-    CHECK(clean->differing.empty());
-    std::uint8_t bad[] = {0x0f, 0x0b};
-    ram.write(0x100041, std::as_bytes(std::span(bad)));
-    auto found = repair::precheck_text(image, ram);
-    REQUIRE(found);
-    CHECK(found->differing == std::vector<std::uint64_t>{test::kva(0x100000)});
+    CHECK(repair::precheck_text(image, ram).value().differing.empty());
+    std::uint8_t corrupt[] = {0x0f, 0x0b};
+    ram.write(0x100041, std::as_bytes(std::span(corrupt)));
+    CHECK(repair::precheck_text(image, ram).value().differing == std::vector<std::uint64_t>{test::kva(0x100000)});
     // The digests are what is compared: a copy changed after they were made still prechecks as
     // they say (they are made from the payload, which nothing changes afterwards).
     image.regions[0].bytes[0x41] = 0x0f;
