@@ -28,6 +28,7 @@
 #include "engine/healthy_image.h"
 #include "engine/repair_service.h"
 #include "engine/text_integrity.h"
+#include "engine/text_precheck.h"
 #include "kernel/orc_unwind.h"
 #include "memory/shared_ram.h"
 #include "profile/guest_profile.h"
@@ -46,7 +47,6 @@
 
 #include <malloc.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -188,11 +188,7 @@ class Engine {
     // crash. Not the whole copy: unpacking 24 MB here, emulated, would cost more than the rest of
     // the load. The supervisor compares all of it where it runs at the host's speed (Arming).
     if (healthy_) {
-      TextPrecheck sample;
-      for (const auto& r : healthy_->regions)
-        if (r.size()) sample.differing.push_back(piece_of(r.address));
-      std::sort(sample.differing.begin(), sample.differing.end());
-      sample.differing.erase(std::unique(sample.differing.begin(), sample.differing.end()), sample.differing.end());
+      TextPrecheck sample = first_pieces(*healthy_);
       warmup_pieces_ = sample.differing.size();
       warmup_ = check_text_integrity(*kernel_, *healthy_, {}, &sample).corrupted.size();
     }

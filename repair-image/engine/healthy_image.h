@@ -101,7 +101,6 @@ class RegionReader {
   // [offset, offset + n) of the region's bytes (n ≤ size() - offset: the caller's to check), valid
   // until the next call. Throws Error(ExitCode::bad_input) when a frame does not unpack to its chunk.
   const std::uint8_t* at(std::uint64_t offset, std::uint64_t n);
-  const HealthyRegion& region() const { return *region_; }
 
  private:
   const HealthyRegion* region_;

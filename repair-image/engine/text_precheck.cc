@@ -40,6 +40,14 @@ std::size_t piece_count(const HealthyRegion& region) {
 
 }  // namespace
 
+TextPrecheck first_pieces(const HealthyImage& healthy) {
+  TextPrecheck sample;
+  for (const auto& r : healthy.regions)
+    if (r.size()) sample.differing.push_back(piece_of(r.address));
+  sort_unique(sample.differing);
+  return sample;
+}
+
 void digest_pieces(HealthyImage& healthy) {
   std::uint64_t seed = 0;
   if (::getrandom(&seed, sizeof seed, 0) != sizeof seed) fail_os(ExitCode::failure, "getrandom (the code digests' key)", errno);
@@ -120,8 +128,11 @@ std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const Phy
 
 std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy) {
   std::vector<WholeCodePage> pages;
+  static const std::uint8_t kZeros[kPage] = {};
+  const PieceDigest zero_page = digest(kZeros, kPage, healthy.digest_seed);
   for (const auto& region : healthy.regions) {
     RegionReader h(region);
+    bool by_digest = region.digests.size() == piece_count(region);
     for (const auto& run : region.physical) {
       if (run.offset > region.size() || run.size > region.size() - run.offset) continue;  // parse checks this too
       // Virtual pages inside [run's first byte, its end), where the physical address is page-aligned too.
@@ -130,8 +141,14 @@ std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy) {
         std::uint64_t pa = run.address + (page - va);
         if (pa & (kPage - 1)) break;  // the run's virtual and physical offsets disagree within a page
         std::uint64_t offset = page - region.address;
-        const std::uint8_t* bytes = h.at(offset, kPage);
-        pages.push_back({pa, page, &region, offset, std::all_of(bytes, bytes + kPage, [](std::uint8_t b) { return b == 0; })});
+        bool zeros = false;
+        if (by_digest) {  // a whole page is a whole piece: no unpacking
+          zeros = region.digests[static_cast<std::size_t>((page - piece_of(region.address)) / kPage)] == zero_page;
+        } else {
+          const std::uint8_t* bytes = h.at(offset, kPage);
+          zeros = std::all_of(bytes, bytes + kPage, [](std::uint8_t b) { return b == 0; });
+        }
+        pages.push_back({pa, page, &region, offset, zeros});
       }
     }
   }

@@ -30,6 +30,11 @@ struct TextPrecheck {
   static TextPrecheck from_json(const nlohmann::json& j);
 };
 
+// The first piece of every region, as if the precheck had found them differing: what the repair
+// agent compares when it loads a copy, so that a crash's path is taken (and translated, under TCG)
+// before the first crash.
+TextPrecheck first_pieces(const HealthyImage& healthy);
+
 // Digests every piece of the copy (HealthyRegion::digests) with a fresh random key: done once per
 // copy, where it prechecks crashes (the supervisor, when it takes the copy from the repair
 // payload), so that a crash hashes the guest's code (XXH3-128, at memory speed) instead of comparing
@@ -52,7 +57,8 @@ struct WholeCodePage {
   bool zeros = false;  // all zeros in the copy
 };
 // Sorted by physical address, each page once (a page two regions share is none of them whole).
-// Reads (unpacks) the whole copy once, for the zeros.
+// Which pages are all zeros: by the digests where the regions have them, else by reading
+// (unpacking) the copy.
 std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy);
 // For each of pages, whether the precheck found its piece equal: its bytes are then the copy's.
 std::vector<bool> unchanged_code(const std::vector<WholeCodePage>& pages, const TextPrecheck& precheck);

@@ -405,6 +405,14 @@ TEST_CASE("healthy image: captured, saved and loaded; damage is refused", "[repa
     CHECK(repair::unchanged_code(pages, repair::TextPrecheck{{pages[0].virt}}) == std::vector<bool>{false});
     std::fill(image.regions[0].bytes.begin(), image.regions[0].bytes.end(), 0);
     CHECK(repair::whole_code_pages(image)[0].zeros);
+    // With digests the zeros are told by them (the same answer, without reading the copy).
+    repair::digest_pieces(image);
+    CHECK(repair::whole_code_pages(image)[0].zeros);
+    image.regions[0].bytes[7] = 1;  // the digests still say what the copy was when they were made
+    CHECK(repair::whole_code_pages(image)[0].zeros);
+    repair::digest_pieces(image);
+    CHECK_FALSE(repair::whole_code_pages(image)[0].zeros);
+    CHECK(repair::first_pieces(image).differing == std::vector<std::uint64_t>{image.regions[0].address});
     // A run that covers no page entirely, or lies off a page boundary, gives none.
     image.regions[0].physical = {{0, 0x100000, 0x800}, {0x800, 0x100800, 0x800}};
     CHECK(repair::whole_code_pages(image).empty());
