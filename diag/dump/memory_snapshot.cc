@@ -81,6 +81,20 @@ std::uint64_t touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& cl
 }
 
 // Shared memory rather than anonymous: the report agent maps the same pages (read-only for it).
+std::uint64_t kernel_pages_among(const RamClasses& classes, const std::vector<std::uint64_t>& pages) {
+  std::uint64_t n = 0;
+  std::size_t ri = 0;
+  for (std::uint64_t paddr : pages) {
+    while (ri < classes.size() && paddr >= classes[ri].first.start + classes[ri].first.size) ++ri;
+    if (ri == classes.size()) break;
+    const auto& [range, c] = classes[ri];
+    if (paddr < range.start) continue;
+    std::uint64_t p = (paddr - range.start) / MemorySnapshot::kPageSize;
+    if (p < c.size() && c[p] == PageClass::kernel) ++n;
+  }
+  return n;
+}
+
 std::shared_ptr<SnapshotArena> SnapshotArena::map_fresh(std::uint64_t bytes) {
   std::shared_ptr<SnapshotArena> a(new SnapshotArena);
   a->size_ = std::max<std::uint64_t>((bytes + MemorySnapshot::kPageSize - 1) & ~(MemorySnapshot::kPageSize - 1),
@@ -100,13 +114,26 @@ std::shared_ptr<SnapshotArena> SnapshotArena::make(std::uint64_t bytes) {
 }
 
 std::shared_ptr<SnapshotArena> SnapshotArena::borrow(std::byte* base, std::uint64_t size, int reader_fd,
-                                                     std::function<void(std::uint64_t used)> release) {
+                                                     std::function<void(std::uint64_t used)> release, std::uint64_t room,
+                                                     std::function<void(std::uint64_t bytes)> grow) {
   std::shared_ptr<SnapshotArena> a(new SnapshotArena);
   a->base_ = base;
   a->size_ = size;
   a->reader_fd_ = reader_fd;
   a->release_ = std::move(release);
+  a->room_ = grow ? room : 0;
+  a->grow_ = std::move(grow);
   return a;
+}
+
+void SnapshotArena::grow_to(std::uint64_t bytes) {
+  bytes = (bytes + MemorySnapshot::kPageSize - 1) & ~(MemorySnapshot::kPageSize - 1);
+  if (bytes <= size_) return;
+  if (bytes - size_ > room_)
+    fail(ExitCode::failure, "a snapshot needs {} MiB, {} MiB more than its arena can grow", bytes >> 20, (bytes - size_ - room_) >> 20);
+  grow_(bytes);
+  room_ -= bytes - size_;
+  size_ = bytes;
 }
 
 SnapshotArena::~SnapshotArena() {
@@ -134,6 +161,7 @@ bool classes_fit(const PhysicalMemory& ram, const RamClasses& classes) {
   }
   return true;
 }
+
 
 // Where a copy splits into two equal parts: the first page of the second part (range,
 // page), and how many slots the first may use (its pages of the kernel class, less those copied
@@ -214,7 +242,11 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
     }
   }
   if (candidates >= kExcluded) fail(ExitCode::failure, "guest memory too large to snapshot ({} pages)", candidates);
-  if (arena && arena->size() >= candidates * kPageSize) {
+  // The pages copied in the pause must fit in the arena as it is; the later ones (filled in after
+  // the resume) may go where it can still grow.
+  std::uint64_t pause_pages = candidates - (later ? kernel_pages_among(classified, later->pages) : 0);
+  s->census_.pause_candidates = pause_pages;
+  if (arena && arena->size() >= pause_pages * kPageSize && arena->size() + arena->room() >= candidates * kPageSize) {
     s->census_.warm_arena = true;
   } else {
     arena = SnapshotArena::map_fresh(candidates * kPageSize);
@@ -324,7 +356,35 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
     std::vector<Known> known = later->known && !later->after_resume ? later->known() : std::vector<Known>{};
     if (!later->copy) known.clear();  // nothing could write them
     else s->copy_known_ = later->copy;
+    auto known_of = [&](const LaterPage& l) { return known.size() == deferred.size() ? known[l.index] : Known::no; };
+    // Read from RAM now (the copy does not know them): first, into memory the arena has, so that
+    // the slots filled in after the resume come last, where the arena may grow (grow_to) then.
+    auto copied_now = [&](const LaterPage& l) {
+      return classified[l.range].second[l.page] == PageClass::kernel && !later->after_resume && known_of(l) == Known::no;
+    };
+    auto now_count = static_cast<std::uint64_t>(std::count_if(deferred_at.begin(), deferred_at.end(), copied_now));
+    bool room_now = true;
+    if ((tail.next + now_count) * kPageSize > s->arena_->size()) {
+      try {
+        s->arena_->grow_to((tail.next + now_count) * kPageSize);  // rare: many changed code pages
+      } catch (const std::exception& e) {
+        room_now = false;
+        s->census_.lost_why = e.what();
+      }
+    }
     for (const auto& l : deferred_at) {
+      if (!copied_now(l)) continue;
+      Range& range = s->by_range_[l.range];
+      if (!room_now) {
+        range.slot[l.page] = kExcluded + static_cast<std::uint32_t>(PageClass::kernel);
+        ++tail.pages[static_cast<std::size_t>(PageClass::kernel)];
+        ++s->census_.lost_pages;
+        continue;
+      }
+      copy_page(tail, range, l.page, PageClass::kernel, Known::no, l.index);
+    }
+    for (const auto& l : deferred_at) {
+      if (copied_now(l)) continue;
       Range& range = s->by_range_[l.range];
       PageClass cls = classified[l.range].second[l.page];
       if (later->after_resume && cls == PageClass::kernel) {
@@ -334,7 +394,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
         ++tail.pages[static_cast<std::size_t>(cls)];
         continue;
       }
-      copy_page(tail, range, l.page, cls, known.size() == deferred.size() ? known[l.index] : Known::no, l.index);
+      copy_page(tail, range, l.page, cls, known_of(l), l.index);
     }
   }
   for (const Part* part : {&first, &second})
@@ -349,6 +409,24 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
 }
 
 std::uint64_t MemorySnapshot::fill_known(const PhysicalMemory* ram) {
+  if (!unfilled_.empty() && (static_cast<std::uint64_t>(unfilled_.back().slot) + 1) * kPageSize > arena_->size()) {
+    // Their slots lie past the memory the arena had in the pause: it grows now, or they are lost.
+    try {
+      arena_->grow_to((static_cast<std::uint64_t>(unfilled_.back().slot) + 1) * kPageSize);
+    } catch (const std::exception& e) {
+      census_.lost_why = e.what();
+      std::uint64_t usable = arena_->size() / kPageSize;
+      std::erase_if(unfilled_, [&](const Unfilled& u) {
+        if (u.slot < usable) return false;
+        for (auto& r : by_range_)
+          if (r.range.contains(u.paddr, 1)) r.slot[(u.paddr - r.range.start) / kPageSize] = kExcluded + static_cast<std::uint32_t>(PageClass::kernel);
+        ++census_.lost_pages;
+        --(u.known != kFromRam ? census_.known_pages : census_.after_resume_pages);
+        return true;
+      });
+      slots_ = static_cast<std::uint32_t>(std::min<std::uint64_t>(slots_, usable));  // every slot past it was one of them
+    }
+  }
   for (const auto& u : unfilled_) {
     std::byte* slot = buffer_ + static_cast<std::uint64_t>(u.slot) * kPageSize;
     if (u.known != kFromRam) {

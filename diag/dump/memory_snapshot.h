@@ -27,7 +27,12 @@ struct SnapshotCensus {
   std::uint64_t copied_bytes = 0;
   std::uint64_t known_pages = 0;  // of the copied pages, taken from a copy known to equal them (KnownPages)
   std::uint64_t after_resume_pages = 0;  // of the copied pages, read from guest RAM after it resumed
+  // Of the pages left for after the resume, those that could not be taken (no memory for them
+  // then): left out, as kernel pages not copied. The reason in `lost_why`.
+  std::uint64_t lost_pages = 0;
+  std::string lost_why;
   bool warm_arena = false;  // copied into memory prepared ahead
+  std::uint64_t pause_candidates = 0;  // pages that had to fit in the arena as it was (kernel class, not left for later)
   std::string filter;  // how pages were chosen ("struct page (dump level 31)" or why all were kept)
 };
 
@@ -41,13 +46,23 @@ class SnapshotArena {
   // Memory prepared and mapped by someone else (the host's arena pool): reader_fd is what a
   // reading process maps (not owned); release runs when the last holder lets go, with how many
   // bytes from the start a snapshot wrote (to clear them before another guest's snapshot).
+  //
+  // room and grow: address space reserved right after the arena, which grow(bytes) turns into
+  // memory, at that moment, so that the arena holds `bytes` (throws Error when the memory cannot
+  // be had). For the pages a snapshot fills in after the guest resumed (KnownPages): they need
+  // no memory prepared ahead, only their slots.
   static std::shared_ptr<SnapshotArena> borrow(std::byte* base, std::uint64_t size, int reader_fd,
-                                               std::function<void(std::uint64_t used)> release);
+                                               std::function<void(std::uint64_t used)> release, std::uint64_t room = 0,
+                                               std::function<void(std::uint64_t bytes)> grow = {});
   ~SnapshotArena();
   SnapshotArena(const SnapshotArena&) = delete;
   SnapshotArena& operator=(const SnapshotArena&) = delete;
   std::byte* data() const { return base_; }
-  std::uint64_t size() const { return size_; }
+  std::uint64_t size() const { return size_; }  // usable now
+  std::uint64_t room() const { return room_; }  // beyond size(), what grow_to() may add
+  // Makes [size(), bytes) usable (nothing when it is already). Throws Error (the arena unchanged)
+  // when it cannot: beyond room(), or no memory to be had.
+  void grow_to(std::uint64_t bytes);
   // The memfd behind it (sealed against resizing), for a process that reads the copy; -1 for
   // pages another process mapped and handed to MemorySnapshot::adopt (which are not unmapped here).
   int fd() const { return fd_ ? fd_.get() : reader_fd_; }
@@ -60,8 +75,10 @@ class SnapshotArena {
   std::uint64_t size_ = 0;
   UniqueFd fd_;
   int reader_fd_ = -1;
-  std::uint64_t used_ = 0;  // bytes a snapshot copied in
+  std::uint64_t used_ = 0;  // bytes a snapshot copied in (of those usable when it started)
+  std::uint64_t room_ = 0;
   std::function<void(std::uint64_t)> release_;
+  std::function<void(std::uint64_t)> grow_;
 };
 
 
@@ -76,6 +93,8 @@ RamClasses unclassified_ram(const PhysicalMemory& ram);
 // Of classes, the pages a snapshot would copy (all `kernel` ones), each read once so that it is
 // mapped into our view of guest RAM now rather than during a pause.
 std::uint64_t touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes);
+// How many of `pages` (sorted guest-physical page addresses) classes call kernel pages.
+std::uint64_t kernel_pages_among(const RamClasses& classes, const std::vector<std::uint64_t>& pages);
 
 // Pages a snapshot may take from elsewhere than guest RAM: bytes known to equal the guest's at
 // this moment (the kernel's code, which the repair path compares with its healthy copy beside the

@@ -35,8 +35,8 @@ std::uint64_t file_size(const std::string& path) {
 TEST_CASE("arena pool: two supervisors share the host's arenas, each in use by one snapshot at a time", "[arena-pool]") {
   PoolDir d;
   ArenaPool a(d.path), b(d.path);
-  a.prepare(1 << 20);
-  b.prepare(1 << 20);
+  a.prepare(1 << 20, 1 << 20);
+  b.prepare(1 << 20, 1 << 20);
   CHECK(a.sizes() == std::vector<std::uint64_t>(ArenaPool::kArenas, 1 << 20));
 
   auto first = a.acquire();
@@ -62,8 +62,8 @@ TEST_CASE("arena pool: two supervisors share the host's arenas, each in use by o
 TEST_CASE("arena pool: a snapshot's pages are zeroed on release, a dead holder's at the next prepare", "[arena-pool]") {
   PoolDir d;
   ArenaPool a(d.path), b(d.path);
-  a.prepare(64 << 10);
-  b.prepare(64 << 10);
+  a.prepare(64 << 10, 64 << 10);
+  b.prepare(64 << 10, 64 << 10);
   // A real snapshot: MemorySnapshot::take records the bytes it copied into the arena.
   std::vector<std::byte> page(MemorySnapshot::kPageSize, std::byte{0x5a});
   test::VectorMemory ram(MemorySnapshot::kPageSize);
@@ -87,7 +87,7 @@ TEST_CASE("arena pool: a snapshot's pages are zeroed on release, a dead holder's
     REQUIRE(::pwrite(fd, "guest secret", 12, 100) == 12);
     ::close(fd);
   }
-  b.prepare(64 << 10);
+  b.prepare(64 << 10, 64 << 10);
   auto arenas = std::vector{b.acquire(), b.acquire()};
   for (const auto& arena : arenas) {
     REQUIRE(arena);
@@ -95,36 +95,87 @@ TEST_CASE("arena pool: a snapshot's pages are zeroed on release, a dead holder's
   }
 }
 
-TEST_CASE("arena pool: a supervisor that prepares while another copies into an arena still maps it", "[arena-pool]") {
+TEST_CASE("arena pool: a supervisor leaves an arena another copies into alone, and prepares it once free", "[arena-pool]") {
   PoolDir d;
   ArenaPool a(d.path);
-  a.prepare(1 << 20, 1);
+  CHECK(a.prepare(1 << 20, 1 << 20, 1));
   auto held = a.acquire();  // a's crash is being written
   REQUIRE(held);
   std::memset(held->data(), 0x77, 4096);
   ArenaPool b(d.path);  // a supervisor starting meanwhile
-  b.prepare(2 << 20, 1);
-  CHECK(b.sizes()[0] == 2 << 20);  // grown and mapped, not cleared under a's snapshot
+  CHECK_FALSE(b.prepare(2 << 20, 2 << 20, 1));  // held: try again later
+  CHECK(b.sizes()[0] == 0);
+  CHECK(file_size(d.path + "/arena-0") == 1 << 20);  // a's snapshot may have grown it: not touched
   CHECK(std::to_integer<int>(held->data()[0]) == 0x77);
-  CHECK_FALSE(b.acquire());  // a holds it
+  CHECK_FALSE(b.acquire());  // a holds it, and b has nothing mapped
   held.reset();
+  CHECK(b.prepare(2 << 20, 2 << 20, 1));
+  CHECK(b.sizes()[0] == 2 << 20);
   auto mine = b.acquire();  // free again: b's crash gets a prepared arena
   REQUIRE(mine);
   CHECK(mine->size() == 2 << 20);
+}
+
+TEST_CASE("arena pool: a snapshot grows its arena for the pages it fills in after the resume, and gives that back", "[arena-pool]") {
+  PoolDir d;
+  constexpr std::uint64_t kPage = MemorySnapshot::kPageSize;
+  // A guest of 8 pages, all of the kernel class; pages 4-7 are known elsewhere (its code).
+  test::VectorMemory ram(8 * kPage);
+  for (std::uint64_t p = 0; p < 8; ++p) {
+    std::vector<std::byte> page(kPage, std::byte(0x10 + p));
+    ram.write(p * kPage, page);
+  }
+  KnownPages later;
+  for (std::uint64_t p = 4; p < 8; ++p) later.pages.push_back(p * kPage);
+  later.known = [] { return std::vector<KnownPages::Known>(4, KnownPages::Known::bytes); };
+  later.copy = [](std::size_t i, std::byte* page) { std::memset(page, 0x40 + static_cast<int>(i), kPage); };
+
+  ArenaPool a(d.path), b(d.path);
+  REQUIRE(a.prepare(5 * kPage, 8 * kPage, 1));  // room for the pause's 4 pages and a margin; 8 pages' address space
+  REQUIRE(b.prepare(5 * kPage, 5 * kPage, 1));
+  {
+    auto arena = a.acquire();
+    REQUIRE(arena);
+    CHECK(arena->size() == 5 * kPage);
+    CHECK(arena->room() == 3 * kPage);
+    auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", arena, {}, nullptr, &later, 1);
+    CHECK(snap->census().warm_arena);  // the 4 pages copied in the pause fit
+    CHECK(snap->census().pause_candidates == 4);
+    CHECK(file_size(d.path + "/arena-0") == 5 * kPage);  // nothing allocated for the later ones yet
+    CHECK(snap->fill_known() == 4);
+    CHECK(file_size(d.path + "/arena-0") == 8 * kPage);  // now they are
+    std::byte b7{};
+    snap->read(7 * kPage, std::span(&b7, 1));
+    CHECK(std::to_integer<int>(b7) == 0x43);
+    snap->read(2 * kPage, std::span(&b7, 1));
+    CHECK(std::to_integer<int>(b7) == 0x12);
+    // The report agent maps the file as it is then: every slot is inside it.
+    struct stat st {};
+    REQUIRE(::fstat(snap->pages_fd(), &st) == 0);
+    CHECK(static_cast<std::uint64_t>(st.st_size) >= snap->pages_bytes());
+    CHECK_FALSE(b.prepare(5 * kPage, 5 * kPage, 1));  // b does not size a file a snapshot has grown
+  }
+  CHECK(file_size(d.path + "/arena-0") == 5 * kPage);  // cut back: the memory is given back
+  CHECK(b.prepare(5 * kPage, 5 * kPage, 1));
+  auto again = b.acquire();
+  REQUIRE(again);
+  CHECK(again->size() == 5 * kPage);
+  for (std::uint64_t i = 0; i < again->size(); ++i) REQUIRE(std::to_integer<int>(again->data()[i]) == 0);
+
 }
 
 TEST_CASE("arena pool: arenas grow for the largest guest, never shrink, and go with the last user", "[arena-pool]") {
   PoolDir d;
   {
     ArenaPool small(d.path);
-    small.prepare(1 << 20);
+    small.prepare(1 << 20, 1 << 20);
     {
       ArenaPool large(d.path);
-      large.prepare(3 << 20);
+      large.prepare(3 << 20, 3 << 20);
       CHECK(file_size(d.path + "/arena-0") == 3 << 20);
-      small.prepare(1 << 20);  // maps the grown files: a smaller guest uses the larger arena
+      small.prepare(1 << 20, 1 << 20);  // maps the grown files: a smaller guest uses the larger arena
       CHECK(small.sizes() == std::vector<std::uint64_t>(ArenaPool::kArenas, 3 << 20));
-      small.prepare(2 << 20);
+      small.prepare(2 << 20, 2 << 20);
       CHECK(file_size(d.path + "/arena-0") == 3 << 20);
     }
     CHECK(std::filesystem::exists(d.path + "/arena-0"));  // `small` still uses them

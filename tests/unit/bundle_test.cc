@@ -322,6 +322,57 @@ TEST_CASE("a snapshot takes known pages from where they are known, after the oth
   }
 }
 
+TEST_CASE("a snapshot grows a borrowed arena only for its later pages, and loses them when it cannot", "[bundle]") {
+  VectorMemory ram(8 * 4096);
+  for (std::uint64_t p = 0; p < 8; ++p) ram.put_bytes(p * 4096, "guest " + std::to_string(p));
+  using Known = KnownPages::Known;
+  // Pages 4-7 are code: 4 and 5 known, 6 changed (copied from RAM in the pause), 7 known.
+  KnownPages later{{4 * 4096, 5 * 4096, 6 * 4096, 7 * 4096},
+                   [] { return std::vector<Known>{Known::bytes, Known::bytes, Known::no, Known::bytes}; },
+                   [](std::size_t i, std::byte* page) { std::memset(page, 0x60 + static_cast<int>(i), 4096); }};
+  std::vector<std::byte> memory(8 * 4096, std::byte{0});
+  std::vector<std::uint64_t> grown;  // what the arena was asked to grow to
+  bool can_grow = true;
+  auto borrowed = [&](std::uint64_t size, std::uint64_t room) {
+    return SnapshotArena::borrow(memory.data(), size, -1, [](std::uint64_t) {}, room, [&](std::uint64_t bytes) {
+      if (!can_grow) throw Error(ExitCode::failure, "no memory to be had");
+      grown.push_back(bytes);
+    });
+  };
+  SECTION("the pause's pages fit, the later ones are given room after the resume") {
+    auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", borrowed(4 * 4096, 4 * 4096), {}, nullptr, &later, 1);
+    CHECK(snap->census().warm_arena);
+    CHECK(snap->census().pause_candidates == 4);
+    // Page 6 was copied in the pause, past the 4 pages the arena had: it grew for that one then.
+    CHECK(grown == std::vector<std::uint64_t>{5 * 4096});
+    CHECK(snap->read_value<std::uint8_t>(6 * 4096) == 'g');
+    CHECK(snap->fill_known() == 3);
+    CHECK(grown == std::vector<std::uint64_t>{5 * 4096, 8 * 4096});
+    CHECK(snap->read_value<std::uint8_t>(7 * 4096) == 0x63);
+    CHECK(snap->census().lost_pages == 0);
+  }
+  SECTION("an arena that cannot grow loses the later pages, not the snapshot") {
+    can_grow = false;
+    auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", borrowed(4 * 4096, 4 * 4096), {}, nullptr, &later, 1);
+    CHECK(snap->census().warm_arena);
+    CHECK(snap->fill_known() == 0);
+    CHECK(snap->census().lost_pages == 4);  // page 6 in the pause, 4, 5 and 7 after it
+    CHECK(snap->census().lost_why.find("no memory") != std::string::npos);
+    CHECK(snap->census().known_pages == 0);
+    CHECK(snap->pages_bytes() <= 4 * 4096);
+    CHECK(snap->read_value<std::uint8_t>(3 * 4096) == 'g');
+    for (std::uint64_t p : {4, 5, 6, 7}) {
+      CHECK(snap->page_class(p * 4096) == PageClass::kernel);
+      CHECK_THROWS_AS(snap->read_value<std::uint8_t>(p * 4096), MemoryFault);
+    }
+  }
+  SECTION("an arena too small for the pause's pages is not used") {
+    auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", borrowed(3 * 4096, 5 * 4096), {}, nullptr, &later, 1);
+    CHECK_FALSE(snap->census().warm_arena);
+    CHECK(grown.empty());
+  }
+}
+
 TEST_CASE("bundles are written atomically with a manifest that the reader checks", "[bundle]") {
   std::string parent = temp_dir("bundles");
   std::string path = make_bundle(parent, "g-1");

@@ -44,7 +44,7 @@ std::string ArenaPool::directory_for(const std::string& runtime_root, const std:
 }
 
 ArenaPool::Slot::~Slot() {
-  if (base) ::munmap(base, mapped);
+  if (base) ::munmap(base, reserved);
 }
 
 ArenaPool::ArenaPool(std::string dir) : dir_(std::move(dir)) {
@@ -89,36 +89,37 @@ ArenaPool::~ArenaPool() {
   }
 }
 
-void ArenaPool::prepare(std::uint64_t bytes, std::size_t count) {
+bool ArenaPool::prepare(std::uint64_t bytes, std::uint64_t limit, std::size_t count) {
   bytes = (bytes + MemorySnapshot::kPageSize - 1) & ~(MemorySnapshot::kPageSize - 1);
+  limit = (limit + MemorySnapshot::kPageSize - 1) & ~(MemorySnapshot::kPageSize - 1);
   std::string problem;
+  bool complete = true;
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     try {
-      prepare_slot(*slots_[i], bytes, i < count);
+      if (!prepare_slot(*slots_[i], bytes, limit, i < count) && i < count) complete = false;
     } catch (const std::exception& e) {
       problem = e.what();
     }
   }
   if (!problem.empty()) fail(ExitCode::failure, "{}", problem);
+  return complete;
 }
 
-void ArenaPool::prepare_slot(Slot& slot, std::uint64_t bytes, bool grow) {
+bool ArenaPool::prepare_slot(Slot& slot, std::uint64_t bytes, std::uint64_t limit, bool grow) {
   std::lock_guard lock(slot.mutex);
-  if (slot.in_use) return;  // one of our snapshots is in it: next time
-  // Another supervisor copying into it still lets us size and map it (fallocate only extends a
-  // file, and mapping changes nothing); only clearing what a dead holder left needs it idle.
-  bool idle = ::flock(slot.fd.get(), LOCK_EX | LOCK_NB) == 0;
+  if (slot.in_use) return true;  // one of our snapshots is in it: it is ours, prepared before
+  // Another supervisor's snapshot in it may have grown the file for a moment (its pages filled
+  // in after a resume; cut back when it lets go): a file's size changes only under its lock, and
+  // is read here only under it. Next time, then.
+  if (::flock(slot.fd.get(), LOCK_EX | LOCK_NB) != 0) return false;
   struct Unlock {
     int fd;
-    bool held;
-    ~Unlock() {
-      if (held) ::flock(fd, LOCK_UN);
-    }
-  } unlock{slot.fd.get(), idle};
+    ~Unlock() { ::flock(fd, LOCK_UN); }
+  } unlock{slot.fd.get()};
   struct stat st {};
   if (::fstat(slot.fd.get(), &st) != 0) fail_os(ExitCode::failure, "stat " + dir_, errno);
   std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
-  if (!grow && size < bytes) return;  // not needed yet, and no one else made it
+  if (!grow && size < bytes) return true;  // not needed yet, and no one else made it
   if (size < bytes || size > slot.mapped) {
     // Allocates the pages now (tmpfs has no holes after this) or fails with ENOSPC; for a file
     // another supervisor grew, makes sure every page is there before we map it.
@@ -126,20 +127,65 @@ void ArenaPool::prepare_slot(Slot& slot, std::uint64_t bytes, bool grow) {
     if (::fallocate(slot.fd.get(), 0, 0, static_cast<off_t>(size)) != 0)
       fail_os(ExitCode::failure, fmt::format("cannot prepare {} MiB for bundle snapshots in {}", size >> 20, dir_), errno);
   }
-  if (size != slot.mapped) {
-    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, slot.fd.get(), 0);
-    if (p == MAP_FAILED) fail_os(ExitCode::failure, "map the snapshot arena " + dir_, errno);
+  std::uint64_t reserve = std::max(size, limit);
+  if (size != slot.mapped || reserve != slot.reserved) {
+    // The address space first (nothing allocated: PROT_NONE, no reserve), the file over its start.
+    void* room = ::mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (room == MAP_FAILED) fail_os(ExitCode::failure, "reserve address space for the snapshot arena " + dir_, errno);
+    void* p = ::mmap(room, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_POPULATE, slot.fd.get(), 0);
+    if (p == MAP_FAILED) {
+      int e = errno;
+      ::munmap(room, reserve);
+      fail_os(ExitCode::failure, "map the snapshot arena " + dir_, e);
+    }
     // MAP_POPULATE maps a shared mapping's pages read-only: the copy's first write to each page
-    // would still fault, inside the guest's pause. Mapped for writing now; the bytes are not
-    // touched (another supervisor may be using the arena). Linux 5.14+; older kernels keep the
-    // read-only mapping.
+    // would still fault, inside the guest's pause. Mapped for writing now, without writing the
+    // bytes. Linux 5.14+; older kernels keep the read-only mapping.
     (void)::madvise(p, size, MADV_POPULATE_WRITE);
-    if (slot.base) ::munmap(slot.base, slot.mapped);
+    if (slot.base) ::munmap(slot.base, slot.reserved);
     slot.base = static_cast<std::byte*>(p);
     slot.mapped = size;
+    slot.reserved = reserve;
   }
-  // A supervisor that died holding it left a guest's pages behind.
-  if (idle) clear(slot.base, slot.mapped);
+  // A supervisor that died holding it left a guest's pages behind (we hold the lock: no one else
+  // is copying into it).
+  clear(slot.base, slot.mapped);
+  return true;
+}
+
+void ArenaPool::grow(Slot& slot, std::uint64_t bytes) {
+  std::lock_guard lock(slot.mutex);
+  std::uint64_t from = slot.mapped + slot.grown;
+  if (bytes <= from) return;
+  if (bytes > slot.reserved) fail(ExitCode::failure, "the snapshot arena cannot grow past {} MiB", slot.reserved >> 20);
+  // Allocated now (ENOSPC here, never SIGBUS on a write); we hold the file's lock, so no one else
+  // reads its size until let_go() cut it back.
+  if (::fallocate(slot.fd.get(), 0, static_cast<off_t>(from), static_cast<off_t>(bytes - from)) != 0)
+    fail_os(ExitCode::failure, fmt::format("cannot grow a snapshot arena by {} MiB", (bytes - from) >> 20), errno);
+  void* p = ::mmap(slot.base + from, bytes - from, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, slot.fd.get(),
+                   static_cast<off_t>(from));
+  if (p == MAP_FAILED) {
+    int e = errno;
+    if (from >= slot.file_size) (void)::ftruncate(slot.fd.get(), static_cast<off_t>(from));
+    fail_os(ExitCode::failure, "map the grown snapshot arena", e);
+  }
+  slot.grown = bytes - slot.mapped;
+}
+
+void ArenaPool::let_go(Slot& slot, std::uint64_t used) {
+  std::lock_guard lock(slot.mutex);
+  std::memset(slot.base, 0, std::min(used, slot.mapped));
+  if (slot.grown) {
+    // What we grew into: pages of the file another supervisor mapped (it had grown it past our
+    // mapping) are zeroed and kept; the rest is cut off, which gives its memory back.
+    std::byte* tail = slot.base + slot.mapped;
+    if (slot.file_size > slot.mapped) clear(tail, std::min(slot.grown, slot.file_size - slot.mapped));
+    (void)::mmap(tail, slot.grown, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    if (slot.mapped + slot.grown > slot.file_size) (void)::ftruncate(slot.fd.get(), static_cast<off_t>(slot.file_size));
+    slot.grown = 0;
+  }
+  ::flock(slot.fd.get(), LOCK_UN);
+  slot.in_use = false;
 }
 
 std::shared_ptr<SnapshotArena> ArenaPool::acquire() {
@@ -155,12 +201,11 @@ std::shared_ptr<SnapshotArena> ArenaPool::acquire() {
       continue;
     }
     slot.in_use = true;
-    return SnapshotArena::borrow(slot.base, slot.mapped, slot.reader.get(), [shared](std::uint64_t used) {
-      std::lock_guard inner(shared->mutex);
-      std::memset(shared->base, 0, std::min(used, shared->mapped));
-      ::flock(shared->fd.get(), LOCK_UN);
-      shared->in_use = false;
-    });
+    slot.file_size = static_cast<std::uint64_t>(st.st_size);
+    slot.grown = 0;
+    return SnapshotArena::borrow(
+        slot.base, slot.mapped, slot.reader.get(), [shared](std::uint64_t used) { let_go(*shared, used); },
+        slot.reserved - slot.mapped, [shared](std::uint64_t bytes) { grow(*shared, bytes); });
   }
   return nullptr;
 }

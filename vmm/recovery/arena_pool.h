@@ -39,7 +39,12 @@ class ArenaPool {
   // shrinking one another guest needs, and maps them populated; later ones are mapped when
   // another supervisor made them large enough. Clears what a supervisor that died mid-bundle
   // left. Throws Error when the memory cannot be had (then snapshots allocate their own).
-  void prepare(std::uint64_t bytes, std::size_t count = kArenas);
+  // limit: how far a snapshot of ours may grow an arena (SnapshotArena::grow_to) for the pages it
+  // fills in after the guest resumed: address space reserved behind each mapping, memory only
+  // while that snapshot holds the arena (the file grows, and is cut back when it lets go).
+  // Returns false when one of the `count` could not be prepared because another supervisor's
+  // snapshot holds it (try again shortly).
+  bool prepare(std::uint64_t bytes, std::uint64_t limit, std::size_t count = kArenas);
   // A free arena, locked for the caller until the last holder lets go; nullptr when every one
   // is in use (by this process or another) or none is prepared.
   std::shared_ptr<SnapshotArena> acquire();
@@ -53,11 +58,16 @@ class ArenaPool {
     UniqueFd fd;      // read-write, close-on-exec; its flock marks "in use" between processes
     UniqueFd reader;  // read-only, for the report agent
     std::byte* base = nullptr;
-    std::uint64_t mapped = 0;
+    std::uint64_t mapped = 0;    // the file's bytes mapped here, populated
+    std::uint64_t reserved = 0;  // address space from base on: mapped, then room to grow
     bool in_use = false;  // by a snapshot of this process
+    // While in use: the file's size when it was taken, and how far it was grown past `mapped`.
+    std::uint64_t file_size = 0, grown = 0;
     ~Slot();
   };
-  void prepare_slot(Slot& slot, std::uint64_t bytes, bool grow);
+  bool prepare_slot(Slot& slot, std::uint64_t bytes, std::uint64_t limit, bool grow);  // false: held elsewhere
+  static void grow(Slot& slot, std::uint64_t bytes);
+  static void let_go(Slot& slot, std::uint64_t used);
 
   std::string dir_;
   UniqueFd dir_fd_;

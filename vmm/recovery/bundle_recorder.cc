@@ -167,6 +167,11 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
                         {"from_healthy_copy_pages", census.known_pages},
                         {"taken_after_resume_pages", census.after_resume_pages},
                         {"prepared_memory", census.warm_arena}};
+    if (census.lost_pages) {
+      report["memory"]["lost_pages"] = census.lost_pages;
+      problems.push_back(fmt::format("{} kernel pages left for after the resume were not taken (their slots could not be had: {}); "
+                                     "they read as not copied", census.lost_pages, census.lost_why));
+    }
     report["vmcore"] = {{"bytes", stats.file_bytes}, {"segments", stats.segments}, {"data_pages", stats.data_pages},
                         {"layout", "kdump (/proc/vmcore): PT_NOTE, kernel image, direct map"},
                         {"adjustments", job.capture.adjustments}};
@@ -221,23 +226,42 @@ BundleRecorder::~BundleRecorder() {
     if (t.joinable()) t.detach();  // a writer that is still busy: the process is ending anyway
 }
 
-void BundleRecorder::prepare(const PhysicalMemory& ram, const RamClasses& classes) {
+namespace {
+// An arena's size for `need` bytes copied in a pause: a margin for the kernel's growth until the
+// next profile re-sizes it (each module change), or a snapshot that outgrew it (outgrown()). One
+// that outgrows it allocates its own copy: a longer pause, not a failure.
+std::uint64_t with_margin(std::uint64_t need, std::uint64_t ram_bytes) {
+  return std::min<std::uint64_t>(need + need / 8 + (8ull << 20), ram_bytes);
+}
+bool fits(std::uint64_t arena, std::uint64_t need) { return arena >= need + need / 16; }
+}  // namespace
+
+void BundleRecorder::prepare(const PhysicalMemory& ram, const RamClasses& classes, const std::vector<std::uint64_t>& later) {
   std::uint64_t ram_bytes = ram.total_size();
   // Reading a word of each page to copy maps it into our view of guest RAM now, not in a pause.
-  std::uint64_t need = touch_kernel_pages(ram, classes) * MemorySnapshot::kPageSize;
-  // A margin for the kernel's growth until the next profile re-sizes it (each module change); a
-  // snapshot that outgrows it allocates its own copy (a longer pause, not a failure).
-  std::uint64_t want = std::min<std::uint64_t>(need + need / 4 + (16ull << 20), ram_bytes);
+  std::uint64_t kernel_pages = touch_kernel_pages(ram, classes);
+  std::uint64_t later_pages = pool_ ? std::min(kernel_pages_among(classes, later), kernel_pages) : 0;
+  std::uint64_t need = (kernel_pages - later_pages) * MemorySnapshot::kPageSize;
   std::lock_guard lock(mutex_);
-  if (arena_bytes_ >= need + need / 4) return;
-  arena_bytes_ = want;
+  arena_limit_ = ram_bytes;
+  if (fits(arena_bytes_, need)) return;
+  arena_bytes_ = with_margin(need, ram_bytes);
   spare_ready_ = false;
   if (pool_) {
-    pool_->prepare(want, 1);  // a second one once a bundle is taken (arena())
+    if (!pool_->prepare(arena_bytes_, arena_limit_, 1)) retry_later();  // a second one once a bundle is taken (arena())
   } else {
     own_.reset();  // a snapshot still using the old one keeps it until it is done
-    own_ = SnapshotArena::make(want);
+    own_ = SnapshotArena::make(arena_bytes_);
   }
+}
+
+void BundleRecorder::outgrown(const SnapshotCensus& census) {
+  std::uint64_t need = census.pause_candidates * MemorySnapshot::kPageSize;
+  std::lock_guard lock(mutex_);
+  if (!pool_ || !arena_bytes_ || fits(arena_bytes_, need)) return;
+  arena_bytes_ = with_margin(need, std::max(arena_limit_, need));
+  spare_ready_ = false;
+  spare_wanted_ = true;  // both arenas grow in the background (start_spare, from poll())
 }
 
 std::shared_ptr<SnapshotArena> BundleRecorder::arena() {
@@ -270,16 +294,27 @@ void BundleRecorder::submit(BundleJob job) {
   });
 }
 
+void BundleRecorder::retry_later() {
+  retry_ = true;
+  retry_at_ = Clock::now() + std::chrono::seconds(1);
+}
+
 void BundleRecorder::start_spare() {
   std::lock_guard lock(mutex_);
-  if (!spare_wanted_ || preparing_spare_.exchange(true)) return;
-  spare_wanted_ = false;
+  bool retry = retry_ && Clock::now() >= retry_at_;
+  if (!(spare_wanted_ || retry) || preparing_spare_.exchange(true)) return;
+  std::size_t count = spare_wanted_ || spare_ready_ ? ArenaPool::kArenas : 1;
+  spare_wanted_ = retry_ = false;
   if (spare_.joinable()) spare_.join();
-  spare_ = std::thread([this, bytes = arena_bytes_] {
+  spare_ = std::thread([this, bytes = arena_bytes_, limit = arena_limit_, count] {
     lower_thread_priority();
     try {
-      pool_->prepare(bytes, ArenaPool::kArenas);
-      spare_ready_ = true;
+      if (!pool_->prepare(bytes, limit, count)) {
+        std::lock_guard inner(mutex_);
+        retry_later();
+      } else if (count == ArenaPool::kArenas) {
+        spare_ready_ = true;
+      }
     } catch (const std::exception&) {
       // No spare: a snapshot that finds every arena taken allocates its own.
     }

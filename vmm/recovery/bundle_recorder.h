@@ -7,6 +7,7 @@
 // Results come back to the supervisor's thread through poll(), which also emits the events.
 #pragma once
 
+#include "base/clock.h"
 #include "bundle/retention.h"
 #include "recovery/arena_pool.h"
 #include "dump/memory_snapshot.h"
@@ -96,7 +97,11 @@ class BundleRecorder {
   // Prepares warm arenas large enough for a snapshot of this guest now (plus headroom), so a
   // crash's pause is a plain copy: the host's pool's, else one of our own. Called when the
   // guest is up; cheap when already prepared. Throws Error when the memory cannot be had.
-  void prepare(const PhysicalMemory& ram, const RamClasses& classes);
+  // later: the pages a snapshot fills in after the resume (KnownPages: the kernel's code). A pool
+  // arena holds no memory for them ahead, only room to grow into while a snapshot holds it.
+  void prepare(const PhysicalMemory& ram, const RamClasses& classes, const std::vector<std::uint64_t>& later = {});
+  // After a snapshot: one that did not fit the arena has it grown (with the spare, from poll()).
+  void outgrown(const SnapshotCensus& census);
   // A warm arena no snapshot is using, else nullptr (the snapshot allocates its own, slower).
   std::shared_ptr<SnapshotArena> arena();
   // Where snapshots are prepared: "host pool DIR" or "own arena (why not the pool)".
@@ -124,12 +129,17 @@ class BundleRecorder {
   std::string pool_problem_;                 // why there is no pool
   std::shared_ptr<SnapshotArena> own_;       // without a pool; guarded by mutex_
   std::uint64_t arena_bytes_ = 0;            // guarded by mutex_
+  std::uint64_t arena_limit_ = 0;            // how far a snapshot may grow one (its guest's RAM); mutex_
   // The pool's second arena, prepared once a bundle was taken. Started from poll(), after the
   // pause: allocating and zeroing it (≈ 150 MiB at 2 GiB) used to start beside the first copy,
   // competing with it for the cores and memory bandwidth inside the guest's pause.
   void start_spare();
+  // Also prepares again, a second later, what another supervisor's snapshot held at the time.
   std::thread spare_;
   bool spare_wanted_ = false;                // under mutex_
+  bool retry_ = false;                       // under mutex_
+  Clock::time_point retry_at_{};             // under mutex_
+  void retry_later();                        // mutex_ held
   std::atomic<bool> preparing_spare_{false};
   std::atomic<bool> spare_ready_{false};
 };

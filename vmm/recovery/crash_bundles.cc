@@ -58,6 +58,7 @@ BundleCapture CrashBundles::capture(Machine& machine, LiveKernel& live, std::vec
                                   std::move(filter), recorder_.arena(), keep, std::move(prepared_index_), code,
                                   beside_repair ? 1 : 2);
   c.classify_ms = classify_ms;
+  if (c.memory) recorder_.outgrown(c.memory->census());
   return c;
 }
 
@@ -196,7 +197,7 @@ void CrashBundles::prepare_arena(std::uint64_t profile_number, Machine& machine,
 
 void CrashBundles::prepare_arena_for(Machine& machine, const RamClasses& classes) {
   try {
-    recorder_.prepare(machine.memory(), classes);
+    recorder_.prepare(machine.memory(), classes, on_demand_code_.pages);
     if (!told_arena_source_) say_("bundle snapshots are copied into memory prepared in the " + recorder_.arena_source());
     told_arena_source_ = true;
   } catch (const std::exception& e) {
