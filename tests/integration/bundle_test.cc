@@ -152,6 +152,7 @@ TEST_CASE("bundles: a recovered null-deref leaves a complete bundle that diag re
   // The kernel's code the precheck found unchanged came from the healthy copy, none after the resume.
   CHECK(memory.value("from_healthy_copy_pages", std::uint64_t{0}) > 1000);
   CHECK(memory.value("taken_after_resume_pages", std::uint64_t{1}) == 0);
+  CHECK_FALSE(memory.contains("lost_pages"));  // the arena grew for them after the resume
 
   auto diag = run_cli({"diag", g.crash_bundle}, 120s);
   INFO("diag: " << diag.err);
@@ -237,6 +238,7 @@ TEST_CASE("bundles: immortal bundle takes an on-demand bundle of a running guest
   INFO("memory: " << memory.dump());
   CHECK(memory.value("taken_after_resume_pages", std::uint64_t{0}) > 1000);
   CHECK(memory.value("from_healthy_copy_pages", std::uint64_t{1}) == 0);
+  CHECK_FALSE(memory.contains("lost_pages"));
   auto diag = run_cli({"diag", path}, 120s);
   INFO("diag: " << diag.err);
   CHECK(diag.status == 0);
