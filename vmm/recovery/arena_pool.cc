@@ -164,11 +164,7 @@ void ArenaPool::grow(Slot& slot, std::uint64_t bytes) {
     fail_os(ExitCode::failure, fmt::format("cannot grow a snapshot arena by {} MiB", (bytes - from) >> 20), errno);
   void* p = ::mmap(slot.base + from, bytes - from, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, slot.fd.get(),
                    static_cast<off_t>(from));
-  if (p == MAP_FAILED) {
-    int e = errno;
-    if (from >= slot.file_size) (void)::ftruncate(slot.fd.get(), static_cast<off_t>(from));
-    fail_os(ExitCode::failure, "map the grown snapshot arena", e);
-  }
+  if (p == MAP_FAILED) fail_os(ExitCode::failure, "map the grown snapshot arena", errno);  // let_go() cuts the file back
   slot.grown = bytes - slot.mapped;
 }
 
@@ -181,9 +177,12 @@ void ArenaPool::let_go(Slot& slot, std::uint64_t used) {
     std::byte* tail = slot.base + slot.mapped;
     if (slot.file_size > slot.mapped) clear(tail, std::min(slot.grown, slot.file_size - slot.mapped));
     (void)::mmap(tail, slot.grown, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-    if (slot.mapped + slot.grown > slot.file_size) (void)::ftruncate(slot.fd.get(), static_cast<off_t>(slot.file_size));
     slot.grown = 0;
   }
+  // Back to the size it had when taken (also after a grow() that failed half-way).
+  struct stat st {};
+  if (::fstat(slot.fd.get(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) > slot.file_size)
+    (void)::ftruncate(slot.fd.get(), static_cast<off_t>(slot.file_size));
   ::flock(slot.fd.get(), LOCK_UN);
   slot.in_use = false;
 }
