@@ -1,11 +1,13 @@
 // immortal-agent: the in-guest agent. A static binary started (and respawned) by the guest's
 // init. It opens its virtio-serial port, says hello, sends a heartbeat every second and
-// serves the host's requests (ping, exec, poweroff). One poll loop, no threads.
+// serves the host's requests (ping, exec, poweroff). With each heartbeat it looks for serial
+// ports that stopped sending with output queued (serial_watch.h). One poll loop, no threads.
 //
 // The protocol is in protocol/ and docs/protocol.md.
 
 #include "protocol/frame.h"
 #include "protocol/messages.h"
+#include "serial_watch.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -115,6 +117,7 @@ class Agent {
   std::string modules_seen_;
   std::uint64_t modules_generation_ = 1;
   std::uint64_t modules_generation();
+  SerialWatch serial_;
 };
 
 // Counts changes of /proc/modules (module loads and unloads), so the host knows when to
@@ -436,7 +439,10 @@ void Agent::run() {
       }
       if (revents & POLLOUT) flush();
       if (now_ms() >= next_heartbeat_) {
-        send(MessageType::heartbeat, to_payload(Heartbeat{++heartbeat_seq_, uptime_ms(), modules_generation()}));
+        // First, so that what we say goes out on a console that had stalled.
+        for (const auto& port : serial_.check(now_ms())) say("a serial port had stopped sending, set going again: " + port);
+        send(MessageType::heartbeat,
+             to_payload(Heartbeat{++heartbeat_seq_, uptime_ms(), modules_generation(), serial_.rearmed()}));
         next_heartbeat_ = now_ms() + kHeartbeatMs;
       }
     }
@@ -448,6 +454,9 @@ void Agent::run() {
 
 int main() {
   signal(SIGPIPE, SIG_IGN);
+  // A tcsetattr() on the console we may have as controlling terminal, from outside its foreground
+  // group, would stop us (serial_watch.h); ignored, it is allowed.
+  signal(SIGTTOU, SIG_IGN);
   std::string path;
   for (int i = 0; path.empty(); ++i) {
     path = find_port();

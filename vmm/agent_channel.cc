@@ -158,10 +158,13 @@ void AgentChannel::handle(const agent::Frame& frame) {
       }
       modules_generation_ = hello_->modules_generation;
       break;
-    case MessageType::heartbeat:
-      modules_generation_ = agent::parse_heartbeat(frame.payload).modules_generation;
+    case MessageType::heartbeat: {
+      auto beat = agent::parse_heartbeat(frame.payload);
+      modules_generation_ = beat.modules_generation;
+      serial_rearmed_ = beat.serial_rearmed;
       ++heartbeats_;
       break;
+    }
     case MessageType::file_data: {
       auto chunk = agent::parse_file_data(frame.payload);
       if (!answered(chunk.id)) break;

@@ -47,6 +47,8 @@ class AgentChannel {
   std::uint64_t heartbeats() const { return heartbeats_; }
   // Changes whenever the guest's module list changes (reported with heartbeats).
   std::uint64_t modules_generation() const { return modules_generation_; }
+  // Serial ports the agent found stalled with output queued and set going again (its heartbeats).
+  std::uint64_t serial_rearmed() const { return serial_rearmed_; }
 
   // Sends an exec request; the callback gets the result, or an error text (agent refused,
   // channel closed). Returns the request id.
@@ -82,6 +84,7 @@ class AgentChannel {
   std::optional<Clock::time_point> last_heard_;
   std::uint64_t heartbeats_ = 0;
   std::uint64_t modules_generation_ = 0;
+  std::uint64_t serial_rearmed_ = 0;
   std::uint64_t next_id_ = 1;
   std::map<std::uint64_t, ExecCallback> pending_;
   std::map<std::uint64_t, SpawnCallback> pending_spawns_;

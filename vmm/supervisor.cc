@@ -186,6 +186,17 @@ void Supervisor::wait_for_hello(bool attaching) {
   persist();
 }
 
+void Supervisor::note_serial_rearms() {
+  // The agent's count restarts with it (a new boot, a respawn): only a rise is news.
+  std::uint64_t now = agent_->serial_rearmed();
+  if (now > serial_rearmed_) {
+    options_.say(fmt::format("the guest agent set {} stalled serial port(s) sending again (their transmit interrupt was lost, "
+                             "as an oops printed on the console can leave it)", now - serial_rearmed_));
+    event("serial-rearmed", {{"ports", now - serial_rearmed_}, {"since_agent_start", now}});
+  }
+  serial_rearmed_ = now;
+}
+
 void Supervisor::serve() {
   while (!stop_requested_) {
     poll_once(/*agent_errors_are_fatal=*/false);
@@ -194,6 +205,7 @@ void Supervisor::serve() {
         (agent_->modules_generation() != profile_->generation() ||
          agent_->hello()->boot_id != profile_->boot_id()))
       profile_->collect(agent_->modules_generation());
+    note_serial_rearms();
     try {
       recovery_->tick();
     } catch (const std::exception& e) {

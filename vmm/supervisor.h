@@ -86,6 +86,9 @@ class Supervisor {
   // Stopping the supervisor of a VM it does not own (a libvirt domain): the VM runs on, unwatched.
   void let_go();
   void serve();
+  // Says so, and an event, when the agent set stalled serial ports going again (serial_watch.h).
+  void note_serial_rearms();
+  std::uint64_t serial_rearmed_ = 0;
   // One turn of the loop: wait up to a tick, then handle whatever is ready.
   void poll_once(bool agent_errors_are_fatal);
   void handle_signals();

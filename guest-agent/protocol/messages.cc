@@ -93,7 +93,8 @@ std::string to_payload(const Hello& m) {
                {"modules_generation", m.modules_generation}});
 }
 std::string to_payload(const Heartbeat& m) {
-  return dump({{"seq", m.seq}, {"uptime_ms", m.uptime_ms}, {"modules_generation", m.modules_generation}});
+  return dump({{"seq", m.seq}, {"uptime_ms", m.uptime_ms}, {"modules_generation", m.modules_generation},
+               {"serial_rearmed", m.serial_rearmed}});
 }
 std::string to_payload(const Ping& m) { return dump({{"id", m.id}}); }
 std::string to_payload(const ExecRequest& m) {
@@ -151,8 +152,9 @@ Hello parse_hello(const std::string& payload) {
 
 Heartbeat parse_heartbeat(const std::string& payload) {
   json j = parse_object(payload);
-  Heartbeat m{get_u64(j, "seq"), get_u64(j, "uptime_ms"), 0};
+  Heartbeat m{get_u64(j, "seq"), get_u64(j, "uptime_ms"), 0, 0};
   if (j.contains("modules_generation")) m.modules_generation = get_u64(j, "modules_generation");
+  if (j.contains("serial_rearmed")) m.serial_rearmed = get_u64(j, "serial_rearmed");
   return m;
 }
 

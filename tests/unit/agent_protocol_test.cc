@@ -2,6 +2,7 @@
 #include "protocol/base64.h"
 #include "protocol/frame.h"
 #include "protocol/messages.h"
+#include "serial_watch.h"
 
 #include <catch2/catch.hpp>
 
@@ -120,4 +121,32 @@ TEST_CASE("spawn requests and answers are validated", "[protocol]") {
   CHECK_THROWS_WITH(parse_spawned(R"({"id":1,"pid":-5})"), Catch::Contains("negative"));
   CHECK_THROWS_WITH(parse_spawned(R"({"id":1,"pid":99999999999})"), Catch::Contains("out of range"));
   CHECK_THROWS_AS(parse_spawn_request(R"({"id":1,"argv":[1,2]})"), ProtocolError);
+}
+
+TEST_CASE("heartbeats carry the serial ports the agent set going again, and older agents' parse as 0", "[agent-protocol]") {
+  Heartbeat h{7, 1000, 3, 2};
+  Heartbeat back = parse_heartbeat(to_payload(h));
+  CHECK(back.serial_rearmed == 2);
+  CHECK(back.modules_generation == 3);
+  CHECK(parse_heartbeat(R"({"seq":1,"uptime_ms":5})").serial_rearmed == 0);
+  CHECK_THROWS_AS(parse_heartbeat(R"({"seq":1,"uptime_ms":5,"serial_rearmed":"many"})"), ProtocolError);
+}
+
+TEST_CASE("the serial watch reads /proc/tty/driver/serial and skips what it does not understand", "[agent-protocol]") {
+  auto lines = parse_serial_driver(
+      "serinfo:1.0 driver revision:\n"
+      "0: uart:16550A port:000003F8 irq:4 tx:165961 rx:0 RTS|CTS|DTR|DSR|CD\n"
+      "1: uart:unknown port:000002F8 irq:3\n"
+      "2: uart:16550A port:000003E8 irq:4 tx:0 rx:0 CTS|DSR|CD\n"
+      "x: uart:16550A tx:5\n"
+      "3: uart:16550A port:000002E8 irq:3 tx:12z rx:0\n"
+      "300: uart:16550A tx:9\n");
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[0].line == 0);
+  CHECK(lines[0].uart == "16550A");
+  CHECK(lines[0].tx == 165961);
+  CHECK(lines[1].line == 2);
+  CHECK(lines[1].tx == 0);
+  CHECK(parse_serial_driver("").empty());
+  CHECK(parse_serial_driver("0:\n:\n0: tx:\n").empty());
 }

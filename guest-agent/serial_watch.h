@@ -1,0 +1,50 @@
+// Serial ports whose transmission stopped with output still queued get their interrupts set
+// again (docs/recovery.md, "Serial consoles after an oops").
+//
+// Why: Linux's 8250 driver prints an oops with oops_in_progress set, so its console write only
+// tries the port's lock. When another CPU holds it and has just enabled the transmit interrupt
+// (a process writing to the same tty), the console write's restore of the UART's interrupt
+// enable register drops that bit while the driver's own copy keeps it set: no transmit interrupt
+// comes again, the driver never enables one (its copy says it is on) and every writer of that
+// tty blocks for ever. A guest that goes on after an oops, as under immortal, meets this. Setting
+// the tty's termios (a real change, then the old one back, without waiting for the output to
+// drain) makes the driver write its copy to the UART again.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace immortal::agent {
+
+struct SerialLine {
+  int line = -1;       // ttyS<line>
+  std::string uart;    // "16550A", or "unknown" for a port with no UART
+  std::uint64_t tx = 0;  // bytes sent so far
+};
+// The ports of /proc/tty/driver/serial ("0: uart:16550A port:000003F8 irq:4 tx:123 rx:0 …");
+// lines it does not understand are skipped.
+std::vector<SerialLine> parse_serial_driver(std::string_view text);
+
+class SerialWatch {
+ public:
+  // A port is looked at once its tx count has not moved for this long.
+  static constexpr std::uint64_t kStillMs = 2000;
+  // Called about once a second. Returns the ports it set again this time ("ttyS0: 812 bytes
+  // queued"), for the log.
+  std::vector<std::string> check(std::uint64_t now_ms);
+  std::uint64_t rearmed() const { return rearmed_; }  // since the agent started
+
+ private:
+  struct Seen {
+    std::uint64_t tx = 0;
+    std::uint64_t since_ms = 0;  // tx unchanged since
+    bool idle = false;           // looked at since then: nothing queued
+  };
+  std::map<int, Seen> seen_;
+  std::uint64_t rearmed_ = 0;
+};
+
+}  // namespace immortal::agent
