@@ -373,8 +373,12 @@ TEST_CASE("recovery: a serial port left with its transmit interrupt off is set g
   std::size_t rearms_before = rearms();
   auto before = console_bytes();
   constexpr std::uintmax_t kBytes = 300000;
-  auto r = guest_sh(g.name, "yes immortal-serial-stall-check | head -c 300000 > /dev/ttyS0 & sleep 0.3; "
-                            "printf '\\005' | dd of=/dev/port bs=1 seek=1017 count=1 conv=notrunc 2>/dev/null");
+  // One writer that keeps the port's buffer full (the driver's transmit interrupt stays on while
+  // it has bytes to send), and IER written without that bit a few times while it sends.
+  auto r = guest_sh(g.name, "yes immortal-serial-stall-check | head -c 300000 > /tmp/serial-burst; "
+                            "cat /tmp/serial-burst > /dev/ttyS0 & "
+                            "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do "
+                            "printf '\\005' | dd of=/dev/port bs=1 seek=1017 count=1 conv=notrunc 2>/dev/null; sleep 0.05; done");
   REQUIRE(r.status == 0);
   // The port had stalled (the agent looks only at a port whose output waits) and was set going…
   CHECK(wait_until([&] { return rearms() > rearms_before; }, 60s));
