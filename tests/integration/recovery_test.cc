@@ -372,18 +372,29 @@ TEST_CASE("recovery: a serial port left with its transmit interrupt off is set g
   };
   std::size_t rearms_before = rearms();
   auto before = console_bytes();
-  constexpr std::uintmax_t kBytes = 300000;
-  // One writer that keeps the port's buffer full (the driver's transmit interrupt stays on while
-  // it has bytes to send), and IER written without that bit a few times while it sends.
-  auto r = guest_sh(g.name, "yes immortal-serial-stall-check | head -c 300000 > /tmp/serial-burst; "
-                            "cat /tmp/serial-burst > /dev/ttyS0 & "
-                            "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do "
-                            "printf '\\005' | dd of=/dev/port bs=1 seek=1017 count=1 conv=notrunc 2>/dev/null; sleep 0.05; done");
+  // One writer that keeps the port's buffer full (the driver's transmit interrupt is on while it
+  // has bytes to send), and IER written without that bit until the port's tx count stands still:
+  // a write that lands while the driver had the interrupt off makes no stall.
+  constexpr std::uintmax_t kBytes = 1500000;
+  auto r = guest_sh(g.name,
+                    "yes immortal-serial-stall-check | head -c 1500000 > /tmp/serial-burst; "
+                    "cat /tmp/serial-burst > /dev/ttyS0 & "
+                    "tx() { sed -n 's/^0:.* tx:\\([0-9]*\\).*/\\1/p' /proc/tty/driver/serial; }; "
+                    "i=0; while [ $i -lt 25 ]; do "
+                    "printf '\\005' | dd of=/dev/port bs=1 seek=1017 count=1 conv=notrunc 2>/dev/null; "
+                    "a=$(tx); sleep 0.3; b=$(tx); [ \"$a\" = \"$b\" ] && { echo stalled at $b; exit 0; }; i=$((i+1)); done; "
+                    "echo never stalled; exit 1");
+  INFO("guest: " << r.out << r.err);
   REQUIRE(r.status == 0);
   // The port had stalled (the agent looks only at a port whose output waits) and was set going…
-  CHECK(wait_until([&] { return rearms() > rearms_before; }, 60s));
+  bool rearmed = wait_until([&] { return rearms() > rearms_before; }, 60s);
+  if (!rearmed) {
+    auto port = guest_sh(g.name, "grep '^0:' /proc/tty/driver/serial; dd if=/dev/port bs=1 skip=1017 count=1 2>/dev/null | od -An -tx1");
+    INFO("port now: " << port.out << "; agent heartbeats " << status_json(g.name)["agent"].dump());
+    CHECK(rearmed);
+  }
   // … and the write went on to its end.
-  CHECK(wait_until([&] { return console_bytes() >= before + kBytes; }, 60s));
+  CHECK(wait_until([&] { return console_bytes() >= before + kBytes; }, 90s));
   CHECK(guest_sh(g.name, "echo console-still-writable > /dev/ttyS0").status == 0);
 }
 
