@@ -88,7 +88,6 @@ class Supervisor {
   void serve();
   // Says so, and an event, when the agent set stalled serial ports going again (serial_watch.h).
   void note_serial_rearms();
-  std::uint64_t serial_rearmed_ = 0;
   // One turn of the loop: wait up to a tick, then handle whatever is ready.
   void poll_once(bool agent_errors_are_fatal);
   void handle_signals();
@@ -140,6 +139,7 @@ class Supervisor {
   std::unique_ptr<EventHook> hook_;
   std::optional<ControlRequest> upgrade_request_;
   bool released_ = false;      // handed over: the VM runs on without us
+  std::uint64_t serial_rearmed_ = 0;  // the agent's count last seen (note_serial_rearms)
 };
 
 }  // namespace immortal::vmm

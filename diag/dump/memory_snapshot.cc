@@ -10,6 +10,7 @@
 #include <cstring>
 #include <optional>
 #include <thread>
+#include <utility>
 
 namespace immortal {
 
@@ -80,7 +81,6 @@ std::uint64_t touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& cl
   return pages;
 }
 
-// Shared memory rather than anonymous: the report agent maps the same pages (read-only for it).
 std::uint64_t kernel_pages_among(const RamClasses& classes, const std::vector<std::uint64_t>& pages) {
   std::uint64_t n = 0;
   std::size_t ri = 0;
@@ -95,6 +95,7 @@ std::uint64_t kernel_pages_among(const RamClasses& classes, const std::vector<st
   return n;
 }
 
+// Shared memory rather than anonymous: the report agent maps the same pages (read-only for it).
 std::shared_ptr<SnapshotArena> SnapshotArena::map_fresh(std::uint64_t bytes) {
   std::shared_ptr<SnapshotArena> a(new SnapshotArena);
   a->size_ = std::max<std::uint64_t>((bytes + MemorySnapshot::kPageSize - 1) & ~(MemorySnapshot::kPageSize - 1),
@@ -161,7 +162,6 @@ bool classes_fit(const PhysicalMemory& ram, const RamClasses& classes) {
   }
   return true;
 }
-
 
 // Where a copy splits into two equal parts: the first page of the second part (range,
 // page), and how many slots the first may use (its pages of the kernel class, less those copied
@@ -376,9 +376,8 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
       if (!copied_now(l)) continue;
       Range& range = s->by_range_[l.range];
       if (!room_now) {
-        range.slot[l.page] = kExcluded + static_cast<std::uint32_t>(PageClass::kernel);
+        s->lose(range, l.page);
         ++tail.pages[static_cast<std::size_t>(PageClass::kernel)];
-        ++s->census_.lost_pages;
         continue;
       }
       copy_page(tail, range, l.page, PageClass::kernel, Known::no, l.index);
@@ -418,9 +417,8 @@ std::uint64_t MemorySnapshot::fill_known(const PhysicalMemory* ram) {
       std::uint64_t usable = arena_->size() / kPageSize;
       std::erase_if(unfilled_, [&](const Unfilled& u) {
         if (u.slot < usable) return false;
-        for (auto& r : by_range_)
-          if (r.range.contains(u.paddr, 1)) r.slot[(u.paddr - r.range.start) / kPageSize] = kExcluded + static_cast<std::uint32_t>(PageClass::kernel);
-        ++census_.lost_pages;
+        Range* r = range_of(u.paddr);  // take() gave the page its slot: it is in a range
+        lose(*r, (u.paddr - r->range.start) / kPageSize);
         --(u.known != kFromRam ? census_.known_pages : census_.after_resume_pages);
         return true;
       });
@@ -533,6 +531,15 @@ const MemorySnapshot::Range* MemorySnapshot::range_of(std::uint64_t paddr) const
   for (const auto& r : by_range_)
     if (r.range.contains(paddr, 1)) return &r;
   return nullptr;
+}
+
+MemorySnapshot::Range* MemorySnapshot::range_of(std::uint64_t paddr) {
+  return const_cast<Range*>(std::as_const(*this).range_of(paddr));
+}
+
+void MemorySnapshot::lose(Range& range, std::size_t page) {
+  range.slot[page] = kExcluded + static_cast<std::uint32_t>(PageClass::kernel);
+  ++census_.lost_pages;
 }
 
 std::uint32_t MemorySnapshot::slot_of(std::uint64_t paddr) const {

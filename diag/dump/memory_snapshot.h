@@ -183,6 +183,9 @@ class MemorySnapshot final : public PhysicalMemory {
   // A copy of at least this many pages goes on two threads (take()).
   static constexpr std::uint64_t kTwoThreadPages = 4096;
   const Range* range_of(std::uint64_t paddr) const;
+  Range* range_of(std::uint64_t paddr);
+  // A page left for later whose slot could not be had: left out, as a kernel page not copied.
+  void lose(Range& range, std::size_t page);
   std::uint32_t slot_of(std::uint64_t paddr) const;
 
   std::vector<PhysicalRange> ranges_;
