@@ -440,7 +440,7 @@ void Agent::run() {
       if (revents & POLLOUT) flush();
       if (now_ms() >= next_heartbeat_) {
         // First, so that what we say goes out on a console that had stalled.
-        for (const auto& port : serial_.check(now_ms())) say("a serial port had stopped sending, set going again: " + port);
+        for (const auto& port : serial_.check(now_ms())) say("a serial port had stopped sending with output queued; its interrupt enables were written again: " + port);
         send(MessageType::heartbeat,
              to_payload(Heartbeat{++heartbeat_seq_, uptime_ms(), modules_generation(), serial_.rearmed()}));
         next_heartbeat_ = now_ms() + kHeartbeatMs;

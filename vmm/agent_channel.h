@@ -47,7 +47,7 @@ class AgentChannel {
   std::uint64_t heartbeats() const { return heartbeats_; }
   // Changes whenever the guest's module list changes (reported with heartbeats).
   std::uint64_t modules_generation() const { return modules_generation_; }
-  // Serial ports the agent found stalled with output queued and set going again (its heartbeats).
+  // Serial ports the agent found stalled with output queued and re-armed (its heartbeats).
   std::uint64_t serial_rearmed() const { return serial_rearmed_; }
 
   // Sends an exec request; the callback gets the result, or an error text (agent refused,

@@ -190,8 +190,8 @@ void Supervisor::note_serial_rearms() {
   // The agent's count restarts with it (a new boot, a respawn): only a rise is news.
   std::uint64_t now = agent_->serial_rearmed();
   if (now > serial_rearmed_) {
-    options_.say(fmt::format("the guest agent set {} stalled serial port(s) sending again (their transmit interrupt was lost, "
-                             "as an oops printed on the console can leave it)", now - serial_rearmed_));
+    options_.say(fmt::format("the guest agent re-armed {} serial port(s) that had stopped sending with output queued (a lost "
+                             "transmit interrupt, as an oops printed on the console can leave it); it does so again while one stays still", now - serial_rearmed_));
     event("serial-rearmed", {{"ports", now - serial_rearmed_}, {"since_agent_start", now}});
   }
   serial_rearmed_ = now;

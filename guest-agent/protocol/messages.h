@@ -31,7 +31,7 @@ struct Heartbeat {
   std::uint64_t seq = 0;
   std::uint64_t uptime_ms = 0;
   std::uint64_t modules_generation = 0;  // changes when /proc/modules changes (optional field)
-  std::uint64_t serial_rearmed = 0;      // stalled serial ports set going again since the agent started (optional)
+  std::uint64_t serial_rearmed = 0;      // stalled serial ports re-armed since the agent started (optional)
 };
 
 struct Ping {
