@@ -53,7 +53,8 @@ std::string run_shell(const std::string& command);
 int free_port();
 // One HTTP/1.0 GET from 127.0.0.1:port; the whole response, or "" when nothing answered in time.
 std::string http_get(int port, const std::string& path, std::chrono::seconds timeout);
-// `immortal exec NAME -- sh -c SCRIPT`: a shell command line in the guest.
+// `immortal exec NAME -- sh -c SCRIPT`: a shell command line in the guest (the CLI's request and
+// result, made from this process).
 CommandResult guest_sh(const std::string& name, const std::string& script,
                        std::chrono::seconds timeout = std::chrono::seconds(60));
 // `immortal inject NAME CLASS` (must succeed); the victim's pid in the guest (0 when the guest
