@@ -110,7 +110,10 @@ void Supervisor::build_rooms() {
     // retranslated the agent's code and took 88 ms. Every MiB here is a MiB of every repair VM.
     vm.emulator_code_cache_bytes = 24ull << 20;
     vm.outlives_supervisor = false;  // ours alone: it ends with us (the guest's config may say otherwise)
-    repair_ = std::make_unique<RepairBroker>(options_.repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
+    RepairSettings repair = options_.repair;
+    // The repair VM's initramfs once for every instance of this runtime directory (the host's).
+    repair.shared_dir = (std::filesystem::path(dir_.path()).parent_path() / ".repair-shared").string();
+    repair_ = std::make_unique<RepairBroker>(repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
   }
   recovery_ = std::make_unique<RecoveryCoordinator>(RecoveryParts{
       options_.recovery, *machine_, *agent_, state_, *kernel_, *profile_, ledger_, *bundles_, quarantine_, repair_.get(),

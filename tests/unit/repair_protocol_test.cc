@@ -234,7 +234,21 @@ TEST_CASE("repair image: the supervisor reads its healthy copy where the payload
     return h;
   };
   vmm::Machine::RamFile ram{-1, 1 << 20, {}};
-  auto image = vmm::build_repair_image(dir.string(), "/bin/sh", (dir / "guest-profile").string(), healthy_with(0xcc), ram);
+  auto image = vmm::build_repair_image(dir.string(), "", "/bin/sh", (dir / "guest-profile").string(), healthy_with(0xcc), ram);
+  CHECK(image.initrd == dir.string() + "/initrd.img");  // no shared directory: the instance's own
+  CHECK_FALSE(image.initrd_file.held());
+  {
+    // With one, the host's instances boot one initramfs per agent, written by the first.
+    std::string shared = (dir / "shared").string();
+    auto one = vmm::build_repair_image((dir / "one").string(), shared, "/bin/sh", (dir / "guest-profile").string(), healthy_with(0xcc), ram);
+    auto two = vmm::build_repair_image((dir / "two").string(), shared, "/bin/sh", (dir / "guest-profile").string(), healthy_with(0xcc), ram);
+    CHECK(one.initrd_problem.empty());
+    CHECK(one.initrd.starts_with(shared + "/initrd-v1-"));
+    CHECK(two.initrd == one.initrd);
+    CHECK(one.initrd_file.held());
+    CHECK(one.initrd_bytes == fs::file_size(one.initrd));
+    CHECK_FALSE(fs::exists(dir / "one" / "initrd.img"));
+  }
   auto same_as = [](const repair::HealthyImage& a, const repair::HealthyImage& b) {
     if (a.regions.size() != b.regions.size() || a.modules.size() != b.modules.size()) return false;
     for (std::size_t i = 0; i < a.regions.size(); ++i) {

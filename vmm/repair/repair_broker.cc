@@ -77,7 +77,7 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
   inline_.worker.reset();
   vm_.failures = inline_.failures = 0;
   std::string agent = find_repair_agent(settings_.agent);
-  image_ = build_repair_image(dir_, agent, profile_dir, healthy, ram);
+  image_ = build_repair_image(dir_, settings_.shared_dir, agent, profile_dir, healthy, ram);
   healthy_ = healthy_in_payload(*image_);
   ram_ = ram;
   nlohmann::json e = image_json();
@@ -97,9 +97,12 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
 }
 
 nlohmann::json RepairBroker::image_json() const {
-  return {{"initrd", image_->initrd}, {"bytes", image_->initrd_bytes + image_->payload_bytes},
-          {"initrd_bytes", image_->initrd_bytes}, {"payload_bytes", image_->payload_bytes},
-          {"window_bytes", image_->window_bytes}, {"healthy_bytes", healthy_ ? healthy_->total_bytes() : 0}};
+  nlohmann::json j = {{"initrd", image_->initrd}, {"initrd_shared", image_->initrd_file.held()},
+                      {"bytes", image_->initrd_bytes + image_->payload_bytes}, {"initrd_bytes", image_->initrd_bytes},
+                      {"payload_bytes", image_->payload_bytes}, {"window_bytes", image_->window_bytes},
+                      {"healthy_bytes", healthy_ ? healthy_->total_bytes() : 0}};
+  if (!image_->initrd_problem.empty()) j["initrd_not_shared"] = image_->initrd_problem;
+  return j;
 }
 
 void RepairBroker::start(Slot& slot) {

@@ -34,6 +34,9 @@ struct RepairSettings {
   // The repair VM's kernel when it is not the guest's (a guest booted by its firmware from its
   // own disk has none we can name). Any x86-64 kernel with PCI serves: it only runs the agent.
   std::string vm_kernel;
+  // Where files that every instance of the runtime root boots alike are kept once (the repair
+  // VM's initramfs); empty: in the instance's own directory.
+  std::string shared_dir;
 };
 
 class RepairBroker final : public RepairEngine {

@@ -1,6 +1,9 @@
 #include "repair/repair_image.h"
 
 #include "repair/agent_process.h"
+#include "repair/shared_file.h"
+
+#include "bundle/bundle_writer.h"
 
 #include "base/error.h"
 #include "base/zstd_frame.h"
@@ -92,6 +95,19 @@ class Cpio {
   la_int64_t inode_ = 0;
 };
 
+// The repair VM's initramfs: the static agent as /init, and what it needs before it mounts anything.
+void write_initrd(const std::string& path, const std::string& agent) {
+  Cpio cpio(path);
+  for (const char* d : {"dev", "proc", "sys"}) cpio.directory(d);
+  cpio.device("dev/console", 5, 1);
+  cpio.file("init", agent, 0755);
+  cpio.close();
+}
+
+// The shared initramfs's name: the agent's digest, and the layout's version (raised whenever
+// write_initrd changes what it writes), so that a file is only ever shared by identical ones.
+std::string initrd_name(const std::string& agent) { return "initrd-v1-" + bundle::sha256_file(agent).substr(0, 32) + ".img"; }
+
 // The payload archive: the profile as it is now (a newer one may replace the instance's copy at
 // any time), the healthy copy, and guest RAM's layout (inside the repair VM the RAM window is the
 // file itself, so file offsets are window offsets).
@@ -167,22 +183,34 @@ std::string find_repair_kernel() {
   return "";
 }
 
-RepairImage build_repair_image(const std::string& dir, const std::string& agent, const std::string& profile_dir,
+RepairImage build_repair_image(const std::string& dir, const std::string& shared_dir, const std::string& agent, const std::string& profile_dir,
                                const repair::HealthyImage& healthy, const Machine::RamFile& ram) {
   RepairImage image;
   // What an earlier version staged here (the inputs were files then).
   std::error_code ec;
   for (const char* old : {"profile", "healthy", "repair.json", "inline.json"}) fs::remove_all(dir + "/" + old, ec);
 
-  image.initrd = dir + "/initrd.img";
-  std::string partial = image.initrd + ".partial";
-  Cpio cpio(partial);
-  for (const char* d : {"dev", "proc", "sys"}) cpio.directory(d);
-  cpio.device("dev/console", 5, 1);
-  cpio.file("init", agent, 0755);
-  cpio.close();
-  fs::rename(partial, image.initrd);
-  image.initrd_bytes = fs::file_size(image.initrd);
+  // One initramfs per host and agent when the instances share a directory: every repair QEMU maps
+  // the file it boots, so they share its pages. The instance's own file otherwise, or when the
+  // shared one cannot be had (said in the image's status).
+  if (!shared_dir.empty()) {
+    try {
+      image.initrd_file = SharedFile::acquire(shared_dir, initrd_name(agent),
+                                              [&](const std::string& path) { write_initrd(path, agent); });
+      image.initrd = image.initrd_file.path();
+      image.initrd_bytes = image.initrd_file.bytes();
+      fs::remove(dir + "/initrd.img", ec);  // where it was kept before
+    } catch (const Error& e) {
+      image.initrd_problem = e.what();
+    }
+  }
+  if (image.initrd.empty()) {
+    image.initrd = dir + "/initrd.img";
+    std::string partial = image.initrd + ".partial";
+    write_initrd(partial, agent);
+    fs::rename(partial, image.initrd);
+    image.initrd_bytes = fs::file_size(image.initrd);
+  }
 
   std::string archive = payload_archive(profile_dir, healthy, ram);
   image.payload_bytes = archive.size();

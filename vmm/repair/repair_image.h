@@ -1,6 +1,7 @@
 // The hidden repair image, built from the healthy guest, in two parts:
-//   initrd.img   the repair VM's initramfs (newc cpio, gzip): /init, the static repair
-//                agent (repair-image/agent/), and /dev/console; nothing of the guest
+//   initrd       the repair VM's initramfs (newc cpio, gzip): /init, the static repair
+//                agent (repair-image/agent/), and /dev/console; nothing of the guest, so one
+//                file per host and agent serves every instance (repair/shared_file.h)
 //   the payload  a sealed memfd holding a newc archive (repair-image/protocol/payload.h):
 //                repair.json (where guest RAM lies), profile/ (kallsyms, BTF, modules, VMCOREINFO
 //                address) and healthy/ (the healthy copy of the kernel's text and read-only data)
@@ -12,6 +13,7 @@
 #pragma once
 
 #include "base/unique_fd.h"
+#include "repair/shared_file.h"
 #include "engine/healthy_image.h"
 #include "machine.h"
 
@@ -21,8 +23,10 @@
 namespace immortal::vmm {
 
 struct RepairImage {
-  std::string initrd;               // DIR/initrd.img
+  std::string initrd;               // SHARED_DIR/initrd-v1-DIGEST.img, else DIR/initrd.img
   std::uint64_t initrd_bytes = 0;
+  SharedFile initrd_file;           // held while the image lives, when it is the host's shared one
+  std::string initrd_problem;       // why the shared one could not be had, if it could not
   UniqueFd payload;                 // sealed; its size is window_bytes: two slots, one payload
   std::uint64_t payload_bytes = 0;  // of the archive
   std::uint64_t payload_offset = 0; // where it lies: 0 or slot_bytes
@@ -30,9 +34,11 @@ struct RepairImage {
   std::uint64_t window_bytes = 0;   // 2 * slot_bytes (a PCI window shows it whole)
 };
 
-// Writes DIR/initrd.img (the agent) and the payload from the instance's profile (profile_dir),
-// the healthy copy and guest RAM's layout. Throws Error on failure.
-RepairImage build_repair_image(const std::string& dir, const std::string& agent, const std::string& profile_dir,
+// The initramfs (the agent) and the payload from the instance's profile (profile_dir), the
+// healthy copy and guest RAM's layout. The initramfs is the host's one for this agent in
+// shared_dir (repair/shared_file.h: written by the first instance that needs it), else, with
+// shared_dir empty or unusable, DIR/initrd.img. Throws Error on failure.
+RepairImage build_repair_image(const std::string& dir, const std::string& shared_dir, const std::string& agent, const std::string& profile_dir,
                                const repair::HealthyImage& healthy, const Machine::RamFile& ram);
 
 // A new payload for the same instance written into the image's other slot, and the old slot's
