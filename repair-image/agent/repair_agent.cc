@@ -214,13 +214,13 @@ class Engine {
 
   std::string summary() const {
     // In the repair VM, the most this agent held at once (the VM's memory is sized for it): the
-    // inline sandbox does not allow the call.
+    // inline sandbox does not allow the call. Early in the line: the mailbox keeps 255 bytes of it.
     std::string peak;
     if (struct rusage u {}; parallel_ && ::getrusage(RUSAGE_SELF, &u) == 0) peak = fmt::format(", peak memory {} MiB", (u.ru_maxrss + 1023) / 1024);
-    return fmt::format("ready: kernel {}, {} symbols, healthy copy {} KiB ({} differences in {} pieces compared now){}, {}, loaded in {:.0f} ms ({}){}",
-                       kernel_->release(), kernel_->symbols().size(), healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
+    return fmt::format("ready: kernel {}, {} symbols{}, healthy copy {} KiB ({} differences in {} pieces compared now){}, {}, loaded in {:.0f} ms ({})",
+                       kernel_->release(), kernel_->symbols().size(), peak, healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
                        warmup_pieces_,
-                       healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", rehearsal_, load_ms_, stages_, peak);
+                       healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", rehearsal_, load_ms_, stages_);
   }
 
   std::string answer(const std::string& text) {
