@@ -2,7 +2,6 @@
 
 #include "base/error.h"
 #include "control/control_channel.h"
-#include "protocol/base64.h"
 
 #include <catch2/catch.hpp>
 
@@ -78,6 +77,8 @@ int sanitizer_findings() {
 }
 
 std::string test_runtime_root() { return g_scratch + "/run"; }
+
+std::string control_socket_of(const std::string& name) { return test_runtime_root() + "/" + name + "/control.sock"; }
 std::string scratch_dir() { return g_scratch; }
 
 std::string guest_dir() {
@@ -282,35 +283,19 @@ std::string http_get(int port, const std::string& path, std::chrono::seconds tim
 
 // The exec request `immortal exec` sends, made from this process: the tests run thousands of guest
 // commands, and each start of the sanitized CLI costs a quarter of a second of a core. The result
-// is the CLI's (its exit status, output and messages); `exec` itself is tested through the CLI
-// (cli_test.cc).
+// is the CLI's (vmm::exec_outcome: its exit status, output and messages); `exec` itself is tested
+// through the CLI (cli_test.cc).
 CommandResult guest_sh(const std::string& name, const std::string& script, std::chrono::seconds timeout) {
-  nlohmann::json request = {{"command", "exec"}, {"argv", {"sh", "-c", script}}, {"timeout_ms", 60'000}};
-  CommandResult result;
+  constexpr int kExecTimeout = 60;  // the CLI's default
+  nlohmann::json request = {{"command", "exec"}, {"argv", {"sh", "-c", script}}, {"timeout_ms", kExecTimeout * 1000}};
   try {
-    auto r = vmm::control_call(test_runtime_root() + "/" + name + "/control.sock", request, Deadline::in(timeout));
-    auto out = agent::base64_decode(r.value("stdout", ""));
-    auto err = agent::base64_decode(r.value("stderr", ""));
-    if (!out || !err) {
-      result.status = static_cast<int>(ExitCode::failure);
-      result.err = "immortal: malformed output from the supervisor\n";
-      return result;
-    }
-    result.out = *out;
-    result.err = *err;
-    if (r.contains("error")) result.err += "immortal: " + r["error"].get<std::string>() + "\n";
-    if (r.value("timed_out", false)) result.status = static_cast<int>(ExitCode::timeout);
-    else if (r["exit_code"].is_number_integer()) result.status = r["exit_code"].get<int>();
-    else if (r["signal"].is_number_integer()) result.status = 128 + r["signal"].get<int>();
-    else result.status = static_cast<int>(ExitCode::failure);
+    auto o = vmm::exec_outcome(vmm::control_call(control_socket_of(name), request, Deadline::in(timeout)), kExecTimeout);
+    return {o.status, std::move(o.out), std::move(o.err)};
   } catch (const Error& e) {
-    result.status = e.exit_code();
-    result.err = std::string("immortal: ") + e.what() + "\n";
+    return {e.exit_code(), "", std::string("immortal: ") + e.what() + "\n"};
   } catch (const std::exception& e) {
-    result.status = static_cast<int>(ExitCode::failure);
-    result.err = std::string("immortal: ") + e.what() + "\n";
+    return {static_cast<int>(ExitCode::failure), "", std::string("immortal: ") + e.what() + "\n"};
   }
-  return result;
 }
 
 int inject(const std::string& name, const std::string& cls) {

@@ -16,6 +16,8 @@ void cleanup_environment();
 // Prints and counts ASan/LSan/UBSan reports in the supervisors' logs of this run.
 int sanitizer_findings();
 std::string test_runtime_root();
+// The control socket of the instance `name` in that directory.
+std::string control_socket_of(const std::string& name);
 std::string guest_dir();     // $IMMORTAL_GUEST_DIR (scripts/test sets it)
 std::string scratch_dir();   // a temporary directory for this run
 std::string unique_name(const std::string& prefix);

@@ -17,11 +17,12 @@
 namespace immortal::test {
 
 // The instance's status as `immortal status NAME --json` prints it, asked over its control
-// socket from this process. The tests poll it in loops, and each start of the sanitized CLI costs
-// a quarter of a second of a core; `status` itself is tested through the CLI (cli_test.cc).
+// socket from this process ({} when nobody answers). The tests poll it in loops, and each start of
+// the sanitized CLI costs a quarter of a second of a core; `status` itself is tested through the
+// CLI (cli_test.cc).
 inline nlohmann::json status_json(const std::string& name) {
   try {
-    auto j = immortal::vmm::control_call(test_runtime_root() + "/" + name + "/control.sock", {{"command", "status"}},
+    auto j = immortal::vmm::control_call(control_socket_of(name), {{"command", "status"}},
                                          immortal::Deadline::in(std::chrono::seconds(20)));
     j.erase("ok");
     return j;
@@ -32,13 +33,8 @@ inline nlohmann::json status_json(const std::string& name) {
 
 // The instance's state ("running", "crashed", …), "gone" once status no longer knows it.
 inline std::string instance_state(const std::string& name) {
-  try {
-    auto j = immortal::vmm::control_call(test_runtime_root() + "/" + name + "/control.sock", {{"command", "status"}},
-                                         immortal::Deadline::in(std::chrono::seconds(20)));
-    return j.value("state", "");
-  } catch (const std::exception&) {
-    return "gone";
-  }
+  auto s = status_json(name);
+  return s.empty() ? "gone" : s.value("state", "");
 }
 
 // recovery_state.crashes / recovered / reboots

@@ -10,7 +10,6 @@
 #include "fault_catalogue.h"
 #include "instance.h"
 #include "instance_definitions.h"
-#include "protocol/base64.h"
 #include "report/kernel_json.h"
 
 #include <fmt/format.h>
@@ -177,22 +176,11 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
 int exec_command(const GlobalOptions& g, const std::string& name, const std::vector<std::string>& argv,
                  int timeout_s) {
   json request = {{"command", "exec"}, {"argv", argv}, {"timeout_ms", timeout_s * 1000}};
-  json r = call(g, name, request, std::chrono::seconds(timeout_s + 10));
-  auto out = agent::base64_decode(r.value("stdout", ""));
-  auto err = agent::base64_decode(r.value("stderr", ""));
-  if (!out || !err) fail(ExitCode::failure, "malformed output from the supervisor");
-  std::cout << *out;
+  ExecOutcome o = exec_outcome(call(g, name, request, std::chrono::seconds(timeout_s + 10)), timeout_s);
+  std::cout << o.out;
   std::cout.flush();
-  std::cerr << *err;
-  if (r.contains("error")) std::cerr << "immortal: " << r["error"].get<std::string>() << "\n";
-  if (r.value("truncated", false)) std::cerr << "immortal: output truncated (the agent keeps at most 256 KiB per stream)\n";
-  if (r.value("timed_out", false)) {
-    std::cerr << "immortal: the command was killed after " << timeout_s << " s\n";
-    return static_cast<int>(ExitCode::timeout);
-  }
-  if (r["exit_code"].is_number_integer()) return r["exit_code"].get<int>();
-  if (r["signal"].is_number_integer()) return 128 + r["signal"].get<int>();
-  return static_cast<int>(ExitCode::failure);
+  std::cerr << o.err;
+  return o.status;
 }
 
 int list_faults_command() {

@@ -1,6 +1,9 @@
 #include "control/control_channel.h"
 
 #include "base/error.h"
+#include "protocol/base64.h"
+
+#include <fmt/format.h>
 
 namespace immortal::vmm {
 
@@ -26,6 +29,26 @@ json control_call(const std::string& socket_path, const json& request, Deadline 
     if (data.empty()) fail(ExitCode::failure, "the supervisor closed the connection without answering");
     buffer += data;
   }
+}
+
+ExecOutcome exec_outcome(const json& answer, int timeout_s) {
+  auto out = agent::base64_decode(answer.value("stdout", ""));
+  auto err = agent::base64_decode(answer.value("stderr", ""));
+  if (!out || !err) fail(ExitCode::failure, "malformed output from the supervisor");
+  ExecOutcome o{0, std::move(*out), std::move(*err)};
+  if (answer.contains("error")) o.err += "immortal: " + answer.value("error", std::string()) + "\n";
+  if (answer.value("truncated", false)) o.err += "immortal: output truncated (the agent keeps at most 256 KiB per stream)\n";
+  if (answer.value("timed_out", false)) {
+    o.err += fmt::format("immortal: the command was killed after {} s\n", timeout_s);
+    o.status = static_cast<int>(ExitCode::timeout);
+  } else if (auto c = answer.find("exit_code"); c != answer.end() && c->is_number_integer()) {
+    o.status = c->get<int>();
+  } else if (auto s = answer.find("signal"); s != answer.end() && s->is_number_integer()) {
+    o.status = 128 + s->get<int>();
+  } else {
+    o.status = static_cast<int>(ExitCode::failure);
+  }
+  return o;
 }
 
 ControlConnection::ControlConnection(UniqueFd fd) : fd_(std::move(fd)) { set_nonblocking(fd_.get(), true); }

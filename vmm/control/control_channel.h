@@ -22,6 +22,16 @@ inline constexpr std::size_t kMaxControlLine = 4 << 20;
 // the supervisor's message and exit code.
 json control_call(const std::string& socket_path, const json& request, Deadline deadline);
 
+// An exec answer as `immortal exec` reports it: the command's exit status (128 + a signal;
+// ExitCode::timeout when it was killed after timeout_s; ExitCode::failure when neither is known),
+// its output, and its error output followed by the supervisor's own messages. Throws
+// Error(ExitCode::failure) when the output is not what the protocol says (base64).
+struct ExecOutcome {
+  int status = 0;
+  std::string out, err;
+};
+ExecOutcome exec_outcome(const json& answer, int timeout_s);
+
 // Server side: one accepted connection, reading its request line incrementally.
 class ControlConnection {
  public:
