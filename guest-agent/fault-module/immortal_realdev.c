@@ -31,9 +31,9 @@
  * double-free, usercopy, fortify, stack-smash, call-null; and crashes outside the writer's own
  * call: kthread (the driver's own kernel thread), tasklet, rcu (an RCU callback), hrtimer (a
  * hard-interrupt hrtimer), timer-under-spin MS (the writer takes the device's spinlock and
- * busy-waits MS ms with interrupts on; a timer armed on its CPU crashes under its own spinlock
- * meanwhile, so the softirq's preemption count holds the interrupted writer's level too), irq
- * (the device's interrupt handler crashes holding the device's spinlock; the interrupt is a
+ * busy-waits, with interrupts on, until a timer armed on its CPU has crashed under its own
+ * spinlock, or MS ms, so the softirq's preemption count holds the interrupted writer's level
+ * too), irq (the device's interrupt handler crashes holding the device's spinlock; the interrupt is a
  * descriptor of the kernel's IRQ core raised from a hard-interrupt hrtimer, since the test guest
  * has no spare device line: the handler is called by the core's own __handle_irq_event_percpu),
  * irq-thread (the same bug in a threaded handler, in its irq/N thread, holding the device's mutex).
@@ -101,6 +101,7 @@ struct realdev {
 	struct rcu_head rcu;
 	struct timer_list timer;
 	spinlock_t timer_lock;		/* the timer callback's own */
+	bool timer_entered;		/* the timer callback has started (timer-under-spin waits for it) */
 	int irq;			/* its interrupt (a descriptor of the IRQ core), or < 0 */
 	int thread_irq;			/* one with a threaded handler, or < 0 */
 	int raise;			/* the one irq_timer raises */
@@ -431,6 +432,7 @@ static void realdev_timer(struct timer_list *t)
 {
 	struct realdev *rd = from_timer(rd, t, timer);
 
+	WRITE_ONCE(rd->timer_entered, true);
 	spin_lock(&rd->timer_lock);
 	rd->irq_events++;
 	realdev_apply_config(rd);
@@ -484,12 +486,20 @@ static int realdev_raise_irq(struct realdev *rd, int irq)
 	return 0;
 }
 
-/* Holds the device's spinlock, busy, while its timer fires on this CPU. */
+/*
+ * Holds the device's spinlock, busy, until its timer has fired on this CPU (at most MS ms).
+ * It waits for the timer itself, not a fixed time: on a starved host a guest's clock can run
+ * past a fixed delay before the tick that runs the timer is delivered.
+ */
 static noinline int realdev_cmd_timer_under_spin(struct realdev *rd, unsigned int ms)
 {
+	unsigned int waited;
+
+	WRITE_ONCE(rd->timer_entered, false);
 	spin_lock(&rd->slock);
 	mod_timer(&rd->timer, jiffies + 2);	/* TIMER_PINNED: this CPU, which cannot be left now */
-	mdelay(ms);
+	for (waited = 0; waited < ms && !READ_ONCE(rd->timer_entered); waited++)
+		mdelay(1);
 	rd->ops++;
 	spin_unlock(&rd->slock);
 	return 0;

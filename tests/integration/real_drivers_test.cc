@@ -276,7 +276,7 @@ TEST_CASE("real drivers: a timer that crashes on the CPU of a task busy under a 
   // only the callback's is the crash's to release. The writer then finishes its command.
   auto& g = guest();
   guest_sh(g.name, "rm -f /tmp/spin-writer-done");
-  json plan = expect_device_recovered("echo 'timer-under-spin 400' > /dev/immortal-realdev && touch /tmp/spin-writer-done");
+  json plan = expect_device_recovered("echo 'timer-under-spin 2000' > /dev/immortal-realdev && touch /tmp/spin-writer-done");
   json analysis = last_event_of(g.name, "crash")["analysis"];
   INFO(analysis.value("lock_search", json::object()).dump(1));
   CHECK(analysis.value("context", "") == "softirq");
