@@ -18,28 +18,30 @@ std::string base_function_name(std::string_view name) { return std::string(name.
 
 std::string cold_part_parent(std::string_view name) { return std::string(name.substr(0, name.find(".cold"))); }
 
-std::string_view SymbolTable::Names::add(std::string_view text) {
-  if (text.empty()) return {};
-  if (text.size() > left_) {
-    std::size_t size = std::max(kNameBlock, text.size());
+const char* SymbolTable::Names::add(std::string_view text, char prefix) {
+  std::size_t need = text.size() + 2;
+  if (need > left_) {
+    std::size_t size = std::max(kNameBlock, need);
     blocks_.push_back(std::make_unique<char[]>(size));
     next_ = blocks_.back().get();
     left_ = size;
   }
-  std::copy(text.begin(), text.end(), next_);
-  std::string_view kept(next_, text.size());
-  next_ += text.size();
-  left_ -= text.size();
-  bytes_ += text.size();
+  *next_ = prefix;
+  char* kept = next_ + 1;
+  std::copy(text.begin(), text.end(), kept);
+  kept[text.size()] = '\0';
+  next_ += need;
+  left_ -= need;
+  bytes_ += need;
   return kept;
 }
 
-std::string_view SymbolTable::Names::module(std::string_view name) {
-  if (name.empty()) return {};
+const char* SymbolTable::Names::module(std::string_view name) {
+  if (name.empty()) return nullptr;
   // kallsyms lists a module's symbols together: the last one asked for is the likely answer.
   for (auto it = modules_.rbegin(); it != modules_.rend(); ++it)
-    if (*it == name) return *it;
-  modules_.push_back(add(name));
+    if (std::string_view(*it) == name) return *it;
+  modules_.push_back(add(name, 0));
   return modules_.back();
 }
 
@@ -71,33 +73,30 @@ SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
       ++table.skipped_;
       continue;
     }
-    Symbol s;
-    s.address = address;
-    s.type = line[17];
-    std::string_view name = line.substr(19);
+    char type = line[17];
+    std::string_view name = line.substr(19), module;
     if (auto tab = name.find('\t'); tab != std::string_view::npos) {
-      std::string_view module = name.substr(tab + 1);
+      std::string_view bracketed = name.substr(tab + 1);
       name = name.substr(0, tab);
-      if (module.size() > 2 && module.front() == '[' && module.back() == ']') s.module = module.substr(1, module.size() - 2);
+      if (bracketed.size() > 2 && bracketed.front() == '[' && bracketed.back() == ']')
+        module = bracketed.substr(1, bracketed.size() - 2);
     }
     // Names are printable ASCII (they end up in reports and JSON): anything else is malformed.
     auto printable = [](std::string_view v) {
       return std::all_of(v.begin(), v.end(), [](char c) { return c > 0x20 && c < 0x7f; });
     };
-    if (name.empty() || name.size() > 512 || !printable(name) || !printable(s.module)) {
+    if (name.empty() || name.size() > 512 || !printable(name) || !printable(module)) {
       ++table.skipped_;
       continue;
     }
     // Per-CPU variables are listed as small offsets into the per-CPU area (x86-64 links them
     // at 0: fixed_percpu_data, current_task, ...), never as kernel addresses.
-    if (s.module.empty() && s.address < kMaxPercpuOffset) {
-      table.percpu_.emplace(std::string(name), s.address);
+    if (module.empty() && address < kMaxPercpuOffset) {
+      table.percpu_.emplace(std::string(name), address);
       continue;
     }
     if (table.sorted_.size() >= kMaxSymbols) fail(ExitCode::bad_input, "kallsyms has more than {} symbols", kMaxSymbols);
-    s.name = table.names_.add(name);
-    s.module = table.names_.module(s.module);  // until now a view of the text
-    table.sorted_.push_back(s);
+    table.sorted_.push_back(Symbol(address, table.names_.add(name, type), table.names_.module(module)));
   }
   table.index();
   return table;
@@ -123,13 +122,13 @@ void SymbolTable::index_names() {
   by_name_.assign(slots, kEmpty);
   const std::size_t mask = slots - 1;
   for (std::size_t i = 0; i < sorted_.size(); ++i) {
-    std::string_view name = sorted_[i].name;
+    std::string_view name = sorted_[i].name();
     for (std::size_t at = std::hash<std::string_view>{}(name) & mask;; at = (at + 1) & mask) {
       if (by_name_[at] == kEmpty) {
         by_name_[at] = static_cast<std::uint32_t>(i);
         break;
       }
-      if (sorted_[by_name_[at]].name == name) break;  // the first definition stays
+      if (sorted_[by_name_[at]].name() == name) break;  // the first definition stays
     }
   }
 }
@@ -137,8 +136,8 @@ void SymbolTable::index_names() {
 void SymbolTable::restore_names() {
   Names fresh;
   for (auto& s : sorted_) {
-    s.name = fresh.add(s.name);
-    s.module = fresh.module(s.module);
+    s.name_ = fresh.add(s.name(), s.type());
+    s.module_ = fresh.module(s.module());
   }
   names_ = std::move(fresh);
 }
@@ -162,14 +161,16 @@ SymbolTable& SymbolTable::operator=(const SymbolTable& other) {
 
 void SymbolTable::update_modules(const std::map<std::string, std::vector<FoundSymbol>, std::less<>>& fresh,
                                  const std::set<std::string, std::less<>>& live) {
-  std::erase_if(sorted_, [&](const Symbol& s) { return !s.module.empty() && (!live.count(s.module) || fresh.count(s.module)); });
+  std::erase_if(sorted_, [&](const Symbol& s) {
+    return s.module_ && (!live.count(s.module()) || fresh.count(s.module()));
+  });
   std::size_t live_bytes = 0;
-  for (const auto& s : sorted_) live_bytes += s.name.size();
+  for (const auto& s : sorted_) live_bytes += s.name().size() + 2;
   for (const auto& [module, symbols] : fresh)
     for (const auto& s : symbols)
       if (sorted_.size() < kMaxSymbols) {
-        sorted_.push_back(Symbol{s.address, s.type, names_.add(s.name), names_.module(s.module)});
-        live_bytes += s.name.size();
+        sorted_.push_back(Symbol(s.address, names_.add(s.name, s.type), names_.module(s.module)));
+        live_bytes += s.name.size() + 2;
       }
   // Dropped symbols leave their names behind: a guest that reloads modules again and again
   // must not grow the table without end.
@@ -180,10 +181,10 @@ void SymbolTable::update_modules(const std::map<std::string, std::vector<FoundSy
 std::map<std::string, std::pair<std::uint64_t, std::uint64_t>, std::less<>> SymbolTable::module_text_bounds() const {
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>, std::less<>> out;
   for (const auto& s : sorted_) {
-    if (s.module.empty() || (s.type != 't' && s.type != 'T')) continue;
-    auto it = out.find(s.module);
+    if (s.module().empty() || (s.type() != 't' && s.type() != 'T')) continue;
+    auto it = out.find(s.module());
     bool added = it == out.end();
-    if (added) it = out.emplace(std::string(s.module), std::pair{s.address, s.address}).first;
+    if (added) it = out.emplace(std::string(s.module()), std::pair{s.address, s.address}).first;
     if (!added) it->second = {std::min(it->second.first, s.address), std::max(it->second.second, s.address)};
   }
   return out;
@@ -194,7 +195,7 @@ std::optional<std::size_t> SymbolTable::find_name(std::string_view name) const {
   const std::size_t mask = by_name_.size() - 1;
   for (std::size_t at = std::hash<std::string_view>{}(name) & mask;; at = (at + 1) & mask) {
     if (by_name_[at] == kEmpty) return std::nullopt;
-    if (sorted_[by_name_[at]].name == name) return by_name_[at];
+    if (sorted_[by_name_[at]].name() == name) return by_name_[at];
   }
 }
 
@@ -209,9 +210,9 @@ std::optional<std::uint64_t> SymbolTable::address_in(std::string_view name, std:
   // module (a static function several modules have) needs the scan.
   auto i = find_name(name);
   if (!i) return std::nullopt;  // no symbol of that name anywhere
-  if (sorted_[*i].module == module) return sorted_[*i].address;
+  if (sorted_[*i].module() == module) return sorted_[*i].address;
   for (const auto& s : sorted_)
-    if (s.name == name && s.module == module) return s.address;
+    if (s.name() == name && s.module() == module) return s.address;
   return std::nullopt;
 }
 
@@ -247,14 +248,14 @@ std::string SymbolTable::describe_at(std::uint64_t address, std::uint64_t lookup
   auto next = std::upper_bound(sorted_.begin(), sorted_.end(), s->address,
                                [](std::uint64_t a, const Symbol& x) { return a < x.address; });
   std::uint64_t size = next == sorted_.end() ? 0 : next->address - s->address;
-  std::string out = fmt::format("{}+{:#x}/{:#x}", s->name, address - s->address, size);
-  if (!s->module.empty()) out += fmt::format(" [{}]", s->module);
+  std::string out = fmt::format("{}+{:#x}/{:#x}", s->name(), address - s->address, size);
+  if (!s->module().empty()) out += fmt::format(" [{}]", s->module());
   return out;
 }
 
 bool SymbolTable::is_text(std::uint64_t address) const {
   const Symbol* s = lookup(address);
-  return s && (s->type == 't' || s->type == 'T');
+  return s && (s->type() == 't' || s->type() == 'T');
 }
 
 }  // namespace immortal

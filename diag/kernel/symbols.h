@@ -18,11 +18,21 @@ namespace immortal {
 
 // A symbol of a SymbolTable: its name and module are views of the table's own storage, valid as
 // long as the table (and, like the pointer to the symbol, until its modules are updated).
-struct Symbol {
+// 24 bytes: a kernel has ≈ 95 k of them in every process that holds its profile (the supervisor,
+// each repair agent), so the name and the module are NUL-terminated strings of the table's own
+// and the kallsyms type letter is the byte before the name (48 bytes as two string_views).
+class Symbol {
+ public:
   std::uint64_t address = 0;
-  char type = '?';          // kallsyms type letter: t/T text, d/D data, ...
-  std::string_view name;
-  std::string_view module;  // empty for the kernel image
+  std::string_view name() const { return name_; }
+  std::string_view module() const { return module_ ? std::string_view(module_) : std::string_view(); }  // "" for the kernel image
+  char type() const { return name_[-1]; }  // kallsyms type letter: t/T text, d/D data, ...
+
+ private:
+  friend class SymbolTable;
+  Symbol(std::uint64_t a, const char* name, const char* module) : address(a), name_(name), module_(module) {}
+  const char* name_;    // never null
+  const char* module_;  // null for the kernel image
 };
 
 // A symbol found outside the profile (a module's own symbol table in guest memory), before a
@@ -105,14 +115,15 @@ class SymbolTable {
       other.modules_.clear();
       return *this;
     }
-    std::string_view add(std::string_view text);
-    std::string_view module(std::string_view name);
+    // text as a NUL-terminated string with `prefix` in the byte before it (a symbol's type).
+    const char* add(std::string_view text, char prefix);
+    const char* module(std::string_view name);  // nullptr for ""; each module's name once
     std::size_t bytes() const { return bytes_; }
    private:
     std::vector<std::unique_ptr<char[]>> blocks_;
     std::size_t left_ = 0, bytes_ = 0;
     char* next_ = nullptr;
-    std::vector<std::string_view> modules_;
+    std::vector<const char*> modules_;
   };
 
   std::string describe_at(std::uint64_t address, std::uint64_t lookup_address) const;

@@ -185,8 +185,8 @@ std::string Search::describe(std::uint64_t address) const {
     if (auto o = slab_->object_at(address)) return fmt::format("{} object+{:#x}", o->cache, address - o->start);
   if (address >= stack_low_ && address < stack_high_) return "on the crashing stack";
   if (const Symbol* s = kernel_.symbols().lookup(address)) {
-    std::string name = s->address == address ? std::string(s->name) : fmt::format("{}+{:#x}", s->name, address - s->address);
-    return s->module.empty() ? name : fmt::format("{} [{}]", name, s->module);
+    std::string name = s->address == address ? std::string(s->name()) : fmt::format("{}+{:#x}", s->name(), address - s->address);
+    return s->module().empty() ? name : fmt::format("{} [{}]", name, s->module());
   }
   return fmt::format("{:#x}", address);
 }
@@ -276,8 +276,8 @@ void Search::call_sites() {
     if (!s) continue;
     // A function's .cold part runs with its parent's frame: the parent's calls count too.
     std::vector<const Symbol*> parts{s};
-    if (auto dot = s->name.find(".cold"); dot != std::string::npos)
-      if (auto parent = symbols.address_in(s->name.substr(0, dot), s->module))
+    if (auto dot = s->name().find(".cold"); dot != std::string::npos)
+      if (auto parent = symbols.address_in(s->name().substr(0, dot), s->module()))
         if (const Symbol* p = symbols.lookup(*parent)) parts.push_back(p);
     for (const Symbol* part : parts) {
       const Symbol* next = symbols.next_after(*part);
@@ -292,7 +292,7 @@ void Search::call_sites() {
       // Where the frame is in this code: the faulting instruction, or the call it made.
       ControlFlow flow(insns, [&](std::uint64_t target) {
         const Symbol* t = symbols.lookup(target);
-        return !t || t->name.find(".cold") == std::string::npos;
+        return !t || t->name().find(".cold") == std::string::npos;
       });
       int here = part != s ? -1 : k == first_ ? flow.at(pc) : flow.ending_at(pc);
       std::vector<bool> before_here = flow.can_reach(here);
@@ -561,7 +561,7 @@ std::optional<std::uint32_t> Search::interrupted_level(std::string* why) const {
       if (cs & 3) return 0;
       return std::nullopt;
     }
-    if (const Symbol* s = symbols.lookup(frames[k].pc - 1); s && s->module.empty() && s->name == "run_ksoftirqd") {
+    if (const Symbol* s = symbols.lookup(frames[k].pc - 1); s && s->module().empty() && s->name() == "run_ksoftirqd") {
       *why = "ksoftirqd ran it";
       return 0;
     }
@@ -570,7 +570,7 @@ std::optional<std::uint32_t> Search::interrupted_level(std::string* why) const {
     // __local_bh_enable_ip() keeps while it runs them — not an interrupt from user space, even
     // though the syscall's saved registers further out say user mode.
     if (const Symbol* s = symbols.lookup(frames[k].pc - 1);
-        s && s->module.empty() && (s->name == "__local_bh_enable_ip" || s->name == "do_softirq")) {
+        s && s->module().empty() && (s->name() == "__local_bh_enable_ip" || s->name() == "do_softirq")) {
       *why = "it ran when " + (k + 1 < frames.size() ? symbols.describe(frames[k + 1].pc) : std::string("a task")) +
              " enabled bottom halves";
       return std::nullopt;
@@ -622,7 +622,7 @@ void Search::account_spinlocks() {
   std::uint32_t idle = a_.pid == 0 ? 1 : 0, warn = 0;
   const auto& frames = a_.backtrace.frames;
   for (std::size_t k = 0; k < first_ && k < frames.size(); ++k)
-    if (const Symbol* s = kernel_.symbols().lookup(frames[k].pc - 1); s && s->module.empty() && s->name == "report_bug")
+    if (const Symbol* s = kernel_.symbols().lookup(frames[k].pc - 1); s && s->module().empty() && s->name() == "report_bug")
       warn = 1;
   out_.stats["preemption"] = {{"count", fmt::format("{:#x}", a_.preempt_count)}, {"spinlocks_held", held},
                               {"spinlocks_found", found}, {"idle_task", idle}, {"warn_report", warn},

@@ -42,9 +42,9 @@ ReferenceSearch find_held_references(const Kernel& kernel, const CrashAnalysis& 
   std::string first_taker;
   for (std::size_t k = static_cast<std::size_t>(a.fault_frame) + 1; k < frames.size(); ++k) {
     const Symbol* s = symbols.lookup(frames[k].pc - 1);
-    if (!s || !s->module.empty()) continue;
+    if (!s || !s->module().empty()) continue;
     for (const auto& t : kTakers)
-      if (base_function_name(s->name) == t.function && types.insert(t.type).second) {
+      if (base_function_name(s->name()) == t.function && types.insert(t.type).second) {
         if (first_taker.empty()) first_taker = t.function;
         HeldReference r;
         r.type = t.type;

@@ -35,8 +35,8 @@ bool aligned_kernel_pointer(std::uint64_t v) { return kernel_pointer(v) && (v & 
 std::uint64_t detector_resume_point(const Kernel& kernel, const Symbol& caller, std::uint64_t flag) {
   const auto& symbols = kernel.symbols();
   std::vector<const Symbol*> parts{&caller};
-  if (auto dot = caller.name.find(".cold"); dot != std::string::npos)
-    if (auto parent = symbols.address_in(caller.name.substr(0, dot), caller.module))
+  if (auto dot = caller.name().find(".cold"); dot != std::string::npos)
+    if (auto parent = symbols.address_in(caller.name().substr(0, dot), caller.module()))
       if (const Symbol* p = symbols.lookup(*parent)) parts = {p};
   for (const Symbol* part : parts) {
     std::vector<std::uint8_t> code = function_code(kernel, *part, kMaxCodeBytes);
@@ -106,7 +106,7 @@ void Finder::describe_task(HungTask& h) {
   };
   for (std::size_t i = 0; i < frames.size(); ++i) {
     const Symbol* s = symbols.lookup(i == 0 ? frames[i].pc : frames[i].pc - 1);
-    if (h.schedule_frame < 0 && s && s->module.empty() && base_function_name(s->name) == "schedule")
+    if (h.schedule_frame < 0 && s && s->module().empty() && base_function_name(s->name()) == "schedule")
       h.schedule_frame = static_cast<int>(i);
     if (h.module_frame < 0 && !module_of(i).empty()) {
       h.module_frame = static_cast<int>(i);
@@ -119,7 +119,7 @@ void Finder::describe_task(HungTask& h) {
   while (e + 1 < frames.size() && !frames[e + 1].regs && module_of(e + 1) == h.module) ++e;
   h.entry_frame = static_cast<int>(e);
   if (e + 1 < frames.size())
-    if (const Symbol* s = symbols.lookup(frames[e + 1].pc - 1)) h.entry_caller = base_function_name(s->name);
+    if (const Symbol* s = symbols.lookup(frames[e + 1].pc - 1)) h.entry_caller = base_function_name(s->name());
 }
 
 std::uint64_t Finder::queue_head(std::uint64_t node, std::uint64_t low, std::uint64_t high, bool simple) const {

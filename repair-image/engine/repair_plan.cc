@@ -135,7 +135,7 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
                                        std::optional<ReturnType> expected = std::nullopt, bool napi_poll = false) {
   const auto& symbols = kernel.symbols();
   const Symbol* s = symbols.lookup(function);
-  if (!s || s->address != function || s->module.empty()) {
+  if (!s || s->address != function || s->module().empty()) {
     notes.push_back(fmt::format("{} is not the start of a module function: not quarantined", symbols.describe(function)));
     return std::nullopt;
   }
@@ -148,7 +148,7 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
   if (std::memcmp(head.data(), kEndbr64, 4) == 0) at += 4;
   if (std::memcmp(head.data() + at, kNop5, 5) == 0 || head[at] == 0xe8) at += 5;
   // The type the caller expects: from the module's BTF, else from the dispatcher that calls it.
-  ReturnType type = kernel.function_return(s->module, base_function_name(s->name));
+  ReturnType type = kernel.function_return(s->module(), base_function_name(s->name()));
   if (type == ReturnType::unknown && expected) type = *expected;
   // A NAPI poll completes its instance and reports no work done.
   std::optional<std::uint64_t> call_first;
@@ -159,17 +159,17 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
   auto ret = quarantine_return(type);
   std::vector<std::uint8_t> patch = quarantine_patch(type, function + at, symbols.address_of("__x86_return_thunk"), call_first);
   if (std::equal(patch.begin(), patch.end(), head.begin() + static_cast<long>(at))) {
-    notes.push_back(fmt::format("{} is already quarantined", s->name));
+    notes.push_back(fmt::format("{} is already quarantined", s->name()));
     return std::nullopt;
   }
   if (room < at + patch.size()) {
-    notes.push_back(fmt::format("{} is too short to patch ({} bytes)", s->name, room));
+    notes.push_back(fmt::format("{} is too short to patch ({} bytes)", s->name(), room));
     return std::nullopt;
   }
   for (std::size_t v = 0; v < record.registers.size(); ++v) {
     std::uint64_t rip = record.registers[v].rip;
     if (static_cast<int>(v) != record.vcpu && rip >= function && rip < function + at + patch.size()) {
-      notes.push_back(fmt::format("CPU {} executes the entry of {}: not quarantined", v, s->name));
+      notes.push_back(fmt::format("CPU {} executes the entry of {}: not quarantined", v, s->name()));
       return std::nullopt;
     }
   }
@@ -177,7 +177,7 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
   q.writes.push_back({function + at, std::vector<std::uint8_t>(head.begin() + static_cast<long>(at),
                                                                head.begin() + static_cast<long>(at + patch.size())),
                       patch, true});
-  q.detail = {{"module", s->module}, {"function", s->name}, {"address", fmt::format("{:#x}", function)},
+  q.detail = {{"module", s->module()}, {"function", s->name()}, {"address", fmt::format("{:#x}", function)},
               {"patched_at", fmt::format("{:#x}", function + at)}, {"returns", ret.value},
               {"return_type", to_string(type)}};
   if (type == ReturnType::unknown) q.detail["note"] = "no BTF prototype for it: it returns -EIO";
@@ -226,8 +226,8 @@ std::vector<std::uint64_t> driver_entry_points(const Kernel& kernel, const Modul
     if (w < m->base || w >= m->base + m->text_size || w == init || w == exit) continue;
     if (std::any_of(tables.begin(), tables.end(), [&](const auto& r) { return at >= r.first && at < r.second; })) continue;
     const Symbol* s = kernel.symbols().lookup(w);
-    if (!s || s->address != w || s->module != m->name || (s->type != 't' && s->type != 'T')) continue;
-    if (s->name == "init_module" || s->name == "cleanup_module" || s->name.find(".cold") != std::string::npos) continue;
+    if (!s || s->address != w || s->module() != m->name || (s->type() != 't' && s->type() != 'T')) continue;
+    if (s->name() == "init_module" || s->name() == "cleanup_module" || s->name().find(".cold") != std::string::npos) continue;
     if (std::find(out.begin(), out.end(), w) == out.end()) out.push_back(w);
     if (out.size() >= kMaxQuarantinedFunctions) break;
   }
@@ -327,10 +327,10 @@ X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::s
     if (!s) fail(ExitCode::bad_input, "no symbol for {:#x}", f.pc);
     std::uint64_t start = s->address;
     std::uint32_t at = static_cast<std::uint32_t>(f.pc - start);
-    if (s->name.find(".cold") != std::string::npos) {
+    if (s->name().find(".cold") != std::string::npos) {
       // A split-off cold part runs with its parent's frame, its prologue complete.
-      auto parent = symbols.address_in(cold_part_parent(s->name), s->module);
-      if (!parent) fail(ExitCode::bad_input, "no parent function for {}", s->name);
+      auto parent = symbols.address_in(cold_part_parent(s->name()), s->module());
+      if (!parent) fail(ExitCode::bad_input, "no parent function for {}", s->name());
       start = *parent;
       at = std::numeric_limits<std::uint32_t>::max();
     }
@@ -339,7 +339,7 @@ X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::s
     std::uint64_t depth = frame_depth_at(p, at);
     if (!p.frame_pointer && cfa - 8 - f.sp != depth)
       fail(ExitCode::bad_input, "the prologue of {} ({} bytes saved) does not match the stack ({} bytes)",
-           cold_part_parent(s->name), depth, cfa - 8 - f.sp);
+           cold_part_parent(s->name()), depth, cfa - 8 - f.sp);
     for (std::size_t j = 0; j < p.pushes.size(); ++j) {
       if (p.pushes[j].offset >= at) continue;
       *state.field(p.pushes[j].name) = kernel.memory().read_u64(cfa - 16 - 8 * j);
@@ -417,7 +417,7 @@ RepairPlan plan_hung_tasks(const Kernel& kernel, const CrashRecord& record, cons
     wake.push_back(std::move(w));
     const Frame& entry = h.backtrace.frames.at(static_cast<std::size_t>(h.entry_frame));
     if (const Symbol* s = symbols.lookup(entry.pc - 1)) {
-      auto parent = symbols.address_in(cold_part_parent(s->name), s->module);
+      auto parent = symbols.address_in(cold_part_parent(s->name()), s->module());
       if (auto q = quarantine(kernel, record, parent ? *parent : s->address,
                               "later calls of the entry point where it slept fail with EIO", notes))
         quarantined.push_back(std::move(*q));
@@ -496,7 +496,7 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     const Symbol* entry_symbol = symbols.lookup(static_cast<int>(a.outer_module_frame) == a.fault_frame &&
                                                 a.kind != "panic" ? entry.pc : entry.pc - 1);
     if (entry_symbol) {
-      auto parent = symbols.address_in(cold_part_parent(entry_symbol->name), entry_symbol->module);
+      auto parent = symbols.address_in(cold_part_parent(entry_symbol->name()), entry_symbol->module());
       quarantine_target = parent ? *parent : entry_symbol->address;
     }
     if (a.context == "process" || (a.context == "kernel-thread" && base_function_name(a.outer_caller) == "kthread")) {
@@ -621,11 +621,11 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       }
       end_context.push_back(std::move(end));
       if (std::uint64_t cb = running_callback(kernel, a, d->function)) {
-        if (const Symbol* s = symbols.lookup(cb); s && s->module == a.module) quarantine_target = cb;
+        if (const Symbol* s = symbols.lookup(cb); s && s->module() == a.module) quarantine_target = cb;
       }
       if (napi_poll) {
         std::uint64_t poll = kernel.memory().read_u64(a.napi + kernel.types().offset_of("napi_struct", "poll"));
-        if (const Symbol* s = symbols.lookup(poll); s && s->module == a.module && s->address == poll) quarantine_target = poll;
+        if (const Symbol* s = symbols.lookup(poll); s && s->module() == a.module && s->address == poll) quarantine_target = poll;
         quarantine_napi = true;
       }
       quarantine_why = fmt::format("the {} is not run again: it returns at once", d->what);

@@ -67,10 +67,10 @@ class PatchSites {
       if (it->begin <= begin && end <= it->end) return true;
     }
     const Symbol* s = kernel_.symbols().lookup(begin);
-    if (!s || !(s->type == 't' || s->type == 'T')) return false;
+    if (!s || !(s->type() == 't' || s->type() == 'T')) return false;
     const Symbol* next = kernel_.symbols().next_after(*s);
     std::uint64_t size = next ? next->address - s->address : 0;
-    if (s->name.rfind("__SCT__", 0) == 0 || s->name.rfind("bpf_dispatcher_", 0) == 0)
+    if (s->name().rfind("__SCT__", 0) == 0 || s->name().rfind("bpf_dispatcher_", 0) == 0)
       return size && size <= 4096 && end <= s->address + size;
     // ftrace: a 5-byte site at the entry, after endbr64 when the function starts with one, that
     // holds a 5-byte nop or a call both before and now (or int3 while ftrace rewrites it).

@@ -516,15 +516,15 @@ TEST_CASE("symbols keep their names through copies, moves and modules reloaded m
   const Symbol* in_t = t.lookup(0xffffffff81000205);
   REQUIRE(in_t);
   SymbolTable moved = std::move(t);
-  CHECK(in_t->name == "start_kernel");  // a move keeps symbols and names where they were
+  CHECK(in_t->name() == "start_kernel");  // a move keeps symbols and names where they were
   CHECK(moved.lookup(0xffffffff81000205) == in_t);
   // A moved-from table given symbols of its own writes none into the storage it handed over.
   t.update_modules({{"mod_z", {FoundSymbol{0xffffffffc0900000u, 't', std::string(300, 'z'), "mod_z"}}}}, {"mod_z"});
   CHECK(t.address_of(std::string(300, 'z')) == 0xffffffffc0900000u);
-  CHECK(in_t->name == "start_kernel");
+  CHECK(in_t->name() == "start_kernel");
   CHECK(moved.address_of("a_entry") == 0xffffffffc0600040u);
   t = SymbolTable::from_kallsyms("ffffffff81000000 T other\n");  // the moved-from table is reused
-  CHECK(copy.lookup(0xffffffff81000205)->name == "start_kernel");
+  CHECK(copy.lookup(0xffffffff81000205)->name() == "start_kernel");
   CHECK(copy.address_of("a_entry") == 0xffffffffc0600040u);
   CHECK(t.address_of("a_entry") == std::nullopt);
 
@@ -544,6 +544,15 @@ TEST_CASE("symbols keep their names through copies, moves and modules reloaded m
   CHECK(copy.describe(0xffffffffc0600044).starts_with("a_entry+0x4/"));
   CHECK(copy.describe(0xffffffffc0600044).ends_with(" [mod_a]"));
   CHECK(copy.name_bytes() < (2u << 20));
+  // Type letters and modules survive the names being moved to fresh storage.
+  const Symbol* reloaded = copy.lookup(0xffffffffc0800000u + 0x1000u * (2999 % 7) + 0xc0u);
+  REQUIRE(reloaded);
+  CHECK(reloaded->type() == 't');
+  CHECK(reloaded->module() == "mod_c");
+  CHECK(copy.lookup(0xffffffff81000205)->type() == 'T');
+  CHECK(copy.lookup(0xffffffff81000205)->module().empty());
+  CHECK(copy.lookup(0xffffffffc0600044)->module() == "mod_a");
+  static_assert(sizeof(Symbol) == 24, "a kernel's ≈ 95 k symbols are held by every process that has its profile");
 }
 
 TEST_CASE("VMCOREINFO is parsed leniently and checked on use", "[introspection]") {
