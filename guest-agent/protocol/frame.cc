@@ -91,6 +91,12 @@ std::optional<Frame> FrameDecoder::next() {
   if (pending.size() < kHeaderSize + length) return std::nullopt;
   Frame frame{type, std::string(pending.substr(kHeaderSize, length)), static_cast<std::uint16_t>(version)};
   start_ += kHeaderSize + length;
+  // Everything read: a buffer that large frames (a profile's chunks) grew is given back, not kept
+  // for the heartbeats that follow (≈ 0.8 MiB of every supervisor).
+  if (start_ == buffer_.size() && buffer_.capacity() > kKeptCapacity) {
+    std::string().swap(buffer_);
+    start_ = 0;
+  }
   return frame;
 }
 

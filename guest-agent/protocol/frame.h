@@ -70,6 +70,7 @@ class FrameDecoder {
   // The next complete frame; throws ProtocolError for a malformed one (then and afterwards).
   std::optional<Frame> next();
   std::size_t buffered() const { return buffer_.size() - start_; }
+  std::size_t held_bytes() const { return buffer_.capacity(); }  // memory the buffer keeps
   // After a ProtocolError, or a frame that never completes (torn by a guest reset or an agent
   // restart): drops the frame that begins at the current position and scans on for the next
   // magic (from its second byte). Returns how many bytes were dropped; the decoder works again.
@@ -77,6 +78,7 @@ class FrameDecoder {
 
  private:
   std::size_t max_payload_;
+  static constexpr std::size_t kKeptCapacity = 64 * 1024;
   std::string buffer_;
   std::size_t start_ = 0;
   std::optional<std::string> broken_;

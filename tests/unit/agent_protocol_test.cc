@@ -33,6 +33,25 @@ TEST_CASE("a frame survives encoding and byte-by-byte decoding", "[protocol]") {
   CHECK(decoder.buffered() == 0);
 }
 
+TEST_CASE("a decoder gives back what a large frame grew once it is read", "[protocol]") {
+  FrameDecoder decoder;
+  std::string big(1 << 20, 'x');
+  std::string wire = encode_frame(MessageType::ping, R"({"id":1})");
+  std::string large = encode_frame(MessageType::poweroff, big);
+  decoder.feed(std::string_view(large).substr(0, 1000));
+  CHECK_FALSE(decoder.next().has_value());
+  decoder.feed(std::string_view(large).substr(1000));
+  auto f = decoder.next();
+  REQUIRE(f);
+  CHECK(f->payload == big);
+  CHECK(decoder.buffered() == 0);
+  CHECK(decoder.held_bytes() < 64 * 1024);
+  decoder.feed(wire);
+  auto g = decoder.next();
+  REQUIRE(g);
+  CHECK(parse_ping(g->payload).id == 1);
+}
+
 TEST_CASE("malformed frames are refused, and stay refused", "[protocol]") {
   SECTION("bad magic") {
     FrameDecoder d;
