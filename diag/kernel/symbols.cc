@@ -18,18 +18,20 @@ std::string base_function_name(std::string_view name) { return std::string(name.
 
 std::string cold_part_parent(std::string_view name) { return std::string(name.substr(0, name.find(".cold"))); }
 
-const char* SymbolTable::Names::add(std::string_view text, char prefix) {
-  std::size_t need = text.size() + 2;
+const char* SymbolTable::Names::add(std::string_view text, char type) {
+  text = text.substr(0, kMaxName);
+  std::size_t need = text.size() + 3;
   if (need > left_) {
     std::size_t size = std::max(kNameBlock, need);
     blocks_.push_back(std::make_unique<char[]>(size));
     next_ = blocks_.back().get();
     left_ = size;
   }
-  *next_ = prefix;
-  char* kept = next_ + 1;
+  next_[0] = static_cast<char>(text.size() & 0xff);
+  next_[1] = static_cast<char>(text.size() >> 8);
+  next_[2] = type;
+  char* kept = next_ + 3;
   std::copy(text.begin(), text.end(), kept);
-  kept[text.size()] = '\0';
   next_ += need;
   left_ -= need;
   bytes_ += need;
@@ -40,7 +42,7 @@ const char* SymbolTable::Names::module(std::string_view name) {
   if (name.empty()) return nullptr;
   // kallsyms lists a module's symbols together: the last one asked for is the likely answer.
   for (auto it = modules_.rbegin(); it != modules_.rend(); ++it)
-    if (std::string_view(*it) == name) return *it;
+    if (Symbol::stored(*it) == name) return *it;
   modules_.push_back(add(name, 0));
   return modules_.back();
 }
@@ -165,12 +167,12 @@ void SymbolTable::update_modules(const std::map<std::string, std::vector<FoundSy
     return s.module_ && (!live.count(s.module()) || fresh.count(s.module()));
   });
   std::size_t live_bytes = 0;
-  for (const auto& s : sorted_) live_bytes += s.name().size() + 2;
+  for (const auto& s : sorted_) live_bytes += s.name().size() + 3;
   for (const auto& [module, symbols] : fresh)
     for (const auto& s : symbols)
       if (sorted_.size() < kMaxSymbols) {
         sorted_.push_back(Symbol(s.address, names_.add(s.name, s.type), names_.module(s.module)));
-        live_bytes += s.name.size() + 2;
+        live_bytes += std::min(s.name.size(), Names::kMaxName) + 3;
       }
   // Dropped symbols leave their names behind: a guest that reloads modules again and again
   // must not grow the table without end.

@@ -19,18 +19,24 @@ namespace immortal {
 // A symbol of a SymbolTable: its name and module are views of the table's own storage, valid as
 // long as the table (and, like the pointer to the symbol, until its modules are updated).
 // 24 bytes: a kernel has ≈ 95 k of them in every process that holds its profile (the supervisor,
-// each repair agent), so the name and the module are NUL-terminated strings of the table's own
-// and the kallsyms type letter is the byte before the name (48 bytes as two string_views).
+// each repair agent). So the name and the module point into the table's own storage, where each
+// string is preceded by its length and a kallsyms type letter (48 bytes as two string_views).
 class Symbol {
  public:
   std::uint64_t address = 0;
-  std::string_view name() const { return name_; }
-  std::string_view module() const { return module_ ? std::string_view(module_) : std::string_view(); }  // "" for the kernel image
+  std::string_view name() const { return stored(name_); }
+  std::string_view module() const { return module_ ? stored(module_) : std::string_view(); }  // "" for the kernel image
   char type() const { return name_[-1]; }  // kallsyms type letter: t/T text, d/D data, ...
 
  private:
   friend class SymbolTable;
   Symbol(std::uint64_t a, const char* name, const char* module) : address(a), name_(name), module_(module) {}
+  // A string as SymbolTable::Names::add keeps it: two bytes of length (little-endian) and the
+  // type letter before it.
+  static std::string_view stored(const char* at) {
+    auto length = static_cast<std::size_t>(static_cast<unsigned char>(at[-3]) | static_cast<unsigned char>(at[-2]) << 8);
+    return {at, length};
+  }
   const char* name_;    // never null
   const char* module_;  // null for the kernel image
 };
@@ -115,8 +121,10 @@ class SymbolTable {
       other.modules_.clear();
       return *this;
     }
-    // text as a NUL-terminated string with `prefix` in the byte before it (a symbol's type).
-    const char* add(std::string_view text, char prefix);
+    // text (at most kMaxName bytes: cut there), preceded by its length in two bytes and by
+    // `type` in the byte before it (Symbol::stored reads them).
+    static constexpr std::size_t kMaxName = 0xffff;
+    const char* add(std::string_view text, char type);
     const char* module(std::string_view name);  // nullptr for ""; each module's name once
     std::size_t bytes() const { return bytes_; }
    private:

@@ -553,6 +553,16 @@ TEST_CASE("symbols keep their names through copies, moves and modules reloaded m
   CHECK(copy.lookup(0xffffffff81000205)->module().empty());
   CHECK(copy.lookup(0xffffffffc0600044)->module() == "mod_a");
   static_assert(sizeof(Symbol) == 24, "a kernel's ≈ 95 k symbols are held by every process that has its profile");
+  // A name longer than its two length bytes hold (a guest's own module table may say anything) is cut.
+  copy.update_modules({{"mod_long",
+                        {FoundSymbol{0xffffffffc0a00000u, 'T', std::string(70000, 'n'), "mod_long"},
+                         FoundSymbol{0xffffffffc0a00100u, 't', "after_it", "mod_long"}}}},
+                      {"mod_a", "mod_c", "mod_long"});
+  const Symbol* cut = copy.lookup(0xffffffffc0a00000u);
+  REQUIRE(cut);
+  CHECK(cut->name() == std::string(65535, 'n'));
+  CHECK(cut->type() == 'T');
+  CHECK(cut->module() == "mod_long");
 }
 
 TEST_CASE("VMCOREINFO is parsed leniently and checked on use", "[introspection]") {
