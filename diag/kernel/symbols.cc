@@ -19,8 +19,8 @@ std::string base_function_name(std::string_view name) { return std::string(name.
 std::string cold_part_parent(std::string_view name) { return std::string(name.substr(0, name.find(".cold"))); }
 
 const char* SymbolTable::Names::add(std::string_view text, char type) {
+  std::size_t need = stored_bytes(text);
   text = text.substr(0, kMaxName);
-  std::size_t need = text.size() + 3;
   if (need > left_) {
     std::size_t size = std::max(kNameBlock, need);
     blocks_.push_back(std::make_unique<char[]>(size));
@@ -40,6 +40,7 @@ const char* SymbolTable::Names::add(std::string_view text, char type) {
 
 const char* SymbolTable::Names::module(std::string_view name) {
   if (name.empty()) return nullptr;
+  name = name.substr(0, kMaxName);  // as add() keeps it: a long name still matches its stored copy
   // kallsyms lists a module's symbols together: the last one asked for is the likely answer.
   for (auto it = modules_.rbegin(); it != modules_.rend(); ++it)
     if (Symbol::stored(*it) == name) return *it;
@@ -167,12 +168,12 @@ void SymbolTable::update_modules(const std::map<std::string, std::vector<FoundSy
     return s.module_ && (!live.count(s.module()) || fresh.count(s.module()));
   });
   std::size_t live_bytes = 0;
-  for (const auto& s : sorted_) live_bytes += s.name().size() + 3;
+  for (const auto& s : sorted_) live_bytes += Names::stored_bytes(s.name());
   for (const auto& [module, symbols] : fresh)
     for (const auto& s : symbols)
       if (sorted_.size() < kMaxSymbols) {
         sorted_.push_back(Symbol(s.address, names_.add(s.name, s.type), names_.module(s.module)));
-        live_bytes += std::min(s.name.size(), Names::kMaxName) + 3;
+        live_bytes += Names::stored_bytes(s.name);
       }
   // Dropped symbols leave their names behind: a guest that reloads modules again and again
   // must not grow the table without end.

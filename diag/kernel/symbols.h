@@ -3,6 +3,7 @@
 // area, e.g. current_task) are kept apart from addresses.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -124,6 +125,7 @@ class SymbolTable {
     // text (at most kMaxName bytes: cut there), preceded by its length in two bytes and by
     // `type` in the byte before it (Symbol::stored reads them).
     static constexpr std::size_t kMaxName = 0xffff;
+    static std::size_t stored_bytes(std::string_view text) { return std::min(text.size(), kMaxName) + 3; }
     const char* add(std::string_view text, char type);
     const char* module(std::string_view name);  // nullptr for ""; each module's name once
     std::size_t bytes() const { return bytes_; }

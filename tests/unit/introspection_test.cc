@@ -563,6 +563,16 @@ TEST_CASE("symbols keep their names through copies, moves and modules reloaded m
   CHECK(cut->name() == std::string(65535, 'n'));
   CHECK(cut->type() == 'T');
   CHECK(cut->module() == "mod_long");
+  // A module name cut the same way is still kept once for all its symbols.
+  std::string long_module(70000, 'm');
+  std::size_t before = copy.name_bytes();
+  copy.update_modules({{long_module,
+                        {FoundSymbol{0xffffffffc0b00000u, 't', "m1", long_module},
+                         FoundSymbol{0xffffffffc0b00100u, 't', "m2", long_module},
+                         FoundSymbol{0xffffffffc0b00200u, 't', "m3", long_module}}}},
+                      {"mod_a", "mod_c", "mod_long", long_module});
+  CHECK(copy.lookup(0xffffffffc0b00100u)->module() == std::string(65535, 'm'));
+  CHECK(copy.name_bytes() - before < 2 * 65535);
 }
 
 TEST_CASE("VMCOREINFO is parsed leniently and checked on use", "[introspection]") {
