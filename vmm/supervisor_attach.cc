@@ -130,7 +130,8 @@ void Supervisor::upgrade(ControlRequest request) {
                                  },
                                  options_.say);
   if (out.upgraded) {
-    request.reply({{"upgraded", true}, {"supervisor_pid", out.new_supervisor_pid}, {"detail", out.detail}});
+    request.reply({{"upgraded", true}, {"supervisor_pid", out.new_supervisor_pid}, {"previous_supervisor_pid", ::getpid()},
+                   {"detail", out.detail}});
     stop("handed over to " + binary + ": " + out.detail, 0);
   } else {
     event("upgrade-rolled-back", {{"binary", binary}, {"reason", out.detail}});

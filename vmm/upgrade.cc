@@ -12,6 +12,8 @@
 
 #include <fmt/format.h>
 
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 namespace immortal::vmm {
@@ -62,7 +64,26 @@ int run_attach(const std::string& binary, const std::string& root, const std::st
   return code;
 }
 
+// Whether /proc/PID/stat names a live process: present and not in state Z (exited, not reaped).
+bool process_running(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  if (!in) return false;
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto close = stat.rfind(')');  // the command name may hold spaces and parentheses
+  if (close == std::string::npos || close + 2 >= stat.size()) return !stat.empty();
+  return stat[close + 2] != 'Z';
+}
+
 }  // namespace
+
+bool wait_for_exit(int pid, std::chrono::seconds deadline) {
+  if (pid <= 0) return true;
+  for (auto until = Deadline::in(deadline); process_running(pid);) {
+    if (until.expired()) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
+}
 
 UpgradeOutcome hand_over(const std::string& binary, const std::string& root, const std::string& name,
                          std::chrono::seconds deadline, bool armed_required, const std::function<void()>& release,

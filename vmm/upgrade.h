@@ -24,4 +24,9 @@ UpgradeOutcome hand_over(const std::string& binary, const std::string& runtime_r
                          std::chrono::seconds deadline, bool armed_required, const std::function<void()>& release,
                          const std::function<void()>& take_back, const std::function<void(const std::string&)>& say);
 
+// Waits until process `pid` has exited (gone, or a zombie nobody reaped yet); false if it is still
+// running at the deadline. The `upgrade` command uses it so that, once it says "upgraded", the old
+// binary no longer runs.
+bool wait_for_exit(int pid, std::chrono::seconds deadline);
+
 }  // namespace immortal::vmm

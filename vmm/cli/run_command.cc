@@ -15,6 +15,7 @@
 #include "machine_backends.h"
 #include "bundle/retention.h"
 #include "supervisor.h"
+#include "upgrade.h"
 #include "repair/repair_image.h"
 
 #include <fcntl.h>
@@ -410,6 +411,11 @@ int upgrade_command(const GlobalOptions& global, const std::string& name, const 
                              {{"command", "upgrade"}, {"binary", path}, {"timeout_s", timeout_s}},
                              Deadline::in(std::chrono::seconds(timeout_s + 60)));
   if (answer.value("upgraded", false)) {
+    // The old supervisor stops after its answer: wait for it, so that "upgraded" means the old
+    // binary no longer runs (an operator may remove it next).
+    int previous = answer.value("previous_supervisor_pid", 0);
+    if (!wait_for_exit(previous, std::chrono::seconds(60)))
+      std::cerr << "immortal: the old supervisor (pid " << previous << ") has not exited yet; the new one holds the instance\n";
     std::cout << "upgraded: " << answer.value("detail", "") << "\n";
     return 0;
   }
