@@ -32,8 +32,14 @@ namespace {
 
 // libvirtd as Debian's packages ship it; started here when no service manager did (CI).
 void ensure_libvirtd() {
+  // A host without udev leaves /dev/kvm root's alone (0600). libvirt probes QEMU as root, finds
+  // KVM, then judges KVM unusable for its QEMU user and throws the probe away: every lookup probes
+  // again (4 s here), and one `virsh define` took two minutes. Debian's udev rules give the
+  // device to group kvm (0660), libvirt's QEMU user's group: that is set here, as a udev host has it.
   std::string started = run_shell(
       "command -v virsh > /dev/null || { echo 'no virsh (apt-get install libvirt-daemon-system libvirt-clients)'; exit; }; "
+      "if [ -c /dev/kvm ] && getent group kvm > /dev/null && [ \"$(stat -c %G /dev/kvm)\" = root ]; then "
+      "chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; fi; "
       "pgrep -x virtlogd > /dev/null || virtlogd -d; pgrep -x libvirtd > /dev/null || libvirtd -d; "
       "for i in $(seq 100); do virsh -c qemu:///system version > /dev/null 2>&1 && { echo up; exit; }; sleep 0.3; done; "
       "echo 'libvirtd did not answer'");
