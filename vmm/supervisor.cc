@@ -247,6 +247,8 @@ void Supervisor::poll_once(bool agent_errors_are_fatal) {
   introspection_->poll();
   // Commands first, the agent after: a long command must not leave heartbeats unread for the hang check.
   control_->serve(fds, [this](ControlRequest request) { dispatch_command(std::move(request), *commands_); });
+  // What the VM did during a long command (a dump stops and resumes it), before anything judges it.
+  handle_machine_events();
   report_tick();
   try {
     agent_->on_readable();

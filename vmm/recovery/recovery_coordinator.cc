@@ -406,7 +406,14 @@ void RecoveryCoordinator::cut_watch_short(std::uint64_t new_crash) {
 
 void RecoveryCoordinator::check_hang() {
   if (!p_.agent.last_heard() || p_.agent.closed()) return;
-  if (Clock::now() - std::max(*p_.agent.last_heard(), resumed_at_) < p_.policy.hang_timeout) return;
+  // The clock runs from the last heartbeat or the last resume, whichever came later: time the VM
+  // was stopped is no time without heartbeats. The hypervisor's own record of the last resume
+  // counts too: QEMU stops the guest for a dump-guest-memory the supervisor waited on (half a
+  // minute at 8 GiB), and its RESUME event is only read after this turn (the guest was rebooted
+  // as hung right after such a dump before).
+  auto since = std::max(*p_.agent.last_heard(), resumed_at_);
+  if (auto resumed = p_.machine.last_resume_time()) since = std::max(since, *resumed);
+  if (Clock::now() - since < p_.policy.hang_timeout) return;
   std::uint64_t id = p_.ledger.open_crash();
   std::string why = fmt::format("no heartbeat from the guest agent for {} s", p_.policy.hang_timeout.count() / 1000);
   if (!p_.policy.enabled) {
