@@ -1,6 +1,7 @@
 #include "upgrade.h"
 
 #include "base/error.h"
+#include "base/process_stat.h"
 #include "control/control_channel.h"
 #include "instance.h"
 #include "instance_state.h"
@@ -12,8 +13,6 @@
 
 #include <fmt/format.h>
 
-#include <fstream>
-#include <iterator>
 #include <thread>
 
 namespace immortal::vmm {
@@ -62,16 +61,6 @@ int run_attach(const std::string& binary, const std::string& root, const std::st
     failure = fmt::format("the new binary failed (exit status {}): {}", code, words.empty() ? "(no output)" : words);
   }
   return code;
-}
-
-// Whether /proc/PID/stat names a live process: present and not in state Z (exited, not reaped).
-bool process_running(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  if (!in) return false;
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto close = stat.rfind(')');  // the command name may hold spaces and parentheses
-  if (close == std::string::npos || close + 2 >= stat.size()) return !stat.empty();
-  return stat[close + 2] != 'Z';
 }
 
 }  // namespace

@@ -419,7 +419,7 @@ TEST_CASE("recovery: a serial port left with its transmit interrupt off is set g
   // has bytes to send; started again whenever it has written everything), and IER written
   // without that bit until the port's tx count stands still while the writer still waits: a
   // write that lands while the driver had the interrupt off makes no stall, and a writer that
-  // has finished stands still without one (CI saw that: the whole burst was out first).
+  // has finished stands still without one (a full run here saw that: the whole burst was out first).
   constexpr std::uintmax_t kBytes = 1500000;
   auto r = guest_sh(g.name,
                     "yes immortal-serial-stall-check | head -c 1500000 > /tmp/serial-burst; "

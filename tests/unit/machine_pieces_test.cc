@@ -1,5 +1,6 @@
 // Backend-independent pieces of the supervisor: sizes, RAM layout, shared RAM, instances.
 #include "base/error.h"
+#include "base/process_stat.h"
 #include "cli/arguments.h"
 #include "instance.h"
 #include "memory/shared_ram.h"
@@ -9,6 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -156,4 +158,24 @@ TEST_CASE("guest RAM layout comes from QEMU's flat memory tree", "[machine]") {
     INFO(bad);
     CHECK_THROWS_AS(qemu::ram_layout_from_memory_tree(bad, "pc.ram"), Error);
   }
+}
+
+TEST_CASE("a process's state and start come from /proc/PID/stat; a zombie is not running", "[cli]") {
+  auto self = immortal::process_stat(::getpid());
+  REQUIRE(self);
+  CHECK(self->state == 'R');
+  CHECK(self->start_time > 0);
+  CHECK(immortal::process_running(::getpid()));
+  CHECK_FALSE(immortal::process_stat(0));
+  pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) ::_exit(0);
+  // Exited and not reaped yet: a zombie, not running.
+  for (int i = 0; i < 2000 && immortal::process_running(child); ++i) ::usleep(1000);
+  auto zombie = immortal::process_stat(child);
+  REQUIRE(zombie);
+  CHECK(zombie->state == 'Z');
+  CHECK_FALSE(immortal::process_running(child));
+  REQUIRE(::waitpid(child, nullptr, 0) == child);
+  CHECK_FALSE(immortal::process_stat(child));  // reaped: gone
 }

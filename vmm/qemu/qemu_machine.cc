@@ -1,6 +1,7 @@
 #include "qemu/qemu_machine.h"
 
 #include "base/error.h"
+#include "base/process_stat.h"
 #include "base/sealed_memfd.h"
 #include "protocol/frame.h"
 
@@ -34,18 +35,11 @@ std::string tail_of(const std::string& path, std::size_t max_lines) {
   return out.empty() ? "(QEMU printed nothing)" : out;
 }
 
-// Field 22 of /proc/PID/stat: when the process started (clock ticks since boot); with the pid it
-// names one process for the life of the host.
+// When the process started (clock ticks since boot), 0 when it is gone: with the pid it names one
+// process for the life of the host.
 std::uint64_t process_start_time(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto close = stat.rfind(')');  // the command name may hold spaces and parentheses
-  if (close == std::string::npos || close + 2 > stat.size()) return 0;
-  std::istringstream fields(stat.substr(close + 2));
-  std::string field;
-  for (int i = 3; i <= 22 && fields >> field; ++i)
-    if (i == 22) return std::strtoull(field.c_str(), nullptr, 10);
-  return 0;
+  auto stat = process_stat(pid);
+  return stat ? stat->start_time : 0;
 }
 
 std::string describe_status(int status) {
