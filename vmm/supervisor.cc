@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -99,6 +100,10 @@ void Supervisor::build_rooms() {
     // while it parsed the profile) read as zeros, so they are given back as all-zero pages even
     // by a kernel that cannot describe its own page classes (repair/repair_vm_trim.h).
     vm.append = "console=ttyS0 quiet panic=-1 rdinit=/init init_on_free=1";
+    // The agents' canary (docs/architecture.md, "Sandboxes") reaches the repair VM's agent as
+    // its init's environment: there, the process analysing a crash dies of SIGSEGV.
+    if (const char* canary = std::getenv("IMMORTAL_SANDBOX_CANARY"); canary && std::string_view(canary) == "1")
+      vm.append += " IMMORTAL_SANDBOX_CANARY=1";
     vm.memory_bytes = options_.repair.vm_memory;  // 0: the broker sizes it from each payload
     // Two: the agent checks the kernel's code on the second while the first analyses the crash
     // (under TCG the check alone took 45-60 ms of a 110-230 ms engine). Paused while idle, so

@@ -38,6 +38,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/wait.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -48,7 +49,9 @@
 
 #include <malloc.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -223,7 +226,8 @@ class Engine {
                        healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", rehearsal_, load_ms_, stages_);
   }
 
-  std::string answer(const std::string& text) {
+  // process: who analysed it, said in the answer ({"pid", "per_crash"} in the repair VM).
+  std::string answer(const std::string& text, const nlohmann::json& process = nullptr) {
     auto t0 = std::chrono::steady_clock::now();
     nlohmann::json out;
     try {
@@ -243,6 +247,7 @@ class Engine {
       out = {{"ok", false}, {"error", e.what()}};
     }
     out["engine_ms"] = ms_since(t0);
+    if (!process.is_null()) out["process"] = process;
     return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
 
@@ -271,14 +276,16 @@ void tell_own_vmcoreinfo(Mailbox& box) {
   if (in >> std::hex >> paddr >> size && paddr && size) box.set_vmcoreinfo(paddr, size);
 }
 
-void answer_one(Engine& engine, Mailbox& box) {
-  std::uint64_t seq = box.request_seq();
+// ready_after: say "ready" once the answer is posted (a process that goes on serving).
+void answer_one(Engine& engine, Mailbox& box, std::uint64_t seq, const std::string& request,
+                const nlohmann::json& process = nullptr, bool ready_after = true) {
   box.set_state(AgentState::busy, "analysing");
-  std::string response = engine.answer(box.request());
+  std::string response = engine.answer(request, process);
   if (response.size() > kResponseMax)
     response = nlohmann::json{{"ok", false}, {"error", "the answer is larger than the mailbox"}}.dump();
   box.post_response(seq, response);
-  box.set_state(AgentState::ready, "ready");
+  if (ready_after) box.set_state(AgentState::ready, "ready");
+  else box.set_state(AgentState::busy, "answered; the process for the next crash is being prepared");
 }
 
 // --inline --payload-fd P [--payload-offset O] --ram-fd N --mailbox-fd M --doorbell-fd D
@@ -336,7 +343,7 @@ int run_inline(int argc, char** argv) {
       say(fmt::format("the sandbox let socket() through (it returned {}): the sandbox is broken", fd));
       return 3;
     }
-    answer_one(*engine, box);
+    answer_one(*engine, box, box.request_seq(), box.request());
     if (::write(doorbell, &c, 1) != 1) return 1;
   }
 }
@@ -354,28 +361,72 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> reload_request(const std:
 
 // Replaces the engine with one over the new payload, in place of a reboot of the repair VM (issue
 // 20: ready within about a second of a profile change instead of a boot's seconds). The old
-// engine goes first: the VM's memory holds one parsed profile at a time.
-std::unique_ptr<Engine> reload(std::unique_ptr<Engine> old, std::string_view payload, int ram_fd, Mailbox& box,
-                               std::uint64_t seq) {
+// engine goes first: the VM's memory holds one parsed profile at a time. Returns the new engine
+// (nullptr if it could not load) and the reload's answer, for the caller to post.
+std::pair<std::unique_ptr<Engine>, std::string> reload(std::unique_ptr<Engine> old, std::string_view payload, int ram_fd,
+                                                       Mailbox& box) {
   old.reset();
   box.set_state(AgentState::booting, "loading the new profile");
   try {
     if (payload.empty()) fail(ExitCode::bad_input, "the reload names no payload inside the window");
     auto engine = std::make_unique<Engine>(read_inputs(payload, ram_fd), vm_has_second_cpu());
     say(engine->summary());
-    box.post_response(seq, nlohmann::json{{"ok", true}, {"reloaded", engine->summary()}}.dump());
-    box.set_state(AgentState::ready, engine->summary());
-    return engine;
+    std::string answer = nlohmann::json{{"ok", true}, {"reloaded", engine->summary()}}.dump();
+    return {std::move(engine), std::move(answer)};
   } catch (const std::exception& e) {
     say(std::string("cannot load the new profile: ") + e.what());
-    box.post_response(seq, nlohmann::json{{"ok", false}, {"error", e.what()}}.dump(-1, ' ', false,
-                                                                                     nlohmann::json::error_handler_t::replace));
     box.set_state(AgentState::failed, e.what());
-    return nullptr;
+    return {nullptr, nlohmann::json{{"ok", false}, {"error", e.what()}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
   }
 }
 
+// What a forked analysing process and pid 1 tell each other, in a page they share.
+struct Handoff {
+  std::atomic<double> fork_ms{0};             // pid 1: how long its fork took
+  std::atomic<std::uint64_t> taken{0};        // the child: the request it took
+  std::atomic<bool> answered{false};          // …and answered
+  std::atomic<bool> reload{false};            // …or left to pid 1 (a reload)
+};
+
+// The analysing process: waits for the next request after `done`, answers a crash and exits;
+// leaves a reload (which replaces pid 1's engine) to pid 1. Never returns.
+[[noreturn]] void analyse_next(Engine& engine, Mailbox& box, std::uint64_t done, std::uint64_t window, Handoff& handoff,
+                               bool canary) {
+  while (box.request_seq() == done) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  std::uint64_t seq = box.request_seq();
+  std::string request = box.request();
+  handoff.taken = seq;
+  if (reload_request(request, window)) {
+    handoff.reload = true;
+    ::_exit(0);
+  }
+  // The canary in the repair VM (IMMORTAL_SANDBOX_CANARY=1 on its kernel's command line, which a
+  // supervisor with it in its environment puts there): the analysis dies as if a guest's crafted
+  // memory had crashed the engine.
+  if (canary) ::raise(SIGSEGV);
+  // Not "ready" after the answer: pid 1 says so once the next process is forked, and the
+  // supervisor keeps the VM running until then (vmm/repair/repair_vm.cc), so that this one's exit
+  // and the next fork are not left for the next crash's resume.
+  answer_one(engine, box, seq, request, {{"pid", ::getpid()}, {"per_crash", true}, {"fork_ms", handoff.fork_ms.load()}},
+             /*ready_after=*/false);
+  handoff.answered = true;
+  ::_exit(0);
+}
+
+std::string describe_exit(int status) {
+  if (WIFSIGNALED(status)) return fmt::format("was killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)));
+  return fmt::format("exited with status {}", WEXITSTATUS(status));
+}
+
 // As /init of the repair VM. Never returns (pid 1 must not exit).
+//
+// Each crash is analysed by a fresh process, forked from this one ahead of the crash, which
+// answers that one request and exits (the shared repair VM's isolation: docs/architecture.md,
+// "Where crashes are analysed"). Whatever a guest's crafted memory does to the process analysing
+// it (crashes the engine, fills its caches, leaves state behind) ends with that process; the
+// next crash starts again from the engine as loaded. Forked ahead, the fork is off the crash's
+// path; what the analysis writes of the loaded engine's memory is copied on write (≈ 12 µs a
+// page under TCG: docs/benchmarks.md).
 [[noreturn]] void run_in_vm() {
   ::mount("proc", "/proc", "proc", 0, nullptr);
   ::mount("sysfs", "/sys", "sysfs", 0, nullptr);
@@ -394,21 +445,77 @@ std::unique_ptr<Engine> reload(std::unique_ptr<Engine> old, std::string_view pay
     auto engine = std::make_unique<Engine>(read_inputs(window, rfd), vm_has_second_cpu());
     say(engine->summary());
     tell_own_vmcoreinfo(*box);
-    box->set_state(AgentState::ready, engine->summary());
+    const char* canary_env = std::getenv("IMMORTAL_SANDBOX_CANARY");
+    const bool canary = canary_env && std::strcmp(canary_env, "1") == 0;
+    void* shared = ::mmap(nullptr, sizeof(Handoff), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shared == MAP_FAILED) fail_os(ExitCode::failure, "mmap the page shared with the analysing processes", errno);
     std::uint64_t done = box->request_seq();
+    // A reload's answer, posted once the process that will analyse the next crash is forked
+    // from the new engine: the supervisor pauses the VM as soon as it has the answer.
+    std::optional<std::string> reloaded;
+    auto fork_again_at = std::chrono::steady_clock::now();
     for (;;) {
-      // While idle the supervisor keeps this VM paused: polling costs nothing then.
+      pid_t child = -1;
+      Handoff* handoff = nullptr;
+      if (engine && std::chrono::steady_clock::now() >= fork_again_at) {
+        handoff = new (shared) Handoff{};
+        auto t0 = std::chrono::steady_clock::now();
+        child = ::fork();
+        if (child == 0) analyse_next(*engine, *box, done, window.size(), *handoff, canary);
+        if (child > 0) handoff->fork_ms = ms_since(t0);
+        if (child < 0) {
+          say(fmt::format("cannot fork a process to analyse the next crash ({}): pid 1 answers for the next second",
+                          std::strerror(errno)));
+          fork_again_at = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+        }
+      }
+      if (engine) box->set_state(AgentState::ready, engine->summary());
+      if (reloaded) box->post_response(done, *std::exchange(reloaded, std::nullopt));
+      if (child > 0) {
+        int status = 0;
+        while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+        }
+        std::uint64_t seq = handoff->taken;
+        if (!seq) {
+          // Gone before a request came (nothing here ends it): said, and not forked again at once.
+          say("the process forked to analyse the next crash " + describe_exit(status) + " before a request came");
+          fork_again_at = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+          continue;
+        }
+        done = seq;
+        if (handoff->reload) {
+          // The request the child saw: the supervisor posts the next one only after its answer.
+          auto at = reload_request(box->request(), window.size()).value_or(std::pair<std::uint64_t, std::uint64_t>{0, 0});
+          auto [next, answer] = reload(std::move(engine), window.substr(at.first, at.second), rfd, *box);
+          engine = std::move(next);
+          if (engine) reloaded = std::move(answer);
+          else box->post_response(done, answer);
+          continue;
+        }
+        if (!handoff->answered) {
+          std::string why = "the process analysing the crash " + describe_exit(status) + " before it answered";
+          say(why);
+          box->post_response(seq, nlohmann::json{{"ok", false}, {"error", why}}.dump());
+        }
+        continue;
+      }
+      // No engine (a reload failed), or no process could be forked: answered here, by pid 1.
       if (box->request_seq() != done) {
         done = box->request_seq();
-        if (auto at = reload_request(box->request(), window.size())) {
-          engine = reload(std::move(engine), window.substr(at->first, at->second), rfd, *box, done);
+        std::string request = box->request();
+        if (auto at = reload_request(request, window.size())) {
+          auto [next, answer] = reload(std::move(engine), window.substr(at->first, at->second), rfd, *box);
+          engine = std::move(next);
+          if (engine) reloaded = std::move(answer);
+          else box->post_response(done, answer);
         } else if (engine) {
-          answer_one(*engine, *box);
+          answer_one(*engine, *box, done, request);
         } else {
           box->post_response(done, R"({"ok":false,"error":"the repair agent has no profile loaded"})");
         }
         continue;
       }
+      // While idle the supervisor keeps this VM paused: polling costs nothing then.
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   } catch (const std::exception& e) {

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 using namespace immortal::test;
 using namespace std::chrono_literals;
@@ -233,6 +234,20 @@ TEST_CASE("recovery: the repair VM runs the small kernel built for it, and gives
   CHECK(trim.value("given_back_bytes", std::uint64_t{0}) >= (1u << 20));
   // The crashes of the cases above were analysed there, and the inline engine agreed byte for byte.
   expect_recovered("null-deref");
+  expect_recovered("null-deref");
+  // Each by a fresh process, forked in the VM from the loaded engine ahead of the crash
+  // (agent/repair_agent.cc): never pid 1 itself, never the same process twice.
+  std::vector<json> analysed;
+  for (const json& e : events_of(g.name))
+    if (e.value("event", "") == "crash" && e.value("repair", json::object()).value("mode", "") == "vm") analysed.push_back(e["repair"]);
+  REQUIRE(analysed.size() >= 2);
+  json first = analysed[analysed.size() - 2].value("process", json::object()), second = analysed.back().value("process", json::object());
+  INFO(first.dump() << " then " << second.dump());
+  CHECK(first.value("per_crash", false));
+  CHECK(second.value("per_crash", false));
+  CHECK(first.value("pid", 0) > 1);
+  CHECK(second.value("pid", 0) > 1);
+  CHECK(first.value("pid", 0) != second.value("pid", 0));
 }
 
 TEST_CASE("recovery: quarantine is recorded and unquarantine restores the driver", "[integration][recovery]") {

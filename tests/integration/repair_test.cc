@@ -202,6 +202,47 @@ TEST_CASE("repair inline: a call the sandbox forbids kills the agent; the crash 
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
 }
 
+TEST_CASE("repair VM: the process analysing a crash dies (the canary); the crash reboots the guest with a bundle, and "
+          "the same repair VM serves on",
+          "[integration][repair]") {
+  std::string name = unique_name("vmcanary");
+  // With IMMORTAL_SANDBOX_CANARY=1 the supervisor puts it on the repair VM's kernel command line,
+  // its agent's environment: each process it forks to analyse a crash dies of SIGSEGV, as if a
+  // guest's crafted memory had crashed the engine. pid 1 must answer for it and serve on.
+  ::setenv("IMMORTAL_SANDBOX_CANARY", "1", 1);
+  auto run = run_cli({"run", "--name", name, "--detach"});
+  ::unsetenv("IMMORTAL_SANDBOX_CANARY");
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  auto vm = [&] { return status_json(name).value("repair", json::object()).value("vm", json::object()); };
+  REQUIRE(wait_until([&] { return vm().value("state", "") == "ready"; }, 120s));
+  int vm_pid = vm().value("pid", 0);
+  REQUIRE(vm_pid > 0);
+  std::string boot = status_json(name).value("boot_id", "");
+  auto vm_readies = [&] {
+    int n = 0;
+    for (const json& e : events_of(name, "repair-ready")) n += e.value("mode", "") == "vm";
+    return n;
+  };
+  int readies = vm_readies();
+  auto injected = run_cli({"inject", name, "null-deref", "--wait", "--json"}, 200s);
+  INFO(injected.out << injected.err);
+  CHECK(injected.status == 7);  // rebooted: the analysis gave no plan
+  json crash = events_of(name, "crash").empty() ? json() : events_of(name, "crash").back();
+  INFO(crash.dump());
+  CHECK(crash.value("repair", json::object()).value("mode", "") == "vm");
+  CHECK_THAT(crash.value("repair", json::object()).value("error", ""),
+             Catch::Contains("the process analysing the crash was killed by signal 11"));
+  CHECK(wait_until([&] { json s = status_json(name); return s.value("state", "") == "running" && s.value("boot_id", boot) != boot; },
+                   120s));
+  // The new boot's profile is loaded in place by the same VM (its pid 1 took the reload from the
+  // next forked process), which is ready for the next crash.
+  CHECK(wait_until([&] { return vm_readies() > readies && vm().value("state", "") == "ready"; }, 180s));
+  CHECK(vm().value("pid", 0) == vm_pid);
+  CHECK(wait_until([&] { return !events_of(name, "bundle").empty(); }, 60s));
+  CHECK(run_cli({"stop", name, "--force"}).status == 0);
+}
+
 TEST_CASE("repair: a module load and unload storm: the supervisor answers throughout, the profile settles, and "
           "the next crash is still recovered",
           "[integration][repair]") {

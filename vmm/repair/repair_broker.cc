@@ -41,6 +41,8 @@ nlohmann::json RepairAnswer::to_json() const {
   if (!error.empty()) j["error"] = error;
   if (!fallbacks.empty()) j["fallbacks"] = fallbacks;
   if (!cross_check.is_null()) j["cross_check"] = cross_check;
+  if (process_pid > 0)
+    j["process"] = {{"pid", process_pid}, {"per_crash", per_crash_process}, {"fork_ms", process_fork_ms}};
   return j;
 }
 
@@ -196,6 +198,17 @@ bool RepairBroker::answer_from(Slot& slot, const std::string& request, RepairAns
     return false;
   }
   if (auto e = j.find("engine_ms"); e != j.end() && e->is_number()) out.engine_ms = e->get<double>();
+  if (auto p = j.find("process"); p != j.end() && p->is_object()) {
+    auto pid = p->find("pid");
+    if (pid != p->end() && pid->is_number_integer() && pid->get<std::int64_t>() > 0 && pid->get<std::int64_t>() <= (1 << 22)) {
+      out.process_pid = pid->get<std::int64_t>();
+      auto per_crash = p->find("per_crash");
+      out.per_crash_process = per_crash != p->end() && per_crash->is_boolean() && per_crash->get<bool>();
+      auto fork_ms = p->find("fork_ms");
+      if (fork_ms != p->end() && fork_ms->is_number() && fork_ms->get<double>() >= 0 && fork_ms->get<double>() < 1e6)
+        out.process_fork_ms = fork_ms->get<double>();
+    }
+  }
   if (auto t = j.find("timings"); t != j.end() && t->is_object()) {
     auto number = [&](const char* key) -> std::optional<double> {
       auto v = t->find(key);

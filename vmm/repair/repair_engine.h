@@ -44,6 +44,11 @@ struct RepairAnswer {
   // The engine's stages (module_symbols, analysis, consistency, integrity, plan): where
   // engine_ms went. Only those names are taken from the agent's answer.
   std::map<std::string, double> stage_ms;
+  // Which process in the repair VM analysed it (its pid there; 0 when not said) and whether it
+  // was a fresh one for this crash (agent/repair_agent.cc): as the agent says, untrusted.
+  std::int64_t process_pid = 0;
+  bool per_crash_process = false;
+  double process_fork_ms = 0;  // how long forking it took (ahead of the crash)
   std::string error;                // !ok: why there is no answer
   std::vector<std::string> fallbacks;  // who could not answer first, and why
   nlohmann::json cross_check;       // --repair-cross-check: the other mode's verdict on the same crash

@@ -169,7 +169,25 @@ WorkerState RepairVm::refresh_state() {
     return state_;
   }
   if (state_ != WorkerState::failed && machine_gone()) fail_with("the repair VM is gone");
+  if (state_ == WorkerState::ready && settling_until_) settle();
   return state_;
+}
+
+void RepairVm::settle() {
+  auto s = mailbox_.box().agent_state();
+  bool late = Clock::now() >= *settling_until_;
+  if (s != repair::AgentState::ready && s != repair::AgentState::failed && !late) return;
+  settling_until_.reset();
+  {
+    // No trim after an analysis (docs/recovery.md, 7): the next one would fault the same pages in.
+    std::lock_guard lock(vm_mutex_);
+    machine_->pause();
+  }
+  if (s == repair::AgentState::failed)
+    fail_with("the repair agent in the repair VM failed after an answer: " + mailbox_.box().agent_status());
+  else if (late)
+    fail_with(fmt::format("the repair agent was not ready for the next crash {} s after its answer",
+                          std::chrono::duration_cast<std::chrono::seconds>(kSettleLimit).count()));
 }
 
 WorkerState RepairVm::state() {
@@ -231,6 +249,7 @@ void RepairVm::check_reload() {
 
 bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
   if (refresh_state() != WorkerState::ready) return false;
+  settling_until_.reset();  // its agent takes the reload once ready
   reload_seq_ = mailbox_.box().post_request(nlohmann::json{{"reload", {{"offset", offset}, {"size", size}}}}.dump());
   state_ = WorkerState::starting;
   status_ = "loading a new profile";
@@ -246,6 +265,7 @@ bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
 
 std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
   if (refresh_state() != WorkerState::ready) fail(ExitCode::failure, "the repair VM is not ready: {}", status_);
+  settling_until_.reset();  // still running after the last answer: its agent takes this one once ready
   std::uint64_t seq = mailbox_.box().post_request(request);
   resume_vm();
   for (;;) {
@@ -257,9 +277,13 @@ std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
       throw Error(ExitCode::failure, e.what());
     }
     if (answer) {
-      {
+      // An agent that analyses each crash in a fresh process says "ready" once the next one is
+      // forked: the VM runs until then (settle()). One that serves in one process is ready now.
+      if (mailbox_.box().agent_state() == repair::AgentState::ready) {
         std::lock_guard lock(vm_mutex_);
         machine_->pause();
+      } else {
+        settling_until_ = Clock::now() + kSettleLimit;
       }
       return *answer;
     }

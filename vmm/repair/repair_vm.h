@@ -1,7 +1,7 @@
 // --repair vm: the repair VM. A second, small VM of a kernel built for it (scripts/build-repair-kernel;
 // else the guest's own) and the repair image (repair/repair_image.h): the agent as its initramfs; the guest's RAM and the repair payload
 // read-only and the mailbox as three PCI memory windows. Booted when the guest's profile is in, then paused: a crash resumes it, posts the
-// request, waits for the answer and pauses it again. The guest never sees it.
+// request, waits for the answer and pauses it again once its agent is ready for the next one. The guest never sees it.
 #pragma once
 
 #include "base/unique_fd.h"
@@ -51,6 +51,9 @@ class RepairVm final : public RepairWorker {
   void start_trim();
   // state() without starting a trim that is due again (on the way into an analysis or a reload).
   WorkerState refresh_state();
+  // After an answer: pauses the VM once its agent is ready for the next crash (or failed, or
+  // kSettleLimit passed). Called on the broker's ticks.
+  void settle();
 
   MailboxMemory mailbox_;
   UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
@@ -61,6 +64,11 @@ class RepairVm final : public RepairWorker {
   std::uint64_t reload_seq_ = 0;  // a reload asked for and not answered yet
   Clock::time_point started_ = Clock::now();
   double start_ms_ = 0;
+  // After an answer the VM runs on until its agent says "ready" again: the process that answered
+  // exits and the one for the next crash is forked (≈ 40 ms under TCG with a 512 MiB guest, its
+  // windows' page tables copied and freed), not at the next crash's resume.
+  static constexpr auto kSettleLimit = std::chrono::seconds(10);
+  std::optional<Clock::time_point> settling_until_;
 
   // Giving back the pages its kernel has free (repair/repair_vm_trim.h): read in a thread, punched
   // only while the VM is still paused since they were read (runs_ unchanged, under vm_mutex_).
