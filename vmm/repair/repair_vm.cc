@@ -169,11 +169,21 @@ WorkerState RepairVm::refresh_state() {
     return state_;
   }
   if (state_ != WorkerState::failed && machine_gone()) fail_with("the repair VM is gone");
-  if (state_ == WorkerState::ready && settling_until_) settle();
+  if (state_ == WorkerState::ready && (settle_at_ || settling_until_)) settle();
   return state_;
 }
 
 void RepairVm::settle() {
+  if (settle_at_) {
+    if (Clock::now() < *settle_at_) return;
+    settle_at_.reset();
+    try {
+      resume_vm();
+    } catch (const std::exception& e) {
+      return fail_with(std::string("cannot resume the repair VM: ") + e.what());
+    }
+    settling_until_ = Clock::now() + kSettleLimit;
+  }
   auto s = mailbox_.box().agent_state();
   bool late = Clock::now() >= *settling_until_;
   if (s != repair::AgentState::ready && s != repair::AgentState::failed && !late) return;
@@ -197,7 +207,8 @@ WorkerState RepairVm::state() {
     bool due;
     {
       std::lock_guard lock(vm_mutex_);
-      due = trim_after_ && Clock::now() >= *trim_after_;
+      // Never while it runs to settle after an answer: a trim reads pages as free while paused.
+      due = trim_after_ && Clock::now() >= *trim_after_ && !settle_at_ && !settling_until_;
     }
     if (due) start_trim();  // one still running: the next tick
   }
@@ -249,7 +260,8 @@ void RepairVm::check_reload() {
 
 bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
   if (refresh_state() != WorkerState::ready) return false;
-  settling_until_.reset();  // its agent takes the reload once ready
+  settle_at_.reset();  // its agent takes the reload once it is ready
+  settling_until_.reset();
   reload_seq_ = mailbox_.box().post_request(nlohmann::json{{"reload", {{"offset", offset}, {"size", size}}}}.dump());
   state_ = WorkerState::starting;
   status_ = "loading a new profile";
@@ -265,7 +277,10 @@ bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
 
 std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
   if (refresh_state() != WorkerState::ready) fail(ExitCode::failure, "the repair VM is not ready: {}", status_);
-  settling_until_.reset();  // still running after the last answer: its agent takes this one once ready
+  // Its agent not settled since the last answer (a crash right after another): it takes this one
+  // once it has forked the process for it.
+  settle_at_.reset();
+  settling_until_.reset();
   std::uint64_t seq = mailbox_.box().post_request(request);
   resume_vm();
   for (;;) {
@@ -277,14 +292,13 @@ std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
       throw Error(ExitCode::failure, e.what());
     }
     if (answer) {
-      // An agent that analyses each crash in a fresh process says "ready" once the next one is
-      // forked: the VM runs until then (settle()). One that serves in one process is ready now.
-      if (mailbox_.box().agent_state() == repair::AgentState::ready) {
+      {
         std::lock_guard lock(vm_mutex_);
         machine_->pause();
-      } else {
-        settling_until_ = Clock::now() + kSettleLimit;
       }
+      // An agent that analyses each crash in a fresh process says "ready" once the next one is
+      // forked: it gets the time to, later (settle()). One that serves in one process is ready.
+      if (mailbox_.box().agent_state() != repair::AgentState::ready) settle_at_ = Clock::now() + kSettleDelay;
       return *answer;
     }
     if (deadline.expired()) {

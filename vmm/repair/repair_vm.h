@@ -1,7 +1,7 @@
 // --repair vm: the repair VM. A second, small VM of a kernel built for it (scripts/build-repair-kernel;
 // else the guest's own) and the repair image (repair/repair_image.h): the agent as its initramfs; the guest's RAM and the repair payload
 // read-only and the mailbox as three PCI memory windows. Booted when the guest's profile is in, then paused: a crash resumes it, posts the
-// request, waits for the answer and pauses it again once its agent is ready for the next one. The guest never sees it.
+// request, waits for the answer and pauses it again (and lets it prepare for the next crash a little later: settle()). The guest never sees it.
 #pragma once
 
 #include "base/unique_fd.h"
@@ -51,8 +51,8 @@ class RepairVm final : public RepairWorker {
   void start_trim();
   // state() without starting a trim that is due again (on the way into an analysis or a reload).
   WorkerState refresh_state();
-  // After an answer: pauses the VM once its agent is ready for the next crash (or failed, or
-  // kSettleLimit passed). Called on the broker's ticks.
+  // After an answer, on the broker's ticks: resumes the VM at settle_at_, pauses it once its
+  // agent is ready for the next crash (or failed, or kSettleLimit passed).
   void settle();
 
   MailboxMemory mailbox_;
@@ -64,11 +64,15 @@ class RepairVm final : public RepairWorker {
   std::uint64_t reload_seq_ = 0;  // a reload asked for and not answered yet
   Clock::time_point started_ = Clock::now();
   double start_ms_ = 0;
-  // After an answer the VM runs on until its agent says "ready" again: the process that answered
-  // exits and the one for the next crash is forked (≈ 40 ms under TCG with a 512 MiB guest, its
-  // windows' page tables copied and freed), not at the next crash's resume.
+  // After an answer the process that gave it exits and the one for the next crash is forked
+  // (≈ 40 ms of the VM's CPU under TCG with a 512 MiB guest: its windows' page tables are copied
+  // and freed). Not on the next crash's path, and not on this one's either: paused with its
+  // answer, the VM is resumed for that kSettleDelay later, once the guest runs again (on a 2-core
+  // host it slowed the guest's resume from 1 to 35 ms), and paused when its agent is ready.
+  static constexpr auto kSettleDelay = std::chrono::milliseconds(250);
   static constexpr auto kSettleLimit = std::chrono::seconds(10);
-  std::optional<Clock::time_point> settling_until_;
+  std::optional<Clock::time_point> settle_at_;       // paused, to be resumed to settle then
+  std::optional<Clock::time_point> settling_until_;  // running to settle, at most until then
 
   // Giving back the pages its kernel has free (repair/repair_vm_trim.h): read in a thread, punched
   // only while the VM is still paused since they were read (runs_ unchanged, under vm_mutex_).
