@@ -614,3 +614,59 @@ TEST_CASE("plan validation: a socket's lock is given up only by release_sock(), 
   v.ram.put<std::int32_t>(0x310088, 0);  // not owned (any more)
   CHECK(refused(plan));
 }
+
+TEST_CASE("an agent's answer is taken field by field: wrong types are refused, never thrown", "[repair]") {
+  auto read = [](const json& j, vmm::RepairAnswer& out) { return vmm::read_repair_answer(j.dump(), "vm", out); };
+  json plan = repair::RepairPlan{}.to_json();
+  json good = {{"ok", true}, {"engine_ms", 41.5}, {"process", {{"pid", 30}, {"per_crash", true}, {"fork_ms", 15.25}}},
+               {"timings", {{"analysis_ms", 30.0}, {"lock_search_ms", 19.0}}},
+               {"analysis", {{"cpu", 1}, {"kind", "oops"}, {"task", {{"address", "0xffff888003a1c000"}, {"pid", 121}}}}},
+               {"plan", plan}};
+  vmm::RepairAnswer a;
+  REQUIRE(read(good, a));
+  CHECK(a.ok);
+  CHECK(a.mode == "vm");
+  CHECK(a.engine_ms == 41.5);
+  CHECK(a.process_pid == 30);
+  CHECK(a.per_crash_process);
+  CHECK(a.process_fork_ms == 15.25);
+  CHECK(a.stage_ms.at("analysis") == 30.0);
+  CHECK(a.facts.cpu == 1);
+  CHECK(a.facts.task_pid == 121);
+  CHECK(a.to_json()["process"] == json({{"pid", 30}, {"per_crash", true}, {"fork_ms", 15.25}}));
+
+  // The engine's own "no" is an answer, whatever type its reason has.
+  vmm::RepairAnswer no;
+  CHECK(read({{"ok", false}, {"error", 5}}, no));
+  CHECK_FALSE(no.ok);
+  CHECK(no.error == "the repair engine failed without saying why");
+
+  auto refused = [&](json j) {
+    vmm::RepairAnswer out;
+    bool taken = read(j, out);
+    INFO(j.dump());
+    CHECK_FALSE(taken);
+    CHECK_FALSE(out.fallbacks.empty());
+    return out;
+  };
+  refused({{"ok", "yes"}, {"analysis", good["analysis"]}, {"plan", plan}});  // not a boolean
+  refused({{"analysis", good["analysis"]}, {"plan", plan}});                 // no ok at all
+  json big_cpu = good;
+  big_cpu["analysis"]["cpu"] = 1e300;  // a float where an int is due (its cast would be undefined)
+  refused(big_cpu);
+  json wide_pid = good;
+  wide_pid["analysis"]["task"]["pid"] = std::int64_t{1} << 40;
+  refused(wide_pid);
+
+  // Numbers that are not plausible times or pids are left out, not trusted.
+  json odd = good;
+  odd["engine_ms"] = -3;
+  odd["process"] = {{"pid", 1e30}, {"fork_ms", "x"}};
+  odd["timings"]["analysis_ms"] = "slow";
+  vmm::RepairAnswer o;
+  REQUIRE(read(odd, o));
+  CHECK(o.engine_ms == 0);
+  CHECK(o.process_pid == 0);
+  CHECK_FALSE(o.stage_ms.contains("analysis"));
+  CHECK_FALSE(o.to_json().contains("process"));
+}

@@ -34,18 +34,6 @@ std::uint64_t repair_vm_memory(std::uint64_t payload_bytes) {
   return (mib + 15) / 16 * 16 << 20;
 }
 
-nlohmann::json RepairAnswer::to_json() const {
-  nlohmann::json j = {{"ok", ok}, {"mode", mode}, {"engine_ms", engine_ms}, {"round_trip_ms", round_trip_ms},
-                      {"lock_search_ms", lock_search_ms}};
-  if (!stage_ms.empty()) j["stage_ms"] = stage_ms;
-  if (!error.empty()) j["error"] = error;
-  if (!fallbacks.empty()) j["fallbacks"] = fallbacks;
-  if (!cross_check.is_null()) j["cross_check"] = cross_check;
-  if (process_pid > 0)
-    j["process"] = {{"pid", process_pid}, {"per_crash", per_crash_process}, {"fork_ms", process_fork_ms}};
-  return j;
-}
-
 RepairBroker::RepairBroker(RepairSettings settings, RepairVm::Factory factory, MachineConfig vm_config, std::string dir,
                            Say say, Event event)
     : settings_(std::move(settings)), factory_(std::move(factory)), vm_config_(std::move(vm_config)), dir_(std::move(dir)),
@@ -191,86 +179,7 @@ bool RepairBroker::answer_from(Slot& slot, const std::string& request, RepairAns
     return false;
   }
   out.round_trip_ms = ms_since(t0);
-  auto j = nlohmann::json::parse(text, nullptr, false);
-  out.mode = slot.mode;
-  if (j.is_discarded() || !j.is_object()) {
-    out.fallbacks.push_back(slot.mode + ": its answer is not JSON");
-    return false;
-  }
-  if (auto e = j.find("engine_ms"); e != j.end() && e->is_number()) out.engine_ms = e->get<double>();
-  if (auto p = j.find("process"); p != j.end() && p->is_object()) {
-    auto pid = p->find("pid");
-    if (pid != p->end() && pid->is_number_integer() && pid->get<std::int64_t>() > 0 && pid->get<std::int64_t>() <= (1 << 22)) {
-      out.process_pid = pid->get<std::int64_t>();
-      auto per_crash = p->find("per_crash");
-      out.per_crash_process = per_crash != p->end() && per_crash->is_boolean() && per_crash->get<bool>();
-      auto fork_ms = p->find("fork_ms");
-      if (fork_ms != p->end() && fork_ms->is_number() && fork_ms->get<double>() >= 0 && fork_ms->get<double>() < 1e6)
-        out.process_fork_ms = fork_ms->get<double>();
-    }
-  }
-  if (auto t = j.find("timings"); t != j.end() && t->is_object()) {
-    auto number = [&](const char* key) -> std::optional<double> {
-      auto v = t->find(key);
-      if (v == t->end() || !v->is_number()) return std::nullopt;
-      return v->get<double>();
-    };
-    if (auto ls = number("lock_search_ms")) out.lock_search_ms = *ls;
-    for (const char* stage : {"module_symbols", "analysis", "consistency", "integrity", "plan"})
-      if (auto ms = number((std::string(stage) + "_ms").c_str())) out.stage_ms[stage] = *ms;
-  }
-  if (!j.value("ok", false)) {
-    // The engine itself gave up (e.g. the crashed kernel cannot be opened): an answer, not a fault.
-    out.ok = false;
-    out.error = j.value("error", std::string("the repair engine failed without saying why"));
-    return true;
-  }
-  if (!j.contains("analysis") || !j["analysis"].is_object() || !j.contains("plan") || !j["plan"].is_object()) {
-    out.fallbacks.push_back(slot.mode + ": its answer lacks the analysis or the plan");
-    return false;
-  }
-  try {
-    const auto& a = j["analysis"];
-    out.plan = repair::plan_from_json(j["plan"]);
-    out.facts.cpu = a.value("cpu", -1);
-    out.facts.kind = a.value("kind", "");
-    out.facts.summary = a.value("summary", "");
-    out.facts.module = a.value("module", "");
-    out.facts.percpu_base = repair::parse_hex(a.value("percpu_base", nlohmann::json("0x0")), "percpu_base");
-    const auto task = a.value("task", nlohmann::json::object());
-    if (task.is_object()) {
-      out.facts.task = repair::parse_hex(task.value("address", nlohmann::json("0x0")), "task");
-      out.facts.task_pid = task.value("pid", -1);
-    }
-    out.facts.module_layout = plausible_module_layout(a);
-  } catch (const std::exception& e) {
-    // Error from the plan's parser, or a field of the wrong type (nlohmann's exceptions).
-    out.fallbacks.push_back(slot.mode + ": its answer is malformed: " + e.what());
-    return false;
-  }
-  out.ok = true;
-  out.analysis = std::move(j["analysis"]);
-  return true;
-}
-
-std::optional<repair::ModuleLayout> plausible_module_layout(const nlohmann::json& analysis) {
-  // x86-64's module area (MODULES_VADDR to MODULES_END): module text and data live nowhere else.
-  constexpr std::uint64_t kModulesStart = 0xffffffffc0000000ull, kModulesEnd = 0xffffffffff000000ull;
-  auto inside = [&](std::uint64_t begin, std::uint64_t end) {
-    return begin >= kModulesStart && end >= begin && end <= kModulesEnd;
-  };
-  auto j = analysis.find("module_layout");
-  if (j == analysis.end() || j->is_null()) return std::nullopt;
-  try {
-    repair::ModuleLayout l = repair::module_layout_from_json(*j);
-    if (l.name.empty() || l.name != analysis.value("module", "")) return std::nullopt;
-    if (l.size > kModulesEnd - kModulesStart || l.text_size > l.size || !inside(l.base, l.base + l.size)) return std::nullopt;
-    for (const auto& r : l.data)
-      if (!inside(r.begin, r.end)) return std::nullopt;
-    return l;
-  } catch (const std::exception&) {
-    return std::nullopt;  // Error or a field of the wrong type: as if it had said nothing
-  }
+  return read_repair_answer(text, slot.mode, out);
 }
 
 RepairBroker::Slot* RepairBroker::other_slot(const std::string& mode) { return mode == "vm" ? &inline_ : &vm_; }

@@ -55,6 +55,11 @@ struct RepairAnswer {
   nlohmann::json to_json() const;
 };
 
+// Reads an agent's answer (untrusted text) into out: ok, error, plan, facts, analysis, timings,
+// process. True when it is an answer — the engine's plan, or the engine's own "no" (!out.ok, with
+// its error) — false when it is not one (why, prefixed by mode, pushed onto out.fallbacks).
+bool read_repair_answer(const std::string& text, const std::string& mode, RepairAnswer& out);
+
 class RepairEngine {
  public:
   virtual ~RepairEngine() = default;
