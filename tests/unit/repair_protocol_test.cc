@@ -9,6 +9,7 @@
 #include "protocol/mailbox.h"
 #include "protocol/payload.h"
 #include "recovery/plan_validation.h"
+#include "repair/repair_broker.h"
 #include "repair/repair_engine.h"
 #include "repair/repair_image.h"
 #include "support/fake_kernel.h"
@@ -669,4 +670,13 @@ TEST_CASE("an agent's answer is taken field by field: wrong types are refused, n
   CHECK(o.process_pid == 0);
   CHECK_FALSE(o.stage_ms.contains("analysis"));
   CHECK_FALSE(o.to_json().contains("process"));
+}
+
+TEST_CASE("the repair VM's memory grows with its payload and with the page tables of the guest's RAM window", "[repair]") {
+  constexpr std::uint64_t MiB = 1 << 20, GiB = 1ull << 30;
+  // Debian's 6.1: a 13 MiB payload; the window's page tables are 1/512 of guest RAM, twice.
+  CHECK(vmm::repair_vm_memory(13 * MiB, 512 * MiB) == 208 * MiB);
+  CHECK(vmm::repair_vm_memory(13 * MiB, 16 * GiB) == 272 * MiB);
+  CHECK(vmm::repair_vm_memory(13 * MiB, 64 * GiB) == 464 * MiB);
+  CHECK(vmm::repair_vm_memory(0, 0) == 160 * MiB);
 }

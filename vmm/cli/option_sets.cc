@@ -53,7 +53,7 @@ void add_protection_options(CLI::App* cmd, RunOptions& o) {
       ->check(CLI::IsMember({"inline", "reboot"}));
   cmd->add_option("--repair-timeout", o.repair_timeout_ms, "milliseconds the repair engine has for one crash (default: 5000)")
       ->check(CLI::Range(50, 600000));
-  cmd->add_option("--repair-vm-memory", o.repair_vm_memory, "memory of the repair VM: a size, or auto (the default: 160 MiB and three times its inputs, the profile and the healthy copy)");
+  cmd->add_option("--repair-vm-memory", o.repair_vm_memory, "memory of the repair VM: a size, or auto (the default: 160 MiB, three times its inputs, the profile and the healthy copy, and twice the page tables of the guest's RAM window)");
   cmd->add_option("--repair-agent", o.repair_agent, "the immortal-repair-agent binary (default: next to immortal)");
   cmd->add_option("--repair-vm-kernel", o.repair_vm_kernel,
                       "kernel of the repair VM (default: the guest's --kernel, else the built guest image's)");

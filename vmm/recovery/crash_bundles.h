@@ -33,9 +33,9 @@ class CrashBundles {
   // Copies the stopped guest's memory for a bundle (kernel: the live view, when there is one);
   // nothing while busy().
   // code: pages known elsewhere (MemorySnapshot::take), filled in by fill_known().
-  // beside_repair: the copy runs beside the repair's analysis, which needs the host's cores more
-  // (the guest resumes when both are done, and the analysis is the longer): one thread copies.
-  // Else the copy is all the pause does and may use two.
+  // beside_repair: the copy runs beside a repair analysis that needs the host's cores more (the
+  // guest resumes when both are done, and the repair VM's analysis is the longer): one thread
+  // copies. Else the copy is the longest part of the pause and may use two.
   BundleCapture capture(Machine& machine, LiveKernel& kernel, std::vector<X86Registers> registers, int crash_cpu,
                         const KnownPages* code = nullptr, bool beside_repair = false);
   // An on-demand bundle's copy (the guest stopped for it alone): the kernel's code pages (as

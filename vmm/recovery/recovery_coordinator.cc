@@ -160,6 +160,9 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
   std::shared_future<std::optional<repair::TextPrecheck>> precheck = precheck_done->get_future().share();
   // The code's pages were found once, when the repair image was built (Arming).
   const std::vector<repair::WholeCodePage>& pages = p_.bundles.code_pages();
+  // Beside the repair VM's analysis (tens of ms, both its vCPUs busy) the copy takes one thread;
+  // beside the inline engine's few ms it is the longest part of the pause, and takes two.
+  const bool long_analysis = !p_.repair || p_.repair->mode() != "inline";
   auto capture = std::async(std::launch::async, [&, precheck] {
     KnownPages code;
     if (!pages.empty()) {
@@ -188,7 +191,7 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
       };
     }
     return p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu, pages.empty() ? nullptr : &code,
-                              /*beside_repair=*/true);
+                              /*beside_repair=*/long_analysis);
   });
   auto t_ask = Clock::now();
   RepairAnswer answer = ask_repair_engine(record, precheck_done.get());

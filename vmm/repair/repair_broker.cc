@@ -26,11 +26,13 @@ void note_failure(auto& slot) {
 
 }  // namespace
 
-std::uint64_t repair_vm_memory(std::uint64_t payload_bytes) {
+std::uint64_t repair_vm_memory(std::uint64_t payload_bytes, std::uint64_t guest_ram_bytes) {
   // The kernel and the agent's initramfs take about 100 MiB; the agent holds the parsed profile
   // and the healthy copy (about the payload's size) and copies the profile's files once while it
   // parses them. Measured with Debian's 6.1 and a 31 MiB payload: 170 MiB used of 384.
-  std::uint64_t mib = 160 + 3 * ((payload_bytes + (1 << 20) - 1) >> 20);
+  // And the page tables of the guest's RAM window, which sysfs maps whole: 8 bytes per 4 KiB
+  // page in pid 1 and again in the process it forks for the next crash (32 MiB each for 16 GiB).
+  std::uint64_t mib = 160 + 3 * ((payload_bytes + (1 << 20) - 1) >> 20) + 2 * ((guest_ram_bytes / 512 + (1 << 20) - 1) >> 20);
   return (mib + 15) / 16 * 16 << 20;
 }
 
@@ -103,7 +105,7 @@ void RepairBroker::start(Slot& slot) {
     if (slot.mode == "vm") {
       MachineConfig c = vm_config_;
       c.initrd = image_->initrd;
-      if (!c.memory_bytes) c.memory_bytes = repair_vm_memory(image_->payload_bytes);
+      if (!c.memory_bytes) c.memory_bytes = repair_vm_memory(image_->payload_bytes, ram_.size);
       c.runtime_dir = dir_ + "/vm";
       std::filesystem::create_directories(c.runtime_dir);
       c.console_log = c.runtime_dir + "/console.log";

@@ -20,9 +20,10 @@
 
 namespace immortal::vmm {
 
-// The repair VM's memory when not set: enough for its kernel and an agent holding a payload of
-// payload_bytes (a multiple of 16 MiB).
-std::uint64_t repair_vm_memory(std::uint64_t payload_bytes);
+// The repair VM's memory when not set: enough for its kernel, an agent holding a payload of
+// payload_bytes and two processes mapping a guest RAM window of guest_ram_bytes (a multiple of
+// 16 MiB).
+std::uint64_t repair_vm_memory(std::uint64_t payload_bytes, std::uint64_t guest_ram_bytes);
 
 struct RepairSettings {
   std::string mode = "vm";          // vm | inline
