@@ -30,7 +30,7 @@ std::optional<std::string> read_vmcoreinfo_note(const PhysicalMemory& memory, st
 }
 
 std::vector<std::uint8_t> function_code(const Kernel& kernel, const Symbol& s, std::uint64_t max_bytes) {
-  const Symbol* next = kernel.symbols().next_after(s);
+  auto next = kernel.symbols().next_after(s);
   std::uint64_t size = std::min<std::uint64_t>(next && next->address > s.address ? next->address - s.address : 0, max_bytes);
   std::vector<std::uint8_t> code(size);
   kernel.memory().read(s.address, std::as_writable_bytes(std::span(code)));

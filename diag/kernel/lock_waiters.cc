@@ -112,7 +112,7 @@ LockWaiters find_lock_waiters(const Kernel& kernel, std::size_t max_tasks) {
       const SlowPath* path = nullptr;
       for (std::size_t i = 0; i < words.size() && !path; ++i) {
         if (!symbols.is_text(words[i])) continue;
-        const Symbol* s = symbols.lookup(words[i] - 1);
+        auto s = symbols.lookup(words[i] - 1);
         if (!s || !s->module().empty()) continue;
         std::string name = base_function_name(s->name());
         for (const auto& p : kSlowPaths)

@@ -43,7 +43,7 @@ const char* SymbolTable::Names::module(std::string_view name) {
   name = name.substr(0, kMaxName);  // as add() keeps it: a long name still matches its stored copy
   // kallsyms lists a module's symbols together: the last one asked for is the likely answer.
   for (auto it = modules_.rbegin(); it != modules_.rend(); ++it)
-    if (Symbol::stored(*it) == name) return *it;
+    if (StoredSymbol::stored(*it) == name) return *it;
   modules_.push_back(add(name, 0));
   return modules_.back();
 }
@@ -99,7 +99,7 @@ SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
       continue;
     }
     if (table.sorted_.size() >= kMaxSymbols) fail(ExitCode::bad_input, "kallsyms has more than {} symbols", kMaxSymbols);
-    table.sorted_.push_back(Symbol(address, table.names_.add(name, type), table.names_.module(module)));
+    table.sorted_.push_back(StoredSymbol(address, table.names_.add(name, type), table.names_.module(module)));
   }
   table.index();
   return table;
@@ -109,7 +109,7 @@ void SymbolTable::index() {
   // kallsyms lists the kernel image in address order and then each module's symbols in its own
   // order: sort only what follows the sorted prefix and merge (both stable: the first of equal
   // addresses stays first).
-  auto by_address = [](const Symbol& a, const Symbol& b) { return a.address < b.address; };
+  auto by_address = [](const StoredSymbol& a, const StoredSymbol& b) { return a.address < b.address; };
   auto tail = std::is_sorted_until(sorted_.begin(), sorted_.end(), by_address);
   if (tail != sorted_.end()) {
     std::stable_sort(tail, sorted_.end(), by_address);
@@ -164,7 +164,7 @@ SymbolTable& SymbolTable::operator=(const SymbolTable& other) {
 
 void SymbolTable::update_modules(const std::map<std::string, std::vector<FoundSymbol>, std::less<>>& fresh,
                                  const std::set<std::string, std::less<>>& live) {
-  std::erase_if(sorted_, [&](const Symbol& s) {
+  std::erase_if(sorted_, [&](const StoredSymbol& s) {
     return s.module_ && (!live.count(s.module()) || fresh.count(s.module()));
   });
   std::size_t live_bytes = 0;
@@ -172,7 +172,7 @@ void SymbolTable::update_modules(const std::map<std::string, std::vector<FoundSy
   for (const auto& [module, symbols] : fresh)
     for (const auto& s : symbols)
       if (sorted_.size() < kMaxSymbols) {
-        sorted_.push_back(Symbol(s.address, names_.add(s.name, s.type), names_.module(s.module)));
+        sorted_.push_back(StoredSymbol(s.address, names_.add(s.name, s.type), names_.module(s.module)));
         live_bytes += Names::stored_bytes(s.name);
       }
   // Dropped symbols leave their names behind: a guest that reloads modules again and again
@@ -219,10 +219,11 @@ std::optional<std::uint64_t> SymbolTable::address_in(std::string_view name, std:
   return std::nullopt;
 }
 
-const Symbol* SymbolTable::next_after(const Symbol& s) const {
+std::optional<Symbol> SymbolTable::next_after(const Symbol& s) const {
   auto next = std::upper_bound(sorted_.begin(), sorted_.end(), s.address,
-                               [](std::uint64_t a, const Symbol& x) { return a < x.address; });
-  return next == sorted_.end() ? nullptr : &*next;
+                               [](std::uint64_t a, const StoredSymbol& x) { return a < x.address; });
+  if (next == sorted_.end()) return std::nullopt;
+  return Symbol(*next);
 }
 
 std::optional<std::uint64_t> SymbolTable::percpu_offset(const std::string& name) const {
@@ -231,14 +232,14 @@ std::optional<std::uint64_t> SymbolTable::percpu_offset(const std::string& name)
   return it->second;
 }
 
-const Symbol* SymbolTable::lookup(std::uint64_t address) const {
+std::optional<Symbol> SymbolTable::lookup(std::uint64_t address) const {
   auto it = std::upper_bound(sorted_.begin(), sorted_.end(), address,
-                             [](std::uint64_t a, const Symbol& s) { return a < s.address; });
-  if (it == sorted_.begin()) return nullptr;
-  const Symbol* s = &*(it - 1);
+                             [](std::uint64_t a, const StoredSymbol& s) { return a < s.address; });
+  if (it == sorted_.begin()) return std::nullopt;
+  const StoredSymbol& s = *(it - 1);
   // Past the last symbol or absurdly far from the nearest one: not a symbol address.
-  if (it == sorted_.end() || address - s->address > (1 << 20)) return nullptr;
-  return s;
+  if (it == sorted_.end() || address - s.address > (1 << 20)) return std::nullopt;
+  return Symbol(s);
 }
 
 std::string SymbolTable::describe(std::uint64_t address) const { return describe_at(address, address); }
@@ -246,18 +247,17 @@ std::string SymbolTable::describe(std::uint64_t address) const { return describe
 std::string SymbolTable::describe_return(std::uint64_t address) const { return describe_at(address, address - 1); }
 
 std::string SymbolTable::describe_at(std::uint64_t address, std::uint64_t lookup_address) const {
-  const Symbol* s = lookup(lookup_address);
+  auto s = lookup(lookup_address);
   if (!s) return fmt::format("{:#x}", address);
-  auto next = std::upper_bound(sorted_.begin(), sorted_.end(), s->address,
-                               [](std::uint64_t a, const Symbol& x) { return a < x.address; });
-  std::uint64_t size = next == sorted_.end() ? 0 : next->address - s->address;
+  auto next = next_after(*s);
+  std::uint64_t size = next ? next->address - s->address : 0;
   std::string out = fmt::format("{}+{:#x}/{:#x}", s->name(), address - s->address, size);
   if (!s->module().empty()) out += fmt::format(" [{}]", s->module());
   return out;
 }
 
 bool SymbolTable::is_text(std::uint64_t address) const {
-  const Symbol* s = lookup(address);
+  auto s = lookup(address);
   return s && (s->type() == 't' || s->type() == 'T');
 }
 

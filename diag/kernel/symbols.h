@@ -17,21 +17,20 @@
 
 namespace immortal {
 
-// A symbol of a SymbolTable: its name and module are views of the table's own storage, valid as
-// long as the table (and, like the pointer to the symbol, until its modules are updated).
-// 24 bytes: a kernel has ≈ 95 k of them in every process that holds its profile (the supervisor,
-// each repair agent). So the name and the module point into the table's own storage, where each
-// string is preceded by its length and a kallsyms type letter (48 bytes as two string_views).
-class Symbol {
+// A symbol as a SymbolTable stores it: its name and module point into the table's own storage,
+// where each string is preceded by its length and a kallsyms type letter. 24 bytes: a kernel has
+// ≈ 95 k of them in every process that holds its profile (the supervisor, each repair agent);
+// as two string_views and a char they were 48.
+class StoredSymbol {
  public:
   std::uint64_t address = 0;
   std::string_view name() const { return stored(name_); }
-  std::string_view module() const { return module_ ? stored(module_) : std::string_view(); }  // "" for the kernel image
-  char type() const { return name_[-1]; }  // kallsyms type letter: t/T text, d/D data, ...
+  std::string_view module() const { return module_ ? stored(module_) : std::string_view(); }
+  char type() const { return name_[-1]; }
 
  private:
   friend class SymbolTable;
-  Symbol(std::uint64_t a, const char* name, const char* module) : address(a), name_(name), module_(module) {}
+  StoredSymbol(std::uint64_t a, const char* name, const char* module) : address(a), name_(name), module_(module) {}
   // A string as SymbolTable::Names::add keeps it: two bytes of length (little-endian) and the
   // type letter before it.
   static std::string_view stored(const char* at) {
@@ -40,6 +39,24 @@ class Symbol {
   }
   const char* name_;    // never null
   const char* module_;  // null for the kernel image
+};
+
+// A symbol as a SymbolTable hands it out: a value, not a pointer into the table, so that a table
+// whose kernel symbols are shared by several guests (each with its own KASLR slide) can make it.
+// Its name and module are views of the table's storage, valid as long as the table (until its
+// modules are updated).
+class Symbol {
+ public:
+  Symbol() = default;
+  explicit Symbol(const StoredSymbol& s) : address(s.address), name_(s.name()), module_(s.module()), type_(s.type()) {}
+  std::uint64_t address = 0;
+  std::string_view name() const { return name_; }
+  std::string_view module() const { return module_; }  // "" for the kernel image
+  char type() const { return type_; }                   // kallsyms type letter: t/T text, d/D data, ...
+
+ private:
+  std::string_view name_, module_;
+  char type_ = '?';
 };
 
 // A symbol found outside the profile (a module's own symbol table in guest memory), before a
@@ -75,12 +92,12 @@ class SymbolTable {
   // A per-CPU variable known by another route than kallsyms (a field of a per-CPU struct).
   void add_percpu(const std::string& name, std::uint64_t offset) { percpu_.emplace(name, offset); }
   // The symbol at or below address, if address is plausibly inside it (before the next symbol).
-  const Symbol* lookup(std::uint64_t address) const;
+  std::optional<Symbol> lookup(std::uint64_t address) const;
   // The address of name as defined by one module ("" = the kernel image): static functions of
   // different modules may share a name.
   std::optional<std::uint64_t> address_in(std::string_view name, std::string_view module) const;
-  // The first symbol above s's address (so s's size is the distance), nullptr at the end.
-  const Symbol* next_after(const Symbol& s) const;
+  // The first symbol above s's address (so s's size is the distance), nullopt at the end.
+  std::optional<Symbol> next_after(const Symbol& s) const;
   // "func+0x1a/0x40 [module]" or "0xffff..." when unknown.
   std::string describe(std::uint64_t address) const;
   // For a return address: the call is the instruction before it, which may end the function
@@ -145,7 +162,7 @@ class SymbolTable {
   void restore_names();
 
   Names names_;
-  std::vector<Symbol> sorted_;  // by address
+  std::vector<StoredSymbol> sorted_;  // by address
   // An open-addressing hash set of indices into sorted_, keyed by name (first definition wins);
   // rebuilt whenever sorted_ changes. kEmpty marks a free slot.
   static constexpr std::uint32_t kEmpty = 0xffffffff;

@@ -38,7 +38,7 @@ std::string context_of(std::uint32_t count, int pid, std::uint32_t flags) {
 
 // The name of the function containing address, without the compiler's ".cold" split suffix.
 std::string function_of(const SymbolTable& symbols, std::uint64_t address, std::string* module = nullptr) {
-  const Symbol* s = symbols.lookup(address);
+  auto s = symbols.lookup(address);
   if (!s) return "";
   if (module) *module = s->module();
   return cold_part_parent(s->name());

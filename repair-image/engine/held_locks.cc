@@ -184,7 +184,7 @@ std::string Search::describe(std::uint64_t address) const {
   if (slab_)
     if (auto o = slab_->object_at(address)) return fmt::format("{} object+{:#x}", o->cache, address - o->start);
   if (address >= stack_low_ && address < stack_high_) return "on the crashing stack";
-  if (const Symbol* s = kernel_.symbols().lookup(address)) {
+  if (auto s = kernel_.symbols().lookup(address)) {
     std::string name = s->address == address ? std::string(s->name()) : fmt::format("{}+{:#x}", s->name(), address - s->address);
     return s->module().empty() ? name : fmt::format("{} [{}]", name, s->module());
   }
@@ -272,37 +272,38 @@ void Search::call_sites() {
   std::set<std::pair<std::uint64_t, const LockFunction*>> seen;
   for (std::size_t k = first_; k <= last_ && k < frames.size(); ++k) {
     std::uint64_t pc = frames[k].pc;
-    const Symbol* s = symbols.lookup(k == first_ ? pc : pc - 1);
+    auto s = symbols.lookup(k == first_ ? pc : pc - 1);
     if (!s) continue;
     // A function's .cold part runs with its parent's frame: the parent's calls count too.
-    std::vector<const Symbol*> parts{s};
+    std::vector<Symbol> parts{*s};
     if (auto dot = s->name().find(".cold"); dot != std::string::npos)
       if (auto parent = symbols.address_in(s->name().substr(0, dot), s->module()))
-        if (const Symbol* p = symbols.lookup(*parent)) parts.push_back(p);
-    for (const Symbol* part : parts) {
-      const Symbol* next = symbols.next_after(*part);
-      std::uint64_t size = std::min<std::uint64_t>(next ? next->address - part->address : kPage, kMaxFunctionBytes);
+        if (auto p = symbols.lookup(*parent)) parts.push_back(*p);
+    for (std::size_t part_index = 0; part_index < parts.size(); ++part_index) {
+      const Symbol& part = parts[part_index];
+      auto next = symbols.next_after(part);
+      std::uint64_t size = std::min<std::uint64_t>(next ? next->address - part.address : kPage, kMaxFunctionBytes);
       std::vector<std::uint8_t> code(size);
       try {
-        mem_.read(part->address, std::as_writable_bytes(std::span(code)));
+        mem_.read(part.address, std::as_writable_bytes(std::span(code)));
       } catch (const MemoryFault&) {
         continue;
       }
-      std::vector<Instruction> insns = decode_code(code, part->address);
+      std::vector<Instruction> insns = decode_code(code, part.address);
       // Where the frame is in this code: the faulting instruction, or the call it made.
       ControlFlow flow(insns, [&](std::uint64_t target) {
-        const Symbol* t = symbols.lookup(target);
+        auto t = symbols.lookup(target);
         return !t || t->name().find(".cold") == std::string::npos;
       });
-      int here = part != s ? -1 : k == first_ ? flow.at(pc) : flow.ending_at(pc);
+      int here = part_index != 0 ? -1 : k == first_ ? flow.at(pc) : flow.ending_at(pc);
       std::vector<bool> before_here = flow.can_reach(here);
-      bool socket_held = held_by_flow(code, part->address, insns, flow, here, functions, LockType::socket);
-      bool semaphore_held = held_by_flow(code, part->address, insns, flow, here, functions, LockType::semaphore);
+      bool socket_held = held_by_flow(code, part.address, insns, flow, here, functions, LockType::socket);
+      bool semaphore_held = held_by_flow(code, part.address, insns, flow, here, functions, LockType::semaphore);
       if (preempt_offset_) {
         int net = 0;
         for (const auto& i : insns) {
-          if (part == s && i.address >= pc) break;
-          net += preempt_step(code, part->address, i);
+          if (part_index == 0 && i.address >= pc) break;
+          net += preempt_step(code, part.address, i);
         }
         if (net > 0) preempt_sections_ += static_cast<std::uint32_t>(net);
       }
@@ -325,9 +326,9 @@ void Search::call_sites() {
       std::size_t flow_sites = 0;
       for (const auto& site : find_lock_calls(insns, functions, &unfollowed)) {
         ++site_count_;
-        if (part == s && site.call >= pc) continue;  // not reached yet
+        if (part_index == 0 && site.call >= pc) continue;  // not reached yet
         // The call the frame is in: an acquisition not complete yet (a task stuck waiting for it).
-        if (part == s && k != first_ && here >= 0 && flow.at(site.call) == here && !site.function->release) continue;
+        if (part_index == 0 && k != first_ && here >= 0 && flow.at(site.call) == here && !site.function->release) continue;
         if (off_path(site)) continue;
         std::uint64_t lock = 0;
         if (site.absolute) {
@@ -342,7 +343,7 @@ void Search::call_sites() {
           // to where the frame is now may write it (where the paths are not all known, nothing
           // between the two in address order).
           // (A forward search per call: at most kMaxFlowSites of them in one function.)
-          bool rewritten = part != s || here < 0;
+          bool rewritten = part_index != 0 || here < 0;
           if (!rewritten && (!flow.exact() || ++flow_sites > kMaxFlowSites)) {
             rewritten = std::any_of(insns.begin(), insns.end(), [&](const Instruction& i) {
               return i.address > site.call && i.address < pc && (i.writes & (1u << site.base));
@@ -370,7 +371,7 @@ void Search::call_sites() {
       }
       for (const auto& site : unfollowed) {
         ++site_count_;
-        if ((part != s || site.call < pc) && !off_path(site)) {
+        if ((part_index != 0 || site.call < pc) && !off_path(site)) {
           unnamed(site);
         }
       }
@@ -561,7 +562,7 @@ std::optional<std::uint32_t> Search::interrupted_level(std::string* why) const {
       if (cs & 3) return 0;
       return std::nullopt;
     }
-    if (const Symbol* s = symbols.lookup(frames[k].pc - 1); s && s->module().empty() && s->name() == "run_ksoftirqd") {
+    if (auto s = symbols.lookup(frames[k].pc - 1); s && s->module().empty() && s->name() == "run_ksoftirqd") {
       *why = "ksoftirqd ran it";
       return 0;
     }
@@ -569,7 +570,7 @@ std::optional<std::uint32_t> Search::interrupted_level(std::string* why) const {
     // local_bh_disable(), as drivers do): that task's own level, plus the one level
     // __local_bh_enable_ip() keeps while it runs them — not an interrupt from user space, even
     // though the syscall's saved registers further out say user mode.
-    if (const Symbol* s = symbols.lookup(frames[k].pc - 1);
+    if (auto s = symbols.lookup(frames[k].pc - 1);
         s && s->module().empty() && (s->name() == "__local_bh_enable_ip" || s->name() == "do_softirq")) {
       *why = "it ran when " + (k + 1 < frames.size() ? symbols.describe(frames[k + 1].pc) : std::string("a task")) +
              " enabled bottom halves";
@@ -622,7 +623,7 @@ void Search::account_spinlocks() {
   std::uint32_t idle = a_.pid == 0 ? 1 : 0, warn = 0;
   const auto& frames = a_.backtrace.frames;
   for (std::size_t k = 0; k < first_ && k < frames.size(); ++k)
-    if (const Symbol* s = kernel_.symbols().lookup(frames[k].pc - 1); s && s->module().empty() && s->name() == "report_bug")
+    if (auto s = kernel_.symbols().lookup(frames[k].pc - 1); s && s->module().empty() && s->name() == "report_bug")
       warn = 1;
   out_.stats["preemption"] = {{"count", fmt::format("{:#x}", a_.preempt_count)}, {"spinlocks_held", held},
                               {"spinlocks_found", found}, {"idle_task", idle}, {"warn_report", warn},

@@ -41,7 +41,7 @@ ReferenceSearch find_held_references(const Kernel& kernel, const CrashAnalysis& 
   std::set<std::string> types;
   std::string first_taker;
   for (std::size_t k = static_cast<std::size_t>(a.fault_frame) + 1; k < frames.size(); ++k) {
-    const Symbol* s = symbols.lookup(frames[k].pc - 1);
+    auto s = symbols.lookup(frames[k].pc - 1);
     if (!s || !s->module().empty()) continue;
     for (const auto& t : kTakers)
       if (base_function_name(s->name()) == t.function && types.insert(t.type).second) {

@@ -34,22 +34,22 @@ bool aligned_kernel_pointer(std::uint64_t v) { return kernel_pointer(v) && (v & 
 // `je TARGET`: TARGET is where it goes on when hung_task_panic is 0.
 std::uint64_t detector_resume_point(const Kernel& kernel, const Symbol& caller, std::uint64_t flag) {
   const auto& symbols = kernel.symbols();
-  std::vector<const Symbol*> parts{&caller};
+  std::vector<Symbol> parts{caller};
   if (auto dot = caller.name().find(".cold"); dot != std::string::npos)
     if (auto parent = symbols.address_in(caller.name().substr(0, dot), caller.module()))
-      if (const Symbol* p = symbols.lookup(*parent)) parts = {p};
-  for (const Symbol* part : parts) {
-    std::vector<std::uint8_t> code = function_code(kernel, *part, kMaxCodeBytes);
-    std::vector<Instruction> insns = decode_code(code, part->address);
+      if (auto p = symbols.lookup(*parent)) parts = {*p};
+  for (const Symbol& part : parts) {
+    std::vector<std::uint8_t> code = function_code(kernel, part, kMaxCodeBytes);
+    std::vector<Instruction> insns = decode_code(code, part.address);
     for (std::size_t i = 0; i + 1 < insns.size(); ++i) {
       const Instruction& c = insns[i];
-      std::uint64_t at = c.address - part->address;
+      std::uint64_t at = c.address - part.address;
       if (c.size != 7 || code[at] != 0x80 || code[at + 1] != 0x3d || code[at + 6] != 0) continue;
       std::int32_t disp;
       std::memcpy(&disp, &code[at + 2], 4);
       if (c.address + 7 + static_cast<std::uint64_t>(static_cast<std::int64_t>(disp)) != flag) continue;
       const Instruction& j = insns[i + 1];
-      std::uint64_t jat = j.address - part->address;
+      std::uint64_t jat = j.address - part.address;
       bool je = j.kind == Instruction::Kind::conditional_jump && j.target &&
                 (code[jat] == 0x74 || (code[jat] == 0x0f && jat + 1 < code.size() && code[jat + 1] == 0x84));
       if (je) return *j.target;
@@ -105,7 +105,7 @@ void Finder::describe_task(HungTask& h) {
     return std::string();
   };
   for (std::size_t i = 0; i < frames.size(); ++i) {
-    const Symbol* s = symbols.lookup(i == 0 ? frames[i].pc : frames[i].pc - 1);
+    auto s = symbols.lookup(i == 0 ? frames[i].pc : frames[i].pc - 1);
     if (h.schedule_frame < 0 && s && s->module().empty() && base_function_name(s->name()) == "schedule")
       h.schedule_frame = static_cast<int>(i);
     if (h.module_frame < 0 && !module_of(i).empty()) {
@@ -119,7 +119,7 @@ void Finder::describe_task(HungTask& h) {
   while (e + 1 < frames.size() && !frames[e + 1].regs && module_of(e + 1) == h.module) ++e;
   h.entry_frame = static_cast<int>(e);
   if (e + 1 < frames.size())
-    if (const Symbol* s = symbols.lookup(frames[e + 1].pc - 1)) h.entry_caller = base_function_name(s->name());
+    if (auto s = symbols.lookup(frames[e + 1].pc - 1)) h.entry_caller = base_function_name(s->name());
 }
 
 std::uint64_t Finder::queue_head(std::uint64_t node, std::uint64_t low, std::uint64_t high, bool simple) const {
@@ -263,7 +263,7 @@ HungTaskSearch Finder::run() {
     return std::move(out_);
   }
   // Where khungtaskd goes on, and how a culprit dies.
-  const Symbol* caller = frames.size() >= 2 ? symbols.lookup(frames[1].pc - 1) : nullptr;
+  std::optional<Symbol> caller = frames.size() >= 2 ? symbols.lookup(frames[1].pc - 1) : std::nullopt;
   auto flag = symbols.address_of("hung_task_call_panic");
   if (caller && flag) out_.detector_resume = detector_resume_point(kernel_, *caller, *flag);
   out_.detector_rsp = regs_.rsp + 8;
@@ -386,7 +386,7 @@ std::pair<std::uint64_t, std::string> kill_continuation(const Kernel& kernel) {
   const auto& symbols = kernel.symbols();
   auto oops_end = symbols.address_of("oops_end");
   auto rewind = symbols.address_of("rewind_stack_and_make_dead");
-  const Symbol* s = oops_end ? symbols.lookup(*oops_end) : nullptr;
+  std::optional<Symbol> s = oops_end ? symbols.lookup(*oops_end) : std::nullopt;
   if (!s || !rewind) return {0, ""};
   std::vector<std::uint8_t> code;
   try {

@@ -134,12 +134,12 @@ std::optional<RepairAction> quarantine(const Kernel& kernel, const CrashRecord& 
                                        const std::string& why, std::vector<std::string>& notes,
                                        std::optional<ReturnType> expected = std::nullopt, bool napi_poll = false) {
   const auto& symbols = kernel.symbols();
-  const Symbol* s = symbols.lookup(function);
+  auto s = symbols.lookup(function);
   if (!s || s->address != function || s->module().empty()) {
     notes.push_back(fmt::format("{} is not the start of a module function: not quarantined", symbols.describe(function)));
     return std::nullopt;
   }
-  const Symbol* next = symbols.next_after(*s);
+  auto next = symbols.next_after(*s);
   std::uint64_t room = next ? next->address - s->address : 16;
   auto head = read_bytes(kernel, function, 32);
   // Keep the endbr64 an indirect call must land on (IBT) and the ftrace site after it (ftrace
@@ -225,7 +225,7 @@ std::vector<std::uint64_t> driver_entry_points(const Kernel& kernel, const Modul
     std::uint64_t at = word.first, w = word.second;
     if (w < m->base || w >= m->base + m->text_size || w == init || w == exit) continue;
     if (std::any_of(tables.begin(), tables.end(), [&](const auto& r) { return at >= r.first && at < r.second; })) continue;
-    const Symbol* s = kernel.symbols().lookup(w);
+    auto s = kernel.symbols().lookup(w);
     if (!s || s->address != w || s->module() != m->name || (s->type() != 't' && s->type() != 'T')) continue;
     if (s->name() == "init_module" || s->name() == "cleanup_module" || s->name().find(".cold") != std::string::npos) continue;
     if (std::find(out.begin(), out.end(), w) == out.end()) out.push_back(w);
@@ -323,7 +323,7 @@ X86Registers return_from_frame(const Kernel& kernel, const Backtrace& bt, std::s
   for (std::size_t i = from; i <= target; ++i) {
     const Frame& f = frames[i];
     bool exact = i == from && (f.regs != 0 || i == 0);  // pc is not a return address
-    const Symbol* s = symbols.lookup(exact ? f.pc : f.pc - 1);
+    auto s = symbols.lookup(exact ? f.pc : f.pc - 1);
     if (!s) fail(ExitCode::bad_input, "no symbol for {:#x}", f.pc);
     std::uint64_t start = s->address;
     std::uint32_t at = static_cast<std::uint32_t>(f.pc - start);
@@ -416,7 +416,7 @@ RepairPlan plan_hung_tasks(const Kernel& kernel, const CrashRecord& record, cons
     w.detail = {{"task", fmt::format("{:#x}", h.task)}, {"pid", h.pid}};
     wake.push_back(std::move(w));
     const Frame& entry = h.backtrace.frames.at(static_cast<std::size_t>(h.entry_frame));
-    if (const Symbol* s = symbols.lookup(entry.pc - 1)) {
+    if (auto s = symbols.lookup(entry.pc - 1)) {
       auto parent = symbols.address_in(cold_part_parent(s->name()), s->module());
       if (auto q = quarantine(kernel, record, parent ? *parent : s->address,
                               "later calls of the entry point where it slept fail with EIO", notes))
@@ -493,8 +493,8 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
     std::optional<ReturnType> callback_returns;
     bool quarantine_napi = false;
     const Frame& entry = a.backtrace.frames.at(static_cast<std::size_t>(a.outer_module_frame));
-    const Symbol* entry_symbol = symbols.lookup(static_cast<int>(a.outer_module_frame) == a.fault_frame &&
-                                                a.kind != "panic" ? entry.pc : entry.pc - 1);
+    auto entry_symbol = symbols.lookup(static_cast<int>(a.outer_module_frame) == a.fault_frame &&
+                                       a.kind != "panic" ? entry.pc : entry.pc - 1);
     if (entry_symbol) {
       auto parent = symbols.address_in(cold_part_parent(entry_symbol->name()), entry_symbol->module());
       quarantine_target = parent ? *parent : entry_symbol->address;
@@ -621,11 +621,11 @@ RepairPlan plan_repair(const Kernel& kernel, const CrashRecord& record, const Cr
       }
       end_context.push_back(std::move(end));
       if (std::uint64_t cb = running_callback(kernel, a, d->function)) {
-        if (const Symbol* s = symbols.lookup(cb); s && s->module() == a.module) quarantine_target = cb;
+        if (auto s = symbols.lookup(cb); s && s->module() == a.module) quarantine_target = cb;
       }
       if (napi_poll) {
         std::uint64_t poll = kernel.memory().read_u64(a.napi + kernel.types().offset_of("napi_struct", "poll"));
-        if (const Symbol* s = symbols.lookup(poll); s && s->module() == a.module && s->address == poll) quarantine_target = poll;
+        if (auto s = symbols.lookup(poll); s && s->module() == a.module && s->address == poll) quarantine_target = poll;
         quarantine_napi = true;
       }
       quarantine_why = fmt::format("the {} is not run again: it returns at once", d->what);

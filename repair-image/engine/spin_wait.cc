@@ -140,7 +140,7 @@ std::optional<SpinWait> find_spin_wait(const Kernel& kernel, const CrashRecord& 
     *why = fmt::format("the stuck task waits in the kernel's spinlock code ({}): {}", function, reason);
     return std::nullopt;
   };
-  const Symbol* s = symbols.lookup(a.fault_pc);
+  auto s = symbols.lookup(a.fault_pc);
   if (!s) return refuse("no symbol for where it was stopped");
   std::vector<std::uint8_t> code;
   try {

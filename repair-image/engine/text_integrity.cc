@@ -66,9 +66,9 @@ class PatchSites {
       --it;
       if (it->begin <= begin && end <= it->end) return true;
     }
-    const Symbol* s = kernel_.symbols().lookup(begin);
+    auto s = kernel_.symbols().lookup(begin);
     if (!s || !(s->type() == 't' || s->type() == 'T')) return false;
-    const Symbol* next = kernel_.symbols().next_after(*s);
+    auto next = kernel_.symbols().next_after(*s);
     std::uint64_t size = next ? next->address - s->address : 0;
     if (s->name().rfind("__SCT__", 0) == 0 || s->name().rfind("bpf_dispatcher_", 0) == 0)
       return size && size <= 4096 && end <= s->address + size;
