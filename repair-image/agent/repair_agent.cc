@@ -308,8 +308,7 @@ int run_inline(int argc, char** argv) {
   // A proof that the sandbox holds, for an operator or a test: with IMMORTAL_SANDBOX_CANARY=1 the
   // agent makes a call its filter forbids (socket) when the first request comes. It must die of
   // SIGSYS there, and the supervisor must take that as a failed worker (docs/recovery.md, 7).
-  const char* canary_env = std::getenv("IMMORTAL_SANDBOX_CANARY");
-  bool canary = canary_env && std::strcmp(canary_env, "1") == 0;
+  bool canary = sandbox_canary_set();
   std::unique_ptr<Engine> engine;
   try {
     // Everything is read first and parsed only inside the sandbox: a hostile profile, BTF or
@@ -445,14 +444,19 @@ std::string describe_exit(int status) {
     auto engine = std::make_unique<Engine>(read_inputs(window, rfd), vm_has_second_cpu());
     say(engine->summary());
     tell_own_vmcoreinfo(*box);
-    const char* canary_env = std::getenv("IMMORTAL_SANDBOX_CANARY");
-    const bool canary = canary_env && std::strcmp(canary_env, "1") == 0;
+    const bool canary = sandbox_canary_set();
     void* shared = ::mmap(nullptr, sizeof(Handoff), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (shared == MAP_FAILED) fail_os(ExitCode::failure, "mmap the page shared with the analysing processes", errno);
     std::uint64_t done = box->request_seq();
     // A reload's answer, posted once the process that will analyse the next crash is forked
     // from the new engine: the supervisor pauses the VM as soon as it has the answer.
     std::optional<std::string> reloaded;
+    auto take_reload = [&](std::pair<std::uint64_t, std::uint64_t> at) {
+      auto [next, answer] = reload(std::move(engine), window.substr(at.first, at.second), rfd, *box);
+      engine = std::move(next);
+      if (engine) reloaded = std::move(answer);
+      else box->post_response(done, answer);
+    };
     auto fork_again_at = std::chrono::steady_clock::now();
     for (;;) {
       pid_t child = -1;
@@ -485,11 +489,7 @@ std::string describe_exit(int status) {
         done = seq;
         if (handoff->reload) {
           // The request the child saw: the supervisor posts the next one only after its answer.
-          auto at = reload_request(box->request(), window.size()).value_or(std::pair<std::uint64_t, std::uint64_t>{0, 0});
-          auto [next, answer] = reload(std::move(engine), window.substr(at.first, at.second), rfd, *box);
-          engine = std::move(next);
-          if (engine) reloaded = std::move(answer);
-          else box->post_response(done, answer);
+          take_reload(reload_request(box->request(), window.size()).value_or(std::pair<std::uint64_t, std::uint64_t>{0, 0}));
           continue;
         }
         if (!handoff->answered) {
@@ -504,10 +504,7 @@ std::string describe_exit(int status) {
         done = box->request_seq();
         std::string request = box->request();
         if (auto at = reload_request(request, window.size())) {
-          auto [next, answer] = reload(std::move(engine), window.substr(at->first, at->second), rfd, *box);
-          engine = std::move(next);
-          if (engine) reloaded = std::move(answer);
-          else box->post_response(done, answer);
+          take_reload(*at);
         } else if (engine) {
           answer_one(*engine, *box, done, request);
         } else {

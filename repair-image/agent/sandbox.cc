@@ -38,9 +38,13 @@ void become_nobody() {
 
 }  // namespace
 
-bool sandbox_canary_died() {
+bool sandbox_canary_set() {
   const char* canary = std::getenv("IMMORTAL_SANDBOX_CANARY");
-  if (!canary || std::strcmp(canary, "1") != 0) return true;
+  return canary && std::strcmp(canary, "1") == 0;
+}
+
+bool sandbox_canary_died() {
+  if (!sandbox_canary_set()) return true;
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   std::string said = "immortal-repair-agent: the sandbox let socket() through (it returned " + std::to_string(fd) +
                      "): the sandbox is broken\n";

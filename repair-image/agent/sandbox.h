@@ -22,6 +22,10 @@ struct SandboxLimits {
 // Throws std::runtime_error if the process cannot be confined as asked.
 void enter_sandbox(const SandboxLimits& limits);
 
+// Whether the canary is asked for (IMMORTAL_SANDBOX_CANARY=1 in the environment: the supervisor's,
+// or the repair VM's kernel command line).
+bool sandbox_canary_set();
+
 // The sandbox's proof for the one-shot modes (--report, --introspect), as in --inline: with
 // IMMORTAL_SANDBOX_CANARY=1 it calls socket(), which must kill the process (SIGSYS). Returns
 // false (having said so) when the call came back: the sandbox is broken.

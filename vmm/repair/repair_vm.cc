@@ -169,7 +169,7 @@ WorkerState RepairVm::refresh_state() {
     return state_;
   }
   if (state_ != WorkerState::failed && machine_gone()) fail_with("the repair VM is gone");
-  if (state_ == WorkerState::ready && (settle_at_ || settling_until_)) settle();
+  if (state_ == WorkerState::ready && settling()) settle();
   return state_;
 }
 
@@ -208,7 +208,7 @@ WorkerState RepairVm::state() {
     {
       std::lock_guard lock(vm_mutex_);
       // Never while it runs to settle after an answer: a trim reads pages as free while paused.
-      due = trim_after_ && Clock::now() >= *trim_after_ && !settle_at_ && !settling_until_;
+      due = trim_after_ && Clock::now() >= *trim_after_ && !settling();
     }
     if (due) start_trim();  // one still running: the next tick
   }
@@ -260,8 +260,7 @@ void RepairVm::check_reload() {
 
 bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
   if (refresh_state() != WorkerState::ready) return false;
-  settle_at_.reset();  // its agent takes the reload once it is ready
-  settling_until_.reset();
+  stop_settling();
   reload_seq_ = mailbox_.box().post_request(nlohmann::json{{"reload", {{"offset", offset}, {"size", size}}}}.dump());
   state_ = WorkerState::starting;
   status_ = "loading a new profile";
@@ -279,8 +278,7 @@ std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
   if (refresh_state() != WorkerState::ready) fail(ExitCode::failure, "the repair VM is not ready: {}", status_);
   // Its agent not settled since the last answer (a crash right after another): it takes this one
   // once it has forked the process for it.
-  settle_at_.reset();
-  settling_until_.reset();
+  stop_settling();
   std::uint64_t seq = mailbox_.box().post_request(request);
   resume_vm();
   for (;;) {

@@ -54,6 +54,11 @@ class RepairVm final : public RepairWorker {
   // After an answer, on the broker's ticks: resumes the VM at settle_at_, pauses it once its
   // agent is ready for the next crash (or failed, or kSettleLimit passed).
   void settle();
+  bool settling() const { return settle_at_ || settling_until_; }
+  void stop_settling() {  // a request comes first: its agent takes it once ready
+    settle_at_.reset();
+    settling_until_.reset();
+  }
 
   MailboxMemory mailbox_;
   UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
