@@ -30,6 +30,12 @@ std::uint64_t file_size(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
 }
 
+// The memory a file holds (its size may be larger: holes hold none).
+std::uint64_t allocated(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<std::uint64_t>(st.st_blocks) * 512 : 0;
+}
+
 }  // namespace
 
 TEST_CASE("arena pool: two supervisors share the host's arenas, each in use by one snapshot at a time", "[arena-pool]") {
@@ -141,9 +147,9 @@ TEST_CASE("arena pool: a snapshot grows its arena for the pages it fills in afte
     auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", arena, {}, nullptr, &later, 1);
     CHECK(snap->census().warm_arena);  // the 4 pages copied in the pause fit
     CHECK(snap->census().pause_candidates == 4);
-    CHECK(file_size(d.path + "/arena-0") == 5 * kPage);  // nothing allocated for the later ones yet
+    CHECK(allocated(d.path + "/arena-0") == 5 * kPage);  // nothing allocated for the later ones yet
     CHECK(snap->fill_known() == 4);
-    CHECK(file_size(d.path + "/arena-0") == 8 * kPage);  // now they are
+    CHECK(allocated(d.path + "/arena-0") == 8 * kPage);  // now they are
     std::byte b7{};
     snap->read(7 * kPage, std::span(&b7, 1));
     CHECK(std::to_integer<int>(b7) == 0x43);
@@ -155,7 +161,9 @@ TEST_CASE("arena pool: a snapshot grows its arena for the pages it fills in afte
     CHECK(static_cast<std::uint64_t>(st.st_size) >= snap->pages_bytes());
     CHECK_FALSE(b.prepare(5 * kPage, 5 * kPage, 1));  // b does not size a file a snapshot has grown
   }
-  CHECK(file_size(d.path + "/arena-0") == 5 * kPage);  // cut back: the memory is given back
+  CHECK(allocated(d.path + "/arena-0") == 5 * kPage);  // punched out: the memory is given back
+  CHECK(file_size(d.path + "/arena-0") == 8 * kPage);  // and the size kept (a repair VM may map it)
+  CHECK(a.prepared_bytes(0) == 5 * kPage);
   CHECK(b.prepare(5 * kPage, 5 * kPage, 1));
   auto again = b.acquire();
   REQUIRE(again);
@@ -194,5 +202,37 @@ TEST_CASE("arena pool: refuses a directory others can enter, and is named per ru
   CHECK_THROWS_AS(ArenaPool(d.path), Error);
   CHECK(ArenaPool::directory_for("/run/immortal") == ArenaPool::directory_for("/run/immortal/"));
   CHECK(ArenaPool::directory_for("/run/immortal") != ArenaPool::directory_for("/run/other"));
-  CHECK(ArenaPool::directory_for("/run/immortal", "/x").rfind("/x/immortal-arenas-" + std::to_string(::geteuid()) + "-", 0) == 0);
+  CHECK(ArenaPool::directory_for("/run/immortal", "/x").rfind("/x/immortal-arenas-v2-" + std::to_string(::geteuid()) + "-", 0) == 0);
+}
+
+TEST_CASE("arena pool: a repair VM's windows are the arenas at a power-of-two size, holes past what is prepared", "[arena-pool]") {
+  PoolDir d;
+  constexpr std::uint64_t kPage = MemorySnapshot::kPageSize;
+  ArenaPool a(d.path), b(d.path);
+  REQUIRE(a.prepare(5 * kPage, 8 * kPage));
+  auto windows = a.windows(6 * kPage);
+  REQUIRE(windows.size() == ArenaPool::kArenas);
+  for (std::size_t i = 0; i < windows.size(); ++i) {
+    CHECK(windows[i].bytes == 8 * kPage);
+    CHECK((::fcntl(windows[i].fd, F_GETFL) & O_ACCMODE) == O_RDONLY);
+    CHECK(file_size(d.path + "/arena-" + std::to_string(i)) == 8 * kPage);
+    CHECK(allocated(d.path + "/arena-" + std::to_string(i)) == 5 * kPage);  // the window costs nothing
+    CHECK(a.prepared_bytes(i) == 5 * kPage);
+  }
+  // Another supervisor maps what is prepared, not the window's holes.
+  REQUIRE(b.prepare(2 * kPage, 2 * kPage));
+  CHECK(b.sizes() == std::vector<std::uint64_t>(ArenaPool::kArenas, 5 * kPage));
+  CHECK(allocated(d.path + "/arena-0") == 5 * kPage);
+  // A smaller window asked later never shrinks a file; a larger one grows it.
+  CHECK(b.windows(2 * kPage)[0].bytes == 2 * kPage);
+  CHECK(file_size(d.path + "/arena-0") == 8 * kPage);
+  CHECK(b.windows(9 * kPage)[1].bytes == 16 * kPage);
+  CHECK(file_size(d.path + "/arena-1") == 16 * kPage);
+  // What a snapshot copies shows through the read-only descriptor.
+  auto arena = a.acquire();
+  REQUIRE(arena);
+  std::memset(arena->data(), 0x6b, kPage);
+  std::byte seen{};
+  REQUIRE(::pread(windows[0].fd, &seen, 1, 0) == 1);
+  CHECK(std::to_integer<int>(seen) == 0x6b);
 }

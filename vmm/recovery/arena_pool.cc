@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <filesystem>
 
@@ -22,6 +23,18 @@ namespace immortal::vmm {
 namespace {
 
 std::string arena_name(std::size_t i) { return "arena-" + std::to_string(i); }
+std::string record_name(std::size_t i) { return arena_name(i) + ".prepared"; }
+
+struct Flock {
+  int fd;
+  explicit Flock(int f) : fd(f) { ::flock(fd, LOCK_EX); }
+  ~Flock() { ::flock(fd, LOCK_UN); }
+};
+
+std::uint64_t file_size(int fd) {
+  struct stat st {};
+  return ::fstat(fd, &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
+}
 
 // Zeroes the pages of [base, base + size) that are not zero already (reading is cheaper than
 // writing). size: whole pages, as every arena is.
@@ -40,7 +53,9 @@ std::string ArenaPool::directory_for(const std::string& runtime_root, const std:
   while (key.size() > 1 && key.back() == '/') key.pop_back();
   std::uint64_t h = 14695981039346656037ull;  // FNV-1a: stable across builds, so an upgrade finds the same pool
   for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
-  return fmt::format("{}/immortal-arenas-{}-{:016x}", shm, ::geteuid(), h);
+  // v2: sparse files with a record of their prepared bytes. A supervisor of the version before
+  // (during an upgrade) keeps its own pool: it would take a sparse file's size for prepared memory.
+  return fmt::format("{}/immortal-arenas-v2-{}-{:016x}", shm, ::geteuid(), h);
 }
 
 ArenaPool::Slot::~Slot() {
@@ -71,6 +86,8 @@ ArenaPool::ArenaPool(std::string dir) : dir_(std::move(dir)) {
       fail(ExitCode::failure, "{}/{} is not a regular file of ours", dir_, arena_name(i));
     slot->reader = UniqueFd(::openat(dir_fd_.get(), arena_name(i).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
     if (!slot->reader) fail_os(ExitCode::failure, fmt::format("open {}/{}", dir_, arena_name(i)), errno);
+    slot->record = UniqueFd(::openat(dir_fd_.get(), record_name(i).c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!slot->record) fail_os(ExitCode::failure, fmt::format("open {}/{}", dir_, record_name(i)), errno);
     slots_.push_back(std::move(slot));
   }
 }
@@ -79,7 +96,10 @@ ArenaPool::~ArenaPool() {
   // Snapshots still holding an arena keep their slot (and its mapping) alive through the
   // release hook; the files go only when no supervisor uses the pool any more.
   if (users_ && ::flock(users_.get(), LOCK_EX | LOCK_NB) == 0) {
-    for (std::size_t i = 0; i < kArenas; ++i) ::unlinkat(dir_fd_.get(), arena_name(i).c_str(), 0);
+    for (std::size_t i = 0; i < kArenas; ++i) {
+      ::unlinkat(dir_fd_.get(), arena_name(i).c_str(), 0);
+      ::unlinkat(dir_fd_.get(), record_name(i).c_str(), 0);
+    }
     ::unlinkat(dir_fd_.get(), "users", 0);
     // And the directory, unless someone joined meanwhile (then it is not empty). One joining
     // just between our rmdir and its first file finds no directory: it prepares an arena of
@@ -116,16 +136,16 @@ bool ArenaPool::prepare_slot(Slot& slot, std::uint64_t bytes, std::uint64_t limi
     int fd;
     ~Unlock() { ::flock(fd, LOCK_UN); }
   } unlock{slot.fd.get()};
-  struct stat st {};
-  if (::fstat(slot.fd.get(), &st) != 0) fail_os(ExitCode::failure, "stat " + dir_, errno);
-  std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
+  // Prepared: the record's bytes (never more than the file holds: a record left behind by a
+  // supervisor that died between allocating and writing it is corrected here).
+  std::uint64_t size = std::min(read_prepared(slot), file_size(slot.fd.get()));
   if (!grow && size < bytes) return true;  // not needed yet, and no one else made it
   if (size < bytes || size > slot.mapped) {
-    // Allocates the pages now (tmpfs has no holes after this) or fails with ENOSPC; for a file
-    // another supervisor grew, makes sure every page is there before we map it.
+    // Allocates the pages now (no holes in [0, size) after this) or fails with ENOSPC; for a file
+    // another supervisor prepared further, makes sure every page is there before we map it.
     size = std::max(size, bytes);
-    if (::fallocate(slot.fd.get(), 0, 0, static_cast<off_t>(size)) != 0)
-      fail_os(ExitCode::failure, fmt::format("cannot prepare {} MiB for bundle snapshots in {}", size >> 20, dir_), errno);
+    allocate(slot, 0, size, fmt::format("cannot prepare {} MiB for bundle snapshots in {}", size >> 20, dir_));
+    write_prepared(slot, size);
   }
   std::uint64_t reserve = std::max(size, limit);
   if (size != slot.mapped || reserve != slot.reserved) {
@@ -159,12 +179,17 @@ void ArenaPool::grow(Slot& slot, std::uint64_t bytes) {
   if (bytes <= from) return;
   if (bytes > slot.reserved) fail(ExitCode::failure, "the snapshot arena cannot grow past {} MiB", slot.reserved >> 20);
   // Allocated now (ENOSPC here, never SIGBUS on a write); we hold the file's lock, so no one else
-  // reads its size until let_go() cut it back.
-  if (::fallocate(slot.fd.get(), 0, static_cast<off_t>(from), static_cast<off_t>(bytes - from)) != 0)
-    fail_os(ExitCode::failure, fmt::format("cannot grow a snapshot arena by {} MiB", (bytes - from) >> 20), errno);
+  // prepares it until let_go() punched it out again.
+  allocate(slot, from, bytes, fmt::format("cannot grow a snapshot arena by {} MiB", (bytes - from) >> 20));
   void* p = ::mmap(slot.base + from, bytes - from, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, slot.fd.get(),
                    static_cast<off_t>(from));
-  if (p == MAP_FAILED) fail_os(ExitCode::failure, "map the grown snapshot arena", errno);  // let_go() cuts the file back
+  if (p == MAP_FAILED) {
+    int e = errno;
+    if (from >= slot.prepared)  // ours alone: given back now
+      (void)::fallocate(slot.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(from),
+                        static_cast<off_t>(bytes - from));
+    fail_os(ExitCode::failure, "map the grown snapshot arena", e);
+  }
   slot.grown = bytes - slot.mapped;
 }
 
@@ -172,17 +197,18 @@ void ArenaPool::let_go(Slot& slot, std::uint64_t used) {
   std::lock_guard lock(slot.mutex);
   std::memset(slot.base, 0, std::min(used, slot.mapped));
   if (slot.grown) {
-    // What we grew into: pages of the file another supervisor mapped (it had grown it past our
-    // mapping) are zeroed and kept; the rest is cut off, which gives its memory back.
+    // What we grew into: pages another supervisor prepared (it had prepared past our mapping)
+    // are zeroed and kept; the rest is punched out of the file, which gives its memory back. The
+    // file keeps its size: a repair VM's window may lie over it.
     std::byte* tail = slot.base + slot.mapped;
-    if (slot.file_size > slot.mapped) clear(tail, std::min(slot.grown, slot.file_size - slot.mapped));
+    std::uint64_t theirs = slot.prepared > slot.mapped ? std::min(slot.grown, slot.prepared - slot.mapped) : 0;
+    clear(tail, theirs);
+    if (slot.grown > theirs)
+      (void)::fallocate(slot.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(slot.mapped + theirs),
+                        static_cast<off_t>(slot.grown - theirs));
     (void)::mmap(tail, slot.grown, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
     slot.grown = 0;
   }
-  // Back to the size it had when taken (also after a grow() that failed half-way).
-  struct stat st {};
-  if (::fstat(slot.fd.get(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) > slot.file_size)
-    (void)::ftruncate(slot.fd.get(), static_cast<off_t>(slot.file_size));
   ::flock(slot.fd.get(), LOCK_UN);
   slot.in_use = false;
 }
@@ -193,14 +219,15 @@ std::shared_ptr<SnapshotArena> ArenaPool::acquire() {
     std::lock_guard lock(slot.mutex);
     if (slot.in_use || !slot.base) continue;
     if (::flock(slot.fd.get(), LOCK_EX | LOCK_NB) != 0) continue;
-    struct stat st {};
-    // Files only grow; a shorter one was changed behind our back: not used (SIGBUS otherwise).
-    if (::fstat(slot.fd.get(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) < slot.mapped) {
+    // Files only grow; a shorter one (or less prepared) was changed behind our back: not used
+    // (SIGBUS, or pages without memory, otherwise).
+    std::uint64_t prepared = read_prepared(slot);
+    if (file_size(slot.fd.get()) < slot.mapped || prepared < slot.mapped) {
       ::flock(slot.fd.get(), LOCK_UN);
       continue;
     }
     slot.in_use = true;
-    slot.file_size = static_cast<std::uint64_t>(st.st_size);
+    slot.prepared = prepared;
     slot.grown = 0;
     return SnapshotArena::borrow(
         slot.base, slot.mapped, slot.reader.get(), [shared](std::uint64_t used) { let_go(*shared, used); },
@@ -208,6 +235,37 @@ std::shared_ptr<SnapshotArena> ArenaPool::acquire() {
   }
   return nullptr;
 }
+
+std::uint64_t ArenaPool::read_prepared(const Slot& slot) {
+  std::uint64_t bytes = 0;
+  if (::pread(slot.record.get(), &bytes, sizeof bytes, 0) != static_cast<ssize_t>(sizeof bytes)) return 0;
+  return bytes;
+}
+
+void ArenaPool::write_prepared(const Slot& slot, std::uint64_t bytes) {
+  if (::pwrite(slot.record.get(), &bytes, sizeof bytes, 0) != static_cast<ssize_t>(sizeof bytes))
+    fail_os(ExitCode::failure, "record a snapshot arena's prepared size", errno);
+}
+
+void ArenaPool::allocate(const Slot& slot, std::uint64_t from, std::uint64_t to, const std::string& what) {
+  if (to <= from) return;
+  Flock lock(slot.record.get());
+  if (::fallocate(slot.fd.get(), 0, static_cast<off_t>(from), static_cast<off_t>(to - from)) != 0) fail_os(ExitCode::failure, what, errno);
+}
+
+std::vector<ArenaPool::Window> ArenaPool::windows(std::uint64_t bytes) {
+  std::uint64_t window = std::bit_ceil(std::max<std::uint64_t>(bytes, MemorySnapshot::kPageSize));
+  std::vector<Window> out;
+  for (auto& slot : slots_) {
+    Flock lock(slot->record.get());
+    if (file_size(slot->fd.get()) < window && ::ftruncate(slot->fd.get(), static_cast<off_t>(window)) != 0)
+      fail_os(ExitCode::failure, fmt::format("size the snapshot arenas in {} for a repair VM's window", dir_), errno);
+    out.push_back({slot->reader.get(), window});
+  }
+  return out;
+}
+
+std::uint64_t ArenaPool::prepared_bytes(std::size_t arena) { return read_prepared(*slots_.at(arena)); }
 
 std::vector<std::uint64_t> ArenaPool::sizes() {
   std::vector<std::uint64_t> out;

@@ -9,8 +9,14 @@
 // allocated with fallocate (a full tmpfs fails cleanly there, where a first write through a
 // mapping would be SIGBUS) and mapped populated by every supervisor. A snapshot holds the file's
 // flock while it uses it; releasing it zeroes what it copied, so the next guest's report agent
-// (which maps the arena) never sees another guest's memory. Files only grow. The last
-// supervisor to leave removes them.
+// (which maps the arena) never sees another guest's memory. The last supervisor to leave
+// removes them.
+//
+// A file is sparse past what is prepared: its size can be a power of two, so that a repair VM
+// sees it whole as a PCI window (windows()), while memory is allocated only for the prepared
+// bytes (recorded in `arena-N.prepared`, since the size no longer says it) and, for a moment,
+// for what a snapshot grows into (punched out again when it lets go). Sizes only grow: a
+// shorter file would be SIGBUS for every process that maps it.
 #pragma once
 
 #include "base/unique_fd.h"
@@ -51,22 +57,38 @@ class ArenaPool {
   const std::string& dir() const { return dir_; }
   // The bytes each arena holds as mapped here.
   std::vector<std::uint64_t> sizes();
+  // The arenas as a repair VM's read-only PCI windows onto them: each file made at least
+  // `bytes` rounded up to a power of two long (holes: no memory), which is each window's size.
+  // The descriptors are the pool's read-only ones (the caller reopens them if it keeps them).
+  struct Window {
+    int fd;
+    std::uint64_t bytes;
+  };
+  std::vector<Window> windows(std::uint64_t bytes);
+  // An arena's prepared bytes, as its record says (0 when none: nothing prepared yet).
+  std::uint64_t prepared_bytes(std::size_t arena);
 
  private:
   struct Slot {
     std::mutex mutex;
     UniqueFd fd;      // read-write, close-on-exec; its flock marks "in use" between processes
-    UniqueFd reader;  // read-only, for the report agent
+    UniqueFd reader;  // read-only, for the report agent and the repair VM
+    UniqueFd record;  // arena-N.prepared: the prepared bytes (u64); its flock guards the file's size
     std::byte* base = nullptr;
     std::uint64_t mapped = 0;    // the file's bytes mapped here, populated
     std::uint64_t reserved = 0;  // address space from base on: mapped, then room to grow
     bool in_use = false;  // by a snapshot of this process
-    // While in use: the file's size when it was taken, and how far it was grown past `mapped`.
-    std::uint64_t file_size = 0, grown = 0;
+    // While in use: the file's prepared bytes when it was taken, and how far it was grown past `mapped`.
+    std::uint64_t prepared = 0, grown = 0;
     ~Slot();
   };
   bool prepare_slot(Slot& slot, std::uint64_t bytes, std::uint64_t limit, bool grow);  // false: held elsewhere
   static void grow(Slot& slot, std::uint64_t bytes);
+  static std::uint64_t read_prepared(const Slot& slot);
+  static void write_prepared(const Slot& slot, std::uint64_t bytes);
+  // Allocates [from, to) of the file (ENOSPC, never a later SIGBUS), growing its size to `to`
+  // at least, under the record's lock: sizes only grow.
+  static void allocate(const Slot& slot, std::uint64_t from, std::uint64_t to, const std::string& what);
   static void let_go(Slot& slot, std::uint64_t used);
 
   std::string dir_;
