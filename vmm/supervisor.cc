@@ -118,6 +118,13 @@ void Supervisor::build_rooms() {
     RepairSettings repair = options_.repair;
     // The repair VM's initramfs once for every instance of this runtime directory (the host's).
     repair.shared_dir = (std::filesystem::path(dir_.path()).parent_path() / ".repair-shared").string();
+    // A crash's snapshot is taken into the host pool's arenas anyway (its bundle): the repair VM
+    // analyses it there, and sees the guest's RAM only to load a profile.
+    repair.arena_windows = [this](std::uint64_t guest_ram) {
+      std::vector<ArenaWindow> out;
+      for (const auto& w : bundles_->arena_windows(guest_ram)) out.push_back({w.fd, w.bytes});
+      return out;
+    };
     repair_ = std::make_unique<RepairBroker>(repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
   }
   recovery_ = std::make_unique<RecoveryCoordinator>(RecoveryParts{

@@ -116,8 +116,9 @@ std::shared_ptr<SnapshotArena> SnapshotArena::make(std::uint64_t bytes) {
 
 std::shared_ptr<SnapshotArena> SnapshotArena::borrow(std::byte* base, std::uint64_t size, int reader_fd,
                                                      std::function<void(std::uint64_t used)> release, std::uint64_t room,
-                                                     std::function<void(std::uint64_t bytes)> grow) {
+                                                     std::function<void(std::uint64_t bytes)> grow, int pool_slot) {
   std::shared_ptr<SnapshotArena> a(new SnapshotArena);
+  a->pool_slot_ = pool_slot;
   a->base_ = base;
   a->size_ = size;
   a->reader_fd_ = reader_fd;
@@ -487,7 +488,8 @@ std::string MemorySnapshot::index() const {
   return out;
 }
 
-std::unique_ptr<MemorySnapshot> MemorySnapshot::adopt(std::string_view index, std::byte* pages, std::uint64_t page_bytes) {
+std::unique_ptr<MemorySnapshot> MemorySnapshot::adopt(std::string_view index, std::byte* pages, std::uint64_t page_bytes,
+                                                      bool census) {
   if (index.size() < sizeof kIndexMagic || std::memcmp(index.data(), kIndexMagic, sizeof kIndexMagic) != 0)
     fail(ExitCode::bad_input, "not a snapshot index");
   index.remove_prefix(sizeof kIndexMagic);
@@ -511,6 +513,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::adopt(std::string_view index, st
     r.slot.resize(r.range.size / kPageSize);
     std::memcpy(r.slot.data(), index.data(), r.slot.size() * sizeof(std::uint32_t));
     index.remove_prefix(r.slot.size() * sizeof(std::uint32_t));
+    if (!census) continue;  // slot_of() refuses a slot past the pages given
     for (std::uint32_t slot : r.slot) {
       if (slot < kExcluded ? slot >= copied : slot - kExcluded >= kPageClassCount)
         fail(ExitCode::bad_input, "a snapshot index names page slot {:#x} (there are {} pages)", slot, copied);
@@ -545,7 +548,8 @@ void MemorySnapshot::lose(Range& range, std::size_t page) {
 std::uint32_t MemorySnapshot::slot_of(std::uint64_t paddr) const {
   const Range* r = range_of(paddr);
   if (!r) return kExcluded + 0xf;
-  return r->slot[(paddr - r->range.start) / kPageSize];
+  std::uint32_t s = r->slot[(paddr - r->range.start) / kPageSize];
+  return s < kExcluded && s >= slots_ ? kExcluded + 0xf : s;  // an adopted index naming a page not given
 }
 
 PageClass MemorySnapshot::page_class(std::uint64_t paddr) const {

@@ -53,7 +53,7 @@ class SnapshotArena {
   // no memory prepared ahead, only their slots.
   static std::shared_ptr<SnapshotArena> borrow(std::byte* base, std::uint64_t size, int reader_fd,
                                                std::function<void(std::uint64_t used)> release, std::uint64_t room = 0,
-                                               std::function<void(std::uint64_t bytes)> grow = {});
+                                               std::function<void(std::uint64_t bytes)> grow = {}, int pool_slot = -1);
   ~SnapshotArena();
   SnapshotArena(const SnapshotArena&) = delete;
   SnapshotArena& operator=(const SnapshotArena&) = delete;
@@ -66,6 +66,8 @@ class SnapshotArena {
   // The memfd behind it (sealed against resizing), for a process that reads the copy; -1 for
   // pages another process mapped and handed to MemorySnapshot::adopt (which are not unmapped here).
   int fd() const { return fd_ ? fd_.get() : reader_fd_; }
+  // Which of the host pool's arenas this is (a repair VM sees each as a window), -1 for none.
+  int pool_slot() const { return pool_slot_; }
 
  private:
   friend class MemorySnapshot;
@@ -79,6 +81,7 @@ class SnapshotArena {
   std::uint64_t room_ = 0;
   std::function<void(std::uint64_t)> release_;
   std::function<void(std::uint64_t)> grow_;
+  int pool_slot_ = -1;
 };
 
 
@@ -152,7 +155,11 @@ class MemorySnapshot final : public PhysicalMemory {
   // pages, mapped there from pages_fd(). Every slot is checked against the pages given; a
   // malformed index is Error(bad_input). Writes change `pages` only (map them privately).
   // `pages` stay the caller's: they must outlive the snapshot, which does not unmap them.
-  static std::unique_ptr<MemorySnapshot> adopt(std::string_view index, std::byte* pages, std::uint64_t page_bytes);
+  // Without `census`, the slots are not counted by class (census() says nothing of them) nor
+  // checked here: one that names no page given reads as not guest RAM (the repair VM's analysis,
+  // for which the count over every page of guest RAM took milliseconds under TCG).
+  static std::unique_ptr<MemorySnapshot> adopt(std::string_view index, std::byte* pages, std::uint64_t page_bytes,
+                                               bool census = true);
   ~MemorySnapshot() override;
   MemorySnapshot(const MemorySnapshot&) = delete;
   MemorySnapshot& operator=(const MemorySnapshot&) = delete;
@@ -170,6 +177,8 @@ class MemorySnapshot final : public PhysicalMemory {
   // What adopt() needs: the ranges and each page's slot, as bytes (docs/protocol.md, "Report agent").
   std::string index() const;
   int pages_fd() const { return arena_ ? arena_->fd() : -1; }
+  // The host pool's arena the copied pages lie in, from its start (-1: none of the pool's).
+  int pool_slot() const { return arena_ ? arena_->pool_slot() : -1; }
   // The bytes of pages_fd() the index's slots lie in (the copied pages, and any unused slots between).
   std::uint64_t pages_bytes() const { return static_cast<std::uint64_t>(slots_) * kPageSize; }
 

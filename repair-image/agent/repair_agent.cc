@@ -25,6 +25,8 @@
 
 #include "base/clock.h"
 #include "base/error.h"
+#include "base/unique_fd.h"
+#include "engine/crash_memory.h"
 #include "engine/healthy_image.h"
 #include "engine/repair_service.h"
 #include "engine/text_integrity.h"
@@ -67,6 +69,9 @@ namespace {
 constexpr char kRamResource[] = "/sys/bus/pci/devices/0000:00:10.0/resource2";
 constexpr char kMailboxResource[] = "/sys/bus/pci/devices/0000:00:11.0/resource2";
 constexpr char kPayloadResource[] = "/sys/bus/pci/devices/0000:00:12.0/resource2";
+// The host pool's two snapshot arenas (a crash's snapshot is in one of them), when the VM has them.
+constexpr const char* kArenaResources[] = {"/sys/bus/pci/devices/0000:00:13.0/resource2",
+                                           "/sys/bus/pci/devices/0000:00:14.0/resource2"};
 // The inline agent's limits beyond what it has mapped (guest RAM, the mailbox, the payload): its
 // parsed profile (symbols, BTF), the healthy copy and the engine's work fit in far less.
 constexpr std::uint64_t kHeadroom = 3ull << 30;
@@ -162,7 +167,7 @@ class Engine {
       last = now;
     };
     stages_ = fmt::format("payload {:.0f}", in.read_ms);
-    memory_ = std::move(in.memory);
+    memory_ = std::make_unique<EngineMemory>(std::move(in.memory));
     {
       // The kernel keeps what it parsed (symbols, types, module bases), not the profile's text:
       // dropping the 8 MiB of kallsyms and BTF here leaves them out of every agent's memory.
@@ -185,6 +190,9 @@ class Engine {
         healthy_problem_ = e.what();
       }
     }
+    // Where the kernel's code lies whole in the copy: a crash's snapshot leaves those pages the
+    // precheck found unchanged for after the resume, and they are read from the copy instead.
+    if (healthy_) code_pages_ = whole_code_pages(*healthy_, /*find_zeros=*/false);
     stage("healthy copy");
     // A first comparison while the guest is healthy, the way a crash's goes: as if the
     // supervisor's precheck had found the first piece of every region differing, so that the
@@ -226,14 +234,30 @@ class Engine {
                        healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", rehearsal_, load_ms_, stages_);
   }
 
+  // Called with a request's snapshot (or none) before anything of the crash is read: maps it
+  // (the repair VM's process for that crash), else returns nullptr (the guest's RAM is read).
+  using SnapshotMapper = std::function<std::unique_ptr<MemorySnapshot>(const std::optional<SnapshotRef>&)>;
+
   // process: who analysed it, said in the answer ({"pid", "per_crash"} in the repair VM).
-  std::string answer(const std::string& text, const nlohmann::json& process = nullptr) {
+  // snapshots: how to read a request's crash snapshot; without, the guest's RAM is read (the
+  // guest is stopped: the same bytes).
+  std::string answer(const std::string& text, const nlohmann::json& process = nullptr, const SnapshotMapper* snapshots = nullptr) {
     auto t0 = std::chrono::steady_clock::now();
     nlohmann::json out;
+    std::unique_ptr<SnapshotWithCode> crash_memory;
+    nlohmann::json memory = {{"read", "guest RAM"}};
     try {
       auto j = nlohmann::json::parse(text, nullptr, false);
       if (j.is_discarded()) fail(ExitCode::bad_input, "the request is not JSON");
       RepairRequest request = RepairRequest::from_json(j);
+      auto t_map = std::chrono::steady_clock::now();
+      if (auto snapshot = snapshots ? (*snapshots)(request.snapshot) : nullptr) {
+        crash_memory = std::make_unique<SnapshotWithCode>(std::move(snapshot), code_pages_, request.text_precheck);
+        memory_->use(crash_memory.get());
+        memory = {{"read", "snapshot"}, {"arena", request.snapshot->arena},
+                  {"pages", request.snapshot->pages_bytes / MemorySnapshot::kPageSize},
+                  {"code_pages_from_healthy_copy", crash_memory->code_pages()}, {"map_ms", ms_since(t_map)}};
+      }
       kernel_->memory().forget_translations();
       // A module loaded since the profile: its symbols come from its own table in memory.
       auto t_refresh = std::chrono::steady_clock::now();
@@ -243,18 +267,26 @@ class Engine {
       out = r.to_json();
       out["timings"]["module_symbols_ms"] = refresh_ms;
       out["ok"] = true;
+      if (crash_memory) {
+        memory["code_reads"] = crash_memory->code_reads();
+        memory["code_read_ms"] = crash_memory->code_read_ms();
+      }
     } catch (const std::exception& e) {
       out = {{"ok", false}, {"error", e.what()}};
     }
+    memory_->use(nullptr);
+    kernel_->memory().forget_translations();
     out["engine_ms"] = ms_since(t0);
+    out["memory"] = memory;
     if (!process.is_null()) out["process"] = process;
     return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
 
  private:
-  std::unique_ptr<SharedRamMemory> memory_;
+  std::unique_ptr<EngineMemory> memory_;
   std::unique_ptr<Kernel> kernel_;
   std::unique_ptr<HealthyImage> healthy_;
+  std::vector<WholeCodePage> code_pages_;
   std::string healthy_problem_;
   std::size_t warmup_ = 0, warmup_pieces_ = 0;
   double load_ms_ = 0;
@@ -278,9 +310,10 @@ void tell_own_vmcoreinfo(Mailbox& box) {
 
 // ready_after: say "ready" once the answer is posted (a process that goes on serving).
 void answer_one(Engine& engine, Mailbox& box, std::uint64_t seq, const std::string& request,
-                const nlohmann::json& process = nullptr, bool ready_after = true) {
+                const nlohmann::json& process = nullptr, bool ready_after = true,
+                const Engine::SnapshotMapper* snapshots = nullptr) {
   box.set_state(AgentState::busy, "analysing");
-  std::string response = engine.answer(request, process);
+  std::string response = engine.answer(request, process, snapshots);
   if (response.size() > kResponseMax)
     response = nlohmann::json{{"ok", false}, {"error", "the answer is larger than the mailbox"}}.dump();
   box.post_response(seq, response);
@@ -387,6 +420,28 @@ struct Handoff {
   std::atomic<bool> reload{false};            // …or left to pid 1 (a reload)
 };
 
+// The crash's snapshot a request names, mapped read-only from the arena's window (only the page
+// slots its index names) and adopted with that index, the request's attachment.
+std::unique_ptr<MemorySnapshot> map_crash_snapshot(const SnapshotRef& ref, Mailbox& box) {
+  if (ref.arena < 0 || static_cast<std::size_t>(ref.arena) >= std::size(kArenaResources))
+    fail(ExitCode::bad_input, "the request names snapshot arena {}", ref.arena);
+  const char* path = kArenaResources[ref.arena];
+  UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
+  if (!fd) fail_os(ExitCode::failure, fmt::format("open the snapshot arena's window {}", path), errno);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) fail_os(ExitCode::failure, path, errno);
+  const std::uint64_t window = static_cast<std::uint64_t>(st.st_size);
+  if (ref.pages_bytes == 0 || ref.pages_bytes % MemorySnapshot::kPageSize || ref.pages_bytes > window)
+    fail(ExitCode::bad_input, "the snapshot's {} bytes of pages do not fit its arena's window of {}", ref.pages_bytes, window);
+  std::string_view index = box.attachment();
+  if (index.size() != ref.index_bytes)
+    fail(ExitCode::bad_input, "the snapshot's index is {} bytes, the request says {}", index.size(), ref.index_bytes);
+  // Mapped for this process only (it exits after its answer): pid 1 never maps an arena.
+  void* pages = ::mmap(nullptr, ref.pages_bytes, PROT_READ, MAP_SHARED, fd.get(), 0);
+  if (pages == MAP_FAILED) fail_os(ExitCode::failure, "map the crash's snapshot", errno);
+  return MemorySnapshot::adopt(index, static_cast<std::byte*>(pages), ref.pages_bytes, /*census=*/false);
+}
+
 // The analysing process: waits for the next request after `done`, answers a crash and exits;
 // leaves a reload (which replaces pid 1's engine) to pid 1. Never returns.
 [[noreturn]] void analyse_next(Engine& engine, Mailbox& box, std::uint64_t done, std::uint64_t window, Handoff& handoff,
@@ -406,8 +461,13 @@ struct Handoff {
   // Not "ready" after the answer: pid 1 says so once the next process is forked, and the
   // supervisor keeps the VM running until then (vmm/repair/repair_vm.cc), so that this one's exit
   // and the next fork are not left for the next crash's resume.
-  answer_one(engine, box, seq, request, {{"pid", ::getpid()}, {"per_crash", true}, {"fork_ms", handoff.fork_ms.load()}},
-             /*ready_after=*/false);
+  Engine::SnapshotMapper snapshots = [&](const std::optional<SnapshotRef>& ref) {
+    std::unique_ptr<MemorySnapshot> snapshot = ref ? map_crash_snapshot(*ref, box) : nullptr;
+    drop_root();  // before anything of the crash is read: no other window can be opened now
+    return snapshot;
+  };
+  nlohmann::json process = {{"pid", ::getpid()}, {"per_crash", true}, {"fork_ms", handoff.fork_ms.load()}};
+  answer_one(engine, box, seq, request, process, /*ready_after=*/false, &snapshots);
   handoff.answered = true;
   ::_exit(0);
 }
@@ -433,7 +493,11 @@ std::string describe_exit(int status) {
   try {
     int mfd = ::open(kMailboxResource, O_RDWR | O_SYNC | O_CLOEXEC);
     if (mfd < 0) fail_os(ExitCode::failure, kMailboxResource, errno);
-    box = new Mailbox(map_shared(mfd, kMailboxSize, true, "the mailbox BAR"));
+    // Its size is the BAR's: a repair VM that reads snapshots has a larger one (their page index).
+    struct stat mst {};
+    if (::fstat(mfd, &mst) != 0) fail_os(ExitCode::failure, kMailboxResource, errno);
+    std::uint64_t mailbox_bytes = std::max<std::uint64_t>(static_cast<std::uint64_t>(mst.st_size), kMailboxSize);
+    box = new Mailbox(map_shared(mfd, mailbox_bytes, true, "the mailbox BAR"), mailbox_bytes);
     if (!box->valid()) fail(ExitCode::failure, "the mailbox was not initialised by the supervisor");
     box->set_state(AgentState::booting, "loading the profile");
     int pfd = ::open(kPayloadResource, O_RDONLY | O_CLOEXEC);

@@ -25,18 +25,22 @@ constexpr uid_t kNobody = 65534;
 
 void become_nobody() {
   if (::geteuid() != 0) return;
-  if (::setgroups(0, nullptr) != 0 || ::setresgid(kNobody, kNobody, kNobody) != 0 ||
-      ::setresuid(kNobody, kNobody, kNobody) != 0)
-    throw std::runtime_error("cannot drop root for the sandbox");
-  if (::geteuid() == 0 || ::getuid() == 0) throw std::runtime_error("still root after dropping it");
-  // A change of credentials clears these: the process dies with its supervisor still, and
-  // /proc/self stays its own (libbpf opens the module BTF memfds through it).
+  drop_root();
+  // A change of credentials clears this: the process dies with its supervisor still.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  ::prctl(PR_SET_DUMPABLE, 1);
   if (::getppid() == 1) throw std::runtime_error("the supervisor is gone");
 }
 
 }  // namespace
+
+void drop_root() {
+  if (::setgroups(0, nullptr) != 0 || ::setresgid(kNobody, kNobody, kNobody) != 0 ||
+      ::setresuid(kNobody, kNobody, kNobody) != 0)
+    throw std::runtime_error("cannot drop root");
+  if (::geteuid() == 0 || ::getuid() == 0) throw std::runtime_error("still root after dropping it");
+  // /proc/self stays its own (libbpf opens the module BTF memfds through it).
+  ::prctl(PR_SET_DUMPABLE, 1);
+}
 
 bool sandbox_canary_set() {
   const char* canary = std::getenv("IMMORTAL_SANDBOX_CANARY");

@@ -22,6 +22,12 @@ struct SandboxLimits {
 // Throws std::runtime_error if the process cannot be confined as asked.
 void enter_sandbox(const SandboxLimits& limits);
 
+// Becomes nobody (uid and gid 65534, no supplementary groups): what the process analysing a crash
+// in the repair VM does once it has mapped that crash's windows, whose kernel has no seccomp.
+// Nobody cannot open the VM's PCI windows (sysfs resource files are root's), so it cannot reach
+// the other snapshot arena, which may hold another guest's pages. Throws std::runtime_error.
+void drop_root();
+
 // Whether the canary is asked for (IMMORTAL_SANDBOX_CANARY=1 in the environment: the supervisor's,
 // or the repair VM's kernel command line).
 bool sandbox_canary_set();

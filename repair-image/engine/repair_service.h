@@ -19,6 +19,16 @@
 
 namespace immortal::repair {
 
+// The crash's memory as a snapshot in one of the host pool's arenas (docs/protocol.md): the
+// bundle's copy of the stopped guest, taken before the request. The repair VM analyses it
+// instead of the guest's RAM; the kernel's code pages the precheck found unchanged are read
+// from the healthy copy (the snapshot leaves them for after the resume).
+struct SnapshotRef {
+  int arena = -1;                 // the pool's arena (the repair VM's window onto it)
+  std::uint64_t pages_bytes = 0;  // from the arena's start: the page slots the index names
+  std::uint64_t index_bytes = 0;  // the page index (MemorySnapshot::index), the request's attachment
+};
+
 struct RepairRequest {
   CrashRecord record;
   std::vector<KnownPatch> known_patches;  // the supervisor's quarantine patches
@@ -26,6 +36,8 @@ struct RepairRequest {
   // The supervisor's comparison of the kernel's code where it lay (engine/text_precheck.h);
   // without it the engine compares every byte itself.
   std::optional<TextPrecheck> text_precheck;
+  std::optional<SnapshotRef> snapshot;
+  std::string snapshot_index;  // the snapshot's page index, sent beside the JSON (not in it)
   nlohmann::json to_json() const;
   // Throws Error(ExitCode::bad_input) for a malformed request.
   static RepairRequest from_json(const nlohmann::json& j);

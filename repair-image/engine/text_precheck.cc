@@ -126,7 +126,7 @@ std::optional<TextPrecheck> precheck_text(const HealthyImage& healthy, const Phy
   return out;
 }
 
-std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy) {
+std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy, bool find_zeros) {
   std::vector<WholeCodePage> pages;
   static const std::uint8_t kZeros[kPage] = {};
   const PieceDigest zero_page = digest(kZeros, kPage, healthy.digest_seed);
@@ -142,7 +142,8 @@ std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy) {
         if (pa & (kPage - 1)) break;  // the run's virtual and physical offsets disagree within a page
         std::uint64_t offset = page - region.address;
         bool zeros = false;
-        if (by_digest) {  // a whole page is a whole piece: no unpacking
+        if (!find_zeros) {
+        } else if (by_digest) {  // a whole page is a whole piece: no unpacking
           zeros = region.digests[static_cast<std::size_t>((page - piece_of(region.address)) / kPage)] == zero_page;
         } else {
           const std::uint8_t* bytes = h.at(offset, kPage);

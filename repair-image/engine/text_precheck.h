@@ -58,8 +58,8 @@ struct WholeCodePage {
 };
 // Sorted by physical address, each page once (a page two regions share is none of them whole).
 // Which pages are all zeros: by the digests where the regions have them, else by reading
-// (unpacking) the copy.
-std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy);
+// (unpacking) the copy; not at all without find_zeros (every `zeros` false).
+std::vector<WholeCodePage> whole_code_pages(const HealthyImage& healthy, bool find_zeros = true);
 // For each of pages, whether the precheck found its piece equal: its bytes are then the copy's.
 std::vector<bool> unchanged_code(const std::vector<WholeCodePage>& pages, const TextPrecheck& precheck);
 

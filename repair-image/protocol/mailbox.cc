@@ -10,7 +10,7 @@ namespace {
 
 constexpr std::size_t kMagic = 0, kVersion = 4, kState = 8, kRequestSeq = 16, kResponseSeq = 24, kRequestLen = 32,
                       kResponseLen = 36, kStatus = 40, kStatusSize = 256, kVmcoreinfoAddress = 296,
-                      kVmcoreinfoSize = 304;
+                      kVmcoreinfoSize = 304, kAttachmentLen = 312;
 constexpr std::size_t kRequestArea = kMailboxData, kResponseArea = kMailboxData + kRequestMax;
 
 }  // namespace
@@ -60,9 +60,12 @@ std::string Mailbox::agent_status() const {
   return s;
 }
 
-std::uint64_t Mailbox::post_request(std::string_view json) {
+std::uint64_t Mailbox::post_request(std::string_view json, std::string_view attachment) {
   if (json.size() > kRequestMax) throw std::runtime_error("repair request too large");
+  if (attachment.size() > attachment_capacity()) throw std::runtime_error("repair request's attachment too large");
   std::memcpy(base_ + kRequestArea, json.data(), json.size());
+  if (!attachment.empty()) std::memcpy(base_ + kMailboxSize, attachment.data(), attachment.size());
+  store<std::uint64_t>(kAttachmentLen, attachment.size());
   store<std::uint32_t>(kRequestLen, static_cast<std::uint32_t>(json.size()));
   std::uint64_t seq = load<std::uint64_t>(kRequestSeq) + 1;
   store<std::uint64_t>(kRequestSeq, seq);
@@ -97,6 +100,11 @@ std::uint64_t Mailbox::request_seq() const { return load<std::uint64_t>(kRequest
 std::string Mailbox::request() const {
   std::uint32_t n = std::min<std::uint32_t>(load<std::uint32_t>(kRequestLen), kRequestMax);
   return std::string(reinterpret_cast<const char*>(base_ + kRequestArea), n);
+}
+
+std::string_view Mailbox::attachment() const {
+  std::uint64_t n = std::min<std::uint64_t>(load<std::uint64_t>(kAttachmentLen), attachment_capacity());
+  return {reinterpret_cast<const char*>(base_ + kMailboxSize), static_cast<std::size_t>(n)};
 }
 
 void Mailbox::post_response(std::uint64_t seq, std::string_view json) {

@@ -12,8 +12,11 @@
 //   296  u64 vmcoreinfo paddr  u32 vmcoreinfo size: where the repair VM's own kernel keeps its
 //        VMCOREINFO note (/sys/kernel/vmcoreinfo), for the host to read its free pages; 0 when
 //        not known (the inline agent, an older agent)
+//   312  u64 attachment length (host: the request's binary attachment, set before its seq)
 //   4096                     request (JSON), at most kRequestMax bytes
 //   4096 + kRequestMax       response (JSON), at most kResponseMax bytes
+//   kMailboxSize             the request's attachment (a crash snapshot's page index), up to
+//                            the end of a larger mailbox: none in a mailbox of kMailboxSize
 // Everything the agent writes is untrusted by the host: lengths are checked against the areas.
 #pragma once
 
@@ -38,8 +41,8 @@ const char* to_string(AgentState state);
 
 class Mailbox {
  public:
-  // base: kMailboxSize bytes of shared memory.
-  explicit Mailbox(void* base) : base_(static_cast<unsigned char*>(base)) {}
+  // base: `size` bytes of shared memory, at least kMailboxSize (beyond it: the attachment area).
+  explicit Mailbox(void* base, std::uint64_t size = kMailboxSize) : base_(static_cast<unsigned char*>(base)), size_(size) {}
 
   // Host side.
   void initialise();  // zeroes the header, writes magic and version
@@ -47,7 +50,10 @@ class Mailbox {
   std::string agent_status() const;  // printable, at most 255 characters
   // Where the repair VM's kernel keeps its VMCOREINFO note, as the agent says (untrusted): {0, 0} when unknown.
   std::pair<std::uint64_t, std::uint32_t> agent_vmcoreinfo() const;
-  std::uint64_t post_request(std::string_view json);  // returns its sequence number
+  // Returns its sequence number. attachment: binary data for the request (throws
+  // std::runtime_error when it does not fit the attachment area).
+  std::uint64_t post_request(std::string_view json, std::string_view attachment = {});
+  std::uint64_t attachment_capacity() const { return size_ > kMailboxSize ? size_ - kMailboxSize : 0; }
   // The answer to request seq, if it is there (throws std::runtime_error for a bad length).
   std::optional<std::string> take_response(std::uint64_t seq) const;
 
@@ -57,6 +63,8 @@ class Mailbox {
   void set_vmcoreinfo(std::uint64_t paddr, std::uint32_t size);
   std::uint64_t request_seq() const;
   std::string request() const;  // the current request (bounded by kRequestMax)
+  // The current request's attachment, in place (its length bounded by the area; empty when none).
+  std::string_view attachment() const;
   void post_response(std::uint64_t seq, std::string_view json);  // truncated answers are refused
 
  private:
@@ -65,6 +73,7 @@ class Mailbox {
   template <typename T>
   void store(std::size_t offset, T value);
   unsigned char* base_;
+  std::uint64_t size_;
 };
 
 }  // namespace immortal::repair

@@ -214,7 +214,8 @@ void ArenaPool::let_go(Slot& slot, std::uint64_t used) {
 }
 
 std::shared_ptr<SnapshotArena> ArenaPool::acquire() {
-  for (auto& shared : slots_) {
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    auto& shared = slots_[i];
     Slot& slot = *shared;
     std::lock_guard lock(slot.mutex);
     if (slot.in_use || !slot.base) continue;
@@ -231,7 +232,7 @@ std::shared_ptr<SnapshotArena> ArenaPool::acquire() {
     slot.grown = 0;
     return SnapshotArena::borrow(
         slot.base, slot.mapped, slot.reader.get(), [shared](std::uint64_t used) { let_go(*shared, used); },
-        slot.reserved - slot.mapped, [shared](std::uint64_t bytes) { grow(*shared, bytes); });
+        slot.reserved - slot.mapped, [shared](std::uint64_t bytes) { grow(*shared, bytes); }, static_cast<int>(i));
   }
   return nullptr;
 }

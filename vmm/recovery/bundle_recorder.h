@@ -104,6 +104,9 @@ class BundleRecorder {
   void outgrown(const SnapshotCensus& census);
   // A warm arena no snapshot is using, else nullptr (the snapshot allocates its own, slower).
   std::shared_ptr<SnapshotArena> arena();
+  // The host pool's arenas as a repair VM's windows for a guest of `guest_ram` bytes
+  // (ArenaPool::windows); none without a pool. Throws Error when they cannot be sized.
+  std::vector<ArenaPool::Window> arena_windows(std::uint64_t guest_ram) { return pool_ ? pool_->windows(guest_ram) : std::vector<ArenaPool::Window>{}; }
   // Where snapshots are prepared: "host pool DIR" or "own arena (why not the pool)".
   std::string arena_source() const;
   // Starts writing in the background.

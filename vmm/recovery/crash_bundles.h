@@ -67,6 +67,8 @@ class CrashBundles {
                 json timings, Written written);
   // Results of finished writes (events emitted, on-demand callbacks called).
   std::vector<BundleResult> poll();
+  // The host pool's snapshot arenas as a repair VM's read-only windows (BundleRecorder).
+  std::vector<ArenaPool::Window> arena_windows(std::uint64_t guest_ram) { return recorder_.arena_windows(guest_ram); }
   // Makes the arena for fast snapshots fit the guest of this profile (once per profile).
   void prepare_arena(std::uint64_t profile_number, Machine& machine, LiveKernel& kernel);
   // How long a snapshot waits for the page-class agent (it is inside the guest's pause).

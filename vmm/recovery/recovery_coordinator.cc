@@ -160,9 +160,13 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
   std::shared_future<std::optional<repair::TextPrecheck>> precheck = precheck_done->get_future().share();
   // The code's pages were found once, when the repair image was built (Arming).
   const std::vector<repair::WholeCodePage>& pages = p_.bundles.code_pages();
-  // Beside the repair VM's analysis (tens of ms, both its vCPUs busy) the copy takes one thread;
-  // beside the inline engine's few ms it is the longest part of the pause, and takes two.
-  const bool long_analysis = !p_.repair || p_.repair->mode() != "inline";
+  // A repair VM that reads the crash from its snapshot (in the host pool's arena, which it sees
+  // as a window) is asked once the copy is done: the copy goes first, on two threads, beside the
+  // precheck. Otherwise the copy runs beside the analysis: beside the repair VM's (tens of ms,
+  // both its vCPUs busy) on one thread; beside the inline engine's few ms it is the longest part
+  // of the pause, and takes two.
+  const bool snapshot_first = p_.repair && p_.repair->reads_snapshots();
+  const bool long_analysis = !snapshot_first && (!p_.repair || p_.repair->mode() != "inline");
   auto capture = std::async(std::launch::async, [&, precheck] {
     KnownPages code;
     if (!pages.empty()) {
@@ -193,12 +197,27 @@ void RecoveryCoordinator::on_crash(repair::CrashRecord record, Clock::time_point
     return p_.bundles.capture(p_.machine, p_.kernel, record.registers, record.vcpu, pages.empty() ? nullptr : &code,
                               /*beside_repair=*/long_analysis);
   });
+  std::optional<BundleCapture> taken;
+  auto attach_snapshot = [&](repair::RepairRequest& request) {
+    auto t_wait = Clock::now();
+    taken = capture.get();
+    times.snapshot_wait_ms = ms_since(t_wait);
+    const MemorySnapshot* copy = taken->memory.get();
+    // Only a copy in the pool's arenas, which the VM sees; one in memory of its own (every arena
+    // busy) leaves the VM to read the guest's RAM, as before.
+    if (!copy || copy->pool_slot() < 0) return;
+    request.snapshot_index = copy->index();
+    request.snapshot = repair::SnapshotRef{copy->pool_slot(), copy->pages_bytes(), request.snapshot_index.size()};
+  };
   auto t_ask = Clock::now();
-  RepairAnswer answer = ask_repair_engine(record, precheck_done.get());
+  RepairAnswer answer = ask_repair_engine(record, precheck_done.get(), snapshot_first ? AttachSnapshot(attach_snapshot) : nullptr);
   times.ask_ms = ms_since(t_ask);
-  auto t_wait = Clock::now();
-  BundleCapture captured = capture.get();
-  times.snapshot_wait_ms = ms_since(t_wait);
+  if (!taken) {
+    auto t_wait = Clock::now();
+    taken = capture.get();
+    times.snapshot_wait_ms = ms_since(t_wait);
+  }
+  BundleCapture captured = std::move(*taken);
   auto t_decide = Clock::now();
   CrashDecision d = decide_on_crash(answer, record, p_.policy, budget_, p_.kernel, p_.repair ? p_.repair->healthy() : nullptr);
   times.decide_ms = ms_since(t_decide);
@@ -304,14 +323,17 @@ void RecoveryCoordinator::resume_repaired(const repair::CrashRecord& record, con
 }
 
 RepairAnswer RecoveryCoordinator::ask_repair_engine(const repair::CrashRecord& record,
-                                                    std::promise<std::optional<repair::TextPrecheck>>* precheck_done) {
+                                                    std::promise<std::optional<repair::TextPrecheck>>* precheck_done,
+                                                    const AttachSnapshot& attach) {
   RepairAnswer answer;
   if (!p_.repair) {
     if (precheck_done) precheck_done->set_value(std::nullopt);
     answer.error = "no repair engine (recovery is off)";
     return answer;
   }
-  repair::RepairRequest request{record, {}, p_.policy.quarantine_driver, std::nullopt};
+  repair::RepairRequest request;
+  request.record = record;
+  request.quarantine_driver = p_.policy.quarantine_driver;
   for (const auto& q : p_.quarantine.entries()) request.known_patches.push_back({q.address, q.patch});
   // The kernel's code compared where it lay when healthy, here at the host's speed: the engine
   // then reads only what differs (engine/text_precheck.h). Without it, it compares everything.
@@ -324,6 +346,7 @@ RepairAnswer RecoveryCoordinator::ask_repair_engine(const repair::CrashRecord& r
   }
   if (precheck_done) precheck_done->set_value(request.text_precheck);
   double precheck_ms = ms_since(t_precheck);
+  if (attach) attach(request);
   answer = p_.repair->analyse(request);
   answer.precheck_ms = precheck_ms;
   for (const auto& f : answer.fallbacks) p_.say("repair engine fallback: " + f);

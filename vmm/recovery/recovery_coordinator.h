@@ -67,8 +67,12 @@ class RecoveryCoordinator {
   void inspect_and_reboot_hung(std::uint64_t id, const std::string& why);
   // precheck_done, when given, learns the code precheck as soon as it is made (the bundle's
   // snapshot waits for it to take unchanged code from the healthy copy instead of guest RAM).
+  // attach, when given, is called once the precheck is made and before the engine is asked: it
+  // adds the crash's snapshot to the request (for a repair VM that reads snapshots).
+  using AttachSnapshot = std::function<void(repair::RepairRequest&)>;
   RepairAnswer ask_repair_engine(const repair::CrashRecord& record,
-                                 std::promise<std::optional<repair::TextPrecheck>>* precheck_done = nullptr);
+                                 std::promise<std::optional<repair::TextPrecheck>>* precheck_done = nullptr,
+                                 const AttachSnapshot& attach = nullptr);
   // Ends the window and any pending freeze, then reboots (guest_reboot.h).
   void reboot(const std::string& reason, std::uint64_t crash);
   void save_crash(const repair::CrashRecord& record, const nlohmann::json& analysis, const nlohmann::json& plan);

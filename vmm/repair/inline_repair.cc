@@ -72,7 +72,7 @@ WorkerState InlineRepair::state() {
   return state_;
 }
 
-std::string InlineRepair::analyse(const std::string& request, Deadline deadline) {
+std::string InlineRepair::analyse(const std::string& request, Deadline deadline, std::string_view /*attachment*/) {
   while (state() == WorkerState::starting && !deadline.expired())
     wait_readable(doorbell_.get(), Deadline::in(std::chrono::milliseconds(20)));
   if (state_ != WorkerState::ready) fail(ExitCode::failure, "the inline repair agent is not ready: {}", status_);

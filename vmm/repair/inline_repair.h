@@ -20,7 +20,7 @@ class InlineRepair final : public RepairWorker {
   WorkerState state() override;
   std::string status() const override { return status_; }
   double start_ms() const override { return start_ms_; }
-  std::string analyse(const std::string& request, Deadline deadline) override;
+  std::string analyse(const std::string& request, Deadline deadline, std::string_view attachment) override;
   int process_id() const override { return pid_; }
 
  private:

@@ -48,6 +48,12 @@ nlohmann::json RepairAnswer::to_json() const {
   if (!cross_check.is_null()) j["cross_check"] = cross_check;
   if (process_pid > 0)
     j["process"] = {{"pid", process_pid}, {"per_crash", per_crash_process}, {"fork_ms", process_fork_ms}};
+  if (!memory_read.empty()) {
+    j["memory"] = {{"read", memory_read}};
+    if (memory_read == "snapshot")
+      j["memory"].update({{"arena", snapshot_arena}, {"pages", snapshot_pages}, {"code_pages_from_healthy_copy", snapshot_code_pages},
+                          {"code_reads", snapshot_code_reads}, {"code_read_ms", snapshot_code_read_ms}, {"map_ms", snapshot_map_ms}});
+  }
   return j;
 }
 
@@ -66,6 +72,23 @@ bool read_repair_answer(const std::string& text, const std::string& mode, Repair
       auto per_crash = p->find("per_crash");
       out.per_crash_process = per_crash != p->end() && per_crash->is_boolean() && per_crash->get<bool>();
       if (auto ms = milliseconds(*p, "fork_ms")) out.process_fork_ms = *ms;
+    }
+  }
+  // What the engine read the crash from (as it says: untrusted, so only known values).
+  if (auto m = j.find("memory"); m != j.end() && m->is_object()) {
+    std::string read = text_or(*m, "read", "");
+    if (read == "guest RAM" || read == "snapshot") out.memory_read = read;
+    auto count = [&](const char* key) -> std::uint64_t {
+      auto v = m->find(key);
+      return v != m->end() && v->is_number_unsigned() ? v->get<std::uint64_t>() : 0;
+    };
+    if (read == "snapshot") {
+      out.snapshot_arena = static_cast<int>(std::min<std::uint64_t>(count("arena"), 1));
+      out.snapshot_pages = count("pages");
+      out.snapshot_code_pages = count("code_pages_from_healthy_copy");
+      out.snapshot_code_reads = count("code_reads");
+      if (auto ms = milliseconds(*m, "map_ms")) out.snapshot_map_ms = *ms;
+      if (auto ms = milliseconds(*m, "code_read_ms")) out.snapshot_code_read_ms = *ms;
     }
   }
   if (auto t = j.find("timings"); t != j.end() && t->is_object()) {

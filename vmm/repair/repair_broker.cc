@@ -109,8 +109,16 @@ void RepairBroker::start(Slot& slot) {
       c.runtime_dir = dir_ + "/vm";
       std::filesystem::create_directories(c.runtime_dir);
       c.console_log = c.runtime_dir + "/console.log";
+      std::vector<ArenaWindow> arenas;
+      if (settings_.arena_windows) {
+        try {
+          arenas = settings_.arena_windows(ram_.size);
+        } catch (const std::exception& e) {
+          say_(std::string("the repair VM analyses crashes in the guest's RAM (no snapshot arenas for it): ") + e.what());
+        }
+      }
       slot.worker = std::make_unique<RepairVm>(factory_, c, ram_, image_->payload.get(), image_->window_bytes,
-                                               find_repair_agent(settings_.agent));
+                                               find_repair_agent(settings_.agent), arenas);
     } else {
       slot.worker = std::make_unique<InlineRepair>(find_repair_agent(settings_.agent), image_->payload.get(), image_->payload_offset, ram_,
                                                    dir_ + "/inline.log");
@@ -152,7 +160,7 @@ void RepairBroker::poll() {
   watch(inline_);
 }
 
-bool RepairBroker::answer_from(Slot& slot, const std::string& request, RepairAnswer& out, bool wait_for_start) {
+bool RepairBroker::answer_from(Slot& slot, const Texts& request, RepairAnswer& out, bool wait_for_start) {
   auto t0 = Clock::now();
   Deadline deadline = Deadline::in(settings_.timeout);
   if (!slot.worker && wait_for_start) start(slot);
@@ -174,7 +182,10 @@ bool RepairBroker::answer_from(Slot& slot, const std::string& request, RepairAns
   }
   std::string text;
   try {
-    text = slot.worker->analyse(request, Deadline::in(settings_.timeout));
+    // The snapshot only for a worker that reads it; any other reads the stopped guest's RAM.
+    bool snapshot = slot.worker->reads_snapshots() && !request.with_snapshot.empty();
+    text = slot.worker->analyse(snapshot ? request.with_snapshot : request.plain, Deadline::in(settings_.timeout),
+                                snapshot ? request.index : std::string_view());
   } catch (const Error& e) {
     out.fallbacks.push_back(fmt::format("{}: {}", slot.mode, e.what()));
     watch(slot);
@@ -184,11 +195,23 @@ bool RepairBroker::answer_from(Slot& slot, const std::string& request, RepairAns
   return read_repair_answer(text, slot.mode, out);
 }
 
+bool RepairBroker::reads_snapshots() {
+  Slot& primary = settings_.mode == "vm" ? vm_ : inline_;
+  return primary.worker && primary.worker->reads_snapshots() && primary.worker->state() == WorkerState::ready;
+}
+
 RepairBroker::Slot* RepairBroker::other_slot(const std::string& mode) { return mode == "vm" ? &inline_ : &vm_; }
 
 RepairAnswer RepairBroker::analyse(const repair::RepairRequest& request) {
   RepairAnswer answer;
-  std::string text = request.to_json().dump();
+  Texts text;
+  nlohmann::json j = request.to_json();
+  if (request.snapshot) {
+    text.with_snapshot = j.dump();
+    text.index = request.snapshot_index;
+    j.erase("snapshot");
+  }
+  text.plain = j.dump();
   Slot& primary = settings_.mode == "vm" ? vm_ : inline_;
   // The inline process starts in about a second: worth waiting for; the repair VM takes several.
   bool answered = answer_from(primary, text, answer, primary.mode == "inline");

@@ -38,6 +38,9 @@ struct RepairSettings {
   // Where files that every instance of the runtime root boots alike are kept once (the repair
   // VM's initramfs); empty: in the instance's own directory.
   std::string shared_dir;
+  // The host pool's snapshot arenas as read-only windows for a repair VM of a guest of this many
+  // bytes of RAM (CrashBundles::arena_windows); none: its VM analyses the guest's RAM.
+  std::function<std::vector<ArenaWindow>(std::uint64_t guest_ram)> arena_windows;
 };
 
 class RepairBroker final : public RepairEngine {
@@ -55,6 +58,7 @@ class RepairBroker final : public RepairEngine {
   RepairAnswer analyse(const repair::RepairRequest& request) override;
   const repair::HealthyImage* healthy() const override { return healthy_.get(); }
   const std::string& mode() const override { return settings_.mode; }
+  bool reads_snapshots() override;
   nlohmann::json status();
 
  private:
@@ -67,7 +71,13 @@ class RepairBroker final : public RepairEngine {
   };
   void start(Slot& slot);
   void watch(Slot& slot);
-  bool answer_from(Slot& slot, const std::string& request, RepairAnswer& out, bool wait_for_start);
+  // A request as each worker is sent it: with the crash's snapshot (and its index, the
+  // attachment) for one that reads snapshots, plain for the others.
+  struct Texts {
+    std::string plain, with_snapshot;
+    std::string_view index;
+  };
+  bool answer_from(Slot& slot, const Texts& request, RepairAnswer& out, bool wait_for_start);
   Slot* other_slot(const std::string& mode);
 
   RepairSettings settings_;

@@ -49,6 +49,14 @@ struct RepairAnswer {
   std::int64_t process_pid = 0;
   bool per_crash_process = false;
   double process_fork_ms = 0;  // how long forking it took (ahead of the crash)
+  // What the engine read the crash from, as it says: "guest RAM" or "snapshot" (the bundle's copy
+  // in the host pool's arena: which one, its page slots, the code pages read from the healthy
+  // copy instead, how many reads went there and what they cost (unpacking its frames), how long
+  // mapping it took); empty when it did not say.
+  std::string memory_read;
+  int snapshot_arena = -1;
+  std::uint64_t snapshot_pages = 0, snapshot_code_pages = 0, snapshot_code_reads = 0;
+  double snapshot_map_ms = 0, snapshot_code_read_ms = 0;
   std::string error;                // !ok: why there is no answer
   std::vector<std::string> fallbacks;  // who could not answer first, and why
   nlohmann::json cross_check;       // --repair-cross-check: the other mode's verdict on the same crash
@@ -69,6 +77,9 @@ class RepairEngine {
   // A new healthy profile: the repair image is rebuilt from it and the saved profile files.
   virtual void rebuild(const std::string& profile_dir, const repair::HealthyImage& healthy, const Machine::RamFile& ram) = 0;
   virtual const std::string& mode() const = 0;  // vm | inline
+  // Whether the engine that answers the next crash reads it from a snapshot in the host pool's
+  // arenas (RepairRequest::snapshot), which must then be taken before the request.
+  virtual bool reads_snapshots() { return false; }
 };
 
 }  // namespace immortal::vmm

@@ -24,13 +24,21 @@ namespace immortal::vmm {
 namespace {
 
 constexpr auto kBootLimit = std::chrono::seconds(120);
-constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11, kPayloadSlot = 0x12;  // agent/repair_agent.cc reads these slots
+// agent/repair_agent.cc reads these slots.
+constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11, kPayloadSlot = 0x12, kFirstArenaSlot = 0x13;
+
+// The mailbox, with room for a crash snapshot's page index when the VM reads snapshots: 4 bytes
+// a page of guest RAM and its ranges (MemorySnapshot::index), a power of two (a PCI window).
+std::uint64_t mailbox_bytes(std::uint64_t guest_ram, bool snapshots) {
+  if (!snapshots) return repair::kMailboxSize;
+  return std::bit_ceil(repair::kMailboxSize + guest_ram / 1024 + (64 << 10));
+}
 
 }  // namespace
 
 RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
-                   std::uint64_t window_bytes, std::string agent)
-    : agent_(std::move(agent)), kernel_(config.kernel) {
+                   std::uint64_t window_bytes, std::string agent, const std::vector<ArenaWindow>& arenas)
+    : mailbox_(mailbox_bytes(guest_ram.size, !arenas.empty())), agent_(std::move(agent)), kernel_(config.kernel) {
   if (!std::has_single_bit(guest_ram.size))
     fail(ExitCode::failure, "guest RAM of {} MiB is not a power of two: a PCI window cannot show it whole",
          guest_ram.size >> 20);
@@ -41,8 +49,18 @@ RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::
   payload_ = reopen_read_only(payload);
   if (!payload_) fail_os(ExitCode::failure, "reopen the repair payload read-only for the repair VM", errno);
   config.shared_windows = {{"peer-ram", guest_ram_.get(), guest_ram.size, true, kGuestRamSlot},
-                           {"repair-mailbox", mailbox_.fd(), repair::kMailboxSize, false, kMailboxSlot},
+                           {"repair-mailbox", mailbox_.fd(), mailbox_.bytes(), false, kMailboxSlot},
                            {"repair-payload", payload_.get(), window_bytes, true, kPayloadSlot}};
+  // The host pool's arenas, read-only: a crash's snapshot is in one of them while its request is
+  // analysed. The VM's agent lets the process analysing a crash map only that one, then drops
+  // its right to open any other (agent/repair_agent.cc): the other may hold another guest's.
+  for (std::size_t i = 0; i < arenas.size(); ++i) {
+    UniqueFd fd = reopen_read_only(arenas[i].fd);
+    if (!fd) fail_os(ExitCode::failure, "reopen a snapshot arena read-only for the repair VM", errno);
+    config.shared_windows.push_back({fmt::format("snapshot-arena-{}", i), fd.get(), arenas[i].bytes, true,
+                                     kFirstArenaSlot + static_cast<int>(i)});
+    arenas_.push_back(std::move(fd));
+  }
   machine_ = factory(config, Deadline::in(std::chrono::seconds(30)));
   resume_vm();
 }
@@ -274,12 +292,17 @@ bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
   return true;
 }
 
-std::string RepairVm::analyse(const std::string& request, Deadline deadline) {
+std::string RepairVm::analyse(const std::string& request, Deadline deadline, std::string_view attachment) {
   if (refresh_state() != WorkerState::ready) fail(ExitCode::failure, "the repair VM is not ready: {}", status_);
   // Its agent not settled since the last answer (a crash right after another): it takes this one
   // once it has forked the process for it.
   stop_settling();
-  std::uint64_t seq = mailbox_.box().post_request(request);
+  std::uint64_t seq = 0;
+  try {
+    seq = mailbox_.box().post_request(request, attachment);
+  } catch (const std::runtime_error& e) {
+    fail(ExitCode::failure, "cannot post the request to the repair VM: {}", e.what());
+  }
   resume_vm();
   for (;;) {
     std::optional<std::string> answer;

@@ -18,6 +18,12 @@
 
 namespace immortal::vmm {
 
+// One of the host pool's snapshot arenas, as a read-only window of the repair VM.
+struct ArenaWindow {
+  int fd;              // read-only; reopened here
+  std::uint64_t bytes; // the window's size: a power of two, no larger than the file
+};
+
 class RepairVm final : public RepairWorker {
  public:
   using Factory = std::function<std::unique_ptr<Machine>(const MachineConfig&, Deadline)>;
@@ -26,15 +32,18 @@ class RepairVm final : public RepairWorker {
   // repair agent's binary on the host (its page-class mode reads the VM's free pages, which are
   // given back each time the VM is ready and paused: repair/repair_vm_trim.h). Throws Error
   // when the VM cannot be started at all.
+  // arenas: the host pool's snapshot arenas as two more windows (empty: crashes are analysed
+  // from the guest's RAM).
   RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
-           std::uint64_t window_bytes, std::string agent);
+           std::uint64_t window_bytes, std::string agent, const std::vector<ArenaWindow>& arenas = {});
   ~RepairVm() override;
 
   const char* mode() const override { return "vm"; }
   WorkerState state() override;
   std::string status() const override { return status_; }
   double start_ms() const override { return start_ms_; }
-  std::string analyse(const std::string& request, Deadline deadline) override;
+  std::string analyse(const std::string& request, Deadline deadline, std::string_view attachment) override;
+  bool reads_snapshots() const override { return !arenas_.empty(); }
   int process_id() const override { return machine_ ? machine_->process_id() : 0; }
   bool reload(std::uint64_t offset, std::uint64_t size) override;
   void describe(nlohmann::json& into) const override;
@@ -61,6 +70,7 @@ class RepairVm final : public RepairWorker {
   }
 
   MailboxMemory mailbox_;
+  std::vector<UniqueFd> arenas_;  // read-only opens of the host pool's arenas
   UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
   UniqueFd payload_;    // a read-only open of the repair payload
   std::unique_ptr<Machine> machine_;

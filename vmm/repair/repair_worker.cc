@@ -1,3 +1,4 @@
+#include <algorithm>
 #include "repair/repair_worker.h"
 
 #include "base/error.h"
@@ -17,16 +18,16 @@ const char* to_string(WorkerState state) {
   return "?";
 }
 
-MailboxMemory::MailboxMemory() {
-  fd_ = sealed_memfd("immortal-repair-mailbox", repair::kMailboxSize);
-  base_ = ::mmap(nullptr, repair::kMailboxSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
+MailboxMemory::MailboxMemory(std::uint64_t bytes) : bytes_(std::max(bytes, repair::kMailboxSize)) {
+  fd_ = sealed_memfd("immortal-repair-mailbox", bytes_);
+  base_ = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
   if (base_ == MAP_FAILED) fail_os(ExitCode::failure, "map the repair mailbox", errno);
-  box_ = repair::Mailbox(base_);
+  box_ = repair::Mailbox(base_, bytes_);
   box_.initialise();
 }
 
 MailboxMemory::~MailboxMemory() {
-  if (base_ && base_ != MAP_FAILED) ::munmap(base_, repair::kMailboxSize);
+  if (base_ && base_ != MAP_FAILED) ::munmap(base_, bytes_);
 }
 
 }  // namespace immortal::vmm

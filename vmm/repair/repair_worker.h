@@ -28,8 +28,12 @@ class RepairWorker {
   virtual double start_ms() const = 0;         // from start to ready (0 until then)
   // One request, one answer (JSON text). Throws Error(ExitCode::timeout) when the agent does not
   // answer by the deadline, Error(ExitCode::failure) when it is not ready or died; the worker is
-  // then failed for good (a new one is started).
-  virtual std::string analyse(const std::string& request, Deadline deadline) = 0;
+  // then failed for good (a new one is started). attachment: the request's binary part (the
+  // crash snapshot's page index the request names), for a worker that reads snapshots.
+  virtual std::string analyse(const std::string& request, Deadline deadline, std::string_view attachment) = 0;
+  // Whether the worker reads a crash's snapshot in the host pool's arenas (the request's
+  // "snapshot") rather than the guest's RAM.
+  virtual bool reads_snapshots() const { return false; }
   virtual int process_id() const = 0;
   // A ready worker takes a new payload, written at [offset, offset + size) of the memfd it was
   // started with, without starting again; it is "starting" until it has loaded it. False when
@@ -39,17 +43,20 @@ class RepairWorker {
   virtual void describe(nlohmann::json& /*into*/) const {}
 };
 
-// kMailboxSize bytes of shared memory (a memfd) holding the mailbox, mapped here.
+// Shared memory (a memfd) holding the mailbox, mapped here: kMailboxSize bytes, or more for an
+// attachment area (the repair VM's: a crash snapshot's page index).
 class MailboxMemory {
  public:
-  MailboxMemory();
+  explicit MailboxMemory(std::uint64_t bytes = repair::kMailboxSize);
   ~MailboxMemory();
   MailboxMemory(const MailboxMemory&) = delete;
   MailboxMemory& operator=(const MailboxMemory&) = delete;
   int fd() const { return fd_.get(); }
+  std::uint64_t bytes() const { return bytes_; }
   repair::Mailbox& box() { return box_; }
 
  private:
+  std::uint64_t bytes_;
   UniqueFd fd_;
   void* base_ = nullptr;
   repair::Mailbox box_{nullptr};
