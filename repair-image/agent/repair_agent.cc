@@ -120,6 +120,7 @@ std::string_view map_payload(int fd) {
 // where the payload has them.
 struct Inputs {
   std::unique_ptr<SharedRamMemory> memory;
+  EngineMemory::MapRam map_ram;  // maps it again
   GuestProfile::Files profile;
   std::string_view healthy_index, healthy_blob;
   std::string healthy_problem;
@@ -138,6 +139,9 @@ Inputs read_inputs(std::string_view payload, int ram_fd) {
   if (!layout) fail(ExitCode::bad_input, "{} has no repair.json", kWhere);
   Config c = parse_config(*layout);
   Inputs in;
+  in.map_ram = [ram_fd, c]() -> std::unique_ptr<PhysicalMemory> {
+    return std::make_unique<SharedRamMemory>(ram_fd, c.ram_size, c.ram, /*writable=*/false);
+  };
   in.memory = std::make_unique<SharedRamMemory>(ram_fd, c.ram_size, c.ram, /*writable=*/false);
   std::map<std::string, std::string_view> profile;
   for (const auto& [name, bytes] : files)
@@ -167,7 +171,7 @@ class Engine {
       last = now;
     };
     stages_ = fmt::format("payload {:.0f}", in.read_ms);
-    memory_ = std::make_unique<EngineMemory>(std::move(in.memory));
+    memory_ = std::make_unique<EngineMemory>(std::move(in.memory), std::move(in.map_ram));
     {
       // The kernel keeps what it parsed (symbols, types, module bases), not the profile's text:
       // dropping the 8 MiB of kallsyms and BTF here leaves them out of every agent's memory.
@@ -223,6 +227,10 @@ class Engine {
     load_ms_ = ms_since(t0);
   }
 
+  // The repair VM's pid 1, once loaded: the guest's RAM unmapped (each fork for the next crash
+  // copied the page tables of its mapping: 15-19 ms for 512 MiB); a request that needs it maps it.
+  void give_up_ram() { memory_->drop_ram(); }
+
   std::string summary() const {
     // In the repair VM, the most this agent held at once (the VM's memory is sized for it): the
     // inline sandbox does not allow the call. Early in the line: the mailbox keeps 255 bytes of it.
@@ -251,7 +259,10 @@ class Engine {
       if (j.is_discarded()) fail(ExitCode::bad_input, "the request is not JSON");
       RepairRequest request = RepairRequest::from_json(j);
       auto t_map = std::chrono::steady_clock::now();
-      if (auto snapshot = snapshots ? (*snapshots)(request.snapshot) : nullptr) {
+      auto snapshot = snapshots ? (*snapshots)(request.snapshot) : nullptr;
+      if (!snapshot) {
+        memory_->map_ram();  // given up after the load in the repair VM
+      } else {
         crash_memory = std::make_unique<SnapshotWithCode>(std::move(snapshot), code_pages_, request.text_precheck);
         memory_->use(crash_memory.get());
         memory = {{"read", "snapshot"}, {"arena", request.snapshot->arena},
@@ -395,6 +406,14 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> reload_request(const std:
 // 20: ready within about a second of a profile change instead of a boot's seconds). The old
 // engine goes first: the VM's memory holds one parsed profile at a time. Returns the new engine
 // (nullptr if it could not load) and the reload's answer, for the caller to post.
+// Whether this VM has the host pool's snapshot arenas: its crashes are then read from their
+// snapshots, and pid 1 need not keep the guest's RAM mapped between loads.
+bool vm_has_arenas() {
+  for (const char* path : kArenaResources)
+    if (::access(path, R_OK) != 0) return false;
+  return true;
+}
+
 std::pair<std::unique_ptr<Engine>, std::string> reload(std::unique_ptr<Engine> old, std::string_view payload, int ram_fd,
                                                        Mailbox& box) {
   old.reset();
@@ -403,6 +422,7 @@ std::pair<std::unique_ptr<Engine>, std::string> reload(std::unique_ptr<Engine> o
     if (payload.empty()) fail(ExitCode::bad_input, "the reload names no payload inside the window");
     auto engine = std::make_unique<Engine>(read_inputs(payload, ram_fd), vm_has_second_cpu());
     say(engine->summary());
+    if (vm_has_arenas()) engine->give_up_ram();
     std::string answer = nlohmann::json{{"ok", true}, {"reloaded", engine->summary()}}.dump();
     return {std::move(engine), std::move(answer)};
   } catch (const std::exception& e) {
@@ -507,6 +527,7 @@ std::string describe_exit(int status) {
     std::string_view window = map_payload(pfd);
     auto engine = std::make_unique<Engine>(read_inputs(window, rfd), vm_has_second_cpu());
     say(engine->summary());
+    if (vm_has_arenas()) engine->give_up_ram();
     tell_own_vmcoreinfo(*box);
     const bool canary = sandbox_canary_set();
     void* shared = ::mmap(nullptr, sizeof(Handoff), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);

@@ -41,6 +41,27 @@ void SnapshotWithCode::write(std::uint64_t address, std::span<const std::byte> d
   throw MemoryFault(address, data.size(), "the crash's snapshot is read-only to the repair engine");
 }
 
+void EngineMemory::drop_ram() {
+  if (!map_ram_) return;
+  if (now_ == ram_.get()) now_ = nullptr;
+  ram_.reset();
+}
+
+void EngineMemory::map_ram() {
+  if (!ram_ && map_ram_) ram_ = map_ram_();
+  now_ = ram_.get();
+}
+
+const std::vector<PhysicalRange>& EngineMemory::ranges() const {
+  static const std::vector<PhysicalRange> none;
+  return now_ ? now_->ranges() : none;
+}
+
+void EngineMemory::read(std::uint64_t address, std::span<std::byte> out) const {
+  if (!now_) throw MemoryFault(address, out.size(), "the guest's RAM is not mapped here now");
+  now_->read(address, out);
+}
+
 void EngineMemory::write(std::uint64_t address, std::span<const std::byte> data) {
   throw MemoryFault(address, data.size(), "the repair engine does not write guest memory");
 }

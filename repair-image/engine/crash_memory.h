@@ -11,6 +11,7 @@
 #include "engine/text_precheck.h"
 #include "memory/physical_memory.h"
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <vector>
@@ -46,18 +47,29 @@ class SnapshotWithCode final : public PhysicalMemory {
 
 // What a loaded engine reads: the guest's RAM, or for one request another memory (a crash's
 // snapshot). The kernel view is opened on this, so it follows the switch.
+//
+// The RAM may be given up once the engine is loaded (the repair VM's pid 1: the page tables of a
+// mapping of all guest RAM were what each fork for the next crash copied) and mapped again by
+// map_ram when a request needs it (one whose snapshot is not in the host pool).
 class EngineMemory final : public PhysicalMemory {
  public:
-  explicit EngineMemory(std::unique_ptr<PhysicalMemory> ram) : ram_(std::move(ram)), now_(ram_.get()) {}
+  using MapRam = std::function<std::unique_ptr<PhysicalMemory>()>;
+  explicit EngineMemory(std::unique_ptr<PhysicalMemory> ram, MapRam map_ram = {})
+      : ram_(std::move(ram)), map_ram_(std::move(map_ram)), now_(ram_.get()) {}
   void use(const PhysicalMemory* memory) { now_ = memory ? memory : ram_.get(); }  // nullptr: the RAM again
-  bool reads_ram() const { return now_ == ram_.get(); }
-  const std::vector<PhysicalRange>& ranges() const override { return now_->ranges(); }
-  void read(std::uint64_t address, std::span<std::byte> out) const override { now_->read(address, out); }
+  bool reads_ram() const { return now_ && now_ == ram_.get(); }
+  // Unmaps the RAM (only when it can be mapped again); reads fail with MemoryFault until
+  // map_ram() or use().
+  void drop_ram();
+  void map_ram();  // the RAM mapped again if it was dropped, and read from now on
+  const std::vector<PhysicalRange>& ranges() const override;
+  void read(std::uint64_t address, std::span<std::byte> out) const override;
   bool writable() const override { return false; }
   void write(std::uint64_t address, std::span<const std::byte>) override;
 
  private:
   std::unique_ptr<PhysicalMemory> ram_;
+  MapRam map_ram_;
   const PhysicalMemory* now_;
 };
 

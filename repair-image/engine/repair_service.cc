@@ -53,7 +53,8 @@ RepairRequest RepairRequest::from_json(const nlohmann::json& j) {
   if (auto s = j.find("snapshot"); s != j.end() && !s->is_null()) {
     auto number = [&](const char* key) -> std::uint64_t {
       auto v = s->is_object() ? s->find(key) : s->end();
-      if (v == s->end() || !v->is_number_unsigned()) fail(ExitCode::bad_input, "repair request: snapshot.{} is not a number", key);
+      if (v == s->end() || !v->is_number_integer() || v->get<std::int64_t>() < 0)
+        fail(ExitCode::bad_input, "repair request: snapshot.{} is not a number of bytes", key);
       return v->get<std::uint64_t>();
     };
     SnapshotRef ref;

@@ -248,6 +248,17 @@ TEST_CASE("recovery: the repair VM runs the small kernel built for it, and gives
   CHECK(first.value("pid", 0) > 1);
   CHECK(second.value("pid", 0) > 1);
   CHECK(first.value("pid", 0) != second.value("pid", 0));
+  // Each from the crash's snapshot in the host pool's arena (the bundle's copy, taken before the
+  // request), with the kernel's unchanged code read from the healthy copy: the inline engine,
+  // which read the stopped guest's RAM, agreed byte for byte (check_engines_agreed above).
+  for (const json& a : {analysed[analysed.size() - 2], analysed.back()}) {
+    json memory = a.value("memory", json::object());
+    INFO(memory.dump());
+    CHECK(memory.value("read", "") == "snapshot");
+    CHECK((memory.value("arena", -1) == 0 || memory.value("arena", -1) == 1));
+    CHECK(memory.value("pages", 0) > 1000);
+    CHECK(memory.value("code_pages_from_healthy_copy", 0) > 1000);
+  }
 }
 
 TEST_CASE("recovery: quarantine is recorded and unquarantine restores the driver", "[integration][recovery]") {

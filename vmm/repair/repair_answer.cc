@@ -83,7 +83,8 @@ bool read_repair_answer(const std::string& text, const std::string& mode, Repair
       return v != m->end() && v->is_number_unsigned() ? v->get<std::uint64_t>() : 0;
     };
     if (read == "snapshot") {
-      out.snapshot_arena = static_cast<int>(std::min<std::uint64_t>(count("arena"), 1));
+      std::uint64_t arena = count("arena");
+      out.snapshot_arena = arena <= 1 ? static_cast<int>(arena) : -1;
       out.snapshot_pages = count("pages");
       out.snapshot_code_pages = count("code_pages_from_healthy_copy");
       out.snapshot_code_reads = count("code_reads");

@@ -317,6 +317,7 @@ std::string RepairVm::analyse(const std::string& request, Deadline deadline, std
         std::lock_guard lock(vm_mutex_);
         machine_->pause();
       }
+      if (!attachment.empty()) mailbox_.clear_attachment();
       // An agent that analyses each crash in a fresh process says "ready" once the next one is
       // forked: it gets the time to, later (settle()). One that serves in one process is ready.
       if (mailbox_.box().agent_state() != repair::AgentState::ready) settle_at_ = Clock::now() + kSettleDelay;

@@ -1,11 +1,13 @@
-#include <algorithm>
 #include "repair/repair_worker.h"
 
 #include "base/error.h"
 #include "base/sealed_memfd.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 namespace immortal::vmm {
 
@@ -24,6 +26,12 @@ MailboxMemory::MailboxMemory(std::uint64_t bytes) : bytes_(std::max(bytes, repai
   if (base_ == MAP_FAILED) fail_os(ExitCode::failure, "map the repair mailbox", errno);
   box_ = repair::Mailbox(base_, bytes_);
   box_.initialise();
+}
+
+void MailboxMemory::clear_attachment() {
+  if (bytes_ > repair::kMailboxSize)
+    (void)::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(repair::kMailboxSize),
+                      static_cast<off_t>(bytes_ - repair::kMailboxSize));
 }
 
 MailboxMemory::~MailboxMemory() {

@@ -53,6 +53,9 @@ class MailboxMemory {
   MailboxMemory& operator=(const MailboxMemory&) = delete;
   int fd() const { return fd_.get(); }
   std::uint64_t bytes() const { return bytes_; }
+  // Gives back the memory of the attachment area (a crash snapshot's page index: 4 bytes a page
+  // of guest RAM), once its request is answered.
+  void clear_attachment();
   repair::Mailbox& box() { return box_; }
 
  private:
