@@ -6,10 +6,15 @@
 #include "instance_json.h"
 #include "supervisor_probe.h"
 #include "base/budgets.h"
+#include "base/unique_fd.h"
+#include "recovery/arena_pool.h"
 
 #include <bpf/btf.h>
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
@@ -240,6 +245,63 @@ TEST_CASE("repair VM: the process analysing a crash dies (the canary); the crash
   CHECK(wait_until([&] { return vm_readies() > readies && vm().value("state", "") == "ready"; }, 180s));
   CHECK(vm().value("pid", 0) == vm_pid);
   CHECK(wait_until([&] { return !events_of(name, "bundle").empty(); }, 60s));
+  CHECK(run_cli({"stop", name, "--force"}).status == 0);
+}
+
+TEST_CASE("repair VM: a crash is read from its snapshot in the host's arena; with every arena busy, from the guest's RAM",
+          "[integration][repair]") {
+  std::string name = unique_name("arenas");
+  auto run = run_cli({"run", "--name", name, "--detach"});
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+  auto vm_ready = [&] {
+    return status_json(name).value("repair", json::object()).value("vm", json::object()).value("state", "") == "ready";
+  };
+  REQUIRE(wait_until(vm_ready, 120s));
+  // The pool's first arena is prepared once the page-class agent has classified the guest.
+  std::string pool = immortal::vmm::ArenaPool::directory_for(test_runtime_root());
+  auto prepared = [&](int i) {
+    std::uint64_t bytes = 0;
+    immortal::UniqueFd fd(::open(fmt::format("{}/arena-{}.prepared", pool, i).c_str(), O_RDONLY | O_CLOEXEC));
+    return fd && ::pread(fd.get(), &bytes, sizeof bytes, 0) == sizeof bytes ? bytes : 0;
+  };
+  REQUIRE(wait_until([&] { return prepared(0) > 0; }, 120s));
+  auto last_memory = [&] {
+    json crash = last_event_of(name, "crash");
+    INFO(crash.dump().substr(0, 2000));
+    CHECK(crash.value("repair", json::object()).value("mode", "") == "vm");
+    return crash.value("repair", json::object()).value("memory", json::object());
+  };
+  auto recovered = [&] {
+    REQUIRE(run_cli({"unquarantine", name, "--all"}).status == 0);
+    REQUIRE(wait_until(vm_ready, 60s));
+    auto injected = run_cli({"inject", name, "null-deref", "--wait", "--json"}, 200s);
+    INFO(injected.out << injected.err);
+    return injected.status == 0 && json::parse(injected.out, nullptr, false).value("outcome", "") == "recovered";
+  };
+  CHECK(recovered());
+  json memory = last_memory();
+  INFO(memory.dump());
+  CHECK(memory.value("read", "") == "snapshot");
+  CHECK(memory.value("code_pages_from_healthy_copy", 0) > 0);
+
+  // Both arenas held, as two bundles being written on the host would hold them (another
+  // supervisor's, here this test's own locks): the copy goes into memory of its own, which the VM
+  // cannot see. The process for the crash maps the guest's RAM (pid 1 gave it up after loading).
+  std::vector<immortal::UniqueFd> held;
+  for (int i = 0; i < 2; ++i) {
+    held.emplace_back(::open(fmt::format("{}/arena-{}", pool, i).c_str(), O_RDONLY | O_CLOEXEC));
+    REQUIRE(held.back());
+    REQUIRE(wait_until([&] { return ::flock(held.back().get(), LOCK_EX | LOCK_NB) == 0; }, 60s));  // a bundle may still be written
+  }
+  CHECK(recovered());
+  memory = last_memory();
+  INFO(memory.dump());
+  CHECK(memory.value("read", "") == "guest RAM");
+  held.clear();
+  // Free again: the next crash is read from its snapshot once more.
+  CHECK(recovered());
+  CHECK(last_memory().value("read", "") == "snapshot");
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
 }
 
