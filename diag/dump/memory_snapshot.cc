@@ -484,7 +484,8 @@ std::string MemorySnapshot::index() const {
     put_u64(out, r.range.start);
     put_u64(out, r.range.size);
   }
-  for (const auto& r : by_range_) out.append(reinterpret_cast<const char*>(r.slot.data()), r.slot.size() * sizeof(std::uint32_t));
+  for (const auto& r : by_range_)
+    out.append(reinterpret_cast<const char*>(r.borrowed ? r.borrowed : r.slot.data()), r.range.size / kPageSize * sizeof(std::uint32_t));
   return out;
 }
 
@@ -510,9 +511,17 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::adopt(std::string_view index, st
   if (index.size() != total_pages * sizeof(std::uint32_t))
     fail(ExitCode::bad_input, "the snapshot index has {} bytes of slots for {} pages", index.size(), total_pages);
   for (auto& r : s->by_range_) {
-    r.slot.resize(r.range.size / kPageSize);
-    std::memcpy(r.slot.data(), index.data(), r.slot.size() * sizeof(std::uint32_t));
-    index.remove_prefix(r.slot.size() * sizeof(std::uint32_t));
+    std::size_t n = r.range.size / kPageSize;
+    if (!census && reinterpret_cast<std::uintptr_t>(index.data()) % alignof(std::uint32_t) == 0) {
+      // Read in place: no copy, and no fresh pages to fault in (the repair VM's process for a
+      // crash, under TCG, paid ≈ 20 µs for each of an index's 128 pages for a 512 MiB guest).
+      r.borrowed = reinterpret_cast<const std::uint32_t*>(index.data());
+      index.remove_prefix(n * sizeof(std::uint32_t));
+      continue;  // slot_of() refuses a slot past the pages given
+    }
+    r.slot.resize(n);
+    std::memcpy(r.slot.data(), index.data(), n * sizeof(std::uint32_t));
+    index.remove_prefix(n * sizeof(std::uint32_t));
     if (!census) continue;  // slot_of() refuses a slot past the pages given
     for (std::uint32_t slot : r.slot) {
       if (slot < kExcluded ? slot >= copied : slot - kExcluded >= kPageClassCount)
@@ -548,7 +557,8 @@ void MemorySnapshot::lose(Range& range, std::size_t page) {
 std::uint32_t MemorySnapshot::slot_of(std::uint64_t paddr) const {
   const Range* r = range_of(paddr);
   if (!r) return kExcluded + 0xf;
-  std::uint32_t s = r->slot[(paddr - r->range.start) / kPageSize];
+  std::size_t page = (paddr - r->range.start) / kPageSize;
+  std::uint32_t s = r->borrowed ? r->borrowed[page] : r->slot[page];
   return s < kExcluded && s >= slots_ ? kExcluded + 0xf : s;  // an adopted index naming a page not given
 }
 

@@ -157,7 +157,8 @@ class MemorySnapshot final : public PhysicalMemory {
   // `pages` stay the caller's: they must outlive the snapshot, which does not unmap them.
   // Without `census`, the slots are not counted by class (census() says nothing of them) nor
   // checked here: one that names no page given reads as not guest RAM (the repair VM's analysis,
-  // for which the count over every page of guest RAM took milliseconds under TCG).
+  // for which the count over every page of guest RAM took milliseconds under TCG); and they are
+  // read where `index` has them (when aligned), which must then outlive the snapshot too.
   static std::unique_ptr<MemorySnapshot> adopt(std::string_view index, std::byte* pages, std::uint64_t page_bytes,
                                                bool census = true);
   ~MemorySnapshot() override;
@@ -187,6 +188,7 @@ class MemorySnapshot final : public PhysicalMemory {
   struct Range {
     PhysicalRange range;
     std::vector<std::uint32_t> slot;  // per page: index into buffer_, or kExcluded + class
+    const std::uint32_t* borrowed = nullptr;  // instead of slot: the adopted index's, in place
   };
   static constexpr std::uint32_t kExcluded = 0xfffffff0u;
   // A copy of at least this many pages goes on two threads (take()).

@@ -64,7 +64,10 @@ TEST_CASE("a crash's snapshot as the repair VM reads it: copied pages from the a
   REQUIRE(copy->has_unfilled());
 
   // The repair VM's side: the index and the arena's slots, adopted without a census.
-  auto adopted = MemorySnapshot::adopt(copy->index(), arena->data(), copy->pages_bytes(), /*census=*/false);
+  // Without a census the index is read in place (the mailbox's attachment, in the VM): it must live on.
+  const std::string index_bytes = copy->index();
+  auto adopted = MemorySnapshot::adopt(index_bytes, arena->data(), copy->pages_bytes(), /*census=*/false);
+  CHECK(adopted->index() == index_bytes);
   repair::SnapshotWithCode memory(std::move(adopted), pages, precheck);
   CHECK(memory.code_pages() == 1);
   for (std::uint64_t p = 0; p < 6; ++p) CHECK(read_page(memory, p * kPage) == read_page(ram, p * kPage));
@@ -81,7 +84,8 @@ TEST_CASE("a crash's snapshot as the repair VM reads it: copied pages from the a
     later.known = [] { return std::vector<KnownPages::Known>{}; };
     auto full_arena = SnapshotArena::make(8 * kPage);
     auto full = MemorySnapshot::take(ram, unclassified_ram(ram), "test", full_arena, {}, nullptr, &later, 1);
-    repair::SnapshotWithCode plain(MemorySnapshot::adopt(full->index(), full_arena->data(), full->pages_bytes(), false), pages,
+    const std::string full_index = full->index();
+    repair::SnapshotWithCode plain(MemorySnapshot::adopt(full_index, full_arena->data(), full->pages_bytes(), false), pages,
                                    std::nullopt);
     CHECK(plain.code_pages() == 0);
     for (std::uint64_t p = 0; p < 6; ++p) CHECK(read_page(plain, p * kPage) == read_page(ram, p * kPage));
