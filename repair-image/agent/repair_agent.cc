@@ -2,10 +2,12 @@
 // host needed), so that a crashed guest's memory is parsed outside the supervisor.
 //
 //   in the repair VM     it is /init of the repair VM's initramfs: mounts /proc and /sys, maps
-//                        the crashed guest's RAM (ivshmem BAR, read-only), the mailbox (a second
-//                        BAR) and the repair payload (a third, read-only: protocol/payload.h),
-//                        loads the profile and the healthy copy from it, and answers requests
-//                        by polling.
+//                        the guest's RAM (ivshmem BAR, read-only), the mailbox (a second BAR)
+//                        and the repair payload (a third, read-only: protocol/payload.h), loads
+//                        the profile and the healthy copy from it, gives the RAM up again when
+//                        the VM has the host's snapshot arenas (two more BARs), and answers
+//                        requests by polling, each in a process forked for it, which reads the
+//                        crash from its snapshot in an arena.
 //   --inline             a sandboxed host process the supervisor starts: the same, with the RAM,
 //                        the payload and the mailbox as inherited descriptors and a socket as
 //                        doorbell.

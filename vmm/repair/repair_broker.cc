@@ -30,8 +30,9 @@ std::uint64_t repair_vm_memory(std::uint64_t payload_bytes, std::uint64_t guest_
   // The kernel and the agent's initramfs take about 100 MiB; the agent holds the parsed profile
   // and the healthy copy (about the payload's size) and copies the profile's files once while it
   // parses them. Measured with Debian's 6.1 and a 31 MiB payload: 170 MiB used of 384.
-  // And the page tables of the guest's RAM window, which sysfs maps whole: 8 bytes per 4 KiB
-  // page in pid 1 and again in the process it forks for the next crash (32 MiB each for 16 GiB).
+  // And page tables for windows as large as the guest's RAM, which sysfs maps whole: 8 bytes per
+  // 4 KiB page, in pid 1 while it loads a profile (the RAM window) and in the process for a crash
+  // (the crash's snapshot in an arena, or the RAM): 32 MiB each for 16 GiB.
   std::uint64_t mib = 160 + 3 * ((payload_bytes + (1 << 20) - 1) >> 20) + 2 * ((guest_ram_bytes / 512 + (1 << 20) - 1) >> 20);
   return (mib + 15) / 16 * 16 << 20;
 }

@@ -1,6 +1,7 @@
 // --repair vm: the repair VM. A second, small VM of a kernel built for it (scripts/build-repair-kernel;
-// else the guest's own) and the repair image (repair/repair_image.h): the agent as its initramfs; the guest's RAM and the repair payload
-// read-only and the mailbox as three PCI memory windows. Booted when the guest's profile is in, then paused: a crash resumes it, posts the
+// else the guest's own) and the repair image (repair/repair_image.h): the agent as its initramfs; the guest's RAM, the repair payload
+// and the host pool's two snapshot arenas read-only, and the mailbox, as PCI memory windows (a crash is read from its snapshot in
+// an arena; the RAM to load a profile, and for a crash whose snapshot is not in the pool). Booted when the guest's profile is in, then paused: a crash resumes it, posts the
 // request, waits for the answer and pauses it again (and lets it prepare for the next crash a little later: settle()). The guest never sees it.
 #pragma once
 
