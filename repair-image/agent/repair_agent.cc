@@ -121,8 +121,8 @@ std::string_view map_payload(int fd) {
 // there is none), and its RAM mapped (nothing of it read yet). The healthy copy's bytes stay
 // where the payload has them.
 struct Inputs {
-  std::unique_ptr<SharedRamMemory> memory;
-  EngineMemory::MapRam map_ram;  // maps it again
+  std::unique_ptr<PhysicalMemory> memory;  // the RAM, mapped by map_ram
+  EngineMemory::MapRam map_ram;             // maps it (again, once given up)
   GuestProfile::Files profile;
   std::string_view healthy_index, healthy_blob;
   std::string healthy_problem;
@@ -144,7 +144,7 @@ Inputs read_inputs(std::string_view payload, int ram_fd) {
   in.map_ram = [ram_fd, c]() -> std::unique_ptr<PhysicalMemory> {
     return std::make_unique<SharedRamMemory>(ram_fd, c.ram_size, c.ram, /*writable=*/false);
   };
-  in.memory = std::make_unique<SharedRamMemory>(ram_fd, c.ram_size, c.ram, /*writable=*/false);
+  in.memory = in.map_ram();
   std::map<std::string, std::string_view> profile;
   for (const auto& [name, bytes] : files)
     if (name.starts_with("profile/")) profile.emplace(name.substr(8), bytes);
@@ -404,10 +404,6 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> reload_request(const std:
   return std::pair{offset, size};
 }
 
-// Replaces the engine with one over the new payload, in place of a reboot of the repair VM (issue
-// 20: ready within about a second of a profile change instead of a boot's seconds). The old
-// engine goes first: the VM's memory holds one parsed profile at a time. Returns the new engine
-// (nullptr if it could not load) and the reload's answer, for the caller to post.
 // Whether this VM has the host pool's snapshot arenas: its crashes are then read from their
 // snapshots, and pid 1 need not keep the guest's RAM mapped between loads.
 bool vm_has_arenas() {
@@ -416,6 +412,10 @@ bool vm_has_arenas() {
   return true;
 }
 
+// Replaces the engine with one over the new payload, in place of a reboot of the repair VM (issue
+// 20: ready within about a second of a profile change instead of a boot's seconds). The old
+// engine goes first: the VM's memory holds one parsed profile at a time. Returns the new engine
+// (nullptr if it could not load) and the reload's answer, for the caller to post.
 std::pair<std::unique_ptr<Engine>, std::string> reload(std::unique_ptr<Engine> old, std::string_view payload, int ram_fd,
                                                        Mailbox& box) {
   old.reset();
