@@ -35,7 +35,7 @@ const std::vector<FaultClass>& fault_catalogue() {
         "immortal_fault_mutex_held", "Kernel panic - not syncing: Fatal exception"}},
       {"timer", "softirq (timer callback)", "arms a timer whose callback dereferences NULL",
        "oops in interrupt context, then panic",
-       {"BUG: kernel NULL pointer dereference", "RIP: 0010:immortal_fault_null_deref", "<IRQ>", "call_timer_fn",
+       {"BUG: kernel NULL pointer dereference", "RIP: 0010:immortal_fault_null_deref", "call_timer_fn",
         "Kernel panic - not syncing: Fatal exception in interrupt"}},
       {"workqueue", "kernel thread (kworker)", "queues a work item that dereferences NULL",
        "oops in a kworker, then panic",

@@ -138,8 +138,8 @@ void check_kernel_report(const std::string& name, const std::string& cls) {
     console = read_file(test_runtime_root() + "/" + name + "/console.log");
     return (missing = missing_after_injection(console, cls, expected)).empty();
   }, 20s);
-  INFO("console:\n" << console.substr(console.size() > 6000 ? console.size() - 6000 : 0));
   INFO("not found in order: " << (missing.empty() ? std::string() : missing.front()));
+  INFO("console:\n" << console.substr(console.size() > 6000 ? console.size() - 6000 : 0));
   CHECK(seen);
 }
 
@@ -155,7 +155,8 @@ void expect_recovered(const std::string& cls, bool quarantined = true) {
   bool recovered = wait_until([&] { return recovery_count(status_json(g.name), "recovered") > recovery_count(before, "recovered") ||
                                            recovery_count(status_json(g.name), "reboots") > recovery_count(before, "reboots"); }, 60s);
   json after = status_json(g.name);
-  INFO("status: " << after.dump(2));
+  // On one line: a failure's own messages, printed after this one, stay within CI's excerpt.
+  INFO("status: " << after.dump().substr(0, 1500));
   REQUIRE(recovered);
   CHECK(recovery_count(after, "reboots") == recovery_count(before, "reboots"));
   CHECK(after.value("state", "") == "running");
