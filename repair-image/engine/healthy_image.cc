@@ -17,7 +17,7 @@ namespace {
 
 constexpr char kFormat[] = "immortal-healthy-image";
 constexpr int kImageVersion = 1;         // the regions' bytes as they are
-constexpr int kPackedImageVersion = 2;   // packed: zstd frames of kPackedChunk bytes, listed per region
+constexpr int kPackedImageVersion = 3;   // packed: zstd frames of kPackedChunk bytes (16 KiB; 64 in version 2), listed per region
 // Debian 6.1's kernel text is 16 MiB and its read-only data 9 MiB; modules add little.
 constexpr std::uint64_t kMaxTotal = budget::kHealthyCopyTotal;
 constexpr std::uint64_t kMaxRegion = 128ull << 20;

@@ -1,6 +1,6 @@
 // Fuzz target: the healthy copy of the guest's code as the repair agent and the supervisor load
 // it (healthy.json, the index, and healthy.bin, the regions' bytes, plain or packed as zstd frames
-// of 64 KiB each, as the repair payload carries it). It is built from guest
+// of 16 KiB each, as the repair payload carries it). It is built from guest
 // memory and kept in the repair image, so it is checked like any guest-derived file. Input: the
 // index, a NUL, then the blob. parse() must load or refuse (Error), and what it loads must answer
 // lookups inside its own bounds.
@@ -23,7 +23,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     auto borrowed = repair::HealthyImage::parse(files.index, files.blob, "fuzz", repair::HealthyImage::Bytes::borrow);
     auto image = repair::HealthyImage::parse(files, "fuzz");
     if (borrowed.total_bytes() != image.total_bytes()) __builtin_trap();
-    // Packed regions (version 2) read in place a frame at a time give what the copy unpacked whole.
+    // Packed regions (version 3) read in place a frame at a time give what the copy unpacked whole.
     for (std::size_t i = 0; i < image.regions.size(); ++i) {
       const auto& r = borrowed.regions[i];
       if (!r.size()) continue;

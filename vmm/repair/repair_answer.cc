@@ -47,7 +47,8 @@ nlohmann::json RepairAnswer::to_json() const {
   if (!fallbacks.empty()) j["fallbacks"] = fallbacks;
   if (!cross_check.is_null()) j["cross_check"] = cross_check;
   if (process_pid > 0)
-    j["process"] = {{"pid", process_pid}, {"per_crash", per_crash_process}, {"fork_ms", process_fork_ms}};
+    j["process"] = {{"pid", process_pid}, {"per_crash", per_crash_process}, {"fork_ms", process_fork_ms},
+                    {"page_faults", process_page_faults}};
   if (!memory_read.empty()) {
     j["memory"] = {{"read", memory_read}};
     if (memory_read == "snapshot")
@@ -72,6 +73,8 @@ bool read_repair_answer(const std::string& text, const std::string& mode, Repair
       auto per_crash = p->find("per_crash");
       out.per_crash_process = per_crash != p->end() && per_crash->is_boolean() && per_crash->get<bool>();
       if (auto ms = milliseconds(*p, "fork_ms")) out.process_fork_ms = *ms;
+      if (auto f = p->find("page_faults"); f != p->end() && f->is_number_unsigned())
+        out.process_page_faults = std::min<std::uint64_t>(f->get<std::uint64_t>(), std::uint64_t{1} << 40);
     }
   }
   // What the engine read the crash from (as it says: untrusted, so only known values).

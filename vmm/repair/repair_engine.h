@@ -49,6 +49,7 @@ struct RepairAnswer {
   std::int64_t process_pid = 0;
   bool per_crash_process = false;
   double process_fork_ms = 0;  // how long forking it took (ahead of the crash)
+  std::uint64_t process_page_faults = 0;  // the page faults it took while it answered
   // What the engine read the crash from, as it says: "guest RAM" or "snapshot" (the bundle's copy
   // in the host pool's arena: which one, its page slots, the code pages read from the healthy
   // copy instead, how many reads went there and what they cost (unpacking its frames), how long

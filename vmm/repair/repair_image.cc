@@ -121,7 +121,7 @@ std::string payload_archive(const std::string& profile_dir, const repair::Health
     if (name.ends_with(".zst")) files.emplace("profile/" + name, std::move(bytes));  // packed already
     else files.emplace("profile/" + name + ".zst", zstd_pack(std::exchange(bytes, {}), 1));
   }
-  // The healthy copy packed too (24 MB of Debian 6.1's code take 10.6), a frame per 64 KiB: the
+  // The healthy copy packed too (24 MB of Debian 6.1's code take 10.6), a frame per 16 KiB: the
   // engines unpack only the pieces a crash made them compare, the supervisor hashes it once
   // (digest_pieces) and unpacks what a restore or a bundle takes from it.
   auto copy = repair::packed_files(healthy);
