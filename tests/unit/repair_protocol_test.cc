@@ -619,7 +619,7 @@ TEST_CASE("plan validation: a socket's lock is given up only by release_sock(), 
 TEST_CASE("an agent's answer is taken field by field: wrong types are refused, never thrown", "[repair]") {
   auto read = [](const json& j, vmm::RepairAnswer& out) { return vmm::read_repair_answer(j.dump(), "vm", out); };
   json plan = repair::RepairPlan{}.to_json();
-  json good = {{"ok", true}, {"engine_ms", 41.5}, {"process", {{"pid", 30}, {"per_crash", true}, {"fork_ms", 15.25}}},
+  json good = {{"ok", true}, {"engine_ms", 41.5}, {"process", {{"pid", 30}, {"per_crash", true}, {"fork_ms", 15.25}, {"page_faults", 150}}},
                {"timings", {{"analysis_ms", 30.0}, {"lock_search_ms", 19.0}}},
                {"analysis", {{"cpu", 1}, {"kind", "oops"}, {"task", {{"address", "0xffff888003a1c000"}, {"pid", 121}}}}},
                {"plan", plan}};
@@ -631,10 +631,20 @@ TEST_CASE("an agent's answer is taken field by field: wrong types are refused, n
   CHECK(a.process_pid == 30);
   CHECK(a.per_crash_process);
   CHECK(a.process_fork_ms == 15.25);
+  CHECK(a.process_page_faults == 150);
   CHECK(a.stage_ms.at("analysis") == 30.0);
   CHECK(a.facts.cpu == 1);
   CHECK(a.facts.task_pid == 121);
-  CHECK(a.to_json()["process"] == json({{"pid", 30}, {"per_crash", true}, {"fork_ms", 15.25}}));
+  CHECK(a.to_json()["process"] == json({{"pid", 30}, {"per_crash", true}, {"fork_ms", 15.25}, {"page_faults", 150}}));
+  // A count that is not one is not taken: the rest of the process still is.
+  for (json bad : {json(-3), json("150"), json(1.5), json(nullptr)}) {
+    json odd = good;
+    odd["process"]["page_faults"] = bad;
+    vmm::RepairAnswer o;
+    REQUIRE(read(odd, o));
+    CHECK(o.process_pid == 30);
+    CHECK(o.process_page_faults == 0);
+  }
 
   // The engine's own "no" is an answer, whatever type its reason has.
   vmm::RepairAnswer no;
