@@ -37,33 +37,57 @@ std::vector<SerialLine> parse_serial_driver(std::string_view text) {
 
 namespace {
 
-// Bytes queued for the UART (0 when the port cannot be opened).
-int queued(int fd) {
-  int n = 0;
-  return ::ioctl(fd, TIOCOUTQ, &n) == 0 ? n : 0;
-}
+// The guest's own ports, through their tty devices. Opening one does not wait for a modem line,
+// nor make it our controlling terminal.
+class TtyPorts final : public SerialPorts {
+ public:
+  std::optional<int> queued(int line) override {
+    int fd = open(line);
+    if (fd < 0) return std::nullopt;
+    int n = 0;
+    if (::ioctl(fd, TIOCOUTQ, &n) != 0) n = 0;
+    ::close(fd);
+    return n;
+  }
+  // A termios change (HUPCL, which means nothing to a UART's data path) and back, both at once
+  // (TCSANOW: TCSADRAIN would wait for the stalled output).
+  bool rearm(int line) override {
+    int fd = open(line);
+    if (fd < 0) return false;
+    termios old{};
+    bool ok = ::tcgetattr(fd, &old) == 0;
+    if (ok) {
+      termios changed = old;
+      changed.c_cflag ^= HUPCL;
+      ok = ::tcsetattr(fd, TCSANOW, &changed) == 0;
+      ok = ::tcsetattr(fd, TCSANOW, &old) == 0 && ok;
+    }
+    ::close(fd);
+    return ok;
+  }
 
-// Makes the driver program the UART again from its own state: a termios change (HUPCL, which
-// means nothing to a UART's data path) and back, both at once (TCSANOW: TCSADRAIN would wait for
-// the stalled output).
-bool rearm(int fd) {
-  termios old{};
-  if (::tcgetattr(fd, &old) != 0) return false;
-  termios changed = old;
-  changed.c_cflag ^= HUPCL;
-  bool ok = ::tcsetattr(fd, TCSANOW, &changed) == 0;
-  return ::tcsetattr(fd, TCSANOW, &old) == 0 && ok;
-}
+ private:
+  static int open(int line) {
+    std::string device = "/dev/ttyS" + std::to_string(line);
+    return ::open(device.c_str(), O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+  }
+};
 
 }  // namespace
 
 std::vector<std::string> SerialWatch::check(std::uint64_t now_ms) {
-  std::vector<std::string> done;
   std::ifstream in("/proc/tty/driver/serial");
-  if (!in) return done;
+  if (!in) return {};
   std::stringstream text;
   text << in.rdbuf();
-  for (const SerialLine& l : parse_serial_driver(text.str())) {
+  TtyPorts ports;
+  return check(parse_serial_driver(text.str()), now_ms, ports);
+}
+
+std::vector<std::string> SerialWatch::check(const std::vector<SerialLine>& lines, std::uint64_t now_ms,
+                                            SerialPorts& ports) {
+  std::vector<std::string> done;
+  for (const SerialLine& l : lines) {
     if (l.uart == "unknown" || l.tx == 0) continue;  // no UART there, or never used: nothing to stall
     auto [it, fresh] = seen_.try_emplace(l.line, Seen{l.tx, now_ms, false});
     Seen& s = it->second;
@@ -71,24 +95,17 @@ std::vector<std::string> SerialWatch::check(std::uint64_t now_ms) {
       s = Seen{l.tx, now_ms, false};
       continue;
     }
-    if (s.idle || now_ms - s.since_ms < kStillMs) continue;
-    // Still for a while: idle, or stalled with output queued. Opening it does not wait for a
-    // modem line, nor make it our controlling terminal.
-    std::string device = "/dev/ttyS" + std::to_string(l.line);
-    int fd = ::open(device.c_str(), O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-      s.idle = true;
-      continue;
-    }
-    int n = queued(fd);
-    if (n > 0 && rearm(fd)) {
+    if (now_ms - s.since_ms < (s.idle ? kIdleAgainMs : kStillMs)) continue;
+    // Still for a while: idle, or stalled with output queued.
+    s.since_ms = now_ms;  // asked now: again after kStillMs if re-armed, kIdleAgainMs if idle
+    std::optional<int> n = ports.queued(l.line);
+    if (n && *n > 0 && ports.rearm(l.line)) {
       ++rearmed_;
-      done.push_back("ttyS" + std::to_string(l.line) + ": " + std::to_string(n) + " bytes queued");
-      s.since_ms = now_ms;  // looked at again if it stays still
+      s.idle = false;
+      done.push_back("ttyS" + std::to_string(l.line) + ": " + std::to_string(*n) + " bytes queued");
     } else {
       s.idle = true;
     }
-    ::close(fd);
   }
   return done;
 }

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,20 +29,37 @@ struct SerialLine {
 // lines it does not understand are skipped.
 std::vector<SerialLine> parse_serial_driver(std::string_view text);
 
+// What the watch asks of a port (the tty itself in the agent; a fake in tests).
+class SerialPorts {
+ public:
+  virtual ~SerialPorts() = default;
+  // Bytes queued for ttyS<line>'s UART; nullopt when the port cannot be opened.
+  virtual std::optional<int> queued(int line) = 0;
+  // Makes the driver write its interrupt enables to the UART again; false when it could not.
+  virtual bool rearm(int line) = 0;
+};
+
 class SerialWatch {
  public:
   // A port is looked at once its tx count has not moved for this long.
   static constexpr std::uint64_t kStillMs = 2000;
+  // A port found idle (nothing queued) is asked again after this long while its count stays
+  // still: a write that stalls before its first byte leaves the count where it was (the
+  // integration test met it), and only asking again finds that. Opening a port is what asking
+  // costs, so not every second.
+  static constexpr std::uint64_t kIdleAgainMs = 10000;
   // Called about once a second. Returns the ports it set again this time ("ttyS0: 812 bytes
   // queued"), for the log.
   std::vector<std::string> check(std::uint64_t now_ms);
+  // The same over ports already read from /proc/tty/driver/serial.
+  std::vector<std::string> check(const std::vector<SerialLine>& lines, std::uint64_t now_ms, SerialPorts& ports);
   std::uint64_t rearmed() const { return rearmed_; }  // since the agent started
 
  private:
   struct Seen {
     std::uint64_t tx = 0;
-    std::uint64_t since_ms = 0;  // tx unchanged since
-    bool idle = false;           // looked at since then: nothing queued
+    std::uint64_t since_ms = 0;  // tx unchanged since, or last asked
+    bool idle = false;           // asked since then: nothing queued
   };
   std::map<int, Seen> seen_;
   std::uint64_t rearmed_ = 0;

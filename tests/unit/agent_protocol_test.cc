@@ -169,3 +169,58 @@ TEST_CASE("the serial watch reads /proc/tty/driver/serial and skips what it does
   CHECK(parse_serial_driver("").empty());
   CHECK(parse_serial_driver("0:\n:\n0: tx:\n").empty());
 }
+
+TEST_CASE("the serial watch re-arms a port stalled with output queued, also one that stalled before its first byte",
+          "[agent-protocol]") {
+  struct FakePorts final : SerialPorts {
+    int queue = 0;
+    int asked = 0, rearms = 0;
+    std::optional<int> queued(int) override {
+      ++asked;
+      return queue;
+    }
+    bool rearm(int) override {
+      ++rearms;
+      return true;
+    }
+  } ports;
+  SerialWatch watch;
+  auto at = [](std::uint64_t tx) { return std::vector<SerialLine>{{0, "16550A", tx}}; };
+  std::uint64_t t = 1000;
+  // Output flowing: nothing asked.
+  for (std::uint64_t tx : {10, 20, 30}) CHECK(watch.check(at(tx), t += 1000, ports).empty());
+  CHECK(ports.asked == 0);
+  // Still for kStillMs with nothing queued: idle, asked once, not again a second later.
+  CHECK(watch.check(at(30), t += SerialWatch::kStillMs, ports).empty());
+  CHECK(ports.asked == 1);
+  CHECK(watch.check(at(30), t += 1000, ports).empty());
+  CHECK(ports.asked == 1);
+  // A writer whose first byte never left: the count stays where it was, output is queued. The
+  // idle port is asked again and set going.
+  ports.queue = 812;
+  std::vector<std::string> done;
+  for (int s = 0; s < 12 && done.empty(); ++s) done = watch.check(at(30), t += 1000, ports);
+  REQUIRE(done.size() == 1);
+  CHECK(done[0] == "ttyS0: 812 bytes queued");
+  CHECK(ports.rearms == 1);
+  CHECK(watch.rearmed() == 1);
+  // Still stalled: set again kStillMs later, not at every check.
+  CHECK(watch.check(at(30), t += 1000, ports).empty());
+  CHECK(watch.check(at(30), t += SerialWatch::kStillMs, ports).size() == 1);
+  // Flowing again: left alone.
+  CHECK(watch.check(at(900), t += 1000, ports).empty());
+  CHECK(watch.check(at(1800), t += 5000, ports).empty());
+  CHECK(ports.rearms == 2);
+  // A port that cannot be opened is not an error, and is not asked at every check.
+  struct Closed final : SerialPorts {
+    int asked = 0;
+    std::optional<int> queued(int) override {
+      ++asked;
+      return std::nullopt;
+    }
+    bool rearm(int) override { return false; }
+  } closed;
+  SerialWatch other;
+  for (int s = 0; s < 8; ++s) CHECK(other.check(at(5), 1000 * static_cast<std::uint64_t>(s + 1), closed).empty());
+  CHECK(closed.asked == 1);
+}
