@@ -41,35 +41,27 @@ namespace {
 // nor make it our controlling terminal.
 class TtyPorts final : public SerialPorts {
  public:
-  std::optional<int> queued(int line) override {
-    int fd = open(line);
+  std::optional<Look> look(int line) override {
+    std::string device = "/dev/ttyS" + std::to_string(line);
+    int fd = ::open(device.c_str(), O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) return std::nullopt;
-    int n = 0;
-    if (::ioctl(fd, TIOCOUTQ, &n) != 0) n = 0;
+    Look l;
+    if (::ioctl(fd, TIOCOUTQ, &l.queued) != 0) l.queued = 0;
+    l.rearmed = l.queued > 0 && rearm(fd);
     ::close(fd);
-    return n;
-  }
-  // A termios change (HUPCL, which means nothing to a UART's data path) and back, both at once
-  // (TCSANOW: TCSADRAIN would wait for the stalled output).
-  bool rearm(int line) override {
-    int fd = open(line);
-    if (fd < 0) return false;
-    termios old{};
-    bool ok = ::tcgetattr(fd, &old) == 0;
-    if (ok) {
-      termios changed = old;
-      changed.c_cflag ^= HUPCL;
-      ok = ::tcsetattr(fd, TCSANOW, &changed) == 0;
-      ok = ::tcsetattr(fd, TCSANOW, &old) == 0 && ok;
-    }
-    ::close(fd);
-    return ok;
+    return l;
   }
 
  private:
-  static int open(int line) {
-    std::string device = "/dev/ttyS" + std::to_string(line);
-    return ::open(device.c_str(), O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+  // A termios change (HUPCL, which means nothing to a UART's data path) and back, both at once
+  // (TCSANOW: TCSADRAIN would wait for the stalled output).
+  static bool rearm(int fd) {
+    termios old{};
+    if (::tcgetattr(fd, &old) != 0) return false;
+    termios changed = old;
+    changed.c_cflag ^= HUPCL;
+    bool ok = ::tcsetattr(fd, TCSANOW, &changed) == 0;
+    return ::tcsetattr(fd, TCSANOW, &old) == 0 && ok;
   }
 };
 
@@ -98,11 +90,11 @@ std::vector<std::string> SerialWatch::check(const std::vector<SerialLine>& lines
     if (now_ms - s.since_ms < (s.idle ? kIdleAgainMs : kStillMs)) continue;
     // Still for a while: idle, or stalled with output queued.
     s.since_ms = now_ms;  // asked now: again after kStillMs if re-armed, kIdleAgainMs if idle
-    std::optional<int> n = ports.queued(l.line);
-    if (n && *n > 0 && ports.rearm(l.line)) {
+    std::optional<SerialPorts::Look> look = ports.look(l.line);
+    if (look && look->rearmed) {
       ++rearmed_;
       s.idle = false;
-      done.push_back("ttyS" + std::to_string(l.line) + ": " + std::to_string(*n) + " bytes queued");
+      done.push_back("ttyS" + std::to_string(l.line) + ": " + std::to_string(look->queued) + " bytes queued");
     } else {
       s.idle = true;
     }

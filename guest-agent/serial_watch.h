@@ -29,14 +29,17 @@ struct SerialLine {
 // lines it does not understand are skipped.
 std::vector<SerialLine> parse_serial_driver(std::string_view text);
 
-// What the watch asks of a port (the tty itself in the agent; a fake in tests).
+// What the watch does to a still port (the tty itself in the agent; a fake in tests).
 class SerialPorts {
  public:
+  struct Look {
+    int queued = 0;        // bytes queued for the UART
+    bool rearmed = false;  // queued > 0, and the driver wrote its interrupt enables to the UART again
+  };
   virtual ~SerialPorts() = default;
-  // Bytes queued for ttyS<line>'s UART; nullopt when the port cannot be opened.
-  virtual std::optional<int> queued(int line) = 0;
-  // Makes the driver write its interrupt enables to the UART again; false when it could not.
-  virtual bool rearm(int line) = 0;
+  // Asks ttyS<line> what it has queued and, when it has something, re-arms it (one open of the
+  // port for both); nullopt when the port cannot be opened.
+  virtual std::optional<Look> look(int line) = 0;
 };
 
 class SerialWatch {

@@ -120,10 +120,9 @@ class Search {
   // Where data may be: not the kernel's or a module's code and read-only data.
   bool data_pointer(std::uint64_t v) const;
   std::string describe(std::uint64_t address) const;
-  // Reads [start, start + size) a page at a time; unreadable pages are skipped. visit(address of
-  // the first word, the words read).
+  // Reads [start, start + size) a page at a time; unreadable pages are skipped.
   template <typename F>
-  void for_each_page(std::uint64_t start, std::uint64_t size, F&& visit);
+  void for_each_word(std::uint64_t start, std::uint64_t size, F&& visit);
   void scan_for_owner(std::uint64_t start, std::uint64_t size, const std::string& where,
                       std::vector<std::uint64_t>* pointers);
   std::pair<std::uint64_t, std::uint64_t> object_around(std::uint64_t v, std::string* what) const;
@@ -193,7 +192,7 @@ std::string Search::describe(std::uint64_t address) const {
 }
 
 template <typename F>
-void Search::for_each_page(std::uint64_t start, std::uint64_t size, F&& visit) {
+void Search::for_each_word(std::uint64_t start, std::uint64_t size, F&& visit) {
   std::vector<std::uint64_t> words(kPage / 8);
   std::uint64_t at = start & ~7ull, end = start + size;
   while (at < end && scanned_ < kMaxScanBytes) {
@@ -201,9 +200,8 @@ void Search::for_each_page(std::uint64_t start, std::uint64_t size, F&& visit) {
     chunk &= ~7ull;
     if (chunk == 0) break;
     try {
-      std::span<std::uint64_t> read(words.data(), chunk / 8);
-      mem_.read(at, std::as_writable_bytes(read));
-      visit(at, std::span<const std::uint64_t>(read));
+      mem_.read(at, std::as_writable_bytes(std::span(words.data(), chunk / 8)));
+      for (std::uint64_t i = 0; i < chunk / 8; ++i) visit(at + 8 * i, words[i]);
     } catch (const MemoryFault&) {
       // Unmapped (a hole in a module's data, a freed page): nothing to find there.
     }
@@ -214,21 +212,11 @@ void Search::for_each_page(std::uint64_t start, std::uint64_t size, F&& visit) {
 
 void Search::scan_for_owner(std::uint64_t start, std::uint64_t size, const std::string& where,
                             std::vector<std::uint64_t>* pointers) {
-  // Megabytes of the kernel's and the modules' data go through here at every crash: the owner
-  // test is a loop of its own over locals (the repair VM runs it emulated, where the general
-  // visitor's loads and calls per word cost a few times more).
-  const std::uint64_t task = a_.task, task_end = a_.task + task_size_;
-  const bool owners = sleeping_locks_ && task != 0;
-  for_each_page(start, size, [&](std::uint64_t base, std::span<const std::uint64_t> words) {
-    if (owners)
-      for (std::size_t i = 0; i < words.size(); ++i)
-        if (owner_task(words[i]) == task) [[unlikely]] {
-          std::uint64_t address = base + 8 * i;
-          if (!(address >= task && address < task_end)) owner_hits_.push_back({address, where});  // the task's own fields name it
-        }
-    if (pointers)
-      for (std::uint64_t word : words)
-        if (data_pointer(word)) pointers->push_back(word);
+  for_each_word(start, size, [&](std::uint64_t address, std::uint64_t word) {
+    if (sleeping_locks_ && owner_task(word) == a_.task && word != 0 &&
+        !(address >= a_.task && address < a_.task + task_size_))  // the task's own fields name it
+      owner_hits_.push_back({address, where});
+    if (pointers && data_pointer(word)) pointers->push_back(word);
   });
 }
 
@@ -257,9 +245,7 @@ void Search::frame_values() {
   for (std::uint64_t v : {r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13,
                           r.r14, r.r15})
     take(v);
-  for_each_page(stack_low_, stack_high_ - stack_low_, [&](std::uint64_t, std::span<const std::uint64_t> words) {
-    for (std::uint64_t word : words) take(word);
-  });
+  for_each_word(stack_low_, stack_high_ - stack_low_, [&](std::uint64_t, std::uint64_t word) { take(word); });
 }
 
 void Search::call_sites() {

@@ -175,13 +175,10 @@ TEST_CASE("the serial watch re-arms a port stalled with output queued, also one 
   struct FakePorts final : SerialPorts {
     int queue = 0;
     int asked = 0, rearms = 0;
-    std::optional<int> queued(int) override {
+    std::optional<Look> look(int) override {
       ++asked;
-      return queue;
-    }
-    bool rearm(int) override {
-      ++rearms;
-      return true;
+      rearms += queue > 0;
+      return Look{queue, queue > 0};
     }
   } ports;
   SerialWatch watch;
@@ -214,11 +211,10 @@ TEST_CASE("the serial watch re-arms a port stalled with output queued, also one 
   // A port that cannot be opened is not an error, and is not asked at every check.
   struct Closed final : SerialPorts {
     int asked = 0;
-    std::optional<int> queued(int) override {
+    std::optional<Look> look(int) override {
       ++asked;
       return std::nullopt;
     }
-    bool rearm(int) override { return false; }
   } closed;
   SerialWatch other;
   for (int s = 0; s < 8; ++s) CHECK(other.check(at(5), 1000 * static_cast<std::uint64_t>(s + 1), closed).empty());
