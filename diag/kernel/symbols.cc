@@ -54,6 +54,9 @@ SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
   // each one many times; a profile's kallsyms is bounded by the profile's file budget).
   table.sorted_.reserve(std::min<std::size_t>(static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')) + 1,
                                               kMaxSymbols));
+  // The image's symbols go to its shareable layer, as views of the text until it is built.
+  std::vector<ImageSymbols::Input> image;
+  image.reserve(table.sorted_.capacity());
   std::string_view rest(text);
   while (!rest.empty()) {
     auto nl = rest.find('\n');
@@ -98,9 +101,16 @@ SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
       table.percpu_.emplace(std::string(name), address);
       continue;
     }
-    if (table.sorted_.size() >= kMaxSymbols) fail(ExitCode::bad_input, "kallsyms has more than {} symbols", kMaxSymbols);
-    table.sorted_.push_back(StoredSymbol(address, table.names_.add(name, type), table.names_.module(module)));
+    if (table.sorted_.size() + image.size() >= kMaxSymbols)
+      fail(ExitCode::bad_input, "kallsyms has more than {} symbols", kMaxSymbols);
+    if (module.empty()) image.push_back({address, name, type});
+    else table.sorted_.push_back(StoredSymbol(address, table.names_.add(name, type), table.names_.module(module)));
   }
+  std::vector<std::size_t> left_out;
+  table.image_ = ImageSymbols::build(image, table.image_base_, left_out);
+  for (std::size_t i : left_out)
+    table.sorted_.push_back(StoredSymbol(image[i].address, table.names_.add(image[i].name, image[i].type), nullptr));
+  table.sorted_.shrink_to_fit();  // reserved for every line: most were the image's
   table.index();
   return table;
 }
@@ -146,13 +156,16 @@ void SymbolTable::restore_names() {
 }
 
 SymbolTable::SymbolTable(const SymbolTable& other)
-    : sorted_(other.sorted_), percpu_(other.percpu_), skipped_(other.skipped_) {
+    : image_(other.image_), image_base_(other.image_base_), sorted_(other.sorted_), percpu_(other.percpu_),
+      skipped_(other.skipped_) {
   restore_names();  // the names must be this table's own
   index_names();
 }
 
 SymbolTable& SymbolTable::operator=(const SymbolTable& other) {
   if (this != &other) {
+    image_ = other.image_;
+    image_base_ = other.image_base_;
     sorted_ = other.sorted_;
     percpu_ = other.percpu_;
     skipped_ = other.skipped_;
@@ -202,13 +215,31 @@ std::optional<std::size_t> SymbolTable::find_name(std::string_view name) const {
   }
 }
 
+Symbol SymbolTable::image_symbol(std::size_t i) const {
+  auto e = image_->at(i);
+  return Symbol(image_base_ + e.offset, e.name, {}, e.type);
+}
+
+bool SymbolTable::share_image(std::shared_ptr<const ImageSymbols> shared) {
+  if (!image_ || !shared || shared.get() == image_.get()) return false;
+  auto mine = image_->bytes(), theirs = shared->bytes();
+  if (!std::equal(mine.begin(), mine.end(), theirs.begin(), theirs.end())) return false;
+  image_ = std::move(shared);
+  return true;
+}
+
 std::optional<std::uint64_t> SymbolTable::address_of(std::string_view name) const {
+  // The image's symbols come first in kallsyms: its definition wins, as it did in one table.
+  if (image_)
+    if (auto i = image_->find(name)) return image_base_ + image_->at(*i).offset;
   auto i = find_name(name);
   if (!i) return std::nullopt;
   return sorted_[*i].address;
 }
 
 std::optional<std::uint64_t> SymbolTable::address_in(std::string_view name, std::string_view module) const {
+  if (module.empty() && image_)
+    if (auto i = image_->find(name)) return image_base_ + image_->at(*i).offset;
   // Most names are defined once: the index answers; only a name the index gives to another
   // module (a static function several modules have) needs the scan.
   auto i = find_name(name);
@@ -220,10 +251,17 @@ std::optional<std::uint64_t> SymbolTable::address_in(std::string_view name, std:
 }
 
 std::optional<Symbol> SymbolTable::next_after(const Symbol& s) const {
+  std::optional<Symbol> best;
   auto next = std::upper_bound(sorted_.begin(), sorted_.end(), s.address,
                                [](std::uint64_t a, const StoredSymbol& x) { return a < x.address; });
-  if (next == sorted_.end()) return std::nullopt;
-  return Symbol(*next);
+  if (next != sorted_.end()) best = Symbol(*next);
+  if (image_) {
+    // Above the image's base; below it every image symbol is above s.
+    std::optional<std::size_t> i =
+        s.address < image_base_ ? std::optional<std::size_t>(0) : image_->above(s.address - image_base_);
+    if (i && (!best || image_base_ + image_->at(*i).offset < best->address)) best = image_symbol(*i);
+  }
+  return best;
 }
 
 std::optional<std::uint64_t> SymbolTable::percpu_offset(const std::string& name) const {
@@ -233,13 +271,27 @@ std::optional<std::uint64_t> SymbolTable::percpu_offset(const std::string& name)
 }
 
 std::optional<Symbol> SymbolTable::lookup(std::uint64_t address) const {
+  // The last symbol at or below address in either layer (the other layer's on a tie, as one
+  // sorted table of the image and then the modules had it), provided some symbol lies above.
+  std::optional<Symbol> best;
+  bool any_above = false;
   auto it = std::upper_bound(sorted_.begin(), sorted_.end(), address,
                              [](std::uint64_t a, const StoredSymbol& s) { return a < s.address; });
-  if (it == sorted_.begin()) return std::nullopt;
-  const StoredSymbol& s = *(it - 1);
+  any_above = it != sorted_.end();
+  if (it != sorted_.begin()) best = Symbol(*(it - 1));
+  if (image_) {
+    if (address < image_base_) {
+      any_above = true;
+    } else {
+      std::uint64_t offset = address - image_base_;
+      if (image_->above(offset)) any_above = true;
+      if (auto i = image_->at_or_below(offset); i && (!best || image_base_ + image_->at(*i).offset > best->address))
+        best = image_symbol(*i);
+    }
+  }
   // Past the last symbol or absurdly far from the nearest one: not a symbol address.
-  if (it == sorted_.end() || address - s.address > (1 << 20)) return std::nullopt;
-  return Symbol(s);
+  if (!best || !any_above || address - best->address > (1 << 20)) return std::nullopt;
+  return best;
 }
 
 std::string SymbolTable::describe(std::uint64_t address) const { return describe_at(address, address); }

@@ -1,7 +1,11 @@
 // Kernel and module symbols from /proc/kallsyms text (the healthy-guest profile): address to
 // "name+0xoff [module]" and name to address. Per-CPU symbols (small offsets into the per-CPU
-// area, e.g. current_task) are kept apart from addresses.
+// area, e.g. current_task) are kept apart from addresses. Two layers: the kernel image's symbols,
+// relative to their base and shareable by every guest of the kernel (kernel/image_symbols.h), and
+// this guest's own (its modules), with the image's base of this boot.
 #pragma once
+
+#include "kernel/image_symbols.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -49,6 +53,8 @@ class Symbol {
  public:
   Symbol() = default;
   explicit Symbol(const StoredSymbol& s) : address(s.address), name_(s.name()), module_(s.module()), type_(s.type()) {}
+  Symbol(std::uint64_t a, std::string_view name, std::string_view module, char type)
+      : address(a), name_(name), module_(module), type_(type) {}
   std::uint64_t address = 0;
   std::string_view name() const { return name_; }
   std::string_view module() const { return module_; }  // "" for the kernel image
@@ -113,10 +119,17 @@ class SymbolTable {
   // Per module, the lowest and highest address of its code symbols (t/T), in one pass.
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>, std::less<>> module_text_bounds() const;
 
-  std::size_t size() const { return sorted_.size(); }
+  std::size_t size() const { return sorted_.size() + (image_ ? image_->size() : 0); }
   std::size_t skipped_lines() const { return skipped_; }
-  // The bytes of name storage held (live names and those of symbols dropped since).
+  // The bytes of name storage held for modules (live names and those of symbols dropped since).
   std::size_t name_bytes() const { return names_.bytes(); }
+
+  // The kernel image's layer (nullptr when kallsyms had none) and where this boot has it.
+  const std::shared_ptr<const ImageSymbols>& image_symbols() const { return image_; }
+  std::uint64_t image_base() const { return image_base_; }
+  // Uses `shared` for the image's layer instead of this table's own, when it holds the same bytes
+  // (the same kernel: another guest's, or a file of the host's); returns whether it did.
+  bool share_image(std::shared_ptr<const ImageSymbols> shared);
 
  private:
   // Where the names live: blocks that never move (views of them survive a move of the table),
@@ -154,6 +167,7 @@ class SymbolTable {
   };
 
   std::string describe_at(std::uint64_t address, std::uint64_t lookup_address) const;
+  Symbol image_symbol(std::size_t i) const;
   std::optional<std::size_t> find_name(std::string_view name) const;
   void index();
   void index_names();
@@ -161,6 +175,10 @@ class SymbolTable {
   // index is the caller's to rebuild.
   void restore_names();
 
+  // The image's layer: shared, never written; its offsets are from image_base_.
+  std::shared_ptr<const ImageSymbols> image_;
+  std::uint64_t image_base_ = 0;
+  // The rest: modules' symbols (and any of the image too far from its base).
   Names names_;
   std::vector<StoredSymbol> sorted_;  // by address
   // An open-addressing hash set of indices into sorted_, keyed by name (first definition wins);
