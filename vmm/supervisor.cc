@@ -4,6 +4,7 @@
 #include "base/error.h"
 #include "base/terminal_text.h"
 #include "control/status.h"
+#include "repair/shared_symbols.h"
 #include "upgrade.h"
 
 #include <poll.h>
@@ -75,6 +76,10 @@ int Supervisor::run() {
   return exit_code_;
 }
 
+std::string Supervisor::shared_dir() const {
+  return (std::filesystem::path(dir_.path()).parent_path() / ".repair-shared").string();
+}
+
 // The rooms around one VM; see docs/architecture.md for who talks to whom.
 void Supervisor::build_rooms() {
   const auto& m = options_.machine;
@@ -82,7 +87,14 @@ void Supervisor::build_rooms() {
   auto emit = [this](const std::string& name, json fields) { event(name, std::move(fields)); };
   agent_ = std::make_unique<AgentChannel>(machine_->connect_agent_channel(Deadline::in(std::chrono::seconds(5))));
   profile_ = std::make_unique<ProfileCollector>(*agent_, dir_.file("profile"), say);
-  kernel_ = std::make_unique<LiveKernel>(*machine_, *profile_);
+  // The kernel image's symbols once for every guest of this kernel on the host (issue 20).
+  kernel_ = std::make_unique<LiveKernel>(
+      *machine_, *profile_, [shared = shared_dir()](const PhysicalMemory& memory, const GuestProfile& profile) {
+        auto kernel = Kernel::open(memory, profile, std::nullopt);
+        if (const auto& own = kernel->symbols().image_symbols())
+          if (auto host = host_image_symbols(shared, *own)) kernel->share_image_symbols(std::move(host));
+        return kernel;
+      });
   BundleSettings bundle_settings = options_.bundles;
   bundle_settings.agent = options_.repair.agent;  // it reads the reports too
   // One pool of prepared snapshot memory for every instance of this runtime directory (the host's).
@@ -117,7 +129,7 @@ void Supervisor::build_rooms() {
     vm.outlives_supervisor = false;  // ours alone: it ends with us (the guest's config may say otherwise)
     RepairSettings repair = options_.repair;
     // The repair VM's initramfs once for every instance of this runtime directory (the host's).
-    repair.shared_dir = (std::filesystem::path(dir_.path()).parent_path() / ".repair-shared").string();
+    repair.shared_dir = shared_dir();
     // A crash's snapshot is taken into the host pool's arenas anyway (its bundle): the repair VM
     // analyses it there, and sees the guest's RAM only to load a profile.
     repair.arena_windows = [this](std::uint64_t guest_ram) {
@@ -125,6 +137,8 @@ void Supervisor::build_rooms() {
       for (const auto& w : bundles_->arena_windows(guest_ram)) out.push_back({w.fd, w.bytes});
       return out;
     };
+    // The kernel image's symbols as this supervisor holds them: the host's copy, when it has one.
+    repair.image_symbols = [this] { return kernel_->get().symbols().image_symbols(); };
     repair_ = std::make_unique<RepairBroker>(repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
   }
   recovery_ = std::make_unique<RecoveryCoordinator>(RecoveryParts{

@@ -77,6 +77,9 @@ class Supervisor {
   void boot();
   void take_over(const InstanceState& state);
   void build_rooms();
+  // Where files that every instance of this runtime directory uses alike are kept once (the
+  // repair VM's initramfs, the kernel image's symbols): repair/shared_file.h.
+  std::string shared_dir() const;
   void wait_for_hello(bool attaching);
   // state.json, whenever what it holds changed.
   void persist();

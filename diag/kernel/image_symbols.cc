@@ -155,10 +155,10 @@ std::shared_ptr<const ImageSymbols> ImageSymbols::view(std::span<const std::uint
   const std::uint64_t count = get_u32(p + 12), slots = get_u32(p + 16), names_bytes = get_u64(p + 24);
   if (count == 0 || count > kMaxCount || slots > kMaxSlots || !std::has_single_bit(slots) || slots <= count)
     return refuse(fmt::format("kernel image symbols: {} symbols in {} hash slots", count, slots));
-  if (names_bytes > bytes.size() || kHeader + 8 * count + 4 * slots + names_bytes != bytes.size())
-    return refuse("kernel image symbols: the sizes in the header do not add up to the block's");
+  if (names_bytes > bytes.size() || kHeader + 8 * count + 4 * slots + names_bytes > bytes.size())
+    return refuse("kernel image symbols: the sizes in the header do not fit in the block");
   std::shared_ptr<ImageSymbols> block(new ImageSymbols);
-  block->bytes_ = bytes;
+  block->bytes_ = bytes.first(kHeader + 8 * count + 4 * slots + names_bytes);  // a window's padding after it
   block->entries_ = p + kHeader;
   block->slots_ = block->entries_ + 8 * count;
   block->names_ = reinterpret_cast<const char*>(block->slots_ + 4 * slots);

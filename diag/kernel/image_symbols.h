@@ -30,8 +30,9 @@ class ImageSymbols {
   // order). Names are at most kMaxName bytes (cut there).
   static std::shared_ptr<const ImageSymbols> build(const std::vector<Input>& symbols, std::uint64_t& base,
                                                    std::vector<std::size_t>& left_out);
-  // A block made by build(), from elsewhere (a shared file, a repair VM's window): checked whole
-  // before use (nullopt and `why` when it is not one), kept alive by `keeper`.
+  // A block made by build(), from elsewhere (a shared file, a repair VM's window, which may be
+  // longer: its header says where the block ends): checked whole before use (nullptr and `why`
+  // when it is not one), kept alive by `keeper`.
   static std::shared_ptr<const ImageSymbols> view(std::span<const std::uint8_t> bytes,
                                                   std::shared_ptr<const void> keeper, std::string* why = nullptr);
 

@@ -53,6 +53,9 @@ class Kernel {
 
   const KernelMemory& memory() const { return *memory_; }
   const SymbolTable& symbols() const { return symbols_; }
+  // Uses `shared` for the kernel image's symbols when it holds the same ones (the host's copy for
+  // every guest of this kernel: vmm/repair/shared_symbols.h). Before the kernel is read by others.
+  bool share_image_symbols(std::shared_ptr<const ImageSymbols> shared) { return symbols_.share_image(std::move(shared)); }
   const TypeInfo& types() const { return *types_; }
   const std::optional<Vmcoreinfo>& vmcoreinfo() const { return vmcoreinfo_; }
   const std::string& release() const { return release_; }

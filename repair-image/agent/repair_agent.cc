@@ -74,6 +74,8 @@ constexpr char kPayloadResource[] = "/sys/bus/pci/devices/0000:00:12.0/resource2
 // The host pool's two snapshot arenas (a crash's snapshot is in one of them), when the VM has them.
 constexpr const char* kArenaResources[] = {"/sys/bus/pci/devices/0000:00:13.0/resource2",
                                            "/sys/bus/pci/devices/0000:00:14.0/resource2"};
+// The host's copy of the kernel image's symbols (vmm/repair/shared_symbols.h), when it has one.
+constexpr char kSymbolsResource[] = "/sys/bus/pci/devices/0000:00:15.0/resource2";
 // The inline agent's limits beyond what it has mapped (guest RAM, the mailbox, the payload): its
 // parsed profile (symbols, BTF), the healthy copy and the engine's work fit in far less.
 constexpr std::uint64_t kHeadroom = 3ull << 30;
@@ -127,6 +129,9 @@ struct Inputs {
   std::string_view healthy_index, healthy_blob;
   std::string healthy_problem;
   double read_ms = 0;  // reading the payload's archive and the profile's files
+  // The host's block of the kernel image's symbols (the repair VM's window): used instead of the
+  // one parsed from the profile when it holds the same symbols.
+  std::shared_ptr<const ImageSymbols> host_symbols;
 };
 
 Inputs read_inputs(std::string_view payload, int ram_fd) {
@@ -181,6 +186,8 @@ class Engine {
       in.profile.clear();
       stage("profile");
       kernel_ = Kernel::open(*memory_, profile, std::nullopt);
+      // Before anything holds a name of it: the parsed block goes, the host's is read in place.
+      if (in.host_symbols) symbols_shared_ = kernel_->share_image_symbols(std::move(in.host_symbols)) ? "shared" : "own (the host's differ)";
     }
     malloc_trim(0);
     stage("kernel");
@@ -238,8 +245,8 @@ class Engine {
     // inline sandbox does not allow the call. Early in the line: the mailbox keeps 255 bytes of it.
     std::string peak;
     if (struct rusage u {}; parallel_ && ::getrusage(RUSAGE_SELF, &u) == 0) peak = fmt::format(", peak memory {} MiB", (u.ru_maxrss + 1023) / 1024);
-    return fmt::format("ready: kernel {}, {} symbols{}, healthy copy {} KiB ({} differences in {} pieces compared now){}, {}, loaded in {:.0f} ms ({})",
-                       kernel_->release(), kernel_->symbols().size(), peak, healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
+    return fmt::format("ready: kernel {}, {} symbols ({}){}, healthy copy {} KiB ({} differences in {} pieces compared now){}, {}, loaded in {:.0f} ms ({})",
+                       kernel_->release(), kernel_->symbols().size(), symbols_shared_, peak, healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
                        warmup_pieces_,
                        healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", rehearsal_, load_ms_, stages_);
   }
@@ -316,8 +323,36 @@ class Engine {
   double load_ms_ = 0;
   std::string stages_;  // each load stage's milliseconds, for the summary
   std::string rehearsal_;
+  std::string symbols_shared_ = "own";  // the kernel image's symbols: parsed here, or the host's
   bool parallel_ = false;
 };
+
+// The repair VM's window onto the host's block of the kernel image's symbols, mapped once for the
+// VM's life (nullptr when it has none, or it is not one).
+std::shared_ptr<const ImageSymbols> window_symbols() {
+  static const std::shared_ptr<const ImageSymbols> block = []() -> std::shared_ptr<const ImageSymbols> {
+    int fd = ::open(kSymbolsResource, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return nullptr;
+    struct stat st {};
+    void* at = MAP_FAILED;
+    if (::fstat(fd, &st) == 0 && st.st_size > 0)
+      at = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (at == MAP_FAILED) return nullptr;
+    std::string why;
+    auto viewed = ImageSymbols::view({static_cast<const std::uint8_t*>(at), static_cast<std::size_t>(st.st_size)}, nullptr, &why);
+    if (!viewed) say("the host's window of kernel symbols is not used: " + why);
+    return viewed;
+  }();
+  return block;
+}
+
+// Inputs read from a payload, with the host's symbols when the repair VM has them.
+Inputs read_inputs_in_vm(std::string_view payload, int ram_fd) {
+  Inputs in = read_inputs(payload, ram_fd);
+  in.host_symbols = window_symbols();
+  return in;
+}
 
 // In the repair VM the integrity check runs beside the analysis when the VM has a second vCPU.
 bool vm_has_second_cpu() { return std::thread::hardware_concurrency() > 1; }
@@ -433,7 +468,7 @@ std::pair<std::unique_ptr<Engine>, std::string> reload(std::unique_ptr<Engine> o
   box.set_state(AgentState::booting, "loading the new profile");
   try {
     if (payload.empty()) fail(ExitCode::bad_input, "the reload names no payload inside the window");
-    auto engine = std::make_unique<Engine>(read_inputs(payload, ram_fd), vm_has_second_cpu());
+    auto engine = std::make_unique<Engine>(read_inputs_in_vm(payload, ram_fd), vm_has_second_cpu());
     say(engine->summary());
     if (vm_has_arenas()) engine->give_up_ram();
     std::string answer = nlohmann::json{{"ok", true}, {"reloaded", engine->summary()}}.dump();
@@ -538,7 +573,7 @@ std::string describe_exit(int status) {
     int rfd = ::open(kRamResource, O_RDONLY | O_CLOEXEC);
     if (rfd < 0) fail_os(ExitCode::failure, kRamResource, errno);
     std::string_view window = map_payload(pfd);
-    auto engine = std::make_unique<Engine>(read_inputs(window, rfd), vm_has_second_cpu());
+    auto engine = std::make_unique<Engine>(read_inputs_in_vm(window, rfd), vm_has_second_cpu());
     say(engine->summary());
     if (vm_has_arenas()) engine->give_up_ram();
     tell_own_vmcoreinfo(*box);

@@ -258,6 +258,11 @@ TEST_CASE("repair VM: a crash is read from its snapshot in the host's arena; wit
     return status_json(name).value("repair", json::object()).value("vm", json::object()).value("state", "") == "ready";
   };
   REQUIRE(wait_until(vm_ready, 120s));
+  // The kernel image's symbols are the host's one copy (repair/shared_symbols.h), which the VM's
+  // agent reads in its window rather than keeping its own.
+  auto readies = events_of(name, "repair-ready");
+  REQUIRE(!readies.empty());
+  CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared)"));
   // The pool's first arena is prepared once the page-class agent has classified the guest.
   std::string pool = immortal::vmm::ArenaPool::directory_for(test_runtime_root());
   auto prepared = [&](int i) {
@@ -383,6 +388,7 @@ TEST_CASE("repair: after a module change the running repair VM loads the new pro
   INFO("ready again " << readies.back().value("start_ms", 0.0) << " ms after the reload was asked for");
   // The module it no longer has: the profile's symbols say so.
   CHECK_THAT(readies.back().value("agent", ""), !Catch::Contains("healthy copy 0 KiB"));
+  CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared)"));  // the window stays
   // Given back again after the reload (or skipped, if the VM ran meanwhile), then the crash is
   // analysed by that VM: the pages punched were free for its kernel.
   REQUIRE(wait_until([&] { return vm().value("free_pages_given_back", json::object()).value("times", 0) >= 2; }, 60s));

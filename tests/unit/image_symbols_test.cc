@@ -133,6 +133,10 @@ TEST_CASE("symbols: a block of image symbols from elsewhere is checked before us
   };
   CHECK(refused({}));
   CHECK(refused(std::vector<std::uint8_t>(copy.begin(), copy.end() - 1)));  // cut short
+  auto padded = copy;
+  padded.resize(copy.size() * 2);  // a window's padding is not part of the block
+  REQUIRE(ImageSymbols::view(padded, nullptr));
+  CHECK(ImageSymbols::view(padded, nullptr)->digest() == good->digest());
   auto bad = copy;
   bad[8] = 9;  // another version
   CHECK(refused(bad));

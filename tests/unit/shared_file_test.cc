@@ -2,7 +2,11 @@
 // removed by the next user once nobody holds them. Each SharedFile opens its own descriptor, so two
 // in one process hold and exclude each other as two supervisors' would.
 #include "base/error.h"
+#include "kernel/symbols.h"
 #include "repair/shared_file.h"
+#include "repair/shared_symbols.h"
+
+#include <fmt/format.h>
 
 #include <catch2/catch.hpp>
 
@@ -11,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <bit>
 #include <filesystem>
 #include <fstream>
 
@@ -79,4 +84,53 @@ TEST_CASE("shared file: a writer that fails leaves nothing behind, and bad names
   CHECK(fs::is_empty(dir));
   for (const char* bad : {"", "../escape", ".hidden", "a/b"})
     CHECK_THROWS_AS(SharedFile::acquire(dir, bad, [](const std::string&) {}), Error);
+}
+
+TEST_CASE("shared file: the kernel image's symbols of two guests of one kernel (other KASLR slides) are one file "
+          "of the host, mapped by both; a damaged file under its name is written again",
+          "[shared-file]") {
+  TempDir t;
+  std::string dir = t.path + "/.repair-shared";
+  auto kallsyms = [](std::uint64_t base) {
+    std::string text;
+    for (int i = 0; i < 500; ++i) text += fmt::format("{:016x} T fn_{}\n", base + 0x40u * static_cast<unsigned>(i), i);
+    return text + "ffffffffc0600000 t helper\t[mod_a]\n";
+  };
+  SymbolTable a = SymbolTable::from_kallsyms(kallsyms(0xffffffff81000000u));
+  SymbolTable b = SymbolTable::from_kallsyms(kallsyms(0xffffffff9e400000u));
+  std::string why;
+  auto host_a = host_image_symbols(dir, *a.image_symbols(), &why);
+  INFO(why);
+  REQUIRE(host_a);
+  auto host_b = host_image_symbols(dir, *b.image_symbols(), &why);
+  REQUIRE(host_b);
+  CHECK(a.share_image(host_a));
+  CHECK(b.share_image(host_b));
+  CHECK(b.address_of("fn_7") == 0xffffffff9e400000u + 7 * 0x40u);
+  CHECK(b.lookup(0xffffffff9e400000u + 7 * 0x40u + 1)->name() == "fn_7");
+  std::string file = dir + "/" + image_symbols_file_name(a.image_symbols()->digest());
+  std::size_t files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) files += e.path().string() == file;
+  CHECK(files == 1);
+  // A power of two long, as a repair VM's window needs; opened for one.
+  std::uint64_t window = 0;
+  CHECK(open_host_image_symbols(dir, *host_a, window));
+  CHECK(window == std::bit_ceil(a.image_symbols()->bytes().size()));
+
+  // Nobody holds it any more, and it is damaged: the next user writes it again.
+  a = SymbolTable();
+  b = SymbolTable();
+  host_a.reset();
+  host_b.reset();
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(70);
+    f.write("\xff\xff\xff\xff", 4);
+  }
+  SymbolTable c = SymbolTable::from_kallsyms(kallsyms(0xffffffff81000000u));
+  auto host_c = host_image_symbols(dir, *c.image_symbols(), &why);
+  INFO(why);
+  REQUIRE(host_c);
+  CHECK(c.share_image(host_c));
+  CHECK(c.address_of("fn_3") == 0xffffffff81000000u + 3 * 0x40u);
 }

@@ -1,5 +1,7 @@
 #include "repair/repair_broker.h"
 
+#include "repair/shared_symbols.h"
+
 #include "base/clock.h"
 #include "base/error.h"
 #include "repair/inline_repair.h"
@@ -118,8 +120,20 @@ void RepairBroker::start(Slot& slot) {
           say_(std::string("the repair VM analyses crashes in the guest's RAM (no snapshot arenas for it): ") + e.what());
         }
       }
+      std::optional<SymbolsWindow> symbols;
+      if (settings_.image_symbols && !settings_.shared_dir.empty()) {
+        try {
+          if (auto block = settings_.image_symbols()) {
+            std::uint64_t bytes = 0;
+            if (UniqueFd fd = open_host_image_symbols(settings_.shared_dir, *block, bytes))
+              symbols = SymbolsWindow{std::move(fd), bytes, block};  // the block holds the file's lock
+          }
+        } catch (const std::exception&) {
+          // No profile to read them from yet: the agent parses its own.
+        }
+      }
       slot.worker = std::make_unique<RepairVm>(factory_, c, ram_, image_->payload.get(), image_->window_bytes,
-                                               find_repair_agent(settings_.agent), arenas);
+                                               find_repair_agent(settings_.agent), arenas, std::move(symbols));
     } else {
       slot.worker = std::make_unique<InlineRepair>(find_repair_agent(settings_.agent), image_->payload.get(), image_->payload_offset, ram_,
                                                    dir_ + "/inline.log");

@@ -41,6 +41,10 @@ struct RepairSettings {
   // The host pool's snapshot arenas as read-only windows for a repair VM of a guest of this many
   // bytes of RAM (CrashBundles::arena_windows); none: its VM analyses the guest's RAM.
   std::function<std::vector<ArenaWindow>(std::uint64_t guest_ram)> arena_windows;
+  // The guest kernel's image symbols as the supervisor holds them (the host's copy in shared_dir:
+  // repair/shared_symbols.h), shown to the repair VM as one more window so that its agent keeps no
+  // copy of its own; null, or a block with no file there: it keeps its own.
+  std::function<std::shared_ptr<const ImageSymbols>()> image_symbols;
 };
 
 class RepairBroker final : public RepairEngine {

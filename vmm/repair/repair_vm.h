@@ -25,6 +25,14 @@ struct ArenaWindow {
   std::uint64_t bytes; // the window's size: a power of two, no larger than the file
 };
 
+// The host's file of the guest kernel's image symbols (repair/shared_symbols.h) as a read-only
+// window: the agent reads them there instead of keeping a copy of its own.
+struct SymbolsWindow {
+  UniqueFd fd;
+  std::uint64_t bytes;                  // the file's length, a power of two
+  std::shared_ptr<const void> keeper;  // holds the file's shared lock while the VM may read it
+};
+
 class RepairVm final : public RepairWorker {
  public:
   using Factory = std::function<std::unique_ptr<Machine>(const MachineConfig&, Deadline)>;
@@ -36,7 +44,8 @@ class RepairVm final : public RepairWorker {
   // arenas: the host pool's snapshot arenas as two more windows (empty: crashes are analysed
   // from the guest's RAM).
   RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
-           std::uint64_t window_bytes, std::string agent, const std::vector<ArenaWindow>& arenas = {});
+           std::uint64_t window_bytes, std::string agent, const std::vector<ArenaWindow>& arenas = {},
+           std::optional<SymbolsWindow> symbols = std::nullopt);
   ~RepairVm() override;
 
   const char* mode() const override { return "vm"; }
@@ -74,6 +83,7 @@ class RepairVm final : public RepairWorker {
   std::vector<UniqueFd> arenas_;  // read-only opens of the host pool's arenas
   UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
   UniqueFd payload_;    // a read-only open of the repair payload
+  std::optional<SymbolsWindow> symbols_;
   std::unique_ptr<Machine> machine_;
   WorkerState state_ = WorkerState::starting;
   std::string status_ = "booting";
