@@ -380,9 +380,9 @@ void answer_one(Engine& engine, Mailbox& box, std::uint64_t seq, const std::stri
   else box.set_state(AgentState::busy, "answered; the process for the next crash is being prepared");
 }
 
-// --inline --payload-fd P [--payload-offset O] --ram-fd N --mailbox-fd M --doorbell-fd D
+// --inline --payload-fd P [--payload-offset O] --ram-fd N --mailbox-fd M --doorbell-fd D [--symbols-fd S]
 int run_inline(int argc, char** argv) {
-  int payload_fd = -1, ram_fd = -1, mailbox_fd = -1, doorbell = -1;
+  int payload_fd = -1, ram_fd = -1, mailbox_fd = -1, doorbell = -1, symbols_fd = -1;
   std::uint64_t payload_offset = 0;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -391,6 +391,7 @@ int run_inline(int argc, char** argv) {
     else if (k == "--ram-fd") ram_fd = std::stoi(v);
     else if (k == "--mailbox-fd") mailbox_fd = std::stoi(v);
     else if (k == "--doorbell-fd") doorbell = std::stoi(v);
+    else if (k == "--symbols-fd") symbols_fd = std::stoi(v);
   }
   if (payload_fd < 0 || ram_fd < 0 || mailbox_fd < 0 || doorbell < 0) {
     say("usage: immortal-repair-agent --inline --payload-fd P [--payload-offset O] --ram-fd N --mailbox-fd M --doorbell-fd D");
@@ -408,10 +409,24 @@ int run_inline(int argc, char** argv) {
     std::string_view window = map_payload(payload_fd);
     if (payload_offset >= window.size()) fail(ExitCode::bad_input, "the payload offset lies beyond the payload");
     Inputs inputs = read_inputs(window.substr(payload_offset), ram_fd);
+    // The host's file of the kernel image's symbols: mapped now, checked inside the sandbox.
+    std::string_view symbols;
+    if (symbols_fd >= 0) {
+      struct stat st {};
+      if (::fstat(symbols_fd, &st) == 0 && st.st_size > 0)
+        symbols = {static_cast<const char*>(map_shared(symbols_fd, static_cast<std::uint64_t>(st.st_size), false, "the host's kernel symbols")),
+                   static_cast<std::size_t>(st.st_size)};
+      ::close(symbols_fd);
+    }
     ::close(ram_fd);  // the mappings stay; the descriptors are not needed any more
     ::close(payload_fd);
     ::close(mailbox_fd);
     enter_sandbox({address_space_in_use() + kHeadroom, kLogLimit});
+    if (!symbols.empty()) {
+      std::string why;
+      inputs.host_symbols = ImageSymbols::view({reinterpret_cast<const std::uint8_t*>(symbols.data()), symbols.size()}, nullptr, &why);
+      if (!inputs.host_symbols) say("the host's kernel symbols are not used: " + why);
+    }
     engine = std::make_unique<Engine>(std::move(inputs), /*parallel=*/false);
   } catch (const std::exception& e) {
     box.set_state(AgentState::failed, e.what());

@@ -147,6 +147,12 @@ TEST_CASE("repair inline: the engine runs in a sandboxed process and recovers cr
   }
   CHECK(ram_maps == 1);
   CHECK(writable_shared == 1);
+  // The kernel image's symbols are read from the host's one file of them (read-only), not parsed
+  // into a copy of its own (repair/shared_symbols.h).
+  CHECK_THAT(read_file("/proc/" + std::to_string(pid) + "/maps"), Catch::Contains("/.repair-shared/kernel-symbols-v1-"));
+  auto readies = events_of(g.name, "repair-ready");
+  REQUIRE(!readies.empty());
+  CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared)"));
 
   for (const char* cls : {"null-deref", "text-corruption", "mutex-held"}) {
     INFO("class " << cls);

@@ -16,7 +16,7 @@
 namespace immortal::vmm {
 
 InlineRepair::InlineRepair(const std::string& agent, int payload, std::uint64_t payload_offset, const Machine::RamFile& ram,
-                           const std::string& log) {
+                           const std::string& log, std::optional<SymbolsWindow> symbols) {
   // Read-only open file descriptions of guest RAM and the payload: the agent cannot map them writable.
   UniqueFd ram_ro = reopen_read_only(ram.fd);
   if (!ram_ro) fail_os(ExitCode::failure, "reopen guest RAM read-only", errno);
@@ -25,9 +25,15 @@ InlineRepair::InlineRepair(const std::string& agent, int payload, std::uint64_t 
   Doorbell doorbell = make_doorbell();
   doorbell_ = std::move(doorbell.ours);
   UniqueFd log_fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
-  pid_ = start_agent_process({agent, "--inline", "--ram-fd", "3", "--mailbox-fd", "4", "--doorbell-fd", "5", "--payload-fd", "6",
-                              "--payload-offset", std::to_string(payload_offset)},
-                             {-1, log_fd.get(), log_fd.get(), ram_ro.get(), mailbox_.fd(), doorbell.theirs.get(), payload_ro.get()});
+  std::vector<std::string> args = {agent, "--inline", "--ram-fd", "3", "--mailbox-fd", "4", "--doorbell-fd", "5", "--payload-fd", "6",
+                                   "--payload-offset", std::to_string(payload_offset)};
+  std::vector<int> fds = {-1, log_fd.get(), log_fd.get(), ram_ro.get(), mailbox_.fd(), doorbell.theirs.get(), payload_ro.get()};
+  if (symbols) {
+    args.insert(args.end(), {"--symbols-fd", "7"});
+    fds.push_back(symbols->fd.get());  // opened read-only
+    symbols_keeper_ = std::move(symbols->keeper);
+  }
+  pid_ = start_agent_process(args, fds);
 }
 
 InlineRepair::~InlineRepair() { kill_agent(); }

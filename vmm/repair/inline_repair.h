@@ -5,15 +5,20 @@
 
 #include "machine.h"
 #include "repair/repair_worker.h"
+#include "repair/shared_symbols.h"
+
+#include <memory>
+#include <optional>
 
 namespace immortal::vmm {
 
 class InlineRepair final : public RepairWorker {
  public:
   // agent: the immortal-repair-agent binary; payload: the repair payload's memfd and where in it
-  // the payload lies (repair/repair_image.h); log: its stderr.
+  // the payload lies (repair/repair_image.h); log: its stderr. symbols: the host's file of the
+  // kernel image's symbols (repair/shared_symbols.h), read by the agent in place of its own.
   InlineRepair(const std::string& agent, int payload, std::uint64_t payload_offset, const Machine::RamFile& ram,
-               const std::string& log);
+               const std::string& log, std::optional<SymbolsWindow> symbols = std::nullopt);
   ~InlineRepair() override;
 
   const char* mode() const override { return "inline"; }
@@ -29,6 +34,7 @@ class InlineRepair final : public RepairWorker {
 
   MailboxMemory mailbox_;
   UniqueFd doorbell_;
+  std::shared_ptr<const void> symbols_keeper_;  // the host's symbols file stays while the agent reads it
   int pid_ = -1;
   WorkerState state_ = WorkerState::starting;
   std::string status_ = "starting";

@@ -100,6 +100,20 @@ nlohmann::json RepairBroker::image_json() const {
   return j;
 }
 
+std::optional<SymbolsWindow> RepairBroker::host_symbols() const {
+  if (!settings_.image_symbols || settings_.shared_dir.empty()) return std::nullopt;
+  try {
+    if (auto block = settings_.image_symbols()) {
+      std::uint64_t bytes = 0;
+      if (UniqueFd fd = open_host_image_symbols(settings_.shared_dir, *block, bytes))
+        return SymbolsWindow{std::move(fd), bytes, block};  // the block holds the file's lock
+    }
+  } catch (const std::exception&) {
+    // No profile to read them from yet: the agent keeps its own.
+  }
+  return std::nullopt;
+}
+
 void RepairBroker::start(Slot& slot) {
   if (!image_) return;
   slot.worker.reset();
@@ -120,23 +134,11 @@ void RepairBroker::start(Slot& slot) {
           say_(std::string("the repair VM analyses crashes in the guest's RAM (no snapshot arenas for it): ") + e.what());
         }
       }
-      std::optional<SymbolsWindow> symbols;
-      if (settings_.image_symbols && !settings_.shared_dir.empty()) {
-        try {
-          if (auto block = settings_.image_symbols()) {
-            std::uint64_t bytes = 0;
-            if (UniqueFd fd = open_host_image_symbols(settings_.shared_dir, *block, bytes))
-              symbols = SymbolsWindow{std::move(fd), bytes, block};  // the block holds the file's lock
-          }
-        } catch (const std::exception&) {
-          // No profile to read them from yet: the agent parses its own.
-        }
-      }
       slot.worker = std::make_unique<RepairVm>(factory_, c, ram_, image_->payload.get(), image_->window_bytes,
-                                               find_repair_agent(settings_.agent), arenas, std::move(symbols));
+                                               find_repair_agent(settings_.agent), arenas, host_symbols());
     } else {
       slot.worker = std::make_unique<InlineRepair>(find_repair_agent(settings_.agent), image_->payload.get(), image_->payload_offset, ram_,
-                                                   dir_ + "/inline.log");
+                                                   dir_ + "/inline.log", host_symbols());
     }
     event_("repair-starting", {{"mode", slot.mode}});
   } catch (const std::exception& e) {

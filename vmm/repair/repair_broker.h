@@ -74,6 +74,8 @@ class RepairBroker final : public RepairEngine {
     int failures = 0;
   };
   void start(Slot& slot);
+  // The host's file of the kernel image's symbols for a worker's agent, when there is one.
+  std::optional<SymbolsWindow> host_symbols() const;
   void watch(Slot& slot);
   // A request as each worker is sent it: with the crash's snapshot (and its index, the
   // attachment) for one that reads snapshots, plain for the others.

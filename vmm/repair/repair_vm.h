@@ -10,6 +10,7 @@
 #include "machine.h"
 #include "machine_config.h"
 #include "repair/repair_worker.h"
+#include "repair/shared_symbols.h"
 
 #include <atomic>
 #include <functional>
@@ -23,14 +24,6 @@ namespace immortal::vmm {
 struct ArenaWindow {
   int fd;              // read-only; reopened here
   std::uint64_t bytes; // the window's size: a power of two, no larger than the file
-};
-
-// The host's file of the guest kernel's image symbols (repair/shared_symbols.h) as a read-only
-// window: the agent reads them there instead of keeping a copy of its own.
-struct SymbolsWindow {
-  UniqueFd fd;
-  std::uint64_t bytes;                  // the file's length, a power of two
-  std::shared_ptr<const void> keeper;  // holds the file's shared lock while the VM may read it
 };
 
 class RepairVm final : public RepairWorker {

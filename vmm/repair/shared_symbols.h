@@ -19,6 +19,15 @@ namespace immortal::vmm {
 std::shared_ptr<const ImageSymbols> host_image_symbols(const std::string& dir, const ImageSymbols& built,
                                                        std::string* why = nullptr);
 
+// The host's file of a guest kernel's image symbols as a repair agent is given it: read-only, a
+// window of the repair VM or a descriptor of the inline agent, which reads them there instead of
+// keeping a copy of its own.
+struct SymbolsWindow {
+  UniqueFd fd;
+  std::uint64_t bytes;                 // the file's length, a power of two
+  std::shared_ptr<const void> keeper;  // holds the file's shared lock while the agent may read it
+};
+
 // The host's file of `block` (one host_image_symbols() returned, still held by it), opened
 // read-only for a repair VM's window of window_bytes (the file's length, a power of two); an
 // invalid descriptor when there is none.
