@@ -88,11 +88,22 @@ void Supervisor::build_rooms() {
   agent_ = std::make_unique<AgentChannel>(machine_->connect_agent_channel(Deadline::in(std::chrono::seconds(5))));
   profile_ = std::make_unique<ProfileCollector>(*agent_, dir_.file("profile"), say);
   // The kernel image's symbols once for every guest of this kernel on the host (issue 20).
+  // Whether it is, and why not, is in `status` (profile.kernel_symbols).
   kernel_ = std::make_unique<LiveKernel>(
-      *machine_, *profile_, [shared = shared_dir()](const PhysicalMemory& memory, const GuestProfile& profile) {
+      *machine_, *profile_, [this, shared = shared_dir()](const PhysicalMemory& memory, const GuestProfile& profile) {
         auto kernel = Kernel::open(memory, profile, std::nullopt);
-        if (const auto& own = kernel->symbols().image_symbols())
-          if (auto host = host_image_symbols(shared, *own)) kernel->share_image_symbols(std::move(host));
+        const auto& own = kernel->symbols().image_symbols();
+        if (!own) {
+          kernel_symbols_ = {{"shared", false}, {"why", "the profile's kallsyms has no kernel image symbols"}};
+          return kernel;
+        }
+        std::string why;
+        auto host = host_image_symbols(shared, *own, &why);
+        if (host && kernel->share_image_symbols(host))
+          kernel_symbols_ = {{"shared", true}, {"file", shared + "/" + image_symbols_file_name(host->digest())},
+                             {"symbols", host->size()}, {"bytes", host->bytes().size()}};
+        else
+          kernel_symbols_ = {{"shared", false}, {"why", why.empty() ? "the host's file differs" : why}};
         return kernel;
       });
   BundleSettings bundle_settings = options_.bundles;

@@ -23,9 +23,11 @@ void Supervisor::event(const std::string& name, json fields) {
 }
 
 json Supervisor::status() const {
-  return instance_status({options_.machine, options_.accelerator, options_.recovery.enabled, dir_.path(),
-                          dir_.file("events.jsonl"), state_.get(), machine_.get(), started_, boot_time_, agent_.get(),
-                          profile_.get(), recovery_.get(), ledger_, repair_.get(), bundles_.get()});
+  json s = instance_status({options_.machine, options_.accelerator, options_.recovery.enabled, dir_.path(),
+                            dir_.file("events.jsonl"), state_.get(), machine_.get(), started_, boot_time_, agent_.get(),
+                            profile_.get(), recovery_.get(), ledger_, repair_.get(), bundles_.get()});
+  if (!kernel_symbols_.is_null() && s.contains("profile")) s["profile"]["kernel_symbols"] = kernel_symbols_;
+  return s;
 }
 
 void Supervisor::report_tick() {

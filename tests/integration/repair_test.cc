@@ -269,6 +269,11 @@ TEST_CASE("repair VM: a crash is read from its snapshot in the host's arena; wit
   auto readies = events_of(name, "repair-ready");
   REQUIRE(!readies.empty());
   CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared)"));
+  json symbols = status_json(name).value("profile", json::object()).value("kernel_symbols", json::object());
+  INFO(symbols.dump());
+  CHECK(symbols.value("shared", false));
+  CHECK_THAT(symbols.value("file", ""), Catch::Contains("/.repair-shared/kernel-symbols-v1-"));
+  CHECK(symbols.value("symbols", 0) > 10000);
   // The pool's first arena is prepared once the page-class agent has classified the guest.
   std::string pool = immortal::vmm::ArenaPool::directory_for(test_runtime_root());
   auto prepared = [&](int i) {
