@@ -229,9 +229,12 @@ std::optional<std::size_t> ImageSymbols::find(std::string_view name) const {
   return std::nullopt;
 }
 
-std::string ImageSymbols::digest() const {
-  XXH128_hash_t h = XXH3_128bits(bytes_.data(), bytes_.size());
-  return fmt::format("{:016x}{:016x}", h.high64, h.low64);
+const std::string& ImageSymbols::digest() const {
+  std::call_once(digest_once_, [this] {
+    XXH128_hash_t h = XXH3_128bits(bytes_.data(), bytes_.size());
+    digest_ = fmt::format("{:016x}{:016x}", h.high64, h.low64);
+  });
+  return digest_;
 }
 
 }  // namespace immortal

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -54,8 +55,9 @@ class ImageSymbols {
   std::optional<std::size_t> find(std::string_view name) const;
 
   // The block, and a digest of it that names it (hex, 32 characters): equal blocks are one kernel.
+  // Hashed once, when first asked for (the supervisor names and opens the host's file by it).
   std::span<const std::uint8_t> bytes() const { return bytes_; }
-  std::string digest() const;
+  const std::string& digest() const;
 
   ImageSymbols(const ImageSymbols&) = delete;
   ImageSymbols& operator=(const ImageSymbols&) = delete;
@@ -68,6 +70,8 @@ class ImageSymbols {
   const std::uint8_t* slots_ = nullptr;    // slot_count_ × u32 (indices; kEmpty free)
   const char* names_ = nullptr;
   std::size_t count_ = 0, slot_count_ = 0, names_bytes_ = 0;
+  mutable std::once_flag digest_once_;
+  mutable std::string digest_;
   std::uint32_t offset_of(std::size_t i) const;
   std::uint32_t name_of(std::size_t i) const;
 };

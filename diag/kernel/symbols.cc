@@ -52,11 +52,11 @@ SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
   SymbolTable table;
   // One line per symbol: room for all of them at once (growing a vector of 95 k symbols moved
   // each one many times; a profile's kallsyms is bounded by the profile's file budget).
-  table.sorted_.reserve(std::min<std::size_t>(static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')) + 1,
-                                              kMaxSymbols));
-  // The image's symbols go to its shareable layer, as views of the text until it is built.
+  // Most of them are the image's, which go to its shareable layer (as views of the text until it
+  // is built); the modules' few thousand go to the table.
   std::vector<ImageSymbols::Input> image;
-  image.reserve(table.sorted_.capacity());
+  image.reserve(std::min<std::size_t>(static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')) + 1,
+                                      kMaxSymbols));
   std::string_view rest(text);
   while (!rest.empty()) {
     auto nl = rest.find('\n');
@@ -110,7 +110,6 @@ SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
   table.image_ = ImageSymbols::build(image, table.image_base_, left_out);
   for (std::size_t i : left_out)
     table.sorted_.push_back(StoredSymbol(image[i].address, table.names_.add(image[i].name, image[i].type), nullptr));
-  table.sorted_.shrink_to_fit();  // reserved for every line: most were the image's
   table.index();
   return table;
 }
@@ -283,10 +282,12 @@ std::optional<Symbol> SymbolTable::lookup(std::uint64_t address) const {
     if (address < image_base_) {
       any_above = true;
     } else {
-      std::uint64_t offset = address - image_base_;
-      if (image_->above(offset)) any_above = true;
-      if (auto i = image_->at_or_below(offset); i && (!best || image_base_ + image_->at(*i).offset > best->address))
-        best = image_symbol(*i);
+      // One search: the first image symbol above, and the one before it.
+      auto next = image_->above(address - image_base_);
+      if (next) any_above = true;
+      std::size_t first_above = next ? *next : image_->size();
+      if (first_above > 0 && (!best || image_base_ + image_->at(first_above - 1).offset > best->address))
+        best = image_symbol(first_above - 1);
     }
   }
   // Past the last symbol or absurdly far from the nearest one: not a symbol address.

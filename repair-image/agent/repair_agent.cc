@@ -327,23 +327,32 @@ class Engine {
   bool parallel_ = false;
 };
 
-// The repair VM's window onto the host's block of the kernel image's symbols, mapped once for the
-// VM's life (nullptr when it has none, or it is not one).
+// The host's file of the kernel image's symbols (a window's BAR, a descriptor), mapped read-only
+// and whole for the process's life; fd is closed. Empty when there is nothing to map.
+std::span<const std::uint8_t> map_host_symbols(int fd) {
+  if (fd < 0) return {};
+  struct stat st {};
+  void* at = MAP_FAILED;
+  if (::fstat(fd, &st) == 0 && st.st_size > 0)
+    at = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (at == MAP_FAILED) return {};
+  return {static_cast<const std::uint8_t*>(at), static_cast<std::size_t>(st.st_size)};
+}
+
+// The block in what map_host_symbols() mapped, checked (nullptr, said why, when it is not one).
+std::shared_ptr<const ImageSymbols> host_symbols_in(std::span<const std::uint8_t> bytes) {
+  if (bytes.empty()) return nullptr;
+  std::string why;
+  auto block = ImageSymbols::view(bytes, nullptr, &why);
+  if (!block) say("the host's kernel symbols are not used: " + why);
+  return block;
+}
+
+// The repair VM's window onto the host's block, mapped once for the VM's life.
 std::shared_ptr<const ImageSymbols> window_symbols() {
-  static const std::shared_ptr<const ImageSymbols> block = []() -> std::shared_ptr<const ImageSymbols> {
-    int fd = ::open(kSymbolsResource, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return nullptr;
-    struct stat st {};
-    void* at = MAP_FAILED;
-    if (::fstat(fd, &st) == 0 && st.st_size > 0)
-      at = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
-    ::close(fd);
-    if (at == MAP_FAILED) return nullptr;
-    std::string why;
-    auto viewed = ImageSymbols::view({static_cast<const std::uint8_t*>(at), static_cast<std::size_t>(st.st_size)}, nullptr, &why);
-    if (!viewed) say("the host's window of kernel symbols is not used: " + why);
-    return viewed;
-  }();
+  static const std::shared_ptr<const ImageSymbols> block =
+      host_symbols_in(map_host_symbols(::open(kSymbolsResource, O_RDONLY | O_CLOEXEC)));
   return block;
 }
 
@@ -410,23 +419,12 @@ int run_inline(int argc, char** argv) {
     if (payload_offset >= window.size()) fail(ExitCode::bad_input, "the payload offset lies beyond the payload");
     Inputs inputs = read_inputs(window.substr(payload_offset), ram_fd);
     // The host's file of the kernel image's symbols: mapped now, checked inside the sandbox.
-    std::string_view symbols;
-    if (symbols_fd >= 0) {
-      struct stat st {};
-      if (::fstat(symbols_fd, &st) == 0 && st.st_size > 0)
-        symbols = {static_cast<const char*>(map_shared(symbols_fd, static_cast<std::uint64_t>(st.st_size), false, "the host's kernel symbols")),
-                   static_cast<std::size_t>(st.st_size)};
-      ::close(symbols_fd);
-    }
+    std::span<const std::uint8_t> symbols = map_host_symbols(symbols_fd);
     ::close(ram_fd);  // the mappings stay; the descriptors are not needed any more
     ::close(payload_fd);
     ::close(mailbox_fd);
     enter_sandbox({address_space_in_use() + kHeadroom, kLogLimit});
-    if (!symbols.empty()) {
-      std::string why;
-      inputs.host_symbols = ImageSymbols::view({reinterpret_cast<const std::uint8_t*>(symbols.data()), symbols.size()}, nullptr, &why);
-      if (!inputs.host_symbols) say("the host's kernel symbols are not used: " + why);
-    }
+    inputs.host_symbols = host_symbols_in(symbols);
     engine = std::make_unique<Engine>(std::move(inputs), /*parallel=*/false);
   } catch (const std::exception& e) {
     box.set_state(AgentState::failed, e.what());

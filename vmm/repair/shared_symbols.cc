@@ -70,7 +70,7 @@ std::shared_ptr<const ImageSymbols> map_host_copy(const std::string& dir, const 
 
 std::shared_ptr<const ImageSymbols> host_image_symbols(const std::string& dir, const ImageSymbols& built,
                                                        std::string* why) {
-  const std::string digest = built.digest();
+  const std::string& digest = built.digest();
   for (int round = 0;; ++round) {
     try {
       return map_host_copy(dir, built, digest);
