@@ -4,7 +4,7 @@
 #include "base/error.h"
 #include "base/terminal_text.h"
 #include "control/status.h"
-#include "repair/shared_symbols.h"
+#include "repair/shared_kernel_files.h"
 #include "upgrade.h"
 
 #include <poll.h>
@@ -87,23 +87,33 @@ void Supervisor::build_rooms() {
   auto emit = [this](const std::string& name, json fields) { event(name, std::move(fields)); };
   agent_ = std::make_unique<AgentChannel>(machine_->connect_agent_channel(Deadline::in(std::chrono::seconds(5))));
   profile_ = std::make_unique<ProfileCollector>(*agent_, dir_.file("profile"), say);
-  // The kernel image's symbols once for every guest of this kernel on the host (issue 20).
-  // Whether it is, and why not, is in `status` (profile.kernel_symbols).
+  // The kernel image's symbols and the kernel's BTF once for every guest of this kernel on the
+  // host (issue 20). Whether they are, and why not, is in `status` (profile.kernel_symbols,
+  // profile.kernel_types).
   kernel_ = std::make_unique<LiveKernel>(
       *machine_, *profile_, [this, shared = shared_dir()](const PhysicalMemory& memory, const GuestProfile& profile) {
         auto kernel = Kernel::open(memory, profile, std::nullopt);
-        const auto& own = kernel->symbols().image_symbols();
-        if (!own) {
+        if (const auto& own = kernel->symbols().image_symbols(); !own) {
           kernel_symbols_ = {{"shared", false}, {"why", "the profile's kallsyms has no kernel image symbols"}};
-          return kernel;
+        } else {
+          std::string why;
+          auto host = host_image_symbols(shared, *own, &why);
+          if (host && kernel->share_image_symbols(host))
+            kernel_symbols_ = {{"shared", true}, {"file", shared + "/" + image_symbols_file_name(host->digest())},
+                               {"symbols", host->size()}, {"bytes", host->bytes().size()}};
+          else
+            kernel_symbols_ = {{"shared", false}, {"why", why.empty() ? "the host's file differs" : why}};
         }
-        std::string why;
-        auto host = host_image_symbols(shared, *own, &why);
-        if (host && kernel->share_image_symbols(host))
-          kernel_symbols_ = {{"shared", true}, {"file", shared + "/" + image_symbols_file_name(host->digest())},
-                             {"symbols", host->size()}, {"bytes", host->bytes().size()}};
-        else
-          kernel_symbols_ = {{"shared", false}, {"why", why.empty() ? "the host's file differs" : why}};
+        if (const BtfTypes* own = kernel->btf(); !own) {
+          kernel_types_ = {{"shared", false}, {"why", "the kernel's types are not the profile's BTF"}};
+        } else {
+          std::string why;
+          auto host = host_kernel_btf(shared, *own, &why);
+          if (host && kernel->share_btf(host->bytes, host->keeper))
+            kernel_types_ = {{"shared", true}, {"file", host->file}, {"types", own->type_count()}, {"bytes", host->bytes.size()}};
+          else
+            kernel_types_ = {{"shared", false}, {"why", why.empty() ? "the host's file differs" : why}};
+        }
         return kernel;
       });
   BundleSettings bundle_settings = options_.bundles;
@@ -148,8 +158,14 @@ void Supervisor::build_rooms() {
       for (const auto& w : bundles_->arena_windows(guest_ram)) out.push_back({w.fd, w.bytes});
       return out;
     };
-    // The kernel image's symbols as this supervisor holds them: the host's copy, when it has one.
+    // The kernel image's symbols and BTF as this supervisor holds them: the host's copies, when it
+    // has them.
     repair.image_symbols = [this] { return kernel_->get().symbols().image_symbols(); };
+    repair.kernel_btf = [this]() -> std::optional<SharedBtfRef> {
+      const BtfTypes* btf = kernel_->get().btf();
+      if (!btf || !btf->shared()) return std::nullopt;
+      return SharedBtfRef{btf->digest(), btf->bytes().size(), btf->keeper()};
+    };
     repair_ = std::make_unique<RepairBroker>(repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
   }
   recovery_ = std::make_unique<RecoveryCoordinator>(RecoveryParts{

@@ -117,9 +117,9 @@ class Supervisor {
   std::unique_ptr<AgentChannel> agent_;
   std::unique_ptr<ProfileCollector> profile_;
   std::unique_ptr<LiveKernel> kernel_;
-  // Whether the live kernel reads the kernel image's symbols from the host's file of them
-  // (repair/shared_symbols.h), for `status`: profile.kernel_symbols.
-  nlohmann::json kernel_symbols_;
+  // Whether the live kernel reads the kernel image's symbols and its BTF from the host's files of
+  // them (repair/shared_kernel_files.h), for `status`: profile.kernel_symbols, profile.kernel_types.
+  nlohmann::json kernel_symbols_, kernel_types_;
   std::unique_ptr<CrashBundles> bundles_;
   std::unique_ptr<RepairBroker> repair_;
   std::unique_ptr<RecoveryCoordinator> recovery_;

@@ -27,6 +27,7 @@ json Supervisor::status() const {
                             dir_.file("events.jsonl"), state_.get(), machine_.get(), started_, boot_time_, agent_.get(),
                             profile_.get(), recovery_.get(), ledger_, repair_.get(), bundles_.get()});
   if (!kernel_symbols_.is_null() && s.contains("profile")) s["profile"]["kernel_symbols"] = kernel_symbols_;
+  if (!kernel_types_.is_null() && s.contains("profile")) s["profile"]["kernel_types"] = kernel_types_;
   return s;
 }
 

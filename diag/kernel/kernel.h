@@ -54,9 +54,17 @@ class Kernel {
   const KernelMemory& memory() const { return *memory_; }
   const SymbolTable& symbols() const { return symbols_; }
   // Uses `shared` for the kernel image's symbols when it holds the same ones (the host's copy for
-  // every guest of this kernel: vmm/repair/shared_symbols.h). Before the kernel is read by others.
+  // every guest of this kernel: vmm/repair/shared_kernel_files.h). Before the kernel is read by others.
   bool share_image_symbols(std::shared_ptr<const ImageSymbols> shared) { return symbols_.share_image(std::move(shared)); }
   const TypeInfo& types() const { return *types_; }
+  // The types as BTF (nullptr when they come from elsewhere, e.g. DWARF).
+  const BtfTypes* btf() const { return dynamic_cast<const BtfTypes*>(types_.get()); }
+  // Reads the BTF from `shared` when it holds the same bytes (the host's copy for every guest of
+  // this kernel: BtfTypes::share). Before the kernel is read by others.
+  bool share_btf(std::span<const std::uint8_t> shared, std::shared_ptr<const void> keeper) {
+    auto* btf = dynamic_cast<BtfTypes*>(types_.get());
+    return btf && btf->share(shared, std::move(keeper));
+  }
   const std::optional<Vmcoreinfo>& vmcoreinfo() const { return vmcoreinfo_; }
   const std::string& release() const { return release_; }
   // Address of a kernel symbol; throws Error(ExitCode::bad_input) if the profile lacks it.

@@ -50,6 +50,8 @@ class BtfTypes final : public TypeInfo {
   // changed, when the bytes differ. Before the types are read by other threads.
   bool share(std::span<const std::uint8_t> shared, std::shared_ptr<const void> keeper);
   bool shared() const { return keeper_ != nullptr; }
+  // What keeps the shared bytes mapped (nullptr while they are libbpf's copy).
+  const std::shared_ptr<const void>& keeper() const { return keeper_; }
 
  private:
   struct MemberSearch;

@@ -74,8 +74,10 @@ constexpr char kPayloadResource[] = "/sys/bus/pci/devices/0000:00:12.0/resource2
 // The host pool's two snapshot arenas (a crash's snapshot is in one of them), when the VM has them.
 constexpr const char* kArenaResources[] = {"/sys/bus/pci/devices/0000:00:13.0/resource2",
                                            "/sys/bus/pci/devices/0000:00:14.0/resource2"};
-// The host's copy of the kernel image's symbols (vmm/repair/shared_symbols.h), when it has one.
+// The host's copy of the kernel image's symbols (vmm/repair/shared_kernel_files.h), when it has one.
 constexpr char kSymbolsResource[] = "/sys/bus/pci/devices/0000:00:15.0/resource2";
+// The host's copy of the kernel's BTF (vmm/repair/shared_kernel_files.h), when it has one.
+constexpr char kTypesResource[] = "/sys/bus/pci/devices/0000:00:16.0/resource2";
 // The inline agent's limits beyond what it has mapped (guest RAM, the mailbox, the payload): its
 // parsed profile (symbols, BTF), the healthy copy and the engine's work fit in far less.
 constexpr std::uint64_t kHeadroom = 3ull << 30;
@@ -132,6 +134,9 @@ struct Inputs {
   // The host's block of the kernel image's symbols (the repair VM's window): used instead of the
   // one parsed from the profile when it holds the same symbols.
   std::shared_ptr<const ImageSymbols> host_symbols;
+  // The host's copy of the kernel's BTF (a window, a descriptor; mapped for the process's life):
+  // read instead of libbpf's copy when it holds the same bytes.
+  std::span<const std::uint8_t> host_types;
 };
 
 Inputs read_inputs(std::string_view payload, int ram_fd) {
@@ -188,6 +193,11 @@ class Engine {
       kernel_ = Kernel::open(*memory_, profile, std::nullopt);
       // Before anything holds a name of it: the parsed block goes, the host's is read in place.
       if (in.host_symbols) symbols_shared_ = kernel_->share_image_symbols(std::move(in.host_symbols)) ? "shared" : "own (the host's differ)";
+      // Mapped until the process ends: nothing to release.
+      if (!in.host_types.empty())
+        types_shared_ = kernel_->share_btf(in.host_types, std::shared_ptr<const void>(in.host_types.data(), [](const void*) {}))
+                            ? "shared"
+                            : "own (the host's differ)";
     }
     malloc_trim(0);
     stage("kernel");
@@ -245,8 +255,8 @@ class Engine {
     // inline sandbox does not allow the call. Early in the line: the mailbox keeps 255 bytes of it.
     std::string peak;
     if (struct rusage u {}; parallel_ && ::getrusage(RUSAGE_SELF, &u) == 0) peak = fmt::format(", peak memory {} MiB", (u.ru_maxrss + 1023) / 1024);
-    return fmt::format("ready: kernel {}, {} symbols ({}){}, healthy copy {} KiB ({} differences in {} pieces compared now){}, {}, loaded in {:.0f} ms ({})",
-                       kernel_->release(), kernel_->symbols().size(), symbols_shared_, peak, healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
+    return fmt::format("ready: kernel {}, {} symbols ({}), types ({}){}, healthy copy {} KiB ({} differences in {} pieces compared now){}, {}, loaded in {:.0f} ms ({})",
+                       kernel_->release(), kernel_->symbols().size(), symbols_shared_, types_shared_, peak, healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
                        warmup_pieces_,
                        healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", rehearsal_, load_ms_, stages_);
   }
@@ -324,12 +334,13 @@ class Engine {
   std::string stages_;  // each load stage's milliseconds, for the summary
   std::string rehearsal_;
   std::string symbols_shared_ = "own";  // the kernel image's symbols: parsed here, or the host's
+  std::string types_shared_ = "own";    // the kernel's BTF: libbpf's copy, or the host's
   bool parallel_ = false;
 };
 
-// The host's file of the kernel image's symbols (a window's BAR, a descriptor), mapped read-only
-// and whole for the process's life; fd is closed. Empty when there is nothing to map.
-std::span<const std::uint8_t> map_host_symbols(int fd) {
+// One of the host's kernel files (a window's BAR, a descriptor), mapped read-only and whole for
+// the process's life; fd is closed. Empty when there is nothing to map.
+std::span<const std::uint8_t> map_host_file(int fd) {
   if (fd < 0) return {};
   struct stat st {};
   void* at = MAP_FAILED;
@@ -340,7 +351,7 @@ std::span<const std::uint8_t> map_host_symbols(int fd) {
   return {static_cast<const std::uint8_t*>(at), static_cast<std::size_t>(st.st_size)};
 }
 
-// The block in what map_host_symbols() mapped, checked (nullptr, said why, when it is not one).
+// The block in what map_host_file() mapped, checked (nullptr, said why, when it is not one).
 std::shared_ptr<const ImageSymbols> host_symbols_in(std::span<const std::uint8_t> bytes) {
   if (bytes.empty()) return nullptr;
   std::string why;
@@ -352,14 +363,21 @@ std::shared_ptr<const ImageSymbols> host_symbols_in(std::span<const std::uint8_t
 // The repair VM's window onto the host's block, mapped once for the VM's life.
 std::shared_ptr<const ImageSymbols> window_symbols() {
   static const std::shared_ptr<const ImageSymbols> block =
-      host_symbols_in(map_host_symbols(::open(kSymbolsResource, O_RDONLY | O_CLOEXEC)));
+      host_symbols_in(map_host_file(::open(kSymbolsResource, O_RDONLY | O_CLOEXEC)));
   return block;
+}
+
+// The repair VM's window onto the host's copy of the kernel's BTF, mapped once for the VM's life.
+std::span<const std::uint8_t> window_types() {
+  static const std::span<const std::uint8_t> bytes = map_host_file(::open(kTypesResource, O_RDONLY | O_CLOEXEC));
+  return bytes;
 }
 
 // Inputs read from a payload, with the host's symbols when the repair VM has them.
 Inputs read_inputs_in_vm(std::string_view payload, int ram_fd) {
   Inputs in = read_inputs(payload, ram_fd);
   in.host_symbols = window_symbols();
+  in.host_types = window_types();
   return in;
 }
 
@@ -389,9 +407,9 @@ void answer_one(Engine& engine, Mailbox& box, std::uint64_t seq, const std::stri
   else box.set_state(AgentState::busy, "answered; the process for the next crash is being prepared");
 }
 
-// --inline --payload-fd P [--payload-offset O] --ram-fd N --mailbox-fd M --doorbell-fd D [--symbols-fd S]
+// --inline --payload-fd P [--payload-offset O] --ram-fd N --mailbox-fd M --doorbell-fd D [--symbols-fd S] [--types-fd T]
 int run_inline(int argc, char** argv) {
-  int payload_fd = -1, ram_fd = -1, mailbox_fd = -1, doorbell = -1, symbols_fd = -1;
+  int payload_fd = -1, ram_fd = -1, mailbox_fd = -1, doorbell = -1, symbols_fd = -1, types_fd = -1;
   std::uint64_t payload_offset = 0;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -401,6 +419,7 @@ int run_inline(int argc, char** argv) {
     else if (k == "--mailbox-fd") mailbox_fd = std::stoi(v);
     else if (k == "--doorbell-fd") doorbell = std::stoi(v);
     else if (k == "--symbols-fd") symbols_fd = std::stoi(v);
+    else if (k == "--types-fd") types_fd = std::stoi(v);
   }
   if (payload_fd < 0 || ram_fd < 0 || mailbox_fd < 0 || doorbell < 0) {
     say("usage: immortal-repair-agent --inline --payload-fd P [--payload-offset O] --ram-fd N --mailbox-fd M --doorbell-fd D");
@@ -418,8 +437,9 @@ int run_inline(int argc, char** argv) {
     std::string_view window = map_payload(payload_fd);
     if (payload_offset >= window.size()) fail(ExitCode::bad_input, "the payload offset lies beyond the payload");
     Inputs inputs = read_inputs(window.substr(payload_offset), ram_fd);
-    // The host's file of the kernel image's symbols: mapped now, checked inside the sandbox.
-    std::span<const std::uint8_t> symbols = map_host_symbols(symbols_fd);
+    // The host's files of the kernel image's symbols and BTF: mapped now, checked inside the sandbox.
+    std::span<const std::uint8_t> symbols = map_host_file(symbols_fd);
+    inputs.host_types = map_host_file(types_fd);
     ::close(ram_fd);  // the mappings stay; the descriptors are not needed any more
     ::close(payload_fd);
     ::close(mailbox_fd);

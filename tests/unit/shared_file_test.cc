@@ -3,11 +3,13 @@
 // in one process hold and exclude each other as two supervisors' would.
 #include "base/error.h"
 #include "kernel/symbols.h"
+#include "types/btf_types.h"
 #include "repair/shared_file.h"
-#include "repair/shared_symbols.h"
+#include "repair/shared_kernel_files.h"
 
 #include <fmt/format.h>
 
+#include <bpf/btf.h>
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
@@ -114,7 +116,7 @@ TEST_CASE("shared file: the kernel image's symbols of two guests of one kernel (
   CHECK(files == 1);
   // A power of two long, as a repair VM's window needs; opened for one.
   std::uint64_t window = 0;
-  CHECK(open_host_image_symbols(dir, *host_a, window));
+  CHECK(open_host_kernel_file(dir, image_symbols_file_name(host_a->digest()), host_a->bytes().size(), window));
   CHECK(window == std::bit_ceil(a.image_symbols()->bytes().size()));
 
   // Nobody holds it any more, and it is damaged: the next user writes it again.
@@ -133,4 +135,70 @@ TEST_CASE("shared file: the kernel image's symbols of two guests of one kernel (
   REQUIRE(host_c);
   CHECK(c.share_image(host_c));
   CHECK(c.address_of("fn_3") == 0xffffffff81000000u + 3 * 0x40u);
+}
+
+namespace {
+
+// A small BTF, as a profile carries it: a struct with a member.
+std::string small_btf(const char* member) {
+  struct btf* b = btf__new_empty();
+  REQUIRE(b);
+  int int_id = btf__add_int(b, "int", 4, BTF_INT_SIGNED);
+  REQUIRE(btf__add_struct(b, "task_struct", 8) > 0);
+  REQUIRE(btf__add_field(b, "pid", int_id, 0, 0) == 0);
+  REQUIRE(btf__add_field(b, member, int_id, 32, 0) == 0);
+  __u32 size = 0;
+  const void* raw = btf__raw_data(b, &size);
+  std::string bytes(static_cast<const char*>(raw), size);
+  btf__free(b);
+  return bytes;
+}
+
+}  // namespace
+
+TEST_CASE("shared file: the BTF of two guests of one kernel is one file of the host, read by both; another kernel's "
+          "is another file; a damaged file under its name is written again",
+          "[shared-file]") {
+  TempDir t;
+  std::string dir = t.path + "/.repair-shared";
+  auto a = BtfTypes::parse(small_btf("tgid")), b = BtfTypes::parse(small_btf("tgid"));
+  std::string why;
+  auto host_a = host_kernel_btf(dir, *a, &why);
+  INFO(why);
+  REQUIRE(host_a);
+  auto host_b = host_kernel_btf(dir, *b, &why);
+  REQUIRE(host_b);
+  CHECK(host_a->file == host_b->file);
+  CHECK(host_a->file == dir + "/" + kernel_btf_file_name(a->digest()));
+  REQUIRE(a->share(host_a->bytes, host_a->keeper));
+  REQUIRE(b->share(host_b->bytes, host_b->keeper));
+  CHECK(a->bytes().data() != b->bytes().data());  // two mappings of one file
+  CHECK(b->field("task_struct", "tgid")->byte_offset() == 4);
+  std::uint64_t window = 0;
+  CHECK(open_host_kernel_file(dir, kernel_btf_file_name(a->digest()), a->bytes().size(), window));
+  CHECK(window == std::bit_ceil(a->bytes().size()));
+  CHECK_FALSE(open_host_kernel_file(dir, kernel_btf_file_name(a->digest()), window + 1, window));
+
+  auto other = BtfTypes::parse(small_btf("tgid_"));
+  auto host_other = host_kernel_btf(dir, *other, &why);
+  REQUIRE(host_other);
+  CHECK(host_other->file != host_a->file);
+
+  // Nobody holds it any more, and it is damaged: the next user writes it again.
+  std::string file = host_a->file;
+  a.reset();
+  b.reset();
+  host_a.reset();
+  host_b.reset();
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(40);
+    f.write("\xff\xff", 2);
+  }
+  auto c = BtfTypes::parse(small_btf("tgid"));
+  auto host_c = host_kernel_btf(dir, *c, &why);
+  INFO(why);
+  REQUIRE(host_c);
+  CHECK(c->share(host_c->bytes, host_c->keeper));
+  CHECK(c->field("task_struct", "tgid")->byte_offset() == 4);
 }

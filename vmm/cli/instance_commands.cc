@@ -163,9 +163,11 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
   for (const auto& ch : s.value("channels", json::array()))
     if (ch.is_string()) row("Channel:", ch.get<std::string>());
   row("Kernel:", s.value("kernel_release", "-"));
-  if (const json& ks = s.value("profile", json::object()).value("kernel_symbols", json::object()); ks.is_object() && !ks.empty())
-    row("Symbols:", ks.value("shared", false) ? "the host's copy, shared by its guests of this kernel (" + ks.value("file", "") + ")"
-                                               : "a copy of its own: " + ks.value("why", ""));
+  // The kernel's parts held once per host (profile.kernel_symbols, profile.kernel_types).
+  for (const auto& [key, label] : {std::pair{"kernel_symbols", "Symbols:"}, std::pair{"kernel_types", "Types:"}})
+    if (const json& part = s.value("profile", json::object()).value(key, json::object()); part.is_object() && !part.empty())
+      row(label, part.value("shared", false) ? "the host's copy, shared by its guests of this kernel (" + part.value("file", "") + ")"
+                                             : "a copy of its own: " + part.value("why", ""));
   row("Boot ID:", s.value("boot_id", "-"));
   if (s.contains("boot_time_ms")) row("Boot time:", fmt::format("{:.2f} s", s["boot_time_ms"].get<double>() / 1000));
   row("Uptime:", fmt::format("{:.0f} s", s.value("uptime_s", 0.0)));

@@ -16,7 +16,7 @@
 namespace immortal::vmm {
 
 InlineRepair::InlineRepair(const std::string& agent, int payload, std::uint64_t payload_offset, const Machine::RamFile& ram,
-                           const std::string& log, std::optional<SymbolsWindow> symbols) {
+                           const std::string& log, HostKernelFiles kernel_files) {
   // Read-only open file descriptions of guest RAM and the payload: the agent cannot map them writable.
   UniqueFd ram_ro = reopen_read_only(ram.fd);
   if (!ram_ro) fail_os(ExitCode::failure, "reopen guest RAM read-only", errno);
@@ -28,10 +28,16 @@ InlineRepair::InlineRepair(const std::string& agent, int payload, std::uint64_t 
   std::vector<std::string> args = {agent, "--inline", "--ram-fd", "3", "--mailbox-fd", "4", "--doorbell-fd", "5", "--payload-fd", "6",
                                    "--payload-offset", std::to_string(payload_offset)};
   std::vector<int> fds = {-1, log_fd.get(), log_fd.get(), ram_ro.get(), mailbox_.fd(), doorbell.theirs.get(), payload_ro.get()};
-  if (symbols) {
-    args.insert(args.end(), {"--symbols-fd", "7"});
-    fds.push_back(symbols->fd.get());  // opened read-only
-    symbols_keeper_ = std::move(symbols->keeper);
+  // Opened read-only; each at the next descriptor.
+  if (auto& f = kernel_files.symbols) {
+    args.insert(args.end(), {"--symbols-fd", std::to_string(fds.size())});
+    fds.push_back(f->fd.get());
+    symbols_keeper_ = std::move(f->keeper);
+  }
+  if (auto& f = kernel_files.types) {
+    args.insert(args.end(), {"--types-fd", std::to_string(fds.size())});
+    fds.push_back(f->fd.get());
+    types_keeper_ = std::move(f->keeper);
   }
   pid_ = start_agent_process(args, fds);
 }

@@ -5,7 +5,7 @@
 
 #include "machine.h"
 #include "repair/repair_worker.h"
-#include "repair/shared_symbols.h"
+#include "repair/shared_kernel_files.h"
 
 #include <memory>
 #include <optional>
@@ -15,10 +15,11 @@ namespace immortal::vmm {
 class InlineRepair final : public RepairWorker {
  public:
   // agent: the immortal-repair-agent binary; payload: the repair payload's memfd and where in it
-  // the payload lies (repair/repair_image.h); log: its stderr. symbols: the host's file of the
-  // kernel image's symbols (repair/shared_symbols.h), read by the agent in place of its own.
+  // the payload lies (repair/repair_image.h); log: its stderr. kernel_files: the host's files of the
+  // kernel image's symbols and of its BTF (repair/shared_kernel_files.h), read by the agent in
+  // place of its own copies.
   InlineRepair(const std::string& agent, int payload, std::uint64_t payload_offset, const Machine::RamFile& ram,
-               const std::string& log, std::optional<SymbolsWindow> symbols = std::nullopt);
+               const std::string& log, HostKernelFiles kernel_files = {});
   ~InlineRepair() override;
 
   const char* mode() const override { return "inline"; }
@@ -34,7 +35,7 @@ class InlineRepair final : public RepairWorker {
 
   MailboxMemory mailbox_;
   UniqueFd doorbell_;
-  std::shared_ptr<const void> symbols_keeper_;  // the host's symbols file stays while the agent reads it
+  std::shared_ptr<const void> symbols_keeper_, types_keeper_;  // the host's files stay while the agent reads them
   int pid_ = -1;
   WorkerState state_ = WorkerState::starting;
   std::string status_ = "starting";

@@ -1,6 +1,6 @@
 #include "repair/repair_broker.h"
 
-#include "repair/shared_symbols.h"
+#include "repair/shared_kernel_files.h"
 
 #include "base/clock.h"
 #include "base/error.h"
@@ -100,18 +100,24 @@ nlohmann::json RepairBroker::image_json() const {
   return j;
 }
 
-std::optional<SymbolsWindow> RepairBroker::host_symbols() const {
-  if (!settings_.image_symbols || settings_.shared_dir.empty()) return std::nullopt;
+HostKernelFiles RepairBroker::host_kernel_files() const {
+  HostKernelFiles files;
+  if (settings_.shared_dir.empty()) return files;
   try {
-    if (auto block = settings_.image_symbols()) {
+    if (auto block = settings_.image_symbols ? settings_.image_symbols() : nullptr) {
       std::uint64_t bytes = 0;
-      if (UniqueFd fd = open_host_image_symbols(settings_.shared_dir, *block, bytes))
-        return SymbolsWindow{std::move(fd), bytes, block};  // the block holds the file's lock
+      if (UniqueFd fd = open_host_kernel_file(settings_.shared_dir, image_symbols_file_name(block->digest()), block->bytes().size(), bytes))
+        files.symbols = KernelFileWindow{std::move(fd), bytes, block};  // the block holds the file's lock
+    }
+    if (auto btf = settings_.kernel_btf ? settings_.kernel_btf() : std::nullopt) {
+      std::uint64_t bytes = 0;
+      if (UniqueFd fd = open_host_kernel_file(settings_.shared_dir, kernel_btf_file_name(btf->digest), btf->bytes, bytes))
+        files.types = KernelFileWindow{std::move(fd), bytes, btf->keeper};
     }
   } catch (const std::exception&) {
     // No profile to read them from yet: the agent keeps its own.
   }
-  return std::nullopt;
+  return files;
 }
 
 void RepairBroker::start(Slot& slot) {
@@ -135,10 +141,10 @@ void RepairBroker::start(Slot& slot) {
         }
       }
       slot.worker = std::make_unique<RepairVm>(factory_, c, ram_, image_->payload.get(), image_->window_bytes,
-                                               find_repair_agent(settings_.agent), arenas, host_symbols());
+                                               find_repair_agent(settings_.agent), arenas, host_kernel_files());
     } else {
       slot.worker = std::make_unique<InlineRepair>(find_repair_agent(settings_.agent), image_->payload.get(), image_->payload_offset, ram_,
-                                                   dir_ + "/inline.log", host_symbols());
+                                                   dir_ + "/inline.log", host_kernel_files());
     }
     event_("repair-starting", {{"mode", slot.mode}});
   } catch (const std::exception& e) {

@@ -42,9 +42,11 @@ struct RepairSettings {
   // bytes of RAM (CrashBundles::arena_windows); none: its VM analyses the guest's RAM.
   std::function<std::vector<ArenaWindow>(std::uint64_t guest_ram)> arena_windows;
   // The guest kernel's image symbols as the supervisor holds them (the host's copy in shared_dir:
-  // repair/shared_symbols.h), shown to the repair VM as one more window so that its agent keeps no
+  // repair/shared_kernel_files.h), shown to the repair VM as one more window so that its agent keeps no
   // copy of its own; null, or a block with no file there: it keeps its own.
   std::function<std::shared_ptr<const ImageSymbols>()> image_symbols;
+  // The guest kernel's BTF the same way, when the supervisor reads it from the host's copy.
+  std::function<std::optional<SharedBtfRef>()> kernel_btf;
 };
 
 class RepairBroker final : public RepairEngine {
@@ -74,8 +76,9 @@ class RepairBroker final : public RepairEngine {
     int failures = 0;
   };
   void start(Slot& slot);
-  // The host's file of the kernel image's symbols for a worker's agent, when there is one.
-  std::optional<SymbolsWindow> host_symbols() const;
+  // The host's files of the kernel image's symbols and of the kernel's BTF for a worker's agent,
+  // those there are.
+  HostKernelFiles host_kernel_files() const;
   void watch(Slot& slot);
   // A request as each worker is sent it: with the crash's snapshot (and its index, the
   // attachment) for one that reads snapshots, plain for the others.

@@ -26,7 +26,7 @@ namespace {
 constexpr auto kBootLimit = std::chrono::seconds(120);
 // agent/repair_agent.cc reads these slots.
 constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11, kPayloadSlot = 0x12, kFirstArenaSlot = 0x13,
-              kSymbolsSlot = 0x15;
+              kSymbolsSlot = 0x15, kTypesSlot = 0x16;
 
 // The mailbox, with room for a crash snapshot's page index when the VM reads snapshots: 4 bytes
 // a page of guest RAM and its ranges (MemorySnapshot::index), a power of two (a PCI window).
@@ -39,8 +39,8 @@ std::uint64_t mailbox_bytes(std::uint64_t guest_ram, bool snapshots) {
 
 RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
                    std::uint64_t window_bytes, std::string agent, const std::vector<ArenaWindow>& arenas,
-                   std::optional<SymbolsWindow> symbols)
-    : mailbox_(mailbox_bytes(guest_ram.size, !arenas.empty())), symbols_(std::move(symbols)), agent_(std::move(agent)),
+                   HostKernelFiles kernel_files)
+    : mailbox_(mailbox_bytes(guest_ram.size, !arenas.empty())), kernel_files_(std::move(kernel_files)), agent_(std::move(agent)),
       kernel_(config.kernel) {
   if (!std::has_single_bit(guest_ram.size))
     fail(ExitCode::failure, "guest RAM of {} MiB is not a power of two: a PCI window cannot show it whole",
@@ -64,9 +64,9 @@ RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::
                                      kFirstArenaSlot + static_cast<int>(i)});
     arenas_.push_back(std::move(fd));
   }
-  // Always in its own slot, whether or not the arenas are there.
-  if (symbols_)
-    config.shared_windows.push_back({"kernel-symbols", symbols_->fd.get(), symbols_->bytes, true, kSymbolsSlot});
+  // Always in their own slots, whether or not the arenas are there.
+  if (const auto& f = kernel_files_.symbols) config.shared_windows.push_back({"kernel-symbols", f->fd.get(), f->bytes, true, kSymbolsSlot});
+  if (const auto& f = kernel_files_.types) config.shared_windows.push_back({"kernel-btf", f->fd.get(), f->bytes, true, kTypesSlot});
   machine_ = factory(config, Deadline::in(std::chrono::seconds(30)));
   resume_vm();
 }

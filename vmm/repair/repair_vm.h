@@ -10,7 +10,7 @@
 #include "machine.h"
 #include "machine_config.h"
 #include "repair/repair_worker.h"
-#include "repair/shared_symbols.h"
+#include "repair/shared_kernel_files.h"
 
 #include <atomic>
 #include <functional>
@@ -35,10 +35,11 @@ class RepairVm final : public RepairWorker {
   // given back each time the VM is ready and paused: repair/repair_vm_trim.h). Throws Error
   // when the VM cannot be started at all.
   // arenas: the host pool's snapshot arenas as two more windows (empty: crashes are analysed
-  // from the guest's RAM).
+  // from the guest's RAM). kernel_files: the host's files of the kernel image's symbols and of
+  // the kernel's BTF, a window each, which the agent reads in place of its own copies.
   RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
            std::uint64_t window_bytes, std::string agent, const std::vector<ArenaWindow>& arenas = {},
-           std::optional<SymbolsWindow> symbols = std::nullopt);
+           HostKernelFiles kernel_files = {});
   ~RepairVm() override;
 
   const char* mode() const override { return "vm"; }
@@ -76,7 +77,7 @@ class RepairVm final : public RepairWorker {
   std::vector<UniqueFd> arenas_;  // read-only opens of the host pool's arenas
   UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
   UniqueFd payload_;    // a read-only open of the repair payload
-  std::optional<SymbolsWindow> symbols_;
+  HostKernelFiles kernel_files_;
   std::unique_ptr<Machine> machine_;
   WorkerState state_ = WorkerState::starting;
   std::string status_ = "booting";
