@@ -4,6 +4,7 @@
 #include "base/error.h"
 #include "base/terminal_text.h"
 #include "control/status.h"
+#include "kernel/orc_unwind.h"
 #include "repair/shared_kernel_files.h"
 #include "upgrade.h"
 
@@ -25,6 +26,28 @@ namespace {
 // From the agent's hello to armed crash interception (the profile takes ~2 s under TCG).
 constexpr auto kArmTimeout = std::chrono::seconds(60);
 constexpr auto kLoopTick = std::chrono::milliseconds(100);
+
+// The kernel image's ORC tables, read from the guest's memory and kept once per host for the
+// repair agents (the supervisor itself does not unwind); what `status` says of them. The
+// supervisor keeps no copy of its own: they are only for its agents.
+json share_unwind_tables(const Kernel& kernel, const std::string& shared) {
+  std::string why;
+  try {
+    (void)OrcUnwinder(kernel).find(kernel.symbol("_stext"));
+    if (auto table = kernel.orc_image()) {
+      if (auto host = host_kernel_orc(shared, table->bytes, &why)) {
+        if (auto view = table->viewing(host->bytes, host->keeper)) {
+          kernel.keep_orc_image(view);
+          return {{"shared", true}, {"file", host->path}, {"entries", view->size()}, {"bytes", view->bytes.size()}};
+        }
+      }
+    }
+  } catch (const std::exception& e) {
+    why = e.what();
+  }
+  kernel.keep_orc_image(nullptr);
+  return {{"shared", false}, {"why", why.empty() ? "the kernel's unwind tables were not read" : why}};
+}
 }  // namespace
 
 Supervisor::Supervisor(SupervisorOptions options, InstanceDir dir, const MachineBackend& backend)
@@ -110,10 +133,11 @@ void Supervisor::build_rooms() {
           std::string why;
           auto host = host_kernel_btf(shared, *own, &why);
           if (host && kernel->share_btf(host->bytes, host->keeper))
-            kernel_types_ = {{"shared", true}, {"file", host->file}, {"types", own->type_count()}, {"bytes", host->bytes.size()}};
+            kernel_types_ = {{"shared", true}, {"file", host->path}, {"types", own->type_count()}, {"bytes", host->bytes.size()}};
           else
             kernel_types_ = {{"shared", false}, {"why", why.empty() ? "the host's file differs" : why}};
         }
+        kernel_unwind_ = share_unwind_tables(*kernel, shared);
         return kernel;
       });
   BundleSettings bundle_settings = options_.bundles;
@@ -161,10 +185,15 @@ void Supervisor::build_rooms() {
     // The kernel image's symbols and BTF as this supervisor holds them: the host's copies, when it
     // has them.
     repair.image_symbols = [this] { return kernel_->get().symbols().image_symbols(); };
-    repair.kernel_btf = [this]() -> std::optional<SharedBtfRef> {
+    repair.kernel_btf = [this, shared = shared_dir()]() -> std::optional<SharedFileRef> {
       const BtfTypes* btf = kernel_->get().btf();
       if (!btf || !btf->shared()) return std::nullopt;
-      return SharedBtfRef{btf->digest(), btf->bytes().size(), btf->keeper()};
+      return SharedFileRef{shared + "/" + kernel_btf_file_name(btf->digest()), btf->bytes().size(), btf->keeper()};
+    };
+    repair.kernel_unwind = [this, shared = shared_dir()]() -> std::optional<SharedFileRef> {
+      auto table = kernel_->get().orc_image();
+      if (!table || !table->keeper) return std::nullopt;
+      return SharedFileRef{shared + "/" + kernel_orc_file_name(table->bytes), table->bytes.size(), table->keeper};
     };
     repair_ = std::make_unique<RepairBroker>(repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
   }

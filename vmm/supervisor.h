@@ -118,8 +118,9 @@ class Supervisor {
   std::unique_ptr<ProfileCollector> profile_;
   std::unique_ptr<LiveKernel> kernel_;
   // Whether the live kernel reads the kernel image's symbols and its BTF from the host's files of
-  // them (repair/shared_kernel_files.h), for `status`: profile.kernel_symbols, profile.kernel_types.
-  nlohmann::json kernel_symbols_, kernel_types_;
+  // them (repair/shared_kernel_files.h), and its image's unwind tables, for `status`:
+  // profile.kernel_symbols, profile.kernel_types, profile.kernel_unwind_tables.
+  nlohmann::json kernel_symbols_, kernel_types_, kernel_unwind_;
   std::unique_ptr<CrashBundles> bundles_;
   std::unique_ptr<RepairBroker> repair_;
   std::unique_ptr<RecoveryCoordinator> recovery_;

@@ -28,6 +28,7 @@ json Supervisor::status() const {
                             profile_.get(), recovery_.get(), ledger_, repair_.get(), bundles_.get()});
   if (!kernel_symbols_.is_null() && s.contains("profile")) s["profile"]["kernel_symbols"] = kernel_symbols_;
   if (!kernel_types_.is_null() && s.contains("profile")) s["profile"]["kernel_types"] = kernel_types_;
+  if (!kernel_unwind_.is_null() && s.contains("profile")) s["profile"]["kernel_unwind_tables"] = kernel_unwind_;
   return s;
 }
 

@@ -54,6 +54,18 @@ OrcEntry decode(const std::uint8_t* p, bool layout_6_4) {
 
 }  // namespace
 
+OrcEntry OrcTable::entry(std::size_t i) const { return decode(bytes.data() + 4 * size() + 6 * i, layout_6_4); }
+
+std::shared_ptr<const OrcTable> OrcTable::viewing(std::span<const std::uint8_t> shared,
+                                                  std::shared_ptr<const void> shared_keeper) const {
+  if (!shared_keeper || shared.size() < bytes.size() || std::memcmp(shared.data(), bytes.data(), bytes.size()) != 0)
+    return nullptr;
+  auto t = std::make_shared<OrcTable>(*this);
+  t->bytes = shared.first(bytes.size());
+  t->keeper = std::move(shared_keeper);
+  return t;
+}
+
 OrcUnwinder::Table OrcUnwinder::load(std::uint64_t ip_table, std::uint64_t orc_table, std::uint64_t count,
                                      std::uint64_t low, std::uint64_t high) {
   if (count == 0 || count > budget::kOrcTableEntries) fail(ExitCode::bad_input, "implausible ORC table size {}", count);
@@ -64,20 +76,19 @@ OrcUnwinder::Table OrcUnwinder::load(std::uint64_t ip_table, std::uint64_t orc_t
   t.ip_table = ip_table;
   t.low = low;
   t.high = high;
-  t.ips.resize(count);
-  kernel_.memory().read(ip_table, std::as_writable_bytes(std::span(t.ips)));
-  std::vector<std::uint8_t> raw(count * 6);
-  kernel_.memory().read(orc_table, std::as_writable_bytes(std::span(raw)));
-  t.entries.reserve(count);
+  auto raw = std::make_shared<std::vector<std::uint8_t>>(count * 10);
+  kernel_.memory().read(ip_table, std::as_writable_bytes(std::span(*raw).first(count * 4)));
+  kernel_.memory().read(orc_table, std::as_writable_bytes(std::span(*raw).subspan(count * 4)));
+  t.bytes = *raw;
+  t.keeper = std::move(raw);
   // Which struct orc_entry this kernel has, from its BTF: "signal" came with 6.4's layout.
-  bool layout_6_4 = kernel_.types().field("orc_entry", "signal").has_value();
-  for (std::uint64_t i = 0; i < count; ++i) t.entries.push_back(decode(raw.data() + i * 6, layout_6_4));
+  t.layout_6_4 = kernel_.types().field("orc_entry", "signal").has_value();
   return t;
 }
 
 const OrcUnwinder::Table* OrcUnwinder::table_for(std::uint64_t ip) {
   const auto& s = kernel_.symbols();
-  if (!image_ && (image_ = kernel_.orc_image())) entries_ += image_->entries.size();  // counted as if loaded
+  if (!image_ && (image_ = kernel_.orc_image())) entries_ += image_->size();  // counted as if loaded
   if (!image_) {
     auto ips = s.address_of("__start_orc_unwind_ip"), ips_end = s.address_of("__stop_orc_unwind_ip");
     auto orcs = s.address_of("__start_orc_unwind");
@@ -85,8 +96,8 @@ const OrcUnwinder::Table* OrcUnwinder::table_for(std::uint64_t ip) {
       fail(ExitCode::bad_input, "the profile's symbols do not locate the kernel's ORC tables");
     auto t = std::make_shared<Table>(load(*ips, *orcs, (*ips_end - *ips) / 4, 0, 0));
     // The image's table covers its text and init text: from its first to its last address.
-    t->low = t->ip_table + static_cast<std::int64_t>(t->ips.front());
-    t->high = t->ip_table + 4 * (t->ips.size() - 1) + static_cast<std::int64_t>(t->ips.back()) + 1;
+    t->low = t->address(0);
+    t->high = t->address(t->size() - 1) + 1;
     image_ = t;
     kernel_.keep_orc_image(image_);
   }
@@ -127,15 +138,14 @@ std::optional<OrcEntry> OrcUnwinder::find(std::uint64_t ip) {
   const Table* t = table_for(ip);
   if (!t) return std::nullopt;
   // ip_table[i] holds the address of its code relative to its own address; sorted by address.
-  auto address_of = [&](std::size_t i) { return t->ip_table + 4 * i + static_cast<std::int64_t>(t->ips[i]); };
-  std::size_t lo = 0, hi = t->ips.size();
+  std::size_t lo = 0, hi = t->size();
   while (lo < hi) {
     std::size_t mid = lo + (hi - lo) / 2;
-    if (address_of(mid) <= ip) lo = mid + 1;
+    if (t->address(mid) <= ip) lo = mid + 1;
     else hi = mid;
   }
   if (lo == 0) return std::nullopt;
-  return t->entries[lo - 1];
+  return t->entry(lo - 1);
 }
 
 Backtrace OrcUnwinder::unwind(const X86Registers& r, std::size_t max_frames) {

@@ -9,9 +9,11 @@
 #include "kernel/kernel.h"
 #include "x86_64/registers.h"
 
+#include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <vector>
 
 namespace immortal {
@@ -22,12 +24,29 @@ struct OrcEntry {
   bool end = false;
 };
 
-// One ORC table: the kernel image's or a module's.
+// One ORC table: the kernel image's or a module's, as the kernel has it (its int32 relative ips,
+// then its 6-byte entries), read where `bytes` lie: a copy of its own, or for the image's table
+// the host's file of it (every guest of the kernel has the same bytes, whatever KASLR's slide:
+// the ips are relative to their own address).
 struct OrcTable {
-  std::uint64_t ip_table = 0;          // address of the int32 relative-ip array
-  std::vector<std::int32_t> ips;
-  std::vector<OrcEntry> entries;
+  std::uint64_t ip_table = 0;          // address of the int32 relative-ip array at this boot
   std::uint64_t low = 0, high = 0;     // text range it covers
+  bool layout_6_4 = false;             // struct orc_entry as 6.4 changed it
+  std::span<const std::uint8_t> bytes;  // count * 4 bytes of ips, then count * 6 of entries
+  std::shared_ptr<const void> keeper;   // keeps `bytes` (its own vector, or the host's mapping)
+
+  std::size_t size() const { return bytes.size() / 10; }
+  std::int32_t ip(std::size_t i) const {
+    std::int32_t v;
+    std::memcpy(&v, bytes.data() + 4 * i, 4);
+    return v;
+  }
+  // The address the i-th entry starts to cover.
+  std::uint64_t address(std::size_t i) const { return ip_table + 4 * i + static_cast<std::int64_t>(ip(i)); }
+  OrcEntry entry(std::size_t i) const;
+  // The same table read from `shared` (which may be longer) when it starts with these bytes;
+  // nullptr when it does not.
+  std::shared_ptr<const OrcTable> viewing(std::span<const std::uint8_t> shared, std::shared_ptr<const void> shared_keeper) const;
 };
 
 class OrcUnwinder {

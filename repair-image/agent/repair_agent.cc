@@ -78,6 +78,8 @@ constexpr const char* kArenaResources[] = {"/sys/bus/pci/devices/0000:00:13.0/re
 constexpr char kSymbolsResource[] = "/sys/bus/pci/devices/0000:00:15.0/resource2";
 // The host's copy of the kernel's BTF (vmm/repair/shared_kernel_files.h), when it has one.
 constexpr char kTypesResource[] = "/sys/bus/pci/devices/0000:00:16.0/resource2";
+// The host's copy of the kernel image's ORC tables, when it has one.
+constexpr char kUnwindResource[] = "/sys/bus/pci/devices/0000:00:17.0/resource2";
 // The inline agent's limits beyond what it has mapped (guest RAM, the mailbox, the payload): its
 // parsed profile (symbols, BTF), the healthy copy and the engine's work fit in far less.
 constexpr std::uint64_t kHeadroom = 3ull << 30;
@@ -137,6 +139,9 @@ struct Inputs {
   // The host's copy of the kernel's BTF (a window, a descriptor; mapped for the process's life):
   // read instead of libbpf's copy when it holds the same bytes.
   std::span<const std::uint8_t> host_types;
+  // The same for the kernel image's ORC tables: read instead of the copy read from the guest's
+  // memory when it holds the same bytes.
+  std::span<const std::uint8_t> host_unwind;
 };
 
 Inputs read_inputs(std::string_view payload, int ram_fd) {
@@ -232,6 +237,14 @@ class Engine {
     // first crash's unwind. A failure here is the first crash's to report.
     try {
       (void)OrcUnwinder(*kernel_).find(kernel_->symbols().address_of("_stext").value_or(0));
+      if (auto own = kernel_->orc_image(); own && !in.host_unwind.empty()) {
+        // Mapped until the process ends: nothing to release.
+        auto shared = own->viewing(in.host_unwind, std::shared_ptr<const void>(in.host_unwind.data(), [](const void*) {}));
+        unwind_shared_ = shared ? "shared" : "own (the host's differ)";
+        if (shared) kernel_->keep_orc_image(std::move(shared));
+        own.reset();
+        malloc_trim(0);
+      }
     } catch (const std::exception&) {
     }
     stage("unwind tables");
@@ -255,8 +268,8 @@ class Engine {
     // inline sandbox does not allow the call. Early in the line: the mailbox keeps 255 bytes of it.
     std::string peak;
     if (struct rusage u {}; parallel_ && ::getrusage(RUSAGE_SELF, &u) == 0) peak = fmt::format(", peak memory {} MiB", (u.ru_maxrss + 1023) / 1024);
-    return fmt::format("ready: kernel {}, {} symbols ({}), types ({}){}, healthy copy {} KiB ({} differences in {} pieces compared now){}, {}, loaded in {:.0f} ms ({})",
-                       kernel_->release(), kernel_->symbols().size(), symbols_shared_, types_shared_, peak, healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
+    return fmt::format("ready: kernel {}, {} symbols ({}), types ({}), unwind tables ({}){}, healthy copy {} KiB ({} differences in {} pieces compared now){}, {}, loaded in {:.0f} ms ({})",
+                       kernel_->release(), kernel_->symbols().size(), symbols_shared_, types_shared_, unwind_shared_, peak, healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
                        warmup_pieces_,
                        healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", rehearsal_, load_ms_, stages_);
   }
@@ -335,6 +348,7 @@ class Engine {
   std::string rehearsal_;
   std::string symbols_shared_ = "own";  // the kernel image's symbols: parsed here, or the host's
   std::string types_shared_ = "own";    // the kernel's BTF: libbpf's copy, or the host's
+  std::string unwind_shared_ = "own";   // the kernel image's ORC tables: read from its memory, or the host's
   bool parallel_ = false;
 };
 
@@ -367,9 +381,14 @@ std::shared_ptr<const ImageSymbols> window_symbols() {
   return block;
 }
 
-// The repair VM's window onto the host's copy of the kernel's BTF, mapped once for the VM's life.
+// The repair VM's windows onto the host's copies of the kernel's BTF and of its image's ORC
+// tables, each mapped once for the VM's life.
 std::span<const std::uint8_t> window_types() {
   static const std::span<const std::uint8_t> bytes = map_host_file(::open(kTypesResource, O_RDONLY | O_CLOEXEC));
+  return bytes;
+}
+std::span<const std::uint8_t> window_unwind() {
+  static const std::span<const std::uint8_t> bytes = map_host_file(::open(kUnwindResource, O_RDONLY | O_CLOEXEC));
   return bytes;
 }
 
@@ -378,6 +397,7 @@ Inputs read_inputs_in_vm(std::string_view payload, int ram_fd) {
   Inputs in = read_inputs(payload, ram_fd);
   in.host_symbols = window_symbols();
   in.host_types = window_types();
+  in.host_unwind = window_unwind();
   return in;
 }
 
@@ -408,8 +428,9 @@ void answer_one(Engine& engine, Mailbox& box, std::uint64_t seq, const std::stri
 }
 
 // --inline --payload-fd P [--payload-offset O] --ram-fd N --mailbox-fd M --doorbell-fd D [--symbols-fd S] [--types-fd T]
+//          [--unwind-fd U]
 int run_inline(int argc, char** argv) {
-  int payload_fd = -1, ram_fd = -1, mailbox_fd = -1, doorbell = -1, symbols_fd = -1, types_fd = -1;
+  int payload_fd = -1, ram_fd = -1, mailbox_fd = -1, doorbell = -1, symbols_fd = -1, types_fd = -1, unwind_fd = -1;
   std::uint64_t payload_offset = 0;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -420,6 +441,7 @@ int run_inline(int argc, char** argv) {
     else if (k == "--doorbell-fd") doorbell = std::stoi(v);
     else if (k == "--symbols-fd") symbols_fd = std::stoi(v);
     else if (k == "--types-fd") types_fd = std::stoi(v);
+    else if (k == "--unwind-fd") unwind_fd = std::stoi(v);
   }
   if (payload_fd < 0 || ram_fd < 0 || mailbox_fd < 0 || doorbell < 0) {
     say("usage: immortal-repair-agent --inline --payload-fd P [--payload-offset O] --ram-fd N --mailbox-fd M --doorbell-fd D");
@@ -437,9 +459,11 @@ int run_inline(int argc, char** argv) {
     std::string_view window = map_payload(payload_fd);
     if (payload_offset >= window.size()) fail(ExitCode::bad_input, "the payload offset lies beyond the payload");
     Inputs inputs = read_inputs(window.substr(payload_offset), ram_fd);
-    // The host's files of the kernel image's symbols and BTF: mapped now, checked inside the sandbox.
+    // The host's files of the kernel image's symbols, BTF and ORC tables: mapped now, checked
+    // inside the sandbox.
     std::span<const std::uint8_t> symbols = map_host_file(symbols_fd);
     inputs.host_types = map_host_file(types_fd);
+    inputs.host_unwind = map_host_file(unwind_fd);
     ::close(ram_fd);  // the mappings stay; the descriptors are not needed any more
     ::close(payload_fd);
     ::close(mailbox_fd);

@@ -913,6 +913,25 @@ TEST_CASE("the ORC unwinder follows call frames to the end of the stack, and sto
     regs.rip = kva(0x200000);
     CHECK_THAT(OrcUnwinder(*kernel).unwind(regs).problem, Catch::Contains("no ORC data"));
   }
+  SECTION("the image's table read from a copy of its bytes (the host's file) unwinds the same") {
+    auto own = kernel->orc_image();
+    REQUIRE(own);
+    CHECK(own->size() == 4);
+    auto copy = std::make_shared<std::vector<std::uint8_t>>(own->bytes.begin(), own->bytes.end());
+    copy->resize(copy->size() + 100, 0xee);  // a window may be longer
+    auto shared = own->viewing(*copy, copy);
+    REQUIRE(shared);
+    CHECK(shared->bytes.data() == copy->data());
+    kernel->keep_orc_image(shared);
+    std::vector<std::uint8_t> other(own->bytes.begin(), own->bytes.end());
+    other[4 * 4 + 6 * 1] ^= 1;  // the second entry's sp_offset
+    CHECK_FALSE(own->viewing(other, copy));
+    CHECK_FALSE(own->viewing(std::span(*copy).first(own->bytes.size() - 1), copy));
+    own.reset();
+    Backtrace again = OrcUnwinder(*kernel).unwind(regs);
+    REQUIRE(again.frames.size() == 3);
+    CHECK(again.frames[2].symbol == "f_c+0x5/0x100");
+  }
 }
 
 // A struct this test binary's own DWARF describes, for checking DwarfTypes against the compiler.

@@ -116,7 +116,7 @@ TEST_CASE("shared file: the kernel image's symbols of two guests of one kernel (
   CHECK(files == 1);
   // A power of two long, as a repair VM's window needs; opened for one.
   std::uint64_t window = 0;
-  CHECK(open_host_kernel_file(dir, image_symbols_file_name(host_a->digest()), host_a->bytes().size(), window));
+  CHECK(open_host_kernel_file(dir + "/" + image_symbols_file_name(host_a->digest()), host_a->bytes().size(), window));
   CHECK(window == std::bit_ceil(a.image_symbols()->bytes().size()));
 
   // Nobody holds it any more, and it is damaged: the next user writes it again.
@@ -168,24 +168,24 @@ TEST_CASE("shared file: the BTF of two guests of one kernel is one file of the h
   REQUIRE(host_a);
   auto host_b = host_kernel_btf(dir, *b, &why);
   REQUIRE(host_b);
-  CHECK(host_a->file == host_b->file);
-  CHECK(host_a->file == dir + "/" + kernel_btf_file_name(a->digest()));
+  CHECK(host_a->path == host_b->path);
+  CHECK(host_a->path == dir + "/" + kernel_btf_file_name(a->digest()));
   REQUIRE(a->share(host_a->bytes, host_a->keeper));
   REQUIRE(b->share(host_b->bytes, host_b->keeper));
   CHECK(a->bytes().data() != b->bytes().data());  // two mappings of one file
   CHECK(b->field("task_struct", "tgid")->byte_offset() == 4);
   std::uint64_t window = 0;
-  CHECK(open_host_kernel_file(dir, kernel_btf_file_name(a->digest()), a->bytes().size(), window));
+  CHECK(open_host_kernel_file(host_a->path, a->bytes().size(), window));
   CHECK(window == std::bit_ceil(a->bytes().size()));
-  CHECK_FALSE(open_host_kernel_file(dir, kernel_btf_file_name(a->digest()), window + 1, window));
+  CHECK_FALSE(open_host_kernel_file(host_a->path, window + 1, window));
 
   auto other = BtfTypes::parse(small_btf("tgid_"));
   auto host_other = host_kernel_btf(dir, *other, &why);
   REQUIRE(host_other);
-  CHECK(host_other->file != host_a->file);
+  CHECK(host_other->path != host_a->path);
 
   // Nobody holds it any more, and it is damaged: the next user writes it again.
-  std::string file = host_a->file;
+  std::string file = host_a->path;
   a.reset();
   b.reset();
   host_a.reset();
@@ -201,4 +201,27 @@ TEST_CASE("shared file: the BTF of two guests of one kernel is one file of the h
   REQUIRE(host_c);
   CHECK(c->share(host_c->bytes, host_c->keeper));
   CHECK(c->field("task_struct", "tgid")->byte_offset() == 4);
+}
+
+TEST_CASE("shared file: a kernel image's ORC tables are one file of the host per content", "[shared-file]") {
+  TempDir t;
+  std::string dir = t.path + "/.repair-shared";
+  std::vector<std::uint8_t> tables(10 * 1000);
+  for (std::size_t i = 0; i < tables.size(); ++i) tables[i] = static_cast<std::uint8_t>(i * 7);
+  std::string why;
+  auto a = host_kernel_orc(dir, tables, &why);
+  INFO(why);
+  REQUIRE(a);
+  auto b = host_kernel_orc(dir, tables, &why);
+  REQUIRE(b);
+  CHECK(a->path == b->path);
+  CHECK(a->path == dir + "/" + kernel_orc_file_name(tables));
+  CHECK(std::equal(a->bytes.begin(), a->bytes.end(), tables.begin(), tables.end()));
+  std::uint64_t window = 0;
+  CHECK(open_host_kernel_file(a->path, tables.size(), window));
+  CHECK(window == std::bit_ceil(tables.size()));
+  tables[5] ^= 1;
+  auto c = host_kernel_orc(dir, tables, &why);
+  REQUIRE(c);
+  CHECK(c->path != a->path);
 }

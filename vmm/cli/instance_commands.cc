@@ -164,7 +164,8 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
     if (ch.is_string()) row("Channel:", ch.get<std::string>());
   row("Kernel:", s.value("kernel_release", "-"));
   // The kernel's parts held once per host (profile.kernel_symbols, profile.kernel_types).
-  for (const auto& [key, label] : {std::pair{"kernel_symbols", "Symbols:"}, std::pair{"kernel_types", "Types:"}})
+  for (const auto& [key, label] : {std::pair{"kernel_symbols", "Symbols:"}, std::pair{"kernel_types", "Types:"},
+                                   std::pair{"kernel_unwind_tables", "Unwind tables:"}})
     if (const json& part = s.value("profile", json::object()).value(key, json::object()); part.is_object() && !part.empty())
       row(label, part.value("shared", false) ? "the host's copy, shared by its guests of this kernel (" + part.value("file", "") + ")"
                                              : "a copy of its own: " + part.value("why", ""));

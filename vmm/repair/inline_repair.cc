@@ -39,6 +39,11 @@ InlineRepair::InlineRepair(const std::string& agent, int payload, std::uint64_t 
     fds.push_back(f->fd.get());
     types_keeper_ = std::move(f->keeper);
   }
+  if (auto& f = kernel_files.unwind) {
+    args.insert(args.end(), {"--unwind-fd", std::to_string(fds.size())});
+    fds.push_back(f->fd.get());
+    unwind_keeper_ = std::move(f->keeper);
+  }
   pid_ = start_agent_process(args, fds);
 }
 

@@ -16,8 +16,8 @@ class InlineRepair final : public RepairWorker {
  public:
   // agent: the immortal-repair-agent binary; payload: the repair payload's memfd and where in it
   // the payload lies (repair/repair_image.h); log: its stderr. kernel_files: the host's files of the
-  // kernel image's symbols and of its BTF (repair/shared_kernel_files.h), read by the agent in
-  // place of its own copies.
+  // kernel image's symbols, of its BTF and of its unwind tables (repair/shared_kernel_files.h),
+  // read by the agent in place of its own copies.
   InlineRepair(const std::string& agent, int payload, std::uint64_t payload_offset, const Machine::RamFile& ram,
                const std::string& log, HostKernelFiles kernel_files = {});
   ~InlineRepair() override;
@@ -35,7 +35,7 @@ class InlineRepair final : public RepairWorker {
 
   MailboxMemory mailbox_;
   UniqueFd doorbell_;
-  std::shared_ptr<const void> symbols_keeper_, types_keeper_;  // the host's files stay while the agent reads them
+  std::shared_ptr<const void> symbols_keeper_, types_keeper_, unwind_keeper_;  // the host's files stay while the agent reads them
   int pid_ = -1;
   WorkerState state_ = WorkerState::starting;
   std::string status_ = "starting";

@@ -106,14 +106,19 @@ HostKernelFiles RepairBroker::host_kernel_files() const {
   try {
     if (auto block = settings_.image_symbols ? settings_.image_symbols() : nullptr) {
       std::uint64_t bytes = 0;
-      if (UniqueFd fd = open_host_kernel_file(settings_.shared_dir, image_symbols_file_name(block->digest()), block->bytes().size(), bytes))
+      if (UniqueFd fd = open_host_kernel_file(settings_.shared_dir + "/" + image_symbols_file_name(block->digest()),
+                                              block->bytes().size(), bytes))
         files.symbols = KernelFileWindow{std::move(fd), bytes, block};  // the block holds the file's lock
     }
-    if (auto btf = settings_.kernel_btf ? settings_.kernel_btf() : std::nullopt) {
+    auto window_onto = [](const std::function<std::optional<SharedFileRef>()>& held) -> std::optional<KernelFileWindow> {
+      auto ref = held ? held() : std::nullopt;
       std::uint64_t bytes = 0;
-      if (UniqueFd fd = open_host_kernel_file(settings_.shared_dir, kernel_btf_file_name(btf->digest), btf->bytes, bytes))
-        files.types = KernelFileWindow{std::move(fd), bytes, btf->keeper};
-    }
+      UniqueFd fd = ref ? open_host_kernel_file(ref->path, ref->bytes, bytes) : UniqueFd();
+      if (!fd) return std::nullopt;
+      return KernelFileWindow{std::move(fd), bytes, ref->keeper};
+    };
+    files.types = window_onto(settings_.kernel_btf);
+    files.unwind = window_onto(settings_.kernel_unwind);
   } catch (const std::exception&) {
     // No profile to read them from yet: the agent keeps its own.
   }

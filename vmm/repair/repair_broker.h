@@ -45,8 +45,9 @@ struct RepairSettings {
   // repair/shared_kernel_files.h), shown to the repair VM as one more window so that its agent keeps no
   // copy of its own; null, or a block with no file there: it keeps its own.
   std::function<std::shared_ptr<const ImageSymbols>()> image_symbols;
-  // The guest kernel's BTF the same way, when the supervisor reads it from the host's copy.
-  std::function<std::optional<SharedBtfRef>()> kernel_btf;
+  // The guest kernel's BTF and its image's unwind tables the same way, when the supervisor holds
+  // the host's copies.
+  std::function<std::optional<SharedFileRef>()> kernel_btf, kernel_unwind;
 };
 
 class RepairBroker final : public RepairEngine {

@@ -26,7 +26,7 @@ namespace {
 constexpr auto kBootLimit = std::chrono::seconds(120);
 // agent/repair_agent.cc reads these slots.
 constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11, kPayloadSlot = 0x12, kFirstArenaSlot = 0x13,
-              kSymbolsSlot = 0x15, kTypesSlot = 0x16;
+              kSymbolsSlot = 0x15, kTypesSlot = 0x16, kUnwindSlot = 0x17;
 
 // The mailbox, with room for a crash snapshot's page index when the VM reads snapshots: 4 bytes
 // a page of guest RAM and its ranges (MemorySnapshot::index), a power of two (a PCI window).
@@ -67,6 +67,7 @@ RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::
   // Always in their own slots, whether or not the arenas are there.
   if (const auto& f = kernel_files_.symbols) config.shared_windows.push_back({"kernel-symbols", f->fd.get(), f->bytes, true, kSymbolsSlot});
   if (const auto& f = kernel_files_.types) config.shared_windows.push_back({"kernel-btf", f->fd.get(), f->bytes, true, kTypesSlot});
+  if (const auto& f = kernel_files_.unwind) config.shared_windows.push_back({"kernel-orc", f->fd.get(), f->bytes, true, kUnwindSlot});
   machine_ = factory(config, Deadline::in(std::chrono::seconds(30)));
   resume_vm();
 }

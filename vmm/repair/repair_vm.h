@@ -35,8 +35,9 @@ class RepairVm final : public RepairWorker {
   // given back each time the VM is ready and paused: repair/repair_vm_trim.h). Throws Error
   // when the VM cannot be started at all.
   // arenas: the host pool's snapshot arenas as two more windows (empty: crashes are analysed
-  // from the guest's RAM). kernel_files: the host's files of the kernel image's symbols and of
-  // the kernel's BTF, a window each, which the agent reads in place of its own copies.
+  // from the guest's RAM). kernel_files: the host's files of the kernel image's symbols, of the
+  // kernel's BTF and of its image's unwind tables, a window each, which the agent reads in place
+  // of its own copies.
   RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
            std::uint64_t window_bytes, std::string agent, const std::vector<ArenaWindow>& arenas = {},
            HostKernelFiles kernel_files = {});

@@ -7,6 +7,9 @@
 
 #include <fmt/format.h>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include <algorithm>
 #include <bit>
 
@@ -98,21 +101,38 @@ std::shared_ptr<const ImageSymbols> host_image_symbols(const std::string& dir, c
   });
 }
 
-std::optional<HostBtf> host_kernel_btf(const std::string& dir, const BtfTypes& own, std::string* why) {
-  return with_host_copy(dir, why, [&]() -> std::optional<HostBtf> {
-    auto mapped = map_host_copy(dir, kernel_btf_file_name(own.digest()), own.bytes());
+namespace {
+
+// The host's file `name` of exactly `own`'s bytes.
+std::optional<HostCopy> host_copy_of(const std::string& dir, const std::string& name, std::span<const std::uint8_t> own,
+                                     std::string* why) {
+  return with_host_copy(dir, why, [&]() -> std::optional<HostCopy> {
+    auto mapped = map_host_copy(dir, name, own);
     std::span<const std::uint8_t> bytes(static_cast<const std::uint8_t*>(mapped->at), mapped->bytes);
-    // The bytes libbpf checked in `own`, or the file is not used.
-    if (!std::equal(bytes.begin(), bytes.end(), own.bytes().begin(), own.bytes().end()))
+    if (!std::equal(bytes.begin(), bytes.end(), own.begin(), own.end()))
       fail(ExitCode::failure, "{} does not hold what its name says", mapped->file.path());
     std::string path = mapped->file.path();
-    return HostBtf{bytes, std::move(mapped), std::move(path)};
+    return HostCopy{bytes, std::move(mapped), std::move(path)};
   });
 }
 
-UniqueFd open_host_kernel_file(const std::string& dir, const std::string& name, std::uint64_t min_bytes,
-                               std::uint64_t& window_bytes) {
-  std::string path = dir + "/" + name;
+}  // namespace
+
+std::optional<HostCopy> host_kernel_btf(const std::string& dir, const BtfTypes& own, std::string* why) {
+  // The bytes libbpf checked in `own`, or the file is not used.
+  return host_copy_of(dir, kernel_btf_file_name(own.digest()), own.bytes(), why);
+}
+
+std::string kernel_orc_file_name(std::span<const std::uint8_t> tables) {
+  XXH128_hash_t h = XXH3_128bits(tables.data(), tables.size());
+  return fmt::format("kernel-orc-v1-{:016x}{:016x}.bin", h.high64, h.low64);
+}
+
+std::optional<HostCopy> host_kernel_orc(const std::string& dir, std::span<const std::uint8_t> own, std::string* why) {
+  return host_copy_of(dir, kernel_orc_file_name(own), own, why);
+}
+
+UniqueFd open_host_kernel_file(const std::string& path, std::uint64_t min_bytes, std::uint64_t& window_bytes) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (!fd) return fd;
   struct stat st {};
