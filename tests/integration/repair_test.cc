@@ -147,14 +147,15 @@ TEST_CASE("repair inline: the engine runs in a sandboxed process and recovers cr
   }
   CHECK(ram_maps == 1);
   CHECK(writable_shared == 1);
-  // The kernel image's symbols and the kernel's BTF are read from the host's one file of each
-  // (read-only), not kept in copies of its own (repair/shared_kernel_files.h).
+  // The kernel image's symbols, the kernel's BTF and its image's ORC tables are read from the
+  // host's one file of each (read-only), not kept in copies of its own (repair/shared_kernel_files.h).
   std::string mapped = read_file("/proc/" + std::to_string(pid) + "/maps");
   CHECK_THAT(mapped, Catch::Contains("/.repair-shared/kernel-symbols-v1-"));
   CHECK_THAT(mapped, Catch::Contains("/.repair-shared/kernel-btf-v1-"));
+  CHECK_THAT(mapped, Catch::Contains("/.repair-shared/kernel-orc-v1-"));
   auto readies = events_of(g.name, "repair-ready");
   REQUIRE(!readies.empty());
-  CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared), types (shared)"));
+  CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared), types (shared), unwind tables (shared)"));
 
   for (const char* cls : {"null-deref", "text-corruption", "mutex-held"}) {
     INFO("class " << cls);
@@ -271,16 +272,20 @@ TEST_CASE("repair VM: a crash is read from its snapshot in the host's arena; wit
   // its own.
   auto readies = events_of(name, "repair-ready");
   REQUIRE(!readies.empty());
-  CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared), types (shared)"));
+  CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared), types (shared), unwind tables (shared)"));
   json profile = status_json(name).value("profile", json::object());
-  json symbols = profile.value("kernel_symbols", json::object()), types = profile.value("kernel_types", json::object());
-  INFO(symbols.dump() << "\n" << types.dump());
+  json symbols = profile.value("kernel_symbols", json::object()), types = profile.value("kernel_types", json::object()),
+       unwind = profile.value("kernel_unwind_tables", json::object());
+  INFO(symbols.dump() << "\n" << types.dump() << "\n" << unwind.dump());
   CHECK(symbols.value("shared", false));
   CHECK_THAT(symbols.value("file", ""), Catch::Contains("/.repair-shared/kernel-symbols-v1-"));
   CHECK(symbols.value("symbols", 0) > 10000);
   CHECK(types.value("shared", false));
   CHECK_THAT(types.value("file", ""), Catch::Contains("/.repair-shared/kernel-btf-v1-"));
   CHECK(types.value("types", 0) > 10000);
+  CHECK(unwind.value("shared", false));
+  CHECK_THAT(unwind.value("file", ""), Catch::Contains("/.repair-shared/kernel-orc-v1-"));
+  CHECK(unwind.value("entries", 0) > 10000);
   // The pool's first arena is prepared once the page-class agent has classified the guest.
   std::string pool = immortal::vmm::ArenaPool::directory_for(test_runtime_root());
   auto prepared = [&](int i) {
@@ -406,7 +411,7 @@ TEST_CASE("repair: after a module change the running repair VM loads the new pro
   INFO("ready again " << readies.back().value("start_ms", 0.0) << " ms after the reload was asked for");
   // The module it no longer has: the profile's symbols say so.
   CHECK_THAT(readies.back().value("agent", ""), !Catch::Contains("healthy copy 0 KiB"));
-  CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared), types (shared)"));  // the windows stay
+  CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared), types (shared), unwind tables (shared)"));  // the windows stay
   // Given back again after the reload (or skipped, if the VM ran meanwhile), then the crash is
   // analysed by that VM: the pages punched were free for its kernel.
   REQUIRE(wait_until([&] { return vm().value("free_pages_given_back", json::object()).value("times", 0) >= 2; }, 60s));
