@@ -110,11 +110,12 @@ void Supervisor::build_rooms() {
   auto emit = [this](const std::string& name, json fields) { event(name, std::move(fields)); };
   agent_ = std::make_unique<AgentChannel>(machine_->connect_agent_channel(Deadline::in(std::chrono::seconds(5))));
   profile_ = std::make_unique<ProfileCollector>(*agent_, dir_.file("profile"), say);
-  // The kernel image's symbols and the kernel's BTF once for every guest of this kernel on the
-  // host (issue 20). Whether they are, and why not, is in `status` (profile.kernel_symbols,
-  // profile.kernel_types).
+  // The kernel image's symbols, the kernel's BTF and its image's ORC tables once for every guest
+  // of this kernel on the host (issue 20). Whether they are, and why not, is in `status`
+  // (profile.kernel_symbols, profile.kernel_types, profile.kernel_unwind_tables).
   kernel_ = std::make_unique<LiveKernel>(
-      *machine_, *profile_, [this, shared = shared_dir()](const PhysicalMemory& memory, const GuestProfile& profile) {
+      *machine_, *profile_,
+      [this, shared = shared_dir(), agents = options_.recovery.enabled](const PhysicalMemory& memory, const GuestProfile& profile) {
         auto kernel = Kernel::open(memory, profile, std::nullopt);
         if (const auto& own = kernel->symbols().image_symbols(); !own) {
           kernel_symbols_ = {{"shared", false}, {"why", "the profile's kallsyms has no kernel image symbols"}};
@@ -137,7 +138,8 @@ void Supervisor::build_rooms() {
           else
             kernel_types_ = {{"shared", false}, {"why", why.empty() ? "the host's file differs" : why}};
         }
-        kernel_unwind_ = share_unwind_tables(*kernel, shared);
+        // Only the repair agents unwind: without recovery there are none to read the file.
+        if (agents) kernel_unwind_ = share_unwind_tables(*kernel, shared);
         return kernel;
       });
   BundleSettings bundle_settings = options_.bundles;
