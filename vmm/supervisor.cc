@@ -184,8 +184,8 @@ void Supervisor::build_rooms() {
       for (const auto& w : bundles_->arena_windows(guest_ram)) out.push_back({w.fd, w.bytes});
       return out;
     };
-    // The kernel image's symbols and BTF as this supervisor holds them: the host's copies, when it
-    // has them.
+    // The kernel image's symbols, BTF and ORC tables as this supervisor holds them: the host's
+    // copies, when it has them.
     repair.image_symbols = [this] { return kernel_->get().symbols().image_symbols(); };
     repair.kernel_btf = [this, shared = shared_dir()]() -> std::optional<SharedFileRef> {
       const BtfTypes* btf = kernel_->get().btf();

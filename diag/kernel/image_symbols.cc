@@ -1,11 +1,9 @@
 #include "kernel/image_symbols.h"
 
+#include "base/content_digest.h"
 #include "base/error.h"
 
 #include <fmt/format.h>
-
-#define XXH_INLINE_ALL
-#include <xxhash.h>
 
 #include <sys/mman.h>
 
@@ -231,8 +229,7 @@ std::optional<std::size_t> ImageSymbols::find(std::string_view name) const {
 
 const std::string& ImageSymbols::digest() const {
   std::call_once(digest_once_, [this] {
-    XXH128_hash_t h = XXH3_128bits(bytes_.data(), bytes_.size());
-    digest_ = fmt::format("{:016x}{:016x}", h.high64, h.low64);
+    digest_ = content_digest(bytes_);
   });
   return digest_;
 }

@@ -1,13 +1,10 @@
 #include "types/btf_types.h"
 
 #include "base/budgets.h"
+#include "base/content_digest.h"
 #include "base/error.h"
 
 #include <bpf/btf.h>
-#include <fmt/format.h>
-
-#define XXH_INLINE_ALL
-#include <xxhash.h>
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -181,7 +178,9 @@ std::unique_ptr<BtfTypes> BtfTypes::parse(const std::string& raw) {
   types->types_len_ = header.type_len;
   types->strings_at_ = header.hdr_len + header.str_off;
   types->strings_len_ = header.str_len;
-  types->pointer_size_ = btf__pointer_size(b) ? static_cast<std::uint32_t>(btf__pointer_size(b)) : 8;
+  // libbpf's btf__resolve_size takes the host's pointer size when the BTF does not tell.
+  std::size_t pointer_size = btf__pointer_size(b);
+  types->pointer_size_ = pointer_size ? static_cast<std::uint32_t>(pointer_size) : sizeof(void*);
   __u32 count = btf__type_cnt(b);
   types->offsets_.assign(count, 0);
   for (__u32 id = 1; id < count; ++id) {
@@ -202,8 +201,7 @@ std::unique_ptr<BtfTypes> BtfTypes::parse(const std::string& raw) {
 
 const std::string& BtfTypes::digest() const {
   std::call_once(digest_once_, [this] {
-    XXH128_hash_t h = XXH3_128bits(bytes_.data(), bytes_.size());
-    digest_ = fmt::format("{:016x}{:016x}", h.high64, h.low64);
+    digest_ = content_digest(bytes_);
   });
   return digest_;
 }

@@ -123,6 +123,12 @@ std::string_view map_payload(int fd) {
   return {static_cast<const char*>(map_shared(fd, size, false, "the repair payload")), size};
 }
 
+// A keeper for one of the host's files, which the agent maps for the process's life
+// (map_host_file): nothing to release.
+std::shared_ptr<const void> kept_for_life(std::span<const std::uint8_t> mapped) {
+  return std::shared_ptr<const void>(mapped.data(), [](const void*) {});
+}
+
 // What the engine is given, read but not parsed: the guest's profile, the healthy copy (or why
 // there is none), and its RAM mapped (nothing of it read yet). The healthy copy's bytes stay
 // where the payload has them.
@@ -198,11 +204,8 @@ class Engine {
       kernel_ = Kernel::open(*memory_, profile, std::nullopt);
       // Before anything holds a name of it: the parsed block goes, the host's is read in place.
       if (in.host_symbols) symbols_shared_ = kernel_->share_image_symbols(std::move(in.host_symbols)) ? "shared" : "own (the host's differ)";
-      // Mapped until the process ends: nothing to release.
       if (!in.host_types.empty())
-        types_shared_ = kernel_->share_btf(in.host_types, std::shared_ptr<const void>(in.host_types.data(), [](const void*) {}))
-                            ? "shared"
-                            : "own (the host's differ)";
+        types_shared_ = kernel_->share_btf(in.host_types, kept_for_life(in.host_types)) ? "shared" : "own (the host's differ)";
     }
     malloc_trim(0);
     stage("kernel");
@@ -238,8 +241,7 @@ class Engine {
     try {
       (void)OrcUnwinder(*kernel_).find(kernel_->symbols().address_of("_stext").value_or(0));
       if (auto own = kernel_->orc_image(); own && !in.host_unwind.empty()) {
-        // Mapped until the process ends: nothing to release.
-        auto shared = own->viewing(in.host_unwind, std::shared_ptr<const void>(in.host_unwind.data(), [](const void*) {}));
+        auto shared = own->viewing(in.host_unwind, kept_for_life(in.host_unwind));
         unwind_shared_ = shared ? "shared" : "own (the host's differ)";
         if (shared) kernel_->keep_orc_image(std::move(shared));
         own.reset();

@@ -163,7 +163,7 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
   for (const auto& ch : s.value("channels", json::array()))
     if (ch.is_string()) row("Channel:", ch.get<std::string>());
   row("Kernel:", s.value("kernel_release", "-"));
-  // The kernel's parts held once per host (profile.kernel_symbols, profile.kernel_types).
+  // The kernel's parts held once per host (profile.kernel_symbols, kernel_types, kernel_unwind_tables).
   for (const auto& [key, label] : {std::pair{"kernel_symbols", "Symbols:"}, std::pair{"kernel_types", "Types:"},
                                    std::pair{"kernel_unwind_tables", "Unwind tables:"}})
     if (const json& part = s.value("profile", json::object()).value(key, json::object()); part.is_object() && !part.empty())

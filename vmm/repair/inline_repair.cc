@@ -29,20 +29,12 @@ InlineRepair::InlineRepair(const std::string& agent, int payload, std::uint64_t 
                                    "--payload-offset", std::to_string(payload_offset)};
   std::vector<int> fds = {-1, log_fd.get(), log_fd.get(), ram_ro.get(), mailbox_.fd(), doorbell.theirs.get(), payload_ro.get()};
   // Opened read-only; each at the next descriptor.
-  if (auto& f = kernel_files.symbols) {
-    args.insert(args.end(), {"--symbols-fd", std::to_string(fds.size())});
-    fds.push_back(f->fd.get());
-    symbols_keeper_ = std::move(f->keeper);
-  }
-  if (auto& f = kernel_files.types) {
-    args.insert(args.end(), {"--types-fd", std::to_string(fds.size())});
-    fds.push_back(f->fd.get());
-    types_keeper_ = std::move(f->keeper);
-  }
-  if (auto& f = kernel_files.unwind) {
-    args.insert(args.end(), {"--unwind-fd", std::to_string(fds.size())});
-    fds.push_back(f->fd.get());
-    unwind_keeper_ = std::move(f->keeper);
+  for (auto [option, file] : {std::pair{"--symbols-fd", &kernel_files.symbols}, std::pair{"--types-fd", &kernel_files.types},
+                              std::pair{"--unwind-fd", &kernel_files.unwind}}) {
+    if (!*file) continue;
+    args.insert(args.end(), {option, std::to_string(fds.size())});
+    fds.push_back((*file)->fd.get());
+    file_keepers_.push_back(std::move((*file)->keeper));
   }
   pid_ = start_agent_process(args, fds);
 }

@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <optional>
+#include <vector>
 
 namespace immortal::vmm {
 
@@ -35,7 +36,7 @@ class InlineRepair final : public RepairWorker {
 
   MailboxMemory mailbox_;
   UniqueFd doorbell_;
-  std::shared_ptr<const void> symbols_keeper_, types_keeper_, unwind_keeper_;  // the host's files stay while the agent reads them
+  std::vector<std::shared_ptr<const void>> file_keepers_;  // the host's kernel files stay while the agent reads them
   int pid_ = -1;
   WorkerState state_ = WorkerState::starting;
   std::string status_ = "starting";

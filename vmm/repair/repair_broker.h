@@ -77,8 +77,8 @@ class RepairBroker final : public RepairEngine {
     int failures = 0;
   };
   void start(Slot& slot);
-  // The host's files of the kernel image's symbols and of the kernel's BTF for a worker's agent,
-  // those there are.
+  // The host's files of the kernel image's symbols, of the kernel's BTF and of its image's ORC
+  // tables for a worker's agent, those there are.
   HostKernelFiles host_kernel_files() const;
   void watch(Slot& slot);
   // A request as each worker is sent it: with the crash's snapshot (and its index, the

@@ -1,14 +1,12 @@
 #include "repair/shared_kernel_files.h"
 
+#include "base/content_digest.h"
 #include "base/error.h"
 #include "base/io.h"
 #include "base/unique_fd.h"
 #include "repair/shared_file.h"
 
 #include <fmt/format.h>
-
-#define XXH_INLINE_ALL
-#include <xxhash.h>
 
 #include <algorithm>
 #include <bit>
@@ -124,8 +122,7 @@ std::optional<HostCopy> host_kernel_btf(const std::string& dir, const BtfTypes& 
 }
 
 std::string kernel_orc_file_name(std::span<const std::uint8_t> tables) {
-  XXH128_hash_t h = XXH3_128bits(tables.data(), tables.size());
-  return fmt::format("kernel-orc-v1-{:016x}{:016x}.bin", h.high64, h.low64);
+  return fmt::format("kernel-orc-v1-{}.bin", content_digest(tables));
 }
 
 std::optional<HostCopy> host_kernel_orc(const std::string& dir, std::span<const std::uint8_t> own, std::string* why) {
