@@ -6,6 +6,7 @@
 #include "repair/repair_image.h"
 
 #include <fmt/format.h>
+#include <malloc.h>
 
 namespace immortal::vmm {
 
@@ -160,6 +161,8 @@ std::vector<BundleResult> CrashBundles::poll() {
       written(r);
     }
   }
+  // The writer's buffers are freed by now: what sits in the C library's free lists goes back.
+  if (!results.empty()) ::malloc_trim(0);
   return results;
 }
 
