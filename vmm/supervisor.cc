@@ -195,15 +195,16 @@ void Supervisor::build_rooms() {
     // The kernel image's symbols, BTF and ORC tables as this supervisor holds them: the host's
     // copies, when it has them.
     repair.image_symbols = [this] { return kernel_->get().symbols().image_symbols(); };
+    repair.image_base = [this] { return kernel_->get().symbols().image_base(); };
     repair.kernel_btf = [this, shared = shared_dir()]() -> std::optional<SharedFileRef> {
       const BtfTypes* btf = kernel_->get().btf();
       if (!btf || !btf->shared()) return std::nullopt;
-      return SharedFileRef{shared + "/" + kernel_btf_file_name(btf->digest()), btf->bytes().size(), btf->keeper()};
+      return SharedFileRef{shared + "/" + kernel_btf_file_name(btf->digest()), btf->bytes().size(), btf->keeper(), btf->digest()};
     };
     repair.kernel_unwind = [this, shared = shared_dir()]() -> std::optional<SharedFileRef> {
       auto table = kernel_->get().orc_image();
       if (!table || !table->keeper) return std::nullopt;
-      return SharedFileRef{shared + "/" + kernel_orc_file_name(table->bytes), table->bytes.size(), table->keeper};
+      return SharedFileRef{shared + "/" + kernel_orc_file_name(table->bytes), table->bytes.size(), table->keeper, ""};
     };
     repair_ = std::make_unique<RepairBroker>(repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
   }

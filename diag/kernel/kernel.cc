@@ -141,7 +141,7 @@ std::unique_ptr<Kernel> Kernel::assemble(const PhysicalMemory& memory, KernelLay
 std::unique_ptr<Kernel> Kernel::open(const PhysicalMemory& memory, const GuestProfile& profile,
                                      std::optional<std::string> vmcoreinfo_text, std::unique_ptr<TypeInfo> types) {
   std::unique_ptr<Kernel> k(new Kernel);
-  k->symbols_ = SymbolTable::from_kallsyms(profile.kallsyms);
+  k->symbols_ = SymbolTable::from_kallsyms(profile.kallsyms, profile.image_symbols, profile.image_base);
   if (k->symbols_.size() == 0) fail(ExitCode::bad_input, "the profile has no kernel symbols");
   k->types_ = types ? std::move(types) : BtfTypes::parse(profile.btf_vmlinux);
   alias_pcpu_hot(k->symbols_, *k->types_);

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 #include <string_view>
 
 namespace immortal {
@@ -48,70 +49,127 @@ const char* SymbolTable::Names::module(std::string_view name) {
   return modules_.back();
 }
 
-SymbolTable SymbolTable::from_kallsyms(const std::string& text) {
+namespace {
+
+// One line of kallsyms, parsed: "ffffffff81000000 T _stext" or "ffffffffc0600000 t fn\t[module]".
+struct KallsymsLine {
+  std::uint64_t address = 0;
+  char type = '?';
+  std::string_view name, module;
+};
+
+// nullopt for a malformed line (skipped and counted by the callers).
+std::optional<KallsymsLine> parse_kallsyms_line(std::string_view line) {
+  auto sp1 = line.find(' ');
+  if (sp1 != 16 || line.size() < 20 || line[18] != ' ') return std::nullopt;
+  KallsymsLine out;
+  for (char c : line.substr(0, 16)) {
+    int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+    if (d < 0) return std::nullopt;
+    out.address = out.address << 4 | static_cast<std::uint64_t>(d);
+  }
+  out.type = line[17];
+  out.name = line.substr(19);
+  if (auto tab = out.name.find('\t'); tab != std::string_view::npos) {
+    std::string_view bracketed = out.name.substr(tab + 1);
+    out.name = out.name.substr(0, tab);
+    if (bracketed.size() > 2 && bracketed.front() == '[' && bracketed.back() == ']')
+      out.module = bracketed.substr(1, bracketed.size() - 2);
+  }
+  // Names are printable ASCII (they end up in reports and JSON): anything else is malformed.
+  auto printable = [](std::string_view v) {
+    return std::all_of(v.begin(), v.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+  };
+  if (out.name.empty() || out.name.size() > 512 || !printable(out.name) || !printable(out.module)) return std::nullopt;
+  return out;
+}
+
+// Per-CPU variables are listed as small offsets into the per-CPU area (x86-64 links them at 0:
+// fixed_percpu_data, current_task, ...), never as kernel addresses.
+bool percpu_line(const KallsymsLine& l) { return l.module.empty() && l.address < kMaxPercpuOffset; }
+
+// Calls f(line, parsed) for each line of text (parsed is nullopt for a malformed one).
+template <typename F>
+void for_each_kallsyms_line(std::string_view text, F&& f) {
+  while (!text.empty()) {
+    auto nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
+    f(line, parse_kallsyms_line(line));
+  }
+}
+
+}  // namespace
+
+SymbolTable SymbolTable::from_kallsyms(const std::string& text, std::shared_ptr<const ImageSymbols> image,
+                                       std::uint64_t image_base) {
   SymbolTable table;
   // One line per symbol: room for all of them at once (growing a vector of 95 k symbols moved
   // each one many times; a profile's kallsyms is bounded by the profile's file budget).
   // Most of them are the image's, which go to its shareable layer (as views of the text until it
-  // is built); the modules' few thousand go to the table.
-  std::vector<ImageSymbols::Input> image;
-  image.reserve(std::min<std::size_t>(static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')) + 1,
-                                      kMaxSymbols));
-  std::string_view rest(text);
-  while (!rest.empty()) {
-    auto nl = rest.find('\n');
-    std::string_view line = rest.substr(0, nl);
-    rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
-    // "ffffffff81000000 T _stext" or "ffffffffc0600000 t fn\t[module]"
-    auto sp1 = line.find(' ');
-    if (sp1 != 16 || line.size() < 20 || line[18] != ' ') {
+  // is built); the modules' few thousand go to the table. With the image's layer given, the
+  // image's lines left in the text are those it could not hold (kallsyms_without_image).
+  std::vector<ImageSymbols::Input> inputs;
+  if (!image)
+    inputs.reserve(std::min<std::size_t>(static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')) + 1,
+                                         kMaxSymbols));
+  const std::size_t given = image ? image->size() : 0;
+  for_each_kallsyms_line(text, [&](std::string_view, const std::optional<KallsymsLine>& l) {
+    if (!l) {
       ++table.skipped_;
-      continue;
+      return;
     }
-    std::uint64_t address = 0;
-    bool ok = true;
-    for (char c : line.substr(0, 16)) {
-      int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
-      if (d < 0) ok = false;
-      address = address << 4 | static_cast<std::uint64_t>(d < 0 ? 0 : d);
+    if (percpu_line(*l)) {
+      table.percpu_.emplace(std::string(l->name), l->address);
+      return;
     }
-    if (!ok) {
-      ++table.skipped_;
-      continue;
-    }
-    char type = line[17];
-    std::string_view name = line.substr(19), module;
-    if (auto tab = name.find('\t'); tab != std::string_view::npos) {
-      std::string_view bracketed = name.substr(tab + 1);
-      name = name.substr(0, tab);
-      if (bracketed.size() > 2 && bracketed.front() == '[' && bracketed.back() == ']')
-        module = bracketed.substr(1, bracketed.size() - 2);
-    }
-    // Names are printable ASCII (they end up in reports and JSON): anything else is malformed.
-    auto printable = [](std::string_view v) {
-      return std::all_of(v.begin(), v.end(), [](char c) { return c > 0x20 && c < 0x7f; });
-    };
-    if (name.empty() || name.size() > 512 || !printable(name) || !printable(module)) {
-      ++table.skipped_;
-      continue;
-    }
-    // Per-CPU variables are listed as small offsets into the per-CPU area (x86-64 links them
-    // at 0: fixed_percpu_data, current_task, ...), never as kernel addresses.
-    if (module.empty() && address < kMaxPercpuOffset) {
-      table.percpu_.emplace(std::string(name), address);
-      continue;
-    }
-    if (table.sorted_.size() + image.size() >= kMaxSymbols)
+    if (table.sorted_.size() + inputs.size() + given >= kMaxSymbols)
       fail(ExitCode::bad_input, "kallsyms has more than {} symbols", kMaxSymbols);
-    if (module.empty()) image.push_back({address, name, type});
-    else table.sorted_.push_back(StoredSymbol(address, table.names_.add(name, type), table.names_.module(module)));
+    if (l->module.empty() && !image) inputs.push_back({l->address, l->name, l->type});
+    else
+      table.sorted_.push_back(StoredSymbol(l->address, table.names_.add(l->name, l->type), table.names_.module(l->module)));
+  });
+  if (image) {
+    table.image_ = std::move(image);
+    table.image_base_ = image_base;
+  } else {
+    std::vector<std::size_t> left_out;
+    table.image_ = ImageSymbols::build(inputs, table.image_base_, left_out);
+    for (std::size_t i : left_out)
+      table.sorted_.push_back(StoredSymbol(inputs[i].address, table.names_.add(inputs[i].name, inputs[i].type), nullptr));
   }
-  std::vector<std::size_t> left_out;
-  table.image_ = ImageSymbols::build(image, table.image_base_, left_out);
-  for (std::size_t i : left_out)
-    table.sorted_.push_back(StoredSymbol(image[i].address, table.names_.add(image[i].name, image[i].type), nullptr));
   table.index();
   return table;
+}
+
+std::optional<std::string> kallsyms_without_image(std::string_view text, const ImageSymbols& image, std::uint64_t image_base) {
+  // The image's lines as from_kallsyms gives them to ImageSymbols::build, with where each lies.
+  std::vector<ImageSymbols::Input> inputs;
+  std::vector<std::string_view> lines;
+  for_each_kallsyms_line(text, [&](std::string_view line, const std::optional<KallsymsLine>& l) {
+    if (l && !percpu_line(*l) && l->module.empty()) {
+      inputs.push_back({l->address, l->name, l->type});
+      lines.push_back(line);
+    }
+  });
+  std::uint64_t base = 0;
+  std::vector<std::size_t> left_out;
+  auto built = ImageSymbols::build(inputs, base, left_out);
+  auto mine = built ? built->bytes() : std::span<const std::uint8_t>(), theirs = image.bytes();
+  if (!built || base != image_base || !std::equal(mine.begin(), mine.end(), theirs.begin(), theirs.end())) return std::nullopt;
+  // Every line but those the block holds, in their order.
+  std::vector<bool> kept_line(inputs.size(), false);
+  for (std::size_t i : left_out) kept_line[i] = true;
+  std::string out;
+  std::size_t next_image_line = 0;
+  for_each_kallsyms_line(text, [&](std::string_view line, const std::optional<KallsymsLine>&) {
+    if (next_image_line < lines.size() && line.data() == lines[next_image_line].data()) {
+      if (!kept_line[next_image_line++]) return;
+    }
+    out.append(line);
+    out.push_back('\n');
+  });
+  return out;
 }
 
 void SymbolTable::index() {

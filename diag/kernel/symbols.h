@@ -74,6 +74,11 @@ struct FoundSymbol {
   std::string module;
 };
 
+// kallsyms text without the lines of the kernel image's symbols that `image` holds, when it holds
+// exactly those of this text with image_base as their base (the table from_kallsyms builds of the
+// result with `image` then answers as the table of the whole text); nullopt when it does not.
+std::optional<std::string> kallsyms_without_image(std::string_view text, const ImageSymbols& image, std::uint64_t image_base);
+
 // A function's name without what the compiler appended to a copy or a part of it:
 // "__mutex_lock.constprop.0" → "__mutex_lock", "foo.cold" → "foo".
 std::string base_function_name(std::string_view name);
@@ -89,8 +94,12 @@ class SymbolTable {
   SymbolTable& operator=(const SymbolTable& other);
   SymbolTable(SymbolTable&&) noexcept = default;  // the names' storage moves along, unmoved
   SymbolTable& operator=(SymbolTable&&) noexcept = default;
-  // Parses kallsyms; malformed lines are skipped and counted.
-  static SymbolTable from_kallsyms(const std::string& text);
+  // Parses kallsyms; malformed lines are skipped and counted. With `image` given, it is the
+  // kernel image's layer, at image_base in this boot, and the text holds what kallsyms_without_image
+  // left (the per-CPU variables, the modules, any image symbol the layer could not hold): a repair
+  // payload's guest part, beside the host's file of the image's symbols.
+  static SymbolTable from_kallsyms(const std::string& text, std::shared_ptr<const ImageSymbols> image = nullptr,
+                                   std::uint64_t image_base = 0);
 
   std::optional<std::uint64_t> address_of(std::string_view name) const;
   // The per-CPU offset of a per-CPU variable (e.g. "current_task").

@@ -169,7 +169,8 @@ GuestProfile::Files GuestProfile::read_files(const std::string& dir) {
   return files_from(entries, dir);
 }
 
-GuestProfile::Files GuestProfile::files_from(const std::map<std::string, std::string_view>& entries, const std::string& where) {
+GuestProfile::Files GuestProfile::files_from(const std::map<std::string, std::string_view>& entries, const std::string& where,
+                                             bool btf_elsewhere) {
   Files files;
   ModuleBtfBudget budget;
   for (const auto& [entry, stored] : entries) {
@@ -187,7 +188,8 @@ GuestProfile::Files GuestProfile::files_from(const std::map<std::string, std::st
     files.emplace(std::move(name), std::move(bytes));
   }
   for (const char* required : {"profile.json", "kallsyms", "modules", "btf/vmlinux"})
-    if (!files.count(required)) fail(ExitCode::bad_input, "profile file missing: {}/{}", where, required);
+    if (!files.count(required) && !(btf_elsewhere && std::string_view(required) == "btf/vmlinux"))
+      fail(ExitCode::bad_input, "profile file missing: {}/{}", where, required);
   return files;
 }
 

@@ -12,9 +12,11 @@
 #pragma once
 
 #include "base/budgets.h"
+#include "kernel/image_symbols.h"
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -33,6 +35,11 @@ struct GuestProfile {
   std::string modules;
   std::string btf_vmlinux;
   std::map<std::string, std::string> btf_modules;
+  // Set by a reader whose kallsyms leaves the kernel image's symbols to the host's file of them
+  // (the repair payload: kallsyms_without_image): that block, and the image's base in this boot.
+  // Never stored.
+  std::shared_ptr<const ImageSymbols> image_symbols;
+  std::uint64_t image_base = 0;
 
   // Writes the profile into dir (replacing a previous one as a whole), its files as they are.
   // PackedProfile::store writes them packed (NAME.zst), which every reader below takes too.
@@ -53,7 +60,10 @@ struct GuestProfile {
   static Files read_stored_files(const std::string& dir);
   // The same from files held elsewhere (relative path → bytes: the repair payload's), within the
   // same budgets. An entry NAME.zst is NAME as one zstd frame.
-  static Files files_from(const std::map<std::string, std::string_view>& entries, const std::string& where);
+  // btf_elsewhere: the kernel's BTF is the host's file of it (a repair payload that leaves it
+  // out), added by the caller before parse: btf/vmlinux is not required here.
+  static Files files_from(const std::map<std::string, std::string_view>& entries, const std::string& where,
+                          bool btf_elsewhere = false);
   // Takes the files by value: pass them with std::move to parse without copying their bytes.
   static GuestProfile parse(Files files, const std::string& where);
 };

@@ -26,6 +26,7 @@
 #include "agent/sandbox.h"
 
 #include "base/clock.h"
+#include "base/content_digest.h"
 #include "base/error.h"
 #include "base/unique_fd.h"
 #include "engine/crash_memory.h"
@@ -54,6 +55,7 @@
 #include <malloc.h>
 
 #include <atomic>
+#include <map>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -94,6 +96,11 @@ void say(const std::string& line) {
 struct Config {
   std::vector<RamSegment> ram;
   std::uint64_t ram_size = 0;
+  // What the payload leaves to the host's files (the guest's part of the profile only: issue 20),
+  // named by their digests: the kernel image's symbols (and where this boot has the image) and
+  // the kernel's BTF (and its length).
+  std::optional<std::string> symbols_digest, btf_digest;
+  std::uint64_t symbols_base = 0, btf_bytes = 0;
 };
 
 Config parse_config(std::string_view text) {
@@ -105,6 +112,18 @@ Config parse_config(std::string_view text) {
     c.ram.push_back({s.value("guest_physical", std::uint64_t{0}), s.value("file_offset", std::uint64_t{0}),
                      s.value("size", std::uint64_t{0})});
   if (!c.ram_size || c.ram.empty()) fail(ExitCode::bad_input, "{}: repair.json is incomplete", kWhere);
+  try {
+    if (auto it = j.find("kernel_symbols"); it != j.end()) {
+      c.symbols_digest = it->at("digest").get<std::string>();
+      c.symbols_base = it->at("base").get<std::uint64_t>();
+    }
+    if (auto it = j.find("kernel_btf"); it != j.end()) {
+      c.btf_digest = it->at("digest").get<std::string>();
+      c.btf_bytes = it->at("bytes").get<std::uint64_t>();
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail(ExitCode::bad_input, "{}: repair.json names the host's kernel files badly: {}", kWhere, e.what());
+  }
   return c;
 }
 
@@ -123,6 +142,15 @@ std::string_view map_payload(int fd) {
   return {static_cast<const char*>(map_shared(fd, size, false, "the repair payload")), size};
 }
 
+// The digest of bytes of one of the host's files, which stay mapped for the process's life: hashed
+// once (4-5 MiB take tens of ms under TCG), not at every reload of a profile.
+const std::string& window_digest(std::span<const std::uint8_t> bytes) {
+  static std::map<std::pair<const std::uint8_t*, std::size_t>, std::string> known;
+  auto [it, fresh] = known.try_emplace({bytes.data(), bytes.size()});
+  if (fresh) it->second = content_digest(bytes);
+  return it->second;
+}
+
 // A keeper for one of the host's files, which the agent maps for the process's life
 // (map_host_file): nothing to release.
 std::shared_ptr<const void> kept_for_life(std::span<const std::uint8_t> mapped) {
@@ -138,6 +166,7 @@ struct Inputs {
   GuestProfile::Files profile;
   std::string_view healthy_index, healthy_blob;
   std::string healthy_problem;
+  Config config;  // repair.json
   double read_ms = 0;  // reading the payload's archive and the profile's files
   // The host's block of the kernel image's symbols (the repair VM's window): used instead of the
   // one parsed from the profile when it holds the same symbols.
@@ -169,7 +198,8 @@ Inputs read_inputs(std::string_view payload, int ram_fd) {
   std::map<std::string, std::string_view> profile;
   for (const auto& [name, bytes] : files)
     if (name.starts_with("profile/")) profile.emplace(name.substr(8), bytes);
-  in.profile = GuestProfile::files_from(profile, std::string(kWhere) + ": profile");
+  in.profile = GuestProfile::files_from(profile, std::string(kWhere) + ": profile", c.btf_digest.has_value());
+  in.config = c;
   auto index = file("healthy/healthy.json"), blob = file("healthy/healthy.bin");
   if (index && blob) {
     in.healthy_index = *index;
@@ -196,10 +226,26 @@ class Engine {
     stages_ = fmt::format("payload {:.0f}", in.read_ms);
     memory_ = std::make_unique<EngineMemory>(std::move(in.memory), std::move(in.map_ram));
     {
+      // What the payload leaves to the host's files must be there, and be what it names.
+      const Config& c = in.config;
+      if (c.btf_digest) {
+        if (in.host_types.size() < c.btf_bytes || window_digest(in.host_types.first(c.btf_bytes)) != *c.btf_digest)
+          fail(ExitCode::bad_input, "the payload leaves the kernel's BTF to the host's file, which {}",
+               in.host_types.empty() ? "this agent was not given" : "holds other types");
+        in.profile["btf/vmlinux"].assign(reinterpret_cast<const char*>(in.host_types.data()), c.btf_bytes);
+      }
       // The kernel keeps what it parsed (symbols, types, module bases), not the profile's text:
       // dropping the 8 MiB of kallsyms and BTF here leaves them out of every agent's memory.
       GuestProfile profile = GuestProfile::parse(std::move(in.profile), std::string(kWhere) + ": profile");
       in.profile.clear();
+      if (c.symbols_digest) {
+        if (!in.host_symbols || in.host_symbols->digest() != *c.symbols_digest)
+          fail(ExitCode::bad_input, "the payload leaves the kernel image's symbols to the host's file, which {}",
+               in.host_symbols ? "holds another kernel's" : "this agent was not given");
+        profile.image_symbols = std::exchange(in.host_symbols, nullptr);
+        profile.image_base = c.symbols_base;
+        symbols_shared_ = "shared";
+      }
       stage("profile");
       kernel_ = Kernel::open(*memory_, profile, std::nullopt);
       // Before anything holds a name of it: the parsed block goes, the host's is read in place.

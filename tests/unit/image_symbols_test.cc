@@ -164,3 +164,50 @@ TEST_CASE("symbols: a block of image symbols from elsewhere is checked before us
   CHECK_FALSE(modules_only.image_symbols());
   CHECK(modules_only.lookup(0xffffffffc0600004u)->name() == "helper");
 }
+
+TEST_CASE("symbols: kallsyms without the image's lines, beside the host's block, answers as the whole", "[introspection]") {
+  // The host's block: the first guest's, at its slide.
+  auto host = SymbolTable::from_kallsyms(kallsyms(0xffffffff81000000u)).image_symbols();
+  REQUIRE(host);
+  for (std::uint64_t base : {0xffffffff81000000u, 0xffffffffa3200000u}) {
+    INFO(fmt::format("base {:#x}", base));
+    std::string text = kallsyms(base);
+    SymbolTable whole = SymbolTable::from_kallsyms(text);
+    auto rest = kallsyms_without_image(text, *host, base);
+    REQUIRE(rest);
+    // The per-CPU variables and the modules' lines stay; the image's go.
+    CHECK(rest->find("per_cpu_thing\n") != std::string::npos);
+    CHECK(rest->find("m_120\t[mod_b]\n") != std::string::npos);
+    CHECK(rest->find(" fn_17\n") == std::string::npos);
+    CHECK(rest->size() < text.size() / 5);
+    SymbolTable part = SymbolTable::from_kallsyms(*rest, host, base);
+    CHECK(part.image_symbols().get() == host.get());
+    CHECK(part.image_base() == base);
+    CHECK(part.size() == whole.size());
+    CHECK(part.percpu_offset("per_cpu_thing") == 0x1000u);
+    std::mt19937_64 random(13);
+    for (int i = 0; i < 3000; ++i) {
+      std::uint64_t a = base + random() % 0x2100000;
+      if (i % 3 == 0) a = 0xffffffffc0600000u + random() % 0x2000;
+      INFO(fmt::format("{:#x}", a));
+      CHECK(part.describe(a) == whole.describe(a));
+    }
+    for (const char* name : {"fn_0", "fn_2899", "data_far", "m_3", "m_149"})
+      CHECK(part.address_of(name) == whole.address_of(name));
+    CHECK(part.address_in("m_120", "mod_b") == whole.address_in("m_120", "mod_b"));
+  }
+  // Another kernel's block, or this one's at another base: the text is not cut.
+  auto other = SymbolTable::from_kallsyms("ffffffff81000000 T _stext\nffffffff81000010 T other\n").image_symbols();
+  CHECK_FALSE(kallsyms_without_image(kallsyms(0xffffffff81000000u), *other, 0xffffffff81000000u));
+  CHECK_FALSE(kallsyms_without_image(kallsyms(0xffffffff81000000u), *host, 0xffffffff81200000u));
+  // An image symbol the block cannot hold (more than 4 GiB above its base) stays in the text.
+  std::string far = "ffff888000000000 T low\nffff888000000040 T low_two\nffffffff81000000 T high\n";
+  SymbolTable far_whole = SymbolTable::from_kallsyms(far);
+  auto far_rest = kallsyms_without_image(far, *far_whole.image_symbols(), far_whole.image_base());
+  REQUIRE(far_rest);
+  CHECK(*far_rest == "ffffffff81000000 T high\n");
+  SymbolTable far_part = SymbolTable::from_kallsyms(*far_rest, far_whole.image_symbols(), far_whole.image_base());
+  CHECK(far_part.address_of("high") == 0xffffffff81000000u);
+  CHECK(far_part.address_of("low_two") == 0xffff888000000040u);
+  CHECK(far_part.size() == 3);
+}

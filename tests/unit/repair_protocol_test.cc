@@ -1,7 +1,10 @@
 // The repair protocol's pieces: what crosses between the supervisor and the repair agent (crash
 // records, answers, plans), the mailbox both sides poll, the healthy copy on disk, the integrity
 // check, and the supervisor's validation of code restores. Untrusted input gets Error(bad_input).
+#include "base/content_digest.h"
 #include "base/error.h"
+#include "base/zstd_frame.h"
+#include "kernel/symbols.h"
 #include "engine/healthy_image.h"
 #include "engine/repair_plan.h"
 #include "engine/repair_service.h"
@@ -275,6 +278,71 @@ TEST_CASE("repair image: the supervisor reads its healthy copy where the payload
   auto second = vmm::healthy_in_payload(image);
   CHECK(same_as(*second, healthy_with(0x0f)));
   CHECK(*repair::RegionReader(second->regions[0]).at(0, 1) == 0x0f);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("repair image: the payload leaves to the host's files what they hold of this profile", "[repair]") {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / ("repair-part-test-" + std::to_string(::getpid()));
+  fs::create_directories(dir / "guest-profile" / "btf");
+  const std::uint64_t base = 0xffffffffa3200000u;
+  std::string kallsyms = "0000000000001000 D per_cpu_thing\n";
+  for (int i = 0; i < 500; ++i) kallsyms += fmt::format("{:016x} T fn_{}\n", base + 32u * static_cast<unsigned>(i), i);
+  kallsyms += "ffffffffc0600000 t drv_fn\t[drv]\n";
+  const std::string btf = "not really BTF, but the supervisor only compares it";
+  std::ofstream(dir / "guest-profile" / "kallsyms") << kallsyms;
+  std::ofstream(dir / "guest-profile" / "btf" / "vmlinux") << btf;
+  for (const char* f : {"profile.json", "modules"}) std::ofstream(dir / "guest-profile" / f) << f;
+  repair::HealthyImage healthy;
+  healthy.release = "6.1.0-test";
+  healthy.regions.push_back(repair::HealthyRegion::holding("kernel text", "text", "", base, std::vector<std::uint8_t>(4096, 0xcc)));
+  vmm::Machine::RamFile ram{-1, 1 << 20, {}};
+  auto payload_files = [](const vmm::RepairImage& image) {
+    std::string bytes(image.payload_bytes, '\0');
+    REQUIRE(::pread(image.payload.get(), bytes.data(), bytes.size(), static_cast<off_t>(image.payload_offset)) ==
+            static_cast<ssize_t>(bytes.size()));
+    std::map<std::string, std::string> out;
+    for (const auto& [name, view] : repair::read_payload(bytes)) out.emplace(name, std::string(view));
+    return out;
+  };
+
+  vmm::PayloadKernelPart part;
+  part.symbols = SymbolTable::from_kallsyms(kallsyms).image_symbols();
+  part.symbols_base = base;
+  part.btf_digest = content_digest(std::span(reinterpret_cast<const std::uint8_t*>(btf.data()), btf.size()));
+  part.btf_bytes = btf.size();
+  auto image = vmm::build_repair_image(dir.string(), "", "/bin/sh", (dir / "guest-profile").string(), healthy, ram, part);
+  CHECK(image.left_to_host == std::vector<std::string>{"kernel BTF", "kernel image symbols"});
+  CHECK(image.kept_why.empty());
+  CHECK(image.symbols_digest == part.symbols->digest());
+  CHECK(image.btf_digest == part.btf_digest);
+  auto files = payload_files(image);
+  CHECK_FALSE(files.count("profile/btf/vmlinux.zst"));
+  REQUIRE(files.count("profile/kallsyms.zst"));
+  std::string rest = zstd_unpack(files["profile/kallsyms.zst"], 1 << 20, "kallsyms");
+  CHECK(rest == "0000000000001000 D per_cpu_thing\nffffffffc0600000 t drv_fn\t[drv]\n");
+  json layout = json::parse(files["repair.json"]);
+  CHECK(layout["kernel_symbols"]["digest"] == part.symbols->digest());
+  CHECK(layout["kernel_symbols"]["base"] == base);
+  CHECK(layout["kernel_btf"]["digest"] == part.btf_digest);
+  CHECK(layout["kernel_btf"]["bytes"] == btf.size());
+  // The agent's table from what the payload holds answers as the whole profile's.
+  SymbolTable whole = SymbolTable::from_kallsyms(kallsyms), from_part = SymbolTable::from_kallsyms(rest, part.symbols, base);
+  CHECK(from_part.size() == whole.size());
+  CHECK(from_part.describe(base + 32 * 7 + 3) == whole.describe(base + 32 * 7 + 3));
+
+  // Files that hold another kernel's parts (or this one at another slide) are not named: the
+  // payload keeps its own, and says why.
+  part.symbols_base = base + 0x200000;
+  part.btf_digest = std::string(32, '0');
+  REQUIRE(vmm::rewrite_repair_payload(image, (dir / "guest-profile").string(), healthy, ram, part));
+  CHECK(image.left_to_host.empty());
+  CHECK(image.kept_why.size() == 2);
+  CHECK(image.symbols_digest.empty());
+  files = payload_files(image);
+  CHECK(zstd_unpack(files["profile/kallsyms.zst"], 1 << 20, "kallsyms") == kallsyms);
+  CHECK(zstd_unpack(files["profile/btf/vmlinux.zst"], 1 << 20, "btf") == btf);
+  CHECK_FALSE(json::parse(files["repair.json"]).contains("kernel_symbols"));
   fs::remove_all(dir);
 }
 

@@ -52,8 +52,10 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
   auto t0 = Clock::now();
   // A repair VM that is up takes the new profile in place (its agent loads it in about a second)
   // instead of booting again (seconds under TCG): the payload goes into the window's other slot.
+  // What the host's files hold of this kernel's profile stays out of the payload.
+  const PayloadKernelPart part = payload_kernel_part();
   if (image_ && vm_.worker && ram.fd == ram_.fd && ram.size == ram_.size && vm_.worker->state() == WorkerState::ready &&
-      rewrite_repair_payload(*image_, profile_dir, healthy, ram) &&
+      rewrite_repair_payload(*image_, profile_dir, healthy, ram, part) && vm_windows_serve(*image_) &&
       vm_.worker->reload(image_->payload_offset, image_->payload_bytes)) {
     healthy_ = healthy_in_payload(*image_);
     vm_.reported.clear();  // its next ready is announced
@@ -72,7 +74,7 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
   inline_.worker.reset();
   vm_.failures = inline_.failures = 0;
   std::string agent = find_repair_agent(settings_.agent);
-  image_ = build_repair_image(dir_, settings_.shared_dir, agent, profile_dir, healthy, ram);
+  image_ = build_repair_image(dir_, settings_.shared_dir, agent, profile_dir, healthy, ram, part);
   healthy_ = healthy_in_payload(*image_);
   ram_ = ram;
   nlohmann::json e = image_json();
@@ -97,6 +99,9 @@ nlohmann::json RepairBroker::image_json() const {
                       {"payload_bytes", image_->payload_bytes}, {"window_bytes", image_->window_bytes},
                       {"healthy_bytes", healthy_ ? healthy_->total_bytes() : 0}};
   if (!image_->initrd_problem.empty()) j["initrd_not_shared"] = image_->initrd_problem;
+  // The guest's own part of the profile: what it leaves to the host's files, and why it keeps the rest.
+  j["payload_leaves_to_host"] = image_->left_to_host;
+  if (!image_->kept_why.empty()) j["payload_keeps"] = image_->kept_why;
   return j;
 }
 
@@ -108,14 +113,14 @@ HostKernelFiles RepairBroker::host_kernel_files() const {
       std::uint64_t bytes = 0;
       if (UniqueFd fd = open_host_kernel_file(settings_.shared_dir + "/" + image_symbols_file_name(block->digest()),
                                               block->bytes().size(), bytes))
-        files.symbols = KernelFileWindow{std::move(fd), bytes, block};  // the block holds the file's lock
+        files.symbols = KernelFileWindow{std::move(fd), bytes, block, block->digest()};  // the block holds the file's lock
     }
     auto window_onto = [](const std::function<std::optional<SharedFileRef>()>& held) -> std::optional<KernelFileWindow> {
       auto ref = held ? held() : std::nullopt;
       std::uint64_t bytes = 0;
       UniqueFd fd = ref ? open_host_kernel_file(ref->path, ref->bytes, bytes) : UniqueFd();
       if (!fd) return std::nullopt;
-      return KernelFileWindow{std::move(fd), bytes, ref->keeper};
+      return KernelFileWindow{std::move(fd), bytes, ref->keeper, ref->digest};
     };
     files.types = window_onto(settings_.kernel_btf);
     files.unwind = window_onto(settings_.kernel_unwind);
@@ -125,11 +130,41 @@ HostKernelFiles RepairBroker::host_kernel_files() const {
   return files;
 }
 
+PayloadKernelPart RepairBroker::payload_kernel_part() const {
+  PayloadKernelPart part;
+  HostKernelFiles files = host_kernel_files();
+  if (files.symbols && settings_.image_base) {
+    part.symbols = std::static_pointer_cast<const ImageSymbols>(files.symbols->keeper);
+    part.symbols_base = settings_.image_base();
+  }
+  if (files.types && !files.types->digest.empty()) {
+    auto ref = settings_.kernel_btf ? settings_.kernel_btf() : std::nullopt;
+    if (ref && ref->digest == files.types->digest) {
+      part.btf_digest = ref->digest;
+      part.btf_bytes = ref->bytes;
+    }
+  }
+  return part;
+}
+
+bool RepairBroker::vm_windows_serve(const RepairImage& image) const {
+  return (image.symbols_digest.empty() || image.symbols_digest == vm_symbols_digest_) &&
+         (image.btf_digest.empty() || image.btf_digest == vm_btf_digest_);
+}
+
 void RepairBroker::start(Slot& slot) {
   if (!image_) return;
   slot.worker.reset();
   slot.reported.clear();
   try {
+    // The payload leaves parts of the profile to the host's files: a worker is given those files.
+    HostKernelFiles files = host_kernel_files();
+    auto holds = [](const std::optional<KernelFileWindow>& file, const std::string& digest) {
+      return digest.empty() || (file && file->digest == digest);
+    };
+    if (!holds(files.symbols, image_->symbols_digest) || !holds(files.types, image_->btf_digest))
+      fail(ExitCode::failure, "the host's kernel files are not those the repair payload was built with (a new profile "
+                              "is on its way)");
     if (slot.mode == "vm") {
       MachineConfig c = vm_config_;
       c.initrd = image_->initrd;
@@ -145,11 +180,13 @@ void RepairBroker::start(Slot& slot) {
           say_(std::string("the repair VM analyses crashes in the guest's RAM (no snapshot arenas for it): ") + e.what());
         }
       }
+      vm_symbols_digest_ = files.symbols ? files.symbols->digest : "";
+      vm_btf_digest_ = files.types ? files.types->digest : "";
       slot.worker = std::make_unique<RepairVm>(factory_, c, ram_, image_->payload.get(), image_->window_bytes,
-                                               find_repair_agent(settings_.agent), arenas, host_kernel_files());
+                                               find_repair_agent(settings_.agent), arenas, std::move(files));
     } else {
       slot.worker = std::make_unique<InlineRepair>(find_repair_agent(settings_.agent), image_->payload.get(), image_->payload_offset, ram_,
-                                                   dir_ + "/inline.log", host_kernel_files());
+                                                   dir_ + "/inline.log", std::move(files));
     }
     event_("repair-starting", {{"mode", slot.mode}});
   } catch (const std::exception& e) {

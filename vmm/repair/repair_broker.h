@@ -45,6 +45,7 @@ struct RepairSettings {
   // repair/shared_kernel_files.h), shown to the repair VM as one more window so that its agent keeps no
   // copy of its own; null, or a block with no file there: it keeps its own.
   std::function<std::shared_ptr<const ImageSymbols>()> image_symbols;
+  std::function<std::uint64_t()> image_base;  // where this boot has the kernel image (the block's offsets' base)
   // The guest kernel's BTF and its image's unwind tables the same way, when the supervisor holds
   // the host's copies.
   std::function<std::optional<SharedFileRef>()> kernel_btf, kernel_unwind;
@@ -80,6 +81,12 @@ class RepairBroker final : public RepairEngine {
   // The host's files of the kernel image's symbols, of the kernel's BTF and of its image's ORC
   // tables for a worker's agent, those there are.
   HostKernelFiles host_kernel_files() const;
+  // What the payload may leave to those files (the agents are given them): the image's symbols
+  // and the kernel's BTF.
+  PayloadKernelPart payload_kernel_part() const;
+  // Whether a running repair VM's windows hold what the image's payload leaves out (else a new
+  // payload cannot be loaded in place).
+  bool vm_windows_serve(const RepairImage& image) const;
   void watch(Slot& slot);
   // A request as each worker is sent it: with the crash's snapshot (and its index, the
   // attachment) for one that reads snapshots, plain for the others.
@@ -103,6 +110,7 @@ class RepairBroker final : public RepairEngine {
   std::shared_ptr<const repair::HealthyImage> healthy_;
   Machine::RamFile ram_;
   Slot vm_{"vm", nullptr, "", {}, 0};
+  std::string vm_symbols_digest_, vm_btf_digest_;  // what the running repair VM's windows hold
   Slot inline_{"inline", nullptr, "", {}, 0};
 };
 

@@ -5,10 +5,12 @@
 
 #include "bundle/bundle_writer.h"
 
+#include "base/content_digest.h"
 #include "base/error.h"
 #include "base/zstd_frame.h"
 #include "base/sealed_memfd.h"
 #include "engine/text_precheck.h"
+#include "kernel/symbols.h"
 #include "profile/guest_profile.h"
 #include "protocol/payload.h"
 
@@ -108,16 +110,53 @@ void write_initrd(const std::string& path, const std::string& agent) {
 // write_initrd changes what it writes), so that a file is only ever shared by identical ones.
 std::string initrd_name(const std::string& agent) { return "initrd-v1-" + bundle::sha256_file(agent).substr(0, 32) + ".img"; }
 
+// What payload_archive leaves out and why it keeps the rest.
+struct PayloadParts {
+  std::vector<std::string> left_to_host, kept_why;
+  std::string symbols_digest, btf_digest;
+};
+
 // The payload archive: the profile as it is now (a newer one may replace the instance's copy at
 // any time), the healthy copy, and guest RAM's layout (inside the repair VM the RAM window is the
-// file itself, so file offsets are window offsets).
-std::string payload_archive(const std::string& profile_dir, const repair::HealthyImage& healthy, const Machine::RamFile& ram) {
+// file itself, so file offsets are window offsets). What the host's files hold of the kernel's
+// profile (`part`) is left out when they hold exactly this profile's: the kernel image's lines of
+// kallsyms, the kernel's BTF. repair.json then says where the agents find them, by digest.
+std::string payload_archive(const std::string& profile_dir, const repair::HealthyImage& healthy, const Machine::RamFile& ram,
+                            const PayloadKernelPart& part, PayloadParts& parts) {
   std::map<std::string, std::string> files;
+  nlohmann::json layout = ram_layout_json(ram);
+  // A stored file's bytes, unpacked (NAME.zst is one zstd frame).
+  auto unpacked = [](const std::string& name, std::string bytes) {
+    return name.ends_with(".zst") ? zstd_unpack(bytes, GuestProfile::kMaxFileSize, name) : bytes;
+  };
   // The profile's files packed (8.5 MiB of Debian 6.1's kallsyms and BTF take 2.1): the payload
   // stays in memory for as long as the guest runs, and the agents read the files once, to parse
   // them. Level 1: written again after every module load, on the way to the repair path being
   // ready again.
   for (auto& [name, bytes] : GuestProfile::read_stored_files(profile_dir)) {
+    std::string plain = name.ends_with(".zst") ? name.substr(0, name.size() - 4) : name;
+    if (plain == "kallsyms" && part.symbols) {
+      if (auto rest = kallsyms_without_image(unpacked(name, bytes), *part.symbols, part.symbols_base)) {
+        parts.left_to_host.push_back("kernel image symbols");
+        parts.symbols_digest = part.symbols->digest();
+        layout["kernel_symbols"] = {{"digest", parts.symbols_digest}, {"base", part.symbols_base},
+                                    {"symbols", part.symbols->size()}};
+        files.emplace("profile/kallsyms.zst", zstd_pack(*rest, 1));
+        continue;
+      }
+      parts.kept_why.push_back("kernel image symbols: the host's file holds another kernel's");
+    }
+    if (plain == "btf/vmlinux" && !part.btf_digest.empty()) {
+      std::string raw = unpacked(name, bytes);
+      auto span = std::span(reinterpret_cast<const std::uint8_t*>(raw.data()), raw.size());
+      if (raw.size() == part.btf_bytes && content_digest(span) == part.btf_digest) {
+        parts.left_to_host.push_back("kernel BTF");
+        parts.btf_digest = part.btf_digest;
+        layout["kernel_btf"] = {{"digest", part.btf_digest}, {"bytes", part.btf_bytes}};
+        continue;
+      }
+      parts.kept_why.push_back("kernel BTF: the host's file holds another kernel's");
+    }
     if (name.ends_with(".zst")) files.emplace("profile/" + name, std::move(bytes));  // packed already
     else files.emplace("profile/" + name + ".zst", zstd_pack(std::exchange(bytes, {}), 1));
   }
@@ -127,7 +166,7 @@ std::string payload_archive(const std::string& profile_dir, const repair::Health
   auto copy = repair::packed_files(healthy);
   files.emplace("healthy/healthy.json", std::move(copy.index));
   files.emplace("healthy/healthy.bin", std::move(copy.blob));
-  files.emplace("repair.json", ram_layout_json(ram).dump(1) + "\n");
+  files.emplace("repair.json", layout.dump(1) + "\n");
   return repair::write_payload(files);
 }
 
@@ -184,7 +223,7 @@ std::string find_repair_kernel() {
 }
 
 RepairImage build_repair_image(const std::string& dir, const std::string& shared_dir, const std::string& agent, const std::string& profile_dir,
-                               const repair::HealthyImage& healthy, const Machine::RamFile& ram) {
+                               const repair::HealthyImage& healthy, const Machine::RamFile& ram, const PayloadKernelPart& part) {
   RepairImage image;
   // What an earlier version staged here (the inputs were files then).
   std::error_code ec;
@@ -212,7 +251,12 @@ RepairImage build_repair_image(const std::string& dir, const std::string& shared
     image.initrd_bytes = fs::file_size(image.initrd);
   }
 
-  std::string archive = payload_archive(profile_dir, healthy, ram);
+  PayloadParts parts;
+  std::string archive = payload_archive(profile_dir, healthy, ram, part, parts);
+  image.left_to_host = std::move(parts.left_to_host);
+  image.kept_why = std::move(parts.kept_why);
+  image.symbols_digest = std::move(parts.symbols_digest);
+  image.btf_digest = std::move(parts.btf_digest);
   image.payload_bytes = archive.size();
   image.slot_bytes = std::max<std::uint64_t>(std::bit_ceil(image.payload_bytes), 1ull << 20);
   image.window_bytes = 2 * image.slot_bytes;
@@ -222,9 +266,14 @@ RepairImage build_repair_image(const std::string& dir, const std::string& shared
 }
 
 bool rewrite_repair_payload(RepairImage& image, const std::string& profile_dir, const repair::HealthyImage& healthy,
-                            const Machine::RamFile& ram) {
-  std::string archive = payload_archive(profile_dir, healthy, ram);
+                            const Machine::RamFile& ram, const PayloadKernelPart& part) {
+  PayloadParts parts;
+  std::string archive = payload_archive(profile_dir, healthy, ram, part, parts);
   if (!image.payload || archive.size() > image.slot_bytes) return false;
+  image.left_to_host = std::move(parts.left_to_host);
+  image.kept_why = std::move(parts.kept_why);
+  image.symbols_digest = std::move(parts.symbols_digest);
+  image.btf_digest = std::move(parts.btf_digest);
   std::uint64_t old = image.payload_offset, offset = old ? 0 : image.slot_bytes;
   write_at(image.payload.get(), offset, archive);
   // The old payload's pages back to the host. The agents' engines read its healthy copy in place:

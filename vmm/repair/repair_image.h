@@ -15,12 +15,24 @@
 #include "base/unique_fd.h"
 #include "repair/shared_file.h"
 #include "engine/healthy_image.h"
+#include "kernel/image_symbols.h"
 #include "machine.h"
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace immortal::vmm {
+
+// What the host's files hold of the guest kernel's profile (repair/shared_kernel_files.h), which the
+// payload then leaves out: the agents read those parts from the files (windows of the repair VM,
+// descriptors of the inline agent), and the payload is the guest's own part (issue 20).
+struct PayloadKernelPart {
+  std::shared_ptr<const ImageSymbols> symbols;  // the kernel image's symbols as the host's file holds them
+  std::uint64_t symbols_base = 0;               // where this boot has the image (its KASLR slide)
+  std::string btf_digest;                       // the kernel's BTF, when the host's file holds it
+  std::uint64_t btf_bytes = 0;
+};
 
 struct RepairImage {
   std::string initrd;               // SHARED_DIR/initrd-v1-DIGEST.img, else DIR/initrd.img
@@ -32,20 +44,28 @@ struct RepairImage {
   std::uint64_t payload_offset = 0; // where it lies: 0 or slot_bytes
   std::uint64_t slot_bytes = 0;     // a power of two, at least 1 MiB
   std::uint64_t window_bytes = 0;   // 2 * slot_bytes (a PCI window shows it whole)
+  // What the payload leaves to the host's files ("kernel image symbols", "kernel BTF"), with the
+  // digests the agents check them by; the parts it holds itself and why.
+  std::vector<std::string> left_to_host;
+  std::string symbols_digest, btf_digest;
+  std::vector<std::string> kept_why;
 };
 
 // The initramfs (the agent) and the payload from the instance's profile (profile_dir), the
 // healthy copy and guest RAM's layout. The initramfs is the host's one for this agent in
 // shared_dir (repair/shared_file.h: written by the first instance that needs it), else, with
 // shared_dir empty or unusable, DIR/initrd.img. Throws Error on failure.
+// part: what the host's files hold, which the payload leaves out when they hold it for this
+// profile (checked against the profile's own bytes).
 RepairImage build_repair_image(const std::string& dir, const std::string& shared_dir, const std::string& agent, const std::string& profile_dir,
-                               const repair::HealthyImage& healthy, const Machine::RamFile& ram);
+                               const repair::HealthyImage& healthy, const Machine::RamFile& ram,
+                               const PayloadKernelPart& part = {});
 
 // A new payload for the same instance written into the image's other slot, and the old slot's
 // pages given back: a running repair VM loads it in place (RepairWorker::reload). False, with the
 // image unchanged, when it does not fit a slot (then a new image is built). Throws Error.
 bool rewrite_repair_payload(RepairImage& image, const std::string& profile_dir, const repair::HealthyImage& healthy,
-                            const Machine::RamFile& ram);
+                            const Machine::RamFile& ram, const PayloadKernelPart& part = {});
 
 // The healthy copy as the image's payload holds it now, read where it lies (the supervisor's
 // plan validation checks restores against it): one copy of the kernel's code per instance, not

@@ -47,6 +47,7 @@ struct SharedFileRef {
   std::string path;
   std::uint64_t bytes = 0;
   std::shared_ptr<const void> keeper;
+  std::string digest;  // of its content, when the holder knows it (content_digest)
 };
 
 // The files' names for contents of that digest.
@@ -61,6 +62,7 @@ struct KernelFileWindow {
   UniqueFd fd;
   std::uint64_t bytes;                 // the file's length, a power of two
   std::shared_ptr<const void> keeper;  // holds the file's shared lock while the agent may read it
+  std::string digest;                  // of its content, when known: what a payload that leaves it out names
 };
 struct HostKernelFiles {
   std::optional<KernelFileWindow> symbols, types, unwind;
