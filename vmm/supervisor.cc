@@ -1,6 +1,7 @@
 #include "supervisor.h"
 
 #include "base/clock.h"
+#include "base/content_digest.h"
 #include "base/error.h"
 #include "base/terminal_text.h"
 #include "control/status.h"
@@ -204,7 +205,8 @@ void Supervisor::build_rooms() {
     repair.kernel_unwind = [this, shared = shared_dir()]() -> std::optional<SharedFileRef> {
       auto table = kernel_->get().orc_image();
       if (!table || !table->keeper) return std::nullopt;
-      return SharedFileRef{shared + "/" + kernel_orc_file_name(table->bytes), table->bytes.size(), table->keeper, ""};
+      return SharedFileRef{shared + "/" + kernel_orc_file_name(table->bytes), table->bytes.size(), table->keeper,
+                           content_digest(table->bytes)};
     };
     repair_ = std::make_unique<RepairBroker>(repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
   }

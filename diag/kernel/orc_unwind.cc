@@ -66,6 +66,29 @@ std::shared_ptr<const OrcTable> OrcTable::viewing(std::span<const std::uint8_t> 
   return t;
 }
 
+std::pair<std::uint64_t, std::uint64_t> image_orc_location(const Kernel& kernel) {
+  const auto& s = kernel.symbols();
+  auto ips = s.address_of("__start_orc_unwind_ip"), ips_end = s.address_of("__stop_orc_unwind_ip");
+  if (!ips || !ips_end || *ips_end <= *ips) fail(ExitCode::bad_input, "the profile's symbols do not locate the kernel's ORC tables");
+  return {*ips, (*ips_end - *ips) / 4};
+}
+
+std::shared_ptr<const OrcTable> image_orc_table(const Kernel& kernel, std::span<const std::uint8_t> bytes,
+                                                std::shared_ptr<const void> keeper) {
+  auto [ips, count] = image_orc_location(kernel);
+  if (count == 0 || count > budget::kOrcTableEntries) fail(ExitCode::bad_input, "implausible ORC table size {}", count);
+  if (bytes.size() < count * 10)
+    fail(ExitCode::bad_input, "the kernel's {} ORC entries take {} bytes; the table given has {}", count, count * 10, bytes.size());
+  auto t = std::make_shared<OrcTable>();
+  t->ip_table = ips;
+  t->bytes = bytes.first(count * 10);
+  t->keeper = std::move(keeper);
+  t->layout_6_4 = kernel.types().field("orc_entry", "signal").has_value();
+  t->low = t->address(0);
+  t->high = t->address(t->size() - 1) + 1;
+  return t;
+}
+
 OrcUnwinder::Table OrcUnwinder::load(std::uint64_t ip_table, std::uint64_t orc_table, std::uint64_t count,
                                      std::uint64_t low, std::uint64_t high) {
   if (count == 0 || count > budget::kOrcTableEntries) fail(ExitCode::bad_input, "implausible ORC table size {}", count);
@@ -90,11 +113,10 @@ const OrcUnwinder::Table* OrcUnwinder::table_for(std::uint64_t ip) {
   const auto& s = kernel_.symbols();
   if (!image_ && (image_ = kernel_.orc_image())) entries_ += image_->size();  // counted as if loaded
   if (!image_) {
-    auto ips = s.address_of("__start_orc_unwind_ip"), ips_end = s.address_of("__stop_orc_unwind_ip");
+    auto [ips, count] = image_orc_location(kernel_);
     auto orcs = s.address_of("__start_orc_unwind");
-    if (!ips || !ips_end || !orcs || *ips_end <= *ips)
-      fail(ExitCode::bad_input, "the profile's symbols do not locate the kernel's ORC tables");
-    auto t = std::make_shared<Table>(load(*ips, *orcs, (*ips_end - *ips) / 4, 0, 0));
+    if (!orcs) fail(ExitCode::bad_input, "the profile's symbols do not locate the kernel's ORC tables");
+    auto t = std::make_shared<Table>(load(ips, *orcs, count, 0, 0));
     // The image's table covers its text and init text: from its first to its last address.
     t->low = t->address(0);
     t->high = t->address(t->size() - 1) + 1;

@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace immortal {
@@ -48,6 +49,15 @@ struct OrcTable {
   // nullptr when it does not.
   std::shared_ptr<const OrcTable> viewing(std::span<const std::uint8_t> shared, std::shared_ptr<const void> shared_keeper) const;
 };
+
+// Where the kernel image's table lies at this boot (its relative-ip array) and how many entries it
+// has, from the symbols. Throws Error(ExitCode::bad_input) when they do not say.
+std::pair<std::uint64_t, std::uint64_t> image_orc_location(const Kernel& kernel);
+// The kernel image's table read from `bytes` (the host's file of it, known to be this kernel's:
+// its first count * 10 bytes), without reading the guest's memory; for Kernel::keep_orc_image.
+// Throws Error(ExitCode::bad_input) when the bytes are too few for the entries the symbols count.
+std::shared_ptr<const OrcTable> image_orc_table(const Kernel& kernel, std::span<const std::uint8_t> bytes,
+                                                std::shared_ptr<const void> keeper);
 
 class OrcUnwinder {
  public:

@@ -99,8 +99,8 @@ struct Config {
   // What the payload leaves to the host's files (the guest's part of the profile only: issue 20),
   // named by their digests: the kernel image's symbols (and where this boot has the image) and
   // the kernel's BTF (and its length).
-  std::optional<std::string> symbols_digest, btf_digest;
-  std::uint64_t symbols_base = 0, btf_bytes = 0;
+  std::optional<std::string> symbols_digest, btf_digest, orc_digest;
+  std::uint64_t symbols_base = 0, btf_bytes = 0, orc_bytes = 0;
 };
 
 Config parse_config(std::string_view text) {
@@ -120,6 +120,10 @@ Config parse_config(std::string_view text) {
     if (auto it = j.find("kernel_btf"); it != j.end()) {
       c.btf_digest = it->at("digest").get<std::string>();
       c.btf_bytes = it->at("bytes").get<std::uint64_t>();
+    }
+    if (auto it = j.find("kernel_orc"); it != j.end()) {
+      c.orc_digest = it->at("digest").get<std::string>();
+      c.orc_bytes = it->at("bytes").get<std::uint64_t>();
     }
   } catch (const nlohmann::json::exception& e) {
     fail(ExitCode::bad_input, "{}: repair.json names the host's kernel files badly: {}", kWhere, e.what());
@@ -285,8 +289,20 @@ class Engine {
     // The kernel image's unwind tables (megabytes, unchanged after boot) read now, not at the
     // first crash's unwind. A failure here is the first crash's to report.
     try {
+      if (const Config& c = in.config; c.orc_digest) {
+        // This guest's tables as the host's file holds them (the supervisor compared them with
+        // its memory): nothing of them read from the guest.
+        if (in.host_unwind.size() < c.orc_bytes || window_digest(in.host_unwind.first(c.orc_bytes)) != *c.orc_digest)
+          fail(ExitCode::bad_input, "the payload leaves the kernel's unwind tables to the host's file, which {}",
+               in.host_unwind.empty() ? "this agent was not given" : "holds other tables");
+        auto table = image_orc_table(*kernel_, in.host_unwind.first(c.orc_bytes), kept_for_life(in.host_unwind));
+        if (table->bytes.size() != c.orc_bytes)
+          fail(ExitCode::bad_input, "the host's unwind tables are {} bytes, this kernel's {}", c.orc_bytes, table->bytes.size());
+        kernel_->keep_orc_image(std::move(table));
+        unwind_shared_ = "shared";
+      }
       (void)OrcUnwinder(*kernel_).find(kernel_->symbols().address_of("_stext").value_or(0));
-      if (auto own = kernel_->orc_image(); own && !in.host_unwind.empty()) {
+      if (auto own = kernel_->orc_image(); own && !in.host_unwind.empty() && unwind_shared_ != "shared") {
         auto shared = own->viewing(in.host_unwind, kept_for_life(in.host_unwind));
         unwind_shared_ = shared ? "shared" : "own (the host's differ)";
         if (shared) kernel_->keep_orc_image(std::move(shared));

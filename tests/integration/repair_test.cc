@@ -290,8 +290,8 @@ TEST_CASE("repair VM: a crash is read from its snapshot in the host's arena; wit
   // and the BTF to those files, and the agents read them there (the summary above).
   json image = status_json(name).value("repair", json::object()).value("image", json::object());
   INFO(image.dump());
-  CHECK(image.value("payload_leaves_to_host", json::array()) == json::array({"kernel BTF", "kernel image symbols"}));
-  CHECK_FALSE(image.contains("payload_keeps"));
+  CHECK(image.value("kernel_parts_from_host", json::array()) == json::array({"kernel BTF", "kernel image symbols", "kernel image unwind tables"}));
+  CHECK_FALSE(image.contains("kernel_parts_kept"));
   // The pool's first arena is prepared once the page-class agent has classified the guest.
   std::string pool = immortal::vmm::ArenaPool::directory_for(test_runtime_root());
   auto prepared = [&](int i) {
@@ -419,7 +419,7 @@ TEST_CASE("repair: after a module change the running repair VM loads the new pro
   CHECK_THAT(readies.back().value("agent", ""), !Catch::Contains("healthy copy 0 KiB"));
   CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared), types (shared), unwind tables (shared)"));  // the windows stay
   // The new payload leaves the same parts to the windows the running VM has.
-  CHECK(status_json(name).value("repair", json::object()).value("image", json::object()).value("payload_leaves_to_host", json::array()).size() == 2);
+  CHECK(status_json(name).value("repair", json::object()).value("image", json::object()).value("kernel_parts_from_host", json::array()).size() == 3);
   // Given back again after the reload (or skipped, if the VM ran meanwhile), then the crash is
   // analysed by that VM: the pages punched were free for its kernel.
   REQUIRE(wait_until([&] { return vm().value("free_pages_given_back", json::object()).value("times", 0) >= 2; }, 60s));

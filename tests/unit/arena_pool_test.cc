@@ -236,3 +236,36 @@ TEST_CASE("arena pool: a repair VM's windows are the arenas at a power-of-two si
   REQUIRE(::pread(windows[0].fd, &seen, 1, 0) == 1);
   CHECK(std::to_integer<int>(seen) == 0x6b);
 }
+
+TEST_CASE("arena pool: the spare's memory goes back when no one holds it; a stale mapping of it is not used", "[arena-pool]") {
+  PoolDir d;
+  ArenaPool a(d.path), b(d.path);
+  a.prepare(1 << 20, 1 << 20);
+  b.prepare(1 << 20, 1 << 20);
+  const std::string spare = d.path + "/arena-1";
+  CHECK(allocated(spare) >= (1u << 20));
+  {
+    // Held by another supervisor's snapshot: kept.
+    auto first = b.acquire(), second = b.acquire();
+    REQUIRE(second);
+    CHECK(a.keep_prepared(1) == 0);
+    CHECK(allocated(spare) >= (1u << 20));
+  }
+  CHECK(a.keep_prepared(1) == 1u << 20);
+  CHECK(allocated(spare) == 0);
+  CHECK(a.prepared_bytes(1) == 0);
+  CHECK(a.prepared_bytes(0) == 1u << 20);  // the first stays
+  // b still maps the spare as it was: it takes the first arena, never the spare's holes.
+  auto first = b.acquire();
+  REQUIRE(first);
+  CHECK(first->pool_slot() == 0);
+  CHECK_FALSE(b.acquire());
+  first.reset();
+  // Prepared again (a crash wants its spare): usable by everyone once each prepares it.
+  a.prepare(1 << 20, 1 << 20);
+  CHECK(allocated(spare) >= (1u << 20));
+  b.prepare(1 << 20, 1 << 20);
+  auto one = b.acquire(), two = b.acquire();
+  CHECK(one);
+  CHECK(two);
+}

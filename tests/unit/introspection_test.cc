@@ -932,6 +932,28 @@ TEST_CASE("the ORC unwinder follows call frames to the end of the stack, and sto
     REQUIRE(again.frames.size() == 3);
     CHECK(again.frames[2].symbol == "f_c+0x5/0x100");
   }
+  SECTION("the image's table taken from the host's file alone, nothing of it read from memory") {
+    auto own = kernel->orc_image();
+    REQUIRE(own);
+    auto copy = std::make_shared<std::vector<std::uint8_t>>(own->bytes.begin(), own->bytes.end());
+    copy->resize(copy->size() + 100, 0xee);
+    auto fresh = synthetic_kernel(ram, syms);
+    auto table = image_orc_table(*fresh, *copy, copy);
+    CHECK(table->bytes.size() == own->bytes.size());  // the entries the symbols count, not the window
+    CHECK(table->low == own->low);
+    CHECK(table->high == own->high);
+    fresh->keep_orc_image(table);
+    // The guest's copy of the table is gone: the unwind reads the file's.
+    std::vector<std::uint8_t> zeros(own->bytes.size(), 0);
+    ram.write(0x300000, std::as_bytes(std::span(zeros).first(4 * 4)));   // its ips
+    ram.write(0x310000, std::as_bytes(std::span(zeros).first(4 * 6)));  // its entries
+    Backtrace from_file = OrcUnwinder(*fresh).unwind(regs);
+    REQUIRE(from_file.frames.size() == 3);
+    CHECK(from_file.frames[2].symbol == "f_c+0x5/0x100");
+    auto from_memory = synthetic_kernel(ram, syms);  // the zeroed copy in memory does not unwind
+    CHECK(OrcUnwinder(*from_memory).unwind(regs).frames.size() != 3);
+    CHECK_THROWS_AS(image_orc_table(*fresh, std::span(*copy).first(own->bytes.size() - 1), copy), Error);
+  }
 }
 
 // A struct this test binary's own DWARF describes, for checking DwarfTypes against the compiler.

@@ -311,8 +311,11 @@ TEST_CASE("repair image: the payload leaves to the host's files what they hold o
   part.symbols_base = base;
   part.btf_digest = content_digest(std::span(reinterpret_cast<const std::uint8_t*>(btf.data()), btf.size()));
   part.btf_bytes = btf.size();
+  part.orc_digest = std::string(32, 'a');  // compared with the guest's memory by the supervisor
+  part.orc_bytes = 1000;
   auto image = vmm::build_repair_image(dir.string(), "", "/bin/sh", (dir / "guest-profile").string(), healthy, ram, part);
-  CHECK(image.left_to_host == std::vector<std::string>{"kernel BTF", "kernel image symbols"});
+  CHECK(image.left_to_host == std::vector<std::string>{"kernel BTF", "kernel image symbols", "kernel image unwind tables"});
+  CHECK(image.orc_digest == part.orc_digest);
   CHECK(image.kept_why.empty());
   CHECK(image.symbols_digest == part.symbols->digest());
   CHECK(image.btf_digest == part.btf_digest);
@@ -326,6 +329,8 @@ TEST_CASE("repair image: the payload leaves to the host's files what they hold o
   CHECK(layout["kernel_symbols"]["base"] == base);
   CHECK(layout["kernel_btf"]["digest"] == part.btf_digest);
   CHECK(layout["kernel_btf"]["bytes"] == btf.size());
+  CHECK(layout["kernel_orc"]["digest"] == part.orc_digest);
+  CHECK(layout["kernel_orc"]["bytes"] == 1000);
   // The agent's table from what the payload holds answers as the whole profile's.
   SymbolTable whole = SymbolTable::from_kallsyms(kallsyms), from_part = SymbolTable::from_kallsyms(rest, part.symbols, base);
   CHECK(from_part.size() == whole.size());
@@ -335,6 +340,7 @@ TEST_CASE("repair image: the payload leaves to the host's files what they hold o
   // payload keeps its own, and says why.
   part.symbols_base = base + 0x200000;
   part.btf_digest = std::string(32, '0');
+  part.orc_digest.clear();
   REQUIRE(vmm::rewrite_repair_payload(image, (dir / "guest-profile").string(), healthy, ram, part));
   CHECK(image.left_to_host.empty());
   CHECK(image.kept_why.size() == 2);
@@ -343,6 +349,7 @@ TEST_CASE("repair image: the payload leaves to the host's files what they hold o
   CHECK(zstd_unpack(files["profile/kallsyms.zst"], 1 << 20, "kallsyms") == kallsyms);
   CHECK(zstd_unpack(files["profile/btf/vmlinux.zst"], 1 << 20, "btf") == btf);
   CHECK_FALSE(json::parse(files["repair.json"]).contains("kernel_symbols"));
+  CHECK_FALSE(json::parse(files["repair.json"]).contains("kernel_orc"));
   fs::remove_all(dir);
 }
 

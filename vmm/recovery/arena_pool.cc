@@ -213,6 +213,33 @@ void ArenaPool::let_go(Slot& slot, std::uint64_t used) {
   slot.in_use = false;
 }
 
+std::uint64_t ArenaPool::keep_prepared(std::size_t count) {
+  std::uint64_t given_back = 0;
+  for (std::size_t i = count; i < slots_.size(); ++i) {
+    Slot& slot = *slots_[i];
+    std::lock_guard lock(slot.mutex);
+    if (slot.in_use || ::flock(slot.fd.get(), LOCK_EX | LOCK_NB) != 0) continue;  // someone copies into it
+    struct Unlock {
+      int fd;
+      ~Unlock() { ::flock(fd, LOCK_UN); }
+    } unlock{slot.fd.get()};
+    std::uint64_t prepared = std::min(read_prepared(slot), file_size(slot.fd.get()));
+    if (prepared) {
+      // The record first: no one maps or takes it as prepared from here on.
+      {
+        Flock record(slot.record.get());
+        write_prepared(slot, 0);
+      }
+      if (::fallocate(slot.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(prepared)) == 0)
+        given_back += prepared;
+    }
+    if (slot.base) ::munmap(slot.base, slot.reserved);
+    slot.base = nullptr;
+    slot.mapped = slot.reserved = 0;
+  }
+  return given_back;
+}
+
 std::shared_ptr<SnapshotArena> ArenaPool::acquire() {
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     auto& shared = slots_[i];

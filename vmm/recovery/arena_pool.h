@@ -3,7 +3,8 @@
 // kernel pages, fast only into pages allocated ahead; each guest used to keep its own arena
 // (its kernel's pages plus a margin, up to three after crashes). Crashes are rare and a copy is
 // held about a second, so a host keeps one, and a second once a bundle was taken (for crashes
-// in quick succession), each sized for its largest guest.
+// in quick succession) until a minute after the last one (keep_prepared), each sized for its
+// largest guest.
 //
 // Each arena is a file in a private directory of /dev/shm (memory, never disk): its pages
 // allocated with fallocate (a full tmpfs fails cleanly there, where a first write through a
@@ -51,6 +52,11 @@ class ArenaPool {
   // Returns false when one of the `count` could not be prepared because another supervisor's
   // snapshot holds it (try again shortly).
   bool prepare(std::uint64_t bytes, std::uint64_t limit, std::size_t count = kArenas);
+  // Gives back the memory of the arenas past the first `count` that no one holds (their pages
+  // punched out, their records set to nothing prepared): a spare kept after a bundle goes once
+  // crashes stopped coming. Another supervisor's mapping of one is then stale and not used
+  // (acquire() checks the record) until it prepares the arena again. Returns the bytes given back.
+  std::uint64_t keep_prepared(std::size_t count);
   // A free arena, locked for the caller until the last holder lets go; nullptr when every one
   // is in use (by this process or another) or none is prepared.
   std::shared_ptr<SnapshotArena> acquire();

@@ -271,6 +271,7 @@ std::shared_ptr<SnapshotArena> BundleRecorder::arena() {
     // prepared in the background once the guest runs again (start_spare): the host keeps it.
     std::lock_guard lock(mutex_);
     if (taken && !spare_ready_) spare_wanted_ = true;
+    release_spare_at_.reset();  // a crash: the spare stays at least until this bundle is written
     return taken;
   }
   std::lock_guard lock(mutex_);
@@ -331,6 +332,17 @@ std::vector<BundleResult> BundleRecorder::poll() {
     while (!done_.empty()) {
       out.push_back(std::move(done_.front()));
       done_.pop_front();
+    }
+    if (pool_ && !out.empty()) release_spare_at_ = Clock::now() + kSpareHold;
+    // No crash for a while, none of ours being written, the spare not being prepared: the host
+    // keeps one prepared arena (another supervisor's snapshot in the spare keeps it, for now).
+    if (release_spare_at_ && Clock::now() >= *release_spare_at_ && active_ == 0 && !preparing_spare_ && !spare_wanted_) {
+      release_spare_at_.reset();
+      try {
+        pool_->keep_prepared(1);
+        spare_ready_ = false;
+      } catch (const std::exception&) {
+      }
     }
   }
   if (active_ == 0) {

@@ -23,6 +23,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -145,6 +146,10 @@ class BundleRecorder {
   void retry_later();                        // mutex_ held
   std::atomic<bool> preparing_spare_{false};
   std::atomic<bool> spare_ready_{false};
+  // The spare is kept while crashes come in quick succession, and given back this long after the
+  // last bundle was written (the host then holds one prepared arena, as before any crash).
+  static constexpr auto kSpareHold = std::chrono::seconds(60);
+  std::optional<Clock::time_point> release_spare_at_;  // under mutex_
 };
 
 // The work of one job (exposed for tests): writes the bundle, returns its path.

@@ -100,8 +100,8 @@ nlohmann::json RepairBroker::image_json() const {
                       {"healthy_bytes", healthy_ ? healthy_->total_bytes() : 0}};
   if (!image_->initrd_problem.empty()) j["initrd_not_shared"] = image_->initrd_problem;
   // The guest's own part of the profile: what it leaves to the host's files, and why it keeps the rest.
-  j["payload_leaves_to_host"] = image_->left_to_host;
-  if (!image_->kept_why.empty()) j["payload_keeps"] = image_->kept_why;
+  j["kernel_parts_from_host"] = image_->left_to_host;
+  if (!image_->kept_why.empty()) j["kernel_parts_kept"] = image_->kept_why;
   return j;
 }
 
@@ -144,12 +144,20 @@ PayloadKernelPart RepairBroker::payload_kernel_part() const {
       part.btf_bytes = ref->bytes;
     }
   }
+  if (files.unwind && !files.unwind->digest.empty()) {
+    auto ref = settings_.kernel_unwind ? settings_.kernel_unwind() : std::nullopt;
+    if (ref && ref->digest == files.unwind->digest) {
+      part.orc_digest = ref->digest;
+      part.orc_bytes = ref->bytes;
+    }
+  }
   return part;
 }
 
 bool RepairBroker::vm_windows_serve(const RepairImage& image) const {
   return (image.symbols_digest.empty() || image.symbols_digest == vm_symbols_digest_) &&
-         (image.btf_digest.empty() || image.btf_digest == vm_btf_digest_);
+         (image.btf_digest.empty() || image.btf_digest == vm_btf_digest_) &&
+         (image.orc_digest.empty() || image.orc_digest == vm_orc_digest_);
 }
 
 void RepairBroker::start(Slot& slot) {
@@ -162,7 +170,8 @@ void RepairBroker::start(Slot& slot) {
     auto holds = [](const std::optional<KernelFileWindow>& file, const std::string& digest) {
       return digest.empty() || (file && file->digest == digest);
     };
-    if (!holds(files.symbols, image_->symbols_digest) || !holds(files.types, image_->btf_digest))
+    if (!holds(files.symbols, image_->symbols_digest) || !holds(files.types, image_->btf_digest) ||
+        !holds(files.unwind, image_->orc_digest))
       fail(ExitCode::failure, "the host's kernel files are not those the repair payload was built with (a new profile "
                               "is on its way)");
     if (slot.mode == "vm") {
@@ -182,6 +191,7 @@ void RepairBroker::start(Slot& slot) {
       }
       vm_symbols_digest_ = files.symbols ? files.symbols->digest : "";
       vm_btf_digest_ = files.types ? files.types->digest : "";
+      vm_orc_digest_ = files.unwind ? files.unwind->digest : "";
       slot.worker = std::make_unique<RepairVm>(factory_, c, ram_, image_->payload.get(), image_->window_bytes,
                                                find_repair_agent(settings_.agent), arenas, std::move(files));
     } else {

@@ -110,7 +110,7 @@ class RepairBroker final : public RepairEngine {
   std::shared_ptr<const repair::HealthyImage> healthy_;
   Machine::RamFile ram_;
   Slot vm_{"vm", nullptr, "", {}, 0};
-  std::string vm_symbols_digest_, vm_btf_digest_;  // what the running repair VM's windows hold
+  std::string vm_symbols_digest_, vm_btf_digest_, vm_orc_digest_;  // what the running repair VM's windows hold
   Slot inline_{"inline", nullptr, "", {}, 0};
 };
 

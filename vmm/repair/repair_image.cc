@@ -113,7 +113,7 @@ std::string initrd_name(const std::string& agent) { return "initrd-v1-" + bundle
 // What payload_archive leaves out and why it keeps the rest.
 struct PayloadParts {
   std::vector<std::string> left_to_host, kept_why;
-  std::string symbols_digest, btf_digest;
+  std::string symbols_digest, btf_digest, orc_digest;
 };
 
 // The payload archive: the profile as it is now (a newer one may replace the instance's copy at
@@ -163,6 +163,12 @@ std::string payload_archive(const std::string& profile_dir, const repair::Health
   // The healthy copy packed too (24 MB of Debian 6.1's code take 10.6), a frame per 16 KiB: the
   // engines unpack only the pieces a crash made them compare, the supervisor hashes it once
   // (digest_pieces) and unpacks what a restore or a bundle takes from it.
+  // Not in the payload, but read from the guest's memory otherwise.
+  if (!part.orc_digest.empty()) {
+    parts.left_to_host.push_back("kernel image unwind tables");
+    parts.orc_digest = part.orc_digest;
+    layout["kernel_orc"] = {{"digest", part.orc_digest}, {"bytes", part.orc_bytes}};
+  }
   auto copy = repair::packed_files(healthy);
   files.emplace("healthy/healthy.json", std::move(copy.index));
   files.emplace("healthy/healthy.bin", std::move(copy.blob));
@@ -257,6 +263,7 @@ RepairImage build_repair_image(const std::string& dir, const std::string& shared
   image.kept_why = std::move(parts.kept_why);
   image.symbols_digest = std::move(parts.symbols_digest);
   image.btf_digest = std::move(parts.btf_digest);
+  image.orc_digest = std::move(parts.orc_digest);
   image.payload_bytes = archive.size();
   image.slot_bytes = std::max<std::uint64_t>(std::bit_ceil(image.payload_bytes), 1ull << 20);
   image.window_bytes = 2 * image.slot_bytes;
@@ -274,6 +281,7 @@ bool rewrite_repair_payload(RepairImage& image, const std::string& profile_dir, 
   image.kept_why = std::move(parts.kept_why);
   image.symbols_digest = std::move(parts.symbols_digest);
   image.btf_digest = std::move(parts.btf_digest);
+  image.orc_digest = std::move(parts.orc_digest);
   std::uint64_t old = image.payload_offset, offset = old ? 0 : image.slot_bytes;
   write_at(image.payload.get(), offset, archive);
   // The old payload's pages back to the host. The agents' engines read its healthy copy in place:

@@ -32,6 +32,10 @@ struct PayloadKernelPart {
   std::uint64_t symbols_base = 0;               // where this boot has the image (its KASLR slide)
   std::string btf_digest;                       // the kernel's BTF, when the host's file holds it
   std::uint64_t btf_bytes = 0;
+  // The kernel image's ORC tables, when the host's file holds this guest's (the supervisor
+  // compared them with its memory): the agents read them there instead of the guest's memory.
+  std::string orc_digest;
+  std::uint64_t orc_bytes = 0;
 };
 
 struct RepairImage {
@@ -44,10 +48,11 @@ struct RepairImage {
   std::uint64_t payload_offset = 0; // where it lies: 0 or slot_bytes
   std::uint64_t slot_bytes = 0;     // a power of two, at least 1 MiB
   std::uint64_t window_bytes = 0;   // 2 * slot_bytes (a PCI window shows it whole)
-  // What the payload leaves to the host's files ("kernel image symbols", "kernel BTF"), with the
-  // digests the agents check them by; the parts it holds itself and why.
+  // What the agents read from the host's files rather than from the payload or the guest ("kernel
+  // BTF", "kernel image symbols", "kernel image unwind tables"), with the digests they check them
+  // by; the parts the payload holds itself and why.
   std::vector<std::string> left_to_host;
-  std::string symbols_digest, btf_digest;
+  std::string symbols_digest, btf_digest, orc_digest;
   std::vector<std::string> kept_why;
 };
 
