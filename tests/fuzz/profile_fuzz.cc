@@ -1,6 +1,7 @@
 // Fuzz target: a profile directory is untrusted input (it travels with bundles). The input is
 // split into profile.json and kallsyms; loading and symbol parsing must fail cleanly or work. The
-// second part is also given as a packed file (kallsyms.zst, as the repair payload holds it).
+// second part is also given as a packed file (kallsyms.zst, as the repair payload holds it), and
+// cut into the payload's guest part (kallsyms_without_image), which must answer as the whole.
 #include "base/error.h"
 #include "kernel/symbols.h"
 #include "profile/guest_profile.h"
@@ -37,6 +38,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   try {
     auto symbols = immortal::SymbolTable::from_kallsyms(kallsyms);
     (void)symbols.describe(0xffffffff81000000ull);
+    // The repair payload's kallsyms (the guest's part): without the lines the image's block holds.
+    // Cut against the text's own block, it must be cut, and a table of what is left beside that
+    // block must answer as the whole text's.
+    if (const auto& image = symbols.image_symbols()) {
+      auto rest = immortal::kallsyms_without_image(kallsyms, *image, symbols.image_base());
+      if (!rest) __builtin_trap();
+      auto part = immortal::SymbolTable::from_kallsyms(*rest, image, symbols.image_base());
+      if (part.size() != symbols.size()) __builtin_trap();
+      for (std::uint64_t a : {symbols.image_base(), symbols.image_base() + 0x10, std::uint64_t{0xffffffff81000000}, std::uint64_t{0xffffffffc0000010}})
+        if (part.describe(a) != symbols.describe(a)) __builtin_trap();
+      // Another base: not this text's block.
+      if (immortal::kallsyms_without_image(kallsyms, *image, symbols.image_base() + 0x200000)) __builtin_trap();
+    }
   } catch (const immortal::Error&) {
   }
   return 0;
