@@ -55,12 +55,12 @@
 #include <malloc.h>
 
 #include <atomic>
-#include <map>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -97,8 +97,8 @@ struct Config {
   std::vector<RamSegment> ram;
   std::uint64_t ram_size = 0;
   // What the payload leaves to the host's files (the guest's part of the profile only: issue 20),
-  // named by their digests: the kernel image's symbols (and where this boot has the image) and
-  // the kernel's BTF (and its length).
+  // named by their digests: the kernel image's symbols (and where this boot has the image), the
+  // kernel's BTF and the image's ORC tables (and their lengths).
   std::optional<std::string> symbols_digest, btf_digest, orc_digest;
   std::uint64_t symbols_base = 0, btf_bytes = 0, orc_bytes = 0;
 };
