@@ -292,6 +292,9 @@ TEST_CASE("repair VM: a crash is read from its snapshot in the host's arena; wit
   INFO(image.dump());
   CHECK(image.value("kernel_parts_from_host", json::array()) == json::array({"kernel BTF", "kernel image symbols", "kernel image unwind tables"}));
   CHECK_FALSE(image.contains("kernel_parts_kept"));
+  auto text = run_cli({"status", name});
+  CHECK_THAT(text.out, Catch::Contains("Repair payload:") && Catch::Contains("the guest's part (from the host's files: kernel BTF"));
+  CHECK_THAT(text.out, Catch::Contains("Unwind tables:  the host's copy"));
   // The pool's first arena is prepared once the page-class agent has classified the guest.
   std::string pool = immortal::vmm::ArenaPool::directory_for(test_runtime_root());
   auto prepared = [&](int i) {

@@ -150,6 +150,17 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
       if (r.contains(m) && r[m].is_object())
         line += fmt::format("; {}: {}", m, r[m].value("state", "?"));
     row("Repair:", line);
+    // The repair payload: the guest's own part of the profile, beside the host's kernel files.
+    if (const json& image = r.value("image", json::object()); image.contains("payload_bytes")) {
+      std::string payload = fmt::format("{:.1f} MB", image.value("payload_bytes", 0.0) / 1e6);
+      std::vector<std::string> from_host;
+      for (const auto& part : image.value("kernel_parts_from_host", json::array()))
+        if (part.is_string()) from_host.push_back(part.get<std::string>());
+      if (!from_host.empty()) payload += fmt::format(", the guest's part (from the host's files: {})", fmt::join(from_host, ", "));
+      for (const auto& why : image.value("kernel_parts_kept", json::array()))
+        if (why.is_string()) payload += "; kept: " + why.get<std::string>();
+      row("Repair payload:", payload);
+    }
   }
   for (const auto& q : rs.value("quarantined", json::array()))
     row("Quarantined:", fmt::format("{} [{}] at {} since crash {}", q.value("function", ""), q.value("module", ""),
