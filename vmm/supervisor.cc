@@ -205,8 +205,8 @@ void Supervisor::build_rooms() {
     repair.kernel_unwind = [this, shared = shared_dir()]() -> std::optional<SharedFileRef> {
       auto table = kernel_->get().orc_image();
       if (!table || !table->keeper) return std::nullopt;
-      return SharedFileRef{shared + "/" + kernel_orc_file_name(table->bytes), table->bytes.size(), table->keeper,
-                           content_digest(table->bytes)};
+      std::string digest = content_digest(table->bytes);
+      return SharedFileRef{shared + "/" + kernel_orc_file_name(digest), table->bytes.size(), table->keeper, digest};
     };
     repair_ = std::make_unique<RepairBroker>(repair, backend_.launch_helper, vm, dir_.file("repair"), say, emit);
   }

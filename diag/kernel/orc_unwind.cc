@@ -84,6 +84,7 @@ std::shared_ptr<const OrcTable> image_orc_table(const Kernel& kernel, std::span<
   t->bytes = bytes.first(count * 10);
   t->keeper = std::move(keeper);
   t->layout_6_4 = kernel.types().field("orc_entry", "signal").has_value();
+  // The image's table covers its text and init text: from its first to its last address.
   t->low = t->address(0);
   t->high = t->address(t->size() - 1) + 1;
   return t;
@@ -116,11 +117,8 @@ const OrcUnwinder::Table* OrcUnwinder::table_for(std::uint64_t ip) {
     auto [ips, count] = image_orc_location(kernel_);
     auto orcs = s.address_of("__start_orc_unwind");
     if (!orcs) fail(ExitCode::bad_input, "the profile's symbols do not locate the kernel's ORC tables");
-    auto t = std::make_shared<Table>(load(ips, *orcs, count, 0, 0));
-    // The image's table covers its text and init text: from its first to its last address.
-    t->low = t->address(0);
-    t->high = t->address(t->size() - 1) + 1;
-    image_ = t;
+    Table read = load(ips, *orcs, count, 0, 0);
+    image_ = image_orc_table(kernel_, read.bytes, std::move(read.keeper));
     kernel_.keep_orc_image(image_);
   }
   if (ip >= image_->low && ip < image_->high) return &*image_;

@@ -155,6 +155,16 @@ const std::string& window_digest(std::span<const std::uint8_t> bytes) {
   return it->second;
 }
 
+// The first `bytes` of one of the host's files that the payload leaves a part to (`what`), checked
+// to be what it names by `digest`: the payload lacks that part, so the load fails without it.
+std::span<const std::uint8_t> named_host_bytes(std::span<const std::uint8_t> file, std::uint64_t bytes,
+                                               const std::string& digest, const char* what, const char* other) {
+  if (file.size() < bytes || window_digest(file.first(bytes)) != digest)
+    fail(ExitCode::bad_input, "the payload leaves the kernel's {} to the host's file, which {}", what,
+         file.empty() ? "this agent was not given" : other);
+  return file.first(bytes);
+}
+
 // A keeper for one of the host's files, which the agent maps for the process's life
 // (map_host_file): nothing to release.
 std::shared_ptr<const void> kept_for_life(std::span<const std::uint8_t> mapped) {
@@ -233,10 +243,8 @@ class Engine {
       // What the payload leaves to the host's files must be there, and be what it names.
       const Config& c = in.config;
       if (c.btf_digest) {
-        if (in.host_types.size() < c.btf_bytes || window_digest(in.host_types.first(c.btf_bytes)) != *c.btf_digest)
-          fail(ExitCode::bad_input, "the payload leaves the kernel's BTF to the host's file, which {}",
-               in.host_types.empty() ? "this agent was not given" : "holds other types");
-        in.profile["btf/vmlinux"].assign(reinterpret_cast<const char*>(in.host_types.data()), c.btf_bytes);
+        auto btf = named_host_bytes(in.host_types, c.btf_bytes, *c.btf_digest, "BTF", "holds other types");
+        in.profile["btf/vmlinux"].assign(reinterpret_cast<const char*>(btf.data()), btf.size());
       }
       // The kernel keeps what it parsed (symbols, types, module bases), not the profile's text:
       // dropping the 8 MiB of kallsyms and BTF here leaves them out of every agent's memory.
@@ -292,10 +300,8 @@ class Engine {
       if (const Config& c = in.config; c.orc_digest) {
         // This guest's tables as the host's file holds them (the supervisor compared them with
         // its memory): nothing of them read from the guest.
-        if (in.host_unwind.size() < c.orc_bytes || window_digest(in.host_unwind.first(c.orc_bytes)) != *c.orc_digest)
-          fail(ExitCode::bad_input, "the payload leaves the kernel's unwind tables to the host's file, which {}",
-               in.host_unwind.empty() ? "this agent was not given" : "holds other tables");
-        auto table = image_orc_table(*kernel_, in.host_unwind.first(c.orc_bytes), kept_for_life(in.host_unwind));
+        auto tables = named_host_bytes(in.host_unwind, c.orc_bytes, *c.orc_digest, "unwind tables", "holds other tables");
+        auto table = image_orc_table(*kernel_, tables, kept_for_life(in.host_unwind));
         if (table->bytes.size() != c.orc_bytes)
           fail(ExitCode::bad_input, "the host's unwind tables are {} bytes, this kernel's {}", c.orc_bytes, table->bytes.size());
         kernel_->keep_orc_image(std::move(table));

@@ -314,11 +314,11 @@ TEST_CASE("repair image: the payload leaves to the host's files what they hold o
   part.orc_digest = std::string(32, 'a');  // compared with the guest's memory by the supervisor
   part.orc_bytes = 1000;
   auto image = vmm::build_repair_image(dir.string(), "", "/bin/sh", (dir / "guest-profile").string(), healthy, ram, part);
-  CHECK(image.left_to_host == std::vector<std::string>{"kernel BTF", "kernel image symbols", "kernel image unwind tables"});
-  CHECK(image.orc_digest == part.orc_digest);
-  CHECK(image.kept_why.empty());
-  CHECK(image.symbols_digest == part.symbols->digest());
-  CHECK(image.btf_digest == part.btf_digest);
+  CHECK(image.from_host.names == std::vector<std::string>{"kernel BTF", "kernel image symbols", "kernel image unwind tables"});
+  CHECK(image.from_host.digests.orc == part.orc_digest);
+  CHECK(image.from_host.kept_why.empty());
+  CHECK(image.from_host.digests.symbols == part.symbols->digest());
+  CHECK(image.from_host.digests.btf == part.btf_digest);
   auto files = payload_files(image);
   CHECK_FALSE(files.count("profile/btf/vmlinux.zst"));
   REQUIRE(files.count("profile/kallsyms.zst"));
@@ -342,9 +342,9 @@ TEST_CASE("repair image: the payload leaves to the host's files what they hold o
   part.btf_digest = std::string(32, '0');
   part.orc_digest.clear();
   REQUIRE(vmm::rewrite_repair_payload(image, (dir / "guest-profile").string(), healthy, ram, part));
-  CHECK(image.left_to_host.empty());
-  CHECK(image.kept_why.size() == 2);
-  CHECK(image.symbols_digest.empty());
+  CHECK(image.from_host.names.empty());
+  CHECK(image.from_host.kept_why.size() == 2);
+  CHECK(image.from_host.digests.symbols.empty());
   files = payload_files(image);
   CHECK(zstd_unpack(files["profile/kallsyms.zst"], 1 << 20, "kallsyms") == kallsyms);
   CHECK(zstd_unpack(files["profile/btf/vmlinux.zst"], 1 << 20, "btf") == btf);

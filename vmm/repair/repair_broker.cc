@@ -25,6 +25,17 @@ void note_failure(auto& slot) {
   slot.retry_at = Clock::now() + std::min<std::chrono::seconds>(kFirstRetry * (1 << std::min(slot.failures, 6)), kLongestRetry);
 }
 
+KernelPartDigests digests_of(const HostKernelFiles& files) {
+  auto digest = [](const std::optional<KernelFileWindow>& file) { return file ? file->digest : std::string(); };
+  return {digest(files.symbols), digest(files.types), digest(files.unwind)};
+}
+
+// Whether files of these digests hold every part a payload leaves to them.
+bool serve(const KernelPartDigests& files, const KernelPartsFromHost& needed) {
+  auto holds = [](const std::string& file, const std::string& digest) { return digest.empty() || file == digest; };
+  return holds(files.symbols, needed.digests.symbols) && holds(files.btf, needed.digests.btf) &&
+         holds(files.orc, needed.digests.orc);
+}
 
 }  // namespace
 
@@ -55,7 +66,7 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
   // What the host's files hold of this kernel's profile stays out of the payload.
   const PayloadKernelPart part = payload_kernel_part();
   if (image_ && vm_.worker && ram.fd == ram_.fd && ram.size == ram_.size && vm_.worker->state() == WorkerState::ready &&
-      rewrite_repair_payload(*image_, profile_dir, healthy, ram, part) && vm_windows_serve(*image_) &&
+      rewrite_repair_payload(*image_, profile_dir, healthy, ram, part) && serve(vm_windows_, image_->from_host) &&
       vm_.worker->reload(image_->payload_offset, image_->payload_bytes)) {
     healthy_ = healthy_in_payload(*image_);
     vm_.reported.clear();  // its next ready is announced
@@ -100,8 +111,8 @@ nlohmann::json RepairBroker::image_json() const {
                       {"healthy_bytes", healthy_ ? healthy_->total_bytes() : 0}};
   if (!image_->initrd_problem.empty()) j["initrd_not_shared"] = image_->initrd_problem;
   // The guest's own part of the profile: what it leaves to the host's files, and why it keeps the rest.
-  j["kernel_parts_from_host"] = image_->left_to_host;
-  if (!image_->kept_why.empty()) j["kernel_parts_kept"] = image_->kept_why;
+  j["kernel_parts_from_host"] = image_->from_host.names;
+  if (!image_->from_host.kept_why.empty()) j["kernel_parts_kept"] = image_->from_host.kept_why;
   return j;
 }
 
@@ -113,14 +124,14 @@ HostKernelFiles RepairBroker::host_kernel_files() const {
       std::uint64_t bytes = 0;
       if (UniqueFd fd = open_host_kernel_file(settings_.shared_dir + "/" + image_symbols_file_name(block->digest()),
                                               block->bytes().size(), bytes))
-        files.symbols = KernelFileWindow{std::move(fd), bytes, block, block->digest()};  // the block holds the file's lock
+        files.symbols = KernelFileWindow{std::move(fd), bytes, block, block->digest(), block->bytes().size()};  // the block holds the file's lock
     }
     auto window_onto = [](const std::function<std::optional<SharedFileRef>()>& held) -> std::optional<KernelFileWindow> {
       auto ref = held ? held() : std::nullopt;
       std::uint64_t bytes = 0;
       UniqueFd fd = ref ? open_host_kernel_file(ref->path, ref->bytes, bytes) : UniqueFd();
       if (!fd) return std::nullopt;
-      return KernelFileWindow{std::move(fd), bytes, ref->keeper, ref->digest};
+      return KernelFileWindow{std::move(fd), bytes, ref->keeper, ref->digest, ref->bytes};
     };
     files.types = window_onto(settings_.kernel_btf);
     files.unwind = window_onto(settings_.kernel_unwind);
@@ -137,27 +148,15 @@ PayloadKernelPart RepairBroker::payload_kernel_part() const {
     part.symbols = std::static_pointer_cast<const ImageSymbols>(files.symbols->keeper);
     part.symbols_base = settings_.image_base();
   }
-  if (files.types && !files.types->digest.empty()) {
-    auto ref = settings_.kernel_btf ? settings_.kernel_btf() : std::nullopt;
-    if (ref && ref->digest == files.types->digest) {
-      part.btf_digest = ref->digest;
-      part.btf_bytes = ref->bytes;
-    }
+  if (files.types) {
+    part.btf_digest = files.types->digest;
+    part.btf_bytes = files.types->length;
   }
-  if (files.unwind && !files.unwind->digest.empty()) {
-    auto ref = settings_.kernel_unwind ? settings_.kernel_unwind() : std::nullopt;
-    if (ref && ref->digest == files.unwind->digest) {
-      part.orc_digest = ref->digest;
-      part.orc_bytes = ref->bytes;
-    }
+  if (files.unwind) {
+    part.orc_digest = files.unwind->digest;
+    part.orc_bytes = files.unwind->length;
   }
   return part;
-}
-
-bool RepairBroker::vm_windows_serve(const RepairImage& image) const {
-  return (image.symbols_digest.empty() || image.symbols_digest == vm_symbols_digest_) &&
-         (image.btf_digest.empty() || image.btf_digest == vm_btf_digest_) &&
-         (image.orc_digest.empty() || image.orc_digest == vm_orc_digest_);
 }
 
 void RepairBroker::start(Slot& slot) {
@@ -167,11 +166,7 @@ void RepairBroker::start(Slot& slot) {
   try {
     // The payload leaves parts of the profile to the host's files: a worker is given those files.
     HostKernelFiles files = host_kernel_files();
-    auto holds = [](const std::optional<KernelFileWindow>& file, const std::string& digest) {
-      return digest.empty() || (file && file->digest == digest);
-    };
-    if (!holds(files.symbols, image_->symbols_digest) || !holds(files.types, image_->btf_digest) ||
-        !holds(files.unwind, image_->orc_digest))
+    if (!serve(digests_of(files), image_->from_host))
       fail(ExitCode::failure, "the host's kernel files are not those the repair payload was built with (a new profile "
                               "is on its way)");
     if (slot.mode == "vm") {
@@ -189,9 +184,7 @@ void RepairBroker::start(Slot& slot) {
           say_(std::string("the repair VM analyses crashes in the guest's RAM (no snapshot arenas for it): ") + e.what());
         }
       }
-      vm_symbols_digest_ = files.symbols ? files.symbols->digest : "";
-      vm_btf_digest_ = files.types ? files.types->digest : "";
-      vm_orc_digest_ = files.unwind ? files.unwind->digest : "";
+      vm_windows_ = digests_of(files);
       slot.worker = std::make_unique<RepairVm>(factory_, c, ram_, image_->payload.get(), image_->window_bytes,
                                                find_repair_agent(settings_.agent), arenas, std::move(files));
     } else {

@@ -81,12 +81,9 @@ class RepairBroker final : public RepairEngine {
   // The host's files of the kernel image's symbols, of the kernel's BTF and of its image's ORC
   // tables for a worker's agent, those there are.
   HostKernelFiles host_kernel_files() const;
-  // What the payload may leave to those files (the agents are given them): the image's symbols
-  // and the kernel's BTF.
+  // What the payload may leave to those files (the agents are given them): the image's symbols,
+  // the kernel's BTF, the image's ORC tables.
   PayloadKernelPart payload_kernel_part() const;
-  // Whether a running repair VM's windows hold what the image's payload leaves out (else a new
-  // payload cannot be loaded in place).
-  bool vm_windows_serve(const RepairImage& image) const;
   void watch(Slot& slot);
   // A request as each worker is sent it: with the crash's snapshot (and its index, the
   // attachment) for one that reads snapshots, plain for the others.
@@ -110,7 +107,8 @@ class RepairBroker final : public RepairEngine {
   std::shared_ptr<const repair::HealthyImage> healthy_;
   Machine::RamFile ram_;
   Slot vm_{"vm", nullptr, "", {}, 0};
-  std::string vm_symbols_digest_, vm_btf_digest_, vm_orc_digest_;  // what the running repair VM's windows hold
+  // What the running repair VM's windows hold: a new payload is loaded in place only if they serve it.
+  KernelPartDigests vm_windows_;
   Slot inline_{"inline", nullptr, "", {}, 0};
 };
 

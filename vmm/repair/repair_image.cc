@@ -110,19 +110,13 @@ void write_initrd(const std::string& path, const std::string& agent) {
 // write_initrd changes what it writes), so that a file is only ever shared by identical ones.
 std::string initrd_name(const std::string& agent) { return "initrd-v1-" + bundle::sha256_file(agent).substr(0, 32) + ".img"; }
 
-// What payload_archive leaves out and why it keeps the rest.
-struct PayloadParts {
-  std::vector<std::string> left_to_host, kept_why;
-  std::string symbols_digest, btf_digest, orc_digest;
-};
-
 // The payload archive: the profile as it is now (a newer one may replace the instance's copy at
 // any time), the healthy copy, and guest RAM's layout (inside the repair VM the RAM window is the
 // file itself, so file offsets are window offsets). What the host's files hold of the kernel's
 // profile (`part`) is left out when they hold exactly this profile's: the kernel image's lines of
 // kallsyms, the kernel's BTF. repair.json then says where the agents find them, by digest.
 std::string payload_archive(const std::string& profile_dir, const repair::HealthyImage& healthy, const Machine::RamFile& ram,
-                            const PayloadKernelPart& part, PayloadParts& parts) {
+                            const PayloadKernelPart& part, KernelPartsFromHost& parts) {
   std::map<std::string, std::string> files;
   nlohmann::json layout = ram_layout_json(ram);
   // A stored file's bytes, unpacked (NAME.zst is one zstd frame).
@@ -137,9 +131,9 @@ std::string payload_archive(const std::string& profile_dir, const repair::Health
     std::string plain = name.ends_with(".zst") ? name.substr(0, name.size() - 4) : name;
     if (plain == "kallsyms" && part.symbols) {
       if (auto rest = kallsyms_without_image(unpacked(name, bytes), *part.symbols, part.symbols_base)) {
-        parts.left_to_host.push_back("kernel image symbols");
-        parts.symbols_digest = part.symbols->digest();
-        layout["kernel_symbols"] = {{"digest", parts.symbols_digest}, {"base", part.symbols_base},
+        parts.names.push_back("kernel image symbols");
+        parts.digests.symbols = part.symbols->digest();
+        layout["kernel_symbols"] = {{"digest", parts.digests.symbols}, {"base", part.symbols_base},
                                     {"symbols", part.symbols->size()}};
         files.emplace("profile/kallsyms.zst", zstd_pack(*rest, 1));
         continue;
@@ -150,8 +144,8 @@ std::string payload_archive(const std::string& profile_dir, const repair::Health
       std::string raw = unpacked(name, bytes);
       auto span = std::span(reinterpret_cast<const std::uint8_t*>(raw.data()), raw.size());
       if (raw.size() == part.btf_bytes && content_digest(span) == part.btf_digest) {
-        parts.left_to_host.push_back("kernel BTF");
-        parts.btf_digest = part.btf_digest;
+        parts.names.push_back("kernel BTF");
+        parts.digests.btf = part.btf_digest;
         layout["kernel_btf"] = {{"digest", part.btf_digest}, {"bytes", part.btf_bytes}};
         continue;
       }
@@ -160,15 +154,15 @@ std::string payload_archive(const std::string& profile_dir, const repair::Health
     if (name.ends_with(".zst")) files.emplace("profile/" + name, std::move(bytes));  // packed already
     else files.emplace("profile/" + name + ".zst", zstd_pack(std::exchange(bytes, {}), 1));
   }
+  // The image's ORC tables: not in the payload, but read from the guest's memory otherwise.
+  if (!part.orc_digest.empty()) {
+    parts.names.push_back("kernel image unwind tables");
+    parts.digests.orc = part.orc_digest;
+    layout["kernel_orc"] = {{"digest", part.orc_digest}, {"bytes", part.orc_bytes}};
+  }
   // The healthy copy packed too (24 MB of Debian 6.1's code take 10.6), a frame per 16 KiB: the
   // engines unpack only the pieces a crash made them compare, the supervisor hashes it once
   // (digest_pieces) and unpacks what a restore or a bundle takes from it.
-  // Not in the payload, but read from the guest's memory otherwise.
-  if (!part.orc_digest.empty()) {
-    parts.left_to_host.push_back("kernel image unwind tables");
-    parts.orc_digest = part.orc_digest;
-    layout["kernel_orc"] = {{"digest", part.orc_digest}, {"bytes", part.orc_bytes}};
-  }
   auto copy = repair::packed_files(healthy);
   files.emplace("healthy/healthy.json", std::move(copy.index));
   files.emplace("healthy/healthy.bin", std::move(copy.blob));
@@ -257,13 +251,7 @@ RepairImage build_repair_image(const std::string& dir, const std::string& shared
     image.initrd_bytes = fs::file_size(image.initrd);
   }
 
-  PayloadParts parts;
-  std::string archive = payload_archive(profile_dir, healthy, ram, part, parts);
-  image.left_to_host = std::move(parts.left_to_host);
-  image.kept_why = std::move(parts.kept_why);
-  image.symbols_digest = std::move(parts.symbols_digest);
-  image.btf_digest = std::move(parts.btf_digest);
-  image.orc_digest = std::move(parts.orc_digest);
+  std::string archive = payload_archive(profile_dir, healthy, ram, part, image.from_host);
   image.payload_bytes = archive.size();
   image.slot_bytes = std::max<std::uint64_t>(std::bit_ceil(image.payload_bytes), 1ull << 20);
   image.window_bytes = 2 * image.slot_bytes;
@@ -274,14 +262,10 @@ RepairImage build_repair_image(const std::string& dir, const std::string& shared
 
 bool rewrite_repair_payload(RepairImage& image, const std::string& profile_dir, const repair::HealthyImage& healthy,
                             const Machine::RamFile& ram, const PayloadKernelPart& part) {
-  PayloadParts parts;
+  KernelPartsFromHost parts;
   std::string archive = payload_archive(profile_dir, healthy, ram, part, parts);
   if (!image.payload || archive.size() > image.slot_bytes) return false;
-  image.left_to_host = std::move(parts.left_to_host);
-  image.kept_why = std::move(parts.kept_why);
-  image.symbols_digest = std::move(parts.symbols_digest);
-  image.btf_digest = std::move(parts.btf_digest);
-  image.orc_digest = std::move(parts.orc_digest);
+  image.from_host = std::move(parts);
   std::uint64_t old = image.payload_offset, offset = old ? 0 : image.slot_bytes;
   write_at(image.payload.get(), offset, archive);
   // The old payload's pages back to the host. The agents' engines read its healthy copy in place:

@@ -38,6 +38,19 @@ struct PayloadKernelPart {
   std::uint64_t orc_bytes = 0;
 };
 
+// The digests of the host's kernel files a payload's agents read parts from ("" for a part the
+// payload holds itself or the agents read from the guest).
+struct KernelPartDigests {
+  std::string symbols, btf, orc;
+};
+
+// What a payload leaves to the host's files, and why it keeps what it keeps.
+struct KernelPartsFromHost {
+  std::vector<std::string> names;  // "kernel BTF", "kernel image symbols", "kernel image unwind tables"
+  std::vector<std::string> kept_why;
+  KernelPartDigests digests;       // what the agents check those files by
+};
+
 struct RepairImage {
   std::string initrd;               // SHARED_DIR/initrd-v1-DIGEST.img, else DIR/initrd.img
   std::uint64_t initrd_bytes = 0;
@@ -48,12 +61,8 @@ struct RepairImage {
   std::uint64_t payload_offset = 0; // where it lies: 0 or slot_bytes
   std::uint64_t slot_bytes = 0;     // a power of two, at least 1 MiB
   std::uint64_t window_bytes = 0;   // 2 * slot_bytes (a PCI window shows it whole)
-  // What the agents read from the host's files rather than from the payload or the guest ("kernel
-  // BTF", "kernel image symbols", "kernel image unwind tables"), with the digests they check them
-  // by; the parts the payload holds itself and why.
-  std::vector<std::string> left_to_host;
-  std::string symbols_digest, btf_digest, orc_digest;
-  std::vector<std::string> kept_why;
+  // What the agents read from the host's files rather than from the payload or the guest.
+  KernelPartsFromHost from_host;
 };
 
 // The initramfs (the agent) and the payload from the instance's profile (profile_dir), the

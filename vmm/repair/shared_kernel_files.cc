@@ -121,12 +121,10 @@ std::optional<HostCopy> host_kernel_btf(const std::string& dir, const BtfTypes& 
   return host_copy_of(dir, kernel_btf_file_name(own.digest()), own.bytes(), why);
 }
 
-std::string kernel_orc_file_name(std::span<const std::uint8_t> tables) {
-  return fmt::format("kernel-orc-v1-{}.bin", content_digest(tables));
-}
+std::string kernel_orc_file_name(const std::string& digest) { return fmt::format("kernel-orc-v1-{}.bin", digest); }
 
 std::optional<HostCopy> host_kernel_orc(const std::string& dir, std::span<const std::uint8_t> own, std::string* why) {
-  return host_copy_of(dir, kernel_orc_file_name(own), own, why);
+  return host_copy_of(dir, kernel_orc_file_name(content_digest(own)), own, why);
 }
 
 UniqueFd open_host_kernel_file(const std::string& path, std::uint64_t min_bytes, std::uint64_t& window_bytes) {

@@ -50,11 +50,10 @@ struct SharedFileRef {
   std::string digest;  // of its content, when the holder knows it (content_digest)
 };
 
-// The files' names for contents of that digest.
+// The files' names for contents of that digest (content_digest).
 std::string image_symbols_file_name(const std::string& digest);
 std::string kernel_btf_file_name(const std::string& digest);
-// The ORC tables' file is named by the digest of these bytes.
-std::string kernel_orc_file_name(std::span<const std::uint8_t> tables);
+std::string kernel_orc_file_name(const std::string& digest);
 
 // One of these files as a repair agent is given it: read-only, a window of the repair VM or a
 // descriptor of the inline agent, which reads it there instead of keeping a copy of its own.
@@ -63,6 +62,7 @@ struct KernelFileWindow {
   std::uint64_t bytes;                 // the file's length, a power of two
   std::shared_ptr<const void> keeper;  // holds the file's shared lock while the agent may read it
   std::string digest;                  // of its content, when known: what a payload that leaves it out names
+  std::uint64_t length = 0;            // of its content (the window is longer)
 };
 struct HostKernelFiles {
   std::optional<KernelFileWindow> symbols, types, unwind;
