@@ -125,32 +125,38 @@ SymbolTable SymbolTable::from_kallsyms(const std::string& text, std::shared_ptr<
     }
     if (table.sorted_.size() + inputs.size() + given >= kMaxSymbols)
       fail(ExitCode::bad_input, "kallsyms has more than {} symbols", kMaxSymbols);
-    if (l->module.empty() && !image) inputs.push_back({l->address, l->name, l->type});
+    if (l->module.empty()) inputs.push_back({l->address, l->name, l->type});
     else
       table.sorted_.push_back(StoredSymbol(l->address, table.names_.add(l->name, l->type), table.names_.module(l->module)));
   });
+  // What the layer does not hold goes after the modules, in its order: equal addresses then
+  // resolve the same whether the layer was built here or given.
+  std::vector<std::size_t> left_out;
   if (image) {
     table.image_ = std::move(image);
     table.image_base_ = image_base;
+    for (std::size_t i = 0; i < inputs.size(); ++i) left_out.push_back(i);
   } else {
-    std::vector<std::size_t> left_out;
     table.image_ = ImageSymbols::build(inputs, table.image_base_, left_out);
-    for (std::size_t i : left_out)
-      table.sorted_.push_back(StoredSymbol(inputs[i].address, table.names_.add(inputs[i].name, inputs[i].type), nullptr));
   }
+  for (std::size_t i : left_out)
+    table.sorted_.push_back(StoredSymbol(inputs[i].address, table.names_.add(inputs[i].name, inputs[i].type), nullptr));
   table.index();
   return table;
 }
 
 std::optional<std::string> kallsyms_without_image(std::string_view text, const ImageSymbols& image, std::uint64_t image_base) {
-  // The image's lines as from_kallsyms gives them to ImageSymbols::build, with where each lies.
+  // The image's lines as from_kallsyms gives them to ImageSymbols::build; each line of the text
+  // with the index of its input there (-1 for the others), so that the text is parsed once.
   std::vector<ImageSymbols::Input> inputs;
-  std::vector<std::string_view> lines;
+  std::vector<std::pair<std::string_view, std::ptrdiff_t>> lines;
   for_each_kallsyms_line(text, [&](std::string_view line, const std::optional<KallsymsLine>& l) {
+    std::ptrdiff_t input = -1;
     if (l && !percpu_line(*l) && l->module.empty()) {
+      input = static_cast<std::ptrdiff_t>(inputs.size());
       inputs.push_back({l->address, l->name, l->type});
-      lines.push_back(line);
     }
+    lines.emplace_back(line, input);
   });
   std::uint64_t base = 0;
   std::vector<std::size_t> left_out;
@@ -158,17 +164,14 @@ std::optional<std::string> kallsyms_without_image(std::string_view text, const I
   auto mine = built ? built->bytes() : std::span<const std::uint8_t>(), theirs = image.bytes();
   if (!built || base != image_base || !std::equal(mine.begin(), mine.end(), theirs.begin(), theirs.end())) return std::nullopt;
   // Every line but those the block holds, in their order.
-  std::vector<bool> kept_line(inputs.size(), false);
-  for (std::size_t i : left_out) kept_line[i] = true;
+  std::vector<bool> in_block(inputs.size(), true);
+  for (std::size_t i : left_out) in_block[i] = false;
   std::string out;
-  std::size_t next_image_line = 0;
-  for_each_kallsyms_line(text, [&](std::string_view line, const std::optional<KallsymsLine>&) {
-    if (next_image_line < lines.size() && line.data() == lines[next_image_line].data()) {
-      if (!kept_line[next_image_line++]) return;
-    }
+  for (const auto& [line, input] : lines) {
+    if (input >= 0 && in_block[static_cast<std::size_t>(input)]) continue;
     out.append(line);
     out.push_back('\n');
-  });
+  }
   return out;
 }
 
