@@ -187,12 +187,20 @@ void Supervisor::build_rooms() {
     // The repair VM's initramfs once for every instance of this runtime directory (the host's).
     repair.shared_dir = shared_dir();
     // A crash's snapshot is taken into the host pool's arenas anyway (its bundle): the repair VM
-    // analyses it there, and sees the guest's RAM only to load a profile.
+    // analyses it there…
     repair.arena_windows = [this](std::uint64_t guest_ram) {
       std::vector<ArenaWindow> out;
       for (const auto& w : bundles_->arena_windows(guest_ram)) out.push_back({w.fd, w.bytes});
       return out;
     };
+    // …and loads each profile from a snapshot of the running guest taken there for it, so that it
+    // is never given the guest's RAM (issue 20: a repair VM that could serve several guests).
+    // (Snapshots of every page, --bundle-memory all, would not fit an arena: the VM sees the RAM.)
+    if (bundle_settings.filter)
+      repair.load_snapshot = [this]() -> std::unique_ptr<MemorySnapshot> {
+        if (!state_.is(GuestState::running) || !kernel_->built()) return nullptr;
+        return bundles_->snapshot_for_repair_load(*machine_, *kernel_);
+      };
     // The kernel image's symbols, BTF and ORC tables as this supervisor holds them: the host's
     // copies, when it has them.
     repair.image_symbols = [this] { return kernel_->get().symbols().image_symbols(); };

@@ -175,8 +175,13 @@ std::shared_ptr<const void> kept_for_life(std::span<const std::uint8_t> mapped) 
 // there is none), and its RAM mapped (nothing of it read yet). The healthy copy's bytes stay
 // where the payload has them.
 struct Inputs {
-  std::unique_ptr<PhysicalMemory> memory;  // the RAM, mapped by map_ram
+  std::unique_ptr<PhysicalMemory> memory;  // the RAM, mapped by map_ram; none in a repair VM without its window
   EngineMemory::MapRam map_ram;             // maps it (again, once given up)
+  // Without the RAM: what the load reads instead, a snapshot of the running guest the host took
+  // into one of its arenas for it (the kernel's code pages from the healthy copy), unmapped once
+  // the engine is loaded.
+  std::unique_ptr<MemorySnapshot> load_snapshot;
+  std::shared_ptr<void> load_pages;  // the arena's pages it reads, mapped here: unmapped when released
   GuestProfile::Files profile;
   std::string_view healthy_index, healthy_blob;
   std::string healthy_problem;
@@ -205,10 +210,12 @@ Inputs read_inputs(std::string_view payload, int ram_fd) {
   if (!layout) fail(ExitCode::bad_input, "{} has no repair.json", kWhere);
   Config c = parse_config(*layout);
   Inputs in;
-  in.map_ram = [ram_fd, c]() -> std::unique_ptr<PhysicalMemory> {
-    return std::make_unique<SharedRamMemory>(ram_fd, c.ram_size, c.ram, /*writable=*/false);
-  };
-  in.memory = in.map_ram();
+  if (ram_fd >= 0) {
+    in.map_ram = [ram_fd, c]() -> std::unique_ptr<PhysicalMemory> {
+      return std::make_unique<SharedRamMemory>(ram_fd, c.ram_size, c.ram, /*writable=*/false);
+    };
+    in.memory = in.map_ram();
+  }
   std::map<std::string, std::string_view> profile;
   for (const auto& [name, bytes] : files)
     if (name.starts_with("profile/")) profile.emplace(name.substr(8), bytes);
@@ -239,6 +246,34 @@ class Engine {
     };
     stages_ = fmt::format("payload {:.0f}", in.read_ms);
     memory_ = std::make_unique<EngineMemory>(std::move(in.memory), std::move(in.map_ram));
+    // The healthy copy first: a load from a snapshot reads the kernel's code from it.
+    healthy_problem_ = in.healthy_problem;
+    if (healthy_problem_.empty()) {
+      try {
+        // Read where the payload has it: the payload stays mapped while this engine lives (the
+        // supervisor punches a slot only after the next engine took over the other one).
+        healthy_ = std::make_unique<HealthyImage>(HealthyImage::parse(in.healthy_index, in.healthy_blob,
+                                                                      std::string(kWhere) + ": healthy",
+                                                                      HealthyImage::Bytes::borrow));
+      } catch (const std::exception& e) {
+        healthy_problem_ = e.what();
+      }
+    }
+    // Where the kernel's code lies whole in the copy: a crash's snapshot leaves those pages the
+    // precheck found unchanged for after the resume, and they are read from the copy instead.
+    if (healthy_) code_pages_ = whole_code_pages(*healthy_, /*find_zeros=*/false);
+    stage("healthy copy");
+    // No window onto the guest's RAM: everything the load reads of the guest comes from the
+    // snapshot the host took for it, its code pages from the copy (the snapshot may have left them
+    // out, as a crash's does), and that memory goes at the end of the load.
+    std::unique_ptr<SnapshotWithCode> load_memory;
+    if (in.load_snapshot) {
+      load_memory = std::make_unique<SnapshotWithCode>(std::move(in.load_snapshot), code_pages_, TextPrecheck{});
+      memory_->use(load_memory.get());
+      load_read_ = "a snapshot";
+    } else if (!memory_->has_ram()) {
+      fail(ExitCode::failure, "nothing to load the profile from: no window onto the guest's RAM and no snapshot of it");
+    }
     {
       // What the payload leaves to the host's files must be there, and be what it names.
       const Config& c = in.config;
@@ -267,22 +302,6 @@ class Engine {
     }
     malloc_trim(0);
     stage("kernel");
-    healthy_problem_ = in.healthy_problem;
-    if (healthy_problem_.empty()) {
-      try {
-        // Read where the payload has it: the payload stays mapped while this engine lives (the
-        // supervisor punches a slot only after the next engine took over the other one).
-        healthy_ = std::make_unique<HealthyImage>(HealthyImage::parse(in.healthy_index, in.healthy_blob,
-                                                                      std::string(kWhere) + ": healthy",
-                                                                      HealthyImage::Bytes::borrow));
-      } catch (const std::exception& e) {
-        healthy_problem_ = e.what();
-      }
-    }
-    // Where the kernel's code lies whole in the copy: a crash's snapshot leaves those pages the
-    // precheck found unchanged for after the resume, and they are read from the copy instead.
-    if (healthy_) code_pages_ = whole_code_pages(*healthy_, /*find_zeros=*/false);
-    stage("healthy copy");
     // A first comparison while the guest is healthy, the way a crash's goes: as if the
     // supervisor's precheck had found the first piece of every region differing, so that the
     // reading, unpacking and classifying are translated (under TCG) now rather than at the first
@@ -326,6 +345,12 @@ class Engine {
       rehearsal_ = std::string("no rehearsal: ") + e.what();
     }
     stage("rehearsal");
+    if (load_memory) {
+      memory_->use(nullptr);
+      kernel_->memory().forget_translations();
+      load_memory.reset();
+      in.load_pages.reset();  // the arena goes back to the host once the supervisor has the answer
+    }
     load_ms_ = ms_since(t0);
   }
 
@@ -338,10 +363,10 @@ class Engine {
     // inline sandbox does not allow the call. Early in the line: the mailbox keeps 255 bytes of it.
     std::string peak;
     if (struct rusage u {}; parallel_ && ::getrusage(RUSAGE_SELF, &u) == 0) peak = fmt::format(", peak memory {} MiB", (u.ru_maxrss + 1023) / 1024);
-    return fmt::format("ready: kernel {}, {} symbols ({}), types ({}), unwind tables ({}){}, healthy copy {} KiB ({} differences in {} pieces compared now){}, {}, loaded in {:.0f} ms ({})",
+    return fmt::format("ready: kernel {}, {} symbols ({}), types ({}), unwind tables ({}){}, healthy copy {} KiB ({} differences in {} pieces compared now){}, {}, loaded in {:.0f} ms from {} ({})",
                        kernel_->release(), kernel_->symbols().size(), symbols_shared_, types_shared_, unwind_shared_, peak, healthy_ ? healthy_->total_bytes() >> 10 : 0, warmup_,
                        warmup_pieces_,
-                       healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", rehearsal_, load_ms_, stages_);
+                       healthy_problem_.empty() ? "" : " (" + healthy_problem_ + ")", rehearsal_, load_ms_, load_read_, stages_);
   }
 
   // Called with a request's snapshot (or none) before anything of the crash is read: maps it
@@ -364,6 +389,9 @@ class Engine {
       auto t_map = std::chrono::steady_clock::now();
       auto snapshot = snapshots ? (*snapshots)(request.snapshot) : nullptr;
       if (!snapshot) {
+        if (!memory_->has_ram())
+          fail(ExitCode::failure, "this repair VM has no window onto the guest's RAM: it reads a crash from its snapshot "
+                                  "in the host's arenas, and the request names none");
         memory_->map_ram();  // given up after the load in the repair VM
       } else {
         crash_memory = std::make_unique<SnapshotWithCode>(std::move(snapshot), code_pages_, request.text_precheck);
@@ -416,6 +444,7 @@ class Engine {
   double load_ms_ = 0;
   std::string stages_;  // each load stage's milliseconds, for the summary
   std::string rehearsal_;
+  std::string load_read_ = "the guest's RAM";  // what the load read of the guest
   std::string symbols_shared_ = "own";  // the kernel image's symbols: parsed here, or the host's
   std::string types_shared_ = "own";    // the kernel's BTF: libbpf's copy, or the host's
   std::string unwind_shared_ = "own";   // the kernel image's ORC tables: read from its memory, or the host's
@@ -566,15 +595,32 @@ int run_inline(int argc, char** argv) {
   }
 }
 
-// {"reload": {"offset", "size"}}: a new payload was written into the window at [offset, offset +
-// size) (a new profile: a module loaded or unloaded). Anything else is a crash to analyse.
-std::optional<std::pair<std::uint64_t, std::uint64_t>> reload_request(const std::string& text, std::uint64_t window) {
+// {"reload": {"offset", "size"}, "snapshot": {…}}: a payload was written into the window at
+// [offset, offset + size) (the first one, or a new profile: a module loaded or unloaded), and the
+// load reads the guest from the snapshot named (its index the request's attachment) when the VM
+// has no window onto its RAM. Anything else is a crash to analyse.
+struct LoadRequest {
+  std::uint64_t offset = 0, size = 0;  // size 0: refused by the load
+  std::optional<SnapshotRef> snapshot;
+  std::string problem;  // why it is refused
+};
+
+std::optional<LoadRequest> reload_request(const std::string& text, std::uint64_t window) {
   auto j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object() || !j.contains("reload")) return std::nullopt;
   const auto& r = j["reload"];
+  LoadRequest load;
   std::uint64_t offset = r.is_object() ? r.value("offset", ~0ull) : ~0ull, size = r.is_object() ? r.value("size", 0ull) : 0;
-  if (offset > window || size > window - offset) return std::pair<std::uint64_t, std::uint64_t>{0, 0};  // refused below
-  return std::pair{offset, size};
+  if (offset > window || size > window - offset) return load;  // refused below
+  load.offset = offset;
+  load.size = size;
+  try {
+    if (auto s = j.find("snapshot"); s != j.end() && !s->is_null()) load.snapshot = snapshot_ref_from_json(*s, "the load request");
+  } catch (const std::exception& e) {
+    load.size = 0;
+    load.problem = e.what();
+  }
+  return load;
 }
 
 // Whether this VM has the host pool's snapshot arenas: its crashes are then read from their
@@ -585,17 +631,47 @@ bool vm_has_arenas() {
   return true;
 }
 
+// The snapshot a request names, mapped read-only from the arena's window (only the page slots its
+// index names) and adopted with that index, the request's attachment. unmap: set to what unmaps
+// the pages when released (a load's, in pid 1); without, they stay mapped (a crash's process
+// exits after its answer).
+std::unique_ptr<MemorySnapshot> map_crash_snapshot(const SnapshotRef& ref, Mailbox& box, std::shared_ptr<void>* unmap = nullptr) {
+  if (ref.arena < 0 || static_cast<std::size_t>(ref.arena) >= std::size(kArenaResources))
+    fail(ExitCode::bad_input, "the request names snapshot arena {}", ref.arena);
+  const char* path = kArenaResources[ref.arena];
+  UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
+  if (!fd) fail_os(ExitCode::failure, fmt::format("open the snapshot arena's window {}", path), errno);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) fail_os(ExitCode::failure, path, errno);
+  const std::uint64_t window = static_cast<std::uint64_t>(st.st_size);
+  if (ref.pages_bytes == 0 || ref.pages_bytes % MemorySnapshot::kPageSize || ref.pages_bytes > window)
+    fail(ExitCode::bad_input, "the snapshot's {} bytes of pages do not fit its arena's window of {}", ref.pages_bytes, window);
+  std::string_view index = box.attachment();
+  if (index.size() != ref.index_bytes)
+    fail(ExitCode::bad_input, "the snapshot's index is {} bytes, the request says {}", index.size(), ref.index_bytes);
+  // A crash's: mapped for its process only (it exits after its answer). A load's: by pid 1, for
+  // the load only; it never maps an arena otherwise.
+  void* pages = ::mmap(nullptr, ref.pages_bytes, PROT_READ, MAP_SHARED, fd.get(), 0);
+  if (pages == MAP_FAILED) fail_os(ExitCode::failure, "map the crash's snapshot", errno);
+  if (unmap) *unmap = std::shared_ptr<void>(pages, [bytes = ref.pages_bytes](void* p) { ::munmap(p, bytes); });
+  return MemorySnapshot::adopt(index, static_cast<std::byte*>(pages), ref.pages_bytes, /*census=*/false);
+}
+
 // Replaces the engine with one over the new payload, in place of a reboot of the repair VM (issue
 // 20: ready within about a second of a profile change instead of a boot's seconds). The old
 // engine goes first: the VM's memory holds one parsed profile at a time. Returns the new engine
 // (nullptr if it could not load) and the reload's answer, for the caller to post.
-std::pair<std::unique_ptr<Engine>, std::string> reload(std::unique_ptr<Engine> old, std::string_view payload, int ram_fd,
-                                                       Mailbox& box) {
+std::pair<std::unique_ptr<Engine>, std::string> reload(std::unique_ptr<Engine> old, std::string_view window, const LoadRequest& load,
+                                                       int ram_fd, Mailbox& box) {
+  const bool first = !old;
   old.reset();
-  box.set_state(AgentState::booting, "loading the new profile");
+  box.set_state(AgentState::booting, first ? "loading the profile" : "loading the new profile");
   try {
-    if (payload.empty()) fail(ExitCode::bad_input, "the reload names no payload inside the window");
-    auto engine = std::make_unique<Engine>(read_inputs_in_vm(payload, ram_fd), vm_has_second_cpu());
+    if (!load.problem.empty()) fail(ExitCode::bad_input, "{}", load.problem);
+    if (!load.size) fail(ExitCode::bad_input, "the reload names no payload inside the window");
+    Inputs inputs = read_inputs_in_vm(window.substr(load.offset, load.size), ram_fd);
+    if (load.snapshot) inputs.load_snapshot = map_crash_snapshot(*load.snapshot, box, &inputs.load_pages);
+    auto engine = std::make_unique<Engine>(std::move(inputs), vm_has_second_cpu());
     say(engine->summary());
     if (vm_has_arenas()) engine->give_up_ram();
     std::string answer = nlohmann::json{{"ok", true}, {"reloaded", engine->summary()}}.dump();
@@ -614,28 +690,6 @@ struct Handoff {
   std::atomic<bool> answered{false};          // …and answered
   std::atomic<bool> reload{false};            // …or left to pid 1 (a reload)
 };
-
-// The crash's snapshot a request names, mapped read-only from the arena's window (only the page
-// slots its index names) and adopted with that index, the request's attachment.
-std::unique_ptr<MemorySnapshot> map_crash_snapshot(const SnapshotRef& ref, Mailbox& box) {
-  if (ref.arena < 0 || static_cast<std::size_t>(ref.arena) >= std::size(kArenaResources))
-    fail(ExitCode::bad_input, "the request names snapshot arena {}", ref.arena);
-  const char* path = kArenaResources[ref.arena];
-  UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
-  if (!fd) fail_os(ExitCode::failure, fmt::format("open the snapshot arena's window {}", path), errno);
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) fail_os(ExitCode::failure, path, errno);
-  const std::uint64_t window = static_cast<std::uint64_t>(st.st_size);
-  if (ref.pages_bytes == 0 || ref.pages_bytes % MemorySnapshot::kPageSize || ref.pages_bytes > window)
-    fail(ExitCode::bad_input, "the snapshot's {} bytes of pages do not fit its arena's window of {}", ref.pages_bytes, window);
-  std::string_view index = box.attachment();
-  if (index.size() != ref.index_bytes)
-    fail(ExitCode::bad_input, "the snapshot's index is {} bytes, the request says {}", index.size(), ref.index_bytes);
-  // Mapped for this process only (it exits after its answer): pid 1 never maps an arena.
-  void* pages = ::mmap(nullptr, ref.pages_bytes, PROT_READ, MAP_SHARED, fd.get(), 0);
-  if (pages == MAP_FAILED) fail_os(ExitCode::failure, "map the crash's snapshot", errno);
-  return MemorySnapshot::adopt(index, static_cast<std::byte*>(pages), ref.pages_bytes, /*census=*/false);
-}
 
 // The analysing process: waits for the next request after `done`, answers a crash and exits;
 // leaves a reload (which replaces pid 1's engine) to pid 1. Never returns.
@@ -697,12 +751,17 @@ std::string describe_exit(int status) {
     box->set_state(AgentState::booting, "loading the profile");
     int pfd = ::open(kPayloadResource, O_RDONLY | O_CLOEXEC);
     if (pfd < 0) fail_os(ExitCode::failure, kPayloadResource, errno);
+    // No window onto the guest's RAM (a VM that reads the guest only from snapshots in the host's
+    // arenas): nothing is loaded until the supervisor asks, naming a snapshot to load from.
     int rfd = ::open(kRamResource, O_RDONLY | O_CLOEXEC);
-    if (rfd < 0) fail_os(ExitCode::failure, kRamResource, errno);
+    if (rfd < 0 && errno != ENOENT) fail_os(ExitCode::failure, kRamResource, errno);
     std::string_view window = map_payload(pfd);
-    auto engine = std::make_unique<Engine>(read_inputs_in_vm(window, rfd), vm_has_second_cpu());
-    say(engine->summary());
-    if (vm_has_arenas()) engine->give_up_ram();
+    std::unique_ptr<Engine> engine;
+    if (rfd >= 0) {
+      engine = std::make_unique<Engine>(read_inputs_in_vm(window, rfd), vm_has_second_cpu());
+      say(engine->summary());
+      if (vm_has_arenas()) engine->give_up_ram();
+    }
     tell_own_vmcoreinfo(*box);
     const bool canary = sandbox_canary_set();
     void* shared = ::mmap(nullptr, sizeof(Handoff), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -711,13 +770,15 @@ std::string describe_exit(int status) {
     // A reload's answer, posted once the process that will analyse the next crash is forked
     // from the new engine: the supervisor pauses the VM as soon as it has the answer.
     std::optional<std::string> reloaded;
-    auto take_reload = [&](std::pair<std::uint64_t, std::uint64_t> at) {
-      auto [next, answer] = reload(std::move(engine), window.substr(at.first, at.second), rfd, *box);
+    auto take_reload = [&](const LoadRequest& load) {
+      auto [next, answer] = reload(std::move(engine), window, load, rfd, *box);
       engine = std::move(next);
       if (engine) reloaded = std::move(answer);
       else box->post_response(done, answer);
     };
     auto fork_again_at = std::chrono::steady_clock::now();
+    // Said once the request number is read: a load asked for before would go unseen.
+    if (!engine) box->set_state(AgentState::waiting, "waiting for the supervisor's snapshot of the guest to load its profile");
     for (;;) {
       pid_t child = -1;
       Handoff* handoff = nullptr;
@@ -749,7 +810,7 @@ std::string describe_exit(int status) {
         done = seq;
         if (handoff->reload) {
           // The request the child saw: the supervisor posts the next one only after its answer.
-          take_reload(reload_request(box->request(), window.size()).value_or(std::pair<std::uint64_t, std::uint64_t>{0, 0}));
+          take_reload(reload_request(box->request(), window.size()).value_or(LoadRequest{}));
           continue;
         }
         if (!handoff->answered) {

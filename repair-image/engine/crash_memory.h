@@ -58,6 +58,7 @@ class EngineMemory final : public PhysicalMemory {
       : ram_(std::move(ram)), map_ram_(std::move(map_ram)), now_(ram_.get()) {}
   void use(const PhysicalMemory* memory) { now_ = memory ? memory : ram_.get(); }  // nullptr: the RAM again
   bool reads_ram() const { return now_ && now_ == ram_.get(); }
+  bool has_ram() const { return ram_ || map_ram_; }  // mapped, or can be
   // Unmaps the RAM (only when it can be mapped again); reads fail with MemoryFault until
   // map_ram() or use().
   void drop_ram();

@@ -26,9 +26,28 @@ nlohmann::json RepairRequest::to_json() const {
   nlohmann::json j = {{"record", repair::to_json(record)}, {"known_patches", patches},
                       {"quarantine", quarantine_driver ? "driver" : "function"}};
   if (text_precheck) j["text_precheck"] = text_precheck->to_json();
-  if (snapshot)
-    j["snapshot"] = {{"arena", snapshot->arena}, {"pages_bytes", snapshot->pages_bytes}, {"index_bytes", snapshot->index_bytes}};
+  if (snapshot) j["snapshot"] = repair::to_json(*snapshot);
   return j;
+}
+
+nlohmann::json to_json(const SnapshotRef& ref) {
+  return {{"arena", ref.arena}, {"pages_bytes", ref.pages_bytes}, {"index_bytes", ref.index_bytes}};
+}
+
+SnapshotRef snapshot_ref_from_json(const nlohmann::json& j, const char* what) {
+  auto number = [&](const char* key) -> std::uint64_t {
+    auto v = j.is_object() ? j.find(key) : j.end();
+    if (v == j.end() || !v->is_number_integer() || v->get<std::int64_t>() < 0)
+      fail(ExitCode::bad_input, "{}: snapshot.{} is not a number of bytes", what, key);
+    return v->get<std::uint64_t>();
+  };
+  SnapshotRef ref;
+  std::uint64_t arena = number("arena");
+  if (arena > 1) fail(ExitCode::bad_input, "{}: snapshot.arena {} is not 0 or 1", what, arena);
+  ref.arena = static_cast<int>(arena);
+  ref.pages_bytes = number("pages_bytes");
+  ref.index_bytes = number("index_bytes");
+  return ref;
 }
 
 RepairRequest RepairRequest::from_json(const nlohmann::json& j) {
@@ -50,21 +69,7 @@ RepairRequest RepairRequest::from_json(const nlohmann::json& j) {
     }
   }
   if (auto t = j.find("text_precheck"); t != j.end() && !t->is_null()) r.text_precheck = TextPrecheck::from_json(*t);
-  if (auto s = j.find("snapshot"); s != j.end() && !s->is_null()) {
-    auto number = [&](const char* key) -> std::uint64_t {
-      auto v = s->is_object() ? s->find(key) : s->end();
-      if (v == s->end() || !v->is_number_integer() || v->get<std::int64_t>() < 0)
-        fail(ExitCode::bad_input, "repair request: snapshot.{} is not a number of bytes", key);
-      return v->get<std::uint64_t>();
-    };
-    SnapshotRef ref;
-    std::uint64_t arena = number("arena");
-    if (arena > 1) fail(ExitCode::bad_input, "repair request: snapshot.arena {} is not 0 or 1", arena);
-    ref.arena = static_cast<int>(arena);
-    ref.pages_bytes = number("pages_bytes");
-    ref.index_bytes = number("index_bytes");
-    r.snapshot = ref;
-  }
+  if (auto s = j.find("snapshot"); s != j.end() && !s->is_null()) r.snapshot = snapshot_ref_from_json(*s, "repair request");
   return r;
 }
 

@@ -28,6 +28,10 @@ struct SnapshotRef {
   std::uint64_t pages_bytes = 0;  // from the arena's start: the page slots the index names
   std::uint64_t index_bytes = 0;  // the page index (MemorySnapshot::index), the request's attachment
 };
+nlohmann::json to_json(const SnapshotRef& ref);
+// Throws Error(ExitCode::bad_input) naming `what` for anything but an arena 0 or 1 and byte counts.
+SnapshotRef snapshot_ref_from_json(const nlohmann::json& j, const char* what);
+
 
 struct RepairRequest {
   CrashRecord record;

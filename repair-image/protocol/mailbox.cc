@@ -21,6 +21,7 @@ const char* to_string(AgentState state) {
     case AgentState::ready: return "ready";
     case AgentState::failed: return "failed";
     case AgentState::busy: return "busy";
+    case AgentState::waiting: return "waiting";
   }
   return "?";
 }
@@ -49,7 +50,7 @@ bool Mailbox::valid() const {
 
 AgentState Mailbox::agent_state() const {
   auto s = load<std::uint32_t>(kState);
-  return s <= 3 ? static_cast<AgentState>(s) : AgentState::failed;
+  return s <= 4 ? static_cast<AgentState>(s) : AgentState::failed;
 }
 
 std::string Mailbox::agent_status() const {

@@ -36,7 +36,9 @@ inline constexpr std::size_t kMailboxData = 4096;
 inline constexpr std::size_t kRequestMax = 1u << 20;
 inline constexpr std::size_t kResponseMax = kMailboxSize - kMailboxData - kRequestMax;
 
-enum class AgentState : std::uint32_t { booting = 0, ready = 1, failed = 2, busy = 3 };
+// waiting: up, with no profile loaded, for the host's first load request (a repair VM that does
+// not see the guest's RAM loads from a snapshot the host takes for it).
+enum class AgentState : std::uint32_t { booting = 0, ready = 1, failed = 2, busy = 3, waiting = 4 };
 const char* to_string(AgentState state);
 
 class Mailbox {

@@ -257,7 +257,8 @@ TEST_CASE("repair VM: the process analysing a crash dies (the canary); the crash
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
 }
 
-TEST_CASE("repair VM: a crash is read from its snapshot in the host's arena; with every arena busy, from the guest's RAM",
+TEST_CASE("repair VM: it never sees the guest's RAM: a profile is loaded from a snapshot taken for it, a crash is read "
+          "from its snapshot in the host's arena; with every arena busy, the crash is analysed inline",
           "[integration][repair]") {
   std::string name = unique_name("arenas");
   auto run = run_cli({"run", "--name", name, "--detach"});
@@ -273,6 +274,14 @@ TEST_CASE("repair VM: a crash is read from its snapshot in the host's arena; wit
   auto readies = events_of(name, "repair-ready");
   REQUIRE(!readies.empty());
   CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared), types (shared), unwind tables (shared)"));
+  // No window onto the guest's RAM: the agent loaded the profile from a snapshot the supervisor
+  // took into one of the host's arenas for it, and gave it back.
+  CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("from a snapshot"));
+  json vm_status = status_json(name).value("repair", json::object()).value("vm", json::object());
+  INFO(vm_status.dump());
+  CHECK(vm_status.value("guest_ram_window", true) == false);
+  CHECK(vm_status.value("load", json::object()).value("read", "") == "a snapshot of the guest");
+  CHECK(vm_status.value("load", json::object()).value("pages", 0) > 1000);
   json profile = status_json(name).value("profile", json::object());
   json symbols = profile.value("kernel_symbols", json::object()), types = profile.value("kernel_types", json::object()),
        unwind = profile.value("kernel_unwind_tables", json::object());
@@ -303,10 +312,10 @@ TEST_CASE("repair VM: a crash is read from its snapshot in the host's arena; wit
     return fd && ::pread(fd.get(), &bytes, sizeof bytes, 0) == sizeof bytes ? bytes : 0;
   };
   REQUIRE(wait_until([&] { return prepared(0) > 0; }, 120s));
-  auto last_memory = [&] {
+  auto last_memory = [&](const char* mode = "vm") {
     json crash = last_event_of(name, "crash");
     INFO(crash.dump().substr(0, 2000));
-    CHECK(crash.value("repair", json::object()).value("mode", "") == "vm");
+    CHECK(crash.value("repair", json::object()).value("mode", "") == mode);
     return crash.value("repair", json::object()).value("memory", json::object());
   };
   auto recovered = [&] {
@@ -324,7 +333,8 @@ TEST_CASE("repair VM: a crash is read from its snapshot in the host's arena; wit
 
   // Both arenas held, as two bundles being written on the host would hold them (another
   // supervisor's, here this test's own locks): the copy goes into memory of its own, which the VM
-  // cannot see. The process for the crash maps the guest's RAM (pid 1 gave it up after loading).
+  // cannot see, and it sees nothing else of the guest: the sandboxed inline process, which maps
+  // the guest's RAM, analyses the crash instead, and says why.
   std::vector<immortal::UniqueFd> held;
   for (int i = 0; i < 2; ++i) {
     held.emplace_back(::open(fmt::format("{}/arena-{}", pool, i).c_str(), O_RDONLY | O_CLOEXEC));
@@ -332,9 +342,14 @@ TEST_CASE("repair VM: a crash is read from its snapshot in the host's arena; wit
     REQUIRE(wait_until([&] { return ::flock(held.back().get(), LOCK_EX | LOCK_NB) == 0; }, 60s));  // a bundle may still be written
   }
   CHECK(recovered());
-  memory = last_memory();
+  memory = last_memory("inline");
   INFO(memory.dump());
   CHECK(memory.value("read", "") == "guest RAM");
+  json fallback = last_event_of(name, "repair-fallback");
+  INFO(fallback.dump());
+  CHECK(fallback.value("from", "") == "vm");
+  CHECK(fallback.value("to", "") == "inline");
+  CHECK_THAT(fallback.value("why", ""), Catch::Contains("not in the host's arenas"));
   held.clear();
   // Free again: the next crash is read from its snapshot once more.
   CHECK(recovered());
@@ -421,6 +436,9 @@ TEST_CASE("repair: after a module change the running repair VM loads the new pro
   // The module it no longer has: the profile's symbols say so.
   CHECK_THAT(readies.back().value("agent", ""), !Catch::Contains("healthy copy 0 KiB"));
   CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("symbols (shared), types (shared), unwind tables (shared)"));  // the windows stay
+  // Loaded from a snapshot of the guest taken for the reload (the VM has no window onto its RAM).
+  CHECK_THAT(readies.back().value("agent", ""), Catch::Contains("from a snapshot"));
+  CHECK(vm().value("load", json::object()).value("read", "") == "a snapshot of the guest");
   // The new payload leaves the same parts to the windows the running VM has.
   CHECK(status_json(name).value("repair", json::object()).value("image", json::object()).value("kernel_parts_from_host", json::array()).size() == 3);
   // Given back again after the reload (or skipped, if the VM ran meanwhile), then the crash is

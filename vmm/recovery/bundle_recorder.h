@@ -105,6 +105,9 @@ class BundleRecorder {
   void outgrown(const SnapshotCensus& census);
   // A warm arena no snapshot is using, else nullptr (the snapshot allocates its own, slower).
   std::shared_ptr<SnapshotArena> arena();
+  // A free arena of the host pool for a snapshot that is not a bundle (a repair VM's load): no
+  // spare is prepared for it. nullptr without a pool or when none is free.
+  std::shared_ptr<SnapshotArena> pool_arena() { return pool_ ? pool_->acquire() : nullptr; }
   // The host pool's arenas as a repair VM's windows for a guest of `guest_ram` bytes
   // (ArenaPool::windows); none without a pool. Throws Error when they cannot be sized.
   std::vector<ArenaPool::Window> arena_windows(std::uint64_t guest_ram) { return pool_ ? pool_->windows(guest_ram) : std::vector<ArenaPool::Window>{}; }

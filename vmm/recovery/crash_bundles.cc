@@ -121,6 +121,24 @@ BundleCapture CrashBundles::capture_on_demand(Machine& machine, LiveKernel& live
   return capture(machine, live, std::move(registers), -1, on_demand_code_.pages.empty() ? nullptr : &on_demand_code_);
 }
 
+std::unique_ptr<MemorySnapshot> CrashBundles::snapshot_for_repair_load(Machine& machine, LiveKernel& live) {
+  // Never, rather than a long wait: a copy of every page would not fit an arena.
+  if (!classes_problem_.empty()) fail(ExitCode::unsupported, "{}", classes_problem_);
+  if (classes_ && classes_->failed()) fail(ExitCode::unsupported, "the page-class agent failed: {}", classes_->why());
+  if (busy() || !classes_ || arena_waits_ || !classes_->ready(Deadline::in(std::chrono::milliseconds(0)))) return nullptr;
+  auto arena = recorder_.pool_arena();
+  if (!arena) return nullptr;
+  BundleCapture c = while_paused(machine, [&]() -> BundleCapture {
+    const RamClasses* classes = classes_->classify(Deadline::in(kClassifyWait));
+    if (!classes) return {};
+    return capture_guest(machine, live.profile() ? &live.profile()->head() : nullptr, {}, -1, *classes,
+                         "struct page, read by the page-class agent (a repair VM's load)", std::move(arena), {},
+                         std::move(prepared_index_), on_demand_code_.pages.empty() ? nullptr : &on_demand_code_, 2);
+  });
+  if (!c.memory || c.memory->pool_slot() < 0) return nullptr;
+  return std::move(c.memory);
+}
+
 void CrashBundles::take_now(BundleCapture capture, const PhysicalMemory& guest_ram, std::shared_ptr<const PackedProfile> profile,
                             json timings, Written written) {
   if (capture.memory) {

@@ -67,6 +67,14 @@ class CrashBundles {
                 json timings, Written written);
   // Results of finished writes (events emitted, on-demand callbacks called).
   std::vector<BundleResult> poll();
+  // A snapshot of the running guest for a repair VM to load a profile from (it has no window onto
+  // the guest's RAM): the guest paused for the copy as for an on-demand bundle, the kernel's code
+  // pages left out (the agent reads them from the healthy copy). Only into a free arena of the
+  // host pool and only once this profile's page classes are known: nullptr (ask again later)
+  // while bundles are written, while the page-class agent starts, or with every arena busy, so
+  // that it never pauses the guest long. Throws Error when the guest cannot be paused, and when
+  // no snapshot can be filtered (no page-class agent for this guest).
+  std::unique_ptr<MemorySnapshot> snapshot_for_repair_load(Machine& machine, LiveKernel& kernel);
   // The host pool's snapshot arenas as a repair VM's read-only windows (BundleRecorder).
   std::vector<ArenaPool::Window> arena_windows(std::uint64_t guest_ram) { return recorder_.arena_windows(guest_ram); }
   // Makes the arena for fast snapshots fit the guest of this profile (once per profile).

@@ -181,12 +181,13 @@ void RepairBroker::start(Slot& slot) {
         try {
           arenas = settings_.arena_windows(ram_.size);
         } catch (const std::exception& e) {
-          say_(std::string("the repair VM analyses crashes in the guest's RAM (no snapshot arenas for it): ") + e.what());
+          say_(std::string("the repair VM sees the guest's RAM (no snapshot arenas for it): ") + e.what());
         }
       }
       vm_windows_ = digests_of(files);
       slot.worker = std::make_unique<RepairVm>(factory_, c, ram_, image_->payload.get(), image_->window_bytes,
-                                               find_repair_agent(settings_.agent), arenas, std::move(files));
+                                               find_repair_agent(settings_.agent), arenas, std::move(files),
+                                               settings_.load_snapshot, PayloadPlace{image_->payload_offset, image_->payload_bytes});
     } else {
       slot.worker = std::make_unique<InlineRepair>(find_repair_agent(settings_.agent), image_->payload.get(), image_->payload_offset, ram_,
                                                    dir_ + "/inline.log", std::move(files));

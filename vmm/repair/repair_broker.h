@@ -39,8 +39,12 @@ struct RepairSettings {
   // VM's initramfs); empty: in the instance's own directory.
   std::string shared_dir;
   // The host pool's snapshot arenas as read-only windows for a repair VM of a guest of this many
-  // bytes of RAM (CrashBundles::arena_windows); none: its VM analyses the guest's RAM.
+  // bytes of RAM (CrashBundles::arena_windows); none: its VM sees the guest's RAM, to load and for every crash.
   std::function<std::vector<ArenaWindow>(std::uint64_t guest_ram)> arena_windows;
+  // A snapshot of the running guest in one of those arenas for the repair VM to load a profile
+  // from (CrashBundles::snapshot_for_repair_load): with arenas and this, the VM is not given the
+  // guest's RAM at all.
+  LoadSnapshot load_snapshot;
   // The guest kernel's image symbols as the supervisor holds them (the host's copy in shared_dir:
   // repair/shared_kernel_files.h), shown to the repair VM as one more window so that its agent keeps no
   // copy of its own; null, or a block with no file there: it keeps its own.

@@ -4,6 +4,7 @@
 #include "base/error.h"
 #include "repair/agent_process.h"
 #include "repair/repair_vm_trim.h"
+#include "engine/repair_service.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -39,21 +40,28 @@ std::uint64_t mailbox_bytes(std::uint64_t guest_ram, bool snapshots) {
 
 RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
                    std::uint64_t window_bytes, std::string agent, const std::vector<ArenaWindow>& arenas,
-                   HostKernelFiles kernel_files)
+                   HostKernelFiles kernel_files, LoadSnapshot load_snapshot, PayloadPlace place)
     : mailbox_(mailbox_bytes(guest_ram.size, !arenas.empty())), kernel_files_(std::move(kernel_files)), agent_(std::move(agent)),
       kernel_(config.kernel) {
-  if (!std::has_single_bit(guest_ram.size))
-    fail(ExitCode::failure, "guest RAM of {} MiB is not a power of two: a PCI window cannot show it whole",
-         guest_ram.size >> 20);
-  // The window is mapped read-only (readonly=on), and the descriptor QEMU inherits is a
-  // read-only one too, as the inline agent's.
-  guest_ram_ = reopen_read_only(guest_ram.fd);
-  if (!guest_ram_) fail_os(ExitCode::failure, "reopen guest RAM read-only for the repair VM", errno);
   payload_ = reopen_read_only(payload);
   if (!payload_) fail_os(ExitCode::failure, "reopen the repair payload read-only for the repair VM", errno);
-  config.shared_windows = {{"peer-ram", guest_ram_.get(), guest_ram.size, true, kGuestRamSlot},
-                           {"repair-mailbox", mailbox_.fd(), mailbox_.bytes(), false, kMailboxSlot},
+  config.shared_windows = {{"repair-mailbox", mailbox_.fd(), mailbox_.bytes(), false, kMailboxSlot},
                            {"repair-payload", payload_.get(), window_bytes, true, kPayloadSlot}};
+  if (!arenas.empty() && load_snapshot) {
+    // Nothing of the guest but its snapshots, which the host takes for it: the first load waits
+    // until the agent is up and asks for it (check_boot()).
+    take_snapshot_ = std::move(load_snapshot);
+    load_pending_ = place;
+  } else {
+    if (!std::has_single_bit(guest_ram.size))
+      fail(ExitCode::failure, "guest RAM of {} MiB is not a power of two: a PCI window cannot show it whole",
+           guest_ram.size >> 20);
+    // The window is mapped read-only (readonly=on), and the descriptor QEMU inherits is a
+    // read-only one too, as the inline agent's.
+    guest_ram_ = reopen_read_only(guest_ram.fd);
+    if (!guest_ram_) fail_os(ExitCode::failure, "reopen guest RAM read-only for the repair VM", errno);
+    config.shared_windows.push_back({"peer-ram", guest_ram_.get(), guest_ram.size, true, kGuestRamSlot});
+  }
   // The host pool's arenas, read-only: a crash's snapshot is in one of them while its request is
   // analysed. The VM's agent lets the process analysing a crash map only that one, then drops
   // its right to open any other (agent/repair_agent.cc): the other may hold another guest's.
@@ -165,6 +173,8 @@ void RepairVm::start_trim() {
 
 void RepairVm::describe(nlohmann::json& into) const {
   into["kernel"] = kernel_;
+  into["guest_ram_window"] = sees_guest_ram();
+  if (!last_load_.is_null()) into["load"] = last_load_;
   std::lock_guard lock(trim_mutex_);
   if (!trim_result_.is_null()) into["free_pages_given_back"] = trim_result_;
 }
@@ -190,7 +200,11 @@ bool RepairVm::machine_gone() {
 WorkerState RepairVm::refresh_state() {
   if (state_ == WorkerState::starting) {
     if (reload_seq_) check_reload();
-    else check_boot();
+    else if (load_pending_ && load_resumes_) {
+      // A reload waiting for its snapshot (the VM paused meanwhile), no longer than a boot.
+      if (!post_load() && Clock::now() - started_ > kBootLimit)
+        fail_with(fmt::format("no snapshot of the guest to load its new profile from after {} s: {}", kBootLimit.count(), status_));
+    } else check_boot();
     return state_;
   }
   if (state_ != WorkerState::failed && machine_gone()) fail_with("the repair VM is gone");
@@ -253,6 +267,7 @@ void RepairVm::become_ready() {
 
 void RepairVm::check_boot() {
   auto s = mailbox_.box().agent_state();
+  if (s == repair::AgentState::waiting && load_pending_ && (post_load() || state_ == WorkerState::failed)) return;
   if (s == repair::AgentState::ready) become_ready();
   else if (s == repair::AgentState::failed)
     fail_with("the repair agent in the repair VM failed: " + mailbox_.box().agent_status());
@@ -277,6 +292,11 @@ void RepairVm::check_reload() {
     return;
   }
   reload_seq_ = 0;
+  if (load_snapshot_) {
+    load_snapshot_.reset();  // its arena goes back to the pool
+    mailbox_.clear_attachment();
+    last_load_["ms"] = ms_since(started_);
+  }
   auto j = nlohmann::json::parse(*answer, nullptr, false);
   if (j.is_object() && j.value("ok", false)) return become_ready();
   fail_with("the repair agent could not load the new profile: " +
@@ -286,11 +306,17 @@ void RepairVm::check_reload() {
 bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
   if (refresh_state() != WorkerState::ready) return false;
   stop_settling();
-  reload_seq_ = mailbox_.box().post_request(nlohmann::json{{"reload", {{"offset", offset}, {"size", size}}}}.dump());
   state_ = WorkerState::starting;
   status_ = "loading a new profile";
   started_ = Clock::now();
   start_ms_ = 0;
+  if (take_snapshot_) {
+    load_pending_ = PayloadPlace{offset, size};
+    load_resumes_ = true;  // paused while ready
+    post_load();
+    return true;
+  }
+  reload_seq_ = mailbox_.box().post_request(nlohmann::json{{"reload", {{"offset", offset}, {"size", size}}}}.dump());
   try {
     resume_vm();
   } catch (const std::exception& e) {
@@ -299,8 +325,49 @@ bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
   return true;
 }
 
+bool RepairVm::post_load() {
+  auto t0 = Clock::now();
+  std::unique_ptr<MemorySnapshot> snapshot;
+  try {
+    snapshot = take_snapshot_();
+  } catch (const std::exception& e) {
+    fail_with(std::string("no snapshot of the guest to load its profile from: ") + e.what());
+    return false;
+  }
+  if (!snapshot) {
+    status_ = "waiting for a snapshot of the guest to load its profile from (the page classes, or a free arena)";
+    return false;
+  }
+  double snapshot_ms = ms_since(t0);
+  repair::SnapshotRef ref{snapshot->pool_slot(), snapshot->pages_bytes(), snapshot->index().size()};
+  nlohmann::json request = {{"reload", {{"offset", load_pending_->offset}, {"size", load_pending_->bytes}}},
+                            {"snapshot", repair::to_json(ref)}};
+  try {
+    reload_seq_ = mailbox_.box().post_request(request.dump(), snapshot->index());
+  } catch (const std::runtime_error& e) {
+    fail_with(std::string("cannot post the load to the repair VM: ") + e.what());
+    return false;
+  }
+  last_load_ = {{"read", "a snapshot of the guest"}, {"arena", ref.arena}, {"pages", ref.pages_bytes / MemorySnapshot::kPageSize},
+                {"snapshot_ms", snapshot_ms}};
+  load_snapshot_ = std::move(snapshot);
+  load_pending_.reset();
+  status_ = "loading the profile from a snapshot of the guest";
+  if (std::exchange(load_resumes_, false)) {
+    try {
+      resume_vm();
+    } catch (const std::exception& e) {
+      fail_with(std::string("cannot resume the repair VM: ") + e.what());
+      return false;
+    }
+  }
+  return true;
+}
+
 std::string RepairVm::analyse(const std::string& request, Deadline deadline, std::string_view attachment) {
   if (refresh_state() != WorkerState::ready) fail(ExitCode::failure, "the repair VM is not ready: {}", status_);
+  if (attachment.empty() && !sees_guest_ram())
+    fail(ExitCode::failure, "the crash's snapshot is not in the host's arenas, and the repair VM reads nothing else of the guest");
   // Its agent not settled since the last answer (a crash right after another): it takes this one
   // once it has forked the process for it.
   stop_settling();

@@ -1,11 +1,14 @@
 // --repair vm: the repair VM. A second, small VM of a kernel built for it (scripts/build-repair-kernel;
-// else the guest's own) and the repair image (repair/repair_image.h): the agent as its initramfs; the guest's RAM, the repair payload
-// and the host pool's two snapshot arenas read-only, and the mailbox, as PCI memory windows (a crash is read from its snapshot in
-// an arena; the RAM to load a profile, and for a crash whose snapshot is not in the pool). Booted when the guest's profile is in, then paused: a crash resumes it, posts the
-// request, waits for the answer and pauses it again (and lets it prepare for the next crash a little later: settle()). The guest never sees it.
+// else the guest's own) and the repair image (repair/repair_image.h): the agent as its initramfs; the repair payload and the
+// host pool's two snapshot arenas read-only, and the mailbox, as PCI memory windows. It never sees the guest's RAM: a crash is
+// read from its snapshot in an arena, and a profile is loaded from a snapshot of the running guest taken into an arena for it
+// (a crash whose snapshot is not in the pool is analysed inline). Only without the host pool is the guest's RAM a window too.
+// Booted when the guest's profile is in, then paused: a crash resumes it, posts the request, waits for the answer and pauses
+// it again (and lets it prepare for the next crash a little later: settle()). The guest never sees it.
 #pragma once
 
 #include "base/unique_fd.h"
+#include "dump/memory_snapshot.h"
 
 #include "machine.h"
 #include "machine_config.h"
@@ -26,6 +29,16 @@ struct ArenaWindow {
   std::uint64_t bytes; // the window's size: a power of two, no larger than the file
 };
 
+// A snapshot of the running guest in one of those arenas, for the VM to load a profile from
+// (CrashBundles::snapshot_for_repair_load); nullptr when none can be taken now: asked again on
+// the broker's next tick.
+using LoadSnapshot = std::function<std::unique_ptr<MemorySnapshot>()>;
+
+// Where the payload lies in its window: what the first load reads.
+struct PayloadPlace {
+  std::uint64_t offset = 0, bytes = 0;
+};
+
 class RepairVm final : public RepairWorker {
  public:
   using Factory = std::function<std::unique_ptr<Machine>(const MachineConfig&, Deadline)>;
@@ -34,13 +47,15 @@ class RepairVm final : public RepairWorker {
   // repair agent's binary on the host (its page-class mode reads the VM's free pages, which are
   // given back each time the VM is ready and paused: repair/repair_vm_trim.h). Throws Error
   // when the VM cannot be started at all.
-  // arenas: the host pool's snapshot arenas as two more windows (empty: crashes are analysed
-  // from the guest's RAM). kernel_files: the host's files of the kernel image's symbols, of the
-  // kernel's BTF and of its image's unwind tables, a window each, which the agent reads in place
-  // of its own copies.
+  // arenas: the host pool's snapshot arenas as two more windows. With them and load_snapshot the
+  // VM is not given the guest's RAM: each load reads a snapshot load_snapshot takes (the first,
+  // of the payload at `place`, once the VM has booted). Without, the guest's RAM is a window, read
+  // to load and for every crash. kernel_files: the host's files of the kernel image's symbols, of
+  // the kernel's BTF and of its image's unwind tables, a window each, which the agent reads in
+  // place of its own copies.
   RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
            std::uint64_t window_bytes, std::string agent, const std::vector<ArenaWindow>& arenas = {},
-           HostKernelFiles kernel_files = {});
+           HostKernelFiles kernel_files = {}, LoadSnapshot load_snapshot = {}, PayloadPlace place = {});
   ~RepairVm() override;
 
   const char* mode() const override { return "vm"; }
@@ -51,6 +66,7 @@ class RepairVm final : public RepairWorker {
   bool reads_snapshots() const override { return !arenas_.empty(); }
   int process_id() const override { return machine_ ? machine_->process_id() : 0; }
   bool reload(std::uint64_t offset, std::uint64_t size) override;
+  bool sees_guest_ram() const { return static_cast<bool>(guest_ram_); }
   void describe(nlohmann::json& into) const override;
 
  private:
@@ -59,6 +75,9 @@ class RepairVm final : public RepairWorker {
   void become_ready();
   void check_boot();    // while it boots
   void check_reload();  // while its agent loads a new profile
+  // Posts the pending load with a snapshot of the guest, once one can be taken (the VM is
+  // resumed for it when it was paused); false while none can.
+  bool post_load();
   void resume_vm();     // every resume goes through here: it ends any trim in flight
   // In the background, once the VM is ready and paused (after it booted or reloaded), and again
   // when a crash resumed it before the pass was done. Nothing when one is still running.
@@ -76,13 +95,21 @@ class RepairVm final : public RepairWorker {
 
   MailboxMemory mailbox_;
   std::vector<UniqueFd> arenas_;  // read-only opens of the host pool's arenas
-  UniqueFd guest_ram_;  // a read-only open of the guest's RAM: all the repair QEMU is given of it
+  UniqueFd guest_ram_;  // a read-only open of the guest's RAM, when the VM has it as a window
   UniqueFd payload_;    // a read-only open of the repair payload
   HostKernelFiles kernel_files_;
   std::unique_ptr<Machine> machine_;
   WorkerState state_ = WorkerState::starting;
   std::string status_ = "booting";
   std::uint64_t reload_seq_ = 0;  // a reload asked for and not answered yet
+  // Without the guest's RAM: a load waiting for a snapshot to read (and whether the VM is paused
+  // until it is posted), the snapshot its agent is reading (held until the answer: its arena is
+  // busy until then), and how long the last one took to take (the guest paused for its copy).
+  LoadSnapshot take_snapshot_;
+  std::optional<PayloadPlace> load_pending_;
+  bool load_resumes_ = false;
+  std::unique_ptr<MemorySnapshot> load_snapshot_;
+  nlohmann::json last_load_;
   Clock::time_point started_ = Clock::now();
   double start_ms_ = 0;
   // After an answer the process that gave it exits and the one for the next crash is forked
