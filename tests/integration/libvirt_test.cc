@@ -177,7 +177,7 @@ TEST_CASE("libvirt: attach --libvirt protects a running domain in place; it outl
           "[integration][libvirt]") {
   ensure_libvirtd();
   std::string name = unique_name("lva");
-  define_domain(name, 512);  // a power of two: the repair VM's window shows it whole
+  define_domain(name, 512);
   struct Cleanup {
     std::string name;
     ~Cleanup() {

@@ -59,6 +59,15 @@ RepairBroker::RepairBroker(RepairSettings settings, RepairVm::Factory factory, M
 
 RepairBroker::~RepairBroker() = default;
 
+bool RepairBroker::vm_needs_ram_window(std::uint64_t guest_ram) const {
+  if (!settings_.load_snapshot || !settings_.arena_windows) return true;
+  try {
+    return settings_.arena_windows(guest_ram).empty();
+  } catch (const std::exception&) {
+    return true;
+  }
+}
+
 void RepairBroker::rebuild(const std::string& profile_dir, const repair::HealthyImage& healthy, const Machine::RamFile& ram) {
   auto t0 = Clock::now();
   // A repair VM that is up takes the new profile in place (its agent loads it in about a second)
@@ -91,10 +100,13 @@ void RepairBroker::rebuild(const std::string& profile_dir, const repair::Healthy
   nlohmann::json e = image_json();
   e.update({{"regions", healthy.regions.size()}, {"build_ms", ms_since(t0)}});
   event_("repair-image", e);
-  if (settings_.mode == "vm" && !std::has_single_bit(ram.size)) {
+  if (settings_.mode == "vm" && !std::has_single_bit(ram.size) && vm_needs_ram_window(ram.size)) {
     // A PCI window (ivshmem's BAR) is a power of two and QEMU maps a backend from its start: a
-    // repair VM cannot see this guest's RAM whole. That does not change: analyse inline.
-    std::string why = fmt::format("guest RAM of {} MiB is not a power of two, which the repair VM's window onto it needs",
+    // repair VM cannot see this guest's RAM whole. That does not change: analyse inline. (A VM
+    // that reads only snapshots in the host's arenas, sparse windows of a power of two, does
+    // not need it.)
+    std::string why = fmt::format("guest RAM of {} MiB is not a power of two, which the repair VM's window onto it needs "
+                                  "(it has no snapshot arenas to read the guest from instead)",
                                   ram.size >> 20);
     say_("crashes are analysed inline (a sandboxed host process): " + why);
     event_("repair-mode", {{"mode", "inline"}, {"instead_of", "vm"}, {"why", why}});

@@ -82,6 +82,9 @@ class RepairBroker final : public RepairEngine {
     int failures = 0;
   };
   void start(Slot& slot);
+  // Whether a repair VM for a guest of this much RAM would be given the RAM as a window (no host
+  // arenas to load and analyse from instead).
+  bool vm_needs_ram_window(std::uint64_t guest_ram) const;
   // The host's files of the kernel image's symbols, of the kernel's BTF and of its image's ORC
   // tables for a worker's agent, those there are.
   HostKernelFiles host_kernel_files() const;
