@@ -2,12 +2,13 @@
 // host needed), so that a crashed guest's memory is parsed outside the supervisor.
 //
 //   in the repair VM     it is /init of the repair VM's initramfs: mounts /proc and /sys, maps
-//                        the guest's RAM (ivshmem BAR, read-only), the mailbox (a second BAR)
-//                        and the repair payload (a third, read-only: protocol/payload.h), loads
-//                        the profile and the healthy copy from it, gives the RAM up again when
-//                        the VM has the host's snapshot arenas (two more BARs), and answers
-//                        requests by polling, each in a process forked for it, which reads the
-//                        crash from its snapshot in an arena.
+//                        the mailbox (ivshmem BAR) and the repair payload (another, read-only:
+//                        protocol/payload.h), waits for the supervisor's load request, loads the
+//                        profile and the healthy copy from the payload over the snapshot of the
+//                        guest the request names in one of the host's arenas (two more BARs,
+//                        read-only), and answers requests by polling, each in a process forked
+//                        for it, which reads the crash from its snapshot in an arena. (A VM
+//                        given the guest's RAM as a BAR instead loads from it at once.)
 //   --inline             a sandboxed host process the supervisor starts: the same, with the RAM,
 //                        the payload and the mailbox as inherited descriptors and a socket as
 //                        doorbell.
