@@ -275,19 +275,29 @@ TEST_CASE("real drivers: a timer that crashes on the CPU of a task busy under a 
   // The softirq's preemption count holds both levels (the writer's spinlock and the callback's);
   // only the callback's is the crash's to release. The writer then finishes its command.
   auto& g = guest();
-  guest_sh(g.name, "rm -f /tmp/spin-writer-done");
-  json plan = expect_device_recovered("echo 'timer-under-spin 2000' > /dev/immortal-realdev && touch /tmp/spin-writer-done");
-  json analysis = last_event_of(g.name, "crash")["analysis"];
-  INFO(analysis.value("lock_search", json::object()).dump(1));
-  CHECK(analysis.value("context", "") == "softirq");
-  CHECK(plan_has(plan, "end-callback", "call_timer_fn"));
-  CHECK(plan_has(plan, "release-lock", "spinlock"));
-  // The writer's spinlock, and one more when the timer interrupt came inside udelay's own
-  // preemption-disabled loop (delay_tsc re-enables preemption between its rounds).
-  int interrupted = analysis["lock_search"]["preemption"].value("interrupted_level", -1);
+  // The timer has to interrupt the writer for that. When the kernel left the softirq to ksoftirqd
+  // instead (it does when softirqs keep coming, as on a loaded host: seen once in CI), no task was
+  // interrupted and the crash is recovered all the same; then it is raised again, at most 3 times.
+  int interrupted = -1;
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    INFO("attempt " << attempt);
+    guest_sh(g.name, "rm -f /tmp/spin-writer-done");
+    json plan = expect_device_recovered("echo 'timer-under-spin 2000' > /dev/immortal-realdev && touch /tmp/spin-writer-done");
+    json analysis = last_event_of(g.name, "crash")["analysis"];
+    json preemption = analysis["lock_search"].value("preemption", json::object());
+    INFO(analysis.value("lock_search", json::object()).dump(1));
+    CHECK(analysis.value("context", "") == "softirq");
+    CHECK(plan_has(plan, "end-callback", "call_timer_fn"));
+    CHECK(plan_has(plan, "release-lock", "spinlock"));
+    CHECK(guest_sh(g.name, "test -e /tmp/spin-writer-done").status == 0);
+    expect_device_answers(g.name);
+    if (preemption.value("interrupted", "") == "ksoftirqd ran it") continue;
+    // The writer's spinlock, and one more when the timer interrupt came inside udelay's own
+    // preemption-disabled loop (delay_tsc re-enables preemption between its rounds).
+    interrupted = preemption.value("interrupted_level", -1);
+    break;
+  }
   CHECK((interrupted == 1 || interrupted == 2));
-  CHECK(guest_sh(g.name, "test -e /tmp/spin-writer-done").status == 0);
-  expect_device_answers(g.name);
 }
 
 TEST_CASE("real drivers: a NAPI poll that crashes is ended with its instance completed: the interface goes down and up",

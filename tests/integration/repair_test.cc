@@ -284,6 +284,12 @@ TEST_CASE("repair VM: it never sees the guest's RAM (768 MiB, not a power of two
   CHECK(vm_status.value("guest_ram_window", true) == false);
   CHECK(vm_status.value("load", json::object()).value("read", "") == "a snapshot of the guest");
   CHECK(vm_status.value("load", json::object()).value("pages", 0) > 1000);
+  // The guest was paused for that copy, and the supervisor says so.
+  auto load_snapshots = events_of(name, "repair-load-snapshot");
+  REQUIRE(!load_snapshots.empty());
+  INFO(load_snapshots.back().dump());
+  CHECK(load_snapshots.back().value("pages", 0) == vm_status["load"].value("pages", -1));
+  CHECK(load_snapshots.back().value("paused_round_trip_ms", 0.0) > 0);
   json profile = status_json(name).value("profile", json::object());
   json symbols = profile.value("kernel_symbols", json::object()), types = profile.value("kernel_types", json::object()),
        unwind = profile.value("kernel_unwind_tables", json::object());
@@ -306,6 +312,8 @@ TEST_CASE("repair VM: it never sees the guest's RAM (768 MiB, not a power of two
   auto text = run_cli({"status", name});
   CHECK_THAT(text.out, Catch::Contains("Repair payload:") && Catch::Contains("the guest's part (from the host's files: kernel BTF"));
   CHECK_THAT(text.out, Catch::Contains("Unwind tables:  the host's copy"));
+  CHECK_THAT(text.out, Catch::Contains("Repair VM:      reads snapshots only (no window onto the guest's RAM); last profile loaded "
+                                       "from a snapshot of"));
   // The pool's first arena is prepared once the page-class agent has classified the guest.
   std::string pool = immortal::vmm::ArenaPool::directory_for(test_runtime_root());
   auto prepared = [&](int i) {

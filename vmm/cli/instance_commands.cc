@@ -161,6 +161,15 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
         if (why.is_string()) payload += "; kept: " + why.get<std::string>();
       row("Repair payload:", payload);
     }
+    // What the repair VM reads of the guest: only snapshots the supervisor hands it, or its RAM.
+    if (const json& vm = r.value("vm", json::object()); vm.contains("guest_ram_window")) {
+      std::string reads = vm.value("guest_ram_window", true) ? "the guest's RAM (a read-only window)"
+                                                             : "snapshots only (no window onto the guest's RAM)";
+      if (const json& load = vm.value("load", json::object()); load.contains("pages"))
+        reads += fmt::format("; last profile loaded from a snapshot of {} pages (taken in {:.1f} ms)", load.value("pages", 0),
+                             load.value("snapshot_ms", 0.0));
+      row("Repair VM:", "reads " + reads);
+    }
   }
   for (const auto& q : rs.value("quarantined", json::array()))
     row("Quarantined:", fmt::format("{} [{}] at {} since crash {}", q.value("function", ""), q.value("module", ""),

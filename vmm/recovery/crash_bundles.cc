@@ -128,6 +128,7 @@ std::unique_ptr<MemorySnapshot> CrashBundles::snapshot_for_repair_load(Machine& 
   if (busy() || !classes_ || arena_waits_ || !classes_->ready(Deadline::in(std::chrono::milliseconds(0)))) return nullptr;
   auto arena = recorder_.pool_arena();
   if (!arena) return nullptr;
+  auto asked = Clock::now();
   BundleCapture c = while_paused(machine, [&]() -> BundleCapture {
     const RamClasses* classes = classes_->classify(Deadline::in(kClassifyWait));
     if (!classes) return {};
@@ -135,7 +136,12 @@ std::unique_ptr<MemorySnapshot> CrashBundles::snapshot_for_repair_load(Machine& 
                          "struct page, read by the page-class agent (a repair VM's load)", std::move(arena), {},
                          std::move(prepared_index_), on_demand_code_.pages.empty() ? nullptr : &on_demand_code_, 2);
   });
+  double round_trip_ms = ms_since(asked);
   if (!c.memory || c.memory->pool_slot() < 0) return nullptr;
+  // The guest was stopped for it: said, as for any other pause we cause.
+  event_("repair-load-snapshot", {{"pages", c.memory->pages_bytes() / MemorySnapshot::kPageSize},
+                                  {"arena", c.memory->pool_slot()}, {"copy_ms", c.pause_ms},
+                                  {"paused_round_trip_ms", round_trip_ms}});
   return std::move(c.memory);
 }
 

@@ -295,7 +295,7 @@ void RepairVm::check_reload() {
   if (load_snapshot_) {
     load_snapshot_.reset();  // its arena goes back to the pool
     mailbox_.clear_attachment();
-    last_load_["ms"] = ms_since(started_);
+    last_load_["ms"] = ms_since(load_posted_);
   }
   auto j = nlohmann::json::parse(*answer, nullptr, false);
   if (j.is_object() && j.value("ok", false)) return become_ready();
@@ -351,6 +351,7 @@ bool RepairVm::post_load() {
   last_load_ = {{"read", "a snapshot of the guest"}, {"arena", ref.arena}, {"pages", ref.pages_bytes / MemorySnapshot::kPageSize},
                 {"snapshot_ms", snapshot_ms}};
   load_snapshot_ = std::move(snapshot);
+  load_posted_ = Clock::now();
   load_pending_.reset();
   status_ = "loading the profile from a snapshot of the guest";
   if (std::exchange(load_resumes_, false)) {

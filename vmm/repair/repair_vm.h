@@ -109,6 +109,7 @@ class RepairVm final : public RepairWorker {
   std::optional<PayloadPlace> load_pending_;
   bool load_resumes_ = false;
   std::unique_ptr<MemorySnapshot> load_snapshot_;
+  Clock::time_point load_posted_{};
   nlohmann::json last_load_;
   Clock::time_point started_ = Clock::now();
   double start_ms_ = 0;
