@@ -601,7 +601,7 @@ int run_inline(int argc, char** argv) {
 // load reads the guest from the snapshot named (its index the request's attachment) when the VM
 // has no window onto its RAM. Anything else is a crash to analyse.
 struct LoadRequest {
-  std::uint64_t offset = 0, size = 0;  // size 0: refused by the load
+  std::uint64_t offset = 0, size = 0;  // size 0 (or a problem): refused by the load
   std::optional<SnapshotRef> snapshot;
   std::string problem;  // why it is refused
 };
@@ -618,7 +618,6 @@ std::optional<LoadRequest> reload_request(const std::string& text, std::uint64_t
   try {
     if (auto s = j.find("snapshot"); s != j.end() && !s->is_null()) load.snapshot = snapshot_ref_from_json(*s, "the load request");
   } catch (const std::exception& e) {
-    load.size = 0;
     load.problem = e.what();
   }
   return load;
@@ -636,7 +635,7 @@ bool vm_has_arenas() {
 // index names) and adopted with that index, the request's attachment. unmap: set to what unmaps
 // the pages when released (a load's, in pid 1); without, they stay mapped (a crash's process
 // exits after its answer).
-std::unique_ptr<MemorySnapshot> map_crash_snapshot(const SnapshotRef& ref, Mailbox& box, std::shared_ptr<void>* unmap = nullptr) {
+std::unique_ptr<MemorySnapshot> map_arena_snapshot(const SnapshotRef& ref, Mailbox& box, std::shared_ptr<void>* unmap = nullptr) {
   if (ref.arena < 0 || static_cast<std::size_t>(ref.arena) >= std::size(kArenaResources))
     fail(ExitCode::bad_input, "the request names snapshot arena {}", ref.arena);
   const char* path = kArenaResources[ref.arena];
@@ -671,7 +670,7 @@ std::pair<std::unique_ptr<Engine>, std::string> reload(std::unique_ptr<Engine> o
     if (!load.problem.empty()) fail(ExitCode::bad_input, "{}", load.problem);
     if (!load.size) fail(ExitCode::bad_input, "the reload names no payload inside the window");
     Inputs inputs = read_inputs_in_vm(window.substr(load.offset, load.size), ram_fd);
-    if (load.snapshot) inputs.load_snapshot = map_crash_snapshot(*load.snapshot, box, &inputs.load_pages);
+    if (load.snapshot) inputs.load_snapshot = map_arena_snapshot(*load.snapshot, box, &inputs.load_pages);
     auto engine = std::make_unique<Engine>(std::move(inputs), vm_has_second_cpu());
     say(engine->summary());
     if (vm_has_arenas()) engine->give_up_ram();
@@ -712,7 +711,7 @@ struct Handoff {
   // supervisor keeps the VM running until then (vmm/repair/repair_vm.cc), so that this one's exit
   // and the next fork are not left for the next crash's resume.
   Engine::SnapshotMapper snapshots = [&](const std::optional<SnapshotRef>& ref) {
-    std::unique_ptr<MemorySnapshot> snapshot = ref ? map_crash_snapshot(*ref, box) : nullptr;
+    std::unique_ptr<MemorySnapshot> snapshot = ref ? map_arena_snapshot(*ref, box) : nullptr;
     drop_root();  // before anything of the crash is read: no other window can be opened now
     return snapshot;
   };

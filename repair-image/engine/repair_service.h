@@ -32,7 +32,6 @@ nlohmann::json to_json(const SnapshotRef& ref);
 // Throws Error(ExitCode::bad_input) naming `what` for anything but an arena 0 or 1 and byte counts.
 SnapshotRef snapshot_ref_from_json(const nlohmann::json& j, const char* what);
 
-
 struct RepairRequest {
   CrashRecord record;
   std::vector<KnownPatch> known_patches;  // the supervisor's quarantine patches

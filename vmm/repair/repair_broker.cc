@@ -62,7 +62,7 @@ RepairBroker::~RepairBroker() = default;
 bool RepairBroker::vm_needs_ram_window(std::uint64_t guest_ram) const {
   if (!settings_.load_snapshot || !settings_.arena_windows) return true;
   try {
-    return settings_.arena_windows(guest_ram).empty();
+    return !RepairVm::reads_only_snapshots(settings_.arena_windows(guest_ram), settings_.load_snapshot);
   } catch (const std::exception&) {
     return true;
   }

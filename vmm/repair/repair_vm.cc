@@ -47,7 +47,7 @@ RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::
   if (!payload_) fail_os(ExitCode::failure, "reopen the repair payload read-only for the repair VM", errno);
   config.shared_windows = {{"repair-mailbox", mailbox_.fd(), mailbox_.bytes(), false, kMailboxSlot},
                            {"repair-payload", payload_.get(), window_bytes, true, kPayloadSlot}};
-  if (!arenas.empty() && load_snapshot) {
+  if (reads_only_snapshots(arenas, load_snapshot)) {
     // Nothing of the guest but its snapshots, which the host takes for it: the first load waits
     // until the agent is up and asks for it (check_boot()).
     take_snapshot_ = std::move(load_snapshot);

@@ -67,6 +67,11 @@ class RepairVm final : public RepairWorker {
   int process_id() const override { return machine_ ? machine_->process_id() : 0; }
   bool reload(std::uint64_t offset, std::uint64_t size) override;
   bool sees_guest_ram() const { return static_cast<bool>(guest_ram_); }
+  // The one rule for what a repair VM is given of the guest: only snapshots when it has the host
+  // pool's arenas and a way to take a snapshot to load from; else the guest's RAM as a window.
+  static bool reads_only_snapshots(const std::vector<ArenaWindow>& arenas, const LoadSnapshot& load_snapshot) {
+    return !arenas.empty() && load_snapshot;
+  }
   void describe(nlohmann::json& into) const override;
 
  private:
