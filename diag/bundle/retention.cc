@@ -1,6 +1,7 @@
 #include "bundle/retention.h"
 
 #include "base/error.h"
+#include "base/unique_fd.h"
 #include "bundle/bundle_format.h"
 #include "bundle/bundle_reader.h"
 
@@ -8,10 +9,13 @@
 #include <archive_entry.h>
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -84,6 +88,14 @@ std::vector<StoredBundle> list_bundles(const std::string& dir, const BundleOwner
 }
 
 std::vector<std::string> apply_retention(const std::string& dir, const RetentionPolicy& policy, const BundleOwner& owner) {
+  // One pass at a time per directory: two writers of one guest finishing together would each
+  // count the other's removals as still there and go on to remove newer bundles. The lock is on
+  // the directory itself, so nothing is added to it; it is dropped when the descriptor closes.
+  UniqueFd lock(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (lock) {
+    while (::flock(lock.get(), LOCK_EX) != 0 && errno == EINTR) {
+    }
+  }
   auto bundles = list_bundles(dir, &owner);
   std::vector<std::string> removed;
   std::uint64_t total = 0;
@@ -95,8 +107,8 @@ std::vector<std::string> apply_retention(const std::string& dir, const Retention
     if (!over_count && !over_size) break;
     std::error_code ec;
     fs::remove_all(bundles[i].path, ec);
-    if (ec) continue;
-    removed.push_back(bundles[i].path);
+    if (ec && fs::symlink_status(bundles[i].path).type() != fs::file_type::not_found) continue;  // still there
+    if (!ec) removed.push_back(bundles[i].path);  // else another process (an operator) removed it first
     total -= bundles[i].bytes;
     --count;
   }

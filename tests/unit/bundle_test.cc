@@ -552,6 +552,26 @@ TEST_CASE("retention removes the oldest bundles first and never the newest", "[b
   fs::remove_all(parent);
 }
 
+TEST_CASE("retention by two writers finishing together still keeps the newest bundles", "[bundle]") {
+  // Two bundles of one guest committed at once (a crash during an on-demand bundle) each run the
+  // policy: neither may take the other's removals for failures and remove newer bundles instead.
+  const bundle::BundleOwner owner{"g", "g-"};
+  for (int round = 0; round < 20; ++round) {
+    std::string parent = temp_dir("retention-race");
+    for (int i = 0; i < 8; ++i)
+      make_bundle(parent, fmt::format("g-{}", i), false, fmt::format("2026-01-01T00:00:{:02}.000Z", i), "g");
+    std::vector<std::thread> writers;
+    for (int w = 0; w < 4; ++w) writers.emplace_back([&] { bundle::apply_retention(parent, {2, 0}, owner); });
+    for (auto& t : writers) t.join();
+    auto kept = bundle::list_bundles(parent, &owner);
+    INFO("round " << round);
+    REQUIRE(kept.size() == 2);
+    CHECK(kept[0].path == parent + "/g-6");
+    CHECK(kept[1].path == parent + "/g-7");
+    fs::remove_all(parent);
+  }
+}
+
 TEST_CASE("the report renders from any JSON without failing", "[bundle]") {
   for (const char* text : {"{}", "[]", "null", "{\"crash\": 5, \"cpus\": {\"a\": 1}}",
                            "{\"crash\": {\"task\": []}, \"cpus\": [1, \"x\", {\"backtrace\": 3}]}",
