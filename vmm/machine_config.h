@@ -20,6 +20,7 @@ struct SharedWindow {
   std::uint64_t size = 0;   // a power of two
   bool read_only = false;
   int pci_slot = 0;
+  int pci_function = 0;  // 0–7: up to eight windows in one slot (the shared repair VM's)
 };
 
 // A disk the guest sees as a virtio block device; the first one is the boot disk.
@@ -90,6 +91,13 @@ struct MachineConfig {
   // The guest's VM outlives its supervisor (a restart or upgrade re-attaches to it); helper VMs
   // such as the repair VM die with it.
   bool outlives_supervisor = false;
+  // The guest's kernel reports the pages it frees and the backend gives their host memory back
+  // (a VM nobody pauses to trim: the shared repair VM). Needs a balloon driver in that kernel.
+  bool return_free_memory = false;
+  // A doorbell: bytes written to the FIFO `doorbell + ".in"` arrive on the VM's second serial port
+  // (ttyS1), so that a VM nobody pauses can sleep until it is rung instead of polling. Empty: none.
+  // The backend makes the FIFOs.
+  std::string doorbell;
 };
 
 }  // namespace immortal::vmm

@@ -44,10 +44,14 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <poll.h>
+#include <termios.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -83,6 +87,45 @@ constexpr char kSymbolsResource[] = "/sys/bus/pci/devices/0000:00:15.0/resource2
 constexpr char kTypesResource[] = "/sys/bus/pci/devices/0000:00:16.0/resource2";
 // The host's copy of the kernel image's ORC tables, when it has one.
 constexpr char kUnwindResource[] = "/sys/bus/pci/devices/0000:00:17.0/resource2";
+// A repair VM shared by the guests of one kernel (vmm/repair/shared_repair_vm.h) has, in place of
+// one mailbox and one payload, a slot per guest: slot k's mailbox at 00:18.k, its payload at 00:19.k.
+constexpr int kSharedSlots = 8;
+std::string slot_resource(int device, int slot) {
+  return fmt::format("/sys/bus/pci/devices/0000:00:{:02x}.{}/resource2", device, slot);
+}
+constexpr int kSlotMailboxDevice = 0x18, kSlotPayloadDevice = 0x19;
+// Slot k's processes run as kSlotUidBase + k: no slot's process can open another's windows, nor
+// trace or signal another slot's processes.
+constexpr uid_t kSlotUidBase = 60000;
+// Under TCG a VM that is never paused pays for every wake-up: a slot sleeps until the host rings
+// its doorbell, and looks at its mailbox this often anyway (a VM of one guest is paused while
+// idle and polls every 200 µs).
+constexpr auto kSharedPoll = std::chrono::milliseconds(1000);
+// The doorbell: the host writes a slot's number to the VM's second serial port.
+constexpr char kDoorbellTty[] = "/dev/ttyS1";
+
+// In a slot of a shared VM: the arenas' windows, opened while still root (the slot's process
+// then drops it).
+int g_arena_fds[2] = {-1, -1};
+bool g_shared = false;  // serving a slot of a shared VM
+int g_bell = -1;        // …and its doorbell: readable when the host rang for this slot
+
+// Until there may be something new in the mailbox: in a shared VM, until the slot's doorbell rings
+// (or a while passes: a lost ring costs time, never a crash); in a VM of one guest, which is
+// paused while idle, a short poll.
+void wait_for_news() {
+  if (g_bell < 0) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    return;
+  }
+  pollfd p{g_bell, POLLIN, 0};
+  if (::poll(&p, 1, static_cast<int>(kSharedPoll.count())) == 1) {
+    char drain[64];
+    while (::read(g_bell, drain, sizeof drain) > 0) {
+    }
+  }
+}
+
 // The inline agent's limits beyond what it has mapped (guest RAM, the mailbox, the payload): its
 // parsed profile (symbols, BTF), the healthy copy and the engine's work fit in far less.
 constexpr std::uint64_t kHeadroom = 3ull << 30;
@@ -639,7 +682,7 @@ std::unique_ptr<MemorySnapshot> map_arena_snapshot(const SnapshotRef& ref, Mailb
   if (ref.arena < 0 || static_cast<std::size_t>(ref.arena) >= std::size(kArenaResources))
     fail(ExitCode::bad_input, "the request names snapshot arena {}", ref.arena);
   const char* path = kArenaResources[ref.arena];
-  UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(g_arena_fds[ref.arena] >= 0 ? ::dup(g_arena_fds[ref.arena]) : ::open(path, O_RDONLY | O_CLOEXEC));
   if (!fd) fail_os(ExitCode::failure, fmt::format("open the snapshot arena's window {}", path), errno);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) fail_os(ExitCode::failure, path, errno);
@@ -694,8 +737,11 @@ struct Handoff {
 // The analysing process: waits for the next request after `done`, answers a crash and exits;
 // leaves a reload (which replaces pid 1's engine) to pid 1. Never returns.
 [[noreturn]] void analyse_next(Engine& engine, Mailbox& box, std::uint64_t done, std::uint64_t window, Handoff& handoff,
-                               bool canary) {
-  while (box.request_seq() == done) std::this_thread::sleep_for(std::chrono::microseconds(200));
+                               bool canary, std::uint64_t session) {
+  while (box.request_seq() == done) {
+    if (g_shared && box.session() != session) ::_exit(0);  // another supervisor has the slot: pid 1 starts it over
+    wait_for_news();
+  }
   std::uint64_t seq = box.request_seq();
   std::string request = box.request();
   handoff.taken = seq;
@@ -712,7 +758,16 @@ struct Handoff {
   // and the next fork are not left for the next crash's resume.
   Engine::SnapshotMapper snapshots = [&](const std::optional<SnapshotRef>& ref) {
     std::unique_ptr<MemorySnapshot> snapshot = ref ? map_arena_snapshot(*ref, box) : nullptr;
-    drop_root();  // before anything of the crash is read: no other window can be opened now
+    for (int& fd : g_arena_fds) {  // a slot's: the other arena may hold another guest's snapshot
+      if (fd >= 0) ::close(fd);
+      fd = -1;
+    }
+    // Before anything of the crash is read: no other window can be opened now. A slot's process
+    // is no longer root: its crash's process keeps its account, which opens no window, and cannot
+    // reach the engine it was forked from (the slot's process is not dumpable: neither ptrace
+    // nor /proc/PID/mem), only its own /proc/self (libbpf reads module BTF through it).
+    if (g_shared) ::prctl(PR_SET_DUMPABLE, 1);
+    else drop_root();
     return snapshot;
   };
   nlohmann::json process = {{"pid", ::getpid()}, {"per_crash", true}, {"fork_ms", handoff.fork_ms.load()}};
@@ -726,7 +781,15 @@ std::string describe_exit(int status) {
   return fmt::format("exited with status {}", WEXITSTATUS(status));
 }
 
-// As /init of the repair VM. Never returns (pid 1 must not exit).
+// Where a serving process finds its mailbox and payload: a VM of one guest's, or a slot of a
+// shared VM's.
+struct Windows {
+  std::string mailbox = kMailboxResource, payload = kPayloadResource;
+  int slot = -1;  // a shared VM's slot, else -1
+  int bell = -1;  // its doorbell's read end
+};
+
+// Serves one guest: pid 1 of a VM of one guest, or a slot's process in a shared VM. Never returns.
 //
 // Each crash is analysed by a fresh process, forked from this one ahead of the crash, which
 // answers that one request and exits (the shared repair VM's isolation: docs/architecture.md,
@@ -735,34 +798,55 @@ std::string describe_exit(int status) {
 // next crash starts again from the engine as loaded. Forked ahead, the fork is off the crash's
 // path; what the analysis writes of the loaded engine's memory is copied on write (≈ 12 µs a
 // page under TCG: docs/benchmarks.md).
-[[noreturn]] void run_in_vm() {
-  ::mount("proc", "/proc", "proc", 0, nullptr);
-  ::mount("sysfs", "/sys", "sysfs", 0, nullptr);
+[[noreturn]] void serve(const Windows& where) {
   Mailbox* box = nullptr;
+  g_bell = where.bell;
   try {
-    int mfd = ::open(kMailboxResource, O_RDWR | O_SYNC | O_CLOEXEC);
-    if (mfd < 0) fail_os(ExitCode::failure, kMailboxResource, errno);
+    int mfd = ::open(where.mailbox.c_str(), O_RDWR | O_SYNC | O_CLOEXEC);
+    if (mfd < 0) fail_os(ExitCode::failure, where.mailbox, errno);
     // Its size is the BAR's: a repair VM that reads snapshots has a larger one (their page index).
     struct stat mst {};
-    if (::fstat(mfd, &mst) != 0) fail_os(ExitCode::failure, kMailboxResource, errno);
+    if (::fstat(mfd, &mst) != 0) fail_os(ExitCode::failure, where.mailbox, errno);
     std::uint64_t mailbox_bytes = std::max<std::uint64_t>(static_cast<std::uint64_t>(mst.st_size), kMailboxSize);
     box = new Mailbox(map_shared(mfd, mailbox_bytes, true, "the mailbox BAR"), mailbox_bytes);
+    if (where.slot >= 0 && !box->valid()) {
+      // A slot nobody has taken yet: wait, unloaded, for one (each look is a wake-up under TCG).
+      while (!box->valid()) wait_for_news();
+    }
     if (!box->valid()) fail(ExitCode::failure, "the mailbox was not initialised by the supervisor");
+    const std::uint64_t session = box->session();
+    box->serve(session);
     box->set_state(AgentState::booting, "loading the profile");
-    int pfd = ::open(kPayloadResource, O_RDONLY | O_CLOEXEC);
-    if (pfd < 0) fail_os(ExitCode::failure, kPayloadResource, errno);
+    int pfd = ::open(where.payload.c_str(), O_RDONLY | O_CLOEXEC);
+    if (pfd < 0) fail_os(ExitCode::failure, where.payload, errno);
     // No window onto the guest's RAM (a VM that reads the guest only from snapshots in the host's
     // arenas): nothing is loaded until the supervisor asks, naming a snapshot to load from.
-    int rfd = ::open(kRamResource, O_RDONLY | O_CLOEXEC);
-    if (rfd < 0 && errno != ENOENT) fail_os(ExitCode::failure, kRamResource, errno);
+    int rfd = where.slot >= 0 ? -1 : ::open(kRamResource, O_RDONLY | O_CLOEXEC);
+    if (rfd < 0 && errno != ENOENT && where.slot < 0) fail_os(ExitCode::failure, kRamResource, errno);
     std::string_view window = map_payload(pfd);
+    tell_own_vmcoreinfo(*box);
+    if (where.slot >= 0) {
+      // What a slot reads besides its own windows is opened now, as root; then the slot's own
+      // account: it cannot open another slot's windows, nor trace another slot's processes.
+      for (std::size_t i = 0; i < std::size(kArenaResources); ++i) {
+        g_arena_fds[i] = ::open(kArenaResources[i], O_RDONLY | O_CLOEXEC);
+        if (g_arena_fds[i] < 0) fail_os(ExitCode::failure, kArenaResources[i], errno);
+      }
+      (void)window_symbols();
+      (void)window_types();
+      (void)window_unwind();
+      g_shared = true;
+      drop_root_to(kSlotUidBase + static_cast<uid_t>(where.slot));
+      // Not dumpable: the processes it forks per crash share its account, and must not be able to
+      // change the engine the next crash's process is forked from.
+      ::prctl(PR_SET_DUMPABLE, 0);
+    }
     std::unique_ptr<Engine> engine;
     if (rfd >= 0) {
       engine = std::make_unique<Engine>(read_inputs_in_vm(window, rfd), vm_has_second_cpu());
       say(engine->summary());
       if (vm_has_arenas()) engine->give_up_ram();
     }
-    tell_own_vmcoreinfo(*box);
     const bool canary = sandbox_canary_set();
     void* shared = ::mmap(nullptr, sizeof(Handoff), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (shared == MAP_FAILED) fail_os(ExitCode::failure, "mmap the page shared with the analysing processes", errno);
@@ -776,17 +860,21 @@ std::string describe_exit(int status) {
       if (engine) reloaded = std::move(answer);
       else box->post_response(done, answer);
     };
+    // Another supervisor has taken this slot (or its last one let go): this process, and the
+    // engine it holds of the last guest, end; pid 1 starts the slot over.
+    auto slot_taken_over = [&] { return where.slot >= 0 && box->session() != session; };
     auto fork_again_at = std::chrono::steady_clock::now();
     // Said once the request number is read: a load asked for before would go unseen.
     if (!engine) box->set_state(AgentState::waiting, "waiting for the supervisor's snapshot of the guest to load its profile");
     for (;;) {
+      if (slot_taken_over()) ::_exit(0);
       pid_t child = -1;
       Handoff* handoff = nullptr;
       if (engine && std::chrono::steady_clock::now() >= fork_again_at) {
         handoff = new (shared) Handoff{};
         auto t0 = std::chrono::steady_clock::now();
         child = ::fork();
-        if (child == 0) analyse_next(*engine, *box, done, window.size(), *handoff, canary);
+        if (child == 0) analyse_next(*engine, *box, done, window.size(), *handoff, canary, session);
         if (child > 0) handoff->fork_ms = ms_since(t0);
         if (child < 0) {
           say(fmt::format("cannot fork a process to analyse the next crash ({}): pid 1 answers for the next second",
@@ -800,6 +888,7 @@ std::string describe_exit(int status) {
         int status = 0;
         while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
         }
+        if (slot_taken_over()) ::_exit(0);
         std::uint64_t seq = handoff->taken;
         if (!seq) {
           // Gone before a request came (nothing here ends it): said, and not forked again at once.
@@ -833,14 +922,122 @@ std::string describe_exit(int status) {
         }
         continue;
       }
-      // While idle the supervisor keeps this VM paused: polling costs nothing then.
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      // While idle the supervisor keeps a VM of one guest paused: polling costs nothing then.
+      wait_for_news();
     }
   } catch (const std::exception& e) {
     say(std::string("cannot serve: ") + e.what());
     if (box) box->set_state(AgentState::failed, e.what());
   }
+  if (where.slot >= 0) ::_exit(1);  // pid 1 starts the slot over
   for (;;) ::pause();
+}
+
+// The doorbell's process in a shared VM: reads the slot numbers the host writes to the second
+// serial port and wakes those slots (bells[k]: the write end of slot k's pipe). Never returns.
+[[noreturn]] void ring_slots(const std::vector<int>& bells) {
+  // No device nodes but the console in the initramfs: ttyS1 is major 4, minor 65.
+  ::mknod(kDoorbellTty, S_IFCHR | 0600, makedev(4, 65));
+  int tty = ::open(kDoorbellTty, O_RDONLY | O_NOCTTY | O_CLOEXEC);
+  if (tty < 0) {
+    say(fmt::format("no doorbell ({}: {}): the slots look at their mailboxes every {} ms", kDoorbellTty, std::strerror(errno),
+                    kSharedPoll.count()));
+    for (;;) ::pause();
+  }
+  termios raw {};
+  if (::tcgetattr(tty, &raw) == 0) {
+    ::cfmakeraw(&raw);
+    raw.c_cc[VMIN] = 1;
+    raw.c_cc[VTIME] = 0;
+    ::tcsetattr(tty, TCSANOW, &raw);
+  }
+  for (;;) {
+    unsigned char rung[64];
+    ssize_t n = ::read(tty, rung, sizeof rung);
+    if (n <= 0) {
+      if (n < 0 && errno != EINTR) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      continue;
+    }
+    for (ssize_t i = 0; i < n; ++i)
+      if (rung[i] < bells.size()) (void)!::write(bells[rung[i]], "!", 1);  // a full pipe has rung already
+  }
+}
+
+// pid 1 of a shared VM: a process per slot, started again whenever it ends (its supervisor let go
+// of the slot, another took it, or it failed), and the doorbell's. Never returns.
+[[noreturn]] void serve_slots(int slots) {
+  // A pipe per slot, which the doorbell's process writes and only that slot's processes read.
+  std::vector<int> reads(static_cast<std::size_t>(slots)), writes(static_cast<std::size_t>(slots));
+  for (int k = 0; k < slots; ++k) {
+    int p[2];
+    if (::pipe2(p, O_NONBLOCK) != 0) {
+      p[0] = p[1] = -1;
+      say(fmt::format("no doorbell pipe for slot {}: {}", k, std::strerror(errno)));
+    }
+    reads[static_cast<std::size_t>(k)] = p[0];
+    writes[static_cast<std::size_t>(k)] = p[1];
+  }
+  pid_t ringer = -1;
+  auto start_ringer = [&] {
+    ringer = ::fork();
+    if (ringer == 0) {
+      for (int fd : reads) ::close(fd);
+      ring_slots(writes);
+    }
+  };
+  start_ringer();
+  std::map<pid_t, int> slot_of;
+  std::vector<std::chrono::steady_clock::time_point> started(static_cast<std::size_t>(slots));
+  auto start = [&](int k) {
+    started[static_cast<std::size_t>(k)] = std::chrono::steady_clock::now();
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      // Only its own bell: another slot's it could neither steal nor ring.
+      for (int j = 0; j < slots; ++j) {
+        ::close(writes[static_cast<std::size_t>(j)]);
+        if (j != k) ::close(reads[static_cast<std::size_t>(j)]);
+      }
+      serve({slot_resource(kSlotMailboxDevice, k), slot_resource(kSlotPayloadDevice, k), k, reads[static_cast<std::size_t>(k)]});
+    }
+    if (pid > 0) slot_of[pid] = k;
+    else say(fmt::format("cannot start slot {}: {}", k, std::strerror(errno)));
+  };
+  for (int k = 0; k < slots; ++k) start(k);
+  say(fmt::format("serving {} slots of a shared repair VM", slots));
+  for (;;) {
+    int status = 0;
+    pid_t pid = ::waitpid(-1, &status, 0);  // also the orphans of a slot that ended mid-crash
+    if (pid < 0) {
+      if (errno != EINTR) std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
+    }
+    if (pid == ringer) {
+      say("the doorbell's process " + describe_exit(status) + ": started again");
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      start_ringer();
+      continue;
+    }
+    auto it = slot_of.find(pid);
+    if (it == slot_of.end()) continue;
+    int k = it->second;
+    slot_of.erase(it);
+    // One that fails at once is not started again in a loop.
+    if (std::chrono::steady_clock::now() - started[static_cast<std::size_t>(k)] < std::chrono::seconds(1))
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    start(k);
+  }
+}
+
+// As /init of the repair VM. Never returns (pid 1 must not exit).
+[[noreturn]] void run_in_vm() {
+  ::mount("proc", "/proc", "proc", 0, nullptr);
+  ::mount("sysfs", "/sys", "sysfs", 0, nullptr);
+  int slots = 0;
+  while (slots < kSharedSlots && ::access(slot_resource(kSlotMailboxDevice, slots).c_str(), F_OK) == 0 &&
+         ::access(slot_resource(kSlotPayloadDevice, slots).c_str(), F_OK) == 0)
+    ++slots;
+  if (slots) serve_slots(slots);
+  serve(Windows{});
 }
 
 }  // namespace

@@ -33,9 +33,10 @@ void become_nobody() {
 
 }  // namespace
 
-void drop_root() {
-  if (::setgroups(0, nullptr) != 0 || ::setresgid(kNobody, kNobody, kNobody) != 0 ||
-      ::setresuid(kNobody, kNobody, kNobody) != 0)
+void drop_root() { drop_root_to(kNobody); }
+
+void drop_root_to(uid_t id) {
+  if (::setgroups(0, nullptr) != 0 || ::setresgid(id, id, id) != 0 || ::setresuid(id, id, id) != 0)
     throw std::runtime_error("cannot drop root");
   if (::geteuid() == 0 || ::getuid() == 0) throw std::runtime_error("still root after dropping it");
   // /proc/self stays its own (libbpf opens the module BTF memfds through it).

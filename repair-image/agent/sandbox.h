@@ -10,6 +10,8 @@
 // (SECCOMP_RET_KILL_PROCESS), which the supervisor sees. docs/architecture.md, "Sandboxes".
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 
 namespace immortal::repair {
@@ -27,6 +29,9 @@ void enter_sandbox(const SandboxLimits& limits);
 // Nobody cannot open the VM's PCI windows (sysfs resource files are root's), so it cannot reach
 // the other snapshot arena, which may hold another guest's pages. Throws std::runtime_error.
 void drop_root();
+// The same to another account (a slot of a shared repair VM: each slot's processes and those it
+// forks per crash have their own, so that none can trace or signal another's).
+void drop_root_to(uid_t id);
 
 // Whether the canary is asked for (IMMORTAL_SANDBOX_CANARY=1 in the environment: the supervisor's,
 // or the repair VM's kernel command line).

@@ -10,7 +10,7 @@ namespace {
 
 constexpr std::size_t kMagic = 0, kVersion = 4, kState = 8, kRequestSeq = 16, kResponseSeq = 24, kRequestLen = 32,
                       kResponseLen = 36, kStatus = 40, kStatusSize = 256, kVmcoreinfoAddress = 296,
-                      kVmcoreinfoSize = 304, kAttachmentLen = 312;
+                      kVmcoreinfoSize = 304, kAttachmentLen = 312, kSession = 320, kAgentSession = 328;
 constexpr std::size_t kRequestArea = kMailboxData, kResponseArea = kMailboxData + kRequestMax;
 
 }  // namespace
@@ -38,8 +38,9 @@ void Mailbox::store(std::size_t offset, T value) {
   __atomic_store_n(reinterpret_cast<T*>(base_ + offset), value, __ATOMIC_RELEASE);
 }
 
-void Mailbox::initialise() {
+void Mailbox::initialise(std::uint64_t session) {
   std::memset(base_, 0, kMailboxData);
+  store<std::uint64_t>(kSession, session);
   store<std::uint32_t>(kVersion, kMailboxVersion);
   store<std::uint32_t>(kMagic, kMailboxMagic);
 }
@@ -48,7 +49,12 @@ bool Mailbox::valid() const {
   return load<std::uint32_t>(kMagic) == kMailboxMagic && load<std::uint32_t>(kVersion) == kMailboxVersion;
 }
 
+std::uint64_t Mailbox::session() const { return load<std::uint64_t>(kSession); }
+
+bool Mailbox::for_this_session() const { return load<std::uint64_t>(kAgentSession) == load<std::uint64_t>(kSession); }
+
 AgentState Mailbox::agent_state() const {
+  if (!for_this_session()) return AgentState::booting;
   auto s = load<std::uint32_t>(kState);
   return s <= 4 ? static_cast<AgentState>(s) : AgentState::failed;
 }
@@ -74,7 +80,7 @@ std::uint64_t Mailbox::post_request(std::string_view json, std::string_view atta
 }
 
 std::optional<std::string> Mailbox::take_response(std::uint64_t seq) const {
-  if (load<std::uint64_t>(kResponseSeq) != seq) return std::nullopt;
+  if (load<std::uint64_t>(kResponseSeq) != seq || !for_this_session()) return std::nullopt;
   std::uint32_t n = load<std::uint32_t>(kResponseLen);
   if (n > kResponseMax) throw std::runtime_error("the repair agent's answer claims " + std::to_string(n) + " bytes");
   return std::string(reinterpret_cast<const char*>(base_ + kResponseArea), n);
@@ -93,6 +99,7 @@ void Mailbox::set_state(AgentState state, std::string_view status) {
   std::size_t n = std::min(status.size(), kStatusSize - 1);
   std::memcpy(base_ + kStatus, status.data(), n);
   base_[kStatus + n] = 0;
+  store<std::uint64_t>(kAgentSession, serving_);
   store<std::uint32_t>(kState, static_cast<std::uint32_t>(state));
 }
 
@@ -112,6 +119,7 @@ void Mailbox::post_response(std::uint64_t seq, std::string_view json) {
   if (json.size() > kResponseMax) throw std::runtime_error("repair answer too large");
   std::memcpy(base_ + kResponseArea, json.data(), json.size());
   store<std::uint32_t>(kResponseLen, static_cast<std::uint32_t>(json.size()));
+  store<std::uint64_t>(kAgentSession, serving_);
   store<std::uint64_t>(kResponseSeq, seq);
 }
 

@@ -13,6 +13,10 @@
 //        VMCOREINFO note (/sys/kernel/vmcoreinfo), for the host to read its free pages; 0 when
 //        not known (the inline agent, an older agent)
 //   312  u64 attachment length (host: the request's binary attachment, set before its seq)
+//   320  u64 session (host): which supervisor a slot of a shared repair VM serves now; 0 in a VM
+//        of one guest. A new one (another supervisor took the slot) makes the agent start over.
+//   328  u64 the session the agent's state and answer are for (agent): the host takes neither
+//        while it differs from its own (what an agent of the slot's last user left behind)
 //   4096                     request (JSON), at most kRequestMax bytes
 //   4096 + kRequestMax       response (JSON), at most kResponseMax bytes
 //   kMailboxSize             the request's attachment (a crash snapshot's page index), up to
@@ -47,7 +51,8 @@ class Mailbox {
   explicit Mailbox(void* base, std::uint64_t size = kMailboxSize) : base_(static_cast<unsigned char*>(base)), size_(size) {}
 
   // Host side.
-  void initialise();  // zeroes the header, writes magic and version
+  void initialise(std::uint64_t session = 0);  // zeroes the header, writes magic, version and session
+  // booting while the agent has not yet said anything for this session.
   AgentState agent_state() const;
   std::string agent_status() const;  // printable, at most 255 characters
   // Where the repair VM's kernel keeps its VMCOREINFO note, as the agent says (untrusted): {0, 0} when unknown.
@@ -61,6 +66,9 @@ class Mailbox {
 
   // Agent side.
   bool valid() const;  // magic and version as the host wrote them
+  std::uint64_t session() const;  // the host's
+  // The session this agent serves: its states and answers say so from now on.
+  void serve(std::uint64_t session) { serving_ = session; }
   void set_state(AgentState state, std::string_view status);
   void set_vmcoreinfo(std::uint64_t paddr, std::uint32_t size);
   std::uint64_t request_seq() const;
@@ -74,8 +82,10 @@ class Mailbox {
   T load(std::size_t offset) const;
   template <typename T>
   void store(std::size_t offset, T value);
+  bool for_this_session() const;
   unsigned char* base_;
   std::uint64_t size_;
+  std::uint64_t serving_ = 0;
 };
 
 }  // namespace immortal::repair

@@ -49,6 +49,7 @@ struct RunOptions {
   std::string repair_agent;
   std::string repair_vm_kernel;
   bool repair_cross_check = false;
+  bool repair_vm_shared = false;        // one repair VM for the guests of one kernel on this host
   std::string metrics_listen;           // ADDR:PORT of the Prometheus endpoint; empty: none
   std::string on_event;                 // a shell command run for every event (event JSON on stdin)
 };

@@ -57,6 +57,9 @@ void add_protection_options(CLI::App* cmd, RunOptions& o) {
   cmd->add_option("--repair-agent", o.repair_agent, "the immortal-repair-agent binary (default: next to immortal)");
   cmd->add_option("--repair-vm-kernel", o.repair_vm_kernel,
                       "kernel of the repair VM (default: the guest's --kernel, else the built guest image's)");
+  cmd->add_flag("--repair-vm-shared", o.repair_vm_shared,
+                "one repair VM for every guest of the same kernel on this host, each in a slot of its own (up to 8; "
+                "the others get their own VM), instead of a VM per guest");
   cmd->add_flag("--repair-cross-check", o.repair_cross_check,
                     "also analyse every crash in the other mode and report whether both agree (event repair-mismatch)");
   cmd->add_option("--boot-timeout", o.boot_timeout_s, "seconds to wait for the agent's hello: at start (else the run fails) and after every reboot (else the guest is reset again, with back-off) (default: 60)")

@@ -135,6 +135,7 @@ SupervisorOptions supervisor_options(const RunOptions& o, const MachineConfig& c
   options.repair.timeout = std::chrono::milliseconds(o.repair_timeout_ms);
   options.repair.vm_memory = o.repair_vm_memory == "auto" ? 0 : parse_memory_size(o.repair_vm_memory, "--repair-vm-memory");
   options.repair.cross_check = o.repair_cross_check;
+  options.repair.vm_shared = o.repair_vm_shared;
   options.repair.agent = o.repair_agent;
   options.repair.vm_kernel = absolute(o.repair_vm_kernel);
   // The kernel built for the repair VM alone when there is one (a few MiB of memory where a

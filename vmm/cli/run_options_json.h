@@ -15,6 +15,6 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RunOptions, name, console, kerne
                                                 quarantine, event_log, bundle_dir, bundle_keep, bundle_max_size,
                                                 bundle_compress, bundle_memory, repair, repair_fallback,
                                                 repair_timeout_ms, repair_vm_memory, repair_agent, repair_vm_kernel,
-                                                repair_cross_check, metrics_listen, on_event)
+                                                repair_cross_check, repair_vm_shared, metrics_listen, on_event)
 
 }  // namespace immortal::vmm

@@ -123,10 +123,21 @@ std::vector<std::string> qemu_command_line(const vmm::MachineConfig& c, int ram_
                                                     c.channels[i].name)});
   }
   for (const auto& w : c.shared_windows) {
+    // Functions of one slot: function 0 says the slot has more.
+    bool more = w.pci_function == 0 && std::any_of(c.shared_windows.begin(), c.shared_windows.end(), [&](const auto& o) {
+      return o.pci_slot == w.pci_slot && o.pci_function != 0;
+    });
     args.insert(args.end(), {"-object", fmt::format("memory-backend-file,id={},size={},mem-path=/proc/self/fd/{},share=on{}",
                                                     w.id, w.size, w.fd, w.read_only ? ",readonly=on" : ""),
-                             "-device", fmt::format("ivshmem-plain,memdev={},addr={:#x}", w.id, w.pci_slot)});
+                             "-device", fmt::format("ivshmem-plain,memdev={},addr={:#x}.{}{}", w.id, w.pci_slot, w.pci_function,
+                                                    more ? ",multifunction=on" : "")});
   }
+  // The doorbell: a pipe chardev reads DOORBELL.in (and would write DOORBELL.out) on the second UART.
+  if (!c.doorbell.empty())
+    args.insert(args.end(), {"-chardev", fmt::format("pipe,id=doorbell,path={}", vmm::escape_commas(c.doorbell)),
+                             "-serial", "chardev:doorbell"});
+  // Free page reporting: pages the guest's kernel reports free are punched out of its RAM file.
+  if (c.return_free_memory) args.insert(args.end(), {"-device", "virtio-balloon-pci,free-page-reporting=on"});
   if (std::string user = qemu_run_as(c); !user.empty()) args.insert(args.end(), {"-runas", user});
   return args;
 }

@@ -92,6 +92,13 @@ std::unique_ptr<QemuMachine> QemuMachine::launch(const vmm::MachineConfig& confi
   std::string log_path = path_in(config.runtime_dir, "qemu.log");
   UniqueFd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!log) fail_os(ExitCode::failure, "create " + log_path, errno);
+  // The doorbell's FIFOs (QEMU opens both read-write: neither end blocks).
+  if (!config.doorbell.empty())
+    for (const char* end : {".in", ".out"}) {
+      std::string fifo = config.doorbell + end;
+      ::unlink(fifo.c_str());
+      if (::mkfifo(fifo.c_str(), 0600) != 0) fail_os(ExitCode::failure, "make the doorbell " + fifo, errno);
+    }
   // A new boot's console log starts empty (QEMU only appends to it).
   if (!config.console_log.empty()) {
     UniqueFd console(::open(config.console_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));

@@ -1,6 +1,7 @@
 #include "repair/repair_broker.h"
 
 #include "repair/shared_kernel_files.h"
+#include "repair/shared_repair_vm.h"
 
 #include "base/clock.h"
 #include "base/error.h"
@@ -197,6 +198,29 @@ void RepairBroker::start(Slot& slot) {
         }
       }
       vm_windows_ = digests_of(files);
+      if (settings_.vm_shared && RepairVm::reads_only_snapshots(arenas, settings_.load_snapshot)) {
+        try {
+          c.runtime_dir.clear();
+          c.console_log.clear();
+          // Room for every slot's engine: its kernel's once, the rest as many times as it has slots.
+          if (!vm_config_.memory_bytes)
+            c.memory_bytes = repair_vm_memory(image_->payload_bytes, ram_.size) +
+                             (kSharedSlots - 1) * (repair_vm_memory(image_->payload_bytes, ram_.size) - (112ull << 20));
+          auto shared = std::make_unique<SharedRepairVm>(factory_, c, settings_.shared_dir, ram_.size, image_->payload.get(),
+                                                         image_->window_bytes, arenas, std::move(files), settings_.load_snapshot,
+                                                         PayloadPlace{image_->payload_offset, image_->payload_bytes});
+          // The image keeps its payload in the slot from now on: one copy of it on the host.
+          healthy_.reset();
+          image_->payload = shared->take_payload();
+          healthy_ = healthy_in_payload(*image_);
+          slot.worker = std::move(shared);
+          event_("repair-starting", {{"mode", slot.mode}, {"shared", true}});
+          return;
+        } catch (const std::exception& e) {
+          say_(std::string("the guest gets a repair VM of its own: the shared one cannot serve it: ") + e.what());
+          files = host_kernel_files();
+        }
+      }
       slot.worker = std::make_unique<RepairVm>(factory_, c, ram_, image_->payload.get(), image_->window_bytes,
                                                find_repair_agent(settings_.agent), arenas, std::move(files),
                                                settings_.load_snapshot, PayloadPlace{image_->payload_offset, image_->payload_bytes});

@@ -32,6 +32,9 @@ struct RepairSettings {
   bool cross_check = false;         // also ask the other mode and compare (testing, validation)
   std::string agent;                // --repair-agent (else found next to immortal)
   std::uint64_t vm_memory = 0;  // 0: sized from the repair payload (repair_vm_memory())
+  // --repair-vm-shared: one repair VM for the guests of one kernel on this host (repair/shared_repair_vm.h),
+  // when it can serve this guest (it reads only snapshots in the host's arenas); else one of its own.
+  bool vm_shared = false;
   // The repair VM's kernel when it is not the guest's (a guest booted by its firmware from its
   // own disk has none we can name). Any x86-64 kernel with PCI serves: it only runs the agent.
   std::string vm_kernel;

@@ -25,18 +25,26 @@ namespace immortal::vmm {
 namespace {
 
 constexpr auto kBootLimit = std::chrono::seconds(120);
-// agent/repair_agent.cc reads these slots.
-constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11, kPayloadSlot = 0x12, kFirstArenaSlot = 0x13,
-              kSymbolsSlot = 0x15, kTypesSlot = 0x16, kUnwindSlot = 0x17;
+constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11, kPayloadSlot = 0x12;
 
-// The mailbox, with room for a crash snapshot's page index when the VM reads snapshots: 4 bytes
-// a page of guest RAM and its ranges (MemorySnapshot::index), a power of two (a PCI window).
-std::uint64_t mailbox_bytes(std::uint64_t guest_ram, bool snapshots) {
+std::uint64_t mailbox_bytes(std::uint64_t guest_ram, bool snapshots) { return repair_mailbox_bytes(guest_ram, snapshots); }
+
+}  // namespace
+
+std::uint64_t repair_mailbox_bytes(std::uint64_t guest_ram, bool snapshots) {
   if (!snapshots) return repair::kMailboxSize;
   return std::bit_ceil(repair::kMailboxSize + guest_ram / 1024 + (64 << 10));
 }
 
-}  // namespace
+void add_common_windows(MachineConfig& config, const std::vector<UniqueFd>& arenas, const std::vector<ArenaWindow>& sizes,
+                        const HostKernelFiles& files) {
+  for (std::size_t i = 0; i < arenas.size(); ++i)
+    config.shared_windows.push_back({fmt::format("snapshot-arena-{}", i), arenas[i].get(), sizes[i].bytes, true,
+                                     kFirstArenaSlot + static_cast<int>(i)});
+  if (const auto& f = files.symbols) config.shared_windows.push_back({"kernel-symbols", f->fd.get(), f->bytes, true, kSymbolsSlot});
+  if (const auto& f = files.types) config.shared_windows.push_back({"kernel-btf", f->fd.get(), f->bytes, true, kTypesSlot});
+  if (const auto& f = files.unwind) config.shared_windows.push_back({"kernel-orc", f->fd.get(), f->bytes, true, kUnwindSlot});
+}
 
 RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::RamFile& guest_ram, int payload,
                    std::uint64_t window_bytes, std::string agent, const std::vector<ArenaWindow>& arenas,
@@ -65,17 +73,13 @@ RepairVm::RepairVm(const Factory& factory, MachineConfig config, const Machine::
   // The host pool's arenas, read-only: a crash's snapshot is in one of them while its request is
   // analysed. The VM's agent lets the process analysing a crash map only that one, then drops
   // its right to open any other (agent/repair_agent.cc): the other may hold another guest's.
-  for (std::size_t i = 0; i < arenas.size(); ++i) {
-    UniqueFd fd = reopen_read_only(arenas[i].fd);
+  for (const auto& a : arenas) {
+    UniqueFd fd = reopen_read_only(a.fd);
     if (!fd) fail_os(ExitCode::failure, "reopen a snapshot arena read-only for the repair VM", errno);
-    config.shared_windows.push_back({fmt::format("snapshot-arena-{}", i), fd.get(), arenas[i].bytes, true,
-                                     kFirstArenaSlot + static_cast<int>(i)});
     arenas_.push_back(std::move(fd));
   }
-  // Always in their own slots, whether or not the arenas are there.
-  if (const auto& f = kernel_files_.symbols) config.shared_windows.push_back({"kernel-symbols", f->fd.get(), f->bytes, true, kSymbolsSlot});
-  if (const auto& f = kernel_files_.types) config.shared_windows.push_back({"kernel-btf", f->fd.get(), f->bytes, true, kTypesSlot});
-  if (const auto& f = kernel_files_.unwind) config.shared_windows.push_back({"kernel-orc", f->fd.get(), f->bytes, true, kUnwindSlot});
+  // The kernel's files always in their own slots, whether or not the arenas are there.
+  add_common_windows(config, arenas_, arenas, kernel_files_);
   machine_ = factory(config, Deadline::in(std::chrono::seconds(30)));
   resume_vm();
 }

@@ -34,6 +34,16 @@ struct ArenaWindow {
 // the broker's next tick.
 using LoadSnapshot = std::function<std::unique_ptr<MemorySnapshot>()>;
 
+// The windows every repair VM has at the same PCI slots (agent/repair_agent.cc reads them there):
+// the host pool's arenas (0x13, 0x14) and the host's kernel files (0x15 symbols, 0x16 BTF, 0x17 ORC).
+inline constexpr int kFirstArenaSlot = 0x13, kSymbolsSlot = 0x15, kTypesSlot = 0x16, kUnwindSlot = 0x17;
+// arenas: read-only opens of the arenas `sizes` describe.
+void add_common_windows(MachineConfig& config, const std::vector<UniqueFd>& arenas, const std::vector<ArenaWindow>& sizes,
+                        const HostKernelFiles& files);
+// The mailbox, with room for a crash snapshot's page index when the VM reads snapshots: 4 bytes
+// a page of guest RAM and its ranges (MemorySnapshot::index), a power of two (a PCI window).
+std::uint64_t repair_mailbox_bytes(std::uint64_t guest_ram, bool snapshots);
+
 // Where the payload lies in its window: what the first load reads.
 struct PayloadPlace {
   std::uint64_t offset = 0, bytes = 0;

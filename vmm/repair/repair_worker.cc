@@ -28,6 +28,14 @@ MailboxMemory::MailboxMemory(std::uint64_t bytes) : bytes_(std::max(bytes, repai
   box_.initialise();
 }
 
+MailboxMemory::MailboxMemory(UniqueFd file, std::uint64_t bytes, std::uint64_t session)
+    : bytes_(std::max(bytes, repair::kMailboxSize)), fd_(std::move(file)) {
+  base_ = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
+  if (base_ == MAP_FAILED) fail_os(ExitCode::failure, "map the repair mailbox", errno);
+  box_ = repair::Mailbox(base_, bytes_);
+  box_.initialise(session);
+}
+
 void MailboxMemory::clear_attachment() {
   if (bytes_ > repair::kMailboxSize)
     (void)::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(repair::kMailboxSize),

@@ -48,6 +48,8 @@ class RepairWorker {
 class MailboxMemory {
  public:
   explicit MailboxMemory(std::uint64_t bytes = repair::kMailboxSize);
+  // Over a file of `bytes` (a slot of the shared repair VM), initialised for a session.
+  MailboxMemory(UniqueFd file, std::uint64_t bytes, std::uint64_t session);
   ~MailboxMemory();
   MailboxMemory(const MailboxMemory&) = delete;
   MailboxMemory& operator=(const MailboxMemory&) = delete;
