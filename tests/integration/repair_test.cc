@@ -367,6 +367,75 @@ TEST_CASE("repair VM: it never sees the guest's RAM (768 MiB, not a power of two
   CHECK(run_cli({"stop", name, "--force"}).status == 0);
 }
 
+TEST_CASE("repair VM shared (--repair-vm-shared): two guests of one kernel share one repair VM, each crash is analysed "
+          "there from its snapshot, a freed slot serves a new guest, and the last guest to stop ends the VM",
+          "[integration][repair]") {
+  std::vector<std::string> names = {unique_name("shared-a"), unique_name("shared-b"), unique_name("shared-c")};
+  auto start = [&](const std::string& name) {
+    auto run = run_cli({"run", "--name", name, "--detach", "--repair-vm-shared"});
+    INFO(run.err);
+    REQUIRE(run.status == 0);
+  };
+  auto vm_of = [&](const std::string& name) {
+    return status_json(name).value("repair", json::object()).value("vm", json::object());
+  };
+  auto ready = [&](const std::string& name) { return vm_of(name).value("state", "") == "ready"; };
+  auto alive = [](int pid) { return pid > 0 && ::kill(pid, 0) == 0 && read_file(fmt::format("/proc/{}/stat", pid)).find(") Z") == std::string::npos; };
+  // A crash analysed in the shared VM, from its snapshot in one of the host's arenas.
+  auto recovered_in_vm = [&](const std::string& name) {
+    REQUIRE(run_cli({"unquarantine", name, "--all"}).status == 0);
+    REQUIRE(wait_until([&] { return ready(name); }, 60s));
+    std::size_t bundles = events_of(name, "bundle").size();
+    auto injected = run_cli({"inject", name, "null-deref", "--wait", "--json"}, 200s);
+    INFO(name << ": " << injected.out << injected.err);
+    CHECK(injected.status == 0);
+    CHECK(json::parse(injected.out, nullptr, false).value("outcome", "") == "recovered");
+    json crash = last_event_of(name, "crash").value("repair", json::object());
+    INFO(crash.dump().substr(0, 1500));
+    CHECK(crash.value("mode", "") == "vm");
+    CHECK(crash.value("memory", json::object()).value("read", "") == "snapshot");
+    // Its bundle written: the arenas are free for the next guest's crash.
+    CHECK(wait_until([&] { return events_of(name, "bundle").size() > bundles; }, 120s));
+  };
+
+  start(names[0]);
+  start(names[1]);
+  REQUIRE(wait_until([&] { return ready(names[0]) && ready(names[1]); }, 180s));
+  json a = vm_of(names[0]).value("shared", json::object()), b = vm_of(names[1]).value("shared", json::object());
+  INFO(a.dump() << "\n" << b.dump());
+  const int qemu = a.value("qemu_pid", 0);
+  CHECK(qemu > 0);
+  CHECK(b.value("qemu_pid", -1) == qemu);  // one VM
+  CHECK(a.value("dir", "") == b.value("dir", "x"));
+  CHECK(a.value("slot", -1) != b.value("slot", -1));
+  CHECK(a.value("started_here", false) != b.value("started_here", false));
+  CHECK(vm_of(names[1]).value("guest_ram_window", true) == false);
+  CHECK(events_of(names[0], "repair-starting").back().value("shared", false));
+  CHECK_THAT(run_cli({"status", names[1]}).out, Catch::Contains("shared with") && Catch::Contains(fmt::format("QEMU pid {}", qemu)));
+  recovered_in_vm(names[0]);
+  recovered_in_vm(names[1]);
+
+  // The guest that started the VM leaves: the VM goes on serving the other, and a new guest takes
+  // the free slot (its agent of the old guest ended, a fresh one loads the new guest's profile).
+  const int freed = a.value("slot", -1);
+  REQUIRE(run_cli({"stop", names[0], "--force"}).status == 0);
+  CHECK(alive(qemu));
+  start(names[2]);
+  REQUIRE(wait_until([&] { return ready(names[2]); }, 180s));
+  json c = vm_of(names[2]).value("shared", json::object());
+  INFO(c.dump());
+  CHECK(c.value("qemu_pid", -1) == qemu);
+  CHECK(c.value("slot", -1) == freed);
+  recovered_in_vm(names[2]);
+  recovered_in_vm(names[1]);
+
+  // The last guest to stop ends it.
+  REQUIRE(run_cli({"stop", names[1], "--force"}).status == 0);
+  CHECK(alive(qemu));
+  REQUIRE(run_cli({"stop", names[2], "--force"}).status == 0);
+  CHECK(wait_until([&] { return !alive(qemu); }, 30s));
+}
+
 TEST_CASE("repair: a module load and unload storm: the supervisor answers throughout, the profile settles, and "
           "the next crash is still recovered",
           "[integration][repair]") {

@@ -180,6 +180,34 @@ TEST_CASE("mailbox: a request and its answer cross; the agent's lengths are chec
   CHECK(host.agent_state() == repair::AgentState::failed);
 }
 
+TEST_CASE("mailbox sessions: a slot's new user takes neither the state nor an answer of the agent of its last user",
+          "[repair]") {
+  std::vector<std::uint64_t> memory(repair::kMailboxSize / 8);
+  repair::Mailbox host(memory.data()), old_agent(memory.data()), new_agent(memory.data());
+  host.initialise(11);
+  old_agent.serve(11);
+  old_agent.set_state(repair::AgentState::ready, "ready for guest A");
+  CHECK(host.agent_state() == repair::AgentState::ready);
+  CHECK(host.session() == 11);
+  // Guest B's supervisor takes the slot: A's agent is still there, ready, and answers late.
+  host.initialise(42);
+  CHECK(host.agent_state() == repair::AgentState::booting);
+  std::uint64_t seq = host.post_request("{\"q\":1}");
+  old_agent.post_response(seq, "{\"for\":\"A\"}");
+  CHECK_FALSE(host.take_response(seq));
+  // The fresh agent of B's session: its state and answer count.
+  new_agent.serve(host.session());
+  new_agent.set_state(repair::AgentState::waiting, "waiting");
+  CHECK(host.agent_state() == repair::AgentState::waiting);
+  new_agent.post_response(seq, "{\"for\":\"B\"}");
+  CHECK(host.take_response(seq) == std::string("{\"for\":\"B\"}"));
+  // A VM of one guest and the inline agent: session 0 on both sides, as before.
+  host.initialise();
+  repair::Mailbox plain(memory.data());
+  plain.set_state(repair::AgentState::ready, "ready");
+  CHECK(host.agent_state() == repair::AgentState::ready);
+}
+
 TEST_CASE("repair payload: files cross as a newc archive read in place; damage is refused", "[repair]") {
   std::map<std::string, std::string> files = {{"repair.json", "{}\n"}, {"profile/kallsyms", "ffffffff81000000 T _stext\n"},
                                               {"healthy/healthy.bin", std::string(5, '\0') + "x"}, {"empty", ""}};

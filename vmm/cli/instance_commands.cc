@@ -169,6 +169,12 @@ int status_command(const GlobalOptions& g, const std::string& name, bool as_json
         reads += fmt::format("; last profile loaded from a snapshot of {} pages (taken in {:.1f} ms)", load.value("pages", 0),
                              load.value("snapshot_ms", 0.0));
       row("Repair VM:", "reads " + reads);
+      // One VM for the guests of this kernel (--repair-vm-shared): which slot, with how many others.
+      if (const json& shared = vm.value("shared", json::object()); shared.contains("slot")) {
+        std::string with = shared.contains("guests") ? fmt::format("{} guest(s) now", shared.value("guests", 0)) : "other guests";
+        row("", fmt::format("shared with {} (slot {} of {}, QEMU pid {}): {}", with, shared.value("slot", -1),
+                            shared.value("slots", 0), shared.value("qemu_pid", 0), shared.value("dir", "")));
+      }
     }
   }
   for (const auto& q : rs.value("quarantined", json::array()))

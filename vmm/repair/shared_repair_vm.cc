@@ -14,8 +14,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -72,6 +74,40 @@ void empty_file(int fd, std::uint64_t bytes) {
   (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(bytes));
 }
 
+// Whether any slot of the VM in dir is taken (its lock held by a supervisor).
+bool any_slot_taken(const std::string& dir) {
+  for (int k = 0; k < kSharedSlots; ++k) {
+    UniqueFd fd(::open(fmt::format("{}/slot-{}.lock", dir, k).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+    if (fd && ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return true;
+  }
+  return false;
+}
+
+// The pid and start time vm.json names, when that process still runs.
+std::optional<std::pair<int, std::uint64_t>> live_vm(const std::string& dir) {
+  auto j = nlohmann::json::parse(std::ifstream(dir + "/vm.json"), nullptr, false);
+  if (!j.is_object()) return std::nullopt;
+  int pid = j.value("pid", 0);
+  std::uint64_t start = j.value("start_time", std::uint64_t{0});
+  if (!start || live_process_start(pid) != start) return std::nullopt;
+  return std::make_pair(pid, start);
+}
+
+// Shared VMs of other keys nobody uses any more (an agent or kernel that changed since, or every
+// supervisor of theirs killed): ended and removed, each under its lock.
+void remove_unused_vms(const std::string& shared_dir, const std::string& keep) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(shared_dir, ec)) {
+    std::string name = e.path().filename().string();
+    if (name.rfind("repair-vm-", 0) != 0 || e.path().string() == keep || !e.is_directory(ec) || e.is_symlink(ec)) continue;
+    UniqueFd lock(::open((e.path().string() + "/lock").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+    if (lock && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;  // someone joins or leaves it now
+    if (any_slot_taken(e.path().string())) continue;
+    if (auto vm = live_vm(e.path().string())) ::kill(vm->first, SIGKILL);
+    fs::remove_all(e.path(), ec);
+  }
+}
+
 }  // namespace
 
 SharedRepairVm::SharedRepairVm(const RepairVm::Factory& factory, MachineConfig config, const std::string& shared_dir,
@@ -113,6 +149,7 @@ SharedRepairVm::SharedRepairVm(const RepairVm::Factory& factory, MachineConfig c
   if (slot_ < 0) fail(ExitCode::failure, "all {} slots of the shared repair VM {} are taken", kSharedSlots, dir_);
   join_or_start(factory, std::move(config), arenas, mailbox_bytes);
   lock.reset();  // joined: the next supervisor may come
+  remove_unused_vms(shared_dir, dir_);
   doorbell_ = UniqueFd(::open((dir_ + "/vm/doorbell.in").c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW));
   if (!doorbell_) fail_os(ExitCode::failure, "open the shared repair VM's doorbell", errno);
 
@@ -139,14 +176,10 @@ SharedRepairVm::SharedRepairVm(const RepairVm::Factory& factory, MachineConfig c
 
 void SharedRepairVm::join_or_start(const RepairVm::Factory& factory, MachineConfig config,
                                    const std::vector<ArenaWindow>& arenas, std::uint64_t mailbox_bytes) {
-  try {
-    auto j = nlohmann::json::parse(std::ifstream(dir_ + "/vm.json"), nullptr, false);
-    if (j.is_object()) {
-      pid_ = j.value("pid", 0);
-      start_time_ = j.value("start_time", std::uint64_t{0});
-      if (start_time_ && live_process_start(pid_) == start_time_) return;  // running: joined
-    }
-  } catch (const std::exception&) {
+  if (auto vm = live_vm(dir_)) {  // running: joined
+    pid_ = vm->first;
+    start_time_ = vm->second;
+    return;
   }
   // None running (the first guest, or the last VM died): start it, with every slot's files empty.
   std::vector<UniqueFd> held;
@@ -203,12 +236,7 @@ SharedRepairVm::~SharedRepairVm() {
     UniqueFd lock = open_file(dir_ + "/lock", O_RDWR | O_CREAT);
     lock_file(lock, dir_ + "/lock");
     slot_lock_.reset();
-    bool others = false;
-    for (int k = 0; k < kSharedSlots && !others; ++k) {
-      UniqueFd fd(::open(fmt::format("{}/slot-{}.lock", dir_, k).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
-      others = fd && ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0;
-    }
-    if (others) {
+    if (any_slot_taken(dir_)) {
       if (machine_) machine_->release();  // it goes on serving them
     } else {
       if (machine_) machine_->terminate(std::chrono::milliseconds(0));
