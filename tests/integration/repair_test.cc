@@ -382,11 +382,11 @@ TEST_CASE("repair VM shared (--repair-vm-shared): two guests of one kernel share
   auto ready = [&](const std::string& name) { return vm_of(name).value("state", "") == "ready"; };
   auto alive = [](int pid) { return pid > 0 && ::kill(pid, 0) == 0 && read_file(fmt::format("/proc/{}/stat", pid)).find(") Z") == std::string::npos; };
   // A crash analysed in the shared VM, from its snapshot in one of the host's arenas.
-  auto recovered_in_vm = [&](const std::string& name) {
+  auto recovered_in_vm = [&](const std::string& name, const char* cls = "null-deref") {
     REQUIRE(run_cli({"unquarantine", name, "--all"}).status == 0);
     REQUIRE(wait_until([&] { return ready(name); }, 60s));
     std::size_t bundles = events_of(name, "bundle").size();
-    auto injected = run_cli({"inject", name, "null-deref", "--wait", "--json"}, 200s);
+    auto injected = run_cli({"inject", name, cls, "--wait", "--json"}, 200s);
     INFO(name << ": " << injected.out << injected.err);
     CHECK(injected.status == 0);
     CHECK(json::parse(injected.out, nullptr, false).value("outcome", "") == "recovered");
@@ -427,7 +427,16 @@ TEST_CASE("repair VM shared (--repair-vm-shared): two guests of one kernel share
   CHECK(c.value("qemu_pid", -1) == qemu);
   CHECK(c.value("slot", -1) == freed);
   recovered_in_vm(names[2]);
-  recovered_in_vm(names[1]);
+  // A module change: the slot loads the new profile in place, from a new snapshot, and serves on.
+  std::size_t readies = events_of(names[1], "repair-ready").size();
+  REQUIRE(run_cli({"exec", names[1], "--", "sh", "-c", "rmmod lkdtm; insmod /lib/modules/lkdtm.ko"}, 60s).status == 0);
+  REQUIRE(wait_until([&] { return events_of(names[1], "repair-ready").size() > readies && ready(names[1]); }, 120s));
+  CHECK_THAT(events_of(names[1], "repair-image").back().value("reload", ""), Catch::Contains("in place"));
+  CHECK_THAT(events_of(names[1], "repair-ready").back().value("agent", ""), Catch::Contains("from a snapshot"));
+  CHECK(vm_of(names[1]).value("shared", json::object()).value("qemu_pid", -1) == qemu);
+  // Code put back from the healthy copy as the new payload holds it, in the slot's file.
+  recovered_in_vm(names[1], "text-corruption");
+  CHECK(events_of(names[1], "plan").back()["plan"]["actions"][0].value("action", "") == "restore-code");
 
   // The last guest to stop ends it.
   REQUIRE(run_cli({"stop", names[1], "--force"}).status == 0);

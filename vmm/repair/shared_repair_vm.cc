@@ -274,9 +274,12 @@ WorkerState SharedRepairVm::state() {
     if (s == repair::AgentState::waiting || s == repair::AgentState::failed)
       fail_with("the agent of the shared repair VM's slot started over: " + mailbox_->box().agent_status());
   } else if (state_ == WorkerState::starting) {
+    // A load is posted once the slot's agent is up (waiting: the first; ready: a reload) and a
+    // snapshot can be taken; asked again on every tick until then.
+    const auto agent = mailbox_->box().agent_state();
     if (load_seq_) check_load();
-    else if (mailbox_->box().agent_state() == repair::AgentState::waiting && load_pending_) post_load();
-    else if (mailbox_->box().agent_state() == repair::AgentState::failed)
+    else if (load_pending_ && (agent == repair::AgentState::waiting || agent == repair::AgentState::ready)) post_load();
+    else if (agent == repair::AgentState::failed)
       fail_with("the repair agent of the shared repair VM's slot failed: " + mailbox_->box().agent_status());
     if (state_ == WorkerState::starting && Clock::now() - started_ > kLoadLimit)
       fail_with(fmt::format("the shared repair VM's slot {} was not ready after {} s: {}", slot_, kLoadLimit.count(), status_));
