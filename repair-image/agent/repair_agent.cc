@@ -113,13 +113,13 @@ int g_bell = -1;        // …and its doorbell: readable when the host rang for 
 // Until there may be something new in the mailbox: in a shared VM, until the slot's doorbell rings
 // (or a while passes: a lost ring costs time, never a crash); in a VM of one guest, which is
 // paused while idle, a short poll.
-void wait_for_news() {
+void wait_for_news(std::chrono::milliseconds limit = kSharedPoll) {
   if (g_bell < 0) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     return;
   }
   pollfd p{g_bell, POLLIN, 0};
-  if (::poll(&p, 1, static_cast<int>(kSharedPoll.count())) == 1) {
+  if (::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(limit.count(), 1))) == 1) {
     char drain[64];
     while (::read(g_bell, drain, sizeof drain) > 0) {
     }
@@ -864,10 +864,23 @@ struct Windows {
     // engine it holds of the last guest, end; pid 1 starts the slot over.
     auto slot_taken_over = [&] { return where.slot >= 0 && box->session() != session; };
     auto fork_again_at = std::chrono::steady_clock::now();
+    // In a shared VM, which nobody pauses: after an answer, the next process is forked a moment
+    // later, not while the guest resumes beside it on the host's cores (a VM of one guest is
+    // resumed for that by its supervisor 250 ms later: vmm/repair/repair_vm.h). A request that
+    // comes meanwhile has it forked at once.
+    std::optional<std::chrono::steady_clock::time_point> quiet_until;
     // Said once the request number is read: a load asked for before would go unseen.
     if (!engine) box->set_state(AgentState::waiting, "waiting for the supervisor's snapshot of the guest to load its profile");
     for (;;) {
       if (slot_taken_over()) ::_exit(0);
+      if (quiet_until) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*quiet_until - std::chrono::steady_clock::now());
+        if (left.count() > 0 && box->request_seq() == done) {
+          wait_for_news(left);
+          continue;
+        }
+        quiet_until.reset();
+      }
       pid_t child = -1;
       Handoff* handoff = nullptr;
       if (engine && std::chrono::steady_clock::now() >= fork_again_at) {
@@ -907,6 +920,7 @@ struct Windows {
           say(why);
           box->post_response(seq, nlohmann::json{{"ok", false}, {"error", why}}.dump());
         }
+        if (where.slot >= 0) quiet_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(250);
         continue;
       }
       // No engine (a reload failed), or no process could be forked: answered here, by pid 1.

@@ -329,32 +329,43 @@ bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
   return true;
 }
 
-bool RepairVm::post_load() {
+std::optional<PostedLoad> post_load_from_snapshot(repair::Mailbox& box, const LoadSnapshot& take, PayloadPlace place) {
   auto t0 = Clock::now();
-  std::unique_ptr<MemorySnapshot> snapshot;
+  PostedLoad load;
   try {
-    snapshot = take_snapshot_();
+    load.snapshot = take();
   } catch (const std::exception& e) {
-    fail_with(std::string("no snapshot of the guest to load its profile from: ") + e.what());
+    fail(ExitCode::failure, "no snapshot of the guest to load its profile from: {}", e.what());
+  }
+  if (!load.snapshot) return std::nullopt;
+  double snapshot_ms = ms_since(t0);
+  repair::SnapshotRef ref{load.snapshot->pool_slot(), load.snapshot->pages_bytes(), load.snapshot->index().size()};
+  nlohmann::json request = {{"reload", {{"offset", place.offset}, {"size", place.bytes}}}, {"snapshot", repair::to_json(ref)}};
+  try {
+    load.seq = box.post_request(request.dump(), load.snapshot->index());
+  } catch (const std::runtime_error& e) {
+    fail(ExitCode::failure, "cannot post the load to the repair VM: {}", e.what());
+  }
+  load.described = {{"read", "a snapshot of the guest"}, {"arena", ref.arena},
+                    {"pages", ref.pages_bytes / MemorySnapshot::kPageSize}, {"snapshot_ms", snapshot_ms}};
+  return load;
+}
+
+bool RepairVm::post_load() {
+  std::optional<PostedLoad> load;
+  try {
+    load = post_load_from_snapshot(mailbox_.box(), take_snapshot_, *load_pending_);
+  } catch (const std::exception& e) {
+    fail_with(e.what());
     return false;
   }
-  if (!snapshot) {
+  if (!load) {
     status_ = "waiting for a snapshot of the guest to load its profile from (the page classes, or a free arena)";
     return false;
   }
-  double snapshot_ms = ms_since(t0);
-  repair::SnapshotRef ref{snapshot->pool_slot(), snapshot->pages_bytes(), snapshot->index().size()};
-  nlohmann::json request = {{"reload", {{"offset", load_pending_->offset}, {"size", load_pending_->bytes}}},
-                            {"snapshot", repair::to_json(ref)}};
-  try {
-    reload_seq_ = mailbox_.box().post_request(request.dump(), snapshot->index());
-  } catch (const std::runtime_error& e) {
-    fail_with(std::string("cannot post the load to the repair VM: ") + e.what());
-    return false;
-  }
-  last_load_ = {{"read", "a snapshot of the guest"}, {"arena", ref.arena}, {"pages", ref.pages_bytes / MemorySnapshot::kPageSize},
-                {"snapshot_ms", snapshot_ms}};
-  load_snapshot_ = std::move(snapshot);
+  reload_seq_ = load->seq;
+  last_load_ = std::move(load->described);
+  load_snapshot_ = std::move(load->snapshot);
   load_posted_ = Clock::now();
   load_pending_.reset();
   status_ = "loading the profile from a snapshot of the guest";

@@ -49,6 +49,17 @@ struct PayloadPlace {
   std::uint64_t offset = 0, bytes = 0;
 };
 
+// A load of the payload at `place` posted to a repair agent's mailbox, naming a snapshot of the
+// guest taken now (its page index the request's attachment); the snapshot is held until the
+// answer (its arena is busy until then). nullopt when no snapshot can be taken yet. Throws Error
+// saying why when none can be taken at all or the request cannot be posted.
+struct PostedLoad {
+  std::uint64_t seq = 0;
+  std::unique_ptr<MemorySnapshot> snapshot;
+  nlohmann::json described;  // status' repair.vm.load, without its "ms"
+};
+std::optional<PostedLoad> post_load_from_snapshot(repair::Mailbox& box, const LoadSnapshot& take, PayloadPlace place);
+
 class RepairVm final : public RepairWorker {
  public:
   using Factory = std::function<std::unique_ptr<Machine>(const MachineConfig&, Deadline)>;

@@ -288,32 +288,21 @@ WorkerState SharedRepairVm::state() {
 }
 
 bool SharedRepairVm::post_load() {
-  auto t0 = Clock::now();
-  std::unique_ptr<MemorySnapshot> snapshot;
+  std::optional<PostedLoad> load;
   try {
-    snapshot = take_snapshot_();
+    load = post_load_from_snapshot(mailbox_->box(), take_snapshot_, *load_pending_);
   } catch (const std::exception& e) {
-    fail_with(std::string("no snapshot of the guest to load its profile from: ") + e.what());
+    fail_with(e.what());
     return false;
   }
-  if (!snapshot) {
+  if (!load) {
     status_ = "waiting for a snapshot of the guest to load its profile from (the page classes, or a free arena)";
     return false;
   }
-  double snapshot_ms = ms_since(t0);
-  repair::SnapshotRef ref{snapshot->pool_slot(), snapshot->pages_bytes(), snapshot->index().size()};
-  nlohmann::json request = {{"reload", {{"offset", load_pending_->offset}, {"size", load_pending_->bytes}}},
-                            {"snapshot", repair::to_json(ref)}};
-  try {
-    load_seq_ = mailbox_->box().post_request(request.dump(), snapshot->index());
-  } catch (const std::runtime_error& e) {
-    fail_with(std::string("cannot post the load to the shared repair VM: ") + e.what());
-    return false;
-  }
   ring();
-  last_load_ = {{"read", "a snapshot of the guest"}, {"arena", ref.arena}, {"pages", ref.pages_bytes / MemorySnapshot::kPageSize},
-                {"snapshot_ms", snapshot_ms}};
-  load_snapshot_ = std::move(snapshot);
+  load_seq_ = load->seq;
+  last_load_ = std::move(load->described);
+  load_snapshot_ = std::move(load->snapshot);
   load_posted_ = Clock::now();
   load_pending_.reset();
   status_ = "loading the profile from a snapshot of the guest";
