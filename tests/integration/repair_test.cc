@@ -438,6 +438,24 @@ TEST_CASE("repair VM shared (--repair-vm-shared): two guests of one kernel share
   recovered_in_vm(names[1], "text-corruption");
   CHECK(events_of(names[1], "plan").back()["plan"]["actions"][0].value("action", "") == "restore-code");
 
+  // Every slot taken (the other six held here, as six more supervisors would): a fourth guest
+  // gets a repair VM of its own, and is protected all the same.
+  std::vector<immortal::UniqueFd> taken;
+  for (int k = 0; k < 8; ++k) {
+    immortal::UniqueFd fd(::open(fmt::format("{}/slot-{}.lock", a.value("dir", ""), k).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    REQUIRE(fd);
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) taken.push_back(std::move(fd));
+  }
+  CHECK(taken.size() == 6);
+  std::string fourth = unique_name("shared-d");
+  start(fourth);
+  REQUIRE(wait_until([&] { return ready(fourth); }, 180s));
+  CHECK_FALSE(vm_of(fourth).contains("shared"));
+  CHECK(vm_of(fourth).value("pid", 0) != qemu);
+  CHECK_FALSE(events_of(fourth, "repair-starting").back().value("shared", false));
+  CHECK(run_cli({"stop", fourth, "--force"}).status == 0);
+  taken.clear();
+
   // The last guest to stop ends it.
   REQUIRE(run_cli({"stop", names[1], "--force"}).status == 0);
   CHECK(alive(qemu));

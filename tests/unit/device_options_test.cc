@@ -161,3 +161,30 @@ TEST_CASE("disks and interfaces become virtio devices; no kernel means the firmw
   CHECK(values_of(args, "-kernel") == std::vector<std::string>{"/boot/vmlinuz"});
   CHECK(values_of(args, "-initrd").empty());
 }
+
+TEST_CASE("a shared repair VM's windows: functions of one PCI slot, a doorbell on the second serial port, free page "
+          "reporting", "[devices]") {
+  MachineConfig c;
+  c.name = "repair-0123";
+  c.runtime_dir = "/run/immortal/.repair-shared/repair-vm-0123/vm";
+  c.console_log = c.runtime_dir + "/console.log";
+  c.shared_windows = {{"slot-mailbox-0", 10, 8 << 20, false, 0x18, 0}, {"slot-mailbox-1", 11, 8 << 20, false, 0x18, 1},
+                      {"snapshot-arena-0", 12, 1 << 30, true, 0x13, 0}};
+  auto devices = values_of(qemu::qemu_command_line(c, 7), "-device");
+  auto has = [&](const std::string& d) { return std::count(devices.begin(), devices.end(), d) == 1; };
+  // Function 0 says the slot has more; a window alone in its slot does not.
+  CHECK(has("ivshmem-plain,memdev=slot-mailbox-0,addr=0x18.0,multifunction=on"));
+  CHECK(has("ivshmem-plain,memdev=slot-mailbox-1,addr=0x18.1"));
+  CHECK(has("ivshmem-plain,memdev=snapshot-arena-0,addr=0x13.0"));
+  CHECK_FALSE(has("virtio-balloon-pci,free-page-reporting=on"));
+  CHECK(values_of(qemu::qemu_command_line(c, 7), "-serial").size() == 1);
+  c.doorbell = c.runtime_dir + "/doorbell";
+  c.return_free_memory = true;
+  auto args = qemu::qemu_command_line(c, 7);
+  devices = values_of(args, "-device");
+  CHECK(has("virtio-balloon-pci,free-page-reporting=on"));
+  // The console stays ttyS0; the doorbell is ttyS1, read from DOORBELL.in.
+  CHECK(values_of(args, "-serial") == std::vector<std::string>{"chardev:console", "chardev:doorbell"});
+  auto chardevs = values_of(args, "-chardev");
+  CHECK(std::count(chardevs.begin(), chardevs.end(), "pipe,id=doorbell,path=" + c.doorbell) == 1);
+}

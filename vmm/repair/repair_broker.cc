@@ -200,15 +200,16 @@ void RepairBroker::start(Slot& slot) {
       vm_windows_ = digests_of(files);
       if (settings_.vm_shared && RepairVm::reads_only_snapshots(arenas, settings_.load_snapshot)) {
         try {
-          c.runtime_dir.clear();
-          c.console_log.clear();
+          MachineConfig sc = c;  // its own directory, not this instance's
+          sc.runtime_dir.clear();
+          sc.console_log.clear();
           // Room for every slot's engine and its load: its kernel's once, the rest as many times as it
           // has slots (16 MiB beside each load's three payloads and page tables; each MiB of RAM costs
           // 16 KiB of struct page in the VM, touched at its boot).
           if (!vm_config_.memory_bytes)
-            c.memory_bytes = repair_vm_memory(image_->payload_bytes, ram_.size) +
-                             (kSharedSlots - 1) * (repair_vm_memory(image_->payload_bytes, ram_.size) - (144ull << 20));
-          auto shared = std::make_unique<SharedRepairVm>(factory_, c, settings_.shared_dir, ram_.size, image_->payload.get(),
+            sc.memory_bytes = repair_vm_memory(image_->payload_bytes, ram_.size) +
+                              (kSharedSlots - 1) * (repair_vm_memory(image_->payload_bytes, ram_.size) - (144ull << 20));
+          auto shared = std::make_unique<SharedRepairVm>(factory_, sc, settings_.shared_dir, image_->payload.get(),
                                                          image_->window_bytes, arenas, std::move(files), settings_.load_snapshot,
                                                          PayloadPlace{image_->payload_offset, image_->payload_bytes});
           // The image keeps its payload in the slot from now on: one copy of it on the host.

@@ -111,14 +111,14 @@ void remove_unused_vms(const std::string& shared_dir, const std::string& keep) {
 }  // namespace
 
 SharedRepairVm::SharedRepairVm(const RepairVm::Factory& factory, MachineConfig config, const std::string& shared_dir,
-                               std::uint64_t guest_ram_bytes, int payload, std::uint64_t window_bytes,
+                               int payload, std::uint64_t window_bytes,
                                const std::vector<ArenaWindow>& arenas, HostKernelFiles kernel_files,
                                LoadSnapshot load_snapshot, PayloadPlace place)
     : kernel_(config.kernel), kernel_files_(std::move(kernel_files)), take_snapshot_(std::move(load_snapshot)), window_bytes_(window_bytes) {
   if (!RepairVm::reads_only_snapshots(arenas, take_snapshot_))
     fail(ExitCode::unsupported, "a shared repair VM reads guests only from snapshots in the host's arenas, and there are none");
+  // Room for the page index of a snapshot as large as an arena's window (the guest's RAM, rounded up).
   const std::uint64_t mailbox_bytes = repair_mailbox_bytes(arenas.front().bytes, true);
-  (void)guest_ram_bytes;
   // What the VM is made of: guests whose supervisors would build the same VM share it.
   nlohmann::json made_of = {{"kernel", config.kernel}, {"initrd", config.initrd}, {"append", config.append},
                             {"vcpus", config.vcpus}, {"accel", to_string(config.accelerator)},

@@ -36,8 +36,8 @@ class SharedRepairVm final : public RepairWorker {
   // shared_dir: the runtime root's shared directory. payload: the image's payload memfd
   // (window_bytes long), copied into the slot. Needs the arenas and load_snapshot (the VM never
   // sees a guest's RAM). Throws Error when the VM cannot be joined or started, or all its slots are taken.
-  SharedRepairVm(const RepairVm::Factory& factory, MachineConfig config, const std::string& shared_dir,
-                 std::uint64_t guest_ram_bytes, int payload, std::uint64_t window_bytes,
+  SharedRepairVm(const RepairVm::Factory& factory, MachineConfig config, const std::string& shared_dir, int payload,
+                 std::uint64_t window_bytes,
                  const std::vector<ArenaWindow>& arenas, HostKernelFiles kernel_files, LoadSnapshot load_snapshot,
                  PayloadPlace place);
   ~SharedRepairVm() override;
