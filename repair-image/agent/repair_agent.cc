@@ -40,6 +40,7 @@
 #include "profile/guest_profile.h"
 #include "protocol/mailbox.h"
 #include "protocol/payload.h"
+#include "protocol/vm_windows.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -73,27 +74,15 @@
 namespace immortal::repair {
 namespace {
 
-// The repair VM's PCI slots for its ivshmem devices (the supervisor places them there:
-// vmm/repair/repair_vm.cc).
-constexpr char kRamResource[] = "/sys/bus/pci/devices/0000:00:10.0/resource2";
-constexpr char kMailboxResource[] = "/sys/bus/pci/devices/0000:00:11.0/resource2";
-constexpr char kPayloadResource[] = "/sys/bus/pci/devices/0000:00:12.0/resource2";
-// The host pool's two snapshot arenas (a crash's snapshot is in one of them), when the VM has them.
-constexpr const char* kArenaResources[] = {"/sys/bus/pci/devices/0000:00:13.0/resource2",
-                                           "/sys/bus/pci/devices/0000:00:14.0/resource2"};
-// The host's copy of the kernel image's symbols (vmm/repair/shared_kernel_files.h), when it has one.
-constexpr char kSymbolsResource[] = "/sys/bus/pci/devices/0000:00:15.0/resource2";
-// The host's copy of the kernel's BTF (vmm/repair/shared_kernel_files.h), when it has one.
-constexpr char kTypesResource[] = "/sys/bus/pci/devices/0000:00:16.0/resource2";
-// The host's copy of the kernel image's ORC tables, when it has one.
-constexpr char kUnwindResource[] = "/sys/bus/pci/devices/0000:00:17.0/resource2";
-// A repair VM shared by the guests of one kernel (vmm/repair/shared_repair_vm.h) has, in place of
-// one mailbox and one payload, a slot per guest: slot k's mailbox at 00:18.k, its payload at 00:19.k.
-constexpr int kSharedSlots = 8;
-std::string slot_resource(int device, int slot) {
-  return fmt::format("/sys/bus/pci/devices/0000:00:{:02x}.{}/resource2", device, slot);
-}
-constexpr int kSlotMailboxDevice = 0x18, kSlotPayloadDevice = 0x19;
+// The repair VM's windows, as sysfs shows their BARs (protocol/vm_windows.h: where the supervisor
+// puts them). The guest's RAM only in a VM without the host's arena pool; the host pool's two
+// snapshot arenas (a crash's snapshot is in one of them) and the host's copies of the kernel
+// image's symbols, the kernel's BTF and the image's ORC tables (vmm/repair/shared_kernel_files.h),
+// when it has them.
+const std::string kRamResource = window_resource(kGuestRamSlot), kMailboxResource = window_resource(kMailboxSlot),
+                  kPayloadResource = window_resource(kPayloadSlot), kSymbolsResource = window_resource(kSymbolsSlot),
+                  kTypesResource = window_resource(kTypesSlot), kUnwindResource = window_resource(kUnwindSlot);
+const std::string kArenaResources[] = {window_resource(kFirstArenaSlot), window_resource(kFirstArenaSlot + 1)};
 // Slot k's processes run as kSlotUidBase + k: no slot's process can open another's windows, nor
 // trace or signal another slot's processes.
 constexpr uid_t kSlotUidBase = 60000;
@@ -520,18 +509,18 @@ std::shared_ptr<const ImageSymbols> host_symbols_in(std::span<const std::uint8_t
 // The repair VM's window onto the host's block, mapped once for the VM's life.
 std::shared_ptr<const ImageSymbols> window_symbols() {
   static const std::shared_ptr<const ImageSymbols> block =
-      host_symbols_in(map_host_file(::open(kSymbolsResource, O_RDONLY | O_CLOEXEC)));
+      host_symbols_in(map_host_file(::open(kSymbolsResource.c_str(), O_RDONLY | O_CLOEXEC)));
   return block;
 }
 
 // The repair VM's windows onto the host's copies of the kernel's BTF and of its image's ORC
 // tables, each mapped once for the VM's life.
 std::span<const std::uint8_t> window_types() {
-  static const std::span<const std::uint8_t> bytes = map_host_file(::open(kTypesResource, O_RDONLY | O_CLOEXEC));
+  static const std::span<const std::uint8_t> bytes = map_host_file(::open(kTypesResource.c_str(), O_RDONLY | O_CLOEXEC));
   return bytes;
 }
 std::span<const std::uint8_t> window_unwind() {
-  static const std::span<const std::uint8_t> bytes = map_host_file(::open(kUnwindResource, O_RDONLY | O_CLOEXEC));
+  static const std::span<const std::uint8_t> bytes = map_host_file(::open(kUnwindResource.c_str(), O_RDONLY | O_CLOEXEC));
   return bytes;
 }
 
@@ -669,8 +658,8 @@ std::optional<LoadRequest> reload_request(const std::string& text, std::uint64_t
 // Whether this VM has the host pool's snapshot arenas: its crashes are then read from their
 // snapshots, and pid 1 need not keep the guest's RAM mapped between loads.
 bool vm_has_arenas() {
-  for (const char* path : kArenaResources)
-    if (::access(path, R_OK) != 0) return false;
+  for (const auto& path : kArenaResources)
+    if (::access(path.c_str(), R_OK) != 0) return false;
   return true;
 }
 
@@ -681,7 +670,7 @@ bool vm_has_arenas() {
 std::unique_ptr<MemorySnapshot> map_arena_snapshot(const SnapshotRef& ref, Mailbox& box, std::shared_ptr<void>* unmap = nullptr) {
   if (ref.arena < 0 || static_cast<std::size_t>(ref.arena) >= std::size(kArenaResources))
     fail(ExitCode::bad_input, "the request names snapshot arena {}", ref.arena);
-  const char* path = kArenaResources[ref.arena];
+  const char* path = kArenaResources[ref.arena].c_str();
   UniqueFd fd(g_arena_fds[ref.arena] >= 0 ? ::dup(g_arena_fds[ref.arena]) : ::open(path, O_RDONLY | O_CLOEXEC));
   if (!fd) fail_os(ExitCode::failure, fmt::format("open the snapshot arena's window {}", path), errno);
   struct stat st {};
@@ -809,10 +798,9 @@ struct Windows {
     if (::fstat(mfd, &mst) != 0) fail_os(ExitCode::failure, where.mailbox, errno);
     std::uint64_t mailbox_bytes = std::max<std::uint64_t>(static_cast<std::uint64_t>(mst.st_size), kMailboxSize);
     box = new Mailbox(map_shared(mfd, mailbox_bytes, true, "the mailbox BAR"), mailbox_bytes);
-    if (where.slot >= 0 && !box->valid()) {
-      // A slot nobody has taken yet: wait, unloaded, for one (each look is a wake-up under TCG).
+    // A slot nobody has taken yet: wait, unloaded, for one (each look is a wake-up under TCG).
+    if (where.slot >= 0)
       while (!box->valid()) wait_for_news();
-    }
     if (!box->valid()) fail(ExitCode::failure, "the mailbox was not initialised by the supervisor");
     const std::uint64_t session = box->session();
     box->serve(session);
@@ -821,7 +809,7 @@ struct Windows {
     if (pfd < 0) fail_os(ExitCode::failure, where.payload, errno);
     // No window onto the guest's RAM (a VM that reads the guest only from snapshots in the host's
     // arenas): nothing is loaded until the supervisor asks, naming a snapshot to load from.
-    int rfd = where.slot >= 0 ? -1 : ::open(kRamResource, O_RDONLY | O_CLOEXEC);
+    int rfd = where.slot >= 0 ? -1 : ::open(kRamResource.c_str(), O_RDONLY | O_CLOEXEC);
     if (rfd < 0 && errno != ENOENT && where.slot < 0) fail_os(ExitCode::failure, kRamResource, errno);
     std::string_view window = map_payload(pfd);
     tell_own_vmcoreinfo(*box);
@@ -829,7 +817,7 @@ struct Windows {
       // What a slot reads besides its own windows is opened now, as root; then the slot's own
       // account: it cannot open another slot's windows, nor trace another slot's processes.
       for (std::size_t i = 0; i < std::size(kArenaResources); ++i) {
-        g_arena_fds[i] = ::open(kArenaResources[i], O_RDONLY | O_CLOEXEC);
+        g_arena_fds[i] = ::open(kArenaResources[i].c_str(), O_RDONLY | O_CLOEXEC);
         if (g_arena_fds[i] < 0) fail_os(ExitCode::failure, kArenaResources[i], errno);
       }
       (void)window_symbols();
@@ -1011,7 +999,7 @@ struct Windows {
         ::close(writes[static_cast<std::size_t>(j)]);
         if (j != k) ::close(reads[static_cast<std::size_t>(j)]);
       }
-      serve({slot_resource(kSlotMailboxDevice, k), slot_resource(kSlotPayloadDevice, k), k, reads[static_cast<std::size_t>(k)]});
+      serve({window_resource(kSlotMailboxSlot, k), window_resource(kSlotPayloadSlot, k), k, reads[static_cast<std::size_t>(k)]});
     }
     if (pid > 0) slot_of[pid] = k;
     else say(fmt::format("cannot start slot {}: {}", k, std::strerror(errno)));
@@ -1052,8 +1040,8 @@ struct Windows {
   ::mount("proc", "/proc", "proc", 0, nullptr);
   ::mount("sysfs", "/sys", "sysfs", 0, nullptr);
   int slots = 0;
-  while (slots < kSharedSlots && ::access(slot_resource(kSlotMailboxDevice, slots).c_str(), F_OK) == 0 &&
-         ::access(slot_resource(kSlotPayloadDevice, slots).c_str(), F_OK) == 0)
+  while (slots < kSharedSlots && ::access(window_resource(kSlotMailboxSlot, slots).c_str(), F_OK) == 0 &&
+         ::access(window_resource(kSlotPayloadSlot, slots).c_str(), F_OK) == 0)
     ++slots;
   if (slots) serve_slots(slots);
   serve(Windows{});

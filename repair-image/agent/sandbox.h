@@ -29,8 +29,8 @@ void enter_sandbox(const SandboxLimits& limits);
 // Nobody cannot open the VM's PCI windows (sysfs resource files are root's), so it cannot reach
 // the other snapshot arena, which may hold another guest's pages. Throws std::runtime_error.
 void drop_root();
-// The same to another account (a slot of a shared repair VM: each slot's processes and those it
-// forks per crash have their own, so that none can trace or signal another's).
+// The same to another account (a slot of a shared repair VM: each slot's processes have their own,
+// so that none can open another slot's windows, nor trace or signal its processes).
 void drop_root_to(uid_t id);
 
 // Whether the canary is asked for (IMMORTAL_SANDBOX_CANARY=1 in the environment: the supervisor's,

@@ -25,7 +25,8 @@ namespace immortal::vmm {
 namespace {
 
 constexpr auto kBootLimit = std::chrono::seconds(120);
-constexpr int kGuestRamSlot = 0x10, kMailboxSlot = 0x11, kPayloadSlot = 0x12;
+using repair::kFirstArenaSlot, repair::kGuestRamSlot, repair::kMailboxSlot, repair::kPayloadSlot, repair::kSymbolsSlot,
+    repair::kTypesSlot, repair::kUnwindSlot;
 
 std::uint64_t mailbox_bytes(std::uint64_t guest_ram, bool snapshots) { return repair_mailbox_bytes(guest_ram, snapshots); }
 
@@ -301,10 +302,8 @@ void RepairVm::check_reload() {
     mailbox_.clear_attachment();
     last_load_["ms"] = ms_since(load_posted_);
   }
-  auto j = nlohmann::json::parse(*answer, nullptr, false);
-  if (j.is_object() && j.value("ok", false)) return become_ready();
-  fail_with("the repair agent could not load the new profile: " +
-            (j.is_object() ? j.value("error", std::string("no reason given")) : std::string("its answer is not JSON")));
+  if (auto why = load_refused(*answer)) return fail_with("the repair agent could not load the new profile: " + *why);
+  become_ready();
 }
 
 bool RepairVm::reload(std::uint64_t offset, std::uint64_t size) {
@@ -349,6 +348,13 @@ std::optional<PostedLoad> post_load_from_snapshot(repair::Mailbox& box, const Lo
   load.described = {{"read", "a snapshot of the guest"}, {"arena", ref.arena},
                     {"pages", ref.pages_bytes / MemorySnapshot::kPageSize}, {"snapshot_ms", snapshot_ms}};
   return load;
+}
+
+std::optional<std::string> load_refused(const std::string& answer) {
+  auto j = nlohmann::json::parse(answer, nullptr, false);
+  if (!j.is_object()) return "its answer is not JSON";
+  if (j.value("ok", false)) return std::nullopt;
+  return j.value("error", std::string("no reason given"));
 }
 
 bool RepairVm::post_load() {

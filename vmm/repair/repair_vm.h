@@ -9,6 +9,7 @@
 
 #include "base/unique_fd.h"
 #include "dump/memory_snapshot.h"
+#include "protocol/vm_windows.h"
 
 #include "machine.h"
 #include "machine_config.h"
@@ -34,10 +35,8 @@ struct ArenaWindow {
 // the broker's next tick.
 using LoadSnapshot = std::function<std::unique_ptr<MemorySnapshot>()>;
 
-// The windows every repair VM has at the same PCI slots (agent/repair_agent.cc reads them there):
-// the host pool's arenas (0x13, 0x14) and the host's kernel files (0x15 symbols, 0x16 BTF, 0x17 ORC).
-inline constexpr int kFirstArenaSlot = 0x13, kSymbolsSlot = 0x15, kTypesSlot = 0x16, kUnwindSlot = 0x17;
-// arenas: read-only opens of the arenas `sizes` describe.
+// The windows every repair VM has at the same PCI slots (protocol/vm_windows.h): the host pool's
+// arenas and the host's kernel files. arenas: read-only opens of the arenas `sizes` describe.
 void add_common_windows(MachineConfig& config, const std::vector<UniqueFd>& arenas, const std::vector<ArenaWindow>& sizes,
                         const HostKernelFiles& files);
 // The mailbox, with room for a crash snapshot's page index when the VM reads snapshots: 4 bytes
@@ -59,6 +58,8 @@ struct PostedLoad {
   nlohmann::json described;  // status' repair.vm.load, without its "ms"
 };
 std::optional<PostedLoad> post_load_from_snapshot(repair::Mailbox& box, const LoadSnapshot& take, PayloadPlace place);
+// Why the agent's answer to a load says it did not load (untrusted text); nullopt when it loaded.
+std::optional<std::string> load_refused(const std::string& answer);
 
 class RepairVm final : public RepairWorker {
  public:

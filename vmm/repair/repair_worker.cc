@@ -20,13 +20,8 @@ const char* to_string(WorkerState state) {
   return "?";
 }
 
-MailboxMemory::MailboxMemory(std::uint64_t bytes) : bytes_(std::max(bytes, repair::kMailboxSize)) {
-  fd_ = sealed_memfd("immortal-repair-mailbox", bytes_);
-  base_ = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
-  if (base_ == MAP_FAILED) fail_os(ExitCode::failure, "map the repair mailbox", errno);
-  box_ = repair::Mailbox(base_, bytes_);
-  box_.initialise();
-}
+MailboxMemory::MailboxMemory(std::uint64_t bytes)
+    : MailboxMemory(sealed_memfd("immortal-repair-mailbox", std::max(bytes, repair::kMailboxSize)), bytes, 0) {}
 
 MailboxMemory::MailboxMemory(UniqueFd file, std::uint64_t bytes, std::uint64_t session)
     : bytes_(std::max(bytes, repair::kMailboxSize)), fd_(std::move(file)) {

@@ -28,7 +28,6 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr auto kLoadLimit = std::chrono::seconds(120);
-constexpr int kSlotMailboxDevice = 0x18, kSlotPayloadDevice = 0x19;
 
 UniqueFd open_file(const std::string& path, int flags) {
   UniqueFd fd(::open(path.c_str(), flags | O_CLOEXEC | O_NOFOLLOW, 0600));
@@ -74,13 +73,14 @@ void empty_file(int fd, std::uint64_t bytes) {
   (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(bytes));
 }
 
-// Whether any slot of the VM in dir is taken (its lock held by a supervisor).
-bool any_slot_taken(const std::string& dir) {
+// How many slots of the VM in dir are taken (their locks held by supervisors, this one's too).
+int slots_taken(const std::string& dir) {
+  int taken = 0;
   for (int k = 0; k < kSharedSlots; ++k) {
     UniqueFd fd(::open(fmt::format("{}/slot-{}.lock", dir, k).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
-    if (fd && ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return true;
+    if (fd && ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) ++taken;
   }
-  return false;
+  return taken;
 }
 
 // The pid and start time vm.json names, when that process still runs.
@@ -102,7 +102,7 @@ void remove_unused_vms(const std::string& shared_dir, const std::string& keep) {
     if (name.rfind("repair-vm-", 0) != 0 || e.path().string() == keep || !e.is_directory(ec) || e.is_symlink(ec)) continue;
     UniqueFd lock(::open((e.path().string() + "/lock").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
     if (lock && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;  // someone joins or leaves it now
-    if (any_slot_taken(e.path().string())) continue;
+    if (slots_taken(e.path().string()) > 0) continue;
     if (auto vm = live_vm(e.path().string())) ::kill(vm->first, SIGKILL);
     fs::remove_all(e.path(), ec);
   }
@@ -188,8 +188,8 @@ void SharedRepairVm::join_or_start(const RepairVm::Factory& factory, MachineConf
     empty_file(mailbox.get(), mailbox_bytes);
     UniqueFd payload = open_file(fmt::format("{}/payload-{}", dir_, k), O_RDWR | O_CREAT);
     empty_file(payload.get(), window_bytes_);
-    config.shared_windows.push_back({fmt::format("slot-mailbox-{}", k), mailbox.get(), mailbox_bytes, false, kSlotMailboxDevice, k});
-    config.shared_windows.push_back({fmt::format("slot-payload-{}", k), payload.get(), window_bytes_, true, kSlotPayloadDevice, k});
+    config.shared_windows.push_back({fmt::format("slot-mailbox-{}", k), mailbox.get(), mailbox_bytes, false, repair::kSlotMailboxSlot, k});
+    config.shared_windows.push_back({fmt::format("slot-payload-{}", k), payload.get(), window_bytes_, true, repair::kSlotPayloadSlot, k});
     held.push_back(std::move(mailbox));
     held.push_back(std::move(payload));
   }
@@ -236,7 +236,7 @@ SharedRepairVm::~SharedRepairVm() {
     UniqueFd lock = open_file(dir_ + "/lock", O_RDWR | O_CREAT);
     lock_file(lock, dir_ + "/lock");
     slot_lock_.reset();
-    if (any_slot_taken(dir_)) {
+    if (slots_taken(dir_) > 0) {
       if (machine_) machine_->release();  // it goes on serving them
     } else {
       if (machine_) machine_->terminate(std::chrono::milliseconds(0));
@@ -321,10 +321,7 @@ void SharedRepairVm::check_load() {
   load_snapshot_.reset();  // its arena goes back to the pool
   mailbox_->clear_attachment();
   last_load_["ms"] = ms_since(load_posted_);
-  auto j = nlohmann::json::parse(*answer, nullptr, false);
-  if (!j.is_object() || !j.value("ok", false))
-    return fail_with("the repair agent could not load the profile: " +
-                     (j.is_object() ? j.value("error", std::string("no reason given")) : std::string("its answer is not JSON")));
+  if (auto why = load_refused(*answer)) return fail_with("the repair agent could not load the profile: " + *why);
   state_ = WorkerState::ready;
   status_ = mailbox_->box().agent_status();
   start_ms_ = ms_since(started_);
@@ -384,14 +381,7 @@ void SharedRepairVm::describe(nlohmann::json& into) const {
   // How many guests it serves, counted under its lock (never while one joins: a look at a slot's
   // lock would make a joiner take it for held).
   UniqueFd lock(::open((dir_ + "/lock").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
-  if (lock && ::flock(lock.get(), LOCK_EX | LOCK_NB) == 0) {
-    int used = 0;
-    for (int k = 0; k < kSharedSlots; ++k) {
-      UniqueFd fd(::open(fmt::format("{}/slot-{}.lock", dir_, k).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
-      if (k == slot_ || (fd && ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0)) ++used;
-    }
-    shared["guests"] = used;
-  }
+  if (lock && ::flock(lock.get(), LOCK_EX | LOCK_NB) == 0) shared["guests"] = slots_taken(dir_);
   into["shared"] = shared;
   if (!last_load_.is_null()) into["load"] = last_load_;
 }

@@ -28,7 +28,7 @@
 
 namespace immortal::vmm {
 
-inline constexpr int kSharedSlots = 8;
+using repair::kSharedSlots;
 
 class SharedRepairVm final : public RepairWorker {
  public:
