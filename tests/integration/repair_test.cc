@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <sstream>
 #include <thread>
@@ -368,7 +369,8 @@ TEST_CASE("repair VM: it never sees the guest's RAM (768 MiB, not a power of two
 }
 
 TEST_CASE("repair VM shared (--repair-vm-shared): two guests of one kernel share one repair VM, each crash is analysed "
-          "there from its snapshot, a freed slot serves a new guest, and the last guest to stop ends the VM",
+          "there from its snapshot, a freed slot serves a new guest, a full VM makes the next guest start a second one, and the "
+          "last guest to stop ends each VM",
           "[integration][repair]") {
   std::vector<std::string> names = {unique_name("shared-a"), unique_name("shared-b"), unique_name("shared-c")};
   auto start = [&](const std::string& name) {
@@ -439,22 +441,53 @@ TEST_CASE("repair VM shared (--repair-vm-shared): two guests of one kernel share
   CHECK(events_of(names[1], "plan").back()["plan"]["actions"][0].value("action", "") == "restore-code");
 
   // Every slot taken (the other six held here, as six more supervisors would): a fourth guest
-  // gets a repair VM of its own, and is protected all the same.
+  // starts the kernel's second shared VM, and is protected all the same.
+  auto hold_slots = [](const std::string& dir, std::vector<immortal::UniqueFd>& into) {
+    std::filesystem::create_directories(dir);
+    std::size_t before = into.size();
+    for (int k = 0; k < 8; ++k) {
+      immortal::UniqueFd fd(::open(fmt::format("{}/slot-{}.lock", dir, k).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+      REQUIRE(fd);
+      if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) into.push_back(std::move(fd));
+    }
+    return into.size() - before;
+  };
+  const std::string first_dir = a.value("dir", "");
+  REQUIRE(first_dir.size() > 2);
+  REQUIRE(first_dir.substr(first_dir.size() - 2) == "-0");
+  const std::string key_dir = first_dir.substr(0, first_dir.size() - 1);  // .../repair-vm-KEY-
   std::vector<immortal::UniqueFd> taken;
-  for (int k = 0; k < 8; ++k) {
-    immortal::UniqueFd fd(::open(fmt::format("{}/slot-{}.lock", a.value("dir", ""), k).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    REQUIRE(fd);
-    if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) taken.push_back(std::move(fd));
-  }
-  CHECK(taken.size() == 6);
+  CHECK(hold_slots(first_dir, taken) == 6);
   std::string fourth = unique_name("shared-d");
   start(fourth);
   REQUIRE(wait_until([&] { return ready(fourth); }, 180s));
-  CHECK_FALSE(vm_of(fourth).contains("shared"));
-  CHECK(vm_of(fourth).value("pid", 0) != qemu);
-  CHECK_FALSE(events_of(fourth, "repair-starting").back().value("shared", false));
-  CHECK(run_cli({"stop", fourth, "--force"}).status == 0);
+  json d = vm_of(fourth).value("shared", json::object());
+  INFO(d.dump());
+  CHECK(d.value("dir", "") == key_dir + "1");
+  CHECK(d.value("instance", -1) == 1);
+  CHECK(d.value("started_here", false));
+  const int second_qemu = d.value("qemu_pid", 0);
+  CHECK(second_qemu > 0);
+  CHECK(second_qemu != qemu);
+  CHECK(events_of(fourth, "repair-starting").back().value("shared", false));
+  recovered_in_vm(fourth);
+
+  // Every slot of every shared VM of this kernel taken: a fifth guest gets a repair VM of its own.
+  for (int n = 1; n < 16; ++n) hold_slots(key_dir + std::to_string(n), taken);
+  CHECK(taken.size() == 6 + 7 + 14 * 8);
+  std::string fifth = unique_name("shared-e");
+  start(fifth);
+  REQUIRE(wait_until([&] { return ready(fifth); }, 180s));
+  CHECK_FALSE(vm_of(fifth).contains("shared"));
+  CHECK(vm_of(fifth).value("pid", 0) != qemu);
+  CHECK(vm_of(fifth).value("pid", 0) != second_qemu);
+  CHECK_FALSE(events_of(fifth, "repair-starting").back().value("shared", false));
+  CHECK(run_cli({"stop", fifth, "--force"}).status == 0);
   taken.clear();
+  // The second VM's only guest stops: it ends that VM, and the first one serves on.
+  REQUIRE(run_cli({"stop", fourth, "--force"}).status == 0);
+  CHECK(wait_until([&] { return !alive(second_qemu); }, 30s));
+  CHECK(alive(qemu));
 
   // The last guest to stop ends it.
   REQUIRE(run_cli({"stop", names[1], "--force"}).status == 0);

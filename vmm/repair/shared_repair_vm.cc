@@ -93,10 +93,13 @@ std::optional<std::pair<int, std::uint64_t>> live_vm(const std::string& dir) {
   return std::make_pair(pid, start);
 }
 
-// Shared VMs of other keys nobody uses any more (an agent or kernel that changed since, or every
-// supervisor of theirs killed): ended and removed, each under its lock.
-void remove_unused_vms(const std::string& shared_dir, const std::string& keep) {
+// Shared VMs nobody uses any more (an agent or kernel that changed since, or every supervisor of
+// theirs killed): ended, each under its lock. Those of other keys are removed too; an instance of
+// our own key keeps its directory (a supervisor may be about to join it: it is where the next
+// guest goes when the earlier ones are full).
+void remove_unused_vms(const std::string& shared_dir, const std::string& key, const std::string& keep) {
   std::error_code ec;
+  const std::string ours = "repair-vm-" + key + "-";
   for (const auto& e : fs::directory_iterator(shared_dir, ec)) {
     std::string name = e.path().filename().string();
     if (name.rfind("repair-vm-", 0) != 0 || e.path().string() == keep || !e.is_directory(ec) || e.is_symlink(ec)) continue;
@@ -104,7 +107,22 @@ void remove_unused_vms(const std::string& shared_dir, const std::string& keep) {
     if (lock && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;  // someone joins or leaves it now
     if (slots_taken(e.path().string()) > 0) continue;
     if (auto vm = live_vm(e.path().string())) ::kill(vm->first, SIGKILL);
-    fs::remove_all(e.path(), ec);
+    if (name.rfind(ours, 0) == 0) ::unlink((e.path().string() + "/vm.json").c_str());
+    else fs::remove_all(e.path(), ec);
+  }
+}
+
+// The directory's lock, held: a directory another supervisor removed meanwhile (its lock file
+// unlinked while we waited for it) is made again.
+UniqueFd lock_directory(const std::string& dir) {
+  for (int attempt = 0;; ++attempt) {
+    fs::create_directories(dir + "/vm");
+    fs::permissions(dir, fs::perms::owner_all);
+    UniqueFd lock = open_file(dir + "/lock", O_RDWR | O_CREAT);
+    lock_file(lock, dir + "/lock");
+    struct stat st {};
+    if (::fstat(lock.get(), &st) != 0) fail_os(ExitCode::failure, "stat " + dir + "/lock", errno);
+    if (st.st_nlink > 0 || attempt == 3) return lock;
   }
 }
 
@@ -133,23 +151,27 @@ SharedRepairVm::SharedRepairVm(const RepairVm::Factory& factory, MachineConfig c
     made_of["kernel_files"].push_back(*f ? nlohmann::json{(*f)->digest, (*f)->bytes} : nlohmann::json());
   std::string text = made_of.dump();
   key_ = content_digest({reinterpret_cast<const std::uint8_t*>(text.data()), text.size()}).substr(0, 16);
-  dir_ = shared_dir + "/repair-vm-" + key_;
-  fs::create_directories(dir_ + "/vm");
-  fs::permissions(dir_, fs::perms::owner_all);
-
-  UniqueFd lock = open_file(dir_ + "/lock", O_RDWR | O_CREAT);
-  lock_file(lock, dir_ + "/lock");
-  for (int k = 0; k < kSharedSlots && slot_ < 0; ++k) {
-    UniqueFd fd = open_file(fmt::format("{}/slot-{}.lock", dir_, k), O_RDWR | O_CREAT);
-    if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) {
-      slot_ = k;
-      slot_lock_ = std::move(fd);
+  // The first instance of this key with a free slot; the guests of one kernel fill one VM before
+  // the next is started (eight guests per VM: a host with dozens has several).
+  UniqueFd lock;
+  for (int n = 0; n < kSharedVmsPerKernel && slot_ < 0; ++n) {
+    dir_ = fmt::format("{}/repair-vm-{}-{}", shared_dir, key_, n);
+    instance_ = n;
+    lock = lock_directory(dir_);
+    for (int k = 0; k < kSharedSlots && slot_ < 0; ++k) {
+      UniqueFd fd = open_file(fmt::format("{}/slot-{}.lock", dir_, k), O_RDWR | O_CREAT);
+      if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) {
+        slot_ = k;
+        slot_lock_ = std::move(fd);
+      }
     }
   }
-  if (slot_ < 0) fail(ExitCode::failure, "all {} slots of the shared repair VM {} are taken", kSharedSlots, dir_);
+  if (slot_ < 0)
+    fail(ExitCode::failure, "all {} slots of the {} shared repair VMs of this kernel are taken ({}/repair-vm-{}-*)", kSharedSlots,
+         kSharedVmsPerKernel, shared_dir, key_);
   join_or_start(factory, std::move(config), arenas, mailbox_bytes);
   lock.reset();  // joined: the next supervisor may come
-  remove_unused_vms(shared_dir, dir_);
+  remove_unused_vms(shared_dir, key_, dir_);
   doorbell_ = UniqueFd(::open((dir_ + "/vm/doorbell.in").c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW));
   if (!doorbell_) fail_os(ExitCode::failure, "open the shared repair VM's doorbell", errno);
 
@@ -200,7 +222,7 @@ void SharedRepairVm::join_or_start(const RepairVm::Factory& factory, MachineConf
     arena_fds.push_back(std::move(fd));
   }
   add_common_windows(config, arena_fds, arenas, kernel_files_);
-  config.name = "repair-" + key_;
+  config.name = fmt::format("repair-{}-{}", key_, instance_);
   config.runtime_dir = dir_ + "/vm";
   config.console_log = dir_ + "/vm/console.log";
   // It serves guests of other supervisors: it must outlive this one, and gives back what its
@@ -377,7 +399,7 @@ std::string SharedRepairVm::analyse(const std::string& request, Deadline deadlin
 void SharedRepairVm::describe(nlohmann::json& into) const {
   into["kernel"] = kernel_;
   into["guest_ram_window"] = false;
-  nlohmann::json shared = {{"dir", dir_}, {"slot", slot_}, {"slots", kSharedSlots}, {"started_here", started_vm_}, {"qemu_pid", pid_}};
+  nlohmann::json shared = {{"dir", dir_}, {"instance", instance_}, {"slot", slot_}, {"slots", kSharedSlots}, {"started_here", started_vm_}, {"qemu_pid", pid_}};
   // How many guests it serves, counted under its lock (never while one joins: a look at a slot's
   // lock would make a joiner take it for held).
   UniqueFd lock(::open((dir_ + "/lock").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));

@@ -6,8 +6,9 @@
 // inside, pid 1 runs one process per slot, under an account of its own, and that process runs what
 // pid 1 of a VM of one guest runs: load a profile from a snapshot, fork a process per crash
 // (repair-image/agent/repair_agent.cc). Several supervisors — separate processes — share it
-// through the files of one directory, SHARED_DIR/repair-vm-KEY/ (KEY: a digest of everything the
-// VM is made of: kernel, agent, arenas, the kernel's host files, window sizes):
+// through the files of one directory, SHARED_DIR/repair-vm-KEY-N/ (KEY: a digest of everything the
+// VM is made of: kernel, agent, arenas, the kernel's host files, window sizes; N: the instance, as
+// the ninth guest of a kernel starts a second VM):
 //   lock           held while a supervisor joins or leaves: the VM is started and ended under it
 //   vm.json        its QEMU's pid and start time
 //   slot-K.lock    held by the supervisor using slot K, for as long as it does
@@ -29,13 +30,17 @@
 namespace immortal::vmm {
 
 using repair::kSharedSlots;
+// How many shared VMs the guests of one kernel may start, eight guests each; a guest that finds
+// them all full gets a repair VM of its own.
+inline constexpr int kSharedVmsPerKernel = 16;
 
 class SharedRepairVm final : public RepairWorker {
  public:
   // config: the repair VM's configuration as for a VM of one guest (kernel, initrd, vCPUs …);
   // shared_dir: the runtime root's shared directory. payload: the image's payload memfd
   // (window_bytes long), copied into the slot. Needs the arenas and load_snapshot (the VM never
-  // sees a guest's RAM). Throws Error when the VM cannot be joined or started, or all its slots are taken.
+  // sees a guest's RAM). Throws Error when the VM cannot be joined or started, or the slots of every
+  // instance (kSharedVmsPerKernel) are taken.
   SharedRepairVm(const RepairVm::Factory& factory, MachineConfig config, const std::string& shared_dir, int payload,
                  std::uint64_t window_bytes,
                  const std::vector<ArenaWindow>& arenas, HostKernelFiles kernel_files, LoadSnapshot load_snapshot,
@@ -66,7 +71,7 @@ class SharedRepairVm final : public RepairWorker {
   void ring() const;  // the slot's doorbell: its agent looks at its mailbox now
 
   std::string dir_, key_, kernel_;
-  int slot_ = -1;
+  int instance_ = 0, slot_ = -1;
   UniqueFd slot_lock_;
   UniqueFd payload_;  // the slot's payload file
   UniqueFd doorbell_;  // written: the VM's doorbell (a FIFO its QEMU reads)
