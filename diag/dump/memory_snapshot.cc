@@ -65,20 +65,22 @@ RamClasses unclassified_ram(const PhysicalMemory& ram) {
   return out;
 }
 
-std::uint64_t touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes) {
-  std::uint64_t pages = 0;
+KernelPageCount touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes) {
+  KernelPageCount count;
+  std::array<std::byte, MemorySnapshot::kPageSize> page;
   for (const auto& [r, c] : classes) {
     for (std::size_t p = 0; p < c.size(); ++p) {
       if (c[p] != PageClass::kernel) continue;
-      ++pages;
-      std::uint64_t word;
+      ++count.pages;
       try {
-        ram.read(r.start + p * MemorySnapshot::kPageSize, std::as_writable_bytes(std::span(&word, 1)));
+        ram.read(r.start + p * MemorySnapshot::kPageSize, page);
+        if (!page_is_zero(page.data())) ++count.non_zero;
       } catch (const MemoryFault&) {
+        ++count.non_zero;  // a partial page: counted as copied
       }
     }
   }
-  return pages;
+  return count;
 }
 
 std::uint64_t kernel_pages_among(const RamClasses& classes, const std::vector<std::uint64_t>& pages) {
@@ -247,7 +249,10 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   // the resume) may go where it can still grow.
   std::uint64_t pause_pages = candidates - (later ? kernel_pages_among(classified, later->pages) : 0);
   s->census_.pause_candidates = pause_pages;
-  if (arena && arena->size() >= pause_pages * kPageSize && arena->size() + arena->room() >= candidates * kPageSize) {
+  // An arena is sized for the pages that are not all zeros (BundleRecorder::prepare), fewer than
+  // the candidates: one that can grow to hold them all is used, and grows in the pause (memory
+  // allocated then: slower) only for what did not fit.
+  if (arena && arena->size() + arena->room() >= candidates * kPageSize) {
     s->census_.warm_arena = true;
   } else {
     arena = SnapshotArena::map_fresh(candidates * kPageSize);
@@ -265,6 +270,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   struct Part {
     std::size_t range = 0, page = 0;  // where it starts in RAM
     std::uint32_t base = 0, next = 0;  // its first slot and its next one
+    bool grows = false;  // the last part: it may grow the arena for what does not fit (the first stops before the second's base)
     std::array<std::uint64_t, kPageClassCount> pages{};  // its census, merged after
     std::vector<LaterPage> later;  // the later pages in it, left for the end
   };
@@ -273,6 +279,23 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   // known: the page's index in KnownPages and what is known of it (Known::no: read it from RAM now).
   auto copy_page = [&](Part& part, Range& range, std::size_t p, PageClass cls, Known known, std::size_t index) {
     std::uint64_t paddr = range.range.start + p * kPageSize;
+    if (cls == PageClass::kernel && known == Known::no && part.grows &&
+        (static_cast<std::uint64_t>(part.next) + 1) * kPageSize > s->arena_->size()) {
+      // More pages hold something than the arena was prepared for: it grows now, by an eighth
+      // (at least 8 MiB), within what it may; a page that memory cannot be had for is lost.
+      // (Slots of pages filled in after the resume grow it then: fill_known.)
+      std::uint64_t size = s->arena_->size();
+      std::uint64_t want = std::min(size + std::max<std::uint64_t>(size / 8, 8ull << 20), size + s->arena_->room());
+      try {
+        s->arena_->grow_to(want);
+        s->census_.grown_in_pause_bytes += s->arena_->size() - size;
+      } catch (const std::exception& e) {
+        s->census_.lost_why = e.what();
+        s->lose(range, p);
+        ++part.pages[static_cast<std::size_t>(PageClass::kernel)];
+        return;
+      }
+    }
     if (cls == PageClass::kernel) {
       std::byte* dst = s->buffer_ + static_cast<std::uint64_t>(part.next) * kPageSize;
       const std::byte* bytes = dst;
@@ -329,7 +352,11 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
     second.page = at.page;
     second.base = second.next = at.slots_before;
     two = at.range < s->by_range_.size();
+    // The first part's slots must all be there before it starts (only the second one grows the
+    // arena); an arena smaller than that is copied into by one thread.
+    if (two && static_cast<std::uint64_t>(at.slots_before) * kPageSize > s->arena_->size()) two = false;
   }
+  (two ? second : first).grows = true;
   std::exception_ptr second_failed;
   std::thread helper;
   if (two) {
@@ -405,6 +432,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   s->slots_ = tail.next;
   s->census_.copied_bytes = (static_cast<std::uint64_t>(first.next) + (two ? second.next - second.base : 0)) * kPageSize;
   for (const auto& u : s->unfilled_) ++(u.known != kFromRam ? s->census_.known_pages : s->census_.after_resume_pages);
+  s->census_.pause_copied_pages = s->census_.copied_bytes / kPageSize - s->unfilled_.size();
   return s;
 }
 

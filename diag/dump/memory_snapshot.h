@@ -32,7 +32,11 @@ struct SnapshotCensus {
   std::uint64_t lost_pages = 0;
   std::string lost_why;
   bool warm_arena = false;  // copied into memory prepared ahead
-  std::uint64_t pause_candidates = 0;  // pages that had to fit in the arena as it was (kernel class, not left for later)
+  std::uint64_t pause_candidates = 0;  // pages that could have been copied in the pause (kernel class, not left for later)
+  std::uint64_t pause_copied_pages = 0;  // of those, the ones copied (not all zeros): what the arena had to hold
+  // Bytes the arena grew by during the pause, when what was copied did not fit what was prepared
+  // (allocated then: a longer pause).
+  std::uint64_t grown_in_pause_bytes = 0;
   std::string filter;  // how pages were chosen ("struct page (dump level 31)" or why all were kept)
 };
 
@@ -94,8 +98,12 @@ using RamClasses = std::vector<std::pair<PhysicalRange, std::vector<PageClass>>>
 // ram's ranges so, every page `kernel` (copied unless it is all zeros).
 RamClasses unclassified_ram(const PhysicalMemory& ram);
 // Of classes, the pages a snapshot would copy (all `kernel` ones), each read once so that it is
-// mapped into our view of guest RAM now rather than during a pause.
-std::uint64_t touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes);
+// mapped into our view of guest RAM now rather than during a pause; and how many of them hold
+// something (are not all zeros now), which is what a snapshot's arena holds of them.
+struct KernelPageCount {
+  std::uint64_t pages = 0, non_zero = 0;
+};
+KernelPageCount touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes);
 // How many of `pages` (sorted guest-physical page addresses) classes call kernel pages.
 std::uint64_t kernel_pages_among(const RamClasses& classes, const std::vector<std::uint64_t>& pages);
 

@@ -366,10 +366,60 @@ TEST_CASE("a snapshot grows a borrowed arena only for its later pages, and loses
       CHECK_THROWS_AS(snap->read_value<std::uint8_t>(p * 4096), MemoryFault);
     }
   }
-  SECTION("an arena too small for the pause's pages is not used") {
+  SECTION("an arena smaller than the pause's pages grows in the pause, and says by how much") {
     auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", borrowed(3 * 4096, 5 * 4096), {}, nullptr, &later, 1);
+    CHECK(snap->census().warm_arena);
+    CHECK(grown == std::vector<std::uint64_t>{8 * 4096});  // at the fourth page: all it may (less than 8 MiB)
+    CHECK(snap->census().grown_in_pause_bytes == 5 * 4096);
+    CHECK(snap->census().pause_copied_pages == 5);  // 0-3 and the changed page 6
+    CHECK(snap->fill_known() == 3);
+    CHECK(grown.size() == 1);
+    CHECK(snap->census().lost_pages == 0);
+    for (std::uint64_t p : {0, 3, 6}) CHECK(snap->read_value<std::uint8_t>(p * 4096) == 'g');
+    CHECK(snap->read_value<std::uint8_t>(7 * 4096) == 0x63);
+  }
+  SECTION("an arena that cannot grow to every page it might hold is not used") {
+    auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", borrowed(3 * 4096, 4 * 4096), {}, nullptr, &later, 1);
     CHECK_FALSE(snap->census().warm_arena);
     CHECK(grown.empty());
+  }
+}
+
+TEST_CASE("a snapshot's arena holds the pages that are not all zeros; on two threads, the second part grows it when "
+          "the first part's zero pages leave it short",
+          "[bundle]") {
+  constexpr std::uint64_t kPages = 8192;  // twice what goes on two threads (MemorySnapshot::kTwoThreadPages)
+  VectorMemory ram(kPages * 4096);
+  // The first half all zeros but for every eighth page; the second half all written.
+  for (std::uint64_t p = 0; p < kPages; ++p)
+    if (p >= kPages / 2 || p % 8 == 0) ram.put_bytes(p * 4096, "page " + std::to_string(p));
+  const std::uint64_t written = kPages / 2 + kPages / 16;
+  KernelPageCount count = touch_kernel_pages(ram, unclassified_ram(ram));
+  CHECK(count.pages == kPages);
+  CHECK(count.non_zero == written);
+  std::vector<std::byte> memory(kPages * 4096, std::byte{0});
+  std::vector<std::uint64_t> grown;
+  auto borrowed = [&](std::uint64_t size) {
+    return SnapshotArena::borrow(memory.data(), size, -1, [](std::uint64_t) {}, kPages * 4096 - size,
+                                 [&](std::uint64_t bytes) { grown.push_back(bytes); });
+  };
+  SECTION("one thread: the written pages fit, nothing grows") {
+    auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", borrowed(written * 4096), {}, nullptr, nullptr, 1);
+    CHECK(snap->census().warm_arena);
+    CHECK(grown.empty());
+    CHECK(snap->census().grown_in_pause_bytes == 0);
+    CHECK(snap->census().pause_copied_pages == written);
+  }
+  SECTION("two threads: the second part starts after the first part's candidates, and grows the arena") {
+    auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", borrowed(written * 4096), {}, nullptr, nullptr, 2);
+    CHECK(snap->census().warm_arena);
+    CHECK_FALSE(grown.empty());
+    CHECK(snap->census().grown_in_pause_bytes > 0);
+    CHECK(snap->census().pause_copied_pages == written);
+    CHECK(snap->census().lost_pages == 0);
+    for (std::uint64_t p : {std::uint64_t{0}, std::uint64_t{8}, kPages / 2, kPages - 1})
+      CHECK(snap->read_value<std::uint8_t>(p * 4096 + 5) == std::to_string(p)[0]);
+    CHECK(snap->page_class(4096) == PageClass::zero);
   }
 }
 

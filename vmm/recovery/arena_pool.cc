@@ -181,7 +181,9 @@ void ArenaPool::grow(Slot& slot, std::uint64_t bytes) {
   // Allocated now (ENOSPC here, never SIGBUS on a write); we hold the file's lock, so no one else
   // prepares it until let_go() punched it out again.
   allocate(slot, from, bytes, fmt::format("cannot grow a snapshot arena by {} MiB", (bytes - from) >> 20));
-  void* p = ::mmap(slot.base + from, bytes - from, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, slot.fd.get(),
+  // Populated: this may run in a pause (a copy that outgrew what was prepared), where a fault per
+  // page would cost more than the copy.
+  void* p = ::mmap(slot.base + from, bytes - from, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_POPULATE, slot.fd.get(),
                    static_cast<off_t>(from));
   if (p == MAP_FAILED) {
     int e = errno;

@@ -167,9 +167,10 @@ BundleResult write_bundle(const BundleSettings& settings, BundleJob& job) {
                         {"from_healthy_copy_pages", census.known_pages},
                         {"taken_after_resume_pages", census.after_resume_pages},
                         {"prepared_memory", census.warm_arena}};
+    if (census.grown_in_pause_bytes) report["memory"]["grown_in_pause_bytes"] = census.grown_in_pause_bytes;
     if (census.lost_pages) {
       report["memory"]["lost_pages"] = census.lost_pages;
-      problems.push_back(fmt::format("{} kernel pages left for after the resume were not taken (their slots could not be had: {}); "
+      problems.push_back(fmt::format("{} kernel pages were not taken (memory for their slots could not be had: {}); "
                                      "they read as not copied", census.lost_pages, census.lost_why));
     }
     report["vmcore"] = {{"bytes", stats.file_bytes}, {"segments", stats.segments}, {"data_pages", stats.data_pages},
@@ -238,10 +239,15 @@ bool fits(std::uint64_t arena, std::uint64_t need) { return arena >= need + need
 
 void BundleRecorder::prepare(const PhysicalMemory& ram, const RamClasses& classes, const std::vector<std::uint64_t>& later) {
   std::uint64_t ram_bytes = ram.total_size();
-  // Reading a word of each page to copy maps it into our view of guest RAM now, not in a pause.
-  std::uint64_t kernel_pages = touch_kernel_pages(ram, classes);
-  std::uint64_t later_pages = pool_ ? std::min(kernel_pages_among(classes, later), kernel_pages) : 0;
-  std::uint64_t need = (kernel_pages - later_pages) * MemorySnapshot::kPageSize;
+  // Reading each page to copy maps it into our view of guest RAM now, not in a pause.
+  KernelPageCount kernel = touch_kernel_pages(ram, classes);
+  // A pool's arena holds what a pause copies: the pages that are not all zeros (a third of the
+  // kernel's class in an idle guest are: tables allocated zeroed, and never written), without the
+  // code read after the resume; it can grow for more (in the pause, slower; then it is
+  // re-sized, outgrown()). An arena of our own cannot grow: it holds every page of the class.
+  std::uint64_t pages = pool_ ? kernel.non_zero : kernel.pages;
+  std::uint64_t later_pages = pool_ ? std::min(kernel_pages_among(classes, later), pages) : 0;
+  std::uint64_t need = (pages - later_pages) * MemorySnapshot::kPageSize;
   std::lock_guard lock(mutex_);
   arena_limit_ = ram_bytes;
   if (fits(arena_bytes_, need)) return;
@@ -256,7 +262,7 @@ void BundleRecorder::prepare(const PhysicalMemory& ram, const RamClasses& classe
 }
 
 void BundleRecorder::outgrown(const SnapshotCensus& census) {
-  std::uint64_t need = census.pause_candidates * MemorySnapshot::kPageSize;
+  std::uint64_t need = census.pause_copied_pages * MemorySnapshot::kPageSize;
   std::lock_guard lock(mutex_);
   if (!pool_ || !arena_bytes_ || fits(arena_bytes_, need)) return;
   arena_bytes_ = with_margin(need, std::max(arena_limit_, need));
