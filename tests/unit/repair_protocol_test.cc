@@ -792,4 +792,8 @@ TEST_CASE("the repair VM's memory grows with its payload and with the page table
   CHECK(vmm::repair_vm_memory(13 * MiB, 16 * GiB) == 272 * MiB);
   CHECK(vmm::repair_vm_memory(13 * MiB, 64 * GiB) == 464 * MiB);
   CHECK(vmm::repair_vm_memory(0, 0) == 160 * MiB);
+  // The shared VM: one VM of one guest's room, and 32 MiB for each further slot, more for larger windows.
+  CHECK(vmm::shared_repair_vm_memory(13 * MiB, 512 * MiB) == (208 + 7 * 32) * MiB);
+  CHECK(vmm::shared_repair_vm_memory(0, 0) == (160 + 7 * 32) * MiB);
+  CHECK(vmm::shared_repair_vm_memory(13 * MiB, 64 * GiB) == (464 + 7 * (464 - 176)) * MiB);
 }

@@ -51,6 +51,17 @@ std::uint64_t repair_vm_memory(std::uint64_t payload_bytes, std::uint64_t guest_
   return (mib + 15) / 16 * 16 << 20;
 }
 
+std::uint64_t shared_repair_vm_memory(std::uint64_t payload_bytes, std::uint64_t guest_ram_bytes) {
+  // A VM of one guest's room, and more for each further slot: what one slot's agent holds loaded
+  // (8-13 MiB measured, a 10 MiB payload read in place) and its load's peak (13 MiB) twice over,
+  // and more for larger payloads and windows as for a VM of one guest. Not the whole of a VM of one
+  // guest per slot: each MiB of RAM costs 16 KiB of struct page, written at the VM's boot (656 MiB
+  // for eight slots kept 37 MiB of its RAM resident with one guest; 432 MiB, 31 MiB).
+  const std::uint64_t one = repair_vm_memory(payload_bytes, guest_ram_bytes);
+  const std::uint64_t per_slot = std::max<std::uint64_t>(32ull << 20, one > (176ull << 20) ? one - (176ull << 20) : 0);
+  return one + (kSharedSlots - 1) * per_slot;
+}
+
 RepairBroker::RepairBroker(RepairSettings settings, RepairVm::Factory factory, MachineConfig vm_config, std::string dir,
                            Say say, Event event)
     : settings_(std::move(settings)), factory_(std::move(factory)), vm_config_(std::move(vm_config)), dir_(std::move(dir)),
@@ -203,12 +214,7 @@ void RepairBroker::start(Slot& slot) {
           MachineConfig sc = c;  // its own directory, not this instance's
           sc.runtime_dir.clear();
           sc.console_log.clear();
-          // Room for every slot's engine and its load: its kernel's once, the rest as many times as it
-          // has slots (16 MiB beside each load's three payloads and page tables; each MiB of RAM costs
-          // 16 KiB of struct page in the VM, touched at its boot).
-          if (!vm_config_.memory_bytes)
-            sc.memory_bytes = repair_vm_memory(image_->payload_bytes, ram_.size) +
-                              (kSharedSlots - 1) * (repair_vm_memory(image_->payload_bytes, ram_.size) - (144ull << 20));
+          if (!vm_config_.memory_bytes) sc.memory_bytes = shared_repair_vm_memory(image_->payload_bytes, ram_.size);
           auto shared = std::make_unique<SharedRepairVm>(factory_, sc, settings_.shared_dir, image_->payload.get(),
                                                          image_->window_bytes, arenas, std::move(files), settings_.load_snapshot,
                                                          PayloadPlace{image_->payload_offset, image_->payload_bytes});

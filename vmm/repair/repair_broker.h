@@ -24,6 +24,8 @@ namespace immortal::vmm {
 // payload_bytes and two processes mapping a guest RAM window of guest_ram_bytes (a multiple of
 // 16 MiB).
 std::uint64_t repair_vm_memory(std::uint64_t payload_bytes, std::uint64_t guest_ram_bytes);
+// The same for the VM shared by the guests of one kernel (--repair-vm-shared): its eight slots.
+std::uint64_t shared_repair_vm_memory(std::uint64_t payload_bytes, std::uint64_t guest_ram_bytes);
 
 struct RepairSettings {
   std::string mode = "vm";          // vm | inline
