@@ -390,10 +390,13 @@ TEST_CASE("a snapshot's arena holds the pages that are not all zeros; on two thr
           "[bundle]") {
   constexpr std::uint64_t kPages = 8192;  // twice what goes on two threads (MemorySnapshot::kTwoThreadPages)
   VectorMemory ram(kPages * 4096);
-  // The first half all zeros but for every eighth page; the second half all written.
-  for (std::uint64_t p = 0; p < kPages; ++p)
+  // The first half all zeros but for every eighth page (and every eighth from the fourth on, past
+  // its first bytes); the second half all written.
+  for (std::uint64_t p = 0; p < kPages; ++p) {
     if (p >= kPages / 2 || p % 8 == 0) ram.put_bytes(p * 4096, "page " + std::to_string(p));
-  const std::uint64_t written = kPages / 2 + kPages / 16;
+    if (p < kPages / 2 && p % 8 == 4) ram.put_bytes(p * 4096 + 2048, "late");
+  }
+  const std::uint64_t written = kPages / 2 + kPages / 16 + kPages / 16;
   KernelPageCount count = touch_kernel_pages(ram, unclassified_ram(ram));
   CHECK(count.pages == kPages);
   CHECK(count.non_zero == written);
@@ -420,6 +423,7 @@ TEST_CASE("a snapshot's arena holds the pages that are not all zeros; on two thr
     for (std::uint64_t p : {std::uint64_t{0}, std::uint64_t{8}, kPages / 2, kPages - 1})
       CHECK(snap->read_value<std::uint8_t>(p * 4096 + 5) == std::to_string(p)[0]);
     CHECK(snap->page_class(4096) == PageClass::zero);
+    CHECK(snap->read_value<std::uint8_t>(4 * 4096 + 2048) == 'l');
   }
 }
 
