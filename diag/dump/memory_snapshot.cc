@@ -65,33 +65,6 @@ RamClasses unclassified_ram(const PhysicalMemory& ram) {
   return out;
 }
 
-KernelPageCount touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes) {
-  KernelPageCount count;
-  std::array<std::byte, MemorySnapshot::kPageSize> page;
-  for (const auto& [r, c] : classes) {
-    for (std::size_t p = 0; p < c.size(); ++p) {
-      if (c[p] != PageClass::kernel) continue;
-      ++count.pages;
-      try {
-        // Most written pages differ from zeros in their first bytes: the whole page is read only
-        // when those are zeros (a large guest's kernel pages are GiBs; this runs at each profile).
-        const std::uint64_t at = r.start + p * MemorySnapshot::kPageSize;
-        std::span<std::byte> head(page.data(), 64);
-        ram.read(at, head);
-        bool zeros = std::all_of(head.begin(), head.end(), [](std::byte b) { return b == std::byte{0}; });
-        if (zeros) {
-          ram.read(at, page);
-          zeros = page_is_zero(page.data());
-        }
-        if (!zeros) ++count.non_zero;
-      } catch (const MemoryFault&) {
-        ++count.non_zero;  // a partial page: counted as copied
-      }
-    }
-  }
-  return count;
-}
-
 std::uint64_t kernel_pages_among(const RamClasses& classes, const std::vector<std::uint64_t>& pages) {
   std::uint64_t n = 0;
   std::size_t ri = 0;
@@ -214,7 +187,52 @@ SplitPoint split_point(const RamClasses& classes, const std::vector<std::uint64_
   return at;
 }
 
+bool copies_on_two_threads(unsigned threads, std::uint64_t candidates, bool has_ranges) {
+  return threads >= 2 && has_ranges && candidates >= MemorySnapshot::kTwoThreadPages && std::thread::hardware_concurrency() >= 2;
+}
+
 }  // namespace
+
+KernelPageCount touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes, const std::vector<std::uint64_t>& later,
+                                   unsigned threads) {
+  KernelPageCount count;
+  for (const auto& [r, c] : classes) count.pages += static_cast<std::uint64_t>(std::count(c.begin(), c.end(), PageClass::kernel));
+  // Where take() would split its copy, and how many slots its first part would keep.
+  SplitPoint at{classes.size(), 0, 0};
+  if (copies_on_two_threads(threads, count.pages, !classes.empty())) at = split_point(classes, later, count.pages);
+  std::uint64_t second_part_written = 0;
+  std::array<std::byte, MemorySnapshot::kPageSize> page;
+  std::size_t k = 0;
+  for (std::size_t ri = 0; ri < classes.size(); ++ri) {
+    const auto& [r, c] = classes[ri];
+    for (std::size_t p = 0; p < c.size(); ++p) {
+      if (c[p] != PageClass::kernel) continue;
+      const std::uint64_t paddr = r.start + p * MemorySnapshot::kPageSize;
+      bool zeros = false;
+      try {
+        // Most written pages differ from zeros in their first bytes: the whole page is read only
+        // when those are zeros (a large guest's kernel pages are GiBs; this runs at each profile).
+        std::span<std::byte> head(page.data(), 64);
+        ram.read(paddr, head);
+        zeros = std::all_of(head.begin(), head.end(), [](std::byte b) { return b == std::byte{0}; });
+        if (zeros) {
+          ram.read(paddr, page);
+          zeros = page_is_zero(page.data());
+        }
+      } catch (const MemoryFault&) {
+        zeros = false;  // a partial page: counted as copied
+      }
+      if (zeros) continue;
+      ++count.non_zero;
+      while (k < later.size() && later[k] < paddr) ++k;
+      if (k < later.size() && later[k] == paddr) continue;  // copied after the pause
+      if (at.range < classes.size() && (ri > at.range || (ri == at.range && p >= at.page))) ++second_part_written;
+      else if (at.range == classes.size()) ++count.pause_slots;
+    }
+  }
+  if (at.range < classes.size()) count.pause_slots = at.slots_before + second_part_written;
+  return count;
+}
 
 std::unique_ptr<MemorySnapshot> MemorySnapshot::prepare(const PhysicalMemory& ram) {
   std::unique_ptr<MemorySnapshot> s(new MemorySnapshot);
@@ -354,7 +372,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   // thread, 3.7 ms on two). The second part's slots start after as many as the first could use,
   // so the first one's zero pages leave unused slots between them.
   Part first, second;
-  bool two = threads >= 2 && !s->by_range_.empty() && candidates >= kTwoThreadPages && std::thread::hardware_concurrency() >= 2;
+  bool two = copies_on_two_threads(threads, candidates, !s->by_range_.empty());
   if (two) {
     SplitPoint at = split_point(classified, deferred, candidates);
     second.range = at.range;
@@ -387,6 +405,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   if (second_failed) std::rethrow_exception(second_failed);
   // Then the later pages, from where they are known, after both parts' slots.
   Part& tail = two ? second : first;
+  s->census_.pause_slots = tail.next;  // and the later pages copied now, below
   std::vector<LaterPage> deferred_at = std::move(first.later);
   deferred_at.insert(deferred_at.end(), second.later.begin(), second.later.end());
   if (!deferred_at.empty()) {
@@ -419,6 +438,7 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
       }
       copy_page(tail, range, l.page, PageClass::kernel, Known::no, l.index);
     }
+    s->census_.pause_slots = tail.next;
     for (const auto& l : deferred_at) {
       if (copied_now(l)) continue;
       Range& range = s->by_range_[l.range];
@@ -441,7 +461,6 @@ std::unique_ptr<MemorySnapshot> MemorySnapshot::take(const PhysicalMemory& ram, 
   s->slots_ = tail.next;
   s->census_.copied_bytes = (static_cast<std::uint64_t>(first.next) + (two ? second.next - second.base : 0)) * kPageSize;
   for (const auto& u : s->unfilled_) ++(u.known != kFromRam ? s->census_.known_pages : s->census_.after_resume_pages);
-  s->census_.pause_copied_pages = s->census_.copied_bytes / kPageSize - s->unfilled_.size();
   return s;
 }
 

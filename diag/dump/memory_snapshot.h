@@ -33,7 +33,9 @@ struct SnapshotCensus {
   std::string lost_why;
   bool warm_arena = false;  // copied into memory prepared ahead
   std::uint64_t pause_candidates = 0;  // pages that could have been copied in the pause (kernel class, not left for later)
-  std::uint64_t pause_copied_pages = 0;  // of those, the ones copied (not all zeros): what the arena had to hold
+  // The slots the pause's copy reached (its pages that were not all zeros, and on two threads the
+  // slots the first part's zero pages left free before the second's): what the arena had to hold.
+  std::uint64_t pause_slots = 0;
   // Bytes the arena grew by during the pause, when what was copied did not fit what was prepared
   // (allocated then: a longer pause).
   std::uint64_t grown_in_pause_bytes = 0;
@@ -98,12 +100,16 @@ using RamClasses = std::vector<std::pair<PhysicalRange, std::vector<PageClass>>>
 // ram's ranges so, every page `kernel` (copied unless it is all zeros).
 RamClasses unclassified_ram(const PhysicalMemory& ram);
 // Of classes, the pages a snapshot would copy (all `kernel` ones), each read once so that it is
-// mapped into our view of guest RAM now rather than during a pause; and how many of them hold
-// something (are not all zeros now), which is what a snapshot's arena holds of them.
+// mapped into our view of guest RAM now rather than during a pause; how many of them hold
+// something (are not all zeros now); and how many slots a snapshot taken now would reach in its
+// pause, `later` (sorted guest-physical addresses) left for after it: the pages that hold
+// something, and on `threads` = 2 (as MemorySnapshot::take splits its copy) the first part's zero
+// pages too, since the second part's slots start after all of the first part's.
 struct KernelPageCount {
-  std::uint64_t pages = 0, non_zero = 0;
+  std::uint64_t pages = 0, non_zero = 0, pause_slots = 0;
 };
-KernelPageCount touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes);
+KernelPageCount touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& classes,
+                                   const std::vector<std::uint64_t>& later = {}, unsigned threads = 1);
 // How many of `pages` (sorted guest-physical page addresses) classes call kernel pages.
 std::uint64_t kernel_pages_among(const RamClasses& classes, const std::vector<std::uint64_t>& pages);
 
@@ -191,6 +197,9 @@ class MemorySnapshot final : public PhysicalMemory {
   // The bytes of pages_fd() the index's slots lie in (the copied pages, and any unused slots between).
   std::uint64_t pages_bytes() const { return static_cast<std::uint64_t>(slots_) * kPageSize; }
 
+  // A copy of at least this many pages goes on two threads (take()).
+  static constexpr std::uint64_t kTwoThreadPages = 4096;
+
  private:
   MemorySnapshot() = default;
   struct Range {
@@ -199,8 +208,6 @@ class MemorySnapshot final : public PhysicalMemory {
     const std::uint32_t* borrowed = nullptr;  // instead of slot: the adopted index's, in place
   };
   static constexpr std::uint32_t kExcluded = 0xfffffff0u;
-  // A copy of at least this many pages goes on two threads (take()).
-  static constexpr std::uint64_t kTwoThreadPages = 4096;
   const Range* range_of(std::uint64_t paddr) const;
   Range* range_of(std::uint64_t paddr);
   // A page left for later whose slot could not be had: left out, as a kernel page not copied.

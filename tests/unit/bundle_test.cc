@@ -371,7 +371,7 @@ TEST_CASE("a snapshot grows a borrowed arena only for its later pages, and loses
     CHECK(snap->census().warm_arena);
     CHECK(grown == std::vector<std::uint64_t>{8 * 4096});  // at the fourth page: all it may (less than 8 MiB)
     CHECK(snap->census().grown_in_pause_bytes == 5 * 4096);
-    CHECK(snap->census().pause_copied_pages == 5);  // 0-3 and the changed page 6
+    CHECK(snap->census().pause_slots == 5);  // 0-3 and the changed page 6
     CHECK(snap->fill_known() == 3);
     CHECK(grown.size() == 1);
     CHECK(snap->census().lost_pages == 0);
@@ -400,6 +400,16 @@ TEST_CASE("a snapshot's arena holds the pages that are not all zeros; on two thr
   KernelPageCount count = touch_kernel_pages(ram, unclassified_ram(ram));
   CHECK(count.pages == kPages);
   CHECK(count.non_zero == written);
+  CHECK(count.pause_slots == written);
+  // On two threads the second part's slots start after all of the first part's pages: the arena
+  // must hold the first half whole.
+  const bool two_threads = std::thread::hardware_concurrency() >= 2;
+  KernelPageCount split = touch_kernel_pages(ram, unclassified_ram(ram), {}, 2);
+  CHECK(split.pause_slots == (two_threads ? kPages : written));
+  // Pages left for after the pause take no slot in it.
+  std::vector<std::uint64_t> later;
+  for (std::uint64_t p = kPages - 16; p < kPages; ++p) later.push_back(p * 4096);
+  CHECK(touch_kernel_pages(ram, unclassified_ram(ram), later).pause_slots == written - 16);
   std::vector<std::byte> memory(kPages * 4096, std::byte{0});
   std::vector<std::uint64_t> grown;
   auto borrowed = [&](std::uint64_t size) {
@@ -411,14 +421,21 @@ TEST_CASE("a snapshot's arena holds the pages that are not all zeros; on two thr
     CHECK(snap->census().warm_arena);
     CHECK(grown.empty());
     CHECK(snap->census().grown_in_pause_bytes == 0);
-    CHECK(snap->census().pause_copied_pages == written);
+    CHECK(snap->census().pause_slots == written);
+  }
+  SECTION("two threads into an arena as large as touch_kernel_pages says: nothing grows") {
+    auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", borrowed(split.pause_slots * 4096), {}, nullptr, nullptr, 2);
+    CHECK(snap->census().warm_arena);
+    CHECK(grown.empty());
+    CHECK(snap->census().pause_slots == split.pause_slots);
+    CHECK(snap->read_value<std::uint8_t>((kPages - 1) * 4096 + 5) == std::to_string(kPages - 1)[0]);
   }
   SECTION("two threads: the second part starts after the first part's candidates, and grows the arena") {
     auto snap = MemorySnapshot::take(ram, unclassified_ram(ram), "test", borrowed(written * 4096), {}, nullptr, nullptr, 2);
     CHECK(snap->census().warm_arena);
     CHECK_FALSE(grown.empty());
     CHECK(snap->census().grown_in_pause_bytes > 0);
-    CHECK(snap->census().pause_copied_pages == written);
+    CHECK(snap->census().pause_slots == (two_threads ? kPages : written));
     CHECK(snap->census().lost_pages == 0);
     for (std::uint64_t p : {std::uint64_t{0}, std::uint64_t{8}, kPages / 2, kPages - 1})
       CHECK(snap->read_value<std::uint8_t>(p * 4096 + 5) == std::to_string(p)[0]);

@@ -240,14 +240,14 @@ bool fits(std::uint64_t arena, std::uint64_t need) { return arena >= need + need
 void BundleRecorder::prepare(const PhysicalMemory& ram, const RamClasses& classes, const std::vector<std::uint64_t>& later) {
   std::uint64_t ram_bytes = ram.total_size();
   // Reading each page to copy maps it into our view of guest RAM now, not in a pause.
-  KernelPageCount kernel = touch_kernel_pages(ram, classes);
-  // A pool's arena holds what a pause copies: the pages that are not all zeros (a third of the
-  // kernel's class in an idle guest are: tables allocated zeroed, and never written), without the
-  // code read after the resume; it can grow for more (in the pause, slower; then it is
-  // re-sized, outgrown()). An arena of our own cannot grow: it holds every page of the class.
-  std::uint64_t pages = pool_ ? kernel.non_zero : kernel.pages;
-  std::uint64_t later_pages = pool_ ? std::min(kernel_pages_among(classes, later), pages) : 0;
-  std::uint64_t need = (pages - later_pages) * MemorySnapshot::kPageSize;
+  // Sized for a copy on two threads (a bundle alone, a repair load); one on one thread needs less.
+  KernelPageCount kernel = touch_kernel_pages(ram, classes, pool_ ? later : std::vector<std::uint64_t>{}, 2);
+  // A pool's arena holds what a pause copies: the slots its copy reaches, which leaves out the
+  // pages that are all zeros (a third of the kernel's class in an idle guest: tables allocated
+  // zeroed, and never written) but for the gap the first of its two threads leaves, and the code
+  // read after the resume; it can grow for more (in the pause, slower; then it is re-sized,
+  // outgrown()). An arena of our own cannot grow: it holds every page of the class.
+  std::uint64_t need = (pool_ ? kernel.pause_slots : kernel.pages) * MemorySnapshot::kPageSize;
   std::lock_guard lock(mutex_);
   arena_limit_ = ram_bytes;
   if (fits(arena_bytes_, need)) return;
@@ -262,7 +262,7 @@ void BundleRecorder::prepare(const PhysicalMemory& ram, const RamClasses& classe
 }
 
 void BundleRecorder::outgrown(const SnapshotCensus& census) {
-  std::uint64_t need = census.pause_copied_pages * MemorySnapshot::kPageSize;
+  std::uint64_t need = census.pause_slots * MemorySnapshot::kPageSize;
   std::lock_guard lock(mutex_);
   if (!pool_ || !arena_bytes_ || fits(arena_bytes_, need)) return;
   arena_bytes_ = with_margin(need, std::max(arena_limit_, need));
