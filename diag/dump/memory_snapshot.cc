@@ -200,7 +200,8 @@ KernelPageCount touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& 
   // Where take() would split its copy, and how many slots its first part would keep.
   SplitPoint at{classes.size(), 0, 0};
   if (copies_on_two_threads(threads, count.pages, !classes.empty())) at = split_point(classes, later, count.pages);
-  std::uint64_t second_part_written = 0;
+  const bool split = at.range < classes.size();
+  std::uint64_t written = 0, second_part_written = 0;  // not all zeros, and not left for after the pause
   std::array<std::byte, MemorySnapshot::kPageSize> page;
   std::size_t k = 0;
   for (std::size_t ri = 0; ri < classes.size(); ++ri) {
@@ -226,11 +227,11 @@ KernelPageCount touch_kernel_pages(const PhysicalMemory& ram, const RamClasses& 
       ++count.non_zero;
       while (k < later.size() && later[k] < paddr) ++k;
       if (k < later.size() && later[k] == paddr) continue;  // copied after the pause
-      if (at.range < classes.size() && (ri > at.range || (ri == at.range && p >= at.page))) ++second_part_written;
-      else if (at.range == classes.size()) ++count.pause_slots;
+      ++written;
+      if (split && (ri > at.range || (ri == at.range && p >= at.page))) ++second_part_written;
     }
   }
-  if (at.range < classes.size()) count.pause_slots = at.slots_before + second_part_written;
+  count.pause_slots = split ? at.slots_before + second_part_written : written;
   return count;
 }
 
